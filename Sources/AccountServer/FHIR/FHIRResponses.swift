@@ -1,0 +1,91 @@
+import Accounts
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// Builds FHIR responses: JSON bodies, OperationOutcomes, and the status of each
+/// ``FHIRError/Category``.
+enum FHIRResponses {
+    static func json(_ value: JSONValue, status: HTTPResponse.Status, contentType: String = ContentNegotiation.fhirJSON,
+                     pretty: Bool = false, headers: HTTPFields = [:]) -> Response {
+        var fields = headers
+        fields[.contentType] = "\(contentType); charset=utf-8"
+        let bytes = JSONWriter(pretty: pretty).encode(value)
+        return Response(status: status, headers: fields, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    static func status(for category: FHIRError.Category) -> HTTPResponse.Status {
+        switch category {
+        case .invalidContent, .invalidRequest: return .badRequest
+        case .unprocessable: return .unprocessableContent
+        case .conflict: return .conflict
+        case .preconditionFailed: return .preconditionFailed
+        case .notFound: return .notFound
+        case .methodNotAllowed: return .methodNotAllowed
+        case .unsupportedMediaType: return .unsupportedMediaType
+        case .notAcceptable: return .notAcceptable
+        case .payloadTooLarge: return .contentTooLarge
+        case .internalError: return .internalServerError
+        }
+    }
+
+    static func outcome(_ error: FHIRError, pretty: Bool = false) -> Response {
+        var headers: HTTPFields = [:]
+        if case .methodNotAllowed(let allowed) = error.category {
+            headers[.allow] = allowed.joined(separator: ", ")
+        }
+        return json(OperationOutcome.resource(error.issues), status: status(for: error.category), pretty: pretty, headers: headers)
+    }
+
+    /// RFC 9110 IMF-fixdate, for `Last-Modified`.
+    static func httpDate(_ date: Date) -> String {
+        var time = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        return String(format: "%@, %02d %@ %04d %02d:%02d:%02d GMT", days[Int(parts.tm_wday)], parts.tm_mday,
+                      months[Int(parts.tm_mon)], Int(parts.tm_year) + 1900, parts.tm_hour, parts.tm_min, parts.tm_sec)
+    }
+}
+
+/// Turns every error into an OperationOutcome: FHIR refusals keep their status, an
+/// unmatched method on a known path becomes 405 with `Allow`, an unknown path 404, and
+/// anything unexpected a 500 that reveals nothing internal. Also stamps `X-Request-ID`.
+struct FHIRErrorMiddleware: RouterMiddleware {
+    typealias Context = FHIRRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch let error as FHIRError {
+            response = FHIRResponses.outcome(error)
+        } catch let error as HTTPError {
+            response = FHIRResponses.outcome(Self.translate(error, request: request))
+        } catch {
+            context.logger.error("unexpected error on the FHIR endpoint", metadata: ["error": "\(error)"])
+            response = FHIRResponses.outcome(FHIRError(.internalError, code: .exception, "Internal error (request \(context.requestID)); nothing was changed."))
+        }
+        response.headers[.requestID] = context.requestID
+        return response
+    }
+
+    static func translate(_ error: HTTPError, request: Request) -> FHIRError {
+        switch error.status {
+        case .notFound:
+            if let allowed = PractitionerController.allowedMethods(path: request.uri.path) {
+                return FHIRError(.methodNotAllowed(allowed: allowed), code: .notSupported,
+                                 "\(request.method) is not supported on \(request.uri.path); allowed: \(allowed.joined(separator: ", ")).")
+            }
+            return FHIRError(.notFound, code: .notFound, "No FHIR interaction at \(request.uri.path): see GET /metadata for what this server supports.")
+        case .contentTooLarge:
+            return FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes.")
+        case .badRequest:
+            return FHIRError(.invalidRequest, code: .invalid, "Bad request: \(error.body ?? "malformed request").")
+        default:
+            return FHIRError(.internalError, code: .exception, "HTTP \(error.status.code).")
+        }
+    }
+}

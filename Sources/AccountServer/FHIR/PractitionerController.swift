@@ -1,0 +1,247 @@
+import Accounts
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+
+/// The INT_R02 FHIR surface: `POST /Practitioner`, `PUT /Practitioner?identifier=…`,
+/// `GET /Practitioner/{id}`, `GET /Practitioner?identifier=…`, `GET /metadata`.
+///
+/// Each write is: negotiate → read at most 1 MiB → validate FrPractitionerRegul →
+/// provision (one transaction, audited) → render. Every refusal is audited too.
+struct PractitionerController: Sendable {
+    let provisioner: Provisioner
+    let database: AccountDatabase
+    /// The FHIR base as clients see it; when nil, `https://<Host header>`.
+    let publicBaseURL: String?
+    let startedAt: Date
+    private let validator = PractitionerValidator()
+    private let queries = AccountQueries()
+
+    init(provisioner: Provisioner, database: AccountDatabase, publicBaseURL: String?, startedAt: Date = Date()) {
+        self.provisioner = provisioner
+        self.database = database
+        self.publicBaseURL = publicBaseURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+        self.startedAt = startedAt
+    }
+
+    func addRoutes(to router: Router<FHIRRequestContext>) {
+        router.get("metadata") { request, context in try await self.metadata(request, context) }
+        router.post("Practitioner") { request, context in try await self.write(request, context, isCreate: true) }
+        router.put("Practitioner") { request, context in try await self.write(request, context, isCreate: false) }
+        router.get("Practitioner") { request, context in try await self.search(request, context) }
+        router.get("Practitioner/:id") { request, context in try await self.read(request, context) }
+    }
+
+    /// The methods each known path supports, for 405 answers; nil for an unknown path.
+    static func allowedMethods(path: String) -> [String]? {
+        let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
+        let segments = trimmed.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        switch (segments.count, segments.first) {
+        case (1, "metadata"?): return ["GET"]
+        case (1, "Practitioner"?): return ["GET", "POST", "PUT"]
+        case (2, "Practitioner"?): return ["GET"]
+        default: return nil
+        }
+    }
+
+    // MARK: Shared pieces
+
+    private struct Negotiated {
+        var contentType: String
+        var pretty: Bool
+        var query: QueryParameters
+    }
+
+    private func negotiate(_ request: Request) throws(FHIRError) -> Negotiated {
+        let query = try QueryParameters(query: request.uri.query)
+        let contentType = try ContentNegotiation.responseType(format: query.first("_format"), accept: request.headers[.accept])
+        return Negotiated(contentType: contentType, pretty: query.first("_pretty") == "true", query: query)
+    }
+
+    private func baseURL(_ request: Request) -> String {
+        if let publicBaseURL { return publicBaseURL }
+        let host = request.head.authority ?? "localhost"
+        let safe = !host.isEmpty && host.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ":") || byte == UInt8(ascii: "[") || byte == UInt8(ascii: "]")
+        }
+        return "https://\(safe ? host : "localhost")"
+    }
+
+    private func resourceHeaders(_ account: AccountSnapshot, base: String) -> HTTPFields {
+        var headers: HTTPFields = [:]
+        headers[.location] = "\(base)/Practitioner/\(account.id)"
+        headers[.eTag] = "W/\"\(account.version)\""
+        headers[.lastModified] = FHIRResponses.httpDate(account.updatedAt)
+        return headers
+    }
+
+    // MARK: Interactions
+
+    func metadata(_ request: Request, _ context: FHIRRequestContext) async throws -> Response {
+        let negotiated = try negotiate(request)
+        return FHIRResponses.json(CapabilityStatement.resource(baseURL: baseURL(request), date: startedAt),
+                                  status: .ok, contentType: negotiated.contentType, pretty: negotiated.pretty)
+    }
+
+    func write(_ request: Request, _ context: FHIRRequestContext, isCreate: Bool) async throws -> Response {
+        let action = isCreate ? "create" : "conditional-update"
+        let identity = await context.clientIdentity()
+        let callContext = CallContext(
+            actor: AuditActor(subject: identity?.subject, serial: identity?.serial, address: context.channel.remoteAddress?.ipAddress),
+            requestID: context.requestID
+        )
+        var auditIdentifier: String?
+        do {
+            let negotiated = try negotiate(request)
+            let target: RegulatorIdentifier?
+            if isCreate {
+                target = nil
+                if let unsupported = negotiated.query.names.first(where: { !["_format", "_pretty"].contains($0) }) {
+                    throw FHIRError(.invalidRequest, code: .notSupported, "Parameter \(unsupported) is not supported on create.", expression: [unsupported])
+                }
+            } else {
+                target = try conditionalTarget(negotiated.query)
+                auditIdentifier = target?.description
+            }
+            let ifMatch = try parseIfMatch(request.headers[.ifMatch])
+            if isCreate, ifMatch != nil {
+                throw FHIRError(.invalidRequest, code: .invalid, "If-Match has no meaning on create.")
+            }
+            try ContentNegotiation.checkRequestContentType(request.headers)
+            let body = try await readBody(request, context)
+            let record = try validator.validate(body: body.readableBytesView)
+            if isCreate { auditIdentifier = record.identifiers.map(\.description).joined(separator: ", ") }
+
+            let provisioning: ProvisioningRequest = if let target {
+                .conditionalUpdate(target, record, ifMatchVersion: ifMatch)
+            } else {
+                .create(record)
+            }
+            let result = try await provisioner.provision(provisioning, context: callContext)
+            context.logger.info("INT_R02 \(action)", metadata: [
+                "outcome": "\(result.kind.rawValue)", "account_id": "\(result.account.id)",
+                "client_subject": "\(identity?.subject ?? "-")",
+            ])
+            let status: HTTPResponse.Status = result.kind == .created ? .created : .ok
+            let headers = resourceHeaders(result.account, base: baseURL(request))
+            switch ContentNegotiation.returnPreference(request.headers) {
+            case .minimal:
+                return Response(status: status, headers: headers)
+            case .operationOutcome:
+                let issue = FHIRIssue(severity: .information, code: .informational,
+                                      diagnostics: "Practitioner/\(result.account.id) \(result.kind.rawValue) (version \(result.account.version)).")
+                return FHIRResponses.json(OperationOutcome.resource([issue]), status: status, contentType: negotiated.contentType,
+                                          pretty: negotiated.pretty, headers: headers)
+            case .representation:
+                return FHIRResponses.json(PractitionerRenderer.resource(result.account), status: status,
+                                          contentType: negotiated.contentType, pretty: negotiated.pretty, headers: headers)
+            }
+        } catch let error as FHIRError {
+            let status = FHIRResponses.status(for: error.category)
+            await provisioner.recordRefusal(action: action, identifier: auditIdentifier ?? request.uri.query,
+                                            outcome: "\(status.code) refused", detail: error.description, context: callContext)
+            context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.description)"])
+            throw error
+        }
+    }
+
+    /// A conditional update needs exactly one `identifier` and nothing else that would be
+    /// silently ignored (a criterion dropped could update the wrong account).
+    private func conditionalTarget(_ query: QueryParameters) throws(FHIRError) -> RegulatorIdentifier {
+        let identifiers = query.values("identifier")
+        guard identifiers.count == 1, let token = identifiers.first else {
+            throw FHIRError(.invalidRequest, code: .required,
+                            identifiers.isEmpty
+                                ? "PUT /Practitioner needs ?identifier=system|value (conditional update); update by id is not supported."
+                                : "Exactly one identifier parameter is allowed in a conditional update.",
+                            expression: ["identifier"])
+        }
+        if let unsupported = query.names.first(where: { !["identifier", "_format", "_pretty"].contains($0) }) {
+            throw FHIRError(.invalidRequest, code: .notSupported,
+                            "Search parameter \(unsupported) is not supported in a conditional update: only identifier is.", expression: [unsupported])
+        }
+        return try IdentifierToken.parse(token)
+    }
+
+    /// `If-Match: W/"3"` (or `"3"`) → 3.
+    private func parseIfMatch(_ header: String?) throws(FHIRError) -> Int? {
+        guard let header else { return nil }
+        var text = Substring(header.trimmingCharacters(in: .whitespaces))
+        if text.hasPrefix("W/") { text = text.dropFirst(2) }
+        guard text.count >= 3, text.first == "\"", text.last == "\"", let version = Int(text.dropFirst().dropLast()), version > 0 else {
+            throw FHIRError(.invalidRequest, code: .invalid, "If-Match must be a version ETag such as W/\"3\".")
+        }
+        return version
+    }
+
+    private func readBody(_ request: Request, _ context: FHIRRequestContext) async throws(FHIRError) -> ByteBuffer {
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > FHIRLimits.maximumBodyBytes {
+            throw FHIRError(.payloadTooLarge, code: .tooLong, "The body (\(length) bytes) exceeds \(FHIRLimits.maximumBodyBytes) bytes.")
+        }
+        do {
+            return try await request.body.collect(upTo: FHIRLimits.maximumBodyBytes)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes.")
+        } catch {
+            throw FHIRError(.invalidContent, code: .structure, "The body could not be read.")
+        }
+    }
+
+    func read(_ request: Request, _ context: FHIRRequestContext) async throws -> Response {
+        let negotiated = try negotiate(request)
+        let id = context.parameters.get("id") ?? ""
+        guard PractitionerValidator.isValidResourceID(id),
+              let account = try await database.pool.read({ db in try queries.snapshot(id: id, in: db) }) else {
+            throw FHIRError(.notFound, code: .notFound, "Practitioner/\(id) does not exist.")
+        }
+        return FHIRResponses.json(PractitionerRenderer.resource(account), status: .ok, contentType: negotiated.contentType,
+                                  pretty: negotiated.pretty, headers: resourceHeaders(account, base: baseURL(request)))
+    }
+
+    func search(_ request: Request, _ context: FHIRRequestContext) async throws -> Response {
+        let negotiated = try negotiate(request)
+        let tokens = negotiated.query.values("identifier")
+        let unsupported = negotiated.query.names.filter { !["identifier", "_format", "_pretty"].contains($0) }
+        if let first = unsupported.first, ContentNegotiation.wantsStrictHandling(request.headers) {
+            throw FHIRError(.invalidRequest, code: .notSupported, "Search parameter \(first) is not supported.", expression: [first])
+        }
+        guard tokens.count == 1, let token = tokens.first else {
+            throw FHIRError(.invalidRequest, code: .required,
+                            "Search Practitioner by exactly one identifier: ?identifier=system|value.", expression: ["identifier"])
+        }
+        let candidates: [RegulatorIdentifier]
+        if token.contains("|") {
+            candidates = [try IdentifierToken.parse(token)]
+        } else {
+            candidates = RegulatorIdentifier.Kind.allCases.compactMap { RegulatorIdentifier(kind: $0, value: token) }
+        }
+        let accounts = try await database.pool.read { db in
+            var found: [AccountSnapshot] = []
+            for candidate in candidates {
+                if let account = try queries.snapshot(holding: candidate, in: db), !found.contains(where: { $0.id == account.id }) {
+                    found.append(account)
+                }
+            }
+            return found
+        }
+        let base = baseURL(request)
+        var bundle: JSONObject = ["resourceType": .string("Bundle")]
+        bundle["type"] = .string("searchset")
+        bundle["total"] = .number(String(accounts.count))
+        let selfQuery = "identifier=" + (token.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "|&+="))) ?? token)
+        bundle["link"] = .array([.object(["relation": .string("self"), "url": .string("\(base)/Practitioner?\(selfQuery)")])])
+        if !accounts.isEmpty {
+            bundle["entry"] = .array(accounts.map { account in
+                var entry: JSONObject = ["fullUrl": .string("\(base)/Practitioner/\(account.id)")]
+                entry["resource"] = PractitionerRenderer.resource(account)
+                entry["search"] = .object(["mode": .string("match")])
+                return .object(entry)
+            })
+        }
+        return FHIRResponses.json(.object(bundle), status: .ok, contentType: negotiated.contentType, pretty: negotiated.pretty)
+    }
+}
+

@@ -1,0 +1,80 @@
+import Accounts
+
+/// A query string parsed strictly: percent-decoding must be valid UTF-8 and every `%`
+/// must start a valid escape. `+` is kept literally (FHIR tokens never encode spaces as `+`).
+struct QueryParameters: Sendable, Equatable {
+    var pairs: [(name: String, value: String)]
+
+    static func == (lhs: QueryParameters, rhs: QueryParameters) -> Bool {
+        lhs.pairs.map(\.name) == rhs.pairs.map(\.name) && lhs.pairs.map(\.value) == rhs.pairs.map(\.value)
+    }
+
+    init(query: String?) throws(FHIRError) {
+        pairs = []
+        guard let query, !query.isEmpty else { return }
+        for component in query.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = component.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = try Self.percentDecode(parts[0])
+            let value = parts.count > 1 ? try Self.percentDecode(parts[1]) : ""
+            pairs.append((name, value))
+        }
+    }
+
+    func values(_ name: String) -> [String] { pairs.filter { $0.name == name }.map(\.value) }
+    func first(_ name: String) -> String? { values(name).first }
+    var names: [String] { pairs.map(\.name) }
+
+    static func percentDecode(_ text: Substring) throws(FHIRError) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = Array(text.utf8).makeIterator()
+        while let byte = iterator.next() {
+            guard byte == UInt8(ascii: "%") else { bytes.append(byte); continue }
+            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
+                throw FHIRError(.invalidRequest, code: .invalid, "The query string has an invalid percent-escape in \"\(text)\".")
+            }
+            bytes.append(high << 4 | low)
+        }
+        guard let decoded = String(validating: bytes, as: UTF8.self) else {
+            throw FHIRError(.invalidRequest, code: .invalid, "The query string is not valid UTF-8 once decoded.")
+        }
+        return decoded
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}
+
+/// Parses the `identifier` token of a search or conditional update: `system|value` with the
+/// `|` raw or percent-encoded; the system must be the national id or SAS technical id system
+/// and the value must have that system's format.
+enum IdentifierToken {
+    static func parse(_ token: String) throws(FHIRError) -> RegulatorIdentifier {
+        guard let bar = token.firstIndex(of: "|") else {
+            throw FHIRError(.invalidRequest, code: .invalid,
+                            "identifier must be system|value, e.g. \(FHIRSystems.nationalID)|810002673899.", expression: ["identifier"])
+        }
+        let system = String(token[..<bar])
+        let value = String(token[token.index(after: bar)...])
+        guard let kind = RegulatorIdentifier.Kind(system: system) else {
+            throw FHIRError(.invalidRequest, code: .notSupported,
+                            "identifier system \"\(system)\" is not supported: use \(FHIRSystems.nationalID) (national id) or \(FHIRSystems.sasPlatform) (SAS technical id).",
+                            expression: ["identifier"])
+        }
+        guard !value.isEmpty else {
+            throw FHIRError(.invalidRequest, code: .invalid, "identifier has no value after the '|'.", expression: ["identifier"])
+        }
+        guard let identifier = RegulatorIdentifier(kind: kind, value: value) else {
+            throw FHIRError(.invalidRequest, code: .value,
+                            "\"\(value)\" is not a valid \(kind.typeCode) value: expected \(RegulatorIdentifier.formatHint(for: kind)).",
+                            expression: ["identifier"])
+        }
+        return identifier
+    }
+}

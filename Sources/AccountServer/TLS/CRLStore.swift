@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+import Synchronization
+import X509
+
+/// The revocation lists in force, replaced atomically on reload. A reload that fails keeps the
+/// previous lists (and says so in the log): a broken file must not open the door, and must
+/// not close it on every valid caller either.
+final class CRLStore: Sendable {
+    struct Snapshot: Sendable {
+        var lists: [DistinguishedName: CertificateRevocationList] = [:]
+        var fingerprints: [String: FileFingerprint] = [:]
+        var loadedAt: Date?
+        var lastError: String?
+    }
+
+    /// What identifies a version of a file without reading it.
+    struct FileFingerprint: Sendable, Equatable {
+        var size: Int64
+        var modified: TimeInterval
+        var inode: UInt64
+    }
+
+    /// The result of a revocation lookup for one certificate.
+    enum Status: Equatable {
+        case good
+        case noCRL
+        case revoked(source: String)
+        case expired(nextUpdate: Date, source: String)
+    }
+
+    let paths: [String]
+    private let issuers: [Certificate]
+    private let state = Mutex(Snapshot())
+    private let logger: Logger
+
+    /// Loads every file now; a failure here stops the server from starting.
+    init(paths: [String], issuers: [Certificate], logger: Logger) throws {
+        self.paths = paths
+        self.issuers = issuers
+        self.logger = logger
+        let snapshot = try Self.loadAll(paths: paths, issuers: issuers)
+        state.withLock { $0 = snapshot }
+    }
+
+    var snapshot: Snapshot { state.withLock { $0 } }
+
+    static func fingerprint(_ path: String) -> FileFingerprint? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        let modified = TimeInterval(info.st_mtim.tv_sec) + TimeInterval(info.st_mtim.tv_nsec) / 1e9
+        return FileFingerprint(size: Int64(info.st_size), modified: modified, inode: UInt64(info.st_ino))
+    }
+
+    private static func loadAll(paths: [String], issuers: [Certificate]) throws -> Snapshot {
+        var snapshot = Snapshot()
+        for path in paths {
+            snapshot.fingerprints[path] = fingerprint(path)
+            for list in try CertificateRevocationList.load(path: path, issuers: issuers) {
+                // Two lists from the same issuer: keep the most recent.
+                if let existing = snapshot.lists[list.issuer], existing.thisUpdate > list.thisUpdate { continue }
+                snapshot.lists[list.issuer] = list
+            }
+        }
+        snapshot.loadedAt = Date()
+        return snapshot
+    }
+
+    /// Re-reads every file. Returns whether the new lists are in force.
+    @discardableResult
+    func reload(reason: String) -> Bool {
+        do {
+            let fresh = try Self.loadAll(paths: paths, issuers: issuers)
+            state.withLock { $0 = fresh }
+            let revoked = fresh.lists.values.reduce(0) { $0 + $1.revokedSerials.count }
+            logger.notice("client CRLs reloaded", metadata: ["reason": "\(reason)", "lists": "\(fresh.lists.count)", "revoked": "\(revoked)"])
+            return true
+        } catch {
+            state.withLock { $0.lastError = "\(error)" }
+            logger.error("client CRL reload failed; the previous lists stay in force", metadata: ["reason": "\(reason)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Reloads when a file's size, mtime or inode changed (edit in place or atomic rename).
+    func reloadIfChanged() {
+        let known = state.withLock { $0.fingerprints }
+        let changed = paths.contains { Self.fingerprint($0) != known[$0] }
+        if changed { reload(reason: "file changed") }
+    }
+
+    func status(of certificate: Certificate, now: Date) -> Status {
+        guard let list = state.withLock({ $0.lists[certificate.issuer] }) else { return .noCRL }
+        if let nextUpdate = list.nextUpdate, nextUpdate < now {
+            return .expired(nextUpdate: nextUpdate, source: list.source)
+        }
+        if list.revokedSerials.contains(CertificateRevocationList.normalizedSerial(certificate.serialNumber)) {
+            return .revoked(source: list.source)
+        }
+        return .good
+    }
+}

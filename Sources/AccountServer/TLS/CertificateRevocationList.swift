@@ -1,0 +1,88 @@
+import CCRL
+import Foundation
+import SwiftASN1
+import X509
+
+/// A parsed, signature-checked CRL: its issuer, validity window and revoked serial numbers.
+struct CertificateRevocationList: Sendable {
+    let issuer: DistinguishedName
+    let thisUpdate: Date
+    let nextUpdate: Date?
+    /// Serial numbers as big-endian magnitude bytes without leading zeros.
+    let revokedSerials: Set<[UInt8]>
+    /// Where it was loaded from, for logs.
+    let source: String
+
+    struct LoadError: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Parses DER and checks the signature against the CA among `issuers` whose subject
+    /// matches the CRL's issuer. A CRL no configured CA signed is refused.
+    init(der: [UInt8], source: String, issuers: [Certificate]) throws {
+        guard let handle = der.withUnsafeBufferPointer({ ccrl_parse_der($0.baseAddress, $0.count) }) else {
+            throw LoadError(description: "\(source): not a DER or PEM X.509 CRL")
+        }
+        defer { ccrl_free(handle) }
+        let issuerLength = ccrl_issuer_der(handle, nil, 0)
+        guard issuerLength > 0 else { throw LoadError(description: "\(source): CRL without an issuer") }
+        var issuerDER = [UInt8](repeating: 0, count: issuerLength)
+        _ = issuerDER.withUnsafeMutableBufferPointer { ccrl_issuer_der(handle, $0.baseAddress, $0.count) }
+        let issuer = try DistinguishedName(derEncoded: issuerDER)
+        guard ccrl_has_unhandled_critical_extension(handle) == 0 else {
+            throw LoadError(description: "\(source): CRL has a critical extension this server does not implement (delta or partitioned CRL)")
+        }
+        let candidates = issuers.filter { $0.subject == issuer }
+        guard !candidates.isEmpty else {
+            throw LoadError(description: "\(source): CRL issuer \(issuer) is none of the configured client CAs")
+        }
+        var signatureOK = false
+        for candidate in candidates {
+            var serializer = DER.Serializer()
+            try serializer.serialize(candidate)
+            let candidateDER = serializer.serializedBytes
+            if candidateDER.withUnsafeBufferPointer({ ccrl_verify_signature(handle, $0.baseAddress, $0.count) }) == 1 {
+                signatureOK = true
+                break
+            }
+        }
+        guard signatureOK else { throw LoadError(description: "\(source): CRL signature does not verify with the key of \(issuer)") }
+
+        var seconds: Int64 = 0
+        guard ccrl_this_update(handle, &seconds) == 0 else { throw LoadError(description: "\(source): unreadable thisUpdate") }
+        thisUpdate = Date(timeIntervalSince1970: TimeInterval(seconds))
+        nextUpdate = ccrl_next_update(handle, &seconds) == 0 ? Date(timeIntervalSince1970: TimeInterval(seconds)) : nil
+
+        var serials = Set<[UInt8]>()
+        let count = ccrl_revoked_count(handle)
+        for index in 0..<max(count, 0) {
+            let length = ccrl_revoked_serial(handle, index, nil, 0)
+            guard length > 0 else { continue }
+            var serial = [UInt8](repeating: 0, count: length)
+            _ = serial.withUnsafeMutableBufferPointer { ccrl_revoked_serial(handle, index, $0.baseAddress, $0.count) }
+            serials.insert(serial)
+        }
+        revokedSerials = serials
+        self.issuer = issuer
+        self.source = source
+    }
+
+    /// A certificate serial as the CRL stores it (magnitude, no leading zeros).
+    static func normalizedSerial(_ serial: Certificate.SerialNumber) -> [UInt8] {
+        var bytes = Array(serial.bytes)
+        while bytes.count > 1 && bytes.first == 0 { bytes.removeFirst() }
+        return bytes
+    }
+
+    /// Reads a CRL file: PEM (one or more `X509 CRL` blocks) or DER.
+    static func load(path: String, issuers: [Certificate]) throws -> [CertificateRevocationList] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        if let text = String(data: data, encoding: .utf8), text.contains("-----BEGIN") {
+            let documents = try PEMDocument.parseMultiple(pemString: text)
+            let crls = documents.filter { $0.discriminator == "X509 CRL" }
+            guard !crls.isEmpty else { throw LoadError(description: "\(path): no X509 CRL block in the PEM file") }
+            return try crls.map { try CertificateRevocationList(der: $0.derBytes, source: path, issuers: issuers) }
+        }
+        return [try CertificateRevocationList(der: Array(data), source: path, issuers: issuers)]
+    }
+}

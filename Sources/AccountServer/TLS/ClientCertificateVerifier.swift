@@ -1,0 +1,140 @@
+import Foundation
+import Logging
+import SwiftASN1
+import X509
+
+/// The verified caller of a mutual-TLS connection, as the audit trail records it.
+struct ClientIdentity: Sendable, Equatable {
+    /// RFC 4514 subject, e.g. `CN=sas.example,OU=SAS,O=ANS,C=FR`.
+    var subject: String
+    /// Serial number in hexadecimal.
+    var serial: String
+    var commonNames: [String]
+    var organizationalUnits: [String]
+
+    init(certificate: Certificate) {
+        subject = certificate.subject.description
+        serial = Self.hex(certificate.serialNumber.bytes)
+        commonNames = Self.attributes(.RDNAttributeType.commonName, of: certificate)
+        organizationalUnits = Self.attributes(.RDNAttributeType.organizationalUnitName, of: certificate)
+    }
+
+    static func attributes(_ type: ASN1ObjectIdentifier, of certificate: Certificate) -> [String] {
+        certificate.subject.flatMap { $0 }.filter { $0.type == type }.map { "\($0.value)" }
+    }
+
+    static func hex(_ bytes: some Sequence<UInt8>) -> String {
+        bytes.map { String(format: "%02X", $0) }.joined()
+    }
+}
+
+/// Why a client certificate was refused: logged with subject and serial, never with key
+/// material.
+struct ClientCertificateRefusal: Error, Sendable, Equatable, CustomStringConvertible {
+    var subject: String
+    var serial: String
+    var reason: String
+
+    var description: String { "client certificate refused (\(reason)): subject=\(subject) serial=\(serial)" }
+}
+
+/// The allow-lists on the leaf's subject, and the client-authentication key usage.
+struct ClientSubjectPolicy: VerifierPolicy {
+    var allowedCommonNames: Set<String>
+    var allowedOrganizationalUnits: Set<String>
+
+    let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = [.X509ExtensionID.extendedKeyUsage]
+
+    func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
+        let leaf = chain.leaf
+        let identity = ClientIdentity(certificate: leaf)
+        if !allowedCommonNames.isEmpty && !identity.commonNames.contains(where: allowedCommonNames.contains) {
+            return .failsToMeetPolicy(reason: "CN \(identity.commonNames) is not in the allowed client CN list")
+        }
+        if !allowedOrganizationalUnits.isEmpty && !identity.organizationalUnits.contains(where: allowedOrganizationalUnits.contains) {
+            return .failsToMeetPolicy(reason: "OU \(identity.organizationalUnits) is not in the allowed client OU list")
+        }
+        if let usage = try? leaf.extensions.extendedKeyUsage,
+           !usage.contains(.clientAuth), !usage.contains(.any) {
+            return .failsToMeetPolicy(reason: "the certificate's extended key usage does not allow client authentication")
+        }
+        return .meetsPolicy
+    }
+}
+
+/// Revocation against the loaded CRLs, for every certificate of the chain but the trust
+/// anchor. An expired CRL fails closed for the certificates of its issuer.
+struct CRLRevocationPolicy: VerifierPolicy {
+    let store: CRLStore
+    let now: Date
+
+    let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = []
+
+    func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
+        for certificate in chain.dropLast() {
+            switch store.status(of: certificate, now: now) {
+            case .good, .noCRL:
+                continue
+            case .revoked(let source):
+                return .failsToMeetPolicy(reason: "certificate \(ClientIdentity.hex(certificate.serialNumber.bytes)) is revoked (CRL \(source))")
+            case .expired(let nextUpdate, let source):
+                return .failsToMeetPolicy(reason: "the CRL of \(certificate.issuer) expired at \(nextUpdate) (\(source)); refusing until a fresh CRL is loaded")
+            }
+        }
+        return .meetsPolicy
+    }
+}
+
+/// Decides whether a presented client certificate chain may call the FHIR endpoint: a path to
+/// one of the configured client CAs (RFC 5280: signatures, validity dates, basic constraints,
+/// key usage), CN/OU allow-lists, client-auth usage, and CRLs. The same object will serve
+/// the certificates a trusted proxy forwards, so both topologies apply the same checks.
+final class ClientCertificateVerifier: Sendable {
+    let trustRoots: [Certificate]
+    let allowedCommonNames: Set<String>
+    let allowedOrganizationalUnits: Set<String>
+    let crlStore: CRLStore
+    private let rootStore: CertificateStore
+    private let logger: Logger
+
+    init(trustRoots: [Certificate], allowedCommonNames: Set<String>, allowedOrganizationalUnits: Set<String>, crlStore: CRLStore, logger: Logger) {
+        self.trustRoots = trustRoots
+        self.rootStore = CertificateStore(trustRoots)
+        self.allowedCommonNames = allowedCommonNames
+        self.allowedOrganizationalUnits = allowedOrganizationalUnits
+        self.crlStore = crlStore
+        self.logger = logger
+    }
+
+    /// Verifies a chain as presented (leaf first). On success, returns the caller's identity
+    /// and the validated chain (leaf to trust anchor).
+    func verify(presented: [Certificate], now: Date = Date()) async -> Result<(ClientIdentity, [Certificate]), ClientCertificateRefusal> {
+        guard let leaf = presented.first else {
+            return .failure(ClientCertificateRefusal(subject: "-", serial: "-", reason: "no client certificate"))
+        }
+        let identity = ClientIdentity(certificate: leaf)
+        var verifier = Verifier(rootCertificates: rootStore) {
+            RFC5280Policy()
+            ClientSubjectPolicy(allowedCommonNames: allowedCommonNames, allowedOrganizationalUnits: allowedOrganizationalUnits)
+            CRLRevocationPolicy(store: crlStore, now: now)
+        }
+        let result = await verifier.validate(leaf: leaf, intermediates: CertificateStore(presented.dropFirst()))
+        switch result {
+        case .validCertificate(let chain):
+            return .success((identity, Array(chain)))
+        case .couldNotValidate(let failures):
+            let reason: String
+            if failures.isEmpty {
+                reason = "no chain to a trusted client CA"
+            } else {
+                var seen = Set<String>()
+                reason = failures.map { $0.policyFailureReason.description }.filter { seen.insert($0).inserted }.joined(separator: "; ")
+            }
+            let refusal = ClientCertificateRefusal(subject: identity.subject, serial: identity.serial, reason: reason)
+            logger.warning("mTLS client certificate refused", metadata: [
+                "subject": "\(identity.subject)", "serial": "\(identity.serial)", "reason": "\(reason)",
+            ])
+            return .failure(refusal)
+        }
+    }
+}

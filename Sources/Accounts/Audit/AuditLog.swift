@@ -1,0 +1,144 @@
+import Foundation
+import GRDB
+
+/// Who made a call: for INT_R02, the verified client certificate's subject and serial.
+public struct AuditActor: Sendable, Equatable {
+    public var subject: String?
+    public var serial: String?
+    public var address: String?
+
+    public init(subject: String? = nil, serial: String? = nil, address: String? = nil) {
+        self.subject = subject
+        self.serial = serial
+        self.address = address
+    }
+
+    /// The vendor's operator at the command line.
+    public static let commandLine = AuditActor(subject: "cli")
+}
+
+/// One changed field: its name and its values before and after. Never carries a secret
+/// (the password hash is not a field the audit knows about).
+public struct FieldChange: Sendable, Equatable, Codable {
+    public var field: String
+    public var old: String?
+    public var new: String?
+
+    public init(field: String, old: String?, new: String?) {
+        self.field = field
+        self.old = old
+        self.new = new
+    }
+}
+
+/// A row of the append-only `audit_event` table (UPDATE and DELETE are refused by triggers).
+public struct AuditEvent: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+    public static let databaseTableName = "audit_event"
+    public static let databaseColumnDecodingStrategy = DatabaseColumnDecodingStrategy.convertFromSnakeCase
+    public static let databaseColumnEncodingStrategy = DatabaseColumnEncodingStrategy.convertToSnakeCase
+
+    public var seq: Int64?
+    public var at: Date
+    /// Which surface produced it: `int_r02` for the SAS calls.
+    public var surface: String
+    /// The interaction: `create`, `conditional-update`...
+    public var action: String
+    /// The answer: the HTTP status for INT_R02 calls, plus a word (`201 created`).
+    public var outcome: String
+    public var actorSubject: String?
+    public var actorSerial: String?
+    public var actorAddress: String?
+    public var requestId: String?
+    /// The identifier the call addressed or carried (`system|value`).
+    public var identifier: String?
+    public var accountId: String?
+    /// JSON array of ``FieldChange``.
+    public var changes: String?
+    /// Free text: refusal diagnostics, re-attribution notes.
+    public var detail: String?
+
+    public init(
+        at: Date, surface: String, action: String, outcome: String, actor: AuditActor, requestID: String?,
+        identifier: String?, accountID: String?, changes: [FieldChange], detail: String?
+    ) {
+        self.at = at
+        self.surface = surface
+        self.action = action
+        self.outcome = outcome
+        self.actorSubject = actor.subject
+        self.actorSerial = actor.serial
+        self.actorAddress = actor.address
+        self.requestId = requestID
+        self.identifier = identifier
+        self.accountId = accountID
+        self.changes = changes.isEmpty ? nil : Self.encodeChanges(changes)
+        self.detail = detail
+    }
+
+    public mutating func didInsert(_ inserted: InsertionSuccess) {
+        seq = inserted.rowID
+    }
+
+    static func encodeChanges(_ changes: [FieldChange]) -> String {
+        JSONWriter().string(.array(changes.map { change in
+            var object: JSONObject = ["field": .string(change.field)]
+            object["old"] = change.old.map(JSONValue.string) ?? .null
+            object["new"] = change.new.map(JSONValue.string) ?? .null
+            return .object(object)
+        }))
+    }
+
+    /// The event as one JSON object, for `account-server audit` (JSON lines).
+    public var jsonValue: JSONValue {
+        var object: JSONObject = [:]
+        object["seq"] = seq.map { .number(String($0)) } ?? .null
+        object["at"] = .string(AuditLog.timestamp(at))
+        object["surface"] = .string(surface)
+        object["action"] = .string(action)
+        object["outcome"] = .string(outcome)
+        object["actor_subject"] = actorSubject.map(JSONValue.string) ?? .null
+        object["actor_serial"] = actorSerial.map(JSONValue.string) ?? .null
+        object["actor_address"] = actorAddress.map(JSONValue.string) ?? .null
+        object["request_id"] = requestId.map(JSONValue.string) ?? .null
+        object["identifier"] = identifier.map(JSONValue.string) ?? .null
+        object["account_id"] = accountId.map(JSONValue.string) ?? .null
+        if let changes, let parsed = try? JSONParser().parse(Array(changes.utf8)) {
+            object["changes"] = parsed
+        } else {
+            object["changes"] = .array([])
+        }
+        object["detail"] = detail.map(JSONValue.string) ?? .null
+        return .object(object)
+    }
+}
+
+/// Appends to and reads the audit trail.
+public struct AuditLog: Sendable {
+    public init() {}
+
+    public func append(_ event: AuditEvent, in db: Database) throws {
+        var event = event
+        try event.insert(db)
+    }
+
+    /// Events in order, optionally for one account and/or after a sequence number.
+    public func events(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil, in db: Database) throws -> [AuditEvent] {
+        var sql = "SELECT * FROM audit_event WHERE seq > ?"
+        var arguments: StatementArguments = [afterSeq]
+        if let accountID {
+            sql += " AND account_id = ?"
+            arguments += [accountID]
+        }
+        sql += " ORDER BY seq"
+        if let limit {
+            sql += " LIMIT ?"
+            arguments += [limit]
+        }
+        return try AuditEvent.fetchAll(db, sql: sql, arguments: arguments)
+    }
+
+    /// RFC 3339 UTC with milliseconds, the one timestamp format of the product's outputs.
+    public static func timestamp(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt))
+    }
+}

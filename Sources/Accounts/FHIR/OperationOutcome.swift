@@ -1,0 +1,96 @@
+/// One problem, as an `OperationOutcome.issue`: the element it is about (a FHIRPath
+/// expression such as `Practitioner.telecom[0].value`) and a sentence a person can act on.
+public struct FHIRIssue: Sendable, Equatable, CustomStringConvertible {
+    /// `OperationOutcome.issue.severity`.
+    public enum Severity: String, Sendable {
+        case fatal, error, warning, information
+    }
+
+    /// The subset of the FHIR `issue-type` value set the product uses.
+    public enum Code: String, Sendable {
+        case invalid, structure, required, value, invariant, security, login, forbidden
+        case processing, notSupported = "not-supported", duplicate, notFound = "not-found"
+        case conflict, tooLong = "too-long", codeInvalid = "code-invalid", exception, informational
+    }
+
+    public var severity: Severity
+    public var code: Code
+    public var diagnostics: String
+    public var expression: [String]
+
+    public init(severity: Severity = .error, code: Code, diagnostics: String, expression: [String] = []) {
+        self.severity = severity
+        self.code = code
+        self.diagnostics = diagnostics
+        self.expression = expression
+    }
+
+    public var description: String {
+        expression.isEmpty ? diagnostics : "\(expression.joined(separator: ", ")): \(diagnostics)"
+    }
+}
+
+/// A refusal of a FHIR interaction: why (the HTTP-independent ``Category``) and every issue
+/// found. The server maps the category to a status code; nothing has been written when one
+/// of these is thrown.
+public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What kind of refusal this is; each maps to exactly one HTTP status.
+    public enum Category: Sendable, Equatable {
+        /// Not JSON, not a FHIR resource, wrong JSON types (400).
+        case invalidContent
+        /// A bad search or query parameter (400).
+        case invalidRequest
+        /// The resource breaks FrPractitionerRegul or a business rule (422).
+        case unprocessable
+        /// Another account already holds the identifier or e-mail (409).
+        case conflict
+        /// `If-Match` named another version (412).
+        case preconditionFailed
+        /// No such resource (404).
+        case notFound
+        /// No such interaction on this resource or path (405).
+        case methodNotAllowed(allowed: [String])
+        /// Content type not supported (415).
+        case unsupportedMediaType
+        /// Response format not supported (406).
+        case notAcceptable
+        /// Body larger than the limit (413).
+        case payloadTooLarge
+        /// A failure of ours, not the client's (500).
+        case internalError
+    }
+
+    public var category: Category
+    public var issues: [FHIRIssue]
+
+    public init(_ category: Category, issues: [FHIRIssue]) {
+        self.category = category
+        self.issues = issues
+    }
+
+    public init(_ category: Category, code: FHIRIssue.Code, _ diagnostics: String, expression: [String] = []) {
+        self.init(category, issues: [FHIRIssue(code: code, diagnostics: diagnostics, expression: expression)])
+    }
+
+    public var description: String { issues.map(\.description).joined(separator: "; ") }
+}
+
+/// Builds `OperationOutcome` resources, the body of every FHIR error and of
+/// `Prefer: return=OperationOutcome` answers.
+public enum OperationOutcome {
+    public static func resource(_ issues: [FHIRIssue]) -> JSONValue {
+        var outcome: JSONObject = ["resourceType": .string("OperationOutcome")]
+        outcome["issue"] = .array(issues.map { issue in
+            var entry: JSONObject = [
+                "severity": .string(issue.severity.rawValue),
+                "code": .string(issue.code.rawValue),
+            ]
+            entry["diagnostics"] = .string(issue.diagnostics)
+            if !issue.expression.isEmpty {
+                entry["expression"] = .array(issue.expression.map(JSONValue.string))
+            }
+            return .object(entry)
+        })
+        return .object(outcome)
+    }
+}

@@ -1,0 +1,32 @@
+import Foundation
+
+/// Renders an account as the FrPractitionerRegul resource the server stores and returns:
+/// current identifiers (national id first), `active`, name, e-mail, and `meta` with our
+/// version and timestamp. Nothing about credentials is ever part of it.
+public enum PractitionerRenderer {
+    public static func resource(_ account: AccountSnapshot) -> JSONValue {
+        var meta: JSONObject = [
+            "versionId": .string(String(account.version)),
+            "lastUpdated": .string(AuditLog.timestamp(account.updatedAt)),
+        ]
+        meta["source"] = .string(FHIRSystems.sasPlatform)
+        meta["profile"] = .array([.string(FHIRSystems.practitionerRegulProfile)])
+
+        var resource: JSONObject = ["resourceType": .string("Practitioner")]
+        resource["id"] = .string(account.id)
+        resource["meta"] = .object(meta)
+        resource["identifier"] = .array(account.identifiers.map(identifier))
+        resource["active"] = .bool(account.active)
+        resource["name"] = .array([.object(["family": .string(account.familyName), "given": .array([.string(account.givenName)])])])
+        resource["telecom"] = .array([.object(["system": .string("email"), "value": .string(account.email)])])
+        return .object(resource)
+    }
+
+    static func identifier(_ identifier: RegulatorIdentifier) -> JSONValue {
+        let coding: JSONObject = ["system": .string(FHIRSystems.identifierType), "code": .string(identifier.kind.typeCode)]
+        var object: JSONObject = ["type": .object(["coding": .array([.object(coding)])])]
+        object["system"] = .string(identifier.system)
+        object["value"] = .string(identifier.value)
+        return .object(object)
+    }
+}

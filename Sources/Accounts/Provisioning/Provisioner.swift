@@ -1,0 +1,328 @@
+import Foundation
+import GRDB
+import Logging
+
+/// An INT_R02 write, as the SAS expresses it.
+public enum ProvisioningRequest: Sendable, Equatable {
+    /// `POST /Practitioner`: refused when an active account already holds one of the body's
+    /// identifiers.
+    case create(RegulatorRecord)
+    /// `PUT /Practitioner?identifier=…`: updates the account currently holding the identifier,
+    /// or creates one when none does. `ifMatchVersion` comes from an `If-Match` header.
+    case conditionalUpdate(RegulatorIdentifier, RegulatorRecord, ifMatchVersion: Int?)
+
+    /// The audit trail's name for the interaction.
+    public var action: String {
+        switch self {
+        case .create: return "create"
+        case .conditionalUpdate: return "conditional-update"
+        }
+    }
+
+    /// The identifier(s) the call is about, as audit text.
+    public var auditIdentifier: String {
+        switch self {
+        case .create(let record): return record.identifiers.map(\.description).joined(separator: ", ")
+        case .conditionalUpdate(let identifier, _, _): return identifier.description
+        }
+    }
+}
+
+/// What a successful provisioning call did.
+public struct ProvisioningResult: Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        case created, updated, unchanged
+    }
+
+    public var kind: Kind
+    public var account: AccountSnapshot
+    public var changes: [FieldChange]
+}
+
+/// Who is calling and how to label the audit records.
+public struct CallContext: Sendable {
+    public var actor: AuditActor
+    public var requestID: String?
+
+    public init(actor: AuditActor, requestID: String? = nil) {
+        self.actor = actor
+        self.requestID = requestID
+    }
+}
+
+/// The INT_R02 business rules (digest rules 1–6 and the storage side of 10).
+///
+/// - An identifier has at most one current holder; an active holder blocks every other
+///   account from taking it (409), a deactivated one gives it up (re-attribution, rule 6):
+///   the old holder keeps it in its history only.
+/// - Identifiers absent from an update's body stay attached (the technical id remains a
+///   secondary identifier when the national id arrives, rule 3); a new identifier of a kind
+///   the account already has replaces it, and the old one goes to history.
+/// - An e-mail address belongs to at most one *active* account (see docs/identifiers.md).
+/// - Creating generates a 256-bit password, hashed with argon2id off the event loop; the
+///   plaintext is dropped at once and the account is flagged for a password reset.
+///
+/// Every call is one write transaction that re-reads the current state, so concurrent calls
+/// for the same regulator serialise: no duplicate account, no lost update, and a unique-index
+/// violation (should one ever slip through) becomes a 409, never a 5xx.
+public final class Provisioner: Sendable {
+    public let database: AccountDatabase
+    public let hasher: PasswordHasher
+    private let queries = AccountQueries()
+    private let audit = AuditLog()
+    private let clock: @Sendable () -> Date
+    private let logger: Logger
+
+    public init(database: AccountDatabase, hasher: PasswordHasher, logger: Logger = Logger(label: "accounts.provisioning"), clock: @escaping @Sendable () -> Date = Date.init) {
+        self.database = database
+        self.hasher = hasher
+        self.logger = logger
+        self.clock = clock
+    }
+
+    private enum Attempt {
+        case done(ProvisioningResult)
+        case needsPasswordHash
+    }
+
+    /// Applies a create or conditional update; records the audit event in the same
+    /// transaction. Throws ``FHIRError`` (conflict, unprocessable, precondition) with nothing
+    /// written.
+    public func provision(_ request: ProvisioningRequest, context: CallContext) async throws(FHIRError) -> ProvisioningResult {
+        var passwordHash: String?
+        // Two passes at most in practice: one to learn that a create is needed (nothing is
+        // written then), one with the hash. A third covers a concurrent change in between.
+        for _ in 0..<4 {
+            let attempt: Attempt
+            do {
+                let hash = passwordHash
+                attempt = try await database.pool.write { db in
+                    try self.apply(request, passwordHash: hash, context: context, db: db)
+                }
+            } catch let error as FHIRError {
+                throw error
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
+                throw FHIRError(.conflict, code: .duplicate, "The change conflicts with another account (\(error.message ?? "unique constraint")); nothing was changed.")
+            } catch {
+                logger.error("provisioning failed", metadata: ["error": "\(error)"])
+                throw FHIRError(.internalError, code: .exception, "The change could not be stored; nothing was changed.")
+            }
+            switch attempt {
+            case .done(let result):
+                return result
+            case .needsPasswordHash:
+                var password = PasswordGenerator.generate()
+                defer { for index in password.indices { password[index] = 0 } }
+                do {
+                    passwordHash = try await hasher.hash(password)
+                } catch {
+                    logger.error("password hashing failed", metadata: ["error": "\(error)"])
+                    throw FHIRError(.internalError, code: .exception, "The account could not be created; nothing was changed.")
+                }
+            }
+        }
+        throw FHIRError(.internalError, code: .exception, "The change kept racing with other calls; nothing was changed. Retry.")
+    }
+
+    /// Records a refused call (validation, conflict, precondition...) in the audit trail.
+    public func recordRefusal(action: String, identifier: String?, outcome: String, detail: String, context: CallContext) async {
+        let event = AuditEvent(at: clock(), surface: "int_r02", action: action, outcome: outcome, actor: context.actor,
+                               requestID: context.requestID, identifier: identifier, accountID: nil, changes: [], detail: detail)
+        do {
+            try await database.pool.write { db in try self.audit.append(event, in: db) }
+        } catch {
+            logger.error("could not record refused call in audit trail", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: The transaction
+
+    private func apply(_ request: ProvisioningRequest, passwordHash: String?, context: CallContext, db: Database) throws -> Attempt {
+        let now = clock()
+        switch request {
+        case .create(let record):
+            try checkCreatable(identifiers: record.identifiers, record: record, db: db)
+            guard let passwordHash else { return .needsPasswordHash }
+            return .done(try insertAccount(record, identifiers: record.identifiers, passwordHash: passwordHash,
+                                           now: now, action: request.action, auditIdentifier: request.auditIdentifier,
+                                           context: context, db: db))
+
+        case .conditionalUpdate(let target, let record, let ifMatch):
+            if let holder = try queries.holder(of: target, in: db) {
+                return .done(try update(holder, with: record, ifMatch: ifMatch, now: now, target: target, context: context, db: db))
+            }
+            if ifMatch != nil {
+                throw FHIRError(.preconditionFailed, code: .conflict, "If-Match was sent but no account holds \(target); nothing was created.", expression: ["Practitioner.identifier"])
+            }
+            // No match: the PUT creates (upsert). The URL's identifier joins the body's; if the
+            // body names another identifier of the same kind, the request contradicts itself.
+            var identifiers = record.identifiers
+            if let sameKind = record.identifier(of: target.kind) {
+                if sameKind != target {
+                    throw FHIRError(.unprocessable, code: .invariant,
+                                    "No account holds \(target), and the body carries a different \(target.kind.typeCode) (\(sameKind.value)): the request contradicts itself, nothing was created.",
+                                    expression: ["Practitioner.identifier"])
+                }
+            } else {
+                identifiers.append(target)
+            }
+            try checkCreatable(identifiers: identifiers, record: record, db: db)
+            guard let passwordHash else { return .needsPasswordHash }
+            return .done(try insertAccount(record, identifiers: identifiers, passwordHash: passwordHash, now: now,
+                                           action: request.action, auditIdentifier: target.description, context: context, db: db))
+        }
+    }
+
+    private func checkCreatable(identifiers: [RegulatorIdentifier], record: RegulatorRecord, db: Database) throws {
+        for identifier in identifiers {
+            if let holder = try queries.holder(of: identifier, in: db), holder.active {
+                throw FHIRError(.conflict, code: .duplicate,
+                                "A regulator account with \(identifier) already exists (Practitioner/\(holder.id)); use PUT ?identifier=\(identifier) to update it.",
+                                expression: [expression(for: identifier, in: record)])
+            }
+        }
+        if record.active, let other = try queries.activeAccount(withEmailKey: record.email.key, excluding: nil, in: db) {
+            throw emailConflict(record.email, other: other)
+        }
+    }
+
+    private func emailConflict(_ email: EmailAddress, other: AccountRow) -> FHIRError {
+        FHIRError(.conflict, code: .duplicate,
+                  "The e-mail address \(email) is already used by another active account (Practitioner/\(other.id)).",
+                  expression: ["Practitioner.telecom[0].value"])
+    }
+
+    private func expression(for identifier: RegulatorIdentifier, in record: RegulatorRecord) -> String {
+        // The validator keeps body order unknown here; name the element by its system.
+        "Practitioner.identifier.where(system='\(identifier.system)')"
+    }
+
+    private func insertAccount(_ record: RegulatorRecord, identifiers: [RegulatorIdentifier], passwordHash: String, now: Date,
+                               action: String, auditIdentifier: String, context: CallContext, db: Database) throws -> ProvisioningResult {
+        let row = AccountRow(
+            id: UUID().uuidString.lowercased(), version: 1, active: record.active,
+            familyName: record.familyName, givenName: record.givenName,
+            email: record.email.value, emailKey: record.email.key,
+            passwordHash: passwordHash, passwordResetRequired: true,
+            createdAt: now, updatedAt: now, activeChangedAt: now
+        )
+        try row.insert(db)
+        var changes = [
+            FieldChange(field: "active", old: nil, new: String(record.active)),
+            FieldChange(field: "familyName", old: nil, new: record.familyName),
+            FieldChange(field: "givenName", old: nil, new: record.givenName),
+            FieldChange(field: "email", old: nil, new: record.email.value),
+        ]
+        for identifier in identifiers {
+            try assign(identifier, to: row.id, now: now, context: context, db: db)
+            changes.append(FieldChange(field: Self.fieldName(identifier.kind), old: nil, new: identifier.value))
+        }
+        try audit.append(AuditEvent(at: now, surface: "int_r02", action: action, outcome: "201 created", actor: context.actor,
+                                    requestID: context.requestID, identifier: auditIdentifier, accountID: row.id,
+                                    changes: changes, detail: ignoredDetail(record)), in: db)
+        guard let snapshot = try queries.snapshot(id: row.id, in: db) else {
+            throw FHIRError(.internalError, code: .exception, "The account vanished during its creation.")
+        }
+        return ProvisioningResult(kind: .created, account: snapshot, changes: changes)
+    }
+
+    private func update(_ existing: AccountRow, with record: RegulatorRecord, ifMatch: Int?, now: Date,
+                        target: RegulatorIdentifier, context: CallContext, db: Database) throws -> ProvisioningResult {
+        if let ifMatch, ifMatch != existing.version {
+            throw FHIRError(.preconditionFailed, code: .conflict,
+                            "If-Match names version \(ifMatch) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.")
+        }
+        var row = existing
+        var changes: [FieldChange] = []
+        let current = try queries.currentIdentifiers(of: existing.id, in: db)
+
+        // Identifiers first: conflicts abort the transaction before anything else counts.
+        for identifier in record.identifiers {
+            let held = current.first { $0.kind == identifier.kind.rawValue }
+            if held?.value == identifier.value { continue }
+            if let holder = try queries.holder(of: identifier, in: db), holder.id != existing.id, holder.active {
+                throw FHIRError(.conflict, code: .duplicate,
+                                "\(identifier) belongs to another active account (Practitioner/\(holder.id)); it can move only once that account is deactivated. Nothing was changed.",
+                                expression: [expression(for: identifier, in: record)])
+            }
+            if let held {
+                try db.execute(sql: """
+                    UPDATE account_identifier SET ended_at = ?, ended_reason = 'replaced'
+                    WHERE id = ?
+                    """, arguments: [now, held.id])
+            }
+            try assign(identifier, to: existing.id, now: now, context: context, db: db)
+            changes.append(FieldChange(field: Self.fieldName(identifier.kind), old: held?.value, new: identifier.value))
+        }
+
+        if row.active != record.active {
+            changes.append(FieldChange(field: "active", old: String(row.active), new: String(record.active)))
+            row.active = record.active
+            row.activeChangedAt = now
+        }
+        if row.familyName != record.familyName {
+            changes.append(FieldChange(field: "familyName", old: row.familyName, new: record.familyName))
+            row.familyName = record.familyName
+        }
+        if row.givenName != record.givenName {
+            changes.append(FieldChange(field: "givenName", old: row.givenName, new: record.givenName))
+            row.givenName = record.givenName
+        }
+        let emailChanged = row.email != record.email.value
+        if emailChanged {
+            changes.append(FieldChange(field: "email", old: row.email, new: record.email.value))
+            row.email = record.email.value
+            row.emailKey = record.email.key
+        }
+        if row.active && (emailChanged || !existing.active),
+           let other = try queries.activeAccount(withEmailKey: row.emailKey, excluding: row.id, in: db) {
+            throw emailConflict(record.email, other: other)
+        }
+
+        let kind: ProvisioningResult.Kind
+        if changes.isEmpty {
+            kind = .unchanged
+        } else {
+            kind = .updated
+            row.version += 1
+            row.updatedAt = now
+            try row.update(db)
+        }
+        try audit.append(AuditEvent(at: now, surface: "int_r02", action: "conditional-update", outcome: "200 \(kind.rawValue)",
+                                    actor: context.actor, requestID: context.requestID, identifier: target.description,
+                                    accountID: row.id, changes: changes, detail: ignoredDetail(record)), in: db)
+        guard let snapshot = try queries.snapshot(id: row.id, in: db) else {
+            throw FHIRError(.internalError, code: .exception, "The account vanished during its update.")
+        }
+        return ProvisioningResult(kind: kind, account: snapshot, changes: changes)
+    }
+
+    /// Gives `identifier` to `accountID`, taking it from a deactivated holder if there is one
+    /// (re-attribution: the holder keeps it in its history, and its audit trail says so).
+    private func assign(_ identifier: RegulatorIdentifier, to accountID: String, now: Date, context: CallContext, db: Database) throws {
+        if let holder = try queries.holder(of: identifier, in: db), holder.id != accountID {
+            precondition(!holder.active, "active holders are refused before assignment")
+            try db.execute(sql: """
+                UPDATE account_identifier SET ended_at = ?, ended_reason = 'reattributed', ended_by_account_id = ?
+                WHERE kind = ? AND value = ? AND ended_at IS NULL
+                """, arguments: [now, accountID, identifier.kind.rawValue, identifier.value])
+            try audit.append(AuditEvent(at: now, surface: "int_r02", action: "identifier-reattributed", outcome: "moved",
+                                        actor: context.actor, requestID: context.requestID, identifier: identifier.description,
+                                        accountID: holder.id,
+                                        changes: [FieldChange(field: Self.fieldName(identifier.kind), old: identifier.value, new: nil)],
+                                        detail: "re-attributed to Practitioner/\(accountID) after deactivation"), in: db)
+        }
+        var assignment = IdentifierAssignment(id: nil, accountId: accountID, kind: identifier.kind.rawValue, value: identifier.value,
+                                              assignedAt: now, endedAt: nil, endedReason: nil, endedByAccountId: nil)
+        try assignment.insert(db)
+    }
+
+    private func ignoredDetail(_ record: RegulatorRecord) -> String? {
+        record.ignoredIdentifierSystems.isEmpty ? nil
+            : "ignored identifier systems: \(record.ignoredIdentifierSystems.joined(separator: ", "))"
+    }
+
+    static func fieldName(_ kind: RegulatorIdentifier.Kind) -> String {
+        kind == .national ? "nationalId" : "sasTechnicalId"
+    }
+}
