@@ -123,7 +123,7 @@ struct ServeCommand: AsyncParsableCommand {
             let logger = listeningLogger, host = listeningHost, developmentPKI = pkiForCurl
             logger.notice("FHIR mTLS endpoint listening", metadata: ["address": "\(host):\(boundPort)"])
             if let developmentPKI {
-                print(Self.curlExample(pki: developmentPKI, port: boundPort))
+                FileHandle.standardOutput.write(Data(Self.curlExample(pki: developmentPKI, port: boundPort).utf8))
             }
         }
         try await app.runService()

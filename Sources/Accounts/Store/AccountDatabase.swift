@@ -42,16 +42,16 @@ public final class AccountDatabase: Sendable {
                 CREATE TABLE account (
                     id TEXT PRIMARY KEY NOT NULL,
                     version INTEGER NOT NULL,
-                    active BOOLEAN NOT NULL,
+                    active INTEGER NOT NULL,
                     family_name TEXT NOT NULL,
                     given_name TEXT NOT NULL,
                     email TEXT NOT NULL,
                     email_key TEXT NOT NULL,
                     password_hash TEXT NOT NULL,
-                    password_reset_required BOOLEAN NOT NULL,
-                    created_at DATETIME NOT NULL,
-                    updated_at DATETIME NOT NULL,
-                    active_changed_at DATETIME NOT NULL
+                    password_reset_required INTEGER NOT NULL,
+                    created_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL,
+                    active_changed_at TEXT NOT NULL
                 ) STRICT;
                 -- An e-mail address (case-folded) belongs to at most one active account.
                 CREATE UNIQUE INDEX account_email_active ON account(email_key) WHERE active;
@@ -62,8 +62,8 @@ public final class AccountDatabase: Sendable {
                     account_id TEXT NOT NULL REFERENCES account(id),
                     kind TEXT NOT NULL CHECK (kind IN ('IDNPS', 'INTRN')),
                     value TEXT NOT NULL,
-                    assigned_at DATETIME NOT NULL,
-                    ended_at DATETIME,
+                    assigned_at TEXT NOT NULL,
+                    ended_at TEXT,
                     ended_reason TEXT CHECK (ended_reason IN ('replaced', 'reattributed')),
                     ended_by_account_id TEXT REFERENCES account(id),
                     CHECK ((ended_at IS NULL) = (ended_reason IS NULL))
@@ -76,7 +76,7 @@ public final class AccountDatabase: Sendable {
 
                 CREATE TABLE audit_event (
                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                    at DATETIME NOT NULL,
+                    at TEXT NOT NULL,
                     surface TEXT NOT NULL,
                     action TEXT NOT NULL,
                     outcome TEXT NOT NULL,

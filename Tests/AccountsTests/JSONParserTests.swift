@@ -1,0 +1,54 @@
+import Accounts
+import Testing
+
+@Suite("Strict JSON parser")
+struct JSONParserTests {
+    let parser = JSONParser()
+
+    func parse(_ text: String) throws -> JSONValue { try parser.parse(Array(text.utf8)) }
+
+    @Test func parsesObjectsInOrderWithEscapes() throws {
+        let value = try parse(#"{"b":1,"a":[true,false,null],"s":"é\u00e9\n\ud83d\ude00","n":-1.5e3}"#)
+        guard case .object(let object) = value else { Issue.record("not an object"); return }
+        #expect(object.keys == ["b", "a", "s", "n"])
+        #expect(object["s"] == .string("éé\n😀"))
+        #expect(object["n"] == .number("-1.5e3"))
+        #expect(object["a"] == .array([.bool(true), .bool(false), .null]))
+    }
+
+    @Test(arguments: [
+        #"{"a":1,"a":2}"#,             // duplicate key
+        #"{"a":1,}"#,                  // trailing comma
+        #"{"a":1} x"#,                 // trailing data
+        #"{'a':1}"#,                   // single quotes
+        #"{"a":01}"#,                  // leading zero
+        #"{"a":"\ud800"}"#,            // lone surrogate
+        #"{"a":"\x"}"#,                // bad escape
+        "{\"a\":\"tab\there\"}",       // raw control character
+        #"{"a":tru}"#,                 // bad literal
+        "",                            // empty
+        #"{"a":1"#,                    // unterminated
+    ])
+    func refusesInvalidDocuments(_ text: String) {
+        #expect(throws: JSONParseError.self) { try parse(text) }
+    }
+
+    @Test func refusesInvalidUTF8() {
+        let bytes: [UInt8] = Array(#"{"a":""#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8)
+        #expect(throws: JSONParseError.self) { try parser.parse(bytes) }
+    }
+
+    @Test func limitsNestingDepth() throws {
+        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        #expect(throws: JSONParseError.self) { try parse(deep) }
+        let fine = String(repeating: "[", count: 60) + String(repeating: "]", count: 60)
+        _ = try parse(fine)
+    }
+
+    @Test func writerRoundTrips() throws {
+        let text = #"{"a":"quote\" back\\ nl\n ctl\u0001","b":[1,2.5,{"c":null}]}"#
+        let value = try parse(text)
+        #expect(JSONWriter().string(value) == text)
+        #expect(try parse(JSONWriter(pretty: true).string(value)) == value)
+    }
+}

@@ -1,0 +1,322 @@
+import Accounts
+import Foundation
+import GRDB
+import Testing
+
+/// A fresh database file and provisioner per test; argon2 is cheap here (its cost is
+/// measured by the benchmark, not the tests).
+struct Harness {
+    let directory: URL
+    let database: AccountDatabase
+    let provisioner: Provisioner
+    let context = CallContext(actor: AuditActor(subject: "CN=test", serial: "01"), requestID: "test")
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("accounts-\(UUID().uuidString)")
+        database = try AccountDatabase(path: directory.appendingPathComponent("db.sqlite").path)
+        provisioner = Provisioner(database: database, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2))
+    }
+
+    func create(_ record: RegulatorRecord) async throws(FHIRError) -> ProvisioningResult {
+        try await provisioner.provision(.create(record), context: context)
+    }
+
+    func put(_ identifier: RegulatorIdentifier, _ record: RegulatorRecord, ifMatch: Int? = nil) async throws(FHIRError) -> ProvisioningResult {
+        try await provisioner.provision(.conditionalUpdate(identifier, record, ifMatchVersion: ifMatch), context: context)
+    }
+
+    func holder(_ identifier: RegulatorIdentifier) async throws -> AccountSnapshot? {
+        try await database.pool.read { db in try AccountQueries().snapshot(holding: identifier, in: db) }
+    }
+
+    func history(_ accountID: String) async throws -> [IdentifierAssignment] {
+        try await database.pool.read { db in try AccountQueries().identifierHistory(of: accountID, in: db) }
+    }
+
+    func accountCount() async throws -> Int {
+        try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
+    }
+
+    func auditEvents() async throws -> [AuditEvent] {
+        try await database.pool.read { db in try AuditLog().events(in: db) }
+    }
+}
+
+/// Runs a provisioning call expected to be refused; nil (and a recorded issue) if it succeeded.
+func refusal(sourceLocation: SourceLocation = #_sourceLocation, _ operation: () async throws -> ProvisioningResult) async -> FHIRError? {
+    do {
+        _ = try await operation()
+        Issue.record("the call was accepted", sourceLocation: sourceLocation)
+        return nil
+    } catch let error as FHIRError {
+        return error
+    } catch {
+        Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+        return nil
+    }
+}
+
+let national = RegulatorIdentifier.national(NationalID("810002673899")!)
+let otherNational = RegulatorIdentifier.national(NationalID("810002673900")!)
+let technical = RegulatorIdentifier.sasTechnical(SASTechnicalID("b6e39355-8a61-4556-b340-36f7b95fec6a")!)
+
+@Suite("INT_R02 provisioning rules")
+struct ProvisioningTests {
+    @Test func createWithNationalID() async throws {
+        let h = try Harness()
+        let result = try await h.create(try Fixtures.record())
+        #expect(result.kind == .created)
+        #expect(result.account.nationalID?.value == "810002673899")
+        #expect(result.account.version == 1)
+        #expect(result.account.passwordResetRequired)
+        #expect(try await h.holder(national)?.id == result.account.id)
+    }
+
+    @Test func createWithTechnicalID() async throws {
+        let h = try Harness()
+        let result = try await h.create(try Fixtures.record(national: nil, technical: technical.value))
+        #expect(result.kind == .created)
+        #expect(result.account.sasTechnicalID == SASTechnicalID(technical.value))
+    }
+
+    @Test func generatedPasswordIsArgon2idAndNeverStoredInClear() async throws {
+        let h = try Harness()
+        let result = try await h.create(try Fixtures.record())
+        let row = try await h.database.pool.read { db in try AccountRow.fetchOne(db, key: result.account.id) }
+        #expect(row?.passwordHash.hasPrefix("$argon2id$v=19$m=64,t=1,p=1$") == true)
+        #expect(row?.passwordResetRequired == true)
+        // The audit trail never mentions the password or its hash.
+        let events = try await h.auditEvents()
+        #expect(events.allSatisfy { !($0.changes ?? "").contains("argon2") && !($0.changes ?? "").lowercased().contains("password") })
+    }
+
+    @Test func defaultArgon2ParametersAreAtLeastOWASPMinimum() throws {
+        let encoded = try PasswordHasher.hashNow(Array("correct horse".utf8), parameters: .owaspMinimum)
+        #expect(encoded.hasPrefix("$argon2id$v=19$m=19456,t=2,p=1$"))
+        #expect(PasswordHasher.verifyNow(Array("correct horse".utf8), encoded: encoded))
+        #expect(!PasswordHasher.verifyNow(Array("wrong horse".utf8), encoded: encoded))
+    }
+
+    @Test func generatedPasswordsAreLongAndDistinct() {
+        let passwords = (0..<50).map { _ in PasswordGenerator.generate() }
+        #expect(Set(passwords).count == 50)
+        #expect(passwords.allSatisfy { $0.count == 43 })  // 256 bits in base64url
+    }
+
+    @Test func secondCreateIsRefused() async throws {
+        let h = try Harness()
+        _ = try await h.create(try Fixtures.record())
+        #expect(await refusal { try await h.create(try Fixtures.record(email: "other@test.com")) }?.category == .conflict)
+        #expect(try await h.accountCount() == 1)
+    }
+
+    @Test func putOnUnknownIdentifierCreates() async throws {
+        let h = try Harness()
+        let result = try await h.put(national, try Fixtures.record())
+        #expect(result.kind == .created)
+        // The URL's identifier joins the body's when the body lacks it.
+        let created = try await h.put(technical, try Fixtures.record(national: otherNational.value, email: "b@test.com"))
+        #expect(created.kind == .created)
+        #expect(created.account.sasTechnicalID?.value == technical.value)
+        #expect(created.account.nationalID?.value == otherNational.value)
+    }
+
+    @Test func putCreateWithContradictingIdentifierIsRefused() async throws {
+        let h = try Harness()
+        #expect(await refusal { try await h.put(national, try Fixtures.record(national: otherNational.value)) }?.category == .unprocessable)
+        #expect(try await h.accountCount() == 0)
+    }
+
+    @Test func updatesEveryField() async throws {
+        let h = try Harness()
+        let created = try await h.create(try Fixtures.record())
+        let cases: [(RegulatorRecord, String)] = [
+            (try Fixtures.record(active: false), "active"),
+            (try Fixtures.record(active: true), "active"),
+            (try Fixtures.record(email: "new@test.com"), "email"),
+            (try Fixtures.record(family: "MARIUS-NEW", email: "new@test.com"), "familyName"),
+            (try Fixtures.record(family: "MARIUS-NEW", given: "Jean", email: "new@test.com"), "givenName"),
+        ]
+        var version = created.account.version
+        for (record, field) in cases {
+            let result = try await h.put(national, record)
+            #expect(result.kind == .updated)
+            #expect(result.changes.map(\.field) == [field])
+            #expect(result.account.version == version + 1)
+            #expect(result.account.id == created.account.id)
+            version = result.account.version
+        }
+        let final = try #require(try await h.holder(national))
+        #expect(final.familyName == "MARIUS-NEW" && final.givenName == "Jean" && final.email == "new@test.com" && final.active)
+    }
+
+    @Test func identicalUpdateChangesNothing() async throws {
+        let h = try Harness()
+        let created = try await h.create(try Fixtures.record())
+        let result = try await h.put(national, try Fixtures.record())
+        #expect(result.kind == .unchanged)
+        #expect(result.account.version == created.account.version)
+        #expect(result.account.updatedAt == created.account.updatedAt)
+    }
+
+    @Test func deactivationIsStoredAtOnce() async throws {
+        let h = try Harness()
+        _ = try await h.create(try Fixtures.record())
+        let result = try await h.put(national, try Fixtures.validate("regulator-3-deactivated.json"))
+        #expect(!result.account.active)
+        #expect(try await h.holder(national)?.active == false)
+    }
+
+    @Test func nationalIDAttachedThroughTechnicalID() async throws {
+        let h = try Harness()
+        let created = try await h.create(try Fixtures.record(national: nil, technical: technical.value))
+        // Rule 3: PUT addressed by the technical id, body with the national id only.
+        let result = try await h.put(technical, try Fixtures.record(national: national.value, technical: nil))
+        #expect(result.kind == .updated)
+        #expect(result.account.id == created.account.id)
+        #expect(try await h.holder(national)?.id == created.account.id)
+        #expect(try await h.holder(technical)?.id == created.account.id)
+        #expect(result.account.identifiers.count == 2)
+    }
+
+    @Test func changingTheNationalIDKeepsHistory() async throws {
+        let h = try Harness()
+        let created = try await h.create(try Fixtures.record())
+        let result = try await h.put(national, try Fixtures.record(national: otherNational.value))
+        #expect(result.account.nationalID?.value == otherNational.value)
+        #expect(try await h.holder(national) == nil)
+        #expect(try await h.holder(otherNational)?.id == created.account.id)
+        let history = try await h.history(created.account.id)
+        #expect(history.count == 2)
+        #expect(history[0].value == national.value && history[0].endedReason == .replaced && history[0].endedAt != nil)
+        #expect(history[1].value == otherNational.value && history[1].endedAt == nil)
+    }
+
+    @Test func reattributionAfterDeactivation() async throws {
+        let h = try Harness()
+        let first = try await h.create(try Fixtures.record())
+        _ = try await h.put(national, try Fixtures.record(active: false))
+        let second = try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "jules.marius@test.com"))
+        let moved = try await h.put(technical, try Fixtures.record(national: national.value, technical: nil))
+        #expect(moved.account.id == second.account.id)
+        #expect(try await h.holder(national)?.id == second.account.id)
+        let oldHistory = try await h.history(first.account.id)
+        #expect(oldHistory.count == 1)
+        #expect(oldHistory[0].endedReason == .reattributed && oldHistory[0].endedByAccountId == second.account.id)
+        let events = try await h.auditEvents()
+        #expect(events.contains { $0.action == "identifier-reattributed" && $0.accountId == first.account.id })
+    }
+
+    @Test func reattributionByCreateAfterDeactivation() async throws {
+        let h = try Harness()
+        let first = try await h.create(try Fixtures.record())
+        _ = try await h.put(national, try Fixtures.record(active: false))
+        let second = try await h.create(try Fixtures.record())
+        #expect(second.account.id != first.account.id)
+        #expect(try await h.holder(national)?.id == second.account.id)
+    }
+
+    @Test func identifierOfAnActiveAccountDoesNotMove() async throws {
+        let h = try Harness()
+        let first = try await h.create(try Fixtures.record())
+        _ = try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "b@test.com"))
+        #expect(await refusal { try await h.put(technical, try Fixtures.record(national: national.value, technical: nil, email: "b@test.com")) }?.category == .conflict)
+        #expect(try await h.holder(national)?.id == first.account.id)
+        #expect(try await h.holder(technical)?.nationalID == nil)
+    }
+
+    @Test func emailBelongsToOneActiveAccount() async throws {
+        let h = try Harness()
+        let first = try await h.create(try Fixtures.record())
+        let emailRefusal = await refusal { try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "JULES.marius@test.com")) }
+        #expect(emailRefusal?.category == .conflict)
+        #expect(emailRefusal?.issues.first?.expression == ["Practitioner.telecom[0].value"])
+        _ = try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "b@test.com"))
+        // Update to a taken e-mail is refused and changes nothing.
+        #expect(await refusal { try await h.put(technical, try Fixtures.record(national: nil, technical: technical.value, family: "Changed", email: "jules.marius@test.com")) }?.category == .conflict)
+        #expect(try await h.holder(technical)?.familyName == "MARIUS")
+        // Once the first account is deactivated its e-mail is free...
+        _ = try await h.put(national, try Fixtures.record(active: false))
+        let moved = try await h.put(technical, try Fixtures.record(national: nil, technical: technical.value, email: "jules.marius@test.com"))
+        #expect(moved.account.email == "jules.marius@test.com")
+        // ...and reactivating it would now collide.
+        #expect(await refusal { try await h.put(national, try Fixtures.record(active: true)) }?.category == .conflict)
+        #expect(try await h.holder(national)?.id == first.account.id)
+        #expect(try await h.holder(national)?.active == false)
+    }
+
+    @Test func ifMatchIsHonoured() async throws {
+        let h = try Harness()
+        _ = try await h.create(try Fixtures.record())
+        #expect(await refusal { try await h.put(national, try Fixtures.record(family: "X"), ifMatch: 7) }?.category == .preconditionFailed)
+        let result = try await h.put(national, try Fixtures.record(family: "X"), ifMatch: 1)
+        #expect(result.account.version == 2)
+    }
+
+    @Test func everyCallIsAudited() async throws {
+        let h = try Harness()
+        let created = try await h.create(try Fixtures.record())
+        _ = try await h.put(national, try Fixtures.record(family: "NEW"))
+        let events = try await h.auditEvents()
+        #expect(events.map(\.outcome) == ["201 created", "200 updated"])
+        #expect(events.allSatisfy { $0.actorSubject == "CN=test" && $0.actorSerial == "01" && $0.accountId == created.account.id })
+        #expect(events[1].changes?.contains("\"field\":\"familyName\"") == true)
+    }
+
+    @Test func auditTrailIsAppendOnly() async throws {
+        let h = try Harness()
+        _ = try await h.create(try Fixtures.record())
+        await #expect(throws: DatabaseError.self) {
+            try await h.database.pool.write { db in try db.execute(sql: "UPDATE audit_event SET outcome = 'x'") }
+        }
+        await #expect(throws: DatabaseError.self) {
+            try await h.database.pool.write { db in try db.execute(sql: "DELETE FROM audit_event") }
+        }
+        #expect(try await h.auditEvents().count == 1)
+    }
+
+    @Test func concurrentUpsertsCreateOneAccountAndLoseNoUpdate() async throws {
+        let h = try Harness()
+        let outcomes = await withTaskGroup(of: Result<ProvisioningResult, FHIRError>.self) { group in
+            for index in 0..<24 {
+                group.addTask {
+                    let record = try! Fixtures.record(family: "F\(index)")
+                    do throws(FHIRError) { return .success(try await h.put(national, record)) } catch { return .failure(error) }
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        let results = outcomes.compactMap { try? $0.get() }
+        #expect(results.count == 24, "every concurrent upsert succeeds: \(outcomes)")
+        #expect(results.filter { $0.kind == .created }.count == 1)
+        #expect(try await h.accountCount() == 1)
+        // Every family name differs, so every update is a change: versions 1...24 with no gap
+        // or repeat means each update saw the one before it (no lost update).
+        let versions = results.map { $0.account.version }.sorted()
+        #expect(versions == Array(1...24))
+        let final = try #require(try await h.holder(national))
+        #expect(results.contains { $0.account.version == final.version && $0.account.familyName == final.familyName })
+    }
+
+    @Test func concurrentCreatesYieldOneAccountAndConflicts() async throws {
+        let h = try Harness()
+        let outcomes = await withTaskGroup(of: FHIRError.Category?.self) { group in
+            for _ in 0..<16 {
+                group.addTask {
+                    let record = try! Fixtures.record()
+                    do throws(FHIRError) { _ = try await h.create(record); return nil } catch { return error.category }
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(outcomes.filter { $0 == nil }.count == 1)
+        #expect(outcomes.compactMap { $0 }.allSatisfy { $0 == .conflict })
+        #expect(try await h.accountCount() == 1)
+    }
+}
+
+extension Fixtures {
+    static func validate(_ example: String) throws -> RegulatorRecord {
+        try PractitionerValidator().validate(try Fixtures.example(example))
+    }
+}

@@ -1,0 +1,209 @@
+import Accounts
+import Testing
+
+@Suite("FrPractitionerRegul validation")
+struct ValidatorTests {
+    let validator = PractitionerValidator()
+
+    /// Validates and returns the refusal, failing the test if the body was accepted.
+    func refusal(_ body: JSONObject, sourceLocation: SourceLocation = #_sourceLocation) -> FHIRError? {
+        do {
+            _ = try validator.validate(.object(body))
+            Issue.record("body was accepted", sourceLocation: sourceLocation)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    func expectRefusal(_ body: JSONObject, _ category: FHIRError.Category, at expression: String,
+                       sourceLocation: SourceLocation = #_sourceLocation) {
+        guard let error = refusal(body, sourceLocation: sourceLocation) else { return }
+        #expect(error.category == category, "\(error)", sourceLocation: sourceLocation)
+        #expect(error.issues.contains { $0.expression.contains(expression) }, "expected an issue at \(expression), got \(error)", sourceLocation: sourceLocation)
+        #expect(error.issues.allSatisfy { !$0.diagnostics.isEmpty }, sourceLocation: sourceLocation)
+    }
+
+    @Test(arguments: ["regulator-1-national-id.json", "regulator-2-national-id-rpps.json", "regulator-3-deactivated.json", "regulator-4-sas-technical-id.json"])
+    func acceptsPublishedExamples(_ name: String) throws {
+        let record = try validator.validate(try Fixtures.example(name))
+        #expect(!record.identifiers.isEmpty)
+    }
+
+    @Test func extractsFields() throws {
+        let record = try validator.validate(try Fixtures.example("regulator-4-sas-technical-id.json"))
+        #expect(record.sasTechnicalID?.value == "1ef1c748-01a3-6180-b098-73283ce4e5b1")
+        #expect(record.nationalID == nil)
+        #expect(record.active)
+        #expect(record.familyName == "Loridon")
+        #expect(record.givenName == "Sébastien")
+        #expect(record.email.value == "sebastien.loridon@test.com")
+        let deactivated = try validator.validate(try Fixtures.example("regulator-3-deactivated.json"))
+        #expect(!deactivated.active)
+    }
+
+    @Test func toleratesUnknownElementsAndOtherIdentifierSystems() throws {
+        var body = Fixtures.practitioner()
+        body["gender"] = .string("male")
+        body["extension"] = .array([.object(["url": .string("http://example.org/x"), "valueString": .string("y")])])
+        body["identifier"] = .array([
+            Fixtures.identifier(system: Fixtures.nationalSystem, code: "IDNPS", value: "810002673899"),
+            .object(["system": .string("http://example.org/other"), "value": .string("42")]),
+        ])
+        let record = try validator.validate(.object(body))
+        #expect(record.ignoredIdentifierSystems == ["http://example.org/other"])
+        #expect(record.nationalID?.value == "810002673899")
+    }
+
+    @Test func acceptsBothIdentifiersTogether() throws {
+        let record = try Fixtures.record(national: "810002673899", technical: "b6e39355-8a61-4556-b340-36f7b95fec6a")
+        #expect(record.identifiers.count == 2)
+    }
+
+    // MARK: Not FHIR (400)
+
+    @Test func refusesInvalidJSON() throws {
+        #expect(throws: FHIRError.self) { try validator.validate(body: Array("{\"resourceType\":".utf8)) }
+        do { _ = try validator.validate(body: Array("[]".utf8)) } catch { #expect(error.category == .invalidContent) }
+    }
+
+    @Test func refusesOtherResourceTypes() {
+        var body = Fixtures.practitioner()
+        body["resourceType"] = .string("Patient")
+        expectRefusal(body, .invalidContent, at: "resourceType")
+        body["resourceType"] = nil
+        expectRefusal(body, .invalidContent, at: "resourceType")
+    }
+
+    @Test func refusesNullEmptyStringsAndEmptyArrays() {
+        var body = Fixtures.practitioner()
+        body["gender"] = .null
+        expectRefusal(body, .invalidContent, at: "Practitioner.gender")
+        body = Fixtures.practitioner(family: "")
+        expectRefusal(body, .invalidContent, at: "Practitioner.name[0].family")
+        body = Fixtures.practitioner(email: "")
+        expectRefusal(body, .invalidContent, at: "Practitioner.telecom[0].value")
+        body = Fixtures.practitioner()
+        body["identifier"] = .array([])
+        expectRefusal(body, .invalidContent, at: "Practitioner.identifier")
+    }
+
+    @Test func refusesWrongTypes() {
+        var body = Fixtures.practitioner()
+        body["active"] = .string("true")
+        expectRefusal(body, .invalidContent, at: "Practitioner.active")
+        body = Fixtures.practitioner()
+        body["name"] = .object(["family": .string("X")])
+        expectRefusal(body, .invalidContent, at: "Practitioner.name")
+        body = Fixtures.practitioner()
+        body["identifier"] = .array([.object(["system": .string(Fixtures.nationalSystem), "value": .number("810002673899"),
+                                              "type": .object(["coding": .array([.object(["system": .string(FHIRSystems.identifierType), "code": .string("IDNPS")])])])])])
+        expectRefusal(body, .invalidContent, at: "Practitioner.identifier[0].value")
+    }
+
+    @Test func refusesInvalidResourceID() {
+        var body = Fixtures.practitioner()
+        body["id"] = .string("bad id!")
+        expectRefusal(body, .invalidContent, at: "Practitioner.id")
+    }
+
+    // MARK: Profile (422)
+
+    @Test func requiresMetaSourceOfTheSAS() {
+        var body = Fixtures.practitioner()
+        body["meta"] = nil
+        expectRefusal(body, .unprocessable, at: "Practitioner.meta.source")
+        body["meta"] = .object(["source": .string("urn:oid:1.2.3")])
+        expectRefusal(body, .unprocessable, at: "Practitioner.meta.source")
+    }
+
+    @Test func requiresIdentifier() {
+        var body = Fixtures.practitioner()
+        body["identifier"] = nil
+        expectRefusal(body, .unprocessable, at: "Practitioner.identifier")
+        body["identifier"] = .array([.object(["system": .string("http://example.org/other"), "value": .string("1")])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.identifier")
+    }
+
+    @Test func refusesTypeCodeContradictingSystem() {
+        var body = Fixtures.practitioner()
+        body["identifier"] = .array([Fixtures.identifier(system: Fixtures.sasSystem, code: "IDNPS", value: "b6e39355-8a61-4556-b340-36f7b95fec6a")])
+        expectRefusal(body, .unprocessable, at: "Practitioner.identifier[0].type.coding[0].code")
+        body["identifier"] = .array([Fixtures.identifier(system: Fixtures.nationalSystem, code: "INTRN", value: "810002673899")])
+        expectRefusal(body, .unprocessable, at: "Practitioner.identifier[0].type.coding[0].code")
+    }
+
+    @Test func requiresIdentifierType() {
+        var body = Fixtures.practitioner()
+        body["identifier"] = .array([.object(["system": .string(Fixtures.nationalSystem), "value": .string("810002673899")])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.identifier[0].type")
+    }
+
+    @Test func checksIdentifierFormats() {
+        expectRefusal(Fixtures.practitioner(national: "12345"), .unprocessable, at: "Practitioner.identifier[0].value")
+        expectRefusal(Fixtures.practitioner(national: nil, technical: "not-a-uuid"), .unprocessable, at: "Practitioner.identifier[0].value")
+        // A UUID in the national system is not a national id.
+        expectRefusal(Fixtures.practitioner(national: "b6e39355-8a61-4556-b340-36f7b95fec6a"), .unprocessable, at: "Practitioner.identifier[0].value")
+    }
+
+    @Test func refusesTwoIdentifiersOfTheSameSystem() {
+        var body = Fixtures.practitioner()
+        body["identifier"] = .array([
+            Fixtures.identifier(system: Fixtures.nationalSystem, code: "IDNPS", value: "810002673899"),
+            Fixtures.identifier(system: Fixtures.nationalSystem, code: "IDNPS", value: "810002673900"),
+        ])
+        expectRefusal(body, .unprocessable, at: "Practitioner.identifier[1].system")
+    }
+
+    @Test func requiresActive() {
+        var body = Fixtures.practitioner()
+        body["active"] = nil
+        expectRefusal(body, .unprocessable, at: "Practitioner.active")
+    }
+
+    @Test func requiresNames() {
+        var body = Fixtures.practitioner()
+        body["name"] = nil
+        expectRefusal(body, .unprocessable, at: "Practitioner.name")
+        expectRefusal(Fixtures.practitioner(family: "   "), .unprocessable, at: "Practitioner.name[0].family")
+        expectRefusal(Fixtures.practitioner(given: " "), .unprocessable, at: "Practitioner.name[0].given[0]")
+        body = Fixtures.practitioner()
+        body["name"] = .array([.object(["given": .array([.string("Jules")])])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.name[0].family")
+        body["name"] = .array([.object(["family": .string("MARIUS")])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.name[0].given")
+        body["name"] = .array([.object(["family": .string("MARIUS"), "given": .array([.string("Jules"), .string("Henri")])])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.name[0].given")
+    }
+
+    @Test func trimsNames() throws {
+        let record = try Fixtures.record(family: " MARIUS ", given: "Jules ")
+        #expect(record.familyName == "MARIUS")
+        #expect(record.givenName == "Jules")
+    }
+
+    @Test func requiresAnEmailTelecom() {
+        var body = Fixtures.practitioner()
+        body["telecom"] = nil
+        expectRefusal(body, .unprocessable, at: "Practitioner.telecom")
+        body["telecom"] = .array([.object(["system": .string("phone"), "value": .string("+33123456789")])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.telecom[0].system")
+        expectRefusal(Fixtures.practitioner(email: "not-an-email"), .unprocessable, at: "Practitioner.telecom[0].value")
+        body["telecom"] = .array([.object(["system": .string("email")])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.telecom[0].value")
+        body["telecom"] = .array([
+            .object(["system": .string("email"), "value": .string("a@x.fr")]),
+            .object(["system": .string("email"), "value": .string("b@x.fr")]),
+        ])
+        expectRefusal(body, .unprocessable, at: "Practitioner.telecom")
+    }
+
+    @Test func reportsEveryProblemAtOnce() {
+        var body = Fixtures.practitioner(email: "nope")
+        body["active"] = nil
+        body["meta"] = nil
+        guard let error = refusal(body) else { return }
+        let paths = Set(error.issues.flatMap(\.expression))
+        #expect(paths.isSuperset(of: ["Practitioner.active", "Practitioner.meta.source", "Practitioner.telecom[0].value"]))
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system packages account-server builds and tests against (Debian/Ubuntu).
+# Idempotent: installs only what is missing.
+set -euo pipefail
+packages=(libargon2-dev libsqlite3-dev libssl-dev pkg-config openssl curl)
+if [[ "${1:-}" == "--test" ]]; then
+    packages+=(nginx)
+fi
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "swift (6.1 or later) is required on PATH" >&2; exit 1; }

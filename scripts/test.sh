@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command to run the whole test suite: installs what is missing, builds, runs every test
+# (unit and integration: real SQLite, real mTLS with a generated PKI, real HTTP).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh --test
+swift build --build-tests
+swift test --skip-build "$@"
