@@ -1,0 +1,166 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import Testing
+
+/// The INT_R02 interactions over real mTLS, including the conformance kit's cases.
+@Suite("FHIR endpoint")
+struct FHIREndpointTests {
+    static let nationalID = "810002673899"
+    static let national = "urn:oid:1.2.250.1.71.4.2.1%7C810002673899"
+
+    func withServer(_ body: (FHIRClient, RunningServer) async throws -> Void) async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        do {
+            try await body(client, server)
+        } catch {
+            await client.shutdown()
+            await server.stop()
+            throw error
+        }
+        await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func kitCreatesUpdatesAndReads() async throws {
+        try await withServer { client, server in
+            let created = try await client.send(.POST, "/Practitioner", body: try Bodies.example("regulator-2-national-id-rpps.json"), contentType: "application/json",
+                                                headers: [("Accept", "application/json+fhir")])
+            #expect(created.status == 201)
+            let location = try #require(created.headers.first(name: "Location"))
+            #expect(location.hasPrefix("\(server.baseURL)/Practitioner/"))
+            let id = String(location.split(separator: "/").last!)
+            #expect(created["id"] == .string(id), "the body's id is ignored: ours is used")
+            #expect(created.headers.first(name: "Content-Type")?.hasPrefix("application/json+fhir") == true)
+            #expect(created.headers.first(name: "ETag") == "W/\"1\"")
+            #expect(!created.body.lowercased().contains("password") && !created.body.contains("argon2"))
+
+            // Duplicate create → refused.
+            let duplicate = try await client.send(.POST, "/Practitioner", body: try Bodies.example("regulator-2-national-id-rpps.json"))
+            #expect(duplicate.status == 409)
+            #expect(duplicate["resourceType"] == .string("OperationOutcome"))
+
+            // Deactivate, with the raw and the encoded '|'.
+            let deactivated = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: try Bodies.example("regulator-3-deactivated.json"))
+            #expect(deactivated.status == 200)
+            #expect(deactivated.headers.first(name: "Location") == location)
+            #expect(deactivated["active"] == .bool(false))
+            let reactivated = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1|\(Self.nationalID)", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(reactivated.status == 200)
+            #expect(reactivated["active"] == .bool(true))
+
+            for (body, expectedVersion) in [
+                (Bodies.practitioner(national: Self.nationalID, email: "new@test.com"), "4"),
+                (Bodies.practitioner(national: Self.nationalID, family: "NEWNAME", email: "new@test.com"), "5"),
+            ] {
+                let reply = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: body)
+                #expect(reply.status == 200)
+                #expect(reply.headers.first(name: "ETag") == "W/\"\(expectedVersion)\"")
+            }
+            let read = try await client.send(.GET, "/Practitioner/\(id)")
+            #expect(read.status == 200)
+            #expect(read.body.contains("NEWNAME") && read.body.contains("new@test.com"))
+
+            let search = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)")
+            #expect(search["resourceType"] == .string("Bundle"))
+            #expect(search["total"] == .number("1"))
+            let none = try await client.send(.GET, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810000000000")
+            #expect(none["total"] == .number("0"))
+            #expect(none["entry"] == nil)
+
+            #expect(try await client.send(.GET, "/Practitioner/does-not-exist").status == 404)
+            #expect(try await server.accountCount() == 1)
+        }
+    }
+
+    @Test func putOnUnknownIdentifierCreatesAndIncompleteBodyIsRefused() async throws {
+        try await withServer { client, server in
+            let incomplete = #"{"resourceType":"Practitioner","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"IDNPS"}]},"system":"urn:oid:1.2.250.1.71.4.2.1","value":"810002673899"}],"active":true}"#
+            let refused = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: incomplete)
+            #expect(refused.status == 422)
+            #expect(Set(refused.issueExpressions).isSuperset(of: ["Practitioner.name", "Practitioner.telecom"]))
+            #expect(try await server.accountCount() == 0)
+            let created = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(created.status == 201)
+            #expect(created.headers.first(name: "Location") != nil)
+        }
+    }
+
+    @Test func reattributionOverTheWire() async throws {
+        try await withServer { client, server in
+            let technical = "1ef1c748-01a3-6180-b098-73283ce4e5b1"
+            #expect(try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID)).status == 201)
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, active: false)).status == 200)
+            let second = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: technical))
+            #expect(second.status == 201)
+            let moved = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(moved.status == 200)
+            let search = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)")
+            #expect(search["total"] == .number("1"))
+            #expect(search.body.contains(second["id"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "?"))
+        }
+    }
+
+    @Test func kitRefusals() async throws {
+        try await withServer { client, server in
+            let cases: [(String, Int, String)] = [
+                (Bodies.practitioner(national: Self.nationalID).replacingOccurrences(of: #""active":true,"#, with: ""), 422, "Practitioner.active"),
+                (Bodies.practitioner(national: Self.nationalID, family: ""), 400, "Practitioner.name[0].family"),
+                (Bodies.practitioner(national: Self.nationalID, email: ""), 400, "Practitioner.telecom[0].value"),
+                (Bodies.practitioner(national: Self.nationalID).replacingOccurrences(of: #""system":"email""#, with: #""system":"phone""#), 422, "Practitioner.telecom[0].system"),
+                (Bodies.practitioner(national: Self.nationalID).replacingOccurrences(of: "IDNPS", with: "INTRN"), 422, "Practitioner.identifier[0].type.coding[0].code"),
+                (#"{"resourceType":"Practitioner","#, 400, ""),
+            ]
+            for (body, status, expression) in cases {
+                let reply = try await client.send(.POST, "/Practitioner", body: body)
+                #expect(reply.status == status, "\(body)")
+                #expect(reply["resourceType"] == .string("OperationOutcome"))
+                if !expression.isEmpty { #expect(reply.issueExpressions.contains(expression), "\(reply.body)") }
+            }
+            #expect(try await server.accountCount() == 0)
+            let events = try await server.auditEvents()
+            #expect(events.count == cases.count)
+            #expect(events.allSatisfy { $0.outcome.hasSuffix("refused") })
+        }
+    }
+
+    @Test func httpSemantics() async throws {
+        try await withServer { client, server in
+            let body = Bodies.practitioner(national: Self.nationalID)
+            let metadata = try await client.send(.GET, "/metadata")
+            #expect(metadata.status == 200)
+            #expect(metadata["resourceType"] == .string("CapabilityStatement"))
+            #expect(metadata["fhirVersion"] == .string("4.0.1"))
+            #expect(metadata.body.contains(#""conditionalUpdate":true"#) && metadata.body.contains(#""updateCreate":true"#))
+
+            let deleted = try await client.send(.DELETE, "/Practitioner/abc")
+            #expect(deleted.status == 405)
+            #expect(deleted.headers.first(name: "Allow") == "GET")
+            #expect(try await client.send(.PATCH, "/Practitioner", body: body).status == 405)
+            #expect(try await client.send(.GET, "/Patient").status == 404)
+            #expect(try await client.send(.POST, "/Practitioner", body: body, contentType: "text/plain").status == 415)
+            #expect(try await client.send(.POST, "/Practitioner", body: body, contentType: "application/fhir+xml").status == 415)
+            #expect(try await client.send(.POST, "/Practitioner", body: body, contentType: nil).status == 415)
+            #expect(try await client.send(.GET, "/metadata?_format=xml").status == 406)
+            #expect(try await client.send(.GET, "/metadata", headers: [("Accept", "application/fhir+xml")]).status == 406)
+            #expect(try await client.send(.GET, "/metadata?_format=json").status == 200)
+            let huge = String(repeating: " ", count: (1 << 20) + 10) + body
+            #expect(try await client.send(.POST, "/Practitioner", body: huge).status == 413)
+            #expect(try await client.send(.PUT, "/Practitioner", body: body).status == 400)
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=urn:oid:9.9|x", body: body).status == 400)
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)&name=x", body: body).status == 400)
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)&identifier=\(Self.national)", body: body).status == 400)
+            #expect(try await server.accountCount() == 0)
+
+            let minimal = try await client.send(.POST, "/Practitioner", body: body, headers: [("Prefer", "return=minimal")])
+            #expect(minimal.status == 201 && minimal.body.isEmpty && minimal.headers.first(name: "Location") != nil)
+            let stale = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: body, headers: [("If-Match", "W/\"9\"")])
+            #expect(stale.status == 412)
+            let current = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "X"), headers: [("If-Match", "W/\"1\"")])
+            #expect(current.status == 200)
+        }
+    }
+}

@@ -1,0 +1,113 @@
+@testable import AccountServer
+import AsyncHTTPClient
+import Foundation
+import NIOSSL
+import Testing
+
+/// The SAS mTLS matrix against the real server: only a valid, allowed, unrevoked client
+/// certificate over TLS 1.2+ gets a request processed.
+@Suite("Mutual TLS")
+struct MutualTLSTests {
+    /// POSTs a fresh regulator with the given client; returns the status, or nil when the
+    /// connection was refused.
+    func attemptCreate(pki: TestPKI, server: RunningServer, certificate: String?, maximumVersion: TLSVersion = .tlsv13) async throws -> Int? {
+        let client = try FHIRClient(pki: pki, certificate: certificate, server: server, maximumVersion: maximumVersion)
+        defer { Task { await client.shutdown() } }
+        let technical = UUID().uuidString.lowercased()
+        do {
+            return try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: technical, email: "\(technical.prefix(8))@test.com")).status
+        } catch {
+            return nil
+        }
+    }
+
+    @Test func validCertificateIsServed() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let status = try await attemptCreate(pki: pki, server: server, certificate: "valid")
+        #expect(status == 201)
+        // TLS 1.2 is allowed too.
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid", maximumVersion: .tlsv12) == 201)
+        let events = try await server.auditEvents()
+        let subject = pki.clients["valid"]!.certificate.subject.description
+        #expect(events.count == 2)
+        #expect(events.allSatisfy { $0.actorSubject == subject && $0.actorSerial == ClientIdentity.hex(pki.clients["valid"]!.certificate.serialNumber.bytes) })
+        await server.stop()
+    }
+
+    @Test(arguments: [nil, "wrong-cn", "wrong-ou", "revoked", "expired", "not-yet-valid", "other-ca", "server-usage"] as [String?])
+    func refusedCertificatesProcessNothing(_ certificate: String?) async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let status = try await attemptCreate(pki: pki, server: server, certificate: certificate)
+        #expect(status == nil || (400..<500).contains(status!), "\(certificate ?? "no certificate") got \(String(describing: status))")
+        #expect(try await server.accountCount() == 0)
+        #expect(try await server.auditEvents().isEmpty, "nothing of the request may be processed")
+        await server.stop()
+    }
+
+    @Test func tls11IsRefused() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid", maximumVersion: .tlsv11) == nil)
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid", maximumVersion: .tlsv1) == nil)
+        #expect(try await server.accountCount() == 0)
+        await server.stop()
+    }
+
+    @Test func crlChangesApplyWithoutRestart() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(100))
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid-later-revoked") == 201)
+        try pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
+        try await Task.sleep(for: .milliseconds(800))
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid-later-revoked") == nil)
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid") == 201)
+        await server.stop()
+    }
+
+    @Test func aBrokenCRLFileKeepsThePreviousLists() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(100))
+        try pki.write("-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n", "crl.pem")
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "revoked") == nil)
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid") == 201)
+        await server.stop()
+    }
+
+    @Test func expiredCRLFailsClosedForItsIssuer() throws {
+        let pki = try TestPKI()
+        let stale = try PKIBuilder.makeCRL(issuer: pki.ca, revoked: [], thisUpdate: Date().addingTimeInterval(-10 * 86400), nextUpdate: Date().addingTimeInterval(-86400))
+        try pki.write(PKIBuilder.crlPEM(stale), "crl.pem")
+        let store = try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], logger: .init(label: "t"))
+        guard case .expired = store.status(of: pki.clients["valid"]!.certificate, now: Date()) else {
+            Issue.record("an expired CRL must refuse its issuer's certificates")
+            return
+        }
+    }
+
+    @Test func crlFromAnUnknownIssuerIsRefusedAtStartup() throws {
+        let pki = try TestPKI()
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.otherCA, revoked: [])), "crl.pem")
+        #expect(throws: (any Error).self) { try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], logger: .init(label: "t")) }
+    }
+
+    @Test func crlWithABadSignatureIsRefused() throws {
+        let pki = try TestPKI()
+        // Same issuer name, signed by another key.
+        let impostor = IssuedCertificate(certificate: pki.ca.certificate, privateKey: pki.otherCA.privateKey)
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: impostor, revoked: [])), "crl.pem")
+        #expect(throws: (any Error).self) { try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], logger: .init(label: "t")) }
+    }
+
+    @Test func derCRLFilesAreRead() throws {
+        let pki = try TestPKI()
+        let der = try PKIBuilder.makeCRL(issuer: pki.ca, revoked: [pki.clients["revoked"]!.certificate.serialNumber])
+        let path = pki.directory.appendingPathComponent("crl.der").path
+        try Data(der).write(to: URL(fileURLWithPath: path))
+        let store = try CRLStore(paths: [path], issuers: [pki.ca.certificate], logger: .init(label: "t"))
+        #expect(store.status(of: pki.clients["revoked"]!.certificate, now: Date()) == .revoked(source: path))
+        #expect(store.status(of: pki.clients["valid"]!.certificate, now: Date()) == .good)
+    }
+}

@@ -1,0 +1,204 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import ServiceLifecycle
+import X509
+
+/// The PKI matrix of the integration tests, written to a temporary directory.
+struct TestPKI {
+    static let allowedCN = "sas.test.invalid"
+    static let allowedOU = "SAS"
+
+    let directory: URL
+    let ca: IssuedCertificate
+    let otherCA: IssuedCertificate
+    let server: IssuedCertificate
+    let clients: [String: IssuedCertificate]
+
+    var caPath: String { directory.appendingPathComponent("ca.pem").path }
+    var crlPath: String { directory.appendingPathComponent("crl.pem").path }
+    var serverCertificatePath: String { directory.appendingPathComponent("server.pem").path }
+    var serverKeyPath: String { directory.appendingPathComponent("server-key.pem").path }
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("pki-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        ca = try PKIBuilder.makeCA(commonName: "Test IGC-Santé CA")
+        otherCA = try PKIBuilder.makeCA(commonName: "Some other CA")
+        server = try PKIBuilder.issue(commonName: "localhost", organizationalUnit: nil, usage: .server, dnsNames: ["localhost"], ipAddresses: [[127, 0, 0, 1]], issuer: ca)
+        let day: TimeInterval = 86400
+        clients = [
+            "valid": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client, issuer: ca),
+            "valid-later-revoked": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client, issuer: ca),
+            "wrong-cn": try PKIBuilder.issue(commonName: "intruder.invalid", organizationalUnit: Self.allowedOU, usage: .client, issuer: ca),
+            "wrong-ou": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: "OTHER", usage: .client, issuer: ca),
+            "revoked": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client, issuer: ca),
+            "expired": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client,
+                                            notBefore: Date().addingTimeInterval(-30 * day), notAfter: Date().addingTimeInterval(-day), issuer: ca),
+            "not-yet-valid": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client,
+                                                  notBefore: Date().addingTimeInterval(day), notAfter: Date().addingTimeInterval(30 * day), issuer: ca),
+            "other-ca": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client, issuer: otherCA),
+            "server-usage": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .server, issuer: ca),
+        ]
+        try write(try ca.certificatePEM, "ca.pem")
+        try write(try server.certificatePEM, "server.pem")
+        try write(server.privateKeyPEM, "server-key.pem")
+        try writeCRL(revoking: ["revoked"])
+    }
+
+    func write(_ text: String, _ name: String) throws {
+        try Data(text.utf8).write(to: directory.appendingPathComponent(name), options: .atomic)
+    }
+
+    /// Publishes a new CRL (atomic rename, as a PKI sync job would).
+    func writeCRL(revoking names: [String]) throws {
+        let serials = names.map { clients[$0]!.certificate.serialNumber }
+        try write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: ca, revoked: serials)), "crl.pem")
+    }
+
+    /// Client TLS settings presenting `name`'s certificate (nil: no certificate).
+    func clientTLS(_ name: String?, maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try ca.certificatePEM.utf8), format: .pem)])
+        tls.minimumTLSVersion = minimumVersion
+        tls.maximumTLSVersion = maximumVersion
+        if let name, let client = clients[name] {
+            tls.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(try client.certificatePEM.utf8), format: .pem))]
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(client.privateKeyPEM.utf8), format: .pem))
+        }
+        return tls
+    }
+}
+
+/// The real server (``buildApplication``) on an ephemeral loopback port.
+final class RunningServer: Sendable {
+    let port: Int
+    let databasePath: String
+    private let group: ServiceGroup
+    private let task: Task<Void, any Error>
+
+    var baseURL: String { "https://localhost:\(port)" }
+
+    private init(port: Int, databasePath: String, group: ServiceGroup, task: Task<Void, any Error>) {
+        self.port = port
+        self.databasePath = databasePath
+        self.group = group
+        self.task = task
+    }
+
+    static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5)) async throws -> RunningServer {
+        let databasePath = pki.directory.appendingPathComponent("db-\(UUID().uuidString).sqlite").path
+        let configuration = ServerConfiguration(
+            databasePath: databasePath, fhirHost: "127.0.0.1", fhirPort: 0,
+            tlsCertificatePath: pki.serverCertificatePath, tlsKeyPath: pki.serverKeyPath,
+            clientCAPaths: [pki.caPath], clientCRLPaths: [pki.crlPath],
+            allowedClientCommonNames: [TestPKI.allowedCN], allowedClientOrganizationalUnits: [TestPKI.allowedOU],
+            publicBaseURL: nil, argon2: Argon2Parameters(memoryKiB: 256, iterations: 1, parallelism: 1), argon2Threads: 2,
+            crlPollInterval: crlPollInterval
+        )
+        var logger = Logger(label: "test-server")
+        logger.logLevel = .critical
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let app = try await buildApplication(configuration, logger: logger) { port in continuation.yield(port) }
+        let group = ServiceGroup(configuration: .init(services: [.init(service: app)], logger: logger))
+        let task = Task { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw ConfigurationError(description: "server did not start") }
+        return RunningServer(port: port, databasePath: databasePath, group: group, task: task)
+    }
+
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+    }
+
+    func accountCount() async throws -> Int {
+        let database = try AccountDatabase(path: databasePath)
+        return try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
+    }
+
+    func auditEvents() async throws -> [AuditEvent] {
+        let database = try AccountDatabase(path: databasePath)
+        return try await database.pool.read { db in try AuditLog().events(in: db) }
+    }
+}
+
+import GRDB
+
+/// A FHIR answer as the tests look at it.
+struct FHIRReply {
+    var status: Int
+    var headers: HTTPHeaders
+    var body: String
+
+    var json: JSONValue? { try? JSONParser().parse(Array(body.utf8)) }
+
+    subscript(member: String) -> JSONValue? {
+        guard case .object(let object)? = json else { return nil }
+        return object[member]
+    }
+
+    /// The `expression`s of an OperationOutcome's issues.
+    var issueExpressions: [String] {
+        guard case .array(let issues)? = self["issue"] else { return [] }
+        return issues.flatMap { issue -> [String] in
+            guard case .object(let object) = issue, case .array(let expressions)? = object["expression"] else { return [] }
+            return expressions.compactMap { if case .string(let text) = $0 { return text } else { return nil } }
+        }
+    }
+}
+
+/// An mTLS client for one certificate of the PKI.
+struct FHIRClient {
+    let client: HTTPClient
+    let server: RunningServer
+
+    init(pki: TestPKI, certificate: String?, server: RunningServer, maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1) throws {
+        var configuration = HTTPClient.Configuration(tlsConfiguration: try pki.clientTLS(certificate, maximumVersion: maximumVersion, minimumVersion: minimumVersion))
+        configuration.timeout = .init(connect: .seconds(5), read: .seconds(10))
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        self.server = server
+    }
+
+    func send(_ method: HTTPMethod, _ path: String, body: String? = nil, contentType: String? = "application/fhir+json",
+              headers extra: [(String, String)] = []) async throws -> FHIRReply {
+        var request = HTTPClientRequest(url: server.baseURL + path)
+        request.method = method
+        if let contentType, body != nil { request.headers.add(name: "Content-Type", value: contentType) }
+        for (name, value) in extra { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await client.execute(request, timeout: .seconds(10))
+        let bytes = try await response.body.collect(upTo: 4 << 20)
+        return FHIRReply(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))
+    }
+
+    func shutdown() async {
+        try? await client.shutdown()
+    }
+}
+
+enum Bodies {
+    static let examples: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/spec/examples")
+
+    static func example(_ name: String) throws -> String {
+        try String(contentsOf: examples.appendingPathComponent(name), encoding: .utf8)
+    }
+
+    static func practitioner(national: String? = nil, technical: String? = nil, active: Bool = true, family: String = "MARIUS",
+                             email: String = "jules.marius@test.com") -> String {
+        var identifiers: [String] = []
+        if let national {
+            identifiers.append(#"{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"IDNPS"}]},"system":"urn:oid:1.2.250.1.71.4.2.1","value":"\#(national)"}"#)
+        }
+        if let technical {
+            identifiers.append(#"{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(technical)"}"#)
+        }
+        return #"{"resourceType":"Practitioner","id":"example-regulator-1","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[\#(identifiers.joined(separator: ","))],"active":\#(active),"name":[{"family":"\#(family)","given":["Jules"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
+    }
+}
