@@ -46,12 +46,28 @@ struct MutualTLSTests {
         await server.stop()
     }
 
-    @Test func tls11IsRefused() async throws {
+    @Test func tlsBelow12IsRefusedAtTheHandshake() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)
-        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid", maximumVersion: .tlsv11) == nil)
-        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid", maximumVersion: .tlsv1) == nil)
+        for version in [TLSVersion.tlsv1, .tlsv11] {
+            let error = try await RawHandshake.attempt(port: server.port, tls: try pki.clientTLS("valid", maximumVersion: version))
+            #expect(error?.contains("PROTOCOL_VERSION") == true, "\(version): \(error ?? "handshake completed")")
+        }
+        // The same client at TLS 1.2 and 1.3 completes the handshake.
+        #expect(try await RawHandshake.attempt(port: server.port, tls: try pki.clientTLS("valid", maximumVersion: .tlsv12, minimumVersion: .tlsv12)) == nil)
+        #expect(try await RawHandshake.attempt(port: server.port, tls: try pki.clientTLS("valid", minimumVersion: .tlsv13)) == nil)
         #expect(try await server.accountCount() == 0)
+        await server.stop()
+    }
+
+    @Test func noCertificateIsRefusedAtTheHandshake() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        // TLS 1.2: the server's refusal arrives during the handshake itself.
+        let error = try await RawHandshake.attempt(port: server.port, tls: try pki.clientTLS(nil, maximumVersion: .tlsv12))
+        #expect(error != nil)
+        let wrongCN = try await RawHandshake.attempt(port: server.port, tls: try pki.clientTLS("wrong-cn", maximumVersion: .tlsv12))
+        #expect(wrongCN?.contains("CERTIFICATE") == true || wrongCN?.contains("certificate") == true, "\(wrongCN ?? "handshake completed")")
         await server.stop()
     }
 
