@@ -1,0 +1,163 @@
+import Accounts
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+
+/// `account-server-load`: an mTLS HTTP/1.1 keep-alive load generator, because wrk, hey and
+/// h2load cannot present a client certificate. The same tool drives nginx's static 200 and
+/// account-server, so the ratios compare like with like.
+@main
+struct LoadTool: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "account-server-load", abstract: "mTLS load generator and argon2 baseline.")
+
+    enum Mode: String, ExpressibleByArgument {
+        /// GET the URL as is (nginx baseline).
+        case get
+        /// Conditional-update PUT of one regulator per worker, alternating names (a real write each time).
+        case put
+        /// POST a new regulator each time.
+        case post
+        /// Time in-process argon2id hashes (no HTTP).
+        case argon2
+    }
+
+    @Option var mode: Mode
+    @Option var url: String = "https://127.0.0.1:8443"
+    @Option var ca: String?
+    @Option var cert: String?
+    @Option var key: String?
+    @Option var concurrency: Int = 8
+    @Option(help: "Seconds of measurement (after 1 s of warm-up).") var duration: Double = 10
+    @Option(help: "POST creators running in the background during the measurement.") var backgroundCreators: Int = 0
+    @Option(help: "For --mode argon2: number of hashes.") var iterations: Int = 30
+    @Option var argon2MemoryKib: UInt32 = 19456
+    @Option var argon2Iterations: UInt32 = 2
+    @Option var argon2Parallelism: UInt32 = 1
+    @Option(help: "Label printed in the result line.") var label: String?
+
+    func run() async throws {
+        if mode == .argon2 {
+            let parameters = Argon2Parameters(memoryKiB: argon2MemoryKib, iterations: argon2Iterations, parallelism: argon2Parallelism)
+            _ = try PasswordHasher.hashNow(Array("warm-up".utf8), parameters: parameters)
+            var samples: [Double] = []
+            for _ in 0..<iterations {
+                let start = ContinuousClock.now
+                _ = try PasswordHasher.hashNow(PasswordGenerator.generate(), parameters: parameters)
+                samples.append(Self.milliseconds(ContinuousClock.now - start))
+            }
+            Self.report(label: label ?? "argon2id in-process", samples: samples, seconds: nil, errors: 0)
+            return
+        }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let ca { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+        if let cert, let key {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+        }
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
+        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: concurrency + backgroundCreators + 2)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+
+        let run = UUID().uuidString.prefix(8).lowercased()
+        let deadlineWarm = ContinuousClock.now + .seconds(1)
+        let deadline = deadlineWarm + .milliseconds(Int(duration * 1000))
+        let mode = self.mode
+        let url = self.url
+
+        let background = Task {
+            await withTaskGroup(of: [Double].self) { group in
+                for creator in 0..<backgroundCreators {
+                    group.addTask {
+                        var samples: [Double] = []
+                        var n = 0
+                        while ContinuousClock.now < deadline {
+                            n += 1
+                            let start = ContinuousClock.now
+                            _ = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "bg\(creator)-\(n)-\(run)@load.test", family: "BG"))
+                            if start > deadlineWarm { samples.append(Self.milliseconds(ContinuousClock.now - start)) }
+                        }
+                        return samples
+                    }
+                }
+                return await group.reduce(into: [Double]()) { $0 += $1 }
+            }
+        }
+
+        let results = await withTaskGroup(of: ([Double], Int).self) { group in
+            for worker in 0..<concurrency {
+                group.addTask {
+                    var samples: [Double] = []
+                    var errors = 0
+                    let technical = Self.uuid()
+                    var n = 0
+                    while ContinuousClock.now < deadline {
+                        n += 1
+                        let start = ContinuousClock.now
+                        let status: UInt?
+                        switch mode {
+                        case .get:
+                            status = try? await Self.send(client, .GET, url, body: nil)
+                        case .put:
+                            let body = Self.body(technical: technical, email: "w\(worker)-\(run)@load.test", family: n % 2 == 0 ? "EVEN" : "ODD")
+                            status = try? await Self.send(client, .PUT, "\(url)/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: body)
+                        case .post:
+                            status = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "p\(worker)-\(n)-\(run)@load.test", family: "POST"))
+                        case .argon2:
+                            status = nil
+                        }
+                        let ok = status.map { (200..<300).contains($0) } ?? false
+                        if start > deadlineWarm {
+                            samples.append(Self.milliseconds(ContinuousClock.now - start))
+                            if !ok { errors += 1 }
+                        }
+                    }
+                    return (samples, errors)
+                }
+            }
+            return await group.reduce(into: ([Double](), 0)) { $0.0 += $1.0; $0.1 += $1.1 }
+        }
+        let backgroundSamples = await background.value
+        Self.report(label: label ?? mode.rawValue, samples: results.0, seconds: duration, errors: results.1)
+        if backgroundCreators > 0 {
+            Self.report(label: "background POST", samples: backgroundSamples, seconds: duration, errors: 0)
+        }
+        try? await client.shutdown()
+    }
+
+    static func send(_ client: HTTPClient, _ method: HTTPMethod, _ url: String, body: String?) async throws -> UInt {
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/fhir+json")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await client.execute(request, timeout: .seconds(30))
+        _ = try await response.body.collect(upTo: 1 << 20)
+        return response.status.code
+    }
+
+    static func uuid() -> String { UUID().uuidString.lowercased() }
+
+    static func body(technical: String, email: String, family: String) -> String {
+        #"{"resourceType":"Practitioner","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(technical)"}],"active":true,"name":[{"family":"\#(family)","given":["Load"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
+    }
+
+    static func milliseconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
+    }
+
+    /// One machine-readable line: label, requests/s, p50, p95, p99 (ms), errors.
+    static func report(label: String, samples: [Double], seconds: Double?, errors: Int) {
+        let sorted = samples.sorted()
+        func percentile(_ p: Double) -> Double {
+            guard !sorted.isEmpty else { return .nan }
+            return sorted[min(sorted.count - 1, Int((p * Double(sorted.count)).rounded(.up)) - 1)]
+        }
+        let rate = seconds.map { Double(sorted.count) / $0 } ?? .nan
+        print(String(format: "RESULT label=%@ n=%d rps=%.1f p50=%.2f p95=%.2f p99=%.2f errors=%d",
+                     label.replacingOccurrences(of: " ", with: "_"), sorted.count, rate, percentile(0.50), percentile(0.95), percentile(0.99), errors))
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import GRDB
+import Testing
+
+/// An acknowledged INT_R02 write survives `kill -9` of the real server process (WAL with
+/// `synchronous=FULL`), and the database is intact afterwards.
+@Suite("Durability")
+struct DurabilityTests {
+    static let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent(".build/debug/account-server").path
+
+    /// Starts `account-server serve` on the development PKI in `directory`; returns the process
+    /// and its port (read from its log).
+    static func launch(directory: URL) async throws -> (Process, Int) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["serve", "--database", directory.appendingPathComponent("db.sqlite").path,
+                             "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
+                             "--argon2-memory-kib", "1024", "--argon2-iterations", "1"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        var text = ""
+        for _ in 0..<200 {
+            text += String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+            if let range = text.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
+                let port = Int(text[range].split(separator: ":").last!)!
+                return (process, port)
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        process.terminate()
+        throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "server did not start: \(text)"])
+    }
+
+    @Test func acknowledgedWritesSurviveKill9() async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build the executable first (scripts/test.sh does)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("durability-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var acknowledged: [String] = []
+        for round in 0..<2 {
+            let (process, port) = try await Self.launch(directory: directory)
+            let pki = directory.appendingPathComponent("pki")
+            // Writes race the kill: some are in flight when SIGKILL lands.
+            let writer = Task { () -> [String] in
+                var done: [String] = []
+                for index in 0..<400 {
+                    let uuid = UUID().uuidString.lowercased()
+                    let status = Self.curlCreate(port: port, pki: pki, uuid: uuid, email: "k\(round)-\(index)@test.fr")
+                    if status == "201" { done.append(uuid) }
+                    if status == nil { break }
+                }
+                return done
+            }
+            try await Task.sleep(for: .milliseconds(1500))
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            acknowledged += await writer.value
+        }
+        #expect(acknowledged.count > 5, "the test must have written something")
+        let acknowledgedIDs = acknowledged
+        let database = try DatabaseQueue(path: directory.appendingPathComponent("db.sqlite").path)
+        try await database.read { db in
+            #expect(try String.fetchOne(db, sql: "PRAGMA integrity_check") == "ok")
+            let stored = Set(try String.fetchAll(db, sql: "SELECT value FROM account_identifier WHERE kind = 'INTRN'"))
+            let lost = acknowledgedIDs.filter { !stored.contains($0) }
+            #expect(lost.isEmpty, "acknowledged creates lost after kill -9: \(lost.count) of \(acknowledgedIDs.count)")
+        }
+    }
+
+    /// One create with curl (a real, separate client process); the HTTP status, or nil when
+    /// the server is gone.
+    static func curlCreate(port: Int, pki: URL, uuid: String, email: String) -> String? {
+        let body = #"{"resourceType":"Practitioner","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(uuid)"}],"active":true,"name":[{"family":"K","given":["N"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        process.arguments = ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                             "--cacert", pki.appendingPathComponent("ca.pem").path,
+                             "--cert", pki.appendingPathComponent("sas-client.pem").path,
+                             "--key", pki.appendingPathComponent("sas-client-key.pem").path,
+                             "-H", "Content-Type: application/fhir+json", "--data", body,
+                             "https://localhost:\(port)/Practitioner"]
+        let output = Pipe()
+        process.standardOutput = output
+        guard (try? process.run()) != nil else { return nil }
+        process.waitUntilExit()
+        let code = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        return code == "000" ? nil : code
+    }
+}

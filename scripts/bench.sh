@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Benchmark of the INT_R02 endpoint against baselines measured in the same run:
+#   - nginx serving a static 200 over the same mTLS set-up (same CA, server certificate,
+#     client certificate, CRL; TLS 1.2/1.3), driven by the same load generator;
+#   - one in-process libargon2 argon2id hash at the server's parameters.
+# Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=10
+concurrency=8
+while (($#)); do
+    case "$1" in
+        --duration) duration=$2; shift 2 ;;
+        --concurrency) concurrency=$2; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+./scripts/install-deps.sh --test
+swift build -c release --product account-server >/dev/null
+swift build -c release --product account-server-load >/dev/null
+bin=.build/release
+work=$(mktemp -d)
+app_port=18543
+nginx_port=18544
+cleanup() {
+    [[ -n "${app_pid:-}" ]] && kill "$app_pid" 2>/dev/null || true
+    [[ -f "$work/nginx.pid" ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/account-server" serve --database "$work/db.sqlite" --fhir-address "127.0.0.1:$app_port" \
+    --dev-pki "$work/pki" --log-level error >"$work/server.out" 2>&1 &
+app_pid=$!
+for _ in $(seq 100); do
+    grep -q "curl --cacert" "$work/server.out" 2>/dev/null && break
+    sleep 0.1
+done
+pki=$work/pki
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fastcgi;
+    uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$nginx_port ssl;
+        ssl_certificate $pki/server.pem;
+        ssl_certificate_key $pki/server-key.pem;
+        ssl_client_certificate $pki/ca.pem;
+        ssl_crl $pki/crl.pem;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / { return 200 "ok\n"; }
+    }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" -g 'daemon on;'
+sleep 0.5
+
+load() { "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "$@" | grep '^RESULT'; }
+results=$work/results
+{
+    load --mode get --url "https://127.0.0.1:$nginx_port/" --concurrency "$concurrency" --duration "$duration" --label nginx_static_200
+    load --mode put --url "https://127.0.0.1:$app_port" --concurrency "$concurrency" --duration "$duration" --label PUT_conditional_update
+    load --mode argon2 --iterations 40 --label argon2id_in_process
+    load --mode post --url "https://127.0.0.1:$app_port" --concurrency 1 --duration "$duration" --label POST_create_sequential
+    load --mode put --url "https://127.0.0.1:$app_port" --concurrency "$concurrency" --duration "$duration" --background-creators 2 --label PUT_with_2_creators
+} | tee "$results"
+
+python3 - "$results" "$concurrency" <<'PY'
+import sys
+rows = {}
+order = []
+for line in open(sys.argv[1]):
+    fields = dict(part.split("=", 1) for part in line.split()[1:])
+    label = fields["label"]
+    if label in rows: label += "_2"
+    rows[label] = {k: float(v) for k, v in fields.items() if k != "label"}
+    order.append(label)
+nginx = rows["nginx_static_200"]["rps"]
+argon = rows["argon2id_in_process"]["p50"]
+print()
+print(f"concurrency {sys.argv[2]} (mTLS, HTTP/1.1 keep-alive, one load generator for all rows)")
+print(f"{'workload':28} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}  ratio / target")
+for label in order:
+    r = rows[label]
+    note = ""
+    if label == "PUT_conditional_update":
+        note = f"{r['rps']/nginx:.1%} of nginx (≥10%), p99 {r['p99']:.1f} ms (≤20)"
+    elif label == "POST_create_sequential":
+        note = f"p95 = {r['p95']/argon:.2f}× argon2 (≤1.5×)"
+    elif label == "PUT_with_2_creators":
+        note = f"p99 {r['p99']:.1f} ms (≤50)"
+    elif label == "argon2id_in_process":
+        note = "baseline (p50 used)"
+    elif label == "nginx_static_200":
+        note = "baseline"
+    rps = "-" if r["rps"] != r["rps"] else f"{r['rps']:.0f}"
+    print(f"{label:28} {rps:>9} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}  {note}")
+PY
