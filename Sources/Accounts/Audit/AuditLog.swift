@@ -32,10 +32,8 @@ public struct FieldChange: Sendable, Equatable, Codable {
 }
 
 /// A row of the append-only `audit_event` table (UPDATE and DELETE are refused by triggers).
-public struct AuditEvent: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+public struct AuditEvent: Sendable, Equatable, FetchableRecord {
     public static let databaseTableName = "audit_event"
-    public static let databaseColumnDecodingStrategy = DatabaseColumnDecodingStrategy.convertFromSnakeCase
-    public static let databaseColumnEncodingStrategy = DatabaseColumnEncodingStrategy.convertToSnakeCase
 
     public var seq: Int64?
     public var at: Date
@@ -75,8 +73,20 @@ public struct AuditEvent: Codable, Sendable, Equatable, FetchableRecord, Mutable
         self.detail = detail
     }
 
-    public mutating func didInsert(_ inserted: InsertionSuccess) {
-        seq = inserted.rowID
+    public init(row: Row) throws {
+        seq = row["seq"]
+        at = Date(epochMilliseconds: row["at"])
+        surface = row["surface"]
+        action = row["action"]
+        outcome = row["outcome"]
+        actorSubject = row["actor_subject"]
+        actorSerial = row["actor_serial"]
+        actorAddress = row["actor_address"]
+        requestId = row["request_id"]
+        identifier = row["identifier"]
+        accountId = row["account_id"]
+        changes = row["changes"]
+        detail = row["detail"]
     }
 
     static func encodeChanges(_ changes: [FieldChange]) -> String {
@@ -117,8 +127,12 @@ public struct AuditLog: Sendable {
     public init() {}
 
     public func append(_ event: AuditEvent, in db: Database) throws {
-        var event = event
-        try event.insert(db)
+        try db.cachedStatement(sql: """
+            INSERT INTO audit_event (at, surface, action, outcome, actor_subject, actor_serial, actor_address,
+                                     request_id, identifier, account_id, changes, detail)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """).execute(arguments: [event.at.epochMilliseconds, event.surface, event.action, event.outcome, event.actorSubject, event.actorSerial,
+                                     event.actorAddress, event.requestId, event.identifier, event.accountId, event.changes, event.detail])
     }
 
     /// Events in order, optionally for one account and/or after a sequence number.

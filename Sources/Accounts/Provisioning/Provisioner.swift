@@ -70,6 +70,7 @@ public final class Provisioner: Sendable {
     public let hasher: PasswordHasher
     private let queries = AccountQueries()
     private let audit = AuditLog()
+    private let writes = AccountWrites()
     private let clock: @Sendable () -> Date
     private let logger: Logger
 
@@ -138,7 +139,8 @@ public final class Provisioner: Sendable {
     // MARK: The transaction
 
     private func apply(_ request: ProvisioningRequest, passwordHash: String?, context: CallContext, db: Database) throws -> Attempt {
-        let now = clock()
+        // Millisecond precision, as stored: the snapshot answered must equal what a read returns.
+        let now = Date(epochMilliseconds: clock().epochMilliseconds)
         switch request {
         case .create(let record):
             try checkCreatable(identifiers: record.identifiers, record: record, db: db)
@@ -206,7 +208,7 @@ public final class Provisioner: Sendable {
             passwordHash: passwordHash, passwordResetRequired: true,
             createdAt: now, updatedAt: now, activeChangedAt: now
         )
-        try row.insert(db)
+        try writes.insert(row, in: db)
         var changes = [
             FieldChange(field: "active", old: nil, new: String(record.active)),
             FieldChange(field: "familyName", old: nil, new: record.familyName),
@@ -220,9 +222,7 @@ public final class Provisioner: Sendable {
         try audit.append(AuditEvent(at: now, surface: "int_r02", action: action, outcome: "201 created", actor: context.actor,
                                     requestID: context.requestID, identifier: auditIdentifier, accountID: row.id,
                                     changes: changes, detail: ignoredDetail(record)), in: db)
-        guard let snapshot = try queries.snapshot(id: row.id, in: db) else {
-            throw FHIRError(.internalError, code: .exception, "The account vanished during its creation.")
-        }
+        let snapshot = AccountSnapshot(row: row, identifiers: try queries.currentIdentifiers(of: row.id, in: db))
         return ProvisioningResult(kind: .created, account: snapshot, changes: changes)
     }
 
@@ -245,11 +245,8 @@ public final class Provisioner: Sendable {
                                 "\(identifier) belongs to another active account (Practitioner/\(holder.id)); it can move only once that account is deactivated. Nothing was changed.",
                                 expression: [expression(for: identifier, in: record)])
             }
-            if let held {
-                try db.execute(sql: """
-                    UPDATE account_identifier SET ended_at = ?, ended_reason = 'replaced'
-                    WHERE id = ?
-                    """, arguments: [now, held.id])
+            if let held, let heldIdentifier = held.identifier {
+                try writes.endAssignment(of: heldIdentifier, at: now, reason: .replaced, by: nil, in: db)
             }
             try assign(identifier, to: existing.id, now: now, context: context, db: db)
             changes.append(FieldChange(field: Self.fieldName(identifier.kind), old: held?.value, new: identifier.value))
@@ -286,14 +283,12 @@ public final class Provisioner: Sendable {
             kind = .updated
             row.version += 1
             row.updatedAt = now
-            try row.update(db)
+            try writes.update(row, in: db)
         }
         try audit.append(AuditEvent(at: now, surface: "int_r02", action: "conditional-update", outcome: "200 \(kind.rawValue)",
                                     actor: context.actor, requestID: context.requestID, identifier: target.description,
                                     accountID: row.id, changes: changes, detail: ignoredDetail(record)), in: db)
-        guard let snapshot = try queries.snapshot(id: row.id, in: db) else {
-            throw FHIRError(.internalError, code: .exception, "The account vanished during its update.")
-        }
+        let snapshot = AccountSnapshot(row: row, identifiers: try queries.currentIdentifiers(of: row.id, in: db))
         return ProvisioningResult(kind: kind, account: snapshot, changes: changes)
     }
 
@@ -302,19 +297,14 @@ public final class Provisioner: Sendable {
     private func assign(_ identifier: RegulatorIdentifier, to accountID: String, now: Date, context: CallContext, db: Database) throws {
         if let holder = try queries.holder(of: identifier, in: db), holder.id != accountID {
             precondition(!holder.active, "active holders are refused before assignment")
-            try db.execute(sql: """
-                UPDATE account_identifier SET ended_at = ?, ended_reason = 'reattributed', ended_by_account_id = ?
-                WHERE kind = ? AND value = ? AND ended_at IS NULL
-                """, arguments: [now, accountID, identifier.kind.rawValue, identifier.value])
+            try writes.endAssignment(of: identifier, at: now, reason: .reattributed, by: accountID, in: db)
             try audit.append(AuditEvent(at: now, surface: "int_r02", action: "identifier-reattributed", outcome: "moved",
                                         actor: context.actor, requestID: context.requestID, identifier: identifier.description,
                                         accountID: holder.id,
                                         changes: [FieldChange(field: Self.fieldName(identifier.kind), old: identifier.value, new: nil)],
                                         detail: "re-attributed to Practitioner/\(accountID) after deactivation"), in: db)
         }
-        var assignment = IdentifierAssignment(id: nil, accountId: accountID, kind: identifier.kind.rawValue, value: identifier.value,
-                                              assignedAt: now, endedAt: nil, endedReason: nil, endedByAccountId: nil)
-        try assignment.insert(db)
+        try writes.assign(identifier, to: accountID, at: now, in: db)
     }
 
     private func ignoredDetail(_ record: RegulatorRecord) -> String? {

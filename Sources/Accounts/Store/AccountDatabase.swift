@@ -38,6 +38,7 @@ public final class AccountDatabase: Sendable {
     public static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1-accounts-identifiers-audit") { db in
+            // Timestamps are INTEGER milliseconds since the Unix epoch (UTC): exact round trips.
             try db.execute(sql: """
                 CREATE TABLE account (
                     id TEXT PRIMARY KEY NOT NULL,
@@ -49,9 +50,9 @@ public final class AccountDatabase: Sendable {
                     email_key TEXT NOT NULL,
                     password_hash TEXT NOT NULL,
                     password_reset_required INTEGER NOT NULL,
-                    created_at TEXT NOT NULL,
-                    updated_at TEXT NOT NULL,
-                    active_changed_at TEXT NOT NULL
+                    created_at INTEGER NOT NULL,
+                    updated_at INTEGER NOT NULL,
+                    active_changed_at INTEGER NOT NULL
                 ) STRICT;
                 -- An e-mail address (case-folded) belongs to at most one active account.
                 CREATE UNIQUE INDEX account_email_active ON account(email_key) WHERE active;
@@ -62,8 +63,8 @@ public final class AccountDatabase: Sendable {
                     account_id TEXT NOT NULL REFERENCES account(id),
                     kind TEXT NOT NULL CHECK (kind IN ('IDNPS', 'INTRN')),
                     value TEXT NOT NULL,
-                    assigned_at TEXT NOT NULL,
-                    ended_at TEXT,
+                    assigned_at INTEGER NOT NULL,
+                    ended_at INTEGER,
                     ended_reason TEXT CHECK (ended_reason IN ('replaced', 'reattributed')),
                     ended_by_account_id TEXT REFERENCES account(id),
                     CHECK ((ended_at IS NULL) = (ended_reason IS NULL))
@@ -76,7 +77,7 @@ public final class AccountDatabase: Sendable {
 
                 CREATE TABLE audit_event (
                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                    at TEXT NOT NULL,
+                    at INTEGER NOT NULL,
                     surface TEXT NOT NULL,
                     action TEXT NOT NULL,
                     outcome TEXT NOT NULL,

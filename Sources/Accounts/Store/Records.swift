@@ -3,10 +3,8 @@ import GRDB
 
 /// A row of `account`: one regulator account. The password hash never leaves the Accounts
 /// module's store and credential code; FHIR rendering uses ``AccountSnapshot``.
-public struct AccountRow: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+public struct AccountRow: Sendable, Equatable, FetchableRecord, PersistableRecord {
     public static let databaseTableName = "account"
-    public static let databaseColumnDecodingStrategy = DatabaseColumnDecodingStrategy.convertFromSnakeCase
-    public static let databaseColumnEncodingStrategy = DatabaseColumnEncodingStrategy.convertToSnakeCase
 
     /// The FHIR logical id: a random UUID, so ids reveal neither counts nor order.
     public var id: String
@@ -25,17 +23,63 @@ public struct AccountRow: Codable, Sendable, Equatable, FetchableRecord, Persist
     public var createdAt: Date
     public var updatedAt: Date
     public var activeChangedAt: Date
+
+    public init(id: String, version: Int, active: Bool, familyName: String, givenName: String, email: String, emailKey: String,
+                passwordHash: String, passwordResetRequired: Bool, createdAt: Date, updatedAt: Date, activeChangedAt: Date) {
+        self.id = id
+        self.version = version
+        self.active = active
+        self.familyName = familyName
+        self.givenName = givenName
+        self.email = email
+        self.emailKey = emailKey
+        self.passwordHash = passwordHash
+        self.passwordResetRequired = passwordResetRequired
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.activeChangedAt = activeChangedAt
+    }
+
+    // Hand-written coding: the hot path reads and writes rows on every INT_R02 call, and
+    // Codable through GRDB costs more than the SQL itself.
+    public init(row: Row) throws {
+        id = row["id"]
+        version = row["version"]
+        active = row["active"]
+        familyName = row["family_name"]
+        givenName = row["given_name"]
+        email = row["email"]
+        emailKey = row["email_key"]
+        passwordHash = row["password_hash"]
+        passwordResetRequired = row["password_reset_required"]
+        createdAt = Date(epochMilliseconds: row["created_at"])
+        updatedAt = Date(epochMilliseconds: row["updated_at"])
+        activeChangedAt = Date(epochMilliseconds: row["active_changed_at"])
+    }
+
+    public func encode(to container: inout PersistenceContainer) throws {
+        container["id"] = id
+        container["version"] = version
+        container["active"] = active
+        container["family_name"] = familyName
+        container["given_name"] = givenName
+        container["email"] = email
+        container["email_key"] = emailKey
+        container["password_hash"] = passwordHash
+        container["password_reset_required"] = passwordResetRequired
+        container["created_at"] = createdAt.epochMilliseconds
+        container["updated_at"] = updatedAt.epochMilliseconds
+        container["active_changed_at"] = activeChangedAt.epochMilliseconds
+    }
 }
 
 /// A row of `account_identifier`: one period during which an account held an identifier.
 /// Rows are never deleted; ending one records when, why and in favour of whom.
-public struct IdentifierAssignment: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+public struct IdentifierAssignment: Sendable, Equatable, FetchableRecord {
     public static let databaseTableName = "account_identifier"
-    public static let databaseColumnDecodingStrategy = DatabaseColumnDecodingStrategy.convertFromSnakeCase
-    public static let databaseColumnEncodingStrategy = DatabaseColumnEncodingStrategy.convertToSnakeCase
 
     /// Why an assignment ended.
-    public enum EndReason: String, Codable, Sendable {
+    public enum EndReason: String, Sendable, DatabaseValueConvertible {
         /// The same account received another identifier of the same kind.
         case replaced
         /// Another account took the identifier after this one was deactivated.
@@ -51,8 +95,15 @@ public struct IdentifierAssignment: Codable, Sendable, Equatable, FetchableRecor
     public var endedReason: EndReason?
     public var endedByAccountId: String?
 
-    public mutating func didInsert(_ inserted: InsertionSuccess) {
-        id = inserted.rowID
+    public init(row: Row) throws {
+        id = row["id"]
+        accountId = row["account_id"]
+        kind = row["kind"]
+        value = row["value"]
+        assignedAt = Date(epochMilliseconds: row["assigned_at"])
+        endedAt = (row["ended_at"] as Int64?).map(Date.init(epochMilliseconds:))
+        endedReason = row["ended_reason"]
+        endedByAccountId = row["ended_by_account_id"]
     }
 
     public var identifier: RegulatorIdentifier? {
@@ -103,33 +154,36 @@ public struct AccountSnapshot: Sendable, Equatable {
 }
 
 /// Read access to accounts, shared by the FHIR surface, the CLI and the later web surfaces.
+/// Every statement is prepared once per connection (`cachedStatement`): these run on every
+/// INT_R02 call, inside the serialised write transaction.
 public struct AccountQueries: Sendable {
     public init() {}
 
     /// The account currently holding `identifier` (deactivated or not), if any.
     public func holder(of identifier: RegulatorIdentifier, in db: Database) throws -> AccountRow? {
-        try AccountRow.fetchOne(db, sql: """
-            SELECT account.* FROM account
-            JOIN account_identifier ai ON ai.account_id = account.id
+        let statement = try db.cachedStatement(sql: """
+            SELECT account.* FROM account_identifier ai
+            JOIN account ON account.id = ai.account_id
             WHERE ai.kind = ? AND ai.value = ? AND ai.ended_at IS NULL
-            """, arguments: [identifier.kind.rawValue, identifier.value])
+            """)
+        return try AccountRow.fetchOne(statement, arguments: [identifier.kind.rawValue, identifier.value])
     }
 
     public func account(id: String, in db: Database) throws -> AccountRow? {
-        try AccountRow.fetchOne(db, key: id)
+        try AccountRow.fetchOne(try db.cachedStatement(sql: "SELECT * FROM account WHERE id = ?"), arguments: [id])
     }
 
     /// Every assignment the account ever had, oldest first.
     public func identifierHistory(of accountID: String, in db: Database) throws -> [IdentifierAssignment] {
-        try IdentifierAssignment.fetchAll(db, sql: """
+        try IdentifierAssignment.fetchAll(try db.cachedStatement(sql: """
             SELECT * FROM account_identifier WHERE account_id = ? ORDER BY assigned_at, id
-            """, arguments: [accountID])
+            """), arguments: [accountID])
     }
 
     public func currentIdentifiers(of accountID: String, in db: Database) throws -> [IdentifierAssignment] {
-        try IdentifierAssignment.fetchAll(db, sql: """
+        try IdentifierAssignment.fetchAll(try db.cachedStatement(sql: """
             SELECT * FROM account_identifier WHERE account_id = ? AND ended_at IS NULL ORDER BY kind
-            """, arguments: [accountID])
+            """), arguments: [accountID])
     }
 
     public func snapshot(id: String, in db: Database) throws -> AccountSnapshot? {
@@ -144,8 +198,53 @@ public struct AccountQueries: Sendable {
 
     /// The active account using this e-mail (case-insensitive), other than `excluding`.
     public func activeAccount(withEmailKey key: String, excluding accountID: String?, in db: Database) throws -> AccountRow? {
-        try AccountRow.fetchOne(db, sql: """
+        try AccountRow.fetchOne(try db.cachedStatement(sql: """
             SELECT * FROM account WHERE email_key = ? AND active AND id IS NOT ?
-            """, arguments: [key, accountID])
+            """), arguments: [key, accountID])
+    }
+}
+
+/// The writes of the provisioning rules, as prepared statements.
+struct AccountWrites {
+    func insert(_ row: AccountRow, in db: Database) throws {
+        try db.cachedStatement(sql: """
+            INSERT INTO account (id, version, active, family_name, given_name, email, email_key, password_hash,
+                                 password_reset_required, created_at, updated_at, active_changed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """).execute(arguments: [row.id, row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
+                                     row.passwordHash, row.passwordResetRequired, row.createdAt.epochMilliseconds,
+                                     row.updatedAt.epochMilliseconds, row.activeChangedAt.epochMilliseconds])
+    }
+
+    /// Writes the fields INT_R02 may change, plus the version and timestamps.
+    func update(_ row: AccountRow, in db: Database) throws {
+        try db.cachedStatement(sql: """
+            UPDATE account SET version = ?, active = ?, family_name = ?, given_name = ?, email = ?, email_key = ?,
+                               updated_at = ?, active_changed_at = ?
+            WHERE id = ?
+            """).execute(arguments: [row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
+                                     row.updatedAt.epochMilliseconds, row.activeChangedAt.epochMilliseconds, row.id])
+    }
+
+    func assign(_ identifier: RegulatorIdentifier, to accountID: String, at date: Date, in db: Database) throws {
+        try db.cachedStatement(sql: """
+            INSERT INTO account_identifier (account_id, kind, value, assigned_at) VALUES (?, ?, ?, ?)
+            """).execute(arguments: [accountID, identifier.kind.rawValue, identifier.value, date.epochMilliseconds])
+    }
+
+    func endAssignment(of identifier: RegulatorIdentifier, at date: Date, reason: IdentifierAssignment.EndReason, by accountID: String?, in db: Database) throws {
+        try db.cachedStatement(sql: """
+            UPDATE account_identifier SET ended_at = ?, ended_reason = ?, ended_by_account_id = ?
+            WHERE kind = ? AND value = ? AND ended_at IS NULL
+            """).execute(arguments: [date.epochMilliseconds, reason, accountID, identifier.kind.rawValue, identifier.value])
+    }
+}
+
+extension Date {
+    /// Milliseconds since the Unix epoch, the storage form of every timestamp.
+    public var epochMilliseconds: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
+
+    public init(epochMilliseconds: Int64) {
+        self.init(timeIntervalSince1970: Double(epochMilliseconds) / 1000)
     }
 }
