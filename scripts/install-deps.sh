@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing.
 set -euo pipefail
 packages=(libargon2-dev libsqlite3-dev libssl-dev pkg-config openssl curl)
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--bench" ]]; then
     packages+=(nginx)
 fi
 missing=()

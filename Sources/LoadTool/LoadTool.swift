@@ -22,6 +22,9 @@ struct LoadTool: AsyncParsableCommand {
         case post
         /// Time in-process argon2id hashes (no HTTP).
         case argon2
+        /// Alternate one in-process argon2id hash and one sequential POST, so the create
+        /// latency and its baseline see the same machine conditions.
+        case createVersusArgon2 = "create-vs-argon2"
     }
 
     @Option var mode: Mode
@@ -62,6 +65,27 @@ struct LoadTool: AsyncParsableCommand {
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
 
         let run = UUID().uuidString.prefix(8).lowercased()
+        if mode == .createVersusArgon2 {
+            let parameters = Argon2Parameters(memoryKiB: argon2MemoryKib, iterations: argon2Iterations, parallelism: argon2Parallelism)
+            var hashes: [Double] = []
+            var creates: [Double] = []
+            var errors = 0
+            for index in 0..<(iterations + 3) {
+                let hashStart = ContinuousClock.now
+                _ = try PasswordHasher.hashNow(PasswordGenerator.generate(), parameters: parameters)
+                let createStart = ContinuousClock.now
+                let status = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "c\(index)-\(run)@load.test", family: "CREATE"))
+                let end = ContinuousClock.now
+                guard index >= 3 else { continue }  // warm-up
+                hashes.append(Self.milliseconds(createStart - hashStart))
+                creates.append(Self.milliseconds(end - createStart))
+                if !(status.map { (200..<300).contains($0) } ?? false) { errors += 1 }
+            }
+            Self.report(label: "argon2id_in_process", samples: hashes, seconds: nil, errors: 0)
+            Self.report(label: label ?? "POST_create_sequential", samples: creates, seconds: nil, errors: errors)
+            try? await client.shutdown()
+            return
+        }
         let deadlineWarm = ContinuousClock.now + .seconds(1)
         let deadline = deadlineWarm + .milliseconds(Int(duration * 1000))
         let mode = self.mode
@@ -105,7 +129,7 @@ struct LoadTool: AsyncParsableCommand {
                             status = try? await Self.send(client, .PUT, "\(url)/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: body)
                         case .post:
                             status = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "p\(worker)-\(n)-\(run)@load.test", family: "POST"))
-                        case .argon2:
+                        case .argon2, .createVersusArgon2:
                             status = nil
                         }
                         let ok = status.map { (200..<300).contains($0) } ?? false

@@ -69,6 +69,17 @@ struct DurabilityTests {
         }
     }
 
+    @Test func sigtermShutsDownGracefully() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sigterm-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let (process, port) = try await Self.launch(directory: directory)
+        #expect(Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: UUID().uuidString.lowercased(), email: "t@test.fr") == "201")
+        kill(process.processIdentifier, SIGTERM)
+        for _ in 0..<100 where process.isRunning { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(!process.isRunning, "the server must exit within 10 s of SIGTERM")
+        if process.isRunning { process.terminate() } else { #expect(process.terminationStatus == 0) }
+    }
+
     /// One create with curl (a real, separate client process); the HTTP status, or nil when
     /// the server is gone.
     static func curlCreate(port: Int, pki: URL, uuid: String, email: String) -> String? {

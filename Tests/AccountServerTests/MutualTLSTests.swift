@@ -46,6 +46,23 @@ struct MutualTLSTests {
         await server.stop()
     }
 
+    @Test func refusalsAreLoggedWithSubjectAndSerialAndNoSecrets() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        for name in ["wrong-cn", "revoked"] {
+            _ = try await attemptCreate(pki: pki, server: server, certificate: name)
+            let certificate = pki.clients[name]!.certificate
+            let serial = ClientIdentity.hex(certificate.serialNumber.bytes)
+            let line = server.logs.all.first { $0.contains("mTLS client certificate refused") && $0.contains("serial=\(serial)") }
+            #expect(line?.contains("subject=\(certificate.subject.description)") == true, "\(server.logs.all)")
+        }
+        _ = try await attemptCreate(pki: pki, server: server, certificate: nil)
+        #expect(server.logs.all.contains { $0.contains("TLS handshake refused") && $0.contains("peer=") })
+        let everything = server.logs.all.joined(separator: "\n")
+        #expect(!everything.contains("PRIVATE KEY") && !everything.contains("argon2"))
+        await server.stop()
+    }
+
     @Test func tlsBelow12IsRefusedAtTheHandshake() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)

@@ -3,6 +3,7 @@ import Accounts
 import AsyncHTTPClient
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOSSL
@@ -75,17 +76,45 @@ struct TestPKI {
     }
 }
 
+/// A log handler that keeps every message, so tests can assert on what is (and is not) logged.
+final class CapturedLogs: Sendable {
+    private let lines = NIOLockedValueBox<[String]>([])
+
+    var all: [String] { lines.withLockedValue { $0 } }
+
+    func handler(label: String) -> some LogHandler { Handler(sink: self) }
+
+    struct Handler: LogHandler {
+        let sink: CapturedLogs
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+            let rendered = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            sink.lines.withLockedValue { $0.append("\(event.level) \(event.message) \(rendered)") }
+        }
+    }
+}
+
 /// The real server (``buildApplication``) on an ephemeral loopback port.
 final class RunningServer: Sendable {
     let port: Int
     let databasePath: String
+    let logs: CapturedLogs
     private let group: ServiceGroup
     private let task: Task<Void, any Error>
 
     var baseURL: String { "https://localhost:\(port)" }
 
-    private init(port: Int, databasePath: String, group: ServiceGroup, task: Task<Void, any Error>) {
+    private init(port: Int, databasePath: String, logs: CapturedLogs, group: ServiceGroup, task: Task<Void, any Error>) {
         self.port = port
+        self.logs = logs
         self.databasePath = databasePath
         self.group = group
         self.task = task
@@ -101,15 +130,16 @@ final class RunningServer: Sendable {
             publicBaseURL: nil, argon2: Argon2Parameters(memoryKiB: 256, iterations: 1, parallelism: 1), argon2Threads: 2,
             crlPollInterval: crlPollInterval
         )
-        var logger = Logger(label: "test-server")
-        logger.logLevel = .critical
+        let logs = CapturedLogs()
+        var logger = Logger(label: "test-server", factory: logs.handler(label:))
+        logger.logLevel = .info
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let app = try await buildApplication(configuration, logger: logger) { port in continuation.yield(port) }
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], logger: logger))
         let task = Task { try await group.run() }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next() else { throw ConfigurationError(description: "server did not start") }
-        return RunningServer(port: port, databasePath: databasePath, group: group, task: task)
+        return RunningServer(port: port, databasePath: databasePath, logs: logs, group: group, task: task)
     }
 
     func stop() async {
