@@ -2,6 +2,7 @@
 import Accounts
 import AsyncHTTPClient
 import Foundation
+import NIOCore
 import Testing
 
 /// The INT_R02 interactions over real mTLS, including the conformance kit's cases.
@@ -124,6 +125,58 @@ struct FHIREndpointTests {
             let events = try await server.auditEvents()
             #expect(events.count == cases.count)
             #expect(events.allSatisfy { $0.outcome.hasSuffix("refused") })
+        }
+    }
+
+    @Test func concurrentCallsOverTheWire() async throws {
+        try await withServer { client, server in
+            let technical = "b6e39355-8a61-4556-b340-36f7b95fec6a"
+            let path = "/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)"
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<20 {
+                    group.addTask {
+                        try await client.send(.PUT, path, body: Bodies.practitioner(technical: technical, family: "F\(index)")).status
+                    }
+                    group.addTask {
+                        try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID, email: "n@test.com")).status
+                    }
+                }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(statuses.allSatisfy { $0 < 500 }, "\(statuses)")
+            #expect(statuses.filter { $0 == 201 }.count == 2, "one create per identifier: \(statuses.sorted())")
+            #expect(statuses.filter { $0 == 409 }.count == 19)
+            #expect(statuses.filter { $0 == 200 }.count == 19)
+            #expect(try await server.accountCount() == 2)
+            let search = try await client.send(.GET, path)
+            #expect(search.body.contains(#""versionId":"20""#), "20 PUTs with distinct names: version 20, no lost update")
+        }
+    }
+
+    @Test func hostileJSONIsRefusedAndChangesNothing() async throws {
+        try await withServer { client, server in
+            let valid = Bodies.practitioner(national: Self.nationalID)
+            let bodies = [
+                valid.replacingOccurrences(of: #""active":true"#, with: #""active":true,"active":false"#),   // duplicate key
+                String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000),             // deep nesting
+                valid.replacingOccurrences(of: "MARIUS", with: "MAR\u{0}IUS"),                                 // raw NUL control character
+                "{\"resourceType\":\"Practitioner\",\"x\":\"\u{FFFF}\"",                                           // truncated
+                valid.replacingOccurrences(of: #""active":true"#, with: #""active":null"#),
+                valid.replacingOccurrences(of: #""active":true"#, with: #""active":1"#),
+                "null", "\"Practitioner\"", "[]",
+            ]
+            for body in bodies {
+                let reply = try await client.send(.POST, "/Practitioner", body: body)
+                #expect((400..<500).contains(reply.status), "\(body.prefix(80)) → \(reply.status)")
+                #expect(reply["resourceType"] == .string("OperationOutcome"))
+            }
+            var request = HTTPClientRequest(url: server.baseURL + "/Practitioner")
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/fhir+json")
+            request.body = .bytes(ByteBuffer(bytes: Array(valid.utf8.prefix(120)) + [0xC3, 0x28] + Array(valid.utf8.dropFirst(120))))
+            let invalidUTF8 = try await client.client.execute(request, timeout: .seconds(10))
+            #expect(invalidUTF8.status.code == 400)
+            #expect(try await server.accountCount() == 0)
         }
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 
 /// `account-server`: the SAS regulator account server and its operator commands.
@@ -26,5 +27,3 @@ enum EnvironmentFallback {
         return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 }
-
-import Foundation

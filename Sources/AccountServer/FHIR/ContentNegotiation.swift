@@ -1,3 +1,4 @@
+import Foundation
 import Accounts
 import HTTPTypes
 
@@ -88,5 +89,3 @@ extension HTTPField.Name {
     static let prefer = HTTPField.Name("Prefer")!
     static let requestID = HTTPField.Name("X-Request-ID")!
 }
-
-import Foundation

@@ -2,12 +2,8 @@ import Accounts
 
 /// A query string parsed strictly: percent-decoding must be valid UTF-8 and every `%`
 /// must start a valid escape. `+` is kept literally (FHIR tokens never encode spaces as `+`).
-struct QueryParameters: Sendable, Equatable {
+struct QueryParameters: Sendable {
     var pairs: [(name: String, value: String)]
-
-    static func == (lhs: QueryParameters, rhs: QueryParameters) -> Bool {
-        lhs.pairs.map(\.name) == rhs.pairs.map(\.name) && lhs.pairs.map(\.value) == rhs.pairs.map(\.value)
-    }
 
     init(query: String?) throws(FHIRError) {
         pairs = []

@@ -76,7 +76,13 @@ final class CRLStore: Sendable {
             logger.notice("client CRLs reloaded", metadata: ["reason": "\(reason)", "lists": "\(fresh.lists.count)", "revoked": "\(revoked)"])
             return true
         } catch {
-            state.withLock { $0.lastError = "\(error)" }
+            // Remember the broken version, so polling does not retry (and log) until the
+            // file changes again or SIGHUP asks.
+            let fingerprints = Dictionary(uniqueKeysWithValues: paths.map { ($0, Self.fingerprint($0)) })
+            state.withLock {
+                $0.lastError = "\(error)"
+                for (path, fingerprint) in fingerprints { $0.fingerprints[path] = fingerprint }
+            }
             logger.error("client CRL reload failed; the previous lists stay in force", metadata: ["reason": "\(reason)", "error": "\(error)"])
             return false
         }

@@ -54,9 +54,12 @@ struct ClientSubjectPolicy: VerifierPolicy {
         if !allowedOrganizationalUnits.isEmpty && !identity.organizationalUnits.contains(where: allowedOrganizationalUnits.contains) {
             return .failsToMeetPolicy(reason: "OU \(identity.organizationalUnits) is not in the allowed client OU list")
         }
-        if let usage = try? leaf.extensions.extendedKeyUsage,
-           !usage.contains(.clientAuth), !usage.contains(.any) {
-            return .failsToMeetPolicy(reason: "the certificate's extended key usage does not allow client authentication")
+        do {
+            if let usage = try leaf.extensions.extendedKeyUsage, !usage.contains(.clientAuth), !usage.contains(.any) {
+                return .failsToMeetPolicy(reason: "the certificate's extended key usage does not allow client authentication")
+            }
+        } catch {
+            return .failsToMeetPolicy(reason: "the certificate's extended key usage extension is malformed")
         }
         return .meetsPolicy
     }

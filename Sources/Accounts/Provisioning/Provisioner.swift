@@ -180,7 +180,7 @@ public final class Provisioner: Sendable {
             if let holder = try queries.holder(of: identifier, in: db), holder.active {
                 throw FHIRError(.conflict, code: .duplicate,
                                 "A regulator account with \(identifier) already exists (Practitioner/\(holder.id)); use PUT ?identifier=\(identifier) to update it.",
-                                expression: [expression(for: identifier, in: record)])
+                                expression: [expression(for: identifier)])
             }
         }
         if record.active, let other = try queries.activeAccount(withEmailKey: record.email.key, excluding: nil, in: db) {
@@ -194,8 +194,8 @@ public final class Provisioner: Sendable {
                   expression: ["Practitioner.telecom[0].value"])
     }
 
-    private func expression(for identifier: RegulatorIdentifier, in record: RegulatorRecord) -> String {
-        // The validator keeps body order unknown here; name the element by its system.
+    /// Names a body identifier by its system (FHIRPath), as its index is not known here.
+    private func expression(for identifier: RegulatorIdentifier) -> String {
         "Practitioner.identifier.where(system='\(identifier.system)')"
     }
 
@@ -243,7 +243,7 @@ public final class Provisioner: Sendable {
             if let holder = try queries.holder(of: identifier, in: db), holder.id != existing.id, holder.active {
                 throw FHIRError(.conflict, code: .duplicate,
                                 "\(identifier) belongs to another active account (Practitioner/\(holder.id)); it can move only once that account is deactivated. Nothing was changed.",
-                                expression: [expression(for: identifier, in: record)])
+                                expression: [expression(for: identifier)])
             }
             if let held, let heldIdentifier = held.identifier {
                 try writes.endAssignment(of: heldIdentifier, at: now, reason: .replaced, by: nil, in: db)

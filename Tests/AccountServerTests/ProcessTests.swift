@@ -1,22 +1,24 @@
+@testable import AccountServer
+import Crypto
 import Foundation
 import GRDB
 import Testing
+import X509
 
-/// An acknowledged INT_R02 write survives `kill -9` of the real server process (WAL with
-/// `synchronous=FULL`), and the database is intact afterwards.
-@Suite("Durability")
-struct DurabilityTests {
+/// Tests on the real `account-server` process: durability across `kill -9`, signals.
+@Suite("The account-server process")
+struct ProcessTests {
     static let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent(".build/debug/account-server").path
 
     /// Starts `account-server serve` on the development PKI in `directory`; returns the process
     /// and its port (read from its log).
-    static func launch(directory: URL) async throws -> (Process, Int) {
+    static func launch(directory: URL, extraArguments: [String] = []) async throws -> (Process, Int) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["serve", "--database", directory.appendingPathComponent("db.sqlite").path,
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
-                             "--argon2-memory-kib", "1024", "--argon2-iterations", "1"]
+                             "--argon2-memory-kib", "1024", "--argon2-iterations", "1"] + extraArguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -34,6 +36,8 @@ struct DurabilityTests {
         throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "server did not start: \(text)"])
     }
 
+    /// An acknowledged INT_R02 write survives `kill -9` (WAL with `synchronous=FULL`), and the
+    /// database is intact afterwards.
     @Test func acknowledgedWritesSurviveKill9() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build the executable first (scripts/test.sh does)")
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("durability-\(UUID().uuidString)")
@@ -78,6 +82,32 @@ struct DurabilityTests {
         for _ in 0..<100 where process.isRunning { try await Task.sleep(for: .milliseconds(100)) }
         #expect(!process.isRunning, "the server must exit within 10 s of SIGTERM")
         if process.isRunning { process.terminate() } else { #expect(process.terminationStatus == 0) }
+    }
+
+    @Test func sighupReloadsTheCRLs() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sighup-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        // Polling effectively off: only the signal can bring the new CRL in.
+        let (process, port) = try await Self.launch(directory: directory, extraArguments: ["--crl-poll-seconds", "3600"])
+        defer { process.terminate() }
+        let pki = directory.appendingPathComponent("pki")
+        #expect(Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h1@test.fr") == "201")
+
+        // Revoke the development client certificate with the development CA.
+        let caPEM = try String(contentsOf: pki.appendingPathComponent("ca.pem"), encoding: .utf8)
+        let caKeyPEM = try String(contentsOf: pki.appendingPathComponent("ca-key.pem"), encoding: .utf8)
+        let clientPEM = try String(contentsOf: pki.appendingPathComponent("sas-client.pem"), encoding: .utf8)
+        let ca = IssuedCertificate(certificate: try Certificate(pemEncoded: caPEM), privateKey: try P256.Signing.PrivateKey(pemRepresentation: caKeyPEM))
+        let client = try Certificate(pemEncoded: clientPEM)
+        try PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: ca, revoked: [client.serialNumber]))
+            .write(to: pki.appendingPathComponent("crl.pem"), atomically: true, encoding: .utf8)
+        #expect(Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h2@test.fr") == "201",
+                "without SIGHUP (and with polling off) the old CRL is still in force")
+        kill(process.processIdentifier, SIGHUP)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(process.isRunning, "SIGHUP must not stop the server")
+        let refused = Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h3@test.fr")
+        #expect(refused == nil || refused!.hasPrefix("4"), "revoked after SIGHUP, got \(refused ?? "connection refused")")
     }
 
     /// One create with curl (a real, separate client process); the HTTP status, or nil when

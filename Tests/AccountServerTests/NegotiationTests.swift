@@ -1,0 +1,57 @@
+@testable import AccountServer
+import Accounts
+import HTTPTypes
+import Testing
+
+@Suite("Query parsing and content negotiation")
+struct NegotiationTests {
+    @Test func parsesRawAndEncodedBars() throws {
+        for query in ["identifier=urn:oid:1.2.250.1.71.4.2.1|810002673899", "identifier=urn%3Aoid%3A1.2.250.1.71.4.2.1%7C810002673899"] {
+            let parameters = try QueryParameters(query: query)
+            let token = try #require(parameters.first("identifier"))
+            #expect(try IdentifierToken.parse(token) == .national(NationalID("810002673899")!))
+        }
+    }
+
+    @Test func refusesBrokenEscapesAndInvalidUTF8() {
+        #expect(throws: FHIRError.self) { try QueryParameters(query: "identifier=%7") }
+        #expect(throws: FHIRError.self) { try QueryParameters(query: "identifier=%GG") }
+        #expect(throws: FHIRError.self) { try QueryParameters(query: "identifier=%C3%28") }
+    }
+
+    @Test func identifierTokens() throws {
+        #expect(throws: FHIRError.self) { try IdentifierToken.parse("810002673899") }
+        #expect(throws: FHIRError.self) { try IdentifierToken.parse("urn:oid:1.2.3|810002673899") }
+        #expect(throws: FHIRError.self) { try IdentifierToken.parse("urn:oid:1.2.250.1.71.4.2.1|") }
+        #expect(throws: FHIRError.self) { try IdentifierToken.parse("urn:oid:1.2.250.1.213.3.6|810002673899") }
+        #expect(try IdentifierToken.parse("urn:oid:1.2.250.1.213.3.6|B6E39355-8A61-4556-B340-36F7B95FEC6A").value == "b6e39355-8a61-4556-b340-36f7b95fec6a")
+    }
+
+    @Test func responseTypes() throws {
+        #expect(try ContentNegotiation.responseType(format: nil, accept: nil) == "application/fhir+json")
+        #expect(try ContentNegotiation.responseType(format: nil, accept: "application/json+fhir") == "application/json+fhir")
+        #expect(try ContentNegotiation.responseType(format: nil, accept: "text/html, */*;q=0.8") == "application/fhir+json")
+        #expect(try ContentNegotiation.responseType(format: "json", accept: "application/xml") == "application/fhir+json")
+        #expect(throws: FHIRError.self) { try ContentNegotiation.responseType(format: "xml", accept: nil) }
+        #expect(throws: FHIRError.self) { try ContentNegotiation.responseType(format: nil, accept: "application/fhir+xml") }
+        #expect(throws: FHIRError.self) { try ContentNegotiation.responseType(format: nil, accept: "application/fhir+json;q=0") }
+    }
+
+    @Test func requestContentTypes() throws {
+        for accepted in ["application/fhir+json", "application/json", "application/json+fhir; charset=UTF-8", "Application/JSON"] {
+            try ContentNegotiation.checkRequestContentType([.contentType: accepted])
+        }
+        for refused in ["text/plain", "application/fhir+xml", "application/json; charset=latin1"] {
+            #expect(throws: FHIRError.self) { try ContentNegotiation.checkRequestContentType([.contentType: refused]) }
+        }
+        #expect(throws: FHIRError.self) { try ContentNegotiation.checkRequestContentType([:]) }
+    }
+
+    @Test func knownPathsGive405() {
+        #expect(PractitionerController.allowedMethods(path: "/Practitioner") == ["GET", "POST", "PUT"])
+        #expect(PractitionerController.allowedMethods(path: "/Practitioner/abc") == ["GET"])
+        #expect(PractitionerController.allowedMethods(path: "/metadata") == ["GET"])
+        #expect(PractitionerController.allowedMethods(path: "/Patient") == nil)
+        #expect(PractitionerController.allowedMethods(path: "/Practitioner/a/b") == nil)
+    }
+}
