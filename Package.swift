@@ -46,10 +46,13 @@ let package = Package(
             name: "Accounts",
             dependencies: [
                 "CArgon2",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            exclude: ["Resources/common-passwords.LICENSE"],
+            resources: [.copy("Resources/common-passwords.txt")],
             swiftSettings: swiftSettings
         ),
         .target(

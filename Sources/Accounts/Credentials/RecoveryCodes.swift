@@ -1,0 +1,37 @@
+import Foundation
+
+/// Single-use recovery codes, the second factor of last resort: ten codes of 10 characters
+/// from a 32-letter alphabet without look-alikes (50 bits each), shown once, stored as
+/// SHA-256 (their entropy makes a slow hash unnecessary).
+public enum RecoveryCodes {
+    public static let count = 10
+    static let alphabet = Array("ABCDEFGHJKMNPQRSTVWXYZ0123456789".utf8)  // no I, L, O, U
+
+    /// New codes formatted for people: `XXXXX-XXXXX`.
+    public static func generate(count: Int = RecoveryCodes.count) -> [String] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<count).map { _ in
+            let characters = (0..<10).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &generator)] }
+            return String(decoding: characters[0..<5], as: UTF8.self) + "-" + String(decoding: characters[5...], as: UTF8.self)
+        }
+    }
+
+    /// The canonical form typed codes are compared in: upper case, no separators, and the
+    /// look-alikes a person may type (O→0, I/L→1) mapped back.
+    public static func normalize(_ code: String) -> String {
+        var result = ""
+        for character in code.uppercased() where character.isLetter || character.isNumber {
+            switch character {
+            case "O": result.append("0")
+            case "I", "L": result.append("1")
+            default: result.append(character)
+            }
+        }
+        return result
+    }
+
+    /// The stored form.
+    public static func hash(_ code: String) -> String {
+        SecretToken.hash(normalize(code))
+    }
+}

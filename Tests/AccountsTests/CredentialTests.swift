@@ -1,0 +1,138 @@
+import Accounts
+import Foundation
+import Testing
+
+@Suite("Credentials: TOTP, tokens, recovery codes, password policy, lockout")
+struct CredentialTests {
+    // MARK: TOTP
+
+    static let rfcSecret = Array("12345678901234567890".utf8)
+
+    @Test(arguments: [(59, "94287082"), (1_111_111_109, "07081804"), (1_111_111_111, "14050471"),
+                      (1_234_567_890, "89005924"), (2_000_000_000, "69279037"), (20_000_000_000, "65353130")] as [(Int64, String)])
+    func rfc6238Vectors(time: Int64, expected: String) {
+        let totp = TOTP(digits: 8)
+        #expect(totp.code(secret: Self.rfcSecret, step: time / 30) == expected)
+    }
+
+    @Test func acceptsOneStepOfDriftAndRefusesReplay() {
+        let totp = TOTP()
+        let secret = TOTP.generateSecret()
+        let now = Date(timeIntervalSince1970: 1_800_000_015)
+        let step = totp.step(at: now)
+        for offset: Int64 in [-1, 0, 1] {
+            #expect(totp.verify(totp.code(secret: secret, step: step + offset), secret: secret, at: now, lastUsedStep: nil) == step + offset)
+        }
+        #expect(totp.verify(totp.code(secret: secret, step: step - 2), secret: secret, at: now, lastUsedStep: nil) == nil)
+        #expect(totp.verify(totp.code(secret: secret, step: step + 2), secret: secret, at: now, lastUsedStep: nil) == nil)
+        // A code already used (or older than the last used one) is refused.
+        let code = totp.code(secret: secret, step: step)
+        #expect(totp.verify(code, secret: secret, at: now, lastUsedStep: step) == nil)
+        #expect(totp.verify(totp.code(secret: secret, step: step - 1), secret: secret, at: now, lastUsedStep: step) == nil)
+        #expect(totp.verify(totp.code(secret: secret, step: step + 1), secret: secret, at: now, lastUsedStep: step) == step + 1)
+        #expect(totp.verify("12345", secret: secret, at: now, lastUsedStep: nil) == nil)
+        #expect(totp.verify("abcdef", secret: secret, at: now, lastUsedStep: nil) == nil)
+    }
+
+    @Test func provisioningURI() {
+        let uri = TOTP().provisioningURI(secret: Array("foobar".utf8), account: "jules.marius@test.com", issuer: "Agenda Éditeur")
+        #expect(uri.hasPrefix("otpauth://totp/Agenda%20%C3%89diteur%3Ajules.marius%40test.com?secret=MZXW6YTBOI&issuer=Agenda%20%C3%89diteur"))
+        #expect(uri.hasSuffix("&algorithm=SHA1&digits=6&period=30"))
+    }
+
+    @Test(arguments: [("", ""), ("f", "MY"), ("fo", "MZXQ"), ("foo", "MZXW6"), ("foob", "MZXW6YQ"), ("fooba", "MZXW6YTB"), ("foobar", "MZXW6YTBOI")])
+    func base32Vectors(plain: String, encoded: String) {
+        #expect(Base32.encode(Array(plain.utf8)) == encoded)
+        #expect(Base32.decode(encoded.lowercased()) == Array(plain.utf8))
+    }
+
+    @Test func base32RefusesOtherCharacters() {
+        #expect(Base32.decode("MZXW1") == nil)
+        let secret = TOTP.generateSecret()
+        #expect(Base32.decode(Base32.encode(secret)) == secret)
+    }
+
+    // MARK: Tokens and recovery codes
+
+    @Test func tokensAre256BitAndHashed() {
+        let tokens = (0..<100).map { _ in SecretToken.generate() }
+        #expect(Set(tokens).count == 100)
+        #expect(tokens.allSatisfy { $0.count == 43 && !$0.contains("=") && !$0.contains("+") && !$0.contains("/") })
+        let hash = SecretToken.hash(tokens[0])
+        #expect(hash.count == 64 && hash != tokens[0])
+        #expect(SecretToken.hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(SecretToken.constantTimeEquals(Array("same".utf8), Array("same".utf8)))
+        #expect(!SecretToken.constantTimeEquals(Array("same".utf8), Array("sane".utf8)))
+        #expect(!SecretToken.constantTimeEquals(Array("same".utf8), Array("same!".utf8)))
+    }
+
+    @Test func recoveryCodes() {
+        let codes = RecoveryCodes.generate()
+        #expect(codes.count == 10 && Set(codes).count == 10)
+        #expect(codes.allSatisfy { $0.count == 11 && $0.dropFirst(5).first == "-" })
+        let code = codes[0]
+        #expect(RecoveryCodes.hash(code.lowercased().replacingOccurrences(of: "-", with: " ")) == RecoveryCodes.hash(code))
+        #expect(RecoveryCodes.normalize("ab0o1-il") == "AB00111")
+        #expect(RecoveryCodes.hash(codes[0]) != RecoveryCodes.hash(codes[1]))
+    }
+
+    // MARK: Password policy
+
+    let policy = PasswordPolicy()
+
+    @Test func policyListIsLoaded() {
+        #expect(policy.isLoaded)
+    }
+
+    @Test(arguments: ["Vélo-rouge-sur-la-Loire", "correct horse battery staple", "Tq9#mZ2$wL8!vR"])
+    func acceptsGoodPasswords(_ password: String) {
+        #expect(policy.violations(of: password, email: "jules.marius@test.com").isEmpty)
+    }
+
+    @Test(arguments: [
+        ("court", PasswordPolicyViolation.tooShort),
+        ("jules.marius@test.com", .sameAsEmail),
+        ("JULES.MARIUS@TEST.COM", .sameAsEmail),
+        ("jules.marius-2024!", .sameAsEmail),
+        ("qwertyuiopasdfgh", .repetitive),
+        ("azertyuiopqsdfgh", .repetitive),
+        ("0987654321098", .repetitive),
+        ("motdepasse123456", .common),
+        ("Password123456!", .common),
+        ("aaaaaaaaaaaaaa", .repetitive),
+        ("abcdefghijklmn", .repetitive),
+        ("123456789012", .repetitive),
+        (String(repeating: "x1", count: 200), .tooLong),
+    ])
+    func refusesWeakPasswords(_ password: String, _ violation: PasswordPolicyViolation) {
+        #expect(policy.violations(of: password, email: "jules.marius@test.com").contains(violation))
+    }
+
+    @Test func messagesAreFrench() {
+        #expect(PasswordPolicyViolation.allCases.allSatisfy { $0.frenchMessage.contains("mot de passe") || $0.frenchMessage.contains("Ce mot de passe") || $0.frenchMessage.contains("Le mot de passe") })
+    }
+
+    // MARK: Lockout
+
+    @Test func locksAfterConsecutiveFailuresForTheCoolingPeriod() {
+        let lockout = LockoutPolicy(maximumFailures: 3, coolingPeriod: .seconds(900))
+        let start = Date(timeIntervalSince1970: 1_800_000_000)
+        var state = LockoutPolicy.State()
+        for attempt in 1...2 {
+            let result = lockout.recordingFailure(state, at: start)
+            state = result.state
+            #expect(!result.locked && state.consecutiveFailures == attempt && !lockout.isLocked(state, at: start))
+        }
+        let third = lockout.recordingFailure(state, at: start)
+        #expect(third.locked)
+        state = third.state
+        #expect(lockout.isLocked(state, at: start.addingTimeInterval(899)))
+        #expect(!lockout.isLocked(state, at: start.addingTimeInterval(900)))
+        // Failures while locked do not extend the lock.
+        #expect(lockout.recordingFailure(state, at: start.addingTimeInterval(10)).state == state)
+        // After the cooling period the count starts again.
+        let after = lockout.recordingFailure(state, at: start.addingTimeInterval(901))
+        #expect(!after.locked && after.state.consecutiveFailures == 1)
+        #expect(lockout.recordingSuccess() == LockoutPolicy.State())
+    }
+}
