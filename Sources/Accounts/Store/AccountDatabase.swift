@@ -97,6 +97,90 @@ public final class AccountDatabase: Sendable {
                     BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END;
                 """)
         }
+        migrator.registerMigration("v2-sign-in") { db in
+            try db.execute(sql: """
+                -- Brute-force protection and password state, on the account.
+                ALTER TABLE account ADD COLUMN failed_sign_ins INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE account ADD COLUMN locked_until INTEGER;
+                ALTER TABLE account ADD COLUMN password_changed_at INTEGER;
+
+                -- The TOTP secret is needed in clear to verify codes, so it is stored
+                -- encrypted (AES-GCM, key from --secret-key-file), never hashed.
+                CREATE TABLE totp_credential (
+                    account_id TEXT PRIMARY KEY NOT NULL REFERENCES account(id),
+                    sealed_secret BLOB NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    confirmed_at INTEGER,
+                    last_used_step INTEGER
+                ) STRICT;
+
+                CREATE TABLE recovery_code (
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    code_hash TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    used_at INTEGER,
+                    PRIMARY KEY (account_id, code_hash)
+                ) STRICT;
+
+                CREATE TABLE password_reset_token (
+                    token_hash TEXT PRIMARY KEY NOT NULL,
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    used_at INTEGER,
+                    voided_at INTEGER
+                ) STRICT;
+                CREATE INDEX password_reset_token_account ON password_reset_token(account_id);
+
+                CREATE TABLE cgu_acceptance (
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    version TEXT NOT NULL,
+                    accepted_at INTEGER NOT NULL,
+                    address TEXT,
+                    PRIMARY KEY (account_id, version)
+                ) STRICT;
+
+                -- Created by the SAS entry (origin=sas); consumed by the session it starts.
+                CREATE TABLE login_intent (
+                    id_hash TEXT PRIMARY KEY NOT NULL,
+                    origin TEXT NOT NULL CHECK (origin IN ('sas', 'direct')),
+                    origin_value TEXT,
+                    return_url TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    consumed_at INTEGER
+                ) STRICT;
+
+                CREATE TABLE web_session (
+                    id_hash TEXT PRIMARY KEY NOT NULL,
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    origin TEXT NOT NULL CHECK (origin IN ('sas', 'direct')),
+                    created_at INTEGER NOT NULL,
+                    last_seen_at INTEGER NOT NULL,
+                    absolute_expires_at INTEGER NOT NULL,
+                    revoked_at INTEGER,
+                    revoked_reason TEXT,
+                    address TEXT,
+                    user_agent TEXT
+                ) STRICT;
+                CREATE INDEX web_session_account ON web_session(account_id) WHERE revoked_at IS NULL;
+
+                -- Durable outbox: a mail is committed with the change that causes it and
+                -- delivered (with retries) by the mailer; its body is scrubbed once sent.
+                CREATE TABLE mail_outbox (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    recipient TEXT NOT NULL,
+                    subject TEXT NOT NULL,
+                    body TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt_at INTEGER NOT NULL,
+                    sent_at INTEGER,
+                    last_error TEXT
+                ) STRICT;
+                CREATE INDEX mail_outbox_due ON mail_outbox(next_attempt_at) WHERE sent_at IS NULL;
+                """)
+        }
         return migrator
     }
 }

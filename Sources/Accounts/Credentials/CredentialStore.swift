@@ -1,0 +1,300 @@
+import Foundation
+import GRDB
+import Logging
+
+/// The result of the password step. The person sees one answer for every refusal; the
+/// reason is for the audit trail only.
+public enum PasswordStepOutcome: Sendable, Equatable {
+    case accepted(accountID: String)
+    case refused(reason: Reason, accountID: String?)
+
+    public enum Reason: String, Sendable {
+        case unknownEmail = "unknown-email"
+        case wrongPassword = "wrong-password"
+        case locked
+        /// This failure started a lockout.
+        case lockedNow = "locked-now"
+    }
+}
+
+/// Why a password reset was refused.
+public enum PasswordResetError: Error, Sendable, Equatable {
+    /// Unknown, expired, already used, or superseded by a newer link: the same answer for all.
+    case invalidToken
+    case policy([PasswordPolicyViolation])
+}
+
+/// Settings of the credential rules.
+public struct CredentialConfiguration: Sendable {
+    public var lockout: LockoutPolicy = LockoutPolicy()
+    public var resetTokenLifetime: TimeInterval = 30 * 60
+    public var totp: TOTP = TOTP()
+
+    public init() {}
+}
+
+/// Passwords, second factors, reset tokens and CGU acceptance: every credential rule of
+/// sign-in, each change in one transaction with its audit event.
+public final class CredentialStore: Sendable {
+    public let database: AccountDatabase
+    public let hasher: PasswordHasher
+    public let configuration: CredentialConfiguration
+    private let box: SecretBox
+    private let policy: PasswordPolicy
+    private let clock: @Sendable () -> Date
+    private let audit = AuditLog()
+    private let outbox = MailOutbox()
+    /// A real argon2id hash of nothing anyone knows, verified when the e-mail is unknown so
+    /// that answer takes as long as a wrong password.
+    private let decoyHash: String
+
+    public init(database: AccountDatabase, hasher: PasswordHasher, box: SecretBox, policy: PasswordPolicy = PasswordPolicy(),
+                configuration: CredentialConfiguration = CredentialConfiguration(), clock: @escaping @Sendable () -> Date = Date.init) throws {
+        self.database = database
+        self.hasher = hasher
+        self.box = box
+        self.policy = policy
+        self.configuration = configuration
+        self.clock = clock
+        self.decoyHash = try PasswordHasher.hashNow(Array(SecretToken.generate().utf8), parameters: hasher.parameters)
+    }
+
+    private var now: Date { Date(epochMilliseconds: clock().epochMilliseconds) }
+
+    /// The account signing in with `email`: the active one if any, else the most recently
+    /// updated (a deactivated account may sign in; it just never holds the habilitation).
+    public func account(forEmail email: String, in db: Database) throws -> AccountRow? {
+        try AccountRow.fetchOne(db.cachedStatement(sql: """
+            SELECT * FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC LIMIT 1
+            """), arguments: [email.lowercased()])
+    }
+
+    // MARK: Password step
+
+    /// Verifies e-mail and password with lockout. argon2 runs in every case (decoy hash for
+    /// an unknown e-mail, the real one for a locked account), off the event loop.
+    public func checkPassword(email: String, password: String, actor: AuditActor) async throws -> PasswordStepOutcome {
+        let lockout = configuration.lockout
+        let row = try await database.pool.read { db in try self.account(forEmail: email, in: db) }
+        let verified = try await hasher.verify(Array(password.utf8), encoded: row?.passwordHash ?? decoyHash)
+        guard let row else {
+            try await record(action: "sign-in", outcome: "refused unknown-email", accountID: nil, actor: actor, detail: nil)
+            return .refused(reason: .unknownEmail, accountID: nil)
+        }
+        let at = now
+        return try await database.pool.write { db in
+            let state = try self.lockoutState(row.id, in: db)
+            if lockout.isLocked(state, at: at) {
+                try self.audit.append(self.event("sign-in", "refused locked", row.id, actor, at), in: db)
+                return .refused(reason: .locked, accountID: row.id)
+            }
+            if verified && !row.passwordResetRequired {
+                try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [row.id])
+                return .accepted(accountID: row.id)
+            }
+            let (next, lockedNow) = lockout.recordingFailure(state, at: at)
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?",
+                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, row.id])
+            try self.audit.append(self.event("sign-in", lockedNow ? "refused locked-now" : "refused wrong-password", row.id, actor, at,
+                                             detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
+            if lockedNow {
+                try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", row.id, actor, at), in: db)
+            }
+            return .refused(reason: lockedNow ? .lockedNow : .wrongPassword, accountID: row.id)
+        }
+    }
+
+    func lockoutState(_ accountID: String, in db: Database) throws -> LockoutPolicy.State {
+        let row = try Row.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID])
+        return LockoutPolicy.State(consecutiveFailures: row?["failed_sign_ins"] ?? 0,
+                                   lockedUntil: (row?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
+    }
+
+    /// Lifts a lockout (vendor admin's "unlock").
+    public func unlock(accountID: String, actor: AuditActor) async throws {
+        let at = now
+        try await database.pool.write { db in
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
+            try self.audit.append(self.event("unlock", "unlocked", accountID, actor, at), in: db)
+        }
+    }
+
+    // MARK: Forgotten password
+
+    /// Issues a reset link for the account using `email`, if there is one, and queues the
+    /// mail in the same transaction; older links of the account are voided. The caller gives
+    /// the same answer either way (no enumeration).
+    public func requestPasswordReset(email: String, makeMail: @Sendable (_ token: String, _ account: AccountRow) -> OutgoingMail,
+                                     actor: AuditActor) async throws {
+        let at = now
+        let lifetime = configuration.resetTokenLifetime
+        try await database.pool.write { db in
+            guard let row = try self.account(forEmail: email, in: db) else {
+                try self.audit.append(self.event("password-reset-requested", "unknown-email", nil, actor, at), in: db)
+                return
+            }
+            let token = SecretToken.generate()
+            try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
+                           arguments: [at.epochMilliseconds, row.id])
+            try db.execute(sql: "INSERT INTO password_reset_token (token_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                           arguments: [SecretToken.hash(token), row.id, at.epochMilliseconds, at.addingTimeInterval(lifetime).epochMilliseconds])
+            try self.outbox.enqueue(makeMail(token, row), at: at, in: db)
+            try self.audit.append(self.event("password-reset-requested", "mailed", row.id, actor, at), in: db)
+        }
+    }
+
+    /// The account a reset link belongs to, if the link is still usable.
+    public func accountForResetToken(_ token: String) async throws -> AccountRow? {
+        let at = now
+        return try await database.pool.read { db in try self.usableResetAccount(token, at: at, in: db) }
+    }
+
+    private func usableResetAccount(_ token: String, at: Date, in db: Database) throws -> AccountRow? {
+        try AccountRow.fetchOne(db, sql: """
+            SELECT account.* FROM password_reset_token t JOIN account ON account.id = t.account_id
+            WHERE t.token_hash = ? AND t.used_at IS NULL AND t.voided_at IS NULL AND t.expires_at > ?
+            """, arguments: [SecretToken.hash(token), at.epochMilliseconds])
+    }
+
+    /// Sets a new password through a reset link: policy checked, argon2id off the event loop,
+    /// then one transaction that spends the link, stores the hash, clears the reset flag and
+    /// the lockout, and revokes every session of the account.
+    public func resetPassword(token: String, newPassword: String, actor: AuditActor) async throws -> Result<String, PasswordResetError> {
+        guard let row = try await accountForResetToken(token) else { return .failure(.invalidToken) }
+        let violations = policy.violations(of: newPassword, email: row.email)
+        guard violations.isEmpty else { return .failure(.policy(violations)) }
+        let hash = try await hasher.hash(Array(newPassword.utf8))
+        let at = now
+        return try await database.pool.write { db in
+            // Re-checked inside the transaction: two tabs submitting the same link, one wins.
+            guard let current = try self.usableResetAccount(token, at: at, in: db), current.id == row.id else { return .failure(.invalidToken) }
+            try db.execute(sql: "UPDATE password_reset_token SET used_at = ? WHERE token_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(token)])
+            try db.execute(sql: """
+                UPDATE account SET password_hash = ?, password_reset_required = 0, password_changed_at = ?, failed_sign_ins = 0, locked_until = NULL
+                WHERE id = ?
+                """, arguments: [hash, at.epochMilliseconds, row.id])
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'password-changed' WHERE account_id = ? AND revoked_at IS NULL",
+                           arguments: [at.epochMilliseconds, row.id])
+            try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at), in: db)
+            return .success(row.id)
+        }
+    }
+
+    // MARK: Second factor
+
+    /// Starts (or restarts) TOTP enrolment: a new secret, stored sealed, not yet confirmed.
+    /// Returns the secret for the QR code and text display; refused once a factor is confirmed.
+    public func beginTOTPEnrolment(accountID: String) async throws -> [UInt8]? {
+        let secret = TOTP.generateSecret()
+        let sealed = try box.seal(secret, context: "totp:\(accountID)")
+        let at = now
+        let started: Bool = try await database.pool.write { db in
+            if try self.hasConfirmedTOTP(accountID, in: db) { return false }
+            try db.execute(sql: """
+                INSERT INTO totp_credential (account_id, sealed_secret, created_at) VALUES (?, ?, ?)
+                ON CONFLICT(account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret, created_at = excluded.created_at,
+                                                      confirmed_at = NULL, last_used_step = NULL
+                """, arguments: [accountID, Data(sealed), at.epochMilliseconds])
+            return true
+        }
+        return started ? secret : nil
+    }
+
+    /// The pending enrolment's secret (to show the QR code again after a wrong code).
+    public func pendingTOTPSecret(accountID: String) async throws -> [UInt8]? {
+        let sealed = try await database.pool.read { db in
+            try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID])
+        }
+        return try sealed.map { try box.open(Array($0), context: "totp:\(accountID)") }
+    }
+
+    /// Confirms enrolment with a first code; returns the recovery codes to show once (their
+    /// hashes replace any earlier set), or nil when the code is wrong.
+    public func confirmTOTPEnrolment(accountID: String, code: String, actor: AuditActor) async throws -> [String]? {
+        let at = now
+        let totp = configuration.totp
+        let codes = RecoveryCodes.generate()
+        return try await database.pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return nil }
+            let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
+            guard let step = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return nil }
+            try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ? WHERE account_id = ?",
+                           arguments: [at.epochMilliseconds, step, accountID])
+            try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
+            for code in codes {
+                try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
+                               arguments: [accountID, RecoveryCodes.hash(code), at.epochMilliseconds])
+            }
+            try self.audit.append(self.event("second-factor-enrolled", "totp confirmed, \(codes.count) recovery codes issued", accountID, actor, at), in: db)
+            return codes
+        }
+    }
+
+    func hasConfirmedTOTP(_ accountID: String, in db: Database) throws -> Bool {
+        try Bool.fetchOne(db, sql: "SELECT 1 FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) ?? false
+    }
+
+    public func hasConfirmedTOTP(accountID: String) async throws -> Bool {
+        try await database.pool.read { db in try self.hasConfirmedTOTP(accountID, in: db) }
+    }
+
+    /// Which second factor was used.
+    public enum SecondFactor: String, Sendable { case totp, recoveryCode = "recovery-code" }
+
+    /// Checks a TOTP code (never one already used: the last used step is stored in the same
+    /// transaction) or else a recovery code (spent on use).
+    public func verifySecondFactor(accountID: String, code: String, actor: AuditActor) async throws -> SecondFactor? {
+        let at = now
+        let totp = configuration.totp
+        return try await database.pool.write { db in
+            if let row = try Row.fetchOne(db, sql: "SELECT sealed_secret, last_used_step FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) {
+                let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
+                if let step = totp.verify(code, secret: secret, at: at, lastUsedStep: row["last_used_step"]) {
+                    try db.execute(sql: "UPDATE totp_credential SET last_used_step = ? WHERE account_id = ?", arguments: [step, accountID])
+                    return .totp
+                }
+            }
+            let normalized = RecoveryCodes.normalize(code)
+            if normalized.count == 10 {
+                try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash = ? AND used_at IS NULL",
+                               arguments: [at.epochMilliseconds, accountID, RecoveryCodes.hash(code)])
+                if db.changesCount == 1 {
+                    let left = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
+                    try self.audit.append(self.event("recovery-code-used", "\(left) left", accountID, actor, at), in: db)
+                    return .recoveryCode
+                }
+            }
+            try self.audit.append(self.event("second-factor", "refused", accountID, actor, at), in: db)
+            return nil
+        }
+    }
+
+    // MARK: CGU
+
+    public func acceptCGU(accountID: String, version: String, address: String?, actor: AuditActor) async throws {
+        let at = now
+        try await database.pool.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO cgu_acceptance (account_id, version, accepted_at, address) VALUES (?, ?, ?, ?)",
+                           arguments: [accountID, version, at.epochMilliseconds, address])
+            try self.audit.append(self.event("cgu-accepted", "version \(version)", accountID, actor, at), in: db)
+        }
+    }
+
+    public func hasAcceptedCGU(accountID: String, version: String) async throws -> Bool {
+        try await database.pool.read { db in
+            try Bool.fetchOne(db, sql: "SELECT 1 FROM cgu_acceptance WHERE account_id = ? AND version = ?", arguments: [accountID, version]) ?? false
+        }
+    }
+
+    // MARK: Audit helpers
+
+    private func event(_ action: String, _ outcome: String, _ accountID: String?, _ actor: AuditActor, _ at: Date, detail: String? = nil) -> AuditEvent {
+        AuditEvent(at: at, surface: "web", action: action, outcome: outcome, actor: actor, requestID: nil,
+                   identifier: nil, accountID: accountID, changes: [], detail: detail)
+    }
+
+    private func record(action: String, outcome: String, accountID: String?, actor: AuditActor, detail: String?) async throws {
+        let at = now
+        try await database.pool.write { db in try self.audit.append(self.event(action, outcome, accountID, actor, at, detail: detail), in: db) }
+    }
+}

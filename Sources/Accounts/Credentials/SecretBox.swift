@@ -1,0 +1,43 @@
+import Crypto
+import Foundation
+
+/// Encrypts the few secrets that must be kept recoverable (TOTP secrets) with AES-256-GCM
+/// under the server's key, bound to the account they belong to (associated data), so a
+/// database copy alone yields nothing and a sealed value cannot be moved to another account.
+public struct SecretBox: Sendable {
+    private let key: SymmetricKey
+
+    public init(key: [UInt8]) throws {
+        guard key.count == 32 else { throw SecretBoxError(description: "the secret key must be 32 bytes, got \(key.count)") }
+        self.key = SymmetricKey(data: key)
+    }
+
+    /// Reads the key file, or creates it (32 random bytes, mode 0600) when absent.
+    public static func loadOrCreate(path: String) throws -> SecretBox {
+        let manager = FileManager.default
+        if !manager.fileExists(atPath: path) {
+            let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            var generator = SystemRandomNumberGenerator()
+            let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+            guard manager.createFile(atPath: path, contents: Data(bytes), attributes: [.posixPermissions: 0o600]) else {
+                throw SecretBoxError(description: "cannot create \(path)")
+            }
+        }
+        return try SecretBox(key: Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+    }
+
+    public func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8] {
+        let box = try AES.GCM.seal(plaintext, using: key, authenticating: Array(context.utf8))
+        guard let combined = box.combined else { throw SecretBoxError(description: "AES-GCM produced no combined form") }
+        return Array(combined)
+    }
+
+    public func open(_ sealed: [UInt8], context: String) throws -> [UInt8] {
+        Array(try AES.GCM.open(AES.GCM.SealedBox(combined: sealed), using: key, authenticating: Array(context.utf8)))
+    }
+}
+
+public struct SecretBoxError: Error, CustomStringConvertible {
+    public var description: String
+}

@@ -1,0 +1,185 @@
+import Accounts
+import Foundation
+import GRDB
+import Synchronization
+import Testing
+
+/// A clock tests move by hand.
+final class TestClock: Sendable {
+    private let current = Mutex(Date(timeIntervalSince1970: 1_800_000_000))
+    var now: Date { current.withLock { $0 } }
+    func advance(_ seconds: TimeInterval) { current.withLock { $0 = $0.addingTimeInterval(seconds) } }
+}
+
+struct CredentialHarness {
+    let accounts: Harness
+    let clock = TestClock()
+    let store: CredentialStore
+    let actor = AuditActor(subject: "browser", address: "192.0.2.1")
+    let accountID: String
+
+    init(lockout: LockoutPolicy = LockoutPolicy(maximumFailures: 3, coolingPeriod: .seconds(900))) async throws {
+        accounts = try Harness()
+        var configuration = CredentialConfiguration()
+        configuration.lockout = lockout
+        let clock = self.clock
+        store = try CredentialStore(database: accounts.database, hasher: accounts.provisioner.hasher,
+                                    box: try SecretBox(key: Array(repeating: 7, count: 32)), configuration: configuration, clock: { clock.now })
+        accountID = try await accounts.create(try Fixtures.record()).account.id
+    }
+
+    /// Requests a reset and returns the token read from the queued mail.
+    func resetToken(email: String = "jules.marius@test.com") async throws -> String? {
+        try await store.requestPasswordReset(email: email, makeMail: { token, account in
+            OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: "https://web.example/reinitialiser?jeton=\(token)")
+        }, actor: actor)
+        let mails = try await accounts.database.pool.read { db in try MailOutbox().due(at: .distantFuture, in: db) }
+        return mails.last.flatMap { $0.mail.body.components(separatedBy: "jeton=").last }
+    }
+
+    func setPassword(_ password: String) async throws {
+        let token = try #require(try await resetToken())
+        #expect(try await store.resetPassword(token: token, newPassword: password, actor: actor) == .success(accountID))
+    }
+}
+
+@Suite("Credential store")
+struct CredentialStoreTests {
+    static let password = "Vélo-rouge-sur-la-Loire"
+
+    @Test func generatedPasswordNeverSignsInAndUnknownEmailGetsTheSameAnswer() async throws {
+        let h = try await CredentialHarness()
+        let unknown = try await h.store.checkPassword(email: "nobody@test.com", password: "whatever-password", actor: h.actor)
+        #expect(unknown == .refused(reason: .unknownEmail, accountID: nil))
+        let generated = try await h.store.checkPassword(email: "jules.marius@test.com", password: "anything-at-all", actor: h.actor)
+        #expect(generated == .refused(reason: .wrongPassword, accountID: h.accountID))
+    }
+
+    @Test func resetThenSignInAndLockout() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        #expect(try await h.store.checkPassword(email: "JULES.MARIUS@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
+        for _ in 0..<2 {
+            #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) == .refused(reason: .wrongPassword, accountID: h.accountID))
+        }
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) == .refused(reason: .lockedNow, accountID: h.accountID))
+        // Locked: even the right password is refused, until the cooling period ends.
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor) == .refused(reason: .locked, accountID: h.accountID))
+        h.clock.advance(901)
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
+        let events = try await h.accounts.auditEvents().map(\.action)
+        #expect(events.contains("lockout") && events.contains("password-reset-completed"))
+    }
+
+    @Test func successResetsTheFailureCount() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        for _ in 0..<2 { _ = try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) }
+        _ = try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor)
+        for _ in 0..<2 {
+            #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) == .refused(reason: .wrongPassword, accountID: h.accountID))
+        }
+    }
+
+    @Test func resetTokensAreSingleUseExpireAndAreSupersededByNewerOnes() async throws {
+        let h = try await CredentialHarness()
+        let first = try #require(try await h.resetToken())
+        let second = try #require(try await h.resetToken())
+        #expect(try await h.store.resetPassword(token: first, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
+        #expect(try await h.store.resetPassword(token: "not-a-token", newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
+        #expect(try await h.store.resetPassword(token: second, newPassword: "short", actor: h.actor) == .failure(.policy([.tooShort])))
+        #expect(try await h.store.resetPassword(token: second, newPassword: Self.password, actor: h.actor) == .success(h.accountID))
+        #expect(try await h.store.resetPassword(token: second, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken))
+        let third = try #require(try await h.resetToken())
+        h.clock.advance(30 * 60 + 1)
+        #expect(try await h.store.resetPassword(token: third, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken))
+        // Only hashes are stored.
+        let stored = try await h.accounts.database.pool.read { db in try String.fetchAll(db, sql: "SELECT token_hash FROM password_reset_token") }
+        #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
+    }
+
+    @Test func unknownEmailQueuesNoMail() async throws {
+        let h = try await CredentialHarness()
+        #expect(try await h.resetToken(email: "nobody@test.com") == nil)
+    }
+
+    @Test func resetRevokesEverySession() async throws {
+        let h = try await CredentialHarness()
+        try await h.accounts.database.pool.write { db in
+            for index in 0..<2 {
+                try db.execute(sql: """
+                    INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at)
+                    VALUES (?, ?, 'sas', 0, 0, 9999999999999)
+                    """, arguments: ["s\(index)", h.accountID])
+            }
+        }
+        try await h.setPassword(Self.password)
+        let live = try await h.accounts.database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE revoked_at IS NULL") }
+        #expect(live == 0)
+    }
+
+    @Test func totpEnrolmentRecoveryCodesAndReplay() async throws {
+        let h = try await CredentialHarness()
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == secret)
+        let totp = TOTP()
+        let valid = totp.code(secret: secret, step: totp.step(at: h.clock.now))
+        let acceptable = Set((-1...1).map { totp.code(secret: secret, step: totp.step(at: h.clock.now) + Int64($0)) })
+        let wrong = (0..<1_000_000).lazy.map { String(format: "%06d", $0) }.first { !acceptable.contains($0) }!
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: wrong, actor: h.actor) == nil)
+        #expect(valid.count == 6)
+        let codes = try #require(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: totp.code(secret: secret, step: totp.step(at: h.clock.now)), actor: h.actor))
+        #expect(codes.count == 10)
+        #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID))
+        #expect(try await h.store.beginTOTPEnrolment(accountID: h.accountID) == nil, "a confirmed factor is not replaced by a new enrolment")
+
+        // The enrolment code itself cannot be replayed; the next step's code works once.
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: totp.code(secret: secret, step: totp.step(at: h.clock.now)), actor: h.actor) == nil)
+        h.clock.advance(30)
+        let next = totp.code(secret: secret, step: totp.step(at: h.clock.now))
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: next, actor: h.actor) == .totp)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: next, actor: h.actor) == nil)
+
+        // A recovery code works once, in any case and spacing.
+        let recovery = codes[3].lowercased().replacingOccurrences(of: "-", with: " ")
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: recovery, actor: h.actor) == .recoveryCode)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[3], actor: h.actor) == nil)
+        // Secrets are sealed at rest.
+        let stored = try await h.accounts.database.pool.read { db in try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential") }
+        #expect(stored.map { !Array($0).starts(with: secret) && $0.count > secret.count } == true)
+    }
+
+    @Test func cguAcceptancePerVersion() async throws {
+        let h = try await CredentialHarness()
+        #expect(try await !h.store.hasAcceptedCGU(accountID: h.accountID, version: "v1"))
+        try await h.store.acceptCGU(accountID: h.accountID, version: "v1", address: "192.0.2.1", actor: h.actor)
+        #expect(try await h.store.hasAcceptedCGU(accountID: h.accountID, version: "v1"))
+        #expect(try await !h.store.hasAcceptedCGU(accountID: h.accountID, version: "v2"))
+        let row = try await h.accounts.database.pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM cgu_acceptance") }
+        #expect(row?["address"] == "192.0.2.1" && row?["accepted_at"] as Int64? == h.clock.now.epochMilliseconds)
+    }
+
+    @Test func outboxScrubsSentMailsAndBacksOff() async throws {
+        let h = try await CredentialHarness()
+        _ = try await h.resetToken()
+        let outbox = MailOutbox()
+        try await h.accounts.database.pool.write { db in
+            let due = try outbox.due(at: h.clock.now, in: db)
+            #expect(due.count == 1)
+            try outbox.markFailed(id: due[0].id, attempts: due[0].attempts, error: "connection refused", at: h.clock.now, in: db)
+            #expect(try outbox.due(at: h.clock.now, in: db).isEmpty)
+            #expect(try outbox.due(at: h.clock.now.addingTimeInterval(31), in: db).count == 1)
+            try outbox.markSent(id: due[0].id, at: h.clock.now, in: db)
+            #expect(try String.fetchOne(db, sql: "SELECT body FROM mail_outbox") == "")
+            #expect(try outbox.due(at: .distantFuture, in: db).isEmpty)
+        }
+    }
+
+    @Test func secretBoxBindsToItsContext() throws {
+        let box = try SecretBox(key: Array(repeating: 1, count: 32))
+        let sealed = try box.seal([1, 2, 3], context: "totp:a")
+        #expect(try box.open(sealed, context: "totp:a") == [1, 2, 3])
+        #expect(throws: (any Error).self) { try box.open(sealed, context: "totp:b") }
+        #expect(throws: (any Error).self) { try SecretBox(key: [1, 2]) }
+    }
+}
