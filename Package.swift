@@ -57,7 +57,7 @@ let package = Package(
         ),
         .target(
             name: "Habilitation",
-            dependencies: ["Accounts"],
+            dependencies: ["Accounts", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

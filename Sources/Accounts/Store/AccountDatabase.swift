@@ -103,6 +103,9 @@ public final class AccountDatabase: Sendable {
                 ALTER TABLE account ADD COLUMN failed_sign_ins INTEGER NOT NULL DEFAULT 0;
                 ALTER TABLE account ADD COLUMN locked_until INTEGER;
                 ALTER TABLE account ADD COLUMN password_changed_at INTEGER;
+                -- A vendor admin's suspension of the habilitation, independent of the SAS's
+                -- `active` (a later active:true does not lift it).
+                ALTER TABLE account ADD COLUMN suspended_by_vendor_at INTEGER;
 
                 -- The TOTP secret is needed in clear to verify codes, so it is stored
                 -- encrypted (AES-GCM, key from --secret-key-file), never hashed.
@@ -146,6 +149,18 @@ public final class AccountDatabase: Sendable {
                     origin TEXT NOT NULL CHECK (origin IN ('sas', 'direct')),
                     origin_value TEXT,
                     return_url TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    consumed_at INTEGER
+                ) STRICT;
+
+                -- A sign-in in progress: password verified, second factor and required
+                -- actions to go. Becomes a session (new id) when they are done.
+                CREATE TABLE sign_in_flow (
+                    id_hash TEXT PRIMARY KEY NOT NULL,
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    intent_id_hash TEXT,
+                    second_factor_at INTEGER,
                     created_at INTEGER NOT NULL,
                     expires_at INTEGER NOT NULL,
                     consumed_at INTEGER

@@ -1,0 +1,204 @@
+import Accounts
+import Foundation
+import GRDB
+
+/// Timeouts of the web sign-in.
+public struct SessionConfiguration: Sendable {
+    public var intentLifetime: TimeInterval = 10 * 60
+    public var flowLifetime: TimeInterval = 15 * 60
+    public var idleTimeout: TimeInterval = 30 * 60
+    public var absoluteTimeout: TimeInterval = 12 * 3600
+    /// `last_seen_at` is written at most this often (a write per request would serialise
+    /// every page view and forward-auth check on the database writer).
+    public var touchGranularity: TimeInterval = 60
+
+    public init() {}
+}
+
+/// A login intent: where the browser came from (the SAS redirect or not) and where to send
+/// it back. Created server-side at the entry; the browser only holds its random id.
+public struct LoginIntent: Sendable, Equatable {
+    public var origin: SessionOrigin
+    public var originValue: String?
+    public var returnURL: String
+
+    public init(origin: SessionOrigin, originValue: String?, returnURL: String) {
+        self.origin = origin
+        self.originValue = originValue
+        self.returnURL = returnURL
+    }
+}
+
+/// A live web session.
+public struct WebSession: Sendable, Equatable {
+    public var accountID: String
+    public var origin: SessionOrigin
+    public var createdAt: Date
+    public var lastSeenAt: Date
+}
+
+/// Login intents, sign-in flows and sessions. Every id handed to a browser is a 256-bit
+/// random token; only its SHA-256 is stored. A session's origin is fixed when it is created,
+/// copied from the intent that started it, and never changes afterwards.
+public final class SessionStore: Sendable {
+    public let database: AccountDatabase
+    public let configuration: SessionConfiguration
+    private let clock: @Sendable () -> Date
+    private let audit = AuditLog()
+
+    public init(database: AccountDatabase, configuration: SessionConfiguration = SessionConfiguration(), clock: @escaping @Sendable () -> Date = Date.init) {
+        self.database = database
+        self.configuration = configuration
+        self.clock = clock
+    }
+
+    private var now: Date { Date(epochMilliseconds: clock().epochMilliseconds) }
+
+    // MARK: Intents
+
+    public func createIntent(_ intent: LoginIntent) async throws -> String {
+        let token = SecretToken.generate()
+        let at = now
+        let expires = at.addingTimeInterval(configuration.intentLifetime)
+        try await database.pool.write { db in
+            try db.execute(sql: """
+                INSERT INTO login_intent (id_hash, origin, origin_value, return_url, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+                """, arguments: [SecretToken.hash(token), intent.origin.rawValue, intent.originValue, intent.returnURL,
+                                 at.epochMilliseconds, expires.epochMilliseconds])
+        }
+        return token
+    }
+
+    /// The intent if it is unexpired and unused (it is spent only when a session starts).
+    public func intent(_ token: String) async throws -> LoginIntent? {
+        let at = now
+        return try await database.pool.read { db in try Self.liveIntent(token, at: at, in: db) }
+    }
+
+    static func liveIntent(_ token: String, at: Date, in db: Database) throws -> LoginIntent? {
+        guard let row = try Row.fetchOne(db, sql: """
+            SELECT origin, origin_value, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
+            """, arguments: [SecretToken.hash(token), at.epochMilliseconds]),
+              let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
+        return LoginIntent(origin: origin, originValue: row["origin_value"], returnURL: row["return_url"])
+    }
+
+    // MARK: Flows
+
+    public func startFlow(accountID: String, intentToken: String?) async throws -> String {
+        let token = SecretToken.generate()
+        let at = now
+        try await database.pool.write { db in
+            try db.execute(sql: """
+                INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+                """, arguments: [SecretToken.hash(token), accountID, intentToken.map(SecretToken.hash), at.epochMilliseconds,
+                                 at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds])
+        }
+        return token
+    }
+
+    public func flow(_ token: String) async throws -> (accountID: String, intentIDHash: String?, secondFactorDone: Bool)? {
+        let at = now
+        return try await database.pool.read { db in
+            try Row.fetchOne(db, sql: """
+                SELECT account_id, intent_id_hash, second_factor_at FROM sign_in_flow
+                WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
+                """, arguments: [SecretToken.hash(token), at.epochMilliseconds]).map {
+                ($0["account_id"], $0["intent_id_hash"], ($0["second_factor_at"] as Int64?) != nil)
+            }
+        }
+    }
+
+    public func markSecondFactorDone(flowToken: String) async throws {
+        let at = now
+        try await database.pool.write { db in
+            try db.execute(sql: "UPDATE sign_in_flow SET second_factor_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
+        }
+    }
+
+    // MARK: Sessions
+
+    /// Ends a flow in a new session (a new id: the session id rotates at sign-in). The origin
+    /// is the intent's if the flow started from a live intent, `direct` otherwise; the intent
+    /// is spent. Returns the session token and where to send the browser.
+    public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor) async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
+        let token = SecretToken.generate()
+        let at = now
+        let absolute = configuration.absoluteTimeout
+        return try await database.pool.write { db in
+            guard let flow = try Row.fetchOne(db, sql: """
+                SELECT account_id, intent_id_hash, second_factor_at FROM sign_in_flow
+                WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
+                """, arguments: [SecretToken.hash(flowToken), at.epochMilliseconds]),
+                  (flow["second_factor_at"] as Int64?) != nil else { return nil }
+            let accountID: String = flow["account_id"]
+            var origin = SessionOrigin.direct
+            var returnURL: String?
+            if let intentHash: String = flow["intent_id_hash"],
+               let intent = try Row.fetchOne(db, sql: """
+                SELECT origin, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
+                """, arguments: [intentHash, at.epochMilliseconds]) {
+                origin = SessionOrigin(rawValue: intent["origin"]) ?? .direct
+                returnURL = intent["return_url"]
+                try db.execute(sql: "UPDATE login_intent SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, intentHash])
+            }
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
+            try db.execute(sql: """
+                INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at, address, user_agent)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [SecretToken.hash(token), accountID, origin.rawValue, at.epochMilliseconds, at.epochMilliseconds,
+                                 at.addingTimeInterval(absolute).epochMilliseconds, address, userAgent.map { String($0.prefix(300)) }])
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in", outcome: "session created (origin \(origin.rawValue))",
+                                             actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                             detail: origin == .sas ? "regulator habilitation possible for this session" : nil), in: db)
+            return (token, origin, returnURL)
+        }
+    }
+
+    /// The session if live: not revoked, idle and absolute timeouts not reached. Touches
+    /// `last_seen_at` (coarsely) so activity extends the idle timeout.
+    public func session(_ token: String) async throws -> WebSession? {
+        let at = now
+        let idle = configuration.idleTimeout
+        let hash = SecretToken.hash(token)
+        guard let session = try await database.pool.read({ db in try Self.liveSession(hash: hash, at: at, idle: idle, in: db) }) else { return nil }
+        if at.timeIntervalSince(session.lastSeenAt) >= configuration.touchGranularity {
+            try await database.pool.write { db in
+                try db.execute(sql: "UPDATE web_session SET last_seen_at = ? WHERE id_hash = ? AND revoked_at IS NULL", arguments: [at.epochMilliseconds, hash])
+            }
+        }
+        return session
+    }
+
+    static func liveSession(hash: String, at: Date, idle: TimeInterval, in db: Database) throws -> WebSession? {
+        guard let row = try Row.fetchOne(db.cachedStatement(sql: """
+            SELECT account_id, origin, created_at, last_seen_at FROM web_session
+            WHERE id_hash = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
+            """), arguments: [hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
+              let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
+        return WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
+                          lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
+    }
+
+    /// Sign-out.
+    public func revoke(_ token: String, reason: String) async throws {
+        let at = now
+        try await database.pool.write { db in
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE id_hash = ? AND revoked_at IS NULL",
+                           arguments: [at.epochMilliseconds, reason, SecretToken.hash(token)])
+        }
+    }
+
+    /// Every session of an account (password change, admin "sign out everywhere").
+    public func revokeAll(accountID: String, reason: String, actor: AuditActor) async throws -> Int {
+        let at = now
+        return try await database.pool.write { db in
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE account_id = ? AND revoked_at IS NULL",
+                           arguments: [at.epochMilliseconds, reason, accountID])
+            let count = db.changesCount
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
+                                             requestID: nil, identifier: nil, accountID: accountID, changes: [], detail: reason), in: db)
+            return count
+        }
+    }
+}

@@ -1,0 +1,174 @@
+import Accounts
+import Foundation
+import GRDB
+import Habilitation
+import Synchronization
+import Testing
+
+final class ManualClock: Sendable {
+    private let current = Mutex(Date(timeIntervalSince1970: 1_800_000_000))
+    var now: Date { current.withLock { $0 } }
+    func advance(_ seconds: TimeInterval) { current.withLock { $0 = $0.addingTimeInterval(seconds) } }
+}
+
+/// A database with one regulator account that has set a password, enrolled TOTP and accepted
+/// CGU v1, plus the stores under test, all on one manual clock.
+struct World {
+    let clock = ManualClock()
+    let database: AccountDatabase
+    let provisioner: Provisioner
+    let credentials: CredentialStore
+    let sessions: SessionStore
+    let habilitation: HabilitationService
+    let accountID: String
+    let actor = AuditActor(subject: "browser")
+    static let national = RegulatorIdentifier.national(NationalID("810002673899")!)
+
+    init(complete: Bool = true) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("habilitation-\(UUID().uuidString)")
+        database = try AccountDatabase(path: directory.appendingPathComponent("db.sqlite").path)
+        let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2)
+        let clock = self.clock
+        provisioner = Provisioner(database: database, hasher: hasher, clock: { clock.now })
+        credentials = try CredentialStore(database: database, hasher: hasher, box: try SecretBox(key: Array(repeating: 3, count: 32)), clock: { clock.now })
+        sessions = SessionStore(database: database, clock: { clock.now })
+        habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: "v1", clock: { clock.now })
+        accountID = try await provisioner.provision(.create(World.record(active: true)), context: CallContext(actor: actor)).account.id
+        if complete { try await completeRequiredActions() }
+    }
+
+    static func record(active: Bool) throws -> RegulatorRecord {
+        RegulatorRecord(nationalID: NationalID("810002673899"), active: active, familyName: "MARIUS", givenName: "Jules",
+                        email: EmailAddress("jules.marius@test.com")!)
+    }
+
+    func completeRequiredActions() async throws {
+        try await credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, _ in
+            OutgoingMail(recipient: "x", subject: "x", body: token)
+        }, actor: actor)
+        let token = try await database.pool.read { db in try String.fetchOne(db, sql: "SELECT body FROM mail_outbox ORDER BY id DESC") }!
+        _ = try await credentials.resetPassword(token: token, newPassword: "Vélo-rouge-sur-la-Loire", actor: actor)
+        let secret = try await credentials.beginTOTPEnrolment(accountID: accountID)!
+        let totp = TOTP()
+        _ = try await credentials.confirmTOTPEnrolment(accountID: accountID, code: totp.code(secret: secret, step: totp.step(at: clock.now)), actor: actor)
+        try await credentials.acceptCGU(accountID: accountID, version: "v1", address: nil, actor: actor)
+    }
+
+    /// Signs in the way the web surface does: intent (if any) → flow → second factor → session.
+    func signIn(origin: SessionOrigin?) async throws -> String {
+        var intentToken: String?
+        if let origin {
+            intentToken = try await sessions.createIntent(LoginIntent(origin: origin, originValue: origin.rawValue, returnURL: "https://agenda.example/p"))
+        }
+        let flow = try await sessions.startFlow(accountID: accountID, intentToken: intentToken)
+        try await sessions.markSecondFactorDone(flowToken: flow)
+        return try #require(try await sessions.completeFlow(flowToken: flow, address: "192.0.2.1", userAgent: "test", actor: actor)).token
+    }
+}
+
+@Suite("Sessions and the habilitation check")
+struct SessionAndHabilitationTests {
+    @Test func sasSessionWithEverythingDoneIsHabilitated() async throws {
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        let check = try await world.habilitation.check(sessionToken: token)
+        #expect(check.decision == .granted)
+        #expect(check.session?.origin == .sas)
+    }
+
+    @Test func directSessionIsNot() async throws {
+        let world = try await World()
+        let check = try await world.habilitation.check(sessionToken: try await world.signIn(origin: nil))
+        #expect(check.decision == .denied([.directSession]))
+    }
+
+    @Test func pendingActionsWithholdIt() async throws {
+        let world = try await World(complete: false)
+        let check = try await world.habilitation.check(sessionToken: try await world.signIn(origin: .sas))
+        #expect(check.pendingActions == [.setPassword, .enrolSecondFactor, .acceptCGU])
+        #expect(check.decision == .denied([.requiredActionPending]))
+    }
+
+    @Test func withdrawalAppliesOnTheNextCheck() async throws {
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        #expect(try await world.habilitation.check(sessionToken: token).decision.isGranted)
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatchVersion: nil),
+                                                  context: CallContext(actor: world.actor))
+        #expect(try await world.habilitation.check(sessionToken: token).decision == .denied([.deactivatedBySAS]))
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: true), ifMatchVersion: nil),
+                                                  context: CallContext(actor: world.actor))
+        #expect(try await world.habilitation.check(sessionToken: token).decision.isGranted)
+        try await world.database.pool.write { db in
+            try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = 1 WHERE id = ?", arguments: [world.accountID])
+        }
+        #expect(try await world.habilitation.check(sessionToken: token).decision == .denied([.suspendedByVendor]))
+    }
+
+    @Test func newCGUVersionMustBeAcceptedAgain() async throws {
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        let v2 = HabilitationService(database: world.database, sessions: world.sessions, cguVersion: "v2", clock: { world.clock.now })
+        #expect(try await v2.check(sessionToken: token).pendingActions == [.acceptCGU])
+    }
+
+    @Test func intentsExpireAndAreSingleUse() async throws {
+        let world = try await World()
+        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
+        #expect(try await world.sessions.intent(intent)?.origin == .sas)
+        // First sign-in spends it.
+        let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: intent)
+        try await world.sessions.markSecondFactorDone(flowToken: flow)
+        #expect(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor)?.origin == .sas)
+        #expect(try await world.sessions.intent(intent) == nil)
+        // A second flow presenting the same intent gets a direct session.
+        let again = try await world.sessions.startFlow(accountID: world.accountID, intentToken: intent)
+        try await world.sessions.markSecondFactorDone(flowToken: again)
+        #expect(try await world.sessions.completeFlow(flowToken: again, address: nil, userAgent: nil, actor: world.actor)?.origin == .direct)
+        // An expired intent too.
+        let late = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
+        let lateFlow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: late)
+        try await world.sessions.markSecondFactorDone(flowToken: lateFlow)
+        world.clock.advance(10 * 60 + 1)
+        #expect(try await world.sessions.completeFlow(flowToken: lateFlow, address: nil, userAgent: nil, actor: world.actor)?.origin == .direct)
+    }
+
+    @Test func aFlowNeedsTheSecondFactor() async throws {
+        let world = try await World()
+        let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
+        #expect(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor) == nil)
+    }
+
+    @Test func idleAndAbsoluteTimeouts() async throws {
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        world.clock.advance(20 * 60)
+        #expect(try await world.sessions.session(token) != nil)   // activity at 20 min...
+        world.clock.advance(20 * 60)
+        #expect(try await world.sessions.session(token) != nil)   // ...keeps it alive at 40 min
+        world.clock.advance(31 * 60)
+        #expect(try await world.sessions.session(token) == nil)   // 31 idle minutes
+        let other = try await world.signIn(origin: .sas)
+        for _ in 0..<25 {
+            world.clock.advance(29 * 60)
+            _ = try await world.sessions.session(other)
+        }
+        #expect(try await world.sessions.session(other) == nil)   // past 12 h despite activity
+        #expect(try await world.habilitation.check(sessionToken: other).decision == .denied([.noLiveSession]))
+    }
+
+    @Test func signOutAndRevokeAll() async throws {
+        let world = try await World()
+        let first = try await world.signIn(origin: .sas)
+        let second = try await world.signIn(origin: nil)
+        #expect(first != second)
+        try await world.sessions.revoke(first, reason: "sign-out")
+        #expect(try await world.sessions.session(first) == nil)
+        #expect(try await world.sessions.session(second) != nil)
+        #expect(try await world.sessions.revokeAll(accountID: world.accountID, reason: "admin", actor: world.actor) == 1)
+        #expect(try await world.sessions.session(second) == nil)
+        // Tokens are stored hashed.
+        let stored = try await world.database.pool.read { db in try String.fetchAll(db, sql: "SELECT id_hash FROM web_session") }
+        #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
+    }
+}
