@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     ],
     targets: [
         // libargon2 (Debian: libargon2-dev), the reference argon2id implementation.
@@ -34,6 +35,13 @@ let package = Package(
             path: "Sources/CArgon2",
             pkgConfig: "libargon2",
             providers: [.apt(["libargon2-dev"])]
+        ),
+        // QR codes for TOTP enrolment (Debian: libqrencode-dev).
+        .systemLibrary(
+            name: "CQRencode",
+            path: "Sources/CQRencode",
+            pkgConfig: "libqrencode",
+            providers: [.apt(["libqrencode-dev"])]
         ),
         // CRL parsing and signature checks through the system OpenSSL (libssl-dev), the one
         // thing swift-nio-ssl and swift-certificates do not cover.
@@ -66,6 +74,8 @@ let package = Package(
                 "Accounts",
                 "Habilitation",
                 "CCRL",
+                "CQRencode",
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOTLS", package: "swift-nio"),

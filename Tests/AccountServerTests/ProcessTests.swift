@@ -18,7 +18,8 @@ struct ProcessTests {
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["serve", "--database", directory.appendingPathComponent("db.sqlite").path,
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
-                             "--argon2-memory-kib", "1024", "--argon2-iterations", "1"] + extraArguments
+                             "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
+                             "--web-address", "127.0.0.1:0", "--secret-key-file", directory.appendingPathComponent("secret.key").path] + extraArguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -26,8 +27,8 @@ struct ProcessTests {
         var text = ""
         for _ in 0..<200 {
             text += String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
-            if let range = text.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
-                let port = Int(text[range].split(separator: ":").last!)!
+            if let range = text.range(of: #"address=127\.0\.0\.1:(\d+) \[AccountServer\] FHIR"#, options: .regularExpression) {
+                let port = Int(text[range].split(separator: ":").last!.split(separator: " ").first!)!
                 return (process, port)
             }
             try await Task.sleep(for: .milliseconds(50))

@@ -105,6 +105,7 @@ final class CapturedLogs: Sendable {
 /// The real server (``buildApplication``) on an ephemeral loopback port.
 final class RunningServer: Sendable {
     let port: Int
+    let webPort: Int
     let databasePath: String
     let logs: CapturedLogs
     private let group: ServiceGroup
@@ -112,17 +113,20 @@ final class RunningServer: Sendable {
 
     var baseURL: String { "https://localhost:\(port)" }
 
-    private init(port: Int, databasePath: String, logs: CapturedLogs, group: ServiceGroup, task: Task<Void, any Error>) {
+    private init(port: Int, webPort: Int, databasePath: String, logs: CapturedLogs, group: ServiceGroup, task: Task<Void, any Error>) {
         self.port = port
+        self.webPort = webPort
         self.logs = logs
         self.databasePath = databasePath
         self.group = group
         self.task = task
     }
 
-    static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5)) async throws -> RunningServer {
+    var webURL: String { "https://localhost:\(webPort)" }
+
+    static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5), configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
         let databasePath = pki.directory.appendingPathComponent("db-\(UUID().uuidString).sqlite").path
-        let configuration = ServerConfiguration(
+        let base = ServerConfiguration(
             databasePath: databasePath, fhirHost: "127.0.0.1", fhirPort: 0,
             tlsCertificatePath: pki.serverCertificatePath, tlsKeyPath: pki.serverKeyPath,
             clientCAPaths: [pki.caPath], clientCRLPaths: [pki.crlPath],
@@ -130,16 +134,23 @@ final class RunningServer: Sendable {
             publicBaseURL: nil, argon2: Argon2Parameters(memoryKiB: 256, iterations: 1, parallelism: 1), argon2Threads: 2,
             crlPollInterval: crlPollInterval
         )
+        var configuration = base
+        configuration.webPort = 0
+        configuration.secretKeyPath = pki.directory.appendingPathComponent("secret-\(UUID().uuidString).key").path
+        configure(&configuration)
         let logs = CapturedLogs()
         var logger = Logger(label: "test-server", factory: logs.handler(label:))
         logger.logLevel = .info
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let app = try await buildApplication(configuration, logger: logger) { port in continuation.yield(port) }
+        let (webPorts, webContinuation) = AsyncStream.makeStream(of: Int.self)
+        let app = try await buildApplication(configuration, logger: logger, onFHIRListening: { port in continuation.yield(port) },
+                                             onWebListening: { port in webContinuation.yield(port) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], logger: logger))
         let task = Task { try await group.run() }
         var iterator = ports.makeAsyncIterator()
-        guard let port = await iterator.next() else { throw ConfigurationError(description: "server did not start") }
-        return RunningServer(port: port, databasePath: databasePath, logs: logs, group: group, task: task)
+        var webIterator = webPorts.makeAsyncIterator()
+        guard let port = await iterator.next(), let webPort = await webIterator.next() else { throw ConfigurationError(description: "server did not start") }
+        return RunningServer(port: port, webPort: webPort, databasePath: databasePath, logs: logs, group: group, task: task)
     }
 
     func stop() async {

@@ -6,6 +6,8 @@ import Logging
 import NIOCore
 import NIOSSL
 import ServiceLifecycle
+import Habilitation
+import HummingbirdTLS
 import X509
 
 /// Builds the whole server from a configuration; `serve` and the integration tests both
@@ -16,7 +18,8 @@ import X509
 func buildApplication(
     _ configuration: ServerConfiguration,
     logger: Logger,
-    onFHIRListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    onFHIRListening: @escaping @Sendable (Int) async -> Void = { _ in },
+    onWebListening: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     // TLS material first: a server that cannot check its callers must not start.
     let certificateChain = try NIOSSLCertificate.fromPEMFile(configuration.tlsCertificatePath)
@@ -68,5 +71,107 @@ func buildApplication(
         logger: logger
     )
     app.addServices(CRLReloadService(store: crlStore, pollInterval: configuration.crlPollInterval), PasswordHasherService(hasher: hasher))
+    app.addServices(try makeWebServices(configuration, database: database, hasher: hasher, certificateChain: certificateChain,
+                                        privateKey: privateKey, logger: logger, onWebListening: onWebListening))
     return app
+}
+
+/// The regulators' HTTPS listener (sign-in, first-sign-in steps, "Mon compte") and the mailer,
+/// as services of the main application so they start and stop with it.
+func makeWebServices(
+    _ configuration: ServerConfiguration, database: AccountDatabase, hasher: PasswordHasher,
+    certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, logger: Logger,
+    onWebListening: @escaping @Sendable (Int) async -> Void
+) throws -> [any Service] {
+    let policy = PasswordPolicy()
+    guard policy.isLoaded else {
+        throw ConfigurationError(description: "the common-password list (account-server_Accounts.resources) is missing next to the executable")
+    }
+    let box = try SecretBox.loadOrCreate(path: configuration.secretKeyPath)
+    let keyBytes = try Array(Data(contentsOf: URL(fileURLWithPath: configuration.secretKeyPath)))
+    var credentialConfiguration = CredentialConfiguration()
+    credentialConfiguration.lockout = configuration.lockout
+    let credentials = try CredentialStore(database: database, hasher: hasher, box: box, policy: policy, configuration: credentialConfiguration)
+    var sessionConfiguration = SessionConfiguration()
+    sessionConfiguration.idleTimeout = configuration.sessionIdleTimeout
+    sessionConfiguration.absoluteTimeout = configuration.sessionAbsoluteTimeout
+    let sessions = SessionStore(database: database, configuration: sessionConfiguration)
+    let cguVersion = configuration.cguVersion ?? String(SecretToken.hash(configuration.cguText).prefix(12))
+    let habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: cguVersion)
+
+    let publicURL = (configuration.publicURL ?? "https://localhost:\(configuration.webPort)").trimmingSuffix("/")
+    guard let publicHost = URLComponents(string: publicURL)?.host else {
+        throw ConfigurationError(description: "--public-url must be an absolute https URL, got \(publicURL)")
+    }
+    let webConfiguration = WebConfiguration(
+        publicURL: publicURL,
+        acceptedOrigins: Set(configuration.acceptedOrigins),
+        allowedReturnHosts: Set((configuration.allowedReturnHosts.isEmpty ? [publicHost] : configuration.allowedReturnHosts).map { $0.lowercased() }),
+        cguText: configuration.cguText, cguVersion: cguVersion, totpIssuer: configuration.totpIssuer,
+        rateLimitPerMinute: configuration.rateLimitPerMinute, rateLimitBurst: configuration.rateLimitPerMinute
+    )
+    let controller = WebController(
+        configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,
+        csrf: CSRFProtection(key: keyBytes, publicOrigin: webConfiguration.publicOrigin),
+        limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute)
+    )
+    let router = Router(context: WebRequestContext.self)
+    router.add(middleware: WebErrorMiddleware())
+    controller.addRoutes(to: router)
+
+    var tls = TLSConfiguration.makeServerConfiguration(certificateChain: certificateChain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
+    if let certificate = configuration.webTLSCertificatePath, let key = configuration.webTLSKeyPath {
+        tls = TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) },
+                                                       privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+    }
+    tls.minimumTLSVersion = .tlsv12
+    tls.applicationProtocols = ["http/1.1"]
+    let webApp = Application(
+        router: router,
+        server: try .tls(.http1(), tlsConfiguration: tls),
+        configuration: .init(address: .hostname(configuration.webHost, port: configuration.webPort), serverName: nil),
+        onServerRunning: { channel in await onWebListening(channel.localAddress?.port ?? 0) },
+        logger: logger
+    )
+    let transport: (any MailTransport)?
+    if let smtp = configuration.smtpURL {
+        transport = try SMTPTransport(url: smtp, heloName: publicHost)
+    } else if let command = configuration.sendmailCommand, !command.isEmpty {
+        transport = SendmailTransport(command: command)
+    } else {
+        transport = nil
+    }
+    let mailer = MailerService(database: database, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
+                               pollInterval: configuration.mailPollInterval, logger: logger)
+    return [webApp, mailer]
+}
+
+extension String {
+    func trimmingSuffix(_ suffix: String) -> String {
+        hasSuffix(suffix) ? String(dropLast(suffix.count)) : self
+    }
+}
+
+/// Unknown pages and unexpected errors of the web surface get a readable French page; no
+/// internal detail leaks.
+struct WebErrorMiddleware: RouterMiddleware {
+    typealias Context = WebRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError {
+            switch error.status {
+            case .notFound, .methodNotAllowed:
+                return WebController.page(Pages.error("Page introuvable", "Cette page n’existe pas."), status: .notFound)
+            case .contentTooLarge:
+                return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
+            default:
+                return WebController.page(Pages.error("Requête invalide", "La requête n’a pas pu être traitée."), status: .badRequest)
+            }
+        } catch {
+            context.logger.error("unexpected error on the web surface", metadata: ["error": "\(error)"])
+            return WebController.page(Pages.error("Erreur", "Une erreur est survenue (référence \(context.requestID)). Réessayez dans un instant."), status: .internalServerError)
+        }
+    }
 }

@@ -20,6 +20,39 @@ struct ServerConfiguration: Sendable {
     /// How often CRL files are checked for changes (SIGHUP reloads at once).
     var crlPollInterval: Duration = .seconds(5)
     var logLevel: Logger.Level = .info
+
+    // Web surface (regulators' browsers).
+    var webHost: String = "127.0.0.1"
+    var webPort: Int = 8444
+    /// Defaults to the FHIR listener's certificate and key.
+    var webTLSCertificatePath: String?
+    var webTLSKeyPath: String?
+    /// Defaults to `https://localhost:<web port>`.
+    var publicURL: String?
+    var acceptedOrigins: [String] = ["sas"]
+    /// Defaults to the public URL's host.
+    var allowedReturnHosts: [String] = []
+    var cguText: String = ServerConfiguration.developmentCGU
+    var cguVersion: String?
+    var smtpURL: String?
+    var sendmailCommand: [String]?
+    var mailFrom: String?
+    var mailPollInterval: Duration = .seconds(2)
+    var secretKeyPath: String = "./data/secret.key"
+    var lockout: LockoutPolicy = LockoutPolicy()
+    var sessionIdleTimeout: TimeInterval = 30 * 60
+    var sessionAbsoluteTimeout: TimeInterval = 12 * 3600
+    var totpIssuer: String = "Espace régulateur"
+    var rateLimitPerMinute: Int = 10
+
+    /// The CGU shown when no --cgu-file is given (development only; logged as such).
+    static let developmentCGU = """
+        Conditions générales d’utilisation — texte de développement.
+
+        Ce texte remplace les conditions générales de l’éditeur tant que l’option --cgu-file n’est pas fournie. Il ne doit pas être utilisé en production.
+
+        En accédant aux fonctions régulateur, vous vous engagez à n’utiliser l’agenda que pour la prise de rendez-vous de patients orientés par le Service d’Accès aux Soins.
+        """
 }
 
 /// A configuration problem found before anything starts; printed and the process exits.

@@ -57,6 +57,60 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error, critical. Env: ACCOUNT_SERVER_LOG_LEVEL. Default: info")
     var logLevel: String?
 
+    @Option(help: "Web (regulators' browsers) HTTPS listener, HOST:PORT. Env: ACCOUNT_SERVER_WEB_ADDRESS. Default: 127.0.0.1:8444")
+    var webAddress: String?
+
+    @Option(help: "Web certificate chain (PEM). Env: ACCOUNT_SERVER_WEB_TLS_CERTIFICATE. Default: --tls-certificate")
+    var webTlsCertificate: String?
+
+    @Option(help: "Web private key (PEM). Env: ACCOUNT_SERVER_WEB_TLS_KEY. Default: --tls-key")
+    var webTlsKey: String?
+
+    @Option(help: "The web surface's base URL as browsers see it (links in mails). Env: ACCOUNT_SERVER_PUBLIC_URL. Default: https://localhost:<web port>")
+    var publicUrl: String?
+
+    @Option(help: "origin value that marks a SAS redirect; repeatable. Env: ACCOUNT_SERVER_SAS_ORIGIN. Default: sas")
+    var sasOrigin: [String] = []
+
+    @Option(help: "Host (or host:port) the browser may return to after sign-in; repeatable. Env: ACCOUNT_SERVER_ALLOWED_RETURN_HOST. Default: the public URL's host")
+    var allowedReturnHost: [String] = []
+
+    @Option(help: "Terms of use (CGU) text file, UTF-8. Env: ACCOUNT_SERVER_CGU_FILE. Default: a development text")
+    var cguFile: String?
+
+    @Option(help: "CGU version label. Env: ACCOUNT_SERVER_CGU_VERSION. Default: the first 12 hex digits of the file's SHA-256")
+    var cguVersion: String?
+
+    @Option(help: "SMTP relay, smtp://host[:port] or smtps://host[:port]. Env: ACCOUNT_SERVER_SMTP_URL")
+    var smtpUrl: String?
+
+    @Option(help: "sendmail-compatible command instead of SMTP, e.g. '/usr/sbin/sendmail -i'. Env: ACCOUNT_SERVER_SENDMAIL_COMMAND")
+    var sendmailCommand: String?
+
+    @Option(help: "Sender address of mails. Env: ACCOUNT_SERVER_MAIL_FROM. Default: no-reply@<public host>")
+    var mailFrom: String?
+
+    @Option(help: "Server secret key file (32 bytes; created mode 0600 if absent). Env: ACCOUNT_SERVER_SECRET_KEY_FILE. Default: ./data/secret.key")
+    var secretKeyFile: String?
+
+    @Option(help: "Consecutive sign-in failures before lockout. Env: ACCOUNT_SERVER_LOCKOUT_FAILURES. Default: 5")
+    var lockoutFailures: Int?
+
+    @Option(help: "Lockout duration in minutes. Env: ACCOUNT_SERVER_LOCKOUT_MINUTES. Default: 15")
+    var lockoutMinutes: Int?
+
+    @Option(help: "Session idle timeout in minutes. Env: ACCOUNT_SERVER_SESSION_IDLE_MINUTES. Default: 30")
+    var sessionIdleMinutes: Int?
+
+    @Option(help: "Session absolute timeout in hours. Env: ACCOUNT_SERVER_SESSION_ABSOLUTE_HOURS. Default: 12")
+    var sessionAbsoluteHours: Int?
+
+    @Option(help: "Sign-in and reset attempts per client per minute. Env: ACCOUNT_SERVER_RATE_LIMIT_PER_MINUTE. Default: 10")
+    var rateLimitPerMinute: Int?
+
+    @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
+    var totpIssuer: String?
+
     func run() async throws {
         typealias Env = EnvironmentFallback
         let levelText = Env.value(logLevel, "ACCOUNT_SERVER_LOG_LEVEL") ?? "info"
@@ -64,12 +118,8 @@ struct ServeCommand: AsyncParsableCommand {
         var logger = Logger(label: "account-server")
         logger.logLevel = level
 
-        let address = Env.value(fhirAddress, "ACCOUNT_SERVER_FHIR_ADDRESS") ?? "127.0.0.1:8443"
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port) else {
-            throw ValidationError("--fhir-address must be HOST:PORT, got \(address)")
-        }
-        var host = String(address[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let (host, port) = try Self.hostAndPort(Env.value(fhirAddress, "ACCOUNT_SERVER_FHIR_ADDRESS") ?? "127.0.0.1:8443", flag: "--fhir-address")
+        let (webHost, webPort) = try Self.hostAndPort(Env.value(webAddress, "ACCOUNT_SERVER_WEB_ADDRESS") ?? "127.0.0.1:8444", flag: "--web-address")
 
         var certificate = Env.value(tlsCertificate, "ACCOUNT_SERVER_TLS_CERTIFICATE")
         var key = Env.value(tlsKey, "ACCOUNT_SERVER_TLS_KEY")
@@ -96,7 +146,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
 
         let defaults = Argon2Parameters.owaspMinimum
-        let configuration = ServerConfiguration(
+        let baseConfiguration = ServerConfiguration(
             databasePath: Env.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite",
             fhirHost: host, fhirPort: port,
             tlsCertificatePath: certificate, tlsKeyPath: key,
@@ -112,6 +162,36 @@ struct ServeCommand: AsyncParsableCommand {
             crlPollInterval: .seconds(try Self.number(crlPollSeconds, "ACCOUNT_SERVER_CRL_POLL_SECONDS") ?? 5),
             logLevel: level
         )
+        var web = baseConfiguration
+        web.webHost = webHost
+        web.webPort = webPort
+        web.webTLSCertificatePath = Env.value(webTlsCertificate, "ACCOUNT_SERVER_WEB_TLS_CERTIFICATE")
+        web.webTLSKeyPath = Env.value(webTlsKey, "ACCOUNT_SERVER_WEB_TLS_KEY")
+        web.publicURL = Env.value(publicUrl, "ACCOUNT_SERVER_PUBLIC_URL")
+        let origins = Env.list(sasOrigin, "ACCOUNT_SERVER_SAS_ORIGIN")
+        web.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
+        web.allowedReturnHosts = Env.list(allowedReturnHost, "ACCOUNT_SERVER_ALLOWED_RETURN_HOST")
+        if let path = Env.value(cguFile, "ACCOUNT_SERVER_CGU_FILE") {
+            web.cguText = try String(contentsOfFile: path, encoding: .utf8)
+        } else {
+            logger.warning("no --cgu-file: the DEVELOPMENT terms of use are shown (not for production)")
+        }
+        web.cguVersion = Env.value(cguVersion, "ACCOUNT_SERVER_CGU_VERSION")
+        web.smtpURL = Env.value(smtpUrl, "ACCOUNT_SERVER_SMTP_URL")
+        web.sendmailCommand = Env.value(sendmailCommand, "ACCOUNT_SERVER_SENDMAIL_COMMAND").map { $0.split(separator: " ").map(String.init) }
+        web.mailFrom = Env.value(mailFrom, "ACCOUNT_SERVER_MAIL_FROM")
+        web.secretKeyPath = Env.value(secretKeyFile, "ACCOUNT_SERVER_SECRET_KEY_FILE") ?? "./data/secret.key"
+        web.lockout = LockoutPolicy(maximumFailures: try Self.number(lockoutFailures, "ACCOUNT_SERVER_LOCKOUT_FAILURES") ?? 5,
+                                    coolingPeriod: .seconds(60 * (try Self.number(lockoutMinutes, "ACCOUNT_SERVER_LOCKOUT_MINUTES") ?? 15)))
+        web.sessionIdleTimeout = TimeInterval(60 * (try Self.number(sessionIdleMinutes, "ACCOUNT_SERVER_SESSION_IDLE_MINUTES") ?? 30))
+        web.sessionAbsoluteTimeout = TimeInterval(3600 * (try Self.number(sessionAbsoluteHours, "ACCOUNT_SERVER_SESSION_ABSOLUTE_HOURS") ?? 12))
+        web.rateLimitPerMinute = try Self.number(rateLimitPerMinute, "ACCOUNT_SERVER_RATE_LIMIT_PER_MINUTE") ?? 10
+        web.totpIssuer = Env.value(totpIssuer, "ACCOUNT_SERVER_TOTP_ISSUER") ?? "Espace régulateur"
+        guard web.lockout.maximumFailures >= 1, web.rateLimitPerMinute >= 1, web.sessionIdleTimeout > 0, web.sessionAbsoluteTimeout > 0 else {
+            throw ValidationError("lockout, rate limit and session settings must be positive")
+        }
+        let configuration = web
+
         guard configuration.argon2.memoryKiB >= 8 * configuration.argon2.parallelism, configuration.argon2.iterations >= 1, configuration.argon2.parallelism >= 1 else {
             throw ValidationError("argon2 parameters out of range (memory ≥ 8×parallelism KiB, iterations ≥ 1, parallelism ≥ 1)")
         }
@@ -119,14 +199,26 @@ struct ServeCommand: AsyncParsableCommand {
         let listeningLogger = logger
         let listeningHost = host
         let pkiForCurl = developmentPKI
-        let app = try await buildApplication(configuration, logger: logger) { boundPort in
+        let listeningWebHost = webHost
+        let app = try await buildApplication(configuration, logger: logger, onFHIRListening: { boundPort in
             let logger = listeningLogger, host = listeningHost, developmentPKI = pkiForCurl
             logger.notice("FHIR mTLS endpoint listening", metadata: ["address": "\(host):\(boundPort)"])
             if let developmentPKI {
                 FileHandle.standardOutput.write(Data(Self.curlExample(pki: developmentPKI, port: boundPort).utf8))
             }
-        }
+        }, onWebListening: { boundPort in
+            listeningLogger.notice("web sign-in listening", metadata: ["address": "\(listeningWebHost):\(boundPort)"])
+        })
         try await app.runService()
+    }
+
+    static func hostAndPort(_ address: String, flag: String) throws -> (String, Int) {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ValidationError("\(flag) must be HOST:PORT, got \(address)")
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
     }
 
     private static func number<T: LosslessStringConvertible>(_ flag: T?, _ variable: String) throws -> T? {

@@ -5,6 +5,10 @@ import Accounts
 struct QueryParameters: Sendable {
     var pairs: [(name: String, value: String)]
 
+    static let empty = QueryParameters()
+
+    private init() { pairs = [] }
+
     init(query: String?) throws(FHIRError) {
         pairs = []
         guard let query, !query.isEmpty else { return }

@@ -1,0 +1,177 @@
+import Accounts
+import Foundation
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+
+/// Where mail goes: an SMTP relay or a sendmail-compatible command.
+protocol MailTransport: Sendable {
+    func send(_ message: [UInt8], from: String, to: String) async throws
+}
+
+struct MailError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Builds the RFC 5322 message: UTF-8 text, base64 body (safe over any relay), RFC 2047
+/// subject.
+enum MailMessage {
+    static func render(_ mail: OutgoingMail, from: String, date: Date = Date()) -> [UInt8] {
+        let subject = "=?UTF-8?B?\(Data(mail.subject.utf8).base64EncodedString())?="
+        let body = Data(mail.body.utf8).base64EncodedString(options: [.lineLength76Characters, .endLineWithCarriageReturn, .endLineWithLineFeed])
+        let host = from.split(separator: "@").last.map(String.init) ?? "localhost"
+        let headers = [
+            "From: \(from)",
+            "To: \(mail.recipient)",
+            "Subject: \(subject)",
+            "Date: \(FHIRResponses.httpDate(date).replacingOccurrences(of: "GMT", with: "+0000"))",
+            "Message-ID: <\(UUID().uuidString.lowercased())@\(host)>",
+            "MIME-Version: 1.0",
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Transfer-Encoding: base64",
+        ]
+        return Array((headers.joined(separator: "\r\n") + "\r\n\r\n" + body + "\r\n").utf8)
+    }
+}
+
+/// A minimal SMTP client (RFC 5321): EHLO, MAIL, RCPT, DATA, QUIT, over plain TCP (a local
+/// relay) or implicit TLS (`smtps://`). No AUTH or STARTTLS: point it at the vendor's MTA.
+struct SMTPTransport: MailTransport {
+    let host: String
+    let port: Int
+    let implicitTLS: Bool
+    let heloName: String
+    var timeout: Duration = .seconds(30)
+
+    init(url: String, heloName: String) throws {
+        guard let components = URLComponents(string: url), let scheme = components.scheme, let host = components.host,
+              scheme == "smtp" || scheme == "smtps" else {
+            throw MailError(description: "--smtp-url must be smtp://host[:port] or smtps://host[:port], got \(url)")
+        }
+        self.host = host
+        self.implicitTLS = scheme == "smtps"
+        self.port = components.port ?? (scheme == "smtps" ? 465 : 25)
+        self.heloName = heloName
+    }
+
+    func send(_ message: [UInt8], from: String, to: String) async throws {
+        let tlsContext = implicitTLS ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
+        let serverName = host
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(10))
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineBasedFrameDecoder()))
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await channel.executeThenClose { inbound, outbound in
+                    var lines = inbound.makeAsyncIterator()
+                    func reply(expecting codes: Set<Int>) async throws {
+                        while true {
+                            guard let line = try await lines.next() else { throw MailError(description: "SMTP server closed the connection") }
+                            let text = String(buffer: line).trimmingCharacters(in: .newlines)
+                            guard text.count >= 3, let code = Int(text.prefix(3)) else { throw MailError(description: "bad SMTP reply: \(text.prefix(80))") }
+                            if text.count > 3 && text[text.index(text.startIndex, offsetBy: 3)] == "-" { continue }
+                            guard codes.contains(code) else { throw MailError(description: "SMTP refused: \(text.prefix(200))") }
+                            return
+                        }
+                    }
+                    func command(_ text: String, expecting codes: Set<Int>) async throws {
+                        try await outbound.write(ByteBuffer(string: text + "\r\n"))
+                        try await reply(expecting: codes)
+                    }
+                    try await reply(expecting: [220])
+                    try await command("EHLO \(heloName)", expecting: [250])
+                    try await command("MAIL FROM:<\(from)>", expecting: [250])
+                    try await command("RCPT TO:<\(to)>", expecting: [250, 251])
+                    try await command("DATA", expecting: [354])
+                    // Dot-stuffing (RFC 5321 §4.5.2), then the terminating line.
+                    var data = String(decoding: message, as: UTF8.self).replacingOccurrences(of: "\r\n.", with: "\r\n..")
+                    if data.hasPrefix(".") { data = "." + data }
+                    try await outbound.write(ByteBuffer(string: data + ".\r\n"))
+                    try await reply(expecting: [250])
+                    try? await command("QUIT", expecting: [221])
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw MailError(description: "SMTP exchange timed out after \(timeout)")
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+/// A sendmail-compatible command (`/usr/sbin/sendmail -t -i` style): the message on stdin.
+struct SendmailTransport: MailTransport {
+    let command: [String]
+
+    func send(_ message: [UInt8], from: String, to: String) async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst()) + ["-f", from, "--", to]
+        let input = Pipe()
+        process.standardInput = input
+        try process.run()
+        try input.fileHandleForWriting.write(contentsOf: Data(message))
+        try input.fileHandleForWriting.close()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                process.waitUntilExit()
+                continuation.resume()
+            }
+        }
+        guard process.terminationStatus == 0 else { throw MailError(description: "\(command[0]) exited with \(process.terminationStatus)") }
+    }
+}
+
+/// Delivers the outbox: polls for due mails, sends each, marks it sent (body scrubbed) or
+/// failed (retried with backoff). Runs until shutdown.
+struct MailerService: Service {
+    let database: AccountDatabase
+    let transport: (any MailTransport)?
+    let from: String
+    let pollInterval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        guard let transport else {
+            logger.warning("no --smtp-url or --sendmail-command: password reset mails stay in the outbox")
+            try? await gracefulShutdown()
+            return
+        }
+        let outbox = MailOutbox()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    let due = try await database.pool.read { db in try outbox.due(at: Date(), in: db) }
+                    for item in due {
+                        do {
+                            try await transport.send(MailMessage.render(item.mail, from: from), from: from, to: item.mail.recipient)
+                            try await database.pool.write { db in try outbox.markSent(id: item.id, at: Date(), in: db) }
+                            logger.info("mail delivered", metadata: ["outbox_id": "\(item.id)"])
+                        } catch {
+                            try await database.pool.write { db in
+                                try outbox.markFailed(id: item.id, attempts: item.attempts, error: "\(error)", at: Date(), in: db)
+                            }
+                            logger.warning("mail delivery failed; will retry", metadata: ["outbox_id": "\(item.id)", "error": "\(error)"])
+                        }
+                    }
+                } catch {
+                    logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: pollInterval)
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+import Accounts
+import Habilitation
+
+/// The regulator-facing pages, in French. Every page is complete HTML5 with stable ids that
+/// tests and assistive technologies can rely on.
+enum Pages {
+    static func layout(_ title: String, _ content: HTML) -> HTML {
+        """
+        <!doctype html>
+        <html lang="fr">
+        <head>
+        <meta charset="utf-8">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <title>\(title) — Espace régulateur</title>
+        <link rel="stylesheet" href="/static/style.css">
+        </head>
+        <body>
+        <main>
+        <h1>\(title)</h1>
+        \(content)
+        </main>
+        </body>
+        </html>
+        """
+    }
+
+    static func csrfField(_ token: String) -> HTML {
+        "<input type=\"hidden\" name=\"csrf\" value=\"\(token)\">"
+    }
+
+    static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: String? = nil) -> HTML {
+        let banner: HTML = fromSAS
+            ? "<p class=\"info\" id=\"origine-sas\">Vous arrivez depuis la plateforme SAS : une fois connecté(e), vous disposerez de l’habilitation régulateur.</p>"
+            : ""
+        let alert: HTML = error
+            ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Adresse e-mail ou mot de passe incorrect, ou compte temporairement bloqué après plusieurs échecs. Réessayez plus tard ou utilisez « Mot de passe oublié ».</p>"
+            : ""
+        let info: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
+        return layout("Connexion", """
+            \(banner)\(info)\(alert)
+            <form method="post" action="/connexion" id="form-connexion">
+            \(csrfField(csrf))
+            <label for="email">Adresse e-mail</label>
+            <input id="email" name="email" type="email" autocomplete="username" required>
+            <label for="password">Mot de passe</label>
+            <input id="password" name="password" type="password" autocomplete="current-password" required>
+            <button type="submit">Se connecter</button>
+            </form>
+            <p><a href="/mot-de-passe-oublie" id="lien-oubli">Mot de passe oublié ?</a></p>
+            <p class="hint" id="premiere-connexion">Première connexion ? Votre compte a été créé par la plateforme SAS sans mot de passe connu de vous : choisissez le vôtre avec « Mot de passe oublié ».</p>
+            """)
+    }
+
+    static func secondFactor(csrf: String, error: Bool) -> HTML {
+        layout("Code de vérification", """
+            \(error ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Code incorrect ou déjà utilisé.</p>" : "" as HTML)
+            <form method="post" action="/connexion/second-facteur" id="form-code">
+            \(csrfField(csrf))
+            <label for="code">Code à 6 chiffres de votre application d’authentification, ou un code de secours</label>
+            <input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required>
+            <button type="submit">Valider</button>
+            </form>
+            """)
+    }
+
+    static func enrolTOTP(csrf: String, qrSVG: String, secret: String, uri: String, error: Bool) -> HTML {
+        let grouped = stride(from: 0, to: secret.count, by: 4).map { offset -> String in
+            let start = secret.index(secret.startIndex, offsetBy: offset)
+            return String(secret[start..<(secret.index(start, offsetBy: 4, limitedBy: secret.endIndex) ?? secret.endIndex)])
+        }.joined(separator: " ")
+        return layout("Double authentification", """
+            <p>La connexion demande un second facteur. Scannez ce QR code avec une application d’authentification (FreeOTP, Google Authenticator, Microsoft Authenticator…), puis saisissez le code affiché.</p>
+            <div class="qr" id="qr-code">\(HTML(raw: qrSVG))</div>
+            <p>Si vous ne pouvez pas scanner, saisissez cette clé dans l’application : <code id="cle-secrete">\(grouped)</code></p>
+            <p><a href="\(uri)" id="lien-otpauth">Ouvrir dans l’application d’authentification</a></p>
+            \(error ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Code incorrect : vérifiez l’heure de votre téléphone et réessayez.</p>" : "" as HTML)
+            <form method="post" action="/connexion/totp" id="form-totp">
+            \(csrfField(csrf))
+            <label for="code">Code à 6 chiffres</label>
+            <input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required>
+            <button type="submit">Activer</button>
+            </form>
+            """)
+    }
+
+    static func recoveryCodes(csrf: String, codes: [String]) -> HTML {
+        layout("Codes de secours", """
+            <p>Conservez ces 10 codes en lieu sûr : chacun permet une connexion si vous n’avez plus votre téléphone. Ils ne seront plus jamais affichés.</p>
+            <ul id="codes-secours">\(codes.map { "<li><code>\($0)</code></li>" as HTML })</ul>
+            <form method="post" action="/connexion/suite" id="form-suite">
+            \(csrfField(csrf))
+            <button type="submit">J’ai noté mes codes, continuer</button>
+            </form>
+            """)
+    }
+
+    static func cgu(csrf: String, version: String, text: String, error: Bool) -> HTML {
+        let paragraphs = text.components(separatedBy: "\n\n").map { "<p>\($0)</p>" as HTML }
+        return layout("Conditions générales d’utilisation", """
+            <div class="cgu" id="texte-cgu">\(paragraphs)</div>
+            \(error ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Cochez la case pour accepter les conditions.</p>" : "" as HTML)
+            <form method="post" action="/connexion/cgu" id="form-cgu">
+            \(csrfField(csrf))
+            <input type="hidden" name="version" value="\(version)">
+            <label><input type="checkbox" name="accepte" value="oui" id="accepte" required> J’accepte les conditions générales d’utilisation (version \(version)).</label>
+            <button type="submit">Continuer</button>
+            </form>
+            """)
+    }
+
+    static func forgotPassword(csrf: String) -> HTML {
+        layout("Mot de passe oublié", """
+            <p>Indiquez l’adresse e-mail de votre compte : vous recevrez un lien pour choisir un nouveau mot de passe.</p>
+            <form method="post" action="/mot-de-passe-oublie" id="form-oubli">
+            \(csrfField(csrf))
+            <label for="email">Adresse e-mail</label>
+            <input id="email" name="email" type="email" autocomplete="username" required>
+            <button type="submit">Recevoir le lien</button>
+            </form>
+            """)
+    }
+
+    static let forgotPasswordSent: HTML = layout("Vérifiez votre messagerie", """
+        <p id="message">Si un compte correspond à cette adresse, un e-mail contenant un lien de réinitialisation vient d’être envoyé. Le lien est valable 30 minutes et ne sert qu’une fois.</p>
+        <p><a href="/connexion">Retour à la connexion</a></p>
+        """)
+
+    static func resetPassword(csrf: String, token: String, errors: [String]) -> HTML {
+        layout("Choisir un mot de passe", """
+            \(errors.isEmpty ? "" as HTML : "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML)
+            <p>Au moins \(PasswordPolicy.minimumLength) caractères ; évitez les mots de passe courants et votre adresse e-mail. Une phrase de plusieurs mots convient très bien.</p>
+            <form method="post" action="/reinitialisation" id="form-reinitialisation">
+            \(csrfField(csrf))
+            <input type="hidden" name="jeton" value="\(token)">
+            <label for="password">Nouveau mot de passe</label>
+            <input id="password" name="password" type="password" autocomplete="new-password" minlength="\(PasswordPolicy.minimumLength)" required>
+            <label for="confirmation">Confirmez le mot de passe</label>
+            <input id="confirmation" name="confirmation" type="password" autocomplete="new-password" required>
+            <button type="submit">Enregistrer</button>
+            </form>
+            """)
+    }
+
+    static let resetDone: HTML = layout("Mot de passe enregistré", """
+        <p id="message">Votre mot de passe est enregistré. Par sécurité, toutes vos sessions ont été fermées : connectez-vous à nouveau.</p>
+        <p>Si vous venez de la plateforme SAS, revenez-y et cliquez à nouveau sur le créneau pour ouvrir une session avec l’habilitation régulateur.</p>
+        <p><a href="/connexion" id="lien-connexion">Se connecter</a></p>
+        """)
+
+    static let resetInvalid: HTML = layout("Lien invalide", """
+        <p id="message">Ce lien de réinitialisation est invalide, expiré ou déjà utilisé. Demandez-en un nouveau.</p>
+        <p><a href="/mot-de-passe-oublie">Mot de passe oublié</a></p>
+        """)
+
+    static func account(csrf: String, name: String, email: String, check: HabilitationCheck) -> HTML {
+        let origin = check.session?.origin == .sas ? "Plateforme SAS (origin=sas)" : "Connexion directe"
+        let habilitation: HTML
+        if check.decision.isGranted {
+            habilitation = "<p class=\"ok\" id=\"habilitation\" data-habilitation=\"oui\">Habilitation régulateur : <strong>active</strong> pour cette session.</p>"
+        } else {
+            let reasons = reasonsInFrench(check)
+            habilitation = "<p class=\"warning\" id=\"habilitation\" data-habilitation=\"non\">Habilitation régulateur : <strong>non active</strong> pour cette session.</p><ul id=\"raisons\">\(reasons.map { "<li>\($0)</li>" as HTML })</ul>"
+        }
+        return layout("Mon compte", """
+            <dl>
+            <dt>Nom</dt><dd id="nom">\(name)</dd>
+            <dt>Adresse e-mail</dt><dd id="email">\(email)</dd>
+            <dt>Origine de la session</dt><dd id="origine" data-origine="\(check.session?.origin.rawValue ?? "")">\(origin)</dd>
+            </dl>
+            \(habilitation)
+            <form method="post" action="/deconnexion" id="form-deconnexion">
+            \(csrfField(csrf))
+            <button type="submit">Se déconnecter</button>
+            </form>
+            """)
+    }
+
+    static func reasonsInFrench(_ check: HabilitationCheck) -> [String] {
+        guard case .denied(let reasons) = check.decision else { return [] }
+        return reasons.map { reason in
+            switch reason {
+            case .noLiveSession: return "La session a expiré."
+            case .directSession: return "Cette session n’a pas été ouverte depuis la plateforme SAS : revenez-y et cliquez sur le créneau."
+            case .deactivatedBySAS: return "La plateforme SAS a retiré votre habilitation."
+            case .suspendedByVendor: return "L’éditeur a suspendu votre habilitation."
+            case .requiredActionPending: return "Une étape de première connexion reste à terminer."
+            }
+        }
+    }
+
+    static func error(_ title: String, _ message: String) -> HTML {
+        layout(title, "<p id=\"message\">\(message)</p><p><a href=\"/connexion\">Retour à la connexion</a></p>")
+    }
+
+    static let stylesheet = """
+        body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f5fe;color:#161616}
+        main{max-width:34rem;margin:3rem auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 4px rgba(0,0,0,.12)}
+        h1{font-size:1.5rem;color:#000091}
+        label{display:block;margin-top:1rem;font-weight:600}
+        input[type=email],input[type=password],input[inputmode]{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;border:1px solid #929292;border-radius:4px}
+        button{margin-top:1.2rem;padding:.7rem 1.2rem;font-size:1rem;background:#000091;color:#fff;border:0;border-radius:4px;cursor:pointer}
+        .error{color:#ce0500}.info{color:#0063cb}.ok{color:#18753c}.warning{color:#b34000}.hint{color:#666;font-size:.9rem}
+        .qr svg{max-width:100%;height:auto}.cgu{max-height:20rem;overflow:auto;border:1px solid #ddd;padding:0 1rem}
+        code{font-size:1.1rem;letter-spacing:.05em}
+        """
+}

@@ -1,0 +1,369 @@
+import Accounts
+import Foundation
+import HTTPTypes
+import Habilitation
+import Hummingbird
+import Logging
+import NIOCore
+
+/// The request context of the web listener: core storage, the channel (for the client
+/// address) and a request id.
+struct WebRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+    let requestID: String
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+        requestID = FHIRRequestContext.makeRequestID()
+        logger[metadataKey: "request_id"] = .string(requestID)
+    }
+
+    /// Forms are small; anything larger is refused.
+    var maxUploadSize: Int { 16 * 1024 }
+
+    var clientAddress: String { channel.remoteAddress?.ipAddress ?? "unknown" }
+}
+
+/// Settings of the web surface.
+struct WebConfiguration: Sendable {
+    /// The web surface's own base URL as browsers see it (links in mails, Origin checks).
+    var publicURL: String
+    /// `origin` values that mark a SAS redirect (`sas`; add `sas-preprod` in pre-production).
+    var acceptedOrigins: Set<String>
+    /// Hosts (optionally host:port) the browser may be sent back to after sign-in.
+    var allowedReturnHosts: Set<String>
+    var cguText: String
+    var cguVersion: String
+    var totpIssuer: String
+    var rateLimitPerMinute: Int = 10
+    var rateLimitBurst: Int = 10
+
+    var publicOrigin: String {
+        guard let components = URLComponents(string: publicURL), let scheme = components.scheme, let host = components.host else { return publicURL }
+        return "\(scheme)://\(host)\(components.port.map { ":\($0)" } ?? "")"
+    }
+}
+
+/// The regulators' web surface: SAS entry, sign-in with two factors and the first-sign-in
+/// steps, forgotten password, "Mon compte", sign-out. See docs/web.md.
+struct WebController: Sendable {
+    let configuration: WebConfiguration
+    let credentials: CredentialStore
+    let sessions: SessionStore
+    let habilitation: HabilitationService
+    let csrf: CSRFProtection
+    let limiter: RateLimiter
+    let totp = TOTP()
+
+    func addRoutes(to router: Router<WebRequestContext>) {
+        router.get("static/style.css") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8", .cacheControl: "max-age=3600"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
+        }
+        router.get("connexion") { request, context in try await self.signInPage(request, context) }
+        router.post("connexion") { request, context in try await self.signIn(request, context) }
+        router.get("connexion/second-facteur") { request, context in try await self.secondFactorPage(request, context) }
+        router.post("connexion/second-facteur") { request, context in try await self.secondFactor(request, context) }
+        router.get("connexion/totp") { request, context in try await self.enrolPage(request, context, error: false) }
+        router.post("connexion/totp") { request, context in try await self.enrol(request, context) }
+        router.post("connexion/suite") { request, context in try await self.continueFlow(request, context) }
+        router.get("connexion/cgu") { request, context in try await self.cguPage(request, context, error: false) }
+        router.post("connexion/cgu") { request, context in try await self.acceptCGU(request, context) }
+        router.get("mot-de-passe-oublie") { request, _ in self.respond(request) { Pages.forgotPassword(csrf: $0) } }
+        router.post("mot-de-passe-oublie") { request, context in try await self.requestReset(request, context) }
+        router.get("reinitialisation") { request, context in try await self.resetPage(request, context) }
+        router.post("reinitialisation") { request, context in try await self.reset(request, context) }
+        router.get("compte") { request, context in try await self.accountPage(request, context) }
+        router.post("deconnexion") { request, context in try await self.signOut(request, context) }
+    }
+
+    // MARK: Responses
+
+    /// A page, with the security headers every page carries, and a CSRF cookie if the browser
+    /// has none yet (`render` receives the form token).
+    func respond(_ request: Request, status: HTTPResponse.Status = .ok, cookies: [String] = [], _ render: (String) -> HTML) -> Response {
+        var cookies = cookies
+        let csrfCookie: String
+        if let existing = WebCookie.value(.csrf, in: request.headers) {
+            csrfCookie = existing
+        } else {
+            csrfCookie = SecretToken.generate()
+            cookies.append(WebCookie.csrf.set(csrfCookie))
+        }
+        return Self.page(render(csrf.token(for: csrfCookie)), status: status, cookies: cookies)
+    }
+
+    static func page(_ html: HTML, status: HTTPResponse.Status = .ok, cookies: [String] = []) -> Response {
+        var headers = securityHeaders
+        headers[.contentType] = "text/html; charset=utf-8"
+        for cookie in cookies { headers.append(HTTPField(name: .setCookie, value: cookie)) }
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: html.description)))
+    }
+
+    static func redirect(_ location: String, cookies: [String] = []) -> Response {
+        var headers = securityHeaders
+        headers[.location] = location
+        for cookie in cookies { headers.append(HTTPField(name: .setCookie, value: cookie)) }
+        return Response(status: .seeOther, headers: headers)
+    }
+
+    static let securityHeaders: HTTPFields = [
+        .contentSecurityPolicy: "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        .cacheControl: "no-store",
+        HTTPField.Name("Referrer-Policy")!: "no-referrer",
+        HTTPField.Name("X-Content-Type-Options")!: "nosniff",
+        HTTPField.Name("X-Frame-Options")!: "DENY",
+        .strictTransportSecurity: "max-age=31536000",
+    ]
+
+    func errorPage(_ status: HTTPResponse.Status, _ title: String, _ message: String) -> Response {
+        Self.page(Pages.error(title, message), status: status)
+    }
+
+    var csrfRefused: Response {
+        errorPage(.forbidden, "Formulaire expiré", "Le formulaire a expiré ou ne provient pas de ce site. Rechargez la page et réessayez.")
+    }
+
+    var tooManyRequests: Response {
+        errorPage(.tooManyRequests, "Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer.")
+    }
+
+    /// Reads a form, checking its CSRF token. nil: refused.
+    func form(_ request: Request, _ context: WebRequestContext) async throws -> [String: String]? {
+        let body = try await request.body.collect(upTo: context.maxUploadSize)
+        let fields = FormBody.parse(Array(body.readableBytesView))
+        guard csrf.isValid(fields: request.headers, submitted: fields["csrf"]) else {
+            context.logger.notice("form refused: CSRF check failed")
+            return nil
+        }
+        return fields
+    }
+
+    func actor(_ context: WebRequestContext) -> AuditActor {
+        AuditActor(subject: "web", serial: nil, address: context.clientAddress)
+    }
+
+    // MARK: SAS entry and sign-in
+
+    /// The intent's origin: an accepted `origin` on this request or on the return URL.
+    func acceptedOrigin(query: QueryParameters, returnURL: String?) -> String? {
+        if let value = query.first("origin"), configuration.acceptedOrigins.contains(value) { return value }
+        if let returnURL, let items = URLComponents(string: returnURL)?.queryItems,
+           let value = items.first(where: { $0.name == "origin" })?.value, configuration.acceptedOrigins.contains(value) {
+            return value
+        }
+        return nil
+    }
+
+    /// An absolute https URL on an allowed host, or a local path; nil otherwise (no open
+    /// redirect, no `//host` or `user@host` tricks).
+    func validatedReturnURL(_ text: String) -> String? {
+        if text.hasPrefix("/") && !text.hasPrefix("//") && !text.hasPrefix("/\\") {
+            return configuration.publicURL + text
+        }
+        guard let components = URLComponents(string: text), components.scheme?.lowercased() == "https",
+              let host = components.host?.lowercased(), !host.isEmpty, components.user == nil, components.password == nil else { return nil }
+        let withPort = components.port.map { "\(host):\($0)" } ?? host
+        guard configuration.allowedReturnHosts.contains(withPort) || configuration.allowedReturnHosts.contains(host) else { return nil }
+        return components.string
+    }
+
+    func signInPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        let query = (try? QueryParameters(query: request.uri.query)) ?? QueryParameters.empty
+        let retour = query.first("retour")
+        if query.first("origin") != nil || retour != nil {
+            var returnURL = configuration.publicURL + "/compte"
+            if let retour {
+                guard let valid = validatedReturnURL(retour) else {
+                    return errorPage(.badRequest, "Adresse de retour refusée", "L’adresse de retour demandée n’est pas autorisée.")
+                }
+                returnURL = valid
+            }
+            let originValue = acceptedOrigin(query: query, returnURL: returnURL)
+            let origin: SessionOrigin = originValue != nil ? .sas : .direct
+            // An existing session of the right kind goes straight back; a direct session
+            // reached by a SAS redirect signs in again to get a SAS session.
+            if let token = WebCookie.value(.session, in: request.headers), let session = try await sessions.session(token),
+               origin == .direct || session.origin == .sas {
+                return Self.redirect(returnURL)
+            }
+            let intent = try await sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
+            context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
+            return Self.redirect("/connexion", cookies: [WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime))])
+        }
+        let fromSAS = try await intentFromCookie(request)?.origin == .sas
+        let notice = query.first("fin") == "expiree" ? "Votre connexion a expiré : recommencez." : nil
+        return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice) }
+    }
+
+    func intentFromCookie(_ request: Request) async throws -> LoginIntent? {
+        guard let token = WebCookie.value(.intent, in: request.headers) else { return nil }
+        return try await sessions.intent(token)
+    }
+
+    func signIn(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard limiter.allow("sign-in|\(context.clientAddress)") else { return tooManyRequests }
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        let fromSAS = try await intentFromCookie(request)?.origin == .sas
+        let outcome = try await credentials.checkPassword(email: fields["email"] ?? "", password: fields["password"] ?? "", actor: actor(context))
+        guard case .accepted(let accountID) = outcome else {
+            if case .refused(let reason, _) = outcome { context.logger.info("sign-in refused", metadata: ["reason": "\(reason.rawValue)"]) }
+            return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true) }
+        }
+        let flow = try await sessions.startFlow(accountID: accountID, intentToken: WebCookie.value(.intent, in: request.headers))
+        let next = try await credentials.hasConfirmedTOTP(accountID: accountID) ? "/connexion/second-facteur" : "/connexion/totp"
+        return Self.redirect(next, cookies: [WebCookie.flow.set(flow, maxAge: Int(sessions.configuration.flowLifetime))])
+    }
+
+    /// The flow of this browser, or a redirect to start again.
+    func currentFlow(_ request: Request) async throws -> (token: String, accountID: String, secondFactorDone: Bool)? {
+        guard let token = WebCookie.value(.flow, in: request.headers), let flow = try await sessions.flow(token) else { return nil }
+        return (token, flow.accountID, flow.secondFactorDone)
+    }
+
+    var restart: Response { Self.redirect("/connexion?fin=expiree", cookies: [WebCookie.flow.clear]) }
+
+    func secondFactorPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard try await currentFlow(request) != nil else { return restart }
+        return respond(request) { Pages.secondFactor(csrf: $0, error: false) }
+    }
+
+    func secondFactor(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard limiter.allow("sign-in|\(context.clientAddress)") else { return tooManyRequests }
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        guard let flow = try await currentFlow(request) else { return restart }
+        guard try await credentials.verifySecondFactor(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context)) != nil else {
+            return respond(request, status: .unauthorized) { Pages.secondFactor(csrf: $0, error: true) }
+        }
+        try await sessions.markSecondFactorDone(flowToken: flow.token)
+        return try await nextStep(request, context)
+    }
+
+    func enrolPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
+        guard let flow = try await currentFlow(request) else { return restart }
+        var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID)
+        if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID) }
+        guard let secret else { return Self.redirect("/connexion/second-facteur") }  // already enrolled
+        let email = try await credentials.database.pool.read { db in try AccountRow.fetchOne(db, key: flow.accountID)?.email } ?? ""
+        let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
+        guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
+        return respond(request, status: error ? .unauthorized : .ok) {
+            Pages.enrolTOTP(csrf: $0, qrSVG: svg, secret: Base32.encode(secret), uri: uri, error: error)
+        }
+    }
+
+    func enrol(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard limiter.allow("sign-in|\(context.clientAddress)") else { return tooManyRequests }
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        guard let flow = try await currentFlow(request) else { return restart }
+        guard let codes = try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context)) else {
+            return try await enrolPage(request, context, error: true)
+        }
+        // Confirming the enrolment proves possession of the second factor for this sign-in.
+        try await sessions.markSecondFactorDone(flowToken: flow.token)
+        return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes) }
+    }
+
+    func continueFlow(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard try await form(request, context) != nil else { return csrfRefused }
+        return try await nextStep(request, context)
+    }
+
+    func cguPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
+        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
+        return respond(request, status: error ? .badRequest : .ok) {
+            Pages.cgu(csrf: $0, version: configuration.cguVersion, text: configuration.cguText, error: error)
+        }
+    }
+
+    func acceptCGU(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
+        // The version accepted is the one in force now, whatever the form says.
+        guard fields["accepte"] == "oui", fields["version"] == configuration.cguVersion else {
+            return try await cguPage(request, context, error: true)
+        }
+        try await credentials.acceptCGU(accountID: flow.accountID, version: configuration.cguVersion, address: context.clientAddress, actor: actor(context))
+        return try await nextStep(request, context)
+    }
+
+    /// After the second factor: the CGU if the current version is not accepted, then the
+    /// session (a new id), then back where the browser came from.
+    func nextStep(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard let flow = try await currentFlow(request) else { return restart }
+        guard flow.secondFactorDone else {
+            return Self.redirect(try await credentials.hasConfirmedTOTP(accountID: flow.accountID) ? "/connexion/second-facteur" : "/connexion/totp")
+        }
+        guard try await credentials.hasAcceptedCGU(accountID: flow.accountID, version: configuration.cguVersion) else {
+            return Self.redirect("/connexion/cgu")
+        }
+        guard let session = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
+                                                            userAgent: request.headers[.userAgent], actor: actor(context)) else { return restart }
+        context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
+        return Self.redirect(session.returnURL ?? "/compte", cookies: [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
+    }
+
+    // MARK: Forgotten password
+
+    func requestReset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard limiter.allow("reset|\(context.clientAddress)") else { return tooManyRequests }
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        let base = configuration.publicURL
+        try await credentials.requestPasswordReset(email: fields["email"] ?? "", makeMail: { token, account in
+            OutgoingMail(recipient: account.email, subject: "Choisir votre mot de passe", body: """
+                Bonjour \(account.givenName) \(account.familyName),
+
+                Pour choisir votre mot de passe, ouvrez ce lien (valable 30 minutes, utilisable une seule fois) :
+
+                \(base)/reinitialisation?jeton=\(token)
+
+                Si vous n’êtes pas à l’origine de cette demande, ignorez ce message : votre mot de passe ne change pas.
+                """)
+        }, actor: actor(context))
+        return Self.page(Pages.forgotPasswordSent)
+    }
+
+    func resetPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        let token = (try? QueryParameters(query: request.uri.query))?.first("jeton") ?? ""
+        guard try await credentials.accountForResetToken(token) != nil else { return Self.page(Pages.resetInvalid, status: .gone) }
+        return respond(request) { Pages.resetPassword(csrf: $0, token: token, errors: []) }
+    }
+
+    func reset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard limiter.allow("reset|\(context.clientAddress)") else { return tooManyRequests }
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        let token = fields["jeton"] ?? ""
+        let password = fields["password"] ?? ""
+        guard password == fields["confirmation"] else {
+            return respond(request, status: .badRequest) { Pages.resetPassword(csrf: $0, token: token, errors: ["Les deux mots de passe ne sont pas identiques."]) }
+        }
+        switch try await credentials.resetPassword(token: token, newPassword: password, actor: actor(context)) {
+        case .success:
+            return Self.page(Pages.resetDone, cookies: [WebCookie.session.clear, WebCookie.flow.clear])
+        case .failure(.invalidToken):
+            return Self.page(Pages.resetInvalid, status: .gone)
+        case .failure(.policy(let violations)):
+            return respond(request, status: .badRequest) { Pages.resetPassword(csrf: $0, token: token, errors: violations.map(\.frenchMessage)) }
+        }
+    }
+
+    // MARK: Account and sign-out
+
+    func accountPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        let token = WebCookie.value(.session, in: request.headers)
+        let check = try await habilitation.check(sessionToken: token)
+        guard let session = check.session else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
+        guard let row = try await credentials.database.pool.read({ db in try AccountRow.fetchOne(db, key: session.accountID) }) else {
+            return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+        }
+        return respond(request) { Pages.account(csrf: $0, name: "\(row.givenName) \(row.familyName)", email: row.email, check: check) }
+    }
+
+    func signOut(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard try await form(request, context) != nil else { return csrfRefused }
+        if let token = WebCookie.value(.session, in: request.headers) { try await sessions.revoke(token, reason: "sign-out") }
+        return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+    }
+}

@@ -1,0 +1,105 @@
+import Accounts
+import Crypto
+import Foundation
+import HTTPTypes
+import Synchronization
+
+/// Names and attributes of the cookies of the web surface. `__Host-` cookies are bound to
+/// this exact host, `Secure`, `Path=/`; all are `HttpOnly` and `SameSite=Lax`.
+enum WebCookie: String, CaseIterable {
+    case session = "__Host-as-session"
+    case intent = "__Host-as-intent"
+    case flow = "__Host-as-flow"
+    case csrf = "__Host-as-csrf"
+
+    func set(_ value: String, maxAge: Int? = nil) -> String {
+        var cookie = "\(rawValue)=\(value); Path=/; Secure; HttpOnly; SameSite=Lax"
+        if let maxAge { cookie += "; Max-Age=\(maxAge)" }
+        return cookie
+    }
+
+    var clear: String { "\(rawValue)=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0" }
+
+    /// The cookie's value in a request's `Cookie` headers.
+    static func value(_ cookie: WebCookie, in fields: HTTPFields) -> String? {
+        for header in fields[values: .cookie] {
+            for pair in header.split(separator: ";") {
+                let parts = pair.split(separator: "=", maxSplits: 1)
+                if parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == cookie.rawValue {
+                    let value = parts[1].trimmingCharacters(in: .whitespaces)
+                    return value.isEmpty ? nil : value
+                }
+            }
+        }
+        return nil
+    }
+}
+
+/// CSRF protection of every form: the form carries HMAC(server key, csrf cookie), so a
+/// cross-site page can neither read nor forge it; and a POST whose `Origin` is another site is
+/// refused outright.
+struct CSRFProtection: Sendable {
+    private let key: SymmetricKey
+    let publicOrigin: String
+
+    init(key: [UInt8], publicOrigin: String) {
+        self.key = SymmetricKey(data: SHA256.hash(data: key + Array("csrf".utf8)))
+        self.publicOrigin = publicOrigin
+    }
+
+    func token(for cookie: String) -> String {
+        Base64URL.encode(Array(HMAC<SHA256>.authenticationCode(for: Array(cookie.utf8), using: key)))
+    }
+
+    func isValid(fields: HTTPFields, submitted: String?) -> Bool {
+        if let origin = fields[.origin], origin != "null", origin != publicOrigin { return false }
+        if fields[HTTPField.Name("Sec-Fetch-Site")!] == "cross-site" { return false }
+        guard let cookie = WebCookie.value(.csrf, in: fields), let submitted else { return false }
+        return SecretToken.constantTimeEquals(Array(token(for: cookie).utf8), Array(submitted.utf8))
+    }
+}
+
+/// A per-client token bucket for the endpoints that verify secrets (sign-in, second factor,
+/// reset requests and resets): `burst` requests at once, refilled at `perMinute`.
+final class RateLimiter: Sendable {
+    private struct Bucket { var tokens: Double; var updated: ContinuousClock.Instant }
+    private let buckets = Mutex<[String: Bucket]>([:])
+    let perMinute: Double
+    let burst: Double
+
+    init(perMinute: Int, burst: Int) {
+        self.perMinute = Double(perMinute)
+        self.burst = Double(burst)
+    }
+
+    func allow(_ key: String) -> Bool {
+        let now = ContinuousClock.now
+        return buckets.withLock { buckets in
+            if buckets.count > 50_000 { buckets = buckets.filter { now - $0.value.updated < .seconds(600) } }
+            var bucket = buckets[key] ?? Bucket(tokens: burst, updated: now)
+            let elapsed = now - bucket.updated
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            bucket.tokens = min(burst, bucket.tokens + seconds * perMinute / 60)
+            bucket.updated = now
+            guard bucket.tokens >= 1 else { buckets[key] = bucket; return false }
+            bucket.tokens -= 1
+            buckets[key] = bucket
+            return true
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded` bodies ('+' is a space there, unlike in FHIR queries).
+enum FormBody {
+    static func parse(_ bytes: [UInt8]) -> [String: String] {
+        var fields: [String: String] = [:]
+        let text = String(decoding: bytes, as: UTF8.self)
+        for pair in text.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = (try? QueryParameters.percentDecode(Substring(parts[0].replacingOccurrences(of: "+", with: " ")))) ?? ""
+            let value = parts.count > 1 ? ((try? QueryParameters.percentDecode(Substring(parts[1].replacingOccurrences(of: "+", with: " ")))) ?? "") : ""
+            if fields[name] == nil { fields[name] = value }
+        }
+        return fields
+    }
+}
