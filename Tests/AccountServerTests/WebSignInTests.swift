@@ -1,0 +1,282 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import Testing
+
+/// End to end over real HTTPS with a cookie-keeping client: the SAS creates the account over
+/// mTLS, the regulator sets a password through the mailed link (real SMTP server on loopback),
+/// enrols TOTP, accepts the CGU, and ends in a session whose habilitation is computed live.
+@Suite("Regulator sign-in")
+struct WebSignInTests {
+    static let email = "jules.marius@test.com"
+    static let password = "Vélo-rouge-sur-la-Loire"
+    static let agenda = "https://agenda.example/rdv/42?origin=sas"
+
+    final class World: Sendable {
+        let pki: TestPKI
+        let smtp: SMTPSink
+        let server: RunningServer
+        let fhir: FHIRClient
+
+        init(configure: @escaping (inout ServerConfiguration) -> Void = { _ in }) async throws {
+            pki = try TestPKI()
+            smtp = try await SMTPSink()
+            let smtpPort = smtp.port
+            server = try await RunningServer.start(pki: pki) { configuration in
+                configuration.smtpURL = "smtp://127.0.0.1:\(smtpPort)"
+                configuration.mailPollInterval = .milliseconds(100)
+                configuration.publicURL = "https://localhost"
+                configuration.allowedReturnHosts = ["localhost", "agenda.example"]
+                configuration.rateLimitPerMinute = 60
+                configure(&configuration)
+            }
+            fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
+            let created = try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email))
+            precondition(created.status == 201)
+        }
+
+        func browser() throws -> Browser { try Browser(pki: pki, base: server.webURL) }
+
+        func setActive(_ active: Bool) async throws {
+            let reply = try await fhir.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899",
+                                            body: Bodies.practitioner(national: "810002673899", active: active, email: WebSignInTests.email))
+            precondition(reply.status == 200)
+        }
+
+        func stop() async {
+            await fhir.shutdown()
+            await server.stop()
+            smtp.stop()
+        }
+    }
+
+    /// "Mot de passe oublié" → mail → link → new password.
+    static func choosePassword(_ browser: Browser, world: World, mailNumber: Int = 1) async throws {
+        let sent = try await browser.submit("/mot-de-passe-oublie", ["email": email])
+        #expect(sent.status == 200 && sent.body.contains("Si un compte correspond"))
+        let token = try #require(try await world.smtp.resetToken(number: mailNumber), "the reset mail reached the SMTP server")
+        let form = try await browser.get("/reinitialisation?jeton=\(token)")
+        #expect(form.status == 200)
+        let done = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": password, "confirmation": password])
+        #expect(done.status == 200 && done.body.contains("Mot de passe enregistré"), "\(done.body)")
+        // The link works once.
+        let again = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": password, "confirmation": password])
+        #expect(again.status == 410)
+    }
+
+    /// Password, then TOTP (enrolment the first time), recovery codes, CGU; returns the final
+    /// redirect and the TOTP secret.
+    @discardableResult
+    static func signIn(_ browser: Browser, secret: [UInt8]? = nil) async throws -> (location: String?, secret: [UInt8]?) {
+        let afterPassword = try await browser.submit("/connexion", ["email": email, "password": password])
+        #expect(afterPassword.status == 303)
+        var secret = secret
+        var page: Browser.Page
+        if afterPassword.location == "/connexion/totp" {
+            let enrol = try await browser.get("/connexion/totp")
+            #expect(enrol.body.contains("<svg") && enrol.body.contains("otpauth://totp/"))
+            let text = try #require(enrol.capture(#"id="cle-secrete">([A-Z2-7 ]+)<"#))
+            secret = try #require(Base32.decode(text))
+            let totp = TOTP()
+            let codes = try await browser.request(.POST, "/connexion/totp", form: ["csrf": enrol.csrf ?? "", "code": totp.code(secret: secret!, step: totp.step(at: Date()))])
+            #expect(codes.status == 200 && codes.body.contains("codes-secours"))
+            page = try await browser.request(.POST, "/connexion/suite", form: ["csrf": codes.csrf ?? ""])
+        } else {
+            #expect(afterPassword.location == "/connexion/second-facteur")
+            let totp = TOTP()
+            // The current step was used at enrolment; the next one is within the ±1 window.
+            page = try await browser.submit("/connexion/second-facteur", ["code": totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
+        }
+        if page.location == "/connexion/cgu" {
+            let cgu = try await browser.get("/connexion/cgu")
+            let version = try #require(cgu.capture(#"name="version" value="([^"]+)""#))
+            page = try await browser.request(.POST, "/connexion/cgu", form: ["csrf": cgu.csrf ?? "", "accepte": "oui", "version": version])
+        }
+        #expect(page.status == 303)
+        return (page.location, secret)
+    }
+
+    @Test func sasOriginSignInGrantsTheHabilitationAndWithdrawalIsInstant() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let entry = try await browser.get("/connexion?origin=sas&retour=\(Self.agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)")
+        #expect(entry.status == 303 && entry.location == "/connexion")
+        let signInPage = try await browser.get("/connexion")
+        #expect(signInPage.body.contains("id=\"origine-sas\""))
+        // The generated password is unknown: sign-in is refused, with the generic answer.
+        let refused = try await browser.submit("/connexion", ["email": Self.email, "password": "whatever-it-was"])
+        #expect(refused.status == 401 && refused.body.contains("id=\"erreur\""))
+
+        try await Self.choosePassword(browser, world: world)
+        let (location, _) = try await Self.signIn(browser)
+        #expect(location == Self.agenda, "back to the agenda page the SAS linked to")
+        #expect(browser.cookies["__Host-as-session"] != nil && browser.cookies["__Host-as-flow"] == nil && browser.cookies["__Host-as-intent"] == nil)
+
+        let account = try await browser.get("/compte")
+        #expect(account.body.contains("data-habilitation=\"oui\"") && account.body.contains("data-origine=\"sas\""), "\(account.body)")
+
+        try await world.setActive(false)
+        #expect(try await browser.get("/compte").body.contains("data-habilitation=\"non\""))
+        try await world.setActive(true)
+        #expect(try await browser.get("/compte").body.contains("data-habilitation=\"oui\""))
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    @Test func directSignInHasNoHabilitationEvenWithOriginAddedLater() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let (location, secret) = try await Self.signIn(browser)
+        #expect(location == "/compte")
+        let account = try await browser.get("/compte")
+        #expect(account.body.contains("data-habilitation=\"non\"") && account.body.contains("data-origine=\"direct\""))
+        #expect(account.body.contains("pas été ouverte depuis la plateforme SAS"))
+        let tampered = try await browser.get("/compte?origin=sas")
+        #expect(tampered.body.contains("data-habilitation=\"non\""))
+
+        // A SAS redirect reaching the direct session asks for a fresh sign-in, which then
+        // creates a SAS session (with a new session id).
+        let directCookie = browser.cookies["__Host-as-session"]
+        let entry = try await browser.get("/connexion?origin=sas&retour=\(Self.agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)")
+        #expect(entry.location == "/connexion")
+        let again = try await Self.signIn(browser, secret: secret)
+        #expect(again.location == Self.agenda)
+        #expect(browser.cookies["__Host-as-session"] != directCookie)
+        #expect(try await browser.get("/compte").body.contains("data-habilitation=\"oui\""))
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    @Test func replayedTOTPCodeIsRefused() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let (_, secret) = try await Self.signIn(browser)
+        let secretBytes = try #require(secret)
+        let second = try world.browser()
+        let afterPassword = try await second.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(afterPassword.location == "/connexion/second-facteur")
+        let totp = TOTP()
+        let used = totp.code(secret: secretBytes, step: totp.step(at: Date()))
+        let replay = try await second.submit("/connexion/second-facteur", ["code": used])
+        #expect(replay.status == 401, "the enrolment code cannot be replayed")
+        await browser.shutdown()
+        await second.shutdown()
+        await world.stop()
+    }
+
+    @Test func lockoutAfterConsecutiveFailures() async throws {
+        let world = try await World { $0.lockout = LockoutPolicy(maximumFailures: 3, coolingPeriod: .seconds(900)) }
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        var answers: [String] = []
+        for _ in 0..<3 {
+            let page = try await browser.submit("/connexion", ["email": Self.email, "password": "wrong password!"])
+            #expect(page.status == 401)
+            answers.append(page.capture(#"(<p class="error".*?</p>)"#) ?? "")
+        }
+        let locked = try await browser.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(locked.status == 401, "the right password is refused while locked")
+        let unknown = try await browser.submit("/connexion", ["email": "nobody@test.com", "password": Self.password])
+        #expect(Set(answers + [locked.capture(#"(<p class="error".*?</p>)"#) ?? "", unknown.capture(#"(<p class="error".*?</p>)"#) ?? ""]).count == 1,
+                "unknown e-mail, wrong password and locked account get the same answer")
+        let events = try await world.server.auditEvents().map(\.action)
+        #expect(events.contains("lockout"))
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    @Test func cguMustBeAcceptedAgainAfterAVersionChange() async throws {
+        let pki = try TestPKI()
+        let smtp = try await SMTPSink()
+        let database = pki.directory.appendingPathComponent("shared.sqlite").path
+        let key = pki.directory.appendingPathComponent("shared.key").path
+        func start(version: String) async throws -> RunningServer {
+            try await RunningServer.start(pki: pki) {
+                $0.databasePath = database
+                $0.secretKeyPath = key
+                $0.cguVersion = version
+                $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
+                $0.mailPollInterval = .milliseconds(100)
+                $0.rateLimitPerMinute = 60
+            }
+        }
+        let first = try await start(version: "2026-01")
+        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: first)
+        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: Self.email)).status == 201)
+        await fhir.shutdown()
+        let browser = try Browser(pki: pki, base: first.webURL)
+        let sent = try await browser.submit("/mot-de-passe-oublie", ["email": Self.email])
+        #expect(sent.status == 200)
+        let token = try #require(try await smtp.resetToken(number: 1))
+        let form = try await browser.get("/reinitialisation?jeton=\(token)")
+        _ = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": Self.password, "confirmation": Self.password])
+        let (_, secret) = try await Self.signIn(browser)
+        await browser.shutdown()
+        await first.stop()
+
+        let second = try await start(version: "2026-02")
+        let later = try Browser(pki: pki, base: second.webURL)
+        let afterPassword = try await later.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(afterPassword.location == "/connexion/second-facteur")
+        let totp = TOTP()
+        let afterCode = try await later.submit("/connexion/second-facteur", ["code": totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
+        #expect(afterCode.location == "/connexion/cgu", "a new CGU version must be accepted again")
+        let cgu = try await later.get("/connexion/cgu")
+        #expect(cgu.body.contains("version 2026-02"))
+        await later.shutdown()
+        await second.stop()
+        smtp.stop()
+    }
+
+    @Test func openRedirectsAndMissingCSRFAreRefused() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        for target in ["https://evil.example/", "//evil.example/x", "https://agenda.example@evil.example/", "http://agenda.example/", "javascript:alert(1)"] {
+            let page = try await browser.get("/connexion?origin=sas&retour=\(target.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)")
+            #expect(page.status == 400, "\(target)")
+            #expect(page.location == nil)
+        }
+        _ = try await browser.get("/connexion")
+        let noToken = try await browser.request(.POST, "/connexion", form: ["email": Self.email, "password": Self.password])
+        #expect(noToken.status == 403)
+        let forged = try await browser.request(.POST, "/connexion", form: ["csrf": "forged", "email": Self.email, "password": Self.password])
+        #expect(forged.status == 403)
+        let crossSite = try await browser.request(.POST, "/connexion", form: ["csrf": (try await browser.get("/connexion")).csrf ?? "", "email": Self.email, "password": "x"],
+                                                  headers: [("Origin", "https://evil.example")])
+        #expect(crossSite.status == 403)
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    @Test func resetAnswersDoNotRevealAccounts() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let known = try await browser.submit("/mot-de-passe-oublie", ["email": Self.email])
+        let unknown = try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"])
+        #expect(known.status == unknown.status && known.body == unknown.body)
+        _ = try await world.smtp.resetToken(number: 1)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(try world.smtp.messages().count == 1, "no mail for an unknown address")
+        #expect(try world.smtp.messages()[0].contains("To: \(Self.email)"))
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    @Test func pagesAreFrenchAndCookiesAreHardened() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let page = try await browser.get("/connexion")
+        #expect(page.body.contains("<html lang=\"fr\">") && page.body.contains("Se connecter"))
+        let cookie = try #require(page.headers["Set-Cookie"].first { $0.hasPrefix("__Host-as-csrf=") })
+        #expect(cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"))
+        #expect(page.headers.first(name: "Content-Security-Policy")?.contains("frame-ancestors 'none'") == true)
+        let missing = try await browser.get("/nulle-part")
+        #expect(missing.status == 404 && missing.body.contains("Page introuvable"))
+        #expect(try await browser.get("/compte").location == "/connexion")
+        await browser.shutdown()
+        await world.stop()
+    }
+}

@@ -1,0 +1,149 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+
+/// A real SMTP server on loopback (Debian's python3-aiosmtpd) delivering to a maildir.
+final class SMTPSink: Sendable {
+    let port: Int
+    let maildir: URL
+    private let process: Process
+
+    init() async throws {
+        maildir = FileManager.default.temporaryDirectory.appendingPathComponent("maildir-\(UUID().uuidString)")
+        for sub in ["new", "cur", "tmp"] {
+            try FileManager.default.createDirectory(at: maildir.appendingPathComponent(sub), withIntermediateDirectories: true)
+        }
+        for _ in 0..<20 {
+            let candidate = Int.random(in: 20000..<60000)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            process.arguments = ["-m", "aiosmtpd", "-n", "-l", "127.0.0.1:\(candidate)", "-c", "aiosmtpd.handlers.Mailbox", maildir.path]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            for _ in 0..<50 {
+                try await Task.sleep(for: .milliseconds(100))
+                if !process.isRunning { break }
+                if Self.accepts(port: candidate) {
+                    self.port = candidate
+                    self.process = process
+                    return
+                }
+            }
+            process.terminate()
+        }
+        throw MailError(description: "could not start aiosmtpd (is python3-aiosmtpd installed?)")
+    }
+
+    static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
+    /// Every message delivered so far, oldest first: headers and decoded body as text.
+    func messages() throws -> [String] {
+        let directory = maildir.appendingPathComponent("new")
+        let files = try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: [.contentModificationDateKey])
+        let dated = try files.map { ($0, try $0.resourceValues(forKeys: [.contentModificationDateKey]).contentModificationDate ?? .distantPast) }
+        return try dated.sorted { $0.1 < $1.1 }.map { file, _ in
+            let raw = try String(contentsOf: file, encoding: .utf8).replacingOccurrences(of: "\r\n", with: "\n")
+            let parts = raw.components(separatedBy: "\n\n")
+            let body = parts.dropFirst().joined(separator: "\n\n").replacingOccurrences(of: "\n", with: "")
+            let decoded = Data(base64Encoded: body).flatMap { String(data: $0, encoding: .utf8) } ?? body
+            return parts[0] + "\n\n" + decoded
+        }
+    }
+
+    /// Waits for the `number`-th message (1-based) and returns the reset token it carries.
+    func resetToken(number: Int, timeout: Duration = .seconds(10)) async throws -> String? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let all = try messages()
+            if all.count >= number, let range = all[number - 1].range(of: #"jeton=[A-Za-z0-9_-]+"#, options: .regularExpression) {
+                return String(all[number - 1][range].dropFirst("jeton=".count))
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return nil
+    }
+
+    func stop() { process.terminate() }
+}
+
+/// A browser-like HTTPS client: keeps cookies, does not follow redirects, reads forms.
+final class Browser: @unchecked Sendable {
+    let client: HTTPClient
+    let base: String
+    private(set) var cookies: [String: String] = [:]
+
+    struct Page {
+        var status: Int
+        var headers: HTTPHeaders
+        var body: String
+        var location: String? { headers.first(name: "Location") }
+
+        /// The CSRF token of the page's form.
+        var csrf: String? { capture(#"name="csrf" value="([^"]+)""#) }
+
+        func capture(_ pattern: String) -> String? {
+            guard let regex = try? NSRegularExpression(pattern: pattern),
+                  let match = regex.firstMatch(in: body, range: NSRange(body.startIndex..., in: body)),
+                  let range = Range(match.range(at: 1), in: body) else { return nil }
+            return String(body[range])
+        }
+    }
+
+    init(pki: TestPKI, base: String) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try pki.ca.certificatePEM.utf8), format: .pem)])
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow)
+        configuration.timeout = .init(connect: .seconds(5), read: .seconds(20))
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        self.base = base
+    }
+
+    func request(_ method: HTTPMethod, _ path: String, form: [String: String]? = nil, headers extra: [(String, String)] = []) async throws -> Page {
+        var request = HTTPClientRequest(url: path.hasPrefix("https://") ? path : base + path)
+        request.method = method
+        if !cookies.isEmpty { request.headers.add(name: "Cookie", value: cookies.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
+        for (name, value) in extra { request.headers.add(name: name, value: value) }
+        if let form {
+            let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))
+            let body = form.map { "\($0.key)=\($0.value.addingPercentEncoding(withAllowedCharacters: allowed)!)" }.joined(separator: "&")
+            request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+            request.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await client.execute(request, timeout: .seconds(20))
+        for header in response.headers["Set-Cookie"] {
+            let pair = header.split(separator: ";")[0].split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = String(pair[0])
+            let value = pair.count > 1 ? String(pair[1]) : ""
+            if value.isEmpty || header.contains("Max-Age=0") { cookies[name] = nil } else { cookies[name] = value }
+        }
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        return Page(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))
+    }
+
+    func get(_ path: String) async throws -> Page { try await request(.GET, path) }
+
+    /// GETs `page`, then POSTs `fields` with the page's CSRF token to `action`.
+    func submit(_ page: String, to action: String? = nil, _ fields: [String: String]) async throws -> Page {
+        let form = try await get(page)
+        var fields = fields
+        fields["csrf"] = form.csrf ?? ""
+        return try await request(.POST, action ?? page, form: fields)
+    }
+
+    func shutdown() async { try? await client.shutdown() }
+}
