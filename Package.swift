@@ -124,6 +124,7 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            exclude: ["Browser/cdp_sign_in.py"],
             swiftSettings: swiftSettings
         ),
     ]

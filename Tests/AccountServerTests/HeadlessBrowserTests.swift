@@ -1,0 +1,62 @@
+@testable import AccountServer
+import Accounts
+import Foundation
+import Testing
+
+/// The sign-in driven by a real browser: headless Chromium (Debian's `chromium`) over the
+/// DevTools protocol, from the SAS redirect to "Mon compte", asserting on the DOM.
+@Suite("Headless Chromium")
+struct HeadlessBrowserTests {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Browser/cdp_sign_in.py").path
+
+    @Test func chromiumSignsInFromTheSASRedirect() async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "scripts/install-deps.sh installs chromium")
+        let pki = try TestPKI()
+        let smtp = try await SMTPSink()
+        // The browser follows absolute links, so the public URL must carry the real port.
+        let webPort = Int.random(in: 40000..<60000)
+        let server = try await RunningServer.start(pki: pki) {
+            $0.webPort = webPort
+            $0.publicURL = "https://localhost:\(webPort)"
+            $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
+            $0.mailPollInterval = .milliseconds(100)
+        }
+        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email)).status == 201)
+        await fhir.shutdown()
+        // The password is chosen through the mailed link (cookie client); the browser does the rest.
+        let client = try Browser(pki: pki, base: server.webURL)
+        _ = try await client.submit("/mot-de-passe-oublie", ["email": WebSignInTests.email])
+        let token = try #require(try await smtp.resetToken(number: 1))
+        let form = try await client.get("/reinitialisation?jeton=\(token)")
+        _ = try await client.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token,
+                                                                           "password": WebSignInTests.password, "confirmation": WebSignInTests.password])
+        await client.shutdown()
+
+        let entry = "\(server.webURL)/connexion?origin=sas&retour=%2Fcompte%3Forigin%3Dsas"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [Self.script, entry, WebSignInTests.email, WebSignInTests.password]
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        let errorText = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(errorText)")
+        let result = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+        #expect(result["sas_banner"] as? Bool == true)
+        #expect(result["qr_code"] as? Bool == true)
+        #expect(result["recovery_codes"] as? Int == 10)
+        #expect(result["path"] as? String == "/compte")
+        #expect(result["habilitation"] as? String == "oui", "\(result)")
+        #expect(result["origine"] as? String == "sas")
+        #expect(result["nom"] as? String == "Jules MARIUS")
+        #expect(result["lang"] as? String == "fr")
+        #expect(result["session_cookie_visible_to_script"] as? Bool == false, "the session cookie is HttpOnly")
+        await server.stop()
+        smtp.stop()
+    }
+}
