@@ -265,6 +265,48 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    @Test func signOutAndPasswordResetEndSessions() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let (_, secret) = try await Self.signIn(browser)
+        #expect(try await browser.get("/compte").status == 200)
+        let out = try await browser.submit("/compte", to: "/deconnexion", [:])
+        #expect(out.location == "/connexion")
+        #expect(try await browser.get("/compte").location == "/connexion")
+
+        // A live session in another browser ends when the password is reset.
+        let other = try world.browser()
+        let afterPassword = try await other.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(afterPassword.location == "/connexion/second-facteur")
+        let totp = TOTP()
+        let afterCode = try await other.submit("/connexion/second-facteur", ["code": totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
+        #expect(afterCode.status == 303)
+        #expect(try await other.get("/compte").status == 200)
+        try await Self.choosePassword(browser, world: world, mailNumber: 2)
+        #expect(try await other.get("/compte").location == "/connexion", "resetting the password revokes every session")
+        await browser.shutdown()
+        await other.shutdown()
+        await world.stop()
+    }
+
+    @Test func signInAndResetAreRateLimitedPerClient() async throws {
+        let world = try await World { $0.rateLimitPerMinute = 3 }
+        let browser = try world.browser()
+        var statuses: [Int] = []
+        for _ in 0..<5 {
+            statuses.append(try await browser.submit("/connexion", ["email": "nobody@test.com", "password": "x"]).status)
+        }
+        #expect(statuses == [401, 401, 401, 429, 429], "\(statuses)")
+        let limited = try await browser.submit("/connexion", ["email": "nobody@test.com", "password": "x"])
+        #expect(limited.body.contains("Trop de tentatives"))
+        var resets: [Int] = []
+        for _ in 0..<4 { resets.append(try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"]).status) }
+        #expect(resets == [200, 200, 200, 429])
+        await browser.shutdown()
+        await world.stop()
+    }
+
     @Test func pagesAreFrenchAndCookiesAreHardened() async throws {
         let world = try await World()
         let browser = try world.browser()

@@ -1,0 +1,38 @@
+@testable import AccountServer
+import Accounts
+import Foundation
+import Testing
+
+@Suite("Mail transports")
+struct MailTransportTests {
+    @Test func sendmailCommandReceivesTheMessage() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sendmail-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        // A sendmail-compatible command: reads the message on stdin, takes -f sender -- recipient.
+        let script = directory.appendingPathComponent("sendmail").path
+        try "#!/bin/sh\ncat > \"\(directory.path)/message\"\necho \"$@\" > \"\(directory.path)/arguments\"\n".write(toFile: script, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
+        let mail = OutgoingMail(recipient: "jules.marius@test.com", subject: "Choisir votre mot de passe", body: "Bonjour,\n.\nLien : https://x/reinitialisation?jeton=abc")
+        try await SendmailTransport(command: [script, "-i"]).send(MailMessage.render(mail, from: "no-reply@example.fr"), from: "no-reply@example.fr", to: mail.recipient)
+        let message = try String(contentsOfFile: directory.appendingPathComponent("message").path, encoding: .utf8)
+        #expect(message.contains("To: jules.marius@test.com") && message.contains("Subject: =?UTF-8?B?"))
+        let body = message.components(separatedBy: "\r\n\r\n")[1].replacingOccurrences(of: "\r\n", with: "")
+        #expect(String(data: Data(base64Encoded: body)!, encoding: .utf8) == mail.body)
+        let arguments = try String(contentsOfFile: directory.appendingPathComponent("arguments").path, encoding: .utf8)
+        #expect(arguments.trimmingCharacters(in: .newlines) == "-i -f no-reply@example.fr -- jules.marius@test.com")
+    }
+
+    @Test func failingCommandIsAnError() async throws {
+        await #expect(throws: MailError.self) {
+            try await SendmailTransport(command: ["/bin/false"]).send([], from: "a@b.fr", to: "c@d.fr")
+        }
+    }
+
+    @Test func smtpURLParsing() throws {
+        let plain = try SMTPTransport(url: "smtp://relay.local", heloName: "x")
+        #expect(plain.port == 25 && !plain.implicitTLS)
+        let tls = try SMTPTransport(url: "smtps://relay.local:2465", heloName: "x")
+        #expect(tls.port == 2465 && tls.implicitTLS)
+        #expect(throws: MailError.self) { try SMTPTransport(url: "http://relay.local", heloName: "x") }
+    }
+}
