@@ -22,16 +22,24 @@ bin=.build/release
 work=$(mktemp -d)
 app_port=18543
 nginx_port=18544
+web_port=18545
+smtp_port=18546
 cleanup() {
     [[ -n "${app_pid:-}" ]] && kill "$app_pid" 2>/dev/null || true
+    [[ -n "${smtp_pid:-}" ]] && kill "$smtp_pid" 2>/dev/null || true
     [[ -f "$work/nginx.pid" ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
+mkdir -p "$work/maildir/new" "$work/maildir/cur" "$work/maildir/tmp"
+/usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$smtp_port" -c aiosmtpd.handlers.Mailbox "$work/maildir" >/dev/null 2>&1 &
+smtp_pid=$!
 "$bin/account-server" serve --database "$work/db.sqlite" --fhir-address "127.0.0.1:$app_port" \
-    --dev-pki "$work/pki" --log-level error >"$work/server.out" 2>&1 &
+    --dev-pki "$work/pki" --log-level error --web-address "127.0.0.1:$web_port" --public-url "https://localhost:$web_port" \
+    --secret-key-file "$work/secret.key" --smtp-url "smtp://127.0.0.1:$smtp_port" --rate-limit-per-minute 1000000 \
+    >"$work/server.out" 2>&1 &
 app_pid=$!
 for _ in $(seq 100); do
     grep -q "curl --cacert" "$work/server.out" 2>/dev/null && break
@@ -63,6 +71,10 @@ NGINX
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon on;'
 sleep 0.5
 
+create_regulator() {
+    curl -s -o /dev/null -w "%{http_code}" --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" \
+        -H 'Content-Type: application/fhir+json' -X POST "https://localhost:$app_port/Practitioner" --data "{\"resourceType\":\"Practitioner\",\"meta\":{\"source\":\"urn:oid:1.2.250.1.213.3.6\"},\"identifier\":[{\"type\":{\"coding\":[{\"system\":\"http://interopsante.org/fhir/CodeSystem/fr-v2-0203\",\"code\":\"INTRN\"}]},\"system\":\"urn:oid:1.2.250.1.213.3.6\",\"value\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\"}],\"active\":true,\"name\":[{\"family\":\"BANC\",\"given\":[\"Essai\"]}],\"telecom\":[{\"system\":\"email\",\"value\":\"$1\"}]}"
+}
 load() { "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "$@" | grep '^RESULT'; }
 results=$work/results
 {
@@ -70,6 +82,9 @@ results=$work/results
     load --mode put --url "https://127.0.0.1:$app_port" --concurrency "$concurrency" --duration "$duration" --label PUT_conditional_update
     load --mode create-vs-argon2 --url "https://127.0.0.1:$app_port" --iterations 60 --label POST_create_sequential
     load --mode put --url "https://127.0.0.1:$app_port" --concurrency "$concurrency" --duration "$duration" --background-creators 2 --label PUT_with_2_creators
+    [[ $(create_regulator bench.signin@load.test) == 201 && $(create_regulator bench.pages@load.test) == 201 ]] || { echo "could not create the benchmark regulators" >&2; exit 1; }
+    load --mode sign-in-vs-argon2 --url "https://localhost:$web_port" --maildir "$work/maildir" --email bench.signin@load.test --iterations 60 --label sign_in_password_step
+    load --mode pages --url "https://localhost:$web_port" --maildir "$work/maildir" --email bench.pages@load.test --concurrency "$concurrency" --duration "$duration" --label pages_without_password
 } | tee "$results"
 
 python3 - "$results" "$concurrency" <<'PY'
@@ -84,6 +99,7 @@ for line in open(sys.argv[1]):
     order.append(label)
 nginx = rows["nginx_static_200"]["rps"]
 argon = rows["argon2id_in_process"]["p50"]
+web_argon = rows.get("argon2id_in_process_web", {}).get("p50", argon)
 print()
 print(f"concurrency {sys.argv[2]} (mTLS, HTTP/1.1 keep-alive, one load generator for all rows)")
 print(f"{'workload':28} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}  ratio / target")
@@ -96,7 +112,11 @@ for label in order:
         note = f"p95 = {r['p95']/argon:.2f}× argon2 p50 (≤1.5×); {r['p95']/rows['argon2id_in_process']['p95']:.2f}× its p95"
     elif label == "PUT_with_2_creators":
         note = f"p99 {r['p99']:.1f} ms (≤50)"
-    elif label == "argon2id_in_process":
+    elif label == "sign_in_password_step":
+        note = f"p95 = {r['p95']/web_argon:.2f}× argon2 p50 (≤1.5×); {r['p95']/rows['argon2id_in_process_web']['p95']:.2f}× its p95"
+    elif label.startswith("GET_") or label == "pages_without_password":
+        note = f"p99 {r['p99']:.1f} ms (≤10)"
+    elif label.startswith("argon2id_in_process"):
         note = "baseline, interleaved with the creates"
     elif label == "nginx_static_200":
         note = "baseline"

@@ -36,22 +36,23 @@ public final class HabilitationService: Sendable {
         let idle = sessions.configuration.idleTimeout
         let version = cguVersion
         let hash = SecretToken.hash(sessionToken)
-        guard let row = try await database.pool.read({ db in
-            try Row.fetchOne(db.cachedStatement(sql: """
+        guard let facts = try await database.read({ db -> (active: Bool, suspended: Bool, resetRequired: Bool, hasTOTP: Bool, hasCGU: Bool)? in
+            guard let row = try Row.fetchOne(db.cachedStatement(sql: """
                 SELECT a.active, a.suspended_by_vendor_at, a.password_reset_required,
                        EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                        EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu
                 FROM web_session s JOIN account a ON a.id = s.account_id
                 WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.absolute_expires_at > ? AND s.last_seen_at > ?
-                """), arguments: [version, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds])
+                """), arguments: [version, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]) else { return nil }
+            return (row["active"], (row["suspended_by_vendor_at"] as Int64?) != nil, row["password_reset_required"], row["has_totp"], row["has_cgu"])
         }) else { return noSession }
         var pending: [RequiredAction] = []
-        if row["password_reset_required"] as Bool { pending.append(.setPassword) }
-        if !(row["has_totp"] as Bool) { pending.append(.enrolSecondFactor) }
-        if !(row["has_cgu"] as Bool) { pending.append(.acceptCGU) }
-        let facts = HabilitationFacts(sessionLive: true, sessionOrigin: session.origin, accountActive: row["active"],
-                                      suspendedByVendor: (row["suspended_by_vendor_at"] as Int64?) != nil, pendingActions: pending)
-        return HabilitationCheck(session: session, accountActive: facts.accountActive, suspendedByVendor: facts.suspendedByVendor,
-                                 pendingActions: pending, decision: HabilitationPolicy.evaluate(facts))
+        if facts.resetRequired { pending.append(.setPassword) }
+        if !facts.hasTOTP { pending.append(.enrolSecondFactor) }
+        if !facts.hasCGU { pending.append(.acceptCGU) }
+        let inputs = HabilitationFacts(sessionLive: true, sessionOrigin: session.origin, accountActive: facts.active,
+                                       suspendedByVendor: facts.suspended, pendingActions: pending)
+        return HabilitationCheck(session: session, accountActive: inputs.accountActive, suspendedByVendor: inputs.suspendedByVendor,
+                                 pendingActions: pending, decision: HabilitationPolicy.evaluate(inputs))
     }
 }

@@ -60,7 +60,7 @@ public final class SessionStore: Sendable {
         let token = SecretToken.generate()
         let at = now
         let expires = at.addingTimeInterval(configuration.intentLifetime)
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(sql: """
                 INSERT INTO login_intent (id_hash, origin, origin_value, return_url, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
                 """, arguments: [SecretToken.hash(token), intent.origin.rawValue, intent.originValue, intent.returnURL,
@@ -72,7 +72,7 @@ public final class SessionStore: Sendable {
     /// The intent if it is unexpired and unused (it is spent only when a session starts).
     public func intent(_ token: String) async throws -> LoginIntent? {
         let at = now
-        return try await database.pool.read { db in try Self.liveIntent(token, at: at, in: db) }
+        return try await database.read { db in try Self.liveIntent(token, at: at, in: db) }
     }
 
     static func liveIntent(_ token: String, at: Date, in db: Database) throws -> LoginIntent? {
@@ -88,7 +88,7 @@ public final class SessionStore: Sendable {
     public func startFlow(accountID: String, intentToken: String?) async throws -> String {
         let token = SecretToken.generate()
         let at = now
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(sql: """
                 INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
                 """, arguments: [SecretToken.hash(token), accountID, intentToken.map(SecretToken.hash), at.epochMilliseconds,
@@ -99,7 +99,7 @@ public final class SessionStore: Sendable {
 
     public func flow(_ token: String) async throws -> (accountID: String, intentIDHash: String?, secondFactorDone: Bool)? {
         let at = now
-        return try await database.pool.read { db in
+        return try await database.read { db in
             try Row.fetchOne(db, sql: """
                 SELECT account_id, intent_id_hash, second_factor_at FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
@@ -111,7 +111,7 @@ public final class SessionStore: Sendable {
 
     public func markSecondFactorDone(flowToken: String) async throws {
         let at = now
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(sql: "UPDATE sign_in_flow SET second_factor_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
         }
     }
@@ -125,7 +125,7 @@ public final class SessionStore: Sendable {
         let token = SecretToken.generate()
         let at = now
         let absolute = configuration.absoluteTimeout
-        return try await database.pool.write { db in
+        return try await database.write { db in
             guard let flow = try Row.fetchOne(db, sql: """
                 SELECT account_id, intent_id_hash, second_factor_at FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
@@ -161,9 +161,9 @@ public final class SessionStore: Sendable {
         let at = now
         let idle = configuration.idleTimeout
         let hash = SecretToken.hash(token)
-        guard let session = try await database.pool.read({ db in try Self.liveSession(hash: hash, at: at, idle: idle, in: db) }) else { return nil }
+        guard let session = try await database.read({ db in try Self.liveSession(hash: hash, at: at, idle: idle, in: db) }) else { return nil }
         if at.timeIntervalSince(session.lastSeenAt) >= configuration.touchGranularity {
-            try await database.pool.write { db in
+            try await database.write { db in
                 try db.execute(sql: "UPDATE web_session SET last_seen_at = ? WHERE id_hash = ? AND revoked_at IS NULL", arguments: [at.epochMilliseconds, hash])
             }
         }
@@ -183,7 +183,7 @@ public final class SessionStore: Sendable {
     /// Sign-out.
     public func revoke(_ token: String, reason: String) async throws {
         let at = now
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE id_hash = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, reason, SecretToken.hash(token)])
         }
@@ -192,7 +192,7 @@ public final class SessionStore: Sendable {
     /// Every session of an account (password change, admin "sign out everywhere").
     public func revokeAll(accountID: String, reason: String, actor: AuditActor) async throws -> Int {
         let at = now
-        return try await database.pool.write { db in
+        return try await database.write { db in
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE account_id = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, reason, accountID])
             let count = db.changesCount

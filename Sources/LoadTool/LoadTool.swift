@@ -25,7 +25,17 @@ struct LoadTool: AsyncParsableCommand {
         /// Alternate one in-process argon2id hash and one sequential POST, so the create
         /// latency and its baseline see the same machine conditions.
         case createVersusArgon2 = "create-vs-argon2"
+        /// Web surface: choose the password through the mailed link (--maildir), then alternate
+        /// one in-process argon2id hash and one sign-in POST (e-mail + password, argon2 verify).
+        case signInVersusArgon2 = "sign-in-vs-argon2"
+        /// Web surface: sign in from the SAS once, then load the pages that verify no password
+        /// (sign-in page, Mon compte with its live habilitation check, forgotten-password page).
+        case pages
     }
+
+    @Option(help: "Web modes: the regulator's e-mail.") var email: String = "bench.regulator@load.test"
+    @Option(help: "Web modes: the password to choose.") var password: String = "Banc-d-essai-de-connexion-2026"
+    @Option(help: "Web modes: maildir where the SMTP sink delivers (reset link).") var maildir: String?
 
     @Option var mode: Mode
     @Option var url: String = "https://127.0.0.1:8443"
@@ -52,6 +62,10 @@ struct LoadTool: AsyncParsableCommand {
                 samples.append(Self.milliseconds(ContinuousClock.now - start))
             }
             Self.report(label: label ?? "argon2id in-process", samples: samples, seconds: nil, errors: 0)
+            return
+        }
+        if mode == .signInVersusArgon2 || mode == .pages {
+            try await runWeb()
             return
         }
         var tls = TLSConfiguration.makeClientConfiguration()
@@ -129,7 +143,7 @@ struct LoadTool: AsyncParsableCommand {
                             status = try? await Self.send(client, .PUT, "\(url)/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: body)
                         case .post:
                             status = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "p\(worker)-\(n)-\(run)@load.test", family: "POST"))
-                        case .argon2, .createVersusArgon2:
+                        case .argon2, .createVersusArgon2, .signInVersusArgon2, .pages:
                             status = nil
                         }
                         let ok = status.map { (200..<300).contains($0) } ?? false
@@ -149,6 +163,64 @@ struct LoadTool: AsyncParsableCommand {
             Self.report(label: "background POST", samples: backgroundSamples, seconds: duration, errors: 0)
         }
         try? await client.shutdown()
+    }
+
+    func runWeb() async throws {
+        let web = try WebClient(base: url, ca: ca, connections: concurrency + 2)
+        if let maildir { try await web.choosePassword(email: email, password: password, maildir: maildir) }
+        if mode == .signInVersusArgon2 {
+            let parameters = Argon2Parameters(memoryKiB: argon2MemoryKib, iterations: argon2Iterations, parallelism: argon2Parallelism)
+            let form = try await web.send(.GET, "/connexion")
+            let fields = ["csrf": form.csrf ?? "", "email": email, "password": password]
+            var hashes: [Double] = []
+            var signIns: [Double] = []
+            var errors = 0
+            for index in 0..<(iterations + 3) {
+                let hashStart = ContinuousClock.now
+                _ = try PasswordHasher.hashNow(PasswordGenerator.generate(), parameters: parameters)
+                let signInStart = ContinuousClock.now
+                let page = try await web.send(.POST, "/connexion", form: fields, cookies: web.cookies)
+                let end = ContinuousClock.now
+                guard index >= 3 else { continue }
+                hashes.append(Self.milliseconds(signInStart - hashStart))
+                signIns.append(Self.milliseconds(end - signInStart))
+                if page.status != 303 { errors += 1 }
+            }
+            Self.report(label: "argon2id_in_process_web", samples: hashes, seconds: nil, errors: 0)
+            Self.report(label: label ?? "sign_in_password_step", samples: signIns, seconds: nil, errors: errors)
+        } else {
+            try await web.signInFromSAS(email: email, password: password)
+            let cookies = web.cookies
+            let deadlineWarm = ContinuousClock.now + .seconds(1)
+            let deadline = deadlineWarm + .milliseconds(Int(duration * 1000))
+            let paths = ["/connexion", "/compte", "/mot-de-passe-oublie"]
+            let results = await withTaskGroup(of: [(Int, Double, Bool)].self) { group in
+                for worker in 0..<concurrency {
+                    group.addTask {
+                        var samples: [(Int, Double, Bool)] = []
+                        var n = worker
+                        while ContinuousClock.now < deadline {
+                            n += 1
+                            let which = n % paths.count
+                            let start = ContinuousClock.now
+                            let page = try? await web.send(.GET, paths[which], cookies: cookies)
+                            if start > deadlineWarm {
+                                let ok = page?.status == 200 && (which != 1 || page!.body.contains("data-habilitation=\"oui\""))
+                                samples.append((which, Self.milliseconds(ContinuousClock.now - start), ok))
+                            }
+                        }
+                        return samples
+                    }
+                }
+                return await group.reduce(into: []) { $0 += $1 }
+            }
+            for (index, path) in paths.enumerated() {
+                let mine = results.filter { $0.0 == index }
+                Self.report(label: "GET_\(path.dropFirst())", samples: mine.map(\.1), seconds: duration, errors: mine.filter { !$0.2 }.count)
+            }
+            Self.report(label: label ?? "pages_all", samples: results.map(\.1), seconds: duration, errors: results.filter { !$0.2 }.count)
+        }
+        try? await web.client.shutdown()
     }
 
     static func send(_ client: HTTPClient, _ method: HTTPMethod, _ url: String, body: String?) async throws -> UInt {

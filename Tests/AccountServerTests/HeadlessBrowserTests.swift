@@ -42,9 +42,13 @@ struct HeadlessBrowserTests {
         process.standardOutput = output
         process.standardError = errors
         try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let errorText = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let (data, errorData) = try await onDedicatedThread { () -> (Data, Data) in
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            let errorData = errors.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (data, errorData)
+        }
+        let errorText = String(decoding: errorData, as: UTF8.self)
         #expect(process.terminationStatus == 0, "\(errorText)")
         let result = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
         #expect(result["sas_banner"] as? Bool == true)

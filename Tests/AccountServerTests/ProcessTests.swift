@@ -25,8 +25,9 @@ struct ProcessTests {
         process.standardError = output
         try process.run()
         var text = ""
+        let reader = output.fileHandleForReading
         for _ in 0..<200 {
-            text += String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+            text += String(decoding: try await onDedicatedThread { reader.availableData }, as: UTF8.self)
             if let range = text.range(of: #"address=127\.0\.0\.1:(\d+) \[AccountServer\] FHIR"#, options: .regularExpression) {
                 let port = Int(text[range].split(separator: ":").last!.split(separator: " ").first!)!
                 return (process, port)
@@ -52,7 +53,7 @@ struct ProcessTests {
                 var done: [String] = []
                 for index in 0..<400 {
                     let uuid = UUID().uuidString.lowercased()
-                    let status = Self.curlCreate(port: port, pki: pki, uuid: uuid, email: "k\(round)-\(index)@test.fr")
+                    let status = try await Self.curlCreate(port: port, pki: pki, uuid: uuid, email: "k\(round)-\(index)@test.fr")
                     if status == "201" { done.append(uuid) }
                     if status == nil { break }
                 }
@@ -60,8 +61,8 @@ struct ProcessTests {
             }
             try await Task.sleep(for: .milliseconds(1500))
             kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            acknowledged += await writer.value
+            try await onDedicatedThread { process.waitUntilExit() }
+            acknowledged += try await writer.value
         }
         #expect(acknowledged.count > 5, "the test must have written something")
         let acknowledgedIDs = acknowledged
@@ -78,7 +79,7 @@ struct ProcessTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sigterm-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let (process, port) = try await Self.launch(directory: directory)
-        #expect(Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: UUID().uuidString.lowercased(), email: "t@test.fr") == "201")
+        #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: UUID().uuidString.lowercased(), email: "t@test.fr") == "201")
         kill(process.processIdentifier, SIGTERM)
         for _ in 0..<100 where process.isRunning { try await Task.sleep(for: .milliseconds(100)) }
         #expect(!process.isRunning, "the server must exit within 10 s of SIGTERM")
@@ -92,7 +93,7 @@ struct ProcessTests {
         let (process, port) = try await Self.launch(directory: directory, extraArguments: ["--crl-poll-seconds", "3600"])
         defer { process.terminate() }
         let pki = directory.appendingPathComponent("pki")
-        #expect(Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h1@test.fr") == "201")
+        #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h1@test.fr") == "201")
 
         // Revoke the development client certificate with the development CA.
         let caPEM = try String(contentsOf: pki.appendingPathComponent("ca.pem"), encoding: .utf8)
@@ -102,18 +103,22 @@ struct ProcessTests {
         let client = try Certificate(pemEncoded: clientPEM)
         try PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: ca, revoked: [client.serialNumber]))
             .write(to: pki.appendingPathComponent("crl.pem"), atomically: true, encoding: .utf8)
-        #expect(Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h2@test.fr") == "201",
+        #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h2@test.fr") == "201",
                 "without SIGHUP (and with polling off) the old CRL is still in force")
         kill(process.processIdentifier, SIGHUP)
         try await Task.sleep(for: .milliseconds(500))
         #expect(process.isRunning, "SIGHUP must not stop the server")
-        let refused = Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h3@test.fr")
+        let refused = try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h3@test.fr")
         #expect(refused == nil || refused!.hasPrefix("4"), "revoked after SIGHUP, got \(refused ?? "connection refused")")
     }
 
     /// One create with curl (a real, separate client process); the HTTP status, or nil when
     /// the server is gone.
-    static func curlCreate(port: Int, pki: URL, uuid: String, email: String) -> String? {
+    static func curlCreate(port: Int, pki: URL, uuid: String, email: String) async throws -> String? {
+        try await onDedicatedThread { curlCreateBlocking(port: port, pki: pki, uuid: uuid, email: email) }
+    }
+
+    static func curlCreateBlocking(port: Int, pki: URL, uuid: String, email: String) -> String? {
         let body = #"{"resourceType":"Practitioner","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(uuid)"}],"active":true,"name":[{"family":"K","given":["N"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")

@@ -160,12 +160,12 @@ final class RunningServer: Sendable {
 
     func accountCount() async throws -> Int {
         let database = try AccountDatabase(path: databasePath)
-        return try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
+        return try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
     }
 
     func auditEvents() async throws -> [AuditEvent] {
         let database = try AccountDatabase(path: databasePath)
-        return try await database.pool.read { db in try AuditLog().events(in: db) }
+        return try await database.read { db in try AuditLog().events(in: db) }
     }
 }
 

@@ -33,7 +33,7 @@ struct CredentialHarness {
         try await store.requestPasswordReset(email: email, makeMail: { token, account in
             OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: "https://web.example/reinitialiser?jeton=\(token)")
         }, actor: actor)
-        let mails = try await accounts.database.pool.read { db in try MailOutbox().due(at: .distantFuture, in: db) }
+        let mails = try await accounts.database.read { db in try MailOutbox().due(at: .distantFuture, in: db) }
         return mails.last.flatMap { $0.mail.body.components(separatedBy: "jeton=").last }
     }
 
@@ -94,7 +94,7 @@ struct CredentialStoreTests {
         h.clock.advance(30 * 60 + 1)
         #expect(try await h.store.resetPassword(token: third, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken))
         // Only hashes are stored.
-        let stored = try await h.accounts.database.pool.read { db in try String.fetchAll(db, sql: "SELECT token_hash FROM password_reset_token") }
+        let stored = try await h.accounts.database.read { db in try String.fetchAll(db, sql: "SELECT token_hash FROM password_reset_token") }
         #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
     }
 
@@ -105,7 +105,7 @@ struct CredentialStoreTests {
 
     @Test func resetRevokesEverySession() async throws {
         let h = try await CredentialHarness()
-        try await h.accounts.database.pool.write { db in
+        try await h.accounts.database.write { db in
             for index in 0..<2 {
                 try db.execute(sql: """
                     INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at)
@@ -114,7 +114,7 @@ struct CredentialStoreTests {
             }
         }
         try await h.setPassword(Self.password)
-        let live = try await h.accounts.database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE revoked_at IS NULL") }
+        let live = try await h.accounts.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE revoked_at IS NULL") }
         #expect(live == 0)
     }
 
@@ -145,7 +145,7 @@ struct CredentialStoreTests {
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: recovery, actor: h.actor) == .recoveryCode)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[3], actor: h.actor) == nil)
         // Secrets are sealed at rest.
-        let stored = try await h.accounts.database.pool.read { db in try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential") }
+        let stored = try await h.accounts.database.read { db in try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential") }
         #expect(stored.map { !Array($0).starts(with: secret) && $0.count > secret.count } == true)
     }
 
@@ -155,15 +155,17 @@ struct CredentialStoreTests {
         try await h.store.acceptCGU(accountID: h.accountID, version: "v1", address: "192.0.2.1", actor: h.actor)
         #expect(try await h.store.hasAcceptedCGU(accountID: h.accountID, version: "v1"))
         #expect(try await !h.store.hasAcceptedCGU(accountID: h.accountID, version: "v2"))
-        let row = try await h.accounts.database.pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM cgu_acceptance") }
-        #expect(row?["address"] == "192.0.2.1" && row?["accepted_at"] as Int64? == h.clock.now.epochMilliseconds)
+        let row = try await h.accounts.database.read { db -> (String?, Int64?)? in
+            try Row.fetchOne(db, sql: "SELECT * FROM cgu_acceptance").map { ($0["address"], $0["accepted_at"]) }
+        }
+        #expect(row?.0 == "192.0.2.1" && row?.1 == h.clock.now.epochMilliseconds)
     }
 
     @Test func outboxScrubsSentMailsAndBacksOff() async throws {
         let h = try await CredentialHarness()
         _ = try await h.resetToken()
         let outbox = MailOutbox()
-        try await h.accounts.database.pool.write { db in
+        try await h.accounts.database.write { db in
             let due = try outbox.due(at: h.clock.now, in: db)
             #expect(due.count == 1)
             try outbox.markFailed(id: due[0].id, attempts: due[0].attempts, error: "connection refused", at: h.clock.now, in: db)

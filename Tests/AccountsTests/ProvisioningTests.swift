@@ -26,19 +26,19 @@ struct Harness {
     }
 
     func holder(_ identifier: RegulatorIdentifier) async throws -> AccountSnapshot? {
-        try await database.pool.read { db in try AccountQueries().snapshot(holding: identifier, in: db) }
+        try await database.read { db in try AccountQueries().snapshot(holding: identifier, in: db) }
     }
 
     func history(_ accountID: String) async throws -> [IdentifierAssignment] {
-        try await database.pool.read { db in try AccountQueries().identifierHistory(of: accountID, in: db) }
+        try await database.read { db in try AccountQueries().identifierHistory(of: accountID, in: db) }
     }
 
     func accountCount() async throws -> Int {
-        try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
+        try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
     }
 
     func auditEvents() async throws -> [AuditEvent] {
-        try await database.pool.read { db in try AuditLog().events(in: db) }
+        try await database.read { db in try AuditLog().events(in: db) }
     }
 }
 
@@ -82,7 +82,7 @@ struct ProvisioningTests {
     @Test func generatedPasswordIsArgon2idAndNeverStoredInClear() async throws {
         let h = try Harness()
         let result = try await h.create(try Fixtures.record())
-        let row = try await h.database.pool.read { db in try AccountRow.fetchOne(db, key: result.account.id) }
+        let row = try await h.database.read { db in try AccountRow.fetchOne(db, key: result.account.id) }
         #expect(row?.passwordHash.hasPrefix("$argon2id$v=19$m=64,t=1,p=1$") == true)
         #expect(row?.passwordResetRequired == true)
         // The audit trail never mentions the password or its hash.
@@ -267,10 +267,10 @@ struct ProvisioningTests {
         let h = try Harness()
         _ = try await h.create(try Fixtures.record())
         await #expect(throws: DatabaseError.self) {
-            try await h.database.pool.write { db in try db.execute(sql: "UPDATE audit_event SET outcome = 'x'") }
+            try await h.database.write { db in try db.execute(sql: "UPDATE audit_event SET outcome = 'x'") }
         }
         await #expect(throws: DatabaseError.self) {
-            try await h.database.pool.write { db in try db.execute(sql: "DELETE FROM audit_event") }
+            try await h.database.write { db in try db.execute(sql: "DELETE FROM audit_event") }
         }
         #expect(try await h.auditEvents().count == 1)
     }
@@ -318,5 +318,27 @@ struct ProvisioningTests {
 extension Fixtures {
     static func validate(_ example: String) throws -> RegulatorRecord {
         try PractitionerValidator().validate(try Fixtures.example(example))
+    }
+}
+
+@Suite("Database access")
+struct DatabaseAccessTests {
+    /// More concurrent reads than reader connections, each slow enough to overlap. Through
+    /// GRDB's `pool.read` directly this deadlocks a 2-core machine (readers wait by blocking
+    /// the cooperative threads their release needs); `AccountDatabase.read` must not.
+    @Test(.timeLimit(.minutes(1)))
+    func manyConcurrentReadsComplete() async throws {
+        let h = try Harness()
+        let counts = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<64 {
+                group.addTask {
+                    try await h.database.read { db in
+                        try Int.fetchOne(db, sql: "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000) SELECT COUNT(*) FROM n") ?? 0
+                    }
+                }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(counts.count == 64 && counts.allSatisfy { $0 == 20000 })
     }
 }

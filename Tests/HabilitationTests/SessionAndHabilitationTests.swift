@@ -46,7 +46,7 @@ struct World {
         try await credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, _ in
             OutgoingMail(recipient: "x", subject: "x", body: token)
         }, actor: actor)
-        let token = try await database.pool.read { db in try String.fetchOne(db, sql: "SELECT body FROM mail_outbox ORDER BY id DESC") }!
+        let token = try await database.read { db in try String.fetchOne(db, sql: "SELECT body FROM mail_outbox ORDER BY id DESC") }!
         _ = try await credentials.resetPassword(token: token, newPassword: "Vélo-rouge-sur-la-Loire", actor: actor)
         let secret = try await credentials.beginTOTPEnrolment(accountID: accountID)!
         let totp = TOTP()
@@ -99,7 +99,7 @@ struct SessionAndHabilitationTests {
         _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: true), ifMatchVersion: nil),
                                                   context: CallContext(actor: world.actor))
         #expect(try await world.habilitation.check(sessionToken: token).decision.isGranted)
-        try await world.database.pool.write { db in
+        try await world.database.write { db in
             try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = 1 WHERE id = ?", arguments: [world.accountID])
         }
         #expect(try await world.habilitation.check(sessionToken: token).decision == .denied([.suspendedByVendor]))
@@ -168,7 +168,7 @@ struct SessionAndHabilitationTests {
         #expect(try await world.sessions.revokeAll(accountID: world.accountID, reason: "admin", actor: world.actor) == 1)
         #expect(try await world.sessions.session(second) == nil)
         // Tokens are stored hashed.
-        let stored = try await world.database.pool.read { db in try String.fetchAll(db, sql: "SELECT id_hash FROM web_session") }
+        let stored = try await world.database.read { db in try String.fetchAll(db, sql: "SELECT id_hash FROM web_session") }
         #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
     }
 }

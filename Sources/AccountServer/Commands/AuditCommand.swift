@@ -24,7 +24,7 @@ struct AuditCommand: AsyncParsableCommand {
             throw ValidationError("no database at \(path)")
         }
         let store = try AccountDatabase(path: path)
-        let events = try await store.pool.read { db in
+        let events = try await store.read { db in
             try AuditLog().events(accountID: account, afterSeq: after, limit: limit, in: db)
         }
         let writer = JSONWriter()

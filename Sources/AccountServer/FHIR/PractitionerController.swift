@@ -194,7 +194,7 @@ struct PractitionerController: Sendable {
         let negotiated = try negotiate(request)
         let id = context.parameters.get("id") ?? ""
         guard PractitionerValidator.isValidResourceID(id),
-              let account = try await database.pool.read({ db in try queries.snapshot(id: id, in: db) }) else {
+              let account = try await database.read({ db in try queries.snapshot(id: id, in: db) }) else {
             throw FHIRError(.notFound, code: .notFound, "Practitioner/\(id) does not exist.")
         }
         return FHIRResponses.json(PractitionerRenderer.resource(account), status: .ok, contentType: negotiated.contentType,
@@ -218,7 +218,7 @@ struct PractitionerController: Sendable {
         } else {
             candidates = RegulatorIdentifier.Kind.allCases.compactMap { RegulatorIdentifier(kind: $0, value: token) }
         }
-        let accounts = try await database.pool.read { db in
+        let accounts = try await database.read { db in
             var found: [AccountSnapshot] = []
             for candidate in candidates {
                 if let account = try queries.snapshot(holding: candidate, in: db), !found.contains(where: { $0.id == account.id }) {

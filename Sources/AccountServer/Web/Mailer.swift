@@ -117,21 +117,31 @@ struct SendmailTransport: MailTransport {
     let command: [String]
 
     func send(_ message: [UInt8], from: String, to: String) async throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst()) + ["-f", from, "--", to]
-        let input = Pipe()
-        process.standardInput = input
-        try process.run()
-        try input.fileHandleForWriting.write(contentsOf: Data(message))
-        try input.fileHandleForWriting.close()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                process.waitUntilExit()
-                continuation.resume()
-            }
+        let command = self.command
+        // Writing to the pipe and waiting for the process block: a thread of its own, never a
+        // cooperative one.
+        let status: Int32 = try await onDedicatedThread {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: command[0])
+            process.arguments = Array(command.dropFirst()) + ["-f", from, "--", to]
+            let input = Pipe()
+            process.standardInput = input
+            try process.run()
+            try input.fileHandleForWriting.write(contentsOf: Data(message))
+            try input.fileHandleForWriting.close()
+            process.waitUntilExit()
+            return process.terminationStatus
         }
-        guard process.terminationStatus == 0 else { throw MailError(description: "\(command[0]) exited with \(process.terminationStatus)") }
+        guard status == 0 else { throw MailError(description: "\(command[0]) exited with \(status)") }
+    }
+}
+
+/// Runs blocking work (process I/O) on a new thread and awaits it, so that the cooperative
+/// thread pool (one thread per core) is never blocked.
+func onDedicatedThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread { continuation.resume(with: Result { try work() }) }
+        thread.start()
     }
 }
 
@@ -154,14 +164,14 @@ struct MailerService: Service {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
-                    let due = try await database.pool.read { db in try outbox.due(at: Date(), in: db) }
+                    let due = try await database.read { db in try outbox.due(at: Date(), in: db) }
                     for item in due {
                         do {
                             try await transport.send(MailMessage.render(item.mail, from: from), from: from, to: item.mail.recipient)
-                            try await database.pool.write { db in try outbox.markSent(id: item.id, at: Date(), in: db) }
+                            try await database.write { db in try outbox.markSent(id: item.id, at: Date(), in: db) }
                             logger.info("mail delivered", metadata: ["outbox_id": "\(item.id)"])
                         } catch {
-                            try await database.pool.write { db in
+                            try await database.write { db in
                                 try outbox.markFailed(id: item.id, attempts: item.attempts, error: "\(error)", at: Date(), in: db)
                             }
                             logger.warning("mail delivery failed; will retry", metadata: ["outbox_id": "\(item.id)", "error": "\(error)"])

@@ -246,7 +246,7 @@ struct WebController: Sendable {
         var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID)
         if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID) }
         guard let secret else { return Self.redirect("/connexion/second-facteur") }  // already enrolled
-        let email = try await credentials.database.pool.read { db in try AccountRow.fetchOne(db, key: flow.accountID)?.email } ?? ""
+        let email = try await credentials.database.read { db in try AccountRow.fetchOne(db, key: flow.accountID)?.email } ?? ""
         let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
         guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
         return respond(request, status: error ? .unauthorized : .ok) {
@@ -355,7 +355,7 @@ struct WebController: Sendable {
         let token = WebCookie.value(.session, in: request.headers)
         let check = try await habilitation.check(sessionToken: token)
         guard let session = check.session else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
-        guard let row = try await credentials.database.pool.read({ db in try AccountRow.fetchOne(db, key: session.accountID) }) else {
+        guard let row = try await credentials.database.read({ db in try AccountRow.fetchOne(db, key: session.accountID) }) else {
             return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
         }
         return respond(request) { Pages.account(csrf: $0, name: "\(row.givenName) \(row.familyName)", email: row.email, check: check) }

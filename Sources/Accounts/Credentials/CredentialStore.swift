@@ -75,14 +75,14 @@ public final class CredentialStore: Sendable {
     /// an unknown e-mail, the real one for a locked account), off the event loop.
     public func checkPassword(email: String, password: String, actor: AuditActor) async throws -> PasswordStepOutcome {
         let lockout = configuration.lockout
-        let row = try await database.pool.read { db in try self.account(forEmail: email, in: db) }
+        let row = try await database.read { db in try self.account(forEmail: email, in: db) }
         let verified = try await hasher.verify(Array(password.utf8), encoded: row?.passwordHash ?? decoyHash)
         guard let row else {
             try await record(action: "sign-in", outcome: "refused unknown-email", accountID: nil, actor: actor, detail: nil)
             return .refused(reason: .unknownEmail, accountID: nil)
         }
         let at = now
-        return try await database.pool.write { db in
+        return try await database.write { db in
             let state = try self.lockoutState(row.id, in: db)
             if lockout.isLocked(state, at: at) {
                 try self.audit.append(self.event("sign-in", "refused locked", row.id, actor, at), in: db)
@@ -113,7 +113,7 @@ public final class CredentialStore: Sendable {
     /// Lifts a lockout (vendor admin's "unlock").
     public func unlock(accountID: String, actor: AuditActor) async throws {
         let at = now
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
             try self.audit.append(self.event("unlock", "unlocked", accountID, actor, at), in: db)
         }
@@ -128,7 +128,7 @@ public final class CredentialStore: Sendable {
                                      actor: AuditActor) async throws {
         let at = now
         let lifetime = configuration.resetTokenLifetime
-        try await database.pool.write { db in
+        try await database.write { db in
             guard let row = try self.account(forEmail: email, in: db) else {
                 try self.audit.append(self.event("password-reset-requested", "unknown-email", nil, actor, at), in: db)
                 return
@@ -146,7 +146,7 @@ public final class CredentialStore: Sendable {
     /// The account a reset link belongs to, if the link is still usable.
     public func accountForResetToken(_ token: String) async throws -> AccountRow? {
         let at = now
-        return try await database.pool.read { db in try self.usableResetAccount(token, at: at, in: db) }
+        return try await database.read { db in try self.usableResetAccount(token, at: at, in: db) }
     }
 
     private func usableResetAccount(_ token: String, at: Date, in db: Database) throws -> AccountRow? {
@@ -165,7 +165,7 @@ public final class CredentialStore: Sendable {
         guard violations.isEmpty else { return .failure(.policy(violations)) }
         let hash = try await hasher.hash(Array(newPassword.utf8))
         let at = now
-        return try await database.pool.write { db in
+        return try await database.write { db in
             // Re-checked inside the transaction: two tabs submitting the same link, one wins.
             guard let current = try self.usableResetAccount(token, at: at, in: db), current.id == row.id else { return .failure(.invalidToken) }
             try db.execute(sql: "UPDATE password_reset_token SET used_at = ? WHERE token_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(token)])
@@ -188,7 +188,7 @@ public final class CredentialStore: Sendable {
         let secret = TOTP.generateSecret()
         let sealed = try box.seal(secret, context: "totp:\(accountID)")
         let at = now
-        let started: Bool = try await database.pool.write { db in
+        let started: Bool = try await database.write { db in
             if try self.hasConfirmedTOTP(accountID, in: db) { return false }
             try db.execute(sql: """
                 INSERT INTO totp_credential (account_id, sealed_secret, created_at) VALUES (?, ?, ?)
@@ -202,7 +202,7 @@ public final class CredentialStore: Sendable {
 
     /// The pending enrolment's secret (to show the QR code again after a wrong code).
     public func pendingTOTPSecret(accountID: String) async throws -> [UInt8]? {
-        let sealed = try await database.pool.read { db in
+        let sealed = try await database.read { db in
             try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID])
         }
         return try sealed.map { try box.open(Array($0), context: "totp:\(accountID)") }
@@ -214,7 +214,7 @@ public final class CredentialStore: Sendable {
         let at = now
         let totp = configuration.totp
         let codes = RecoveryCodes.generate()
-        return try await database.pool.write { db in
+        return try await database.write { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return nil }
             let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
             guard let step = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return nil }
@@ -235,7 +235,7 @@ public final class CredentialStore: Sendable {
     }
 
     public func hasConfirmedTOTP(accountID: String) async throws -> Bool {
-        try await database.pool.read { db in try self.hasConfirmedTOTP(accountID, in: db) }
+        try await database.read { db in try self.hasConfirmedTOTP(accountID, in: db) }
     }
 
     /// Which second factor was used.
@@ -246,7 +246,7 @@ public final class CredentialStore: Sendable {
     public func verifySecondFactor(accountID: String, code: String, actor: AuditActor) async throws -> SecondFactor? {
         let at = now
         let totp = configuration.totp
-        return try await database.pool.write { db in
+        return try await database.write { db in
             if let row = try Row.fetchOne(db, sql: "SELECT sealed_secret, last_used_step FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) {
                 let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
                 if let step = totp.verify(code, secret: secret, at: at, lastUsedStep: row["last_used_step"]) {
@@ -273,7 +273,7 @@ public final class CredentialStore: Sendable {
 
     public func acceptCGU(accountID: String, version: String, address: String?, actor: AuditActor) async throws {
         let at = now
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(sql: "INSERT OR IGNORE INTO cgu_acceptance (account_id, version, accepted_at, address) VALUES (?, ?, ?, ?)",
                            arguments: [accountID, version, at.epochMilliseconds, address])
             try self.audit.append(self.event("cgu-accepted", "version \(version)", accountID, actor, at), in: db)
@@ -281,7 +281,7 @@ public final class CredentialStore: Sendable {
     }
 
     public func hasAcceptedCGU(accountID: String, version: String) async throws -> Bool {
-        try await database.pool.read { db in
+        try await database.read { db in
             try Bool.fetchOne(db, sql: "SELECT 1 FROM cgu_acceptance WHERE account_id = ? AND version = ?", arguments: [accountID, version]) ?? false
         }
     }
@@ -295,6 +295,6 @@ public final class CredentialStore: Sendable {
 
     private func record(action: String, outcome: String, accountID: String?, actor: AuditActor, detail: String?) async throws {
         let at = now
-        try await database.pool.write { db in try self.audit.append(self.event(action, outcome, accountID, actor, at, detail: detail), in: db) }
+        try await database.write { db in try self.audit.append(self.event(action, outcome, accountID, actor, at, detail: detail), in: db) }
     }
 }

@@ -97,7 +97,7 @@ public final class Provisioner: Sendable {
             let attempt: Attempt
             do {
                 let hash = passwordHash
-                attempt = try await database.pool.write { db in
+                attempt = try await database.write { db in
                     try self.apply(request, passwordHash: hash, context: context, db: db)
                 }
             } catch let error as FHIRError {
@@ -130,7 +130,7 @@ public final class Provisioner: Sendable {
         let event = AuditEvent(at: clock(), surface: "int_r02", action: action, outcome: outcome, actor: context.actor,
                                requestID: context.requestID, identifier: identifier, accountID: nil, changes: [], detail: detail)
         do {
-            try await database.pool.write { db in try self.audit.append(event, in: db) }
+            try await database.write { db in try self.audit.append(event, in: db) }
         } catch {
             logger.error("could not record refused call in audit trail", metadata: ["error": "\(error)"])
         }

@@ -12,6 +12,11 @@ public final class AccountDatabase: Sendable {
     public let pool: DatabasePool
     public let path: String
 
+    /// Reader connections of the pool; `read` admits this many at once.
+    public static let readerCount = 8
+    private let readGate = AsyncGate(permits: AccountDatabase.readerCount)
+    private let writeGate = AsyncGate(permits: 1)
+
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     public init(path: String, readOnly: Bool = false) throws {
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
@@ -22,6 +27,7 @@ public final class AccountDatabase: Sendable {
         configuration.readonly = readOnly
         configuration.busyMode = .timeout(10)
         configuration.foreignKeysEnabled = true
+        configuration.maximumReaderCount = Self.readerCount
         configuration.prepareDatabase { db in
             // FULL: the WAL is fsync'ed at every commit (NORMAL may lose the last commits
             // on power loss, which an acknowledged INT_R02 call must never do).
@@ -32,6 +38,21 @@ public final class AccountDatabase: Sendable {
         if !readOnly {
             try Self.migrator.migrate(pool)
         }
+    }
+
+    /// A read transaction (a WAL snapshot). Always use this rather than `pool.read`: GRDB waits
+    /// for a free reader connection by *blocking* the calling thread, and a reader is only
+    /// given back once its task resumes on a cooperative thread; with more concurrent reads
+    /// than readers, every cooperative thread (one per core) could end up blocked and the
+    /// whole process would deadlock. The gate makes excess reads suspend instead.
+    public func read<T: Sendable>(_ block: @Sendable (Database) throws -> T) async throws -> T {
+        try await readGate.withPermit { try await pool.read(block) }
+    }
+
+    /// A write transaction. Writes are serialised by SQLite anyway; the gate makes waiting
+    /// writers suspend rather than hold a cooperative thread.
+    public func write<T: Sendable>(_ block: @Sendable (Database) throws -> T) async throws -> T {
+        try await writeGate.withPermit { try await pool.write(block) }
     }
 
     /// Named, append-only migrations. A released migration is never edited: add a new one.
