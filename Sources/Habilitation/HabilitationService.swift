@@ -2,9 +2,18 @@ import Accounts
 import Foundation
 import GRDB
 
+/// Who the session belongs to, as pages and identity headers show it.
+public struct AccountSummary: Sendable, Equatable {
+    public var accountID: String
+    public var givenName: String
+    public var familyName: String
+    public var email: String
+}
+
 /// The answer for one request, with the facts it was computed from (for pages and logs).
 public struct HabilitationCheck: Sendable, Equatable {
     public var session: WebSession?
+    public var account: AccountSummary?
     public var accountActive: Bool
     public var suspendedByVendor: Bool
     public var pendingActions: [RequiredAction]
@@ -28,31 +37,49 @@ public final class HabilitationService: Sendable {
         self.clock = clock
     }
 
+    private struct Facts: Sendable {
+        var session: WebSession
+        var account: AccountSummary
+        var active: Bool
+        var suspended: Bool
+        var resetRequired: Bool
+        var hasTOTP: Bool
+        var hasCGU: Bool
+    }
+
     public func check(sessionToken: String?) async throws -> HabilitationCheck {
-        let noSession = HabilitationCheck(session: nil, accountActive: false, suspendedByVendor: false, pendingActions: [],
+        let noSession = HabilitationCheck(session: nil, account: nil, accountActive: false, suspendedByVendor: false, pendingActions: [],
                                           decision: .denied([.noLiveSession]))
-        guard let sessionToken, let session = try await sessions.session(sessionToken) else { return noSession }
-        let at = clock()
+        guard let sessionToken else { return noSession }
+        let at = Date(epochMilliseconds: clock().epochMilliseconds)
         let idle = sessions.configuration.idleTimeout
         let version = cguVersion
         let hash = SecretToken.hash(sessionToken)
-        guard let facts = try await database.read({ db -> (active: Bool, suspended: Bool, resetRequired: Bool, hasTOTP: Bool, hasCGU: Bool)? in
+        guard let facts = try await database.read({ db -> Facts? in
             guard let row = try Row.fetchOne(db.cachedStatement(sql: """
-                SELECT a.active, a.suspended_by_vendor_at, a.password_reset_required,
+                SELECT s.account_id, s.origin, s.created_at, s.last_seen_at,
+                       a.active, a.suspended_by_vendor_at, a.password_reset_required, a.given_name, a.family_name, a.email,
                        EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                        EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu
                 FROM web_session s JOIN account a ON a.id = s.account_id
                 WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.absolute_expires_at > ? AND s.last_seen_at > ?
-                """), arguments: [version, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]) else { return nil }
-            return (row["active"], (row["suspended_by_vendor_at"] as Int64?) != nil, row["password_reset_required"], row["has_totp"], row["has_cgu"])
+                """), arguments: [version, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
+                  let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
+            let session = WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
+                                     lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
+            return Facts(session: session,
+                         account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"]),
+                         active: row["active"], suspended: (row["suspended_by_vendor_at"] as Int64?) != nil,
+                         resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"])
         }) else { return noSession }
+        try await sessions.touchIfDue(hash: hash, lastSeenAt: facts.session.lastSeenAt, at: at)
         var pending: [RequiredAction] = []
         if facts.resetRequired { pending.append(.setPassword) }
         if !facts.hasTOTP { pending.append(.enrolSecondFactor) }
         if !facts.hasCGU { pending.append(.acceptCGU) }
-        let inputs = HabilitationFacts(sessionLive: true, sessionOrigin: session.origin, accountActive: facts.active,
+        let inputs = HabilitationFacts(sessionLive: true, sessionOrigin: facts.session.origin, accountActive: facts.active,
                                        suspendedByVendor: facts.suspended, pendingActions: pending)
-        return HabilitationCheck(session: session, accountActive: inputs.accountActive, suspendedByVendor: inputs.suspendedByVendor,
+        return HabilitationCheck(session: facts.session, account: facts.account, accountActive: facts.active, suspendedByVendor: facts.suspended,
                                  pendingActions: pending, decision: HabilitationPolicy.evaluate(inputs))
     }
 }

@@ -162,12 +162,16 @@ public final class SessionStore: Sendable {
         let idle = configuration.idleTimeout
         let hash = SecretToken.hash(token)
         guard let session = try await database.read({ db in try Self.liveSession(hash: hash, at: at, idle: idle, in: db) }) else { return nil }
-        if at.timeIntervalSince(session.lastSeenAt) >= configuration.touchGranularity {
-            try await database.write { db in
-                try db.execute(sql: "UPDATE web_session SET last_seen_at = ? WHERE id_hash = ? AND revoked_at IS NULL", arguments: [at.epochMilliseconds, hash])
-            }
-        }
+        try await touchIfDue(hash: hash, lastSeenAt: session.lastSeenAt, at: at)
         return session
+    }
+
+    /// Records activity (extending the idle timeout) at most every `touchGranularity`.
+    public func touchIfDue(hash: String, lastSeenAt: Date, at: Date) async throws {
+        guard at.timeIntervalSince(lastSeenAt) >= configuration.touchGranularity else { return }
+        try await database.write { db in
+            try db.execute(sql: "UPDATE web_session SET last_seen_at = ? WHERE id_hash = ? AND revoked_at IS NULL", arguments: [at.epochMilliseconds, hash])
+        }
     }
 
     static func liveSession(hash: String, at: Date, idle: TimeInterval, in db: Database) throws -> WebSession? {

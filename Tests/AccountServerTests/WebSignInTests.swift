@@ -307,6 +307,21 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// A burst of concurrent page views on one session (each a live habilitation check) once
+    /// hung the whole process; every one must be answered.
+    @Test(.timeLimit(.minutes(1)))
+    func concurrentPageViewsAreAllAnswered() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        _ = try await browser.get("/connexion?origin=sas&retour=\(Self.agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)")
+        try await Self.signIn(browser)
+        let pages = try await browser.concurrentGets("/compte", count: 32)
+        #expect(pages.count == 32 && pages.allSatisfy { $0.status == 200 && $0.body.contains("data-habilitation=\"oui\"") })
+        await browser.shutdown()
+        await world.stop()
+    }
+
     @Test func pagesAreFrenchAndCookiesAreHardened() async throws {
         let world = try await World()
         let browser = try world.browser()

@@ -137,6 +137,25 @@ final class Browser: @unchecked Sendable {
 
     func get(_ path: String) async throws -> Page { try await request(.GET, path) }
 
+    /// `count` simultaneous GETs with the current cookies (the jar is not touched).
+    func concurrentGets(_ path: String, count: Int) async throws -> [Page] {
+        let cookieHeader = cookies.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")
+        let client = self.client
+        let url = base + path
+        return try await withThrowingTaskGroup(of: Page.self) { group in
+            for _ in 0..<count {
+                group.addTask {
+                    var request = HTTPClientRequest(url: url)
+                    request.headers.add(name: "Cookie", value: cookieHeader)
+                    let response = try await client.execute(request, timeout: .seconds(20))
+                    let body = try await response.body.collect(upTo: 1 << 20)
+                    return Page(status: Int(response.status.code), headers: response.headers, body: String(buffer: body))
+                }
+            }
+            return try await group.reduce(into: [Page]()) { $0.append($1) }
+        }
+    }
+
     /// GETs `page`, then POSTs `fields` with the page's CSRF token to `action`.
     func submit(_ page: String, to action: String? = nil, _ fields: [String: String]) async throws -> Page {
         let form = try await get(page)

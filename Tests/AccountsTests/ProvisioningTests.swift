@@ -323,9 +323,8 @@ extension Fixtures {
 
 @Suite("Database access")
 struct DatabaseAccessTests {
-    /// More concurrent reads than reader connections, each slow enough to overlap. Through
-    /// GRDB's `pool.read` directly this deadlocks a 2-core machine (readers wait by blocking
-    /// the cooperative threads their release needs); `AccountDatabase.read` must not.
+    /// More concurrent reads than reader connections, each slow enough to overlap: the gate
+    /// queues the excess without blocking, and every read completes.
     @Test(.timeLimit(.minutes(1)))
     func manyConcurrentReadsComplete() async throws {
         let h = try Harness()

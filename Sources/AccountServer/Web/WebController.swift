@@ -354,11 +354,8 @@ struct WebController: Sendable {
     func accountPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let token = WebCookie.value(.session, in: request.headers)
         let check = try await habilitation.check(sessionToken: token)
-        guard let session = check.session else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
-        guard let row = try await credentials.database.read({ db in try AccountRow.fetchOne(db, key: session.accountID) }) else {
-            return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
-        }
-        return respond(request) { Pages.account(csrf: $0, name: "\(row.givenName) \(row.familyName)", email: row.email, check: check) }
+        guard let account = check.account else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
+        return respond(request) { Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check) }
     }
 
     func signOut(_ request: Request, _ context: WebRequestContext) async throws -> Response {
