@@ -97,6 +97,7 @@ struct LoadTool: AsyncParsableCommand {
             }
             Self.report(label: "argon2id_in_process", samples: hashes, seconds: nil, errors: 0)
             Self.report(label: label ?? "POST_create_sequential", samples: creates, seconds: nil, errors: errors)
+            Self.reportRatios(label: (label ?? "POST_create_sequential") + "_over_hash", numerators: creates, denominators: hashes)
             try? await client.shutdown()
             return
         }
@@ -188,6 +189,25 @@ struct LoadTool: AsyncParsableCommand {
             }
             Self.report(label: "argon2id_in_process_web", samples: hashes, seconds: nil, errors: 0)
             Self.report(label: label ?? "sign_in_password_step", samples: signIns, seconds: nil, errors: errors)
+            Self.reportRatios(label: (label ?? "sign_in_password_step") + "_over_hash", numerators: signIns, denominators: hashes)
+            // The three refusals must look alike, in answer and in time.
+            func timeRefusals(email: String, password: String, count: Int) async throws -> [Double] {
+                var samples: [Double] = []
+                for _ in 0..<count {
+                    let start = ContinuousClock.now
+                    let page = try await web.send(.POST, "/connexion", form: ["csrf": form.csrf ?? "", "email": email, "password": password], cookies: web.cookies)
+                    samples.append(Self.milliseconds(ContinuousClock.now - start))
+                    guard page.status == 401 else { throw ValidationFailure("a refused sign-in answered \(page.status)") }
+                }
+                return samples
+            }
+            let unknown = try await timeRefusals(email: "nobody-\(UUID().uuidString.prefix(6))@load.test", password: password, count: 20)
+            let wrong = try await timeRefusals(email: email, password: "not-the-password", count: 4)
+            _ = try await timeRefusals(email: email, password: "not-the-password", count: 1)  // the lockout starts
+            let locked = try await timeRefusals(email: email, password: password, count: 20)
+            Self.report(label: "refusal_unknown_email", samples: unknown, seconds: nil, errors: 0)
+            Self.report(label: "refusal_wrong_password", samples: wrong, seconds: nil, errors: 0)
+            Self.report(label: "refusal_locked_account", samples: locked, seconds: nil, errors: 0)
         } else {
             try await web.signInFromSAS(email: email, password: password)
             let cookies = web.cookies
@@ -243,6 +263,15 @@ struct LoadTool: AsyncParsableCommand {
 
     static func milliseconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
+    }
+
+    /// Per-pair ratios (each operation over the hash measured just before it): immune to
+    /// the CPU-speed drift of shared machines, which moves both members of a pair together.
+    static func reportRatios(label: String, numerators: [Double], denominators: [Double]) {
+        let ratios = zip(numerators, denominators).map { $0 / $1 }.sorted()
+        guard !ratios.isEmpty else { return }
+        func percentile(_ p: Double) -> Double { ratios[min(ratios.count - 1, Int((p * Double(ratios.count)).rounded(.up)) - 1)] }
+        print(String(format: "RATIO label=%@ n=%d p50=%.2f p95=%.2f", label, ratios.count, percentile(0.5), percentile(0.95)))
     }
 
     /// One machine-readable line: label, requests/s, p50, p95, p99 (ms), errors.
