@@ -14,7 +14,7 @@ struct HeadlessBrowserTests {
         let pki = try TestPKI()
         let smtp = try await SMTPSink()
         // The browser follows absolute links, so the public URL must carry the real port.
-        let webPort = Int.random(in: 40000..<60000)
+        let webPort = freeLoopbackPort()
         let server = try await RunningServer.start(pki: pki) {
             $0.webPort = webPort
             $0.publicURL = "https://localhost:\(webPort)"

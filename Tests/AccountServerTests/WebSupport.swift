@@ -6,6 +6,20 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 
+/// A port the kernel reports free right now (bind to 0, read it, release it).
+func freeLoopbackPort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
 /// A real SMTP server on loopback (Debian's python3-aiosmtpd) delivering to a maildir.
 final class SMTPSink: Sendable {
     let port: Int
@@ -18,7 +32,7 @@ final class SMTPSink: Sendable {
             try FileManager.default.createDirectory(at: maildir.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
         for _ in 0..<20 {
-            let candidate = Int.random(in: 20000..<60000)
+            let candidate = freeLoopbackPort()
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
             process.arguments = ["-m", "aiosmtpd", "-n", "-l", "127.0.0.1:\(candidate)", "-c", "aiosmtpd.handlers.Mailbox", maildir.path]
