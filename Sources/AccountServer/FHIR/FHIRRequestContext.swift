@@ -1,9 +1,15 @@
 import Hummingbird
 import NIOCore
 
-/// The request context of the FHIR listener: Hummingbird's core storage, the channel (to
-/// reach the connection's verified client identity) and a request id for logs and audit.
-struct FHIRRequestContext: RequestContext {
+/// The body limit of one listener.
+protocol ListenerLimits: Sendable {
+    static var maximumBodyBytes: Int { get }
+}
+
+/// The request context of both listeners: Hummingbird's core storage, the channel (client
+/// address, and on the FHIR listener the verified client identity) and a request id for logs
+/// and audit. Only the body limit differs, so it is a type parameter.
+struct ListenerRequestContext<Limits: ListenerLimits>: RequestContext {
     var coreContext: CoreRequestContextStorage
     let channel: any Channel
     let requestID: String
@@ -15,13 +21,9 @@ struct FHIRRequestContext: RequestContext {
         logger[metadataKey: "request_id"] = .string(requestID)
     }
 
-    /// FHIR bodies over 1 MiB are refused with 413 (a Practitioner is about 1 KiB).
-    var maxUploadSize: Int { FHIRLimits.maximumBodyBytes }
+    var maxUploadSize: Int { Limits.maximumBodyBytes }
 
-    /// The caller verified during the TLS handshake.
-    func clientIdentity() async -> ClientIdentity? {
-        try? await channel.pipeline.handler(type: ClientIdentityHandler.self).get().identity
-    }
+    var clientAddress: String { channel.remoteAddress?.ipAddress ?? "unknown" }
 
     static func makeRequestID() -> String {
         var generator = SystemRandomNumberGenerator()
@@ -31,6 +33,22 @@ struct FHIRRequestContext: RequestContext {
     }
 }
 
-enum FHIRLimits {
+/// FHIR bodies over 1 MiB are refused with 413 (a Practitioner is about 1 KiB).
+enum FHIRLimits: ListenerLimits {
     static let maximumBodyBytes = 1 << 20
+}
+
+/// Forms are small; anything larger is refused.
+enum WebLimits: ListenerLimits {
+    static let maximumBodyBytes = 16 * 1024
+}
+
+typealias FHIRRequestContext = ListenerRequestContext<FHIRLimits>
+typealias WebRequestContext = ListenerRequestContext<WebLimits>
+
+extension ListenerRequestContext where Limits == FHIRLimits {
+    /// The caller verified during the TLS handshake.
+    func clientIdentity() async -> ClientIdentity? {
+        try? await channel.pipeline.handler(type: ClientIdentityHandler.self).get().identity
+    }
 }

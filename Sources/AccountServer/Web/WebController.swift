@@ -6,26 +6,6 @@ import Hummingbird
 import Logging
 import NIOCore
 
-/// The request context of the web listener: core storage, the channel (for the client
-/// address) and a request id.
-struct WebRequestContext: RequestContext {
-    var coreContext: CoreRequestContextStorage
-    let channel: any Channel
-    let requestID: String
-
-    init(source: ApplicationRequestContextSource) {
-        coreContext = .init(source: source)
-        channel = source.channel
-        requestID = FHIRRequestContext.makeRequestID()
-        logger[metadataKey: "request_id"] = .string(requestID)
-    }
-
-    /// Forms are small; anything larger is refused.
-    var maxUploadSize: Int { 16 * 1024 }
-
-    var clientAddress: String { channel.remoteAddress?.ipAddress ?? "unknown" }
-}
-
 /// Settings of the web surface.
 struct WebConfiguration: Sendable {
     /// The web surface's own base URL as browsers see it (links in mails, Origin checks).
