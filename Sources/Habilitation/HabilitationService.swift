@@ -14,8 +14,6 @@ public struct AccountSummary: Sendable, Equatable {
 public struct HabilitationCheck: Sendable, Equatable {
     public var session: WebSession?
     public var account: AccountSummary?
-    public var accountActive: Bool
-    public var suspendedByVendor: Bool
     public var pendingActions: [RequiredAction]
     public var decision: HabilitationDecision
 }
@@ -48,7 +46,7 @@ public final class HabilitationService: Sendable {
     }
 
     public func check(sessionToken: String?) async throws -> HabilitationCheck {
-        let noSession = HabilitationCheck(session: nil, account: nil, accountActive: false, suspendedByVendor: false, pendingActions: [],
+        let noSession = HabilitationCheck(session: nil, account: nil, pendingActions: [],
                                           decision: .denied([.noLiveSession]))
         guard let sessionToken else { return noSession }
         let at = Date(epochMilliseconds: clock().epochMilliseconds)
@@ -79,7 +77,6 @@ public final class HabilitationService: Sendable {
         if !facts.hasCGU { pending.append(.acceptCGU) }
         let inputs = HabilitationFacts(sessionLive: true, sessionOrigin: facts.session.origin, accountActive: facts.active,
                                        suspendedByVendor: facts.suspended, pendingActions: pending)
-        return HabilitationCheck(session: facts.session, account: facts.account, accountActive: facts.active, suspendedByVendor: facts.suspended,
-                                 pendingActions: pending, decision: HabilitationPolicy.evaluate(inputs))
+        return HabilitationCheck(session: facts.session, account: facts.account, pendingActions: pending, decision: HabilitationPolicy.evaluate(inputs))
     }
 }

@@ -87,8 +87,8 @@ func makeWebServices(
     guard policy.isLoaded else {
         throw ConfigurationError(description: "the common-password list (account-server_Accounts.resources) is missing next to the executable")
     }
-    let box = try SecretBox.loadOrCreate(path: configuration.secretKeyPath)
-    let keyBytes = try Array(Data(contentsOf: URL(fileURLWithPath: configuration.secretKeyPath)))
+    let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
+    let box = try SecretBox(key: keyBytes)
     var credentialConfiguration = CredentialConfiguration()
     credentialConfiguration.lockout = configuration.lockout
     let credentials = try CredentialStore(database: database, hasher: hasher, box: box, policy: policy, configuration: credentialConfiguration)
@@ -107,8 +107,7 @@ func makeWebServices(
         publicURL: publicURL,
         acceptedOrigins: Set(configuration.acceptedOrigins),
         allowedReturnHosts: Set((configuration.allowedReturnHosts.isEmpty ? [publicHost] : configuration.allowedReturnHosts).map { $0.lowercased() }),
-        cguText: configuration.cguText, cguVersion: cguVersion, totpIssuer: configuration.totpIssuer,
-        rateLimitPerMinute: configuration.rateLimitPerMinute, rateLimitBurst: configuration.rateLimitPerMinute
+        cguText: configuration.cguText, cguVersion: cguVersion, totpIssuer: configuration.totpIssuer
     )
     let controller = WebController(
         configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,

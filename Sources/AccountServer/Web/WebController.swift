@@ -17,8 +17,6 @@ struct WebConfiguration: Sendable {
     var cguText: String
     var cguVersion: String
     var totpIssuer: String
-    var rateLimitPerMinute: Int = 10
-    var rateLimitBurst: Int = 10
 
     var publicOrigin: String {
         guard let components = URLComponents(string: publicURL), let scheme = components.scheme, let host = components.host else { return publicURL }

@@ -110,15 +110,6 @@ public final class CredentialStore: Sendable {
                                    lockedUntil: (row?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
     }
 
-    /// Lifts a lockout (vendor admin's "unlock").
-    public func unlock(accountID: String, actor: AuditActor) async throws {
-        let at = now
-        try await database.write { db in
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
-            try self.audit.append(self.event("unlock", "unlocked", accountID, actor, at), in: db)
-        }
-    }
-
     // MARK: Forgotten password
 
     /// Issues a reset link for the account using `email`, if there is one, and queues the

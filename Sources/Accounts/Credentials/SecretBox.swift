@@ -12,8 +12,9 @@ public struct SecretBox: Sendable {
         self.key = SymmetricKey(data: key)
     }
 
-    /// Reads the key file, or creates it (32 random bytes, mode 0600) when absent.
-    public static func loadOrCreate(path: String) throws -> SecretBox {
+    /// Reads the key file, or creates it (32 random bytes, mode 0600) when absent. The same
+    /// bytes key this box and (derived) the CSRF tokens.
+    public static func loadOrCreateKey(path: String) throws -> [UInt8] {
         let manager = FileManager.default
         if !manager.fileExists(atPath: path) {
             let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
@@ -24,7 +25,7 @@ public struct SecretBox: Sendable {
                 throw SecretBoxError(description: "cannot create \(path)")
             }
         }
-        return try SecretBox(key: Array(try Data(contentsOf: URL(fileURLWithPath: path))))
+        return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
     public func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8] {
