@@ -8,6 +8,10 @@ public struct AccountSummary: Sendable, Equatable {
     public var givenName: String
     public var familyName: String
     public var email: String
+    /// Current IDNPS (national id), if the account has one.
+    public var nationalID: String?
+    /// Current SAS technical id, if the account has one.
+    public var sasTechnicalID: String?
 }
 
 /// The answer for one request, with the facts it was computed from (for pages and logs).
@@ -58,7 +62,9 @@ public final class HabilitationService: Sendable {
                 SELECT s.account_id, s.origin, s.created_at, s.last_seen_at,
                        a.active, a.suspended_by_vendor_at, a.password_reset_required, a.given_name, a.family_name, a.email,
                        EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
-                       EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu
+                       EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu,
+                       (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'IDNPS' AND i.ended_at IS NULL) AS national_id,
+                       (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'INTRN' AND i.ended_at IS NULL) AS technical_id
                 FROM web_session s JOIN account a ON a.id = s.account_id
                 WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.absolute_expires_at > ? AND s.last_seen_at > ?
                 """), arguments: [version, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
@@ -66,7 +72,8 @@ public final class HabilitationService: Sendable {
             let session = WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
                                      lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
             return Facts(session: session,
-                         account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"]),
+                         account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"],
+                                                  nationalID: row["national_id"], sasTechnicalID: row["technical_id"]),
                          active: row["active"], suspended: (row["suspended_by_vendor_at"] as Int64?) != nil,
                          resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"])
         }) else { return noSession }
@@ -78,5 +85,23 @@ public final class HabilitationService: Sendable {
         let inputs = HabilitationFacts(sessionLive: true, sessionOrigin: facts.session.origin, accountActive: facts.active,
                                        suspendedByVendor: facts.suspended, pendingActions: pending)
         return HabilitationCheck(session: facts.session, account: facts.account, pendingActions: pending, decision: HabilitationPolicy.evaluate(inputs))
+    }
+
+    /// The decision for a session being created now (inside its transaction), so the audit
+    /// trail can say whether the new session holds the habilitation.
+    public func decisionForNewSession(accountID: String, origin: SessionOrigin, in db: Database) throws -> HabilitationDecision {
+        guard let row = try Row.fetchOne(db, sql: """
+            SELECT a.active, a.suspended_by_vendor_at, a.password_reset_required,
+                   EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
+                   EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu
+            FROM account a WHERE a.id = ?
+            """, arguments: [cguVersion, accountID]) else { return .denied([.noLiveSession]) }
+        var pending: [RequiredAction] = []
+        if row["password_reset_required"] { pending.append(.setPassword) }
+        if !(row["has_totp"] as Bool) { pending.append(.enrolSecondFactor) }
+        if !(row["has_cgu"] as Bool) { pending.append(.acceptCGU) }
+        return HabilitationPolicy.evaluate(HabilitationFacts(sessionLive: true, sessionOrigin: origin, accountActive: row["active"],
+                                                             suspendedByVendor: (row["suspended_by_vendor_at"] as Int64?) != nil,
+                                                             pendingActions: pending))
     }
 }

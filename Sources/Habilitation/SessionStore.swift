@@ -121,7 +121,11 @@ public final class SessionStore: Sendable {
     /// Ends a flow in a new session (a new id: the session id rotates at sign-in). The origin
     /// is the intent's if the flow started from a live intent, `direct` otherwise; the intent
     /// is spent. Returns the session token and where to send the browser.
-    public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor) async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
+    /// `decide` evaluates the habilitation of the new session inside the same transaction, for
+    /// the audit trail ("habilitation-granted" or why not).
+    public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor,
+                             decide: @escaping @Sendable (String, SessionOrigin, Database) throws -> HabilitationDecision = { _, _, _ in .denied([]) })
+        async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
         let token = SecretToken.generate()
         let at = now
         let absolute = configuration.absoluteTimeout
@@ -148,9 +152,21 @@ public final class SessionStore: Sendable {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [SecretToken.hash(token), accountID, origin.rawValue, at.epochMilliseconds, at.epochMilliseconds,
                                  at.addingTimeInterval(absolute).epochMilliseconds, address, userAgent.map { String($0.prefix(300)) }])
+            let reference = Self.sessionReference(hash: SecretToken.hash(token))
             try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in", outcome: "session created (origin \(origin.rawValue))",
                                              actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
-                                             detail: origin == .sas ? "regulator habilitation possible for this session" : nil), in: db)
+                                             detail: "session \(reference)"), in: db)
+            switch try decide(accountID, origin, db) {
+            case .granted:
+                try self.audit.append(AuditEvent(at: at, surface: "web", action: "habilitation-granted", outcome: "regulateur",
+                                                 actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                                 detail: "session \(reference) (origin sas)"), in: db)
+            case .denied(let reasons):
+                try self.audit.append(AuditEvent(at: at, surface: "web", action: "habilitation-not-granted",
+                                                 outcome: reasons.map(\.rawValue).joined(separator: ","),
+                                                 actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                                 detail: "session \(reference) (origin \(origin.rawValue))"), in: db)
+            }
             return (token, origin, returnURL)
         }
     }
@@ -184,12 +200,21 @@ public final class SessionStore: Sendable {
                           lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
     }
 
-    /// Sign-out.
-    public func revoke(_ token: String, reason: String) async throws {
+    /// A session's name in the audit trail and admin views: the first 12 hex digits of the
+    /// hash of its id (the id itself is a bearer secret and never shown).
+    public static func sessionReference(hash: String) -> String { String(hash.prefix(12)) }
+
+    /// Sign-out: the session ends, and with it any habilitation it carried.
+    public func revoke(_ token: String, reason: String, actor: AuditActor = AuditActor(subject: "web")) async throws {
         let at = now
+        let hash = SecretToken.hash(token)
         try await database.write { db in
+            guard let accountID = try String.fetchOne(db, sql: "SELECT account_id FROM web_session WHERE id_hash = ? AND revoked_at IS NULL",
+                                                      arguments: [hash]) else { return }
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE id_hash = ? AND revoked_at IS NULL",
-                           arguments: [at.epochMilliseconds, reason, SecretToken.hash(token)])
+                           arguments: [at.epochMilliseconds, reason, hash])
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: reason, outcome: "session ended", actor: actor, requestID: nil,
+                                             identifier: nil, accountID: accountID, changes: [], detail: "session \(Self.sessionReference(hash: hash))"), in: db)
         }
     }
 

@@ -19,7 +19,9 @@ func buildApplication(
     _ configuration: ServerConfiguration,
     logger: Logger,
     onFHIRListening: @escaping @Sendable (Int) async -> Void = { _ in },
-    onWebListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    onWebListening: @escaping @Sendable (Int) async -> Void = { _ in },
+    onAdminListening: @escaping @Sendable (Int) async -> Void = { _ in },
+    metrics: ServerMetrics = ServerMetrics()
 ) async throws -> some ApplicationProtocol {
     // TLS material first: a server that cannot check its callers must not start.
     let certificateChain = try NIOSSLCertificate.fromPEMFile(configuration.tlsCertificatePath)
@@ -51,10 +53,12 @@ func buildApplication(
     let database = try AccountDatabase(path: configuration.databasePath)
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
     let provisioner = Provisioner(database: database, hasher: hasher, logger: logger)
+    metrics.observe(hasher: hasher)
 
     let router = Router(context: FHIRRequestContext.self)
+    router.add(middleware: RequestAccountingMiddleware<FHIRLimits>(surface: "fhir", metrics: metrics))
     router.add(middleware: FHIRErrorMiddleware())
-    PractitionerController(provisioner: provisioner, database: database, publicBaseURL: configuration.publicBaseURL)
+    PractitionerController(provisioner: provisioner, database: database, publicBaseURL: configuration.publicBaseURL, metrics: metrics)
         .addRoutes(to: router)
 
     let server = HTTPServerBuilder { responder in
@@ -71,23 +75,66 @@ func buildApplication(
         logger: logger
     )
     app.addServices(CRLReloadService(store: crlStore, pollInterval: configuration.crlPollInterval), PasswordHasherService(hasher: hasher))
-    app.addServices(try makeWebServices(configuration, database: database, hasher: hasher, certificateChain: certificateChain,
-                                        privateKey: privateKey, logger: logger, onWebListening: onWebListening))
+    let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
+    let web = try makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, certificateChain: certificateChain,
+                                  privateKey: privateKey, metrics: metrics, logger: logger, onWebListening: onWebListening)
+    app.addServices(web.services)
+
+    var presented = try certificateChain.prefix(1).map { (name: "fhir", certificate: try Certificate(derEncoded: $0.toDERBytes())) }
+    presented += try web.certificateChain.prefix(1).map { (name: "web", certificate: try Certificate(derEncoded: $0.toDERBytes())) }
+    let readiness = ReadinessProbe(database: database, crlStore: crlStore, serverCertificates: presented)
+    let (adminToken, created) = try AdminToken.load(path: configuration.adminTokenPath)
+    if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.adminTokenPath)"]) }
+    let adminRouter = Router(context: AdminRequestContext.self)
+    adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
+    adminRouter.get("static/style.css") { _, _ in
+        Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
+    }
+    AdminController(administration: VendorAdministration(database: database, sessionConfiguration: web.sessionConfiguration),
+                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes)
+        .addRoutes(to: adminRouter)
+    let adminServer: HTTPServerBuilder
+    if configuration.adminTLS {
+        adminServer = try .tls(.http1(), tlsConfiguration: web.tls)
+    } else {
+        guard isLoopback(configuration.adminHost) else {
+            throw ConfigurationError(description: "--admin-address \(configuration.adminHost) is not a loopback address: add --admin-tls (the admin token must not cross a network in clear)")
+        }
+        adminServer = .http1()
+    }
+    app.addServices(Application(
+        router: adminRouter, server: adminServer,
+        configuration: .init(address: .hostname(configuration.adminHost, port: configuration.adminPort), serverName: nil),
+        onServerRunning: { channel in await onAdminListening(channel.localAddress?.port ?? 0) },
+        logger: logger
+    ))
     return app
+}
+
+/// Whether a listener address only accepts connections from this machine.
+func isLoopback(_ host: String) -> Bool {
+    host == "localhost" || CIDR("127.0.0.0/8")!.contains(host) || CIDR("::1/128")!.contains(host)
+}
+
+/// What the web listener hands back to the application builder.
+struct WebServices {
+    var services: [any Service]
+    var certificateChain: [NIOSSLCertificate]
+    var tls: TLSConfiguration
+    var sessionConfiguration: SessionConfiguration
 }
 
 /// The regulators' HTTPS listener (sign-in, first-sign-in steps, "Mon compte") and the mailer,
 /// as services of the main application so they start and stop with it.
 func makeWebServices(
-    _ configuration: ServerConfiguration, database: AccountDatabase, hasher: PasswordHasher,
-    certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, logger: Logger,
+    _ configuration: ServerConfiguration, database: AccountDatabase, hasher: PasswordHasher, keyBytes: [UInt8],
+    certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, metrics: ServerMetrics, logger: Logger,
     onWebListening: @escaping @Sendable (Int) async -> Void
-) throws -> [any Service] {
+) throws -> WebServices {
     let policy = PasswordPolicy()
     guard policy.isLoaded else {
         throw ConfigurationError(description: "the common-password list (account-server_Accounts.resources) is missing next to the executable")
     }
-    let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
     let box = try SecretBox(key: keyBytes)
     var credentialConfiguration = CredentialConfiguration()
     credentialConfiguration.lockout = configuration.lockout
@@ -112,15 +159,27 @@ func makeWebServices(
     let controller = WebController(
         configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,
         csrf: CSRFProtection(key: keyBytes, publicOrigin: webConfiguration.publicOrigin),
-        limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute)
+        limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute),
+        metrics: metrics
     )
+    var trustedProxies: [CIDR] = []
+    for text in configuration.trustedProxies {
+        guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--trusted-proxy \(text) is not an address or CIDR") }
+        trustedProxies.append(cidr)
+    }
     let router = Router(context: WebRequestContext.self)
+    router.add(middleware: RequestAccountingMiddleware<WebLimits>(surface: "web", metrics: metrics))
+    router.add(middleware: ClientAddressMiddleware<WebLimits>(trustedProxies: trustedProxies))
     router.add(middleware: WebErrorMiddleware())
+    router.get("healthz") { _, _ in AdminController.json(.object(["status": .string("alive")])) }
     controller.addRoutes(to: router)
+    ForwardAuthController(habilitation: habilitation, configuration: webConfiguration, metrics: metrics).addRoutes(to: router)
 
+    var webChain = certificateChain
     var tls = TLSConfiguration.makeServerConfiguration(certificateChain: certificateChain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
     if let certificate = configuration.webTLSCertificatePath, let key = configuration.webTLSKeyPath {
-        tls = TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) },
+        webChain = try NIOSSLCertificate.fromPEMFile(certificate)
+        tls = TLSConfiguration.makeServerConfiguration(certificateChain: webChain.map { .certificate($0) },
                                                        privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
     }
     tls.minimumTLSVersion = .tlsv12
@@ -142,7 +201,7 @@ func makeWebServices(
     }
     let mailer = MailerService(database: database, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)
-    return [webApp, mailer]
+    return WebServices(services: [webApp, mailer], certificateChain: webChain, tls: tls, sessionConfiguration: sessionConfiguration)
 }
 
 extension String {

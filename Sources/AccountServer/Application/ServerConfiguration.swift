@@ -44,6 +44,15 @@ struct ServerConfiguration: Sendable {
     var sessionAbsoluteTimeout: TimeInterval = 12 * 3600
     var totpIssuer: String = "Espace régulateur"
     var rateLimitPerMinute: Int = 10
+    /// Reverse proxies whose `X-Forwarded-For` is believed on the web listener (CIDRs).
+    var trustedProxies: [String] = []
+
+    // Admin listener (health, readiness, metrics, admin API and page).
+    var adminHost: String = "127.0.0.1"
+    var adminPort: Int = 8445
+    /// Serve the admin listener over TLS with the web certificate (required off loopback).
+    var adminTLS: Bool = false
+    var adminTokenPath: String = "./data/admin.token"
 
     /// The CGU shown when no --cgu-file is given (development only; logged as such).
     static let developmentCGU = """

@@ -108,6 +108,21 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Sign-in and reset attempts per client per minute. Env: ACCOUNT_SERVER_RATE_LIMIT_PER_MINUTE. Default: 10")
     var rateLimitPerMinute: Int?
 
+    @Option(help: "Reverse proxy (address or CIDR) whose X-Forwarded-For is believed on the web listener; repeatable. Env: ACCOUNT_SERVER_TRUSTED_PROXY (comma-separated)")
+    var trustedProxy: [String] = []
+
+    @Option(help: "Admin listener (health, readiness, metrics, admin API and page), HOST:PORT. Env: ACCOUNT_SERVER_ADMIN_ADDRESS. Default: 127.0.0.1:8445")
+    var adminAddress: String?
+
+    @Option(help: "Admin API bearer token file (created 0600 with a random token if absent). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE. Default: ./data/admin.token")
+    var adminTokenFile: String?
+
+    @Flag(help: "Serve the admin listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_ADMIN_TLS=1")
+    var adminTls = false
+
+    @Option(help: "text or json (one JSON object per line on standard error). Env: ACCOUNT_SERVER_LOG_FORMAT. Default: text")
+    var logFormat: String?
+
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
     var totpIssuer: String?
 
@@ -115,11 +130,18 @@ struct ServeCommand: AsyncParsableCommand {
         typealias Env = EnvironmentFallback
         let levelText = Env.value(logLevel, "ACCOUNT_SERVER_LOG_LEVEL") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else { throw ValidationError("unknown log level \(levelText)") }
-        var logger = Logger(label: "account-server")
+        let format = Env.value(logFormat, "ACCOUNT_SERVER_LOG_FORMAT") ?? "text"
+        var logger: Logger
+        switch format {
+        case "json": logger = Logger(label: "account-server", factory: { JSONLogHandler(label: $0) })
+        case "text": logger = Logger(label: "account-server")
+        default: throw ValidationError("--log-format must be text or json, got \(format)")
+        }
         logger.logLevel = level
 
         let (host, port) = try Self.hostAndPort(Env.value(fhirAddress, "ACCOUNT_SERVER_FHIR_ADDRESS") ?? "127.0.0.1:8443", flag: "--fhir-address")
         let (webHost, webPort) = try Self.hostAndPort(Env.value(webAddress, "ACCOUNT_SERVER_WEB_ADDRESS") ?? "127.0.0.1:8444", flag: "--web-address")
+        let (adminHost, adminPort) = try Self.hostAndPort(Env.value(adminAddress, "ACCOUNT_SERVER_ADMIN_ADDRESS") ?? "127.0.0.1:8445", flag: "--admin-address")
 
         var certificate = Env.value(tlsCertificate, "ACCOUNT_SERVER_TLS_CERTIFICATE")
         var key = Env.value(tlsKey, "ACCOUNT_SERVER_TLS_KEY")
@@ -187,6 +209,11 @@ struct ServeCommand: AsyncParsableCommand {
         web.sessionAbsoluteTimeout = TimeInterval(3600 * (try Self.number(sessionAbsoluteHours, "ACCOUNT_SERVER_SESSION_ABSOLUTE_HOURS") ?? 12))
         web.rateLimitPerMinute = try Self.number(rateLimitPerMinute, "ACCOUNT_SERVER_RATE_LIMIT_PER_MINUTE") ?? 10
         web.totpIssuer = Env.value(totpIssuer, "ACCOUNT_SERVER_TOTP_ISSUER") ?? "Espace régulateur"
+        web.trustedProxies = Env.list(trustedProxy, "ACCOUNT_SERVER_TRUSTED_PROXY")
+        web.adminHost = adminHost
+        web.adminPort = adminPort
+        web.adminTLS = adminTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_ADMIN_TLS"]?.lowercased() ?? "")
+        web.adminTokenPath = Env.value(adminTokenFile, "ACCOUNT_SERVER_ADMIN_TOKEN_FILE") ?? "./data/admin.token"
         guard web.lockout.maximumFailures >= 1, web.rateLimitPerMinute >= 1, web.sessionIdleTimeout > 0, web.sessionAbsoluteTimeout > 0 else {
             throw ValidationError("lockout, rate limit and session settings must be positive")
         }
@@ -208,6 +235,8 @@ struct ServeCommand: AsyncParsableCommand {
             }
         }, onWebListening: { boundPort in
             listeningLogger.notice("web sign-in listening", metadata: ["address": "\(listeningWebHost):\(boundPort)"])
+        }, onAdminListening: { boundPort in
+            listeningLogger.notice("admin listener listening", metadata: ["address": "\(adminHost):\(boundPort)"])
         })
         try await app.runService()
     }

@@ -13,6 +13,9 @@ struct ListenerRequestContext<Limits: ListenerLimits>: RequestContext {
     var coreContext: CoreRequestContextStorage
     let channel: any Channel
     let requestID: String
+    /// The browser's address as a trusted reverse proxy reports it (`X-Forwarded-For`), set by
+    /// ``ClientAddressMiddleware`` only when the peer is one of `--trusted-proxy`.
+    var forwardedClientAddress: String?
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
@@ -23,7 +26,11 @@ struct ListenerRequestContext<Limits: ListenerLimits>: RequestContext {
 
     var maxUploadSize: Int { Limits.maximumBodyBytes }
 
-    var clientAddress: String { channel.remoteAddress?.ipAddress ?? "unknown" }
+    /// The peer's address, or the browser's behind a trusted proxy: rate limits, audit
+    /// events and session records use this.
+    var clientAddress: String { forwardedClientAddress ?? peerAddress }
+
+    var peerAddress: String { channel.remoteAddress?.ipAddress ?? "unknown" }
 
     static func makeRequestID() -> String {
         var generator = SystemRandomNumberGenerator()

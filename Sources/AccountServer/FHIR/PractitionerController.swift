@@ -16,11 +16,13 @@ struct PractitionerController: Sendable {
     /// The FHIR base as clients see it; when nil, `https://<Host header>`.
     let publicBaseURL: String?
     let startedAt: Date
+    let metrics: ServerMetrics
     private let validator = PractitionerValidator()
     private let queries = AccountQueries()
 
-    init(provisioner: Provisioner, database: AccountDatabase, publicBaseURL: String?, startedAt: Date = Date()) {
+    init(provisioner: Provisioner, database: AccountDatabase, publicBaseURL: String?, metrics: ServerMetrics, startedAt: Date = Date()) {
         self.provisioner = provisioner
+        self.metrics = metrics
         self.database = database
         self.publicBaseURL = publicBaseURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.startedAt = startedAt
@@ -121,6 +123,7 @@ struct PractitionerController: Sendable {
                 .create(record)
             }
             let result = try await provisioner.provision(provisioning, context: callContext)
+            metrics.intR02(interaction: action, outcome: result.kind.rawValue)
             context.logger.info("INT_R02 \(action)", metadata: [
                 "outcome": "\(result.kind.rawValue)", "account_id": "\(result.account.id)",
                 "client_subject": "\(identity?.subject ?? "-")",
@@ -141,6 +144,7 @@ struct PractitionerController: Sendable {
             }
         } catch let error as FHIRError {
             let status = FHIRResponses.status(for: error.category)
+            metrics.intR02(interaction: action, outcome: String(status.code))
             await provisioner.recordRefusal(action: action, identifier: auditIdentifier ?? request.uri.query,
                                             outcome: "\(status.code) refused", detail: error.description, context: callContext)
             context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.description)"])

@@ -188,8 +188,36 @@ enum Pages {
         }
     }
 
-    static func error(_ title: String, _ message: String) -> HTML {
-        layout(title, "<p id=\"message\">\(message)</p><p><a href=\"/connexion\">Retour à la connexion</a></p>")
+    static func error(_ title: String, _ message: String, link: (href: String, text: String) = ("/connexion", "Retour à la connexion")) -> HTML {
+        layout(title, "<p id=\"message\">\(message)</p><p><a href=\"\(link.href)\" id=\"lien\">\(link.text)</a></p>")
+    }
+
+    /// Where the vendor's proxy sends a browser the forward-auth refused (403): why, in
+    /// words, and what to do next.
+    static func accessRefused(csrf: String, check: HabilitationCheck) -> HTML {
+        guard check.session != nil else {
+            return layout("Accès refusé", """
+                <p id="message">Vous n’êtes pas connecté(e), ou votre session a expiré.</p>
+                <p><a href="/connexion" id="lien">Se connecter</a></p>
+                """)
+        }
+        if check.decision.isGranted {
+            return layout("Accès autorisé", "<p class=\"ok\" id=\"message\" data-habilitation=\"oui\">Votre session dispose de l’habilitation régulateur. Revenez à l’agenda.</p>")
+        }
+        let direct = check.session?.origin == .direct
+        let advice: HTML = direct
+            ? "<p id=\"conseil\">Pour utiliser les fonctions régulateur, déconnectez-vous puis revenez dans l’agenda depuis la plateforme SAS : la connexion ouverte depuis le SAS portera l’habilitation.</p>"
+            : "<p id=\"conseil\">Si vous pensez qu’il s’agit d’une erreur, contactez le support de votre éditeur ou la plateforme SAS.</p>"
+        return layout("Accès refusé", """
+            <p class="warning" id="message" data-habilitation="non">Cette session ne dispose pas de l’habilitation régulateur.</p>
+            <ul id="raisons">\(reasonsInFrench(check).map { "<li>\($0)</li>" as HTML })</ul>
+            \(advice)
+            <form method="post" action="/deconnexion" id="form-deconnexion">
+            \(csrfField(csrf))
+            <button type="submit">Se déconnecter</button>
+            </form>
+            <p><a href="/compte" id="lien-compte">Mon compte</a></p>
+            """)
     }
 
     static let stylesheet = """
@@ -202,5 +230,9 @@ enum Pages {
         .error{color:#ce0500}.info{color:#0063cb}.ok{color:#18753c}.warning{color:#b34000}.hint{color:#666;font-size:.9rem}
         .qr svg{max-width:100%;height:auto}.cgu{max-height:20rem;overflow:auto;border:1px solid #ddd;padding:0 1rem}
         code{font-size:1.1rem;letter-spacing:.05em}
+        main:has(table){max-width:72rem}table{border-collapse:collapse;width:100%;margin-top:1.5rem}
+        th,td{border-bottom:1px solid #ddd;padding:.5rem;text-align:left;vertical-align:top}
+        .danger{background:#ce0500}.action input{padding:.4rem;width:12rem}.action button{margin-top:.4rem}
+        .sr{position:absolute;left:-9999px}
         """
 }

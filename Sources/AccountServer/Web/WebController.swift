@@ -18,6 +18,19 @@ struct WebConfiguration: Sendable {
     var cguVersion: String
     var totpIssuer: String
 
+    /// An absolute https URL on an allowed host, or a local path made absolute; nil otherwise
+    /// (no open redirect, no `//host` or `user@host` tricks).
+    func validatedReturnURL(_ text: String) -> String? {
+        if text.hasPrefix("/") && !text.hasPrefix("//") && !text.hasPrefix("/\\") {
+            return publicURL + text
+        }
+        guard let components = URLComponents(string: text), components.scheme?.lowercased() == "https",
+              let host = components.host?.lowercased(), !host.isEmpty, components.user == nil, components.password == nil else { return nil }
+        let withPort = components.port.map { "\(host):\($0)" } ?? host
+        guard allowedReturnHosts.contains(withPort) || allowedReturnHosts.contains(host) else { return nil }
+        return components.string
+    }
+
     var publicOrigin: String {
         guard let components = URLComponents(string: publicURL), let scheme = components.scheme, let host = components.host else { return publicURL }
         return "\(scheme)://\(host)\(components.port.map { ":\($0)" } ?? "")"
@@ -33,6 +46,7 @@ struct WebController: Sendable {
     let habilitation: HabilitationService
     let csrf: CSRFProtection
     let limiter: RateLimiter
+    let metrics: ServerMetrics
     let totp = TOTP()
 
     func addRoutes(to router: Router<WebRequestContext>) {
@@ -54,6 +68,7 @@ struct WebController: Sendable {
         router.get("reinitialisation") { request, context in try await self.resetPage(request, context) }
         router.post("reinitialisation") { request, context in try await self.reset(request, context) }
         router.get("compte") { request, context in try await self.accountPage(request, context) }
+        router.get("acces-refuse") { request, context in try await self.accessRefusedPage(request, context) }
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
     }
 
@@ -135,18 +150,7 @@ struct WebController: Sendable {
         return nil
     }
 
-    /// An absolute https URL on an allowed host, or a local path; nil otherwise (no open
-    /// redirect, no `//host` or `user@host` tricks).
-    func validatedReturnURL(_ text: String) -> String? {
-        if text.hasPrefix("/") && !text.hasPrefix("//") && !text.hasPrefix("/\\") {
-            return configuration.publicURL + text
-        }
-        guard let components = URLComponents(string: text), components.scheme?.lowercased() == "https",
-              let host = components.host?.lowercased(), !host.isEmpty, components.user == nil, components.password == nil else { return nil }
-        let withPort = components.port.map { "\(host):\($0)" } ?? host
-        guard configuration.allowedReturnHosts.contains(withPort) || configuration.allowedReturnHosts.contains(host) else { return nil }
-        return components.string
-    }
+    func validatedReturnURL(_ text: String) -> String? { configuration.validatedReturnURL(text) }
 
     func signInPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let query = (try? QueryParameters(query: request.uri.query)) ?? QueryParameters.empty
@@ -186,6 +190,12 @@ struct WebController: Sendable {
         guard let fields = try await form(request, context) else { return csrfRefused }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
         let outcome = try await credentials.checkPassword(email: fields["email"] ?? "", password: fields["password"] ?? "", actor: actor(context))
+        switch outcome {
+        case .accepted: metrics.signIn(result: "accepted")
+        case .refused(let reason, _):
+            metrics.signIn(result: reason.rawValue)
+            if reason == .lockedNow { metrics.lockout() }
+        }
         guard case .accepted(let accountID) = outcome else {
             if case .refused(let reason, _) = outcome { context.logger.info("sign-in refused", metadata: ["reason": "\(reason.rawValue)"]) }
             return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true) }
@@ -278,7 +288,10 @@ struct WebController: Sendable {
             return Self.redirect("/connexion/cgu")
         }
         guard let session = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
-                                                            userAgent: request.headers[.userAgent], actor: actor(context)) else { return restart }
+                                                            userAgent: request.headers[.userAgent], actor: actor(context),
+                                                            decide: { [habilitation] in try habilitation.decisionForNewSession(accountID: $0, origin: $1, in: $2) })
+        else { return restart }
+        metrics.sessionOpened(origin: session.origin.rawValue)
         context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
         return Self.redirect(session.returnURL ?? "/compte", cookies: [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
     }
@@ -336,9 +349,16 @@ struct WebController: Sendable {
         return respond(request) { Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check) }
     }
 
+    /// The page a proxy shows after a 403 from forward-auth (403 itself unless the session is
+    /// in fact habilitated).
+    func accessRefusedPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        let check = try await habilitation.check(sessionToken: WebCookie.value(.session, in: request.headers))
+        return respond(request, status: check.decision.isGranted ? .ok : .forbidden) { Pages.accessRefused(csrf: $0, check: check) }
+    }
+
     func signOut(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard try await form(request, context) != nil else { return csrfRefused }
-        if let token = WebCookie.value(.session, in: request.headers) { try await sessions.revoke(token, reason: "sign-out") }
+        if let token = WebCookie.value(.session, in: request.headers) { try await sessions.revoke(token, reason: "sign-out", actor: actor(context)) }
         return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
     }
 }

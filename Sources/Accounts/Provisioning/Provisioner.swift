@@ -288,8 +288,27 @@ public final class Provisioner: Sendable {
         try audit.append(AuditEvent(at: now, surface: "int_r02", action: "conditional-update", outcome: "200 \(kind.rawValue)",
                                     actor: context.actor, requestID: context.requestID, identifier: target.description,
                                     accountID: row.id, changes: changes, detail: ignoredDetail(record)), in: db)
+        if existing.active != row.active {
+            try recordHabilitationChange(accountID: row.id, nowActive: row.active, now: now, target: target, context: context, db: db)
+        }
         let snapshot = AccountSnapshot(row: row, identifiers: try queries.currentIdentifiers(of: row.id, in: db))
         return ProvisioningResult(kind: kind, account: snapshot, changes: changes)
+    }
+
+    /// The SAS's `active` flipped: the habilitation of every open SAS session of the account is
+    /// withdrawn (or given back) from the next request on. Recorded with who did it and from
+    /// where, and how many open sessions it touches.
+    private func recordHabilitationChange(accountID: String, nowActive: Bool, now: Date, target: RegulatorIdentifier,
+                                          context: CallContext, db: Database) throws {
+        let open = try Int.fetchOne(db, sql: """
+            SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ?
+            """, arguments: [accountID, now.epochMilliseconds]) ?? 0
+        let suspended = try Bool.fetchOne(db, sql: "SELECT suspended_by_vendor_at IS NOT NULL FROM account WHERE id = ?", arguments: [accountID]) ?? false
+        let action = nowActive ? "habilitation-restored" : "habilitation-withdrawn"
+        let outcome = nowActive ? (suspended ? "active again, still suspended by the vendor" : "active again") : "deactivated by the SAS"
+        try audit.append(AuditEvent(at: now, surface: "int_r02", action: action, outcome: outcome, actor: context.actor,
+                                    requestID: context.requestID, identifier: target.description, accountID: accountID, changes: [],
+                                    detail: "\(open) open SAS session(s) affected from their next request"), in: db)
     }
 
     /// Gives `identifier` to `accountID`, taking it from a deactivated holder if there is one

@@ -217,6 +217,14 @@ public final class AccountDatabase: Sendable {
                 CREATE INDEX mail_outbox_due ON mail_outbox(next_attempt_at) WHERE sent_at IS NULL;
                 """)
         }
+        migrator.registerMigration("v3-vendor-admin") { db in
+            try db.execute(sql: """
+                -- Who suspended the habilitation and why (the audit trail has the full story;
+                -- these make the current state readable without it).
+                ALTER TABLE account ADD COLUMN suspended_by TEXT;
+                ALTER TABLE account ADD COLUMN suspension_reason TEXT;
+                """)
+        }
         return migrator
     }
 }

@@ -1,0 +1,88 @@
+import Foundation
+import Habilitation
+
+/// The vendor admin's page, in French: find an account, withdraw or restore its regulator
+/// habilitation in one click. No script (the same strict CSP as the regulators' pages).
+enum AdminPages {
+    static func message(code: String) -> String? {
+        switch code {
+        case "suspendu": return "Habilitation retirée : toutes les sessions du compte la perdent dès leur prochaine requête."
+        case "deja-suspendu": return "L’habilitation de ce compte était déjà retirée."
+        case "retabli": return "Habilitation rétablie (si la plateforme SAS n’a pas désactivé le compte)."
+        case "deja-retabli": return "Ce compte n’était pas suspendu."
+        default: return nil
+        }
+    }
+
+    static func status(_ account: AccountListing) -> HTML {
+        var parts: [HTML] = []
+        parts.append(account.active ? "<span class=\"ok\">actif (SAS)</span>" : "<span class=\"warning\">désactivé par le SAS</span>")
+        if let suspension = account.suspension {
+            let by = suspension.by.map { " par \($0)" } ?? ""
+            parts.append("<span class=\"error\" data-suspendu=\"oui\">habilitation retirée\(by) le \(french(suspension.at))</span>")
+        }
+        if let locked = account.lockedUntil, locked > Date() {
+            parts.append("<span class=\"warning\">bloqué jusqu’à \(french(locked))</span>")
+        }
+        return HTML(raw: parts.map(\.description).joined(separator: "<br>"))
+    }
+
+    static func french(_ date: Date) -> String {
+        date.formatted(Date.VerbatimFormatStyle(format: "\(day: .twoDigits)/\(month: .twoDigits)/\(year: .defaultDigits) \(hour: .twoDigits(clock: .twentyFourHour, hourCycle: .zeroBased)):\(minute: .twoDigits)",
+                                                 timeZone: TimeZone(identifier: "Europe/Paris") ?? .gmt, calendar: Calendar(identifier: .gregorian)))
+    }
+
+    static func search(query: String, accounts: [AccountListing], csrf: String, notice: String?) -> HTML {
+        let rows: [HTML] = accounts.map { account in
+            let identifiers = [account.nationalID.map { "IDNPS \($0)" }, account.sasTechnicalID.map { "id. SAS \($0)" }].compactMap { $0 }.joined(separator: ", ")
+            let action: HTML = account.suspension == nil
+                ? """
+                  <form method="post" action="/comptes/\(account.accountID)/suspendre" class="action">
+                  <input type="hidden" name="csrf" value="\(csrf)"><input type="hidden" name="q" value="\(query)">
+                  <label class="sr" for="motif-\(account.accountID)">Motif</label>
+                  <input id="motif-\(account.accountID)" name="motif" placeholder="Motif (facultatif)" maxlength="500">
+                  <button type="submit" class="danger" id="retirer-\(account.accountID)">Retirer l’habilitation</button>
+                  </form>
+                  """
+                : """
+                  <form method="post" action="/comptes/\(account.accountID)/retablir" class="action">
+                  <input type="hidden" name="csrf" value="\(csrf)"><input type="hidden" name="q" value="\(query)">
+                  <button type="submit" id="retablir-\(account.accountID)">Rétablir l’habilitation</button>
+                  </form>
+                  """
+            return """
+                <tr id="compte-\(account.accountID)">
+                <td>\(account.givenName) \(account.familyName)<br><small>\(account.email)</small></td>
+                <td><small>\(identifiers)</small></td>
+                <td>\(status(account))</td>
+                <td>\(account.liveSessions)</td>
+                <td>\(action)</td>
+                </tr>
+                """
+        }
+        let results: HTML
+        if query.isEmpty {
+            results = "<p class=\"hint\">Recherchez par nom, adresse e-mail, IDNPS ou identifiant technique SAS.</p>"
+        } else if rows.isEmpty {
+            results = "<p id=\"aucun\">Aucun compte ne correspond à « \(query) ».</p>"
+        } else {
+            results = """
+                <table id="resultats">
+                <thead><tr><th>Régulateur</th><th>Identifiants</th><th>État</th><th>Sessions ouvertes</th><th>Action</th></tr></thead>
+                <tbody>\(rows)</tbody>
+                </table>
+                """
+        }
+        let banner: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
+        return Pages.layout("Administration des comptes régulateurs", """
+            \(banner)
+            <form method="get" action="/" id="form-recherche">
+            <label for="q">Rechercher un compte</label>
+            <input id="q" name="q" value="\(query)" type="search" autofocus>
+            <button type="submit">Rechercher</button>
+            </form>
+            \(results)
+            <p class="hint">Retirer l’habilitation prend effet à la requête suivante de chaque session ouverte. Elle reste retirée même si la plateforme SAS réactive le compte, jusqu’à ce qu’un administrateur la rétablisse.</p>
+            """)
+    }
+}

@@ -1,0 +1,57 @@
+import Accounts
+import Crypto
+import Foundation
+
+/// The admin API's bearer token, read from `--admin-token-file`. Created (256 random bits,
+/// mode 0600) when the file does not exist; refused when the file is readable by others.
+/// Only its SHA-256 is kept in memory, and presented tokens are compared in constant time.
+struct AdminToken: Sendable {
+    private let digest: [UInt8]
+
+    init(token: String) {
+        digest = Array(SHA256.hash(data: Array(token.utf8)))
+    }
+
+    static func load(path: String) throws -> (token: AdminToken, created: Bool) {
+        let manager = FileManager.default
+        var created = false
+        if !manager.fileExists(atPath: path) {
+            let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            guard manager.createFile(atPath: path, contents: Data((SecretToken.generate() + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+                throw ConfigurationError(description: "\(path): could not create the admin token file")
+            }
+            created = true
+        }
+        let attributes = try manager.attributesOfItem(atPath: path)
+        if let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0 {
+            throw ConfigurationError(description: "\(path): the admin token file must not be readable by group or others (chmod 600)")
+        }
+        let text = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.utf8.count >= 32 else {
+            throw ConfigurationError(description: "\(path): the admin token must be at least 32 characters")
+        }
+        return (AdminToken(token: text), created)
+    }
+
+    func matches(_ presented: String) -> Bool {
+        SecretToken.constantTimeEquals(digest, Array(SHA256.hash(data: Array(presented.utf8))))
+    }
+
+    /// The token of an `Authorization` header: `Bearer <token>` (API, scripts, Prometheus) or
+    /// `Basic` with the token as password (the admin page, so a browser can sign in without
+    /// any script).
+    static func presented(_ authorization: String?) -> String? {
+        guard let authorization else { return nil }
+        let parts = authorization.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2 else { return nil }
+        let scheme = parts[0].lowercased()
+        let credentials = parts[1].trimmingCharacters(in: .whitespaces)
+        if scheme == "bearer" { return credentials }
+        if scheme == "basic", let data = Data(base64Encoded: credentials), let text = String(data: data, encoding: .utf8),
+           let colon = text.firstIndex(of: ":") {
+            return String(text[text.index(after: colon)...])
+        }
+        return nil
+    }
+}

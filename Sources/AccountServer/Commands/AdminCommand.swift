@@ -1,0 +1,172 @@
+import Accounts
+import ArgumentParser
+import Foundation
+import Habilitation
+
+/// `account-server admin …`: the vendor admin's operations directly on the database (safe
+/// while the server runs: SQLite WAL, one transaction per change). The same code as the
+/// admin HTTP API (``VendorAdministration``); every change is audited with the Unix user.
+struct AdminCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "admin",
+        abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, export the audit trail.",
+        subcommands: [List.self, Show.self, Suspend.self, Restore.self, RevokeSessions.self, Unlock.self, Audit.self]
+    )
+
+    struct DatabaseOptions: ParsableArguments {
+        @Option(help: "SQLite database file. Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
+        var database: String?
+
+        func open() throws -> AccountDatabase {
+            let path = EnvironmentFallback.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite"
+            guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("no database at \(path)") }
+            return try AccountDatabase(path: path)
+        }
+
+        func administration() throws -> VendorAdministration {
+            var sessions = SessionConfiguration()
+            if let minutes = ProcessInfo.processInfo.environment["ACCOUNT_SERVER_SESSION_IDLE_MINUTES"].flatMap(Int.init) {
+                sessions.idleTimeout = TimeInterval(60 * minutes)
+            }
+            return VendorAdministration(database: try open(), sessionConfiguration: sessions)
+        }
+    }
+
+    /// The operator, as the audit trail records them.
+    static var actor: AuditActor {
+        let user = ProcessInfo.processInfo.environment["SUDO_USER"] ?? ProcessInfo.processInfo.environment["USER"] ?? String(getuid())
+        return AuditActor(subject: "cli:\(user)", serial: nil, address: "local")
+    }
+
+    static func emit(_ value: JSONValue) {
+        var output = FileHandle.standardOutput
+        print(JSONWriter().string(value), to: &output)
+    }
+
+    static func resolve(_ administration: VendorAdministration, _ reference: String) async throws -> String {
+        guard let id = try await administration.resolve(reference) else {
+            throw AdminFailure(message: "no account matches \(reference) (give its id, IDNPS, SAS technical id or e-mail)")
+        }
+        return id
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List or search accounts (name, e-mail, id, identifier).")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Text to search for; all accounts when absent.") var query: String?
+        @Option(help: "all, suspended, inactive or locked.") var filter: String = "all"
+        @Option(help: "At most this many accounts.") var limit: Int = 50
+        @Flag(help: "One JSON object per line instead of a table.") var json = false
+
+        func run() async throws {
+            guard let filter = AccountFilter(rawValue: filter) else { throw ValidationError("--filter must be all, suspended, inactive or locked") }
+            let accounts = try await options.administration().search(query, filter: filter, limit: limit)
+            if json {
+                accounts.forEach { AdminCommand.emit(AdminJSON.listing($0)) }
+                return
+            }
+            print("ID                                    NAME                          NATIONAL ID     SAS TECHNICAL ID                      STATE")
+            for account in accounts {
+                var state = [account.active ? "active" : "deactivated-by-sas"]
+                if account.suspension != nil { state.append("SUSPENDED") }
+                if let locked = account.lockedUntil, locked > Date() { state.append("locked") }
+                state.append("\(account.liveSessions) live session(s)")
+                let name = "\(account.givenName) \(account.familyName)"
+                print([account.accountID.padding(toLength: 38, withPad: " ", startingAt: 0), name.padding(toLength: 30, withPad: " ", startingAt: 0),
+                       (account.nationalID ?? "-").padding(toLength: 16, withPad: " ", startingAt: 0),
+                       (account.sasTechnicalID ?? "-").padding(toLength: 38, withPad: " ", startingAt: 0), state.joined(separator: ", ")].joined())
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "One account: identifier history, sessions, audit (JSON).")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+
+        func run() async throws {
+            let administration = try options.administration()
+            let id = try await AdminCommand.resolve(administration, account)
+            guard let detail = try await administration.detail(accountID: id) else { throw AdminFailure(message: "no account \(id)") }
+            var output = FileHandle.standardOutput
+            print(JSONWriter(pretty: true).string(AdminJSON.detail(detail)), to: &output)
+        }
+    }
+
+    struct Suspend: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "suspend",
+                                                        abstract: "Withdraw the regulator habilitation (every session, from its next request; a later SAS active:true does not lift it).")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+        @Option(help: "Why (kept with the suspension and in the audit trail).") var reason: String?
+
+        func run() async throws {
+            let administration = try options.administration()
+            let id = try await AdminCommand.resolve(administration, account)
+            guard let result = try await administration.suspend(accountID: id, reason: reason, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
+            AdminCommand.emit(AdminJSON.action("suspend", result))
+        }
+    }
+
+    struct Restore: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "restore", abstract: "Lift a vendor suspension (the SAS's active still applies).")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+
+        func run() async throws {
+            let administration = try options.administration()
+            let id = try await AdminCommand.resolve(administration, account)
+            guard let result = try await administration.restore(accountID: id, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
+            AdminCommand.emit(AdminJSON.action("restore", result))
+        }
+    }
+
+    struct RevokeSessions: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "revoke-sessions", abstract: "End every session of the account.")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+
+        func run() async throws {
+            let administration = try options.administration()
+            let id = try await AdminCommand.resolve(administration, account)
+            guard let result = try await administration.revokeSessions(accountID: id, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
+            AdminCommand.emit(AdminJSON.action("revoke-sessions", result))
+        }
+    }
+
+    struct Unlock: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "unlock", abstract: "Clear a sign-in lockout.")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+
+        func run() async throws {
+            let administration = try options.administration()
+            let id = try await AdminCommand.resolve(administration, account)
+            guard let result = try await administration.unlock(accountID: id, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
+            AdminCommand.emit(AdminJSON.action("unlock", result))
+        }
+    }
+
+    struct Audit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "audit", abstract: "Export the audit trail as JSON lines, oldest first.")
+        @OptionGroup var options: DatabaseOptions
+        @Option(help: "Only this account (id, IDNPS, SAS technical id or e-mail).") var account: String?
+        @Option(help: "Only events after this sequence number.") var after: Int64 = 0
+        @Option(help: "At most this many events.") var limit: Int?
+
+        func run() async throws {
+            let administration = try options.administration()
+            var accountID: String?
+            if let account { accountID = try await AdminCommand.resolve(administration, account) }
+            for event in try await administration.auditEvents(accountID: accountID, afterSeq: after, limit: limit) {
+                AdminCommand.emit(event.jsonValue)
+            }
+        }
+    }
+}
+
+/// A refusal of an admin command, printed without a stack trace; exit status 1.
+struct AdminFailure: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}

@@ -1,0 +1,65 @@
+import Accounts
+import Foundation
+import X509
+
+/// `/readyz`: can this instance serve correctly right now? The database answers a query,
+/// the server certificates are within their validity, and every CRL is loaded and not past
+/// its `nextUpdate` (a stale CRL makes the mTLS listener refuse every client, fail closed).
+struct ReadinessProbe: Sendable {
+    struct Check: Sendable {
+        var name: String
+        var ok: Bool
+        var detail: String
+    }
+
+    let database: AccountDatabase
+    let crlStore: CRLStore
+    /// The certificates this instance presents (FHIR and web listeners).
+    let serverCertificates: [(name: String, certificate: Certificate)]
+    let clock: @Sendable () -> Date
+
+    init(database: AccountDatabase, crlStore: CRLStore, serverCertificates: [(name: String, certificate: Certificate)],
+         clock: @escaping @Sendable () -> Date = Date.init) {
+        self.database = database
+        self.crlStore = crlStore
+        self.serverCertificates = serverCertificates
+        self.clock = clock
+    }
+
+    func run() async -> [Check] {
+        var checks: [Check] = []
+        do {
+            let value = try await database.read { db in try Int.fetchOne(db, sql: "SELECT 1") }
+            checks.append(Check(name: "database", ok: value == 1, detail: "reachable"))
+        } catch {
+            checks.append(Check(name: "database", ok: false, detail: "query failed"))
+        }
+        let now = clock()
+        for (name, certificate) in serverCertificates {
+            let ok = certificate.notValidBefore <= now && now < certificate.notValidAfter
+            checks.append(Check(name: "certificate:\(name)", ok: ok, detail: "valid until \(AuditLog.timestamp(certificate.notValidAfter))"))
+        }
+        let snapshot = crlStore.snapshot
+        if !crlStore.paths.isEmpty {
+            if snapshot.lists.isEmpty {
+                checks.append(Check(name: "crl", ok: false, detail: snapshot.lastError ?? "no CRL loaded"))
+            }
+            for (issuer, list) in snapshot.lists.sorted(by: { $0.key.description < $1.key.description }) {
+                let fresh = list.nextUpdate.map { now < $0 } ?? true
+                checks.append(Check(name: "crl:\(issuer)", ok: fresh,
+                                    detail: list.nextUpdate.map { (fresh ? "next update " : "expired at ") + AuditLog.timestamp($0) } ?? "no nextUpdate"))
+            }
+            if let error = snapshot.lastError {
+                checks.append(Check(name: "crl-reload", ok: true, detail: "last reload failed, previous lists kept: \(error)"))
+            }
+        }
+        return checks
+    }
+
+    static func json(_ checks: [Check]) -> JSONValue {
+        .object([
+            "status": .string(checks.allSatisfy(\.ok) ? "ready" : "not-ready"),
+            "checks": .array(checks.map { .object(["name": .string($0.name), "ok": .bool($0.ok), "detail": .string($0.detail)]) }),
+        ])
+    }
+}

@@ -1,0 +1,98 @@
+import Accounts
+import HTTPTypes
+import Hummingbird
+import Prometheus
+import Synchronization
+
+/// The Prometheus metrics of one server instance. Owned by the application (no global
+/// metrics system), scraped on the admin listener's `/metrics`. Label values are closed
+/// sets (surfaces, status codes, outcome words), never identifiers, so cardinality stays
+/// bounded.
+final class ServerMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    private let forwardAuthLatency: DurationHistogram
+    private let argon2QueueDepth: Gauge
+    private let hasher: Mutex<PasswordHasher?> = Mutex(nil)
+
+    init() {
+        forwardAuthLatency = registry.makeDurationHistogram(
+            name: "account_server_forward_auth_duration_seconds",
+            buckets: [.microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+                      .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(500)],
+            help: "Time to answer a forward-auth request, from the request to the decision")
+        argon2QueueDepth = registry.makeGauge(name: "account_server_argon2_queue_depth",
+                                              help: "argon2id hashes queued or running on the bounded thread pool")
+    }
+
+    /// The hasher whose queue depth is reported at scrape time.
+    func observe(hasher: PasswordHasher) { self.hasher.withLock { $0 = hasher } }
+
+    /// A request answered on one of the listeners.
+    func request(surface: String, status: Int) {
+        registry.makeCounter(name: "account_server_http_requests_total", labels: [("surface", surface), ("status", String(status))],
+                             help: "HTTP requests answered, by listener and status").increment()
+    }
+
+    /// An INT_R02 interaction and its outcome (created, updated, unchanged, or the refusal status).
+    func intR02(interaction: String, outcome: String) {
+        registry.makeCounter(name: "account_server_int_r02_total", labels: [("interaction", interaction), ("outcome", outcome)],
+                             help: "INT_R02 calls by interaction and outcome").increment()
+    }
+
+    /// The password step of a sign-in: `accepted` or the refusal reason.
+    func signIn(result: String) {
+        registry.makeCounter(name: "account_server_sign_ins_total", labels: [("result", result)],
+                             help: "Sign-in password steps by result").increment()
+    }
+
+    /// A session opened at the end of a sign-in, by origin.
+    func sessionOpened(origin: String) {
+        registry.makeCounter(name: "account_server_sessions_opened_total", labels: [("origin", origin)],
+                             help: "Sessions opened, by origin (sas or direct)").increment()
+    }
+
+    func lockout() {
+        registry.makeCounter(name: "account_server_lockouts_total", help: "Accounts locked after repeated sign-in failures").increment()
+    }
+
+    /// A forward-auth answer (`granted`, `no-session`, `denied`) and how long it took.
+    func forwardAuth(decision: String, duration: Duration) {
+        registry.makeCounter(name: "account_server_forward_auth_decisions_total", labels: [("decision", decision)],
+                             help: "Forward-auth answers by decision").increment()
+        forwardAuthLatency.record(duration)
+    }
+
+    func adminAction(_ action: String) {
+        registry.makeCounter(name: "account_server_admin_actions_total", labels: [("action", action)],
+                             help: "Vendor admin actions that changed something").increment()
+    }
+
+    /// The exposition text (Prometheus text format 0.0.4).
+    func scrape() -> [UInt8] {
+        if let hasher = hasher.withLock({ $0 }) { argon2QueueDepth.set(Double(hasher.queueDepth)) }
+        return registry.emitToBuffer()
+    }
+}
+
+/// Counts every answer of a listener by status, and gives every answer its request id
+/// (`X-Request-Id`), the same one the logs and audit events carry.
+struct RequestAccountingMiddleware<Limits: ListenerLimits>: RouterMiddleware {
+    typealias Context = ListenerRequestContext<Limits>
+    let surface: String
+    let metrics: ServerMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            var response = try await next(request, context)
+            response.headers[.requestID] = context.requestID
+            metrics.request(surface: surface, status: Int(response.status.code))
+            return response
+        } catch let error as any HTTPResponseError {
+            metrics.request(surface: surface, status: Int(error.status.code))
+            throw error
+        } catch {
+            metrics.request(surface: surface, status: 500)
+            throw error
+        }
+    }
+}

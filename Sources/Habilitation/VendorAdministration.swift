@@ -1,0 +1,283 @@
+import Accounts
+import Foundation
+import GRDB
+
+/// One line of an account list: enough to recognise the person and see at a glance whether
+/// the habilitation can hold.
+public struct AccountListing: Sendable, Equatable {
+    public var accountID: String
+    public var givenName: String
+    public var familyName: String
+    public var email: String
+    /// The SAS's last `active`.
+    public var active: Bool
+    public var suspension: Suspension?
+    public var nationalID: String?
+    public var sasTechnicalID: String?
+    public var lockedUntil: Date?
+    /// Sessions neither revoked nor expired (idle or absolute).
+    public var liveSessions: Int
+    public var updatedAt: Date
+
+    /// A vendor admin's suspension of the habilitation.
+    public struct Suspension: Sendable, Equatable {
+        public var at: Date
+        public var by: String?
+        public var reason: String?
+    }
+}
+
+/// A session as an admin sees it; `reference` is a prefix of the hash of its id, never the id.
+public struct SessionListing: Sendable, Equatable {
+    public var reference: String
+    public var origin: SessionOrigin
+    public var createdAt: Date
+    public var lastSeenAt: Date
+    public var absoluteExpiresAt: Date
+    public var revokedAt: Date?
+    public var revokedReason: String?
+    public var address: String?
+    public var userAgent: String?
+    public var live: Bool
+}
+
+/// Everything about one account an admin needs to answer a support call.
+public struct AccountDetail: Sendable, Equatable {
+    public var listing: AccountListing
+    public var version: Int
+    public var createdAt: Date
+    public var passwordResetRequired: Bool
+    public var failedSignIns: Int
+    public var secondFactorEnrolled: Bool
+    public var cguAcceptances: [(version: String, at: Date)]
+    public var identifierHistory: [IdentifierAssignment]
+    public var sessions: [SessionListing]
+    public var audit: [AuditEvent]
+
+    public static func == (lhs: AccountDetail, rhs: AccountDetail) -> Bool {
+        lhs.listing == rhs.listing && lhs.version == rhs.version && lhs.audit == rhs.audit && lhs.sessions == rhs.sessions
+    }
+}
+
+/// Which accounts a search returns.
+public enum AccountFilter: String, Sendable, CaseIterable {
+    case all
+    case suspended
+    case inactive
+    case locked
+}
+
+/// The outcome of an admin action: whether it changed anything (a second suspension is a
+/// no-op, reported as such rather than as an error, like Keycloak's idempotent admin calls).
+public struct AdminActionResult: Sendable, Equatable {
+    public var accountID: String
+    public var changed: Bool
+    /// Sessions affected (revoked, or whose habilitation changes from their next request).
+    public var sessions: Int
+}
+
+/// The vendor admin's operations, shared by `account-server admin …` and the admin HTTP API.
+/// Each change is one write transaction with its audit event (who, from where), so the trail
+/// and the state never disagree.
+public final class VendorAdministration: Sendable {
+    public let database: AccountDatabase
+    public let sessionConfiguration: SessionConfiguration
+    private let clock: @Sendable () -> Date
+    private let audit = AuditLog()
+
+    public init(database: AccountDatabase, sessionConfiguration: SessionConfiguration = SessionConfiguration(),
+                clock: @escaping @Sendable () -> Date = Date.init) {
+        self.database = database
+        self.sessionConfiguration = sessionConfiguration
+        self.clock = clock
+    }
+
+    private var now: Date { Date(epochMilliseconds: clock().epochMilliseconds) }
+
+    private static let listingColumns = """
+        a.id, a.given_name, a.family_name, a.email, a.active, a.suspended_by_vendor_at, a.suspended_by, a.suspension_reason,
+        a.locked_until, a.updated_at,
+        (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'IDNPS' AND i.ended_at IS NULL) AS national_id,
+        (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'INTRN' AND i.ended_at IS NULL) AS technical_id,
+        (SELECT COUNT(*) FROM web_session s WHERE s.account_id = a.id AND s.revoked_at IS NULL
+             AND s.absolute_expires_at > :now AND s.last_seen_at > :idle) AS live_sessions
+        """
+
+    private func listing(_ row: Row) -> AccountListing {
+        AccountListing(
+            accountID: row["id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"], active: row["active"],
+            suspension: (row["suspended_by_vendor_at"] as Int64?).map {
+                AccountListing.Suspension(at: Date(epochMilliseconds: $0), by: row["suspended_by"], reason: row["suspension_reason"])
+            },
+            nationalID: row["national_id"], sasTechnicalID: row["technical_id"],
+            lockedUntil: (row["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)),
+            liveSessions: row["live_sessions"], updatedAt: Date(epochMilliseconds: row["updated_at"]))
+    }
+
+    private static func timeArguments(_ at: Date, idle: TimeInterval) -> [String: (any DatabaseValueConvertible)?] {
+        ["now": at.epochMilliseconds, "idle": at.addingTimeInterval(-idle).epochMilliseconds]
+    }
+
+    /// Accounts whose name, e-mail, id or identifier (current or past) contains `text`
+    /// (case-insensitive), most recently updated first.
+    public func search(_ text: String?, filter: AccountFilter = .all, limit: Int = 50) async throws -> [AccountListing] {
+        let at = now
+        let idle = sessionConfiguration.idleTimeout
+        var conditions: [String] = []
+        var pattern: String?
+        if let text = text?.trimmingCharacters(in: .whitespaces), !text.isEmpty {
+            pattern = "%" + text.lowercased().replacingOccurrences(of: "\\", with: "\\\\")
+                .replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_") + "%"
+            conditions.append("""
+                (lower(a.given_name || ' ' || a.family_name) LIKE :pattern ESCAPE '\\' OR lower(a.family_name || ' ' || a.given_name) LIKE :pattern ESCAPE '\\'
+                 OR a.email_key LIKE :pattern ESCAPE '\\' OR a.id LIKE :pattern ESCAPE '\\'
+                 OR EXISTS (SELECT 1 FROM account_identifier i WHERE i.account_id = a.id AND lower(i.value) LIKE :pattern ESCAPE '\\'))
+                """)
+        }
+        switch filter {
+        case .all: break
+        case .suspended: conditions.append("a.suspended_by_vendor_at IS NOT NULL")
+        case .inactive: conditions.append("NOT a.active")
+        case .locked: conditions.append("a.locked_until > :now")
+        }
+        let bounded = max(1, min(limit, 1000))
+        let likePattern = pattern
+        let sql = "SELECT \(Self.listingColumns) FROM account a"
+            + (conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND "))
+            + " ORDER BY a.updated_at DESC, a.id LIMIT :limit"
+        return try await database.read { db in
+            var arguments = Self.timeArguments(at, idle: idle)
+            arguments["limit"] = bounded
+            if let likePattern { arguments["pattern"] = likePattern }
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map(self.listing)
+        }
+    }
+
+    /// The account an operator means: its id, a current identifier value (IDNPS or SAS
+    /// technical id, with or without `system|`), or its e-mail (the active account first).
+    public func resolve(_ reference: String) async throws -> String? {
+        let text = reference.trimmingCharacters(in: .whitespaces)
+        let value = text.split(separator: "|", maxSplits: 1).last.map(String.init) ?? text
+        return try await database.read { db in
+            if let id = try String.fetchOne(db, sql: "SELECT id FROM account WHERE id = ?", arguments: [text]) { return id }
+            if let id = try String.fetchOne(db, sql: "SELECT account_id FROM account_identifier WHERE value = ? AND ended_at IS NULL LIMIT 1",
+                                            arguments: [value]) { return id }
+            return try String.fetchOne(db, sql: "SELECT id FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC LIMIT 1",
+                                       arguments: [text.lowercased()])
+        }
+    }
+
+    public func detail(accountID: String, auditLimit: Int = 200) async throws -> AccountDetail? {
+        let at = now
+        let idle = sessionConfiguration.idleTimeout
+        return try await database.read { db -> AccountDetail? in
+            var withID = Self.timeArguments(at, idle: idle)
+            withID["id"] = accountID
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT \(Self.listingColumns), a.version, a.created_at, a.password_reset_required, a.failed_sign_ins,
+                       EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp
+                FROM account a WHERE a.id = :id
+                """, arguments: StatementArguments(withID)) else { return nil }
+            let cgu = try Row.fetchAll(db, sql: "SELECT version, accepted_at FROM cgu_acceptance WHERE account_id = ? ORDER BY accepted_at",
+                                       arguments: [accountID]).map { (version: $0["version"] as String, at: Date(epochMilliseconds: $0["accepted_at"])) }
+            let sessions = try Row.fetchAll(db, sql: """
+                SELECT * FROM web_session WHERE account_id = ? ORDER BY created_at DESC LIMIT 50
+                """, arguments: [accountID]).compactMap { session -> SessionListing? in
+                guard let origin = SessionOrigin(rawValue: session["origin"]) else { return nil }
+                let revokedAt = (session["revoked_at"] as Int64?).map(Date.init(epochMilliseconds:))
+                let lastSeen = Date(epochMilliseconds: session["last_seen_at"])
+                let absolute = Date(epochMilliseconds: session["absolute_expires_at"])
+                return SessionListing(reference: SessionStore.sessionReference(hash: session["id_hash"]), origin: origin,
+                                      createdAt: Date(epochMilliseconds: session["created_at"]), lastSeenAt: lastSeen, absoluteExpiresAt: absolute,
+                                      revokedAt: revokedAt, revokedReason: session["revoked_reason"], address: session["address"],
+                                      userAgent: session["user_agent"],
+                                      live: revokedAt == nil && absolute > at && lastSeen > at.addingTimeInterval(-idle))
+            }
+            let events = try AuditEvent.fetchAll(db, sql: """
+                SELECT * FROM (SELECT * FROM audit_event WHERE account_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq
+                """, arguments: [accountID, auditLimit])
+            return AccountDetail(listing: self.listing(row), version: row["version"], createdAt: Date(epochMilliseconds: row["created_at"]),
+                                 passwordResetRequired: row["password_reset_required"], failedSignIns: row["failed_sign_ins"],
+                                 secondFactorEnrolled: row["has_totp"], cguAcceptances: cgu,
+                                 identifierHistory: try AccountQueries().identifierHistory(of: accountID, in: db),
+                                 sessions: sessions, audit: events)
+        }
+    }
+
+    /// Withdraws the habilitation, independently of the SAS's `active` (a later `active:true`
+    /// does not lift it). Sessions stay open but lose the habilitation from their next request.
+    public func suspend(accountID: String, reason: String?, actor: AuditActor) async throws -> AdminActionResult? {
+        let at = now
+        let reason = reason?.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500).description
+        return try await database.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            let open = try self.openSASSessions(accountID, at: at, in: db)
+            guard (row["suspended_by_vendor_at"] as Int64?) == nil else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
+            try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = ?, suspended_by = ?, suspension_reason = ? WHERE id = ?",
+                           arguments: [at.epochMilliseconds, actor.subject, reason.flatMap { $0.isEmpty ? nil : $0 }, accountID])
+            try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-withdrawn", outcome: "suspended by the vendor",
+                                             actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                             detail: "\(open) open SAS session(s) affected from their next request" + (reason.map { "; reason: \($0)" } ?? "")), in: db)
+            return AdminActionResult(accountID: accountID, changed: true, sessions: open)
+        }
+    }
+
+    /// Lifts a vendor suspension (the SAS's `active` still applies).
+    public func restore(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
+        let at = now
+        return try await database.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT active, suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            let open = try self.openSASSessions(accountID, at: at, in: db)
+            guard (row["suspended_by_vendor_at"] as Int64?) != nil else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
+            try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = NULL, suspended_by = NULL, suspension_reason = NULL WHERE id = ?",
+                           arguments: [accountID])
+            let active: Bool = row["active"]
+            try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-restored",
+                                             outcome: active ? "suspension lifted" : "suspension lifted, still deactivated by the SAS",
+                                             actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                             detail: "\(open) open SAS session(s) affected from their next request"), in: db)
+            return AdminActionResult(accountID: accountID, changed: true, sessions: open)
+        }
+    }
+
+    /// Ends every session of the account ("sign out everywhere").
+    public func revokeSessions(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
+        let at = now
+        return try await database.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'admin' WHERE account_id = ? AND revoked_at IS NULL",
+                           arguments: [at.epochMilliseconds, accountID])
+            let count = db.changesCount
+            try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
+                                             requestID: nil, identifier: nil, accountID: accountID, changes: [], detail: nil), in: db)
+            return AdminActionResult(accountID: accountID, changed: count > 0, sessions: count)
+        }
+    }
+
+    /// Clears a sign-in lockout and the failure count.
+    public func unlock(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
+        let at = now
+        return try await database.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            let failures: Int = row["failed_sign_ins"]
+            let locked = (row["locked_until"] as Int64?).map { $0 > at.epochMilliseconds } ?? false
+            guard failures > 0 || locked else { return AdminActionResult(accountID: accountID, changed: false, sessions: 0) }
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
+            try self.audit.append(AuditEvent(at: at, surface: "admin", action: "unlock", outcome: locked ? "lockout lifted" : "failure count reset",
+                                             actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                             detail: "\(failures) consecutive failure(s) cleared"), in: db)
+            return AdminActionResult(accountID: accountID, changed: true, sessions: 0)
+        }
+    }
+
+    /// The audit trail, oldest first.
+    public func auditEvents(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil) async throws -> [AuditEvent] {
+        try await database.read { db in try AuditLog().events(accountID: accountID, afterSeq: afterSeq, limit: limit, in: db) }
+    }
+
+    private func openSASSessions(_ accountID: String, at: Date, in db: Database) throws -> Int {
+        try Int.fetchOne(db, sql: """
+            SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
+            """, arguments: [accountID, at.epochMilliseconds, at.addingTimeInterval(-sessionConfiguration.idleTimeout).epochMilliseconds]) ?? 0
+    }
+}
