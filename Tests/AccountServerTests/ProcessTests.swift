@@ -19,7 +19,8 @@ struct ProcessTests {
         process.arguments = ["serve", "--database", directory.appendingPathComponent("db.sqlite").path,
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
                              "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
-                             "--web-address", "127.0.0.1:0", "--secret-key-file", directory.appendingPathComponent("secret.key").path] + extraArguments
+                             "--web-address", "127.0.0.1:0", "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                             "--admin-address", "127.0.0.1:0", "--admin-token-file", directory.appendingPathComponent("admin.token").path] + extraArguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output

@@ -106,6 +106,9 @@ final class CapturedLogs: Sendable {
 final class RunningServer: Sendable {
     let port: Int
     let webPort: Int
+    let adminPort: Int
+    let adminToken: String
+    let metrics: ServerMetrics
     let databasePath: String
     let logs: CapturedLogs
     private let group: ServiceGroup
@@ -113,9 +116,13 @@ final class RunningServer: Sendable {
 
     var baseURL: String { "https://localhost:\(port)" }
 
-    private init(port: Int, webPort: Int, databasePath: String, logs: CapturedLogs, group: ServiceGroup, task: Task<Void, any Error>) {
+    private init(port: Int, webPort: Int, adminPort: Int, adminToken: String, metrics: ServerMetrics, databasePath: String, logs: CapturedLogs,
+                 group: ServiceGroup, task: Task<Void, any Error>) {
         self.port = port
         self.webPort = webPort
+        self.adminPort = adminPort
+        self.adminToken = adminToken
+        self.metrics = metrics
         self.logs = logs
         self.databasePath = databasePath
         self.group = group
@@ -123,6 +130,7 @@ final class RunningServer: Sendable {
     }
 
     var webURL: String { "https://localhost:\(webPort)" }
+    var adminURL: String { "http://127.0.0.1:\(adminPort)" }
 
     static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5), configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
         let databasePath = pki.directory.appendingPathComponent("db-\(UUID().uuidString).sqlite").path
@@ -137,20 +145,30 @@ final class RunningServer: Sendable {
         var configuration = base
         configuration.webPort = 0
         configuration.secretKeyPath = pki.directory.appendingPathComponent("secret-\(UUID().uuidString).key").path
+        configuration.adminPort = 0
+        configuration.adminTokenPath = pki.directory.appendingPathComponent("admin-\(UUID().uuidString).token").path
         configure(&configuration)
         let logs = CapturedLogs()
         var logger = Logger(label: "test-server", factory: logs.handler(label:))
         logger.logLevel = .info
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let (webPorts, webContinuation) = AsyncStream.makeStream(of: Int.self)
+        let (adminPorts, adminContinuation) = AsyncStream.makeStream(of: Int.self)
+        let metrics = ServerMetrics()
         let app = try await buildApplication(configuration, logger: logger, onFHIRListening: { port in continuation.yield(port) },
-                                             onWebListening: { port in webContinuation.yield(port) })
+                                             onWebListening: { port in webContinuation.yield(port) },
+                                             onAdminListening: { port in adminContinuation.yield(port) }, metrics: metrics)
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], logger: logger))
         let task = Task { try await group.run() }
         var iterator = ports.makeAsyncIterator()
         var webIterator = webPorts.makeAsyncIterator()
-        guard let port = await iterator.next(), let webPort = await webIterator.next() else { throw ConfigurationError(description: "server did not start") }
-        return RunningServer(port: port, webPort: webPort, databasePath: databasePath, logs: logs, group: group, task: task)
+        var adminIterator = adminPorts.makeAsyncIterator()
+        guard let port = await iterator.next(), let webPort = await webIterator.next(), let adminPort = await adminIterator.next() else {
+            throw ConfigurationError(description: "server did not start")
+        }
+        let token = try String(contentsOfFile: configuration.adminTokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        return RunningServer(port: port, webPort: webPort, adminPort: adminPort, adminToken: token, metrics: metrics, databasePath: databasePath,
+                             logs: logs, group: group, task: task)
     }
 
     func stop() async {

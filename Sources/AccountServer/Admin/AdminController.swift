@@ -90,7 +90,7 @@ struct AdminController: Sendable {
     }
 
     func show(_ context: AdminRequestContext) async throws -> Response {
-        let reference = context.parameters.get("ref") ?? ""
+        let reference = Self.reference(context)
         guard let id = try await administration.resolve(reference), let detail = try await administration.detail(accountID: id) else {
             return Self.problem(.notFound, "no account matches \(reference)")
         }
@@ -98,7 +98,7 @@ struct AdminController: Sendable {
     }
 
     func act(_ action: String, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let reference = context.parameters.get("ref") ?? ""
+        let reference = Self.reference(context)
         var reason: String?
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         if body.readableBytes > 0 {
@@ -142,6 +142,12 @@ struct AdminController: Sendable {
             buffer.writeString("\n")
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-store"], body: ResponseBody(byteBuffer: buffer))
+    }
+
+    /// The `:ref` path parameter, percent-decoded (`system%7Cvalue`).
+    static func reference(_ context: AdminRequestContext) -> String {
+        let raw = context.parameters.get("ref") ?? ""
+        return raw.removingPercentEncoding ?? raw
     }
 
     // MARK: Page

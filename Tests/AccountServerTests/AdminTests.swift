@@ -1,0 +1,188 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import Testing
+
+/// The admin listener: token, JSON API, French page, health, readiness, metrics.
+@Suite("Admin listener")
+struct AdminTests {
+    typealias World = WebSignInTests.World
+
+    @Test func theAPIRequiresTheToken() async throws {
+        let world = try await World()
+        let anonymous = AdminClient(server: world.server, token: "")
+        #expect(try await anonymous.send(.GET, "/api/accounts", authorization: "").status == 401)
+        let wrong = try await anonymous.send(.GET, "/api/accounts", authorization: "Bearer \(SecretToken.generate())")
+        #expect(wrong.status == 401 && wrong.headers.first(name: "WWW-Authenticate")?.hasPrefix("Bearer") == true)
+        #expect(try await anonymous.send(.POST, "/api/accounts/810002673899/suspend", authorization: "Bearer nope").status == 401)
+        let page = try await anonymous.send(.GET, "/", authorization: "")
+        #expect(page.status == 401 && page.headers.first(name: "WWW-Authenticate")?.hasPrefix("Basic") == true && page.body.contains("jeton"))
+        // Nothing was changed by the refused calls.
+        #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" })
+        // Probes and metrics need no token.
+        #expect(try await anonymous.send(.GET, "/healthz", authorization: "").status == 200)
+        #expect(try await anonymous.send(.GET, "/metrics", authorization: "").status == 200)
+        await anonymous.shutdown()
+        await world.stop()
+    }
+
+    @Test func listShowSuspendRestoreUnlockAndAuditThroughTheAPI() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        let list = try await admin.json("/api/accounts?q=marius")
+        let accounts = try #require(list["accounts"].flatMap { if case .array(let a) = $0 { a } else { nil } })
+        let first = try #require(accounts.first.flatMap { if case .object(let o) = $0 { o } else { nil } })
+        let id = try #require(first["id"].flatMap { if case .string(let s) = $0 { s } else { nil } })
+        #expect(accounts.count == 1 && first["national_id"] == .string("810002673899") && first["active"] == .bool(true))
+        #expect(try await admin.json("/api/accounts?q=nobody")["accounts"] == .array([]))
+        #expect(try await admin.send(.GET, "/api/accounts?filter=bogus").status == 400)
+
+        // Lock the account with wrong passwords, then unlock it.
+        let browser = try world.browser()
+        for _ in 0..<5 { _ = try await browser.submit("/connexion", ["email": WebSignInTests.email, "password": "wrong password!"]) }
+        #expect(try await admin.json("/api/accounts?filter=locked")["accounts"].map { if case .array(let a) = $0 { a.count } else { 0 } } == 1)
+        let unlocked = try await admin.send(.POST, "/api/accounts/\(WebSignInTests.email)/unlock")
+        #expect(unlocked.status == 200 && unlocked.body.contains(#""changed":true"#))
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/unlock").body.contains(#""changed":false"#))
+
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: "not json").status == 400)
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: #"{"reason":"test"}"#).body.contains(#""changed":true"#))
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend").body.contains(#""changed":false"#), "idempotent")
+        #expect(try await admin.json("/api/accounts?filter=suspended")["accounts"].map { if case .array(let a) = $0 { a.count } else { 0 } } == 1)
+        #expect(try await admin.send(.POST, "/api/accounts/no-such-account/suspend").status == 404)
+
+        let detail = try await admin.json("/api/accounts/urn:oid:1.2.250.1.71.4.2.1%7C810002673899")
+        #expect(detail["id"] == .string(id))
+        let suspension = try #require(detail["suspension"].flatMap { if case .object(let o) = $0 { o } else { nil } }, "\(detail)")
+        #expect(suspension["by"] == .string("admin-api") && suspension["reason"] == .string("test"))
+        let history = try #require(detail["identifier_history"].flatMap { if case .array(let a) = $0 { a } else { nil } })
+        let audit = try #require(detail["audit"].flatMap { if case .array(let a) = $0 { a } else { nil } })
+        #expect(history.count == 1 && audit.count >= 8)
+        let serialized = JSONWriter().string(.object(detail))
+        #expect(!serialized.contains("argon2") && !serialized.contains("password_hash"), "no secret in the admin view")
+
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/restore").body.contains(#""changed":true"#))
+        let trail = try await admin.send(.GET, "/api/audit?account=\(id)")
+        #expect(trail.status == 200 && trail.headers.first(name: "Content-Type") == "application/x-ndjson")
+        let lines = trail.body.split(separator: "\n")
+        #expect(lines.allSatisfy { (try? JSONParser().parse(Array($0.utf8))) != nil })
+        for action in ["lockout", "unlock", "habilitation-withdrawn", "habilitation-restored"] {
+            #expect(lines.contains { $0.contains(#""action":"\#(action)""#) }, "audit export has \(action)")
+        }
+        await browser.shutdown()
+        await admin.shutdown()
+        await world.stop()
+    }
+
+    @Test func thePageFindsAnAccountAndWithdrawsTheHabilitationInOneClick() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server, token: "")
+        let basic = "Basic " + Data("admin:\(world.server.adminToken)".utf8).base64EncodedString()
+        let search = try await admin.send(.GET, "/?q=jules", authorization: basic)
+        #expect(search.status == 200 && search.body.contains("<html lang=\"fr\"") && search.body.contains("Retirer l’habilitation"))
+        #expect(search.headers.first(name: "Content-Security-Policy")?.contains("default-src 'none'") == true)
+        let action = try #require(search.body.firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
+        let csrf = try #require(search.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        let form: [(String, String)] = [("Content-Type", "application/x-www-form-urlencoded")]
+
+        // Without the CSRF token, or from another site: refused, nothing changes.
+        #expect(try await admin.send(.POST, action, body: "q=jules", headers: form, authorization: basic).status == 403)
+        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + [("Origin", "https://evil.example")],
+                                     authorization: basic).status == 403)
+        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + [("Sec-Fetch-Site", "cross-site")],
+                                     authorization: basic).status == 403)
+        #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" })
+
+        let done = try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules&motif=fraude", headers: form + [("Origin", world.server.adminURL)],
+                                        authorization: basic)
+        #expect(done.status == 303 && done.headers.first(name: "Location") == "/?q=jules&message=suspendu", "\(done.status) \(done.body)")
+        let after = try await admin.send(.GET, "/?q=jules&message=suspendu", authorization: basic)
+        #expect(after.body.contains("data-suspendu=\"oui\"") && after.body.contains("Rétablir l’habilitation") && after.body.contains("id=\"message\""))
+        let event = try #require(try await world.server.auditEvents().last { $0.action == "habilitation-withdrawn" })
+        #expect(event.actorSubject == "admin-page" && event.detail?.contains("fraude") == true)
+        await admin.shutdown()
+        await world.stop()
+    }
+
+    @Test func healthReadinessAndMetrics() async throws {
+        let world = try await World { $0.crlPollInterval = .milliseconds(100) }
+        let admin = AdminClient(server: world.server, token: "")
+        let ready = try await admin.send(.GET, "/readyz", authorization: "")
+        #expect(ready.status == 200 && ready.body.contains(#""status":"ready""#) && ready.body.contains("certificate:fhir") && ready.body.contains("crl:"))
+        let web = try world.browser()
+        #expect(try await web.get("/healthz").status == 200)
+
+        // Some traffic to count.
+        _ = try await ForwardAuthTests.ask(web)
+        _ = try await web.submit("/connexion", ["email": "nobody@test.com", "password": "x"])
+        _ = try await world.fhir.send(.POST, "/Practitioner", body: "not json")
+        let text = try await admin.send(.GET, "/metrics", authorization: "").body
+        for line in [#"account_server_forward_auth_decisions_total{decision="no-session"} 1"#,
+                     #"account_server_sign_ins_total{result="unknown-email"} 1"#,
+                     #"account_server_int_r02_total{interaction="create",outcome="created"} 1"#,
+                     #"account_server_int_r02_total{interaction="create",outcome="400"} 1"#,
+                     #"account_server_http_requests_total{surface="fhir",status="201"} 1"#,
+                     "account_server_forward_auth_duration_seconds_count 1", "account_server_argon2_queue_depth 0"] {
+            #expect(text.contains(line), "metrics have \(line)")
+        }
+        #expect(try await web.get("/healthz").headers.first(name: "X-Request-Id")?.count == 16)
+
+        // A CRL past its nextUpdate makes the instance not ready (mTLS fails closed with it).
+        let stale = try PKIBuilder.makeCRL(issuer: world.pki.ca, revoked: [], thisUpdate: Date().addingTimeInterval(-7200), nextUpdate: Date().addingTimeInterval(-3600))
+        try world.pki.write(PKIBuilder.crlPEM(stale), "crl.pem")
+        var notReady = try await admin.send(.GET, "/readyz", authorization: "")
+        for _ in 0..<50 where notReady.status == 200 {
+            try await Task.sleep(for: .milliseconds(100))
+            notReady = try await admin.send(.GET, "/readyz", authorization: "")
+        }
+        #expect(notReady.status == 503 && notReady.body.contains(#""status":"not-ready""#) && notReady.body.contains("expired at"))
+        await web.shutdown()
+        await admin.shutdown()
+        await world.stop()
+    }
+
+    @Test func theAdminListenerRefusesToLeaveLoopbackWithoutTLS() async throws {
+        let pki = try TestPKI()
+        await #expect(throws: ConfigurationError.self) {
+            try await RunningServer.start(pki: pki) { $0.adminHost = "0.0.0.0" }
+        }
+        #expect(isLoopback("127.0.0.1") && isLoopback("::1") && isLoopback("localhost") && !isLoopback("10.1.2.3"))
+    }
+
+    @Test func tokenFileIsCreatedPrivateAndAGroupReadableOneIsRefused() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("token-\(UUID().uuidString)")
+        let path = directory.appendingPathComponent("admin.token").path
+        let (token, created) = try AdminToken.load(path: path)
+        #expect(created)
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let text = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.matches(text) && !token.matches(text + "x"))
+        #expect(AdminToken.presented("Basic " + Data("anyone:\(text)".utf8).base64EncodedString()) == text)
+        try FileManager.default.setAttributes([.posixPermissions: 0o640], ofItemAtPath: path)
+        #expect(throws: ConfigurationError.self) { try AdminToken.load(path: path) }
+    }
+
+    @Test func trustedProxyAddressesAndCIDRs() {
+        let network = CIDR("10.0.0.0/8")!
+        #expect(network.contains("10.200.3.4") && !network.contains("11.0.0.1") && network.contains("::ffff:10.1.1.1"))
+        #expect(CIDR("::1")!.contains("::1") && !CIDR("::1")!.contains("::2"))
+        #expect(CIDR("2001:db8::/32")!.contains("2001:db8:ffff::1"))
+        #expect(CIDR("10.0.0.0/33") == nil && CIDR("nonsense") == nil)
+    }
+
+    @Test func jsonLogLinesCarryRequestIDsAndNoSecrets() throws {
+        let sink = JSONLogSink(capturing: true)
+        var logger = Logger(label: "account-server", factory: { JSONLogHandler(label: $0, sink: sink) })
+        logger[metadataKey: "request_id"] = "0123456789abcdef"
+        logger.info("session opened", metadata: ["origin": "sas", "msg": "collides"])
+        let line = try #require(sink.captured.first)
+        guard case .object(let object) = try JSONParser().parse(Array(line.utf8)) else { Issue.record("not an object"); return }
+        #expect(object["msg"] == .string("session opened") && object["level"] == .string("info") && object["request_id"] == .string("0123456789abcdef"))
+        #expect(object["origin"] == .string("sas") && object["meta_msg"] == .string("collides") && object["ts"] != nil)
+    }
+}

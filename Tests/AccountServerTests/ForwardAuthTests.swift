@@ -1,0 +1,244 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import Synchronization
+import Testing
+
+/// A plain-HTTP client for the admin listener.
+struct AdminClient {
+    let client: HTTPClient
+    let base: String
+    let token: String?
+
+    init(server: RunningServer, token: String? = nil) {
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(redirectConfiguration: .disallow))
+        base = server.adminURL
+        self.token = token ?? server.adminToken
+    }
+
+    func send(_ method: HTTPMethod, _ path: String, body: String? = nil, headers extra: [(String, String)] = [],
+              authorization: String? = nil) async throws -> (status: Int, headers: HTTPHeaders, body: String) {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method
+        if let authorization { request.headers.add(name: "Authorization", value: authorization) } else if let token {
+            request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        }
+        for (name, value) in extra { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await client.execute(request, timeout: .seconds(20))
+        let bytes = try await response.body.collect(upTo: 8 << 20)
+        return (Int(response.status.code), response.headers, String(buffer: bytes))
+    }
+
+    func json(_ path: String) async throws -> JSONObject {
+        let reply = try await send(.GET, path)
+        guard case .object(let object) = try JSONParser().parse(Array(reply.body.utf8)) else { throw CocoaError(.coderReadCorrupt) }
+        return object
+    }
+
+    func shutdown() async { try? await client.shutdown() }
+}
+
+/// The forward-auth contract (docs/forward-auth.md) over real HTTPS against the real server:
+/// identity headers on 200, 401 with the sign-in URL keeping `origin=sas`, 403 with the
+/// reasons; withdrawal by the SAS and by the vendor admin applies on the next request.
+@Suite("Forward-auth")
+struct ForwardAuthTests {
+    typealias World = WebSignInTests.World
+
+    static let agendaPath = "/rdv/42?origin=sas&creneau=9"
+
+    static func ask(_ browser: Browser) async throws -> Browser.Page {
+        try await browser.request(.GET, "/forward-auth", headers: [
+            ("X-Original-URI", agendaPath), ("X-Forwarded-Host", "agenda.example"), ("X-Forwarded-Proto", "https"),
+        ])
+    }
+
+    /// A browser holding a live SAS session (password chosen, TOTP enrolled, CGU accepted).
+    static func sasSession(_ world: World) async throws -> Browser {
+        let browser = try world.browser()
+        try await WebSignInTests.choosePassword(browser, world: world)
+        let entry = try await browser.get("/connexion?origin=sas&retour=\(WebSignInTests.agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)")
+        #expect(entry.status == 303)
+        let (location, _) = try await WebSignInTests.signIn(browser)
+        #expect(location == WebSignInTests.agenda)
+        return browser
+    }
+
+    @Test func withoutSessionTheAnswerIs401WithTheSignInURLKeepingTheOrigin() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let answer = try await Self.ask(browser)
+        #expect(answer.status == 401)
+        let location = try #require(answer.location)
+        #expect(location == "https://localhost/connexion?retour=https%3A%2F%2Fagenda.example%2Frdv%2F42%3Forigin%3Dsas%26creneau%3D9")
+        #expect(answer.headers.first(name: "X-Auth-Account-Id") == nil && answer.headers.first(name: "Cache-Control") == "no-store")
+        #expect(answer.body.contains("Se connecter"))
+
+        // Following it creates a SAS login intent for the agenda URL.
+        let entry = try await browser.get(String(location.dropFirst("https://localhost".count)))
+        #expect(entry.status == 303 && entry.location == "/connexion")
+        #expect(try await browser.get("/connexion").body.contains("id=\"origine-sas\""))
+
+        // An original URL on a host that is not allowed is not echoed (no open redirect).
+        let foreign = try await browser.request(.GET, "/forward-auth", headers: [("X-Original-URL", "https://evil.example/x?origin=sas")])
+        #expect(foreign.status == 401 && foreign.location == "https://localhost/connexion")
+        // A forged or unknown cookie is no session.
+        let forged = try await browser.request(.GET, "/forward-auth", headers: [("Cookie", "__Host-as-session=\(SecretToken.generate())")])
+        #expect(forged.status == 401)
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    @Test func sasSessionIsGrantedWithIdentityHeadersAndEveryWithdrawalAppliesOnTheNextRequest() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        let browser = try await Self.sasSession(world)
+
+        let granted = try await Self.ask(browser)
+        #expect(granted.status == 200)
+        let accountID = try #require(granted.headers.first(name: "X-Auth-Account-Id"))
+        #expect(granted.headers.first(name: "X-Auth-National-Id") == "810002673899")
+        #expect(granted.headers.first(name: "X-Auth-SAS-Technical-Id") == nil)
+        #expect(granted.headers.first(name: "X-Auth-Habilitations") == "regulateur")
+        #expect(granted.headers.first(name: "X-Auth-Session-Origin") == "sas")
+        // Any method: Traefik forwards the original one.
+        #expect(try await browser.request(.POST, "/forward-auth").status == 200)
+
+        // The SAS withdraws (active:false over mTLS): refused on the very next request.
+        try await world.setActive(false)
+        let deactivated = try await Self.ask(browser)
+        #expect(deactivated.status == 403 && deactivated.headers.first(name: "X-Auth-Denial") == "deactivated-by-sas")
+        let refusalPage = try await browser.get("/acces-refuse")
+        #expect(refusalPage.status == 403 && refusalPage.body.contains("La plateforme SAS a retiré votre habilitation"))
+        try await world.setActive(true)
+        #expect(try await Self.ask(browser).status == 200, "the same session is served again after reactivation")
+
+        // The vendor admin suspends: refused; the SAS's active:true does not lift it.
+        let suspended = try await admin.send(.POST, "/api/accounts/810002673899/suspend", body: #"{"reason":"départ du service"}"#)
+        #expect(suspended.status == 200 && suspended.body.contains(#""changed":true"#) && suspended.body.contains(#""sessions":1"#))
+        let refused = try await Self.ask(browser)
+        #expect(refused.status == 403 && refused.headers.first(name: "X-Auth-Denial") == "suspended-by-vendor")
+        try await world.setActive(true)
+        #expect(try await Self.ask(browser).status == 403, "a SAS active:true does not lift a vendor suspension")
+        let restored = try await admin.send(.POST, "/api/accounts/\(accountID)/restore")
+        #expect(restored.status == 200 && restored.body.contains(#""changed":true"#))
+        #expect(try await Self.ask(browser).status == 200)
+
+        // Revoking the sessions ends it: back to 401 (sign in again).
+        #expect(try await admin.send(.POST, "/api/accounts/\(accountID)/revoke-sessions").body.contains(#""sessions":1"#))
+        #expect(try await Self.ask(browser).status == 401)
+
+        let actions = try await world.server.auditEvents().filter { $0.accountId == accountID }.map(\.action)
+        for expected in ["habilitation-granted", "habilitation-withdrawn", "habilitation-restored", "sessions-revoked", "cgu-accepted",
+                         "password-reset-requested", "password-reset-completed", "sign-in"] {
+            #expect(actions.contains(expected), "audit has \(expected)")
+        }
+        let withdrawals = try await world.server.auditEvents().filter { $0.action == "habilitation-withdrawn" }
+        #expect(withdrawals.contains { $0.surface == "int_r02" && $0.actorSubject?.contains(TestPKI.allowedCN) == true && $0.actorAddress == "127.0.0.1" })
+        #expect(withdrawals.contains { $0.surface == "admin" && $0.actorSubject == "admin-api" && $0.actorAddress == "127.0.0.1"
+            && $0.detail?.contains("départ du service") == true })
+        await admin.shutdown()
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    @Test func directSessionIsRefusedWith403() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await WebSignInTests.choosePassword(browser, world: world)
+        let (location, _) = try await WebSignInTests.signIn(browser)
+        #expect(location == "/compte")
+        let answer = try await Self.ask(browser)
+        #expect(answer.status == 403 && answer.headers.first(name: "X-Auth-Denial") == "direct-session")
+        #expect(answer.headers.first(name: "X-Auth-Habilitations") == nil && answer.headers.first(name: "X-Auth-Session-Origin") == "direct")
+        let page = try await browser.get("/acces-refuse")
+        #expect(page.status == 403 && page.body.contains("id=\"conseil\"") && page.body.contains("depuis la plateforme SAS"))
+        let events = try await world.server.auditEvents()
+        #expect(events.contains { $0.action == "habilitation-not-granted" && $0.outcome.contains("direct-session") })
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// 50 forward-auth requests continuously in flight while the habilitation is withdrawn:
+    /// none that starts after the withdrawal has committed is allowed.
+    @Test(arguments: ["admin-suspension", "sas-deactivation", "session-revocation"])
+    func withdrawalRacingFiftyInFlightRequests(_ withdrawal: String) async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        let browser = try await Self.sasSession(world)
+        let cookie = "__Host-as-session=\(try #require(browser.cookies["__Host-as-session"]))"
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try world.pki.ca.certificatePEM.utf8), format: .pem)])
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let url = world.server.webURL + "/forward-auth"
+        let clock = ContinuousClock()
+
+        let results = Answers()
+        let workers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<50 {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            var request = HTTPClientRequest(url: url)
+                            request.headers.add(name: "Cookie", value: cookie)
+                            let started = clock.now
+                            guard let response = try? await client.execute(request, timeout: .seconds(10)) else { break }
+                            _ = try? await response.body.collect(upTo: 1 << 16)
+                            results.record(started, Int(response.status.code))
+                        }
+                    }
+                }
+            }
+        }
+        /// Waits until `count` answers to requests started after `instant` have arrived.
+        func waitForAnswers(_ count: Int, after instant: ContinuousClock.Instant) async throws {
+            let deadline = clock.now + .seconds(30)
+            while results.all.filter({ $0.0 > instant }).count < count && clock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try await waitForAnswers(100, after: clock.now)
+        let accountID = try #require(try await admin.json("/api/accounts?q=810002673899")["accounts"].flatMap { value -> String? in
+            guard case .array(let list) = value, case .object(let first)? = list.first, case .string(let id)? = first["id"] else { return nil }
+            return id
+        })
+        switch withdrawal {
+        case "admin-suspension": #expect(try await admin.send(.POST, "/api/accounts/\(accountID)/suspend").status == 200)
+        case "sas-deactivation": try await world.setActive(false)
+        default: #expect(try await admin.send(.POST, "/api/accounts/\(accountID)/revoke-sessions").status == 200)
+        }
+        // The withdrawal's answer has arrived, so its transaction has committed.
+        let committed = clock.now
+        try await waitForAnswers(200, after: committed)
+        workers.cancel()
+        await workers.value
+        let all = results.all
+        let before = all.filter { $0.0 < committed }
+        let after = all.filter { $0.0 > committed }
+        #expect(before.contains { $0.1 == 200 }, "requests were granted before the withdrawal")
+        #expect(after.count >= 200, "enough requests started after the commit (\(after.count))")
+        let stale = after.filter { $0.1 == 200 }
+        #expect(stale.isEmpty, "\(stale.count) of \(after.count) requests started after the commit were allowed")
+        #expect(after.allSatisfy { $0.1 == (withdrawal == "session-revocation" ? 401 : 403) })
+        try? await client.shutdown()
+        await admin.shutdown()
+        await browser.shutdown()
+        await world.stop()
+    }
+}
+
+/// Forward-auth answers collected by concurrent workers: when each request started, and its status.
+final class Answers: Sendable {
+    private let answers = Mutex<[(ContinuousClock.Instant, Int)]>([])
+
+    func record(_ started: ContinuousClock.Instant, _ status: Int) { answers.withLock { $0.append((started, status)) } }
+
+    var all: [(ContinuousClock.Instant, Int)] { answers.withLock { $0 } }
+}
