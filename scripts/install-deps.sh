@@ -2,10 +2,7 @@
 # Installs the system packages account-server builds and tests against (Debian/Ubuntu).
 # Idempotent: installs only what is missing.
 set -euo pipefail
-packages=(libargon2-dev libsqlite3-dev libssl-dev libqrencode-dev pkg-config openssl curl python3-aiosmtpd python3-websocket chromium)
-if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(nginx)
-fi
+packages=(libargon2-dev libsqlite3-dev libssl-dev libqrencode-dev pkg-config openssl curl python3-aiosmtpd python3-websocket chromium nginx)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,4 +1,5 @@
 @testable import AccountServer
+import Accounts
 import Crypto
 import Foundation
 import GRDB
@@ -111,6 +112,95 @@ struct ProcessTests {
         #expect(process.isRunning, "SIGHUP must not stop the server")
         let refused = try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h3@test.fr")
         #expect(refused == nil || refused!.hasPrefix("4"), "revoked after SIGHUP, got \(refused ?? "connection refused")")
+    }
+
+    /// Runs `account-server <arguments>` to completion; its exit status and standard output.
+    static func run(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        try await onDedicatedThread {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = arguments
+            process.environment = ["USER": "operator", "PATH": "/usr/bin:/bin"]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// `account-server admin …` on the database of a running server: list, show, suspend,
+    /// restore, unlock, revoke-sessions, audit export; every change audited as the Unix user.
+    @Test func adminCommandsWorkOnTheDatabaseOfARunningServer() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("admin-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let (process, port) = try await Self.launch(directory: directory)
+        defer { process.terminate() }
+        let uuid = UUID().uuidString.lowercased()
+        #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: uuid, email: "cli@test.fr") == "201")
+        let database = ["--database", directory.appendingPathComponent("db.sqlite").path]
+
+        let table = try await Self.run(["admin", "list"] + database)
+        #expect(table.status == 0 && table.output.contains(uuid) && table.output.contains("active"))
+        let listed = try await Self.run(["admin", "list", "cli@", "--json"] + database)
+        let line = try #require(listed.output.split(separator: "\n").first)
+        guard case .object(let account) = try JSONParser().parse(Array(line.utf8)), case .string(let id)? = account["id"] else {
+            Issue.record("list --json: \(listed.output)")
+            return
+        }
+        let suspended = try await Self.run(["admin", "suspend", uuid, "--reason", "contrôle"] + database)
+        #expect(suspended.status == 0 && suspended.output.contains(#""changed":true"#))
+        #expect(try await Self.run(["admin", "list", "--filter", "suspended", "--json"] + database).output.contains(id))
+        let shown = try await Self.run(["admin", "show", "cli@test.fr"] + database)
+        #expect(shown.status == 0 && shown.output.contains("\"by\": \"cli:operator\"") && shown.output.contains("identifier_history"))
+        #expect(try await Self.run(["admin", "restore", id] + database).output.contains(#""changed":true"#))
+        #expect(try await Self.run(["admin", "unlock", id] + database).output.contains(#""changed":false"#))
+        #expect(try await Self.run(["admin", "revoke-sessions", id] + database).output.contains(#""sessions":0"#))
+        let missing = try await Self.run(["admin", "suspend", "nobody@nowhere.fr"] + database)
+        #expect(missing.status != 0)
+
+        let audit = try await Self.run(["admin", "audit", "--account", id] + database)
+        let actions = audit.output.split(separator: "\n").compactMap { line -> String? in
+            guard case .object(let event)? = try? JSONParser().parse(Array(line.utf8)), case .string(let action)? = event["action"] else { return nil }
+            return action
+        }
+        #expect(actions == ["create", "habilitation-withdrawn", "habilitation-restored", "sessions-revoked"], "\(actions)")
+        #expect(audit.output.contains(#""actor_subject":"cli:operator""#))
+    }
+
+    /// `--log-format json`: every line the server writes is one JSON object.
+    @Test func jsonLogFormat() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("json-logs-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["serve", "--log-format", "json", "--database", directory.appendingPathComponent("db.sqlite").path,
+                             "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
+                             "--web-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
+                             "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                             "--admin-token-file", directory.appendingPathComponent("admin.token").path]
+        let errors = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        try process.run()
+        var text = ""
+        let reader = errors.fileHandleForReading
+        for _ in 0..<200 where !text.contains("admin listener listening") {
+            text += String(decoding: try await onDedicatedThread { reader.availableData }, as: UTF8.self)
+        }
+        process.terminate()
+        let lines = text.split(separator: "\n")
+        #expect(lines.count >= 4)
+        for line in lines {
+            guard case .object(let object)? = try? JSONParser().parse(Array(line.utf8)) else {
+                Issue.record("not a JSON object: \(line)")
+                continue
+            }
+            #expect(object["ts"] != nil && object["level"] != nil && object["msg"] != nil)
+        }
+        #expect(text.contains(#""msg":"FHIR mTLS endpoint listening""#))
     }
 
     /// One create with curl (a real, separate client process); the HTTP status, or nil when

@@ -1,0 +1,207 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// A stand-in for the vendor's agenda: answers every path with the identity headers it
+/// received, and counts the requests that reached it.
+final class AgendaUpstream: Sendable {
+    let port: Int
+    private let hits: HitCounter
+    private let group: ServiceGroup
+    private let task: Task<Void, any Error>
+
+    var requestCount: Int { hits.value }
+
+    private init(port: Int, hits: HitCounter, group: ServiceGroup, task: Task<Void, any Error>) {
+        self.port = port
+        self.hits = hits
+        self.group = group
+        self.task = task
+    }
+
+    static func start() async throws -> AgendaUpstream {
+        let hits = HitCounter()
+        let router = Router()
+        router.get("**") { request, _ -> Response in
+            hits.increment()
+            let names = ["X-Auth-Account-Id", "X-Auth-National-Id", "X-Auth-SAS-Technical-Id", "X-Auth-Habilitations"]
+            let lines = names.map { name in "\(name): \(request.headers[HTTPField.Name(name)!] ?? "-")" }
+            return Response(status: .ok, headers: [.contentType: "text/plain"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(string: "AGENDA \(request.uri.path)\n" + lines.joined(separator: "\n"))))
+        }
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: Logger(label: "agenda"))
+        let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "agenda")))
+        let task = Task { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw ConfigurationError(description: "agenda did not start") }
+        return AgendaUpstream(port: port, hits: hits, group: group, task: task)
+    }
+
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+    }
+}
+
+final class HitCounter: Sendable {
+    private let count = Atomic<Int>(0)
+    var value: Int { count.load(ordering: .relaxed) }
+    func increment() { count.add(1, ordering: .relaxed) }
+}
+
+/// A real nginx (Debian package) running docs/nginx/agenda-forward-auth.conf.
+final class NginxProxy: Sendable {
+    let port: Int
+    let directory: URL
+    private let process: Process
+
+    static let template = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("docs/nginx/agenda-forward-auth.conf")
+
+    init(port: Int, pki: TestPKI, accountServerWebPort: Int, agendaPort: Int) async throws {
+        self.port = port
+        directory = pki.directory.appendingPathComponent("nginx-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("logs"), withIntermediateDirectories: true)
+        var site = try String(contentsOf: Self.template, encoding: .utf8)
+        let values = [
+            "LISTEN": "127.0.0.1:\(port)", "SERVER_NAME": "localhost", "CERTIFICATE": pki.serverCertificatePath, "KEY": pki.serverKeyPath,
+            "ACCOUNT_SERVER_WEB": "127.0.0.1:\(accountServerWebPort)", "ACCOUNT_SERVER_NAME": "localhost", "ACCOUNT_SERVER_CA": pki.caPath,
+            "AGENDA_UPSTREAM": "127.0.0.1:\(agendaPort)",
+        ]
+        for (name, value) in values { site = site.replacingOccurrences(of: "${\(name)}", with: value) }
+        #expect(!site.split(separator: "\n").contains { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && $0.contains("${") },
+                "every placeholder of the documented configuration is filled")
+        let root = directory.path
+        let main = """
+            \(getuid() == 0 ? "user root;" : "")
+            worker_processes 1;
+            daemon off;
+            pid \(root)/nginx.pid;
+            error_log \(root)/logs/error.log warn;
+            events { worker_connections 512; }
+            http {
+                access_log \(root)/logs/access.log;
+                client_body_temp_path \(root)/client_body;
+                proxy_temp_path \(root)/proxy;
+                fastcgi_temp_path \(root)/fastcgi;
+                uwsgi_temp_path \(root)/uwsgi;
+                scgi_temp_path \(root)/scgi;
+            \(site)
+            }
+            """
+        try main.write(to: directory.appendingPathComponent("nginx.conf"), atomically: true, encoding: .utf8)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
+        process.arguments = ["-p", root, "-c", directory.appendingPathComponent("nginx.conf").path, "-e", "\(root)/logs/error.log"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        for _ in 0..<100 {
+            if SMTPSink.accepts(port: port) { return }
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let log = (try? String(contentsOf: directory.appendingPathComponent("logs/error.log"), encoding: .utf8)) ?? ""
+        process.terminate()
+        throw ConfigurationError(description: "nginx did not start: \(log)")
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+    }
+}
+
+/// The vendor's nginx in front of its agenda, with `auth_request` to account-server, exactly
+/// as docs/nginx/agenda-forward-auth.conf says: a SAS sign-in reaches the agenda with the
+/// identity headers; a withdrawal by the SAS or by a vendor admin refuses the next request;
+/// reactivation or restore serves it again; a direct session is refused.
+@Suite("nginx auth_request in front of the agenda")
+struct NginxForwardAuthTests {
+    @Test func theRegulatorPageFollowsTheHabilitationRequestByRequest() async throws {
+        let nginxPort = freeLoopbackPort()
+        let front = "https://localhost:\(nginxPort)"
+        let world = try await WebSignInTests.World {
+            $0.publicURL = front
+            $0.allowedReturnHosts = []
+            $0.trustedProxies = ["127.0.0.1"]
+        }
+        let agenda = try await AgendaUpstream.start()
+        let nginx = try await NginxProxy(port: nginxPort, pki: world.pki, accountServerWebPort: world.server.webPort, agendaPort: agenda.port)
+        let admin = AdminClient(server: world.server)
+        let browser = try Browser(pki: world.pki, base: front)
+        let regulatorPage = "/regulation/rdv/42?origin=sas&creneau=7"
+
+        // No session: nginx sends the browser to sign-in, with the agenda URL (origin=sas kept).
+        let first = try await browser.get(regulatorPage)
+        #expect(first.status == 302)
+        let signIn = try #require(first.location)
+        #expect(signIn == front + "/connexion?retour=" + (front + regulatorPage).addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~")))!)
+        #expect(agenda.requestCount == 0)
+        let entry = try await browser.get(String(signIn.dropFirst(front.count)))
+        #expect(entry.status == 303 && entry.location == "/connexion")
+        #expect(try await browser.get("/connexion").body.contains("id=\"origine-sas\""), "the sign-in through nginx is a SAS one")
+
+        try await WebSignInTests.choosePassword(browser, world: world)
+        let (location, secret) = try await WebSignInTests.signIn(browser)
+        #expect(location == front + regulatorPage, "back to the agenda page")
+
+        // Served, with the identity headers; headers a browser sends itself are overwritten.
+        let served = try await browser.request(.GET, regulatorPage, headers: [("X-Auth-Account-Id", "forged"), ("X-Auth-Habilitations", "forged")])
+        #expect(served.status == 200 && served.body.hasPrefix("AGENDA /regulation/rdv/42"))
+        #expect(served.body.contains("X-Auth-National-Id: 810002673899") && served.body.contains("X-Auth-Habilitations: regulateur"))
+        #expect(!served.body.contains("forged"))
+        let accountID = try #require(served.body.firstMatch(of: /X-Auth-Account-Id: ([0-9a-f-]{36})/).map { String($0.1) })
+
+        // The SAS withdraws over mTLS: the next request is refused with the French page.
+        let hitsBefore = agenda.requestCount
+        try await world.setActive(false)
+        let refused = try await browser.get(regulatorPage)
+        #expect(refused.status == 403 && refused.body.contains("La plateforme SAS a retiré votre habilitation") && refused.body.contains("lang=\"fr\""))
+        #expect(agenda.requestCount == hitsBefore, "the agenda never saw the refused request")
+        try await world.setActive(true)
+        #expect(try await browser.get(regulatorPage).status == 200, "served again after reactivation, same session")
+
+        // A vendor admin suspends: refused; the SAS's active:true does not lift it; restore does.
+        #expect(try await admin.send(.POST, "/api/accounts/\(accountID)/suspend", body: #"{"reason":"test nginx"}"#).status == 200)
+        let suspended = try await browser.get(regulatorPage)
+        #expect(suspended.status == 403 && suspended.body.contains("L’éditeur a suspendu votre habilitation"))
+        try await world.setActive(true)
+        #expect(try await browser.get(regulatorPage).status == 403)
+        #expect(try await admin.send(.POST, "/api/accounts/\(accountID)/restore").status == 200)
+        #expect(try await browser.get(regulatorPage).status == 200, "served again after restore, same session")
+
+        // Sessions revoked: this one needs a new sign-in (401 → the sign-in entry).
+        #expect(try await admin.send(.POST, "/api/accounts/\(accountID)/revoke-sessions").status == 200)
+        let afterRevocation = try await browser.get(regulatorPage)
+        #expect(afterRevocation.status == 302 && afterRevocation.location?.hasPrefix(front + "/connexion?retour=") == true)
+
+        // A direct session (sign-in page opened without the SAS) is refused.
+        let direct = try Browser(pki: world.pki, base: front)
+        _ = try await direct.get("/connexion")
+        let directSignIn = try await WebSignInTests.signIn(direct, secret: secret)
+        #expect(directSignIn.location == "/compte")
+        let directAnswer = try await direct.request(.GET, regulatorPage, headers: [("X-Auth-Habilitations", "regulateur")])
+        #expect(directAnswer.status == 403 && directAnswer.body.contains("pas été ouverte depuis la plateforme SAS"))
+
+        // Behind the trusted proxy, the audit trail records the browser's address as nginx saw it.
+        let events = try await world.server.auditEvents()
+        #expect(events.contains { $0.action == "habilitation-granted" && $0.actorAddress == "127.0.0.1" })
+
+        await direct.shutdown()
+        await browser.shutdown()
+        await admin.shutdown()
+        nginx.stop()
+        await agenda.stop()
+        await world.stop()
+    }
+}
