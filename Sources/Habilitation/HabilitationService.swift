@@ -39,7 +39,8 @@ public final class HabilitationService: Sendable {
         self.clock = clock
     }
 
-    private struct Facts: Sendable {
+    /// What one read of the database says about a session.
+    public struct SessionFacts: Sendable {
         var session: WebSession
         var account: AccountSummary
         var active: Bool
@@ -47,37 +48,65 @@ public final class HabilitationService: Sendable {
         var resetRequired: Bool
         var hasTOTP: Bool
         var hasCGU: Bool
+        /// The stored form of the session id, to record activity.
+        public var hash: String
     }
 
     public func check(sessionToken: String?) async throws -> HabilitationCheck {
-        let noSession = HabilitationCheck(session: nil, account: nil, pendingActions: [],
-                                          decision: .denied([.noLiveSession]))
-        guard let sessionToken else { return noSession }
+        guard let sessionToken else { return Self.noSession }
         let at = Date(epochMilliseconds: clock().epochMilliseconds)
-        let idle = sessions.configuration.idleTimeout
-        let version = cguVersion
         let hash = SecretToken.hash(sessionToken)
-        guard let facts = try await database.read({ db -> Facts? in
-            guard let row = try Row.fetchOne(db.cachedStatement(sql: """
-                SELECT s.account_id, s.origin, s.created_at, s.last_seen_at,
-                       a.active, a.suspended_by_vendor_at, a.password_reset_required, a.given_name, a.family_name, a.email,
-                       EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
-                       EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu,
-                       (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'IDNPS' AND i.ended_at IS NULL) AS national_id,
-                       (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'INTRN' AND i.ended_at IS NULL) AS technical_id
-                FROM web_session s JOIN account a ON a.id = s.account_id
-                WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.absolute_expires_at > ? AND s.last_seen_at > ?
-                """), arguments: [version, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
-                  let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
-            let session = WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
-                                     lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
-            return Facts(session: session,
-                         account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"],
-                                                  nationalID: row["national_id"], sasTechnicalID: row["technical_id"]),
-                         active: row["active"], suspended: (row["suspended_by_vendor_at"] as Int64?) != nil,
-                         resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"])
-        }) else { return noSession }
-        try await sessions.touchIfDue(hash: hash, lastSeenAt: facts.session.lastSeenAt, at: at)
+        guard let facts = try await database.pointRead({ [self] db in try self.facts(hash: hash, at: at, in: db) }) else { return Self.noSession }
+        try await recordActivity(facts, at: at)
+        return evaluate(facts)
+    }
+
+    static let noSession = HabilitationCheck(session: nil, account: nil, pendingActions: [], decision: .denied([.noLiveSession]))
+
+    /// The check on a connection the caller owns (the forward-auth listener keeps one per
+    /// event loop): everything but recording activity, which the caller schedules when due.
+    public func check(sessionToken: String?, in db: Database) throws -> (check: HabilitationCheck, facts: SessionFacts?) {
+        guard let sessionToken else { return (Self.noSession, nil) }
+        let at = Date(epochMilliseconds: clock().epochMilliseconds)
+        guard let facts = try facts(hash: SecretToken.hash(sessionToken), at: at, in: db) else { return (Self.noSession, nil) }
+        return (evaluate(facts), facts)
+    }
+
+    /// Whether the session's idle timeout should be extended now (coarse: at most every
+    /// `touchGranularity`, so checks stay reads).
+    public func activityDue(_ facts: SessionFacts) -> Bool {
+        clock().timeIntervalSince(facts.session.lastSeenAt) >= sessions.configuration.touchGranularity
+    }
+
+    public func recordActivity(_ facts: SessionFacts, at: Date? = nil) async throws {
+        try await sessions.touchIfDue(hash: facts.hash, lastSeenAt: facts.session.lastSeenAt, at: at ?? Date(epochMilliseconds: clock().epochMilliseconds))
+    }
+
+    /// One indexed query: the session (live: not revoked, within its idle and absolute
+    /// timeouts), its account, and every fact the predicate needs.
+    func facts(hash: String, at: Date, in db: Database) throws -> SessionFacts? {
+        let idle = sessions.configuration.idleTimeout
+        guard let row = try Row.fetchOne(db.cachedStatement(sql: """
+            SELECT s.account_id, s.origin, s.created_at, s.last_seen_at,
+                   a.active, a.suspended_by_vendor_at, a.password_reset_required, a.given_name, a.family_name, a.email,
+                   EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
+                   EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu,
+                   (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'IDNPS' AND i.ended_at IS NULL) AS national_id,
+                   (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'INTRN' AND i.ended_at IS NULL) AS technical_id
+            FROM web_session s JOIN account a ON a.id = s.account_id
+            WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.absolute_expires_at > ? AND s.last_seen_at > ?
+            """), arguments: [cguVersion, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
+              let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
+        let session = WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
+                                 lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
+        return SessionFacts(session: session,
+                            account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"],
+                                                    nationalID: row["national_id"], sasTechnicalID: row["technical_id"]),
+                            active: row["active"], suspended: (row["suspended_by_vendor_at"] as Int64?) != nil,
+                            resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"], hash: hash)
+    }
+
+    func evaluate(_ facts: SessionFacts) -> HabilitationCheck {
         var pending: [RequiredAction] = []
         if facts.resetRequired { pending.append(.setPassword) }
         if !facts.hasTOTP { pending.append(.enrolSecondFactor) }

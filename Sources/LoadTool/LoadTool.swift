@@ -31,7 +31,16 @@ struct LoadTool: AsyncParsableCommand {
         /// Web surface: sign in from the SAS once, then load the pages that verify no password
         /// (sign-in page, Mon compte with its live habilitation check, forgotten-password page).
         case pages
+        /// Web surface: sign in from the SAS once, then GET /forward-auth with the session
+        /// cookie; then the same load while the habilitation is suspended through the admin API
+        /// (--admin-url, --admin-token-file), counting allowed answers to requests started
+        /// after the suspension committed (stale answers; must be 0).
+        case forwardAuth = "forward-auth"
     }
+
+    @Option(help: "forward-auth mode: the admin listener's base URL.") var adminURL: String?
+    @Option(help: "forward-auth mode: base URL of the forward-auth endpoint (default: --url, the web listener).") var forwardAuthURL: String?
+    @Option(help: "forward-auth mode: the admin token file.") var adminTokenFile: String?
 
     @Option(help: "Web modes: the regulator's e-mail.") var email: String = "bench.regulator@load.test"
     @Option(help: "Web modes: the password to choose.") var password: String = "Banc-d-essai-de-connexion-2026"
@@ -64,7 +73,7 @@ struct LoadTool: AsyncParsableCommand {
             Self.report(label: label ?? "argon2id in-process", samples: samples, seconds: nil, errors: 0)
             return
         }
-        if mode == .signInVersusArgon2 || mode == .pages {
+        if mode == .signInVersusArgon2 || mode == .pages || mode == .forwardAuth {
             try await runWeb()
             return
         }
@@ -144,7 +153,7 @@ struct LoadTool: AsyncParsableCommand {
                             status = try? await Self.send(client, .PUT, "\(url)/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: body)
                         case .post:
                             status = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "p\(worker)-\(n)-\(run)@load.test", family: "POST"))
-                        case .argon2, .createVersusArgon2, .signInVersusArgon2, .pages:
+                        case .argon2, .createVersusArgon2, .signInVersusArgon2, .pages, .forwardAuth:
                             status = nil
                         }
                         let ok = status.map { (200..<300).contains($0) } ?? false
@@ -208,6 +217,9 @@ struct LoadTool: AsyncParsableCommand {
             Self.report(label: "refusal_unknown_email", samples: unknown, seconds: nil, errors: 0)
             Self.report(label: "refusal_wrong_password", samples: wrong, seconds: nil, errors: 0)
             Self.report(label: "refusal_locked_account", samples: locked, seconds: nil, errors: 0)
+        } else if mode == .forwardAuth {
+            try await web.signInFromSAS(email: email, password: password)
+            try await forwardAuth(web)
         } else {
             try await web.signInFromSAS(email: email, password: password)
             let cookies = web.cookies
@@ -241,6 +253,52 @@ struct LoadTool: AsyncParsableCommand {
             Self.report(label: label ?? "pages_all", samples: results.map(\.1), seconds: duration, errors: results.filter { !$0.2 }.count)
         }
         try? await web.client.shutdown()
+    }
+
+    /// Forward-auth throughput and latency, then a suspension racing the same load.
+    func forwardAuth(_ signedIn: WebClient) async throws {
+        let cookies = signedIn.cookies
+        let web = try WebClient(base: forwardAuthURL ?? url, ca: ca, connections: concurrency + 2)
+        defer { Task { [web] in try? await web.client.shutdown() } }
+        let concurrency = self.concurrency
+        /// `concurrency` workers until `deadline`; (start, latency ms, status) of each request.
+        func hammer(until deadline: ContinuousClock.Instant) async -> [(ContinuousClock.Instant, Double, UInt)] {
+            await withTaskGroup(of: [(ContinuousClock.Instant, Double, UInt)].self) { group in
+                for _ in 0..<concurrency {
+                    group.addTask {
+                        var samples: [(ContinuousClock.Instant, Double, UInt)] = []
+                        while ContinuousClock.now < deadline {
+                            let start = ContinuousClock.now
+                            let status = (try? await web.send(.GET, "/forward-auth", cookies: cookies))?.status ?? 0
+                            samples.append((start, Self.milliseconds(ContinuousClock.now - start), status))
+                        }
+                        return samples
+                    }
+                }
+                return await group.reduce(into: []) { $0 += $1 }
+            }
+        }
+        let warm = ContinuousClock.now + .seconds(1)
+        let measured = await hammer(until: warm + .milliseconds(Int(duration * 1000))).filter { $0.0 > warm }
+        Self.report(label: label ?? "forward_auth", samples: measured.map(\.1), seconds: duration, errors: measured.filter { $0.2 != 200 }.count)
+
+        guard let adminURL, let adminTokenFile else { return }
+        let token = try String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let race = Task { await hammer(until: ContinuousClock.now + .seconds(3)) }
+        try await Task.sleep(for: .seconds(1))
+        let admin = HTTPClient(eventLoopGroupProvider: .singleton)
+        var request = HTTPClientRequest(url: "\(adminURL)/api/accounts/\(email)/suspend")
+        request.method = .POST
+        request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        let response = try await admin.execute(request, timeout: .seconds(10))
+        _ = try await response.body.collect(upTo: 1 << 16)
+        let committed = ContinuousClock.now
+        try? await admin.shutdown()
+        guard response.status == .ok else { throw ValidationFailure("suspension answered \(response.status.code)") }
+        let samples = await race.value
+        let before = samples.filter { $0.0 < committed }
+        let after = samples.filter { $0.0 > committed }
+        print("STALE label=\(label ?? "forward_auth")_after_suspension granted_before=\(before.filter { $0.2 == 200 }.count) after=\(after.count) stale=\(after.filter { $0.2 == 200 }.count) refused_after=\(after.filter { $0.2 == 403 }.count)")
     }
 
     static func send(_ client: HTTPClient, _ method: HTTPMethod, _ url: String, body: String?) async throws -> UInt {

@@ -117,16 +117,16 @@ struct AdminTests {
         #expect(try await web.get("/healthz").status == 200)
 
         // Some traffic to count.
-        _ = try await ForwardAuthTests.ask(web)
+        _ = try await ForwardAuthTests.ask(web, server: world.server)
         _ = try await web.submit("/connexion", ["email": "nobody@test.com", "password": "x"])
         _ = try await world.fhir.send(.POST, "/Practitioner", body: "not json")
         let text = try await admin.send(.GET, "/metrics", authorization: "").body
-        for line in [#"account_server_forward_auth_decisions_total{decision="no-session"} 1"#,
+        for line in [#"account_server_forward_auth_decisions_total{decision="no-session"} 2"#,
                      #"account_server_sign_ins_total{result="unknown-email"} 1"#,
                      #"account_server_int_r02_total{interaction="create",outcome="created"} 1"#,
                      #"account_server_int_r02_total{interaction="create",outcome="400"} 1"#,
                      #"account_server_http_requests_total{surface="fhir",status="201"} 1"#,
-                     "account_server_forward_auth_duration_seconds_count 1", "account_server_argon2_queue_depth 0"] {
+                     "account_server_forward_auth_duration_seconds_count 2", "account_server_argon2_queue_depth 0"] {
             #expect(text.contains(line), "metrics have \(line)")
         }
         #expect(try await web.get("/healthz").headers.first(name: "X-Request-Id")?.count == 16)

@@ -2,6 +2,7 @@
 import Accounts
 import AsyncHTTPClient
 import Foundation
+import HTTPTypes
 import NIOCore
 import NIOHTTP1
 import NIOSSL
@@ -52,10 +53,20 @@ struct ForwardAuthTests {
 
     static let agendaPath = "/rdv/42?origin=sas&creneau=9"
 
-    static func ask(_ browser: Browser) async throws -> Browser.Page {
-        try await browser.request(.GET, "/forward-auth", headers: [
-            ("X-Original-URI", agendaPath), ("X-Forwarded-Host", "agenda.example"), ("X-Forwarded-Proto", "https"),
-        ])
+    static let forwardedHeaders = [("X-Original-URI", agendaPath), ("X-Forwarded-Host", "agenda.example"), ("X-Forwarded-Proto", "https")]
+
+    /// Asks both forward-auth endpoints (the dedicated listener and the web listener's route)
+    /// and checks they answer alike; returns the listener's answer.
+    static func ask(_ browser: Browser, server: RunningServer, method: HTTPMethod = .GET,
+                    headers: [(String, String)] = forwardedHeaders) async throws -> Browser.Page {
+        let listener = try await browser.request(method, server.forwardAuthURL + "/forward-auth", headers: headers)
+        let route = try await browser.request(method, "/forward-auth", headers: headers)
+        #expect(listener.status == route.status, "both endpoints give the same status")
+        for name in ["X-Auth-Account-Id", "X-Auth-National-Id", "X-Auth-SAS-Technical-Id", "X-Auth-Habilitations", "X-Auth-Session-Origin",
+                     "X-Auth-Denial", "Location", "Cache-Control"] {
+            #expect(listener.headers.first(name: name) == route.headers.first(name: name), "both endpoints agree on \(name)")
+        }
+        return listener
     }
 
     /// A browser holding a live SAS session (password chosen, TOTP enrolled, CGU accepted).
@@ -69,10 +80,24 @@ struct ForwardAuthTests {
         return browser
     }
 
+    @Test func sessionCookieParsing() {
+        func parse(_ headers: [String]) -> String? {
+            var fields = HTTPFields()
+            for header in headers { fields.append(HTTPField(name: .cookie, value: header)) }
+            return WebCookie.value(.session, in: fields)
+        }
+        #expect(parse(["__Host-as-session=abc"]) == "abc")
+        #expect(parse(["a=1; __Host-as-session=abc ; b=2"]) == "abc")
+        #expect(parse(["a=1", "b=2;__Host-as-session=x-y_z"]) == "x-y_z")
+        #expect(parse(["__Host-as-session-other=abc"]) == nil && parse(["x__Host-as-session=abc"]) == nil)
+        #expect(parse(["__Host-as-session="]) == nil && parse([""]) == nil && parse([]) == nil)
+        #expect(parse(["__Host-as-session=first; __Host-as-session=second"]) == "first")
+    }
+
     @Test func withoutSessionTheAnswerIs401WithTheSignInURLKeepingTheOrigin() async throws {
         let world = try await World()
         let browser = try world.browser()
-        let answer = try await Self.ask(browser)
+        let answer = try await Self.ask(browser, server: world.server)
         #expect(answer.status == 401)
         let location = try #require(answer.location)
         #expect(location == "https://localhost/connexion?retour=https%3A%2F%2Fagenda.example%2Frdv%2F42%3Forigin%3Dsas%26creneau%3D9")
@@ -85,10 +110,10 @@ struct ForwardAuthTests {
         #expect(try await browser.get("/connexion").body.contains("id=\"origine-sas\""))
 
         // An original URL on a host that is not allowed is not echoed (no open redirect).
-        let foreign = try await browser.request(.GET, "/forward-auth", headers: [("X-Original-URL", "https://evil.example/x?origin=sas")])
+        let foreign = try await Self.ask(browser, server: world.server, headers: [("X-Original-URL", "https://evil.example/x?origin=sas")])
         #expect(foreign.status == 401 && foreign.location == "https://localhost/connexion")
         // A forged or unknown cookie is no session.
-        let forged = try await browser.request(.GET, "/forward-auth", headers: [("Cookie", "__Host-as-session=\(SecretToken.generate())")])
+        let forged = try await Self.ask(browser, server: world.server, headers: [("Cookie", "__Host-as-session=\(SecretToken.generate())")])
         #expect(forged.status == 401)
         await browser.shutdown()
         await world.stop()
@@ -99,7 +124,7 @@ struct ForwardAuthTests {
         let admin = AdminClient(server: world.server)
         let browser = try await Self.sasSession(world)
 
-        let granted = try await Self.ask(browser)
+        let granted = try await Self.ask(browser, server: world.server)
         #expect(granted.status == 200)
         let accountID = try #require(granted.headers.first(name: "X-Auth-Account-Id"))
         #expect(granted.headers.first(name: "X-Auth-National-Id") == "810002673899")
@@ -107,31 +132,32 @@ struct ForwardAuthTests {
         #expect(granted.headers.first(name: "X-Auth-Habilitations") == "regulateur")
         #expect(granted.headers.first(name: "X-Auth-Session-Origin") == "sas")
         // Any method: Traefik forwards the original one.
-        #expect(try await browser.request(.POST, "/forward-auth").status == 200)
+        #expect(try await Self.ask(browser, server: world.server, method: .POST).status == 200)
+        #expect(try await Self.ask(browser, server: world.server, method: .HEAD).status == 200)
 
         // The SAS withdraws (active:false over mTLS): refused on the very next request.
         try await world.setActive(false)
-        let deactivated = try await Self.ask(browser)
+        let deactivated = try await Self.ask(browser, server: world.server)
         #expect(deactivated.status == 403 && deactivated.headers.first(name: "X-Auth-Denial") == "deactivated-by-sas")
         let refusalPage = try await browser.get("/acces-refuse")
         #expect(refusalPage.status == 403 && refusalPage.body.contains("La plateforme SAS a retiré votre habilitation"))
         try await world.setActive(true)
-        #expect(try await Self.ask(browser).status == 200, "the same session is served again after reactivation")
+        #expect(try await Self.ask(browser, server: world.server).status == 200, "the same session is served again after reactivation")
 
         // The vendor admin suspends: refused; the SAS's active:true does not lift it.
         let suspended = try await admin.send(.POST, "/api/accounts/810002673899/suspend", body: #"{"reason":"départ du service"}"#)
         #expect(suspended.status == 200 && suspended.body.contains(#""changed":true"#) && suspended.body.contains(#""sessions":1"#))
-        let refused = try await Self.ask(browser)
+        let refused = try await Self.ask(browser, server: world.server)
         #expect(refused.status == 403 && refused.headers.first(name: "X-Auth-Denial") == "suspended-by-vendor")
         try await world.setActive(true)
-        #expect(try await Self.ask(browser).status == 403, "a SAS active:true does not lift a vendor suspension")
+        #expect(try await Self.ask(browser, server: world.server).status == 403, "a SAS active:true does not lift a vendor suspension")
         let restored = try await admin.send(.POST, "/api/accounts/\(accountID)/restore")
         #expect(restored.status == 200 && restored.body.contains(#""changed":true"#))
-        #expect(try await Self.ask(browser).status == 200)
+        #expect(try await Self.ask(browser, server: world.server).status == 200)
 
         // Revoking the sessions ends it: back to 401 (sign in again).
         #expect(try await admin.send(.POST, "/api/accounts/\(accountID)/revoke-sessions").body.contains(#""sessions":1"#))
-        #expect(try await Self.ask(browser).status == 401)
+        #expect(try await Self.ask(browser, server: world.server).status == 401)
 
         let actions = try await world.server.auditEvents().filter { $0.accountId == accountID }.map(\.action)
         for expected in ["habilitation-granted", "habilitation-withdrawn", "habilitation-restored", "sessions-revoked", "cgu-accepted",
@@ -153,7 +179,7 @@ struct ForwardAuthTests {
         try await WebSignInTests.choosePassword(browser, world: world)
         let (location, _) = try await WebSignInTests.signIn(browser)
         #expect(location == "/compte")
-        let answer = try await Self.ask(browser)
+        let answer = try await Self.ask(browser, server: world.server)
         #expect(answer.status == 403 && answer.headers.first(name: "X-Auth-Denial") == "direct-session")
         #expect(answer.headers.first(name: "X-Auth-Habilitations") == nil && answer.headers.first(name: "X-Auth-Session-Origin") == "direct")
         let page = try await browser.get("/acces-refuse")
@@ -177,7 +203,7 @@ struct ForwardAuthTests {
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-        let url = world.server.webURL + "/forward-auth"
+        let url = world.server.forwardAuthURL + "/forward-auth"
         let clock = ContinuousClock()
 
         let results = Answers()

@@ -67,14 +67,14 @@ final class NginxProxy: Sendable {
     static let template = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("docs/nginx/agenda-forward-auth.conf")
 
-    init(port: Int, pki: TestPKI, accountServerWebPort: Int, agendaPort: Int) async throws {
+    init(port: Int, pki: TestPKI, accountServerWebPort: Int, forwardAuthPort: Int, agendaPort: Int) async throws {
         self.port = port
         directory = pki.directory.appendingPathComponent("nginx-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("logs"), withIntermediateDirectories: true)
         var site = try String(contentsOf: Self.template, encoding: .utf8)
         let values = [
             "LISTEN": "127.0.0.1:\(port)", "SERVER_NAME": "localhost", "CERTIFICATE": pki.serverCertificatePath, "KEY": pki.serverKeyPath,
-            "ACCOUNT_SERVER_WEB": "127.0.0.1:\(accountServerWebPort)", "ACCOUNT_SERVER_NAME": "localhost", "ACCOUNT_SERVER_CA": pki.caPath,
+            "ACCOUNT_SERVER_WEB": "127.0.0.1:\(accountServerWebPort)", "ACCOUNT_SERVER_FORWARD_AUTH": "127.0.0.1:\(forwardAuthPort)", "ACCOUNT_SERVER_NAME": "localhost", "ACCOUNT_SERVER_CA": pki.caPath,
             "AGENDA_UPSTREAM": "127.0.0.1:\(agendaPort)",
         ]
         for (name, value) in values { site = site.replacingOccurrences(of: "${\(name)}", with: value) }
@@ -136,7 +136,8 @@ struct NginxForwardAuthTests {
             $0.trustedProxies = ["127.0.0.1"]
         }
         let agenda = try await AgendaUpstream.start()
-        let nginx = try await NginxProxy(port: nginxPort, pki: world.pki, accountServerWebPort: world.server.webPort, agendaPort: agenda.port)
+        let nginx = try await NginxProxy(port: nginxPort, pki: world.pki, accountServerWebPort: world.server.webPort,
+                                   forwardAuthPort: world.server.forwardAuthPort, agendaPort: agenda.port)
         let admin = AdminClient(server: world.server)
         let browser = try Browser(pki: world.pki, base: front)
         let regulatorPage = "/regulation/rdv/42?origin=sas&creneau=7"

@@ -21,7 +21,8 @@ struct ProcessTests {
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
                              "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
                              "--web-address", "127.0.0.1:0", "--secret-key-file", directory.appendingPathComponent("secret.key").path,
-                             "--admin-address", "127.0.0.1:0", "--admin-token-file", directory.appendingPathComponent("admin.token").path] + extraArguments
+                             "--admin-address", "127.0.0.1:0", "--admin-token-file", directory.appendingPathComponent("admin.token").path,
+                             "--forward-auth-address", "127.0.0.1:0"] + extraArguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -178,7 +179,7 @@ struct ProcessTests {
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.arguments = ["serve", "--log-format", "json", "--database", directory.appendingPathComponent("db.sqlite").path,
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
-                             "--web-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
+                             "--web-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--forward-auth-address", "127.0.0.1:0",
                              "--secret-key-file", directory.appendingPathComponent("secret.key").path,
                              "--admin-token-file", directory.appendingPathComponent("admin.token").path]
         let errors = Pipe()

@@ -107,6 +107,7 @@ final class RunningServer: Sendable {
     let port: Int
     let webPort: Int
     let adminPort: Int
+    let forwardAuthPort: Int
     let adminToken: String
     let metrics: ServerMetrics
     let databasePath: String
@@ -116,11 +117,12 @@ final class RunningServer: Sendable {
 
     var baseURL: String { "https://localhost:\(port)" }
 
-    private init(port: Int, webPort: Int, adminPort: Int, adminToken: String, metrics: ServerMetrics, databasePath: String, logs: CapturedLogs,
+    private init(port: Int, webPort: Int, adminPort: Int, forwardAuthPort: Int, adminToken: String, metrics: ServerMetrics, databasePath: String, logs: CapturedLogs,
                  group: ServiceGroup, task: Task<Void, any Error>) {
         self.port = port
         self.webPort = webPort
         self.adminPort = adminPort
+        self.forwardAuthPort = forwardAuthPort
         self.adminToken = adminToken
         self.metrics = metrics
         self.logs = logs
@@ -131,6 +133,7 @@ final class RunningServer: Sendable {
 
     var webURL: String { "https://localhost:\(webPort)" }
     var adminURL: String { "http://127.0.0.1:\(adminPort)" }
+    var forwardAuthURL: String { "http://127.0.0.1:\(forwardAuthPort)" }
 
     static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5), configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
         let databasePath = pki.directory.appendingPathComponent("db-\(UUID().uuidString).sqlite").path
@@ -146,6 +149,7 @@ final class RunningServer: Sendable {
         configuration.webPort = 0
         configuration.secretKeyPath = pki.directory.appendingPathComponent("secret-\(UUID().uuidString).key").path
         configuration.adminPort = 0
+        configuration.forwardAuthPort = 0
         configuration.adminTokenPath = pki.directory.appendingPathComponent("admin-\(UUID().uuidString).token").path
         configure(&configuration)
         let logs = CapturedLogs()
@@ -154,20 +158,24 @@ final class RunningServer: Sendable {
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let (webPorts, webContinuation) = AsyncStream.makeStream(of: Int.self)
         let (adminPorts, adminContinuation) = AsyncStream.makeStream(of: Int.self)
+        let (forwardPorts, forwardContinuation) = AsyncStream.makeStream(of: Int.self)
         let metrics = ServerMetrics()
         let app = try await buildApplication(configuration, logger: logger, onFHIRListening: { port in continuation.yield(port) },
                                              onWebListening: { port in webContinuation.yield(port) },
-                                             onAdminListening: { port in adminContinuation.yield(port) }, metrics: metrics)
+                                             onAdminListening: { port in adminContinuation.yield(port) },
+                                             onForwardAuthListening: { port in forwardContinuation.yield(port) }, metrics: metrics)
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], logger: logger))
         let task = Task { try await group.run() }
         var iterator = ports.makeAsyncIterator()
         var webIterator = webPorts.makeAsyncIterator()
         var adminIterator = adminPorts.makeAsyncIterator()
-        guard let port = await iterator.next(), let webPort = await webIterator.next(), let adminPort = await adminIterator.next() else {
+        var forwardIterator = forwardPorts.makeAsyncIterator()
+        guard let port = await iterator.next(), let webPort = await webIterator.next(), let adminPort = await adminIterator.next(),
+              let forwardAuthPort = await forwardIterator.next() else {
             throw ConfigurationError(description: "server did not start")
         }
         let token = try String(contentsOfFile: configuration.adminTokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        return RunningServer(port: port, webPort: webPort, adminPort: adminPort, adminToken: token, metrics: metrics, databasePath: databasePath,
+        return RunningServer(port: port, webPort: webPort, adminPort: adminPort, forwardAuthPort: forwardAuthPort, adminToken: token, metrics: metrics, databasePath: databasePath,
                              logs: logs, group: group, task: task)
     }
 

@@ -128,7 +128,7 @@ final class Browser: @unchecked Sendable {
     }
 
     func request(_ method: HTTPMethod, _ path: String, form: [String: String]? = nil, headers extra: [(String, String)] = []) async throws -> Page {
-        var request = HTTPClientRequest(url: path.hasPrefix("https://") ? path : base + path)
+        var request = HTTPClientRequest(url: path.hasPrefix("https://") || path.hasPrefix("http://") ? path : base + path)
         request.method = method
         if !cookies.isEmpty { request.headers.add(name: "Cookie", value: cookies.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
         for (name, value) in extra { request.headers.add(name: name, value: value) }

@@ -21,6 +21,7 @@ func buildApplication(
     onFHIRListening: @escaping @Sendable (Int) async -> Void = { _ in },
     onWebListening: @escaping @Sendable (Int) async -> Void = { _ in },
     onAdminListening: @escaping @Sendable (Int) async -> Void = { _ in },
+    onForwardAuthListening: @escaping @Sendable (Int) async -> Void = { _ in },
     metrics: ServerMetrics = ServerMetrics()
 ) async throws -> some ApplicationProtocol {
     // TLS material first: a server that cannot check its callers must not start.
@@ -77,7 +78,8 @@ func buildApplication(
     app.addServices(CRLReloadService(store: crlStore, pollInterval: configuration.crlPollInterval), PasswordHasherService(hasher: hasher))
     let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
     let web = try makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, certificateChain: certificateChain,
-                                  privateKey: privateKey, metrics: metrics, logger: logger, onWebListening: onWebListening)
+                                  privateKey: privateKey, metrics: metrics, logger: logger, onWebListening: onWebListening,
+                                  onForwardAuthListening: onForwardAuthListening)
     app.addServices(web.services)
 
     var presented = try certificateChain.prefix(1).map { (name: "fhir", certificate: try Certificate(derEncoded: $0.toDERBytes())) }
@@ -129,7 +131,8 @@ struct WebServices {
 func makeWebServices(
     _ configuration: ServerConfiguration, database: AccountDatabase, hasher: PasswordHasher, keyBytes: [UInt8],
     certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, metrics: ServerMetrics, logger: Logger,
-    onWebListening: @escaping @Sendable (Int) async -> Void
+    onWebListening: @escaping @Sendable (Int) async -> Void,
+    onForwardAuthListening: @escaping @Sendable (Int) async -> Void
 ) throws -> WebServices {
     let policy = PasswordPolicy()
     guard policy.isLoaded else {
@@ -173,7 +176,8 @@ func makeWebServices(
     router.add(middleware: WebErrorMiddleware())
     router.get("healthz") { _, _ in AdminController.json(.object(["status": .string("alive")])) }
     controller.addRoutes(to: router)
-    ForwardAuthController(habilitation: habilitation, configuration: webConfiguration, metrics: metrics).addRoutes(to: router)
+    let forwardAuth = ForwardAuthResponder(habilitation: habilitation, configuration: webConfiguration, metrics: metrics)
+    ForwardAuthController(responder: forwardAuth).addRoutes(to: router)
 
     var webChain = certificateChain
     var tls = TLSConfiguration.makeServerConfiguration(certificateChain: certificateChain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
@@ -201,7 +205,14 @@ func makeWebServices(
     }
     let mailer = MailerService(database: database, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)
-    return WebServices(services: [webApp, mailer], certificateChain: webChain, tls: tls, sessionConfiguration: sessionConfiguration)
+    guard configuration.forwardAuthTLS || isLoopback(configuration.forwardAuthHost) else {
+        throw ConfigurationError(description: "--forward-auth-address \(configuration.forwardAuthHost) is not a loopback address: add --forward-auth-tls (session cookies must not cross a network in clear)")
+    }
+    let forwardAuthListener = ForwardAuthListener(
+        host: configuration.forwardAuthHost, port: configuration.forwardAuthPort, databasePath: configuration.databasePath,
+        responder: forwardAuth, sslContext: configuration.forwardAuthTLS ? try NIOSSLContext(configuration: tls) : nil,
+        logger: logger, onListening: onForwardAuthListening)
+    return WebServices(services: [webApp, mailer, forwardAuthListener], certificateChain: webChain, tls: tls, sessionConfiguration: sessionConfiguration)
 }
 
 extension String {

@@ -47,6 +47,12 @@ struct ServerConfiguration: Sendable {
     /// Reverse proxies whose `X-Forwarded-For` is believed on the web listener (CIDRs).
     var trustedProxies: [String] = []
 
+    // Forward-auth listener (the vendor's proxy asks it before every agenda request).
+    var forwardAuthHost: String = "127.0.0.1"
+    var forwardAuthPort: Int = 8446
+    /// Serve it over TLS with the web certificate (required off loopback).
+    var forwardAuthTLS: Bool = false
+
     // Admin listener (health, readiness, metrics, admin API and page).
     var adminHost: String = "127.0.0.1"
     var adminPort: Int = 8445

@@ -111,6 +111,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Reverse proxy (address or CIDR) whose X-Forwarded-For is believed on the web listener; repeatable. Env: ACCOUNT_SERVER_TRUSTED_PROXY (comma-separated)")
     var trustedProxy: [String] = []
 
+    @Option(help: "Forward-auth listener for the vendor's proxy, HOST:PORT. Env: ACCOUNT_SERVER_FORWARD_AUTH_ADDRESS. Default: 127.0.0.1:8446")
+    var forwardAuthAddress: String?
+
+    @Flag(help: "Serve the forward-auth listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_FORWARD_AUTH_TLS=1")
+    var forwardAuthTls = false
+
     @Option(help: "Admin listener (health, readiness, metrics, admin API and page), HOST:PORT. Env: ACCOUNT_SERVER_ADMIN_ADDRESS. Default: 127.0.0.1:8445")
     var adminAddress: String?
 
@@ -141,6 +147,8 @@ struct ServeCommand: AsyncParsableCommand {
 
         let (host, port) = try Self.hostAndPort(Env.value(fhirAddress, "ACCOUNT_SERVER_FHIR_ADDRESS") ?? "127.0.0.1:8443", flag: "--fhir-address")
         let (webHost, webPort) = try Self.hostAndPort(Env.value(webAddress, "ACCOUNT_SERVER_WEB_ADDRESS") ?? "127.0.0.1:8444", flag: "--web-address")
+        let (forwardHost, forwardPort) = try Self.hostAndPort(Env.value(forwardAuthAddress, "ACCOUNT_SERVER_FORWARD_AUTH_ADDRESS") ?? "127.0.0.1:8446",
+                                                              flag: "--forward-auth-address")
         let (adminHost, adminPort) = try Self.hostAndPort(Env.value(adminAddress, "ACCOUNT_SERVER_ADMIN_ADDRESS") ?? "127.0.0.1:8445", flag: "--admin-address")
 
         var certificate = Env.value(tlsCertificate, "ACCOUNT_SERVER_TLS_CERTIFICATE")
@@ -210,6 +218,9 @@ struct ServeCommand: AsyncParsableCommand {
         web.rateLimitPerMinute = try Self.number(rateLimitPerMinute, "ACCOUNT_SERVER_RATE_LIMIT_PER_MINUTE") ?? 10
         web.totpIssuer = Env.value(totpIssuer, "ACCOUNT_SERVER_TOTP_ISSUER") ?? "Espace régulateur"
         web.trustedProxies = Env.list(trustedProxy, "ACCOUNT_SERVER_TRUSTED_PROXY")
+        web.forwardAuthHost = forwardHost
+        web.forwardAuthPort = forwardPort
+        web.forwardAuthTLS = forwardAuthTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_FORWARD_AUTH_TLS"]?.lowercased() ?? "")
         web.adminHost = adminHost
         web.adminPort = adminPort
         web.adminTLS = adminTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_ADMIN_TLS"]?.lowercased() ?? "")
@@ -237,6 +248,8 @@ struct ServeCommand: AsyncParsableCommand {
             listeningLogger.notice("web sign-in listening", metadata: ["address": "\(listeningWebHost):\(boundPort)"])
         }, onAdminListening: { boundPort in
             listeningLogger.notice("admin listener listening", metadata: ["address": "\(adminHost):\(boundPort)"])
+        }, onForwardAuthListening: { boundPort in
+            listeningLogger.notice("forward-auth listening", metadata: ["address": "\(forwardHost):\(boundPort)"])
         })
         try await app.runService()
     }

@@ -13,6 +13,8 @@ final class ServerMetrics: Sendable {
     private let forwardAuthLatency: DurationHistogram
     private let argon2QueueDepth: Gauge
     private let hasher: Mutex<PasswordHasher?> = Mutex(nil)
+    /// Forward-auth runs at thousands of requests per second: its counters are made once.
+    private let forwardAuthDecisions: [String: Counter]
 
     init() {
         forwardAuthLatency = registry.makeDurationHistogram(
@@ -20,6 +22,11 @@ final class ServerMetrics: Sendable {
             buckets: [.microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
                       .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(500)],
             help: "Time to answer a forward-auth request, from the request to the decision")
+        let registry = self.registry
+        forwardAuthDecisions = Dictionary(uniqueKeysWithValues: ["granted", "no-session", "denied"].map { decision in
+            (decision, registry.makeCounter(name: "account_server_forward_auth_decisions_total", labels: [("decision", decision)],
+                                            help: "Forward-auth answers by decision"))
+        })
         argon2QueueDepth = registry.makeGauge(name: "account_server_argon2_queue_depth",
                                               help: "argon2id hashes queued or running on the bounded thread pool")
     }
@@ -57,8 +64,7 @@ final class ServerMetrics: Sendable {
 
     /// A forward-auth answer (`granted`, `no-session`, `denied`) and how long it took.
     func forwardAuth(decision: String, duration: Duration) {
-        registry.makeCounter(name: "account_server_forward_auth_decisions_total", labels: [("decision", decision)],
-                             help: "Forward-auth answers by decision").increment()
+        forwardAuthDecisions[decision]?.increment()
         forwardAuthLatency.record(duration)
     }
 

@@ -1,3 +1,4 @@
+import Accounts
 import Foundation
 import Logging
 import SwiftASN1
@@ -24,7 +25,7 @@ struct ClientIdentity: Sendable, Equatable {
     }
 
     static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        bytes.map { String(format: "%02X", $0) }.joined()
+        SecretToken.hex(Array(bytes)).uppercased()
     }
 }
 

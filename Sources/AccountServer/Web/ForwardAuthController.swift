@@ -17,12 +17,7 @@ import NIOCore
 /// Each answer comes from one database read made for this request: nothing is cached, so a
 /// withdrawal committed before the request starts is always seen.
 struct ForwardAuthController: Sendable {
-    let habilitation: HabilitationService
-    let configuration: WebConfiguration
-    let metrics: ServerMetrics
-
-    /// The habilitation name the agenda receives.
-    static let regulatorHabilitation = "regulateur"
+    let responder: ForwardAuthResponder
 
     func addRoutes(to router: Router<WebRequestContext>) {
         // nginx's subrequest is a GET, Traefik forwards the original method: accept them all.
@@ -33,54 +28,80 @@ struct ForwardAuthController: Sendable {
 
     func answer(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        let check = try await habilitation.check(sessionToken: WebCookie.value(.session, in: request.headers))
-        var headers: HTTPFields = [.cacheControl: "no-store"]
-        let status: HTTPResponse.Status
+        let check = try await responder.habilitation.check(sessionToken: WebCookie.value(.session, in: request.headers))
+        let answer = responder.answer(check, header: { name in HTTPField.Name(name).flatMap { request.headers[$0] } },
+                                      authority: request.head.authority, withBody: request.method != .head, started: started)
+        var headers = HTTPFields()
+        for (name, value) in answer.headers { headers.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
+        return Response(status: HTTPResponse.Status(code: answer.status), headers: headers,
+                        body: answer.body.map { ResponseBody(byteBuffer: ByteBuffer(string: $0)) } ?? ResponseBody())
+    }
+}
+
+/// A forward-auth answer, independent of the HTTP stack that sends it.
+struct ForwardAuthAnswer: Sendable {
+    var status: Int
+    var headers: [(String, String)]
+    var body: String?
+}
+
+/// The forward-auth contract itself (docs/forward-auth.md), shared by the web listener's
+/// `/forward-auth` route and the dedicated forward-auth listener.
+struct ForwardAuthResponder: Sendable {
+    let habilitation: HabilitationService
+    let configuration: WebConfiguration
+    let metrics: ServerMetrics
+
+    /// The habilitation name the agenda receives.
+    static let regulatorHabilitation = "regulateur"
+
+    func answer(_ check: HabilitationCheck, header: (String) -> String?, authority: String?, withBody: Bool,
+                started: ContinuousClock.Instant) -> ForwardAuthAnswer {
+        var headers: [(String, String)] = [("Cache-Control", "no-store")]
+        let status: Int
         let decision: String
         switch check.decision {
         case .granted:
-            status = .ok
+            status = 200
             decision = "granted"
             if let account = check.account {
-                headers[.authAccountID] = account.accountID
-                if let national = account.nationalID { headers[.authNationalID] = national }
-                if let technical = account.sasTechnicalID { headers[.authSASTechnicalID] = technical }
+                headers.append(("X-Auth-Account-Id", account.accountID))
+                if let national = account.nationalID { headers.append(("X-Auth-National-Id", national)) }
+                if let technical = account.sasTechnicalID { headers.append(("X-Auth-SAS-Technical-Id", technical)) }
             }
-            headers[.authHabilitations] = Self.regulatorHabilitation
-            headers[.authSessionOrigin] = SessionOrigin.sas.rawValue
+            headers.append(("X-Auth-Habilitations", Self.regulatorHabilitation))
+            headers.append(("X-Auth-Session-Origin", SessionOrigin.sas.rawValue))
         case .denied(let reasons) where check.session == nil:
-            status = .unauthorized
+            status = 401
             decision = "no-session"
-            headers[.location] = signInURL(originalURL: originalURL(request))
-            headers[.authDenial] = reasons.map(\.rawValue).joined(separator: ",")
+            headers.append(("Location", signInURL(originalURL: originalURL(header: header, authority: authority))))
+            headers.append(("X-Auth-Denial", reasons.map(\.rawValue).joined(separator: ",")))
         case .denied(let reasons):
-            status = .forbidden
+            status = 403
             decision = "denied"
-            headers[.location] = configuration.publicURL + "/acces-refuse"
-            headers[.authDenial] = reasons.map(\.rawValue).joined(separator: ",")
-            if let account = check.account { headers[.authAccountID] = account.accountID }
-            headers[.authSessionOrigin] = check.session?.origin.rawValue
+            headers.append(("Location", configuration.publicURL + "/acces-refuse"))
+            headers.append(("X-Auth-Denial", reasons.map(\.rawValue).joined(separator: ",")))
+            if let account = check.account { headers.append(("X-Auth-Account-Id", account.accountID)) }
+            if let origin = check.session?.origin { headers.append(("X-Auth-Session-Origin", origin.rawValue)) }
         }
         metrics.forwardAuth(decision: decision, duration: ContinuousClock.now - started)
-        if status == .ok || request.method == .head {
-            return Response(status: status, headers: headers)
-        }
+        guard status != 200, withBody else { return ForwardAuthAnswer(status: status, headers: headers, body: nil) }
         // A body for proxies that pass the answer on to the browser (Traefik does).
-        headers[.contentType] = "text/html; charset=utf-8"
-        let page = status == .unauthorized
-            ? Pages.error("Connexion requise", "Connectez-vous pour accéder à cette page.", link: (headers[.location] ?? "/connexion", "Se connecter"))
-            : Pages.error("Accès refusé", "Vous n’avez pas l’habilitation régulateur pour cette session.", link: (configuration.publicURL + "/acces-refuse", "Pourquoi ?"))
-        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: page.description)))
+        headers.append(("Content-Type", "text/html; charset=utf-8"))
+        let location = headers.first { $0.0 == "Location" }?.1 ?? "/connexion"
+        let page = status == 401
+            ? Pages.error("Connexion requise", "Connectez-vous pour accéder à cette page.", link: (location, "Se connecter"))
+            : Pages.error("Accès refusé", "Vous n’avez pas l’habilitation régulateur pour cette session.", link: (location, "Pourquoi ?"))
+        return ForwardAuthAnswer(status: status, headers: headers, body: page.description)
     }
 
     /// The URL the browser asked the proxy for: `X-Original-URL` (absolute), or
     /// `X-Forwarded-Proto` + `X-Forwarded-Host` + `X-Original-URI`/`X-Forwarded-Uri`.
-    func originalURL(_ request: Request) -> String? {
-        let headers = request.headers
-        if let full = headers[.xOriginalURL], full.lowercased().hasPrefix("https://") { return full }
-        guard let path = headers[.xOriginalURI] ?? headers[.xForwardedURI], path.hasPrefix("/") else { return nil }
-        let scheme = headers[.xForwardedProto]?.lowercased() == "http" ? "http" : "https"
-        guard let host = headers[.xForwardedHost] ?? request.head.authority, !host.isEmpty else { return nil }
+    func originalURL(header: (String) -> String?, authority: String?) -> String? {
+        if let full = header("X-Original-URL"), full.lowercased().hasPrefix("https://") { return full }
+        guard let path = header("X-Original-URI") ?? header("X-Forwarded-Uri"), path.hasPrefix("/") else { return nil }
+        let scheme = header("X-Forwarded-Proto")?.lowercased() == "http" ? "http" : "https"
+        guard let host = header("X-Forwarded-Host") ?? authority, !host.isEmpty else { return nil }
         return "\(scheme)://\(host)\(path)"
     }
 
@@ -95,16 +116,3 @@ struct ForwardAuthController: Sendable {
     }
 }
 
-extension HTTPField.Name {
-    static let authAccountID = Self("X-Auth-Account-Id")!
-    static let authNationalID = Self("X-Auth-National-Id")!
-    static let authSASTechnicalID = Self("X-Auth-SAS-Technical-Id")!
-    static let authHabilitations = Self("X-Auth-Habilitations")!
-    static let authSessionOrigin = Self("X-Auth-Session-Origin")!
-    static let authDenial = Self("X-Auth-Denial")!
-    static let xOriginalURL = Self("X-Original-URL")!
-    static let xOriginalURI = Self("X-Original-URI")!
-    static let xForwardedURI = Self("X-Forwarded-Uri")!
-    static let xForwardedProto = Self("X-Forwarded-Proto")!
-    static let xForwardedHost = Self("X-Forwarded-Host")!
-}

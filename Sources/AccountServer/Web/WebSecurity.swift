@@ -20,16 +20,29 @@ enum WebCookie: String, CaseIterable {
 
     var clear: String { "\(rawValue)=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0" }
 
-    /// The cookie's value in a request's `Cookie` headers.
+    /// The cookie's value in a request's `Cookie` headers (the first one of that name).
+    /// Parsed on UTF-8 bytes: this runs on every forward-auth request.
     static func value(_ cookie: WebCookie, in fields: HTTPFields) -> String? {
+        let name = Array(cookie.rawValue.utf8)
         for header in fields[values: .cookie] {
-            for pair in header.split(separator: ";") {
-                let parts = pair.split(separator: "=", maxSplits: 1)
-                if parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == cookie.rawValue {
-                    let value = parts[1].trimmingCharacters(in: .whitespaces)
-                    return value.isEmpty ? nil : value
+            var result: String?
+            do {
+                let bytes = Array(header.utf8)
+                var index = 0
+                while index < bytes.count, result == nil {
+                    while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
+                    let start = index
+                    while index < bytes.count, bytes[index] != 0x3B { index += 1 }
+                    var end = index
+                    while end > start, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 { end -= 1 }
+                    index += 1
+                    guard end - start > name.count, bytes[start + name.count] == 0x3D,
+                          bytes[start..<(start + name.count)].elementsEqual(name) else { continue }
+                    let value = bytes[(start + name.count + 1)..<end]
+                    result = value.isEmpty ? "" : String(decoding: value, as: UTF8.self)
                 }
             }
+            if let result { return result.isEmpty ? nil : result }
         }
         return nil
     }

@@ -15,7 +15,19 @@ public enum SecretToken {
 
     /// The stored form: lower-case hex SHA-256 of the token's UTF-8 bytes.
     public static func hash(_ token: String) -> String {
-        SHA256.hash(data: Array(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        hex(Array(SHA256.hash(data: Array(token.utf8))))
+    }
+
+    /// Lower-case hex, without Foundation's `String(format:)` (which dominated the cost of a
+    /// forward-auth check: this runs on every request).
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8](repeating: 0, count: bytes.count * 2)
+        for (index, byte) in bytes.enumerated() {
+            out[2 * index] = digits[Int(byte >> 4)]
+            out[2 * index + 1] = digits[Int(byte & 0x0f)]
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Compares secrets in time independent of where they differ.

@@ -49,6 +49,19 @@ public final class AccountDatabase: Sendable {
         try await readGate.withPermit { try await pool.read(block) }
     }
 
+    /// A short indexed read run on the calling thread, for the per-request hot path
+    /// (forward-auth, live habilitation checks): the hop to GRDB's reader queue and back costs
+    /// more than such a query. Safe from the deadlock described in ``read(_:)``: the gate
+    /// admits at most as many reads as there are reader connections, so GRDB never waits for
+    /// a reader, and a reader is given back as soon as the synchronous call returns.
+    public func pointRead<T: Sendable>(_ block: @Sendable (Database) throws -> T) async throws -> T {
+        try await readGate.withPermit { try Self.readOnCallingThread(pool, block) }
+    }
+
+    private static func readOnCallingThread<T>(_ pool: DatabasePool, _ block: (Database) throws -> T) throws -> T {
+        try pool.read(block)
+    }
+
     /// A write transaction. Writes are serialised by SQLite anyway; the gate makes waiting
     /// writers suspend rather than hold a cooperative thread.
     public func write<T: Sendable>(_ block: @Sendable (Database) throws -> T) async throws -> T {
