@@ -3,8 +3,9 @@
 #   - nginx serving a static 200 over the same mTLS set-up (same CA, server certificate,
 #     client certificate, CRL; TLS 1.2/1.3), driven by the same load generator;
 #   - one in-process libargon2 argon2id hash at the server's parameters.
-#   - nginx serving a static 200 over TLS without client certificate (the web listener's
-#     set-up), the baseline of forward-auth.
+#   - nginx serving a static 200 over plain HTTP on loopback (the forward-auth listener's
+#     set-up) and over TLS without client certificate (the web listener's), the baselines of
+#     the two forward-auth endpoints.
 # Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--only fhir|web|forward-auth]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,8 @@ web_port=18545
 smtp_port=18546
 admin_port=18547
 nginx_tls_port=18548
+nginx_plain_port=18549
+forward_port=18550
 cleanup() {
     [[ -n "${app_pid:-}" ]] && kill "$app_pid" 2>/dev/null || true
     [[ -n "${smtp_pid:-}" ]] && kill "$smtp_pid" 2>/dev/null || true
@@ -45,7 +48,7 @@ smtp_pid=$!
 "$bin/account-server" serve --database "$work/db.sqlite" --fhir-address "127.0.0.1:$app_port" \
     --dev-pki "$work/pki" --log-level error --web-address "127.0.0.1:$web_port" --public-url "https://localhost:$web_port" \
     --secret-key-file "$work/secret.key" --smtp-url "smtp://127.0.0.1:$smtp_port" --rate-limit-per-minute 1000000 \
-    --admin-address "127.0.0.1:$admin_port" --admin-token-file "$work/admin.token" \
+    --admin-address "127.0.0.1:$admin_port" --admin-token-file "$work/admin.token" --forward-auth-address "127.0.0.1:$forward_port" \
     >"$work/server.out" 2>&1 &
 app_pid=$!
 for _ in $(seq 100); do
@@ -80,6 +83,10 @@ http {
         ssl_protocols TLSv1.2 TLSv1.3;
         location / { return 200 "ok\n"; }
     }
+    server {
+        listen 127.0.0.1:$nginx_plain_port;
+        location / { return 200 "ok\n"; }
+    }
 }
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon on;'
@@ -106,10 +113,14 @@ load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RES
         load --mode pages --url "https://localhost:$web_port" --maildir "$work/maildir" --email bench.pages@load.test --concurrency "$concurrency" --duration "$duration" --label pages_without_password
     fi
     if want forward-auth; then
-        [[ $(create_regulator bench.forward@load.test) == 201 ]] || { echo "could not create the forward-auth regulator" >&2; exit 1; }
+        [[ $(create_regulator bench.forward@load.test) == 201 && $(create_regulator bench.forward.web@load.test) == 201 ]] || { echo "could not create the forward-auth regulators" >&2; exit 1; }
+        load_tls --mode get --url "http://127.0.0.1:$nginx_plain_port/" --concurrency "$concurrency" --duration "$duration" --label nginx_static_200_http
+        load_tls --mode forward-auth --url "https://localhost:$web_port" --forward-auth-url "http://127.0.0.1:$forward_port" --maildir "$work/maildir" \
+            --email bench.forward@load.test --concurrency "$concurrency" --duration "$duration" \
+            --admin-url "http://127.0.0.1:$admin_port" --admin-token-file "$work/admin.token" --label forward_auth_listener
         load_tls --mode get --url "https://127.0.0.1:$nginx_tls_port/" --concurrency "$concurrency" --duration "$duration" --label nginx_static_200_tls
-        load_tls --mode forward-auth --url "https://localhost:$web_port" --maildir "$work/maildir" --email bench.forward@load.test \
-            --concurrency "$concurrency" --duration "$duration" --admin-url "http://127.0.0.1:$admin_port" --admin-token-file "$work/admin.token" --label forward_auth
+        load_tls --mode forward-auth --url "https://localhost:$web_port" --maildir "$work/maildir" --email bench.forward.web@load.test \
+            --concurrency "$concurrency" --duration "$duration" --label forward_auth_web_route
     fi
 } | tee "$results"
 
@@ -133,6 +144,7 @@ for line in open(sys.argv[1]):
     order.append(label)
 nginx = rows.get("nginx_static_200", {}).get("rps", float("nan"))
 nginx_tls = rows.get("nginx_static_200_tls", {}).get("rps", float("nan"))
+nginx_http = rows.get("nginx_static_200_http", {}).get("rps", float("nan"))
 argon = rows.get("argon2id_in_process", {}).get("p50", float("nan"))
 web_argon = rows.get("argon2id_in_process_web", {}).get("p50", argon)
 print()
@@ -157,8 +169,10 @@ for label in order:
         note = "same page and status for all three refusals; compare the p50s"
     elif label.startswith("argon2id_in_process"):
         note = "baseline, interleaved with the creates"
-    elif label == "forward_auth":
-        note = f"{r['rps']/nginx_tls:.1%} of nginx TLS (≥40%), p99 {r['p99']:.2f} ms (≤5)"
+    elif label == "forward_auth_listener":
+        note = f"{r['rps']/nginx_http:.1%} of nginx HTTP (≥40%), p99 {r['p99']:.2f} ms (≤5)"
+    elif label == "forward_auth_web_route":
+        note = f"{r['rps']/nginx_tls:.1%} of nginx TLS (for cross-host proxies; not the nginx path)"
     elif label.startswith("nginx_static_200"):
         note = "baseline"
     rps = "-" if r["rps"] != r["rps"] else f"{r['rps']:.0f}"

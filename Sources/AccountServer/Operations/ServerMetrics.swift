@@ -15,6 +15,7 @@ final class ServerMetrics: Sendable {
     private let hasher: Mutex<PasswordHasher?> = Mutex(nil)
     /// Forward-auth runs at thousands of requests per second: its counters are made once.
     private let forwardAuthDecisions: [String: Counter]
+    private let forwardAuthStatuses: [Int: Counter]
 
     init() {
         forwardAuthLatency = registry.makeDurationHistogram(
@@ -27,6 +28,10 @@ final class ServerMetrics: Sendable {
             (decision, registry.makeCounter(name: "account_server_forward_auth_decisions_total", labels: [("decision", decision)],
                                             help: "Forward-auth answers by decision"))
         })
+        forwardAuthStatuses = Dictionary(uniqueKeysWithValues: [200, 401, 403, 500].map { status in
+            (status, registry.makeCounter(name: "account_server_http_requests_total", labels: [("surface", "forward-auth"), ("status", String(status))],
+                                          help: "HTTP requests answered, by listener and status"))
+        })
         argon2QueueDepth = registry.makeGauge(name: "account_server_argon2_queue_depth",
                                               help: "argon2id hashes queued or running on the bounded thread pool")
     }
@@ -38,6 +43,11 @@ final class ServerMetrics: Sendable {
     func request(surface: String, status: Int) {
         registry.makeCounter(name: "account_server_http_requests_total", labels: [("surface", surface), ("status", String(status))],
                              help: "HTTP requests answered, by listener and status").increment()
+    }
+
+    /// A request answered by the forward-auth listener (its statuses are a closed set).
+    func forwardAuthRequest(status: Int) {
+        if let counter = forwardAuthStatuses[status] { counter.increment() } else { request(surface: "forward-auth", status: status) }
     }
 
     /// An INT_R02 interaction and its outcome (created, updated, unchanged, or the refusal status).

@@ -21,28 +21,29 @@ enum WebCookie: String, CaseIterable {
     var clear: String { "\(rawValue)=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0" }
 
     /// The cookie's value in a request's `Cookie` headers (the first one of that name).
-    /// Parsed on UTF-8 bytes: this runs on every forward-auth request.
     static func value(_ cookie: WebCookie, in fields: HTTPFields) -> String? {
-        let name = Array(cookie.rawValue.utf8)
         for header in fields[values: .cookie] {
-            var result: String?
-            do {
-                let bytes = Array(header.utf8)
-                var index = 0
-                while index < bytes.count, result == nil {
-                    while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
-                    let start = index
-                    while index < bytes.count, bytes[index] != 0x3B { index += 1 }
-                    var end = index
-                    while end > start, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 { end -= 1 }
-                    index += 1
-                    guard end - start > name.count, bytes[start + name.count] == 0x3D,
-                          bytes[start..<(start + name.count)].elementsEqual(name) else { continue }
-                    let value = bytes[(start + name.count + 1)..<end]
-                    result = value.isEmpty ? "" : String(decoding: value, as: UTF8.self)
-                }
-            }
-            if let result { return result.isEmpty ? nil : result }
+            if let found = value(cookie, inHeader: header) { return found.isEmpty ? nil : found }
+        }
+        return nil
+    }
+
+    /// The cookie's value in one `Cookie` header ("" when present but empty). Parsed on
+    /// UTF-8 bytes: this runs on every forward-auth request.
+    static func value(_ cookie: WebCookie, inHeader header: String) -> String? {
+        let name = Array(cookie.rawValue.utf8)
+        let bytes = Array(header.utf8)
+        var index = 0
+        while index < bytes.count {
+            while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
+            let start = index
+            while index < bytes.count, bytes[index] != 0x3B { index += 1 }
+            var end = index
+            while end > start, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 { end -= 1 }
+            index += 1
+            guard end - start > name.count, bytes[start + name.count] == 0x3D,
+                  bytes[start..<(start + name.count)].elementsEqual(name) else { continue }
+            return String(decoding: bytes[(start + name.count + 1)..<end], as: UTF8.self)
         }
         return nil
     }
