@@ -48,7 +48,7 @@ final class SMTPSink: Sendable {
                     return
                 }
             }
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
         }
         throw MailError(description: "could not start aiosmtpd (is python3-aiosmtpd installed?)")
     }
@@ -92,7 +92,11 @@ final class SMTPSink: Sendable {
         return nil
     }
 
-    func stop() { process.terminate() }
+    /// aiosmtpd does not exit on SIGTERM while its asyncio loop runs: SIGKILL, and reap it.
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
 }
 
 /// A browser-like HTTPS client: keeps cookies, does not follow redirects, reads forms.
