@@ -128,7 +128,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["Browser/cdp_sign_in.py"],
+            exclude: ["Browser"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -8,6 +8,48 @@ import Testing
 @Suite("Headless Chromium")
 struct HeadlessBrowserTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Browser/cdp_sign_in.py").path
+    static let adminScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Browser/cdp_admin.py").path
+
+    /// Runs a DevTools script; its exit status, the JSON object it printed, and its errors.
+    static func runScript(_ script: String, _ arguments: [String]) async throws -> (status: Int32, result: [String: Any], errors: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [script] + arguments
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let (data, errorData) = try await onDedicatedThread { () -> (Data, Data) in
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            let errorData = errors.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (data, errorData)
+        }
+        let result = (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+        return (process.terminationStatus, result, String(decoding: errorData, as: UTF8.self))
+    }
+
+    /// The vendor admin's page in a real browser: Basic sign-in with the token, search, one
+    /// click withdraws the habilitation (the form's CSRF token and same-origin checks pass as
+    /// a browser sends them), the page then shows the suspension and the restore button.
+    @Test func chromiumWithdrawsAHabilitationFromTheAdminPage() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email)).status == 201)
+        await fhir.shutdown()
+        let run = try await Self.runScript(Self.adminScript, [server.adminURL, server.adminToken, "marius"])
+        #expect(run.status == 0, "\(run.errors)")
+        let before = run.result["before"] as? [String: Any] ?? [:]
+        #expect(before["rows"] as? Int == 1 && before["withdraw_button"] as? Bool == true && before["lang"] as? String == "fr", "\(run.result)")
+        #expect((run.result["message"] as? String)?.contains("Habilitation retirée") == true, "\(run.result)")
+        #expect(run.result["suspended_shown"] as? Bool == true && run.result["restore_button"] as? Bool == true)
+        #expect(run.result["query_kept"] as? String == "marius")
+        let event = try #require(try await server.auditEvents().last { $0.action == "habilitation-withdrawn" })
+        #expect(event.actorSubject == "admin-page" && event.detail?.contains("Départ du service") == true)
+        await server.stop()
+    }
 
     @Test func chromiumSignsInFromTheSASRedirect() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "scripts/install-deps.sh installs chromium")

@@ -6,54 +6,15 @@ Starts at ENTRY_URL (the SAS redirect), signs in, enrols TOTP (secret read from 
 continues past the recovery codes, accepts the CGU, and prints one JSON object describing the
 final page's DOM. Exit code 0 when the script ran to the end, whatever it found.
 """
-import base64, hashlib, hmac, json, os, shutil, socket, struct, subprocess, sys, tempfile, time, urllib.request
+import base64, hashlib, hmac, json, os, struct, sys, time
 
-import websocket
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cdp import Chromium
 
 entry, email, password = sys.argv[1:4]
-profile = tempfile.mkdtemp(prefix="chromium-")
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-chromium = subprocess.Popen(
-    ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--ignore-certificate-errors",
-     "--no-first-run", f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
-    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+browser = Chromium()
+call, evaluate, wait_for = browser.call, browser.evaluate, browser.wait_for
 try:
-    deadline = time.time() + 30
-    target = None
-    while time.time() < deadline and target is None:
-        try:
-            pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=1))
-            target = next(p for p in pages if p.get("type") == "page")
-        except Exception:
-            time.sleep(0.2)
-    ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=30)
-    counter = [0]
-
-    def call(method, params=None):
-        counter[0] += 1
-        ws.send(json.dumps({"id": counter[0], "method": method, "params": params or {}}))
-        while True:
-            message = json.loads(ws.recv())
-            if message.get("id") == counter[0]:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    def evaluate(expression):
-        result = call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
-        return result.get("result", {}).get("value")
-
-    def wait_for(path, selector, timeout=20):
-        end = time.time() + timeout
-        while time.time() < end:
-            state = evaluate(f"[location.pathname, document.readyState, !!document.querySelector({json.dumps(selector)})]")
-            if state and state[0] == path and state[1] == "complete" and state[2]:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {path} {selector}: at {evaluate('location.href')}")
-
     def totp(secret_base32, step_offset=0):
         key = base64.b32decode(secret_base32.replace(" ", ""))
         counter_bytes = struct.pack(">Q", int(time.time()) // 30 + step_offset)
@@ -92,9 +53,4 @@ try:
         "session_cookie_visible_to_script": evaluate("document.cookie.includes('as-session')"),
     }))
 finally:
-    chromium.terminate()
-    try:
-        chromium.wait(timeout=10)
-    except Exception:
-        chromium.kill()
-    shutil.rmtree(profile, ignore_errors=True)
+    browser.close()
