@@ -42,7 +42,7 @@ public struct SessionListing: Sendable, Equatable {
 }
 
 /// Everything about one account an admin needs to answer a support call.
-public struct AccountDetail: Sendable, Equatable {
+public struct AccountDetail: Sendable {
     public var listing: AccountListing
     public var version: Int
     public var createdAt: Date
@@ -53,10 +53,6 @@ public struct AccountDetail: Sendable, Equatable {
     public var identifierHistory: [IdentifierAssignment]
     public var sessions: [SessionListing]
     public var audit: [AuditEvent]
-
-    public static func == (lhs: AccountDetail, rhs: AccountDetail) -> Bool {
-        lhs.listing == rhs.listing && lhs.version == rhs.version && lhs.audit == rhs.audit && lhs.sessions == rhs.sessions
-    }
 }
 
 /// Which accounts a search returns.
