@@ -16,6 +16,17 @@ final class ServerMetrics: Sendable {
     /// Forward-auth runs at thousands of requests per second: its counters are made once.
     private let forwardAuthDecisions: [String: Counter]
     private let forwardAuthStatuses: [Int: Counter]
+    /// Counters already made, by name and label values: the registry validates names and
+    /// help texts on every `makeCounter`, which showed in profiles of the INT_R02 path.
+    private let counters = Mutex<[String: Counter]>([:])
+
+    private func counter(_ name: String, _ labels: [(String, String)], help: String) -> Counter {
+        let key = name + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+        if let existing = counters.withLock({ $0[key] }) { return existing }
+        let made = registry.makeCounter(name: name, labels: labels, help: help)
+        counters.withLock { $0[key] = made }
+        return made
+    }
 
     init() {
         forwardAuthLatency = registry.makeDurationHistogram(
@@ -32,6 +43,8 @@ final class ServerMetrics: Sendable {
             (status, registry.makeCounter(name: "account_server_http_requests_total", labels: [("surface", "forward-auth"), ("status", String(status))],
                                           help: "HTTP requests answered, by listener and status"))
         })
+        // Exposed at 0 from the start, so an alert on its rate needs no special case.
+        _ = registry.makeCounter(name: "account_server_lockouts_total", help: "Accounts locked after repeated sign-in failures")
         argon2QueueDepth = registry.makeGauge(name: "account_server_argon2_queue_depth",
                                               help: "argon2id hashes queued or running on the bounded thread pool")
     }
@@ -41,8 +54,7 @@ final class ServerMetrics: Sendable {
 
     /// A request answered on one of the listeners.
     func request(surface: String, status: Int) {
-        registry.makeCounter(name: "account_server_http_requests_total", labels: [("surface", surface), ("status", String(status))],
-                             help: "HTTP requests answered, by listener and status").increment()
+        counter("account_server_http_requests_total", [("surface", surface), ("status", String(status))], help: "HTTP requests answered, by listener and status").increment()
     }
 
     /// A request answered by the forward-auth listener (its statuses are a closed set).
@@ -52,20 +64,17 @@ final class ServerMetrics: Sendable {
 
     /// An INT_R02 interaction and its outcome (created, updated, unchanged, or the refusal status).
     func intR02(interaction: String, outcome: String) {
-        registry.makeCounter(name: "account_server_int_r02_total", labels: [("interaction", interaction), ("outcome", outcome)],
-                             help: "INT_R02 calls by interaction and outcome").increment()
+        counter("account_server_int_r02_total", [("interaction", interaction), ("outcome", outcome)], help: "INT_R02 calls by interaction and outcome").increment()
     }
 
     /// The password step of a sign-in: `accepted` or the refusal reason.
     func signIn(result: String) {
-        registry.makeCounter(name: "account_server_sign_ins_total", labels: [("result", result)],
-                             help: "Sign-in password steps by result").increment()
+        counter("account_server_sign_ins_total", [("result", result)], help: "Sign-in password steps by result").increment()
     }
 
     /// A session opened at the end of a sign-in, by origin.
     func sessionOpened(origin: String) {
-        registry.makeCounter(name: "account_server_sessions_opened_total", labels: [("origin", origin)],
-                             help: "Sessions opened, by origin (sas or direct)").increment()
+        counter("account_server_sessions_opened_total", [("origin", origin)], help: "Sessions opened, by origin (sas or direct)").increment()
     }
 
     func lockout() {
@@ -79,8 +88,7 @@ final class ServerMetrics: Sendable {
     }
 
     func adminAction(_ action: String) {
-        registry.makeCounter(name: "account_server_admin_actions_total", labels: [("action", action)],
-                             help: "Vendor admin actions that changed something").increment()
+        counter("account_server_admin_actions_total", [("action", action)], help: "Vendor admin actions that changed something").increment()
     }
 
     /// The exposition text (Prometheus text format 0.0.4).
