@@ -76,23 +76,9 @@ struct HeadlessBrowserTests {
         await client.shutdown()
 
         let entry = "\(server.webURL)/connexion?origin=sas&retour=%2Fcompte%3Forigin%3Dsas"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [Self.script, entry, WebSignInTests.email, WebSignInTests.password]
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let (data, errorData) = try await onDedicatedThread { () -> (Data, Data) in
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            let errorData = errors.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (data, errorData)
-        }
-        let errorText = String(decoding: errorData, as: UTF8.self)
-        #expect(process.terminationStatus == 0, "\(errorText)")
-        let result = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+        let run = try await Self.runScript(Self.script, [entry, WebSignInTests.email, WebSignInTests.password])
+        #expect(run.status == 0, "\(run.errors)")
+        let result = run.result
         #expect(result["sas_banner"] as? Bool == true)
         #expect(result["qr_code"] as? Bool == true)
         #expect(result["recovery_codes"] as? Int == 10)

@@ -109,7 +109,6 @@ final class RunningServer: Sendable {
     let adminPort: Int
     let forwardAuthPort: Int
     let adminToken: String
-    let metrics: ServerMetrics
     let databasePath: String
     let logs: CapturedLogs
     private let group: ServiceGroup
@@ -117,14 +116,13 @@ final class RunningServer: Sendable {
 
     var baseURL: String { "https://localhost:\(port)" }
 
-    private init(port: Int, webPort: Int, adminPort: Int, forwardAuthPort: Int, adminToken: String, metrics: ServerMetrics, databasePath: String, logs: CapturedLogs,
+    private init(port: Int, webPort: Int, adminPort: Int, forwardAuthPort: Int, adminToken: String, databasePath: String, logs: CapturedLogs,
                  group: ServiceGroup, task: Task<Void, any Error>) {
         self.port = port
         self.webPort = webPort
         self.adminPort = adminPort
         self.forwardAuthPort = forwardAuthPort
         self.adminToken = adminToken
-        self.metrics = metrics
         self.logs = logs
         self.databasePath = databasePath
         self.group = group
@@ -159,11 +157,10 @@ final class RunningServer: Sendable {
         let (webPorts, webContinuation) = AsyncStream.makeStream(of: Int.self)
         let (adminPorts, adminContinuation) = AsyncStream.makeStream(of: Int.self)
         let (forwardPorts, forwardContinuation) = AsyncStream.makeStream(of: Int.self)
-        let metrics = ServerMetrics()
         let app = try await buildApplication(configuration, logger: logger, onFHIRListening: { port in continuation.yield(port) },
                                              onWebListening: { port in webContinuation.yield(port) },
                                              onAdminListening: { port in adminContinuation.yield(port) },
-                                             onForwardAuthListening: { port in forwardContinuation.yield(port) }, metrics: metrics)
+                                             onForwardAuthListening: { port in forwardContinuation.yield(port) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], logger: logger))
         let task = Task { try await group.run() }
         var iterator = ports.makeAsyncIterator()
@@ -175,7 +172,7 @@ final class RunningServer: Sendable {
             throw ConfigurationError(description: "server did not start")
         }
         let token = try String(contentsOfFile: configuration.adminTokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        return RunningServer(port: port, webPort: webPort, adminPort: adminPort, forwardAuthPort: forwardAuthPort, adminToken: token, metrics: metrics, databasePath: databasePath,
+        return RunningServer(port: port, webPort: webPort, adminPort: adminPort, forwardAuthPort: forwardAuthPort, adminToken: token, databasePath: databasePath,
                              logs: logs, group: group, task: task)
     }
 

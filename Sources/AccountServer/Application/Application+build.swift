@@ -21,9 +21,9 @@ func buildApplication(
     onFHIRListening: @escaping @Sendable (Int) async -> Void = { _ in },
     onWebListening: @escaping @Sendable (Int) async -> Void = { _ in },
     onAdminListening: @escaping @Sendable (Int) async -> Void = { _ in },
-    onForwardAuthListening: @escaping @Sendable (Int) async -> Void = { _ in },
-    metrics: ServerMetrics = ServerMetrics()
+    onForwardAuthListening: @escaping @Sendable (Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
+    let metrics = ServerMetrics()
     // TLS material first: a server that cannot check its callers must not start.
     let certificateChain = try NIOSSLCertificate.fromPEMFile(configuration.tlsCertificatePath)
     let privateKey = try NIOSSLPrivateKey(file: configuration.tlsKeyPath, format: .pem)

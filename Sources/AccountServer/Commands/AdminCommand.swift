@@ -93,6 +93,15 @@ struct AdminCommand: AsyncParsableCommand {
         }
     }
 
+    /// One action on one account: resolve it, act, print the result as JSON.
+    static func act(_ name: String, options: DatabaseOptions, account: String,
+                    _ operation: (VendorAdministration, String) async throws -> AdminActionResult?) async throws {
+        let administration = try options.administration()
+        let id = try await resolve(administration, account)
+        guard let result = try await operation(administration, id) else { throw AdminFailure(message: "no account \(id)") }
+        emit(AdminJSON.action(name, result))
+    }
+
     struct Suspend: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "suspend",
                                                         abstract: "Withdraw the regulator habilitation (every session, from its next request; a later SAS active:true does not lift it).")
@@ -101,10 +110,9 @@ struct AdminCommand: AsyncParsableCommand {
         @Option(help: "Why (kept with the suspension and in the audit trail).") var reason: String?
 
         func run() async throws {
-            let administration = try options.administration()
-            let id = try await AdminCommand.resolve(administration, account)
-            guard let result = try await administration.suspend(accountID: id, reason: reason, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
-            AdminCommand.emit(AdminJSON.action("suspend", result))
+            try await AdminCommand.act("suspend", options: options, account: account) {
+                try await $0.suspend(accountID: $1, reason: reason, actor: AdminCommand.actor)
+            }
         }
     }
 
@@ -114,10 +122,7 @@ struct AdminCommand: AsyncParsableCommand {
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
 
         func run() async throws {
-            let administration = try options.administration()
-            let id = try await AdminCommand.resolve(administration, account)
-            guard let result = try await administration.restore(accountID: id, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
-            AdminCommand.emit(AdminJSON.action("restore", result))
+            try await AdminCommand.act("restore", options: options, account: account) { try await $0.restore(accountID: $1, actor: AdminCommand.actor) }
         }
     }
 
@@ -127,10 +132,9 @@ struct AdminCommand: AsyncParsableCommand {
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
 
         func run() async throws {
-            let administration = try options.administration()
-            let id = try await AdminCommand.resolve(administration, account)
-            guard let result = try await administration.revokeSessions(accountID: id, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
-            AdminCommand.emit(AdminJSON.action("revoke-sessions", result))
+            try await AdminCommand.act("revoke-sessions", options: options, account: account) {
+                try await $0.revokeSessions(accountID: $1, actor: AdminCommand.actor)
+            }
         }
     }
 
@@ -140,10 +144,7 @@ struct AdminCommand: AsyncParsableCommand {
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
 
         func run() async throws {
-            let administration = try options.administration()
-            let id = try await AdminCommand.resolve(administration, account)
-            guard let result = try await administration.unlock(accountID: id, actor: AdminCommand.actor) else { throw AdminFailure(message: "no account \(id)") }
-            AdminCommand.emit(AdminJSON.action("unlock", result))
+            try await AdminCommand.act("unlock", options: options, account: account) { try await $0.unlock(accountID: $1, actor: AdminCommand.actor) }
         }
     }
 

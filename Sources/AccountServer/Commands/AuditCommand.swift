@@ -1,8 +1,10 @@
 import Accounts
 import ArgumentParser
 import Foundation
+import Habilitation
 
-/// `account-server audit`: prints the audit trail as JSON lines, oldest first.
+/// `account-server audit`: prints the audit trail as JSON lines, oldest first (the same as
+/// `account-server admin audit`, kept for scripts; takes an account id only).
 struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "audit", abstract: "Print the audit trail as JSON lines.")
 
@@ -23,14 +25,9 @@ struct AuditCommand: AsyncParsableCommand {
         guard FileManager.default.fileExists(atPath: path) else {
             throw ValidationError("no database at \(path)")
         }
-        let store = try AccountDatabase(path: path)
-        let events = try await store.read { db in
-            try AuditLog().events(accountID: account, afterSeq: after, limit: limit, in: db)
-        }
-        let writer = JSONWriter()
-        var output = FileHandle.standardOutput
-        for event in events {
-            print(writer.string(event.jsonValue), to: &output)
+        let administration = VendorAdministration(database: try AccountDatabase(path: path))
+        for event in try await administration.auditEvents(accountID: account, afterSeq: after, limit: limit) {
+            AdminCommand.emit(event.jsonValue)
         }
     }
 }
