@@ -7,7 +7,7 @@ import NIOCore
 import NIOSSL
 import ServiceLifecycle
 import Habilitation
-import HummingbirdTLS
+import HTTPTypes
 import X509
 
 /// Builds the whole server from a configuration; `serve` and the integration tests both
@@ -25,19 +25,11 @@ func buildApplication(
 ) async throws -> some ApplicationProtocol {
     let metrics = ServerMetrics()
     // TLS material first: a server that cannot check its callers must not start.
-    let certificateChain = try NIOSSLCertificate.fromPEMFile(configuration.tlsCertificatePath)
-    let privateKey = try NIOSSLPrivateKey(file: configuration.tlsKeyPath, format: .pem)
-    guard !configuration.clientCAPaths.isEmpty else {
-        throw ConfigurationError(description: "at least one --client-ca is required: client certificates are verified against it")
-    }
-    var clientCAs: [NIOSSLCertificate] = []
-    var trustRoots: [Certificate] = []
-    for path in configuration.clientCAPaths {
-        let certificates = try NIOSSLCertificate.fromPEMFile(path)
-        guard !certificates.isEmpty else { throw ConfigurationError(description: "\(path): no certificate found") }
-        clientCAs += certificates
-        trustRoots += try certificates.map { try Certificate(derEncoded: $0.toDERBytes()) }
-    }
+    let material = try TLSMaterial(paths: .init(certificate: configuration.tlsCertificatePath, key: configuration.tlsKeyPath,
+                                                clientCAs: configuration.clientCAPaths,
+                                                webCertificate: configuration.webTLSCertificatePath, webKey: configuration.webTLSKeyPath),
+                                   logger: logger)
+    let trustRoots = material.current.clientTrustRoots
     guard !configuration.allowedClientCommonNames.isEmpty else {
         throw ConfigurationError(description: "at least one --allowed-client-cn is required: every organisation holding a certificate from the client CA could otherwise call INT_R02")
     }
@@ -48,25 +40,42 @@ func buildApplication(
         allowedOrganizationalUnits: Set(configuration.allowedClientOrganizationalUnits),
         crlStore: crlStore, logger: logger
     )
-    let tlsConfiguration = MutualTLSConfiguration.make(certificateChain: certificateChain, privateKey: privateKey, clientCAs: clientCAs)
-    let sslContext = try NIOSSLContext(configuration: tlsConfiguration)
+    let callerMode = try callerAuthenticationMode(configuration)
 
     let database = try AccountDatabase(path: configuration.databasePath)
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
     let provisioner = Provisioner(database: database, hasher: hasher, logger: logger)
     metrics.observe(hasher: hasher)
 
+    let upstream = try configuration.fhirUpstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }
     let router = Router(context: FHIRRequestContext.self)
     router.add(middleware: RequestAccountingMiddleware<FHIRLimits>(surface: "fhir", metrics: metrics))
     router.add(middleware: FHIRErrorMiddleware())
-    PractitionerController(provisioner: provisioner, database: database, publicBaseURL: configuration.publicBaseURL, metrics: metrics)
+    router.add(middleware: CallerAuthenticationMiddleware(mode: callerMode, verifier: verifier))
+    if let upstream {
+        router.add(middleware: UpstreamRoutingMiddleware(upstream: upstream, database: database))
+    }
+    PractitionerController(provisioner: provisioner, database: database, publicBaseURL: configuration.publicBaseURL, metrics: metrics,
+                           upstream: upstream)
         .addRoutes(to: router)
 
-    let server = HTTPServerBuilder { responder in
-        MutualTLSChannel(
-            base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: .seconds(120))),
-            sslContext: sslContext, verifier: verifier, logger: logger
-        )
+    let idle = HTTP1Channel.Configuration(idleTimeout: .seconds(120))
+    let server: HTTPServerBuilder
+    switch callerMode {
+    case .mutualTLS:
+        server = HTTPServerBuilder { responder in
+            MutualTLSChannel(base: HTTP1Channel(responder: responder, configuration: idle),
+                             sslContext: { material.current.fhirMutual }, verifier: verifier, logger: logger)
+        }
+    case .forwardedCertificate where configuration.fhirProxyTLS:
+        server = HTTPServerBuilder { responder in
+            ReloadableTLSChannel(base: HTTP1Channel(responder: responder, configuration: idle), context: { material.current.fhirServerOnly })
+        }
+    case .forwardedCertificate:
+        guard isLoopback(configuration.fhirHost) else {
+            throw ConfigurationError(description: "--fhir-address \(configuration.fhirHost) is not a loopback address: add --fhir-proxy-tls so the proxy reaches this listener over TLS")
+        }
+        server = .http1(configuration: idle)
     }
     var app = Application(
         router: router,
@@ -75,16 +84,17 @@ func buildApplication(
         onServerRunning: { channel in await onFHIRListening(channel.localAddress?.port ?? 0) },
         logger: logger
     )
-    app.addServices(CRLReloadService(store: crlStore, pollInterval: configuration.crlPollInterval), PasswordHasherService(hasher: hasher))
+    app.addServices(ReloadService(material: material, verifier: verifier, crlStore: crlStore, pollInterval: configuration.crlPollInterval,
+                                  metrics: metrics, logger: logger),
+                    PasswordHasherService(hasher: hasher))
+    if let upstream { app.addServices(UpstreamClientService(upstream: upstream)) }
     let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
-    let web = try makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, certificateChain: certificateChain,
-                                  privateKey: privateKey, metrics: metrics, logger: logger, onWebListening: onWebListening,
+    let web = try makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, material: material,
+                                  metrics: metrics, logger: logger, onWebListening: onWebListening,
                                   onForwardAuthListening: onForwardAuthListening)
     app.addServices(web.services)
 
-    var presented = try certificateChain.prefix(1).map { (name: "fhir", certificate: try Certificate(derEncoded: $0.toDERBytes())) }
-    presented += try web.certificateChain.prefix(1).map { (name: "web", certificate: try Certificate(derEncoded: $0.toDERBytes())) }
-    let readiness = ReadinessProbe(database: database, crlStore: crlStore, serverCertificates: presented)
+    let readiness = ReadinessProbe(database: database, crlStore: crlStore, serverCertificates: { material.current.presented })
     let (adminToken, created) = try AdminToken.load(path: configuration.adminTokenPath)
     if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.adminTokenPath)"]) }
     let adminRouter = Router(context: AdminRequestContext.self)
@@ -97,7 +107,9 @@ func buildApplication(
         .addRoutes(to: adminRouter)
     let adminServer: HTTPServerBuilder
     if configuration.adminTLS {
-        adminServer = try .tls(.http1(), tlsConfiguration: web.tls)
+        adminServer = HTTPServerBuilder { responder in
+            ReloadableTLSChannel(base: HTTP1Channel(responder: responder), context: { material.current.web })
+        }
     } else {
         guard isLoopback(configuration.adminHost) else {
             throw ConfigurationError(description: "--admin-address \(configuration.adminHost) is not a loopback address: add --admin-tls (the admin token must not cross a network in clear)")
@@ -113,6 +125,28 @@ func buildApplication(
     return app
 }
 
+/// Mutual TLS here, or a certificate forwarded by a trusted TLS-terminating proxy.
+func callerAuthenticationMode(_ configuration: ServerConfiguration) throws -> CallerAuthenticationMode {
+    guard let headerName = configuration.fhirClientCertificateHeader else {
+        guard configuration.fhirTrustedProxies.isEmpty else {
+            throw ConfigurationError(description: "--fhir-trusted-proxy needs --fhir-client-certificate-header (the header the proxy puts the verified client certificate in)")
+        }
+        return .mutualTLS
+    }
+    guard let header = HTTPField.Name(headerName) else {
+        throw ConfigurationError(description: "--fhir-client-certificate-header \(headerName) is not a valid header name")
+    }
+    guard !configuration.fhirTrustedProxies.isEmpty else {
+        throw ConfigurationError(description: "--fhir-client-certificate-header needs at least one --fhir-trusted-proxy: a certificate header is only believed from the proxy that verified it")
+    }
+    var proxies: [CIDR] = []
+    for text in configuration.fhirTrustedProxies {
+        guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--fhir-trusted-proxy \(text) is not an address or CIDR") }
+        proxies.append(cidr)
+    }
+    return .forwardedCertificate(header: header, trustedProxies: proxies)
+}
+
 /// Whether a listener address only accepts connections from this machine.
 func isLoopback(_ host: String) -> Bool {
     host == "localhost" || CIDR("127.0.0.0/8")!.contains(host) || CIDR("::1/128")!.contains(host)
@@ -121,8 +155,6 @@ func isLoopback(_ host: String) -> Bool {
 /// What the web listener hands back to the application builder.
 struct WebServices {
     var services: [any Service]
-    var certificateChain: [NIOSSLCertificate]
-    var tls: TLSConfiguration
     var sessionConfiguration: SessionConfiguration
 }
 
@@ -130,7 +162,7 @@ struct WebServices {
 /// as services of the main application so they start and stop with it.
 func makeWebServices(
     _ configuration: ServerConfiguration, database: AccountDatabase, hasher: PasswordHasher, keyBytes: [UInt8],
-    certificateChain: [NIOSSLCertificate], privateKey: NIOSSLPrivateKey, metrics: ServerMetrics, logger: Logger,
+    material: TLSMaterial, metrics: ServerMetrics, logger: Logger,
     onWebListening: @escaping @Sendable (Int) async -> Void,
     onForwardAuthListening: @escaping @Sendable (Int) async -> Void
 ) throws -> WebServices {
@@ -179,18 +211,11 @@ func makeWebServices(
     let forwardAuth = ForwardAuthResponder(habilitation: habilitation, configuration: webConfiguration, metrics: metrics)
     ForwardAuthController(responder: forwardAuth).addRoutes(to: router)
 
-    var webChain = certificateChain
-    var tls = TLSConfiguration.makeServerConfiguration(certificateChain: certificateChain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
-    if let certificate = configuration.webTLSCertificatePath, let key = configuration.webTLSKeyPath {
-        webChain = try NIOSSLCertificate.fromPEMFile(certificate)
-        tls = TLSConfiguration.makeServerConfiguration(certificateChain: webChain.map { .certificate($0) },
-                                                       privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
-    }
-    tls.minimumTLSVersion = .tlsv12
-    tls.applicationProtocols = ["http/1.1"]
     let webApp = Application(
         router: router,
-        server: try .tls(.http1(), tlsConfiguration: tls),
+        server: HTTPServerBuilder { responder in
+            ReloadableTLSChannel(base: HTTP1Channel(responder: responder), context: { material.current.web })
+        },
         configuration: .init(address: .hostname(configuration.webHost, port: configuration.webPort), serverName: nil),
         onServerRunning: { channel in await onWebListening(channel.localAddress?.port ?? 0) },
         logger: logger
@@ -208,11 +233,13 @@ func makeWebServices(
     guard configuration.forwardAuthTLS || isLoopback(configuration.forwardAuthHost) else {
         throw ConfigurationError(description: "--forward-auth-address \(configuration.forwardAuthHost) is not a loopback address: add --forward-auth-tls (session cookies must not cross a network in clear)")
     }
+    let webContext: @Sendable () -> NIOSSLContext = { material.current.web }
+    let forwardAuthContext = configuration.forwardAuthTLS ? webContext : nil
     let forwardAuthListener = ForwardAuthListener(
         host: configuration.forwardAuthHost, port: configuration.forwardAuthPort, databasePath: configuration.databasePath,
-        responder: forwardAuth, sslContext: configuration.forwardAuthTLS ? try NIOSSLContext(configuration: tls) : nil,
+        responder: forwardAuth, sslContext: forwardAuthContext,
         logger: logger, onListening: onForwardAuthListening)
-    return WebServices(services: [webApp, mailer, forwardAuthListener], certificateChain: webChain, tls: tls, sessionConfiguration: sessionConfiguration)
+    return WebServices(services: [webApp, mailer, forwardAuthListener], sessionConfiguration: sessionConfiguration)
 }
 
 extension String {

@@ -21,6 +21,20 @@ struct ServerConfiguration: Sendable {
     var crlPollInterval: Duration = .seconds(5)
     var logLevel: Logger.Level = .info
 
+    // Topology 1: behind the vendor's TLS-terminating proxy (docs/deployment.md).
+    /// The header in which the proxy forwards the verified client certificate (e.g.
+    /// `X-SSL-Client-Cert` set from nginx's `$ssl_client_escaped_cert`); nil: this product
+    /// terminates mutual TLS itself.
+    var fhirClientCertificateHeader: String?
+    /// The proxies (CIDRs) allowed to reach the FHIR listener and forward certificates.
+    var fhirTrustedProxies: [String] = []
+    /// Serve the FHIR listener over TLS (server certificate only) to the proxy.
+    var fhirProxyTLS: Bool = false
+
+    // Topology 2: in front of the vendor's INT_R01 slot search.
+    /// Where non-INT_R02 FHIR requests are relayed, and whose `/metadata` is merged.
+    var fhirUpstream: UpstreamConfiguration?
+
     // Web surface (regulators' browsers).
     var webHost: String = "127.0.0.1"
     var webPort: Int = 8444

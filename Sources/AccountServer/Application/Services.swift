@@ -3,32 +3,48 @@ import Logging
 import ServiceLifecycle
 import UnixSignals
 
-/// Reloads the client CRLs on SIGHUP and whenever a file changes (polled), so that a
-/// revocation published by the PKI applies without a restart.
-struct CRLReloadService: Service {
-    let store: CRLStore
+/// SIGHUP re-reads the server certificates and keys, the client CA bundle and the CRLs, in
+/// that order, without closing a listener; CRL files are also polled for changes. Each
+/// reload that fails keeps what was in force (and is counted in `/metrics`).
+struct ReloadService: Service {
+    let material: TLSMaterial
+    let verifier: ClientCertificateVerifier
+    let crlStore: CRLStore
     let pollInterval: Duration
+    let metrics: ServerMetrics
+    let logger: Logger
 
     func run() async throws {
-        guard !store.paths.isEmpty else {
-            try? await gracefulShutdown()
-            return
-        }
         let signals = await UnixSignalsSequence(trapping: .sighup)
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for await _ in signals { store.reload(reason: "SIGHUP") }
+                    for await _ in signals { reloadAll() }
                 }
-                group.addTask {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: pollInterval)
-                        if Task.isCancelled { break }
-                        store.reloadIfChanged()
+                if !crlStore.paths.isEmpty {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: pollInterval)
+                            if Task.isCancelled { break }
+                            crlStore.reloadIfChanged()
+                        }
                     }
                 }
                 await group.waitForAll()
             }
+        }
+    }
+
+    func reloadAll() {
+        if let generation = material.reload(reason: "SIGHUP") {
+            metrics.reload("tls", ok: true)
+            verifier.replaceTrustRoots(generation.clientTrustRoots)
+            crlStore.replaceIssuers(generation.clientTrustRoots)
+        } else {
+            metrics.reload("tls", ok: false)
+        }
+        if !crlStore.paths.isEmpty {
+            metrics.reload("crl", ok: crlStore.reload(reason: "SIGHUP"))
         }
     }
 }

@@ -129,6 +129,27 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "text or json (one JSON object per line on standard error). Env: ACCOUNT_SERVER_LOG_FORMAT. Default: text")
     var logFormat: String?
 
+    @Option(help: "Behind a TLS-terminating proxy: the header carrying the client certificate it verified (nginx $ssl_client_escaped_cert, HAProxy ssl_c_der base64), verified again here. Env: ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
+    var fhirClientCertificateHeader: String?
+
+    @Option(help: "Address or CIDR of the TLS-terminating proxy allowed to reach the FHIR listener; repeatable, required with --fhir-client-certificate-header. Env: ACCOUNT_SERVER_FHIR_TRUSTED_PROXY (comma-separated)")
+    var fhirTrustedProxy: [String] = []
+
+    @Flag(help: "Behind a proxy: serve the FHIR listener over TLS (server certificate only; required off loopback). Env: ACCOUNT_SERVER_FHIR_PROXY_TLS=1")
+    var fhirProxyTls = false
+
+    @Option(help: "The vendor's INT_R01 slot search, http(s)://host[:port][/base]: every FHIR request that is not INT_R02 is relayed there and /metadata merges its CapabilityStatement. Env: ACCOUNT_SERVER_FHIR_UPSTREAM")
+    var fhirUpstream: String?
+
+    @Option(help: "CA bundle (PEM) for an https upstream. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_CA. Default: the system trust store")
+    var fhirUpstreamCa: String?
+
+    @Option(help: "Seconds to connect to the upstream. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_CONNECT_TIMEOUT. Default: 5")
+    var fhirUpstreamConnectTimeout: Double?
+
+    @Option(help: "Seconds to wait for the upstream's response head, and between two body reads. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_TIMEOUT. Default: 30")
+    var fhirUpstreamTimeout: Double?
+
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
     var totpIssuer: String?
 
@@ -225,6 +246,22 @@ struct ServeCommand: AsyncParsableCommand {
         web.adminPort = adminPort
         web.adminTLS = adminTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_ADMIN_TLS"]?.lowercased() ?? "")
         web.adminTokenPath = Env.value(adminTokenFile, "ACCOUNT_SERVER_ADMIN_TOKEN_FILE") ?? "./data/admin.token"
+        web.fhirClientCertificateHeader = Env.value(fhirClientCertificateHeader, "ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
+        web.fhirTrustedProxies = Env.list(fhirTrustedProxy, "ACCOUNT_SERVER_FHIR_TRUSTED_PROXY")
+        web.fhirProxyTLS = fhirProxyTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_FHIR_PROXY_TLS"]?.lowercased() ?? "")
+        if let url = Env.value(fhirUpstream, "ACCOUNT_SERVER_FHIR_UPSTREAM") {
+            var upstream = UpstreamConfiguration(url: url)
+            upstream.caPath = Env.value(fhirUpstreamCa, "ACCOUNT_SERVER_FHIR_UPSTREAM_CA")
+            if let seconds = try Self.number(fhirUpstreamConnectTimeout, "ACCOUNT_SERVER_FHIR_UPSTREAM_CONNECT_TIMEOUT") {
+                guard seconds > 0 else { throw ValidationError("--fhir-upstream-connect-timeout must be positive") }
+                upstream.connectTimeout = .milliseconds(Int64(seconds * 1000))
+            }
+            if let seconds = try Self.number(fhirUpstreamTimeout, "ACCOUNT_SERVER_FHIR_UPSTREAM_TIMEOUT") {
+                guard seconds > 0 else { throw ValidationError("--fhir-upstream-timeout must be positive") }
+                upstream.responseTimeout = .milliseconds(Int64(seconds * 1000))
+            }
+            web.fhirUpstream = upstream
+        }
         guard web.lockout.maximumFailures >= 1, web.rateLimitPerMinute >= 1, web.sessionIdleTimeout > 0, web.sessionAbsoluteTimeout > 0 else {
             throw ValidationError("lockout, rate limit and session settings must be positive")
         }
@@ -240,8 +277,12 @@ struct ServeCommand: AsyncParsableCommand {
         let listeningWebHost = webHost
         let app = try await buildApplication(configuration, logger: logger, onFHIRListening: { boundPort in
             let logger = listeningLogger, host = listeningHost, developmentPKI = pkiForCurl
-            logger.notice("FHIR mTLS endpoint listening", metadata: ["address": "\(host):\(boundPort)"])
-            if let developmentPKI {
+            logger.notice("FHIR endpoint listening", metadata: [
+                "address": "\(host):\(boundPort)",
+                "client_certificates": "\(configuration.fhirClientCertificateHeader.map { "forwarded in \($0) by \(configuration.fhirTrustedProxies.joined(separator: ","))" } ?? "mutual TLS")",
+                "upstream": "\(configuration.fhirUpstream?.url ?? "none")",
+            ])
+            if let developmentPKI, configuration.fhirClientCertificateHeader == nil {
                 FileHandle.standardOutput.write(Data(Self.curlExample(pki: developmentPKI, port: boundPort).utf8))
             }
         }, onWebListening: { boundPort in

@@ -16,6 +16,9 @@ struct ListenerRequestContext<Limits: ListenerLimits>: RequestContext {
     /// The browser's address as a trusted reverse proxy reports it (`X-Forwarded-For`), set by
     /// ``ClientAddressMiddleware`` only when the peer is one of `--trusted-proxy`.
     var forwardedClientAddress: String?
+    /// The FHIR caller, verified from the mTLS handshake or from the certificate a trusted
+    /// proxy forwarded; set by ``CallerAuthenticationMiddleware`` before any handler runs.
+    var caller: ClientIdentity?
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
@@ -54,8 +57,8 @@ typealias FHIRRequestContext = ListenerRequestContext<FHIRLimits>
 typealias WebRequestContext = ListenerRequestContext<WebLimits>
 
 extension ListenerRequestContext where Limits == FHIRLimits {
-    /// The caller verified during the TLS handshake.
-    func clientIdentity() async -> ClientIdentity? {
+    /// The caller verified during this connection's TLS handshake.
+    func handshakeIdentity() async -> ClientIdentity? {
         try? await channel.pipeline.handler(type: ClientIdentityHandler.self).get().identity
     }
 }

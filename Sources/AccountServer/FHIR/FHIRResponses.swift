@@ -27,6 +27,9 @@ enum FHIRResponses {
         case .notAcceptable: return .notAcceptable
         case .payloadTooLarge: return .contentTooLarge
         case .internalError: return .internalServerError
+        case .forbidden: return .forbidden
+        case .badGateway: return .badGateway
+        case .gatewayTimeout: return .gatewayTimeout
         }
     }
 

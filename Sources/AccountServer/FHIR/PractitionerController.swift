@@ -17,11 +17,16 @@ struct PractitionerController: Sendable {
     let publicBaseURL: String?
     let startedAt: Date
     let metrics: ServerMetrics
+    /// The INT_R01 slot search this product stands in front of, whose capabilities
+    /// `/metadata` merges with ours.
+    let upstream: SlotSearchUpstream?
     private let validator = PractitionerValidator()
     private let queries = AccountQueries()
 
-    init(provisioner: Provisioner, database: AccountDatabase, publicBaseURL: String?, metrics: ServerMetrics, startedAt: Date = Date()) {
+    init(provisioner: Provisioner, database: AccountDatabase, publicBaseURL: String?, metrics: ServerMetrics,
+         upstream: SlotSearchUpstream? = nil, startedAt: Date = Date()) {
         self.provisioner = provisioner
+        self.upstream = upstream
         self.metrics = metrics
         self.database = database
         self.publicBaseURL = publicBaseURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
@@ -84,15 +89,18 @@ struct PractitionerController: Sendable {
 
     func metadata(_ request: Request, _ context: FHIRRequestContext) async throws -> Response {
         let negotiated = try negotiate(request)
-        return FHIRResponses.json(CapabilityStatement.resource(baseURL: baseURL(request), date: startedAt),
-                                  status: .ok, contentType: negotiated.contentType, pretty: negotiated.pretty)
+        var statement = CapabilityStatement.resource(baseURL: baseURL(request), date: startedAt)
+        if let upstream {
+            statement = CapabilityStatement.merged(local: statement, upstream: try await upstream.capabilityStatement(context: context))
+        }
+        return FHIRResponses.json(statement, status: .ok, contentType: negotiated.contentType, pretty: negotiated.pretty)
     }
 
     func write(_ request: Request, _ context: FHIRRequestContext, isCreate: Bool) async throws -> Response {
         let action = isCreate ? "create" : "conditional-update"
-        let identity = await context.clientIdentity()
+        let identity = context.caller
         let callContext = CallContext(
-            actor: AuditActor(subject: identity?.subject, serial: identity?.serial, address: context.channel.remoteAddress?.ipAddress),
+            actor: AuditActor(subject: identity?.subject, serial: identity?.serial, address: context.clientAddress),
             requestID: context.requestID
         )
         var auditIdentifier: String?

@@ -14,11 +14,12 @@ struct ReadinessProbe: Sendable {
 
     let database: AccountDatabase
     let crlStore: CRLStore
-    /// The certificates this instance presents (FHIR and web listeners).
-    let serverCertificates: [(name: String, certificate: Certificate)]
+    /// The certificates this instance presents now (FHIR and web listeners; SIGHUP may
+    /// replace them).
+    let serverCertificates: @Sendable () -> [TLSMaterial.PresentedCertificate]
     let clock: @Sendable () -> Date
 
-    init(database: AccountDatabase, crlStore: CRLStore, serverCertificates: [(name: String, certificate: Certificate)],
+    init(database: AccountDatabase, crlStore: CRLStore, serverCertificates: @escaping @Sendable () -> [TLSMaterial.PresentedCertificate],
          clock: @escaping @Sendable () -> Date = Date.init) {
         self.database = database
         self.crlStore = crlStore
@@ -35,7 +36,8 @@ struct ReadinessProbe: Sendable {
             checks.append(Check(name: "database", ok: false, detail: "query failed"))
         }
         let now = clock()
-        for (name, certificate) in serverCertificates {
+        for presented in serverCertificates() {
+            let name = presented.name, certificate = presented.certificate
             let ok = certificate.notValidBefore <= now && now < certificate.notValidAfter
             checks.append(Check(name: "certificate:\(name)", ok: ok, detail: "valid until \(AuditLog.timestamp(certificate.notValidAfter))"))
         }

@@ -87,6 +87,17 @@ final class ServerMetrics: Sendable {
         forwardAuthLatency.record(duration)
     }
 
+    /// A request forwarded to the INT_R01 upstream: its status class (`2xx`…) or why it got
+    /// none (`timeout`, `unreachable`).
+    func upstream(outcome: String) {
+        counter("account_server_fhir_upstream_requests_total", [("outcome", outcome)], help: "FHIR requests forwarded to the INT_R01 upstream, by outcome").increment()
+    }
+
+    /// A SIGHUP reload of TLS material or CRLs: `ok` or `failed` (the previous material stays).
+    func reload(_ what: String, ok: Bool) {
+        counter("account_server_reloads_total", [("what", what), ("result", ok ? "ok" : "failed")], help: "SIGHUP reloads by material and result").increment()
+    }
+
     func adminAction(_ action: String) {
         counter("account_server_admin_actions_total", [("action", action)], help: "Vendor admin actions that changed something").increment()
     }

@@ -30,14 +30,14 @@ final class CRLStore: Sendable {
     }
 
     let paths: [String]
-    private let issuers: [Certificate]
+    private let issuers: Mutex<[Certificate]>
     private let state = Mutex(Snapshot())
     private let logger: Logger
 
     /// Loads every file now; a failure here stops the server from starting.
     init(paths: [String], issuers: [Certificate], logger: Logger) throws {
         self.paths = paths
-        self.issuers = issuers
+        self.issuers = Mutex(issuers)
         self.logger = logger
         let snapshot = try Self.loadAll(paths: paths, issuers: issuers)
         state.withLock { $0 = snapshot }
@@ -70,7 +70,7 @@ final class CRLStore: Sendable {
     @discardableResult
     func reload(reason: String) -> Bool {
         do {
-            let fresh = try Self.loadAll(paths: paths, issuers: issuers)
+            let fresh = try Self.loadAll(paths: paths, issuers: issuers.withLock { $0 })
             state.withLock { $0 = fresh }
             let revoked = fresh.lists.values.reduce(0) { $0 + $1.revokedSerials.count }
             logger.notice("client CRLs reloaded", metadata: ["reason": "\(reason)", "lists": "\(fresh.lists.count)", "revoked": "\(revoked)"])
@@ -86,6 +86,12 @@ final class CRLStore: Sendable {
             logger.error("client CRL reload failed; the previous lists stay in force", metadata: ["reason": "\(reason)", "error": "\(error)"])
             return false
         }
+    }
+
+    /// The CAs whose signatures CRLs must bear, after a client CA rotation (the caller
+    /// reloads next).
+    func replaceIssuers(_ certificates: [Certificate]) {
+        issuers.withLock { $0 = certificates }
     }
 
     /// Reloads when a file's size, mtime or inode changed (edit in place or atomic rename).

@@ -2,6 +2,7 @@ import Accounts
 import Foundation
 import Logging
 import SwiftASN1
+import Synchronization
 import X509
 
 /// The verified caller of a mutual-TLS connection, as the audit trail records it.
@@ -12,8 +13,11 @@ struct ClientIdentity: Sendable, Equatable {
     var serial: String
     var commonNames: [String]
     var organizationalUnits: [String]
+    /// The leaf itself, relayed to the INT_R01 upstream (`X-SSL-Client-Cert`).
+    var certificate: Certificate
 
     init(certificate: Certificate) {
+        self.certificate = certificate
         subject = certificate.subject.description
         serial = Self.hex(certificate.serialNumber.bytes)
         commonNames = Self.attributes(.RDNAttributeType.commonName, of: certificate)
@@ -91,23 +95,28 @@ struct CRLRevocationPolicy: VerifierPolicy {
 
 /// Decides whether a presented client certificate chain may call the FHIR endpoint: a path to
 /// one of the configured client CAs (RFC 5280: signatures, validity dates, basic constraints,
-/// key usage), CN/OU allow-lists, client-auth usage, and CRLs. The same object will serve
-/// the certificates a trusted proxy forwards, so both topologies apply the same checks.
+/// key usage), CN/OU allow-lists, client-auth usage, and CRLs. The same object checks the
+/// certificates a trusted proxy forwards, so both topologies apply the same checks.
 final class ClientCertificateVerifier: Sendable {
-    let trustRoots: [Certificate]
     let allowedCommonNames: Set<String>
     let allowedOrganizationalUnits: Set<String>
     let crlStore: CRLStore
-    private let rootStore: CertificateStore
+    private let roots: Mutex<(certificates: [Certificate], store: CertificateStore)>
     private let logger: Logger
 
     init(trustRoots: [Certificate], allowedCommonNames: Set<String>, allowedOrganizationalUnits: Set<String>, crlStore: CRLStore, logger: Logger) {
-        self.trustRoots = trustRoots
-        self.rootStore = CertificateStore(trustRoots)
+        self.roots = Mutex((trustRoots, CertificateStore(trustRoots)))
         self.allowedCommonNames = allowedCommonNames
         self.allowedOrganizationalUnits = allowedOrganizationalUnits
         self.crlStore = crlStore
         self.logger = logger
+    }
+
+    var trustRoots: [Certificate] { roots.withLock { $0.certificates } }
+
+    /// Takes a rotated client CA bundle into use (SIGHUP); handshakes already verified stand.
+    func replaceTrustRoots(_ certificates: [Certificate]) {
+        roots.withLock { $0 = (certificates, CertificateStore(certificates)) }
     }
 
     /// Verifies a chain as presented (leaf first). On success, returns the caller's identity
@@ -117,6 +126,7 @@ final class ClientCertificateVerifier: Sendable {
             return .failure(ClientCertificateRefusal(subject: "-", serial: "-", reason: "no client certificate"))
         }
         let identity = ClientIdentity(certificate: leaf)
+        let rootStore = roots.withLock { $0.store }
         var verifier = Verifier(rootCertificates: rootStore) {
             RFC5280Policy()
             ClientSubjectPolicy(allowedCommonNames: allowedCommonNames, allowedOrganizationalUnits: allowedOrganizationalUnits)
@@ -135,7 +145,7 @@ final class ClientCertificateVerifier: Sendable {
                 reason = failures.map { $0.policyFailureReason.description }.filter { seen.insert($0).inserted }.joined(separator: "; ")
             }
             let refusal = ClientCertificateRefusal(subject: identity.subject, serial: identity.serial, reason: reason)
-            logger.warning("mTLS client certificate refused", metadata: [
+            logger.warning("client certificate refused", metadata: [
                 "subject": "\(identity.subject)", "serial": "\(identity.serial)", "reason": "\(reason)",
             ])
             return .failure(refusal)

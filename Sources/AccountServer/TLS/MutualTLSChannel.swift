@@ -51,7 +51,8 @@ struct MutualTLSChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerCh
     typealias Value = Base.Value
 
     let base: Base
-    let sslContext: NIOSSLContext
+    /// Looked up per connection: a SIGHUP reload applies to the next handshake.
+    let sslContext: @Sendable () -> NIOSSLContext
     let verifier: ClientCertificateVerifier
     let logger: Logger
 
@@ -61,7 +62,7 @@ struct MutualTLSChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerCh
         let verifier = self.verifier
         let identityHandler = ClientIdentityHandler()
         return channel.eventLoop.makeCompletedFuture {
-            let tls = NIOSSLServerHandler(context: sslContext, customVerificationCallbackWithMetadata: { presented, promise in
+            let tls = NIOSSLServerHandler(context: sslContext(), customVerificationCallbackWithMetadata: { presented, promise in
                 promise.completeWithTask {
                     let certificates = presented.compactMap { try? Certificate(derEncoded: $0.toDERBytes()) }
                     guard certificates.count == presented.count else { return .failed }

@@ -28,12 +28,13 @@ final class ForwardAuthListener: Service, Sendable {
     let port: Int
     let databasePath: String
     let responder: ForwardAuthResponder
-    let sslContext: NIOSSLContext?
+    /// Looked up per connection (SIGHUP reloads); nil serves plain HTTP on loopback.
+    let sslContext: (@Sendable () -> NIOSSLContext)?
     let logger: Logger
     let onListening: @Sendable (Int) async -> Void
     private let connections = ReadConnections()
 
-    init(host: String, port: Int, databasePath: String, responder: ForwardAuthResponder, sslContext: NIOSSLContext?, logger: Logger,
+    init(host: String, port: Int, databasePath: String, responder: ForwardAuthResponder, sslContext: (@Sendable () -> NIOSSLContext)?, logger: Logger,
          onListening: @escaping @Sendable (Int) async -> Void) {
         self.host = host
         self.port = port
@@ -54,7 +55,7 @@ final class ForwardAuthListener: Service, Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let sslContext {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext()))
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(ForwardAuthHandler(shared: handlerContext))

@@ -11,6 +11,7 @@ public struct FHIRIssue: Sendable, Equatable, CustomStringConvertible {
         case invalid, structure, required, value, invariant, security, login, forbidden
         case processing, notSupported = "not-supported", duplicate, notFound = "not-found"
         case conflict, tooLong = "too-long", codeInvalid = "code-invalid", exception, informational
+        case timeout, transient
     }
 
     public var severity: Severity
@@ -58,6 +59,12 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
         case payloadTooLarge
         /// A failure of ours, not the client's (500).
         case internalError
+        /// The caller's certificate, or the proxy that relayed it, is not accepted (403).
+        case forbidden
+        /// The INT_R01 upstream could not be reached or answered garbage (502).
+        case badGateway
+        /// The INT_R01 upstream did not answer in time (504).
+        case gatewayTimeout
     }
 
     public var category: Category

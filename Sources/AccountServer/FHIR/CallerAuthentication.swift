@@ -1,0 +1,118 @@
+import Accounts
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import SwiftASN1
+import X509
+
+/// How the FHIR listener learns who is calling: in both topologies the same
+/// ``ClientCertificateVerifier`` decides (CA chain, validity, CN/OU, client-auth usage, CRL).
+enum CallerAuthenticationMode: Sendable {
+    /// This product terminates mutual TLS; the handshake already verified the caller.
+    case mutualTLS
+    /// A TLS-terminating proxy (nginx, HAProxy) verified the caller and forwards its
+    /// certificate in `header`; only peers in `trustedProxies` are believed, and the
+    /// certificate is verified again here.
+    case forwardedCertificate(header: HTTPField.Name, trustedProxies: [CIDR])
+}
+
+/// Establishes the verified caller of every FHIR request before anything else runs (INT_R02
+/// handlers, the upstream forwarder, even 404s): no caller, no answer but a 403
+/// OperationOutcome, and nothing of the request is processed.
+struct CallerAuthenticationMiddleware: RouterMiddleware {
+    typealias Context = FHIRRequestContext
+    let mode: CallerAuthenticationMode
+    let verifier: ClientCertificateVerifier
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        switch mode {
+        case .mutualTLS:
+            guard let identity = await context.handshakeIdentity() else {
+                // Unreachable while the handshake requires a verified certificate; fail closed anyway.
+                throw FHIRError(.forbidden, code: .security, "No verified client certificate on this connection.")
+            }
+            context.caller = identity
+        case .forwardedCertificate(let header, let trustedProxies):
+            let peer = context.peerAddress
+            guard trustedProxies.contains(where: { $0.contains(peer) }) else {
+                context.logger.warning("FHIR request refused: not from a trusted proxy", metadata: ["peer": "\(peer)"])
+                throw FHIRError(.forbidden, code: .security,
+                                "This endpoint only answers requests relayed by the trusted TLS-terminating proxy.")
+            }
+            let values = request.headers[values: header]
+            guard values.count == 1, let value = values.first, !value.isEmpty else {
+                context.logger.warning("FHIR request refused: no forwarded client certificate", metadata: [
+                    "peer": "\(peer)", "header": "\(header)", "count": "\(values.count)",
+                ])
+                throw FHIRError(.forbidden, code: .security,
+                                values.isEmpty ? "No client certificate: mutual TLS is required." : "More than one forwarded client certificate.")
+            }
+            let chain: [Certificate]
+            do {
+                chain = try ForwardedCertificate.parse(value)
+            } catch {
+                context.logger.warning("FHIR request refused: unreadable forwarded client certificate", metadata: ["peer": "\(peer)"])
+                throw FHIRError(.forbidden, code: .security, "The forwarded client certificate could not be read.")
+            }
+            switch await verifier.verify(presented: chain) {
+            case .success(let (identity, _)):
+                context.caller = identity
+            case .failure:
+                // The verifier logged subject, serial and reason; the caller learns nothing more.
+                throw FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")
+            }
+            if let forwarded = request.headers[values: .xForwardedFor].last,
+               let address = forwarded.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), CIDR.bytes(address) != nil {
+                context.forwardedClientAddress = address
+            }
+        }
+        return try await next(request, context)
+    }
+}
+
+/// Reads the client certificate a TLS-terminating proxy forwards in a header, in the forms the
+/// usual proxies produce:
+/// - nginx `$ssl_client_escaped_cert`: URL-encoded PEM (leaf only);
+/// - nginx `$ssl_client_cert` or any raw PEM, possibly several blocks (leaf first);
+/// - HAProxy `%[ssl_c_der,base64]`: base64 DER;
+/// - Traefik `X-Forwarded-Tls-Client-Cert`: URL-encoded base64 DER, comma-separated chain.
+enum ForwardedCertificate {
+    struct Unreadable: Error {}
+
+    static func parse(_ value: String) throws(Unreadable) -> [Certificate] {
+        let decoded = value.contains("%") ? (value.removingPercentEncoding ?? value) : value
+        var certificates: [Certificate] = []
+        if decoded.contains("-----BEGIN CERTIFICATE-----") {
+            var rest = Substring(decoded)
+            while let begin = rest.range(of: "-----BEGIN CERTIFICATE-----") {
+                guard let end = rest.range(of: "-----END CERTIFICATE-----", range: begin.upperBound..<rest.endIndex) else { throw Unreadable() }
+                let base64 = rest[begin.upperBound..<end.lowerBound].filter { !$0.isWhitespace }
+                guard let der = Data(base64Encoded: String(base64)), let certificate = try? Certificate(derEncoded: Array(der)) else { throw Unreadable() }
+                certificates.append(certificate)
+                rest = rest[end.upperBound...]
+            }
+        } else {
+            for part in decoded.split(separator: ",") {
+                let base64 = part.filter { !$0.isWhitespace }
+                guard let der = Data(base64Encoded: String(base64)), let certificate = try? Certificate(derEncoded: Array(der)) else { throw Unreadable() }
+                certificates.append(certificate)
+            }
+        }
+        guard !certificates.isEmpty, certificates.count <= 8 else { throw Unreadable() }
+        return certificates
+    }
+
+    /// The leaf as nginx's `$ssl_client_escaped_cert` would send it, so an INT_R01 backend
+    /// written for nginx reads it unchanged.
+    static func escapedPEM(_ certificate: Certificate) -> String? {
+        var serializer = DER.Serializer()
+        guard (try? serializer.serialize(certificate)) != nil else { return nil }
+        let base64 = Data(serializer.serializedBytes).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
+        let pem = "-----BEGIN CERTIFICATE-----\n\(base64)\n-----END CERTIFICATE-----\n"
+        return pem.addingPercentEncoding(withAllowedCharacters: unreserved)
+    }
+
+    private static let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+}

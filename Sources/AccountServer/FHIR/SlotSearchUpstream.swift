@@ -1,0 +1,238 @@
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import GRDB
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import ServiceLifecycle
+
+/// Where the vendor's INT_R01 slot search runs, when this product terminates the SAS's mutual
+/// TLS in front of it (`--fhir-upstream`).
+struct UpstreamConfiguration: Sendable {
+    /// `http(s)://host[:port][/base]`; a request for `/Slot?…` goes to `<base>/Slot?…`.
+    var url: String
+    /// Time allowed to open a connection.
+    var connectTimeout: Duration = .seconds(5)
+    /// Time allowed for the response head, and then between two body reads.
+    var responseTimeout: Duration = .seconds(30)
+    /// CA bundle for an `https` upstream; the system trust store otherwise.
+    var caPath: String?
+}
+
+/// Relays every FHIR request that is not an INT_R02 interaction to the INT_R01 upstream:
+/// streamed both ways (nothing is buffered, so a large Bundle costs no memory here), with
+/// timeouts, and with the verified caller in `X-SSL-Client-*` headers the way nginx would
+/// set them — headers of those names sent by the caller are removed first, so the upstream
+/// can believe them. A failure before the upstream answers becomes a 502 or 504
+/// OperationOutcome; after the head has been relayed, the connection is closed.
+final class SlotSearchUpstream: Sendable {
+    let configuration: UpstreamConfiguration
+    let baseURL: String
+    private let client: HTTPClient
+    private let metrics: ServerMetrics
+
+    /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Host`
+    /// (the upstream's own is set from the URL).
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-authorization", "proxy-authenticate", "host", "content-length",
+    ]
+
+    /// The identity headers this product sets; a caller's own copies never pass.
+    static let identityPrefixes = ["x-ssl-client-", "x-client-cert", "x-forwarded-tls-client-cert", "ssl-client-"]
+
+    init(configuration: UpstreamConfiguration, metrics: ServerMetrics) throws {
+        guard let components = URLComponents(string: configuration.url), let scheme = components.scheme?.lowercased(),
+              ["http", "https"].contains(scheme), let host = components.host, !host.isEmpty,
+              components.query == nil, components.fragment == nil else {
+            throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(configuration.url)")
+        }
+        self.configuration = configuration
+        baseURL = configuration.url.trimmingSuffix("/")
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        if let caPath = configuration.caPath {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
+        }
+        var clientConfiguration = HTTPClient.Configuration(tlsConfiguration: tls)
+        clientConfiguration.timeout = .init(connect: .init(configuration.connectTimeout), read: .init(configuration.responseTimeout))
+        clientConfiguration.redirectConfiguration = .disallow
+        clientConfiguration.decompression = .disabled
+        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+        self.metrics = metrics
+    }
+
+    func shutdown() async throws {
+        try await client.shutdown()
+    }
+
+    /// Relays one request and streams the upstream's answer back.
+    func forward(_ request: Request, context: FHIRRequestContext) async throws -> Response {
+        let target = baseURL + request.uri.path + (request.uri.query.map { "?\($0)" } ?? "")
+        var outbound = HTTPClientRequest(url: target)
+        outbound.method = HTTPMethod(rawValue: request.method.rawValue)
+        for field in request.headers where !Self.isStripped(field.name.canonicalName) {
+            outbound.headers.add(name: field.name.rawName, value: field.value)
+        }
+        Self.addIdentity(to: &outbound.headers, caller: context.caller, clientAddress: context.clientAddress,
+                         host: request.head.authority, requestID: context.requestID)
+        if let length = request.headers[.contentLength].flatMap(Int.init) {
+            if length > 0 { outbound.body = .stream(request.body, length: .known(Int64(length))) }
+        } else if request.headers[.transferEncoding] != nil {
+            outbound.body = .stream(request.body, length: .unknown)
+        }
+
+        let upstreamResponse: HTTPClientResponse
+        do {
+            upstreamResponse = try await client.execute(outbound, timeout: .init(configuration.responseTimeout), logger: context.logger)
+        } catch {
+            throw failure(error, context: context)
+        }
+        metrics.upstream(outcome: "\(upstreamResponse.status.code / 100)xx")
+        var headers = HTTPFields()
+        for header in upstreamResponse.headers where !Self.hopByHop.contains(header.name.lowercased()) {
+            if let name = HTTPField.Name(header.name) { headers.append(HTTPField(name: name, value: header.value)) }
+        }
+        let contentLength = upstreamResponse.headers.first(name: "content-length").flatMap(Int.init)
+        let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code), reasonPhrase: upstreamResponse.status.reasonPhrase)
+        if request.method == .head {
+            if let contentLength { headers[.contentLength] = String(contentLength) }
+            return Response(status: status, headers: headers, body: ResponseBody())
+        }
+        let body = upstreamResponse.body
+        return Response(status: status, headers: headers, body: ResponseBody(contentLength: contentLength) { writer in
+            for try await buffer in body {
+                try await writer.write(buffer)
+            }
+            try await writer.finish(nil)
+        })
+    }
+
+    /// The upstream's CapabilityStatement, for the merged `/metadata`.
+    func capabilityStatement(context: FHIRRequestContext) async throws(FHIRError) -> JSONValue {
+        var outbound = HTTPClientRequest(url: baseURL + "/metadata")
+        outbound.headers.add(name: "Accept", value: "application/fhir+json")
+        Self.addIdentity(to: &outbound.headers, caller: context.caller, clientAddress: context.clientAddress, host: nil, requestID: context.requestID)
+        let bytes: ByteBuffer
+        let status: UInt
+        do {
+            let response = try await client.execute(outbound, timeout: .init(configuration.responseTimeout), logger: context.logger)
+            status = response.status.code
+            bytes = try await response.body.collect(upTo: 4 << 20)
+        } catch {
+            throw failure(error, context: context)
+        }
+        guard status == 200, case .object(let object)? = try? JSONParser().parse(Array(bytes.readableBytesView)),
+              object["resourceType"] == .string("CapabilityStatement") else {
+            metrics.upstream(outcome: "invalid-metadata")
+            context.logger.warning("INT_R01 upstream /metadata is not a CapabilityStatement", metadata: ["status": "\(status)"])
+            throw FHIRError(.badGateway, code: .exception,
+                            "The slot-search service behind this endpoint did not return a CapabilityStatement (HTTP \(status)); the endpoint's capabilities cannot be stated.")
+        }
+        metrics.upstream(outcome: "2xx")
+        return .object(object)
+    }
+
+    private func failure(_ error: any Error, context: FHIRRequestContext) -> FHIRError {
+        let timedOut: Bool
+        if let clientError = error as? HTTPClientError {
+            timedOut = [.deadlineExceeded, .connectTimeout, .readTimeout, .getConnectionFromPoolTimeout].contains(clientError)
+        } else {
+            timedOut = "\(error)".localizedCaseInsensitiveContains("timeout") || "\(error)".localizedCaseInsensitiveContains("timed out")
+        }
+        metrics.upstream(outcome: timedOut ? "timeout" : "unreachable")
+        context.logger.warning("INT_R01 upstream failed", metadata: ["upstream": "\(baseURL)", "error": "\(error)", "timeout": "\(timedOut)"])
+        if timedOut {
+            return FHIRError(.gatewayTimeout, code: .timeout,
+                             "The slot-search service behind this endpoint did not answer in time (request \(context.requestID)).")
+        }
+        return FHIRError(.badGateway, code: .transient,
+                         "The slot-search service behind this endpoint is unreachable (request \(context.requestID)).")
+    }
+
+    static func isStripped(_ name: String) -> Bool {
+        let lowered = name.lowercased()
+        return hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
+            || lowered == "x-forwarded-for" || lowered == "x-forwarded-proto" || lowered == "x-forwarded-host" || lowered == "forwarded"
+            || lowered == "x-request-id"
+    }
+
+    /// The verified caller, as nginx's `ssl_client_*` variables would describe it.
+    static func addIdentity(to headers: inout HTTPHeaders, caller: ClientIdentity?, clientAddress: String, host: String?, requestID: String) {
+        headers.replaceOrAdd(name: "X-Forwarded-For", value: clientAddress)
+        headers.replaceOrAdd(name: "X-Forwarded-Proto", value: "https")
+        if let host { headers.replaceOrAdd(name: "X-Forwarded-Host", value: host) }
+        headers.replaceOrAdd(name: "X-Request-Id", value: requestID)
+        guard let caller else { return }
+        headers.replaceOrAdd(name: "X-SSL-Client-Verify", value: "SUCCESS")
+        headers.replaceOrAdd(name: "X-SSL-Client-S-DN", value: caller.subject)
+        headers.replaceOrAdd(name: "X-SSL-Client-Serial", value: caller.serial)
+        if let pem = ForwardedCertificate.escapedPEM(caller.certificate) {
+            headers.replaceOrAdd(name: "X-SSL-Client-Cert", value: pem)
+        }
+    }
+}
+
+/// Decides, for each FHIR request, whether it is an INT_R02 interaction (answered here) or
+/// INT_R01 traffic (relayed to the upstream). INT_R02 is: every write on `Practitioner`
+/// (create, conditional update, and the refusals of other writes), `GET /metadata` (which
+/// merges the upstream's statement), and reads of a `Practitioner/{id}` this product holds
+/// — the `Location` it returned must resolve. Practitioner *searches* belong to the slot
+/// search (the SAS finds the vendor's practitioners there) and are relayed.
+struct UpstreamRoutingMiddleware: RouterMiddleware {
+    typealias Context = FHIRRequestContext
+    let upstream: SlotSearchUpstream
+    let database: AccountDatabase
+
+    enum Route: Equatable {
+        case local
+        case upstream
+        /// Local when an account has this id, upstream otherwise.
+        case practitionerRead(id: String)
+    }
+
+    static func route(method: HTTPRequest.Method, path: String) -> Route {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: true)
+        let isRead = method == .get || method == .head
+        switch segments.first {
+        case "metadata"? where segments.count == 1:
+            return .local
+        case "Practitioner"?:
+            if segments.count >= 2, segments[1] == "_search" { return .upstream }
+            if !isRead { return .local }
+            if segments.count == 1 { return .upstream }
+            return .practitionerRead(id: String(segments[1]))
+        default:
+            return .upstream
+        }
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        switch Self.route(method: request.method, path: request.uri.path) {
+        case .local:
+            return try await next(request, context)
+        case .upstream:
+            return try await upstream.forward(request, context: context)
+        case .practitionerRead(let id):
+            let held = PractitionerValidator.isValidResourceID(id)
+                ? try await database.read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [id]) ?? false }
+                : false
+            return held ? try await next(request, context) : try await upstream.forward(request, context: context)
+        }
+    }
+}
+
+/// Shuts the upstream client down after the listeners have drained.
+struct UpstreamClientService: Service {
+    let upstream: SlotSearchUpstream
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        try await upstream.shutdown()
+    }
+}

@@ -1,0 +1,352 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import ServiceLifecycle
+import Synchronization
+import Testing
+import X509
+
+/// A stand-in for the vendor's INT_R01 slot search (mounted under `/fhir`): a fixed Slot
+/// search Bundle, a CapabilityStatement, a Practitioner search, an echo for request bodies,
+/// and an endpoint that never answers. It records the headers of every request it gets.
+final class SlotSearchStandIn: Sendable {
+    let port: Int
+    private let log: HeaderLog
+    private let group: ServiceGroup
+    private let task: Task<Void, any Error>
+
+    /// Deliberately irregular JSON (spacing, member order, escapes, non-ASCII), so that any
+    /// re-encoding on the way shows.
+    static let slotBundle = #"{"resourceType" : "Bundle","type":"searchset", "total":1,"entry":[{"fullUrl":"https://agenda.example/fhir/Slot/s1","resource":{"resourceType":"Slot","id":"s1","schedule":{"reference":"Schedule/sc1"},"status":"free","start":"2026-11-23T09:00:00+01:00","end":"2026-11-23T09:15:00+01:00","comment":"https://agenda.example/rdv?slot=s1\u0026x=1 — Médecin généraliste"}}]}"# + "\n"
+
+    static let capabilityStatement = """
+        {"resourceType":"CapabilityStatement","status":"active","date":"2026-01-01","kind":"instance","fhirVersion":"4.0.1","format":["json"],
+         "software":{"name":"Agenda Éditeur","version":"9.1"},
+         "implementationGuide":["https://interop.esante.gouv.fr/ig/fhir/sas"],
+         "rest":[{"mode":"server","security":{"description":"theirs"},
+           "resource":[
+             {"type":"Slot","interaction":[{"code":"search-type"}],"searchParam":[{"name":"start","type":"date"},{"name":"schedule.actor:Practitioner.identifier","type":"token"}]},
+             {"type":"Schedule","interaction":[{"code":"read"}]},
+             {"type":"Practitioner","interaction":[{"code":"read"},{"code":"search-type"}],"searchParam":[{"name":"identifier","type":"token"},{"name":"name","type":"string"}]}
+           ],
+           "interaction":[{"code":"batch"}]}]}
+        """
+
+    var requests: [HTTPFields] { log.all }
+
+    private init(port: Int, log: HeaderLog, group: ServiceGroup, task: Task<Void, any Error>) {
+        self.port = port
+        self.log = log
+        self.group = group
+        self.task = task
+    }
+
+    static func start() async throws -> SlotSearchStandIn {
+        let log = HeaderLog()
+        let router = Router()
+        router.middlewares.add(RecordingMiddleware(log: log))
+        let fhir = router.group("fhir")
+        fhir.get("Slot") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/fhir+json;charset=utf-8", HTTPField.Name("X-Upstream")!: "agenda"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: slotBundle)))
+        }
+        fhir.get("metadata") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/fhir+json"], body: ResponseBody(byteBuffer: ByteBuffer(string: capabilityStatement)))
+        }
+        fhir.get("Practitioner") { request, _ in
+            Response(status: .ok, headers: [.contentType: "application/fhir+json"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: #"{"resourceType":"Bundle","type":"searchset","total":0,"link":[{"relation":"self","url":"upstream?\#(request.uri.query ?? "")"}]}"#)))
+        }
+        fhir.get("Practitioner/:id") { _, context in
+            Response(status: .ok, headers: [.contentType: "application/fhir+json"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: #"{"resourceType":"Practitioner","id":"\#(context.parameters.get("id") ?? "")","name":[{"family":"Upstream"}]}"#)))
+        }
+        fhir.post("Appointment") { request, _ in
+            let body = try await request.body.collect(upTo: 8 << 20)
+            let digest = SecretToken.hash(String(buffer: body))
+            return Response(status: .created, headers: [.contentType: "text/plain"], body: ResponseBody(byteBuffer: ByteBuffer(string: "\(body.readableBytes) \(digest)")))
+        }
+        fhir.get("Slow") { _, _ in
+            try await Task.sleep(for: .seconds(4))
+            return Response(status: .ok)
+        }
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: Logger(label: "int-r01"))
+        let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "int-r01")))
+        let task = Task { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next() else { throw ConfigurationError(description: "stand-in did not start") }
+        return SlotSearchStandIn(port: port, log: log, group: group, task: task)
+    }
+
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = try? await task.value
+    }
+
+    /// The stand-in's own answer, straight from it (the "calling the upstream directly" side).
+    func direct(_ path: String) async throws -> (status: Int, body: [UInt8]) {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"), timeout: .seconds(5))
+        return (Int(response.status.code), Array((try await response.body.collect(upTo: 4 << 20)).readableBytesView))
+    }
+}
+
+/// The headers of every request a stand-in received.
+final class HeaderLog: Sendable {
+    private let entries = Mutex<[HTTPFields]>([])
+    var all: [HTTPFields] { entries.withLock { $0 } }
+    func record(_ headers: HTTPFields) { entries.withLock { $0.append(headers) } }
+}
+
+private struct RecordingMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let log: HeaderLog
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        log.record(request.headers)
+        return try await next(request, context)
+    }
+}
+
+extension FHIRClient {
+    /// The raw bytes of an answer (for byte-for-byte comparisons).
+    func raw(_ path: String, method: HTTPMethod = .GET, body: ByteBuffer? = nil, headers extra: [(String, String)] = []) async throws -> (status: Int, headers: HTTPHeaders, body: [UInt8]) {
+        var request = HTTPClientRequest(url: server.baseURL + path)
+        request.method = method
+        for (name, value) in extra { request.headers.add(name: name, value: value) }
+        if let body { request.body = .bytes(body) }
+        let response = try await client.execute(request, timeout: .seconds(10))
+        let bytes = try await response.body.collect(upTo: 16 << 20)
+        return (Int(response.status.code), response.headers, Array(bytes.readableBytesView))
+    }
+}
+
+/// Topology 2: this product terminates the SAS's mutual TLS in front of the vendor's slot
+/// search (`--fhir-upstream`).
+@Suite("In front of the INT_R01 slot search")
+struct SlotSearchUpstreamTests {
+    static func start(_ pki: TestPKI, upstreamURL: String, responseTimeout: Duration = .seconds(10)) async throws -> RunningServer {
+        try await RunningServer.start(pki: pki) { configuration in
+            var upstream = UpstreamConfiguration(url: upstreamURL)
+            upstream.connectTimeout = .seconds(2)
+            upstream.responseTimeout = responseTimeout
+            configuration.fhirUpstream = upstream
+        }
+    }
+
+    @Test func slotSearchIsRelayedByteForByteWithTheVerifiedCaller() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir/")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let path = "/Slot?start=ge2026-11-23&schedule.actor:Practitioner.identifier=urn:oid:1.2.250.1.71.4.2.1%7C3456780581%2F11242343&_include=Slot:schedule"
+        let direct = try await standIn.direct("/fhir" + path)
+        let relayed = try await client.raw(path, headers: [
+            ("X-SSL-Client-S-DN", "CN=forged"), ("X-SSL-Client-Verify", "SUCCESS"), ("X-Forwarded-For", "6.6.6.6"), ("Connection", "keep-alive"),
+        ])
+        #expect(relayed.status == 200)
+        #expect(relayed.body == direct.body, "the upstream's Bundle, byte for byte")
+        #expect(relayed.body == Array(SlotSearchStandIn.slotBundle.utf8))
+        #expect(relayed.headers.first(name: "Content-Type") == "application/fhir+json;charset=utf-8")
+        #expect(relayed.headers.first(name: "X-Upstream") == "agenda")
+        #expect(relayed.headers.first(name: "X-Request-Id") != nil)
+
+        let seen = try #require(standIn.requests.last)
+        func header(_ name: String) -> [String] { seen[values: HTTPField.Name(name)!] }
+        #expect(header("X-SSL-Client-Verify") == ["SUCCESS"])
+        #expect(header("X-SSL-Client-S-DN").count == 1 && header("X-SSL-Client-S-DN")[0].contains("CN=\(TestPKI.allowedCN)"),
+                "the caller's forged identity header is replaced, not appended: \(header("X-SSL-Client-S-DN"))")
+        let valid = pki.clients["valid"]!.certificate
+        #expect(header("X-SSL-Client-Serial") == [ClientIdentity.hex(valid.serialNumber.bytes)])
+        let forwarded = try ForwardedCertificate.parse(try #require(header("X-SSL-Client-Cert").first))
+        #expect(forwarded == [valid], "the leaf is relayed as nginx's $ssl_client_escaped_cert would")
+        #expect(header("X-Forwarded-For") == ["127.0.0.1"], "the SAS's address, not what it claimed")
+        #expect(header("X-Forwarded-Proto") == ["https"])
+        #expect(header("X-Request-Id") == [relayed.headers.first(name: "X-Request-Id") ?? "?"])
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// The INT_R02 PKI matrix, on the relayed surface: nothing reaches the upstream unless
+    /// the caller passed every check.
+    @Test(arguments: ["wrong-cn", "wrong-ou", "revoked", "expired", "other-ca", "server-usage", nil] as [String?])
+    func refusedCallersNeverReachTheUpstream(certificate: String?) async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
+        let client = try FHIRClient(pki: pki, certificate: certificate, server: server)
+        let answer = try? await client.raw("/Slot?start=ge2026-11-23")
+        #expect(answer == nil || (400..<500).contains(answer!.status), "\(certificate ?? "no certificate") must be refused, got \(answer?.status ?? 0)")
+        #expect(standIn.requests.isEmpty, "the upstream saw \(standIn.requests.count) request(s) from \(certificate ?? "no certificate")")
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    @Test func int02StaysHereAndEverythingElseIsRelayed() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+
+        let created = try await client.send(.POST, "/Practitioner", body: try Bodies.example("regulator-1-national-id.json"))
+        #expect(created.status == 201)
+        let updated = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C3456780581/11242343",
+                                            body: try Bodies.example("regulator-1-national-id.json"))
+        #expect(updated.status == 200 || updated.status == 201, "\(updated.body)")
+        #expect(standIn.requests.isEmpty, "INT_R02 writes are never relayed")
+        let location = try #require(created.headers.first(name: "Location"))
+        let id = String(location.split(separator: "/").last!)
+        let read = try await client.send(.GET, "/Practitioner/\(id)")
+        #expect(read.status == 200 && read.body.contains("Practitioner"))
+        #expect(standIn.requests.isEmpty, "a Practitioner this product holds is read here")
+
+        let otherRead = try await client.send(.GET, "/Practitioner/agenda-42")
+        #expect(otherRead.status == 200 && otherRead.body.contains(#""family":"Upstream""#))
+        let search = try await client.send(.GET, "/Practitioner?name=Martin")
+        #expect(search.status == 200 && search.body.contains("upstream?name=Martin"), "Practitioner searches belong to the slot search")
+        let delete = try await client.send(.DELETE, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C3456780581%2F11242343")
+        #expect(delete.status == 405, "writes on Practitioner are this product's, and it has no delete")
+        #expect(standIn.requests.count == 2)
+
+        // A request body streams through (larger than the INT_R02 limit, which does not apply).
+        var big = ByteBuffer()
+        for index in 0..<40_000 { big.writeString("{\"line\":\(index)},\n") }
+        let expected = "\(big.readableBytes) \(SecretToken.hash(String(buffer: big)))"
+        let echoed = try await client.raw("/Appointment", method: .POST, body: big, headers: [("Content-Type", "application/fhir+json")])
+        #expect(echoed.status == 201)
+        #expect(String(decoding: echoed.body, as: UTF8.self) == expected)
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    @Test func metadataMergesBothCapabilityStatements() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let reply = try await client.send(.GET, "/metadata")
+        #expect(reply.status == 200)
+        guard case .array(let rests)? = reply["rest"], case .object(let rest)? = rests.first, case .array(let resources)? = rest["resource"] else {
+            Issue.record("no rest.resource in \(reply.body)")
+            return
+        }
+        let byType = Dictionary(uniqueKeysWithValues: resources.compactMap { value -> (String, JSONObject)? in
+            guard case .object(let object) = value, case .string(let type)? = object["type"] else { return nil }
+            return (type, object)
+        })
+        #expect(Set(byType.keys) == ["Slot", "Schedule", "Practitioner"], "one entry per type: \(byType.keys)")
+        let practitioner = try #require(byType["Practitioner"])
+        guard case .array(let interactions)? = practitioner["interaction"], case .array(let params)? = practitioner["searchParam"] else {
+            Issue.record("Practitioner entry incomplete")
+            return
+        }
+        let codes = interactions.compactMap { value -> String? in
+            if case .object(let object) = value, case .string(let code)? = object["code"] { return code } else { return nil }
+        }
+        #expect(Set(codes) == ["create", "update", "read", "search-type"])
+        #expect(codes.count == 4, "no duplicate interaction")
+        #expect(practitioner["conditionalUpdate"] == .bool(true) && practitioner["updateCreate"] == .bool(true))
+        #expect(params.count == 2, "the upstream's search parameters (searches are relayed)")
+        #expect(rest["interaction"] != nil, "system interactions of the upstream")
+        guard case .object(let security)? = rest["security"], case .string(let description)? = security["description"] else {
+            Issue.record("no security")
+            return
+        }
+        #expect(description.contains("Mutual TLS"), "the security is this product's")
+        #expect(reply.body.contains("Agenda Éditeur"))
+        #expect(reply.body.contains("https://interop.esante.gouv.fr/ig/fhir/sas"))
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    @Test func anUnreachableUpstreamGives502AndASlowOne504() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let slow = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir", responseTimeout: .seconds(1))
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: slow)
+        let started = ContinuousClock.now
+        let timedOut = try await client.send(.GET, "/Slow")
+        let elapsed = ContinuousClock.now - started
+        #expect(timedOut.status == 504)
+        #expect(timedOut["resourceType"] == .string("OperationOutcome"))
+        #expect(timedOut.body.contains(#""code":"timeout""#))
+        #expect(elapsed < .seconds(8), "the timeout answers, not the upstream: \(elapsed)")
+        await client.shutdown()
+        await slow.stop()
+
+        // Nothing listens there any more.
+        let deadPort = standIn.port
+        await standIn.stop()
+        let down = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(deadPort)/fhir")
+        let downClient = try FHIRClient(pki: pki, certificate: "valid", server: down)
+        let unreachable = try await downClient.send(.GET, "/Slot?start=ge2026-11-23")
+        #expect(unreachable.status == 502)
+        #expect(unreachable["resourceType"] == .string("OperationOutcome"))
+        #expect(!unreachable.body.contains("127.0.0.1"), "the upstream's address is not disclosed")
+        let metadata = try await downClient.send(.GET, "/metadata")
+        #expect(metadata.status == 502, "no statement is better than one that claims half the endpoint")
+        let write = try await downClient.send(.POST, "/Practitioner", body: try Bodies.example("regulator-4-sas-technical-id.json"))
+        #expect(write.status == 201, "INT_R02 does not depend on the upstream")
+        let metrics = try await HTTPClient.shared.execute(HTTPClientRequest(url: down.adminURL + "/metrics"), timeout: .seconds(5))
+        let text = String(buffer: try await metrics.body.collect(upTo: 1 << 20))
+        #expect(text.contains(#"account_server_fhir_upstream_requests_total{outcome="unreachable"}"#))
+        await downClient.shutdown()
+        await down.stop()
+    }
+}
+
+@Suite("Routing and merging rules")
+struct UpstreamRulesTests {
+    @Test func routes() {
+        typealias R = UpstreamRoutingMiddleware
+        #expect(R.route(method: .get, path: "/metadata") == .local)
+        #expect(R.route(method: .post, path: "/Practitioner") == .local)
+        #expect(R.route(method: .put, path: "/Practitioner") == .local)
+        #expect(R.route(method: .put, path: "/Practitioner/abc") == .local)
+        #expect(R.route(method: .delete, path: "/Practitioner") == .local)
+        #expect(R.route(method: .get, path: "/Practitioner") == .upstream)
+        #expect(R.route(method: .post, path: "/Practitioner/_search") == .upstream)
+        #expect(R.route(method: .get, path: "/Practitioner/abc") == .practitionerRead(id: "abc"))
+        #expect(R.route(method: .get, path: "/Practitioner/abc/_history/2") == .practitionerRead(id: "abc"))
+        #expect(R.route(method: .get, path: "/Slot") == .upstream)
+        #expect(R.route(method: .get, path: "/") == .upstream)
+        #expect(R.route(method: .get, path: "/practitioner") == .upstream, "FHIR types are case-sensitive")
+    }
+
+    @Test func forwardedCertificateFormats() throws {
+        let ca = try PKIBuilder.makeCA(commonName: "CA")
+        let leaf = try PKIBuilder.issue(commonName: "sas", organizationalUnit: "SAS", usage: .client, issuer: ca)
+        let pem = try leaf.certificatePEM
+        let escaped = try #require(ForwardedCertificate.escapedPEM(leaf.certificate))
+        #expect(!escaped.contains("\n") && !escaped.contains(" ") && escaped.hasPrefix("-----BEGIN%20CERTIFICATE-----%0A"))
+        #expect(try ForwardedCertificate.parse(escaped) == [leaf.certificate], "nginx $ssl_client_escaped_cert")
+        #expect(try ForwardedCertificate.parse(pem) == [leaf.certificate], "raw PEM")
+        #expect(try ForwardedCertificate.parse(pem.replacingOccurrences(of: "\n", with: "\n\t")) == [leaf.certificate], "nginx $ssl_client_cert (tab-folded)")
+        let der = Data(try leaf.derBytes())
+        #expect(try ForwardedCertificate.parse(der.base64EncodedString()) == [leaf.certificate], "HAProxy ssl_c_der,base64")
+        let chain = [der.base64EncodedString(), Data(try ca.derBytes()).base64EncodedString()].joined(separator: ",")
+        #expect(try ForwardedCertificate.parse(chain.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!) == [leaf.certificate, ca.certificate],
+                "Traefik X-Forwarded-Tls-Client-Cert")
+        for garbage in ["", "(null)", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----", "not base64 !", String(repeating: "A", count: 5000)] {
+            #expect(throws: ForwardedCertificate.Unreadable.self) { try ForwardedCertificate.parse(garbage) }
+        }
+    }
+}
+
+extension IssuedCertificate {
+    func derBytes() throws -> [UInt8] {
+        try NIOSSLCertificate(bytes: Array(try certificatePEM.utf8), format: .pem).toDERBytes()
+    }
+}
