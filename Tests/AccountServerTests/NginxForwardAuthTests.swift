@@ -64,19 +64,23 @@ final class NginxProxy: Sendable {
     let directory: URL
     private let process: Process
 
-    static let template = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("docs/nginx/agenda-forward-auth.conf")
+    static let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("docs/nginx")
 
-    init(port: Int, pki: TestPKI, accountServerWebPort: Int, forwardAuthPort: Int, agendaPort: Int) async throws {
-        self.port = port
-        directory = pki.directory.appendingPathComponent("nginx-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory.appendingPathComponent("logs"), withIntermediateDirectories: true)
-        var site = try String(contentsOf: Self.template, encoding: .utf8)
-        let values = [
+    convenience init(port: Int, pki: TestPKI, accountServerWebPort: Int, forwardAuthPort: Int, agendaPort: Int) async throws {
+        try await self.init(port: port, pki: pki, template: "agenda-forward-auth.conf", values: [
             "LISTEN": "127.0.0.1:\(port)", "SERVER_NAME": "localhost", "CERTIFICATE": pki.serverCertificatePath, "KEY": pki.serverKeyPath,
             "ACCOUNT_SERVER_WEB": "127.0.0.1:\(accountServerWebPort)", "ACCOUNT_SERVER_FORWARD_AUTH": "127.0.0.1:\(forwardAuthPort)", "ACCOUNT_SERVER_NAME": "localhost", "ACCOUNT_SERVER_CA": pki.caPath,
             "AGENDA_UPSTREAM": "127.0.0.1:\(agendaPort)",
-        ]
+        ])
+    }
+
+    /// Runs `docs/nginx/<template>` with its `${...}` placeholders filled in from `values`.
+    init(port: Int, pki: TestPKI, template: String, values: [String: String]) async throws {
+        self.port = port
+        directory = pki.directory.appendingPathComponent("nginx-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("logs"), withIntermediateDirectories: true)
+        var site = try String(contentsOf: Self.docs.appendingPathComponent(template), encoding: .utf8)
         for (name, value) in values { site = site.replacingOccurrences(of: "${\(name)}", with: value) }
         #expect(!site.split(separator: "\n").contains { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && $0.contains("${") },
                 "every placeholder of the documented configuration is filled")

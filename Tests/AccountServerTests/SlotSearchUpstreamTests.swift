@@ -48,11 +48,12 @@ final class SlotSearchStandIn: Sendable {
         self.task = task
     }
 
-    static func start() async throws -> SlotSearchStandIn {
+    /// - Parameter prefix: the base path the slot search is mounted on ("fhir" or none).
+    static func start(prefix: String = "fhir") async throws -> SlotSearchStandIn {
         let log = HeaderLog()
         let router = Router()
         router.middlewares.add(RecordingMiddleware(log: log))
-        let fhir = router.group("fhir")
+        let fhir = router.group(RouterPath(prefix))
         fhir.get("Slot") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/fhir+json;charset=utf-8", HTTPField.Name("X-Upstream")!: "agenda"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: slotBundle)))
@@ -119,7 +120,7 @@ private struct RecordingMiddleware: RouterMiddleware {
 extension FHIRClient {
     /// The raw bytes of an answer (for byte-for-byte comparisons).
     func raw(_ path: String, method: HTTPMethod = .GET, body: ByteBuffer? = nil, headers extra: [(String, String)] = []) async throws -> (status: Int, headers: HTTPHeaders, body: [UInt8]) {
-        var request = HTTPClientRequest(url: server.baseURL + path)
+        var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
         for (name, value) in extra { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(body) }

@@ -221,8 +221,12 @@ struct FHIRReply {
 struct FHIRClient {
     let client: HTTPClient
     let server: RunningServer
+    /// The server's own listener, or a proxy in front of it.
+    let baseURL: String
 
-    init(pki: TestPKI, certificate: String?, server: RunningServer, maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1) throws {
+    init(pki: TestPKI, certificate: String?, server: RunningServer, baseURL: String? = nil,
+         maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1) throws {
+        self.baseURL = baseURL ?? server.baseURL
         var configuration = HTTPClient.Configuration(tlsConfiguration: try pki.clientTLS(certificate, maximumVersion: maximumVersion, minimumVersion: minimumVersion))
         configuration.timeout = .init(connect: .seconds(5), read: .seconds(10))
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
@@ -231,7 +235,7 @@ struct FHIRClient {
 
     func send(_ method: HTTPMethod, _ path: String, body: String? = nil, contentType: String? = "application/fhir+json",
               headers extra: [(String, String)] = []) async throws -> FHIRReply {
-        var request = HTTPClientRequest(url: server.baseURL + path)
+        var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
         if let contentType, body != nil { request.headers.add(name: "Content-Type", value: contentType) }
         for (name, value) in extra { request.headers.add(name: name, value: value) }

@@ -1,0 +1,178 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import Testing
+
+/// Topology 1: the vendor's nginx terminates the SAS's mutual TLS, exactly as
+/// docs/nginx/fhir-mtls-proxy.conf says, routes INT_R02 to account-server with the verified
+/// certificate in `X-SSL-Client-Cert`, and everything else to the INT_R01 backend.
+@Suite("Behind the vendor's mTLS-terminating nginx")
+struct NginxMutualTLSProxyTests {
+    struct Rig {
+        let pki: TestPKI
+        let backend: SlotSearchStandIn
+        let server: RunningServer
+        let nginx: NginxProxy
+        var front: String { "https://localhost:\(nginx.port)" }
+
+        func stop() async {
+            nginx.stop()
+            await server.stop()
+            await backend.stop()
+        }
+    }
+
+    static func rig() async throws -> Rig {
+        let pki = try TestPKI()
+        let backend = try await SlotSearchStandIn.start(prefix: "")
+        let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(200)) { configuration in
+            configuration.fhirClientCertificateHeader = "X-SSL-Client-Cert"
+            configuration.fhirTrustedProxies = ["127.0.0.1"]
+            configuration.fhirUpstream = UpstreamConfiguration(url: "http://127.0.0.1:\(backend.port)")
+        }
+        // nginx's own copy of the CRL: the test later revokes a certificate at account-server only.
+        let nginxCRL = pki.directory.appendingPathComponent("nginx-crl.pem")
+        try FileManager.default.copyItem(atPath: pki.crlPath, toPath: nginxCRL.path)
+        let port = freeLoopbackPort()
+        let nginx = try await NginxProxy(port: port, pki: pki, template: "fhir-mtls-proxy.conf", values: [
+            "LISTEN": "127.0.0.1:\(port)", "SERVER_NAME": "localhost", "CERTIFICATE": pki.serverCertificatePath, "KEY": pki.serverKeyPath,
+            "CLIENT_CA": pki.caPath, "CLIENT_CRL": nginxCRL.path,
+            "ACCOUNT_SERVER_FHIR": "127.0.0.1:\(server.port)", "INT_R01_BACKEND": "127.0.0.1:\(backend.port)",
+        ])
+        return Rig(pki: pki, backend: backend, server: server, nginx: nginx)
+    }
+
+    /// The INT_R02 matrix through nginx: whichever gate refuses (nginx for a missing,
+    /// expired, foreign or revoked certificate; account-server for CN, OU and its own CRL),
+    /// the answer is a FHIR 403 and nothing is written.
+    @Test func theCertificateMatrixThroughNginx() async throws {
+        let rig = try await Self.rig()
+        var created = 0
+        for name in ["valid", "wrong-cn", "wrong-ou", "revoked", "expired", "other-ca", "server-usage", nil] as [String?] {
+            let client = try FHIRClient(pki: rig.pki, certificate: name, server: rig.server, baseURL: rig.front)
+            let reply = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: UUID().uuidString.lowercased(),
+                                                                                             email: "matrix-\(name ?? "none")@test.fr"))
+            await client.shutdown()
+            if name == "valid" {
+                #expect(reply.status == 201, "\(reply.body)")
+                created += 1
+            } else {
+                #expect(reply.status == 403, "\(name ?? "no certificate"): \(reply.status) \(reply.body)")
+                #expect(reply["resourceType"] == .string("OperationOutcome"), "\(name ?? "no certificate"): \(reply.body)")
+            }
+        }
+        #expect(try await rig.server.accountCount() == created)
+        let refusals = rig.server.logs.all.filter { $0.contains("client certificate refused") }
+        #expect(refusals.contains { $0.contains("CN=intruder.invalid") }, "account-server checked the CN itself")
+        #expect(refusals.contains { $0.contains("OU=OTHER") }, "and the OU")
+
+        // Revoked at account-server only (nginx still has the old CRL): refused all the same.
+        try rig.pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
+        try await Task.sleep(for: .milliseconds(800))
+        let later = try FHIRClient(pki: rig.pki, certificate: "valid-later-revoked", server: rig.server, baseURL: rig.front)
+        let refused = try await later.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "later@test.fr"))
+        #expect(refused.status == 403 && refused.body.contains("OperationOutcome"), "\(refused.status) \(refused.body)")
+        await later.shutdown()
+        #expect(try await rig.server.accountCount() == created)
+
+        // The audit trail has the SAS's certificate as account-server verified it.
+        let events = try await rig.server.auditEvents()
+        #expect(events.contains { $0.actorSubject?.contains("CN=\(TestPKI.allowedCN)") == true && $0.actorAddress == "127.0.0.1" })
+        #expect(rig.backend.requests.isEmpty, "INT_R02 never reaches the slot search")
+        await rig.stop()
+    }
+
+    @Test func slotSearchGoesToTheBackendAndMetadataDescribesTheWholeEndpoint() async throws {
+        let rig = try await Self.rig()
+        let client = try FHIRClient(pki: rig.pki, certificate: "valid", server: rig.server, baseURL: rig.front)
+        let slots = try await client.raw("/Slot?start=ge2026-11-23")
+        #expect(slots.status == 200)
+        #expect(slots.body == Array(SlotSearchStandIn.slotBundle.utf8))
+        let metadata = try await client.send(.GET, "/metadata")
+        #expect(metadata.status == 200 && metadata.body.contains(#""type":"Slot""#) && metadata.body.contains(#""code":"create""#))
+        let search = try await client.send(.GET, "/Practitioner?name=Martin")
+        #expect(search.status == 200 && search.body.contains("upstream?name=Martin"), "Practitioner searches reach the slot search through account-server")
+        let seen = rig.backend.requests
+        #expect(seen.count == 3)
+        // What the backend got through account-server carries the identity account-server verified.
+        #expect(seen.last?[values: .init("X-SSL-Client-Verify")!] == ["SUCCESS"])
+        await client.shutdown()
+        await rig.stop()
+    }
+
+    /// The certificate header is believed only from the trusted proxy's address, and only
+    /// when it holds a certificate that passes every check.
+    @Test func aForgedCertificateHeaderIsRefused() async throws {
+        let rig = try await Self.rig()
+        let direct = "http://127.0.0.1:\(rig.server.port)/Practitioner"
+        let valid = try #require(ForwardedCertificate.escapedPEM(rig.pki.clients["valid"]!.certificate))
+        let wrongCN = try #require(ForwardedCertificate.escapedPEM(rig.pki.clients["wrong-cn"]!.certificate))
+        func post(from source: String, headers: [String]) async throws -> (String, String) {
+            try await onDedicatedThread {
+                let body = Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "forged-\(UUID().uuidString.prefix(8))@test.fr")
+                return Self.curl(["--interface", source, "-X", "POST", "-H", "Content-Type: application/fhir+json", "--data", body]
+                                 + headers.flatMap { ["-H", $0] } + [direct])
+            }
+        }
+        let cases: [(String, [String], String)] = [
+            ("127.0.0.2", ["X-SSL-Client-Cert: \(valid)"], "a valid certificate header from an untrusted address"),
+            ("127.0.0.1", [], "no certificate header"),
+            ("127.0.0.1", ["X-SSL-Client-Cert: (null)"], "an unreadable header"),
+            ("127.0.0.1", ["X-SSL-Client-Cert: \(valid)", "X-SSL-Client-Cert: \(valid)"], "two certificate headers"),
+            ("127.0.0.1", ["X-SSL-Client-Cert: \(wrongCN)"], "a certificate with a CN not allowed"),
+        ]
+        for (source, headers, label) in cases {
+            let (status, body) = try await post(from: source, headers: headers)
+            #expect(status == "403", "\(label): \(status)")
+            #expect(body.contains(#""resourceType":"OperationOutcome""#) && body.contains(#""code":"security""#), "\(label): \(body)")
+        }
+        #expect(try await rig.server.accountCount() == 0)
+        #expect(rig.server.logs.all.contains { $0.contains("not from a trusted proxy") && $0.contains("127.0.0.2") })
+        // The trusted address is what grants belief: the port must only be reachable by nginx
+        // (loopback, or --fhir-proxy-tls on a private network).
+        let (trusted, _) = try await post(from: "127.0.0.1", headers: ["X-SSL-Client-Cert: \(valid)"])
+        #expect(trusted == "201")
+        // Slot searches sent straight to account-server are refused the same way.
+        let (search, _) = try await onDedicatedThread { Self.curl(["--interface", "127.0.0.2", "http://127.0.0.1:\(rig.server.port)/Slot"]) }
+        #expect(search == "403")
+        #expect(rig.backend.requests.isEmpty)
+        await rig.stop()
+    }
+
+    @Test func proxyModeConfigurationErrors() async throws {
+        let pki = try TestPKI()
+        await #expect(throws: ConfigurationError.self, "a header without trusted proxies") {
+            _ = try await RunningServer.start(pki: pki) { $0.fhirClientCertificateHeader = "X-SSL-Client-Cert" }
+        }
+        await #expect(throws: ConfigurationError.self, "trusted proxies without a header") {
+            _ = try await RunningServer.start(pki: pki) { $0.fhirTrustedProxies = ["127.0.0.1"] }
+        }
+        await #expect(throws: ConfigurationError.self, "plain HTTP off loopback") {
+            _ = try await RunningServer.start(pki: pki) {
+                $0.fhirClientCertificateHeader = "X-SSL-Client-Cert"
+                $0.fhirTrustedProxies = ["10.0.0.5"]
+                $0.fhirHost = "0.0.0.0"
+            }
+        }
+        await #expect(throws: ConfigurationError.self, "an upstream that is not an http(s) URL") {
+            _ = try await RunningServer.start(pki: pki) { $0.fhirUpstream = UpstreamConfiguration(url: "ftp://agenda/fhir") }
+        }
+    }
+
+    /// curl's status code and body.
+    static func curl(_ arguments: [String]) -> (String, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        let bodyFile = FileManager.default.temporaryDirectory.appendingPathComponent("curl-\(UUID().uuidString)")
+        process.arguments = ["-s", "-o", bodyFile.path, "-w", "%{http_code}", "--max-time", "5"] + arguments
+        let output = Pipe()
+        process.standardOutput = output
+        guard (try? process.run()) != nil else { return ("000", "") }
+        process.waitUntilExit()
+        let status = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let body = (try? String(contentsOf: bodyFile, encoding: .utf8)) ?? ""
+        try? FileManager.default.removeItem(at: bodyFile)
+        return (status, body)
+    }
+}
