@@ -114,6 +114,56 @@ struct ProcessTests {
         #expect(refused == nil || refused!.hasPrefix("4"), "revoked after SIGHUP, got \(refused ?? "connection refused")")
     }
 
+    /// Certificate rotation without downtime: new files, SIGHUP, and the next handshake gets
+    /// the new certificate while the process never stops serving. A key that does not match
+    /// its certificate (a half-done rotation) is refused and the previous pair stays.
+    @Test func sighupRotatesTheServerCertificate() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rotation-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let (process, port) = try await Self.launch(directory: directory)
+        defer { process.terminate() }
+        let pki = directory.appendingPathComponent("pki")
+        let before = try #require(try await Self.servedSerial(port: port, pki: pki))
+
+        let ca = IssuedCertificate(certificate: try Certificate(pemEncoded: try String(contentsOf: pki.appendingPathComponent("ca.pem"), encoding: .utf8)),
+                                   privateKey: try P256.Signing.PrivateKey(pemRepresentation: try String(contentsOf: pki.appendingPathComponent("ca-key.pem"), encoding: .utf8)))
+        let renewed = try PKIBuilder.issue(commonName: "localhost", organizationalUnit: nil, usage: .server, dnsNames: ["localhost"], ipAddresses: [[127, 0, 0, 1]], issuer: ca)
+        let other = try PKIBuilder.issue(commonName: "localhost", organizationalUnit: nil, usage: .server, dnsNames: ["localhost"], issuer: ca)
+
+        // Half-done rotation: the new certificate with the key of another one.
+        try renewed.certificatePEM.write(to: pki.appendingPathComponent("server.pem"), atomically: true, encoding: .utf8)
+        try other.privateKeyPEM.write(to: pki.appendingPathComponent("server-key.pem"), atomically: true, encoding: .utf8)
+        kill(process.processIdentifier, SIGHUP)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(process.isRunning)
+        #expect(try await Self.servedSerial(port: port, pki: pki) == before, "a mismatched pair is not taken into use")
+        #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "r1@test.fr") == "201")
+
+        // Completed rotation.
+        try renewed.privateKeyPEM.write(to: pki.appendingPathComponent("server-key.pem"), atomically: true, encoding: .utf8)
+        kill(process.processIdentifier, SIGHUP)
+        try await Task.sleep(for: .milliseconds(500))
+        let after = try await Self.servedSerial(port: port, pki: pki)
+        #expect(after == ClientIdentity.hex(renewed.certificate.serialNumber.bytes), "the renewed certificate is served: \(after ?? "-") (was \(before))")
+        #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "r2@test.fr") == "201")
+    }
+
+    /// The serial number of the certificate the FHIR listener presents (openssl s_client).
+    static func servedSerial(port: Int, pki: URL) async throws -> String? {
+        try await onDedicatedThread {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "openssl s_client -connect 127.0.0.1:\(port) -servername localhost -cert \(pki.path)/sas-client.pem -key \(pki.path)/sas-client-key.pem </dev/null 2>/dev/null | openssl x509 -noout -serial"]
+            let output = Pipe()
+            process.standardOutput = output
+            try process.run()
+            process.waitUntilExit()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard text.hasPrefix("serial=") else { return nil }
+            return String(text.dropFirst("serial=".count)).uppercased()
+        }
+    }
+
     /// Runs `account-server <arguments>` to completion; its exit status and standard output.
     static func run(_ arguments: [String]) async throws -> (status: Int32, output: String) {
         try await onDedicatedThread {
