@@ -6,7 +6,11 @@
 #   - nginx serving a static 200 over plain HTTP on loopback (the forward-auth listener's
 #     set-up) and over TLS without client certificate (the web listener's), the baselines of
 #     the two forward-auth endpoints.
-# Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--only fhir|web|forward-auth]
+#   - for the relayed INT_R01 slot search (--fhir-upstream): the same Slot Bundle served by
+#     nginx directly over the same mTLS set-up (the SAS calling the slot search directly) and
+#     over plain HTTP (the upstream account-server relays to), in interleaved rounds at
+#     concurrency 1 and N, so the added latency is read per round.
+# Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--only fhir|web|forward-auth|upstream]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=10
@@ -33,6 +37,7 @@ admin_port=18547
 nginx_tls_port=18548
 nginx_plain_port=18549
 forward_port=18550
+upstream_port=18551
 cleanup() {
     [[ -n "${app_pid:-}" ]] && kill "$app_pid" 2>/dev/null || true
     [[ -n "${smtp_pid:-}" ]] && kill "$smtp_pid" 2>/dev/null || true
@@ -49,6 +54,7 @@ smtp_pid=$!
     --dev-pki "$work/pki" --log-level error --web-address "127.0.0.1:$web_port" --public-url "https://localhost:$web_port" \
     --secret-key-file "$work/secret.key" --smtp-url "smtp://127.0.0.1:$smtp_port" --rate-limit-per-minute 1000000 \
     --admin-address "127.0.0.1:$admin_port" --admin-token-file "$work/admin.token" --forward-auth-address "127.0.0.1:$forward_port" \
+    --fhir-upstream "http://127.0.0.1:$upstream_port" \
     >"$work/server.out" 2>&1 &
 app_pid=$!
 for _ in $(seq 100); do
@@ -56,6 +62,26 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 pki=$work/pki
+# An INT_R01 Slot search answer of realistic size: 12 free slots of one practitioner, with the
+# included Schedule and Practitioner (about 6 KB).
+python3 - "$work/slot-bundle.json" <<'PY'
+import json, sys
+entries = [{"fullUrl": "https://agenda.example/fhir/Practitioner/p1", "resource": {"resourceType": "Practitioner", "id": "p1",
+            "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "810002673899"}], "name": [{"family": "MARTIN", "given": ["Claire"]}]},
+            "search": {"mode": "include"}},
+           {"fullUrl": "https://agenda.example/fhir/Schedule/sc1", "resource": {"resourceType": "Schedule", "id": "sc1",
+            "actor": [{"reference": "Practitioner/p1"}], "serviceType": [{"coding": [{"code": "consultation"}]}]}, "search": {"mode": "include"}}]
+for i in range(12):
+    entries.append({"fullUrl": f"https://agenda.example/fhir/Slot/s{i}", "resource": {"resourceType": "Slot", "id": f"s{i}",
+        "meta": {"profile": ["https://interop.esante.gouv.fr/ig/fhir/sas/StructureDefinition/sas-slot-aggregator"]},
+        "schedule": {"reference": "Schedule/sc1"}, "status": "free", "start": f"2026-11-23T{9 + i // 4:02d}:{(i % 4) * 15:02d}:00+01:00",
+        "end": f"2026-11-23T{9 + i // 4:02d}:{(i % 4) * 15 + 14:02d}:00+01:00",
+        "comment": f"https://agenda.example/rdv/s{i}?origin=sas"}, "search": {"mode": "match"}})
+json.dump({"resourceType": "Bundle", "type": "searchset", "total": 12, "entry": entries}, open(sys.argv[1], "w"))
+PY
+# nginx's workers (not root) read the file.
+chmod o+x "$work"
+chmod o+r "$work/slot-bundle.json"
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 2;
 pid $work/nginx.pid;
@@ -75,6 +101,12 @@ http {
         ssl_verify_client on;
         ssl_protocols TLSv1.2 TLSv1.3;
         location / { return 200 "ok\n"; }
+        location = /Slot { default_type application/fhir+json; alias $work/slot-bundle.json; }
+    }
+    server {
+        listen 127.0.0.1:$upstream_port;
+        location = /Slot { default_type application/fhir+json; alias $work/slot-bundle.json; }
+        location = /metadata { return 200 '{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"Slot","interaction":[{"code":"search-type"}]}]}]}'; }
     }
     server {
         listen 127.0.0.1:$nginx_tls_port ssl;
@@ -121,6 +153,22 @@ load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RES
         load_tls --mode get --url "https://127.0.0.1:$nginx_tls_port/" --concurrency "$concurrency" --duration "$duration" --label nginx_static_200_tls
         load_tls --mode forward-auth --url "https://localhost:$web_port" --maildir "$work/maildir" --email bench.forward.web@load.test \
             --concurrency "$concurrency" --duration "$duration" --label forward_auth_web_route
+    fi
+    if want upstream; then
+        slot_query="/Slot?schedule.actor:Practitioner.identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899&start=ge2026-11-23&status=free"
+        cmp -s <(curl -s --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "https://localhost:$app_port$slot_query") "$work/slot-bundle.json" \
+            || { echo "the relayed Slot search differs from the upstream's Bundle:" >&2
+                 curl -s -i --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "https://localhost:$app_port$slot_query" | head -c 600 >&2
+                 exit 1; }
+        rounds=5
+        round_seconds=$(python3 -c "print(max(2, $duration / 2))")
+        for c in 1 "$concurrency"; do
+            for round in $(seq $rounds); do
+                load --mode get --url "https://127.0.0.1:$nginx_port$slot_query" --concurrency "$c" --duration "$round_seconds" --label "slot_direct_mtls_c${c}_r$round"
+                load --mode get --url "https://127.0.0.1:$app_port$slot_query" --concurrency "$c" --duration "$round_seconds" --label "slot_relayed_c${c}_r$round"
+                load_tls --mode get --url "http://127.0.0.1:$upstream_port$slot_query" --concurrency "$c" --duration "$round_seconds" --label "slot_upstream_http_c${c}_r$round"
+            done
+        done
     fi
 } | tee "$results"
 
@@ -175,8 +223,30 @@ for label in order:
         note = f"{r['rps']/nginx_tls:.1%} of nginx TLS (for cross-host proxies; not the nginx path)"
     elif label.startswith("nginx_static_200"):
         note = "baseline"
+    if label.startswith("slot_"):
+        continue
     rps = "-" if r["rps"] != r["rps"] else f"{r['rps']:.0f}"
     print(f"{label:28} {rps:>9} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}  {note}")
+import re, statistics
+slot = {}
+for label in order:
+    m = re.match(r"slot_(direct_mtls|relayed|upstream_http)_c(\d+)_r(\d+)$", label)
+    if m:
+        slot.setdefault(int(m.group(2)), {}).setdefault(int(m.group(3)), {})[m.group(1)] = rows[label]
+for c in sorted(slot):
+    rounds = slot[c]
+    print()
+    print(f"Slot search relayed to the INT_R01 upstream, concurrency {c}, {len(rounds)} interleaved rounds (ms; per-round added p50 = relayed − direct mTLS)")
+    print(f"{'round':>5} {'direct mTLS p50':>16} {'relayed p50':>12} {'added p50':>10} {'upstream HTTP p50':>18} {'relayed p99':>12} {'req/s relayed':>14} {'errors':>6}")
+    added = []
+    for n in sorted(rounds):
+        d, r, u = rounds[n].get("direct_mtls"), rounds[n].get("relayed"), rounds[n].get("upstream_http")
+        if not (d and r and u):
+            continue
+        added.append(r["p50"] - d["p50"])
+        print(f"{n:>5} {d['p50']:>16.3f} {r['p50']:>12.3f} {added[-1]:>10.3f} {u['p50']:>18.3f} {r['p99']:>12.3f} {r['rps']:>14.0f} {int(r['errors'] + d['errors'] + u['errors']):>6}")
+    if added:
+        print(f"added p50: median {statistics.median(added):.3f} ms, worst round {max(added):.3f} ms  (target ≤ 2 ms)")
 if stale:
     print(f"forward-auth during a suspension: {stale['granted_before']} granted before the commit; of {stale['after']} requests started after it, "
           f"{stale['stale']} allowed (stale, must be 0), {stale['refused_after']} refused")

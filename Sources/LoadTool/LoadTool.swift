@@ -340,7 +340,7 @@ struct LoadTool: AsyncParsableCommand {
             return sorted[min(sorted.count - 1, Int((p * Double(sorted.count)).rounded(.up)) - 1)]
         }
         let rate = seconds.map { Double(sorted.count) / $0 } ?? .nan
-        print(String(format: "RESULT label=%@ n=%d rps=%.1f p50=%.2f p95=%.2f p99=%.2f errors=%d",
+        print(String(format: "RESULT label=%@ n=%d rps=%.1f p50=%.3f p95=%.3f p99=%.3f errors=%d",
                      label.replacingOccurrences(of: " ", with: "_"), sorted.count, rate, percentile(0.50), percentile(0.95), percentile(0.99), errors))
     }
 }

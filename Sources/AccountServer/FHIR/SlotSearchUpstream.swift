@@ -73,7 +73,7 @@ final class SlotSearchUpstream: Sendable {
 
     /// Relays one request and streams the upstream's answer back.
     func forward(_ request: Request, context: FHIRRequestContext) async throws -> Response {
-        let target = baseURL + request.uri.path + (request.uri.query.map { "?\($0)" } ?? "")
+        let target = baseURL + Self.encodingInvalidCharacters(request.uri.path + (request.uri.query.map { "?\($0)" } ?? ""))
         var outbound = HTTPClientRequest(url: target)
         outbound.method = HTTPMethod(rawValue: request.method.rawValue)
         for field in request.headers where !Self.isStripped(field.name.canonicalName) {
@@ -155,6 +155,32 @@ final class SlotSearchUpstream: Sendable {
                          "The slot-search service behind this endpoint is unreachable (request \(context.requestID)).")
     }
 
+    /// The request target as received, with the characters a URL may not hold raw (the SAS
+    /// sends `identifier=system|value` with a raw `|`) percent-encoded; what is already
+    /// encoded stays as it is, so the upstream decodes the same query.
+    static func encodingInvalidCharacters(_ target: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(target.utf8.count)
+        var changed = false
+        for byte in target.utf8 {
+            if allowedInTarget[Int(byte)] {
+                bytes.append(byte)
+            } else {
+                changed = true
+                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
+            }
+        }
+        return changed ? String(decoding: bytes, as: UTF8.self) : target
+    }
+
+    /// RFC 3986 unreserved and reserved characters, and `%`.
+    private static let allowedInTarget: [Bool] = {
+        var table = [Bool](repeating: false, count: 256)
+        for byte in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
+        return table
+    }()
+
     static func isStripped(_ name: String) -> Bool {
         let lowered = name.lowercased()
         return hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
@@ -172,7 +198,7 @@ final class SlotSearchUpstream: Sendable {
         headers.replaceOrAdd(name: "X-SSL-Client-Verify", value: "SUCCESS")
         headers.replaceOrAdd(name: "X-SSL-Client-S-DN", value: caller.subject)
         headers.replaceOrAdd(name: "X-SSL-Client-Serial", value: caller.serial)
-        if let pem = ForwardedCertificate.escapedPEM(caller.certificate) {
+        if let pem = caller.escapedPEM {
             headers.replaceOrAdd(name: "X-SSL-Client-Cert", value: pem)
         }
     }

@@ -13,8 +13,11 @@ struct ClientIdentity: Sendable, Equatable {
     var serial: String
     var commonNames: [String]
     var organizationalUnits: [String]
-    /// The leaf itself, relayed to the INT_R01 upstream (`X-SSL-Client-Cert`).
+    /// The leaf itself.
     var certificate: Certificate
+    /// The leaf as nginx's `$ssl_client_escaped_cert`, relayed to the INT_R01 upstream
+    /// (`X-SSL-Client-Cert`); encoded once per handshake, not per request.
+    var escapedPEM: String?
 
     init(certificate: Certificate) {
         self.certificate = certificate
@@ -135,7 +138,9 @@ final class ClientCertificateVerifier: Sendable {
         let result = await verifier.validate(leaf: leaf, intermediates: CertificateStore(presented.dropFirst()))
         switch result {
         case .validCertificate(let chain):
-            return .success((identity, Array(chain)))
+            var verified = identity
+            verified.escapedPEM = ForwardedCertificate.escapedPEM(leaf)
+            return .success((verified, Array(chain)))
         case .couldNotValidate(let failures):
             let reason: String
             if failures.isEmpty {
