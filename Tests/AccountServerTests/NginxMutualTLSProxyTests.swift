@@ -140,6 +140,34 @@ struct NginxMutualTLSProxyTests {
         await rig.stop()
     }
 
+    /// `--fhir-proxy-tls`: the proxy reaches the FHIR listener over TLS (server certificate
+    /// only); the trusted-address and certificate-header rules are unchanged.
+    @Test func theProxyListenerCanSpeakTLS() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki) { configuration in
+            configuration.fhirClientCertificateHeader = "X-SSL-Client-Cert"
+            configuration.fhirTrustedProxies = ["127.0.0.1"]
+            configuration.fhirProxyTLS = true
+        }
+        let valid = try #require(ForwardedCertificate.escapedPEM(pki.clients["valid"]!.certificate))
+        let body = Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "proxy-tls@test.fr")
+        let (created, _) = try await onDedicatedThread {
+            Self.curl(["--cacert", pki.caPath, "-X", "POST", "-H", "Content-Type: application/fhir+json", "-H", "X-SSL-Client-Cert: \(valid)",
+                       "--data", body, "https://localhost:\(server.port)/Practitioner"])
+        }
+        #expect(created == "201")
+        let (plain, _) = try await onDedicatedThread {
+            Self.curl(["-X", "POST", "-H", "X-SSL-Client-Cert: \(valid)", "--data", body, "http://127.0.0.1:\(server.port)/Practitioner"])
+        }
+        #expect(plain != "201", "plain HTTP is not served when --fhir-proxy-tls is on (got \(plain))")
+        let (untrusted, _) = try await onDedicatedThread {
+            Self.curl(["--interface", "127.0.0.2", "--cacert", pki.caPath, "-H", "X-SSL-Client-Cert: \(valid)", "https://localhost:\(server.port)/metadata"])
+        }
+        #expect(untrusted == "403")
+        #expect(try await server.accountCount() == 1)
+        await server.stop()
+    }
+
     @Test func proxyModeConfigurationErrors() async throws {
         let pki = try TestPKI()
         await #expect(throws: ConfigurationError.self, "a header without trusted proxies") {

@@ -4,6 +4,8 @@ import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -49,7 +51,8 @@ final class SlotSearchStandIn: Sendable {
     }
 
     /// - Parameter prefix: the base path the slot search is mounted on ("fhir" or none).
-    static func start(prefix: String = "fhir") async throws -> SlotSearchStandIn {
+    /// - Parameter tls: serve HTTPS with this configuration (an `https` upstream).
+    static func start(prefix: String = "fhir", tls: TLSConfiguration? = nil) async throws -> SlotSearchStandIn {
         let log = HeaderLog()
         let router = Router()
         router.middlewares.add(RecordingMiddleware(log: log))
@@ -80,7 +83,8 @@ final class SlotSearchStandIn: Sendable {
             return Response(status: .ok)
         }
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        let server: HTTPServerBuilder = if let tls { try .tls(.http1(), tlsConfiguration: tls) } else { .http1() }
+        let app = Application(router: router, server: server, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
                               onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: Logger(label: "int-r01"))
         let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "int-r01")))
         let task = Task { try await group.run() }
@@ -235,6 +239,36 @@ struct SlotSearchUpstreamTests {
         #expect(String(decoding: echoed.body, as: UTF8.self) == expected)
         await client.shutdown()
         await server.stop()
+        await standIn.stop()
+    }
+
+    /// An `https` upstream is verified against `--fhir-upstream-ca`; one that cannot be
+    /// verified is never sent the caller's request.
+    @Test func anHTTPSUpstreamIsVerified() async throws {
+        let pki = try TestPKI()
+        let tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: [.certificate(try NIOSSLCertificate(file: pki.serverCertificatePath, format: .pem))],
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: pki.serverKeyPath, format: .pem)))
+        let standIn = try await SlotSearchStandIn.start(tls: tls)
+        let trusted = try await RunningServer.start(pki: pki) { configuration in
+            var upstream = UpstreamConfiguration(url: "https://localhost:\(standIn.port)/fhir")
+            upstream.caPath = pki.caPath
+            configuration.fhirUpstream = upstream
+        }
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: trusted)
+        let relayed = try await client.raw("/Slot?start=ge2026-11-23")
+        #expect(relayed.status == 200 && relayed.body == Array(SlotSearchStandIn.slotBundle.utf8))
+        await client.shutdown()
+        await trusted.stop()
+        let seen = standIn.requests.count
+
+        let untrusted = try await Self.start(pki, upstreamURL: "https://localhost:\(standIn.port)/fhir")
+        let other = try FHIRClient(pki: pki, certificate: "valid", server: untrusted)
+        let refused = try await other.send(.GET, "/Slot?start=ge2026-11-23")
+        #expect(refused.status == 502 && refused["resourceType"] == .string("OperationOutcome"), "\(refused.status) \(refused.body)")
+        #expect(standIn.requests.count == seen, "an unverified upstream gets nothing")
+        await other.shutdown()
+        await untrusted.stop()
         await standIn.stop()
     }
 
