@@ -148,6 +148,31 @@ struct ProcessTests {
         #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "r2@test.fr") == "201")
     }
 
+    /// The topology flags, through the real command line: behind a proxy (certificate header,
+    /// trusted proxy) and with an upstream that is down.
+    @Test func topologyFlagsOnTheCommandLine() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("topology-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let closedPort = freeLoopbackPort()
+        let (process, port) = try await Self.launch(directory: directory, extraArguments: [
+            "--fhir-client-certificate-header", "X-SSL-Client-Cert", "--fhir-trusted-proxy", "127.0.0.1",
+            "--fhir-upstream", "http://127.0.0.1:\(closedPort)/fhir", "--fhir-upstream-timeout", "2",
+        ])
+        defer { process.terminate() }
+        let client = try Certificate(pemEncoded: try String(contentsOf: directory.appendingPathComponent("pki/sas-client.pem"), encoding: .utf8))
+        let header = "X-SSL-Client-Cert: " + (ForwardedCertificate.escapedPEM(client) ?? "")
+        let (missing, _) = try await onDedicatedThread { NginxMutualTLSProxyTests.curl(["http://127.0.0.1:\(port)/metadata"]) }
+        #expect(missing == "403", "no certificate header")
+        let (slot, body) = try await onDedicatedThread { NginxMutualTLSProxyTests.curl(["-H", header, "http://127.0.0.1:\(port)/Slot?start=ge2026-11-23"]) }
+        #expect(slot == "502" && body.contains("OperationOutcome"), "\(slot) \(body)")
+        let (practitioner, _) = try await onDedicatedThread {
+            NginxMutualTLSProxyTests.curl(["-H", header, "-H", "Content-Type: application/fhir+json", "--data",
+                                           Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "cli@test.fr"),
+                                           "http://127.0.0.1:\(port)/Practitioner"])
+        }
+        #expect(practitioner == "201")
+    }
+
     /// The serial number of the certificate the FHIR listener presents (openssl s_client).
     static func servedSerial(port: Int, pki: URL) async throws -> String? {
         try await onDedicatedThread {

@@ -21,6 +21,11 @@ enum EnvironmentFallback {
         return text
     }
 
+    /// A switch: set by its flag, or by its variable being 1, true or yes.
+    static func flag(_ flag: Bool, _ variable: String) -> Bool {
+        flag || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment[variable]?.lowercased() ?? "")
+    }
+
     static func list(_ flags: [String], _ variable: String) -> [String] {
         if !flags.isEmpty { return flags }
         guard let text = ProcessInfo.processInfo.environment[variable] else { return [] }

@@ -12,7 +12,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "SQLite database file. Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
     var database: String?
 
-    @Option(help: "FHIR mTLS listener, HOST:PORT. Env: ACCOUNT_SERVER_FHIR_ADDRESS. Default: 127.0.0.1:8443")
+    @Option(help: "FHIR listener (mutual TLS, or plain HTTP to a trusted proxy with --fhir-client-certificate-header), HOST:PORT. Env: ACCOUNT_SERVER_FHIR_ADDRESS. Default: 127.0.0.1:8443")
     var fhirAddress: String?
 
     @Option(help: "Server certificate chain (PEM). Env: ACCOUNT_SERVER_TLS_CERTIFICATE")
@@ -241,14 +241,14 @@ struct ServeCommand: AsyncParsableCommand {
         web.trustedProxies = Env.list(trustedProxy, "ACCOUNT_SERVER_TRUSTED_PROXY")
         web.forwardAuthHost = forwardHost
         web.forwardAuthPort = forwardPort
-        web.forwardAuthTLS = forwardAuthTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_FORWARD_AUTH_TLS"]?.lowercased() ?? "")
+        web.forwardAuthTLS = Env.flag(forwardAuthTls, "ACCOUNT_SERVER_FORWARD_AUTH_TLS")
         web.adminHost = adminHost
         web.adminPort = adminPort
-        web.adminTLS = adminTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_ADMIN_TLS"]?.lowercased() ?? "")
+        web.adminTLS = Env.flag(adminTls, "ACCOUNT_SERVER_ADMIN_TLS")
         web.adminTokenPath = Env.value(adminTokenFile, "ACCOUNT_SERVER_ADMIN_TOKEN_FILE") ?? "./data/admin.token"
         web.fhirClientCertificateHeader = Env.value(fhirClientCertificateHeader, "ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
         web.fhirTrustedProxies = Env.list(fhirTrustedProxy, "ACCOUNT_SERVER_FHIR_TRUSTED_PROXY")
-        web.fhirProxyTLS = fhirProxyTls || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["ACCOUNT_SERVER_FHIR_PROXY_TLS"]?.lowercased() ?? "")
+        web.fhirProxyTLS = Env.flag(fhirProxyTls, "ACCOUNT_SERVER_FHIR_PROXY_TLS")
         if let url = Env.value(fhirUpstream, "ACCOUNT_SERVER_FHIR_UPSTREAM") {
             var upstream = UpstreamConfiguration(url: url)
             upstream.caPath = Env.value(fhirUpstreamCa, "ACCOUNT_SERVER_FHIR_UPSTREAM_CA")
