@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .executable(name: "account-server", targets: ["AccountServer"]),
         .executable(name: "account-server-load", targets: ["LoadTool"]),
+        .executable(name: "account-server-fuzz", targets: ["Fuzz"]),
         .library(name: "Accounts", targets: ["Accounts"]),
         .library(name: "Habilitation", targets: ["Habilitation"]),
     ],
@@ -105,6 +106,11 @@ let package = Package(
                 "CArgon2",
                 "Accounts",
             ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "Fuzz",
+            dependencies: ["Accounts"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

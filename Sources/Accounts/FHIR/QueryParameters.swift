@@ -1,15 +1,14 @@
-import Accounts
-
-/// A query string parsed strictly: percent-decoding must be valid UTF-8 and every `%`
+/// A query string parsed strictly (lives beside the FHIR model so the fuzzer can reach it
+/// without the server): percent-decoding must be valid UTF-8 and every `%`
 /// must start a valid escape. `+` is kept literally (FHIR tokens never encode spaces as `+`).
-struct QueryParameters: Sendable {
-    var pairs: [(name: String, value: String)]
+public struct QueryParameters: Sendable {
+    public var pairs: [(name: String, value: String)]
 
-    static let empty = QueryParameters()
+    public static let empty = QueryParameters()
 
     private init() { pairs = [] }
 
-    init(query: String?) throws(FHIRError) {
+    public init(query: String?) throws(FHIRError) {
         pairs = []
         guard let query, !query.isEmpty else { return }
         for component in query.split(separator: "&", omittingEmptySubsequences: true) {
@@ -20,11 +19,11 @@ struct QueryParameters: Sendable {
         }
     }
 
-    func values(_ name: String) -> [String] { pairs.filter { $0.name == name }.map(\.value) }
-    func first(_ name: String) -> String? { values(name).first }
-    var names: [String] { pairs.map(\.name) }
+    public func values(_ name: String) -> [String] { pairs.filter { $0.name == name }.map(\.value) }
+    public func first(_ name: String) -> String? { values(name).first }
+    public var names: [String] { pairs.map(\.name) }
 
-    static func percentDecode(_ text: Substring) throws(FHIRError) -> String {
+    public static func percentDecode(_ text: Substring) throws(FHIRError) -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(text.utf8.count)
         var iterator = Array(text.utf8).makeIterator()
@@ -54,8 +53,8 @@ struct QueryParameters: Sendable {
 /// Parses the `identifier` token of a search or conditional update: `system|value` with the
 /// `|` raw or percent-encoded; the system must be the national id or SAS technical id system
 /// and the value must have that system's format.
-enum IdentifierToken {
-    static func parse(_ token: String) throws(FHIRError) -> RegulatorIdentifier {
+public enum IdentifierToken {
+    public static func parse(_ token: String) throws(FHIRError) -> RegulatorIdentifier {
         guard let bar = token.firstIndex(of: "|") else {
             throw FHIRError(.invalidRequest, code: .invalid,
                             "identifier must be system|value, e.g. \(FHIRSystems.nationalID)|810002673899.", expression: ["identifier"])
