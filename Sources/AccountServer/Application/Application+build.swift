@@ -60,22 +60,26 @@ func buildApplication(
         .addRoutes(to: router)
 
     let idle = HTTP1Channel.Configuration(idleTimeout: .seconds(120))
+    let requestTimeout = configuration.requestReceiveTimeout
     let server: HTTPServerBuilder
     switch callerMode {
     case .mutualTLS:
         server = HTTPServerBuilder { responder in
-            MutualTLSChannel(base: HTTP1Channel(responder: responder, configuration: idle),
+            MutualTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
                              sslContext: { material.current.fhirMutual }, verifier: verifier, logger: logger)
         }
     case .forwardedCertificate where configuration.fhirProxyTLS:
         server = HTTPServerBuilder { responder in
-            ReloadableTLSChannel(base: HTTP1Channel(responder: responder, configuration: idle), context: { material.current.fhirServerOnly })
+            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
+                                 context: { material.current.fhirServerOnly })
         }
     case .forwardedCertificate:
         guard isLoopback(configuration.fhirHost) else {
             throw ConfigurationError(description: "--fhir-address \(configuration.fhirHost) is not a loopback address: add --fhir-proxy-tls so the proxy reaches this listener over TLS")
         }
-        server = .http1(configuration: idle)
+        server = HTTPServerBuilder { responder in
+            RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger)
+        }
     }
     var app = Application(
         router: router,
@@ -214,7 +218,8 @@ func makeWebServices(
     let webApp = Application(
         router: router,
         server: HTTPServerBuilder { responder in
-            ReloadableTLSChannel(base: HTTP1Channel(responder: responder), context: { material.current.web })
+            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder), timeout: configuration.requestReceiveTimeout, logger: logger),
+                                 context: { material.current.web })
         },
         configuration: .init(address: .hostname(configuration.webHost, port: configuration.webPort), serverName: nil),
         onServerRunning: { channel in await onWebListening(channel.localAddress?.port ?? 0) },
@@ -265,6 +270,9 @@ struct WebErrorMiddleware: RouterMiddleware {
             default:
                 return WebController.page(Pages.error("Requête invalide", "La requête n’a pas pu être traitée."), status: .badRequest)
             }
+        } catch is NIOTooManyBytesError {
+            // A form sent without Content-Length that grew past the limit.
+            return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
         } catch {
             context.logger.error("unexpected error on the web surface", metadata: ["error": "\(error)"])
             return WebController.page(Pages.error("Erreur", "Une erreur est survenue (référence \(context.requestID)). Réessayez dans un instant."), status: .internalServerError)

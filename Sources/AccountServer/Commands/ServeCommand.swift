@@ -150,6 +150,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the upstream's response head, and between two body reads. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_TIMEOUT. Default: 30")
     var fhirUpstreamTimeout: Double?
 
+    @Option(help: "Seconds from a request's first byte to its answer's first byte on the FHIR and web listeners; slower senders are disconnected. Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
+    var requestTimeout: Int?
+
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
     var totpIssuer: String?
 
@@ -246,6 +249,9 @@ struct ServeCommand: AsyncParsableCommand {
         web.adminPort = adminPort
         web.adminTLS = Env.flag(adminTls, "ACCOUNT_SERVER_ADMIN_TLS")
         web.adminTokenPath = Env.value(adminTokenFile, "ACCOUNT_SERVER_ADMIN_TOKEN_FILE") ?? "./data/admin.token"
+        let requestSeconds = try Self.number(requestTimeout, "ACCOUNT_SERVER_REQUEST_TIMEOUT") ?? 60
+        guard requestSeconds >= 1 else { throw ValidationError("--request-timeout must be at least 1 second") }
+        web.requestReceiveTimeout = .seconds(requestSeconds)
         web.fhirClientCertificateHeader = Env.value(fhirClientCertificateHeader, "ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
         web.fhirTrustedProxies = Env.list(fhirTrustedProxy, "ACCOUNT_SERVER_FHIR_TRUSTED_PROXY")
         web.fhirProxyTLS = Env.flag(fhirProxyTls, "ACCOUNT_SERVER_FHIR_PROXY_TLS")

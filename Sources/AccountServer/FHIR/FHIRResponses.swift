@@ -67,6 +67,8 @@ struct FHIRErrorMiddleware: RouterMiddleware {
             response = FHIRResponses.outcome(error)
         } catch let error as HTTPError {
             response = FHIRResponses.outcome(Self.translate(error, request: request))
+        } catch is NIOTooManyBytesError {
+            response = FHIRResponses.outcome(FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes."))
         } catch {
             context.logger.error("unexpected error on the FHIR endpoint", metadata: ["error": "\(error)"])
             response = FHIRResponses.outcome(FHIRError(.internalError, code: .exception, "Internal error (request \(context.requestID)); nothing was changed."))

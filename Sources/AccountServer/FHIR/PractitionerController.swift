@@ -195,7 +195,8 @@ struct PractitionerController: Sendable {
         }
         do {
             return try await request.body.collect(upTo: FHIRLimits.maximumBodyBytes)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+        } catch is NIOTooManyBytesError {
+            // A chunked body (no Content-Length) that grew past the limit.
             throw FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes.")
         } catch {
             throw FHIRError(.invalidContent, code: .structure, "The body could not be read.")

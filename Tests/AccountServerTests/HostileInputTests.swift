@@ -1,0 +1,219 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import Testing
+
+/// Hostile input through the real endpoint (mTLS, real HTTP): every answer is a 4xx
+/// OperationOutcome or a closed connection, the server stays healthy, nothing is written.
+@Suite("Hostile input on the FHIR endpoint")
+struct HostileInputTests {
+    /// What a raw client saw: the status line (empty when none), whether the server closed
+    /// the connection, and after how long.
+    struct RawOutcome: Decodable {
+        var status: String
+        var body: String
+        var closed: Bool
+        var elapsed: Double
+    }
+
+    /// Sends `pieces` over a TLS connection presenting the valid client certificate, sleeping
+    /// between pieces, then reads until the server closes or `wait` seconds pass.
+    static func raw(_ server: RunningServer, pki: TestPKI, pieces: [(bytes: [UInt8], sleep: Double)], wait: Double = 5) async throws -> RawOutcome {
+        let client = pki.directory.appendingPathComponent("raw-client.pem")
+        let key = pki.directory.appendingPathComponent("raw-client-key.pem")
+        try pki.clients["valid"]!.certificatePEM.write(to: client, atomically: true, encoding: .utf8)
+        try pki.clients["valid"]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
+        let plan = pieces.map { ["b64": Data($0.bytes).base64EncodedString(), "sleep": $0.sleep] as [String: Any] }
+        let planFile = pki.directory.appendingPathComponent("plan-\(UUID().uuidString).json")
+        try JSONSerialization.data(withJSONObject: plan).write(to: planFile)
+        let script = """
+            import base64, json, socket, ssl, sys, time
+            port, ca, cert, key, plan_file, wait = sys.argv[1:7]
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
+            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
+            start = time.time()
+            try:
+                for piece in json.load(open(plan_file)):
+                    sock.sendall(base64.b64decode(piece["b64"]))
+                    time.sleep(piece["sleep"])
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                pass
+            sock.settimeout(float(wait))
+            data, closed = b"", False
+            try:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        closed = True
+                        break
+                    data += chunk
+            except socket.timeout:
+                pass
+            except (ConnectionResetError, ssl.SSLError, OSError):
+                closed = True
+            head, _, body = data.partition(b"\\r\\n\\r\\n")
+            print(json.dumps({"status": head.split(b"\\r\\n")[0].decode("latin-1"), "body": body.decode("utf-8", "replace")[:2000],
+                              "closed": closed, "elapsed": time.time() - start}))
+            """
+        let arguments = ["-c", script, String(server.port), pki.caPath, client.path, key.path, planFile.path, String(wait)]
+        let output = try await onDedicatedThread { () -> Data in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            process.arguments = arguments
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return data
+        }
+        return try JSONDecoder().decode(RawOutcome.self, from: output)
+    }
+
+    static func request(_ head: String, body: [UInt8] = []) -> [UInt8] {
+        Array(head.replacingOccurrences(of: "\n", with: "\r\n").utf8) + body
+    }
+
+    /// A 4xx OperationOutcome, or the connection closed without a success.
+    static func refused(_ outcome: RawOutcome) -> Bool {
+        if outcome.status.isEmpty { return outcome.closed }
+        let parts = outcome.status.split(separator: " ")
+        guard parts.count >= 2, let code = Int(parts[1]), (400..<500).contains(code) else { return false }
+        return outcome.body.isEmpty || outcome.body.contains("OperationOutcome")
+    }
+
+    @Test func bodiesThatMustBeRefused() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let valid = Bodies.practitioner(national: "810002673899")
+        let longValue = String(repeating: "8", count: 100_000)
+        let bodies: [(String, String)] = [
+            ("empty body", ""),
+            ("malformed JSON", "{\"resourceType\":\"Practitioner\","),
+            ("trailing garbage", valid + "x"),
+            ("two documents", valid + valid),
+            ("duplicate key", valid.replacingOccurrences(of: #""active":true"#, with: #""active":true,"active":true"#)),
+            ("deep nesting in a member", valid.replacingOccurrences(of: #""active":true"#, with: #""active":true,"extension":"# + String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000))),
+            ("null member", valid.replacingOccurrences(of: #""active":true"#, with: #""active":null"#)),
+            ("null in an array", valid.replacingOccurrences(of: #""given":["#, with: #""given":[null,"#)),
+            ("empty string", valid.replacingOccurrences(of: "MARIUS", with: "")),
+            ("empty array", valid.replacingOccurrences(of: #""active":true"#, with: #""active":true,"address":[]"#)),
+            ("empty object", valid.replacingOccurrences(of: #""active":true"#, with: #""active":true,"meta":{}"#)),
+            ("wrong type: active as string", valid.replacingOccurrences(of: #""active":true"#, with: #""active":"true""#)),
+            ("wrong type: name as object", valid.replacingOccurrences(of: #""name":["#, with: #""name":{"x":["#).replacingOccurrences(of: "}],\"telecom\"", with: "}]},\"telecom\"")),
+            ("wrong type: identifier as string", #"{"resourceType":"Practitioner","identifier":"810002673899","active":true}"#),
+            ("oversized identifier", Bodies.practitioner(national: longValue)),
+            ("oversized technical id", Bodies.practitioner(technical: longValue)),
+            ("oversized e-mail", Bodies.practitioner(national: "810002673899", email: String(repeating: "a", count: 100_000) + "@test.fr")),
+            ("huge number where a boolean belongs", valid.replacingOccurrences(of: #""active":true"#, with: #""active":1"# + String(repeating: "0", count: 100_000))),
+            ("lone surrogate escape", valid.replacingOccurrences(of: "MARIUS", with: "MA\\uD800RIUS")),
+            ("control character", valid.replacingOccurrences(of: "MARIUS", with: "MA\u{1}RIUS")),
+            ("other resource type", valid.replacingOccurrences(of: #""resourceType":"Practitioner""#, with: #""resourceType":"Patient""#)),
+        ]
+        for (label, body) in bodies {
+            let reply = try await client.send(.POST, "/Practitioner", body: body)
+            #expect((400..<500).contains(reply.status), "\(label) → \(reply.status)")
+            #expect(reply["resourceType"] == .string("OperationOutcome"), "\(label): \(reply.body.prefix(200))")
+        }
+        // The same bodies as conditional updates.
+        for (label, body) in bodies.prefix(8) {
+            let reply = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899", body: body)
+            #expect((400..<500).contains(reply.status), "PUT \(label) → \(reply.status)")
+        }
+
+        // Invalid UTF-8 at several places, and a body over the 1 MiB limit, declared or chunked.
+        for bytes in [[0xFF] + Array(valid.utf8), Array(valid.utf8) + [0xC0, 0x80], Array(valid.utf8.prefix(60)) + [0xED, 0xA0, 0x80] + Array(valid.utf8.dropFirst(60))] {
+            let reply = try await client.raw("/Practitioner", method: .POST, body: ByteBuffer(bytes: bytes), headers: [("Content-Type", "application/fhir+json")])
+            #expect(reply.status == 400)
+        }
+        let huge = ByteBuffer(repeating: UInt8(ascii: " "), count: 2 << 20)
+        let declared = try await client.raw("/Practitioner", method: .POST, body: huge, headers: [("Content-Type", "application/fhir+json")])
+        #expect(declared.status == 413)
+        var chunked = HTTPClientRequest(url: server.baseURL + "/Practitioner")
+        chunked.method = .POST
+        chunked.headers.add(name: "Content-Type", value: "application/fhir+json")
+        chunked.body = .stream(AsyncStream<ByteBuffer> { continuation in
+            for _ in 0..<40 { continuation.yield(ByteBuffer(repeating: UInt8(ascii: " "), count: 64 * 1024)) }
+            continuation.finish()
+        }, length: .unknown)
+        let streamed = try? await client.client.execute(chunked, timeout: .seconds(10))
+        #expect(streamed == nil || streamed!.status.code == 413, "a chunked body over the limit: \(streamed.map { "\($0.status.code)" } ?? "closed")")
+
+        #expect(try await server.accountCount() == 0, "nothing was written")
+        let healthy = try await client.send(.POST, "/Practitioner", body: valid)
+        #expect(healthy.status == 201, "the server still serves: \(healthy.body)")
+        await client.shutdown()
+        await server.stop()
+    }
+
+    @Test func headerAndFramingAbuse() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let body = Array(Bodies.practitioner(national: "810002673899").utf8)
+        let cases: [(String, [UInt8])] = [
+            ("header of 200 KB", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\nX-Big: \(String(repeating: "a", count: 200_000))\nContent-Length: \(body.count)\n\n", body: body)),
+            ("5,000 headers", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\n" + (0..<5000).map { "X-H\($0): v\n" }.joined() + "Content-Length: \(body.count)\n\n", body: body)),
+            ("URL of 200 KB", Self.request("GET /Practitioner?identifier=\(String(repeating: "a", count: 200_000)) HTTP/1.1\nHost: localhost\n\n")),
+            ("non-numeric Content-Length", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\nContent-Length: abc\n\n", body: body)),
+            ("two different Content-Lengths", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\nContent-Length: \(body.count)\nContent-Length: 5\n\n", body: body)),
+            ("Content-Length and chunked", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\nContent-Length: \(body.count)\nTransfer-Encoding: chunked\n\n", body: body)),
+            ("bad chunk size", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\nTransfer-Encoding: chunked\n\nzz\r\n{}\r\n0\r\n\r\n")),
+            ("header without colon", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nBroken header line\nContent-Length: \(body.count)\n\n", body: body)),
+            ("NUL in a header", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\u{0}x\nContent-Length: \(body.count)\n\n", body: body)),
+            ("HTTP/0.9 request line", Self.request("GET /metadata\n\n")),
+            ("unknown method", Self.request("BREW /Practitioner HTTP/1.1\nHost: localhost\nContent-Length: 0\n\n")),
+            ("content type not FHIR", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: text/xml\nContent-Length: \(body.count)\n\n", body: body)),
+            ("two content types", Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\nContent-Type: text/plain\nContent-Length: \(body.count)\n\n", body: body)),
+        ]
+        for (label, bytes) in cases {
+            let outcome = try await Self.raw(server, pki: pki, pieces: [(bytes, 0)], wait: 3)
+            #expect(Self.refused(outcome), "\(label): status \"\(outcome.status)\", closed \(outcome.closed), body \(outcome.body.prefix(120))")
+        }
+        #expect(try await server.accountCount() == 0, "nothing was written")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        #expect(try await client.send(.GET, "/metadata").status == 200, "the server still serves")
+        await client.shutdown()
+        await server.stop()
+    }
+
+    /// Slow senders are disconnected after `--request-timeout`, whether the headers or the
+    /// body trickle in; a normal request on another connection is served meanwhile.
+    @Test func slowSendersAreDisconnected() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki) { $0.requestReceiveTimeout = .seconds(1) }
+        let body = Array(Bodies.practitioner(national: "810002673899").utf8)
+        let head = Self.request("POST /Practitioner HTTP/1.1\nHost: localhost\nContent-Type: application/fhir+json\nContent-Length: \(body.count)\n\n")
+        let slowHeaders = try await Self.raw(server, pki: pki, pieces: head.chunked(into: 8).map { ($0, 0.2) }, wait: 5)
+        #expect(slowHeaders.closed && slowHeaders.status.isEmpty, "headers trickling in: \(slowHeaders)")
+        #expect(slowHeaders.elapsed < 4)
+        #expect(try await server.accountCount() == 0, "after slow headers")
+        let slowBody = try await Self.raw(server, pki: pki, pieces: [(head, 0)] + body.chunked(into: 16).map { ($0, 0.2) }, wait: 5)
+        #expect(slowBody.closed && slowBody.status.isEmpty, "body trickling in: \(slowBody)")
+        #expect(try await server.accountCount() == 0, "after a slow body")
+        let truncated = try await Self.raw(server, pki: pki, pieces: [(head + body.dropLast(20), 0)], wait: 5)
+        #expect(truncated.closed && truncated.status.isEmpty && truncated.elapsed < 4, "a body shorter than declared: \(truncated)")
+        #expect(try await server.accountCount() == 0, "after a truncated body")
+
+        // The timeout does not cut a connection that is merely idle between requests, nor a
+        // request that arrives whole.
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        #expect(try await client.send(.GET, "/metadata").status == 200)
+        try await Task.sleep(for: .seconds(2))
+        let created = try await client.send(.POST, "/Practitioner", body: String(decoding: body, as: UTF8.self))
+        #expect(created.status == 201, "\(created.status) \(created.body)")
+        #expect(try await server.accountCount() == 1)
+        #expect(server.logs.all.filter { $0.contains("request not received in time") }.count == 3, "one line per connection cut")
+        await client.shutdown()
+        await server.stop()
+    }
+}
+
+extension Array {
+    func chunked(into size: Int) -> [[Element]] {
+        stride(from: 0, to: count, by: size).map { Array(self[$0..<Swift.min($0 + size, count)]) }
+    }
+}
