@@ -10,14 +10,19 @@
 #     nginx directly over the same mTLS set-up (the SAS calling the slot search directly) and
 #     over plain HTTP (the upstream account-server relays to), in interleaved rounds at
 #     concurrency 1 and N, so the added latency is read per round.
-# Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--only fhir|web|forward-auth|upstream]
+#   - soak (--only soak, not part of the default run): mixed PUT, POST, sign-in and
+#     forward-auth load for --duration seconds with the server's RSS sampled every second.
+# Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--build release|debug]
+#                                           [--only fhir|web|forward-auth|upstream|soak]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=10
 concurrency=8
 only=all
+build=release
 while (($#)); do
     case "$1" in
+        --build) build=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
@@ -25,9 +30,9 @@ while (($#)); do
     esac
 done
 ./scripts/install-deps.sh
-swift build -c release --product account-server >/dev/null
-swift build -c release --product account-server-load >/dev/null
-bin=.build/release
+swift build -c "$build" --product account-server >/dev/null
+swift build -c "$build" --product account-server-load >/dev/null
+bin=.build/$build
 work=$(mktemp -d)
 app_port=18543
 nginx_port=18544
@@ -128,9 +133,9 @@ create_regulator() {
     curl -s -o /dev/null -w "%{http_code}" --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" \
         -H 'Content-Type: application/fhir+json' -X POST "https://localhost:$app_port/Practitioner" --data "{\"resourceType\":\"Practitioner\",\"meta\":{\"source\":\"urn:oid:1.2.250.1.213.3.6\"},\"identifier\":[{\"type\":{\"coding\":[{\"system\":\"http://interopsante.org/fhir/CodeSystem/fr-v2-0203\",\"code\":\"INTRN\"}]},\"system\":\"urn:oid:1.2.250.1.213.3.6\",\"value\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\"}],\"active\":true,\"name\":[{\"family\":\"BANC\",\"given\":[\"Essai\"]}],\"telecom\":[{\"system\":\"email\",\"value\":\"$1\"}]}"
 }
-load() { "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "$@" | grep -E '^(RESULT|RATIO)'; }
+load() { "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "$@" | grep -E '^(RESULT|RATIO|SOAK)'; }
 results=$work/results
-want() { [[ $only == all || $only == "$1" ]]; }
+want() { [[ ($only == all && $1 != soak) || $only == "$1" ]]; }
 load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RESULT|RATIO|STALE)'; }
 {
     if want fhir; then
@@ -170,6 +175,12 @@ load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RES
             done
         done
     fi
+    if want soak; then
+        [[ $(create_regulator bench.soak@load.test) == 201 ]] || { echo "could not create the soak regulator" >&2; exit 1; }
+        load --mode soak --url "https://localhost:$web_port" --fhir-url "https://localhost:$app_port" --forward-auth-url "http://127.0.0.1:$forward_port" \
+            --maildir "$work/maildir" --email bench.soak@load.test --server-pid "$app_pid" --duration "$duration"
+        kill -0 "$app_pid" || { echo "the server died during the soak" >&2; exit 1; }
+    fi
 } | tee "$results"
 
 python3 - "$results" "$concurrency" <<'PY'
@@ -178,7 +189,11 @@ rows = {}
 order = []
 stale = None
 ratios = {}
+soak = []
 for line in open(sys.argv[1]):
+    if line.startswith("SOAK"):
+        soak.append(line.strip())
+        continue
     fields = dict(part.split("=", 1) for part in line.split()[1:])
     if line.startswith("RATIO"):
         ratios[fields["label"]] = fields
@@ -195,9 +210,10 @@ nginx_tls = rows.get("nginx_static_200_tls", {}).get("rps", float("nan"))
 nginx_http = rows.get("nginx_static_200_http", {}).get("rps", float("nan"))
 argon = rows.get("argon2id_in_process", {}).get("p50", float("nan"))
 web_argon = rows.get("argon2id_in_process_web", {}).get("p50", argon)
-print()
-print(f"concurrency {sys.argv[2]} (HTTP/1.1 keep-alive over TLS, mTLS for the FHIR rows; one load generator for all rows)")
-print(f"{'workload':28} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}  ratio / target")
+if any(not label.startswith("slot_") for label in order):
+    print()
+    print(f"concurrency {sys.argv[2]} (HTTP/1.1 keep-alive over TLS, mTLS for the FHIR rows; one load generator for all rows)")
+    print(f"{'workload':28} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}  ratio / target")
 for label in order:
     r = rows[label]
     note = ""
@@ -247,6 +263,11 @@ for c in sorted(slot):
         print(f"{n:>5} {d['p50']:>16.3f} {r['p50']:>12.3f} {added[-1]:>10.3f} {u['p50']:>18.3f} {r['p99']:>12.3f} {r['rps']:>14.0f} {int(r['errors'] + d['errors'] + u['errors']):>6}")
     if added:
         print(f"added p50: median {statistics.median(added):.3f} ms, worst round {max(added):.3f} ms  (target ≤ 2 ms)")
+if soak:
+    print()
+    print("Soak (mixed load; RSS of the server process):")
+    for line in soak:
+        print("  " + line)
 if stale:
     print(f"forward-auth during a suspension: {stale['granted_before']} granted before the commit; of {stale['after']} requests started after it, "
           f"{stale['stale']} allowed (stale, must be 0), {stale['refused_after']} refused")

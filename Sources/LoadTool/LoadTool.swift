@@ -36,7 +36,21 @@ struct LoadTool: AsyncParsableCommand {
         /// (--admin-url, --admin-token-file), counting allowed answers to requests started
         /// after the suspension committed (stale answers; must be 0).
         case forwardAuth = "forward-auth"
+        /// Creates and updates while the server (--server-binary) is killed with SIGKILL at
+        /// random moments and restarted, --cycles times; checks every acknowledged change.
+        case durability
+        /// Mixed load (PUT, POST, sign-in, forward-auth) for --duration seconds while the
+        /// server's RSS (--server-pid) is sampled; --url is the web listener, --fhir-url the
+        /// FHIR one, --forward-auth-url the forward-auth listener.
+        case soak
     }
+
+    @Option(help: "soak mode: the FHIR listener's base URL.") var fhirURL: String?
+    @Option(help: "soak mode: the server's process id (RSS sampling).") var serverPid: Int32?
+
+    @Option(help: "durability mode: the account-server executable.") var serverBinary: String?
+    @Option(help: "durability mode: kill/restart cycles.") var cycles: Int = 3
+    @Option(help: "durability mode: working directory (database, development PKI).") var workdir: String?
 
     @Option(help: "forward-auth mode: the admin listener's base URL.") var adminURL: String?
     @Option(help: "forward-auth mode: base URL of the forward-auth endpoint (default: --url, the web listener).") var forwardAuthURL: String?
@@ -71,6 +85,31 @@ struct LoadTool: AsyncParsableCommand {
                 samples.append(Self.milliseconds(ContinuousClock.now - start))
             }
             Self.report(label: label ?? "argon2id in-process", samples: samples, seconds: nil, errors: 0)
+            return
+        }
+        if mode == .durability {
+            guard let serverBinary else { throw ValidationError("--server-binary is required") }
+            let directory = URL(fileURLWithPath: workdir ?? FileManager.default.temporaryDirectory.appendingPathComponent("durability-\(UUID().uuidString)").path)
+            try await DurabilityRun(binary: serverBinary, directory: directory, cycles: cycles, workers: concurrency).run()
+            return
+        }
+        if mode == .soak {
+            guard let fhirURL, let serverPid, let maildir else { throw ValidationError("--fhir-url, --server-pid and --maildir are required") }
+            var tls = TLSConfiguration.makeClientConfiguration()
+            if let ca { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+            if let cert, let key {
+                tls.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
+                tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            }
+            let fhir = HTTPClient(eventLoopGroupProvider: .singleton, configuration: HTTPClient.Configuration(tlsConfiguration: tls))
+            let web = try WebClient(base: url, ca: ca, connections: 4)
+            try await web.choosePassword(email: email, password: password, maildir: maildir)
+            let forward = try WebClient(base: forwardAuthURL ?? url, ca: ca, connections: 4)
+            try await SoakRun(fhir: fhir, fhirURL: fhirURL, web: web, forwardAuth: forward, email: email, password: password,
+                              duration: duration, serverPID: serverPid).run()
+            try? await fhir.shutdown()
+            try? await web.client.shutdown()
+            try? await forward.client.shutdown()
             return
         }
         if mode == .signInVersusArgon2 || mode == .pages || mode == .forwardAuth {
@@ -153,7 +192,7 @@ struct LoadTool: AsyncParsableCommand {
                             status = try? await Self.send(client, .PUT, "\(url)/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: body)
                         case .post:
                             status = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "p\(worker)-\(n)-\(run)@load.test", family: "POST"))
-                        case .argon2, .createVersusArgon2, .signInVersusArgon2, .pages, .forwardAuth:
+                        case .argon2, .createVersusArgon2, .signInVersusArgon2, .pages, .forwardAuth, .durability, .soak:
                             status = nil
                         }
                         let ok = status.map { (200..<300).contains($0) } ?? false
