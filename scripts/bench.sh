@@ -10,19 +10,25 @@
 #     nginx directly over the same mTLS set-up (the SAS calling the slot search directly) and
 #     over plain HTTP (the upstream account-server relays to), in interleaved rounds at
 #     concurrency 1 and N, so the added latency is read per round.
+#   - raw SQLite commits with the server's durability settings (WAL, synchronous=FULL), the
+#     floor under every INT_R02 write;
+#   - latency against concurrency (--only curve, not part of the default run): forward-auth and
+#     PUT at 1..32 concurrent clients beside their nginx baselines, drawn as an SVG (--plot FILE);
 #   - soak (--only soak, not part of the default run): mixed PUT, POST, sign-in and
 #     forward-auth load for --duration seconds with the server's RSS sampled every second.
 # Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--build release|debug]
-#                                           [--only fhir|web|forward-auth|upstream|soak]
+#                                           [--only fhir|web|forward-auth|upstream|curve|soak] [--plot FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=10
 concurrency=8
 only=all
 build=release
+plot=docs/latency-vs-concurrency.svg
 while (($#)); do
     case "$1" in
         --build) build=$2; shift 2 ;;
+        --plot) plot=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
@@ -135,12 +141,14 @@ create_regulator() {
 }
 load() { "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "$@" | grep -E '^(RESULT|RATIO|SOAK)'; }
 results=$work/results
-want() { [[ ($only == all && $1 != soak) || $only == "$1" ]]; }
+want() { [[ ($only == all && $1 != soak && $1 != curve) || $only == "$1" ]]; }
 load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RESULT|RATIO|STALE)'; }
 {
     if want fhir; then
         load --mode get --url "https://127.0.0.1:$nginx_port/" --concurrency "$concurrency" --duration "$duration" --label nginx_static_200
+        "$bin/account-server-load" --mode sqlite-commits --duration "$duration" --label sqlite_commit_full | grep -E '^RESULT'
         load --mode put --url "https://127.0.0.1:$app_port" --concurrency "$concurrency" --duration "$duration" --label PUT_conditional_update
+        load --mode post --url "https://127.0.0.1:$app_port" --concurrency "$concurrency" --duration "$duration" --label POST_create_concurrent
         load --mode create-vs-argon2 --url "https://127.0.0.1:$app_port" --iterations 60 --label POST_create_sequential
         load --mode put --url "https://127.0.0.1:$app_port" --concurrency "$concurrency" --duration "$duration" --background-creators 2 --label PUT_with_2_creators
     fi
@@ -175,6 +183,16 @@ load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RES
             done
         done
     fi
+    if want curve; then
+        [[ $(create_regulator bench.curve@load.test) == 201 ]] || { echo "could not create the curve regulator" >&2; exit 1; }
+        for c in 1 2 4 8 16 32; do
+            load_tls --mode get --url "http://127.0.0.1:$nginx_plain_port/" --concurrency "$c" --duration "$duration" --label "curve_nginx_http_c$c"
+            load --mode get --url "https://127.0.0.1:$nginx_port/" --concurrency "$c" --duration "$duration" --label "curve_nginx_mtls_c$c"
+            load --mode put --url "https://127.0.0.1:$app_port" --concurrency "$c" --duration "$duration" --label "curve_put_c$c"
+        done
+        load_tls --mode forward-auth --url "https://localhost:$web_port" --forward-auth-url "http://127.0.0.1:$forward_port" --maildir "$work/maildir" \
+            --email bench.curve@load.test --concurrency-list 1,2,4,8,16,32 --duration "$duration" --label curve_forward_auth
+    fi
     if want soak; then
         [[ $(create_regulator bench.soak@load.test) == 201 ]] || { echo "could not create the soak regulator" >&2; exit 1; }
         load --mode soak --url "https://localhost:$web_port" --fhir-url "https://localhost:$app_port" --forward-auth-url "http://127.0.0.1:$forward_port" \
@@ -183,7 +201,7 @@ load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RES
     fi
 } | tee "$results"
 
-python3 - "$results" "$concurrency" <<'PY'
+python3 - "$results" "$concurrency" "$plot" <<'PY'
 import sys
 rows = {}
 order = []
@@ -210,7 +228,7 @@ nginx_tls = rows.get("nginx_static_200_tls", {}).get("rps", float("nan"))
 nginx_http = rows.get("nginx_static_200_http", {}).get("rps", float("nan"))
 argon = rows.get("argon2id_in_process", {}).get("p50", float("nan"))
 web_argon = rows.get("argon2id_in_process_web", {}).get("p50", argon)
-if any(not label.startswith("slot_") for label in order):
+if any(not label.startswith(("slot_", "curve_")) for label in order):
     print()
     print(f"concurrency {sys.argv[2]} (HTTP/1.1 keep-alive over TLS, mTLS for the FHIR rows; one load generator for all rows)")
     print(f"{'workload':28} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}  ratio / target")
@@ -218,7 +236,12 @@ for label in order:
     r = rows[label]
     note = ""
     if label == "PUT_conditional_update":
-        note = f"{r['rps']/nginx:.1%} of nginx (≥10%), p99 {r['p99']:.1f} ms (≤20)"
+        sql = rows.get("sqlite_commit_full", {}).get("p50", float("nan"))
+        note = f"{r['rps']/nginx:.1%} of nginx (≥10%), p99 {r['p99']:.1f} ms (≤20); p50 = {r['p50']/sql:.1f}× a raw commit"
+    elif label == "POST_create_concurrent":
+        note = f"{r['rps']/nginx:.1%} of nginx; each create hashes (argon2id) on the bounded pool"
+    elif label == "sqlite_commit_full":
+        note = "baseline: one durable commit (WAL, synchronous=FULL), sequential"
     elif label == "POST_create_sequential":
         pair = ratios.get(label + "_over_hash", {})
         note = f"p95 = {r['p95']/argon:.2f}× hash p50 (≤1.5×); per-pair ratio p50 {pair.get('p50', '?')}, p95 {pair.get('p95', '?')}"
@@ -239,7 +262,7 @@ for label in order:
         note = f"{r['rps']/nginx_tls:.1%} of nginx TLS (for cross-host proxies; not the nginx path)"
     elif label.startswith("nginx_static_200"):
         note = "baseline"
-    if label.startswith("slot_"):
+    if label.startswith("slot_") or label.startswith("curve_"):
         continue
     rps = "-" if r["rps"] != r["rps"] else f"{r['rps']:.0f}"
     print(f"{label:28} {rps:>9} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} {int(r['errors']):>6}  {note}")
@@ -263,6 +286,54 @@ for c in sorted(slot):
         print(f"{n:>5} {d['p50']:>16.3f} {r['p50']:>12.3f} {added[-1]:>10.3f} {u['p50']:>18.3f} {r['p99']:>12.3f} {r['rps']:>14.0f} {int(r['errors'] + d['errors'] + u['errors']):>6}")
     if added:
         print(f"added p50: median {statistics.median(added):.3f} ms, worst round {max(added):.3f} ms  (target ≤ 2 ms)")
+curve = {}
+for label in order:
+    m = re.match(r"curve_(nginx_http|nginx_mtls|put|forward_auth)_c(\d+)$", label)
+    if m:
+        curve.setdefault(m.group(1), {})[int(m.group(2))] = rows[label]
+if curve:
+    print()
+    print("Latency against concurrency (ms)")
+    names = {"forward_auth": "forward-auth listener", "nginx_http": "nginx HTTP (its baseline)", "put": "PUT (mTLS)", "nginx_mtls": "nginx mTLS (its baseline)"}
+    for key in ["forward_auth", "nginx_http", "put", "nginx_mtls"]:
+        for c, r in sorted(curve.get(key, {}).items()):
+            print(f"  {names[key]:28} c={c:<3} {r['rps']:>8.0f} req/s  p50 {r['p50']:7.2f}  p99 {r['p99']:7.2f}  errors {int(r['errors'])}")
+    # An SVG drawn by hand: two panels (forward-auth, PUT), log2 concurrency on x, p50 and p99 on y.
+    import math
+    width, height, margin = 920, 380, 60
+    panel_w = (width - 3 * margin) / 2
+    colours = {"forward_auth": "#1f6feb", "nginx_http": "#8b949e", "put": "#d1242f", "nginx_mtls": "#8b949e"}
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    for index, (title, pair) in enumerate([("forward-auth listener vs nginx HTTP", ("forward_auth", "nginx_http")), ("INT_R02 PUT vs nginx mTLS", ("put", "nginx_mtls"))]):
+        x0 = margin + index * (panel_w + margin)
+        points = [r for key in pair for r in curve.get(key, {}).values()]
+        if not points:
+            continue
+        y_max = max(r["p99"] for r in points) * 1.1
+        levels = sorted({c for key in pair for c in curve.get(key, {})})
+        def x(c): return x0 + (math.log2(c) / math.log2(max(levels))) * panel_w if max(levels) > 1 else x0
+        def y(v): return margin + (1 - v / y_max) * (height - 2 * margin)
+        svg.append(f'<text x="{x0}" y="{margin - 20}" font-weight="bold">{title}</text>')
+        svg.append(f'<line x1="{x0}" y1="{y(0)}" x2="{x0 + panel_w}" y2="{y(0)}" stroke="black"/><line x1="{x0}" y1="{y(0)}" x2="{x0}" y2="{y(y_max)}" stroke="black"/>')
+        for c in levels:
+            svg.append(f'<text x="{x(c)}" y="{y(0) + 16}" text-anchor="middle">{c}</text>')
+        for step in range(5):
+            v = y_max * step / 4
+            svg.append(f'<text x="{x0 - 6}" y="{y(v) + 4}" text-anchor="end">{v:.1f}</text><line x1="{x0}" y1="{y(v)}" x2="{x0 + panel_w}" y2="{y(v)}" stroke="#eee"/>')
+        svg.append(f'<text x="{x0 + panel_w / 2}" y="{height - 15}" text-anchor="middle">concurrent clients</text>')
+        svg.append(f'<text x="{x0 - 45}" y="{margin - 5}">ms</text>')
+        for key in pair:
+            series = sorted(curve.get(key, {}).items())
+            for metric, dash in (("p50", ""), ("p99", ' stroke-dasharray="5,4"')):
+                path = " ".join(f"{x(c):.1f},{y(r[metric]):.1f}" for c, r in series)
+                svg.append(f'<polyline points="{path}" fill="none" stroke="{colours[key]}" stroke-width="2"{dash}/>')
+            last_c, last = series[-1]
+            svg.append(f'<text x="{x(last_c) - 4}" y="{y(last["p99"]) - 6}" text-anchor="end" fill="{colours[key]}">{names[key]}</text>')
+    svg.append(f'<text x="{margin}" y="{height - 2}" fill="#555">solid: p50, dashed: p99; one load generator for all series, same run</text>')
+    svg.append("</svg>")
+    open(sys.argv[3], "w").write("\n".join(svg) + "\n")
+    print(f"plot written to {sys.argv[3]}")
 if soak:
     print()
     print("Soak (mixed load; RSS of the server process):")

@@ -43,7 +43,13 @@ struct LoadTool: AsyncParsableCommand {
         /// server's RSS (--server-pid) is sampled; --url is the web listener, --fhir-url the
         /// FHIR one, --forward-auth-url the forward-auth listener.
         case soak
+        /// Raw SQLite baseline: single-row INSERT transactions, one after the other, on a
+        /// fresh file with the server's durability settings (WAL, synchronous=FULL).
+        case sqliteCommits = "sqlite-commits"
     }
+
+    @Option(help: "forward-auth mode: measure at each of these concurrencies (comma-separated) instead of --concurrency, without the suspension race.")
+    var concurrencyList: String?
 
     @Option(help: "soak mode: the FHIR listener's base URL.") var fhirURL: String?
     @Option(help: "soak mode: the server's process id (RSS sampling).") var serverPid: Int32?
@@ -91,6 +97,13 @@ struct LoadTool: AsyncParsableCommand {
             guard let serverBinary else { throw ValidationError("--server-binary is required") }
             let directory = URL(fileURLWithPath: workdir ?? FileManager.default.temporaryDirectory.appendingPathComponent("durability-\(UUID().uuidString)").path)
             try await DurabilityRun(binary: serverBinary, directory: directory, cycles: cycles, workers: concurrency).run()
+            return
+        }
+        if mode == .sqliteCommits {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sqlite-baseline-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let samples = try SQLiteBaseline.run(directory: directory, duration: duration)
+            Self.report(label: label ?? "sqlite_commit", samples: samples, seconds: duration, errors: 0)
             return
         }
         if mode == .soak {
@@ -192,7 +205,7 @@ struct LoadTool: AsyncParsableCommand {
                             status = try? await Self.send(client, .PUT, "\(url)/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: body)
                         case .post:
                             status = try? await Self.send(client, .POST, "\(url)/Practitioner", body: Self.body(technical: Self.uuid(), email: "p\(worker)-\(n)-\(run)@load.test", family: "POST"))
-                        case .argon2, .createVersusArgon2, .signInVersusArgon2, .pages, .forwardAuth, .durability, .soak:
+                        case .argon2, .createVersusArgon2, .signInVersusArgon2, .pages, .forwardAuth, .durability, .soak, .sqliteCommits:
                             status = nil
                         }
                         let ok = status.map { (200..<300).contains($0) } ?? false
@@ -258,7 +271,18 @@ struct LoadTool: AsyncParsableCommand {
             Self.report(label: "refusal_locked_account", samples: locked, seconds: nil, errors: 0)
         } else if mode == .forwardAuth {
             try await web.signInFromSAS(email: email, password: password)
-            try await forwardAuth(web)
+            if let concurrencyList {
+                for text in concurrencyList.split(separator: ",") {
+                    guard let level = Int(text) else { throw ValidationError("--concurrency-list: \(text) is not a number") }
+                    var copy = self
+                    copy.concurrency = level
+                    copy.label = "\(label ?? "forward_auth")_c\(level)"
+                    copy.adminURL = nil
+                    try await copy.forwardAuth(web)
+                }
+            } else {
+                try await forwardAuth(web)
+            }
         } else {
             try await web.signInFromSAS(email: email, password: password)
             let cookies = web.cookies
