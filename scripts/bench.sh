@@ -310,19 +310,27 @@ if curve:
         points = [r for key in pair for r in curve.get(key, {}).values()]
         if not points:
             continue
-        y_max = max(r["p99"] for r in points) * 1.1
+        # Log scale: p50s near a millisecond and p99 stalls of hundreds share one panel.
+        y_min = 10 ** math.floor(math.log10(max(0.01, min(r["p50"] for r in points))))
+        y_max = 10 ** math.ceil(math.log10(max(r["p99"] for r in points)))
         levels = sorted({c for key in pair for c in curve.get(key, {})})
         def x(c): return x0 + (math.log2(c) / math.log2(max(levels))) * panel_w if max(levels) > 1 else x0
-        def y(v): return margin + (1 - v / y_max) * (height - 2 * margin)
+        def y(v): return margin + (1 - (math.log10(max(v, y_min)) - math.log10(y_min)) / (math.log10(y_max) - math.log10(y_min))) * (height - 2 * margin)
         svg.append(f'<text x="{x0}" y="{margin - 20}" font-weight="bold">{title}</text>')
-        svg.append(f'<line x1="{x0}" y1="{y(0)}" x2="{x0 + panel_w}" y2="{y(0)}" stroke="black"/><line x1="{x0}" y1="{y(0)}" x2="{x0}" y2="{y(y_max)}" stroke="black"/>')
+        svg.append(f'<line x1="{x0}" y1="{y(y_min)}" x2="{x0 + panel_w}" y2="{y(y_min)}" stroke="black"/><line x1="{x0}" y1="{y(y_min)}" x2="{x0}" y2="{y(y_max)}" stroke="black"/>')
         for c in levels:
-            svg.append(f'<text x="{x(c)}" y="{y(0) + 16}" text-anchor="middle">{c}</text>')
-        for step in range(5):
-            v = y_max * step / 4
-            svg.append(f'<text x="{x0 - 6}" y="{y(v) + 4}" text-anchor="end">{v:.1f}</text><line x1="{x0}" y1="{y(v)}" x2="{x0 + panel_w}" y2="{y(v)}" stroke="#eee"/>')
+            svg.append(f'<text x="{x(c)}" y="{y(y_min) + 16}" text-anchor="middle">{c}</text>')
+        decade = y_min
+        while decade <= y_max * 1.001:
+            for factor in (1, 2, 5):
+                v = decade * factor
+                if v > y_max * 1.001:
+                    break
+                label = f"{v:g}"
+                svg.append(f'<text x="{x0 - 6}" y="{y(v) + 4}" text-anchor="end">{label}</text><line x1="{x0}" y1="{y(v)}" x2="{x0 + panel_w}" y2="{y(v)}" stroke="#eee"/>')
+            decade *= 10
         svg.append(f'<text x="{x0 + panel_w / 2}" y="{height - 15}" text-anchor="middle">concurrent clients</text>')
-        svg.append(f'<text x="{x0 - 45}" y="{margin - 5}">ms</text>')
+        svg.append(f'<text x="{x0 - 50}" y="{margin - 25}">ms (log)</text>')
         for key in pair:
             series = sorted(curve.get(key, {}).items())
             for metric, dash in (("p50", ""), ("p99", ' stroke-dasharray="5,4"')):
