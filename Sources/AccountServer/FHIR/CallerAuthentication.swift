@@ -111,22 +111,6 @@ enum ForwardedCertificate {
         var serializer = DER.Serializer()
         guard (try? serializer.serialize(certificate)) != nil else { return nil }
         let base64 = Data(serializer.serializedBytes).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
-        return percentEncoded("-----BEGIN CERTIFICATE-----\n\(base64)\n-----END CERTIFICATE-----\n")
+        return PercentEncoding.encode("-----BEGIN CERTIFICATE-----\n\(base64)\n-----END CERTIFICATE-----\n")
     }
-
-    /// RFC 3986 percent-encoding of everything but the unreserved characters.
-    static func percentEncoded(_ text: String) -> String {
-        let hex = Array("0123456789ABCDEF".utf8)
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(text.utf8.count * 11 / 10)
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
-                bytes.append(byte)
-            default:
-                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }}
+}

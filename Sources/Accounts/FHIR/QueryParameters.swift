@@ -77,3 +77,24 @@ public enum IdentifierToken {
         return identifier
     }
 }
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters: the inverse of
+/// ``QueryParameters/percentDecode(_:)`` (used for relayed certificates and by the fuzzer's
+/// round-trip property).
+public enum PercentEncoding {
+    public static func encode(_ text: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count * 11 / 10)
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                bytes.append(byte)
+            default:
+                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

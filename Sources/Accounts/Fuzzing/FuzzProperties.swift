@@ -44,7 +44,7 @@ public enum FuzzProperties {
     public static func identifierQuery(_ bytes: [UInt8]) -> String? {
         let query = String(decoding: bytes, as: UTF8.self)
         guard let parameters = try? QueryParameters(query: query) else { return nil }
-        let reencoded = parameters.pairs.map { percentEncoded($0.name) + "=" + percentEncoded($0.value) }.joined(separator: "&")
+        let reencoded = parameters.pairs.map { PercentEncoding.encode($0.name) + "=" + PercentEncoding.encode($0.value) }.joined(separator: "&")
         guard let again = try? QueryParameters(query: reencoded) else { return "re-encoded pairs do not decode: \(reencoded.prefix(200))" }
         guard again.pairs.count == parameters.pairs.count,
               zip(again.pairs, parameters.pairs).allSatisfy({ $0.name == $1.name && $0.value == $1.value }) else {
@@ -60,20 +60,5 @@ public enum FuzzProperties {
             }
         }
         return nil
-    }
-
-    private static func percentEncoded(_ text: String) -> String {
-        let hex = Array("0123456789ABCDEF".utf8)
-        var bytes: [UInt8] = []
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
-                bytes.append(byte)
-            default:
-                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }
