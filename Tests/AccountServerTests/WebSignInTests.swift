@@ -153,13 +153,18 @@ struct WebSignInTests {
         let world = try await World()
         let browser = try world.browser()
         try await Self.choosePassword(browser, world: world)
+        let totp = TOTP()
+        // The enrolment uses the step current at that moment, this one or a later one: the
+        // code of this step is then the enrolment code, or older than it — never acceptable.
+        // (Taking the step after the sign-in made the test fail whenever a 30 s step ended
+        // in between.)
+        let stepBeforeEnrolment = totp.step(at: Date())
         let (_, secret) = try await Self.signIn(browser)
         let secretBytes = try #require(secret)
         let second = try world.browser()
         let afterPassword = try await second.submit("/connexion", ["email": Self.email, "password": Self.password])
         #expect(afterPassword.location == "/connexion/second-facteur")
-        let totp = TOTP()
-        let used = totp.code(secret: secretBytes, step: totp.step(at: Date()))
+        let used = totp.code(secret: secretBytes, step: stepBeforeEnrolment)
         let replay = try await second.submit("/connexion/second-facteur", ["code": used])
         #expect(replay.status == 401, "the enrolment code cannot be replayed")
         await browser.shutdown()
