@@ -24,15 +24,18 @@ struct Fuzz {
             FileHandle.standardError.write(Data("usage: account-server-fuzz \(targets.keys.sorted().joined(separator: "|")) [libFuzzer options | files…]\n".utf8))
             exit(2)
         }
-        selected = target
-        arguments.remove(at: 1)
+        let name = arguments.remove(at: 1)
         #if FUZZING
         var argc = CInt(arguments.count)
         var cStrings = arguments.map { strdup($0) }
         cStrings.append(nil)
+        // A C callback cannot capture which target was chosen: one callback per target.
+        let callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt = name == "practitioner"
+            ? { data, size in check(FuzzProperties.practitioner, data, size) }
+            : { data, size in check(FuzzProperties.identifierQuery, data, size) }
         exit(cStrings.withUnsafeMutableBufferPointer { buffer -> CInt in
             var argv = buffer.baseAddress!
-            return LLVMFuzzerRunDriver(&argc, &argv, fuzzOne)
+            return LLVMFuzzerRunDriver(&argc, &argv, callback)
         })
         #else
         var failures = 0
@@ -51,19 +54,24 @@ struct Fuzz {
         exit(failures == 0 ? 0 : 1)
         #endif
     }
-
-    nonisolated(unsafe) static var selected: (([UInt8]) -> String?)?
 }
 
 #if FUZZING
-/// libFuzzer's entry point: a property failure is a crash, so libFuzzer saves the input.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+/// One input through one target's properties: a failure is a crash, so libFuzzer saves the
+/// input.
+func check(_ properties: ([UInt8]) -> String?, _ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size))
-    if let failure = Fuzz.selected?(bytes) {
+    if let failure = properties(bytes) {
         fatalError("property failed: \(failure)")
     }
     return 0
+}
+
+/// Only here because the fuzzer runtime's own `main` refers to it; `main` above runs the
+/// driver with the chosen target instead, so reaching this means the wrong `main` ran.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneUnselected(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    fatalError("run through account-server-fuzz TARGET, not the fuzzer runtime's main")
 }
 
 @_silgen_name("LLVMFuzzerRunDriver")

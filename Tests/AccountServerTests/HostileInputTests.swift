@@ -150,6 +150,28 @@ struct HostileInputTests {
         await server.stop()
     }
 
+    /// The web listener's forms: a body sent without Content-Length that grows past the 16 KiB
+    /// limit gets the French 413 page, not a 500.
+    @Test func webFormsOverTheLimitGet413() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: try pki.clientTLS(nil)))
+        var request = HTTPClientRequest(url: server.webURL + "/connexion")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        request.headers.add(name: "Origin", value: server.webURL)
+        request.body = .stream(AsyncStream<ByteBuffer> { continuation in
+            for _ in 0..<8 { continuation.yield(ByteBuffer(string: "email=" + String(repeating: "a", count: 8 * 1024))) }
+            continuation.finish()
+        }, length: .unknown)
+        let response = try await client.execute(request, timeout: .seconds(10))
+        let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        #expect(response.status.code == 413, "\(response.status.code)")
+        #expect(body.contains("Formulaire trop volumineux"))
+        try await client.shutdown()
+        await server.stop()
+    }
+
     @Test func headerAndFramingAbuse() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)

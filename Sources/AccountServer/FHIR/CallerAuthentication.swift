@@ -63,10 +63,7 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
                 // The verifier logged subject, serial and reason; the caller learns nothing more.
                 throw FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")
             }
-            if let forwarded = request.headers[values: .xForwardedFor].last,
-               let address = forwarded.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), CIDR.bytes(address) != nil {
-                context.forwardedClientAddress = address
-            }
+            context.forwardedClientAddress = ClientAddressMiddleware<FHIRLimits>.appendedByProxy(request.headers)
         }
         return try await next(request, context)
     }

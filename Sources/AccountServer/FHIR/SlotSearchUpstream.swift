@@ -143,10 +143,13 @@ final class SlotSearchUpstream: Sendable {
 
     private func failure(_ error: any Error, context: FHIRRequestContext) -> FHIRError {
         let timedOut: Bool
-        if let clientError = error as? HTTPClientError {
+        switch error {
+        case let clientError as HTTPClientError:
             timedOut = [.deadlineExceeded, .connectTimeout, .readTimeout, .getConnectionFromPoolTimeout].contains(clientError)
-        } else {
-            timedOut = "\(error)".localizedCaseInsensitiveContains("timeout") || "\(error)".localizedCaseInsensitiveContains("timed out")
+        case let channelError as ChannelError:
+            timedOut = if case .connectTimeout = channelError { true } else { false }
+        default:
+            timedOut = false
         }
         metrics.upstream(outcome: timedOut ? "timeout" : "unreachable")
         context.logger.warning("INT_R01 upstream failed", metadata: ["upstream": "\(baseURL)", "error": "\(error)", "timeout": "\(timedOut)"])
@@ -162,27 +165,8 @@ final class SlotSearchUpstream: Sendable {
     /// sends `identifier=system|value` with a raw `|`) percent-encoded; what is already
     /// encoded stays as it is, so the upstream decodes the same query.
     static func encodingInvalidCharacters(_ target: String) -> String {
-        let hex = Array("0123456789ABCDEF".utf8)
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(target.utf8.count)
-        var changed = false
-        for byte in target.utf8 {
-            if allowedInTarget[Int(byte)] {
-                bytes.append(byte)
-            } else {
-                changed = true
-                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
-            }
-        }
-        return changed ? String(decoding: bytes, as: UTF8.self) : target
+        PercentEncoding.encode(target, keeping: "-._~:/?#[]@!$&'()*+,;=%")
     }
-
-    /// RFC 3986 unreserved and reserved characters, and `%`.
-    private static let allowedInTarget: [Bool] = {
-        var table = [Bool](repeating: false, count: 256)
-        for byte in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
-        return table
-    }()
 
     static func isStripped(_ name: String) -> Bool {
         let lowered = name.lowercased()

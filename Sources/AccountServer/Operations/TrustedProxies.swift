@@ -60,11 +60,18 @@ struct ClientAddressMiddleware<Limits: ListenerLimits>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         if !trustedProxies.isEmpty, trustedProxies.contains(where: { $0.contains(context.peerAddress) }),
-           let header = request.headers[values: .xForwardedFor].last,
-           let last = header.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), CIDR.bytes(last) != nil {
-            context.forwardedClientAddress = last
+           let address = Self.appendedByProxy(request.headers) {
+            context.forwardedClientAddress = address
         }
         return try await next(request, context)
+    }
+
+    /// The address the nearest proxy appended to `X-Forwarded-For` (the right-most entry of
+    /// the last header), when it is an IP address. Believe it only from a trusted peer.
+    static func appendedByProxy(_ headers: HTTPFields) -> String? {
+        guard let header = headers[values: .xForwardedFor].last,
+              let last = header.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), CIDR.bytes(last) != nil else { return nil }
+        return last
     }
 }
 

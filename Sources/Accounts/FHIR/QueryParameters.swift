@@ -82,19 +82,25 @@ public enum IdentifierToken {
 /// ``QueryParameters/percentDecode(_:)`` (used for relayed certificates and by the fuzzer's
 /// round-trip property).
 public enum PercentEncoding {
-    public static func encode(_ text: String) -> String {
+    /// Encodes every byte but ASCII letters, digits and the characters in `keeping` (by
+    /// default the unreserved `-._~`), and returns `text` itself when nothing needed encoding.
+    public static func encode(_ text: String, keeping: String = "-._~") -> String {
+        let kept = Set(keeping.utf8)
         let hex = Array("0123456789ABCDEF".utf8)
         var bytes: [UInt8] = []
         bytes.reserveCapacity(text.utf8.count * 11 / 10)
+        var changed = false
         for byte in text.utf8 {
             switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                bytes.append(byte)
+            case _ where kept.contains(byte):
                 bytes.append(byte)
             default:
+                changed = true
                 bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
             }
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return changed ? String(decoding: bytes, as: UTF8.self) : text
     }
 }
