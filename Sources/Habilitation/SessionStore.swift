@@ -54,6 +54,28 @@ public final class SessionStore: Sendable {
 
     private var now: Date { Date(epochMilliseconds: clock().epochMilliseconds) }
 
+    // MARK: Retention
+
+    /// Deletes what can no longer be used: intents and flows once spent or expired, sessions
+    /// once ended (revoked, idle or past their absolute limit) for longer than `retention`
+    /// (kept that long for the admin's view of recent sessions). The audit trail keeps the
+    /// story; with `secure_delete` the rows' bytes are zeroed. Returns the rows deleted.
+    public func purge(retention: TimeInterval) async throws -> Int {
+        let at = now
+        let cutoff = at.addingTimeInterval(-retention).epochMilliseconds
+        let idle = Int64(configuration.idleTimeout * 1000)
+        return try await database.write { db in
+            try db.execute(sql: "DELETE FROM login_intent WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
+            var deleted = db.changesCount
+            try db.execute(sql: "DELETE FROM sign_in_flow WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
+            deleted += db.changesCount
+            try db.execute(sql: """
+                DELETE FROM web_session WHERE revoked_at <= ? OR absolute_expires_at <= ? OR last_seen_at + ? <= ?
+                """, arguments: [cutoff, cutoff, idle, cutoff])
+            return deleted + db.changesCount
+        }
+    }
+
     // MARK: Intents
 
     public func createIntent(_ intent: LoginIntent) async throws -> String {
@@ -106,6 +128,28 @@ public final class SessionStore: Sendable {
                 """, arguments: [SecretToken.hash(token), at.epochMilliseconds]).map {
                 ($0["account_id"], $0["intent_id_hash"], ($0["second_factor_at"] as Int64?) != nil)
             }
+        }
+    }
+
+    /// Counts a wrong second-factor code against the flow; at `limit` the flow ends (the
+    /// browser must start again from the password). Returns whether the flow is still open.
+    public func recordFailedCode(flowToken: String, limit: Int) async throws -> Bool {
+        let at = now
+        return try await database.write { db in
+            let hash = SecretToken.hash(flowToken)
+            try db.execute(sql: "UPDATE sign_in_flow SET failed_codes = failed_codes + 1 WHERE id_hash = ?", arguments: [hash])
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL AND failed_codes >= ?",
+                           arguments: [at.epochMilliseconds, hash, limit])
+            return db.changesCount == 0
+        }
+    }
+
+    /// Ends a flow without a session (lockout, too many codes).
+    public func endFlow(flowToken: String) async throws {
+        let at = now
+        try await database.write { db in
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL",
+                           arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
         }
     }
 

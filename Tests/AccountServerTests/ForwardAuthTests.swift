@@ -11,12 +11,13 @@ import Testing
 
 /// A plain-HTTP client for the admin listener.
 struct AdminClient {
-    let client: HTTPClient
+    private let owned: OwnedHTTPClient
+    var client: HTTPClient { owned.client }
     let base: String
     let token: String?
 
     init(server: RunningServer, token: String? = nil) {
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(redirectConfiguration: .disallow))
+        owned = OwnedHTTPClient(.init(redirectConfiguration: .disallow))
         base = server.adminURL
         self.token = token ?? server.adminToken
     }
@@ -41,7 +42,7 @@ struct AdminClient {
         return object
     }
 
-    func shutdown() async { try? await client.shutdown() }
+    func shutdown() async { await owned.shutdown() }
 }
 
 /// The forward-auth contract (docs/forward-auth.md) over real HTTPS against the real server:
@@ -202,7 +203,8 @@ struct ForwardAuthTests {
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try world.pki.ca.certificatePEM.utf8), format: .pem)])
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let owned = OwnedHTTPClient(configuration)
+        let client = owned.client
         let url = world.server.forwardAuthURL + "/forward-auth"
         let clock = ContinuousClock()
 
@@ -253,7 +255,7 @@ struct ForwardAuthTests {
         let stale = after.filter { $0.1 == 200 }
         #expect(stale.count == 0, "\(stale.count) of \(after.count) requests started after the commit were allowed")
         #expect(after.allSatisfy { $0.1 == (withdrawal == "session-revocation" ? 401 : 403) })
-        try? await client.shutdown()
+        await owned.shutdown()
         await admin.shutdown()
         await browser.shutdown()
         await world.stop()

@@ -144,6 +144,14 @@ struct HostileInputTests {
         #expect(streamed == nil || streamed!.status.code == 413, "a chunked body over the limit: \(streamed.map { "\($0.status.code)" } ?? "closed")")
 
         #expect(try await server.accountCount() == 0, "nothing was written")
+
+        // Nearly 1 MiB of nulls is ~200,000 issues: the refusal's audit row stays small.
+        let nulls = #"{"resourceType":"Practitioner","identifier":["# + Array(repeating: "null", count: 200_000).joined(separator: ",") + "]}"
+        let refusedNulls = try await client.send(.POST, "/Practitioner", body: nulls)
+        #expect(refusedNulls.status == 400 && refusedNulls.body.utf8.count < 64 * 1024, "\(refusedNulls.body.utf8.count) bytes")
+        let largestRow = try await server.auditEvents().map { [$0.detail, $0.identifier, $0.changes].compactMap { $0?.utf8.count }.reduce(0, +) }.max() ?? 0
+        #expect(largestRow < 16 * 1024, "largest audit row: \(largestRow) bytes")
+
         let healthy = try await client.send(.POST, "/Practitioner", body: valid)
         #expect(healthy.status == 201, "the server still serves: \(healthy.body)")
         await client.shutdown()
@@ -155,7 +163,8 @@ struct HostileInputTests {
     @Test func webFormsOverTheLimitGet413() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: try pki.clientTLS(nil)))
+        let owned = OwnedHTTPClient(.init(tlsConfiguration: try pki.clientTLS(nil)))
+        let client = owned.client
         var request = HTTPClientRequest(url: server.webURL + "/connexion")
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
@@ -168,7 +177,7 @@ struct HostileInputTests {
         let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
         #expect(response.status.code == 413, "\(response.status.code)")
         #expect(body.contains("Formulaire trop volumineux"))
-        try await client.shutdown()
+        await owned.shutdown()
         await server.stop()
     }
 

@@ -63,6 +63,45 @@ struct MutualTLSTests {
         await server.stop()
     }
 
+    /// Revocation fails closed: a client CA without a CRL stops the start; a certificate
+    /// issued by an intermediate nobody publishes a CRL for is refused; the opt-out lets both
+    /// through, says so in the log and in /readyz.
+    @Test func revocationFailsClosed() async throws {
+        let pki = try TestPKI()
+        await #expect(throws: ConfigurationError.self) {
+            let server = try await RunningServer.start(pki: pki) { $0.clientCRLPaths = [] }
+            await server.stop()
+        }
+        let strict = try await RunningServer.start(pki: pki)
+        #expect(try await attemptCreate(pki: pki, server: strict, certificate: "valid") == 201)
+        #expect(try await attemptCreate(pki: pki, server: strict, certificate: "via-intermediate") == nil, "the intermediate has no CRL")
+        #expect(strict.logs.all.contains { $0.contains("client certificate refused") && $0.contains("no CRL is loaded for") })
+        await strict.stop()
+
+        let lenient = try await RunningServer.start(pki: pki) { $0.allowMissingCRL = true; $0.clientCRLPaths = [] }
+        #expect(lenient.logs.all.contains { $0.contains("revocation NOT checked") })
+        #expect(try await attemptCreate(pki: pki, server: lenient, certificate: "via-intermediate") == 201)
+        let admin = AdminClient(server: lenient)
+        let ready = try await admin.send(.GET, "/readyz", authorization: "")
+        #expect(ready.status == 200 && ready.body.contains("revocation NOT checked"), "\(ready.body)")
+        await admin.shutdown()
+        await lenient.stop()
+    }
+
+    /// A certificate subject holding CR/LF cannot write a line of its own into the text log:
+    /// the refusal is one line, with the control characters escaped.
+    @Test func clientSuppliedTextCannotForgeLogLines() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        #expect(try await attemptCreate(pki: pki, server: server, certificate: "crlf-subject") == nil)
+        let lines = server.logs.all
+        let refusal = lines.first { $0.contains("client certificate refused") && $0.contains("admin token rotated") }
+        #expect(refusal?.contains(#"x\r\n2026-11-29T00:00:00.000Z critical"#) == true, "\(lines)")
+        #expect(!lines.contains { $0.contains("\n") || $0.contains("\r") }, "no raw line break in any log line")
+        #expect(TextLogHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}") == #"a\u{85}b\u{2028}c\\d\u{7}"#)
+        await server.stop()
+    }
+
     @Test func tlsBelow12IsRefusedAtTheHandshake() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)
@@ -93,8 +132,8 @@ struct MutualTLSTests {
         let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(100))
         #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid-later-revoked") == 201)
         try pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
-        try await Task.sleep(for: .milliseconds(800))
-        #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid-later-revoked") == nil)
+        #expect(try await eventually { try await attemptCreate(pki: pki, server: server, certificate: "valid-later-revoked") == nil },
+                "the new CRL is polled in")
         #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid") == 201)
         await server.stop()
     }
@@ -103,7 +142,7 @@ struct MutualTLSTests {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(100))
         try pki.write("-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n", "crl.pem")
-        try await Task.sleep(for: .milliseconds(600))
+        #expect(try await eventually { server.logs.all.contains { $0.contains("client CRL reload failed") } }, "the broken file was read")
         #expect(try await attemptCreate(pki: pki, server: server, certificate: "revoked") == nil)
         #expect(try await attemptCreate(pki: pki, server: server, certificate: "valid") == 201)
         await server.stop()

@@ -68,8 +68,9 @@ struct NginxMutualTLSProxyTests {
         #expect(refusals.contains { $0.contains("OU=OTHER") }, "and the OU")
 
         // Revoked at account-server only (nginx still has the old CRL): refused all the same.
+        let reloads = rig.server.logs.all.filter { $0.contains("client CRLs reloaded") }.count
         try rig.pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
-        try await Task.sleep(for: .milliseconds(800))
+        #expect(try await eventually { rig.server.logs.all.filter { $0.contains("client CRLs reloaded") }.count > reloads }, "the new CRL is polled in")
         let later = try FHIRClient(pki: rig.pki, certificate: "valid-later-revoked", server: rig.server, baseURL: rig.front)
         let refused = try await later.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "later@test.fr"))
         #expect(refused.status == 403 && refused.body.contains("OperationOutcome"), "\(refused.status) \(refused.body)")

@@ -8,16 +8,20 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import ServiceLifecycle
+import Synchronization
 import X509
 
 /// The PKI matrix of the integration tests, written to a temporary directory.
 struct TestPKI {
     static let allowedCN = "sas.test.invalid"
     static let allowedOU = "SAS"
+    static let forgedLogLine = "2026-11-29T00:00:00.000Z critical account-server: admin token rotated"
 
     let directory: URL
     let ca: IssuedCertificate
     let otherCA: IssuedCertificate
+    /// Issued by `ca`; no CRL of its own is ever published.
+    let intermediate: IssuedCertificate
     let server: IssuedCertificate
     let clients: [String: IssuedCertificate]
 
@@ -31,6 +35,7 @@ struct TestPKI {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         ca = try PKIBuilder.makeCA(commonName: "Test IGC-Santé CA")
         otherCA = try PKIBuilder.makeCA(commonName: "Some other CA")
+        intermediate = try PKIBuilder.makeCA(commonName: "Test IGC-Santé intermediate CA", issuer: ca)
         server = try PKIBuilder.issue(commonName: "localhost", organizationalUnit: nil, usage: .server, dnsNames: ["localhost"], ipAddresses: [[127, 0, 0, 1]], issuer: ca)
         let day: TimeInterval = 86400
         clients = [
@@ -45,6 +50,9 @@ struct TestPKI {
                                                   notBefore: Date().addingTimeInterval(day), notAfter: Date().addingTimeInterval(30 * day), issuer: ca),
             "other-ca": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client, issuer: otherCA),
             "server-usage": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .server, issuer: ca),
+            // A subject that tries to write its own log line.
+            "via-intermediate": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client, issuer: intermediate),
+            "crlf-subject": try PKIBuilder.issue(commonName: "x\r\n\(Self.forgedLogLine)", organizationalUnit: Self.allowedOU, usage: .client, issuer: ca),
         ]
         try write(try ca.certificatePEM, "ca.pem")
         try write(try server.certificatePEM, "server.pem")
@@ -70,35 +78,25 @@ struct TestPKI {
         tls.maximumTLSVersion = maximumVersion
         if let name, let client = clients[name] {
             tls.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(try client.certificatePEM.utf8), format: .pem))]
+            if client.certificate.issuer == intermediate.certificate.subject {
+                tls.certificateChain.append(.certificate(try NIOSSLCertificate(bytes: Array(try intermediate.certificatePEM.utf8), format: .pem)))
+            }
             tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(client.privateKeyPEM.utf8), format: .pem))
         }
         return tls
     }
 }
 
-/// A log handler that keeps every message, so tests can assert on what is (and is not) logged.
+/// The server's logs in memory, written by the real text handler (escaping included).
 final class CapturedLogs: Sendable {
-    private let lines = NIOLockedValueBox<[String]>([])
+    private let sink = JSONLogSink(capturing: true)
 
-    var all: [String] { lines.withLockedValue { $0 } }
+    var all: [String] { sink.captured }
 
-    func handler(label: String) -> some LogHandler { Handler(sink: self) }
-
-    struct Handler: LogHandler {
-        let sink: CapturedLogs
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-            let rendered = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            sink.lines.withLockedValue { $0.append("\(event.level) \(event.message) \(rendered)") }
-        }
+    func handler(label: String) -> some LogHandler {
+        var handler = TextLogHandler(label: label, sink: sink)
+        handler.logLevel = .trace
+        return handler
     }
 }
 
@@ -219,7 +217,8 @@ struct FHIRReply {
 
 /// An mTLS client for one certificate of the PKI.
 struct FHIRClient {
-    let client: HTTPClient
+    private let owned: OwnedHTTPClient
+    var client: HTTPClient { owned.client }
     let server: RunningServer
     /// The server's own listener, or a proxy in front of it.
     let baseURL: String
@@ -229,7 +228,7 @@ struct FHIRClient {
         self.baseURL = baseURL ?? server.baseURL
         var configuration = HTTPClient.Configuration(tlsConfiguration: try pki.clientTLS(certificate, maximumVersion: maximumVersion, minimumVersion: minimumVersion))
         configuration.timeout = .init(connect: .seconds(5), read: .seconds(10))
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        owned = OwnedHTTPClient(configuration)
         self.server = server
     }
 
@@ -246,13 +245,14 @@ struct FHIRClient {
     }
 
     func shutdown() async {
-        try? await client.shutdown()
+        await owned.shutdown()
     }
 }
 
 enum Bodies {
+    /// Tests/Examples: the published examples, kept in the repository.
     static let examples: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/spec/examples")
+        .appendingPathComponent("Examples")
 
     static func example(_ name: String) throws -> String {
         try String(contentsOf: examples.appendingPathComponent(name), encoding: .utf8)
@@ -268,5 +268,61 @@ enum Bodies {
             identifiers.append(#"{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(technical)"}"#)
         }
         return #"{"resourceType":"Practitioner","id":"example-regulator-1","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[\#(identifiers.joined(separator: ","))],"active":\#(active),"name":[{"family":"\#(family)","given":["Jules"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
+    }
+}
+
+/// An `HTTPClient` that cannot be dropped un-shut-down. AsyncHTTPClient traps in debug builds
+/// when a client is deinitialised before `shutdown()`, so a test that threw between creating a
+/// client and shutting it down used to take the whole test process down with it. Owners call
+/// `shutdown()` when they are done; if a throw skips that, the deinit starts the shutdown.
+final class OwnedHTTPClient: Sendable {
+    let client: HTTPClient
+    private let closed = Atomic<Bool>(false)
+
+    init(_ configuration: HTTPClient.Configuration = .init()) {
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+
+    func shutdown() async {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        try? await client.shutdown()
+    }
+
+    deinit {
+        // The client keeps itself alive until its shutdown completes.
+        if !closed.load(ordering: .acquiring) { client.shutdown().whenComplete { _ in } }
+    }
+}
+
+/// Runs `body` with a client that is shut down however `body` ends.
+func withHTTPClient<T>(_ configuration: HTTPClient.Configuration = .init(),
+                       _ body: (HTTPClient) async throws -> T) async throws -> T {
+    let owned = OwnedHTTPClient(configuration)
+    do {
+        let result = try await body(owned.client)
+        await owned.shutdown()
+        return result
+    } catch {
+        await owned.shutdown()
+        throw error
+    }
+}
+
+/// A fixture that could not be set up: thrown (never `precondition`), so only its test fails.
+struct FixtureFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held. Tests wait
+/// for an observable effect this way instead of sleeping a fixed time and hoping.
+@discardableResult
+func eventually(timeout: Duration = .seconds(10), every interval: Duration = .milliseconds(50),
+                _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        if try await condition() { return true }
+        if ContinuousClock.now >= deadline { return false }
+        try await Task.sleep(for: interval)
     }
 }

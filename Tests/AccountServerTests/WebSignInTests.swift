@@ -33,7 +33,10 @@ struct WebSignInTests {
             }
             fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
             let created = try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email))
-            precondition(created.status == 201)
+            guard created.status == 201 else {
+                await stop()
+                throw FixtureFailure("the SAS create answered \(created.status): \(created.body)")
+            }
         }
 
         func browser() throws -> Browser { try Browser(pki: pki, base: server.webURL) }
@@ -41,7 +44,7 @@ struct WebSignInTests {
         func setActive(_ active: Bool) async throws {
             let reply = try await fhir.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899",
                                             body: Bodies.practitioner(national: "810002673899", active: active, email: WebSignInTests.email))
-            precondition(reply.status == 200)
+            guard reply.status == 200 else { throw FixtureFailure("the SAS update answered \(reply.status): \(reply.body)") }
         }
 
         func stop() async {
@@ -189,6 +192,71 @@ struct WebSignInTests {
                 "unknown e-mail, wrong password and locked account get the same answer")
         let events = try await world.server.auditEvents().map(\.action)
         #expect(events.contains("lockout"))
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// Wrong second-factor codes count in the account's failure counter (a phished password
+    /// plus many addresses must not guess codes forever): a flow ends after 3 wrong codes, a
+    /// correct password does not reset the count, and once locked, the right password and
+    /// the right code (on a flow opened before the lockout) are both refused.
+    @Test func secondFactorFailuresCountTowardLockout() async throws {
+        let world = try await World { $0.lockout = LockoutPolicy(maximumFailures: 5, coolingPeriod: .seconds(900)) }
+        let first = try world.browser()
+        try await Self.choosePassword(first, world: world)
+        let secret = try #require(try await Self.signIn(first).secret)
+        await first.shutdown()
+        let totp = TOTP()
+        let wrongCode = String(format: "%06d", ((Int(totp.code(secret: secret, step: totp.step(at: Date()))) ?? 0) + 500_000) % 1_000_000)
+
+        // A flow opened now, whose right code comes after the lockout.
+        let waiting = try world.browser()
+        #expect(try await waiting.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+
+        let attacker = try world.browser()
+        #expect(try await attacker.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+        for attempt in 1...3 {
+            let page = try await attacker.submit("/connexion/second-facteur", ["code": wrongCode])
+            if attempt < 3 {
+                #expect(page.status == 401)
+            } else {
+                #expect(page.status == 303 && page.location == "/connexion?fin=codes", "the flow ends after 3 wrong codes")
+            }
+        }
+        #expect(try await attacker.get("/connexion/second-facteur").location == "/connexion?fin=expiree", "that flow is gone")
+        // The right password again: accepted, but the count goes on from 3.
+        #expect(try await attacker.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+        _ = try await attacker.submit("/connexion/second-facteur", ["code": wrongCode])
+        let fifth = try await attacker.submit("/connexion/second-facteur", ["code": wrongCode])
+        #expect(fifth.location == "/connexion?fin=codes", "the fifth failure locks the account and ends the flow")
+
+        let rightPassword = try await attacker.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(rightPassword.status == 401, "the right password is refused during the lockout")
+        let rightCode = try await waiting.submit("/connexion/second-facteur", ["code": totp.code(secret: secret, step: totp.step(at: Date()) + 1)])
+        #expect(rightCode.location == "/connexion?fin=codes" && waiting.cookies["__Host-as-session"] == nil,
+                "the right code is refused during the lockout: \(rightCode.status) \(rightCode.location ?? "-")")
+        let events = try await world.server.auditEvents()
+        #expect(events.filter { $0.action == "second-factor" && $0.outcome.hasPrefix("refused") }.count >= 6)
+        #expect(events.contains { $0.action == "lockout" })
+        await waiting.shutdown()
+        await attacker.shutdown()
+        await world.stop()
+    }
+
+    /// Each SAS entry commits a login intent before anyone signs in: a flood from one client
+    /// gets 429s and the table stays bounded.
+    @Test func sasEntryFloodIsBounded() async throws {
+        let world = try await World { $0.rateLimitPerMinute = 10 }
+        let browser = try world.browser()
+        var statuses: [Int: Int] = [:]
+        for _ in 0..<300 {
+            statuses[try await browser.get("/connexion?origin=sas").status, default: 0] += 1
+        }
+        let database = try AccountDatabase(path: world.server.databasePath)
+        let intents = try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") ?? 0 }
+        // 10 at once, then 10 a minute: the 300 requests take seconds, so about a dozen pass.
+        #expect((statuses[303] ?? 0) <= 20 && (statuses[429] ?? 0) >= 280, "\(statuses)")
+        #expect(intents == statuses[303], "one intent per accepted entry, none for a refused one")
         await browser.shutdown()
         await world.stop()
     }

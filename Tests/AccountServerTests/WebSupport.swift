@@ -101,7 +101,8 @@ final class SMTPSink: Sendable {
 
 /// A browser-like HTTPS client: keeps cookies, does not follow redirects, reads forms.
 final class Browser: @unchecked Sendable {
-    let client: HTTPClient
+    private let owned: OwnedHTTPClient
+    var client: HTTPClient { owned.client }
     let base: String
     private(set) var cookies: [String: String] = [:]
 
@@ -127,7 +128,7 @@ final class Browser: @unchecked Sendable {
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try pki.ca.certificatePEM.utf8), format: .pem)])
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow)
         configuration.timeout = .init(connect: .seconds(5), read: .seconds(20))
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        owned = OwnedHTTPClient(configuration)
         self.base = base
     }
 
@@ -182,5 +183,5 @@ final class Browser: @unchecked Sendable {
         return try await request(.POST, action ?? page, form: fields)
     }
 
-    func shutdown() async { try? await client.shutdown() }
+    func shutdown() async { await owned.shutdown() }
 }

@@ -17,14 +17,17 @@ struct CredentialHarness {
     let store: CredentialStore
     let actor = AuditActor(subject: "browser", address: "192.0.2.1")
     let accountID: String
+    let outbox: MailOutbox
 
     init(lockout: LockoutPolicy = LockoutPolicy(maximumFailures: 3, coolingPeriod: .seconds(900))) async throws {
         accounts = try Harness()
         var configuration = CredentialConfiguration()
         configuration.lockout = lockout
         let clock = self.clock
+        let box = try SecretBox(key: Array(repeating: 7, count: 32))
+        outbox = MailOutbox(box: box)
         store = try CredentialStore(database: accounts.database, hasher: accounts.provisioner.hasher,
-                                    box: try SecretBox(key: Array(repeating: 7, count: 32)), configuration: configuration, clock: { clock.now })
+                                    box: box, configuration: configuration, clock: { clock.now })
         accountID = try await accounts.create(try Fixtures.record()).account.id
     }
 
@@ -33,7 +36,8 @@ struct CredentialHarness {
         try await store.requestPasswordReset(email: email, makeMail: { token, account in
             OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: "https://web.example/reinitialiser?jeton=\(token)")
         }, actor: actor)
-        let mails = try await accounts.database.read { db in try MailOutbox().due(at: .distantFuture, in: db) }
+        let outbox = self.outbox
+        let mails = try await accounts.database.read { db in try outbox.due(at: .distantFuture, in: db) }
         return mails.last.flatMap { $0.mail.body.components(separatedBy: "jeton=").last }
     }
 
@@ -71,11 +75,27 @@ struct CredentialStoreTests {
         #expect(events.contains("lockout") && events.contains("password-reset-completed"))
     }
 
-    @Test func successResetsTheFailureCount() async throws {
+    /// Only a completed sign-in (both factors) resets the failure count; a correct password
+    /// alone does not, and wrong second-factor codes count like wrong passwords.
+    @Test func onlyACompletedSignInResetsTheFailureCount() async throws {
         let h = try await CredentialHarness()
         try await h.setPassword(Self.password)
-        for _ in 0..<2 { _ = try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) }
-        _ = try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor)
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        let totp = TOTP()
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: totp.code(secret: secret, step: totp.step(at: h.clock.now)), actor: h.actor) != nil)
+
+        _ = try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor)
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: "000000", actor: h.actor) == nil)
+        // Failures so far: a password and a code; the correct password between did not reset.
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) == .refused(reason: .lockedNow, accountID: h.accountID))
+        #expect(try await h.store.isLocked(accountID: h.accountID))
+        let rightCode = totp.code(secret: secret, step: totp.step(at: h.clock.now) + 1)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: rightCode, actor: h.actor) == nil, "refused unchecked while locked")
+
+        h.clock.advance(901)
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: totp.code(secret: secret, step: totp.step(at: h.clock.now)), actor: h.actor) == .totp)
         for _ in 0..<2 {
             #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) == .refused(reason: .wrongPassword, accountID: h.accountID))
         }
@@ -96,6 +116,24 @@ struct CredentialStoreTests {
         // Only hashes are stored.
         let stored = try await h.accounts.database.read { db in try String.fetchAll(db, sql: "SELECT token_hash FROM password_reset_token") }
         #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
+    }
+
+    /// A link mailed to the old address dies when the SAS changes the e-mail, and every link
+    /// dies when the SAS deactivates the account; an update that changes neither keeps it.
+    @Test func resetLinksDieWithTheirAddressOrTheAccount() async throws {
+        let h = try await CredentialHarness()
+        let kept = try #require(try await h.resetToken())
+        _ = try await h.accounts.put(national, try Fixtures.record(family: "MARIUS-DURAND"))
+        #expect(try await h.store.accountForResetToken(kept) != nil, "a name change keeps the link")
+
+        _ = try await h.accounts.put(national, try Fixtures.record(family: "MARIUS-DURAND", email: "jules.new@test.com"))
+        #expect(try await h.store.resetPassword(token: kept, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
+        let audit = try await h.accounts.auditEvents().last { $0.action == "conditional-update" }
+        #expect(audit?.detail?.contains("1 password reset link(s) voided") == true, "\(String(describing: audit))")
+
+        let beforeDeactivation = try #require(try await h.resetToken(email: "jules.new@test.com"))
+        _ = try await h.accounts.put(national, try Fixtures.record(active: false, family: "MARIUS-DURAND", email: "jules.new@test.com"))
+        #expect(try await h.store.resetPassword(token: beforeDeactivation, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
     }
 
     @Test func unknownEmailQueuesNoMail() async throws {
@@ -163,8 +201,18 @@ struct CredentialStoreTests {
 
     @Test func outboxScrubsSentMailsAndBacksOff() async throws {
         let h = try await CredentialHarness()
-        _ = try await h.resetToken()
-        let outbox = MailOutbox()
+        let token = try #require(try await h.resetToken())
+        let outbox = h.outbox
+        // The link is nowhere in clear: not in the row, not in the database or WAL files.
+        let stored = try await h.accounts.database.read { db in try String.fetchOne(db, sql: "SELECT body FROM mail_outbox") }
+        #expect(stored?.contains(token) == false && stored?.hasPrefix("sealed:v1:") == true)
+        for suffix in ["", "-wal"] {
+            let bytes = (try? Data(contentsOf: URL(fileURLWithPath: h.accounts.database.path + suffix))) ?? Data()
+            #expect(bytes.range(of: Data(token.utf8)) == nil, "token in clear in db\(suffix)")
+        }
+        // Another server key cannot open it.
+        let foreign = MailOutbox(box: try SecretBox(key: Array(repeating: 9, count: 32)))
+        await #expect(throws: (any Error).self) { try await h.accounts.database.read { db in try foreign.due(at: .distantFuture, in: db) } }
         try await h.accounts.database.write { db in
             let due = try outbox.due(at: h.clock.now, in: db)
             #expect(due.count == 1)

@@ -5,9 +5,9 @@ import Foundation
 /// FrPractitionerRegul and changes one thing.
 enum Fixtures {
     static let examplesDirectory: URL = {
-        // Tests/AccountsTests/Fixtures.swift → repository root → ../shared/spec/examples
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return root.deletingLastPathComponent().appendingPathComponent("shared/spec/examples")
+        // Tests/AccountsTests/Fixtures.swift → Tests/Examples (the published examples, copied
+        // into the repository so a lone clone runs the suite).
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Examples")
     }()
 
     static func example(_ name: String) throws -> JSONValue {

@@ -275,6 +275,61 @@ struct ProvisioningTests {
         #expect(try await h.auditEvents().count == 1)
     }
 
+    /// On the database file itself, with a plain connection (what someone with the file in
+    /// hand would use): no form of insert rewrites an existing row. `INSERT OR REPLACE`
+    /// deletes the old row without firing the DELETE trigger, so it needs its own guard.
+    @Test func auditTrailResistsReplaceOnTheFile() async throws {
+        let h = try Harness()
+        _ = try await h.create(try Fixtures.record())
+        let original = try #require(try await h.auditEvents().first)
+        let file = try DatabaseQueue(path: h.database.path)
+        for sql in ["INSERT OR REPLACE INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged')",
+                    "REPLACE INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged')",
+                    "INSERT INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged') ON CONFLICT(seq) DO UPDATE SET outcome = 'forged'",
+                    "INSERT OR IGNORE INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged')"] {
+            #expect(throws: DatabaseError.self, "\(sql)") { try file.write { db in try db.execute(sql: sql) } }
+        }
+        // A genuinely new row is still accepted (append-only, not read-only).
+        try await file.write { db in try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'note', 'ok')") }
+        let events = try await h.auditEvents()
+        #expect(events.count == 2 && events.first == original)
+    }
+
+    /// The database, its WAL and shared-memory files and the directory are private whatever
+    /// the umask, and a file left readable by an earlier version is narrowed at open.
+    @Test func databaseFilesArePrivate() async throws {
+        let previous = umask(0)
+        defer { umask(previous) }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("perm-\(UUID().uuidString)/data")
+        let path = directory.appendingPathComponent("db.sqlite").path
+        let database = try AccountDatabase(path: path)
+        try await database.write { db in try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'x', 'x')") }
+        func mode(_ path: String) throws -> Int { (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int) ?? -1 }
+        #expect(try mode(directory.path) == 0o700)
+        for suffix in ["", "-wal", "-shm"] {
+            let found = try mode(path + suffix)
+            #expect(found == 0o600, "db\(suffix): \(String(found, radix: 8))")
+        }
+        let secureDelete = try await database.read { db in try Int.fetchOne(db, sql: "PRAGMA secure_delete") }
+        #expect(secureDelete == 1)
+
+        let older = directory.appendingPathComponent("older.sqlite").path
+        FileManager.default.createFile(atPath: older, contents: nil, attributes: [.posixPermissions: 0o644])
+        _ = try AccountDatabase(path: older)
+        #expect(try mode(older) == 0o600)
+    }
+
+    /// One refusal writes one bounded row, however much the client sent.
+    @Test func auditRowsAreBounded() throws {
+        let huge = String(repeating: "x", count: 500_000)
+        let event = AuditEvent(at: Date(), surface: "int_r02", action: "create", outcome: "400 refused", actor: AuditActor(subject: huge),
+                               requestID: huge, identifier: huge, accountID: nil, changes: [FieldChange(field: "family", old: huge, new: huge)], detail: huge)
+        let size = [event.actorSubject, event.requestId, event.identifier, event.changes, event.detail].compactMap { $0?.utf8.count }.reduce(0, +)
+        #expect(size < 16 * 1024, "\(size) bytes")
+        let manyIssues = FHIRError(.invalidContent, issues: (0..<5000).map { FHIRIssue(code: .structure, diagnostics: "null at \($0)", expression: ["Practitioner.identifier[\($0)]"]) })
+        #expect(manyIssues.summary().hasSuffix("and 4990 more issue(s)"))
+    }
+
     @Test func concurrentUpsertsCreateOneAccountAndLoseNoUpdate() async throws {
         let h = try Harness()
         let outcomes = await withTaskGroup(of: Result<ProvisioningResult, FHIRError>.self) { group in

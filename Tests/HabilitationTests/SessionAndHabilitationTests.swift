@@ -23,6 +23,7 @@ struct World {
     let accountID: String
     let actor = AuditActor(subject: "browser")
     static let national = RegulatorIdentifier.national(NationalID("810002673899")!)
+    static let key: [UInt8] = Array(repeating: 3, count: 32)
 
     init(complete: Bool = true) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("habilitation-\(UUID().uuidString)")
@@ -30,7 +31,7 @@ struct World {
         let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2)
         let clock = self.clock
         provisioner = Provisioner(database: database, hasher: hasher, clock: { clock.now })
-        credentials = try CredentialStore(database: database, hasher: hasher, box: try SecretBox(key: Array(repeating: 3, count: 32)), clock: { clock.now })
+        credentials = try CredentialStore(database: database, hasher: hasher, box: try SecretBox(key: Self.key), clock: { clock.now })
         sessions = SessionStore(database: database, clock: { clock.now })
         habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: "v1", clock: { clock.now })
         accountID = try await provisioner.provision(.create(World.record(active: true)), context: CallContext(actor: actor)).account.id
@@ -46,7 +47,8 @@ struct World {
         try await credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, _ in
             OutgoingMail(recipient: "x", subject: "x", body: token)
         }, actor: actor)
-        let token = try await database.read { db in try String.fetchOne(db, sql: "SELECT body FROM mail_outbox ORDER BY id DESC") }!
+        let outbox = MailOutbox(box: try SecretBox(key: Self.key))
+        let token = try await database.read { db in try outbox.due(at: .distantFuture, in: db) }.last!.mail.body
         _ = try await credentials.resetPassword(token: token, newPassword: "Vélo-rouge-sur-la-Loire", actor: actor)
         let secret = try await credentials.beginTOTPEnrolment(accountID: accountID)!
         let totp = TOTP()
@@ -74,6 +76,50 @@ struct SessionAndHabilitationTests {
         let check = try await world.habilitation.check(sessionToken: token)
         #expect(check.decision == .granted)
         #expect(check.session?.origin == .sas)
+    }
+
+    /// The purge deletes spent and expired intents and flows at once, ended sessions, dead
+    /// reset links and outbox rows after the retention, and never the audit trail; a live
+    /// session survives it.
+    @Test func purgeRemovesWhatIsDeadAndKeepsTheAudit() async throws {
+        let world = try await World()
+        func count(_ table: String) async throws -> Int {
+            try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
+        }
+        _ = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let ended = try await world.signIn(origin: .sas)
+        try await world.sessions.revoke(ended, reason: "sign-out")
+        let live = try await world.signIn(origin: .sas)
+        try await world.credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, _ in
+            OutgoingMail(recipient: "x", subject: "x", body: token)
+        }, actor: world.actor)
+        let audit = try await count("audit_event")
+        #expect(try await count("login_intent") == 3)
+        #expect(try await count("sign_in_flow") == 2)
+
+        // Spent intents and flows go at once; the unexpired unused intent stays.
+        _ = try await world.sessions.purge(retention: 30 * 86400)
+        #expect(try await count("login_intent") == 1)
+        #expect(try await count("sign_in_flow") == 0)
+        #expect(try await count("web_session") == 2)
+
+        world.clock.advance(20 * 60)
+        _ = try await world.habilitation.check(sessionToken: live)  // activity keeps it alive
+        _ = try await world.sessions.purge(retention: 30 * 86400)
+        #expect(try await count("login_intent") == 0, "expired intent")
+        world.clock.advance(31 * 86400)
+        let deleted = try await world.sessions.purge(retention: 30 * 86400) + world.credentials.purge(retention: 30 * 86400)
+        #expect(deleted >= 4)
+        for table in ["web_session", "password_reset_token", "mail_outbox", "login_intent", "sign_in_flow"] {
+            #expect(try await count(table) == 0, "\(table)")
+        }
+        #expect(try await count("audit_event") >= audit, "the audit trail is never purged")
+
+        // Within the retention, an ended session is kept for the admin's view.
+        let recent = try await world.signIn(origin: .sas)
+        try await world.sessions.revoke(recent, reason: "sign-out")
+        _ = try await world.sessions.purge(retention: 30 * 86400)
+        #expect(try await count("web_session") == 1)
     }
 
     @Test func directSessionIsNot() async throws {

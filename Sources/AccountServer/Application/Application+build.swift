@@ -33,7 +33,17 @@ func buildApplication(
     guard !configuration.allowedClientCommonNames.isEmpty else {
         throw ConfigurationError(description: "at least one --allowed-client-cn is required: every organisation holding a certificate from the client CA could otherwise call INT_R02")
     }
-    let crlStore = try CRLStore(paths: configuration.clientCRLPaths, issuers: trustRoots, logger: logger)
+    let crlStore = try CRLStore(paths: configuration.clientCRLPaths, issuers: trustRoots, allowMissing: configuration.allowMissingCRL, logger: logger)
+    let uncovered = crlStore.uncoveredAuthorities.map(\.subject.description)
+    if !uncovered.isEmpty {
+        guard configuration.allowMissingCRL else {
+            throw ConfigurationError(description: """
+                no CRL covers the client CA(s) \(uncovered.joined(separator: "; ")): a revoked certificate they issued would be accepted. \
+                Give their CRLs with --client-crl, or start with --allow-missing-crl to accept that risk knowingly
+                """)
+        }
+        logger.warning("revocation NOT checked: no CRL for these client CAs (--allow-missing-crl)", metadata: ["cas": "\(uncovered)"])
+    }
     let verifier = ClientCertificateVerifier(
         trustRoots: trustRoots,
         allowedCommonNames: Set(configuration.allowedClientCommonNames),
@@ -233,7 +243,10 @@ func makeWebServices(
     } else {
         transport = nil
     }
-    let mailer = MailerService(database: database, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
+    let outbox = MailOutbox(box: box)
+    let sealed = try database.pool.write { db in try outbox.sealLegacyBodies(in: db) }  // once, at start, before any listener
+    if sealed > 0 { logger.notice("sealed outbox bodies queued in clear by an earlier version", metadata: ["count": "\(sealed)"]) }
+    let mailer = MailerService(database: database, outbox: outbox, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)
     guard configuration.forwardAuthTLS || isLoopback(configuration.forwardAuthHost) else {
         throw ConfigurationError(description: "--forward-auth-address \(configuration.forwardAuthHost) is not a loopback address: add --forward-auth-tls (session cookies must not cross a network in clear)")
@@ -244,7 +257,9 @@ func makeWebServices(
         host: configuration.forwardAuthHost, port: configuration.forwardAuthPort, databasePath: configuration.databasePath,
         responder: forwardAuth, sslContext: forwardAuthContext,
         logger: logger, onListening: onForwardAuthListening)
-    return WebServices(services: [webApp, mailer, forwardAuthListener], sessionConfiguration: sessionConfiguration)
+    let retention = RetentionService(sessions: sessions, credentials: credentials, retention: configuration.retention,
+                                     interval: configuration.purgeInterval, logger: logger)
+    return WebServices(services: [webApp, mailer, forwardAuthListener, retention], sessionConfiguration: sessionConfiguration)
 }
 
 extension String {

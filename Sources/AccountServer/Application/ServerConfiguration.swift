@@ -17,6 +17,10 @@ struct ServerConfiguration: Sendable {
     var publicBaseURL: String?
     var argon2: Argon2Parameters = .owaspMinimum
     var argon2Threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Accept client certificates whose issuer has no CRL loaded (`--allow-missing-crl`).
+    /// Off: the server refuses to start without a CRL for every client CA, and refuses any
+    /// certificate whose issuer has none (fail closed).
+    var allowMissingCRL: Bool = false
     /// How often CRL files are checked for changes (SIGHUP reloads at once).
     var crlPollInterval: Duration = .seconds(5)
     var logLevel: Logger.Level = .info
@@ -61,6 +65,11 @@ struct ServerConfiguration: Sendable {
     var sessionAbsoluteTimeout: TimeInterval = 12 * 3600
     var totpIssuer: String = "Espace régulateur"
     var rateLimitPerMinute: Int = 10
+    /// How long ended sessions, dead reset links and outbox rows are kept before the purge
+    /// deletes them (spent or expired intents and flows go at the next purge). The audit
+    /// trail is never purged.
+    var retention: TimeInterval = 30 * 86400
+    var purgeInterval: Duration = .seconds(600)
     /// Reverse proxies whose `X-Forwarded-For` is believed on the web listener (CIDRs).
     var trustedProxies: [String] = []
 

@@ -1,4 +1,6 @@
 import Accounts
+import Foundation
+import Habilitation
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -45,6 +47,32 @@ struct ReloadService: Service {
         }
         if !crlStore.paths.isEmpty {
             metrics.reload("crl", ok: crlStore.reload(reason: "SIGHUP"))
+        }
+    }
+}
+
+/// Deletes, every `interval`, what sign-in leaves behind once it is of no use (spent or
+/// expired intents and flows, ended sessions, dead reset links, old outbox rows), so
+/// unauthenticated traffic cannot grow the database without bound. The audit trail is never
+/// purged.
+struct RetentionService: Service {
+    let sessions: SessionStore
+    let credentials: CredentialStore
+    let retention: TimeInterval
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    let deleted = try await sessions.purge(retention: retention) + credentials.purge(retention: retention)
+                    if deleted > 0 { logger.info("purged expired sign-in rows", metadata: ["rows": "\(deleted)"]) }
+                } catch {
+                    logger.error("purge failed; will retry", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: interval)
+            }
         }
     }
 }

@@ -48,6 +48,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Threads hashing passwords at once. Env: ACCOUNT_SERVER_ARGON2_THREADS. Default: number of cores")
     var argon2Threads: Int?
 
+    @Flag(help: "Accept client certificates whose CA has no CRL loaded (revocation NOT checked for them; logged at start, shown by /readyz). Without it the server refuses to start, and refuses such certificates. Env: ACCOUNT_SERVER_ALLOW_MISSING_CRL")
+    var allowMissingCrl = false
+
+    @Option(help: "Days ended sessions, dead password reset links and mail outbox rows are kept before they are purged (the audit trail is never purged). Env: ACCOUNT_SERVER_RETENTION_DAYS. Default: 30")
+    var retentionDays: Int?
+
     @Option(help: "Seconds between CRL file change checks. Env: ACCOUNT_SERVER_CRL_POLL_SECONDS. Default: 5")
     var crlPollSeconds: Int?
 
@@ -164,7 +170,7 @@ struct ServeCommand: AsyncParsableCommand {
         var logger: Logger
         switch format {
         case "json": logger = Logger(label: "account-server", factory: { JSONLogHandler(label: $0) })
-        case "text": logger = Logger(label: "account-server")
+        case "text": logger = Logger(label: "account-server", factory: { TextLogHandler(label: $0) })
         default: throw ValidationError("--log-format must be text or json, got \(format)")
         }
         logger.logLevel = level
@@ -255,6 +261,10 @@ struct ServeCommand: AsyncParsableCommand {
         web.fhirClientCertificateHeader = Env.value(fhirClientCertificateHeader, "ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
         web.fhirTrustedProxies = Env.list(fhirTrustedProxy, "ACCOUNT_SERVER_FHIR_TRUSTED_PROXY")
         web.fhirProxyTLS = Env.flag(fhirProxyTls, "ACCOUNT_SERVER_FHIR_PROXY_TLS")
+        web.allowMissingCRL = Env.flag(allowMissingCrl, "ACCOUNT_SERVER_ALLOW_MISSING_CRL")
+        let retentionDays = try Self.number(retentionDays, "ACCOUNT_SERVER_RETENTION_DAYS") ?? 30
+        guard retentionDays >= 1 else { throw ValidationError("--retention-days must be at least 1") }
+        web.retention = TimeInterval(retentionDays) * 86400
         if let url = Env.value(fhirUpstream, "ACCOUNT_SERVER_FHIR_UPSTREAM") {
             var upstream = UpstreamConfiguration(url: url)
             upstream.caPath = Env.value(fhirUpstreamCa, "ACCOUNT_SERVER_FHIR_UPSTREAM_CA")

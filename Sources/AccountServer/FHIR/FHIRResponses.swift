@@ -38,7 +38,7 @@ enum FHIRResponses {
         if case .methodNotAllowed(let allowed) = error.category {
             headers[.allow] = allowed.joined(separator: ", ")
         }
-        return json(OperationOutcome.resource(error.issues), status: status(for: error.category), pretty: pretty, headers: headers)
+        return json(OperationOutcome.resource(error.reportedIssues()), status: status(for: error.category), pretty: pretty, headers: headers)
     }
 
     /// RFC 9110 IMF-fixdate, for `Last-Modified`.

@@ -154,8 +154,8 @@ struct PractitionerController: Sendable {
             let status = FHIRResponses.status(for: error.category)
             metrics.intR02(interaction: action, outcome: String(status.code))
             await provisioner.recordRefusal(action: action, identifier: auditIdentifier ?? request.uri.query,
-                                            outcome: "\(status.code) refused", detail: error.description, context: callContext)
-            context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.description)"])
+                                            outcome: "\(status.code) refused", detail: error.summary(), context: callContext)
+            context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.summary())"])
             throw error
         }
     }

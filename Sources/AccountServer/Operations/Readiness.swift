@@ -42,6 +42,14 @@ struct ReadinessProbe: Sendable {
             checks.append(Check(name: "certificate:\(name)", ok: ok, detail: "valid until \(AuditLog.timestamp(certificate.notValidAfter))"))
         }
         let snapshot = crlStore.snapshot
+        let uncovered = crlStore.uncoveredAuthorities.map(\.subject.description)
+        if !uncovered.isEmpty {
+            // Without the opt-out this means a CA rotation brought in a CA without its CRL:
+            // its callers are refused (fail closed), so the instance is not ready.
+            checks.append(Check(name: "crl-coverage", ok: crlStore.allowMissing,
+                                detail: (crlStore.allowMissing ? "revocation NOT checked (--allow-missing-crl) for: " : "no CRL for: ")
+                                    + uncovered.joined(separator: "; ")))
+        }
         if !crlStore.paths.isEmpty {
             if snapshot.lists.isEmpty {
                 checks.append(Check(name: "crl", ok: false, detail: snapshot.lastError ?? "no CRL loaded"))

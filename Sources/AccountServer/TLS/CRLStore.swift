@@ -30,13 +30,17 @@ final class CRLStore: Sendable {
     }
 
     let paths: [String]
+    /// The documented opt-out (`--allow-missing-crl`): certificates whose issuer has no CRL
+    /// are accepted unchecked instead of refused. Logged at start and shown by `/readyz`.
+    let allowMissing: Bool
     private let issuers: Mutex<[Certificate]>
     private let state = Mutex(Snapshot())
     private let logger: Logger
 
     /// Loads every file now; a failure here stops the server from starting.
-    init(paths: [String], issuers: [Certificate], logger: Logger) throws {
+    init(paths: [String], issuers: [Certificate], allowMissing: Bool = false, logger: Logger) throws {
         self.paths = paths
+        self.allowMissing = allowMissing
         self.issuers = Mutex(issuers)
         self.logger = logger
         let snapshot = try Self.loadAll(paths: paths, issuers: issuers)
@@ -99,6 +103,16 @@ final class CRLStore: Sendable {
         let known = state.withLock { $0.fingerprints }
         let changed = paths.contains { Self.fingerprint($0) != known[$0] }
         if changed { reload(reason: "file changed") }
+    }
+
+    /// The client CAs (certificates of the bundle that may issue certificates) no loaded CRL
+    /// covers: a certificate they issued could be revoked without our knowing.
+    var uncoveredAuthorities: [Certificate] {
+        let (authorities, lists) = (issuers.withLock { $0 }, state.withLock { $0.lists })
+        return authorities.filter { authority in
+            let isCA = (try? authority.extensions.basicConstraints).map { if case .isCertificateAuthority = $0 { true } else { false } } ?? false
+            return isCA && lists[authority.subject] == nil
+        }
     }
 
     func status(of certificate: Certificate, now: Date) -> Status {

@@ -84,8 +84,13 @@ struct CRLRevocationPolicy: VerifierPolicy {
     func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
         for certificate in chain.dropLast() {
             switch store.status(of: certificate, now: now) {
-            case .good, .noCRL:
+            case .good:
                 continue
+            case .noCRL:
+                // Fail closed: a certificate whose issuer has no CRL loaded could be revoked
+                // and we would not know. Only the documented opt-out lets it through.
+                if store.allowMissing { continue }
+                return .failsToMeetPolicy(reason: "no CRL is loaded for \(certificate.issuer), so revocation cannot be checked (--client-crl, or --allow-missing-crl)")
             case .revoked(let source):
                 return .failsToMeetPolicy(reason: "certificate \(ClientIdentity.hex(certificate.serialNumber.bytes)) is revoked (CRL \(source))")
             case .expired(let nextUpdate, let source):

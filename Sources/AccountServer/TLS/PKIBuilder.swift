@@ -15,7 +15,8 @@ struct IssuedCertificate: Sendable {
 /// Issues certificates and CRLs for the development PKI and for the tests' PKI matrix
 /// (valid, wrong CN, wrong OU, revoked, expired, other CA). Not used in production paths.
 enum PKIBuilder {
-    static func makeCA(commonName: String, organization: String = "account-server development PKI",
+    /// A self-signed root, or an intermediate CA when `issuer` is given.
+    static func makeCA(commonName: String, organization: String = "account-server development PKI", issuer: IssuedCertificate? = nil,
                        notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(10 * 365 * 86400)) throws -> IssuedCertificate {
         let key = P256.Signing.PrivateKey()
         let name = try DistinguishedName {
@@ -25,14 +26,15 @@ enum PKIBuilder {
         }
         let certificate = try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-            notValidBefore: notBefore, notValidAfter: notAfter, issuer: name, subject: name,
+            notValidBefore: notBefore, notValidAfter: notAfter, issuer: issuer?.certificate.subject ?? name, subject: name,
             signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
                 Critical(KeyUsage(keyCertSign: true, cRLSign: true))
                 SubjectKeyIdentifier(hash: .init(key.publicKey))
+                if let issuer { AuthorityKeyIdentifier(keyIdentifier: try issuer.certificate.extensions.subjectKeyIdentifier?.keyIdentifier) }
             },
-            issuerPrivateKey: .init(key)
+            issuerPrivateKey: .init(issuer?.privateKey ?? key)
         )
         return IssuedCertificate(certificate: certificate, privateKey: key)
     }

@@ -149,6 +149,7 @@ func onDedicatedThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) 
 /// failed (retried with backoff). Runs until shutdown.
 struct MailerService: Service {
     let database: AccountDatabase
+    let outbox: MailOutbox
     let transport: (any MailTransport)?
     let from: String
     let pollInterval: Duration
@@ -160,7 +161,6 @@ struct MailerService: Service {
             try? await gracefulShutdown()
             return
         }
-        let outbox = MailOutbox()
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {

@@ -17,6 +17,9 @@ struct WebConfiguration: Sendable {
     var cguText: String
     var cguVersion: String
     var totpIssuer: String
+    /// Wrong second-factor codes one sign-in flow accepts before it ends (each also counts
+    /// toward the account's lockout).
+    var codeAttemptsPerFlow: Int = 3
 
     /// An absolute https URL on an allowed host, or a local path made absolute; nil otherwise
     /// (no open redirect, no `//host` or `user@host` tricks).
@@ -171,12 +174,19 @@ struct WebController: Sendable {
                origin == .direct || session.origin == .sas {
                 return Self.redirect(returnURL)
             }
+            // Each entry commits a row before anyone has signed in: bounded per client like
+            // the other unauthenticated writes (the purge removes expired ones).
+            guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
             let intent = try await sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
             context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
             return Self.redirect("/connexion", cookies: [WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime))])
         }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
-        let notice = query.first("fin") == "expiree" ? "Votre connexion a expiré : recommencez." : nil
+        let notice: String? = switch query.first("fin") {
+        case "expiree": "Votre connexion a expiré : recommencez."
+        case "codes": "Trop de codes erronés : recommencez votre connexion."
+        default: nil
+        }
         return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice) }
     }
 
@@ -186,7 +196,7 @@ struct WebController: Sendable {
     }
 
     func signIn(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("sign-in|\(context.clientAddress)") else { return tooManyRequests }
+        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
         let outcome = try await credentials.checkPassword(email: fields["email"] ?? "", password: fields["password"] ?? "", actor: actor(context))
@@ -219,10 +229,19 @@ struct WebController: Sendable {
     }
 
     func secondFactor(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("sign-in|\(context.clientAddress)") else { return tooManyRequests }
+        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
         guard try await credentials.verifySecondFactor(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context)) != nil else {
+            // The account's counter has counted it; the flow itself ends after a few wrong
+            // codes or at once when the account is locked, back to the password step.
+            let open = try await sessions.recordFailedCode(flowToken: flow.token, limit: configuration.codeAttemptsPerFlow)
+            let locked = try await credentials.isLocked(accountID: flow.accountID)
+            if !open || locked {
+                try await sessions.endFlow(flowToken: flow.token)
+                context.logger.info("sign-in flow ended after wrong second-factor codes")
+                return Self.redirect("/connexion?fin=codes", cookies: [WebCookie.flow.clear])
+            }
             return respond(request, status: .unauthorized) { Pages.secondFactor(csrf: $0, error: true) }
         }
         try await sessions.markSecondFactorDone(flowToken: flow.token)
@@ -243,7 +262,7 @@ struct WebController: Sendable {
     }
 
     func enrol(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("sign-in|\(context.clientAddress)") else { return tooManyRequests }
+        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
         guard let codes = try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context)) else {
@@ -299,7 +318,7 @@ struct WebController: Sendable {
     // MARK: Forgotten password
 
     func requestReset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("reset|\(context.clientAddress)") else { return tooManyRequests }
+        guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let base = configuration.publicURL
         try await credentials.requestPasswordReset(email: fields["email"] ?? "", makeMail: { token, account in
@@ -323,7 +342,7 @@ struct WebController: Sendable {
     }
 
     func reset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("reset|\(context.clientAddress)") else { return tooManyRequests }
+        guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let token = fields["jeton"] ?? ""
         let password = fields["password"] ?? ""

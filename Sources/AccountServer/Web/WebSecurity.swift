@@ -86,6 +86,24 @@ final class RateLimiter: Sendable {
         self.burst = Double(burst)
     }
 
+    /// One bucket per scope and client; IPv6 clients are counted per /64, the smallest
+    /// network a single subscriber is usually given (one host can use every address in it).
+    func allow(_ scope: String, client address: String) -> Bool {
+        allow(scope + "|" + Self.clientKey(address))
+    }
+
+    static func clientKey(_ address: String) -> String {
+        guard address.contains(":") else { return address }
+        var bytes = in6_addr()
+        guard inet_pton(AF_INET6, address, &bytes) == 1 else { return address }
+        let octets = withUnsafeBytes(of: bytes) { Array($0) }
+        // An IPv4 client seen through a dual-stack socket (::ffff:a.b.c.d) keeps its address.
+        if octets[0..<10].allSatisfy({ $0 == 0 }) && octets[10] == 0xFF && octets[11] == 0xFF {
+            return octets[12...].map(String.init).joined(separator: ".")
+        }
+        return octets[0..<8].map { String(format: "%02x", $0) }.joined() + "::/64"
+    }
+
     func allow(_ key: String) -> Bool {
         let now = ContinuousClock.now
         return buckets.withLock { buckets in

@@ -63,14 +63,26 @@ public struct AuditEvent: Sendable, Equatable, FetchableRecord {
         self.surface = surface
         self.action = action
         self.outcome = outcome
-        self.actorSubject = actor.subject
-        self.actorSerial = actor.serial
-        self.actorAddress = actor.address
-        self.requestId = requestID
-        self.identifier = identifier
+        self.actorSubject = actor.subject.map { Self.bounded($0, Self.fieldLimit) }
+        self.actorSerial = actor.serial.map { Self.bounded($0, Self.fieldLimit) }
+        self.actorAddress = actor.address.map { Self.bounded($0, Self.fieldLimit) }
+        self.requestId = requestID.map { Self.bounded($0, Self.fieldLimit) }
+        self.identifier = identifier.map { Self.bounded($0, Self.fieldLimit) }
         self.accountId = accountID
-        self.changes = changes.isEmpty ? nil : Self.encodeChanges(changes)
-        self.detail = detail
+        self.changes = changes.isEmpty ? nil : Self.encodeChanges(changes.map {
+            FieldChange(field: $0.field, old: $0.old.map { Self.bounded($0, Self.fieldLimit) }, new: $0.new.map { Self.bounded($0, Self.fieldLimit) })
+        })
+        self.detail = detail.map { Self.bounded($0, Self.detailLimit) }
+    }
+
+    /// Bounds on what one event keeps of client-supplied text (characters). Every row of the
+    /// trail is kept forever, so no request may make one arbitrarily large.
+    public static let fieldLimit = 1024
+    public static let detailLimit = 4096
+
+    static func bounded(_ text: String, _ limit: Int) -> String {
+        guard text.count > limit else { return text }
+        return String(text.prefix(limit)) + "… [\(text.count - limit) more characters]"
     }
 
     public init(row: Row) throws {

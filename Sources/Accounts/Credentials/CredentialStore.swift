@@ -43,7 +43,7 @@ public final class CredentialStore: Sendable {
     private let policy: PasswordPolicy
     private let clock: @Sendable () -> Date
     private let audit = AuditLog()
-    private let outbox = MailOutbox()
+    private let outbox: MailOutbox
     /// A real argon2id hash of nothing anyone knows, verified when the e-mail is unknown so
     /// that answer takes as long as a wrong password.
     private let decoyHash: String
@@ -53,6 +53,7 @@ public final class CredentialStore: Sendable {
         self.database = database
         self.hasher = hasher
         self.box = box
+        self.outbox = MailOutbox(box: box)
         self.policy = policy
         self.configuration = configuration
         self.clock = clock
@@ -89,7 +90,9 @@ public final class CredentialStore: Sendable {
                 return .refused(reason: .locked, accountID: row.id)
             }
             if verified && !row.passwordResetRequired {
-                try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [row.id])
+                // The counter is not reset here: a correct password alone is not a sign-in.
+                // Someone holding a phished password must not get a fresh run of second-
+                // factor guesses by re-entering it; only a completed sign-in resets it.
                 return .accepted(accountID: row.id)
             }
             let (next, lockedNow) = lockout.recordingFailure(state, at: at)
@@ -208,9 +211,12 @@ public final class CredentialStore: Sendable {
         return try await database.write { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return nil }
             let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
-            guard let step = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return nil }
+            guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at),
+                  let step = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return nil }
             try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ? WHERE account_id = ?",
                            arguments: [at.epochMilliseconds, step, accountID])
+            // Both factors are proven: the sign-in is complete.
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
             try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
             for code in codes {
                 try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
@@ -232,31 +238,79 @@ public final class CredentialStore: Sendable {
     /// Which second factor was used.
     public enum SecondFactor: String, Sendable { case totp, recoveryCode = "recovery-code" }
 
+    /// Whether the account is locked out now (the sign-in flow ends when it is).
+    public func isLocked(accountID: String) async throws -> Bool {
+        let at = now
+        let lockout = configuration.lockout
+        return try await database.read { db in lockout.isLocked(try self.lockoutState(accountID, in: db), at: at) }
+    }
+
     /// Checks a TOTP code (never one already used: the last used step is stored in the same
     /// transaction) or else a recovery code (spent on use).
+    ///
+    /// Every wrong code counts in the account's consecutive-failure counter, like a wrong
+    /// password, so guesses spread over many addresses still lock the account; a locked
+    /// account's codes are refused unchecked, even the right one. A right code completes the
+    /// sign-in and resets the counter.
     public func verifySecondFactor(accountID: String, code: String, actor: AuditActor) async throws -> SecondFactor? {
         let at = now
         let totp = configuration.totp
+        let lockout = configuration.lockout
         return try await database.write { db in
-            if let row = try Row.fetchOne(db, sql: "SELECT sealed_secret, last_used_step FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) {
-                let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
-                if let step = totp.verify(code, secret: secret, at: at, lastUsedStep: row["last_used_step"]) {
-                    try db.execute(sql: "UPDATE totp_credential SET last_used_step = ? WHERE account_id = ?", arguments: [step, accountID])
-                    return .totp
-                }
+            let state = try self.lockoutState(accountID, in: db)
+            if lockout.isLocked(state, at: at) {
+                try self.audit.append(self.event("second-factor", "refused locked", accountID, actor, at), in: db)
+                return nil
             }
-            let normalized = RecoveryCodes.normalize(code)
-            if normalized.count == 10 {
-                try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash = ? AND used_at IS NULL",
-                               arguments: [at.epochMilliseconds, accountID, RecoveryCodes.hash(code)])
-                if db.changesCount == 1 {
-                    let left = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
-                    try self.audit.append(self.event("recovery-code-used", "\(left) left", accountID, actor, at), in: db)
-                    return .recoveryCode
-                }
+            if let factor = try self.checkSecondFactor(accountID: accountID, code: code, totp: totp, at: at, actor: actor, in: db) {
+                try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
+                return factor
             }
-            try self.audit.append(self.event("second-factor", "refused", accountID, actor, at), in: db)
+            let (next, lockedNow) = lockout.recordingFailure(state, at: at)
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?",
+                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, accountID])
+            try self.audit.append(self.event("second-factor", lockedNow ? "refused locked-now" : "refused",
+                                             accountID, actor, at, detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
+            if lockedNow {
+                try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", accountID, actor, at), in: db)
+            }
             return nil
+        }
+    }
+
+    private func checkSecondFactor(accountID: String, code: String, totp: TOTP, at: Date, actor: AuditActor, in db: Database) throws -> SecondFactor? {
+        if let row = try Row.fetchOne(db, sql: "SELECT sealed_secret, last_used_step FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) {
+            let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
+            if let step = totp.verify(code, secret: secret, at: at, lastUsedStep: row["last_used_step"]) {
+                try db.execute(sql: "UPDATE totp_credential SET last_used_step = ? WHERE account_id = ?", arguments: [step, accountID])
+                return .totp
+            }
+        }
+        let normalized = RecoveryCodes.normalize(code)
+        if normalized.count == 10 {
+            try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash = ? AND used_at IS NULL",
+                           arguments: [at.epochMilliseconds, accountID, RecoveryCodes.hash(code)])
+            if db.changesCount == 1 {
+                let left = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
+                try self.audit.append(self.event("recovery-code-used", "\(left) left", accountID, actor, at), in: db)
+                return .recoveryCode
+            }
+        }
+        return nil
+    }
+
+    // MARK: Retention
+
+    /// Deletes reset links spent, voided or expired, and outbox rows (sent or not: a reset
+    /// link is dead long before) older than `retention`. Returns the rows deleted.
+    public func purge(retention: TimeInterval) async throws -> Int {
+        let cutoff = now.addingTimeInterval(-retention).epochMilliseconds
+        return try await database.write { db in
+            try db.execute(sql: "DELETE FROM password_reset_token WHERE used_at <= ? OR voided_at <= ? OR expires_at <= ?",
+                           arguments: [cutoff, cutoff, cutoff])
+            let tokens = db.changesCount
+            try db.execute(sql: "DELETE FROM mail_outbox WHERE created_at <= ?", arguments: [cutoff])
+            return tokens + db.changesCount
         }
     }
 

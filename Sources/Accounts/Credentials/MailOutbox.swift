@@ -17,13 +17,50 @@ public struct OutgoingMail: Sendable, Equatable {
 /// The durable outbox: mails are inserted in the same transaction as the change that causes
 /// them (so a committed reset request always gets its mail, and a rolled-back one never
 /// does) and delivered later by a mailer with retries and backoff.
+///
+/// Bodies are sealed with the server key (AES-256-GCM, bound to the recipient): a reset mail
+/// carries a bearer link that sits in the outbox until delivery, forever when no transport is
+/// configured, so a copy of the database (a backup) must not yield it.
 public struct MailOutbox: Sendable {
-    public init() {}
+    private let box: SecretBox
+    static let sealedPrefix = "sealed:v1:"
+
+    public init(box: SecretBox) {
+        self.box = box
+    }
 
     public func enqueue(_ mail: OutgoingMail, at now: Date, in db: Database) throws {
+        let sealed = try box.seal(Array(mail.body.utf8), context: Self.context(mail.recipient))
         try db.cachedStatement(sql: """
             INSERT INTO mail_outbox (recipient, subject, body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)
-            """).execute(arguments: [mail.recipient, mail.subject, mail.body, now.epochMilliseconds, now.epochMilliseconds])
+            """).execute(arguments: [mail.recipient, mail.subject, Self.sealedPrefix + Data(sealed).base64EncodedString(),
+                                     now.epochMilliseconds, now.epochMilliseconds])
+    }
+
+    /// Seals bodies an earlier version queued in clear (run once at start, before delivery);
+    /// returns how many. With `secure_delete` on, the clear text does not stay in free pages.
+    public func sealLegacyBodies(in db: Database) throws -> Int {
+        let rows = try Row.fetchAll(db, sql: """
+            SELECT id, recipient, body FROM mail_outbox WHERE sent_at IS NULL AND body <> '' AND body NOT LIKE 'sealed:v1:%'
+            """)
+        for row in rows {
+            let recipient: String = row["recipient"], body: String = row["body"]
+            let sealed = try box.seal(Array(body.utf8), context: Self.context(recipient))
+            try db.execute(sql: "UPDATE mail_outbox SET body = ? WHERE id = ?",
+                           arguments: [Self.sealedPrefix + Data(sealed).base64EncodedString(), row["id"] as Int64])
+        }
+        return rows.count
+    }
+
+    static func context(_ recipient: String) -> String { "mail-outbox:\(recipient)" }
+
+    /// The clear body of a stored one; a body that does not open (another key, tampering)
+    /// throws rather than send garbage.
+    func open(_ stored: String, recipient: String) throws -> String {
+        guard stored.hasPrefix(Self.sealedPrefix), let sealed = Data(base64Encoded: String(stored.dropFirst(Self.sealedPrefix.count))) else {
+            throw SecretBoxError(description: "an outbox body is not sealed")
+        }
+        return String(decoding: try box.open(Array(sealed), context: Self.context(recipient)), as: UTF8.self)
     }
 
     /// Mails due for (another) attempt, oldest first.
@@ -32,7 +69,8 @@ public struct MailOutbox: Sendable {
             SELECT id, recipient, subject, body, attempts FROM mail_outbox
             WHERE sent_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?
             """, arguments: [now.epochMilliseconds, limit]).map { row in
-            (row["id"], OutgoingMail(recipient: row["recipient"], subject: row["subject"], body: row["body"]), row["attempts"])
+            let recipient: String = row["recipient"]
+            return (row["id"], OutgoingMail(recipient: recipient, subject: row["subject"], body: try open(row["body"], recipient: recipient)), row["attempts"])
         }
     }
 

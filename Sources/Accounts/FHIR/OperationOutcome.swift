@@ -80,6 +80,22 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { issues.map(\.description).joined(separator: "; ") }
+
+    /// The issues an OperationOutcome lists: the first `limit`, then one informational issue
+    /// counting the rest, so a hostile body cannot make the answer itself megabytes long.
+    public func reportedIssues(limit: Int = 100) -> [FHIRIssue] {
+        guard issues.count > limit else { return issues }
+        return Array(issues.prefix(limit)) + [FHIRIssue(severity: .information, code: .informational,
+                                                        diagnostics: "\(issues.count - limit) more issue(s) of the same request not listed")]
+    }
+
+    /// The first `limit` issues and how many more there were: what the audit trail and the
+    /// logs record, so a hostile body (a 1 MiB array of nulls is thousands of issues) cannot
+    /// turn one refusal into megabytes of audit rows or log lines.
+    public func summary(limit: Int = 10) -> String {
+        let shown = issues.prefix(limit).map(\.description).joined(separator: "; ")
+        return issues.count > limit ? shown + "; and \(issues.count - limit) more issue(s)" : shown
+    }
 }
 
 /// Builds `OperationOutcome` resources, the body of every FHIR error and of

@@ -276,6 +276,16 @@ public final class Provisioner: Sendable {
             throw emailConflict(record.email, other: other)
         }
 
+        // A reset link was mailed to the address the account had when it was asked for: once
+        // the SAS changes that address, or deactivates the account, a link still travelling
+        // (or sitting in an old mailbox) must no longer set the password.
+        var voidedLinks = 0
+        if emailChanged || (existing.active && !row.active) {
+            try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
+                           arguments: [now.epochMilliseconds, row.id])
+            voidedLinks = db.changesCount
+        }
+
         let kind: ProvisioningResult.Kind
         if changes.isEmpty {
             kind = .unchanged
@@ -287,7 +297,9 @@ public final class Provisioner: Sendable {
         }
         try audit.append(AuditEvent(at: now, surface: "int_r02", action: "conditional-update", outcome: "200 \(kind.rawValue)",
                                     actor: context.actor, requestID: context.requestID, identifier: target.description,
-                                    accountID: row.id, changes: changes, detail: ignoredDetail(record)), in: db)
+                                    accountID: row.id, changes: changes,
+                                    detail: [ignoredDetail(record), voidedLinks > 0 ? "\(voidedLinks) password reset link(s) voided" : nil]
+                                        .compactMap { $0 }.joined(separator: "; ").nilIfEmpty), in: db)
         if existing.active != row.active {
             try recordHabilitationChange(accountID: row.id, nowActive: row.active, now: now, target: target, context: context, db: db)
         }
@@ -334,4 +346,9 @@ public final class Provisioner: Sendable {
     static func fieldName(_ kind: RegulatorIdentifier.Kind) -> String {
         kind == .national ? "nationalId" : "sasTechnicalId"
     }
+}
+
+extension String {
+    /// nil for the empty string: optional text columns store NULL rather than "".
+    var nilIfEmpty: String? { isEmpty ? nil : self }
 }

@@ -19,9 +19,8 @@ public final class AccountDatabase: Sendable {
 
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     public init(path: String, readOnly: Bool = false) throws {
-        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         if !readOnly {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try Self.prepareFiles(path: path)
         }
         var configuration = Configuration()
         configuration.readonly = readOnly
@@ -32,11 +31,34 @@ public final class AccountDatabase: Sendable {
             // FULL: the WAL is fsync'ed at every commit (NORMAL may lose the last commits
             // on power loss, which an acknowledged INT_R02 call must never do).
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // Deleted and overwritten content (scrubbed mail bodies, spent tokens' rows,
+            // purged sessions) is zeroed, not left in free pages for a file copy to find.
+            try db.execute(sql: "PRAGMA secure_delete = ON")
         }
         self.path = path
         self.pool = try DatabasePool(path: path, configuration: configuration)
         if !readOnly {
             try Self.migrator.migrate(pool)
+        }
+    }
+
+    /// The database holds password hashes, sealed secrets and the audit trail: its directory
+    /// is created 0700 and the file 0600 whatever the umask, and an existing file (or its
+    /// `-wal`/`-shm`) left wider by an earlier version is narrowed. SQLite creates `-wal` and
+    /// `-shm` with the main file's mode, so they follow.
+    static func prepareFiles(path: String) throws {
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let manager = FileManager.default
+        if !manager.fileExists(atPath: directory) {
+            try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            guard chmod(directory, 0o700) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: directory]) }
+        }
+        let descriptor = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        defer { close(descriptor) }
+        guard fchmod(descriptor, 0o600) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        for suffix in ["-wal", "-shm", "-journal"] where manager.fileExists(atPath: path + suffix) {
+            _ = chmod(path + suffix, 0o600)
         }
     }
 
@@ -237,6 +259,20 @@ public final class AccountDatabase: Sendable {
                 ALTER TABLE account ADD COLUMN suspended_by TEXT;
                 ALTER TABLE account ADD COLUMN suspension_reason TEXT;
                 """)
+        }
+        migrator.registerMigration("v4-audit-no-replace") { db in
+            // `INSERT OR REPLACE` (and `REPLACE INTO`) with an existing seq deletes the old row
+            // without firing the DELETE trigger (recursive triggers are off), so v1's triggers
+            // alone let a row be rewritten. Refuse any insert that names an existing seq.
+            try db.execute(sql: """
+                CREATE TRIGGER audit_event_no_replace BEFORE INSERT ON audit_event
+                    WHEN NEW.seq IS NOT NULL AND EXISTS (SELECT 1 FROM audit_event WHERE seq = NEW.seq)
+                    BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END;
+                """)
+        }
+        migrator.registerMigration("v5-sign-in-flow-failed-codes") { db in
+            // Wrong second-factor codes within one sign-in flow: the flow ends after a few.
+            try db.execute(sql: "ALTER TABLE sign_in_flow ADD COLUMN failed_codes INTEGER NOT NULL DEFAULT 0")
         }
         return migrator
     }
