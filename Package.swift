@@ -137,7 +137,7 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["Browser"],
+            exclude: ["Browser", "Clients"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -63,6 +63,65 @@ struct MutualTLSTests {
         await server.stop()
     }
 
+    static let resumingClient = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Clients/tls_resume.py").path
+
+    /// Runs Clients/tls_resume.py (Python's `ssl`, which resumes sessions for real) with one
+    /// certificate of the PKI: a request, then `meanwhile`, then a request on the kept-alive
+    /// connection and one on a resumed session. Returns the three JSON lines.
+    func resumingClient(pki: TestPKI, server: RunningServer, certificate: String, version: String,
+                        meanwhile: () async throws -> Void) async throws -> [[String: Any]] {
+        let client = try #require(pki.clients[certificate])
+        try pki.write(try client.certificatePEM, "\(certificate)-cert.pem")
+        try pki.write(client.privateKeyPEM, "\(certificate)-key.pem")
+        let go = pki.directory.appendingPathComponent("go-\(UUID().uuidString)").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [Self.resumingClient, "127.0.0.1", String(server.port), pki.caPath,
+                             pki.directory.appendingPathComponent("\(certificate)-cert.pem").path,
+                             pki.directory.appendingPathComponent("\(certificate)-key.pem").path, version, go]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        let reader = output.fileHandleForReading
+        var text = ""
+        while !text.contains("\n") {
+            let chunk = try await onDedicatedThread { reader.availableData }
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        try await meanwhile()
+        FileManager.default.createFile(atPath: go, contents: nil)
+        text += String(decoding: try await onDedicatedThread { reader.readDataToEndOfFile() }, as: UTF8.self)
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    /// A client that resumes its TLS session (session id or ticket in TLS 1.2, PSK in 1.3) is
+    /// served like after a full handshake, and is refused when its certificate was revoked in
+    /// between; a kept-alive connection is refused from its next request too.
+    @Test(arguments: ["1.2", "1.3"])
+    func resumedSessionsAreVerifiedAgain(_ version: String) async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(100))
+        let served = try await resumingClient(pki: pki, server: server, certificate: "valid", version: version) {}
+        #expect(served.count == 3, "\(served)")
+        #expect(served.map { $0["status"] as? String } == ["200", "200", "200"], "\(served)")
+        #expect(served.last?["reused"] as? Bool == true, "the client really resumed: \(served)")
+
+        let revoked = try await resumingClient(pki: pki, server: server, certificate: "valid-later-revoked", version: version) {
+            let reloads = server.logs.all.filter { $0.contains("client CRLs reloaded") }.count
+            try pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
+            #expect(try await eventually { server.logs.all.filter { $0.contains("client CRLs reloaded") }.count > reloads })
+        }
+        #expect(revoked.count == 3, "\(revoked)")
+        #expect(revoked.first?["status"] as? String == "200")
+        #expect(revoked.dropFirst().first?["status"] as? String == "403", "kept-alive connection after the revocation: \(revoked)")
+        #expect(revoked.last?["status"] as? String != "200", "resumed session after the revocation: \(revoked)")
+        #expect(revoked.last?["reused"] as? Bool == true || revoked.last?["status"] as? String == "handshake-failed", "\(revoked)")
+        #expect(server.logs.all.contains { $0.contains("resumed TLS session refused on re-verification") }, "the resumption itself was refused")
+        await server.stop()
+    }
+
     /// Revocation fails closed: a client CA without a CRL stops the start; a certificate
     /// issued by an intermediate nobody publishes a CRL for is refused; the opt-out lets both
     /// through, says so in the log and in /readyz.

@@ -74,9 +74,10 @@ func buildApplication(
     let server: HTTPServerBuilder
     switch callerMode {
     case .mutualTLS:
+        let chains = PresentedChainCache()
         server = HTTPServerBuilder { responder in
             MutualTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
-                             sslContext: { material.current.fhirMutual }, verifier: verifier, logger: logger)
+                             sslContext: { material.current.fhirMutual }, verifier: verifier, chains: chains, logger: logger)
         }
     case .forwardedCertificate where configuration.fhirProxyTLS:
         server = HTTPServerBuilder { responder in

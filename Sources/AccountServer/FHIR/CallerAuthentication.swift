@@ -33,6 +33,10 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
                 // Unreachable while the handshake requires a verified certificate; fail closed anyway.
                 throw FHIRError(.forbidden, code: .security, "No verified client certificate on this connection.")
             }
+            // A kept-alive connection outlives CRL updates: re-check what can change.
+            if verifier.revalidate(identity) != nil {
+                throw FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")
+            }
             context.caller = identity
         case .forwardedCertificate(let header, let trustedProxies):
             let peer = context.peerAddress

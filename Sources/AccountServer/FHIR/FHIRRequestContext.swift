@@ -57,8 +57,10 @@ typealias FHIRRequestContext = ListenerRequestContext<FHIRLimits>
 typealias WebRequestContext = ListenerRequestContext<WebLimits>
 
 extension ListenerRequestContext where Limits == FHIRLimits {
-    /// The caller verified during this connection's TLS handshake.
+    /// The caller verified during this connection's TLS handshake (or, for a resumed
+    /// session, by its re-verification).
     func handshakeIdentity() async -> ClientIdentity? {
-        try? await channel.pipeline.handler(type: ClientIdentityHandler.self).get().identity
+        guard let handler = try? await channel.pipeline.handler(type: ClientIdentityHandler.self).get() else { return nil }
+        return await handler.identity()
     }
 }

@@ -18,6 +18,9 @@ struct ClientIdentity: Sendable, Equatable {
     /// The leaf as nginx's `$ssl_client_escaped_cert`, relayed to the INT_R01 upstream
     /// (`X-SSL-Client-Cert`); encoded once per handshake, not per request.
     var escapedPEM: String?
+    /// The validated path, leaf to trust anchor (set by the verifier): what every later
+    /// request of the connection re-checks against the CRLs in force.
+    var chain: [Certificate] = []
 
     init(certificate: Certificate) {
         self.certificate = certificate
@@ -127,6 +130,32 @@ final class ClientCertificateVerifier: Sendable {
         roots.withLock { $0 = (certificates, CertificateStore(certificates)) }
     }
 
+    /// Re-checks, for one more request on an already verified connection, what can change
+    /// while it stays open: the leaf's validity period and the revocation status of the
+    /// validated path against the CRLs in force now (a SIGHUP or a polled CRL revokes a
+    /// kept-alive connection from its next request). A dictionary lookup per certificate:
+    /// cheap enough for every request. Returns the refusal, or nil.
+    func revalidate(_ identity: ClientIdentity, now: Date = Date()) -> ClientCertificateRefusal? {
+        var reason: String?
+        if now > identity.certificate.notValidAfter {
+            reason = "the certificate expired during the connection"
+        } else {
+            for certificate in identity.chain.dropLast() {
+                switch crlStore.status(of: certificate, now: now) {
+                case .good: continue
+                case .noCRL where crlStore.allowMissing: continue
+                case .noCRL: reason = "no CRL is loaded any more for \(certificate.issuer)"
+                case .revoked(let source): reason = "certificate \(ClientIdentity.hex(certificate.serialNumber.bytes)) revoked during the connection (CRL \(source))"
+                case .expired(let nextUpdate, _): reason = "the CRL of \(certificate.issuer) expired at \(nextUpdate)"
+                }
+                break
+            }
+        }
+        guard let reason else { return nil }
+        logger.warning("client certificate refused", metadata: ["subject": "\(identity.subject)", "serial": "\(identity.serial)", "reason": "\(reason)"])
+        return ClientCertificateRefusal(subject: identity.subject, serial: identity.serial, reason: reason)
+    }
+
     /// Verifies a chain as presented (leaf first). On success, returns the caller's identity
     /// and the validated chain (leaf to trust anchor).
     func verify(presented: [Certificate], now: Date = Date()) async -> Result<(ClientIdentity, [Certificate]), ClientCertificateRefusal> {
@@ -145,6 +174,7 @@ final class ClientCertificateVerifier: Sendable {
         case .validCertificate(let chain):
             var verified = identity
             verified.escapedPEM = ForwardedCertificate.escapedPEM(leaf)
+            verified.chain = Array(chain)
             return .success((verified, Array(chain)))
         case .couldNotValidate(let failures):
             let reason: String

@@ -7,16 +7,127 @@ import NIOTLS
 import SwiftASN1
 import X509
 
-/// Holds the verified caller identity of one connection. Set by the certificate check
-/// during the handshake, read by request handlers; a pass-through in the pipeline.
+/// Holds the verified caller identity of one connection; a pass-through in the pipeline.
+///
+/// A full handshake runs our verification callback, which sets the identity. A *resumed*
+/// handshake (TLS 1.2 session id or ticket, TLS 1.3 PSK: what Java's and curl's clients do
+/// by default) runs no callback at all, so on `handshakeCompleted` without an identity the
+/// leaf is read back from the resumed session and verified again exactly like a full
+/// handshake (chain, dates, CN/OU, EKU and the CRLs in force *now*): a certificate revoked
+/// since the first handshake never passes on a resumed one. Request handlers wait for the
+/// outcome (``identity()``); a refused resumption closes the connection.
 final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandler, Sendable {
     typealias InboundIn = NIOAny
 
-    private let box = NIOLockedValueBox<ClientIdentity?>(nil)
+    private struct State {
+        var identity: ClientIdentity?
+        var settled = false
+        var waiters: [CheckedContinuation<ClientIdentity?, Never>] = []
+    }
+    private let state = NIOLockedValueBox(State())
+    private let verifier: ClientCertificateVerifier
+    private let chains: PresentedChainCache
+    private let logger: Logger
 
-    var identity: ClientIdentity? { box.withLockedValue { $0 } }
+    init(verifier: ClientCertificateVerifier, chains: PresentedChainCache, logger: Logger) {
+        self.verifier = verifier
+        self.chains = chains
+        self.logger = logger
+    }
 
-    func set(_ identity: ClientIdentity) { box.withLockedValue { $0 = identity } }
+    /// Called by the verification callback of a full handshake.
+    func set(_ identity: ClientIdentity) { state.withLockedValue { $0.identity = identity } }
+
+    /// The connection's verified caller, once the handshake (and, for a resumed session, its
+    /// re-verification) is over; nil if there is none.
+    func identity() async -> ClientIdentity? {
+        await withCheckedContinuation { continuation in
+            let ready: ClientIdentity?? = state.withLockedValue { state in
+                if state.settled { return .some(state.identity) }
+                state.waiters.append(continuation)
+                return .none
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    private func settle(_ identity: ClientIdentity?) {
+        let waiters = state.withLockedValue { state -> [CheckedContinuation<ClientIdentity?, Never>] in
+            guard !state.settled else { return [] }
+            state.settled = true
+            state.identity = identity
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: identity) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            if let identity = state.withLockedValue({ $0.identity }) {
+                settle(identity)
+            } else {
+                reverifyResumedSession(context: context)
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        settle(nil)
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        settle(nil)
+    }
+
+    private func reverifyResumedSession(context: ChannelHandlerContext) {
+        let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
+        guard let der = try? tls?.peerCertificate?.toDERBytes(), let leaf = try? Certificate(derEncoded: der) else {
+            logger.warning("resumed TLS session without a client certificate; closing", metadata: ["peer": "\(context.remoteAddress?.description ?? "?")"])
+            settle(nil)
+            context.close(promise: nil)
+            return
+        }
+        let channel = context.channel
+        let (verifier, chains, logger) = (self.verifier, self.chains, self.logger)
+        Task {
+            let result = await verifier.verify(presented: [leaf] + chains.intermediates(for: der))
+            switch result {
+            case .success(let (identity, _)):
+                self.settle(identity)
+            case .failure:
+                logger.notice("resumed TLS session refused on re-verification; closing", metadata: ["peer": "\(channel.remoteAddress?.description ?? "?")"])
+                self.settle(nil)
+                channel.close(promise: nil)
+            }
+        }
+    }
+}
+
+/// The intermediates each client presented at its last full handshake, by leaf. A resumed
+/// session keeps only the leaf, so a client whose chain goes through an intermediate that
+/// is not in the CA bundle is re-verified with the intermediates it sent then. Bounded:
+/// when full it starts over (a resumption it cannot complete is simply refused, and the
+/// client's next full handshake fills it again).
+final class PresentedChainCache: Sendable {
+    private let entries = NIOLockedValueBox<[[UInt8]: [Certificate]]>([:])
+    private let capacity: Int
+
+    init(capacity: Int = 1024) { self.capacity = capacity }
+
+    func record(leaf: [UInt8], intermediates: [Certificate]) {
+        guard !intermediates.isEmpty else { return }
+        entries.withLockedValue { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[leaf] = intermediates
+        }
+    }
+
+    func intermediates(for leaf: [UInt8]) -> [Certificate] {
+        entries.withLockedValue { $0[leaf] ?? [] }
+    }
 }
 
 /// Logs TLS handshake failures that happen before any certificate check (no client
@@ -37,10 +148,12 @@ final class HandshakeFailureLogger: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Pass the event on first: once removed, this context no longer forwards anything
+        // (and ClientIdentityHandler, further on, waits for this very event).
+        context.fireUserInboundEventTriggered(event)
         if case TLSUserEvent.handshakeCompleted = event {
             context.pipeline.syncOperations.removeHandler(self, promise: nil)
         }
-        context.fireUserInboundEventTriggered(event)
     }
 }
 
@@ -54,13 +167,15 @@ struct MutualTLSChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerCh
     /// Looked up per connection: a SIGHUP reload applies to the next handshake.
     let sslContext: @Sendable () -> NIOSSLContext
     let verifier: ClientCertificateVerifier
+    let chains: PresentedChainCache
     let logger: Logger
 
     var responder: HTTPChannelHandler.Responder { base.responder }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let verifier = self.verifier
-        let identityHandler = ClientIdentityHandler()
+        let chains = self.chains
+        let identityHandler = ClientIdentityHandler(verifier: verifier, chains: chains, logger: self.logger)
         return channel.eventLoop.makeCompletedFuture {
             let tls = NIOSSLServerHandler(context: sslContext(), customVerificationCallbackWithMetadata: { presented, promise in
                 promise.completeWithTask {
@@ -69,6 +184,9 @@ struct MutualTLSChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerCh
                     switch await verifier.verify(presented: certificates) {
                     case .success(let (identity, chain)):
                         identityHandler.set(identity)
+                        if let leaf = presented.first, let der = try? leaf.toDERBytes() {
+                            chains.record(leaf: der, intermediates: Array(certificates.dropFirst()))
+                        }
                         // Report the path we validated (leaf to trust anchor), not what was sent.
                         let validated = try chain.map { certificate in
                             var serializer = DER.Serializer()
