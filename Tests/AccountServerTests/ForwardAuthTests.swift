@@ -76,7 +76,7 @@ struct ForwardAuthTests {
         try await WebSignInTests.choosePassword(browser, world: world)
         let entry = try await browser.get("/connexion?origin=sas&retour=\(WebSignInTests.agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)")
         #expect(entry.status == 303)
-        let (location, _) = try await WebSignInTests.signIn(browser)
+        let (location, _, _) = try await WebSignInTests.signIn(browser)
         #expect(location == WebSignInTests.agenda)
         return browser
     }
@@ -174,15 +174,25 @@ struct ForwardAuthTests {
         await world.stop()
     }
 
-    @Test func directSessionIsRefusedWith403() async throws {
+    /// A direct session gets 403 on an agenda URL, and 401 to the SAS entry on a SAS link
+    /// (a 403 there would send the regulator back to the SAS, which links here again).
+    @Test func directSessionIsRefusedWith403UnlessFollowingASASLink() async throws {
         let world = try await World()
         let browser = try world.browser()
         try await WebSignInTests.choosePassword(browser, world: world)
-        let (location, _) = try await WebSignInTests.signIn(browser)
+        let (location, _, _) = try await WebSignInTests.signIn(browser)
         #expect(location == "/compte")
-        let answer = try await Self.ask(browser, server: world.server)
+        let plain = [("X-Original-URI", "/rdv/42?creneau=9"), ("X-Forwarded-Host", "agenda.example"), ("X-Forwarded-Proto", "https")]
+        let answer = try await Self.ask(browser, server: world.server, headers: plain)
         #expect(answer.status == 403 && answer.headers.first(name: "X-Auth-Denial") == "direct-session")
         #expect(answer.headers.first(name: "X-Auth-Habilitations") == nil && answer.headers.first(name: "X-Auth-Session-Origin") == "direct")
+        let sasLink = try await Self.ask(browser, server: world.server)
+        #expect(sasLink.status == 401 && sasLink.headers.first(name: "X-Auth-Denial") == "direct-session")
+        #expect(sasLink.location == "https://localhost/connexion?retour=" + "https://agenda.example\(Self.agendaPath)".addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~")))!,
+                "\(sasLink.location ?? "-")")
+        // An origin this deployment does not accept is no SAS link.
+        let otherOrigin = [("X-Original-URI", "/rdv/42?origin=elsewhere"), ("X-Forwarded-Host", "agenda.example"), ("X-Forwarded-Proto", "https")]
+        #expect(try await Self.ask(browser, server: world.server, headers: otherOrigin).status == 403)
         let page = try await browser.get("/acces-refuse")
         #expect(page.status == 403 && page.body.contains("id=\"conseil\"") && page.body.contains("depuis la plateforme SAS"))
         let events = try await world.server.auditEvents()

@@ -32,7 +32,7 @@ final class AgendaUpstream: Sendable {
         router.get("**") { request, _ -> Response in
             hits.increment()
             let names = ["X-Auth-Account-Id", "X-Auth-National-Id", "X-Auth-SAS-Technical-Id", "X-Auth-Habilitations"]
-            let lines = names.map { name in "\(name): \(request.headers[HTTPField.Name(name)!] ?? "-")" }
+            let lines = (names + ["Cookie"]).map { name in "\(name): \(request.headers[values: HTTPField.Name(name)!].joined(separator: "; "))" }
             return Response(status: .ok, headers: [.contentType: "text/plain"],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: "AGENDA \(request.uri.path)\n" + lines.joined(separator: "\n"))))
         }
@@ -157,12 +157,16 @@ struct NginxForwardAuthTests {
         #expect(try await browser.get("/connexion").body.contains("id=\"origine-sas\""), "the sign-in through nginx is a SAS one")
 
         try await WebSignInTests.choosePassword(browser, world: world)
-        let (location, secret) = try await WebSignInTests.signIn(browser)
+        let (location, secret, recoveryCodes) = try await WebSignInTests.signIn(browser)
         #expect(location == front + regulatorPage, "back to the agenda page")
 
         // Served, with the identity headers; headers a browser sends itself are overwritten.
+        // The agenda gets its own cookies, never account-server's.
+        browser.cookies["agenda-pref"] = "vue-semaine"
         let served = try await browser.request(.GET, regulatorPage, headers: [("X-Auth-Account-Id", "forged"), ("X-Auth-Habilitations", "forged")])
+        browser.cookies["agenda-pref"] = nil
         #expect(served.status == 200 && served.body.hasPrefix("AGENDA /regulation/rdv/42"))
+        #expect(served.body.contains("agenda-pref=vue-semaine") && !served.body.contains("__Host-as-"), "\(served.body)")
         #expect(served.body.contains("X-Auth-National-Id: 810002673899") && served.body.contains("X-Auth-Habilitations: regulateur"))
         #expect(!served.body.contains("forged"))
         let accountID = try #require(served.body.firstMatch(of: /X-Auth-Account-Id: ([0-9a-f-]{36})/).map { String($0.1) })
@@ -190,13 +194,28 @@ struct NginxForwardAuthTests {
         let afterRevocation = try await browser.get(regulatorPage)
         #expect(afterRevocation.status == 302 && afterRevocation.location?.hasPrefix(front + "/connexion?retour=") == true)
 
-        // A direct session (sign-in page opened without the SAS) is refused.
+        // A direct session (sign-in page opened without the SAS) is refused on the agenda...
         let direct = try Browser(pki: world.pki, base: front)
         _ = try await direct.get("/connexion")
         let directSignIn = try await WebSignInTests.signIn(direct, secret: secret)
         #expect(directSignIn.location == "/compte")
-        let directAnswer = try await direct.request(.GET, regulatorPage, headers: [("X-Auth-Habilitations", "regulateur")])
-        #expect(directAnswer.status == 403 && directAnswer.body.contains("pas été ouverte depuis la plateforme SAS"))
+        let directDirectSessionID = try #require(direct.cookies["__Host-as-session"])
+        let withoutOrigin = try await direct.request(.GET, "/regulation/rdv/42", headers: [("X-Auth-Habilitations", "regulateur")])
+        #expect(withoutOrigin.status == 403 && withoutOrigin.body.contains("pas été ouverte depuis la plateforme SAS"))
+        // ...but following a SAS link it is sent to sign in from that SAS entry (no loop back
+        // to the SAS), and signing in there opens a SAS session with a new id.
+        let sasLink = try await direct.request(.GET, regulatorPage, headers: [("X-Auth-Habilitations", "regulateur")])
+        #expect(sasLink.status == 302, "\(sasLink.status)")
+        let sasEntry = try #require(sasLink.location)
+        #expect(sasEntry == front + "/connexion?retour=" + (front + regulatorPage).addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~")))!)
+        let intent = try await direct.get(String(sasEntry.dropFirst(front.count)))
+        #expect(intent.status == 303 && intent.location == "/connexion", "the direct session does not short-circuit the SAS entry")
+        // A TOTP step is used once: the second factor here is a recovery code.
+        let resigned = try await WebSignInTests.signIn(direct, secret: secret, code: try #require(recoveryCodes.first))
+        #expect(resigned.location == front + regulatorPage)
+        #expect(direct.cookies["__Host-as-session"] != directDirectSessionID, "a new session id")
+        let nowSAS = try await direct.get(regulatorPage)
+        #expect(nowSAS.status == 200 && nowSAS.body.contains("X-Auth-Habilitations: regulateur"), "\(nowSAS.status)")
 
         // Behind the trusted proxy, the audit trail records the browser's address as nginx saw it.
         let events = try await world.server.auditEvents()

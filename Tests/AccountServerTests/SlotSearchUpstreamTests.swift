@@ -78,6 +78,12 @@ final class SlotSearchStandIn: Sendable {
             let digest = SecretToken.hash(String(buffer: body))
             return Response(status: .created, headers: [.contentType: "text/plain"], body: ResponseBody(byteBuffer: ByteBuffer(string: "\(body.readableBytes) \(digest)")))
         }
+        fhir.get("Hop") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/fhir+json", .connection: "X-Upstream-Secret",
+                                            HTTPField.Name("X-Upstream-Secret")!: "for the proxy only", HTTPField.Name("X_Upstream_Flag")!: "1",
+                                            HTTPField.Name("X-Fine")!: "ok"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: "{}")))
+        }
         fhir.get("Slow") { _, _ in
             try await Task.sleep(for: .seconds(4))
             return Response(status: .ok)
@@ -183,6 +189,41 @@ struct SlotSearchUpstreamTests {
         #expect(header("X-Forwarded-For") == ["127.0.0.1"], "the SAS's address, not what it claimed")
         #expect(header("X-Forwarded-Proto") == ["https"])
         #expect(header("X-Request-Id") == [raw.headers.first(name: "X-Request-Id") ?? "?"], "the request id of the last relayed request")
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// RFC 9110 §7.6.1 in both directions: the fields a `Connection` header names stop at
+    /// the relay; so do underscore spellings of identity headers (CGI/PHP read
+    /// `X_SSL_Client_S_DN` as `X-SSL-Client-S-DN`); a path with dot-segments or encoded
+    /// slashes is refused instead of relayed raw.
+    @Test func hopByHopSpoofedHeadersAndDotSegmentsNeverCross() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir/")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let relayed = try await client.raw("/Hop", headers: [
+            ("Connection", "keep-alive, X-Secret-Hop"), ("X-Secret-Hop", "for the relay only"),
+            ("X_SSL_Client_S_DN", "CN=forged"), ("X_SSL_Client_Verify", "SUCCESS"), ("X_Forwarded_For", "6.6.6.6"), ("X-Kept", "yes"),
+        ])
+        #expect(relayed.status == 200)
+        let seen = try #require(standIn.requests.last)
+        let names = Set(seen.map { $0.name.canonicalName })
+        #expect(!names.contains("x-secret-hop"), "a field named by Connection is not forwarded: \(names)")
+        #expect(!names.contains { $0.contains("_") }, "no underscore spelling reaches the upstream: \(names)")
+        #expect(seen[values: HTTPField.Name("X-Kept")!] == ["yes"])
+        #expect(seen[values: HTTPField.Name("X-SSL-Client-S-DN")!].count == 1)
+        #expect(relayed.headers["X-Upstream-Secret"].isEmpty, "nor back to the client: \(relayed.headers)")
+        #expect(relayed.headers["X_Upstream_Flag"].isEmpty)
+        #expect(relayed.headers.first(name: "X-Fine") == "ok")
+
+        let before = standIn.requests.count
+        for path in ["/Slot/../admin", "/Slot/%2e%2e/admin", "/Slot/%2E./admin", "/Slot%2F..%2Fadmin", "/./Slot", "/Practitioner/../metadata"] {
+            let refused = try await client.raw(path)
+            #expect(refused.status == 400 && String(decoding: refused.body, as: UTF8.self).contains("OperationOutcome"), "\(path) → \(refused.status)")
+        }
+        #expect(standIn.requests.count == before, "none of them reached the upstream")
         await client.shutdown()
         await server.stop()
         await standIn.stop()

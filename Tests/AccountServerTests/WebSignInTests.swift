@@ -68,13 +68,16 @@ struct WebSignInTests {
         #expect(again.status == 410)
     }
 
-    /// Password, then TOTP (enrolment the first time), recovery codes, CGU; returns the final
-    /// redirect and the TOTP secret.
+    /// Password, then TOTP (enrolment the first time; `code` instead when given, e.g. a
+    /// recovery code), recovery codes, CGU; returns the final redirect, the TOTP secret and
+    /// the recovery codes shown at enrolment.
     @discardableResult
-    static func signIn(_ browser: Browser, secret: [UInt8]? = nil) async throws -> (location: String?, secret: [UInt8]?) {
+    static func signIn(_ browser: Browser, secret: [UInt8]? = nil, code: String? = nil)
+        async throws -> (location: String?, secret: [UInt8]?, recoveryCodes: [String]) {
         let afterPassword = try await browser.submit("/connexion", ["email": email, "password": password])
         #expect(afterPassword.status == 303)
         var secret = secret
+        var recoveryCodes: [String] = []
         var page: Browser.Page
         if afterPassword.location == "/connexion/totp" {
             let enrol = try await browser.get("/connexion/totp")
@@ -84,12 +87,13 @@ struct WebSignInTests {
             let totp = TOTP()
             let codes = try await browser.request(.POST, "/connexion/totp", form: ["csrf": enrol.csrf ?? "", "code": totp.code(secret: secret!, step: totp.step(at: Date()))])
             #expect(codes.status == 200 && codes.body.contains("codes-secours"))
+            recoveryCodes = codes.body.matches(of: /<li><code>([^<]+)<\/code><\/li>/).map { String($0.1) }
             page = try await browser.request(.POST, "/connexion/suite", form: ["csrf": codes.csrf ?? ""])
         } else {
             #expect(afterPassword.location == "/connexion/second-facteur")
             let totp = TOTP()
             // The current step was used at enrolment; the next one is within the ±1 window.
-            page = try await browser.submit("/connexion/second-facteur", ["code": totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
+            page = try await browser.submit("/connexion/second-facteur", ["code": code ?? totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
         }
         if page.location == "/connexion/cgu" {
             let cgu = try await browser.get("/connexion/cgu")
@@ -97,7 +101,7 @@ struct WebSignInTests {
             page = try await browser.request(.POST, "/connexion/cgu", form: ["csrf": cgu.csrf ?? "", "accepte": "oui", "version": version])
         }
         #expect(page.status == 303)
-        return (page.location, secret)
+        return (page.location, secret, recoveryCodes)
     }
 
     @Test func sasOriginSignInGrantsTheHabilitationAndWithdrawalIsInstant() async throws {
@@ -112,7 +116,7 @@ struct WebSignInTests {
         #expect(refused.status == 401 && refused.body.contains("id=\"erreur\""))
 
         try await Self.choosePassword(browser, world: world)
-        let (location, _) = try await Self.signIn(browser)
+        let (location, _, _) = try await Self.signIn(browser)
         #expect(location == Self.agenda, "back to the agenda page the SAS linked to")
         #expect(browser.cookies["__Host-as-session"] != nil && browser.cookies["__Host-as-flow"] == nil && browser.cookies["__Host-as-intent"] == nil)
 
@@ -131,7 +135,7 @@ struct WebSignInTests {
         let world = try await World()
         let browser = try world.browser()
         try await Self.choosePassword(browser, world: world)
-        let (location, secret) = try await Self.signIn(browser)
+        let (location, secret, recoveryCodes) = try await Self.signIn(browser)
         #expect(location == "/compte")
         let account = try await browser.get("/compte")
         #expect(account.body.contains("data-habilitation=\"non\"") && account.body.contains("data-origine=\"direct\""))
@@ -162,7 +166,7 @@ struct WebSignInTests {
         // (Taking the step after the sign-in made the test fail whenever a 30 s step ended
         // in between.)
         let stepBeforeEnrolment = totp.step(at: Date())
-        let (_, secret) = try await Self.signIn(browser)
+        let (_, secret, _) = try await Self.signIn(browser)
         let secretBytes = try #require(secret)
         let second = try world.browser()
         let afterPassword = try await second.submit("/connexion", ["email": Self.email, "password": Self.password])
@@ -286,7 +290,7 @@ struct WebSignInTests {
         let token = try #require(try await smtp.resetToken(number: 1))
         let form = try await browser.get("/reinitialisation?jeton=\(token)")
         _ = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": Self.password, "confirmation": Self.password])
-        let (_, secret) = try await Self.signIn(browser)
+        let (_, secret, _) = try await Self.signIn(browser)
         await browser.shutdown()
         await first.stop()
 
@@ -342,7 +346,7 @@ struct WebSignInTests {
         let world = try await World()
         let browser = try world.browser()
         try await Self.choosePassword(browser, world: world)
-        let (_, secret) = try await Self.signIn(browser)
+        let (_, secret, _) = try await Self.signIn(browser)
         #expect(try await browser.get("/compte").status == 200)
         let out = try await browser.submit("/compte", to: "/deconnexion", [:])
         #expect(out.location == "/connexion")

@@ -104,7 +104,7 @@ final class Browser: @unchecked Sendable {
     private let owned: OwnedHTTPClient
     var client: HTTPClient { owned.client }
     let base: String
-    private(set) var cookies: [String: String] = [:]
+    var cookies: [String: String] = [:]
 
     struct Page {
         var status: Int

@@ -76,7 +76,8 @@ final class SlotSearchUpstream: Sendable {
         let target = baseURL + Self.encodingInvalidCharacters(request.uri.path + (request.uri.query.map { "?\($0)" } ?? ""))
         var outbound = HTTPClientRequest(url: target)
         outbound.method = HTTPMethod(rawValue: request.method.rawValue)
-        for field in request.headers where !Self.isStripped(field.name.canonicalName) {
+        let namedByConnection = Self.connectionOptions(request.headers[values: .connection])
+        for field in request.headers where !Self.isStripped(field.name.canonicalName) && !namedByConnection.contains(field.name.canonicalName) {
             outbound.headers.add(name: field.name.rawName, value: field.value)
         }
         Self.addIdentity(to: &outbound.headers, caller: context.caller, clientAddress: context.clientAddress,
@@ -98,7 +99,10 @@ final class SlotSearchUpstream: Sendable {
         }
         metrics.upstream(outcome: "\(upstreamResponse.status.code / 100)xx")
         var headers = HTTPFields()
-        for header in upstreamResponse.headers where !Self.hopByHop.contains(header.name.lowercased()) {
+        let namedInAnswer = Self.connectionOptions(upstreamResponse.headers["connection"])
+        for header in upstreamResponse.headers {
+            let lowered = header.name.lowercased()
+            guard !Self.hopByHop.contains(lowered), !namedInAnswer.contains(lowered), !lowered.contains("_") else { continue }
             if let name = HTTPField.Name(header.name) { headers.append(HTTPField(name: name, value: header.value)) }
         }
         let contentLength = upstreamResponse.headers.first(name: "content-length").flatMap(Int.init)
@@ -168,9 +172,20 @@ final class SlotSearchUpstream: Sendable {
         PercentEncoding.encode(target, keeping: "-._~:/?#[]@!$&'()*+,;=%")
     }
 
+    /// The field names a `Connection` header lists (RFC 9110 §7.6.1): connection options,
+    /// hop-by-hop by declaration, so a proxy removes them whatever they are called.
+    static func connectionOptions(_ values: [String]) -> Set<String> {
+        Set(values.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+    }
+
+    /// Request headers the upstream never receives from the caller: hop-by-hop ones, the
+    /// identity and forwarding headers this product sets itself, and any name with an
+    /// underscore (as nginx drops them by default): CGI and PHP turn `X_SSL_Client_S_DN` and
+    /// `X-SSL-Client-S-DN` into the same variable, so the underscore spelling would pass
+    /// for the identity we set.
     static func isStripped(_ name: String) -> Bool {
         let lowered = name.lowercased()
-        return hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
+        return lowered.contains("_") || hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
             || lowered == "x-forwarded-for" || lowered == "x-forwarded-proto" || lowered == "x-forwarded-host" || lowered == "forwarded"
             || lowered == "x-request-id"
     }
@@ -225,7 +240,23 @@ struct UpstreamRoutingMiddleware: RouterMiddleware {
         }
     }
 
+    /// A path with a dot-segment (`/Slot/../admin`, raw or percent-encoded), an encoded
+    /// slash or a backslash is refused: relayed raw, the upstream (or a proxy after it)
+    /// would resolve it to a resource the routing never saw. No FHIR path has one.
+    static func hasAmbiguousSegments(_ path: String) -> Bool {
+        let lowered = path.lowercased()
+        if lowered.contains("%2f") || lowered.contains("%5c") || lowered.contains("\\") { return true }
+        return lowered.split(separator: "/", omittingEmptySubsequences: false).contains { segment in
+            let decoded = segment.replacingOccurrences(of: "%2e", with: ".")
+            return decoded == "." || decoded == ".."
+        }
+    }
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard !Self.hasAmbiguousSegments(request.uri.path) else {
+            context.logger.notice("FHIR request refused: ambiguous path", metadata: ["path": "\(request.uri.path)"])
+            throw FHIRError(.invalidContent, code: .invalid, "The request path contains a dot-segment, an encoded slash or a backslash; no FHIR path does.")
+        }
         switch Self.route(method: request.method, path: request.uri.path) {
         case .local:
             return try await next(request, context)

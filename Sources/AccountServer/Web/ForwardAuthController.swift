@@ -76,6 +76,14 @@ struct ForwardAuthResponder: Sendable {
             decision = "no-session"
             headers.append(("Location", signInURL(originalURL: originalURL(header: header, authority: authority))))
             headers.append(("X-Auth-Denial", reasons.map(\.rawValue).joined(separator: ",")))
+        case .denied(let reasons) where check.session?.origin == .direct && followsSASLink(originalURL(header: header, authority: authority)):
+            // Signed in directly (a doctor using the agenda for their own practice), then
+            // following a SAS link: a 403 would send them back to the SAS, which links here
+            // again. Sign in from this SAS entry instead: it opens a SAS session (a new id).
+            status = 401
+            decision = "direct-session-sas-link"
+            headers.append(("Location", signInURL(originalURL: originalURL(header: header, authority: authority))))
+            headers.append(("X-Auth-Denial", reasons.map(\.rawValue).joined(separator: ",")))
         case .denied(let reasons):
             status = 403
             decision = "denied"
@@ -103,6 +111,13 @@ struct ForwardAuthResponder: Sendable {
         let scheme = header("X-Forwarded-Proto")?.lowercased() == "http" ? "http" : "https"
         guard let host = header("X-Forwarded-Host") ?? authority, !host.isEmpty else { return nil }
         return "\(scheme)://\(host)\(path)"
+    }
+
+    /// Whether the original URL is a SAS link (an accepted `origin`) we may send the browser
+    /// back to after sign-in.
+    func followsSASLink(_ originalURL: String?) -> Bool {
+        guard let originalURL, configuration.validatedReturnURL(originalURL) != nil else { return false }
+        return configuration.acceptedOrigin(in: originalURL) != nil
     }
 
     /// The sign-in entry, with the original URL as `retour` when it is an allowed place to

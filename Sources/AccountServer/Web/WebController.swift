@@ -34,6 +34,13 @@ struct WebConfiguration: Sendable {
         return components.string
     }
 
+    /// The accepted `origin` a URL's query carries, if any.
+    func acceptedOrigin(in url: String) -> String? {
+        guard let value = URLComponents(string: url)?.queryItems?.first(where: { $0.name == "origin" })?.value,
+              acceptedOrigins.contains(value) else { return nil }
+        return value
+    }
+
     var publicOrigin: String {
         guard let components = URLComponents(string: publicURL), let scheme = components.scheme, let host = components.host else { return publicURL }
         return "\(scheme)://\(host)\(components.port.map { ":\($0)" } ?? "")"
@@ -146,11 +153,7 @@ struct WebController: Sendable {
     /// The intent's origin: an accepted `origin` on this request or on the return URL.
     func acceptedOrigin(query: QueryParameters, returnURL: String?) -> String? {
         if let value = query.first("origin"), configuration.acceptedOrigins.contains(value) { return value }
-        if let returnURL, let items = URLComponents(string: returnURL)?.queryItems,
-           let value = items.first(where: { $0.name == "origin" })?.value, configuration.acceptedOrigins.contains(value) {
-            return value
-        }
-        return nil
+        return returnURL.flatMap(configuration.acceptedOrigin(in:))
     }
 
     func validatedReturnURL(_ text: String) -> String? { configuration.validatedReturnURL(text) }
