@@ -353,6 +353,7 @@ struct LoadTool: AsyncParsableCommand {
         var request = HTTPClientRequest(url: "\(adminURL)/api/accounts/\(email)/suspend")
         request.method = .POST
         request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        request.headers.add(name: "Content-Type", value: "application/json")
         let response = try await admin.execute(request, timeout: .seconds(10))
         _ = try await response.body.collect(upTo: 1 << 16)
         let committed = ContinuousClock.now

@@ -20,7 +20,8 @@ struct AdminTests {
         #expect(wrong.status == 401 && wrong.headers.first(name: "WWW-Authenticate")?.hasPrefix("Bearer") == true)
         #expect(try await anonymous.send(.POST, "/api/accounts/810002673899/suspend", authorization: "Bearer nope").status == 401)
         let page = try await anonymous.send(.GET, "/", authorization: "")
-        #expect(page.status == 401 && page.headers.first(name: "WWW-Authenticate")?.hasPrefix("Basic") == true && page.body.contains("jeton"))
+        #expect(page.status == 200 && page.body.contains("id=\"form-connexion\"") && page.headers.first(name: "WWW-Authenticate") == nil,
+                "the page asks for the token in a form, never for Basic credentials")
         // Nothing was changed by the refused calls.
         #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" })
         // Probes and metrics need no token.
@@ -78,32 +79,75 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// What a hostile site can make the admin's browser send never acts: Basic credentials
+    /// (a browser caches and replays them) are refused by the API, a form-encoded or
+    /// text/plain POST (what a cross-site form can send) too, and so is anything marked
+    /// cross-site or from another Origin, even with the right bearer token.
+    @Test func theAPIRefusesWhatABrowserCanBeMadeToSend() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        let basic = "Basic " + Data("admin:\(world.server.adminToken)".utf8).base64EncodedString()
+        let path = "/api/accounts/810002673899/suspend"
+        #expect(try await admin.send(.POST, path, authorization: basic).status == 401, "Basic is not accepted")
+        #expect(try await admin.send(.GET, "/api/accounts", authorization: basic).status == 401)
+        #expect(try await admin.send(.POST, path, headers: [("Content-Type", "application/x-www-form-urlencoded")]).status == 415)
+        #expect(try await admin.send(.POST, path, body: #"{"reason":"x"}"#, headers: [("Content-Type", "text/plain")]).status == 415)
+        #expect(try await admin.send(.POST, path, headers: [("Sec-Fetch-Site", "cross-site")]).status == 403)
+        #expect(try await admin.send(.POST, path, headers: [("Origin", "https://evil.example")]).status == 403)
+        #expect(try await world.server.auditEvents().allSatisfy { !$0.action.hasPrefix("habilitation-withdrawn") }, "nothing was suspended")
+        #expect(try await admin.send(.POST, path, headers: [("Content-Type", "application/json; charset=utf-8")]).status == 200)
+        await admin.shutdown()
+        await world.stop()
+    }
+
     @Test func thePageFindsAnAccountAndWithdrawsTheHabilitationInOneClick() async throws {
         let world = try await World()
         let admin = AdminClient(server: world.server, token: "")
-        let basic = "Basic " + Data("admin:\(world.server.adminToken)".utf8).base64EncodedString()
-        let search = try await admin.send(.GET, "/?q=jules", authorization: basic)
+        let form: [(String, String)] = [("Content-Type", "application/x-www-form-urlencoded")]
+        // Sign in: the token in the form, bound to the pre-session CSRF cookie.
+        let signInPage = try await admin.send(.GET, "/", authorization: "")
+        let loginCookie = try #require(signInPage.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init))
+        let loginCSRF = try #require(signInPage.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        #expect(try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=wrong", headers: form + [("Cookie", loginCookie)], authorization: "").status == 401)
+        #expect(try await admin.send(.POST, "/connexion", body: "csrf=forged&jeton=\(world.server.adminToken)", headers: form + [("Cookie", loginCookie)],
+                                     authorization: "").status == 403, "login CSRF")
+        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)", headers: form + [("Cookie", loginCookie)],
+                                            authorization: "")
+        #expect(signedIn.status == 303)
+        let sessionCookie = try #require(signedIn.headers.first(name: "Set-Cookie"))
+        #expect(sessionCookie.contains("HttpOnly") && sessionCookie.contains("SameSite=Strict"))
+        let session = [("Cookie", String(sessionCookie.split(separator: ";")[0]))]
+        let search = try await admin.send(.GET, "/?q=jules", headers: session, authorization: "")
         #expect(search.status == 200 && search.body.contains("<html lang=\"fr\"") && search.body.contains("Retirer l’habilitation"))
         #expect(search.headers.first(name: "Content-Security-Policy")?.contains("default-src 'none'") == true)
         let action = try #require(search.body.firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
         let csrf = try #require(search.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
-        let form: [(String, String)] = [("Content-Type", "application/x-www-form-urlencoded")]
 
-        // Without the CSRF token, or from another site: refused, nothing changes.
-        #expect(try await admin.send(.POST, action, body: "q=jules", headers: form, authorization: basic).status == 403)
-        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + [("Origin", "https://evil.example")],
-                                     authorization: basic).status == 403)
-        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + [("Sec-Fetch-Site", "cross-site")],
-                                     authorization: basic).status == 403)
+        // Without the CSRF token, from another site, without the session, or with the token
+        // of another session: refused, nothing changes.
+        #expect(try await admin.send(.POST, action, body: "q=jules", headers: form + session, authorization: "").status == 403)
+        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + session + [("Origin", "https://evil.example")],
+                                     authorization: "").status == 403)
+        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + session + [("Sec-Fetch-Site", "cross-site")],
+                                     authorization: "").status == 403)
+        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form, authorization: "").status == 403)
+        let basic = "Basic " + Data("admin:\(world.server.adminToken)".utf8).base64EncodedString()
+        #expect(try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form, authorization: basic).status == 403,
+                "cached Basic credentials are no session")
+        #expect(try await admin.send(.POST, action, body: "csrf=\(loginCSRF)&q=jules", headers: form + session, authorization: "").status == 403,
+                "a token bound to another secret")
         #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" })
 
-        let done = try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules&motif=fraude", headers: form + [("Origin", world.server.adminURL)],
-                                        authorization: basic)
+        let done = try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules&motif=fraude", headers: form + session + [("Origin", world.server.adminURL)],
+                                        authorization: "")
         #expect(done.status == 303 && done.headers.first(name: "Location") == "/?q=jules&message=suspendu", "\(done.status) \(done.body)")
-        let after = try await admin.send(.GET, "/?q=jules&message=suspendu", authorization: basic)
+        let after = try await admin.send(.GET, "/?q=jules&message=suspendu", headers: session, authorization: "")
         #expect(after.body.contains("data-suspendu=\"oui\"") && after.body.contains("Rétablir l’habilitation") && after.body.contains("id=\"message\""))
         let event = try #require(try await world.server.auditEvents().last { $0.action == "habilitation-withdrawn" })
         #expect(event.actorSubject == "admin-page" && event.detail?.contains("fraude") == true)
+        // Sign-out ends the session.
+        #expect(try await admin.send(.POST, "/deconnexion", body: "csrf=\(csrf)", headers: form + session, authorization: "").status == 303)
+        #expect(try await admin.send(.GET, "/?q=jules", headers: session, authorization: "").body.contains("form-connexion"))
         await admin.shutdown()
         await world.stop()
     }
@@ -162,7 +206,8 @@ struct AdminTests {
         #expect(mode == 0o600)
         let text = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(token.matches(text) && !token.matches(text + "x"))
-        #expect(AdminToken.presented("Basic " + Data("anyone:\(text)".utf8).base64EncodedString()) == text)
+        #expect(AdminToken.bearer("Bearer \(text)") == text)
+        #expect(AdminToken.bearer("Basic " + Data("anyone:\(text)".utf8).base64EncodedString()) == nil)
         try FileManager.default.setAttributes([.posixPermissions: 0o640], ofItemAtPath: path)
         #expect(throws: ConfigurationError.self) { try AdminToken.load(path: path) }
     }

@@ -29,6 +29,10 @@ struct AdminClient {
         if let authorization { request.headers.add(name: "Authorization", value: authorization) } else if let token {
             request.headers.add(name: "Authorization", value: "Bearer \(token)")
         }
+        // A state change is JSON, as the API requires (a test may send its own Content-Type).
+        if method == .POST && !extra.contains(where: { $0.0.lowercased() == "content-type" }) && path.hasPrefix("/api/") {
+            request.headers.add(name: "Content-Type", value: "application/json")
+        }
         for (name, value) in extra { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
         let response = try await client.execute(request, timeout: .seconds(20))

@@ -30,7 +30,7 @@ struct HeadlessBrowserTests {
         return (process.terminationStatus, result, String(decoding: errorData, as: UTF8.self))
     }
 
-    /// The vendor admin's page in a real browser: Basic sign-in with the token, search, one
+    /// The vendor admin's page in a real browser: sign-in with the token in the page's form, search, one
     /// click withdraws the habilitation (the form's CSRF token and same-origin checks pass as
     /// a browser sends them), the page then shows the suspension and the restore button.
     @Test func chromiumWithdrawsAHabilitationFromTheAdminPage() async throws {

@@ -16,9 +16,11 @@ typealias AdminRequestContext = ListenerRequestContext<AdminLimits>
 /// The vendor admin's listener (`--admin-address`, loopback by default):
 ///
 /// - `/healthz`, `/readyz`, `/metrics` without authentication (probes and Prometheus);
-/// - the JSON admin API under `/api/…` and the French admin page under `/`, behind the token
-///   of `--admin-token-file` (`Authorization: Bearer`, or Basic with the token as password so
-///   a browser can use the page without any script).
+/// - the JSON admin API under `/api/…`: `Authorization: Bearer <token of --admin-token-file>`
+///   only, `Content-Type: application/json` on every state change, cross-site requests
+///   (`Origin`, `Sec-Fetch-Site`) refused: nothing a browser sends by itself reaches it;
+/// - the French admin page under `/`: the token typed once into a sign-in form opens an
+///   admin session (``AdminSessions``), and every form carries a CSRF token bound to it.
 ///
 /// Every action goes through ``VendorAdministration``, the same code as `account-server admin`.
 struct AdminController: Sendable {
@@ -26,15 +28,21 @@ struct AdminController: Sendable {
     let readiness: ReadinessProbe
     let metrics: ServerMetrics
     let token: AdminToken
-    /// Key of the page's CSRF token (derived from the server secret key).
-    let csrfKey: SymmetricKey
+    let sessions: AdminSessions
+    /// The regulator pages' CSRF mechanism, with its own key.
+    let csrf: CSRFProtection
+    /// Whether the listener is served over TLS (cookies are then `Secure`).
+    let secure: Bool
 
-    init(administration: VendorAdministration, readiness: ReadinessProbe, metrics: ServerMetrics, token: AdminToken, secretKey: [UInt8]) {
+    init(administration: VendorAdministration, readiness: ReadinessProbe, metrics: ServerMetrics, token: AdminToken, secretKey: [UInt8],
+         secure: Bool, sessions: AdminSessions = AdminSessions()) {
         self.administration = administration
         self.readiness = readiness
         self.metrics = metrics
         self.token = token
-        self.csrfKey = SymmetricKey(data: SHA256.hash(data: secretKey + Array("admin-csrf".utf8)))
+        self.sessions = sessions
+        self.secure = secure
+        self.csrf = CSRFProtection(key: secretKey, publicOrigin: "", purpose: "admin-csrf")
     }
 
     func addRoutes(to router: Router<AdminRequestContext>) {
@@ -48,7 +56,7 @@ struct AdminController: Sendable {
                      body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.scrape())))
         }
 
-        let api = router.group("api").add(middleware: AdminAuthenticationMiddleware(token: token, realm: .bearer))
+        let api = router.group("api").add(middleware: AdminAPIAuthenticationMiddleware(token: token))
         api.get("accounts") { request, _ in try await self.list(request) }
         api.get("accounts/:ref") { _, context in try await self.show(context) }
         api.post("accounts/:ref/suspend") { request, context in try await self.act("suspend", request, context) }
@@ -57,10 +65,14 @@ struct AdminController: Sendable {
         api.post("accounts/:ref/unlock") { request, context in try await self.act("unlock", request, context) }
         api.get("audit") { request, _ in try await self.audit(request) }
 
-        let page = router.group().add(middleware: AdminAuthenticationMiddleware(token: token, realm: .basic))
-        page.get("/") { request, _ in try await self.searchPage(request, notice: nil) }
-        page.post("comptes/:id/suspendre") { request, context in try await self.pageAction(suspend: true, request, context) }
-        page.post("comptes/:id/retablir") { request, context in try await self.pageAction(suspend: false, request, context) }
+        router.get("/") { request, _ in
+            guard sessions.validate(WebCookie.value(named: AdminSessions.cookie, in: request.headers)) else { return self.signInPage(request, error: false) }
+            return try await self.searchPage(request, notice: nil)
+        }
+        router.post("connexion") { request, context in try await self.signIn(request, context) }
+        router.post("deconnexion") { request, context in try await self.signOut(request, context) }
+        router.post("comptes/:id/suspendre") { request, context in try await self.pageAction(suspend: true, request, context) }
+        router.post("comptes/:id/retablir") { request, context in try await self.pageAction(suspend: false, request, context) }
     }
 
     // MARK: API
@@ -152,8 +164,62 @@ struct AdminController: Sendable {
 
     // MARK: Page
 
-    var csrfToken: String {
-        Base64URL.encode(Array(HMAC<SHA256>.authenticationCode(for: Array("admin-form".utf8), using: csrfKey)))
+    /// This listener's own origin as the browser addressed it: forms must come from it.
+    func ownOrigin(_ request: Request) -> String {
+        (secure ? "https://" : "http://") + (request.head.authority ?? "")
+    }
+
+    var formRefused: Response {
+        WebController.page(Pages.error("Formulaire refusé", "Le formulaire ne provient pas de cette page. Rechargez-la et réessayez.",
+                                       link: ("/", "Retour")), status: .forbidden)
+    }
+
+    /// The sign-in form; its CSRF token is bound to a random cookie (no session yet).
+    func signInPage(_ request: Request, error: Bool) -> Response {
+        var cookies: [String] = []
+        let secret: String
+        if let existing = WebCookie.value(named: AdminSessions.csrfCookie, in: request.headers) {
+            secret = existing
+        } else {
+            secret = SecretToken.generate()
+            cookies.append(AdminSessions.setCookie(AdminSessions.csrfCookie, secret, secure: secure))
+        }
+        return WebController.page(AdminPages.signIn(csrf: csrf.token(for: secret), error: error), status: error ? .unauthorized : .ok, cookies: cookies)
+    }
+
+    func signIn(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let body = try await request.body.collect(upTo: context.maxUploadSize)
+        let fields = FormBody.parse(Array(body.readableBytesView))
+        guard csrf.isValid(fields: request.headers, submitted: fields["csrf"],
+                           boundTo: WebCookie.value(named: AdminSessions.csrfCookie, in: request.headers), origin: ownOrigin(request)) else {
+            return formRefused
+        }
+        guard let presented = fields["jeton"], token.matches(presented.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            context.logger.notice("admin sign-in refused: wrong token", metadata: ["address": "\(context.clientAddress)"])
+            return signInPage(request, error: true)
+        }
+        let session = sessions.open()
+        context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)"])
+        return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie, session, secure: secure)])
+    }
+
+    func signOut(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        guard let session = try await sessionForm(request, context) else { return formRefused }
+        sessions.close(session.id)
+        return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie, "", secure: secure, clear: true)])
+    }
+
+    /// The form fields of a POST from a live admin session, CSRF-checked; nil: refused.
+    func sessionForm(_ request: Request, _ context: AdminRequestContext) async throws -> (id: String, fields: [String: String])? {
+        let body = try await request.body.collect(upTo: context.maxUploadSize)
+        let fields = FormBody.parse(Array(body.readableBytesView))
+        let id = WebCookie.value(named: AdminSessions.cookie, in: request.headers)
+        guard sessions.validate(id), let id,
+              csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)) else {
+            context.logger.notice("admin form refused: no session or CSRF check failed", metadata: ["address": "\(context.clientAddress)"])
+            return nil
+        }
+        return (id, fields)
     }
 
     func searchPage(_ request: Request, notice: String?) async throws -> Response {
@@ -161,21 +227,12 @@ struct AdminController: Sendable {
         let text = query.first("q") ?? ""
         let accounts = text.isEmpty ? [] : try await administration.search(text, limit: 50)
         let message = notice ?? query.first("message").flatMap(AdminPages.message(code:))
-        return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrfToken, notice: message))
+        let session = WebCookie.value(named: AdminSessions.cookie, in: request.headers) ?? ""
+        return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrf.token(for: session), notice: message))
     }
 
     func pageAction(suspend: Bool, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let body = try await request.body.collect(upTo: context.maxUploadSize)
-        let fields = FormBody.parse(Array(body.readableBytesView))
-        let crossSite = request.headers[HTTPField.Name("Sec-Fetch-Site")!] == "cross-site"
-        let originMismatch = request.headers[.origin].map { origin in
-            origin != "null" && URLComponents(string: origin).map { "\($0.host ?? ""):\($0.port.map(String.init) ?? "")" } != Self.authority(request)
-        } ?? false
-        guard !crossSite, !originMismatch, let submitted = fields["csrf"],
-              SecretToken.constantTimeEquals(Array(submitted.utf8), Array(csrfToken.utf8)) else {
-            return WebController.page(Pages.error("Formulaire refusé", "Le formulaire ne provient pas de cette page. Rechargez-la et réessayez.",
-                                                  link: ("/", "Retour")), status: .forbidden)
-        }
+        guard let (_, fields) = try await sessionForm(request, context) else { return formRefused }
         let id = context.parameters.get("id") ?? ""
         let actor = actor(context, via: "admin-page")
         let result = suspend
@@ -192,37 +249,36 @@ struct AdminController: Sendable {
         let code = suspend ? (result.changed ? "suspendu" : "deja-suspendu") : (result.changed ? "retabli" : "deja-retabli")
         return WebController.redirect("/?q=\(back)&message=\(code)")
     }
-
-    /// `host:port` of the request as the browser addressed it (for the Origin check).
-    static func authority(_ request: Request) -> String {
-        let authority = request.head.authority ?? ""
-        return authority.contains(":") ? authority : authority + ":"
-    }
 }
 
-/// Refuses admin requests without the admin token. API answers 401 with
-/// `WWW-Authenticate: Bearer`; the page asks the browser for Basic credentials.
-struct AdminAuthenticationMiddleware: RouterMiddleware {
+/// The admin API's gate: the admin token as a bearer token (never Basic, which browsers cache
+/// and replay for any site), state changes only as `application/json` (which no cross-site
+/// form can send), and nothing a browser marks as coming from another site.
+struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
     typealias Context = AdminRequestContext
-    enum Realm: Sendable { case bearer, basic }
     let token: AdminToken
-    let realm: Realm
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if let presented = AdminToken.presented(request.headers[.authorization]), token.matches(presented) {
-            return try await next(request, context)
+        if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" {
+            context.logger.notice("admin API request refused: cross-site", metadata: ["address": "\(context.clientAddress)"])
+            return AdminController.problem(.forbidden, "cross-site requests are refused")
         }
-        context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)"])
-        switch realm {
-        case .bearer:
+        if let origin = request.headers[.origin], origin != "http://\(request.head.authority ?? "")", origin != "https://\(request.head.authority ?? "")" {
+            context.logger.notice("admin API request refused: foreign Origin", metadata: ["address": "\(context.clientAddress)"])
+            return AdminController.problem(.forbidden, "requests from another origin are refused")
+        }
+        guard let presented = AdminToken.bearer(request.headers[.authorization]), token.matches(presented) else {
+            context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)"])
             var response = AdminController.problem(.unauthorized, "a valid admin token is required (Authorization: Bearer <token>)")
             response.headers[.wwwAuthenticate] = "Bearer realm=\"account-server admin\""
             return response
-        case .basic:
-            var response = WebController.page(Pages.error("Authentification requise", "Saisissez le jeton d’administration comme mot de passe (identifiant libre).",
-                                                          link: ("/", "Réessayer")), status: .unauthorized)
-            response.headers[.wwwAuthenticate] = "Basic realm=\"account-server admin\", charset=\"UTF-8\""
-            return response
         }
+        if request.method != .get && request.method != .head {
+            let mediaType = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+            guard mediaType == "application/json" else {
+                return AdminController.problem(.unsupportedMediaType, "state changes must be sent as Content-Type: application/json")
+            }
+        }
+        return try await next(request, context)
     }
 }

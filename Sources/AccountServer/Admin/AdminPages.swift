@@ -32,6 +32,20 @@ enum AdminPages {
                                                  timeZone: TimeZone(identifier: "Europe/Paris") ?? .gmt, calendar: Calendar(identifier: .gregorian)))
     }
 
+    /// The admin page's sign-in: the admin token, typed once (then a session cookie).
+    static func signIn(csrf: String, error: Bool) -> HTML {
+        let message: HTML = error ? "<p class=\"error\" id=\"erreur\" role=\"alert\">Jeton incorrect.</p>" : ""
+        return Pages.layout("Administration des comptes régulateurs", """
+            \(message)
+            <form method="post" action="/connexion" id="form-connexion">
+            <input type="hidden" name="csrf" value="\(csrf)">
+            <label for="jeton">Jeton d’administration (fichier --admin-token-file)</label>
+            <input id="jeton" name="jeton" type="password" autocomplete="off" required autofocus>
+            <button type="submit">Se connecter</button>
+            </form>
+            """)
+    }
+
     static func search(query: String, accounts: [AccountListing], csrf: String, notice: String?) -> HTML {
         let rows: [HTML] = accounts.map { account in
             let identifiers = [account.nationalID.map { "IDNPS \($0)" }, account.sasTechnicalID.map { "id. SAS \($0)" }].compactMap { $0 }.joined(separator: ", ")
@@ -82,6 +96,7 @@ enum AdminPages {
             <button type="submit">Rechercher</button>
             </form>
             \(results)
+            <form method="post" action="/deconnexion" id="form-deconnexion"><input type="hidden" name="csrf" value="\(csrf)"><button type="submit">Se déconnecter</button></form>
             <p class="hint">Retirer l’habilitation prend effet à la requête suivante de chaque session ouverte. Elle reste retirée même si la plateforme SAS réactive le compte, jusqu’à ce qu’un administrateur la rétablisse.</p>
             """)
     }

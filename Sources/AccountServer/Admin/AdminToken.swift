@@ -38,20 +38,12 @@ struct AdminToken: Sendable {
         SecretToken.constantTimeEquals(digest, Array(SHA256.hash(data: Array(presented.utf8))))
     }
 
-    /// The token of an `Authorization` header: `Bearer <token>` (API, scripts, Prometheus) or
-    /// `Basic` with the token as password (the admin page, so a browser can sign in without
-    /// any script).
-    static func presented(_ authorization: String?) -> String? {
+    /// The token of an `Authorization: Bearer <token>` header. Basic credentials are not
+    /// accepted: a browser caches them and sends them with requests other sites make.
+    static func bearer(_ authorization: String?) -> String? {
         guard let authorization else { return nil }
         let parts = authorization.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2 else { return nil }
-        let scheme = parts[0].lowercased()
-        let credentials = parts[1].trimmingCharacters(in: .whitespaces)
-        if scheme == "bearer" { return credentials }
-        if scheme == "basic", let data = Data(base64Encoded: credentials), let text = String(data: data, encoding: .utf8),
-           let colon = text.firstIndex(of: ":") {
-            return String(text[text.index(after: colon)...])
-        }
-        return nil
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return parts[1].trimmingCharacters(in: .whitespaces)
     }
 }

@@ -118,7 +118,7 @@ func buildApplication(
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }
     AdminController(administration: VendorAdministration(database: database, sessionConfiguration: web.sessionConfiguration),
-                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes)
+                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.adminTLS)
         .addRoutes(to: adminRouter)
     let adminServer: HTTPServerBuilder
     if configuration.adminTLS {

@@ -22,16 +22,24 @@ enum WebCookie: String, CaseIterable {
 
     /// The cookie's value in a request's `Cookie` headers (the first one of that name).
     static func value(_ cookie: WebCookie, in fields: HTTPFields) -> String? {
+        value(named: cookie.rawValue, in: fields)
+    }
+
+    static func value(named name: String, in fields: HTTPFields) -> String? {
         for header in fields[values: .cookie] {
-            if let found = value(cookie, inHeader: header) { return found.isEmpty ? nil : found }
+            if let found = value(named: name, inHeader: header) { return found.isEmpty ? nil : found }
         }
         return nil
     }
 
+    static func value(_ cookie: WebCookie, inHeader header: String) -> String? {
+        value(named: cookie.rawValue, inHeader: header)
+    }
+
     /// The cookie's value in one `Cookie` header ("" when present but empty). Parsed on
     /// UTF-8 bytes: this runs on every forward-auth request.
-    static func value(_ cookie: WebCookie, inHeader header: String) -> String? {
-        let name = Array(cookie.rawValue.utf8)
+    static func value(named cookieName: String, inHeader header: String) -> String? {
+        let name = Array(cookieName.utf8)
         let bytes = Array(header.utf8)
         var index = 0
         while index < bytes.count {
@@ -49,16 +57,26 @@ enum WebCookie: String, CaseIterable {
     }
 }
 
-/// CSRF protection of every form: the form carries HMAC(server key, csrf cookie), so a
-/// cross-site page can neither read nor forge it; and a POST whose `Origin` is another site is
-/// refused outright.
+/// CSRF protection of every form, regulator pages and admin page alike: the form carries
+/// HMAC(server key, a secret of the browser's: its csrf cookie before sign-in, its session
+/// after), so a cross-site page can neither read nor forge it, and a token is worth nothing
+/// with another browser's cookies; a POST whose `Origin` is another site, or that the
+/// browser marks cross-site, is refused outright.
 struct CSRFProtection: Sendable {
     private let key: SymmetricKey
     let publicOrigin: String
 
-    init(key: [UInt8], publicOrigin: String) {
-        self.key = SymmetricKey(data: SHA256.hash(data: key + Array("csrf".utf8)))
+    init(key: [UInt8], publicOrigin: String, purpose: String = "csrf") {
+        self.key = SymmetricKey(data: SHA256.hash(data: key + Array(purpose.utf8)))
         self.publicOrigin = publicOrigin
+    }
+
+    /// Checks a form bound to `secret` (a cookie value) and posted from `origin`.
+    func isValid(fields: HTTPFields, submitted: String?, boundTo secret: String?, origin expected: String) -> Bool {
+        if let origin = fields[.origin], origin != "null", origin != expected { return false }
+        if let site = fields[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" { return false }
+        guard let secret, let submitted else { return false }
+        return SecretToken.constantTimeEquals(Array(token(for: secret).utf8), Array(submitted.utf8))
     }
 
     func token(for cookie: String) -> String {
@@ -66,10 +84,7 @@ struct CSRFProtection: Sendable {
     }
 
     func isValid(fields: HTTPFields, submitted: String?) -> Bool {
-        if let origin = fields[.origin], origin != "null", origin != publicOrigin { return false }
-        if fields[HTTPField.Name("Sec-Fetch-Site")!] == "cross-site" { return false }
-        guard let cookie = WebCookie.value(.csrf, in: fields), let submitted else { return false }
-        return SecretToken.constantTimeEquals(Array(token(for: cookie).utf8), Array(submitted.utf8))
+        isValid(fields: fields, submitted: submitted, boundTo: WebCookie.value(.csrf, in: fields), origin: publicOrigin)
     }
 }
 

@@ -2,9 +2,9 @@
 """Drives headless Chromium through the vendor admin page over the DevTools protocol.
 
 Usage: cdp_admin.py ADMIN_URL TOKEN QUERY
-Signs in with HTTP Basic (the admin token as password), searches QUERY, withdraws the first
-result's habilitation with one click (a reason typed first), and prints one JSON object
-describing the page before and after. Exit code 0 when the script ran to the end.
+Signs in by typing the admin token into the page's sign-in form, searches QUERY, withdraws
+the first result's habilitation with one click (a reason typed first), and prints one JSON
+object describing the page before and after. Exit code 0 when the script ran to the end.
 """
 import base64, json, os, sys
 
@@ -16,9 +16,9 @@ browser = Chromium()
 try:
     browser.call("Page.enable")
     browser.call("Network.enable")
-    credentials = base64.b64encode(f"admin:{token}".encode()).decode()
-    browser.call("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {credentials}"}})
     browser.call("Page.navigate", {"url": admin + "/"})
+    browser.wait_for("/", "#form-connexion")
+    browser.evaluate(f"document.querySelector('#jeton').value = {json.dumps(token)}; document.querySelector('#form-connexion button').click(); true")
     browser.wait_for("/", "#form-recherche")
     browser.evaluate(f"document.querySelector('#q').value = {json.dumps(query)}; document.querySelector('#form-recherche button').click(); true")
     browser.wait_for("/", "#resultats")

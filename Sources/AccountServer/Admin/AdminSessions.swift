@@ -1,0 +1,67 @@
+import Accounts
+import Foundation
+import Synchronization
+
+/// Sessions of the admin page. The admin types the admin token once into the sign-in form;
+/// the browser then holds a random session id in an `HttpOnly; SameSite=Strict` cookie, and
+/// every form carries a CSRF token bound to that session (the regulator pages' mechanism).
+/// Nothing the browser caches or sends by itself (HTTP Basic credentials used to be) can
+/// authorise a request another site makes through it.
+///
+/// Kept in memory: an admin signs in again after a restart. Only SHA-256 of ids is kept.
+final class AdminSessions: Sendable {
+    private struct Entry { var created: ContinuousClock.Instant; var lastSeen: ContinuousClock.Instant }
+    private let entries = Mutex<[String: Entry]>([:])
+    let idleTimeout: Duration
+    let absoluteTimeout: Duration
+
+    static let cookie = "as-admin-session"
+    static let csrfCookie = "as-admin-csrf"
+
+    init(idleTimeout: Duration = .seconds(30 * 60), absoluteTimeout: Duration = .seconds(8 * 3600)) {
+        self.idleTimeout = idleTimeout
+        self.absoluteTimeout = absoluteTimeout
+    }
+
+    /// A new session; returns its id (for the cookie).
+    func open() -> String {
+        let token = SecretToken.generate()
+        let now = ContinuousClock.now
+        entries.withLock { entries in
+            entries = entries.filter { isLive($0.value, at: now) }
+            entries[SecretToken.hash(token)] = Entry(created: now, lastSeen: now)
+        }
+        return token
+    }
+
+    /// Whether `token` names a live session; activity extends the idle timeout.
+    func validate(_ token: String?) -> Bool {
+        guard let token else { return false }
+        let now = ContinuousClock.now
+        let hash = SecretToken.hash(token)
+        return entries.withLock { entries in
+            guard var entry = entries[hash], isLive(entry, at: now) else {
+                entries[hash] = nil
+                return false
+            }
+            entry.lastSeen = now
+            entries[hash] = entry
+            return true
+        }
+    }
+
+    func close(_ token: String?) {
+        guard let token else { return }
+        _ = entries.withLock { $0.removeValue(forKey: SecretToken.hash(token)) }
+    }
+
+    private func isLive(_ entry: Entry, at now: ContinuousClock.Instant) -> Bool {
+        now - entry.lastSeen < idleTimeout && now - entry.created < absoluteTimeout
+    }
+
+    /// `Set-Cookie` for the admin listener: `Secure` when it is served over TLS (over plain
+    /// HTTP on loopback a browser would drop a `Secure` cookie).
+    static func setCookie(_ name: String, _ value: String, secure: Bool, clear: Bool = false) -> String {
+        "\(name)=\(clear ? "" : value); Path=/; HttpOnly; SameSite=Strict" + (secure ? "; Secure" : "") + (clear ? "; Max-Age=0" : "")
+    }
+}
