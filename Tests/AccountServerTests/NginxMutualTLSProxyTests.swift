@@ -29,6 +29,8 @@ struct NginxMutualTLSProxyTests {
         let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(200)) { configuration in
             configuration.fhirClientCertificateHeader = "X-SSL-Client-Cert"
             configuration.fhirTrustedProxies = ["127.0.0.1"]
+            configuration.fhirProxyClientCAPaths = [pki.proxyCAPath]
+            configuration.fhirProxyClientNames = [TestPKI.proxyCN]
             configuration.fhirUpstream = UpstreamConfiguration(url: "http://127.0.0.1:\(backend.port)")
         }
         // nginx's own copy of the CRL: the test later revokes a certificate at account-server only.
@@ -39,6 +41,8 @@ struct NginxMutualTLSProxyTests {
             "LISTEN": "127.0.0.1:\(port)", "SERVER_NAME": "localhost", "CERTIFICATE": pki.serverCertificatePath, "KEY": pki.serverKeyPath,
             "CLIENT_CA": pki.caPath, "CLIENT_CRL": nginxCRL.path,
             "ACCOUNT_SERVER_FHIR": "127.0.0.1:\(server.port)", "INT_R01_BACKEND": "127.0.0.1:\(backend.port)",
+            "ACCOUNT_SERVER_NAME": "localhost", "ACCOUNT_SERVER_CA": pki.caPath,
+            "PROXY_CERTIFICATE": pki.proxyCertificatePath, "PROXY_KEY": pki.proxyKeyPath,
         ])
         return Rig(pki: pki, backend: backend, server: server, nginx: nginx)
     }
@@ -102,17 +106,22 @@ struct NginxMutualTLSProxyTests {
         await rig.stop()
     }
 
-    /// The certificate header is believed only from the trusted proxy's address, and only
-    /// when it holds a certificate that passes every check.
+    /// The certificate header is believed only from the proxy: its address *and* its own
+    /// client certificate (proxy mTLS), and only when it holds a certificate that passes every
+    /// check. A local process at nginx's address, even holding the SAS's public certificate,
+    /// gets nothing.
     @Test func aForgedCertificateHeaderIsRefused() async throws {
         let rig = try await Self.rig()
-        let direct = "http://127.0.0.1:\(rig.server.port)/Practitioner"
+        let direct = "https://localhost:\(rig.server.port)/Practitioner"
+        let asProxy = ["--cacert", rig.pki.caPath, "--cert", rig.pki.proxyCertificatePath, "--key", rig.pki.proxyKeyPath]
+        try rig.pki.write(try rig.pki.clients["valid"]!.certificatePEM, "sas.pem")
+        try rig.pki.write(rig.pki.clients["valid"]!.privateKeyPEM, "sas-key.pem")
         let valid = try #require(ForwardedCertificate.escapedPEM(rig.pki.clients["valid"]!.certificate))
         let wrongCN = try #require(ForwardedCertificate.escapedPEM(rig.pki.clients["wrong-cn"]!.certificate))
         func post(from source: String, headers: [String]) async throws -> (String, String) {
             try await onDedicatedThread {
                 let body = Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "forged-\(UUID().uuidString.prefix(8))@test.fr")
-                return Self.curl(["--interface", source, "-X", "POST", "-H", "Content-Type: application/fhir+json", "--data", body]
+                return Self.curl(asProxy + ["--interface", source, "-X", "POST", "-H", "Content-Type: application/fhir+json", "--data", body]
                                  + headers.flatMap { ["-H", $0] } + [direct])
             }
         }
@@ -130,12 +139,23 @@ struct NginxMutualTLSProxyTests {
         }
         #expect(try await rig.server.accountCount() == 0)
         #expect(rig.server.logs.all.contains { $0.contains("not from a trusted proxy") && $0.contains("127.0.0.2") })
-        // The trusted address is what grants belief: the port must only be reachable by nginx
-        // (loopback, or --fhir-proxy-tls on a private network).
+        // From nginx's address but without nginx's certificate (a local process, an SSRF):
+        // no certificate, the SAS's own certificate, or plain HTTP: nothing gets through.
+        let body = Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "local-process@test.fr")
+        let header = ["-H", "X-SSL-Client-Cert: \(valid)", "-H", "Content-Type: application/fhir+json", "--data", body]
+        for (label, arguments) in [("no client certificate", ["--cacert", rig.pki.caPath] + header + [direct]),
+                                   ("the SAS's certificate", ["--cacert", rig.pki.caPath, "--cert", rig.pki.directory.appendingPathComponent("sas.pem").path,
+                                                               "--key", rig.pki.directory.appendingPathComponent("sas-key.pem").path] + header + [direct]),
+                                   ("plain HTTP", header + ["http://127.0.0.1:\(rig.server.port)/Practitioner"])] {
+            let (status, _) = try await onDedicatedThread { Self.curl(arguments) }
+            #expect(status != "201" && !status.hasPrefix("2"), "\(label): \(status)")
+        }
+        #expect(try await rig.server.accountCount() == 0)
+        // The proxy (address and certificate) with a valid forwarded certificate is believed.
         let (trusted, _) = try await post(from: "127.0.0.1", headers: ["X-SSL-Client-Cert: \(valid)"])
         #expect(trusted == "201")
         // Slot searches sent straight to account-server are refused the same way.
-        let (search, _) = try await onDedicatedThread { Self.curl(["--interface", "127.0.0.2", "http://127.0.0.1:\(rig.server.port)/Slot"]) }
+        let (search, _) = try await onDedicatedThread { Self.curl(asProxy + ["--interface", "127.0.0.2", "https://localhost:\(rig.server.port)/Slot"]) }
         #expect(search == "403")
         #expect(rig.backend.requests.isEmpty)
         await rig.stop()
@@ -183,6 +203,16 @@ struct NginxMutualTLSProxyTests {
                 $0.fhirTrustedProxies = ["10.0.0.5"]
                 $0.fhirHost = "0.0.0.0"
             }
+        }
+        await #expect(throws: ConfigurationError.self, "a proxy CA without the proxy's name") {
+            _ = try await RunningServer.start(pki: pki) {
+                $0.fhirClientCertificateHeader = "X-SSL-Client-Cert"
+                $0.fhirTrustedProxies = ["127.0.0.1"]
+                $0.fhirProxyClientCAPaths = [pki.proxyCAPath]
+            }
+        }
+        await #expect(throws: ConfigurationError.self, "a proxy CA without certificate forwarding") {
+            _ = try await RunningServer.start(pki: pki) { $0.fhirProxyClientCAPaths = [pki.proxyCAPath]; $0.fhirProxyClientNames = [TestPKI.proxyCN] }
         }
         await #expect(throws: ConfigurationError.self, "an upstream that is not an http(s) URL") {
             _ = try await RunningServer.start(pki: pki) { $0.fhirUpstream = UpstreamConfiguration(url: "ftp://agenda/fhir") }

@@ -22,10 +22,16 @@ struct TestPKI {
     let otherCA: IssuedCertificate
     /// Issued by `ca`; no CRL of its own is ever published.
     let intermediate: IssuedCertificate
+    /// The vendor's internal CA for the proxy's own client certificate (proxy mTLS).
+    let proxyCA: IssuedCertificate
+    static let proxyCN = "fhir-proxy.internal"
     let server: IssuedCertificate
     let clients: [String: IssuedCertificate]
 
     var caPath: String { directory.appendingPathComponent("ca.pem").path }
+    var proxyCAPath: String { directory.appendingPathComponent("proxy-ca.pem").path }
+    var proxyCertificatePath: String { directory.appendingPathComponent("proxy.pem").path }
+    var proxyKeyPath: String { directory.appendingPathComponent("proxy-key.pem").path }
     var crlPath: String { directory.appendingPathComponent("crl.pem").path }
     var serverCertificatePath: String { directory.appendingPathComponent("server.pem").path }
     var serverKeyPath: String { directory.appendingPathComponent("server-key.pem").path }
@@ -36,6 +42,7 @@ struct TestPKI {
         ca = try PKIBuilder.makeCA(commonName: "Test IGC-Santé CA")
         otherCA = try PKIBuilder.makeCA(commonName: "Some other CA")
         intermediate = try PKIBuilder.makeCA(commonName: "Test IGC-Santé intermediate CA", issuer: ca)
+        proxyCA = try PKIBuilder.makeCA(commonName: "Vendor internal CA")
         server = try PKIBuilder.issue(commonName: "localhost", organizationalUnit: nil, usage: .server, dnsNames: ["localhost"], ipAddresses: [[127, 0, 0, 1]], issuer: ca)
         let day: TimeInterval = 86400
         clients = [
@@ -52,9 +59,13 @@ struct TestPKI {
             "server-usage": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .server, issuer: ca),
             // A subject that tries to write its own log line.
             "via-intermediate": try PKIBuilder.issue(commonName: Self.allowedCN, organizationalUnit: Self.allowedOU, usage: .client, issuer: intermediate),
+            "proxy": try PKIBuilder.issue(commonName: Self.proxyCN, organizationalUnit: nil, usage: .client, issuer: proxyCA),
             "crlf-subject": try PKIBuilder.issue(commonName: "x\r\n\(Self.forgedLogLine)", organizationalUnit: Self.allowedOU, usage: .client, issuer: ca),
         ]
         try write(try ca.certificatePEM, "ca.pem")
+        try write(try proxyCA.certificatePEM, "proxy-ca.pem")
+        try write(try clients["proxy"]!.certificatePEM, "proxy.pem")
+        try write(clients["proxy"]!.privateKeyPEM, "proxy-key.pem")
         try write(try server.certificatePEM, "server.pem")
         try write(server.privateKeyPEM, "server-key.pem")
         try writeCRL(revoking: ["revoked"])

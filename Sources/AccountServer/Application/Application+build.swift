@@ -27,7 +27,8 @@ func buildApplication(
     // TLS material first: a server that cannot check its callers must not start.
     let material = try TLSMaterial(paths: .init(certificate: configuration.tlsCertificatePath, key: configuration.tlsKeyPath,
                                                 clientCAs: configuration.clientCAPaths,
-                                                webCertificate: configuration.webTLSCertificatePath, webKey: configuration.webTLSKeyPath),
+                                                webCertificate: configuration.webTLSCertificatePath, webKey: configuration.webTLSKeyPath,
+                                                proxyClientCAs: configuration.fhirProxyClientCAPaths),
                                    logger: logger)
     let trustRoots = material.current.clientTrustRoots
     guard !configuration.allowedClientCommonNames.isEmpty else {
@@ -50,7 +51,8 @@ func buildApplication(
         allowedOrganizationalUnits: Set(configuration.allowedClientOrganizationalUnits),
         crlStore: crlStore, logger: logger
     )
-    let callerMode = try callerAuthenticationMode(configuration)
+    let proxyVerifier = try proxyVerifier(configuration, roots: material.current.proxyTrustRoots, logger: logger)
+    let callerMode = try callerAuthenticationMode(configuration, proxyVerifier: proxyVerifier)
 
     let database = try AccountDatabase(path: configuration.databasePath)
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
@@ -79,6 +81,12 @@ func buildApplication(
             MutualTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
                              sslContext: { material.current.fhirMutual }, verifier: verifier, chains: chains, logger: logger)
         }
+    case .forwardedCertificate(_, _, let proxy?):
+        let chains = PresentedChainCache()
+        server = HTTPServerBuilder { responder in
+            MutualTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
+                             sslContext: { material.current.fhirProxyMutual! }, verifier: proxy, chains: chains, logger: logger)
+        }
     case .forwardedCertificate where configuration.fhirProxyTLS:
         server = HTTPServerBuilder { responder in
             ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
@@ -99,7 +107,8 @@ func buildApplication(
         onServerRunning: { channel in await onFHIRListening(channel.localAddress?.port ?? 0) },
         logger: logger
     )
-    app.addServices(ReloadService(material: material, verifier: verifier, crlStore: crlStore, pollInterval: configuration.crlPollInterval,
+    app.addServices(ReloadService(material: material, verifier: verifier, crlStore: crlStore, proxyVerifier: proxyVerifier,
+                                  pollInterval: configuration.crlPollInterval,
                                   metrics: metrics, logger: logger),
                     PasswordHasherService(hasher: hasher))
     if let upstream { app.addServices(UpstreamClientService(upstream: upstream)) }
@@ -141,7 +150,31 @@ func buildApplication(
 }
 
 /// Mutual TLS here, or a certificate forwarded by a trusted TLS-terminating proxy.
-func callerAuthenticationMode(_ configuration: ServerConfiguration) throws -> CallerAuthenticationMode {
+/// The verifier of the proxy's own client certificate (`--fhir-proxy-client-ca`), if the
+/// proxy authenticates by mutual TLS.
+func proxyVerifier(_ configuration: ServerConfiguration, roots: [Certificate], logger: Logger) throws -> ClientCertificateVerifier? {
+    guard !configuration.fhirProxyClientCAPaths.isEmpty else {
+        guard configuration.fhirProxyClientNames.isEmpty, configuration.fhirProxyClientCRLPaths.isEmpty else {
+            throw ConfigurationError(description: "--fhir-proxy-client-cn and --fhir-proxy-client-crl need --fhir-proxy-client-ca")
+        }
+        return nil
+    }
+    guard configuration.fhirClientCertificateHeader != nil else {
+        throw ConfigurationError(description: "--fhir-proxy-client-ca authenticates the proxy that forwards certificates: it needs --fhir-client-certificate-header")
+    }
+    guard !configuration.fhirProxyClientNames.isEmpty else {
+        throw ConfigurationError(description: "--fhir-proxy-client-ca needs at least one --fhir-proxy-client-cn: the name of the proxy's certificate")
+    }
+    let crls = try CRLStore(paths: configuration.fhirProxyClientCRLPaths, issuers: roots,
+                            allowMissing: configuration.fhirProxyClientCRLPaths.isEmpty, logger: logger)
+    if configuration.fhirProxyClientCRLPaths.isEmpty {
+        logger.notice("the proxy's client certificate is checked against --fhir-proxy-client-ca without a CRL (rotate the proxy CA to revoke)")
+    }
+    return ClientCertificateVerifier(trustRoots: roots, allowedCommonNames: Set(configuration.fhirProxyClientNames),
+                                     allowedOrganizationalUnits: [], crlStore: crls, logger: logger)
+}
+
+func callerAuthenticationMode(_ configuration: ServerConfiguration, proxyVerifier: ClientCertificateVerifier? = nil) throws -> CallerAuthenticationMode {
     guard let headerName = configuration.fhirClientCertificateHeader else {
         guard configuration.fhirTrustedProxies.isEmpty else {
             throw ConfigurationError(description: "--fhir-trusted-proxy needs --fhir-client-certificate-header (the header the proxy puts the verified client certificate in)")
@@ -159,7 +192,7 @@ func callerAuthenticationMode(_ configuration: ServerConfiguration) throws -> Ca
         guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--fhir-trusted-proxy \(text) is not an address or CIDR") }
         proxies.append(cidr)
     }
-    return .forwardedCertificate(header: header, trustedProxies: proxies)
+    return .forwardedCertificate(header: header, trustedProxies: proxies, proxy: proxyVerifier)
 }
 
 /// Whether a listener address only accepts connections from this machine.

@@ -37,6 +37,12 @@ struct ServerConfiguration: Sendable {
     var fhirTrustedProxies: [String] = []
     /// Serve the FHIR listener over TLS (server certificate only) to the proxy.
     var fhirProxyTLS: Bool = false
+    /// Authenticate the proxy itself by mutual TLS (nginx `proxy_ssl_certificate`): the CA
+    /// its client certificate chains to, the names (CN) it may carry, and optional CRLs. Then
+    /// only the proxy, not any local process at its address, can forward a certificate.
+    var fhirProxyClientCAPaths: [String] = []
+    var fhirProxyClientNames: [String] = []
+    var fhirProxyClientCRLPaths: [String] = []
 
     // Topology 2: in front of the vendor's INT_R01 slot search.
     /// Where non-INT_R02 FHIR requests are relayed, and whose `/metadata` is merged.

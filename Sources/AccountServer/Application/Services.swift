@@ -12,6 +12,8 @@ struct ReloadService: Service {
     let material: TLSMaterial
     let verifier: ClientCertificateVerifier
     let crlStore: CRLStore
+    /// The proxy's certificate verifier (proxy mTLS), whose CA rotates with the rest.
+    let proxyVerifier: ClientCertificateVerifier?
     let pollInterval: Duration
     let metrics: ServerMetrics
     let logger: Logger
@@ -42,6 +44,11 @@ struct ReloadService: Service {
             metrics.reload("tls", ok: true)
             verifier.replaceTrustRoots(generation.clientTrustRoots)
             crlStore.replaceIssuers(generation.clientTrustRoots)
+            if let proxyVerifier {
+                proxyVerifier.replaceTrustRoots(generation.proxyTrustRoots)
+                proxyVerifier.crlStore.replaceIssuers(generation.proxyTrustRoots)
+                if !proxyVerifier.crlStore.paths.isEmpty { _ = proxyVerifier.crlStore.reload(reason: "SIGHUP") }
+            }
         } else {
             metrics.reload("tls", ok: false)
         }

@@ -144,6 +144,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Behind a proxy: serve the FHIR listener over TLS (server certificate only; required off loopback). Env: ACCOUNT_SERVER_FHIR_PROXY_TLS=1")
     var fhirProxyTls = false
 
+    @Option(help: "Behind a proxy: the CA of the proxy's own client certificate (nginx proxy_ssl_certificate); the FHIR listener then requires it (mutual TLS to the proxy, implies --fhir-proxy-tls); repeatable. Env: ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CA (comma-separated)")
+    var fhirProxyClientCa: [String] = []
+
+    @Option(help: "Allowed CN of the proxy's client certificate; repeatable, required with --fhir-proxy-client-ca. Env: ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CN (comma-separated)")
+    var fhirProxyClientCn: [String] = []
+
+    @Option(help: "CRL of the proxy's CA; repeatable, optional. Env: ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CRL (comma-separated)")
+    var fhirProxyClientCrl: [String] = []
+
     @Option(help: "The vendor's INT_R01 slot search, http(s)://host[:port][/base]: every FHIR request that is not INT_R02 is relayed there and /metadata merges its CapabilityStatement. Env: ACCOUNT_SERVER_FHIR_UPSTREAM")
     var fhirUpstream: String?
 
@@ -261,6 +270,10 @@ struct ServeCommand: AsyncParsableCommand {
         web.fhirClientCertificateHeader = Env.value(fhirClientCertificateHeader, "ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
         web.fhirTrustedProxies = Env.list(fhirTrustedProxy, "ACCOUNT_SERVER_FHIR_TRUSTED_PROXY")
         web.fhirProxyTLS = Env.flag(fhirProxyTls, "ACCOUNT_SERVER_FHIR_PROXY_TLS")
+        web.fhirProxyClientCAPaths = Env.list(fhirProxyClientCa, "ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CA")
+        web.fhirProxyClientNames = Env.list(fhirProxyClientCn, "ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CN")
+        web.fhirProxyClientCRLPaths = Env.list(fhirProxyClientCrl, "ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CRL")
+        if !web.fhirProxyClientCAPaths.isEmpty { web.fhirProxyTLS = true }
         web.allowMissingCRL = Env.flag(allowMissingCrl, "ACCOUNT_SERVER_ALLOW_MISSING_CRL")
         let retentionDays = try Self.number(retentionDays, "ACCOUNT_SERVER_RETENTION_DAYS") ?? 30
         guard retentionDays >= 1 else { throw ValidationError("--retention-days must be at least 1") }

@@ -13,8 +13,10 @@ enum CallerAuthenticationMode: Sendable {
     case mutualTLS
     /// A TLS-terminating proxy (nginx, HAProxy) verified the caller and forwards its
     /// certificate in `header`; only peers in `trustedProxies` are believed, and the
-    /// certificate is verified again here.
-    case forwardedCertificate(header: HTTPField.Name, trustedProxies: [CIDR])
+    /// certificate is verified again here. With `proxy`, the proxy itself must also have
+    /// authenticated with its own client certificate (proxy mTLS): an address alone can be
+    /// borrowed by any local process or a server-side request forgery.
+    case forwardedCertificate(header: HTTPField.Name, trustedProxies: [CIDR], proxy: ClientCertificateVerifier?)
 }
 
 /// Establishes the verified caller of every FHIR request before anything else runs (INT_R02
@@ -38,12 +40,19 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
                 throw FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")
             }
             context.caller = identity
-        case .forwardedCertificate(let header, let trustedProxies):
+        case .forwardedCertificate(let header, let trustedProxies, let proxyVerifier):
             let peer = context.peerAddress
             guard trustedProxies.contains(where: { $0.contains(peer) }) else {
                 context.logger.warning("FHIR request refused: not from a trusted proxy", metadata: ["peer": "\(peer)"])
                 throw FHIRError(.forbidden, code: .security,
                                 "This endpoint only answers requests relayed by the trusted TLS-terminating proxy.")
+            }
+            if let proxyVerifier {
+                guard let proxy = await context.handshakeIdentity(), proxyVerifier.revalidate(proxy) == nil else {
+                    context.logger.warning("FHIR request refused: the proxy's own certificate is missing or no longer valid", metadata: ["peer": "\(peer)"])
+                    throw FHIRError(.forbidden, code: .security,
+                                    "This endpoint only answers requests relayed by the trusted TLS-terminating proxy.")
+                }
             }
             let values = request.headers[values: header]
             guard values.count == 1, let value = values.first, !value.isEmpty else {

@@ -19,6 +19,8 @@ final class TLSMaterial: Sendable {
         var clientCAs: [String]
         var webCertificate: String?
         var webKey: String?
+        /// The CA(s) of the TLS-terminating proxy's own client certificate (proxy mTLS).
+        var proxyClientCAs: [String] = []
     }
 
     /// One consistent generation of contexts, built together from the same files.
@@ -27,9 +29,12 @@ final class TLSMaterial: Sendable {
         var fhirMutual: NIOSSLContext
         /// The FHIR listener behind a TLS-terminating proxy, with `--fhir-proxy-tls`.
         var fhirServerOnly: NIOSSLContext
+        /// The FHIR listener behind a proxy that authenticates with its own certificate.
+        var fhirProxyMutual: NIOSSLContext?
         /// The web listener, and the admin and forward-auth listeners when they use TLS.
         var web: NIOSSLContext
         var clientTrustRoots: [Certificate]
+        var proxyTrustRoots: [Certificate]
         /// The leaf each surface presents, for `/readyz`.
         var presented: [PresentedCertificate]
         var loadedAt: Date
@@ -86,6 +91,15 @@ final class TLSMaterial: Sendable {
         }
         let roots = try clientCAs.map { try Certificate(derEncoded: $0.toDERBytes()) }
         let fhirMutual = try NIOSSLContext(configuration: MutualTLSConfiguration.make(certificateChain: chain, privateKey: key, clientCAs: clientCAs))
+        var proxyCAs: [NIOSSLCertificate] = []
+        for path in paths.proxyClientCAs {
+            let certificates = try NIOSSLCertificate.fromPEMFile(path)
+            guard !certificates.isEmpty else { throw ConfigurationError(description: "\(path): no certificate found") }
+            proxyCAs += certificates
+        }
+        let fhirProxyMutual = proxyCAs.isEmpty ? nil
+            : try NIOSSLContext(configuration: MutualTLSConfiguration.make(certificateChain: chain, privateKey: key, clientCAs: proxyCAs))
+        let proxyRoots = try proxyCAs.map { try Certificate(derEncoded: $0.toDERBytes()) }
         let fhirServerOnly = try NIOSSLContext(configuration: serverOnly(chain: chain, key: key))
         var webChain = chain
         var webKey = key
@@ -97,8 +111,8 @@ final class TLSMaterial: Sendable {
             PresentedCertificate(name: "fhir", certificate: try Certificate(derEncoded: chain[0].toDERBytes())),
             PresentedCertificate(name: "web", certificate: try Certificate(derEncoded: webChain[0].toDERBytes())),
         ]
-        return Generation(fhirMutual: fhirMutual, fhirServerOnly: fhirServerOnly, web: web, clientTrustRoots: roots,
-                          presented: presented, loadedAt: Date())
+        return Generation(fhirMutual: fhirMutual, fhirServerOnly: fhirServerOnly, fhirProxyMutual: fhirProxyMutual, web: web,
+                          clientTrustRoots: roots, proxyTrustRoots: proxyRoots, presented: presented, loadedAt: Date())
     }
 
     /// Reads a certificate chain and its key, and checks that they belong together (a
