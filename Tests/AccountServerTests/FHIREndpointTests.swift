@@ -128,6 +128,25 @@ struct FHIREndpointTests {
         }
     }
 
+    /// The kit PUTs with the national-id system and a UUID value (a SAS technical id under
+    /// the wrong system). A UUID is no IDNPS, so the URL names no identifier we could match or
+    /// create: 400 with the `identifier` parameter as the offending element, nothing written
+    /// (the same body under the SAS system is accepted).
+    @Test func putWithTheNationalSystemAndAUUIDIsRefused() async throws {
+        try await withServer { client, server in
+            let technical = "b6e39355-8a61-4556-b340-36f7b95fec6a"
+            for bar in ["%7C", "|"] {
+                let reply = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1\(bar)\(technical)",
+                                                  body: Bodies.practitioner(technical: technical))
+                #expect(reply.status == 400 && reply["resourceType"] == .string("OperationOutcome"), "\(reply.status) \(reply.body)")
+                #expect(reply.issueExpressions == ["identifier"] && reply.body.contains("is not a valid IDNPS value"), "\(reply.body)")
+            }
+            #expect(try await server.accountCount() == 0)
+            let accepted = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: Bodies.practitioner(technical: technical))
+            #expect(accepted.status == 201)
+        }
+    }
+
     @Test func concurrentCallsOverTheWire() async throws {
         try await withServer { client, server in
             let technical = "b6e39355-8a61-4556-b340-36f7b95fec6a"
