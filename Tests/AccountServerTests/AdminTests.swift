@@ -221,8 +221,8 @@ struct AdminTests {
     }
 
     @Test func jsonLogLinesCarryRequestIDsAndNoSecrets() throws {
-        let sink = JSONLogSink(capturing: true)
-        var logger = Logger(label: "account-server", factory: { JSONLogHandler(label: $0, sink: sink) })
+        let sink = LogLineSink(capturing: true)
+        var logger = Logger(label: "account-server", factory: { LogLineHandler(label: $0, format: .json, sink: sink) })
         logger[metadataKey: "request_id"] = "0123456789abcdef"
         logger.info("session opened", metadata: ["origin": "sas", "msg": "collides"])
         let line = try #require(sink.captured.first)

@@ -157,7 +157,7 @@ struct MutualTLSTests {
         let refusal = lines.first { $0.contains("client certificate refused") && $0.contains("admin token rotated") }
         #expect(refusal?.contains(#"x\r\n2026-11-29T00:00:00.000Z critical"#) == true, "\(lines)")
         #expect(!lines.contains { $0.contains("\n") || $0.contains("\r") }, "no raw line break in any log line")
-        #expect(TextLogHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}") == #"a\u{85}b\u{2028}c\\d\u{7}"#)
+        #expect(LogLineHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}") == #"a\u{85}b\u{2028}c\\d\u{7}"#)
         await server.stop()
     }
 

@@ -100,12 +100,12 @@ struct TestPKI {
 
 /// The server's logs in memory, written by the real text handler (escaping included).
 final class CapturedLogs: Sendable {
-    private let sink = JSONLogSink(capturing: true)
+    private let sink = LogLineSink(capturing: true)
 
     var all: [String] { sink.captured }
 
     func handler(label: String) -> some LogHandler {
-        var handler = TextLogHandler(label: label, sink: sink)
+        var handler = LogLineHandler(label: label, format: .text, sink: sink)
         handler.logLevel = .trace
         return handler
     }

@@ -176,12 +176,10 @@ struct ServeCommand: AsyncParsableCommand {
         let levelText = Env.value(logLevel, "ACCOUNT_SERVER_LOG_LEVEL") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else { throw ValidationError("unknown log level \(levelText)") }
         let format = Env.value(logFormat, "ACCOUNT_SERVER_LOG_FORMAT") ?? "text"
-        var logger: Logger
-        switch format {
-        case "json": logger = Logger(label: "account-server", factory: { JSONLogHandler(label: $0) })
-        case "text": logger = Logger(label: "account-server", factory: { TextLogHandler(label: $0) })
-        default: throw ValidationError("--log-format must be text or json, got \(format)")
+        guard let lineFormat = LogLineHandler.Format(rawValue: format) else {
+            throw ValidationError("--log-format must be text or json, got \(format)")
         }
+        var logger = Logger(label: "account-server", factory: { LogLineHandler(label: $0, format: lineFormat) })
         logger.logLevel = level
 
         let (host, port) = try Self.hostAndPort(Env.value(fhirAddress, "ACCOUNT_SERVER_FHIR_ADDRESS") ?? "127.0.0.1:8443", flag: "--fhir-address")

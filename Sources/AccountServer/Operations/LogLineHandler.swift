@@ -1,0 +1,141 @@
+import Accounts
+import Foundation
+import Logging
+import Synchronization
+
+/// The server's log handler: one event per line on standard error, in one of two formats.
+///
+/// - `text` (default): `2026-11-29T23:19:16.123Z notice account-server: key=value … message`.
+///   Log lines carry client-supplied text (certificate subjects, identifiers, user agents,
+///   e-mail addresses); a subject holding CR/LF would otherwise start a forged line that a
+///   log reader takes for the server's own, so every control character, the backslash and the
+///   Unicode line separators are written as escapes (`\n`, `\r`, `\u{85}`…) in the message
+///   and in every metadata key and value.
+/// - `json`, for log shippers: `{"ts":…,"level":…,"label":…,"msg":…, <metadata>…}`. Metadata
+///   keys are flattened to the top level (`request_id`, `account_id`, `client_subject`…); a key
+///   that collides with a fixed field is prefixed with `meta_`. JSON escapes by construction.
+struct LogLineHandler: LogHandler {
+    enum Format: String, Sendable { case text, json }
+
+    let label: String
+    let format: Format
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+    var metadataProvider: Logger.MetadataProvider?
+    private let sink: LogLineSink
+
+    init(label: String, format: Format, sink: LogLineSink = .standardError) {
+        self.label = label
+        self.format = format
+        self.sink = sink
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        let sorted = merged.sorted(by: { $0.key < $1.key })
+        switch format {
+        case .text:
+            var line = AuditLog.timestamp(Date()) + " " + event.level.rawValue + " " + Self.escaped(label) + ":"
+            for (key, value) in sorted {
+                line += " " + Self.escaped(key) + "=" + Self.escaped(Self.text(value))
+            }
+            line += " " + Self.escaped(event.message.description)
+            if event.level >= .error { line += " (\(event.file):\(event.line))" }
+            sink.write(Array(line.utf8) + [0x0A])
+        case .json:
+            var object: JSONObject = [
+                "ts": .string(AuditLog.timestamp(Date())),
+                "level": .string(event.level.rawValue),
+                "label": .string(label),
+                "msg": .string(event.message.description),
+            ]
+            for (key, value) in sorted {
+                let name = object[key] == nil ? key : "meta_" + key
+                object[name] = Self.json(value)
+            }
+            if event.level >= .error { object["source"] = .string("\(event.file):\(event.line)") }
+            sink.write(JSONWriter().encode(.object(object)) + [0x0A])
+        }
+    }
+
+    static func text(_ value: Logger.Metadata.Value) -> String {
+        switch value {
+        case .string(let text): return text
+        case .stringConvertible(let convertible): return convertible.description
+        case .array(let values): return "[" + values.map(text).joined(separator: ", ") + "]"
+        case .dictionary(let dictionary): return "[" + dictionary.sorted { $0.key < $1.key }.map { "\($0.key): \(text($0.value))" }.joined(separator: ", ") + "]"
+        }
+    }
+
+    static func json(_ value: Logger.Metadata.Value) -> JSONValue {
+        switch value {
+        case .string(let text): return .string(text)
+        case .stringConvertible(let convertible): return .string(convertible.description)
+        case .array(let values): return .array(values.map(json))
+        case .dictionary(let dictionary): return .object(JSONObject(dictionary.sorted { $0.key < $1.key }.map { JSONMember($0.key, json($0.value)) }))
+        }
+    }
+
+    /// `text` with nothing that could end the line or be mistaken for an escape.
+    static func escaped(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: needsEscape) else { return text }
+        var out = ""
+        out.reserveCapacity(text.utf8.count + 8)
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\\": out += "\\\\"
+            case _ where needsEscape(scalar): out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    private static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+        // C0 controls, DEL, C1 controls (NEL among them), LINE/PARAGRAPH SEPARATOR, backslash.
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029 || scalar == "\\"
+    }
+}
+
+/// Where log lines go: standard error, or (in tests) memory. One line is one `write` under a
+/// lock, so lines from concurrent requests never interleave.
+final class LogLineSink: Sendable {
+    private let capturing: Bool
+    private let lines = Mutex<[String]>([])
+    private let lock = Mutex(())
+
+    static let standardError = LogLineSink(capturing: false)
+
+    init(capturing: Bool) {
+        self.capturing = capturing
+    }
+
+    func write(_ bytes: [UInt8]) {
+        if capturing {
+            lines.withLock { $0.append(String(decoding: bytes.dropLast(), as: UTF8.self)) }
+            return
+        }
+        lock.withLock { _ in
+            bytes.withUnsafeBufferPointer { buffer in
+                var offset = 0
+                while offset < buffer.count {
+                    let written = Foundation.write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                    if written <= 0 { break }
+                    offset += written
+                }
+            }
+        }
+    }
+
+    var captured: [String] { lines.withLock { $0 } }
+}
