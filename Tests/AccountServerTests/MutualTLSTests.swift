@@ -54,7 +54,7 @@ struct MutualTLSTests {
             let certificate = pki.clients[name]!.certificate
             let serial = ClientIdentity.hex(certificate.serialNumber.bytes)
             let line = server.logs.all.first { $0.contains("client certificate refused") && $0.contains("serial=\(serial)") }
-            #expect(line?.contains("subject=\(certificate.subject.description)") == true, "\(server.logs.all)")
+            #expect(line?.contains("subject=\"\(certificate.subject.description)\"") == true, "\(server.logs.all)")
         }
         _ = try await attemptCreate(pki: pki, server: server, certificate: nil)
         #expect(server.logs.all.contains { $0.contains("TLS handshake refused") && $0.contains("peer=") })
@@ -157,6 +157,7 @@ struct MutualTLSTests {
         let refusal = lines.first { $0.contains("client certificate refused") && $0.contains("admin token rotated") }
         #expect(refusal?.contains(#"x\r\n2026-11-29T00:00:00.000Z critical"#) == true, "\(lines)")
         #expect(!lines.contains { $0.contains("\n") || $0.contains("\r") }, "no raw line break in any log line")
+        #expect(LogLineHandler.quoted("CN=x reason=ok") == #""CN=x reason=ok""# && LogLineHandler.quoted("plain") == "plain")
         #expect(LogLineHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}") == #"a\u{85}b\u{2028}c\\d\u{7}"#)
         await server.stop()
     }

@@ -31,7 +31,7 @@ final class AgendaUpstream: Sendable {
         let router = Router()
         router.get("**") { request, _ -> Response in
             hits.increment()
-            let names = ["X-Auth-Account-Id", "X-Auth-National-Id", "X-Auth-SAS-Technical-Id", "X-Auth-Habilitations"]
+            let names = ["X-Auth-Account-Id", "X-Auth-National-Id", "X-Auth-SAS-Technical-Id", "X-Auth-Habilitations", "X-Auth-Session-Origin"]
             let lines = (names + ["Cookie"]).map { name in "\(name): \(request.headers[values: HTTPField.Name(name)!].joined(separator: "; "))" }
             return Response(status: .ok, headers: [.contentType: "text/plain"],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: "AGENDA \(request.uri.path)\n" + lines.joined(separator: "\n"))))
@@ -162,11 +162,18 @@ struct NginxForwardAuthTests {
 
         // Served, with the identity headers; headers a browser sends itself are overwritten.
         // The agenda gets its own cookies, never account-server's.
-        browser.cookies["agenda-pref"] = "vue-semaine"
-        let served = try await browser.request(.GET, regulatorPage, headers: [("X-Auth-Account-Id", "forged"), ("X-Auth-Habilitations", "forged")])
-        browser.cookies["agenda-pref"] = nil
+        // Decoys whose values look like our cookies (a page script could set them to use up
+        // nginx's four stripping passes) are left alone, and the real ones still go.
+        let sessionID = try #require(browser.cookies["__Host-as-session"])
+        let decoys = ["agenda-pref": "vue-semaine", "d1": "__Host-as-x=1", "d2": "__Host-as-x=2", "d3": "__Host-as-x=3", "d4": "__Host-as-x=4"]
+        for (name, value) in decoys { browser.cookies[name] = value }
+        let served = try await browser.request(.GET, regulatorPage, headers: [("X-Auth-Account-Id", "forged"), ("X-Auth-Habilitations", "forged"),
+                                                                              ("X-Auth-Session-Origin", "forged")])
+        for name in decoys.keys { browser.cookies[name] = nil }
         #expect(served.status == 200 && served.body.hasPrefix("AGENDA /regulation/rdv/42"))
-        #expect(served.body.contains("agenda-pref=vue-semaine") && !served.body.contains("__Host-as-"), "\(served.body)")
+        #expect(decoys.allSatisfy { served.body.contains("\($0.key)=\($0.value)") }, "\(served.body)")
+        #expect(!served.body.contains(sessionID) && !served.body.contains("__Host-as-session") && !served.body.contains("__Host-as-csrf"), "\(served.body)")
+        #expect(served.body.contains("X-Auth-Session-Origin: sas"))
         #expect(served.body.contains("X-Auth-National-Id: 810002673899") && served.body.contains("X-Auth-Habilitations: regulateur"))
         #expect(!served.body.contains("forged"))
         let accountID = try #require(served.body.firstMatch(of: /X-Auth-Account-Id: ([0-9a-f-]{36})/).map { String($0.1) })

@@ -3,6 +3,7 @@ import Accounts
 import Crypto
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 import X509
 
@@ -50,18 +51,20 @@ struct ProcessTests {
         for round in 0..<2 {
             let (process, port) = try await Self.launch(directory: directory)
             let pki = directory.appendingPathComponent("pki")
-            // Writes race the kill: some are in flight when SIGKILL lands.
+            // Writes race the kill: some are in flight when SIGKILL lands. The kill comes once
+            // a few writes were acknowledged (however slow the machine is), not after a fixed time.
+            let progress = Atomic<Int>(0)
             let writer = Task { () -> [String] in
                 var done: [String] = []
                 for index in 0..<400 {
                     let uuid = UUID().uuidString.lowercased()
                     let status = try await Self.curlCreate(port: port, pki: pki, uuid: uuid, email: "k\(round)-\(index)@test.fr")
-                    if status == "201" { done.append(uuid) }
+                    if status == "201" { done.append(uuid); progress.add(1, ordering: .relaxed) }
                     if status == nil { break }
                 }
                 return done
             }
-            try await Task.sleep(for: .milliseconds(1500))
+            try await eventually(timeout: .seconds(60), every: .milliseconds(20)) { progress.load(ordering: .relaxed) >= 6 }
             kill(process.processIdentifier, SIGKILL)
             try await onDedicatedThread { process.waitUntilExit() }
             acknowledged += try await writer.value

@@ -219,7 +219,8 @@ struct SlotSearchUpstreamTests {
         #expect(relayed.headers.first(name: "X-Fine") == "ok")
 
         let before = standIn.requests.count
-        for path in ["/Slot/../admin", "/Slot/%2e%2e/admin", "/Slot/%2E./admin", "/Slot%2F..%2Fadmin", "/./Slot", "/Practitioner/../metadata"] {
+        for path in ["/Slot/../admin", "/Slot/%2e%2e/admin", "/Slot/%2E./admin", "/Slot%2F..%2Fadmin", "/./Slot", "/Practitioner/../metadata",
+                     "/Slot/..#x", "/..#", "/Slot/..;/admin", "/Slot/%252e%252e/admin", "/Slot/..%3B/admin"] {
             let refused = try await client.raw(path)
             #expect(refused.status == 400 && String(decoding: refused.body, as: UTF8.self).contains("OperationOutcome"), "\(path) → \(refused.status)")
         }

@@ -48,7 +48,7 @@ struct World {
             OutgoingMail(recipient: "x", subject: "x", body: token)
         }, actor: actor)
         let outbox = MailOutbox(box: try SecretBox(key: Self.key))
-        let token = try await database.read { db in try outbox.due(at: .distantFuture, in: db) }.last!.mail.body
+        let token = try await database.read { db in try outbox.due(at: .distantFuture, in: db) }.last!.mail!.body
         _ = try await credentials.resetPassword(token: token, newPassword: "Vélo-rouge-sur-la-Loire", actor: actor)
         let secret = try await credentials.beginTOTPEnrolment(accountID: accountID)!
         let totp = TOTP()

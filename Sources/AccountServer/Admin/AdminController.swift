@@ -66,7 +66,7 @@ struct AdminController: Sendable {
         api.get("audit") { request, _ in try await self.audit(request) }
 
         router.get("/") { request, _ in
-            guard sessions.validate(WebCookie.value(named: AdminSessions.cookie, in: request.headers)) else { return self.signInPage(request, error: false) }
+            guard sessions.validate(WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)) else { return self.signInPage(request, error: false) }
             return try await self.searchPage(request, notice: nil)
         }
         router.post("connexion") { request, context in try await self.signIn(request, context) }
@@ -178,11 +178,11 @@ struct AdminController: Sendable {
     func signInPage(_ request: Request, error: Bool) -> Response {
         var cookies: [String] = []
         let secret: String
-        if let existing = WebCookie.value(named: AdminSessions.csrfCookie, in: request.headers) {
+        if let existing = WebCookie.value(named: AdminSessions.csrfCookie(secure: secure), in: request.headers) {
             secret = existing
         } else {
             secret = SecretToken.generate()
-            cookies.append(AdminSessions.setCookie(AdminSessions.csrfCookie, secret, secure: secure))
+            cookies.append(AdminSessions.setCookie(AdminSessions.csrfCookie(secure: secure), secret, secure: secure))
         }
         return WebController.page(AdminPages.signIn(csrf: csrf.token(for: secret), error: error), status: error ? .unauthorized : .ok, cookies: cookies)
     }
@@ -191,7 +191,7 @@ struct AdminController: Sendable {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = FormBody.parse(Array(body.readableBytesView))
         guard csrf.isValid(fields: request.headers, submitted: fields["csrf"],
-                           boundTo: WebCookie.value(named: AdminSessions.csrfCookie, in: request.headers), origin: ownOrigin(request)) else {
+                           boundTo: WebCookie.value(named: AdminSessions.csrfCookie(secure: secure), in: request.headers), origin: ownOrigin(request)) else {
             return formRefused
         }
         guard let presented = fields["jeton"], token.matches(presented.trimmingCharacters(in: .whitespacesAndNewlines)) else {
@@ -200,20 +200,20 @@ struct AdminController: Sendable {
         }
         let session = sessions.open()
         context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)"])
-        return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie, session, secure: secure)])
+        return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), session, secure: secure)])
     }
 
     func signOut(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let session = try await sessionForm(request, context) else { return formRefused }
         sessions.close(session.id)
-        return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie, "", secure: secure, clear: true)])
+        return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), "", secure: secure, clear: true)])
     }
 
     /// The form fields of a POST from a live admin session, CSRF-checked; nil: refused.
     func sessionForm(_ request: Request, _ context: AdminRequestContext) async throws -> (id: String, fields: [String: String])? {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = FormBody.parse(Array(body.readableBytesView))
-        let id = WebCookie.value(named: AdminSessions.cookie, in: request.headers)
+        let id = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)
         guard sessions.validate(id), let id,
               csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)) else {
             context.logger.notice("admin form refused: no session or CSRF check failed", metadata: ["address": "\(context.clientAddress)"])
@@ -227,7 +227,7 @@ struct AdminController: Sendable {
         let text = query.first("q") ?? ""
         let accounts = text.isEmpty ? [] : try await administration.search(text, limit: 50)
         let message = notice ?? query.first("message").flatMap(AdminPages.message(code:))
-        let session = WebCookie.value(named: AdminSessions.cookie, in: request.headers) ?? ""
+        let session = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers) ?? ""
         return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrf.token(for: session), notice: message))
     }
 

@@ -15,8 +15,10 @@ final class AdminSessions: Sendable {
     let idleTimeout: Duration
     let absoluteTimeout: Duration
 
-    static let cookie = "as-admin-session"
-    static let csrfCookie = "as-admin-csrf"
+    /// Cookie names: `__Host-` (bound to this exact host and port-less path `/`) when the
+    /// listener is served over TLS, where browsers accept that prefix.
+    static func cookie(secure: Bool) -> String { secure ? "__Host-as-admin-session" : "as-admin-session" }
+    static func csrfCookie(secure: Bool) -> String { secure ? "__Host-as-admin-csrf" : "as-admin-csrf" }
 
     init(idleTimeout: Duration = .seconds(30 * 60), absoluteTimeout: Duration = .seconds(8 * 3600)) {
         self.idleTimeout = idleTimeout

@@ -279,7 +279,12 @@ func makeWebServices(
     }
     let outbox = MailOutbox(box: box)
     let sealed = try database.pool.write { db in try outbox.sealLegacyBodies(in: db) }  // once, at start, before any listener
-    if sealed > 0 { logger.notice("sealed outbox bodies queued in clear by an earlier version", metadata: ["count": "\(sealed)"]) }
+    if sealed > 0 {
+        // secure_delete only zeroes what is deleted from now on: rewrite the file once so the
+        // clear bodies an earlier version stored or scrubbed leave no trace in free pages.
+        try database.pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") }
+        logger.notice("sealed outbox bodies queued in clear by an earlier version, then vacuumed the database", metadata: ["count": "\(sealed)"])
+    }
     let mailer = MailerService(database: database, outbox: outbox, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)
     guard configuration.forwardAuthTLS || isLoopback(configuration.forwardAuthHost) else {

@@ -25,12 +25,13 @@ struct ReloadService: Service {
                 group.addTask {
                     for await _ in signals { reloadAll() }
                 }
-                if !crlStore.paths.isEmpty {
+                let polled = [crlStore, proxyVerifier?.crlStore].compactMap { $0 }.filter { !$0.paths.isEmpty }
+                if !polled.isEmpty {
                     group.addTask {
                         while !Task.isCancelled {
                             try? await Task.sleep(for: pollInterval)
                             if Task.isCancelled { break }
-                            crlStore.reloadIfChanged()
+                            for store in polled { store.reloadIfChanged() }
                         }
                     }
                 }

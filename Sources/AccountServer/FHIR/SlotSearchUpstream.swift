@@ -241,11 +241,14 @@ struct UpstreamRoutingMiddleware: RouterMiddleware {
     }
 
     /// A path with a dot-segment (`/Slot/../admin`, raw or percent-encoded), an encoded
-    /// slash or a backslash is refused: relayed raw, the upstream (or a proxy after it)
-    /// would resolve it to a resource the routing never saw. No FHIR path has one.
+    /// slash or a backslash, a `;` (Tomcat and Jetty read `..;` as `..`), a `%25` (decoded
+    /// twice by some backends) or a `#` (the client library drops the fragment, leaving a
+    /// bare `..`) is refused: relayed, the upstream (or a proxy after it) would resolve it to
+    /// a resource the routing never saw. No FHIR path has any of them.
     static func hasAmbiguousSegments(_ path: String) -> Bool {
         let lowered = path.lowercased()
-        if lowered.contains("%2f") || lowered.contains("%5c") || lowered.contains("\\") { return true }
+        if lowered.contains("%2f") || lowered.contains("%5c") || lowered.contains("%25") || lowered.contains("%3b") || lowered.contains("%23") { return true }
+        if lowered.contains(where: { $0 == "\\" || $0 == ";" || $0 == "#" }) { return true }
         return lowered.split(separator: "/", omittingEmptySubsequences: false).contains { segment in
             let decoded = segment.replacingOccurrences(of: "%2e", with: ".")
             return decoded == "." || decoded == ".."

@@ -5,7 +5,8 @@ import Synchronization
 
 /// The server's log handler: one event per line on standard error, in one of two formats.
 ///
-/// - `text` (default): `2026-11-29T23:19:16.123Z notice account-server: key=value … message`.
+/// - `text` (default): `2026-11-29T23:19:16.123Z notice account-server: key=value … message`,
+///   a value in double quotes when it holds a space, `=` or `"`.
 ///   Log lines carry client-supplied text (certificate subjects, identifiers, user agents,
 ///   e-mail addresses); a subject holding CR/LF would otherwise start a forged line that a
 ///   log reader takes for the server's own, so every control character, the backslash and the
@@ -44,7 +45,7 @@ struct LogLineHandler: LogHandler {
         case .text:
             var line = AuditLog.timestamp(Date()) + " " + event.level.rawValue + " " + Self.escaped(label) + ":"
             for (key, value) in sorted {
-                line += " " + Self.escaped(key) + "=" + Self.escaped(Self.text(value))
+                line += " " + Self.escaped(key) + "=" + Self.quoted(Self.escaped(Self.text(value)))
             }
             line += " " + Self.escaped(event.message.description)
             if event.level >= .error { line += " (\(event.file):\(event.line))" }
@@ -81,6 +82,13 @@ struct LogLineHandler: LogHandler {
         case .array(let values): return .array(values.map(json))
         case .dictionary(let dictionary): return .object(JSONObject(dictionary.sorted { $0.key < $1.key }.map { JSONMember($0.key, json($0.value)) }))
         }
+    }
+
+    /// A value in double quotes (inner quotes escaped) when it holds a space, `=` or `"`: a
+    /// certificate subject such as `CN=x reason=ok` must not read as a second field.
+    static func quoted(_ value: String) -> String {
+        guard value.isEmpty || value.contains(where: { $0 == " " || $0 == "=" || $0 == "\"" }) else { return value }
+        return "\"" + value.replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 
     /// `text` with nothing that could end the line or be mistaken for an escape.

@@ -110,9 +110,39 @@ final class CRLStore: Sendable {
     var uncoveredAuthorities: [Certificate] {
         let (authorities, lists) = (issuers.withLock { $0 }, state.withLock { $0.lists })
         return authorities.filter { authority in
-            let isCA = (try? authority.extensions.basicConstraints).map { if case .isCertificateAuthority = $0 { true } else { false } } ?? false
+            // A certificate without basic constraints (an X.509 v1 root), or with unreadable
+            // ones, counts as a CA: demanding a CRL is the safe side.
+            let isCA: Bool = switch try? authority.extensions.basicConstraints {
+            case .notCertificateAuthority?: false
+            default: true
+            }
             return isCA && lists[authority.subject] == nil
         }
+    }
+
+    /// Why a validated path (leaf to trust anchor) cannot be accepted as far as revocation
+    /// goes, or nil. Every certificate but the anchor needs its issuer's CRL (fail closed
+    /// unless ``allowMissing``); an anchor that is not self-issued (an intermediate placed in
+    /// the CA bundle) is checked too when its issuer's CRL is loaded.
+    func revocationProblem(path: [Certificate], now: Date) -> String? {
+        for (index, certificate) in path.enumerated() {
+            let isAnchor = index == path.count - 1 && path.count > 1
+            if isAnchor && certificate.issuer == certificate.subject { break }
+            switch status(of: certificate, now: now) {
+            case .good:
+                continue
+            case .noCRL:
+                // Fail closed: a certificate whose issuer has no CRL loaded could be revoked
+                // and we would not know. Only the documented opt-out lets it through.
+                if allowMissing || isAnchor { continue }
+                return "no CRL is loaded for \(certificate.issuer), so revocation cannot be checked (--client-crl, or --allow-missing-crl)"
+            case .revoked(let source):
+                return "certificate \(ClientIdentity.hex(certificate.serialNumber.bytes)) is revoked (CRL \(source))"
+            case .expired(let nextUpdate, let source):
+                return "the CRL of \(certificate.issuer) expired at \(nextUpdate) (\(source)); refusing until a fresh CRL is loaded"
+            }
+        }
+        return nil
     }
 
     func status(of certificate: Certificate, now: Date) -> Status {

@@ -85,21 +85,7 @@ struct CRLRevocationPolicy: VerifierPolicy {
     let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = []
 
     func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
-        for certificate in chain.dropLast() {
-            switch store.status(of: certificate, now: now) {
-            case .good:
-                continue
-            case .noCRL:
-                // Fail closed: a certificate whose issuer has no CRL loaded could be revoked
-                // and we would not know. Only the documented opt-out lets it through.
-                if store.allowMissing { continue }
-                return .failsToMeetPolicy(reason: "no CRL is loaded for \(certificate.issuer), so revocation cannot be checked (--client-crl, or --allow-missing-crl)")
-            case .revoked(let source):
-                return .failsToMeetPolicy(reason: "certificate \(ClientIdentity.hex(certificate.serialNumber.bytes)) is revoked (CRL \(source))")
-            case .expired(let nextUpdate, let source):
-                return .failsToMeetPolicy(reason: "the CRL of \(certificate.issuer) expired at \(nextUpdate) (\(source)); refusing until a fresh CRL is loaded")
-            }
-        }
+        if let problem = store.revocationProblem(path: Array(chain), now: now) { return .failsToMeetPolicy(reason: problem) }
         return .meetsPolicy
     }
 }
@@ -136,20 +122,11 @@ final class ClientCertificateVerifier: Sendable {
     /// kept-alive connection from its next request). A dictionary lookup per certificate:
     /// cheap enough for every request. Returns the refusal, or nil.
     func revalidate(_ identity: ClientIdentity, now: Date = Date()) -> ClientCertificateRefusal? {
-        var reason: String?
-        if now > identity.certificate.notValidAfter {
-            reason = "the certificate expired during the connection"
+        let path = identity.chain.isEmpty ? [identity.certificate] : identity.chain
+        let reason: String? = if let expired = path.first(where: { now > $0.notValidAfter }) {
+            "certificate \(ClientIdentity.hex(expired.serialNumber.bytes)) of the path expired during the connection"
         } else {
-            for certificate in identity.chain.dropLast() {
-                switch crlStore.status(of: certificate, now: now) {
-                case .good: continue
-                case .noCRL where crlStore.allowMissing: continue
-                case .noCRL: reason = "no CRL is loaded any more for \(certificate.issuer)"
-                case .revoked(let source): reason = "certificate \(ClientIdentity.hex(certificate.serialNumber.bytes)) revoked during the connection (CRL \(source))"
-                case .expired(let nextUpdate, _): reason = "the CRL of \(certificate.issuer) expired at \(nextUpdate)"
-                }
-                break
-            }
+            crlStore.revocationProblem(path: path, now: now)
         }
         guard let reason else { return nil }
         logger.warning("client certificate refused", metadata: ["subject": "\(identity.subject)", "serial": "\(identity.serial)", "reason": "\(reason)"])

@@ -21,6 +21,9 @@ final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandle
 
     private struct State {
         var identity: ClientIdentity?
+        /// The chain to remember for resumptions, committed once the handshake completes (the
+        /// verification callback runs before the client has proven it holds the key).
+        var pendingChain: (leaf: [UInt8], intermediates: [Certificate])?
         var settled = false
         var waiters: [CheckedContinuation<ClientIdentity?, Never>] = []
     }
@@ -36,7 +39,12 @@ final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     /// Called by the verification callback of a full handshake.
-    func set(_ identity: ClientIdentity) { state.withLockedValue { $0.identity = identity } }
+    func set(_ identity: ClientIdentity, leaf: [UInt8]? = nil, intermediates: [Certificate] = []) {
+        state.withLockedValue {
+            $0.identity = identity
+            if let leaf { $0.pendingChain = (leaf, intermediates) }
+        }
+    }
 
     /// The connection's verified caller, once the handshake (and, for a resumed session, its
     /// re-verification) is over; nil if there is none.
@@ -64,7 +72,9 @@ final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case TLSUserEvent.handshakeCompleted = event {
-            if let identity = state.withLockedValue({ $0.identity }) {
+            let (identity, pending) = state.withLockedValue { ($0.identity, $0.pendingChain) }
+            if let identity {
+                if let pending { chains.record(leaf: pending.leaf, intermediates: pending.intermediates) }
                 settle(identity)
             } else {
                 reverifyResumedSession(context: context)
@@ -183,10 +193,7 @@ struct MutualTLSChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerCh
                     guard certificates.count == presented.count else { return .failed }
                     switch await verifier.verify(presented: certificates) {
                     case .success(let (identity, chain)):
-                        identityHandler.set(identity)
-                        if let leaf = presented.first, let der = try? leaf.toDERBytes() {
-                            chains.record(leaf: der, intermediates: Array(certificates.dropFirst()))
-                        }
+                        identityHandler.set(identity, leaf: try? presented.first?.toDERBytes(), intermediates: Array(certificates.dropFirst()))
                         // Report the path we validated (leaf to trust anchor), not what was sent.
                         let validated = try chain.map { certificate in
                             var serializer = DER.Serializer()

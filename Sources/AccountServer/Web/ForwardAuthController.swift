@@ -76,7 +76,7 @@ struct ForwardAuthResponder: Sendable {
             decision = "no-session"
             headers.append(("Location", signInURL(originalURL: originalURL(header: header, authority: authority))))
             headers.append(("X-Auth-Denial", reasons.map(\.rawValue).joined(separator: ",")))
-        case .denied(let reasons) where check.session?.origin == .direct && followsSASLink(originalURL(header: header, authority: authority)):
+        case .denied(let reasons) where reasons == [.directSession] && followsSASLink(originalURL(header: header, authority: authority)):
             // Signed in directly (a doctor using the agenda for their own practice), then
             // following a SAS link: a 403 would send them back to the SAS, which links here
             // again. Sign in from this SAS entry instead: it opens a SAS session (a new id).

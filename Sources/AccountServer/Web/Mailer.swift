@@ -145,6 +145,11 @@ func onDedicatedThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) 
     }
 }
 
+enum MailOutboxError: Error, CustomStringConvertible {
+    case unreadable
+    var description: String { "the body does not open with this server's key (another --secret-key-file?)" }
+}
+
 /// Delivers the outbox: polls for due mails, sends each, marks it sent (body scrubbed) or
 /// failed (retried with backoff). Runs until shutdown.
 struct MailerService: Service {
@@ -167,7 +172,8 @@ struct MailerService: Service {
                     let due = try await database.read { db in try outbox.due(at: Date(), in: db) }
                     for item in due {
                         do {
-                            try await transport.send(MailMessage.render(item.mail, from: from), from: from, to: item.mail.recipient)
+                            guard let mail = item.mail else { throw MailOutboxError.unreadable }
+                            try await transport.send(MailMessage.render(mail, from: from), from: from, to: mail.recipient)
                             try await database.write { db in try outbox.markSent(id: item.id, at: Date(), in: db) }
                             logger.info("mail delivered", metadata: ["outbox_id": "\(item.id)"])
                         } catch {

@@ -152,7 +152,9 @@ public final class CredentialStore: Sendable {
 
     /// Sets a new password through a reset link: policy checked, argon2id off the event loop,
     /// then one transaction that spends the link, stores the hash, clears the reset flag and
-    /// the lockout, and revokes every session of the account.
+    /// revokes every session of the account. The lockout stays: someone holding a phished
+    /// password *and* the mailbox must not buy a fresh run of code guesses with a reset; only
+    /// a completed sign-in (or the lockout's end, or an admin `unlock`) clears it.
     public func resetPassword(token: String, newPassword: String, actor: AuditActor) async throws -> Result<String, PasswordResetError> {
         guard let row = try await accountForResetToken(token) else { return .failure(.invalidToken) }
         let violations = policy.violations(of: newPassword, email: row.email)
@@ -164,8 +166,7 @@ public final class CredentialStore: Sendable {
             guard let current = try self.usableResetAccount(token, at: at, in: db), current.id == row.id else { return .failure(.invalidToken) }
             try db.execute(sql: "UPDATE password_reset_token SET used_at = ? WHERE token_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(token)])
             try db.execute(sql: """
-                UPDATE account SET password_hash = ?, password_reset_required = 0, password_changed_at = ?, failed_sign_ins = 0, locked_until = NULL
-                WHERE id = ?
+                UPDATE account SET password_hash = ?, password_reset_required = 0, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'password-changed' WHERE account_id = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, row.id])

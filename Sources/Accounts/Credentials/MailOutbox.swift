@@ -63,14 +63,24 @@ public struct MailOutbox: Sendable {
         return String(decoding: try box.open(Array(sealed), context: Self.context(recipient)), as: UTF8.self)
     }
 
+    /// A mail due for (another) attempt; `mail` is nil when its body does not open with this
+    /// server's key (another key file, a restored database): the mailer records that row as
+    /// failed instead of letting it block every other mail.
+    public struct Due: Sendable {
+        public var id: Int64
+        public var attempts: Int
+        public var mail: OutgoingMail?
+    }
+
     /// Mails due for (another) attempt, oldest first.
-    public func due(at now: Date, limit: Int = 20, in db: Database) throws -> [(id: Int64, mail: OutgoingMail, attempts: Int)] {
+    public func due(at now: Date, limit: Int = 20, in db: Database) throws -> [Due] {
         try Row.fetchAll(db, sql: """
             SELECT id, recipient, subject, body, attempts FROM mail_outbox
             WHERE sent_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?
             """, arguments: [now.epochMilliseconds, limit]).map { row in
             let recipient: String = row["recipient"]
-            return (row["id"], OutgoingMail(recipient: recipient, subject: row["subject"], body: try open(row["body"], recipient: recipient)), row["attempts"])
+            let body = try? open(row["body"], recipient: recipient)
+            return Due(id: row["id"], attempts: row["attempts"], mail: body.map { OutgoingMail(recipient: recipient, subject: row["subject"], body: $0) })
         }
     }
 
