@@ -238,7 +238,9 @@ struct FHIRClient {
          maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1) throws {
         self.baseURL = baseURL ?? server.baseURL
         var configuration = HTTPClient.Configuration(tlsConfiguration: try pki.clientTLS(certificate, maximumVersion: maximumVersion, minimumVersion: minimumVersion))
-        configuration.timeout = .init(connect: .seconds(5), read: .seconds(10))
+        // Generous: AsyncHTTPClient also applies the connect timeout to a request waiting for a
+        // pooled connection, and 40 concurrent calls on a loaded 2-core CI machine wait long.
+        configuration.timeout = .init(connect: .seconds(30), read: .seconds(30))
         owned = OwnedHTTPClient(configuration)
         self.server = server
     }
@@ -250,7 +252,7 @@ struct FHIRClient {
         if let contentType, body != nil { request.headers.add(name: "Content-Type", value: contentType) }
         for (name, value) in extra { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let response = try await client.execute(request, timeout: .seconds(10))
+        let response = try await client.execute(request, timeout: .seconds(30))
         let bytes = try await response.body.collect(upTo: 4 << 20)
         return FHIRReply(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))
     }
