@@ -27,6 +27,14 @@ struct AdminTests {
         // Probes and metrics need no token.
         #expect(try await anonymous.send(.GET, "/healthz", authorization: "").status == 200)
         #expect(try await anonymous.send(.GET, "/metrics", authorization: "").status == 200)
+        // ...but only under a loopback name: a DNS-rebinding page reaches 127.0.0.1 under its
+        // own host name and reads nothing.
+        for host in ["rebind.evil.example:\(world.server.adminPort)", "127.0.0.1.nip.io", "evil.example"] {
+            #expect(try await anonymous.send(.GET, "/metrics", headers: [("Host", host)], authorization: "").status == 421, "\(host)")
+        }
+        #expect(try await anonymous.send(.GET, "/readyz", headers: [("Host", "localhost:\(world.server.adminPort)")], authorization: "").status == 200)
+        #expect(LoopbackHostMiddleware.isLoopbackName("[::1]:8445") && LoopbackHostMiddleware.isLoopbackName("127.0.0.2")
+                && !LoopbackHostMiddleware.isLoopbackName("127.0.0.1.evil.example") && !LoopbackHostMiddleware.isLoopbackName(nil))
         await anonymous.shutdown()
         await world.stop()
     }

@@ -251,6 +251,35 @@ struct AdminController: Sendable {
     }
 }
 
+/// On the plain-HTTP (loopback) admin listener, answers only requests addressed to a loopback
+/// name (`localhost`, `127.0.0.1`, `[::1]`, any port). A DNS-rebinding page makes the admin's
+/// browser reach 127.0.0.1 under the attacker's own host name, which it then cannot read
+/// anything through: not `/metrics`, not `/readyz`, not the page. (Over TLS, with
+/// `--admin-tls`, a rebound name fails certificate validation instead.)
+struct LoopbackHostMiddleware: RouterMiddleware {
+    typealias Context = AdminRequestContext
+
+    static func isLoopbackName(_ authority: String?) -> Bool {
+        guard var host = authority?.lowercased() else { return false }
+        if host.hasPrefix("[") {
+            guard let end = host.firstIndex(of: "]") else { return false }
+            host = String(host[host.index(after: host.startIndex)..<end])
+        } else if let colon = host.lastIndex(of: ":") {
+            host = String(host[..<colon])
+        }
+        return host == "localhost" || host == "::1" || CIDR("127.0.0.0/8")!.contains(host)
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard Self.isLoopbackName(request.head.authority) else {
+            context.logger.notice("admin request refused: not addressed to a loopback name", metadata: ["host": "\(request.head.authority ?? "-")"])
+            return AdminController.problem(HTTPResponse.Status(code: 421, reasonPhrase: "Misdirected Request"),
+                                           "the admin listener answers only requests addressed to localhost, 127.0.0.1 or [::1]")
+        }
+        return try await next(request, context)
+    }
+}
+
 /// The admin API's gate: the admin token as a bearer token (never Basic, which browsers cache
 /// and replay for any site), state changes only as `application/json` (which no cross-site
 /// form can send), and nothing a browser marks as coming from another site.

@@ -123,6 +123,9 @@ func buildApplication(
     if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.adminTokenPath)"]) }
     let adminRouter = Router(context: AdminRequestContext.self)
     adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
+    if !configuration.adminTLS {
+        adminRouter.add(middleware: LoopbackHostMiddleware())
+    }
     adminRouter.get("static/style.css") { _, _ in
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }
