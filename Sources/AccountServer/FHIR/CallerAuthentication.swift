@@ -70,7 +70,7 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
                 throw FHIRError(.forbidden, code: .security, "The forwarded client certificate could not be read.")
             }
             switch await verifier.verify(presented: chain) {
-            case .success(let (identity, _)):
+            case .success(let identity):
                 context.caller = identity
             case .failure:
                 // The verifier logged subject, serial and reason; the caller learns nothing more.

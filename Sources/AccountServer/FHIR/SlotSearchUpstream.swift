@@ -258,7 +258,7 @@ struct UpstreamRoutingMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard !Self.hasAmbiguousSegments(request.uri.path) else {
             context.logger.notice("FHIR request refused: ambiguous path", metadata: ["path": "\(request.uri.path)"])
-            throw FHIRError(.invalidContent, code: .invalid, "The request path contains a dot-segment, an encoded slash or a backslash; no FHIR path does.")
+            throw FHIRError(.invalidContent, code: .invalid, "The request path contains a dot-segment, an encoded slash, a backslash, a ';', a '#' or a '%25'; no FHIR path does.")
         }
         switch Self.route(method: request.method, path: request.uri.path) {
         case .local:

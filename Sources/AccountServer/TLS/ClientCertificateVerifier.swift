@@ -117,8 +117,8 @@ final class ClientCertificateVerifier: Sendable {
     }
 
     /// Re-checks, for one more request on an already verified connection, what can change
-    /// while it stays open: the leaf's validity period and the revocation status of the
-    /// validated path against the CRLs in force now (a SIGHUP or a polled CRL revokes a
+    /// while it stays open: the validity period of every certificate of the validated path and
+    /// its revocation status against the CRLs in force now (a SIGHUP or a polled CRL revokes a
     /// kept-alive connection from its next request). A dictionary lookup per certificate:
     /// cheap enough for every request. Returns the refusal, or nil.
     func revalidate(_ identity: ClientIdentity, now: Date = Date()) -> ClientCertificateRefusal? {
@@ -133,9 +133,9 @@ final class ClientCertificateVerifier: Sendable {
         return ClientCertificateRefusal(subject: identity.subject, serial: identity.serial, reason: reason)
     }
 
-    /// Verifies a chain as presented (leaf first). On success, returns the caller's identity
-    /// and the validated chain (leaf to trust anchor).
-    func verify(presented: [Certificate], now: Date = Date()) async -> Result<(ClientIdentity, [Certificate]), ClientCertificateRefusal> {
+    /// Verifies a chain as presented (leaf first). On success, returns the caller's identity,
+    /// which carries the validated chain (leaf to trust anchor).
+    func verify(presented: [Certificate], now: Date = Date()) async -> Result<ClientIdentity, ClientCertificateRefusal> {
         guard let leaf = presented.first else {
             return .failure(ClientCertificateRefusal(subject: "-", serial: "-", reason: "no client certificate"))
         }
@@ -152,7 +152,7 @@ final class ClientCertificateVerifier: Sendable {
             var verified = identity
             verified.escapedPEM = ForwardedCertificate.escapedPEM(leaf)
             verified.chain = Array(chain)
-            return .success((verified, Array(chain)))
+            return .success(verified)
         case .couldNotValidate(let failures):
             let reason: String
             if failures.isEmpty {

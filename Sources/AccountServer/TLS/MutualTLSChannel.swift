@@ -105,7 +105,7 @@ final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandle
         Task {
             let result = await verifier.verify(presented: [leaf] + chains.intermediates(for: der))
             switch result {
-            case .success(let (identity, _)):
+            case .success(let identity):
                 self.settle(identity)
             case .failure:
                 logger.notice("resumed TLS session refused on re-verification; closing", metadata: ["peer": "\(channel.remoteAddress?.description ?? "?")"])
@@ -192,10 +192,10 @@ struct MutualTLSChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerCh
                     let certificates = presented.compactMap { try? Certificate(derEncoded: $0.toDERBytes()) }
                     guard certificates.count == presented.count else { return .failed }
                     switch await verifier.verify(presented: certificates) {
-                    case .success(let (identity, chain)):
+                    case .success(let identity):
                         identityHandler.set(identity, leaf: try? presented.first?.toDERBytes(), intermediates: Array(certificates.dropFirst()))
                         // Report the path we validated (leaf to trust anchor), not what was sent.
-                        let validated = try chain.map { certificate in
+                        let validated = try identity.chain.map { certificate in
                             var serializer = DER.Serializer()
                             try serializer.serialize(certificate)
                             return try NIOSSLCertificate(bytes: serializer.serializedBytes, format: .der)
