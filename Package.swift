@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
     ],
     targets: [
         // libargon2 (Debian: libargon2-dev), the reference argon2id implementation.
@@ -70,11 +71,27 @@ let package = Package(
             dependencies: ["Accounts", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
+        // OpenID Connect relying party (Pro Santé Connect): discovery, JWKS, token checks. It
+        // knows nothing of sessions; the web surface calls it.
+        .target(
+            name: "OpenIDConnect",
+            dependencies: [
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "AccountServer",
             dependencies: [
                 "Accounts",
                 "Habilitation",
+                "OpenIDConnect",
                 "CCRL",
                 "CQRencode",
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
@@ -129,6 +146,8 @@ let package = Package(
             dependencies: [
                 "AccountServer",
                 "Accounts",
+                "OpenIDConnect",
+                .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
