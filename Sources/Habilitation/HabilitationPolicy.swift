@@ -5,6 +5,15 @@ public enum SessionOrigin: String, Sendable, Equatable {
     case direct
 }
 
+/// How a session's holder proved who they are. Fixed when the session is created.
+public enum SessionAuthentication: String, Sendable, Equatable {
+    /// Password and a second factor (TOTP or a recovery code), on this server.
+    case password
+    /// Pro Santé Connect (e-CPS or CPS card): the provider's authentication stands for both
+    /// factors, so neither a password of ours nor a TOTP is required of such a session.
+    case psc
+}
+
 /// A first-sign-in step that must be completed before the habilitation holds
 /// (Keycloak's "required actions").
 public enum RequiredAction: String, Sendable, Equatable, CaseIterable {

@@ -87,7 +87,7 @@ public final class HabilitationService: Sendable {
     func facts(hash: String, at: Date, in db: Database) throws -> SessionFacts? {
         let idle = sessions.configuration.idleTimeout
         guard let row = try Row.fetchOne(db.cachedStatement(sql: """
-            SELECT s.account_id, s.origin, s.created_at, s.last_seen_at,
+            SELECT s.account_id, s.origin, s.created_at, s.last_seen_at, s.authentication,
                    a.active, a.suspended_by_vendor_at, a.password_reset_required, a.given_name, a.family_name, a.email,
                    EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                    EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu,
@@ -98,7 +98,8 @@ public final class HabilitationService: Sendable {
             """), arguments: [cguVersion, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
               let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
         let session = WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
-                                 lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
+                                 lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]),
+                                 authentication: SessionAuthentication(rawValue: row["authentication"]) ?? .password)
         return SessionFacts(session: session,
                             account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"],
                                                     nationalID: row["national_id"], sasTechnicalID: row["technical_id"]),
@@ -106,11 +107,21 @@ public final class HabilitationService: Sendable {
                             resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"], hash: hash)
     }
 
-    func evaluate(_ facts: SessionFacts) -> HabilitationCheck {
+    /// The first-sign-in steps still due. A Pro Santé Connect session owes neither a password
+    /// of ours nor a TOTP (the provider's authentication stands for both); the CGU it owes.
+    static func pendingActions(authentication: SessionAuthentication, resetRequired: Bool, hasTOTP: Bool, hasCGU: Bool) -> [RequiredAction] {
         var pending: [RequiredAction] = []
-        if facts.resetRequired { pending.append(.setPassword) }
-        if !facts.hasTOTP { pending.append(.enrolSecondFactor) }
-        if !facts.hasCGU { pending.append(.acceptCGU) }
+        if authentication == .password {
+            if resetRequired { pending.append(.setPassword) }
+            if !hasTOTP { pending.append(.enrolSecondFactor) }
+        }
+        if !hasCGU { pending.append(.acceptCGU) }
+        return pending
+    }
+
+    func evaluate(_ facts: SessionFacts) -> HabilitationCheck {
+        let pending = Self.pendingActions(authentication: facts.session.authentication, resetRequired: facts.resetRequired,
+                                          hasTOTP: facts.hasTOTP, hasCGU: facts.hasCGU)
         let inputs = HabilitationFacts(sessionLive: true, sessionOrigin: facts.session.origin, accountActive: facts.active,
                                        suspendedByVendor: facts.suspended, pendingActions: pending)
         return HabilitationCheck(session: facts.session, account: facts.account, pendingActions: pending, decision: HabilitationPolicy.evaluate(inputs))
@@ -118,17 +129,16 @@ public final class HabilitationService: Sendable {
 
     /// The decision for a session being created now (inside its transaction), so the audit
     /// trail can say whether the new session holds the habilitation.
-    public func decisionForNewSession(accountID: String, origin: SessionOrigin, in db: Database) throws -> HabilitationDecision {
+    public func decisionForNewSession(accountID: String, origin: SessionOrigin, authentication: SessionAuthentication = .password,
+                                      in db: Database) throws -> HabilitationDecision {
         guard let row = try Row.fetchOne(db, sql: """
             SELECT a.active, a.suspended_by_vendor_at, a.password_reset_required,
                    EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                    EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu
             FROM account a WHERE a.id = ?
             """, arguments: [cguVersion, accountID]) else { return .denied([.noLiveSession]) }
-        var pending: [RequiredAction] = []
-        if row["password_reset_required"] { pending.append(.setPassword) }
-        if !(row["has_totp"] as Bool) { pending.append(.enrolSecondFactor) }
-        if !(row["has_cgu"] as Bool) { pending.append(.acceptCGU) }
+        let pending = Self.pendingActions(authentication: authentication, resetRequired: row["password_reset_required"],
+                                          hasTOTP: row["has_totp"], hasCGU: row["has_cgu"])
         return HabilitationPolicy.evaluate(HabilitationFacts(sessionLive: true, sessionOrigin: origin, accountActive: row["active"],
                                                              suspendedByVendor: (row["suspended_by_vendor_at"] as Int64?) != nil,
                                                              pendingActions: pending))

@@ -35,6 +35,33 @@ public struct WebSession: Sendable, Equatable {
     public var origin: SessionOrigin
     public var createdAt: Date
     public var lastSeenAt: Date
+    public var authentication: SessionAuthentication = .password
+}
+
+/// Who the OpenID Connect provider says signed in, kept with the flow and then the session.
+public struct ProviderIdentity: Sendable, Equatable {
+    /// The ID token's `sub` (back-channel logout names sessions by it).
+    public var subject: String
+    /// The ID token's `sid`, when the provider sends one.
+    public var sessionID: String?
+    /// The ID token sealed with the server key (for `id_token_hint` at sign-out).
+    public var sealedIDToken: [UInt8]?
+
+    public init(subject: String, sessionID: String?, sealedIDToken: [UInt8]?) {
+        self.subject = subject
+        self.sessionID = sessionID
+        self.sealedIDToken = sealedIDToken
+    }
+}
+
+/// What the callback's `state` turned out to be.
+public enum ProviderLoginLookup: Sendable, Equatable {
+    /// No live login has this state (unknown, expired, or already used: single use).
+    case unknown
+    /// A live login, but started by another browser (its intent is not this browser's).
+    case otherBrowser
+    /// This browser's login, now spent; the intent it serves.
+    case accepted(intentIDHash: String)
 }
 
 /// Login intents, sign-in flows and sessions. Every id handed to a browser is a 256-bit
@@ -68,6 +95,8 @@ public final class SessionStore: Sendable {
             try db.execute(sql: "DELETE FROM login_intent WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
             var deleted = db.changesCount
             try db.execute(sql: "DELETE FROM sign_in_flow WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
+            deleted += db.changesCount
+            try db.execute(sql: "DELETE FROM oidc_login WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
             deleted += db.changesCount
             try db.execute(sql: """
                 DELETE FROM web_session WHERE revoked_at <= ? OR absolute_expires_at <= ? OR last_seen_at + ? <= ?
@@ -105,16 +134,77 @@ public final class SessionStore: Sendable {
         return LoginIntent(origin: origin, originValue: row["origin_value"], returnURL: row["return_url"])
     }
 
+    // MARK: Provider logins
+
+    /// Records a login at the OpenID Connect provider for a live intent: the `state` handed to
+    /// the provider (its SHA-256 stored) is bound to the intent, for the intent's lifetime.
+    /// nil when the intent is not live.
+    public func createProviderLogin(intentToken: String) async throws -> String? {
+        let state = SecretToken.generate()
+        let at = now
+        let intentHash = SecretToken.hash(intentToken)
+        return try await database.write { db in
+            guard let expires = try Int64.fetchOne(db, sql: """
+                SELECT expires_at FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
+                """, arguments: [intentHash, at.epochMilliseconds]) else { return nil }
+            try db.execute(sql: "INSERT INTO oidc_login (state_hash, intent_id_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                           arguments: [SecretToken.hash(state), intentHash, at.epochMilliseconds, expires])
+            return state
+        }
+    }
+
+    /// Spends the login a callback's `state` names (whatever the outcome: a state works once)
+    /// and checks it was started by this browser (whose intent cookie is `intentToken`), so a
+    /// callback URL planted in another browser signs nobody in there.
+    public func consumeProviderLogin(state: String, intentToken: String?) async throws -> ProviderLoginLookup {
+        let at = now
+        let stateHash = SecretToken.hash(state)
+        return try await database.write { db in
+            guard let intentHash = try String.fetchOne(db, sql: """
+                SELECT intent_id_hash FROM oidc_login WHERE state_hash = ? AND consumed_at IS NULL AND expires_at > ?
+                """, arguments: [stateHash, at.epochMilliseconds]) else { return .unknown }
+            try db.execute(sql: "UPDATE oidc_login SET consumed_at = ? WHERE state_hash = ?", arguments: [at.epochMilliseconds, stateHash])
+            guard let intentToken, SecretToken.constantTimeEquals(Array(SecretToken.hash(intentToken).utf8), Array(intentHash.utf8)) else { return .otherBrowser }
+            return .accepted(intentIDHash: intentHash)
+        }
+    }
+
+    /// The live intent a stored hash names.
+    public func intent(hash: String) async throws -> LoginIntent? {
+        let at = now
+        return try await database.read { db in
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT origin, origin_value, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
+                """, arguments: [hash, at.epochMilliseconds]), let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
+            return LoginIntent(origin: origin, originValue: row["origin_value"], returnURL: row["return_url"])
+        }
+    }
+
     // MARK: Flows
 
     public func startFlow(accountID: String, intentToken: String?) async throws -> String {
+        try await insertFlow(accountID: accountID, intentHash: intentToken.map(SecretToken.hash), provider: nil)
+    }
+
+    /// A flow whose holder signed in at the provider: both factors are done (the provider's
+    /// authentication stands for them); what remains is the CGU, then the session.
+    public func startProviderFlow(accountID: String, intentIDHash: String, identity: ProviderIdentity) async throws -> String {
+        try await insertFlow(accountID: accountID, intentHash: intentIDHash, provider: identity)
+    }
+
+    private func insertFlow(accountID: String, intentHash: String?, provider: ProviderIdentity?) async throws -> String {
         let token = SecretToken.generate()
         let at = now
         try await database.write { db in
             try db.execute(sql: """
-                INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
-                """, arguments: [SecretToken.hash(token), accountID, intentToken.map(SecretToken.hash), at.epochMilliseconds,
-                                 at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds])
+                INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, created_at, expires_at, second_factor_at,
+                                          authentication, oidc_subject, oidc_session_id, oidc_id_token)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [SecretToken.hash(token), accountID, intentHash, at.epochMilliseconds,
+                                 at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds,
+                                 provider == nil ? nil : at.epochMilliseconds,
+                                 provider == nil ? SessionAuthentication.password.rawValue : SessionAuthentication.psc.rawValue,
+                                 provider?.subject, provider?.sessionID, provider?.sealedIDToken.map { Data($0) }])
         }
         return token
     }
@@ -168,18 +258,19 @@ public final class SessionStore: Sendable {
     /// `decide` evaluates the habilitation of the new session inside the same transaction, for
     /// the audit trail ("habilitation-granted" or why not).
     public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor,
-                             decide: @escaping @Sendable (String, SessionOrigin, Database) throws -> HabilitationDecision = { _, _, _ in .denied([]) })
+                             decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision = { _, _, _, _ in .denied([]) })
         async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
         let token = SecretToken.generate()
         let at = now
         let absolute = configuration.absoluteTimeout
         return try await database.write { db in
             guard let flow = try Row.fetchOne(db, sql: """
-                SELECT account_id, intent_id_hash, second_factor_at FROM sign_in_flow
+                SELECT account_id, intent_id_hash, second_factor_at, authentication, oidc_subject, oidc_session_id, oidc_id_token FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [SecretToken.hash(flowToken), at.epochMilliseconds]),
                   (flow["second_factor_at"] as Int64?) != nil else { return nil }
             let accountID: String = flow["account_id"]
+            let authentication = SessionAuthentication(rawValue: flow["authentication"]) ?? .password
             var origin = SessionOrigin.direct
             var returnURL: String?
             if let intentHash: String = flow["intent_id_hash"],
@@ -192,15 +283,19 @@ public final class SessionStore: Sendable {
             }
             try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
             try db.execute(sql: """
-                INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at, address, user_agent)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at, address, user_agent,
+                                         authentication, oidc_subject, oidc_session_id, oidc_id_token)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [SecretToken.hash(token), accountID, origin.rawValue, at.epochMilliseconds, at.epochMilliseconds,
-                                 at.addingTimeInterval(absolute).epochMilliseconds, address, userAgent.map { String($0.prefix(300)) }])
+                                 at.addingTimeInterval(absolute).epochMilliseconds, address, userAgent.map { String($0.prefix(300)) },
+                                 authentication.rawValue, flow["oidc_subject"] as String?, flow["oidc_session_id"] as String?,
+                                 flow["oidc_id_token"] as Data?])
             let reference = Self.sessionReference(hash: SecretToken.hash(token))
-            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in", outcome: "session created (origin \(origin.rawValue))",
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in",
+                                             outcome: "session created (origin \(origin.rawValue), \(authentication == .psc ? "Pro Santé Connect" : "password and second factor"))",
                                              actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
                                              detail: "session \(reference)"), in: db)
-            switch try decide(accountID, origin, db) {
+            switch try decide(accountID, origin, authentication, db) {
             case .granted:
                 try self.audit.append(AuditEvent(at: at, surface: "web", action: "habilitation-granted", outcome: "regulateur",
                                                  actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
@@ -236,29 +331,60 @@ public final class SessionStore: Sendable {
 
     static func liveSession(hash: String, at: Date, idle: TimeInterval, in db: Database) throws -> WebSession? {
         guard let row = try Row.fetchOne(db.cachedStatement(sql: """
-            SELECT account_id, origin, created_at, last_seen_at FROM web_session
+            SELECT account_id, origin, created_at, last_seen_at, authentication FROM web_session
             WHERE id_hash = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
             """), arguments: [hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
               let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
         return WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
-                          lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]))
+                          lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]),
+                          authentication: SessionAuthentication(rawValue: row["authentication"]) ?? .password)
     }
 
     /// A session's name in the audit trail and admin views: the first 12 hex digits of the
     /// hash of its id (the id itself is a bearer secret and never shown).
     public static func sessionReference(hash: String) -> String { String(hash.prefix(12)) }
 
-    /// Sign-out: the session ends, and with it any habilitation it carried.
-    public func revoke(_ token: String, reason: String, actor: AuditActor = AuditActor(subject: "web")) async throws {
+    /// Sign-out: the session ends, and with it any habilitation it carried. Returns the sealed
+    /// ID token of a provider session (for the provider's sign-out), nil otherwise.
+    @discardableResult
+    public func revoke(_ token: String, reason: String, actor: AuditActor = AuditActor(subject: "web")) async throws -> [UInt8]? {
         let at = now
         let hash = SecretToken.hash(token)
-        try await database.write { db in
-            guard let accountID = try String.fetchOne(db, sql: "SELECT account_id FROM web_session WHERE id_hash = ? AND revoked_at IS NULL",
-                                                      arguments: [hash]) else { return }
+        return try await database.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT account_id, oidc_id_token FROM web_session WHERE id_hash = ? AND revoked_at IS NULL",
+                                             arguments: [hash]) else { return nil }
+            let accountID: String = row["account_id"]
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE id_hash = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, reason, hash])
             try self.audit.append(AuditEvent(at: at, surface: "web", action: reason, outcome: "session ended", actor: actor, requestID: nil,
                                              identifier: nil, accountID: accountID, changes: [], detail: "session \(Self.sessionReference(hash: hash))"), in: db)
+            return (row["oidc_id_token"] as Data?).map { [UInt8]($0) }
+        }
+    }
+
+    /// OpenID Connect back-channel logout: ends at once every live provider session (and
+    /// provider flow in progress) of the provider's session `sid` when given, else of the
+    /// subject `sub`. Returns the sessions ended.
+    public func revokeProviderSessions(subject: String?, sessionID: String?, actor: AuditActor) async throws -> Int {
+        let at = now
+        guard subject != nil || sessionID != nil else { return 0 }
+        let match = sessionID != nil ? "oidc_session_id = ?" + (subject != nil ? " AND oidc_subject = ?" : "") : "oidc_subject = ?"
+        let arguments = StatementArguments([sessionID, subject].compactMap { $0 })
+        return try await database.write { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT id_hash, account_id FROM web_session WHERE authentication = 'psc' AND revoked_at IS NULL AND \(match)
+                """, arguments: arguments)
+            for row in rows {
+                let hash: String = row["id_hash"]
+                try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'provider-logout' WHERE id_hash = ?",
+                               arguments: [at.epochMilliseconds, hash])
+                try self.audit.append(AuditEvent(at: at, surface: "web", action: "provider-logout", outcome: "session ended", actor: actor,
+                                                 requestID: nil, identifier: nil, accountID: row["account_id"], changes: [],
+                                                 detail: "session \(Self.sessionReference(hash: hash)) (back-channel logout)"), in: db)
+            }
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE authentication = 'psc' AND consumed_at IS NULL AND \(match)",
+                           arguments: [at.epochMilliseconds] + arguments)
+            return rows.count
         }
     }
 

@@ -311,7 +311,7 @@ struct WebController: Sendable {
         }
         guard let session = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
                                                             userAgent: request.headers[.userAgent], actor: actor(context),
-                                                            decide: { [habilitation] in try habilitation.decisionForNewSession(accountID: $0, origin: $1, in: $2) })
+                                                            decide: { [habilitation] in try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
         else { return restart }
         metrics.sessionOpened(origin: session.origin.rawValue)
         context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])

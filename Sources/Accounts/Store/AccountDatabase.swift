@@ -274,6 +274,32 @@ public final class AccountDatabase: Sendable {
             // Wrong second-factor codes within one sign-in flow: the flow ends after a few.
             try db.execute(sql: "ALTER TABLE sign_in_flow ADD COLUMN failed_codes INTEGER NOT NULL DEFAULT 0")
         }
+        migrator.registerMigration("v6-provider-sign-in") { db in
+            // Sign-in through an OpenID Connect provider (Pro Santé Connect). A login at the
+            // provider is known by the SHA-256 of its `state`, bound to the login intent it
+            // serves; flows and sessions record how they were authenticated, and for a
+            // provider sign-in the provider's subject and session id (back-channel logout
+            // finds sessions by them) and the ID token sealed with the server key (only sent
+            // back to the provider as `id_token_hint` at sign-out).
+            try db.execute(sql: """
+                CREATE TABLE oidc_login (
+                    state_hash TEXT PRIMARY KEY NOT NULL,
+                    intent_id_hash TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    consumed_at INTEGER
+                ) STRICT;
+                ALTER TABLE sign_in_flow ADD COLUMN authentication TEXT NOT NULL DEFAULT 'password' CHECK (authentication IN ('password', 'psc'));
+                ALTER TABLE sign_in_flow ADD COLUMN oidc_subject TEXT;
+                ALTER TABLE sign_in_flow ADD COLUMN oidc_session_id TEXT;
+                ALTER TABLE sign_in_flow ADD COLUMN oidc_id_token BLOB;
+                ALTER TABLE web_session ADD COLUMN authentication TEXT NOT NULL DEFAULT 'password' CHECK (authentication IN ('password', 'psc'));
+                ALTER TABLE web_session ADD COLUMN oidc_subject TEXT;
+                ALTER TABLE web_session ADD COLUMN oidc_session_id TEXT;
+                ALTER TABLE web_session ADD COLUMN oidc_id_token BLOB;
+                CREATE INDEX web_session_oidc_subject ON web_session(oidc_subject) WHERE revoked_at IS NULL AND oidc_subject IS NOT NULL;
+                """)
+        }
         return migrator
     }
 }
