@@ -127,6 +127,29 @@ public final class HabilitationService: Sendable {
         return HabilitationCheck(session: facts.session, account: facts.account, pendingActions: pending, decision: HabilitationPolicy.evaluate(inputs))
     }
 
+    /// What a provider sign-in (Pro Santé Connect) may open for the national id (IDNPS) the
+    /// provider vouches for: matched against accounts' *current* national id only (a
+    /// replaced or reattributed one opens nothing).
+    public enum ProviderAccountMatch: Sendable, Equatable {
+        case unknown
+        case deactivatedBySAS(accountID: String)
+        case suspendedByVendor(accountID: String)
+        case eligible(accountID: String)
+    }
+
+    public func providerAccount(nationalID: String) async throws -> ProviderAccountMatch {
+        try await database.read { db in
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT a.id, a.active, a.suspended_by_vendor_at FROM account_identifier i JOIN account a ON a.id = i.account_id
+                WHERE i.kind = 'IDNPS' AND i.value = ? AND i.ended_at IS NULL
+                """, arguments: [nationalID]) else { return .unknown }
+            let accountID: String = row["id"]
+            if !(row["active"] as Bool) { return .deactivatedBySAS(accountID: accountID) }
+            if (row["suspended_by_vendor_at"] as Int64?) != nil { return .suspendedByVendor(accountID: accountID) }
+            return .eligible(accountID: accountID)
+        }
+    }
+
     /// The decision for a session being created now (inside its transaction), so the audit
     /// trail can say whether the new session holds the habilitation.
     public func decisionForNewSession(accountID: String, origin: SessionOrigin, authentication: SessionAuthentication = .password,

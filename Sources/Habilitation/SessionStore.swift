@@ -180,6 +180,16 @@ public final class SessionStore: Sendable {
         }
     }
 
+    /// One audit row for a provider sign-in's outcome: who (when known), the claims used and
+    /// the decision. Never a token.
+    public func auditProviderSignIn(outcome: String, accountID: String?, detail: String, actor: AuditActor) async throws {
+        let at = now
+        try await database.write { db in
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in-psc", outcome: outcome, actor: actor, requestID: nil,
+                                             identifier: nil, accountID: accountID, changes: [], detail: detail), in: db)
+        }
+    }
+
     // MARK: Flows
 
     public func startFlow(accountID: String, intentToken: String?) async throws -> String {
@@ -188,11 +198,13 @@ public final class SessionStore: Sendable {
 
     /// A flow whose holder signed in at the provider: both factors are done (the provider's
     /// authentication stands for them); what remains is the CGU, then the session.
-    public func startProviderFlow(accountID: String, intentIDHash: String, identity: ProviderIdentity) async throws -> String {
-        try await insertFlow(accountID: accountID, intentHash: intentIDHash, provider: identity)
+    /// The audit row ("sign-in-psc" accepted, with the claims used) is written with the flow.
+    public func startProviderFlow(accountID: String, intentIDHash: String, identity: ProviderIdentity, auditDetail: String, actor: AuditActor) async throws -> String {
+        try await insertFlow(accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor)
     }
 
-    private func insertFlow(accountID: String, intentHash: String?, provider: ProviderIdentity?) async throws -> String {
+    private func insertFlow(accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String? = nil,
+                            actor: AuditActor? = nil) async throws -> String {
         let token = SecretToken.generate()
         let at = now
         try await database.write { db in
@@ -205,6 +217,10 @@ public final class SessionStore: Sendable {
                                  provider == nil ? nil : at.epochMilliseconds,
                                  provider == nil ? SessionAuthentication.password.rawValue : SessionAuthentication.psc.rawValue,
                                  provider?.subject, provider?.sessionID, provider?.sealedIDToken.map { Data($0) }])
+            if let auditDetail, let actor {
+                try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in-psc", outcome: "accepted", actor: actor, requestID: nil,
+                                                 identifier: nil, accountID: accountID, changes: [], detail: auditDetail), in: db)
+            }
         }
         return token
     }

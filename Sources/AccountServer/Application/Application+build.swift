@@ -7,6 +7,8 @@ import NIOCore
 import NIOSSL
 import ServiceLifecycle
 import Habilitation
+import AsyncHTTPClient
+import OpenIDConnect
 import HTTPTypes
 import X509
 
@@ -113,12 +115,13 @@ func buildApplication(
                     PasswordHasherService(hasher: hasher))
     if let upstream { app.addServices(UpstreamClientService(upstream: upstream)) }
     let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
-    let web = try makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, material: material,
+    let web = try await makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, material: material,
                                   metrics: metrics, logger: logger, onWebListening: onWebListening,
                                   onForwardAuthListening: onForwardAuthListening)
     app.addServices(web.services)
 
-    let readiness = ReadinessProbe(database: database, crlStore: crlStore, serverCertificates: { material.current.presented })
+    let readiness = ReadinessProbe(database: database, crlStore: crlStore, serverCertificates: { material.current.presented },
+                                   provider: web.provider)
     let (adminToken, created) = try AdminToken.load(path: configuration.adminTokenPath)
     if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.adminTokenPath)"]) }
     let adminRouter = Router(context: AdminRequestContext.self)
@@ -207,6 +210,7 @@ func isLoopback(_ host: String) -> Bool {
 struct WebServices {
     var services: [any Service]
     var sessionConfiguration: SessionConfiguration
+    var provider: RelyingParty?
 }
 
 /// The regulators' HTTPS listener (sign-in, first-sign-in steps, "Mon compte") and the mailer,
@@ -216,7 +220,7 @@ func makeWebServices(
     material: TLSMaterial, metrics: ServerMetrics, logger: Logger,
     onWebListening: @escaping @Sendable (Int) async -> Void,
     onForwardAuthListening: @escaping @Sendable (Int) async -> Void
-) throws -> WebServices {
+) async throws -> WebServices {
     let policy = PasswordPolicy()
     guard policy.isLoaded else {
         throw ConfigurationError(description: "the common-password list (account-server_Accounts.resources) is missing next to the executable")
@@ -242,12 +246,18 @@ func makeWebServices(
         allowedReturnHosts: Set((configuration.allowedReturnHosts.isEmpty ? [publicHost] : configuration.allowedReturnHosts).map { $0.lowercased() }),
         cguText: configuration.cguText, cguVersion: cguVersion, totpIssuer: configuration.totpIssuer
     )
-    let controller = WebController(
+    var controller = WebController(
         configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,
         csrf: CSRFProtection(key: keyBytes, publicOrigin: webConfiguration.publicOrigin),
         limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute),
         metrics: metrics
     )
+    var providerServices: [any Service] = []
+    if let sso = configuration.sso {
+        let (signIn, service) = try await makeProviderSignIn(sso, publicURL: publicURL, keyBytes: keyBytes, box: box, logger: logger)
+        controller.provider = signIn
+        providerServices.append(service)
+    }
     var trustedProxies: [CIDR] = []
     for text in configuration.trustedProxies {
         guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--trusted-proxy \(text) is not an address or CIDR") }
@@ -281,11 +291,11 @@ func makeWebServices(
         transport = nil
     }
     let outbox = MailOutbox(box: box)
-    let sealed = try database.pool.write { db in try outbox.sealLegacyBodies(in: db) }  // once, at start, before any listener
+    let sealed = try await database.pool.write { db in try outbox.sealLegacyBodies(in: db) }  // once, at start, before any listener
     if sealed > 0 {
         // secure_delete only zeroes what is deleted from now on: rewrite the file once so the
         // clear bodies an earlier version stored or scrubbed leave no trace in free pages.
-        try database.pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") }
+        try await database.pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") }
         logger.notice("sealed outbox bodies queued in clear by an earlier version, then vacuumed the database", metadata: ["count": "\(sealed)"])
     }
     let mailer = MailerService(database: database, outbox: outbox, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
@@ -301,7 +311,71 @@ func makeWebServices(
         logger: logger, onListening: onForwardAuthListening)
     let retention = RetentionService(sessions: sessions, credentials: credentials, retention: configuration.retention,
                                      interval: configuration.purgeInterval, logger: logger)
-    return WebServices(services: [webApp, mailer, forwardAuthListener, retention], sessionConfiguration: sessionConfiguration)
+    return WebServices(services: [webApp, mailer, forwardAuthListener, retention] + providerServices, sessionConfiguration: sessionConfiguration,
+                       provider: controller.provider?.relyingParty)
+}
+
+/// The relying party for `--oidc-issuer`, and the service that loads the provider's
+/// metadata at start (without holding the start-up back: password sign-in works meanwhile)
+/// and closes its HTTP client at stop.
+func makeProviderSignIn(_ sso: SSOConfiguration, publicURL: String, keyBytes: [UInt8], box: SecretBox, logger: Logger) async throws
+    -> (ProviderSignIn, any Service) {
+    guard let issuer = URLComponents(string: sso.issuer), issuer.scheme == "https" || (issuer.scheme == "http" && isLoopback(issuer.host ?? "")),
+          issuer.host?.isEmpty == false else {
+        throw ConfigurationError(description: "--oidc-issuer must be an https URL, got \(sso.issuer)")
+    }
+    guard publicURL.hasPrefix("https://") else {
+        throw ConfigurationError(description: "--oidc-issuer needs an https --public-url (the redirect URI is derived from it)")
+    }
+    let authentication: ClientAuthentication
+    if let path = sso.clientSecretPath {
+        let secret = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !secret.isEmpty else { throw ConfigurationError(description: "--oidc-client-secret-file \(path) is empty") }
+        authentication = .clientSecretBasic(secret: secret)
+    } else if let path = sso.clientKeyPath {
+        do {
+            authentication = .privateKeyJWT(try await ClientAssertionKey.load(pem: try String(contentsOfFile: path, encoding: .utf8), kid: sso.clientKeyID))
+        } catch {
+            throw ConfigurationError(description: "--oidc-client-key-file \(path) is not an RSA (2048 bits or more) or EC P-256 private key in PEM")
+        }
+    } else {
+        throw ConfigurationError(description: "--oidc-issuer needs --oidc-client-secret-file or --oidc-client-key-file")
+    }
+    var rpConfiguration = RelyingPartyConfiguration(issuer: sso.issuer, clientID: sso.clientID, clientAuthentication: authentication,
+                                                    redirectURI: publicURL + "/connexion/psc/retour", scope: sso.scope,
+                                                    acr: sso.acr.isEmpty ? nil : sso.acr)
+    rpConfiguration.requestTimeout = 10
+    var tls = TLSConfiguration.makeClientConfiguration()
+    if let ca = sso.caPath { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+    var clientConfiguration = HTTPClient.Configuration(tlsConfiguration: tls)
+    // The token endpoint must answer itself: a redirect would carry the code elsewhere.
+    clientConfiguration.redirectConfiguration = .disallow
+    clientConfiguration.timeout = .init(connect: .seconds(5), read: .seconds(10))
+    let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+    let relyingParty = RelyingParty(configuration: rpConfiguration, httpClient: client, logger: logger)
+    let signIn = ProviderSignIn(relyingParty: relyingParty, serverKey: keyBytes, box: box, nationalIDClaim: sso.nationalIDClaim,
+                                postLogoutRedirectURI: publicURL + "/deconnexion/terminee")
+    logger.notice("sign-in through an OpenID Connect provider enabled", metadata: [
+        "issuer": "\(sso.issuer)", "client_id": "\(sso.clientID)", "client_authentication": "\(authentication.methodName)",
+        "redirect_uri": "\(rpConfiguration.redirectURI)", "acr": "\(sso.acr)",
+    ])
+    return (signIn, ProviderService(relyingParty: relyingParty, client: client, logger: logger))
+}
+
+/// Loads the provider's metadata and keys at start (a failure is logged; the first sign-in
+/// retries), and shuts its HTTP client down at stop.
+struct ProviderService: Service {
+    let relyingParty: RelyingParty
+    let client: HTTPClient
+    let logger: Logger
+
+    func run() async throws {
+        do { try await relyingParty.refresh() } catch {
+            logger.error("the OpenID Connect provider could not be read at start (sign-in through it retries on use)", metadata: ["error": "\(error)"])
+        }
+        try? await gracefulShutdown()
+        try await client.shutdown()
+    }
 }
 
 extension String {

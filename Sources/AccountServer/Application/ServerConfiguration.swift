@@ -78,6 +78,8 @@ struct ServerConfiguration: Sendable {
     var purgeInterval: Duration = .seconds(600)
     /// Reverse proxies whose `X-Forwarded-For` is believed on the web listener (CIDRs).
     var trustedProxies: [String] = []
+    /// Sign-in through Pro Santé Connect (an OpenID Connect provider); nil: password only.
+    var sso: SSOConfiguration?
 
     // Forward-auth listener (the vendor's proxy asks it before every agenda request).
     var forwardAuthHost: String = "127.0.0.1"
@@ -105,4 +107,23 @@ struct ServerConfiguration: Sendable {
 /// A configuration problem found before anything starts; printed and the process exits.
 struct ConfigurationError: Error, CustomStringConvertible {
     var description: String
+}
+
+/// `--oidc-*`: the OpenID Connect provider (Pro Santé Connect) and this client's registration
+/// there. Endpoints come from the issuer's discovery document. See docs/sso.md.
+struct SSOConfiguration: Sendable {
+    var issuer: String
+    var clientID: String
+    /// `client_secret_basic`: a file holding the client secret (trailing newline ignored).
+    var clientSecretPath: String?
+    /// `private_key_jwt`: our private key (PEM, RSA or EC P-256) and its `kid`.
+    var clientKeyPath: String?
+    var clientKeyID: String?
+    /// The `acr` required of ID tokens (PSC: `eidas1`); "" disables the check.
+    var acr: String = "eidas1"
+    var scope: String = "openid scope_all"
+    /// CA bundle for the provider's TLS certificate; nil: the system trust store.
+    var caPath: String?
+    /// The claim carrying the national id (IDNPS), in userinfo or the ID token.
+    var nationalIDClaim: String = "SubjectNameID"
 }

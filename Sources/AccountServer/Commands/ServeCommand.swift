@@ -171,6 +171,33 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
     var totpIssuer: String?
 
+    @Option(help: "Pro Santé Connect (OpenID Connect provider) issuer URL; enables sign-in through it (docs/sso.md). Env: ACCOUNT_SERVER_OIDC_ISSUER")
+    var oidcIssuer: String?
+
+    @Option(help: "Client id registered at the provider. Env: ACCOUNT_SERVER_OIDC_CLIENT_ID")
+    var oidcClientId: String?
+
+    @Option(help: "File holding the client secret (client_secret_basic). Env: ACCOUNT_SERVER_OIDC_CLIENT_SECRET_FILE")
+    var oidcClientSecretFile: String?
+
+    @Option(help: "Private key (PEM, RSA or EC P-256) for private_key_jwt client authentication, instead of a secret. Env: ACCOUNT_SERVER_OIDC_CLIENT_KEY_FILE")
+    var oidcClientKeyFile: String?
+
+    @Option(help: "kid of the private_key_jwt key, as registered at the provider. Env: ACCOUNT_SERVER_OIDC_CLIENT_KEY_ID")
+    var oidcClientKeyId: String?
+
+    @Option(help: "acr required in ID tokens, also sent as acr_values. Env: ACCOUNT_SERVER_OIDC_ACR. Default: eidas1")
+    var oidcAcr: String?
+
+    @Option(help: "Scopes requested. Env: ACCOUNT_SERVER_OIDC_SCOPE. Default: openid scope_all")
+    var oidcScope: String?
+
+    @Option(help: "CA bundle (PEM) for the provider's TLS certificate. Env: ACCOUNT_SERVER_OIDC_CA. Default: the system trust store")
+    var oidcCa: String?
+
+    @Option(help: "Claim carrying the national id (IDNPS). Env: ACCOUNT_SERVER_OIDC_NATIONAL_ID_CLAIM. Default: SubjectNameID")
+    var oidcNationalIdClaim: String?
+
     func run() async throws {
         typealias Env = EnvironmentFallback
         let levelText = Env.value(logLevel, "ACCOUNT_SERVER_LOG_LEVEL") ?? "info"
@@ -288,6 +315,23 @@ struct ServeCommand: AsyncParsableCommand {
                 upstream.responseTimeout = .milliseconds(Int64(seconds * 1000))
             }
             web.fhirUpstream = upstream
+        }
+        if let issuer = Env.value(oidcIssuer, "ACCOUNT_SERVER_OIDC_ISSUER") {
+            guard let clientID = Env.value(oidcClientId, "ACCOUNT_SERVER_OIDC_CLIENT_ID") else {
+                throw ValidationError("--oidc-issuer needs --oidc-client-id")
+            }
+            var sso = SSOConfiguration(issuer: issuer, clientID: clientID)
+            sso.clientSecretPath = Env.value(oidcClientSecretFile, "ACCOUNT_SERVER_OIDC_CLIENT_SECRET_FILE")
+            sso.clientKeyPath = Env.value(oidcClientKeyFile, "ACCOUNT_SERVER_OIDC_CLIENT_KEY_FILE")
+            sso.clientKeyID = Env.value(oidcClientKeyId, "ACCOUNT_SERVER_OIDC_CLIENT_KEY_ID")
+            guard (sso.clientSecretPath == nil) != (sso.clientKeyPath == nil) else {
+                throw ValidationError("--oidc-issuer needs exactly one of --oidc-client-secret-file (client_secret_basic) and --oidc-client-key-file (private_key_jwt)")
+            }
+            sso.acr = Env.value(oidcAcr, "ACCOUNT_SERVER_OIDC_ACR") ?? "eidas1"
+            sso.scope = Env.value(oidcScope, "ACCOUNT_SERVER_OIDC_SCOPE") ?? "openid scope_all"
+            sso.caPath = Env.value(oidcCa, "ACCOUNT_SERVER_OIDC_CA")
+            sso.nationalIDClaim = Env.value(oidcNationalIdClaim, "ACCOUNT_SERVER_OIDC_NATIONAL_ID_CLAIM") ?? "SubjectNameID"
+            web.sso = sso
         }
         guard web.lockout.maximumFailures >= 1, web.rateLimitPerMinute >= 1, web.sessionIdleTimeout > 0, web.sessionAbsoluteTimeout > 0 else {
             throw ValidationError("lockout, rate limit and session settings must be positive")

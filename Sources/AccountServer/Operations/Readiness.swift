@@ -1,5 +1,6 @@
 import Accounts
 import Foundation
+import OpenIDConnect
 import X509
 
 /// `/readyz`: can this instance serve correctly right now? The database answers a query,
@@ -18,9 +19,12 @@ struct ReadinessProbe: Sendable {
     /// replace them).
     let serverCertificates: @Sendable () -> [TLSMaterial.PresentedCertificate]
     let clock: @Sendable () -> Date
+    /// The OpenID Connect provider, when sign-in through it is configured.
+    let provider: RelyingParty?
 
     init(database: AccountDatabase, crlStore: CRLStore, serverCertificates: @escaping @Sendable () -> [TLSMaterial.PresentedCertificate],
-         clock: @escaping @Sendable () -> Date = Date.init) {
+         provider: RelyingParty? = nil, clock: @escaping @Sendable () -> Date = Date.init) {
+        self.provider = provider
         self.database = database
         self.crlStore = crlStore
         self.serverCertificates = serverCertificates
@@ -61,6 +65,16 @@ struct ReadinessProbe: Sendable {
             }
             if let error = snapshot.lastError {
                 checks.append(Check(name: "crl-reload", ok: true, detail: "last reload failed, previous lists kept: \(error)"))
+            }
+        }
+        if let provider {
+            // Informational: without the provider, password sign-in still serves, so this
+            // instance stays in rotation (every instance would fail the check at once).
+            do {
+                _ = try await provider.providerMetadata()
+                checks.append(Check(name: "oidc-provider", ok: true, detail: "metadata and keys loaded"))
+            } catch {
+                checks.append(Check(name: "oidc-provider", ok: true, detail: "unreachable, sign-in through it fails until it answers: \(error)"))
             }
         }
         return checks

@@ -12,6 +12,10 @@ final class ServerMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
     private let forwardAuthLatency: DurationHistogram
     private let argon2QueueDepth: Gauge
+    /// The provider sign-in callback: our own time and the time spent waiting for the
+    /// provider (code exchange, userinfo, keys), apart (docs/sso.md).
+    private let providerCallbackOwn: DurationHistogram
+    private let providerCallbackProvider: DurationHistogram
     private let hasher: Mutex<PasswordHasher?> = Mutex(nil)
     /// Forward-auth runs at thousands of requests per second: its counters are made once.
     private let forwardAuthDecisions: [String: Counter]
@@ -34,6 +38,16 @@ final class ServerMetrics: Sendable {
             buckets: [.microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
                       .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(500)],
             help: "Time to answer a forward-auth request, from the request to the decision")
+        providerCallbackOwn = registry.makeDurationHistogram(
+            name: "account_server_provider_callback_duration_seconds", labels: [("part", "own")],
+            buckets: [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                      .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5)],
+            help: "Pro Santé Connect callback time by part: own (this server) or provider (waiting for the provider)")
+        providerCallbackProvider = registry.makeDurationHistogram(
+            name: "account_server_provider_callback_duration_seconds", labels: [("part", "provider")],
+            buckets: [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                      .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5)],
+            help: "Pro Santé Connect callback time by part: own (this server) or provider (waiting for the provider)")
         let registry = self.registry
         forwardAuthDecisions = Dictionary(uniqueKeysWithValues: ["granted", "no-session", "denied"].map { decision in
             (decision, registry.makeCounter(name: "account_server_forward_auth_decisions_total", labels: [("decision", decision)],
@@ -75,6 +89,19 @@ final class ServerMetrics: Sendable {
     /// A session opened at the end of a sign-in, by origin.
     func sessionOpened(origin: String) {
         counter("account_server_sessions_opened_total", [("origin", origin)], help: "Sessions opened, by origin (sas or direct)").increment()
+    }
+
+    func providerSignIn(result: String) {
+        counter("account_server_provider_sign_ins_total", [("result", result)], help: "Pro Santé Connect sign-in outcomes").increment()
+    }
+
+    func providerLogout(result: String) {
+        counter("account_server_provider_logouts_total", [("result", result)], help: "Back-channel logout requests by outcome").increment()
+    }
+
+    func providerCallback(own: Duration, provider: Duration) {
+        providerCallbackOwn.record(own)
+        providerCallbackProvider.record(provider)
     }
 
     func lockout() {

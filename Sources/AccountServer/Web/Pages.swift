@@ -28,7 +28,7 @@ enum Pages {
         "<input type=\"hidden\" name=\"csrf\" value=\"\(token)\">"
     }
 
-    static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: String? = nil) -> HTML {
+    static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: String? = nil, providerSignIn: Bool = false) -> HTML {
         let banner: HTML = fromSAS
             ? "<p class=\"info\" id=\"origine-sas\">Vous arrivez depuis la plateforme SAS : une fois connecté(e), vous disposerez de l’habilitation régulateur.</p>"
             : ""
@@ -36,8 +36,14 @@ enum Pages {
             ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Adresse e-mail ou mot de passe incorrect, ou compte temporairement bloqué après plusieurs échecs. Réessayez plus tard ou utilisez « Mot de passe oublié ».</p>"
             : ""
         let info: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
+        // Pro Santé Connect first when it is configured: a link (a GET), so the provider is
+        // reached by a plain navigation, never by a form posted elsewhere.
+        let provider: HTML = providerSignIn ? """
+            <p><a class="bouton-psc" href="/connexion/psc" id="lien-psc">Se connecter avec Pro Santé Connect</a></p>
+            <p class="hint" id="sans-psc">Sans carte CPS ni e-CPS (compte sans identifiant national), connectez-vous avec votre adresse e-mail :</p>
+            """ : ""
         return layout("Connexion", """
-            \(banner)\(info)\(alert)
+            \(banner)\(info)\(alert)\(provider)
             <form method="post" action="/connexion" id="form-connexion">
             \(csrfField(csrf))
             <label for="email">Adresse e-mail</label>
@@ -188,6 +194,21 @@ enum Pages {
         }
     }
 
+    /// A sign-in through Pro Santé Connect that did not open a session: why, and the two ways
+    /// on (try the provider again, or sign in with e-mail, password and code).
+    static func providerRefused(_ title: String, _ message: String, retry: Bool) -> HTML {
+        layout(title, """
+            <p id="message" role="alert">\(message)</p>
+            \(retry ? "<p><a href=\"/connexion/psc\" id=\"lien-psc\">Réessayer avec Pro Santé Connect</a></p>" as HTML : "")
+            <p><a href="/connexion/sans-psc" id="lien-sans-psc">Se connecter sans Pro Santé Connect</a></p>
+            """)
+    }
+
+    static let signedOut: HTML = layout("Déconnexion", """
+        <p id="message" role="status">Vous êtes déconnecté(e) de l’espace régulateur et de Pro Santé Connect.</p>
+        <p><a href="/connexion" id="lien">Se reconnecter</a></p>
+        """)
+
     static func error(_ title: String, _ message: String, link: (href: String, text: String) = ("/connexion", "Retour à la connexion")) -> HTML {
         layout(title, "<p id=\"message\">\(message)</p><p><a href=\"\(link.href)\" id=\"lien\">\(link.text)</a></p>")
     }
@@ -234,5 +255,6 @@ enum Pages {
         th,td{border-bottom:1px solid #ddd;padding:.5rem;text-align:left;vertical-align:top}
         .danger{background:#ce0500}.action input{padding:.4rem;width:12rem}.action button{margin-top:.4rem}
         .sr{position:absolute;left:-9999px}
+        .bouton-psc{display:inline-block;margin-top:1rem;padding:.7rem 1.2rem;background:#000091;color:#fff;border-radius:4px;text-decoration:none;font-weight:600}
         """
 }

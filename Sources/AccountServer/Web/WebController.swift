@@ -57,6 +57,8 @@ struct WebController: Sendable {
     let csrf: CSRFProtection
     let limiter: RateLimiter
     let metrics: ServerMetrics
+    /// Sign-in through Pro Santé Connect, when configured (`--oidc-issuer`).
+    var provider: ProviderSignIn? = nil
     let totp = TOTP()
 
     func addRoutes(to router: Router<WebRequestContext>) {
@@ -80,6 +82,7 @@ struct WebController: Sendable {
         router.get("compte") { request, context in try await self.accountPage(request, context) }
         router.get("acces-refuse") { request, context in try await self.accessRefusedPage(request, context) }
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
+        if let provider { ProviderSignInController(web: self, provider: provider).addRoutes(to: router) }
     }
 
     // MARK: Responses
@@ -95,11 +98,18 @@ struct WebController: Sendable {
             csrfCookie = SecretToken.generate()
             cookies.append(WebCookie.csrf.set(csrfCookie))
         }
-        return Self.page(render(csrf.token(for: csrfCookie)), status: status, cookies: cookies)
+        return Self.page(render(csrf.token(for: csrfCookie)), status: status, cookies: cookies, formTargets: provider.map { [$0.providerOrigin] } ?? [])
     }
 
-    static func page(_ html: HTML, status: HTTPResponse.Status = .ok, cookies: [String] = []) -> Response {
+    /// `formTargets`: origins a form of the page may end at besides this one (the sign-out
+    /// form of a Pro Santé Connect session is redirected to the provider, and browsers apply
+    /// `form-action` to a form's redirects too).
+    static func page(_ html: HTML, status: HTTPResponse.Status = .ok, cookies: [String] = [], formTargets: [String] = []) -> Response {
         var headers = securityHeaders
+        if !formTargets.isEmpty {
+            headers[.contentSecurityPolicy] = headers[.contentSecurityPolicy]!.replacingOccurrences(
+                of: "form-action 'self'", with: "form-action 'self' " + formTargets.joined(separator: " "))
+        }
         headers[.contentType] = "text/html; charset=utf-8"
         for cookie in cookies { headers.append(HTTPField(name: .setCookie, value: cookie)) }
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: html.description)))
@@ -171,6 +181,7 @@ struct WebController: Sendable {
             }
             let originValue = acceptedOrigin(query: query, returnURL: returnURL)
             let origin: SessionOrigin = originValue != nil ? .sas : .direct
+            var cookies: [String] = []
             // An existing session of the right kind goes straight back; a direct session
             // reached by a SAS redirect signs in again to get a SAS session.
             if let token = WebCookie.value(.session, in: request.headers), let session = try await sessions.session(token),
@@ -182,7 +193,13 @@ struct WebController: Sendable {
             guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
             let intent = try await sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
             context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
-            return Self.redirect("/connexion", cookies: [WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime))])
+            cookies.append(WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime)))
+            // With Pro Santé Connect, a SAS entry goes to the provider (silently signed in when
+            // its session is live), unless this browser chose the password sign-in.
+            if provider != nil, origin == .sas, WebCookie.value(.method, in: request.headers) != "mot-de-passe" {
+                return Self.redirect("/connexion/psc", cookies: cookies)
+            }
+            return Self.redirect("/connexion", cookies: cookies)
         }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
         let notice: String? = switch query.first("fin") {
@@ -190,7 +207,7 @@ struct WebController: Sendable {
         case "codes": "Trop de codes erronés : recommencez votre connexion."
         default: nil
         }
-        return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice) }
+        return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice, providerSignIn: provider != nil) }
     }
 
     func intentFromCookie(_ request: Request) async throws -> LoginIntent? {
@@ -211,7 +228,7 @@ struct WebController: Sendable {
         }
         guard case .accepted(let accountID) = outcome else {
             if case .refused(let reason, _) = outcome { context.logger.info("sign-in refused", metadata: ["reason": "\(reason.rawValue)"]) }
-            return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true) }
+            return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true, providerSignIn: provider != nil) }
         }
         let flow = try await sessions.startFlow(accountID: accountID, intentToken: WebCookie.value(.intent, in: request.headers))
         let next = try await credentials.hasConfirmedTOTP(accountID: accountID) ? "/connexion/second-facteur" : "/connexion/totp"
@@ -302,12 +319,21 @@ struct WebController: Sendable {
     /// After the second factor: the CGU if the current version is not accepted, then the
     /// session (a new id), then back where the browser came from.
     func nextStep(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard let flow = try await currentFlow(request) else { return restart }
+        guard let token = WebCookie.value(.flow, in: request.headers) else { return restart }
+        return try await advance(flowToken: token, request: request, context: context)
+    }
+
+    /// The step after the one just done for the flow `flowToken` (which a provider sign-in
+    /// has only just created, so it is passed rather than read from the cookie). `cookies`
+    /// are added to a redirect to a further step.
+    func advance(flowToken: String, request: Request, context: WebRequestContext, cookies: [String] = []) async throws -> Response {
+        guard let found = try await sessions.flow(flowToken) else { return restart }
+        let flow = (token: flowToken, accountID: found.accountID, secondFactorDone: found.secondFactorDone)
         guard flow.secondFactorDone else {
             return Self.redirect(try await credentials.hasConfirmedTOTP(accountID: flow.accountID) ? "/connexion/second-facteur" : "/connexion/totp")
         }
         guard try await credentials.hasAcceptedCGU(accountID: flow.accountID, version: configuration.cguVersion) else {
-            return Self.redirect("/connexion/cgu")
+            return Self.redirect("/connexion/cgu", cookies: cookies)
         }
         guard let session = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
                                                             userAgent: request.headers[.userAgent], actor: actor(context),
@@ -315,7 +341,8 @@ struct WebController: Sendable {
         else { return restart }
         metrics.sessionOpened(origin: session.origin.rawValue)
         context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
-        return Self.redirect(session.returnURL ?? "/compte", cookies: [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
+        return Self.redirect(session.returnURL ?? "/compte", cookies: cookies.filter { !$0.hasPrefix(WebCookie.flow.rawValue + "=") }
+                                + [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
     }
 
     // MARK: Forgotten password
@@ -380,7 +407,16 @@ struct WebController: Sendable {
 
     func signOut(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard try await form(request, context) != nil else { return csrfRefused }
-        if let token = WebCookie.value(.session, in: request.headers) { try await sessions.revoke(token, reason: "sign-out", actor: actor(context)) }
+        var sealedIDToken: [UInt8]?
+        if let token = WebCookie.value(.session, in: request.headers) { sealedIDToken = try await sessions.revoke(token, reason: "sign-out", actor: actor(context)) }
+        // A Pro Santé Connect session also ends at the provider (RP-initiated logout), which
+        // then sends the browser to "Vous êtes déconnecté(e)".
+        if let provider, let sealedIDToken,
+           let url = await provider.relyingParty.endSessionURL(
+            idTokenHint: (try? provider.box.open(sealedIDToken, context: ProviderSignIn.sealContext)).map { String(decoding: $0, as: UTF8.self) },
+            postLogoutRedirectURI: provider.postLogoutRedirectURI) {
+            return Self.redirect(url, cookies: [WebCookie.session.clear])
+        }
         return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
     }
 }
