@@ -156,7 +156,7 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["Browser", "Clients"],
+            exclude: ["Browser", "Clients", "Provider"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -64,7 +64,7 @@ struct ForwardAuthTests {
     /// and checks they answer alike; returns the listener's answer.
     static func ask(_ browser: Browser, server: RunningServer, method: HTTPMethod = .GET,
                     headers: [(String, String)] = forwardedHeaders) async throws -> Browser.Page {
-        let listener = try await browser.request(method, server.forwardAuthURL + "/forward-auth", headers: headers)
+        let listener = try await browser.request(method, server.forwardAuthURL + "/forward-auth", headers: headers, cookiesOf: browser.base)
         let route = try await browser.request(method, "/forward-auth", headers: headers)
         #expect(listener.status == route.status, "both endpoints give the same status")
         for name in ["X-Auth-Account-Id", "X-Auth-National-Id", "X-Auth-SAS-Technical-Id", "X-Auth-Habilitations", "X-Auth-Session-Origin",

@@ -99,12 +99,24 @@ final class SMTPSink: Sendable {
     }
 }
 
-/// A browser-like HTTPS client: keeps cookies, does not follow redirects, reads forms.
+/// A browser-like HTTPS client: keeps cookies (one jar per origin, as a browser keeps them
+/// per host), does not follow redirects, reads forms.
 final class Browser: @unchecked Sendable {
     private let owned: OwnedHTTPClient
     var client: HTTPClient { owned.client }
     let base: String
-    var cookies: [String: String] = [:]
+    /// Cookies by origin (`https://host:port`).
+    var jars: [String: [String: String]] = [:]
+    /// The cookies of the server under test (`base`).
+    var cookies: [String: String] {
+        get { jars[base] ?? [:] }
+        set { jars[base] = newValue }
+    }
+
+    static func origin(of url: String) -> String {
+        guard let components = URLComponents(string: url), let scheme = components.scheme, let host = components.host else { return url }
+        return "\(scheme)://\(host)\(components.port.map { ":\($0)" } ?? "")"
+    }
 
     struct Page {
         var status: Int
@@ -132,10 +144,16 @@ final class Browser: @unchecked Sendable {
         self.base = base
     }
 
-    func request(_ method: HTTPMethod, _ path: String, form: [String: String]? = nil, headers extra: [(String, String)] = []) async throws -> Page {
-        var request = HTTPClientRequest(url: path.hasPrefix("https://") || path.hasPrefix("http://") ? path : base + path)
+    /// `cookiesOf`: send the cookies of that origin instead of the URL's own (a proxy's
+    /// forward-auth subrequest carries the browser's cookies of the agenda's host).
+    func request(_ method: HTTPMethod, _ path: String, form: [String: String]? = nil, headers extra: [(String, String)] = [],
+                 cookiesOf: String? = nil) async throws -> Page {
+        let url = path.hasPrefix("https://") || path.hasPrefix("http://") ? path : base + path
+        let origin = Self.origin(of: url)
+        var request = HTTPClientRequest(url: url)
         request.method = method
-        if !cookies.isEmpty { request.headers.add(name: "Cookie", value: cookies.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
+        let jar = jars[cookiesOf ?? origin] ?? [:]
+        if !jar.isEmpty { request.headers.add(name: "Cookie", value: jar.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
         for (name, value) in extra { request.headers.add(name: name, value: value) }
         if let form {
             let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))
@@ -148,7 +166,8 @@ final class Browser: @unchecked Sendable {
             let pair = header.split(separator: ";")[0].split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = String(pair[0])
             let value = pair.count > 1 ? String(pair[1]) : ""
-            if value.isEmpty || header.contains("Max-Age=0") { cookies[name] = nil } else { cookies[name] = value }
+            let expired = header.contains("Max-Age=0") || header.contains("expires=Wed, 21 Oct 2015")
+            if value.isEmpty || expired { jars[origin, default: [:]][name] = nil } else { jars[origin, default: [:]][name] = value }
         }
         let bytes = try await response.body.collect(upTo: 1 << 20)
         return Page(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))

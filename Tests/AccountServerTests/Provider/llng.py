@@ -23,7 +23,7 @@ ap.add_argument("--cert", required=True)
 ap.add_argument("--key", required=True)
 ap.add_argument("--clients", required=True)
 ap.add_argument("--users", required=True)
-ap.add_argument("--acr-level", type=int, default=1, help="authentication level that maps to eidas1")
+ap.add_argument("--acr-level", type=int, default=2, help="authentication level that maps to eidas1 (the Demo sign-in gives 2)")
 args = ap.parse_args()
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -73,7 +73,7 @@ for c in clients:
         "oidcRPMetaDataOptionsIDTokenExpiration": 300,
         "oidcRPMetaDataOptionsAccessTokenExpiration": 300,
         "oidcRPMetaDataOptionsAuthorizationCodeExpiration": 60,
-        "oidcRPMetaDataOptionsUserIDAttr": "SubjectNameID",
+        "oidcRPMetaDataOptionsUserIDAttr": "uid",
         "oidcRPMetaDataOptionsPublic": 0,
     }
     rp_vars[name] = {"SubjectNameID": "SubjectNameID", "given_name": "given_name", "family_name": "family_name"}
