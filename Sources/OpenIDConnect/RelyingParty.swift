@@ -48,6 +48,13 @@ public struct ClientAssertionKey: Sendable {
         if let kid { jwk["kid"] = kid }
         return ClientAssertionKey(collection: collection, algorithm: "RS256", kid: kid, publicJWK: jwk)
     }
+
+    /// A compact JWS of `claims` with this key (header `typ` JWT, `kid` when set).
+    public func sign(_ claims: ClaimSet) async throws -> String {
+        var header = JWTHeader()
+        header.typ = "JWT"
+        return try await collection.sign(claims, kid: kid.map { JWKIdentifier(string: $0) }, header: header)
+    }
 }
 
 /// Settings of the relying party. Endpoints come from discovery, never from here.
@@ -267,9 +274,7 @@ public actor RelyingParty {
             "jti": .string(Base64URL.encode(SymmetricKey(size: .bits256).withUnsafeBytes { Array($0) })),
             "iat": .number(now), "exp": .number(now + 60),
         ])
-        var header = JWTHeader()
-        header.typ = "JWT"
-        do { return try await key.collection.sign(claims, kid: key.kid.map { JWKIdentifier(string: $0) }, header: header) } catch {
+        do { return try await key.sign(claims) } catch {
             throw .provider("the client assertion could not be signed")
         }
     }

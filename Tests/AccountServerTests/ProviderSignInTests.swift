@@ -246,4 +246,132 @@ struct ProviderSignInTests {
         await browser.shutdown()
         await world.stop()
     }
+
+    // MARK: Sign-out
+
+    /// « Se déconnecter » ends our session and the provider's (RP-initiated logout with
+    /// `id_token_hint`), then the provider sends the browser to our "déconnecté" page.
+    @Test func signingOutEndsTheProviderSessionToo() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        #expect(try await Self.firstSignIn(browser, world: world).page.location == Self.agenda)
+        let account = try await browser.get("/compte")
+        let policy = account.headers.first(name: "Content-Security-Policy") ?? ""
+        #expect(policy.contains("form-action 'self' \(world.provider.issuer)"), "the sign-out form may end at the provider: \(policy)")
+        let out = try await browser.request(.POST, "/deconnexion", form: ["csrf": account.csrf ?? ""])
+        let endSession = try #require(out.location)
+        #expect(out.status == 303 && endSession.hasPrefix(world.provider.issuer + "/oauth2/logout?"))
+        let items = URLComponents(string: endSession)?.queryItems ?? []
+        #expect(items.contains { $0.name == "id_token_hint" && ($0.value?.split(separator: ".").count ?? 0) == 3 })
+        #expect(items.contains { $0.name == "post_logout_redirect_uri" && $0.value == world.publicURL + "/deconnexion/terminee" })
+        #expect(try await Self.forwardAuth(browser, world: world).status == 401, "our session ended first")
+        let atProvider = try await browser.get(endSession)
+        let back = try #require(atProvider.location, "the provider sends the browser back: \(atProvider.status) \(atProvider.body.prefix(300))")
+        #expect(back.hasPrefix(world.publicURL + "/deconnexion/terminee"))
+        let page = try await browser.get(back)
+        #expect(page.status == 200 && page.body.contains("Vous êtes déconnecté(e)"))
+        // The provider's session is gone too: the next SAS link asks for the login again.
+        let authorize = try await Self.followSASLink(browser, world: world)
+        #expect(try await browser.get(authorize).body.contains("id=\"lform\""))
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// Signing out at the provider (another application, or PSC itself) ends our session at
+    /// once through OpenID Connect Back-Channel Logout; a forged logout token ends nothing.
+    @Test func backChannelLogoutEndsTheSession() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        #expect(try await Self.firstSignIn(browser, world: world).page.location == Self.agenda)
+        #expect(try await Self.forwardAuth(browser, world: world).status == 200)
+        // Forged: no signature, then a real token's payload under another signature.
+        let attacker = try world.browser()
+        let unsigned = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJkd2hvIn0."
+        #expect(try await attacker.request(.POST, "/connexion/psc/backchannel-logout", form: ["logout_token": unsigned]).status == 400)
+        #expect(try await attacker.request(.POST, "/connexion/psc/backchannel-logout", form: [:]).status == 400)
+        #expect(try await Self.forwardAuth(browser, world: world).status == 200, "nothing ended")
+        await attacker.shutdown()
+
+        let logout = try await browser.get(world.provider.issuer + "/?logout=1")
+        #expect(logout.status < 500, "the provider signs out: \(logout.status)")
+        try await eventually(timeout: .seconds(10)) { try await Self.forwardAuth(browser, world: world).status == 401 }
+        let ended = try #require(try await world.server.auditEvents().last { $0.action == "provider-logout" })
+        #expect(ended.outcome == "session ended" && ended.actorSubject == "provider")
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    // MARK: Token checks on real tokens
+
+    /// The relying party's checks, on tokens the real provider issued: each alteration is
+    /// refused with the claim or signature it breaks.
+    @Test func realTokensAreCheckedClaimByClaim() async throws {
+        let world = try await World()
+        let client = try HTTPClient.testClient(pki: world.pki)
+        func party(clientID: String = Self.clientID, clock: @escaping @Sendable () -> Date = Date.init) -> RelyingParty {
+            RelyingParty(configuration: RelyingPartyConfiguration(issuer: world.provider.issuer, clientID: clientID,
+                                                                  clientAuthentication: .clientSecretBasic(secret: Self.clientSecret),
+                                                                  redirectURI: world.publicURL + "/connexion/psc/retour"),
+                         httpClient: client, clock: clock)
+        }
+        let rp = party()
+        let browser = try world.browser()
+        func random() -> String { SecretToken.generate() }
+        func code(state: String, nonce: String, verifier: String) async throws -> String {
+            let url = try await rp.authorizationURL(state: state, nonce: nonce, codeVerifier: verifier)
+            let page = try await browser.get(url)
+            let answer = page.status == 302 ? page : try await browser.signInAtProvider(page, url: url, login: "dwho")
+            return try #require(URLComponents(string: answer.location ?? "")?.queryItems?.first { $0.name == "code" }?.value)
+        }
+        func refusal<T>(_ body: () async throws -> T) async -> OpenIDConnectError? {
+            do { _ = try await body(); return nil } catch let error as OpenIDConnectError { return error } catch { return .provider("unexpected \(error)") }
+        }
+
+        let (state, nonce, verifier) = (random(), random(), random())
+        let first = try await code(state: state, nonce: nonce, verifier: verifier)
+        let tokens = try await rp.redeem(code: first, codeVerifier: verifier)
+        let idToken = try await rp.validateIDToken(tokens.idToken, nonce: nonce)
+        #expect(idToken.subject == "dwho" && idToken.acr == "eidas1")
+        let info = try await rp.userinfo(accessToken: try #require(tokens.accessToken), subject: idToken.subject)
+        #expect(info.string("SubjectNameID") == Self.nationalID && info.string("given_name") == "Jules" && info.string("family_name") == "Marius")
+        #expect(!"\(tokens)".contains(tokens.idToken), "tokens never print")
+
+        // The code is single use, and bound to its PKCE verifier.
+        #expect(await refusal { try await rp.redeem(code: first, codeVerifier: verifier) }?.label == "code-refused")
+        let second = try await code(state: random(), nonce: random(), verifier: verifier)
+        #expect(await refusal { try await rp.redeem(code: second, codeVerifier: random()) }?.label == "code-refused")
+
+        // Nonce, audience, expiry, subject of userinfo.
+        #expect(await refusal { try await rp.validateIDToken(tokens.idToken, nonce: random()) } == .claim("nonce", "does not match the request"))
+        #expect(await refusal { try await party(clientID: "another-client").validateIDToken(tokens.idToken, nonce: nonce) }?.label == "claim-aud")
+        let later = party(clock: { Date().addingTimeInterval(3600) })
+        #expect(await refusal { try await later.validateIDToken(tokens.idToken, nonce: nonce) }?.label == "claim-exp")
+        #expect(await refusal { try await rp.userinfo(accessToken: tokens.accessToken!, subject: "someone-else") }?.label == "claim-sub")
+
+        // Signatures: altered, stripped, re-signed with another key under the provider's kid.
+        let parts = tokens.idToken.split(separator: ".").map(String.init)
+        let flipped = parts[2].last == "A" ? "B" : "A"
+        let tampered = parts[0] + "." + parts[1] + "." + parts[2].dropLast() + flipped
+        #expect(await refusal { try await rp.validateIDToken(tampered, nonce: nonce) }?.label == "signature")
+        var payload = try #require(try JSONSerialization.jsonObject(with: Data(base64URL: parts[1])) as? [String: Any])
+        payload["sub"] = "someone-else"
+        let swapped = parts[0] + "." + (try JSONSerialization.data(withJSONObject: payload)).base64URL + "." + parts[2]
+        #expect(await refusal { try await rp.validateIDToken(swapped, nonce: nonce) }?.label == "signature")
+        let none = (try JSONSerialization.data(withJSONObject: ["alg": "none", "typ": "JWT"])).base64URL + "." + parts[1] + "."
+        #expect(await refusal { try await rp.validateIDToken(none, nonce: nonce) }?.label == "signature")
+        let header = try #require(try JSONSerialization.jsonObject(with: Data(base64URL: parts[0])) as? [String: Any])
+        let keyPath = world.pki.directory.appendingPathComponent("forger.pem").path
+        let openssl = Process()
+        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        openssl.arguments = ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", keyPath]
+        try openssl.run()
+        openssl.waitUntilExit()
+        let forger = try await ClientAssertionKey.load(pem: try String(contentsOfFile: keyPath, encoding: .utf8), kid: header["kid"] as? String)
+        let forgedClaims = try JSONDecoder().decode(ClaimSet.self, from: Data(base64URL: parts[1]))
+        let forged = try await forger.sign(forgedClaims)
+        #expect(await refusal { try await rp.validateIDToken(forged, nonce: nonce) } == .signature("the signature does not verify"))
+        await browser.shutdown()
+        try await client.shutdown()
+        await world.stop()
+    }
 }
