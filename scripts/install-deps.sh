@@ -14,4 +14,19 @@ if ((${#missing[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The OpenID Connect provider the tests start in place of Pro Santé Connect (LemonLDAP::NG,
+# served by starman): without recommends, which would pull a web server and start services.
+provider=(liblemonldap-ng-portal-perl lemonldap-ng-uwsgi-app libstring-random-perl libio-string-perl libio-socket-ssl-perl
+          liblwp-protocol-https-perl starman)
+missing=()
+for package in "${provider[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing (no recommends): ${missing[*]}"
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 command -v swift >/dev/null || { echo "swift (6.1 or later) is required on PATH" >&2; exit 1; }

@@ -350,8 +350,10 @@ struct ProviderSignInTests {
 
         // Signatures: altered, stripped, re-signed with another key under the provider's kid.
         let parts = tokens.idToken.split(separator: ".").map(String.init)
-        let flipped = parts[2].last == "A" ? "B" : "A"
-        let tampered = parts[0] + "." + parts[1] + "." + parts[2].dropLast() + flipped
+        // A character in the middle (the last one may only carry padding bits).
+        var signature = Array(parts[2])
+        signature[signature.count / 2] = signature[signature.count / 2] == "A" ? "B" : "A"
+        let tampered = parts[0] + "." + parts[1] + "." + String(signature)
         #expect(await refusal { try await rp.validateIDToken(tampered, nonce: nonce) }?.label == "signature")
         var payload = try #require(try JSONSerialization.jsonObject(with: Data(base64URL: parts[1])) as? [String: Any])
         payload["sub"] = "someone-else"
@@ -372,6 +374,29 @@ struct ProviderSignInTests {
         #expect(await refusal { try await rp.validateIDToken(forged, nonce: nonce) } == .signature("the signature does not verify"))
         await browser.shutdown()
         try await client.shutdown()
+        await world.stop()
+    }
+
+    // MARK: A real browser
+
+    /// Headless Chromium: SAS link → the provider's login form → CGU → "Mon compte" with the
+    /// habilitation; then, our session cookie dropped, the SAS link again → signed in with no
+    /// form at all (the provider's session is live).
+    @Test func chromiumSignsInThroughTheProvider() async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "scripts/install-deps.sh installs chromium")
+        let world = try await World()
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Browser/cdp_psc.py").path
+        let entry = "\(world.server.webURL)/connexion?origin=sas&retour=%2Fcompte%3Forigin%3Dsas"
+        let run = try await HeadlessBrowserTests.runScript(script, [entry, "dwho"])
+        let events = try await world.server.auditEvents().suffix(3).map { "\($0.action) \($0.outcome) \($0.detail ?? "")" }
+        #expect(run.status == 0, "\(run.errors) \(events)")
+        let result = run.result
+        #expect(result["provider_login_form"] as? Bool == true && result["provider_origin"] as? String == world.provider.issuer, "\(result)")
+        let first = result["first"] as? [String: Any] ?? [:]
+        #expect(first["habilitation"] as? String == "oui" && first["origine"] as? String == "sas", "\(result)")
+        #expect(first["nom"] as? String == "Jules MARIUS" && first["lang"] as? String == "fr")
+        #expect(first["session_cookie_visible_to_script"] as? Bool == false)
+        #expect(result["second_habilitation"] as? String == "oui" && result["second_path"] as? String == "/compte")
         await world.stop()
     }
 }

@@ -135,4 +135,4 @@ builder {
 env = dict(os.environ, LLNG_DEFAULTCONFFILE=os.path.join(d, "lemonldap-ng.ini"), PERL5LIB=os.path.join(here, "perl"))
 sys.stdout.flush()
 os.execvpe("starman", ["starman", "--listen", f"127.0.0.1:{args.port}:ssl", "--ssl-cert", args.cert, "--ssl-key", args.key,
-                       "--workers", "1", "--disable-keepalive", psgi], env)
+                       "--workers", "4", "--read-timeout", "2", "--disable-keepalive", psgi], env)
