@@ -175,8 +175,12 @@ struct ProviderSignInController: Sendable {
             auditDetail: claimsUsed, actor: actor)
         let response = try await web.advance(flowToken: flow, request: request, context: context,
                                              cookies: [WebCookie.flow.set(flow, maxAge: Int(sessions.configuration.flowLifetime)), WebCookie.method.clear])
+        let own = ContinuousClock.now - started - timer.elapsed
         web.metrics.providerSignIn(result: "accepted")
-        web.metrics.providerCallback(own: ContinuousClock.now - started - timer.elapsed, provider: timer.elapsed)
+        web.metrics.providerCallback(own: own, provider: timer.elapsed)
+        context.logger.info("provider sign-in accepted", metadata: [
+            "own_ms": "\(Self.milliseconds(own))", "provider_ms": "\(Self.milliseconds(timer.elapsed))",
+        ])
         return response
     }
 
@@ -207,6 +211,13 @@ struct ProviderSignInController: Sendable {
     /// entries show the password sign-in; the intent (origin, return URL) is kept.
     func withoutProvider(_ request: Request) -> Response {
         WebController.redirect("/connexion", cookies: [WebCookie.method.set("mot-de-passe", maxAge: 365 * 86400)])
+    }
+}
+
+extension ProviderSignInController {
+    static func milliseconds(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        return String(format: "%.3f", Double(seconds) * 1000 + Double(attoseconds) / 1e15)
     }
 }
 
