@@ -370,7 +370,7 @@ public final class SessionStore: Sendable {
             guard let row = try Row.fetchOne(db, sql: "SELECT account_id, oidc_id_token FROM web_session WHERE id_hash = ? AND revoked_at IS NULL",
                                              arguments: [hash]) else { return nil }
             let accountID: String = row["account_id"]
-            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE id_hash = ? AND revoked_at IS NULL",
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE id_hash = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, reason, hash])
             try self.audit.append(AuditEvent(at: at, surface: "web", action: reason, outcome: "session ended", actor: actor, requestID: nil,
                                              identifier: nil, accountID: accountID, changes: [], detail: "session \(Self.sessionReference(hash: hash))"), in: db)
@@ -392,7 +392,7 @@ public final class SessionStore: Sendable {
                 """, arguments: arguments)
             for row in rows {
                 let hash: String = row["id_hash"]
-                try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'provider-logout' WHERE id_hash = ?",
+                try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'provider-logout', oidc_id_token = NULL WHERE id_hash = ?",
                                arguments: [at.epochMilliseconds, hash])
                 try self.audit.append(AuditEvent(at: at, surface: "web", action: "provider-logout", outcome: "session ended", actor: actor,
                                                  requestID: nil, identifier: nil, accountID: row["account_id"], changes: [],
@@ -408,7 +408,7 @@ public final class SessionStore: Sendable {
     public func revokeAll(accountID: String, reason: String, actor: AuditActor) async throws -> Int {
         let at = now
         return try await database.write { db in
-            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ? WHERE account_id = ? AND revoked_at IS NULL",
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, reason, accountID])
             let count = db.changesCount
             try self.audit.append(AuditEvent(at: at, surface: "web", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,

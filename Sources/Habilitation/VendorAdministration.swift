@@ -241,7 +241,7 @@ public final class VendorAdministration: Sendable {
         let at = now
         return try await database.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
-            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'admin' WHERE account_id = ? AND revoked_at IS NULL",
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'admin', oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, accountID])
             let count = db.changesCount
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,

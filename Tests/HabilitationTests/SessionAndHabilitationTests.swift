@@ -122,6 +122,43 @@ struct SessionAndHabilitationTests {
         #expect(try await count("web_session") == 1)
     }
 
+    /// A Pro Santé Connect sign-in: no password of ours and no TOTP owed (the provider stands
+    /// for both factors), the CGU still; its state works once and only for its own browser;
+    /// back-channel logout ends it by subject, and its sealed ID token does not outlive it.
+    @Test func providerSessionsOweOnlyTheCGU() async throws {
+        let world = try await World(complete: false)
+        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let state = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
+        #expect(try await world.sessions.consumeProviderLogin(state: state, intentToken: "another-browser") == .otherBrowser)
+        #expect(try await world.sessions.consumeProviderLogin(state: state, intentToken: intent) == .unknown, "a state works once")
+        let second = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
+        guard case .accepted(let intentHash) = try await world.sessions.consumeProviderLogin(state: second, intentToken: intent) else {
+            Issue.record("this browser's state is accepted")
+            return
+        }
+        #expect(try await world.habilitation.providerAccount(nationalID: "810002673899") == .eligible(accountID: world.accountID))
+        #expect(try await world.habilitation.providerAccount(nationalID: "810000000000") == .unknown)
+        let flow = try await world.sessions.startProviderFlow(accountID: world.accountID, intentIDHash: intentHash,
+                                                              identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: [1, 2, 3]),
+                                                              auditDetail: "SubjectNameID=810002673899", actor: world.actor)
+        let session = try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor,
+                                                                          decide: { try world.habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) }))
+        #expect(session.origin == .sas)
+        var check = try await world.habilitation.check(sessionToken: session.token)
+        #expect(check.session?.authentication == .psc && check.pendingActions == [.acceptCGU], "\(check.pendingActions)")
+        try await world.credentials.acceptCGU(accountID: world.accountID, version: "v1", address: nil, actor: world.actor)
+        check = try await world.habilitation.check(sessionToken: session.token)
+        #expect(check.decision == .granted, "no password, no TOTP, CGU accepted")
+        // The same account signed in with a password still owes its own steps.
+        let password = try await world.signIn(origin: .sas)
+        #expect(try await world.habilitation.check(sessionToken: password).pendingActions == [.setPassword, .enrolSecondFactor])
+        #expect(try await world.sessions.revokeProviderSessions(subject: "psc-sub", sessionID: nil, actor: world.actor) == 1)
+        #expect(try await world.habilitation.check(sessionToken: session.token).decision == .denied([.noLiveSession]))
+        #expect(try await world.habilitation.check(sessionToken: password).session != nil, "a password session is not the provider's")
+        let sealed = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE oidc_id_token IS NOT NULL") }
+        #expect(sealed == 0)
+    }
+
     @Test func directSessionIsNot() async throws {
         let world = try await World()
         let check = try await world.habilitation.check(sessionToken: try await world.signIn(origin: nil))

@@ -68,7 +68,9 @@ struct ProviderSignInController: Sendable {
     /// `GET /connexion/psc`: to the provider, for this browser's intent (a direct one when it
     /// has none). The choice of the password sign-in is forgotten.
     func start(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard web.limiter.allow("entry", client: context.clientAddress) else { return web.tooManyRequests }
+        // Each start commits a row before anyone has signed in: bounded per client (its own
+        // budget, so a SAS link's entry and its start do not share one).
+        guard web.limiter.allow("provider-start", client: context.clientAddress) else { return web.tooManyRequests }
         var cookies = [WebCookie.method.clear]
         var intentToken = WebCookie.value(.intent, in: request.headers)
         var state = try await intentToken.asyncFlatMap { try await sessions.createProviderLogin(intentToken: $0) }

@@ -168,7 +168,7 @@ public final class CredentialStore: Sendable {
             try db.execute(sql: """
                 UPDATE account SET password_hash = ?, password_reset_required = 0, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
-            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'password-changed' WHERE account_id = ? AND revoked_at IS NULL",
+            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'password-changed', oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, row.id])
             try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at), in: db)
             return .success(row.id)
