@@ -384,7 +384,10 @@ public final class SessionStore: Sendable {
     public func revokeProviderSessions(subject: String?, sessionID: String?, actor: AuditActor) async throws -> Int {
         let at = now
         guard subject != nil || sessionID != nil else { return 0 }
-        let match = sessionID != nil ? "oidc_session_id = ?" + (subject != nil ? " AND oidc_subject = ?" : "") : "oidc_subject = ?"
+        // With both: that provider session, or (for sessions whose ID token had no `sid`) that
+        // subject's.
+        let match = sessionID != nil ? (subject != nil ? "(oidc_session_id = ? OR oidc_session_id IS NULL) AND oidc_subject = ?" : "oidc_session_id = ?")
+                                     : "oidc_subject = ?"
         let arguments = StatementArguments([sessionID, subject].compactMap { $0 })
         return try await database.write { db in
             let rows = try Row.fetchAll(db, sql: """

@@ -144,7 +144,13 @@ public actor RelyingParty {
     private var metadata: ProviderMetadata?
     private var keys: ProviderKeys?
     private var loadedAt: Date?
-    private var lastKeyRefresh: Date?
+    /// When the last re-read began (successful or not): re-reads are at most this frequent.
+    private var lastRefreshAttempt: Date?
+    /// The re-read in progress, which concurrent callers share instead of starting their own.
+    private var refreshInFlight: Task<Void, any Error>?
+    /// The origin of the provider's `end_session_endpoint`, readable without awaiting the
+    /// actor (pages allow it as a form target).
+    private let endSessionOriginBox = NIOLockedValueBox<String?>(nil)
     /// Logout tokens already used, until they expire (`jti` replay, §2.6).
     private var seenLogoutTokens: [String: Date] = [:]
 
@@ -158,15 +164,54 @@ public actor RelyingParty {
 
     // MARK: Discovery and keys
 
-    /// The provider's metadata, read on first use and after `metadataLifetime`.
+    /// The provider's metadata, read on first use and after `metadataLifetime`. When a re-read
+    /// fails, the metadata and keys already held keep serving (a provider's brief outage must
+    /// not stop sign-ins that need nothing new from it).
     public func providerMetadata(timer: ProviderTimer? = nil) async throws(OpenIDConnectError) -> ProviderMetadata {
         if let metadata, let loadedAt, clock().timeIntervalSince(loadedAt) < configuration.metadataLifetime { return metadata }
-        try await refresh(timer: timer)
+        do {
+            try await refresh(timer: timer)
+        } catch {
+            guard let metadata else { throw error }
+            logger.warning("the provider's metadata could not be re-read; the previous metadata and keys keep serving", metadata: ["error": "\(error)"])
+            return metadata
+        }
         return metadata!
     }
 
-    /// Re-reads discovery and the key set (start-up, readiness, key rotation).
+    /// Re-reads discovery and the key set (start-up, readiness, key rotation): one re-read at
+    /// a time, shared by concurrent callers, and none sooner than `keyRefreshInterval` after
+    /// the previous attempt, failed or not (so no caller, however many forged `kid`s it sends,
+    /// makes us call the provider more often).
     public func refresh(timer: ProviderTimer? = nil) async throws(OpenIDConnectError) {
+        let task: Task<Void, any Error>
+        if let running = refreshInFlight {
+            task = running
+        } else {
+            if let last = lastRefreshAttempt, clock().timeIntervalSince(last) < configuration.keyRefreshInterval {
+                throw .provider("the provider was read less than \(Int(configuration.keyRefreshInterval)) s ago")
+            }
+            lastRefreshAttempt = clock()
+            task = Task { try await self.load(timer: timer) }
+            refreshInFlight = task
+        }
+        do {
+            if let timer { try await timer.measure { try await task.value } } else { try await task.value }
+        } catch let error as OpenIDConnectError {
+            if refreshInFlight == task { refreshInFlight = nil }
+            throw error
+        } catch {
+            if refreshInFlight == task { refreshInFlight = nil }
+            throw .provider("\(error)")
+        }
+        if refreshInFlight == task { refreshInFlight = nil }
+    }
+
+    /// How many times discovery and keys were fetched (tests and the amplification bound).
+    private(set) var loads = 0
+
+    private func load(timer: ProviderTimer?) async throws(OpenIDConnectError) {
+        loads += 1
         let document: ProviderMetadata
         do {
             let data = try await get(ProviderMetadata.discoveryURL(issuer: configuration.issuer), accept: "application/json", timer: timer)
@@ -186,8 +231,16 @@ public actor RelyingParty {
         metadata = document
         keys = parsed
         loadedAt = clock()
-        lastKeyRefresh = clock()
+        endSessionOriginBox.withLockedValue { $0 = document.endSessionEndpoint.flatMap(Self.origin(of:)) }
         logger.info("provider metadata and keys loaded", metadata: ["issuer": "\(configuration.issuer)", "keys": "\(parsed.keys.count)"])
+    }
+
+    /// The origin (`scheme://host[:port]`) of the provider's sign-out endpoint, once known.
+    public nonisolated var endSessionOrigin: String? { endSessionOriginBox.withLockedValue { $0 } }
+
+    static func origin(of url: String) -> String? {
+        guard let components = URLComponents(string: url), let scheme = components.scheme, let host = components.host else { return nil }
+        return "\(scheme)://\(host)\(components.port.map { ":\($0)" } ?? "")"
     }
 
     /// Whether discovery and keys are loaded (for readiness).
@@ -284,17 +337,17 @@ public actor RelyingParty {
     /// Verifies a JWS against the provider's keys, refreshing them once on an unknown `kid`.
     func verifySignature(_ token: String, timer: ProviderTimer? = nil) async throws(OpenIDConnectError) -> (ClaimSet, ProviderKeys.Header) {
         let header = try ProviderKeys.header(of: token)
-        if keys == nil { try await refresh(timer: timer) }
+        if keys == nil { _ = try await providerMetadata(timer: timer) }
+        guard keys != nil else { throw .keys("the provider's keys are not loaded") }
         var allowed = configuration.allowedAlgorithms
         if let advertised = metadata?.idTokenSigningAlgValuesSupported { allowed.formIntersection(advertised) }
         if case .verified(let claims) = try await keys!.verify(token, header: header, allowed: allowed) { return (claims, header) }
-        // An unknown key: the provider may have rotated. Re-read the set, at most so often.
-        if let last = lastKeyRefresh, clock().timeIntervalSince(last) < configuration.keyRefreshInterval {
-            throw .signature("no key \(header.kid.map(\.debugDescription) ?? "for \(header.alg)") in the provider's key set")
+        // An unknown key: the provider may have rotated. Re-read the set (at most so often).
+        do { try await refresh(timer: timer) } catch {
+            throw .signature("no key \(header.kid.map { String($0.prefix(64)).debugDescription } ?? "for \(header.alg)") in the provider's key set")
         }
-        try await refresh(timer: timer)
         if case .verified(let claims) = try await keys!.verify(token, header: header, allowed: allowed) { return (claims, header) }
-        throw .signature("no key \(header.kid.map(\.debugDescription) ?? "for \(header.alg)") in the provider's key set")
+        throw .signature("no key \(header.kid.map { String($0.prefix(64)).debugDescription } ?? "for \(header.alg)") in the provider's key set")
     }
 
     /// The ID token checks of OpenID Connect Core §3.1.3.7: signature, issuer, audience (and
@@ -357,7 +410,9 @@ public actor RelyingParty {
     /// `nonce`, a `sub` or a `sid`, and a `jti` not seen before.
     public func validateLogoutToken(_ token: String) async throws(OpenIDConnectError) -> LogoutToken {
         let (claims, header) = try await verifySignature(token)
-        if let typ = header.typ, typ.lowercased() != "logout+jwt", typ.uppercased() != "JWT" { throw .signature("typ \(typ) is not a logout token") }
+        if let typ = header.typ, typ.lowercased() != "logout+jwt", typ.uppercased() != "JWT" {
+            throw .signature("typ \(String(typ.prefix(64)).debugDescription) is not a logout token")
+        }
         try checkIssuerAndAudience(claims)
         let now = clock().timeIntervalSince1970
         guard let iat = claims["iat"]?.seconds else { throw .claim("iat", "missing") }
@@ -374,8 +429,13 @@ public actor RelyingParty {
         let at = clock()
         seenLogoutTokens = seenLogoutTokens.filter { $0.value > at }
         guard seenLogoutTokens[jti] == nil else { throw .claim("jti", "this logout token was already used") }
-        seenLogoutTokens[jti] = at.addingTimeInterval(configuration.maxTokenAge + 2 * configuration.leeway)
         return LogoutToken(subject: subject, sessionID: sessionID, jti: jti)
+    }
+
+    /// Records a logout token as used, once what it asked for is done (a token whose sessions
+    /// could not be ended must stay acceptable to the provider's retry).
+    public func markUsed(_ token: LogoutToken) {
+        seenLogoutTokens[token.jti] = clock().addingTimeInterval(configuration.maxTokenAge + 2 * configuration.leeway)
     }
 
     // MARK: Sign-out

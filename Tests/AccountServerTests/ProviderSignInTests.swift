@@ -373,6 +373,21 @@ struct ProviderSignInTests {
         let forgedClaims = try JSONDecoder().decode(ClaimSet.self, from: Data(base64URL: parts[1]))
         let forged = try await forger.sign(forgedClaims)
         #expect(await refusal { try await rp.validateIDToken(forged, nonce: nonce) } == .signature("the signature does not verify"))
+        // Forged `kid`s, many at once: refused, and the provider is read again at most once.
+        let loadsBefore = await rp.loads
+        let unknownKids = try await withThrowingTaskGroup(of: OpenIDConnectError?.self) { group in
+            for index in 0..<40 {
+                let header = (try JSONSerialization.data(withJSONObject: ["alg": "RS256", "kid": "forged-\(index)"])).base64URL
+                let token = header + "." + parts[1] + "." + parts[2]
+                group.addTask {
+                    do { _ = try await rp.validateIDToken(token, nonce: nonce); return nil } catch { return error as? OpenIDConnectError ?? .provider("\(error)") }
+                }
+            }
+            return try await group.reduce(into: [OpenIDConnectError?]()) { $0.append($1) }
+        }
+        #expect(unknownKids.allSatisfy { $0?.label == "signature" })
+        let reads = await rp.loads - loadsBefore
+        #expect(reads <= 1, "one shared re-read at most: \(reads)")
         await browser.shutdown()
         try await client.shutdown()
         await world.stop()

@@ -24,6 +24,13 @@ struct ProviderSignIn: Sendable {
     /// The provider's origin, allowed as a form target (sign-out redirects there).
     let providerOrigin: String
 
+    /// Origins the sign-out form may end at: the issuer's and, once discovery has named it,
+    /// the `end_session_endpoint`'s.
+    var formTargets: [String] {
+        guard let other = relyingParty.endSessionOrigin, other != providerOrigin else { return [providerOrigin] }
+        return [providerOrigin, other]
+    }
+
     init(relyingParty: RelyingParty, serverKey: [UInt8], box: SecretBox, nationalIDClaim: String, postLogoutRedirectURI: String) {
         self.relyingParty = relyingParty
         self.derivationKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: serverKey), info: Array("account-server oidc login v1".utf8),
@@ -103,6 +110,8 @@ struct ProviderSignInController: Sendable {
         let actor = web.actor(context)
         guard web.limiter.allow("sign-in", client: context.clientAddress) else { return web.tooManyRequests }
         guard let state = query.first("state"), !state.isEmpty else {
+            try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "callback without state", actor: actor)
+            web.metrics.providerSignIn(result: "state")
             return refused(.badRequest, "Connexion refusée", "La réponse de Pro Santé Connect est incomplète. Recommencez la connexion.")
         }
         let lookup = try await sessions.consumeProviderLogin(state: state, intentToken: WebCookie.value(.intent, in: request.headers))
@@ -126,6 +135,8 @@ struct ProviderSignInController: Sendable {
             return refused(.unauthorized, "Connexion interrompue", "La connexion avec Pro Santé Connect n’a pas abouti. Vous pouvez réessayer, ou vous connecter sans Pro Santé Connect.")
         }
         guard let code = query.first("code"), !code.isEmpty else {
+            try await sessions.auditProviderSignIn(outcome: "refused: no-code", accountID: nil, detail: "callback without code", actor: actor)
+            web.metrics.providerSignIn(result: "no-code")
             return refused(.badRequest, "Connexion refusée", "La réponse de Pro Santé Connect est incomplète. Recommencez la connexion.")
         }
 
@@ -204,6 +215,7 @@ struct ProviderSignInController: Sendable {
         }
         let ended = try await sessions.revokeProviderSessions(subject: logout.subject, sessionID: logout.sessionID,
                                                               actor: AuditActor(subject: "provider", address: context.clientAddress))
+        await provider.relyingParty.markUsed(logout)
         context.logger.info("back-channel logout", metadata: ["sessions": "\(ended)"])
         web.metrics.providerLogout(result: "accepted")
         return Response(status: .ok, headers: headers)
@@ -212,7 +224,7 @@ struct ProviderSignInController: Sendable {
     /// « Se connecter sans Pro Santé Connect »: remembered for this browser, so the next SAS
     /// entries show the password sign-in; the intent (origin, return URL) is kept.
     func withoutProvider(_ request: Request) -> Response {
-        WebController.redirect("/connexion", cookies: [WebCookie.method.set("mot-de-passe", maxAge: 365 * 86400)])
+        WebController.redirect("/connexion", cookies: [WebCookie.method.set("mot-de-passe", maxAge: 30 * 86400)])
     }
 }
 

@@ -98,7 +98,7 @@ struct WebController: Sendable {
             csrfCookie = SecretToken.generate()
             cookies.append(WebCookie.csrf.set(csrfCookie))
         }
-        return Self.page(render(csrf.token(for: csrfCookie)), status: status, cookies: cookies, formTargets: provider.map { [$0.providerOrigin] } ?? [])
+        return Self.page(render(csrf.token(for: csrfCookie)), status: status, cookies: cookies, formTargets: provider?.formTargets ?? [])
     }
 
     /// `formTargets`: origins a form of the page may end at besides this one (the sign-out
