@@ -40,7 +40,7 @@ enum Pages {
         // reached by a plain navigation, never by a form posted elsewhere.
         let provider: HTML = providerSignIn ? """
             <p><a class="bouton-psc" href="/connexion/psc" id="lien-psc">Se connecter avec Pro Santé Connect</a></p>
-            <p class="hint" id="sans-psc">Sans carte CPS ni e-CPS (compte sans identifiant national), connectez-vous avec votre adresse e-mail :</p>
+            <p class="hint" id="sans-psc">Se connecter sans Pro Santé Connect (compte sans identifiant national, sans carte CPS ni e-CPS) : avec votre adresse e-mail et votre mot de passe.</p>
             """ : ""
         return layout("Connexion", """
             \(banner)\(info)\(alert)\(provider)
