@@ -150,6 +150,12 @@ public final class HabilitationService: Sendable {
         }
     }
 
+    /// Whether the account accepted the CGU version in force (inside the caller's transaction).
+    public func hasAcceptedCGU(accountID: String, in db: Database) throws -> Bool {
+        try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM cgu_acceptance WHERE account_id = ? AND version = ?)",
+                          arguments: [accountID, cguVersion]) ?? false
+    }
+
     /// The decision for a session being created now (inside its transaction), so the audit
     /// trail can say whether the new session holds the habilitation.
     public func decisionForNewSession(accountID: String, origin: SessionOrigin, authentication: SessionAuthentication = .password,

@@ -203,11 +203,37 @@ public final class SessionStore: Sendable {
         try await insertFlow(accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor)
     }
 
+    /// A provider sign-in in one transaction: the flow (with its audit row) and, when
+    /// `complete` says no step remains (the CGU in force accepted), the session at once, as
+    /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` would make it. Returns the
+    /// flow token, and the session when one was opened.
+    public func startProviderFlow(accountID: String, intentIDHash: String, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
+                                  completeIf complete: @escaping @Sendable (Database) throws -> Bool, address: String?, userAgent: String?,
+                                  decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision)
+        async throws -> (flowToken: String, session: (token: String, origin: SessionOrigin, returnURL: String?)?) {
+        let token = SecretToken.generate()
+        let at = now
+        return try await database.write { db in
+            try self.insertFlow(token: token, accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor, at: at, in: db)
+            guard try complete(db) else { return (token, nil) }
+            let session = try self.completeFlow(hash: SecretToken.hash(token), at: at, address: address, userAgent: userAgent, actor: actor, decide: decide, in: db)
+            return (token, session)
+        }
+    }
+
     private func insertFlow(accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String? = nil,
                             actor: AuditActor? = nil) async throws -> String {
         let token = SecretToken.generate()
         let at = now
         try await database.write { db in
+            try self.insertFlow(token: token, accountID: accountID, intentHash: intentHash, provider: provider, auditDetail: auditDetail, actor: actor, at: at, in: db)
+        }
+        return token
+    }
+
+    private func insertFlow(token: String, accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String?,
+                            actor: AuditActor?, at: Date, in db: Database) throws {
+        do {
             try db.execute(sql: """
                 INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, created_at, expires_at, second_factor_at,
                                           authentication, oidc_subject, oidc_session_id, oidc_id_token)
@@ -222,7 +248,6 @@ public final class SessionStore: Sendable {
                                                  identifier: nil, accountID: accountID, changes: [], detail: auditDetail), in: db)
             }
         }
-        return token
     }
 
     public func flow(_ token: String) async throws -> (accountID: String, intentIDHash: String?, secondFactorDone: Bool)? {
@@ -276,14 +301,23 @@ public final class SessionStore: Sendable {
     public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor,
                              decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision = { _, _, _, _ in .denied([]) })
         async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
-        let token = SecretToken.generate()
         let at = now
-        let absolute = configuration.absoluteTimeout
         return try await database.write { db in
+            try self.completeFlow(hash: SecretToken.hash(flowToken), at: at, address: address, userAgent: userAgent, actor: actor, decide: decide, in: db)
+        }
+    }
+
+    /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` inside the caller's transaction.
+    private func completeFlow(hash flowHash: String, at: Date, address: String?, userAgent: String?, actor: AuditActor,
+                              decide: @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision,
+                              in db: Database) throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
+        let token = SecretToken.generate()
+        let absolute = configuration.absoluteTimeout
+        do {
             guard let flow = try Row.fetchOne(db, sql: """
                 SELECT account_id, intent_id_hash, second_factor_at, authentication, oidc_subject, oidc_session_id, oidc_id_token FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
-                """, arguments: [SecretToken.hash(flowToken), at.epochMilliseconds]),
+                """, arguments: [flowHash, at.epochMilliseconds]),
                   (flow["second_factor_at"] as Int64?) != nil else { return nil }
             let accountID: String = flow["account_id"]
             let authentication = SessionAuthentication(rawValue: flow["authentication"]) ?? .password
@@ -297,7 +331,7 @@ public final class SessionStore: Sendable {
                 returnURL = intent["return_url"]
                 try db.execute(sql: "UPDATE login_intent SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, intentHash])
             }
-            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, flowHash])
             try db.execute(sql: """
                 INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at, address, user_agent,
                                          authentication, oidc_subject, oidc_session_id, oidc_id_token)

@@ -182,12 +182,28 @@ struct ProviderSignInController: Sendable {
             accountID = id
         }
         let sealed = try? provider.box.seal(Array(identity.token.raw.utf8), context: ProviderSignIn.sealContext)
-        let flow = try await sessions.startProviderFlow(
+        // One transaction: the flow and, when the CGU in force is accepted, the session (from
+        // the intent: its origin, a new id), as the password sign-in's last step makes it.
+        let habilitation = web.habilitation
+        let opened = try await sessions.startProviderFlow(
             accountID: accountID, intentIDHash: intentHash,
             identity: ProviderIdentity(subject: identity.token.subject, sessionID: identity.token.sessionID, sealedIDToken: sealed),
-            auditDetail: claimsUsed, actor: actor)
-        let response = try await web.advance(flowToken: flow, request: request, context: context,
-                                             cookies: [WebCookie.flow.set(flow, maxAge: Int(sessions.configuration.flowLifetime)), WebCookie.method.clear])
+            auditDetail: claimsUsed, actor: actor,
+            completeIf: { db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) },
+            address: context.clientAddress, userAgent: request.headers[.userAgent],
+            decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+        let response: Response
+        if let session = opened.session {
+            web.metrics.sessionOpened(origin: session.origin.rawValue)
+            context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
+            response = WebController.redirect(session.returnURL ?? "/compte", cookies: [
+                WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear, WebCookie.method.clear,
+            ])
+        } else {
+            response = WebController.redirect("/connexion/cgu", cookies: [
+                WebCookie.flow.set(opened.flowToken, maxAge: Int(sessions.configuration.flowLifetime)), WebCookie.method.clear,
+            ])
+        }
         let own = ContinuousClock.now - started - timer.elapsed
         web.metrics.providerSignIn(result: "accepted")
         web.metrics.providerCallback(own: own, provider: timer.elapsed)
