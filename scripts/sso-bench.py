@@ -125,8 +125,6 @@ try:
     time.sleep(0.5)
     own, waited = [], []
     for line in open(f"{work}/server.log").read().splitlines()[skip:]:
-        if "provider sign-in accepted" in line and os.environ.get("SSO_BENCH_MARKS"):
-            print(re.search(r'"marks":"([^"]*)"', line).group(1))
         if "provider sign-in accepted" in line:
             own.append(float(re.search(r'"own_ms":"([0-9.]+)"', line).group(1)))
             waited.append(float(re.search(r'"provider_ms":"([0-9.]+)"', line).group(1)))
