@@ -223,6 +223,17 @@ struct ProviderSignInTests {
         let error = try await c.get("/connexion/psc/retour?state=\(cancelledState)&error=access_denied")
         #expect(error.status == 401 && error.body.contains("id=\"lien-sans-psc\""))
 
+        // Suspended by a vendor admin: refused, nothing opened; restored, the next sign-in works.
+        let admin = AdminClient(server: world.server, token: world.server.adminToken)
+        #expect(try await admin.send(.POST, "/api/accounts/\(Self.nationalID)/suspend", body: #"{"reason":"test"}"#).status == 200)
+        let e = try world.browser()
+        let suspended = try await Self.firstSignIn(e, world: world).page
+        #expect(suspended.status == 403 && suspended.body.contains("Habilitation suspendue") && e.cookies["__Host-as-session"] == nil)
+        #expect(try await world.server.auditEvents().contains { $0.outcome == "refused: suspended-by-vendor" })
+        #expect(try await admin.send(.POST, "/api/accounts/\(Self.nationalID)/restore", body: "{}").status == 200)
+        await admin.shutdown()
+        await e.shutdown()
+
         // Deactivated by the SAS: no session at all, and the live one loses the habilitation.
         let deactivated = try await world.fhir.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C\(Self.nationalID)",
                                                     body: Bodies.practitioner(national: Self.nationalID, active: false, email: WebSignInTests.email))
