@@ -169,17 +169,6 @@ public final class SessionStore: Sendable {
         }
     }
 
-    /// The live intent a stored hash names.
-    public func intent(hash: String) async throws -> LoginIntent? {
-        let at = now
-        return try await database.read { db in
-            guard let row = try Row.fetchOne(db, sql: """
-                SELECT origin, origin_value, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
-                """, arguments: [hash, at.epochMilliseconds]), let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
-            return LoginIntent(origin: origin, originValue: row["origin_value"], returnURL: row["return_url"])
-        }
-    }
-
     /// One audit row for a provider sign-in's outcome: who (when known), the claims used and
     /// the decision. Never a token.
     public func auditProviderSignIn(outcome: String, accountID: String?, detail: String, actor: AuditActor) async throws {
@@ -193,17 +182,19 @@ public final class SessionStore: Sendable {
     // MARK: Flows
 
     public func startFlow(accountID: String, intentToken: String?) async throws -> String {
-        try await insertFlow(accountID: accountID, intentHash: intentToken.map(SecretToken.hash), provider: nil)
+        let token = SecretToken.generate()
+        let at = now
+        try await database.write { db in
+            try self.insertFlow(token: token, accountID: accountID, intentHash: intentToken.map(SecretToken.hash), provider: nil,
+                                auditDetail: nil, actor: nil, at: at, in: db)
+        }
+        return token
     }
 
     /// A flow whose holder signed in at the provider: both factors are done (the provider's
     /// authentication stands for them); what remains is the CGU, then the session.
-    /// The audit row ("sign-in-psc" accepted, with the claims used) is written with the flow.
-    public func startProviderFlow(accountID: String, intentIDHash: String, identity: ProviderIdentity, auditDetail: String, actor: AuditActor) async throws -> String {
-        try await insertFlow(accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor)
-    }
-
-    /// A provider sign-in in one transaction: the flow (with its audit row) and, when
+    /// A provider sign-in in one transaction: the flow (with its audit row: "sign-in-psc"
+    /// accepted, with the claims used) and, when
     /// `complete` says no step remains (the CGU in force accepted), the session at once, as
     /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` would make it. Returns the
     /// flow token, and the session when one was opened.
@@ -221,15 +212,6 @@ public final class SessionStore: Sendable {
         }
     }
 
-    private func insertFlow(accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String? = nil,
-                            actor: AuditActor? = nil) async throws -> String {
-        let token = SecretToken.generate()
-        let at = now
-        try await database.write { db in
-            try self.insertFlow(token: token, accountID: accountID, intentHash: intentHash, provider: provider, auditDetail: auditDetail, actor: actor, at: at, in: db)
-        }
-        return token
-    }
 
     private func insertFlow(token: String, accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String?,
                             actor: AuditActor?, at: Date, in db: Database) throws {

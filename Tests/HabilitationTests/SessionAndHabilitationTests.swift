@@ -138,11 +138,18 @@ struct SessionAndHabilitationTests {
         }
         #expect(try await world.habilitation.providerAccount(nationalID: "810002673899") == .eligible(accountID: world.accountID))
         #expect(try await world.habilitation.providerAccount(nationalID: "810000000000") == .unknown)
-        let flow = try await world.sessions.startProviderFlow(accountID: world.accountID, intentIDHash: intentHash,
-                                                              identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: [1, 2, 3]),
-                                                              auditDetail: "SubjectNameID=810002673899", actor: world.actor)
-        let session = try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor,
-                                                                          decide: { try world.habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) }))
+        let habilitation = world.habilitation, accountID = world.accountID
+        let decide: @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision = {
+            try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3)
+        }
+        // The CGU are not accepted yet: a flow, no session.
+        let started = try await world.sessions.startProviderFlow(
+            accountID: accountID, intentIDHash: intentHash, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: [1, 2, 3]),
+            auditDetail: "SubjectNameID=810002673899", actor: world.actor,
+            completeIf: { db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil, decide: decide)
+        #expect(started.session == nil)
+        let session = try #require(try await world.sessions.completeFlow(flowToken: started.flowToken, address: nil, userAgent: nil, actor: world.actor,
+                                                                          decide: decide))
         #expect(session.origin == .sas)
         var check = try await world.habilitation.check(sessionToken: session.token)
         #expect(check.session?.authentication == .psc && check.pendingActions == [.acceptCGU], "\(check.pendingActions)")

@@ -319,21 +319,12 @@ struct WebController: Sendable {
     /// After the second factor: the CGU if the current version is not accepted, then the
     /// session (a new id), then back where the browser came from.
     func nextStep(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard let token = WebCookie.value(.flow, in: request.headers) else { return restart }
-        return try await advance(flowToken: token, request: request, context: context)
-    }
-
-    /// The step after the one just done for the flow `flowToken` (which a provider sign-in
-    /// has only just created, so it is passed rather than read from the cookie). `cookies`
-    /// are added to a redirect to a further step.
-    func advance(flowToken: String, request: Request, context: WebRequestContext, cookies: [String] = []) async throws -> Response {
-        guard let found = try await sessions.flow(flowToken) else { return restart }
-        let flow = (token: flowToken, accountID: found.accountID, secondFactorDone: found.secondFactorDone)
+        guard let flow = try await currentFlow(request) else { return restart }
         guard flow.secondFactorDone else {
             return Self.redirect(try await credentials.hasConfirmedTOTP(accountID: flow.accountID) ? "/connexion/second-facteur" : "/connexion/totp")
         }
         guard try await credentials.hasAcceptedCGU(accountID: flow.accountID, version: configuration.cguVersion) else {
-            return Self.redirect("/connexion/cgu", cookies: cookies)
+            return Self.redirect("/connexion/cgu")
         }
         guard let session = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
                                                             userAgent: request.headers[.userAgent], actor: actor(context),
@@ -341,8 +332,7 @@ struct WebController: Sendable {
         else { return restart }
         metrics.sessionOpened(origin: session.origin.rawValue)
         context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
-        return Self.redirect(session.returnURL ?? "/compte", cookies: cookies.filter { !$0.hasPrefix(WebCookie.flow.rawValue + "=") }
-                                + [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
+        return Self.redirect(session.returnURL ?? "/compte", cookies: [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
     }
 
     // MARK: Forgotten password
