@@ -80,7 +80,8 @@ struct ProviderSignInController: Sendable {
         guard web.limiter.allow("provider-start", client: context.clientAddress) else { return web.tooManyRequests }
         var cookies = [WebCookie.method.clear]
         var intentToken = WebCookie.value(.intent, in: request.headers)
-        var state = try await intentToken.asyncFlatMap { try await sessions.createProviderLogin(intentToken: $0) }
+        var state: String? = nil
+        if let intentToken { state = try await sessions.createProviderLogin(intentToken: intentToken) }
         if state == nil {
             let token = try await sessions.createIntent(LoginIntent(origin: .direct, originValue: nil, returnURL: web.configuration.publicURL + "/compte"))
             cookies.append(WebCookie.intent.set(token, maxAge: Int(sessions.configuration.intentLifetime)))
@@ -248,12 +249,5 @@ extension ProviderSignInController {
     static func milliseconds(_ duration: Duration) -> String {
         let (seconds, attoseconds) = duration.components
         return String(format: "%.3f", Double(seconds) * 1000 + Double(attoseconds) / 1e15)
-    }
-}
-
-extension Optional {
-    func asyncFlatMap<T>(_ transform: (Wrapped) async throws -> T?) async rethrows -> T? {
-        guard let self else { return nil }
-        return try await transform(self)
     }
 }
