@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // libargon2 (Debian: libargon2-dev), the reference argon2id implementation.
@@ -53,12 +54,28 @@ let package = Package(
             path: "Sources/CCRL",
             linkerSettings: [.linkedLibrary("crypto")]
         ),
+        // The storage boundary: engine-neutral SQL transactions, SQLite (GRDB) and
+        // PostgreSQL (postgres-nio) engines, migrations. Only the stores of Accounts and
+        // Habilitation use it.
+        .target(
+            name: "Storage",
+            dependencies: [
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Accounts",
             dependencies: [
                 "CArgon2",
+                "Storage",
                 .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -68,7 +85,7 @@ let package = Package(
         ),
         .target(
             name: "Habilitation",
-            dependencies: ["Accounts", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: ["Accounts", "Storage", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         // OpenID Connect relying party (Pro Santé Connect): discovery, JWKS, token checks. It
@@ -92,6 +109,7 @@ let package = Package(
                 "Accounts",
                 "Habilitation",
                 "OpenIDConnect",
+                "Storage",
                 "CCRL",
                 "CQRencode",
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
@@ -131,14 +149,27 @@ let package = Package(
             dependencies: ["Accounts"],
             swiftSettings: swiftSettings
         ),
+        // Test support: the engine a run uses (SQLite or PostgreSQL, from the environment).
+        .target(
+            name: "StorageTesting",
+            dependencies: [
+                "Accounts",
+                "Storage",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            path: "Tests/StorageTesting",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "AccountsTests",
-            dependencies: ["Accounts"],
+            dependencies: ["Accounts", "Storage", "StorageTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "HabilitationTests",
-            dependencies: ["Habilitation", "Accounts"],
+            dependencies: ["Habilitation", "Accounts", "Storage", "StorageTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -147,6 +178,8 @@ let package = Package(
                 "AccountServer",
                 "Accounts",
                 "OpenIDConnect",
+                "Storage",
+                "StorageTesting",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

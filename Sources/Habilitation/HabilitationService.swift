@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
-import GRDB
+import NIOCore
+import Storage
 
 /// Who the session belongs to, as pages and identity headers show it.
 public struct AccountSummary: Sendable, Equatable {
@@ -63,13 +64,19 @@ public final class HabilitationService: Sendable {
 
     static let noSession = HabilitationCheck(session: nil, account: nil, pendingActions: [], decision: .denied([.noLiveSession]))
 
-    /// The check on a connection the caller owns (the forward-auth listener keeps one per
-    /// event loop): everything but recording activity, which the caller schedules when due.
-    public func check(sessionToken: String?, in db: Database) throws -> (check: HabilitationCheck, facts: SessionFacts?) {
-        guard let sessionToken else { return (Self.noSession, nil) }
+    /// The check answered on `eventLoop`, for the forward-auth listener: one query the
+    /// engine runs as close to the loop as it can (SQLite: on the loop's own read connection;
+    /// PostgreSQL: sent from the loop). Everything but recording activity, which the caller
+    /// schedules when due.
+    public func check(sessionToken: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(check: HabilitationCheck, facts: SessionFacts?)> {
+        guard let sessionToken else { return eventLoop.makeSucceededFuture((Self.noSession, nil)) }
         let at = Date(epochMilliseconds: clock().epochMilliseconds)
-        guard let facts = try facts(hash: SecretToken.hash(sessionToken), at: at, in: db) else { return (Self.noSession, nil) }
-        return (evaluate(facts), facts)
+        let hash = SecretToken.hash(sessionToken)
+        return database.engine.loopRead(sql: Self.factsSQL, arguments: factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }, on: eventLoop)
+            .map { [self] rows in
+                guard let facts = rows.first.flatMap({ Self.facts($0, hash: hash) }) else { return (Self.noSession, nil) }
+                return (evaluate(facts), facts)
+            }
     }
 
     /// Whether the session's idle timeout should be extended now (coarse: at most every
@@ -84,9 +91,11 @@ public final class HabilitationService: Sendable {
 
     /// One indexed query: the session (live: not revoked, within its idle and absolute
     /// timeouts), its account, and every fact the predicate needs.
-    func facts(hash: String, at: Date, in db: Database) throws -> SessionFacts? {
-        let idle = sessions.configuration.idleTimeout
-        guard let row = try Row.fetchOne(db.cachedStatement(sql: """
+    func facts(hash: String, at: Date, in db: any SQLTransaction) throws -> SessionFacts? {
+        try SQLRow.fetchOne(db, sql: Self.factsSQL, arguments: factsArguments(hash: hash, at: at)).flatMap { Self.facts($0, hash: hash) }
+    }
+
+    static let factsSQL = """
             SELECT s.account_id, s.origin, s.created_at, s.last_seen_at, s.authentication,
                    a.active, a.suspended_by_vendor_at, a.password_reset_required, a.given_name, a.family_name, a.email,
                    EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
@@ -95,8 +104,14 @@ public final class HabilitationService: Sendable {
                    (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'INTRN' AND i.ended_at IS NULL) AS technical_id
             FROM web_session s JOIN account a ON a.id = s.account_id
             WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.absolute_expires_at > ? AND s.last_seen_at > ?
-            """), arguments: [cguVersion, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
-              let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
+            """
+
+    func factsArguments(hash: String, at: Date) -> SQLArguments {
+        [cguVersion, hash, at.epochMilliseconds, at.addingTimeInterval(-sessions.configuration.idleTimeout).epochMilliseconds]
+    }
+
+    static func facts(_ row: SQLRow, hash: String) -> SessionFacts? {
+        guard let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
         let session = WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
                                  lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]),
                                  authentication: SessionAuthentication(rawValue: row["authentication"]) ?? .password)
@@ -139,7 +154,7 @@ public final class HabilitationService: Sendable {
 
     public func providerAccount(nationalID: String) async throws -> ProviderAccountMatch {
         try await database.read { db in
-            guard let row = try Row.fetchOne(db, sql: """
+            guard let row = try SQLRow.fetchOne(db, sql: """
                 SELECT a.id, a.active, a.suspended_by_vendor_at FROM account_identifier i JOIN account a ON a.id = i.account_id
                 WHERE i.kind = 'IDNPS' AND i.value = ? AND i.ended_at IS NULL
                 """, arguments: [nationalID]) else { return .unknown }
@@ -151,7 +166,7 @@ public final class HabilitationService: Sendable {
     }
 
     /// Whether the account accepted the CGU version in force (inside the caller's transaction).
-    public func hasAcceptedCGU(accountID: String, in db: Database) throws -> Bool {
+    public func hasAcceptedCGU(accountID: String, in db: any SQLTransaction) throws -> Bool {
         try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM cgu_acceptance WHERE account_id = ? AND version = ?)",
                           arguments: [accountID, cguVersion]) ?? false
     }
@@ -159,8 +174,8 @@ public final class HabilitationService: Sendable {
     /// The decision for a session being created now (inside its transaction), so the audit
     /// trail can say whether the new session holds the habilitation.
     public func decisionForNewSession(accountID: String, origin: SessionOrigin, authentication: SessionAuthentication = .password,
-                                      in db: Database) throws -> HabilitationDecision {
-        guard let row = try Row.fetchOne(db, sql: """
+                                      in db: any SQLTransaction) throws -> HabilitationDecision {
+        guard let row = try SQLRow.fetchOne(db, sql: """
             SELECT a.active, a.suspended_by_vendor_at, a.password_reset_required,
                    EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                    EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu

@@ -1,6 +1,6 @@
 import Accounts
 import Foundation
-import GRDB
+import Storage
 
 /// Timeouts of the web sign-in.
 public struct SessionConfiguration: Sendable {
@@ -126,8 +126,8 @@ public final class SessionStore: Sendable {
         return try await database.read { db in try Self.liveIntent(token, at: at, in: db) }
     }
 
-    static func liveIntent(_ token: String, at: Date, in db: Database) throws -> LoginIntent? {
-        guard let row = try Row.fetchOne(db, sql: """
+    static func liveIntent(_ token: String, at: Date, in db: any SQLTransaction) throws -> LoginIntent? {
+        guard let row = try SQLRow.fetchOne(db, sql: """
             SELECT origin, origin_value, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
             """, arguments: [SecretToken.hash(token), at.epochMilliseconds]),
               let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
@@ -199,8 +199,8 @@ public final class SessionStore: Sendable {
     /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` would make it. Returns the
     /// flow token, and the session when one was opened.
     public func startProviderFlow(accountID: String, intentIDHash: String, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
-                                  completeIf complete: @escaping @Sendable (Database) throws -> Bool, address: String?, userAgent: String?,
-                                  decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision)
+                                  completeIf complete: @escaping @Sendable (any SQLTransaction) throws -> Bool, address: String?, userAgent: String?,
+                                  decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision)
         async throws -> (flowToken: String, session: (token: String, origin: SessionOrigin, returnURL: String?)?) {
         let token = SecretToken.generate()
         let at = now
@@ -214,7 +214,7 @@ public final class SessionStore: Sendable {
 
 
     private func insertFlow(token: String, accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String?,
-                            actor: AuditActor?, at: Date, in db: Database) throws {
+                            actor: AuditActor?, at: Date, in db: any SQLTransaction) throws {
         do {
             try db.execute(sql: """
                 INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, created_at, expires_at, second_factor_at,
@@ -235,7 +235,7 @@ public final class SessionStore: Sendable {
     public func flow(_ token: String) async throws -> (accountID: String, intentIDHash: String?, secondFactorDone: Bool)? {
         let at = now
         return try await database.read { db in
-            try Row.fetchOne(db, sql: """
+            try SQLRow.fetchOne(db, sql: """
                 SELECT account_id, intent_id_hash, second_factor_at FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [SecretToken.hash(token), at.epochMilliseconds]).map {
@@ -281,7 +281,7 @@ public final class SessionStore: Sendable {
     /// `decide` evaluates the habilitation of the new session inside the same transaction, for
     /// the audit trail ("habilitation-granted" or why not).
     public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor,
-                             decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision = { _, _, _, _ in .denied([]) })
+                             decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision = { _, _, _, _ in .denied([]) })
         async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
         let at = now
         return try await database.write { db in
@@ -291,12 +291,12 @@ public final class SessionStore: Sendable {
 
     /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` inside the caller's transaction.
     private func completeFlow(hash flowHash: String, at: Date, address: String?, userAgent: String?, actor: AuditActor,
-                              decide: @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision,
-                              in db: Database) throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
+                              decide: @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision,
+                              in db: any SQLTransaction) throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
         let token = SecretToken.generate()
         let absolute = configuration.absoluteTimeout
         do {
-            guard let flow = try Row.fetchOne(db, sql: """
+            guard let flow = try SQLRow.fetchOne(db, sql: """
                 SELECT account_id, intent_id_hash, second_factor_at, authentication, oidc_subject, oidc_session_id, oidc_id_token FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [flowHash, at.epochMilliseconds]),
@@ -306,7 +306,7 @@ public final class SessionStore: Sendable {
             var origin = SessionOrigin.direct
             var returnURL: String?
             if let intentHash: String = flow["intent_id_hash"],
-               let intent = try Row.fetchOne(db, sql: """
+               let intent = try SQLRow.fetchOne(db, sql: """
                 SELECT origin, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [intentHash, at.epochMilliseconds]) {
                 origin = SessionOrigin(rawValue: intent["origin"]) ?? .direct
@@ -361,11 +361,11 @@ public final class SessionStore: Sendable {
         }
     }
 
-    static func liveSession(hash: String, at: Date, idle: TimeInterval, in db: Database) throws -> WebSession? {
-        guard let row = try Row.fetchOne(db.cachedStatement(sql: """
+    static func liveSession(hash: String, at: Date, idle: TimeInterval, in db: any SQLTransaction) throws -> WebSession? {
+        guard let row = try SQLRow.fetchOne(db, sql: """
             SELECT account_id, origin, created_at, last_seen_at, authentication FROM web_session
             WHERE id_hash = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
-            """), arguments: [hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
+            """, arguments: [hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]),
               let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
         return WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
                           lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]),
@@ -383,7 +383,7 @@ public final class SessionStore: Sendable {
         let at = now
         let hash = SecretToken.hash(token)
         return try await database.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT account_id, oidc_id_token FROM web_session WHERE id_hash = ? AND revoked_at IS NULL",
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT account_id, oidc_id_token FROM web_session WHERE id_hash = ? AND revoked_at IS NULL",
                                              arguments: [hash]) else { return nil }
             let accountID: String = row["account_id"]
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE id_hash = ? AND revoked_at IS NULL",
@@ -404,9 +404,9 @@ public final class SessionStore: Sendable {
         // subject's.
         let match = sessionID != nil ? (subject != nil ? "(oidc_session_id = ? OR oidc_session_id IS NULL) AND oidc_subject = ?" : "oidc_session_id = ?")
                                      : "oidc_subject = ?"
-        let arguments = StatementArguments([sessionID, subject].compactMap { $0 })
+        let arguments = SQLArguments([sessionID, subject].compactMap { $0 })
         return try await database.write { db in
-            let rows = try Row.fetchAll(db, sql: """
+            let rows = try SQLRow.fetchAll(db, sql: """
                 SELECT id_hash, account_id FROM web_session WHERE authentication = 'psc' AND revoked_at IS NULL AND \(match)
                 """, arguments: arguments)
             for row in rows {

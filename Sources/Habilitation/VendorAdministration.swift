@@ -1,6 +1,6 @@
 import Accounts
 import Foundation
-import GRDB
+import Storage
 
 /// One line of an account list: enough to recognise the person and see at a glance whether
 /// the habilitation can hold.
@@ -96,10 +96,10 @@ public final class VendorAdministration: Sendable {
         (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'IDNPS' AND i.ended_at IS NULL) AS national_id,
         (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'INTRN' AND i.ended_at IS NULL) AS technical_id,
         (SELECT COUNT(*) FROM web_session s WHERE s.account_id = a.id AND s.revoked_at IS NULL
-             AND s.absolute_expires_at > :now AND s.last_seen_at > :idle) AS live_sessions
+             AND s.absolute_expires_at > ? AND s.last_seen_at > ?) AS live_sessions
         """
 
-    private func listing(_ row: Row) -> AccountListing {
+    private func listing(_ row: SQLRow) -> AccountListing {
         AccountListing(
             accountID: row["id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"], active: row["active"],
             suspension: (row["suspended_by_vendor_at"] as Int64?).map {
@@ -110,8 +110,9 @@ public final class VendorAdministration: Sendable {
             liveSessions: row["live_sessions"], updatedAt: Date(epochMilliseconds: row["updated_at"]))
     }
 
-    private static func timeArguments(_ at: Date, idle: TimeInterval) -> [String: (any DatabaseValueConvertible)?] {
-        ["now": at.epochMilliseconds, "idle": at.addingTimeInterval(-idle).epochMilliseconds]
+    /// The arguments of ``listingColumns``' two placeholders (now, the idle cut-off).
+    private static func timeArguments(_ at: Date, idle: TimeInterval) -> SQLArguments {
+        [at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]
     }
 
     /// Accounts whose name, e-mail, id or identifier (current or past) contains `text`
@@ -120,32 +121,32 @@ public final class VendorAdministration: Sendable {
         let at = now
         let idle = sessionConfiguration.idleTimeout
         var conditions: [String] = []
-        var pattern: String?
+        var conditionArguments: SQLArguments = []
         if let text = text?.trimmingCharacters(in: .whitespaces), !text.isEmpty {
-            pattern = "%" + text.lowercased().replacingOccurrences(of: "\\", with: "\\\\")
+            let pattern = "%" + text.lowercased().replacingOccurrences(of: "\\", with: "\\\\")
                 .replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_") + "%"
             conditions.append("""
                 (lower(a.given_name || ' ' || a.family_name) LIKE :pattern ESCAPE '\\' OR lower(a.family_name || ' ' || a.given_name) LIKE :pattern ESCAPE '\\'
                  OR a.email_key LIKE :pattern ESCAPE '\\' OR a.id LIKE :pattern ESCAPE '\\'
                  OR EXISTS (SELECT 1 FROM account_identifier i WHERE i.account_id = a.id AND lower(i.value) LIKE :pattern ESCAPE '\\'))
-                """)
+                """.replacingOccurrences(of: ":pattern", with: "?"))
+            conditionArguments += Array(repeating: pattern, count: 5)
         }
         switch filter {
         case .all: break
         case .suspended: conditions.append("a.suspended_by_vendor_at IS NOT NULL")
         case .inactive: conditions.append("NOT a.active")
-        case .locked: conditions.append("a.locked_until > :now")
+        case .locked:
+            conditions.append("a.locked_until > ?")
+            conditionArguments.append(at.epochMilliseconds)
         }
         let bounded = max(1, min(limit, 1000))
-        let likePattern = pattern
         let sql = "SELECT \(Self.listingColumns) FROM account a"
             + (conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND "))
-            + " ORDER BY a.updated_at DESC, a.id LIMIT :limit"
+            + " ORDER BY a.updated_at DESC, a.id LIMIT ?"
+        let arguments = Self.timeArguments(at, idle: idle) + conditionArguments + [bounded]
         return try await database.read { db in
-            var arguments = Self.timeArguments(at, idle: idle)
-            arguments["limit"] = bounded
-            if let likePattern { arguments["pattern"] = likePattern }
-            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map(self.listing)
+            try SQLRow.fetchAll(db, sql: sql, arguments: arguments).map(self.listing)
         }
     }
 
@@ -167,16 +168,14 @@ public final class VendorAdministration: Sendable {
         let at = now
         let idle = sessionConfiguration.idleTimeout
         return try await database.read { db -> AccountDetail? in
-            var withID = Self.timeArguments(at, idle: idle)
-            withID["id"] = accountID
-            guard let row = try Row.fetchOne(db, sql: """
+            guard let row = try SQLRow.fetchOne(db, sql: """
                 SELECT \(Self.listingColumns), a.version, a.created_at, a.password_reset_required, a.failed_sign_ins,
                        EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp
-                FROM account a WHERE a.id = :id
-                """, arguments: StatementArguments(withID)) else { return nil }
-            let cgu = try Row.fetchAll(db, sql: "SELECT version, accepted_at FROM cgu_acceptance WHERE account_id = ? ORDER BY accepted_at",
+                FROM account a WHERE a.id = ?
+                """, arguments: Self.timeArguments(at, idle: idle) + [accountID]) else { return nil }
+            let cgu = try SQLRow.fetchAll(db, sql: "SELECT version, accepted_at FROM cgu_acceptance WHERE account_id = ? ORDER BY accepted_at",
                                        arguments: [accountID]).map { (version: $0["version"] as String, at: Date(epochMilliseconds: $0["accepted_at"])) }
-            let sessions = try Row.fetchAll(db, sql: """
+            let sessions = try SQLRow.fetchAll(db, sql: """
                 SELECT * FROM web_session WHERE account_id = ? ORDER BY created_at DESC LIMIT 50
                 """, arguments: [accountID]).compactMap { session -> SessionListing? in
                 guard let origin = SessionOrigin(rawValue: session["origin"]) else { return nil }
@@ -206,7 +205,7 @@ public final class VendorAdministration: Sendable {
         let at = now
         let reason = reason?.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500).description
         return try await database.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
             let open = try self.openSASSessions(accountID, at: at, in: db)
             guard (row["suspended_by_vendor_at"] as Int64?) == nil else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
             try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = ?, suspended_by = ?, suspension_reason = ? WHERE id = ?",
@@ -222,7 +221,7 @@ public final class VendorAdministration: Sendable {
     public func restore(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT active, suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT active, suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
             let open = try self.openSASSessions(accountID, at: at, in: db)
             guard (row["suspended_by_vendor_at"] as Int64?) != nil else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
             try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = NULL, suspended_by = NULL, suspension_reason = NULL WHERE id = ?",
@@ -254,7 +253,7 @@ public final class VendorAdministration: Sendable {
     public func unlock(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
             let failures: Int = row["failed_sign_ins"]
             let locked = (row["locked_until"] as Int64?).map { $0 > at.epochMilliseconds } ?? false
             guard failures > 0 || locked else { return AdminActionResult(accountID: accountID, changed: false, sessions: 0) }
@@ -271,7 +270,7 @@ public final class VendorAdministration: Sendable {
         try await database.read { db in try AuditLog().events(accountID: accountID, afterSeq: afterSeq, limit: limit, in: db) }
     }
 
-    private func openSASSessions(_ accountID: String, at: Date, in db: Database) throws -> Int {
+    private func openSASSessions(_ accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {
         try Int.fetchOne(db, sql: """
             SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
             """, arguments: [accountID, at.epochMilliseconds, at.addingTimeInterval(-sessionConfiguration.idleTimeout).epochMilliseconds]) ?? 0

@@ -3,6 +3,8 @@ import Accounts
 import Crypto
 import Foundation
 import GRDB
+import Storage
+import StorageTesting
 import Synchronization
 import Testing
 import X509
@@ -13,12 +15,22 @@ struct ProcessTests {
     static let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent(".build/debug/account-server").path
 
+    /// The `--database` of the server(s) run in `directory`: created on first use (a file, or
+    /// a PostgreSQL database), the same afterwards (a restart finds its data).
+    static func databaseArgument(_ directory: URL) async throws -> String {
+        let saved = directory.appendingPathComponent("database-argument")
+        if let argument = try? String(contentsOf: saved, encoding: .utf8) { return argument }
+        let argument = try await TestStore.argument(in: directory)
+        try argument.write(to: saved, atomically: true, encoding: .utf8)
+        return argument
+    }
+
     /// Starts `account-server serve` on the development PKI in `directory`; returns the process
     /// and its port (read from its log).
     static func launch(directory: URL, extraArguments: [String] = []) async throws -> (Process, Int) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["serve", "--database", directory.appendingPathComponent("db.sqlite").path,
+        process.arguments = ["serve", "--database", try await databaseArgument(directory),
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
                              "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
                              "--web-address", "127.0.0.1:0", "--secret-key-file", directory.appendingPathComponent("secret.key").path,
@@ -71,9 +83,13 @@ struct ProcessTests {
         }
         #expect(acknowledged.count > 5, "the test must have written something")
         let acknowledgedIDs = acknowledged
-        let database = try DatabaseQueue(path: directory.appendingPathComponent("db.sqlite").path)
+        if TestStore.kind == .sqlite {
+            let file = try DatabaseQueue(path: try await Self.databaseArgument(directory))
+            #expect(try await file.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") } == "ok")
+        }
+        let database = try await TestStore.open(try await Self.databaseArgument(directory), poolSize: 1)
+        defer { Task { await database.close() } }
         try await database.read { db in
-            #expect(try String.fetchOne(db, sql: "PRAGMA integrity_check") == "ok")
             let stored = Set(try String.fetchAll(db, sql: "SELECT value FROM account_identifier WHERE kind = 'INTRN'"))
             let lost = acknowledgedIDs.filter { !stored.contains($0) }
             #expect(lost.isEmpty, "acknowledged creates lost after kill -9: \(lost.count) of \(acknowledgedIDs.count)")
@@ -224,7 +240,7 @@ struct ProcessTests {
         defer { process.terminate() }
         let uuid = UUID().uuidString.lowercased()
         #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: uuid, email: "cli@test.fr") == "201")
-        let database = ["--database", directory.appendingPathComponent("db.sqlite").path]
+        let database = ["--database", try await Self.databaseArgument(directory)]
 
         let table = try await Self.run(["admin", "list"] + database)
         #expect(table.status == 0 && table.output.contains(uuid) && table.output.contains("active"))
@@ -260,7 +276,7 @@ struct ProcessTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["serve", "--log-format", "json", "--database", directory.appendingPathComponent("db.sqlite").path,
+        process.arguments = ["serve", "--log-format", "json", "--database", try await Self.databaseArgument(directory),
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
                              "--web-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--forward-auth-address", "127.0.0.1:0",
                              "--secret-key-file", directory.appendingPathComponent("secret.key").path,

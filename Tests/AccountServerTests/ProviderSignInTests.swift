@@ -69,8 +69,7 @@ struct ProviderSignInTests {
 
         /// Live sessions in the database.
         func liveSessions() async throws -> Int {
-            let database = try AccountDatabase(path: server.databasePath)
-            return try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE revoked_at IS NULL") ?? 0 }
+            try await server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE revoked_at IS NULL") ?? 0 }
         }
     }
 

@@ -118,14 +118,16 @@ final class RunningServer: Sendable {
     let adminPort: Int
     let forwardAuthPort: Int
     let adminToken: String
-    let databasePath: String
+    /// `--database` of the server, and a handle of the test's own on it (to look inside).
+    let databaseArgument: String
+    let database: AccountDatabase
     let logs: CapturedLogs
     private let group: ServiceGroup
     private let task: Task<Void, any Error>
 
     var baseURL: String { "https://localhost:\(port)" }
 
-    private init(port: Int, webPort: Int, adminPort: Int, forwardAuthPort: Int, adminToken: String, databasePath: String, logs: CapturedLogs,
+    private init(port: Int, webPort: Int, adminPort: Int, forwardAuthPort: Int, adminToken: String, databaseArgument: String, database: AccountDatabase, logs: CapturedLogs,
                  group: ServiceGroup, task: Task<Void, any Error>) {
         self.port = port
         self.webPort = webPort
@@ -133,7 +135,8 @@ final class RunningServer: Sendable {
         self.forwardAuthPort = forwardAuthPort
         self.adminToken = adminToken
         self.logs = logs
-        self.databasePath = databasePath
+        self.databaseArgument = databaseArgument
+        self.database = database
         self.group = group
         self.task = task
     }
@@ -143,9 +146,9 @@ final class RunningServer: Sendable {
     var forwardAuthURL: String { "http://127.0.0.1:\(forwardAuthPort)" }
 
     static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5), configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
-        let databasePath = pki.directory.appendingPathComponent("db-\(UUID().uuidString).sqlite").path
         let base = ServerConfiguration(
-            databasePath: databasePath, fhirHost: "127.0.0.1", fhirPort: 0,
+            database: try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("db-\(UUID().uuidString)"))),
+            databasePoolSize: 4, fhirHost: "127.0.0.1", fhirPort: 0,
             tlsCertificatePath: pki.serverCertificatePath, tlsKeyPath: pki.serverKeyPath,
             clientCAPaths: [pki.caPath], clientCRLPaths: [pki.crlPath],
             allowedClientCommonNames: [TestPKI.allowedCN], allowedClientOrganizationalUnits: [TestPKI.allowedOU],
@@ -181,27 +184,28 @@ final class RunningServer: Sendable {
             throw ConfigurationError(description: "server did not start")
         }
         let token = try String(contentsOfFile: configuration.adminTokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        return RunningServer(port: port, webPort: webPort, adminPort: adminPort, forwardAuthPort: forwardAuthPort, adminToken: token, databasePath: databasePath,
+        return RunningServer(port: port, webPort: webPort, adminPort: adminPort, forwardAuthPort: forwardAuthPort, adminToken: token,
+                             databaseArgument: configuration.database.argument, database: try await TestStore.open(configuration.database.argument, poolSize: 2),
                              logs: logs, group: group, task: task)
     }
 
     func stop() async {
         await group.triggerGracefulShutdown()
         _ = try? await task.value
+        await database.close()
     }
 
     func accountCount() async throws -> Int {
-        let database = try AccountDatabase(path: databasePath)
-        return try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
+        try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
     }
 
     func auditEvents() async throws -> [AuditEvent] {
-        let database = try AccountDatabase(path: databasePath)
-        return try await database.read { db in try AuditLog().events(in: db) }
+        try await database.read { db in try AuditLog().events(in: db) }
     }
 }
 
-import GRDB
+import Storage
+import StorageTesting
 
 /// A FHIR answer as the tests look at it.
 struct FHIRReply {

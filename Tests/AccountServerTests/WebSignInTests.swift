@@ -2,6 +2,8 @@
 import Accounts
 import AsyncHTTPClient
 import Foundation
+import Storage
+import StorageTesting
 import Testing
 
 /// End to end over real HTTPS with a cookie-keeping client: the SAS creates the account over
@@ -256,8 +258,7 @@ struct WebSignInTests {
         for _ in 0..<300 {
             statuses[try await browser.get("/connexion?origin=sas").status, default: 0] += 1
         }
-        let database = try AccountDatabase(path: world.server.databasePath)
-        let intents = try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") ?? 0 }
+        let intents = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") ?? 0 }
         // 10 at once, then 10 a minute: the 300 requests take seconds, so about a dozen pass.
         #expect((statuses[303] ?? 0) <= 20 && (statuses[429] ?? 0) >= 280, "\(statuses)")
         #expect(intents == statuses[303], "one intent per accepted entry, none for a refused one")
@@ -268,11 +269,11 @@ struct WebSignInTests {
     @Test func cguMustBeAcceptedAgainAfterAVersionChange() async throws {
         let pki = try TestPKI()
         let smtp = try await SMTPSink()
-        let database = pki.directory.appendingPathComponent("shared.sqlite").path
+        let database = try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("shared")))
         let key = pki.directory.appendingPathComponent("shared.key").path
         func start(version: String) async throws -> RunningServer {
             try await RunningServer.start(pki: pki) {
-                $0.databasePath = database
+                $0.database = database
                 $0.secretKeyPath = key
                 $0.cguVersion = version
                 $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"

@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
-import GRDB
+import Storage
+import StorageTesting
 import Synchronization
 import Testing
 
@@ -20,7 +21,7 @@ struct CredentialHarness {
     let outbox: MailOutbox
 
     init(lockout: LockoutPolicy = LockoutPolicy(maximumFailures: 3, coolingPeriod: .seconds(900))) async throws {
-        accounts = try Harness()
+        accounts = try await Harness()
         var configuration = CredentialConfiguration()
         configuration.lockout = lockout
         let clock = self.clock
@@ -208,7 +209,7 @@ struct CredentialStoreTests {
         #expect(try await h.store.hasAcceptedCGU(accountID: h.accountID, version: "v1"))
         #expect(try await !h.store.hasAcceptedCGU(accountID: h.accountID, version: "v2"))
         let row = try await h.accounts.database.read { db -> (String?, Int64?)? in
-            try Row.fetchOne(db, sql: "SELECT * FROM cgu_acceptance").map { ($0["address"], $0["accepted_at"]) }
+            try SQLRow.fetchOne(db, sql: "SELECT * FROM cgu_acceptance").map { ($0["address"], $0["accepted_at"]) }
         }
         #expect(row?.0 == "192.0.2.1" && row?.1 == h.clock.now.epochMilliseconds)
     }
@@ -221,7 +222,8 @@ struct CredentialStoreTests {
         let stored = try await h.accounts.database.read { db in try String.fetchOne(db, sql: "SELECT body FROM mail_outbox") }
         #expect(stored?.contains(token) == false && stored?.hasPrefix("sealed:v1:") == true)
         for suffix in ["", "-wal"] {
-            let bytes = (try? Data(contentsOf: URL(fileURLWithPath: h.accounts.database.path + suffix))) ?? Data()
+            guard let engine = h.accounts.database.engine as? SQLiteEngine else { break }  // PostgreSQL: the row check above
+            let bytes = (try? Data(contentsOf: URL(fileURLWithPath: engine.path + suffix))) ?? Data()
             #expect(bytes.range(of: Data(token.utf8)) == nil, "token in clear in db\(suffix)")
         }
         // Another server key cannot open it.

@@ -1,6 +1,8 @@
 import Accounts
 import Foundation
 import GRDB
+import Storage
+import StorageTesting
 import Testing
 
 /// A fresh database file and provisioner per test; argon2 is cheap here (its cost is
@@ -11,9 +13,9 @@ struct Harness {
     let provisioner: Provisioner
     let context = CallContext(actor: AuditActor(subject: "CN=test", serial: "01"), requestID: "test")
 
-    init() throws {
+    init() async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("accounts-\(UUID().uuidString)")
-        database = try AccountDatabase(path: directory.appendingPathComponent("db.sqlite").path)
+        database = try await TestStore.database(in: directory)
         provisioner = Provisioner(database: database, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2))
     }
 
@@ -63,7 +65,7 @@ let technical = RegulatorIdentifier.sasTechnical(SASTechnicalID("b6e39355-8a61-4
 @Suite("INT_R02 provisioning rules")
 struct ProvisioningTests {
     @Test func createWithNationalID() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let result = try await h.create(try Fixtures.record())
         #expect(result.kind == .created)
         #expect(result.account.nationalID?.value == "810002673899")
@@ -73,16 +75,16 @@ struct ProvisioningTests {
     }
 
     @Test func createWithTechnicalID() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let result = try await h.create(try Fixtures.record(national: nil, technical: technical.value))
         #expect(result.kind == .created)
         #expect(result.account.sasTechnicalID == SASTechnicalID(technical.value))
     }
 
     @Test func generatedPasswordIsArgon2idAndNeverStoredInClear() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let result = try await h.create(try Fixtures.record())
-        let row = try await h.database.read { db in try AccountRow.fetchOne(db, key: result.account.id) }
+        let row = try await h.database.read { db in try AccountQueries().account(id: result.account.id, in: db) }
         #expect(row?.passwordHash.hasPrefix("$argon2id$v=19$m=64,t=1,p=1$") == true)
         #expect(row?.passwordResetRequired == true)
         // The audit trail never mentions the password or its hash.
@@ -104,14 +106,14 @@ struct ProvisioningTests {
     }
 
     @Test func secondCreateIsRefused() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         _ = try await h.create(try Fixtures.record())
         #expect(await refusal { try await h.create(try Fixtures.record(email: "other@test.com")) }?.category == .conflict)
         #expect(try await h.accountCount() == 1)
     }
 
     @Test func putOnUnknownIdentifierCreates() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let result = try await h.put(national, try Fixtures.record())
         #expect(result.kind == .created)
         // The URL's identifier joins the body's when the body lacks it.
@@ -122,13 +124,13 @@ struct ProvisioningTests {
     }
 
     @Test func putCreateWithContradictingIdentifierIsRefused() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         #expect(await refusal { try await h.put(national, try Fixtures.record(national: otherNational.value)) }?.category == .unprocessable)
         #expect(try await h.accountCount() == 0)
     }
 
     @Test func updatesEveryField() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let created = try await h.create(try Fixtures.record())
         let cases: [(RegulatorRecord, String)] = [
             (try Fixtures.record(active: false), "active"),
@@ -151,7 +153,7 @@ struct ProvisioningTests {
     }
 
     @Test func identicalUpdateChangesNothing() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let created = try await h.create(try Fixtures.record())
         let result = try await h.put(national, try Fixtures.record())
         #expect(result.kind == .unchanged)
@@ -160,7 +162,7 @@ struct ProvisioningTests {
     }
 
     @Test func deactivationIsStoredAtOnce() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         _ = try await h.create(try Fixtures.record())
         let result = try await h.put(national, try Fixtures.validate("regulator-3-deactivated.json"))
         #expect(!result.account.active)
@@ -168,7 +170,7 @@ struct ProvisioningTests {
     }
 
     @Test func nationalIDAttachedThroughTechnicalID() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let created = try await h.create(try Fixtures.record(national: nil, technical: technical.value))
         // Rule 3: PUT addressed by the technical id, body with the national id only.
         let result = try await h.put(technical, try Fixtures.record(national: national.value, technical: nil))
@@ -180,7 +182,7 @@ struct ProvisioningTests {
     }
 
     @Test func changingTheNationalIDKeepsHistory() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let created = try await h.create(try Fixtures.record())
         let result = try await h.put(national, try Fixtures.record(national: otherNational.value))
         #expect(result.account.nationalID?.value == otherNational.value)
@@ -193,7 +195,7 @@ struct ProvisioningTests {
     }
 
     @Test func reattributionAfterDeactivation() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let first = try await h.create(try Fixtures.record())
         _ = try await h.put(national, try Fixtures.record(active: false))
         let second = try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "jules.marius@test.com"))
@@ -208,7 +210,7 @@ struct ProvisioningTests {
     }
 
     @Test func reattributionByCreateAfterDeactivation() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let first = try await h.create(try Fixtures.record())
         _ = try await h.put(national, try Fixtures.record(active: false))
         let second = try await h.create(try Fixtures.record())
@@ -217,7 +219,7 @@ struct ProvisioningTests {
     }
 
     @Test func identifierOfAnActiveAccountDoesNotMove() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let first = try await h.create(try Fixtures.record())
         _ = try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "b@test.com"))
         #expect(await refusal { try await h.put(technical, try Fixtures.record(national: national.value, technical: nil, email: "b@test.com")) }?.category == .conflict)
@@ -226,7 +228,7 @@ struct ProvisioningTests {
     }
 
     @Test func emailBelongsToOneActiveAccount() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let first = try await h.create(try Fixtures.record())
         let emailRefusal = await refusal { try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "JULES.marius@test.com")) }
         #expect(emailRefusal?.category == .conflict)
@@ -246,7 +248,7 @@ struct ProvisioningTests {
     }
 
     @Test func ifMatchIsHonoured() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         _ = try await h.create(try Fixtures.record())
         #expect(await refusal { try await h.put(national, try Fixtures.record(family: "X"), ifMatch: 7) }?.category == .preconditionFailed)
         let result = try await h.put(national, try Fixtures.record(family: "X"), ifMatch: 1)
@@ -254,7 +256,7 @@ struct ProvisioningTests {
     }
 
     @Test func everyCallIsAudited() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let created = try await h.create(try Fixtures.record())
         _ = try await h.put(national, try Fixtures.record(family: "NEW"))
         let events = try await h.auditEvents()
@@ -264,13 +266,12 @@ struct ProvisioningTests {
     }
 
     @Test func auditTrailIsAppendOnly() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         _ = try await h.create(try Fixtures.record())
-        await #expect(throws: DatabaseError.self) {
-            try await h.database.write { db in try db.execute(sql: "UPDATE audit_event SET outcome = 'x'") }
-        }
-        await #expect(throws: DatabaseError.self) {
-            try await h.database.write { db in try db.execute(sql: "DELETE FROM audit_event") }
+        for sql in ["UPDATE audit_event SET outcome = 'x'", "DELETE FROM audit_event"] {
+            await #expect(throws: StorageError.self, "\(sql)") {
+                try await h.database.write { db in try db.execute(sql: sql) }
+            }
         }
         #expect(try await h.auditEvents().count == 1)
     }
@@ -278,11 +279,11 @@ struct ProvisioningTests {
     /// On the database file itself, with a plain connection (what someone with the file in
     /// hand would use): no form of insert rewrites an existing row. `INSERT OR REPLACE`
     /// deletes the old row without firing the DELETE trigger, so it needs its own guard.
-    @Test func auditTrailResistsReplaceOnTheFile() async throws {
-        let h = try Harness()
+    @Test(.enabled(if: TestStore.kind == .sqlite)) func auditTrailResistsReplaceOnTheFile() async throws {
+        let h = try await Harness()
         _ = try await h.create(try Fixtures.record())
         let original = try #require(try await h.auditEvents().first)
-        let file = try DatabaseQueue(path: h.database.path)
+        let file = try DatabaseQueue(path: try #require(h.database.engine as? SQLiteEngine).path)
         for sql in ["INSERT OR REPLACE INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged')",
                     "REPLACE INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged')",
                     "INSERT INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged') ON CONFLICT(seq) DO UPDATE SET outcome = 'forged'",
@@ -297,7 +298,7 @@ struct ProvisioningTests {
 
     /// The database, its WAL and shared-memory files and the directory are private whatever
     /// the umask, and a file left readable by an earlier version is narrowed at open.
-    @Test func databaseFilesArePrivate() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite)) func databaseFilesArePrivate() async throws {
         let previous = umask(0)
         defer { umask(previous) }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("perm-\(UUID().uuidString)/data")
@@ -331,7 +332,7 @@ struct ProvisioningTests {
     }
 
     @Test func concurrentUpsertsCreateOneAccountAndLoseNoUpdate() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let outcomes = await withTaskGroup(of: Result<ProvisioningResult, FHIRError>.self) { group in
             for index in 0..<24 {
                 group.addTask {
@@ -354,7 +355,7 @@ struct ProvisioningTests {
     }
 
     @Test func concurrentCreatesYieldOneAccountAndConflicts() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let outcomes = await withTaskGroup(of: FHIRError.Category?.self) { group in
             for _ in 0..<16 {
                 group.addTask {
@@ -382,7 +383,7 @@ struct DatabaseAccessTests {
     /// queues the excess without blocking, and every read completes.
     @Test(.timeLimit(.minutes(1)))
     func manyConcurrentReadsComplete() async throws {
-        let h = try Harness()
+        let h = try await Harness()
         let counts = try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<64 {
                 group.addTask {

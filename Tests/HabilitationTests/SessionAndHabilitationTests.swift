@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
-import GRDB
+import Storage
+import StorageTesting
 import Habilitation
 import Synchronization
 import Testing
@@ -27,7 +28,7 @@ struct World {
 
     init(complete: Bool = true) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("habilitation-\(UUID().uuidString)")
-        database = try AccountDatabase(path: directory.appendingPathComponent("db.sqlite").path)
+        database = try await TestStore.database(in: directory)
         let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2)
         let clock = self.clock
         provisioner = Provisioner(database: database, hasher: hasher, clock: { clock.now })
@@ -139,7 +140,7 @@ struct SessionAndHabilitationTests {
         #expect(try await world.habilitation.providerAccount(nationalID: "810002673899") == .eligible(accountID: world.accountID))
         #expect(try await world.habilitation.providerAccount(nationalID: "810000000000") == .unknown)
         let habilitation = world.habilitation, accountID = world.accountID
-        let decide: @Sendable (String, SessionOrigin, SessionAuthentication, Database) throws -> HabilitationDecision = {
+        let decide: @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision = {
             try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3)
         }
         // The CGU are not accepted yet: a flow, no session.

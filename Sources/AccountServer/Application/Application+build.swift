@@ -56,7 +56,7 @@ func buildApplication(
     let proxyVerifier = try proxyVerifier(configuration, roots: material.current.proxyTrustRoots, logger: logger)
     let callerMode = try callerAuthenticationMode(configuration, proxyVerifier: proxyVerifier)
 
-    let database = try AccountDatabase(path: configuration.databasePath)
+    let database = try await AccountDatabase.open(configuration.database, poolSize: configuration.databasePoolSize, logger: logger)
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
     let provisioner = Provisioner(database: database, hasher: hasher, logger: logger)
     metrics.observe(hasher: hasher)
@@ -67,9 +67,9 @@ func buildApplication(
     router.add(middleware: FHIRErrorMiddleware())
     router.add(middleware: CallerAuthenticationMiddleware(mode: callerMode, verifier: verifier))
     if let upstream {
-        router.add(middleware: UpstreamRoutingMiddleware(upstream: upstream, database: database))
+        router.add(middleware: UpstreamRoutingMiddleware(upstream: upstream, directory: AccountDirectory(database: database)))
     }
-    PractitionerController(provisioner: provisioner, database: database, publicBaseURL: configuration.publicBaseURL, metrics: metrics,
+    PractitionerController(provisioner: provisioner, directory: AccountDirectory(database: database), publicBaseURL: configuration.publicBaseURL, metrics: metrics,
                            upstream: upstream)
         .addRoutes(to: router)
 
@@ -112,7 +112,7 @@ func buildApplication(
     app.addServices(ReloadService(material: material, verifier: verifier, crlStore: crlStore, proxyVerifier: proxyVerifier,
                                   pollInterval: configuration.crlPollInterval,
                                   metrics: metrics, logger: logger),
-                    PasswordHasherService(hasher: hasher))
+                    PasswordHasherService(hasher: hasher), DatabaseService(database: database))
     if let upstream { app.addServices(UpstreamClientService(upstream: upstream)) }
     let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
     let web = try await makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, material: material,
@@ -291,14 +291,15 @@ func makeWebServices(
         transport = nil
     }
     let outbox = MailOutbox(box: box)
-    let sealed = try await database.pool.write { db in try outbox.sealLegacyBodies(in: db) }  // once, at start, before any listener
+    let queue = MailQueue(database: database, outbox: outbox)
+    let sealed = try await queue.sealLegacyBodies()  // once, at start, before any listener
     if sealed > 0 {
         // secure_delete only zeroes what is deleted from now on: rewrite the file once so the
         // clear bodies an earlier version stored or scrubbed leave no trace in free pages.
-        try await database.pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") }
+        try await database.compact()
         logger.notice("sealed outbox bodies queued in clear by an earlier version, then vacuumed the database", metadata: ["count": "\(sealed)"])
     }
-    let mailer = MailerService(database: database, outbox: outbox, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
+    let mailer = MailerService(queue: queue, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)
     guard configuration.forwardAuthTLS || isLoopback(configuration.forwardAuthHost) else {
         throw ConfigurationError(description: "--forward-auth-address \(configuration.forwardAuthHost) is not a loopback address: add --forward-auth-tls (session cookies must not cross a network in clear)")
@@ -306,7 +307,7 @@ func makeWebServices(
     let webContext: @Sendable () -> NIOSSLContext = { material.current.web }
     let forwardAuthContext = configuration.forwardAuthTLS ? webContext : nil
     let forwardAuthListener = ForwardAuthListener(
-        host: configuration.forwardAuthHost, port: configuration.forwardAuthPort, databasePath: configuration.databasePath,
+        host: configuration.forwardAuthHost, port: configuration.forwardAuthPort,
         responder: forwardAuth, sslContext: forwardAuthContext,
         logger: logger, onListening: onForwardAuthListening)
     let retention = RetentionService(sessions: sessions, credentials: credentials, retention: configuration.retention,

@@ -1,11 +1,15 @@
 import Accounts
 import Foundation
 import Logging
+import Storage
 
 /// Everything `serve` needs, resolved from flags, environment and defaults. Tests build one
 /// directly.
 struct ServerConfiguration: Sendable {
-    var databasePath: String
+    /// `--database`: a SQLite file or a PostgreSQL server.
+    var database: StorageLocation
+    /// Connections to PostgreSQL (and threads running their transactions).
+    var databasePoolSize: Int = 10
     var fhirHost: String
     var fhirPort: Int
     var tlsCertificatePath: String

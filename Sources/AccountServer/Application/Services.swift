@@ -94,3 +94,14 @@ struct PasswordHasherService: Service {
         try await hasher.shutdown()
     }
 }
+
+/// Closes the database (PostgreSQL: its connections and threads) after every listener has
+/// drained: it is registered before them, and services stop in reverse order.
+struct DatabaseService: Service {
+    let database: AccountDatabase
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await database.close()
+    }
+}

@@ -1,6 +1,7 @@
 import Accounts
 import ArgumentParser
 import Foundation
+import Storage
 import Habilitation
 
 /// `account-server admin …`: the vendor admin's operations directly on the database (safe
@@ -14,21 +15,19 @@ struct AdminCommand: AsyncParsableCommand {
     )
 
     struct DatabaseOptions: ParsableArguments {
-        @Option(help: "SQLite database file. Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
+        @Option(help: "SQLite database file or postgres:// URL. Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
         var database: String?
 
-        func open() throws -> AccountDatabase {
-            let path = EnvironmentFallback.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite"
-            guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("no database at \(path)") }
-            return try AccountDatabase(path: path)
+        func open() async throws -> AccountDatabase {
+            try await StorageLocation.openExisting(EnvironmentFallback.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite")
         }
 
-        func administration() throws -> VendorAdministration {
+        func administration() async throws -> VendorAdministration {
             var sessions = SessionConfiguration()
             if let minutes = ProcessInfo.processInfo.environment["ACCOUNT_SERVER_SESSION_IDLE_MINUTES"].flatMap(Int.init) {
                 sessions.idleTimeout = TimeInterval(60 * minutes)
             }
-            return VendorAdministration(database: try open(), sessionConfiguration: sessions)
+            return VendorAdministration(database: try await open(), sessionConfiguration: sessions)
         }
     }
 
@@ -85,7 +84,7 @@ struct AdminCommand: AsyncParsableCommand {
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
 
         func run() async throws {
-            let administration = try options.administration()
+            let administration = try await options.administration()
             let id = try await AdminCommand.resolve(administration, account)
             guard let detail = try await administration.detail(accountID: id) else { throw AdminFailure(message: "no account \(id)") }
             var output = FileHandle.standardOutput
@@ -96,7 +95,7 @@ struct AdminCommand: AsyncParsableCommand {
     /// One action on one account: resolve it, act, print the result as JSON.
     static func act(_ name: String, options: DatabaseOptions, account: String,
                     _ operation: (VendorAdministration, String) async throws -> AdminActionResult?) async throws {
-        let administration = try options.administration()
+        let administration = try await options.administration()
         let id = try await resolve(administration, account)
         guard let result = try await operation(administration, id) else { throw AdminFailure(message: "no account \(id)") }
         emit(AdminJSON.action(name, result))
@@ -156,7 +155,7 @@ struct AdminCommand: AsyncParsableCommand {
         @Option(help: "At most this many events.") var limit: Int?
 
         func run() async throws {
-            let administration = try options.administration()
+            let administration = try await options.administration()
             var accountID: String?
             if let account { accountID = try await AdminCommand.resolve(administration, account) }
             for event in try await administration.auditEvents(accountID: accountID, afterSeq: after, limit: limit) {

@@ -1,6 +1,7 @@
 import Accounts
 import ArgumentParser
 import Foundation
+import Storage
 import Habilitation
 
 /// `account-server audit`: prints the audit trail as JSON lines, oldest first (the same as
@@ -8,7 +9,7 @@ import Habilitation
 struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "audit", abstract: "Print the audit trail as JSON lines.")
 
-    @Option(help: "SQLite database file. Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
+    @Option(help: "SQLite database file or postgres:// URL. Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
     var database: String?
 
     @Option(help: "Only the events of this account (its FHIR id).")
@@ -21,11 +22,8 @@ struct AuditCommand: AsyncParsableCommand {
     var limit: Int?
 
     func run() async throws {
-        let path = EnvironmentFallback.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite"
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw ValidationError("no database at \(path)")
-        }
-        let administration = VendorAdministration(database: try AccountDatabase(path: path))
+        let administration = VendorAdministration(database: try await StorageLocation.openExisting(
+            EnvironmentFallback.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite"))
         for event in try await administration.auditEvents(accountID: account, afterSeq: after, limit: limit) {
             AdminCommand.emit(event.jsonValue)
         }

@@ -1,6 +1,7 @@
 import Accounts
 import ArgumentParser
 import Foundation
+import Storage
 import Hummingbird
 import Logging
 
@@ -9,8 +10,11 @@ import Logging
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the server (see docs/configuration.md).")
 
-    @Option(help: "SQLite database file. Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
+    @Option(help: "SQLite database file, or a postgres:// URL (several instances share one PostgreSQL). Env: ACCOUNT_SERVER_DATABASE. Default: ./data/account-server.sqlite")
     var database: String?
+
+    @Option(help: "PostgreSQL connections (each with a thread running its transactions). Env: ACCOUNT_SERVER_DATABASE_POOL_SIZE. Default: 10")
+    var databasePoolSize: Int?
 
     @Option(help: "FHIR listener (mutual TLS, or plain HTTP to a trusted proxy with --fhir-client-certificate-header), HOST:PORT. Env: ACCOUNT_SERVER_FHIR_ADDRESS. Default: 127.0.0.1:8443")
     var fhirAddress: String?
@@ -240,8 +244,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
 
         let defaults = Argon2Parameters.owaspMinimum
-        let baseConfiguration = ServerConfiguration(
-            databasePath: Env.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite",
+        var baseConfiguration = ServerConfiguration(
+            database: try StorageLocation.argument(Env.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite"),
             fhirHost: host, fhirPort: port,
             tlsCertificatePath: certificate, tlsKeyPath: key,
             clientCAPaths: cas, clientCRLPaths: crls,
@@ -256,6 +260,8 @@ struct ServeCommand: AsyncParsableCommand {
             crlPollInterval: .seconds(try Self.number(crlPollSeconds, "ACCOUNT_SERVER_CRL_POLL_SECONDS") ?? 5),
             logLevel: level
         )
+        baseConfiguration.databasePoolSize = try Self.number(databasePoolSize, "ACCOUNT_SERVER_DATABASE_POOL_SIZE") ?? 10
+        guard baseConfiguration.databasePoolSize >= 1 else { throw ValidationError("--database-pool-size must be at least 1") }
         var web = baseConfiguration
         web.webHost = webHost
         web.webPort = webPort

@@ -12,7 +12,7 @@ import NIOCore
 /// provision (one transaction, audited) → render. Every refusal is audited too.
 struct PractitionerController: Sendable {
     let provisioner: Provisioner
-    let database: AccountDatabase
+    let directory: AccountDirectory
     /// The FHIR base as clients see it; when nil, `https://<Host header>`.
     let publicBaseURL: String?
     let startedAt: Date
@@ -21,14 +21,13 @@ struct PractitionerController: Sendable {
     /// `/metadata` merges with ours.
     let upstream: SlotSearchUpstream?
     private let validator = PractitionerValidator()
-    private let queries = AccountQueries()
 
-    init(provisioner: Provisioner, database: AccountDatabase, publicBaseURL: String?, metrics: ServerMetrics,
+    init(provisioner: Provisioner, directory: AccountDirectory, publicBaseURL: String?, metrics: ServerMetrics,
          upstream: SlotSearchUpstream? = nil, startedAt: Date = Date()) {
         self.provisioner = provisioner
         self.upstream = upstream
         self.metrics = metrics
-        self.database = database
+        self.directory = directory
         self.publicBaseURL = publicBaseURL.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
         self.startedAt = startedAt
     }
@@ -207,7 +206,7 @@ struct PractitionerController: Sendable {
         let negotiated = try negotiate(request)
         let id = context.parameters.get("id") ?? ""
         guard PractitionerValidator.isValidResourceID(id),
-              let account = try await database.read({ db in try queries.snapshot(id: id, in: db) }) else {
+              let account = try await directory.snapshot(id: id) else {
             throw FHIRError(.notFound, code: .notFound, "Practitioner/\(id) does not exist.")
         }
         return FHIRResponses.json(PractitionerRenderer.resource(account), status: .ok, contentType: negotiated.contentType,
@@ -231,15 +230,7 @@ struct PractitionerController: Sendable {
         } else {
             candidates = RegulatorIdentifier.Kind.allCases.compactMap { RegulatorIdentifier(kind: $0, value: token) }
         }
-        let accounts = try await database.read { db in
-            var found: [AccountSnapshot] = []
-            for candidate in candidates {
-                if let account = try queries.snapshot(holding: candidate, in: db), !found.contains(where: { $0.id == account.id }) {
-                    found.append(account)
-                }
-            }
-            return found
-        }
+        let accounts = try await directory.snapshots(holdingAnyOf: candidates)
         let base = baseURL(request)
         var bundle: JSONObject = ["resourceType": .string("Bundle")]
         bundle["type"] = .string("searchset")

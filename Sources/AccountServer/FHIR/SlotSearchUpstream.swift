@@ -1,7 +1,6 @@
 import Accounts
 import AsyncHTTPClient
 import Foundation
-import GRDB
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -215,7 +214,7 @@ final class SlotSearchUpstream: Sendable {
 struct UpstreamRoutingMiddleware: RouterMiddleware {
     typealias Context = FHIRRequestContext
     let upstream: SlotSearchUpstream
-    let database: AccountDatabase
+    let directory: AccountDirectory
 
     enum Route: Equatable {
         case local
@@ -267,7 +266,7 @@ struct UpstreamRoutingMiddleware: RouterMiddleware {
             return try await upstream.forward(request, context: context)
         case .practitionerRead(let id):
             let held = PractitionerValidator.isValidResourceID(id)
-                ? try await database.read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [id]) ?? false }
+                ? try await directory.exists(id: id)
                 : false
             return held ? try await next(request, context) : try await upstream.forward(request, context: context)
         }

@@ -1,6 +1,5 @@
 import Accounts
 import Foundation
-import GRDB
 import HTTPTypes
 import Habilitation
 import Logging
@@ -18,27 +17,25 @@ import Synchronization
 /// gave tail latencies of tens of milliseconds; here a request is decoded, checked and
 /// answered on its event loop.
 ///
-/// The check is one indexed SQLite read on a read-only connection owned by that event loop
-/// (one connection per loop, never shared, so it never waits for a lock or another reader;
-/// WAL readers do not wait for the writer). It is a lookup of a few pages that SQLite and
-/// the OS keep in memory — microseconds, like the TLS record decryption around it — and it
-/// is read fresh for every request: nothing is cached.
+/// The check is one indexed query, read fresh for every request (nothing is cached), run by
+/// the store as close to the loop as the engine allows: on SQLite, on a read-only connection
+/// owned by that event loop (never shared, so it never waits for a lock or another reader;
+/// WAL readers do not wait for the writer) — a lookup of a few pages kept in memory,
+/// microseconds, like the TLS record decryption around it; on PostgreSQL, sent from the loop
+/// and answered when the row arrives. Pipelined requests are answered in order.
 final class ForwardAuthListener: Service, Sendable {
     let host: String
     let port: Int
-    let databasePath: String
     let responder: ForwardAuthResponder
     /// Looked up per connection (SIGHUP reloads); nil serves plain HTTP on loopback.
     let sslContext: (@Sendable () -> NIOSSLContext)?
     let logger: Logger
     let onListening: @Sendable (Int) async -> Void
-    private let connections = ReadConnections()
 
-    init(host: String, port: Int, databasePath: String, responder: ForwardAuthResponder, sslContext: (@Sendable () -> NIOSSLContext)?, logger: Logger,
+    init(host: String, port: Int, responder: ForwardAuthResponder, sslContext: (@Sendable () -> NIOSSLContext)?, logger: Logger,
          onListening: @escaping @Sendable (Int) async -> Void) {
         self.host = host
         self.port = port
-        self.databasePath = databasePath
         self.responder = responder
         self.sslContext = sslContext
         self.logger = logger
@@ -46,7 +43,7 @@ final class ForwardAuthListener: Service, Sendable {
     }
 
     func run() async throws {
-        let handlerContext = ForwardAuthHandler.Shared(responder: responder, connections: connections, databasePath: databasePath, logger: logger)
+        let handlerContext = ForwardAuthHandler.Shared(responder: responder, logger: logger)
         let sslContext = self.sslContext
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
@@ -68,35 +65,6 @@ final class ForwardAuthListener: Service, Sendable {
         } onGracefulShutdown: {
             channel.close(promise: nil)
         }
-        connections.closeAll()
-    }
-}
-
-/// One read-only SQLite connection per event loop, opened on first use.
-final class ReadConnections: Sendable {
-    private let byLoop = Mutex<[ObjectIdentifier: DatabaseQueue]>([:])
-
-    func connection(for loop: any EventLoop, path: String) throws -> DatabaseQueue {
-        let key = ObjectIdentifier(loop)
-        if let existing = byLoop.withLock({ $0[key] }) { return existing }
-        var configuration = Configuration()
-        configuration.readonly = true
-        configuration.busyMode = .timeout(1)
-        configuration.label = "forward-auth"
-        let queue = try DatabaseQueue(path: path, configuration: configuration)
-        return byLoop.withLock { connections in
-            if let raced = connections[key] { return raced }
-            connections[key] = queue
-            return queue
-        }
-    }
-
-    func closeAll() {
-        let all = byLoop.withLock { connections in
-            defer { connections = [:] }
-            return Array(connections.values)
-        }
-        for queue in all { try? queue.close() }
     }
 }
 
@@ -107,14 +75,14 @@ final class ForwardAuthHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     struct Shared: Sendable {
         let responder: ForwardAuthResponder
-        let connections: ReadConnections
-        let databasePath: String
         let logger: Logger
     }
 
     private let shared: Shared
     private var head: HTTPRequestHead?
     private var started: ContinuousClock.Instant?
+    /// The answer last sent or being prepared: the next one is written after it.
+    private var lastAnswer: EventLoopFuture<Void>?
 
     init(shared: Shared) {
         self.shared = shared
@@ -135,34 +103,42 @@ final class ForwardAuthHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, started: ContinuousClock.Instant) {
+        let shared = self.shared
         let responder = shared.responder
-        let token = Self.sessionCookie(head.headers)
-        var answer: ForwardAuthAnswer
-        do {
-            let database = try shared.connections.connection(for: context.eventLoop, path: shared.databasePath)
-            // One SELECT: its implicit transaction is already a consistent snapshot, so GRDB's
-            // explicit BEGIN/COMMIT around it would only add two statements per request.
-            let result = try database.unsafeRead { db in try responder.habilitation.check(sessionToken: token, in: db) }
+        let check = responder.habilitation.check(sessionToken: Self.sessionCookie(head.headers), on: context.eventLoop)
+        let answer = check.map { result -> ForwardAuthAnswer in
             if let facts = result.facts, responder.habilitation.activityDue(facts) {
                 let habilitation = responder.habilitation
                 Task { try? await habilitation.recordActivity(facts) }
             }
-            answer = responder.answer(result.check, header: { head.headers.first(name: $0) }, authority: head.headers.first(name: "Host"),
-                                      withBody: head.method != .HEAD, started: started)
-        } catch {
+            return responder.answer(result.check, header: { head.headers.first(name: $0) }, authority: head.headers.first(name: "Host"),
+                                    withBody: head.method != .HEAD, started: started)
+        }.flatMapErrorThrowing { error -> ForwardAuthAnswer in
+            // The store failing is the only error here: 503, so the proxy refuses the request
+            // (nginx's auth_request treats any status but 2xx/401/403 as an error) and an
+            // operator sees the cause; the check never answers "allowed" without its facts.
             shared.logger.error("forward-auth check failed", metadata: ["error": "\(error)"])
-            answer = ForwardAuthAnswer(status: 500, headers: [("Cache-Control", "no-store")], body: nil)
+            return ForwardAuthAnswer(status: 503, headers: [("Cache-Control", "no-store"), ("Retry-After", "1")], body: nil)
         }
-        responder.metrics.forwardAuthRequest(status: answer.status)
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let previous = lastAnswer ?? context.eventLoop.makeSucceededVoidFuture()
+        let written = previous.flatMap { answer }.map { answer in
+            responder.metrics.forwardAuthRequest(status: answer.status)
+            Self.write(answer, for: head, context: loopBound.value)
+        }
+        lastAnswer = written
+    }
+
+    private static func write(_ answer: ForwardAuthAnswer, for head: HTTPRequestHead, context: ChannelHandlerContext) {
         var headers = HTTPHeaders(answer.headers)
         let body = answer.body.map { ByteBuffer(string: $0) }
         headers.add(name: "Content-Length", value: String(body?.readableBytes ?? 0))
         let keepAlive = head.isKeepAlive
         headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: answer.status), headers: headers))),
-                      promise: nil)
-        if let body, head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: answer.status),
+                                                                          headers: headers))), promise: nil)
+        if let body, head.method != .HEAD { context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil) }
+        let done = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
         if !keepAlive {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             done.whenComplete { _ in loopBound.value.close(promise: nil) }

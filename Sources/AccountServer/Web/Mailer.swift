@@ -153,8 +153,7 @@ enum MailOutboxError: Error, CustomStringConvertible {
 /// Delivers the outbox: polls for due mails, sends each, marks it sent (body scrubbed) or
 /// failed (retried with backoff). Runs until shutdown.
 struct MailerService: Service {
-    let database: AccountDatabase
-    let outbox: MailOutbox
+    let queue: MailQueue
     let transport: (any MailTransport)?
     let from: String
     let pollInterval: Duration
@@ -169,17 +168,15 @@ struct MailerService: Service {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
-                    let due = try await database.read { db in try outbox.due(at: Date(), in: db) }
+                    let due = try await queue.claimDue()
                     for item in due {
                         do {
                             guard let mail = item.mail else { throw MailOutboxError.unreadable }
                             try await transport.send(MailMessage.render(mail, from: from), from: from, to: mail.recipient)
-                            try await database.write { db in try outbox.markSent(id: item.id, at: Date(), in: db) }
+                            try await queue.markSent(id: item.id)
                             logger.info("mail delivered", metadata: ["outbox_id": "\(item.id)"])
                         } catch {
-                            try await database.write { db in
-                                try outbox.markFailed(id: item.id, attempts: item.attempts, error: "\(error)", at: Date(), in: db)
-                            }
+                            try await queue.markFailed(id: item.id, attempts: item.attempts, error: "\(error)")
                             logger.warning("mail delivery failed; will retry", metadata: ["outbox_id": "\(item.id)", "error": "\(error)"])
                         }
                     }

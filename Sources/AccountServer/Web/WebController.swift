@@ -273,7 +273,7 @@ struct WebController: Sendable {
         var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID)
         if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID) }
         guard let secret else { return Self.redirect("/connexion/second-facteur") }  // already enrolled
-        let email = try await credentials.database.read { db in try AccountRow.fetchOne(db, key: flow.accountID)?.email } ?? ""
+        let email = try await AccountDirectory(database: credentials.database).email(accountID: flow.accountID) ?? ""
         let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
         guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
         return respond(request, status: error ? .unauthorized : .ok) {

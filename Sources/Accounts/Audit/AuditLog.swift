@@ -1,5 +1,5 @@
 import Foundation
-import GRDB
+import Storage
 
 /// Who made a call: for INT_R02, the verified client certificate's subject and serial.
 public struct AuditActor: Sendable, Equatable {
@@ -32,7 +32,7 @@ public struct FieldChange: Sendable, Equatable, Codable {
 }
 
 /// A row of the append-only `audit_event` table (UPDATE and DELETE are refused by triggers).
-public struct AuditEvent: Sendable, Equatable, FetchableRecord {
+public struct AuditEvent: Sendable, Equatable, SQLRecord {
     public static let databaseTableName = "audit_event"
 
     public var seq: Int64?
@@ -85,7 +85,7 @@ public struct AuditEvent: Sendable, Equatable, FetchableRecord {
         return String(text.prefix(limit)) + "… [\(text.count - limit) more characters]"
     }
 
-    public init(row: Row) throws {
+    public init(row: SQLRow) throws {
         seq = row["seq"]
         at = Date(epochMilliseconds: row["at"])
         surface = row["surface"]
@@ -138,19 +138,19 @@ public struct AuditEvent: Sendable, Equatable, FetchableRecord {
 public struct AuditLog: Sendable {
     public init() {}
 
-    public func append(_ event: AuditEvent, in db: Database) throws {
-        try db.cachedStatement(sql: """
+    public func append(_ event: AuditEvent, in db: any SQLTransaction) throws {
+        try db.execute(sql: """
             INSERT INTO audit_event (at, surface, action, outcome, actor_subject, actor_serial, actor_address,
                                      request_id, identifier, account_id, changes, detail)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """).execute(arguments: [event.at.epochMilliseconds, event.surface, event.action, event.outcome, event.actorSubject, event.actorSerial,
+            """, arguments: [event.at.epochMilliseconds, event.surface, event.action, event.outcome, event.actorSubject, event.actorSerial,
                                      event.actorAddress, event.requestId, event.identifier, event.accountId, event.changes, event.detail])
     }
 
     /// Events in order, optionally for one account and/or after a sequence number.
-    public func events(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil, in db: Database) throws -> [AuditEvent] {
+    public func events(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil, in db: any SQLTransaction) throws -> [AuditEvent] {
         var sql = "SELECT * FROM audit_event WHERE seq > ?"
-        var arguments: StatementArguments = [afterSeq]
+        var arguments: SQLArguments = [afterSeq]
         if let accountID {
             sql += " AND account_id = ?"
             arguments += [accountID]

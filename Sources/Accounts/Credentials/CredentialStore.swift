@@ -1,5 +1,5 @@
 import Foundation
-import GRDB
+import Storage
 import Logging
 
 /// The result of the password step. The person sees one answer for every refusal; the
@@ -64,10 +64,10 @@ public final class CredentialStore: Sendable {
 
     /// The account signing in with `email`: the active one if any, else the most recently
     /// updated (a deactivated account may sign in; it just never holds the habilitation).
-    public func account(forEmail email: String, in db: Database) throws -> AccountRow? {
-        try AccountRow.fetchOne(db.cachedStatement(sql: """
+    public func account(forEmail email: String, in db: any SQLTransaction) throws -> AccountRow? {
+        try AccountRow.fetchOne(db, sql: """
             SELECT * FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC LIMIT 1
-            """), arguments: [email.lowercased()])
+            """, arguments: [email.lowercased()])
     }
 
     // MARK: Password step
@@ -107,8 +107,8 @@ public final class CredentialStore: Sendable {
         }
     }
 
-    func lockoutState(_ accountID: String, in db: Database) throws -> LockoutPolicy.State {
-        let row = try Row.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID])
+    func lockoutState(_ accountID: String, in db: any SQLTransaction) throws -> LockoutPolicy.State {
+        let row = try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID])
         return LockoutPolicy.State(consecutiveFailures: row?["failed_sign_ins"] ?? 0,
                                    lockedUntil: (row?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
     }
@@ -118,7 +118,7 @@ public final class CredentialStore: Sendable {
     /// Issues a reset link for the account using `email`, if there is one, and queues the
     /// mail in the same transaction; older links of the account are voided. The caller gives
     /// the same answer either way (no enumeration).
-    public func requestPasswordReset(email: String, makeMail: @Sendable (_ token: String, _ account: AccountRow) -> OutgoingMail,
+    public func requestPasswordReset(email: String, makeMail: @escaping @Sendable (_ token: String, _ account: AccountRow) -> OutgoingMail,
                                      actor: AuditActor) async throws {
         let at = now
         let lifetime = configuration.resetTokenLifetime
@@ -143,7 +143,7 @@ public final class CredentialStore: Sendable {
         return try await database.read { db in try self.usableResetAccount(token, at: at, in: db) }
     }
 
-    private func usableResetAccount(_ token: String, at: Date, in db: Database) throws -> AccountRow? {
+    private func usableResetAccount(_ token: String, at: Date, in db: any SQLTransaction) throws -> AccountRow? {
         try AccountRow.fetchOne(db, sql: """
             SELECT account.* FROM password_reset_token t JOIN account ON account.id = t.account_id
             WHERE t.token_hash = ? AND t.used_at IS NULL AND t.voided_at IS NULL AND t.expires_at > ?
@@ -210,7 +210,7 @@ public final class CredentialStore: Sendable {
         let totp = configuration.totp
         let codes = RecoveryCodes.generate()
         return try await database.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return nil }
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return nil }
             let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
             guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at),
                   let step = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return nil }
@@ -228,7 +228,7 @@ public final class CredentialStore: Sendable {
         }
     }
 
-    func hasConfirmedTOTP(_ accountID: String, in db: Database) throws -> Bool {
+    func hasConfirmedTOTP(_ accountID: String, in db: any SQLTransaction) throws -> Bool {
         try Bool.fetchOne(db, sql: "SELECT 1 FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) ?? false
     }
 
@@ -279,8 +279,8 @@ public final class CredentialStore: Sendable {
         }
     }
 
-    private func checkSecondFactor(accountID: String, code: String, totp: TOTP, at: Date, actor: AuditActor, in db: Database) throws -> SecondFactor? {
-        if let row = try Row.fetchOne(db, sql: "SELECT sealed_secret, last_used_step FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) {
+    private func checkSecondFactor(accountID: String, code: String, totp: TOTP, at: Date, actor: AuditActor, in db: any SQLTransaction) throws -> SecondFactor? {
+        if let row = try SQLRow.fetchOne(db, sql: "SELECT sealed_secret, last_used_step FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL", arguments: [accountID]) {
             let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
             if let step = totp.verify(code, secret: secret, at: at, lastUsedStep: row["last_used_step"]) {
                 try db.execute(sql: "UPDATE totp_credential SET last_used_step = ? WHERE account_id = ?", arguments: [step, accountID])

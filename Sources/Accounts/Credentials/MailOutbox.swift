@@ -1,5 +1,5 @@
 import Foundation
-import GRDB
+import Storage
 
 /// A message for a person, in French, plain text.
 public struct OutgoingMail: Sendable, Equatable {
@@ -29,18 +29,18 @@ public struct MailOutbox: Sendable {
         self.box = box
     }
 
-    public func enqueue(_ mail: OutgoingMail, at now: Date, in db: Database) throws {
+    public func enqueue(_ mail: OutgoingMail, at now: Date, in db: any SQLTransaction) throws {
         let sealed = try box.seal(Array(mail.body.utf8), context: Self.context(mail.recipient))
-        try db.cachedStatement(sql: """
+        try db.execute(sql: """
             INSERT INTO mail_outbox (recipient, subject, body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)
-            """).execute(arguments: [mail.recipient, mail.subject, Self.sealedPrefix + Data(sealed).base64EncodedString(),
+            """, arguments: [mail.recipient, mail.subject, Self.sealedPrefix + Data(sealed).base64EncodedString(),
                                      now.epochMilliseconds, now.epochMilliseconds])
     }
 
     /// Seals bodies an earlier version queued in clear (run once at start, before delivery);
     /// returns how many. With `secure_delete` on, the clear text does not stay in free pages.
-    public func sealLegacyBodies(in db: Database) throws -> Int {
-        let rows = try Row.fetchAll(db, sql: """
+    public func sealLegacyBodies(in db: any SQLTransaction) throws -> Int {
+        let rows = try SQLRow.fetchAll(db, sql: """
             SELECT id, recipient, body FROM mail_outbox WHERE sent_at IS NULL AND body <> '' AND body NOT LIKE 'sealed:v1:%'
             """)
         for row in rows {
@@ -73,8 +73,8 @@ public struct MailOutbox: Sendable {
     }
 
     /// Mails due for (another) attempt, oldest first.
-    public func due(at now: Date, limit: Int = 20, in db: Database) throws -> [Due] {
-        try Row.fetchAll(db, sql: """
+    public func due(at now: Date, limit: Int = 20, in db: any SQLTransaction) throws -> [Due] {
+        try SQLRow.fetchAll(db, sql: """
             SELECT id, recipient, subject, body, attempts FROM mail_outbox
             WHERE sent_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?
             """, arguments: [now.epochMilliseconds, limit]).map { row in
@@ -86,15 +86,56 @@ public struct MailOutbox: Sendable {
 
     /// Marks a mail delivered and scrubs its body: it may carry a reset link, a bearer secret
     /// that must not outlive its delivery in the database.
-    public func markSent(id: Int64, at now: Date, in db: Database) throws {
+    public func markSent(id: Int64, at now: Date, in db: any SQLTransaction) throws {
         try db.execute(sql: "UPDATE mail_outbox SET sent_at = ?, body = '', attempts = attempts + 1, last_error = NULL WHERE id = ?",
                        arguments: [now.epochMilliseconds, id])
     }
 
     /// Records a failed attempt; retries back off exponentially (30 s, 1 min, 2 min... at most 1 h).
-    public func markFailed(id: Int64, attempts: Int, error: String, at now: Date, in db: Database) throws {
+    public func markFailed(id: Int64, attempts: Int, error: String, at now: Date, in db: any SQLTransaction) throws {
         let delay = min(3600.0, 30.0 * pow(2.0, Double(attempts)))
         try db.execute(sql: "UPDATE mail_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
                        arguments: [String(error.prefix(500)), now.addingTimeInterval(delay).epochMilliseconds, id])
+    }
+}
+
+/// The outbox as the mailer uses it. Several instances may deliver from one database: a mail
+/// is *claimed* (its next attempt pushed past a lease) in a write transaction before it is
+/// sent, so two instances never send the same mail; a mail whose sender died is retried
+/// once its lease has passed.
+public struct MailQueue: Sendable {
+    public let database: AccountDatabase
+    public let outbox: MailOutbox
+    /// How long a claimed mail is reserved for the instance sending it.
+    public var lease: TimeInterval = 300
+
+    public init(database: AccountDatabase, outbox: MailOutbox) {
+        self.database = database
+        self.outbox = outbox
+    }
+
+    /// Claims the mails due now, oldest first.
+    public func claimDue(at now: Date = Date(), limit: Int = 20) async throws -> [MailOutbox.Due] {
+        let leaseEnd = now.addingTimeInterval(lease).epochMilliseconds
+        return try await database.write { db in
+            let due = try outbox.due(at: now, limit: limit, in: db)
+            for item in due {
+                try db.execute(sql: "UPDATE mail_outbox SET next_attempt_at = ? WHERE id = ?", arguments: [leaseEnd, item.id])
+            }
+            return due
+        }
+    }
+
+    public func markSent(id: Int64, at now: Date = Date()) async throws {
+        try await database.write { db in try outbox.markSent(id: id, at: now, in: db) }
+    }
+
+    public func markFailed(id: Int64, attempts: Int, error: String, at now: Date = Date()) async throws {
+        try await database.write { db in try outbox.markFailed(id: id, attempts: attempts, error: error, at: now, in: db) }
+    }
+
+    /// Seals bodies an earlier version queued in clear (once, at start); returns how many.
+    public func sealLegacyBodies() async throws -> Int {
+        try await database.write { db in try outbox.sealLegacyBodies(in: db) }
     }
 }

@@ -1,5 +1,5 @@
 import Foundation
-import GRDB
+import Storage
 import Logging
 
 /// An INT_R02 write, as the SAS expresses it.
@@ -102,8 +102,8 @@ public final class Provisioner: Sendable {
                 }
             } catch let error as FHIRError {
                 throw error
-            } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
-                throw FHIRError(.conflict, code: .duplicate, "The change conflicts with another account (\(error.message ?? "unique constraint")); nothing was changed.")
+            } catch StorageError.constraintViolation(let message) {
+                throw FHIRError(.conflict, code: .duplicate, "The change conflicts with another account (\(message)); nothing was changed.")
             } catch {
                 logger.error("provisioning failed", metadata: ["error": "\(error)"])
                 throw FHIRError(.internalError, code: .exception, "The change could not be stored; nothing was changed.")
@@ -138,7 +138,7 @@ public final class Provisioner: Sendable {
 
     // MARK: The transaction
 
-    private func apply(_ request: ProvisioningRequest, passwordHash: String?, context: CallContext, db: Database) throws -> Attempt {
+    private func apply(_ request: ProvisioningRequest, passwordHash: String?, context: CallContext, db: any SQLTransaction) throws -> Attempt {
         // Millisecond precision, as stored: the snapshot answered must equal what a read returns.
         let now = Date(epochMilliseconds: clock().epochMilliseconds)
         switch request {
@@ -175,7 +175,7 @@ public final class Provisioner: Sendable {
         }
     }
 
-    private func checkCreatable(identifiers: [RegulatorIdentifier], record: RegulatorRecord, db: Database) throws {
+    private func checkCreatable(identifiers: [RegulatorIdentifier], record: RegulatorRecord, db: any SQLTransaction) throws {
         for identifier in identifiers {
             if let holder = try queries.holder(of: identifier, in: db), holder.active {
                 throw FHIRError(.conflict, code: .duplicate,
@@ -200,7 +200,7 @@ public final class Provisioner: Sendable {
     }
 
     private func insertAccount(_ record: RegulatorRecord, identifiers: [RegulatorIdentifier], passwordHash: String, now: Date,
-                               action: String, auditIdentifier: String, context: CallContext, db: Database) throws -> ProvisioningResult {
+                               action: String, auditIdentifier: String, context: CallContext, db: any SQLTransaction) throws -> ProvisioningResult {
         let row = AccountRow(
             id: UUID().uuidString.lowercased(), version: 1, active: record.active,
             familyName: record.familyName, givenName: record.givenName,
@@ -227,7 +227,7 @@ public final class Provisioner: Sendable {
     }
 
     private func update(_ existing: AccountRow, with record: RegulatorRecord, ifMatch: Int?, now: Date,
-                        target: RegulatorIdentifier, context: CallContext, db: Database) throws -> ProvisioningResult {
+                        target: RegulatorIdentifier, context: CallContext, db: any SQLTransaction) throws -> ProvisioningResult {
         if let ifMatch, ifMatch != existing.version {
             throw FHIRError(.preconditionFailed, code: .conflict,
                             "If-Match names version \(ifMatch) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.")
@@ -311,7 +311,7 @@ public final class Provisioner: Sendable {
     /// withdrawn (or given back) from the next request on. Recorded with who did it and from
     /// where, and how many open sessions it touches.
     private func recordHabilitationChange(accountID: String, nowActive: Bool, now: Date, target: RegulatorIdentifier,
-                                          context: CallContext, db: Database) throws {
+                                          context: CallContext, db: any SQLTransaction) throws {
         let open = try Int.fetchOne(db, sql: """
             SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ?
             """, arguments: [accountID, now.epochMilliseconds]) ?? 0
@@ -325,7 +325,7 @@ public final class Provisioner: Sendable {
 
     /// Gives `identifier` to `accountID`, taking it from a deactivated holder if there is one
     /// (re-attribution: the holder keeps it in its history, and its audit trail says so).
-    private func assign(_ identifier: RegulatorIdentifier, to accountID: String, now: Date, context: CallContext, db: Database) throws {
+    private func assign(_ identifier: RegulatorIdentifier, to accountID: String, now: Date, context: CallContext, db: any SQLTransaction) throws {
         if let holder = try queries.holder(of: identifier, in: db), holder.id != accountID {
             precondition(!holder.active, "active holders are refused before assignment")
             try writes.endAssignment(of: identifier, at: now, reason: .reattributed, by: accountID, in: db)

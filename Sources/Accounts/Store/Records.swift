@@ -1,9 +1,9 @@
 import Foundation
-import GRDB
+import Storage
 
 /// A row of `account`: one regulator account. The password hash never leaves the Accounts
 /// module's store and credential code; FHIR rendering uses ``AccountSnapshot``.
-public struct AccountRow: Sendable, Equatable, FetchableRecord, PersistableRecord {
+public struct AccountRow: Sendable, Equatable, SQLRecord {
     public static let databaseTableName = "account"
 
     /// The FHIR logical id: a random UUID, so ids reveal neither counts nor order.
@@ -40,9 +40,8 @@ public struct AccountRow: Sendable, Equatable, FetchableRecord, PersistableRecor
         self.activeChangedAt = activeChangedAt
     }
 
-    // Hand-written coding: the hot path reads and writes rows on every INT_R02 call, and
-    // Codable through GRDB costs more than the SQL itself.
-    public init(row: Row) throws {
+    // Hand-written decoding: the hot path reads rows on every INT_R02 call.
+    public init(row: SQLRow) throws {
         id = row["id"]
         version = row["version"]
         active = row["active"]
@@ -57,33 +56,21 @@ public struct AccountRow: Sendable, Equatable, FetchableRecord, PersistableRecor
         activeChangedAt = Date(epochMilliseconds: row["active_changed_at"])
     }
 
-    public func encode(to container: inout PersistenceContainer) throws {
-        container["id"] = id
-        container["version"] = version
-        container["active"] = active
-        container["family_name"] = familyName
-        container["given_name"] = givenName
-        container["email"] = email
-        container["email_key"] = emailKey
-        container["password_hash"] = passwordHash
-        container["password_reset_required"] = passwordResetRequired
-        container["created_at"] = createdAt.epochMilliseconds
-        container["updated_at"] = updatedAt.epochMilliseconds
-        container["active_changed_at"] = activeChangedAt.epochMilliseconds
-    }
 }
 
 /// A row of `account_identifier`: one period during which an account held an identifier.
 /// Rows are never deleted; ending one records when, why and in favour of whom.
-public struct IdentifierAssignment: Sendable, Equatable, FetchableRecord {
+public struct IdentifierAssignment: Sendable, Equatable, SQLRecord {
     public static let databaseTableName = "account_identifier"
 
     /// Why an assignment ended.
-    public enum EndReason: String, Sendable, DatabaseValueConvertible {
+    public enum EndReason: String, Sendable, SQLBindable, SQLDecodable {
         /// The same account received another identifier of the same kind.
         case replaced
         /// Another account took the identifier after this one was deactivated.
         case reattributed
+
+        public static func decode(_ value: SQLValue) -> EndReason? { String.decode(value).flatMap(Self.init(rawValue:)) }
     }
 
     public var id: Int64?
@@ -95,7 +82,7 @@ public struct IdentifierAssignment: Sendable, Equatable, FetchableRecord {
     public var endedReason: EndReason?
     public var endedByAccountId: String?
 
-    public init(row: Row) throws {
+    public init(row: SQLRow) throws {
         id = row["id"]
         accountId = row["account_id"]
         kind = row["kind"]
@@ -154,89 +141,88 @@ public struct AccountSnapshot: Sendable, Equatable {
 }
 
 /// Read access to accounts, shared by the FHIR surface, the CLI and the later web surfaces.
-/// Every statement is prepared once per connection (`cachedStatement`): these run on every
-/// INT_R02 call, inside the serialised write transaction.
+/// These run on every INT_R02 call, inside the write transaction (on SQLite each statement
+/// is prepared once per connection).
 public struct AccountQueries: Sendable {
     public init() {}
 
     /// The account currently holding `identifier` (deactivated or not), if any.
-    public func holder(of identifier: RegulatorIdentifier, in db: Database) throws -> AccountRow? {
-        let statement = try db.cachedStatement(sql: """
+    public func holder(of identifier: RegulatorIdentifier, in db: any SQLTransaction) throws -> AccountRow? {
+        try AccountRow.fetchOne(db, sql: """
             SELECT account.* FROM account_identifier ai
             JOIN account ON account.id = ai.account_id
             WHERE ai.kind = ? AND ai.value = ? AND ai.ended_at IS NULL
-            """)
-        return try AccountRow.fetchOne(statement, arguments: [identifier.kind.rawValue, identifier.value])
+            """, arguments: [identifier.kind.rawValue, identifier.value])
     }
 
-    public func account(id: String, in db: Database) throws -> AccountRow? {
-        try AccountRow.fetchOne(try db.cachedStatement(sql: "SELECT * FROM account WHERE id = ?"), arguments: [id])
+    public func account(id: String, in db: any SQLTransaction) throws -> AccountRow? {
+        try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [id])
     }
 
     /// Every assignment the account ever had, oldest first.
-    public func identifierHistory(of accountID: String, in db: Database) throws -> [IdentifierAssignment] {
-        try IdentifierAssignment.fetchAll(try db.cachedStatement(sql: """
+    public func identifierHistory(of accountID: String, in db: any SQLTransaction) throws -> [IdentifierAssignment] {
+        try IdentifierAssignment.fetchAll(db, sql: """
             SELECT * FROM account_identifier WHERE account_id = ? ORDER BY assigned_at, id
-            """), arguments: [accountID])
+            """, arguments: [accountID])
     }
 
-    public func currentIdentifiers(of accountID: String, in db: Database) throws -> [IdentifierAssignment] {
-        try IdentifierAssignment.fetchAll(try db.cachedStatement(sql: """
+    public func currentIdentifiers(of accountID: String, in db: any SQLTransaction) throws -> [IdentifierAssignment] {
+        try IdentifierAssignment.fetchAll(db, sql: """
             SELECT * FROM account_identifier WHERE account_id = ? AND ended_at IS NULL ORDER BY kind
-            """), arguments: [accountID])
+            """, arguments: [accountID])
     }
 
-    public func snapshot(id: String, in db: Database) throws -> AccountSnapshot? {
+    public func snapshot(id: String, in db: any SQLTransaction) throws -> AccountSnapshot? {
         guard let row = try account(id: id, in: db) else { return nil }
         return AccountSnapshot(row: row, identifiers: try currentIdentifiers(of: id, in: db))
     }
 
-    public func snapshot(holding identifier: RegulatorIdentifier, in db: Database) throws -> AccountSnapshot? {
+    public func snapshot(holding identifier: RegulatorIdentifier, in db: any SQLTransaction) throws -> AccountSnapshot? {
         guard let row = try holder(of: identifier, in: db) else { return nil }
         return AccountSnapshot(row: row, identifiers: try currentIdentifiers(of: row.id, in: db))
     }
 
     /// The active account using this e-mail (case-insensitive), other than `excluding`.
-    public func activeAccount(withEmailKey key: String, excluding accountID: String?, in db: Database) throws -> AccountRow? {
-        try AccountRow.fetchOne(try db.cachedStatement(sql: """
-            SELECT * FROM account WHERE email_key = ? AND active AND id IS NOT ?
-            """), arguments: [key, accountID])
+    public func activeAccount(withEmailKey key: String, excluding accountID: String?, in db: any SQLTransaction) throws -> AccountRow? {
+        try AccountRow.fetchOne(db, sql: """
+            SELECT * FROM account WHERE email_key = ? AND active AND id IS DISTINCT FROM ?
+            """, arguments: [key, accountID])
     }
 }
 
 /// The writes of the provisioning rules, as prepared statements.
 struct AccountWrites {
-    func insert(_ row: AccountRow, in db: Database) throws {
-        try db.cachedStatement(sql: """
+    func insert(_ row: AccountRow, in db: any SQLTransaction) throws {
+        try db.execute(sql: """
             INSERT INTO account (id, version, active, family_name, given_name, email, email_key, password_hash,
                                  password_reset_required, created_at, updated_at, active_changed_at)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """).execute(arguments: [row.id, row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
+            """, arguments: [row.id, row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
                                      row.passwordHash, row.passwordResetRequired, row.createdAt.epochMilliseconds,
                                      row.updatedAt.epochMilliseconds, row.activeChangedAt.epochMilliseconds])
     }
 
     /// Writes the fields INT_R02 may change, plus the version and timestamps.
-    func update(_ row: AccountRow, in db: Database) throws {
-        try db.cachedStatement(sql: """
+    func update(_ row: AccountRow, in db: any SQLTransaction) throws {
+        try db.execute(sql: """
             UPDATE account SET version = ?, active = ?, family_name = ?, given_name = ?, email = ?, email_key = ?,
                                updated_at = ?, active_changed_at = ?
             WHERE id = ?
-            """).execute(arguments: [row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
+            """, arguments: [row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
                                      row.updatedAt.epochMilliseconds, row.activeChangedAt.epochMilliseconds, row.id])
     }
 
-    func assign(_ identifier: RegulatorIdentifier, to accountID: String, at date: Date, in db: Database) throws {
-        try db.cachedStatement(sql: """
+    func assign(_ identifier: RegulatorIdentifier, to accountID: String, at date: Date, in db: any SQLTransaction) throws {
+        try db.execute(sql: """
             INSERT INTO account_identifier (account_id, kind, value, assigned_at) VALUES (?, ?, ?, ?)
-            """).execute(arguments: [accountID, identifier.kind.rawValue, identifier.value, date.epochMilliseconds])
+            """, arguments: [accountID, identifier.kind.rawValue, identifier.value, date.epochMilliseconds])
     }
 
-    func endAssignment(of identifier: RegulatorIdentifier, at date: Date, reason: IdentifierAssignment.EndReason, by accountID: String?, in db: Database) throws {
-        try db.cachedStatement(sql: """
+    func endAssignment(of identifier: RegulatorIdentifier, at date: Date, reason: IdentifierAssignment.EndReason, by accountID: String?, in db: any SQLTransaction) throws {
+        try db.execute(sql: """
             UPDATE account_identifier SET ended_at = ?, ended_reason = ?, ended_by_account_id = ?
             WHERE kind = ? AND value = ? AND ended_at IS NULL
-            """).execute(arguments: [date.epochMilliseconds, reason, accountID, identifier.kind.rawValue, identifier.value])
+            """, arguments: [date.epochMilliseconds, reason, accountID, identifier.kind.rawValue, identifier.value])
     }
 }
 

@@ -1,0 +1,26 @@
+import Accounts
+import ArgumentParser
+import Foundation
+import Logging
+import Storage
+
+extension StorageLocation {
+    /// `--database` as the commands take it: a file path or a `postgres://` URL.
+    static func argument(_ text: String) throws -> StorageLocation {
+        do {
+            return try StorageLocation(text)
+        } catch {
+            throw ValidationError("--database: \(error)")
+        }
+    }
+
+    /// Opens the database of a running installation for a command-line tool: a SQLite file
+    /// must exist (a typo must not create an empty database); PostgreSQL is migrated if needed.
+    static func openExisting(_ text: String) async throws -> AccountDatabase {
+        let location = try argument(text)
+        if case .sqlite(let path) = location, !FileManager.default.fileExists(atPath: path) {
+            throw ValidationError("no database at \(path)")
+        }
+        return try await AccountDatabase.open(location, poolSize: 2, logger: Logger(label: "account-server"))
+    }
+}

@@ -1,0 +1,385 @@
+import Storage
+
+/// The product's schema on both engines: one history per engine, applied in order at start.
+///
+/// Table owners (the only modules whose SQL names them): Accounts — `account`,
+/// `account_identifier`, `audit_event`, `totp_credential`, `recovery_code`,
+/// `password_reset_token`, `cgu_acceptance`, `mail_outbox`; Habilitation — `login_intent`,
+/// `sign_in_flow`, `web_session`, `oidc_login`. The schema is one history because the tables
+/// reference each other (a session belongs to an account) and a database is migrated as a
+/// whole. Named and append-only: a released migration is never edited, a change is a new
+/// migration on both engines.
+public enum AccountSchema {
+    public static let current = Schema(sqlite: sqlite, postgres: postgres)
+
+    static let sqlite: [Migration] = [
+        // Timestamps are INTEGER milliseconds since the Unix epoch (UTC): exact round trips.
+        Migration("v1-accounts-identifiers-audit", """
+                CREATE TABLE account (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    version INTEGER NOT NULL,
+                    active INTEGER NOT NULL,
+                    family_name TEXT NOT NULL,
+                    given_name TEXT NOT NULL,
+                    email TEXT NOT NULL,
+                    email_key TEXT NOT NULL,
+                    password_hash TEXT NOT NULL,
+                    password_reset_required INTEGER NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    updated_at INTEGER NOT NULL,
+                    active_changed_at INTEGER NOT NULL
+                ) STRICT;
+                -- An e-mail address (case-folded) belongs to at most one active account.
+                CREATE UNIQUE INDEX account_email_active ON account(email_key) WHERE active;
+                CREATE INDEX account_email_key ON account(email_key);
+
+                CREATE TABLE account_identifier (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    kind TEXT NOT NULL CHECK (kind IN ('IDNPS', 'INTRN')),
+                    value TEXT NOT NULL,
+                    assigned_at INTEGER NOT NULL,
+                    ended_at INTEGER,
+                    ended_reason TEXT CHECK (ended_reason IN ('replaced', 'reattributed')),
+                    ended_by_account_id TEXT REFERENCES account(id),
+                    CHECK ((ended_at IS NULL) = (ended_reason IS NULL))
+                ) STRICT;
+                -- An identifier has at most one current holder...
+                CREATE UNIQUE INDEX identifier_current ON account_identifier(kind, value) WHERE ended_at IS NULL;
+                -- ...and an account at most one current identifier of each kind.
+                CREATE UNIQUE INDEX identifier_current_per_account ON account_identifier(account_id, kind) WHERE ended_at IS NULL;
+                CREATE INDEX identifier_history ON account_identifier(account_id, assigned_at);
+
+                CREATE TABLE audit_event (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    at INTEGER NOT NULL,
+                    surface TEXT NOT NULL,
+                    action TEXT NOT NULL,
+                    outcome TEXT NOT NULL,
+                    actor_subject TEXT,
+                    actor_serial TEXT,
+                    actor_address TEXT,
+                    request_id TEXT,
+                    identifier TEXT,
+                    account_id TEXT,
+                    changes TEXT,
+                    detail TEXT
+                ) STRICT;
+                CREATE INDEX audit_event_account ON audit_event(account_id, seq);
+                CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event
+                    BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END;
+                CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event
+                    BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END;
+            """),
+        Migration("v2-sign-in", """
+                -- Brute-force protection and password state, on the account.
+                ALTER TABLE account ADD COLUMN failed_sign_ins INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE account ADD COLUMN locked_until INTEGER;
+                ALTER TABLE account ADD COLUMN password_changed_at INTEGER;
+                -- A vendor admin's suspension of the habilitation, independent of the SAS's
+                -- `active` (a later active:true does not lift it).
+                ALTER TABLE account ADD COLUMN suspended_by_vendor_at INTEGER;
+
+                -- The TOTP secret is needed in clear to verify codes, so it is stored
+                -- encrypted (AES-GCM, key from --secret-key-file), never hashed.
+                CREATE TABLE totp_credential (
+                    account_id TEXT PRIMARY KEY NOT NULL REFERENCES account(id),
+                    sealed_secret BLOB NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    confirmed_at INTEGER,
+                    last_used_step INTEGER
+                ) STRICT;
+
+                CREATE TABLE recovery_code (
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    code_hash TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    used_at INTEGER,
+                    PRIMARY KEY (account_id, code_hash)
+                ) STRICT;
+
+                CREATE TABLE password_reset_token (
+                    token_hash TEXT PRIMARY KEY NOT NULL,
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    used_at INTEGER,
+                    voided_at INTEGER
+                ) STRICT;
+                CREATE INDEX password_reset_token_account ON password_reset_token(account_id);
+
+                CREATE TABLE cgu_acceptance (
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    version TEXT NOT NULL,
+                    accepted_at INTEGER NOT NULL,
+                    address TEXT,
+                    PRIMARY KEY (account_id, version)
+                ) STRICT;
+
+                -- Created by the SAS entry (origin=sas); consumed by the session it starts.
+                CREATE TABLE login_intent (
+                    id_hash TEXT PRIMARY KEY NOT NULL,
+                    origin TEXT NOT NULL CHECK (origin IN ('sas', 'direct')),
+                    origin_value TEXT,
+                    return_url TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    consumed_at INTEGER
+                ) STRICT;
+
+                -- A sign-in in progress: password verified, second factor and required
+                -- actions to go. Becomes a session (new id) when they are done.
+                CREATE TABLE sign_in_flow (
+                    id_hash TEXT PRIMARY KEY NOT NULL,
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    intent_id_hash TEXT,
+                    second_factor_at INTEGER,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    consumed_at INTEGER
+                ) STRICT;
+
+                CREATE TABLE web_session (
+                    id_hash TEXT PRIMARY KEY NOT NULL,
+                    account_id TEXT NOT NULL REFERENCES account(id),
+                    origin TEXT NOT NULL CHECK (origin IN ('sas', 'direct')),
+                    created_at INTEGER NOT NULL,
+                    last_seen_at INTEGER NOT NULL,
+                    absolute_expires_at INTEGER NOT NULL,
+                    revoked_at INTEGER,
+                    revoked_reason TEXT,
+                    address TEXT,
+                    user_agent TEXT
+                ) STRICT;
+                CREATE INDEX web_session_account ON web_session(account_id) WHERE revoked_at IS NULL;
+
+                -- Durable outbox: a mail is committed with the change that causes it and
+                -- delivered (with retries) by the mailer; its body is scrubbed once sent.
+                CREATE TABLE mail_outbox (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    recipient TEXT NOT NULL,
+                    subject TEXT NOT NULL,
+                    body TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt_at INTEGER NOT NULL,
+                    sent_at INTEGER,
+                    last_error TEXT
+                ) STRICT;
+                CREATE INDEX mail_outbox_due ON mail_outbox(next_attempt_at) WHERE sent_at IS NULL;
+            """),
+        Migration("v3-vendor-admin", """
+                -- Who suspended the habilitation and why (the audit trail has the full story;
+                -- these make the current state readable without it).
+                ALTER TABLE account ADD COLUMN suspended_by TEXT;
+                ALTER TABLE account ADD COLUMN suspension_reason TEXT;
+            """),
+        // `INSERT OR REPLACE` (and `REPLACE INTO`) with an existing seq deletes the old row
+        // without firing the DELETE trigger (recursive triggers are off), so v1's triggers
+        // alone let a row be rewritten. Refuse any insert that names an existing seq.
+        Migration("v4-audit-no-replace", """
+                CREATE TRIGGER audit_event_no_replace BEFORE INSERT ON audit_event
+                    WHEN NEW.seq IS NOT NULL AND EXISTS (SELECT 1 FROM audit_event WHERE seq = NEW.seq)
+                    BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END;
+            """),
+        // Wrong second-factor codes within one sign-in flow: the flow ends after a few.
+        Migration("v5-sign-in-flow-failed-codes", """
+                ALTER TABLE sign_in_flow ADD COLUMN failed_codes INTEGER NOT NULL DEFAULT 0
+            """),
+        // Sign-in through an OpenID Connect provider (Pro Santé Connect). A login at the
+        // provider is known by the SHA-256 of its `state`, bound to the login intent it
+        // serves; flows and sessions record how they were authenticated, and for a
+        // provider sign-in the provider's subject and session id (back-channel logout
+        // finds sessions by them) and the ID token sealed with the server key (only sent
+        // back to the provider as `id_token_hint` at sign-out).
+        Migration("v6-provider-sign-in", """
+                CREATE TABLE oidc_login (
+                    state_hash TEXT PRIMARY KEY NOT NULL,
+                    intent_id_hash TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL,
+                    consumed_at INTEGER
+                ) STRICT;
+                ALTER TABLE sign_in_flow ADD COLUMN authentication TEXT NOT NULL DEFAULT 'password' CHECK (authentication IN ('password', 'psc'));
+                ALTER TABLE sign_in_flow ADD COLUMN oidc_subject TEXT;
+                ALTER TABLE sign_in_flow ADD COLUMN oidc_session_id TEXT;
+                ALTER TABLE sign_in_flow ADD COLUMN oidc_id_token BLOB;
+                ALTER TABLE web_session ADD COLUMN authentication TEXT NOT NULL DEFAULT 'password' CHECK (authentication IN ('password', 'psc'));
+                ALTER TABLE web_session ADD COLUMN oidc_subject TEXT;
+                ALTER TABLE web_session ADD COLUMN oidc_session_id TEXT;
+                ALTER TABLE web_session ADD COLUMN oidc_id_token BLOB;
+                CREATE INDEX web_session_oidc_subject ON web_session(oidc_subject) WHERE revoked_at IS NULL AND oidc_subject IS NOT NULL;
+            """),
+    ]
+
+    static let postgres: [Migration] = [
+        // PostgreSQL support starts from the shape SQLite reached after v6, in one step.
+        // Same tables, columns, checks and indexes; booleans are `boolean`, byte strings
+        // `bytea`, timestamps BIGINT milliseconds as on SQLite; generated ids are identity
+        // columns (never reused, as SQLite's AUTOINCREMENT).
+        Migration("pg-v1-schema", """
+            CREATE TABLE account (
+                id TEXT PRIMARY KEY NOT NULL,
+                version BIGINT NOT NULL,
+                active BOOLEAN NOT NULL,
+                family_name TEXT NOT NULL,
+                given_name TEXT NOT NULL,
+                email TEXT NOT NULL,
+                email_key TEXT NOT NULL,
+                password_hash TEXT NOT NULL,
+                password_reset_required BOOLEAN NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                active_changed_at BIGINT NOT NULL,
+                failed_sign_ins BIGINT NOT NULL DEFAULT 0,
+                locked_until BIGINT,
+                password_changed_at BIGINT,
+                suspended_by_vendor_at BIGINT,
+                suspended_by TEXT,
+                suspension_reason TEXT
+            );
+            CREATE UNIQUE INDEX account_email_active ON account(email_key) WHERE active;
+            CREATE INDEX account_email_key ON account(email_key);
+
+            CREATE TABLE account_identifier (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                account_id TEXT NOT NULL REFERENCES account(id),
+                kind TEXT NOT NULL CHECK (kind IN ('IDNPS', 'INTRN')),
+                value TEXT NOT NULL,
+                assigned_at BIGINT NOT NULL,
+                ended_at BIGINT,
+                ended_reason TEXT CHECK (ended_reason IN ('replaced', 'reattributed')),
+                ended_by_account_id TEXT REFERENCES account(id),
+                CHECK ((ended_at IS NULL) = (ended_reason IS NULL))
+            );
+            CREATE UNIQUE INDEX identifier_current ON account_identifier(kind, value) WHERE ended_at IS NULL;
+            CREATE UNIQUE INDEX identifier_current_per_account ON account_identifier(account_id, kind) WHERE ended_at IS NULL;
+            CREATE INDEX identifier_history ON account_identifier(account_id, assigned_at);
+
+            CREATE TABLE audit_event (
+                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at BIGINT NOT NULL,
+                surface TEXT NOT NULL,
+                action TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                actor_subject TEXT,
+                actor_serial TEXT,
+                actor_address TEXT,
+                request_id TEXT,
+                identifier TEXT,
+                account_id TEXT,
+                changes TEXT,
+                detail TEXT
+            );
+            CREATE INDEX audit_event_account ON audit_event(account_id, seq);
+            -- Append-only, whoever asks: UPDATE, DELETE and TRUNCATE are refused by triggers
+            -- (the runtime role also lacks the privileges; see `docs/deployment.md`).
+            CREATE FUNCTION audit_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION 'audit_event is append-only'; END;
+            $$;
+            CREATE TRIGGER audit_event_no_update BEFORE UPDATE OR DELETE ON audit_event
+                FOR EACH ROW EXECUTE FUNCTION audit_event_append_only();
+            CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON audit_event
+                FOR EACH STATEMENT EXECUTE FUNCTION audit_event_append_only();
+
+            CREATE TABLE totp_credential (
+                account_id TEXT PRIMARY KEY NOT NULL REFERENCES account(id),
+                sealed_secret BYTEA NOT NULL,
+                created_at BIGINT NOT NULL,
+                confirmed_at BIGINT,
+                last_used_step BIGINT
+            );
+
+            CREATE TABLE recovery_code (
+                account_id TEXT NOT NULL REFERENCES account(id),
+                code_hash TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                used_at BIGINT,
+                PRIMARY KEY (account_id, code_hash)
+            );
+
+            CREATE TABLE password_reset_token (
+                token_hash TEXT PRIMARY KEY NOT NULL,
+                account_id TEXT NOT NULL REFERENCES account(id),
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                used_at BIGINT,
+                voided_at BIGINT
+            );
+            CREATE INDEX password_reset_token_account ON password_reset_token(account_id);
+
+            CREATE TABLE cgu_acceptance (
+                account_id TEXT NOT NULL REFERENCES account(id),
+                version TEXT NOT NULL,
+                accepted_at BIGINT NOT NULL,
+                address TEXT,
+                PRIMARY KEY (account_id, version)
+            );
+
+            CREATE TABLE login_intent (
+                id_hash TEXT PRIMARY KEY NOT NULL,
+                origin TEXT NOT NULL CHECK (origin IN ('sas', 'direct')),
+                origin_value TEXT,
+                return_url TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                consumed_at BIGINT
+            );
+
+            CREATE TABLE sign_in_flow (
+                id_hash TEXT PRIMARY KEY NOT NULL,
+                account_id TEXT NOT NULL REFERENCES account(id),
+                intent_id_hash TEXT,
+                second_factor_at BIGINT,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                consumed_at BIGINT,
+                failed_codes BIGINT NOT NULL DEFAULT 0,
+                authentication TEXT NOT NULL DEFAULT 'password' CHECK (authentication IN ('password', 'psc')),
+                oidc_subject TEXT,
+                oidc_session_id TEXT,
+                oidc_id_token BYTEA
+            );
+
+            CREATE TABLE web_session (
+                id_hash TEXT PRIMARY KEY NOT NULL,
+                account_id TEXT NOT NULL REFERENCES account(id),
+                origin TEXT NOT NULL CHECK (origin IN ('sas', 'direct')),
+                created_at BIGINT NOT NULL,
+                last_seen_at BIGINT NOT NULL,
+                absolute_expires_at BIGINT NOT NULL,
+                revoked_at BIGINT,
+                revoked_reason TEXT,
+                address TEXT,
+                user_agent TEXT,
+                authentication TEXT NOT NULL DEFAULT 'password' CHECK (authentication IN ('password', 'psc')),
+                oidc_subject TEXT,
+                oidc_session_id TEXT,
+                oidc_id_token BYTEA
+            );
+            CREATE INDEX web_session_account ON web_session(account_id) WHERE revoked_at IS NULL;
+            CREATE INDEX web_session_oidc_subject ON web_session(oidc_subject) WHERE revoked_at IS NULL AND oidc_subject IS NOT NULL;
+
+            CREATE TABLE mail_outbox (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                recipient TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                body TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                attempts BIGINT NOT NULL DEFAULT 0,
+                next_attempt_at BIGINT NOT NULL,
+                sent_at BIGINT,
+                last_error TEXT
+            );
+            CREATE INDEX mail_outbox_due ON mail_outbox(next_attempt_at) WHERE sent_at IS NULL;
+
+            CREATE TABLE oidc_login (
+                state_hash TEXT PRIMARY KEY NOT NULL,
+                intent_id_hash TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                consumed_at BIGINT
+            );
+            """),
+    ]
+}

@@ -1,0 +1,314 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresNIO
+
+/// The shared engine: a PostgreSQL server several instances use at once (postgres-nio).
+///
+/// The stores' transactions are synchronous blocks, written once for both engines, so each
+/// runs on a thread of a bounded pool (one per connection) and waits for each statement's
+/// answer there, as GRDB's writer does for SQLite; event loops and the cooperative pool never
+/// wait. Write transactions are `SERIALIZABLE` and retried on serialization failures and
+/// deadlocks, so concurrent instances behave as SQLite's one writer does: as if one after the
+/// other. The forward-auth path (``loopRead(sql:arguments:on:)``) sends its one query from the
+/// event loop and answers when the rows arrive.
+public final class PostgresEngine: StorageEngine {
+    public var kind: StorageKind { .postgres }
+    public let location: PostgresLocation
+    private let client: PostgresClient
+    private let threads: NIOThreadPool
+    private let running: Task<Void, Never>
+    private let logger: Logger
+    /// Attempts of a write transaction that keeps meeting serialization failures.
+    static let writeAttempts = 8
+    /// Key of the session advisory lock that serialises migrations across instances.
+    static let migrationLock: Int64 = 0x6163_636f_756e_7473  // "accounts"
+
+    /// Connects lazily: the first transaction opens the first connection, so a server that is
+    /// down at start is reported by the first use (readiness), not by a crash.
+    public init(location: PostgresLocation, poolSize: Int, logger: Logger) throws(StorageError) {
+        precondition(poolSize > 0)
+        self.location = location
+        self.logger = logger
+        var configuration = PostgresClient.Configuration(host: location.host, port: location.port, username: location.username,
+                                                         password: location.password, database: location.database,
+                                                         tls: try Self.tls(location))
+        configuration.options.maximumConnections = poolSize
+        configuration.options.minimumConnections = 0
+        configuration.options.connectTimeout = .seconds(5)
+        configuration.options.keepAliveBehavior = .init(frequency: .seconds(30))
+        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        threads = NIOThreadPool(numberOfThreads: poolSize)
+        threads.start()
+        let client = self.client
+        running = Task { await client.run() }
+    }
+
+    static func tls(_ location: PostgresLocation) throws(StorageError) -> PostgresClient.Configuration.TLS {
+        switch location.tls {
+        case .disable:
+            return .disable
+        case .require, .verifyCA, .verifyFull:
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.minimumTLSVersion = .tlsv12
+            switch location.tls {
+            case .require: configuration.certificateVerification = .none
+            case .verifyCA: configuration.certificateVerification = .noHostnameVerification
+            default: configuration.certificateVerification = .fullVerification
+            }
+            if let path = location.rootCertificatePath {
+                do {
+                    configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(path))
+                } catch {
+                    throw .configuration("cannot read sslrootcert \(path): \(error)")
+                }
+            }
+            return .require(configuration)
+        }
+    }
+
+    public func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await transaction(begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", block)
+    }
+
+    /// The hot path's reads are single statements: no BEGIN/COMMIT around them.
+    public func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await transaction(begin: nil, block)
+    }
+
+    public func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        var delay: UInt64 = 2_000_000
+        for attempt in 1...Self.writeAttempts {
+            do {
+                return try await transaction(begin: "BEGIN ISOLATION LEVEL SERIALIZABLE", block)
+            } catch let error as PostgresRetry {
+                guard attempt < Self.writeAttempts else { throw StorageError.conflict(error.message) }
+                // Jittered back-off, so the transactions that collided do not collide again.
+                try await Task.sleep(nanoseconds: UInt64.random(in: delay / 2...delay))
+                delay = min(delay * 2, 100_000_000)
+            }
+        }
+        preconditionFailure("unreachable")
+    }
+
+    private func transaction<T: Sendable>(begin: String?, _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        let logger = self.logger
+        do {
+            return try await client.withConnection { connection in
+                try await threads.runIfActive {
+                    let transaction = PostgresTransaction(connection: connection, logger: logger)
+                    guard let begin else { return try block(transaction) }
+                    try transaction.run(begin)
+                    do {
+                        let result = try block(transaction)
+                        try transaction.run("COMMIT")
+                        return result
+                    } catch {
+                        try? transaction.run("ROLLBACK")
+                        throw error
+                    }
+                }
+            }
+        } catch {
+            throw Self.storageError(error)
+        }
+    }
+
+    public func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        let promise = eventLoop.makePromise(of: [SQLRow].self)
+        let query: PostgresQuery
+        do {
+            query = try PostgresTransaction.query(sql, arguments.map { $0 as (any SQLBindable)? })
+        } catch {
+            promise.fail(error)
+            return promise.futureResult
+        }
+        let client = self.client
+        let logger = self.logger
+        promise.completeWithTask {
+            do {
+                return try await client.withConnection { connection in
+                    try await connection.query(query, logger: logger).get().rows.map(PostgresTransaction.row)
+                }
+            } catch {
+                throw Self.storageError(error)
+            }
+        }
+        return promise.futureResult
+    }
+
+    public func migrate(_ schema: Schema) async throws {
+        let logger = self.logger
+        do {
+            try await client.withConnection { connection in
+                try await threads.runIfActive {
+                    let transaction = PostgresTransaction(connection: connection, logger: logger)
+                    // A session lock: a second instance starting now waits here until the
+                    // first has applied everything, then finds nothing left to do.
+                    try transaction.run("SELECT pg_advisory_lock(\(Self.migrationLock))")
+                    defer { try? transaction.run("SELECT pg_advisory_unlock(\(Self.migrationLock))") }
+                    try transaction.run("""
+                        CREATE TABLE IF NOT EXISTS schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)
+                        """)
+                    let applied = Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration"))
+                    for migration in schema.postgres where !applied.contains(migration.name) {
+                        try transaction.run("BEGIN")
+                        do {
+                            // The simple query protocol: a migration is several statements.
+                            _ = try connection.simpleQuery(migration.sql).wait()
+                            try transaction.execute(sql: "INSERT INTO schema_migration (name, applied_at) VALUES (?, ?)",
+                                                    arguments: [migration.name, Int64(Date().timeIntervalSince1970 * 1000)])
+                            try transaction.run("COMMIT")
+                        } catch {
+                            try? transaction.run("ROLLBACK")
+                            throw error
+                        }
+                        logger.info("migration applied", metadata: ["migration": "\(migration.name)"])
+                    }
+                }
+            }
+        } catch {
+            throw Self.storageError(error)
+        }
+    }
+
+    public func appliedMigrations() async throws -> [String] {
+        try await read { db in try String.fetchAll(db, sql: "SELECT name FROM schema_migration ORDER BY applied_at, name") }
+    }
+
+    /// Autovacuum gives dead rows' space back for reuse; nothing to do on demand.
+    public func compact() async throws {}
+
+    public func close() async {
+        running.cancel()
+        _ = await running.value
+        try? await threads.shutdownGracefully()
+    }
+
+    /// postgres-nio's errors as the stores' engine-neutral ones.
+    static func storageError(_ error: any Error) -> any Error {
+        if error is PostgresRetry || error is StorageError { return error }
+        guard let error = error as? PSQLError else { return error }
+        guard error.code == .server, let state = error.serverInfo?[.sqlState] else {
+            switch error.code {
+            case .tooManyParameters, .invalidCommandTag, .messageDecodingFailure, .unexpectedBackendMessage:
+                return error
+            default:
+                return StorageError.unavailable("\(error.code)")
+            }
+        }
+        let message = error.serverInfo?[.message] ?? state
+        switch state {
+        case "40001", "40P01":
+            return PostgresRetry(message: message)
+        case _ where state.hasPrefix("23"), "P0001", "42501":
+            // Integrity rules, the append-only trigger, and a missing privilege (the runtime
+            // role cannot UPDATE or DELETE the audit trail).
+            return StorageError.constraintViolation(message)
+        case _ where state.hasPrefix("08"), _ where state.hasPrefix("53"), _ where state.hasPrefix("57"), "25006":
+            return StorageError.unavailable(message)
+        default:
+            return error
+        }
+    }
+}
+
+/// A serialization failure or deadlock: the write transaction is run again.
+struct PostgresRetry: Error {
+    let message: String
+}
+
+/// One leased connection, used synchronously from a thread of the engine's pool.
+final class PostgresTransaction: SQLTransaction {
+    let connection: PostgresConnection
+    let logger: Logger
+    private(set) var changesCount = 0
+
+    init(connection: PostgresConnection, logger: Logger) {
+        self.connection = connection
+        self.logger = logger
+    }
+
+    var engine: StorageKind { .postgres }
+
+    func run(_ sql: String) throws {
+        _ = try connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).wait()
+    }
+
+    func execute(sql: String, arguments: SQLArguments) throws {
+        let result = try connection.query(try Self.query(sql, arguments), logger: logger).wait()
+        changesCount = result.metadata.rows ?? 0
+    }
+
+    func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow] {
+        let result = try connection.query(try Self.query(sql, arguments), logger: logger).wait()
+        changesCount = 0
+        return try result.rows.map(Self.row)
+    }
+
+    /// The shared SQL's `?` placeholders numbered for PostgreSQL (`$1`…), outside string
+    /// literals, quoted identifiers and comments.
+    static func query(_ sql: String, _ arguments: SQLArguments) throws -> PostgresQuery {
+        var text = ""
+        text.reserveCapacity(sql.utf8.count + 16)
+        var number = 0
+        var quote: Character?
+        var lineComment = false
+        for character in sql {
+            if lineComment {
+                if character == "\n" { lineComment = false }
+            } else if let open = quote {
+                if character == open { quote = nil }
+            } else if character == "'" || character == "\"" {
+                quote = character
+            } else if character == "-", text.last == "-" {
+                lineComment = true
+            } else if character == "?" {
+                number += 1
+                text += "$\(number)"
+                continue
+            }
+            text.append(character)
+        }
+        guard number == arguments.count else {
+            throw StorageError.configuration("statement has \(number) placeholders for \(arguments.count) arguments")
+        }
+        var binds = PostgresBindings(capacity: arguments.count)
+        for argument in arguments {
+            switch argument?.sqlValue ?? .null {
+            case .null: binds.appendNull()
+            case .integer(let integer): binds.append(integer)
+            case .text(let string): binds.append(string)
+            case .blob(let bytes): binds.append(ByteBuffer(bytes: bytes))
+            case .bool(let bool): binds.append(bool)
+            }
+        }
+        return PostgresQuery(unsafeSQL: text, binds: binds)
+    }
+
+    static func row(_ row: PostgresRow) throws -> SQLRow {
+        var columns: [String] = []
+        var values: [SQLValue] = []
+        for cell in row {
+            columns.append(cell.columnName)
+            values.append(try value(cell))
+        }
+        return SQLRow(columns: columns, values: values)
+    }
+
+    static func value(_ cell: PostgresCell) throws -> SQLValue {
+        guard cell.bytes != nil else { return .null }
+        switch cell.dataType {
+        case .bool: return .bool(try cell.decode(Bool.self))
+        case .int2, .int4, .int8: return .integer(try cell.decode(Int64.self))
+        case .text, .varchar, .name, .bpchar: return .text(try cell.decode(String.self))
+        case .bytea:
+            var buffer = try cell.decode(ByteBuffer.self)
+            return .blob(buffer.readBytes(length: buffer.readableBytes) ?? [])
+        default:
+            throw StorageError.configuration("column \(cell.columnName) has the unsupported type \(cell.dataType)")
+        }
+    }
+}

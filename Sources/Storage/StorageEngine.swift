@@ -1,0 +1,102 @@
+import NIOCore
+
+/// The engines a store runs on.
+public enum StorageKind: String, Sendable {
+    /// One file, one process: the embedded default.
+    case sqlite
+    /// A PostgreSQL server, shared by several instances.
+    case postgres
+}
+
+/// Where the data lives, from `--database`: a file path (SQLite) or a `postgres://` URL.
+public enum StorageLocation: Sendable, Equatable, CustomStringConvertible {
+    case sqlite(path: String)
+    case postgres(PostgresLocation)
+
+    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is a file path.
+    public init(_ argument: String) throws(StorageError) {
+        if argument.hasPrefix("postgres://") || argument.hasPrefix("postgresql://") {
+            self = .postgres(try PostgresLocation(url: argument))
+        } else {
+            self = .sqlite(path: argument)
+        }
+    }
+
+    /// Safe to log: a URL's password is never part of it.
+    public var description: String {
+        switch self {
+        case .sqlite(let path): path
+        case .postgres(let location): location.description
+        }
+    }
+}
+
+/// A failure the stores report the same way on both engines.
+public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A unique index, a check, a foreign key or an append-only rule refused the change;
+    /// nothing of the transaction was kept.
+    case constraintViolation(String)
+    /// The database cannot be reached or answer now (server down, restarting, file locked
+    /// for too long); nothing of the transaction was kept. Callers answer 503.
+    case unavailable(String)
+    /// Concurrent transactions kept conflicting after every retry; nothing was kept.
+    case conflict(String)
+    /// The configuration (URL, TLS files) is wrong.
+    case configuration(String)
+
+    public var description: String {
+        switch self {
+        case .constraintViolation(let message): "constraint violation: \(message)"
+        case .unavailable(let message): "database unavailable: \(message)"
+        case .conflict(let message): "conflicting transactions: \(message)"
+        case .configuration(let message): "database configuration: \(message)"
+        }
+    }
+}
+
+/// One named schema change. A released migration is never edited: add a new one.
+public struct Migration: Sendable {
+    public let name: String
+    public let sql: String
+
+    public init(_ name: String, _ sql: String) {
+        self.name = name
+        self.sql = sql
+    }
+}
+
+/// A schema's history on each engine. The histories differ (PostgreSQL support started from
+/// the shape SQLite reached in six steps) but end in the same tables, columns and rules.
+public struct Schema: Sendable {
+    public let sqlite: [Migration]
+    public let postgres: [Migration]
+
+    public init(sqlite: [Migration], postgres: [Migration]) {
+        self.sqlite = sqlite
+        self.postgres = postgres
+    }
+}
+
+/// A database engine behind the stores: transactions, migrations, maintenance. Stores are
+/// the only callers; surfaces, middleware and listeners receive stores.
+public protocol StorageEngine: Sendable {
+    var kind: StorageKind { get }
+    /// A consistent read (a snapshot): every statement of the block sees the same state.
+    func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
+    /// A short indexed read on the per-request hot path; the engine runs it as cheaply as it can.
+    func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
+    /// A write transaction, all or nothing. The block may run more than once (PostgreSQL
+    /// retries serialization failures), so it must not have effects outside the database.
+    func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
+    /// One query answered on `eventLoop` without leaving it when the engine can (SQLite: one
+    /// read connection per event loop) — the forward-auth listener's path.
+    func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]>
+    /// Applies the pending migrations; safe when several instances start at once.
+    func migrate(_ schema: Schema) async throws
+    /// Names of the applied migrations, in order.
+    func appliedMigrations() async throws -> [String]
+    /// Gives free space back (SQLite `VACUUM`; PostgreSQL leaves it to autovacuum).
+    func compact() async throws
+    /// Closes every connection; further calls fail.
+    func close() async
+}
