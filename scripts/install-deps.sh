@@ -25,4 +25,15 @@ install_missing -- libargon2-dev libsqlite3-dev libssl-dev libqrencode-dev pkg-c
 # served by starman): without recommends, which would pull a web server and start services.
 install_missing --no-install-recommends -- liblemonldap-ng-portal-perl lemonldap-ng-uwsgi-app libstring-random-perl \
     libio-string-perl libio-socket-ssl-perl liblwp-protocol-https-perl starman
+# PostgreSQL server binaries for the throwaway test server (scripts/postgres.sh). The
+# package's own cluster is not wanted: say so before it is installed, so no system service
+# is created or started.
+if ! dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q "install ok installed"; then
+    if [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
+        sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+        $sudo mkdir -p /etc/postgresql-common
+        echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
+    install_missing -o Dpkg::Options::=--force-confold -- postgresql
+fi
 command -v swift >/dev/null || { echo "swift (6.1 or later) is required on PATH" >&2; exit 1; }

@@ -54,7 +54,9 @@ CONF
         # TLS only, passwords only.
         printf 'local all all scram-sha-256\nhostssl all all localhost scram-sha-256\n' > "$dir/data/pg_hba.conf"
     fi
-    as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+    if ! as_server "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+    fi
     echo "postgres://account_admin:$(cat "$dir/password")@localhost:$(cat "$dir/port")/postgres?sslmode=verify-full&sslrootcert=$dir/ca.pem"
     ;;
 stop)

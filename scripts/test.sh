@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
 # One command to run the whole test suite: installs what is missing, builds, runs every test
-# (unit and integration: real SQLite, real mTLS with a generated PKI, real HTTP).
+# (unit and integration: real SQLite and PostgreSQL, real mTLS with a generated PKI, real HTTP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 # The durability test runs the real executable, so build it explicitly too.
 swift build --product account-server
 swift build --build-tests
-swift test --skip-build "$@"
+# The whole suite on each store: SQLite (a file per test), then PostgreSQL (a database per
+# test on a throwaway server started here). ACCOUNT_SERVER_TEST_STORES narrows the list.
+for store in ${ACCOUNT_SERVER_TEST_STORES:-sqlite postgres}; do
+    echo "== tests on $store"
+    case $store in
+    sqlite)
+        ACCOUNT_SERVER_TEST_STORE=sqlite swift test --skip-build "$@"
+        ;;
+    postgres)
+        pgdir=$(mktemp -d)
+        trap 'scripts/postgres.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
+        url=$(scripts/postgres.sh start "$pgdir")
+        ACCOUNT_SERVER_TEST_STORE=postgres ACCOUNT_SERVER_TEST_POSTGRES_URL=$url swift test --skip-build "$@"
+        ;;
+    *)
+        echo "unknown store $store (sqlite, postgres)" >&2
+        exit 2
+        ;;
+    esac
+done

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 
 /// The engines a store runs on.
@@ -43,6 +44,8 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
     case conflict(String)
     /// The configuration (URL, TLS files) is wrong.
     case configuration(String)
+    /// The database refused a statement for another reason (a fault of the store's SQL).
+    case statementFailed(String)
 
     public var description: String {
         switch self {
@@ -50,6 +53,7 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
         case .unavailable(let message): "database unavailable: \(message)"
         case .conflict(let message): "conflicting transactions: \(message)"
         case .configuration(let message): "database configuration: \(message)"
+        case .statementFailed(let message): "statement failed: \(message)"
         }
     }
 }
@@ -99,4 +103,58 @@ public protocol StorageEngine: Sendable {
     func compact() async throws
     /// Closes every connection; further calls fail.
     func close() async
+}
+
+extension Migration {
+    /// The migration's statements, split at the `;` that end them (not those inside quotes,
+    /// dollar-quoted bodies or `--` comments): PostgreSQL's extended protocol, the one that
+    /// binds parameters, runs one statement at a time.
+    public var statements: [String] {
+        var statements: [String] = []
+        var current = ""
+        var quote: Character?
+        var dollarTag: String?
+        var comment = false
+        let characters = Array(sql)
+        var index = 0
+        while index < characters.count {
+            let character = characters[index]
+            if comment {
+                if character == "\n" { comment = false }
+            } else if let tag = dollarTag {
+                if character == "$", String(characters[index...].prefix(tag.count)) == tag {
+                    current += tag
+                    index += tag.count
+                    dollarTag = nil
+                    continue
+                }
+            } else if let open = quote {
+                if character == open { quote = nil }
+            } else if character == "'" || character == "\"" {
+                quote = character
+            } else if character == "-", index + 1 < characters.count, characters[index + 1] == "-" {
+                comment = true
+            } else if character == "$", let end = characters[(index + 1)...].firstIndex(of: "$"),
+                      characters[(index + 1)..<end].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) {
+                let tag = String(characters[index...end])
+                current += tag
+                index = end + 1
+                dollarTag = tag
+                continue
+            } else if character == ";" {
+                let statement = current.trimmingCharacters(in: .whitespacesAndNewlines)
+                if !statement.isEmpty { statements.append(statement) }
+                current = ""
+                index += 1
+                continue
+            }
+            current.append(character)
+            index += 1
+        }
+        let last = current.trimmingCharacters(in: .whitespacesAndNewlines)
+        if !last.isEmpty, !last.split(separator: "\n").allSatisfy({ $0.trimmingCharacters(in: .whitespaces).hasPrefix("--") }) {
+            statements.append(last)
+        }
+        return statements
+    }
 }

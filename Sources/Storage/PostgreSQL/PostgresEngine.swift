@@ -156,8 +156,9 @@ public final class PostgresEngine: StorageEngine {
                     for migration in schema.postgres where !applied.contains(migration.name) {
                         try transaction.run("BEGIN")
                         do {
-                            // The simple query protocol: a migration is several statements.
-                            _ = try connection.simpleQuery(migration.sql).wait()
+                            for statement in migration.statements {
+                                try transaction.run(statement)
+                            }
                             try transaction.execute(sql: "INSERT INTO schema_migration (name, applied_at) VALUES (?, ?)",
                                                     arguments: [migration.name, Int64(Date().timeIntervalSince1970 * 1000)])
                             try transaction.run("COMMIT")
@@ -210,7 +211,8 @@ public final class PostgresEngine: StorageEngine {
         case _ where state.hasPrefix("08"), _ where state.hasPrefix("53"), _ where state.hasPrefix("57"), "25006":
             return StorageError.unavailable(message)
         default:
-            return error
+            // The message only: the detail may quote the values of a row.
+            return StorageError.statementFailed("SQLSTATE \(state): \(message)")
         }
     }
 }
