@@ -58,6 +58,17 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+extension StorageError {
+    /// A failure the same call may overcome a moment later (the database restarting or
+    /// failing over, transactions that kept colliding): answered 503 with `Retry-After`.
+    public var isTransient: Bool {
+        switch self {
+        case .unavailable, .conflict: true
+        case .constraintViolation, .configuration, .statementFailed: false
+        }
+    }
+}
+
 /// One named schema change. A released migration is never edited: add a new one.
 public struct Migration: Sendable {
     public let name: String

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import ServiceLifecycle
+import Storage
 import Habilitation
 import AsyncHTTPClient
 import OpenIDConnect
@@ -405,6 +406,13 @@ struct WebErrorMiddleware: RouterMiddleware {
         } catch is NIOTooManyBytesError {
             // A form sent without Content-Length that grew past the limit.
             return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
+        } catch let error as StorageError where error.isTransient {
+            context.logger.error("database unavailable on the web surface", metadata: ["error": "\(error)"])
+            var response = WebController.page(Pages.error("Service momentanément indisponible",
+                                                          "Le service ne peut pas répondre pour l’instant. Réessayez dans quelques secondes."),
+                                              status: .serviceUnavailable)
+            response.headers[.retryAfter] = "5"
+            return response
         } catch {
             context.logger.error("unexpected error on the web surface", metadata: ["error": "\(error)"])
             return WebController.page(Pages.error("Erreur", "Une erreur est survenue (référence \(context.requestID)). Réessayez dans un instant."), status: .internalServerError)

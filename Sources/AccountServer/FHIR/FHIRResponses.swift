@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Storage
 
 /// Builds FHIR responses: JSON bodies, OperationOutcomes, and the status of each
 /// ``FHIRError/Category``.
@@ -30,6 +31,7 @@ enum FHIRResponses {
         case .forbidden: return .forbidden
         case .badGateway: return .badGateway
         case .gatewayTimeout: return .gatewayTimeout
+        case .serviceUnavailable: return .serviceUnavailable
         }
     }
 
@@ -37,6 +39,9 @@ enum FHIRResponses {
         var headers: HTTPFields = [:]
         if case .methodNotAllowed(let allowed) = error.category {
             headers[.allow] = allowed.joined(separator: ", ")
+        }
+        if error.category == .serviceUnavailable {
+            headers[.retryAfter] = "1"
         }
         return json(OperationOutcome.resource(error.reportedIssues()), status: status(for: error.category), pretty: pretty, headers: headers)
     }
@@ -69,6 +74,9 @@ struct FHIRErrorMiddleware: RouterMiddleware {
             response = FHIRResponses.outcome(Self.translate(error, request: request))
         } catch is NIOTooManyBytesError {
             response = FHIRResponses.outcome(FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes."))
+        } catch let error as StorageError where error.isTransient {
+            context.logger.error("database unavailable on the FHIR endpoint", metadata: ["error": "\(error)"])
+            response = FHIRResponses.outcome(.databaseUnavailable)
         } catch {
             context.logger.error("unexpected error on the FHIR endpoint", metadata: ["error": "\(error)"])
             response = FHIRResponses.outcome(FHIRError(.internalError, code: .exception, "Internal error (request \(context.requestID)); nothing was changed."))

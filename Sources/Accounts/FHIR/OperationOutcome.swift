@@ -65,6 +65,9 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
         case badGateway
         /// The INT_R01 upstream did not answer in time (504).
         case gatewayTimeout
+        /// The database cannot answer now (restarting, failing over); nothing was changed and
+        /// the same call may be sent again (503, `Retry-After`).
+        case serviceUnavailable
     }
 
     public var category: Category
@@ -116,4 +119,10 @@ public enum OperationOutcome {
         })
         return .object(outcome)
     }
+}
+
+extension FHIRError {
+    /// The database cannot answer now; nothing was changed.
+    public static let databaseUnavailable = FHIRError(.serviceUnavailable, code: .transient,
+                                                      "The service cannot reach its database right now; nothing was changed. Send the same request again in a moment.")
 }

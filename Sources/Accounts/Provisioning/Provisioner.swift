@@ -102,6 +102,9 @@ public final class Provisioner: Sendable {
                 }
             } catch let error as FHIRError {
                 throw error
+            } catch let error as StorageError where error.isTransient {
+                logger.error("provisioning failed: database unavailable", metadata: ["error": "\(error)"])
+                throw .databaseUnavailable
             } catch StorageError.constraintViolation(let message) {
                 throw FHIRError(.conflict, code: .duplicate, "The change conflicts with another account (\(message)); nothing was changed.")
             } catch {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -37,7 +38,7 @@ public final class PostgresEngine: StorageEngine {
                                                          tls: try Self.tls(location))
         configuration.options.maximumConnections = poolSize
         configuration.options.minimumConnections = 0
-        configuration.options.connectTimeout = .seconds(5)
+        configuration.options.connectTimeout = .seconds(2)
         configuration.options.keepAliveBehavior = .init(frequency: .seconds(30))
         client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         threads = NIOThreadPool(numberOfThreads: poolSize)
@@ -96,8 +97,8 @@ public final class PostgresEngine: StorageEngine {
     private func transaction<T: Sendable>(begin: String?, _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         let logger = self.logger
         do {
-            return try await client.withConnection { connection in
-                try await threads.runIfActive {
+            return try await withConnection { connection in
+                try await self.threads.runIfActive {
                     let transaction = PostgresTransaction(connection: connection, logger: logger)
                     guard let begin else { return try block(transaction) }
                     try transaction.run(begin)
@@ -125,11 +126,10 @@ public final class PostgresEngine: StorageEngine {
             promise.fail(error)
             return promise.futureResult
         }
-        let client = self.client
         let logger = self.logger
         promise.completeWithTask {
             do {
-                return try await client.withConnection { connection in
+                return try await self.withConnection { connection in
                     try await connection.query(query, logger: logger).get().rows.map(PostgresTransaction.row)
                 }
             } catch {
@@ -139,11 +139,53 @@ public final class PostgresEngine: StorageEngine {
         return promise.futureResult
     }
 
+    /// How long a request waits for a connection before it is answered "unavailable": when
+    /// the server is down or restarting, callers get a 503 at once rather than hang.
+    static let leaseTimeout: Duration = .seconds(2)
+
+    /// A leased connection for `body`, or ``StorageError/unavailable(_:)`` if none comes
+    /// within ``leaseTimeout``. Once `body` has started it runs to its end: a transaction is
+    /// never abandoned half-way.
+    private func withConnection<T: Sendable>(timeout: Duration = PostgresEngine.leaseTimeout,
+                                             _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let started = NIOLockedValueBox(false)
+        let client = self.client
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await client.withConnection { connection in
+                    started.withLockedValue { $0 = true }
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            while true {
+                do {
+                    guard let next = try await group.next() else { throw StorageError.unavailable("no connection") }
+                    if let value = next {
+                        group.cancelAll()
+                        return value
+                    }
+                    // The timer: give up only if the body has not started.
+                    if !started.withLockedValue({ $0 }) {
+                        group.cancelAll()
+                        throw StorageError.unavailable("no database connection within \(timeout)")
+                    }
+                } catch is CancellationError where !started.withLockedValue({ $0 }) {
+                    throw StorageError.unavailable("no database connection within \(timeout)")
+                }
+            }
+        }
+    }
+
     public func migrate(_ schema: Schema) async throws {
         let logger = self.logger
         do {
-            try await client.withConnection { connection in
-                try await threads.runIfActive {
+            // At start the server may still be coming up (both started together): wait longer.
+            try await withConnection(timeout: .seconds(30)) { connection in
+                try await self.threads.runIfActive {
                     let transaction = PostgresTransaction(connection: connection, logger: logger)
                     // A session lock: a second instance starting now waits here until the
                     // first has applied everything, then finds nothing left to do.
