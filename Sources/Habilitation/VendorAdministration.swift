@@ -189,7 +189,7 @@ public final class VendorAdministration: Sendable {
                                       live: revokedAt == nil && absolute > at && lastSeen > at.addingTimeInterval(-idle))
             }
             let events = try AuditEvent.fetchAll(db, sql: """
-                SELECT * FROM (SELECT * FROM audit_event WHERE account_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq
+                SELECT * FROM (SELECT * FROM audit_event WHERE account_id = ? ORDER BY seq DESC LIMIT ?) AS recent ORDER BY seq
                 """, arguments: [accountID, auditLimit])
             return AccountDetail(listing: self.listing(row), version: row["version"], createdAt: Date(epochMilliseconds: row["created_at"]),
                                  passwordResetRequired: row["password_reset_required"], failedSignIns: row["failed_sign_ins"],

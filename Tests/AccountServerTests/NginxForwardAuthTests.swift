@@ -75,18 +75,25 @@ final class NginxProxy: Sendable {
         ])
     }
 
-    /// Runs `docs/nginx/<template>` with its `${...}` placeholders filled in from `values`.
-    init(port: Int, pki: TestPKI, template: String, values: [String: String]) async throws {
+    /// Runs `docs/nginx/<template>` (in the `http` context) with its `${...}` placeholders
+    /// filled in from `values`; `streamTemplate`, if any, goes in a `stream` context.
+    init(port: Int, pki: TestPKI, template: String, streamTemplate: String? = nil, values: [String: String]) async throws {
         self.port = port
         directory = pki.directory.appendingPathComponent("nginx-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("logs"), withIntermediateDirectories: true)
-        var site = try String(contentsOf: Self.docs.appendingPathComponent(template), encoding: .utf8)
-        for (name, value) in values { site = site.replacingOccurrences(of: "${\(name)}", with: value) }
-        #expect(!site.split(separator: "\n").contains { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && $0.contains("${") },
-                "every placeholder of the documented configuration is filled")
+        func filled(_ template: String) throws -> String {
+            var site = try String(contentsOf: Self.docs.appendingPathComponent(template), encoding: .utf8)
+            for (name, value) in values { site = site.replacingOccurrences(of: "${\(name)}", with: value) }
+            #expect(!site.split(separator: "\n").contains { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && $0.contains("${") },
+                    "every placeholder of the documented configuration is filled")
+            return site
+        }
+        let site = try filled(template)
+        let stream = try streamTemplate.map { "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nstream {\n\(try filled($0))\n}" } ?? ""
         let root = directory.path
         let main = """
             \(getuid() == 0 ? "user root;" : "")
+            \(stream)
             worker_processes 1;
             daemon off;
             pid \(root)/nginx.pid;

@@ -234,13 +234,13 @@ struct FHIRReply {
 struct FHIRClient {
     private let owned: OwnedHTTPClient
     var client: HTTPClient { owned.client }
-    let server: RunningServer
+    let server: RunningServer?
     /// The server's own listener, or a proxy in front of it.
     let baseURL: String
 
-    init(pki: TestPKI, certificate: String?, server: RunningServer, baseURL: String? = nil,
+    init(pki: TestPKI, certificate: String?, server: RunningServer?, baseURL: String? = nil,
          maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1) throws {
-        self.baseURL = baseURL ?? server.baseURL
+        self.baseURL = baseURL ?? server?.baseURL ?? ""
         var configuration = HTTPClient.Configuration(tlsConfiguration: try pki.clientTLS(certificate, maximumVersion: maximumVersion, minimumVersion: minimumVersion))
         // Generous: AsyncHTTPClient also applies the connect timeout to a request waiting for a
         // pooled connection, and 40 concurrent calls on a loaded 2-core CI machine wait long.

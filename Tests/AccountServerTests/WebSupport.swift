@@ -107,6 +107,9 @@ final class Browser: @unchecked Sendable {
     let base: String
     /// Cookies by origin (`https://host:port`).
     var jars: [String: [String: String]] = [:]
+    /// Send `Connection: close`: each request on a new connection (behind a TCP load
+    /// balancer, consecutive requests then reach different instances).
+    var closeConnections = false
     /// The cookies of the server under test (`base`).
     var cookies: [String: String] {
         get { jars[base] ?? [:] }
@@ -155,6 +158,7 @@ final class Browser: @unchecked Sendable {
         let jar = jars[cookiesOf ?? origin] ?? [:]
         if !jar.isEmpty { request.headers.add(name: "Cookie", value: jar.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
         for (name, value) in extra { request.headers.add(name: name, value: value) }
+        if closeConnections { request.headers.add(name: "Connection", value: "close") }
         if let form {
             let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))
             let body = form.map { "\($0.key)=\($0.value.addingPercentEncoding(withAllowedCharacters: allowed)!)" }.joined(separator: "&")

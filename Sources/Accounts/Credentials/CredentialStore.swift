@@ -166,7 +166,7 @@ public final class CredentialStore: Sendable {
             guard let current = try self.usableResetAccount(token, at: at, in: db), current.id == row.id else { return .failure(.invalidToken) }
             try db.execute(sql: "UPDATE password_reset_token SET used_at = ? WHERE token_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(token)])
             try db.execute(sql: """
-                UPDATE account SET password_hash = ?, password_reset_required = 0, password_changed_at = ? WHERE id = ?
+                UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'password-changed', oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, row.id])
@@ -320,7 +320,7 @@ public final class CredentialStore: Sendable {
     public func acceptCGU(accountID: String, version: String, address: String?, actor: AuditActor) async throws {
         let at = now
         try await database.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO cgu_acceptance (account_id, version, accepted_at, address) VALUES (?, ?, ?, ?)",
+            try db.execute(sql: "INSERT INTO cgu_acceptance (account_id, version, accepted_at, address) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                            arguments: [accountID, version, at.epochMilliseconds, address])
             try self.audit.append(self.event("cgu-accepted", "version \(version)", accountID, actor, at), in: db)
         }

@@ -24,6 +24,9 @@ public final class PostgresEngine: StorageEngine {
     private let logger: Logger
     /// Attempts of a write transaction that keeps meeting serialization failures.
     static let writeAttempts = 8
+    /// Attempts of a write transaction refused by a unique index that a concurrent
+    /// transaction's row made true after this one had looked.
+    static let uniqueViolationAttempts = 3
     /// Key of the session advisory lock that serialises migrations across instances.
     static let migrationLock: Int64 = 0x6163_636f_756e_7473  // "accounts"
 
@@ -71,12 +74,20 @@ public final class PostgresEngine: StorageEngine {
     }
 
     public func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
-        try await transaction(begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", block)
+        do {
+            return try await transaction(begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", block)
+        } catch let error as PostgresRetry {
+            throw StorageError.conflict(error.message)
+        }
     }
 
     /// The hot path's reads are single statements: no BEGIN/COMMIT around them.
     public func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
-        try await transaction(begin: nil, block)
+        do {
+            return try await transaction(begin: nil, block)
+        } catch let error as PostgresRetry {
+            throw StorageError.conflict(error.message)
+        }
     }
 
     public func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
@@ -85,6 +96,12 @@ public final class PostgresEngine: StorageEngine {
             do {
                 return try await transaction(begin: "BEGIN ISOLATION LEVEL SERIALIZABLE", block)
             } catch let error as PostgresRetry {
+                // A unique violation is retried a few times only: when the store checked
+                // first (as every rule does), the retry sees the committed row and answers
+                // as SQLite's serial order would; when the index alone refuses, it stays.
+                if error.uniqueViolation, attempt >= Self.uniqueViolationAttempts {
+                    throw StorageError.constraintViolation(error.message)
+                }
                 guard attempt < Self.writeAttempts else { throw StorageError.conflict(error.message) }
                 // Jittered back-off, so the transactions that collided do not collide again.
                 try await Task.sleep(nanoseconds: UInt64.random(in: delay / 2...delay))
@@ -141,7 +158,7 @@ public final class PostgresEngine: StorageEngine {
 
     /// How long a request waits for a connection before it is answered "unavailable": when
     /// the server is down or restarting, callers get a 503 at once rather than hang.
-    static let leaseTimeout: Duration = .seconds(2)
+    static let leaseTimeout: Duration = .seconds(5)
 
     /// A leased connection for `body`, or ``StorageError/unavailable(_:)`` if none comes
     /// within ``leaseTimeout``. Once `body` has started it runs to its end: a transaction is
@@ -245,7 +262,9 @@ public final class PostgresEngine: StorageEngine {
         let message = error.serverInfo?[.message] ?? state
         switch state {
         case "40001", "40P01":
-            return PostgresRetry(message: message)
+            return PostgresRetry(message: message, uniqueViolation: false)
+        case "23505":
+            return PostgresRetry(message: message, uniqueViolation: true)
         case _ where state.hasPrefix("23"), "P0001", "42501":
             // Integrity rules, the append-only trigger, and a missing privilege (the runtime
             // role cannot UPDATE or DELETE the audit trail).
@@ -259,9 +278,11 @@ public final class PostgresEngine: StorageEngine {
     }
 }
 
-/// A serialization failure or deadlock: the write transaction is run again.
+/// A serialization failure, a deadlock or a unique violation: the write transaction is run
+/// again.
 struct PostgresRetry: Error {
     let message: String
+    let uniqueViolation: Bool
 }
 
 /// One leased connection, used synchronously from a thread of the engine's pool.
