@@ -20,7 +20,7 @@ install_missing() {
 }
 
 install_missing -- libargon2-dev libsqlite3-dev libssl-dev libqrencode-dev pkg-config openssl curl python3-aiosmtpd \
-    python3-websocket chromium nginx
+    python3-websocket chromium nginx libnginx-mod-stream
 # The OpenID Connect provider the tests start in place of Pro Santé Connect (LemonLDAP::NG,
 # served by starman): without recommends, which would pull a web server and start services.
 install_missing --no-install-recommends -- liblemonldap-ng-portal-perl lemonldap-ng-uwsgi-app libstring-random-perl \

@@ -6,11 +6,12 @@
 #
 #   scripts/postgres.sh start DIR   # prints the admin URL (database `postgres`) on stdout
 #   scripts/postgres.sh stop DIR    # stops the server (fast shutdown); DIR can then be removed
-#   scripts/postgres.sh restart DIR # immediate stop, then start on the same port (tests)
+#   scripts/postgres.sh down DIR    # immediate stop, as a crash would (tests)
+#   scripts/postgres.sh up DIR      # starts it again on the same port
 set -euo pipefail
 
-command=${1:?usage: postgres.sh start|stop|restart DIR}
-dir=${2:?usage: postgres.sh start|stop|restart DIR}
+command=${1:?usage: postgres.sh start|stop|down|up DIR}
+dir=${2:?usage: postgres.sh start|stop|down|up DIR}
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [[ -x $bin/initdb ]] || { echo "PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
 
@@ -62,12 +63,14 @@ CONF
 stop)
     [[ -f $dir/data/postmaster.pid ]] && as_server "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
     ;;
-restart)
+down)
     as_server "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+    ;;
+up)
     as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
     ;;
 *)
-    echo "usage: postgres.sh start|stop|restart DIR" >&2
+    echo "usage: postgres.sh start|stop|down|up DIR" >&2
     exit 2
     ;;
 esac

@@ -12,8 +12,8 @@ import X509
 /// Tests on the real `account-server` process: durability across `kill -9`, signals.
 @Suite("The account-server process")
 struct ProcessTests {
-    static let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent(".build/debug/account-server").path
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let binary = repository.appendingPathComponent(".build/debug/account-server").path
 
     /// The `--database` of the server(s) run in `directory`: created on first use (a file, or
     /// a PostgreSQL database), the same afterwards (a restart finds its data).

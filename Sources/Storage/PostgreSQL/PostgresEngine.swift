@@ -29,6 +29,9 @@ public final class PostgresEngine: StorageEngine {
     static let uniqueViolationAttempts = 3
     /// Key of the session advisory lock that serialises migrations across instances.
     static let migrationLock: Int64 = 0x6163_636f_756e_7473  // "accounts"
+    /// Key of the session advisory lock write transactions hold: shared by first attempts,
+    /// exclusive for retries.
+    static let writeLock: Int64 = 0x7772_6974_696e_6773  // "writings"
 
     /// Connects lazily: the first transaction opens the first connection, so a server that is
     /// down at start is reported by the first use (readiness), not by a crash.
@@ -94,7 +97,10 @@ public final class PostgresEngine: StorageEngine {
         var delay: UInt64 = 2_000_000
         for attempt in 1...Self.writeAttempts {
             do {
-                return try await transaction(begin: "BEGIN ISOLATION LEVEL SERIALIZABLE", block)
+                // Every write holds the write lock, shared; a retry holds it exclusively, so it
+                // runs alone and succeeds: transactions that collided make progress however
+                // many collide, and a queued retry holds new writes back until it is done.
+                return try await transaction(begin: "BEGIN ISOLATION LEVEL SERIALIZABLE", writeLock: attempt == 1 ? .shared : .exclusive, block)
             } catch let error as PostgresRetry {
                 // A unique violation is retried a few times only: when the store checked
                 // first (as every rule does), the retry sees the committed row and answers
@@ -111,13 +117,33 @@ public final class PostgresEngine: StorageEngine {
         preconditionFailure("unreachable")
     }
 
-    private func transaction<T: Sendable>(begin: String?, _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+    enum WriteLock {
+        case shared, exclusive
+    }
+
+    private func transaction<T: Sendable>(begin: String?, writeLock: WriteLock? = nil,
+                                          _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         let logger = self.logger
         do {
             return try await withConnection { connection in
                 try await self.threads.runIfActive {
                     let transaction = PostgresTransaction(connection: connection, logger: logger)
                     guard let begin else { return try block(transaction) }
+                    // A session lock, taken before BEGIN: the transaction's snapshot is then
+                    // taken after any wait for it, not before.
+                    if let writeLock {
+                        try transaction.run("SELECT pg_advisory_lock\(writeLock == .shared ? "_shared" : "")(\(Self.writeLock))")
+                    }
+                    defer {
+                        if let writeLock {
+                            do {
+                                try transaction.run("SELECT pg_advisory_unlock\(writeLock == .shared ? "_shared" : "")(\(Self.writeLock))")
+                            } catch {
+                                // A connection that may still hold the lock never serves again.
+                                connection.close().whenComplete { _ in }
+                            }
+                        }
+                    }
                     try transaction.run(begin)
                     do {
                         let result = try block(transaction)
@@ -156,17 +182,24 @@ public final class PostgresEngine: StorageEngine {
         return promise.futureResult
     }
 
-    /// How long a request waits for a connection before it is answered "unavailable": when
-    /// the server is down or restarting, callers get a 503 at once rather than hang.
-    static let leaseTimeout: Duration = .seconds(5)
+    /// How long a request may wait for a connection while the server accepts connections
+    /// (every connection busy): the load passes, the request is served late rather than lost.
+    static let busyTimeout: Duration = .seconds(30)
+    /// After this long without a connection, the server is probed; if it refuses connections
+    /// (down, restarting) the request is answered "unavailable" at once: callers get a 503
+    /// within about a second rather than hang.
+    static let probeAfter: Duration = .seconds(1)
 
-    /// A leased connection for `body`, or ``StorageError/unavailable(_:)`` if none comes
-    /// within ``leaseTimeout``. Once `body` has started it runs to its end: a transaction is
-    /// never abandoned half-way.
-    private func withConnection<T: Sendable>(timeout: Duration = PostgresEngine.leaseTimeout,
+    /// A leased connection for `body`, or ``StorageError/unavailable(_:)``: at once if the
+    /// server refuses connections, after `timeout` if every connection stays busy. Once
+    /// `body` has started it runs to its end: a transaction is never abandoned half-way.
+    private func withConnection<T: Sendable>(timeout: Duration = PostgresEngine.busyTimeout, failFast: Bool = true,
                                              _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let started = NIOLockedValueBox(false)
         let client = self.client
+        let location = self.location
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
                 try await client.withConnection { connection in
@@ -175,7 +208,12 @@ public final class PostgresEngine: StorageEngine {
                 }
             }
             group.addTask {
-                try? await Task.sleep(for: timeout)
+                // The watchdog: returns nil when the request should give up waiting.
+                while clock.now < deadline {
+                    try? await Task.sleep(for: Self.probeAfter)
+                    if Task.isCancelled || started.withLockedValue({ $0 }) { return nil }
+                    if failFast, await !Self.acceptsConnections(location) { return nil }
+                }
                 return nil
             }
             while true {
@@ -185,15 +223,27 @@ public final class PostgresEngine: StorageEngine {
                         group.cancelAll()
                         return value
                     }
-                    // The timer: give up only if the body has not started.
                     if !started.withLockedValue({ $0 }) {
                         group.cancelAll()
-                        throw StorageError.unavailable("no database connection within \(timeout)")
+                        throw StorageError.unavailable("no database connection (server unreachable or every connection busy)")
                     }
                 } catch is CancellationError where !started.withLockedValue({ $0 }) {
-                    throw StorageError.unavailable("no database connection within \(timeout)")
+                    throw StorageError.unavailable("no database connection")
                 }
             }
+        }
+    }
+
+    /// Whether the server accepts a TCP connection now (1 s at most).
+    static func acceptsConnections(_ location: PostgresLocation) async -> Bool {
+        do {
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(1))
+                .connect(host: location.host, port: location.port).get()
+            try? await channel.close()
+            return true
+        } catch {
+            return false
         }
     }
 
@@ -201,7 +251,7 @@ public final class PostgresEngine: StorageEngine {
         let logger = self.logger
         do {
             // At start the server may still be coming up (both started together): wait longer.
-            try await withConnection(timeout: .seconds(30)) { connection in
+            try await withConnection(timeout: .seconds(30), failFast: false) { connection in
                 try await self.threads.runIfActive {
                     let transaction = PostgresTransaction(connection: connection, logger: logger)
                     // A session lock: a second instance starting now waits here until the
@@ -241,9 +291,17 @@ public final class PostgresEngine: StorageEngine {
     /// Autovacuum gives dead rows' space back for reuse; nothing to do on demand.
     public func compact() async throws {}
 
+    /// Stops the client (its connections close) and the threads. Waits 5 s at most for the
+    /// client: shutting the process down must not depend on the database's state.
     public func close() async {
         running.cancel()
-        _ = await running.value
+        let running = self.running
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { _ = await running.value }
+            group.addTask { try? await Task.sleep(for: .seconds(5)) }
+            await group.next()
+            group.cancelAll()
+        }
         try? await threads.shutdownGracefully()
     }
 

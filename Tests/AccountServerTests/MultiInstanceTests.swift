@@ -1,0 +1,453 @@
+@testable import AccountServer
+import Accounts
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOSSL
+import Storage
+import StorageTesting
+import Synchronization
+import Testing
+
+/// Two `account-server` processes on one PostgreSQL behind a real nginx doing round robin
+/// (docs/nginx/instances-*.conf): what a vendor runs for availability. Only on the
+/// PostgreSQL run of the suite (SQLite is one process's file).
+@Suite("Several instances on one PostgreSQL", .enabled(if: TestStore.kind == .postgres))
+struct MultiInstanceTests {
+    static let email = "jules.marius@test.com"
+    static let password = "Vélo-rouge-sur-la-Loire"
+    static let national = "810002673899"
+    static let putPath = "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899"
+
+    /// One `account-server serve` process.
+    final class Instance: Sendable {
+        let name: String
+        let fhirPort: Int
+        let webPort: Int
+        let forwardAuthPort: Int
+        let adminPort: Int
+        let logFile: URL
+        private let process: Process
+
+        private init(name: String, ports: [Int], logFile: URL, process: Process) {
+            self.name = name
+            (fhirPort, webPort, forwardAuthPort, adminPort) = (ports[0], ports[1], ports[2], ports[3])
+            self.logFile = logFile
+            self.process = process
+        }
+
+        static func launch(name: String, directory: URL, database: String, pki: TestPKI, publicURL: String, smtpPort: Int) async throws -> Instance {
+            let ports = (0..<4).map { _ in freeLoopbackPort() }
+            let logFile = directory.appendingPathComponent("\(name).log")
+            FileManager.default.createFile(atPath: logFile.path, contents: nil)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+            process.arguments = [
+                "serve", "--database", database, "--database-pool-size", "4",
+                "--fhir-address", "127.0.0.1:\(ports[0])", "--tls-certificate", pki.serverCertificatePath, "--tls-key", pki.serverKeyPath,
+                "--client-ca", pki.caPath, "--client-crl", pki.crlPath,
+                "--allowed-client-cn", TestPKI.allowedCN, "--allowed-client-ou", TestPKI.allowedOU,
+                "--web-address", "127.0.0.1:\(ports[1])", "--public-url", publicURL, "--allowed-return-host", "agenda.example",
+                "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                "--smtp-url", "smtp://127.0.0.1:\(smtpPort)", "--rate-limit-per-minute", "600",
+                "--forward-auth-address", "127.0.0.1:\(ports[2])",
+                "--admin-address", "127.0.0.1:\(ports[3])", "--admin-token-file", directory.appendingPathComponent("\(name).token").path,
+                "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
+            ]
+            let output = try FileHandle(forWritingTo: logFile)
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let instance = Instance(name: name, ports: ports, logFile: logFile, process: process)
+            for _ in 0..<600 {
+                if ports.allSatisfy(SMTPSink.accepts(port:)) { return instance }
+                guard instance.isRunning else { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            instance.kill9()
+            throw FixtureFailure("instance \(name) did not start: \(instance.log.suffix(2000))")
+        }
+
+        var log: String { (try? String(contentsOf: logFile, encoding: .utf8)) ?? "" }
+        /// Asked of the kernel: Foundation's `isRunning` was seen to stay true after the exit
+        /// of a process when the test also spawned other children.
+        var isRunning: Bool {
+            var status: Int32 = 0
+            return waitpid(process.processIdentifier, &status, WNOHANG) == 0
+        }
+
+        func kill9() {
+            guard isRunning else { return }
+            kill(process.processIdentifier, SIGKILL)
+        }
+
+        /// SIGTERM, then SIGKILL if it has not exited within 15 s (an issue is recorded).
+        func stop() async {
+            guard isRunning else { return }
+            process.terminate()
+            for _ in 0..<150 where isRunning { try? await Task.sleep(for: .milliseconds(100)) }
+            if isRunning {
+                Issue.record("instance \(name) did not exit within 15 s of SIGTERM")
+                kill(process.processIdentifier, SIGKILL)
+            }
+        }
+    }
+
+    /// A database, two instances on it, an nginx in front, an SMTP server.
+    final class Cluster: Sendable {
+        let pki: TestPKI
+        let smtp: SMTPSink
+        let database: AccountDatabase
+        let instances: [Instance]
+        let nginx: NginxProxy
+        let fhirPort: Int
+        let webPort: Int
+        let forwardAuthPort: Int
+
+        var fhirURL: String { "https://localhost:\(fhirPort)" }
+        var webURL: String { "https://localhost:\(webPort)" }
+        var forwardAuthURL: String { "http://127.0.0.1:\(forwardAuthPort)/forward-auth" }
+
+        private init(pki: TestPKI, smtp: SMTPSink, database: AccountDatabase, instances: [Instance], nginx: NginxProxy,
+                     ports: (Int, Int, Int)) {
+            self.pki = pki
+            self.smtp = smtp
+            self.database = database
+            self.instances = instances
+            self.nginx = nginx
+            (fhirPort, webPort, forwardAuthPort) = ports
+        }
+
+        /// `databaseArgument`: an existing database (another server); a fresh one otherwise.
+        static func start(databaseArgument: String? = nil) async throws -> Cluster {
+            let pki = try TestPKI()
+            let smtp = try await SMTPSink()
+            var argument = databaseArgument ?? ""
+            if databaseArgument == nil { argument = try await TestStore.argument(in: pki.directory) }
+            let (fhir, web, forwardAuth) = (freeLoopbackPort(), freeLoopbackPort(), freeLoopbackPort())
+            var instances: [Instance] = []
+            for name in ["a", "b"] {
+                // One after the other: the second finds the schema the first migrated (the
+                // advisory lock covers instances started together; ProcessTests does that).
+                instances.append(try await Instance.launch(name: name, directory: pki.directory, database: argument, pki: pki,
+                                                           publicURL: "https://localhost:\(web)", smtpPort: smtp.port))
+            }
+            let nginx = try await NginxProxy(port: forwardAuth, pki: pki, template: "instances-forward-auth.conf",
+                                             streamTemplate: "instances-stream.conf", values: [
+                "FHIR_LISTEN": "127.0.0.1:\(fhir)", "WEB_LISTEN": "127.0.0.1:\(web)", "FORWARD_AUTH_LISTEN": "127.0.0.1:\(forwardAuth)",
+                "INSTANCE_A_FHIR": "127.0.0.1:\(instances[0].fhirPort)", "INSTANCE_B_FHIR": "127.0.0.1:\(instances[1].fhirPort)",
+                "INSTANCE_A_WEB": "127.0.0.1:\(instances[0].webPort)", "INSTANCE_B_WEB": "127.0.0.1:\(instances[1].webPort)",
+                "INSTANCE_A_FORWARD_AUTH": "127.0.0.1:\(instances[0].forwardAuthPort)",
+                "INSTANCE_B_FORWARD_AUTH": "127.0.0.1:\(instances[1].forwardAuthPort)",
+            ])
+            return Cluster(pki: pki, smtp: smtp, database: try await TestStore.open(argument, poolSize: 2), instances: instances, nginx: nginx,
+                           ports: (fhir, web, forwardAuth))
+        }
+
+        /// The SAS's client, through nginx.
+        func fhir() throws -> FHIRClient { try FHIRClient(pki: pki, certificate: "valid", server: nil, baseURL: fhirURL) }
+
+        /// A regulator's browser, through nginx, each request on a new connection (so the
+        /// round robin spreads it over both instances).
+        func browser() throws -> Browser {
+            let browser = try Browser(pki: pki, base: webURL)
+            browser.closeConnections = true
+            return browser
+        }
+
+        func accountCount() async throws -> Int {
+            try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
+        }
+
+        func stop() async {
+            nginx.stop()
+            for instance in instances { await instance.stop() }
+            smtp.stop()
+            await database.close()
+        }
+    }
+
+    /// A request on a connection of its own (nginx's TCP round robin picks the instance per
+    /// connection).
+    static let fresh = [("Connection", "close")]
+
+    /// The SAS creates the account; the regulator chooses a password through the mailed
+    /// link, enrols TOTP, accepts the CGU: every request on a new connection, so the
+    /// journey hops between the instances. Returns the browser holding the session.
+    static func journey(_ cluster: Cluster) async throws -> Browser {
+        let fhir = try cluster.fhir()
+        let created = try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: national, email: email), headers: fresh)
+        await fhir.shutdown()
+        guard created.status == 201 else { throw FixtureFailure("the SAS create answered \(created.status): \(created.body)") }
+        let browser = try cluster.browser()
+        let agenda = "https://agenda.example/rdv/42?origin=sas"
+        let entry = try await browser.get("/connexion?origin=sas&retour=\(agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)")
+        #expect(entry.status == 303)
+        let sent = try await browser.submit("/mot-de-passe-oublie", ["email": email])
+        #expect(sent.status == 200)
+        let token = try #require(try await cluster.smtp.resetToken(number: 1, timeout: .seconds(20)), "the reset mail reached the SMTP server")
+        let form = try await browser.get("/reinitialisation?jeton=\(token)")
+        let done = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": password,
+                                                                                "confirmation": password])
+        #expect(done.status == 200 && done.body.contains("Mot de passe enregistré"), "\(done.status) \(done.body)")
+        let (location, _, _) = try await WebSignInTests.signIn(browser)
+        #expect(location == agenda, "back to the agenda page the SAS linked to")
+        return browser
+    }
+
+    /// Asks the forward-auth address (nginx, round robin per request) with the browser's
+    /// session cookie.
+    static func forwardAuth(_ cluster: Cluster, cookie: String, client: HTTPClient) async throws -> Int {
+        var request = HTTPClientRequest(url: cluster.forwardAuthURL)
+        request.headers.add(name: "Cookie", value: cookie)
+        for (name, value) in ForwardAuthTests.forwardedHeaders { request.headers.add(name: name, value: value) }
+        let response = try await client.execute(request, timeout: .seconds(10))
+        _ = try await response.body.collect(upTo: 1 << 16)
+        return Int(response.status.code)
+    }
+
+    @Test func theSASJourneyHopsBetweenInstances() async throws {
+        let cluster = try await Cluster.start()
+        let browser = try await Self.journey(cluster)
+        let cookie = "__Host-as-session=\(try #require(browser.cookies["__Host-as-session"]))"
+        #expect(try await browser.get("/compte").body.contains("data-habilitation=\"oui\""))
+        let owned = OwnedHTTPClient(HTTPClient.Configuration())
+        var statuses: [Int] = []
+        for _ in 0..<6 { statuses.append(try await Self.forwardAuth(cluster, cookie: cookie, client: owned.client)) }
+        #expect(statuses.allSatisfy { $0 == 200 }, "\(statuses)")
+        // Both instances took part: web pages, and forward-auth answers.
+        for instance in cluster.instances {
+            let metrics = try await browser.request(.GET, "http://127.0.0.1:\(instance.adminPort)/metrics")
+            let web = metrics.body.split(separator: "\n").filter { $0.hasPrefix("account_server_http_requests_total{surface=\"web\"") }
+            let forwardAuth = metrics.body.split(separator: "\n").filter { $0.hasPrefix("account_server_http_requests_total{surface=\"forward-auth\"") }
+            #expect(!web.isEmpty && !forwardAuth.isEmpty, "instance \(instance.name) served part of the journey: \(web) \(forwardAuth)")
+        }
+        // Two mailers polled one outbox: the reset mail was sent once.
+        try await Task.sleep(for: .seconds(2))
+        #expect(try cluster.smtp.messages().count == 1)
+        await owned.shutdown()
+        await browser.shutdown()
+        await cluster.stop()
+    }
+
+    /// 20 conditional updates of one new identifier at once, spread over both instances:
+    /// exactly one account, one create, no lost update, no error.
+    @Test func parallelUpsertsOverBothInstancesCreateOneAccount() async throws {
+        let cluster = try await Cluster.start()
+        let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+            for index in 0..<20 {
+                group.addTask {
+                    let fhir = try cluster.fhir()
+                    let reply = try await fhir.send(.PUT, Self.putPath, body: Bodies.practitioner(national: Self.national, family: "F\(index)",
+                                                                                                  email: Self.email), headers: Self.fresh)
+                    await fhir.shutdown()
+                    return reply.status
+                }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(statuses.filter { $0 == 201 }.count == 1 && statuses.filter { $0 == 200 }.count == 19, "\(statuses.sorted())")
+        #expect(try await cluster.accountCount() == 1)
+        let version = try await cluster.database.read { db in try Int.fetchOne(db, sql: "SELECT version FROM account") }
+        #expect(version == 20, "20 PUTs with distinct names: version 20, no lost update")
+        await cluster.stop()
+    }
+
+    /// 50 forward-auth requests continuously in flight over both instances while the SAS
+    /// withdraws the habilitation through one of them: none that starts after the
+    /// withdrawal's answer is allowed.
+    @Test func withdrawalRaceAcrossInstancesHasNoStaleAnswer() async throws {
+        let cluster = try await Cluster.start()
+        let browser = try await Self.journey(cluster)
+        let cookie = "__Host-as-session=\(try #require(browser.cookies["__Host-as-session"]))"
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
+        let owned = OwnedHTTPClient(configuration)
+        let client = owned.client
+        let clock = ContinuousClock()
+        let results = Answers()
+        let workers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<50 {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            let started = clock.now
+                            guard let status = try? await Self.forwardAuth(cluster, cookie: cookie, client: client) else { break }
+                            results.record(started, status)
+                        }
+                    }
+                }
+            }
+        }
+        func waitForAnswers(_ count: Int, after instant: ContinuousClock.Instant) async throws {
+            let deadline = clock.now + .seconds(30)
+            while results.all.filter({ $0.0 > instant }).count < count && clock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try await waitForAnswers(100, after: clock.now)
+        let fhir = try cluster.fhir()
+        let withdrawn = try await fhir.send(.PUT, Self.putPath, body: Bodies.practitioner(national: Self.national, active: false, email: Self.email),
+                                           headers: Self.fresh)
+        #expect(withdrawn.status == 200)
+        let committed = clock.now
+        try await waitForAnswers(200, after: committed)
+        workers.cancel()
+        await workers.value
+        let after = results.all.filter { $0.0 > committed }
+        #expect(results.all.contains { $0.0 < committed && $0.1 == 200 }, "requests were granted before the withdrawal")
+        #expect(after.count >= 200, "enough requests started after the commit (\(after.count))")
+        #expect(after.filter { $0.1 == 200 }.isEmpty, "\(after.filter { $0.1 == 200 }.count) of \(after.count) requests after the commit were allowed")
+        #expect(after.allSatisfy { $0.1 == 403 })
+        await fhir.shutdown()
+        await owned.shutdown()
+        await browser.shutdown()
+        await cluster.stop()
+    }
+
+    /// Creates through nginx from 4 writers; one instance is killed with SIGKILL half-way.
+    /// Every acknowledged create is in the database, and the other instance keeps serving.
+    @Test func killingOneInstanceUnderLoadLosesNothing() async throws {
+        let cluster = try await Cluster.start()
+        let acknowledged = Locked<[(ContinuousClock.Instant, String)]>([])
+        let clock = ContinuousClock()
+        let stop = Locked(false)
+        let writers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for writer in 0..<4 {
+                    group.addTask {
+                        var index = 0
+                        while !stop.withLock({ $0 }) {
+                            index += 1
+                            let uuid = UUID().uuidString.lowercased()
+                            guard let fhir = try? cluster.fhir() else { break }
+                            let reply = try? await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: uuid, email: "w\(writer)-\(index)@test.fr"),
+                                                            headers: Self.fresh)
+                            await fhir.shutdown()
+                            if reply?.status == 201 { acknowledged.withLock { $0.append((clock.now, uuid)) } }
+                        }
+                    }
+                }
+            }
+        }
+        func acknowledgedCount() -> Int { acknowledged.withLock { $0.count } }
+        let deadline = clock.now + .seconds(60)
+        while acknowledgedCount() < 20 && clock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        cluster.instances[0].kill9()
+        let killed = clock.now
+        while acknowledged.withLock({ $0.filter { $0.0 > killed }.count }) < 20 && clock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        stop.withLock { $0 = true }
+        await writers.value
+        let all = acknowledged.withLock { $0 }
+        #expect(all.filter { $0.0 > killed }.count >= 20, "the surviving instance kept serving")
+        let stored = Set(try await cluster.database.read { db in
+            try String.fetchAll(db, sql: "SELECT value FROM account_identifier WHERE kind = 'INTRN'")
+        })
+        let lost = all.filter { !stored.contains($0.1) }
+        #expect(lost.isEmpty, "acknowledged creates lost: \(lost.count) of \(all.count)")
+        await cluster.stop()
+    }
+
+    /// PostgreSQL restarted (immediate stop) under load: while it is down, calls fail fast
+    /// with a 503 OperationOutcome or the French page; once it is back, both instances serve
+    /// again without being restarted, and every acknowledged create is there. On a server of
+    /// its own (restarting the suite's would break the other tests).
+    @Test func postgresRestartUnderLoad() async throws {
+        let serverDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("pg-restart-\(UUID().uuidString)")
+        let admin = try PostgresLocation(url: try await Self.script(["start", serverDirectory.path]))
+        defer { Task { _ = try? await Self.script(["stop", serverDirectory.path]) } }
+        try await TestStore.execute("CREATE DATABASE restart_test", on: admin)
+        let cluster = try await Cluster.start(databaseArgument: TestStore.url(admin.with(database: "restart_test")))
+        let clock = ContinuousClock()
+        let outcomes = Locked<[(started: ContinuousClock.Instant, took: Duration, status: Int?, uuid: String, body: String)]>([])
+        let stop = Locked(false)
+        let writers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for writer in 0..<2 {
+                    group.addTask {
+                        var index = 0
+                        while !stop.withLock({ $0 }) {
+                            index += 1
+                            let uuid = UUID().uuidString.lowercased()
+                            guard let fhir = try? cluster.fhir() else { break }
+                            let started = clock.now
+                            let reply = try? await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: uuid, email: "r\(writer)-\(index)@test.fr"),
+                                                            headers: Self.fresh)
+                            await fhir.shutdown()
+                            outcomes.withLock { $0.append((started, clock.now - started, reply?.status, uuid, reply?.body ?? "")) }
+                            try? await Task.sleep(for: .milliseconds(20))
+                        }
+                    }
+                }
+            }
+        }
+        func count(after instant: ContinuousClock.Instant, _ status: Int) -> Int {
+            outcomes.withLock { $0.filter { $0.started > instant && $0.status == status }.count }
+        }
+        let start = clock.now
+        while count(after: start, 201) < 10 && clock.now < start + .seconds(60) { try await Task.sleep(for: .milliseconds(20)) }
+        // Down for 3 s, then up again.
+        _ = try await Self.script(["down", serverDirectory.path])
+        let down = clock.now
+        try await Task.sleep(for: .seconds(3))
+        let web = try cluster.browser()
+        let page = try await web.get("/connexion?origin=sas")
+        _ = try await Self.script(["up", serverDirectory.path])
+        let up = clock.now
+        while count(after: up + .seconds(1), 201) < 10 && clock.now < up + .seconds(60) { try await Task.sleep(for: .milliseconds(20)) }
+        stop.withLock { $0 = true }
+        await writers.value
+        let all = outcomes.withLock { $0 }
+        let duringOutage = all.filter { $0.started > down + .milliseconds(200) && $0.started + $0.took < up }
+        #expect(!duringOutage.isEmpty, "calls were made while the database was down")
+        #expect(duringOutage.allSatisfy { $0.status == 503 && $0.body.contains("OperationOutcome") && $0.body.contains("transient") },
+                "\(duringOutage.map { "\($0.status.map(String.init) ?? "no answer")" })")
+        #expect(duringOutage.allSatisfy { $0.took < .seconds(7) }, "fail fast: \(duringOutage.map(\.took).max() ?? .zero)")
+        #expect(page.status == 503 && page.body.contains("Service momentanément indisponible"), "\(page.status) \(page.body.prefix(300))")
+        #expect(count(after: up + .seconds(1), 201) >= 10, "served again after the restart, without restarting account-server")
+        #expect(cluster.instances.allSatisfy { $0.isRunning })
+        let stored = Set(try await cluster.database.read { db in
+            try String.fetchAll(db, sql: "SELECT value FROM account_identifier WHERE kind = 'INTRN'")
+        })
+        let lost = all.filter { $0.status == 201 && !stored.contains($0.uuid) }
+        #expect(lost.isEmpty, "acknowledged creates lost: \(lost.count)")
+        await web.shutdown()
+        await cluster.stop()
+    }
+
+    /// Runs scripts/postgres.sh; returns its output. Spawned and reaped directly
+    /// (posix_spawn, waitpid): the server it starts outlives it, and neither a pipe (another
+    /// test's child may inherit its write end) nor Foundation's `Process` (whose wait did not
+    /// return here) copes with that.
+    @discardableResult
+    static func script(_ arguments: [String]) async throws -> String {
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("postgres-sh-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: output) }
+        let quoted = ([ProcessTests.repository.appendingPathComponent("scripts/postgres.sh").path] + arguments)
+            .map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        let command = "exec " + quoted + " > '\(output.path)' 2>/dev/null"
+        let status = try await onDedicatedThread { () -> Int32 in
+            var pid: pid_t = 0
+            let words: [String] = ["/bin/bash", "-c", command]
+            let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+            defer { argv.forEach { free($0) } }
+            guard posix_spawn(&pid, "/bin/bash", nil, nil, argv, environ) == 0 else { return -1 }
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+            return status
+        }
+        guard status == 0 else { throw FixtureFailure("postgres.sh \(arguments.joined(separator: " ")) failed (\(status))") }
+        return try String(contentsOf: output, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// A value shared by concurrent test workers.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+
+    init(_ value: Value) { mutex = Mutex(value) }
+
+    func withLock<T: Sendable>(_ body: (inout Value) -> T) -> T { mutex.withLock { body(&$0) } }
+}
