@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+./scripts/check-boundary.sh
 # The durability test runs the real executable, so build it explicitly too.
 swift build --product account-server
 swift build --build-tests

@@ -327,3 +327,67 @@ struct ProcessTests {
         return code == "000" ? nil : code
     }
 }
+
+/// `account-server migrate-store`: a SQLite installation moved to PostgreSQL (the PostgreSQL
+/// run of the suite only).
+@Suite("Moving a SQLite installation to PostgreSQL", .enabled(if: TestStore.kind == .postgres))
+struct MigrateStoreTests {
+    @Test func everythingIsCopiedAndVerifiedOnce() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("migrate-store-\(UUID().uuidString)")
+        let file = directory.appendingPathComponent("db.sqlite").path
+        // A source with a row in every kind of table: accounts (booleans), identifiers and
+        // their history, the audit trail, a queued reset mail and its token, a session.
+        let source = try AccountDatabase(path: file)
+        let provisioner = Provisioner(database: source, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 1))
+        let context = CallContext(actor: AuditActor(subject: "CN=test"), requestID: "migrate")
+        var ids: [String] = []
+        for index in 0..<5 {
+            let record = RegulatorRecord(sasTechnicalID: SASTechnicalID(UUID().uuidString.lowercased()), active: index != 2, familyName: "NOM\(index)",
+                                         givenName: "Prénom", email: EmailAddress("r\(index)@test.fr")!)
+            ids.append(try await provisioner.provision(.create(record), context: context).account.id)
+        }
+        let credentials = try CredentialStore(database: source, hasher: provisioner.hasher, box: try SecretBox(key: Array(repeating: 5, count: 32)))
+        try await credentials.requestPasswordReset(email: "r0@test.fr", makeMail: { token, account in
+            OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: "jeton=\(token)")
+        }, actor: AuditActor(subject: "browser"))
+        let first = ids[0]
+        try await source.write { db in
+            try db.execute(sql: """
+                INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at, oidc_id_token)
+                VALUES ('h1', ?, 'sas', 1, 2, 3, ?)
+                """, arguments: [first, [UInt8]([0, 1, 2, 255])])
+        }
+        let target = try await TestStore.argument(in: directory)
+        let copied = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
+        #expect(copied.status == 0, "\(copied.output)")
+        let lines = copied.output.split(separator: "\n")
+        #expect(lines.count == AccountSchema.tables.count, "\(copied.output)")
+        #expect(lines.allSatisfy { $0.contains(#""verified":true"#) })
+        let accountLine = try #require(lines.first { $0.contains(#""table":"account""#) }, "\(copied.output)")
+        guard case .object(let report)? = try? JSONParser().parse(Array(accountLine.utf8)) else {
+            Issue.record("not JSON: \(accountLine)")
+            return
+        }
+        #expect(report["rows"] == .number("5") && report["verified"] == .bool(true), "\(accountLine)")
+
+        let database = try await TestStore.open(target, poolSize: 1)
+        let (accounts, inactive, audit, session) = try await database.read { db in
+            (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account"),
+             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account WHERE NOT active"),
+             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event"),
+             try [UInt8].fetchOne(db, sql: "SELECT oidc_id_token FROM web_session WHERE id_hash = 'h1'"))
+        }
+        #expect(accounts == 5 && inactive == 1 && audit == 6 && session == [0, 1, 2, 255])
+        // Generated ids go on after the copied ones.
+        try await database.write { db in
+            try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'note', 'ok')")
+        }
+        let seqs = try await database.read { db in try Int.fetchAll(db, sql: "SELECT seq FROM audit_event ORDER BY seq") }
+        #expect(seqs == Array(1...7), "\(seqs)")
+        // Into a database that is not empty: refused, nothing added.
+        let again = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
+        #expect(again.status != 0)
+        #expect(try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") } == 5)
+        await database.close()
+    }
+}

@@ -12,6 +12,23 @@ import Storage
 public enum AccountSchema {
     public static let current = Schema(sqlite: sqlite, postgres: postgres)
 
+    /// Every table, parents before children (foreign keys), with the key that orders its rows:
+    /// what `account-server migrate-store` copies and verifies.
+    public static let tables: [CopiedTable] = [
+        CopiedTable("account", orderBy: ["id"]),
+        CopiedTable("account_identifier", orderBy: ["id"], identity: "id"),
+        CopiedTable("audit_event", orderBy: ["seq"], identity: "seq"),
+        CopiedTable("totp_credential", orderBy: ["account_id"]),
+        CopiedTable("recovery_code", orderBy: ["account_id", "code_hash"]),
+        CopiedTable("password_reset_token", orderBy: ["token_hash"]),
+        CopiedTable("cgu_acceptance", orderBy: ["account_id", "version"]),
+        CopiedTable("login_intent", orderBy: ["id_hash"]),
+        CopiedTable("sign_in_flow", orderBy: ["id_hash"]),
+        CopiedTable("web_session", orderBy: ["id_hash"]),
+        CopiedTable("mail_outbox", orderBy: ["id"], identity: "id"),
+        CopiedTable("oidc_login", orderBy: ["state_hash"]),
+    ]
+
     static let sqlite: [Migration] = [
         // Timestamps are INTEGER milliseconds since the Unix epoch (UTC): exact round trips.
         Migration("v1-accounts-identifiers-audit", """

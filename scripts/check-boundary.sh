@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The storage boundary, checked: surfaces (the executable's controllers, middleware,
+# listeners, commands) and the OpenID Connect module never see SQL, a transaction or an
+# engine's driver; only the stores of Accounts and Habilitation (and the Storage module) do.
+# Run by scripts/test.sh; exits non-zero with the offending lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pattern='import GRDB|import PostgresNIO|SQLTransaction|SQLRow|\.pointRead *[({]|database\.(read|write) *[({]|\b(SELECT|INSERT INTO|UPDATE [a-z_]+ SET|DELETE FROM|CREATE TABLE)\b'
+if grep -rnE "$pattern" Sources/AccountServer Sources/OpenIDConnect --include='*.swift'; then
+    echo "check-boundary: SQL or a transaction outside the stores (above)" >&2
+    exit 1
+fi
+echo "check-boundary: no SQL outside the stores"
