@@ -224,7 +224,7 @@ struct NginxMutualTLSProxyTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
         let bodyFile = FileManager.default.temporaryDirectory.appendingPathComponent("curl-\(UUID().uuidString)")
-        process.arguments = ["-s", "-o", bodyFile.path, "-w", "%{http_code}", "--max-time", "5"] + arguments
+        process.arguments = ["-s", "-o", bodyFile.path, "-w", "%{http_code}", "--max-time", "30"] + arguments
         let output = Pipe()
         process.standardOutput = output
         guard (try? process.run()) != nil else { return ("000", "") }

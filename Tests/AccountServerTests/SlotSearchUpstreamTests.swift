@@ -370,10 +370,12 @@ struct SlotSearchUpstreamTests {
         await client.shutdown()
         await slow.stop()
 
-        // Nothing listens there any more.
-        let deadPort = standIn.port
+        // Nothing listens there: a port held bound but not listening (a port merely freed could
+        // be taken by another test's listener meanwhile).
         await standIn.stop()
-        let down = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(deadPort)/fhir")
+        let dead = DeadPort()
+        defer { dead.release() }
+        let down = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(dead.port)/fhir")
         let downClient = try FHIRClient(pki: pki, certificate: "valid", server: down)
         let unreachable = try await downClient.send(.GET, "/Slot?start=ge2026-11-23")
         #expect(unreachable.status == 502)

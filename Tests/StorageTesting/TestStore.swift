@@ -37,7 +37,15 @@ public enum TestStore {
 
     /// Opens (and migrates) the database an argument names.
     public static func open(_ argument: String, poolSize: Int = 4) async throws -> AccountDatabase {
-        try await AccountDatabase.open(try StorageLocation(argument), poolSize: poolSize, logger: Logger(label: "test-store"))
+        try await AccountDatabase.open(try StorageLocation(argument), poolSize: poolSize, logger: quiet)
+    }
+
+    /// Warnings only: a test that stops a server on purpose need not fill the output with the
+    /// pool's reconnection attempts.
+    static var quiet: Logger {
+        var logger = Logger(label: "test-store")
+        logger.logLevel = .warning
+        return logger
     }
 
     /// The administrator location of the test server.
@@ -60,7 +68,7 @@ public enum TestStore {
     /// Runs one statement outside a transaction (CREATE DATABASE, CREATE ROLE…) as the
     /// administrator.
     public static func execute(_ sql: String, on location: PostgresLocation) async throws {
-        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test-store"))
+        let engine = try PostgresEngine(location: location, poolSize: 1, logger: quiet)
         defer { Task { await engine.close() } }
         _ = try await engine.pointRead { db in try db.execute(sql: sql) }
     }

@@ -44,7 +44,7 @@ public final class PostgresEngine: StorageEngine {
                                                          tls: try Self.tls(location))
         configuration.options.maximumConnections = poolSize
         configuration.options.minimumConnections = 0
-        configuration.options.connectTimeout = .seconds(2)
+        configuration.options.connectTimeout = .seconds(10)
         configuration.options.keepAliveBehavior = .init(frequency: .seconds(30))
         client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         threads = NIOThreadPool(numberOfThreads: poolSize)
@@ -54,9 +54,14 @@ public final class PostgresEngine: StorageEngine {
     }
 
     static func tls(_ location: PostgresLocation) throws(StorageError) -> PostgresClient.Configuration.TLS {
+        try tlsConfiguration(location).map { .require($0) } ?? .disable
+    }
+
+    /// The client TLS configuration `sslmode` and `sslrootcert` ask for; nil for `disable`.
+    static func tlsConfiguration(_ location: PostgresLocation) throws(StorageError) -> TLSConfiguration? {
         switch location.tls {
         case .disable:
-            return .disable
+            return nil
         case .require, .verifyCA, .verifyFull:
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.minimumTLSVersion = .tlsv12
@@ -72,7 +77,7 @@ public final class PostgresEngine: StorageEngine {
                     throw .configuration("cannot read sslrootcert \(path): \(error)")
                 }
             }
-            return .require(configuration)
+            return configuration
         }
     }
 
@@ -185,9 +190,10 @@ public final class PostgresEngine: StorageEngine {
     /// How long a request may wait for a connection while the server accepts connections
     /// (every connection busy): the load passes, the request is served late rather than lost.
     static let busyTimeout: Duration = .seconds(30)
-    /// After this long without a connection, the server is probed; if it refuses connections
-    /// (down, restarting) the request is answered "unavailable" at once: callers get a 503
-    /// within about a second rather than hang.
+    /// After this long without a connection, a connection is tried apart from the pool; if it
+    /// fails (server down or restarting, or refusing our TLS or password) the request is
+    /// answered "unavailable" with the reason at once: callers get a 503 within a few seconds
+    /// rather than hang, and the log says why.
     static let probeAfter: Duration = .seconds(1)
 
     /// A leased connection for `body`, or ``StorageError/unavailable(_:)``: at once if the
@@ -196,8 +202,10 @@ public final class PostgresEngine: StorageEngine {
     private func withConnection<T: Sendable>(timeout: Duration = PostgresEngine.busyTimeout, failFast: Bool = true,
                                              _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let started = NIOLockedValueBox(false)
+        let problem = NIOLockedValueBox<String?>(nil)
         let client = self.client
         let location = self.location
+        let logger = self.logger
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         return try await withThrowingTaskGroup(of: T?.self) { group in
@@ -212,7 +220,10 @@ public final class PostgresEngine: StorageEngine {
                 while clock.now < deadline {
                     try? await Task.sleep(for: Self.probeAfter)
                     if Task.isCancelled || started.withLockedValue({ $0 }) { return nil }
-                    if failFast, await !Self.acceptsConnections(location) { return nil }
+                    if failFast, let reason = await Self.connectionProblem(location, logger: logger) {
+                        problem.withLockedValue { $0 = reason }
+                        return nil
+                    }
                 }
                 return nil
             }
@@ -225,7 +236,7 @@ public final class PostgresEngine: StorageEngine {
                     }
                     if !started.withLockedValue({ $0 }) {
                         group.cancelAll()
-                        throw StorageError.unavailable("no database connection (server unreachable or every connection busy)")
+                        throw StorageError.unavailable(problem.withLockedValue { $0 } ?? "every database connection stayed busy for \(timeout)")
                     }
                 } catch is CancellationError where !started.withLockedValue({ $0 }) {
                     throw StorageError.unavailable("no database connection")
@@ -234,16 +245,34 @@ public final class PostgresEngine: StorageEngine {
         }
     }
 
-    /// Whether the server accepts a TCP connection now (1 s at most).
-    static func acceptsConnections(_ location: PostgresLocation) async -> Bool {
+    /// Why a new connection cannot be made now, or nil if one can or if the attempt was merely
+    /// slow (the server is up, or loaded: the pool is busy, and the request keeps waiting).
+    /// Only a definite answer fails the request: refused, reset, or refused by the server
+    /// (TLS, password, no such database).
+    static func connectionProblem(_ location: PostgresLocation, logger: Logger) async -> String? {
         do {
-            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.seconds(1))
-                .connect(host: location.host, port: location.port).get()
-            try? await channel.close()
-            return true
+            let tls: PostgresConnection.Configuration.TLS
+            if let configuration = try tlsConfiguration(location) {
+                tls = .require(try NIOSSLContext(configuration: configuration))
+            } else {
+                tls = .disable
+            }
+            var configuration = PostgresConnection.Configuration(host: location.host, port: location.port, username: location.username,
+                                                                 password: location.password, database: location.database, tls: tls)
+            configuration.options.connectTimeout = .seconds(2)
+            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+            try? await connection.close()
+            return nil
+        } catch let error as PSQLError {
+            if error.code == .server, let message = error.serverInfo?[.message] {
+                return "the database server refused the connection: \(message)"
+            }
+            let detail = String(reflecting: error)
+            if detail.contains("timeout") || detail.contains("Timeout") { return nil }
+            return "cannot connect to the database server (\(error.code))"
         } catch {
-            return false
+            if "\(error)".contains("timeout") || "\(error)".contains("Timeout") { return nil }
+            return "cannot connect to the database server (\(error))"
         }
     }
 
