@@ -309,38 +309,15 @@ struct MultiInstanceTests {
     /// Every acknowledged create is in the database, and the other instance keeps serving.
     @Test func killingOneInstanceUnderLoadLosesNothing() async throws {
         let cluster = try await Cluster.start()
-        let acknowledged = Locked<[(ContinuousClock.Instant, String)]>([])
+        let load = CreateLoad(cluster: cluster, writers: 4)
         let clock = ContinuousClock()
-        let stop = Locked(false)
-        let writers = Task {
-            await withTaskGroup(of: Void.self) { group in
-                for writer in 0..<4 {
-                    group.addTask {
-                        var index = 0
-                        while !stop.withLock({ $0 }) {
-                            index += 1
-                            let uuid = UUID().uuidString.lowercased()
-                            guard let fhir = try? cluster.fhir() else { break }
-                            let reply = try? await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: uuid, email: "w\(writer)-\(index)@test.fr"),
-                                                            headers: Self.fresh)
-                            await fhir.shutdown()
-                            if reply?.status == 201 { acknowledged.withLock { $0.append((clock.now, uuid)) } }
-                        }
-                    }
-                }
-            }
-        }
-        func acknowledgedCount() -> Int { acknowledged.withLock { $0.count } }
         let deadline = clock.now + .seconds(60)
-        while acknowledgedCount() < 20 && clock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        while load.acknowledged().count < 20 && clock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         cluster.instances[0].kill9()
         let killed = clock.now
-        while acknowledged.withLock({ $0.filter { $0.0 > killed }.count }) < 20 && clock.now < deadline {
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        stop.withLock { $0 = true }
-        await writers.value
-        let all = acknowledged.withLock { $0 }
+        while load.acknowledged(after: killed).count < 20 && clock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        await load.stop()
+        let all = load.acknowledged().map { ($0.started + $0.took, $0.uuid) }
         #expect(all.filter { $0.0 > killed }.count >= 20, "the surviving instance kept serving")
         let stored = Set(try await cluster.database.read { db in
             try String.fetchAll(db, sql: "SELECT value FROM account_identifier WHERE kind = 'INTRN'")
@@ -361,30 +338,9 @@ struct MultiInstanceTests {
         try await TestStore.execute("CREATE DATABASE restart_test", on: admin)
         let cluster = try await Cluster.start(databaseArgument: TestStore.url(admin.with(database: "restart_test")))
         let clock = ContinuousClock()
-        let outcomes = Locked<[(started: ContinuousClock.Instant, took: Duration, status: Int?, uuid: String, body: String)]>([])
-        let stop = Locked(false)
-        let writers = Task {
-            await withTaskGroup(of: Void.self) { group in
-                for writer in 0..<2 {
-                    group.addTask {
-                        var index = 0
-                        while !stop.withLock({ $0 }) {
-                            index += 1
-                            let uuid = UUID().uuidString.lowercased()
-                            guard let fhir = try? cluster.fhir() else { break }
-                            let started = clock.now
-                            let reply = try? await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: uuid, email: "r\(writer)-\(index)@test.fr"),
-                                                            headers: Self.fresh)
-                            await fhir.shutdown()
-                            outcomes.withLock { $0.append((started, clock.now - started, reply?.status, uuid, reply?.body ?? "")) }
-                            try? await Task.sleep(for: .milliseconds(20))
-                        }
-                    }
-                }
-            }
-        }
+        let load = CreateLoad(cluster: cluster, writers: 2, pause: .milliseconds(20))
         func count(after instant: ContinuousClock.Instant, _ status: Int) -> Int {
-            outcomes.withLock { $0.filter { $0.started > instant && $0.status == status }.count }
+            load.all.filter { $0.started > instant && $0.status == status }.count
         }
         let start = clock.now
         while count(after: start, 201) < 10 && clock.now < start + .seconds(60) { try await Task.sleep(for: .milliseconds(20)) }
@@ -404,9 +360,8 @@ struct MultiInstanceTests {
         _ = try await Self.script(["up", serverDirectory.path])
         let up = clock.now
         while count(after: up + .seconds(1), 201) < 10 && clock.now < up + .seconds(60) { try await Task.sleep(for: .milliseconds(20)) }
-        stop.withLock { $0 = true }
-        await writers.value
-        let all = outcomes.withLock { $0 }
+        await load.stop()
+        let all = load.all
         #expect(refused.status == 503 && refused.body.contains("OperationOutcome") && refused.body.contains("transient"), "\(refused.status) \(refused.body)")
         #expect(probeTook < .seconds(7), "fail fast: \(probeTook)")
         #expect(refused.headers.first(name: "Retry-After") != nil)
@@ -460,4 +415,57 @@ final class Locked<Value: Sendable>: Sendable {
     init(_ value: Value) { mutex = Mutex(value) }
 
     func withLock<T: Sendable>(_ body: (inout Value) -> T) -> T { mutex.withLock { body(&$0) } }
+}
+
+/// INT_R02 creates sent through the cluster's nginx by concurrent writers, each on a new
+/// connection, until stopped; every answer is kept.
+final class CreateLoad: Sendable {
+    struct Outcome: Sendable {
+        let started: ContinuousClock.Instant
+        let took: Duration
+        let status: Int?
+        let uuid: String
+        let body: String
+    }
+
+    private let outcomes = Locked<[Outcome]>([])
+    private let stopped = Locked(false)
+    private let task = Locked<Task<Void, Never>?>(nil)
+
+    init(cluster: MultiInstanceTests.Cluster, writers: Int, pause: Duration = .zero) {
+        let outcomes = self.outcomes, stopped = self.stopped
+        let clock = ContinuousClock()
+        task.withLock { $0 = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for writer in 0..<writers {
+                    group.addTask {
+                        var index = 0
+                        while !stopped.withLock({ $0 }) {
+                            index += 1
+                            let uuid = UUID().uuidString.lowercased()
+                            guard let fhir = try? cluster.fhir() else { break }
+                            let started = clock.now
+                            let reply = try? await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: uuid, email: "w\(writer)-\(index)@test.fr"),
+                                                            headers: MultiInstanceTests.fresh)
+                            await fhir.shutdown()
+                            outcomes.withLock { $0.append(Outcome(started: started, took: clock.now - started, status: reply?.status, uuid: uuid, body: reply?.body ?? "")) }
+                            if pause > .zero { try? await Task.sleep(for: pause) }
+                        }
+                    }
+                }
+            }
+        } }
+    }
+
+    var all: [Outcome] { outcomes.withLock { $0 } }
+
+    /// The creates answered 201, those answered after `instant` if given.
+    func acknowledged(after instant: ContinuousClock.Instant? = nil) -> [Outcome] {
+        all.filter { outcome in outcome.status == 201 && (instant.map { outcome.started + outcome.took > $0 } ?? true) }
+    }
+
+    func stop() async {
+        stopped.withLock { $0 = true }
+        await task.withLock { $0 }?.value
+    }
 }

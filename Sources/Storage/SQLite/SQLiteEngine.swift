@@ -106,9 +106,18 @@ public final class SQLiteEngine: StorageEngine {
         try await Self.mapping { try await writeGate.withPermit { try await pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") } } }
     }
 
+    /// GRDB's `close()` blocks until every connection is idle: it runs on a thread of its own,
+    /// never on one of the few threads of Swift's cooperative pool (which the last accesses
+    /// may need to finish).
     public func close() async {
-        loopReaders.closeAll()
-        try? pool.close()
+        let pool = self.pool, loopReaders = self.loopReaders
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                loopReaders.closeAll()
+                try? pool.close()
+                continuation.resume()
+            }
+        }
     }
 
     /// GRDB's errors as the stores' engine-neutral ones; anything else (a store's own typed
