@@ -37,7 +37,7 @@ struct MultiInstanceTests {
         }
 
         static func launch(name: String, directory: URL, database: String, pki: TestPKI, publicURL: String, smtpPort: Int) async throws -> Instance {
-            let ports = (0..<4).map { _ in freeLoopbackPort() }
+            let ports = freeLoopbackPorts(4)
             let logFile = directory.appendingPathComponent("\(name).log")
             FileManager.default.createFile(atPath: logFile.path, contents: nil)
             let process = Process()
@@ -81,13 +81,16 @@ struct MultiInstanceTests {
             kill(process.processIdentifier, SIGKILL)
         }
 
-        /// SIGTERM, then SIGKILL if it has not exited within 30 s (an issue is recorded).
+        /// SIGTERM, then SIGKILL if it has not exited within 75 s (an issue is recorded).
+        /// Graceful shutdown waits for open connections, and a connection that never sends a
+        /// request is closed by the 60 s receive timeout (one opened through nginx while the
+        /// database was down was seen to hold an instance that long).
         func stop() async {
             guard isRunning else { return }
             process.terminate()
-            for _ in 0..<300 where isRunning { try? await Task.sleep(for: .milliseconds(100)) }
+            for _ in 0..<750 where isRunning { try? await Task.sleep(for: .milliseconds(100)) }
             if isRunning {
-                Issue.record("instance \(name) did not exit within 30 s of SIGTERM")
+                Issue.record("instance \(name) did not exit within 75 s of SIGTERM")
                 kill(process.processIdentifier, SIGKILL)
             }
         }
@@ -124,7 +127,8 @@ struct MultiInstanceTests {
             let smtp = try await SMTPSink()
             var argument = databaseArgument ?? ""
             if databaseArgument == nil { argument = try await TestStore.argument(in: pki.directory) }
-            let (fhir, web, forwardAuth) = (freeLoopbackPort(), freeLoopbackPort(), freeLoopbackPort())
+            let front = freeLoopbackPorts(3)
+            let (fhir, web, forwardAuth) = (front[0], front[1], front[2])
             var instances: [Instance] = []
             for name in ["a", "b"] {
                 // One after the other: the second finds the schema the first migrated (the

@@ -8,9 +8,15 @@ import NIOSSL
 
 /// A port the kernel reports free right now (bind to 0, read it, release it).
 func freeLoopbackPort() -> Int {
-    let held = DeadPort()
-    defer { held.release() }
-    return held.port
+    freeLoopbackPorts(1)[0]
+}
+
+/// `count` distinct free ports: all held at once before any is released (a port released
+/// can be handed out again by the next bind).
+func freeLoopbackPorts(_ count: Int) -> [Int] {
+    let held = (0..<count).map { _ in DeadPort() }
+    defer { held.forEach { $0.release() } }
+    return held.map(\.port)
 }
 
 /// A loopback port that refuses connections for as long as it is held: bound, never

@@ -78,7 +78,9 @@ struct PostgresEngineTests {
                 await engine.close()
                 return
             }
-            #expect(clock.now - started < .seconds(10), "\(`case`): \(clock.now - started)")
+            // Well before the 30 s a merely busy pool is waited for: the probe answered, with
+            // the reason (on a loaded 2-core machine a TLS and SCRAM handshake takes seconds).
+            #expect(clock.now - started < .seconds(25), "\(`case`): \(clock.now - started)")
             #expect(!reason.contains("not-the-password"), "the password is never part of a message")
             if `case` == "wrong-password" { #expect(reason.contains("password"), "\(reason)") }
         }

@@ -259,7 +259,7 @@ public final class PostgresEngine: StorageEngine {
             }
             var configuration = PostgresConnection.Configuration(host: location.host, port: location.port, username: location.username,
                                                                  password: location.password, database: location.database, tls: tls)
-            configuration.options.connectTimeout = .seconds(2)
+            configuration.options.connectTimeout = .seconds(5)
             let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
             try? await connection.close()
             return nil
