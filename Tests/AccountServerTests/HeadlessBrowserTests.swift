@@ -12,22 +12,9 @@ struct HeadlessBrowserTests {
 
     /// Runs a DevTools script; its exit status, the JSON object it printed, and its errors.
     static func runScript(_ script: String, _ arguments: [String]) async throws -> (status: Int32, result: [String: Any], errors: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [script] + arguments
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let (data, errorData) = try await onDedicatedThread { () -> (Data, Data) in
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            let errorData = errors.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (data, errorData)
-        }
+        let (status, data, errorData) = try await spawnAndWait("/usr/bin/python3", [script] + arguments)
         let result = (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
-        return (process.terminationStatus, result, String(decoding: errorData, as: UTF8.self))
+        return (status, result, String(decoding: errorData, as: UTF8.self))
     }
 
     /// The vendor admin's page in a real browser: sign-in with the token in the page's form, search, one

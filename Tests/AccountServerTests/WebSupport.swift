@@ -19,6 +19,37 @@ func freeLoopbackPorts(_ count: Int) -> [Int] {
     return held.map(\.port)
 }
 
+/// Runs a program to its end; its exit status and what it wrote. Spawned and reaped directly
+/// (posix_spawn, waitpid), its output in files: with pipes, a process another test starts
+/// meanwhile may inherit a pipe's write end and keep "end of file" from ever coming (seen:
+/// a run stalled reading a browser script's output), and Foundation's `Process` wait was
+/// seen not to return when tests spawn other children.
+func spawnAndWait(_ executable: String, _ arguments: [String]) async throws -> (status: Int32, output: Data, errors: Data) {
+    let directory = FileManager.default.temporaryDirectory
+    let output = directory.appendingPathComponent("spawn-\(UUID().uuidString).out"), errors = directory.appendingPathComponent("spawn-\(UUID().uuidString).err")
+    defer {
+        try? FileManager.default.removeItem(at: output)
+        try? FileManager.default.removeItem(at: errors)
+    }
+    let status = try await onDedicatedThread { () -> Int32 in
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, errors.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let words = [executable] + arguments
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, executable, &actions, nil, argv, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        return (status >> 8) & 0xff
+    }
+    return (status, (try? Data(contentsOf: output)) ?? Data(), (try? Data(contentsOf: errors)) ?? Data())
+}
+
 /// A loopback port that refuses connections for as long as it is held: bound, never
 /// listening, so no other listener can take it.
 final class DeadPort: Sendable {
