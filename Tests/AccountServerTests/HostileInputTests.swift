@@ -59,17 +59,7 @@ struct HostileInputTests {
                               "closed": closed, "elapsed": time.time() - start}))
             """
         let arguments = ["-c", script, String(server.port), pki.caPath, client.path, key.path, planFile.path, String(wait)]
-        let output = try await onDedicatedThread { () -> Data in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-            process.arguments = arguments
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return data
-        }
+        let output = try await spawnAndWait("/usr/bin/python3", arguments).output
         return try JSONDecoder().decode(RawOutcome.self, from: output)
     }
 

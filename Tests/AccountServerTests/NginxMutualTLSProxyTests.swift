@@ -221,17 +221,10 @@ struct NginxMutualTLSProxyTests {
 
     /// curl's status code and body.
     static func curl(_ arguments: [String]) -> (String, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
         let bodyFile = FileManager.default.temporaryDirectory.appendingPathComponent("curl-\(UUID().uuidString)")
-        process.arguments = ["-s", "-o", bodyFile.path, "-w", "%{http_code}", "--max-time", "30"] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        guard (try? process.run()) != nil else { return ("000", "") }
-        process.waitUntilExit()
-        let status = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let body = (try? String(contentsOf: bodyFile, encoding: .utf8)) ?? ""
-        try? FileManager.default.removeItem(at: bodyFile)
-        return (status, body)
+        defer { try? FileManager.default.removeItem(at: bodyFile) }
+        let run = spawnAndWaitHere("/usr/bin/curl", ["-s", "-o", bodyFile.path, "-w", "%{http_code}", "--max-time", "30"] + arguments)
+        guard run.status != -1 else { return ("000", "") }
+        return (String(decoding: run.output, as: UTF8.self), (try? String(contentsOf: bodyFile, encoding: .utf8)) ?? "")
     }
 }

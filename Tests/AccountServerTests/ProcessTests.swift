@@ -216,19 +216,8 @@ struct ProcessTests {
 
     /// Runs `account-server <arguments>` to completion; its exit status and standard output.
     static func run(_ arguments: [String]) async throws -> (status: Int32, output: String) {
-        try await onDedicatedThread {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = arguments
-            process.environment = ["USER": "operator", "PATH": "/usr/bin:/bin"]
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-        }
+        let run = try await spawnAndWait(binary, arguments, environment: ["USER": "operator", "PATH": "/usr/bin:/bin"])
+        return (run.status, String(decoding: run.output, as: UTF8.self))
     }
 
     /// `account-server admin …` on the database of a running server: list, show, suspend,

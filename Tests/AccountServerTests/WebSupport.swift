@@ -24,14 +24,19 @@ func freeLoopbackPorts(_ count: Int) -> [Int] {
 /// meanwhile may inherit a pipe's write end and keep "end of file" from ever coming (seen:
 /// a run stalled reading a browser script's output), and Foundation's `Process` wait was
 /// seen not to return when tests spawn other children.
-func spawnAndWait(_ executable: String, _ arguments: [String]) async throws -> (status: Int32, output: Data, errors: Data) {
+func spawnAndWait(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) async throws -> (status: Int32, output: Data, errors: Data) {
+    try await onDedicatedThread { spawnAndWaitHere(executable, arguments, environment: environment) }
+}
+
+/// ``spawnAndWait(_:_:environment:)`` on the calling thread (which it blocks).
+func spawnAndWaitHere(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) -> (status: Int32, output: Data, errors: Data) {
     let directory = FileManager.default.temporaryDirectory
     let output = directory.appendingPathComponent("spawn-\(UUID().uuidString).out"), errors = directory.appendingPathComponent("spawn-\(UUID().uuidString).err")
     defer {
         try? FileManager.default.removeItem(at: output)
         try? FileManager.default.removeItem(at: errors)
     }
-    let status = try await onDedicatedThread { () -> Int32 in
+    let status = { () -> Int32 in
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -41,12 +46,15 @@ func spawnAndWait(_ executable: String, _ arguments: [String]) async throws -> (
         let words = [executable] + arguments
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        let environmentWords: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer { environmentWords?.forEach { free($0) } }
         var pid: pid_t = 0
-        guard posix_spawn(&pid, executable, &actions, nil, argv, environ) == 0 else { return -1 }
+        let spawned = environmentWords.map { words in posix_spawn(&pid, executable, &actions, nil, argv, words) } ?? posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        guard spawned == 0 else { return -1 }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
         return (status >> 8) & 0xff
-    }
+    }()
     return (status, (try? Data(contentsOf: output)) ?? Data(), (try? Data(contentsOf: errors)) ?? Data())
 }
 
