@@ -22,6 +22,9 @@ public final class PostgresEngine: StorageEngine {
     private let threads: NIOThreadPool
     private let running: Task<Void, Never>
     private let logger: Logger
+    /// The last probe's answer and when it was made: requests waiting together share one
+    /// probe a second instead of each opening a connection to a server that may be loaded.
+    private let lastProbe = NIOLockedValueBox<(at: ContinuousClock.Instant, problem: String?)?>(nil)
     /// Attempts of a write transaction that keeps meeting serialization failures.
     static let writeAttempts = 8
     /// Attempts of a write transaction refused by a unique index that a concurrent
@@ -220,7 +223,7 @@ public final class PostgresEngine: StorageEngine {
                 while clock.now < deadline {
                     try? await Task.sleep(for: Self.probeAfter)
                     if Task.isCancelled || started.withLockedValue({ $0 }) { return nil }
-                    if failFast, let reason = await Self.connectionProblem(location, logger: logger) {
+                    if failFast, let reason = await self.probe(location, logger: logger, clock: clock) {
                         problem.withLockedValue { $0 = reason }
                         return nil
                     }
@@ -243,6 +246,14 @@ public final class PostgresEngine: StorageEngine {
                 }
             }
         }
+    }
+
+    /// ``connectionProblem(_:logger:)``, reused for a second by every waiting request.
+    private func probe(_ location: PostgresLocation, logger: Logger, clock: ContinuousClock) async -> String? {
+        if let recent = lastProbe.withLockedValue({ $0 }), clock.now - recent.at < Self.probeAfter { return recent.problem }
+        let problem = await Self.connectionProblem(location, logger: logger)
+        lastProbe.withLockedValue { $0 = (clock.now, problem) }
+        return problem
     }
 
     /// Why a new connection cannot be made now, or nil if one can or if the attempt was merely
