@@ -165,7 +165,7 @@ let package = Package(
         ),
         .testTarget(
             name: "AccountsTests",
-            dependencies: ["Accounts", "Storage", "StorageTesting"],
+            dependencies: ["Accounts", "Habilitation", "Storage", "StorageTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

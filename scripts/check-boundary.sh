@@ -10,4 +10,11 @@ if grep -rnE "$pattern" Sources/AccountServer Sources/OpenIDConnect --include='*
     echo "check-boundary: SQL or a transaction outside the stores (above)" >&2
     exit 1
 fi
-echo "check-boundary: no SQL outside the stores"
+# Table owners: Accounts' stores never name Habilitation's tables (sessions, intents, sign-in
+# flows, provider logins); they reach them through the AccountSessions protocol, which
+# Habilitation implements. The schema itself is one history (AccountSchema.swift).
+if grep -rnE '\b(web_session|login_intent|sign_in_flow|oidc_login)\b' Sources/Accounts --include='*.swift' | grep -v '^Sources/Accounts/Store/AccountSchema.swift:'; then
+    echo "check-boundary: Accounts names a table Habilitation owns (above)" >&2
+    exit 1
+fi
+echo "check-boundary: no SQL outside the stores; Accounts keeps to its own tables"

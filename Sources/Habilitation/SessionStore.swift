@@ -427,9 +427,7 @@ public final class SessionStore: Sendable {
     public func revokeAll(accountID: String, reason: String, actor: AuditActor) async throws -> Int {
         let at = now
         return try await database.write { db in
-            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
-                           arguments: [at.epochMilliseconds, reason, accountID])
-            let count = db.changesCount
+            let count = try SessionLedger().revokeAll(of: accountID, reason: reason, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "web", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: nil, identifier: nil, accountID: accountID, changes: [], detail: reason), in: db)
             return count

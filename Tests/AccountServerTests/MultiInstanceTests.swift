@@ -52,7 +52,7 @@ struct MultiInstanceTests {
                 "--smtp-url", "smtp://127.0.0.1:\(smtpPort)", "--rate-limit-per-minute", "600",
                 "--forward-auth-address", "127.0.0.1:\(ports[2])",
                 "--admin-address", "127.0.0.1:\(ports[3])", "--admin-token-file", directory.appendingPathComponent("\(name).token").path,
-                "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
+                "--argon2-memory-kib", "1024", "--argon2-iterations", "1", "--log-level", "debug",
             ]
             let output = try FileHandle(forWritingTo: logFile)
             process.standardOutput = output
@@ -90,7 +90,14 @@ struct MultiInstanceTests {
             process.terminate()
             for _ in 0..<750 where isRunning { try? await Task.sleep(for: .milliseconds(100)) }
             if isRunning {
-                Issue.record("instance \(name) did not exit within 75 s of SIGTERM")
+                // What it was doing: its threads (when gdb is installed) and its last lines.
+                var threads = ""
+                if FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb"),
+                   let dump = try? await spawnAndWait("/usr/bin/gdb", ["-p", "\(process.processIdentifier)", "-batch", "-ex", "thread apply all bt 25"]) {
+                    threads = String(decoding: dump.output, as: UTF8.self).split(separator: "\n")
+                        .filter { $0.hasPrefix("Thread") || $0.hasPrefix("#") }.joined(separator: "\n")
+                }
+                Issue.record("instance \(name) did not exit within 75 s of SIGTERM\n--- log ---\n\(log.suffix(6000))\n--- threads ---\n\(threads.prefix(20000))")
                 kill(process.processIdentifier, SIGKILL)
             }
         }

@@ -2,6 +2,7 @@
 import Accounts
 import Crypto
 import Foundation
+import Habilitation
 import GRDB
 import Storage
 import StorageTesting
@@ -105,6 +106,42 @@ struct ProcessTests {
         for _ in 0..<100 where process.isRunning { try await Task.sleep(for: .milliseconds(100)) }
         #expect(!process.isRunning, "the server must exit within 10 s of SIGTERM")
         if process.isRunning { process.terminate() } else { #expect(process.terminationStatus == 0) }
+    }
+
+    /// A request that never ends (here a slot search whose upstream accepts and never
+    /// answers) holds SIGTERM no longer than `--shutdown-timeout`: then the connection is cut
+    /// and the process exits.
+    @Test func sigtermDoesNotWaitForeverForAStuckRequest() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("stuck-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let upstream = DeadPort()
+        upstream.listenSilently()
+        defer { upstream.release() }
+        let (process, port) = try await Self.launch(directory: directory, extraArguments: [
+            "--fhir-upstream", "http://127.0.0.1:\(upstream.port)/fhir", "--fhir-upstream-timeout", "600", "--shutdown-timeout", "2",
+        ])
+        let pki = directory.appendingPathComponent("pki")
+        let search = Task {
+            try await spawnAndWait("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120",
+                                                     "--cacert", pki.appendingPathComponent("ca.pem").path,
+                                                     "--cert", pki.appendingPathComponent("sas-client.pem").path,
+                                                     "--key", pki.appendingPathComponent("sas-client-key.pem").path,
+                                                     "https://localhost:\(port)/Slot?start=ge2026-11-23"])
+        }
+        // The search is in progress once the upstream holds a connection.
+        try await Task.sleep(for: .seconds(2))
+        let clock = ContinuousClock()
+        let signalled = clock.now
+        kill(process.processIdentifier, SIGTERM)
+        var status: Int32 = 0
+        while waitpid(process.processIdentifier, &status, WNOHANG) == 0 && clock.now < signalled + .seconds(60) {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let took = clock.now - signalled
+        #expect(took < .seconds(30), "exited \(took) after SIGTERM with --shutdown-timeout 2")
+        if took >= .seconds(60) { kill(process.processIdentifier, SIGKILL) }
+        let answered = try await search.value
+        #expect(String(decoding: answered.output, as: UTF8.self) != "200", "the stuck search was not answered as a success")
     }
 
     @Test func sighupReloadsTheCRLs() async throws {
@@ -327,7 +364,7 @@ struct MigrateStoreTests {
         // A source with a row in every kind of table: accounts (booleans), identifiers and
         // their history, the audit trail, a queued reset mail and its token, a session.
         let source = try AccountDatabase(path: file)
-        let provisioner = Provisioner(database: source, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 1))
+        let provisioner = Provisioner(database: source, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 1), sessions: SessionLedger())
         let context = CallContext(actor: AuditActor(subject: "CN=test"), requestID: "migrate")
         var ids: [String] = []
         for index in 0..<5 {
@@ -335,7 +372,7 @@ struct MigrateStoreTests {
                                          givenName: "Prénom", email: EmailAddress("r\(index)@test.fr")!)
             ids.append(try await provisioner.provision(.create(record), context: context).account.id)
         }
-        let credentials = try CredentialStore(database: source, hasher: provisioner.hasher, box: try SecretBox(key: Array(repeating: 5, count: 32)))
+        let credentials = try CredentialStore(database: source, hasher: provisioner.hasher, box: try SecretBox(key: Array(repeating: 5, count: 32)), sessions: SessionLedger())
         try await credentials.requestPasswordReset(email: "r0@test.fr", makeMail: { token, account in
             OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: "jeton=\(token)")
         }, actor: AuditActor(subject: "browser"))
@@ -346,7 +383,7 @@ struct MigrateStoreTests {
                 VALUES ('h1', ?, 'sas', 1, 2, 3, ?)
                 """, arguments: [first, [UInt8]([0, 1, 2, 255])])
         }
-        let target = try await TestStore.argument(in: directory)
+        let target = try await TestStore.emptyArgument(in: directory)
         let copied = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
         #expect(copied.status == 0, "\(copied.output)")
         let lines = copied.output.split(separator: "\n")
@@ -377,6 +414,33 @@ struct MigrateStoreTests {
         let again = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
         #expect(again.status != 0)
         #expect(try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") } == 5)
+        await database.close()
+    }
+
+    /// `account-server migrate --grant-to`: the owner migrates and grants; the runtime role
+    /// then serves (its privileges checked in PostgresEngineTests); mistakes are refused.
+    @Test func migrateGrantsTheRuntimeRole() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("migrate-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let owner = try await TestStore.emptyArgument(in: directory)
+        // The role exists once any test made a database for it; make sure here.
+        _ = try await TestStore.argument(in: directory)
+        let migrated = try await ProcessTests.run(["migrate", "--database", owner, "--grant-to", TestStore.runtimeRole])
+        #expect(migrated.status == 0, "\(migrated.output)")
+        #expect(migrated.output.contains(#""granted_to":"account_runtime""#) && migrated.output.contains("pg-v1-schema"), "\(migrated.output)")
+        let again = try await ProcessTests.run(["migrate", "--database", owner, "--grant-to", TestStore.runtimeRole])
+        #expect(again.status == 0, "idempotent: \(again.output)")
+        let unknown = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", owner, "--grant-to", "no_such_role"])
+        #expect(unknown.status != 0 && String(decoding: unknown.errors, as: UTF8.self).contains("no role no_such_role"),
+                "\(String(decoding: unknown.errors, as: UTF8.self))")
+        let injected = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", owner, "--grant-to", "x; DROP TABLE account"])
+        #expect(injected.status != 0)
+        let sqlite = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", directory.appendingPathComponent("db.sqlite").path, "--grant-to", "x"])
+        #expect(sqlite.status != 0 && String(decoding: sqlite.errors, as: UTF8.self).contains("PostgreSQL"))
+        var runtime = try PostgresLocation(url: owner)
+        runtime.username = TestStore.runtimeRole
+        let database = try await TestStore.open(StorageLocation.postgres(runtime).argument, poolSize: 1)
+        #expect(try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") } == 0)
         await database.close()
     }
 }

@@ -355,6 +355,26 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// `--request-timeout` bounds how long a request takes to *arrive*; a request that arrived
+    /// whole is answered however long its handling takes (here a 4 s upstream, a 1 s limit).
+    @Test func theReceiveTimeoutDoesNotCutASlowAnswer() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await RunningServer.start(pki: pki) { configuration in
+            var upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(standIn.port)/fhir")
+            upstream.responseTimeout = .seconds(20)
+            configuration.fhirUpstream = upstream
+            configuration.requestReceiveTimeout = .seconds(1)
+        }
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let answer = try await client.send(.GET, "/Slow")
+        #expect(answer.status == 200, "\(answer.status) \(answer.body.prefix(200))")
+        #expect(!server.logs.all.contains { $0.contains("request not received in time") })
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
     @Test func anUnreachableUpstreamGives502AndASlowOne504() async throws {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()

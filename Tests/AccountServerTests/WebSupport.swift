@@ -77,6 +77,9 @@ final class DeadPort: Sendable {
         port = Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// Accepts connections (in the kernel's backlog) and never answers: an upstream that hangs.
+    func listenSilently() { _ = Glibc.listen(descriptor, 16) }
+
     func release() { close(descriptor) }
 }
 

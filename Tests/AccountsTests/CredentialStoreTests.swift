@@ -1,5 +1,6 @@
 import Accounts
 import Foundation
+import Habilitation
 import Storage
 import StorageTesting
 import Synchronization
@@ -28,7 +29,7 @@ struct CredentialHarness {
         let box = try SecretBox(key: Array(repeating: 7, count: 32))
         outbox = MailOutbox(box: box)
         store = try CredentialStore(database: accounts.database, hasher: accounts.provisioner.hasher,
-                                    box: box, configuration: configuration, clock: { clock.now })
+                                    box: box, sessions: SessionLedger(), configuration: configuration, clock: { clock.now })
         accountID = try await accounts.create(try Fixtures.record()).account.id
     }
 

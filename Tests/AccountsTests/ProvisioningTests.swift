@@ -1,5 +1,6 @@
 import Accounts
 import Foundation
+import Habilitation
 import GRDB
 import Storage
 import StorageTesting
@@ -16,7 +17,7 @@ struct Harness {
     init() async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("accounts-\(UUID().uuidString)")
         database = try await TestStore.database(in: directory)
-        provisioner = Provisioner(database: database, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2))
+        provisioner = Provisioner(database: database, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2), sessions: SessionLedger())
     }
 
     func create(_ record: RegulatorRecord) async throws(FHIRError) -> ProvisioningResult {

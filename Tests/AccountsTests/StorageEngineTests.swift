@@ -35,7 +35,7 @@ struct PostgresEngineTests {
     /// Instances started together: the advisory lock makes one migrate, the other find it done.
     @Test func instancesStartingTogetherMigrateOnce() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("together-\(UUID().uuidString)")
-        let location = try StorageLocation(try await TestStore.argument(in: directory))
+        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
         let opened = try await withThrowingTaskGroup(of: AccountDatabase.self) { group in
             for _ in 0..<3 { group.addTask { try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger) } }
             return try await group.reduce(into: [AccountDatabase]()) { $0.append($1) }
@@ -44,16 +44,57 @@ struct PostgresEngineTests {
         for database in opened { await database.close() }
     }
 
-    /// The audit trail is append-only in the database itself, TRUNCATE included.
+    /// The audit trail is append-only in the database itself, twice over: the runtime role
+    /// has no UPDATE, DELETE or TRUNCATE privilege on it, and triggers refuse all three even
+    /// to the schema owner.
     @Test func auditTrailRefusesUpdateDeleteAndTruncate() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("append-only-\(UUID().uuidString)")
-        let database = try await TestStore.database(in: directory, poolSize: 1)
-        try await database.write { db in try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'x', 'x')") }
-        for sql in ["UPDATE audit_event SET outcome = 'y'", "DELETE FROM audit_event", "TRUNCATE audit_event"] {
-            await #expect(throws: StorageError.self, "\(sql)") { try await database.write { db in try db.execute(sql: sql) } }
+        let runtimeArgument = try await TestStore.argument(in: directory)
+        let runtime = try await TestStore.open(runtimeArgument, poolSize: 1)
+        guard case .postgres(var ownerLocation) = try StorageLocation(runtimeArgument) else {
+            Issue.record("not PostgreSQL")
+            return
         }
-        #expect(try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event") } == 1)
-        await database.close()
+        #expect(ownerLocation.username == TestStore.runtimeRole)
+        ownerLocation.username = try TestStore.administrator().username
+        let owner = try await TestStore.open(StorageLocation.postgres(ownerLocation).argument, poolSize: 1)
+        try await runtime.write { db in try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'x', 'x')") }
+        for sql in ["UPDATE audit_event SET outcome = 'y'", "DELETE FROM audit_event", "TRUNCATE audit_event"] {
+            for (who, database, reason) in [("runtime role", runtime, "permission denied"), ("owner", owner, "append-only")] {
+                do {
+                    try await database.write { db in try db.execute(sql: sql) }
+                    Issue.record("\(who): \(sql) was accepted")
+                } catch let error as StorageError {
+                    #expect("\(error)".contains(reason), "\(who): \(sql): \(error)")
+                }
+            }
+        }
+        // Neither may change the schema behind the server's back; the runtime role not at all.
+        await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "DROP TRIGGER audit_event_no_update ON audit_event") } }
+        await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "CREATE TABLE intruder (x INT)") } }
+        #expect(try await runtime.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event") } == 1)
+        await runtime.close()
+        await owner.close()
+    }
+
+    /// `serve` connecting as the runtime role to a database one migration behind does not try
+    /// DDL it may not run: it refuses to start and says to run `account-server migrate`.
+    @Test func theRuntimeRoleAsksForTheOwnerWhenAMigrationIsPending() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pending-\(UUID().uuidString)")
+        let runtimeArgument = try await TestStore.argument(in: directory)
+        guard case .postgres(var ownerLocation) = try StorageLocation(runtimeArgument) else { return }
+        ownerLocation.username = try TestStore.administrator().username
+        let owner = try await TestStore.open(StorageLocation.postgres(ownerLocation).argument, poolSize: 1)
+        let last = try #require(AccountSchema.current.postgres.last?.name)
+        try await owner.write { db in try db.execute(sql: "DELETE FROM schema_migration WHERE name = ?", arguments: [last]) }
+        await owner.close()
+        do {
+            let opened = try await TestStore.open(runtimeArgument, poolSize: 1)
+            await opened.close()
+            Issue.record("opened with a migration pending")
+        } catch let error as StorageError {
+            #expect("\(error)".contains(last) && "\(error)".contains("account-server migrate"), "\(error)")
+        }
     }
 
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS

@@ -31,8 +31,8 @@ struct World {
         database = try await TestStore.database(in: directory)
         let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2)
         let clock = self.clock
-        provisioner = Provisioner(database: database, hasher: hasher, clock: { clock.now })
-        credentials = try CredentialStore(database: database, hasher: hasher, box: try SecretBox(key: Self.key), clock: { clock.now })
+        provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), clock: { clock.now })
+        credentials = try CredentialStore(database: database, hasher: hasher, box: try SecretBox(key: Self.key), sessions: SessionLedger(), clock: { clock.now })
         sessions = SessionStore(database: database, clock: { clock.now })
         habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: "v1", clock: { clock.now })
         accountID = try await provisioner.provision(.create(World.record(active: true)), context: CallContext(actor: actor)).account.id

@@ -16,9 +16,31 @@ public enum TestStore {
         ProcessInfo.processInfo.environment["ACCOUNT_SERVER_TEST_STORE"] == "postgres" ? .postgres : .sqlite
     }
 
-    /// The `--database` argument of a fresh, empty database (not opened here): a file in
-    /// `directory`, or a new PostgreSQL database.
+    /// The role servers under test connect as on PostgreSQL: not the schema owner, no DDL,
+    /// no UPDATE or DELETE on the audit trail (what docs/deployment.md recommends), so the
+    /// whole suite proves that role is enough.
+    public static let runtimeRole = "account_runtime"
+
+    /// The `--database` argument a server under test gets: a file in `directory`, or a new
+    /// PostgreSQL database migrated by its owner (`account-server migrate --grant-to`) and
+    /// named with the runtime role.
     public static func argument(in directory: URL) async throws -> String {
+        switch kind {
+        case .sqlite:
+            return directory.appendingPathComponent("db.sqlite").path
+        case .postgres:
+            let owner = try PostgresLocation(url: try await emptyArgument(in: directory))
+            try await ensureRuntimeRole(on: owner)
+            _ = try await AccountDatabase.migrate(.postgres(owner), grantingTo: runtimeRole, logger: quiet)
+            var runtime = owner
+            runtime.username = runtimeRole
+            return url(runtime)
+        }
+    }
+
+    /// The `--database` argument of a fresh, empty database (not opened here): a file in
+    /// `directory`, or a new PostgreSQL database named with its owner (the administrator).
+    public static func emptyArgument(in directory: URL) async throws -> String {
         switch kind {
         case .sqlite:
             return directory.appendingPathComponent("db.sqlite").path
@@ -28,6 +50,20 @@ public enum TestStore {
             try await execute("CREATE DATABASE \(name)", on: admin)
             return url(admin.with(database: name))
         }
+    }
+
+    /// Creates the runtime login role once per server (roles are server-wide), with the
+    /// administrator's password (a throwaway test server).
+    static func ensureRuntimeRole(on owner: PostgresLocation) async throws {
+        let password = (owner.password ?? "").replacingOccurrences(of: "'", with: "''")
+        try await execute("""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(runtimeRole)') THEN
+                    CREATE ROLE \(runtimeRole) LOGIN PASSWORD '\(password)';
+                END IF;
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+            END $$
+            """, on: owner)
     }
 
     /// A fresh, migrated database for one test.

@@ -59,7 +59,7 @@ func buildApplication(
 
     let database = try await AccountDatabase.open(configuration.database, poolSize: configuration.databasePoolSize, logger: logger)
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
-    let provisioner = Provisioner(database: database, hasher: hasher, logger: logger)
+    let provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), logger: logger)
     metrics.observe(hasher: hasher)
 
     let upstream = try configuration.fhirUpstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }
@@ -229,7 +229,7 @@ func makeWebServices(
     let box = try SecretBox(key: keyBytes)
     var credentialConfiguration = CredentialConfiguration()
     credentialConfiguration.lockout = configuration.lockout
-    let credentials = try CredentialStore(database: database, hasher: hasher, box: box, policy: policy, configuration: credentialConfiguration)
+    let credentials = try CredentialStore(database: database, hasher: hasher, box: box, sessions: SessionLedger(), policy: policy, configuration: credentialConfiguration)
     var sessionConfiguration = SessionConfiguration()
     sessionConfiguration.idleTimeout = configuration.sessionIdleTimeout
     sessionConfiguration.absoluteTimeout = configuration.sessionAbsoluteTimeout

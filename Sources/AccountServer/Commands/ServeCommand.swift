@@ -4,6 +4,7 @@ import Foundation
 import Storage
 import Hummingbird
 import Logging
+import ServiceLifecycle
 
 /// `account-server serve`: runs the FHIR mutual-TLS listener. With no TLS flag at all it
 /// generates and uses a development PKI under `./data/pki` and prints a ready-to-paste curl.
@@ -169,8 +170,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the upstream's response head, and between two body reads. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_TIMEOUT. Default: 30")
     var fhirUpstreamTimeout: Double?
 
-    @Option(help: "Seconds from a request's first byte to its answer's first byte on the FHIR and web listeners; slower senders are disconnected. Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
+    @Option(help: "Seconds a request may take to arrive whole, from its first byte, on the FHIR and web listeners; slower senders are disconnected (the handling time does not count). Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
     var requestTimeout: Int?
+
+    @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 30")
+    var shutdownTimeout: Int?
 
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
     var totpIssuer: String?
@@ -298,6 +302,8 @@ struct ServeCommand: AsyncParsableCommand {
         let requestSeconds = try Self.number(requestTimeout, "ACCOUNT_SERVER_REQUEST_TIMEOUT") ?? 60
         guard requestSeconds >= 1 else { throw ValidationError("--request-timeout must be at least 1 second") }
         web.requestReceiveTimeout = .seconds(requestSeconds)
+        let shutdownSeconds = try Self.number(shutdownTimeout, "ACCOUNT_SERVER_SHUTDOWN_TIMEOUT") ?? 30
+        guard shutdownSeconds >= 1 else { throw ValidationError("--shutdown-timeout must be at least 1 second") }
         web.fhirClientCertificateHeader = Env.value(fhirClientCertificateHeader, "ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
         web.fhirTrustedProxies = Env.list(fhirTrustedProxy, "ACCOUNT_SERVER_FHIR_TRUSTED_PROXY")
         web.fhirProxyTLS = Env.flag(fhirProxyTls, "ACCOUNT_SERVER_FHIR_PROXY_TLS")
@@ -369,7 +375,11 @@ struct ServeCommand: AsyncParsableCommand {
         }, onForwardAuthListening: { boundPort in
             listeningLogger.notice("forward-auth listening", metadata: ["address": "\(forwardHost):\(boundPort)"])
         })
-        try await app.runService()
+        // Graceful shutdown drains requests in progress, but no longer than the timeout: an
+        // orchestrator's SIGKILL (or a stuck upstream) must not decide when a process ends.
+        var group = ServiceGroupConfiguration(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        group.maximumGracefulShutdownDuration = .seconds(shutdownSeconds)
+        try await ServiceGroup(configuration: group).run()
     }
 
     static func hostAndPort(_ address: String, flag: String) throws -> (String, Int) {

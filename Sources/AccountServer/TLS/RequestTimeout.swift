@@ -1,11 +1,14 @@
 import HummingbirdCore
 import Logging
 import NIOCore
+import NIOHTTP1
 
 /// Closes a connection whose request does not arrive in time: armed by the first byte of a
-/// request, disarmed by the first byte of the answer. A slow sender (slowloris: headers or a
-/// body trickling in) cannot hold a connection, a worker and its buffers beyond `timeout`;
-/// an idle keep-alive connection is the idle timeout's business, not this one's. It sits
+/// request, disarmed once the decoder has the whole request (``RequestReceivedHandler``) or
+/// by the first byte of the answer. A slow sender (slowloris: headers or a body trickling in)
+/// cannot hold a connection, a worker and its buffers beyond `timeout`; a request that
+/// arrived whole is never cut however long its handling takes (argon2 on a loaded machine),
+/// and an idle keep-alive connection is the idle timeout's business, not this one's. It sits
 /// between TLS and HTTP, so it sees the bytes as they come.
 final class RequestReceiveTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
@@ -44,6 +47,11 @@ final class RequestReceiveTimeoutHandler: ChannelDuplexHandler, RemovableChannel
         context.fireChannelRead(data)
     }
 
+    /// The decoder has the request's end: whatever the handler does now, the client is done.
+    func requestReceived() {
+        disarm()
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         disarm()
         context.write(data, promise: promise)
@@ -64,6 +72,26 @@ final class RequestReceiveTimeoutHandler: ChannelDuplexHandler, RemovableChannel
     }
 }
 
+/// Sits after the HTTP decoder and tells ``RequestReceiveTimeoutHandler`` when a request's
+/// last part has arrived. Both handlers live on the channel's event loop.
+final class RequestReceivedHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    private let timeout: RequestReceiveTimeoutHandler
+
+    init(timeout: RequestReceiveTimeoutHandler) {
+        self.timeout = timeout
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .end = unwrapInboundIn(data) {
+            timeout.requestReceived()
+        }
+        context.fireChannelRead(data)
+    }
+}
+
 /// Adds ``RequestReceiveTimeoutHandler`` in front of a child channel's HTTP handlers.
 struct RequestTimeoutChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerChildChannel, HTTPChannelHandler {
     typealias Value = Base.Value
@@ -77,10 +105,17 @@ struct RequestTimeoutChannel<Base: ServerChildChannel & HTTPChannelHandler>: Ser
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
         let handlerLogger = self.logger
-        return channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(RequestReceiveTimeoutHandler(timeout: .nanoseconds(nanoseconds), logger: handlerLogger))
-        }.flatMap {
-            self.base.setup(channel: channel, logger: logger)
+        return channel.eventLoop.makeCompletedFuture { () -> NIOLoopBound<RequestReceiveTimeoutHandler> in
+            let handler = RequestReceiveTimeoutHandler(timeout: .nanoseconds(nanoseconds), logger: handlerLogger)
+            try channel.pipeline.syncOperations.addHandler(handler)
+            return NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        }.flatMap { handler in
+            self.base.setup(channel: channel, logger: logger).flatMapThrowing { value in
+                let operations = channel.pipeline.syncOperations
+                let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+                try operations.addHandler(RequestReceivedHandler(timeout: handler.value), position: .after(decoder))
+                return value
+            }
         }
     }
 

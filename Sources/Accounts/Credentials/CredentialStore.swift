@@ -44,13 +44,17 @@ public final class CredentialStore: Sendable {
     private let clock: @Sendable () -> Date
     private let audit = AuditLog()
     private let outbox: MailOutbox
+    /// Sessions belong to Habilitation: revoked through it, in this store's transactions.
+    private let sessions: any AccountSessions
     /// A real argon2id hash of nothing anyone knows, verified when the e-mail is unknown so
     /// that answer takes as long as a wrong password.
     private let decoyHash: String
 
-    public init(database: AccountDatabase, hasher: PasswordHasher, box: SecretBox, policy: PasswordPolicy = PasswordPolicy(),
-                configuration: CredentialConfiguration = CredentialConfiguration(), clock: @escaping @Sendable () -> Date = Date.init) throws {
+    public init(database: AccountDatabase, hasher: PasswordHasher, box: SecretBox, sessions: any AccountSessions,
+                policy: PasswordPolicy = PasswordPolicy(), configuration: CredentialConfiguration = CredentialConfiguration(),
+                clock: @escaping @Sendable () -> Date = Date.init) throws {
         self.database = database
+        self.sessions = sessions
         self.hasher = hasher
         self.box = box
         self.outbox = MailOutbox(box: box)
@@ -168,8 +172,7 @@ public final class CredentialStore: Sendable {
             try db.execute(sql: """
                 UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
-            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'password-changed', oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
-                           arguments: [at.epochMilliseconds, row.id])
+            _ = try self.sessions.revokeAll(of: row.id, reason: "password-changed", at: at, in: db)
             try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at), in: db)
             return .success(row.id)
         }

@@ -68,14 +68,18 @@ public struct CallContext: Sendable {
 public final class Provisioner: Sendable {
     public let database: AccountDatabase
     public let hasher: PasswordHasher
+    /// Sessions belong to Habilitation: counted through it, in this module's transactions.
+    private let sessions: any AccountSessions
     private let queries = AccountQueries()
     private let audit = AuditLog()
     private let writes = AccountWrites()
     private let clock: @Sendable () -> Date
     private let logger: Logger
 
-    public init(database: AccountDatabase, hasher: PasswordHasher, logger: Logger = Logger(label: "accounts.provisioning"), clock: @escaping @Sendable () -> Date = Date.init) {
+    public init(database: AccountDatabase, hasher: PasswordHasher, sessions: any AccountSessions,
+                logger: Logger = Logger(label: "accounts.provisioning"), clock: @escaping @Sendable () -> Date = Date.init) {
         self.database = database
+        self.sessions = sessions
         self.hasher = hasher
         self.logger = logger
         self.clock = clock
@@ -315,9 +319,7 @@ public final class Provisioner: Sendable {
     /// where, and how many open sessions it touches.
     private func recordHabilitationChange(accountID: String, nowActive: Bool, now: Date, target: RegulatorIdentifier,
                                           context: CallContext, db: any SQLTransaction) throws {
-        let open = try Int.fetchOne(db, sql: """
-            SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ?
-            """, arguments: [accountID, now.epochMilliseconds]) ?? 0
+        let open = try sessions.liveSASSessionCount(of: accountID, at: now, in: db)
         let suspended = try Bool.fetchOne(db, sql: "SELECT suspended_by_vendor_at IS NOT NULL FROM account WHERE id = ?", arguments: [accountID]) ?? false
         let action = nowActive ? "habilitation-restored" : "habilitation-withdrawn"
         let outcome = nowActive ? (suspended ? "active again, still suspended by the vendor" : "active again") : "deactivated by the SAS"

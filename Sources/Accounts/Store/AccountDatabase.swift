@@ -45,6 +45,39 @@ public final class AccountDatabase: Sendable {
         }
     }
 
+    /// Applies pending migrations to the database `location` names, as its owner, and on
+    /// PostgreSQL grants `runtimeRole` (when given) what `serve` needs: every table read and
+    /// write except the audit trail, which it may only read and append to. Returns the
+    /// migrations applied in all.
+    public static func migrate(_ location: StorageLocation, grantingTo runtimeRole: String?, logger: Logger) async throws -> [String] {
+        switch location {
+        case .sqlite(let path):
+            if runtimeRole != nil {
+                throw StorageError.configuration("--grant-to is for PostgreSQL: a SQLite file has no roles (its protection is the file's mode, 0600)")
+            }
+            let database = try AccountDatabase(path: path)
+            let applied = try? await database.engine.appliedMigrations()
+            await database.close()
+            guard let applied else { throw StorageError.unavailable("cannot read the applied migrations of \(path)") }
+            return applied
+        case .postgres(let server):
+            let engine = try PostgresEngine(location: server, poolSize: 1, logger: logger)
+            do {
+                try await engine.migrate(AccountSchema.current)
+                if let runtimeRole {
+                    try await engine.grantRuntimePrivileges(to: runtimeRole, tables: AccountSchema.tables.map(\.name),
+                                                            appendOnly: AccountSchema.appendOnlyTables)
+                }
+                let applied = try await engine.appliedMigrations()
+                await engine.close()
+                return applied
+            } catch {
+                await engine.close()
+                throw error
+            }
+        }
+    }
+
     public var kind: StorageKind { engine.kind }
 
     /// A consistent read (a snapshot).

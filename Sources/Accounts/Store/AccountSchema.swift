@@ -29,6 +29,11 @@ public enum AccountSchema {
         CopiedTable("oidc_login", orderBy: ["state_hash"]),
     ]
 
+    /// Tables the running server may only read and append to (the audit trail): on
+    /// PostgreSQL the runtime role gets no UPDATE or DELETE on them, and triggers refuse
+    /// both (and TRUNCATE) to the owner too.
+    public static let appendOnlyTables: Set<String> = ["audit_event"]
+
     static let sqlite: [Migration] = [
         // Timestamps are INTEGER milliseconds since the Unix epoch (UTC): exact round trips.
         Migration("v1-accounts-identifiers-audit", """

@@ -252,6 +252,10 @@ public final class PostgresEngine: StorageEngine {
     private func probe(_ location: PostgresLocation, logger: Logger, clock: ContinuousClock) async -> String? {
         if let recent = lastProbe.withLockedValue({ $0 }), clock.now - recent.at < Self.probeAfter { return recent.problem }
         let problem = await Self.connectionProblem(location, logger: logger)
+        // A probe cut short because its request got a connection meanwhile failed for that
+        // reason only ("client closed the connection"): it says nothing about the server and
+        // must not fail the other waiting requests.
+        if Task.isCancelled { return nil }
         lastProbe.withLockedValue { $0 = (clock.now, problem) }
         return problem
     }
@@ -298,24 +302,37 @@ public final class PostgresEngine: StorageEngine {
                     // first has applied everything, then finds nothing left to do.
                     try transaction.run("SELECT pg_advisory_lock(\(Self.migrationLock))")
                     defer { try? transaction.run("SELECT pg_advisory_unlock(\(Self.migrationLock))") }
-                    try transaction.run("""
-                        CREATE TABLE IF NOT EXISTS schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)
-                        """)
-                    let applied = Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration"))
-                    for migration in schema.postgres where !applied.contains(migration.name) {
-                        try transaction.run("BEGIN")
-                        do {
-                            for statement in migration.statements {
-                                try transaction.run(statement)
-                            }
-                            try transaction.execute(sql: "INSERT INTO schema_migration (name, applied_at) VALUES (?, ?)",
-                                                    arguments: [migration.name, Int64(Date().timeIntervalSince1970 * 1000)])
-                            try transaction.run("COMMIT")
-                        } catch {
-                            try? transaction.run("ROLLBACK")
-                            throw error
+                    // Read before any DDL: the runtime role (no CREATE on the schema) opens an
+                    // up-to-date database without needing a privilege it does not have.
+                    let exists = try Bool.fetchOne(transaction, sql: "SELECT to_regclass('schema_migration') IS NOT NULL") ?? false
+                    let applied = exists ? Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration")) : []
+                    let pending = schema.postgres.filter { !applied.contains($0.name) }
+                    guard !pending.isEmpty else { return }
+                    do {
+                        if !exists {
+                            try transaction.run("CREATE TABLE schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
                         }
-                        logger.info("migration applied", metadata: ["migration": "\(migration.name)"])
+                        for migration in pending {
+                            try transaction.run("BEGIN")
+                            do {
+                                for statement in migration.statements {
+                                    try transaction.run(statement)
+                                }
+                                try transaction.execute(sql: "INSERT INTO schema_migration (name, applied_at) VALUES (?, ?)",
+                                                        arguments: [migration.name, Int64(Date().timeIntervalSince1970 * 1000)])
+                                try transaction.run("COMMIT")
+                            } catch {
+                                try? transaction.run("ROLLBACK")
+                                throw error
+                            }
+                            logger.info("migration applied", metadata: ["migration": "\(migration.name)"])
+                        }
+                    } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42501" {
+                        throw StorageError.configuration("""
+                            the schema needs \(pending.map(\.name).joined(separator: ", ")) and the role \(self.location.username) may not \
+                            apply it (\(error.serverInfo?[.message] ?? "permission denied")): run `account-server migrate` with the \
+                            schema owner's URL first
+                            """)
                     }
                 }
             }
@@ -326,6 +343,34 @@ public final class PostgresEngine: StorageEngine {
 
     public func appliedMigrations() async throws -> [String] {
         try await read { db in try String.fetchAll(db, sql: "SELECT name FROM schema_migration ORDER BY applied_at, name") }
+    }
+
+    /// Gives `role` what the running server needs and no more: read and write every table
+    /// but the append-only ones, on which it may only read and insert; no DDL, no TRUNCATE.
+    /// Run by the schema owner after each migration (idempotent). A server connecting as
+    /// `role` cannot rewrite the audit trail even if it is compromised; the triggers stay as
+    /// a second lock, against the owner.
+    public func grantRuntimePrivileges(to role: String, tables: [String], appendOnly: Set<String>) async throws {
+        guard role.range(of: "^[a-z_][a-z0-9_]{0,62}$", options: .regularExpression) != nil else {
+            throw StorageError.configuration("role name \(role.debugDescription): lower-case letters, digits and _ only")
+        }
+        try await write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ?)", arguments: [role]) == true else {
+                throw StorageError.configuration("no role \(role) on the server: create it first (CREATE ROLE \(role) LOGIN PASSWORD '…')")
+            }
+            // PostgreSQL before 15 lets every role create in `public`: not this one. (A
+            // REVOKE the owner may not make only warns.)
+            try db.execute(sql: "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            try db.execute(sql: "REVOKE CREATE ON SCHEMA public FROM \(role)")
+            try db.execute(sql: "GRANT USAGE ON SCHEMA public TO \(role)")
+            try db.execute(sql: "GRANT SELECT ON schema_migration TO \(role)")
+            for table in tables {
+                try db.execute(sql: "REVOKE ALL ON \(table) FROM \(role)")
+                let privileges = appendOnly.contains(table) ? "SELECT, INSERT" : "SELECT, INSERT, UPDATE, DELETE"
+                try db.execute(sql: "GRANT \(privileges) ON \(table) TO \(role)")
+            }
+            try db.execute(sql: "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO \(role)")
+        }
     }
 
     /// Autovacuum gives dead rows' space back for reuse; nothing to do on demand.
