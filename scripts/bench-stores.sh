@@ -83,15 +83,52 @@ create_regulator() { # FHIR_BASE EMAIL
         -H 'Content-Type: application/fhir+json' -X POST "$1/Practitioner" --data "{\"resourceType\":\"Practitioner\",\"meta\":{\"source\":\"urn:oid:1.2.250.1.213.3.6\"},\"identifier\":[{\"type\":{\"coding\":[{\"system\":\"http://interopsante.org/fhir/CodeSystem/fr-v2-0203\",\"code\":\"INTRN\"}]},\"system\":\"urn:oid:1.2.250.1.213.3.6\",\"value\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\"}],\"active\":true,\"name\":[{\"family\":\"BANC\",\"given\":[\"Essai\"]}],\"telecom\":[{\"system\":\"email\",\"value\":\"$2\"}]}"
 }
 results=$work/results
+# CPU seconds used so far by the account-server processes, the PostgreSQL processes, nginx,
+# and the whole machine: what limits a row on 2 cores.
+cpu_snapshot() {
+    python3 - <<'PY'
+import os
+tick = os.sysconf("SC_CLK_TCK")
+groups = {"account_server": 0, "postgres": 0, "nginx": 0}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    used = int(fields[11]) + int(fields[12])
+    name = os.path.basename(cmd)
+    if name == "account-server": groups["account_server"] += used
+    elif name.startswith("postgres"): groups["postgres"] += used
+    elif name.startswith("nginx"): groups["nginx"] += used
+total = sum(map(int, open("/proc/stat").readline().split()[1:4]))
+print(" ".join(f"{k}={v / tick:.2f}" for k, v in groups.items()), f"machine={total / tick:.2f}")
+PY
+}
+# The CPU each part used during one row, in cores (CPU seconds over wall seconds).
+cpu_row() { # LABEL BEFORE AFTER SECONDS
+    python3 - "$@" <<'PY' | tee -a "$results"
+import sys
+label, before, after, seconds = sys.argv[1], dict(x.split("=") for x in sys.argv[2].split()), dict(x.split("=") for x in sys.argv[3].split()), float(sys.argv[4])
+used = {k: (float(after[k]) - float(before[k])) / seconds for k in before}
+others = used.pop("machine") - sum(used.values())
+print(f"CPU label={label} " + " ".join(f"{k}={v:.2f}" for k, v in used.items()) + f" load_tool_and_rest={others:.2f} (cores of 2)")
+PY
+}
 # Both rows against one FHIR base and one web + forward-auth pair: LABEL FHIR_BASE WEB_BASE FORWARD_BASE
 measure() {
     local label=$1 fhir=$2 web=$3 forward=$4 email="forward.$1@load.test"
     [[ $(create_regulator "$fhir" "$email") == 201 ]] || { echo "$label: could not create the regulator" >&2; exit 1; }
+    local before started
+    before=$(cpu_snapshot); started=$(date +%s.%N)
     "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" \
         --mode put --url "$fhir" --concurrency "$concurrency" --duration "$duration" --label "PUT_$label" | grep '^RESULT' | tee -a "$results"
+    cpu_row "PUT_$label" "$before" "$(cpu_snapshot)" "$(python3 -c "import time; print(time.time() - $started)")"
+    before=$(cpu_snapshot); started=$(date +%s.%N)
     "$bin/account-server-load" --ca "$pki/ca.pem" --mode forward-auth --url "$web" --forward-auth-url "$forward" \
         --maildir "$work/maildir" --email "$email" --concurrency "$concurrency" --duration "$duration" \
         --label "forward_auth_$label" | grep '^RESULT' | tee -a "$results"
+    cpu_row "forward_auth_$label" "$before" "$(cpu_snapshot)" "$(python3 -c "import time; print(time.time() - $started)")"
 }
 
 # 1. SQLite, one instance (it also creates the development PKI the others reuse).

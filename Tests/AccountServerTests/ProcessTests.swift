@@ -144,6 +144,61 @@ struct ProcessTests {
         #expect(String(decoding: answered.output, as: UTF8.self) != "200", "the stuck search was not answered as a success")
     }
 
+    /// Settings are read through swift-configuration from three sources: the command line
+    /// wins over the environment, which wins over the `--config-file` JSON; a malformed value
+    /// is an error naming the flag and its variable, never a silent default.
+    @Test func settingsComeFromTheCommandLineTheEnvironmentAndAFile() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("settings-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let ports = freeLoopbackPorts(5)
+        let file = directory.appendingPathComponent("settings.json")
+        try """
+            {"web.address": "127.0.0.1:\(ports[0])", "admin.address": "127.0.0.1:\(ports[1])", "log.format": "json",
+             "database.pool.size": 3, "argon2": {"memory": {"kib": 1024}, "iterations": 1}}
+            """.write(to: file, atomically: true, encoding: .utf8)
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ACCOUNT_SERVER_") }
+        environment["ACCOUNT_SERVER_ADMIN_ADDRESS"] = "127.0.0.1:\(ports[2])"
+        environment["ACCOUNT_SERVER_FORWARD_AUTH_ADDRESS"] = "127.0.0.1:\(ports[3])"
+        let log = directory.appendingPathComponent("server.log")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["serve", "--config-file", file.path, "--database", try await Self.databaseArgument(directory),
+                             "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
+                             "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                             "--admin-token-file", directory.appendingPathComponent("admin.token").path,
+                             "--forward-auth-address", "127.0.0.1:\(ports[4])"]
+        process.environment = environment
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        defer { kill(process.processIdentifier, SIGKILL) }
+        var text = ""
+        for _ in 0..<300 {
+            text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            if text.contains("forward-auth listening") && text.contains("admin listener listening") && text.contains("web sign-in listening") { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        func line(_ message: String) -> String { text.split(separator: "\n").first { $0.contains(message) }.map(String.init) ?? "" }
+        #expect(line("web sign-in listening").contains("127.0.0.1:\(ports[0])"), "the file's web.address: \(text.suffix(1500))")
+        #expect(line("admin listener listening").contains("127.0.0.1:\(ports[2])"), "the environment over the file")
+        #expect(line("forward-auth listening").contains("127.0.0.1:\(ports[4])"), "the command line over the environment")
+        #expect(line("web sign-in listening").hasPrefix("{"), "the file's log.format (json)")
+
+        environment["ACCOUNT_SERVER_DATABASE_POOL_SIZE"] = "abc"
+        let malformed = try await spawnAndWait(Self.binary, ["serve", "--database", directory.appendingPathComponent("other.sqlite").path], environment: environment)
+        let complaint = String(decoding: malformed.errors, as: UTF8.self)
+        #expect(malformed.status != 0 && complaint.contains("--database-pool-size (ACCOUNT_SERVER_DATABASE_POOL_SIZE) must be a whole number, got abc"), "\(complaint)")
+        environment["ACCOUNT_SERVER_DATABASE_POOL_SIZE"] = nil
+        let notJSON = directory.appendingPathComponent("settings.txt")
+        try "fhir.address = 1".write(to: notJSON, atomically: true, encoding: .utf8)
+        let badFile = try await spawnAndWait(Self.binary, ["serve", "--config-file", notJSON.path], environment: environment)
+        #expect(badFile.status != 0 && String(decoding: badFile.errors, as: UTF8.self).contains("not a JSON object of settings"))
+        let noFile = try await spawnAndWait(Self.binary, ["serve", "--config-file", directory.appendingPathComponent("none.json").path], environment: environment)
+        #expect(noFile.status != 0 && String(decoding: noFile.errors, as: UTF8.self).contains("no file at"))
+    }
+
     @Test func sighupReloadsTheCRLs() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sighup-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

@@ -19,12 +19,12 @@ struct AdminCommand: AsyncParsableCommand {
         var database: String?
 
         func open() async throws -> AccountDatabase {
-            try await StorageLocation.openExisting(EnvironmentFallback.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite")
+            try await StorageLocation.openExisting(try await Settings.database(database))
         }
 
         func administration() async throws -> VendorAdministration {
             var sessions = SessionConfiguration()
-            if let minutes = ProcessInfo.processInfo.environment["ACCOUNT_SERVER_SESSION_IDLE_MINUTES"].flatMap(Int.init) {
+            if let minutes = try await Settings.environmentOnly().int("session.idle.minutes") {
                 sessions.idleTimeout = TimeInterval(60 * minutes)
             }
             return VendorAdministration(database: try await open(), sessionConfiguration: sessions)

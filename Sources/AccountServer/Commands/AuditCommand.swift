@@ -23,7 +23,7 @@ struct AuditCommand: AsyncParsableCommand {
 
     func run() async throws {
         let administration = VendorAdministration(database: try await StorageLocation.openExisting(
-            EnvironmentFallback.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite"))
+            try await Settings.database(database)))
         for event in try await administration.auditEvents(accountID: account, afterSeq: after, limit: limit) {
             AdminCommand.emit(event.jsonValue)
         }

@@ -1,5 +1,6 @@
 import Accounts
 import ArgumentParser
+import Configuration
 import Foundation
 import Storage
 import Hummingbird
@@ -206,33 +207,108 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Claim carrying the national id (IDNPS). Env: ACCOUNT_SERVER_OIDC_NATIONAL_ID_CLAIM. Default: SubjectNameID")
     var oidcNationalIdClaim: String?
 
+    @Option(help: "A JSON file of settings, below the command line and the environment in precedence: keys are the flags' words joined by dots, e.g. {\"fhir.address\": \"0.0.0.0:8443\", \"database.pool.size\": 20}. Env: ACCOUNT_SERVER_CONFIG_FILE")
+    var configFile: String?
+
+    /// The options given on the command line, for the highest-precedence provider.
+    var commandLineValues: [AbsoluteConfigKey: ConfigValue] {
+        var values = CommandLineValues()
+        values.set("log.level", logLevel)
+        values.set("log.format", logFormat)
+        values.set("fhir.address", fhirAddress)
+        values.set("web.address", webAddress)
+        values.set("forward.auth.address", forwardAuthAddress)
+        values.set("admin.address", adminAddress)
+        values.set("tls.certificate", tlsCertificate)
+        values.set("tls.key", tlsKey)
+        values.set("client.ca", clientCa)
+        values.set("client.crl", clientCrl)
+        values.set("allowed.client.cn", allowedClientCn)
+        values.set("allowed.client.ou", allowedClientOu)
+        values.set("dev.pki", devPki)
+        values.set("database", database)
+        values.set("public.base.url", publicBaseUrl)
+        values.set("argon2.memory.kib", argon2MemoryKib)
+        values.set("argon2.iterations", argon2Iterations)
+        values.set("argon2.parallelism", argon2Parallelism)
+        values.set("argon2.threads", argon2Threads)
+        values.set("crl.poll.seconds", crlPollSeconds)
+        values.set("database.pool.size", databasePoolSize)
+        values.set("web.tls.certificate", webTlsCertificate)
+        values.set("web.tls.key", webTlsKey)
+        values.set("public.url", publicUrl)
+        values.set("sas.origin", sasOrigin)
+        values.set("allowed.return.host", allowedReturnHost)
+        values.set("cgu.file", cguFile)
+        values.set("cgu.version", cguVersion)
+        values.set("smtp.url", smtpUrl)
+        values.set("sendmail.command", sendmailCommand)
+        values.set("mail.from", mailFrom)
+        values.set("secret.key.file", secretKeyFile)
+        values.set("lockout.failures", lockoutFailures)
+        values.set("lockout.minutes", lockoutMinutes)
+        values.set("session.idle.minutes", sessionIdleMinutes)
+        values.set("session.absolute.hours", sessionAbsoluteHours)
+        values.set("rate.limit.per.minute", rateLimitPerMinute)
+        values.set("totp.issuer", totpIssuer)
+        values.set("trusted.proxy", trustedProxy)
+        values.set("forward.auth.tls", forwardAuthTls)
+        values.set("admin.tls", adminTls)
+        values.set("admin.token.file", adminTokenFile)
+        values.set("request.timeout", requestTimeout)
+        values.set("shutdown.timeout", shutdownTimeout)
+        values.set("fhir.client.certificate.header", fhirClientCertificateHeader)
+        values.set("fhir.trusted.proxy", fhirTrustedProxy)
+        values.set("fhir.proxy.tls", fhirProxyTls)
+        values.set("fhir.proxy.client.ca", fhirProxyClientCa)
+        values.set("fhir.proxy.client.cn", fhirProxyClientCn)
+        values.set("fhir.proxy.client.crl", fhirProxyClientCrl)
+        values.set("allow.missing.crl", allowMissingCrl)
+        values.set("retention.days", retentionDays)
+        values.set("fhir.upstream", fhirUpstream)
+        values.set("fhir.upstream.ca", fhirUpstreamCa)
+        values.set("fhir.upstream.connect.timeout", fhirUpstreamConnectTimeout)
+        values.set("fhir.upstream.timeout", fhirUpstreamTimeout)
+        values.set("oidc.issuer", oidcIssuer)
+        values.set("oidc.client.id", oidcClientId)
+        values.set("oidc.client.secret.file", oidcClientSecretFile)
+        values.set("oidc.client.key.file", oidcClientKeyFile)
+        values.set("oidc.client.key.id", oidcClientKeyId)
+        values.set("oidc.acr", oidcAcr)
+        values.set("oidc.scope", oidcScope)
+        values.set("oidc.ca", oidcCa)
+        values.set("oidc.national.id.claim", oidcNationalIdClaim)
+        return values.values
+    }
+
     func run() async throws {
-        typealias Env = EnvironmentFallback
-        let levelText = Env.value(logLevel, "ACCOUNT_SERVER_LOG_LEVEL") ?? "info"
+        let settings = try await Settings(commandLine: commandLineValues, environment: ProcessInfo.processInfo.environment,
+                                          file: configFile ?? ProcessInfo.processInfo.environment["ACCOUNT_SERVER_CONFIG_FILE"].flatMap { $0.isEmpty ? nil : $0 })
+        let levelText = try settings.string("log.level") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else { throw ValidationError("unknown log level \(levelText)") }
-        let format = Env.value(logFormat, "ACCOUNT_SERVER_LOG_FORMAT") ?? "text"
+        let format = try settings.string("log.format") ?? "text"
         guard let lineFormat = LogLineHandler.Format(rawValue: format) else {
             throw ValidationError("--log-format must be text or json, got \(format)")
         }
         var logger = Logger(label: "account-server", factory: { LogLineHandler(label: $0, format: lineFormat) })
         logger.logLevel = level
 
-        let (host, port) = try Self.hostAndPort(Env.value(fhirAddress, "ACCOUNT_SERVER_FHIR_ADDRESS") ?? "127.0.0.1:8443", flag: "--fhir-address")
-        let (webHost, webPort) = try Self.hostAndPort(Env.value(webAddress, "ACCOUNT_SERVER_WEB_ADDRESS") ?? "127.0.0.1:8444", flag: "--web-address")
-        let (forwardHost, forwardPort) = try Self.hostAndPort(Env.value(forwardAuthAddress, "ACCOUNT_SERVER_FORWARD_AUTH_ADDRESS") ?? "127.0.0.1:8446",
+        let (host, port) = try Self.hostAndPort(try settings.string("fhir.address") ?? "127.0.0.1:8443", flag: "--fhir-address")
+        let (webHost, webPort) = try Self.hostAndPort(try settings.string("web.address") ?? "127.0.0.1:8444", flag: "--web-address")
+        let (forwardHost, forwardPort) = try Self.hostAndPort(try settings.string("forward.auth.address") ?? "127.0.0.1:8446",
                                                               flag: "--forward-auth-address")
-        let (adminHost, adminPort) = try Self.hostAndPort(Env.value(adminAddress, "ACCOUNT_SERVER_ADMIN_ADDRESS") ?? "127.0.0.1:8445", flag: "--admin-address")
+        let (adminHost, adminPort) = try Self.hostAndPort(try settings.string("admin.address") ?? "127.0.0.1:8445", flag: "--admin-address")
 
-        var certificate = Env.value(tlsCertificate, "ACCOUNT_SERVER_TLS_CERTIFICATE")
-        var key = Env.value(tlsKey, "ACCOUNT_SERVER_TLS_KEY")
-        var cas = Env.list(clientCa, "ACCOUNT_SERVER_CLIENT_CA")
-        var crls = Env.list(clientCrl, "ACCOUNT_SERVER_CLIENT_CRL")
-        var cns = Env.list(allowedClientCn, "ACCOUNT_SERVER_ALLOWED_CLIENT_CN")
-        var ous = Env.list(allowedClientOu, "ACCOUNT_SERVER_ALLOWED_CLIENT_OU")
+        var certificate = try settings.string("tls.certificate")
+        var key = try settings.string("tls.key")
+        var cas = try settings.list("client.ca")
+        var crls = try settings.list("client.crl")
+        var cns = try settings.list("allowed.client.cn")
+        var ous = try settings.list("allowed.client.ou")
 
         var developmentPKI: DevelopmentPKI?
         if certificate == nil && key == nil && cas.isEmpty {
-            let pki = DevelopmentPKI(directory: Env.value(devPki, "ACCOUNT_SERVER_DEV_PKI") ?? "./data/pki")
+            let pki = DevelopmentPKI(directory: try settings.string("dev.pki") ?? "./data/pki")
             if try pki.ensure() { logger.notice("development PKI generated", metadata: ["directory": "\(pki.directory)"]) }
             logger.warning("no TLS flag given: using the DEVELOPMENT PKI (not for production)", metadata: ["directory": "\(pki.directory)"])
             certificate = pki.serverCertificatePath
@@ -249,100 +325,100 @@ struct ServeCommand: AsyncParsableCommand {
 
         let defaults = Argon2Parameters.owaspMinimum
         var baseConfiguration = ServerConfiguration(
-            database: try StorageLocation.argument(Env.value(database, "ACCOUNT_SERVER_DATABASE") ?? "./data/account-server.sqlite"),
+            database: try StorageLocation.argument(try settings.string("database") ?? "./data/account-server.sqlite"),
             fhirHost: host, fhirPort: port,
             tlsCertificatePath: certificate, tlsKeyPath: key,
             clientCAPaths: cas, clientCRLPaths: crls,
             allowedClientCommonNames: cns, allowedClientOrganizationalUnits: ous,
-            publicBaseURL: Env.value(publicBaseUrl, "ACCOUNT_SERVER_PUBLIC_BASE_URL"),
+            publicBaseURL: try settings.string("public.base.url"),
             argon2: Argon2Parameters(
-                memoryKiB: try Self.number(argon2MemoryKib, "ACCOUNT_SERVER_ARGON2_MEMORY_KIB") ?? defaults.memoryKiB,
-                iterations: try Self.number(argon2Iterations, "ACCOUNT_SERVER_ARGON2_ITERATIONS") ?? defaults.iterations,
-                parallelism: try Self.number(argon2Parallelism, "ACCOUNT_SERVER_ARGON2_PARALLELISM") ?? defaults.parallelism
+                memoryKiB: try settings.uint32("argon2.memory.kib") ?? defaults.memoryKiB,
+                iterations: try settings.uint32("argon2.iterations") ?? defaults.iterations,
+                parallelism: try settings.uint32("argon2.parallelism") ?? defaults.parallelism
             ),
-            argon2Threads: try Self.number(argon2Threads, "ACCOUNT_SERVER_ARGON2_THREADS") ?? max(1, ProcessInfo.processInfo.activeProcessorCount),
-            crlPollInterval: .seconds(try Self.number(crlPollSeconds, "ACCOUNT_SERVER_CRL_POLL_SECONDS") ?? 5),
+            argon2Threads: try settings.int("argon2.threads") ?? max(1, ProcessInfo.processInfo.activeProcessorCount),
+            crlPollInterval: .seconds(try settings.int("crl.poll.seconds") ?? 5),
             logLevel: level
         )
-        baseConfiguration.databasePoolSize = try Self.number(databasePoolSize, "ACCOUNT_SERVER_DATABASE_POOL_SIZE") ?? 10
+        baseConfiguration.databasePoolSize = try settings.int("database.pool.size") ?? 10
         guard baseConfiguration.databasePoolSize >= 1 else { throw ValidationError("--database-pool-size must be at least 1") }
         var web = baseConfiguration
         web.webHost = webHost
         web.webPort = webPort
-        web.webTLSCertificatePath = Env.value(webTlsCertificate, "ACCOUNT_SERVER_WEB_TLS_CERTIFICATE")
-        web.webTLSKeyPath = Env.value(webTlsKey, "ACCOUNT_SERVER_WEB_TLS_KEY")
-        web.publicURL = Env.value(publicUrl, "ACCOUNT_SERVER_PUBLIC_URL")
-        let origins = Env.list(sasOrigin, "ACCOUNT_SERVER_SAS_ORIGIN")
+        web.webTLSCertificatePath = try settings.string("web.tls.certificate")
+        web.webTLSKeyPath = try settings.string("web.tls.key")
+        web.publicURL = try settings.string("public.url")
+        let origins = try settings.list("sas.origin")
         web.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
-        web.allowedReturnHosts = Env.list(allowedReturnHost, "ACCOUNT_SERVER_ALLOWED_RETURN_HOST")
-        if let path = Env.value(cguFile, "ACCOUNT_SERVER_CGU_FILE") {
+        web.allowedReturnHosts = try settings.list("allowed.return.host")
+        if let path = try settings.string("cgu.file") {
             web.cguText = try String(contentsOfFile: path, encoding: .utf8)
         } else {
             logger.warning("no --cgu-file: the DEVELOPMENT terms of use are shown (not for production)")
         }
-        web.cguVersion = Env.value(cguVersion, "ACCOUNT_SERVER_CGU_VERSION")
-        web.smtpURL = Env.value(smtpUrl, "ACCOUNT_SERVER_SMTP_URL")
-        web.sendmailCommand = Env.value(sendmailCommand, "ACCOUNT_SERVER_SENDMAIL_COMMAND").map { $0.split(separator: " ").map(String.init) }
-        web.mailFrom = Env.value(mailFrom, "ACCOUNT_SERVER_MAIL_FROM")
-        web.secretKeyPath = Env.value(secretKeyFile, "ACCOUNT_SERVER_SECRET_KEY_FILE") ?? "./data/secret.key"
-        web.lockout = LockoutPolicy(maximumFailures: try Self.number(lockoutFailures, "ACCOUNT_SERVER_LOCKOUT_FAILURES") ?? 5,
-                                    coolingPeriod: .seconds(60 * (try Self.number(lockoutMinutes, "ACCOUNT_SERVER_LOCKOUT_MINUTES") ?? 15)))
-        web.sessionIdleTimeout = TimeInterval(60 * (try Self.number(sessionIdleMinutes, "ACCOUNT_SERVER_SESSION_IDLE_MINUTES") ?? 30))
-        web.sessionAbsoluteTimeout = TimeInterval(3600 * (try Self.number(sessionAbsoluteHours, "ACCOUNT_SERVER_SESSION_ABSOLUTE_HOURS") ?? 12))
-        web.rateLimitPerMinute = try Self.number(rateLimitPerMinute, "ACCOUNT_SERVER_RATE_LIMIT_PER_MINUTE") ?? 10
-        web.totpIssuer = Env.value(totpIssuer, "ACCOUNT_SERVER_TOTP_ISSUER") ?? "Espace régulateur"
-        web.trustedProxies = Env.list(trustedProxy, "ACCOUNT_SERVER_TRUSTED_PROXY")
+        web.cguVersion = try settings.string("cgu.version")
+        web.smtpURL = try settings.string("smtp.url")
+        web.sendmailCommand = try settings.string("sendmail.command").map { $0.split(separator: " ").map(String.init) }
+        web.mailFrom = try settings.string("mail.from")
+        web.secretKeyPath = try settings.string("secret.key.file") ?? "./data/secret.key"
+        web.lockout = LockoutPolicy(maximumFailures: try settings.int("lockout.failures") ?? 5,
+                                    coolingPeriod: .seconds(60 * (try settings.int("lockout.minutes") ?? 15)))
+        web.sessionIdleTimeout = TimeInterval(60 * (try settings.int("session.idle.minutes") ?? 30))
+        web.sessionAbsoluteTimeout = TimeInterval(3600 * (try settings.int("session.absolute.hours") ?? 12))
+        web.rateLimitPerMinute = try settings.int("rate.limit.per.minute") ?? 10
+        web.totpIssuer = try settings.string("totp.issuer") ?? "Espace régulateur"
+        web.trustedProxies = try settings.list("trusted.proxy")
         web.forwardAuthHost = forwardHost
         web.forwardAuthPort = forwardPort
-        web.forwardAuthTLS = Env.flag(forwardAuthTls, "ACCOUNT_SERVER_FORWARD_AUTH_TLS")
+        web.forwardAuthTLS = try settings.flag("forward.auth.tls")
         web.adminHost = adminHost
         web.adminPort = adminPort
-        web.adminTLS = Env.flag(adminTls, "ACCOUNT_SERVER_ADMIN_TLS")
-        web.adminTokenPath = Env.value(adminTokenFile, "ACCOUNT_SERVER_ADMIN_TOKEN_FILE") ?? "./data/admin.token"
-        let requestSeconds = try Self.number(requestTimeout, "ACCOUNT_SERVER_REQUEST_TIMEOUT") ?? 60
+        web.adminTLS = try settings.flag("admin.tls")
+        web.adminTokenPath = try settings.string("admin.token.file") ?? "./data/admin.token"
+        let requestSeconds = try settings.int("request.timeout") ?? 60
         guard requestSeconds >= 1 else { throw ValidationError("--request-timeout must be at least 1 second") }
         web.requestReceiveTimeout = .seconds(requestSeconds)
-        let shutdownSeconds = try Self.number(shutdownTimeout, "ACCOUNT_SERVER_SHUTDOWN_TIMEOUT") ?? 30
+        let shutdownSeconds = try settings.int("shutdown.timeout") ?? 30
         guard shutdownSeconds >= 1 else { throw ValidationError("--shutdown-timeout must be at least 1 second") }
-        web.fhirClientCertificateHeader = Env.value(fhirClientCertificateHeader, "ACCOUNT_SERVER_FHIR_CLIENT_CERTIFICATE_HEADER")
-        web.fhirTrustedProxies = Env.list(fhirTrustedProxy, "ACCOUNT_SERVER_FHIR_TRUSTED_PROXY")
-        web.fhirProxyTLS = Env.flag(fhirProxyTls, "ACCOUNT_SERVER_FHIR_PROXY_TLS")
-        web.fhirProxyClientCAPaths = Env.list(fhirProxyClientCa, "ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CA")
-        web.fhirProxyClientNames = Env.list(fhirProxyClientCn, "ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CN")
-        web.fhirProxyClientCRLPaths = Env.list(fhirProxyClientCrl, "ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CRL")
+        web.fhirClientCertificateHeader = try settings.string("fhir.client.certificate.header")
+        web.fhirTrustedProxies = try settings.list("fhir.trusted.proxy")
+        web.fhirProxyTLS = try settings.flag("fhir.proxy.tls")
+        web.fhirProxyClientCAPaths = try settings.list("fhir.proxy.client.ca")
+        web.fhirProxyClientNames = try settings.list("fhir.proxy.client.cn")
+        web.fhirProxyClientCRLPaths = try settings.list("fhir.proxy.client.crl")
         if !web.fhirProxyClientCAPaths.isEmpty { web.fhirProxyTLS = true }
-        web.allowMissingCRL = Env.flag(allowMissingCrl, "ACCOUNT_SERVER_ALLOW_MISSING_CRL")
-        let retentionDays = try Self.number(retentionDays, "ACCOUNT_SERVER_RETENTION_DAYS") ?? 30
+        web.allowMissingCRL = try settings.flag("allow.missing.crl")
+        let retentionDays = try settings.int("retention.days") ?? 30
         guard retentionDays >= 1 else { throw ValidationError("--retention-days must be at least 1") }
         web.retention = TimeInterval(retentionDays) * 86400
-        if let url = Env.value(fhirUpstream, "ACCOUNT_SERVER_FHIR_UPSTREAM") {
+        if let url = try settings.string("fhir.upstream") {
             var upstream = UpstreamConfiguration(url: url)
-            upstream.caPath = Env.value(fhirUpstreamCa, "ACCOUNT_SERVER_FHIR_UPSTREAM_CA")
-            if let seconds = try Self.number(fhirUpstreamConnectTimeout, "ACCOUNT_SERVER_FHIR_UPSTREAM_CONNECT_TIMEOUT") {
+            upstream.caPath = try settings.string("fhir.upstream.ca")
+            if let seconds = try settings.double("fhir.upstream.connect.timeout") {
                 guard seconds > 0 else { throw ValidationError("--fhir-upstream-connect-timeout must be positive") }
                 upstream.connectTimeout = .milliseconds(Int64(seconds * 1000))
             }
-            if let seconds = try Self.number(fhirUpstreamTimeout, "ACCOUNT_SERVER_FHIR_UPSTREAM_TIMEOUT") {
+            if let seconds = try settings.double("fhir.upstream.timeout") {
                 guard seconds > 0 else { throw ValidationError("--fhir-upstream-timeout must be positive") }
                 upstream.responseTimeout = .milliseconds(Int64(seconds * 1000))
             }
             web.fhirUpstream = upstream
         }
-        if let issuer = Env.value(oidcIssuer, "ACCOUNT_SERVER_OIDC_ISSUER") {
-            guard let clientID = Env.value(oidcClientId, "ACCOUNT_SERVER_OIDC_CLIENT_ID") else {
+        if let issuer = try settings.string("oidc.issuer") {
+            guard let clientID = try settings.string("oidc.client.id") else {
                 throw ValidationError("--oidc-issuer needs --oidc-client-id")
             }
             var sso = SSOConfiguration(issuer: issuer, clientID: clientID)
-            sso.clientSecretPath = Env.value(oidcClientSecretFile, "ACCOUNT_SERVER_OIDC_CLIENT_SECRET_FILE")
-            sso.clientKeyPath = Env.value(oidcClientKeyFile, "ACCOUNT_SERVER_OIDC_CLIENT_KEY_FILE")
-            sso.clientKeyID = Env.value(oidcClientKeyId, "ACCOUNT_SERVER_OIDC_CLIENT_KEY_ID")
+            sso.clientSecretPath = try settings.string("oidc.client.secret.file")
+            sso.clientKeyPath = try settings.string("oidc.client.key.file")
+            sso.clientKeyID = try settings.string("oidc.client.key.id")
             guard (sso.clientSecretPath == nil) != (sso.clientKeyPath == nil) else {
                 throw ValidationError("--oidc-issuer needs exactly one of --oidc-client-secret-file (client_secret_basic) and --oidc-client-key-file (private_key_jwt)")
             }
-            sso.acr = Env.value(oidcAcr, "ACCOUNT_SERVER_OIDC_ACR") ?? "eidas1"
-            sso.scope = Env.value(oidcScope, "ACCOUNT_SERVER_OIDC_SCOPE") ?? "openid scope_all"
-            sso.caPath = Env.value(oidcCa, "ACCOUNT_SERVER_OIDC_CA")
-            sso.nationalIDClaim = Env.value(oidcNationalIdClaim, "ACCOUNT_SERVER_OIDC_NATIONAL_ID_CLAIM") ?? "SubjectNameID"
+            sso.acr = try settings.string("oidc.acr") ?? "eidas1"
+            sso.scope = try settings.string("oidc.scope") ?? "openid scope_all"
+            sso.caPath = try settings.string("oidc.ca")
+            sso.nationalIDClaim = try settings.string("oidc.national.id.claim") ?? "SubjectNameID"
             web.sso = sso
         }
         guard web.lockout.maximumFailures >= 1, web.rateLimitPerMinute >= 1, web.sessionIdleTimeout > 0, web.sessionAbsoluteTimeout > 0 else {
@@ -389,13 +465,6 @@ struct ServeCommand: AsyncParsableCommand {
         var host = String(address[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         return (host, port)
-    }
-
-    private static func number<T: LosslessStringConvertible>(_ flag: T?, _ variable: String) throws -> T? {
-        if let flag { return flag }
-        guard let text = ProcessInfo.processInfo.environment[variable], !text.isEmpty else { return nil }
-        guard let value = T(text) else { throw ValidationError("\(variable)=\(text) is not a valid number") }
-        return value
     }
 
     /// A curl that creates a regulator through the development PKI, with a fresh technical id.
