@@ -121,9 +121,13 @@ measure() {
     [[ $(create_regulator "$fhir" "$email") == 201 ]] || { echo "$label: could not create the regulator" >&2; exit 1; }
     local before started
     before=$(cpu_snapshot); started=$(date +%s.%N)
+    local collisions
+    collisions=$(grep -c "could not serialize\|deadlock detected" "$work/pg/server.log" || true)
     "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" \
         --mode put --url "$fhir" --concurrency "$concurrency" --duration "$duration" --label "PUT_$label" | grep '^RESULT' | tee -a "$results"
     cpu_row "PUT_$label" "$before" "$(cpu_snapshot)" "$(python3 -c "import time; print(time.time() - $started)")"
+    # Write transactions PostgreSQL refused as colliding (each is retried, alone).
+    echo "COLLISIONS label=PUT_$label serialization_failures=$(( $(grep -c "could not serialize\|deadlock detected" "$work/pg/server.log" || true) - collisions ))" | tee -a "$results"
     before=$(cpu_snapshot); started=$(date +%s.%N)
     "$bin/account-server-load" --ca "$pki/ca.pem" --mode forward-auth --url "$web" --forward-auth-url "$forward" \
         --maildir "$work/maildir" --email "$email" --concurrency "$concurrency" --duration "$duration" \

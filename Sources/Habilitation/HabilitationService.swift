@@ -72,7 +72,7 @@ public final class HabilitationService: Sendable {
         guard let sessionToken else { return eventLoop.makeSucceededFuture((Self.noSession, nil)) }
         let at = Date(epochMilliseconds: clock().epochMilliseconds)
         let hash = SecretToken.hash(sessionToken)
-        return database.engine.loopRead(sql: Self.factsSQL, arguments: factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }, on: eventLoop)
+        return database.engine.loopRead(FactsQuery.self, arguments: factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }, on: eventLoop)
             .map { [self] rows in
                 guard let facts = rows.first.flatMap({ Self.facts($0, hash: hash) }) else { return (Self.noSession, nil) }
                 return (evaluate(facts), facts)
@@ -92,7 +92,12 @@ public final class HabilitationService: Sendable {
     /// One indexed query: the session (live: not revoked, within its idle and absolute
     /// timeouts), its account, and every fact the predicate needs.
     func facts(hash: String, at: Date, in db: any SQLTransaction) throws -> SessionFacts? {
-        try SQLRow.fetchOne(db, sql: Self.factsSQL, arguments: factsArguments(hash: hash, at: at)).flatMap { Self.facts($0, hash: hash) }
+        try db.fetchOne(FactsQuery.self, arguments: factsArguments(hash: hash, at: at)).flatMap { Self.facts($0, hash: hash) }
+    }
+
+    /// Forward-auth's one query, on every agenda request: prepared once per connection.
+    enum FactsQuery: PreparedSQL {
+        static let sql = factsSQL
     }
 
     static let factsSQL = """

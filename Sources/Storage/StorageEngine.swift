@@ -169,3 +169,14 @@ extension Migration {
         return statements
     }
 }
+
+extension StorageEngine {
+    /// ``loopRead(sql:arguments:on:)`` for a declared statement, which PostgreSQL prepares
+    /// once per connection.
+    public func loopRead<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        if let postgres = self as? PostgresEngine {
+            return postgres.loopReadPrepared(statement, arguments: arguments, on: eventLoop)
+        }
+        return loopRead(sql: S.sql, arguments: arguments, on: eventLoop)
+    }
+}

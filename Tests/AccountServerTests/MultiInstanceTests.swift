@@ -345,7 +345,18 @@ struct MultiInstanceTests {
     @Test func postgresRestartUnderLoad() async throws {
         let serverDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("pg-restart-\(UUID().uuidString)")
         let admin = try PostgresLocation(url: try await Self.script(["start", serverDirectory.path]))
-        defer { Task { _ = try? await Self.script(["stop", serverDirectory.path]) } }
+        // Stopped and removed however the test ends (a deferred Task would not run before the
+        // test process exits, leaving the server behind).
+        do {
+            try await restartUnderLoad(admin: admin, serverDirectory: serverDirectory)
+        } catch {
+            Issue.record(error)
+        }
+        _ = try? await Self.script(["stop", serverDirectory.path])
+        try? FileManager.default.removeItem(at: serverDirectory)
+    }
+
+    private func restartUnderLoad(admin: PostgresLocation, serverDirectory: URL) async throws {
         try await TestStore.execute("CREATE DATABASE restart_test", on: admin)
         let cluster = try await Cluster.start(databaseArgument: TestStore.url(admin.with(database: "restart_test")))
         let clock = ContinuousClock()

@@ -153,7 +153,7 @@ struct ProcessTests {
         let ports = freeLoopbackPorts(5)
         let file = directory.appendingPathComponent("settings.json")
         try """
-            {"web.address": "127.0.0.1:\(ports[0])", "admin.address": "127.0.0.1:\(ports[1])", "log.format": "json",
+            {"web.address": "127.0.0.1:\(ports[0])", "admin.address": "127.0.0.1:\(ports[1])", "log": {"format": "json"},
              "database.pool.size": 3, "argon2": {"memory": {"kib": 1024}, "iterations": 1}}
             """.write(to: file, atomically: true, encoding: .utf8)
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ACCOUNT_SERVER_") }
@@ -184,7 +184,7 @@ struct ProcessTests {
         #expect(line("web sign-in listening").contains("127.0.0.1:\(ports[0])"), "the file's web.address: \(text.suffix(1500))")
         #expect(line("admin listener listening").contains("127.0.0.1:\(ports[2])"), "the environment over the file")
         #expect(line("forward-auth listening").contains("127.0.0.1:\(ports[4])"), "the command line over the environment")
-        #expect(line("web sign-in listening").hasPrefix("{"), "the file's log.format (json)")
+        #expect(line("web sign-in listening").hasPrefix("{"), "the file's nested log.format (json)")
 
         environment["ACCOUNT_SERVER_DATABASE_POOL_SIZE"] = "abc"
         let malformed = try await spawnAndWait(Self.binary, ["serve", "--database", directory.appendingPathComponent("other.sqlite").path], environment: environment)

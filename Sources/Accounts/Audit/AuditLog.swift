@@ -138,13 +138,18 @@ public struct AuditEvent: Sendable, Equatable, SQLRecord {
 public struct AuditLog: Sendable {
     public init() {}
 
-    public func append(_ event: AuditEvent, in db: any SQLTransaction) throws {
-        try db.execute(sql: """
+    /// Every call appends one: prepared once per connection.
+    enum Append: PreparedSQL {
+        static let sql = """
             INSERT INTO audit_event (at, surface, action, outcome, actor_subject, actor_serial, actor_address,
                                      request_id, identifier, account_id, changes, detail)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """, arguments: [event.at.epochMilliseconds, event.surface, event.action, event.outcome, event.actorSubject, event.actorSerial,
-                                     event.actorAddress, event.requestId, event.identifier, event.accountId, event.changes, event.detail])
+            """
+    }
+
+    public func append(_ event: AuditEvent, in db: any SQLTransaction) throws {
+        try db.execute(Append.self, arguments: [event.at.epochMilliseconds, event.surface, event.action, event.outcome, event.actorSubject, event.actorSerial,
+                                                event.actorAddress, event.requestId, event.identifier, event.accountId, event.changes, event.detail])
     }
 
     /// Events in order, optionally for one account and/or after a sequence number.

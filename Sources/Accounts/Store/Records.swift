@@ -40,6 +40,11 @@ public struct AccountRow: Sendable, Equatable, SQLRecord {
         self.activeChangedAt = activeChangedAt
     }
 
+    /// The columns ``init(row:)`` reads, named: a prepared `SELECT *` would break on a
+    /// connection that outlives a migration adding a column (another instance upgraded).
+    static let columns = "id, version, active, family_name, given_name, email, email_key, password_hash, password_reset_required, created_at, updated_at, active_changed_at"
+    static let qualifiedColumns = "account.id, account.version, account.active, account.family_name, account.given_name, account.email, account.email_key, account.password_hash, account.password_reset_required, account.created_at, account.updated_at, account.active_changed_at"
+
     // Hand-written decoding: the hot path reads rows on every INT_R02 call.
     public init(row: SQLRow) throws {
         id = row["id"]
@@ -62,6 +67,8 @@ public struct AccountRow: Sendable, Equatable, SQLRecord {
 /// Rows are never deleted; ending one records when, why and in favour of whom.
 public struct IdentifierAssignment: Sendable, Equatable, SQLRecord {
     public static let databaseTableName = "account_identifier"
+    /// The columns ``init(row:)`` reads (see ``AccountRow/columns``).
+    static let columns = "id, account_id, kind, value, assigned_at, ended_at, ended_reason, ended_by_account_id"
 
     /// Why an assignment ended.
     public enum EndReason: String, Sendable, SQLBindable, SQLDecodable {
@@ -148,28 +155,20 @@ public struct AccountQueries: Sendable {
 
     /// The account currently holding `identifier` (deactivated or not), if any.
     public func holder(of identifier: RegulatorIdentifier, in db: any SQLTransaction) throws -> AccountRow? {
-        try AccountRow.fetchOne(db, sql: """
-            SELECT account.* FROM account_identifier ai
-            JOIN account ON account.id = ai.account_id
-            WHERE ai.kind = ? AND ai.value = ? AND ai.ended_at IS NULL
-            """, arguments: [identifier.kind.rawValue, identifier.value])
+        try AccountRow.fetchOne(db, ProvisioningSQL.Holder.self, arguments: [identifier.kind.rawValue, identifier.value])
     }
 
     public func account(id: String, in db: any SQLTransaction) throws -> AccountRow? {
-        try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [id])
+        try AccountRow.fetchOne(db, ProvisioningSQL.AccountByID.self, arguments: [id])
     }
 
     /// Every assignment the account ever had, oldest first.
     public func identifierHistory(of accountID: String, in db: any SQLTransaction) throws -> [IdentifierAssignment] {
-        try IdentifierAssignment.fetchAll(db, sql: """
-            SELECT * FROM account_identifier WHERE account_id = ? ORDER BY assigned_at, id
-            """, arguments: [accountID])
+        try IdentifierAssignment.fetchAll(db, ProvisioningSQL.IdentifierHistory.self, arguments: [accountID])
     }
 
     public func currentIdentifiers(of accountID: String, in db: any SQLTransaction) throws -> [IdentifierAssignment] {
-        try IdentifierAssignment.fetchAll(db, sql: """
-            SELECT * FROM account_identifier WHERE account_id = ? AND ended_at IS NULL ORDER BY kind
-            """, arguments: [accountID])
+        try IdentifierAssignment.fetchAll(db, ProvisioningSQL.CurrentIdentifiers.self, arguments: [accountID])
     }
 
     public func snapshot(id: String, in db: any SQLTransaction) throws -> AccountSnapshot? {
@@ -184,45 +183,93 @@ public struct AccountQueries: Sendable {
 
     /// The active account using this e-mail (case-insensitive), other than `excluding`.
     public func activeAccount(withEmailKey key: String, excluding accountID: String?, in db: any SQLTransaction) throws -> AccountRow? {
-        try AccountRow.fetchOne(db, sql: """
-            SELECT * FROM account WHERE email_key = ? AND active AND id IS DISTINCT FROM ?
-            """, arguments: [key, accountID])
+        try AccountRow.fetchOne(db, ProvisioningSQL.ActiveAccountByEmail.self, arguments: [key, accountID])
     }
 }
 
 /// The writes of the provisioning rules, as prepared statements.
 struct AccountWrites {
     func insert(_ row: AccountRow, in db: any SQLTransaction) throws {
-        try db.execute(sql: """
-            INSERT INTO account (id, version, active, family_name, given_name, email, email_key, password_hash,
-                                 password_reset_required, created_at, updated_at, active_changed_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """, arguments: [row.id, row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
+        try db.execute(ProvisioningSQL.InsertAccount.self, arguments: [row.id, row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
                                      row.passwordHash, row.passwordResetRequired, row.createdAt.epochMilliseconds,
                                      row.updatedAt.epochMilliseconds, row.activeChangedAt.epochMilliseconds])
     }
 
     /// Writes the fields INT_R02 may change, plus the version and timestamps.
     func update(_ row: AccountRow, in db: any SQLTransaction) throws {
-        try db.execute(sql: """
-            UPDATE account SET version = ?, active = ?, family_name = ?, given_name = ?, email = ?, email_key = ?,
-                               updated_at = ?, active_changed_at = ?
-            WHERE id = ?
-            """, arguments: [row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
+        try db.execute(ProvisioningSQL.UpdateAccount.self, arguments: [row.version, row.active, row.familyName, row.givenName, row.email, row.emailKey,
                                      row.updatedAt.epochMilliseconds, row.activeChangedAt.epochMilliseconds, row.id])
     }
 
     func assign(_ identifier: RegulatorIdentifier, to accountID: String, at date: Date, in db: any SQLTransaction) throws {
-        try db.execute(sql: """
-            INSERT INTO account_identifier (account_id, kind, value, assigned_at) VALUES (?, ?, ?, ?)
-            """, arguments: [accountID, identifier.kind.rawValue, identifier.value, date.epochMilliseconds])
+        try db.execute(ProvisioningSQL.AssignIdentifier.self, arguments: [accountID, identifier.kind.rawValue, identifier.value, date.epochMilliseconds])
     }
 
     func endAssignment(of identifier: RegulatorIdentifier, at date: Date, reason: IdentifierAssignment.EndReason, by accountID: String?, in db: any SQLTransaction) throws {
-        try db.execute(sql: """
+        try db.execute(ProvisioningSQL.EndAssignment.self, arguments: [date.epochMilliseconds, reason, accountID, identifier.kind.rawValue, identifier.value])
+    }
+}
+
+
+/// The statements of every INT_R02 call, prepared once per connection.
+enum ProvisioningSQL {
+    enum Holder: PreparedSQL {
+        static let sql = """
+            SELECT \(AccountRow.qualifiedColumns) FROM account_identifier ai
+            JOIN account ON account.id = ai.account_id
+            WHERE ai.kind = ? AND ai.value = ? AND ai.ended_at IS NULL
+            """
+    }
+
+    enum AccountByID: PreparedSQL {
+        static let sql = "SELECT \(AccountRow.columns) FROM account WHERE id = ?"
+    }
+
+    enum IdentifierHistory: PreparedSQL {
+        static let sql = """
+            SELECT \(IdentifierAssignment.columns) FROM account_identifier WHERE account_id = ? ORDER BY assigned_at, id
+            """
+    }
+
+    enum CurrentIdentifiers: PreparedSQL {
+        static let sql = """
+            SELECT \(IdentifierAssignment.columns) FROM account_identifier WHERE account_id = ? AND ended_at IS NULL ORDER BY kind
+            """
+    }
+
+    enum ActiveAccountByEmail: PreparedSQL {
+        static let sql = """
+            SELECT \(AccountRow.columns) FROM account WHERE email_key = ? AND active AND id IS DISTINCT FROM ?
+            """
+    }
+
+    enum InsertAccount: PreparedSQL {
+        static let sql = """
+            INSERT INTO account (id, version, active, family_name, given_name, email, email_key, password_hash,
+                                 password_reset_required, created_at, updated_at, active_changed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """
+    }
+
+    enum UpdateAccount: PreparedSQL {
+        static let sql = """
+            UPDATE account SET version = ?, active = ?, family_name = ?, given_name = ?, email = ?, email_key = ?,
+                               updated_at = ?, active_changed_at = ?
+            WHERE id = ?
+            """
+    }
+
+    enum AssignIdentifier: PreparedSQL {
+        static let sql = """
+            INSERT INTO account_identifier (account_id, kind, value, assigned_at) VALUES (?, ?, ?, ?)
+            """
+    }
+
+    enum EndAssignment: PreparedSQL {
+        static let sql = """
             UPDATE account_identifier SET ended_at = ?, ended_reason = ?, ended_by_account_id = ?
             WHERE kind = ? AND value = ? AND ended_at IS NULL
-            """, arguments: [date.epochMilliseconds, reason, accountID, identifier.kind.rawValue, identifier.value])
+            """
     }
 }
 

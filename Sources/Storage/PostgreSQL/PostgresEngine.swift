@@ -140,12 +140,18 @@ public final class PostgresEngine: StorageEngine {
                     // A session lock, taken before BEGIN: the transaction's snapshot is then
                     // taken after any wait for it, not before.
                     if let writeLock {
-                        try transaction.run("SELECT pg_advisory_lock\(writeLock == .shared ? "_shared" : "")(\(Self.writeLock))")
+                        switch writeLock {
+                        case .shared: _ = try transaction.fetchAllPrepared(WriteLockSQL.LockShared.self, arguments: [])
+                        case .exclusive: _ = try transaction.fetchAllPrepared(WriteLockSQL.Lock.self, arguments: [])
+                        }
                     }
                     defer {
                         if let writeLock {
                             do {
-                                try transaction.run("SELECT pg_advisory_unlock\(writeLock == .shared ? "_shared" : "")(\(Self.writeLock))")
+                                switch writeLock {
+                                case .shared: _ = try transaction.fetchAllPrepared(WriteLockSQL.UnlockShared.self, arguments: [])
+                                case .exclusive: _ = try transaction.fetchAllPrepared(WriteLockSQL.Unlock.self, arguments: [])
+                                }
                             } catch {
                                 // A connection that may still hold the lock never serves again.
                                 connection.close().whenComplete { _ in }
@@ -182,6 +188,31 @@ public final class PostgresEngine: StorageEngine {
             do {
                 return try await self.withConnection { connection in
                     try await connection.query(query, logger: logger).get().rows.map(PostgresTransaction.row)
+                }
+            } catch {
+                throw Self.storageError(error)
+            }
+        }
+        return promise.futureResult
+    }
+
+    /// ``loopRead(sql:arguments:on:)`` for a declared statement: prepared once per connection.
+    func loopReadPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        let promise = eventLoop.makePromise(of: [SQLRow].self)
+        let prepared: PreparedRows<S>
+        do {
+            prepared = PreparedRows<S>(bindings: try PostgresTransaction.bindings(for: S.sql, arguments.map { $0 as (any SQLBindable)? }))
+        } catch {
+            promise.fail(error)
+            return promise.futureResult
+        }
+        let logger = self.logger
+        promise.completeWithTask {
+            do {
+                return try await self.withConnection { connection in
+                    var rows: [SQLRow] = []
+                    for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try PostgresTransaction.row(row)) }
+                    return rows
                 }
             } catch {
                 throw Self.storageError(error)
@@ -429,7 +460,7 @@ struct PostgresRetry: Error {
 }
 
 /// One leased connection, used synchronously from a thread of the engine's pool.
-final class PostgresTransaction: SQLTransaction {
+final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     let connection: PostgresConnection
     let logger: Logger
     private(set) var changesCount = 0
@@ -456,32 +487,44 @@ final class PostgresTransaction: SQLTransaction {
         return try result.rows.map(Self.row)
     }
 
-    /// The shared SQL's `?` placeholders numbered for PostgreSQL (`$1`…), outside string
-    /// literals, quoted identifiers and comments.
-    static func query(_ sql: String, _ arguments: SQLArguments) throws -> PostgresQuery {
-        var text = ""
-        text.reserveCapacity(sql.utf8.count + 16)
-        var number = 0
-        var quote: Character?
-        var lineComment = false
-        for character in sql {
-            if lineComment {
-                if character == "\n" { lineComment = false }
-            } else if let open = quote {
-                if character == open { quote = nil }
-            } else if character == "'" || character == "\"" {
-                quote = character
-            } else if character == "-", text.last == "-" {
-                lineComment = true
-            } else if character == "?" {
-                number += 1
-                text += "$\(number)"
-                continue
-            }
-            text.append(character)
-        }
-        guard number == arguments.count else {
-            throw StorageError.configuration("statement has \(number) placeholders for \(arguments.count) arguments")
+    func fetchAllPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws -> [SQLRow] {
+        let prepared = PreparedRows<S>(bindings: try Self.bindings(for: S.sql, arguments))
+        let connection = self.connection, logger = self.logger
+        changesCount = 0
+        return try connection.eventLoop.makeFutureWithTask {
+            var rows: [SQLRow] = []
+            for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try Self.row(row)) }
+            return rows
+        }.wait()
+    }
+
+    func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
+        // postgres-nio reads a command's tag only once its rows are consumed: a statement
+        // that returns rows runs the ordinary way.
+        guard !Self.returnsRows(S.sql) else { return try execute(sql: S.sql, arguments: arguments) }
+        let prepared = PreparedCommand<S>(bindings: try Self.bindings(for: S.sql, arguments))
+        let connection = self.connection, logger = self.logger
+        // One `RETURNING 1` row per row changed: the count, without the command tag.
+        changesCount = try connection.eventLoop.makeFutureWithTask { () -> Int in
+            var changed = 0
+            for try await _ in try await connection.execute(prepared, logger: logger) { changed += 1 }
+            return changed
+        }.wait()
+    }
+
+    /// A SELECT, VALUES, or a write with RETURNING.
+    static func returnsRows(_ sql: String) -> Bool {
+        let head = sql.drop { $0.isWhitespace }.prefix(6).uppercased()
+        return head.hasPrefix("SELECT") || head.hasPrefix("VALUES") || head.hasPrefix("WITH") || sql.range(of: "RETURNING", options: .caseInsensitive) != nil
+    }
+
+    static func bindings(for sql: String, _ arguments: SQLArguments) throws -> PostgresBindings {
+        try bindings(numbered(sql).placeholders, arguments)
+    }
+
+    static func bindings(_ placeholders: Int, _ arguments: SQLArguments) throws -> PostgresBindings {
+        guard placeholders == arguments.count else {
+            throw StorageError.configuration("statement has \(placeholders) placeholders for \(arguments.count) arguments")
         }
         var binds = PostgresBindings(capacity: arguments.count)
         for argument in arguments {
@@ -493,7 +536,41 @@ final class PostgresTransaction: SQLTransaction {
             case .bool(let bool): binds.append(bool)
             }
         }
-        return PostgresQuery(unsafeSQL: text, binds: binds)
+        return binds
+    }
+
+    /// The shared SQL's `?` placeholders numbered for PostgreSQL (`$1`…), outside string
+    /// literals, quoted identifiers and comments; and how many there are. On UTF-8 bytes:
+    /// prepared statements renumber their text at every call.
+    static func numbered(_ sql: String) -> (text: String, placeholders: Int) {
+        var output: [UInt8] = []
+        output.reserveCapacity(sql.utf8.count + 16)
+        var number = 0
+        var quote: UInt8?
+        var lineComment = false
+        for byte in sql.utf8 {
+            if lineComment {
+                if byte == UInt8(ascii: "\n") { lineComment = false }
+            } else if let open = quote {
+                if byte == open { quote = nil }
+            } else if byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"") {
+                quote = byte
+            } else if byte == UInt8(ascii: "-"), output.last == UInt8(ascii: "-") {
+                lineComment = true
+            } else if byte == UInt8(ascii: "?") {
+                number += 1
+                output.append(UInt8(ascii: "$"))
+                output.append(contentsOf: String(number).utf8)
+                continue
+            }
+            output.append(byte)
+        }
+        return (String(decoding: output, as: UTF8.self), number)
+    }
+
+    static func query(_ sql: String, _ arguments: SQLArguments) throws -> PostgresQuery {
+        let (text, placeholders) = numbered(sql)
+        return PostgresQuery(unsafeSQL: text, binds: try bindings(placeholders, arguments))
     }
 
     static func row(_ row: PostgresRow) throws -> SQLRow {
@@ -519,4 +596,34 @@ final class PostgresTransaction: SQLTransaction {
             throw StorageError.configuration("column \(cell.columnName) has the unsupported type \(cell.dataType)")
         }
     }
+}
+
+/// A declared query as postgres-nio prepares it: named after its type, parsed and planned
+/// once per connection, its parameter types those of the first call's binds (as an
+/// unprepared statement's would be).
+struct PreparedRows<S: PreparedSQL>: PostgresPreparedStatement {
+    typealias Row = PostgresRow
+    static var sql: String { PostgresTransaction.numbered(S.sql).text }
+    let bindings: PostgresBindings
+    func makeBindings() throws -> PostgresBindings { bindings }
+    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+}
+
+/// A declared INSERT, UPDATE or DELETE, prepared likewise, with `RETURNING 1` added so that
+/// the rows it changed can be counted (postgres-nio gives a prepared command's tag only in a
+/// form that must not be read before the rows are).
+struct PreparedCommand<S: PreparedSQL>: PostgresPreparedStatement {
+    typealias Row = PostgresRow
+    static var sql: String { PostgresTransaction.numbered(S.sql).text + " RETURNING 1" }
+    let bindings: PostgresBindings
+    func makeBindings() throws -> PostgresBindings { bindings }
+    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+}
+
+/// The write lock's four statements, taken around every write: prepared like the stores'.
+enum WriteLockSQL {
+    enum LockShared: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_lock_shared(\(PostgresEngine.writeLock))" }
+    enum Lock: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_lock(\(PostgresEngine.writeLock))" }
+    enum UnlockShared: PreparedSQL { static let sql = "SELECT 1 WHERE pg_advisory_unlock_shared(\(PostgresEngine.writeLock))" }
+    enum Unlock: PreparedSQL { static let sql = "SELECT 1 WHERE pg_advisory_unlock(\(PostgresEngine.writeLock))" }
 }

@@ -1,0 +1,44 @@
+import Accounts
+import Habilitation
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// The admin surface: the vendor admin's API and page, behind the admin token, on loopback
+/// or TLS only.
+func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDatabase, readiness: ReadinessProbe, material: TLSMaterial,
+                      sessionConfiguration: SessionConfiguration, secretKey keyBytes: [UInt8], metrics: ServerMetrics, logger: Logger,
+                      onAdminListening: @escaping @Sendable (Int) async -> Void) throws -> some Service {
+    let (adminToken, created) = try AdminToken.load(path: configuration.adminTokenPath)
+    if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.adminTokenPath)"]) }
+    let adminRouter = Router(context: AdminRequestContext.self)
+    adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
+    if !configuration.adminTLS {
+        adminRouter.add(middleware: LoopbackHostMiddleware())
+    }
+    adminRouter.get("static/style.css") { _, _ in
+        Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
+    }
+    AdminController(administration: VendorAdministration(database: database, sessionConfiguration: sessionConfiguration),
+                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.adminTLS)
+        .addRoutes(to: adminRouter)
+    let adminServer: HTTPServerBuilder
+    if configuration.adminTLS {
+        adminServer = HTTPServerBuilder { responder in
+            ReloadableTLSChannel(base: HTTP1Channel(responder: responder), context: { material.current.web })
+        }
+    } else {
+        guard isLoopback(configuration.adminHost) else {
+            throw ConfigurationError(description: "--admin-address \(configuration.adminHost) is not a loopback address: add --admin-tls (the admin token must not cross a network in clear)")
+        }
+        adminServer = .http1()
+    }
+    return Application(
+        router: adminRouter, server: adminServer,
+        configuration: .init(address: .hostname(configuration.adminHost, port: configuration.adminPort), serverName: nil),
+        onServerRunning: { channel in await onAdminListening(channel.localAddress?.port ?? 0) },
+        logger: logger
+    )
+}
