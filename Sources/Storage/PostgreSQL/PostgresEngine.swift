@@ -175,45 +175,39 @@ public final class PostgresEngine: StorageEngine {
     }
 
     public func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
-        let promise = eventLoop.makePromise(of: [SQLRow].self)
-        let query: PostgresQuery
-        do {
-            query = try PostgresTransaction.query(sql, arguments.map { $0 as (any SQLBindable)? })
-        } catch {
-            promise.fail(error)
-            return promise.futureResult
-        }
         let logger = self.logger
-        promise.completeWithTask {
-            do {
-                return try await self.withConnection { connection in
-                    try await connection.query(query, logger: logger).get().rows.map(PostgresTransaction.row)
-                }
-            } catch {
-                throw Self.storageError(error)
-            }
+        return loopRows(on: eventLoop, prepare: { try PostgresTransaction.query(sql, arguments.map { $0 as (any SQLBindable)? }) }) { connection, query in
+            try await connection.query(query, logger: logger).get().rows.map(PostgresTransaction.row)
         }
-        return promise.futureResult
     }
 
     /// ``loopRead(sql:arguments:on:)`` for a declared statement: prepared once per connection.
     func loopReadPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        let logger = self.logger
+        return loopRows(on: eventLoop, prepare: {
+            PreparedRows<S>(bindings: try PostgresTransaction.bindings(for: S.sql, arguments.map { $0 as (any SQLBindable)? }))
+        }) { connection, prepared in
+            var rows: [SQLRow] = []
+            for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try PostgresTransaction.row(row)) }
+            return rows
+        }
+    }
+
+    /// The rows of one statement, answered on `eventLoop`: `prepare` builds it (its errors
+    /// fail the future at once), `run` sends it on a leased connection.
+    private func loopRows<Statement: Sendable>(on eventLoop: any EventLoop, prepare: () throws -> Statement,
+                                               run: @escaping @Sendable (PostgresConnection, Statement) async throws -> [SQLRow]) -> EventLoopFuture<[SQLRow]> {
         let promise = eventLoop.makePromise(of: [SQLRow].self)
-        let prepared: PreparedRows<S>
+        let statement: Statement
         do {
-            prepared = PreparedRows<S>(bindings: try PostgresTransaction.bindings(for: S.sql, arguments.map { $0 as (any SQLBindable)? }))
+            statement = try prepare()
         } catch {
             promise.fail(error)
             return promise.futureResult
         }
-        let logger = self.logger
         promise.completeWithTask {
             do {
-                return try await self.withConnection { connection in
-                    var rows: [SQLRow] = []
-                    for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try PostgresTransaction.row(row)) }
-                    return rows
-                }
+                return try await self.withConnection { connection in try await run(connection, statement) }
             } catch {
                 throw Self.storageError(error)
             }
