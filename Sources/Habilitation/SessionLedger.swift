@@ -7,10 +7,15 @@ import Storage
 public struct SessionLedger: AccountSessions {
     public init() {}
 
+    /// Also ends the account's sign-in flows still in progress: a flow that passed the old
+    /// password must not become a session after a reset.
     public func revokeAll(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
         try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                        arguments: [at.epochMilliseconds, reason, accountID])
-        return db.changesCount
+        let sessions = db.changesCount
+        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
+                       arguments: [at.epochMilliseconds, accountID])
+        return sessions
     }
 
     public func liveSASSessionCount(of accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {

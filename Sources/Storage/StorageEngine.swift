@@ -14,10 +14,16 @@ public enum StorageLocation: Sendable, Equatable, CustomStringConvertible {
     case sqlite(path: String)
     case postgres(PostgresLocation)
 
-    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is a file path.
+    /// A `postgres://` or `postgresql://` URL (any case) is PostgreSQL; any other `scheme://`
+    /// is refused (a mistyped URL must not become a file named after it, password included);
+    /// anything else is a file path.
     public init(_ argument: String) throws(StorageError) {
-        if argument.hasPrefix("postgres://") || argument.hasPrefix("postgresql://") {
-            self = .postgres(try PostgresLocation(url: argument))
+        let lowered = argument.lowercased()
+        if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
+            let scheme = argument.prefix { $0 != ":" }
+            self = .postgres(try PostgresLocation(url: scheme.lowercased() + argument.dropFirst(scheme.count)))
+        } else if let range = argument.range(of: "://"), !argument[..<range.lowerBound].contains("/") {
+            throw StorageError.configuration("--database: \(argument[..<range.lowerBound])://… is not a database this server speaks (postgres:// or a file path)")
         } else {
             self = .sqlite(path: argument)
         }

@@ -488,8 +488,15 @@ struct MigrateStoreTests {
         let unknown = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", owner, "--grant-to", "no_such_role"])
         #expect(unknown.status != 0 && String(decoding: unknown.errors, as: UTF8.self).contains("no role no_such_role"),
                 "\(String(decoding: unknown.errors, as: UTF8.self))")
+        // The owner itself (a superuser here) would make the grants meaningless: refused, nothing granted.
+        let itself = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", owner, "--grant-to", try TestStore.administrator().username])
+        #expect(itself.status != 0 && String(decoding: itself.errors, as: UTF8.self).contains("cannot be the runtime role"),
+                "\(String(decoding: itself.errors, as: UTF8.self))")
         let injected = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", owner, "--grant-to", "x; DROP TABLE account"])
         #expect(injected.status != 0)
+        let mistyped = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", "postgress://u:secret@localhost/x"])
+        #expect(mistyped.status != 0 && !FileManager.default.fileExists(atPath: "postgress:"), "a mistyped scheme is refused, not a file")
+        #expect(!String(decoding: mistyped.errors + mistyped.output, as: UTF8.self).contains("secret"), "the password is not echoed")
         let sqlite = try await spawnAndWait(ProcessTests.binary, ["migrate", "--database", directory.appendingPathComponent("db.sqlite").path, "--grant-to", "x"])
         #expect(sqlite.status != 0 && String(decoding: sqlite.errors, as: UTF8.self).contains("PostgreSQL"))
         var runtime = try PostgresLocation(url: owner)

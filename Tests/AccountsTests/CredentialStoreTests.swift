@@ -167,9 +167,18 @@ struct CredentialStoreTests {
                     """, arguments: ["s\(index)", h.accountID])
             }
         }
+        // A sign-in that passed the old password and waits for its second factor.
+        try await h.accounts.database.write { db in
+            try db.execute(sql: """
+                INSERT INTO sign_in_flow (id_hash, account_id, created_at, expires_at)
+                VALUES ('f1', ?, 0, 9999999999999)
+                """, arguments: [h.accountID])
+        }
         try await h.setPassword(Self.password)
         let live = try await h.accounts.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE revoked_at IS NULL") }
         #expect(live == 0)
+        let openFlows = try await h.accounts.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE consumed_at IS NULL") }
+        #expect(openFlows == 0, "a flow that passed the old password cannot become a session after the reset")
     }
 
     @Test func totpEnrolmentRecoveryCodesAndReplay() async throws {

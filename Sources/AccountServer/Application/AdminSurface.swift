@@ -24,16 +24,23 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     AdminController(administration: VendorAdministration(database: database, sessionConfiguration: sessionConfiguration),
                     readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.adminTLS)
         .addRoutes(to: adminRouter)
+    // The same receive and idle timeouts as the other listeners: a slow sender holds no
+    // admin connection either.
+    let idle = HTTP1Channel.Configuration(idleTimeout: .seconds(120))
+    let requestTimeout = configuration.requestReceiveTimeout
     let adminServer: HTTPServerBuilder
     if configuration.adminTLS {
         adminServer = HTTPServerBuilder { responder in
-            ReloadableTLSChannel(base: HTTP1Channel(responder: responder), context: { material.current.web })
+            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
+                                 context: { material.current.web })
         }
     } else {
         guard isLoopback(configuration.adminHost) else {
             throw ConfigurationError(description: "--admin-address \(configuration.adminHost) is not a loopback address: add --admin-tls (the admin token must not cross a network in clear)")
         }
-        adminServer = .http1()
+        adminServer = HTTPServerBuilder { responder in
+            RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger)
+        }
     }
     return Application(
         router: adminRouter, server: adminServer,

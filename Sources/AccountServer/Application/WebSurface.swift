@@ -82,7 +82,9 @@ func makeWebServices(
     let webApp = Application(
         router: router,
         server: HTTPServerBuilder { responder in
-            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder), timeout: configuration.requestReceiveTimeout, logger: logger),
+            // Idle keep-alive connections close after 120 s, as on the FHIR listener.
+            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: .seconds(120))),
+                                                             timeout: configuration.requestReceiveTimeout, logger: logger),
                                  context: { material.current.web })
         },
         configuration: .init(address: .hostname(configuration.webHost, port: configuration.webPort), serverName: nil),

@@ -174,7 +174,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds a request may take to arrive whole, from its first byte, on the FHIR and web listeners; slower senders are disconnected (the handling time does not count). Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
     var requestTimeout: Int?
 
-    @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 30")
+    @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 25")
     var shutdownTimeout: Int?
 
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
@@ -292,6 +292,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "account-server", factory: { LogLineHandler(label: $0, format: lineFormat) })
         logger.logLevel = level
+        logger.info("settings read", metadata: ["sources": "\(settings.sources.joined(separator: ", "))"])
 
         let (host, port) = try Self.hostAndPort(try settings.string("fhir.address") ?? "127.0.0.1:8443", flag: "--fhir-address")
         let (webHost, webPort) = try Self.hostAndPort(try settings.string("web.address") ?? "127.0.0.1:8444", flag: "--web-address")
@@ -378,7 +379,7 @@ struct ServeCommand: AsyncParsableCommand {
         let requestSeconds = try settings.int("request.timeout") ?? 60
         guard requestSeconds >= 1 else { throw ValidationError("--request-timeout must be at least 1 second") }
         web.requestReceiveTimeout = .seconds(requestSeconds)
-        let shutdownSeconds = try settings.int("shutdown.timeout") ?? 30
+        let shutdownSeconds = try settings.int("shutdown.timeout") ?? 25
         guard shutdownSeconds >= 1 else { throw ValidationError("--shutdown-timeout must be at least 1 second") }
         web.fhirClientCertificateHeader = try settings.string("fhir.client.certificate.header")
         web.fhirTrustedProxies = try settings.list("fhir.trusted.proxy")
@@ -455,6 +456,8 @@ struct ServeCommand: AsyncParsableCommand {
         // orchestrator's SIGKILL (or a stuck upstream) must not decide when a process ends.
         var group = ServiceGroupConfiguration(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         group.maximumGracefulShutdownDuration = .seconds(shutdownSeconds)
+        // Cancelled work gets 5 s more; past that swift-service-lifecycle ends the process.
+        group.maximumCancellationDuration = .seconds(5)
         try await ServiceGroup(configuration: group).run()
     }
 

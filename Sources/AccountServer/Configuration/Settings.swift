@@ -45,9 +45,12 @@ struct Settings: Sendable {
         self.sources = sources
     }
 
-    /// The settings of a tool that reads the environment only (`admin`, `audit`).
+    /// The settings of an operator tool (`admin`, `audit`): its own flags, the environment,
+    /// and the file `ACCOUNT_SERVER_CONFIG_FILE` names, so it finds the server's database.
     static func environmentOnly(commandLine: [AbsoluteConfigKey: ConfigValue] = [:]) async throws -> Settings {
-        try await Settings(commandLine: commandLine, environment: ProcessInfo.processInfo.environment, file: nil)
+        let environment = ProcessInfo.processInfo.environment
+        return try await Settings(commandLine: commandLine, environment: environment,
+                                  file: environment["ACCOUNT_SERVER_CONFIG_FILE"].flatMap { $0.isEmpty ? nil : $0 })
     }
 
     /// The `--database` of a command-line tool: its flag, else `ACCOUNT_SERVER_DATABASE`, else

@@ -4,21 +4,21 @@ import NIOCore
 import NIOHTTP1
 
 /// Closes a connection whose request does not arrive in time: armed by the first byte of a
-/// request, disarmed once the decoder has the whole request (``RequestReceivedHandler``) or
-/// by the first byte of the answer. A slow sender (slowloris: headers or a body trickling in)
-/// cannot hold a connection, a worker and its buffers beyond `timeout`; a request that
-/// arrived whole is never cut however long its handling takes (argon2 on a loaded machine),
-/// and an idle keep-alive connection is the idle timeout's business, not this one's. It sits
-/// between TLS and HTTP, so it sees the bytes as they come.
-final class RequestReceiveTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
+/// request (or, for a pipelined request whose first bytes came with the previous one, by its
+/// head), disarmed once the decoder has the whole request (``RequestReceivedHandler``). A slow
+/// sender (slowloris: headers or a body trickling in) cannot hold a connection, a worker and
+/// its buffers beyond `timeout`; a request that arrived whole is never cut however long its
+/// handling takes (argon2 on a loaded machine, a slow upstream), and an idle keep-alive
+/// connection is the idle timeout's business, not this one's. It sits between TLS and HTTP,
+/// so it sees the bytes as they come.
+final class RequestReceiveTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     typealias InboundOut = NIOAny
-    typealias OutboundIn = NIOAny
-    typealias OutboundOut = NIOAny
 
     private let timeout: TimeAmount
     private let logger: Logger
     private var scheduled: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
     /// Once the deadline passed, nothing more reaches HTTP: closing a TLS connection first
     /// exchanges close_notify, and bytes still arriving meanwhile must not complete the
     /// request.
@@ -29,32 +29,35 @@ final class RequestReceiveTimeoutHandler: ChannelDuplexHandler, RemovableChannel
         self.logger = logger
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !expired else { return }
-        if scheduled == nil {
-            let loopBound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
-            let timeout = self.timeout
-            scheduled = context.eventLoop.scheduleTask(in: timeout) {
-                let (context, handler) = loopBound.value
-                handler.scheduled = nil
-                handler.expired = true
-                handler.logger.notice("request not received in time; connection closed", metadata: [
-                    "peer": "\(context.remoteAddress?.description ?? "?")", "timeout_ms": "\(timeout.nanoseconds / 1_000_000)",
-                ])
-                context.close(promise: nil)
-            }
-        }
+        arm()
         context.fireChannelRead(data)
+    }
+
+    /// A request has begun (its first bytes, or its head): the clock runs until its end.
+    func arm() {
+        guard scheduled == nil, let context else { return }
+        let loopBound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+        let timeout = self.timeout
+        scheduled = context.eventLoop.scheduleTask(in: timeout) {
+            let (context, handler) = loopBound.value
+            handler.scheduled = nil
+            handler.expired = true
+            handler.logger.notice("request not received in time; connection closed", metadata: [
+                "peer": "\(context.remoteAddress?.description ?? "?")", "timeout_ms": "\(timeout.nanoseconds / 1_000_000)",
+            ])
+            context.close(promise: nil)
+        }
     }
 
     /// The decoder has the request's end: whatever the handler does now, the client is done.
     func requestReceived() {
         disarm()
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        disarm()
-        context.write(data, promise: promise)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -64,6 +67,7 @@ final class RequestReceiveTimeoutHandler: ChannelDuplexHandler, RemovableChannel
 
     func handlerRemoved(context: ChannelHandlerContext) {
         disarm()
+        self.context = nil
     }
 
     private func disarm() {
@@ -72,8 +76,8 @@ final class RequestReceiveTimeoutHandler: ChannelDuplexHandler, RemovableChannel
     }
 }
 
-/// Sits after the HTTP decoder and tells ``RequestReceiveTimeoutHandler`` when a request's
-/// last part has arrived. Both handlers live on the channel's event loop.
+/// Sits after the HTTP decoder and tells ``RequestReceiveTimeoutHandler`` where requests
+/// begin and end. Both handlers live on the channel's event loop.
 final class RequestReceivedHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -85,8 +89,14 @@ final class RequestReceivedHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .end = unwrapInboundIn(data) {
+        switch unwrapInboundIn(data) {
+        case .head:
+            // A pipelined request whose bytes came in the same read as the previous end.
+            timeout.arm()
+        case .end:
             timeout.requestReceived()
+        case .body:
+            break
         }
         context.fireChannelRead(data)
     }

@@ -188,7 +188,12 @@ public final class PostgresEngine: StorageEngine {
             PreparedRows<S>(bindings: try PostgresTransaction.bindings(for: S.sql, arguments.map { $0 as (any SQLBindable)? }))
         }) { connection, prepared in
             var rows: [SQLRow] = []
-            for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try PostgresTransaction.row(row)) }
+            do {
+                for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try PostgresTransaction.row(row)) }
+            } catch {
+                _ = try? PostgresTransaction.closingIfPoisoned(connection) { throw error }
+                throw error
+            }
             return rows
         }
     }
@@ -376,8 +381,8 @@ public final class PostgresEngine: StorageEngine {
     /// `role` cannot rewrite the audit trail even if it is compromised; the triggers stay as
     /// a second lock, against the owner.
     public func grantRuntimePrivileges(to role: String, tables: [String], appendOnly: Set<String>) async throws {
-        guard role.range(of: "^[a-z_][a-z0-9_]{0,62}$", options: .regularExpression) != nil else {
-            throw StorageError.configuration("role name \(role.debugDescription): lower-case letters, digits and _ only")
+        guard role.range(of: "^[a-z_][a-z0-9_]{0,62}$", options: .regularExpression) != nil, !role.hasPrefix("pg_") else {
+            throw StorageError.configuration("role name \(role.debugDescription): lower-case letters, digits and _ only, not a pg_ role")
         }
         try await write { db in
             guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ?)", arguments: [role]) == true else {
@@ -395,6 +400,28 @@ public final class PostgresEngine: StorageEngine {
                 try db.execute(sql: "GRANT \(privileges) ON \(table) TO \(role)")
             }
             try db.execute(sql: "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO \(role)")
+            // What the grants mean depends on who the role is: checked, or nothing is granted.
+            guard let row = try SQLRow.fetchOne(db, sql: """
+                SELECT r.rolsuper AS superuser,
+                       pg_has_role(r.rolname, current_user, 'MEMBER') AS owner_rights,
+                       has_schema_privilege(r.rolname, 'public', 'CREATE') AS can_create,
+                       EXISTS (SELECT 1 FROM pg_tables t WHERE t.schemaname = 'public' AND t.tableowner = r.rolname) AS owns_tables
+                FROM pg_roles r WHERE r.rolname = ?
+                """, arguments: [role]) else { throw StorageError.configuration("no role \(role)") }
+            var problems: [String] = []
+            if row["superuser"] as Bool { problems.append("it is a superuser") }
+            if row["owner_rights"] as Bool { problems.append("it has the schema owner's rights (it is \(self.location.username) or a member of it)") }
+            if row["can_create"] as Bool { problems.append("it may CREATE in schema public (PostgreSQL before 15: run REVOKE CREATE ON SCHEMA public FROM PUBLIC as the schema's owner)") }
+            if row["owns_tables"] as Bool { problems.append("it owns tables of schema public") }
+            for table in appendOnly {
+                let rewrite = try Bool.fetchOne(db, sql: """
+                    SELECT has_table_privilege(?, ?, 'UPDATE') OR has_table_privilege(?, ?, 'DELETE') OR has_table_privilege(?, ?, 'TRUNCATE')
+                    """, arguments: [role, table, role, table, role, table]) ?? true
+                if rewrite { problems.append("it may still UPDATE, DELETE or TRUNCATE \(table) (through PUBLIC or another role)") }
+            }
+            guard problems.isEmpty else {
+                throw StorageError.configuration("\(role) cannot be the runtime role: \(problems.joined(separator: "; ")); nothing was granted")
+            }
         }
     }
 
@@ -433,10 +460,13 @@ public final class PostgresEngine: StorageEngine {
             return PostgresRetry(message: message, uniqueViolation: false)
         case "23505":
             return PostgresRetry(message: message, uniqueViolation: true)
-        case _ where state.hasPrefix("23"), "P0001", "42501":
-            // Integrity rules, the append-only trigger, and a missing privilege (the runtime
-            // role cannot UPDATE or DELETE the audit trail).
+        case _ where state.hasPrefix("23"), "P0001":
+            // Integrity rules and the append-only trigger.
             return StorageError.constraintViolation(message)
+        case "42501":
+            // A privilege the role lacks: a deployment error (the runtime role was not granted
+            // a new table, or something tried to rewrite the audit trail), never a conflict.
+            return StorageError.statementFailed("SQLSTATE 42501: \(message) (run `account-server migrate --grant-to` after each upgrade)")
         case _ where state.hasPrefix("08"), _ where state.hasPrefix("53"), _ where state.hasPrefix("57"), "25006":
             return StorageError.unavailable(message)
         default:
@@ -485,25 +515,48 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         let prepared = PreparedRows<S>(bindings: try Self.bindings(for: S.sql, arguments))
         let connection = self.connection, logger = self.logger
         changesCount = 0
-        return try connection.eventLoop.makeFutureWithTask {
-            var rows: [SQLRow] = []
-            for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try Self.row(row)) }
-            return rows
-        }.wait()
+        return try Self.closingIfPoisoned(connection) {
+            try connection.eventLoop.makeFutureWithTask {
+                var rows: [SQLRow] = []
+                for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try Self.row(row)) }
+                return rows
+            }.wait()
+        }
+    }
+
+    /// postgres-nio remembers a statement that failed to prepare and fails every later use of
+    /// it on that connection: after an error that is not about the data (a timeout, a lock, a
+    /// catalog change), the connection is closed so the pool replaces it.
+    static func closingIfPoisoned<T>(_ connection: PostgresConnection, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as PSQLError {
+            let state = error.serverInfo?[.sqlState] ?? ""
+            if !(state.hasPrefix("23") || state.hasPrefix("40") || state == "P0001" || state == "42501") {
+                connection.close().whenComplete { _ in }
+            }
+            throw error
+        }
     }
 
     func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
         // postgres-nio reads a command's tag only once its rows are consumed: a statement
         // that returns rows runs the ordinary way.
-        guard !Self.returnsRows(S.sql) else { return try execute(sql: S.sql, arguments: arguments) }
+        // ` RETURNING 1` is appended: a statement ending in a comment or `;` runs unprepared.
+        let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !Self.returnsRows(S.sql), !trimmed.contains("--"), !trimmed.hasSuffix(";") else {
+            return try execute(sql: S.sql, arguments: arguments)
+        }
         let prepared = PreparedCommand<S>(bindings: try Self.bindings(for: S.sql, arguments))
         let connection = self.connection, logger = self.logger
         // One `RETURNING 1` row per row changed: the count, without the command tag.
-        changesCount = try connection.eventLoop.makeFutureWithTask { () -> Int in
-            var changed = 0
-            for try await _ in try await connection.execute(prepared, logger: logger) { changed += 1 }
-            return changed
-        }.wait()
+        changesCount = try Self.closingIfPoisoned(connection) {
+            try connection.eventLoop.makeFutureWithTask { () -> Int in
+                var changed = 0
+                for try await _ in try await connection.execute(prepared, logger: logger) { changed += 1 }
+                return changed
+            }.wait()
+        }
     }
 
     /// A SELECT, VALUES, or a write with RETURNING.
