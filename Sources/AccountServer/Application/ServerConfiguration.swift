@@ -28,8 +28,8 @@ struct ServerConfiguration: Sendable {
     /// How often CRL files are checked for changes (SIGHUP reloads at once).
     var crlPollInterval: Duration = .seconds(5)
     var logLevel: Logger.Level = .info
-    /// From a request's first byte to the answer's first byte, on the FHIR and web listeners;
-    /// a slower sender is disconnected.
+    /// From a request's first byte until it has arrived whole, on the FHIR, web and admin
+    /// listeners; a slower sender is disconnected (handling time does not count).
     var requestReceiveTimeout: Duration = .seconds(60)
 
     // Topology 1: behind the vendor's TLS-terminating proxy (docs/deployment.md).
