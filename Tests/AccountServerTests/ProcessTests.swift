@@ -195,6 +195,11 @@ struct ProcessTests {
         try "fhir.address = 1".write(to: notJSON, atomically: true, encoding: .utf8)
         let badFile = try await spawnAndWait(Self.binary, ["serve", "--config-file", notJSON.path], environment: environment)
         #expect(badFile.status != 0 && String(decoding: badFile.errors, as: UTF8.self).contains("not a JSON object of settings"))
+        let misspelt = directory.appendingPathComponent("misspelt.json")
+        try #"{"fhir": {"upstream": {"url": "http://127.0.0.1:1/fhir"}}}"#.write(to: misspelt, atomically: true, encoding: .utf8)
+        let unknownKey = try await spawnAndWait(Self.binary, ["serve", "--config-file", misspelt.path], environment: environment)
+        #expect(unknownKey.status != 0 && String(decoding: unknownKey.errors, as: UTF8.self).contains("unknown setting(s) fhir.upstream.url"),
+                "\(String(decoding: unknownKey.errors, as: UTF8.self))")
         let noFile = try await spawnAndWait(Self.binary, ["serve", "--config-file", directory.appendingPathComponent("none.json").path], environment: environment)
         #expect(noFile.status != 0 && String(decoding: noFile.errors, as: UTF8.self).contains("no file at"))
     }

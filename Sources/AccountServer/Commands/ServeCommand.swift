@@ -210,6 +210,75 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "A JSON file of settings, below the command line and the environment in precedence: keys are the flags' words joined by dots, e.g. {\"fhir.address\": \"0.0.0.0:8443\", \"database.pool.size\": 20}. Env: ACCOUNT_SERVER_CONFIG_FILE")
     var configFile: String?
 
+    /// Every key `serve` reads: a file key outside this set is a mistake, refused at start.
+    static let knownKeys: Set<String> = [
+        "log.level",
+        "log.format",
+        "fhir.address",
+        "web.address",
+        "forward.auth.address",
+        "admin.address",
+        "tls.certificate",
+        "tls.key",
+        "client.ca",
+        "client.crl",
+        "allowed.client.cn",
+        "allowed.client.ou",
+        "dev.pki",
+        "database",
+        "public.base.url",
+        "argon2.memory.kib",
+        "argon2.iterations",
+        "argon2.parallelism",
+        "argon2.threads",
+        "crl.poll.seconds",
+        "database.pool.size",
+        "web.tls.certificate",
+        "web.tls.key",
+        "public.url",
+        "sas.origin",
+        "allowed.return.host",
+        "cgu.file",
+        "cgu.version",
+        "smtp.url",
+        "sendmail.command",
+        "mail.from",
+        "secret.key.file",
+        "lockout.failures",
+        "lockout.minutes",
+        "session.idle.minutes",
+        "session.absolute.hours",
+        "rate.limit.per.minute",
+        "totp.issuer",
+        "trusted.proxy",
+        "forward.auth.tls",
+        "admin.tls",
+        "admin.token.file",
+        "request.timeout",
+        "shutdown.timeout",
+        "fhir.client.certificate.header",
+        "fhir.trusted.proxy",
+        "fhir.proxy.tls",
+        "fhir.proxy.client.ca",
+        "fhir.proxy.client.cn",
+        "fhir.proxy.client.crl",
+        "allow.missing.crl",
+        "retention.days",
+        "fhir.upstream",
+        "fhir.upstream.ca",
+        "fhir.upstream.connect.timeout",
+        "fhir.upstream.timeout",
+        "oidc.issuer",
+        "oidc.client.id",
+        "oidc.client.secret.file",
+        "oidc.client.key.file",
+        "oidc.client.key.id",
+        "oidc.acr",
+        "oidc.scope",
+        "oidc.ca",
+        "oidc.national.id.claim",
+    ]
+
     /// The options given on the command line, for the highest-precedence provider.
     var commandLineValues: [AbsoluteConfigKey: ConfigValue] {
         var values = CommandLineValues()
@@ -283,7 +352,8 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = try await Settings(commandLine: commandLineValues, environment: ProcessInfo.processInfo.environment,
-                                          file: configFile ?? ProcessInfo.processInfo.environment["ACCOUNT_SERVER_CONFIG_FILE"].flatMap { $0.isEmpty ? nil : $0 })
+                                          file: configFile ?? ProcessInfo.processInfo.environment["ACCOUNT_SERVER_CONFIG_FILE"].flatMap { $0.isEmpty ? nil : $0 },
+                                          knownKeys: Self.knownKeys)
         let levelText = try settings.string("log.level") ?? "info"
         guard let level = Logger.Level(rawValue: levelText) else { throw ValidationError("unknown log level \(levelText)") }
         let format = try settings.string("log.format") ?? "text"

@@ -24,7 +24,9 @@ struct Settings: Sendable {
     /// the providers wherever swift-configuration reports or prints them.
     static let secretKeys: Set<String> = ["database"]
 
-    init(commandLine: [AbsoluteConfigKey: ConfigValue], environment: [String: String], file: String?) async throws {
+    /// - Parameter knownKeys: when given, a file key outside it is refused (a misspelt key
+    ///   would otherwise leave its setting at the default without a word).
+    init(commandLine: [AbsoluteConfigKey: ConfigValue], environment: [String: String], file: String?, knownKeys: Set<String>? = nil) async throws {
         var providers: [any ConfigProvider] = [InMemoryProvider(name: "command line", values: commandLine)]
         var sources = ["command line"]
         let secretVariables = Set(Self.secretKeys.map { Self.variable($0) })
@@ -38,6 +40,12 @@ struct Settings: Sendable {
                 providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(file)))
             } catch {
                 throw ValidationError("--config-file \(file): not a JSON object of settings (\(error))")
+            }
+            if let knownKeys {
+                let unknown = Self.keys(inJSONFile: file).subtracting(knownKeys)
+                guard unknown.isEmpty else {
+                    throw ValidationError("--config-file \(file): unknown setting(s) \(unknown.sorted().joined(separator: ", ")) (docs/configuration.md lists them)")
+                }
             }
             sources.append(file)
         }
@@ -59,6 +67,22 @@ struct Settings: Sendable {
         var values = CommandLineValues()
         values.set("database", flag)
         return try await environmentOnly(commandLine: values.values).string("database") ?? "./data/account-server.sqlite"
+    }
+
+    /// The dotted keys of a JSON settings file: nested objects joined with dots, arrays as
+    /// values.
+    static func keys(inJSONFile file: String) -> Set<String> {
+        guard let data = FileManager.default.contents(atPath: file),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [] }
+        var keys: Set<String> = []
+        func walk(_ object: [String: Any], prefix: String) {
+            for (key, value) in object {
+                let path = prefix.isEmpty ? key : prefix + "." + key
+                if let nested = value as? [String: Any] { walk(nested, prefix: path) } else { keys.insert(path) }
+            }
+        }
+        walk(object, prefix: "")
+        return keys
     }
 
     // MARK: Reading
