@@ -201,6 +201,29 @@ struct HostileInputTests {
         await server.stop()
     }
 
+    /// The admin listener cuts a slow sender too (it had no receive timeout): a request whose
+    /// headers never end is closed after `--request-timeout`.
+    @Test func theAdminListenerCutsSlowSenders() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki) { $0.requestReceiveTimeout = .seconds(1) }
+        let script = """
+            import socket, sys, time
+            sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+            sock.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n")
+            sock.settimeout(8)
+            start = time.time()
+            try:
+                closed = sock.recv(1024) == b""
+            except socket.timeout:
+                closed = False
+            print("closed" if closed else "open", round(time.time() - start, 1))
+            """
+        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, "\(server.adminPort)"])
+        let output = String(decoding: run.output, as: UTF8.self)
+        #expect(output.hasPrefix("closed"), "\(output) \(String(decoding: run.errors, as: UTF8.self))")
+        await server.stop()
+    }
+
     /// Slow senders are disconnected after `--request-timeout`, whether the headers or the
     /// body trickle in; a normal request on another connection is served meanwhile.
     @Test func slowSendersAreDisconnected() async throws {
