@@ -24,7 +24,7 @@ struct AdminCommand: AsyncParsableCommand {
 
         func administration() async throws -> VendorAdministration {
             var sessions = SessionConfiguration()
-            if let minutes = try await Settings.environmentOnly().int("session.idle.minutes") {
+            if let minutes = try await Settings.forOperatorTool().int("session.idle.minutes") {
                 sessions.idleTimeout = TimeInterval(60 * minutes)
             }
             return VendorAdministration(database: try await open(), sessionConfiguration: sessions)

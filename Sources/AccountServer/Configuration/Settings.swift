@@ -55,7 +55,7 @@ struct Settings: Sendable {
 
     /// The settings of an operator tool (`admin`, `audit`): its own flags, the environment,
     /// and the file `ACCOUNT_SERVER_CONFIG_FILE` names, so it finds the server's database.
-    static func environmentOnly(commandLine: [AbsoluteConfigKey: ConfigValue] = [:]) async throws -> Settings {
+    static func forOperatorTool(commandLine: [AbsoluteConfigKey: ConfigValue] = [:]) async throws -> Settings {
         let environment = ProcessInfo.processInfo.environment
         return try await Settings(commandLine: commandLine, environment: environment,
                                   file: environment["ACCOUNT_SERVER_CONFIG_FILE"].flatMap { $0.isEmpty ? nil : $0 })
@@ -66,7 +66,7 @@ struct Settings: Sendable {
     static func database(_ flag: String?) async throws -> String {
         var values = CommandLineValues()
         values.set("database", flag)
-        return try await environmentOnly(commandLine: values.values).string("database") ?? "./data/account-server.sqlite"
+        return try await forOperatorTool(commandLine: values.values).string("database") ?? "./data/account-server.sqlite"
     }
 
     /// The dotted keys of a JSON settings file: nested objects joined with dots, arrays as

@@ -512,13 +512,27 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     }
 
     func fetchAllPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws -> [SQLRow] {
-        let prepared = PreparedRows<S>(bindings: try Self.bindings(for: S.sql, arguments))
-        let connection = self.connection, logger = self.logger
         changesCount = 0
+        return try preparedRows(PreparedRows<S>(bindings: try Self.bindings(for: S.sql, arguments))).map(Self.row)
+    }
+
+    func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
+        // ` RETURNING 1` is appended to count the changed rows: a statement that returns rows
+        // already, or ends in a comment or `;`, runs unprepared.
+        let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !Self.returnsRows(S.sql), !trimmed.contains("--"), !trimmed.hasSuffix(";") else {
+            return try execute(sql: S.sql, arguments: arguments)
+        }
+        changesCount = try preparedRows(PreparedCommand<S>(bindings: try Self.bindings(for: S.sql, arguments))).count
+    }
+
+    /// Runs a prepared statement from this thread and collects its rows.
+    private func preparedRows<P: PostgresPreparedStatement>(_ prepared: P) throws -> [PostgresRow] where P.Row == PostgresRow {
+        let connection = self.connection, logger = self.logger
         return try Self.closingIfPoisoned(connection) {
             try connection.eventLoop.makeFutureWithTask {
-                var rows: [SQLRow] = []
-                for try await row in try await connection.execute(prepared, logger: logger) { rows.append(try Self.row(row)) }
+                var rows: [PostgresRow] = []
+                for try await row in try await connection.execute(prepared, logger: logger) { rows.append(row) }
                 return rows
             }.wait()
         }
@@ -536,26 +550,6 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                 connection.close().whenComplete { _ in }
             }
             throw error
-        }
-    }
-
-    func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
-        // postgres-nio reads a command's tag only once its rows are consumed: a statement
-        // that returns rows runs the ordinary way.
-        // ` RETURNING 1` is appended: a statement ending in a comment or `;` runs unprepared.
-        let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !Self.returnsRows(S.sql), !trimmed.contains("--"), !trimmed.hasSuffix(";") else {
-            return try execute(sql: S.sql, arguments: arguments)
-        }
-        let prepared = PreparedCommand<S>(bindings: try Self.bindings(for: S.sql, arguments))
-        let connection = self.connection, logger = self.logger
-        // One `RETURNING 1` row per row changed: the count, without the command tag.
-        changesCount = try Self.closingIfPoisoned(connection) {
-            try connection.eventLoop.makeFutureWithTask { () -> Int in
-                var changed = 0
-                for try await _ in try await connection.execute(prepared, logger: logger) { changed += 1 }
-                return changed
-            }.wait()
         }
     }
 
