@@ -185,6 +185,8 @@ measure one_instance_nginx "https://localhost:$nginx_fhir" "https://localhost:$n
 run_nginx "$b_fhir" "$b_web" "$b_forward"
 measure two_instances_nginx "https://localhost:$nginx_fhir" "https://localhost:$nginx_web" "http://127.0.0.1:$nginx_forward"
 
+# What PostgreSQL refused during the whole run, by message (serialization failures, deadlocks…).
+grep -E "ERROR:|STATEMENT:" "$work/pg/server.log" | sed -E 's/^.*(ERROR|STATEMENT): +/\1 /' | cut -c1-160 | sort | uniq -c | sort -rn | head -12 | sed 's/^/PG_ERRORS /' || true
 python3 - "$results" <<'PY'
 import re, sys
 rps = {}

@@ -102,7 +102,7 @@ public final class HabilitationService: Sendable {
 
     static let factsSQL = """
             SELECT s.account_id, s.origin, s.created_at, s.last_seen_at, s.authentication,
-                   a.active, a.suspended_by_vendor_at, a.password_reset_required, a.given_name, a.family_name, a.email,
+                   a.active, EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) AS suspended, a.password_reset_required, a.given_name, a.family_name, a.email,
                    EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                    EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu,
                    (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'IDNPS' AND i.ended_at IS NULL) AS national_id,
@@ -123,7 +123,7 @@ public final class HabilitationService: Sendable {
         return SessionFacts(session: session,
                             account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"],
                                                     nationalID: row["national_id"], sasTechnicalID: row["technical_id"]),
-                            active: row["active"], suspended: (row["suspended_by_vendor_at"] as Int64?) != nil,
+                            active: row["active"], suspended: row["suspended"],
                             resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"], hash: hash)
     }
 
@@ -160,12 +160,12 @@ public final class HabilitationService: Sendable {
     public func providerAccount(nationalID: String) async throws -> ProviderAccountMatch {
         try await database.read { db in
             guard let row = try SQLRow.fetchOne(db, sql: """
-                SELECT a.id, a.active, a.suspended_by_vendor_at FROM account_identifier i JOIN account a ON a.id = i.account_id
+                SELECT a.id, a.active, EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) AS suspended FROM account_identifier i JOIN account a ON a.id = i.account_id
                 WHERE i.kind = 'IDNPS' AND i.value = ? AND i.ended_at IS NULL
                 """, arguments: [nationalID]) else { return .unknown }
             let accountID: String = row["id"]
             if !(row["active"] as Bool) { return .deactivatedBySAS(accountID: accountID) }
-            if (row["suspended_by_vendor_at"] as Int64?) != nil { return .suspendedByVendor(accountID: accountID) }
+            if row["suspended"] as Bool { return .suspendedByVendor(accountID: accountID) }
             return .eligible(accountID: accountID)
         }
     }
@@ -181,7 +181,7 @@ public final class HabilitationService: Sendable {
     public func decisionForNewSession(accountID: String, origin: SessionOrigin, authentication: SessionAuthentication = .password,
                                       in db: any SQLTransaction) throws -> HabilitationDecision {
         guard let row = try SQLRow.fetchOne(db, sql: """
-            SELECT a.active, a.suspended_by_vendor_at, a.password_reset_required,
+            SELECT a.active, EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) AS suspended, a.password_reset_required,
                    EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                    EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu
             FROM account a WHERE a.id = ?
@@ -189,7 +189,7 @@ public final class HabilitationService: Sendable {
         let pending = Self.pendingActions(authentication: authentication, resetRequired: row["password_reset_required"],
                                           hasTOTP: row["has_totp"], hasCGU: row["has_cgu"])
         return HabilitationPolicy.evaluate(HabilitationFacts(sessionLive: true, sessionOrigin: origin, accountActive: row["active"],
-                                                             suspendedByVendor: (row["suspended_by_vendor_at"] as Int64?) != nil,
+                                                             suspendedByVendor: row["suspended"],
                                                              pendingActions: pending))
     }
 }

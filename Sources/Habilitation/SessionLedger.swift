@@ -2,8 +2,9 @@ import Accounts
 import Foundation
 import Storage
 
-/// Habilitation's side of ``AccountSessions``: the SQL on `web_session` that account changes
-/// (password reset, INT_R02 deactivation) need, run inside Accounts' transaction.
+/// Habilitation's side of ``AccountSessions``: the SQL on `web_session`, `sign_in_flow` and
+/// `vendor_suspension` that account changes (password reset, INT_R02 deactivation) need, run
+/// inside Accounts' transaction.
 public struct SessionLedger: AccountSessions {
     public init() {}
 
@@ -22,5 +23,9 @@ public struct SessionLedger: AccountSessions {
         try Int.fetchOne(db, sql: """
             SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ?
             """, arguments: [accountID, at.epochMilliseconds]) ?? 0
+    }
+
+    public func isSuspendedByVendor(_ accountID: String, in db: any SQLTransaction) throws -> Bool {
+        try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM vendor_suspension WHERE account_id = ?)", arguments: [accountID]) ?? false
     }
 }

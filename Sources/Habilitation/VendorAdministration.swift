@@ -91,7 +91,7 @@ public final class VendorAdministration: Sendable {
     private var now: Date { Date(epochMilliseconds: clock().epochMilliseconds) }
 
     private static let listingColumns = """
-        a.id, a.given_name, a.family_name, a.email, a.active, a.suspended_by_vendor_at, a.suspended_by, a.suspension_reason,
+        a.id, a.given_name, a.family_name, a.email, a.active, v.suspended_at, v.suspended_by, v.reason AS suspension_reason,
         a.locked_until, a.updated_at,
         (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'IDNPS' AND i.ended_at IS NULL) AS national_id,
         (SELECT value FROM account_identifier i WHERE i.account_id = a.id AND i.kind = 'INTRN' AND i.ended_at IS NULL) AS technical_id,
@@ -99,10 +99,13 @@ public final class VendorAdministration: Sendable {
              AND s.absolute_expires_at > ? AND s.last_seen_at > ?) AS live_sessions
         """
 
+    /// An account with its suspension, if any (Habilitation's table beside Accounts').
+    private static let listingTables = "account a LEFT JOIN vendor_suspension v ON v.account_id = a.id"
+
     private func listing(_ row: SQLRow) -> AccountListing {
         AccountListing(
             accountID: row["id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"], active: row["active"],
-            suspension: (row["suspended_by_vendor_at"] as Int64?).map {
+            suspension: (row["suspended_at"] as Int64?).map {
                 AccountListing.Suspension(at: Date(epochMilliseconds: $0), by: row["suspended_by"], reason: row["suspension_reason"])
             },
             nationalID: row["national_id"], sasTechnicalID: row["technical_id"],
@@ -134,14 +137,14 @@ public final class VendorAdministration: Sendable {
         }
         switch filter {
         case .all: break
-        case .suspended: conditions.append("a.suspended_by_vendor_at IS NOT NULL")
+        case .suspended: conditions.append("v.account_id IS NOT NULL")
         case .inactive: conditions.append("NOT a.active")
         case .locked:
             conditions.append("a.locked_until > ?")
             conditionArguments.append(at.epochMilliseconds)
         }
         let bounded = max(1, min(limit, 1000))
-        let sql = "SELECT \(Self.listingColumns) FROM account a"
+        let sql = "SELECT \(Self.listingColumns) FROM \(Self.listingTables)"
             + (conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND "))
             + " ORDER BY a.updated_at DESC, a.id LIMIT ?"
         let arguments = Self.timeArguments(at, idle: idle) + conditionArguments + [bounded]
@@ -171,7 +174,7 @@ public final class VendorAdministration: Sendable {
             guard let row = try SQLRow.fetchOne(db, sql: """
                 SELECT \(Self.listingColumns), a.version, a.created_at, a.password_reset_required, a.failed_sign_ins,
                        EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp
-                FROM account a WHERE a.id = ?
+                FROM \(Self.listingTables) WHERE a.id = ?
                 """, arguments: Self.timeArguments(at, idle: idle) + [accountID]) else { return nil }
             let cgu = try SQLRow.fetchAll(db, sql: "SELECT version, accepted_at FROM cgu_acceptance WHERE account_id = ? ORDER BY accepted_at",
                                        arguments: [accountID]).map { (version: $0["version"] as String, at: Date(epochMilliseconds: $0["accepted_at"])) }
@@ -199,17 +202,22 @@ public final class VendorAdministration: Sendable {
         }
     }
 
+    /// The account's SAS `active` and whether the vendor suspended it; no row without account.
+    private static let suspensionStateSQL = """
+        SELECT a.active, EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) AS suspended FROM account a WHERE a.id = ?
+        """
+
     /// Withdraws the habilitation, independently of the SAS's `active` (a later `active:true`
     /// does not lift it). Sessions stay open but lose the habilitation from their next request.
     public func suspend(accountID: String, reason: String?, actor: AuditActor) async throws -> AdminActionResult? {
         let at = now
         let reason = reason?.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500).description
         return try await database.write { db in
-            guard let row = try SQLRow.fetchOne(db, sql: "SELECT suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
             let open = try self.openSASSessions(accountID, at: at, in: db)
-            guard (row["suspended_by_vendor_at"] as Int64?) == nil else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
-            try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = ?, suspended_by = ?, suspension_reason = ? WHERE id = ?",
-                           arguments: [at.epochMilliseconds, actor.subject, reason.flatMap { $0.isEmpty ? nil : $0 }, accountID])
+            guard !(row["suspended"] as Bool) else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
+            try db.execute(sql: "INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES (?, ?, ?, ?)",
+                           arguments: [accountID, at.epochMilliseconds, actor.subject, reason.flatMap { $0.isEmpty ? nil : $0 }])
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-withdrawn", outcome: "suspended by the vendor",
                                              actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
                                              detail: "\(open) open SAS session(s) affected from their next request" + (reason.map { "; reason: \($0)" } ?? "")), in: db)
@@ -221,11 +229,10 @@ public final class VendorAdministration: Sendable {
     public func restore(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
-            guard let row = try SQLRow.fetchOne(db, sql: "SELECT active, suspended_by_vendor_at FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
+            guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
             let open = try self.openSASSessions(accountID, at: at, in: db)
-            guard (row["suspended_by_vendor_at"] as Int64?) != nil else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
-            try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = NULL, suspended_by = NULL, suspension_reason = NULL WHERE id = ?",
-                           arguments: [accountID])
+            guard row["suspended"] as Bool else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
+            try db.execute(sql: "DELETE FROM vendor_suspension WHERE account_id = ?", arguments: [accountID])
             let active: Bool = row["active"]
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-restored",
                                              outcome: active ? "suspension lifted" : "suspension lifted, still deactivated by the SAS",
@@ -253,11 +260,9 @@ public final class VendorAdministration: Sendable {
     public func unlock(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
-            guard let row = try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID]) else { return nil }
-            let failures: Int = row["failed_sign_ins"]
-            let locked = (row["locked_until"] as Int64?).map { $0 > at.epochMilliseconds } ?? false
+            guard let cleared = try LockoutLedger().clear(accountID: accountID, at: at, in: db) else { return nil }
+            let failures = cleared.failures, locked = cleared.wasLocked
             guard failures > 0 || locked else { return AdminActionResult(accountID: accountID, changed: false, sessions: 0) }
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "unlock", outcome: locked ? "lockout lifted" : "failure count reset",
                                              actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
                                              detail: "\(failures) consecutive failure(s) cleared"), in: db)

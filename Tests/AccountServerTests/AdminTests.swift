@@ -161,7 +161,7 @@ struct AdminTests {
     }
 
     @Test func healthReadinessAndMetrics() async throws {
-        let world = try await World { $0.crlPollInterval = .milliseconds(100) }
+        let world = try await World { $0.fhir.crlPollInterval = .milliseconds(100) }
         let admin = AdminClient(server: world.server, token: "")
         let ready = try await admin.send(.GET, "/readyz", authorization: "")
         #expect(ready.status == 200 && ready.body.contains(#""status":"ready""#) && ready.body.contains("certificate:fhir") && ready.body.contains("crl:"))
@@ -200,7 +200,7 @@ struct AdminTests {
     @Test func theAdminListenerRefusesToLeaveLoopbackWithoutTLS() async throws {
         let pki = try TestPKI()
         await #expect(throws: ConfigurationError.self) {
-            try await RunningServer.start(pki: pki) { $0.adminHost = "0.0.0.0" }
+            try await RunningServer.start(pki: pki) { $0.admin.host = "0.0.0.0" }
         }
         #expect(isLoopback("127.0.0.1") && isLoopback("::1") && isLoopback("localhost") && !isLoopback("10.1.2.3"))
     }

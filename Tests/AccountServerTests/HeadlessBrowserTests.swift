@@ -45,8 +45,8 @@ struct HeadlessBrowserTests {
         // The browser follows absolute links, so the public URL must carry the real port.
         let webPort = freeLoopbackPort()
         let server = try await RunningServer.start(pki: pki) {
-            $0.webPort = webPort
-            $0.publicURL = "https://localhost:\(webPort)"
+            $0.web.port = webPort
+            $0.web.publicURL = "https://localhost:\(webPort)"
             $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
             $0.mailPollInterval = .milliseconds(100)
         }

@@ -128,7 +128,7 @@ struct MutualTLSTests {
     @Test func revocationFailsClosed() async throws {
         let pki = try TestPKI()
         await #expect(throws: ConfigurationError.self) {
-            let server = try await RunningServer.start(pki: pki) { $0.clientCRLPaths = [] }
+            let server = try await RunningServer.start(pki: pki) { $0.fhir.clientCRLPaths = [] }
             await server.stop()
         }
         let strict = try await RunningServer.start(pki: pki)
@@ -137,7 +137,7 @@ struct MutualTLSTests {
         #expect(strict.logs.all.contains { $0.contains("client certificate refused") && $0.contains("no CRL is loaded for") })
         await strict.stop()
 
-        let lenient = try await RunningServer.start(pki: pki) { $0.allowMissingCRL = true; $0.clientCRLPaths = [] }
+        let lenient = try await RunningServer.start(pki: pki) { $0.fhir.allowMissingCRL = true; $0.fhir.clientCRLPaths = [] }
         #expect(lenient.logs.all.contains { $0.contains("revocation NOT checked") })
         #expect(try await attemptCreate(pki: pki, server: lenient, certificate: "via-intermediate") == 201)
         let admin = AdminClient(server: lenient)

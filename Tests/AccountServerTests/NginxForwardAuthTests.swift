@@ -142,9 +142,9 @@ struct NginxForwardAuthTests {
         let nginxPort = freeLoopbackPort()
         let front = "https://localhost:\(nginxPort)"
         let world = try await WebSignInTests.World {
-            $0.publicURL = front
+            $0.web.publicURL = front
             $0.allowedReturnHosts = []
-            $0.trustedProxies = ["127.0.0.1"]
+            $0.web.trustedProxies = ["127.0.0.1"]
         }
         let agenda = try await AgendaUpstream.start()
         let nginx = try await NginxProxy(port: nginxPort, pki: world.pki, accountServerWebPort: world.server.webPort,

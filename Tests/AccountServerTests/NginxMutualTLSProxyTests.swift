@@ -27,11 +27,11 @@ struct NginxMutualTLSProxyTests {
         let pki = try TestPKI()
         let backend = try await SlotSearchStandIn.start(prefix: "")
         let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(200)) { configuration in
-            configuration.fhirClientCertificateHeader = "X-SSL-Client-Cert"
-            configuration.fhirTrustedProxies = ["127.0.0.1"]
-            configuration.fhirProxyClientCAPaths = [pki.proxyCAPath]
-            configuration.fhirProxyClientNames = [TestPKI.proxyCN]
-            configuration.fhirUpstream = UpstreamConfiguration(url: "http://127.0.0.1:\(backend.port)")
+            configuration.fhir.clientCertificateHeader = "X-SSL-Client-Cert"
+            configuration.fhir.trustedProxies = ["127.0.0.1"]
+            configuration.fhir.proxyClientCAPaths = [pki.proxyCAPath]
+            configuration.fhir.proxyClientNames = [TestPKI.proxyCN]
+            configuration.fhir.upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(backend.port)")
         }
         // nginx's own copy of the CRL: the test later revokes a certificate at account-server only.
         let nginxCRL = pki.directory.appendingPathComponent("nginx-crl.pem")
@@ -166,9 +166,9 @@ struct NginxMutualTLSProxyTests {
     @Test func theProxyListenerCanSpeakTLS() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki) { configuration in
-            configuration.fhirClientCertificateHeader = "X-SSL-Client-Cert"
-            configuration.fhirTrustedProxies = ["127.0.0.1"]
-            configuration.fhirProxyTLS = true
+            configuration.fhir.clientCertificateHeader = "X-SSL-Client-Cert"
+            configuration.fhir.trustedProxies = ["127.0.0.1"]
+            configuration.fhir.proxyTLS = true
         }
         let valid = try #require(ForwardedCertificate.escapedPEM(pki.clients["valid"]!.certificate))
         let body = Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "proxy-tls@test.fr")
@@ -192,30 +192,30 @@ struct NginxMutualTLSProxyTests {
     @Test func proxyModeConfigurationErrors() async throws {
         let pki = try TestPKI()
         await #expect(throws: ConfigurationError.self, "a header without trusted proxies") {
-            _ = try await RunningServer.start(pki: pki) { $0.fhirClientCertificateHeader = "X-SSL-Client-Cert" }
+            _ = try await RunningServer.start(pki: pki) { $0.fhir.clientCertificateHeader = "X-SSL-Client-Cert" }
         }
         await #expect(throws: ConfigurationError.self, "trusted proxies without a header") {
-            _ = try await RunningServer.start(pki: pki) { $0.fhirTrustedProxies = ["127.0.0.1"] }
+            _ = try await RunningServer.start(pki: pki) { $0.fhir.trustedProxies = ["127.0.0.1"] }
         }
         await #expect(throws: ConfigurationError.self, "plain HTTP off loopback") {
             _ = try await RunningServer.start(pki: pki) {
-                $0.fhirClientCertificateHeader = "X-SSL-Client-Cert"
-                $0.fhirTrustedProxies = ["10.0.0.5"]
-                $0.fhirHost = "0.0.0.0"
+                $0.fhir.clientCertificateHeader = "X-SSL-Client-Cert"
+                $0.fhir.trustedProxies = ["10.0.0.5"]
+                $0.fhir.host = "0.0.0.0"
             }
         }
         await #expect(throws: ConfigurationError.self, "a proxy CA without the proxy's name") {
             _ = try await RunningServer.start(pki: pki) {
-                $0.fhirClientCertificateHeader = "X-SSL-Client-Cert"
-                $0.fhirTrustedProxies = ["127.0.0.1"]
-                $0.fhirProxyClientCAPaths = [pki.proxyCAPath]
+                $0.fhir.clientCertificateHeader = "X-SSL-Client-Cert"
+                $0.fhir.trustedProxies = ["127.0.0.1"]
+                $0.fhir.proxyClientCAPaths = [pki.proxyCAPath]
             }
         }
         await #expect(throws: ConfigurationError.self, "a proxy CA without certificate forwarding") {
-            _ = try await RunningServer.start(pki: pki) { $0.fhirProxyClientCAPaths = [pki.proxyCAPath]; $0.fhirProxyClientNames = [TestPKI.proxyCN] }
+            _ = try await RunningServer.start(pki: pki) { $0.fhir.proxyClientCAPaths = [pki.proxyCAPath]; $0.fhir.proxyClientNames = [TestPKI.proxyCN] }
         }
         await #expect(throws: ConfigurationError.self, "an upstream that is not an http(s) URL") {
-            _ = try await RunningServer.start(pki: pki) { $0.fhirUpstream = UpstreamConfiguration(url: "ftp://agenda/fhir") }
+            _ = try await RunningServer.start(pki: pki) { $0.fhir.upstream = UpstreamConfiguration(url: "ftp://agenda/fhir") }
         }
     }
 

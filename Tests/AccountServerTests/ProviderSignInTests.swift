@@ -37,8 +37,8 @@ struct ProviderSignInTests {
             let issuer = provider.issuer, caPath = pki.caPath
             do {
                 server = try await RunningServer.start(pki: pki) { configuration in
-                    configuration.webPort = webPort
-                    configuration.publicURL = publicURL
+                    configuration.web.port = webPort
+                    configuration.web.publicURL = publicURL
                     configuration.allowedReturnHosts = ["localhost", "agenda.example"]
                     configuration.rateLimitPerMinute = 120
                     var sso = SSOConfiguration(issuer: issuer, clientID: ProviderSignInTests.clientID)

@@ -150,7 +150,7 @@ struct SlotSearchUpstreamTests {
             var upstream = UpstreamConfiguration(url: upstreamURL)
             upstream.connectTimeout = .seconds(2)
             upstream.responseTimeout = responseTimeout
-            configuration.fhirUpstream = upstream
+            configuration.fhir.upstream = upstream
         }
     }
 
@@ -295,7 +295,7 @@ struct SlotSearchUpstreamTests {
         let trusted = try await RunningServer.start(pki: pki) { configuration in
             var upstream = UpstreamConfiguration(url: "https://localhost:\(standIn.port)/fhir")
             upstream.caPath = pki.caPath
-            configuration.fhirUpstream = upstream
+            configuration.fhir.upstream = upstream
         }
         let client = try FHIRClient(pki: pki, certificate: "valid", server: trusted)
         let relayed = try await client.raw("/Slot?start=ge2026-11-23")
@@ -363,7 +363,7 @@ struct SlotSearchUpstreamTests {
         let server = try await RunningServer.start(pki: pki) { configuration in
             var upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(standIn.port)/fhir")
             upstream.responseTimeout = .seconds(20)
-            configuration.fhirUpstream = upstream
+            configuration.fhir.upstream = upstream
             configuration.requestReceiveTimeout = .seconds(1)
         }
         let client = try FHIRClient(pki: pki, certificate: "valid", server: server)

@@ -148,19 +148,20 @@ final class RunningServer: Sendable {
     static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5), configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
         let base = ServerConfiguration(
             database: try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("db-\(UUID().uuidString)"))),
-            databasePoolSize: 4, fhirHost: "127.0.0.1", fhirPort: 0,
-            tlsCertificatePath: pki.serverCertificatePath, tlsKeyPath: pki.serverKeyPath,
-            clientCAPaths: [pki.caPath], clientCRLPaths: [pki.crlPath],
-            allowedClientCommonNames: [TestPKI.allowedCN], allowedClientOrganizationalUnits: [TestPKI.allowedOU],
-            publicBaseURL: nil, argon2: Argon2Parameters(memoryKiB: 256, iterations: 1, parallelism: 1), argon2Threads: 2,
-            crlPollInterval: crlPollInterval
+            databasePoolSize: 4, databasePoolMinimum: 0,
+            argon2: Argon2Parameters(memoryKiB: 256, iterations: 1, parallelism: 1), argon2Threads: 2,
+            fhir: FHIRListenerConfiguration(host: "127.0.0.1", port: 0,
+                                            tlsCertificatePath: pki.serverCertificatePath, tlsKeyPath: pki.serverKeyPath,
+                                            clientCAPaths: [pki.caPath], clientCRLPaths: [pki.crlPath],
+                                            allowedClientCommonNames: [TestPKI.allowedCN], allowedClientOrganizationalUnits: [TestPKI.allowedOU],
+                                            crlPollInterval: crlPollInterval)
         )
         var configuration = base
-        configuration.webPort = 0
+        configuration.web.port = 0
         configuration.secretKeyPath = pki.directory.appendingPathComponent("secret-\(UUID().uuidString).key").path
-        configuration.adminPort = 0
-        configuration.forwardAuthPort = 0
-        configuration.adminTokenPath = pki.directory.appendingPathComponent("admin-\(UUID().uuidString).token").path
+        configuration.admin.port = 0
+        configuration.forwardAuth.port = 0
+        configuration.admin.tokenPath = pki.directory.appendingPathComponent("admin-\(UUID().uuidString).token").path
         configure(&configuration)
         let logs = CapturedLogs()
         var logger = Logger(label: "test-server", factory: logs.handler(label:))
@@ -183,7 +184,7 @@ final class RunningServer: Sendable {
               let forwardAuthPort = await forwardIterator.next() else {
             throw ConfigurationError(description: "server did not start")
         }
-        let token = try String(contentsOfFile: configuration.adminTokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let token = try String(contentsOfFile: configuration.admin.tokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         return RunningServer(port: port, webPort: webPort, adminPort: adminPort, forwardAuthPort: forwardAuthPort, adminToken: token,
                              databaseArgument: configuration.database.argument, database: try await TestStore.open(configuration.database.argument, poolSize: 2),
                              logs: logs, group: group, task: task)

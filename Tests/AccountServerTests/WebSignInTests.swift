@@ -28,7 +28,7 @@ struct WebSignInTests {
             server = try await RunningServer.start(pki: pki) { configuration in
                 configuration.smtpURL = "smtp://127.0.0.1:\(smtpPort)"
                 configuration.mailPollInterval = .milliseconds(100)
-                configuration.publicURL = "https://localhost"
+                configuration.web.publicURL = "https://localhost"
                 configuration.allowedReturnHosts = ["localhost", "agenda.example"]
                 configuration.rateLimitPerMinute = 60
                 configure(&configuration)

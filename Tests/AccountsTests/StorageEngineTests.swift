@@ -1,4 +1,4 @@
-import Accounts
+@testable import Accounts
 import Foundation
 import Logging
 @testable import Storage
@@ -24,6 +24,44 @@ struct SharedSQLTests {
             """)
         #expect(migration.statements.count == 3, "\(migration.statements)")
         #expect(migration.statements[1].hasSuffix("$$") && migration.statements[1].contains("END;"))
+    }
+}
+
+/// Schema changes that carry data, on the engine of the run.
+@Suite("Schema upgrades")
+struct SchemaUpgradeTests {
+    /// Vendor suspensions move from three columns of `account` to Habilitation's own table:
+    /// a suspension in force before the upgrade is still in force after it, with who and why.
+    @Test func vendorSuspensionsMoveToTheirOwnTable() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let engine: any StorageEngine
+        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
+        case .sqlite(let path): engine = try SQLiteEngine(path: path)
+        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
+        }
+        let upgrade = "vendor-suspension"
+        #expect(AccountSchema.sqlite.last?.name.hasSuffix(upgrade) == true && AccountSchema.postgres.last?.name.hasSuffix(upgrade) == true)
+        try await engine.migrate(Schema(sqlite: AccountSchema.sqlite.dropLast(), postgres: AccountSchema.postgres.dropLast()))
+        try await engine.write { db in
+            for (id, suspension) in [("suspended", "42, 'admin-cli', 'fraude signalée'"), ("free", "NULL, NULL, NULL")] {
+                try db.execute(sql: """
+                    INSERT INTO account (id, version, active, family_name, given_name, email, email_key, password_hash, password_reset_required,
+                                         created_at, updated_at, active_changed_at, suspended_by_vendor_at, suspended_by, suspension_reason)
+                    VALUES ('\(id)', 1, TRUE, 'F', 'G', '\(id)@x.test', '\(id)@x.test', 'h', FALSE, 1, 1, 1, \(suspension))
+                    """)
+            }
+        }
+        try await engine.migrate(AccountSchema.current)
+        let rows = try await engine.read { db in
+            try SQLRow.fetchAll(db, sql: "SELECT account_id, suspended_at, suspended_by, reason FROM vendor_suspension ORDER BY account_id")
+        }
+        #expect(rows.count == 1)
+        let row = try #require(rows.first)
+        #expect(row["account_id"] as String == "suspended" && row["suspended_at"] as Int64 == 42)
+        #expect(row["suspended_by"] as String == "admin-cli" && row["reason"] as String == "fraude signalée")
+        #expect(try await engine.appliedMigrations().last?.hasSuffix(upgrade) == true)
+        await engine.close()
     }
 }
 
@@ -127,4 +165,127 @@ struct PostgresEngineTests {
         }
         await engine.close()
     }
+
+    /// A server that stops answering without closing its connections (a host lost in a
+    /// failover, a cut network): the statement fails within the statement deadline, as
+    /// "unavailable", instead of holding the request for the minutes TCP takes to give up;
+    /// once the server answers again, a new connection serves. The server is reached through
+    /// a relay that is frozen (SIGSTOP) and thawed (SIGCONT).
+    @Test(.timeLimit(.minutes(1)))
+    func aServerThatStopsAnsweringFailsTheStatementInsteadOfHangingIt() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("deadline-\(UUID().uuidString)")
+        guard case .postgres(var location) = try StorageLocation(try await TestStore.argument(in: directory)) else {
+            Issue.record("not PostgreSQL")
+            return
+        }
+        let relay = Process()
+        relay.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        relay.arguments = ["-c", Self.relay, location.host, String(location.port)]
+        let output = Pipe()
+        relay.standardOutput = output
+        // Not the test's own output: a relay left behind must not hold the runner's pipe.
+        relay.standardError = FileHandle.nullDevice
+        try relay.run()
+        defer {
+            kill(relay.processIdentifier, SIGCONT)
+            relay.terminate()
+        }
+        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        location.port = try #require(Int(line), "relay port: \(line)")
+        let engine = try PostgresEngine(location: location, poolSize: 1, statementDeadline: .seconds(2), logger: Self.logger)
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT 1") } == 1)
+
+        kill(relay.processIdentifier, SIGSTOP)
+        let clock = ContinuousClock()
+        let started = clock.now
+        do {
+            _ = try await engine.write { db in try Int.fetchOne(db, sql: "SELECT 1") }
+            Issue.record("answered through a frozen relay")
+        } catch let error as StorageError {
+            guard case .unavailable = error else {
+                Issue.record("\(error)")
+                await engine.close()
+                return
+            }
+        }
+        #expect(clock.now - started < .seconds(10), "\(clock.now - started)")
+
+        kill(relay.processIdentifier, SIGCONT)
+        var answered: Int?
+        for _ in 0..<20 where answered == nil {
+            answered = try? await engine.read { db in try Int.fetchOne(db, sql: "SELECT 2") }
+            if answered == nil { try await Task.sleep(for: .milliseconds(250)) }
+        }
+        #expect(answered == 2)
+        await engine.close()
+    }
+
+    /// Requests that wait for a busy pool longer than the probe interval are probed for
+    /// (the server is up, so they keep waiting) and all served once the connection is free:
+    /// none is failed by a probe, its own or another's.
+    @Test func requestsWaitingForABusyPoolAreServedWhenItFrees() async throws {
+        let engine = try PostgresEngine(location: try TestStore.administrator(), poolSize: 1, logger: Self.logger)
+        let answers = try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask { try await engine.read { db in try Int.fetchOne(db, sql: "SELECT 1 FROM pg_sleep(2.5)") } }
+            try await Task.sleep(for: .milliseconds(200))
+            for value in 2...6 {
+                group.addTask { try await engine.read { db in try Int.fetchOne(db, sql: "SELECT ?::int", arguments: [value]) } }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1 ?? -1) }
+        }
+        #expect(answers.sorted() == [1, 2, 3, 4, 5, 6])
+        await engine.close()
+    }
+
+    /// postgres-nio remembers a statement that failed to prepare and fails it again on the
+    /// same connection, even once the cause is gone: such a connection is closed, and the
+    /// statement prepares again on the next one (one connection here, so the same one would
+    /// be used otherwise).
+    @Test func aStatementThatFailedToPrepareDoesNotPoisonTheConnection() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("poison-\(UUID().uuidString)")
+        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
+            Issue.record("not PostgreSQL")
+            return
+        }
+        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        await #expect(throws: StorageError.self) { try await engine.read { db in try db.fetchAll(LateTableQuery.self, arguments: []) } }
+        try await engine.write { db in
+            try db.execute(sql: "CREATE TABLE late_table (x INTEGER)")
+            try db.execute(sql: "INSERT INTO late_table VALUES (7)")
+        }
+        let rows = try await engine.read { db in try db.fetchAll(LateTableQuery.self, arguments: []) }
+        let row = try #require(rows.first)
+        #expect(row["x"] as Int64 == 7)
+        await engine.close()
+    }
+
+    enum LateTableQuery: PreparedSQL {
+        static let sql = "SELECT x FROM late_table"
+    }
+
+    /// A TCP relay to HOST PORT on a free loopback port, printed first.
+    static let relay = """
+        import asyncio, sys
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except Exception:
+                pass
+            finally:
+                writer.close()
+        async def handle(client_reader, client_writer):
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(sys.argv[1], int(sys.argv[2]))
+            except Exception:
+                client_writer.close()
+                return
+            await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+        async def main():
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            print(server.sockets[0].getsockname()[1], flush=True)
+            await server.serve_forever()
+        asyncio.run(main())
+        """
 }

@@ -191,7 +191,7 @@ struct SessionAndHabilitationTests {
                                                   context: CallContext(actor: world.actor))
         #expect(try await world.habilitation.check(sessionToken: token).decision.isGranted)
         try await world.database.write { db in
-            try db.execute(sql: "UPDATE account SET suspended_by_vendor_at = 1 WHERE id = ?", arguments: [world.accountID])
+            try db.execute(sql: "INSERT INTO vendor_suspension (account_id, suspended_at) VALUES (?, 1)", arguments: [world.accountID])
         }
         #expect(try await world.habilitation.check(sessionToken: token).decision == .denied([.suspendedByVendor]))
     }

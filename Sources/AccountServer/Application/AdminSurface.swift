@@ -11,32 +11,32 @@ import ServiceLifecycle
 func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDatabase, readiness: ReadinessProbe, material: TLSMaterial,
                       sessionConfiguration: SessionConfiguration, secretKey keyBytes: [UInt8], metrics: ServerMetrics, logger: Logger,
                       onAdminListening: @escaping @Sendable (Int) async -> Void) throws -> some Service {
-    let (adminToken, created) = try AdminToken.load(path: configuration.adminTokenPath)
-    if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.adminTokenPath)"]) }
+    let (adminToken, created) = try AdminToken.load(path: configuration.admin.tokenPath)
+    if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.admin.tokenPath)"]) }
     let adminRouter = Router(context: AdminRequestContext.self)
     adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
-    if !configuration.adminTLS {
+    if !configuration.admin.tls {
         adminRouter.add(middleware: LoopbackHostMiddleware())
     }
     adminRouter.get("static/style.css") { _, _ in
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }
     AdminController(administration: VendorAdministration(database: database, sessionConfiguration: sessionConfiguration),
-                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.adminTLS)
+                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.admin.tls)
         .addRoutes(to: adminRouter)
     // The same receive and idle timeouts as the other listeners: a slow sender holds no
     // admin connection either.
     let idle = HTTP1Channel.Configuration(idleTimeout: .seconds(120))
     let requestTimeout = configuration.requestReceiveTimeout
     let adminServer: HTTPServerBuilder
-    if configuration.adminTLS {
+    if configuration.admin.tls {
         adminServer = HTTPServerBuilder { responder in
             ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
                                  context: { material.current.web })
         }
     } else {
-        guard isLoopback(configuration.adminHost) else {
-            throw ConfigurationError(description: "--admin-address \(configuration.adminHost) is not a loopback address: add --admin-tls (the admin token must not cross a network in clear)")
+        guard isLoopback(configuration.admin.host) else {
+            throw ConfigurationError(description: "--admin-address \(configuration.admin.host) is not a loopback address: add --admin-tls (the admin token must not cross a network in clear)")
         }
         adminServer = HTTPServerBuilder { responder in
             RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger)
@@ -44,7 +44,7 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     }
     return Application(
         router: adminRouter, server: adminServer,
-        configuration: .init(address: .hostname(configuration.adminHost, port: configuration.adminPort), serverName: nil),
+        configuration: .init(address: .hostname(configuration.admin.host, port: configuration.admin.port), serverName: nil),
         onServerRunning: { channel in await onAdminListening(channel.localAddress?.port ?? 0) },
         logger: logger
     )

@@ -32,19 +32,19 @@ func buildApplication(
 ) async throws -> some ApplicationProtocol {
     let metrics = ServerMetrics()
     // TLS material first: a server that cannot check its callers must not start.
-    let material = try TLSMaterial(paths: .init(certificate: configuration.tlsCertificatePath, key: configuration.tlsKeyPath,
-                                                clientCAs: configuration.clientCAPaths,
-                                                webCertificate: configuration.webTLSCertificatePath, webKey: configuration.webTLSKeyPath,
-                                                proxyClientCAs: configuration.fhirProxyClientCAPaths),
+    let material = try TLSMaterial(paths: .init(certificate: configuration.fhir.tlsCertificatePath, key: configuration.fhir.tlsKeyPath,
+                                                clientCAs: configuration.fhir.clientCAPaths,
+                                                webCertificate: configuration.web.tlsCertificatePath, webKey: configuration.web.tlsKeyPath,
+                                                proxyClientCAs: configuration.fhir.proxyClientCAPaths),
                                    logger: logger)
     let trustRoots = material.current.clientTrustRoots
-    guard !configuration.allowedClientCommonNames.isEmpty else {
+    guard !configuration.fhir.allowedClientCommonNames.isEmpty else {
         throw ConfigurationError(description: "at least one --allowed-client-cn is required: every organisation holding a certificate from the client CA could otherwise call INT_R02")
     }
-    let crlStore = try CRLStore(paths: configuration.clientCRLPaths, issuers: trustRoots, allowMissing: configuration.allowMissingCRL, logger: logger)
+    let crlStore = try CRLStore(paths: configuration.fhir.clientCRLPaths, issuers: trustRoots, allowMissing: configuration.fhir.allowMissingCRL, logger: logger)
     let uncovered = crlStore.uncoveredAuthorities.map(\.subject.description)
     if !uncovered.isEmpty {
-        guard configuration.allowMissingCRL else {
+        guard configuration.fhir.allowMissingCRL else {
             throw ConfigurationError(description: """
                 no CRL covers the client CA(s) \(uncovered.joined(separator: "; ")): a revoked certificate they issued would be accepted. \
                 Give their CRLs with --client-crl, or start with --allow-missing-crl to accept that risk knowingly
@@ -54,30 +54,31 @@ func buildApplication(
     }
     let verifier = ClientCertificateVerifier(
         trustRoots: trustRoots,
-        allowedCommonNames: Set(configuration.allowedClientCommonNames),
-        allowedOrganizationalUnits: Set(configuration.allowedClientOrganizationalUnits),
+        allowedCommonNames: Set(configuration.fhir.allowedClientCommonNames),
+        allowedOrganizationalUnits: Set(configuration.fhir.allowedClientOrganizationalUnits),
         crlStore: crlStore, logger: logger
     )
     let proxyVerifier = try proxyVerifier(configuration, roots: material.current.proxyTrustRoots, logger: logger)
     let callerMode = try callerAuthenticationMode(configuration, proxyVerifier: proxyVerifier)
 
-    let database = try await AccountDatabase.open(configuration.database, poolSize: configuration.databasePoolSize, logger: logger)
+    let database = try await AccountDatabase.open(configuration.database, poolSize: configuration.databasePoolSize,
+                                                  keepOpen: configuration.databasePoolMinimum ?? configuration.databasePoolSize, logger: logger)
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
     let provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), logger: logger)
     metrics.observe(hasher: hasher)
 
-    let upstream = try configuration.fhirUpstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }
+    let upstream = try configuration.fhir.upstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }
     let (router, server) = try makeFHIRSurface(configuration, callerMode: callerMode, verifier: verifier, material: material,
                                                provisioner: provisioner, database: database, upstream: upstream, metrics: metrics, logger: logger)
     var app = Application(
         router: router,
         server: server,
-        configuration: .init(address: .hostname(configuration.fhirHost, port: configuration.fhirPort), serverName: nil),
+        configuration: .init(address: .hostname(configuration.fhir.host, port: configuration.fhir.port), serverName: nil),
         onServerRunning: { channel in await onFHIRListening(channel.localAddress?.port ?? 0) },
         logger: logger
     )
     app.addServices(ReloadService(material: material, verifier: verifier, crlStore: crlStore, proxyVerifier: proxyVerifier,
-                                  pollInterval: configuration.crlPollInterval,
+                                  pollInterval: configuration.fhir.crlPollInterval,
                                   metrics: metrics, logger: logger),
                     PasswordHasherService(hasher: hasher), DatabaseService(database: database))
     if let upstream { app.addServices(UpstreamClientService(upstream: upstream)) }
@@ -99,30 +100,30 @@ func buildApplication(
 /// The verifier of the proxy's own client certificate (`--fhir-proxy-client-ca`), if the
 /// proxy authenticates by mutual TLS.
 func proxyVerifier(_ configuration: ServerConfiguration, roots: [Certificate], logger: Logger) throws -> ClientCertificateVerifier? {
-    guard !configuration.fhirProxyClientCAPaths.isEmpty else {
-        guard configuration.fhirProxyClientNames.isEmpty, configuration.fhirProxyClientCRLPaths.isEmpty else {
+    guard !configuration.fhir.proxyClientCAPaths.isEmpty else {
+        guard configuration.fhir.proxyClientNames.isEmpty, configuration.fhir.proxyClientCRLPaths.isEmpty else {
             throw ConfigurationError(description: "--fhir-proxy-client-cn and --fhir-proxy-client-crl need --fhir-proxy-client-ca")
         }
         return nil
     }
-    guard configuration.fhirClientCertificateHeader != nil else {
+    guard configuration.fhir.clientCertificateHeader != nil else {
         throw ConfigurationError(description: "--fhir-proxy-client-ca authenticates the proxy that forwards certificates: it needs --fhir-client-certificate-header")
     }
-    guard !configuration.fhirProxyClientNames.isEmpty else {
+    guard !configuration.fhir.proxyClientNames.isEmpty else {
         throw ConfigurationError(description: "--fhir-proxy-client-ca needs at least one --fhir-proxy-client-cn: the name of the proxy's certificate")
     }
-    let crls = try CRLStore(paths: configuration.fhirProxyClientCRLPaths, issuers: roots,
-                            allowMissing: configuration.fhirProxyClientCRLPaths.isEmpty, logger: logger)
-    if configuration.fhirProxyClientCRLPaths.isEmpty {
+    let crls = try CRLStore(paths: configuration.fhir.proxyClientCRLPaths, issuers: roots,
+                            allowMissing: configuration.fhir.proxyClientCRLPaths.isEmpty, logger: logger)
+    if configuration.fhir.proxyClientCRLPaths.isEmpty {
         logger.notice("the proxy's client certificate is checked against --fhir-proxy-client-ca without a CRL (rotate the proxy CA to revoke)")
     }
-    return ClientCertificateVerifier(trustRoots: roots, allowedCommonNames: Set(configuration.fhirProxyClientNames),
+    return ClientCertificateVerifier(trustRoots: roots, allowedCommonNames: Set(configuration.fhir.proxyClientNames),
                                      allowedOrganizationalUnits: [], crlStore: crls, logger: logger)
 }
 
 func callerAuthenticationMode(_ configuration: ServerConfiguration, proxyVerifier: ClientCertificateVerifier? = nil) throws -> CallerAuthenticationMode {
-    guard let headerName = configuration.fhirClientCertificateHeader else {
-        guard configuration.fhirTrustedProxies.isEmpty else {
+    guard let headerName = configuration.fhir.clientCertificateHeader else {
+        guard configuration.fhir.trustedProxies.isEmpty else {
             throw ConfigurationError(description: "--fhir-trusted-proxy needs --fhir-client-certificate-header (the header the proxy puts the verified client certificate in)")
         }
         return .mutualTLS
@@ -130,11 +131,11 @@ func callerAuthenticationMode(_ configuration: ServerConfiguration, proxyVerifie
     guard let header = HTTPField.Name(headerName) else {
         throw ConfigurationError(description: "--fhir-client-certificate-header \(headerName) is not a valid header name")
     }
-    guard !configuration.fhirTrustedProxies.isEmpty else {
+    guard !configuration.fhir.trustedProxies.isEmpty else {
         throw ConfigurationError(description: "--fhir-client-certificate-header needs at least one --fhir-trusted-proxy: a certificate header is only believed from the proxy that verified it")
     }
     var proxies: [CIDR] = []
-    for text in configuration.fhirTrustedProxies {
+    for text in configuration.fhir.trustedProxies {
         guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--fhir-trusted-proxy \(text) is not an address or CIDR") }
         proxies.append(cidr)
     }

@@ -18,7 +18,7 @@ func makeFHIRSurface(_ configuration: ServerConfiguration, callerMode: CallerAut
     if let upstream {
         router.add(middleware: UpstreamRoutingMiddleware(upstream: upstream, directory: AccountDirectory(database: database)))
     }
-    PractitionerController(provisioner: provisioner, directory: AccountDirectory(database: database), publicBaseURL: configuration.publicBaseURL, metrics: metrics,
+    PractitionerController(provisioner: provisioner, directory: AccountDirectory(database: database), publicBaseURL: configuration.fhir.publicBaseURL, metrics: metrics,
                            upstream: upstream)
         .addRoutes(to: router)
 
@@ -38,14 +38,14 @@ func makeFHIRSurface(_ configuration: ServerConfiguration, callerMode: CallerAut
             MutualTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
                              sslContext: { material.current.fhirProxyMutual! }, verifier: proxy, chains: chains, logger: logger)
         }
-    case .forwardedCertificate where configuration.fhirProxyTLS:
+    case .forwardedCertificate where configuration.fhir.proxyTLS:
         server = HTTPServerBuilder { responder in
             ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
                                  context: { material.current.fhirServerOnly })
         }
     case .forwardedCertificate:
-        guard isLoopback(configuration.fhirHost) else {
-            throw ConfigurationError(description: "--fhir-address \(configuration.fhirHost) is not a loopback address: add --fhir-proxy-tls so the proxy reaches this listener over TLS")
+        guard isLoopback(configuration.fhir.host) else {
+            throw ConfigurationError(description: "--fhir-address \(configuration.fhir.host) is not a loopback address: add --fhir-proxy-tls so the proxy reaches this listener over TLS")
         }
         server = HTTPServerBuilder { responder in
             RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger)

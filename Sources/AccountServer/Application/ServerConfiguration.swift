@@ -3,63 +3,33 @@ import Foundation
 import Logging
 import Storage
 
-/// Everything `serve` needs, resolved from flags, environment and defaults. Tests build one
-/// directly.
+/// Everything `serve` needs, resolved from flags, environment, file and defaults: what the
+/// instance shares (database, hashing, logging), one typed configuration per listener, and
+/// the web surface's behaviour. Tests build one directly.
 struct ServerConfiguration: Sendable {
     /// `--database`: a SQLite file or a PostgreSQL server.
     var database: StorageLocation
     /// Connections to PostgreSQL (and threads running their transactions).
     var databasePoolSize: Int = 10
-    var fhirHost: String
-    var fhirPort: Int
-    var tlsCertificatePath: String
-    var tlsKeyPath: String
-    var clientCAPaths: [String]
-    var clientCRLPaths: [String]
-    var allowedClientCommonNames: [String]
-    var allowedClientOrganizationalUnits: [String]
-    var publicBaseURL: String?
+    /// Connections kept open when idle (`--database-pool-min`); nil: the pool size.
+    var databasePoolMinimum: Int?
     var argon2: Argon2Parameters = .owaspMinimum
     var argon2Threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
-    /// Accept client certificates whose issuer has no CRL loaded (`--allow-missing-crl`).
-    /// Off: the server refuses to start without a CRL for every client CA, and refuses any
-    /// certificate whose issuer has none (fail closed).
-    var allowMissingCRL: Bool = false
-    /// How often CRL files are checked for changes (SIGHUP reloads at once).
-    var crlPollInterval: Duration = .seconds(5)
     var logLevel: Logger.Level = .info
     /// From a request's first byte until it has arrived whole, on the FHIR, web and admin
     /// listeners; a slower sender is disconnected (handling time does not count).
     var requestReceiveTimeout: Duration = .seconds(60)
 
-    // Topology 1: behind the vendor's TLS-terminating proxy (docs/deployment.md).
-    /// The header in which the proxy forwards the verified client certificate (e.g.
-    /// `X-SSL-Client-Cert` set from nginx's `$ssl_client_escaped_cert`); nil: this product
-    /// terminates mutual TLS itself.
-    var fhirClientCertificateHeader: String?
-    /// The proxies (CIDRs) allowed to reach the FHIR listener and forward certificates.
-    var fhirTrustedProxies: [String] = []
-    /// Serve the FHIR listener over TLS (server certificate only) to the proxy.
-    var fhirProxyTLS: Bool = false
-    /// Authenticate the proxy itself by mutual TLS (nginx `proxy_ssl_certificate`): the CA
-    /// its client certificate chains to, the names (CN) it may carry, and optional CRLs. Then
-    /// only the proxy, not any local process at its address, can forward a certificate.
-    var fhirProxyClientCAPaths: [String] = []
-    var fhirProxyClientNames: [String] = []
-    var fhirProxyClientCRLPaths: [String] = []
+    /// The SAS's listener: INT_R02, and the INT_R01 relay in topology 2.
+    var fhir: FHIRListenerConfiguration
+    /// Regulators' browsers.
+    var web = WebListenerConfiguration()
+    /// The vendor's proxy asks it before every agenda request.
+    var forwardAuth = ForwardAuthListenerConfiguration()
+    /// Health, readiness, metrics, admin API and page.
+    var admin = AdminListenerConfiguration()
 
-    // Topology 2: in front of the vendor's INT_R01 slot search.
-    /// Where non-INT_R02 FHIR requests are relayed, and whose `/metadata` is merged.
-    var fhirUpstream: UpstreamConfiguration?
-
-    // Web surface (regulators' browsers).
-    var webHost: String = "127.0.0.1"
-    var webPort: Int = 8444
-    /// Defaults to the FHIR listener's certificate and key.
-    var webTLSCertificatePath: String?
-    var webTLSKeyPath: String?
-    /// Defaults to `https://localhost:<web port>`.
-    var publicURL: String?
+    // The web surface's behaviour (sign-in, mail, sessions, terms of use).
     var acceptedOrigins: [String] = ["sas"]
     /// Defaults to the public URL's host.
     var allowedReturnHosts: [String] = []
@@ -80,23 +50,8 @@ struct ServerConfiguration: Sendable {
     /// trail is never purged.
     var retention: TimeInterval = 30 * 86400
     var purgeInterval: Duration = .seconds(600)
-    /// Reverse proxies whose `X-Forwarded-For` is believed on the web listener (CIDRs).
-    var trustedProxies: [String] = []
     /// Sign-in through Pro Santé Connect (an OpenID Connect provider); nil: password only.
     var sso: SSOConfiguration?
-
-    // Forward-auth listener (the vendor's proxy asks it before every agenda request).
-    var forwardAuthHost: String = "127.0.0.1"
-    var forwardAuthPort: Int = 8446
-    /// Serve it over TLS with the web certificate (required off loopback).
-    var forwardAuthTLS: Bool = false
-
-    // Admin listener (health, readiness, metrics, admin API and page).
-    var adminHost: String = "127.0.0.1"
-    var adminPort: Int = 8445
-    /// Serve the admin listener over TLS with the web certificate (required off loopback).
-    var adminTLS: Bool = false
-    var adminTokenPath: String = "./data/admin.token"
 
     /// The CGU shown when no --cgu-file is given (development only; logged as such).
     static let developmentCGU = """
@@ -106,6 +61,77 @@ struct ServerConfiguration: Sendable {
 
         En accédant aux fonctions régulateur, vous vous engagez à n’utiliser l’agenda que pour la prise de rendez-vous de patients orientés par le Service d’Accès aux Soins.
         """
+}
+
+/// The FHIR listener: mutual TLS (or a TLS-terminating proxy forwarding the certificate,
+/// topology 1), who may call, and where other FHIR requests go (topology 2).
+struct FHIRListenerConfiguration: Sendable {
+    var host: String
+    var port: Int
+    var tlsCertificatePath: String
+    var tlsKeyPath: String
+    var clientCAPaths: [String]
+    var clientCRLPaths: [String]
+    var allowedClientCommonNames: [String]
+    var allowedClientOrganizationalUnits: [String]
+    /// Accept client certificates whose issuer has no CRL loaded (`--allow-missing-crl`).
+    /// Off: the server refuses to start without a CRL for every client CA, and refuses any
+    /// certificate whose issuer has none (fail closed).
+    var allowMissingCRL: Bool = false
+    /// How often CRL files are checked for changes (SIGHUP reloads at once).
+    var crlPollInterval: Duration = .seconds(5)
+    /// The base of the URLs in `Location` and `fullUrl`; nil: taken from the request.
+    var publicBaseURL: String?
+
+    // Topology 1: behind the vendor's TLS-terminating proxy (docs/deployment.md).
+    /// The header in which the proxy forwards the verified client certificate (e.g.
+    /// `X-SSL-Client-Cert` set from nginx's `$ssl_client_escaped_cert`); nil: this product
+    /// terminates mutual TLS itself.
+    var clientCertificateHeader: String?
+    /// The proxies (CIDRs) allowed to reach the FHIR listener and forward certificates.
+    var trustedProxies: [String] = []
+    /// Serve the FHIR listener over TLS (server certificate only) to the proxy.
+    var proxyTLS: Bool = false
+    /// Authenticate the proxy itself by mutual TLS (nginx `proxy_ssl_certificate`): the CA
+    /// its client certificate chains to, the names (CN) it may carry, and optional CRLs. Then
+    /// only the proxy, not any local process at its address, can forward a certificate.
+    var proxyClientCAPaths: [String] = []
+    var proxyClientNames: [String] = []
+    var proxyClientCRLPaths: [String] = []
+
+    // Topology 2: in front of the vendor's INT_R01 slot search.
+    /// Where non-INT_R02 FHIR requests are relayed, and whose `/metadata` is merged.
+    var upstream: UpstreamConfiguration?
+}
+
+/// The web listener (regulators' browsers): always HTTPS.
+struct WebListenerConfiguration: Sendable {
+    var host: String = "127.0.0.1"
+    var port: Int = 8444
+    /// Default to the FHIR listener's certificate and key.
+    var tlsCertificatePath: String?
+    var tlsKeyPath: String?
+    /// Defaults to `https://localhost:<web port>`.
+    var publicURL: String?
+    /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs).
+    var trustedProxies: [String] = []
+}
+
+/// The forward-auth listener: plain HTTP on loopback, TLS (the web certificate) elsewhere.
+struct ForwardAuthListenerConfiguration: Sendable {
+    var host: String = "127.0.0.1"
+    var port: Int = 8446
+    /// Serve it over TLS with the web certificate (required off loopback).
+    var tls: Bool = false
+}
+
+/// The admin listener: health, readiness, metrics, admin API and page, behind a token.
+struct AdminListenerConfiguration: Sendable {
+    var host: String = "127.0.0.1"
+    var port: Int = 8445
+    /// Serve it over TLS with the web certificate (required off loopback).
+    var tls: Bool = false
+    var tokenPath: String = "./data/admin.token"
 }
 
 /// A configuration problem found before anything starts; printed and the process exits.

@@ -43,7 +43,7 @@ func makeWebServices(
     let cguVersion = configuration.cguVersion ?? String(SecretToken.hash(configuration.cguText).prefix(12))
     let habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: cguVersion)
 
-    let publicURL = (configuration.publicURL ?? "https://localhost:\(configuration.webPort)").trimmingSuffix("/")
+    let publicURL = (configuration.web.publicURL ?? "https://localhost:\(configuration.web.port)").trimmingSuffix("/")
     guard let publicHost = URLComponents(string: publicURL)?.host else {
         throw ConfigurationError(description: "--public-url must be an absolute https URL, got \(publicURL)")
     }
@@ -66,7 +66,7 @@ func makeWebServices(
         providerServices.append(service)
     }
     var trustedProxies: [CIDR] = []
-    for text in configuration.trustedProxies {
+    for text in configuration.web.trustedProxies {
         guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--trusted-proxy \(text) is not an address or CIDR") }
         trustedProxies.append(cidr)
     }
@@ -87,7 +87,7 @@ func makeWebServices(
                                                              timeout: configuration.requestReceiveTimeout, logger: logger),
                                  context: { material.current.web })
         },
-        configuration: .init(address: .hostname(configuration.webHost, port: configuration.webPort), serverName: nil),
+        configuration: .init(address: .hostname(configuration.web.host, port: configuration.web.port), serverName: nil),
         onServerRunning: { channel in await onWebListening(channel.localAddress?.port ?? 0) },
         logger: logger
     )
@@ -110,13 +110,13 @@ func makeWebServices(
     }
     let mailer = MailerService(queue: queue, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)
-    guard configuration.forwardAuthTLS || isLoopback(configuration.forwardAuthHost) else {
-        throw ConfigurationError(description: "--forward-auth-address \(configuration.forwardAuthHost) is not a loopback address: add --forward-auth-tls (session cookies must not cross a network in clear)")
+    guard configuration.forwardAuth.tls || isLoopback(configuration.forwardAuth.host) else {
+        throw ConfigurationError(description: "--forward-auth-address \(configuration.forwardAuth.host) is not a loopback address: add --forward-auth-tls (session cookies must not cross a network in clear)")
     }
     let webContext: @Sendable () -> NIOSSLContext = { material.current.web }
-    let forwardAuthContext = configuration.forwardAuthTLS ? webContext : nil
+    let forwardAuthContext = configuration.forwardAuth.tls ? webContext : nil
     let forwardAuthListener = ForwardAuthListener(
-        host: configuration.forwardAuthHost, port: configuration.forwardAuthPort,
+        host: configuration.forwardAuth.host, port: configuration.forwardAuth.port,
         responder: forwardAuth, sslContext: forwardAuthContext,
         logger: logger, onListening: onForwardAuthListening)
     let retention = RetentionService(sessions: sessions, credentials: credentials, retention: configuration.retention,

@@ -18,6 +18,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "PostgreSQL connections (each with a thread running its transactions). Env: ACCOUNT_SERVER_DATABASE_POOL_SIZE. Default: 10")
     var databasePoolSize: Int?
 
+    @Option(help: "PostgreSQL connections kept open even when idle (0 … pool size): a full pool answers without timers per use. Env: ACCOUNT_SERVER_DATABASE_POOL_MIN. Default: the pool size")
+    var databasePoolMin: Int?
+
     @Option(help: "FHIR listener (mutual TLS, or plain HTTP to a trusted proxy with --fhir-client-certificate-header), HOST:PORT. Env: ACCOUNT_SERVER_FHIR_ADDRESS. Default: 127.0.0.1:8443")
     var fhirAddress: String?
 
@@ -233,6 +236,7 @@ struct ServeCommand: AsyncParsableCommand {
         "argon2.threads",
         "crl.poll.seconds",
         "database.pool.size",
+        "database.pool.min",
         "web.tls.certificate",
         "web.tls.key",
         "public.url",
@@ -303,6 +307,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("argon2.threads", argon2Threads)
         values.set("crl.poll.seconds", crlPollSeconds)
         values.set("database.pool.size", databasePoolSize)
+        values.set("database.pool.min", databasePoolMin)
         values.set("web.tls.certificate", webTlsCertificate)
         values.set("web.tls.key", webTlsKey)
         values.set("public.url", publicUrl)
@@ -395,73 +400,73 @@ struct ServeCommand: AsyncParsableCommand {
         }
 
         let defaults = Argon2Parameters.owaspMinimum
+        var fhir = FHIRListenerConfiguration(host: host, port: port, tlsCertificatePath: certificate, tlsKeyPath: key,
+                                             clientCAPaths: cas, clientCRLPaths: crls,
+                                             allowedClientCommonNames: cns, allowedClientOrganizationalUnits: ous)
+        fhir.publicBaseURL = try settings.string("public.base.url")
+        fhir.crlPollInterval = .seconds(try settings.int("crl.poll.seconds") ?? 5)
         var baseConfiguration = ServerConfiguration(
             database: try StorageLocation.argument(try settings.string("database") ?? "./data/account-server.sqlite"),
-            fhirHost: host, fhirPort: port,
-            tlsCertificatePath: certificate, tlsKeyPath: key,
-            clientCAPaths: cas, clientCRLPaths: crls,
-            allowedClientCommonNames: cns, allowedClientOrganizationalUnits: ous,
-            publicBaseURL: try settings.string("public.base.url"),
             argon2: Argon2Parameters(
                 memoryKiB: try settings.uint32("argon2.memory.kib") ?? defaults.memoryKiB,
                 iterations: try settings.uint32("argon2.iterations") ?? defaults.iterations,
                 parallelism: try settings.uint32("argon2.parallelism") ?? defaults.parallelism
             ),
             argon2Threads: try settings.int("argon2.threads") ?? max(1, ProcessInfo.processInfo.activeProcessorCount),
-            crlPollInterval: .seconds(try settings.int("crl.poll.seconds") ?? 5),
-            logLevel: level
+            logLevel: level,
+            fhir: fhir
         )
         baseConfiguration.databasePoolSize = try settings.int("database.pool.size") ?? 10
         guard baseConfiguration.databasePoolSize >= 1 else { throw ValidationError("--database-pool-size must be at least 1") }
-        var web = baseConfiguration
-        web.webHost = webHost
-        web.webPort = webPort
-        web.webTLSCertificatePath = try settings.string("web.tls.certificate")
-        web.webTLSKeyPath = try settings.string("web.tls.key")
-        web.publicURL = try settings.string("public.url")
+        let poolMinimum = try settings.int("database.pool.min") ?? baseConfiguration.databasePoolSize
+        guard (0...baseConfiguration.databasePoolSize).contains(poolMinimum) else {
+            throw ValidationError("--database-pool-min must be between 0 and --database-pool-size (\(baseConfiguration.databasePoolSize))")
+        }
+        baseConfiguration.databasePoolMinimum = poolMinimum
+        var resolved = baseConfiguration
+        resolved.web = WebListenerConfiguration(host: webHost, port: webPort,
+                                                tlsCertificatePath: try settings.string("resolved.tls.certificate"),
+                                                tlsKeyPath: try settings.string("resolved.tls.key"),
+                                                publicURL: try settings.string("public.url"),
+                                                trustedProxies: try settings.list("trusted.proxy"))
+        resolved.forwardAuth = ForwardAuthListenerConfiguration(host: forwardHost, port: forwardPort, tls: try settings.flag("forward.auth.tls"))
+        resolved.admin = AdminListenerConfiguration(host: adminHost, port: adminPort, tls: try settings.flag("admin.tls"),
+                                                    tokenPath: try settings.string("admin.token.file") ?? "./data/admin.token")
         let origins = try settings.list("sas.origin")
-        web.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
-        web.allowedReturnHosts = try settings.list("allowed.return.host")
+        resolved.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
+        resolved.allowedReturnHosts = try settings.list("allowed.return.host")
         if let path = try settings.string("cgu.file") {
-            web.cguText = try String(contentsOfFile: path, encoding: .utf8)
+            resolved.cguText = try String(contentsOfFile: path, encoding: .utf8)
         } else {
             logger.warning("no --cgu-file: the DEVELOPMENT terms of use are shown (not for production)")
         }
-        web.cguVersion = try settings.string("cgu.version")
-        web.smtpURL = try settings.string("smtp.url")
-        web.sendmailCommand = try settings.string("sendmail.command").map { $0.split(separator: " ").map(String.init) }
-        web.mailFrom = try settings.string("mail.from")
-        web.secretKeyPath = try settings.string("secret.key.file") ?? "./data/secret.key"
-        web.lockout = LockoutPolicy(maximumFailures: try settings.int("lockout.failures") ?? 5,
+        resolved.cguVersion = try settings.string("cgu.version")
+        resolved.smtpURL = try settings.string("smtp.url")
+        resolved.sendmailCommand = try settings.string("sendmail.command").map { $0.split(separator: " ").map(String.init) }
+        resolved.mailFrom = try settings.string("mail.from")
+        resolved.secretKeyPath = try settings.string("secret.key.file") ?? "./data/secret.key"
+        resolved.lockout = LockoutPolicy(maximumFailures: try settings.int("lockout.failures") ?? 5,
                                     coolingPeriod: .seconds(60 * (try settings.int("lockout.minutes") ?? 15)))
-        web.sessionIdleTimeout = TimeInterval(60 * (try settings.int("session.idle.minutes") ?? 30))
-        web.sessionAbsoluteTimeout = TimeInterval(3600 * (try settings.int("session.absolute.hours") ?? 12))
-        web.rateLimitPerMinute = try settings.int("rate.limit.per.minute") ?? 10
-        web.totpIssuer = try settings.string("totp.issuer") ?? "Espace régulateur"
-        web.trustedProxies = try settings.list("trusted.proxy")
-        web.forwardAuthHost = forwardHost
-        web.forwardAuthPort = forwardPort
-        web.forwardAuthTLS = try settings.flag("forward.auth.tls")
-        web.adminHost = adminHost
-        web.adminPort = adminPort
-        web.adminTLS = try settings.flag("admin.tls")
-        web.adminTokenPath = try settings.string("admin.token.file") ?? "./data/admin.token"
+        resolved.sessionIdleTimeout = TimeInterval(60 * (try settings.int("session.idle.minutes") ?? 30))
+        resolved.sessionAbsoluteTimeout = TimeInterval(3600 * (try settings.int("session.absolute.hours") ?? 12))
+        resolved.rateLimitPerMinute = try settings.int("rate.limit.per.minute") ?? 10
+        resolved.totpIssuer = try settings.string("totp.issuer") ?? "Espace régulateur"
         let requestSeconds = try settings.int("request.timeout") ?? 60
         guard requestSeconds >= 1 else { throw ValidationError("--request-timeout must be at least 1 second") }
-        web.requestReceiveTimeout = .seconds(requestSeconds)
+        resolved.requestReceiveTimeout = .seconds(requestSeconds)
         let shutdownSeconds = try settings.int("shutdown.timeout") ?? 25
         guard shutdownSeconds >= 1 else { throw ValidationError("--shutdown-timeout must be at least 1 second") }
-        web.fhirClientCertificateHeader = try settings.string("fhir.client.certificate.header")
-        web.fhirTrustedProxies = try settings.list("fhir.trusted.proxy")
-        web.fhirProxyTLS = try settings.flag("fhir.proxy.tls")
-        web.fhirProxyClientCAPaths = try settings.list("fhir.proxy.client.ca")
-        web.fhirProxyClientNames = try settings.list("fhir.proxy.client.cn")
-        web.fhirProxyClientCRLPaths = try settings.list("fhir.proxy.client.crl")
-        if !web.fhirProxyClientCAPaths.isEmpty { web.fhirProxyTLS = true }
-        web.allowMissingCRL = try settings.flag("allow.missing.crl")
+        resolved.fhir.clientCertificateHeader = try settings.string("fhir.client.certificate.header")
+        resolved.fhir.trustedProxies = try settings.list("fhir.trusted.proxy")
+        resolved.fhir.proxyTLS = try settings.flag("fhir.proxy.tls")
+        resolved.fhir.proxyClientCAPaths = try settings.list("fhir.proxy.client.ca")
+        resolved.fhir.proxyClientNames = try settings.list("fhir.proxy.client.cn")
+        resolved.fhir.proxyClientCRLPaths = try settings.list("fhir.proxy.client.crl")
+        if !resolved.fhir.proxyClientCAPaths.isEmpty { resolved.fhir.proxyTLS = true }
+        resolved.fhir.allowMissingCRL = try settings.flag("allow.missing.crl")
         let retentionDays = try settings.int("retention.days") ?? 30
         guard retentionDays >= 1 else { throw ValidationError("--retention-days must be at least 1") }
-        web.retention = TimeInterval(retentionDays) * 86400
+        resolved.retention = TimeInterval(retentionDays) * 86400
         if let url = try settings.string("fhir.upstream") {
             var upstream = UpstreamConfiguration(url: url)
             upstream.caPath = try settings.string("fhir.upstream.ca")
@@ -473,7 +478,7 @@ struct ServeCommand: AsyncParsableCommand {
                 guard seconds > 0 else { throw ValidationError("--fhir-upstream-timeout must be positive") }
                 upstream.responseTimeout = .milliseconds(Int64(seconds * 1000))
             }
-            web.fhirUpstream = upstream
+            resolved.fhir.upstream = upstream
         }
         if let issuer = try settings.string("oidc.issuer") {
             guard let clientID = try settings.string("oidc.client.id") else {
@@ -490,12 +495,12 @@ struct ServeCommand: AsyncParsableCommand {
             sso.scope = try settings.string("oidc.scope") ?? "openid scope_all"
             sso.caPath = try settings.string("oidc.ca")
             sso.nationalIDClaim = try settings.string("oidc.national.id.claim") ?? "SubjectNameID"
-            web.sso = sso
+            resolved.sso = sso
         }
-        guard web.lockout.maximumFailures >= 1, web.rateLimitPerMinute >= 1, web.sessionIdleTimeout > 0, web.sessionAbsoluteTimeout > 0 else {
+        guard resolved.lockout.maximumFailures >= 1, resolved.rateLimitPerMinute >= 1, resolved.sessionIdleTimeout > 0, resolved.sessionAbsoluteTimeout > 0 else {
             throw ValidationError("lockout, rate limit and session settings must be positive")
         }
-        let configuration = web
+        let configuration = resolved
 
         guard configuration.argon2.memoryKiB >= 8 * configuration.argon2.parallelism, configuration.argon2.iterations >= 1, configuration.argon2.parallelism >= 1 else {
             throw ValidationError("argon2 parameters out of range (memory ≥ 8×parallelism KiB, iterations ≥ 1, parallelism ≥ 1)")
@@ -509,10 +514,10 @@ struct ServeCommand: AsyncParsableCommand {
             let logger = listeningLogger, host = listeningHost, developmentPKI = pkiForCurl
             logger.notice("FHIR endpoint listening", metadata: [
                 "address": "\(host):\(boundPort)",
-                "client_certificates": "\(configuration.fhirClientCertificateHeader.map { "forwarded in \($0) by \(configuration.fhirTrustedProxies.joined(separator: ","))" } ?? "mutual TLS")",
-                "upstream": "\(configuration.fhirUpstream?.url ?? "none")",
+                "client_certificates": "\(configuration.fhir.clientCertificateHeader.map { "forwarded in \($0) by \(configuration.fhir.trustedProxies.joined(separator: ","))" } ?? "mutual TLS")",
+                "upstream": "\(configuration.fhir.upstream?.url ?? "none")",
             ])
-            if let developmentPKI, configuration.fhirClientCertificateHeader == nil {
+            if let developmentPKI, configuration.fhir.clientCertificateHeader == nil {
                 FileHandle.standardOutput.write(Data(Self.curlExample(pki: developmentPKI, port: boundPort).utf8))
             }
         }, onWebListening: { boundPort in

@@ -242,6 +242,7 @@ public final class Provisioner: Sendable {
         var row = existing
         var changes: [FieldChange] = []
         let current = try queries.currentIdentifiers(of: existing.id, in: db)
+        var identifiersChanged = false
 
         // Identifiers first: conflicts abort the transaction before anything else counts.
         for identifier in record.identifiers {
@@ -256,6 +257,7 @@ public final class Provisioner: Sendable {
                 try writes.endAssignment(of: heldIdentifier, at: now, reason: .replaced, by: nil, in: db)
             }
             try assign(identifier, to: existing.id, now: now, context: context, db: db)
+            identifiersChanged = true
             changes.append(FieldChange(field: Self.fieldName(identifier.kind), old: held?.value, new: identifier.value))
         }
 
@@ -310,7 +312,8 @@ public final class Provisioner: Sendable {
         if existing.active != row.active {
             try recordHabilitationChange(accountID: row.id, nowActive: row.active, now: now, target: target, context: context, db: db)
         }
-        let snapshot = AccountSnapshot(row: row, identifiers: try queries.currentIdentifiers(of: row.id, in: db))
+        // Read again only if this transaction changed them (one statement less per update).
+        let snapshot = AccountSnapshot(row: row, identifiers: identifiersChanged ? try queries.currentIdentifiers(of: row.id, in: db) : current)
         return ProvisioningResult(kind: kind, account: snapshot, changes: changes)
     }
 
@@ -320,7 +323,7 @@ public final class Provisioner: Sendable {
     private func recordHabilitationChange(accountID: String, nowActive: Bool, now: Date, target: RegulatorIdentifier,
                                           context: CallContext, db: any SQLTransaction) throws {
         let open = try sessions.liveSASSessionCount(of: accountID, at: now, in: db)
-        let suspended = try Bool.fetchOne(db, sql: "SELECT suspended_by_vendor_at IS NOT NULL FROM account WHERE id = ?", arguments: [accountID]) ?? false
+        let suspended = try sessions.isSuspendedByVendor(accountID, in: db)
         let action = nowActive ? "habilitation-restored" : "habilitation-withdrawn"
         let outcome = nowActive ? (suspended ? "active again, still suspended by the vendor" : "active again") : "deactivated by the SAS"
         try audit.append(AuditEvent(at: now, surface: "int_r02", action: action, outcome: outcome, actor: context.actor,

@@ -28,13 +28,15 @@ public final class AccountDatabase: Sendable {
     }
 
     /// Opens the database `location` names and applies pending migrations (on PostgreSQL
-    /// under an advisory lock, so instances starting together migrate once).
-    public static func open(_ location: StorageLocation, poolSize: Int = 10, logger: Logger) async throws -> AccountDatabase {
+    /// under an advisory lock, so instances starting together migrate once). `keepOpen`:
+    /// PostgreSQL connections kept open when idle (the tools that open a database for one
+    /// command keep none).
+    public static func open(_ location: StorageLocation, poolSize: Int = 10, keepOpen: Int = 0, logger: Logger) async throws -> AccountDatabase {
         switch location {
         case .sqlite(let path):
             return try AccountDatabase(path: path)
         case .postgres(let server):
-            let engine = try PostgresEngine(location: server, poolSize: poolSize, logger: logger)
+            let engine = try PostgresEngine(location: server, poolSize: poolSize, keepOpen: keepOpen, logger: logger)
             do {
                 try await engine.migrate(AccountSchema.current)
             } catch {

@@ -5,7 +5,9 @@ import Storage
 /// Table owners (the only modules whose SQL names them): Accounts — `account`,
 /// `account_identifier`, `audit_event`, `totp_credential`, `recovery_code`,
 /// `password_reset_token`, `cgu_acceptance`, `mail_outbox`; Habilitation — `login_intent`,
-/// `sign_in_flow`, `web_session`, `oidc_login`. The schema is one history because the tables
+/// `sign_in_flow`, `web_session`, `oidc_login`, `vendor_suspension`. Habilitation reads
+/// Accounts' tables (its checks join them) but never writes them; Accounts never names
+/// Habilitation's (`scripts/check-boundary.sh`). The schema is one history because the tables
 /// reference each other (a session belongs to an account) and a database is migrated as a
 /// whole. Named and append-only: a released migration is never edited, a change is a new
 /// migration on both engines.
@@ -16,6 +18,7 @@ public enum AccountSchema {
     /// what `account-server migrate-store` copies and verifies.
     public static let tables: [CopiedTable] = [
         CopiedTable("account", orderBy: ["id"]),
+        CopiedTable("vendor_suspension", orderBy: ["account_id"]),
         CopiedTable("account_identifier", orderBy: ["id"], identity: "id"),
         CopiedTable("audit_event", orderBy: ["seq"], identity: "seq"),
         CopiedTable("totp_credential", orderBy: ["account_id"]),
@@ -232,7 +235,26 @@ public enum AccountSchema {
                 ALTER TABLE web_session ADD COLUMN oidc_id_token BLOB;
                 CREATE INDEX web_session_oidc_subject ON web_session(oidc_subject) WHERE revoked_at IS NULL AND oidc_subject IS NOT NULL;
             """),
+        Migration("v7-vendor-suspension", vendorSuspension(timestamp: "INTEGER", strict: " STRICT")),
     ]
+
+    /// A vendor admin's suspension of the habilitation moves out of `account` into a table of
+    /// its owner, Habilitation (one row per suspended account), with the suspensions in force
+    /// copied. The three columns stay in `account`, unused, for one release: an instance of
+    /// the previous release still running during a rolling upgrade reads them, and a later
+    /// migration drops them.
+    static func vendorSuspension(timestamp: String, strict: String) -> String {
+        """
+        CREATE TABLE vendor_suspension (
+            account_id TEXT PRIMARY KEY NOT NULL REFERENCES account(id),
+            suspended_at \(timestamp) NOT NULL,
+            suspended_by TEXT,
+            reason TEXT
+        )\(strict);
+        INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason)
+            SELECT id, suspended_by_vendor_at, suspended_by, suspension_reason FROM account WHERE suspended_by_vendor_at IS NOT NULL;
+        """
+    }
 
     static let postgres: [Migration] = [
         // PostgreSQL support starts from the shape SQLite reached after v6, in one step.
@@ -403,5 +425,6 @@ public enum AccountSchema {
                 consumed_at BIGINT
             );
             """),
+        Migration("pg-v2-vendor-suspension", vendorSuspension(timestamp: "BIGINT", strict: "")),
     ]
 }
