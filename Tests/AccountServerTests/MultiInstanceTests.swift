@@ -36,7 +36,21 @@ struct MultiInstanceTests {
             self.process = process
         }
 
+        /// Starts an instance on four free ports. A port found free can be taken by another
+        /// test before the instance binds it: then the instance exits at once ("Address
+        /// already in use"), and it is started again on other ports.
         static func launch(name: String, directory: URL, database: String, pki: TestPKI, publicURL: String, smtpPort: Int) async throws -> Instance {
+            for attempt in 1...3 {
+                do {
+                    return try await launchOnce(name: name, directory: directory, database: database, pki: pki, publicURL: publicURL, smtpPort: smtpPort)
+                } catch let failure as FixtureFailure where attempt < 3 && "\(failure)".contains("Address already in use") {
+                    continue
+                }
+            }
+            preconditionFailure("unreachable")
+        }
+
+        private static func launchOnce(name: String, directory: URL, database: String, pki: TestPKI, publicURL: String, smtpPort: Int) async throws -> Instance {
             let ports = freeLoopbackPorts(4)
             let logFile = directory.appendingPathComponent("\(name).log")
             FileManager.default.createFile(atPath: logFile.path, contents: nil)
@@ -65,7 +79,9 @@ struct MultiInstanceTests {
                 try await Task.sleep(for: .milliseconds(100))
             }
             instance.kill9()
-            throw FixtureFailure("instance \(name) did not start: \(instance.log.suffix(2000))")
+            let log = instance.log
+            if log.contains("Address already in use") { throw FixtureFailure("instance \(name) could not bind a port: Address already in use") }
+            throw FixtureFailure("instance \(name) did not start: \(log.suffix(2000))")
         }
 
         var log: String { (try? String(contentsOf: logFile, encoding: .utf8)) ?? "" }

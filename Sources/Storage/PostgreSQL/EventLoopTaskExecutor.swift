@@ -45,9 +45,14 @@ final class EventLoopTaskExecutors: Sendable {
     /// `body`'s result on `eventLoop`'s future: `body` runs there, and so does every
     /// continuation of it. `body` may arm the call's statement deadline once it holds a
     /// connection (``LoopCall/armDeadline(closing:)``).
-    func run<T: Sendable>(on eventLoop: any EventLoop, _ body: @escaping @Sendable (LoopCall<T>) async throws -> T) -> EventLoopFuture<T> {
-        let call = LoopCall<T>(promise: eventLoop.makePromise(of: T.self), deadline: statementDeadline)
-        Task(executorPreference: executor(for: eventLoop)) {
+    func run<T: Sendable>(on eventLoop: any EventLoop, deadline: Duration? = nil,
+                          _ body: @escaping @Sendable (LoopCall<T>) async throws -> T) -> EventLoopFuture<T> {
+        let call = LoopCall<T>(promise: eventLoop.makePromise(of: T.self), deadline: deadline ?? statementDeadline)
+        let executor = executor(for: eventLoop)
+        Task(executorPreference: executor) {
+            // Held by the task itself: a task outliving the engine (a statement never
+            // answered) still has its executor.
+            _ = executor
             do {
                 call.complete(.success(try await body(call)))
             } catch {

@@ -181,27 +181,61 @@ public final class PostgresEngine: StorageEngine {
                                               _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         do {
             return try await withConnection { connection in
-                try await self.threads.runIfActive {
-                    let transaction = PostgresTransaction(connection: connection, logger: logger, executors: executors)
-                    guard let begin else { return try block(transaction) }
-                    // A session lock, taken before BEGIN: the transaction's snapshot is then
-                    // taken after any wait for it, not before. Lock and BEGIN (then COMMIT and
-                    // unlock) are sent by one task on the connection's loop: one hand-off
-                    // between this thread and the loop for the two.
-                    try transaction.begin(begin, lock: writeLock)
-                    let result: T
-                    do {
-                        result = try block(transaction)
-                    } catch {
-                        transaction.rollback(unlock: writeLock)
-                        throw error
-                    }
-                    try transaction.commit(unlock: writeLock)
+                let abandoned = NIOLockedValueBox(false)
+                do {
+                    let result = try await self.run(begin: begin, writeLock: writeLock, on: connection, abandoned: abandoned,
+                                                    logger: logger, executors: executors, block)
+                    if abandoned.withLockedValue({ $0 }) { await Self.closed(connection) }
                     return result
+                } catch {
+                    // A connection this transaction closed (or found closing) goes back to the
+                    // pool only once closed: the pool must not lend it again meanwhile.
+                    if abandoned.withLockedValue({ $0 }) { await Self.closed(connection) }
+                    throw error
                 }
             }
         } catch {
             throw Self.storageError(error)
+        }
+    }
+
+    /// Returns once `connection` has closed, or after 5 s (a TLS close waits for the peer's
+    /// answer, and a vanished server never gives it).
+    static func closed(_ connection: PostgresConnection) async {
+        let promise = connection.eventLoop.makePromise(of: Void.self)
+        let done = NIOLockedValueBox(false)
+        let finish: @Sendable () -> Void = {
+            if done.withLockedValue({ done in defer { done = true }; return !done }) { promise.succeed(()) }
+        }
+        let timer = connection.eventLoop.scheduleTask(in: .seconds(5)) { finish() }
+        connection.closeFuture.whenComplete { _ in
+            timer.cancel()
+            finish()
+        }
+        _ = try? await promise.futureResult.get()
+    }
+
+    /// The transaction itself, on a thread of the pool.
+    private func run<T: Sendable>(begin: String?, writeLock: WriteLock?, on connection: PostgresConnection, abandoned: NIOLockedValueBox<Bool>,
+                                  logger: Logger, executors: EventLoopTaskExecutors,
+                                  _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await self.threads.runIfActive {
+            let transaction = PostgresTransaction(connection: connection, logger: logger, executors: executors, abandoned: abandoned)
+            guard let begin else { return try block(transaction) }
+            // A session lock, taken before BEGIN: the transaction's snapshot is then
+            // taken after any wait for it, not before. Lock and BEGIN (then COMMIT and
+            // unlock) are sent by one task on the connection's loop: one hand-off
+            // between this thread and the loop for the two.
+            try transaction.begin(begin, lock: writeLock)
+            let result: T
+            do {
+                result = try block(transaction)
+            } catch {
+                transaction.rollback(unlock: writeLock)
+                throw error
+            }
+            try transaction.commit(unlock: writeLock)
+            return result
         }
     }
 
@@ -376,7 +410,9 @@ public final class PostgresEngine: StorageEngine {
             // At start the server may still be coming up (both started together): wait longer.
             try await withConnection(timeout: .seconds(30), failFast: false) { connection in
                 try await self.threads.runIfActive {
-                    let transaction = PostgresTransaction(connection: connection, logger: logger, executors: self.executors)
+                    // Schema changes may take long on a large database: an hour, not 30 s.
+                    let transaction = PostgresTransaction(connection: connection, logger: logger, executors: self.executors,
+                                                          deadline: .seconds(3600))
                     // A session lock: a second instance starting now waits here until the
                     // first has applied everything, then finds nothing left to do.
                     try transaction.run("SELECT pg_advisory_lock(\(Self.migrationLock))")
@@ -415,6 +451,8 @@ public final class PostgresEngine: StorageEngine {
                     }
                 }
             }
+        } catch is ConnectionClosedBeforeUse {
+            throw StorageError.unavailable("the database connection was closed")
         } catch {
             throw Self.storageError(error)
         }
@@ -544,16 +582,24 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     let executors: EventLoopTaskExecutors
     private(set) var changesCount = 0
 
-    init(connection: PostgresConnection, logger: Logger, executors: EventLoopTaskExecutors) {
+    /// Each statement's deadline; nil: the engine's statement deadline.
+    let deadline: Duration?
+
+    init(connection: PostgresConnection, logger: Logger, executors: EventLoopTaskExecutors, deadline: Duration? = nil,
+         abandoned: NIOLockedValueBox<Bool> = NIOLockedValueBox(false)) {
         self.connection = connection
         self.logger = logger
         self.executors = executors
+        self.deadline = deadline
+        self.abandoned = abandoned
     }
 
     var engine: StorageKind { .postgres }
 
+    /// One statement without parameters (migrations' DDL, their lock and transaction control).
     func run(_ sql: String) throws {
-        _ = try connection.query(PostgresQuery(unsafeSQL: sql), logger: logger).wait()
+        let query = PostgresQuery(unsafeSQL: sql)
+        _ = try onLoop { connection, logger in try await connection.query(query, logger: logger).get().metadata }
     }
 
     /// Whether a statement was sent on this transaction's connection yet.
@@ -562,19 +608,20 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// Set once this transaction closed its connection (a poisoned statement, a deadline):
     /// nothing more is sent on it (postgres-nio would never answer a statement written to a
     /// closed channel), and the server ends the transaction and its session locks itself.
-    private let abandoned = NIOLockedValueBox(false)
+    private let abandoned: NIOLockedValueBox<Bool>
 
     /// `body` run on the connection's loop, this thread waiting for its end: the statements
     /// it sends are answered where they were sent. Bound by the statement deadline.
     private func onLoop<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T) throws -> T {
         guard !abandoned.withLockedValue({ $0 }), !connection.isClosed else {
+            abandoned.withLockedValue { $0 = true }
             if !sent { throw ConnectionClosedBeforeUse() }
             throw StorageError.unavailable("the database connection was closed")
         }
         sent = true
         let connection = self.connection, logger = self.logger, abandoned = self.abandoned
         do {
-            return try executors.run(on: connection.eventLoop) { call in
+            return try executors.run(on: connection.eventLoop, deadline: deadline) { call in
                 let deadline = call.armDeadline(closing: connection)
                 defer { deadline.cancel() }
                 do {
@@ -614,7 +661,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                 do {
                     _ = try await Self.rows(PreparedRows<WriteLockSQL.LockSharedForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
                 } catch {
-                    if Self.isServerError(error), !connection.isClosed {
+                    if Self.isServerError(error), !Self.isPoisonous(error), !connection.isClosed {
                         _ = try? await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
                     }
                     throw error
@@ -645,7 +692,13 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// block's error is the one that matters).
     func rollback(unlock lock: PostgresEngine.WriteLock?) {
         _ = try? onLoop { connection, logger in
-            _ = try? await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
+            do {
+                try await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
+            } catch {
+                // A lost connection: the server ends the transaction and its locks itself, and
+                // a statement sent on it now would never be answered.
+                guard Self.isServerError(error), !connection.isClosed else { return }
+            }
             if lock == .exclusive { await Self.unlock(on: connection, logger: logger) }
         }
     }
@@ -713,11 +766,17 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// catalog change), the connection is closed so the pool replaces it.
     @discardableResult
     static func closeIfPoisoned(_ connection: PostgresConnection, after error: any Error) -> Bool {
-        guard let error = error as? PSQLError else { return false }
-        let state = error.serverInfo?[.sqlState] ?? ""
-        guard !(state.hasPrefix("23") || state.hasPrefix("40") || state == "P0001" || state == "42501") else { return false }
+        guard isPoisonous(error) else { return false }
         connection.close().whenComplete { _ in }
         return true
+    }
+
+    /// Any postgres-nio error but the data's own refusals (constraints, serialization, the
+    /// append-only trigger, a missing privilege).
+    static func isPoisonous(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError else { return false }
+        let state = error.serverInfo?[.sqlState] ?? ""
+        return !(state.hasPrefix("23") || state.hasPrefix("40") || state == "P0001" || state == "42501")
     }
 
     /// A SELECT, VALUES, or a write with RETURNING.
