@@ -108,6 +108,47 @@ struct ProcessTests {
         if process.isRunning { process.terminate() } else { #expect(process.terminationStatus == 0) }
     }
 
+    /// A listening address another process holds: the server names the addresses it wanted
+    /// and exits with an error. (It used to stay up with its other listeners, serving no
+    /// sign-in, until killed: the forward-auth listener did not stop on cancellation.)
+    @Test func aTakenPortStopsTheServerWithAClearError() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("taken-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let taken = DeadPort()
+        taken.listenSilently()
+        defer { taken.release() }
+        let ports = freeLoopbackPorts(3)
+        let errors = directory.appendingPathComponent("errors.txt")
+        _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.currentDirectoryURL = directory
+        process.arguments = [
+            "serve", "--database", directory.appendingPathComponent("db.sqlite").path, "--dev-pki", directory.appendingPathComponent("pki").path,
+            "--secret-key-file", directory.appendingPathComponent("secret.key").path, "--admin-token-file", directory.appendingPathComponent("admin.token").path,
+            "--fhir-address", "127.0.0.1:\(ports[0])", "--web-address", "127.0.0.1:\(taken.port)",
+            "--admin-address", "127.0.0.1:\(ports[1])", "--forward-auth-address", "127.0.0.1:\(ports[2])",
+            "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: errors)
+        try process.run()
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(40)
+        var status: Int32 = 0
+        while waitpid(process.processIdentifier, &status, WNOHANG) == 0 && clock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let exited = clock.now < deadline
+        if !exited {
+            kill(process.processIdentifier, SIGKILL)
+            _ = waitpid(process.processIdentifier, &status, 0)
+        }
+        let text = (try? String(contentsOf: errors, encoding: .utf8)) ?? ""
+        #expect(exited, "the server must exit when one of its ports is taken: \(text.suffix(800))")
+        #expect(text.contains("already in use") && text.contains("web 127.0.0.1:\(taken.port)"), "\(text.suffix(800))")
+    }
+
     /// A request that never ends (here a slot search whose upstream accepts and never
     /// answers) holds SIGTERM no longer than `--shutdown-timeout`: then the connection is cut
     /// and the process exits.

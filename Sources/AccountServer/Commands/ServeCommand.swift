@@ -5,6 +5,7 @@ import Foundation
 import Storage
 import Hummingbird
 import Logging
+import NIOCore
 import ServiceLifecycle
 
 /// `account-server serve`: runs the FHIR mutual-TLS listener. With no TLS flag at all it
@@ -533,7 +534,16 @@ struct ServeCommand: AsyncParsableCommand {
         group.maximumGracefulShutdownDuration = .seconds(shutdownSeconds)
         // Cancelled work gets 5 s more; past that swift-service-lifecycle ends the process.
         group.maximumCancellationDuration = .seconds(5)
-        try await ServiceGroup(configuration: group).run()
+        do {
+            try await ServiceGroup(configuration: group).run()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            // NIO's message names neither the address nor the listener.
+            let listeners = [("FHIR", configuration.fhir.host, configuration.fhir.port), ("web", configuration.web.host, configuration.web.port),
+                             ("admin", configuration.admin.host, configuration.admin.port),
+                             ("forward-auth", configuration.forwardAuth.host, configuration.forwardAuth.port)]
+            throw ConfigurationError(description: "a listening address is already in use by another process; this server listens on "
+                                     + listeners.map { "\($0.0) \($0.1):\($0.2)" }.joined(separator: ", "))
+        }
     }
 
     static func hostAndPort(_ address: String, flag: String) throws -> (String, Int) {

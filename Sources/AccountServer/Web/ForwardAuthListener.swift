@@ -60,8 +60,15 @@ final class ForwardAuthListener: Service, Sendable {
             }
             .bind(host: host, port: port).get()
         await onListening(channel.localAddress?.port ?? 0)
+        // Closed on graceful shutdown, and on cancellation too: when another listener fails
+        // to start (its port taken), the group is cancelled, and a listener waiting only for
+        // a graceful shutdown kept the process up, unable to serve and not exiting.
         await withGracefulShutdownHandler {
-            try? await channel.closeFuture.get()
+            await withTaskCancellationHandler {
+                try? await channel.closeFuture.get()
+            } onCancel: {
+                channel.close(promise: nil)
+            }
         } onGracefulShutdown: {
             channel.close(promise: nil)
         }
