@@ -6,7 +6,9 @@
 #     instance behind it, then two: two over one, nginx in the path of both.
 # PostgreSQL is a throwaway server (scripts/postgres.sh: TLS, SCRAM, fsync on, synchronous
 # commit) on this machine, the instances connect as the runtime role (`migrate --grant-to`).
-# Prints RESULT lines (account-server-load) and one RATIO_STORES line per comparison.
+# Prints RESULT lines (account-server-load), CPU and COLLISIONS lines per row, PG_ERRORS lines
+# (what PostgreSQL refused during the run, by message and statement) and one RATIO_STORES
+# line per comparison.
 # Usage: scripts/bench-stores.sh [--duration S] [--concurrency N] [--build release|debug]
 set -euo pipefail
 cd "$(dirname "$0")/.."
