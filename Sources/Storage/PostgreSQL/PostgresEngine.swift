@@ -365,9 +365,10 @@ public final class PostgresEngine: StorageEngine {
     private func probe(_ location: PostgresLocation, logger: Logger, clock: ContinuousClock) async -> String? {
         if let recent = lastProbe.withLockedValue({ $0 }), clock.now - recent.at < Self.probeAfter { return recent.problem }
         let problem = await Self.connectionProblem(location, logger: logger)
-        // A probe cut short because its request got a connection meanwhile failed for that
-        // reason only ("client closed the connection"): it says nothing about the server and
-        // must not fail the other waiting requests.
+        // A cancelled probe failed for that reason only ("client closed the connection"): it
+        // says nothing about the server and must not fail the other waiting requests. (Probes
+        // run in their own task and a lease that arrives no longer cancels them; the guard
+        // stays for cancellation at shutdown.)
         if Task.isCancelled { return nil }
         lastProbe.withLockedValue { $0 = (clock.now, problem) }
         return problem
