@@ -222,10 +222,9 @@ public final class PostgresEngine: StorageEngine {
         try await self.threads.runIfActive {
             let transaction = PostgresTransaction(connection: connection, logger: logger, executors: executors, abandoned: abandoned)
             guard let begin else { return try block(transaction) }
-            // A session lock, taken before BEGIN: the transaction's snapshot is then
-            // taken after any wait for it, not before. Lock and BEGIN (then COMMIT and
-            // unlock) are sent by one task on the connection's loop: one hand-off
-            // between this thread and the loop for the two.
+            // The write lock and BEGIN (then COMMIT, and a retry's unlock) are sent by one
+            // task on the connection's loop: one hand-off between this thread and the loop
+            // for both (see PostgresTransaction.begin for which lock, and when).
             try transaction.begin(begin, lock: writeLock)
             let result: T
             do {
