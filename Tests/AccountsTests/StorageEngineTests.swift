@@ -170,8 +170,9 @@ struct PostgresEngineTests {
     /// failover, a cut network): the statement fails within the statement deadline, as
     /// "unavailable", instead of holding the request for the minutes TCP takes to give up;
     /// once the server answers again, a new connection serves. The server is reached through
-    /// a relay that is frozen (SIGSTOP) and thawed (SIGCONT).
-    @Test(.timeLimit(.minutes(1)))
+    /// a relay that is frozen (SIGSTOP) and thawed (SIGCONT). The bounds leave room for a
+    /// loaded machine (the deadline is 2 s; without it the statement would never end).
+    @Test(.timeLimit(.minutes(5)))
     func aServerThatStopsAnsweringFailsTheStatementInsteadOfHangingIt() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("deadline-\(UUID().uuidString)")
         guard case .postgres(var location) = try StorageLocation(try await TestStore.argument(in: directory)) else {
@@ -211,7 +212,7 @@ struct PostgresEngineTests {
                 return
             }
         }
-        #expect(clock.now - started < .seconds(10), "\(clock.now - started)")
+        #expect(clock.now - started < .seconds(25), "\(clock.now - started)")
 
         kill(relay.processIdentifier, SIGCONT)
         var answered: Int?
