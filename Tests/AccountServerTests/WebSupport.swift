@@ -2,22 +2,41 @@
 import Accounts
 import AsyncHTTPClient
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOSSL
 
-/// A port the kernel reports free right now (bind to 0, read it, release it).
+/// A loopback port free right now, for a process the test starts to listen on.
 func freeLoopbackPort() -> Int {
     freeLoopbackPorts(1)[0]
 }
 
-/// `count` distinct free ports: all held at once before any is released (a port released
-/// can be handed out again by the next bind).
+/// `count` distinct free ports, chosen below the kernel's ephemeral range and never twice in
+/// this process. A port the kernel hands out for port 0 can be handed out again to the next
+/// listener bound to port 0, or to an outgoing connection, before the test's process binds
+/// it: seen in a full run, where another test's in-process listener took nginx's port and
+/// the test's TLS client reached that plain listener. Below the ephemeral range the kernel
+/// never chooses a port itself.
 func freeLoopbackPorts(_ count: Int) -> [Int] {
-    let held = (0..<count).map { _ in DeadPort() }
-    defer { held.forEach { $0.release() } }
-    return held.map(\.port)
+    var ports: [Int] = []
+    while ports.count < count {
+        let candidate = Int.random(in: 10_000..<ephemeralPortsStart)
+        guard handedOutPorts.withLockedValue({ $0.insert(candidate).inserted }), let probe = DeadPort(port: candidate) else { continue }
+        probe.release()
+        ports.append(candidate)
+    }
+    return ports
 }
+
+/// The first port of the kernel's ephemeral range (ip_local_port_range).
+private let ephemeralPortsStart: Int = {
+    let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+    let low = text.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32_768
+    return max(low, 20_000)
+}()
+
+private let handedOutPorts = NIOLockedValueBox<Set<Int>>([])
 
 /// Runs a program to its end; its exit status and what it wrote. Spawned and reaped directly
 /// (posix_spawn, waitpid), its output in files: with pipes, a process another test starts
@@ -64,15 +83,25 @@ final class DeadPort: Sendable {
     let port: Int
     private let descriptor: Int32
 
-    init() {
+    /// A port of the kernel's choice.
+    convenience init() {
+        self.init(port: 0)!
+    }
+
+    /// `port` (0: the kernel's choice), or nil if it is taken.
+    init?(port requested: Int) {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         self.descriptor = descriptor
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
+        address.sin_port = UInt16(requested).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) } }
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) } }
+        guard bound == 0 else {
+            close(descriptor)
+            return nil
+        }
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
         port = Int(UInt16(bigEndian: address.sin_port))
     }
