@@ -10,23 +10,32 @@
 # (what PostgreSQL refused during the run, by message and statement) and one RATIO_STORES
 # line per comparison.
 # Usage: scripts/bench-stores.sh [--duration S] [--concurrency N] [--build release|debug]
+#                                [--binaries DIR]
+# --binaries runs the account-server and account-server-load found in DIR instead of building
+# (a copy of an earlier build: before/after comparisons on the same machine, same hour).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=10
 concurrency=8
 build=release
+binaries=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --build) build=$2; shift 2 ;;
+        --binaries) binaries=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 ./scripts/install-deps.sh
-swift build -c "$build" --product account-server >/dev/null
-swift build -c "$build" --product account-server-load >/dev/null
-bin=.build/$build
+if [[ -n $binaries ]]; then
+    bin=$(cd "$binaries" && pwd)
+else
+    swift build -c "$build" --product account-server >/dev/null
+    swift build -c "$build" --product account-server-load >/dev/null
+    bin=.build/$build
+fi
 work=$(mktemp -d)
 chmod 0755 "$work"
 pids=()

@@ -13,7 +13,7 @@ public struct SessionLedger: AccountSessions {
     public func revokeAll(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
         try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                        arguments: [at.epochMilliseconds, reason, accountID])
-        let sessions = db.changesCount
+        let sessions = try db.changesCount
         try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
                        arguments: [at.epochMilliseconds, accountID])
         return sessions

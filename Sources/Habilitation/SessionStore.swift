@@ -93,15 +93,15 @@ public final class SessionStore: Sendable {
         let idle = Int64(configuration.idleTimeout * 1000)
         return try await database.write { db in
             try db.execute(sql: "DELETE FROM login_intent WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
-            var deleted = db.changesCount
+            var deleted = try db.changesCount
             try db.execute(sql: "DELETE FROM sign_in_flow WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
-            deleted += db.changesCount
+            deleted += try db.changesCount
             try db.execute(sql: "DELETE FROM oidc_login WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
-            deleted += db.changesCount
+            deleted += try db.changesCount
             try db.execute(sql: """
                 DELETE FROM web_session WHERE revoked_at <= ? OR absolute_expires_at <= ? OR last_seen_at + ? <= ?
                 """, arguments: [cutoff, cutoff, idle, cutoff])
-            return deleted + db.changesCount
+            return try deleted + db.changesCount
         }
     }
 
@@ -253,7 +253,7 @@ public final class SessionStore: Sendable {
             try db.execute(sql: "UPDATE sign_in_flow SET failed_codes = failed_codes + 1 WHERE id_hash = ?", arguments: [hash])
             try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL AND failed_codes >= ?",
                            arguments: [at.epochMilliseconds, hash, limit])
-            return db.changesCount == 0
+            return try db.changesCount == 0
         }
     }
 

@@ -249,7 +249,7 @@ public final class VendorAdministration: Sendable {
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'admin', oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                            arguments: [at.epochMilliseconds, accountID])
-            let count = db.changesCount
+            let count = try db.changesCount
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: nil, identifier: nil, accountID: accountID, changes: [], detail: nil), in: db)
             return AdminActionResult(accountID: accountID, changed: count > 0, sessions: count)

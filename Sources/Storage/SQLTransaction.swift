@@ -7,9 +7,15 @@
 /// indexes; no `INSERT OR …`, no engine-specific functions.
 public protocol SQLTransaction {
     /// Runs one statement; ``changesCount`` then holds the rows it inserted, updated or deleted.
+    ///
+    /// An engine may hold the statement back and send it with the transaction's next one (or
+    /// its COMMIT), in order, in one exchange with the server: a write's error may then be
+    /// thrown by the next statement, by ``changesCount`` or by the commit instead of here.
+    /// Either way the transaction fails and nothing of it is kept, even if the block catches
+    /// that error.
     func execute(sql: String, arguments: SQLArguments) throws
-    /// Rows changed by the last ``execute(sql:arguments:)``.
-    var changesCount: Int { get }
+    /// Rows changed by the last ``execute(sql:arguments:)`` (sends what is held back first).
+    var changesCount: Int { get throws }
     /// Runs one query and returns all its rows.
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow]
     /// Which engine runs the statements (for the rare statement that cannot be shared).

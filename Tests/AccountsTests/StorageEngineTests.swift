@@ -1,6 +1,7 @@
 @testable import Accounts
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 @testable import Storage
 import StorageTesting
 import Testing
@@ -260,6 +261,48 @@ struct PostgresEngineTests {
         let rows = try await engine.read { db in try db.fetchAll(LateTableQuery.self, arguments: []) }
         let row = try #require(rows.first)
         #expect(row["x"] as Int64 == 7)
+        await engine.close()
+    }
+
+    /// Writes are held back and sent with the next statement or with COMMIT. A write that
+    /// fails fails its transaction wherever its error surfaces, even inside a block that
+    /// catches it there: nothing of the transaction is kept. (Before, as with any statement
+    /// after which the block went on, PostgreSQL answered the COMMIT of the aborted
+    /// transaction with ROLLBACK, which was taken for success.) Held writes are sent in order
+    /// with the reads, count their rows, and a long run of them is sent in groups.
+    @Test func aFailedWriteFailsItsTransactionEvenWhenTheBlockCaughtTheError() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("held-\(UUID().uuidString)")
+        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
+            Issue.record("not PostgreSQL")
+            return
+        }
+        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        try await engine.write { db in try db.execute(sql: "CREATE TABLE held (x INTEGER PRIMARY KEY)") }
+
+        let caught = NIOLockedValueBox(false)
+        await #expect(throws: StorageError.self) {
+            try await engine.write { db in
+                try db.execute(sql: "INSERT INTO held VALUES (1)")
+                do {
+                    try db.execute(sql: "INSERT INTO held VALUES (NULL)")
+                    _ = try db.fetchOne(sql: "SELECT 1")
+                } catch {
+                    caught.withLockedValue { $0 = true }
+                }
+            }
+        }
+        #expect(caught.withLockedValue { $0 }, "the held write's error surfaced at the next statement")
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM held") } == 0, "nothing was kept")
+
+        let (seen, changed) = try await engine.write { db in
+            for x in 1...200 { try db.execute(sql: "INSERT INTO held VALUES (?)", arguments: [x]) }
+            let seen = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM held") ?? -1
+            try db.execute(sql: "UPDATE held SET x = x + 1000 WHERE x <= 150")
+            return (seen, try db.changesCount)
+        }
+        #expect(seen == 200 && changed == 150)
+        // The connection still serves after the failed transaction.
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM held WHERE x > 1000") } == 150)
         await engine.close()
     }
 

@@ -294,7 +294,7 @@ public final class CredentialStore: Sendable {
         if normalized.count == 10 {
             try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash = ? AND used_at IS NULL",
                            arguments: [at.epochMilliseconds, accountID, RecoveryCodes.hash(code)])
-            if db.changesCount == 1 {
+            if try db.changesCount == 1 {
                 let left = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
                 try self.audit.append(self.event("recovery-code-used", "\(left) left", accountID, actor, at), in: db)
                 return .recoveryCode
@@ -312,9 +312,9 @@ public final class CredentialStore: Sendable {
         return try await database.write { db in
             try db.execute(sql: "DELETE FROM password_reset_token WHERE used_at <= ? OR voided_at <= ? OR expires_at <= ?",
                            arguments: [cutoff, cutoff, cutoff])
-            let tokens = db.changesCount
+            let tokens = try db.changesCount
             try db.execute(sql: "DELETE FROM mail_outbox WHERE created_at <= ?", arguments: [cutoff])
-            return tokens + db.changesCount
+            return try tokens + db.changesCount
         }
     }
 

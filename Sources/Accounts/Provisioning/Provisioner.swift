@@ -157,8 +157,8 @@ public final class Provisioner: Sendable {
                                            context: context, db: db))
 
         case .conditionalUpdate(let target, let record, let ifMatch):
-            if let holder = try queries.holder(of: target, in: db) {
-                return .done(try update(holder, with: record, ifMatch: ifMatch, now: now, target: target, context: context, db: db))
+            if let (holder, current) = try queries.holderWithIdentifiers(of: target, in: db) {
+                return .done(try update(holder, current: current, with: record, ifMatch: ifMatch, now: now, target: target, context: context, db: db))
             }
             if ifMatch != nil {
                 throw FHIRError(.preconditionFailed, code: .conflict, "If-Match was sent but no account holds \(target); nothing was created.", expression: ["Practitioner.identifier"])
@@ -233,7 +233,7 @@ public final class Provisioner: Sendable {
         return ProvisioningResult(kind: .created, account: snapshot, changes: changes)
     }
 
-    private func update(_ existing: AccountRow, with record: RegulatorRecord, ifMatch: Int?, now: Date,
+    private func update(_ existing: AccountRow, current: [IdentifierAssignment], with record: RegulatorRecord, ifMatch: Int?, now: Date,
                         target: RegulatorIdentifier, context: CallContext, db: any SQLTransaction) throws -> ProvisioningResult {
         if let ifMatch, ifMatch != existing.version {
             throw FHIRError(.preconditionFailed, code: .conflict,
@@ -241,7 +241,6 @@ public final class Provisioner: Sendable {
         }
         var row = existing
         var changes: [FieldChange] = []
-        let current = try queries.currentIdentifiers(of: existing.id, in: db)
         var identifiersChanged = false
 
         // Identifiers first: conflicts abort the transaction before anything else counts.
@@ -292,7 +291,7 @@ public final class Provisioner: Sendable {
         if emailChanged || (existing.active && !row.active) {
             try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
                            arguments: [now.epochMilliseconds, row.id])
-            voidedLinks = db.changesCount
+            voidedLinks = try db.changesCount
         }
 
         let kind: ProvisioningResult.Kind

@@ -221,11 +221,16 @@ public final class PostgresEngine: StorageEngine {
                                   _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         try await self.threads.runIfActive {
             let transaction = PostgresTransaction(connection: connection, logger: logger, executors: executors, abandoned: abandoned)
-            guard let begin else { return try block(transaction) }
-            // The write lock and BEGIN (then COMMIT, and a retry's unlock) are sent by one
-            // task on the connection's loop: one hand-off between this thread and the loop
-            // for both (see PostgresTransaction.begin for which lock, and when).
-            try transaction.begin(begin, lock: writeLock)
+            guard let begin else {
+                let result = try block(transaction)
+                try transaction.flush()
+                return result
+            }
+            // The write lock and BEGIN go with the block's first statement, and its writes
+            // with the next statement or with COMMIT (and a retry's unlock): one hand-off
+            // between this thread and the connection's loop for each group (see
+            // PostgresTransaction.begin for which lock, and when).
+            transaction.begin(begin, lock: writeLock)
             let result: T
             do {
                 result = try block(transaction)
@@ -249,7 +254,7 @@ public final class PostgresEngine: StorageEngine {
     func loopReadPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
         let logger = self.logger
         return loopRows(on: eventLoop, prepare: {
-            PreparedRows<S>(bindings: try PostgresTransaction.bindings(for: S.sql, arguments.map { $0 as (any SQLBindable)? }))
+            PreparedRows<S>(bindings: try PostgresTransaction.bindings(PreparedForm.of(S.self).placeholders, arguments.map { $0 as (any SQLBindable)? }))
         }) { connection, prepared in
             try await PostgresTransaction.rows(prepared, on: connection, logger: logger).map(PostgresTransaction.row)
         }
@@ -564,6 +569,39 @@ public final class PostgresEngine: StorageEngine {
     }
 }
 
+/// A declared statement as PostgreSQL runs it, worked out once per statement type: the
+/// numbering of its placeholders walked the text at every call (about 1 % of a PUT's CPU).
+/// The memo maps static text to what is derived from it, so it holds nothing anyone could
+/// observe changing.
+struct PreparedForm: Sendable {
+    /// The text with `$1`, `$2`… placeholders.
+    let text: String
+    let placeholders: Int
+    /// The text run by ``PreparedCommand``: ` RETURNING 1` appended to count the changed rows.
+    let command: String
+    /// Whether ``command`` may be used: not for a statement that returns rows already, or
+    /// ends in a comment or `;` (it then runs unprepared).
+    let countable: Bool
+
+    private static let forms = NIOLockedValueBox<[ObjectIdentifier: PreparedForm]>([:])
+
+    static func of<S: PreparedSQL>(_ statement: S.Type) -> PreparedForm {
+        let key = ObjectIdentifier(statement)
+        if let form = forms.withLockedValue({ $0[key] }) { return form }
+        let numbered = PostgresTransaction.numbered(S.sql)
+        let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
+        let form = PreparedForm(text: numbered.text, placeholders: numbered.placeholders, command: numbered.text + " RETURNING 1",
+                                countable: !PostgresTransaction.returnsRows(S.sql) && !trimmed.contains("--") && !trimmed.hasSuffix(";"))
+        forms.withLockedValue { $0[key] = form }
+        return form
+    }
+}
+
+/// The server answered COMMIT with ROLLBACK: a statement of the transaction had failed.
+struct AbortedTransaction: Error, CustomStringConvertible {
+    var description: String { "the transaction was rolled back: one of its statements had failed" }
+}
+
 /// The connection a transaction was lent was closed before the transaction sent anything:
 /// it is run again on another connection.
 struct ConnectionClosedBeforeUse: Error {}
@@ -580,7 +618,29 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     let connection: PostgresConnection
     let logger: Logger
     let executors: EventLoopTaskExecutors
-    private(set) var changesCount = 0
+
+    /// Rows changed by the last write, once sent: reading it sends what is held back.
+    var changesCount: Int {
+        get throws {
+            try flush()
+            return changes.withLockedValue { $0 }
+        }
+    }
+    private let changes = NIOLockedValueBox(0)
+
+    /// Statements held back, in order, to be sent with the next one: BEGIN and its lock, and
+    /// writes whose outcome the block does not read at once. Each hand-off between the
+    /// block's thread and the connection's loop costs two thread switches, the main part of
+    /// a PostgreSQL write's CPU on the application side (docs/performance.md): a PUT that
+    /// changes a name sent 6 groups and sends 3.
+    private var pending: [@Sendable (PostgresConnection, Logger) async throws -> Void] = []
+    /// At most this many statements are held (a bulk copy is not held whole in memory).
+    static let maximumPending = 64
+    /// The first error of a held-back statement. The block may have caught it where it
+    /// surfaced (another statement's call); the transaction still must not commit.
+    private let failure = NIOLockedValueBox<(any Error)?>(nil)
+    /// The held-back BEGIN or its lock failed, and cleaned up after itself (see ``begin``).
+    private let beginFailed = NIOLockedValueBox(false)
 
     /// Each statement's deadline; nil: the engine's statement deadline.
     let deadline: Duration?
@@ -610,21 +670,24 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// closed channel), and the server ends the transaction and its session locks itself.
     private let abandoned: NIOLockedValueBox<Bool>
 
-    /// `body` run on the connection's loop, this thread waiting for its end: the statements
-    /// it sends are answered where they were sent. Bound by the statement deadline.
-    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T) throws -> T {
+    /// `body` run on the connection's loop, after the statements held back, this thread
+    /// waiting for its end: the statements are answered where they were sent. Bound by the
+    /// statement deadline.
+    private func onLoop<T: Sendable>(sendingHeld: Bool = true, _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T) throws -> T {
         guard !abandoned.withLockedValue({ $0 }), !connection.isClosed else {
             abandoned.withLockedValue { $0 = true }
             if !sent { throw ConnectionClosedBeforeUse() }
             throw StorageError.unavailable("the database connection was closed")
         }
         sent = true
-        let connection = self.connection, logger = self.logger, abandoned = self.abandoned
+        let held = sendingHeld ? takeHeld() : []
+        let connection = self.connection, logger = self.logger, abandoned = self.abandoned, failure = self.failure
         do {
             return try executors.run(on: connection.eventLoop, deadline: deadline) { call in
                 let deadline = call.armDeadline(closing: connection)
                 defer { deadline.cancel() }
                 do {
+                    try await Self.send(held, on: connection, logger: logger, failure: failure)
                     return try await body(connection, logger)
                 } catch {
                     if Self.closeIfPoisoned(connection, after: error) { abandoned.withLockedValue { $0 = true } }
@@ -637,7 +700,44 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         }
     }
 
-    /// Opens the transaction (`begin`) holding the write lock if asked.
+    /// The statements held back, which the caller now sends.
+    private func takeHeld() -> [@Sendable (PostgresConnection, Logger) async throws -> Void] {
+        defer { pending = [] }
+        return pending
+    }
+
+    /// Sends `held` in order; the first error is kept in `failure` and thrown.
+    private static func send(_ held: [@Sendable (PostgresConnection, Logger) async throws -> Void], on connection: PostgresConnection,
+                             logger: Logger, failure: NIOLockedValueBox<(any Error)?>) async throws {
+        for statement in held {
+            do {
+                try await statement(connection, logger)
+            } catch {
+                failure.withLockedValue { $0 = $0 ?? error }
+                throw error
+            }
+        }
+    }
+
+    /// Sends what is held back, if anything.
+    func flush() throws {
+        guard !pending.isEmpty else { return }
+        try onLoop { _, _ in }
+    }
+
+    /// Holds `statement` back (see ``pending``); its count of changed rows becomes
+    /// ``changesCount`` once sent.
+    private func hold(_ statement: @escaping @Sendable (PostgresConnection, Logger) async throws -> Int) throws {
+        let changes = self.changes
+        pending.append { connection, logger in
+            let count = try await statement(connection, logger)
+            changes.withLockedValue { $0 = count }
+        }
+        if pending.count >= Self.maximumPending { try flush() }
+    }
+
+    /// Opens the transaction (`begin`) holding the write lock if asked: held back, sent with
+    /// the first statement.
     ///
     /// The shared lock (a first attempt) is a transaction lock taken just after BEGIN, given
     /// back by COMMIT or ROLLBACK themselves: no statement of its own to release it. The
@@ -646,40 +746,61 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// first attempt that waited for a retry has an older snapshot; if it touches what the
     /// retry changed, PostgreSQL refuses it and it becomes a retry itself.) If the lock or
     /// BEGIN fails, whatever was taken is given back, or the connection closed.
-    func begin(_ begin: String, lock: PostgresEngine.WriteLock?) throws {
-        try onLoop { connection, logger in
-            if lock == .exclusive {
-                _ = try await Self.rows(PreparedRows<WriteLockSQL.Lock>(bindings: PostgresBindings()), on: connection, logger: logger)
-            }
+    func begin(_ begin: String, lock: PostgresEngine.WriteLock?) {
+        let beginFailed = self.beginFailed
+        pending.append { connection, logger in
             do {
-                try await connection.query(PostgresQuery(unsafeSQL: begin), logger: logger)
+                try await Self.open(begin, lock: lock, on: connection, logger: logger)
             } catch {
-                if lock == .exclusive, Self.isServerError(error) { await Self.unlock(on: connection, logger: logger) }
+                beginFailed.withLockedValue { $0 = true }
                 throw error
-            }
-            if lock == .shared {
-                do {
-                    _ = try await Self.rows(PreparedRows<WriteLockSQL.LockSharedForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
-                } catch {
-                    if Self.isServerError(error), !Self.isPoisonous(error), !connection.isClosed {
-                        _ = try? await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
-                    }
-                    throw error
-                }
             }
         }
     }
 
-    /// COMMIT, then the exclusive lock given back. A failed COMMIT (a serialization failure
-    /// is reported there too) leaves nothing behind: the transaction is rolled back, the lock
-    /// given back, and the error thrown for the engine to retry.
-    func commit(unlock lock: PostgresEngine.WriteLock?) throws {
-        try onLoop { connection, logger in
+    private static func open(_ begin: String, lock: PostgresEngine.WriteLock?, on connection: PostgresConnection, logger: Logger) async throws {
+        if lock == .exclusive {
+            _ = try await Self.rows(PreparedRows<WriteLockSQL.Lock>(bindings: PostgresBindings()), on: connection, logger: logger)
+        }
+        do {
+            try await connection.query(PostgresQuery(unsafeSQL: begin), logger: logger)
+        } catch {
+            if lock == .exclusive, Self.isServerError(error) { await Self.unlock(on: connection, logger: logger) }
+            throw error
+        }
+        if lock == .shared {
             do {
-                try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger)
+                _ = try await Self.rows(PreparedRows<WriteLockSQL.LockSharedForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
             } catch {
-                // Only the server refused: on a lost connection the server ends both itself.
-                guard Self.isServerError(error) else { throw error }
+                if Self.isServerError(error), !Self.isPoisonous(error), !connection.isClosed {
+                    _ = try? await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
+                }
+                throw error
+            }
+        }
+    }
+
+    /// The held-back statements, COMMIT, then the exclusive lock given back, in one
+    /// hand-off. A failed statement or COMMIT (a serialization failure is reported there too)
+    /// leaves nothing behind: the transaction is rolled back, the lock given back, and the
+    /// error thrown for the engine to retry. So does a statement that failed earlier, even if
+    /// the block caught its error.
+    func commit(unlock lock: PostgresEngine.WriteLock?) throws {
+        let held = takeHeld()
+        let failure = self.failure, beginFailed = self.beginFailed
+        try onLoop(sendingHeld: false) { connection, logger in
+            do {
+                try await Self.send(held, on: connection, logger: logger, failure: failure)
+                if let earlier = failure.withLockedValue({ $0 }) { throw earlier }
+                let result = try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger).get()
+                // The server answers the COMMIT of a transaction in which a statement failed
+                // with ROLLBACK, not with an error.
+                guard result.metadata.command == "COMMIT" else { throw AbortedTransaction() }
+            } catch {
+                // Only the server refused: on a lost connection the server ends both itself,
+                // and a failed BEGIN cleaned up after itself.
+                guard Self.isServerError(error) || error is AbortedTransaction, !connection.isClosed,
+                      !beginFailed.withLockedValue({ $0 }) else { throw error }
                 _ = try? await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
                 if lock == .exclusive { await Self.unlock(on: connection, logger: logger) }
                 throw error
@@ -689,8 +810,11 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     }
 
     /// ROLLBACK and the exclusive lock given back, after the block failed; never throws (the
-    /// block's error is the one that matters).
+    /// block's error is the one that matters). What is held back is dropped unsent; if
+    /// nothing was sent (not even BEGIN) or BEGIN failed, there is nothing to undo.
     func rollback(unlock lock: PostgresEngine.WriteLock?) {
+        pending = []
+        guard sent, !beginFailed.withLockedValue({ $0 }) else { return }
         _ = try? onLoop { connection, logger in
             do {
                 try await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
@@ -718,30 +842,30 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         }
     }
 
+    /// Held back (see ``pending``).
     func execute(sql: String, arguments: SQLArguments) throws {
         let query = try Self.query(sql, arguments)
-        changesCount = try onLoop { connection, logger in try await connection.query(query, logger: logger).get().metadata.rows ?? 0 }
+        try hold { connection, logger in try await connection.query(query, logger: logger).get().metadata.rows ?? 0 }
     }
 
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow] {
         let query = try Self.query(sql, arguments)
-        changesCount = 0
-        return try onLoop { connection, logger in try await connection.query(query, logger: logger).get().rows }.map(Self.row)
+        let rows = try onLoop { connection, logger in try await connection.query(query, logger: logger).get().rows }.map(Self.row)
+        changes.withLockedValue { $0 = 0 }
+        return rows
     }
 
     func fetchAllPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws -> [SQLRow] {
-        changesCount = 0
-        return try preparedRows(PreparedRows<S>(bindings: try Self.bindings(for: S.sql, arguments))).map(Self.row)
+        let rows = try preparedRows(PreparedRows<S>(bindings: try Self.bindings(PreparedForm.of(S.self).placeholders, arguments))).map(Self.row)
+        changes.withLockedValue { $0 = 0 }
+        return rows
     }
 
     func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
-        // ` RETURNING 1` is appended to count the changed rows: a statement that returns rows
-        // already, or ends in a comment or `;`, runs unprepared.
-        let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !Self.returnsRows(S.sql), !trimmed.contains("--"), !trimmed.hasSuffix(";") else {
-            return try execute(sql: S.sql, arguments: arguments)
-        }
-        changesCount = try preparedRows(PreparedCommand<S>(bindings: try Self.bindings(for: S.sql, arguments))).count
+        let form = PreparedForm.of(S.self)
+        guard form.countable else { return try execute(sql: S.sql, arguments: arguments) }
+        let command = PreparedCommand<S>(bindings: try Self.bindings(form.placeholders, arguments))
+        try hold { connection, logger in try await Self.rows(command, on: connection, logger: logger).count }
     }
 
     /// Runs a prepared statement on the connection's loop and collects its rows.
@@ -783,10 +907,6 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     static func returnsRows(_ sql: String) -> Bool {
         let head = sql.drop { $0.isWhitespace }.prefix(6).uppercased()
         return head.hasPrefix("SELECT") || head.hasPrefix("VALUES") || head.hasPrefix("WITH") || sql.range(of: "RETURNING", options: .caseInsensitive) != nil
-    }
-
-    static func bindings(for sql: String, _ arguments: SQLArguments) throws -> PostgresBindings {
-        try bindings(numbered(sql).placeholders, arguments)
     }
 
     static func bindings(_ placeholders: Int, _ arguments: SQLArguments) throws -> PostgresBindings {
@@ -870,7 +990,11 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
 /// unprepared statement's would be).
 struct PreparedRows<S: PreparedSQL>: PostgresPreparedStatement {
     typealias Row = PostgresRow
-    static var sql: String { PostgresTransaction.numbered(S.sql).text }
+    static var sql: String { PreparedForm.of(S.self).text }
+    /// postgres-nio names a statement `String(reflecting:)` its type by default, a demangling
+    /// at every call (1.4 % of a PUT's CPU): the type's address is as unique, within the
+    /// process that owns the connections.
+    static var name: String { "r\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
     func makeBindings() throws -> PostgresBindings { bindings }
     func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
@@ -881,7 +1005,8 @@ struct PreparedRows<S: PreparedSQL>: PostgresPreparedStatement {
 /// form that must not be read before the rows are).
 struct PreparedCommand<S: PreparedSQL>: PostgresPreparedStatement {
     typealias Row = PostgresRow
-    static var sql: String { PostgresTransaction.numbered(S.sql).text + " RETURNING 1" }
+    static var sql: String { PreparedForm.of(S.self).command }
+    static var name: String { "c\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
     func makeBindings() throws -> PostgresBindings { bindings }
     func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
