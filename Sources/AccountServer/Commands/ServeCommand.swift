@@ -58,8 +58,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Threads hashing passwords at once. Env: ACCOUNT_SERVER_ARGON2_THREADS. Default: number of cores")
     var argon2Threads: Int?
 
-    @Flag(help: "Accept client certificates whose CA has no CRL loaded (revocation NOT checked for them; logged at start, shown by /readyz). Without it the server refuses to start, and refuses such certificates. Env: ACCOUNT_SERVER_ALLOW_MISSING_CRL")
-    var allowMissingCrl = false
+    @Flag(inversion: .prefixedNo, help: "Accept client certificates whose CA has no CRL loaded (revocation NOT checked for them; logged at start, shown by /readyz). Without it the server refuses to start, and refuses such certificates. Env: ACCOUNT_SERVER_ALLOW_MISSING_CRL (--no-… turns it off over the environment and the file)")
+    var allowMissingCrl: Bool?
 
     @Option(help: "Days ended sessions, dead password reset links and mail outbox rows are kept before they are purged (the audit trail is never purged). Env: ACCOUNT_SERVER_RETENTION_DAYS. Default: 30")
     var retentionDays: Int?
@@ -130,8 +130,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Forward-auth listener for the vendor's proxy, HOST:PORT. Env: ACCOUNT_SERVER_FORWARD_AUTH_ADDRESS. Default: 127.0.0.1:8446")
     var forwardAuthAddress: String?
 
-    @Flag(help: "Serve the forward-auth listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_FORWARD_AUTH_TLS=1")
-    var forwardAuthTls = false
+    @Flag(inversion: .prefixedNo, help: "Serve the forward-auth listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_FORWARD_AUTH_TLS=1 (--no-… turns it off over the environment and the file)")
+    var forwardAuthTls: Bool?
 
     @Option(help: "Admin listener (health, readiness, metrics, admin API and page), HOST:PORT. Env: ACCOUNT_SERVER_ADMIN_ADDRESS. Default: 127.0.0.1:8445")
     var adminAddress: String?
@@ -139,8 +139,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Admin API bearer token file (created 0600 with a random token if absent). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE. Default: ./data/admin.token")
     var adminTokenFile: String?
 
-    @Flag(help: "Serve the admin listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_ADMIN_TLS=1")
-    var adminTls = false
+    @Flag(inversion: .prefixedNo, help: "Serve the admin listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_ADMIN_TLS=1 (--no-… turns it off over the environment and the file)")
+    var adminTls: Bool?
 
     @Option(help: "text or json (one JSON object per line on standard error). Env: ACCOUNT_SERVER_LOG_FORMAT. Default: text")
     var logFormat: String?
@@ -151,8 +151,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Address or CIDR of the TLS-terminating proxy allowed to reach the FHIR listener; repeatable, required with --fhir-client-certificate-header. Env: ACCOUNT_SERVER_FHIR_TRUSTED_PROXY (comma-separated)")
     var fhirTrustedProxy: [String] = []
 
-    @Flag(help: "Behind a proxy: serve the FHIR listener over TLS (server certificate only; required off loopback). Env: ACCOUNT_SERVER_FHIR_PROXY_TLS=1")
-    var fhirProxyTls = false
+    @Flag(inversion: .prefixedNo, help: "Behind a proxy: serve the FHIR listener over TLS (server certificate only; required off loopback). Env: ACCOUNT_SERVER_FHIR_PROXY_TLS=1 (--no-… turns it off over the environment and the file)")
+    var fhirProxyTls: Bool?
 
     @Option(help: "Behind a proxy: the CA of the proxy's own client certificate (nginx proxy_ssl_certificate); the FHIR listener then requires it (mutual TLS to the proxy, implies --fhir-proxy-tls); repeatable. Env: ACCOUNT_SERVER_FHIR_PROXY_CLIENT_CA (comma-separated)")
     var fhirProxyClientCa: [String] = []

@@ -163,10 +163,11 @@ struct CommandLineValues {
         values[AbsoluteConfigKey(ConfigKey(key))] = ConfigValue(.stringArray(value), isSecret: false)
     }
 
-    /// A flag given on the command line is on; one not given leaves the other sources to say.
-    mutating func set(_ key: String, _ value: Bool) {
-        guard value else { return }
-        values[AbsoluteConfigKey(ConfigKey(key))] = ConfigValue(.bool(true), isSecret: false)
+    /// A switch given on the command line, on (`--x`) or off (`--no-x`), wins over the
+    /// environment and the file; one not given leaves them to say.
+    mutating func set(_ key: String, _ value: Bool?) {
+        guard let value else { return }
+        values[AbsoluteConfigKey(ConfigKey(key))] = ConfigValue(.bool(value), isSecret: false)
     }
 
     mutating func set<T: BinaryInteger>(_ key: String, _ value: T?) {
