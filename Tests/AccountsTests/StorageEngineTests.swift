@@ -280,7 +280,7 @@ struct PostgresEngineTests {
         try await engine.write { db in try db.execute(sql: "CREATE TABLE held (x INTEGER PRIMARY KEY)") }
 
         let caught = NIOLockedValueBox(false)
-        await #expect(throws: StorageError.self) {
+        do {
             try await engine.write { db in
                 try db.execute(sql: "INSERT INTO held VALUES (1)")
                 do {
@@ -289,6 +289,15 @@ struct PostgresEngineTests {
                 } catch {
                     caught.withLockedValue { $0 = true }
                 }
+                // Not sent after the failure: the error thrown is the first one, not the
+                // "transaction is aborted" this would get (which also closed the connection).
+                try db.execute(sql: "INSERT INTO held VALUES (5)")
+            }
+            Issue.record("committed")
+        } catch let error as StorageError {
+            guard case .constraintViolation = error else {
+                Issue.record("\(error)")
+                return
             }
         }
         #expect(caught.withLockedValue { $0 }, "the held write's error surfaced at the next statement")
@@ -303,6 +312,45 @@ struct PostgresEngineTests {
         #expect(seen == 200 && changed == 150)
         // The connection still serves after the failed transaction.
         #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM held WHERE x > 1000") } == 150)
+        await engine.close()
+    }
+
+    /// BEGIN and the write lock are held back until the block's first statement. A BEGIN the
+    /// server refuses fails the transaction there: the block gets no answer, nothing after
+    /// it is sent (not even by a block that catches the error and writes on, which would
+    /// write outside any transaction), no lock is left held, and the next write is served.
+    @Test func aRefusedBeginFailsTheTransactionAndLeavesNothing() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("begin-\(UUID().uuidString)")
+        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
+            Issue.record("not PostgreSQL")
+            return
+        }
+        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        try await engine.write { db in try db.execute(sql: "CREATE TABLE begun (x INTEGER)") }
+        let selected = NIOLockedValueBox(false)
+        await #expect(throws: (any Error).self) {
+            try await engine.transaction(begin: "BEGIN ISOLATION LEVEL NONSENSE", writeLock: .shared) { db in
+                _ = try db.fetchOne(sql: "SELECT 1")
+                selected.withLockedValue { $0 = true }
+                try db.execute(sql: "INSERT INTO begun VALUES (1)")
+            }
+        }
+        #expect(!selected.withLockedValue { $0 }, "the SELECT's answer was not given to the block")
+        // A block that catches the error and writes on: the write would run outside any
+        // transaction, and be kept, if it were sent. It is not.
+        await #expect(throws: (any Error).self) {
+            try await engine.transaction(begin: "BEGIN ISOLATION LEVEL NONSENSE", writeLock: .shared) { db in
+                _ = try? db.fetchOne(sql: "SELECT 1")
+                try? db.execute(sql: "INSERT INTO begun VALUES (9)")
+                _ = try? db.fetchOne(sql: "SELECT 2")
+            }
+        }
+        // The write lock is free: a write (which takes it) and a retry's exclusive lock pass.
+        try await engine.write { db in try db.execute(sql: "INSERT INTO begun VALUES (2)") }
+        try await engine.transaction(begin: "BEGIN ISOLATION LEVEL SERIALIZABLE", writeLock: .exclusive) { db in
+            try db.execute(sql: "INSERT INTO begun VALUES (3)")
+        }
+        #expect(try await engine.read { db in try Int.fetchAll(db, sql: "SELECT x FROM begun ORDER BY x") } == [2, 3])
         await engine.close()
     }
 

@@ -25,7 +25,8 @@ public final class PostgresEngine: StorageEngine {
     /// (the request then fails as "unavailable"): a server that vanished without closing its
     /// connections (a host lost in a failover, a network cut) must not hold requests for the
     /// minutes TCP takes to give up. Far above any statement of the stores, lock waits
-    /// included; migrations are not bound by it.
+    /// included; migrations are not bound by it. Statements sent together (writes held back
+    /// with the next statement or COMMIT, see `PostgresTransaction.pending`) share it.
     let statementDeadline: Duration
     public static let defaultStatementDeadline: Duration = .seconds(30)
     /// The loop whose timers watch the waits for a connection.
@@ -160,7 +161,7 @@ public final class PostgresEngine: StorageEngine {
         case shared, exclusive
     }
 
-    private func transaction<T: Sendable>(begin: String?, writeLock: WriteLock? = nil,
+    func transaction<T: Sendable>(begin: String?, writeLock: WriteLock? = nil,
                                           _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         let logger = self.logger
         let executors = self.executors
@@ -538,6 +539,7 @@ public final class PostgresEngine: StorageEngine {
     static func storageError(_ error: any Error) -> any Error {
         if error is PostgresRetry || error is StorageError { return error }
         if error is ConnectionClosedBeforeUse { return error }
+        if let error = error as? AbortedTransaction { return StorageError.statementFailed(error.description) }
         guard let error = error as? PSQLError else { return error }
         guard error.code == .server, let state = error.serverInfo?[.sqlState] else {
             switch error.code {
@@ -641,6 +643,13 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     private let failure = NIOLockedValueBox<(any Error)?>(nil)
     /// The held-back BEGIN or its lock failed, and cleaned up after itself (see ``begin``).
     private let beginFailed = NIOLockedValueBox(false)
+    /// BEGIN and its lock, held back until the block's first statement.
+    private var opening: Opening?
+
+    struct Opening: Sendable {
+        let sql: String
+        let lock: PostgresEngine.WriteLock?
+    }
 
     /// Each statement's deadline; nil: the engine's statement deadline.
     let deadline: Duration?
@@ -657,9 +666,10 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     var engine: StorageKind { .postgres }
 
     /// One statement without parameters (migrations' DDL, their lock and transaction control).
+    /// Sent even after a failed statement: migrations send ROLLBACK and their unlock this way.
     func run(_ sql: String) throws {
         let query = PostgresQuery(unsafeSQL: sql)
-        _ = try onLoop { connection, logger in try await connection.query(query, logger: logger).get().metadata }
+        _ = try onLoop(evenAfterFailure: true) { connection, logger in try await connection.query(query, logger: logger).get().metadata }
     }
 
     /// Whether a statement was sent on this transaction's connection yet.
@@ -673,22 +683,36 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// `body` run on the connection's loop, after the statements held back, this thread
     /// waiting for its end: the statements are answered where they were sent. Bound by the
     /// statement deadline.
-    private func onLoop<T: Sendable>(sendingHeld: Bool = true, _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T) throws -> T {
+    /// After a statement of this transaction failed, nothing more is sent (its error is thrown again), unless
+    /// `evenAfterFailure` (ROLLBACK, COMMIT's own handling): the block may have caught the
+    /// error, and what it sends next would fail anyway, or, after a failed BEGIN, run outside
+    /// any transaction and be kept.
+    private func onLoop<T: Sendable>(sendingHeld: Bool = true, evenAfterFailure: Bool = false,
+                                     _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T) throws -> T {
         guard !abandoned.withLockedValue({ $0 }), !connection.isClosed else {
             abandoned.withLockedValue { $0 = true }
             if !sent { throw ConnectionClosedBeforeUse() }
             throw StorageError.unavailable("the database connection was closed")
         }
+        if !evenAfterFailure, let earlier = failure.withLockedValue({ $0 }) { throw earlier }
         sent = true
+        let opening = sendingHeld ? takeOpening() : nil
         let held = sendingHeld ? takeHeld() : []
         let connection = self.connection, logger = self.logger, abandoned = self.abandoned, failure = self.failure
+        let beginFailed = self.beginFailed
         do {
             return try executors.run(on: connection.eventLoop, deadline: deadline) { call in
                 let deadline = call.armDeadline(closing: connection)
                 defer { deadline.cancel() }
                 do {
-                    try await Self.send(held, on: connection, logger: logger, failure: failure)
-                    return try await body(connection, logger)
+                    try await Self.send((opening.map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + held,
+                                       on: connection, logger: logger, failure: failure)
+                    do {
+                        return try await body(connection, logger)
+                    } catch {
+                        failure.withLockedValue { $0 = $0 ?? error }
+                        throw error
+                    }
                 } catch {
                     if Self.closeIfPoisoned(connection, after: error) { abandoned.withLockedValue { $0 = true } }
                     throw error
@@ -698,6 +722,12 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             abandoned.withLockedValue { $0 = true }
             throw error
         }
+    }
+
+    /// BEGIN and its lock if still held back, which the caller now sends.
+    private func takeOpening() -> Opening? {
+        defer { opening = nil }
+        return opening
     }
 
     /// The statements held back, which the caller now sends.
@@ -747,10 +777,14 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// retry changed, PostgreSQL refuses it and it becomes a retry itself.) If the lock or
     /// BEGIN fails, whatever was taken is given back, or the connection closed.
     func begin(_ begin: String, lock: PostgresEngine.WriteLock?) {
-        let beginFailed = self.beginFailed
-        pending.append { connection, logger in
+        opening = Opening(sql: begin, lock: lock)
+    }
+
+    /// ``open(_:lock:on:logger:)`` as a step sent before the others, marking its failure.
+    private static func openStep(_ opening: Opening, beginFailed: NIOLockedValueBox<Bool>) -> @Sendable (PostgresConnection, Logger) async throws -> Void {
+        { connection, logger in
             do {
-                try await Self.open(begin, lock: lock, on: connection, logger: logger)
+                try await open(opening.sql, lock: opening.lock, on: connection, logger: logger)
             } catch {
                 beginFailed.withLockedValue { $0 = true }
                 throw error
@@ -786,12 +820,13 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// error thrown for the engine to retry. So does a statement that failed earlier, even if
     /// the block caught its error.
     func commit(unlock lock: PostgresEngine.WriteLock?) throws {
-        let held = takeHeld()
         let failure = self.failure, beginFailed = self.beginFailed
-        try onLoop(sendingHeld: false) { connection, logger in
+        let held = (takeOpening().map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + takeHeld()
+        try onLoop(sendingHeld: false, evenAfterFailure: true) { connection, logger in
             do {
-                try await Self.send(held, on: connection, logger: logger, failure: failure)
+                // After a failure (the block caught its error), nothing held is sent.
                 if let earlier = failure.withLockedValue({ $0 }) { throw earlier }
+                try await Self.send(held, on: connection, logger: logger, failure: failure)
                 let result = try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger).get()
                 // The server answers the COMMIT of a transaction in which a statement failed
                 // with ROLLBACK, not with an error.
@@ -813,9 +848,10 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// block's error is the one that matters). What is held back is dropped unsent; if
     /// nothing was sent (not even BEGIN) or BEGIN failed, there is nothing to undo.
     func rollback(unlock lock: PostgresEngine.WriteLock?) {
+        opening = nil
         pending = []
         guard sent, !beginFailed.withLockedValue({ $0 }) else { return }
-        _ = try? onLoop { connection, logger in
+        _ = try? onLoop(evenAfterFailure: true) { connection, logger in
             do {
                 try await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
             } catch {
@@ -856,7 +892,9 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     }
 
     func fetchAllPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws -> [SQLRow] {
-        let rows = try preparedRows(PreparedRows<S>(bindings: try Self.bindings(PreparedForm.of(S.self).placeholders, arguments))).map(Self.row)
+        let form = PreparedForm.of(S.self)
+        let prepared = PreparedRows<S>(bindings: try Self.bindings(form.placeholders, arguments))
+        let rows = try onLoop { connection, logger in try await Self.rows(prepared, on: connection, logger: logger) }.map(Self.row)
         changes.withLockedValue { $0 = 0 }
         return rows
     }
@@ -866,11 +904,6 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         guard form.countable else { return try execute(sql: S.sql, arguments: arguments) }
         let command = PreparedCommand<S>(bindings: try Self.bindings(form.placeholders, arguments))
         try hold { connection, logger in try await Self.rows(command, on: connection, logger: logger).count }
-    }
-
-    /// Runs a prepared statement on the connection's loop and collects its rows.
-    private func preparedRows<P: PostgresPreparedStatement & Sendable>(_ prepared: P) throws -> [PostgresRow] where P.Row == PostgresRow {
-        try onLoop { connection, logger in try await Self.rows(prepared, on: connection, logger: logger) }
     }
 
     /// A prepared statement's rows (prepared first if the connection has not seen it).
