@@ -247,12 +247,7 @@ struct PostgresEngineTests {
     /// statement prepares again on the next one (one connection here, so the same one would
     /// be used otherwise).
     @Test func aStatementThatFailedToPrepareDoesNotPoisonTheConnection() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("poison-\(UUID().uuidString)")
-        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
-            Issue.record("not PostgreSQL")
-            return
-        }
-        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        guard let engine = try await Self.emptyEngine("poison") else { return }
         await #expect(throws: StorageError.self) { try await engine.read { db in try db.fetchAll(LateTableQuery.self, arguments: []) } }
         try await engine.write { db in
             try db.execute(sql: "CREATE TABLE late_table (x INTEGER)")
@@ -271,12 +266,7 @@ struct PostgresEngineTests {
     /// transaction with ROLLBACK, which was taken for success.) Held writes are sent in order
     /// with the reads, count their rows, and a long run of them is sent in groups.
     @Test func aFailedWriteFailsItsTransactionEvenWhenTheBlockCaughtTheError() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("held-\(UUID().uuidString)")
-        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
-            Issue.record("not PostgreSQL")
-            return
-        }
-        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        guard let engine = try await Self.emptyEngine("held") else { return }
         try await engine.write { db in try db.execute(sql: "CREATE TABLE held (x INTEGER PRIMARY KEY)") }
 
         let caught = NIOLockedValueBox(false)
@@ -320,12 +310,7 @@ struct PostgresEngineTests {
     /// it is sent (not even by a block that catches the error and writes on, which would
     /// write outside any transaction), no lock is left held, and the next write is served.
     @Test func aRefusedBeginFailsTheTransactionAndLeavesNothing() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("begin-\(UUID().uuidString)")
-        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
-            Issue.record("not PostgreSQL")
-            return
-        }
-        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        guard let engine = try await Self.emptyEngine("begin") else { return }
         try await engine.write { db in try db.execute(sql: "CREATE TABLE begun (x INTEGER)") }
         let selected = NIOLockedValueBox(false)
         await #expect(throws: (any Error).self) {
@@ -352,6 +337,17 @@ struct PostgresEngineTests {
         }
         #expect(try await engine.read { db in try Int.fetchAll(db, sql: "SELECT x FROM begun ORDER BY x") } == [2, 3])
         await engine.close()
+    }
+
+    /// An engine with one connection on an empty database of its own (nil, with an issue
+    /// recorded, if the run is not on PostgreSQL).
+    static func emptyEngine(_ name: String) async throws -> PostgresEngine? {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
+        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
+            Issue.record("not PostgreSQL")
+            return nil
+        }
+        return try PostgresEngine(location: location, poolSize: 1, logger: logger)
     }
 
     enum LateTableQuery: PreparedSQL {
