@@ -630,16 +630,17 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     }
     private let changes = NIOLockedValueBox(0)
 
-    /// Statements held back, in order, to be sent with the next one: BEGIN and its lock, and
-    /// writes whose outcome the block does not read at once. Each hand-off between the
-    /// block's thread and the connection's loop costs two thread switches, the main part of
-    /// a PostgreSQL write's CPU on the application side (docs/performance.md): a PUT that
-    /// changes a name sent 6 groups and sends 3.
+    /// Writes held back, in order, to be sent with the next statement (after ``opening``):
+    /// the block does not read their outcome at once. Each hand-off between the block's
+    /// thread and the connection's loop costs thread switches on both sides: a PUT that
+    /// changes a name went through 6 and now goes through 3, for a quarter less CPU
+    /// (docs/performance.md).
     private var pending: [@Sendable (PostgresConnection, Logger) async throws -> Void] = []
     /// At most this many statements are held (a bulk copy is not held whole in memory).
     static let maximumPending = 64
-    /// The first error of a held-back statement. The block may have caught it where it
-    /// surfaced (another statement's call); the transaction still must not commit.
+    /// The first error of a statement of this transaction. The block may have caught it
+    /// where it surfaced (a held write's error surfaces at another statement's call); the
+    /// transaction still must not send more, nor commit.
     private let failure = NIOLockedValueBox<(any Error)?>(nil)
     /// The held-back BEGIN or its lock failed, and cleaned up after itself (see ``begin``).
     private let beginFailed = NIOLockedValueBox(false)
