@@ -7,9 +7,11 @@
 #     set-up) and over TLS without client certificate (the web listener's), the baselines of
 #     the two forward-auth endpoints.
 #   - for the relayed INT_R01 slot search (--fhir-upstream): the same Slot Bundle served by
-#     nginx directly over the same mTLS set-up (the SAS calling the slot search directly) and
-#     over plain HTTP (the upstream account-server relays to), in interleaved rounds at
-#     concurrency 1 and N, so the added latency is read per round.
+#     nginx directly over the same mTLS set-up (the SAS calling the slot search directly), over
+#     plain HTTP (the upstream account-server relays to), and relayed by nginx itself, the
+#     vendor's alternative: nginx terminating the same mutual TLS and proxy_pass-ing to the
+#     same upstream over keep-alive connections. Interleaved rounds at concurrency 1 and N,
+#     so the added latency is read per round and the relay compared with nginx's.
 #   - raw SQLite commits with the server's durability settings (WAL, synchronous=FULL), the
 #     floor under every INT_R02 write;
 #   - latency against concurrency (--only curve, not part of the default run): forward-auth and
@@ -49,6 +51,7 @@ nginx_tls_port=18548
 nginx_plain_port=18549
 forward_port=18550
 upstream_port=18551
+nginx_proxy_port=18552
 cleanup() {
     [[ -n "${app_pid:-}" ]] && kill "$app_pid" 2>/dev/null || true
     [[ -n "${smtp_pid:-}" ]] && kill "$smtp_pid" 2>/dev/null || true
@@ -119,6 +122,26 @@ http {
         location = /Slot { default_type application/fhir+json; alias $work/slot-bundle.json; }
         location = /metadata { return 200 '{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"Slot","interaction":[{"code":"search-type"}]}]}]}'; }
     }
+    # The vendor's alternative to the relay: the same mutual TLS, then proxy_pass to the same
+    # upstream, keeping its connections alive as account-server does.
+    upstream slot_upstream {
+        server 127.0.0.1:$upstream_port;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$nginx_proxy_port ssl;
+        ssl_certificate $pki/server.pem;
+        ssl_certificate_key $pki/server-key.pem;
+        ssl_client_certificate $pki/ca.pem;
+        ssl_crl $pki/crl.pem;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://slot_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
     server {
         listen 127.0.0.1:$nginx_tls_port ssl;
         ssl_certificate $pki/server.pem;
@@ -169,16 +192,19 @@ load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RES
     fi
     if want upstream; then
         slot_query="/Slot?schedule.actor:Practitioner.identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899&start=ge2026-11-23&status=free"
-        cmp -s <(curl -s --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "https://localhost:$app_port$slot_query") "$work/slot-bundle.json" \
-            || { echo "the relayed Slot search differs from the upstream's Bundle:" >&2
-                 curl -s -i --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "https://localhost:$app_port$slot_query" | head -c 600 >&2
-                 exit 1; }
+        for relay in "$app_port" "$nginx_proxy_port"; do
+            cmp -s <(curl -s --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "https://localhost:$relay$slot_query") "$work/slot-bundle.json" \
+                || { echo "the Slot search relayed on port $relay differs from the upstream's Bundle:" >&2
+                     curl -s -i --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "https://localhost:$relay$slot_query" | head -c 600 >&2
+                     exit 1; }
+        done
         rounds=5
         round_seconds=$(python3 -c "print(max(2, $duration / 2))")
         for c in 1 "$concurrency"; do
             for round in $(seq $rounds); do
                 load --mode get --url "https://127.0.0.1:$nginx_port$slot_query" --concurrency "$c" --duration "$round_seconds" --label "slot_direct_mtls_c${c}_r$round"
                 load --mode get --url "https://127.0.0.1:$app_port$slot_query" --concurrency "$c" --duration "$round_seconds" --label "slot_relayed_c${c}_r$round"
+                load --mode get --url "https://127.0.0.1:$nginx_proxy_port$slot_query" --concurrency "$c" --duration "$round_seconds" --label "slot_nginx_proxy_c${c}_r$round"
                 load_tls --mode get --url "http://127.0.0.1:$upstream_port$slot_query" --concurrency "$c" --duration "$round_seconds" --label "slot_upstream_http_c${c}_r$round"
             done
         done
@@ -269,23 +295,28 @@ for label in order:
 import re, statistics
 slot = {}
 for label in order:
-    m = re.match(r"slot_(direct_mtls|relayed|upstream_http)_c(\d+)_r(\d+)$", label)
+    m = re.match(r"slot_(direct_mtls|relayed|nginx_proxy|upstream_http)_c(\d+)_r(\d+)$", label)
     if m:
         slot.setdefault(int(m.group(2)), {}).setdefault(int(m.group(3)), {})[m.group(1)] = rows[label]
 for c in sorted(slot):
     rounds = slot[c]
     print()
-    print(f"Slot search relayed to the INT_R01 upstream, concurrency {c}, {len(rounds)} interleaved rounds (ms; per-round added p50 = relayed − direct mTLS)")
-    print(f"{'round':>5} {'direct mTLS p50':>16} {'relayed p50':>12} {'added p50':>10} {'upstream HTTP p50':>18} {'relayed p99':>12} {'req/s relayed':>14} {'errors':>6}")
-    added = []
+    print(f"Slot search relayed to the INT_R01 upstream, concurrency {c}, {len(rounds)} interleaved rounds (ms; added p50 = relayed − direct mTLS, per round)")
+    print(f"{'round':>5} {'direct p50':>11} {'relayed p50':>12} {'added':>7} {'nginx p50':>10} {'nginx added':>12} {'upstream p50':>13} {'relayed p99':>12} {'req/s relayed':>14} {'req/s nginx':>12} {'ratio':>6} {'errors':>6}")
+    added, nginx_added, ratio = [], [], []
     for n in sorted(rounds):
-        d, r, u = rounds[n].get("direct_mtls"), rounds[n].get("relayed"), rounds[n].get("upstream_http")
-        if not (d and r and u):
+        d, r, x, u = (rounds[n].get(k) for k in ("direct_mtls", "relayed", "nginx_proxy", "upstream_http"))
+        if not (d and r and x and u):
             continue
         added.append(r["p50"] - d["p50"])
-        print(f"{n:>5} {d['p50']:>16.3f} {r['p50']:>12.3f} {added[-1]:>10.3f} {u['p50']:>18.3f} {r['p99']:>12.3f} {r['rps']:>14.0f} {int(r['errors'] + d['errors'] + u['errors']):>6}")
+        nginx_added.append(x["p50"] - d["p50"])
+        ratio.append(r["rps"] / x["rps"])
+        print(f"{n:>5} {d['p50']:>11.3f} {r['p50']:>12.3f} {added[-1]:>7.3f} {x['p50']:>10.3f} {nginx_added[-1]:>12.3f} {u['p50']:>13.3f} {r['p99']:>12.3f} "
+              f"{r['rps']:>14.0f} {x['rps']:>12.0f} {ratio[-1]:>6.2f} {int(r['errors'] + d['errors'] + x['errors'] + u['errors']):>6}")
     if added:
-        print(f"added p50: median {statistics.median(added):.3f} ms, worst round {max(added):.3f} ms  (target ≤ 2 ms)")
+        print(f"added p50: relay median {statistics.median(added):.3f} ms (worst round {max(added):.3f}), nginx proxy_pass median {statistics.median(nginx_added):.3f} ms; "
+              f"relay over nginx proxy_pass throughput: median {statistics.median(ratio):.2f} (rounds {min(ratio):.2f}–{max(ratio):.2f})")
+        print(f"RATIO_RELAY concurrency={c} relay_over_nginx_proxy={statistics.median(ratio):.2f} added_p50_relay_ms={statistics.median(added):.3f} added_p50_nginx_ms={statistics.median(nginx_added):.3f}")
 curve = {}
 for label in order:
     m = re.match(r"curve_(nginx_http|nginx_mtls|put|forward_auth)_c(\d+)$", label)
