@@ -96,6 +96,15 @@ PY
 # nginx's workers (not root) read the file.
 chmod o+x "$work"
 chmod o+r "$work/slot-bundle.json"
+# The mutual TLS of the FHIR listener, shared by the nginx baselines that stand for it.
+cat >"$work/mtls.conf" <<NGINX
+ssl_certificate $pki/server.pem;
+ssl_certificate_key $pki/server-key.pem;
+ssl_client_certificate $pki/ca.pem;
+ssl_crl $pki/crl.pem;
+ssl_verify_client on;
+ssl_protocols TLSv1.2 TLSv1.3;
+NGINX
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 2;
 pid $work/nginx.pid;
@@ -108,12 +117,7 @@ http {
     keepalive_requests 1000000;
     server {
         listen 127.0.0.1:$nginx_port ssl;
-        ssl_certificate $pki/server.pem;
-        ssl_certificate_key $pki/server-key.pem;
-        ssl_client_certificate $pki/ca.pem;
-        ssl_crl $pki/crl.pem;
-        ssl_verify_client on;
-        ssl_protocols TLSv1.2 TLSv1.3;
+        include $work/mtls.conf;
         location / { return 200 "ok\n"; }
         location = /Slot { default_type application/fhir+json; alias $work/slot-bundle.json; }
     }
@@ -130,12 +134,7 @@ http {
     }
     server {
         listen 127.0.0.1:$nginx_proxy_port ssl;
-        ssl_certificate $pki/server.pem;
-        ssl_certificate_key $pki/server-key.pem;
-        ssl_client_certificate $pki/ca.pem;
-        ssl_crl $pki/crl.pem;
-        ssl_verify_client on;
-        ssl_protocols TLSv1.2 TLSv1.3;
+        include $work/mtls.conf;
         location / {
             proxy_pass http://slot_upstream;
             proxy_http_version 1.1;
