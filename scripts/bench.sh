@@ -18,8 +18,14 @@
 #     PUT at 1..32 concurrent clients beside their nginx baselines, drawn as an SVG (--plot FILE);
 #   - soak (--only soak, not part of the default run): mixed PUT, POST, sign-in and
 #     forward-auth load for --duration seconds with the server's RSS sampled every second.
+# With --profile DIR, account-server is sampled by `perf record` during its hot-path rows
+# (forward-auth on both listeners, the first relayed round at each concurrency, PUT), and each
+# row's flame graph is written to DIR/<row>.svg (scripts/flamegraph.py), its samples to
+# DIR/<row>.perf. Sampling slows the server (forward-auth by a quarter, measured): compare
+# profiled figures only with profiled figures.
 # Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--build release|debug]
 #                                           [--only fhir|web|forward-auth|upstream|curve|soak] [--plot FILE]
+#                                           [--profile DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=10
@@ -27,6 +33,7 @@ concurrency=8
 only=all
 build=release
 plot=docs/latency-vs-concurrency.svg
+profile=
 while (($#)); do
     case "$1" in
         --build) build=$2; shift 2 ;;
@@ -34,6 +41,7 @@ while (($#)); do
         --duration) duration=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
+        --profile) profile=$(realpath -m "$2"); shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -161,10 +169,33 @@ create_regulator() {
     curl -s -o /dev/null -w "%{http_code}" --cacert "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" \
         -H 'Content-Type: application/fhir+json' -X POST "https://localhost:$app_port/Practitioner" --data "{\"resourceType\":\"Practitioner\",\"meta\":{\"source\":\"urn:oid:1.2.250.1.213.3.6\"},\"identifier\":[{\"type\":{\"coding\":[{\"system\":\"http://interopsante.org/fhir/CodeSystem/fr-v2-0203\",\"code\":\"INTRN\"}]},\"system\":\"urn:oid:1.2.250.1.213.3.6\",\"value\":\"$(python3 -c 'import uuid; print(uuid.uuid4())')\"}],\"active\":true,\"name\":[{\"family\":\"BANC\",\"given\":[\"Essai\"]}],\"telecom\":[{\"system\":\"email\",\"value\":\"$1\"}]}"
 }
-load() { "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "$@" | grep -E '^(RESULT|RATIO|SOAK)'; }
+# With --profile, a hot-path row runs under `perf record` of the server, for the row's
+# duration, and its flame graph is drawn once the row is over.
+profiled() {
+    local label="" previous="" seconds=$duration
+    for arg in "$@"; do
+        [[ $previous == --label ]] && label=$arg
+        [[ $previous == --duration ]] && seconds=$arg
+        previous=$arg
+    done
+    if [[ -z $profile || ! $label =~ ^(forward_auth_listener|forward_auth_web_route|slot_relayed_c[0-9]+_r1|PUT_conditional_update)$ ]]; then
+        "$@"
+        return
+    fi
+    mkdir -p "$profile"
+    perf record -F 999 -g -p "$app_pid" -o "$profile/$label.perf" -- sleep "$seconds" >/dev/null 2>&1 &
+    local perf_pid=$!
+    "$@"
+    wait "$perf_pid" || true
+    perf script -i "$profile/$label.perf" 2>/dev/null | swift demangle --simplified \
+        | python3 scripts/flamegraph.py --title "account-server, $label ($(git rev-parse --short HEAD))" \
+            --subtitle "perf record -F 999 -g, ${seconds} s, scripts/bench.sh --profile" >"$profile/$label.svg" \
+        || echo "no flame graph for $label" >&2
+}
+load() { profiled "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" "$@" | grep -E '^(RESULT|RATIO|SOAK)'; }
 results=$work/results
 want() { [[ ($only == all && $1 != soak && $1 != curve) || $only == "$1" ]]; }
-load_tls() { "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RESULT|RATIO|STALE)'; }
+load_tls() { profiled "$bin/account-server-load" --ca "$pki/ca.pem" "$@" | grep -E '^(RESULT|RATIO|STALE)'; }
 {
     if want fhir; then
         load --mode get --url "https://127.0.0.1:$nginx_port/" --concurrency "$concurrency" --duration "$duration" --label nginx_static_200

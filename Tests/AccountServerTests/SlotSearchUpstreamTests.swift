@@ -416,7 +416,7 @@ struct SlotSearchUpstreamTests {
 @Suite("Routing and merging rules")
 struct UpstreamRulesTests {
     @Test func routes() {
-        typealias R = UpstreamRoutingMiddleware
+        typealias R = FHIRRouting
         #expect(R.route(method: .get, path: "/metadata") == .local)
         #expect(R.route(method: .post, path: "/Practitioner") == .local)
         #expect(R.route(method: .put, path: "/Practitioner") == .local)

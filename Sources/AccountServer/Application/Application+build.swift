@@ -67,9 +67,14 @@ func buildApplication(
     let provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), logger: logger)
     metrics.observe(hasher: hasher)
 
+    let authenticator = CallerAuthenticator(mode: callerMode, verifier: verifier)
     let upstream = try configuration.fhir.upstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }
-    let (router, server) = try makeFHIRSurface(configuration, callerMode: callerMode, verifier: verifier, material: material,
-                                               provisioner: provisioner, database: database, upstream: upstream, metrics: metrics, logger: logger)
+    let relay = try configuration.fhir.upstream.map {
+        try UpstreamRelay(configuration: $0, authenticator: authenticator, directory: AccountDirectory(database: database), metrics: metrics, logger: logger)
+    }
+    let (router, server) = try makeFHIRSurface(configuration, authenticator: authenticator, verifier: verifier, material: material,
+                                               provisioner: provisioner, database: database, upstream: upstream, relay: relay,
+                                               metrics: metrics, logger: logger)
     var app = Application(
         router: router,
         server: server,
@@ -81,7 +86,7 @@ func buildApplication(
                                   pollInterval: configuration.fhir.crlPollInterval,
                                   metrics: metrics, logger: logger),
                     PasswordHasherService(hasher: hasher), DatabaseService(database: database))
-    if let upstream { app.addServices(UpstreamClientService(upstream: upstream)) }
+    if let upstream { app.addServices(UpstreamClientService(upstream: upstream, relay: relay)) }
     let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
     let web = try await makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, material: material,
                                   metrics: metrics, logger: logger, onWebListening: onWebListening,

@@ -6,50 +6,50 @@ import Logging
 import NIOCore
 
 /// The FHIR surface (INT_R02, and the INT_R01 relay when an upstream is configured): its
-/// router, middleware in order (accounting, OperationOutcome errors, caller authentication,
-/// upstream routing), and the listener's channel for the caller authentication mode.
-func makeFHIRSurface(_ configuration: ServerConfiguration, callerMode: CallerAuthenticationMode, verifier: ClientCertificateVerifier,
+/// router, middleware in order (accounting, OperationOutcome errors, caller authentication),
+/// and the listener's channel for the caller authentication mode. With an upstream, the
+/// relay's handler sits in every connection's pipeline in front of the router
+/// (``UpstreamRelayChannel``): the router only ever sees INT_R02 requests.
+func makeFHIRSurface(_ configuration: ServerConfiguration, authenticator: CallerAuthenticator, verifier: ClientCertificateVerifier,
                      material: TLSMaterial, provisioner: Provisioner, database: AccountDatabase, upstream: SlotSearchUpstream?,
-                     metrics: ServerMetrics, logger: Logger) throws -> (Router<FHIRRequestContext>, HTTPServerBuilder) {
+                     relay: UpstreamRelay?, metrics: ServerMetrics, logger: Logger) throws -> (Router<FHIRRequestContext>, HTTPServerBuilder) {
+    let callerMode = authenticator.mode
     let router = Router(context: FHIRRequestContext.self)
     router.add(middleware: RequestAccountingMiddleware<FHIRLimits>(surface: "fhir", metrics: metrics))
     router.add(middleware: FHIRErrorMiddleware())
-    router.add(middleware: CallerAuthenticationMiddleware(mode: callerMode, verifier: verifier))
-    if let upstream {
-        router.add(middleware: UpstreamRoutingMiddleware(upstream: upstream, directory: AccountDirectory(database: database)))
-    }
+    router.add(middleware: CallerAuthenticationMiddleware(authenticator: authenticator))
     PractitionerController(provisioner: provisioner, directory: AccountDirectory(database: database), publicBaseURL: configuration.fhir.publicBaseURL, metrics: metrics,
                            upstream: upstream)
         .addRoutes(to: router)
 
     let idle = HTTP1Channel.Configuration(idleTimeout: .seconds(120))
     let requestTimeout = configuration.requestReceiveTimeout
+    /// HTTP/1 with the receive timeout, and the relay when there is an upstream.
+    @Sendable func http(_ responder: @escaping HTTPChannelHandler.Responder) -> RequestTimeoutChannel<UpstreamRelayChannel<HTTP1Channel>> {
+        RequestTimeoutChannel(base: UpstreamRelayChannel(base: HTTP1Channel(responder: responder, configuration: idle), relay: relay),
+                              timeout: requestTimeout, logger: logger)
+    }
     let server: HTTPServerBuilder
     switch callerMode {
     case .mutualTLS:
         let chains = PresentedChainCache()
         server = HTTPServerBuilder { responder in
-            MutualTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
-                             sslContext: { material.current.fhirMutual }, verifier: verifier, chains: chains, logger: logger)
+            MutualTLSChannel(base: http(responder), sslContext: { material.current.fhirMutual }, verifier: verifier, chains: chains, logger: logger)
         }
     case .forwardedCertificate(_, _, let proxy?):
         let chains = PresentedChainCache()
         server = HTTPServerBuilder { responder in
-            MutualTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
-                             sslContext: { material.current.fhirProxyMutual! }, verifier: proxy, chains: chains, logger: logger)
+            MutualTLSChannel(base: http(responder), sslContext: { material.current.fhirProxyMutual! }, verifier: proxy, chains: chains, logger: logger)
         }
     case .forwardedCertificate where configuration.fhir.proxyTLS:
         server = HTTPServerBuilder { responder in
-            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
-                                 context: { material.current.fhirServerOnly })
+            ReloadableTLSChannel(base: http(responder), context: { material.current.fhirServerOnly })
         }
     case .forwardedCertificate:
         guard isLoopback(configuration.fhir.host) else {
             throw ConfigurationError(description: "--fhir-address \(configuration.fhir.host) is not a loopback address: add --fhir-proxy-tls so the proxy reaches this listener over TLS")
         }
-        server = HTTPServerBuilder { responder in
-            RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger)
-        }
+        server = HTTPServerBuilder { responder in http(responder) }
     }
     return (router, server)
 }

@@ -2,6 +2,7 @@ import Accounts
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 import SwiftASN1
 import X509
@@ -19,44 +20,53 @@ enum CallerAuthenticationMode: Sendable {
     case forwardedCertificate(header: HTTPField.Name, trustedProxies: [CIDR], proxy: ClientCertificateVerifier?)
 }
 
-/// Establishes the verified caller of every FHIR request before anything else runs (INT_R02
-/// handlers, the upstream forwarder, even 404s): no caller, no answer but a 403
-/// OperationOutcome, and nothing of the request is processed.
-struct CallerAuthenticationMiddleware: RouterMiddleware {
-    typealias Context = FHIRRequestContext
+/// Decides who is calling, for the FHIR router's middleware and for the slot-search relay
+/// alike (one set of rules for both): the caller's identity, or a 403 OperationOutcome.
+struct CallerAuthenticator: Sendable {
     let mode: CallerAuthenticationMode
     let verifier: ClientCertificateVerifier
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        var context = context
+    /// A verified caller, and the browser-side address a trusted proxy reported.
+    struct Caller: Sendable {
+        var identity: ClientIdentity
+        var forwardedClientAddress: String?
+    }
+
+    /// Mutual TLS once the handshake is settled: decided without suspending, so the relay
+    /// can decide on its event loop.
+    func decide(handshake identity: ClientIdentity?) -> Result<Caller, FHIRError> {
+        guard let identity else {
+            // Unreachable while the handshake requires a verified certificate; fail closed anyway.
+            return .failure(FHIRError(.forbidden, code: .security, "No verified client certificate on this connection."))
+        }
+        // A kept-alive connection outlives CRL updates: re-check what can change.
+        if verifier.revalidate(identity) != nil {
+            return .failure(FHIRError(.forbidden, code: .security, "The client certificate is not accepted."))
+        }
+        return .success(Caller(identity: identity, forwardedClientAddress: nil))
+    }
+
+    func authenticate(headers: HTTPFields, peer: String, handshakeIdentity: () async -> ClientIdentity?,
+                      logger: Logger) async throws(FHIRError) -> Caller {
         switch mode {
         case .mutualTLS:
-            guard let identity = await context.handshakeIdentity() else {
-                // Unreachable while the handshake requires a verified certificate; fail closed anyway.
-                throw FHIRError(.forbidden, code: .security, "No verified client certificate on this connection.")
-            }
-            // A kept-alive connection outlives CRL updates: re-check what can change.
-            if verifier.revalidate(identity) != nil {
-                throw FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")
-            }
-            context.caller = identity
+            return try decide(handshake: await handshakeIdentity()).get()
         case .forwardedCertificate(let header, let trustedProxies, let proxyVerifier):
-            let peer = context.peerAddress
             guard trustedProxies.contains(where: { $0.contains(peer) }) else {
-                context.logger.warning("FHIR request refused: not from a trusted proxy", metadata: ["peer": "\(peer)"])
+                logger.warning("FHIR request refused: not from a trusted proxy", metadata: ["peer": "\(peer)"])
                 throw FHIRError(.forbidden, code: .security,
                                 "This endpoint only answers requests relayed by the trusted TLS-terminating proxy.")
             }
             if let proxyVerifier {
-                guard let proxy = await context.handshakeIdentity(), proxyVerifier.revalidate(proxy) == nil else {
-                    context.logger.warning("FHIR request refused: the proxy's own certificate is missing or no longer valid", metadata: ["peer": "\(peer)"])
+                guard let proxy = await handshakeIdentity(), proxyVerifier.revalidate(proxy) == nil else {
+                    logger.warning("FHIR request refused: the proxy's own certificate is missing or no longer valid", metadata: ["peer": "\(peer)"])
                     throw FHIRError(.forbidden, code: .security,
                                     "This endpoint only answers requests relayed by the trusted TLS-terminating proxy.")
                 }
             }
-            let values = request.headers[values: header]
+            let values = headers[values: header]
             guard values.count == 1, let value = values.first, !value.isEmpty else {
-                context.logger.warning("FHIR request refused: no forwarded client certificate", metadata: [
+                logger.warning("FHIR request refused: no forwarded client certificate", metadata: [
                     "peer": "\(peer)", "header": "\(header)", "count": "\(values.count)",
                 ])
                 throw FHIRError(.forbidden, code: .security,
@@ -66,18 +76,34 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
             do {
                 chain = try ForwardedCertificate.parse(value)
             } catch {
-                context.logger.warning("FHIR request refused: unreadable forwarded client certificate", metadata: ["peer": "\(peer)"])
+                logger.warning("FHIR request refused: unreadable forwarded client certificate", metadata: ["peer": "\(peer)"])
                 throw FHIRError(.forbidden, code: .security, "The forwarded client certificate could not be read.")
             }
             switch await verifier.verify(presented: chain) {
             case .success(let identity):
-                context.caller = identity
+                return Caller(identity: identity, forwardedClientAddress: ClientAddressMiddleware<FHIRLimits>.appendedByProxy(headers))
             case .failure:
                 // The verifier logged subject, serial and reason; the caller learns nothing more.
                 throw FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")
             }
-            context.forwardedClientAddress = ClientAddressMiddleware<FHIRLimits>.appendedByProxy(request.headers)
         }
+    }
+}
+
+/// Establishes the verified caller of every FHIR request the router sees before anything
+/// else runs (INT_R02 handlers, even 404s): no caller, no answer but a 403 OperationOutcome,
+/// and nothing of the request is processed. (Relayed requests never reach the router: the
+/// relay asks the same ``CallerAuthenticator`` first.)
+struct CallerAuthenticationMiddleware: RouterMiddleware {
+    typealias Context = FHIRRequestContext
+    let authenticator: CallerAuthenticator
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        let caller = try await authenticator.authenticate(headers: request.headers, peer: context.peerAddress,
+                                                          handshakeIdentity: { await context.handshakeIdentity() }, logger: context.logger)
+        context.caller = caller.identity
+        if let forwarded = caller.forwardedClientAddress { context.forwardedClientAddress = forwarded }
         return try await next(request, context)
     }
 }

@@ -36,6 +36,10 @@ enum FHIRResponses {
     }
 
     static func outcome(_ error: FHIRError, pretty: Bool = false) -> Response {
+        json(OperationOutcome.resource(error.reportedIssues()), status: status(for: error.category), pretty: pretty, headers: outcomeHeaders(error))
+    }
+
+    private static func outcomeHeaders(_ error: FHIRError) -> HTTPFields {
         var headers: HTTPFields = [:]
         if case .methodNotAllowed(let allowed) = error.category {
             headers[.allow] = allowed.joined(separator: ", ")
@@ -43,7 +47,15 @@ enum FHIRResponses {
         if error.category == .serviceUnavailable {
             headers[.retryAfter] = "1"
         }
-        return json(OperationOutcome.resource(error.reportedIssues()), status: status(for: error.category), pretty: pretty, headers: headers)
+        return headers
+    }
+
+    /// ``outcome(_:pretty:)`` as parts, for answers written outside the router (the relay's).
+    static func outcomeParts(_ error: FHIRError) -> (status: HTTPResponse.Status, headers: HTTPFields, body: ByteBuffer) {
+        var headers = outcomeHeaders(error)
+        headers[.contentType] = "\(ContentNegotiation.fhirJSON); charset=utf-8"
+        let bytes = JSONWriter(pretty: false).encode(OperationOutcome.resource(error.reportedIssues()))
+        return (status(for: error.category), headers, ByteBuffer(bytes: bytes))
     }
 
     /// RFC 9110 IMF-fixdate, for `Last-Modified`.

@@ -22,12 +22,9 @@ struct UpstreamConfiguration: Sendable {
     var caPath: String?
 }
 
-/// Relays every FHIR request that is not an INT_R02 interaction to the INT_R01 upstream:
-/// streamed both ways (nothing is buffered, so a large Bundle costs no memory here), with
-/// timeouts, and with the verified caller in `X-SSL-Client-*` headers the way nginx would
-/// set them — headers of those names sent by the caller are removed first, so the upstream
-/// can believe them. A failure before the upstream answers becomes a 502 or 504
-/// OperationOutcome; after the head has been relayed, the connection is closed.
+/// The INT_R01 upstream as this product talks to it outside the relay: the CapabilityStatement
+/// merged into `/metadata` (one request now and then, through AsyncHTTPClient), and the
+/// header rules the relay (``UpstreamRelay``) applies to every request it forwards.
 final class SlotSearchUpstream: Sendable {
     let configuration: UpstreamConfiguration
     let baseURL: String
@@ -68,55 +65,6 @@ final class SlotSearchUpstream: Sendable {
 
     func shutdown() async throws {
         try await client.shutdown()
-    }
-
-    /// Relays one request and streams the upstream's answer back.
-    func forward(_ request: Request, context: FHIRRequestContext) async throws -> Response {
-        let target = baseURL + Self.encodingInvalidCharacters(request.uri.path + (request.uri.query.map { "?\($0)" } ?? ""))
-        var outbound = HTTPClientRequest(url: target)
-        outbound.method = HTTPMethod(rawValue: request.method.rawValue)
-        let namedByConnection = Self.connectionOptions(request.headers[values: .connection])
-        for field in request.headers where !Self.isStripped(field.name.canonicalName) && !namedByConnection.contains(field.name.canonicalName) {
-            outbound.headers.add(name: field.name.rawName, value: field.value)
-        }
-        Self.addIdentity(to: &outbound.headers, caller: context.caller, clientAddress: context.clientAddress,
-                         host: request.head.authority, requestID: context.requestID)
-        if let length = request.headers[.contentLength].flatMap(Int.init) {
-            if length > 0 { outbound.body = .stream(request.body, length: .known(Int64(length))) }
-        } else if request.headers[.transferEncoding] != nil {
-            outbound.body = .stream(request.body, length: .unknown)
-        }
-
-        let upstreamResponse: HTTPClientResponse
-        // AsyncHTTPClient's own logging stays off: it sets per-request logger metadata even
-        // when nothing is logged (5 % of the relay's CPU, measured); failures are logged here
-        // with the request id.
-        do {
-            upstreamResponse = try await client.execute(outbound, timeout: .init(configuration.responseTimeout))
-        } catch {
-            throw failure(error, context: context)
-        }
-        metrics.upstream(outcome: "\(upstreamResponse.status.code / 100)xx")
-        var headers = HTTPFields()
-        let namedInAnswer = Self.connectionOptions(upstreamResponse.headers["connection"])
-        for header in upstreamResponse.headers {
-            let lowered = header.name.lowercased()
-            guard !Self.hopByHop.contains(lowered), !namedInAnswer.contains(lowered), !lowered.contains("_") else { continue }
-            if let name = HTTPField.Name(header.name) { headers.append(HTTPField(name: name, value: header.value)) }
-        }
-        let contentLength = upstreamResponse.headers.first(name: "content-length").flatMap(Int.init)
-        let status = HTTPResponse.Status(code: Int(upstreamResponse.status.code), reasonPhrase: upstreamResponse.status.reasonPhrase)
-        if request.method == .head {
-            if let contentLength { headers[.contentLength] = String(contentLength) }
-            return Response(status: status, headers: headers, body: ResponseBody())
-        }
-        let body = upstreamResponse.body
-        return Response(status: status, headers: headers, body: ResponseBody(contentLength: contentLength) { writer in
-            for try await buffer in body {
-                try await writer.write(buffer)
-            }
-            try await writer.finish(nil)
-        })
     }
 
     /// The upstream's CapabilityStatement, for the merged `/metadata`.
@@ -164,17 +112,11 @@ final class SlotSearchUpstream: Sendable {
                          "The slot-search service behind this endpoint is unreachable (request \(context.requestID)).")
     }
 
-    /// The request target as received, with the characters a URL may not hold raw (the SAS
-    /// sends `identifier=system|value` with a raw `|`) percent-encoded; what is already
-    /// encoded stays as it is, so the upstream decodes the same query.
-    static func encodingInvalidCharacters(_ target: String) -> String {
-        PercentEncoding.encode(target, keeping: "-._~:/?#[]@!$&'()*+,;=%")
-    }
-
     /// The field names a `Connection` header lists (RFC 9110 §7.6.1): connection options,
     /// hop-by-hop by declaration, so a proxy removes them whatever they are called.
     static func connectionOptions(_ values: [String]) -> Set<String> {
-        Set(values.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+        guard !values.isEmpty else { return [] }
+        return Set(values.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
     }
 
     /// Request headers the upstream never receives from the caller: hop-by-hop ones, the
@@ -183,8 +125,12 @@ final class SlotSearchUpstream: Sendable {
     /// `X-SSL-Client-S-DN` into the same variable, so the underscore spelling would pass
     /// for the identity we set.
     static func isStripped(_ name: String) -> Bool {
-        let lowered = name.lowercased()
-        return lowered.contains("_") || hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
+        isStripped(canonical: name.lowercased())
+    }
+
+    /// ``isStripped(_:)`` for a name already in lower case (`HTTPField.Name.canonicalName`).
+    static func isStripped(canonical lowered: String) -> Bool {
+        lowered.utf8.contains(UInt8(ascii: "_")) || hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
             || lowered == "x-forwarded-for" || lowered == "x-forwarded-proto" || lowered == "x-forwarded-host" || lowered == "forwarded"
             || lowered == "x-request-id"
     }
@@ -205,17 +151,15 @@ final class SlotSearchUpstream: Sendable {
     }
 }
 
-/// Decides, for each FHIR request, whether it is an INT_R02 interaction (answered here) or
-/// INT_R01 traffic (relayed to the upstream). INT_R02 is: every write on `Practitioner`
-/// (create, conditional update, and the refusals of other writes), `GET /metadata` (which
-/// merges the upstream's statement), and reads of a `Practitioner/{id}` this product holds
-/// — the `Location` it returned must resolve. Practitioner *searches* belong to the slot
-/// search (the SAS finds the vendor's practitioners there) and are relayed.
-struct UpstreamRoutingMiddleware: RouterMiddleware {
-    typealias Context = FHIRRequestContext
-    let upstream: SlotSearchUpstream
-    let directory: AccountDirectory
-
+/// The FHIR listener's one routing table: for each request, whether it is an INT_R02
+/// interaction (answered by the router) or INT_R01 traffic (relayed to the upstream by
+/// ``UpstreamRelayHandler``, which asks this before anything else). INT_R02 is: every write
+/// on `Practitioner` (create, conditional update, and the refusals of other writes),
+/// `GET /metadata` (which merges the upstream's statement), and reads of a
+/// `Practitioner/{id}` this product holds — the `Location` it returned must resolve.
+/// Practitioner *searches* belong to the slot search (the SAS finds the vendor's
+/// practitioners there) and are relayed.
+enum FHIRRouting {
     enum Route: Equatable {
         case local
         case upstream
@@ -241,44 +185,49 @@ struct UpstreamRoutingMiddleware: RouterMiddleware {
 
     /// A path with a dot-segment (`/Slot/../admin`, raw or percent-encoded), an encoded
     /// slash or a backslash, a `;` (Tomcat and Jetty read `..;` as `..`), a `%25` (decoded
-    /// twice by some backends) or a `#` (the client library drops the fragment, leaving a
+    /// twice by some backends) or a `#` (a client library drops the fragment, leaving a
     /// bare `..`) is refused: relayed, the upstream (or a proxy after it) would resolve it to
-    /// a resource the routing never saw. No FHIR path has any of them.
+    /// a resource the routing never saw. No FHIR path has any of them. Byte by byte: it runs
+    /// for every relayed request.
     static func hasAmbiguousSegments(_ path: String) -> Bool {
-        let lowered = path.lowercased()
-        if lowered.contains("%2f") || lowered.contains("%5c") || lowered.contains("%25") || lowered.contains("%3b") || lowered.contains("%23") { return true }
-        if lowered.contains(where: { $0 == "\\" || $0 == ";" || $0 == "#" }) { return true }
-        return lowered.split(separator: "/", omittingEmptySubsequences: false).contains { segment in
-            let decoded = segment.replacingOccurrences(of: "%2e", with: ".")
-            return decoded == "." || decoded == ".."
+        var bytes = Array(path.utf8)
+        func lower(_ byte: UInt8) -> UInt8 { byte >= 65 && byte <= 90 ? byte | 0x20 : byte }
+        var index = 0
+        while index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "\\"), UInt8(ascii: ";"), UInt8(ascii: "#"):
+                return true
+            case UInt8(ascii: "%") where index + 2 < bytes.count:
+                let code = (bytes[index + 1], lower(bytes[index + 2]))
+                switch code {
+                case (UInt8(ascii: "2"), UInt8(ascii: "f")), (UInt8(ascii: "5"), UInt8(ascii: "c")), (UInt8(ascii: "2"), UInt8(ascii: "5")),
+                     (UInt8(ascii: "3"), UInt8(ascii: "b")), (UInt8(ascii: "2"), UInt8(ascii: "3")):
+                    return true
+                case (UInt8(ascii: "2"), UInt8(ascii: "e")):
+                    // "%2e" is a dot: written as one, so the segment check below sees it.
+                    bytes.replaceSubrange(index...(index + 2), with: [UInt8(ascii: ".")])
+                default:
+                    break
+                }
+            default:
+                break
+            }
+            index += 1
         }
-    }
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard !Self.hasAmbiguousSegments(request.uri.path) else {
-            context.logger.notice("FHIR request refused: ambiguous path", metadata: ["path": "\(request.uri.path)"])
-            throw FHIRError(.invalidContent, code: .invalid, "The request path contains a dot-segment, an encoded slash, a backslash, a ';', a '#' or a '%25'; no FHIR path does.")
-        }
-        switch Self.route(method: request.method, path: request.uri.path) {
-        case .local:
-            return try await next(request, context)
-        case .upstream:
-            return try await upstream.forward(request, context: context)
-        case .practitionerRead(let id):
-            let held = PractitionerValidator.isValidResourceID(id)
-                ? try await directory.exists(id: id)
-                : false
-            return held ? try await next(request, context) : try await upstream.forward(request, context: context)
+        return bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).contains { segment in
+            segment.elementsEqual([UInt8(ascii: ".")]) || segment.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")])
         }
     }
 }
 
-/// Shuts the upstream client down after the listeners have drained.
+/// Shuts the upstream clients down after the listeners have drained.
 struct UpstreamClientService: Service {
     let upstream: SlotSearchUpstream
+    let relay: UpstreamRelay?
 
     func run() async throws {
         try? await gracefulShutdown()
+        await relay?.shutdown()
         try await upstream.shutdown()
     }
 }

@@ -20,6 +20,9 @@ final class ServerMetrics: Sendable {
     /// Forward-auth runs at thousands of requests per second: its counters are made once.
     private let forwardAuthDecisions: [String: Counter]
     private let forwardAuthStatuses: [Int: Counter]
+    /// The relay's counters, made once too: every slot search counts in both.
+    private let upstreamStatusClasses: Mutex<[Int: Counter]> = Mutex([:])
+    private let fhirStatuses: Mutex<[Int: Counter]> = Mutex([:])
     /// Counters already made, by name and label values: the registry validates names and
     /// help texts on every `makeCounter`, which showed in profiles of the INT_R02 path.
     private let counters = Mutex<[String: Counter]>([:])
@@ -68,6 +71,16 @@ final class ServerMetrics: Sendable {
 
     /// A request answered on one of the listeners.
     func request(surface: String, status: Int) {
+        if surface == "fhir" {
+            if let counter = fhirStatuses.withLock({ $0[status] }) {
+                counter.increment()
+                return
+            }
+            let made = counter("account_server_http_requests_total", [("surface", surface), ("status", String(status))], help: "HTTP requests answered, by listener and status")
+            fhirStatuses.withLock { $0[status] = made }
+            made.increment()
+            return
+        }
         counter("account_server_http_requests_total", [("surface", surface), ("status", String(status))], help: "HTTP requests answered, by listener and status").increment()
     }
 
@@ -116,6 +129,17 @@ final class ServerMetrics: Sendable {
 
     /// A request forwarded to the INT_R01 upstream: its status class (`2xx`…) or why it got
     /// none (`timeout`, `unreachable`).
+    func upstream(statusClass: Int) {
+        if let counter = upstreamStatusClasses.withLock({ $0[statusClass] }) {
+            counter.increment()
+            return
+        }
+        let made = counter("account_server_fhir_upstream_requests_total", [("outcome", "\(statusClass)xx")],
+                           help: "FHIR requests forwarded to the INT_R01 upstream, by outcome")
+        upstreamStatusClasses.withLock { $0[statusClass] = made }
+        made.increment()
+    }
+
     func upstream(outcome: String) {
         counter("account_server_fhir_upstream_requests_total", [("outcome", outcome)], help: "FHIR requests forwarded to the INT_R01 upstream, by outcome").increment()
     }

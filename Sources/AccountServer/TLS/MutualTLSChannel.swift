@@ -59,6 +59,12 @@ final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandle
         }
     }
 
+    /// The outcome without waiting, once settled: `.some(nil)` when settled without a caller,
+    /// nil while the handshake (or a resumed session's re-verification) is still running.
+    var settledIdentity: ClientIdentity?? {
+        state.withLockedValue { $0.settled ? .some($0.identity) : nil }
+    }
+
     private func settle(_ identity: ClientIdentity?) {
         let waiters = state.withLockedValue { state -> [CheckedContinuation<ClientIdentity?, Never>] in
             guard !state.settled else { return [] }

@@ -1,0 +1,868 @@
+import Accounts
+import Foundation
+import HTTPTypes
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOPosix
+import NIOSSL
+import Synchronization
+
+/// The INT_R01 slot-search relay (`--fhir-upstream`), on the FHIR connection's own event loop.
+///
+/// Every SAS slot search goes through here, so it is a SwiftNIO pipeline rather than a
+/// router handler: measured on a 2-core machine, the router's task hops and the async HTTP
+/// client cost about three times nginx's `proxy_pass` per request. A request is decided,
+/// relayed and answered on the loop its bytes arrived on, over a keep-alive connection to
+/// the upstream owned by that loop, with nothing copied or buffered beyond one read.
+///
+/// The decision is the router's: ``UpstreamRoutingMiddleware/route(method:path:)`` says which
+/// requests are INT_R02 (handed on, unchanged, to the router behind this handler) and which
+/// are relayed; the caller is authenticated by the same ``CallerAuthenticator`` as the
+/// router's requests, before anything is relayed. The relay's contract (docs/int-r01.md):
+/// - streamed both ways, with backpressure (a slow reader slows the upstream, nothing piles
+///   up here);
+/// - headers: RFC 9110 §7.6.1 hop-by-hop fields and those a `Connection` header names stop
+///   here, in both directions; so do identity headers a caller sends and any name with an
+///   underscore; the verified caller goes up in `X-SSL-Client-*` as nginx would set them;
+/// - the connection time is bounded (`--fhir-upstream-connect-timeout`), and so are the wait
+///   for the answer's head and each wait between two reads of its body
+///   (`--fhir-upstream-timeout`);
+/// - before the upstream's head: 502 (unreachable, refused TLS) or 504 (timed out)
+///   OperationOutcome; after it, the connection is closed (the client sees a truncated body,
+///   never a spliced one);
+/// - an idempotent request without a body that meets a kept-alive connection the upstream
+///   had just closed is sent once more on a new connection, as nginx does.
+final class UpstreamRelay: Sendable {
+    struct Target: Sendable {
+        var host: String
+        var port: Int
+        /// The upstream's base path, without a trailing slash ("" or "/fhir").
+        var basePath: String
+        /// `Host` as the upstream expects it.
+        var hostHeader: String
+        var tls: NIOSSLContext?
+        /// SNI and certificate name, nil for an IP address.
+        var serverHostname: String?
+    }
+
+    let target: Target
+    let connectTimeout: TimeAmount
+    let responseTimeout: TimeAmount
+    let authenticator: CallerAuthenticator
+    let directory: AccountDirectory
+    let metrics: ServerMetrics
+    let logger: Logger
+    /// Kept-alive upstream connections per event loop, and how long one may stay unused.
+    let maximumIdlePerLoop = 64
+    let idleTimeout: TimeAmount = .seconds(60)
+    private let pools = Mutex<[ObjectIdentifier: UpstreamPool]>([:])
+
+    init(configuration: UpstreamConfiguration, authenticator: CallerAuthenticator, directory: AccountDirectory,
+         metrics: ServerMetrics, logger: Logger) throws {
+        guard let components = URLComponents(string: configuration.url), let scheme = components.scheme?.lowercased(),
+              ["http", "https"].contains(scheme), let host = components.host, !host.isEmpty else {
+            throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(configuration.url)")
+        }
+        let port = components.port ?? (scheme == "https" ? 443 : 80)
+        let bracketed = host.contains(":") ? "[\(host)]" : host
+        var tls: NIOSSLContext?
+        if scheme == "https" {
+            var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
+            tlsConfiguration.minimumTLSVersion = .tlsv12
+            if let caPath = configuration.caPath {
+                tlsConfiguration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
+            }
+            tls = try NIOSSLContext(configuration: tlsConfiguration)
+        }
+        let isAddress = CIDR.bytes(host) != nil
+        target = Target(host: host, port: port, basePath: components.percentEncodedPath.trimmingSuffix("/"),
+                        hostHeader: components.port == nil ? bracketed : "\(bracketed):\(port)", tls: tls,
+                        serverHostname: isAddress ? nil : host)
+        connectTimeout = .nanoseconds(Int64(configuration.connectTimeout.components.seconds) * 1_000_000_000
+            + configuration.connectTimeout.components.attoseconds / 1_000_000_000)
+        responseTimeout = .nanoseconds(Int64(configuration.responseTimeout.components.seconds) * 1_000_000_000
+            + configuration.responseTimeout.components.attoseconds / 1_000_000_000)
+        self.authenticator = authenticator
+        self.directory = directory
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// The pool of this event loop (made on first use; only ever used on that loop).
+    func pool(on eventLoop: any EventLoop) -> UpstreamPool {
+        let key = ObjectIdentifier(eventLoop)
+        return pools.withLock { pools in
+            if let pool = pools[key] { return pool }
+            let pool = UpstreamPool(eventLoop: eventLoop, relay: self)
+            pools[key] = pool
+            return pool
+        }
+    }
+
+    /// Closes the idle upstream connections (at shutdown, after the listeners have drained).
+    func shutdown() async {
+        let all = pools.withLock { Array($0.values) }
+        for pool in all {
+            try? await pool.eventLoop.submit { pool.closeAll() }.get()
+        }
+    }
+
+    /// The request target for the upstream: its base path, then the path and query as
+    /// received, with the characters a URL may not hold raw (the SAS sends
+    /// `identifier=system|value` with a raw `|`) percent-encoded; what is already encoded
+    /// stays as it is, so the upstream decodes the same query.
+    func upstreamTarget(_ pathAndQuery: String) -> String {
+        target.basePath + Self.encodingInvalidCharacters(pathAndQuery)
+    }
+
+    private static let keptInTarget: [Bool] = {
+        var table = [Bool](repeating: false, count: 256)
+        for byte in "-._~:/?#[]@!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
+        for byte in UInt8(ascii: "A")...UInt8(ascii: "Z") { table[Int(byte)] = true }
+        for byte in UInt8(ascii: "a")...UInt8(ascii: "z") { table[Int(byte)] = true }
+        for byte in UInt8(ascii: "0")...UInt8(ascii: "9") { table[Int(byte)] = true }
+        return table
+    }()
+
+    static func encodingInvalidCharacters(_ target: String) -> String {
+        let table = keptInTarget
+        guard target.utf8.contains(where: { !table[Int($0)] }) else { return target }
+        let hex = Array("0123456789ABCDEF".utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(target.utf8.count + 16)
+        for byte in target.utf8 {
+            if table[Int(byte)] {
+                bytes.append(byte)
+            } else {
+                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// The kept-alive upstream connections of one event loop. Only touched on that loop.
+final class UpstreamPool: @unchecked Sendable {
+    let eventLoop: any EventLoop
+    private unowned let relay: UpstreamRelay
+    private var idle: [UpstreamConnection] = []
+    private var sweeper: RepeatedTask?
+
+    init(eventLoop: any EventLoop, relay: UpstreamRelay) {
+        self.eventLoop = eventLoop
+        self.relay = relay
+    }
+
+    /// A connection to the upstream: the most recently used idle one (`reused`), or a new one.
+    func acquire(fresh: Bool = false, _ done: @escaping (Result<(UpstreamConnection, reused: Bool), any Error>) -> Void) {
+        eventLoop.preconditionInEventLoop()
+        if !fresh {
+            while let connection = idle.popLast() {
+                if connection.isActive {
+                    done(.success((connection, true)))
+                    return
+                }
+            }
+        }
+        let target = relay.target
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(relay.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls = target.tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: target.serverHostname))
+                    }
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(UpstreamConnection())
+                }
+            }
+        bootstrap.connect(host: target.host, port: target.port).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                guard let connection = try? channel.pipeline.syncOperations.handler(type: UpstreamConnection.self) else {
+                    channel.close(promise: nil)
+                    done(.failure(ChannelError.ioOnClosedChannel))
+                    return
+                }
+                connection.pool = self
+                done(.success((connection, false)))
+            case .failure(let error):
+                done(.failure(error))
+            }
+        }
+    }
+
+    /// Back into the pool after a complete exchange on a kept-alive connection.
+    func release(_ connection: UpstreamConnection) {
+        eventLoop.preconditionInEventLoop()
+        guard connection.isActive, idle.count < relay.maximumIdlePerLoop else {
+            connection.close()
+            return
+        }
+        connection.idleSince = .now()
+        idle.append(connection)
+        if sweeper == nil {
+            let timeout = relay.idleTimeout
+            sweeper = eventLoop.scheduleRepeatedTask(initialDelay: timeout, delay: .seconds(10)) { [weak self] _ in
+                self?.sweep(olderThan: timeout)
+            }
+        }
+    }
+
+    func remove(_ connection: UpstreamConnection) {
+        idle.removeAll { $0 === connection }
+    }
+
+    private func sweep(olderThan timeout: TimeAmount) {
+        let limit = NIODeadline.now() - timeout
+        let (stale, fresh) = (idle.filter { $0.idleSince < limit }, idle.filter { $0.idleSince >= limit })
+        idle = fresh
+        for connection in stale { connection.close() }
+        if idle.isEmpty {
+            sweeper?.cancel()
+            sweeper = nil
+        }
+    }
+
+    func closeAll() {
+        let all = idle
+        idle = []
+        sweeper?.cancel()
+        sweeper = nil
+        for connection in all { connection.close() }
+    }
+}
+
+/// One upstream connection: hands what the upstream answers to the exchange using it, and
+/// holds its reads back while the client cannot take more.
+final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private var context: ChannelHandlerContext?
+    weak var pool: UpstreamPool?
+    var exchange: RelayExchange?
+    var idleSince = NIODeadline.now()
+    private var holdingReads = false
+    private var readPending = false
+
+    var isActive: Bool { context?.channel.isActive ?? false }
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        guard let exchange else {
+            // An idle connection has nothing to say: whatever it sends, it is not reused.
+            context.close(promise: nil)
+            return
+        }
+        exchange.upstreamReceived(part)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        exchange?.upstreamReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        exchange?.upstreamWritabilityChanged()
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pool?.remove(self)
+        let exchange = self.exchange
+        self.exchange = nil
+        exchange?.upstreamFailed(UpstreamClosed())
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let exchange = self.exchange
+        self.exchange = nil
+        exchange?.upstreamFailed(error)
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if holdingReads { readPending = true } else { context.read() }
+    }
+
+    func holdReads(_ hold: Bool) {
+        holdingReads = hold
+        if !hold, readPending {
+            readPending = false
+            context?.read()
+        }
+    }
+
+    func send(_ part: HTTPClientRequestPart, flush: Bool) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(part), promise: nil)
+        if flush { context.flush() }
+    }
+
+    func close() {
+        exchange = nil
+        context?.close(promise: nil)
+    }
+
+    struct UpstreamClosed: Error, CustomStringConvertible {
+        var description: String { "the upstream closed the connection" }
+    }
+}
+
+/// One relayed request and its answer. Lives on the client connection's event loop.
+final class RelayExchange {
+    private unowned let handler: UpstreamRelayHandler
+    private let relay: UpstreamRelay
+    let head: HTTPRequest
+    let requestID: String
+    let caller: CallerAuthenticator.Caller
+    let peer: String
+    private var connection: UpstreamConnection?
+    private var reused = false
+    private var retried = false
+    /// Request parts waiting for the connection (or for it to become writable).
+    private var waiting: [HTTPClientRequestPart] = []
+    private var waitingBytes = 0
+    private var requestEnded = false
+    private var requestHasBody = false
+    private var responseStarted = false
+    private var keepAlive = true
+    private var receivedAnything = false
+    private var timer: Scheduled<Void>?
+    private(set) var finished = false
+
+    init(handler: UpstreamRelayHandler, relay: UpstreamRelay, head: HTTPRequest, requestID: String, caller: CallerAuthenticator.Caller, peer: String) {
+        self.handler = handler
+        self.relay = relay
+        self.head = head
+        self.requestID = requestID
+        self.caller = caller
+        self.peer = peer
+    }
+
+    /// Whether the client should stop sending for now (the upstream is slow to take the body).
+    var wantsBackpressure: Bool { waitingBytes > 256 * 1024 || (connection.map { !$0.isWritable } ?? false) }
+
+    func start() {
+        waiting.append(.head(upstreamHead()))
+        connect(fresh: false)
+    }
+
+    private func connect(fresh: Bool) {
+        relay.pool(on: handler.eventLoop).acquire(fresh: fresh) { [self] result in
+            guard !finished else {
+                if case .success(let (connection, _)) = result { connection.close() }
+                return
+            }
+            switch result {
+            case .success(let (connection, reused)):
+                self.connection = connection
+                self.reused = reused
+                connection.exchange = self
+                connection.holdReads(!handler.clientIsWritable)
+                armTimer()
+                flushWaiting()
+            case .failure(let error):
+                fail(error)
+            }
+        }
+    }
+
+    /// The head sent upstream: the caller's fields minus what never crosses, then the identity.
+    private func upstreamHead() -> HTTPRequestHead {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(head.headerFields.count + 8)
+        headers.add(name: "Host", value: relay.target.hostHeader)
+        let namedByConnection = SlotSearchUpstream.connectionOptions(head.headerFields[values: .connection])
+        for field in head.headerFields {
+            let name = field.name.canonicalName
+            guard !SlotSearchUpstream.isStripped(canonical: name), namedByConnection.isEmpty || !namedByConnection.contains(name) else { continue }
+            headers.add(name: field.name.rawName, value: field.value)
+        }
+        if let length = head.headerFields[.contentLength] {
+            headers.add(name: "Content-Length", value: length)
+            requestHasBody = length != "0"
+        } else if head.headerFields[.transferEncoding] != nil {
+            headers.add(name: "Transfer-Encoding", value: "chunked")
+            requestHasBody = true
+        }
+        SlotSearchUpstream.addIdentity(to: &headers, caller: caller.identity, clientAddress: caller.forwardedClientAddress ?? peer,
+                                       host: head.authority, requestID: requestID)
+        let method = HTTPMethod(rawValue: head.method.rawValue)
+        return HTTPRequestHead(version: .http1_1, method: method, uri: relay.upstreamTarget(head.path ?? "/"), headers: headers)
+    }
+
+    /// A part of the client's request, in order.
+    func requestPart(_ part: HTTPRequestPart) {
+        guard !finished else { return }
+        switch part {
+        case .head:
+            return
+        case .body(let buffer):
+            waiting.append(.body(.byteBuffer(buffer)))
+            waitingBytes += buffer.readableBytes
+        case .end:
+            requestEnded = true
+            waiting.append(.end(nil))
+        }
+        flushWaiting()
+    }
+
+    /// Sends what the client sent so far. NIO queues what the socket cannot take yet; the
+    /// client's reads are held meanwhile (``wantsBackpressure``).
+    private func flushWaiting() {
+        if let connection, !waiting.isEmpty {
+            let parts = waiting
+            waiting = []
+            waitingBytes = 0
+            for (index, part) in parts.enumerated() {
+                connection.send(part, flush: index == parts.count - 1)
+            }
+        }
+        handler.relayBackpressureChanged()
+    }
+
+    /// GET, HEAD or OPTIONS without a body: safe to send again on a new connection.
+    private var retryable: Bool {
+        (head.method == .get || head.method == .head || head.method == .options) && !requestHasBody
+    }
+
+    func upstreamWritabilityChanged() {
+        flushWaiting()
+    }
+
+    func clientWritabilityChanged(_ writable: Bool) {
+        connection?.holdReads(!writable)
+    }
+
+    func upstreamReceived(_ part: HTTPClientResponsePart) {
+        guard !finished else { return }
+        receivedAnything = true
+        switch part {
+        case .head(let response):
+            guard response.status.code >= 200 else { return }
+            keepAlive = response.isKeepAlive
+            responseStarted = true
+            armTimer()
+            var fields = HTTPFields()
+            fields.reserveCapacity(response.headers.count + 1)
+            let namedInAnswer = SlotSearchUpstream.connectionOptions(response.headers["connection"])
+            for header in response.headers {
+                let lowered = header.name.lowercased()
+                guard lowered == "content-length" || !SlotSearchUpstream.hopByHop.contains(lowered), namedInAnswer.isEmpty || !namedInAnswer.contains(lowered),
+                      !lowered.contains("_"), let name = HTTPField.Name(header.name) else { continue }
+                fields.append(HTTPField(name: name, value: header.value))
+            }
+            fields[.requestID] = requestID
+            let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
+            relay.metrics.upstream(statusClass: Int(response.status.code) / 100)
+            relay.metrics.request(surface: "fhir", status: Int(response.status.code))
+            handler.writeToClient(.head(HTTPResponse(status: status, headerFields: fields)), flush: false)
+        case .body(let buffer):
+            armTimer()
+            handler.writeToClient(.body(buffer), flush: false)
+        case .end:
+            finish(returning: true)
+            handler.writeToClient(.end(nil), flush: true)
+            handler.exchangeFinished(self)
+        }
+    }
+
+    func upstreamReadComplete() {
+        if responseStarted, !finished { handler.flushClient() }
+    }
+
+    func upstreamFailed(_ error: any Error) {
+        guard !finished else { return }
+        if !receivedAnything, reused, !retried, retryable, requestEnded {
+            // A kept-alive connection the upstream closed as we reused it: once more, anew.
+            retried = true
+            connection = nil
+            waiting = [.head(upstreamHead()), .end(nil)]
+            connect(fresh: true)
+            return
+        }
+        fail(error)
+    }
+
+    private func fail(_ error: any Error) {
+        guard !finished else { return }
+        let started = responseStarted
+        finish(returning: false)
+        if started {
+            relay.logger.warning("INT_R01 upstream failed after its answer began; connection closed",
+                                 metadata: ["request_id": "\(requestID)", "upstream": "\(relay.target.hostHeader)", "error": "\(error)"])
+            handler.closeClient()
+            return
+        }
+        let timedOut: Bool = switch error {
+        case is TimedOut: true
+        case let channelError as ChannelError: if case .connectTimeout = channelError { true } else { false }
+        default: false
+        }
+        relay.metrics.upstream(outcome: timedOut ? "timeout" : "unreachable")
+        relay.logger.warning("INT_R01 upstream failed", metadata: [
+            "request_id": "\(requestID)", "upstream": "\(relay.target.hostHeader)", "error": "\(error)", "timeout": "\(timedOut)",
+        ])
+        let refusal = timedOut
+            ? FHIRError(.gatewayTimeout, code: .timeout, "The slot-search service behind this endpoint did not answer in time (request \(requestID)).")
+            : FHIRError(.badGateway, code: .transient, "The slot-search service behind this endpoint is unreachable (request \(requestID)).")
+        handler.writeOutcome(refusal, requestID: requestID)
+        handler.exchangeFinished(self)
+    }
+
+    /// The client went away: the upstream connection cannot be reused mid-answer.
+    func clientClosed() {
+        guard !finished else { return }
+        finish(returning: false)
+    }
+
+    private func finish(returning: Bool) {
+        finished = true
+        timer?.cancel()
+        timer = nil
+        guard let connection else { return }
+        self.connection = nil
+        connection.exchange = nil
+        connection.holdReads(false)
+        if returning, keepAlive, requestEnded, let pool = connection.pool {
+            pool.release(connection)
+        } else {
+            connection.close()
+        }
+    }
+
+    struct TimedOut: Error, CustomStringConvertible {
+        var description: String { "no answer within the upstream timeout" }
+    }
+
+    /// The wait for the answer's head, then each wait between two reads of its body.
+    private func armTimer() {
+        timer?.cancel()
+        timer = handler.eventLoop.assumeIsolated().scheduleTask(in: relay.responseTimeout) { [self] in
+            timer = nil
+            fail(TimedOut())
+        }
+    }
+}
+
+/// Sits in the FHIR connection's pipeline after Hummingbird's HTTP/1 handlers, before the
+/// router: INT_R02 requests pass through untouched; INT_R01 requests are relayed here and
+/// never reach the router. One request at a time, in order: a request that arrives while an
+/// earlier one is still being answered (pipelining) waits, and the connection's reads are
+/// held meanwhile.
+final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private enum Stage {
+        case idle
+        /// Handed to the router: its parts pass until the end, then its answer is awaited.
+        case toRouter(requestEnded: Bool, answered: Bool)
+        /// The caller's authentication or the routing is being decided (asynchronously).
+        case deciding
+        case relaying(RelayExchange, requestEnded: Bool)
+        /// Refused here; what is left of its body is dropped.
+        case discarding
+    }
+
+    private let relay: UpstreamRelay
+    private var context: ChannelHandlerContext?
+    private var identity: ClientIdentityHandler?
+    private var stage = Stage.idle
+    private var queue = CircularBuffer<HTTPRequestPart>(initialCapacity: 4)
+    private var readPending = false
+    private var firedSinceReadComplete = false
+    private var processing = false
+    private var peer = "unknown"
+
+    init(relay: UpstreamRelay) {
+        self.relay = relay
+    }
+
+    var eventLoop: any EventLoop { context!.eventLoop }
+    var clientIsWritable: Bool { context?.channel.isWritable ?? false }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        identity = try? context.pipeline.syncOperations.handler(type: ClientIdentityHandler.self)
+        peer = context.channel.remoteAddress?.ipAddress ?? "unknown"
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        queue.append(unwrapInboundIn(data))
+        process()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .relaying(let exchange, _) = stage { exchange.clientClosed() }
+        stage = .discarding
+        queue.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .relaying(let exchange, _) = stage { exchange.clientWritabilityChanged(context.channel.isWritable) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Hands on or relays what was queued, outside a read (an asynchronous decision, the end
+    /// of an answer): the router's side takes parts at the read's completion, so it gets one.
+    private func processOutsideRead() {
+        firedSinceReadComplete = false
+        process()
+        if firedSinceReadComplete, let context {
+            firedSinceReadComplete = false
+            context.fireChannelReadComplete()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        firedSinceReadComplete = false
+        context.fireChannelReadComplete()
+    }
+
+    private func process() {
+        // Re-entered from an exchange or a decision made while the loop below runs: the loop
+        // reads the stage afresh at each turn, so it carries on from there.
+        guard let context, !processing else { return }
+        processing = true
+        defer { processing = false }
+        while let part = queue.first {
+            switch stage {
+            case .idle:
+                queue.removeFirst()
+                guard case .head(let head) = part else { continue }
+                begin(head, context: context)
+            case .toRouter(requestEnded: false, let answered):
+                queue.removeFirst()
+                firedSinceReadComplete = true
+                context.fireChannelRead(wrapInboundOut(part))
+                if case .end = part {
+                    stage = answered ? .idle : .toRouter(requestEnded: true, answered: false)
+                }
+            case .toRouter(requestEnded: true, _), .deciding, .relaying(_, requestEnded: true):
+                resumeReadsIfPossible()
+                return
+            case .relaying(let exchange, requestEnded: false):
+                queue.removeFirst()
+                if case .end = part { stage = .relaying(exchange, requestEnded: true) }
+                exchange.requestPart(part)
+            case .discarding:
+                queue.removeFirst()
+                if case .end = part { stage = .idle }
+            }
+        }
+        resumeReadsIfPossible()
+    }
+
+    /// Routes a request: the router's local-or-relayed decision, the caller first.
+    private func begin(_ head: HTTPRequest, context: ChannelHandlerContext) {
+        let path = head.path ?? "/"
+        let pathOnly = path.firstIndex(of: "?").map { String(path[..<$0]) } ?? path
+        let ambiguous = FHIRRouting.hasAmbiguousSegments(pathOnly)
+        let route = FHIRRouting.route(method: head.method, path: pathOnly)
+        if route == .local, !ambiguous {
+            toRouter(head, context: context)
+            return
+        }
+        let requestID = FHIRRequestContext.makeRequestID()
+        let decided: (Result<CallerAuthenticator.Caller, FHIRError>) -> Void = { [self] result in
+            guard self.context != nil else { return }
+            switch result {
+            case .failure(let refusal):
+                refuse(refusal, requestID: requestID)
+            case .success where ambiguous:
+                relay.logger.notice("FHIR request refused: ambiguous path", metadata: ["path": "\(pathOnly)", "request_id": "\(requestID)"])
+                refuse(FHIRError(.invalidContent, code: .invalid,
+                                 "The request path contains a dot-segment, an encoded slash, a backslash, a ';', a '#' or a '%25'; no FHIR path does."),
+                       requestID: requestID)
+            case .success(let caller):
+                if case .practitionerRead(let id) = route, PractitionerValidator.isValidResourceID(id) {
+                    decideHeld(id: id, head: head, caller: caller, requestID: requestID)
+                } else {
+                    startRelay(head, caller: caller, requestID: requestID)
+                }
+            }
+        }
+        if case .mutualTLS = relay.authenticator.mode, let settled = identity?.settledIdentity {
+            decided(relay.authenticator.decide(handshake: settled))
+            return
+        }
+        stage = .deciding
+        let authenticator = relay.authenticator
+        let (fields, peer, identity, logger) = (head.headerFields, self.peer, self.identity, relay.logger.withRequestID(requestID))
+        let promise = context.eventLoop.makePromise(of: CallerAuthenticator.Caller.self)
+        promise.completeWithTask {
+            try await authenticator.authenticate(headers: fields, peer: peer, handshakeIdentity: { await identity?.identity() }, logger: logger)
+        }
+        promise.futureResult.assumeIsolated().whenComplete { [self] result in
+            switch result {
+            case .success(let caller): decided(.success(caller))
+            case .failure(let error as FHIRError): decided(.failure(error))
+            case .failure: decided(.failure(FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")))
+            }
+            processOutsideRead()
+        }
+    }
+
+    /// `GET /Practitioner/{id}`: read here when this product holds the account, relayed otherwise.
+    private func decideHeld(id: String, head: HTTPRequest, caller: CallerAuthenticator.Caller, requestID: String) {
+        guard let context else { return }
+        stage = .deciding
+        let directory = relay.directory
+        let promise = context.eventLoop.makePromise(of: Bool.self)
+        promise.completeWithTask { try await directory.exists(id: id) }
+        promise.futureResult.assumeIsolated().whenComplete { [self] result in
+            guard let context = self.context else { return }
+            switch result {
+            case .success(false):
+                startRelay(head, caller: caller, requestID: requestID)
+            case .success(true), .failure:
+                // Held, or the store failed: the router reads it (and answers the failure
+                // as every INT_R02 read does).
+                toRouter(head, context: context)
+            }
+            processOutsideRead()
+        }
+    }
+
+    private func toRouter(_ head: HTTPRequest, context: ChannelHandlerContext) {
+        stage = .toRouter(requestEnded: false, answered: false)
+        firedSinceReadComplete = true
+        context.fireChannelRead(wrapInboundOut(.head(head)))
+    }
+
+    private func startRelay(_ head: HTTPRequest, caller: CallerAuthenticator.Caller, requestID: String) {
+        guard let context else { return }
+        let exchange = RelayExchange(handler: self, relay: relay, head: head, requestID: requestID, caller: caller, peer: peer)
+        stage = .relaying(exchange, requestEnded: false)
+        _ = context
+        exchange.start()
+    }
+
+    private func refuse(_ error: FHIRError, requestID: String) {
+        stage = .discarding
+        writeOutcome(error, requestID: requestID)
+    }
+
+    // MARK: outbound (the router's answers)
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: promise)
+        guard case .end = unwrapOutboundIn(data), case .toRouter(let ended, _) = stage else { return }
+        if ended {
+            stage = .idle
+            // The next request may already be waiting.
+            context.eventLoop.assumeIsolated().execute { [self] in processOutsideRead() }
+        } else {
+            stage = .toRouter(requestEnded: false, answered: true)
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if holdsReads { readPending = true } else { context.read() }
+    }
+
+    private var holdsReads: Bool {
+        if queue.count > 0 { return true }
+        if case .relaying(let exchange, requestEnded: false) = stage { return exchange.wantsBackpressure }
+        return false
+    }
+
+    private func resumeReadsIfPossible() {
+        guard readPending, !holdsReads, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    // MARK: called by the exchange
+
+    func relayBackpressureChanged() {
+        resumeReadsIfPossible()
+    }
+
+    func writeToClient(_ part: HTTPResponsePart, flush: Bool) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(part), promise: nil)
+        if flush { context.flush() }
+    }
+
+    func flushClient() {
+        context?.flush()
+    }
+
+    func closeClient() {
+        context?.close(promise: nil)
+    }
+
+    func exchangeFinished(_ exchange: RelayExchange) {
+        guard case .relaying(let current, let ended) = stage, current === exchange else { return }
+        stage = ended ? .idle : .discarding
+        processOutsideRead()
+    }
+
+    /// An OperationOutcome answer written here (refused caller, ambiguous path, upstream failure).
+    func writeOutcome(_ error: FHIRError, requestID: String) {
+        let (status, fields, body) = FHIRResponses.outcomeParts(error)
+        var headers = fields
+        headers[.requestID] = requestID
+        headers[.contentLength] = String(body.readableBytes)
+        relay.metrics.request(surface: "fhir", status: status.code)
+        writeToClient(.head(HTTPResponse(status: status, headerFields: headers)), flush: false)
+        writeToClient(.body(body), flush: false)
+        writeToClient(.end(nil), flush: true)
+    }
+}
+
+extension Logger {
+    func withRequestID(_ requestID: String) -> Logger {
+        var logger = self
+        logger[metadataKey: "request_id"] = .string(requestID)
+        return logger
+    }
+}
+
+/// Adds ``UpstreamRelayHandler`` to Hummingbird's HTTP/1 channel, after its connection-state
+/// handler (so idle time and graceful shutdown count relayed requests too) and before the
+/// router's. Without an upstream it adds nothing.
+struct UpstreamRelayChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerChildChannel, HTTPChannelHandler {
+    typealias Value = Base.Value
+
+    let base: Base
+    let relay: UpstreamRelay?
+
+    var responder: HTTPChannelHandler.Responder { base.responder }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        guard let relay else { return base.setup(channel: channel, logger: logger) }
+        return base.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            let operations = channel.pipeline.syncOperations
+            let state = try operations.handler(type: HTTPConnectionStateHandler.self)
+            try operations.addHandler(UpstreamRelayHandler(relay: relay), position: .after(state))
+            return value
+        }
+    }
+
+    func handle(value: Base.Value, logger: Logger) async {
+        await base.handle(value: value, logger: logger)
+    }
+}
