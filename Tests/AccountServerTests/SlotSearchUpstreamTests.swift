@@ -246,6 +246,30 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// The relay keeps a connection's last certificate check while the CRLs in force stay the
+    /// same: a CRL that revokes the caller refuses the kept-alive connection's next request
+    /// (a 403 can only come on that connection: a new handshake would fail).
+    @Test func aRevocationReachesAKeptAliveRelayedConnection() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(100)) { configuration in
+            configuration.fhir.upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(standIn.port)/fhir")
+        }
+        let client = try FHIRClient(pki: pki, certificate: "valid-later-revoked", server: server)
+        for _ in 0..<3 {
+            #expect(try await client.raw("/Slot?start=ge2026-11-23").status == 200)
+        }
+        let reloads = server.logs.all.filter { $0.contains("client CRLs reloaded") }.count
+        try pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
+        #expect(try await eventually { server.logs.all.filter { $0.contains("client CRLs reloaded") }.count > reloads })
+        let refused = try await client.raw("/Slot?start=ge2026-11-23")
+        #expect(refused.status == 403 && String(decoding: refused.body, as: UTF8.self).contains("OperationOutcome"), "\(refused.status)")
+        #expect(standIn.requests.count == 3, "the revoked caller's request never reached the upstream")
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
     @Test func int02StaysHereAndEverythingElseIsRelayed() async throws {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()

@@ -35,15 +35,26 @@ struct CallerAuthenticator: Sendable {
     /// Mutual TLS once the handshake is settled: decided without suspending, so the relay
     /// can decide on its event loop.
     func decide(handshake identity: ClientIdentity?) -> Result<Caller, FHIRError> {
+        var revalidation: ClientCertificateVerifier.Revalidation?
+        return decide(handshake: identity, revalidation: &revalidation)
+    }
+
+    /// ``decide(handshake:)`` for one more request of a connection, with the connection's
+    /// last revalidation (which stands while the CRLs in force have not changed).
+    func decide(handshake identity: ClientIdentity?, revalidation: inout ClientCertificateVerifier.Revalidation?) -> Result<Caller, FHIRError> {
         guard let identity else {
             // Unreachable while the handshake requires a verified certificate; fail closed anyway.
             return .failure(FHIRError(.forbidden, code: .security, "No verified client certificate on this connection."))
         }
         // A kept-alive connection outlives CRL updates: re-check what can change.
-        if verifier.revalidate(identity) != nil {
+        switch verifier.revalidate(identity, previous: revalidation) {
+        case .success(let passed):
+            revalidation = passed
+            return .success(Caller(identity: identity, forwardedClientAddress: nil))
+        case .failure:
+            revalidation = nil
             return .failure(FHIRError(.forbidden, code: .security, "The client certificate is not accepted."))
         }
-        return .success(Caller(identity: identity, forwardedClientAddress: nil))
     }
 
     func authenticate(headers: HTTPFields, peer: String, handshakeIdentity: () async -> ClientIdentity?,

@@ -115,8 +115,19 @@ final class SlotSearchUpstream: Sendable {
     /// The field names a `Connection` header lists (RFC 9110 §7.6.1): connection options,
     /// hop-by-hop by declaration, so a proxy removes them whatever they are called.
     static func connectionOptions(_ values: [String]) -> Set<String> {
-        guard !values.isEmpty else { return [] }
-        return Set(values.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+        var options = Set<String>()
+        for value in values {
+            for option in value.utf8.split(separator: UInt8(ascii: ",")) {
+                let trimmed = option.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+                    .reversed().drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.reversed()
+                guard !trimmed.isEmpty else { continue }
+                let lowered = String(decoding: trimmed.map { $0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0 }, as: UTF8.self)
+                // Connection's own tokens name no field: nothing more to remove.
+                if lowered == "keep-alive" || lowered == "close" { continue }
+                options.insert(lowered)
+            }
+        }
+        return options
     }
 
     /// Request headers the upstream never receives from the caller: hop-by-hop ones, the
@@ -135,18 +146,19 @@ final class SlotSearchUpstream: Sendable {
             || lowered == "x-request-id"
     }
 
-    /// The verified caller, as nginx's `ssl_client_*` variables would describe it.
+    /// The verified caller, as nginx's `ssl_client_*` variables would describe it. Added, not
+    /// replaced: the caller's own copies were stripped before (``isStripped(_:)``).
     static func addIdentity(to headers: inout HTTPHeaders, caller: ClientIdentity?, clientAddress: String, host: String?, requestID: String) {
-        headers.replaceOrAdd(name: "X-Forwarded-For", value: clientAddress)
-        headers.replaceOrAdd(name: "X-Forwarded-Proto", value: "https")
-        if let host { headers.replaceOrAdd(name: "X-Forwarded-Host", value: host) }
-        headers.replaceOrAdd(name: "X-Request-Id", value: requestID)
+        headers.add(name: "X-Forwarded-For", value: clientAddress)
+        headers.add(name: "X-Forwarded-Proto", value: "https")
+        if let host { headers.add(name: "X-Forwarded-Host", value: host) }
+        headers.add(name: "X-Request-Id", value: requestID)
         guard let caller else { return }
-        headers.replaceOrAdd(name: "X-SSL-Client-Verify", value: "SUCCESS")
-        headers.replaceOrAdd(name: "X-SSL-Client-S-DN", value: caller.subject)
-        headers.replaceOrAdd(name: "X-SSL-Client-Serial", value: caller.serial)
+        headers.add(name: "X-SSL-Client-Verify", value: "SUCCESS")
+        headers.add(name: "X-SSL-Client-S-DN", value: caller.subject)
+        headers.add(name: "X-SSL-Client-Serial", value: caller.serial)
         if let pem = caller.escapedPEM {
-            headers.replaceOrAdd(name: "X-SSL-Client-Cert", value: pem)
+            headers.add(name: "X-SSL-Client-Cert", value: pem)
         }
     }
 }

@@ -12,6 +12,9 @@ final class CRLStore: Sendable {
         var fingerprints: [String: FileFingerprint] = [:]
         var loadedAt: Date?
         var lastError: String?
+        /// Bumped each time new lists come into force: a check made under an older
+        /// generation must be made again.
+        var generation = 0
     }
 
     /// What identifies a version of a file without reading it.
@@ -74,8 +77,11 @@ final class CRLStore: Sendable {
     @discardableResult
     func reload(reason: String) -> Bool {
         do {
-            let fresh = try Self.loadAll(paths: paths, issuers: issuers.withLock { $0 })
-            state.withLock { $0 = fresh }
+            var fresh = try Self.loadAll(paths: paths, issuers: issuers.withLock { $0 })
+            state.withLock {
+                fresh.generation = $0.generation + 1
+                $0 = fresh
+            }
             let revoked = fresh.lists.values.reduce(0) { $0 + $1.revokedSerials.count }
             logger.notice("client CRLs reloaded", metadata: ["reason": "\(reason)", "lists": "\(fresh.lists.count)", "revoked": "\(revoked)"])
             return true
@@ -143,6 +149,17 @@ final class CRLStore: Sendable {
             }
         }
         return nil
+    }
+
+    /// The lists' generation (see ``Snapshot/generation``).
+    var generation: Int { state.withLock { $0.generation } }
+
+    /// The earliest `nextUpdate` of the lists that vouch for this path: a check that passed
+    /// stands at most until then.
+    func earliestNextUpdate(path: [Certificate]) -> Date? {
+        state.withLock { state in
+            path.compactMap { state.lists[$0.issuer]?.nextUpdate }.min()
+        }
     }
 
     func status(of certificate: Certificate, now: Date) -> Status {
