@@ -99,6 +99,70 @@ struct ForwardAuthTests {
         #expect(parse(["__Host-as-session=first; __Host-as-session=second"]) == "first")
     }
 
+    /// The dedicated listener over a raw socket: pipelined requests answered in order on one
+    /// connection, HTTP/1.0 and `Connection: close` closed after their answer, a request the
+    /// decoder refuses answered 400 and closed.
+    @Test func theListenerKeepsHTTPSemanticsOnARawSocket() async throws {
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki)
+        let script = """
+            import json, socket, sys
+            port = int(sys.argv[1])
+            def complete(data):
+                count = 0
+                while True:
+                    head, found, rest = data.partition(b"\\r\\n\\r\\n")
+                    if not found:
+                        return count
+                    length = [int(l.split(b":", 1)[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")]
+                    if len(rest) < (length[0] if length else 0):
+                        return count
+                    count += 1
+                    data = rest[(length[0] if length else 0):]
+            def exchange(data, expected):
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.settimeout(30)
+                sock.sendall(data)
+                received, closed = b"", False
+                while complete(received) < expected:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        closed = True
+                        break
+                    received += chunk
+                if not closed:
+                    sock.settimeout(2)
+                    try:
+                        closed = sock.recv(1) == b""
+                    except socket.timeout:
+                        closed = False
+                return {"text": received.decode("utf-8", "replace"), "closed": closed}
+            ask = lambda uri, extra="", method="GET": (method + " /forward-auth HTTP/1.1\\r\\nHost: fa\\r\\nX-Original-URI: " + uri + "\\r\\nX-Forwarded-Host: agenda.example\\r\\n" + extra + "\\r\\n").encode()
+            print(json.dumps([
+                exchange(ask("/rdv/1?origin=sas") + ask("/rdv/2?origin=sas", method="HEAD") + ask("/rdv/3?origin=sas"), 3),
+                exchange(b"GET /forward-auth HTTP/1.0\\r\\nHost: fa\\r\\n\\r\\n", 1),
+                exchange(ask("/rdv/4?origin=sas", "Connection: close\\r\\n") + ask("/rdv/5?origin=sas"), 1),
+                exchange(b"GET /forward-auth HTTP/1.1\\r\\nHost fa\\r\\n\\r\\n", 1),
+            ]))
+            """
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.forwardAuthPort)]).output
+        let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
+        let texts = results.map { $0["text"] as? String ?? "" }
+        let closed = results.map { $0["closed"] as? Bool ?? false }
+        #expect(texts.count == 4)
+        let pipelined = texts[0].components(separatedBy: "HTTP/1.1 401 Unauthorized").count - 1
+        #expect(pipelined == 3, "three answers on one connection: \(texts[0].prefix(300))")
+        // GET, HEAD, GET: only the middle answer has no body.
+        let answers = texts[0].components(separatedBy: "HTTP/1.1 401 Unauthorized").dropFirst()
+        #expect(answers.map { $0.contains("Content-Length: 0\r\n") } == [false, true, false], "answered in order: \(texts[0].prefix(600))")
+        #expect(!closed[0] && texts[0].contains("Connection: keep-alive"))
+        #expect(texts[1].hasPrefix("HTTP/1.0 401") && texts[1].contains("Connection: close") && closed[1], "HTTP/1.0: \(texts[1].prefix(200))")
+        #expect(texts[2].components(separatedBy: "HTTP/1.1 401").count - 1 == 1 && closed[2],
+                "nothing after Connection: close: \(texts[2].prefix(300))")
+        #expect(texts[3].hasPrefix("HTTP/1.1 400 Bad Request") && closed[3], "\(texts[3].prefix(200))")
+        await server.stop()
+    }
+
     @Test func withoutSessionTheAnswerIs401WithTheSignInURLKeepingTheOrigin() async throws {
         let world = try await World()
         let browser = try world.browser()

@@ -2,6 +2,8 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 @testable import Storage
 import StorageTesting
 import Testing
@@ -62,6 +64,55 @@ struct SchemaUpgradeTests {
         #expect(row["account_id"] as String == "suspended" && row["suspended_at"] as Int64 == 42)
         #expect(row["suspended_by"] as String == "admin-cli" && row["reason"] as String == "fraude signalée")
         #expect(try await engine.appliedMigrations().last?.hasSuffix(upgrade) == true)
+        await engine.close()
+    }
+}
+
+/// The event-loop read forward-auth runs before every agenda request, on the engine of the run.
+@Suite("Reads on an event loop")
+struct LoopReadTests {
+    enum Probe: PreparedSQL {
+        static let sql = "SELECT id, label, amount, flag, data FROM probe WHERE id >= ? AND (label IS NULL OR label <> ?) ORDER BY id"
+    }
+
+    /// Every column type comes back as the other reads give it; a write committed after a
+    /// read is seen by the next one (the read ends its snapshot when done: a withdrawal must
+    /// reach forward-auth at once); a statement the engine refuses is an error, not an
+    /// empty answer.
+    @Test func typesFreshnessAndErrors() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("loopread-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let engine: any StorageEngine
+        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
+        case .sqlite(let path): engine = try SQLiteEngine(path: path)
+        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 2, logger: Logger(label: "test"))
+        }
+        try await engine.migrate(Schema(sqlite: [Migration("probe", "CREATE TABLE probe (id INTEGER PRIMARY KEY, label TEXT, amount INTEGER, flag BOOLEAN, data BLOB)")],
+                                        postgres: [Migration("probe", "CREATE TABLE probe (id BIGINT PRIMARY KEY, label TEXT, amount BIGINT, flag BOOLEAN, data BYTEA)")]))
+        try await engine.write { db in
+            try db.execute(sql: "INSERT INTO probe (id, label, amount, flag, data) VALUES (?, ?, ?, ?, ?)",
+                           arguments: [1, "Médecin — régulateur", Int64(-42), true, Data([0, 1, 255])])
+            try db.execute(sql: "INSERT INTO probe (id, label, amount, flag, data) VALUES (?, ?, ?, ?, ?)",
+                           arguments: [2, nil, nil, false, nil])
+        }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let expected = try await engine.read { db in try SQLRow.fetchAll(db, sql: Probe.sql, arguments: [1, "x"]) }
+        let first = try await engine.loopRead(Probe.self, arguments: [.integer(1), .text("x")], on: loop).get()
+        #expect(first.count == 2)
+        #expect(first.map { $0["label"] as String? } == expected.map { $0["label"] as String? })
+        #expect(first[0]["label"] as String == "Médecin — régulateur" && first[0]["amount"] as Int64 == -42)
+        #expect(first[0]["flag"] as Bool == true && first[1]["flag"] as Bool == false)
+        #expect(first[0]["data"] as [UInt8] == [0, 1, 255] && first[1].value("data") == .null && first[1].value("amount") == .null)
+
+        try await engine.write { db in try db.execute(sql: "UPDATE probe SET label = ? WHERE id = ?", arguments: ["retiré", 1]) }
+        let again = try await engine.loopRead(Probe.self, arguments: [.integer(1), .text("x")], on: loop).get()
+        #expect(again.first?["label"] as String? == "retiré", "the read after a commit sees it")
+        let none = try await engine.loopRead(Probe.self, arguments: [.integer(3), .text("x")], on: loop).get()
+        #expect(none.isEmpty)
+
+        await #expect(throws: StorageError.self) {
+            try await engine.loopRead(sql: "SELECT nothing FROM nowhere", arguments: [], on: loop).get()
+        }
         await engine.close()
     }
 }
