@@ -79,6 +79,18 @@ public final class HabilitationService: Sendable {
             }
     }
 
+    /// ``check(sessionToken:on:)`` answered before returning when the engine answers on the
+    /// loop itself (SQLite); nil when the answer comes later (PostgreSQL).
+    public func checkNow(sessionToken: String?, on eventLoop: any EventLoop) throws -> (check: HabilitationCheck, facts: SessionFacts?)? {
+        guard let sessionToken else { return (Self.noSession, nil) }
+        let at = Date(epochMilliseconds: clock().epochMilliseconds)
+        let hash = SecretToken.hash(sessionToken)
+        guard let rows = try database.engine.loopReadNow(FactsQuery.self, arguments: factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null },
+                                                         on: eventLoop) else { return nil }
+        guard let facts = rows.first.flatMap({ Self.facts($0, hash: hash) }) else { return (Self.noSession, nil) }
+        return (evaluate(facts), facts)
+    }
+
     /// Whether the session's idle timeout should be extended now (coarse: at most every
     /// `touchGranularity`, so checks stay reads).
     public func activityDue(_ facts: SessionFacts) -> Bool {

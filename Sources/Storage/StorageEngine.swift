@@ -112,6 +112,10 @@ public protocol StorageEngine: Sendable {
     /// One query answered on `eventLoop` without leaving it when the engine can (SQLite: one
     /// read connection per event loop) — the forward-auth listener's path.
     func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]>
+    /// ``loopRead(sql:arguments:on:)`` answered before returning, when the engine answers on
+    /// the loop itself (SQLite); nil when the answer comes later (PostgreSQL). Saves the
+    /// futures of a read that is already done.
+    func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]?
     /// Applies the pending migrations; safe when several instances start at once.
     func migrate(_ schema: Schema) async throws
     /// Names of the applied migrations, in order.
@@ -177,6 +181,13 @@ extension Migration {
 }
 
 extension StorageEngine {
+    public func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? { nil }
+
+    /// ``loopReadNow(sql:arguments:on:)`` for a declared statement.
+    public func loopReadNow<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
+        try loopReadNow(sql: S.sql, arguments: arguments, on: eventLoop)
+    }
+
     /// ``loopRead(sql:arguments:on:)`` for a declared statement, which PostgreSQL prepares
     /// once per connection.
     public func loopRead<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {

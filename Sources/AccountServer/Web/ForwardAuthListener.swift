@@ -151,22 +151,28 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
         let shared = self.shared
         let responder = shared.responder
         pending += 1
-        let check = responder.habilitation.check(sessionToken: Self.sessionCookie(head.headers), on: context.eventLoop)
-        let answer = check.map { result -> ForwardAuthAnswer in
-            if let facts = result.facts, responder.habilitation.activityDue(facts) {
-                let habilitation = responder.habilitation
-                Task { try? await habilitation.recordActivity(facts) }
+        let token = Self.sessionCookie(head.headers)
+        // Nothing pending and an engine that answers on the loop (SQLite): answered now.
+        if lastAnswer == nil {
+            let immediate: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?)??
+            do {
+                immediate = try responder.habilitation.checkNow(sessionToken: token, on: context.eventLoop)
+            } catch {
+                immediate = .some(nil)
+                write(Self.failed(error, logger: shared.logger), for: head, context: context)
             }
-            return responder.answer(result.check, header: { head.headers.first(name: $0) }, authority: head.headers.first(name: "Host"),
-                                    withBody: head.method != .HEAD, started: started)
-        }.flatMapErrorThrowing { error -> ForwardAuthAnswer in
-            // The store failing is the only error here: 503, so the proxy refuses the request
-            // (nginx's auth_request treats any status but 2xx/401/403 as an error) and an
-            // operator sees the cause; the check never answers "allowed" without its facts.
-            shared.logger.error("forward-auth check failed", metadata: ["error": "\(error)"])
-            return ForwardAuthAnswer(status: 503, headers: [("Cache-Control", "no-store"), ("Retry-After", "1")], body: nil)
+            if let immediate {
+                if let result = immediate { write(answer(result, head: head, started: started), for: head, context: context) }
+                return
+            }
         }
+        let check = responder.habilitation.check(sessionToken: token, on: context.eventLoop)
         let loopBound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+        let answer = check.map { result -> ForwardAuthAnswer in
+            loopBound.value.1.answer(result, head: head, started: started)
+        }.flatMapErrorThrowing { error -> ForwardAuthAnswer in
+            Self.failed(error, logger: shared.logger)
+        }
         let written: EventLoopFuture<Void>
         if let previous = lastAnswer {
             written = previous.flatMap { answer }.map { answer in
@@ -180,6 +186,29 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
             }
         }
         lastAnswer = written
+        written.whenComplete { _ in
+            let handler = loopBound.value.1
+            if handler.pending == 0 { handler.lastAnswer = nil }
+        }
+    }
+
+    private func answer(_ result: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?), head: HTTPRequestHead,
+                        started: ContinuousClock.Instant) -> ForwardAuthAnswer {
+        let responder = shared.responder
+        if let facts = result.facts, responder.habilitation.activityDue(facts) {
+            let habilitation = responder.habilitation
+            Task { try? await habilitation.recordActivity(facts) }
+        }
+        return responder.answer(result.check, header: { head.headers.first(name: $0) }, authority: head.headers.first(name: "Host"),
+                                withBody: head.method != .HEAD, started: started)
+    }
+
+    /// The store failing is the only error here: 503, so the proxy refuses the request
+    /// (nginx's auth_request treats any status but 2xx/401/403 as an error) and an operator
+    /// sees the cause; the check never answers "allowed" without its facts.
+    private static func failed(_ error: any Error, logger: Logger) -> ForwardAuthAnswer {
+        logger.error("forward-auth check failed", metadata: ["error": "\(error)"])
+        return ForwardAuthAnswer(status: 503, headers: [("Cache-Control", "no-store"), ("Retry-After", "1")], body: nil)
     }
 
     private func write(_ answer: ForwardAuthAnswer, for head: HTTPRequestHead, context: ChannelHandlerContext) {

@@ -88,6 +88,14 @@ public final class SQLiteEngine: StorageEngine {
         }
     }
 
+    public func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
+        do {
+            return try loopReaders.connection(for: eventLoop, path: path).fetchAll(sql: sql, arguments: arguments)
+        } catch {
+            throw Self.storageError(error)
+        }
+    }
+
     public func migrate(_ schema: Schema) async throws {
         var migrator = DatabaseMigrator()
         for migration in schema.sqlite {
