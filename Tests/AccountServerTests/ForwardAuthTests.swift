@@ -101,13 +101,14 @@ struct ForwardAuthTests {
 
     /// The dedicated listener over a raw socket: pipelined requests answered in order on one
     /// connection, HTTP/1.0 and `Connection: close` closed after their answer, a request the
-    /// decoder refuses answered 400 and closed.
+    /// decoder refuses answered 400 and closed. The web listener's `/forward-auth`, answered
+    /// before the router, keeps its place among pipelined requests for the router.
     @Test func theListenerKeepsHTTPSemanticsOnARawSocket() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)
         let script = """
-            import json, socket, sys
-            port = int(sys.argv[1])
+            import json, socket, ssl, sys
+            port, web, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
             def complete(data):
                 count = 0
                 while True:
@@ -119,8 +120,10 @@ struct ForwardAuthTests {
                         return count
                     count += 1
                     data = rest[(length[0] if length else 0):]
-            def exchange(data, expected):
-                sock = socket.create_connection(("127.0.0.1", port))
+            def exchange(data, expected, tls=False):
+                sock = socket.create_connection(("127.0.0.1", web if tls else port))
+                if tls:
+                    sock = ssl.create_default_context(cafile=ca).wrap_socket(sock, server_hostname="localhost")
                 sock.settimeout(30)
                 sock.sendall(data)
                 received, closed = b"", False
@@ -143,13 +146,14 @@ struct ForwardAuthTests {
                 exchange(b"GET /forward-auth HTTP/1.0\\r\\nHost: fa\\r\\n\\r\\n", 1),
                 exchange(ask("/rdv/4?origin=sas", "Connection: close\\r\\n") + ask("/rdv/5?origin=sas"), 1),
                 exchange(b"GET /forward-auth HTTP/1.1\\r\\nHost fa\\r\\n\\r\\n", 1),
+                exchange(ask("/rdv/6?origin=sas") + b"GET /healthz HTTP/1.1\\r\\nHost: fa\\r\\n\\r\\n" + ask("/rdv/7?origin=sas", method="HEAD"), 3, tls=True),
             ]))
             """
-        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.forwardAuthPort)]).output
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.forwardAuthPort), String(server.webPort), pki.caPath]).output
         let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
         let texts = results.map { $0["text"] as? String ?? "" }
         let closed = results.map { $0["closed"] as? Bool ?? false }
-        #expect(texts.count == 4)
+        #expect(texts.count == 5)
         let pipelined = texts[0].components(separatedBy: "HTTP/1.1 401 Unauthorized").count - 1
         #expect(pipelined == 3, "three answers on one connection: \(texts[0].prefix(300))")
         // GET, HEAD, GET: only the middle answer has no body.
@@ -160,6 +164,10 @@ struct ForwardAuthTests {
         #expect(texts[2].components(separatedBy: "HTTP/1.1 401").count - 1 == 1 && closed[2],
                 "nothing after Connection: close: \(texts[2].prefix(300))")
         #expect(texts[3].hasPrefix("HTTP/1.1 400 Bad Request") && closed[3], "\(texts[3].prefix(200))")
+        // The web listener's /forward-auth, pipelined with a request for the router between.
+        let statuses = texts[4].components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
+        #expect(statuses == ["401", "200", "401"], "in order: \(texts[4].prefix(800))")
+        #expect(texts[4].contains("\"alive\"") && !closed[4], "\(texts[4]) closed: \(closed[4])")
         await server.stop()
     }
 

@@ -77,13 +77,14 @@ func makeWebServices(
     router.get("healthz") { _, _ in AdminController.json(.object(["status": .string("alive")])) }
     controller.addRoutes(to: router)
     let forwardAuth = ForwardAuthResponder(habilitation: habilitation, configuration: webConfiguration, metrics: metrics)
-    ForwardAuthController(responder: forwardAuth).addRoutes(to: router)
 
     let webApp = Application(
         router: router,
         server: HTTPServerBuilder { responder in
             // Idle keep-alive connections close after 120 s, as on the FHIR listener.
-            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: .seconds(120))),
+            // `/forward-auth` is answered on the connection's event loop, before the router.
+            ReloadableTLSChannel(base: RequestTimeoutChannel(base: ForwardAuthRouteChannel(base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: .seconds(120))),
+                                                                                           forwardAuth: forwardAuth, logger: logger),
                                                              timeout: configuration.requestReceiveTimeout, logger: logger),
                                  context: { material.current.web })
         },

@@ -3,40 +3,22 @@ import Foundation
 import HTTPTypes
 import Habilitation
 import Hummingbird
+import HummingbirdCore
+import Logging
 import NIOCore
+import NIOHTTPTypes
 
-/// The forward-auth endpoint (`/forward-auth`) the vendor's reverse proxy asks before every
-/// request to the agenda (nginx `auth_request`, Traefik `ForwardAuth`; contract in
-/// docs/forward-auth.md):
-///
-/// - `200` + identity headers when ``HabilitationPolicy`` holds for the session cookie;
-/// - `401` + `Location` (the sign-in entry, carrying the original URL so `origin=sas`
-///   survives) when there is no live session;
-/// - `403` + `X-Auth-Denial` when signed in but not habilitated.
-///
-/// Each answer comes from one database read made for this request: nothing is cached, so a
-/// withdrawal committed before the request starts is always seen.
-struct ForwardAuthController: Sendable {
-    let responder: ForwardAuthResponder
-
-    func addRoutes(to router: Router<WebRequestContext>) {
-        // nginx's subrequest is a GET, Traefik forwards the original method: accept them all.
-        for method in [HTTPRequest.Method.get, .head, .post, .put, .patch, .delete, .options] {
-            router.on("forward-auth", method: method) { request, context in try await self.answer(request, context) }
-        }
-    }
-
-    func answer(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        let started = ContinuousClock.now
-        let check = try await responder.habilitation.check(sessionToken: WebCookie.value(.session, in: request.headers))
-        let answer = responder.answer(check, header: { name in HTTPField.Name(name).flatMap { request.headers[$0] } },
-                                      authority: request.head.authority, withBody: request.method != .head, started: started)
-        var headers = HTTPFields()
-        for (name, value) in answer.headers { headers.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
-        return Response(status: HTTPResponse.Status(code: answer.status), headers: headers,
-                        body: answer.body.map { ResponseBody(byteBuffer: ByteBuffer(string: $0)) } ?? ResponseBody())
-    }
-}
+// The forward-auth contract (docs/forward-auth.md), answered on two listeners:
+// ``ForwardAuthListener`` (loopback, plain HTTP, for a proxy on the same host) and the web
+// listener's `/forward-auth` (``ForwardAuthRouteHandler``, over HTTPS):
+//
+// - `200` + identity headers when ``HabilitationPolicy`` holds for the session cookie;
+// - `401` + `Location` (the sign-in entry, carrying the original URL so `origin=sas`
+//   survives) when there is no live session;
+// - `403` + `X-Auth-Denial` when signed in but not habilitated.
+//
+// Each answer comes from one database read made for this request: nothing is cached, so a
+// withdrawal committed before the request starts is always seen.
 
 /// A forward-auth answer, independent of the HTTP stack that sends it.
 struct ForwardAuthAnswer: Sendable {
@@ -131,3 +113,212 @@ struct ForwardAuthResponder: Sendable {
     }
 }
 
+
+/// `/forward-auth` on the web listener, answered on the connection's event loop like the
+/// dedicated listener's, before Hummingbird's router (for proxies on another host, which
+/// reach forward-auth over HTTPS: the router's task hops and middleware cost about as much
+/// as the TLS itself). Sits after Hummingbird's connection-state handler, so idle time and
+/// graceful shutdown count these requests; every other request passes to the router
+/// unchanged. One request at a time, in order: a pipelined request waits for the answer
+/// before it, and the connection's reads are held meanwhile.
+final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private let responder: ForwardAuthResponder
+    private let logger: Logger
+    private var context: ChannelHandlerContext?
+    private var queue = CircularBuffer<HTTPRequestPart>(initialCapacity: 4)
+    /// The router's request being passed on, part by part.
+    private var routerRequestOpen = false
+    /// The router's answer is not complete yet.
+    private var routerBusy = false
+    /// A forward-auth request being read (its body is dropped), then answered.
+    private var reading: (head: HTTPRequest, started: ContinuousClock.Instant)?
+    private var answering = false
+    private var processing = false
+    private var readPending = false
+    private var firedSinceReadComplete = false
+    private var nextRequestID = UInt64.random(in: .min ... .max)
+
+    static let methods: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .patch, .delete, .options]
+
+    init(responder: ForwardAuthResponder, logger: Logger) {
+        self.responder = responder
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    static func isForwardAuth(_ head: HTTPRequest) -> Bool {
+        guard methods.contains(head.method), let path = head.path else { return false }
+        return path == "/forward-auth" || path.hasPrefix("/forward-auth?")
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        queue.append(unwrapInboundIn(data))
+        process()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        firedSinceReadComplete = false
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        queue.removeAll()
+        context.fireChannelInactive()
+    }
+
+    private func process() {
+        guard let context, !processing else { return }
+        processing = true
+        defer { processing = false }
+        while let part = queue.first {
+            if routerRequestOpen {
+                queue.removeFirst()
+                if case .end = part { routerRequestOpen = false }
+                firedSinceReadComplete = true
+                context.fireChannelRead(wrapInboundOut(part))
+                continue
+            }
+            if let current = reading {
+                queue.removeFirst()
+                if case .end = part {
+                    reading = nil
+                    answer(current.head, started: current.started, context: context)
+                }
+                continue
+            }
+            guard !routerBusy, !answering else { break }
+            queue.removeFirst()
+            guard case .head(let head) = part else { continue }
+            if Self.isForwardAuth(head) {
+                reading = (head, .now)
+            } else {
+                routerBusy = true
+                routerRequestOpen = true
+                firedSinceReadComplete = true
+                context.fireChannelRead(wrapInboundOut(part))
+            }
+        }
+        if readPending, queue.isEmpty {
+            readPending = false
+            context.read()
+        }
+    }
+
+    private func processOutsideRead() {
+        firedSinceReadComplete = false
+        process()
+        if firedSinceReadComplete, let context {
+            firedSinceReadComplete = false
+            context.fireChannelReadComplete()
+        }
+    }
+
+    private func answer(_ head: HTTPRequest, started: ContinuousClock.Instant, context: ChannelHandlerContext) {
+        answering = true
+        let token = WebCookie.value(.session, in: head.headerFields)
+        do {
+            if let result = try responder.habilitation.checkNow(sessionToken: token, on: context.eventLoop) {
+                write(answer(result, head: head, started: started))
+                return
+            }
+        } catch {
+            write(failed(error))
+            return
+        }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        responder.habilitation.check(sessionToken: token, on: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            switch result {
+            case .success(let checked): handler.write(handler.answer(checked, head: head, started: started))
+            case .failure(let error): handler.write(handler.failed(error))
+            }
+            handler.processOutsideRead()
+        }
+    }
+
+    private func answer(_ result: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?), head: HTTPRequest,
+                        started: ContinuousClock.Instant) -> ForwardAuthAnswer {
+        if let facts = result.facts, responder.habilitation.activityDue(facts) {
+            let habilitation = responder.habilitation
+            Task { try? await habilitation.recordActivity(facts) }
+        }
+        return responder.answer(result.check, header: { name in HTTPField.Name(name).flatMap { head.headerFields[$0] } },
+                                authority: head.authority, withBody: head.method != .head, started: started)
+    }
+
+    /// As on the dedicated listener: 503, so the proxy refuses the request.
+    private func failed(_ error: any Error) -> ForwardAuthAnswer {
+        logger.error("forward-auth check failed", metadata: ["error": "\(error)"])
+        return ForwardAuthAnswer(status: 503, headers: [("Cache-Control", "no-store"), ("Retry-After", "1")], body: nil)
+    }
+
+    private func write(_ answer: ForwardAuthAnswer) {
+        answering = false
+        guard let context else { return }
+        var fields = HTTPFields()
+        for (name, value) in answer.headers {
+            if let name = HTTPField.Name(name) { fields.append(HTTPField(name: name, value: value)) }
+        }
+        nextRequestID &+= 0x9E37_79B9_7F4A_7C15
+        fields[.requestID] = Self.hex(nextRequestID)
+        let body = answer.body.map { ByteBuffer(string: $0) }
+        fields[.contentLength] = String(body?.readableBytes ?? 0)
+        responder.metrics.request(surface: "web", status: answer.status)
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: .init(code: answer.status), headerFields: fields))), promise: nil)
+        if let body { context.write(wrapOutboundOut(.body(body)), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    private static func hex(_ value: UInt64) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        return String(unsafeUninitializedCapacity: 16) { buffer in
+            for index in 0..<16 { buffer[index] = digits[Int((value >> UInt64(60 - 4 * index)) & 0xf)] }
+            return 16
+        }
+    }
+
+    // The router's answers pass through; the end of one lets the next request in.
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: promise)
+        guard case .end = unwrapOutboundIn(data), routerBusy else { return }
+        routerBusy = false
+        context.eventLoop.assumeIsolated().execute { [self] in processOutsideRead() }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if queue.isEmpty { context.read() } else { readPending = true }
+    }
+}
+
+/// Adds ``ForwardAuthRouteHandler`` to Hummingbird's HTTP/1 channel, after its
+/// connection-state handler and before the router.
+struct ForwardAuthRouteChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerChildChannel, HTTPChannelHandler {
+    typealias Value = Base.Value
+
+    let base: Base
+    let forwardAuth: ForwardAuthResponder
+    let logger: Logger
+
+    var responder: HTTPChannelHandler.Responder { base.responder }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        let (forwardAuth, handlerLogger) = (self.forwardAuth, self.logger)
+        return base.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            let operations = channel.pipeline.syncOperations
+            let state = try operations.handler(type: HTTPConnectionStateHandler.self)
+            try operations.addHandler(ForwardAuthRouteHandler(responder: forwardAuth, logger: handlerLogger), position: .after(state))
+            return value
+        }
+    }
+
+    func handle(value: Base.Value, logger: Logger) async {
+        await base.handle(value: value, logger: logger)
+    }
+}
