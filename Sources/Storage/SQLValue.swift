@@ -29,7 +29,7 @@ public typealias SQLArguments = [(any SQLBindable)?]
 
 extension String: SQLBindable, SQLDecodable {
     public var sqlValue: SQLValue { .text(self) }
-    public static func decode(_ value: SQLValue) -> String? {
+    @inlinable public static func decode(_ value: SQLValue) -> String? {
         if case .text(let text) = value { return text }
         return nil
     }
@@ -37,7 +37,7 @@ extension String: SQLBindable, SQLDecodable {
 
 extension Int64: SQLBindable, SQLDecodable {
     public var sqlValue: SQLValue { .integer(self) }
-    public static func decode(_ value: SQLValue) -> Int64? {
+    @inlinable public static func decode(_ value: SQLValue) -> Int64? {
         switch value {
         case .integer(let integer): integer
         case .bool(let bool): bool ? 1 : 0
@@ -48,13 +48,13 @@ extension Int64: SQLBindable, SQLDecodable {
 
 extension Int: SQLBindable, SQLDecodable {
     public var sqlValue: SQLValue { .integer(Int64(self)) }
-    public static func decode(_ value: SQLValue) -> Int? { Int64.decode(value).map { Int($0) } }
+    @inlinable public static func decode(_ value: SQLValue) -> Int? { Int64.decode(value).map { Int($0) } }
 }
 
 extension Bool: SQLBindable, SQLDecodable {
     public var sqlValue: SQLValue { .bool(self) }
     /// SQLite has no boolean type: its booleans (columns, `EXISTS`) are the integers 0 and 1.
-    public static func decode(_ value: SQLValue) -> Bool? {
+    @inlinable public static func decode(_ value: SQLValue) -> Bool? {
         switch value {
         case .bool(let bool): bool
         case .integer(let integer): integer != 0
@@ -68,7 +68,7 @@ extension Array: SQLBindable where Element == UInt8 {
 }
 
 extension Array: SQLDecodable where Element == UInt8 {
-    public static func decode(_ value: SQLValue) -> [UInt8]? {
+    @inlinable public static func decode(_ value: SQLValue) -> [UInt8]? {
         if case .blob(let bytes) = value { return bytes }
         return nil
     }
@@ -76,7 +76,7 @@ extension Array: SQLDecodable where Element == UInt8 {
 
 extension Data: SQLBindable, SQLDecodable {
     public var sqlValue: SQLValue { .blob(Array(self)) }
-    public static func decode(_ value: SQLValue) -> Data? { [UInt8].decode(value).map { Data($0) } }
+    @inlinable public static func decode(_ value: SQLValue) -> Data? { [UInt8].decode(value).map { Data($0) } }
 }
 
 extension Optional: SQLBindable where Wrapped: SQLBindable {
@@ -85,7 +85,7 @@ extension Optional: SQLBindable where Wrapped: SQLBindable {
 
 extension Optional: SQLDecodable where Wrapped: SQLDecodable {
     /// NULL reads as `.some(nil)`: the column was read, and it was empty.
-    public static func decode(_ value: SQLValue) -> Wrapped?? {
+    @inlinable public static func decode(_ value: SQLValue) -> Wrapped?? {
         if case .null = value { return .some(nil) }
         return Wrapped.decode(value).map { .some($0) }
     }
@@ -111,7 +111,7 @@ public struct SQLRow: Sendable, Equatable {
     }
 
     /// The value of the named column (`.null` when the statement has no such column).
-    public func value(_ column: String) -> SQLValue {
+    @inlinable public func value(_ column: String) -> SQLValue {
         for index in columns.indices where columns[index] == column { return values[index] }
         return .null
     }
@@ -119,14 +119,16 @@ public struct SQLRow: Sendable, Equatable {
     /// The named column decoded as `T`. A column the statement does not select, or a value
     /// of another type, is a programming error in the store that wrote both the SQL and the
     /// decoding: it stops the process, as GRDB's row subscript does.
-    public subscript<T: SQLDecodable>(_ column: String) -> T {
+    // Inlinable: specialized where rows are decoded (forward-auth's, before every agenda
+    // request, spent 2 % of its CPU looking generic metadata up).
+    @inlinable public subscript<T: SQLDecodable>(_ column: String) -> T {
         guard let index = columns.firstIndex(of: column) else { preconditionFailure("no column \(column) in the row") }
         guard let value = T.decode(values[index]) else { preconditionFailure("column \(column) is not a \(T.self)") }
         return value
     }
 
     /// The named column decoded as `T`, nil when it is NULL or absent.
-    public subscript<T: SQLDecodable>(optional column: String) -> T? {
+    @inlinable public subscript<T: SQLDecodable>(optional column: String) -> T? {
         T.decode(value(column))
     }
 }

@@ -43,6 +43,10 @@ final class SlotSearchStandIn: Sendable {
 
     var requests: [HTTPFields] { log.all }
 
+    static func bigPiece(_ index: Int) -> [UInt8] {
+        (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) }
+    }
+
     private init(port: Int, log: HeaderLog, group: ServiceGroup, task: Task<Void, any Error>) {
         self.port = port
         self.log = log
@@ -83,6 +87,13 @@ final class SlotSearchStandIn: Sendable {
                                             HTTPField.Name("X-Upstream-Secret")!: "for the proxy only", HTTPField.Name("X_Upstream_Flag")!: "1",
                                             HTTPField.Name("X-Fine")!: "ok"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: "{}")))
+        }
+        fhir.get("Big") { _, _ in
+            // 4 MiB in 64 KiB pieces, streamed: the relay must not need it whole.
+            Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: ResponseBody { writer in
+                for index in 0..<64 { try await writer.write(ByteBuffer(bytes: Self.bigPiece(index))) }
+                try await writer.finish(nil)
+            })
         }
         fhir.get("Slow") { _, _ in
             try await Task.sleep(for: .seconds(4))
@@ -266,6 +277,125 @@ struct SlotSearchUpstreamTests {
         #expect(refused.status == 403 && String(decoding: refused.body, as: UTF8.self).contains("OperationOutcome"), "\(refused.status)")
         #expect(standIn.requests.count == 3, "the revoked caller's request never reached the upstream")
         await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// An upstream that answers the first request of each connection and closes the
+    /// connection, unanswered, when a second one comes (what a server whose keep-alive
+    /// timeout just expired does to a client that reused the connection at that moment).
+    static let closingUpstream = """
+        import socket, sys, threading
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        print(server.getsockname()[1], flush=True)
+        def serve(connection):
+            data = b""
+            answered = False
+            while True:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\\r\\n\\r\\n" in data:
+                    if answered:
+                        break
+                    answered = True
+                    data = b""
+                    connection.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/fhir+json\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+            connection.close()
+        while True:
+            connection, _ = server.accept()
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+        """
+
+    /// A kept-alive upstream connection closed under a GET: the GET goes again on a new
+    /// connection (as nginx's `proxy_next_upstream error`); a request with a body does not
+    /// (it may have been acted on), and gets its 502.
+    @Test func anIdempotentRequestIsSentAgainWhenAKeptAliveConnectionWasClosed() async throws {
+        let pki = try TestPKI()
+        let upstream = Process()
+        upstream.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        upstream.arguments = ["-c", Self.closingUpstream]
+        let output = Pipe()
+        upstream.standardOutput = output
+        upstream.standardError = FileHandle.nullDevice
+        try upstream.run()
+        defer {
+            kill(upstream.processIdentifier, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(upstream.processIdentifier, &status, 0)
+        }
+        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let port = try #require(Int(line), "upstream port: \(line)")
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(port)/fhir")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        for _ in 0..<4 {
+            let answer = try await client.raw("/Slot?start=ge2026-11-23")
+            #expect(answer.status == 200 && answer.body == Array("{}".utf8), "\(answer.status)")
+        }
+        _ = try await client.raw("/Slot?start=ge2026-11-23")
+        let posted = try await client.raw("/Appointment", method: .POST, body: ByteBuffer(string: "{}"), headers: [("Content-Type", "application/fhir+json")])
+        #expect(posted.status == 502, "a request with a body is not sent twice: \(posted.status)")
+        await client.shutdown()
+        await server.stop()
+    }
+
+    /// A 4 MiB answer streams through unchanged, and a request that follows on the same
+    /// connection (pipelining aside) is answered after it.
+    @Test func aLargeAnswerStreamsThrough() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let big = try await client.raw("/Big")
+        #expect(big.status == 200)
+        #expect(big.body.count == 64 * 65536 && big.body == (0..<64).flatMap { SlotSearchStandIn.bigPiece($0) }, "byte for byte")
+        let next = try await client.raw("/Slot?start=ge2026-11-23")
+        #expect(next.status == 200 && next.body == Array(SlotSearchStandIn.slotBundle.utf8))
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// Relayed and INT_R02 requests pipelined on one connection are answered in order.
+    @Test func pipelinedRelayedAndLocalRequestsKeepTheirOrder() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
+        let client = pki.directory.appendingPathComponent("pipeline-client.pem")
+        let key = pki.directory.appendingPathComponent("pipeline-client-key.pem")
+        try pki.clients["valid"]!.certificatePEM.write(to: client, atomically: true, encoding: .utf8)
+        try pki.clients["valid"]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
+        let script = """
+            import socket, ssl, sys
+            port, ca, cert, key = sys.argv[1:5]
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
+            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
+            sock.settimeout(30)
+            get = lambda path: ("GET " + path + " HTTP/1.1\\r\\nHost: localhost\\r\\nAccept: application/fhir+json\\r\\n\\r\\n").encode()
+            sock.sendall(get("/Slot?start=ge2026-11-23") + get("/metadata") + get("/Slot?start=ge2026-11-23") + get("/Practitioner/unknown-here"))
+            data = b""
+            while data.count(b"HTTP/1.1 ") < 4 or not data.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            sys.stdout.write(data.decode("utf-8", "replace"))
+            """
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.port), pki.caPath, client.path, key.path]).output
+        let text = String(decoding: output, as: UTF8.self)
+        let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst()
+        #expect(answers.count == 4, "\(text.prefix(400))")
+        let kinds = answers.map { answer -> String in
+            if answer.contains("\"CapabilityStatement\"") { return "metadata" }
+            if answer.contains("\"Upstream\"") { return "practitioner" }
+            if answer.contains("\"searchset\"") { return "bundle" }
+            return String(answer.prefix(40))
+        }
+        #expect(kinds == ["bundle", "metadata", "bundle", "practitioner"], "in order: \(kinds)")
         await server.stop()
         await standIn.stop()
     }
