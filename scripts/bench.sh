@@ -5,7 +5,8 @@
 #   - one in-process libargon2 argon2id hash at the server's parameters.
 #   - nginx serving a static 200 over plain HTTP on loopback (the forward-auth listener's
 #     set-up) and over TLS without client certificate (the web listener's), the baselines of
-#     the two forward-auth endpoints.
+#     the two forward-auth endpoints, in interleaved rounds (each endpoint right after its
+#     baseline; per-round ratios, RATIO_FORWARD_AUTH), then a suspension under load;
 #   - for the relayed INT_R01 slot search (--fhir-upstream): the same Slot Bundle served by
 #     nginx directly over the same mTLS set-up (the SAS calling the slot search directly), over
 #     plain HTTP (the upstream account-server relays to), and relayed by nginx itself, the
@@ -325,10 +326,6 @@ for label in order:
         note = "same page and status for all three refusals; compare the p50s"
     elif label.startswith("argon2id_in_process"):
         note = "baseline, interleaved with the creates"
-    elif label == "forward_auth_listener":
-        note = f"{r['rps']/nginx_http:.1%} of nginx HTTP (≥40%), p99 {r['p99']:.2f} ms (≤5)"
-    elif label == "forward_auth_web_route":
-        note = f"{r['rps']/nginx_tls:.1%} of nginx TLS (for cross-host proxies; not the nginx path)"
     elif label.startswith("nginx_static_200"):
         note = "baseline"
     if label.startswith(("slot_", "curve_", "fa_", "forward_auth_listener_suspension")):

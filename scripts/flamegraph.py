@@ -19,7 +19,7 @@ from collections import defaultdict
 WIDTH = 1600
 ROW = 16
 FONT = 11
-MIN_WIDTH = 0.3  # px: narrower boxes are merged into nothing (they could not be seen)
+MIN_WIDTH = 1.0  # px: narrower boxes are left out (they could not be seen)
 
 
 def thread_group(comm):

@@ -85,7 +85,8 @@ public final class HabilitationService: Sendable {
         guard let sessionToken else { return (Self.noSession, nil) }
         let at = Date(epochMilliseconds: clock().epochMilliseconds)
         let hash = SecretToken.hash(sessionToken)
-        guard let rows = try database.engine.loopReadNow(FactsQuery.self, arguments: factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null },
+        let arguments = factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }
+        guard let rows = try database.engine.loopReadNow(FactsQuery.self, arguments: arguments,
                                                          on: eventLoop) else { return nil }
         guard let facts = rows.first.flatMap({ Self.facts($0, hash: hash) }) else { return (Self.noSession, nil) }
         return (evaluate(facts), facts)

@@ -154,15 +154,13 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
         let token = Self.sessionCookie(head.headers)
         // Nothing pending and an engine that answers on the loop (SQLite): answered now.
         if lastAnswer == nil {
-            let immediate: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?)??
             do {
-                immediate = try responder.habilitation.checkNow(sessionToken: token, on: context.eventLoop)
+                if let result = try responder.habilitation.checkNow(sessionToken: token, on: context.eventLoop) {
+                    write(answer(result, head: head, started: started), for: head, context: context)
+                    return
+                }
             } catch {
-                immediate = .some(nil)
                 write(Self.failed(error, logger: shared.logger), for: head, context: context)
-            }
-            if let immediate {
-                if let result = immediate { write(answer(result, head: head, started: started), for: head, context: context) }
                 return
             }
         }
