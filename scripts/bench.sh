@@ -42,7 +42,10 @@ while (($#)); do
         --duration) duration=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
-        --profile) profile=$(realpath -m "$2"); shift 2 ;;
+        --profile)
+            profile=$(realpath -m "$2")
+            command -v perf >/dev/null || { echo "--profile needs perf (Debian: apt-get install linux-perf)" >&2; exit 2; }
+            shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
