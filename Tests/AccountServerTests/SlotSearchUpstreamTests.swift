@@ -400,6 +400,84 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// The relay's connection rules on a raw TLS socket: a client that goes away mid-search
+    /// leaves the server serving (the upstream's late answer finds no client); `Connection:
+    /// close` closes after the answer; CONNECT and TRACE are refused (405), and so is a
+    /// request target that is not a path (400); none of them reaches the upstream.
+    @Test func theRelayKeepsAProxysConnectionRules() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
+        let client = pki.directory.appendingPathComponent("rules-client.pem")
+        let key = pki.directory.appendingPathComponent("rules-client-key.pem")
+        try pki.clients["valid"]!.certificatePEM.write(to: client, atomically: true, encoding: .utf8)
+        try pki.clients["valid"]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
+        let script = """
+            import json, socket, ssl, sys, time
+            port, ca, cert, key = sys.argv[1:5]
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
+            def connect():
+                sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
+                sock.settimeout(30)
+                return sock
+            def exchange(data, wait=30):
+                sock = connect()
+                sock.settimeout(wait)
+                sock.sendall(data)
+                received = b""
+                try:
+                    while True:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            return {"text": received.decode("utf-8", "replace"), "closed": True}
+                        received += chunk
+                        head, found, rest = received.partition(b"\\r\\n\\r\\n")
+                        length = [int(l.split(b":", 1)[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")]
+                        if found and length and len(rest) >= length[0]:
+                            sock.settimeout(3)
+                            try:
+                                closed = sock.recv(1) == b""
+                            except socket.timeout:
+                                closed = False
+                            return {"text": received.decode("utf-8", "replace"), "closed": closed}
+                except socket.timeout:
+                    return {"text": received.decode("utf-8", "replace"), "closed": False}
+            # A search the client gives up on: the upstream answers 4 s later, to nobody.
+            gone = connect()
+            gone.sendall(b"GET /Slow HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+            time.sleep(0.5)
+            gone.close()
+            time.sleep(5)
+            results = [
+                exchange(b"GET /Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n"),
+                exchange(b"TRACE /Slot HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
+                # (the answer to a CONNECT carries no length: read for 3 s)
+                exchange(b"CONNECT upstream.example:443 HTTP/1.1\\r\\nHost: upstream.example:443\\r\\n\\r\\n", wait=3),
+                exchange(b"OPTIONS * HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
+                exchange(b"GET /Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
+                exchange(b"GET http://other.example/Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
+            ]
+            print(json.dumps(results))
+            """
+        let before = standIn.requests.count
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.port), pki.caPath, client.path, key.path]).output
+        let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
+        let texts = results.map { $0["text"] as? String ?? "" }
+        let closed = results.map { $0["closed"] as? Bool ?? false }
+        #expect(texts.count == 6)
+        #expect(texts[0].hasPrefix("HTTP/1.1 200") && closed[0], "Connection: close: \(texts[0].prefix(200))")
+        #expect(texts[1].hasPrefix("HTTP/1.1 405") && texts[1].contains("OperationOutcome"), "TRACE: \(texts[1].prefix(200))")
+        #expect(texts[2].hasPrefix("HTTP/1.1 4"), "CONNECT: \(texts[2].prefix(200)) closed: \(closed[2])")
+        #expect(texts[3].hasPrefix("HTTP/1.1 400") && texts[3].contains("OperationOutcome"), "asterisk form: \(texts[3].prefix(200))")
+        #expect(texts[4].hasPrefix("HTTP/1.1 200") && !closed[4], "still serving, kept alive: \(texts[4].prefix(200))")
+        // An absolute-form target is read as its path: relayed inside the upstream's base path.
+        #expect(texts[5].hasPrefix("HTTP/1.1 200"), "absolute form: \(texts[5].prefix(200))")
+        #expect(standIn.requests.count - before == 4, "the abandoned search and the three searches, nothing else")
+        await server.stop()
+        await standIn.stop()
+    }
+
     @Test func int02StaysHereAndEverythingElseIsRelayed() async throws {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()

@@ -97,7 +97,13 @@ struct LoopReadTests {
         }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let expected = try await engine.read { db in try SQLRow.fetchAll(db, sql: Probe.sql, arguments: [1, "x"]) }
-        let first = try await engine.loopRead(Probe.self, arguments: [.integer(1), .text("x")], on: loop).get()
+        // On the loop, as forward-auth calls it (the SQLite reader belongs to its loop's thread).
+        func onLoop(_ arguments: [SQLValue], sql: String? = nil) async throws -> [SQLRow] {
+            try await loop.flatSubmit {
+                sql.map { engine.loopRead(sql: $0, arguments: arguments, on: loop) } ?? engine.loopRead(Probe.self, arguments: arguments, on: loop)
+            }.get()
+        }
+        let first = try await onLoop([.integer(1), .text("x")])
         #expect(first.count == 2)
         #expect(first.map { $0["label"] as String? } == expected.map { $0["label"] as String? })
         #expect(first[0]["label"] as String == "Médecin — régulateur" && first[0]["amount"] as Int64 == -42)
@@ -105,13 +111,13 @@ struct LoopReadTests {
         #expect(first[0]["data"] as [UInt8] == [0, 1, 255] && first[1].value("data") == .null && first[1].value("amount") == .null)
 
         try await engine.write { db in try db.execute(sql: "UPDATE probe SET label = ? WHERE id = ?", arguments: ["retiré", 1]) }
-        let again = try await engine.loopRead(Probe.self, arguments: [.integer(1), .text("x")], on: loop).get()
+        let again = try await onLoop([.integer(1), .text("x")])
         #expect(again.first?["label"] as String? == "retiré", "the read after a commit sees it")
-        let none = try await engine.loopRead(Probe.self, arguments: [.integer(3), .text("x")], on: loop).get()
+        let none = try await onLoop([.integer(3), .text("x")])
         #expect(none.isEmpty)
 
         await #expect(throws: StorageError.self) {
-            try await engine.loopRead(sql: "SELECT nothing FROM nowhere", arguments: [], on: loop).get()
+            try await onLoop([], sql: "SELECT nothing FROM nowhere")
         }
         await engine.close()
     }

@@ -331,9 +331,15 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    func send(_ part: HTTPClientRequestPart, flush: Bool) {
+    func send(_ part: HTTPClientRequestPart, flush: Bool, written: (() -> Void)? = nil) {
         guard let context else { return }
-        context.write(wrapOutboundOut(part), promise: nil)
+        if let written {
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.assumeIsolated().whenSuccess { written() }
+            context.write(wrapOutboundOut(part), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(part), promise: nil)
+        }
         if flush { context.flush() }
     }
 
@@ -349,7 +355,10 @@ final class UpstreamConnection: ChannelDuplexHandler, RemovableChannelHandler {
 
 /// One relayed request and its answer. Lives on the client connection's event loop.
 final class RelayExchange {
-    private unowned let handler: UpstreamRelayHandler
+    /// Weak: the client connection may go away mid-exchange (its handler removed with it);
+    /// the exchange, still held by its upstream connection and the watchdog, then ends quietly.
+    private weak var handler: UpstreamRelayHandler?
+    private let pool: UpstreamPool
     private let relay: UpstreamRelay
     let head: HTTPRequest
     let requestID: String
@@ -365,6 +374,10 @@ final class RelayExchange {
     private var requestHasBody = false
     private var responseStarted = false
     private var keepAlive = true
+    /// The request's end has reached the upstream's socket: only then may the connection be
+    /// reused (an upstream that answers before reading the whole body would otherwise read its
+    /// rest as the next request, perhaps another caller's).
+    private var requestEndWritten = false
     private var receivedAnything = false
     /// The start, then the last sign of life from the upstream: the pool's watchdog times
     /// the exchange out `--fhir-upstream-timeout` after it.
@@ -373,6 +386,7 @@ final class RelayExchange {
 
     init(handler: UpstreamRelayHandler, relay: UpstreamRelay, head: HTTPRequest, requestID: String, caller: CallerAuthenticator.Caller, peer: String) {
         self.handler = handler
+        self.pool = handler.pool
         self.relay = relay
         self.head = head
         self.requestID = requestID
@@ -384,14 +398,14 @@ final class RelayExchange {
     var wantsBackpressure: Bool { waitingBytes > 256 * 1024 || (connection.map { !$0.isWritable } ?? false) }
 
     func start() {
-        handler.pool.watch(self)
+        pool.watch(self)
         waiting.append(.head(upstreamHead()))
         connect(fresh: false)
     }
 
     private func connect(fresh: Bool) {
-        handler.pool.acquire(fresh: fresh) { [self] result in
-            guard !finished else {
+        pool.acquire(fresh: fresh) { [self] result in
+            guard !finished, let handler else {
                 if case .success(let (connection, _)) = result { connection.close() }
                 return
             }
@@ -457,10 +471,16 @@ final class RelayExchange {
             waiting = []
             waitingBytes = 0
             for (index, part) in parts.enumerated() {
-                connection.send(part, flush: index == parts.count - 1)
+                if case .end = part {
+                    connection.send(part, flush: index == parts.count - 1) { [weak self] in self?.requestEndWritten = true }
+                } else {
+                    connection.send(part, flush: index == parts.count - 1)
+                }
             }
+            // A client still sending is activity too: a slow upload is not a silent upstream.
+            lastActivity = .now()
         }
-        handler.relayBackpressureChanged()
+        handler?.relayBackpressureChanged()
     }
 
     /// GET, HEAD or OPTIONS without a body: safe to send again on a new connection.
@@ -478,6 +498,10 @@ final class RelayExchange {
 
     func upstreamReceived(_ part: HTTPClientResponsePart) {
         guard !finished else { return }
+        guard let handler else {
+            clientClosed()
+            return
+        }
         receivedAnything = true
         switch part {
         case .head(let response):
@@ -511,7 +535,7 @@ final class RelayExchange {
     }
 
     func upstreamReadComplete() {
-        if responseStarted, !finished { handler.flushClient() }
+        if responseStarted, !finished { handler?.flushClient() }
     }
 
     func upstreamFailed(_ error: any Error) {
@@ -531,6 +555,7 @@ final class RelayExchange {
         guard !finished else { return }
         let started = responseStarted
         finish(returning: false)
+        guard let handler else { return }
         if started {
             relay.logger.warning("INT_R01 upstream failed after its answer began; connection closed",
                                  metadata: ["request_id": "\(requestID)", "upstream": "\(relay.target.hostHeader)", "error": "\(error)"])
@@ -565,8 +590,11 @@ final class RelayExchange {
         self.connection = nil
         connection.exchange = nil
         connection.holdReads(false)
-        if returning, keepAlive, requestEnded, let pool = connection.pool {
-            pool.release(connection)
+        if returning, keepAlive, requestEnded, requestEndWritten, let pool = connection.pool {
+            // Back to the pool on the next turn of the loop, once the read that carried the
+            // answer's end is fully processed: bytes after the answer then find no exchange
+            // and close the connection, instead of reaching the next request's.
+            pool.eventLoop.assumeIsolated().execute { pool.release(connection) }
         } else {
             connection.close()
         }
@@ -608,6 +636,10 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case discarding
     }
 
+    /// What FHIR's RESTful API uses; CONNECT, TRACE, WebDAV and the like are never relayed
+    /// (a 2xx to CONNECT would leave the upstream connection in tunnel mode).
+    static let relayedMethods: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .patch, .delete, .options]
+
     private let relay: UpstreamRelay
     private var context: ChannelHandlerContext?
     private var identity: ClientIdentityHandler?
@@ -616,12 +648,12 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var readPending = false
     private var firedSinceReadComplete = false
     private var processing = false
+    /// The request being answered here asked to close the connection after its answer.
+    private var closeAfterAnswer = false
     private var peer = "unknown"
     /// The connection's last passed certificate revalidation (it stands until the CRLs change).
     private var revalidation: ClientCertificateVerifier.Revalidation?
-    /// Request ids: random per connection, then counted (a random draw per request is a
-    /// system call).
-    private var nextRequestID = UInt64.random(in: .min ... .max)
+    private var requestIDs = ConnectionRequestIDs()
 
     init(relay: UpstreamRelay) {
         self.relay = relay
@@ -639,7 +671,13 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         peer = context.channel.remoteAddress?.ipAddress ?? "unknown"
     }
 
+    /// The connection is gone (Hummingbird's connection-state handler, before this one, does
+    /// not pass `channelInactive` on: removal is the signal). An exchange under way closes its
+    /// upstream connection, which cannot be reused mid-answer.
     func handlerRemoved(context: ChannelHandlerContext) {
+        if case .relaying(let exchange, _) = stage { exchange.clientClosed() }
+        stage = .discarding
+        queue.removeAll()
         self.context = nil
     }
 
@@ -714,16 +752,18 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// Routes a request: the router's local-or-relayed decision, the caller first.
     private func begin(_ head: HTTPRequest, context: ChannelHandlerContext) {
-        let path = head.path ?? "/"
+        let path = head.path ?? ""
         let pathOnly = path.firstIndex(of: "?").map { String(path[..<$0]) } ?? path
-        let ambiguous = FHIRRouting.hasAmbiguousSegments(pathOnly)
+        // Only origin-form targets (`/…`): an absolute-form or `*` target would be relayed
+        // outside the upstream's base path, or steer a virtual-hosting upstream elsewhere.
+        let ambiguous = !pathOnly.hasPrefix("/") || FHIRRouting.hasAmbiguousSegments(pathOnly)
         let route = FHIRRouting.route(method: head.method, path: pathOnly)
         if route == .local, !ambiguous {
             toRouter(head, context: context)
             return
         }
-        nextRequestID &+= 0x9E37_79B9_7F4A_7C15
-        let requestID = Self.hex(nextRequestID)
+        let requestID = requestIDs.next()
+        closeAfterAnswer = Self.asksToClose(head)
         let decided: (Result<CallerAuthenticator.Caller, FHIRError>) -> Void = { [self] result in
             guard self.context != nil else { return }
             switch result {
@@ -733,6 +773,10 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 relay.logger.notice("FHIR request refused: ambiguous path", metadata: ["path": "\(pathOnly)", "request_id": "\(requestID)"])
                 refuse(FHIRError(.invalidContent, code: .invalid,
                                  "The request path contains a dot-segment, an encoded slash, a backslash, a ';', a '#' or a '%25'; no FHIR path does."),
+                       requestID: requestID)
+            case .success where !Self.relayedMethods.contains(head.method):
+                refuse(FHIRError(.methodNotAllowed(allowed: Self.relayedMethods.map(\.rawValue).sorted()), code: .notSupported,
+                                 "\(head.method.rawValue) is not relayed to the slot search."),
                        requestID: requestID)
             case .success(let caller):
                 if case .practitionerRead(let id) = route, PractitionerValidator.isValidResourceID(id) {
@@ -803,14 +847,6 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         writeOutcome(error, requestID: requestID)
     }
 
-    private static func hex(_ value: UInt64) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        return String(unsafeUninitializedCapacity: 16) { buffer in
-            for index in 0..<16 { buffer[index] = digits[Int((value >> UInt64(60 - 4 * index)) & 0xf)] }
-            return 16
-        }
-    }
-
     // MARK: outbound (the router's answers)
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -849,8 +885,23 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func writeToClient(_ part: HTTPResponsePart, flush: Bool) {
         guard let context else { return }
+        if case .end = part, closeAfterAnswer {
+            // `Connection: close`: the answer, then the connection's end.
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(part)).whenComplete { _ in loopBound.value.close(promise: nil) }
+            queue.removeAll()
+            stage = .discarding
+            return
+        }
         context.write(wrapOutboundOut(part), promise: nil)
         if flush { context.flush() }
+    }
+
+    /// `Connection: close` among the request's connection options.
+    static func asksToClose(_ head: HTTPRequest) -> Bool {
+        head.headerFields[values: .connection].contains { value in
+            value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
+        }
     }
 
     func flushClient() {
@@ -877,6 +928,23 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         writeToClient(.head(HTTPResponse(status: status, headerFields: headers)), flush: false)
         writeToClient(.body(body), flush: false)
         writeToClient(.end(nil), flush: true)
+    }
+}
+
+/// Request ids for the requests a handler answers on its connection: 16 hex digits, from a
+/// random start per connection, then a fixed odd step (a random draw per request is a system
+/// call, 1 % of the relay). Ids label logs and answers; they are not secrets.
+struct ConnectionRequestIDs {
+    private var last = UInt64.random(in: .min ... .max)
+
+    mutating func next() -> String {
+        last &+= 0x9E37_79B9_7F4A_7C15
+        let value = last
+        let digits = Array("0123456789abcdef".utf8)
+        return String(unsafeUninitializedCapacity: 16) { buffer in
+            for index in 0..<16 { buffer[index] = digits[Int((value >> UInt64(60 - 4 * index)) & 0xf)] }
+            return 16
+        }
     }
 }
 

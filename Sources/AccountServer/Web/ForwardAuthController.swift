@@ -138,10 +138,11 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// A forward-auth request being read (its body is dropped), then answered.
     private var reading: (head: HTTPRequest, started: ContinuousClock.Instant)?
     private var answering = false
+    private var closeAfterAnswer = false
     private var processing = false
     private var readPending = false
     private var firedSinceReadComplete = false
-    private var nextRequestID = UInt64.random(in: .min ... .max)
+    private var requestIDs = ConnectionRequestIDs()
 
     static let methods: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .patch, .delete, .options]
 
@@ -222,6 +223,7 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func answer(_ head: HTTPRequest, started: ContinuousClock.Instant, context: ChannelHandlerContext) {
         answering = true
+        closeAfterAnswer = UpstreamRelayHandler.asksToClose(head)
         let token = WebCookie.value(.session, in: head.headerFields)
         do {
             if let result = try responder.habilitation.checkNow(sessionToken: token, on: context.eventLoop) {
@@ -266,22 +268,21 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
         for (name, value) in answer.headers {
             if let name = HTTPField.Name(name) { fields.append(HTTPField(name: name, value: value)) }
         }
-        nextRequestID &+= 0x9E37_79B9_7F4A_7C15
-        fields[.requestID] = Self.hex(nextRequestID)
+        fields[.requestID] = requestIDs.next()
         let body = answer.body.map { ByteBuffer(string: $0) }
         fields[.contentLength] = String(body?.readableBytes ?? 0)
         responder.metrics.request(surface: "web", status: answer.status)
         context.write(wrapOutboundOut(.head(HTTPResponse(status: .init(code: answer.status), headerFields: fields))), promise: nil)
         if let body { context.write(wrapOutboundOut(.body(body)), promise: nil) }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-    }
-
-    private static func hex(_ value: UInt64) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        return String(unsafeUninitializedCapacity: 16) { buffer in
-            for index in 0..<16 { buffer[index] = digits[Int((value >> UInt64(60 - 4 * index)) & 0xf)] }
-            return 16
+        if closeAfterAnswer {
+            // `Connection: close`: nothing after this answer.
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in loopBound.value.close(promise: nil) }
+            queue.removeAll()
+            answering = true
+            return
         }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
     // The router's answers pass through; the end of one lets the next request in.

@@ -103,6 +103,9 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
     /// The answer last sent or being prepared: the next one is written after it.
     private var lastAnswer: EventLoopFuture<Void>?
     private var pending = 0
+    /// Checks started and not yet answered; requests beyond ``maximumPending`` wait here.
+    private var inFlight = 0
+    private var waiting: CircularBuffer<(HTTPRequestHead, ContinuousClock.Instant)> = []
     private var readPending = false
     private var closing = false
 
@@ -148,9 +151,21 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
     }
 
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, started: ContinuousClock.Instant) {
+        guard inFlight < Self.maximumPending else {
+            // Many pipelined requests decoded from one read: their checks start as earlier
+            // answers are written, never more than `maximumPending` at once.
+            waiting.append((head, started))
+            pending += 1
+            return
+        }
+        pending += 1
+        start(context: context, head: head, started: started)
+    }
+
+    private func start(context: ChannelHandlerContext, head: HTTPRequestHead, started: ContinuousClock.Instant) {
         let shared = self.shared
         let responder = shared.responder
-        pending += 1
+        inFlight += 1
         let token = Self.sessionCookie(head.headers)
         // Nothing pending and an engine that answers on the loop (SQLite): answered now.
         if lastAnswer == nil {
@@ -215,6 +230,14 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
         let buffer = Self.encode(answer, version: head.version, withBody: head.method != .HEAD, keepAlive: keepAlive,
                                  allocator: context.channel.allocator, logger: shared.logger)
         pending -= 1
+        inFlight -= 1
+        defer {
+            // The next waiting request starts once this answer is written (its own answer,
+            // immediate on SQLite, must come after).
+            if !closing, let (next, started) = waiting.popFirst() {
+                start(context: context, head: next, started: started)
+            }
+        }
         if keepAlive {
             context.writeAndFlush(NIOAny(buffer), promise: nil)
         } else {

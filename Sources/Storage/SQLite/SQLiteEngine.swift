@@ -80,6 +80,8 @@ public final class SQLiteEngine: StorageEngine {
     /// a memory-mapped file costs microseconds, less than any hop. Its implicit transaction
     /// is already a consistent snapshot.
     public func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        // The reader has no mutex of its own: only its loop's thread may use it.
+        eventLoop.preconditionInEventLoop()
         do {
             let reader = try loopReaders.connection(for: eventLoop, path: path)
             return eventLoop.makeSucceededFuture(try reader.fetchAll(sql: sql, arguments: arguments))
@@ -89,6 +91,7 @@ public final class SQLiteEngine: StorageEngine {
     }
 
     public func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
+        eventLoop.preconditionInEventLoop()
         do {
             return try loopReaders.connection(for: eventLoop, path: path).fetchAll(sql: sql, arguments: arguments)
         } catch {
