@@ -165,6 +165,15 @@ struct SlotSearchUpstreamTests {
         }
     }
 
+    /// The valid client's certificate and key as files, for a raw Python TLS client.
+    static func clientFiles(_ pki: TestPKI) throws -> (certificate: URL, key: URL) {
+        let certificate = pki.directory.appendingPathComponent("raw-valid-client.pem")
+        let key = pki.directory.appendingPathComponent("raw-valid-client-key.pem")
+        try pki.clients["valid"]!.certificatePEM.write(to: certificate, atomically: true, encoding: .utf8)
+        try pki.clients["valid"]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
+        return (certificate, key)
+    }
+
     @Test func slotSearchIsRelayedByteForByteWithTheVerifiedCaller() async throws {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()
@@ -364,10 +373,7 @@ struct SlotSearchUpstreamTests {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()
         let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
-        let client = pki.directory.appendingPathComponent("pipeline-client.pem")
-        let key = pki.directory.appendingPathComponent("pipeline-client-key.pem")
-        try pki.clients["valid"]!.certificatePEM.write(to: client, atomically: true, encoding: .utf8)
-        try pki.clients["valid"]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
+        let (client, key) = try Self.clientFiles(pki)
         let script = """
             import socket, ssl, sys
             port, ca, cert, key = sys.argv[1:5]
@@ -408,10 +414,7 @@ struct SlotSearchUpstreamTests {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()
         let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
-        let client = pki.directory.appendingPathComponent("rules-client.pem")
-        let key = pki.directory.appendingPathComponent("rules-client-key.pem")
-        try pki.clients["valid"]!.certificatePEM.write(to: client, atomically: true, encoding: .utf8)
-        try pki.clients["valid"]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
+        let (client, key) = try Self.clientFiles(pki)
         let script = """
             import json, socket, ssl, sys, time
             port, ca, cert, key = sys.argv[1:5]
