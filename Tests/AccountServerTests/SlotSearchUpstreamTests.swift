@@ -476,7 +476,10 @@ struct SlotSearchUpstreamTests {
         #expect(texts[4].hasPrefix("HTTP/1.1 200") && !closed[4], "still serving, kept alive: \(texts[4].prefix(200))")
         // An absolute-form target is read as its path: relayed inside the upstream's base path.
         #expect(texts[5].hasPrefix("HTTP/1.1 200"), "absolute form: \(texts[5].prefix(200))")
-        #expect(standIn.requests.count - before == 4, "the abandoned search and the three searches, nothing else")
+        // The three searches; the abandoned one only if it left before its client did (on a
+        // loaded machine the client may be gone first); nothing else.
+        let reached = standIn.requests.count - before
+        #expect(reached == 3 || reached == 4, "\(reached) requests reached the upstream")
         await server.stop()
         await standIn.stop()
     }
