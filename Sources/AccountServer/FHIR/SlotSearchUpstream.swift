@@ -134,12 +134,7 @@ final class SlotSearchUpstream: Sendable {
     /// identity and forwarding headers this product sets itself, and any name with an
     /// underscore (as nginx drops them by default): CGI and PHP turn `X_SSL_Client_S_DN` and
     /// `X-SSL-Client-S-DN` into the same variable, so the underscore spelling would pass
-    /// for the identity we set.
-    static func isStripped(_ name: String) -> Bool {
-        isStripped(canonical: name.lowercased())
-    }
-
-    /// ``isStripped(_:)`` for a name already in lower case (`HTTPField.Name.canonicalName`).
+    /// for the identity we set. `lowered`: the name in lower case (`HTTPField.Name.canonicalName`).
     static func isStripped(canonical lowered: String) -> Bool {
         lowered.utf8.contains(UInt8(ascii: "_")) || hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
             || lowered == "x-forwarded-for" || lowered == "x-forwarded-proto" || lowered == "x-forwarded-host" || lowered == "forwarded"
@@ -147,7 +142,7 @@ final class SlotSearchUpstream: Sendable {
     }
 
     /// The verified caller, as nginx's `ssl_client_*` variables would describe it. Added, not
-    /// replaced: the caller's own copies were stripped before (``isStripped(_:)``).
+    /// replaced: the caller's own copies were stripped before (``isStripped(canonical:)``).
     static func addIdentity(to headers: inout HTTPHeaders, caller: ClientIdentity?, clientAddress: String, host: String?, requestID: String) {
         headers.add(name: "X-Forwarded-For", value: clientAddress)
         headers.add(name: "X-Forwarded-Proto", value: "https")

@@ -835,10 +835,9 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private func startRelay(_ head: HTTPRequest, caller: CallerAuthenticator.Caller, requestID: String) {
-        guard let context else { return }
+        guard context != nil else { return }
         let exchange = RelayExchange(handler: self, relay: relay, head: head, requestID: requestID, caller: caller, peer: peer)
         stage = .relaying(exchange, requestEnded: false)
-        _ = context
         exchange.start()
     }
 
