@@ -123,6 +123,64 @@ struct LoopReadTests {
     }
 }
 
+/// Blocking process I/O, on a thread of its own rather than the cooperative pool.
+private func offTheCooperativePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+extension LoopReadTests {
+    /// SQLite's loop reader never waits on its loop for a locked file: it reports
+    /// ``LoopReader/WouldWait`` at once (the engine then answers from its pool, where waiting
+    /// is allowed), not after a busy timeout spent on the loop, and reads again once the lock
+    /// is gone. (A WAL file is locked against readers only by a connection that took it
+    /// exclusively before any other opened it, as here, or by a crash recovery.)
+    @Test func aLockedSQLiteFileIsNeverWaitedForOnTheLoop() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("loopread-locked-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("store.sqlite").path
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        holder.arguments = ["-c", """
+            import sqlite3, sys
+            db = sqlite3.connect(sys.argv[1], isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE probe (id INTEGER PRIMARY KEY)")
+            db.execute("INSERT INTO probe (id) VALUES (1)")
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("BEGIN EXCLUSIVE")
+            db.execute("INSERT INTO probe (id) VALUES (2)")
+            print("held", flush=True)
+            sys.stdin.readline()
+            db.execute("COMMIT")
+            db.close()
+            """, path]
+        let input = Pipe(), output = Pipe(), errors = Pipe()
+        holder.standardInput = input
+        holder.standardOutput = output
+        holder.standardError = errors
+        try holder.run()
+        let said = try await offTheCooperativePool { output.fileHandleForReading.availableData }
+        guard String(decoding: said, as: UTF8.self).hasPrefix("held") else {
+            let complaint = try await offTheCooperativePool { try errors.fileHandleForReading.readToEnd() ?? Data() }
+            Issue.record("the lock was not taken: \(String(decoding: complaint, as: UTF8.self))")
+            return
+        }
+
+        let reader = try LoopReader(path: path)
+        #expect(throws: LoopReader.WouldWait.self, "reported at once, not waited for") {
+            try reader.fetchAll(sql: "SELECT id FROM probe ORDER BY id", arguments: [])
+        }
+        try input.fileHandleForWriting.write(contentsOf: Data("\n".utf8))
+        try await offTheCooperativePool { holder.waitUntilExit() }
+        #expect(holder.terminationStatus == 0)
+        #expect(try reader.fetchAll(sql: "SELECT id FROM probe ORDER BY id", arguments: []).map { $0["id"] as Int64 } == [1, 2])
+        reader.close()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
 /// The PostgreSQL engine against a real server (the PostgreSQL run of the suite).
 @Suite("PostgreSQL engine", .enabled(if: TestStore.kind == .postgres))
 struct PostgresEngineTests {

@@ -79,21 +79,34 @@ public final class SQLiteEngine: StorageEngine {
     /// One read-only connection per event loop, used on the loop's thread: a point query in
     /// a memory-mapped file costs microseconds, less than any hop. Its implicit transaction
     /// is already a consistent snapshot.
+    ///
+    /// The loop never waits for SQLite: its connection has no busy timeout, and a file that is
+    /// momentarily locked (a WAL index being rebuilt, a checkpoint's brief exclusive moment)
+    /// sends the read to the pool, whose connections may wait on their own threads. Waiting
+    /// on the loop would stall every connection it serves.
     public func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
         // The reader has no mutex of its own: only its loop's thread may use it.
         eventLoop.preconditionInEventLoop()
         do {
             let reader = try loopReaders.connection(for: eventLoop, path: path)
             return eventLoop.makeSucceededFuture(try reader.fetchAll(sql: sql, arguments: arguments))
+        } catch is LoopReader.WouldWait {
+            return eventLoop.makeFutureWithTask {
+                try await self.read { transaction in try transaction.fetchAll(sql: sql, arguments: arguments) }
+            }
         } catch {
             return eventLoop.makeFailedFuture(Self.storageError(error))
         }
     }
 
+    /// nil when the file is momentarily locked: the caller then takes ``loopRead(sql:arguments:on:)``,
+    /// which goes to the pool.
     public func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
         eventLoop.preconditionInEventLoop()
         do {
             return try loopReaders.connection(for: eventLoop, path: path).fetchAll(sql: sql, arguments: arguments)
+        } catch is LoopReader.WouldWait {
+            return nil
         } catch {
             throw Self.storageError(error)
         }
@@ -254,6 +267,10 @@ final class LoopReader: @unchecked Sendable {
     /// SQLite's "copy the bound text now": the argument's storage is temporary.
     private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
+    /// The file is locked for a moment (SQLITE_BUSY or SQLITE_LOCKED): the read must be made
+    /// where waiting is allowed.
+    struct WouldWait: Error {}
+
     init(path: String) throws {
         var handle: OpaquePointer?
         let opened = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nil)
@@ -262,7 +279,9 @@ final class LoopReader: @unchecked Sendable {
             sqlite3_close_v2(handle)
             throw StorageError.unavailable("SQLite read connection: \(message)")
         }
-        sqlite3_busy_timeout(handle, 1000)
+        // No busy timeout: a locked file is reported at once (``WouldWait``), never waited
+        // for on the loop.
+        sqlite3_busy_timeout(handle, 0)
         sqlite3_extended_result_codes(handle, 1)
         db = handle
     }
@@ -331,15 +350,17 @@ final class LoopReader: @unchecked Sendable {
         return (statement, columns)
     }
 
-    /// The engine's errors, as GRDB's are mapped: a locked or unreadable file is
-    /// "unavailable" (503), anything else a failed statement.
-    private func failure(_ code: Int32, db: OpaquePointer) -> StorageError {
+    /// The engine's errors, as GRDB's are mapped: a locked file is ``WouldWait`` (the pool
+    /// reads instead), an unreadable one "unavailable" (503), anything else a failed statement.
+    private func failure(_ code: Int32, db: OpaquePointer) -> any Error {
         let message = String(cString: sqlite3_errmsg(db))
         switch code & 0xff {
-        case SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CANTOPEN, SQLITE_IOERR, SQLITE_FULL, SQLITE_READONLY, SQLITE_NOTADB, SQLITE_CORRUPT:
-            return .unavailable(message)
+        case SQLITE_BUSY, SQLITE_LOCKED:
+            return WouldWait()
+        case SQLITE_CANTOPEN, SQLITE_IOERR, SQLITE_FULL, SQLITE_READONLY, SQLITE_NOTADB, SQLITE_CORRUPT:
+            return StorageError.unavailable(message)
         default:
-            return .statementFailed(message)
+            return StorageError.statementFailed(message)
         }
     }
 }
