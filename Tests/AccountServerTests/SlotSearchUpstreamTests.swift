@@ -426,7 +426,7 @@ struct SlotSearchUpstreamTests {
                 return sock
             # A connection due to close gets the whole timeout for it (a loaded machine may
             # take seconds); one due to stay open is watched for 3 s, which cannot invent a close.
-            def exchange(data, wait=30, closes=False):
+            def exchange(data, wait=30, closes=False, head_only=False):
                 sock = connect()
                 sock.settimeout(wait)
                 sock.sendall(data)
@@ -438,6 +438,8 @@ struct SlotSearchUpstreamTests {
                             return {"text": received.decode("utf-8", "replace"), "closed": True}
                         received += chunk
                         head, found, rest = received.partition(b"\\r\\n\\r\\n")
+                        if found and head_only:
+                            return {"text": received.decode("utf-8", "replace"), "closed": False}
                         length = [int(l.split(b":", 1)[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")]
                         if found and length and len(rest) >= length[0]:
                             sock.settimeout(30 if closes else 3)
@@ -457,8 +459,8 @@ struct SlotSearchUpstreamTests {
             results = [
                 exchange(b"GET /Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n", closes=True),
                 exchange(b"TRACE /Slot HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
-                # (the answer to a CONNECT carries no length: read for 3 s)
-                exchange(b"CONNECT upstream.example:443 HTTP/1.1\\r\\nHost: upstream.example:443\\r\\n\\r\\n", wait=3),
+                # (the answer to a CONNECT carries no length: its head is enough)
+                exchange(b"CONNECT upstream.example:443 HTTP/1.1\\r\\nHost: upstream.example:443\\r\\n\\r\\n", head_only=True),
                 exchange(b"OPTIONS * HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
                 exchange(b"GET /Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
                 exchange(b"GET http://other.example/Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
