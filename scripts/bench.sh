@@ -9,7 +9,7 @@
 #     baseline; per-round ratios, RATIO_FORWARD_AUTH), then a suspension under load;
 #   - for the relayed INT_R01 slot search (--fhir-upstream): the same Slot Bundle served by
 #     nginx directly over the same mTLS set-up (the SAS calling the slot search directly), over
-#     plain HTTP (the upstream account-server relays to), and relayed by nginx itself, the
+#     plain HTTP by a separate nginx (the upstream both relays use), and relayed by nginx itself, the
 #     vendor's alternative: nginx terminating the same mutual TLS and proxy_pass-ing to the
 #     same upstream over keep-alive connections. Interleaved rounds at concurrency 1 and N,
 #     so the added latency is read per round and the relay compared with nginx's.
@@ -68,6 +68,7 @@ cleanup() {
     [[ -n "${app_pid:-}" ]] && kill "$app_pid" 2>/dev/null || true
     [[ -n "${smtp_pid:-}" ]] && kill "$smtp_pid" 2>/dev/null || true
     [[ -f "$work/nginx.pid" ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    [[ -f "$work/upstream/nginx.pid" ]] && kill "$(cat "$work/upstream/nginx.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -133,11 +134,6 @@ http {
         location / { return 200 "ok\n"; }
         location = /Slot { default_type application/fhir+json; alias $work/slot-bundle.json; }
     }
-    server {
-        listen 127.0.0.1:$upstream_port;
-        location = /Slot { default_type application/fhir+json; alias $work/slot-bundle.json; }
-        location = /metadata { return 200 '{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"Slot","interaction":[{"code":"search-type"}]}]}]}'; }
-    }
     # The vendor's alternative to the relay: the same mutual TLS, then proxy_pass to the same
     # upstream, keeping its connections alive as account-server does.
     upstream slot_upstream {
@@ -166,6 +162,29 @@ http {
     }
 }
 NGINX
+# The INT_R01 upstream is a server of its own, as the vendor's slot search is: a separate
+# nginx (its own master and workers). Served by the proxying nginx itself, a proxied request
+# could be answered by the very worker that relays it, in the same turn of its event loop,
+# with no other process to wake: a shortcut neither the relay nor a real deployment has.
+mkdir -p "$work/upstream"
+cat >"$work/upstream/nginx.conf" <<NGINX
+worker_processes 2;
+pid $work/upstream/nginx.pid;
+error_log $work/upstream/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/upstream/body; proxy_temp_path $work/upstream/proxy; fastcgi_temp_path $work/upstream/fastcgi;
+    uwsgi_temp_path $work/upstream/uwsgi; scgi_temp_path $work/upstream/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$upstream_port;
+        location = /Slot { default_type application/fhir+json; alias $work/slot-bundle.json; }
+        location = /metadata { return 200 '{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"Slot","interaction":[{"code":"search-type"}]}]}]}'; }
+    }
+}
+NGINX
+nginx -c "$work/upstream/nginx.conf" -p "$work/upstream" -g 'daemon on;'
 nginx -c "$work/nginx.conf" -p "$work" -g 'daemon on;'
 sleep 0.5
 
