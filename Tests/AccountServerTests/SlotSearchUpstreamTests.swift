@@ -406,6 +406,68 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// The relay's handler keeps the connection's idle time and graceful shutdown: a relayed
+    /// answer slower than the idle timeout is not cut, and the connection, idle afterwards,
+    /// is closed; a shutdown during a relayed answer lets it finish (with `Connection: close`)
+    /// and then closes the connection.
+    @Test func idleTimeAndShutdownCountRelayedRequests() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await RunningServer.start(pki: pki) { configuration in
+            var upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(standIn.port)/fhir")
+            upstream.responseTimeout = .seconds(20)
+            configuration.fhir.upstream = upstream
+            configuration.fhir.idleTimeout = .seconds(2)
+        }
+        let (client, key) = try Self.clientFiles(pki)
+        // One relayed search of the 4 s /Slow; the answer, then whether the connection closes
+        // within 30 s of it (a close is waited for: the idle timeout, or the shutdown).
+        let script = """
+            import json, socket, ssl, sys
+            port, ca, cert, key = sys.argv[1:5]
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
+            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
+            sock.settimeout(30)
+            sock.sendall(b"GET /Slow HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+            received, closed = b"", False
+            try:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        closed = True
+                        break
+                    received += chunk
+                    head, found, rest = received.partition(b"\\r\\n\\r\\n")
+                    length = [int(l.split(b":", 1)[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")]
+                    if found and length and len(rest) >= length[0]:
+                        closed = sock.recv(1) == b""
+                        break
+            except (socket.timeout, ConnectionResetError):
+                pass
+            print(json.dumps({"text": received.decode("utf-8", "replace"), "closed": closed}))
+            """
+        func run() async throws -> (text: String, closed: Bool) {
+            let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.port), pki.caPath, client.path, key.path]).output
+            let result = try #require(try JSONSerialization.jsonObject(with: output) as? [String: Any], "\(String(decoding: output, as: UTF8.self))")
+            return (result["text"] as? String ?? "", result["closed"] as? Bool ?? false)
+        }
+        // Idle: 4 s of relaying is not idleness; the 2 s of silence after it are.
+        let idle = try await run()
+        #expect(idle.text.hasPrefix("HTTP/1.1 200") && idle.closed, "answered whole, then closed when idle: \(idle.text.prefix(300)) \(idle.closed)")
+        #expect(!idle.text.lowercased().contains("connection: close"), "the answer itself kept the connection")
+
+        // Shutdown while the upstream is still answering.
+        let before = standIn.requests.count
+        async let shutdown = run()
+        while standIn.requests.count == before { try await Task.sleep(for: .milliseconds(20)) }
+        await server.stop()
+        let drained = try await shutdown
+        #expect(drained.text.hasPrefix("HTTP/1.1 200") && drained.text.lowercased().contains("connection: close") && drained.closed,
+                "finished, then closed: \(drained.text.prefix(300)) \(drained.closed)")
+        await standIn.stop()
+    }
+
     /// The relay's connection rules on a raw TLS socket: a client that goes away mid-search
     /// leaves the server serving (the upstream's late answer finds no client); `Connection:
     /// close` closes after the answer; CONNECT and TRACE are refused (405), and so is a

@@ -22,11 +22,16 @@ func makeFHIRSurface(_ configuration: ServerConfiguration, authenticator: Caller
                            upstream: upstream)
         .addRoutes(to: router)
 
-    let idle = HTTP1Channel.Configuration(idleTimeout: .seconds(120))
+    // With an upstream, the relay's handler keeps the idle time (Hummingbird's would count
+    // only the router's requests).
+    let idleTimeout = TimeAmount.nanoseconds(configuration.fhir.idleTimeout.components.seconds * 1_000_000_000
+        + configuration.fhir.idleTimeout.components.attoseconds / 1_000_000_000)
+    let idle = HTTP1Channel.Configuration(idleTimeout: relay == nil ? idleTimeout : nil)
     let requestTimeout = configuration.requestReceiveTimeout
     /// HTTP/1 with the receive timeout, and the relay when there is an upstream.
     @Sendable func http(_ responder: @escaping HTTPChannelHandler.Responder) -> RequestTimeoutChannel<UpstreamRelayChannel<HTTP1Channel>> {
-        RequestTimeoutChannel(base: UpstreamRelayChannel(base: HTTP1Channel(responder: responder, configuration: idle), relay: relay),
+        RequestTimeoutChannel(base: UpstreamRelayChannel(base: HTTP1Channel(responder: responder, configuration: idle), relay: relay,
+                                                         idleTimeout: idleTimeout),
                               timeout: requestTimeout, logger: logger)
     }
     let server: HTTPServerBuilder

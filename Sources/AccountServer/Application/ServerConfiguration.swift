@@ -82,6 +82,9 @@ struct FHIRListenerConfiguration: Sendable {
     var crlPollInterval: Duration = .seconds(5)
     /// The base of the URLs in `Location` and `fullUrl`; nil: taken from the request.
     var publicBaseURL: String?
+    /// A connection idle this long between requests is closed (not a flag: the SAS keeps its
+    /// connections busy; tests shorten it).
+    var idleTimeout: Duration = .seconds(120)
 
     // Topology 1: behind the vendor's TLS-terminating proxy (docs/deployment.md).
     /// The header in which the proxy forwards the verified client certificate (e.g.

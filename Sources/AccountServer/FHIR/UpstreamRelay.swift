@@ -360,7 +360,9 @@ final class RelayExchange {
     private weak var handler: UpstreamRelayHandler?
     private let pool: UpstreamPool
     private let relay: UpstreamRelay
-    let head: HTTPRequest
+    let head: HTTPRequestHead
+    /// The request's path and query in origin form (``UpstreamRelayHandler/originForm(_:)``).
+    let target: String
     let requestID: String
     let caller: CallerAuthenticator.Caller
     let peer: String
@@ -384,11 +386,13 @@ final class RelayExchange {
     private(set) var lastActivity = NIODeadline.now()
     private(set) var finished = false
 
-    init(handler: UpstreamRelayHandler, relay: UpstreamRelay, head: HTTPRequest, requestID: String, caller: CallerAuthenticator.Caller, peer: String) {
+    init(handler: UpstreamRelayHandler, relay: UpstreamRelay, head: HTTPRequestHead, target: String, requestID: String,
+         caller: CallerAuthenticator.Caller, peer: String) {
         self.handler = handler
         self.pool = handler.pool
         self.relay = relay
         self.head = head
+        self.target = target
         self.requestID = requestID
         self.caller = caller
         self.peer = peer
@@ -426,29 +430,36 @@ final class RelayExchange {
     /// The head sent upstream: the caller's fields minus what never crosses, then the identity.
     private func upstreamHead() -> HTTPRequestHead {
         var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headerFields.count + 8)
+        headers.reserveCapacity(head.headers.count + 8)
         headers.add(name: "Host", value: relay.target.hostHeader)
-        let namedByConnection = SlotSearchUpstream.connectionOptions(head.headerFields[values: .connection])
-        for field in head.headerFields {
-            let name = field.name.canonicalName
-            guard !SlotSearchUpstream.isStripped(canonical: name), namedByConnection.isEmpty || !namedByConnection.contains(name) else { continue }
-            headers.add(name: field.name.rawName, value: field.value)
+        let namedByConnection = SlotSearchUpstream.connectionOptions(head.headers["connection"])
+        var length: String?
+        var chunked = false
+        for (name, value) in head.headers {
+            let lowered = name.lowercased()
+            if lowered == "content-length" {
+                length = length ?? value
+            } else if lowered == "transfer-encoding" {
+                chunked = true
+            }
+            guard !SlotSearchUpstream.isStripped(canonical: lowered), namedByConnection.isEmpty || !namedByConnection.contains(lowered) else { continue }
+            headers.add(name: name, value: value)
         }
-        if let length = head.headerFields[.contentLength] {
-            headers.add(name: "Content-Length", value: length)
-            requestHasBody = length != "0"
-        } else if head.headerFields[.transferEncoding] != nil {
+        // The decoder has already refused conflicting or malformed framing.
+        if chunked {
             headers.add(name: "Transfer-Encoding", value: "chunked")
             requestHasBody = true
+        } else if let length {
+            headers.add(name: "Content-Length", value: length)
+            requestHasBody = length != "0"
         }
         SlotSearchUpstream.addIdentity(to: &headers, caller: caller.identity, clientAddress: caller.forwardedClientAddress ?? peer,
-                                       host: head.authority, requestID: requestID)
-        let method = HTTPMethod(rawValue: head.method.rawValue)
-        return HTTPRequestHead(version: .http1_1, method: method, uri: relay.upstreamTarget(head.path ?? "/"), headers: headers)
+                                       host: head.headers.first(name: "host"), requestID: requestID)
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: relay.upstreamTarget(target), headers: headers)
     }
 
     /// A part of the client's request, in order.
-    func requestPart(_ part: HTTPRequestPart) {
+    func requestPart(_ part: HTTPServerRequestPart) {
         guard !finished else { return }
         switch part {
         case .head:
@@ -485,7 +496,7 @@ final class RelayExchange {
 
     /// GET, HEAD or OPTIONS without a body: safe to send again on a new connection.
     private var retryable: Bool {
-        (head.method == .get || head.method == .head || head.method == .options) && !requestHasBody
+        (head.method == .GET || head.method == .HEAD || head.method == .OPTIONS) && !requestHasBody
     }
 
     func upstreamWritabilityChanged() {
@@ -509,24 +520,25 @@ final class RelayExchange {
             keepAlive = response.isKeepAlive
             responseStarted = true
             armTimer()
-            var fields = HTTPFields()
-            fields.reserveCapacity(response.headers.count + 1)
+            // The decoder has checked every name and value; names with an underscore, the
+            // hop-by-hop fields (but the length) and those `Connection` names stop here.
+            var headers = HTTPHeaders()
+            headers.reserveCapacity(response.headers.count + 2)
             let namedInAnswer = SlotSearchUpstream.connectionOptions(response.headers["connection"])
-            for header in response.headers {
-                guard !header.name.utf8.contains(UInt8(ascii: "_")), let name = HTTPField.Name(header.name) else { continue }
-                let lowered = name.canonicalName
+            for (name, value) in response.headers {
+                guard !name.utf8.contains(UInt8(ascii: "_")) else { continue }
+                let lowered = name.lowercased()
                 guard lowered == "content-length" || !SlotSearchUpstream.hopByHop.contains(lowered),
-                      namedInAnswer.isEmpty || !namedInAnswer.contains(lowered) else { continue }
-                fields.append(HTTPField(name: name, value: header.value))
+                      lowered != "x-request-id", namedInAnswer.isEmpty || !namedInAnswer.contains(lowered) else { continue }
+                headers.add(name: name, value: value)
             }
-            fields[.requestID] = requestID
-            let status = HTTPResponse.Status(code: Int(response.status.code), reasonPhrase: response.status.reasonPhrase)
+            headers.add(name: "X-Request-Id", value: requestID)
             relay.metrics.upstream(statusClass: Int(response.status.code) / 100)
             relay.metrics.request(surface: "fhir", status: Int(response.status.code))
-            handler.writeToClient(.head(HTTPResponse(status: status, headerFields: fields)), flush: false)
+            handler.writeHeadToClient(status: response.status, headers: headers)
         case .body(let buffer):
             armTimer()
-            handler.writeToClient(.body(buffer), flush: false)
+            handler.writeToClient(.body(.byteBuffer(buffer)), flush: false)
         case .end:
             finish(returning: true)
             handler.writeToClient(.end(nil), flush: true)
@@ -614,16 +626,24 @@ final class RelayExchange {
     }
 }
 
-/// Sits in the FHIR connection's pipeline after Hummingbird's HTTP/1 handlers, before the
-/// router: INT_R02 requests pass through untouched; INT_R01 requests are relayed here and
-/// never reach the router. One request at a time, in order: a request that arrives while an
-/// earlier one is still being answered (pipelining) waits, and the connection's reads are
-/// held meanwhile.
+/// Sits in the FHIR connection's pipeline right after the HTTP/1 decoder, before Hummingbird's
+/// conversion to HTTP types and its connection-state handler: INT_R02 requests pass through
+/// untouched to the router; INT_R01 requests are relayed here, from and to SwiftNIO's HTTP/1
+/// parts, and never reach the router (measured: the conversions both ways and the state
+/// handler cost about a tenth of the relay's CPU). One request at a time, in order: a request
+/// that arrives while an earlier one is still being answered (pipelining) waits, and the
+/// connection's reads are held meanwhile.
+///
+/// Being first, this handler also keeps the connection's idle time and graceful shutdown,
+/// which Hummingbird's state handler, seeing only the router's requests, would get wrong (a
+/// connection busy relaying would look idle): idle between requests for ``idleTimeout``, the
+/// connection closes; on shutdown it closes at once if between requests, else after the
+/// answer under way.
 final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPRequestPart
-    typealias InboundOut = HTTPRequestPart
-    typealias OutboundIn = HTTPResponsePart
-    typealias OutboundOut = HTTPResponsePart
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
 
     private enum Stage {
         case idle
@@ -638,25 +658,33 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// What FHIR's RESTful API uses; CONNECT, TRACE, WebDAV and the like are never relayed
     /// (a 2xx to CONNECT would leave the upstream connection in tunnel mode).
-    static let relayedMethods: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .patch, .delete, .options]
+    static let relayedMethods: [NIOHTTP1.HTTPMethod] = [.GET, .HEAD, .POST, .PUT, .PATCH, .DELETE, .OPTIONS]
 
     private let relay: UpstreamRelay
+    private let idleTimeout: TimeAmount
     private var context: ChannelHandlerContext?
     private var identity: ClientIdentityHandler?
     private var stage = Stage.idle
-    private var queue = CircularBuffer<HTTPRequestPart>(initialCapacity: 4)
+    private var queue = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 4)
     private var readPending = false
     private var firedSinceReadComplete = false
     private var processing = false
     /// The request being answered here asked to close the connection after its answer.
     private var closeAfterAnswer = false
+    /// The HTTP version of the request being relayed: its answer is written in it.
+    private var version = HTTPVersion.http1_1
     private var peer = "unknown"
     /// The connection's last passed certificate revalidation (it stands until the CRLs change).
     private var revalidation: ClientCertificateVerifier.Revalidation?
     private var requestIDs = ConnectionRequestIDs()
+    private var lastActivity = NIODeadline.now()
+    private var idleCheck: Scheduled<Void>?
+    /// The server is shutting down: the connection closes after the answer under way.
+    private var quiescing = false
 
-    init(relay: UpstreamRelay) {
+    init(relay: UpstreamRelay, idleTimeout: TimeAmount) {
         self.relay = relay
+        self.idleTimeout = idleTimeout
     }
 
     var eventLoop: any EventLoop { context!.eventLoop }
@@ -669,29 +697,65 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         identity = try? context.pipeline.syncOperations.handler(type: ClientIdentityHandler.self)
         pool = relay.pool(on: context.eventLoop)
         peer = context.channel.remoteAddress?.ipAddress ?? "unknown"
+        scheduleIdleCheck(after: idleTimeout)
     }
 
-    /// The connection is gone (Hummingbird's connection-state handler, before this one, does
-    /// not pass `channelInactive` on: removal is the signal). An exchange under way closes its
-    /// upstream connection, which cannot be reused mid-answer.
+    /// The connection is gone. An exchange under way closes its upstream connection, which
+    /// cannot be reused mid-answer.
     func handlerRemoved(context: ChannelHandlerContext) {
+        connectionEnded()
+        self.context = nil
+    }
+
+    private func connectionEnded() {
         if case .relaying(let exchange, _) = stage { exchange.clientClosed() }
         stage = .discarding
         queue.removeAll()
-        self.context = nil
+        idleCheck?.cancel()
+        idleCheck = nil
+    }
+
+    // MARK: idle time and graceful shutdown
+
+    private var isBetweenRequests: Bool {
+        if case .idle = stage, queue.isEmpty { return true }
+        return false
+    }
+
+    private func scheduleIdleCheck(after delay: TimeAmount) {
+        guard let context else { return }
+        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+            idleCheck = nil
+            guard let context = self.context else { return }
+            let idleFor = NIODeadline.now() - lastActivity
+            if isBetweenRequests, idleFor >= idleTimeout {
+                context.close(promise: nil)
+            } else {
+                scheduleIdleCheck(after: isBetweenRequests ? idleTimeout - idleFor : idleTimeout)
+            }
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Kept from the state handler behind, which would close a connection mid-relay.
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        quiescing = true
+        if isBetweenRequests { context.close(promise: nil) }
     }
 
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastActivity = .now()
         queue.append(unwrapInboundIn(data))
         process()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if case .relaying(let exchange, _) = stage { exchange.clientClosed() }
-        stage = .discarding
-        queue.removeAll()
+        connectionEnded()
         context.fireChannelInactive()
     }
 
@@ -750,20 +814,51 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         resumeReadsIfPossible()
     }
 
+    /// The request target in origin form (`/path?query`): as received when it is one;
+    /// the path and query of an absolute-form target (`http://host/path?query`), as the
+    /// router's HTTP types read it; anything else (`*`, an authority) as received.
+    static func originForm(_ uri: String) -> String {
+        if uri.utf8.first == UInt8(ascii: "/") { return uri }
+        guard let components = URLComponents(string: uri), let url = components.string, components.rangeOfScheme != nil else { return uri }
+        let pathRange = components.rangeOfPath, queryRange = components.rangeOfQuery
+        guard let lower = pathRange?.lowerBound ?? queryRange?.lowerBound, let upper = queryRange?.upperBound ?? pathRange?.upperBound else {
+            return "/"
+        }
+        if let pathRange, !pathRange.isEmpty { return String(url[lower..<upper]) }
+        return lower == upper ? "/" : "/" + url[lower..<upper]
+    }
+
+    /// The method in HTTP types' terms, for the routing table; nil for a method that is not
+    /// a token (the decoder lets few of those through).
+    static func routingMethod(_ method: NIOHTTP1.HTTPMethod) -> HTTPRequest.Method? {
+        switch method {
+        case .GET: .get
+        case .HEAD: .head
+        case .POST: .post
+        case .PUT: .put
+        case .PATCH: .patch
+        case .DELETE: .delete
+        case .OPTIONS: .options
+        default: HTTPRequest.Method(method.rawValue)
+        }
+    }
+
     /// Routes a request: the router's local-or-relayed decision, the caller first.
-    private func begin(_ head: HTTPRequest, context: ChannelHandlerContext) {
-        let path = head.path ?? ""
-        let pathOnly = path.firstIndex(of: "?").map { String(path[..<$0]) } ?? path
-        // Only origin-form targets (`/…`): an absolute-form or `*` target would be relayed
+    private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let target = Self.originForm(head.uri)
+        let pathOnly = target.firstIndex(of: "?").map { String(target[..<$0]) } ?? target
+        // Only origin-form targets (`/…`): a `*` or authority-form target would be relayed
         // outside the upstream's base path, or steer a virtual-hosting upstream elsewhere.
         let ambiguous = !pathOnly.hasPrefix("/") || FHIRRouting.hasAmbiguousSegments(pathOnly)
-        let route = FHIRRouting.route(method: head.method, path: pathOnly)
+        let method = Self.routingMethod(head.method)
+        let route = method.map { FHIRRouting.route(method: $0, path: pathOnly) } ?? .upstream
         if route == .local, !ambiguous {
             toRouter(head, context: context)
             return
         }
         let requestID = requestIDs.next()
-        closeAfterAnswer = Self.asksToClose(head)
+        closeAfterAnswer = !head.isKeepAlive
+        version = head.version.major == 1 && head.version.minor == 0 ? .http1_0 : .http1_1
         let decided: (Result<CallerAuthenticator.Caller, FHIRError>) -> Void = { [self] result in
             guard self.context != nil else { return }
             switch result {
@@ -780,9 +875,9 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
                        requestID: requestID)
             case .success(let caller):
                 if case .practitionerRead(let id) = route, PractitionerValidator.isValidResourceID(id) {
-                    decideHeld(id: id, head: head, caller: caller, requestID: requestID)
+                    decideHeld(id: id, head: head, target: target, caller: caller, requestID: requestID)
                 } else {
-                    startRelay(head, caller: caller, requestID: requestID)
+                    startRelay(head, target: target, caller: caller, requestID: requestID)
                 }
             }
         }
@@ -792,9 +887,13 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
         stage = .deciding
         let authenticator = relay.authenticator
-        let (fields, peer, identity, logger) = (head.headerFields, self.peer, self.identity, relay.logger.withRequestID(requestID))
+        var fields = HTTPFields()
+        for (name, value) in head.headers {
+            if let name = HTTPField.Name(name) { fields.append(HTTPField(name: name, value: value)) }
+        }
+        let (peer, identity, logger) = (self.peer, self.identity, relay.logger.withRequestID(requestID))
         let promise = context.eventLoop.makePromise(of: CallerAuthenticator.Caller.self)
-        promise.completeWithTask {
+        promise.completeWithTask { [fields] in
             try await authenticator.authenticate(headers: fields, peer: peer, handshakeIdentity: { await identity?.identity() }, logger: logger)
         }
         promise.futureResult.assumeIsolated().whenComplete { [self] result in
@@ -808,7 +907,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// `GET /Practitioner/{id}`: read here when this product holds the account, relayed otherwise.
-    private func decideHeld(id: String, head: HTTPRequest, caller: CallerAuthenticator.Caller, requestID: String) {
+    private func decideHeld(id: String, head: HTTPRequestHead, target: String, caller: CallerAuthenticator.Caller, requestID: String) {
         guard let context else { return }
         stage = .deciding
         let directory = relay.directory
@@ -818,7 +917,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
             guard let context = self.context else { return }
             switch result {
             case .success(false):
-                startRelay(head, caller: caller, requestID: requestID)
+                startRelay(head, target: target, caller: caller, requestID: requestID)
             case .success(true), .failure:
                 // Held, or the store failed: the router reads it (and answers the failure
                 // as every INT_R02 read does).
@@ -828,15 +927,15 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
-    private func toRouter(_ head: HTTPRequest, context: ChannelHandlerContext) {
+    private func toRouter(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         stage = .toRouter(requestEnded: false, answered: false)
         firedSinceReadComplete = true
         context.fireChannelRead(wrapInboundOut(.head(head)))
     }
 
-    private func startRelay(_ head: HTTPRequest, caller: CallerAuthenticator.Caller, requestID: String) {
+    private func startRelay(_ head: HTTPRequestHead, target: String, caller: CallerAuthenticator.Caller, requestID: String) {
         guard context != nil else { return }
-        let exchange = RelayExchange(handler: self, relay: relay, head: head, requestID: requestID, caller: caller, peer: peer)
+        let exchange = RelayExchange(handler: self, relay: relay, head: head, target: target, requestID: requestID, caller: caller, peer: peer)
         stage = .relaying(exchange, requestEnded: false)
         exchange.start()
     }
@@ -849,8 +948,23 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     // MARK: outbound (the router's answers)
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard case .end = unwrapOutboundIn(data), case .toRouter(let ended, _) = stage else {
+            context.write(data, promise: promise)
+            return
+        }
+        lastActivity = .now()
+        if quiescing {
+            // Shutting down: this answer is the connection's last.
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(data).whenComplete { result in
+                promise?.completeWith(result)
+                loopBound.value.close(promise: nil)
+            }
+            queue.removeAll()
+            stage = .discarding
+            return
+        }
         context.write(data, promise: promise)
-        guard case .end = unwrapOutboundIn(data), case .toRouter(let ended, _) = stage else { return }
         if ended {
             stage = .idle
             // The next request may already be waiting.
@@ -882,10 +996,21 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         resumeReadsIfPossible()
     }
 
-    func writeToClient(_ part: HTTPResponsePart, flush: Bool) {
+    /// An answer's head, in the request's HTTP version, saying whether the connection stays.
+    func writeHeadToClient(status: HTTPResponseStatus, headers: HTTPHeaders) {
+        var headers = headers
+        if closeAfterAnswer || quiescing {
+            headers.add(name: "Connection", value: "close")
+        } else if version == .http1_0 {
+            headers.add(name: "Connection", value: "keep-alive")
+        }
+        writeToClient(.head(HTTPResponseHead(version: version, status: status, headers: headers)), flush: false)
+    }
+
+    func writeToClient(_ part: HTTPServerResponsePart, flush: Bool) {
         guard let context else { return }
-        if case .end = part, closeAfterAnswer {
-            // `Connection: close`: the answer, then the connection's end.
+        if case .end = part, closeAfterAnswer || quiescing {
+            // `Connection: close`, HTTP/1.0 or a shutdown: the answer, then the connection's end.
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(part)).whenComplete { _ in loopBound.value.close(promise: nil) }
             queue.removeAll()
@@ -913,6 +1038,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func exchangeFinished(_ exchange: RelayExchange) {
         guard case .relaying(let current, let ended) = stage, current === exchange else { return }
+        lastActivity = .now()
         stage = ended ? .idle : .discarding
         processOutsideRead()
     }
@@ -920,12 +1046,15 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// An OperationOutcome answer written here (refused caller, ambiguous path, upstream failure).
     func writeOutcome(_ error: FHIRError, requestID: String) {
         let (status, fields, body) = FHIRResponses.outcomeParts(error)
-        var headers = fields
-        headers[.requestID] = requestID
-        headers[.contentLength] = String(body.readableBytes)
+        var headers = HTTPHeaders()
+        for field in fields where field.name != .contentLength && field.name != .requestID {
+            headers.add(name: field.name.rawName, value: field.value)
+        }
+        headers.add(name: "X-Request-Id", value: requestID)
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
         relay.metrics.request(surface: "fhir", status: status.code)
-        writeToClient(.head(HTTPResponse(status: status, headerFields: headers)), flush: false)
-        writeToClient(.body(body), flush: false)
+        writeHeadToClient(status: HTTPResponseStatus(statusCode: status.code, reasonPhrase: status.reasonPhrase), headers: headers)
+        writeToClient(.body(.byteBuffer(body)), flush: false)
         writeToClient(.end(nil), flush: true)
     }
 }
@@ -955,14 +1084,16 @@ extension Logger {
     }
 }
 
-/// Adds ``UpstreamRelayHandler`` to Hummingbird's HTTP/1 channel, after its connection-state
-/// handler (so idle time and graceful shutdown count relayed requests too) and before the
-/// router's. Without an upstream it adds nothing.
+/// Adds ``UpstreamRelayHandler`` to Hummingbird's HTTP/1 channel, right after the decoder and
+/// before the conversion to HTTP types. The handler keeps the connection's idle time and
+/// graceful shutdown (``idleTimeout``): give `base` no idle timeout of its own. Without an
+/// upstream it adds nothing.
 struct UpstreamRelayChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerChildChannel, HTTPChannelHandler {
     typealias Value = Base.Value
 
     let base: Base
     let relay: UpstreamRelay?
+    let idleTimeout: TimeAmount
 
     var responder: HTTPChannelHandler.Responder { base.responder }
 
@@ -970,8 +1101,10 @@ struct UpstreamRelayChannel<Base: ServerChildChannel & HTTPChannelHandler>: Serv
         guard let relay else { return base.setup(channel: channel, logger: logger) }
         return base.setup(channel: channel, logger: logger).flatMapThrowing { value in
             let operations = channel.pipeline.syncOperations
-            let state = try operations.handler(type: HTTPConnectionStateHandler.self)
-            try operations.addHandler(UpstreamRelayHandler(relay: relay), position: .after(state))
+            // Right after the decoder (the receive timeout's handler, added later at the same
+            // place, goes between them and still sees every request).
+            let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try operations.addHandler(UpstreamRelayHandler(relay: relay, idleTimeout: idleTimeout), position: .after(decoder))
             return value
         }
     }
