@@ -29,13 +29,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 ./scripts/install-deps.sh
-if [[ -n $binaries ]]; then
-    bin=$(cd "$binaries" && pwd)
-else
-    swift build -c "$build" --product account-server >/dev/null
-    swift build -c "$build" --product account-server-load >/dev/null
-    bin=.build/$build
-fi
+source scripts/binaries.sh
 work=$(mktemp -d)
 chmod 0755 "$work"
 pids=()

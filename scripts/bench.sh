@@ -26,7 +26,9 @@
 # profiled figures only with profiled figures.
 # Prints one table. Usage: scripts/bench.sh [--duration S] [--concurrency N] [--build release|debug]
 #                                           [--only fhir|web|forward-auth|upstream|curve|soak] [--plot FILE]
-#                                           [--profile DIR]
+#                                           [--profile DIR] [--binaries DIR]
+# --binaries runs the account-server and account-server-load found in DIR (a copy of an
+# earlier build, to compare two builds in alternating runs) instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=10
@@ -35,6 +37,7 @@ only=all
 build=release
 plot=docs/latency-vs-concurrency.svg
 profile=
+binaries=
 while (($#)); do
     case "$1" in
         --build) build=$2; shift 2 ;;
@@ -42,6 +45,7 @@ while (($#)); do
         --duration) duration=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
+        --binaries) binaries=$2; shift 2 ;;
         --profile)
             profile=$(realpath -m "$2")
             command -v perf >/dev/null || { echo "--profile needs perf (Debian: apt-get install linux-perf)" >&2; exit 2; }
@@ -50,9 +54,7 @@ while (($#)); do
     esac
 done
 ./scripts/install-deps.sh
-swift build -c "$build" --product account-server >/dev/null
-swift build -c "$build" --product account-server-load >/dev/null
-bin=.build/$build
+source scripts/binaries.sh
 work=$(mktemp -d)
 app_port=18543
 nginx_port=18544

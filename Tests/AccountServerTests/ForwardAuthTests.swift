@@ -106,42 +106,12 @@ struct ForwardAuthTests {
     @Test func theListenerKeepsHTTPSemanticsOnARawSocket() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)
-        let script = """
-            import json, socket, ssl, sys
-            port, web, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-            def complete(data):
-                count = 0
-                while True:
-                    head, found, rest = data.partition(b"\\r\\n\\r\\n")
-                    if not found:
-                        return count
-                    length = [int(l.split(b":", 1)[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")]
-                    if len(rest) < (length[0] if length else 0):
-                        return count
-                    count += 1
-                    data = rest[(length[0] if length else 0):]
-            # A connection due to close is given the whole timeout to do it: a loaded machine
-            # may take seconds. One due to stay open is watched for 2 s, which can only miss a
-            # late close, never invent one.
+        let script = RawHTTP.preamble + """
+            port, web, ca = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
             def exchange(data, expected, tls=False, closes=False):
-                sock = socket.create_connection(("127.0.0.1", web if tls else port))
-                if tls:
-                    sock = ssl.create_default_context(cafile=ca).wrap_socket(sock, server_hostname="localhost")
-                sock.settimeout(30)
+                sock = connect(web, ca) if tls else connect(port)
                 sock.sendall(data)
-                received, closed = b"", False
-                while complete(received) < expected:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        closed = True
-                        break
-                    received += chunk
-                if not closed:
-                    sock.settimeout(30 if closes else 2)
-                    try:
-                        closed = sock.recv(1) == b""
-                    except socket.timeout:
-                        closed = False
+                received, closed = read_answers(sock, expected, closes=closes)
                 return {"text": received.decode("utf-8", "replace"), "closed": closed}
             ask = lambda uri, extra="", method="GET": (method + " /forward-auth HTTP/1.1\\r\\nHost: fa\\r\\nX-Original-URI: " + uri + "\\r\\nX-Forwarded-Host: agenda.example\\r\\n" + extra + "\\r\\n").encode()
             print(json.dumps([
@@ -152,7 +122,7 @@ struct ForwardAuthTests {
                 exchange(ask("/rdv/6?origin=sas") + b"GET /healthz HTTP/1.1\\r\\nHost: fa\\r\\n\\r\\n" + ask("/rdv/7?origin=sas", method="HEAD"), 3, tls=True),
             ]))
             """
-        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.forwardAuthPort), String(server.webPort), pki.caPath]).output
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.forwardAuthPort), String(server.webPort), pki.caPath]).output
         let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
         let texts = results.map { $0["text"] as? String ?? "" }
         let closed = results.map { $0["closed"] as? Bool ?? false }

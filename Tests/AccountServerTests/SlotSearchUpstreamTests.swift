@@ -156,21 +156,32 @@ extension FHIRClient {
 /// search (`--fhir-upstream`).
 @Suite("In front of the INT_R01 slot search")
 struct SlotSearchUpstreamTests {
-    static func start(_ pki: TestPKI, upstreamURL: String, responseTimeout: Duration = .seconds(10)) async throws -> RunningServer {
+    static func start(_ pki: TestPKI, upstreamURL: String, responseTimeout: Duration = .seconds(10),
+                      configure: @escaping @Sendable (inout AccountServer.ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
         try await RunningServer.start(pki: pki) { configuration in
             var upstream = UpstreamConfiguration(url: upstreamURL)
             upstream.connectTimeout = .seconds(2)
             upstream.responseTimeout = responseTimeout
             configuration.fhir.upstream = upstream
+            configure(&configuration)
         }
     }
 
+    /// A server relaying to a new stand-in, and a client's certificate and key as files for a
+    /// raw Python TLS client (Clients/raw_http.py).
+    static func startForRawClients(_ pki: TestPKI) async throws -> (standIn: SlotSearchStandIn, server: RunningServer, client: URL, key: URL) {
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
+        let (client, key) = try Self.clientFiles(pki)
+        return (standIn, server, client, key)
+    }
+
     /// The valid client's certificate and key as files, for a raw Python TLS client.
-    static func clientFiles(_ pki: TestPKI) throws -> (certificate: URL, key: URL) {
-        let certificate = pki.directory.appendingPathComponent("raw-valid-client.pem")
-        let key = pki.directory.appendingPathComponent("raw-valid-client-key.pem")
-        try pki.clients["valid"]!.certificatePEM.write(to: certificate, atomically: true, encoding: .utf8)
-        try pki.clients["valid"]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
+    static func clientFiles(_ pki: TestPKI, certificate name: String = "valid") throws -> (certificate: URL, key: URL) {
+        let certificate = pki.directory.appendingPathComponent("raw-\(name)-client.pem")
+        let key = pki.directory.appendingPathComponent("raw-\(name)-client-key.pem")
+        try pki.clients[name]!.certificatePEM.write(to: certificate, atomically: true, encoding: .utf8)
+        try pki.clients[name]!.privateKeyPEM.write(to: key, atomically: true, encoding: .utf8)
         return (certificate, key)
     }
 
@@ -371,27 +382,15 @@ struct SlotSearchUpstreamTests {
     /// Relayed and INT_R02 requests pipelined on one connection are answered in order.
     @Test func pipelinedRelayedAndLocalRequestsKeepTheirOrder() async throws {
         let pki = try TestPKI()
-        let standIn = try await SlotSearchStandIn.start()
-        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
-        let (client, key) = try Self.clientFiles(pki)
-        let script = """
-            import socket, ssl, sys
-            port, ca, cert, key = sys.argv[1:5]
-            context = ssl.create_default_context(cafile=ca)
-            context.load_cert_chain(cert, key)
-            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
-            sock.settimeout(30)
+        let (standIn, server, client, key) = try await Self.startForRawClients(pki)
+        let script = RawHTTP.preamble + """
+            sock = connect(*sys.argv[2:6])
             get = lambda path: ("GET " + path + " HTTP/1.1\\r\\nHost: localhost\\r\\nAccept: application/fhir+json\\r\\n\\r\\n").encode()
             sock.sendall(get("/Slot?start=ge2026-11-23") + get("/metadata") + get("/Slot?start=ge2026-11-23") + get("/Practitioner/unknown-here"))
-            data = b""
-            while data.count(b"HTTP/1.1 ") < 4 or not data.rstrip().endswith(b"}"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data, _ = read_answers(sock, 4)
             sys.stdout.write(data.decode("utf-8", "replace"))
             """
-        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.port), pki.caPath, client.path, key.path]).output
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path]).output
         let text = String(decoding: output, as: UTF8.self)
         let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst()
         #expect(answers.count == 4, "\(text.prefix(400))")
@@ -413,42 +412,20 @@ struct SlotSearchUpstreamTests {
     @Test func idleTimeAndShutdownCountRelayedRequests() async throws {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()
-        let server = try await RunningServer.start(pki: pki) { configuration in
-            var upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(standIn.port)/fhir")
-            upstream.responseTimeout = .seconds(20)
-            configuration.fhir.upstream = upstream
-            configuration.fhir.idleTimeout = .seconds(2)
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir", responseTimeout: .seconds(20)) {
+            $0.fhir.idleTimeout = .seconds(2)
         }
         let (client, key) = try Self.clientFiles(pki)
         // One relayed search of the 4 s /Slow; the answer, then whether the connection closes
         // within 30 s of it (a close is waited for: the idle timeout, or the shutdown).
-        let script = """
-            import json, socket, ssl, sys
-            port, ca, cert, key = sys.argv[1:5]
-            context = ssl.create_default_context(cafile=ca)
-            context.load_cert_chain(cert, key)
-            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
-            sock.settimeout(30)
+        let script = RawHTTP.preamble + """
+            sock = connect(*sys.argv[2:6])
             sock.sendall(b"GET /Slow HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
-            received, closed = b"", False
-            try:
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        closed = True
-                        break
-                    received += chunk
-                    head, found, rest = received.partition(b"\\r\\n\\r\\n")
-                    length = [int(l.split(b":", 1)[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")]
-                    if found and length and len(rest) >= length[0]:
-                        closed = sock.recv(1) == b""
-                        break
-            except (socket.timeout, ConnectionResetError):
-                pass
+            received, closed = read_answers(sock, 1, closes=True)
             print(json.dumps({"text": received.decode("utf-8", "replace"), "closed": closed}))
             """
         func run() async throws -> (text: String, closed: Bool) {
-            let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.port), pki.caPath, client.path, key.path]).output
+            let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path]).output
             let result = try #require(try JSONSerialization.jsonObject(with: output) as? [String: Any], "\(String(decoding: output, as: UTF8.self))")
             return (result["text"] as? String ?? "", result["closed"] as? Bool ?? false)
         }
@@ -468,52 +445,66 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// `Expect: 100-continue`: the relay says `100 Continue` once the caller is accepted (the
+    /// client sends its body only then), the body reaches the upstream whole, `Expect` does
+    /// not; a refused certificate never gets a `100`.
+    @Test func expectContinueIsAnsweredByTheRelay() async throws {
+        let pki = try TestPKI()
+        let (standIn, server, client, key) = try await Self.startForRawClients(pki)
+        let (revoked, revokedKey) = try Self.clientFiles(pki, certificate: "revoked")
+        let body = String(repeating: "créneau ", count: 512)
+        let script = RawHTTP.preamble + """
+            port, ca = sys.argv[2:4]
+            body = sys.argv[8].encode()
+            def post(cert, key):
+                sock = connect(port, ca, cert, key)
+                sock.sendall(("POST /Appointment HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: text/plain\\r\\n"
+                              + "Expect: 100-continue\\r\\nContent-Length: " + str(len(body)) + "\\r\\n\\r\\n").encode())
+                interim = read_head(sock)
+                if not interim.startswith(b"HTTP/1.1 100 "):
+                    return {"interim": "", "final": interim.decode("utf-8", "replace")}
+                sock.sendall(body)
+                final, _ = read_answers(sock, 1)
+                return {"interim": interim.decode(), "final": final.decode("utf-8", "replace")}
+            def refused_or_post(cert, key):
+                try:
+                    return post(cert, key)
+                except (OSError, ConnectionResetError) as error:
+                    return {"interim": "", "final": "refused: " + str(error)}
+            print(json.dumps([post(*sys.argv[4:6]), refused_or_post(*sys.argv[6:8])]))
+            """
+        let before = standIn.requests.count
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath,
+                                                                 client.path, key.path, revoked.path, revokedKey.path, body]).output
+        let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: String]], "\(String(decoding: output, as: UTF8.self))")
+        #expect(results.count == 2)
+        #expect(results.first?["interim"] == "HTTP/1.1 100 Continue\r\n\r\n", "\(results.first ?? [:])")
+        let final = results.first?["final"] ?? ""
+        #expect(final.hasPrefix("HTTP/1.1 201") && final.hasSuffix("\(body.utf8.count) \(SecretToken.hash(body))"), "\(final.suffix(200))")
+        #expect(standIn.requests.count == before + 1 && standIn.requests.last?[HTTPField.Name("Expect")!] == nil)
+        // The revoked certificate: refused by the handshake or by the relay, never a 100.
+        #expect(results.last?["interim"] == "" && !(results.last?["final"] ?? "").hasPrefix("HTTP/1.1 1"), "\(results.last ?? [:])")
+        await server.stop()
+        await standIn.stop()
+    }
+
     /// The relay's connection rules on a raw TLS socket: a client that goes away mid-search
     /// leaves the server serving (the upstream's late answer finds no client); `Connection:
     /// close` closes after the answer; CONNECT and TRACE are refused (405), and so is a
     /// request target that is not a path (400); none of them reaches the upstream.
     @Test func theRelayKeepsAProxysConnectionRules() async throws {
         let pki = try TestPKI()
-        let standIn = try await SlotSearchStandIn.start()
-        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir")
-        let (client, key) = try Self.clientFiles(pki)
-        let script = """
-            import json, socket, ssl, sys, time
-            port, ca, cert, key = sys.argv[1:5]
-            context = ssl.create_default_context(cafile=ca)
-            context.load_cert_chain(cert, key)
-            def connect():
-                sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(port))), server_hostname="localhost")
-                sock.settimeout(30)
-                return sock
-            # A connection due to close gets the whole timeout for it (a loaded machine may
-            # take seconds); one due to stay open is watched for 3 s, which cannot invent a close.
-            def exchange(data, wait=30, closes=False, head_only=False):
-                sock = connect()
-                sock.settimeout(wait)
+        let (standIn, server, client, key) = try await Self.startForRawClients(pki)
+        let script = RawHTTP.preamble + """
+            import time
+            port, ca, cert, key = sys.argv[2:6]
+            def exchange(data, closes=False):
+                sock = connect(port, ca, cert, key)
                 sock.sendall(data)
-                received = b""
-                try:
-                    while True:
-                        chunk = sock.recv(65536)
-                        if not chunk:
-                            return {"text": received.decode("utf-8", "replace"), "closed": True}
-                        received += chunk
-                        head, found, rest = received.partition(b"\\r\\n\\r\\n")
-                        if found and head_only:
-                            return {"text": received.decode("utf-8", "replace"), "closed": False}
-                        length = [int(l.split(b":", 1)[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")]
-                        if found and length and len(rest) >= length[0]:
-                            sock.settimeout(30 if closes else 3)
-                            try:
-                                closed = sock.recv(1) == b""
-                            except socket.timeout:
-                                closed = False
-                            return {"text": received.decode("utf-8", "replace"), "closed": closed}
-                except socket.timeout:
-                    return {"text": received.decode("utf-8", "replace"), "closed": False}
+                received, closed = read_answers(sock, 1, closes=closes)
+                return {"text": received.decode("utf-8", "replace"), "closed": closed}
             # A search the client gives up on: the upstream answers 4 s later, to nobody.
-            gone = connect()
+            gone = connect(port, ca, cert, key)
             gone.sendall(b"GET /Slow HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
             time.sleep(0.5)
             gone.close()
@@ -521,8 +512,7 @@ struct SlotSearchUpstreamTests {
             results = [
                 exchange(b"GET /Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n", closes=True),
                 exchange(b"TRACE /Slot HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
-                # (the answer to a CONNECT carries no length: its head is enough)
-                exchange(b"CONNECT upstream.example:443 HTTP/1.1\\r\\nHost: upstream.example:443\\r\\n\\r\\n", head_only=True),
+                exchange(b"CONNECT upstream.example:443 HTTP/1.1\\r\\nHost: upstream.example:443\\r\\n\\r\\n"),
                 exchange(b"OPTIONS * HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
                 exchange(b"GET /Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
                 exchange(b"GET http://other.example/Slot?start=ge2026-11-23 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n"),
@@ -530,7 +520,7 @@ struct SlotSearchUpstreamTests {
             print(json.dumps(results))
             """
         let before = standIn.requests.count
-        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, String(server.port), pki.caPath, client.path, key.path]).output
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path]).output
         let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
         let texts = results.map { $0["text"] as? String ?? "" }
         let closed = results.map { $0["closed"] as? Bool ?? false }
@@ -664,11 +654,8 @@ struct SlotSearchUpstreamTests {
     @Test func theReceiveTimeoutDoesNotCutASlowAnswer() async throws {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()
-        let server = try await RunningServer.start(pki: pki) { configuration in
-            var upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(standIn.port)/fhir")
-            upstream.responseTimeout = .seconds(20)
-            configuration.fhir.upstream = upstream
-            configuration.requestReceiveTimeout = .seconds(1)
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir", responseTimeout: .seconds(20)) {
+            $0.requestReceiveTimeout = .seconds(1)
         }
         let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
         let answer = try await client.send(.GET, "/Slow")

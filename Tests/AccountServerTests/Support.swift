@@ -344,3 +344,11 @@ func eventually(timeout: Duration = .seconds(10), every interval: Duration = .mi
         try await Task.sleep(for: interval)
     }
 }
+
+/// Clients/raw_http.py, the raw HTTP/1.1 client of the tests' inline Python scripts: pass
+/// ``folder`` as the script's first argument, and the script starts with
+/// ``preamble``.
+enum RawHTTP {
+    static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Clients").path
+    static let preamble = "import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom raw_http import connect, read_answers, read_head\n"
+}

@@ -18,7 +18,7 @@ import Synchronization
 /// relayed and answered on the loop its bytes arrived on, over a keep-alive connection to
 /// the upstream owned by that loop, with nothing copied or buffered beyond one read.
 ///
-/// The decision is the router's: ``UpstreamRoutingMiddleware/route(method:path:)`` says which
+/// The decision is the router's: ``FHIRRouting/route(method:path:)`` says which
 /// requests are INT_R02 (handed on, unchanged, to the router behind this handler) and which
 /// are relayed; the caller is authenticated by the same ``CallerAuthenticator`` as the
 /// router's requests, before anything is relayed. The relay's contract (docs/int-r01.md):
@@ -442,7 +442,9 @@ final class RelayExchange {
             } else if lowered == "transfer-encoding" {
                 chunked = true
             }
-            guard !SlotSearchUpstream.isStripped(canonical: lowered), namedByConnection.isEmpty || !namedByConnection.contains(lowered) else { continue }
+            // `Expect` was answered here (``UpstreamRelayHandler/startRelay``), as nginx does.
+            guard !SlotSearchUpstream.isStripped(canonical: lowered), lowered != "expect",
+                  namedByConnection.isEmpty || !namedByConnection.contains(lowered) else { continue }
             headers.add(name: name, value: value)
         }
         // The decoder has already refused conflicting or malformed framing.
@@ -937,6 +939,11 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         guard context != nil else { return }
         let exchange = RelayExchange(handler: self, relay: relay, head: head, target: target, requestID: requestID, caller: caller, peer: peer)
         stage = .relaying(exchange, requestEnded: false)
+        // A client waiting for leave to send its body gets it now that the caller is accepted
+        // and the request relayed (nginx answers `Expect` itself too; the body is streamed).
+        if version == .http1_1, head.headers["expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            writeToClient(.head(HTTPResponseHead(version: .http1_1, status: .continue)), flush: true)
+        }
         exchange.start()
     }
 

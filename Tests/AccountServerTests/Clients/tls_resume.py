@@ -12,6 +12,8 @@ Step 3: a new connection resuming the session, GET /metadata: JSON line with
 """
 import json, os, socket, ssl, sys, time
 
+from raw_http import read_answers
+
 host, port, ca, cert, key, version, go = sys.argv[1], int(sys.argv[2]), *sys.argv[3:8]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.load_verify_locations(ca)
@@ -22,25 +24,9 @@ ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2 if version ==
 def get(conn, close):
     conn.sendall(b"GET /metadata HTTP/1.1\r\nHost: localhost\r\nAccept: application/fhir+json\r\nConnection: "
                  + (b"close" if close else b"keep-alive") + b"\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data, _ = read_answers(conn, 1, settle=None)
     if not data.startswith(b"HTTP/1.1 "):
         return "closed"
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        body += chunk
     return data.split(b" ", 2)[1].decode()
 
 
