@@ -445,6 +445,68 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// HTTP/1.0 clients: answered in HTTP/1.0; kept alive when they ask and the answer has a
+    /// length; an answer without one (chunked upstream, which HTTP/1.0 cannot read) is ended
+    /// by closing the connection, and says so.
+    @Test func http10ClientsGetAnswersTheyCanRead() async throws {
+        let pki = try TestPKI()
+        let (standIn, server, client, key) = try await Self.startForRawClients(pki)
+        let script = RawHTTP.preamble + """
+            sock = connect(*sys.argv[2:6])
+            sock.sendall(b"GET /Slot?start=ge2026-11-23 HTTP/1.0\\r\\nHost: localhost\\r\\nConnection: keep-alive\\r\\n\\r\\n")
+            kept, kept_closed = read_answers(sock, 1)
+            sock.sendall(b"GET /Big HTTP/1.0\\r\\nHost: localhost\\r\\nConnection: keep-alive\\r\\n\\r\\n")
+            big = read_until_close(sock)
+            print(json.dumps({"kept": kept.decode("utf-8", "replace"), "kept_closed": kept_closed,
+                              "big_head": (big or b"").partition(b"\\r\\n\\r\\n")[0].decode("latin-1"),
+                              "big_body": -1 if big is None else len(big.partition(b"\\r\\n\\r\\n")[2])}))
+            """
+        let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path]).output
+        let result = try #require(try JSONSerialization.jsonObject(with: output) as? [String: Any], "\(String(decoding: output, as: UTF8.self))")
+        let kept = result["kept"] as? String ?? ""
+        #expect(kept.hasPrefix("HTTP/1.0 200") && kept.lowercased().contains("connection: keep-alive") && result["kept_closed"] as? Bool == false,
+                "\(kept.prefix(300))")
+        let bigHead = (result["big_head"] as? String ?? "").lowercased()
+        #expect(bigHead.hasPrefix("http/1.0 200") && bigHead.contains("connection: close") && !bigHead.contains("transfer-encoding"), "\(bigHead)")
+        #expect(result["big_body"] as? Int == 64 * 65536, "the whole body, ended by the close")
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// A shutdown while a refused request's body is still arriving (its answer already sent):
+    /// the connection closes once that body has ended, not at the idle timeout.
+    @Test func aShutdownClosesAConnectionWhoseAnswerWentOutEarly() async throws {
+        let pki = try TestPKI()
+        let (standIn, server, client, key) = try await Self.startForRawClients(pki)
+        let marks = pki.directory.appendingPathComponent("marks-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: marks, withIntermediateDirectories: true)
+        let script = RawHTTP.preamble + """
+            import os, time
+            marks = sys.argv[6]
+            sock = connect(*sys.argv[2:6])
+            # An ambiguous path is refused before its body is read.
+            sock.sendall(b"POST /Slot/..%2fadmin HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: text/plain\\r\\nContent-Length: 20\\r\\n\\r\\n0123456789")
+            answer = read_head(sock)
+            open(os.path.join(marks, "answered"), "w").close()
+            deadline = time.time() + 30
+            while not os.path.exists(os.path.join(marks, "go")) and time.time() < deadline:
+                time.sleep(0.05)
+            sock.sendall(b"0123456789")
+            print(json.dumps({"answer": answer.decode("utf-8", "replace"), "closed": read_until_close(sock) is not None}))
+            """
+        async let run = spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path, marks.path])
+        #expect(try await eventually(timeout: .seconds(30)) { FileManager.default.fileExists(atPath: marks.appendingPathComponent("answered").path) })
+        let stopping = Task { await server.stop() }
+        try await Task.sleep(for: .milliseconds(300))
+        FileManager.default.createFile(atPath: marks.appendingPathComponent("go").path, contents: nil)
+        let output = try await run.output
+        let result = try #require(try JSONSerialization.jsonObject(with: output) as? [String: Any], "\(String(decoding: output, as: UTF8.self))")
+        #expect((result["answer"] as? String ?? "").hasPrefix("HTTP/1.1 400"), "\(result)")
+        #expect(result["closed"] as? Bool == true, "closed once the refused body ended, within 30 s")
+        await stopping.value
+        await standIn.stop()
+    }
+
     /// `Expect: 100-continue`: the relay says `100 Continue` once the caller is accepted (the
     /// client sends its body only then), the body reaches the upstream whole, `Expect` does
     /// not; a refused certificate never gets a `100`.

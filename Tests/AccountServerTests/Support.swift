@@ -350,5 +350,5 @@ func eventually(timeout: Duration = .seconds(10), every interval: Duration = .mi
 /// ``preamble``.
 enum RawHTTP {
     static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Clients").path
-    static let preamble = "import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom raw_http import connect, read_answers, read_head\n"
+    static let preamble = "import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom raw_http import connect, read_answers, read_head, read_until_close\n"
 }

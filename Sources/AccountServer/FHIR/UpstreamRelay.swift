@@ -535,6 +535,11 @@ final class RelayExchange {
                 headers.add(name: name, value: value)
             }
             headers.add(name: "X-Request-Id", value: requestID)
+            // An HTTP/1.0 client cannot read a chunked body: one without a length is ended by
+            // closing the connection after it.
+            if head.version.minor == 0, head.method != .HEAD, response.status.mayHaveResponseBody, !headers.contains(name: "content-length") {
+                handler.closeAfterThisAnswer()
+            }
             relay.metrics.upstream(statusClass: Int(response.status.code) / 100)
             relay.metrics.request(surface: "fhir", status: Int(response.status.code))
             handler.writeHeadToClient(status: response.status, headers: headers)
@@ -738,6 +743,12 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
+    /// A request whose answer went out before its body ended (refused, answered early) has
+    /// just ended during a shutdown: the connection closes now.
+    private func closeIfQuiescing() {
+        if quiescing { context?.close(promise: nil) }
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // Kept from the state handler behind, which would close a connection mid-relay.
         guard event is ChannelShouldQuiesceEvent else {
@@ -800,6 +811,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 context.fireChannelRead(wrapInboundOut(part))
                 if case .end = part {
                     stage = answered ? .idle : .toRouter(requestEnded: true, answered: false)
+                    if answered { closeIfQuiescing() }
                 }
             case .toRouter(requestEnded: true, _), .deciding, .relaying(_, requestEnded: true):
                 resumeReadsIfPossible()
@@ -810,7 +822,10 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 exchange.requestPart(part)
             case .discarding:
                 queue.removeFirst()
-                if case .end = part { stage = .idle }
+                if case .end = part {
+                    stage = .idle
+                    closeIfQuiescing()
+                }
             }
         }
         resumeReadsIfPossible()
@@ -1003,6 +1018,10 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         resumeReadsIfPossible()
     }
 
+    func closeAfterThisAnswer() {
+        closeAfterAnswer = true
+    }
+
     /// An answer's head, in the request's HTTP version, saying whether the connection stays.
     func writeHeadToClient(status: HTTPResponseStatus, headers: HTTPHeaders) {
         var headers = headers
@@ -1046,6 +1065,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     func exchangeFinished(_ exchange: RelayExchange) {
         guard case .relaying(let current, let ended) = stage, current === exchange else { return }
         lastActivity = .now()
+        // (During a shutdown the answer's end has already closed the connection.)
         stage = ended ? .idle : .discarding
         processOutsideRead()
     }

@@ -79,3 +79,17 @@ def read_answers(sock, expected=1, closes=False, settle=2):
     finally:
         sock.settimeout(timeout)
     return received, closed
+
+
+def read_until_close(sock):
+    """Everything until the server closes (a body ended by the close); None if it did not
+    close within the socket's timeout."""
+    received = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+    except socket.timeout:
+        return None
