@@ -1047,13 +1047,6 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if flush { context.flush() }
     }
 
-    /// `Connection: close` among the request's connection options.
-    static func asksToClose(_ head: HTTPRequest) -> Bool {
-        head.headerFields[values: .connection].contains { value in
-            value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
-        }
-    }
-
     func flushClient() {
         context?.flush()
     }

@@ -122,6 +122,14 @@ struct ForwardAuthResponder: Sendable {
 /// unchanged. One request at a time, in order: a pipelined request waits for the answer
 /// before it, and the connection's reads are held meanwhile.
 final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    /// `Connection: close` among the request's connection options (the relay, on NIO's types,
+    /// reads `isKeepAlive` instead).
+    static func asksToClose(_ head: HTTPRequest) -> Bool {
+        head.headerFields[values: .connection].contains { value in
+            value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
+        }
+    }
+
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
     typealias OutboundIn = HTTPResponsePart
@@ -223,7 +231,7 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func answer(_ head: HTTPRequest, started: ContinuousClock.Instant, context: ChannelHandlerContext) {
         answering = true
-        closeAfterAnswer = UpstreamRelayHandler.asksToClose(head)
+        closeAfterAnswer = Self.asksToClose(head)
         let token = WebCookie.value(.session, in: head.headerFields)
         do {
             if let result = try responder.habilitation.checkNow(sessionToken: token, on: context.eventLoop) {
