@@ -3,6 +3,18 @@
 # (unit and integration: real SQLite and PostgreSQL, real mTLS with a generated PKI, real HTTP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What the build and the tests write in the temporary folder (databases, generated PKIs with
+# their keys, mail folders, browser profiles, the build's scratch folders) goes in one folder
+# for this run, removed when the run ends, however it ends: running the suite often does not
+# fill /tmp with thousands of folders.
+run_tmp=$(mktemp -d -t account-server-tests.XXXXXX)
+pgdir=
+cleanup() {
+    if [[ -n $pgdir ]]; then scripts/postgres.sh stop "$pgdir" || true; fi
+    rm -rf "$run_tmp"
+}
+trap cleanup EXIT
+export TMPDIR=$run_tmp
 ./scripts/install-deps.sh
 ./scripts/check-boundary.sh
 # The durability test runs the real executable, so build it explicitly too.
@@ -18,7 +30,6 @@ for store in ${ACCOUNT_SERVER_TEST_STORES:-sqlite postgres}; do
         ;;
     postgres)
         pgdir=$(mktemp -d)
-        trap 'scripts/postgres.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
         url=$(scripts/postgres.sh start "$pgdir")
         ACCOUNT_SERVER_TEST_STORE=postgres ACCOUNT_SERVER_TEST_POSTGRES_URL=$url swift test --skip-build "$@"
         ;;
