@@ -177,7 +177,8 @@ let package = Package(
         ),
         .testTarget(
             name: "HabilitationTests",
-            dependencies: ["Habilitation", "Accounts", "Storage", "StorageTesting"],
+            dependencies: ["Habilitation", "Accounts", "Storage", "StorageTesting",
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

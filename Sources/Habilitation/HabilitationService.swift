@@ -2,6 +2,7 @@ import Accounts
 import Foundation
 import NIOCore
 import Storage
+import Synchronization
 
 /// Who the session belongs to, as pages and identity headers show it.
 public struct AccountSummary: Sendable, Equatable {
@@ -32,6 +33,8 @@ public final class HabilitationService: Sendable {
     /// The CGU version in force; an acceptance of another version does not count.
     public let cguVersion: String
     private let clock: @Sendable () -> Date
+    /// The forward-auth checks of each event loop, batched (``FactsBatcher``).
+    private let batchers = Mutex<[ObjectIdentifier: FactsBatcher]>([:])
 
     public init(database: AccountDatabase, sessions: SessionStore, cguVersion: String, clock: @escaping @Sendable () -> Date = Date.init) {
         self.database = database
@@ -68,15 +71,47 @@ public final class HabilitationService: Sendable {
     /// engine runs as close to the loop as it can (SQLite: on the loop's own read connection;
     /// PostgreSQL: sent from the loop). Everything but recording activity, which the caller
     /// schedules when due.
+    ///
+    /// The checks that arrive on one loop while its statement is out are read together by the
+    /// next one (``FactsBatcher``): under load, one statement answers several requests, which
+    /// is what PostgreSQL's round trip per request cannot afford. Each check is still a fresh
+    /// read: its statement is sent after the request arrived.
     public func check(sessionToken: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(check: HabilitationCheck, facts: SessionFacts?)> {
         guard let sessionToken else { return eventLoop.makeSucceededFuture((Self.noSession, nil)) }
-        let at = Date(epochMilliseconds: clock().epochMilliseconds)
         let hash = SecretToken.hash(sessionToken)
-        return database.engine.loopRead(FactsQuery.self, arguments: factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }, on: eventLoop)
-            .map { [self] rows in
-                guard let facts = rows.first.flatMap({ Self.facts($0, hash: hash) }) else { return (Self.noSession, nil) }
-                return (evaluate(facts), facts)
-            }
+        let batcher = batcher(on: eventLoop)
+        let facts = eventLoop.inEventLoop ? batcher.facts(hash: hash) : eventLoop.flatSubmit { batcher.facts(hash: hash) }
+        return facts.map { [self] facts in
+            guard let facts else { return (Self.noSession, nil) }
+            return (evaluate(facts), facts)
+        }
+    }
+
+    private func batcher(on eventLoop: any EventLoop) -> FactsBatcher {
+        let key = ObjectIdentifier(eventLoop)
+        return batchers.withLock { batchers in
+            if let batcher = batchers[key] { return batcher }
+            let batcher = FactsBatcher(eventLoop: eventLoop, service: self)
+            batchers[key] = batcher
+            return batcher
+        }
+    }
+
+    /// The arguments of ``FactsBatchQuery`` for up to ``FactsBatchQuery/size`` session hashes;
+    /// unused places hold an empty string, which no stored hash is.
+    func factsBatchArguments(hashes: [String], at: Date) -> [SQLValue] {
+        precondition(hashes.count <= FactsBatchQuery.size)
+        var arguments: [SQLValue] = [.text(cguVersion)]
+        arguments.reserveCapacity(FactsBatchQuery.size + 3)
+        for index in 0..<FactsBatchQuery.size { arguments.append(.text(index < hashes.count ? hashes[index] : "")) }
+        arguments.append(at.epochMilliseconds.sqlValue)
+        arguments.append(at.addingTimeInterval(-sessions.configuration.idleTimeout).epochMilliseconds.sqlValue)
+        return arguments
+    }
+
+    /// The current time, to the millisecond, as the checks read it.
+    func checkTime() -> Date {
+        Date(epochMilliseconds: clock().epochMilliseconds)
     }
 
     /// ``check(sessionToken:on:)`` answered before returning when the engine answers on the
@@ -111,6 +146,14 @@ public final class HabilitationService: Sendable {
     /// Forward-auth's one query, on every agenda request: prepared once per connection.
     enum FactsQuery: PreparedSQL {
         static let sql = factsSQL
+    }
+
+    /// ``FactsQuery`` for up to `size` sessions at once, each row saying which (``FactsBatcher``).
+    enum FactsBatchQuery: PreparedSQL {
+        static let size = 8
+        static let sql = factsSQL
+            .replacingOccurrences(of: "SELECT s.account_id,", with: "SELECT s.id_hash, s.account_id,")
+            .replacingOccurrences(of: "WHERE s.id_hash = ?", with: "WHERE s.id_hash IN (" + Array(repeating: "?", count: size).joined(separator: ", ") + ")")
     }
 
     static let factsSQL = """

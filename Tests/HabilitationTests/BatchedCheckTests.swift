@@ -1,0 +1,99 @@
+import Accounts
+import Foundation
+import Habilitation
+import NIOCore
+import NIOPosix
+import Storage
+import StorageTesting
+import Testing
+
+/// The forward-auth listener's check (``HabilitationService/check(sessionToken:on:)``) reads
+/// the checks that arrive together on one event loop with one statement. A mistake there would
+/// hand one session's identity to another request, so every answer is compared with the
+/// session's own, read alone. (On SQLite the loop's own connection answers each check before
+/// the next is asked, so every batch holds one check; on PostgreSQL they pile up behind the
+/// statement out, and a batch holds several.)
+@Suite("Batched forward-auth checks")
+struct BatchedCheckTests {
+    /// What identifies an answer: whose session it is, and the decision.
+    struct Answer: Equatable, CustomStringConvertible {
+        var accountID: String?
+        var origin: SessionOrigin?
+        var createdAt: Date?
+        var decision: HabilitationDecision
+        init(_ check: HabilitationCheck) {
+            accountID = check.account?.accountID
+            origin = check.session?.origin
+            createdAt = check.session?.createdAt
+            decision = check.decision
+        }
+        var description: String { "\(accountID ?? "-") \(origin?.rawValue ?? "-") \(decision)" }
+    }
+
+    /// Two accounts (one habilitated, one with steps still due), sessions of each from the SAS
+    /// and from elsewhere, created at different times, a signed-out session and tokens no
+    /// session has: more than one statement's worth, sent at once on one loop, three times
+    /// over in different orders, and each answer is its own session's.
+    @Test func everyCheckGetsItsOwnSessionsAnswer() async throws {
+        let world = try await World()
+        let other = try await world.provisioner.provision(.create(RegulatorRecord(
+            sasTechnicalID: SASTechnicalID("0d5d7b8e-4a55-4bd0-9a43-0f8a2a7e2b11"), active: true, familyName: "DURAND", givenName: "Alice",
+            email: EmailAddress("alice.durand@test.com")!)), context: CallContext(actor: world.actor)).account.id
+        var tokens: [String] = []
+        for index in 0..<4 {
+            tokens.append(try await world.signIn(origin: .sas))
+            tokens.append(try await world.signIn(origin: index.isMultiple(of: 2) ? nil : .sas))
+            let flow = try await world.sessions.startFlow(accountID: other, intentToken: nil)
+            try await world.sessions.markSecondFactorDone(flowToken: flow)
+            tokens.append(try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: "test", actor: world.actor)).token)
+            tokens.append("not-a-session-\(index)")
+            world.clock.advance(1)
+        }
+        let signedOut = try await world.signIn(origin: .sas)
+        _ = try await world.sessions.revoke(signedOut, reason: "sign-out")
+        tokens.append(signedOut)
+
+        var expected: [String: Answer] = [:]
+        for token in tokens { expected[token] = Answer(try await world.habilitation.check(sessionToken: token)) }
+        // The answers differ enough that a mix-up shows.
+        #expect(Set(expected.values.map(\.description)).count >= 4)
+        #expect(expected.values.contains { $0.accountID == world.accountID && $0.decision == .granted })
+        #expect(expected.values.contains { $0.accountID == other })
+        #expect(expected[signedOut]?.accountID == nil)
+
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let habilitation = world.habilitation
+        for round in 0..<3 {
+            // Each token twice: checks of one session share its row.
+            let order = (tokens + tokens).shuffled()
+            let futures = try await loop.submit {
+                order.map { token in habilitation.check(sessionToken: token, on: loop).map { (token, Answer($0.check)) } }
+            }.get()
+            for future in futures {
+                let (token, answer) = try await future.get()
+                #expect(answer == expected[token], "round \(round): \(token.prefix(8))… got \(answer), expected \(expected[token].map(\.description) ?? "?")")
+            }
+        }
+    }
+
+    /// A withdrawal committed before a request arrives applies to it, batched or not: checks
+    /// sent after the commit, together, all see it.
+    @Test func aBatchSeesWhatWasCommittedBeforeItsRequests() async throws {
+        let world = try await World()
+        let tokens = [try await world.signIn(origin: .sas), try await world.signIn(origin: .sas), try await world.signIn(origin: .sas)]
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let habilitation = world.habilitation
+        func checkAll() async throws -> [HabilitationDecision] {
+            let futures = try await loop.submit { (tokens + tokens + tokens).map { habilitation.check(sessionToken: $0, on: loop) } }.get()
+            var decisions: [HabilitationDecision] = []
+            for future in futures { decisions.append(try await future.get().check.decision) }
+            return decisions
+        }
+        #expect(try await checkAll().allSatisfy { $0 == .granted })
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatchVersion: nil),
+                                                  context: CallContext(actor: world.actor))
+        #expect(try await checkAll().allSatisfy { $0 == .denied([.deactivatedBySAS]) })
+        // And from another thread than the loop's: the check goes to the loop first.
+        #expect(try await habilitation.check(sessionToken: tokens[0], on: loop).get().check.decision == .denied([.deactivatedBySAS]))
+    }
+}
