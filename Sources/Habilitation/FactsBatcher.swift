@@ -7,19 +7,48 @@ import Storage
 /// With one statement per check, PostgreSQL's round trip (the protocol, TLS, a wake-up of its
 /// backend and of our loop) dominated the check: measured, 205 µs of our CPU and 117 µs of
 /// PostgreSQL's per check, against 41 µs for a whole check on SQLite. Here, one statement is out
-/// per loop at a time; the checks that arrive meanwhile wait for it to come back, then go
+/// per loop at a time (unless it stalls: ``stallAfter``); the checks that arrive meanwhile wait for it to come back, then go
 /// together in the next (up to ``HabilitationService/FactsBatchQuery/size`` per statement).
 /// Under light load nothing waits: a lone check is sent at once, as before.
+///
+/// An outage must not turn the queue into a wait: a failed statement fails every check then
+/// waiting (fail-closed, 503), a check waits at most ``queueTimeout`` to be sent, and at most
+/// ``maximumWaiting`` wait; beyond, a check fails at once.
 ///
 /// Fresh reads are kept: every check's statement is sent after its request arrived, so it sees
 /// every commit acknowledged before then (a withdrawal applies on the next request). The rows
 /// name their session (`id_hash`), and each check takes the row of its own session only;
 /// several checks of one session share its row.
 final class FactsBatcher: @unchecked Sendable {
+    /// A statement out longer than this no longer holds the checks behind it: another is sent
+    /// beside it. A connection that stalls (a lost packet, a stuck backend; the engine's own
+    /// deadline is 30 s) then delays the checks of its batch only, as it did when every check
+    /// had a statement of its own.
+    static let stallAfter = TimeAmount.milliseconds(250)
+    /// Statements out at once per loop, at most (the engine's pool is shared with everything else).
+    static let maximumOut = 4
+    /// How long a check may wait to be sent before it fails as unavailable (503).
+    static let queueTimeout = TimeAmount.seconds(5)
+    /// Checks waiting per loop, at most; one more fails at once as unavailable.
+    static let maximumWaiting = 4096
+
+    private struct Waiting {
+        var hash: String
+        var promise: EventLoopPromise<HabilitationService.SessionFacts?>
+        var since: NIODeadline
+    }
+
     let eventLoop: any EventLoop
     private unowned let service: HabilitationService
-    private var waiting: [(hash: String, promise: EventLoopPromise<HabilitationService.SessionFacts?>)] = []
+    private var waiting = CircularBuffer<Waiting>(initialCapacity: 16)
+    /// The statements out, by number: when each was sent.
+    private var out: [UInt64: NIODeadline] = [:]
+    private var sent: UInt64 = 0
+    /// In ``sendWhilePossible()``: a statement answered at once (SQLite) comes back inside it,
+    /// and its loop goes on instead of recursing.
     private var sending = false
+    /// Ticks while checks wait, to send them beside a stalled statement or time them out.
+    private var watchdog: RepeatedTask?
 
     init(eventLoop: any EventLoop, service: HabilitationService) {
         self.eventLoop = eventLoop
@@ -29,33 +58,62 @@ final class FactsBatcher: @unchecked Sendable {
     /// The facts of the session stored as `hash`, or nil when no live session has it.
     func facts(hash: String) -> EventLoopFuture<HabilitationService.SessionFacts?> {
         eventLoop.preconditionInEventLoop()
+        guard waiting.count < Self.maximumWaiting else {
+            return eventLoop.makeFailedFuture(StorageError.unavailable("too many forward-auth checks waiting for the database"))
+        }
         let promise = eventLoop.makePromise(of: HabilitationService.SessionFacts?.self)
-        waiting.append((hash, promise))
-        sendIfIdle()
+        waiting.append(Waiting(hash: hash, promise: promise, since: .now()))
+        sendWhilePossible()
         return promise.futureResult
     }
 
-    private func sendIfIdle() {
-        guard !sending, !waiting.isEmpty else { return }
+    /// No statement out younger than ``stallAfter``, and room for one more.
+    private func maySend(at now: NIODeadline) -> Bool {
+        out.count < Self.maximumOut && !out.values.contains { now - $0 < Self.stallAfter }
+    }
+
+    private func sendWhilePossible() {
+        guard !sending else { return }
         sending = true
+        defer { sending = false }
+        var now = NIODeadline.now()
+        while let first = waiting.first, now - first.since >= Self.queueTimeout {
+            waiting.removeFirst().promise.fail(StorageError.unavailable("no database answer for a forward-auth check within \(Self.queueTimeout.nanoseconds / 1_000_000_000) s"))
+        }
+        while !waiting.isEmpty, maySend(at: now) {
+            sendOne(at: now)
+            now = .now()
+        }
+        if waiting.isEmpty {
+            watchdog?.cancel()
+            watchdog = nil
+        } else if watchdog == nil {
+            watchdog = eventLoop.scheduleRepeatedTask(initialDelay: Self.stallAfter, delay: Self.stallAfter) { [weak self] _ in
+                self?.sendWhilePossible()
+            }
+        }
+    }
+
+    private func sendOne(at now: NIODeadline) {
         // The distinct sessions of the first checks waiting, up to one statement's worth.
         var hashes: [String] = []
-        var taken = 0
-        for (hash, _) in waiting {
-            if !hashes.contains(hash) {
+        var batch: [Waiting] = []
+        while let first = waiting.first {
+            if !hashes.contains(first.hash) {
                 guard hashes.count < HabilitationService.FactsBatchQuery.size else { break }
-                hashes.append(hash)
+                hashes.append(first.hash)
             }
-            taken += 1
+            batch.append(waiting.removeFirst())
         }
-        let batch = Array(waiting.prefix(taken))
-        waiting.removeFirst(taken)
+        sent += 1
+        let number = sent
+        out[number] = now
         let arguments = service.factsBatchArguments(hashes: hashes, at: service.checkTime())
         service.database.engine.loopRead(HabilitationService.FactsBatchQuery.self, arguments: arguments, on: eventLoop)
             .hop(to: eventLoop)
             .assumeIsolated()
             .whenComplete { [self] result in
-                sending = false
+                out[number] = nil
                 switch result {
                 case .success(let rows):
                     var found: [String: HabilitationService.SessionFacts] = [:]
@@ -66,11 +124,15 @@ final class FactsBatcher: @unchecked Sendable {
                         guard hashes.contains(hash), let facts = HabilitationService.facts(row, hash: hash) else { continue }
                         found[hash] = facts
                     }
-                    for (hash, promise) in batch { promise.succeed(found[hash]) }
+                    for check in batch { check.promise.succeed(found[check.hash]) }
                 case .failure(let error):
-                    for (_, promise) in batch { promise.fail(error) }
+                    // The database failed this statement: the checks waiting now would most
+                    // likely meet the same failure one batch at a time. They fail now (503),
+                    // which never grants anything.
+                    for check in batch { check.promise.fail(error) }
+                    while let check = waiting.popFirst() { check.promise.fail(error) }
                 }
-                sendIfIdle()
+                sendWhilePossible()
             }
     }
 }

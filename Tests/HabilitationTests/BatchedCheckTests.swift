@@ -1,5 +1,8 @@
 import Accounts
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Habilitation
 import NIOCore
 import NIOPosix
@@ -95,5 +98,66 @@ struct BatchedCheckTests {
         #expect(try await checkAll().allSatisfy { $0 == .denied([.deactivatedBySAS]) })
         // And from another thread than the loop's: the check goes to the loop first.
         #expect(try await habilitation.check(sessionToken: tokens[0], on: loop).get().check.decision == .denied([.deactivatedBySAS]))
+    }
+
+    /// A statement that stalls in PostgreSQL holds back the checks of its own batch only: a
+    /// check that arrives later is sent beside it once it has been out for
+    /// ``FactsBatcher/stallAfter`` (its backend is stopped with SIGSTOP while it waits for a
+    /// lock, so it cannot answer until it is resumed).
+    @Test func aStalledStatementHoldsBackOnlyItsOwnChecks() async throws {
+        guard TestStore.kind == .postgres else { return }
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let habilitation = world.habilitation
+        let database = world.database
+        // A lock the check's statement needs, held until `release` is signalled.
+        let release = DispatchSemaphore(value: 0)
+        let holder = Task {
+            try await database.write { db in
+                try db.execute(sql: "LOCK TABLE cgu_acceptance IN ACCESS EXCLUSIVE MODE")
+                // (The engine holds a write back until the next statement: this one sends it.)
+                _ = try Int.fetchOne(db, sql: "SELECT 1")
+                release.wait()
+            }
+        }
+        var released = false
+        defer { if !released { release.signal() } }
+        var locked = false
+        for _ in 0..<1000 where !locked {
+            locked = try await database.read { db in
+                try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'cgu_acceptance'::regclass AND mode = 'AccessExclusiveLock' AND granted)") ?? false
+            }
+            if !locked { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        try #require(locked)
+        let first = try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
+        // This test's database only: other tests run beside it on the same server.
+        var backend: Int32?
+        for _ in 0..<1000 where backend == nil {
+            backend = try await database.read { db in
+                try Int.fetchOne(db, sql: """
+                    SELECT pid FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%id_hash IN%'
+                    """)
+            }.map { Int32($0) }
+            if backend == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        let stalled = try #require(backend)
+        #expect(kill(stalled, SIGSTOP) == 0)
+        defer { kill(stalled, SIGCONT) }
+        // Resumed in any case after 8 s, so that a failure of this test cannot hang the suite.
+        let safety = loop.scheduleTask(in: .seconds(8)) { kill(stalled, SIGCONT) }
+        defer { safety.cancel() }
+        release.signal()
+        released = true
+        _ = try await holder.value
+        // The lock is gone, but the first statement's backend is stopped: it cannot answer.
+        let second = try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
+        let started = ContinuousClock.now
+        #expect(try await second.get().check.decision == .granted)
+        #expect(ContinuousClock.now - started < .seconds(5), "the second check waited for the stalled statement")
+        kill(stalled, SIGCONT)
+        #expect(try await first.get().check.decision == .granted)
     }
 }
