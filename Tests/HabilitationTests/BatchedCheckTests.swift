@@ -100,9 +100,63 @@ struct BatchedCheckTests {
         #expect(try await habilitation.check(sessionToken: tokens[0], on: loop).get().check.decision == .denied([.deactivatedBySAS]))
     }
 
+    /// Holds a lock every check's statement needs (PostgreSQL), until ``release()``: the
+    /// statements sent meanwhile wait inside PostgreSQL.
+    final class CheckBlocker: Sendable {
+        let database: AccountDatabase
+        private let gate = DispatchSemaphore(value: 0)
+        private let holder: Task<Void, any Error>
+
+        init(_ database: AccountDatabase) async throws {
+            self.database = database
+            let gate = self.gate
+            holder = Task {
+                try await database.write { db in
+                    try db.execute(sql: "LOCK TABLE cgu_acceptance IN ACCESS EXCLUSIVE MODE")
+                    // (The engine holds a write back until the next statement: this one sends it.)
+                    _ = try Int.fetchOne(db, sql: "SELECT 1")
+                    gate.wait()
+                }
+            }
+            var locked = false
+            for _ in 0..<1000 where !locked {
+                locked = try await database.read { db in
+                    try Bool.fetchOne(db, sql: """
+                        SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'cgu_acceptance'::regclass AND mode = 'AccessExclusiveLock' AND granted)
+                        """) ?? false
+                }
+                if !locked { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            if !locked { gate.signal() }
+            try #require(locked)
+        }
+
+        /// The backends of this test's database whose check statement waits for the lock
+        /// (other tests run beside it on the same server), once there are `count`.
+        func waiting(count: Int) async throws -> [Int32] {
+            var backends: [Int32] = []
+            for _ in 0..<1000 where backends.count < count {
+                backends = try await database.read { db in
+                    try Int.fetchAll(db, sql: """
+                        SELECT pid FROM pg_stat_activity
+                        WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%id_hash IN%'
+                        """)
+                }.map { Int32($0) }
+                if backends.count < count { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            try #require(backends.count == count)
+            return backends
+        }
+
+        func release() async throws {
+            gate.signal()
+            try await holder.value
+        }
+    }
+
     /// A statement that stalls in PostgreSQL holds back the checks of its own batch only: a
     /// check that arrives later is sent beside it once it has been out for
-    /// ``FactsBatcher/stallAfter`` (its backend is stopped with SIGSTOP while it waits for a
+    /// ``FactsBatcher/stallAfter`` (its backend is stopped with SIGSTOP while it waits for the
     /// lock, so it cannot answer until it is resumed).
     @Test func aStalledStatementHoldsBackOnlyItsOwnChecks() async throws {
         guard TestStore.kind == .postgres else { return }
@@ -110,48 +164,15 @@ struct BatchedCheckTests {
         let token = try await world.signIn(origin: .sas)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let habilitation = world.habilitation
-        let database = world.database
-        // A lock the check's statement needs, held until `release` is signalled.
-        let release = DispatchSemaphore(value: 0)
-        let holder = Task {
-            try await database.write { db in
-                try db.execute(sql: "LOCK TABLE cgu_acceptance IN ACCESS EXCLUSIVE MODE")
-                // (The engine holds a write back until the next statement: this one sends it.)
-                _ = try Int.fetchOne(db, sql: "SELECT 1")
-                release.wait()
-            }
-        }
-        var released = false
-        defer { if !released { release.signal() } }
-        var locked = false
-        for _ in 0..<1000 where !locked {
-            locked = try await database.read { db in
-                try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'cgu_acceptance'::regclass AND mode = 'AccessExclusiveLock' AND granted)") ?? false
-            }
-            if !locked { try await Task.sleep(for: .milliseconds(10)) }
-        }
-        try #require(locked)
+        let blocker = try await CheckBlocker(world.database)
         let first = try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
-        // This test's database only: other tests run beside it on the same server.
-        var backend: Int32?
-        for _ in 0..<1000 where backend == nil {
-            backend = try await database.read { db in
-                try Int.fetchOne(db, sql: """
-                    SELECT pid FROM pg_stat_activity
-                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%id_hash IN%'
-                    """)
-            }.map { Int32($0) }
-            if backend == nil { try await Task.sleep(for: .milliseconds(10)) }
-        }
-        let stalled = try #require(backend)
+        let stalled = try #require(try await blocker.waiting(count: 1).first)
         #expect(kill(stalled, SIGSTOP) == 0)
         defer { kill(stalled, SIGCONT) }
         // Resumed in any case after 8 s, so that a failure of this test cannot hang the suite.
         let safety = loop.scheduleTask(in: .seconds(8)) { kill(stalled, SIGCONT) }
         defer { safety.cancel() }
-        release.signal()
-        released = true
-        _ = try await holder.value
+        try await blocker.release()
         // The lock is gone, but the first statement's backend is stopped: it cannot answer.
         let second = try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
         let started = ContinuousClock.now
@@ -159,5 +180,59 @@ struct BatchedCheckTests {
         #expect(ContinuousClock.now - started < .seconds(5), "the second check waited for the stalled statement")
         kill(stalled, SIGCONT)
         #expect(try await first.get().check.decision == .granted)
+    }
+
+    /// While PostgreSQL does not answer, checks do not pile up: at most
+    /// ``FactsBatcher/maximumOut`` statements are out per loop, a check waits at most
+    /// ``FactsBatcher/queueTimeout`` to be sent, and when a statement fails, the checks then
+    /// waiting fail with it (503) instead of being sent one batch after another.
+    @Test func checksWaitingForAnUnansweringDatabaseFailInsteadOfPilingUp() async throws {
+        guard TestStore.kind == .postgres else { return }
+        let world = try await World(poolSize: 8)
+        let token = try await world.signIn(origin: .sas)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let habilitation = world.habilitation
+        let blocker = try await CheckBlocker(world.database)
+        func check() async throws -> EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)> {
+            try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
+        }
+        // Four statements out (each sent once the one before has been out for 250 ms), all
+        // waiting for the lock.
+        var out: [EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)>] = []
+        for count in 1...4 {
+            out.append(try await check())
+            _ = try await blocker.waiting(count: count)
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        // A fifth is not sent: it fails once it has waited 5 s.
+        let queued = try await check()
+        let queuedAt = ContinuousClock.now
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(try await blocker.waiting(count: 4).count == 4, "a fifth statement was sent")
+        await #expect(throws: StorageError.self) { try await queued.get() }
+        #expect(ContinuousClock.now - queuedAt >= .seconds(4))
+        #expect(ContinuousClock.now - queuedAt < .seconds(20), "the queued check waited for the statements' own deadline")
+        // Two more wait; one of the statements out fails (its connection is ended): they fail
+        // with it, at once, though the others are still out.
+        let waitingChecks = [try await check(), try await check()]
+        let waitedAt = ContinuousClock.now
+        let backends = try await blocker.waiting(count: 4)
+        try await world.database.write { db in
+            _ = try Bool.fetchOne(db, sql: "SELECT pg_terminate_backend(CAST(? AS integer))", arguments: [Int(backends[0])])
+        }
+        for waiting in waitingChecks {
+            await #expect(throws: (any Error).self) { try await waiting.get() }
+        }
+        #expect(ContinuousClock.now - waitedAt < .seconds(4), "the waiting checks waited for their own time-out")
+        try await blocker.release()
+        // The statements that were not ended are answered once the lock is gone.
+        var answered = 0
+        for future in out {
+            if let result = try? await future.get() {
+                #expect(result.check.decision == .granted)
+                answered += 1
+            }
+        }
+        #expect(answered == 3)
     }
 }

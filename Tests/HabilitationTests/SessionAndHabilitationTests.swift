@@ -26,9 +26,9 @@ struct World {
     static let national = RegulatorIdentifier.national(NationalID("810002673899")!)
     static let key: [UInt8] = Array(repeating: 3, count: 32)
 
-    init(complete: Bool = true) async throws {
+    init(complete: Bool = true, poolSize: Int = 4) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("habilitation-\(UUID().uuidString)")
-        database = try await TestStore.database(in: directory)
+        database = try await TestStore.database(in: directory, poolSize: poolSize)
         let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2)
         let clock = self.clock
         provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), clock: { clock.now })
