@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # for this run, removed when the run ends, however it ends: running the suite often does not
 # fill /tmp with thousands of folders.
 run_tmp=$(mktemp -d -t account-server-tests.XXXXXX)
+# Traversable (not listable) by others: the throwaway PostgreSQL servers run as `postgres`
+# in folders of their own inside it.
+chmod 0711 "$run_tmp"
 pgdir=
 cleanup() {
     if [[ -n $pgdir ]]; then scripts/postgres.sh stop "$pgdir" || true; fi
