@@ -108,7 +108,7 @@ final class FactsBatcher: @unchecked Sendable {
         sent += 1
         let number = sent
         out[number] = now
-        let arguments = service.factsBatchArguments(hashes: hashes, at: service.checkTime())
+        let arguments = service.factsBatchArguments(hashes: hashes, at: service.now)
         service.database.engine.loopRead(HabilitationService.FactsBatchQuery.self, arguments: arguments, on: eventLoop)
             .hop(to: eventLoop)
             .assumeIsolated()

@@ -58,7 +58,7 @@ public final class HabilitationService: Sendable {
 
     public func check(sessionToken: String?) async throws -> HabilitationCheck {
         guard let sessionToken else { return Self.noSession }
-        let at = Date(epochMilliseconds: clock().epochMilliseconds)
+        let at = now
         let hash = SecretToken.hash(sessionToken)
         guard let facts = try await database.pointRead({ [self] db in try self.facts(hash: hash, at: at, in: db) }) else { return Self.noSession }
         try await recordActivity(facts, at: at)
@@ -110,15 +110,13 @@ public final class HabilitationService: Sendable {
     }
 
     /// The current time, to the millisecond, as the checks read it.
-    func checkTime() -> Date {
-        Date(epochMilliseconds: clock().epochMilliseconds)
-    }
+    var now: Date { Date(epochMilliseconds: clock().epochMilliseconds) }
 
     /// ``check(sessionToken:on:)`` answered before returning when the engine answers on the
     /// loop itself (SQLite); nil when the answer comes later (PostgreSQL).
     public func checkNow(sessionToken: String?, on eventLoop: any EventLoop) throws -> (check: HabilitationCheck, facts: SessionFacts?)? {
         guard let sessionToken else { return (Self.noSession, nil) }
-        let at = Date(epochMilliseconds: clock().epochMilliseconds)
+        let at = now
         let hash = SecretToken.hash(sessionToken)
         let arguments = factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }
         guard let rows = try database.engine.loopReadNow(FactsQuery.self, arguments: arguments,
@@ -134,7 +132,7 @@ public final class HabilitationService: Sendable {
     }
 
     public func recordActivity(_ facts: SessionFacts, at: Date? = nil) async throws {
-        try await sessions.touchIfDue(hash: facts.hash, lastSeenAt: facts.session.lastSeenAt, at: at ?? Date(epochMilliseconds: clock().epochMilliseconds))
+        try await sessions.touchIfDue(hash: facts.hash, lastSeenAt: facts.session.lastSeenAt, at: at ?? now)
     }
 
     /// One indexed query: the session (live: not revoked, within its idle and absolute
