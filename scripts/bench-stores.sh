@@ -10,21 +10,28 @@
 # (what PostgreSQL refused during the run, by message and statement) and one RATIO_STORES
 # line per comparison.
 # Usage: scripts/bench-stores.sh [--duration S] [--concurrency N] [--build release|debug]
-#                                [--binaries DIR]
+#                                [--binaries DIR] [--stores-only] [--profile DIR]
 # --binaries runs the account-server and account-server-load found in DIR instead of building
 # (a copy of an earlier build: before/after comparisons on the same machine, same hour).
+# --stores-only skips the nginx rows (one and two instances). --profile records the
+# PostgreSQL instance with `perf record -g` during each of its rows, into DIR/PUT.perf and
+# DIR/forward_auth.perf (flame graphs: docs/performance.md, "Profiling").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=10
 concurrency=8
 build=release
 binaries=
+stores_only=
+profile=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --build) build=$2; shift 2 ;;
         --binaries) binaries=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
+        --stores-only) stores_only=1; shift ;;
+        --profile) profile=$(realpath -m "$2"); mkdir -p "$profile"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -120,24 +127,56 @@ others = used.pop("machine") - sum(used.values())
 print(f"CPU label={label} " + " ".join(f"{k}={v:.2f}" for k, v in used.items()) + f" load_tool_and_rest={others:.2f} (cores of 2)")
 PY
 }
-# Both rows against one FHIR base and one web + forward-auth pair: LABEL FHIR_BASE WEB_BASE FORWARD_BASE
+# Transactions committed on the PostgreSQL server so far (every database).
+committed() { psql "$admin_url" -Atc "SELECT sum(xact_commit) FROM pg_stat_database"; }
+# perf record of PID (when --profile is given and PID is set) into $profile/NAME.perf.
+recorder=
+record() { # PID NAME
+    [[ -n $profile && -n $1 ]] || return 0
+    perf record -g -F 999 -p "$1" -o "$profile/$2.perf" >/dev/null 2>&1 &
+    recorder=$!
+    sleep 0.3
+}
+stop_recording() {
+    [[ -n $recorder ]] || return 0
+    kill -INT "$recorder" 2>/dev/null || true
+    wait "$recorder" 2>/dev/null || true
+    recorder=
+}
+# Both rows against one FHIR base and one web + forward-auth pair: LABEL FHIR_BASE WEB_BASE FORWARD_BASE [PID to profile]
 measure() {
-    local label=$1 fhir=$2 web=$3 forward=$4 email="forward.$1@load.test"
+    local label=$1 fhir=$2 web=$3 forward=$4 email="forward.$1@load.test" pid=${5:-}
     [[ $(create_regulator "$fhir" "$email") == 201 ]] || { echo "$label: could not create the regulator" >&2; exit 1; }
     local before started
     before=$(cpu_snapshot); started=$(date +%s.%N)
+    record "$pid" PUT
     local collisions
     collisions=$(grep -c "could not serialize\|deadlock detected" "$work/pg/server.log" || true)
     "$bin/account-server-load" --ca "$pki/ca.pem" --cert "$pki/sas-client.pem" --key "$pki/sas-client-key.pem" \
         --mode put --url "$fhir" --concurrency "$concurrency" --duration "$duration" --label "PUT_$label" | grep '^RESULT' | tee -a "$results"
+    stop_recording
     cpu_row "PUT_$label" "$before" "$(cpu_snapshot)" "$(python3 -c "import time; print(time.time() - $started)")"
     # Write transactions PostgreSQL refused as colliding (each is retried, alone).
     echo "COLLISIONS label=PUT_$label serialization_failures=$(( $(grep -c "could not serialize\|deadlock detected" "$work/pg/server.log" || true) - collisions ))" | tee -a "$results"
     before=$(cpu_snapshot); started=$(date +%s.%N)
+    local statements
+    statements=$(committed)
+    record "$pid" forward_auth
     "$bin/account-server-load" --ca "$pki/ca.pem" --mode forward-auth --url "$web" --forward-auth-url "$forward" \
         --maildir "$work/maildir" --email "$email" --concurrency "$concurrency" --duration "$duration" \
         --label "forward_auth_$label" | grep '^RESULT' | tee -a "$results"
+    stop_recording
     cpu_row "forward_auth_$label" "$before" "$(cpu_snapshot)" "$(python3 -c "import time; print(time.time() - $started)")"
+    # Statements PostgreSQL ran for the row (each check's read is one transaction of its own;
+    # a batch answers several checks): how full the batches were.
+    if [[ $label != sqlite ]]; then
+        python3 - "$label" "$statements" "$(committed)" "$results" <<'PY' | tee -a "$results"
+import re, sys
+label, before, after, results = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+n = [int(m.group(1)) for line in open(results) if (m := re.search(rf"label=forward_auth_{label} n=(\d+)", line))][-1]
+print(f"STATEMENTS label=forward_auth_{label} transactions={after - before - 1} checks_per_transaction={n / max(1, after - before - 1):.2f}")
+PY
+    fi
 }
 
 # 1. SQLite, one instance (it also creates the development PKI the others reuse).
@@ -147,9 +186,10 @@ stop_instance lite
 
 # 2. PostgreSQL, one instance, direct.
 start_instance solo "$runtime_url"
-measure postgres "https://localhost:$solo_fhir" "https://localhost:$solo_web" "http://127.0.0.1:$solo_forward"
+measure postgres "https://localhost:$solo_fhir" "https://localhost:$solo_web" "http://127.0.0.1:$solo_forward" "$solo_pid"
 stop_instance solo
 
+if [[ -z $stores_only ]]; then
 # 3. PostgreSQL behind nginx (TCP round robin for TLS, HTTP for forward-auth): one instance,
 #    then two, with the configuration files operators use.
 nginx_fhir=$(port); nginx_web=$(port); nginx_forward=$(port)
@@ -189,6 +229,8 @@ run_nginx "$a_fhir" "$a_web" "$a_forward"
 measure one_instance_nginx "https://localhost:$nginx_fhir" "https://localhost:$nginx_web" "http://127.0.0.1:$nginx_forward"
 run_nginx "$b_fhir" "$b_web" "$b_forward"
 measure two_instances_nginx "https://localhost:$nginx_fhir" "https://localhost:$nginx_web" "http://127.0.0.1:$nginx_forward"
+
+fi
 
 # What PostgreSQL refused during the whole run, by message (serialization failures, deadlocks…).
 grep -E "ERROR:|STATEMENT:" "$work/pg/server.log" | sed -E 's/^.*(ERROR|STATEMENT): +/\1 /' | cut -c1-160 | sort | uniq -c | sort -rn | head -12 | sed 's/^/PG_ERRORS /' || true

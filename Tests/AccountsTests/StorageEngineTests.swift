@@ -340,6 +340,85 @@ struct PostgresEngineTests {
         await engine.close()
     }
 
+    /// The reads answered on an event loop (forward-auth) go on a connection of that loop's
+    /// own, beside the pool: they are answered while the pool's only connection is held by a
+    /// transaction. When that connection ends (its backend terminated) another is opened; when
+    /// its statement stalls (backend stopped with SIGSTOP), reads beside it go to the pool, and
+    /// the stalled one fails as unavailable at the statement deadline instead of hanging.
+    /// (Which connection answered is told by the backend's process id.)
+    @Test(.timeLimit(.minutes(2)))
+    func loopReadsHaveAConnectionOfTheirOwn() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("loopconnection-\(UUID().uuidString)")
+        guard case .postgres(let location) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
+            Issue.record("not PostgreSQL")
+            return
+        }
+        let engine = try PostgresEngine(location: location, poolSize: 1, statementDeadline: .seconds(2), logger: Self.logger)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        struct WrongAnswer: Error {}
+        /// The process id of the backend that answered a read on the loop (which checks that
+        /// the read's own parameter came back).
+        @Sendable func loopPID(_ echo: Int64 = 7) -> EventLoopFuture<Int32> {
+            loop.flatSubmit { engine.loopRead(BackendQuery.self, arguments: [.integer(echo)], on: loop) }.flatMapThrowing { rows in
+                guard rows.count == 1, rows[0]["echo"] as Int64? == echo, let pid = rows[0]["pid"] as Int64? else { throw WrongAnswer() }
+                return Int32(pid)
+            }
+        }
+        let poolPID = Int32(try #require(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT pg_backend_pid()") }))
+        // The first read opens the loop's connection (the pool answers it meanwhile).
+        func ownConnection(replacing previous: Int32? = nil) async throws -> Int32 {
+            for _ in 0..<200 {
+                if let pid = try? await loopPID().get(), pid != poolPID, pid != previous { return pid }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            Issue.record("no read answered by a connection of the loop's own")
+            throw CancellationError()
+        }
+        let own = try await ownConnection()
+        for echo in Int64(1)...20 { #expect(try await loopPID(echo).get() == own) }
+
+        // The pool's only connection held by a transaction: the loop's reads are answered anyway.
+        let gate = DispatchSemaphore(value: 0)
+        let holder = Task { try await engine.write { db in _ = try Int.fetchOne(db, sql: "SELECT 1"); gate.wait() } }
+        try await Task.sleep(for: .milliseconds(200))
+        let clock = ContinuousClock()
+        var started = clock.now
+        #expect(try await loopPID().get() == own)
+        #expect(clock.now - started < .seconds(5))
+        gate.signal()
+        try await holder.value
+
+        // Its backend ended: another connection of the loop's own takes over.
+        try await engine.write { db in _ = try Bool.fetchOne(db, sql: "SELECT pg_terminate_backend(CAST(? AS integer))", arguments: [Int(own)]) }
+        let replacement = try await ownConnection(replacing: own)
+        #expect(replacement != own)
+
+        // Its backend stopped mid-statement: a read beside it goes to the pool; the stalled one
+        // fails as unavailable at the 2 s deadline; then a new connection of the loop's own.
+        #expect(kill(replacement, SIGSTOP) == 0)
+        defer { kill(replacement, SIGCONT) }
+        started = clock.now
+        let stalled = loopPID()
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(try await loopPID().get() == poolPID)
+        do {
+            let pid = try await stalled.get()
+            Issue.record("a stopped backend answered (\(pid))")
+        } catch let error as StorageError {
+            guard case .unavailable = error else { throw error }
+        }
+        #expect(clock.now - started < .seconds(20))
+        kill(replacement, SIGCONT)
+        let third = try await ownConnection(replacing: replacement)
+        #expect(third != own)
+        await engine.close()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    enum BackendQuery: PreparedSQL {
+        static let sql = "SELECT CAST(pg_backend_pid() AS bigint) AS pid, id AS echo FROM (SELECT CAST(? AS bigint) AS id) AS a"
+    }
+
     /// Requests that wait for a busy pool longer than the probe interval are probed for
     /// (the server is up, so they keep waiting) and all served once the connection is free:
     /// none is failed by a probe, its own or another's.
