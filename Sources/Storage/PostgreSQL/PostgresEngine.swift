@@ -21,8 +21,6 @@ public final class PostgresEngine: StorageEngine {
     private let client: PostgresClient
     private let threads: NIOThreadPool
     private let executors: EventLoopTaskExecutors
-    /// Each event loop's own connection for ``loopRead(sql:arguments:on:)`` (beside the pool).
-    private let loopConnections: LoopConnections
     /// How long a statement of the stores may go unanswered before its connection is closed
     /// (the request then fails as "unavailable"): a server that vanished without closing its
     /// connections (a host lost in a failover, a network cut) must not hold requests for the
@@ -84,30 +82,10 @@ public final class PostgresEngine: StorageEngine {
         configuration.options.additionalStartupParameters = Self.sessionSettings
         client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         executors = EventLoopTaskExecutors(statementDeadline: statementDeadline)
-        loopConnections = LoopConnections(configuration: try Self.connectionConfiguration(location), logger: logger)
         threads = NIOThreadPool(numberOfThreads: poolSize)
         threads.start()
         let client = self.client
         running = Task { await client.run() }
-    }
-
-    /// A lone connection's configuration, the pool's settings included.
-    static func connectionConfiguration(_ location: PostgresLocation) throws(StorageError) -> PostgresConnection.Configuration {
-        let tls: PostgresConnection.Configuration.TLS
-        if let configuration = try tlsConfiguration(location) {
-            do {
-                tls = .require(try NIOSSLContext(configuration: configuration))
-            } catch {
-                throw .configuration("cannot set up TLS to the database: \(error)")
-            }
-        } else {
-            tls = .disable
-        }
-        var configuration = PostgresConnection.Configuration(host: location.host, port: location.port, username: location.username,
-                                                             password: location.password, database: location.database, tls: tls)
-        configuration.options.connectTimeout = .seconds(10)
-        configuration.options.additionalStartupParameters = sessionSettings
-        return configuration
     }
 
     static func tls(_ location: PostgresLocation) throws(StorageError) -> PostgresClient.Configuration.TLS {
@@ -274,7 +252,6 @@ public final class PostgresEngine: StorageEngine {
     }
 
     /// ``loopRead(sql:arguments:on:)`` for a declared statement: prepared once per connection.
-    /// On the loop's own connection when it is free (``LoopConnection``), else on the pool's.
     func loopReadPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
         let logger = self.logger
         return loopRows(on: eventLoop, prepare: {
@@ -294,23 +271,6 @@ public final class PostgresEngine: StorageEngine {
             statement = try prepare()
         } catch {
             promise.fail(error)
-            return promise.futureResult
-        }
-        // The loop's own connection when it is free: no lease, and the statement is answered
-        // on this loop.
-        if eventLoop.inEventLoop, let own = loopConnections.connection(for: eventLoop), let connection = own.take() {
-            promise.completeWith(executors.run(on: eventLoop) { call in
-                let deadline = call.armDeadline(closing: connection)
-                defer { deadline.cancel() }
-                do {
-                    let rows = try await run(connection, statement)
-                    own.giveBack(connection, after: nil)
-                    return rows
-                } catch {
-                    own.giveBack(connection, after: error)
-                    throw Self.storageError(error)
-                }
-            })
             return promise.futureResult
         }
         // On the request's loop: the lease, the statement's answer and the reply to the
@@ -566,12 +526,8 @@ public final class PostgresEngine: StorageEngine {
     public func close() async {
         running.cancel()
         let running = self.running
-        let loopConnections = self.loopConnections
         await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await loopConnections.shutDown()
-                _ = await running.value
-            }
+            group.addTask { _ = await running.value }
             group.addTask { try? await Task.sleep(for: .seconds(5)) }
             await group.next()
             group.cancelAll()
