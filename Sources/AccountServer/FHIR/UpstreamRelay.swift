@@ -21,7 +21,8 @@ import Synchronization
 /// The decision is the router's: ``FHIRRouting/route(method:path:)`` says which
 /// requests are INT_R02 (handed on, unchanged, to the router behind this handler) and which
 /// are relayed; the caller is authenticated by the same ``CallerAuthenticator`` as the
-/// router's requests, before anything is relayed. The relay's contract (docs/int-r01.md):
+/// router's requests, before anything is relayed. The relay's contract (docs/deployment.md,
+/// topology 2):
 /// - streamed both ways, with backpressure (a slow reader slows the upstream, nothing piles
 ///   up here);
 /// - headers: RFC 9110 §7.6.1 hop-by-hop fields and those a `Connection` header names stop
@@ -32,7 +33,8 @@ import Synchronization
 ///   (`--fhir-upstream-timeout`);
 /// - before the upstream's head: 502 (unreachable, refused TLS) or 504 (timed out)
 ///   OperationOutcome; after it, the connection is closed (the client sees a truncated body,
-///   never a spliced one);
+///   never a spliced one); the same for bytes that are not HTTP after a request: their 400
+///   waits for the answers before it;
 /// - an idempotent request without a body that meets a kept-alive connection the upstream
 ///   had just closed is sent once more on a new connection, as nginx does.
 final class UpstreamRelay: Sendable {
@@ -374,7 +376,7 @@ final class RelayExchange {
     private var waitingBytes = 0
     private var requestEnded = false
     private var requestHasBody = false
-    private var responseStarted = false
+    private(set) var responseStarted = false
     private var keepAlive = true
     /// The request's end has reached the upstream's socket: only then may the connection be
     /// reused (an upstream that answers before reading the whole body would otherwise read its
@@ -688,6 +690,11 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var idleCheck: Scheduled<Void>?
     /// The server is shutting down: the connection closes after the answer under way.
     private var quiescing = false
+    /// The decoder met bytes that are not HTTP after the requests still queued or being
+    /// answered here. Passed on (the server behind answers it `400` and closes) only once they
+    /// are answered: passed at once, the 400 went out ahead of a relayed answer still awaited,
+    /// or into one still streaming, and the connection closed under it.
+    private var parseError: (any Error)?
 
     init(relay: UpstreamRelay, idleTimeout: TimeAmount) {
         self.relay = relay
@@ -772,6 +779,47 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         context.fireChannelInactive()
     }
 
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if parseError != nil, error is ByteToMessageDecoderError {
+            // Bytes read after the malformed ones (reads stop once it is seen): the parse
+            // error held says all there is to say.
+            return
+        }
+        guard error is HTTPParserError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        parseError = error
+        process()
+    }
+
+    /// Passes the held parse error on once nothing before it is left to answer here. When it
+    /// broke the body of a request being relayed (whose end can no longer come), the exchange
+    /// ends: its answer, if started, is cut with the connection, never spliced with a 400.
+    private func passParseErrorIfDue() {
+        guard let error = parseError, queue.isEmpty, let context else { return }
+        switch stage {
+        case .idle, .discarding, .toRouter(requestEnded: false, _):
+            // Nothing of ours is under way (a refusal here is written whole at once); a request
+            // handed to the router learns of it from the router's side.
+            parseError = nil
+            context.fireErrorCaught(error)
+        case .relaying(let exchange, requestEnded: false):
+            parseError = nil
+            exchange.clientClosed()
+            stage = .discarding
+            if exchange.responseStarted {
+                context.close(promise: nil)
+            } else {
+                // Nothing of the answer went out: the 400 is the answer.
+                context.fireErrorCaught(error)
+            }
+        case .toRouter(requestEnded: true, _), .relaying(_, requestEnded: true), .deciding:
+            // An answer is still due before the 400.
+            break
+        }
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if case .relaying(let exchange, _) = stage { exchange.clientWritabilityChanged(context.channel.isWritable) }
         context.fireChannelWritabilityChanged()
@@ -815,6 +863,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 }
             case .toRouter(requestEnded: true, _), .deciding, .relaying(_, requestEnded: true):
                 resumeReadsIfPossible()
+                passParseErrorIfDue()
                 return
             case .relaying(let exchange, requestEnded: false):
                 queue.removeFirst()
@@ -829,6 +878,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
         }
         resumeReadsIfPossible()
+        passParseErrorIfDue()
     }
 
     /// The request target in origin form (`/path?query`): as received when it is one;
@@ -1001,7 +1051,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private var holdsReads: Bool {
-        if queue.count > 0 { return true }
+        if queue.count > 0 || parseError != nil { return true }
         if case .relaying(let exchange, requestEnded: false) = stage { return exchange.wantsBackpressure }
         return false
     }
