@@ -235,4 +235,40 @@ struct BatchedCheckTests {
         }
         #expect(answered == 3)
     }
+
+    /// At most 4,096 checks wait per loop while its statements are out: the next one fails at
+    /// once (503) instead of adding to a queue an outage would let grow without bound. Once the
+    /// statements answer, the waiting checks are answered and new checks are taken again.
+    @Test func checksBeyondTheCapFailAtOnce() async throws {
+        guard TestStore.kind == .postgres else { return }
+        let world = try await World(poolSize: 8)
+        let token = try await world.signIn(origin: .sas)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let habilitation = world.habilitation
+        let blocker = try await CheckBlocker(world.database)
+        typealias Check = EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)>
+        // Four statements out, all waiting for the lock: nothing more is sent.
+        var out: [Check] = []
+        for count in 1...4 {
+            out.append(try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get())
+            _ = try await blocker.waiting(count: count)
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        let cap = 4096
+        let (queued, beyond) = try await loop.submit { () -> ([Check], Check) in
+            let queued = (0..<cap).map { _ in habilitation.check(sessionToken: token, on: loop) }
+            return (queued, habilitation.check(sessionToken: token, on: loop))
+        }.get()
+        let refusedAt = ContinuousClock.now
+        await #expect(throws: StorageError.unavailable("too many forward-auth checks waiting for the database")) { try await beyond.get() }
+        #expect(ContinuousClock.now - refusedAt < .seconds(2), "the check beyond the cap waited")
+        try await blocker.release()
+        var granted = 0
+        for check in out + queued {
+            if let result = try? await check.get(), result.check.decision == .granted { granted += 1 }
+        }
+        // Every waiting check was answered (none waited the 5 s the queue allows).
+        #expect(granted == cap + 4)
+        #expect(try await habilitation.check(sessionToken: token, on: loop).get().check.decision == .granted)
+    }
 }
