@@ -460,9 +460,12 @@ struct SlotSearchUpstreamTests {
             import time
             sock = connect(*sys.argv[2:6])
             sock.sendall(sys.argv[6].encode() + b" HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/fhir+json\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n")
+            # /Big answers without reading the body: its answer is under way before the bad bytes
+            # (read up to its head); /Appointment reads the whole body first.
+            received = read_head(sock) if sys.argv[6].startswith("GET") else b""
             time.sleep(0.5)
             sock.sendall(b"ZZ-NOT-A-SIZE\\r\\n\\r\\n")
-            received, closed = b"", False
+            closed = False
             try:
                 while chunk := sock.recv(65536):
                     received += chunk
