@@ -695,6 +695,15 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// are answered: passed at once, the 400 went out ahead of a relayed answer still awaited,
     /// or into one still streaming, and the connection closed under it.
     private var parseError: (any Error)?
+    /// The client closed its side of the connection (a half-close after its last request):
+    /// held like ``parseError``, since the server behind ends the connection on it.
+    private var inputClosed = false
+    /// The held parse error was passed on: the answer that follows (its 400) is the
+    /// connection's last, and the connection closes once it is written.
+    private var lastAnswerDue = false
+    /// The connection closes once what is written is flushed (an answer with
+    /// `Connection: close`, a shutdown): nothing may follow it.
+    private var closing = false
 
     init(relay: UpstreamRelay, idleTimeout: TimeAmount) {
         self.relay = relay
@@ -757,6 +766,13 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .inputClosed = event as? ChannelEvent {
+            // The server behind would end the connection at once, under a relayed answer
+            // still due: passed on once the answers before it are written.
+            inputClosed = true
+            process()
+            return
+        }
         // Kept from the state handler behind, which would close a connection mid-relay.
         guard event is ChannelShouldQuiesceEvent else {
             context.fireUserInboundEventTriggered(event)
@@ -797,26 +813,47 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// broke the body of a request being relayed (whose end can no longer come), the exchange
     /// ends: its answer, if started, is cut with the connection, never spliced with a 400.
     private func passParseErrorIfDue() {
-        guard let error = parseError, queue.isEmpty, let context else { return }
+        guard parseError != nil || inputClosed, queue.isEmpty, let context else { return }
+        if closing {
+            // The answer written last closes the connection: nothing follows it.
+            parseError = nil
+            inputClosed = false
+            return
+        }
         switch stage {
         case .idle, .discarding, .toRouter(requestEnded: false, _):
             // Nothing of ours is under way (a refusal here is written whole at once); a request
             // handed to the router learns of it from the router's side.
-            parseError = nil
-            context.fireErrorCaught(error)
+            passHeld(context: context)
         case .relaying(let exchange, requestEnded: false):
-            parseError = nil
             exchange.clientClosed()
             stage = .discarding
-            if exchange.responseStarted {
+            if exchange.responseStarted || parseError == nil {
+                // Part of the answer went out (or the client left mid-body): cut, never spliced.
+                parseError = nil
+                inputClosed = false
                 context.close(promise: nil)
             } else {
                 // Nothing of the answer went out: the 400 is the answer.
-                context.fireErrorCaught(error)
+                passHeld(context: context)
             }
         case .toRouter(requestEnded: true, _), .relaying(_, requestEnded: true), .deciding:
-            // An answer is still due before the 400.
+            // An answer is still due before the 400 or the end.
             break
+        }
+    }
+
+    /// The held parse error (the server behind answers it 400; the connection then closes),
+    /// then the held end of input.
+    private func passHeld(context: ChannelHandlerContext) {
+        if let error = parseError {
+            parseError = nil
+            lastAnswerDue = true
+            context.fireErrorCaught(error)
+        }
+        if inputClosed {
+            inputClosed = false
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         }
     }
 
@@ -1020,6 +1057,17 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     // MARK: outbound (the router's answers)
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if lastAnswerDue, case .end = unwrapOutboundIn(data) {
+            // The 400 for bytes that are not HTTP: nothing more will be read, the connection ends.
+            lastAnswerDue = false
+            closing = true
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(data).whenComplete { result in
+                promise?.completeWith(result)
+                loopBound.value.close(promise: nil)
+            }
+            return
+        }
         guard case .end = unwrapOutboundIn(data), case .toRouter(let ended, _) = stage else {
             context.write(data, promise: promise)
             return
@@ -1027,6 +1075,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         lastActivity = .now()
         if quiescing {
             // Shutting down: this answer is the connection's last.
+            closing = true
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(data).whenComplete { result in
                 promise?.completeWith(result)
@@ -1051,7 +1100,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private var holdsReads: Bool {
-        if queue.count > 0 || parseError != nil { return true }
+        if queue.count > 0 || parseError != nil || inputClosed { return true }
         if case .relaying(let exchange, requestEnded: false) = stage { return exchange.wantsBackpressure }
         return false
     }
@@ -1087,6 +1136,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         guard let context else { return }
         if case .end = part, closeAfterAnswer || quiescing {
             // `Connection: close`, HTTP/1.0 or a shutdown: the answer, then the connection's end.
+            closing = true
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(part)).whenComplete { _ in loopBound.value.close(promise: nil) }
             queue.removeAll()

@@ -100,6 +100,14 @@ final class RequestReceivedHandler: ChannelInboundHandler, RemovableChannelHandl
         }
         context.fireChannelRead(data)
     }
+
+    /// Bytes that are not HTTP: the decoder reads nothing more, so no request is being
+    /// received; the connection closes after the answers due (a 400 last). Left armed, the
+    /// timer would cut those answers.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is HTTPParserError { timeout.requestReceived() }
+        context.fireErrorCaught(error)
+    }
 }
 
 /// Adds ``RequestReceiveTimeoutHandler`` in front of a child channel's HTTP handlers.
