@@ -154,6 +154,40 @@ struct BatchedCheckTests {
         }
     }
 
+    typealias Check = EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)>
+
+    /// One SAS session on PostgreSQL whose loop has ``FactsBatcher/maximumOut`` (4) statements
+    /// out, each sent once the one before had been out for 250 ms, all waiting for the lock of
+    /// ``blocker``: nothing more is sent from that loop until one answers.
+    struct LoopWithStatementsHeld {
+        let world: World
+        let token: String
+        let loop: any EventLoop
+        let blocker: CheckBlocker
+        let out: [Check]
+
+        init() async throws {
+            world = try await World(poolSize: 8)
+            token = try await world.signIn(origin: .sas)
+            loop = MultiThreadedEventLoopGroup.singleton.next()
+            blocker = try await CheckBlocker(world.database)
+            var out: [Check] = []
+            let (habilitation, token, loop) = (world.habilitation, token, loop)
+            for count in 1...4 {
+                out.append(try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get())
+                _ = try await blocker.waiting(count: count)
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            self.out = out
+        }
+
+        /// A check of the session, started on the loop.
+        func check() async throws -> Check {
+            let (habilitation, token, loop) = (world.habilitation, token, loop)
+            return try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
+        }
+    }
+
     /// A statement that stalls in PostgreSQL holds back the checks of its own batch only: a
     /// check that arrives later is sent beside it once it has been out for
     /// ``FactsBatcher/stallAfter`` (its backend is stopped with SIGSTOP while it waits for the
@@ -188,22 +222,9 @@ struct BatchedCheckTests {
     /// waiting fail with it (503) instead of being sent one batch after another.
     @Test func checksWaitingForAnUnansweringDatabaseFailInsteadOfPilingUp() async throws {
         guard TestStore.kind == .postgres else { return }
-        let world = try await World(poolSize: 8)
-        let token = try await world.signIn(origin: .sas)
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let habilitation = world.habilitation
-        let blocker = try await CheckBlocker(world.database)
-        func check() async throws -> EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)> {
-            try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
-        }
-        // Four statements out (each sent once the one before has been out for 250 ms), all
-        // waiting for the lock.
-        var out: [EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)>] = []
-        for count in 1...4 {
-            out.append(try await check())
-            _ = try await blocker.waiting(count: count)
-            try await Task.sleep(for: .milliseconds(300))
-        }
+        let held = try await LoopWithStatementsHeld()
+        let (world, blocker, out) = (held.world, held.blocker, held.out)
+        func check() async throws -> Check { try await held.check() }
         // A fifth is not sent: it fails once it has waited 5 s.
         let queued = try await check()
         let queuedAt = ContinuousClock.now
@@ -241,19 +262,8 @@ struct BatchedCheckTests {
     /// statements answer, the waiting checks are answered and new checks are taken again.
     @Test func checksBeyondTheCapFailAtOnce() async throws {
         guard TestStore.kind == .postgres else { return }
-        let world = try await World(poolSize: 8)
-        let token = try await world.signIn(origin: .sas)
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let habilitation = world.habilitation
-        let blocker = try await CheckBlocker(world.database)
-        typealias Check = EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)>
-        // Four statements out, all waiting for the lock: nothing more is sent.
-        var out: [Check] = []
-        for count in 1...4 {
-            out.append(try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get())
-            _ = try await blocker.waiting(count: count)
-            try await Task.sleep(for: .milliseconds(300))
-        }
+        let held = try await LoopWithStatementsHeld()
+        let (token, loop, blocker, out, habilitation) = (held.token, held.loop, held.blocker, held.out, held.world.habilitation)
         let cap = 4096
         let (queued, beyond) = try await loop.submit { () -> ([Check], Check) in
             let queued = (0..<cap).map { _ in habilitation.check(sessionToken: token, on: loop) }
