@@ -250,14 +250,16 @@ struct FHIRClient {
         self.server = server
     }
 
+    /// - Parameter timeout: for the whole exchange, the wait for a pooled connection included
+    ///   (raise it for requests sent many at once on a loaded machine).
     func send(_ method: HTTPMethod, _ path: String, body: String? = nil, contentType: String? = "application/fhir+json",
-              headers extra: [(String, String)] = []) async throws -> FHIRReply {
+              headers extra: [(String, String)] = [], timeout: TimeAmount = .seconds(30)) async throws -> FHIRReply {
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
         if let contentType, body != nil { request.headers.add(name: "Content-Type", value: contentType) }
         for (name, value) in extra { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let response = try await client.execute(request, timeout: .seconds(30))
+        let response = try await client.execute(request, timeout: timeout)
         let bytes = try await response.body.collect(upTo: 4 << 20)
         return FHIRReply(status: Int(response.status.code), headers: response.headers, body: String(buffer: bytes))
     }
