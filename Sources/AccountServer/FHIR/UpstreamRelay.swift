@@ -809,10 +809,11 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         process()
     }
 
-    /// Passes the held parse error on once nothing before it is left to answer here. When it
-    /// broke the body of a request being relayed (whose end can no longer come), the exchange
-    /// ends: its answer, if started, is cut with the connection, never spliced with a 400.
-    private func passParseErrorIfDue() {
+    /// Passes the held parse error and end of input on once nothing before them is left to
+    /// answer here. When they cut the body of a request being relayed (whose end can no longer
+    /// come), the exchange ends: its answer, if started, is cut with the connection, never
+    /// spliced with a 400.
+    private func passHeldIfDue() {
         guard parseError != nil || inputClosed, queue.isEmpty, let context else { return }
         if closing {
             // The answer written last closes the connection: nothing follows it.
@@ -900,7 +901,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 }
             case .toRouter(requestEnded: true, _), .deciding, .relaying(_, requestEnded: true):
                 resumeReadsIfPossible()
-                passParseErrorIfDue()
+                passHeldIfDue()
                 return
             case .relaying(let exchange, requestEnded: false):
                 queue.removeFirst()
@@ -915,7 +916,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
         }
         resumeReadsIfPossible()
-        passParseErrorIfDue()
+        passHeldIfDue()
     }
 
     /// The request target in origin form (`/path?query`): as received when it is one;
