@@ -486,6 +486,68 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// Bytes that are not HTTP arriving on their own, after a relayed request, while its
+    /// answer is awaited (4 s) with a 1 s receive timeout: they begin no request, so the
+    /// timeout does not run for them, and the answer comes, then the 400, then the close.
+    /// (Their read armed the receive timeout, and nothing disarmed it: the connection was cut
+    /// 1 s later, answer and 400 lost.)
+    @Test func malformedBytesDoNotStartTheReceiveTimeout() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start()
+        let server = try await Self.start(pki, upstreamURL: "http://127.0.0.1:\(standIn.port)/fhir", responseTimeout: .seconds(20)) {
+            $0.requestReceiveTimeout = .seconds(1)
+        }
+        let (client, key) = try Self.clientFiles(pki)
+        let script = RawHTTP.preamble + """
+            import time
+            sock = connect(*sys.argv[2:6])
+            sock.sendall(b"GET /Slow HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+            time.sleep(0.5)
+            sock.sendall(b"NOT HTTP AT ALL\\r\\n\\r\\n")
+            data, closed = read_answers(sock, 2, closes=True)
+            print(json.dumps({"statuses": [line.decode("latin-1") for line in data.split(b"\\r\\n") if line.startswith(b"HTTP/1.1 ")],
+                              "closed": closed}))
+            """
+        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path])
+        let result = (try? JSONSerialization.jsonObject(with: run.output)) as? [String: Any] ?? [:]
+        #expect(!result.isEmpty, "\(String(decoding: run.errors, as: UTF8.self).suffix(600))")
+        #expect(result["statuses"] as? [String] == ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"], "\(result)")
+        #expect(result["closed"] as? Bool == true, "\(result)")
+        #expect(!server.logs.all.contains { $0.contains("request not received in time") })
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// A relayed request asking to close the connection (`Connection: close`), followed by
+    /// bytes that are not HTTP: its answer is the connection's last, and nothing follows it,
+    /// not even the 400 for those bytes (which came after the last request the client meant).
+    @Test func nothingFollowsAnAnswerThatClosesTheConnection() async throws {
+        let pki = try TestPKI()
+        let (standIn, server, client, key) = try await Self.startForRawClients(pki)
+        let script = RawHTTP.preamble + """
+            sock = connect(*sys.argv[2:6])
+            sock.sendall(b"GET /Slow HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\nNOT HTTP AT ALL\\r\\n\\r\\n")
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+                closed = True
+            except Exception as error:
+                closed = isinstance(error, (ConnectionResetError, ssl.SSLError))
+            head = received.split(b"\\r\\n\\r\\n", 1)[0].lower()
+            print(json.dumps({"statuses": [line.decode("latin-1") for line in received.split(b"\\r\\n") if line.startswith(b"HTTP/1.1 ")],
+                              "says_close": b"\\r\\nconnection: close" in head, "closed": closed}))
+            """
+        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path])
+        let result = (try? JSONSerialization.jsonObject(with: run.output)) as? [String: Any] ?? [:]
+        #expect(!result.isEmpty, "\(String(decoding: run.errors, as: UTF8.self).suffix(600))")
+        #expect(result["statuses"] as? [String] == ["HTTP/1.1 200 OK"], "\(result)")
+        #expect(result["says_close"] as? Bool == true, "\(result)")
+        #expect(result["closed"] as? Bool == true, "\(result)")
+        await server.stop()
+        await standIn.stop()
+    }
+
     /// A client that closes its side of the connection after its request (TLS `close_notify`,
     /// a half-close: it still reads) gets the relayed answer, which the upstream gives 4 s
     /// later; the connection then ends. (Before, the end of its input went
