@@ -7,6 +7,17 @@ import NIOCore
 /// compile, and reads run in process). `sql` is the shared dialect (`?` placeholders).
 public protocol PreparedSQL: Sendable {
     static var sql: String { get }
+    /// Whether PostgreSQL may run this statement together with the declared write held just
+    /// before it, as one statement (`WITH … AS (that write) <this one>`): one round trip
+    /// fewer per transaction. Both then see the database as it was before either, so only a
+    /// statement that reads nothing may say yes: an `INSERT … VALUES` of parameters into a
+    /// table none of whose constraints or triggers reads another table (the audit trail).
+    /// Default: no.
+    static var joinsTheWriteBefore: Bool { get }
+}
+
+extension PreparedSQL {
+    public static var joinsTheWriteBefore: Bool { false }
 }
 
 extension SQLTransaction {

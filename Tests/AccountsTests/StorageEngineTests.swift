@@ -454,6 +454,60 @@ struct PostgresEngineTests {
         await engine.close()
     }
 
+    /// A declared write, then a declared INSERT that reads nothing (as the audit trail's is):
+    /// one statement on the wire, each argument in its place, the INSERT's count; a write
+    /// refused by its index takes the INSERT with it. Writes that may read what the one
+    /// before wrote are never joined: a second UPDATE sees the first.
+    @Test func anInsertThatReadsNothingGoesWithTheWriteBeforeIt() async throws {
+        guard let engine = try await Self.emptyEngine("joined") else { return }
+        try await engine.write { db in
+            try db.execute(sql: "CREATE TABLE joined_account (id BIGINT PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
+            try db.execute(sql: "CREATE TABLE joined_audit (seq BIGINT GENERATED ALWAYS AS IDENTITY, note TEXT NOT NULL, account BIGINT NOT NULL)")
+            try db.execute(sql: "INSERT INTO joined_account VALUES (1, 'un'), (2, 'deux')")
+        }
+        let (changes, joined) = try await engine.write { db in
+            try db.execute(JoinedRename.self, arguments: ["premier", 1])
+            try db.execute(JoinedNote.self, arguments: ["renamed", 1])
+            let changes = try db.changesCount
+            let joined = try db.fetchAll(sql: "SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'WITH joined_write AS%'", arguments: [])
+            return (changes, joined.map { $0["statement"] as String })
+        }
+        #expect(changes == 1)
+        #expect(joined == ["WITH joined_write AS (UPDATE joined_account SET name = $1 WHERE id = $2) INSERT INTO joined_audit (note, account) VALUES ($3, $4) RETURNING 1"])
+        #expect(try await engine.read { db in try String.fetchAll(db, sql: "SELECT name FROM joined_account ORDER BY id") } == ["premier", "deux"])
+        #expect(try await engine.read { db in try String.fetchAll(db, sql: "SELECT note || ':' || account FROM joined_audit") } == ["renamed:1"])
+
+        await #expect(throws: StorageError.self) {
+            try await engine.write { db in
+                try db.execute(JoinedRename.self, arguments: ["deux", 1])
+                try db.execute(JoinedNote.self, arguments: ["refused", 1])
+            }
+        }
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM joined_audit") } == 1, "the INSERT went with the refused write")
+
+        let name = try await engine.write { db in
+            try db.execute(JoinedRename.self, arguments: ["a", 2])
+            try db.execute(JoinedAppendToName.self, arguments: ["b", 2])
+            try db.execute(JoinedAppendToName.self, arguments: ["c", 2])
+            return try String.fetchOne(db, sql: "SELECT name FROM joined_account WHERE id = 2")
+        }
+        #expect(name == "abc", "each UPDATE saw the one before")
+        await engine.close()
+    }
+
+    enum JoinedRename: PreparedSQL {
+        static let sql = "UPDATE joined_account SET name = ? WHERE id = ?"
+    }
+
+    enum JoinedAppendToName: PreparedSQL {
+        static let sql = "UPDATE joined_account SET name = name || ? WHERE id = ?"
+    }
+
+    enum JoinedNote: PreparedSQL {
+        static let sql = "INSERT INTO joined_audit (note, account) VALUES (?, ?)"
+        static let joinsTheWriteBefore = true
+    }
+
     /// An engine with one connection on an empty database of its own (nil, with an issue
     /// recorded, if the run is not on PostgreSQL).
     static func emptyEngine(_ name: String) async throws -> PostgresEngine? {

@@ -138,8 +138,10 @@ public struct AuditEvent: Sendable, Equatable, SQLRecord {
 public struct AuditLog: Sendable {
     public init() {}
 
-    /// Every call appends one: prepared once per connection.
+    /// Every call appends one: prepared once per connection. It reads nothing (no foreign
+    /// key, no trigger on INSERT on PostgreSQL), so it goes with the write before it.
     enum Append: PreparedSQL {
+        static let joinsTheWriteBefore = true
         static let sql = """
             INSERT INTO audit_event (at, surface, action, outcome, actor_subject, actor_serial, actor_address,
                                      request_id, identifier, account_id, changes, detail)

@@ -584,6 +584,8 @@ struct PreparedForm: Sendable {
     /// Whether ``command`` may be used: not for a statement that returns rows already, or
     /// ends in a comment or `;` (it then runs unprepared).
     let countable: Bool
+    /// An INSERT (only those may join the write before them).
+    let isInsert: Bool
 
     private static let forms = NIOLockedValueBox<[ObjectIdentifier: PreparedForm]>([:])
 
@@ -593,7 +595,8 @@ struct PreparedForm: Sendable {
         let numbered = PostgresTransaction.numbered(S.sql)
         let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
         let form = PreparedForm(text: numbered.text, placeholders: numbered.placeholders, command: numbered.text + " RETURNING 1",
-                                countable: !PostgresTransaction.returnsRows(S.sql) && !trimmed.contains("--") && !trimmed.hasSuffix(";"))
+                                countable: !PostgresTransaction.returnsRows(S.sql) && !trimmed.contains("--") && !trimmed.hasSuffix(";"),
+                                isInsert: trimmed.prefix(6).uppercased() == "INSERT")
         forms.withLockedValue { $0[key] = form }
         return form
     }
@@ -733,6 +736,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
 
     /// The statements held back, which the caller now sends.
     private func takeHeld() -> [@Sendable (PostgresConnection, Logger) async throws -> Void] {
+        joinable = nil
         defer { pending = [] }
         return pending
     }
@@ -759,6 +763,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// Holds `statement` back (see ``pending``); its count of changed rows becomes
     /// ``changesCount`` once sent.
     private func hold(_ statement: @escaping @Sendable (PostgresConnection, Logger) async throws -> Int) throws {
+        joinable = nil
         let changes = self.changes
         pending.append { connection, logger in
             let count = try await statement(connection, logger)
@@ -851,6 +856,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     func rollback(unlock lock: PostgresEngine.WriteLock?) {
         opening = nil
         pending = []
+        joinable = nil
         guard sent, !beginFailed.withLockedValue({ $0 }) else { return }
         _ = try? onLoop(evenAfterFailure: true) { connection, logger in
             do {
@@ -903,9 +909,23 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
         let form = PreparedForm.of(S.self)
         guard form.countable else { return try execute(sql: S.sql, arguments: arguments) }
+        if S.joinsTheWriteBefore, form.isInsert, let before = joinable {
+            // One statement instead of two: an INSERT that reads nothing does not care that
+            // it cannot see the write before it. Its count of rows is the INSERT's, as it
+            // would be sent alone after that write.
+            let joined = try before.joined(by: S.self, arguments: arguments)
+            pending.removeLast()
+            try hold(joined)
+            return
+        }
         let command = PreparedCommand<S>(bindings: try Self.bindings(form.placeholders, arguments))
         try hold { connection, logger in try await Self.rows(command, on: connection, logger: logger).count }
+        if !pending.isEmpty { joinable = HeldWrite<S>(arguments: arguments) }
     }
+
+    /// The declared write held last, while it is the last one held: a statement that
+    /// ``PreparedSQL/joinsTheWriteBefore`` goes with it (see ``executePrepared(_:arguments:)``).
+    private var joinable: (any JoinableWrite)?
 
     /// A prepared statement's rows (prepared first if the connection has not seen it).
     static func rows<P: PostgresPreparedStatement>(_ prepared: P, on connection: PostgresConnection, logger: Logger) async throws -> [PostgresRow] where P.Row == PostgresRow {
@@ -963,10 +983,10 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// The shared SQL's `?` placeholders numbered for PostgreSQL (`$1`…), outside string
     /// literals, quoted identifiers and comments; and how many there are. On UTF-8 bytes:
     /// prepared statements renumber their text at every call.
-    static func numbered(_ sql: String) -> (text: String, placeholders: Int) {
+    static func numbered(_ sql: String, after first: Int = 0) -> (text: String, placeholders: Int) {
         var output: [UInt8] = []
         output.reserveCapacity(sql.utf8.count + 16)
-        var number = 0
+        var number = first
         var quote: UInt8?
         var lineComment = false
         for byte in sql.utf8 {
@@ -986,7 +1006,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             }
             output.append(byte)
         }
-        return (String(decoding: output, as: UTF8.self), number)
+        return (String(decoding: output, as: UTF8.self), number - first)
     }
 
     static func query(_ sql: String, _ arguments: SQLArguments) throws -> PostgresQuery {
@@ -1041,6 +1061,50 @@ struct PreparedCommand<S: PreparedSQL>: PostgresPreparedStatement {
     typealias Row = PostgresRow
     static var sql: String { PreparedForm.of(S.self).command }
     static var name: String { "c\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
+    let bindings: PostgresBindings
+    func makeBindings() throws -> PostgresBindings { bindings }
+    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+}
+
+/// A declared write held back, which a statement that joins the write before it can go with.
+protocol JoinableWrite {
+    /// The write and `statement` as one prepared statement, answering `statement`'s count.
+    func joined<B: PreparedSQL>(by statement: B.Type, arguments: SQLArguments) throws -> @Sendable (PostgresConnection, Logger) async throws -> Int
+}
+
+struct HeldWrite<A: PreparedSQL>: JoinableWrite {
+    let arguments: SQLArguments
+
+    func joined<B: PreparedSQL>(by statement: B.Type, arguments more: SQLArguments) throws -> @Sendable (PostgresConnection, Logger) async throws -> Int {
+        let form = JoinedForm.of(A.self, B.self)
+        let joined = PreparedJoined<A, B>(bindings: try PostgresTransaction.bindings(form.placeholders, arguments + more))
+        return { connection, logger in try await PostgresTransaction.rows(joined, on: connection, logger: logger).count }
+    }
+}
+
+/// `A` then `B` as one statement: `WITH joined_write AS (A) B RETURNING 1`. PostgreSQL runs a
+/// data-modifying `WITH` whether or not the rest reads it; `B`'s placeholders follow `A`'s.
+struct JoinedForm: Sendable {
+    let text: String
+    let placeholders: Int
+
+    private static let forms = NIOLockedValueBox<[[ObjectIdentifier]: JoinedForm]>([:])
+
+    static func of<A: PreparedSQL, B: PreparedSQL>(_ first: A.Type, _ second: B.Type) -> JoinedForm {
+        let key = [ObjectIdentifier(first), ObjectIdentifier(second)]
+        if let form = forms.withLockedValue({ $0[key] }) { return form }
+        let write = PreparedForm.of(A.self)
+        let then = PostgresTransaction.numbered(B.sql, after: write.placeholders)
+        let form = JoinedForm(text: "WITH joined_write AS (\(write.text)) \(then.text) RETURNING 1", placeholders: write.placeholders + then.placeholders)
+        forms.withLockedValue { $0[key] = form }
+        return form
+    }
+}
+
+struct PreparedJoined<A: PreparedSQL, B: PreparedSQL>: PostgresPreparedStatement {
+    typealias Row = PostgresRow
+    static var sql: String { JoinedForm.of(A.self, B.self).text }
+    static var name: String { "j\(UInt(bitPattern: ObjectIdentifier(A.self)))_\(UInt(bitPattern: ObjectIdentifier(B.self)))" }
     let bindings: PostgresBindings
     func makeBindings() throws -> PostgresBindings { bindings }
     func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
