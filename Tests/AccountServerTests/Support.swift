@@ -246,6 +246,11 @@ struct FHIRClient {
         // Generous: AsyncHTTPClient also applies the connect timeout to a request waiting for a
         // pooled connection, and 40 concurrent calls on a loaded 2-core CI machine wait long.
         configuration.timeout = .init(connect: .seconds(30), read: .seconds(30))
+        // Calls sent at once go at once, each on its own connection (the default, 8, queued
+        // the rest of the 40 of `concurrentCallsOverTheWire` behind the first: on PostgreSQL
+        // with the whole suite beside it, one waited more than the connect timeout for a
+        // connection, 2026-12-01).
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 48
         owned = OwnedHTTPClient(configuration)
         self.server = server
     }

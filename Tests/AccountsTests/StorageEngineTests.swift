@@ -495,6 +495,61 @@ struct PostgresEngineTests {
         await engine.close()
     }
 
+    /// A write whose first statement is a declared SELECT takes the shared write lock in that
+    /// SELECT: the rows come in the query's order, the lock is held until COMMIT, and the
+    /// SELECT waits while a retry holds the lock exclusively (so a retry still runs alone).
+    @Test func theFirstDeclaredSelectOfAWriteCarriesTheSharedLock() async throws {
+        guard let engine = try await Self.emptyEngine("locked") else { return }
+        // Advisory locks are per database: the retry's connection is to the same one.
+        let other = try PostgresEngine(location: engine.location, poolSize: 1, logger: Self.logger)
+        try await engine.write { db in
+            try db.execute(sql: "CREATE TABLE locked_rows (x BIGINT PRIMARY KEY)")
+            try db.execute(sql: "INSERT INTO locked_rows SELECT g FROM generate_series(1, 50) g")
+        }
+        let (rows, held, texts) = try await engine.write { db in
+            let rows = try db.fetchAll(LockedDescending.self, arguments: [10]).map { $0["x"] as Int64 }
+            let held = try Int.fetchOne(db, sql: """
+                SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND mode = 'ShareLock'
+                """) ?? -1
+            let texts = try db.fetchAll(sql: "SELECT statement FROM pg_prepared_statements WHERE statement LIKE '%pg_advisory_xact_lock_shared%'", arguments: [])
+            return (rows, held, texts.map { $0["statement"] as String })
+        }
+        #expect(rows == Array((11...50).reversed()), "in the query's order")
+        #expect(held == 1, "the shared lock is held by the transaction")
+        #expect(texts.contains { $0.hasPrefix("SELECT first_read.* FROM (SELECT x FROM locked_rows WHERE x > $1 ORDER BY x DESC) first_read") },
+                "\(texts)")
+        #expect(try await engine.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+        } == 0, "COMMIT gave it back")
+
+        // A retry (the exclusive lock, on another connection) holds the lock for 1 s: the
+        // write's first SELECT is answered only after the retry ended.
+        let retryEnded = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
+        let retryStarted = NIOLockedValueBox(false)
+        let retry = Task {
+            try await other.transaction(begin: "BEGIN ISOLATION LEVEL SERIALIZABLE", writeLock: .exclusive) { db in
+                _ = try db.fetchOne(sql: "SELECT 1")
+                retryStarted.withLockedValue { $0 = true }
+                Thread.sleep(forTimeInterval: 1)
+                retryEnded.withLockedValue { $0 = .now }
+            }
+        }
+        while !retryStarted.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+        let answered = try await engine.write { db in
+            _ = try db.fetchAll(LockedDescending.self, arguments: [45])
+            return ContinuousClock.now
+        }
+        try await retry.value
+        let ended = try #require(retryEnded.withLockedValue { $0 })
+        #expect(answered > ended, "the SELECT waited for the retry")
+        await other.close()
+        await engine.close()
+    }
+
+    enum LockedDescending: PreparedSQL {
+        static let sql = "SELECT x FROM locked_rows WHERE x > ? ORDER BY x DESC"
+    }
+
     enum JoinedRename: PreparedSQL {
         static let sql = "UPDATE joined_account SET name = ? WHERE id = ?"
     }

@@ -586,6 +586,10 @@ struct PreparedForm: Sendable {
     let countable: Bool
     /// An INSERT (only those may join the write before them).
     let isInsert: Bool
+    /// A SELECT (it may carry the shared write lock, see ``PreparedLockedRows``).
+    let isSelect: Bool
+    /// The text run by ``PreparedLockedRows``.
+    let locked: String
 
     private static let forms = NIOLockedValueBox<[ObjectIdentifier: PreparedForm]>([:])
 
@@ -596,7 +600,10 @@ struct PreparedForm: Sendable {
         let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
         let form = PreparedForm(text: numbered.text, placeholders: numbered.placeholders, command: numbered.text + " RETURNING 1",
                                 countable: !PostgresTransaction.returnsRows(S.sql) && !trimmed.contains("--") && !trimmed.hasSuffix(";"),
-                                isInsert: trimmed.prefix(6).uppercased() == "INSERT")
+                                isInsert: trimmed.prefix(6).uppercased() == "INSERT",
+                                isSelect: trimmed.prefix(6).uppercased() == "SELECT" && !trimmed.hasSuffix(";") && !trimmed.contains("--"),
+                                locked: "SELECT first_read.* FROM (\(numbered.text)) first_read"
+                                    + " WHERE EXISTS (SELECT 1 FROM pg_advisory_xact_lock_shared(\(PostgresEngine.writeLock)))")
         forms.withLockedValue { $0[key] = form }
         return form
     }
@@ -900,10 +907,22 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
 
     func fetchAllPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws -> [SQLRow] {
         let form = PreparedForm.of(S.self)
-        let prepared = PreparedRows<S>(bindings: try Self.bindings(form.placeholders, arguments))
-        let rows = try onLoop { connection, logger in try await Self.rows(prepared, on: connection, logger: logger) }.map(Self.row)
+        let bindings = try Self.bindings(form.placeholders, arguments)
+        let rows: [PostgresRow]
+        if form.isSelect, pending.isEmpty, let opening, opening.lock == .shared {
+            // The transaction's first statement, a declared SELECT: the shared write lock
+            // goes in it (``PreparedLockedRows``) instead of in a statement of its own, one
+            // round trip fewer. It is taken before the SELECT reads anything, and the
+            // snapshot is the statement's, as it was the lock statement's.
+            self.opening = Opening(sql: opening.sql, lock: nil)
+            let locked = PreparedLockedRows<S>(bindings: bindings)
+            rows = try onLoop { connection, logger in try await Self.rows(locked, on: connection, logger: logger) }
+        } else {
+            let prepared = PreparedRows<S>(bindings: bindings)
+            rows = try onLoop { connection, logger in try await Self.rows(prepared, on: connection, logger: logger) }
+        }
         changes.withLockedValue { $0 = 0 }
-        return rows
+        return try rows.map(Self.row)
     }
 
     func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
@@ -1105,6 +1124,18 @@ struct PreparedJoined<A: PreparedSQL, B: PreparedSQL>: PostgresPreparedStatement
     typealias Row = PostgresRow
     static var sql: String { JoinedForm.of(A.self, B.self).text }
     static var name: String { "j\(UInt(bitPattern: ObjectIdentifier(A.self)))_\(UInt(bitPattern: ObjectIdentifier(B.self)))" }
+    let bindings: PostgresBindings
+    func makeBindings() throws -> PostgresBindings { bindings }
+    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+}
+
+/// A declared SELECT that takes the shared write lock first: the lock is a one-time filter
+/// (an `EXISTS` on no column of the query), which PostgreSQL evaluates once, before it reads
+/// a row, and the query's rows pass through unchanged, in its order.
+struct PreparedLockedRows<S: PreparedSQL>: PostgresPreparedStatement {
+    typealias Row = PostgresRow
+    static var sql: String { PreparedForm.of(S.self).locked }
+    static var name: String { "l\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
     func makeBindings() throws -> PostgresBindings { bindings }
     func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
