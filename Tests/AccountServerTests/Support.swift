@@ -239,13 +239,15 @@ struct FHIRClient {
     /// The server's own listener, or a proxy in front of it.
     let baseURL: String
 
+    /// - Parameter readTimeout: how long an answer may keep the client waiting for its next
+    ///   bytes (raise it for requests sent many at once on a loaded machine).
     init(pki: TestPKI, certificate: String?, server: RunningServer?, baseURL: String? = nil,
-         maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1) throws {
+         maximumVersion: TLSVersion = .tlsv13, minimumVersion: TLSVersion = .tlsv1, readTimeout: TimeAmount = .seconds(30)) throws {
         self.baseURL = baseURL ?? server?.baseURL ?? ""
         var configuration = HTTPClient.Configuration(tlsConfiguration: try pki.clientTLS(certificate, maximumVersion: maximumVersion, minimumVersion: minimumVersion))
         // Generous: AsyncHTTPClient also applies the connect timeout to a request waiting for a
         // pooled connection, and 40 concurrent calls on a loaded 2-core CI machine wait long.
-        configuration.timeout = .init(connect: .seconds(30), read: .seconds(30))
+        configuration.timeout = .init(connect: .seconds(30), read: readTimeout)
         // Calls sent at once go at once, each on its own connection (the default, 8, queued
         // the rest of the 40 of `concurrentCallsOverTheWire` behind the first: on PostgreSQL
         // with the whole suite beside it, one waited more than the connect timeout for a

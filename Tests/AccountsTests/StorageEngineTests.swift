@@ -521,6 +521,13 @@ struct PostgresEngineTests {
         #expect(try await engine.read { db in
             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
         } == 0, "COMMIT gave it back")
+        // A first read that finds nothing (a PUT that creates) takes the lock all the same.
+        let heldWithoutRows = try await engine.write { db in
+            let none = try db.fetchAll(LockedDescending.self, arguments: [1000])
+            let held = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND mode = 'ShareLock'")
+            return none.isEmpty ? held : -1
+        }
+        #expect(heldWithoutRows == 1)
 
         // A retry (the exclusive lock, on another connection) holds the lock for 1 s: the
         // write's first SELECT is answered only after the retry ended.
