@@ -541,7 +541,9 @@ struct PostgresEngineTests {
                 retryEnded.withLockedValue { $0 = .now }
             }
         }
-        while !retryStarted.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !retryStarted.withLockedValue({ $0 }), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(retryStarted.withLockedValue { $0 }, "the retry holds the exclusive lock")
         let answered = try await engine.write { db in
             _ = try db.fetchAll(LockedDescending.self, arguments: [45])
             return ContinuousClock.now
@@ -550,6 +552,28 @@ struct PostgresEngineTests {
         let ended = try #require(retryEnded.withLockedValue { $0 })
         #expect(answered > ended, "the SELECT waited for the retry")
         await other.close()
+        await engine.close()
+    }
+
+    /// The statement deadline bounds each statement, not the group held back together: five
+    /// held writes of 1 s each pass a 3 s deadline; one statement of 5 s does not.
+    @Test func theDeadlineBoundsEachStatementOfAGroup() async throws {
+        guard let empty = try await Self.emptyEngine("deadlines") else { return }
+        let location = empty.location
+        await empty.close()
+        let engine = try PostgresEngine(location: location, poolSize: 1, statementDeadline: .seconds(3), logger: Self.logger)
+        try await engine.write { db in
+            try db.execute(sql: "CREATE TABLE slow_rows (x BIGINT)")
+        }
+        let count = try await engine.write { db in
+            for x in 1...5 { try db.execute(sql: "INSERT INTO slow_rows SELECT ? FROM pg_sleep(1)", arguments: [x]) }
+            return try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM slow_rows")
+        }
+        #expect(count == 5)
+        await #expect(throws: StorageError.self) {
+            try await engine.write { db in try db.execute(sql: "INSERT INTO slow_rows SELECT 6 FROM pg_sleep(5)") }
+        }
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM slow_rows") } == 5)
         await engine.close()
     }
 

@@ -26,7 +26,8 @@ public final class PostgresEngine: StorageEngine {
     /// connections (a host lost in a failover, a network cut) must not hold requests for the
     /// minutes TCP takes to give up. Far above any statement of the stores, lock waits
     /// included; migrations are not bound by it. Statements sent together (writes held back
-    /// with the next statement or COMMIT, see `PostgresTransaction.pending`) share it.
+    /// with the next statement or COMMIT, see `PostgresTransaction.pending`) each have it
+    /// (``StatementTimer``).
     let statementDeadline: Duration
     public static let defaultStatementDeadline: Duration = .seconds(30)
     /// The loop whose timers watch the waits for a connection.
@@ -713,20 +714,23 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         let beginFailed = self.beginFailed
         do {
             return try executors.run(on: connection.eventLoop, deadline: deadline) { call in
-                let deadline = call.armDeadline(closing: connection)
-                defer { deadline.cancel() }
-                do {
-                    try await Self.send((opening.map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + held,
-                                       on: connection, logger: logger, failure: failure)
+                let timer = StatementTimer { call.armDeadline(closing: connection) }
+                defer { timer.cancel() }
+                return try await StatementTimer.$current.withValue(timer) {
                     do {
-                        return try await body(connection, logger)
+                        let first = (opening.map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + held
+                        try await Self.send(first, on: connection, logger: logger, failure: failure)
+                        if !first.isEmpty { timer.rearm() }
+                        do {
+                            return try await body(connection, logger)
+                        } catch {
+                            failure.withLockedValue { $0 = $0 ?? error }
+                            throw error
+                        }
                     } catch {
-                        failure.withLockedValue { $0 = $0 ?? error }
+                        if Self.closeIfPoisoned(connection, after: error) { abandoned.withLockedValue { $0 = true } }
                         throw error
                     }
-                } catch {
-                    if Self.closeIfPoisoned(connection, after: error) { abandoned.withLockedValue { $0 = true } }
-                    throw error
                 }
             }.wait()
         } catch let error as StorageError {
@@ -751,7 +755,8 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// Sends `held` in order; the first error is kept in `failure` and thrown.
     private static func send(_ held: [@Sendable (PostgresConnection, Logger) async throws -> Void], on connection: PostgresConnection,
                              logger: Logger, failure: NIOLockedValueBox<(any Error)?>) async throws {
-        for statement in held {
+        for (index, statement) in held.enumerated() {
+            if index > 0 { StatementTimer.current?.rearm() }
             do {
                 try await statement(connection, logger)
             } catch {
@@ -840,6 +845,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                 // After a failure (the block caught its error), nothing held is sent.
                 if let earlier = failure.withLockedValue({ $0 }) { throw earlier }
                 try await Self.send(held, on: connection, logger: logger, failure: failure)
+                if !held.isEmpty { StatementTimer.current?.rearm() }
                 let result = try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger).get()
                 // The server answers the COMMIT of a transaction in which a statement failed
                 // with ROLLBACK, not with an error.
@@ -1083,6 +1089,35 @@ struct PreparedCommand<S: PreparedSQL>: PostgresPreparedStatement {
     let bindings: PostgresBindings
     func makeBindings() throws -> PostgresBindings { bindings }
     func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+}
+
+/// The statement deadline of one hand-off between a transaction's thread and its
+/// connection's loop, armed again before each statement sent: each statement may go
+/// unanswered for the whole deadline, however many go together (up to 64 held writes, in a
+/// bulk copy). One deadline for them all failed a 200-row write on a loaded machine.
+final class StatementTimer: Sendable {
+    @TaskLocal static var current: StatementTimer?
+    private let arm: @Sendable () -> Scheduled<Void>
+    private let timer: NIOLockedValueBox<Scheduled<Void>?>
+
+    init(arm: @escaping @Sendable () -> Scheduled<Void>) {
+        self.arm = arm
+        timer = NIOLockedValueBox(arm())
+    }
+
+    func rearm() {
+        timer.withLockedValue { timer in
+            timer?.cancel()
+            timer = arm()
+        }
+    }
+
+    func cancel() {
+        timer.withLockedValue { timer in
+            timer?.cancel()
+            timer = nil
+        }
+    }
 }
 
 /// A declared write held back, which a statement that joins the write before it can go with.
