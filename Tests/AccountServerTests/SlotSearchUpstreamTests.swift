@@ -177,6 +177,16 @@ struct SlotSearchUpstreamTests {
         return (standIn, server, client, key)
     }
 
+    /// Runs a raw Python client `script` (it starts with ``RawHTTP/preamble``) against
+    /// `server` with `client` and `key`, `extra` after them; the JSON it printed (empty,
+    /// with the script's errors recorded, if it printed none).
+    static func rawClient(_ script: String, server: RunningServer, pki: TestPKI, client: URL, key: URL, _ extra: String...) async throws -> [String: Any] {
+        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path] + extra)
+        let result = (try? JSONSerialization.jsonObject(with: run.output)) as? [String: Any] ?? [:]
+        #expect(!result.isEmpty, "\(String(decoding: run.errors, as: UTF8.self).suffix(600))")
+        return result
+    }
+
     /// The valid client's certificate and key as files, for a raw Python TLS client.
     static func clientFiles(_ pki: TestPKI, certificate name: String = "valid") throws -> (certificate: URL, key: URL) {
         let certificate = pki.directory.appendingPathComponent("raw-\(name)-client.pem")
@@ -438,9 +448,7 @@ struct SlotSearchUpstreamTests {
             print(json.dumps({"first": headers[0].decode(), "body_intact": body == expected, "body": len(body),
                               "after": after[:12].decode("latin-1"), "closed": closed}))
             """
-        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path, path])
-        let result = (try? JSONSerialization.jsonObject(with: run.output)) as? [String: Any] ?? [:]
-        #expect(!result.isEmpty, "\(String(decoding: run.errors, as: UTF8.self).suffix(600))")
+        let result = try await Self.rawClient(script, server: server, pki: pki, client: client, key: key, path)
         #expect(result["first"] as? String == "HTTP/1.1 200 OK", "\(result)")
         #expect(result["body_intact"] as? Bool == true, "\(result)")
         #expect((result["after"] as? String)?.hasPrefix("HTTP/1.1 400") == true, "\(result)")
@@ -476,9 +484,7 @@ struct SlotSearchUpstreamTests {
             print(json.dumps({"first": received.split(b"\\r\\n", 1)[0].decode("latin-1"), "answers": received.count(b"HTTP/1.1 "),
                               "closed": closed}))
             """
-        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path, request])
-        let result = (try? JSONSerialization.jsonObject(with: run.output)) as? [String: Any] ?? [:]
-        #expect(!result.isEmpty, "\(String(decoding: run.errors, as: UTF8.self).suffix(600))")
+        let result = try await Self.rawClient(script, server: server, pki: pki, client: client, key: key, request)
         #expect(result["closed"] as? Bool == true, "\(result)")
         #expect(result["answers"] as? Int == 1, "\(result)")
         #expect(result["first"] as? String == (request.hasPrefix("POST") ? "HTTP/1.1 400 Bad Request" : "HTTP/1.1 200 OK"), "\(result)")
@@ -508,9 +514,7 @@ struct SlotSearchUpstreamTests {
             print(json.dumps({"statuses": [line.decode("latin-1") for line in data.split(b"\\r\\n") if line.startswith(b"HTTP/1.1 ")],
                               "closed": closed}))
             """
-        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path])
-        let result = (try? JSONSerialization.jsonObject(with: run.output)) as? [String: Any] ?? [:]
-        #expect(!result.isEmpty, "\(String(decoding: run.errors, as: UTF8.self).suffix(600))")
+        let result = try await Self.rawClient(script, server: server, pki: pki, client: client, key: key)
         #expect(result["statuses"] as? [String] == ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"], "\(result)")
         #expect(result["closed"] as? Bool == true, "\(result)")
         #expect(!server.logs.all.contains { $0.contains("request not received in time") })
@@ -538,9 +542,7 @@ struct SlotSearchUpstreamTests {
             print(json.dumps({"statuses": [line.decode("latin-1") for line in received.split(b"\\r\\n") if line.startswith(b"HTTP/1.1 ")],
                               "says_close": b"\\r\\nconnection: close" in head, "closed": closed}))
             """
-        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath, client.path, key.path])
-        let result = (try? JSONSerialization.jsonObject(with: run.output)) as? [String: Any] ?? [:]
-        #expect(!result.isEmpty, "\(String(decoding: run.errors, as: UTF8.self).suffix(600))")
+        let result = try await Self.rawClient(script, server: server, pki: pki, client: client, key: key)
         #expect(result["statuses"] as? [String] == ["HTTP/1.1 200 OK"], "\(result)")
         #expect(result["says_close"] as? Bool == true, "\(result)")
         #expect(result["closed"] as? Bool == true, "\(result)")

@@ -1064,31 +1064,36 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     }
 }
 
+/// What the prepared forms of declared statements share: bindings given as built, rows
+/// handed on as they come.
+protocol DeclaredStatement: PostgresPreparedStatement where Row == PostgresRow {
+    var bindings: PostgresBindings { get }
+}
+
+extension DeclaredStatement {
+    func makeBindings() throws -> PostgresBindings { bindings }
+    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+}
+
 /// A declared query as postgres-nio prepares it: named after its type, parsed and planned
 /// once per connection, its parameter types those of the first call's binds (as an
 /// unprepared statement's would be).
-struct PreparedRows<S: PreparedSQL>: PostgresPreparedStatement {
-    typealias Row = PostgresRow
+struct PreparedRows<S: PreparedSQL>: DeclaredStatement {
     static var sql: String { PreparedForm.of(S.self).text }
     /// postgres-nio names a statement `String(reflecting:)` its type by default, a demangling
     /// at every call (1.4 % of a PUT's CPU): the type's address is as unique, within the
     /// process that owns the connections.
     static var name: String { "r\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
-    func makeBindings() throws -> PostgresBindings { bindings }
-    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
 }
 
 /// A declared INSERT, UPDATE or DELETE, prepared likewise, with `RETURNING 1` added so that
 /// the rows it changed can be counted (postgres-nio gives a prepared command's tag only in a
 /// form that must not be read before the rows are).
-struct PreparedCommand<S: PreparedSQL>: PostgresPreparedStatement {
-    typealias Row = PostgresRow
+struct PreparedCommand<S: PreparedSQL>: DeclaredStatement {
     static var sql: String { PreparedForm.of(S.self).command }
     static var name: String { "c\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
-    func makeBindings() throws -> PostgresBindings { bindings }
-    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
 }
 
 /// The statement deadline of one hand-off between a transaction's thread and its
@@ -1155,25 +1160,19 @@ struct JoinedForm: Sendable {
     }
 }
 
-struct PreparedJoined<A: PreparedSQL, B: PreparedSQL>: PostgresPreparedStatement {
-    typealias Row = PostgresRow
+struct PreparedJoined<A: PreparedSQL, B: PreparedSQL>: DeclaredStatement {
     static var sql: String { JoinedForm.of(A.self, B.self).text }
     static var name: String { "j\(UInt(bitPattern: ObjectIdentifier(A.self)))_\(UInt(bitPattern: ObjectIdentifier(B.self)))" }
     let bindings: PostgresBindings
-    func makeBindings() throws -> PostgresBindings { bindings }
-    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
 }
 
 /// A declared SELECT that takes the shared write lock first: the lock is a one-time filter
 /// (an `EXISTS` on no column of the query), which PostgreSQL evaluates once, before it reads
 /// a row, and the query's rows pass through unchanged, in its order.
-struct PreparedLockedRows<S: PreparedSQL>: PostgresPreparedStatement {
-    typealias Row = PostgresRow
+struct PreparedLockedRows<S: PreparedSQL>: DeclaredStatement {
     static var sql: String { PreparedForm.of(S.self).locked }
     static var name: String { "l\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
-    func makeBindings() throws -> PostgresBindings { bindings }
-    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
 }
 
 /// The write lock's statements, prepared like the stores'.
