@@ -130,6 +130,11 @@ final class NginxProxy: Sendable {
         process.terminate()
         process.waitUntilExit()
     }
+
+    /// A test that threw before ``stop()`` would leave nginx running after the suite.
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
 }
 
 /// The vendor's nginx in front of its agenda, with `auth_request` to account-server, exactly

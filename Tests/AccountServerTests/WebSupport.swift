@@ -172,7 +172,7 @@ final class SMTPSink: Sendable {
     }
 
     /// Waits for the `number`-th message (1-based) and returns the reset token it carries.
-    func resetToken(number: Int, timeout: Duration = .seconds(10)) async throws -> String? {
+    func resetToken(number: Int, timeout: Duration = .seconds(30)) async throws -> String? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let all = try messages()
@@ -188,6 +188,12 @@ final class SMTPSink: Sendable {
     func stop() {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
+    }
+
+    /// A test that threw before ``stop()`` left its aiosmtpd running after the suite ended
+    /// (seen: one per run on 2026-12-01).
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 }
 
