@@ -587,10 +587,9 @@ struct PreparedForm: Sendable {
     let countable: Bool
     /// An INSERT (only those may join the write before them).
     let isInsert: Bool
-    /// A SELECT (it may carry the shared write lock, see ``PreparedLockedRows``).
-    let isSelect: Bool
-    /// The text run by ``PreparedLockedRows``.
-    let locked: String
+    /// For a SELECT, the text run by ``PreparedLockedRows`` (it carries the shared write lock);
+    /// nil otherwise.
+    let locked: String?
 
     private static let forms = NIOLockedValueBox<[ObjectIdentifier: PreparedForm]>([:])
 
@@ -599,12 +598,14 @@ struct PreparedForm: Sendable {
         if let form = forms.withLockedValue({ $0[key] }) { return form }
         let numbered = PostgresTransaction.numbered(S.sql)
         let trimmed = S.sql.trimmingCharacters(in: .whitespacesAndNewlines)
+        // Text that can be wrapped or extended: no trailing comment or `;` to swallow what follows.
+        let extensible = !trimmed.contains("--") && !trimmed.hasSuffix(";")
+        let head = trimmed.prefix(6).uppercased()
+        let locked = head == "SELECT" && extensible
+            ? "SELECT first_read.* FROM (\(numbered.text)) first_read WHERE EXISTS (SELECT 1 FROM pg_advisory_xact_lock_shared(\(PostgresEngine.writeLock)))"
+            : nil
         let form = PreparedForm(text: numbered.text, placeholders: numbered.placeholders, command: numbered.text + " RETURNING 1",
-                                countable: !PostgresTransaction.returnsRows(S.sql) && !trimmed.contains("--") && !trimmed.hasSuffix(";"),
-                                isInsert: trimmed.prefix(6).uppercased() == "INSERT",
-                                isSelect: trimmed.prefix(6).uppercased() == "SELECT" && !trimmed.hasSuffix(";") && !trimmed.contains("--"),
-                                locked: "SELECT first_read.* FROM (\(numbered.text)) first_read"
-                                    + " WHERE EXISTS (SELECT 1 FROM pg_advisory_xact_lock_shared(\(PostgresEngine.writeLock)))")
+                                countable: !PostgresTransaction.returnsRows(S.sql) && extensible, isInsert: head == "INSERT", locked: locked)
         forms.withLockedValue { $0[key] = form }
         return form
     }
@@ -915,7 +916,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         let form = PreparedForm.of(S.self)
         let bindings = try Self.bindings(form.placeholders, arguments)
         let rows: [PostgresRow]
-        if form.isSelect, pending.isEmpty, let opening, opening.lock == .shared {
+        if form.locked != nil, pending.isEmpty, let opening, opening.lock == .shared {
             // The transaction's first statement, a declared SELECT: the shared write lock
             // goes in it (``PreparedLockedRows``) instead of in a statement of its own, one
             // round trip fewer. It is taken before the SELECT reads anything, and the
@@ -1170,7 +1171,9 @@ struct PreparedJoined<A: PreparedSQL, B: PreparedSQL>: DeclaredStatement {
 /// (an `EXISTS` on no column of the query), which PostgreSQL evaluates once, before it reads
 /// a row, and the query's rows pass through unchanged, in its order.
 struct PreparedLockedRows<S: PreparedSQL>: DeclaredStatement {
-    static var sql: String { PreparedForm.of(S.self).locked }
+    /// Built only for forms that have a locked text (``PostgresTransaction/fetchAllPrepared(_:arguments:)``
+    /// checks); running the plain text instead would drop the lock without a word.
+    static var sql: String { PreparedForm.of(S.self).locked! }
     static var name: String { "l\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
 }
