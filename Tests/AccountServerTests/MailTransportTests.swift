@@ -9,11 +9,13 @@ struct MailTransportTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sendmail-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         // A sendmail-compatible command: reads the message on stdin, takes -f sender -- recipient.
+        // It runs as `/bin/sh script`, not as an executable file of its own: a process another
+        // test forks while this file is being written inherits its open descriptor, and
+        // executing a file open for writing fails with ETXTBSY ("Text file busy").
         let script = directory.appendingPathComponent("sendmail").path
-        try "#!/bin/sh\ncat > \"\(directory.path)/message\"\necho \"$@\" > \"\(directory.path)/arguments\"\n".write(toFile: script, atomically: true, encoding: .utf8)
-        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: script)
+        try "cat > \"\(directory.path)/message\"\necho \"$@\" > \"\(directory.path)/arguments\"\n".write(toFile: script, atomically: true, encoding: .utf8)
         let mail = OutgoingMail(recipient: "jules.marius@test.com", subject: "Choisir votre mot de passe", body: "Bonjour,\n.\nLien : https://x/reinitialisation?jeton=abc")
-        try await SendmailTransport(command: [script, "-i"]).send(MailMessage.render(mail, from: "no-reply@example.fr"), from: "no-reply@example.fr", to: mail.recipient)
+        try await SendmailTransport(command: ["/bin/sh", script, "-i"]).send(MailMessage.render(mail, from: "no-reply@example.fr"), from: "no-reply@example.fr", to: mail.recipient)
         let message = try String(contentsOfFile: directory.appendingPathComponent("message").path, encoding: .utf8)
         #expect(message.contains("To: jules.marius@test.com") && message.contains("Subject: =?UTF-8?B?"))
         let body = message.components(separatedBy: "\r\n\r\n")[1].replacingOccurrences(of: "\r\n", with: "")

@@ -417,7 +417,9 @@ struct ProcessTests {
         try process.run()
         var text = ""
         let reader = errors.fileHandleForReading
-        for _ in 0..<200 where !text.contains("admin listener listening") {
+        // The listeners start concurrently: wait for each one's line, not for whichever is last.
+        let listening = ["FHIR endpoint listening", "web sign-in listening", "admin listener listening", "forward-auth listening"]
+        for _ in 0..<200 where !listening.allSatisfy({ text.contains($0) }) {
             text += String(decoding: try await onDedicatedThread { reader.availableData }, as: UTF8.self)
         }
         process.terminate()
