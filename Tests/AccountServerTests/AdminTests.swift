@@ -187,7 +187,7 @@ struct AdminTests {
         let stale = try PKIBuilder.makeCRL(issuer: world.pki.ca, revoked: [], thisUpdate: Date().addingTimeInterval(-7200), nextUpdate: Date().addingTimeInterval(-3600))
         try world.pki.write(PKIBuilder.crlPEM(stale), "crl.pem")
         var notReady = try await admin.send(.GET, "/readyz", authorization: "")
-        for _ in 0..<50 where notReady.status == 200 {
+        for _ in 0..<300 where notReady.status == 200 {
             try await Task.sleep(for: .milliseconds(100))
             notReady = try await admin.send(.GET, "/readyz", authorization: "")
         }

@@ -172,7 +172,9 @@ struct MultiInstanceTests {
         }
 
         /// The SAS's client, through nginx.
-        func fhir() throws -> FHIRClient { try FHIRClient(pki: pki, certificate: "valid", server: nil, baseURL: fhirURL) }
+        func fhir(readTimeout: TimeAmount = .seconds(30)) throws -> FHIRClient {
+            try FHIRClient(pki: pki, certificate: "valid", server: nil, baseURL: fhirURL, readTimeout: readTimeout)
+        }
 
         /// A regulator's browser, through nginx, each request on a new connection (so the
         /// round robin spreads it over both instances).
@@ -228,7 +230,7 @@ struct MultiInstanceTests {
         var request = HTTPClientRequest(url: cluster.forwardAuthURL)
         request.headers.add(name: "Cookie", value: cookie)
         for (name, value) in ForwardAuthTests.forwardedHeaders { request.headers.add(name: name, value: value) }
-        let response = try await client.execute(request, timeout: .seconds(10))
+        let response = try await client.execute(request, timeout: .seconds(30))
         _ = try await response.body.collect(upTo: 1 << 16)
         return Int(response.status.code)
     }
@@ -264,9 +266,13 @@ struct MultiInstanceTests {
         let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
             for index in 0..<20 {
                 group.addTask {
-                    let fhir = try cluster.fhir()
+                    // Conditional PUTs on one identifier collide and are retried one after
+                    // another: on a loaded machine the last waits long (as in
+                    // `concurrentCallsOverTheWire`).
+                    let fhir = try cluster.fhir(readTimeout: .seconds(120))
                     let reply = try await fhir.send(.PUT, Self.putPath, body: Bodies.practitioner(national: Self.national, family: "F\(index)",
-                                                                                                  email: Self.email), headers: Self.fresh)
+                                                                                                  email: Self.email), headers: Self.fresh,
+                                                    timeout: .seconds(120))
                     await fhir.shutdown()
                     return reply.status
                 }
@@ -299,7 +305,12 @@ struct MultiInstanceTests {
                     group.addTask {
                         while !Task.isCancelled {
                             let started = clock.now
-                            guard let status = try? await Self.forwardAuth(cluster, cookie: cookie, client: client) else { break }
+                            // A failed request (a timeout on a loaded machine) is not an answer:
+                            // the worker goes on.
+                            guard let status = try? await Self.forwardAuth(cluster, cookie: cookie, client: client) else {
+                                try? await Task.sleep(for: .milliseconds(50))
+                                continue
+                            }
                             results.record(started, status)
                         }
                     }
@@ -325,7 +336,9 @@ struct MultiInstanceTests {
         #expect(results.all.contains { $0.0 < committed && $0.1 == 200 }, "requests were granted before the withdrawal")
         #expect(after.count >= 200, "enough requests started after the commit (\(after.count))")
         #expect(after.filter { $0.1 == 200 }.isEmpty, "\(after.filter { $0.1 == 200 }.count) of \(after.count) requests after the commit were allowed")
-        #expect(after.allSatisfy { $0.1 == 403 })
+        // Refused, or fail-closed (503) when the database did not answer a check in time.
+        #expect(after.allSatisfy { $0.1 == 403 || $0.1 == 503 }, "\(Set(after.map(\.1)))")
+        #expect(after.filter { $0.1 == 403 }.count >= 100)
         await fhir.shutdown()
         await owned.shutdown()
         await browser.shutdown()
@@ -420,29 +433,15 @@ struct MultiInstanceTests {
         await cluster.stop()
     }
 
-    /// Runs scripts/postgres.sh; returns its output. Spawned and reaped directly
-    /// (posix_spawn, waitpid): the server it starts outlives it, and neither a pipe (another
-    /// test's child may inherit its write end) nor Foundation's `Process` (whose wait did not
-    /// return here) copes with that.
+    /// Runs scripts/postgres.sh; returns its output. Through ``spawnAndWait(_:_:environment:)``
+    /// (posix_spawn, waitpid, output in files, no descriptor of this process inherited): the
+    /// server it starts outlives it, and neither a pipe (another test's child may inherit its
+    /// write end) nor Foundation's `Process` (whose wait did not return here) copes with that.
     @discardableResult
     static func script(_ arguments: [String]) async throws -> String {
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("postgres-sh-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: output) }
-        let quoted = ([ProcessTests.repository.appendingPathComponent("scripts/postgres.sh").path] + arguments)
-            .map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
-        let command = "exec " + quoted + " > '\(output.path)' 2>/dev/null"
-        let status = try await onDedicatedThread { () -> Int32 in
-            var pid: pid_t = 0
-            let words: [String] = ["/bin/bash", "-c", command]
-            let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-            defer { argv.forEach { free($0) } }
-            guard posix_spawn(&pid, "/bin/bash", nil, nil, argv, environ) == 0 else { return -1 }
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-            return status
-        }
-        guard status == 0 else { throw FixtureFailure("postgres.sh \(arguments.joined(separator: " ")) failed (\(status))") }
-        return try String(contentsOf: output, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let run = try await spawnAndWait("/bin/bash", [ProcessTests.repository.appendingPathComponent("scripts/postgres.sh").path] + arguments)
+        guard run.status == 0 else { throw FixtureFailure("postgres.sh \(arguments.joined(separator: " ")) failed (\(run.status))") }
+        return String(decoding: run.output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }
 

@@ -116,7 +116,8 @@ final class NginxProxy: Sendable {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        for _ in 0..<100 {
+        // Up to 30 s: a loaded machine starts nginx slowly.
+        for _ in 0..<600 {
             if SMTPSink.accepts(port: port) { return }
             if !process.isRunning { break }
             try await Task.sleep(for: .milliseconds(50))

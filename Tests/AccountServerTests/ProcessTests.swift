@@ -400,6 +400,38 @@ struct ProcessTests {
         #expect(audit.output.contains(#""actor_subject":"cli:operator""#))
     }
 
+    /// A SIGHUP while the server starts (before the reload service traps it) is ignored: its
+    /// default action would end the process.
+    @Test func aSIGHUPDuringStartUpDoesNotEndTheProcess() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("early-hup-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["serve", "--database", try await Self.databaseArgument(directory),
+                             "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
+                             "--web-address", "127.0.0.1:0", "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                             "--admin-address", "127.0.0.1:0", "--admin-token-file", directory.appendingPathComponent("admin.token").path]
+        let errors = Pipe()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        try process.run()
+        defer { process.terminate() }
+        var text = ""
+        let reader = errors.fileHandleForReading
+        // "settings read" is the first line; the listeners (and the reload service) start well
+        // after it: the development PKI, the database and its migrations come first.
+        for _ in 0..<200 where !text.contains("settings read") {
+            text += String(decoding: try await onDedicatedThread { reader.availableData }, as: UTF8.self)
+        }
+        #expect(!text.contains("listening"), "the signal must arrive during start-up: \(text)")
+        kill(process.processIdentifier, SIGHUP)
+        for _ in 0..<200 where !text.contains("FHIR endpoint listening") {
+            text += String(decoding: try await onDedicatedThread { reader.availableData }, as: UTF8.self)
+        }
+        #expect(text.contains("FHIR endpoint listening"), "\(text)")
+        #expect(kill(process.processIdentifier, 0) == 0, "the process is still running")
+    }
+
     /// `--log-format json`: every line the server writes is one JSON object.
     @Test func jsonLogFormat() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("json-logs-\(UUID().uuidString)")
@@ -445,7 +477,7 @@ struct ProcessTests {
         let body = #"{"resourceType":"Practitioner","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(uuid)"}],"active":true,"name":[{"family":"K","given":["N"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        process.arguments = ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+        process.arguments = ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60",
                              "--cacert", pki.appendingPathComponent("ca.pem").path,
                              "--cert", pki.appendingPathComponent("sas-client.pem").path,
                              "--key", pki.appendingPathComponent("sas-client-key.pem").path,

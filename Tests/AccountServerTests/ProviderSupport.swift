@@ -80,7 +80,9 @@ final class OIDCTestProvider: Sendable {
     static func answers(port: Int, pki: TestPKI, process: Process) async -> Bool {
         guard let client = try? HTTPClient.testClient(pki: pki) else { return false }
         var answered = false
-        for _ in 0..<150 where process.isRunning {
+        // Up to about a minute: python, an RSA key and starman's Perl workers loading
+        // LemonLDAP::NG take long on a loaded machine.
+        for _ in 0..<450 where process.isRunning {
             if let response = try? await client.execute(HTTPClientRequest(url: "https://127.0.0.1:\(port)/.well-known/openid-configuration"), timeout: .seconds(5)),
                response.status == .ok {
                 answered = true

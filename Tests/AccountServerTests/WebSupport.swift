@@ -62,6 +62,10 @@ func spawnAndWaitHere(_ executable: String, _ arguments: [String], environment: 
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, output.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, errors.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        // Nothing else of this process: a child inherits every descriptor not marked
+        // close-on-exec (a probe's socket, another test's pipe or script being written), and a
+        // long-lived one (PostgreSQL, a browser) would keep it open for its whole life.
+        closeFromOnSpawn(&actions, 3)
         let words = [executable] + arguments
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
@@ -77,6 +81,20 @@ func spawnAndWaitHere(_ executable: String, _ arguments: [String], environment: 
     return (status, (try? Data(contentsOf: output)) ?? Data(), (try? Data(contentsOf: errors)) ?? Data())
 }
 
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later; Debian 12 has 2.36),
+/// which Swift's Glibc module does not import: looked up by name.
+private let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np").map {
+        unsafeBitCast($0, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    }
+}()
+
+/// Closes every descriptor from `lowest` in the spawned child (an older glibc without the call:
+/// children inherit what is not close-on-exec, as before).
+func closeFromOnSpawn(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ lowest: Int32) {
+    _ = addCloseFrom?(actions, lowest)
+}
+
 /// A loopback port that refuses connections for as long as it is held: bound, never
 /// listening, so no other listener can take it.
 final class DeadPort: Sendable {
@@ -90,7 +108,7 @@ final class DeadPort: Sendable {
 
     /// `port` (0: the kernel's choice), or nil if it is taken.
     init?(port requested: Int) {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         self.descriptor = descriptor
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -146,7 +164,7 @@ final class SMTPSink: Sendable {
     }
 
     static func accepts(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -240,7 +258,10 @@ final class Browser: @unchecked Sendable {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try pki.ca.certificatePEM.utf8), format: .pem)])
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow)
-        configuration.timeout = .init(connect: .seconds(5), read: .seconds(20))
+        // AsyncHTTPClient applies the connect timeout to a request waiting for a pooled
+        // connection too: generous, and a connection per page fetched at once (as FHIRClient).
+        configuration.timeout = .init(connect: .seconds(30), read: .seconds(30))
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
         owned = OwnedHTTPClient(configuration)
         self.base = base
     }

@@ -357,6 +357,11 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // SIGHUP's default action ends the process, and the reload service traps it only once
+        // it runs, concurrently with the listeners: a reload asked for during start-up (a
+        // certificate renewal hook, `systemctl reload` just after start) is ignored instead of
+        // killing the server. The reload service then takes the signal over.
+        signal(SIGHUP, SIG_IGN)
         let settings = try await Settings(commandLine: commandLineValues, environment: ProcessInfo.processInfo.environment,
                                           file: configFile ?? ProcessInfo.processInfo.environment["ACCOUNT_SERVER_CONFIG_FILE"].flatMap { $0.isEmpty ? nil : $0 },
                                           knownKeys: Self.knownKeys)
