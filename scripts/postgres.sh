@@ -24,7 +24,25 @@ start)
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     if [[ ! -f $dir/data/PG_VERSION ]]; then
-        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        # A free port below the kernel's ephemeral range: the server keeps it across restarts
+        # (`down`/`up`), and a port the kernel hands out for port 0 could be given to another
+        # listener or an outgoing connection while the server is down.
+        port=$(python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    candidate = random.randrange(10000, max(low, 20000))
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", candidate))
+    except OSError:
+        continue
+    finally:
+        probe.close()
+    print(candidate)
+    break
+PY
+)
         password=$(openssl rand -hex 24)
         umask 077
         printf '%s\n' "$password" > "$dir/password"
