@@ -1,6 +1,6 @@
 """A minimal DevTools-protocol driver for headless Chromium (Debian's `chromium`), shared by
 the browser tests. Nothing beyond python3-websocket and the standard library."""
-import json, shutil, socket, subprocess, tempfile, time, urllib.request
+import json, shutil, subprocess, tempfile, time, urllib.request
 
 import websocket
 
@@ -8,17 +8,21 @@ import websocket
 class Chromium:
     def __init__(self):
         self.profile = tempfile.mkdtemp(prefix="chromium-")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        # Port 0: Chromium binds a port of its own and writes it to DevToolsActivePort in the
+        # profile. (A port probed here and closed could be taken meanwhile, by another test's
+        # Chromium among others, and this driver would then talk to that browser.)
         self.process = subprocess.Popen(
             ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--ignore-certificate-errors",
-             "--no-first-run", f"--remote-debugging-port={port}", f"--user-data-dir={self.profile}", "about:blank"],
+             "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         target = None
+        port = None
         while time.time() < deadline and target is None:
             try:
+                if port is None:
+                    with open(f"{self.profile}/DevToolsActivePort") as active:
+                        port = int(active.readline().strip())
                 pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=1))
                 target = next(p for p in pages if p.get("type") == "page")
             except Exception:
