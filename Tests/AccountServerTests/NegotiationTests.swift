@@ -1,10 +1,18 @@
 @testable import AccountServer
 import Accounts
+import Foundation
 import HTTPTypes
 import Testing
 
 @Suite("Query parsing and content negotiation")
 struct NegotiationTests {
+    /// `Last-Modified` (and the mail `Date`) in RFC 9110's IMF-fixdate.
+    @Test func httpDates() {
+        #expect(FHIRResponses.httpDate(Date(timeIntervalSince1970: 784_111_777)) == "Sun, 06 Nov 1994 08:49:37 GMT")  // RFC 9110, 5.6.7
+        #expect(FHIRResponses.httpDate(Date(timeIntervalSince1970: 0.999)) == "Thu, 01 Jan 1970 00:00:00 GMT")
+        #expect(FHIRResponses.httpDate(Date(timeIntervalSince1970: 1_798_761_599)) == "Thu, 31 Dec 2026 23:59:59 GMT")
+    }
+
     @Test func parsesRawAndEncodedBars() throws {
         for query in ["identifier=urn:oid:1.2.250.1.71.4.2.1|810002673899", "identifier=urn%3Aoid%3A1.2.250.1.71.4.2.1%7C810002673899"] {
             let parameters = try QueryParameters(query: query)

@@ -454,6 +454,31 @@ struct PostgresEngineTests {
         await engine.close()
     }
 
+    /// BEGIN (of a write and of a read) and ROLLBACK are prepared statements of the
+    /// connection, parsed once; a failed block still rolls back, and the connection serves on.
+    @Test func theTransactionsOwnStatementsArePrepared() async throws {
+        guard let engine = try await Self.emptyEngine("control") else { return }
+        // One connection: every transaction below runs on it.
+        let single = try PostgresEngine(location: engine.location, poolSize: 1, logger: Self.logger)
+        try await single.write { db in try db.execute(sql: "CREATE TABLE control_rows (x BIGINT PRIMARY KEY)") }
+        struct Refused: Error {}
+        await #expect(throws: Refused.self) {
+            try await single.write { db in
+                try db.execute(sql: "INSERT INTO control_rows VALUES (1)")
+                _ = try db.changesCount
+                throw Refused()
+            }
+        }
+        _ = try await single.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM control_rows") }
+        let prepared = try await single.write { db in
+            try String.fetchAll(db, sql: "SELECT statement FROM pg_prepared_statements WHERE statement IN ('BEGIN ISOLATION LEVEL SERIALIZABLE', 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY', 'ROLLBACK', 'COMMIT') ORDER BY statement")
+        }
+        #expect(prepared == ["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "BEGIN ISOLATION LEVEL SERIALIZABLE", "ROLLBACK"], "COMMIT stays unprepared (its tag is read)")
+        #expect(try await single.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM control_rows") } == 0, "rolled back")
+        await single.close()
+        await engine.close()
+    }
+
     /// A declared write, then a declared INSERT that reads nothing (as the audit trail's is):
     /// one statement on the wire, each argument in its place, the INSERT's count; a write
     /// refused by its index takes the INSERT with it. Writes that may read what the one

@@ -63,10 +63,35 @@ enum FHIRResponses {
         var time = time_t(date.timeIntervalSince1970.rounded(.down))
         var parts = tm()
         gmtime_r(&time, &parts)
-        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        return String(format: "%@, %02d %@ %04d %02d:%02d:%02d GMT", days[Int(parts.tm_wday)], parts.tm_mday,
-                      months[Int(parts.tm_mon)], Int(parts.tm_year) + 1900, parts.tm_hour, parts.tm_min, parts.tm_sec)
+        // Written digit by digit: `String(format:)` went through Foundation's format parser
+        // and was 2 % of a PUT's CPU (profile, 2026-12-01).
+        var text = ""
+        text.reserveCapacity(29)
+        text += Self.days[Int(parts.tm_wday)]
+        text += ", "
+        Self.append(Int(parts.tm_mday), digits: 2, to: &text)
+        text += " "
+        text += Self.months[Int(parts.tm_mon)]
+        text += " "
+        Self.append(Int(parts.tm_year) + 1900, digits: 4, to: &text)
+        text += " "
+        Self.append(Int(parts.tm_hour), digits: 2, to: &text)
+        text += ":"
+        Self.append(Int(parts.tm_min), digits: 2, to: &text)
+        text += ":"
+        Self.append(Int(parts.tm_sec), digits: 2, to: &text)
+        text += " GMT"
+        return text
+    }
+
+    private static let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+    /// `value` in decimal, zero-padded to `digits` (a wider value is written whole).
+    private static func append(_ value: Int, digits: Int, to text: inout String) {
+        let decimal = String(value)
+        if decimal.count < digits { text += String(repeating: "0", count: digits - decimal.count) }
+        text += decimal
     }
 }
 

@@ -119,7 +119,7 @@ public final class PostgresEngine: StorageEngine {
 
     public func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         do {
-            return try await transaction(begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", block)
+            return try await transaction(begin: TransactionSQL.BeginReadOnly.sql, block)
         } catch let error as PostgresRetry {
             throw StorageError.conflict(error.message)
         }
@@ -141,7 +141,7 @@ public final class PostgresEngine: StorageEngine {
                 // Every write holds the write lock, shared; a retry holds it exclusively, so it
                 // runs alone and succeeds: transactions that collided make progress however
                 // many collide, and a queued retry holds new writes back until it is done.
-                return try await transaction(begin: "BEGIN ISOLATION LEVEL SERIALIZABLE", writeLock: attempt == 1 ? .shared : .exclusive, block)
+                return try await transaction(begin: TransactionSQL.BeginSerializable.sql, writeLock: attempt == 1 ? .shared : .exclusive, block)
             } catch let error as PostgresRetry {
                 // A unique violation is retried a few times only: when the store checked
                 // first (as every rule does), the retry sees the committed row and answers
@@ -816,7 +816,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             _ = try await Self.rows(PreparedRows<WriteLockSQL.Lock>(bindings: PostgresBindings()), on: connection, logger: logger)
         }
         do {
-            try await connection.query(PostgresQuery(unsafeSQL: begin), logger: logger)
+            try await TransactionSQL.run(begin, on: connection, logger: logger)
         } catch {
             if lock == .exclusive, Self.isServerError(error) { await Self.unlock(on: connection, logger: logger) }
             throw error
@@ -826,7 +826,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                 _ = try await Self.rows(PreparedRows<WriteLockSQL.LockSharedForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
             } catch {
                 if Self.isServerError(error), !Self.isPoisonous(error), !connection.isClosed {
-                    _ = try? await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
+                    try? await TransactionSQL.run(TransactionSQL.Rollback.sql, on: connection, logger: logger)
                 }
                 throw error
             }
@@ -856,7 +856,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                 // and a failed BEGIN cleaned up after itself.
                 guard Self.isServerError(error) || error is AbortedTransaction, !connection.isClosed,
                       !beginFailed.withLockedValue({ $0 }) else { throw error }
-                _ = try? await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
+                try? await TransactionSQL.run(TransactionSQL.Rollback.sql, on: connection, logger: logger)
                 if lock == .exclusive { await Self.unlock(on: connection, logger: logger) }
                 throw error
             }
@@ -874,7 +874,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         guard sent, !beginFailed.withLockedValue({ $0 }) else { return }
         _ = try? onLoop(evenAfterFailure: true) { connection, logger in
             do {
-                try await connection.query(PostgresQuery(unsafeSQL: "ROLLBACK"), logger: logger)
+                try await TransactionSQL.run(TransactionSQL.Rollback.sql, on: connection, logger: logger)
             } catch {
                 // A lost connection: the server ends the transaction and its locks itself, and
                 // a statement sent on it now would never be answered.
@@ -1176,6 +1176,31 @@ struct PreparedLockedRows<S: PreparedSQL>: DeclaredStatement {
     static var sql: String { PreparedForm.of(S.self).locked! }
     static var name: String { "l\(UInt(bitPattern: ObjectIdentifier(S.self)))" }
     let bindings: PostgresBindings
+}
+
+/// A transaction's opening statements, prepared like the stores' (named, parsed once per
+/// connection): sent unprepared, each BEGIN was a Parse, a Describe, a Bind and an Execute,
+/// and their answers, for the server to parse and for us to encode and decode. ROLLBACK goes
+/// the same way (PostgreSQL accepts a prepared ROLLBACK in a failed transaction). COMMIT
+/// stays unprepared: its command tag (COMMIT, or ROLLBACK when a statement of the
+/// transaction had failed) is checked, and postgres-nio gives a prepared statement's tag only
+/// in a form that traps when read (`PostgresConnection.execute` where `Row == ()`, 1.33.2).
+enum TransactionSQL {
+    enum BeginSerializable: PreparedSQL { static let sql = "BEGIN ISOLATION LEVEL SERIALIZABLE" }
+    enum BeginReadOnly: PreparedSQL { static let sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" }
+    enum Rollback: PreparedSQL { static let sql = "ROLLBACK" }
+
+    /// `sql`, prepared if it is one of the above (an error that may have left its preparation
+    /// failed closes the connection, as for the stores' statements).
+    static func run(_ sql: String, on connection: PostgresConnection, logger: Logger) async throws {
+        let none = PostgresBindings()
+        switch sql {
+        case BeginSerializable.sql: _ = try await PostgresTransaction.rows(PreparedRows<BeginSerializable>(bindings: none), on: connection, logger: logger)
+        case BeginReadOnly.sql: _ = try await PostgresTransaction.rows(PreparedRows<BeginReadOnly>(bindings: none), on: connection, logger: logger)
+        case Rollback.sql: _ = try await PostgresTransaction.rows(PreparedRows<Rollback>(bindings: none), on: connection, logger: logger)
+        default: try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+        }
+    }
 }
 
 /// The write lock's statements, prepared like the stores'.
