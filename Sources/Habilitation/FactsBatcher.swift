@@ -2,14 +2,19 @@ import Foundation
 import NIOCore
 import Storage
 
-/// The forward-auth checks of one event loop, read in batches. Only touched on that loop.
+/// The forward-auth checks of every event loop, read in batches. One per
+/// ``HabilitationService``, living on one event loop (the first check's): checks made on
+/// other loops come here and their answers go back. Only touched on its loop.
 ///
 /// With one statement per check, PostgreSQL's round trip (the protocol, TLS, a wake-up of its
 /// backend and of our loop) dominated the check: measured, 205 µs of our CPU and 117 µs of
-/// PostgreSQL's per check, against 41 µs for a whole check on SQLite. Here, one statement is out
-/// per loop at a time (unless it stalls: ``stallAfter``); the checks that arrive meanwhile wait for it to come back, then go
-/// together in the next (up to ``HabilitationService/FactsBatchQuery/size`` per statement).
-/// Under light load nothing waits: a lone check is sent at once, as before.
+/// PostgreSQL's per check, against 41 µs for a whole check on SQLite. Here, one statement is
+/// out at a time; the checks that arrive meanwhile, on any loop, wait for it to come back, then
+/// go together in the next (up to ``HabilitationService/FactsBatchQuery/size`` sessions per
+/// statement). Under light load nothing waits: a lone check is sent at once, as before.
+/// Another statement goes out beside the one out when that one stalls (``stallAfter``), or
+/// when a full statement's worth of sessions is waiting (so that many distinct sessions, on a
+/// machine with many cores, are not held to one statement per round trip).
 ///
 /// An outage must not turn the queue into a wait: a failed statement fails every check then
 /// waiting (fail-closed, 503), a check waits at most ``queueTimeout`` to be sent, and at most
@@ -25,11 +30,14 @@ final class FactsBatcher: @unchecked Sendable {
     /// deadline is 30 s) then delays the checks of its batch only, as it did when every check
     /// had a statement of its own.
     static let stallAfter = TimeAmount.milliseconds(250)
-    /// Statements out at once per loop, at most (the engine's pool is shared with everything else).
+    /// Statements out at once, at most (the engine's pool is shared with everything else).
     static let maximumOut = 4
+    /// How many of the first checks waiting are looked at to find a full statement's worth of
+    /// distinct sessions: bounded, so that a long queue (an outage) costs little per check.
+    static let fullBatchLookahead = 64
     /// How long a check may wait to be sent before it fails as unavailable (503).
     static let queueTimeout = TimeAmount.seconds(5)
-    /// Checks waiting per loop, at most; one more fails at once as unavailable.
+    /// Checks waiting, at most; one more fails at once as unavailable.
     static let maximumWaiting = 4096
 
     private struct Waiting {
@@ -39,6 +47,8 @@ final class FactsBatcher: @unchecked Sendable {
     }
 
     let eventLoop: any EventLoop
+    /// ``stallAfter``, unless a test asks for longer.
+    let stallAfter: TimeAmount
     private unowned let service: HabilitationService
     private var waiting = CircularBuffer<Waiting>(initialCapacity: 16)
     /// The statements out, by number: when each was sent.
@@ -50,9 +60,10 @@ final class FactsBatcher: @unchecked Sendable {
     /// Ticks while checks wait, to send them beside a stalled statement or time them out.
     private var watchdog: RepeatedTask?
 
-    init(eventLoop: any EventLoop, service: HabilitationService) {
+    init(eventLoop: any EventLoop, service: HabilitationService, stallAfter: TimeAmount) {
         self.eventLoop = eventLoop
         self.service = service
+        self.stallAfter = stallAfter
     }
 
     /// The facts of the session stored as `hash`, or nil when no live session has it.
@@ -67,9 +78,19 @@ final class FactsBatcher: @unchecked Sendable {
         return promise.futureResult
     }
 
-    /// No statement out younger than ``stallAfter``, and room for one more.
+    /// Room for one more statement, and either no statement out younger than ``stallAfter``
+    /// or a full statement's worth of distinct sessions waiting.
     private func maySend(at now: NIODeadline) -> Bool {
-        out.count < Self.maximumOut && !out.values.contains { now - $0 < Self.stallAfter }
+        guard out.count < Self.maximumOut else { return false }
+        let stallAfter = self.stallAfter
+        if !out.values.contains(where: { now - $0 < stallAfter }) { return true }
+        var sessions: [String] = []
+        sessions.reserveCapacity(HabilitationService.FactsBatchQuery.size)
+        for check in waiting.prefix(Self.fullBatchLookahead) where !sessions.contains(check.hash) {
+            sessions.append(check.hash)
+            if sessions.count == HabilitationService.FactsBatchQuery.size { return true }
+        }
+        return false
     }
 
     private func sendWhilePossible() {

@@ -33,14 +33,23 @@ public final class HabilitationService: Sendable {
     /// The CGU version in force; an acceptance of another version does not count.
     public let cguVersion: String
     private let clock: @Sendable () -> Date
-    /// The forward-auth checks of each event loop, batched (``FactsBatcher``).
-    private let batchers = Mutex<[ObjectIdentifier: FactsBatcher]>([:])
+    /// The forward-auth checks of every event loop, batched (``FactsBatcher``), on the loop of
+    /// the first check.
+    private let batcher = Mutex<FactsBatcher?>(nil)
+    /// How long a statement of the batcher is out before another may be sent beside it
+    /// (``FactsBatcher/stallAfter``; tests lengthen it to watch the batching).
+    let batchStallAfter: TimeAmount
 
-    public init(database: AccountDatabase, sessions: SessionStore, cguVersion: String, clock: @escaping @Sendable () -> Date = Date.init) {
+    public convenience init(database: AccountDatabase, sessions: SessionStore, cguVersion: String, clock: @escaping @Sendable () -> Date = Date.init) {
+        self.init(database: database, sessions: sessions, cguVersion: cguVersion, clock: clock, batchStallAfter: FactsBatcher.stallAfter)
+    }
+
+    init(database: AccountDatabase, sessions: SessionStore, cguVersion: String, clock: @escaping @Sendable () -> Date, batchStallAfter: TimeAmount) {
         self.database = database
         self.sessions = sessions
         self.cguVersion = cguVersion
         self.clock = clock
+        self.batchStallAfter = batchStallAfter
     }
 
     /// What one read of the database says about a session.
@@ -72,28 +81,32 @@ public final class HabilitationService: Sendable {
     /// PostgreSQL: sent from the loop). Everything but recording activity, which the caller
     /// schedules when due.
     ///
-    /// The checks that arrive on one loop while its statement is out are read together by the
+    /// The checks that arrive, on any loop, while a statement is out are read together by the
     /// next one (``FactsBatcher``): under load, one statement answers several requests, which
     /// is what PostgreSQL's round trip per request cannot afford. Each check is still a fresh
-    /// read: its statement is sent after the request arrived.
+    /// read: its statement is sent after the request arrived. The answer comes back on
+    /// `eventLoop`.
     public func check(sessionToken: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(check: HabilitationCheck, facts: SessionFacts?)> {
         guard let sessionToken else { return eventLoop.makeSucceededFuture((Self.noSession, nil)) }
         let hash = SecretToken.hash(sessionToken)
-        let batcher = batcher(on: eventLoop)
-        let facts = eventLoop.inEventLoop ? batcher.facts(hash: hash) : eventLoop.flatSubmit { batcher.facts(hash: hash) }
-        return facts.map { [self] facts in
+        let batcher = batcher(firstOn: eventLoop)
+        let facts = batcher.eventLoop.inEventLoop ? batcher.facts(hash: hash) : batcher.eventLoop.flatSubmit { batcher.facts(hash: hash) }
+        return facts.hop(to: eventLoop).map { [self] facts in
             guard let facts else { return (Self.noSession, nil) }
             return (evaluate(facts), facts)
         }
     }
 
-    private func batcher(on eventLoop: any EventLoop) -> FactsBatcher {
-        let key = ObjectIdentifier(eventLoop)
-        return batchers.withLock { batchers in
-            if let batcher = batchers[key] { return batcher }
-            let batcher = FactsBatcher(eventLoop: eventLoop, service: self)
-            batchers[key] = batcher
-            return batcher
+    /// The one batcher, created on the loop of the first check. One for every loop, rather
+    /// than one per loop: measured on PostgreSQL, a statement out per loop sent batches of
+    /// 1.6 checks; one out for the process, 2.4 to 3.0, and 26 % more checks a second
+    /// (`docs/performance.md`, *Eighth session*).
+    private func batcher(firstOn eventLoop: any EventLoop) -> FactsBatcher {
+        batcher.withLock { batcher in
+            if let batcher { return batcher }
+            let created = FactsBatcher(eventLoop: eventLoop, service: self, stallAfter: batchStallAfter)
+            batcher = created
+            return created
         }
     }
 

@@ -3,7 +3,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-import Habilitation
+@testable import Habilitation
 import NIOCore
 import NIOPosix
 import Storage
@@ -11,7 +11,7 @@ import StorageTesting
 import Testing
 
 /// The forward-auth listener's check (``HabilitationService/check(sessionToken:on:)``) reads
-/// the checks that arrive together on one event loop with one statement. A mistake there would
+/// the checks that arrive together, on any event loop, with one statement. A mistake there would
 /// hand one session's identity to another request, so every answer is compared with the
 /// session's own, read alone. (On SQLite the loop's own connection answers each check before
 /// the next is asked, so every batch holds one check; on PostgreSQL they pile up behind the
@@ -136,16 +136,21 @@ struct BatchedCheckTests {
         func waiting(count: Int) async throws -> [Int32] {
             var backends: [Int32] = []
             for _ in 0..<1000 where backends.count < count {
-                backends = try await database.read { db in
-                    try Int.fetchAll(db, sql: """
-                        SELECT pid FROM pg_stat_activity
-                        WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%id_hash IN%'
-                        """)
-                }.map { Int32($0) }
+                backends = try await waitingNow()
                 if backends.count < count { try await Task.sleep(for: .milliseconds(10)) }
             }
             try #require(backends.count == count)
             return backends
+        }
+
+        /// Those backends now.
+        func waitingNow() async throws -> [Int32] {
+            try await database.read { db in
+                try Int.fetchAll(db, sql: """
+                    SELECT pid FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%id_hash IN%'
+                    """)
+            }.map { Int32($0) }
         }
 
         func release() async throws {
@@ -156,9 +161,9 @@ struct BatchedCheckTests {
 
     typealias Check = EventLoopFuture<(check: HabilitationCheck, facts: HabilitationService.SessionFacts?)>
 
-    /// One SAS session on PostgreSQL whose loop has ``FactsBatcher/maximumOut`` (4) statements
-    /// out, each sent once the one before had been out for 250 ms, all waiting for the lock of
-    /// ``blocker``: nothing more is sent from that loop until one answers.
+    /// One SAS session on PostgreSQL with ``FactsBatcher/maximumOut`` (4) statements out, each
+    /// sent once the one before had been out for 250 ms, all waiting for the lock of
+    /// ``blocker``: no more statements are sent until one answers.
     struct LoopWithStatementsHeld {
         let world: World
         let token: String
@@ -217,7 +222,7 @@ struct BatchedCheckTests {
     }
 
     /// While PostgreSQL does not answer, checks do not pile up: at most
-    /// ``FactsBatcher/maximumOut`` statements are out per loop, a check waits at most
+    /// ``FactsBatcher/maximumOut`` statements are out, a check waits at most
     /// ``FactsBatcher/queueTimeout`` to be sent, and when a statement fails, the checks then
     /// waiting fail with it (503) instead of being sent one batch after another.
     @Test func checksWaitingForAnUnansweringDatabaseFailInsteadOfPilingUp() async throws {
@@ -257,7 +262,7 @@ struct BatchedCheckTests {
         #expect(answered == 3)
     }
 
-    /// At most 4,096 checks wait per loop while its statements are out: the next one fails at
+    /// At most 4,096 checks wait while the statements are out: the next one fails at
     /// once (503) instead of adding to a queue an outage would let grow without bound. Once the
     /// statements answer, the waiting checks are answered and new checks are taken again.
     @Test func checksBeyondTheCapFailAtOnce() async throws {
@@ -280,5 +285,76 @@ struct BatchedCheckTests {
         // Every waiting check was answered (none waited the 5 s the queue allows).
         #expect(granted == cap + 4)
         #expect(try await habilitation.check(sessionToken: token, on: loop).get().check.decision == .granted)
+    }
+
+    /// Two event loops of their own, for the tests where checks come from several loops.
+    static func twoLoops() -> (MultiThreadedEventLoopGroup, any EventLoop, any EventLoop) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var loops = group.makeIterator()
+        return (group, loops.next()!, loops.next()!)
+    }
+
+    /// The service of `world` with statements that never count as stalled during the test, so
+    /// that what is sent beside a statement out is only what the batching decides.
+    static func patientService(_ world: World) -> HabilitationService {
+        HabilitationService(database: world.database, sessions: world.sessions, cguVersion: "v1", clock: { world.clock.now },
+                            batchStallAfter: .seconds(600))
+    }
+
+    /// Checks made on another loop wait for the statement out like those of its own loop, go
+    /// in the next statement with them, and are answered on the loop they were made on.
+    @Test func checksFromEveryLoopShareTheStatementOut() async throws {
+        guard TestStore.kind == .postgres else { return }
+        let world = try await World()
+        let habilitation = Self.patientService(world)
+        let tokens = [try await world.signIn(origin: .sas), try await world.signIn(origin: nil), "not-a-session"]
+        var expected: [String: Answer] = [:]
+        for token in tokens { expected[token] = Answer(try await habilitation.check(sessionToken: token)) }
+        let (group, first, second) = Self.twoLoops()
+        defer { group.shutdownGracefully { _ in } }
+        let blocker = try await CheckBlocker(world.database)
+        let out = try await first.submit { habilitation.check(sessionToken: tokens[0], on: first) }.get()
+        _ = try await blocker.waiting(count: 1)
+        let fromSecond = try await second.submit { tokens.map { token in (token, habilitation.check(sessionToken: token, on: second)) } }.get()
+        let fromFirst = try await first.submit { tokens.map { token in (token, habilitation.check(sessionToken: token, on: first)) } }.get()
+        // Time for a statement of the second loop's own to reach PostgreSQL, were one sent.
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await blocker.waitingNow().count == 1, "a statement was sent beside the one out")
+        try await blocker.release()
+        #expect(try await out.get().check.decision == .granted)
+        for (loop, checks) in [(second, fromSecond), (first, fromFirst)] {
+            for (token, check) in checks {
+                #expect(check.eventLoop === loop)
+                #expect(Answer(try await check.get().check) == expected[token])
+            }
+        }
+    }
+
+    /// With a statement out, a full statement's worth of distinct sessions waiting goes out
+    /// beside it at once; fewer wait for it.
+    @Test func aFullBatchOfSessionsGoesBesideTheStatementOut() async throws {
+        guard TestStore.kind == .postgres else { return }
+        let world = try await World()
+        let habilitation = Self.patientService(world)
+        let size = HabilitationService.FactsBatchQuery.size
+        var tokens: [String] = []
+        for _ in 0..<size { tokens.append(try await world.signIn(origin: .sas)) }
+        let (group, loop, _) = Self.twoLoops()
+        defer { group.shutdownGracefully { _ in } }
+        let blocker = try await CheckBlocker(world.database)
+        let out = try await loop.submit { habilitation.check(sessionToken: tokens[0], on: loop) }.get()
+        _ = try await blocker.waiting(count: 1)
+        // One session short of a statement's worth (the first twice): they wait.
+        let short = try await loop.submit { tokens.dropLast().map { habilitation.check(sessionToken: $0, on: loop) } }.get()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await blocker.waitingNow().count == 1, "fewer sessions than a statement's worth were sent beside the one out")
+        // One more session: the waiting checks go out together, beside the statement out.
+        let last = try await loop.submit { habilitation.check(sessionToken: tokens[size - 1], on: loop) }.get()
+        _ = try await blocker.waiting(count: 2)
+        try await blocker.release()
+        for check in [out] + short + [last] {
+            let result = try await check.get()
+            #expect(result.check.decision == .granted && result.check.account?.accountID == world.accountID)
+        }
     }
 }
