@@ -17,8 +17,9 @@ import Storage
 /// machine with many cores, are not held to one statement per round trip).
 ///
 /// An outage must not turn the queue into a wait: a failed statement fails every check then
-/// waiting (fail-closed, 503), a check waits at most ``queueTimeout`` to be sent, and at most
-/// ``maximumWaiting`` wait; beyond, a check fails at once.
+/// waiting, on every loop (fail-closed, 503; in a healthy process those are the checks that
+/// arrived during one round trip), a check waits at most ``queueTimeout`` to be sent, and at
+/// most ``maximumWaiting`` wait; beyond, a check fails at once.
 ///
 /// Fresh reads are kept: every check's statement is sent after its request arrived, so it sees
 /// every commit acknowledged before then (a withdrawal applies on the next request). The rows
@@ -54,6 +55,16 @@ final class FactsBatcher: @unchecked Sendable {
     /// The statements out, by number: when each was sent.
     private var out: [UInt64: NIODeadline] = [:]
     private var sent: UInt64 = 0
+    /// Statements sent so far, for tests: the batching's effect, counted without timing.
+    var statementsSent: UInt64 {
+        eventLoop.preconditionInEventLoop()
+        return sent
+    }
+    /// Checks waiting now, for tests.
+    var checksWaiting: Int {
+        eventLoop.preconditionInEventLoop()
+        return waiting.count
+    }
     /// In ``sendWhilePossible()``: a statement answered at once (SQLite) comes back inside it,
     /// and its loop goes on instead of recursing.
     private var sending = false
@@ -84,6 +95,7 @@ final class FactsBatcher: @unchecked Sendable {
         guard out.count < Self.maximumOut else { return false }
         let stallAfter = self.stallAfter
         if !out.values.contains(where: { now - $0 < stallAfter }) { return true }
+        guard waiting.count >= HabilitationService.FactsBatchQuery.size else { return false }
         var sessions: [String] = []
         sessions.reserveCapacity(HabilitationService.FactsBatchQuery.size)
         for check in waiting.prefix(Self.fullBatchLookahead) where !sessions.contains(check.hash) {
@@ -109,7 +121,8 @@ final class FactsBatcher: @unchecked Sendable {
             watchdog?.cancel()
             watchdog = nil
         } else if watchdog == nil {
-            watchdog = eventLoop.scheduleRepeatedTask(initialDelay: Self.stallAfter, delay: Self.stallAfter) { [weak self] _ in
+            let tick = min(stallAfter, Self.stallAfter)
+            watchdog = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [weak self] _ in
                 self?.sendWhilePossible()
             }
         }

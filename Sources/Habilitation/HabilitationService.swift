@@ -33,9 +33,13 @@ public final class HabilitationService: Sendable {
     /// The CGU version in force; an acceptance of another version does not count.
     public let cguVersion: String
     private let clock: @Sendable () -> Date
-    /// The forward-auth checks of every event loop, batched (``FactsBatcher``), on the loop of
-    /// the first check.
-    private let batcher = Mutex<FactsBatcher?>(nil)
+    /// The forward-auth checks, batched (``FactsBatcher``): on PostgreSQL one for every loop,
+    /// on the loop of the first check; on SQLite one per loop (see ``batcher(for:)``).
+    private let batchers = Mutex<Batchers>(Batchers())
+    private struct Batchers {
+        var shared: FactsBatcher?
+        var perLoop: [ObjectIdentifier: FactsBatcher] = [:]
+    }
     /// How long a statement of the batcher is out before another may be sent beside it
     /// (``FactsBatcher/stallAfter``; tests lengthen it to watch the batching).
     let batchStallAfter: TimeAmount
@@ -89,7 +93,7 @@ public final class HabilitationService: Sendable {
     public func check(sessionToken: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(check: HabilitationCheck, facts: SessionFacts?)> {
         guard let sessionToken else { return eventLoop.makeSucceededFuture((Self.noSession, nil)) }
         let hash = SecretToken.hash(sessionToken)
-        let batcher = batcher(firstOn: eventLoop)
+        let batcher = batcher(for: eventLoop)
         let facts = batcher.eventLoop.inEventLoop ? batcher.facts(hash: hash) : batcher.eventLoop.flatSubmit { batcher.facts(hash: hash) }
         return facts.hop(to: eventLoop).map { [self] facts in
             guard let facts else { return (Self.noSession, nil) }
@@ -97,15 +101,22 @@ public final class HabilitationService: Sendable {
         }
     }
 
-    /// The one batcher, created on the loop of the first check. One for every loop, rather
-    /// than one per loop: measured on PostgreSQL, a statement out per loop sent batches of
-    /// 1.6 checks; one out for the process, 2.4 to 3.0, and 26 % more checks a second
-    /// (`docs/performance.md`, *Eighth session*).
-    private func batcher(firstOn eventLoop: any EventLoop) -> FactsBatcher {
-        batcher.withLock { batcher in
-            if let batcher { return batcher }
+    /// The batcher for a check made on `eventLoop`.
+    ///
+    /// On PostgreSQL, one for every loop, created on the loop of the first check: measured, a
+    /// statement out per loop sent batches of 1.6 checks; one out for the process, 2.4 to 3.0,
+    /// and 25 % more checks a second (`docs/performance.md`, *Eighth session*).
+    ///
+    /// On SQLite, one per loop, as before: each loop reads on a connection of its own and the
+    /// answer comes back inside the call (nothing waits, so nothing batches), and one batcher
+    /// for the process would put every loop's reads on one loop's connection, two hops away.
+    func batcher(for eventLoop: any EventLoop) -> FactsBatcher {
+        let shared = database.engine.kind == .postgres
+        return batchers.withLock { batchers in
+            if shared, let batcher = batchers.shared { return batcher }
+            if !shared, let batcher = batchers.perLoop[ObjectIdentifier(eventLoop)] { return batcher }
             let created = FactsBatcher(eventLoop: eventLoop, service: self, stallAfter: batchStallAfter)
-            batcher = created
+            if shared { batchers.shared = created } else { batchers.perLoop[ObjectIdentifier(eventLoop)] = created }
             return created
         }
     }

@@ -301,6 +301,32 @@ struct BatchedCheckTests {
                             batchStallAfter: .seconds(600))
     }
 
+    /// On PostgreSQL, one batcher for the process; on SQLite, one per loop, so that each loop
+    /// reads on its own connection, answered inside the call.
+    @Test func oneBatcherForTheProcessOnPostgreSQLOnePerLoopOnSQLite() async throws {
+        let world = try await World()
+        let habilitation = world.habilitation
+        let (group, first, second) = Self.twoLoops()
+        defer { group.shutdownGracefully { _ in } }
+        let (ofFirst, ofSecond) = (habilitation.batcher(for: first), habilitation.batcher(for: second))
+        #expect(ofFirst === habilitation.batcher(for: first))
+        #expect(ofFirst.eventLoop === first)
+        switch TestStore.kind {
+        case .postgres:
+            #expect(ofSecond === ofFirst)
+        case .sqlite:
+            #expect(ofSecond !== ofFirst)
+            #expect(ofSecond.eventLoop === second)
+        }
+        // Either way, a check made on a loop is answered on it.
+        let token = try await world.signIn(origin: .sas)
+        for loop in [first, second] {
+            let check = try await loop.submit { habilitation.check(sessionToken: token, on: loop) }.get()
+            #expect(check.eventLoop === loop)
+            #expect(try await check.get().check.decision == .granted)
+        }
+    }
+
     /// Checks made on another loop wait for the statement out like those of its own loop, go
     /// in the next statement with them, and are answered on the loop they were made on.
     @Test func checksFromEveryLoopShareTheStatementOut() async throws {
@@ -317,9 +343,15 @@ struct BatchedCheckTests {
         _ = try await blocker.waiting(count: 1)
         let fromSecond = try await second.submit { tokens.map { token in (token, habilitation.check(sessionToken: token, on: second)) } }.get()
         let fromFirst = try await first.submit { tokens.map { token in (token, habilitation.check(sessionToken: token, on: first)) } }.get()
-        // Time for a statement of the second loop's own to reach PostgreSQL, were one sent.
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(try await blocker.waitingNow().count == 1, "a statement was sent beside the one out")
+        // Counted on the batcher's loop, after the second loop's checks reached it (they were
+        // handed to that loop before `fromSecond` returned): still one statement sent, and
+        // every check of both loops waiting for the next.
+        let batcher = habilitation.batcher(for: second)
+        #expect(batcher === habilitation.batcher(for: first))
+        let (sent, waiting) = try await batcher.eventLoop.submit { (batcher.statementsSent, batcher.checksWaiting) }.get()
+        #expect(sent == 1, "a statement was sent beside the one out")
+        #expect(waiting == 2 * tokens.count)
+        #expect(try await blocker.waitingNow().count == 1)
         try await blocker.release()
         #expect(try await out.get().check.decision == .granted)
         for (loop, checks) in [(second, fromSecond), (first, fromFirst)] {
@@ -337,24 +369,33 @@ struct BatchedCheckTests {
         let world = try await World()
         let habilitation = Self.patientService(world)
         let size = HabilitationService.FactsBatchQuery.size
+        // SAS sessions, and a direct one last, so that an answer given to the wrong session
+        // shows.
         var tokens: [String] = []
-        for _ in 0..<size { tokens.append(try await world.signIn(origin: .sas)) }
+        for index in 0..<size { tokens.append(try await world.signIn(origin: index == size - 1 ? nil : .sas)) }
+        var expected: [String: Answer] = [:]
+        for token in tokens { expected[token] = Answer(try await habilitation.check(sessionToken: token)) }
+        #expect(expected[tokens[0]]?.decision == .granted && expected[tokens[size - 1]]?.decision != .granted)
         let (group, loop, _) = Self.twoLoops()
         defer { group.shutdownGracefully { _ in } }
         let blocker = try await CheckBlocker(world.database)
         let out = try await loop.submit { habilitation.check(sessionToken: tokens[0], on: loop) }.get()
         _ = try await blocker.waiting(count: 1)
+        let batcher = habilitation.batcher(for: loop)
         // One session short of a statement's worth (the first twice): they wait.
-        let short = try await loop.submit { tokens.dropLast().map { habilitation.check(sessionToken: $0, on: loop) } }.get()
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(try await blocker.waitingNow().count == 1, "fewer sessions than a statement's worth were sent beside the one out")
+        let short = try await loop.submit { tokens.dropLast().map { (token: $0, check: habilitation.check(sessionToken: $0, on: loop)) } }.get()
+        var counted = try await loop.submit { (batcher.statementsSent, batcher.checksWaiting) }.get()
+        #expect(counted.0 == 1, "fewer sessions than a statement's worth were sent beside the one out")
+        #expect(counted.1 == size - 1)
         // One more session: the waiting checks go out together, beside the statement out.
         let last = try await loop.submit { habilitation.check(sessionToken: tokens[size - 1], on: loop) }.get()
+        counted = try await loop.submit { (batcher.statementsSent, batcher.checksWaiting) }.get()
+        #expect(counted.0 == 2 && counted.1 == 0, "a full statement's worth of sessions waited for the one out")
         _ = try await blocker.waiting(count: 2)
         try await blocker.release()
-        for check in [out] + short + [last] {
-            let result = try await check.get()
-            #expect(result.check.decision == .granted && result.check.account?.accountID == world.accountID)
+        #expect(Answer(try await out.get().check) == expected[tokens[0]])
+        for (token, check) in short + [(tokens[size - 1], last)] {
+            #expect(Answer(try await check.get().check) == expected[token])
         }
     }
 }
