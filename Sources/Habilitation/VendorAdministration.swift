@@ -270,9 +270,11 @@ public final class VendorAdministration: Sendable {
         }
     }
 
-    /// The audit trail, oldest first.
+    /// The audit trail, oldest first. Read between writes: a reader paging with `afterSeq`
+    /// never skips an event committed after its page with a lower `seq` (PostgreSQL writers
+    /// draw `seq` before they commit, in another order).
     public func auditEvents(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil) async throws -> [AuditEvent] {
-        try await database.read { db in try AuditLog().events(accountID: accountID, afterSeq: afterSeq, limit: limit, in: db) }
+        try await database.readBetweenWrites { db in try AuditLog().events(accountID: accountID, afterSeq: afterSeq, limit: limit, in: db) }
     }
 
     private func openSASSessions(_ accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {

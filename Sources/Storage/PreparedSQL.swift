@@ -9,10 +9,13 @@ public protocol PreparedSQL: Sendable {
     static var sql: String { get }
     /// Whether PostgreSQL may run this statement together with the declared write held just
     /// before it, as one statement (`WITH … AS (that write) <this one>`): one round trip
-    /// fewer per transaction. Both then see the database as it was before either, so only a
-    /// statement that reads nothing may say yes: an `INSERT … VALUES` of parameters into a
-    /// table none of whose constraints or triggers reads another table (the audit trail).
-    /// Default: no.
+    /// fewer per transaction. Both then see the database as it was before either, and run in
+    /// an order PostgreSQL does not specify, so only a statement that neither reads nor
+    /// depends on that write may say yes: an `INSERT … VALUES` of parameters into a table
+    /// none of whose constraints or triggers reads another table, and that no write of the
+    /// transaction could make room for (the audit trail). Two such statements are never
+    /// joined to each other: their rows' order (the audit trail's `seq`) must be the order
+    /// they were made in. Default: no.
     static var joinsTheWriteBefore: Bool { get }
 }
 

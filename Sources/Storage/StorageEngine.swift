@@ -48,6 +48,10 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
     case unavailable(String)
     /// Concurrent transactions kept conflicting after every retry; nothing was kept.
     case conflict(String)
+    /// The connection was lost after COMMIT was sent and before the server answered it: the
+    /// transaction may or may not be stored (PostgreSQL only; SQLite commits in process).
+    /// Callers answer 503 and say so, never "nothing was changed".
+    case outcomeUnknown(String)
     /// The configuration (URL, TLS files) is wrong.
     case configuration(String)
     /// The database refused a statement for another reason (a fault of the store's SQL).
@@ -58,6 +62,7 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
         case .constraintViolation(let message): "constraint violation: \(message)"
         case .unavailable(let message): "database unavailable: \(message)"
         case .conflict(let message): "conflicting transactions: \(message)"
+        case .outcomeUnknown(let message): "outcome unknown: \(message)"
         case .configuration(let message): "database configuration: \(message)"
         case .statementFailed(let message): "statement failed: \(message)"
         }
@@ -69,7 +74,7 @@ extension StorageError {
     /// failing over, transactions that kept colliding): answered 503 with `Retry-After`.
     public var isTransient: Bool {
         switch self {
-        case .unavailable, .conflict: true
+        case .unavailable, .conflict, .outcomeUnknown: true
         case .constraintViolation, .configuration, .statementFailed: false
         }
     }
@@ -104,6 +109,13 @@ public protocol StorageEngine: Sendable {
     var kind: StorageKind { get }
     /// A consistent read (a snapshot): every statement of the block sees the same state.
     func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
+    /// A consistent read taken between writes: it waits for the write transactions in flight
+    /// to end and holds new ones back while it runs, so every write is in it or not begun.
+    /// For reads that page by an order writers draw before they commit (the audit trail's
+    /// `seq`): on PostgreSQL, concurrent writers draw `seq` in one order and commit in another,
+    /// and a page read in between would skip, for good, a row committed later with a lower
+    /// `seq`. Holds writes back for its duration: administration reads only, never a hot path.
+    func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
     /// A short indexed read on the per-request hot path; the engine runs it as cheaply as it can.
     func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
     /// A write transaction, all or nothing. The block may run more than once (PostgreSQL

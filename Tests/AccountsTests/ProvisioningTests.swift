@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
 import Habilitation
+import NIOConcurrencyHelpers
 import GRDB
 import Storage
 import StorageTesting
@@ -380,6 +381,36 @@ extension Fixtures {
 
 @Suite("Database access")
 struct DatabaseAccessTests {
+    /// Paging the audit trail never skips an event. On PostgreSQL a write that drew its `seq`
+    /// first may commit after a later one: the administration's read waits for it, so a page
+    /// never ends past a `seq` still in flight. (A plain snapshot here answered the later
+    /// event alone, and a reader paging `after` it would never have seen the first.) On
+    /// SQLite the later write waits for the first, and the page is the same.
+    @Test(.timeLimit(.minutes(5)))
+    func auditPagesNeverSkipAnEventCommittedLate() async throws {
+        let h = try await Harness()
+        let administration = VendorAdministration(database: h.database)
+        @Sendable func event(_ action: String) -> AuditEvent {
+            AuditEvent(at: Date(), surface: "test", action: action, outcome: "ok", actor: AuditActor(subject: "CN=test"), requestID: nil,
+                       identifier: nil, accountID: nil, changes: [], detail: nil)
+        }
+        let drawn = NIOLockedValueBox(false)
+        let slow = Task {
+            try await h.database.write { db in
+                try AuditLog().append(event("first"), in: db)
+                _ = try db.changesCount  // sent: its seq is drawn
+                drawn.withLockedValue { $0 = true }
+                Thread.sleep(forTimeInterval: 1.5)
+            }
+        }
+        while !drawn.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+        try await h.database.write { db in try AuditLog().append(event("second"), in: db) }
+        let page = try await administration.auditEvents(afterSeq: 0)
+        #expect(page.map(\.action) == ["first", "second"])
+        #expect(page.compactMap(\.seq) == page.compactMap(\.seq).sorted() && page.allSatisfy { $0.seq != nil })
+        try await slow.value
+    }
+
     /// More concurrent reads than reader connections, each slow enough to overlap: the gate
     /// queues the excess without blocking, and every read completes. (The limit catches a
     /// hang only: alone the test takes a second, in the full parallel suite up to a minute.

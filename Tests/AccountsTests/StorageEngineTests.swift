@@ -295,23 +295,8 @@ struct PostgresEngineTests {
             Issue.record("not PostgreSQL")
             return
         }
-        let relay = Process()
-        relay.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        relay.arguments = ["-c", Self.relay, location.host, String(location.port)]
-        let output = Pipe()
-        relay.standardOutput = output
-        // Not the test's own output: a relay left behind must not hold the runner's pipe.
-        relay.standardError = FileHandle.nullDevice
-        try relay.run()
-        defer {
-            // Signalled directly: Foundation's terminate() skipped a relay it wrongly believed
-            // ended, and left it running after the test.
-            kill(relay.processIdentifier, SIGKILL)
-            var status: Int32 = 0
-            _ = waitpid(relay.processIdentifier, &status, 0)
-        }
-        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        location.port = try #require(Int(line), "relay port: \(line)")
+        let relay = try Self.startRelay(to: &location)
+        defer { Self.stop(relay) }
         let engine = try PostgresEngine(location: location, poolSize: 1, statementDeadline: .seconds(2), logger: Self.logger)
         #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT 1") } == 1)
 
@@ -338,6 +323,97 @@ struct PostgresEngineTests {
         }
         #expect(answered == 2)
         await engine.close()
+    }
+
+    /// A COMMIT sent and never answered (the server or the network froze just then): the
+    /// transaction may or may not be stored, and the engine says exactly that
+    /// (`outcomeUnknown`, which the FHIR surface answers as such), not "unavailable", whose
+    /// callers answer "nothing was changed". The write is not retried. A statement left
+    /// unanswered before COMMIT is still "unavailable".
+    @Test(.timeLimit(.minutes(5)))
+    func aCommitLeftUnansweredIsAnUnknownOutcomeNotAFailure() async throws {
+        guard let empty = try await Self.emptyEngine("commit-unknown") else { return }
+        var location = empty.location
+        try await empty.write { db in try db.execute(sql: "CREATE TABLE unknown_rows (x BIGINT)") }
+        await empty.close()
+        let relay = try Self.startRelay(to: &location)
+        defer { Self.stop(relay) }
+        let engine = try PostgresEngine(location: location, poolSize: 1, statementDeadline: .seconds(2), logger: Self.logger)
+        let attempts = NIOLockedValueBox(0)
+        let pid = relay.processIdentifier
+        do {
+            try await engine.write { db in
+                attempts.withLockedValue { $0 += 1 }
+                try db.execute(sql: "INSERT INTO unknown_rows VALUES (1)")
+                // Sends the INSERT: what is held back here is COMMIT alone.
+                _ = try db.changesCount
+                kill(pid, SIGSTOP)
+            }
+            Issue.record("answered through a frozen relay")
+        } catch StorageError.outcomeUnknown {
+        } catch {
+            Issue.record("\(error)")
+        }
+        #expect(attempts.withLockedValue { $0 } == 1, "not retried")
+        kill(pid, SIGCONT)
+        var answered: Int?
+        for _ in 0..<20 where answered == nil {
+            answered = try? await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM unknown_rows") }
+            if answered == nil { try await Task.sleep(for: .milliseconds(250)) }
+        }
+        #expect(answered == 0 || answered == 1, "either outcome, and the engine serves again")
+        await engine.close()
+    }
+
+    /// A statement error that may have poisoned the connection closes it; the pool must not
+    /// lend it again while it closes (a TLS close waits for the server's answer), or the next
+    /// request fails at once as "unavailable". On one connection, a failed statement on the
+    /// forward-auth path (a read answered on the loop) and in a transaction, each followed at
+    /// once by a good one, five times.
+    @Test func aConnectionClosedAfterAFailedStatementIsNotLentWhileItCloses() async throws {
+        guard let engine = try await Self.emptyEngine("closing") else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        for round in 0..<5 {
+            await #expect(throws: (any Error).self) { _ = try await engine.loopRead(Division.self, arguments: [.integer(0)], on: loop).get() }
+            let rows = try await engine.loopRead(Division.self, arguments: [.integer(2)], on: loop).get()
+            #expect(rows.first?.values.first == .integer(3), "round \(round)")
+            await #expect(throws: (any Error).self) { try await engine.write { db in _ = try db.fetchAll(Division.self, arguments: [0]) } }
+            #expect(try await engine.write { db in try db.fetchAll(Division.self, arguments: [3]).first?.values.first } == .integer(2), "round \(round)")
+        }
+        await engine.close()
+    }
+
+    enum Division: PreparedSQL {
+        static let sql = "SELECT 6 / CAST(? AS BIGINT) AS quotient"
+    }
+
+    /// A relay (python, `relay` below) from a free loopback port to `location`'s server;
+    /// `location` is changed to go through it. Freeze it with SIGSTOP.
+    static func startRelay(to location: inout PostgresLocation) throws -> Process {
+        let relay = Process()
+        relay.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        relay.arguments = ["-c", Self.relay, location.host, String(location.port)]
+        let output = Pipe()
+        relay.standardOutput = output
+        // Not the test's own output: a relay left behind must not hold the runner's pipe.
+        relay.standardError = FileHandle.nullDevice
+        try relay.run()
+        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let port = Int(line) else {
+            stop(relay)
+            throw StorageError.configuration("relay port: \(line)")
+        }
+        location.port = port
+        return relay
+    }
+
+    /// Signalled directly: Foundation's terminate() skipped a relay it wrongly believed ended,
+    /// and left it running after the test.
+    static func stop(_ relay: Process) {
+        kill(relay.processIdentifier, SIGCONT)
+        kill(relay.processIdentifier, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(relay.processIdentifier, &status, 0)
     }
 
     /// Requests that wait for a busy pool longer than the probe interval are probed for
@@ -517,6 +593,18 @@ struct PostgresEngineTests {
             return try String.fetchOne(db, sql: "SELECT name FROM joined_account WHERE id = 2")
         }
         #expect(name == "abc", "each UPDATE saw the one before")
+
+        // Two appends after a write: the first joins the write, the second goes alone after
+        // it. Joined to each other, PostgreSQL gave the second the lower `seq`.
+        try await engine.write { db in
+            try db.execute(JoinedRename.self, arguments: ["ordre", 2])
+            try db.execute(JoinedNote.self, arguments: ["first", 2])
+            try db.execute(JoinedNote.self, arguments: ["second", 2])
+            try db.execute(JoinedNote.self, arguments: ["third", 2])
+        }
+        #expect(try await engine.read { db in
+            try String.fetchAll(db, sql: "SELECT note FROM joined_audit WHERE account = 2 ORDER BY seq")
+        } == ["first", "second", "third"], "appends keep their order")
         await engine.close()
     }
 

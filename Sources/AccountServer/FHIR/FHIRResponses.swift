@@ -113,7 +113,11 @@ struct FHIRErrorMiddleware: RouterMiddleware {
             response = FHIRResponses.outcome(FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes."))
         } catch let error as StorageError where error.isTransient {
             context.logger.error("database unavailable on the FHIR endpoint", metadata: ["error": "\(error)"])
-            response = FHIRResponses.outcome(.databaseUnavailable)
+            if case .outcomeUnknown = error {
+                response = FHIRResponses.outcome(.databaseOutcomeUnknown)
+            } else {
+                response = FHIRResponses.outcome(.databaseUnavailable)
+            }
         } catch {
             context.logger.error("unexpected error on the FHIR endpoint", metadata: ["error": "\(error)"])
             response = FHIRResponses.outcome(FHIRError(.internalError, code: .exception, "Internal error (request \(context.requestID)); nothing was changed."))

@@ -126,3 +126,10 @@ extension FHIRError {
     public static let databaseUnavailable = FHIRError(.serviceUnavailable, code: .transient,
                                                       "The service cannot reach its database right now; nothing was changed. Send the same request again in a moment.")
 }
+
+extension FHIRError {
+    /// The database connection was lost while the change was being committed: it may or may
+    /// not be stored. Saying "nothing was changed" here could be false.
+    public static let databaseOutcomeUnknown = FHIRError(.serviceUnavailable, code: .transient,
+                                                         "The connection to the database was lost while the change was being committed: it may or may not have been stored. Read the resource back (GET Practitioner?identifier=…) before sending the change again; a PUT may simply be sent again.")
+}

@@ -106,6 +106,9 @@ public final class Provisioner: Sendable {
                 }
             } catch let error as FHIRError {
                 throw error
+            } catch StorageError.outcomeUnknown(let message) {
+                logger.error("provisioning outcome unknown: the database connection was lost at COMMIT", metadata: ["error": "\(message)"])
+                throw .databaseOutcomeUnknown
             } catch let error as StorageError where error.isTransient {
                 logger.error("provisioning failed: database unavailable", metadata: ["error": "\(error)"])
                 throw .databaseUnavailable

@@ -87,6 +87,11 @@ public final class AccountDatabase: Sendable {
         try await engine.read(block)
     }
 
+    /// See ``StorageEngine/readBetweenWrites(_:)``: for paging the audit trail.
+    public func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await engine.readBetweenWrites(block)
+    }
+
     /// A short indexed read on the per-request hot path.
     public func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         try await engine.pointRead(block)

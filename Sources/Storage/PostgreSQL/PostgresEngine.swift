@@ -125,6 +125,20 @@ public final class PostgresEngine: StorageEngine {
         }
     }
 
+    /// The write lock taken exclusively for the transaction, after BEGIN: every write holds
+    /// it (shared, or exclusive for a retry) from its first statement to its end, so this
+    /// waits for the writes in flight and holds new ones back until COMMIT. READ COMMITTED:
+    /// each statement's snapshot is taken when it starts, after the lock (a REPEATABLE READ
+    /// snapshot would date from before the wait), and no write commits meanwhile, so every
+    /// statement sees the same state.
+    public func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        do {
+            return try await transaction(begin: TransactionSQL.BeginBetweenWrites.sql, writeLock: .exclusiveForTransaction, block)
+        } catch let error as PostgresRetry {
+            throw StorageError.conflict(error.message)
+        }
+    }
+
     /// The hot path's reads are single statements: no BEGIN/COMMIT around them.
     public func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         do {
@@ -159,7 +173,12 @@ public final class PostgresEngine: StorageEngine {
     }
 
     enum WriteLock {
-        case shared, exclusive
+        /// A write's first attempt: for the transaction, after BEGIN.
+        case shared
+        /// A write's retry: for the session, before BEGIN (see ``PostgresTransaction/begin(_:lock:)``).
+        case exclusive
+        /// ``readBetweenWrites(_:)``: for the transaction, after BEGIN.
+        case exclusiveForTransaction
     }
 
     func transaction<T: Sendable>(begin: String?, writeLock: WriteLock? = nil,
@@ -201,15 +220,16 @@ public final class PostgresEngine: StorageEngine {
         }
     }
 
-    /// Returns once `connection` has closed, or after 5 s (a TLS close waits for the peer's
-    /// answer, and a vanished server never gives it).
+    /// Returns once `connection` has closed, or after 10 s (a TLS close waits for the peer's
+    /// answer, and a vanished server never gives it; NIOSSL gives up after 5 s and closes the
+    /// socket, so a connection handed back after this wait is closed, never closing).
     static func closed(_ connection: PostgresConnection) async {
         let promise = connection.eventLoop.makePromise(of: Void.self)
         let done = NIOLockedValueBox(false)
         let finish: @Sendable () -> Void = {
             if done.withLockedValue({ done in defer { done = true }; return !done }) { promise.succeed(()) }
         }
-        let timer = connection.eventLoop.scheduleTask(in: .seconds(5)) { finish() }
+        let timer = connection.eventLoop.scheduleTask(in: .seconds(10)) { finish() }
         connection.closeFuture.whenComplete { _ in
             timer.cancel()
             finish()
@@ -281,7 +301,15 @@ public final class PostgresEngine: StorageEngine {
                 return try await self.withConnection(on: eventLoop) { connection in
                     let deadline = call.armDeadline(closing: connection)
                     defer { deadline.cancel() }
-                    return try await run(connection, statement)
+                    let closing = NIOLockedValueBox(false)
+                    do {
+                        return try await ConnectionClosing.$marker.withValue(closing) { try await run(connection, statement) }
+                    } catch {
+                        // Closed after its statement failed (see ConnectionClosing): the pool has
+                        // it back once closed, or it would lend a connection that is closing.
+                        if closing.withLockedValue({ $0 }) { await Self.closed(connection) }
+                        throw error
+                    }
                 }
             } catch {
                 throw Self.storageError(error)
@@ -461,7 +489,13 @@ public final class PostgresEngine: StorageEngine {
         } catch is ConnectionClosedBeforeUse {
             throw StorageError.unavailable("the database connection was closed")
         } catch {
-            throw Self.storageError(error)
+            // Migrations are not retried here (the next start applies what is left): a
+            // collision is reported in the stores' terms, not as the engine's retry signal.
+            switch Self.storageError(error) {
+            case let retry as PostgresRetry where retry.uniqueViolation: throw StorageError.constraintViolation(retry.message)
+            case let retry as PostgresRetry: throw StorageError.conflict(retry.message)
+            case let other: throw other
+            }
         }
     }
 
@@ -611,6 +645,20 @@ struct PreparedForm: Sendable {
     }
 }
 
+/// Closes started while a connection is in use (a statement that may have poisoned it, an
+/// unlock that failed) mark the use that started them (a task-local box): the user then
+/// waits for the close before the pool has the connection back. A TLS close waits for the
+/// server's answer, and meanwhile the connection is not yet `isClosed`: handed back at once,
+/// the pool would lend it to the next transaction, whose statements would fail at once.
+enum ConnectionClosing {
+    @TaskLocal static var marker: NIOLockedValueBox<Bool>?
+
+    static func close(_ connection: PostgresConnection) {
+        marker?.withLockedValue { $0 = true }
+        connection.close().whenComplete { _ in }
+    }
+}
+
 /// The server answered COMMIT with ROLLBACK: a statement of the transaction had failed.
 struct AbortedTransaction: Error, CustomStringConvertible {
     var description: String { "the transaction was rolled back: one of its statements had failed" }
@@ -717,7 +765,9 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             return try executors.run(on: connection.eventLoop, deadline: deadline) { call in
                 let timer = StatementTimer { call.armDeadline(closing: connection) }
                 defer { timer.cancel() }
-                return try await StatementTimer.$current.withValue(timer) {
+                // A close started by a statement of this call (a poisoned statement, a failed
+                // unlock) marks the connection abandoned: the pool has it back once closed.
+                return try await ConnectionClosing.$marker.withValue(abandoned) { try await StatementTimer.$current.withValue(timer) {
                     do {
                         let first = (opening.map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + held
                         try await Self.send(first, on: connection, logger: logger, failure: failure)
@@ -732,7 +782,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                         if Self.closeIfPoisoned(connection, after: error) { abandoned.withLockedValue { $0 = true } }
                         throw error
                     }
-                }
+                } }
             }.wait()
         } catch let error as StorageError {
             abandoned.withLockedValue { $0 = true }
@@ -821,9 +871,13 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             if lock == .exclusive, Self.isServerError(error) { await Self.unlock(on: connection, logger: logger) }
             throw error
         }
-        if lock == .shared {
+        if lock == .shared || lock == .exclusiveForTransaction {
             do {
-                _ = try await Self.rows(PreparedRows<WriteLockSQL.LockSharedForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
+                if lock == .shared {
+                    _ = try await Self.rows(PreparedRows<WriteLockSQL.LockSharedForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
+                } else {
+                    _ = try await Self.rows(PreparedRows<WriteLockSQL.LockForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
+                }
             } catch {
                 if Self.isServerError(error), !Self.isPoisonous(error), !connection.isClosed {
                     try? await TransactionSQL.run(TransactionSQL.Rollback.sql, on: connection, logger: logger)
@@ -833,35 +887,69 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         }
     }
 
-    /// The held-back statements, COMMIT, then the exclusive lock given back, in one
-    /// hand-off. A failed statement or COMMIT (a serialization failure is reported there too)
-    /// leaves nothing behind: the transaction is rolled back, the lock given back, and the
-    /// error thrown for the engine to retry. So does a statement that failed earlier, even if
-    /// the block caught its error.
+    /// The held-back statements and COMMIT, in one hand-off, then (a retry) the exclusive lock
+    /// given back in another. A failed statement or COMMIT (a serialization failure is
+    /// reported there too) leaves nothing behind: the transaction is rolled back, the lock
+    /// given back, and the error thrown for the engine to retry. So does a statement that
+    /// failed earlier, even if the block caught its error.
+    ///
+    /// Once the server has answered COMMIT the transaction is stored, and nothing after it
+    /// may report it failed: the unlock has a hand-off of its own, and if it fails the
+    /// connection is closed (the server drops a closed session's locks). When the answer to
+    /// COMMIT never comes (the connection lost, the deadline) the outcome is unknown, and
+    /// said so (``StorageError/outcomeUnknown(_:)``), never "nothing was kept".
     func commit(unlock lock: PostgresEngine.WriteLock?) throws {
         let failure = self.failure, beginFailed = self.beginFailed
         let held = (takeOpening().map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + takeHeld()
-        try onLoop(sendingHeld: false, evenAfterFailure: true) { connection, logger in
-            do {
-                // After a failure (the block caught its error), nothing held is sent.
-                if let earlier = failure.withLockedValue({ $0 }) { throw earlier }
-                try await Self.send(held, on: connection, logger: logger, failure: failure)
-                if !held.isEmpty { StatementTimer.current?.rearm() }
-                let result = try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger).get()
-                // The server answers the COMMIT of a transaction in which a statement failed
-                // with ROLLBACK, not with an error.
-                guard result.metadata.command == "COMMIT" else { throw AbortedTransaction() }
-            } catch {
-                // Only the server refused: on a lost connection the server ends both itself,
-                // and a failed BEGIN cleaned up after itself.
-                guard Self.isServerError(error) || error is AbortedTransaction, !connection.isClosed,
-                      !beginFailed.withLockedValue({ $0 }) else { throw error }
-                try? await TransactionSQL.run(TransactionSQL.Rollback.sql, on: connection, logger: logger)
-                if lock == .exclusive { await Self.unlock(on: connection, logger: logger) }
-                throw error
+        let commitSent = NIOLockedValueBox(false), committed = NIOLockedValueBox(false)
+        do {
+            try onLoop(sendingHeld: false, evenAfterFailure: true) { connection, logger in
+                do {
+                    // After a failure (the block caught its error), nothing held is sent.
+                    if let earlier = failure.withLockedValue({ $0 }) { throw earlier }
+                    try await Self.send(held, on: connection, logger: logger, failure: failure)
+                    if !held.isEmpty { StatementTimer.current?.rearm() }
+                    commitSent.withLockedValue { $0 = true }
+                    let result = try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger).get()
+                    // The server answers the COMMIT of a transaction in which a statement failed
+                    // with ROLLBACK, not with an error.
+                    guard result.metadata.command == "COMMIT" else { throw AbortedTransaction() }
+                    committed.withLockedValue { $0 = true }
+                } catch {
+                    // Only the server refused: on a lost connection the server ends both itself,
+                    // and a failed BEGIN cleaned up after itself.
+                    guard Self.isServerError(error) || error is AbortedTransaction, !connection.isClosed,
+                          !beginFailed.withLockedValue({ $0 }) else { throw error }
+                    try? await TransactionSQL.run(TransactionSQL.Rollback.sql, on: connection, logger: logger)
+                    if lock == .exclusive { await Self.unlock(on: connection, logger: logger) }
+                    throw error
+                }
             }
-            if lock == .exclusive { await Self.unlock(on: connection, logger: logger) }
+        } catch where committed.withLockedValue({ $0 }) {
+            // The answer arrived as the deadline fired: stored. The deadline closed the
+            // connection, and with it the session's lock.
+            return
+        } catch where commitSent.withLockedValue({ $0 }) && !(Self.isServerError(error) || error is AbortedTransaction) {
+            abandoned.withLockedValue { $0 = true }
+            connection.close().whenComplete { _ in }
+            throw StorageError.outcomeUnknown("the connection to the database was lost before it answered COMMIT (\(Self.reason(error)))")
         }
+        guard lock == .exclusive else { return }
+        do {
+            try onLoop(sendingHeld: false, evenAfterFailure: true) { connection, logger in
+                await Self.unlock(on: connection, logger: logger)
+            }
+        } catch {
+            // Stored all the same; a connection that may still hold the lock never serves again.
+            abandoned.withLockedValue { $0 = true }
+            connection.close().whenComplete { _ in }
+        }
+    }
+
+    /// What a lost connection's error says, for the log (no values of the data in it).
+    static func reason(_ error: any Error) -> String {
+        if let error = error as? PSQLError { return "\(error.code)" }
+        return "\(error)"
     }
 
     /// ROLLBACK and the exclusive lock given back, after the block failed; never throws (the
@@ -895,7 +983,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         do {
             _ = try await rows(PreparedRows<WriteLockSQL.Unlock>(bindings: PostgresBindings()), on: connection, logger: logger)
         } catch {
-            connection.close().whenComplete { _ in }
+            ConnectionClosing.close(connection)
         }
     }
 
@@ -935,7 +1023,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     func executePrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws {
         let form = PreparedForm.of(S.self)
         guard form.countable else { return try execute(sql: S.sql, arguments: arguments) }
-        if S.joinsTheWriteBefore, form.isInsert, let before = joinable {
+        if S.joinsTheWriteBefore, form.isInsert, let before = joinable, !before.joinsTheWriteBefore {
             // One statement instead of two: an INSERT that reads nothing does not care that
             // it cannot see the write before it. Its count of rows is the INSERT's, as it
             // would be sent alone after that write.
@@ -971,7 +1059,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     @discardableResult
     static func closeIfPoisoned(_ connection: PostgresConnection, after error: any Error) -> Bool {
         guard isPoisonous(error) else { return false }
-        connection.close().whenComplete { _ in }
+        ConnectionClosing.close(connection)
         return true
     }
 
@@ -1128,12 +1216,17 @@ final class StatementTimer: Sendable {
 
 /// A declared write held back, which a statement that joins the write before it can go with.
 protocol JoinableWrite {
+    /// Whether the held write is itself a joining statement. Two of them are never joined:
+    /// PostgreSQL runs a statement's parts in an order it does not specify, and two appends
+    /// to the audit trail must take their `seq` in the order they were made.
+    var joinsTheWriteBefore: Bool { get }
     /// The write and `statement` as one prepared statement, answering `statement`'s count.
     func joined<B: PreparedSQL>(by statement: B.Type, arguments: SQLArguments) throws -> @Sendable (PostgresConnection, Logger) async throws -> Int
 }
 
 struct HeldWrite<A: PreparedSQL>: JoinableWrite {
     let arguments: SQLArguments
+    var joinsTheWriteBefore: Bool { A.joinsTheWriteBefore }
 
     func joined<B: PreparedSQL>(by statement: B.Type, arguments more: SQLArguments) throws -> @Sendable (PostgresConnection, Logger) async throws -> Int {
         let form = JoinedForm.of(A.self, B.self)
@@ -1188,6 +1281,7 @@ struct PreparedLockedRows<S: PreparedSQL>: DeclaredStatement {
 enum TransactionSQL {
     enum BeginSerializable: PreparedSQL { static let sql = "BEGIN ISOLATION LEVEL SERIALIZABLE" }
     enum BeginReadOnly: PreparedSQL { static let sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" }
+    enum BeginBetweenWrites: PreparedSQL { static let sql = "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY" }
     enum Rollback: PreparedSQL { static let sql = "ROLLBACK" }
 
     /// `sql`, prepared if it is one of the above (an error that may have left its preparation
@@ -1197,6 +1291,7 @@ enum TransactionSQL {
         switch sql {
         case BeginSerializable.sql: _ = try await PostgresTransaction.rows(PreparedRows<BeginSerializable>(bindings: none), on: connection, logger: logger)
         case BeginReadOnly.sql: _ = try await PostgresTransaction.rows(PreparedRows<BeginReadOnly>(bindings: none), on: connection, logger: logger)
+        case BeginBetweenWrites.sql: _ = try await PostgresTransaction.rows(PreparedRows<BeginBetweenWrites>(bindings: none), on: connection, logger: logger)
         case Rollback.sql: _ = try await PostgresTransaction.rows(PreparedRows<Rollback>(bindings: none), on: connection, logger: logger)
         default: try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
         }
@@ -1207,5 +1302,6 @@ enum TransactionSQL {
 enum WriteLockSQL {
     enum LockSharedForTransaction: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_xact_lock_shared(\(PostgresEngine.writeLock))" }
     enum Lock: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_lock(\(PostgresEngine.writeLock))" }
+    enum LockForTransaction: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_xact_lock(\(PostgresEngine.writeLock))" }
     enum Unlock: PreparedSQL { static let sql = "SELECT 1 WHERE pg_advisory_unlock(\(PostgresEngine.writeLock))" }
 }
