@@ -270,11 +270,15 @@ public final class VendorAdministration: Sendable {
         }
     }
 
-    /// The audit trail, oldest first. Read between writes: a reader paging with `afterSeq`
-    /// never skips an event committed after its page with a lower `seq` (PostgreSQL writers
-    /// draw `seq` before they commit, in another order).
+    /// The audit trail, oldest first, up to a horizon read between writes: a reader paging
+    /// with `afterSeq` never skips an event committed after its page with a lower `seq`
+    /// (PostgreSQL writers draw `seq` before they commit, in another order). Writes wait only
+    /// for the horizon's one statement, not for the page.
     public func auditEvents(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil) async throws -> [AuditEvent] {
-        try await database.readBetweenWrites { db in try AuditLog().events(accountID: accountID, afterSeq: afterSeq, limit: limit, in: db) }
+        let horizon = try await database.readBetweenWrites { db in try AuditLog().horizon(in: db) }
+        return try await database.read { db in
+            try AuditLog().events(accountID: accountID, afterSeq: afterSeq, upToSeq: horizon, limit: limit, in: db)
+        }
     }
 
     private func openSASSessions(_ accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {

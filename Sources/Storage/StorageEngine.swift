@@ -111,10 +111,12 @@ public protocol StorageEngine: Sendable {
     func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
     /// A consistent read taken between writes: it waits for the write transactions in flight
     /// to end and holds new ones back while it runs, so every write is in it or not begun.
-    /// For reads that page by an order writers draw before they commit (the audit trail's
-    /// `seq`): on PostgreSQL, concurrent writers draw `seq` in one order and commit in another,
-    /// and a page read in between would skip, for good, a row committed later with a lower
-    /// `seq`. Holds writes back for its duration: administration reads only, never a hot path.
+    /// For the horizon of a read that pages by an order writers draw before they commit (the
+    /// audit trail's `seq`): on PostgreSQL, concurrent writers draw `seq` in one order and
+    /// commit in another, and a page read in between could skip, for good, a row committed
+    /// later with a lower `seq`. Holds every write back while it runs: one short indexed
+    /// statement (the largest `seq`), then the page itself with ``read(_:)`` up to it. Gives
+    /// up as unavailable after waiting 2 s for the writes in flight.
     func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T
     /// A short indexed read on the per-request hot path; the engine runs it as cheaply as it can.
     func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T

@@ -394,17 +394,22 @@ struct DatabaseAccessTests {
             AuditEvent(at: Date(), surface: "test", action: action, outcome: "ok", actor: AuditActor(subject: "CN=test"), requestID: nil,
                        identifier: nil, accountID: nil, changes: [], detail: nil)
         }
-        let drawn = NIOLockedValueBox(false)
+        let drawn = NIOLockedValueBox(false), slept = NIOLockedValueBox(false)
         let slow = Task {
             try await h.database.write { db in
                 try AuditLog().append(event("first"), in: db)
                 _ = try db.changesCount  // sent: its seq is drawn
                 drawn.withLockedValue { $0 = true }
-                Thread.sleep(forTimeInterval: 1.5)
+                // Under the 2 s an audit read waits for the writes in flight.
+                Thread.sleep(forTimeInterval: 1.2)
+                slept.withLockedValue { $0 = true }
             }
         }
         while !drawn.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
         try await h.database.write { db in try AuditLog().append(event("second"), in: db) }
+        if h.database.kind == .postgres {
+            #expect(!slept.withLockedValue { $0 }, "the second write committed while the first was in flight")
+        }
         let page = try await administration.auditEvents(afterSeq: 0)
         #expect(page.map(\.action) == ["first", "second"])
         #expect(page.compactMap(\.seq) == page.compactMap(\.seq).sorted() && page.allSatisfy { $0.seq != nil })

@@ -338,7 +338,7 @@ struct PostgresEngineTests {
         await empty.close()
         let relay = try Self.startRelay(to: &location)
         defer { Self.stop(relay) }
-        let engine = try PostgresEngine(location: location, poolSize: 1, statementDeadline: .seconds(2), logger: Self.logger)
+        let engine = try PostgresEngine(location: location, poolSize: 1, statementDeadline: .seconds(5), logger: Self.logger)
         let attempts = NIOLockedValueBox(0)
         let pid = relay.processIdentifier
         do {
@@ -362,6 +362,53 @@ struct PostgresEngineTests {
             if answered == nil { try await Task.sleep(for: .milliseconds(250)) }
         }
         #expect(answered == 0 || answered == 1, "either outcome, and the engine serves again")
+
+        // A read's COMMIT left unanswered changed nothing: unavailable, not unknown.
+        do {
+            _ = try await engine.read { db in
+                let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM unknown_rows")
+                kill(pid, SIGSTOP)
+                return count
+            }
+            Issue.record("answered through a frozen relay")
+        } catch StorageError.unavailable {
+        } catch {
+            Issue.record("\(error)")
+        }
+        kill(pid, SIGCONT)
+        await engine.close()
+    }
+
+    /// A read between writes waits for the writes in flight, but not for long: writes queue
+    /// behind its request, so after 2 s it gives up as unavailable, and the write goes on.
+    @Test func aReadBetweenWritesGivesUpAfterTwoSeconds() async throws {
+        guard let empty = try await Self.emptyEngine("between") else { return }
+        let location = empty.location
+        await empty.close()
+        let engine = try PostgresEngine(location: location, poolSize: 3, logger: Self.logger)
+        try await engine.write { db in try db.execute(sql: "CREATE TABLE between_rows (x BIGINT)") }
+        let writing = NIOLockedValueBox(false)
+        let writer = Task {
+            try await engine.write { db in
+                try db.execute(sql: "INSERT INTO between_rows VALUES (1)")
+                _ = try db.changesCount
+                writing.withLockedValue { $0 = true }
+                Thread.sleep(forTimeInterval: 5)
+            }
+        }
+        while !writing.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+        let started = ContinuousClock.now
+        do {
+            _ = try await engine.readBetweenWrites { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM between_rows") }
+            Issue.record("read while a write was in flight")
+        } catch StorageError.unavailable {
+        } catch {
+            Issue.record("\(error)")
+        }
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .milliseconds(1900) && waited < .seconds(4.5), "\(waited)")
+        try await writer.value
+        #expect(try await engine.readBetweenWrites { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM between_rows") } == 1)
         await engine.close()
     }
 

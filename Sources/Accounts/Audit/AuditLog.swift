@@ -154,10 +154,15 @@ public struct AuditLog: Sendable {
                                                 event.actorAddress, event.requestId, event.identifier, event.accountId, event.changes, event.detail])
     }
 
-    /// Events in order, optionally for one account and/or after a sequence number.
-    public func events(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil, in db: any SQLTransaction) throws -> [AuditEvent] {
+    /// Events in order, optionally for one account, after a sequence number and up to one.
+    public func events(accountID: String? = nil, afterSeq: Int64 = 0, upToSeq: Int64? = nil, limit: Int? = nil,
+                       in db: any SQLTransaction) throws -> [AuditEvent] {
         var sql = "SELECT * FROM audit_event WHERE seq > ?"
         var arguments: SQLArguments = [afterSeq]
+        if let upToSeq {
+            sql += " AND seq <= ?"
+            arguments += [upToSeq]
+        }
         if let accountID {
             sql += " AND account_id = ?"
             arguments += [accountID]
@@ -168,6 +173,16 @@ public struct AuditLog: Sendable {
             arguments += [limit]
         }
         return try AuditEvent.fetchAll(db, sql: sql, arguments: arguments)
+    }
+
+    /// The largest `seq` so far (0 for an empty trail): read between writes, every event up to
+    /// it is committed (or was rolled back), so a page that stops there never skips one.
+    public func horizon(in db: any SQLTransaction) throws -> Int64 {
+        try Int64.fetchOne(db, Horizon.self) ?? 0
+    }
+
+    enum Horizon: PreparedSQL {
+        static let sql = "SELECT COALESCE(MAX(seq), 0) FROM audit_event"
     }
 
     /// RFC 3339 UTC with milliseconds, the one timestamp format of the product's outputs.

@@ -130,7 +130,8 @@ public final class PostgresEngine: StorageEngine {
     /// waits for the writes in flight and holds new ones back until COMMIT. READ COMMITTED:
     /// each statement's snapshot is taken when it starts, after the lock (a REPEATABLE READ
     /// snapshot would date from before the wait), and no write commits meanwhile, so every
-    /// statement sees the same state.
+    /// statement sees the same state. The wait is bounded (`lock_timeout`, 2 s): while this
+    /// waits, new writes queue behind it.
     public func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         do {
             return try await transaction(begin: TransactionSQL.BeginBetweenWrites.sql, writeLock: .exclusiveForTransaction, block)
@@ -599,6 +600,9 @@ public final class PostgresEngine: StorageEngine {
             return StorageError.statementFailed("SQLSTATE 42501: \(message) (run `account-server migrate --grant-to` after each upgrade)")
         case _ where state.hasPrefix("08"), _ where state.hasPrefix("53"), _ where state.hasPrefix("57"), "25006":
             return StorageError.unavailable(message)
+        case "55P03":
+            // lock_timeout: a read between writes waited too long for the writes in flight.
+            return StorageError.unavailable("the writes in flight did not end within the lock timeout (\(message))")
         default:
             // The message only: the detail may quote the values of a row.
             return StorageError.statementFailed("SQLSTATE \(state): \(message)")
@@ -876,6 +880,8 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                 if lock == .shared {
                     _ = try await Self.rows(PreparedRows<WriteLockSQL.LockSharedForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
                 } else {
+                    _ = try await Self.rows(PreparedRows<WriteLockSQL.BoundLockWait>(bindings: PostgresBindings()), on: connection, logger: logger)
+                    StatementTimer.current?.rearm()
                     _ = try await Self.rows(PreparedRows<WriteLockSQL.LockForTransaction>(bindings: PostgresBindings()), on: connection, logger: logger)
                 }
             } catch {
@@ -901,7 +907,11 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     func commit(unlock lock: PostgresEngine.WriteLock?) throws {
         let failure = self.failure, beginFailed = self.beginFailed
         let held = (takeOpening().map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + takeHeld()
-        let commitSent = NIOLockedValueBox(false), committed = NIOLockedValueBox(false)
+        // COMMIT went out and no answer came back (not even an error): only then is the outcome
+        // unknown. (Should the deadline fire just as the last held statement answers, COMMIT
+        // may be refused by postgres-nio on the closing connection and still count as sent:
+        // "unknown" is then said of a transaction that was not stored, never the reverse.)
+        let commitSent = NIOLockedValueBox(false), commitAnswered = NIOLockedValueBox(false), committed = NIOLockedValueBox(false)
         do {
             try onLoop(sendingHeld: false, evenAfterFailure: true) { connection, logger in
                 do {
@@ -910,7 +920,14 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                     try await Self.send(held, on: connection, logger: logger, failure: failure)
                     if !held.isEmpty { StatementTimer.current?.rearm() }
                     commitSent.withLockedValue { $0 = true }
-                    let result = try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger).get()
+                    let result: PostgresQueryResult
+                    do {
+                        result = try await connection.query(PostgresQuery(unsafeSQL: "COMMIT"), logger: logger).get()
+                    } catch {
+                        if Self.isServerError(error) { commitAnswered.withLockedValue { $0 = true } }
+                        throw error
+                    }
+                    commitAnswered.withLockedValue { $0 = true }
                     // The server answers the COMMIT of a transaction in which a statement failed
                     // with ROLLBACK, not with an error.
                     guard result.metadata.command == "COMMIT" else { throw AbortedTransaction() }
@@ -920,6 +937,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                     // and a failed BEGIN cleaned up after itself.
                     guard Self.isServerError(error) || error is AbortedTransaction, !connection.isClosed,
                           !beginFailed.withLockedValue({ $0 }) else { throw error }
+                    StatementTimer.current?.rearm()
                     try? await TransactionSQL.run(TransactionSQL.Rollback.sql, on: connection, logger: logger)
                     if lock == .exclusive { await Self.unlock(on: connection, logger: logger) }
                     throw error
@@ -929,9 +947,11 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             // The answer arrived as the deadline fired: stored. The deadline closed the
             // connection, and with it the session's lock.
             return
-        } catch where commitSent.withLockedValue({ $0 }) && !(Self.isServerError(error) || error is AbortedTransaction) {
+        } catch where commitSent.withLockedValue({ $0 }) && !commitAnswered.withLockedValue({ $0 }) {
             abandoned.withLockedValue { $0 = true }
             connection.close().whenComplete { _ in }
+            // A read-only transaction changed nothing, whatever became of its COMMIT.
+            guard lock == .shared || lock == .exclusive else { throw error }
             throw StorageError.outcomeUnknown("the connection to the database was lost before it answered COMMIT (\(Self.reason(error)))")
         }
         guard lock == .exclusive else { return }
@@ -1303,5 +1323,8 @@ enum WriteLockSQL {
     enum LockSharedForTransaction: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_xact_lock_shared(\(PostgresEngine.writeLock))" }
     enum Lock: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_lock(\(PostgresEngine.writeLock))" }
     enum LockForTransaction: PreparedSQL { static let sql = "SELECT 1 FROM pg_advisory_xact_lock(\(PostgresEngine.writeLock))" }
+    /// Before ``LockForTransaction``: writes queue behind a waiting exclusive request, so its
+    /// wait is short (SQLSTATE 55P03 when it runs out: unavailable).
+    enum BoundLockWait: PreparedSQL { static let sql = "SELECT set_config('lock_timeout', '2s', true)" }
     enum Unlock: PreparedSQL { static let sql = "SELECT 1 WHERE pg_advisory_unlock(\(PostgresEngine.writeLock))" }
 }

@@ -54,14 +54,14 @@ public final class SQLiteEngine: StorageEngine {
     /// a cooperative thread; with more concurrent reads than readers, every cooperative thread
     /// (one per core) could end up blocked and the whole process would deadlock. The gate
     /// makes excess reads suspend instead.
+    public func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await Self.mapping { try await readGate.withPermit { try await pool.read { db in try block(SQLiteTransaction(db)) } } }
+    }
+
     /// One writer at a time commits in the order it draws `seq`: every snapshot is already
     /// between writes.
     public func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         try await read(block)
-    }
-
-    public func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
-        try await Self.mapping { try await readGate.withPermit { try await pool.read { db in try block(SQLiteTransaction(db)) } } }
     }
 
     /// Run on the calling thread: the hop to GRDB's reader queue and back costs more than a
