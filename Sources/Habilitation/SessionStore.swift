@@ -182,12 +182,18 @@ public final class SessionStore: Sendable {
     // MARK: Flows
 
     public func startFlow(accountID: String, intentToken: String?) async throws -> String {
+        try await database.write { db in try self.startFlow(accountID: accountID, intentToken: intentToken, in: db) }
+    }
+
+    /// ``startFlow(accountID:intentToken:)`` in the caller's transaction: the password step
+    /// opens its flow in the transaction that accepts the password
+    /// (`CredentialStore.checkPassword(email:password:actor:whenAccepted:)`), so a password
+    /// reset committed meanwhile either consumes the flow or refuses it. Safe to run again
+    /// (a new token each time).
+    public func startFlow(accountID: String, intentToken: String?, in db: any SQLTransaction) throws -> String {
         let token = SecretToken.generate()
-        let at = now
-        try await database.write { db in
-            try self.insertFlow(token: token, accountID: accountID, intentHash: intentToken.map(SecretToken.hash), provider: nil,
-                                auditDetail: nil, actor: nil, at: at, in: db)
-        }
+        try insertFlow(token: token, accountID: accountID, intentHash: intentToken.map(SecretToken.hash), provider: nil,
+                       auditDetail: nil, actor: nil, at: now, in: db)
         return token
     }
 

@@ -242,14 +242,14 @@ public final class VendorAdministration: Sendable {
         }
     }
 
-    /// Ends every session of the account ("sign out everywhere").
+    /// Ends every session of the account ("sign out everywhere"), and the sign-ins under way
+    /// (a flow waiting at its second factor or at the CGU would otherwise become a session
+    /// after the revocation).
     public func revokeSessions(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
-            try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'admin', oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
-                           arguments: [at.epochMilliseconds, accountID])
-            let count = try db.changesCount
+            let count = try SessionLedger().revokeAll(of: accountID, reason: "admin", at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: nil, identifier: nil, accountID: accountID, changes: [], detail: nil), in: db)
             return AdminActionResult(accountID: accountID, changed: count > 0, sessions: count)

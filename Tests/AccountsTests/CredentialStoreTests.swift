@@ -1,4 +1,4 @@
-import Accounts
+@testable import Accounts
 import Foundation
 import Habilitation
 import Storage
@@ -52,6 +52,27 @@ struct CredentialHarness {
 @Suite("Credential store")
 struct CredentialStoreTests {
     static let password = "Vélo-rouge-sur-la-Loire"
+
+    /// A password verified against the hash read before argon2 opens nothing if a reset
+    /// replaced that hash meanwhile (on this instance or another): refused, not counted as a
+    /// failure, no flow. An accepted check opens its flow in the deciding transaction.
+    @Test func aPasswordCheckedAgainstAReplacedHashOpensNoFlow() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let store = h.store
+        let before = try #require(try await h.accounts.database.read { db in try store.account(forEmail: "jules.marius@test.com", in: db) })
+        let accepted = try await store.settlePasswordCheck(before, verified: true, at: h.clock.now, actor: h.actor) { id, _ in "flow:\(id)" }
+        #expect(accepted.outcome == .accepted(accountID: h.accountID))
+        #expect(accepted.opened == "flow:\(h.accountID)")
+        try await h.setPassword("Another-good-passphrase")  // the reset, committed while argon2 ran
+        let stale = try await store.settlePasswordCheck(before, verified: true, at: h.clock.now, actor: h.actor) { id, _ in "flow:\(id)" }
+        #expect(stale.outcome == .refused(reason: .wrongPassword, accountID: h.accountID))
+        #expect(stale.opened == nil)
+        let failures = try await h.accounts.database.read { [id = h.accountID] db in
+            try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account WHERE id = ?", arguments: [id])
+        }
+        #expect(failures == 0)
+    }
 
     @Test func generatedPasswordNeverSignsInAndUnknownEmailGetsTheSameAnswer() async throws {
         let h = try await CredentialHarness()

@@ -224,6 +224,19 @@ struct SessionAndHabilitationTests {
         #expect(try await world.sessions.completeFlow(flowToken: lateFlow, address: nil, userAgent: nil, actor: world.actor)?.origin == .direct)
     }
 
+    /// The administration's "sign out everywhere" also ends the sign-ins under way: a flow
+    /// past its second factor would otherwise become a session after the revocation.
+    @Test func signingOutEverywhereEndsTheSignInsUnderWay() async throws {
+        let world = try await World()
+        let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
+        try await world.sessions.markSecondFactorDone(flowToken: flow)
+        let result = try await VendorAdministration(database: world.database, clock: { world.clock.now })
+            .revokeSessions(accountID: world.accountID, actor: AuditActor.commandLine)
+        #expect(result?.accountID == world.accountID)
+        #expect(try await world.sessions.flow(flow) == nil)
+        #expect(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor) == nil)
+    }
+
     @Test func aFlowNeedsTheSecondFactor() async throws {
         let world = try await World()
         let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)

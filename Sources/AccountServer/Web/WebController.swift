@@ -219,18 +219,22 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
-        let outcome = try await credentials.checkPassword(email: fields["email"] ?? "", password: fields["password"] ?? "", actor: actor(context))
+        let sessions = self.sessions
+        let intentToken = WebCookie.value(.intent, in: request.headers)
+        let (outcome, opened) = try await credentials.checkPassword(email: fields["email"] ?? "", password: fields["password"] ?? "",
+                                                                    actor: actor(context)) { accountID, db in
+            try sessions.startFlow(accountID: accountID, intentToken: intentToken, in: db)
+        }
         switch outcome {
         case .accepted: metrics.signIn(result: "accepted")
         case .refused(let reason, _):
             metrics.signIn(result: reason.rawValue)
             if reason == .lockedNow { metrics.lockout() }
         }
-        guard case .accepted(let accountID) = outcome else {
+        guard case .accepted(let accountID) = outcome, let flow = opened else {
             if case .refused(let reason, _) = outcome { context.logger.info("sign-in refused", metadata: ["reason": "\(reason.rawValue)"]) }
             return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true, providerSignIn: provider != nil) }
         }
-        let flow = try await sessions.startFlow(accountID: accountID, intentToken: WebCookie.value(.intent, in: request.headers))
         let next = try await credentials.hasConfirmedTOTP(accountID: accountID) ? "/connexion/second-facteur" : "/connexion/totp"
         return Self.redirect(next, cookies: [WebCookie.flow.set(flow, maxAge: Int(sessions.configuration.flowLifetime))])
     }

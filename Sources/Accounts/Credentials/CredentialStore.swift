@@ -79,25 +79,53 @@ public final class CredentialStore: Sendable {
     /// Verifies e-mail and password with lockout. argon2 runs in every case (decoy hash for
     /// an unknown e-mail, the real one for a locked account), off the event loop.
     public func checkPassword(email: String, password: String, actor: AuditActor) async throws -> PasswordStepOutcome {
-        let lockout = configuration.lockout
+        try await checkPassword(email: email, password: password, actor: actor) { _, _ in () }.outcome
+    }
+
+    /// ``checkPassword(email:password:actor:)``, then `whenAccepted` (the sign-in flow's
+    /// opening) in the same transaction as the decision. The password is verified against the
+    /// hash read before argon2; the transaction checks that this hash is still the account's:
+    /// a password reset committed meanwhile (on this instance or another) voids the check,
+    /// and since the flow is opened in that transaction, a reset either consumes it or comes
+    /// first and refuses it. Nothing verified against an old password opens a flow.
+    public func checkPassword<T: Sendable>(email: String, password: String, actor: AuditActor,
+                                           whenAccepted: @escaping @Sendable (_ accountID: String, any SQLTransaction) throws -> T)
+        async throws -> (outcome: PasswordStepOutcome, opened: T?) {
         let row = try await database.read { db in try self.account(forEmail: email, in: db) }
         let verified = try await hasher.verify(Array(password.utf8), encoded: row?.passwordHash ?? decoyHash)
         guard let row else {
             try await record(action: "sign-in", outcome: "refused unknown-email", accountID: nil, actor: actor, detail: nil)
-            return .refused(reason: .unknownEmail, accountID: nil)
+            return (.refused(reason: .unknownEmail, accountID: nil), nil)
         }
-        let at = now
+        return try await settlePasswordCheck(row, verified: verified, at: now, actor: actor, whenAccepted: whenAccepted)
+    }
+
+    /// The decision of a password check, in one write transaction (see above).
+    func settlePasswordCheck<T: Sendable>(_ row: AccountRow, verified: Bool, at: Date, actor: AuditActor,
+                                          whenAccepted: @escaping @Sendable (String, any SQLTransaction) throws -> T)
+        async throws -> (outcome: PasswordStepOutcome, opened: T?) {
+        let lockout = configuration.lockout
         return try await database.write { db in
-            let state = try self.lockoutState(row.id, in: db)
+            let current = try SQLRow.fetchOne(db, sql: """
+                SELECT failed_sign_ins, locked_until, password_hash, password_reset_required FROM account WHERE id = ?
+                """, arguments: [row.id])
+            let state = LockoutPolicy.State(consecutiveFailures: current?["failed_sign_ins"] ?? 0,
+                                            lockedUntil: (current?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
             if lockout.isLocked(state, at: at) {
                 try self.audit.append(self.event("sign-in", "refused locked", row.id, actor, at), in: db)
-                return .refused(reason: .locked, accountID: row.id)
+                return (.refused(reason: .locked, accountID: row.id), nil)
             }
-            if verified && !row.passwordResetRequired {
+            guard let current, current["password_hash"] as String? == row.passwordHash else {
+                // The password changed while argon2 ran: this check says nothing about the
+                // current one. Refused, not counted (the right new password may follow).
+                try self.audit.append(self.event("sign-in", "refused password-changed-meanwhile", row.id, actor, at), in: db)
+                return (.refused(reason: .wrongPassword, accountID: row.id), nil)
+            }
+            if verified && !(current["password_reset_required"] as Bool? ?? true) {
                 // The counter is not reset here: a correct password alone is not a sign-in.
                 // Someone holding a phished password must not get a fresh run of second-
                 // factor guesses by re-entering it; only a completed sign-in resets it.
-                return .accepted(accountID: row.id)
+                return (.accepted(accountID: row.id), try whenAccepted(row.id, db))
             }
             let (next, lockedNow) = lockout.recordingFailure(state, at: at)
             try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?",
@@ -107,7 +135,7 @@ public final class CredentialStore: Sendable {
             if lockedNow {
                 try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", row.id, actor, at), in: db)
             }
-            return .refused(reason: lockedNow ? .lockedNow : .wrongPassword, accountID: row.id)
+            return (.refused(reason: lockedNow ? .lockedNow : .wrongPassword, accountID: row.id), nil)
         }
     }
 
