@@ -109,8 +109,7 @@ public final class CredentialStore: Sendable {
             let current = try SQLRow.fetchOne(db, sql: """
                 SELECT failed_sign_ins, locked_until, password_hash, password_reset_required FROM account WHERE id = ?
                 """, arguments: [row.id])
-            let state = LockoutPolicy.State(consecutiveFailures: current?["failed_sign_ins"] ?? 0,
-                                            lockedUntil: (current?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
+            let state = Self.lockoutState(of: current)
             if lockout.isLocked(state, at: at) {
                 try self.audit.append(self.event("sign-in", "refused locked", row.id, actor, at), in: db)
                 return (.refused(reason: .locked, accountID: row.id), nil)
@@ -140,9 +139,13 @@ public final class CredentialStore: Sendable {
     }
 
     func lockoutState(_ accountID: String, in db: any SQLTransaction) throws -> LockoutPolicy.State {
-        let row = try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID])
-        return LockoutPolicy.State(consecutiveFailures: row?["failed_sign_ins"] ?? 0,
-                                   lockedUntil: (row?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
+        Self.lockoutState(of: try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID]))
+    }
+
+    /// The lockout columns of an account row (no row: never failed, not locked).
+    static func lockoutState(of row: SQLRow?) -> LockoutPolicy.State {
+        LockoutPolicy.State(consecutiveFailures: row?["failed_sign_ins"] ?? 0,
+                            lockedUntil: (row?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
     }
 
     // MARK: Forgotten password
