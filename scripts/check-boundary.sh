@@ -13,7 +13,7 @@ fi
 # Table owners: Accounts' stores never name Habilitation's tables (sessions, intents, sign-in
 # flows, provider logins); they reach them through the AccountSessions protocol, which
 # Habilitation implements. The schema itself is one history (AccountSchema.swift).
-if grep -rnE '\b(web_session|login_intent|sign_in_flow|oidc_login|vendor_suspension)\b' Sources/Accounts --include='*.swift' | grep -v '^Sources/Accounts/Store/AccountSchema.swift:'; then
+if grep -rnE '\b(web_session|login_intent|sign_in_flow|oidc_login|vendor_suspension|provider_logout)\b' Sources/Accounts --include='*.swift' | grep -v '^Sources/Accounts/Store/AccountSchema.swift:'; then
     echo "check-boundary: Accounts names a table Habilitation owns (above)" >&2
     exit 1
 fi

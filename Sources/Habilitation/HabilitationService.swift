@@ -236,16 +236,22 @@ public final class HabilitationService: Sendable {
     }
 
     public func providerAccount(nationalID: String) async throws -> ProviderAccountMatch {
-        try await database.read { db in
-            guard let row = try SQLRow.fetchOne(db, sql: """
-                SELECT a.id, a.active, EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) AS suspended FROM account_identifier i JOIN account a ON a.id = i.account_id
-                WHERE i.kind = 'IDNPS' AND i.value = ? AND i.ended_at IS NULL
-                """, arguments: [nationalID]) else { return .unknown }
-            let accountID: String = row["id"]
-            if !(row["active"] as Bool) { return .deactivatedBySAS(accountID: accountID) }
-            if row["suspended"] as Bool { return .suspendedByVendor(accountID: accountID) }
-            return .eligible(accountID: accountID)
-        }
+        try await database.read { db in try self.providerAccount(nationalID: nationalID, in: db) }
+    }
+
+    /// ``providerAccount(nationalID:)`` in the caller's transaction: the provider callback
+    /// matches the account in the transaction that opens its flow, so an identifier replaced,
+    /// a withdrawal or a suspension committed meanwhile (on any instance) is either seen or
+    /// comes after the flow exists (and then ends its habilitation as it would a session's).
+    public func providerAccount(nationalID: String, in db: any SQLTransaction) throws -> ProviderAccountMatch {
+        guard let row = try SQLRow.fetchOne(db, sql: """
+            SELECT a.id, a.active, EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) AS suspended FROM account_identifier i JOIN account a ON a.id = i.account_id
+            WHERE i.kind = 'IDNPS' AND i.value = ? AND i.ended_at IS NULL
+            """, arguments: [nationalID]) else { return .unknown }
+        let accountID: String = row["id"]
+        if !(row["active"] as Bool) { return .deactivatedBySAS(accountID: accountID) }
+        if row["suspended"] as Bool { return .suspendedByVendor(accountID: accountID) }
+        return .eligible(accountID: accountID)
     }
 
     /// Whether the account accepted the CGU version in force (inside the caller's transaction).

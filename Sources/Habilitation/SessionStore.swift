@@ -11,6 +11,11 @@ public struct SessionConfiguration: Sendable {
     /// `last_seen_at` is written at most this often (a write per request would serialise
     /// every page view and forward-auth check on the database writer).
     public var touchGranularity: TimeInterval = 60
+    /// How long a back-channel logout is remembered (its `jti`, against replays on any
+    /// instance; its subject and session id, against a provider callback already under way
+    /// when it came). Longer than every window it guards: a provider login lives as long as
+    /// its intent (10 min), a logout token is accepted up to 11 min after it was issued.
+    public var providerLogoutMemory: TimeInterval = 3600
 
     public init() {}
 }
@@ -60,8 +65,35 @@ public enum ProviderLoginLookup: Sendable, Equatable {
     case unknown
     /// A live login, but started by another browser (its intent is not this browser's).
     case otherBrowser
-    /// This browser's login, now spent; the intent it serves.
-    case accepted(intentIDHash: String)
+    /// This browser's login, now spent; the intent it serves, and when the login started
+    /// (a back-channel logout for the subject received since then refuses the callback).
+    case accepted(intentIDHash: String, startedAt: Date)
+}
+
+/// A back-channel logout the relying party validated: what the provider ended.
+public struct ProviderLogout: Sendable, Equatable {
+    /// The logout token's `jti`: each is acted on once, across all instances.
+    public var jti: String
+    public var subject: String?
+    public var sessionID: String?
+
+    public init(jti: String, subject: String?, sessionID: String?) {
+        self.jti = jti
+        self.subject = subject
+        self.sessionID = sessionID
+    }
+}
+
+/// What a provider callback opened, or why nothing.
+public enum ProviderFlowStart: Sendable {
+    /// No eligible account for the national id, as read in the transaction that would have
+    /// opened the flow.
+    case refused(HabilitationService.ProviderAccountMatch)
+    /// The provider ended this sign-in's session (back-channel logout) before the flow was
+    /// written: nothing opened.
+    case loggedOutAtProvider
+    /// The flow, and the session when no step remained.
+    case opened(flowToken: String, session: (token: String, origin: SessionOrigin, returnURL: String?)?)
 }
 
 /// Login intents, sign-in flows and sessions. Every id handed to a browser is a 256-bit
@@ -97,6 +129,8 @@ public final class SessionStore: Sendable {
             try db.execute(sql: "DELETE FROM sign_in_flow WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
             deleted += try db.changesCount
             try db.execute(sql: "DELETE FROM oidc_login WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
+            deleted += try db.changesCount
+            try db.execute(sql: "DELETE FROM provider_logout WHERE expires_at <= ?", arguments: [at.epochMilliseconds])
             deleted += try db.changesCount
             try db.execute(sql: """
                 DELETE FROM web_session WHERE revoked_at <= ? OR absolute_expires_at <= ? OR last_seen_at + ? <= ?
@@ -160,12 +194,13 @@ public final class SessionStore: Sendable {
         let at = now
         let stateHash = SecretToken.hash(state)
         return try await database.write { db in
-            guard let intentHash = try String.fetchOne(db, sql: """
-                SELECT intent_id_hash FROM oidc_login WHERE state_hash = ? AND consumed_at IS NULL AND expires_at > ?
+            guard let login = try SQLRow.fetchOne(db, sql: """
+                SELECT intent_id_hash, created_at FROM oidc_login WHERE state_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [stateHash, at.epochMilliseconds]) else { return .unknown }
+            let intentHash: String = login["intent_id_hash"]
             try db.execute(sql: "UPDATE oidc_login SET consumed_at = ? WHERE state_hash = ?", arguments: [at.epochMilliseconds, stateHash])
             guard let intentToken, SecretToken.constantTimeEquals(Array(SecretToken.hash(intentToken).utf8), Array(intentHash.utf8)) else { return .otherBrowser }
-            return .accepted(intentIDHash: intentHash)
+            return .accepted(intentIDHash: intentHash, startedAt: Date(epochMilliseconds: login["created_at"]))
         }
     }
 
@@ -197,27 +232,52 @@ public final class SessionStore: Sendable {
         return token
     }
 
-    /// A flow whose holder signed in at the provider: both factors are done (the provider's
-    /// authentication stands for them); what remains is the CGU, then the session.
-    /// A provider sign-in in one transaction: the flow (with its audit row: "sign-in-psc"
-    /// accepted, with the claims used) and, when
-    /// `complete` says no step remains (the CGU in force accepted), the session at once, as
-    /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` would make it. Returns the
-    /// flow token, and the session when one was opened.
-    public func startProviderFlow(accountID: String, intentIDHash: String, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
-                                  completeIf complete: @escaping @Sendable (any SQLTransaction) throws -> Bool, address: String?, userAgent: String?,
+    /// A provider sign-in in one transaction, so nothing it relies on can change between the
+    /// check and the write (on this instance or another):
+    /// - the account `match` finds for the provider's national id, read here (an identifier
+    ///   replaced, a withdrawal or a suspension committed meanwhile is seen);
+    /// - no back-channel logout for this identity since the login started
+    ///   (``recordProviderLogout(_:actor:)`` ends the flows that exist; this refuses the
+    ///   callbacks still under way when it came);
+    /// - the flow, with its audit row ("sign-in-psc" accepted, with the claims used): a flow
+    ///   whose holder signed in at the provider, both factors done (the provider's
+    ///   authentication stands for them), what remains is the CGU;
+    /// - when `complete` says no step remains (the CGU in force accepted), the session at
+    ///   once, as ``completeFlow(flowToken:address:userAgent:actor:decide:)`` would make it.
+    public func startProviderFlow(match: @escaping @Sendable (any SQLTransaction) throws -> HabilitationService.ProviderAccountMatch,
+                                  intentIDHash: String, loginStartedAt: Date, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
+                                  completeIf complete: @escaping @Sendable (_ accountID: String, any SQLTransaction) throws -> Bool,
+                                  address: String?, userAgent: String?,
                                   decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision)
-        async throws -> (flowToken: String, session: (token: String, origin: SessionOrigin, returnURL: String?)?) {
+        async throws -> ProviderFlowStart {
         let token = SecretToken.generate()
         let at = now
         return try await database.write { db in
+            let found = try match(db)
+            guard case .eligible(let accountID) = found else { return .refused(found) }
+            if try Self.loggedOut(identity, since: loginStartedAt, at: at, in: db) { return .loggedOutAtProvider }
             try self.insertFlow(token: token, accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor, at: at, in: db)
-            guard try complete(db) else { return (token, nil) }
+            guard try complete(accountID, db) else { return .opened(flowToken: token, session: nil) }
             let session = try self.completeFlow(hash: SecretToken.hash(token), at: at, address: address, userAgent: userAgent, actor: actor, decide: decide, in: db)
-            return (token, session)
+            return .opened(flowToken: token, session: session)
         }
     }
 
+    /// Whether a back-channel logout already ended the provider session this identity comes
+    /// from: one naming its `sid` (that session is over, whenever it was received), or one
+    /// naming its subject (without a `sid`, or when the ID token has none: the match
+    /// ``recordProviderLogout(_:actor:)`` uses for sessions) received since this login
+    /// started. Our clock on both sides; a login started after the logout is not affected.
+    static func loggedOut(_ identity: ProviderIdentity, since started: Date, at: Date, in db: any SQLTransaction) throws -> Bool {
+        if let sid = identity.sessionID, try Bool.fetchOne(db, sql: """
+            SELECT 1 FROM provider_logout WHERE session_id = ? AND (subject IS NULL OR subject = ?) AND expires_at > ?
+            """, arguments: [sid, identity.subject, at.epochMilliseconds]) == true {
+            return true
+        }
+        return try Bool.fetchOne(db, sql: """
+            SELECT 1 FROM provider_logout WHERE subject = ? AND received_at >= ? AND expires_at > ?\(identity.sessionID == nil ? "" : " AND session_id IS NULL")
+            """, arguments: [identity.subject, started.epochMilliseconds, at.epochMilliseconds]) == true
+    }
 
     private func insertFlow(token: String, accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String?,
                             actor: AuditActor?, at: Date, in db: any SQLTransaction) throws {
@@ -272,11 +332,26 @@ public final class SessionStore: Sendable {
         }
     }
 
+    /// Records the second factor of a live flow, on its own (tests and tooling; the web
+    /// sign-in records it in the transaction that checks the code, through
+    /// ``secondFactorStep(flowToken:)``).
     public func markSecondFactorDone(flowToken: String) async throws {
-        let at = now
-        try await database.write { db in
-            try db.execute(sql: "UPDATE sign_in_flow SET second_factor_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
-        }
+        try await database.write { db in try self.secondFactorStep(flowToken: flowToken).accept(db) }
+    }
+
+    /// The flow `flowToken` as the step a second factor (a code, or a TOTP enrolment's first
+    /// code) completes: open while live (not ended by a reset, a lockout, too many codes or
+    /// "sign out everywhere", not expired), and accepting the factor records it in the flow.
+    /// `CredentialStore` runs both in the transaction that checks the code.
+    public func secondFactorStep(flowToken: String) -> SignInStep {
+        let hash = SecretToken.hash(flowToken)
+        return SignInStep(isOpen: { db in
+            try Bool.fetchOne(db, sql: "SELECT 1 FROM sign_in_flow WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?",
+                              arguments: [hash, self.now.epochMilliseconds]) ?? false
+        }, accept: { db in
+            try db.execute(sql: "UPDATE sign_in_flow SET second_factor_at = ? WHERE id_hash = ? AND consumed_at IS NULL",
+                           arguments: [self.now.epochMilliseconds, hash])
+        })
     }
 
     // MARK: Sessions
@@ -400,18 +475,30 @@ public final class SessionStore: Sendable {
         }
     }
 
-    /// OpenID Connect back-channel logout: ends at once every live provider session (and
-    /// provider flow in progress) of the provider's session `sid` when given, else of the
-    /// subject `sub`. Returns the sessions ended.
-    public func revokeProviderSessions(subject: String?, sessionID: String?, actor: AuditActor) async throws -> Int {
+    /// OpenID Connect back-channel logout, in one transaction: remembers the logout (its `jti`
+    /// for ``SessionConfiguration/providerLogoutMemory``: a second delivery, to this instance
+    /// or another, is a replay and returns nil, ending nothing), ends at once every live
+    /// provider session and provider flow in progress of the provider's session `sid` when
+    /// given, else of the subject `sub`, and leaves the mark that refuses a callback of that
+    /// session already under way (``startProviderFlow(match:intentIDHash:loginStartedAt:identity:auditDetail:actor:completeIf:address:userAgent:decide:)``).
+    /// Returns the sessions ended. If anything fails, nothing is recorded, and the
+    /// provider's retry of the same token is acted on.
+    public func recordProviderLogout(_ logout: ProviderLogout, actor: AuditActor) async throws -> Int? {
         let at = now
+        let subject = logout.subject, sessionID = logout.sessionID
         guard subject != nil || sessionID != nil else { return 0 }
         // With both: that provider session, or (for sessions whose ID token had no `sid`) that
         // subject's.
         let match = sessionID != nil ? (subject != nil ? "(oidc_session_id = ? OR oidc_session_id IS NULL) AND oidc_subject = ?" : "oidc_session_id = ?")
                                      : "oidc_subject = ?"
         let arguments = SQLArguments([sessionID, subject].compactMap { $0 })
+        let expires = at.addingTimeInterval(configuration.providerLogoutMemory)
         return try await database.write { db in
+            try db.execute(sql: """
+                INSERT INTO provider_logout (jti_hash, subject, session_id, received_at, expires_at) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (jti_hash) DO NOTHING
+                """, arguments: [SecretToken.hash(logout.jti), subject, sessionID, at.epochMilliseconds, expires.epochMilliseconds])
+            guard try db.changesCount == 1 else { return nil }
             let rows = try SQLRow.fetchAll(db, sql: """
                 SELECT id_hash, account_id FROM web_session WHERE authentication = 'psc' AND revoked_at IS NULL AND \(match)
                 """, arguments: arguments)

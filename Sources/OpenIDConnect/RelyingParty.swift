@@ -151,8 +151,6 @@ public actor RelyingParty {
     /// The origin of the provider's `end_session_endpoint`, readable without awaiting the
     /// actor (pages allow it as a form target).
     private let endSessionOriginBox = NIOLockedValueBox<String?>(nil)
-    /// Logout tokens already used, until they expire (`jti` replay, §2.6).
-    private var seenLogoutTokens: [String: Date] = [:]
 
     public init(configuration: RelyingPartyConfiguration, httpClient: HTTPClient, logger: Logger = Logger(label: "oidc"),
                 clock: @escaping @Sendable () -> Date = Date.init) {
@@ -407,7 +405,9 @@ public actor RelyingParty {
     }
 
     /// Back-Channel Logout 1.0 §2.6: signature, issuer, audience, `iat`, the logout event, no
-    /// `nonce`, a `sub` or a `sid`, and a `jti` not seen before.
+    /// `nonce`, a `sub` or a `sid`, and a `jti`. That the `jti` was not seen before is the
+    /// caller's check, made where every instance sees it (the database) in the transaction
+    /// that acts on the token: a memory here would be one instance's.
     public func validateLogoutToken(_ token: String) async throws(OpenIDConnectError) -> LogoutToken {
         let (claims, header) = try await verifySignature(token)
         if let typ = header.typ, typ.lowercased() != "logout+jwt", typ.uppercased() != "JWT" {
@@ -426,16 +426,7 @@ public actor RelyingParty {
         let sessionID = claims.string("sid")
         guard subject != nil || sessionID != nil else { throw .claim("sub", "neither sub nor sid") }
         guard let jti = claims.string("jti"), !jti.isEmpty else { throw .claim("jti", "missing") }
-        let at = clock()
-        seenLogoutTokens = seenLogoutTokens.filter { $0.value > at }
-        guard seenLogoutTokens[jti] == nil else { throw .claim("jti", "this logout token was already used") }
         return LogoutToken(subject: subject, sessionID: sessionID, jti: jti)
-    }
-
-    /// Records a logout token as used, once what it asked for is done (a token whose sessions
-    /// could not be ended must stay acceptable to the provider's retry).
-    public func markUsed(_ token: LogoutToken) {
-        seenLogoutTokens[token.jti] = clock().addingTimeInterval(configuration.maxTokenAge + 2 * configuration.leeway)
     }
 
     // MARK: Sign-out

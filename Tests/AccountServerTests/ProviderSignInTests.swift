@@ -434,21 +434,9 @@ struct ProviderSignInTests {
         let world = try await World()
         let browser = try world.browser()
         #expect(try await Self.firstSignIn(browser, world: world).page.location == Self.agenda)
-        let run = try #require(try FileManager.default.contentsOfDirectory(atPath: world.provider.directory.path).first { $0.hasPrefix("run-") })
-        let folder = world.provider.directory.appendingPathComponent(run)
-        let configuration = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("conf/lmConf-1.json"))) as? [String: Any])
-        let providerKey = try await ClientAssertionKey.load(pem: try String(contentsOf: folder.appendingPathComponent("oidc-sig.key"), encoding: .utf8),
-                                                            kid: configuration["oidcServiceKeyIdSig"] as? String)
         let now = Date().timeIntervalSince1970.rounded(.down)
-        func token(_ changes: [String: ClaimValue?]) async throws -> String {
-            var claims: [String: ClaimValue] = [
-                "iss": .string(world.provider.issuer), "aud": .string(Self.clientID), "iat": .number(now), "exp": .number(now + 120),
-                "jti": .string(SecretToken.generate()), "sub": .string("dwho"),
-                "events": .object(["http://schemas.openid.net/event/backchannel-logout": .object([:])]),
-            ]
-            for (name, value) in changes { claims[name] = value }
-            return try await providerKey.sign(ClaimSet(claims: claims))
-        }
+        let sign = try await Self.logoutTokenSigner(world)
+        func token(_ changes: [String: ClaimValue?]) async throws -> String { try await sign(now, changes) }
         func post(_ token: String) async throws -> Int {
             try await browser.request(.POST, "/connexion/psc/backchannel-logout", form: ["logout_token": token]).status
         }
@@ -464,6 +452,56 @@ struct ProviderSignInTests {
         #expect(try await post(valid) == 200)
         #expect(try await Self.forwardAuth(browser, world: world).status == 401)
         #expect(try await post(valid) == 400, "a logout token works once")
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// Signs logout tokens with the provider's own key (read from its configuration folder):
+    /// a valid one for `dwho` issued at the given time, changed as asked.
+    static func logoutTokenSigner(_ world: World) async throws -> @Sendable (_ issuedAt: TimeInterval, _ changes: [String: ClaimValue?]) async throws -> String {
+        let run = try #require(try FileManager.default.contentsOfDirectory(atPath: world.provider.directory.path).first { $0.hasPrefix("run-") })
+        let folder = world.provider.directory.appendingPathComponent(run)
+        let configuration = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("conf/lmConf-1.json"))) as? [String: Any])
+        let providerKey = try await ClientAssertionKey.load(pem: try String(contentsOf: folder.appendingPathComponent("oidc-sig.key"), encoding: .utf8),
+                                                            kid: configuration["oidcServiceKeyIdSig"] as? String)
+        let (issuer, clientID) = (world.provider.issuer, Self.clientID)
+        return { now, changes in
+            var claims: [String: ClaimValue] = [
+                "iss": .string(issuer), "aud": .string(clientID), "iat": .number(now), "exp": .number(now + 120),
+                "jti": .string(SecretToken.generate()), "sub": .string("dwho"),
+                "events": .object(["http://schemas.openid.net/event/backchannel-logout": .object([:])]),
+            ]
+            for (name, value) in changes { claims[name] = value }
+            return try await providerKey.sign(ClaimSet(claims: claims))
+        }
+    }
+
+    /// A back-channel logout that comes while a sign-in is between the provider and our
+    /// callback (the code issued, not yet redeemed) refuses that callback: the session the
+    /// provider ended is not opened here afterwards. A sign-in started after the logout
+    /// opens normally.
+    @Test func aLogoutDuringTheCallbackOpensNothing() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let authorize = try await Self.followSASLink(browser, world: world)
+        let answer = try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: "dwho")
+        let logout = try await Self.logoutTokenSigner(world)(Date().timeIntervalSince1970.rounded(.down), [:])
+        #expect(try await browser.request(.POST, "/connexion/psc/backchannel-logout", form: ["logout_token": logout]).status == 200)
+        let back = try await Self.callback(browser, answer, world: world)
+        #expect(back.status == 401 && back.body.contains("Session Pro Santé Connect terminée"), "\(back.status) \(back.location ?? "") \(back.body.prefix(300))")
+        #expect(try await world.liveSessions() == 0)
+        let flows = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE consumed_at IS NULL") }
+        #expect(flows == 0)
+        let refusal = try #require(try await world.server.auditEvents().last { $0.action == "sign-in-psc" })
+        #expect(refusal.outcome == "refused: logged-out-at-provider")
+        // The provider's own session is still live in this test (the logout token was ours to
+        // send): a SAS link followed after the logout signs in without a form, and opens its
+        // flow (the CGU come next).
+        let again = try await Self.followSASLink(browser, world: world)
+        let silent = try await browser.get(again)
+        #expect(silent.status == 302, "no login form: \(silent.status)")
+        let opened = try await Self.callback(browser, silent, world: world)
+        #expect(opened.status == 303 && opened.location == "/connexion/cgu", "\(opened.status) \(opened.location ?? "") \(opened.body.prefix(300))")
         await browser.shutdown()
         await world.stop()
     }

@@ -233,6 +233,56 @@ struct CredentialStoreTests {
         #expect(stored.map { !Array($0).starts(with: secret) && $0.count > secret.count } == true)
     }
 
+    /// A second factor for a flow that a password reset ended meanwhile (on any instance) is
+    /// not even looked at: no TOTP step or recovery code spent, nothing counted, no enrolment
+    /// confirmed. For a live flow, the accepted factor is recorded in the flow by the same
+    /// transaction.
+    @Test func aSecondFactorForAFlowEndedMeanwhileSpendsNothing() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
+        let totp = TOTP()
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        let code = { totp.code(secret: secret, step: totp.step(at: h.clock.now)) }
+
+        // Enrolment: the flow ends (a reset) between the page and the first code.
+        let enrolling = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        try await h.setPassword("Another-good-passphrase")
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: code(), actor: h.actor,
+                                                       for: sessions.secondFactorStep(flowToken: enrolling)) == .stepEnded)
+        #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
+        let live = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        guard case .confirmed(let codes) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: code(), actor: h.actor,
+                                                                                 for: sessions.secondFactorStep(flowToken: live)) else {
+            Issue.record("the enrolment of a live flow is confirmed"); return
+        }
+        #expect(try await sessions.flow(live)?.secondFactorDone == true)
+
+        // Second factor: a TOTP code and a recovery code sent for a flow a reset ended.
+        h.clock.advance(30)
+        let ended = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        try await h.setPassword("Yet-another-good-passphrase")
+        #expect(try await sessions.flow(ended) == nil)
+        let endedStep = sessions.secondFactorStep(flowToken: ended)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: code(), actor: h.actor, for: endedStep) == .stepEnded)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor, for: endedStep) == .stepEnded)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: "000000", actor: h.actor, for: endedStep) == .stepEnded)
+        let failures = try await h.accounts.database.read { [id = h.accountID] db in
+            try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account WHERE id = ?", arguments: [id])
+        }
+        #expect(failures == 0, "a code that was not looked at is not counted")
+        // Neither code was spent: both still work, once each, on live flows.
+        let first = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: code(), actor: h.actor,
+                                                     for: sessions.secondFactorStep(flowToken: first)) == .accepted(.totp))
+        #expect(try await sessions.flow(first)?.secondFactorDone == true)
+        let second = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor,
+                                                     for: sessions.secondFactorStep(flowToken: second)) == .accepted(.recoveryCode))
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor,
+                                                     for: sessions.secondFactorStep(flowToken: second)) == .refused)
+    }
+
     @Test func cguAcceptancePerVersion() async throws {
         let h = try await CredentialHarness()
         #expect(try await !h.store.hasAcceptedCGU(accountID: h.accountID, version: "v1"))

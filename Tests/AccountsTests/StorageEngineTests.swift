@@ -44,8 +44,10 @@ struct SchemaUpgradeTests {
         case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
         }
         let upgrade = "vendor-suspension"
-        #expect(AccountSchema.sqlite.last?.name.hasSuffix(upgrade) == true && AccountSchema.postgres.last?.name.hasSuffix(upgrade) == true)
-        try await engine.migrate(Schema(sqlite: AccountSchema.sqlite.dropLast(), postgres: AccountSchema.postgres.dropLast()))
+        // The schema as it was just before the upgrade (later migrations come after it).
+        let before = { (history: [Migration]) in Array(history.prefix { !$0.name.hasSuffix(upgrade) }) }
+        #expect(before(AccountSchema.sqlite).count < AccountSchema.sqlite.count && before(AccountSchema.postgres).count < AccountSchema.postgres.count)
+        try await engine.migrate(Schema(sqlite: before(AccountSchema.sqlite), postgres: before(AccountSchema.postgres)))
         try await engine.write { db in
             for (id, suspension) in [("suspended", "42, 'admin-cli', 'fraude signalée'"), ("free", "NULL, NULL, NULL")] {
                 try db.execute(sql: """
@@ -63,7 +65,7 @@ struct SchemaUpgradeTests {
         let row = try #require(rows.first)
         #expect(row["account_id"] as String == "suspended" && row["suspended_at"] as Int64 == 42)
         #expect(row["suspended_by"] as String == "admin-cli" && row["reason"] as String == "fraude signalée")
-        #expect(try await engine.appliedMigrations().last?.hasSuffix(upgrade) == true)
+        #expect(try await engine.appliedMigrations().contains { $0.hasSuffix(upgrade) })
         await engine.close()
     }
 }

@@ -6,6 +6,8 @@ import Habilitation
 import Synchronization
 import Testing
 
+struct ProviderLoginRefused: Error {}
+
 final class ManualClock: Sendable {
     private let current = Mutex(Date(timeIntervalSince1970: 1_800_000_000))
     var now: Date { current.withLock { $0 } }
@@ -133,23 +135,24 @@ struct SessionAndHabilitationTests {
         #expect(try await world.sessions.consumeProviderLogin(state: state, intentToken: "another-browser") == .otherBrowser)
         #expect(try await world.sessions.consumeProviderLogin(state: state, intentToken: intent) == .unknown, "a state works once")
         let second = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
-        guard case .accepted(let intentHash) = try await world.sessions.consumeProviderLogin(state: second, intentToken: intent) else {
+        guard case .accepted(let intentHash, let started) = try await world.sessions.consumeProviderLogin(state: second, intentToken: intent) else {
             Issue.record("this browser's state is accepted")
             return
         }
         #expect(try await world.habilitation.providerAccount(nationalID: "810002673899") == .eligible(accountID: world.accountID))
         #expect(try await world.habilitation.providerAccount(nationalID: "810000000000") == .unknown)
-        let habilitation = world.habilitation, accountID = world.accountID
+        let habilitation = world.habilitation
         let decide: @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision = {
             try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3)
         }
         // The CGU are not accepted yet: a flow, no session.
-        let started = try await world.sessions.startProviderFlow(
-            accountID: accountID, intentIDHash: intentHash, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: [1, 2, 3]),
+        let opened = try await world.sessions.startProviderFlow(
+            match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
+            intentIDHash: intentHash, loginStartedAt: started, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: [1, 2, 3]),
             auditDetail: "SubjectNameID=810002673899", actor: world.actor,
-            completeIf: { db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil, decide: decide)
-        #expect(started.session == nil)
-        let session = try #require(try await world.sessions.completeFlow(flowToken: started.flowToken, address: nil, userAgent: nil, actor: world.actor,
+            completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil, decide: decide)
+        guard case .opened(let flowToken, nil) = opened else { Issue.record("a flow, no session: \(opened)"); return }
+        let session = try #require(try await world.sessions.completeFlow(flowToken: flowToken, address: nil, userAgent: nil, actor: world.actor,
                                                                           decide: decide))
         #expect(session.origin == .sas)
         var check = try await world.habilitation.check(sessionToken: session.token)
@@ -160,11 +163,98 @@ struct SessionAndHabilitationTests {
         // The same account signed in with a password still owes its own steps.
         let password = try await world.signIn(origin: .sas)
         #expect(try await world.habilitation.check(sessionToken: password).pendingActions == [.setPassword, .enrolSecondFactor])
-        #expect(try await world.sessions.revokeProviderSessions(subject: "psc-sub", sessionID: nil, actor: world.actor) == 1)
+        #expect(try await world.sessions.recordProviderLogout(ProviderLogout(jti: "logout-1", subject: "psc-sub", sessionID: nil), actor: world.actor) == 1)
         #expect(try await world.habilitation.check(sessionToken: session.token).decision == .denied([.noLiveSession]))
         #expect(try await world.habilitation.check(sessionToken: password).session != nil, "a password session is not the provider's")
         let sealed = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE oidc_id_token IS NOT NULL") }
         #expect(sealed == 0)
+    }
+
+    /// A provider callback as the web surface makes it: a login started now (or as given),
+    /// then the flow for `identity`, the account matched in its transaction.
+    func providerCallback(_ world: World, identity: ProviderIdentity, startedAt: Date? = nil) async throws -> ProviderFlowStart {
+        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let state = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
+        guard case .accepted(let intentHash, let started) = try await world.sessions.consumeProviderLogin(state: state, intentToken: intent) else {
+            throw ProviderLoginRefused()
+        }
+        let habilitation = world.habilitation
+        return try await world.sessions.startProviderFlow(
+            match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
+            intentIDHash: intentHash, loginStartedAt: startedAt ?? started, identity: identity, auditDetail: "test", actor: world.actor,
+            completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil,
+            decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+    }
+
+    /// A back-channel logout that comes while a callback is under way (its login started,
+    /// its flow not yet written; on any instance) makes that callback open nothing: by `sid`
+    /// whenever the login started, by subject for logins started before the logout. A login
+    /// started after a logout by subject opens normally.
+    @Test func aCallbackUnderWayWhenTheProviderLogsOutOpensNothing() async throws {
+        let world = try await World()
+        let before = world.clock.now
+        world.clock.advance(1)
+        let otherInstance = SessionStore(database: world.database, clock: { world.clock.now })
+        #expect(try await otherInstance.recordProviderLogout(ProviderLogout(jti: "by-subject", subject: "psc-sub", sessionID: nil), actor: world.actor) == 0)
+        let bySubject = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: nil), startedAt: before)
+        guard case .loggedOutAtProvider = bySubject else { Issue.record("refused: \(bySubject)"); return }
+        let withSID = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-1", sealedIDToken: nil), startedAt: before)
+        guard case .loggedOutAtProvider = withSID else { Issue.record("a logout by subject alone ends the subject's sessions: \(withSID)"); return }
+        world.clock.advance(1)
+        let later = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: nil))
+        guard case .opened(_, _?) = later else { Issue.record("a login started after the logout opens: \(later)"); return }
+
+        // By `sid` (and subject): that provider session is over, whenever the login started;
+        // another of the same subject is not. (It also ends the session just opened, whose ID
+        // token had no `sid`: the subject's.)
+        #expect(try await otherInstance.recordProviderLogout(ProviderLogout(jti: "by-sid", subject: "psc-sub", sessionID: "sid-2"), actor: world.actor) == 1)
+        world.clock.advance(1)
+        let ended = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-2", sealedIDToken: nil))
+        guard case .loggedOutAtProvider = ended else { Issue.record("refused: \(ended)"); return }
+        let other = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-3", sealedIDToken: nil))
+        guard case .opened = other else { Issue.record("another provider session opens: \(other)"); return }
+        let flows = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE oidc_session_id = 'sid-2'") }
+        #expect(flows == 0, "nothing written for the refused callbacks")
+
+        // Remembered for `providerLogoutMemory`, then purged.
+        world.clock.advance(world.sessions.configuration.providerLogoutMemory)
+        _ = try await world.sessions.purge(retention: 30 * 86400)
+        let left = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM provider_logout") }
+        #expect(left == 0)
+    }
+
+    /// A logout token is acted on once, whichever instance it reaches first: a second
+    /// delivery to another instance ends nothing (a session opened since stays open).
+    @Test func aLogoutTokenIsActedOnOnceAcrossInstances() async throws {
+        let world = try await World()
+        let instanceB = SessionStore(database: world.database, clock: { world.clock.now })
+        let logout = ProviderLogout(jti: "jti-1", subject: "psc-sub", sessionID: "sid-1")
+        world.clock.advance(1)
+        guard case .opened(_, let first?) = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-1", sealedIDToken: nil)) else {
+            Issue.record("the provider session opens"); return
+        }
+        #expect(try await world.sessions.recordProviderLogout(logout, actor: world.actor) == 1)
+        #expect(try await world.habilitation.check(sessionToken: first.token).session == nil)
+        world.clock.advance(1)
+        guard case .opened(_, let second?) = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-9", sealedIDToken: nil)) else {
+            Issue.record("a new provider session opens"); return
+        }
+        #expect(try await instanceB.recordProviderLogout(logout, actor: world.actor) == nil, "a replay to another instance")
+        #expect(try await world.habilitation.check(sessionToken: second.token).session != nil)
+    }
+
+    /// The provider callback matches the account (national id, withdrawal, suspension) in
+    /// the transaction that writes the flow: a withdrawal committed after an earlier read
+    /// said "eligible" is seen, and nothing opens.
+    @Test func theProviderAccountIsMatchedWhereTheFlowIsWritten() async throws {
+        let world = try await World()
+        #expect(try await world.habilitation.providerAccount(nationalID: "810002673899") == .eligible(accountID: world.accountID))
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatchVersion: nil),
+                                                  context: CallContext(actor: world.actor))
+        let withdrawn = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: nil))
+        guard case .refused(.deactivatedBySAS(let id)) = withdrawn, id == world.accountID else { Issue.record("\(withdrawn)"); return }
+        let flows = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow") }
+        #expect(flows == 0)
     }
 
     @Test func directSessionIsNot() async throws {

@@ -116,7 +116,7 @@ struct ProviderSignInController: Sendable {
             return refused(.badRequest, "Connexion refusée", "La réponse de Pro Santé Connect est incomplète. Recommencez la connexion.")
         }
         let lookup = try await sessions.consumeProviderLogin(state: state, intentToken: WebCookie.value(.intent, in: request.headers))
-        let intentHash: String
+        let intentHash: String, loginStartedAt: Date
         switch lookup {
         case .unknown:
             try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "unknown, expired or already used state", actor: actor)
@@ -126,8 +126,8 @@ struct ProviderSignInController: Sendable {
             try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "state of a login started by another browser", actor: actor)
             web.metrics.providerSignIn(result: "state")
             return refused(.badRequest, "Connexion refusée", "Cette réponse ne correspond pas à une connexion commencée dans ce navigateur. Recommencez.")
-        case .accepted(let hash):
-            intentHash = hash
+        case .accepted(let hash, let loginStart):
+            (intentHash, loginStartedAt) = (hash, loginStart)
         }
         if let error = query.first("error") {
             let code = String(error.prefix(64))
@@ -162,47 +162,50 @@ struct ProviderSignInController: Sendable {
             web.metrics.providerSignIn(result: "no-national-id")
             return refused(.forbidden, "Compte introuvable", "Pro Santé Connect n’a pas transmis votre identifiant national. Connectez-vous sans Pro Santé Connect.", retry: false)
         }
-        let match = try await web.habilitation.providerAccount(nationalID: nationalID)
-        let accountID: String
-        switch match {
-        case .unknown:
+        let sealed = try? provider.box.seal(Array(identity.token.raw.utf8), context: ProviderSignIn.sealContext)
+        // One transaction: the account match, the check that the provider has not ended this
+        // session meanwhile (back-channel logout), the flow and, when the CGU in force is
+        // accepted, the session (from the intent: its origin, a new id), as the password
+        // sign-in's last step makes it.
+        let habilitation = web.habilitation
+        let opened = try await sessions.startProviderFlow(
+            match: { db in try habilitation.providerAccount(nationalID: nationalID, in: db) },
+            intentIDHash: intentHash, loginStartedAt: loginStartedAt,
+            identity: ProviderIdentity(subject: identity.token.subject, sessionID: identity.token.sessionID, sealedIDToken: sealed),
+            auditDetail: claimsUsed, actor: actor,
+            completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) },
+            address: context.clientAddress, userAgent: request.headers[.userAgent],
+            decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+        let response: Response
+        switch opened {
+        case .refused(.unknown), .refused(.eligible):  // (eligible opens: never refused)
             try await sessions.auditProviderSignIn(outcome: "refused: unknown-national-id", accountID: nil, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "unknown-national-id")
             return refused(.forbidden, "Compte introuvable",
                            "Aucun compte régulateur ne correspond à votre identifiant national. Si votre compte a été créé avec un identifiant technique SAS, connectez-vous sans Pro Santé Connect.",
                            retry: false)
-        case .deactivatedBySAS(let id):
+        case .refused(.deactivatedBySAS(let id)):
             try await sessions.auditProviderSignIn(outcome: "refused: deactivated-by-sas", accountID: id, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "deactivated-by-sas")
             return refused(.forbidden, "Habilitation retirée", "La plateforme SAS a retiré votre habilitation régulateur : aucune session n’a été ouverte.", retry: false)
-        case .suspendedByVendor(let id):
+        case .refused(.suspendedByVendor(let id)):
             try await sessions.auditProviderSignIn(outcome: "refused: suspended-by-vendor", accountID: id, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "suspended-by-vendor")
             return refused(.forbidden, "Habilitation suspendue", "L’éditeur a suspendu votre habilitation régulateur : aucune session n’a été ouverte.", retry: false)
-        case .eligible(let id):
-            accountID = id
-        }
-        let sealed = try? provider.box.seal(Array(identity.token.raw.utf8), context: ProviderSignIn.sealContext)
-        // One transaction: the flow and, when the CGU in force is accepted, the session (from
-        // the intent: its origin, a new id), as the password sign-in's last step makes it.
-        let habilitation = web.habilitation
-        let opened = try await sessions.startProviderFlow(
-            accountID: accountID, intentIDHash: intentHash,
-            identity: ProviderIdentity(subject: identity.token.subject, sessionID: identity.token.sessionID, sealedIDToken: sealed),
-            auditDetail: claimsUsed, actor: actor,
-            completeIf: { db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) },
-            address: context.clientAddress, userAgent: request.headers[.userAgent],
-            decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
-        let response: Response
-        if let session = opened.session {
+        case .loggedOutAtProvider:
+            try await sessions.auditProviderSignIn(outcome: "refused: logged-out-at-provider", accountID: nil, detail: claimsUsed, actor: actor)
+            web.metrics.providerSignIn(result: "logged-out-at-provider")
+            return refused(.unauthorized, "Session Pro Santé Connect terminée",
+                           "Votre session Pro Santé Connect a pris fin pendant la connexion : aucune session n’a été ouverte. Recommencez la connexion.")
+        case .opened(_, let session?):
             web.metrics.sessionOpened(origin: session.origin.rawValue)
             context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
             response = WebController.redirect(session.returnURL ?? "/compte", cookies: [
                 WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear, WebCookie.method.clear,
             ])
-        } else {
+        case .opened(let flowToken, nil):
             response = WebController.redirect("/connexion/cgu", cookies: [
-                WebCookie.flow.set(opened.flowToken, maxAge: Int(sessions.configuration.flowLifetime)), WebCookie.method.clear,
+                WebCookie.flow.set(flowToken, maxAge: Int(sessions.configuration.flowLifetime)), WebCookie.method.clear,
             ])
         }
         let own = ContinuousClock.now - started - timer.elapsed
@@ -230,9 +233,12 @@ struct ProviderSignInController: Sendable {
             web.metrics.providerLogout(result: error.label)
             return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
         }
-        let ended = try await sessions.revokeProviderSessions(subject: logout.subject, sessionID: logout.sessionID,
-                                                              actor: AuditActor(subject: "provider", address: context.clientAddress))
-        await provider.relyingParty.markUsed(logout)
+        guard let ended = try await sessions.recordProviderLogout(ProviderLogout(jti: logout.jti, subject: logout.subject, sessionID: logout.sessionID),
+                                                                  actor: AuditActor(subject: "provider", address: context.clientAddress)) else {
+            context.logger.notice("back-channel logout refused", metadata: ["reason": "jti: this logout token was already used"])
+            web.metrics.providerLogout(result: "claim-jti")
+            return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
+        }
         context.logger.info("back-channel logout", metadata: ["sessions": "\(ended)"])
         web.metrics.providerLogout(result: "accepted")
         return Response(status: .ok, headers: headers)

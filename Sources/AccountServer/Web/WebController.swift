@@ -256,7 +256,15 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
-        guard try await credentials.verifySecondFactor(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context)) != nil else {
+        // The code is checked, and the flow records it, in one transaction that first checks
+        // the flow is still open: a password reset on any instance meanwhile spends nothing.
+        switch try await credentials.verifySecondFactor(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context),
+                                                        for: sessions.secondFactorStep(flowToken: flow.token)) {
+        case .accepted:
+            return try await nextStep(request, context)
+        case .stepEnded:
+            return restart
+        case .refused:
             // The account's counter has counted it; the flow itself ends after a few wrong
             // codes or at once when the account is locked, back to the password step.
             let open = try await sessions.recordFailedCode(flowToken: flow.token, limit: configuration.codeAttemptsPerFlow)
@@ -268,8 +276,6 @@ struct WebController: Sendable {
             }
             return respond(request, status: .unauthorized) { Pages.secondFactor(csrf: $0, error: true) }
         }
-        try await sessions.markSecondFactorDone(flowToken: flow.token)
-        return try await nextStep(request, context)
     }
 
     func enrolPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
@@ -289,12 +295,18 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
-        guard let codes = try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context)) else {
+        // Confirming the enrolment proves possession of the second factor for this sign-in:
+        // the flow records it in the transaction that confirms, which first checks the flow
+        // is still open (a password reset meanwhile confirms nothing).
+        switch try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context),
+                                                          for: sessions.secondFactorStep(flowToken: flow.token)) {
+        case .confirmed(let codes):
+            return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes) }
+        case .stepEnded:
+            return restart
+        case .refused:
             return try await enrolPage(request, context, error: true)
         }
-        // Confirming the enrolment proves possession of the second factor for this sign-in.
-        try await sessions.markSecondFactorDone(flowToken: flow.token)
-        return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes) }
     }
 
     func continueFlow(_ request: Request, _ context: WebRequestContext) async throws -> Response {

@@ -237,19 +237,40 @@ public final class CredentialStore: Sendable {
         return try sealed.map { try box.open(Array($0), context: "totp:\(accountID)") }
     }
 
-    /// Confirms enrolment with a first code; returns the recovery codes to show once (their
-    /// hashes replace any earlier set), or nil when the code is wrong.
+    /// Confirms enrolment with a first code, outside any sign-in flow (tooling and tests);
+    /// returns the recovery codes, or nil when the code is wrong. The web sign-in uses
+    /// ``confirmTOTPEnrolment(accountID:code:actor:for:)``.
     public func confirmTOTPEnrolment(accountID: String, code: String, actor: AuditActor) async throws -> [String]? {
+        guard case .confirmed(let codes) = try await confirmTOTPEnrolment(accountID: accountID, code: code, actor: actor, for: .outsideAnyFlow) else { return nil }
+        return codes
+    }
+
+    /// What a first code did to a pending enrolment.
+    public enum EnrolmentOutcome: Sendable, Equatable {
+        /// Confirmed: the recovery codes to show once (their hashes replace any earlier set).
+        case confirmed([String])
+        /// Wrong code, locked account, or no pending enrolment.
+        case refused
+        /// The sign-in flow ended before the code was looked at (a password reset, "sign out
+        /// everywhere"): nothing was confirmed.
+        case stepEnded
+    }
+
+    /// Confirms enrolment with a first code, for the sign-in `step` (still open, checked in
+    /// the same transaction; confirming proves possession of the second factor, so the step
+    /// records it there too).
+    public func confirmTOTPEnrolment(accountID: String, code: String, actor: AuditActor, for step: SignInStep) async throws -> EnrolmentOutcome {
         let at = now
         let totp = configuration.totp
         let codes = RecoveryCodes.generate()
         return try await database.write { db in
-            guard let row = try SQLRow.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return nil }
+            guard try step.isOpen(db) else { return .stepEnded }
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return .refused }
             let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
             guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at),
-                  let step = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return nil }
+                  let totpStep = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return .refused }
             try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ? WHERE account_id = ?",
-                           arguments: [at.epochMilliseconds, step, accountID])
+                           arguments: [at.epochMilliseconds, totpStep, accountID])
             // Both factors are proven: the sign-in is complete.
             try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
             try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
@@ -258,7 +279,8 @@ public final class CredentialStore: Sendable {
                                arguments: [accountID, RecoveryCodes.hash(code), at.epochMilliseconds])
             }
             try self.audit.append(self.event("second-factor-enrolled", "totp confirmed, \(codes.count) recovery codes issued", accountID, actor, at), in: db)
-            return codes
+            try step.accept(db)
+            return .confirmed(codes)
         }
     }
 
@@ -280,26 +302,48 @@ public final class CredentialStore: Sendable {
         return try await database.read { db in lockout.isLocked(try self.lockoutState(accountID, in: db), at: at) }
     }
 
+    /// What a second-factor code did.
+    public enum SecondFactorOutcome: Sendable, Equatable {
+        case accepted(SecondFactor)
+        /// Wrong, already used, or the account is locked (counted, see below).
+        case refused
+        /// The sign-in flow ended before the code was looked at (a password reset, "sign out
+        /// everywhere", on any instance): nothing was checked, spent or counted.
+        case stepEnded
+    }
+
+    /// ``verifySecondFactor(accountID:code:actor:for:)`` outside any sign-in flow (tooling
+    /// and tests).
+    public func verifySecondFactor(accountID: String, code: String, actor: AuditActor) async throws -> SecondFactor? {
+        guard case .accepted(let factor) = try await verifySecondFactor(accountID: accountID, code: code, actor: actor, for: .outsideAnyFlow) else { return nil }
+        return factor
+    }
+
     /// Checks a TOTP code (never one already used: the last used step is stored in the same
-    /// transaction) or else a recovery code (spent on use).
+    /// transaction) or else a recovery code (spent on use), for the sign-in `step`.
     ///
     /// Every wrong code counts in the account's consecutive-failure counter, like a wrong
     /// password, so guesses spread over many addresses still lock the account; a locked
     /// account's codes are refused unchecked, even the right one. A right code completes the
-    /// sign-in and resets the counter.
-    public func verifySecondFactor(accountID: String, code: String, actor: AuditActor) async throws -> SecondFactor? {
+    /// sign-in, resets the counter and is recorded in the step, all in one transaction that
+    /// first checks the step is still open: a password reset committed meanwhile ends the
+    /// flow either before (the code is not looked at, so no recovery code or TOTP step is
+    /// spent for a sign-in that cannot finish) or after (the reset ends the completed flow).
+    public func verifySecondFactor(accountID: String, code: String, actor: AuditActor, for step: SignInStep) async throws -> SecondFactorOutcome {
         let at = now
         let totp = configuration.totp
         let lockout = configuration.lockout
         return try await database.write { db in
+            guard try step.isOpen(db) else { return .stepEnded }
             let state = try self.lockoutState(accountID, in: db)
             if lockout.isLocked(state, at: at) {
                 try self.audit.append(self.event("second-factor", "refused locked", accountID, actor, at), in: db)
-                return nil
+                return .refused
             }
             if let factor = try self.checkSecondFactor(accountID: accountID, code: code, totp: totp, at: at, actor: actor, in: db) {
                 try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
-                return factor
+                try step.accept(db)
+                return .accepted(factor)
             }
             let (next, lockedNow) = lockout.recordingFailure(state, at: at)
             try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?",
@@ -309,7 +353,7 @@ public final class CredentialStore: Sendable {
             if lockedNow {
                 try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", accountID, actor, at), in: db)
             }
-            return nil
+            return .refused
         }
     }
 
@@ -377,4 +421,22 @@ public final class CredentialStore: Sendable {
         let at = now
         try await database.write { db in try self.audit.append(self.event(action, outcome, accountID, actor, at, detail: detail), in: db) }
     }
+}
+
+/// The sign-in flow a second factor is checked for, seen through the store that owns flows
+/// (Habilitation; Accounts never names its tables): whether it is still open, and what
+/// accepting the factor records in it. Both run in the transaction that checks the factor,
+/// so a change that ends flows (a password reset, "sign out everywhere"), committed on any
+/// instance, is either wholly before the check or wholly after it.
+public struct SignInStep: Sendable {
+    public let isOpen: @Sendable (any SQLTransaction) throws -> Bool
+    public let accept: @Sendable (any SQLTransaction) throws -> Void
+
+    public init(isOpen: @escaping @Sendable (any SQLTransaction) throws -> Bool, accept: @escaping @Sendable (any SQLTransaction) throws -> Void) {
+        self.isOpen = isOpen
+        self.accept = accept
+    }
+
+    /// No flow: always open, nothing recorded (tooling and tests only).
+    public static let outsideAnyFlow = SignInStep(isOpen: { _ in true }, accept: { _ in })
 }

@@ -5,7 +5,7 @@ import Storage
 /// Table owners (the only modules whose SQL names them): Accounts — `account`,
 /// `account_identifier`, `audit_event`, `totp_credential`, `recovery_code`,
 /// `password_reset_token`, `cgu_acceptance`, `mail_outbox`; Habilitation — `login_intent`,
-/// `sign_in_flow`, `web_session`, `oidc_login`, `vendor_suspension`. Habilitation reads
+/// `sign_in_flow`, `web_session`, `oidc_login`, `vendor_suspension`, `provider_logout`. Habilitation reads
 /// Accounts' tables (its checks join them) but never writes them; Accounts never names
 /// Habilitation's (`scripts/check-boundary.sh`). The schema is one history because the tables
 /// reference each other (a session belongs to an account) and a database is migrated as a
@@ -30,6 +30,7 @@ public enum AccountSchema {
         CopiedTable("web_session", orderBy: ["id_hash"]),
         CopiedTable("mail_outbox", orderBy: ["id"], identity: "id"),
         CopiedTable("oidc_login", orderBy: ["state_hash"]),
+        CopiedTable("provider_logout", orderBy: ["jti_hash"]),
     ]
 
     /// Tables the running server may only read and append to (the audit trail): on
@@ -236,7 +237,28 @@ public enum AccountSchema {
                 CREATE INDEX web_session_oidc_subject ON web_session(oidc_subject) WHERE revoked_at IS NULL AND oidc_subject IS NOT NULL;
             """),
         Migration("v7-vendor-suspension", vendorSuspension(timestamp: "INTEGER", strict: " STRICT")),
+        Migration("v8-provider-logout", providerLogout(timestamp: "INTEGER", strict: " STRICT")),
     ]
+
+    /// Back-channel logouts received from the OpenID Connect provider, remembered for a while
+    /// in the database rather than in one instance's memory: the SHA-256 of the token's `jti`
+    /// (a replay to any instance is refused), and what it ended (its subject and session id),
+    /// so a provider callback already under way when the logout came, on any instance, opens
+    /// nothing. Owned by Habilitation; rows are purged once `expires_at` is past.
+    static func providerLogout(timestamp: String, strict: String) -> String {
+        """
+        CREATE TABLE provider_logout (
+            jti_hash TEXT PRIMARY KEY NOT NULL,
+            subject TEXT,
+            session_id TEXT,
+            received_at \(timestamp) NOT NULL,
+            expires_at \(timestamp) NOT NULL,
+            CHECK (subject IS NOT NULL OR session_id IS NOT NULL)
+        )\(strict);
+        CREATE INDEX provider_logout_session ON provider_logout(session_id) WHERE session_id IS NOT NULL;
+        CREATE INDEX provider_logout_subject ON provider_logout(subject, received_at) WHERE subject IS NOT NULL;
+        """
+    }
 
     /// A vendor admin's suspension of the habilitation moves out of `account` into a table of
     /// its owner, Habilitation (one row per suspended account), with the suspensions in force
@@ -426,5 +448,6 @@ public enum AccountSchema {
             );
             """),
         Migration("pg-v2-vendor-suspension", vendorSuspension(timestamp: "BIGINT", strict: "")),
+        Migration("pg-v3-provider-logout", providerLogout(timestamp: "BIGINT", strict: "")),
     ]
 }
