@@ -16,6 +16,11 @@ public struct SessionConfiguration: Sendable {
     /// when it came). Longer than every window it guards: a provider login lives as long as
     /// its intent (10 min), a logout token is accepted up to 11 min after it was issued.
     public var providerLogoutMemory: TimeInterval = 3600
+    /// How far apart the instances' clocks may be (NTP keeps them milliseconds apart): a
+    /// provider login started on one instance up to this long after a back-channel logout
+    /// received by another still counts as started before it. A login started within this
+    /// margin after a logout of its session is refused; the regulator starts again.
+    public var providerLogoutClockMargin: TimeInterval = 2
 
     public init() {}
 }
@@ -90,8 +95,8 @@ public enum ProviderFlowStart: Sendable {
     /// opened the flow.
     case refused(HabilitationService.ProviderAccountMatch)
     /// The provider ended this sign-in's session (back-channel logout) before the flow was
-    /// written: nothing opened.
-    case loggedOutAtProvider
+    /// written: nothing opened for the account matched.
+    case loggedOutAtProvider(accountID: String)
     /// The flow, and the session when no step remained.
     case opened(flowToken: String, session: (token: String, origin: SessionOrigin, returnURL: String?)?)
 }
@@ -255,7 +260,9 @@ public final class SessionStore: Sendable {
         return try await database.write { db in
             let found = try match(db)
             guard case .eligible(let accountID) = found else { return .refused(found) }
-            if try Self.loggedOut(identity, since: loginStartedAt, at: at, in: db) { return .loggedOutAtProvider }
+            if try Self.loggedOut(identity, since: loginStartedAt.addingTimeInterval(-self.configuration.providerLogoutClockMargin), at: at, in: db) {
+                return .loggedOutAtProvider(accountID: accountID)
+            }
             try self.insertFlow(token: token, accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor, at: at, in: db)
             guard try complete(accountID, db) else { return .opened(flowToken: token, session: nil) }
             let session = try self.completeFlow(hash: SecretToken.hash(token), at: at, address: address, userAgent: userAgent, actor: actor, decide: decide, in: db)
@@ -263,20 +270,25 @@ public final class SessionStore: Sendable {
         }
     }
 
-    /// Whether a back-channel logout already ended the provider session this identity comes
-    /// from: one naming its `sid` (that session is over, whenever it was received), or one
-    /// naming its subject (without a `sid`, or when the ID token has none: the match
-    /// ``recordProviderLogout(_:actor:)`` uses for sessions) received since this login
-    /// started. Our clock on both sides; a login started after the logout is not affected.
-    static func loggedOut(_ identity: ProviderIdentity, since started: Date, at: Date, in db: any SQLTransaction) throws -> Bool {
+    /// Whether a back-channel logout received since `since` (the login's start, less the
+    /// instances' clock margin) would have ended a session of this identity, had it been
+    /// open: one naming the ID token's `sid` (with its subject, or none), or one naming its
+    /// subject without a `sid`, or, when the ID token has no `sid`, any naming its subject.
+    /// The same match as ``recordProviderLogout(_:actor:)`` uses for sessions. Logouts
+    /// received before the login started are not held against it: the provider issued this
+    /// login's code after them, so its session was live (some providers end only one
+    /// client's part of a session and keep the session, and its `sid`, alive).
+    static func loggedOut(_ identity: ProviderIdentity, since: Date, at: Date, in db: any SQLTransaction) throws -> Bool {
+        // Two indexed lookups (by session id, by subject), not one OR: under SERIALIZABLE
+        // a scan would lock the whole table against logouts being recorded.
         if let sid = identity.sessionID, try Bool.fetchOne(db, sql: """
-            SELECT 1 FROM provider_logout WHERE session_id = ? AND (subject IS NULL OR subject = ?) AND expires_at > ?
-            """, arguments: [sid, identity.subject, at.epochMilliseconds]) == true {
+            SELECT 1 FROM provider_logout WHERE session_id = ? AND (subject IS NULL OR subject = ?) AND received_at >= ? AND expires_at > ?
+            """, arguments: [sid, identity.subject, since.epochMilliseconds, at.epochMilliseconds]) == true {
             return true
         }
         return try Bool.fetchOne(db, sql: """
             SELECT 1 FROM provider_logout WHERE subject = ? AND received_at >= ? AND expires_at > ?\(identity.sessionID == nil ? "" : " AND session_id IS NULL")
-            """, arguments: [identity.subject, started.epochMilliseconds, at.epochMilliseconds]) == true
+            """, arguments: [identity.subject, since.epochMilliseconds, at.epochMilliseconds]) == true
     }
 
     private func insertFlow(token: String, accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String?,
@@ -481,8 +493,10 @@ public final class SessionStore: Sendable {
     /// provider session and provider flow in progress of the provider's session `sid` when
     /// given, else of the subject `sub`, and leaves the mark that refuses a callback of that
     /// session already under way (``startProviderFlow(match:intentIDHash:loginStartedAt:identity:auditDetail:actor:completeIf:address:userAgent:decide:)``).
-    /// Returns the sessions ended. If anything fails, nothing is recorded, and the
-    /// provider's retry of the same token is acted on.
+    /// Returns the sessions ended. If the transaction fails, nothing is recorded, and the
+    /// provider's retry of the same token is acted on (but if its COMMIT went out unanswered
+    /// and had been applied, the retry is refused as a replay: the sessions are ended all the
+    /// same, the provider only logs a failure).
     public func recordProviderLogout(_ logout: ProviderLogout, actor: AuditActor) async throws -> Int? {
         let at = now
         let subject = logout.subject, sessionID = logout.sessionID

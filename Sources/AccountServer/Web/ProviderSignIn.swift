@@ -192,8 +192,8 @@ struct ProviderSignInController: Sendable {
             try await sessions.auditProviderSignIn(outcome: "refused: suspended-by-vendor", accountID: id, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "suspended-by-vendor")
             return refused(.forbidden, "Habilitation suspendue", "L’éditeur a suspendu votre habilitation régulateur : aucune session n’a été ouverte.", retry: false)
-        case .loggedOutAtProvider:
-            try await sessions.auditProviderSignIn(outcome: "refused: logged-out-at-provider", accountID: nil, detail: claimsUsed, actor: actor)
+        case .loggedOutAtProvider(let id):
+            try await sessions.auditProviderSignIn(outcome: "refused: logged-out-at-provider", accountID: id, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "logged-out-at-provider")
             return refused(.unauthorized, "Session Pro Santé Connect terminée",
                            "Votre session Pro Santé Connect a pris fin pendant la connexion : aucune session n’a été ouverte. Recommencez la connexion.")
