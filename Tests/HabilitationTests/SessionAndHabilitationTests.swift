@@ -248,6 +248,62 @@ struct SessionAndHabilitationTests {
         #expect(left == 0)
     }
 
+    /// The logout and the callback at the same time: the callback has read the remembered
+    /// logouts (none) and written its flow, and waits inside its transaction while the logout
+    /// commits through another instance. Whichever order the engine settles on (PostgreSQL's
+    /// SERIALIZABLE makes one of the two run again; SQLite's single writer runs them one
+    /// after the other), the provider session does not survive here: the callback is
+    /// refused, or the flow it opened is ended by the logout.
+    @Test func aLogoutCommittedWhileACallbackWritesItsFlowLeavesNothingOpen() async throws {
+        let world = try await World()
+        let otherInstance = SessionStore(database: world.database, clock: { world.clock.now })
+        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let state = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
+        guard case .accepted(let intentHash, let started) = try await world.sessions.consumeProviderLogin(state: state, intentToken: intent) else {
+            throw ProviderLoginRefused()
+        }
+        world.clock.advance(world.sessions.configuration.providerLogoutClockMargin + 1)
+        let gate = DispatchSemaphore(value: 0)
+        let waiting = Mutex(0)   // attempts of the callback's transaction that reached the gate
+        let habilitation = world.habilitation, sessions = world.sessions
+        let callback = Task {
+            try await sessions.startProviderFlow(
+                match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
+                intentIDHash: intentHash, loginStartedAt: started,
+                identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-r", sealedIDToken: nil), auditDetail: "test", actor: AuditActor(subject: "browser"),
+                completeIf: { _, db in
+                    // The flow's INSERT goes out (a held-back write is sent with the next
+                    // statement), then the first attempt waits for the logout.
+                    _ = try Int.fetchOne(db, sql: "SELECT 1")
+                    if waiting.withLock({ $0 += 1; return $0 }) == 1 { gate.wait() }
+                    return false
+                },
+                address: nil, userAgent: nil, decide: { _, _, _, _ in .denied([]) })
+        }
+        while waiting.withLock({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let logout = Task {
+            try await otherInstance.recordProviderLogout(ProviderLogout(jti: "racing", subject: "psc-sub", sessionID: "sid-r"), actor: AuditActor(subject: "provider"))
+        }
+        // Let the logout's first attempt run (PostgreSQL: it commits, or fails and waits for
+        // the write lock the callback shares); SQLite queues it behind the writer.
+        try await Task.sleep(for: .milliseconds(300))
+        gate.signal()
+        let outcome = try await callback.value
+        #expect(try await logout.value == 0, "no session was open")
+        switch outcome {
+        case .loggedOutAtProvider:
+            break
+        case .opened(let flowToken, nil):
+            #expect(try await world.sessions.flow(flowToken) == nil, "the logout ended the flow the callback wrote")
+        default:
+            Issue.record("unexpected: \(outcome)")
+        }
+        let open = try await world.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE oidc_session_id = 'sid-r' AND consumed_at IS NULL")
+        }
+        #expect(open == 0)
+    }
+
     /// A logout token is acted on once, whichever instance it reaches first: delivered again
     /// to another instance, it ends nothing, not even a session of its subject opened since
     /// (which a logout acted on would end).
