@@ -510,6 +510,9 @@ struct MigrateStoreTests {
                 INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at, oidc_id_token)
                 VALUES ('h1', ?, 'sas', 1, 2, 3, ?)
                 """, arguments: [first, [UInt8]([0, 1, 2, 255])])
+            try db.execute(sql: """
+                INSERT INTO provider_logout (jti_hash, subject, session_id, received_at, expires_at) VALUES ('j1', 'psc-sub', NULL, 1, 2)
+                """)
         }
         let target = try await TestStore.emptyArgument(in: directory)
         let copied = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
@@ -523,6 +526,7 @@ struct MigrateStoreTests {
             return
         }
         #expect(report["rows"] == .number("5") && report["verified"] == .bool(true), "\(accountLine)")
+        #expect(lines.contains { $0.contains(#""table":"provider_logout""#) && $0.contains(#""rows":1"#) }, "\(copied.output)")
 
         let database = try await TestStore.open(target, poolSize: 1)
         let (accounts, inactive, audit, session) = try await database.read { db in

@@ -33,6 +33,28 @@ struct SharedSQLTests {
 /// Schema changes that carry data, on the engine of the run.
 @Suite("Schema upgrades")
 struct SchemaUpgradeTests {
+    /// `AccountSchema.tables` (what `migrate-store` copies and verifies, and what the
+    /// PostgreSQL runtime role is granted) names every table the migrations create: a table
+    /// added without it would be silently left behind by a move to PostgreSQL.
+    @Test func everyTableIsCopiedAndGranted() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tables-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let engine: any StorageEngine
+        let listing: String
+        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
+        case .sqlite(let path):
+            engine = try SQLiteEngine(path: path)
+            listing = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> 'grdb_migrations'"
+        case .postgres(let location):
+            engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
+            listing = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' AND table_name <> 'schema_migration'"
+        }
+        try await engine.migrate(AccountSchema.current)
+        let tables = try await engine.read { db in try String.fetchAll(db, sql: listing) }
+        #expect(Set(tables) == Set(AccountSchema.tables.map(\.name)), "\(Set(tables).symmetricDifference(AccountSchema.tables.map(\.name)))")
+        await engine.close()
+    }
+
     /// Vendor suspensions move from three columns of `account` to Habilitation's own table:
     /// a suspension in force before the upgrade is still in force after it, with who and why.
     @Test func vendorSuspensionsMoveToTheirOwnTable() async throws {
