@@ -120,7 +120,8 @@ public final class SessionStore: Sendable {
 
     // MARK: Retention
 
-    /// Deletes what can no longer be used: intents and flows once spent or expired, sessions
+    /// Deletes what can no longer be used: intents, flows and provider logins once spent or
+    /// expired, back-channel logouts once past ``SessionConfiguration/providerLogoutMemory``, sessions
     /// once ended (revoked, idle or past their absolute limit) for longer than `retention`
     /// (kept that long for the admin's view of recent sessions). The audit trail keeps the
     /// story; with `secure_delete` the rows' bytes are zeroed. Returns the rows deleted.
