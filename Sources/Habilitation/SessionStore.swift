@@ -323,40 +323,20 @@ public final class SessionStore: Sendable {
         }
     }
 
-    /// Counts a wrong second-factor code against the flow; at `limit` the flow ends (the
-    /// browser must start again from the password). Returns whether the flow is still open.
-    public func recordFailedCode(flowToken: String, limit: Int) async throws -> Bool {
-        let at = now
-        return try await database.write { db in
-            let hash = SecretToken.hash(flowToken)
-            try db.execute(sql: "UPDATE sign_in_flow SET failed_codes = failed_codes + 1 WHERE id_hash = ?", arguments: [hash])
-            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL AND failed_codes >= ?",
-                           arguments: [at.epochMilliseconds, hash, limit])
-            return try db.changesCount == 0
-        }
-    }
-
-    /// Ends a flow without a session (lockout, too many codes).
-    public func endFlow(flowToken: String) async throws {
-        let at = now
-        try await database.write { db in
-            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL",
-                           arguments: [at.epochMilliseconds, SecretToken.hash(flowToken)])
-        }
-    }
-
     /// Records the second factor of a live flow, on its own (tests and tooling; the web
     /// sign-in records it in the transaction that checks the code, through
-    /// ``secondFactorStep(flowToken:)``).
+    /// ``secondFactorStep(flowToken:wrongCodesAllowed:)``).
     public func markSecondFactorDone(flowToken: String) async throws {
-        try await database.write { db in try self.secondFactorStep(flowToken: flowToken).accept(db) }
+        try await database.write { db in try self.secondFactorStep(flowToken: flowToken, wrongCodesAllowed: .max).accept(db) }
     }
 
     /// The flow `flowToken` as the step a second factor (a code, or a TOTP enrolment's first
     /// code) completes: open while live (not ended by a reset, a lockout, too many codes or
-    /// "sign out everywhere", not expired), and accepting the factor records it in the flow.
-    /// `CredentialStore` runs both in the transaction that checks the code.
-    public func secondFactorStep(flowToken: String) -> SignInStep {
+    /// "sign out everywhere", not expired); accepting the factor records it in the flow; a
+    /// refused code is counted in the flow, which ends at `wrongCodesAllowed` of them or at
+    /// once when the account is locked (back to the password step). `CredentialStore` runs
+    /// these in the transaction that checks the code.
+    public func secondFactorStep(flowToken: String, wrongCodesAllowed: Int) -> SignInStep {
         let hash = SecretToken.hash(flowToken)
         return SignInStep(isOpen: { db in
             try Bool.fetchOne(db, sql: "SELECT 1 FROM sign_in_flow WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?",
@@ -364,6 +344,11 @@ public final class SessionStore: Sendable {
         }, accept: { db in
             try db.execute(sql: "UPDATE sign_in_flow SET second_factor_at = ? WHERE id_hash = ? AND consumed_at IS NULL",
                            arguments: [self.now.epochMilliseconds, hash])
+        }, refuse: { db, accountLocked in
+            try db.execute(sql: "UPDATE sign_in_flow SET failed_codes = failed_codes + 1 WHERE id_hash = ?", arguments: [hash])
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL AND failed_codes >= ?",
+                           arguments: [self.now.epochMilliseconds, hash, accountLocked ? 0 : Int64(clamping: wrongCodesAllowed)])
+            return try db.changesCount == 0
         })
     }
 

@@ -249,11 +249,11 @@ struct CredentialStoreTests {
         let enrolling = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         try await h.setPassword("Another-good-passphrase")
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: code(), actor: h.actor,
-                                                       for: sessions.secondFactorStep(flowToken: enrolling)) == .stepEnded)
+                                                       for: sessions.secondFactorStep(flowToken: enrolling, wrongCodesAllowed: 3)) == .stepEnded)
         #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
         let live = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         guard case .confirmed(let codes) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: code(), actor: h.actor,
-                                                                                 for: sessions.secondFactorStep(flowToken: live)) else {
+                                                                                 for: sessions.secondFactorStep(flowToken: live, wrongCodesAllowed: 3)) else {
             Issue.record("the enrolment of a live flow is confirmed"); return
         }
         #expect(try await sessions.flow(live)?.secondFactorDone == true)
@@ -263,7 +263,7 @@ struct CredentialStoreTests {
         let ended = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         try await h.setPassword("Yet-another-good-passphrase")
         #expect(try await sessions.flow(ended) == nil)
-        let endedStep = sessions.secondFactorStep(flowToken: ended)
+        let endedStep = sessions.secondFactorStep(flowToken: ended, wrongCodesAllowed: 3)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: code(), actor: h.actor, for: endedStep) == .stepEnded)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor, for: endedStep) == .stepEnded)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: "000000", actor: h.actor, for: endedStep) == .stepEnded)
@@ -274,13 +274,44 @@ struct CredentialStoreTests {
         // Neither code was spent: both still work, once each, on live flows.
         let first = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: code(), actor: h.actor,
-                                                     for: sessions.secondFactorStep(flowToken: first)) == .accepted(.totp))
+                                                     for: sessions.secondFactorStep(flowToken: first, wrongCodesAllowed: 3)) == .accepted(.totp))
         #expect(try await sessions.flow(first)?.secondFactorDone == true)
         let second = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor,
-                                                     for: sessions.secondFactorStep(flowToken: second)) == .accepted(.recoveryCode))
+                                                     for: sessions.secondFactorStep(flowToken: second, wrongCodesAllowed: 3)) == .accepted(.recoveryCode))
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor,
-                                                     for: sessions.secondFactorStep(flowToken: second)) == .refused)
+                                                     for: sessions.secondFactorStep(flowToken: second, wrongCodesAllowed: 3)) == .refused(flowOpen: true))
+    }
+
+    /// A wrong code is counted in the flow by the transaction that checks it: the flow ends
+    /// at the third, or at once when the account locks (and a locked account's right code
+    /// ends the flow it was sent for too).
+    @Test func wrongCodesEndTheFlowInTheTransactionThatCountsThem() async throws {
+        let h = try await CredentialHarness(lockout: LockoutPolicy(maximumFailures: 5, coolingPeriod: .seconds(900)))
+        try await h.setPassword(Self.password)
+        let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
+        let totp = TOTP()
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: totp.code(secret: secret, step: totp.step(at: h.clock.now)), actor: h.actor) != nil)
+        h.clock.advance(30)
+        let acceptable = Set((-1...1).map { totp.code(secret: secret, step: totp.step(at: h.clock.now) + Int64($0)) })
+        let wrong = (0..<1_000_000).lazy.map { String(format: "%06d", $0) }.first { !acceptable.contains($0) }!
+        func send(_ code: String, _ flow: String) async throws -> CredentialStore.SecondFactorOutcome {
+            try await h.store.verifySecondFactor(accountID: h.accountID, code: code, actor: h.actor, for: sessions.secondFactorStep(flowToken: flow, wrongCodesAllowed: 3))
+        }
+        let first = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        let waiting = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        #expect(try await send(wrong, first) == .refused(flowOpen: true))
+        #expect(try await send(wrong, first) == .refused(flowOpen: true))
+        #expect(try await send(wrong, first) == .refused(flowOpen: false), "the third wrong code ends the flow")
+        #expect(try await sessions.flow(first) == nil)
+        let second = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        #expect(try await send(wrong, second) == .refused(flowOpen: true))
+        #expect(try await send(wrong, second) == .refused(flowOpen: false), "the fifth failure locks the account and ends the flow")
+        #expect(try await h.store.isLocked(accountID: h.accountID))
+        #expect(try await send(totp.code(secret: secret, step: totp.step(at: h.clock.now)), waiting) == .refused(flowOpen: false),
+                "locked: the right code is refused and its flow ends")
+        #expect(try await sessions.flow(waiting) == nil)
     }
 
     @Test func cguAcceptancePerVersion() async throws {

@@ -256,21 +256,19 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
-        // The code is checked, and the flow records it, in one transaction that first checks
-        // the flow is still open: a password reset on any instance meanwhile spends nothing.
-        switch try await credentials.verifySecondFactor(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context),
-                                                        for: sessions.secondFactorStep(flowToken: flow.token)) {
+        // The code is checked, and the flow records it (accepted, or one more wrong code), in
+        // one transaction that first checks the flow is still open: a password reset on any
+        // instance meanwhile spends nothing.
+        let step = sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)
+        switch try await credentials.verifySecondFactor(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context), for: step) {
         case .accepted:
             return try await nextStep(request, context)
         case .stepEnded:
             return restart
-        case .refused:
+        case .refused(let flowOpen):
             // The account's counter has counted it; the flow itself ends after a few wrong
             // codes or at once when the account is locked, back to the password step.
-            let open = try await sessions.recordFailedCode(flowToken: flow.token, limit: configuration.codeAttemptsPerFlow)
-            let locked = try await credentials.isLocked(accountID: flow.accountID)
-            if !open || locked {
-                try await sessions.endFlow(flowToken: flow.token)
+            guard flowOpen else {
                 context.logger.info("sign-in flow ended after wrong second-factor codes")
                 return Self.redirect("/connexion?fin=codes", cookies: [WebCookie.flow.clear])
             }
@@ -299,7 +297,7 @@ struct WebController: Sendable {
         // the flow records it in the transaction that confirms, which first checks the flow
         // is still open (a password reset meanwhile confirms nothing).
         switch try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context),
-                                                          for: sessions.secondFactorStep(flowToken: flow.token)) {
+                                                          for: sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)) {
         case .confirmed(let codes):
             return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes) }
         case .stepEnded:

@@ -305,8 +305,10 @@ public final class CredentialStore: Sendable {
     /// What a second-factor code did.
     public enum SecondFactorOutcome: Sendable, Equatable {
         case accepted(SecondFactor)
-        /// Wrong, already used, or the account is locked (counted, see below).
-        case refused
+        /// Wrong, already used, or the account is locked (counted, see below); whether the
+        /// sign-in flow stays open (it ends after a few wrong codes, or once the account is
+        /// locked), as recorded in the same transaction.
+        case refused(flowOpen: Bool)
         /// The sign-in flow ended before the code was looked at (a password reset, "sign out
         /// everywhere", on any instance): nothing was checked, spent or counted.
         case stepEnded
@@ -325,10 +327,11 @@ public final class CredentialStore: Sendable {
     /// Every wrong code counts in the account's consecutive-failure counter, like a wrong
     /// password, so guesses spread over many addresses still lock the account; a locked
     /// account's codes are refused unchecked, even the right one. A right code completes the
-    /// sign-in, resets the counter and is recorded in the step, all in one transaction that
-    /// first checks the step is still open: a password reset committed meanwhile ends the
-    /// flow either before (the code is not looked at, so no recovery code or TOTP step is
-    /// spent for a sign-in that cannot finish) or after (the reset ends the completed flow).
+    /// sign-in, resets the counter and is recorded in the step; a wrong one is counted in the
+    /// step too (which may end it). All in one transaction that first checks the step is
+    /// still open: a password reset committed meanwhile ends the flow either before (the code
+    /// is not looked at, so no recovery code or TOTP step is spent for a sign-in that cannot
+    /// finish) or after (the reset ends the completed flow).
     public func verifySecondFactor(accountID: String, code: String, actor: AuditActor, for step: SignInStep) async throws -> SecondFactorOutcome {
         let at = now
         let totp = configuration.totp
@@ -338,7 +341,7 @@ public final class CredentialStore: Sendable {
             let state = try self.lockoutState(accountID, in: db)
             if lockout.isLocked(state, at: at) {
                 try self.audit.append(self.event("second-factor", "refused locked", accountID, actor, at), in: db)
-                return .refused
+                return .refused(flowOpen: try step.refuse(db, true))
             }
             if let factor = try self.checkSecondFactor(accountID: accountID, code: code, totp: totp, at: at, actor: actor, in: db) {
                 try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
@@ -353,7 +356,7 @@ public final class CredentialStore: Sendable {
             if lockedNow {
                 try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", accountID, actor, at), in: db)
             }
-            return .refused
+            return .refused(flowOpen: try step.refuse(db, lockedNow))
         }
     }
 
@@ -431,12 +434,17 @@ public final class CredentialStore: Sendable {
 public struct SignInStep: Sendable {
     public let isOpen: @Sendable (any SQLTransaction) throws -> Bool
     public let accept: @Sendable (any SQLTransaction) throws -> Void
+    /// Records a refused code in the flow (`accountLocked`: the account is locked, now or
+    /// already); returns whether the flow stays open.
+    public let refuse: @Sendable (any SQLTransaction, _ accountLocked: Bool) throws -> Bool
 
-    public init(isOpen: @escaping @Sendable (any SQLTransaction) throws -> Bool, accept: @escaping @Sendable (any SQLTransaction) throws -> Void) {
+    public init(isOpen: @escaping @Sendable (any SQLTransaction) throws -> Bool, accept: @escaping @Sendable (any SQLTransaction) throws -> Void,
+                refuse: @escaping @Sendable (any SQLTransaction, _ accountLocked: Bool) throws -> Bool) {
         self.isOpen = isOpen
         self.accept = accept
+        self.refuse = refuse
     }
 
     /// No flow: always open, nothing recorded (tooling and tests only).
-    public static let outsideAnyFlow = SignInStep(isOpen: { _ in true }, accept: { _ in })
+    public static let outsideAnyFlow = SignInStep(isOpen: { _ in true }, accept: { _ in }, refuse: { _, _ in true })
 }
