@@ -71,7 +71,8 @@ public enum ProviderLoginLookup: Sendable, Equatable {
     /// A live login, but started by another browser (its intent is not this browser's).
     case otherBrowser
     /// This browser's login, now spent; the intent it serves, and when the login started
-    /// (a back-channel logout for the subject received since then refuses the callback).
+    /// (a back-channel logout of its provider session received since then refuses the
+    /// callback).
     case accepted(intentIDHash: String, startedAt: Date)
 }
 
