@@ -46,6 +46,18 @@ struct MutualTLSTests {
         await server.stop()
     }
 
+    /// The kit's "wrong OU" certificate carries the allowed CN: without an OU allow-list it
+    /// would be served, so the server refuses to start without one (as without a CN list).
+    @Test func bothAllowListsAreRequired() async throws {
+        let pki = try TestPKI()
+        await #expect(throws: ConfigurationError.self, "no --allowed-client-ou") {
+            _ = try await RunningServer.start(pki: pki) { $0.fhir.allowedClientOrganizationalUnits = [] }
+        }
+        await #expect(throws: ConfigurationError.self, "no --allowed-client-cn") {
+            _ = try await RunningServer.start(pki: pki) { $0.fhir.allowedClientCommonNames = [] }
+        }
+    }
+
     @Test func refusalsAreLoggedWithSubjectAndSerialAndNoSecrets() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)

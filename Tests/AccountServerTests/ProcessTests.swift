@@ -583,3 +583,65 @@ struct MigrateStoreTests {
         await database.close()
     }
 }
+
+/// `account-server backup`: a verified, private copy of a SQLite installation, taken while
+/// it is written to (docs/deployment.md, "Backup and restore"). SQLite files on both runs.
+@Suite("Backing up a SQLite installation")
+struct BackupCommandTests {
+    @Test func aBackupIsOneVerifiedSnapshotReadableByItsOwnerOnly() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("backup-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("state/account-server.sqlite").path
+        let source = try AccountDatabase(path: file)
+        let provisioner = Provisioner(database: source, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 1), sessions: SessionLedger())
+        let context = CallContext(actor: AuditActor(subject: "CN=test"), requestID: "backup")
+        for index in 0..<5 {
+            let record = RegulatorRecord(sasTechnicalID: SASTechnicalID(UUID().uuidString.lowercased()), active: true, familyName: "NOM\(index)",
+                                         givenName: "Prénom", email: EmailAddress("b\(index)@test.fr")!)
+            _ = try await provisioner.provision(.create(record), context: context)
+        }
+        // The server goes on writing while the copy is taken: the copy is one snapshot.
+        let writing = Task {
+            var written = 0
+            while !Task.isCancelled {
+                try await source.write { db in
+                    try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'note', 'ok')")
+                }
+                written += 1
+            }
+            return written
+        }
+        let previous = umask(0o022)
+        let copy = directory.appendingPathComponent("backups/copy.sqlite").path
+        let backup = try await ProcessTests.run(["backup", "--database", file, "--to", copy])
+        umask(previous)
+        writing.cancel()
+        let written = try await writing.value
+        #expect(backup.status == 0, "\(backup.output)")
+        let lines = backup.output.split(separator: "\n")
+        #expect(lines.count == AccountSchema.tables.count && lines.allSatisfy { $0.contains(#""verified":true"#) }, "\(backup.output)")
+        #expect(lines.contains { $0.contains(#""table":"account""#) && $0.contains(#""rows":5,"#) }, "\(backup.output)")
+        var status = stat()
+        #expect(lstat(copy, &status) == 0 && status.st_mode & 0o777 == 0o600, "the copy holds password hashes and the audit trail")
+        #expect(lstat(directory.appendingPathComponent("backups").path, &status) == 0 && status.st_mode & 0o777 == 0o700)
+        #expect(!FileManager.default.fileExists(atPath: copy + "-wal") && !FileManager.default.fileExists(atPath: copy + "-shm"))
+        let copied = try AccountDatabase(path: copy)
+        let (accounts, audit) = try await copied.read { db in
+            (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account"), try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event"))
+        }
+        let total = try await source.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event") }
+        #expect(accounts == 5 && (audit ?? 0) >= 5 && (audit ?? 0) <= (total ?? 0), "audit \(String(describing: audit)) of \(String(describing: total)), \(written) written meanwhile")
+        await copied.close()
+
+        // Never over an existing file; a missing source creates nothing.
+        let again = try await ProcessTests.run(["backup", "--database", file, "--to", copy])
+        #expect(again.status != 0, "refused: the message goes to standard error")
+        #expect(lstat(copy, &status) == 0 && status.st_size > 0)
+        let missing = directory.appendingPathComponent("state/mistyped.sqlite").path
+        let other = directory.appendingPathComponent("backups/other.sqlite").path
+        let typo = try await ProcessTests.run(["backup", "--database", missing, "--to", other])
+        #expect(typo.status != 0)
+        #expect(!FileManager.default.fileExists(atPath: missing) && !FileManager.default.fileExists(atPath: other))
+        await source.close()
+    }
+}

@@ -130,9 +130,51 @@ struct CredentialTests {
         #expect(!lockout.isLocked(state, at: start.addingTimeInterval(900)))
         // Failures while locked do not extend the lock.
         #expect(lockout.recordingFailure(state, at: start.addingTimeInterval(10)).state == state)
-        // After the cooling period the count starts again.
+        // After the cooling period the count goes on: the next failure locks again, for
+        // twice as long (a phished password gets no fresh run of guesses).
         let after = lockout.recordingFailure(state, at: start.addingTimeInterval(901))
-        #expect(!after.locked && after.state.consecutiveFailures == 1)
+        #expect(after.locked && after.state.consecutiveFailures == 4)
+        #expect(after.state.lockedUntil == start.addingTimeInterval(901 + 1_800))
         #expect(lockout.recordingSuccess() == LockoutPolicy.State())
+    }
+
+    @Test func eachFailureAfterALockLocksAgainForLongerUntilAQuietPeriod() {
+        let lockout = LockoutPolicy(maximumFailures: 5, coolingPeriod: .seconds(900),
+                                    maximumWait: .seconds(4 * 3600), failureResetTime: .seconds(12 * 3600))
+        var now = Date(timeIntervalSince1970: 1_800_000_000)
+        var state = LockoutPolicy.State()
+        for _ in 1...5 { state = lockout.recordingFailure(state, at: now).state }
+        var waits: [TimeInterval] = []
+        var guesses = 5
+        // An attacker guessing as soon as each lock runs out, for a day.
+        let end = now.addingTimeInterval(24 * 3600)
+        while let until = state.lockedUntil, until < end {
+            waits.append(until.timeIntervalSince(now))
+            now = until
+            let result = lockout.recordingFailure(state, at: now)
+            #expect(result.locked)
+            state = result.state
+            guesses += 1
+        }
+        #expect(Array(waits.prefix(6)) == [900, 1_800, 3_600, 7_200, 14_400, 14_400])
+        #expect(guesses == 14, "guesses in the first day with a 4-hour cap: \(guesses)")
+        // At the defaults (24-hour cap): 5, then one after each lock of 15 min … 8 h.
+        let defaults = LockoutPolicy()
+        var day = LockoutPolicy.State()
+        var clock = Date(timeIntervalSince1970: 1_800_000_000)
+        var defaultGuesses = 0
+        while clock < Date(timeIntervalSince1970: 1_800_000_000 + 24 * 3600) {
+            day = defaults.recordingFailure(day, at: clock).state
+            defaultGuesses += 1
+            if let until = day.lockedUntil { clock = until }
+        }
+        #expect(defaultGuesses == 11, "was 5 per 15 minutes, 480 a day")
+        // Quiet for the reset time after the last lock ran out: the count starts again.
+        let quiet = lockout.recordingFailure(state, at: state.lockedUntil!.addingTimeInterval(12 * 3600))
+        #expect(!quiet.locked && quiet.state == LockoutPolicy.State(consecutiveFailures: 1, lockedUntil: nil))
+        // One second short of it: locked again, for the longest wait.
+        let early = lockout.recordingFailure(state, at: state.lockedUntil!.addingTimeInterval(12 * 3600 - 1))
+        #expect(early.locked && early.state.consecutiveFailures == state.consecutiveFailures + 1)
+        #expect(lockout.wait(afterFailures: 4) == nil && lockout.wait(afterFailures: 1_000) == 4 * 3600)
     }
 }

@@ -1,6 +1,7 @@
 import Accounts
 import Crypto
 import Foundation
+import Storage
 
 /// The admin API's bearer token, read from `--admin-token-file`. Created (256 random bits,
 /// mode 0600) when the file does not exist; refused when the file is readable by others.
@@ -13,19 +14,14 @@ struct AdminToken: Sendable {
     }
 
     static func load(path: String) throws -> (token: AdminToken, created: Bool) {
-        let manager = FileManager.default
         var created = false
-        if !manager.fileExists(atPath: path) {
-            let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-            try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            guard manager.createFile(atPath: path, contents: Data((SecretToken.generate() + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-                throw ConfigurationError(description: "\(path): could not create the admin token file")
+        if !FileManager.default.fileExists(atPath: path) {
+            do { created = try PrivateFile.create(path: path, contents: Array((SecretToken.generate() + "\n").utf8)) } catch {
+                throw ConfigurationError(description: "\(path): could not create the admin token file: \(error.description)")
             }
-            created = true
         }
-        let attributes = try manager.attributesOfItem(atPath: path)
-        if let mode = attributes[.posixPermissions] as? Int, mode & 0o077 != 0 {
-            throw ConfigurationError(description: "\(path): the admin token file must not be readable by group or others (chmod 600)")
+        do { try PrivateFile.requireOwnerOnly(path: path, what: "the admin token file") } catch {
+            throw ConfigurationError(description: error.description)
         }
         let text = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         guard text.utf8.count >= 32 else {

@@ -41,6 +41,11 @@ func buildApplication(
     guard !configuration.fhir.allowedClientCommonNames.isEmpty else {
         throw ConfigurationError(description: "at least one --allowed-client-cn is required: every organisation holding a certificate from the client CA could otherwise call INT_R02")
     }
+    // INT_R02 checks the caller's CN *and* OU against allow-lists, and the conformance kit
+    // presents a certificate with the right CN and a wrong OU: without the list it was served.
+    guard !configuration.fhir.allowedClientOrganizationalUnits.isEmpty else {
+        throw ConfigurationError(description: "at least one --allowed-client-ou is required: INT_R02 checks the caller certificate's OU as well as its CN, and a certificate with the allowed CN and another OU would otherwise be served")
+    }
     let crlStore = try CRLStore(paths: configuration.fhir.clientCRLPaths, issuers: trustRoots, allowMissing: configuration.fhir.allowMissingCRL, logger: logger)
     let uncovered = crlStore.uncoveredAuthorities.map(\.subject.description)
     if !uncovered.isEmpty {

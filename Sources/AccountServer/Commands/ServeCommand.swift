@@ -112,8 +112,14 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Consecutive sign-in failures before lockout. Env: ACCOUNT_SERVER_LOCKOUT_FAILURES. Default: 5")
     var lockoutFailures: Int?
 
-    @Option(help: "Lockout duration in minutes. Env: ACCOUNT_SERVER_LOCKOUT_MINUTES. Default: 15")
+    @Option(help: "Lockout duration in minutes; each failure after a lock runs out locks again, twice as long. Env: ACCOUNT_SERVER_LOCKOUT_MINUTES. Default: 15")
     var lockoutMinutes: Int?
+
+    @Option(help: "Longest lockout an escalation reaches, in minutes. Env: ACCOUNT_SERVER_LOCKOUT_MAXIMUM_MINUTES. Default: 1440")
+    var lockoutMaximumMinutes: Int?
+
+    @Option(help: "Hours without a failure after the last lockout ran out before the failure count starts again. Env: ACCOUNT_SERVER_LOCKOUT_RESET_HOURS. Default: 12")
+    var lockoutResetHours: Int?
 
     @Option(help: "Session idle timeout in minutes. Env: ACCOUNT_SERVER_SESSION_IDLE_MINUTES. Default: 30")
     var sessionIdleMinutes: Int?
@@ -251,6 +257,8 @@ struct ServeCommand: AsyncParsableCommand {
         "secret.key.file",
         "lockout.failures",
         "lockout.minutes",
+        "lockout.maximum.minutes",
+        "lockout.reset.hours",
         "session.idle.minutes",
         "session.absolute.hours",
         "rate.limit.per.minute",
@@ -322,6 +330,8 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("secret.key.file", secretKeyFile)
         values.set("lockout.failures", lockoutFailures)
         values.set("lockout.minutes", lockoutMinutes)
+        values.set("lockout.maximum.minutes", lockoutMaximumMinutes)
+        values.set("lockout.reset.hours", lockoutResetHours)
         values.set("session.idle.minutes", sessionIdleMinutes)
         values.set("session.absolute.hours", sessionAbsoluteHours)
         values.set("rate.limit.per.minute", rateLimitPerMinute)
@@ -452,7 +462,9 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.mailFrom = try settings.string("mail.from")
         resolved.secretKeyPath = try settings.string("secret.key.file") ?? "./data/secret.key"
         resolved.lockout = LockoutPolicy(maximumFailures: try settings.int("lockout.failures") ?? 5,
-                                    coolingPeriod: .seconds(60 * (try settings.int("lockout.minutes") ?? 15)))
+                                    coolingPeriod: .seconds(60 * (try settings.int("lockout.minutes") ?? 15)),
+                                    maximumWait: .seconds(60 * (try settings.int("lockout.maximum.minutes") ?? 1440)),
+                                    failureResetTime: .seconds(3600 * (try settings.int("lockout.reset.hours") ?? 12)))
         resolved.sessionIdleTimeout = TimeInterval(60 * (try settings.int("session.idle.minutes") ?? 30))
         resolved.sessionAbsoluteTimeout = TimeInterval(3600 * (try settings.int("session.absolute.hours") ?? 12))
         resolved.rateLimitPerMinute = try settings.int("rate.limit.per.minute") ?? 10
@@ -503,7 +515,8 @@ struct ServeCommand: AsyncParsableCommand {
             sso.nationalIDClaim = try settings.string("oidc.national.id.claim") ?? "SubjectNameID"
             resolved.sso = sso
         }
-        guard resolved.lockout.maximumFailures >= 1, resolved.rateLimitPerMinute >= 1, resolved.sessionIdleTimeout > 0, resolved.sessionAbsoluteTimeout > 0 else {
+        guard resolved.lockout.maximumFailures >= 1, resolved.lockout.coolingPeriod > .zero, resolved.lockout.failureResetTime > .zero,
+              resolved.rateLimitPerMinute >= 1, resolved.sessionIdleTimeout > 0, resolved.sessionAbsoluteTimeout > 0 else {
             throw ValidationError("lockout, rate limit and session settings must be positive")
         }
         let configuration = resolved

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Storage
 import SwiftASN1
 import X509
 
@@ -149,8 +150,10 @@ struct DevelopmentPKI {
     }
 
     private func write(_ text: String, to path: String, mode: Int) throws {
-        guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode]) else {
-            throw ConfigurationError(description: "cannot write \(path)")
+        // Private keys are created at their mode from the first byte (``PrivateFile``).
+        unlink(path)  // a partial set is made again whole: a new CA must not meet old files
+        do { try PrivateFile.create(path: path, contents: Array(text.utf8), mode: mode_t(mode)) } catch {
+            throw ConfigurationError(description: "cannot write \(path): \(error.description)")
         }
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Storage
 
 /// Encrypts the few secrets that must be kept recoverable (TOTP secrets) with AES-256-GCM
 /// under the server's key, bound to the account they belong to (associated data), so a
@@ -12,18 +13,17 @@ public struct SecretBox: Sendable {
         self.key = SymmetricKey(data: key)
     }
 
-    /// Reads the key file, or creates it (32 random bytes, mode 0600) when absent. The same
-    /// bytes key this box and (derived) the CSRF tokens.
+    /// Reads the key file, or creates it (32 random bytes, mode 0600 from its first byte,
+    /// ``PrivateFile``) when absent. The same bytes key this box and (derived) the CSRF
+    /// tokens. A key file readable by group or others is refused, as the admin token is.
     public static func loadOrCreateKey(path: String) throws -> [UInt8] {
-        let manager = FileManager.default
-        if !manager.fileExists(atPath: path) {
-            let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-            try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        if !FileManager.default.fileExists(atPath: path) {
             var generator = SystemRandomNumberGenerator()
             let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
-            guard manager.createFile(atPath: path, contents: Data(bytes), attributes: [.posixPermissions: 0o600]) else {
-                throw SecretBoxError(description: "cannot create \(path)")
-            }
+            do { try PrivateFile.create(path: path, contents: bytes) } catch { throw SecretBoxError(description: error.description) }
+        }
+        do { try PrivateFile.requireOwnerOnly(path: path, what: "the secret key file") } catch {
+            throw SecretBoxError(description: error.description)
         }
         return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }

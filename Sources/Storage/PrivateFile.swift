@@ -1,0 +1,73 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Files that hold secrets (the server key, the admin token, private keys), created readable
+/// by their owner only **from their first byte**.
+///
+/// `FileManager.createFile(atPath:contents:attributes:)` does not do that on Linux: it writes
+/// a temporary file at the umask's mode (0644 under the usual 022), renames it into place and
+/// only then applies the mode, ignoring a failure; a local user watching the folder could open
+/// the file in between and keep reading the secret after the chmod. Here the file is opened
+/// with `O_CREAT | O_EXCL | O_NOFOLLOW` and the mode (umask can only narrow it), written and
+/// synced under a temporary name, then `link`ed into place, which fails rather than replacing
+/// a file another process created meanwhile: two instances starting at once on one key file
+/// both end up reading the same complete file, never a half-written one.
+public enum PrivateFile {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Creates `path` with `contents` unless it exists; returns whether this call created it.
+    /// A missing folder is created 0700.
+    @discardableResult
+    public static func create(path: String, contents: [UInt8], mode: mode_t = 0o600) throws(Failure) -> Bool {
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        if !FileManager.default.fileExists(atPath: directory) {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw Failure(description: "\(directory): cannot create the folder (\(error.localizedDescription))")
+            }
+            guard chmod(directory, 0o700) == 0 else { throw failure(directory, "cannot narrow the folder to 0700") }
+        }
+        var random = SystemRandomNumberGenerator()
+        let temporary = "\(path).new-\(String(random.next(), radix: 36))"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+        guard descriptor >= 0 else { throw failure(temporary, "cannot create") }
+        defer { unlink(temporary) }
+        do {
+            defer { close(descriptor) }
+            guard fchmod(descriptor, mode) == 0 else { throw failure(temporary, "cannot set its mode") }
+            var written = 0
+            while written < contents.count {
+                let count = contents.withUnsafeBytes { write(descriptor, $0.baseAddress! + written, $0.count - written) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { throw failure(temporary, "cannot write") }
+                written += count
+            }
+            guard fsync(descriptor) == 0 else { throw failure(temporary, "cannot sync") }
+        }
+        if link(temporary, path) == 0 { return true }
+        if errno == EEXIST { return false }  // created meanwhile by another process: theirs is read
+        throw failure(path, "cannot put in place")
+    }
+
+    /// Refuses a secret file readable or writable by group or others, or not a regular file.
+    public static func requireOwnerOnly(path: String, what: String) throws(Failure) {
+        var status = stat()
+        guard lstat(path, &status) == 0 else { throw failure(path, "cannot read its mode") }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            throw Failure(description: "\(path): \(what) must be a regular file")
+        }
+        guard status.st_mode & 0o077 == 0 else {
+            throw Failure(description: "\(path): \(what) must not be readable by group or others (chmod 600)")
+        }
+    }
+
+    private static func failure(_ path: String, _ what: String) -> Failure {
+        Failure(description: "\(path): \(what) (\(String(cString: strerror(errno))))")
+    }
+}
