@@ -3,6 +3,7 @@ import Accounts
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOHTTP1
 import Testing
 
 /// The INT_R02 interactions over real mTLS, including the conformance kit's cases.
@@ -132,6 +133,128 @@ struct FHIREndpointTests {
     /// the wrong system). A UUID is no IDNPS, so the URL names no identifier we could match or
     /// create: 400 with the `identifier` parameter as the offending element, nothing written
     /// (the same body under the SAS system is accepted).
+    /// A body as the conformance kit's `HelperFLuxv1.build_regulateur_body` makes it: its
+    /// `id`, `meta.source` and profile, the identifier's code chosen from the system (IDNPS for
+    /// the national system, INTRN for any other), one given name, one e-mail. `omit` drops
+    /// top-level elements (the kit's "missing fields" resources).
+    static func kitBody(id: String, mail: String, first: String = "Sébastien", last: String = "Loridon",
+                        system: String, active: Bool = true, code: String? = nil, omit: Set<String> = []) throws -> String {
+        var resource: [String: Any] = [
+            "resourceType": "Practitioner", "id": "example-regulator-1",
+            "meta": ["source": "urn:oid:1.2.250.1.213.3.6",
+                     "profile": ["https://interop.esante.gouv.fr/ig/fhir/sas/StructureDefinition/FrPractitionerRegul"]],
+            "identifier": [["type": ["coding": [["system": "http://interopsante.org/fhir/CodeSystem/fr-v2-0203",
+                                                  "code": code ?? (system == "urn:oid:1.2.250.1.71.4.2.1" ? "IDNPS" : "INTRN")]]],
+                            "system": system, "value": id]],
+            "active": active,
+            "name": [["family": last, "given": [first]]],
+            "telecom": [["system": "email", "value": mail]],
+        ]
+        for element in omit { resource[element] = nil }
+        return String(decoding: try JSONSerialization.data(withJSONObject: resource, options: [.sortedKeys]), as: UTF8.self)
+    }
+
+    /// The conformance kit's Flux V1 group replayed in its order, with its default inputs,
+    /// its bodies and its headers (`Content-Type: application/json`, `Accept:
+    /// application/fhir+json`), each answer checked against what the kit asserts. One case
+    /// differs, knowingly (docs/int-r02.md): the kit's "modification_typeid" targets
+    /// `urn:oid:1.2.250.1.71.4.2.1|<uuid>` with a body carrying the SAS system, the INTRN code
+    /// and an IDNPS value (system and value swapped in both), expects 2xx, and gets 400.
+    @Test func theConformanceKitFluxV1InItsOrder() async throws {
+        try await withServer { client, server in
+            let national = "urn:oid:1.2.250.1.71.4.2.1", sas = "urn:oid:1.2.250.1.213.3.6"
+            let regulator = "3456780581/11242343", regulatorModif = "3456780581/11242344"
+            let mail = "sebastien.loridon@test.com", mailModif = "sebastien.loridon.modif@test.com"
+            var step = 0
+            func send(_ method: HTTPMethod, _ path: String, _ body: String, expect: (Int) -> Bool, _ label: String) async throws -> FHIRReply {
+                step += 1
+                let reply = try await client.send(method, path, body: body, contentType: "application/json", headers: [("Accept", "application/fhir+json")])
+                #expect(expect(reply.status), "kit step \(step), \(label): \(reply.status) \(reply.body)")
+                if reply.status >= 400 {
+                    #expect(reply["resourceType"] == .string("OperationOutcome"), "kit step \(step), \(label): \(reply.body)")
+                }
+                return reply
+            }
+            let success = { (status: Int) in (200..<400).contains(status) }
+            let refusal = { (status: Int) in (400..<600).contains(status) }
+            let created = { (status: Int) in status == 201 }
+
+            // creation_regulateur_idnps, creation_regulateur_uuid, creation_double_regulateur
+            _ = try await send(.POST, "/Practitioner", try Self.kitBody(id: regulator, mail: mail, system: national), expect: created, "create IDNPS")
+            let uuid = UUID().uuidString.lowercased()
+            _ = try await send(.POST, "/Practitioner", try Self.kitBody(id: uuid, mail: uuid + mail, system: sas), expect: created, "create UUID")
+            let double = UUID().uuidString.lowercased()
+            _ = try await send(.POST, "/Practitioner", try Self.kitBody(id: double, mail: double + mail, system: sas), expect: created, "double, first")
+            _ = try await send(.POST, "/Practitioner", try Self.kitBody(id: double, mail: double + mail, system: sas), expect: refusal, "double, second")
+            // creation_regulateur_champs_manquants, creation_regulateur_valeurs_invalides
+            for element in ["identifier", "name", "telecom", "active"] {
+                let any = UUID().uuidString.lowercased()
+                _ = try await send(.POST, "/Practitioner", try Self.kitBody(id: any, mail: "\(any) + x@example.com", system: national, omit: [element]),
+                                   expect: refusal, "create without \(element)")
+            }
+            let invalid = [
+                try Self.kitBody(id: UUID().uuidString, mail: "\(UUID().uuidString) + claire.@example.com", last: "", system: sas, code: "IDNPS"),
+                try Self.kitBody(id: UUID().uuidString, mail: "", system: sas, code: "IDNPS"),
+                try Self.kitBody(id: UUID().uuidString, mail: "x", system: national).replacingOccurrences(of: #""system":"email""#, with: #""system":"phone""#),
+                try Self.kitBody(id: "1223432432", mail: "\(UUID().uuidString) + claire.dubois@example.com", system: national, code: "INTRN"),
+                try Self.kitBody(id: UUID().uuidString, mail: "\(UUID().uuidString)claire@example.com", system: sas, code: "IDNPS"),
+            ]
+            for (index, body) in invalid.enumerated() {
+                _ = try await send(.POST, "/Practitioner", body, expect: refusal, "invalid value \(index)")
+            }
+            #expect(try await server.accountCount() == 3)
+            // modification_deshabilitation, modification_habilitation, modification_email,
+            // modification_id
+            let byRegulator = "/Practitioner?identifier=\(national)|\(regulator)"
+            _ = try await send(.PUT, byRegulator, try Self.kitBody(id: regulator, mail: mail, system: national, active: false), expect: success, "withdraw")
+            _ = try await send(.PUT, byRegulator, try Self.kitBody(id: regulator, mail: mail, system: national), expect: success, "grant again")
+            _ = try await send(.PUT, byRegulator, try Self.kitBody(id: regulator, mail: mailModif, system: national), expect: success, "change e-mail")
+            _ = try await send(.PUT, byRegulator, try Self.kitBody(id: regulatorModif, mail: mailModif, system: national), expect: success, "change IDNPS")
+            // modification_typeid: the one knowing difference (400, nothing changed).
+            let typeID = try await send(.PUT, "/Practitioner?identifier=\(national)|\(uuid)",
+                                        try Self.kitBody(id: regulator, mail: uuid + mail, system: sas), expect: { $0 == 400 }, "typeid (kit expects 2xx)")
+            #expect(typeID.issueExpressions == ["identifier"], "\(typeID.body)")
+            // modification_nom, modification_prenom, modification champs manquants
+            let byModif = "/Practitioner?identifier=\(national)|\(regulatorModif)"
+            _ = try await send(.PUT, byModif, try Self.kitBody(id: regulatorModif, mail: mailModif, last: "Loridon-modif", system: national), expect: success, "family")
+            _ = try await send(.PUT, byModif, try Self.kitBody(id: regulatorModif, mail: mailModif, first: "Sébastien-modif", last: "Loridon-modif", system: national),
+                               expect: success, "given")
+            for element in ["identifier", "name", "telecom", "active"] {
+                let any = UUID().uuidString.lowercased()
+                _ = try await send(.PUT, byModif, try Self.kitBody(id: any, mail: "\(any) + x@example.com", system: national, omit: [element]),
+                                   expect: refusal, "update without \(element)")
+            }
+            // put_as_create_missing_fields, put_as_create
+            let absent = UUID().uuidString.lowercased()
+            for element in ["identifier", "name", "telecom", "active"] {
+                let any = UUID().uuidString.lowercased()
+                _ = try await send(.PUT, "/Practitioner?identifier=\(sas)|\(absent)", try Self.kitBody(id: any, mail: "\(any) + x@example.com", system: national, omit: [element]),
+                                   expect: refusal, "PUT-as-create without \(element)")
+            }
+            let fresh = UUID().uuidString.lowercased()
+            _ = try await send(.PUT, "/Practitioner?identifier=\(sas)|\(fresh)",
+                               try Self.kitBody(id: fresh, mail: fresh + mail, first: fresh + "Sébastien", last: fresh + "Loridon", system: sas),
+                               expect: { $0 == 200 || $0 == 201 }, "PUT as create")
+            // idnps_reattribution
+            _ = try await send(.PUT, byRegulator, try Self.kitBody(id: regulator, mail: mail, system: national, active: false), expect: success, "withdraw the first IDNPS")
+            let newcomer = UUID().uuidString.lowercased()
+            _ = try await send(.POST, "/Practitioner", try Self.kitBody(id: newcomer, mail: "\(newcomer)." + mail, first: newcomer + "Sébastien", last: newcomer + "Loridon", system: sas),
+                               expect: created, "create the newcomer")
+            _ = try await send(.PUT, "/Practitioner?identifier=\(sas)|\(newcomer)",
+                               try Self.kitBody(id: regulator, mail: "\(newcomer)." + mail, first: newcomer + "Sébastien", last: newcomer + "Loridon", system: national),
+                               expect: success, "the IDNPS given to the newcomer")
+
+            // Where it leaves the accounts.
+            let modified = try await client.send(.GET, byModif)
+            #expect(modified.body.contains("Loridon-modif") && modified.body.contains("Sébastien-modif") && modified.body.contains(mailModif), "\(modified.body)")
+            let holder = try await client.send(.GET, byRegulator)
+            #expect(holder.body.contains(newcomer), "\(holder.body)")
+            let untouched = try await client.send(.GET, "/Practitioner?identifier=\(sas)|\(uuid)")
+            #expect(untouched.body.contains(uuid) && !untouched.body.contains(regulator), "the refused typeid changed nothing: \(untouched.body)")
+            #expect(try await server.accountCount() == 6, "3 created, the PUT-as-create, the withdrawn account the first IDNPS's PUT made (nothing held it since the IDNPS change), the newcomer")
+        }
+    }
+
     @Test func putWithTheNationalSystemAndAUUIDIsRefused() async throws {
         try await withServer { client, server in
             let technical = "b6e39355-8a61-4556-b340-36f7b95fec6a"
