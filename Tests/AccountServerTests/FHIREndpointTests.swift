@@ -255,6 +255,58 @@ struct FHIREndpointTests {
         }
     }
 
+    /// FHIR conditional create (`If-None-Exist`) and `If-Match: *` / ETag lists, as HAPI FHIR
+    /// answers them: a conditional create that matches, even an inactive holder, creates and
+    /// re-attributes nothing; `*` means "only if it exists".
+    @Test func conditionalCreateAndIfMatchPreconditions() async throws {
+        try await withServer { client, server in
+            let created = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(created.status == 201)
+            let location = created.headers.first(name: "Location")
+            let withdrawn = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: try Bodies.example("regulator-3-deactivated.json"))
+            #expect(withdrawn.status == 200)
+            // Without the header, a create re-attributes the withdrawn account's identifier;
+            // with it, the holder is the answer.
+            for header in ["identifier=urn:oid:1.2.250.1.71.4.2.1|\(Self.nationalID)", "identifier=\(Self.national)"] {
+                let matched = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID), headers: [("If-None-Exist", header)])
+                #expect(matched.status == 200 && matched.headers.first(name: "Location") == location && matched["active"] == .bool(false), "\(matched.status) \(matched.body)")
+            }
+            #expect(try await server.accountCount() == 1)
+            let technical = "b6e39355-8a61-4556-b340-36f7b95fec6a"
+            let fresh = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: technical),
+                                              headers: [("If-None-Exist", "identifier=urn:oid:1.2.250.1.213.3.6|\(technical)")])
+            #expect(fresh.status == 201)
+            for header in ["identifier=\(Self.national)&name=x", "name=x", "identifier=urn:oid:9.9|x"] {
+                let refused = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: UUID().uuidString.lowercased()),
+                                                    headers: [("If-None-Exist", header)])
+                #expect(refused.status == 400 && refused["resourceType"] == .string("OperationOutcome"), "\(header): \(refused.status)")
+            }
+            let onPut = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID),
+                                              headers: [("If-None-Exist", "identifier=\(Self.national)")])
+            #expect(onPut.status == 400)
+            #expect(try await server.accountCount() == 2)
+
+            // If-Match: * updates what exists and creates nothing.
+            let absent = "urn:oid:1.2.250.1.213.3.6%7C0f1e2d3c-4b5a-4697-8877-665544332211"
+            let nothing = try await client.send(.PUT, "/Practitioner?identifier=\(absent)", body: Bodies.practitioner(technical: "0f1e2d3c-4b5a-4697-8877-665544332211"),
+                                                headers: [("If-Match", "*")])
+            #expect(nothing.status == 412 && nothing["resourceType"] == .string("OperationOutcome"))
+            #expect(try await server.accountCount() == 2)
+            let star = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "ETOILE", email: "etoile@test.fr"),
+                                             headers: [("If-Match", "*")])
+            #expect(star.status == 200 && star.body.contains("ETOILE"))
+            let version = try #require(star.headers.first(name: "ETag"))
+            let list = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "LISTE", email: "etoile@test.fr"),
+                                             headers: [("If-Match", "W/\"1\", \(version)")])
+            #expect(list.status == 200 && list.body.contains("LISTE"))
+            let stale = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "VIEUX", email: "etoile@test.fr"),
+                                              headers: [("If-Match", "W/\"1\", W/\"2\"")])
+            #expect(stale.status == 412)
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID),
+                                          headers: [("If-Match", "latest")]).status == 400)
+        }
+    }
+
     @Test func putWithTheNationalSystemAndAUUIDIsRefused() async throws {
         try await withServer { client, server in
             let technical = "b6e39355-8a61-4556-b340-36f7b95fec6a"

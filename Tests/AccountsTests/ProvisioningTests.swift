@@ -26,7 +26,7 @@ struct Harness {
     }
 
     func put(_ identifier: RegulatorIdentifier, _ record: RegulatorRecord, ifMatch: Int? = nil) async throws(FHIRError) -> ProvisioningResult {
-        try await provisioner.provision(.conditionalUpdate(identifier, record, ifMatchVersion: ifMatch), context: context)
+        try await provisioner.provision(.conditionalUpdate(identifier, record, ifMatch: ifMatch.map { .versions([$0]) }), context: context)
     }
 
     func holder(_ identifier: RegulatorIdentifier) async throws -> AccountSnapshot? {

@@ -93,7 +93,7 @@ struct BatchedCheckTests {
             return decisions
         }
         #expect(try await checkAll().allSatisfy { $0 == .granted })
-        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatchVersion: nil),
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatch: nil),
                                                   context: CallContext(actor: world.actor))
         #expect(try await checkAll().allSatisfy { $0 == .denied([.deactivatedBySAS]) })
         // And from another thread than the loop's: the check goes to the loop first.

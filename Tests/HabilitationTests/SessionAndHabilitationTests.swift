@@ -333,7 +333,7 @@ struct SessionAndHabilitationTests {
     @Test func theProviderAccountIsMatchedWhereTheFlowIsWritten() async throws {
         let world = try await World()
         #expect(try await world.habilitation.providerAccount(nationalID: "810002673899") == .eligible(accountID: world.accountID))
-        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatchVersion: nil),
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatch: nil),
                                                   context: CallContext(actor: world.actor))
         let withdrawn = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: nil))
         guard case .refused(.deactivatedBySAS(let id)) = withdrawn, id == world.accountID else { Issue.record("\(withdrawn)"); return }
@@ -358,10 +358,10 @@ struct SessionAndHabilitationTests {
         let world = try await World()
         let token = try await world.signIn(origin: .sas)
         #expect(try await world.habilitation.check(sessionToken: token).decision.isGranted)
-        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatchVersion: nil),
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatch: nil),
                                                   context: CallContext(actor: world.actor))
         #expect(try await world.habilitation.check(sessionToken: token).decision == .denied([.deactivatedBySAS]))
-        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: true), ifMatchVersion: nil),
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: true), ifMatch: nil),
                                                   context: CallContext(actor: world.actor))
         #expect(try await world.habilitation.check(sessionToken: token).decision.isGranted)
         try await world.database.write { db in

@@ -18,15 +18,15 @@ enum CapabilityStatement {
         practitioner["supportedProfile"] = .array([.string(FHIRSystems.practitionerRegulProfile)])
         practitioner["documentation"] = .string("Regulator accounts (INT_R02). Create with POST; update with a conditional PUT ?identifier=system|value, which creates when nothing matches; active=false withdraws the regulator habilitation. There is no delete.")
         practitioner["interaction"] = .array([
-            interaction("create", "Refused with 409 when an active account already holds one of the identifiers."),
-            interaction("update", "Conditional update only (PUT [base]/Practitioner?identifier=system|value); If-Match is honoured."),
+            interaction("create", "Refused with 409 when an active account already holds one of the identifiers. Conditional create with If-None-Exist: identifier=system|value (200 with the holder, nothing created)."),
+            interaction("update", "Conditional update only (PUT [base]/Practitioner?identifier=system|value); If-Match (version ETags or *) is honoured."),
             interaction("read", nil),
             interaction("search-type", "By identifier."),
         ])
         practitioner["versioning"] = .string("versioned-update")
         practitioner["readHistory"] = .bool(false)
         practitioner["updateCreate"] = .bool(true)
-        practitioner["conditionalCreate"] = .bool(false)
+        practitioner["conditionalCreate"] = .bool(true)
         practitioner["conditionalRead"] = .string("not-supported")
         practitioner["conditionalUpdate"] = .bool(true)
         practitioner["conditionalDelete"] = .string("not-supported")

@@ -115,9 +115,13 @@ struct PractitionerController: Sendable {
                 target = try conditionalTarget(negotiated.query)
                 auditIdentifier = target?.description
             }
-            let ifMatch = try parseIfMatch(request.headers[.ifMatch])
+            let ifMatch = try Self.parseIfMatch(request.headers[values: .ifMatch])
             if isCreate, ifMatch != nil {
                 throw FHIRError(.invalidRequest, code: .invalid, "If-Match has no meaning on create.")
+            }
+            let ifNoneExist = try Self.parseIfNoneExist(request.headers[values: Self.ifNoneExistField])
+            if !isCreate, ifNoneExist != nil {
+                throw FHIRError(.invalidRequest, code: .invalid, "If-None-Exist applies to create (POST) only.")
             }
             try ContentNegotiation.checkRequestContentType(request.headers)
             let body = try await readBody(request, context)
@@ -125,9 +129,9 @@ struct PractitionerController: Sendable {
             if isCreate { auditIdentifier = record.identifiers.map(\.description).joined(separator: ", ") }
 
             let provisioning: ProvisioningRequest = if let target {
-                .conditionalUpdate(target, record, ifMatchVersion: ifMatch)
+                .conditionalUpdate(target, record, ifMatch: ifMatch)
             } else {
-                .create(record)
+                .create(record, ifNoneExist: ifNoneExist)
             }
             let result = try await provisioner.provision(provisioning, context: callContext)
             metrics.intR02(interaction: action, outcome: result.kind.rawValue)
@@ -177,15 +181,40 @@ struct PractitionerController: Sendable {
         return try IdentifierToken.parse(token)
     }
 
-    /// `If-Match: W/"3"` (or `"3"`) → 3.
-    private func parseIfMatch(_ header: String?) throws(FHIRError) -> Int? {
-        guard let header else { return nil }
-        var text = Substring(header.trimmingCharacters(in: .whitespaces))
-        if text.hasPrefix("W/") { text = text.dropFirst(2) }
-        guard text.count >= 3, text.first == "\"", text.last == "\"", let version = Int(text.dropFirst().dropLast()), version > 0 else {
-            throw FHIRError(.invalidRequest, code: .invalid, "If-Match must be a version ETag such as W/\"3\".")
+    /// `If-Match: W/"3"` (or `"3"`, or a list of them, in one field or several) → those
+    /// versions; `If-Match: *` → the matched account must exist (RFC 9110 §13.1.1).
+    static func parseIfMatch(_ fields: [String]) throws(FHIRError) -> VersionPrecondition? {
+        let members = fields.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !members.isEmpty else {
+            if fields.isEmpty { return nil }
+            throw FHIRError(.invalidRequest, code: .invalid, "If-Match must be * or version ETags such as W/\"3\".")
         }
-        return version
+        if members == ["*"] { return .exists }
+        var versions: [Int] = []
+        for member in members {
+            var text = Substring(member)
+            if text.hasPrefix("W/") { text = text.dropFirst(2) }
+            guard text.count >= 3, text.first == "\"", text.last == "\"", let version = Int(text.dropFirst().dropLast()), version > 0 else {
+                throw FHIRError(.invalidRequest, code: .invalid, "If-Match must be * or version ETags such as W/\"3\".")
+            }
+            versions.append(version)
+        }
+        return .versions(versions)
+    }
+
+    static let ifNoneExistField = HTTPField.Name("If-None-Exist")!
+
+    /// `If-None-Exist: identifier=system|value` (FHIR conditional create) → the identifier.
+    /// Only `identifier`, once: a criterion we would ignore could create a duplicate.
+    static func parseIfNoneExist(_ fields: [String]) throws(FHIRError) -> RegulatorIdentifier? {
+        guard !fields.isEmpty else { return nil }
+        let parameters = try QueryParameters(query: fields.count == 1 ? fields[0].trimmingCharacters(in: .whitespaces) : "")
+        let identifiers = parameters.values("identifier")
+        guard fields.count == 1, identifiers.count == 1, let token = identifiers.first, parameters.names.allSatisfy({ $0 == "identifier" }) else {
+            throw FHIRError(.invalidRequest, code: .notSupported,
+                            "If-None-Exist must be exactly one identifier=system|value: no other criterion is supported.", expression: ["identifier"])
+        }
+        return try IdentifierToken.parse(token)
     }
 
     private func readBody(_ request: Request, _ context: FHIRRequestContext) async throws(FHIRError) -> ByteBuffer {

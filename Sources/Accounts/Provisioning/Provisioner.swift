@@ -5,11 +5,13 @@ import Logging
 /// An INT_R02 write, as the SAS expresses it.
 public enum ProvisioningRequest: Sendable, Equatable {
     /// `POST /Practitioner`: refused when an active account already holds one of the body's
-    /// identifiers.
-    case create(RegulatorRecord)
+    /// identifiers. With `ifNoneExist` (FHIR conditional create, `If-None-Exist:
+    /// identifier=system|value`), an account holding that identifier, active or not, is
+    /// answered as it is (200) and nothing is created or re-attributed.
+    case create(RegulatorRecord, ifNoneExist: RegulatorIdentifier? = nil)
     /// `PUT /Practitioner?identifier=…`: updates the account currently holding the identifier,
-    /// or creates one when none does. `ifMatchVersion` comes from an `If-Match` header.
-    case conditionalUpdate(RegulatorIdentifier, RegulatorRecord, ifMatchVersion: Int?)
+    /// or creates one when none does. `ifMatch` comes from an `If-Match` header.
+    case conditionalUpdate(RegulatorIdentifier, RegulatorRecord, ifMatch: VersionPrecondition?)
 
     /// The audit trail's name for the interaction.
     public var action: String {
@@ -22,10 +24,19 @@ public enum ProvisioningRequest: Sendable, Equatable {
     /// The identifier(s) the call is about, as audit text.
     public var auditIdentifier: String {
         switch self {
-        case .create(let record): return record.identifiers.map(\.description).joined(separator: ", ")
+        case .create(let record, _): return record.identifiers.map(\.description).joined(separator: ", ")
         case .conditionalUpdate(let identifier, _, _): return identifier.description
         }
     }
+}
+
+/// An `If-Match` precondition on a conditional update (RFC 9110 §13.1.1).
+public enum VersionPrecondition: Sendable, Equatable {
+    /// `If-Match: *`: only if an account matches; never creates.
+    case exists
+    /// `If-Match: W/"3"` (or a list of them): only if the matched account is at one of these
+    /// versions.
+    case versions([Int])
 }
 
 /// What a successful provisioning call did.
@@ -152,7 +163,15 @@ public final class Provisioner: Sendable {
         // Millisecond precision, as stored: the snapshot answered must equal what a read returns.
         let now = Date(epochMilliseconds: clock().epochMilliseconds)
         switch request {
-        case .create(let record):
+        case .create(let record, let ifNoneExist):
+            if let ifNoneExist, let (holder, current) = try queries.holderWithIdentifiers(of: ifNoneExist, in: db) {
+                // FHIR conditional create: one match is the answer; nothing is written but
+                // the audit line (as for an unchanged update).
+                try audit.append(AuditEvent(at: now, surface: "int_r02", action: "create", outcome: "200 matched If-None-Exist",
+                                            actor: context.actor, requestID: context.requestID, identifier: ifNoneExist.description,
+                                            accountID: holder.id, changes: [], detail: nil), in: db)
+                return .done(ProvisioningResult(kind: .unchanged, account: AccountSnapshot(row: holder, identifiers: current), changes: []))
+            }
             try checkCreatable(identifiers: record.identifiers, record: record, db: db)
             guard let passwordHash else { return .needsPasswordHash }
             return .done(try insertAccount(record, identifiers: record.identifiers, passwordHash: passwordHash,
@@ -236,11 +255,11 @@ public final class Provisioner: Sendable {
         return ProvisioningResult(kind: .created, account: snapshot, changes: changes)
     }
 
-    private func update(_ existing: AccountRow, current: [IdentifierAssignment], with record: RegulatorRecord, ifMatch: Int?, now: Date,
+    private func update(_ existing: AccountRow, current: [IdentifierAssignment], with record: RegulatorRecord, ifMatch: VersionPrecondition?, now: Date,
                         target: RegulatorIdentifier, context: CallContext, db: any SQLTransaction) throws -> ProvisioningResult {
-        if let ifMatch, ifMatch != existing.version {
+        if case .versions(let versions) = ifMatch, !versions.contains(existing.version) {
             throw FHIRError(.preconditionFailed, code: .conflict,
-                            "If-Match names version \(ifMatch) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.")
+                            "If-Match names version \(versions.map(String.init).joined(separator: ", ")) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.")
         }
         var row = existing
         var changes: [FieldChange] = []
