@@ -1,4 +1,5 @@
 @testable import AccountServer
+import Synchronization
 import Testing
 
 @Suite("Rate limiter keys")
@@ -15,5 +16,32 @@ struct RateLimiterTests {
         #expect(limiter.allow("sign-in", client: "2001:db8::1") && limiter.allow("sign-in", client: "2001:db8::2"))
         #expect(!limiter.allow("sign-in", client: "2001:db8::3"), "a third address of the same /64 shares the bucket")
         #expect(limiter.allow("sign-in", client: "2001:db8:0:1::1"), "another /64 has its own")
+    }
+
+    /// A client with many /64s (a free /48 holds 65,536) shares its site's bucket, 16 times
+    /// a client's: it cannot multiply its budget by its networks.
+    @Test func aSlash48SharesOneLargerBucket() {
+        let limiter = RateLimiter(perMinute: 2, burst: 2)
+        var allowed = 0
+        for network in 0..<100 where limiter.allow("sign-in", client: "2001:db8:7:\(String(network, radix: 16))::1") { allowed += 1 }
+        #expect(allowed == 32, "16 × the burst of 2 for the /48")
+        #expect(limiter.allow("sign-in", client: "2001:db8:8::1"), "another /48 has its own")
+        #expect(limiter.allow("reset", client: "2001:db8:7:1::1"), "another scope too")
+    }
+
+    /// The table holds only clients seen within a refill time, is swept at most every 5 s
+    /// (not on every request), and never grows past its cap: new clients are refused then.
+    @Test func theTableStaysBoundedAndIsSweptRarely() {
+        let clock = Mutex(ContinuousClock.now)
+        let limiter = RateLimiter(perMinute: 10, burst: 10, maximumKeys: 1_000, now: { clock.withLock { $0 } })
+        for index in 0..<1_000 { #expect(limiter.allow("k\(index)")) }
+        #expect(limiter.counts.buckets == 1_000)
+        #expect(!limiter.allow("newcomer"), "a full table refuses a new client")
+        #expect(limiter.allow("k1"), "a known one goes on")
+        for _ in 0..<10_000 { _ = limiter.allow("k2") }
+        #expect(limiter.counts.sweeps == 1, "swept once, not per request")
+        clock.withLock { $0 = $0.advanced(by: .seconds(61)) }
+        #expect(limiter.allow("newcomer"), "refilled buckets are dropped at the next sweep")
+        #expect(limiter.counts.buckets == 1 && limiter.counts.sweeps == 2)
     }
 }

@@ -397,6 +397,38 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// Password checks from many addresses are not bounded by the per-client limit: beyond
+    /// `--argon2-queue` hashes waiting or running, a sign-in is answered 503 (French page,
+    /// Retry-After) at once instead of queueing behind the flood.
+    @Test func passwordChecksBeyondTheHashQueueAreAnswered503() async throws {
+        let world = try await World {
+            $0.argon2 = Argon2Parameters(memoryKiB: 65_536, iterations: 3, parallelism: 1)
+            $0.argon2Threads = 1
+            $0.argon2QueueLimit = 1
+            $0.rateLimitPerMinute = 1_000
+        }
+        var forms: [(Browser, String)] = []
+        for _ in 0..<6 {
+            let browser = try world.browser()
+            forms.append((browser, try await browser.get("/connexion").csrf ?? ""))
+        }
+        let pages = try await withThrowingTaskGroup(of: Browser.Page.self) { group in
+            for (browser, csrf) in forms {
+                group.addTask {
+                    try await browser.request(.POST, "/connexion", form: ["email": WebSignInTests.email, "password": "pas-le-bon", "csrf": csrf])
+                }
+            }
+            return try await group.reduce(into: [Browser.Page]()) { $0.append($1) }
+        }
+        let statuses = pages.map(\.status).sorted()
+        #expect(statuses.contains(401) && statuses.contains(503) && statuses.allSatisfy { $0 == 401 || $0 == 503 }, "\(statuses)")
+        for page in pages where page.status == 503 {
+            #expect(page.body.contains("Service très sollicité") && page.headers.first(name: "Retry-After") == "5")
+        }
+        for (browser, _) in forms { await browser.shutdown() }
+        await world.stop()
+    }
+
     /// A burst of concurrent page views on one session (each a live habilitation check) once
     /// hung the whole process; every one must be answered (the limit catches a hang, generous
     /// for a loaded machine).

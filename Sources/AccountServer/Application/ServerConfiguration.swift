@@ -15,6 +15,9 @@ struct ServerConfiguration: Sendable {
     var databasePoolMinimum: Int?
     var argon2: Argon2Parameters = .owaspMinimum
     var argon2Threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Hashes waiting beyond which the web surface answers a sign-in or reset 503 at once
+    /// (`--argon2-queue`): per-client limits do not bound a flood from many addresses.
+    var argon2QueueLimit: Int = 64
     var logLevel: Logger.Level = .info
     /// From a request's first byte until it has arrived whole, on the FHIR, web and admin
     /// listeners; a slower sender is disconnected (handling time does not count).

@@ -57,7 +57,7 @@ func makeWebServices(
         configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,
         csrf: CSRFProtection(key: keyBytes, publicOrigin: webConfiguration.publicOrigin),
         limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute),
-        metrics: metrics
+        metrics: metrics, hashQueueLimit: configuration.argon2QueueLimit
     )
     var providerServices: [any Service] = []
     if let sso = configuration.sso {

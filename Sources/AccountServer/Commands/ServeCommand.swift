@@ -58,6 +58,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Threads hashing passwords at once. Env: ACCOUNT_SERVER_ARGON2_THREADS. Default: number of cores")
     var argon2Threads: Int?
 
+    @Option(help: "Password hashes waiting or running beyond which a sign-in or password reset is answered 503 at once. Env: ACCOUNT_SERVER_ARGON2_QUEUE. Default: 64")
+    var argon2Queue: Int?
+
     @Flag(inversion: .prefixedNo, help: "Accept client certificates whose CA has no CRL loaded (revocation NOT checked for them; logged at start, shown by /readyz). Without it the server refuses to start, and refuses such certificates. Env: ACCOUNT_SERVER_ALLOW_MISSING_CRL (--no-… turns it off over the environment and the file)")
     var allowMissingCrl: Bool?
 
@@ -241,6 +244,7 @@ struct ServeCommand: AsyncParsableCommand {
         "argon2.iterations",
         "argon2.parallelism",
         "argon2.threads",
+        "argon2.queue",
         "crl.poll.seconds",
         "database.pool.size",
         "database.pool.min",
@@ -314,6 +318,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("argon2.iterations", argon2Iterations)
         values.set("argon2.parallelism", argon2Parallelism)
         values.set("argon2.threads", argon2Threads)
+        values.set("argon2.queue", argon2Queue)
         values.set("crl.poll.seconds", crlPollSeconds)
         values.set("database.pool.size", databasePoolSize)
         values.set("database.pool.min", databasePoolMin)
@@ -433,6 +438,8 @@ struct ServeCommand: AsyncParsableCommand {
             fhir: fhir
         )
         baseConfiguration.databasePoolSize = try settings.int("database.pool.size") ?? 10
+        baseConfiguration.argon2QueueLimit = try settings.int("argon2.queue") ?? 64
+        guard baseConfiguration.argon2QueueLimit >= 1 else { throw ValidationError("--argon2-queue must be at least 1") }
         guard baseConfiguration.databasePoolSize >= 1 else { throw ValidationError("--database-pool-size must be at least 1") }
         let poolMinimum = try settings.int("database.pool.min") ?? baseConfiguration.databasePoolSize
         guard (0...baseConfiguration.databasePoolSize).contains(poolMinimum) else {

@@ -57,6 +57,11 @@ struct WebController: Sendable {
     let csrf: CSRFProtection
     let limiter: RateLimiter
     let metrics: ServerMetrics
+    /// argon2 verifications and hashes waiting beyond which a web request that would add one
+    /// is answered 503 at once (`--argon2-queue`): per-client limits do not bound a flood from
+    /// many addresses, and an unbounded queue would make every regulator's sign-in (and the
+    /// SAS's creates, which share the pool) wait behind it.
+    let hashQueueLimit: Int
     /// Sign-in through Pro Santé Connect, when configured (`--oidc-issuer`).
     var provider: ProviderSignIn? = nil
     let totp = TOTP()
@@ -143,6 +148,15 @@ struct WebController: Sendable {
         errorPage(.tooManyRequests, "Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer.")
     }
 
+    /// nil when argon2 has room (``hashQueueLimit``); else the 503 to answer.
+    var hashingBusy: Response? {
+        guard credentials.hasher.queueDepth >= hashQueueLimit else { return nil }
+        var response = errorPage(.serviceUnavailable, "Service très sollicité",
+                                 "Le service reçoit trop de connexions en ce moment. Réessayez dans quelques secondes.")
+        response.headers[.retryAfter] = "5"
+        return response
+    }
+
     /// Reads a form, checking its CSRF token. nil: refused.
     func form(_ request: Request, _ context: WebRequestContext) async throws -> [String: String]? {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
@@ -217,6 +231,7 @@ struct WebController: Sendable {
 
     func signIn(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
+        if let hashingBusy { return hashingBusy }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
         let sessions = self.sessions
@@ -377,6 +392,7 @@ struct WebController: Sendable {
 
     func reset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
+        if let hashingBusy { return hashingBusy }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let token = fields["jeton"] ?? ""
         let password = fields["password"] ?? ""

@@ -95,48 +95,102 @@ struct CSRFProtection: Sendable {
 /// reset requests and resets): `burst` requests at once, refilled at `perMinute`.
 final class RateLimiter: Sendable {
     private struct Bucket { var tokens: Double; var updated: ContinuousClock.Instant }
-    private let buckets = Mutex<[String: Bucket]>([:])
+    private struct State {
+        var buckets: [String: Bucket] = [:]
+        var lastSweep: ContinuousClock.Instant?
+        var sweeps = 0
+    }
+    private let state = Mutex(State())
     let perMinute: Double
     let burst: Double
+    /// Buckets kept at most. Past it, after a sweep, a client without a bucket is refused
+    /// (429) rather than given one: memory stays bounded, and evicting used buckets instead
+    /// would hand a flooding client fresh ones.
+    let maximumKeys: Int
+    /// An IPv6 /48 (a site; free from tunnel brokers, with 65,536 /64s in it) shares one
+    /// bucket `networkFactor` times the size of a client's, so a client cannot multiply its
+    /// budget by its /64s.
+    let networkFactor: Double
+    private let now: @Sendable () -> ContinuousClock.Instant
+    static let sweepInterval: Duration = .seconds(5)
 
-    init(perMinute: Int, burst: Int) {
+    init(perMinute: Int, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16,
+         now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
         self.perMinute = Double(perMinute)
         self.burst = Double(burst)
+        self.maximumKeys = maximumKeys
+        self.networkFactor = Double(networkFactor)
+        self.now = now
     }
 
     /// One bucket per scope and client; IPv6 clients are counted per /64, the smallest
-    /// network a single subscriber is usually given (one host can use every address in it).
+    /// network a single subscriber is usually given (one host can use every address in it),
+    /// and per /48 as well (a larger bucket for the whole site).
     func allow(_ scope: String, client address: String) -> Bool {
-        allow(scope + "|" + Self.clientKey(address))
+        let keys = Self.keys(address)
+        if let network = keys.network {
+            return allow([(scope + "|" + keys.client, 1), (scope + "|" + network, networkFactor)])
+        }
+        return allow([(scope + "|" + keys.client, 1)])
     }
 
-    static func clientKey(_ address: String) -> String {
-        guard address.contains(":") else { return address }
+    static func clientKey(_ address: String) -> String { keys(address).client }
+
+    static func keys(_ address: String) -> (client: String, network: String?) {
+        guard address.contains(":") else { return (address, nil) }
         var bytes = in6_addr()
-        guard inet_pton(AF_INET6, address, &bytes) == 1 else { return address }
+        guard inet_pton(AF_INET6, address, &bytes) == 1 else { return (address, nil) }
         let octets = withUnsafeBytes(of: bytes) { Array($0) }
         // An IPv4 client seen through a dual-stack socket (::ffff:a.b.c.d) keeps its address.
         if octets[0..<10].allSatisfy({ $0 == 0 }) && octets[10] == 0xFF && octets[11] == 0xFF {
-            return octets[12...].map(String.init).joined(separator: ".")
+            return (octets[12...].map(String.init).joined(separator: "."), nil)
         }
-        return octets[0..<8].map { String(format: "%02x", $0) }.joined() + "::/64"
+        let hex = octets[0..<8].map { String(format: "%02x", $0) }.joined()
+        return (hex + "::/64", String(hex.prefix(12)) + "::/48")
     }
 
-    func allow(_ key: String) -> Bool {
-        let now = ContinuousClock.now
-        return buckets.withLock { buckets in
-            if buckets.count > 50_000 { buckets = buckets.filter { now - $0.value.updated < .seconds(600) } }
-            var bucket = buckets[key] ?? Bucket(tokens: burst, updated: now)
-            let elapsed = now - bucket.updated
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            bucket.tokens = min(burst, bucket.tokens + seconds * perMinute / 60)
-            bucket.updated = now
-            guard bucket.tokens >= 1 else { buckets[key] = bucket; return false }
-            bucket.tokens -= 1
-            buckets[key] = bucket
-            return true
+    func allow(_ key: String) -> Bool { allow([(key, 1)]) }
+
+    /// Takes a token from every bucket named, or from none: a request refused by its /48 does
+    /// not spend its /64's budget.
+    private func allow(_ keys: [(key: String, factor: Double)]) -> Bool {
+        let now = self.now()
+        return state.withLock { state in
+            sweepIfDue(&state, now: now)
+            var updated: [(String, Bucket)] = []
+            var allowed = true
+            for (key, factor) in keys {
+                let capacity = burst * factor
+                guard var bucket = state.buckets[key] ?? (state.buckets.count < maximumKeys ? Bucket(tokens: capacity, updated: now) : nil) else {
+                    return false  // full table, new client: refused, nothing stored
+                }
+                let elapsed = now - bucket.updated
+                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                bucket.tokens = min(capacity, bucket.tokens + seconds * perMinute * factor / 60)
+                bucket.updated = now
+                if bucket.tokens < 1 { allowed = false }
+                updated.append((key, bucket))
+            }
+            for (key, var bucket) in updated {
+                if allowed { bucket.tokens -= 1 }
+                state.buckets[key] = bucket
+            }
+            return allowed
         }
     }
+
+    /// At most every ``sweepInterval``: drops the buckets that have refilled (a full bucket is
+    /// the same as none), so the table holds only clients seen within about a minute.
+    private func sweepIfDue(_ state: inout State, now: ContinuousClock.Instant) {
+        if let last = state.lastSweep, now - last < Self.sweepInterval { return }
+        state.lastSweep = now
+        state.sweeps += 1
+        let refill = Duration.seconds(burst * 60 / perMinute)
+        state.buckets = state.buckets.filter { now - $0.value.updated < refill }
+    }
+
+    /// For tests: buckets held and sweeps done.
+    var counts: (buckets: Int, sweeps: Int) { state.withLock { ($0.buckets.count, $0.sweeps) } }
 }
 
 /// `application/x-www-form-urlencoded` bodies ('+' is a space there, unlike in FHIR queries).
