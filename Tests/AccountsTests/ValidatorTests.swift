@@ -88,6 +88,20 @@ struct ValidatorTests {
         expectRefusal(body, .invalidContent, at: "Practitioner.identifier")
     }
 
+    /// FHIR R4 strings hold no C0 control but tab, CR and LF (400 where they occur), and a
+    /// name is one line without any control (422): a name ends up in the admin's terminal
+    /// table, where an escape sequence would act.
+    @Test func refusesControlCharacters() {
+        expectRefusal(Fixtures.practitioner(family: "Dupont\u{1B}]52;c;AAAA\u{07}"), .invalidContent, at: "Practitioner.name[0].family")
+        var body = Fixtures.practitioner()
+        body["gender"] = .string("unknown\u{0}")
+        expectRefusal(body, .invalidContent, at: "Practitioner.gender")
+        expectRefusal(Fixtures.practitioner(family: "Dupont\nFAKE-ID 810002673899"), .unprocessable, at: "Practitioner.name[0].family")
+        expectRefusal(Fixtures.practitioner(given: "Je\u{85}an"), .unprocessable, at: "Practitioner.name[0].given[0]")
+        expectRefusal(Fixtures.practitioner(given: "Jean\tMarie"), .unprocessable, at: "Practitioner.name[0].given[0]")
+        #expect(throws: Never.self) { try PractitionerValidator().validate(.object(Fixtures.practitioner(family: "Saint-Exupéry d’Agay", given: "Zoé"))) }
+    }
+
     @Test func refusesWrongTypes() {
         var body = Fixtures.practitioner()
         body["active"] = .string("true")

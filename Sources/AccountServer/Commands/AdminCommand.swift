@@ -70,7 +70,9 @@ struct AdminCommand: AsyncParsableCommand {
                 if account.suspension != nil { state.append("SUSPENDED") }
                 if let locked = account.lockedUntil, locked > Date() { state.append("locked") }
                 state.append("\(account.liveSessions) live session(s)")
-                let name = "\(account.givenName) \(account.familyName)"
+                // Escaped as in the logs: a name stored before control characters were refused
+                // must not act on the operator's terminal or fake a row.
+                let name = LogLineHandler.escaped("\(account.givenName) \(account.familyName)")
                 print([account.accountID.padding(toLength: 38, withPad: " ", startingAt: 0), name.padding(toLength: 30, withPad: " ", startingAt: 0),
                        (account.nationalID ?? "-").padding(toLength: 16, withPad: " ", startingAt: 0),
                        (account.sasTechnicalID ?? "-").padding(toLength: 38, withPad: " ", startingAt: 0), state.joined(separator: ", ")].joined())

@@ -110,6 +110,10 @@ public struct PractitionerValidator: Sendable {
             collector.structural(.structure, "null is not allowed in FHIR JSON; omit the element instead.", at: path)
         case .string(let text):
             if text.isEmpty { collector.structural(.value, "Empty strings are not allowed in FHIR JSON; omit the element instead.", at: path) }
+            // FHIR R4 `string`: no character below U+0020 but tab, CR and LF.
+            if text.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\t" && $0 != "\r" && $0 != "\n" }) {
+                collector.structural(.value, "FHIR strings must not contain control characters (below U+0020, other than tab, CR and LF).", at: path)
+            }
         case .array(let elements):
             if elements.isEmpty { collector.structural(.structure, "Empty arrays are not allowed in FHIR JSON; omit the element instead.", at: path) }
             for (index, element) in elements.enumerated() {
@@ -333,6 +337,8 @@ public struct PractitionerValidator: Sendable {
             let trimmed = text.trimmingFHIRWhitespace()
             if trimmed.isEmpty {
                 if !text.isEmpty { collector.profile(.value, "name.family must not be blank.", at: "Practitioner.name[0].family") }
+            } else if trimmed.hasControlCharacter {
+                collector.profile(.value, "name.family must be one line without control characters (tab, CR, LF, DEL, C1).", at: "Practitioner.name[0].family")
             } else {
                 family = trimmed
             }
@@ -352,6 +358,8 @@ public struct PractitionerValidator: Sendable {
                 let trimmed = text.trimmingFHIRWhitespace()
                 if trimmed.isEmpty {
                     if !text.isEmpty { collector.profile(.value, "name.given must not be blank.", at: "Practitioner.name[0].given[0]") }
+                } else if trimmed.hasControlCharacter {
+                    collector.profile(.value, "name.given must be one line without control characters (tab, CR, LF, DEL, C1).", at: "Practitioner.name[0].given[0]")
                 } else if entries.count == 1 {
                     given = trimmed
                 }
@@ -444,6 +452,12 @@ struct IssueCollector {
 
 extension String {
     /// Trims the whitespace FHIR considers insignificant around a string value.
+    /// A character of Unicode category Cc (C0, DEL, C1): never part of a name, and what a
+    /// terminal or a log reader would act on.
+    var hasControlCharacter: Bool {
+        unicodeScalars.contains { $0.properties.generalCategory == .control }
+    }
+
     func trimmingFHIRWhitespace() -> String {
         var scalars = Substring(self)
         while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }
