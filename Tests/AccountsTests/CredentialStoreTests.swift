@@ -141,6 +141,7 @@ struct CredentialStoreTests {
     @Test func resetTokensAreSingleUseExpireAndAreSupersededByNewerOnes() async throws {
         let h = try await CredentialHarness()
         let first = try #require(try await h.resetToken())
+        h.clock.advance(2 * 60)
         let second = try #require(try await h.resetToken())
         #expect(try await h.store.resetPassword(token: first, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
         #expect(try await h.store.resetPassword(token: "not-a-token", newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
@@ -153,6 +154,28 @@ struct CredentialStoreTests {
         // Only hashes are stored.
         let stored = try await h.accounts.database.read { db in try String.fetchAll(db, sql: "SELECT token_hash FROM password_reset_token") }
         #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
+    }
+
+    /// Each new link voids the older one: without a pause, anyone who knows an address could
+    /// keep every link dead before the regulator opens it, and flood the mailbox.
+    @Test func aResetRequestWithinTwoMinutesOfALiveLinkIssuesNothing() async throws {
+        let h = try await CredentialHarness()
+        let first = try #require(try await h.resetToken())
+        h.clock.advance(119)
+        #expect(try await h.resetToken() == first, "no new link, no new mail")
+        let mails = try await h.accounts.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM mail_outbox") }
+        #expect(mails == 1)
+        #expect(try await h.store.accountForResetToken(first) != nil, "the regulator's link still works")
+        let audit = try await h.accounts.auditEvents().last { $0.action == "password-reset-requested" }
+        #expect(audit?.outcome == "not-mailed recent-link")
+        h.clock.advance(2)
+        let second = try #require(try await h.resetToken())
+        #expect(second != first)
+        #expect(try await h.store.accountForResetToken(first) == nil, "the new link voids the older one")
+        // A spent link does not hold the next one back.
+        #expect(try await h.store.resetPassword(token: second, newPassword: Self.password, actor: h.actor) == .success(h.accountID))
+        let third = try await h.resetToken()
+        #expect(third != nil && third != second)
     }
 
     /// A link mailed to the old address dies when the SAS changes the e-mail, and every link
@@ -228,6 +251,19 @@ struct CredentialStoreTests {
         let recovery = codes[3].lowercased().replacingOccurrences(of: "-", with: " ")
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: recovery, actor: h.actor) == .recoveryCode)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[3], actor: h.actor) == nil)
+        // Recovery codes are stored keyed (HMAC under the server key, bound to the account),
+        // never as their plain SHA-256, which a backup reader could brute-force (50 bits).
+        let hashes = try await h.accounts.database.read { db in try String.fetchAll(db, sql: "SELECT code_hash FROM recovery_code") }
+        #expect(hashes.count == 10 && hashes.allSatisfy { $0.hasPrefix("h1:") })
+        #expect(codes.allSatisfy { !hashes.contains(RecoveryCodes.legacyHash($0)) })
+        // A code stored before (plain SHA-256) still works, once.
+        let legacy = "ABCDE-FGHJK"
+        try await h.accounts.database.write { db in
+            try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, 0)",
+                           arguments: [h.accountID, RecoveryCodes.legacyHash(legacy)])
+        }
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: legacy, actor: h.actor) == .recoveryCode)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: legacy, actor: h.actor) == nil)
         // Secrets are sealed at rest.
         let stored = try await h.accounts.database.read { db in try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential") }
         #expect(stored.map { !Array($0).starts(with: secret) && $0.count > secret.count } == true)

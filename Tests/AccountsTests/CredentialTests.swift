@@ -66,14 +66,22 @@ struct CredentialTests {
         #expect(!SecretToken.constantTimeEquals(Array("same".utf8), Array("same!".utf8)))
     }
 
-    @Test func recoveryCodes() {
+    @Test func recoveryCodes() throws {
         let codes = RecoveryCodes.generate()
         #expect(codes.count == 10 && Set(codes).count == 10)
         #expect(codes.allSatisfy { $0.count == 11 && $0.dropFirst(5).first == "-" })
         let code = codes[0]
-        #expect(RecoveryCodes.hash(code.lowercased().replacingOccurrences(of: "-", with: " ")) == RecoveryCodes.hash(code))
+        let box = try SecretBox(key: Array(repeating: 3, count: 32))
+        #expect(RecoveryCodes.storedForm(code.lowercased().replacingOccurrences(of: "-", with: " "), accountID: "a", box: box)
+                == RecoveryCodes.storedForm(code, accountID: "a", box: box))
         #expect(RecoveryCodes.normalize("ab0o1-il") == "AB00111")
-        #expect(RecoveryCodes.hash(codes[0]) != RecoveryCodes.hash(codes[1]))
+        #expect(RecoveryCodes.storedForm(codes[0], accountID: "a", box: box) != RecoveryCodes.storedForm(codes[1], accountID: "a", box: box))
+        // Keyed and bound to the account: the same code stored for two accounts, or under
+        // another server key, gives another value, and never its plain SHA-256.
+        let stored = RecoveryCodes.storedForm(code, accountID: "a", box: box)
+        #expect(stored != RecoveryCodes.storedForm(code, accountID: "b", box: box))
+        #expect(stored != RecoveryCodes.storedForm(code, accountID: "a", box: try SecretBox(key: Array(repeating: 4, count: 32))))
+        #expect(!stored.contains(RecoveryCodes.legacyHash(code)) && stored.hasPrefix("h1:") && stored.count == 3 + 64)
     }
 
     // MARK: Password policy
@@ -110,6 +118,24 @@ struct CredentialTests {
 
     @Test func messagesAreFrench() {
         #expect(PasswordPolicyViolation.allCases.allSatisfy { $0.frenchMessage.contains("mot de passe") || $0.frenchMessage.contains("Ce mot de passe") || $0.frenchMessage.contains("Le mot de passe") })
+    }
+
+    // MARK: argon2 admission
+
+    /// With a limit, a hash beyond it is refused at once (one atomic step: callers arriving
+    /// together cannot all see room); without one, it queues.
+    @Test func hashesBeyondTheAdmissionLimitAreRefusedNotQueued() async throws {
+        let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 65_536, iterations: 8, parallelism: 1), threads: 1)
+        let running = Task { try await hasher.hash(Array("première".utf8)) }
+        while hasher.queueDepth == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        await #expect(throws: PasswordHasher.Busy.self) { try await hasher.hash(Array("seconde".utf8), admittingUpTo: 1) }
+        await #expect(throws: PasswordHasher.Busy.self) { try await hasher.verify(Array("x".utf8), encoded: "$argon2id$", admittingUpTo: 1) }
+        #expect(hasher.queueDepth == 1, "a refused hash leaves nothing counted")
+        let queued = try await hasher.hash(Array("seconde".utf8), admittingUpTo: 2)
+        #expect(queued.hasPrefix("$argon2id$"))
+        _ = try await running.value
+        #expect(hasher.queueDepth == 0)
+        try await hasher.shutdown()
     }
 
     // MARK: Lockout

@@ -183,6 +183,14 @@ struct WebErrorMiddleware: RouterMiddleware {
         } catch is NIOTooManyBytesError {
             // A form sent without Content-Length that grew past the limit.
             return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
+        } catch is PasswordHasher.Busy {
+            // Beyond --argon2-queue hashes waiting or running: answered now, not queued.
+            context.logger.warning("password hashing queue full: request answered 503")
+            var response = WebController.page(Pages.error("Service très sollicité",
+                                                          "Le service reçoit trop de connexions en ce moment. Réessayez dans quelques secondes."),
+                                              status: .serviceUnavailable)
+            response.headers[.retryAfter] = "5"
+            return response
         } catch let error as StorageError where error.isTransient {
             context.logger.error("database unavailable on the web surface", metadata: ["error": "\(error)"])
             var response = WebController.page(Pages.error("Service momentanément indisponible",

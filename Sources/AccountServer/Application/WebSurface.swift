@@ -35,6 +35,7 @@ func makeWebServices(
     let box = try SecretBox(key: keyBytes)
     var credentialConfiguration = CredentialConfiguration()
     credentialConfiguration.lockout = configuration.lockout
+    credentialConfiguration.hashQueueLimit = configuration.argon2QueueLimit
     let credentials = try CredentialStore(database: database, hasher: hasher, box: box, sessions: SessionLedger(), policy: policy, configuration: credentialConfiguration)
     var sessionConfiguration = SessionConfiguration()
     sessionConfiguration.idleTimeout = configuration.sessionIdleTimeout
@@ -57,7 +58,7 @@ func makeWebServices(
         configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,
         csrf: CSRFProtection(key: keyBytes, publicOrigin: webConfiguration.publicOrigin),
         limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute),
-        metrics: metrics, hashQueueLimit: configuration.argon2QueueLimit
+        metrics: metrics
     )
     var providerServices: [any Service] = []
     if let sso = configuration.sso {

@@ -1,5 +1,6 @@
 import Accounts
 import Foundation
+import Synchronization
 import HTTPTypes
 import Habilitation
 import Hummingbird
@@ -57,14 +58,11 @@ struct WebController: Sendable {
     let csrf: CSRFProtection
     let limiter: RateLimiter
     let metrics: ServerMetrics
-    /// argon2 verifications and hashes waiting beyond which a web request that would add one
-    /// is answered 503 at once (`--argon2-queue`): per-client limits do not bound a flood from
-    /// many addresses, and an unbounded queue would make every regulator's sign-in (and the
-    /// SAS's creates, which share the pool) wait behind it.
-    let hashQueueLimit: Int
     /// Sign-in through Pro Santé Connect, when configured (`--oidc-issuer`).
     var provider: ProviderSignIn? = nil
     let totp = TOTP()
+    /// Reset requests processed after their answer (``requestReset(_:_:)``).
+    let resetRequests = BackgroundWork(limit: 32)
 
     func addRoutes(to router: Router<WebRequestContext>) {
         router.get("static/style.css") { _, _ in
@@ -148,15 +146,6 @@ struct WebController: Sendable {
         errorPage(.tooManyRequests, "Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer.")
     }
 
-    /// nil when argon2 has room (``hashQueueLimit``); else the 503 to answer.
-    var hashingBusy: Response? {
-        guard credentials.hasher.queueDepth >= hashQueueLimit else { return nil }
-        var response = errorPage(.serviceUnavailable, "Service très sollicité",
-                                 "Le service reçoit trop de connexions en ce moment. Réessayez dans quelques secondes.")
-        response.headers[.retryAfter] = "5"
-        return response
-    }
-
     /// Reads a form, checking its CSRF token. nil: refused.
     func form(_ request: Request, _ context: WebRequestContext) async throws -> [String: String]? {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
@@ -231,7 +220,6 @@ struct WebController: Sendable {
 
     func signIn(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
-        if let hashingBusy { return hashingBusy }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
         let sessions = self.sessions
@@ -370,7 +358,10 @@ struct WebController: Sendable {
         guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let base = configuration.publicURL
-        try await credentials.requestPasswordReset(email: fields["email"] ?? "", makeMail: { token, account in
+        let credentials = self.credentials, email = fields["email"] ?? "", actor = actor(context), logger = context.logger
+        let work: @Sendable () async -> Void = {
+            do {
+                try await credentials.requestPasswordReset(email: email, makeMail: { token, account in
             OutgoingMail(recipient: account.email, subject: "Choisir votre mot de passe", body: """
                 Bonjour \(account.givenName) \(account.familyName),
 
@@ -380,7 +371,17 @@ struct WebController: Sendable {
 
                 Si vous n’êtes pas à l’origine de cette demande, ignorez ce message : votre mot de passe ne change pas.
                 """)
-        }, actor: actor(context))
+                }, actor: actor)
+            } catch {
+                logger.error("password reset request failed", metadata: ["error": "\(error)"])
+            }
+        }
+        // Answered before the account is looked up: a known address does more work (a link,
+        // a sealed mail, the outbox) than an unknown one, and on PostgreSQL each statement is a
+        // round trip, so waiting for it would tell the two apart by the time of the answer.
+        // Beyond `BackgroundWork.limit` requests under way, the request runs before the answer
+        // (a flood then waits, rather than piling up tasks).
+        if !resetRequests.start(work) { await work() }
         return Self.page(Pages.forgotPasswordSent)
     }
 
@@ -392,7 +393,6 @@ struct WebController: Sendable {
 
     func reset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
-        if let hashingBusy { return hashingBusy }
         guard let fields = try await form(request, context) else { return csrfRefused }
         let token = fields["jeton"] ?? ""
         let password = fields["password"] ?? ""
@@ -438,5 +438,28 @@ struct WebController: Sendable {
             return Self.redirect(url, cookies: [WebCookie.session.clear])
         }
         return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+    }
+}
+
+/// Work run after the answer it belongs to, at most `limit` at once.
+final class BackgroundWork: Sendable {
+    let limit: Int
+    private let running = Atomic<Int>(0)
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    /// Starts `work` in a task and returns true, or returns false when `limit` are running.
+    func start(_ work: @escaping @Sendable () async -> Void) -> Bool {
+        guard running.add(1, ordering: .relaxed).newValue <= limit else {
+            running.subtract(1, ordering: .relaxed)
+            return false
+        }
+        Task {
+            await work()
+            self.running.subtract(1, ordering: .relaxed)
+        }
+        return true
     }
 }

@@ -28,6 +28,13 @@ public enum PasswordResetError: Error, Sendable, Equatable {
 public struct CredentialConfiguration: Sendable {
     public var lockout: LockoutPolicy = LockoutPolicy()
     public var resetTokenLifetime: TimeInterval = 30 * 60
+    /// Hashes waiting or running beyond which a password check or reset throws
+    /// ``PasswordHasher/Busy`` instead of queueing (`--argon2-queue`); nil: no limit.
+    public var hashQueueLimit: Int?
+    /// A request for an account whose live link is younger than this issues nothing and
+    /// mails nothing: anyone who knows an address could otherwise void every link before the
+    /// regulator opens it (each new link voids the older one) and flood the mailbox.
+    public var resetRequestInterval: TimeInterval = 2 * 60
     public var totp: TOTP = TOTP()
 
     public init() {}
@@ -92,7 +99,7 @@ public final class CredentialStore: Sendable {
                                            whenAccepted: @escaping @Sendable (_ accountID: String, any SQLTransaction) throws -> T)
         async throws -> (outcome: PasswordStepOutcome, opened: T?) {
         let row = try await database.read { db in try self.account(forEmail: email, in: db) }
-        let verified = try await hasher.verify(Array(password.utf8), encoded: row?.passwordHash ?? decoyHash)
+        let verified = try await hasher.verify(Array(password.utf8), encoded: row?.passwordHash ?? decoyHash, admittingUpTo: configuration.hashQueueLimit)
         guard let row else {
             try await record(action: "sign-in", outcome: "refused unknown-email", accountID: nil, actor: actor, detail: nil)
             return (.refused(reason: .unknownEmail, accountID: nil), nil)
@@ -151,15 +158,25 @@ public final class CredentialStore: Sendable {
     // MARK: Forgotten password
 
     /// Issues a reset link for the account using `email`, if there is one, and queues the
-    /// mail in the same transaction; older links of the account are voided. The caller gives
+    /// mail in the same transaction; older links of the account are voided. Nothing is issued
+    /// while the account's live link is younger than `resetRequestInterval`. The caller gives
     /// the same answer either way (no enumeration).
     public func requestPasswordReset(email: String, makeMail: @escaping @Sendable (_ token: String, _ account: AccountRow) -> OutgoingMail,
                                      actor: AuditActor) async throws {
         let at = now
         let lifetime = configuration.resetTokenLifetime
+        let interval = configuration.resetRequestInterval
         try await database.write { db in
             guard let row = try self.account(forEmail: email, in: db) else {
                 try self.audit.append(self.event("password-reset-requested", "unknown-email", nil, actor, at), in: db)
+                return
+            }
+            if let latest = try Int64.fetchOne(db, sql: """
+                SELECT MAX(created_at) FROM password_reset_token
+                WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL AND expires_at > ?
+                """, arguments: [row.id, at.epochMilliseconds]),
+               at.timeIntervalSince(Date(epochMilliseconds: latest)) < interval {
+                try self.audit.append(self.event("password-reset-requested", "not-mailed recent-link", row.id, actor, at), in: db)
                 return
             }
             let token = SecretToken.generate()
@@ -194,7 +211,7 @@ public final class CredentialStore: Sendable {
         guard let row = try await accountForResetToken(token) else { return .failure(.invalidToken) }
         let violations = policy.violations(of: newPassword, email: row.email)
         guard violations.isEmpty else { return .failure(.policy(violations)) }
-        let hash = try await hasher.hash(Array(newPassword.utf8))
+        let hash = try await hasher.hash(Array(newPassword.utf8), admittingUpTo: configuration.hashQueueLimit)
         let at = now
         return try await database.write { db in
             // Re-checked inside the transaction: two tabs submitting the same link, one wins.
@@ -276,7 +293,7 @@ public final class CredentialStore: Sendable {
             try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
             for code in codes {
                 try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
-                               arguments: [accountID, RecoveryCodes.hash(code), at.epochMilliseconds])
+                               arguments: [accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: self.box), at.epochMilliseconds])
             }
             try self.audit.append(self.event("second-factor-enrolled", "totp confirmed, \(codes.count) recovery codes issued", accountID, actor, at), in: db)
             try step.accept(db)
@@ -370,8 +387,9 @@ public final class CredentialStore: Sendable {
         }
         let normalized = RecoveryCodes.normalize(code)
         if normalized.count == 10 {
-            try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash = ? AND used_at IS NULL",
-                           arguments: [at.epochMilliseconds, accountID, RecoveryCodes.hash(code)])
+            try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash IN (?, ?) AND used_at IS NULL",
+                           arguments: [at.epochMilliseconds, accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: self.box),
+                                       RecoveryCodes.legacyHash(code)])
             if try db.changesCount == 1 {
                 let left = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
                 try self.audit.append(self.event("recovery-code-used", "\(left) left", accountID, actor, at), in: db)

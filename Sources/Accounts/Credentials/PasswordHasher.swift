@@ -42,10 +42,24 @@ public final class PasswordHasher: Sendable {
     /// Hashes waiting or running: the argon2 queue depth operators watch.
     public var queueDepth: Int { pending.load(ordering: .relaxed) }
 
+    /// Thrown instead of queueing when `admittingUpTo` hashes are already waiting or running.
+    public struct Busy: Error, Equatable {}
+
+    /// Counts this hash in the queue, or refuses it when that would pass `limit`: one atomic
+    /// step, so requests arriving together cannot all see room and all queue.
+    private func admit(_ limit: Int?) throws(Busy) {
+        let depth = pending.add(1, ordering: .relaxed).newValue
+        if let limit, depth > limit {
+            pending.subtract(1, ordering: .relaxed)
+            throw Busy()
+        }
+    }
+
     /// Hashes `password` with a fresh 16-byte salt; returns the PHC-encoded string
-    /// (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
-    public func hash(_ password: [UInt8]) async throws -> String {
-        pending.add(1, ordering: .relaxed)
+    /// (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`). With `limit`, throws ``Busy`` rather
+    /// than wait behind that many hashes.
+    public func hash(_ password: [UInt8], admittingUpTo limit: Int? = nil) async throws -> String {
+        try admit(limit)
         defer { pending.subtract(1, ordering: .relaxed) }
         let parameters = self.parameters
         return try await pool.runIfActive {
@@ -54,8 +68,8 @@ public final class PasswordHasher: Sendable {
     }
 
     /// Constant-time verification (libargon2 compares in constant time).
-    public func verify(_ password: [UInt8], encoded: String) async throws -> Bool {
-        pending.add(1, ordering: .relaxed)
+    public func verify(_ password: [UInt8], encoded: String, admittingUpTo limit: Int? = nil) async throws -> Bool {
+        try admit(limit)
         defer { pending.subtract(1, ordering: .relaxed) }
         return try await pool.runIfActive {
             Self.verifyNow(password, encoded: encoded)

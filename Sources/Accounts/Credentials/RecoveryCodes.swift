@@ -1,8 +1,10 @@
 import Foundation
 
 /// Single-use recovery codes, the second factor of last resort: ten codes of 10 characters
-/// from a 32-letter alphabet without look-alikes (50 bits each), shown once, stored as
-/// SHA-256 (their entropy makes a slow hash unnecessary).
+/// from a 32-letter alphabet without look-alikes (50 bits each), shown once, stored as an
+/// HMAC-SHA256 under a key derived from the server key, over the account and the code
+/// (``storedForm(_:accountID:box:)``). 50 bits are too few for a plain hash: from a stolen
+/// backup, one GPU would recover every account's codes at once in about a day.
 public enum RecoveryCodes {
     public static let count = 10
     static let alphabet = Array("ABCDEFGHJKMNPQRSTVWXYZ0123456789".utf8)  // no I, L, O, U
@@ -30,8 +32,16 @@ public enum RecoveryCodes {
         return result
     }
 
-    /// The stored form.
-    public static func hash(_ code: String) -> String {
+    /// The stored form: `h1:` and the hex HMAC of the account id and the normalised code.
+    public static func storedForm(_ code: String, accountID: String, box: SecretBox) -> String {
+        let message = Array(accountID.utf8) + [0] + Array(normalize(code).utf8)
+        return "h1:" + box.authenticationCode(message, purpose: "recovery-code").map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The form codes issued before 2026-12 were stored in (plain SHA-256 of the
+    /// normalised code): still accepted, so that nobody's printed codes stop working; a new
+    /// set replaces them.
+    public static func legacyHash(_ code: String) -> String {
         SecretToken.hash(normalize(code))
     }
 }

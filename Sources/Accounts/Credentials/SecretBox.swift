@@ -28,6 +28,14 @@ public struct SecretBox: Sendable {
         return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
+    /// HMAC-SHA256 of `message` under a key derived from the server key for `purpose`
+    /// (HKDF): what a database copy alone cannot recompute, for secrets too short for a plain
+    /// hash (recovery codes: 50 bits, a day of one GPU against SHA-256 for every account).
+    public func authenticationCode(_ message: [UInt8], purpose: String) -> [UInt8] {
+        let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: key, info: Array("account-server \(purpose)".utf8), outputByteCount: 32)
+        return Array(HMAC<SHA256>.authenticationCode(for: message, using: derived))
+    }
+
     public func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8] {
         let box = try AES.GCM.seal(plaintext, using: key, authenticating: Array(context.utf8))
         guard let combined = box.combined else { throw SecretBoxError(description: "AES-GCM produced no combined form") }
