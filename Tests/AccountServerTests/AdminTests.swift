@@ -87,6 +87,29 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// The audit export is paged: `limit` 1–10,000 (1,000 when absent), `after` a sequence
+    /// number; anything else is a 400 instead of "everything" (SQLite) or a 500 (PostgreSQL);
+    /// a full page says where the next one starts.
+    @Test func theAuditExportIsPagedAndItsParametersChecked() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        for query in ["limit=-1", "limit=0", "limit=10001", "limit=abc", "after=-1", "after=x"] {
+            let refused = try await admin.send(.GET, "/api/audit?\(query)")
+            #expect(refused.status == 400 && refused.body.contains("\"error\""), "\(query): \(refused.status) \(refused.body)")
+        }
+        #expect(try await admin.send(.POST, "/api/accounts/810002673899/suspend").status == 200, "one event more than the create")
+        let all = try await admin.send(.GET, "/api/audit")
+        let lines = all.body.split(separator: "\n")
+        #expect(all.status == 200 && lines.count >= 2 && all.headers.first(name: "X-Next-After") == nil, "a page not full has no next")
+        let first = try await admin.send(.GET, "/api/audit?limit=1")
+        #expect(first.body.split(separator: "\n").count == 1)
+        let next = try #require(first.headers.first(name: "X-Next-After"))
+        let second = try await admin.send(.GET, "/api/audit?limit=1&after=\(next)")
+        #expect(second.body.split(separator: "\n").first == lines[1], "the next page starts after the first")
+        await admin.shutdown()
+        await world.stop()
+    }
+
     /// What a hostile site can make the admin's browser send never acts: Basic credentials
     /// (a browser caches and replays them) are refused by the API, a form-encoded or
     /// text/plain POST (what a cross-site form can send) too, and so is anything marked

@@ -145,16 +145,40 @@ struct AdminController: Sendable {
             guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
             accountID = id
         }
-        let events = try await administration.auditEvents(accountID: accountID, afterSeq: query.first("after").flatMap(Int64.init) ?? 0,
-                                                          limit: query.first("limit").flatMap(Int.init))
+        // Bounded pages: the trail is never purged, and a whole trail held in memory at once
+        // would weigh on the process that serves the regulators and forward-auth.
+        let limit: Int
+        switch query.first("limit") {
+        case nil: limit = Self.auditPageDefault
+        case let text?:
+            guard let value = Int(text), (1...Self.auditPageMaximum).contains(value) else {
+                return Self.problem(.badRequest, "limit must be an integer from 1 to \(Self.auditPageMaximum)")
+            }
+            limit = value
+        }
+        let after: Int64
+        switch query.first("after") {
+        case nil: after = 0
+        case let text?:
+            guard let value = Int64(text), value >= 0 else { return Self.problem(.badRequest, "after must be a sequence number (an integer, 0 or more)") }
+            after = value
+        }
+        let events = try await administration.auditEvents(accountID: accountID, afterSeq: after, limit: limit)
         var buffer = ByteBuffer()
         let writer = JSONWriter()
         for event in events {
             buffer.writeBytes(writer.encode(event.jsonValue))
             buffer.writeString("\n")
         }
-        return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-store"], body: ResponseBody(byteBuffer: buffer))
+        var headers: HTTPFields = [.contentType: "application/x-ndjson", .cacheControl: "no-store"]
+        // A full page may have a next one: where to ask from.
+        if events.count == limit, let last = events.last?.seq { headers[Self.nextAfterField] = String(last) }
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: buffer))
     }
+
+    static let auditPageDefault = 1_000
+    static let auditPageMaximum = 10_000
+    static let nextAfterField = HTTPField.Name("X-Next-After")!
 
     /// The `:ref` path parameter, percent-decoded (`system%7Cvalue`).
     static func reference(_ context: AdminRequestContext) -> String {

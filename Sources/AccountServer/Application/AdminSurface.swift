@@ -5,6 +5,7 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Storage
 
 /// The admin surface: the vendor admin's API and page, behind the admin token, on loopback
 /// or TLS only.
@@ -15,6 +16,7 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.admin.tokenPath)"]) }
     let adminRouter = Router(context: AdminRequestContext.self)
     adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
+    adminRouter.add(middleware: AdminErrorMiddleware())
     if !configuration.admin.tls {
         adminRouter.add(middleware: LoopbackHostMiddleware())
     }
@@ -48,4 +50,29 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
         onServerRunning: { channel in await onAdminListening(channel.localAddress?.port ?? 0) },
         logger: logger
     )
+}
+
+/// Storage failures on the admin surface, answered as the other surfaces answer them rather
+/// than as Hummingbird's bare 500: a database restarting or failing over, or transactions that
+/// kept colliding, is a 503 with `Retry-After` (what a log shipper or a script retries on);
+/// a change whose COMMIT was sent but not answered says it may have been applied.
+struct AdminErrorMiddleware: RouterMiddleware {
+    typealias Context = AdminRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as StorageError where error.isTransient {
+            context.logger.error("database unavailable on the admin surface", metadata: ["error": "\(error)"])
+            let message: String
+            if case .outcomeUnknown = error {
+                message = "the database connection was lost while the change was being committed: it may or may not have been applied; read the account back before retrying"
+            } else {
+                message = "the database is unavailable or busy; retry in a moment (nothing was changed)"
+            }
+            var response = AdminController.problem(.serviceUnavailable, message)
+            response.headers[.retryAfter] = "1"
+            return response
+        }
+    }
 }
