@@ -3,6 +3,7 @@ import Accounts
 import Crypto
 import Foundation
 import Habilitation
+import Logging
 import GRDB
 import Storage
 import StorageTesting
@@ -549,6 +550,27 @@ struct MigrateStoreTests {
         await database.close()
     }
 
+    /// A `--to` naming a database that holds data is refused before anything changes in it:
+    /// no migration applied to it, no row copied.
+    @Test func aTargetHoldingDataIsRefusedBeforeItIsMigrated() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("migrate-store-busy-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("db.sqlite").path
+        let source = try AccountDatabase(path: file)
+        await source.close()
+        let target = try await TestStore.emptyArgument(in: directory)
+        let older = Array(AccountSchema.current.postgres.dropLast())
+        let engine = try PostgresEngine(location: try PostgresLocation(url: target), poolSize: 1, logger: Logger(label: "test"))
+        try await engine.migrate(Schema(sqlite: [], postgres: older))
+        try await engine.write { db in
+            try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'note', 'live')")
+        }
+        let refused = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
+        #expect(refused.status != 0)
+        #expect(Set(try await engine.appliedMigrations()) == Set(older.map(\.name)), "the target was not migrated")
+        await engine.close()
+    }
+
     /// `account-server migrate --grant-to`: the owner migrates and grants; the runtime role
     /// then serves (its privileges checked in PostgresEngineTests); mistakes are refused.
     @Test func migrateGrantsTheRuntimeRole() async throws {
@@ -667,5 +689,31 @@ struct AdminTableTests {
         #expect(!listed.output.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 }, "\(listed.output.debugDescription)")
         #expect(listed.output.split(separator: "\n").count == 2, "the header and one row: \(listed.output.debugDescription)")
         #expect(listed.output.contains("Dupont\\u{1b}[2J"))
+    }
+}
+
+/// The command-line tools never migrate: a newer binary must not change a live database's
+/// schema behind the running servers, nor an older one write to a newer schema.
+@Suite("Tools and the schema version")
+struct ToolSchemaTests {
+    @Test func toolsRefuseADatabaseOfAnotherSchemaAndChangeNothing() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tool-schema-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let file = directory.appendingPathComponent("older.sqlite").path
+        let older = Array(AccountSchema.current.sqlite.dropLast(2))
+        let engine = try SQLiteEngine(path: file)
+        try engine.migrateNow(Schema(sqlite: older, postgres: []))
+        await engine.close()
+        for arguments in [["admin", "list"], ["audit"], ["admin", "audit"]] {
+            let run = try await ProcessTests.run(arguments + ["--database", file])
+            #expect(run.status != 0, "\(arguments) on an older schema")
+        }
+        let after = try SQLiteEngine(path: file)
+        #expect(try await after.appliedMigrations() == older.map(\.name), "nothing migrated")
+        try after.migrateNow(AccountSchema.current)
+        await after.close()
+        let current = try await ProcessTests.run(["admin", "list", "--database", file])
+        #expect(current.status == 0, "once migrated knowingly, the tools work: \(current.output)")
     }
 }

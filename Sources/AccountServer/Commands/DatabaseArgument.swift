@@ -15,12 +15,17 @@ extension StorageLocation {
     }
 
     /// Opens the database of a running installation for a command-line tool: a SQLite file
-    /// must exist (a typo must not create an empty database); PostgreSQL is migrated if needed.
+    /// must exist (a typo must not create an empty database), and the schema must be this
+    /// version's: a tool never migrates (`account-server migrate` does, knowingly).
     static func openExisting(_ text: String) async throws -> AccountDatabase {
         let location = try argument(text)
         if case .sqlite(let path) = location, !FileManager.default.fileExists(atPath: path) {
             throw ValidationError("no database at \(path)")
         }
-        return try await AccountDatabase.open(location, poolSize: 2, logger: Logger(label: "account-server"))
+        do {
+            return try await AccountDatabase.openCurrent(location, poolSize: 2, logger: Logger(label: "account-server"))
+        } catch let error as StorageError {
+            throw ValidationError("\(location): \(error)")
+        }
     }
 }

@@ -29,7 +29,14 @@ struct MigrateStoreCommand: AsyncParsableCommand {
         guard case .sqlite = try StorageLocation.argument(from) else { throw ValidationError("--from must be a SQLite file") }
         guard case .postgres = try StorageLocation.argument(to) else { throw ValidationError("--to must be a postgres:// URL") }
         let source = try await StorageLocation.openExisting(from)
-        let target = try await AccountDatabase.open(try StorageLocation.argument(to), poolSize: 2, logger: Logger(label: "migrate-store"))
+        let targetLocation = try StorageLocation.argument(to)
+        // Checked before the target is migrated: a mistyped --to naming a live database is
+        // refused with nothing changed in it (StoreCopy checks again, in its transaction).
+        if let (table, rows) = try await AccountDatabase.holdsData(targetLocation, logger: Logger(label: "migrate-store")) {
+            await source.close()
+            throw ValidationError("--to is not empty (\(table) holds \(rows) rows): migrate-store copies into an empty database only; nothing was changed")
+        }
+        let target = try await AccountDatabase.open(targetLocation, poolSize: 2, logger: Logger(label: "migrate-store"))
         defer { Task { await target.close() } }
         let reports = try await StoreCopy(tables: AccountSchema.tables).copy(from: source.engine, to: target.engine)
         for report in reports {

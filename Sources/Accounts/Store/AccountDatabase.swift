@@ -47,6 +47,70 @@ public final class AccountDatabase: Sendable {
         }
     }
 
+    /// Opens the database `location` names **without** applying migrations, for the
+    /// command-line tools (`admin`, `audit`, the source of `migrate-store`): refused unless
+    /// its schema is exactly this binary's. A newer CLI binary must not migrate a live
+    /// database behind the running servers' backs (the upgrade window `docs/deployment.md`
+    /// keeps free of mixed-version writes), nor an older one write to a newer schema.
+    public static func openCurrent(_ location: StorageLocation, poolSize: Int = 2, logger: Logger) async throws -> AccountDatabase {
+        let engine: any StorageEngine
+        let expected: [String]
+        switch location {
+        case .sqlite(let path):
+            engine = try SQLiteEngine(path: path)
+            expected = AccountSchema.current.sqlite.map(\.name)
+        case .postgres(let server):
+            engine = try PostgresEngine(location: server, poolSize: poolSize, keepOpen: 0, logger: logger)
+            expected = AccountSchema.current.postgres.map(\.name)
+        }
+        do {
+            let applied = try await appliedMigrations(of: engine)
+            if Set(applied) != Set(expected) {
+                if Set(applied).isStrictSubset(of: Set(expected)) {
+                    throw StorageError.configuration("""
+                        the database's schema is older than this version's (\(applied.count) of \(expected.count) migrations applied): \
+                        run `account-server migrate` on it first, as the upgrade procedure says
+                        """)
+                }
+                throw StorageError.configuration("""
+                    the database's schema does not match this version's (it has \(Set(applied).subtracting(expected).sorted().joined(separator: ", "))): \
+                    it was migrated by a newer version; use that version's binary
+                    """)
+            }
+        } catch {
+            await engine.close()
+            throw error
+        }
+        return AccountDatabase(engine: engine)
+    }
+
+    /// The migrations applied; none when the bookkeeping table does not exist yet.
+    static func appliedMigrations(of engine: any StorageEngine) async throws -> [String] {
+        do {
+            return try await engine.appliedMigrations()
+        } catch StorageError.statementFailed {
+            return []
+        }
+    }
+
+    /// Whether any product table holds a row (a table not created yet counts as empty):
+    /// checked before `migrate-store` migrates its target, so that a mistyped `--to`
+    /// naming a live database is refused before anything changes in it.
+    public static func holdsData(_ location: StorageLocation, logger: Logger) async throws -> (table: String, rows: Int)? {
+        guard case .postgres(let server) = location else { return nil }
+        let engine = try PostgresEngine(location: server, poolSize: 1, keepOpen: 0, logger: logger)
+        defer { Task { await engine.close() } }
+        for table in AccountSchema.tables {
+            let exists = try await engine.read { db in
+                try Bool.fetchOne(db, sql: "SELECT to_regclass('\(table.name)') IS NOT NULL") ?? false
+            }
+            guard exists else { continue }
+            let rows = try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)") ?? 0 }
+            if rows > 0 { return (table.name, rows) }
+        }
+        return nil
+    }
+
     /// Applies pending migrations to the database `location` names, as its owner, and on
     /// PostgreSQL grants `runtimeRole` (when given) what `serve` needs: every table read and
     /// write except the audit trail, which it may only read and append to. Returns the
