@@ -19,6 +19,18 @@ public struct SessionLedger: AccountSessions {
         return sessions
     }
 
+    public func revokeProviderSessions(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
+        try db.execute(sql: """
+            UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL
+            WHERE account_id = ? AND revoked_at IS NULL AND authentication = 'psc'
+            """, arguments: [at.epochMilliseconds, reason, accountID])
+        let sessions = try db.changesCount
+        try db.execute(sql: """
+            UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL AND authentication = 'psc'
+            """, arguments: [at.epochMilliseconds, accountID])
+        return sessions
+    }
+
     public func liveSASSessionCount(of accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {
         try Int.fetchOne(db, sql: """
             SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ?

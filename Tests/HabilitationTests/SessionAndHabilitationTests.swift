@@ -170,6 +170,28 @@ struct SessionAndHabilitationTests {
         #expect(sealed == 0)
     }
 
+    /// A Pro Santé Connect session was matched on the account's national id: when the SAS
+    /// replaces it (a correction: it was someone else's), that session and the sign-ins under
+    /// way through the provider end in the same transaction; password sessions stay.
+    @Test func providerSessionsEndWhenTheirNationalIDIsReplaced() async throws {
+        let world = try await World()
+        guard case .opened(_, let provider?) = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: "s1", sealedIDToken: nil)) else {
+            Issue.record("a provider session opens")
+            return
+        }
+        let password = try await world.signIn(origin: .sas)
+        #expect(try await world.habilitation.check(sessionToken: provider.token).decision.isGranted)
+        let corrected = RegulatorRecord(nationalID: NationalID("810000000017"), active: true, familyName: "MARIUS", givenName: "Jules",
+                                        email: EmailAddress("jules.marius@test.com")!)
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, corrected, ifMatch: nil), context: CallContext(actor: world.actor))
+        #expect(try await world.habilitation.check(sessionToken: provider.token).decision == .denied([.noLiveSession]))
+        #expect(try await world.habilitation.check(sessionToken: password).decision.isGranted, "a password session is the account's own")
+        let event = try await world.database.read { db in
+            try String.fetchOne(db, sql: "SELECT outcome FROM audit_event WHERE action = 'sessions-revoked' ORDER BY seq DESC LIMIT 1")
+        }
+        #expect(event == "national id replaced")
+    }
+
     /// A provider callback as the web surface makes it: a login started now (or as given),
     /// then the flow for `identity`, the account matched in its transaction.
     func providerCallback(_ world: World, identity: ProviderIdentity, startedAt: Date? = nil) async throws -> ProviderFlowStart {

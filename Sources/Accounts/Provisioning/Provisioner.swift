@@ -264,6 +264,7 @@ public final class Provisioner: Sendable {
         var row = existing
         var changes: [FieldChange] = []
         var identifiersChanged = false
+        var nationalIDReplaced = false
 
         // Identifiers first: conflicts abort the transaction before anything else counts.
         for identifier in record.identifiers {
@@ -276,6 +277,7 @@ public final class Provisioner: Sendable {
             }
             if let held, let heldIdentifier = held.identifier {
                 try writes.endAssignment(of: heldIdentifier, at: now, reason: .replaced, by: nil, in: db)
+                if heldIdentifier.kind == .national { nationalIDReplaced = true }
             }
             try assign(identifier, to: existing.id, now: now, context: context, db: db)
             identifiersChanged = true
@@ -333,6 +335,18 @@ public final class Provisioner: Sendable {
         if existing.active != row.active {
             try recordHabilitationChange(accountID: row.id, nowActive: row.active, now: now, target: target, context: context, db: db)
         }
+        if nationalIDReplaced {
+            // A Pro Santé Connect session was matched on the national id the SAS just
+            // replaced (a correction: it was someone else's): it ends now, with its sign-ins
+            // under way. Password sessions are the account's own and stay.
+            let ended = try sessions.revokeProviderSessions(of: row.id, reason: "national-id-replaced", at: now, in: db)
+            if ended > 0 {
+                try audit.append(AuditEvent(at: now, surface: "int_r02", action: "sessions-revoked", outcome: "national id replaced",
+                                            actor: context.actor, requestID: context.requestID, identifier: target.description,
+                                            accountID: row.id, changes: [],
+                                            detail: "\(ended) Pro Santé Connect session(s) ended"), in: db)
+            }
+        }
         // Read again only if this transaction changed them (one statement less per update).
         let snapshot = AccountSnapshot(row: row, identifiers: identifiersChanged ? try queries.currentIdentifiers(of: row.id, in: db) : current)
         return ProvisioningResult(kind: kind, account: snapshot, changes: changes)
@@ -358,6 +372,10 @@ public final class Provisioner: Sendable {
         if let holder = try queries.holder(of: identifier, in: db), holder.id != accountID {
             precondition(!holder.active, "active holders are refused before assignment")
             try writes.endAssignment(of: identifier, at: now, reason: .reattributed, by: accountID, in: db)
+            if identifier.kind == .national {
+                // Its Pro Santé Connect sessions were matched on this national id.
+                _ = try sessions.revokeProviderSessions(of: holder.id, reason: "national-id-reattributed", at: now, in: db)
+            }
             try audit.append(AuditEvent(at: now, surface: "int_r02", action: "identifier-reattributed", outcome: "moved",
                                         actor: context.actor, requestID: context.requestID, identifier: identifier.description,
                                         accountID: holder.id,

@@ -9,6 +9,9 @@ import Storage
 public protocol AccountSessions: Sendable {
     /// Ends every live session of the account (`reason` recorded with each); returns how many.
     func revokeAll(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int
+    /// Ends the account's live sessions and sign-in flows opened through Pro Santé Connect
+    /// (matched on the national id); returns how many sessions.
+    func revokeProviderSessions(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int
     /// Live sessions of the account that started from the SAS redirect: the ones whose
     /// habilitation an INT_R02 change of `active` affects from their next request.
     func liveSASSessionCount(of accountID: String, at: Date, in db: any SQLTransaction) throws -> Int
