@@ -31,8 +31,16 @@ struct MailTransportTests {
     }
 
     @Test func smtpURLParsing() throws {
-        let plain = try SMTPTransport(url: "smtp://relay.local", heloName: "x")
+        let plain = try SMTPTransport(url: "smtp://127.0.0.1", heloName: "x")
         #expect(plain.port == 25 && !plain.implicitTLS)
+        // A reset link must not cross a network in clear: smtp:// to another machine is
+        // refused unless the operator accepts it by name.
+        for url in ["smtp://relay.local", "smtp://192.0.2.10:587", "smtp://[2001:db8::1]"] {
+            #expect(throws: MailError.self, "\(url)") { try SMTPTransport(url: url, heloName: "x") }
+        }
+        #expect(try SMTPTransport(url: "smtp://relay.local", heloName: "x", allowCleartext: true).port == 25)
+        #expect(try SMTPTransport(url: "smtp://localhost:2525", heloName: "x").port == 2525)
+        #expect(try SMTPTransport(url: "smtp://[::1]:2525", heloName: "x").port == 2525)
         let tls = try SMTPTransport(url: "smtps://relay.local:2465", heloName: "x")
         #expect(tls.port == 2465 && tls.implicitTLS)
         #expect(throws: MailError.self) { try SMTPTransport(url: "http://relay.local", heloName: "x") }

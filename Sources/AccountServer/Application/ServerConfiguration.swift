@@ -39,6 +39,8 @@ struct ServerConfiguration: Sendable {
     var cguText: String = ServerConfiguration.developmentCGU
     var cguVersion: String?
     var smtpURL: String?
+    /// `--smtp-allow-cleartext`: `smtp://` to a host other than this machine.
+    var smtpAllowCleartext = false
     var sendmailCommand: [String]?
     var mailFrom: String?
     var mailPollInterval: Duration = .seconds(2)

@@ -95,7 +95,10 @@ func makeWebServices(
     )
     let transport: (any MailTransport)?
     if let smtp = configuration.smtpURL {
-        transport = try SMTPTransport(url: smtp, heloName: publicHost)
+        transport = try SMTPTransport(url: smtp, heloName: publicHost, allowCleartext: configuration.smtpAllowCleartext)
+        if configuration.smtpAllowCleartext, let mail = transport as? SMTPTransport, !mail.implicitTLS, !isLoopback(mail.host) {
+            logger.warning("reset links are sent to the mail relay WITHOUT TLS (--smtp-allow-cleartext)", metadata: ["relay": "\(mail.host)"])
+        }
     } else if let command = configuration.sendmailCommand, !command.isEmpty {
         transport = SendmailTransport(command: command)
     } else {

@@ -61,6 +61,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Password hashes waiting or running beyond which a sign-in or password reset is answered 503 at once. Env: ACCOUNT_SERVER_ARGON2_QUEUE. Default: 64")
     var argon2Queue: Int?
 
+    @Flag(inversion: .prefixedNo, help: "Allow --smtp-url smtp:// (no TLS) to a host other than this machine: reset links then cross the network in clear. Env: ACCOUNT_SERVER_SMTP_ALLOW_CLEARTEXT")
+    var smtpAllowCleartext: Bool?
+
     @Flag(inversion: .prefixedNo, help: "Accept client certificates whose CA has no CRL loaded (revocation NOT checked for them; logged at start, shown by /readyz). Without it the server refuses to start, and refuses such certificates. Env: ACCOUNT_SERVER_ALLOW_MISSING_CRL (--no-… turns it off over the environment and the file)")
     var allowMissingCrl: Bool?
 
@@ -280,6 +283,7 @@ struct ServeCommand: AsyncParsableCommand {
         "fhir.proxy.client.cn",
         "fhir.proxy.client.crl",
         "allow.missing.crl",
+        "smtp.allow.cleartext",
         "retention.days",
         "fhir.upstream",
         "fhir.upstream.ca",
@@ -354,6 +358,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("fhir.proxy.client.cn", fhirProxyClientCn)
         values.set("fhir.proxy.client.crl", fhirProxyClientCrl)
         values.set("allow.missing.crl", allowMissingCrl)
+        values.set("smtp.allow.cleartext", smtpAllowCleartext)
         values.set("retention.days", retentionDays)
         values.set("fhir.upstream", fhirUpstream)
         values.set("fhir.upstream.ca", fhirUpstreamCa)
@@ -489,6 +494,7 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.fhir.proxyClientCRLPaths = try settings.list("fhir.proxy.client.crl")
         if !resolved.fhir.proxyClientCAPaths.isEmpty { resolved.fhir.proxyTLS = true }
         resolved.fhir.allowMissingCRL = try settings.flag("allow.missing.crl")
+        resolved.smtpAllowCleartext = try settings.flag("smtp.allow.cleartext")
         let retentionDays = try settings.int("retention.days") ?? 30
         guard retentionDays >= 1 else { throw ValidationError("--retention-days must be at least 1") }
         resolved.retention = TimeInterval(retentionDays) * 86400

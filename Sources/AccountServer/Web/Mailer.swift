@@ -46,10 +46,19 @@ struct SMTPTransport: MailTransport {
     let heloName: String
     var timeout: Duration = .seconds(30)
 
-    init(url: String, heloName: String) throws {
-        guard let components = URLComponents(string: url), let scheme = components.scheme, let host = components.host,
+    /// A reset link is a bearer secret for its lifetime: `smtp://` (no TLS) is refused to any
+    /// host but this machine's relay unless `allowCleartext` (`--smtp-allow-cleartext`).
+    init(url: String, heloName: String, allowCleartext: Bool = false) throws {
+        guard let components = URLComponents(string: url), let scheme = components.scheme, let bracketed = components.host,
               scheme == "smtp" || scheme == "smtps" else {
             throw MailError(description: "--smtp-url must be smtp://host[:port] or smtps://host[:port], got \(url)")
+        }
+        let host = bracketed.hasPrefix("[") && bracketed.hasSuffix("]") ? String(bracketed.dropFirst().dropLast()) : bracketed
+        if scheme == "smtp", !allowCleartext, !isLoopback(host) {
+            throw MailError(description: """
+                --smtp-url smtp://\(host) would send reset links to another machine without TLS: use smtps://, \
+                or a relay on this machine, or --smtp-allow-cleartext to accept that risk knowingly
+                """)
         }
         self.host = host
         self.implicitTLS = scheme == "smtps"
