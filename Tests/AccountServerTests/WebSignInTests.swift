@@ -331,6 +331,27 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// A form token seen before sign-in is worth nothing after it: forms are bound to the
+    /// session once there is one (and to the csrf cookie again after sign-out).
+    @Test func aFormTokenFromBeforeSignInIsRefusedAfterIt() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let before = try #require(try await browser.get("/connexion").csrf)
+        _ = try await Self.signIn(browser)
+        let stale = try await browser.request(.POST, "/deconnexion", form: ["csrf": before])
+        #expect(stale.status == 403, "a pre-sign-in token")
+        #expect(try await browser.get("/compte").status == 200, "still signed in")
+        let current = try #require(try await browser.get("/compte").csrf)
+        #expect(current != before)
+        let out = try await browser.request(.POST, "/deconnexion", form: ["csrf": current])
+        #expect(out.location == "/connexion")
+        let afterOut = try await browser.request(.POST, "/deconnexion", form: ["csrf": current])
+        #expect(afterOut.status == 403, "the session's token dies with it")
+        await browser.shutdown()
+        await world.stop()
+    }
+
     @Test func resetAnswersDoNotRevealAccounts() async throws {
         let world = try await World()
         let browser = try world.browser()

@@ -101,7 +101,8 @@ struct WebController: Sendable {
             csrfCookie = SecretToken.generate()
             cookies.append(WebCookie.csrf.set(csrfCookie))
         }
-        return Self.page(render(csrf.token(for: csrfCookie)), status: status, cookies: cookies, formTargets: provider?.formTargets ?? [])
+        let secret = WebCookie.value(.session, in: request.headers) ?? csrfCookie
+        return Self.page(render(csrf.token(for: secret)), status: status, cookies: cookies, formTargets: provider?.formTargets ?? [])
     }
 
     /// `formTargets`: origins a form of the page may end at besides this one (the sign-out

@@ -87,7 +87,14 @@ struct CSRFProtection: Sendable {
     }
 
     func isValid(fields: HTTPFields, submitted: String?) -> Bool {
-        isValid(fields: fields, submitted: submitted, boundTo: WebCookie.value(.csrf, in: fields), origin: publicOrigin)
+        isValid(fields: fields, submitted: submitted, boundTo: Self.browserSecret(fields), origin: publicOrigin)
+    }
+
+    /// The secret a regulator's form is bound to: the session once signed in, so that a token
+    /// seen before sign-in (in a page, a log, a shared screen) is worth nothing after it, as
+    /// Keycloak and Kratos rotate theirs at login; the csrf cookie before (and after sign-out).
+    static func browserSecret(_ fields: HTTPFields) -> String? {
+        WebCookie.value(.session, in: fields) ?? WebCookie.value(.csrf, in: fields)
     }
 }
 
