@@ -156,6 +156,30 @@ struct CredentialStoreTests {
         #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
     }
 
+    /// A password stored with other argon2 parameters is rehashed with the current ones at the
+    /// next correct sign-in (raising the cost must not leave stored hashes cheaper than the
+    /// decoy checked for unknown e-mails); a wrong password changes nothing.
+    @Test func aCorrectSignInUpgradesAHashMadeWithOtherParameters() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let stronger = Argon2Parameters(memoryKiB: 128, iterations: 2, parallelism: 1)
+        let upgraded = try CredentialStore(database: h.accounts.database, hasher: PasswordHasher(parameters: stronger, threads: 1),
+                                           box: try SecretBox(key: Array(repeating: 7, count: 32)), sessions: SessionLedger())
+        func stored() async throws -> String? {
+            try await h.accounts.database.read { db in try String.fetchOne(db, sql: "SELECT password_hash FROM account") }
+        }
+        let before = try #require(try await stored())
+        #expect(PasswordHasher.parameters(of: before) != stronger)
+        _ = try await upgraded.checkPassword(email: "jules.marius@test.com", password: "not the password", actor: h.actor)
+        #expect(try await stored() == before, "a wrong password changes nothing")
+        #expect(try await upgraded.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
+        let after = try #require(try await stored())
+        #expect(PasswordHasher.parameters(of: after) == stronger && after != before)
+        #expect(try await upgraded.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID),
+                "the upgraded hash verifies")
+        #expect(try await h.accounts.auditEvents().contains { $0.action == "password-rehashed" })
+    }
+
     /// Each new link voids the older one: without a pause, anyone who knows an address could
     /// keep every link dead before the regulator opens it, and flood the mailbox.
     @Test func aResetRequestWithinTwoMinutesOfALiveLinkIssuesNothing() async throws {

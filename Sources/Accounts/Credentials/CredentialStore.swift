@@ -104,7 +104,33 @@ public final class CredentialStore: Sendable {
             try await record(action: "sign-in", outcome: "refused unknown-email", accountID: nil, actor: actor, detail: nil)
             return (.refused(reason: .unknownEmail, accountID: nil), nil)
         }
-        return try await settlePasswordCheck(row, verified: verified, at: now, actor: actor, whenAccepted: whenAccepted)
+        let result = try await settlePasswordCheck(row, verified: verified, at: now, actor: actor, whenAccepted: whenAccepted)
+        if case .accepted = result.outcome, PasswordHasher.parameters(of: row.passwordHash) != hasher.parameters {
+            await upgradeHash(of: row, password: password, actor: actor)
+        }
+        return result
+    }
+
+    /// Rehashes a password stored with other argon2 parameters than the current ones, at the
+    /// one moment the password is known: a correct sign-in (Keycloak does the same). Without
+    /// it, raising the cost would leave every stored hash at the old cost while unknown
+    /// e-mails are checked against a decoy at the new cost: one timed request per address
+    /// would tell existing accounts apart. Best effort: if it fails, the next sign-in tries
+    /// again; a hash changed meanwhile (a reset) is kept.
+    private func upgradeHash(of row: AccountRow, password: String, actor: AuditActor) async {
+        do {
+            let upgraded = try await hasher.hash(Array(password.utf8), admittingUpTo: configuration.hashQueueLimit)
+            let at = now
+            try await database.write { db in
+                try db.execute(sql: "UPDATE account SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                               arguments: [upgraded, row.id, row.passwordHash])
+                if try db.changesCount == 1 {
+                    try self.audit.append(self.event("password-rehashed", "argon2 parameters upgraded", row.id, actor, at), in: db)
+                }
+            }
+        } catch {
+            // Left for the next sign-in: the password check itself succeeded.
+        }
     }
 
     /// The decision of a password check, in one write transaction (see above).

@@ -42,6 +42,20 @@ public final class PasswordHasher: Sendable {
     /// Hashes waiting or running: the argon2 queue depth operators watch.
     public var queueDepth: Int { pending.load(ordering: .relaxed) }
 
+    /// The parameters a PHC string was made with (`$argon2id$v=19$m=…,t=…,p=…$…`).
+    public static func parameters(of encoded: String) -> Argon2Parameters? {
+        let fields = encoded.split(separator: "$")
+        guard fields.count >= 4, fields[0] == "argon2id" else { return nil }
+        var values: [Substring: UInt32] = [:]
+        for pair in fields[2].split(separator: ",") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, let value = UInt32(parts[1]) else { return nil }
+            values[parts[0]] = value
+        }
+        guard let memory = values["m"], let iterations = values["t"], let parallelism = values["p"] else { return nil }
+        return Argon2Parameters(memoryKiB: memory, iterations: iterations, parallelism: parallelism)
+    }
+
     /// Thrown instead of queueing when `admittingUpTo` hashes are already waiting or running.
     public struct Busy: Error, Equatable {}
 
