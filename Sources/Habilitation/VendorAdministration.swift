@@ -209,34 +209,40 @@ public final class VendorAdministration: Sendable {
 
     /// Withdraws the habilitation, independently of the SAS's `active` (a later `active:true`
     /// does not lift it). Sessions stay open but lose the habilitation from their next request.
-    public func suspend(accountID: String, reason: String?, actor: AuditActor) async throws -> AdminActionResult? {
+    public func suspend(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
         let reason = reason?.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500).description
         return try await database.write { db in
             guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
             let open = try self.openSASSessions(accountID, at: at, in: db)
-            guard !(row["suspended"] as Bool) else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
+            guard !(row["suspended"] as Bool) else {
+                try self.unchanged("suspend", "already suspended", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                return AdminActionResult(accountID: accountID, changed: false, sessions: open)
+            }
             try db.execute(sql: "INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES (?, ?, ?, ?)",
                            arguments: [accountID, at.epochMilliseconds, actor.subject, reason.flatMap { $0.isEmpty ? nil : $0 }])
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-withdrawn", outcome: "suspended by the vendor",
-                                             actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                             actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
                                              detail: "\(open) open SAS session(s) affected from their next request" + (reason.map { "; reason: \($0)" } ?? "")), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: open)
         }
     }
 
     /// Lifts a vendor suspension (the SAS's `active` still applies).
-    public func restore(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
+    public func restore(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
             guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
             let open = try self.openSASSessions(accountID, at: at, in: db)
-            guard row["suspended"] as Bool else { return AdminActionResult(accountID: accountID, changed: false, sessions: open) }
+            guard row["suspended"] as Bool else {
+                try self.unchanged("restore", "not suspended", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                return AdminActionResult(accountID: accountID, changed: false, sessions: open)
+            }
             try db.execute(sql: "DELETE FROM vendor_suspension WHERE account_id = ?", arguments: [accountID])
             let active: Bool = row["active"]
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-restored",
                                              outcome: active ? "suspension lifted" : "suspension lifted, still deactivated by the SAS",
-                                             actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                             actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
                                              detail: "\(open) open SAS session(s) affected from their next request"), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: open)
         }
@@ -245,29 +251,50 @@ public final class VendorAdministration: Sendable {
     /// Ends every session of the account ("sign out everywhere"), and the sign-ins under way
     /// (a flow waiting at its second factor or at the CGU would otherwise become a session
     /// after the revocation).
-    public func revokeSessions(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
+    public func revokeSessions(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
             let count = try SessionLedger().revokeAll(of: accountID, reason: "admin", at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
-                                             requestID: nil, identifier: nil, accountID: accountID, changes: [], detail: nil), in: db)
+                                             requestID: requestID, identifier: nil, accountID: accountID, changes: [], detail: nil), in: db)
             return AdminActionResult(accountID: accountID, changed: count > 0, sessions: count)
         }
     }
 
     /// Clears a sign-in lockout and the failure count.
-    public func unlock(accountID: String, actor: AuditActor) async throws -> AdminActionResult? {
+    public func unlock(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
             guard let cleared = try LockoutLedger().clear(accountID: accountID, at: at, in: db) else { return nil }
             let failures = cleared.failures, locked = cleared.wasLocked
-            guard failures > 0 || locked else { return AdminActionResult(accountID: accountID, changed: false, sessions: 0) }
+            guard failures > 0 || locked else {
+                try self.unchanged("unlock", "not locked, no failure counted", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                return AdminActionResult(accountID: accountID, changed: false, sessions: 0)
+            }
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "unlock", outcome: locked ? "lockout lifted" : "failure count reset",
-                                             actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
+                                             actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
                                              detail: "\(failures) consecutive failure(s) cleared"), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: 0)
         }
+    }
+
+    /// An admin action that found nothing to change is recorded too (Keycloak records every
+    /// admin call): the trail shows who tried what, and when.
+    private func unchanged(_ action: String, _ why: String, accountID: String, actor: AuditActor, requestID: String?, at: Date,
+                           in db: any SQLTransaction) throws {
+        try audit.append(AuditEvent(at: at, surface: "admin", action: "admin-action", outcome: "\(action): unchanged",
+                                    actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
+                                    detail: why), in: db)
+    }
+
+    /// The admin surface's own access: page sign-in (accepted or refused), sign-out, and API
+    /// calls refused for a missing or wrong token. Written by the surface (the API's refusals
+    /// at most once a minute per address, so that guessing cannot grow the trail unbounded).
+    public func recordAccess(_ action: String, outcome: String, actor: AuditActor, requestID: String?) async throws {
+        let event = AuditEvent(at: now, surface: "admin", action: action, outcome: outcome, actor: actor, requestID: requestID,
+                               identifier: nil, accountID: nil, changes: [], detail: nil)
+        try await database.write { db in try self.audit.append(event, in: db) }
     }
 
     /// The audit trail, oldest first, up to a horizon read between writes: a reader paging

@@ -22,8 +22,10 @@ struct AdminTests {
         let page = try await anonymous.send(.GET, "/", authorization: "")
         #expect(page.status == 200 && page.body.contains("id=\"form-connexion\"") && page.headers.first(name: "WWW-Authenticate") == nil,
                 "the page asks for the token in a form, never for Basic credentials")
-        // Nothing was changed by the refused calls.
-        #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" })
+        // Nothing was changed by the refused calls; the refusals are in the trail, once a
+        // minute per address (three refused calls, one event).
+        let adminEvents = try await world.server.auditEvents().filter { $0.surface == "admin" }
+        #expect(adminEvents.map(\.action) == ["admin-api-refused"] && adminEvents.first?.actorAddress == "127.0.0.1", "\(adminEvents)")
         // Probes and metrics need no token.
         #expect(try await anonymous.send(.GET, "/healthz", authorization: "").status == 200)
         #expect(try await anonymous.send(.GET, "/metrics", authorization: "").status == 200)
@@ -167,7 +169,8 @@ struct AdminTests {
                 "cached Basic credentials are no session")
         #expect(try await admin.send(.POST, action, body: "csrf=\(loginCSRF)&q=jules", headers: form + session, authorization: "").status == 403,
                 "a token bound to another secret")
-        #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" })
+        #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" || $0.action == "admin-sign-in" },
+                "nothing but the page's sign-in")
 
         let done = try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules&motif=fraude", headers: form + session + [("Origin", world.server.adminURL)],
                                         authorization: "")
@@ -175,9 +178,12 @@ struct AdminTests {
         let after = try await admin.send(.GET, "/?q=jules&message=suspendu", headers: session, authorization: "")
         #expect(after.body.contains("data-suspendu=\"oui\"") && after.body.contains("Rétablir l’habilitation") && after.body.contains("id=\"message\""))
         let event = try #require(try await world.server.auditEvents().last { $0.action == "habilitation-withdrawn" })
-        #expect(event.actorSubject == "admin-page" && event.detail?.contains("fraude") == true)
+        #expect(event.actorSubject == "admin-page" && event.detail?.contains("fraude") == true && event.requestId != nil, "\(event)")
         // Sign-out ends the session.
         #expect(try await admin.send(.POST, "/deconnexion", body: "csrf=\(csrf)", headers: form + session, authorization: "").status == 303)
+        // The page's access is in the trail: sign-ins (refused, accepted), sign-out.
+        let access = try await world.server.auditEvents().filter { $0.action.hasPrefix("admin-sign") }.map { "\($0.action) \($0.outcome)" }
+        #expect(access.first == "admin-sign-in refused wrong-token" && access.contains("admin-sign-in accepted") && access.last == "admin-sign-out ok", "\(access)")
         #expect(try await admin.send(.GET, "/?q=jules", headers: session, authorization: "").body.contains("form-connexion"))
         await admin.shutdown()
         await world.stop()

@@ -392,7 +392,9 @@ struct ProcessTests {
             guard case .object(let event)? = try? JSONParser().parse(Array(line.utf8)), case .string(let action)? = event["action"] else { return nil }
             return action
         }
-        #expect(actions == ["create", "habilitation-withdrawn", "habilitation-restored", "sessions-revoked"], "\(actions)")
+        #expect(actions == ["create", "habilitation-withdrawn", "habilitation-restored", "admin-action", "sessions-revoked"],
+                "the unlock that changed nothing is recorded too: \(actions)")
+        #expect(audit.output.contains(#""outcome":"unlock: unchanged""#))
         #expect(audit.output.contains(#""actor_subject":"cli:operator""#))
     }
 

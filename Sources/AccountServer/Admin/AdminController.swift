@@ -56,7 +56,7 @@ struct AdminController: Sendable {
                      body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.scrape())))
         }
 
-        let api = router.group("api").add(middleware: AdminAPIAuthenticationMiddleware(token: token))
+        let api = router.group("api").add(middleware: AdminAPIAuthenticationMiddleware(token: token, administration: administration))
         api.get("accounts") { request, _ in try await self.list(request) }
         api.get("accounts/:ref") { _, context in try await self.show(context) }
         api.post("accounts/:ref/suspend") { request, context in try await self.act("suspend", request, context) }
@@ -126,10 +126,10 @@ struct AdminController: Sendable {
         let actor = actor(context, via: "admin-api")
         let result: AdminActionResult?
         switch action {
-        case "suspend": result = try await administration.suspend(accountID: id, reason: reason, actor: actor)
-        case "restore": result = try await administration.restore(accountID: id, actor: actor)
-        case "revoke-sessions": result = try await administration.revokeSessions(accountID: id, actor: actor)
-        default: result = try await administration.unlock(accountID: id, actor: actor)
+        case "suspend": result = try await administration.suspend(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
+        case "restore": result = try await administration.restore(accountID: id, actor: actor, requestID: context.requestID)
+        case "revoke-sessions": result = try await administration.revokeSessions(accountID: id, actor: actor, requestID: context.requestID)
+        default: result = try await administration.unlock(accountID: id, actor: actor, requestID: context.requestID)
         }
         guard let result else { return Self.problem(.notFound, "no account matches \(reference)") }
         if result.changed { metrics.adminAction(action) }
@@ -220,16 +220,20 @@ struct AdminController: Sendable {
         }
         guard let presented = fields["jeton"], token.matches(presented.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             context.logger.notice("admin sign-in refused: wrong token", metadata: ["address": "\(context.clientAddress)"])
+            try await administration.recordAccess("admin-sign-in", outcome: "refused wrong-token", actor: actor(context, via: "admin-page"),
+                                                  requestID: context.requestID)
             return signInPage(request, error: true)
         }
         let session = sessions.open()
         context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)"])
+        try await administration.recordAccess("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page"), requestID: context.requestID)
         return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), session, secure: secure)])
     }
 
     func signOut(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let session = try await sessionForm(request, context) else { return formRefused }
         sessions.close(session.id)
+        try await administration.recordAccess("admin-sign-out", outcome: "ok", actor: actor(context, via: "admin-page"), requestID: context.requestID)
         return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), "", secure: secure, clear: true)])
     }
 
@@ -260,8 +264,8 @@ struct AdminController: Sendable {
         let id = context.parameters.get("id") ?? ""
         let actor = actor(context, via: "admin-page")
         let result = suspend
-            ? try await administration.suspend(accountID: id, reason: fields["motif"], actor: actor)
-            : try await administration.restore(accountID: id, actor: actor)
+            ? try await administration.suspend(accountID: id, reason: fields["motif"], actor: actor, requestID: context.requestID)
+            : try await administration.restore(accountID: id, actor: actor, requestID: context.requestID)
         guard let result else {
             return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: ("/", "Retour")), status: .notFound)
         }
@@ -310,6 +314,11 @@ struct LoopbackHostMiddleware: RouterMiddleware {
 struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
     typealias Context = AdminRequestContext
     let token: AdminToken
+    /// Where refusals for a missing or wrong token are audited, at most once a minute per
+    /// address (``refusalsAudited``): someone guessing the token shows in the trail, and
+    /// guessing cannot grow it unbounded.
+    let administration: VendorAdministration
+    let refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" {
@@ -322,6 +331,11 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
         }
         guard let presented = AdminToken.bearer(request.headers[.authorization]), token.matches(presented) else {
             context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)"])
+            if refusalsAudited.allow("admin-api", client: context.clientAddress) {
+                try await administration.recordAccess("admin-api-refused", outcome: "missing or wrong token",
+                                                      actor: AuditActor(subject: "admin-api", serial: nil, address: context.clientAddress),
+                                                      requestID: context.requestID)
+            }
             var response = AdminController.problem(.unauthorized, "a valid admin token is required (Authorization: Bearer <token>)")
             response.headers[.wwwAuthenticate] = "Bearer realm=\"account-server admin\""
             return response
