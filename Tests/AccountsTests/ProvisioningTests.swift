@@ -220,6 +220,19 @@ struct ProvisioningTests {
         #expect(try await h.holder(national)?.id == second.account.id)
     }
 
+    /// A POST of a withdrawn regulator whose identifier a withdrawn account holds is refused:
+    /// otherwise each retry created one more withdrawn account and moved the identifier to it.
+    @Test func aWithdrawnCreateDoesNotTakeAnIdentifierFromAWithdrawnAccount() async throws {
+        let h = try await Harness()
+        let first = try await h.create(try Fixtures.record())
+        _ = try await h.put(national, try Fixtures.record(active: false))
+        for _ in 0..<3 {
+            #expect(await refusal { try await h.create(try Fixtures.record(active: false)) }?.category == .conflict)
+        }
+        #expect(try await h.accountCount() == 1)
+        #expect(try await h.holder(national)?.id == first.account.id)
+    }
+
     @Test func identifierOfAnActiveAccountDoesNotMove() async throws {
         let h = try await Harness()
         let first = try await h.create(try Fixtures.record())

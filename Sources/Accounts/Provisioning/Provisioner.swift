@@ -206,9 +206,19 @@ public final class Provisioner: Sendable {
 
     private func checkCreatable(identifiers: [RegulatorIdentifier], record: RegulatorRecord, db: any SQLTransaction) throws {
         for identifier in identifiers {
-            if let holder = try queries.holder(of: identifier, in: db), holder.active {
+            guard let holder = try queries.holder(of: identifier, in: db) else { continue }
+            if holder.active {
                 throw FHIRError(.conflict, code: .duplicate,
                                 "A regulator account with \(identifier) already exists (Practitioner/\(holder.id)); use PUT ?identifier=\(identifier) to update it.",
+                                expression: [expression(for: identifier)])
+            }
+            // A withdrawn account gives its identifier up to an account that will be active
+            // (re-attribution). Creating a withdrawn account would only move the identifier
+            // from one withdrawn account to a new one, once per retry: refused, so that a
+            // repeated POST leaves one account, as it does for an active one.
+            if !record.active {
+                throw FHIRError(.conflict, code: .duplicate,
+                                "A withdrawn regulator account with \(identifier) already exists (Practitioner/\(holder.id)); use PUT ?identifier=\(identifier) to update it.",
                                 expression: [expression(for: identifier)])
             }
         }
