@@ -133,6 +133,30 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// Token guesses on the page: 10 a minute per address, then 429; the trail gets one
+    /// refusal event a minute per address, however many guesses.
+    @Test func pageTokenGuessesAreLimited() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server, token: "")
+        let form: [(String, String)] = [("Content-Type", "application/x-www-form-urlencoded")]
+        let signInPage = try await admin.send(.GET, "/", authorization: "")
+        let loginCookie = try #require(signInPage.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init))
+        let loginCSRF = try #require(signInPage.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        var statuses: [Int] = []
+        let started = ContinuousClock.now
+        for _ in 0..<12 {
+            statuses.append(try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=wrong", headers: form + [("Cookie", loginCookie)],
+                                                 authorization: "").status)
+        }
+        // A token comes back every 6 s: on a machine slow enough for that, one more may pass.
+        #expect(statuses.prefix(10).allSatisfy { $0 == 401 } && statuses.allSatisfy { $0 == 401 || $0 == 429 }, "\(statuses)")
+        #expect(statuses.last == 429 || ContinuousClock.now - started > .seconds(6), "\(statuses)")
+        let refusals = try await world.server.auditEvents().filter { $0.action == "admin-sign-in" }
+        #expect(refusals.count == 1, "\(refusals.map(\.outcome))")
+        await admin.shutdown()
+        await world.stop()
+    }
+
     @Test func thePageFindsAnAccountAndWithdrawsTheHabilitationInOneClick() async throws {
         let world = try await World()
         let admin = AdminClient(server: world.server, token: "")
@@ -141,7 +165,9 @@ struct AdminTests {
         let signInPage = try await admin.send(.GET, "/", authorization: "")
         let loginCookie = try #require(signInPage.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init))
         let loginCSRF = try #require(signInPage.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
-        #expect(try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=wrong", headers: form + [("Cookie", loginCookie)], authorization: "").status == 401)
+        for _ in 0..<3 {
+            #expect(try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=wrong", headers: form + [("Cookie", loginCookie)], authorization: "").status == 401)
+        }
         #expect(try await admin.send(.POST, "/connexion", body: "csrf=forged&jeton=\(world.server.adminToken)", headers: form + [("Cookie", loginCookie)],
                                      authorization: "").status == 403, "login CSRF")
         let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)", headers: form + [("Cookie", loginCookie)],
@@ -183,7 +209,8 @@ struct AdminTests {
         #expect(try await admin.send(.POST, "/deconnexion", body: "csrf=\(csrf)", headers: form + session, authorization: "").status == 303)
         // The page's access is in the trail: sign-ins (refused, accepted), sign-out.
         let access = try await world.server.auditEvents().filter { $0.action.hasPrefix("admin-sign") }.map { "\($0.action) \($0.outcome)" }
-        #expect(access.first == "admin-sign-in refused wrong-token" && access.contains("admin-sign-in accepted") && access.last == "admin-sign-out ok", "\(access)")
+        #expect(access == ["admin-sign-in refused wrong-token", "admin-sign-in accepted", "admin-sign-out ok"],
+                "three wrong tokens in a minute from one address, one event: \(access)")
         #expect(try await admin.send(.GET, "/?q=jules", headers: session, authorization: "").body.contains("form-connexion"))
         await admin.shutdown()
         await world.stop()

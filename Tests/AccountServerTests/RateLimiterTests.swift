@@ -29,6 +29,16 @@ struct RateLimiterTests {
         #expect(limiter.allow("reset", client: "2001:db8:7:1::1"), "another scope too")
     }
 
+    /// Refused requests store nothing: a /48 sending from ever new /64s once its bucket is
+    /// empty cannot fill the table and lock every new client out.
+    @Test func refusedRequestsStoreNoBucket() {
+        let frozen = ContinuousClock.now
+        let limiter = RateLimiter(perMinute: 10, burst: 10, maximumKeys: 1_000, now: { frozen })
+        for network in 0..<20_000 { _ = limiter.allow("sign-in", client: "2001:db8:9:\(String(network, radix: 16))::1") }
+        #expect(limiter.counts.buckets <= 1 + 160, "the /48's bucket and the /64s it let through: \(limiter.counts.buckets)")
+        #expect(limiter.allow("sign-in", client: "192.0.2.44"), "a newcomer is still served")
+    }
+
     /// The table holds only clients seen within a refill time, is swept at most every 5 s
     /// (not on every request), and never grows past its cap: new clients are refused then.
     @Test func theTableStaysBoundedAndIsSweptRarely() {

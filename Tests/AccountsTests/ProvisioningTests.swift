@@ -231,6 +231,12 @@ struct ProvisioningTests {
         }
         #expect(try await h.accountCount() == 1)
         #expect(try await h.holder(national)?.id == first.account.id)
+        // A PUT that creates is not a POST: its retry matches what its first call created.
+        let put = try await h.put(technical, try Fixtures.record(technical: technical.value, active: false, email: "c@test.com"))
+        #expect(put.kind == .created)
+        #expect(try await h.holder(national)?.id == put.account.id, "re-attributed: the PUT creates")
+        #expect(try await h.put(technical, try Fixtures.record(technical: technical.value, active: false, email: "c@test.com")).kind == .unchanged)
+        #expect(try await h.accountCount() == 2)
     }
 
     @Test func identifierOfAnActiveAccountDoesNotMove() async throws {

@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Habilitation
 import Hummingbird
+import Logging
 import NIOCore
 
 /// Admin listener bodies are small JSON objects or forms.
@@ -33,6 +34,12 @@ struct AdminController: Sendable {
     let csrf: CSRFProtection
     /// Whether the listener is served over TLS (cookies are then `Secure`).
     let secure: Bool
+    /// Token guesses on the page, per address (the API's are bounded by the token's 256 bits
+    /// alone; a page is what a person or a script hammers).
+    let signInLimiter = RateLimiter(perMinute: 10, burst: 10, maximumKeys: 10_000)
+    /// Refused page sign-ins are audited at most once a minute per address: someone guessing
+    /// shows in the trail, and guessing cannot grow the never-purged trail without bound.
+    let refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
 
     init(administration: VendorAdministration, readiness: ReadinessProbe, metrics: ServerMetrics, token: AdminToken, secretKey: [UInt8],
          secure: Bool, sessions: AdminSessions = AdminSessions()) {
@@ -212,6 +219,11 @@ struct AdminController: Sendable {
     }
 
     func signIn(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        guard signInLimiter.allow("admin-sign-in", client: context.clientAddress) else {
+            context.logger.notice("admin sign-in refused: too many attempts", metadata: ["address": "\(context.clientAddress)"])
+            return WebController.page(Pages.error("Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer."),
+                                      status: .tooManyRequests)
+        }
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = FormBody.parse(Array(body.readableBytesView))
         guard csrf.isValid(fields: request.headers, submitted: fields["csrf"],
@@ -220,20 +232,24 @@ struct AdminController: Sendable {
         }
         guard let presented = fields["jeton"], token.matches(presented.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             context.logger.notice("admin sign-in refused: wrong token", metadata: ["address": "\(context.clientAddress)"])
-            try await administration.recordAccess("admin-sign-in", outcome: "refused wrong-token", actor: actor(context, via: "admin-page"),
-                                                  requestID: context.requestID)
+            if refusalsAudited.allow("admin-sign-in", client: context.clientAddress) {
+                await administration.recordAccessLogged("admin-sign-in", outcome: "refused wrong-token", actor: actor(context, via: "admin-page"),
+                                                        requestID: context.requestID, logger: context.logger)
+            }
             return signInPage(request, error: true)
         }
         let session = sessions.open()
         context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)"])
-        try await administration.recordAccess("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page"), requestID: context.requestID)
+        await administration.recordAccessLogged("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page"),
+                                                requestID: context.requestID, logger: context.logger)
         return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), session, secure: secure)])
     }
 
     func signOut(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let session = try await sessionForm(request, context) else { return formRefused }
         sessions.close(session.id)
-        try await administration.recordAccess("admin-sign-out", outcome: "ok", actor: actor(context, via: "admin-page"), requestID: context.requestID)
+        await administration.recordAccessLogged("admin-sign-out", outcome: "ok", actor: actor(context, via: "admin-page"),
+                                                requestID: context.requestID, logger: context.logger)
         return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), "", secure: secure, clear: true)])
     }
 
@@ -332,9 +348,9 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
         guard let presented = AdminToken.bearer(request.headers[.authorization]), token.matches(presented) else {
             context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)"])
             if refusalsAudited.allow("admin-api", client: context.clientAddress) {
-                try await administration.recordAccess("admin-api-refused", outcome: "missing or wrong token",
-                                                      actor: AuditActor(subject: "admin-api", serial: nil, address: context.clientAddress),
-                                                      requestID: context.requestID)
+                await administration.recordAccessLogged("admin-api-refused", outcome: "missing or wrong token",
+                                                        actor: AuditActor(subject: "admin-api", serial: nil, address: context.clientAddress),
+                                                        requestID: context.requestID, logger: context.logger)
             }
             var response = AdminController.problem(.unauthorized, "a valid admin token is required (Authorization: Bearer <token>)")
             response.headers[.wwwAuthenticate] = "Bearer realm=\"account-server admin\""
@@ -347,5 +363,18 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
             }
         }
         return try await next(request, context)
+    }
+}
+
+extension VendorAdministration {
+    /// ``recordAccess(_:outcome:actor:requestID:)`` whose failure is logged, never answered:
+    /// a refused token stays a 401 and a sign-in stays a sign-in when the trail cannot be
+    /// written (the database down), and the log keeps the line.
+    func recordAccessLogged(_ action: String, outcome: String, actor: AuditActor, requestID: String?, logger: Logger) async {
+        do {
+            try await recordAccess(action, outcome: outcome, actor: actor, requestID: requestID)
+        } catch {
+            logger.error("admin access not audited", metadata: ["action": "\(action)", "outcome": "\(outcome)", "error": "\(error)"])
+        }
     }
 }

@@ -54,11 +54,12 @@ func makeWebServices(
         allowedReturnHosts: Set((configuration.allowedReturnHosts.isEmpty ? [publicHost] : configuration.allowedReturnHosts).map { $0.lowercased() }),
         cguText: configuration.cguText, cguVersion: cguVersion, totpIssuer: configuration.totpIssuer
     )
+    let resetRequests = BackgroundWork(capacity: 1_024, concurrency: 4)
     var controller = WebController(
         configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,
         csrf: CSRFProtection(key: keyBytes, publicOrigin: webConfiguration.publicOrigin),
         limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute),
-        metrics: metrics
+        metrics: metrics, resetRequests: resetRequests
     )
     var providerServices: [any Service] = []
     if let sso = configuration.sso {
@@ -126,7 +127,8 @@ func makeWebServices(
         logger: logger, onListening: onForwardAuthListening)
     let retention = RetentionService(sessions: sessions, credentials: credentials, retention: configuration.retention,
                                      interval: configuration.purgeInterval, logger: logger)
-    return WebServices(services: [webApp, mailer, forwardAuthListener, retention] + providerServices, sessionConfiguration: sessionConfiguration,
+    // The reset queue before the listener: it stops after it (reverse order), and drains.
+    return WebServices(services: [resetRequests, webApp, mailer, forwardAuthListener, retention] + providerServices, sessionConfiguration: sessionConfiguration,
                        provider: controller.provider?.relyingParty)
 }
 

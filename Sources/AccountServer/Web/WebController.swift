@@ -1,5 +1,6 @@
 import Accounts
 import Foundation
+import ServiceLifecycle
 import Synchronization
 import HTTPTypes
 import Habilitation
@@ -62,7 +63,7 @@ struct WebController: Sendable {
     var provider: ProviderSignIn? = nil
     let totp = TOTP()
     /// Reset requests processed after their answer (``requestReset(_:_:)``).
-    let resetRequests = BackgroundWork(limit: 32)
+    let resetRequests: BackgroundWork
 
     func addRoutes(to router: Router<WebRequestContext>) {
         router.get("static/style.css") { _, _ in
@@ -377,12 +378,13 @@ struct WebController: Sendable {
                 logger.error("password reset request failed", metadata: ["error": "\(error)"])
             }
         }
-        // Answered before the account is looked up: a known address does more work (a link,
-        // a sealed mail, the outbox) than an unknown one, and on PostgreSQL each statement is a
-        // round trip, so waiting for it would tell the two apart by the time of the answer.
-        // Beyond `BackgroundWork.limit` requests under way, the request runs before the answer
-        // (a flood then waits, rather than piling up tasks).
-        if !resetRequests.start(work) { await work() }
+        // Answered before the account is looked up, whatever the load: a known address does
+        // more work (a link, a sealed mail, the outbox) than an unknown one, and on PostgreSQL
+        // each statement is a round trip, so waiting for it would tell the two apart by the time
+        // of the answer. A full queue drops the request (the regulator asks again).
+        if !resetRequests.submit(work) {
+            context.logger.warning("password reset request dropped: the queue is full")
+        }
         return Self.page(Pages.forgotPasswordSent)
     }
 
@@ -442,25 +444,42 @@ struct WebController: Sendable {
     }
 }
 
-/// Work run after the answer it belongs to, at most `limit` at once.
-final class BackgroundWork: Sendable {
-    let limit: Int
-    private let running = Atomic<Int>(0)
+/// Work run after the answer it belongs to (the reset requests): a bounded queue drained by
+/// a few tasks. It is a service of the application, stopped after the web listener (services
+/// stop in reverse order) and before the database: on a graceful shutdown what was queued
+/// still runs. A full queue drops the work (logged): the answer, given already, is the same.
+final class BackgroundWork: Service, Sendable {
+    private let stream: AsyncStream<@Sendable () async -> Void>
+    private let continuation: AsyncStream<@Sendable () async -> Void>.Continuation
+    let concurrency: Int
 
-    init(limit: Int) {
-        self.limit = limit
+    init(capacity: Int, concurrency: Int) {
+        (stream, continuation) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self, bufferingPolicy: .bufferingOldest(capacity))
+        self.concurrency = concurrency
     }
 
-    /// Starts `work` in a task and returns true, or returns false when `limit` are running.
-    func start(_ work: @escaping @Sendable () async -> Void) -> Bool {
-        guard running.add(1, ordering: .relaxed).newValue <= limit else {
-            running.subtract(1, ordering: .relaxed)
-            return false
+    /// Queues `work`; false when the queue is full (or closed) and the work was dropped.
+    func submit(_ work: @escaping @Sendable () async -> Void) -> Bool {
+        if case .enqueued = continuation.yield(work) { return true }
+        return false
+    }
+
+    func run() async {
+        let continuation = self.continuation
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                var running = 0
+                for await work in stream {
+                    if running >= concurrency {
+                        await group.next()
+                        running -= 1
+                    }
+                    group.addTask { await work() }
+                    running += 1
+                }
+            }
+        } onGracefulShutdown: {
+            continuation.finish()  // what is queued is still delivered, then the loop ends
         }
-        Task {
-            await work()
-            self.running.subtract(1, ordering: .relaxed)
-        }
-        return true
     }
 }

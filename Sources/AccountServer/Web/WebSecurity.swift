@@ -136,7 +136,7 @@ final class RateLimiter: Sendable {
     func allow(_ scope: String, client address: String) -> Bool {
         let keys = Self.keys(address)
         if let network = keys.network {
-            return allow([(scope + "|" + keys.client, 1), (scope + "|" + network, networkFactor)])
+            return allow([(scope + "|" + network, networkFactor), (scope + "|" + keys.client, 1)])
         }
         return allow([(scope + "|" + keys.client, 1)])
     }
@@ -158,31 +158,35 @@ final class RateLimiter: Sendable {
 
     func allow(_ key: String) -> Bool { allow([(key, 1)]) }
 
-    /// Takes a token from every bucket named, or from none: a request refused by its /48 does
-    /// not spend its /64's budget.
+    /// Takes a token from every bucket named, or from none. A bucket is stored only when a
+    /// token is taken from it: an absent bucket is a full one, so a refused request (its /48
+    /// empty, say) stores nothing, and a flood of refused requests from new addresses cannot
+    /// fill the table. Callers name the widest bucket first.
     private func allow(_ keys: [(key: String, factor: Double)]) -> Bool {
         let now = self.now()
         return state.withLock { state in
             sweepIfDue(&state, now: now)
-            var updated: [(String, Bucket)] = []
-            var allowed = true
+            var spent: [(String, Bucket)] = []
             for (key, factor) in keys {
                 let capacity = burst * factor
-                guard var bucket = state.buckets[key] ?? (state.buckets.count < maximumKeys ? Bucket(tokens: capacity, updated: now) : nil) else {
-                    return false  // full table, new client: refused, nothing stored
+                var bucket: Bucket
+                if let known = state.buckets[key] {
+                    bucket = known
+                    let elapsed = now - bucket.updated
+                    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                    bucket.tokens = min(capacity, bucket.tokens + seconds * perMinute * factor / 60)
+                } else {
+                    bucket = Bucket(tokens: capacity, updated: now)
                 }
-                let elapsed = now - bucket.updated
-                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-                bucket.tokens = min(capacity, bucket.tokens + seconds * perMinute * factor / 60)
+                guard bucket.tokens >= 1 else { return false }  // nothing stored, nothing spent
+                bucket.tokens -= 1
                 bucket.updated = now
-                if bucket.tokens < 1 { allowed = false }
-                updated.append((key, bucket))
+                spent.append((key, bucket))
             }
-            for (key, var bucket) in updated {
-                if allowed { bucket.tokens -= 1 }
-                state.buckets[key] = bucket
-            }
-            return allowed
+            let new = spent.filter { state.buckets[$0.0] == nil }.count
+            guard state.buckets.count + new <= maximumKeys else { return false }  // full table, new client
+            for (key, bucket) in spent { state.buckets[key] = bucket }
+            return true
         }
     }
 

@@ -172,7 +172,7 @@ public final class Provisioner: Sendable {
                                             accountID: holder.id, changes: [], detail: nil), in: db)
                 return .done(ProvisioningResult(kind: .unchanged, account: AccountSnapshot(row: holder, identifiers: current), changes: []))
             }
-            try checkCreatable(identifiers: record.identifiers, record: record, db: db)
+            try checkCreatable(identifiers: record.identifiers, record: record, byPOST: true, db: db)
             guard let passwordHash else { return .needsPasswordHash }
             return .done(try insertAccount(record, identifiers: record.identifiers, passwordHash: passwordHash,
                                            now: now, action: request.action, auditIdentifier: request.auditIdentifier,
@@ -197,14 +197,16 @@ public final class Provisioner: Sendable {
             } else {
                 identifiers.append(target)
             }
-            try checkCreatable(identifiers: identifiers, record: record, db: db)
+            try checkCreatable(identifiers: identifiers, record: record, byPOST: false, db: db)
             guard let passwordHash else { return .needsPasswordHash }
             return .done(try insertAccount(record, identifiers: identifiers, passwordHash: passwordHash, now: now,
                                            action: request.action, auditIdentifier: target.description, context: context, db: db))
         }
     }
 
-    private func checkCreatable(identifiers: [RegulatorIdentifier], record: RegulatorRecord, db: any SQLTransaction) throws {
+    /// `byPOST`: a create by POST, whose retries each create (a PUT's retry matches what its
+    /// first call created, so it needs no such rule).
+    private func checkCreatable(identifiers: [RegulatorIdentifier], record: RegulatorRecord, byPOST: Bool, db: any SQLTransaction) throws {
         for identifier in identifiers {
             guard let holder = try queries.holder(of: identifier, in: db) else { continue }
             if holder.active {
@@ -216,7 +218,7 @@ public final class Provisioner: Sendable {
             // (re-attribution). Creating a withdrawn account would only move the identifier
             // from one withdrawn account to a new one, once per retry: refused, so that a
             // repeated POST leaves one account, as it does for an active one.
-            if !record.active {
+            if byPOST && !record.active {
                 throw FHIRError(.conflict, code: .duplicate,
                                 "A withdrawn regulator account with \(identifier) already exists (Practitioner/\(holder.id)); use PUT ?identifier=\(identifier) to update it.",
                                 expression: [expression(for: identifier)])
