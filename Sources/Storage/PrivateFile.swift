@@ -55,16 +55,39 @@ public enum PrivateFile {
         throw failure(path, "cannot put in place")
     }
 
-    /// Refuses a secret file readable or writable by group or others, or not a regular file.
-    public static func requireOwnerOnly(path: String, what: String) throws(Failure) {
+    /// Reads a secret file, refusing one others could read or change: not a regular file
+    /// (after symlinks, which are followed: Kubernetes mounts secrets through them), owned by
+    /// another user than this process's or root (someone else could have planted a key they
+    /// know), writable by its group or accessible to others, or readable by its group unless
+    /// `allowGroupRead` (`0640 root:service-group`, the pattern of mounted secrets and of the
+    /// TLS keys). The checks are made on the descriptor the bytes are read from.
+    public static func readSecret(path: String, what: String, allowGroupRead: Bool) throws(Failure) -> [UInt8] {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw failure(path, "cannot open \(what)") }
+        defer { close(descriptor) }
         var status = stat()
-        guard lstat(path, &status) == 0 else { throw failure(path, "cannot read its mode") }
-        guard status.st_mode & S_IFMT == S_IFREG else {
-            throw Failure(description: "\(path): \(what) must be a regular file")
+        guard fstat(descriptor, &status) == 0 else { throw failure(path, "cannot read the mode of \(what)") }
+        guard status.st_mode & S_IFMT == S_IFREG else { throw Failure(description: "\(path): \(what) must be a regular file") }
+        guard status.st_uid == geteuid() || status.st_uid == 0 else {
+            throw Failure(description: "\(path): \(what) must belong to the user the server runs as (or root), not uid \(status.st_uid)")
         }
-        guard status.st_mode & 0o077 == 0 else {
-            throw Failure(description: "\(path): \(what) must not be readable by group or others (chmod 600)")
+        let refused: mode_t = allowGroupRead ? 0o027 : 0o077
+        guard status.st_mode & refused == 0 else {
+            throw Failure(description: allowGroupRead
+                ? "\(path): \(what) must not be writable by its group nor accessible to others (chmod 600, or 640 for a group of the server's)"
+                : "\(path): \(what) must not be readable by group or others (chmod 600)")
         }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4_096)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { throw failure(path, "cannot read \(what)") }
+            if count == 0 { break }
+            bytes += chunk[0..<count]
+            guard bytes.count <= 65_536 else { throw Failure(description: "\(path): \(what) is too large to be a key or token") }
+        }
+        return bytes
     }
 
     private static func failure(_ path: String, _ what: String) -> Failure {

@@ -129,10 +129,6 @@ struct FHIREndpointTests {
         }
     }
 
-    /// The kit PUTs with the national-id system and a UUID value (a SAS technical id under
-    /// the wrong system). A UUID is no IDNPS, so the URL names no identifier we could match or
-    /// create: 400 with the `identifier` parameter as the offending element, nothing written
-    /// (the same body under the SAS system is accepted).
     /// A body as the conformance kit's `HelperFLuxv1.build_regulateur_body` makes it: its
     /// `id`, `meta.source` and profile, the identifier's code chosen from the system (IDNPS for
     /// the national system, INTRN for any other), one given name, one e-mail. `omit` drops
@@ -307,6 +303,10 @@ struct FHIREndpointTests {
         }
     }
 
+    /// The kit PUTs with the national-id system and a UUID value (a SAS technical id under
+    /// the wrong system). A UUID is no IDNPS, so the URL names no identifier we could match or
+    /// create: 400 with the `identifier` parameter as the offending element, nothing written
+    /// (the same body under the SAS system is accepted).
     @Test func putWithTheNationalSystemAndAUUIDIsRefused() async throws {
         try await withServer { client, server in
             let technical = "b6e39355-8a61-4556-b340-36f7b95fec6a"

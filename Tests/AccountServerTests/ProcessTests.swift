@@ -657,6 +657,11 @@ struct BackupCommandTests {
         #expect(accounts == 5 && (audit ?? 0) >= 5 && (audit ?? 0) <= (total ?? 0), "audit \(String(describing: audit)) of \(String(describing: total)), \(written) written meanwhile")
         await copied.close()
 
+        // A leftover -wal at the destination is refused (SQLite would replay it onto a copy).
+        let leftover = directory.appendingPathComponent("backups/leftover.sqlite").path
+        FileManager.default.createFile(atPath: leftover + "-wal", contents: Data("not ours".utf8))
+        let refusedLeftover = try await ProcessTests.run(["backup", "--database", file, "--to", leftover])
+        #expect(refusedLeftover.status != 0 && !FileManager.default.fileExists(atPath: leftover))
         // Never over an existing file; a missing source creates nothing.
         let again = try await ProcessTests.run(["backup", "--database", file, "--to", copy])
         #expect(again.status != 0, "refused: the message goes to standard error")

@@ -64,14 +64,26 @@ struct PrivateFileTests {
         let key = try SecretBox.loadOrCreateKey(path: path)
         #expect(try SecretBox.loadOrCreateKey(path: path) == key, "read back, not replaced")
         chmod(path, 0o644)
-        #expect(throws: SecretBoxError.self) { try SecretBox.loadOrCreateKey(path: path) }
+        #expect(throws: SecretBoxError.self, "readable by others") { try SecretBox.loadOrCreateKey(path: path) }
+        chmod(path, 0o660)
+        #expect(throws: SecretBoxError.self, "writable by its group") { try SecretBox.loadOrCreateKey(path: path) }
+        chmod(path, 0o640)
+        #expect(try SecretBox.loadOrCreateKey(path: path) == key, "readable by a group of the server's: a mounted secret")
         chmod(path, 0o600)
         #expect(try SecretBox.loadOrCreateKey(path: path) == key)
+        // Through a symlink (how Kubernetes mounts secrets): the file it names is checked.
+        let link = directory + "/linked.key"
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: path)
+        #expect(try SecretBox.loadOrCreateKey(path: link) == key)
+        chmod(path, 0o604)
+        #expect(throws: SecretBoxError.self) { try SecretBox.loadOrCreateKey(path: link) }
+        // Not a regular file.
+        #expect(throws: SecretBoxError.self) { try SecretBox.loadOrCreateKey(path: directory) }
     }
 
-    /// Two processes starting at once on one key file read the same complete key: the second
-    /// creation does not replace the first one's file.
-    @Test func aConcurrentCreationKeepsTheFirstFile() throws {
+    /// A creation finding the file there (another process created it first) keeps that file
+    /// and says so: both processes then read the same complete key.
+    @Test func aCreationFindingTheFileKeepsIt() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/token"

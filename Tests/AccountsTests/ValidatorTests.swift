@@ -99,6 +99,9 @@ struct ValidatorTests {
         expectRefusal(Fixtures.practitioner(family: "Dupont\nFAKE-ID 810002673899"), .unprocessable, at: "Practitioner.name[0].family")
         expectRefusal(Fixtures.practitioner(given: "Je\u{85}an"), .unprocessable, at: "Practitioner.name[0].given[0]")
         expectRefusal(Fixtures.practitioner(given: "Jean\tMarie"), .unprocessable, at: "Practitioner.name[0].given[0]")
+        // Bidirectional controls reorder what a terminal shows around them.
+        expectRefusal(Fixtures.practitioner(family: "DUPONT\u{202E}DNEPSUS"), .unprocessable, at: "Practitioner.name[0].family")
+        expectRefusal(Fixtures.practitioner(given: "Jean\u{2066}x\u{2069}"), .unprocessable, at: "Practitioner.name[0].given[0]")
         #expect(throws: Never.self) { try PractitionerValidator().validate(.object(Fixtures.practitioner(family: "Saint-Exupéry d’Agay", given: "Zoé"))) }
     }
 

@@ -20,10 +20,11 @@ struct AdminToken: Sendable {
                 throw ConfigurationError(description: "\(path): could not create the admin token file: \(error.description)")
             }
         }
-        do { try PrivateFile.requireOwnerOnly(path: path, what: "the admin token file") } catch {
+        let bytes: [UInt8]
+        do { bytes = try PrivateFile.readSecret(path: path, what: "the admin token file", allowGroupRead: false) } catch {
             throw ConfigurationError(description: error.description)
         }
-        let text = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard text.utf8.count >= 32 else {
             throw ConfigurationError(description: "\(path): the admin token must be at least 32 characters")
         }

@@ -105,13 +105,15 @@ public final class CredentialStore: Sendable {
             return (.refused(reason: .unknownEmail, accountID: nil), nil)
         }
         let result = try await settlePasswordCheck(row, verified: verified, at: now, actor: actor, whenAccepted: whenAccepted)
-        if case .accepted = result.outcome, PasswordHasher.parameters(of: row.passwordHash) != hasher.parameters {
+        if case .accepted = result.outcome, let stored = PasswordHasher.parameters(of: row.passwordHash), stored.isWeaker(than: hasher.parameters) {
             await upgradeHash(of: row, password: password, actor: actor)
         }
         return result
     }
 
-    /// Rehashes a password stored with other argon2 parameters than the current ones, at the
+    /// Rehashes a password stored with weaker argon2 parameters than the current ones (only
+    /// weaker: instances configured differently during a rolling change must not flip hashes
+    /// back and forth), at the
     /// one moment the password is known: a correct sign-in (Keycloak does the same). Without
     /// it, raising the cost would leave every stored hash at the old cost while unknown
     /// e-mails are checked against a decoy at the new cost: one timed request per address

@@ -10,6 +10,11 @@ public struct Argon2Parameters: Sendable, Equatable {
     public var iterations: UInt32
     public var parallelism: UInt32
 
+    /// Less memory or fewer passes than `other`: cheaper to attack.
+    public func isWeaker(than other: Argon2Parameters) -> Bool {
+        memoryKiB < other.memoryKiB || iterations < other.iterations
+    }
+
     public init(memoryKiB: UInt32 = 19 * 1024, iterations: UInt32 = 2, parallelism: UInt32 = 1) {
         self.memoryKiB = memoryKiB
         self.iterations = iterations
@@ -31,6 +36,8 @@ public final class PasswordHasher: Sendable {
     public let parameters: Argon2Parameters
     private let pool: NIOThreadPool
     private let pending = Atomic<Int>(0)
+    /// Hashes waiting or running that were asked with an admission limit.
+    private let limited = Atomic<Int>(0)
 
     /// Starts `threads` worker threads. Call ``shutdown()`` when done.
     public init(parameters: Argon2Parameters = .owaspMinimum, threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
@@ -61,12 +68,22 @@ public final class PasswordHasher: Sendable {
 
     /// Counts this hash in the queue, or refuses it when that would pass `limit`: one atomic
     /// step, so requests arriving together cannot all see room and all queue.
+    /// Only hashes asked with a limit count toward it (the web surface's): the SAS's creates,
+    /// which never wait for room, do not push regulators' sign-ins to 503.
     private func admit(_ limit: Int?) throws(Busy) {
-        let depth = pending.add(1, ordering: .relaxed).newValue
-        if let limit, depth > limit {
-            pending.subtract(1, ordering: .relaxed)
-            throw Busy()
+        if let limit {
+            let depth = limited.add(1, ordering: .relaxed).newValue
+            if depth > limit {
+                limited.subtract(1, ordering: .relaxed)
+                throw Busy()
+            }
         }
+        pending.add(1, ordering: .relaxed)
+    }
+
+    private func release(_ limit: Int?) {
+        pending.subtract(1, ordering: .relaxed)
+        if limit != nil { limited.subtract(1, ordering: .relaxed) }
     }
 
     /// Hashes `password` with a fresh 16-byte salt; returns the PHC-encoded string
@@ -74,7 +91,7 @@ public final class PasswordHasher: Sendable {
     /// than wait behind that many hashes.
     public func hash(_ password: [UInt8], admittingUpTo limit: Int? = nil) async throws -> String {
         try admit(limit)
-        defer { pending.subtract(1, ordering: .relaxed) }
+        defer { release(limit) }
         let parameters = self.parameters
         return try await pool.runIfActive {
             try Self.hashNow(password, parameters: parameters)
@@ -84,7 +101,7 @@ public final class PasswordHasher: Sendable {
     /// Constant-time verification (libargon2 compares in constant time).
     public func verify(_ password: [UInt8], encoded: String, admittingUpTo limit: Int? = nil) async throws -> Bool {
         try admit(limit)
-        defer { pending.subtract(1, ordering: .relaxed) }
+        defer { release(limit) }
         return try await pool.runIfActive {
             Self.verifyNow(password, encoded: encoded)
         }

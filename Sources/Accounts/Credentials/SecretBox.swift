@@ -15,17 +15,17 @@ public struct SecretBox: Sendable {
 
     /// Reads the key file, or creates it (32 random bytes, mode 0600 from its first byte,
     /// ``PrivateFile``) when absent. The same bytes key this box and (derived) the CSRF
-    /// tokens. A key file readable by group or others is refused, as the admin token is.
+    /// tokens. A key file others could read or change is refused (``PrivateFile/readSecret(path:what:allowGroupRead:)``:
+    /// owner the server's user or root, at most 0640).
     public static func loadOrCreateKey(path: String) throws -> [UInt8] {
         if !FileManager.default.fileExists(atPath: path) {
             var generator = SystemRandomNumberGenerator()
             let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
             do { try PrivateFile.create(path: path, contents: bytes) } catch { throw SecretBoxError(description: error.description) }
         }
-        do { try PrivateFile.requireOwnerOnly(path: path, what: "the secret key file") } catch {
+        do { return try PrivateFile.readSecret(path: path, what: "the secret key file", allowGroupRead: true) } catch {
             throw SecretBoxError(description: error.description)
         }
-        return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
     /// HMAC-SHA256 of `message` under a key derived from the server key for `purpose`

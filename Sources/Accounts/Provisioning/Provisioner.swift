@@ -384,15 +384,15 @@ public final class Provisioner: Sendable {
         if let holder = try queries.holder(of: identifier, in: db), holder.id != accountID {
             precondition(!holder.active, "active holders are refused before assignment")
             try writes.endAssignment(of: identifier, at: now, reason: .reattributed, by: accountID, in: db)
-            if identifier.kind == .national {
-                // Its Pro Santé Connect sessions were matched on this national id.
-                _ = try sessions.revokeProviderSessions(of: holder.id, reason: "national-id-reattributed", at: now, in: db)
-            }
+            // Its Pro Santé Connect sessions were matched on this national id.
+            let ended = identifier.kind == .national
+                ? try sessions.revokeProviderSessions(of: holder.id, reason: "national-id-reattributed", at: now, in: db) : 0
             try audit.append(AuditEvent(at: now, surface: "int_r02", action: "identifier-reattributed", outcome: "moved",
                                         actor: context.actor, requestID: context.requestID, identifier: identifier.description,
                                         accountID: holder.id,
                                         changes: [FieldChange(field: Self.fieldName(identifier.kind), old: identifier.value, new: nil)],
-                                        detail: "re-attributed to Practitioner/\(accountID) after deactivation"), in: db)
+                                        detail: "re-attributed to Practitioner/\(accountID) after deactivation"
+                                            + (ended > 0 ? "; \(ended) Pro Santé Connect session(s) ended" : "")), in: db)
         }
         try writes.assign(identifier, to: accountID, at: now, in: db)
     }

@@ -84,13 +84,18 @@ public final class AccountDatabase: Sendable {
         return AccountDatabase(engine: engine)
     }
 
-    /// The migrations applied; none when the bookkeeping table does not exist yet.
+    /// The migrations applied; none when the bookkeeping table does not exist yet. Any other
+    /// failure (PostgreSQL's "permission denied" for a role without SELECT on it, say) is
+    /// thrown as it is, not taken for an empty database.
     static func appliedMigrations(of engine: any StorageEngine) async throws -> [String] {
-        do {
-            return try await engine.appliedMigrations()
-        } catch StorageError.statementFailed {
-            return []
+        let table = engine.kind == .sqlite ? "grdb_migrations" : "schema_migration"
+        let exists = try await engine.read { db in
+            switch db.engine {
+            case .sqlite: try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)", arguments: [table]) ?? false
+            case .postgres: try Bool.fetchOne(db, sql: "SELECT to_regclass(?) IS NOT NULL", arguments: [table]) ?? false
+            }
         }
+        return exists ? try await engine.appliedMigrations() : []
     }
 
     /// Whether any product table holds a row (a table not created yet counts as empty):

@@ -20,6 +20,11 @@ public enum SQLiteBackup {
 
     public static func copy(from path: String, to destination: String, tables: [CopiedTable]) throws -> [CopiedTableReport] {
         guard FileManager.default.fileExists(atPath: path) else { throw Failure(description: "no database at \(path)") }
+        // A -wal or -journal left at the destination by a crashed run would be replayed onto
+        // the copy by SQLite (nothing ties it to the file): refused, like an existing copy.
+        for suffix in ["-wal", "-shm", "-journal"] where FileManager.default.fileExists(atPath: destination + suffix) {
+            throw Failure(description: "\(destination + suffix) exists: remove it (a leftover of an earlier run) or choose another name")
+        }
         let created: Bool
         do { created = try PrivateFile.create(path: destination, contents: []) } catch {
             throw Failure(description: error.description)
