@@ -133,15 +133,21 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// The page's sign-in form: the form content type, the pre-session CSRF cookie and the
+    /// token bound to it.
+    static func signInForm(_ admin: AdminClient) async throws -> (form: [(String, String)], cookie: String, csrf: String) {
+        let signInPage = try await admin.send(.GET, "/", authorization: "")
+        let cookie = try #require(signInPage.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init))
+        let csrf = try #require(signInPage.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        return ([("Content-Type", "application/x-www-form-urlencoded")], cookie, csrf)
+    }
+
     /// Token guesses on the page: 10 a minute per address, then 429; the trail gets one
     /// refusal event a minute per address, however many guesses.
     @Test func pageTokenGuessesAreLimited() async throws {
         let world = try await World()
         let admin = AdminClient(server: world.server, token: "")
-        let form: [(String, String)] = [("Content-Type", "application/x-www-form-urlencoded")]
-        let signInPage = try await admin.send(.GET, "/", authorization: "")
-        let loginCookie = try #require(signInPage.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init))
-        let loginCSRF = try #require(signInPage.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
         var statuses: [Int] = []
         let started = ContinuousClock.now
         for _ in 0..<12 {
@@ -160,11 +166,8 @@ struct AdminTests {
     @Test func thePageFindsAnAccountAndWithdrawsTheHabilitationInOneClick() async throws {
         let world = try await World()
         let admin = AdminClient(server: world.server, token: "")
-        let form: [(String, String)] = [("Content-Type", "application/x-www-form-urlencoded")]
         // Sign in: the token in the form, bound to the pre-session CSRF cookie.
-        let signInPage = try await admin.send(.GET, "/", authorization: "")
-        let loginCookie = try #require(signInPage.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init))
-        let loginCSRF = try #require(signInPage.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
         for _ in 0..<3 {
             #expect(try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=wrong", headers: form + [("Cookie", loginCookie)], authorization: "").status == 401)
         }

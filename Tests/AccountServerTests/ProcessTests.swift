@@ -613,11 +613,8 @@ struct MigrateStoreTests {
 @Suite("Backing up a SQLite installation")
 struct BackupCommandTests {
     @Test func aBackupIsOneVerifiedSnapshotReadableByItsOwnerOnly() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("backup-\(UUID().uuidString)")
+        let (directory, file, source, provisioner) = try SQLiteInstallation.make("backup", path: "state/account-server.sqlite")
         defer { try? FileManager.default.removeItem(at: directory) }
-        let file = directory.appendingPathComponent("state/account-server.sqlite").path
-        let source = try AccountDatabase(path: file)
-        let provisioner = Provisioner(database: source, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 1), sessions: SessionLedger())
         let context = CallContext(actor: AuditActor(subject: "CN=test"), requestID: "backup")
         for index in 0..<5 {
             let record = RegulatorRecord(sasTechnicalID: SASTechnicalID(UUID().uuidString.lowercased()), active: true, familyName: "NOM\(index)",
@@ -681,11 +678,8 @@ struct AdminTableTests {
     /// A name stored before control characters were refused (the validator refuses them now)
     /// is printed escaped: no escape sequence reaches the terminal, no line is faked.
     @Test func namesAreEscapedInTheTable() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("admin-table-\(UUID().uuidString)")
+        let (directory, file, database, provisioner) = try SQLiteInstallation.make("admin-table", path: "account-server.sqlite")
         defer { try? FileManager.default.removeItem(at: directory) }
-        let file = directory.appendingPathComponent("account-server.sqlite").path
-        let database = try AccountDatabase(path: file)
-        let provisioner = Provisioner(database: database, hasher: PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 1), sessions: SessionLedger())
         let record = RegulatorRecord(sasTechnicalID: SASTechnicalID(UUID().uuidString.lowercased()), active: true,
                                      familyName: "Dupont\u{1B}[2J\u{1B}]52;c;AAAA\u{07}\nFAKE-ROW 810002673899", givenName: "Jean",
                                      email: EmailAddress("jean@test.fr")!)
@@ -722,5 +716,17 @@ struct ToolSchemaTests {
         await after.close()
         let current = try await ProcessTests.run(["admin", "list", "--database", file])
         #expect(current.status == 0, "once migrated knowingly, the tools work: \(current.output)")
+    }
+}
+
+/// A SQLite installation in a folder of its own, with a provisioner on it (cheap argon2), for
+/// the command-line tools' tests.
+enum SQLiteInstallation {
+    static func make(_ name: String, path: String) throws -> (directory: URL, file: String, database: AccountDatabase, provisioner: Provisioner) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
+        let file = directory.appendingPathComponent(path).path
+        let database = try AccountDatabase(path: file)
+        let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 1)
+        return (directory, file, database, Provisioner(database: database, hasher: hasher, sessions: SessionLedger()))
     }
 }
