@@ -1,0 +1,36 @@
+@testable import AccountServer
+import AsyncHTTPClient
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import Storage
+import Testing
+
+/// The admin surface answers storage failures as the other surfaces do: 503 JSON with
+/// Retry-After, and a lost COMMIT says the change may have been applied (the database's
+/// outage itself is exercised on the FHIR and web surfaces by the PostgreSQL restart test).
+@Suite("Admin errors")
+struct AdminErrorTests {
+    @Test func storageFailuresAre503WithRetryAfter() async throws {
+        let router = Router(context: AdminRequestContext.self)
+        router.add(middleware: AdminErrorMiddleware())
+        router.get("down") { _, _ -> Response in throw StorageError.unavailable("connection refused") }
+        router.get("lost") { _, _ -> Response in throw StorageError.outcomeUnknown("connection lost after COMMIT") }
+        router.get("busy") { _, _ -> Response in throw StorageError.conflict("kept colliding") }
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: Logger(label: "admin-errors"))
+        let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "admin-errors")))
+        let task = Task { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        let port = try #require(await iterator.next())
+        for (path, expected) in [("down", "nothing was changed"), ("busy", "nothing was changed"), ("lost", "may or may not have been applied")] {
+            let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/\(path)"), timeout: .seconds(10))
+            let body = String(buffer: try await response.body.collect(upTo: 10_000))
+            #expect(response.status.code == 503 && response.headers.first(name: "Retry-After") == "1", "\(path): \(response.status)")
+            #expect(body.contains("\"error\"") && body.contains(expected), "\(path): \(body)")
+        }
+        await group.triggerGracefulShutdown()
+        try await task.value
+    }
+}
