@@ -104,16 +104,22 @@ public final class AccountDatabase: Sendable {
     public static func holdsData(_ location: StorageLocation, logger: Logger) async throws -> (table: String, rows: Int)? {
         guard case .postgres(let server) = location else { return nil }
         let engine = try PostgresEngine(location: server, poolSize: 1, keepOpen: 0, logger: logger)
-        defer { Task { await engine.close() } }
-        for table in AccountSchema.tables {
-            let exists = try await engine.read { db in
-                try Bool.fetchOne(db, sql: "SELECT to_regclass('\(table.name)') IS NOT NULL") ?? false
+        let tables = AccountSchema.tables.map(\.name)
+        do {
+            // One snapshot; closed before returning (a command exits right after).
+            let found = try await engine.read { db -> (table: String, rows: Int)? in
+                for table in tables where try Bool.fetchOne(db, sql: "SELECT to_regclass('\(table)') IS NOT NULL") ?? false {
+                    let rows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0
+                    if rows > 0 { return (table, rows) }
+                }
+                return nil
             }
-            guard exists else { continue }
-            let rows = try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)") ?? 0 }
-            if rows > 0 { return (table.name, rows) }
+            await engine.close()
+            return found
+        } catch {
+            await engine.close()
+            throw error
         }
-        return nil
     }
 
     /// Applies pending migrations to the database `location` names, as its owner, and on
