@@ -25,8 +25,10 @@ public struct HabilitationCheck: Sendable, Equatable {
 }
 
 /// Evaluates ``HabilitationPolicy`` against the database for a session token: one indexed
-/// query reads every fact at the moment of the request — nothing cached — so a withdrawal
-/// (SAS `active:false`, vendor suspension, session revocation) applies on the next request.
+/// query reads every fact at the moment of the request, so a withdrawal (SAS `active:false`,
+/// vendor suspension, session revocation) applies on the next request. (Forward-auth on SQLite
+/// may answer from the facts it read a moment ago, only when the database proves nothing was
+/// committed since: ``FactsMemo``; the answer is the query's.)
 public final class HabilitationService: Sendable {
     public let database: AccountDatabase
     public let sessions: SessionStore
@@ -36,6 +38,8 @@ public final class HabilitationService: Sendable {
     /// The forward-auth checks, batched (``FactsBatcher``): on PostgreSQL one for every loop,
     /// on the loop of the first check; on SQLite one per loop (see ``batcher(for:)``).
     private let batchers = Mutex<Batchers>(Batchers())
+    /// One ``FactsMemo`` per event loop (SQLite's forward-auth checks).
+    private let memos = Mutex<[ObjectIdentifier: FactsMemo]>([:])
     private struct Batchers {
         var shared: FactsBatcher?
         var perLoop: [ObjectIdentifier: FactsBatcher] = [:]
@@ -67,6 +71,10 @@ public final class HabilitationService: Sendable {
         var hasCGU: Bool
         /// The stored form of the session id, to record activity.
         public var hash: String
+        /// The session's two deadlines as stored (epoch milliseconds): the facts stand while
+        /// `at < absoluteExpiresAt` and `lastSeenAt > at - idle timeout` (``FactsMemo``).
+        var absoluteExpiresAt: Int64
+        var lastSeenMilliseconds: Int64
     }
 
     public func check(sessionToken: String?) async throws -> HabilitationCheck {
@@ -138,15 +146,45 @@ public final class HabilitationService: Sendable {
 
     /// ``check(sessionToken:on:)`` answered before returning when the engine answers on the
     /// loop itself (SQLite); nil when the answer comes later (PostgreSQL).
+    ///
+    /// On SQLite the facts last read for the session on this loop are used again when the
+    /// database's ``CommitStamp``, read now, says nothing was committed since they were read
+    /// (``FactsMemo``): the answer is the one the query would give, without the query and the
+    /// file locks around it, which were a fifth of the forward-auth listener's CPU. Any commit
+    /// (by this process or another: the `admin` tool, a restore) sends the next check to the
+    /// database.
     public func checkNow(sessionToken: String?, on eventLoop: any EventLoop) throws -> (check: HabilitationCheck, facts: SessionFacts?)? {
         guard let sessionToken else { return (Self.noSession, nil) }
         let at = now
         let hash = SecretToken.hash(sessionToken)
+        let stamp = database.engine.loopCommitStamp(on: eventLoop)
+        let memo = stamp == nil ? nil : factsMemo(for: eventLoop)
+        if let stamp, let memo {
+            switch memo.lookup(hash: hash, stamp: stamp, at: at, idleTimeout: sessions.configuration.idleTimeout) {
+            case .live(let facts): return (evaluate(facts), facts)
+            case .noSession: return (Self.noSession, nil)
+            case .read: break
+            }
+        }
         let arguments = factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }
         guard let rows = try database.engine.loopReadNow(FactsQuery.self, arguments: arguments,
                                                          on: eventLoop) else { return nil }
-        guard let facts = rows.first.flatMap({ Self.facts($0, hash: hash) }) else { return (Self.noSession, nil) }
+        let facts = rows.first.flatMap({ Self.facts($0, hash: hash) })
+        // Kept under the stamp read *before* the query: a commit in between makes the next
+        // stamp differ from it, and the entry is never used.
+        if let stamp, let memo { memo.keep(facts, hash: hash, stamp: stamp, at: at) }
+        guard let facts else { return (Self.noSession, nil) }
         return (evaluate(facts), facts)
+    }
+
+    /// This loop's ``FactsMemo``, created on its first check.
+    func factsMemo(for eventLoop: any EventLoop) -> FactsMemo {
+        memos.withLock { memos in
+            if let memo = memos[ObjectIdentifier(eventLoop)] { return memo }
+            let created = FactsMemo()
+            memos[ObjectIdentifier(eventLoop)] = created
+            return created
+        }
     }
 
     /// Whether the session's idle timeout should be extended now (coarse: at most every
@@ -179,7 +217,7 @@ public final class HabilitationService: Sendable {
     }
 
     static let factsSQL = """
-            SELECT s.account_id, s.origin, s.created_at, s.last_seen_at, s.authentication,
+            SELECT s.account_id, s.origin, s.created_at, s.last_seen_at, s.absolute_expires_at, s.authentication,
                    a.active, EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) AS suspended, a.password_reset_required, a.given_name, a.family_name, a.email,
                    EXISTS (SELECT 1 FROM totp_credential t WHERE t.account_id = a.id AND t.confirmed_at IS NOT NULL) AS has_totp,
                    EXISTS (SELECT 1 FROM cgu_acceptance c WHERE c.account_id = a.id AND c.version = ?) AS has_cgu,
@@ -202,7 +240,8 @@ public final class HabilitationService: Sendable {
                             account: AccountSummary(accountID: row["account_id"], givenName: row["given_name"], familyName: row["family_name"], email: row["email"],
                                                     nationalID: row["national_id"], sasTechnicalID: row["technical_id"]),
                             active: row["active"], suspended: row["suspended"],
-                            resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"], hash: hash)
+                            resetRequired: row["password_reset_required"], hasTOTP: row["has_totp"], hasCGU: row["has_cgu"], hash: hash,
+                            absoluteExpiresAt: row["absolute_expires_at"], lastSeenMilliseconds: row["last_seen_at"])
     }
 
     /// The first-sign-in steps still due. A Pro Santé Connect session owes neither a password

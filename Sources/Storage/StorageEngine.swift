@@ -130,6 +130,10 @@ public protocol StorageEngine: Sendable {
     /// the loop itself (SQLite); nil when the answer comes later (PostgreSQL). Saves the
     /// futures of a read that is already done.
     func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]?
+    /// The database's ``CommitStamp`` now, read on `eventLoop` without a transaction, when the
+    /// engine has one (SQLite in WAL mode); nil otherwise (PostgreSQL), or when it cannot be
+    /// read at this moment (a WAL index being rebuilt).
+    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp?
     /// Applies the pending migrations; safe when several instances start at once.
     func migrate(_ schema: Schema) async throws
     /// Names of the applied migrations, in order.
@@ -196,6 +200,8 @@ extension Migration {
 
 extension StorageEngine {
     public func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? { nil }
+
+    public func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { nil }
 
     /// ``loopReadNow(sql:arguments:on:)`` for a declared statement.
     public func loopReadNow<S: PreparedSQL>(_ statement: S.Type, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {

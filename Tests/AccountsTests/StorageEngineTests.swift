@@ -145,6 +145,72 @@ struct LoopReadTests {
         }
         await engine.close()
     }
+
+    /// The commit stamp (SQLite's WAL-index header) stays the same while nothing is committed,
+    /// reads and writes that change nothing included, and
+    /// changes with every commit: ours, a second engine's on the same file, another process's.
+    /// PostgreSQL has none.
+    @Test func theCommitStampChangesWithEveryCommitAndOnlyThen() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("stamp-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        guard case .sqlite(let path) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else {
+            let engine = try await TestStore.open(try await TestStore.emptyArgument(in: directory)).engine
+            _ = try await loop.flatSubmit { engine.loopRead(sql: "SELECT 1", arguments: [], on: loop) }.get()
+            #expect(try await loop.submit { engine.loopCommitStamp(on: loop) }.get() == nil)
+            await engine.close()
+            return
+        }
+        let engine = try SQLiteEngine(path: path)
+        try await engine.migrate(Schema(sqlite: [Migration("probe", "CREATE TABLE probe (id INTEGER PRIMARY KEY, label TEXT)")], postgres: []))
+        func stamp() async throws -> CommitStamp? {
+            try await loop.submit { engine.loopCommitStamp(on: loop) }.get()
+        }
+        func readOnLoop() async throws {
+            _ = try await loop.flatSubmit { engine.loopRead(sql: "SELECT COUNT(*) FROM probe", arguments: [], on: loop) }.get()
+        }
+        // None before the loop's connection has read (SQLite maps the index at its first read).
+        #expect(try await stamp() == nil)
+        try await readOnLoop()
+        let first = try #require(try await stamp())
+        try await readOnLoop()
+        _ = try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM probe") }
+        try await engine.write { db in try db.execute(sql: "UPDATE probe SET label = 'x' WHERE id = 42") }
+        #expect(try await stamp() == first, "nothing was committed")
+
+        var seen = [first]
+        try await engine.write { db in try db.execute(sql: "INSERT INTO probe (id, label) VALUES (1, 'a')") }
+        let afterInsert = try #require(try await stamp())
+        #expect(!seen.contains(afterInsert))
+        seen.append(afterInsert)
+        try await engine.write { db in try db.execute(sql: "UPDATE probe SET label = 'b' WHERE id = 1") }
+        let afterUpdate = try #require(try await stamp())
+        #expect(!seen.contains(afterUpdate))
+        seen.append(afterUpdate)
+
+        let second = try SQLiteEngine(path: path)
+        try await second.write { db in try db.execute(sql: "DELETE FROM probe WHERE id = 1") }
+        let afterSecond = try #require(try await stamp())
+        #expect(!seen.contains(afterSecond))
+        seen.append(afterSecond)
+        await second.close()
+
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", "-c", """
+            import sqlite3, sys
+            connection = sqlite3.connect(sys.argv[1], timeout=10)
+            connection.execute("INSERT INTO probe (id, label) VALUES (2, 'from another process')")
+            connection.commit()
+            connection.close()
+            """, path]
+        try python.run()
+        python.waitUntilExit()
+        #expect(python.terminationStatus == 0)
+        let afterProcess = try #require(try await stamp())
+        #expect(!seen.contains(afterProcess))
+        await engine.close()
+    }
 }
 
 /// Blocking process I/O, on a thread of its own rather than the cooperative pool.

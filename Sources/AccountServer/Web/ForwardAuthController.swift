@@ -17,8 +17,9 @@ import NIOHTTPTypes
 //   survives) when there is no live session;
 // - `403` + `X-Auth-Denial` when signed in but not habilitated.
 //
-// Each answer comes from one database read made for this request: nothing is cached, so a
-// withdrawal committed before the request starts is always seen.
+// Each answer is what one database read made for this request returns (on SQLite, possibly
+// the facts read a moment ago, when SQLite's commit stamp proves nothing was committed since),
+// so a withdrawal committed before the request starts is always seen.
 
 /// A forward-auth answer, independent of the HTTP stack that sends it.
 struct ForwardAuthAnswer: Sendable {

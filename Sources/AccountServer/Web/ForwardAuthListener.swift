@@ -17,8 +17,10 @@ import Synchronization
 /// gave tail latencies of tens of milliseconds; here a request is decoded, checked and
 /// answered on its event loop.
 ///
-/// The check is one indexed query, read fresh for every request (nothing is cached), run by
-/// the store as close to the loop as the engine allows: on SQLite, on a read-only connection
+/// The check is one indexed query, read fresh for every request, run by the store as close to
+/// the loop as the engine allows (on SQLite, the facts read a moment ago are used again only
+/// when SQLite's commit stamp, read for this request, proves nothing was committed since:
+/// `FactsMemo`, the same answer without the query): on SQLite, on a read-only connection
 /// owned by that event loop (never shared, so it never waits for a lock or another reader;
 /// WAL readers do not wait for the writer) — a lookup of a few pages kept in memory,
 /// microseconds, like the TLS record decryption around it; on PostgreSQL, sent from the loop

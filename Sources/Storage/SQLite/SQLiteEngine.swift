@@ -118,6 +118,13 @@ public final class SQLiteEngine: StorageEngine {
         }
     }
 
+    /// Read from the loop's own connection's view of the `-shm` file: a few loads from memory
+    /// SQLite already maps, no lock, no system call (``LoopReader/commitStamp()``).
+    public func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? {
+        eventLoop.preconditionInEventLoop()
+        return try? loopReaders.connection(for: eventLoop, path: path).commitStamp()
+    }
+
     public func migrate(_ schema: Schema) async throws {
         var migrator = DatabaseMigrator()
         for migration in schema.sqlite {
@@ -300,8 +307,57 @@ final class LoopReader: @unchecked Sendable {
         db = nil
     }
 
+    /// The WAL-index header (``CommitStamp``), as SQLite's own readers take it
+    /// (`walIndexTryHdr`): the first copy, a memory barrier, the second copy; the writer
+    /// writes them in the other order, so two equal copies are one whole header. nil when the
+    /// copies differ (a commit being written), the header is not initialised (the index is
+    /// being rebuilt), or the connection has not read yet.
+    ///
+    /// The memory is SQLite's: region 0 of the `-shm` file as this process maps it, asked of
+    /// the connection's file through the VFS's own `xShmMap` each time (it returns the mapping
+    /// SQLite made at the connection's first read, under SQLite's mutex for that file), so the
+    /// pointer is never kept past a call. The header is 48 bytes, stable since SQLite 3.7.0
+    /// (its version field says so: 3007000, checked).
+    func commitStamp() -> CommitStamp? {
+        guard let db, hasRead, inWALMode(db) else { return nil }
+        var file: UnsafeMutablePointer<sqlite3_file>?
+        guard sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) == SQLITE_OK, let file,
+              let methods = file.pointee.pMethods, methods.pointee.iVersion >= 2, let map = methods.pointee.xShmMap else { return nil }
+        var region: UnsafeMutableRawPointer?
+        guard map(file, 0, Self.walIndexPageSize, 0, &region) == SQLITE_OK, let region else { return nil }
+        var first = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        var second = first
+        withUnsafeMutableBytes(of: &first) { _ = memcpy($0.baseAddress!, region, 48) }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        withUnsafeMutableBytes(of: &second) { _ = memcpy($0.baseAddress!, region + 48, 48) }
+        let stamp = CommitStamp(words: first)
+        guard stamp == CommitStamp(words: second) else { return nil }
+        // iVersion (bytes 0–3, in this machine's byte order, as SQLite writes it) and isInit
+        // (byte 12).
+        let (version, initialised) = withUnsafeBytes(of: first) { ($0.loadUnaligned(fromByteOffset: 0, as: UInt32.self), $0[12]) }
+        guard version == 3_007_000, initialised == 1 else { return nil }
+        return stamp
+    }
+
+    /// Asked once: only a WAL database has a wal-index (a rollback-journal one would get an
+    /// empty `-shm` file created by the mapping). GRDB's pool always opens in WAL mode.
+    private func inWALMode(_ db: OpaquePointer) -> Bool {
+        if let walMode { return walMode }
+        let mode = (try? fetchAll(sql: "PRAGMA journal_mode", arguments: []))?.first?.values.first
+        let wal = mode == .text("wal")
+        walMode = wal
+        return wal
+    }
+    private var walMode: Bool?
+
+    /// SQLite's wal-index region size (`WALINDEX_PGSZ`).
+    private static let walIndexPageSize: Int32 = 32768
+    /// Whether a statement has run: SQLite maps the `-shm` file at the connection's first read.
+    private var hasRead = false
+
     func fetchAll(sql: String, arguments: [SQLValue]) throws -> [SQLRow] {
         guard let db else { throw StorageError.unavailable("SQLite read connection closed") }
+        hasRead = true
         let (statement, columns) = try prepared(sql, db: db)
         defer {
             sqlite3_reset(statement)

@@ -1,0 +1,227 @@
+import Accounts
+import Foundation
+@testable import Habilitation
+import NIOCore
+import NIOPosix
+import Storage
+import Testing
+
+/// Forward-auth's check on SQLite answers a session it read a moment ago from memory while the
+/// database's commit stamp says nothing was committed since (``FactsMemo``). These tests hold it
+/// to the promise that makes that safe: every answer is the one a fresh read would give. Each
+/// withdrawal, a commit from another process, and time alone all show on the very next check,
+/// and the memo is really used in between (its hit count moves), so the tests cannot pass by
+/// never using it. On PostgreSQL there is no stamp: every check reads.
+@Suite("Forward-auth's memo of session facts")
+struct FactsMemoTests {
+    struct Answer: Equatable {
+        var decision: HabilitationDecision
+        var accountID: String?
+        var hits: Int
+    }
+
+    /// ``HabilitationService/checkNow(sessionToken:on:)`` on a loop, as the listener calls it.
+    static func check(_ habilitation: HabilitationService, _ token: String, on loop: any EventLoop) async throws -> Answer {
+        for _ in 0..<50 {
+            let answer: Answer? = try await loop.submit {
+                guard let result = try habilitation.checkNow(sessionToken: token, on: loop) else { return nil }
+                return Answer(decision: result.check.decision, accountID: result.check.account?.accountID,
+                              hits: habilitation.factsMemo(for: loop).hits)
+            }.get()
+            if let answer { return answer }
+            // The file was locked for a moment (a checkpoint): the listener would read on the pool.
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw StorageError.unavailable("the loop's SQLite connection stayed locked")
+    }
+
+    /// Checks `token` until an answer comes from memory: the loop's connection reads first
+    /// (SQLite maps its index then), the memo takes the stamp at the next check, and keeps
+    /// the answer at the one after. Records an issue if that never happens.
+    static func held(_ habilitation: HabilitationService, _ token: String, on loop: any EventLoop) async throws -> Answer {
+        var previous = try await check(habilitation, token, on: loop)
+        for _ in 0..<4 {
+            let next = try await check(habilitation, token, on: loop)
+            if next.hits == previous.hits + 1 { return next }
+            previous = next
+        }
+        Issue.record("no check of \(token.prefix(8))… was answered from memory")
+        return previous
+    }
+
+    static func sqliteWorld() async throws -> World? {
+        let world = try await World()
+        guard world.database.engine.kind == .sqlite else { return nil }
+        return world
+    }
+
+    /// A repeated check is answered from the memo; any commit, even one about something else,
+    /// sends the next check to the database, and the one after is answered from memory again.
+    @Test func aRepeatedCheckIsAnsweredFromMemoryUntilAnythingIsCommitted() async throws {
+        guard let world = try await Self.sqliteWorld() else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let token = try await world.signIn(origin: .sas)
+        let first = try await Self.check(world.habilitation, token, on: loop)
+        #expect(first.decision == .granted)
+        #expect(first.accountID == world.accountID)
+        let second = try await Self.held(world.habilitation, token, on: loop)
+        #expect(second.decision == .granted && second.accountID == world.accountID)
+
+        // An unrelated commit: another regulator created.
+        _ = try await world.provisioner.provision(.create(RegulatorRecord(
+            sasTechnicalID: SASTechnicalID("0d5d7b8e-4a55-4bd0-9a43-0f8a2a7e2b11"), active: true, familyName: "DURAND", givenName: "Alice",
+            email: EmailAddress("alice.durand@test.com")!)), context: CallContext(actor: world.actor))
+        let afterCommit = try await Self.check(world.habilitation, token, on: loop)
+        #expect(afterCommit.decision == .granted)
+        #expect(afterCommit.hits == second.hits, "a check after a commit was answered from memory")
+        let again = try await Self.check(world.habilitation, token, on: loop)
+        #expect(again.hits == afterCommit.hits + 1)
+
+        // A token no session has: refused from memory too, the same way.
+        let unknown = try await Self.check(world.habilitation, "no-such-session", on: loop)
+        #expect(unknown.decision == .denied([.noLiveSession]))
+        let unknownAgain = try await Self.held(world.habilitation, "no-such-session", on: loop)
+        #expect(unknownAgain.decision == .denied([.noLiveSession]))
+    }
+
+    /// Each way a habilitation ends applies on the very next check of a session the memo holds.
+    @Test(arguments: ["sas-deactivation", "vendor-suspension", "session-revocation"])
+    func aWithdrawalAppliesOnTheNextCheck(_ withdrawal: String) async throws {
+        guard let world = try await Self.sqliteWorld() else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let token = try await world.signIn(origin: .sas)
+        let held = try await Self.held(world.habilitation, token, on: loop)
+        #expect(held.decision == .granted)
+        let expected: HabilitationDecision
+        switch withdrawal {
+        case "sas-deactivation":
+            _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatch: nil),
+                                                      context: CallContext(actor: world.actor))
+            expected = .denied([.deactivatedBySAS])
+        case "vendor-suspension":
+            _ = try await VendorAdministration(database: world.database, clock: { world.clock.now })
+                .suspend(accountID: world.accountID, reason: "test", actor: AuditActor(subject: "admin"))
+            expected = .denied([.suspendedByVendor])
+        default:
+            _ = try await world.sessions.revoke(token, reason: "sign-out")
+            expected = .denied([.noLiveSession])
+        }
+        let after = try await Self.check(world.habilitation, token, on: loop)
+        #expect(after.decision == expected)
+        #expect(after.hits == held.hits)
+    }
+
+    /// A commit by another process (an operator's tool on the same file) is seen as surely as
+    /// one of ours: the stamp lives in the shared `-shm` file, not in this process.
+    @Test func aCommitByAnotherProcessAppliesOnTheNextCheck() async throws {
+        guard let world = try await Self.sqliteWorld(), let engine = world.database.engine as? SQLiteEngine else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let token = try await world.signIn(origin: .sas)
+        let held = try await Self.held(world.habilitation, token, on: loop)
+        #expect(held.decision == .granted)
+
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", "-c", """
+            import sqlite3, sys
+            connection = sqlite3.connect(sys.argv[1], timeout=10)
+            connection.execute("INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES (?, 1, 'other-process', 'test')", (sys.argv[2],))
+            connection.commit()
+            connection.close()
+            """, engine.path, world.accountID]
+        try python.run()
+        python.waitUntilExit()
+        #expect(python.terminationStatus == 0)
+
+        let after = try await Self.check(world.habilitation, token, on: loop)
+        #expect(after.decision == .denied([.suspendedByVendor]))
+        #expect(after.hits == held.hits)
+    }
+
+    /// Time ends a session without any commit: the idle timeout and the absolute one apply to
+    /// a session the memo holds exactly when a read would apply them, to the millisecond.
+    @Test func timeEndsAHeldSessionWithoutACommit() async throws {
+        guard let world = try await Self.sqliteWorld() else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        var configuration = SessionConfiguration()
+        configuration.idleTimeout = 600
+        configuration.absoluteTimeout = 900
+        let sessions = SessionStore(database: world.database, configuration: configuration, clock: { world.clock.now })
+        let habilitation = HabilitationService(database: world.database, sessions: sessions, cguVersion: "v1", clock: { world.clock.now })
+        func signIn() async throws -> String {
+            let intent = try await sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+            let flow = try await sessions.startFlow(accountID: world.accountID, intentToken: intent)
+            try await sessions.markSecondFactorDone(flowToken: flow)
+            return try #require(try await sessions.completeFlow(flowToken: flow, address: nil, userAgent: "test", actor: world.actor)).token
+        }
+
+        // Idle: granted up to the last millisecond before the timeout, from memory; refused at it.
+        let idle = try await signIn()
+        let idleHeld = try await Self.held(habilitation, idle, on: loop)
+        world.clock.advance(600 - 0.001)
+        let lastMoment = try await Self.check(habilitation, idle, on: loop)
+        #expect(lastMoment.decision == .granted)
+        #expect(lastMoment.hits == idleHeld.hits + 1)
+        world.clock.advance(0.001)
+        let timedOut = try await Self.check(habilitation, idle, on: loop)
+        #expect(timedOut.decision == .denied([.noLiveSession]))
+        #expect(timedOut.hits == lastMoment.hits, "a timed-out session was answered from memory")
+
+        // Absolute: activity recorded at 5 and 10 minutes keeps it from idling; it ends at 15.
+        let absolute = try await signIn()
+        for _ in 0..<2 {
+            world.clock.advance(300)
+            let answer = try await loop.submit { try habilitation.checkNow(sessionToken: absolute, on: loop) }.get()
+            try await habilitation.recordActivity(try #require(answer?.facts))
+        }
+        let absoluteHeld = try await Self.held(habilitation, absolute, on: loop)
+        world.clock.advance(300 - 0.001)
+        let lastAbsoluteMoment = try await Self.check(habilitation, absolute, on: loop)
+        #expect(lastAbsoluteMoment.decision == .granted)
+        #expect(lastAbsoluteMoment.hits == absoluteHeld.hits + 1)
+        world.clock.advance(0.001)
+        let ended = try await Self.check(habilitation, absolute, on: loop)
+        #expect(ended.decision == .denied([.noLiveSession]))
+        #expect(ended.hits == lastAbsoluteMoment.hits)
+    }
+
+    /// A refusal kept in memory is not used once the clock has gone back before it was read
+    /// (a session may be live at that earlier moment).
+    @Test func aClockGoingBackReadsAgain() async throws {
+        guard let world = try await Self.sqliteWorld() else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let held = try await Self.held(world.habilitation, "no-such-session", on: loop)
+        world.clock.advance(-1)
+        let back = try await Self.check(world.habilitation, "no-such-session", on: loop)
+        #expect(back.decision == .denied([.noLiveSession]))
+        #expect(back.hits == held.hits)
+    }
+
+    /// Made-up cookies cannot grow it without bound.
+    @Test func theMemoIsBounded() async throws {
+        guard let world = try await Self.sqliteWorld() else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let habilitation = world.habilitation
+        _ = try await Self.check(habilitation, "first", on: loop)
+        let largest = try await loop.submit {
+            var largest = 0
+            for index in 0..<(FactsMemo.capacity + 100) {
+                _ = try habilitation.checkNow(sessionToken: "made-up-\(index)", on: loop)
+                largest = max(largest, habilitation.factsMemo(for: loop).count)
+            }
+            return largest
+        }.get()
+        #expect(largest == FactsMemo.capacity)
+    }
+
+    /// PostgreSQL has no commit stamp: nothing is kept, every check is a read.
+    @Test func postgreSQLKeepsNothing() async throws {
+        let world = try await World()
+        guard world.database.engine.kind == .postgres else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let token = try await world.signIn(origin: .sas)
+        let engine = world.database.engine
+        _ = try await world.habilitation.check(sessionToken: token, on: loop).get()
+        #expect(try await loop.submit { engine.loopCommitStamp(on: loop) }.get() == nil)
+    }
+}
