@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Storage
 
 /// The session facts forward-auth's check last read on one event loop (SQLite), kept with the
@@ -15,10 +16,14 @@ import Storage
 /// Bounded: any change of stamp empties it, and so does reaching ``capacity`` (a client
 /// sending made-up cookies fills it with refusals; emptied, it costs one read per session).
 /// Used only on its event loop's thread, hence `@unchecked Sendable`: ``HabilitationService``
-/// hands a loop its own, and ``HabilitationService/checkNow(sessionToken:on:)`` runs on that
-/// loop (the engine's `loopCommitStamp` asserts it).
+/// hands a loop its own, and every use checks it is on that loop.
 final class FactsMemo: @unchecked Sendable {
     static let capacity = 4096
+    private let eventLoop: any EventLoop
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
 
     enum Lookup {
         /// The database must be read.
@@ -38,6 +43,7 @@ final class FactsMemo: @unchecked Sendable {
     private var entries: [String: Entry] = [:]
 
     func lookup(hash: String, stamp: CommitStamp, at: Date, idleTimeout: TimeInterval) -> Lookup {
+        eventLoop.preconditionInEventLoop()
         guard stamp == self.stamp else {
             // A commit since the entries were read: none of them may be used again.
             entries.removeAll(keepingCapacity: true)
@@ -60,6 +66,7 @@ final class FactsMemo: @unchecked Sendable {
     /// the memo's: a commit between the stamp and the read makes the next stamp differ, so the
     /// entry is never used.
     func keep(_ facts: HabilitationService.SessionFacts?, hash: String, stamp: CommitStamp, at: Date) {
+        eventLoop.preconditionInEventLoop()
         guard stamp == self.stamp else { return }
         if entries.count >= Self.capacity { entries.removeAll(keepingCapacity: true) }
         entries[hash] = Entry(facts: facts, readAt: at.epochMilliseconds)

@@ -150,9 +150,9 @@ public final class HabilitationService: Sendable {
     /// On SQLite the facts last read for the session on this loop are used again when the
     /// database's ``CommitStamp``, read now, says nothing was committed since they were read
     /// (``FactsMemo``): the answer is the one the query would give, without the query and the
-    /// file locks around it, which were a fifth of the forward-auth listener's CPU. Any commit
-    /// (by this process or another: the `admin` tool, a restore) sends the next check to the
-    /// database.
+    /// file locks around it (measured at a fifth of the forward-auth listener's CPU). Any
+    /// commit (by this process or another, such as the `admin` tool) sends the next check to
+    /// the database.
     public func checkNow(sessionToken: String?, on eventLoop: any EventLoop) throws -> (check: HabilitationCheck, facts: SessionFacts?)? {
         guard let sessionToken else { return (Self.noSession, nil) }
         let at = now
@@ -181,7 +181,7 @@ public final class HabilitationService: Sendable {
     func factsMemo(for eventLoop: any EventLoop) -> FactsMemo {
         memos.withLock { memos in
             if let memo = memos[ObjectIdentifier(eventLoop)] { return memo }
-            let created = FactsMemo()
+            let created = FactsMemo(eventLoop: eventLoop)
             memos[ObjectIdentifier(eventLoop)] = created
             return created
         }

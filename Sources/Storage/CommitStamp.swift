@@ -10,17 +10,27 @@
 /// On SQLite it is the WAL-index header (`https://sqlite.org/walformat.html`, "The WAL-Index
 /// Header"): 48 bytes in the `-shm` file that every writer rewrites when it commits (its change
 /// counter, last frame, salts and checksum), kept twice and read the way SQLite's own readers
-/// read it (first copy, memory barrier, second copy, both equal). PostgreSQL offers no such
-/// value to a client without a round trip; there is none there.
+/// read it (first copy, memory barrier, second copy, both equal, checksum right), with the
+/// number of the connection that read it: equal headers prove "nothing committed" only while
+/// one connection keeps the `-shm` attached (``LoopReader/commitStamp()``). PostgreSQL offers
+/// no such value to a client without a round trip; there is none there.
 public struct CommitStamp: Sendable, Equatable {
-    let words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+    /// Which connection of the engine read it: equal headers prove nothing across a close
+    /// (``LoopReader/commitStamp()``).
+    let connection: UInt64
+    let header: Header
 
-    init(words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)) {
-        self.words = words
+    /// The 48 bytes of SQLite's `WalIndexHdr`, as six words.
+    struct Header: Sendable {
+        var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0)
+
+        static func same(_ lhs: Header, _ rhs: Header) -> Bool {
+            lhs.words.0 == rhs.words.0 && lhs.words.1 == rhs.words.1 && lhs.words.2 == rhs.words.2
+                && lhs.words.3 == rhs.words.3 && lhs.words.4 == rhs.words.4 && lhs.words.5 == rhs.words.5
+        }
     }
 
     public static func == (lhs: CommitStamp, rhs: CommitStamp) -> Bool {
-        lhs.words.0 == rhs.words.0 && lhs.words.1 == rhs.words.1 && lhs.words.2 == rhs.words.2
-            && lhs.words.3 == rhs.words.3 && lhs.words.4 == rhs.words.4 && lhs.words.5 == rhs.words.5
+        lhs.connection == rhs.connection && Header.same(lhs.header, rhs.header)
     }
 }

@@ -148,8 +148,9 @@ struct LoopReadTests {
 
     /// The commit stamp (SQLite's WAL-index header) stays the same while nothing is committed,
     /// reads and writes that change nothing included, and
-    /// changes with every commit: ours, a second engine's on the same file, another process's.
-    /// PostgreSQL has none.
+    /// changes with every commit: ours, a second engine's on the same file, another process's,
+    /// a VACUUM. A stamp read by a connection opened after a close never equals one read
+    /// before it. PostgreSQL has none.
     @Test func theCommitStampChangesWithEveryCommitAndOnlyThen() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("stamp-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -163,11 +164,29 @@ struct LoopReadTests {
         }
         let engine = try SQLiteEngine(path: path)
         try await engine.migrate(Schema(sqlite: [Migration("probe", "CREATE TABLE probe (id INTEGER PRIMARY KEY, label TEXT)")], postgres: []))
-        func stamp() async throws -> CommitStamp? {
-            try await loop.submit { engine.loopCommitStamp(on: loop) }.get()
+        func stamp(_ other: SQLiteEngine? = nil) async throws -> CommitStamp? {
+            let engine = other ?? engine
+            return try await loop.submit { engine.loopCommitStamp(on: loop) }.get()
         }
-        func readOnLoop() async throws {
-            _ = try await loop.flatSubmit { engine.loopRead(sql: "SELECT COUNT(*) FROM probe", arguments: [], on: loop) }.get()
+        @discardableResult
+        func readOnLoop(_ other: SQLiteEngine? = nil) async throws -> Int64 {
+            let engine = other ?? engine
+            let rows = try await loop.flatSubmit { engine.loopRead(sql: "SELECT COUNT(*) AS n FROM probe", arguments: [], on: loop) }.get()
+            return rows[0]["n"]
+        }
+        func commitFromAnotherProcess(_ sql: String) throws {
+            let python = Process()
+            python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            python.arguments = ["python3", "-c", """
+                import sqlite3, sys
+                connection = sqlite3.connect(sys.argv[1], timeout=10)
+                connection.execute(sys.argv[2])
+                connection.commit()
+                connection.close()
+                """, path, sql]
+            try python.run()
+            python.waitUntilExit()
+            #expect(python.terminationStatus == 0)
         }
         // None before the loop's connection has read (SQLite maps the index at its first read).
         #expect(try await stamp() == nil)
@@ -195,21 +214,37 @@ struct LoopReadTests {
         seen.append(afterSecond)
         await second.close()
 
-        let python = Process()
-        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        python.arguments = ["python3", "-c", """
-            import sqlite3, sys
-            connection = sqlite3.connect(sys.argv[1], timeout=10)
-            connection.execute("INSERT INTO probe (id, label) VALUES (2, 'from another process')")
-            connection.commit()
-            connection.close()
-            """, path]
-        try python.run()
-        python.waitUntilExit()
-        #expect(python.terminationStatus == 0)
+        try commitFromAnotherProcess("INSERT INTO probe (id, label) VALUES (2, 'from another process')")
         let afterProcess = try #require(try await stamp())
         #expect(!seen.contains(afterProcess))
+        seen.append(afterProcess)
+
+        try await engine.compact()
+        let afterVacuum = try #require(try await stamp())
+        #expect(!seen.contains(afterVacuum), "VACUUM commits")
+        seen.append(afterVacuum)
+
+        // Two connections reading the same unchanged file see the same header, yet their stamps
+        // differ: once every connection of a process has closed, SQLite rebuilds the index
+        // with its counter restarted, and an emptied log gives two states of the file the same
+        // header, so a header proves "nothing committed" only to the connection that read it.
+        let readerA = try LoopReader(path: path, number: 101)
+        let readerB = try LoopReader(path: path, number: 102)
+        _ = try readerA.fetchAll(sql: "SELECT COUNT(*) FROM probe", arguments: [])
+        _ = try readerB.fetchAll(sql: "SELECT COUNT(*) FROM probe", arguments: [])
+        let stampA = try #require(readerA.commitStamp())
+        let stampB = try #require(readerB.commitStamp())
+        #expect(CommitStamp.Header.same(stampA.header, stampB.header))
+        #expect(stampA != stampB)
+        readerA.close()
+        readerB.close()
+
+        // Closed, the engine's loop connection gives way to a new one at the next read.
         await engine.close()
+        try await readOnLoop()
+        let reopened = try #require(try await stamp())
+        #expect(!seen.contains(reopened))
+        #expect(try await stamp() == reopened)
     }
 }
 
@@ -258,7 +293,7 @@ extension LoopReadTests {
             return
         }
 
-        let reader = try LoopReader(path: path)
+        let reader = try LoopReader(path: path, number: 1)
         #expect(throws: LoopReader.WouldWait.self, "reported at once, not waited for") {
             try reader.fetchAll(sql: "SELECT id FROM probe ORDER BY id", arguments: [])
         }

@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Storage
+import Synchronization
 import Testing
 
 /// Forward-auth's check on SQLite answers a session it read a moment ago from memory while the
@@ -138,6 +139,32 @@ struct FactsMemoTests {
         #expect(after.hits == held.hits)
     }
 
+    /// The stamp a read is kept under is the one read *before* the read: a commit landing
+    /// between the read and the moment its answer is kept must make the next check read again.
+    /// (Kept under a stamp read after the read, the answer from before the commit would be used
+    /// again, and a suspension committed before the next request would not apply to it.)
+    @Test func anAnswerIsKeptUnderTheStampReadBeforeItsRead() async throws {
+        guard let world = try await Self.sqliteWorld(), let sqlite = world.database.engine as? SQLiteEngine else { return }
+        let engine = CommitAfterReadEngine(sqlite, commit: """
+            INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES ('\(world.accountID)', 1, 'test', 'between')
+            """)
+        let habilitation = HabilitationService(database: AccountDatabase(engine: engine), sessions: world.sessions, cguVersion: "v1",
+                                               clock: { world.clock.now })
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let token = try await world.signIn(origin: .sas)
+        let held = try await Self.held(habilitation, token, on: loop)
+        #expect(held.decision == .granted)
+        // A commit, so that the next check reads; the suspension lands right after that read.
+        try await world.sessions.revoke(try await world.signIn(origin: .sas), reason: "sign-out")
+        engine.arm()
+        let raced = try await Self.check(habilitation, token, on: loop)
+        #expect(raced.decision == .granted, "read before the suspension committed")
+        #expect(engine.committed)
+        let next = try await Self.check(habilitation, token, on: loop)
+        #expect(next.decision == .denied([.suspendedByVendor]))
+        #expect(next.hits == raced.hits)
+    }
+
     /// Time ends a session without any commit: the idle timeout and the absolute one apply to
     /// a session the memo holds exactly when a read would apply them, to the millisecond.
     @Test func timeEndsAHeldSessionWithoutACommit() async throws {
@@ -224,4 +251,54 @@ struct FactsMemoTests {
         _ = try await world.habilitation.check(sessionToken: token, on: loop).get()
         #expect(try await loop.submit { engine.loopCommitStamp(on: loop) }.get() == nil)
     }
+}
+
+/// The SQLite engine, except that once armed, its next loop read is followed by a commit made
+/// by another process before the read's answer is returned: a commit racing a check.
+final class CommitAfterReadEngine: StorageEngine, Sendable {
+    let inner: SQLiteEngine
+    let commit: String
+    private let state = Mutex<(armed: Bool, committed: Bool)>((false, false))
+
+    init(_ inner: SQLiteEngine, commit: String) {
+        self.inner = inner
+        self.commit = commit
+    }
+
+    func arm() { state.withLock { $0.armed = true } }
+    var committed: Bool { state.withLock { $0.committed } }
+
+    var kind: StorageKind { inner.kind }
+    func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.read(block) }
+    func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await inner.readBetweenWrites(block)
+    }
+    func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.pointRead(block) }
+    func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.write(block) }
+    func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        inner.loopRead(sql: sql, arguments: arguments, on: eventLoop)
+    }
+    func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
+        let rows = try inner.loopReadNow(sql: sql, arguments: arguments, on: eventLoop)
+        guard state.withLock({ state in defer { state.armed = false }; return state.armed }) else { return rows }
+        // Blocking the loop is what a test may do: the commit must land before this returns.
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", "-c", """
+            import sqlite3, sys
+            connection = sqlite3.connect(sys.argv[1], timeout=10)
+            connection.execute(sys.argv[2])
+            connection.commit()
+            connection.close()
+            """, inner.path, commit]
+        try python.run()
+        python.waitUntilExit()
+        state.withLock { $0.committed = python.terminationStatus == 0 }
+        return rows
+    }
+    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { inner.loopCommitStamp(on: eventLoop) }
+    func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
+    func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
+    func compact() async throws { try await inner.compact() }
+    func close() async { await inner.close() }
 }

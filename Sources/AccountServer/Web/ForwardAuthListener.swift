@@ -18,13 +18,14 @@ import Synchronization
 /// answered on its event loop.
 ///
 /// The check is one indexed query, read fresh for every request, run by the store as close to
-/// the loop as the engine allows (on SQLite, the facts read a moment ago are used again only
-/// when SQLite's commit stamp, read for this request, proves nothing was committed since:
-/// `FactsMemo`, the same answer without the query): on SQLite, on a read-only connection
-/// owned by that event loop (never shared, so it never waits for a lock or another reader;
-/// WAL readers do not wait for the writer) — a lookup of a few pages kept in memory,
-/// microseconds, like the TLS record decryption around it; on PostgreSQL, sent from the loop
-/// and answered when the row arrives. Pipelined requests are answered in order.
+/// the loop as the engine allows. (On SQLite, the facts the loop read for the session a moment
+/// ago are used again when SQLite's commit stamp, read for this request, proves nothing was
+/// committed since: `FactsMemo`, the query's answer without the query.) On SQLite the query
+/// runs on a read-only connection owned by that event loop (never shared, so it never waits
+/// for a lock or another reader; WAL readers do not wait for the writer): a lookup of a few
+/// pages kept in memory, microseconds, like the TLS record decryption around it. On
+/// PostgreSQL it is sent from the loop and answered when the row arrives. Pipelined requests
+/// are answered in order.
 final class ForwardAuthListener: Service, Sendable {
     let host: String
     let port: Int

@@ -235,11 +235,13 @@ struct SQLiteTransaction: SQLTransaction {
 /// One read-only SQLite connection per event loop, opened on first use.
 final class LoopReaders: Sendable {
     private let byLoop = NIOLockedValueBox<[ObjectIdentifier: (loop: any EventLoop, reader: LoopReader)]>([:])
+    /// Connections opened so far: each one's number goes into its ``CommitStamp``s.
+    private let opened = Atomic<UInt64>(0)
 
     func connection(for loop: any EventLoop, path: String) throws -> LoopReader {
         let key = ObjectIdentifier(loop)
         if let existing = byLoop.withLockedValue({ $0[key]?.reader }) { return existing }
-        let reader = try LoopReader(path: path)
+        let reader = try LoopReader(path: path, number: opened.add(1, ordering: .relaxed).newValue)
         return byLoop.withLockedValue { connections in
             if let raced = connections[key] { return raced.reader }
             connections[key] = (loop, reader)
@@ -284,7 +286,11 @@ final class LoopReader: @unchecked Sendable {
     /// where waiting is allowed.
     struct WouldWait: Error {}
 
-    init(path: String) throws {
+    /// This connection's number among those its engine opened (``CommitStamp/connection``).
+    let number: UInt64
+
+    init(path: String, number: UInt64) throws {
+        self.number = number
         var handle: OpaquePointer?
         let opened = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nil)
         guard opened == SQLITE_OK, let handle else {
@@ -308,56 +314,74 @@ final class LoopReader: @unchecked Sendable {
     }
 
     /// The WAL-index header (``CommitStamp``), as SQLite's own readers take it
-    /// (`walIndexTryHdr`): the first copy, a memory barrier, the second copy; the writer
-    /// writes them in the other order, so two equal copies are one whole header. nil when the
-    /// copies differ (a commit being written), the header is not initialised (the index is
-    /// being rebuilt), or the connection has not read yet.
+    /// (`walIndexTryHdr`): the first copy, a memory barrier, the second copy (the writer
+    /// writes them in the other order), both equal, initialised, and their checksum right. nil
+    /// when not (a commit being written, the index being rebuilt), or before the connection's
+    /// first read.
     ///
     /// The memory is SQLite's: region 0 of the `-shm` file as this process maps it, asked of
     /// the connection's file through the VFS's own `xShmMap` each time (it returns the mapping
-    /// SQLite made at the connection's first read, under SQLite's mutex for that file), so the
-    /// pointer is never kept past a call. The header is 48 bytes, stable since SQLite 3.7.0
-    /// (its version field says so: 3007000, checked).
+    /// SQLite made at the connection's first read, under SQLite's in-process mutex for that
+    /// file: no file lock, no system call), so the pointer is never kept past a call. The
+    /// header is 48 bytes, stable since SQLite 3.7.0 (its version field says so: 3007000,
+    /// checked).
+    ///
+    /// Equal headers mean "nothing committed" only while the `-shm` stays attached to this
+    /// process: a wal-index rebuilt after every connection closed starts its counter again,
+    /// and an empty log gives every database the same header. This connection keeps it
+    /// attached from its first read to its close, and the stamp carries the connection's
+    /// number, so stamps of two connections (one closed, one opened after) never compare equal.
     func commitStamp() -> CommitStamp? {
-        guard let db, hasRead, inWALMode(db) else { return nil }
+        guard let db, hasRead, inWALMode() else { return nil }
         var file: UnsafeMutablePointer<sqlite3_file>?
         guard sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) == SQLITE_OK, let file,
               let methods = file.pointee.pMethods, methods.pointee.iVersion >= 2, let map = methods.pointee.xShmMap else { return nil }
         var region: UnsafeMutableRawPointer?
         guard map(file, 0, Self.walIndexPageSize, 0, &region) == SQLITE_OK, let region else { return nil }
-        var first = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        var second = first
+        var first = CommitStamp.Header()
+        var second = CommitStamp.Header()
         withUnsafeMutableBytes(of: &first) { _ = memcpy($0.baseAddress!, region, 48) }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         withUnsafeMutableBytes(of: &second) { _ = memcpy($0.baseAddress!, region + 48, 48) }
-        let stamp = CommitStamp(words: first)
-        guard stamp == CommitStamp(words: second) else { return nil }
-        // iVersion (bytes 0–3, in this machine's byte order, as SQLite writes it) and isInit
-        // (byte 12).
-        let (version, initialised) = withUnsafeBytes(of: first) { ($0.loadUnaligned(fromByteOffset: 0, as: UInt32.self), $0[12]) }
-        guard version == 3_007_000, initialised == 1 else { return nil }
-        return stamp
+        guard CommitStamp.Header.same(first, second), Self.isWhole(first) else { return nil }
+        return CommitStamp(connection: number, header: first)
     }
 
-    /// Asked once: only a WAL database has a wal-index (a rollback-journal one would get an
-    /// empty `-shm` file created by the mapping). GRDB's pool always opens in WAL mode.
-    private func inWALMode(_ db: OpaquePointer) -> Bool {
-        if let walMode { return walMode }
-        let mode = (try? fetchAll(sql: "PRAGMA journal_mode", arguments: []))?.first?.values.first
-        let wal = mode == .text("wal")
-        walMode = wal
-        return wal
+    /// What `walIndexTryHdr` checks beyond the two copies being equal: the version SQLite
+    /// writes (3007000), `isInit` (byte 12), and the checksum of the first 40 bytes (bytes
+    /// 40–47; `walChecksumBytes` over native 32-bit words, without a starting value).
+    static func isWhole(_ header: CommitStamp.Header) -> Bool {
+        withUnsafeBytes(of: header) { bytes in
+            guard bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self) == 3_007_000, bytes[12] == 1 else { return false }
+            var s1: UInt32 = 0
+            var s2: UInt32 = 0
+            for offset in stride(from: 0, to: 40, by: 8) {
+                s1 = s1 &+ bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self) &+ s2
+                s2 = s2 &+ bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self) &+ s1
+            }
+            return s1 == bytes.loadUnaligned(fromByteOffset: 40, as: UInt32.self) && s2 == bytes.loadUnaligned(fromByteOffset: 44, as: UInt32.self)
+        }
     }
-    private var walMode: Bool?
 
     /// SQLite's wal-index region size (`WALINDEX_PGSZ`).
     private static let walIndexPageSize: Int32 = 32768
     /// Whether a statement has run: SQLite maps the `-shm` file at the connection's first read.
     private var hasRead = false
 
+    /// Asked once, and kept once answered: only a WAL database has a wal-index (a
+    /// rollback-journal one would get an empty `-shm` file created by the mapping). GRDB's
+    /// pool always opens in WAL mode.
+    private func inWALMode() -> Bool {
+        if let walMode { return walMode }
+        guard let rows = try? fetchAll(sql: "PRAGMA journal_mode", arguments: []) else { return false }
+        let wal = rows.first?.values.first == .text("wal")
+        walMode = wal
+        return wal
+    }
+    private var walMode: Bool?
+
     func fetchAll(sql: String, arguments: [SQLValue]) throws -> [SQLRow] {
         guard let db else { throw StorageError.unavailable("SQLite read connection closed") }
-        hasRead = true
         let (statement, columns) = try prepared(sql, db: db)
         defer {
             sqlite3_reset(statement)
@@ -377,8 +401,9 @@ final class LoopReader: @unchecked Sendable {
         var rows: [SQLRow] = []
         while true {
             let stepped = sqlite3_step(statement)
+            guard stepped == SQLITE_ROW || stepped == SQLITE_DONE else { throw failure(stepped, db: db) }
+            hasRead = true
             if stepped == SQLITE_DONE { return rows }
-            guard stepped == SQLITE_ROW else { throw failure(stepped, db: db) }
             var values: [SQLValue] = []
             values.reserveCapacity(columns.count)
             for column in 0..<Int32(columns.count) {
@@ -456,10 +481,17 @@ enum DatabaseFiles {
             try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
             guard chmod(directory, 0o700) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: directory]) }
         }
-        let descriptor = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
-        defer { close(descriptor) }
-        guard fchmod(descriptor, 0o600) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        // An existing file is narrowed by its path, never opened here: closing any descriptor
+        // of a file drops every POSIX lock this process holds on it, SQLite's included (an
+        // engine already open on it in this process would lose its WAL-mode shared lock, and
+        // another process could then delete the `-wal` and `-shm` under it).
+        let descriptor = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
+        if descriptor >= 0 {
+            defer { close(descriptor) }
+            guard fchmod(descriptor, 0o600) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        } else {
+            guard errno == EEXIST, chmod(path, 0o600) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        }
         for suffix in ["-wal", "-shm", "-journal"] where manager.fileExists(atPath: path + suffix) {
             _ = chmod(path + suffix, 0o600)
         }
