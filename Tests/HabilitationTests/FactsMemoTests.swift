@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Storage
+import StorageTesting
 import Synchronization
 import Testing
 
@@ -121,18 +122,9 @@ struct FactsMemoTests {
         let held = try await Self.held(world.habilitation, token, on: loop)
         #expect(held.decision == .granted)
 
-        let python = Process()
-        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        python.arguments = ["python3", "-c", """
-            import sqlite3, sys
-            connection = sqlite3.connect(sys.argv[1], timeout=10)
-            connection.execute("INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES (?, 1, 'other-process', 'test')", (sys.argv[2],))
-            connection.commit()
-            connection.close()
-            """, engine.path, world.accountID]
-        try python.run()
-        python.waitUntilExit()
-        #expect(python.terminationStatus == 0)
+        #expect(try TestStore.commitFromAnotherProcess(path: engine.path, """
+            INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES ('\(world.accountID)', 1, 'other-process', 'test')
+            """) == 0)
 
         let after = try await Self.check(world.habilitation, token, on: loop)
         #expect(after.decision == .denied([.suspendedByVendor]))
@@ -184,15 +176,7 @@ struct FactsMemoTests {
 
         // Idle: granted up to the last millisecond before the timeout, from memory; refused at it.
         let idle = try await signIn()
-        let idleHeld = try await Self.held(habilitation, idle, on: loop)
-        world.clock.advance(600 - 0.001)
-        let lastMoment = try await Self.check(habilitation, idle, on: loop)
-        #expect(lastMoment.decision == .granted)
-        #expect(lastMoment.hits == idleHeld.hits + 1)
-        world.clock.advance(0.001)
-        let timedOut = try await Self.check(habilitation, idle, on: loop)
-        #expect(timedOut.decision == .denied([.noLiveSession]))
-        #expect(timedOut.hits == lastMoment.hits, "a timed-out session was answered from memory")
+        try await Self.expectGrantedFromMemoryUntil(600, habilitation, idle, clock: world.clock, on: loop)
 
         // Absolute: activity recorded at 5 and 10 minutes keeps it from idling; it ends at 15.
         let absolute = try await signIn()
@@ -201,15 +185,22 @@ struct FactsMemoTests {
             let answer = try await loop.submit { try habilitation.checkNow(sessionToken: absolute, on: loop) }.get()
             try await habilitation.recordActivity(try #require(answer?.facts))
         }
-        let absoluteHeld = try await Self.held(habilitation, absolute, on: loop)
-        world.clock.advance(300 - 0.001)
-        let lastAbsoluteMoment = try await Self.check(habilitation, absolute, on: loop)
-        #expect(lastAbsoluteMoment.decision == .granted)
-        #expect(lastAbsoluteMoment.hits == absoluteHeld.hits + 1)
-        world.clock.advance(0.001)
-        let ended = try await Self.check(habilitation, absolute, on: loop)
+        try await Self.expectGrantedFromMemoryUntil(300, habilitation, absolute, clock: world.clock, on: loop)
+    }
+
+    /// The session held in memory now is granted from memory a millisecond before `seconds`
+    /// from now, and refused by a read at `seconds`.
+    static func expectGrantedFromMemoryUntil(_ seconds: TimeInterval, _ habilitation: HabilitationService, _ token: String,
+                                            clock: ManualClock, on loop: any EventLoop) async throws {
+        let held = try await Self.held(habilitation, token, on: loop)
+        clock.advance(seconds - 0.001)
+        let lastMoment = try await Self.check(habilitation, token, on: loop)
+        #expect(lastMoment.decision == .granted)
+        #expect(lastMoment.hits == held.hits + 1)
+        clock.advance(0.001)
+        let ended = try await Self.check(habilitation, token, on: loop)
         #expect(ended.decision == .denied([.noLiveSession]))
-        #expect(ended.hits == lastAbsoluteMoment.hits)
+        #expect(ended.hits == lastMoment.hits, "an ended session was answered from memory")
     }
 
     /// A refusal kept in memory is not used once the clock has gone back before it was read
@@ -282,18 +273,8 @@ final class CommitAfterReadEngine: StorageEngine, Sendable {
         let rows = try inner.loopReadNow(sql: sql, arguments: arguments, on: eventLoop)
         guard state.withLock({ state in defer { state.armed = false }; return state.armed }) else { return rows }
         // Blocking the loop is what a test may do: the commit must land before this returns.
-        let python = Process()
-        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        python.arguments = ["python3", "-c", """
-            import sqlite3, sys
-            connection = sqlite3.connect(sys.argv[1], timeout=10)
-            connection.execute(sys.argv[2])
-            connection.commit()
-            connection.close()
-            """, inner.path, commit]
-        try python.run()
-        python.waitUntilExit()
-        state.withLock { $0.committed = python.terminationStatus == 0 }
+        let status = try TestStore.commitFromAnotherProcess(path: inner.path, commit)
+        state.withLock { $0.committed = status == 0 }
         return rows
     }
     func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { inner.loopCommitStamp(on: eventLoop) }

@@ -120,3 +120,23 @@ extension StorageLocation {
         }
     }
 }
+
+extension TestStore {
+    /// Runs `sql` in a transaction of another process (Python's `sqlite3` module, the system
+    /// SQLite) on the SQLite file at `path`, and waits for it: a commit this process's
+    /// connections did not make. Returns the process's exit status (0: committed).
+    public static func commitFromAnotherProcess(path: String, _ sql: String) throws -> Int32 {
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", "-c", """
+            import sqlite3, sys
+            connection = sqlite3.connect(sys.argv[1], timeout=10)
+            connection.execute(sys.argv[2])
+            connection.commit()
+            connection.close()
+            """, path, sql]
+        try python.run()
+        python.waitUntilExit()
+        return python.terminationStatus
+    }
+}
