@@ -1,5 +1,6 @@
 import Accounts
 import Foundation
+import NIOPosix
 import Storage
 import StorageTesting
 import Habilitation
@@ -455,6 +456,30 @@ struct SessionAndHabilitationTests {
         }
         #expect(try await world.sessions.session(other) == nil)   // past 12 h despite activity
         #expect(try await world.habilitation.check(sessionToken: other).decision == .denied([.noLiveSession]))
+    }
+
+    /// The checks that see a touch due before the first one commits all ask for it; only the
+    /// first changes the row (and so commits anything): the others find it no longer due.
+    @Test func aBurstOfDueTouchesChangesTheRowOnce() async throws {
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        world.clock.advance(61)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let facts = try #require(try await world.habilitation.check(sessionToken: token, on: loop).get().facts)
+        let due = world.clock.now
+        try await world.habilitation.recordActivity(facts)
+        world.clock.advance(1)
+        try await world.habilitation.recordActivity(facts)   // the same, older, facts
+        let stored = try await world.database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT last_seen_at FROM web_session WHERE id_hash = ?", arguments: [SecretToken.hash(token)])
+        }
+        #expect(stored == due.epochMilliseconds)
+        world.clock.advance(60)
+        try await world.habilitation.recordActivity(facts)   // due again a granularity later
+        let later = try await world.database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT last_seen_at FROM web_session WHERE id_hash = ?", arguments: [SecretToken.hash(token)])
+        }
+        #expect(later == world.clock.now.epochMilliseconds)
     }
 
     @Test func signOutAndRevokeAll() async throws {
