@@ -119,7 +119,7 @@ public final class SQLiteEngine: StorageEngine {
     }
 
     /// Read from the loop's own connection's view of the `-shm` file: a few loads from memory
-    /// SQLite already maps, no lock, no system call (``LoopReader/commitStamp()``).
+    /// SQLite already maps, no file lock, no system call (``LoopReader/commitStamp()``).
     public func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? {
         eventLoop.preconditionInEventLoop()
         return try? loopReaders.connection(for: eventLoop, path: path).commitStamp()
