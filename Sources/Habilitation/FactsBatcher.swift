@@ -60,6 +60,8 @@ final class FactsBatcher: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         return sent
     }
+    /// The checks this batcher sent and the statements they took (metrics).
+    let counters = LookupCounters()
     /// Checks waiting now, for tests.
     var checksWaiting: Int {
         eventLoop.preconditionInEventLoop()
@@ -140,6 +142,7 @@ final class FactsBatcher: @unchecked Sendable {
             batch.append(waiting.removeFirst())
         }
         sent += 1
+        counters.read(checks: batch.count)
         let number = sent
         out[number] = now
         let arguments = service.factsBatchArguments(hashes: hashes, at: service.now)

@@ -53,12 +53,12 @@ final class FactsMemo: @unchecked Sendable {
         let atMilliseconds = at.epochMilliseconds
         guard let entry = entries[hash], atMilliseconds >= entry.readAt else { return .read }
         guard let facts = entry.facts else {
-            hits &+= 1
+            counters.answeredFromMemo()
             return .noSession
         }
         guard facts.absoluteExpiresAt > atMilliseconds,
               facts.lastSeenMilliseconds > at.addingTimeInterval(-idleTimeout).epochMilliseconds else { return .read }
-        hits &+= 1
+        counters.answeredFromMemo()
         return .live(facts)
     }
 
@@ -72,7 +72,10 @@ final class FactsMemo: @unchecked Sendable {
         entries[hash] = Entry(facts: facts, readAt: at.epochMilliseconds)
     }
 
+    /// This loop's checks answered on the loop: from the memo, or by a read (metrics).
+    let counters = LookupCounters()
+
     /// Entries kept now, and checks answered from the memo so far (tests).
     var count: Int { entries.count }
-    private(set) var hits = 0
+    var hits: Int { counters.counts.memo }
 }

@@ -158,9 +158,11 @@ public final class HabilitationService: Sendable {
         let at = now
         let hash = SecretToken.hash(sessionToken)
         let stamp = database.engine.loopCommitStamp(on: eventLoop)
-        let memo = stamp == nil ? nil : factsMemo(for: eventLoop)
-        if let stamp, let memo {
-            switch memo.lookup(hash: hash, stamp: stamp, at: at, idleTimeout: sessions.configuration.idleTimeout) {
+        var memo: FactsMemo?
+        if let stamp {
+            let loopMemo = factsMemo(for: eventLoop)
+            memo = loopMemo
+            switch loopMemo.lookup(hash: hash, stamp: stamp, at: at, idleTimeout: sessions.configuration.idleTimeout) {
             case .live(let facts): return (evaluate(facts), facts)
             case .noSession: return (Self.noSession, nil)
             case .read: break
@@ -169,12 +171,25 @@ public final class HabilitationService: Sendable {
         let arguments = factsArguments(hash: hash, at: at).map { $0?.sqlValue ?? .null }
         guard let rows = try database.engine.loopReadNow(FactsQuery.self, arguments: arguments,
                                                          on: eventLoop) else { return nil }
+        // The loop's memo holds its counters, used or not (a database without a stamp).
+        let loopMemo = memo ?? factsMemo(for: eventLoop)
+        loopMemo.counters.read(checks: 1)
         let facts = rows.first.flatMap({ Self.facts($0, hash: hash) })
         // Kept under the stamp read *before* the query: a commit in between makes the next
         // stamp differ from it, and the entry is never used.
-        if let stamp, let memo { memo.keep(facts, hash: hash, stamp: stamp, at: at) }
+        if let stamp { loopMemo.keep(facts, hash: hash, stamp: stamp, at: at) }
         guard let facts else { return (Self.noSession, nil) }
         return (evaluate(facts), facts)
+    }
+
+    /// How forward-auth's session lookups were answered so far, every loop together
+    /// (metrics: scraped, so the hot path only adds to its own loop's counters).
+    public func forwardAuthCounts() -> ForwardAuthCounts {
+        let memos = self.memos.withLock { Array($0.values) }
+        let batchers = self.batchers.withLock { batchers in
+            Array(batchers.perLoop.values) + (batchers.shared.map { [$0] } ?? [])
+        }
+        return (memos.map(\.counters) + batchers.map(\.counters)).reduce(ForwardAuthCounts()) { $0 + $1.counts }
     }
 
     /// This loop's ``FactsMemo``, created on its first check.

@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import Synchronization
+import StorageTesting
 import Testing
 
 /// A plain-HTTP client for the admin listener.
@@ -218,6 +219,51 @@ struct ForwardAuthTests {
         #expect(withdrawals.contains { $0.surface == "int_r02" && $0.actorSubject?.contains(TestPKI.allowedCN) == true && $0.actorAddress == "127.0.0.1" })
         #expect(withdrawals.contains { $0.surface == "admin" && $0.actorSubject == "admin-api" && $0.actorAddress == "127.0.0.1"
             && $0.detail?.contains("départ du service") == true })
+        await admin.shutdown()
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// The metrics say what answered each session lookup: on SQLite the memo (nothing
+    /// committed since the loop last read) or a read, one statement each; on PostgreSQL
+    /// always a read, several per statement when batched. Every lookup is counted once.
+    @Test func theMetricsSayWhatAnsweredEachSessionLookup() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server, token: "")
+        let browser = try await Self.sasSession(world)
+        func counts() async throws -> (memo: Int, database: Int, statements: Int) {
+            let text = try await admin.send(.GET, "/metrics", authorization: "").body
+            func value(_ series: String) throws -> Int {
+                let line = try #require(text.split(separator: "\n").first { $0.hasPrefix(series + " ") }, "metrics have \(series)")
+                return try #require(Double(line.dropFirst(series.count + 1)).map { Int($0) })
+            }
+            return (try value(#"account_server_forward_auth_session_lookups_total{answered_by="memo"}"#),
+                    try value(#"account_server_forward_auth_session_lookups_total{answered_by="database"}"#),
+                    try value("account_server_forward_auth_database_statements_total"))
+        }
+        let before = try await counts()
+        // Each ask is two lookups (the listener, the web route), on whichever loops serve them;
+        // a commit meanwhile (the session's first activity update) sends the next to the database.
+        var asked = 0
+        var now = before
+        repeat {
+            #expect(try await Self.ask(browser, server: world.server).status == 200)
+            asked += 2
+            now = try await counts()
+        } while TestStore.kind == .sqlite && now.memo == before.memo && asked < 40
+        #expect(now.memo + now.database - before.memo - before.database == asked, "every lookup counted once: \(before) → \(now) for \(asked)")
+        #expect(now.database > before.database, "the first lookup reads")
+        if TestStore.kind == .sqlite {
+            #expect(now.memo > before.memo, "no lookup was answered from the memo in \(asked)")
+            #expect(now.statements - before.statements == now.database - before.database, "one statement per read")
+        } else {
+            #expect(now.memo == before.memo, "PostgreSQL has no memo")
+            let statements = now.statements - before.statements
+            #expect(statements >= 1 && statements <= now.database - before.database)
+        }
+        // A second scrape with nothing asked in between changes nothing.
+        let again = try await counts()
+        #expect(again.memo == now.memo && again.database == now.database && again.statements == now.statements)
         await admin.shutdown()
         await browser.shutdown()
         await world.stop()

@@ -237,6 +237,30 @@ struct LoopReadTests {
     }
 }
 
+extension LoopReadTests {
+    /// A database in rollback-journal mode has no wal-index: its loop reader gives no commit
+    /// stamp (so forward-auth keeps nothing and reads every time), and asking for one does not
+    /// make SQLite create a `-shm` file beside it.
+    @Test func aDatabaseNotInWALModeGivesNoCommitStamp() throws {
+        guard TestStore.kind == .sqlite else { return }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("journal-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("rollback.sqlite").path
+        #expect(try TestStore.commitFromAnotherProcess(path: path, "CREATE TABLE probe (id INTEGER PRIMARY KEY)") == 0)
+        #expect(try TestStore.commitFromAnotherProcess(path: path, "INSERT INTO probe VALUES (1)") == 0)
+        let reader = try LoopReader(path: path, number: 201)
+        defer { reader.close() }
+        let rows = try reader.fetchAll(sql: "SELECT COUNT(*) AS n FROM probe", arguments: [])
+        let count: Int64 = try #require(rows.first)["n"]
+        #expect(count == 1)
+        #expect(reader.commitStamp() == nil)
+        #expect(reader.commitStamp() == nil, "asked again, from the kept journal mode")
+        #expect(!FileManager.default.fileExists(atPath: path + "-shm"), "no wal-index was made")
+        #expect(try reader.fetchAll(sql: "PRAGMA journal_mode", arguments: []).first?.values.first == .text("delete"))
+    }
+}
+
 /// Blocking process I/O, on a thread of its own rather than the cooperative pool.
 private func offTheCooperativePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in

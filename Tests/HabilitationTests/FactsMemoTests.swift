@@ -241,19 +241,62 @@ struct FactsMemoTests {
         let engine = world.database.engine
         _ = try await world.habilitation.check(sessionToken: token, on: loop).get()
         #expect(try await loop.submit { engine.loopCommitStamp(on: loop) }.get() == nil)
+        #expect(world.habilitation.forwardAuthCounts() == ForwardAuthCounts(memo: 0, database: 1, statements: 1))
+    }
+
+    /// A SQLite database that gives no stamp (not in WAL mode, or its index not mapped) keeps
+    /// nothing either: every check reads, and is counted as a read.
+    @Test func withoutAStampEveryCheckReads() async throws {
+        guard let world = try await Self.sqliteWorld(), case let sqlite as SQLiteEngine = world.database.engine else { return }
+        let engine = CommitAfterReadEngine(sqlite, commit: "", stamps: false)
+        let habilitation = HabilitationService(database: AccountDatabase(engine: engine), sessions: world.sessions, cguVersion: "v1",
+                                               clock: { world.clock.now })
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let token = try await world.signIn(origin: .sas)
+        for _ in 0..<4 {
+            let answer = try await Self.check(habilitation, token, on: loop)
+            #expect(answer.decision == .granted && answer.hits == 0)
+        }
+        #expect(habilitation.forwardAuthCounts() == ForwardAuthCounts(memo: 0, database: 4, statements: 4))
+        #expect(habilitation.factsMemo(for: loop).count == 0, "nothing kept")
+        try await world.sessions.revoke(token, reason: "sign-out")
+        #expect(try await Self.check(habilitation, token, on: loop).decision == .denied([.noLiveSession]))
+    }
+
+    /// The counts say what answered each check: the memo, or a read (one statement each on SQLite).
+    @Test func everyCheckIsCountedOnceByWhatAnsweredIt() async throws {
+        guard let world = try await Self.sqliteWorld() else { return }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let token = try await world.signIn(origin: .sas)
+        let start = world.habilitation.forwardAuthCounts()
+        var checks = 0
+        var last = try await Self.check(world.habilitation, token, on: loop)
+        checks += 1
+        for _ in 0..<5 {
+            last = try await Self.check(world.habilitation, token, on: loop)
+            checks += 1
+        }
+        let counts = world.habilitation.forwardAuthCounts()
+        #expect(counts.memo - start.memo == last.hits && last.hits >= 1, "\(start) → \(counts)")
+        #expect(counts.memo + counts.database - start.memo - start.database == checks)
+        #expect(counts.statements - start.statements == counts.database - start.database)
     }
 }
 
 /// The SQLite engine, except that once armed, its next loop read is followed by a commit made
-/// by another process before the read's answer is returned: a commit racing a check.
+/// by another process before the read's answer is returned: a commit racing a check. Without
+/// `stamps`, it gives no commit stamp.
 final class CommitAfterReadEngine: StorageEngine, Sendable {
     let inner: SQLiteEngine
     let commit: String
+    /// false: the engine gives no commit stamp, as a database not in WAL mode would not.
+    let stamps: Bool
     private let state = Mutex<(armed: Bool, committed: Bool)>((false, false))
 
-    init(_ inner: SQLiteEngine, commit: String) {
+    init(_ inner: SQLiteEngine, commit: String, stamps: Bool = true) {
         self.inner = inner
         self.commit = commit
+        self.stamps = stamps
     }
 
     func arm() { state.withLock { $0.armed = true } }
@@ -277,7 +320,7 @@ final class CommitAfterReadEngine: StorageEngine, Sendable {
         state.withLock { $0.committed = status == 0 }
         return rows
     }
-    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { inner.loopCommitStamp(on: eventLoop) }
+    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { stamps ? inner.loopCommitStamp(on: eventLoop) : nil }
     func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
     func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
     func compact() async throws { try await inner.compact() }

@@ -43,6 +43,7 @@ func makeWebServices(
     let sessions = SessionStore(database: database, configuration: sessionConfiguration)
     let cguVersion = configuration.cguVersion ?? String(SecretToken.hash(configuration.cguText).prefix(12))
     let habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: cguVersion)
+    metrics.observe(habilitation: habilitation)
 
     let publicURL = (configuration.web.publicURL ?? "https://localhost:\(configuration.web.port)").trimmingSuffix("/")
     guard let publicHost = URLComponents(string: publicURL)?.host else {

@@ -1,4 +1,5 @@
 import Accounts
+import Habilitation
 import HTTPTypes
 import Hummingbird
 import Prometheus
@@ -17,6 +18,13 @@ final class ServerMetrics: Sendable {
     private let providerCallbackOwn: DurationHistogram
     private let providerCallbackProvider: DurationHistogram
     private let hasher: Mutex<PasswordHasher?> = Mutex(nil)
+    /// Forward-auth's session lookups, counted by the habilitation service on each loop and
+    /// brought here at scrape time (the hot path touches no shared counter), with what the
+    /// last scrape brought: the counters grow by the difference.
+    private let habilitation: Mutex<(service: HabilitationService, exported: ForwardAuthCounts)?> = Mutex(nil)
+    private let lookupsFromMemo: Counter
+    private let lookupsFromDatabase: Counter
+    private let lookupStatements: Counter
     /// Forward-auth runs at thousands of requests per second: its counters are made once.
     private let forwardAuthDecisions: [String: Counter]
     private let forwardAuthStatuses: [Int: Counter]
@@ -60,6 +68,11 @@ final class ServerMetrics: Sendable {
             (status, registry.makeCounter(name: "account_server_http_requests_total", labels: [("surface", "forward-auth"), ("status", String(status))],
                                           help: "HTTP requests answered, by listener and status"))
         })
+        let lookupsHelp = "Forward-auth session lookups by what answered them: memo (SQLite, nothing committed since the last read) or database"
+        lookupsFromMemo = registry.makeCounter(name: "account_server_forward_auth_session_lookups_total", labels: [("answered_by", "memo")], help: lookupsHelp)
+        lookupsFromDatabase = registry.makeCounter(name: "account_server_forward_auth_session_lookups_total", labels: [("answered_by", "database")], help: lookupsHelp)
+        lookupStatements = registry.makeCounter(name: "account_server_forward_auth_database_statements_total",
+                                                help: "Statements forward-auth's database lookups took (PostgreSQL batches several lookups in one)")
         // Exposed at 0 from the start, so an alert on its rate needs no special case.
         _ = registry.makeCounter(name: "account_server_lockouts_total", help: "Accounts locked after repeated sign-in failures")
         argon2QueueDepth = registry.makeGauge(name: "account_server_argon2_queue_depth",
@@ -68,6 +81,11 @@ final class ServerMetrics: Sendable {
 
     /// The hasher whose queue depth is reported at scrape time.
     func observe(hasher: PasswordHasher) { self.hasher.withLock { $0 = hasher } }
+
+    /// The habilitation service whose forward-auth lookups are reported at scrape time.
+    func observe(habilitation: HabilitationService) {
+        self.habilitation.withLock { $0 = (habilitation, habilitation.forwardAuthCounts()) }
+    }
 
     /// A request answered on one of the listeners.
     func request(surface: String, status: Int) {
@@ -156,6 +174,14 @@ final class ServerMetrics: Sendable {
     /// The exposition text (Prometheus text format 0.0.4).
     func scrape() -> [UInt8] {
         if let hasher = hasher.withLock({ $0 }) { argon2QueueDepth.set(Double(hasher.queueDepth)) }
+        habilitation.withLock { observed in
+            guard let (service, exported) = observed else { return }
+            let counts = service.forwardAuthCounts()
+            lookupsFromMemo.increment(by: Int64(counts.memo - exported.memo))
+            lookupsFromDatabase.increment(by: Int64(counts.database - exported.database))
+            lookupStatements.increment(by: Int64(counts.statements - exported.statements))
+            observed = (service, counts)
+        }
         return registry.emitToBuffer()
     }
 }
