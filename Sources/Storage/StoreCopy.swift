@@ -30,6 +30,8 @@ public struct CopiedTableReport: Sendable, Equatable {
 public enum StoreCopyError: Error, CustomStringConvertible {
     case targetNotEmpty(table: String, rows: Int)
     case mismatch([CopiedTableReport])
+    case missingKey(table: String, column: String)
+    case keyNotUnique(table: String)
 
     public var description: String {
         switch self {
@@ -37,100 +39,177 @@ public enum StoreCopyError: Error, CustomStringConvertible {
             "the target database is not empty (\(table) has \(rows) rows): copy into a new database"
         case .mismatch(let reports):
             "the copy does not match the source: " + reports.filter { !$0.matches }.map(\.table).joined(separator: ", ")
+        case .missingKey(let table, let column):
+            "\(table) has no column \(column) to order its rows by"
+        case .keyNotUnique(let table):
+            "\(table)'s rows are not all reached in key order (its key is not unique)"
         }
     }
 }
 
-/// Copies every row of `tables` from one engine to another (SQLite to PostgreSQL), in one
-/// write transaction on the target (all or nothing), then verifies counts and checksums.
+/// Copies every row of `tables` from a SQLite installation to another engine (PostgreSQL), in
+/// one write transaction on the target (all or nothing), then verifies counts and checksums.
 /// Both schemas must be at the same version (the caller migrates both first); the target must
 /// be empty. Generated ids keep their values, and the target's identity sequences continue
 /// after them.
+///
+/// Memory stays bounded whatever the size of the installation (years of audit trail): rows
+/// go across ``pageSize`` at a time, in key order (keyset pages: `WHERE (key) > (last key)`),
+/// read from one snapshot of the source held open for the whole copy, and the checksums are
+/// computed as the pages pass, on both sides.
 public struct StoreCopy: Sendable {
     public let tables: [CopiedTable]
+    /// Rows read and written at a time.
+    public let pageSize: Int
+    public static let defaultPageSize = 1_000
 
-    public init(tables: [CopiedTable]) {
+    public init(tables: [CopiedTable], pageSize: Int = StoreCopy.defaultPageSize) {
+        precondition(pageSize > 0)
         self.tables = tables
+        self.pageSize = pageSize
     }
 
-    public func copy(from source: any StorageEngine, to target: any StorageEngine) async throws -> [CopiedTableReport] {
+    public func copy(from source: SQLiteEngine, to target: any StorageEngine) async throws -> [CopiedTableReport] {
         let tables = self.tables
-        // One snapshot of the source: a consistent copy even while a server writes to it.
-        let rows = try await source.read { db in
-            try tables.map { table in try db.fetchAll(sql: Self.select(table), arguments: []) }
-        }
-        let booleans = try await Self.booleanColumns(tables, in: target)
+        let pageSize = self.pageSize
+        let columns = try await Self.targetColumns(tables, in: target)
         // Written and verified in one transaction: a copy that does not match is rolled back.
+        // The source is read inside it, from one snapshot (a consistent copy even while a
+        // server writes to the file), page by page: a blocking read of SQLite's pool, made on
+        // the target transaction's own thread (never one of Swift's cooperative pool).
         return try await target.write { db in
             for table in tables {
                 if let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)"), count > 0 {
                     throw StoreCopyError.targetNotEmpty(table: table.name, rows: count)
                 }
             }
-            for (table, tableRows) in zip(tables, rows) {
-                guard let first = tableRows.first else { continue }
-                let columns = first.columns
-                let overriding = table.identity != nil && db.engine == .postgres ? " OVERRIDING SYSTEM VALUE" : ""
-                let sql = "INSERT INTO \(table.name) (\(columns.joined(separator: ", ")))\(overriding) VALUES (\(columns.map { _ in "?" }.joined(separator: ", ")))"
-                let flags = columns.map { booleans[table.name]?.contains($0) == true }
-                for row in tableRows {
-                    let values: SQLArguments = zip(row.values, flags).map { value, isBoolean in
-                        if isBoolean, case .integer(let integer) = value { return SQLValue.bool(integer != 0) }
-                        return value
+            let sourceDigests = try source.readBlocking { sourceDB in
+                try tables.map { table in
+                    let booleanColumns = columns.booleans[table.name] ?? []
+                    return try Self.digest(table, pageSize: pageSize, in: sourceDB) { page in
+                        try Self.insert(page, into: table, booleanColumns: booleanColumns, in: db)
                     }
-                    try db.execute(sql: sql, arguments: values)
                 }
+            }
+            for table in tables {
                 if let identity = table.identity, db.engine == .postgres {
                     _ = try db.fetchAll(sql: """
                         SELECT setval(pg_get_serial_sequence('\(table.name)', '\(identity)'), (SELECT MAX(\(identity)) FROM \(table.name)))
                         """, arguments: [])
                 }
             }
-            let copied = try tables.map { table in try db.fetchAll(sql: Self.select(table), arguments: []) }
-            let reports = zip(tables, zip(rows, copied)).map { table, pair in
-                CopiedTableReport(table: table.name, sourceRows: pair.0.count, targetRows: pair.1.count,
-                                  sourceChecksum: Self.checksum(pair.0), targetChecksum: Self.checksum(pair.1))
+            let reports = try zip(tables, sourceDigests).map { table, sourceDigest in
+                let copied = try Self.digest(table, pageSize: pageSize, textKeys: columns.texts[table.name] ?? [], in: db)
+                return CopiedTableReport(table: table.name, sourceRows: sourceDigest.rows, targetRows: copied.rows,
+                                         sourceChecksum: sourceDigest.checksum, targetChecksum: copied.checksum)
             }
             guard reports.allSatisfy(\.matches) else { throw StoreCopyError.mismatch(reports) }
             return reports
         }
     }
 
-    static func select(_ table: CopiedTable) -> String {
-        "SELECT * FROM \(table.name) ORDER BY \(table.orderBy.joined(separator: ", "))"
+    /// Inserts one page; SQLite's 0/1 become booleans in `booleanColumns` (PostgreSQL's).
+    private static func insert(_ page: [SQLRow], into table: CopiedTable, booleanColumns: Set<String>, in db: any SQLTransaction) throws {
+        guard let first = page.first else { return }
+        let columns = first.columns
+        let overriding = table.identity != nil && db.engine == .postgres ? " OVERRIDING SYSTEM VALUE" : ""
+        let sql = "INSERT INTO \(table.name) (\(columns.joined(separator: ", ")))\(overriding) VALUES (\(columns.map { _ in "?" }.joined(separator: ", ")))"
+        let isBoolean = columns.map { booleanColumns.contains($0) }
+        for row in page {
+            let values: SQLArguments = zip(row.values, isBoolean).map { value, isBoolean in
+                if isBoolean, case .integer(let integer) = value { return SQLValue.bool(integer != 0) }
+                return value
+            }
+            try db.execute(sql: sql, arguments: values)
+        }
     }
 
-    /// Boolean columns of the target (PostgreSQL), whose SQLite values are the integers 0/1.
-    static func booleanColumns(_ tables: [CopiedTable], in target: any StorageEngine) async throws -> [String: Set<String>] {
-        guard target.kind == .postgres else { return [:] }
+    /// One page of `table` in key order: the first one, or the one after the row whose key is
+    /// `after` (a row-value comparison). Both sides must give their rows in the same order for
+    /// the checksums to compare: SQLite orders text bytewise, and so does PostgreSQL's "C"
+    /// collation, which `textKeys` (the text key columns of a PostgreSQL table) are compared
+    /// in, whatever the database's own collation (`en_US.UTF-8`, say, puts "a" before "B").
+    static func page(_ table: CopiedTable, after: SQLArguments?, size: Int, textKeys: Set<String> = []) -> String {
+        let keys = table.orderBy.map { textKeys.contains($0) ? "\($0) COLLATE \"C\"" : $0 }.joined(separator: ", ")
+        let condition = after == nil ? "" : " WHERE (\(keys)) > (\(table.orderBy.map { _ in "?" }.joined(separator: ", ")))"
+        return "SELECT * FROM \(table.name)\(condition) ORDER BY \(keys) LIMIT \(size)"
+    }
+
+    /// A table's row count and checksum, computed a page at a time.
+    public struct Digest: Sendable, Equatable {
+        public var rows: Int
+        public var checksum: String
+    }
+
+    /// The rows of `table` in key order, a page at a time (each given to `each` as it is read),
+    /// with their count and ``checksum(_:)``, without holding more than a page.
+    static func digest(_ table: CopiedTable, pageSize: Int, textKeys: Set<String> = [], in db: any SQLTransaction,
+                       each: ([SQLRow]) throws -> Void = { _ in }) throws -> Digest {
+        var hash = SHA256()
+        var rows = 0
+        var after: SQLArguments?
+        while true {
+            let page = try db.fetchAll(sql: Self.page(table, after: after, size: pageSize, textKeys: textKeys), arguments: after ?? [])
+            for row in page { Self.update(&hash, with: row) }
+            rows += page.count
+            try each(page)
+            guard page.count == pageSize, let last = page.last else { break }
+            after = try table.orderBy.map { column in
+                guard let index = last.columns.firstIndex(of: column) else { throw StoreCopyError.missingKey(table: table.name, column: column) }
+                return last.values[index]
+            }
+        }
+        // Pages skip nothing only if the key is unique (each table's primary key): a key that
+        // is not would make the copy and its check skip the same rows, and agree.
+        guard let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)"), total == rows else {
+            throw StoreCopyError.keyNotUnique(table: table.name)
+        }
+        return Digest(rows: rows, checksum: Self.hex(hash.finalize()))
+    }
+
+    /// Columns of the target (PostgreSQL) by table: its booleans, whose SQLite values are the
+    /// integers 0/1, and its text columns, ordered in the "C" collation (``page(_:after:size:textKeys:)``).
+    static func targetColumns(_ tables: [CopiedTable], in target: any StorageEngine) async throws -> (booleans: [String: Set<String>], texts: [String: Set<String>]) {
+        guard target.kind == .postgres else { return ([:], [:]) }
         let rows = try await target.read { db in
-            try db.fetchAll(sql: "SELECT table_name, column_name FROM information_schema.columns WHERE data_type = 'boolean' AND table_schema = current_schema()",
-                            arguments: [])
+            try db.fetchAll(sql: """
+                SELECT table_name, column_name, data_type FROM information_schema.columns
+                WHERE data_type IN ('boolean', 'text', 'character varying', 'character') AND table_schema = current_schema()
+                """, arguments: [])
         }
-        var result: [String: Set<String>] = [:]
+        var booleans: [String: Set<String>] = [:]
+        var texts: [String: Set<String>] = [:]
         for row in rows {
-            result[row["table_name"] as String, default: []].insert(row["column_name"])
+            let table: String = row["table_name"]
+            let type: String = row["data_type"]
+            if type == "boolean" { booleans[table, default: []].insert(row["column_name"]) } else { texts[table, default: []].insert(row["column_name"]) }
         }
-        return result
+        return (booleans, texts)
     }
 
     /// Rows in order, each column as `name=type:value`, normalised across engines.
     static func checksum(_ rows: [SQLRow]) -> String {
         var hash = SHA256()
-        for row in rows {
-            for (column, value) in zip(row.columns, row.values) {
-                let text: String
-                switch value {
-                case .null: text = "n"
-                case .integer(let integer): text = "i\(integer)"
-                case .bool(let bool): text = "i\(bool ? 1 : 0)"
-                case .text(let string): text = "t\(string.utf8.count):\(string)"
-                case .blob(let bytes): text = "b" + Data(bytes).base64EncodedString()
-                }
-                hash.update(data: Data("\(column)=\(text);".utf8))
+        for row in rows { update(&hash, with: row) }
+        return hex(hash.finalize())
+    }
+
+    private static func update(_ hash: inout SHA256, with row: SQLRow) {
+        for (column, value) in zip(row.columns, row.values) {
+            let text: String
+            switch value {
+            case .null: text = "n"
+            case .integer(let integer): text = "i\(integer)"
+            case .bool(let bool): text = "i\(bool ? 1 : 0)"
+            case .text(let string): text = "t\(string.utf8.count):\(string)"
+            case .blob(let bytes): text = "b" + Data(bytes).base64EncodedString()
             }
-            hash.update(data: Data("\n".utf8))
+            hash.update(data: Data("\(column)=\(text);".utf8))
         }
-        return hash.finalize().map { String(format: "%02x", $0) }.joined()
+        hash.update(data: Data("\n".utf8))
+    }
+
+    private static func hex(_ digest: SHA256.Digest) -> String {
+        digest.map { String(format: "%02x", $0) }.joined()
     }
 }

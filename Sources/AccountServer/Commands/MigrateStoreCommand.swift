@@ -38,7 +38,8 @@ struct MigrateStoreCommand: AsyncParsableCommand {
         }
         let target = try await AccountDatabase.open(targetLocation, poolSize: 2, logger: Logger(label: "migrate-store"))
         defer { Task { await target.close() } }
-        let reports = try await StoreCopy(tables: AccountSchema.tables).copy(from: source.engine, to: target.engine)
+        guard let sqlite = source.engine as? SQLiteEngine else { throw ValidationError("--from must be a SQLite file") }
+        let reports = try await StoreCopy(tables: AccountSchema.tables).copy(from: sqlite, to: target.engine)
         for report in reports {
             AdminCommand.emit(.object([
                 "table": .string(report.table), "rows": .number(String(report.targetRows)),

@@ -18,7 +18,11 @@ public enum SQLiteBackup {
         public var description: String
     }
 
-    public static func copy(from path: String, to destination: String, tables: [CopiedTable]) throws -> [CopiedTableReport] {
+    /// Memory stays bounded whatever the size of the file: the checksums are computed
+    /// `pageSize` rows at a time (``StoreCopy/digest(_:pageSize:in:each:)``), and SQLite's
+    /// backup copies pages.
+    public static func copy(from path: String, to destination: String, tables: [CopiedTable],
+                            pageSize: Int = StoreCopy.defaultPageSize) throws -> [CopiedTableReport] {
         guard FileManager.default.fileExists(atPath: path) else { throw Failure(description: "no database at \(path)") }
         // A -wal or -journal left at the destination by a crashed run would be replayed onto
         // the copy by SQLite (nothing ties it to the file): refused, like an existing copy.
@@ -42,10 +46,10 @@ public enum SQLiteBackup {
             let target = try DatabaseQueue(path: destination)
             // One read transaction of the source: the rows checksummed and the pages copied
             // are the same snapshot, whatever the server commits meanwhile.
-            let sourceRows = try source.read { sourceDB in
-                let rows = try tables.map { table in try SQLiteTransaction(sourceDB).fetchAll(sql: StoreCopy.select(table), arguments: []) }
+            let sourceDigests = try source.read { sourceDB in
+                let digests = try tables.map { table in try StoreCopy.digest(table, pageSize: pageSize, in: SQLiteTransaction(sourceDB)) }
                 try target.writeWithoutTransaction { targetDB in try sourceDB.backup(to: targetDB) }
-                return rows
+                return digests
             }
             let reports = try target.read { targetDB in
                 let integrity = try String.fetchAll(targetDB, sql: "PRAGMA integrity_check")
@@ -55,10 +59,10 @@ public enum SQLiteBackup {
                 guard try Row.fetchAll(targetDB, sql: "PRAGMA foreign_key_check").isEmpty else {
                     throw Failure(description: "the copy fails its foreign key check")
                 }
-                return try zip(tables, sourceRows).map { table, rows in
-                    let copied = try SQLiteTransaction(targetDB).fetchAll(sql: StoreCopy.select(table), arguments: [])
-                    return CopiedTableReport(table: table.name, sourceRows: rows.count, targetRows: copied.count,
-                                             sourceChecksum: StoreCopy.checksum(rows), targetChecksum: StoreCopy.checksum(copied))
+                return try zip(tables, sourceDigests).map { table, source in
+                    let copied = try StoreCopy.digest(table, pageSize: pageSize, in: SQLiteTransaction(targetDB))
+                    return CopiedTableReport(table: table.name, sourceRows: source.rows, targetRows: copied.rows,
+                                             sourceChecksum: source.checksum, targetChecksum: copied.checksum)
                 }
             }
             guard reports.allSatisfy(\.matches) else { throw StoreCopyError.mismatch(reports) }
