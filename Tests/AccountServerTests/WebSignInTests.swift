@@ -311,6 +311,61 @@ struct WebSignInTests {
         smtp.stop()
     }
 
+    /// A recovery code stored by a version of before 2026-12 (plain SHA-256) is rewritten into
+    /// its keyed form when the server starts, before any listener opens, and the regulator's
+    /// printed code still signs them in, once.
+    @Test func aLegacyRecoveryCodeIsKeyedAtStartAndStillSignsIn() async throws {
+        let pki = try TestPKI()
+        let smtp = try await SMTPSink()
+        let database = try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("shared")))
+        let key = pki.directory.appendingPathComponent("shared.key").path
+        func start() async throws -> RunningServer {
+            try await RunningServer.start(pki: pki) {
+                $0.database = database
+                $0.secretKeyPath = key
+                $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
+                $0.mailPollInterval = .milliseconds(100)
+                $0.rateLimitPerMinute = 60
+            }
+        }
+        let first = try await start()
+        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: first)
+        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: Self.email)).status == 201)
+        await fhir.shutdown()
+        let browser = try Browser(pki: pki, base: first.webURL)
+        #expect(try await browser.submit("/mot-de-passe-oublie", ["email": Self.email]).status == 200)
+        let token = try #require(try await smtp.resetToken(number: 1))
+        let form = try await browser.get("/reinitialisation?jeton=\(token)")
+        _ = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": Self.password, "confirmation": Self.password])
+        _ = try await Self.signIn(browser)
+        await browser.shutdown()
+        // What an earlier version stored for a code it issued.
+        let legacy = "QRSTV-WXYZ2"
+        try await first.database.write { db in
+            let accountID = try #require(try String.fetchOne(db, sql: "SELECT id FROM account"))
+            try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, 0)",
+                           arguments: [accountID, RecoveryCodes.legacyHash(legacy)])
+        }
+        await first.stop()
+
+        let second = try await start()
+        let stored = try await second.database.read { db in try String.fetchAll(db, sql: "SELECT code_hash FROM recovery_code") }
+        #expect(stored.count == 11 && !stored.contains(RecoveryCodes.legacyHash(legacy)) && stored.filter { $0.hasPrefix("h0:") }.count == 1,
+                "\(stored.map { $0.prefix(3) })")
+        #expect(second.logs.all.contains { $0.contains("keyed recovery codes") && $0.contains("recovery_codes=1") }, "the start says what it did")
+        let later = try Browser(pki: pki, base: second.webURL)
+        _ = try await Self.signIn(later, code: legacy.lowercased())
+        #expect(later.cookies["__Host-as-session"] != nil, "signed in with the printed code")
+        let again = try Browser(pki: pki, base: second.webURL)
+        #expect(try await again.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+        let refused = try await again.submit("/connexion/second-facteur", ["code": legacy])
+        #expect(refused.status != 303, "a recovery code works once")
+        await later.shutdown()
+        await again.shutdown()
+        await second.stop()
+        smtp.stop()
+    }
+
     @Test func openRedirectsAndMissingCSRFAreRefused() async throws {
         let world = try await World()
         let browser = try world.browser()

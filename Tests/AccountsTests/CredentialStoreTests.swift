@@ -293,6 +293,45 @@ struct CredentialStoreTests {
         #expect(stored.map { !Array($0).starts(with: secret) && $0.count > secret.count } == true)
     }
 
+    /// Recovery codes an earlier version stored as plain SHA-256 (reversible from a backup:
+    /// 50 bits) are rewritten at start into a keyed form, used or not, in one pass that a
+    /// second start finds nothing for; the codes still work, once, and a used one stays used.
+    /// Codes stored keyed already are left as they are.
+    @Test func legacyRecoveryCodesAreKeyedAtStartAndKeepWorking() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let (spent, kept, current) = ("ABCDE-FGHJK", "MNPQR-STVWX", "23456-789YZ")
+        let box = try SecretBox(key: Array(repeating: 7, count: 32))
+        try await h.accounts.database.write { db in
+            for code in [spent, kept] {
+                try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, 0)",
+                               arguments: [h.accountID, RecoveryCodes.legacyHash(code)])
+            }
+            try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, 0)",
+                           arguments: [h.accountID, RecoveryCodes.storedForm(current, accountID: h.accountID, box: box)])
+        }
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: spent, actor: h.actor) == .recoveryCode)
+
+        #expect(try await h.store.rekeyLegacyRecoveryCodes() == 2)
+        #expect(try await h.store.rekeyLegacyRecoveryCodes() == 0, "a second start finds nothing to do")
+        let stored = try await h.accounts.database.read { db in
+            try SQLRow.fetchAll(db, sql: "SELECT code_hash, used_at FROM recovery_code WHERE account_id = ? ORDER BY code_hash", arguments: [h.accountID])
+        }
+        let hashes = stored.map { $0["code_hash"] as String }
+        #expect(hashes.count == 3 && hashes.filter { $0.hasPrefix("h0:") }.count == 2 && hashes.filter { $0.hasPrefix("h1:") }.count == 1, "\(hashes)")
+        #expect(!hashes.contains(RecoveryCodes.legacyHash(spent)) && !hashes.contains(RecoveryCodes.legacyHash(kept)), "no plain hash left")
+        #expect(hashes.contains(RecoveryCodes.storedForm(current, accountID: h.accountID, box: box)), "a keyed code is not rewritten")
+        #expect(stored.filter { ($0[optional: "used_at"] as Int64?) != nil }.count == 1, "the spent code stays spent")
+
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: spent, actor: h.actor) == nil)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: kept.lowercased(), actor: h.actor) == .recoveryCode)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: kept, actor: h.actor) == nil)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: current, actor: h.actor) == .recoveryCode)
+        // Bound to the account: the rewritten form of the same code differs for another.
+        #expect(RecoveryCodes.rekeyedLegacyForm(RecoveryCodes.legacyHash(kept), accountID: h.accountID, box: box)
+            != RecoveryCodes.rekeyedLegacyForm(RecoveryCodes.legacyHash(kept), accountID: "another", box: box))
+    }
+
     /// A second factor for a flow that a password reset ended meanwhile (on any instance) is
     /// not even looked at: no TOTP step or recovery code spent, nothing counted, no enrolment
     /// confirmed. For a live flow, the accepted factor is recorded in the flow by the same

@@ -108,12 +108,16 @@ func makeWebServices(
     }
     let outbox = MailOutbox(box: box)
     let queue = MailQueue(database: database, outbox: outbox)
-    let sealed = try await queue.sealLegacyBodies()  // once, at start, before any listener
-    if sealed > 0 {
+    // Once, at start, before any listener: what earlier versions stored readably is sealed
+    // (outbox bodies) or keyed (recovery codes).
+    let sealed = try await queue.sealLegacyBodies()
+    let rekeyed = try await credentials.rekeyLegacyRecoveryCodes()
+    if sealed + rekeyed > 0 {
         // secure_delete only zeroes what is deleted from now on: rewrite the file once so the
-        // clear bodies an earlier version stored or scrubbed leave no trace in free pages.
+        // clear bodies and plain code hashes an earlier version stored leave no trace in free pages.
         try await database.compact()
-        logger.notice("sealed outbox bodies queued in clear by an earlier version, then vacuumed the database", metadata: ["count": "\(sealed)"])
+        logger.notice("sealed outbox bodies and keyed recovery codes stored by an earlier version, then compacted the database",
+                      metadata: ["outbox_bodies": "\(sealed)", "recovery_codes": "\(rekeyed)"])
     }
     let mailer = MailerService(queue: queue, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)

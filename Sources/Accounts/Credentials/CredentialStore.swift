@@ -415,9 +415,10 @@ public final class CredentialStore: Sendable {
         }
         let normalized = RecoveryCodes.normalize(code)
         if normalized.count == 10 {
-            try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash IN (?, ?) AND used_at IS NULL",
+            let legacy = RecoveryCodes.legacyHash(code)
+            try db.execute(sql: "UPDATE recovery_code SET used_at = ? WHERE account_id = ? AND code_hash IN (?, ?, ?) AND used_at IS NULL",
                            arguments: [at.epochMilliseconds, accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: self.box),
-                                       RecoveryCodes.legacyHash(code)])
+                                       RecoveryCodes.rekeyedLegacyForm(legacy, accountID: accountID, box: self.box), legacy])
             if try db.changesCount == 1 {
                 let left = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
                 try self.audit.append(self.event("recovery-code-used", "\(left) left", accountID, actor, at), in: db)
@@ -425,6 +426,24 @@ public final class CredentialStore: Sendable {
             }
         }
         return nil
+    }
+
+    /// Rewrites recovery codes stored by versions before 2026-12 (plain SHA-256 of a 50-bit
+    /// code, which a backup reader could reverse) into their keyed form
+    /// (``RecoveryCodes/rekeyedLegacyForm(_:accountID:box:)``), used or not, in one
+    /// transaction; returns how many. Run once at start, before any listener: the codes keep
+    /// working. Idempotent.
+    public func rekeyLegacyRecoveryCodes() async throws -> Int {
+        let box = self.box
+        return try await database.write { db in
+            let rows = try SQLRow.fetchAll(db, sql: "SELECT account_id, code_hash FROM recovery_code WHERE code_hash NOT LIKE 'h_:%'")
+            for row in rows {
+                let accountID: String = row["account_id"], legacy: String = row["code_hash"]
+                try db.execute(sql: "UPDATE recovery_code SET code_hash = ? WHERE account_id = ? AND code_hash = ?",
+                               arguments: [RecoveryCodes.rekeyedLegacyForm(legacy, accountID: accountID, box: box), accountID, legacy])
+            }
+            return rows.count
+        }
     }
 
     // MARK: Retention

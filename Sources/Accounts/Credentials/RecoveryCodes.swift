@@ -39,9 +39,20 @@ public enum RecoveryCodes {
     }
 
     /// The form codes issued before 2026-12 were stored in (plain SHA-256 of the
-    /// normalised code): still accepted, so that nobody's printed codes stop working; a new
-    /// set replaces them.
+    /// normalised code). A backup holding it gives the code away to one GPU-day of guessing,
+    /// so each server rewrites the ones it finds at start into ``rekeyedLegacyForm(_:accountID:box:)``
+    /// (``CredentialStore/rekeyLegacyRecoveryCodes()``); a code typed is still compared with
+    /// it too, for rows an instance of an earlier version writes during a rolling upgrade.
     public static func legacyHash(_ code: String) -> String {
         SecretToken.hash(normalize(code))
+    }
+
+    /// A legacy stored form made as hard to reverse as ``storedForm(_:accountID:box:)``
+    /// without knowing the code: `h0:` and the hex HMAC, under a key derived from the server
+    /// key, of the account id and the legacy hash. Printed codes keep working; a backup no
+    /// longer yields them without the key file.
+    public static func rekeyedLegacyForm(_ legacyHash: String, accountID: String, box: SecretBox) -> String {
+        let message = Array(accountID.utf8) + [0] + Array(legacyHash.utf8)
+        return "h0:" + box.authenticationCode(message, purpose: "recovery-code-legacy").map { String(format: "%02x", $0) }.joined()
     }
 }
