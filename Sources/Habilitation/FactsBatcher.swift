@@ -142,7 +142,6 @@ final class FactsBatcher: @unchecked Sendable {
             batch.append(waiting.removeFirst())
         }
         sent += 1
-        counters.read(checks: batch.count)
         let number = sent
         out[number] = now
         let arguments = service.factsBatchArguments(hashes: hashes, at: service.now)
@@ -153,6 +152,9 @@ final class FactsBatcher: @unchecked Sendable {
                 out[number] = nil
                 switch result {
                 case .success(let rows):
+                    // Counted once answered, as ``HabilitationService/checkNow(sessionToken:on:)``
+                    // counts its reads (a failure shows as a 503, not as a lookup).
+                    counters.read(checks: batch.count)
                     var found: [String: HabilitationService.SessionFacts] = [:]
                     for row in rows {
                         let hash: String = row["id_hash"]

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import GRDB
 
 /// A table as the copy between engines sees it: its name, the columns that order its rows
 /// (its key), and its generated identity column if any.
@@ -27,7 +28,7 @@ public struct CopiedTableReport: Sendable, Equatable {
     public var matches: Bool { sourceRows == targetRows && sourceChecksum == targetChecksum }
 }
 
-public enum StoreCopyError: Error, CustomStringConvertible {
+public enum StoreCopyError: Error, Equatable, CustomStringConvertible {
     case targetNotEmpty(table: String, rows: Int)
     case mismatch([CopiedTableReport])
     case missingKey(table: String, column: String)
@@ -42,7 +43,7 @@ public enum StoreCopyError: Error, CustomStringConvertible {
         case .missingKey(let table, let column):
             "\(table) has no column \(column) to order its rows by"
         case .keyNotUnique(let table):
-            "\(table)'s rows are not all reached in key order (its key is not unique)"
+            "\(table) has rows with the same key: its key does not identify its rows"
         }
     }
 }
@@ -55,8 +56,8 @@ public enum StoreCopyError: Error, CustomStringConvertible {
 ///
 /// Memory stays bounded whatever the size of the installation (years of audit trail): rows
 /// go across ``pageSize`` at a time, in key order (keyset pages: `WHERE (key) > (last key)`),
-/// read from one snapshot of the source held open for the whole copy, and the checksums are
-/// computed as the pages pass, on both sides.
+/// read from one snapshot of the source held open for the whole copy (a read-only connection
+/// of its own on the file), and the checksums are computed as the pages pass, on both sides.
 public struct StoreCopy: Sendable {
     public let tables: [CopiedTable]
     /// Rows read and written at a time.
@@ -69,24 +70,31 @@ public struct StoreCopy: Sendable {
         self.pageSize = pageSize
     }
 
-    public func copy(from source: SQLiteEngine, to target: any StorageEngine) async throws -> [CopiedTableReport] {
+    /// Copies the SQLite database at `sourcePath` (migrated to the same version as `target`).
+    public func copy(fromSQLiteFile sourcePath: String, to target: any StorageEngine) async throws -> [CopiedTableReport] {
         let tables = self.tables
         let pageSize = self.pageSize
         let columns = try await Self.targetColumns(tables, in: target)
+        var readOnly = Configuration()
+        readOnly.readonly = true
+        readOnly.busyMode = .timeout(10)
+        let source = try DatabaseQueue(path: sourcePath, configuration: readOnly)
+        defer { try? source.close() }
         // Written and verified in one transaction: a copy that does not match is rolled back.
         // The source is read inside it, from one snapshot (a consistent copy even while a
-        // server writes to the file), page by page: a blocking read of SQLite's pool, made on
-        // the target transaction's own thread (never one of Swift's cooperative pool).
+        // server writes to the file), page by page: a blocking read on the target
+        // transaction's own thread (never one of Swift's cooperative pool), on a connection
+        // nothing else uses.
         return try await target.write { db in
             for table in tables {
                 if let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)"), count > 0 {
                     throw StoreCopyError.targetNotEmpty(table: table.name, rows: count)
                 }
             }
-            let sourceDigests = try source.readBlocking { sourceDB in
+            let sourceDigests = try source.read { sourceDB in
                 try tables.map { table in
                     let booleanColumns = columns.booleans[table.name] ?? []
-                    return try Self.digest(table, pageSize: pageSize, in: sourceDB) { page in
+                    return try Self.digest(table, pageSize: pageSize, in: SQLiteTransaction(sourceDB)) { page in
                         try Self.insert(page, into: table, booleanColumns: booleanColumns, in: db)
                     }
                 }
@@ -99,7 +107,16 @@ public struct StoreCopy: Sendable {
                 }
             }
             let reports = try zip(tables, sourceDigests).map { table, sourceDigest in
-                let copied = try Self.digest(table, pageSize: pageSize, textKeys: columns.texts[table.name] ?? [], in: db)
+                let textKeys = Set(table.orderBy).intersection(columns.texts[table.name] ?? [])
+                // The key's index orders text in the database's collation; pages compared in
+                // "C" would each scan and sort the whole table (quadratic in its rows). An
+                // index in "C" for the check, made and dropped inside this transaction.
+                let index = "store_copy_check_\(table.name)"
+                if !textKeys.isEmpty {
+                    try db.execute(sql: "CREATE INDEX \(index) ON \(table.name) (\(Self.orderedKeys(table, textKeys: textKeys)))")
+                }
+                let copied = try Self.digest(table, pageSize: pageSize, textKeys: textKeys, in: db)
+                if !textKeys.isEmpty { try db.execute(sql: "DROP INDEX \(index)") }
                 return CopiedTableReport(table: table.name, sourceRows: sourceDigest.rows, targetRows: copied.rows,
                                          sourceChecksum: sourceDigest.checksum, targetChecksum: copied.checksum)
             }
@@ -130,9 +147,14 @@ public struct StoreCopy: Sendable {
     /// collation, which `textKeys` (the text key columns of a PostgreSQL table) are compared
     /// in, whatever the database's own collation (`en_US.UTF-8`, say, puts "a" before "B").
     static func page(_ table: CopiedTable, after: SQLArguments?, size: Int, textKeys: Set<String> = []) -> String {
-        let keys = table.orderBy.map { textKeys.contains($0) ? "\($0) COLLATE \"C\"" : $0 }.joined(separator: ", ")
+        let keys = orderedKeys(table, textKeys: textKeys)
         let condition = after == nil ? "" : " WHERE (\(keys)) > (\(table.orderBy.map { _ in "?" }.joined(separator: ", ")))"
         return "SELECT * FROM \(table.name)\(condition) ORDER BY \(keys) LIMIT \(size)"
+    }
+
+    /// The key's columns, the text ones in the "C" collation.
+    static func orderedKeys(_ table: CopiedTable, textKeys: Set<String>) -> String {
+        table.orderBy.map { textKeys.contains($0) ? "\($0) COLLATE \"C\"" : $0 }.joined(separator: ", ")
     }
 
     /// A table's row count and checksum, computed a page at a time.
@@ -147,20 +169,29 @@ public struct StoreCopy: Sendable {
                        each: ([SQLRow]) throws -> Void = { _ in }) throws -> Digest {
         var hash = SHA256()
         var rows = 0
-        var after: SQLArguments?
+        var after: [SQLValue]?
+        var keyIndexes: [Int]?
         while true {
-            let page = try db.fetchAll(sql: Self.page(table, after: after, size: pageSize, textKeys: textKeys), arguments: after ?? [])
-            for row in page { Self.update(&hash, with: row) }
+            let arguments: SQLArguments? = after.map { $0.map { $0 as (any SQLBindable)? } }
+            let page = try db.fetchAll(sql: Self.page(table, after: arguments, size: pageSize, textKeys: textKeys), arguments: arguments ?? [])
+            for row in page {
+                let indexes = try keyIndexes ?? table.orderBy.map { column in
+                    guard let index = row.columns.firstIndex(of: column) else { throw StoreCopyError.missingKey(table: table.name, column: column) }
+                    return index
+                }
+                keyIndexes = indexes
+                // Pages skip nothing only if the key identifies its rows (each table's primary
+                // key): rows with equal keys are next to each other in key order.
+                let key = indexes.map { row.values[$0] }
+                if key == after { throw StoreCopyError.keyNotUnique(table: table.name) }
+                after = key
+                Self.update(&hash, with: row)
+            }
             rows += page.count
             try each(page)
-            guard page.count == pageSize, let last = page.last else { break }
-            after = try table.orderBy.map { column in
-                guard let index = last.columns.firstIndex(of: column) else { throw StoreCopyError.missingKey(table: table.name, column: column) }
-                return last.values[index]
-            }
+            guard page.count == pageSize else { break }
         }
-        // Pages skip nothing only if the key is unique (each table's primary key): a key that
-        // is not would make the copy and its check skip the same rows, and agree.
+        // And a page that ended inside a group of equal keys has skipped the rest of it.
         guard let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)"), total == rows else {
             throw StoreCopyError.keyNotUnique(table: table.name)
         }

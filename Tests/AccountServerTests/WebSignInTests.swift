@@ -319,16 +319,18 @@ struct WebSignInTests {
         let smtp = try await SMTPSink()
         let database = try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("shared")))
         let key = pki.directory.appendingPathComponent("shared.key").path
-        func start() async throws -> RunningServer {
+        // The first server's retention job must not key the code before the second starts.
+        func start(purgeInterval: Duration) async throws -> RunningServer {
             try await RunningServer.start(pki: pki) {
                 $0.database = database
                 $0.secretKeyPath = key
                 $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
                 $0.mailPollInterval = .milliseconds(100)
                 $0.rateLimitPerMinute = 60
+                $0.purgeInterval = purgeInterval
             }
         }
-        let first = try await start()
+        let first = try await start(purgeInterval: .seconds(3600))
         let fhir = try FHIRClient(pki: pki, certificate: "valid", server: first)
         #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: Self.email)).status == 201)
         await fhir.shutdown()
@@ -348,11 +350,13 @@ struct WebSignInTests {
         }
         await first.stop()
 
-        let second = try await start()
+        let second = try await start(purgeInterval: .milliseconds(100))
         let stored = try await second.database.read { db in try String.fetchAll(db, sql: "SELECT code_hash FROM recovery_code") }
         #expect(stored.count == 11 && !stored.contains(RecoveryCodes.legacyHash(legacy)) && stored.filter { $0.hasPrefix("h0:") }.count == 1,
                 "\(stored.map { $0.prefix(3) })")
-        #expect(second.logs.all.contains { $0.contains("keyed recovery codes") && $0.contains("recovery_codes=1") }, "the start says what it did")
+        // Keyed by the start itself (the retention job, which runs beside it, logs otherwise).
+        #expect(second.logs.all.contains { $0.contains("sealed outbox bodies and keyed recovery codes") && $0.contains("recovery_codes=1") },
+                "the start says what it did")
         let later = try Browser(pki: pki, base: second.webURL)
         _ = try await Self.signIn(later, code: legacy.lowercased())
         #expect(later.cookies["__Host-as-session"] != nil, "signed in with the printed code")
@@ -360,6 +364,18 @@ struct WebSignInTests {
         #expect(try await again.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
         let refused = try await again.submit("/connexion/second-facteur", ["code": legacy])
         #expect(refused.status != 303, "a recovery code works once")
+        // A code an instance of the earlier version stores while this one runs (a rolling
+        // upgrade) is keyed by the retention job.
+        let meanwhile = RecoveryCodes.legacyHash("ABCDE-23456")
+        try await second.database.write { db in
+            try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) SELECT id, ?, 0 FROM account", arguments: [meanwhile])
+        }
+        var plain = 1
+        for _ in 0..<100 where plain > 0 {
+            try await Task.sleep(for: .milliseconds(50))
+            plain = try await second.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE code_hash NOT LIKE 'h_:%'") } ?? 1
+        }
+        #expect(plain == 0, "the retention job keyed the code stored meanwhile")
         await later.shutdown()
         await again.shutdown()
         await second.stop()

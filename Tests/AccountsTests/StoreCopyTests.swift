@@ -77,8 +77,11 @@ struct StoreCopyTests {
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let engine = try await Self.source(in: directory)
-        await #expect(throws: StoreCopyError.self) {
-            try await engine.read { db in try StoreCopy.digest(CopiedTable("probe", orderBy: ["name"]), pageSize: 2, in: db) }
+        // Every page size: one inside a group of equal keys, one ending exactly at each group's end.
+        for size in [1, 2, 3, 1_000] {
+            await #expect(throws: StoreCopyError.keyNotUnique(table: "probe")) {
+                try await engine.read { db in try StoreCopy.digest(CopiedTable("probe", orderBy: ["name"]), pageSize: size, in: db) }
+            }
         }
         await engine.close()
     }
@@ -104,12 +107,12 @@ struct StoreCopyTests {
         }
         #expect(natural == ["a", "B"])
 
-        let reports = try await StoreCopy(tables: [Self.table], pageSize: 2).copy(from: source, to: target)
+        let reports = try await StoreCopy(tables: [Self.table], pageSize: 2).copy(fromSQLiteFile: source.path, to: target)
         #expect(reports.count == 1 && reports[0].matches && reports[0].targetRows == Self.names.count * 3, "\(reports)")
         let flags = try await target.read { db in try db.fetchAll(sql: "SELECT flag FROM probe WHERE name = 'B' ORDER BY n", arguments: []) }
         #expect(flags.map { $0.values.first } == [.bool(false), .bool(true), .bool(false)])
         // Not empty any more: a second copy is refused, and changes nothing.
-        await #expect(throws: StoreCopyError.self) { try await StoreCopy(tables: [Self.table], pageSize: 2).copy(from: source, to: target) }
+        await #expect(throws: StoreCopyError.self) { try await StoreCopy(tables: [Self.table], pageSize: 2).copy(fromSQLiteFile: source.path, to: target) }
         #expect(try await target.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM probe") } == Self.names.count * 3)
         await target.close()
         await source.close()

@@ -62,7 +62,7 @@ struct ReloadService: Service {
 /// Deletes, every `interval`, what sign-in leaves behind once it is of no use (spent or
 /// expired intents and flows, ended sessions, dead reset links, old outbox rows), so
 /// unauthenticated traffic cannot grow the database without bound. The audit trail is never
-/// purged.
+/// purged. Also keys legacy recovery codes an older instance stored meanwhile.
 struct RetentionService: Service {
     let sessions: SessionStore
     let credentials: CredentialStore
@@ -76,6 +76,10 @@ struct RetentionService: Service {
                 do {
                     let deleted = try await sessions.purge(retention: retention) + credentials.purge(retention: retention)
                     if deleted > 0 { logger.info("purged expired sign-in rows", metadata: ["rows": "\(deleted)"]) }
+                    // Codes an instance of a version of before 2026-12 stored as plain SHA-256
+                    // after this one started (a rolling upgrade): keyed within an interval.
+                    let rekeyed = try await credentials.rekeyLegacyRecoveryCodes()
+                    if rekeyed > 0 { logger.notice("keyed recovery codes stored as plain SHA-256 by an earlier version", metadata: ["recovery_codes": "\(rekeyed)"]) }
                 } catch {
                     logger.error("purge failed; will retry", metadata: ["error": "\(error)"])
                 }

@@ -113,11 +113,18 @@ func makeWebServices(
     let sealed = try await queue.sealLegacyBodies()
     let rekeyed = try await credentials.rekeyLegacyRecoveryCodes()
     if sealed + rekeyed > 0 {
-        // secure_delete only zeroes what is deleted from now on: rewrite the file once so the
-        // clear bodies and plain code hashes an earlier version stored leave no trace in free pages.
-        try await database.compact()
-        logger.notice("sealed outbox bodies and keyed recovery codes stored by an earlier version, then compacted the database",
-                      metadata: ["outbox_bodies": "\(sealed)", "recovery_codes": "\(rekeyed)"])
+        let metadata: Logger.Metadata = ["outbox_bodies": "\(sealed)", "recovery_codes": "\(rekeyed)"]
+        if database.engine.kind == .sqlite {
+            // secure_delete only zeroes what is deleted from now on: rewrite the file once so the
+            // clear bodies and plain code hashes an earlier version stored leave no trace in free pages.
+            try await database.compact()
+            logger.notice("sealed outbox bodies and keyed recovery codes stored by an earlier version, then compacted the database", metadata: metadata)
+        } else {
+            // The runtime role may not rewrite tables: the old row versions stay in them until
+            // the schema owner does.
+            logger.notice("sealed outbox bodies and keyed recovery codes stored by an earlier version; their old row versions stay in the tables until the schema owner runs VACUUM FULL mail_outbox, recovery_code",
+                          metadata: metadata)
+        }
     }
     let mailer = MailerService(queue: queue, transport: transport, from: configuration.mailFrom ?? "no-reply@\(publicHost)",
                                pollInterval: configuration.mailPollInterval, logger: logger)

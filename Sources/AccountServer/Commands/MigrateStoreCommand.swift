@@ -13,7 +13,9 @@ struct MigrateStoreCommand: AsyncParsableCommand {
         abstract: "Copy a SQLite database into an empty PostgreSQL database, audit trail included, and verify counts and checksums.",
         discussion: """
             Stop the server first (or accept that writes made during the copy stay behind: the \
-            source is read in one snapshot). The target must be empty; its schema is created. \
+            source is read in one snapshot, held for the whole copy, during which a running \
+            server's SQLite log cannot be checkpointed and grows). The target must be empty; its \
+            schema is created. \
             Prints one JSON line per table; exits non-zero if anything differs, leaving the \
             target empty.
             """
@@ -39,7 +41,7 @@ struct MigrateStoreCommand: AsyncParsableCommand {
         let target = try await AccountDatabase.open(targetLocation, poolSize: 2, logger: Logger(label: "migrate-store"))
         defer { Task { await target.close() } }
         guard let sqlite = source.engine as? SQLiteEngine else { throw ValidationError("--from must be a SQLite file") }
-        let reports = try await StoreCopy(tables: AccountSchema.tables).copy(from: sqlite, to: target.engine)
+        let reports = try await StoreCopy(tables: AccountSchema.tables).copy(fromSQLiteFile: sqlite.path, to: target.engine)
         for report in reports {
             AdminCommand.emit(.object([
                 "table": .string(report.table), "rows": .number(String(report.targetRows)),

@@ -76,17 +76,6 @@ public final class SQLiteEngine: StorageEngine {
         try pool.read { db in try block(SQLiteTransaction(db)) }
     }
 
-    /// A read transaction run on the calling thread, which it blocks: for a caller that is
-    /// itself on a thread made for blocking (another engine's transaction thread, as
-    /// ``StoreCopy`` is), never on one of Swift's cooperative pool.
-    public func readBlocking<T>(_ block: (any SQLTransaction) throws -> T) throws -> T {
-        do {
-            return try Self.readOnCallingThread(pool, block)
-        } catch {
-            throw Self.storageError(error)
-        }
-    }
-
     /// Writes are serialised by SQLite anyway; the gate makes waiting writers suspend rather
     /// than hold a cooperative thread.
     public func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
