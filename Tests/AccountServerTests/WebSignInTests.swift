@@ -268,33 +268,59 @@ struct WebSignInTests {
         await world.stop()
     }
 
-    @Test func cguMustBeAcceptedAgainAfterAVersionChange() async throws {
-        let pki = try TestPKI()
-        let smtp = try await SMTPSink()
-        let database = try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("shared")))
-        let key = pki.directory.appendingPathComponent("shared.key").path
-        func start(version: String) async throws -> RunningServer {
-            try await RunningServer.start(pki: pki) {
+    /// One installation (database, server key, mail sink) that servers are started on one
+    /// after the other, as a restart or an upgrade does.
+    struct Installation {
+        let pki: TestPKI
+        let smtp: SMTPSink
+        let database: StorageLocation
+        let key: String
+
+        init() async throws {
+            pki = try TestPKI()
+            smtp = try await SMTPSink()
+            database = try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("shared")))
+            key = pki.directory.appendingPathComponent("shared.key").path
+        }
+
+        func start(_ configure: @escaping (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
+            let (database, key, port) = (self.database, self.key, smtp.port)
+            return try await RunningServer.start(pki: pki) {
                 $0.database = database
                 $0.secretKeyPath = key
-                $0.cguVersion = version
-                $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
+                $0.smtpURL = "smtp://127.0.0.1:\(port)"
                 $0.mailPollInterval = .milliseconds(100)
                 $0.rateLimitPerMinute = 60
+                configure(&$0)
             }
         }
+
+        /// The SAS creates the regulator on `server`, who chooses a password and signs in
+        /// (TOTP enrolled, CGU accepted); returns the TOTP secret.
+        func firstSignIn(on server: RunningServer) async throws -> [UInt8]? {
+            let fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
+            #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email)).status == 201)
+            await fhir.shutdown()
+            let browser = try Browser(pki: pki, base: server.webURL)
+            #expect(try await browser.submit("/mot-de-passe-oublie", ["email": WebSignInTests.email]).status == 200)
+            let token = try #require(try await smtp.resetToken(number: 1))
+            let form = try await browser.get("/reinitialisation?jeton=\(token)")
+            _ = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": WebSignInTests.password,
+                                                                             "confirmation": WebSignInTests.password])
+            let (_, secret, _) = try await WebSignInTests.signIn(browser)
+            await browser.shutdown()
+            return secret
+        }
+    }
+
+    @Test func cguMustBeAcceptedAgainAfterAVersionChange() async throws {
+        let installation = try await Installation()
+        let (pki, smtp) = (installation.pki, installation.smtp)
+        func start(version: String) async throws -> RunningServer {
+            try await installation.start { $0.cguVersion = version }
+        }
         let first = try await start(version: "2026-01")
-        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: first)
-        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: Self.email)).status == 201)
-        await fhir.shutdown()
-        let browser = try Browser(pki: pki, base: first.webURL)
-        let sent = try await browser.submit("/mot-de-passe-oublie", ["email": Self.email])
-        #expect(sent.status == 200)
-        let token = try #require(try await smtp.resetToken(number: 1))
-        let form = try await browser.get("/reinitialisation?jeton=\(token)")
-        _ = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": Self.password, "confirmation": Self.password])
-        let (_, secret, _) = try await Self.signIn(browser)
-        await browser.shutdown()
+        let secret = try await installation.firstSignIn(on: first)
         await first.stop()
 
         let second = try await start(version: "2026-02")
@@ -315,32 +341,14 @@ struct WebSignInTests {
     /// its keyed form when the server starts, before any listener opens, and the regulator's
     /// printed code still signs them in, once.
     @Test func aLegacyRecoveryCodeIsKeyedAtStartAndStillSignsIn() async throws {
-        let pki = try TestPKI()
-        let smtp = try await SMTPSink()
-        let database = try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("shared")))
-        let key = pki.directory.appendingPathComponent("shared.key").path
+        let installation = try await Installation()
+        let (pki, smtp) = (installation.pki, installation.smtp)
         // The first server's retention job must not key the code before the second starts.
         func start(purgeInterval: Duration) async throws -> RunningServer {
-            try await RunningServer.start(pki: pki) {
-                $0.database = database
-                $0.secretKeyPath = key
-                $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
-                $0.mailPollInterval = .milliseconds(100)
-                $0.rateLimitPerMinute = 60
-                $0.purgeInterval = purgeInterval
-            }
+            try await installation.start { $0.purgeInterval = purgeInterval }
         }
         let first = try await start(purgeInterval: .seconds(3600))
-        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: first)
-        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: Self.email)).status == 201)
-        await fhir.shutdown()
-        let browser = try Browser(pki: pki, base: first.webURL)
-        #expect(try await browser.submit("/mot-de-passe-oublie", ["email": Self.email]).status == 200)
-        let token = try #require(try await smtp.resetToken(number: 1))
-        let form = try await browser.get("/reinitialisation?jeton=\(token)")
-        _ = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": Self.password, "confirmation": Self.password])
-        _ = try await Self.signIn(browser)
-        await browser.shutdown()
+        _ = try await installation.firstSignIn(on: first)
         // What an earlier version stored for a code it issued.
         let legacy = "QRSTV-WXYZ2"
         try await first.database.write { db in

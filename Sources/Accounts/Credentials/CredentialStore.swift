@@ -431,8 +431,9 @@ public final class CredentialStore: Sendable {
     /// Rewrites recovery codes stored by versions before 2026-12 (plain SHA-256 of a 50-bit
     /// code, which a backup reader could reverse) into their keyed form
     /// (``RecoveryCodes/rekeyedLegacyForm(_:accountID:box:)``), used or not, in one
-    /// transaction; returns how many. Run once at start, before any listener: the codes keep
-    /// working. Idempotent.
+    /// transaction; returns how many. Run at start, before any listener, and by the retention
+    /// job (codes an instance of the earlier version stores during a rolling upgrade): the
+    /// codes keep working. Idempotent.
     public func rekeyLegacyRecoveryCodes() async throws -> Int {
         let box = self.box
         return try await database.write { db in

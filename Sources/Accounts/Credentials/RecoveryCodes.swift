@@ -40,7 +40,7 @@ public enum RecoveryCodes {
 
     /// The form codes issued before 2026-12 were stored in (plain SHA-256 of the
     /// normalised code). A backup holding it gives the code away to one GPU-day of guessing,
-    /// so each server rewrites the ones it finds at start into ``rekeyedLegacyForm(_:accountID:box:)``
+    /// so each server rewrites the ones it finds (at start, then every retention pass) into ``rekeyedLegacyForm(_:accountID:box:)``
     /// (``CredentialStore/rekeyLegacyRecoveryCodes()``); a code typed is still compared with
     /// it too, for rows an instance of an earlier version writes during a rolling upgrade.
     public static func legacyHash(_ code: String) -> String {
