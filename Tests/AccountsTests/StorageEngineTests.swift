@@ -389,6 +389,44 @@ struct PostgresEngineTests {
         }
     }
 
+    /// A role that may not read the migrations' bookkeeping, or may use no schema at all, is
+    /// told so by the command-line tools (`openCurrent`) and by `serve` (`open`): never taken
+    /// for an empty database and told to run `account-server migrate`, which would not help.
+    /// The grants given back, both open again.
+    @Test(arguments: ["select", "usage"])
+    func aRoleMissingGrantsIsToldSoNotToMigrate(_ missing: String) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("grants-\(UUID().uuidString)")
+        let runtimeArgument = try await TestStore.argument(in: directory)
+        guard case .postgres(var ownerLocation) = try StorageLocation(runtimeArgument) else { return }
+        ownerLocation.username = try TestStore.administrator().username
+        let role = TestStore.runtimeRole
+        let (revoke, expected) = missing == "select"
+            ? (["REVOKE SELECT ON schema_migration FROM \(role)"], "permission denied")
+            : (["REVOKE USAGE ON SCHEMA public FROM PUBLIC", "REVOKE USAGE ON SCHEMA public FROM \(role)"], "no USAGE on schema public")
+        for statement in revoke { try await TestStore.execute(statement, on: ownerLocation) }
+
+        let location = try StorageLocation(runtimeArgument)
+        for tool in ["openCurrent", "open"] {
+            do {
+                let opened = tool == "open"
+                    ? try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
+                    : try await AccountDatabase.openCurrent(location, poolSize: 1, logger: Self.logger)
+                await opened.close()
+                Issue.record("\(tool): opened without \(missing)")
+            } catch let error as StorageError {
+                #expect("\(error)".contains(expected), "\(tool): \(error)")
+                #expect(!"\(error)".contains("older") && !"\(error)".contains("run `account-server migrate`"), "\(tool): \(error)")
+            }
+        }
+
+        _ = try await AccountDatabase.migrate(.postgres(ownerLocation), grantingTo: role, logger: Self.logger)
+        let current = try await AccountDatabase.openCurrent(location, poolSize: 1, logger: Self.logger)
+        #expect(try await current.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
+        await current.close()
+        let served = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
+        await served.close()
+    }
+
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS
     /// at all (the server wants it): refused within seconds, with the reason.
     @Test(arguments: ["wrong-ca", "wrong-password", "no-tls"])

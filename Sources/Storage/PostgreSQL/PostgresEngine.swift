@@ -455,7 +455,7 @@ public final class PostgresEngine: StorageEngine {
                     defer { try? transaction.run("SELECT pg_advisory_unlock(\(Self.migrationLock))") }
                     // Read before any DDL: the runtime role (no CREATE on the schema) opens an
                     // up-to-date database without needing a privilege it does not have.
-                    let exists = try Bool.fetchOne(transaction, sql: "SELECT to_regclass('schema_migration') IS NOT NULL") ?? false
+                    let exists = try Self.bookkeepingExists(transaction, role: self.location.username)
                     let applied = exists ? Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration")) : []
                     let pending = schema.postgres.filter { !applied.contains($0.name) }
                     guard !pending.isEmpty else { return }
@@ -498,6 +498,25 @@ public final class PostgresEngine: StorageEngine {
             case let other: throw other
             }
         }
+    }
+
+    /// Whether the migrations' bookkeeping table exists, as `role` sees it. A role with no
+    /// USAGE on any schema of its search path sees no table at all: PostgreSQL names nothing
+    /// for it (`to_regclass` is NULL, `current_schema()` too), so the database would pass for
+    /// an empty one and the operator be told to migrate it. That is said as what it is.
+    public static func bookkeepingExists(_ db: any SQLTransaction, role: String) throws -> Bool {
+        guard let row = try SQLRow.fetchOne(db, sql: """
+            SELECT to_regclass('schema_migration') IS NOT NULL AS found, current_schema() IS NOT NULL AS has_schema
+            """) else { return false }
+        let found: Bool = row["found"]
+        let hasSchema: Bool = row["has_schema"]
+        guard found || hasSchema else {
+            throw StorageError.configuration("""
+                the role \(role) may use no schema of its search path (no USAGE on schema public): the schema owner \
+                grants it with `account-server migrate --grant-to \(role)`
+                """)
+        }
+        return found
     }
 
     public func appliedMigrations() async throws -> [String] {
