@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
+import NIOCore
 @testable import Storage
 import StorageTesting
 import Testing
@@ -117,4 +119,101 @@ struct StoreCopyTests {
         await target.close()
         await source.close()
     }
+
+    /// The copy's transaction is serializable, and PostgreSQL may refuse its commit (another
+    /// client read and wrote a table it copies, meanwhile): the engine runs it again, and the
+    /// run again starts from nothing. Here a real serialization failure: after the first
+    /// attempt has copied everything, another client (psql) reads a target table and writes
+    /// to it (a row added and removed, so the table is empty again; an integer-keyed one: the
+    /// text-keyed table's check index locks it until the copy ends), and a row is committed
+    /// to the source file. The first attempt's commit is refused; the second copies the
+    /// source as it is now (its new row included), in one piece, and its check agrees.
+    @Test func aCopyRefusedAtCommitIsRunAgainFromAFreshSnapshot() async throws {
+        guard TestStore.kind == .postgres else { return }
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let source = try await Self.source(in: directory)
+        let admin = try TestStore.administrator()
+        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        try await TestStore.execute("CREATE DATABASE \(name)", on: admin)
+        let location = admin.with(database: name)
+        let inner = try PostgresEngine(location: location, poolSize: 2, logger: Logger(label: "test"))
+        try await inner.migrate(Schema(sqlite: [], postgres: [Migration("probe", """
+            CREATE TABLE probe (name TEXT NOT NULL, n BIGINT NOT NULL, flag BOOLEAN NOT NULL, note TEXT, PRIMARY KEY (name, n));
+            CREATE TABLE tally (id BIGINT PRIMARY KEY, total BIGINT NOT NULL)
+            """)]))
+        try await source.write { db in
+            try db.execute(sql: "CREATE TABLE tally (id INTEGER PRIMARY KEY, total INTEGER NOT NULL)")
+            for id in 1...5 { try db.execute(sql: "INSERT INTO tally (id, total) VALUES (?, ?)", arguments: [id, id * 10]) }
+        }
+        let tally = CopiedTable("tally", orderBy: ["id"])
+        let sourcePath = source.path
+        let target = InterleavedEngine(inner: inner) {
+            let other = try TestStore.runInAnotherPostgresClient(location, """
+                BEGIN ISOLATION LEVEL SERIALIZABLE;
+                SELECT COUNT(*) FROM tally;
+                INSERT INTO tally (id, total) VALUES (1000, 0);
+                DELETE FROM tally WHERE id = 1000;
+                COMMIT;
+                """)
+            #expect(other == 0, "the other client's transaction failed")
+            #expect(try TestStore.commitFromAnotherProcess(path: sourcePath, "INSERT INTO probe (name, n, flag) VALUES ('late', 0, 1)") == 0)
+        }
+
+        let reports = try await StoreCopy(tables: [Self.table, tally], pageSize: 4).copy(fromSQLiteFile: source.path, to: target)
+        #expect(target.attempts == 2, "the first commit was refused and the copy run again")
+        let rows = Self.names.count * 3 + 1
+        #expect(reports.count == 2 && reports.allSatisfy(\.matches), "\(reports)")
+        #expect(reports.first?.sourceRows == rows && reports.first?.targetRows == rows && reports.last?.targetRows == 5, "\(reports)")
+        let now = try await source.read { db in StoreCopy.checksum(try db.fetchAll(sql: "SELECT * FROM probe ORDER BY name, n", arguments: [])) }
+        #expect(reports.first?.sourceChecksum == now, "the source as it is after the first attempt")
+        #expect(try await inner.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM probe WHERE name = 'late'") } == 1)
+        #expect(try await inner.read { db in try Int.fetchOne(db, sql: "SELECT SUM(total)::BIGINT FROM tally") } == 150)
+        await inner.close()
+        await source.close()
+    }
+}
+
+/// A PostgreSQL engine whose write blocks, at the end of their first attempt only, run
+/// `interleave` (another client's work) before the transaction commits, and count attempts.
+final class InterleavedEngine: StorageEngine {
+    let inner: PostgresEngine
+    let interleave: @Sendable () throws -> Void
+    private let count = NIOLockedValueBox(0)
+
+    init(inner: PostgresEngine, interleave: @escaping @Sendable () throws -> Void) {
+        self.inner = inner
+        self.interleave = interleave
+    }
+
+    var attempts: Int { count.withLockedValue { $0 } }
+
+    var kind: StorageKind { inner.kind }
+    func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await inner.write { [count, interleave] db in
+            let result = try block(db)
+            let attempt = count.withLockedValue { count in
+                count += 1
+                return count
+            }
+            if attempt == 1 { try interleave() }
+            return result
+        }
+    }
+    func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.read(block) }
+    func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await inner.readBetweenWrites(block)
+    }
+    func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.pointRead(block) }
+    func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        inner.loopRead(sql: sql, arguments: arguments, on: eventLoop)
+    }
+    func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
+        try inner.loopReadNow(sql: sql, arguments: arguments, on: eventLoop)
+    }
+    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { inner.loopCommitStamp(on: eventLoop) }
+    func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
+    func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
+    func compact() async throws { try await inner.compact() }
+    func close() async { await inner.close() }
 }

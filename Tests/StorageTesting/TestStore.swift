@@ -140,3 +140,23 @@ extension TestStore {
         return python.terminationStatus
     }
 }
+
+extension TestStore {
+    /// Runs `sql` (statements, a transaction of its own) with `psql`, another PostgreSQL
+    /// client, on the database `location` names, and waits for it: work no connection of
+    /// this process did. Stops at the first error; returns psql's exit status (0: done).
+    public static func runInAnotherPostgresClient(_ location: PostgresLocation, _ sql: String) throws -> Int32 {
+        let psql = Process()
+        psql.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        psql.arguments = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", location.host, "-p", "\(location.port)",
+                          "-U", location.username, "-d", location.database, "-c", sql]
+        var environment = ProcessInfo.processInfo.environment
+        environment["PGPASSWORD"] = location.password ?? ""
+        environment["PGSSLMODE"] = location.tls == .disable ? "disable" : "require"
+        psql.environment = environment
+        psql.standardOutput = FileHandle.nullDevice
+        try psql.run()
+        psql.waitUntilExit()
+        return psql.terminationStatus
+    }
+}
