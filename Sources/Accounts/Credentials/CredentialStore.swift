@@ -19,7 +19,8 @@ public enum PasswordStepOutcome: Sendable, Equatable {
 
 /// Why a password reset was refused.
 public enum PasswordResetError: Error, Sendable, Equatable {
-    /// Unknown, expired, already used, or superseded by a newer link: the same answer for all.
+    /// Unknown, expired, already used, or voided (a password set through another link, the
+    /// e-mail changed, the account deactivated): the same answer for all.
     case invalidToken
     case policy([PasswordPolicyViolation])
 }
@@ -186,9 +187,12 @@ public final class CredentialStore: Sendable {
     // MARK: Forgotten password
 
     /// Issues a reset link for the account using `email`, if there is one, and queues the
-    /// mail in the same transaction; older links of the account are voided. Nothing is issued
-    /// while the account's live link is younger than `resetRequestInterval`. The caller gives
-    /// the same answer either way (no enumeration).
+    /// mail in the same transaction. Nothing is issued while the account's newest live link
+    /// is younger than `resetRequestInterval` (a bound on the mails anyone who knows the
+    /// address can send). Older links stay usable until they expire or a password is set
+    /// through any of them (as Keycloak's and Django's do): a request from someone else cannot
+    /// void the link the regulator is about to open. The caller gives the same answer either
+    /// way (no enumeration).
     public func requestPasswordReset(email: String, makeMail: @escaping @Sendable (_ token: String, _ account: AccountRow) -> OutgoingMail,
                                      actor: AuditActor) async throws {
         let at = now
@@ -208,8 +212,6 @@ public final class CredentialStore: Sendable {
                 return
             }
             let token = SecretToken.generate()
-            try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
-                           arguments: [at.epochMilliseconds, row.id])
             try db.execute(sql: "INSERT INTO password_reset_token (token_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
                            arguments: [SecretToken.hash(token), row.id, at.epochMilliseconds, at.addingTimeInterval(lifetime).epochMilliseconds])
             try self.outbox.enqueue(makeMail(token, row), at: at, in: db)
@@ -231,8 +233,9 @@ public final class CredentialStore: Sendable {
     }
 
     /// Sets a new password through a reset link: policy checked, argon2id off the event loop,
-    /// then one transaction that spends the link, stores the hash, clears the reset flag and
-    /// revokes every session of the account. The lockout stays: someone holding a phished
+    /// then one transaction that spends the link, voids the account's other live links (a
+    /// link mailed before the password changed must not change it again), stores the hash,
+    /// clears the reset flag and revokes every session of the account. The lockout stays: someone holding a phished
     /// password *and* the mailbox must not buy a fresh run of code guesses with a reset; only
     /// a completed sign-in (or the lockout's end, or an admin `unlock`) clears it.
     public func resetPassword(token: String, newPassword: String, actor: AuditActor) async throws -> Result<String, PasswordResetError> {
@@ -245,6 +248,8 @@ public final class CredentialStore: Sendable {
             // Re-checked inside the transaction: two tabs submitting the same link, one wins.
             guard let current = try self.usableResetAccount(token, at: at, in: db), current.id == row.id else { return .failure(.invalidToken) }
             try db.execute(sql: "UPDATE password_reset_token SET used_at = ? WHERE token_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(token)])
+            try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
+                           arguments: [at.epochMilliseconds, row.id])
             try db.execute(sql: """
                 UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
