@@ -34,6 +34,19 @@ struct StoreCopyTests {
         return engine
     }
 
+    /// A new PostgreSQL database (`options`: its collation, say) with the probe table, and
+    /// any table `alsoCreating` makes, as the administrator.
+    static func postgresTarget(options: String = "", alsoCreating: String? = nil) async throws -> (PostgresLocation, PostgresEngine) {
+        let admin = try TestStore.administrator()
+        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        try await TestStore.execute("CREATE DATABASE \(name)\(options)", on: admin)
+        let location = admin.with(database: name)
+        let engine = try PostgresEngine(location: location, poolSize: 2, logger: Logger(label: "test"))
+        let probe = "CREATE TABLE probe (name TEXT NOT NULL, n BIGINT NOT NULL, flag BOOLEAN NOT NULL, note TEXT, PRIMARY KEY (name, n))"
+        try await engine.migrate(Schema(sqlite: [], postgres: [Migration("probe", [probe, alsoCreating].compactMap { $0 }.joined(separator: ";\n"))]))
+        return (location, engine)
+    }
+
     static func directory() throws -> URL {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("copy-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -96,13 +109,7 @@ struct StoreCopyTests {
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let source = try await Self.source(in: directory)
-        let admin = try TestStore.administrator()
-        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
-        try await TestStore.execute("CREATE DATABASE \(name) TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'", on: admin)
-        let target = try PostgresEngine(location: admin.with(database: name), poolSize: 2, logger: Logger(label: "test"))
-        try await target.migrate(Schema(sqlite: [], postgres: [Migration("probe", """
-            CREATE TABLE probe (name TEXT NOT NULL, n BIGINT NOT NULL, flag BOOLEAN NOT NULL, note TEXT, PRIMARY KEY (name, n))
-            """)]))
+        let (_, target) = try await Self.postgresTarget(options: " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'")
         // The database's own order is not the bytes' order: what the copy must not depend on.
         let natural = try await target.read { db in
             try String.fetchAll(db, sql: "SELECT x FROM (VALUES ('B'), ('a')) AS v(x) ORDER BY x")
@@ -133,15 +140,7 @@ struct StoreCopyTests {
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let source = try await Self.source(in: directory)
-        let admin = try TestStore.administrator()
-        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
-        try await TestStore.execute("CREATE DATABASE \(name)", on: admin)
-        let location = admin.with(database: name)
-        let inner = try PostgresEngine(location: location, poolSize: 2, logger: Logger(label: "test"))
-        try await inner.migrate(Schema(sqlite: [], postgres: [Migration("probe", """
-            CREATE TABLE probe (name TEXT NOT NULL, n BIGINT NOT NULL, flag BOOLEAN NOT NULL, note TEXT, PRIMARY KEY (name, n));
-            CREATE TABLE tally (id BIGINT PRIMARY KEY, total BIGINT NOT NULL)
-            """)]))
+        let (location, inner) = try await Self.postgresTarget(alsoCreating: "CREATE TABLE tally (id BIGINT PRIMARY KEY, total BIGINT NOT NULL)")
         try await source.write { db in
             try db.execute(sql: "CREATE TABLE tally (id INTEGER PRIMARY KEY, total INTEGER NOT NULL)")
             for id in 1...5 { try db.execute(sql: "INSERT INTO tally (id, total) VALUES (?, ?)", arguments: [id, id * 10]) }
