@@ -179,11 +179,23 @@ struct AdminTests {
         let sessionCookie = try #require(signedIn.headers.first(name: "Set-Cookie"))
         #expect(sessionCookie.contains("HttpOnly") && sessionCookie.contains("SameSite=Strict"))
         let session = [("Cookie", String(sessionCookie.split(separator: ";")[0]))]
-        let search = try await admin.send(.GET, "/?q=jules", headers: session, authorization: "")
+        // The page wants the session's token in its address as well as the cookie: browsers
+        // send the cookie to every port of localhost, and whoever reads it there gets the
+        // sign-in form, not the page nor its forms' tokens.
+        let landing = try #require(signedIn.headers.first(name: "Location"))
+        let pageToken = try #require(landing.firstMatch(of: /^\/\?csrf=([A-Za-z0-9_-]{40,})$/).map { String($0.1) }, "\(landing)")
+        for (what, path, headers) in [("the cookie alone", "/?q=jules", session), ("a wrong token", "/?q=jules&csrf=\(loginCSRF)", session),
+                                      ("the token alone", "/?q=jules&csrf=\(pageToken)", [])] {
+            let page = try await admin.send(.GET, path, headers: headers, authorization: "")
+            #expect(page.body.contains("form-connexion") && !page.body.contains("Retirer") && !page.body.contains(pageToken), "\(what)")
+        }
+        let search = try await admin.send(.GET, "/?csrf=\(pageToken)&q=jules", headers: session, authorization: "")
         #expect(search.status == 200 && search.body.contains("<html lang=\"fr\"") && search.body.contains("Retirer l’habilitation"))
         #expect(search.headers.first(name: "Content-Security-Policy")?.contains("default-src 'none'") == true)
+        #expect(search.headers.first(name: "Referrer-Policy") == "no-referrer", "the token in the address goes nowhere else")
         let action = try #require(search.body.firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
         let csrf = try #require(search.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        #expect(csrf == pageToken, "the search form carries it on")
 
         // Without the CSRF token, from another site, without the session, or with the token
         // of another session: refused, nothing changes.
@@ -203,8 +215,8 @@ struct AdminTests {
 
         let done = try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules&motif=fraude", headers: form + session + [("Origin", world.server.adminURL)],
                                         authorization: "")
-        #expect(done.status == 303 && done.headers.first(name: "Location") == "/?q=jules&message=suspendu", "\(done.status) \(done.body)")
-        let after = try await admin.send(.GET, "/?q=jules&message=suspendu", headers: session, authorization: "")
+        #expect(done.status == 303 && done.headers.first(name: "Location") == "/?csrf=\(pageToken)&q=jules&message=suspendu", "\(done.status) \(done.body)")
+        let after = try await admin.send(.GET, "/?csrf=\(pageToken)&q=jules&message=suspendu", headers: session, authorization: "")
         #expect(after.body.contains("data-suspendu=\"oui\"") && after.body.contains("Rétablir l’habilitation") && after.body.contains("id=\"message\""))
         let event = try #require(try await world.server.auditEvents().last { $0.action == "habilitation-withdrawn" })
         #expect(event.actorSubject == "admin-page" && event.detail?.contains("fraude") == true && event.requestId != nil, "\(event)")
@@ -214,7 +226,7 @@ struct AdminTests {
         let access = try await world.server.auditEvents().filter { $0.action.hasPrefix("admin-sign") }.map { "\($0.action) \($0.outcome)" }
         #expect(access == ["admin-sign-in refused wrong-token", "admin-sign-in accepted", "admin-sign-out ok"],
                 "three wrong tokens in a minute from one address, one event: \(access)")
-        #expect(try await admin.send(.GET, "/?q=jules", headers: session, authorization: "").body.contains("form-connexion"))
+        #expect(try await admin.send(.GET, "/?csrf=\(pageToken)&q=jules", headers: session, authorization: "").body.contains("form-connexion"))
         await admin.shutdown()
         await world.stop()
     }

@@ -19,7 +19,8 @@ struct HeadlessBrowserTests {
 
     /// The vendor admin's page in a real browser: sign-in with the token in the page's form, search, one
     /// click withdraws the habilitation (the form's CSRF token and same-origin checks pass as
-    /// a browser sends them), the page then shows the suspension and the restore button.
+    /// a browser sends them), the page then shows the suspension and the restore button; a
+    /// reload keeps the page, and its address without the session's token shows the sign-in.
     @Test func chromiumWithdrawsAHabilitationFromTheAdminPage() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)
@@ -33,6 +34,8 @@ struct HeadlessBrowserTests {
         #expect((run.result["message"] as? String)?.contains("Habilitation retirée") == true, "\(run.result)")
         #expect(run.result["suspended_shown"] as? Bool == true && run.result["restore_button"] as? Bool == true)
         #expect(run.result["query_kept"] as? String == "marius")
+        #expect(run.result["token_in_address"] as? Bool == true && run.result["reload_kept_the_page"] as? Bool == true, "\(run.result)")
+        #expect(run.result["cookie_alone"] as? String == "sign-in form", "\(run.result)")
         let event = try #require(try await server.auditEvents().last { $0.action == "habilitation-withdrawn" })
         #expect(event.actorSubject == "admin-page" && event.detail?.contains("Départ du service") == true)
         await server.stop()

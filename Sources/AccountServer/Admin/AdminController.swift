@@ -72,9 +72,9 @@ struct AdminController: Sendable {
         api.post("accounts/:ref/unlock") { request, context in try await self.act("unlock", request, context) }
         api.get("audit") { request, _ in try await self.audit(request) }
 
-        router.get("/") { request, _ in
-            guard sessions.validate(WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)) else { return self.signInPage(request, error: false) }
-            return try await self.searchPage(request, notice: nil)
+        router.get("/") { request, context in
+            guard let session = self.pageSession(request, context) else { return self.signInPage(request, error: false) }
+            return try await self.searchPage(request, session: session, notice: nil)
         }
         router.post("connexion") { request, context in try await self.signIn(request, context) }
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
@@ -242,7 +242,7 @@ struct AdminController: Sendable {
         context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)"])
         await administration.recordAccessLogged("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page"),
                                                 requestID: context.requestID, logger: context.logger)
-        return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), session, secure: secure)])
+        return WebController.redirect(pageAddress(session: session), cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), session, secure: secure)])
     }
 
     func signOut(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
@@ -266,32 +266,61 @@ struct AdminController: Sendable {
         return (id, fields)
     }
 
-    func searchPage(_ request: Request, notice: String?) async throws -> Response {
+    /// The session a page request (a GET) belongs to: a live session cookie **and** that
+    /// session's page token in the address (`csrf`, the token its forms carry). Browsers send
+    /// cookies to every port of a host, so over plain HTTP on `localhost` the cookie also
+    /// reaches the admin's other local services (a development server, a notebook); with the
+    /// token required, whoever reads it there holds nothing usable: the page and its forms'
+    /// tokens come only with the token, which only this page's own origin ever sees (no
+    /// cookie, no Referer: `Referrer-Policy: no-referrer`). Nil: show the sign-in form.
+    func pageSession(_ request: Request, _ context: AdminRequestContext) -> String? {
+        guard let cookie = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers) else { return nil }
+        let submitted = (try? QueryParameters(query: request.uri.query))?.first("csrf") ?? ""
+        // Checked before the session is looked up: a cookie without its token does not even
+        // extend the session's idle time.
+        guard SecretToken.constantTimeEquals(Array(csrf.token(for: cookie).utf8), Array(submitted.utf8)) else {
+            if sessions.isLive(cookie) {
+                context.logger.notice("admin page: a live session's cookie without its page token (sign-in form shown)",
+                                      metadata: ["address": "\(context.clientAddress)"])
+            }
+            return nil
+        }
+        return sessions.validate(cookie) ? cookie : nil
+    }
+
+    /// Where the page goes after a sign-in or an action: the search, with the session's page
+    /// token (see ``pageSession(_:_:)``), the query kept and a message.
+    func pageAddress(session: String, query: String = "", message: String? = nil) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        var address = "/?csrf=\(csrf.token(for: session))"
+        if !query.isEmpty { address += "&q=" + (query.addingPercentEncoding(withAllowedCharacters: allowed) ?? "") }
+        if let message { address += "&message=\(message)" }
+        return address
+    }
+
+    func searchPage(_ request: Request, session: String, notice: String?) async throws -> Response {
         let query = (try? QueryParameters(query: request.uri.query)) ?? .empty
         let text = query.first("q") ?? ""
         let accounts = text.isEmpty ? [] : try await administration.search(text, limit: 50)
         let message = notice ?? query.first("message").flatMap(AdminPages.message(code:))
-        let session = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers) ?? ""
         return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrf.token(for: session), notice: message))
     }
 
     func pageAction(suspend: Bool, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        guard let (_, fields) = try await sessionForm(request, context) else { return formRefused }
+        guard let (session, fields) = try await sessionForm(request, context) else { return formRefused }
         let id = context.parameters.get("id") ?? ""
         let actor = actor(context, via: "admin-page")
         let result = suspend
             ? try await administration.suspend(accountID: id, reason: fields["motif"], actor: actor, requestID: context.requestID)
             : try await administration.restore(accountID: id, actor: actor, requestID: context.requestID)
         guard let result else {
-            return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: ("/", "Retour")), status: .notFound)
+            return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: (pageAddress(session: session), "Retour")), status: .notFound)
         }
         if result.changed { metrics.adminAction(suspend ? "suspend" : "restore") }
         context.logger.notice("admin action", metadata: ["action": "\(suspend ? "suspend" : "restore")", "account_id": "\(id)", "via": "page"])
-        var allowed = CharacterSet.alphanumerics
-        allowed.insert(charactersIn: "-._~")
-        let back = (fields["q"] ?? "").addingPercentEncoding(withAllowedCharacters: allowed) ?? ""
         let code = suspend ? (result.changed ? "suspendu" : "deja-suspendu") : (result.changed ? "retabli" : "deja-retabli")
-        return WebController.redirect("/?q=\(back)&message=\(code)")
+        return WebController.redirect(pageAddress(session: session, query: fields["q"] ?? "", message: code))
     }
 }
 

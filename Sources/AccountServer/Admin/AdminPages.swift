@@ -91,6 +91,7 @@ enum AdminPages {
         return Pages.layout("Administration des comptes régulateurs", """
             \(banner)
             <form method="get" action="/" id="form-recherche">
+            <input type="hidden" name="csrf" value="\(csrf)">
             <label for="q">Rechercher un compte</label>
             <input id="q" name="q" value="\(query)" type="search" autofocus>
             <button type="submit">Rechercher</button>

@@ -4,7 +4,9 @@ import Synchronization
 
 /// Sessions of the admin page. The admin types the admin token once into the sign-in form;
 /// the browser then holds a random session id in an `HttpOnly; SameSite=Strict` cookie, and
-/// every form carries a CSRF token bound to that session (the regulator pages' mechanism).
+/// every form carries a CSRF token bound to that session (the regulator pages' mechanism);
+/// the page itself (a GET) also wants that token, in its address, so the cookie alone is
+/// not a session (see `AdminController.pageSession`).
 /// Nothing the browser caches or sends by itself (HTTP Basic credentials used to be) can
 /// authorise a request another site makes through it.
 ///
@@ -50,6 +52,12 @@ final class AdminSessions: Sendable {
             entries[hash] = entry
             return true
         }
+    }
+
+    /// Whether `token` names a live session, without extending it (for the logs).
+    func isLive(_ token: String) -> Bool {
+        let now = ContinuousClock.now
+        return entries.withLock { entries in entries[SecretToken.hash(token)].map { isLive($0, at: now) } ?? false }
     }
 
     func close(_ token: String?) {
