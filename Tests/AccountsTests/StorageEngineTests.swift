@@ -389,20 +389,27 @@ struct PostgresEngineTests {
         }
     }
 
-    /// A role that may not read the migrations' bookkeeping, or may use no schema at all, is
-    /// told so by the command-line tools (`openCurrent`) and by `serve` (`open`): never taken
-    /// for an empty database and told to run `account-server migrate`, which would not help.
-    /// The grants given back, both open again.
-    @Test(arguments: ["select", "usage"])
+    /// A role that may not read the migrations' bookkeeping, may not use the product's schema
+    /// (with or without a schema of its own: PostgreSQL's "$user" pattern), or whose
+    /// search_path names no usable schema,
+    /// is told so by the command-line tools (`openCurrent`) and by `serve` (`open`): never
+    /// taken for an empty database (which `serve` would then create a second time, empty, in
+    /// the role's own schema) nor told to run `account-server migrate`, which would not help.
+    /// The grants given back, both open again, and nothing was created in the role's schema.
+    @Test(arguments: ["select", "usage", "own-schema", "search-path"])
     func aRoleMissingGrantsIsToldSoNotToMigrate(_ missing: String) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("grants-\(UUID().uuidString)")
         let runtimeArgument = try await TestStore.argument(in: directory)
         guard case .postgres(var ownerLocation) = try StorageLocation(runtimeArgument) else { return }
         ownerLocation.username = try TestStore.administrator().username
         let role = TestStore.runtimeRole
-        let (revoke, expected) = missing == "select"
-            ? (["REVOKE SELECT ON schema_migration FROM \(role)"], "permission denied")
-            : (["REVOKE USAGE ON SCHEMA public FROM PUBLIC", "REVOKE USAGE ON SCHEMA public FROM \(role)"], "no USAGE on schema public")
+        let noUsage = ["REVOKE USAGE ON SCHEMA public FROM PUBLIC", "REVOKE USAGE ON SCHEMA public FROM \(role)"]
+        let (revoke, expected) = switch missing {
+        case "select": (["REVOKE SELECT ON schema_migration FROM \(role)"], "permission denied")
+        case "usage": (noUsage, "tables are in schema public, which the role \(role) may not use")
+        case "search-path": (["ALTER ROLE \(role) IN DATABASE \(ownerLocation.database) SET search_path = ''"], "sees no usable schema on its search_path")
+        default: (["CREATE SCHEMA \(role) AUTHORIZATION \(role)"] + noUsage, "tables are in schema public, which the role \(role) may not use")
+        }
         for statement in revoke { try await TestStore.execute(statement, on: ownerLocation) }
 
         let location = try StorageLocation(runtimeArgument)
@@ -420,11 +427,45 @@ struct PostgresEngineTests {
         }
 
         _ = try await AccountDatabase.migrate(.postgres(ownerLocation), grantingTo: role, logger: Self.logger)
+        if missing == "search-path" { try await TestStore.execute("ALTER ROLE \(role) IN DATABASE \(ownerLocation.database) RESET search_path", on: ownerLocation) }
         let current = try await AccountDatabase.openCurrent(location, poolSize: 1, logger: Self.logger)
         #expect(try await current.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
         await current.close()
         let served = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
+        let strays = try await served.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('public', 'pg_catalog', 'information_schema')")
+        }
+        #expect(strays == 0, "no table outside the product's schema")
         await served.close()
+    }
+
+    /// A role with a schema of its own first on its search path, and USAGE on the product's:
+    /// it reads the product as usual, but with a migration pending it would create the new
+    /// tables in its own schema, apart from the rest. Refused, naming both schemas.
+    @Test func aRoleWhoseOwnSchemaComesFirstDoesNotMigrateIntoIt() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("own-schema-\(UUID().uuidString)")
+        let runtimeArgument = try await TestStore.argument(in: directory)
+        guard case .postgres(var ownerLocation) = try StorageLocation(runtimeArgument) else { return }
+        ownerLocation.username = try TestStore.administrator().username
+        let role = TestStore.runtimeRole
+        try await TestStore.execute("CREATE SCHEMA \(role) AUTHORIZATION \(role)", on: ownerLocation)
+        let location = try StorageLocation(runtimeArgument)
+        let reading = try await AccountDatabase.openCurrent(location, poolSize: 1, logger: Self.logger)
+        #expect(try await reading.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name), "reads see the product")
+        await reading.close()
+
+        let last = try #require(AccountSchema.current.postgres.last?.name)
+        try await TestStore.execute("DELETE FROM schema_migration WHERE name = '\(last)'", on: ownerLocation)
+        do {
+            let opened = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
+            await opened.close()
+            Issue.record("migrated into its own schema")
+        } catch let error as StorageError {
+            #expect("\(error)".contains("in schema \(role)") && "\(error)".contains("in public") && "\(error)".contains(last), "\(error)")
+        }
+        let owner = try PostgresEngine(location: ownerLocation, poolSize: 1, logger: Self.logger)
+        #expect(try await owner.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = '\(role)'") } == 0)
+        await owner.close()
     }
 
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS

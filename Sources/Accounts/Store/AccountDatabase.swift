@@ -55,19 +55,16 @@ public final class AccountDatabase: Sendable {
     public static func openCurrent(_ location: StorageLocation, poolSize: Int = 2, logger: Logger) async throws -> AccountDatabase {
         let engine: any StorageEngine
         let expected: [String]
-        let role: String
         switch location {
         case .sqlite(let path):
             engine = try SQLiteEngine(path: path)
             expected = AccountSchema.current.sqlite.map(\.name)
-            role = ""
         case .postgres(let server):
             engine = try PostgresEngine(location: server, poolSize: poolSize, keepOpen: 0, logger: logger)
             expected = AccountSchema.current.postgres.map(\.name)
-            role = server.username
         }
         do {
-            let applied = try await appliedMigrations(of: engine, role: role)
+            let applied = try await appliedMigrations(of: engine)
             if Set(applied) != Set(expected) {
                 if Set(applied).isStrictSubset(of: Set(expected)) {
                     throw StorageError.configuration("""
@@ -89,12 +86,12 @@ public final class AccountDatabase: Sendable {
 
     /// The migrations applied; none when the bookkeeping table does not exist yet. Any other
     /// failure (PostgreSQL's "permission denied" for a role without SELECT on it, or a role
-    /// `role` that may use no schema at all) is thrown as it is, not taken for an empty database.
-    static func appliedMigrations(of engine: any StorageEngine, role: String) async throws -> [String] {
+    /// that may not use the product's schema) is thrown as it is, not taken for an empty database.
+    static func appliedMigrations(of engine: any StorageEngine) async throws -> [String] {
         let exists = try await engine.read { db in
             switch db.engine {
             case .sqlite: try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'grdb_migrations')") ?? false
-            case .postgres: try PostgresEngine.bookkeepingExists(db, role: role)
+            case .postgres: try PostgresEngine.bookkeeping(db).schema != nil
             }
         }
         return exists ? try await engine.appliedMigrations() : []

@@ -455,10 +455,20 @@ public final class PostgresEngine: StorageEngine {
                     defer { try? transaction.run("SELECT pg_advisory_unlock(\(Self.migrationLock))") }
                     // Read before any DDL: the runtime role (no CREATE on the schema) opens an
                     // up-to-date database without needing a privilege it does not have.
-                    let exists = try Self.bookkeepingExists(transaction, role: self.location.username)
+                    let bookkeeping = try Self.bookkeeping(transaction)
+                    let exists = bookkeeping.schema != nil
                     let applied = exists ? Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration")) : []
                     let pending = schema.postgres.filter { !applied.contains($0.name) }
                     guard !pending.isEmpty else { return }
+                    // A role whose search path starts with a schema of its own would create
+                    // the new tables there, apart from the product's.
+                    if let home = bookkeeping.schema, home != bookkeeping.currentSchema {
+                        throw StorageError.configuration("""
+                            the schema needs \(pending.map(\.name).joined(separator: ", ")), and the role \(self.location.username) \
+                            would create its tables in schema \(bookkeeping.currentSchema) (the first of its search_path), apart from \
+                            the product's in \(home): run `account-server migrate` with the schema owner's URL first
+                            """)
+                    }
                     do {
                         if !exists {
                             try transaction.run("CREATE TABLE schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
@@ -500,23 +510,50 @@ public final class PostgresEngine: StorageEngine {
         }
     }
 
-    /// Whether the migrations' bookkeeping table exists, as `role` sees it. A role with no
-    /// USAGE on any schema of its search path sees no table at all: PostgreSQL names nothing
-    /// for it (`to_regclass` is NULL, `current_schema()` too), so the database would pass for
-    /// an empty one and the operator be told to migrate it. That is said as what it is.
-    public static func bookkeepingExists(_ db: any SQLTransaction, role: String) throws -> Bool {
+    /// Where the migrations' bookkeeping table is, as the connected role sees it.
+    public struct Bookkeeping: Sendable, Equatable {
+        /// The schema holding `schema_migration`, found through the role's search path; nil
+        /// when there is none (an empty database).
+        public let schema: String?
+        /// The first usable schema of the role's search path: where an unqualified
+        /// `CREATE TABLE` (every migration's) puts its table.
+        public let currentSchema: String
+    }
+
+    /// Finds the bookkeeping table, and refuses to take a database for an empty one when the
+    /// role merely cannot see it: a role with no USAGE on the product's schema finds nothing
+    /// through its search path (`to_regclass` is NULL), and `current_schema()` is NULL when
+    /// no schema of that path is usable, or names the role's own schema (PostgreSQL's
+    /// "$user" pattern), where `serve` would then create a second, empty product. The
+    /// catalog (`pg_class`, `pg_namespace`) tells, whatever the privileges.
+    public static func bookkeeping(_ db: any SQLTransaction) throws -> Bookkeeping {
         guard let row = try SQLRow.fetchOne(db, sql: """
-            SELECT to_regclass('schema_migration') IS NOT NULL AS found, current_schema() IS NOT NULL AS has_schema
-            """) else { return false }
-        let found: Bool = row["found"]
-        let hasSchema: Bool = row["has_schema"]
-        guard found || hasSchema else {
+            SELECT current_user::text AS role, current_setting('search_path') AS search_path,
+                   current_schema()::text AS current_schema,
+                   (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = to_regclass('schema_migration')) AS found,
+                   (SELECT string_agg(n.nspname::text, ', ' ORDER BY n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relname = 'schema_migration' AND c.relkind = 'r' AND NOT has_schema_privilege(n.oid, 'USAGE')) AS hidden
+            """) else { throw StorageError.statementFailed("the bookkeeping query returned no row") }
+        let role: String = row["role"]
+        let current: String? = row[optional: "current_schema"]
+        if let found: String = row[optional: "found"] {
+            return Bookkeeping(schema: found, currentSchema: current ?? found)
+        }
+        if let hidden: String = row[optional: "hidden"] {
             throw StorageError.configuration("""
-                the role \(role) may use no schema of its search path (no USAGE on schema public): the schema owner \
-                grants it with `account-server migrate --grant-to \(role)`
+                this product's tables are in schema \(hidden), which the role \(role) may not use (no USAGE): the schema \
+                owner grants it with `account-server migrate --grant-to \(role)`
                 """)
         }
-        return found
+        guard let current else {
+            let path: String = row["search_path"]
+            throw StorageError.configuration("""
+                the role \(role) sees no usable schema on its search_path (\(path)): it needs USAGE on schema public \
+                (the schema owner grants it with `account-server migrate --grant-to \(role)`) and a search_path naming it
+                """)
+        }
+        return Bookkeeping(schema: nil, currentSchema: current)
     }
 
     public func appliedMigrations() async throws -> [String] {
