@@ -248,17 +248,20 @@ public final class VendorAdministration: Sendable {
         }
     }
 
-    /// Ends every session of the account ("sign out everywhere"), and the sign-ins under way
+    /// Ends every session of the account ("sign out everywhere"), the sign-ins under way
     /// (a flow waiting at its second factor or at the CGU would otherwise become a session
-    /// after the revocation).
+    /// after the revocation) and its live password reset links (one that leaked would
+    /// otherwise let its holder set a password and sign in again).
     public func revokeSessions(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
             let count = try SessionLedger().revokeAll(of: accountID, reason: "admin", at: at, in: db)
+            let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
-                                             requestID: requestID, identifier: nil, accountID: accountID, changes: [], detail: nil), in: db)
-            return AdminActionResult(accountID: accountID, changed: count > 0, sessions: count)
+                                             requestID: requestID, identifier: nil, accountID: accountID, changes: [],
+                                             detail: links > 0 ? "\(links) password reset link(s) voided" : nil), in: db)
+            return AdminActionResult(accountID: accountID, changed: count > 0 || links > 0, sessions: count)
         }
     }
 

@@ -84,7 +84,9 @@ public struct StoreCopy: Sendable {
         // The source is read inside it, from one snapshot (a consistent copy even while a
         // server writes to the file), page by page: a blocking read on the target
         // transaction's own thread (never one of Swift's cooperative pool), on a connection
-        // nothing else uses.
+        // nothing else uses. PostgreSQL may refuse the commit (a serialization failure): the
+        // engine then runs this block again, which starts from nothing, on a new snapshot of
+        // the source (`StoreCopyTests.aCopyRefusedAtCommitIsRunAgainFromAFreshSnapshot`).
         return try await target.write { db in
             for table in tables {
                 if let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)"), count > 0 {

@@ -147,11 +147,14 @@ struct CredentialStoreTests {
         let second = try #require(try await h.resetToken())
         #expect(try await h.store.resetPassword(token: "not-a-token", newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
         #expect(try await h.store.resetPassword(token: second, newPassword: "short", actor: h.actor) == .failure(.policy([.tooShort])))
-        #expect(try await h.store.accountForResetToken(first) != nil, "a refused password spends no link")
+        #expect(try await h.store.accountForResetToken(first) != nil, "a newer link leaves the older one usable")
+        #expect(try await h.store.accountForResetToken(second) != nil, "a refused password spends no link")
         #expect(try await h.store.resetPassword(token: second, newPassword: Self.password, actor: h.actor) == .success(h.accountID))
         #expect(try await h.store.resetPassword(token: second, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken))
         #expect(try await h.store.resetPassword(token: first, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken),
                 "the older link died with the password it was sent for")
+        let completed = try await h.accounts.auditEvents().last { $0.action == "password-reset-completed" }
+        #expect(completed?.detail == "1 other password reset link(s) voided", "\(String(describing: completed))")
         let third = try #require(try await h.resetToken())
         h.clock.advance(30 * 60 + 1)
         #expect(try await h.store.resetPassword(token: third, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken))
@@ -214,18 +217,27 @@ struct CredentialStoreTests {
     /// dies when the SAS deactivates the account; an update that changes neither keeps it.
     @Test func resetLinksDieWithTheirAddressOrTheAccount() async throws {
         let h = try await CredentialHarness()
+        // Two live links each time: every one dies, not only the newest.
+        let older = try #require(try await h.resetToken())
+        h.clock.advance(2 * 60 + 1)
         let kept = try #require(try await h.resetToken())
         _ = try await h.accounts.put(national, try Fixtures.record(family: "MARIUS-DURAND"))
-        #expect(try await h.store.accountForResetToken(kept) != nil, "a name change keeps the link")
+        for link in [older, kept] { #expect(try await h.store.accountForResetToken(link) != nil, "a name change keeps the links") }
 
         _ = try await h.accounts.put(national, try Fixtures.record(family: "MARIUS-DURAND", email: "jules.new@test.com"))
-        #expect(try await h.store.resetPassword(token: kept, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
+        for link in [older, kept] {
+            #expect(try await h.store.resetPassword(token: link, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
+        }
         let audit = try await h.accounts.auditEvents().last { $0.action == "conditional-update" }
-        #expect(audit?.detail?.contains("1 password reset link(s) voided") == true, "\(String(describing: audit))")
+        #expect(audit?.detail?.contains("2 password reset link(s) voided") == true, "\(String(describing: audit))")
 
+        let olderBeforeDeactivation = try #require(try await h.resetToken(email: "jules.new@test.com"))
+        h.clock.advance(2 * 60 + 1)
         let beforeDeactivation = try #require(try await h.resetToken(email: "jules.new@test.com"))
         _ = try await h.accounts.put(national, try Fixtures.record(active: false, family: "MARIUS-DURAND", email: "jules.new@test.com"))
-        #expect(try await h.store.resetPassword(token: beforeDeactivation, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
+        for link in [olderBeforeDeactivation, beforeDeactivation] {
+            #expect(try await h.store.resetPassword(token: link, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
+        }
     }
 
     @Test func unknownEmailQueuesNoMail() async throws {

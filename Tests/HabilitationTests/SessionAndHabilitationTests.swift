@@ -423,15 +423,32 @@ struct SessionAndHabilitationTests {
 
     /// The administration's "sign out everywhere" also ends the sign-ins under way: a flow
     /// past its second factor would otherwise become a session after the revocation.
+    /// "Sign out everywhere" ends the sign-ins under way, and the account's live password
+    /// reset links too (every one of them: a leaked link would otherwise set a password and
+    /// sign in again), and says so in the trail.
     @Test func signingOutEverywhereEndsTheSignInsUnderWay() async throws {
         let world = try await World()
         let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
         try await world.sessions.markSecondFactorDone(flowToken: flow)
-        let result = try await VendorAdministration(database: world.database, clock: { world.clock.now })
-            .revokeSessions(accountID: world.accountID, actor: AuditActor.commandLine)
-        #expect(result?.accountID == world.accountID)
+        let outbox = MailOutbox(box: try SecretBox(key: World.key))
+        let before = try await world.database.read { db in try outbox.due(at: .distantFuture, in: db) }.count
+        for _ in 0..<2 {
+            try await world.credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, account in
+                OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: token)
+            }, actor: world.actor)
+            world.clock.advance(2 * 60 + 1)
+        }
+        let links = try await world.database.read { db in try outbox.due(at: .distantFuture, in: db) }.dropFirst(before).compactMap { $0.mail?.body }
+        #expect(links.count == 2)
+        for link in links { #expect(try await world.credentials.accountForResetToken(link) != nil) }
+        let administration = VendorAdministration(database: world.database, clock: { world.clock.now })
+        let result = try await administration.revokeSessions(accountID: world.accountID, actor: AuditActor.commandLine)
+        #expect(result?.accountID == world.accountID && result?.changed == true)
         #expect(try await world.sessions.flow(flow) == nil)
         #expect(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor) == nil)
+        for link in links { #expect(try await world.credentials.accountForResetToken(link) == nil, "no reset link outlives it") }
+        let event = try #require(try await administration.auditEvents(accountID: world.accountID).last { $0.action == "sessions-revoked" })
+        #expect(event.detail == "2 password reset link(s) voided", "\(event)")
     }
 
     @Test func aFlowNeedsTheSecondFactor() async throws {

@@ -145,14 +145,18 @@ extension TestStore {
     /// Runs `sql` (statements, a transaction of its own) with `psql`, another PostgreSQL
     /// client, on the database `location` names, and waits for it: work no connection of
     /// this process did. Stops at the first error; returns psql's exit status (0: done).
+    /// Bounded: no password prompt, 10 s to connect, 10 s for a lock, 30 s a statement,
+    /// so a test whose psql waits for a lock the test itself holds fails instead of hanging.
     public static func runInAnotherPostgresClient(_ location: PostgresLocation, _ sql: String) throws -> Int32 {
         let psql = Process()
         psql.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        psql.arguments = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", location.host, "-p", "\(location.port)",
+        psql.arguments = ["psql", "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-h", location.host, "-p", "\(location.port)",
                           "-U", location.username, "-d", location.database, "-c", sql]
         var environment = ProcessInfo.processInfo.environment
         environment["PGPASSWORD"] = location.password ?? ""
         environment["PGSSLMODE"] = location.tls == .disable ? "disable" : "require"
+        environment["PGCONNECT_TIMEOUT"] = "10"
+        environment["PGOPTIONS"] = "-c lock_timeout=10s -c statement_timeout=30s"
         psql.environment = environment
         psql.standardOutput = FileHandle.nullDevice
         try psql.run()

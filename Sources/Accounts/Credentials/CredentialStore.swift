@@ -32,9 +32,9 @@ public struct CredentialConfiguration: Sendable {
     /// Hashes waiting or running beyond which a password check or reset throws
     /// ``PasswordHasher/Busy`` instead of queueing (`--argon2-queue`); nil: no limit.
     public var hashQueueLimit: Int?
-    /// A request for an account whose live link is younger than this issues nothing and
-    /// mails nothing: anyone who knows an address could otherwise void every link before the
-    /// regulator opens it (each new link voids the older one) and flood the mailbox.
+    /// A request for an account whose newest live link is younger than this issues nothing
+    /// and mails nothing: a bound on the links and mails anyone who knows an address can
+    /// cause (older links stay usable: see ``ResetLinkLedger``).
     public var resetRequestInterval: TimeInterval = 2 * 60
     public var totp: TOTP = TOTP()
 
@@ -189,10 +189,10 @@ public final class CredentialStore: Sendable {
     /// Issues a reset link for the account using `email`, if there is one, and queues the
     /// mail in the same transaction. Nothing is issued while the account's newest live link
     /// is younger than `resetRequestInterval` (a bound on the mails anyone who knows the
-    /// address can send). Older links stay usable until they expire or a password is set
-    /// through any of them (as Keycloak's and Django's do): a request from someone else cannot
-    /// void the link the regulator is about to open. The caller gives the same answer either
-    /// way (no enumeration).
+    /// address can send). Older links stay usable until they expire or ``ResetLinkLedger``
+    /// voids them all (a password set through any of them, among others): a request from
+    /// someone else cannot void the link the regulator is about to open. The caller gives the
+    /// same answer either way (no enumeration).
     public func requestPasswordReset(email: String, makeMail: @escaping @Sendable (_ token: String, _ account: AccountRow) -> OutgoingMail,
                                      actor: AuditActor) async throws {
         let at = now
@@ -248,13 +248,13 @@ public final class CredentialStore: Sendable {
             // Re-checked inside the transaction: two tabs submitting the same link, one wins.
             guard let current = try self.usableResetAccount(token, at: at, in: db), current.id == row.id else { return .failure(.invalidToken) }
             try db.execute(sql: "UPDATE password_reset_token SET used_at = ? WHERE token_hash = ?", arguments: [at.epochMilliseconds, SecretToken.hash(token)])
-            try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
-                           arguments: [at.epochMilliseconds, row.id])
+            let voided = try ResetLinkLedger().voidAll(of: row.id, at: at, in: db)
             try db.execute(sql: """
                 UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
             _ = try self.sessions.revokeAll(of: row.id, reason: "password-changed", at: at, in: db)
-            try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at), in: db)
+            try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at,
+                                             detail: voided > 0 ? "\(voided) other password reset link(s) voided" : nil), in: db)
             return .success(row.id)
         }
     }

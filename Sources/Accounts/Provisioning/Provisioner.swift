@@ -325,9 +325,7 @@ public final class Provisioner: Sendable {
         // (or sitting in an old mailbox) must no longer set the password.
         var voidedLinks = 0
         if emailChanged || (existing.active && !row.active) {
-            try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
-                           arguments: [now.epochMilliseconds, row.id])
-            voidedLinks = try db.changesCount
+            voidedLinks = try ResetLinkLedger().voidAll(of: row.id, at: now, in: db)
         }
 
         let kind: ProvisioningResult.Kind
