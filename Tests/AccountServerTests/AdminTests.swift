@@ -189,6 +189,13 @@ struct AdminTests {
             let page = try await admin.send(.GET, path, headers: headers, authorization: "")
             #expect(page.body.contains("form-connexion") && !page.body.contains("Retirer") && !page.body.contains(pageToken), "\(what)")
         }
+        // Nor does the sign-in form give it away: its token is bound to whatever the CSRF
+        // cookie holds, here the captured session id, under a key of its own.
+        let sessionID = String(sessionCookie.split(separator: ";")[0].split(separator: "=", maxSplits: 1)[1])
+        let bait = try await admin.send(.GET, "/", headers: [("Cookie", "as-admin-csrf=\(sessionID)")], authorization: "")
+        let baitToken = try #require(bait.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        #expect(baitToken != pageToken)
+        #expect(try await admin.send(.GET, "/?q=jules&csrf=\(baitToken)", headers: session, authorization: "").body.contains("form-connexion"))
         let search = try await admin.send(.GET, "/?csrf=\(pageToken)&q=jules", headers: session, authorization: "")
         #expect(search.status == 200 && search.body.contains("<html lang=\"fr\"") && search.body.contains("Retirer l’habilitation"))
         #expect(search.headers.first(name: "Content-Security-Policy")?.contains("default-src 'none'") == true)
@@ -210,6 +217,8 @@ struct AdminTests {
                 "cached Basic credentials are no session")
         #expect(try await admin.send(.POST, action, body: "csrf=\(loginCSRF)&q=jules", headers: form + session, authorization: "").status == 403,
                 "a token bound to another secret")
+        #expect(try await admin.send(.POST, action, body: "csrf=\(baitToken)&q=jules", headers: form + session, authorization: "").status == 403,
+                "the sign-in form's token for the session id")
         #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" || $0.action == "admin-sign-in" },
                 "nothing but the page's sign-in")
 

@@ -30,8 +30,13 @@ struct AdminController: Sendable {
     let metrics: ServerMetrics
     let token: AdminToken
     let sessions: AdminSessions
-    /// The regulator pages' CSRF mechanism, with its own key.
+    /// The regulator pages' CSRF mechanism, with its own key: the tokens of a session (its
+    /// forms, and its page's address: ``pageSession(_:_:)``).
     let csrf: CSRFProtection
+    /// The same for the sign-in form, under another key: its token is bound to whatever the
+    /// `as-admin-csrf` cookie holds, so under the session's key a request whose CSRF cookie
+    /// is a captured session id would be shown that session's token.
+    let signInCSRF: CSRFProtection
     /// Whether the listener is served over TLS (cookies are then `Secure`).
     let secure: Bool
     /// Token guesses on the page, per address (the API's are bounded by the token's 256 bits
@@ -40,6 +45,9 @@ struct AdminController: Sendable {
     /// Refused page sign-ins are audited at most once a minute per address: someone guessing
     /// shows in the trail, and guessing cannot grow the never-purged trail without bound.
     let refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
+    /// A session's cookie seen without its page token is logged at most once a minute per
+    /// address.
+    let cookieAloneLogged = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
 
     init(administration: VendorAdministration, readiness: ReadinessProbe, metrics: ServerMetrics, token: AdminToken, secretKey: [UInt8],
          secure: Bool, sessions: AdminSessions = AdminSessions()) {
@@ -49,7 +57,8 @@ struct AdminController: Sendable {
         self.token = token
         self.sessions = sessions
         self.secure = secure
-        self.csrf = CSRFProtection(key: secretKey, publicOrigin: "", purpose: "admin-csrf")
+        self.csrf = CSRFProtection(key: secretKey, publicOrigin: "", purpose: "admin-session")
+        self.signInCSRF = CSRFProtection(key: secretKey, publicOrigin: "", purpose: "admin-sign-in")
     }
 
     func addRoutes(to router: Router<AdminRequestContext>) {
@@ -215,7 +224,7 @@ struct AdminController: Sendable {
             secret = SecretToken.generate()
             cookies.append(AdminSessions.setCookie(AdminSessions.csrfCookie(secure: secure), secret, secure: secure))
         }
-        return WebController.page(AdminPages.signIn(csrf: csrf.token(for: secret), error: error), status: error ? .unauthorized : .ok, cookies: cookies)
+        return WebController.page(AdminPages.signIn(csrf: signInCSRF.token(for: secret), error: error), status: error ? .unauthorized : .ok, cookies: cookies)
     }
 
     func signIn(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
@@ -226,7 +235,7 @@ struct AdminController: Sendable {
         }
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = FormBody.parse(Array(body.readableBytesView))
-        guard csrf.isValid(fields: request.headers, submitted: fields["csrf"],
+        guard signInCSRF.isValid(fields: request.headers, submitted: fields["csrf"],
                            boundTo: WebCookie.value(named: AdminSessions.csrfCookie(secure: secure), in: request.headers), origin: ownOrigin(request)) else {
             return formRefused
         }
@@ -238,6 +247,8 @@ struct AdminController: Sendable {
             }
             return signInPage(request, error: true)
         }
+        // Signing in again replaces the browser's session: the one its cookie named ends.
+        sessions.close(WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers))
         let session = sessions.open()
         context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)"])
         await administration.recordAccessLogged("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page"),
@@ -258,8 +269,9 @@ struct AdminController: Sendable {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = FormBody.parse(Array(body.readableBytesView))
         let id = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)
-        guard sessions.validate(id), let id,
-              csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)) else {
+        // The token first: a cookie without it does not even extend the session.
+        guard let id, csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)),
+              sessions.validate(id) else {
             context.logger.notice("admin form refused: no session or CSRF check failed", metadata: ["address": "\(context.clientAddress)"])
             return nil
         }
@@ -279,7 +291,7 @@ struct AdminController: Sendable {
         // Checked before the session is looked up: a cookie without its token does not even
         // extend the session's idle time.
         guard SecretToken.constantTimeEquals(Array(csrf.token(for: cookie).utf8), Array(submitted.utf8)) else {
-            if sessions.isLive(cookie) {
+            if sessions.isLive(cookie), cookieAloneLogged.allow("admin-page", client: context.clientAddress) {
                 context.logger.notice("admin page: a live session's cookie without its page token (sign-in form shown)",
                                       metadata: ["address": "\(context.clientAddress)"])
             }
