@@ -70,6 +70,8 @@ public struct AdminActionResult: Sendable, Equatable {
     public var changed: Bool
     /// Sessions affected (revoked, or whose habilitation changes from their next request).
     public var sessions: Int
+    /// Live password reset links voided ("sign out everywhere").
+    public var resetLinks: Int = 0
 }
 
 /// The vendor admin's operations, shared by `account-server admin …` and the admin HTTP API.
@@ -261,7 +263,7 @@ public final class VendorAdministration: Sendable {
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: requestID, identifier: nil, accountID: accountID, changes: [],
                                              detail: links > 0 ? "\(links) password reset link(s) voided" : nil), in: db)
-            return AdminActionResult(accountID: accountID, changed: count > 0 || links > 0, sessions: count)
+            return AdminActionResult(accountID: accountID, changed: count > 0 || links > 0, sessions: count, resetLinks: links)
         }
     }
 

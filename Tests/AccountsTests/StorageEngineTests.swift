@@ -407,7 +407,7 @@ struct PostgresEngineTests {
         let (revoke, expected) = switch missing {
         case "select": (["REVOKE SELECT ON schema_migration FROM \(role)"], "permission denied")
         case "usage": (noUsage, "tables are in schema public, which the role \(role) may not use")
-        case "search-path": (["ALTER ROLE \(role) IN DATABASE \(ownerLocation.database) SET search_path = ''"], "sees no usable schema on its search_path")
+        case "search-path": (["ALTER ROLE \(role) IN DATABASE \(ownerLocation.database) SET search_path = ''"], "which is not on the search_path")
         default: (["CREATE SCHEMA \(role) AUTHORIZATION \(role)"] + noUsage, "tables are in schema public, which the role \(role) may not use")
         }
         for statement in revoke { try await TestStore.execute(statement, on: ownerLocation) }
@@ -461,11 +461,37 @@ struct PostgresEngineTests {
             await opened.close()
             Issue.record("migrated into its own schema")
         } catch let error as StorageError {
-            #expect("\(error)".contains("in schema \(role)") && "\(error)".contains("in public") && "\(error)".contains(last), "\(error)")
+            #expect("\(error)".contains("in schema \(role)") && "\(error)".contains("schema public") && "\(error)".contains(last), "\(error)")
         }
         let owner = try PostgresEngine(location: ownerLocation, poolSize: 1, logger: Self.logger)
         #expect(try await owner.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = '\(role)'") } == 0)
         await owner.close()
+    }
+
+    /// The product lives in schema `public` (the runtime role's grants assume it): an owner
+    /// whose search path starts with a schema of its own is refused on a new database, naming
+    /// the search_path to set, instead of creating the product where the grants do not reach.
+    /// The same owner with `public` first then migrates it.
+    @Test func theProductIsCreatedInPublicOrNotAtAll() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("public-\(UUID().uuidString)")
+        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
+        guard case .postgres(let owner) = location else { return }
+        try await TestStore.execute("CREATE SCHEMA \(owner.username) AUTHORIZATION \(owner.username)", on: owner)
+        do {
+            let opened = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
+            await opened.close()
+            Issue.record("migrated into the owner's own schema")
+        } catch let error as StorageError {
+            #expect("\(error)".contains("in schema \(owner.username)") && "\(error)".contains("search_path = public"), "\(error)")
+        }
+        let engine = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')") } == 0,
+                "nothing created anywhere")
+        await engine.close()
+        try await TestStore.execute("ALTER ROLE \(owner.username) IN DATABASE \(owner.database) SET search_path = public", on: owner)
+        let migrated = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
+        #expect(try await migrated.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
+        await migrated.close()
     }
 
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS

@@ -443,12 +443,19 @@ struct SessionAndHabilitationTests {
         for link in links { #expect(try await world.credentials.accountForResetToken(link) != nil) }
         let administration = VendorAdministration(database: world.database, clock: { world.clock.now })
         let result = try await administration.revokeSessions(accountID: world.accountID, actor: AuditActor.commandLine)
-        #expect(result?.accountID == world.accountID && result?.changed == true)
+        #expect(result?.accountID == world.accountID && result?.changed == true && result?.resetLinks == 2)
         #expect(try await world.sessions.flow(flow) == nil)
         #expect(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor) == nil)
         for link in links { #expect(try await world.credentials.accountForResetToken(link) == nil, "no reset link outlives it") }
         let event = try #require(try await administration.auditEvents(accountID: world.accountID).last { $0.action == "sessions-revoked" })
         #expect(event.detail == "2 password reset link(s) voided", "\(event)")
+        // An expired link is dead already: not voided again, not counted, nothing changed.
+        try await world.credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, account in
+            OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: token)
+        }, actor: world.actor)
+        world.clock.advance(30 * 60 + 1)
+        let again = try await administration.revokeSessions(accountID: world.accountID, actor: AuditActor.commandLine)
+        #expect(again?.changed == false && again?.resetLinks == 0, "\(String(describing: again))")
     }
 
     @Test func aFlowNeedsTheSecondFactor() async throws {

@@ -58,6 +58,7 @@ enum AdminJSON {
     }
 
     static func action(_ name: String, _ result: AdminActionResult) -> JSONValue {
-        .object(["id": .string(result.accountID), "action": .string(name), "changed": .bool(result.changed), "sessions": int(result.sessions)])
+        .object(["id": .string(result.accountID), "action": .string(name), "changed": .bool(result.changed), "sessions": int(result.sessions),
+                 "reset_links": int(result.resetLinks)])
     }
 }

@@ -128,7 +128,7 @@ struct AdminCommand: AsyncParsableCommand {
     }
 
     struct RevokeSessions: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "revoke-sessions", abstract: "End every session of the account.")
+        static let configuration = CommandConfiguration(commandName: "revoke-sessions", abstract: "End every session, sign-in under way and password reset link of the account.")
         @OptionGroup var options: DatabaseOptions
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
 

@@ -10,10 +10,12 @@ import Storage
 public struct ResetLinkLedger: Sendable {
     public init() {}
 
-    /// Voids every live link of the account; returns how many.
+    /// Voids every live link of the account (expired ones are dead already, and not
+    /// counted); returns how many.
     public func voidAll(of accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {
-        try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL",
-                       arguments: [at.epochMilliseconds, accountID])
+        try db.execute(sql: """
+            UPDATE password_reset_token SET voided_at = ? WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL AND expires_at > ?
+            """, arguments: [at.epochMilliseconds, accountID, at.epochMilliseconds])
         return try db.changesCount
     }
 }

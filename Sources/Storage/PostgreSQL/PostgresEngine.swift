@@ -456,17 +456,20 @@ public final class PostgresEngine: StorageEngine {
                     // Read before any DDL: the runtime role (no CREATE on the schema) opens an
                     // up-to-date database without needing a privilege it does not have.
                     let bookkeeping = try Self.bookkeeping(transaction)
-                    let exists = bookkeeping.schema != nil
+                    let exists = bookkeeping.exists
                     let applied = exists ? Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration")) : []
                     let pending = schema.postgres.filter { !applied.contains($0.name) }
                     guard !pending.isEmpty else { return }
                     // A role whose search path starts with a schema of its own would create
-                    // the new tables there, apart from the product's.
-                    if let home = bookkeeping.schema, home != bookkeeping.currentSchema {
+                    // the tables there: apart from the product's, or (a first migration)
+                    // where the runtime role's grants do not reach.
+                    if bookkeeping.currentSchema != Self.productSchema {
                         throw StorageError.configuration("""
                             the schema needs \(pending.map(\.name).joined(separator: ", ")), and the role \(self.location.username) \
-                            would create its tables in schema \(bookkeeping.currentSchema) (the first of its search_path), apart from \
-                            the product's in \(home): run `account-server migrate` with the schema owner's URL first
+                            would create its tables in schema \(bookkeeping.currentSchema) (the first usable schema of its search_path); \
+                            this product lives in schema public: put public first on that role's search_path \
+                            (ALTER ROLE \(self.location.username) SET search_path = public); migrations are the schema owner's \
+                            to run (`account-server migrate` with its URL)
                             """)
                     }
                     do {
@@ -512,48 +515,64 @@ public final class PostgresEngine: StorageEngine {
 
     /// Where the migrations' bookkeeping table is, as the connected role sees it.
     public struct Bookkeeping: Sendable, Equatable {
-        /// The schema holding `schema_migration`, found through the role's search path; nil
-        /// when there is none (an empty database).
-        public let schema: String?
+        /// Whether `public.schema_migration` exists (and the role reaches it through its
+        /// search path); false: an empty database.
+        public let exists: Bool
         /// The first usable schema of the role's search path: where an unqualified
         /// `CREATE TABLE` (every migration's) puts its table.
         public let currentSchema: String
     }
 
+    /// The product lives in schema `public`: the runtime role's grants
+    /// (``grantRuntimePrivileges(to:tables:appendOnly:)``) and a default search path assume it.
+    public static let productSchema = "public"
+
     /// Finds the bookkeeping table, and refuses to take a database for an empty one when the
-    /// role merely cannot see it: a role with no USAGE on the product's schema finds nothing
-    /// through its search path (`to_regclass` is NULL), and `current_schema()` is NULL when
-    /// no schema of that path is usable, or names the role's own schema (PostgreSQL's
-    /// "$user" pattern), where `serve` would then create a second, empty product. The
-    /// catalog (`pg_class`, `pg_namespace`) tells, whatever the privileges.
+    /// role merely cannot reach it: with no USAGE on `public`, or `public` missing from its
+    /// search path, `to_regclass` finds nothing, and `serve` would then create a second,
+    /// empty product in the role's own schema (PostgreSQL's "$user" pattern), or fail
+    /// saying to migrate. The catalog (`pg_class`, `pg_namespace`) tells, whatever the
+    /// privileges. A `schema_migration` table the search path reaches elsewhere (another
+    /// tool's, or a product created outside `public`) is refused too.
     public static func bookkeeping(_ db: any SQLTransaction) throws -> Bookkeeping {
         guard let row = try SQLRow.fetchOne(db, sql: """
             SELECT current_user::text AS role, current_setting('search_path') AS search_path,
                    current_schema()::text AS current_schema,
                    (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE c.oid = to_regclass('schema_migration')) AS found,
-                   (SELECT string_agg(n.nspname::text, ', ' ORDER BY n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE c.relname = 'schema_migration' AND c.relkind = 'r' AND NOT has_schema_privilege(n.oid, 'USAGE')) AS hidden
+                   EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = 'public' AND c.relname = 'schema_migration' AND c.relkind = 'r') AS in_public,
+                   COALESCE(has_schema_privilege('public', 'USAGE'), FALSE) AS public_usable
             """) else { throw StorageError.statementFailed("the bookkeeping query returned no row") }
         let role: String = row["role"]
+        let path: String = row["search_path"]
         let current: String? = row[optional: "current_schema"]
-        if let found: String = row[optional: "found"] {
-            return Bookkeeping(schema: found, currentSchema: current ?? found)
-        }
-        if let hidden: String = row[optional: "hidden"] {
+        let found: String? = row[optional: "found"]
+        let inPublic: Bool = row["in_public"]
+        let publicUsable: Bool = row["public_usable"]
+        if let found, found != productSchema {
             throw StorageError.configuration("""
-                this product's tables are in schema \(hidden), which the role \(role) may not use (no USAGE): the schema \
+                the role \(role) reaches a schema_migration table in schema \(found) through its search_path (\(path)), and \
+                this product lives in schema public: put public first on the role's search_path \
+                (ALTER ROLE \(role) SET search_path = public)
+                """)
+        }
+        if found == nil, inPublic {
+            throw StorageError.configuration(publicUsable ? """
+                this product's tables are in schema public, which is not on the search_path of the role \(role) (\(path)): \
+                put it there (ALTER ROLE \(role) SET search_path = public)
+                """ : """
+                this product's tables are in schema public, which the role \(role) may not use (no USAGE): the schema \
                 owner grants it with `account-server migrate --grant-to \(role)`
                 """)
         }
         guard let current else {
-            let path: String = row["search_path"]
             throw StorageError.configuration("""
                 the role \(role) sees no usable schema on its search_path (\(path)): it needs USAGE on schema public \
                 (the schema owner grants it with `account-server migrate --grant-to \(role)`) and a search_path naming it
                 """)
         }
-        return Bookkeeping(schema: nil, currentSchema: current)
+        return Bookkeeping(exists: found != nil, currentSchema: current)
     }
 
     public func appliedMigrations() async throws -> [String] {
