@@ -222,6 +222,11 @@ struct AdminTests {
         #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" || $0.action == "admin-sign-in" },
                 "nothing but the page's sign-in")
 
+        // An account that does not exist: a French page, and the way back keeps the search.
+        let unknown = try await admin.send(.POST, "/comptes/no-such-account/suspendre", body: "csrf=\(csrf)&q=jules", headers: form + session, authorization: "")
+        #expect(unknown.status == 404 && unknown.body.contains("Compte introuvable")
+                && unknown.body.contains("href=\"/?csrf=\(pageToken)&amp;q=jules\""), "\(unknown.body)")
+
         let done = try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules&motif=fraude", headers: form + session + [("Origin", world.server.adminURL)],
                                         authorization: "")
         #expect(done.status == 303 && done.headers.first(name: "Location") == "/?csrf=\(pageToken)&q=jules&message=suspendu", "\(done.status) \(done.body)")

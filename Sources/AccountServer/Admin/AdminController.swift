@@ -327,7 +327,7 @@ struct AdminController: Sendable {
             ? try await administration.suspend(accountID: id, reason: fields["motif"], actor: actor, requestID: context.requestID)
             : try await administration.restore(accountID: id, actor: actor, requestID: context.requestID)
         guard let result else {
-            return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: (pageAddress(session: session), "Retour")), status: .notFound)
+            return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: (pageAddress(session: session, query: fields["q"] ?? ""), "Retour")), status: .notFound)
         }
         if result.changed { metrics.adminAction(suspend ? "suspend" : "restore") }
         context.logger.notice("admin action", metadata: ["action": "\(suspend ? "suspend" : "restore")", "account_id": "\(id)", "via": "page"])
