@@ -389,14 +389,13 @@ struct PostgresEngineTests {
         }
     }
 
-    /// A role that may not read the migrations' bookkeeping, may not use the product's schema
-    /// (with or without a schema of its own: PostgreSQL's "$user" pattern), or whose
-    /// search_path names no usable schema,
-    /// is told so by the command-line tools (`openCurrent`) and by `serve` (`open`): never
-    /// taken for an empty database (which `serve` would then create a second time, empty, in
-    /// the role's own schema) nor told to run `account-server migrate`, which would not help.
-    /// The grants given back, both open again, and nothing was created in the role's schema.
-    @Test(arguments: ["select", "usage", "own-schema", "search-path"])
+    /// A role that may not read the migrations' bookkeeping, or may not use schema public
+    /// (with or without a schema of its own: PostgreSQL's "$user" pattern), is told so by the
+    /// command-line tools (`openCurrent`) and by `serve` (`open`): never taken for an empty
+    /// database (which `serve` would then create a second time, empty, in the role's own
+    /// schema) nor told to run `account-server migrate`, which would not help. The grants
+    /// given back, both open again, and nothing was created outside public.
+    @Test(arguments: ["select", "usage", "own-schema"])
     func aRoleMissingGrantsIsToldSoNotToMigrate(_ missing: String) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("grants-\(UUID().uuidString)")
         let runtimeArgument = try await TestStore.argument(in: directory)
@@ -407,7 +406,6 @@ struct PostgresEngineTests {
         let (revoke, expected) = switch missing {
         case "select": (["REVOKE SELECT ON schema_migration FROM \(role)"], "permission denied")
         case "usage": (noUsage, "tables are in schema public, which the role \(role) may not use")
-        case "search-path": (["ALTER ROLE \(role) IN DATABASE \(ownerLocation.database) SET search_path = ''"], "which is not on the search_path")
         default: (["CREATE SCHEMA \(role) AUTHORIZATION \(role)"] + noUsage, "tables are in schema public, which the role \(role) may not use")
         }
         for statement in revoke { try await TestStore.execute(statement, on: ownerLocation) }
@@ -427,7 +425,6 @@ struct PostgresEngineTests {
         }
 
         _ = try await AccountDatabase.migrate(.postgres(ownerLocation), grantingTo: role, logger: Self.logger)
-        if missing == "search-path" { try await TestStore.execute("ALTER ROLE \(role) IN DATABASE \(ownerLocation.database) RESET search_path", on: ownerLocation) }
         let current = try await AccountDatabase.openCurrent(location, poolSize: 1, logger: Self.logger)
         #expect(try await current.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
         await current.close()
@@ -439,59 +436,71 @@ struct PostgresEngineTests {
         await served.close()
     }
 
-    /// A role with a schema of its own first on its search path, and USAGE on the product's:
-    /// it reads the product as usual, but with a migration pending it would create the new
-    /// tables in its own schema, apart from the rest. Refused, naming both schemas.
-    @Test func aRoleWhoseOwnSchemaComesFirstDoesNotMigrateIntoIt() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("own-schema-\(UUID().uuidString)")
-        let runtimeArgument = try await TestStore.argument(in: directory)
-        guard case .postgres(var ownerLocation) = try StorageLocation(runtimeArgument) else { return }
-        ownerLocation.username = try TestStore.administrator().username
-        let role = TestStore.runtimeRole
-        try await TestStore.execute("CREATE SCHEMA \(role) AUTHORIZATION \(role)", on: ownerLocation)
-        let location = try StorageLocation(runtimeArgument)
-        let reading = try await AccountDatabase.openCurrent(location, poolSize: 1, logger: Self.logger)
-        #expect(try await reading.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name), "reads see the product")
-        await reading.close()
-
-        let last = try #require(AccountSchema.current.postgres.last?.name)
-        try await TestStore.execute("DELETE FROM schema_migration WHERE name = '\(last)'", on: ownerLocation)
-        do {
-            let opened = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
-            await opened.close()
-            Issue.record("migrated into its own schema")
-        } catch let error as StorageError {
-            #expect("\(error)".contains("in schema \(role)") && "\(error)".contains("schema public") && "\(error)".contains(last), "\(error)")
-        }
-        let owner = try PostgresEngine(location: ownerLocation, poolSize: 1, logger: Self.logger)
-        #expect(try await owner.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = '\(role)'") } == 0)
-        await owner.close()
-    }
-
-    /// The product lives in schema `public` (the runtime role's grants assume it): an owner
-    /// whose search path starts with a schema of its own is refused on a new database, naming
-    /// the search_path to set, instead of creating the product where the grants do not reach.
-    /// The same owner with `public` first then migrates it.
-    @Test func theProductIsCreatedInPublicOrNotAtAll() async throws {
+    /// The product lives in schema public whatever the roles' search paths say (every
+    /// connection sets its own): an owner with a schema of its own, first on its search path,
+    /// creates the product in public; a runtime role whose search path names only its own
+    /// schema reads it there, and with a migration pending is told to leave it to the owner
+    /// instead of creating tables in its own schema.
+    @Test func theProductLivesInPublicWhateverTheRolesSearchPaths() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("public-\(UUID().uuidString)")
         let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
         guard case .postgres(let owner) = location else { return }
-        try await TestStore.execute("CREATE SCHEMA \(owner.username) AUTHORIZATION \(owner.username)", on: owner)
+        let role = TestStore.runtimeRole
+        try await TestStore.ensureRuntimeRole(on: owner)
+        for statement in ["CREATE SCHEMA \(owner.username) AUTHORIZATION \(owner.username)", "CREATE SCHEMA \(role) AUTHORIZATION \(role)",
+                          "ALTER ROLE \(owner.username) IN DATABASE \(owner.database) SET search_path = \(owner.username), public",
+                          "ALTER ROLE \(role) IN DATABASE \(owner.database) SET search_path = \(role)"] {
+            try await TestStore.execute(statement, on: owner)
+        }
+        _ = try await AccountDatabase.migrate(location, grantingTo: role, logger: Self.logger)
+        var runtime = owner
+        runtime.username = role
+        let reading = try await AccountDatabase.open(.postgres(runtime), poolSize: 1, logger: Self.logger)
+        #expect(try await reading.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name), "the runtime role reads the product")
+        let (inPublic, elsewhere) = try await reading.read { db in
+            (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'"),
+             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('public', 'pg_catalog', 'information_schema')"))
+        }
+        #expect((inPublic ?? 0) > 10 && elsewhere == 0, "\(String(describing: inPublic)) in public, \(String(describing: elsewhere)) elsewhere")
+        await reading.close()
+
+        let last = try #require(AccountSchema.current.postgres.last?.name)
+        try await TestStore.execute("DELETE FROM public.schema_migration WHERE name = '\(last)'", on: owner)
+        do {
+            let opened = try await AccountDatabase.open(.postgres(runtime), poolSize: 1, logger: Self.logger)
+            await opened.close()
+            Issue.record("the runtime role migrated")
+        } catch let error as StorageError {
+            #expect("\(error)".contains(last) && "\(error)".contains("schema owner"), "\(error)")
+        }
+        let check = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
+        #expect(try await check.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('public', 'pg_catalog', 'information_schema')")
+        } == 0, "nothing created in a role's own schema")
+        await check.close()
+    }
+
+    /// A product an earlier version created in another schema (its owner's search path put it
+    /// there) is not taken for an empty database, in which this version would start a second,
+    /// empty product in public: refused, naming the schema, and nothing is created.
+    @Test func aProductInAnotherSchemaIsNotTakenForAnEmptyDatabase() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("elsewhere-\(UUID().uuidString)")
+        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
+        guard case .postgres(let owner) = location else { return }
+        for statement in ["CREATE SCHEMA legacy", "CREATE TABLE legacy.schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+                          "CREATE TABLE legacy.audit_event (seq BIGINT PRIMARY KEY)"] {
+            try await TestStore.execute(statement, on: owner)
+        }
         do {
             let opened = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
             await opened.close()
-            Issue.record("migrated into the owner's own schema")
+            Issue.record("a second product was created")
         } catch let error as StorageError {
-            #expect("\(error)".contains("in schema \(owner.username)") && "\(error)".contains("search_path = public"), "\(error)")
+            #expect("\(error)".contains("in schema legacy, not in public"), "\(error)")
         }
-        let engine = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
-        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')") } == 0,
-                "nothing created anywhere")
-        await engine.close()
-        try await TestStore.execute("ALTER ROLE \(owner.username) IN DATABASE \(owner.database) SET search_path = public", on: owner)
-        let migrated = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
-        #expect(try await migrated.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
-        await migrated.close()
+        let check = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
+        #expect(try await check.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") } == 0)
+        await check.close()
     }
 
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS

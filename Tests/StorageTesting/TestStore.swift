@@ -54,7 +54,7 @@ public enum TestStore {
 
     /// Creates the runtime login role once per server (roles are server-wide), with the
     /// administrator's password (a throwaway test server).
-    static func ensureRuntimeRole(on owner: PostgresLocation) async throws {
+    public static func ensureRuntimeRole(on owner: PostgresLocation) async throws {
         let password = (owner.password ?? "").replacingOccurrences(of: "'", with: "''")
         try await execute("""
             DO $$ BEGIN

@@ -91,7 +91,7 @@ public final class AccountDatabase: Sendable {
         let exists = try await engine.read { db in
             switch db.engine {
             case .sqlite: try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'grdb_migrations')") ?? false
-            case .postgres: try PostgresEngine.bookkeeping(db).exists
+            case .postgres: try PostgresEngine.bookkeepingExists(db)
             }
         }
         return exists ? try await engine.appliedMigrations() : []

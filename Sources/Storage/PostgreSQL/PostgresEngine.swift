@@ -55,7 +55,12 @@ public final class PostgresEngine: StorageEngine {
     /// failures in 10 s of PUTs on 44 accounts, against 1 with index scans. PostgreSQL's
     /// documentation advises encouraging index scans for this reason; a statement that has
     /// no index still scans.
-    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off")]
+    ///
+    /// And `search_path = public`: the product lives in schema `public` (the runtime role's
+    /// grants name it), whatever search path the roles have (PostgreSQL's "$user" pattern
+    /// would otherwise have a migration create tables in the role's own schema, or a role
+    /// read another tool's tables of the same names).
+    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off"), ("search_path", productSchema)]
 
     /// Never fails for the server's state: connections open in the background (the kept ones)
     /// or at first use, so a server that is down at start is reported by the first use
@@ -455,23 +460,10 @@ public final class PostgresEngine: StorageEngine {
                     defer { try? transaction.run("SELECT pg_advisory_unlock(\(Self.migrationLock))") }
                     // Read before any DDL: the runtime role (no CREATE on the schema) opens an
                     // up-to-date database without needing a privilege it does not have.
-                    let bookkeeping = try Self.bookkeeping(transaction)
-                    let exists = bookkeeping.exists
+                    let exists = try Self.bookkeepingExists(transaction)
                     let applied = exists ? Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration")) : []
                     let pending = schema.postgres.filter { !applied.contains($0.name) }
                     guard !pending.isEmpty else { return }
-                    // A role whose search path starts with a schema of its own would create
-                    // the tables there: apart from the product's, or (a first migration)
-                    // where the runtime role's grants do not reach.
-                    if bookkeeping.currentSchema != Self.productSchema {
-                        throw StorageError.configuration("""
-                            the schema needs \(pending.map(\.name).joined(separator: ", ")), and the role \(self.location.username) \
-                            would create its tables in schema \(bookkeeping.currentSchema) (the first usable schema of its search_path); \
-                            this product lives in schema public: put public first on that role's search_path \
-                            (ALTER ROLE \(self.location.username) SET search_path = public); migrations are the schema owner's \
-                            to run (`account-server migrate` with its URL)
-                            """)
-                    }
                     do {
                         if !exists {
                             try transaction.run("CREATE TABLE schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
@@ -513,66 +505,51 @@ public final class PostgresEngine: StorageEngine {
         }
     }
 
-    /// Where the migrations' bookkeeping table is, as the connected role sees it.
-    public struct Bookkeeping: Sendable, Equatable {
-        /// Whether `public.schema_migration` exists (and the role reaches it through its
-        /// search path); false: an empty database.
-        public let exists: Bool
-        /// The first usable schema of the role's search path: where an unqualified
-        /// `CREATE TABLE` (every migration's) puts its table.
-        public let currentSchema: String
-    }
-
-    /// The product lives in schema `public`: the runtime role's grants
-    /// (``grantRuntimePrivileges(to:tables:appendOnly:)``) and a default search path assume it.
+    /// The product lives in schema `public`: every connection's search path
+    /// (``sessionSettings``), and the runtime role's grants
+    /// (``grantRuntimePrivileges(to:tables:appendOnly:)``).
     public static let productSchema = "public"
 
-    /// Finds the bookkeeping table, and refuses to take a database for an empty one when the
-    /// role merely cannot reach it: with no USAGE on `public`, or `public` missing from its
-    /// search path, `to_regclass` finds nothing, and `serve` would then create a second,
-    /// empty product in the role's own schema (PostgreSQL's "$user" pattern), or fail
-    /// saying to migrate. The catalog (`pg_class`, `pg_namespace`) tells, whatever the
-    /// privileges. A `schema_migration` table the search path reaches elsewhere (another
-    /// tool's, or a product created outside `public`) is refused too.
-    public static func bookkeeping(_ db: any SQLTransaction) throws -> Bookkeeping {
+    /// Whether the migrations' bookkeeping table exists; refuses to take a database for an
+    /// empty one when the role merely cannot see it: with no USAGE on `public`, `to_regclass`
+    /// finds nothing, and the database would pass for an empty one (`serve` would then fail
+    /// saying to migrate it, or with a schema of its own create a second, empty product), so
+    /// the catalog (`pg_class`, `pg_namespace`, readable whatever the privileges) is asked
+    /// too. So is it for a product an earlier version created in another schema (its
+    /// owner's search path put it there): refused, not taken for an empty database.
+    public static func bookkeepingExists(_ db: any SQLTransaction) throws -> Bool {
         guard let row = try SQLRow.fetchOne(db, sql: """
-            SELECT current_user::text AS role, current_setting('search_path') AS search_path,
-                   current_schema()::text AS current_schema,
-                   (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE c.oid = to_regclass('schema_migration')) AS found,
+            SELECT current_user::text AS role,
+                   to_regclass('schema_migration') IS NOT NULL AS found,
+                   current_schema() IS NOT NULL AS has_schema,
                    EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = 'public' AND c.relname = 'schema_migration' AND c.relkind = 'r') AS in_public,
-                   COALESCE(has_schema_privilege('public', 'USAGE'), FALSE) AS public_usable
+                   (SELECT string_agg(n.nspname::text, ', ' ORDER BY n.nspname) FROM pg_namespace n
+                     WHERE n.nspname <> 'public'
+                       AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'schema_migration' AND c.relkind = 'r')
+                       AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'audit_event' AND c.relkind = 'r')) AS elsewhere
             """) else { throw StorageError.statementFailed("the bookkeeping query returned no row") }
+        if row["found"] as Bool { return true }
         let role: String = row["role"]
-        let path: String = row["search_path"]
-        let current: String? = row[optional: "current_schema"]
-        let found: String? = row[optional: "found"]
-        let inPublic: Bool = row["in_public"]
-        let publicUsable: Bool = row["public_usable"]
-        if let found, found != productSchema {
+        if row["in_public"] as Bool {
             throw StorageError.configuration("""
-                the role \(role) reaches a schema_migration table in schema \(found) through its search_path (\(path)), and \
-                this product lives in schema public: put public first on the role's search_path \
-                (ALTER ROLE \(role) SET search_path = public)
-                """)
-        }
-        if found == nil, inPublic {
-            throw StorageError.configuration(publicUsable ? """
-                this product's tables are in schema public, which is not on the search_path of the role \(role) (\(path)): \
-                put it there (ALTER ROLE \(role) SET search_path = public)
-                """ : """
                 this product's tables are in schema public, which the role \(role) may not use (no USAGE): the schema \
                 owner grants it with `account-server migrate --grant-to \(role)`
                 """)
         }
-        guard let current else {
+        if let elsewhere: String = row[optional: "elsewhere"] {
             throw StorageError.configuration("""
-                the role \(role) sees no usable schema on its search_path (\(path)): it needs USAGE on schema public \
-                (the schema owner grants it with `account-server migrate --grant-to \(role)`) and a search_path naming it
+                this product's tables are in schema \(elsewhere), not in public where this version keeps them (an earlier \
+                version followed the owner's search_path): move them to public first (docs/deployment.md, "Upgrade notes")
                 """)
         }
-        return Bookkeeping(exists: found != nil, currentSchema: current)
+        guard row["has_schema"] as Bool else {
+            throw StorageError.configuration("""
+                the role \(role) may not use schema public (no USAGE), or it does not exist: the schema owner grants it \
+                with `account-server migrate --grant-to \(role)`
+                """)
+        }
+        return false
     }
 
     public func appliedMigrations() async throws -> [String] {
