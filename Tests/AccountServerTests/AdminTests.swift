@@ -245,6 +245,29 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// Signing in again from the same browser replaces its session: the one its cookie named
+    /// ends, with its page token.
+    @Test func signingInAgainEndsThePreviousSession() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server, token: "")
+        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
+        func signIn(_ cookies: String) async throws -> (cookie: String, page: String) {
+            let answer = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
+                                              headers: form + [("Cookie", cookies)], authorization: "")
+            let cookie = try #require(answer.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init))
+            return (cookie, try #require(answer.headers.first(name: "Location")))
+        }
+        let first = try await signIn(loginCookie)
+        #expect(try await admin.send(.GET, first.page, headers: [("Cookie", first.cookie)], authorization: "").body.contains("form-recherche"))
+        let second = try await signIn("\(loginCookie); \(first.cookie)")
+        #expect(second.cookie != first.cookie)
+        #expect(try await admin.send(.GET, first.page, headers: [("Cookie", first.cookie)], authorization: "").body.contains("form-connexion"),
+                "the first session ended")
+        #expect(try await admin.send(.GET, second.page, headers: [("Cookie", second.cookie)], authorization: "").body.contains("form-recherche"))
+        await admin.shutdown()
+        await world.stop()
+    }
+
     @Test func healthReadinessAndMetrics() async throws {
         let world = try await World { $0.fhir.crlPollInterval = .milliseconds(100) }
         let admin = AdminClient(server: world.server, token: "")
