@@ -421,9 +421,8 @@ struct SessionAndHabilitationTests {
         #expect(try await world.sessions.completeFlow(flowToken: lateFlow, address: nil, userAgent: nil, actor: world.actor)?.origin == .direct)
     }
 
-    /// The administration's "sign out everywhere" also ends the sign-ins under way: a flow
-    /// past its second factor would otherwise become a session after the revocation.
-    /// "Sign out everywhere" ends the sign-ins under way, and the account's live password
+    /// "Sign out everywhere" ends the sign-ins under way (a flow past its second factor would
+    /// otherwise become a session after the revocation), and the account's live password
     /// reset links too (every one of them: a leaked link would otherwise set a password and
     /// sign in again), and says so in the trail.
     @Test func signingOutEverywhereEndsTheSignInsUnderWay() async throws {
