@@ -436,6 +436,29 @@ struct PostgresEngineTests {
         await served.close()
     }
 
+    /// A role that may not create tables in public (PostgreSQL 15 and later give that to the
+    /// database's owner alone: an owner role that does not own the database) is told so and
+    /// how to give it, not merely to run `migrate` as the owner; once granted, it migrates.
+    @Test func anOwnerWithoutCreateOnPublicIsToldWhatToGrant() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("no-create-\(UUID().uuidString)")
+        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
+        guard case .postgres(let administrator) = location else { return }
+        try await TestStore.ensureRuntimeRole(on: administrator)
+        var owner = administrator
+        owner.username = TestStore.runtimeRole
+        do {
+            let opened = try await AccountDatabase.open(.postgres(owner), poolSize: 1, logger: Self.logger)
+            await opened.close()
+            Issue.record("migrated without CREATE on public")
+        } catch let error as StorageError {
+            #expect("\(error)".contains("may not create tables in schema public") && "\(error)".contains("GRANT CREATE ON SCHEMA public"), "\(error)")
+        }
+        try await TestStore.execute("GRANT CREATE ON SCHEMA public TO \(owner.username)", on: administrator)
+        let opened = try await AccountDatabase.open(.postgres(owner), poolSize: 1, logger: Self.logger)
+        #expect(try await opened.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
+        await opened.close()
+    }
+
     /// The product lives in schema public whatever the roles' search paths say (every
     /// connection sets its own): an owner with a schema of its own, first on its search path,
     /// creates the product in public; a runtime role whose search path names only its own
@@ -482,25 +505,74 @@ struct PostgresEngineTests {
 
     /// A product an earlier version created in another schema (its owner's search path put it
     /// there) is not taken for an empty database, in which this version would start a second,
-    /// empty product in public: refused, naming the schema, and nothing is created.
-    @Test func aProductInAnotherSchemaIsNotTakenForAnEmptyDatabase() async throws {
+    /// empty product in public: refused, naming the schema, and nothing is created. Another
+    /// tool's tables of the same names (a `schema_migration` and an `audit_event` without the
+    /// product's other tables) are not taken for it: the product is created in public beside them.
+    @Test(arguments: [true, false])
+    func aProductInAnotherSchemaIsNotTakenForAnEmptyDatabase(_ isProduct: Bool) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("elsewhere-\(UUID().uuidString)")
         let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
         guard case .postgres(let owner) = location else { return }
-        for statement in ["CREATE SCHEMA legacy", "CREATE TABLE legacy.schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-                          "CREATE TABLE legacy.audit_event (seq BIGINT PRIMARY KEY)"] {
-            try await TestStore.execute(statement, on: owner)
-        }
+        var statements = ["CREATE SCHEMA legacy", "CREATE TABLE legacy.schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+                          "CREATE TABLE legacy.audit_event (seq BIGINT PRIMARY KEY)"]
+        if isProduct { statements.append("CREATE TABLE legacy.account_identifier (id BIGINT PRIMARY KEY)") }
+        for statement in statements { try await TestStore.execute(statement, on: owner) }
         do {
             let opened = try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger)
+            #expect(try await opened.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
             await opened.close()
-            Issue.record("a second product was created")
+            #expect(!isProduct, "a second product was created")
         } catch let error as StorageError {
+            #expect(isProduct, "another tool's tables were taken for the product: \(error)")
             #expect("\(error)".contains("in schema legacy, not in public"), "\(error)")
         }
         let check = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
-        #expect(try await check.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") } == 0)
+        let inPublic = try await check.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") }
+        #expect(isProduct ? inPublic == 0 : (inPublic ?? 0) > 10, "\(String(describing: inPublic)) tables in public")
         await check.close()
+    }
+
+    /// Behind a pooler that drops the start-up parameters (PgBouncer's
+    /// `ignore_startup_parameters`), the role's own search path is in force; with a schema of
+    /// the role's own first on it, a migration would create the product there. Refused, saying
+    /// to set the parameters on the role, before anything is created; once they are, the same
+    /// connection settings migrate and open normally.
+    @Test func aConnectionThatDoesNotResolveInPublicAloneIsRefused() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("search-path-\(UUID().uuidString)")
+        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
+        guard case .postgres(let owner) = location else { return }
+        try await TestStore.execute("CREATE SCHEMA \(owner.username) AUTHORIZATION \(owner.username)", on: owner)
+        let dropped = PostgresEngine.sessionSettings.filter { $0.0 != "search_path" }
+        #expect(dropped.count == PostgresEngine.sessionSettings.count - 1)
+        let pooled = { () throws -> PostgresEngine in
+            try PostgresEngine(location: owner, poolSize: 1, keepOpen: 0, statementDeadline: PostgresEngine.defaultStatementDeadline,
+                               sessionSettings: dropped, logger: Self.logger)
+        }
+        let engine = try pooled()
+        for step in ["migrate", "appliedMigrations"] {
+            do {
+                if step == "migrate" {
+                    try await engine.migrate(AccountSchema.current)
+                } else {
+                    _ = try await AccountDatabase.appliedMigrations(of: engine)
+                }
+                Issue.record("\(step): accepted a search path other than public")
+            } catch let error as StorageError {
+                #expect("\(error)".contains("not in public alone") && "\(error)".contains("SET search_path = public"), "\(step): \(error)")
+            }
+        }
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')") } == 0,
+                "nothing created")
+        await engine.close()
+
+        try await TestStore.execute("ALTER ROLE \(owner.username) IN DATABASE \(owner.database) SET search_path = public", on: owner)
+        let fixed = try pooled()
+        try await fixed.migrate(AccountSchema.current)
+        #expect(try await AccountDatabase.appliedMigrations(of: fixed) == AccountSchema.current.postgres.map(\.name))
+        #expect(try await fixed.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('public', 'pg_catalog', 'information_schema')")
+        } == 0)
+        await fixed.close()
     }
 
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS

@@ -72,8 +72,16 @@ public final class PostgresEngine: StorageEngine {
     /// to these timers when none was kept open. No keep-alive query either (it too is a timer
     /// per use): a connection the server closed (restart, failover) is dropped when it
     /// closes, and one that stops answering is cut by ``statementDeadline``.
-    public init(location: PostgresLocation, poolSize: Int, keepOpen: Int = 0, statementDeadline: Duration = PostgresEngine.defaultStatementDeadline,
-                logger: Logger) throws(StorageError) {
+    public convenience init(location: PostgresLocation, poolSize: Int, keepOpen: Int = 0,
+                            statementDeadline: Duration = PostgresEngine.defaultStatementDeadline, logger: Logger) throws(StorageError) {
+        try self.init(location: location, poolSize: poolSize, keepOpen: keepOpen, statementDeadline: statementDeadline,
+                      sessionSettings: Self.sessionSettings, logger: logger)
+    }
+
+    /// `sessionSettings` other than the product's: for tests that stand for a pooler
+    /// dropping the start-up parameters.
+    init(location: PostgresLocation, poolSize: Int, keepOpen: Int, statementDeadline: Duration,
+         sessionSettings: [(String, String)], logger: Logger) throws(StorageError) {
         precondition(poolSize > 0 && (0...poolSize).contains(keepOpen))
         self.location = location
         self.statementDeadline = statementDeadline
@@ -85,7 +93,7 @@ public final class PostgresEngine: StorageEngine {
         configuration.options.minimumConnections = keepOpen
         configuration.options.connectTimeout = .seconds(10)
         configuration.options.keepAliveBehavior = nil
-        configuration.options.additionalStartupParameters = Self.sessionSettings
+        configuration.options.additionalStartupParameters = sessionSettings
         client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         executors = EventLoopTaskExecutors(statementDeadline: statementDeadline)
         threads = NIOThreadPool(numberOfThreads: poolSize)
@@ -464,6 +472,8 @@ public final class PostgresEngine: StorageEngine {
                     let applied = exists ? Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration")) : []
                     let pending = schema.postgres.filter { !applied.contains($0.name) }
                     guard !pending.isEmpty else { return }
+                    // Asked before any DDL: a failed statement ends what the transaction may send.
+                    let mayCreate = try Bool.fetchOne(transaction, sql: "SELECT has_schema_privilege('public', 'CREATE')") ?? false
                     do {
                         if !exists {
                             try transaction.run("CREATE TABLE schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
@@ -484,6 +494,18 @@ public final class PostgresEngine: StorageEngine {
                             logger.info("migration applied", metadata: ["migration": "\(migration.name)"])
                         }
                     } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42501" {
+                        // PostgreSQL 15 and later give CREATE on `public` to the database's
+                        // owner alone: an owner role that does not own the database is told
+                        // so, not merely to run what it is running.
+                        if !mayCreate {
+                            throw StorageError.configuration("""
+                                the schema needs \(pending.map(\.name).joined(separator: ", ")) and the role \(self.location.username) \
+                                may not create tables in schema public (\(error.serverInfo?[.message] ?? "permission denied")): run \
+                                `account-server migrate` as the schema owner, the role that owns the database (PostgreSQL 15 and \
+                                later give CREATE on public to it alone) or one it granted `GRANT CREATE ON SCHEMA public TO …` \
+                                (docs/deployment.md, "PostgreSQL set-up")
+                                """)
+                        }
                         throw StorageError.configuration("""
                             the schema needs \(pending.map(\.name).joined(separator: ", ")) and the role \(self.location.username) may not \
                             apply it (\(error.serverInfo?[.message] ?? "permission denied")): run `account-server migrate` with the \
@@ -516,37 +538,58 @@ public final class PostgresEngine: StorageEngine {
     /// saying to migrate it, or with a schema of its own create a second, empty product), so
     /// the catalog (`pg_class`, `pg_namespace`, readable whatever the privileges) is asked
     /// too. So is it for a product an earlier version created in another schema (its
-    /// owner's search path put it there): refused, not taken for an empty database.
+    /// owner's search path put it there): refused, not taken for an empty database. The
+    /// product is recognised there by three of its tables together (`schema_migration`,
+    /// `account_identifier`, `audit_event`), so that another tool's `schema_migration`
+    /// alone, or a session's temporary tables, are not taken for it.
+    ///
+    /// And the connection must resolve names in `public` alone: a pooler that drops the
+    /// start-up parameters (PgBouncer's `ignore_startup_parameters`) leaves the role's own
+    /// search path in force, under which a migration would create tables in the role's own
+    /// schema or a read find another tool's table of the same name.
     public static func bookkeepingExists(_ db: any SQLTransaction) throws -> Bool {
         guard let row = try SQLRow.fetchOne(db, sql: """
             SELECT current_user::text AS role,
                    to_regclass('schema_migration') IS NOT NULL AS found,
-                   current_schema() IS NOT NULL AS has_schema,
+                   array_to_string(current_schemas(false), ', ') AS schemas,
+                   current_setting('search_path') AS search_path,
                    EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = 'public' AND c.relname = 'schema_migration' AND c.relkind = 'r') AS in_public,
                    (SELECT string_agg(n.nspname::text, ', ' ORDER BY n.nspname) FROM pg_namespace n
-                     WHERE n.nspname <> 'public'
-                       AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'schema_migration' AND c.relkind = 'r')
-                       AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'audit_event' AND c.relkind = 'r')) AS elsewhere
+                     WHERE n.nspname NOT IN ('public', 'pg_catalog', 'information_schema')
+                       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast%'
+                       AND (SELECT COUNT(DISTINCT c.relname) FROM pg_class c
+                             WHERE c.relnamespace = n.oid AND c.relkind = 'r'
+                               AND c.relname IN ('schema_migration', 'account_identifier', 'audit_event')) = 3) AS elsewhere
             """) else { throw StorageError.statementFailed("the bookkeeping query returned no row") }
-        if row["found"] as Bool { return true }
         let role: String = row["role"]
-        if row["in_public"] as Bool {
+        let schemas: String = row["schemas"]
+        if !(row["found"] as Bool) && row["in_public"] as Bool && !schemas.split(separator: ", ").contains("public") {
             throw StorageError.configuration("""
                 this product's tables are in schema public, which the role \(role) may not use (no USAGE): the schema \
                 owner grants it with `account-server migrate --grant-to \(role)`
                 """)
         }
+        guard !schemas.isEmpty else {
+            throw StorageError.configuration("""
+                the role \(role) may not use schema public (no USAGE), or it does not exist: the schema owner grants it \
+                with `account-server migrate --grant-to \(role)`
+                """)
+        }
+        guard schemas == productSchema else {
+            let searchPath: String = row["search_path"]
+            throw StorageError.configuration("""
+                the connection resolves names in schema(s) \(schemas) (search_path \(searchPath.debugDescription)), not in \
+                public alone: the start-up parameters were dropped on the way (a pooler's ignore_startup_parameters?); set them \
+                on the role: ALTER ROLE \(role) SET search_path = public; ALTER ROLE \(role) SET enable_seqscan = off \
+                (docs/deployment.md, "PgBouncer")
+                """)
+        }
+        if row["found"] as Bool { return true }
         if let elsewhere: String = row[optional: "elsewhere"] {
             throw StorageError.configuration("""
                 this product's tables are in schema \(elsewhere), not in public where this version keeps them (an earlier \
                 version followed the owner's search_path): move them to public first (docs/deployment.md, "Upgrade notes")
-                """)
-        }
-        guard row["has_schema"] as Bool else {
-            throw StorageError.configuration("""
-                the role \(role) may not use schema public (no USAGE), or it does not exist: the schema owner grants it \
-                with `account-server migrate --grant-to \(role)`
                 """)
         }
         return false
