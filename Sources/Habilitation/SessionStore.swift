@@ -523,15 +523,4 @@ public final class SessionStore: Sendable {
             return rows.count
         }
     }
-
-    /// Every session of an account (password change, admin "sign out everywhere").
-    public func revokeAll(accountID: String, reason: String, actor: AuditActor) async throws -> Int {
-        let at = now
-        return try await database.write { db in
-            let count = try SessionLedger().revokeAll(of: accountID, reason: reason, at: at, in: db)
-            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
-                                             requestID: nil, identifier: nil, accountID: accountID, changes: [], detail: reason), in: db)
-            return count
-        }
-    }
 }

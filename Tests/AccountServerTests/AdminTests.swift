@@ -268,6 +268,35 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// Only a request that carries the session's token keeps an admin page session alive: the
+    /// cookie alone, on the page (as every other local service of the browser receives it over
+    /// plain HTTP on localhost) or on a form without its token, does not extend it, so a
+    /// session left alone ends on time however often such requests come.
+    @Test func requestsWithoutTheTokenDoNotKeepTheSessionAlive() async throws {
+        let world = try await World { $0.admin.sessionIdleTimeout = .seconds(3) }
+        let admin = AdminClient(server: world.server, token: "")
+        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
+        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
+                                            headers: form + [("Cookie", loginCookie)], authorization: "")
+        let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
+        let page = try #require(signedIn.headers.first(name: "Location"))
+        let action = try #require(try await admin.send(.GET, "/?q=jules&" + page.dropFirst(2), headers: session, authorization: "").body
+            .firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
+        let clock = ContinuousClock()
+        let started = clock.now   // the last request that carried the token
+        // Requests without the token until just before the session's idle time runs out.
+        while clock.now - started < .milliseconds(2_600) {
+            #expect(try await admin.send(.GET, "/?q=jules", headers: session, authorization: "").body.contains("form-connexion"))
+            #expect(try await admin.send(.POST, action, body: "q=jules", headers: form + session, authorization: "").status == 403)
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        try await Task.sleep(until: started + .milliseconds(3_400))
+        #expect(try await admin.send(.GET, page, headers: session, authorization: "").body.contains("form-connexion"), "the session ended on time")
+        #expect(try await world.server.auditEvents().allSatisfy { $0.action != "habilitation-withdrawn" })
+        await admin.shutdown()
+        await world.stop()
+    }
+
     @Test func healthReadinessAndMetrics() async throws {
         let world = try await World { $0.fhir.crlPollInterval = .milliseconds(100) }
         let admin = AdminClient(server: world.server, token: "")

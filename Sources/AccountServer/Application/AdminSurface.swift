@@ -24,7 +24,8 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }
     AdminController(administration: VendorAdministration(database: database, sessionConfiguration: sessionConfiguration),
-                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.admin.tls)
+                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.admin.tls,
+                    sessions: AdminSessions(idleTimeout: configuration.admin.sessionIdleTimeout))
         .addRoutes(to: adminRouter)
     // The same receive and idle timeouts as the other listeners: a slow sender holds no
     // admin connection either.

@@ -140,6 +140,8 @@ struct AdminListenerConfiguration: Sendable {
     /// Serve it over TLS with the web certificate (required off loopback).
     var tls: Bool = false
     var tokenPath: String = "./data/admin.token"
+    /// An admin page session ends after this long without a request (`AdminSessions`).
+    var sessionIdleTimeout: Duration = .seconds(30 * 60)
 }
 
 /// A configuration problem found before anything starts; printed and the process exits.

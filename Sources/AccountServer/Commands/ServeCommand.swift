@@ -151,6 +151,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Admin API bearer token file (created 0600 with a random token if absent). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE. Default: ./data/admin.token")
     var adminTokenFile: String?
 
+    @Option(help: "Minutes without a request after which an admin page session ends (it ends 8 hours after sign-in in any case). Env: ACCOUNT_SERVER_ADMIN_SESSION_IDLE_MINUTES. Default: 30")
+    var adminSessionIdleMinutes: Int?
+
     @Flag(inversion: .prefixedNo, help: "Serve the admin listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_ADMIN_TLS=1 (--no-… turns it off over the environment and the file)")
     var adminTls: Bool?
 
@@ -274,6 +277,7 @@ struct ServeCommand: AsyncParsableCommand {
         "forward.auth.tls",
         "admin.tls",
         "admin.token.file",
+        "admin.session.idle.minutes",
         "request.timeout",
         "shutdown.timeout",
         "fhir.client.certificate.header",
@@ -349,6 +353,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("forward.auth.tls", forwardAuthTls)
         values.set("admin.tls", adminTls)
         values.set("admin.token.file", adminTokenFile)
+        values.set("admin.session.idle.minutes", adminSessionIdleMinutes)
         values.set("request.timeout", requestTimeout)
         values.set("shutdown.timeout", shutdownTimeout)
         values.set("fhir.client.certificate.header", fhirClientCertificateHeader)
@@ -459,7 +464,9 @@ struct ServeCommand: AsyncParsableCommand {
                                                 trustedProxies: try settings.list("trusted.proxy"))
         resolved.forwardAuth = ForwardAuthListenerConfiguration(host: forwardHost, port: forwardPort, tls: try settings.flag("forward.auth.tls"))
         resolved.admin = AdminListenerConfiguration(host: adminHost, port: adminPort, tls: try settings.flag("admin.tls"),
-                                                    tokenPath: try settings.string("admin.token.file") ?? "./data/admin.token")
+                                                    tokenPath: try settings.string("admin.token.file") ?? "./data/admin.token",
+                                                    sessionIdleTimeout: .seconds(60 * (try settings.int("admin.session.idle.minutes") ?? 30)))
+        guard resolved.admin.sessionIdleTimeout > .zero else { throw ValidationError("--admin-session-idle-minutes must be at least 1") }
         let origins = try settings.list("sas.origin")
         resolved.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
         resolved.allowedReturnHosts = try settings.list("allowed.return.host")
