@@ -386,6 +386,7 @@ struct PostgresEngineTests {
             Issue.record("opened with a migration pending")
         } catch let error as StorageError {
             #expect("\(error)".contains(last) && "\(error)".contains("account-server migrate"), "\(error)")
+            #expect(!"\(error)".contains("CREATE") && !"\(error)".contains("may not create"), "the runtime role is not to be given CREATE: \(error)")
         }
     }
 
@@ -436,25 +437,55 @@ struct PostgresEngineTests {
         await served.close()
     }
 
-    /// A role that may not create tables in public (PostgreSQL 15 and later give that to the
-    /// database's owner alone: an owner role that does not own the database) is told so and
-    /// how to give it, not merely to run `migrate` as the owner; once granted, it migrates.
+    /// A schema owner that may not create tables in public (PostgreSQL 15 and later give that
+    /// to the database's owner alone: an owner role that does not own the database) is told
+    /// so, not merely to run `migrate` as the owner. The set-up docs/deployment.md gives for
+    /// this case works, with PUBLIC's rights on public revoked (so that the test does not
+    /// depend on the server's version): CREATE alone migrates but cannot give the runtime role
+    /// USAGE, which `--grant-to` says instead of granting half; with USAGE WITH GRANT OPTION
+    /// too, the runtime role opens the product.
     @Test func anOwnerWithoutCreateOnPublicIsToldWhatToGrant() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("no-create-\(UUID().uuidString)")
         let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
         guard case .postgres(let administrator) = location else { return }
         try await TestStore.ensureRuntimeRole(on: administrator)
         var owner = administrator
-        owner.username = TestStore.runtimeRole
-        do {
-            let opened = try await AccountDatabase.open(.postgres(owner), poolSize: 1, logger: Self.logger)
-            await opened.close()
-            Issue.record("migrated without CREATE on public")
-        } catch let error as StorageError {
-            #expect("\(error)".contains("may not create tables in schema public") && "\(error)".contains("GRANT CREATE ON SCHEMA public"), "\(error)")
+        owner.username = "account_schema_owner_t"
+        let password = (administrator.password ?? "").replacingOccurrences(of: "'", with: "''")
+        try await TestStore.execute("""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(owner.username)') THEN
+                    CREATE ROLE \(owner.username) LOGIN PASSWORD '\(password)';
+                END IF;
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+            END $$
+            """, on: administrator)
+        for statement in ["REVOKE ALL ON SCHEMA public FROM PUBLIC", "GRANT USAGE ON SCHEMA public TO \(owner.username)"] {
+            try await TestStore.execute(statement, on: administrator)
         }
+        let runtimeRole = TestStore.runtimeRole
+        func migrate() async throws -> String? {
+            do {
+                _ = try await AccountDatabase.migrate(.postgres(owner), grantingTo: runtimeRole, logger: Self.logger)
+                return nil
+            } catch let error as StorageError {
+                return "\(error)"
+            }
+        }
+        let refused = try #require(try await migrate(), "migrated without CREATE on public")
+        #expect(refused.contains("may not create tables in schema public") && refused.contains("as the schema owner")
+                && refused.contains("never as the role the instances connect as"), "\(refused)")
+
         try await TestStore.execute("GRANT CREATE ON SCHEMA public TO \(owner.username)", on: administrator)
-        let opened = try await AccountDatabase.open(.postgres(owner), poolSize: 1, logger: Self.logger)
+        let halfGranted = try #require(try await migrate(), "granted the runtime role a schema it may not use")
+        #expect(halfGranted.contains("\(runtimeRole) cannot be the runtime role: it may not use schema public")
+                && halfGranted.contains("WITH GRANT OPTION"), "\(halfGranted)")
+
+        try await TestStore.execute("GRANT USAGE ON SCHEMA public TO \(owner.username) WITH GRANT OPTION", on: administrator)
+        #expect(try await migrate() == nil)
+        var runtime = administrator
+        runtime.username = runtimeRole
+        let opened = try await AccountDatabase.openCurrent(.postgres(runtime), poolSize: 1, logger: Self.logger)
         #expect(try await opened.engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
         await opened.close()
     }
@@ -533,20 +564,24 @@ struct PostgresEngineTests {
     }
 
     /// Behind a pooler that drops the start-up parameters (PgBouncer's
-    /// `ignore_startup_parameters`), the role's own search path is in force; with a schema of
-    /// the role's own first on it, a migration would create the product there. Refused, saying
-    /// to set the parameters on the role, before anything is created; once they are, the same
-    /// connection settings migrate and open normally.
-    @Test func aConnectionThatDoesNotResolveInPublicAloneIsRefused() async throws {
+    /// `ignore_startup_parameters`), the role's own settings are in force: with a schema of the
+    /// role's own first on its search path, a migration would create the product there; with
+    /// none, the product would be found, but with sequential scans on (serialization failures
+    /// by the thousand). Both refused, saying what to set on the role, before anything is
+    /// created; once set, the same connection settings migrate and open normally.
+    @Test(arguments: ["search_path", "both"])
+    func aConnectionWithoutTheSessionSettingsIsRefused(_ dropped: String) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("search-path-\(UUID().uuidString)")
         let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
         guard case .postgres(let owner) = location else { return }
-        try await TestStore.execute("CREATE SCHEMA \(owner.username) AUTHORIZATION \(owner.username)", on: owner)
-        let dropped = PostgresEngine.sessionSettings.filter { $0.0 != "search_path" }
-        #expect(dropped.count == PostgresEngine.sessionSettings.count - 1)
+        if dropped == "search_path" {
+            try await TestStore.execute("CREATE SCHEMA \(owner.username) AUTHORIZATION \(owner.username)", on: owner)
+        }
+        let kept = PostgresEngine.sessionSettings.filter { dropped != "both" && $0.0 != dropped }
+        #expect(kept.count == (dropped == "both" ? 0 : PostgresEngine.sessionSettings.count - 1))
         let pooled = { () throws -> PostgresEngine in
             try PostgresEngine(location: owner, poolSize: 1, keepOpen: 0, statementDeadline: PostgresEngine.defaultStatementDeadline,
-                               sessionSettings: dropped, logger: Self.logger)
+                               sessionSettings: kept, logger: Self.logger)
         }
         let engine = try pooled()
         for step in ["migrate", "appliedMigrations"] {
@@ -556,16 +591,20 @@ struct PostgresEngineTests {
                 } else {
                     _ = try await AccountDatabase.appliedMigrations(of: engine)
                 }
-                Issue.record("\(step): accepted a search path other than public")
+                Issue.record("\(step): accepted a connection without the product's settings")
             } catch let error as StorageError {
-                #expect("\(error)".contains("not in public alone") && "\(error)".contains("SET search_path = public"), "\(step): \(error)")
+                #expect("\(error)".contains("session settings are not the product's")
+                        && "\(error)".contains("IN DATABASE \(owner.database) SET search_path = public")
+                        && "\(error)".contains("SET enable_seqscan = off"), "\(step): \(error)")
             }
         }
         #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')") } == 0,
                 "nothing created")
         await engine.close()
 
-        try await TestStore.execute("ALTER ROLE \(owner.username) IN DATABASE \(owner.database) SET search_path = public", on: owner)
+        for setting in ["search_path = public", "enable_seqscan = off"] {
+            try await TestStore.execute("ALTER ROLE \(owner.username) IN DATABASE \(owner.database) SET \(setting)", on: owner)
+        }
         let fixed = try pooled()
         try await fixed.migrate(AccountSchema.current)
         #expect(try await AccountDatabase.appliedMigrations(of: fixed) == AccountSchema.current.postgres.map(\.name))

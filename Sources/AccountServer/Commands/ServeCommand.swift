@@ -463,10 +463,13 @@ struct ServeCommand: AsyncParsableCommand {
                                                 publicURL: try settings.string("public.url"),
                                                 trustedProxies: try settings.list("trusted.proxy"))
         resolved.forwardAuth = ForwardAuthListenerConfiguration(host: forwardHost, port: forwardPort, tls: try settings.flag("forward.auth.tls"))
+        let adminIdleMinutes = try settings.int("admin.session.idle.minutes") ?? 30
+        guard (1...480).contains(adminIdleMinutes) else {
+            throw ValidationError("--admin-session-idle-minutes must be between 1 and 480 (an admin session ends 8 hours after sign-in in any case)")
+        }
         resolved.admin = AdminListenerConfiguration(host: adminHost, port: adminPort, tls: try settings.flag("admin.tls"),
                                                     tokenPath: try settings.string("admin.token.file") ?? "./data/admin.token",
-                                                    sessionIdleTimeout: .seconds(60 * (try settings.int("admin.session.idle.minutes") ?? 30)))
-        guard resolved.admin.sessionIdleTimeout > .zero else { throw ValidationError("--admin-session-idle-minutes must be at least 1") }
+                                                    sessionIdleTimeout: .seconds(60 * adminIdleMinutes))
         let origins = try settings.list("sas.origin")
         resolved.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
         resolved.allowedReturnHosts = try settings.list("allowed.return.host")
@@ -480,12 +483,21 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.sendmailCommand = try settings.string("sendmail.command").map { $0.split(separator: " ").map(String.init) }
         resolved.mailFrom = try settings.string("mail.from")
         resolved.secretKeyPath = try settings.string("secret.key.file") ?? "./data/secret.key"
+        /// A duration setting counted in minutes or hours: refused outside 1…a year, rather than
+        /// a huge value overflowing into a trap.
+        func seconds(_ key: String, default value: Int, unit: Int) throws -> Int {
+            let count = try settings.int(key) ?? value
+            guard (1...(366 * 24 * 3600 / unit)).contains(count) else {
+                throw ValidationError("--\(key.replacingOccurrences(of: ".", with: "-")) must be between 1 and \(366 * 24 * 3600 / unit)")
+            }
+            return count * unit
+        }
         resolved.lockout = LockoutPolicy(maximumFailures: try settings.int("lockout.failures") ?? 5,
-                                    coolingPeriod: .seconds(60 * (try settings.int("lockout.minutes") ?? 15)),
-                                    maximumWait: .seconds(60 * (try settings.int("lockout.maximum.minutes") ?? 1440)),
-                                    failureResetTime: .seconds(3600 * (try settings.int("lockout.reset.hours") ?? 12)))
-        resolved.sessionIdleTimeout = TimeInterval(60 * (try settings.int("session.idle.minutes") ?? 30))
-        resolved.sessionAbsoluteTimeout = TimeInterval(3600 * (try settings.int("session.absolute.hours") ?? 12))
+                                    coolingPeriod: .seconds(try seconds("lockout.minutes", default: 15, unit: 60)),
+                                    maximumWait: .seconds(try seconds("lockout.maximum.minutes", default: 1440, unit: 60)),
+                                    failureResetTime: .seconds(try seconds("lockout.reset.hours", default: 12, unit: 3600)))
+        resolved.sessionIdleTimeout = TimeInterval(try seconds("session.idle.minutes", default: 30, unit: 60))
+        resolved.sessionAbsoluteTimeout = TimeInterval(try seconds("session.absolute.hours", default: 12, unit: 3600))
         resolved.rateLimitPerMinute = try settings.int("rate.limit.per.minute") ?? 10
         resolved.totpIssuer = try settings.string("totp.issuer") ?? "Espace régulateur"
         let requestSeconds = try settings.int("request.timeout") ?? 60

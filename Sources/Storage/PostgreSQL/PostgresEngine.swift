@@ -472,8 +472,17 @@ public final class PostgresEngine: StorageEngine {
                     let applied = exists ? Set(try String.fetchAll(transaction, sql: "SELECT name FROM schema_migration")) : []
                     let pending = schema.postgres.filter { !applied.contains($0.name) }
                     guard !pending.isEmpty else { return }
-                    // Asked before any DDL: a failed statement ends what the transaction may send.
-                    let mayCreate = try Bool.fetchOne(transaction, sql: "SELECT has_schema_privilege('public', 'CREATE')") ?? false
+                    // Asked before any DDL (a failed statement ends what the transaction may send):
+                    // whether this role may create tables, and whether it is (or acts as) the
+                    // owner of the product's tables, to tell its refusal apart from the runtime
+                    // role's.
+                    let rights = try SQLRow.fetchOne(transaction, sql: """
+                        SELECT has_schema_privilege('public', 'CREATE') AS may_create,
+                               COALESCE((SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c
+                                          JOIN pg_namespace n ON n.oid = c.relnamespace
+                                         WHERE n.nspname = 'public' AND c.relname = 'schema_migration'), FALSE) AS owner
+                        """)
+                    let ownerWithoutCreate = rights.map { !($0["may_create"] as Bool) && (!exists || $0["owner"] as Bool) } ?? false
                     do {
                         if !exists {
                             try transaction.run("CREATE TABLE schema_migration (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
@@ -495,15 +504,16 @@ public final class PostgresEngine: StorageEngine {
                         }
                     } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42501" {
                         // PostgreSQL 15 and later give CREATE on `public` to the database's
-                        // owner alone: an owner role that does not own the database is told
-                        // so, not merely to run what it is running.
-                        if !mayCreate {
+                        // owner alone: a role meant to own the schema (a fresh database, or the
+                        // owner of its tables) is told what it lacks. Never the runtime role,
+                        // which must not be given it.
+                        if ownerWithoutCreate {
                             throw StorageError.configuration("""
                                 the schema needs \(pending.map(\.name).joined(separator: ", ")) and the role \(self.location.username) \
                                 may not create tables in schema public (\(error.serverInfo?[.message] ?? "permission denied")): run \
-                                `account-server migrate` as the schema owner, the role that owns the database (PostgreSQL 15 and \
-                                later give CREATE on public to it alone) or one it granted `GRANT CREATE ON SCHEMA public TO …` \
-                                (docs/deployment.md, "PostgreSQL set-up")
+                                `account-server migrate` as the schema owner, a role that may create tables in public (PostgreSQL 15 \
+                                and later give that to the database's owner alone; it may grant it: docs/deployment.md, \
+                                "PostgreSQL set-up"), never as the role the instances connect as
                                 """)
                         }
                         throw StorageError.configuration("""
@@ -540,56 +550,59 @@ public final class PostgresEngine: StorageEngine {
     /// too. So is it for a product an earlier version created in another schema (its
     /// owner's search path put it there): refused, not taken for an empty database. The
     /// product is recognised there by three of its tables together (`schema_migration`,
-    /// `account_identifier`, `audit_event`), so that another tool's `schema_migration`
-    /// alone, or a session's temporary tables, are not taken for it.
+    /// `account_identifier`, `audit_event`) in a schema not the system's, so that another
+    /// tool's `schema_migration` alone, or a session's temporary tables, are not taken for it.
     ///
-    /// And the connection must resolve names in `public` alone: a pooler that drops the
+    /// And the connection must carry the product's session settings: a pooler that drops the
     /// start-up parameters (PgBouncer's `ignore_startup_parameters`) leaves the role's own
     /// search path in force, under which a migration would create tables in the role's own
-    /// schema or a read find another tool's table of the same name.
+    /// schema or a read find another tool's table of the same name, and sequential scans on
+    /// (``sessionSettings``). Checked when a database is opened, not per connection.
     public static func bookkeepingExists(_ db: any SQLTransaction) throws -> Bool {
         guard let row = try SQLRow.fetchOne(db, sql: """
-            SELECT current_user::text AS role,
+            SELECT quote_ident(current_user::text) AS role, quote_ident(current_database()::text) AS database,
                    to_regclass('schema_migration') IS NOT NULL AS found,
+                   EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public' AND has_schema_privilege(oid, 'USAGE')) AS usage,
                    array_to_string(current_schemas(false), ', ') AS schemas,
                    current_setting('search_path') AS search_path,
+                   current_setting('enable_seqscan') AS seqscan,
                    EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = 'public' AND c.relname = 'schema_migration' AND c.relkind = 'r') AS in_public,
                    (SELECT string_agg(n.nspname::text, ', ' ORDER BY n.nspname) FROM pg_namespace n
-                     WHERE n.nspname NOT IN ('public', 'pg_catalog', 'information_schema')
-                       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast%'
+                     WHERE n.nspname NOT IN ('public', 'information_schema') AND n.nspname !~ '^pg_'
                        AND (SELECT COUNT(DISTINCT c.relname) FROM pg_class c
                              WHERE c.relnamespace = n.oid AND c.relkind = 'r'
                                AND c.relname IN ('schema_migration', 'account_identifier', 'audit_event')) = 3) AS elsewhere
             """) else { throw StorageError.statementFailed("the bookkeeping query returned no row") }
         let role: String = row["role"]
-        let schemas: String = row["schemas"]
-        if !(row["found"] as Bool) && row["in_public"] as Bool && !schemas.split(separator: ", ").contains("public") {
-            throw StorageError.configuration("""
+        guard row["usage"] as Bool else {
+            throw StorageError.configuration(row["in_public"] as Bool ? """
                 this product's tables are in schema public, which the role \(role) may not use (no USAGE): the schema \
                 owner grants it with `account-server migrate --grant-to \(role)`
-                """)
-        }
-        guard !schemas.isEmpty else {
-            throw StorageError.configuration("""
+                """ : """
                 the role \(role) may not use schema public (no USAGE), or it does not exist: the schema owner grants it \
                 with `account-server migrate --grant-to \(role)`
                 """)
         }
-        guard schemas == productSchema else {
+        let schemas: String = row["schemas"]
+        let seqscan: String = row["seqscan"]
+        guard schemas == productSchema, seqscan == "off" else {
             let searchPath: String = row["search_path"]
+            let database: String = row["database"]
             throw StorageError.configuration("""
-                the connection resolves names in schema(s) \(schemas) (search_path \(searchPath.debugDescription)), not in \
-                public alone: the start-up parameters were dropped on the way (a pooler's ignore_startup_parameters?); set them \
-                on the role: ALTER ROLE \(role) SET search_path = public; ALTER ROLE \(role) SET enable_seqscan = off \
-                (docs/deployment.md, "PgBouncer")
+                the connection's session settings are not the product's (search_path '\(searchPath)' resolving to \
+                '\(schemas)', not public alone; enable_seqscan \(seqscan), not off): the start-up parameters were dropped on \
+                the way (a pooler's ignore_startup_parameters?); set them on the role: ALTER ROLE \(role) IN DATABASE \
+                \(database) SET search_path = public; ALTER ROLE \(role) IN DATABASE \(database) SET enable_seqscan = off \
+                (docs/deployment.md, "Several instances on PostgreSQL", connections)
                 """)
         }
         if row["found"] as Bool { return true }
         if let elsewhere: String = row[optional: "elsewhere"] {
             throw StorageError.configuration("""
                 this product's tables are in schema \(elsewhere), not in public where this version keeps them (an earlier \
-                version followed the owner's search_path): move them to public first (docs/deployment.md, "Upgrade notes")
+                version followed the owner's search_path): move them to public first (docs/deployment.md, "Upgrading to \
+                the version of 2026-12-02")
                 """)
         }
         return false
@@ -629,6 +642,7 @@ public final class PostgresEngine: StorageEngine {
                 SELECT r.rolsuper AS superuser,
                        pg_has_role(r.rolname, current_user, 'MEMBER') AS owner_rights,
                        has_schema_privilege(r.rolname, 'public', 'CREATE') AS can_create,
+                       has_schema_privilege(r.rolname, 'public', 'USAGE') AS can_use,
                        EXISTS (SELECT 1 FROM pg_tables t WHERE t.schemaname = 'public' AND t.tableowner = r.rolname) AS owns_tables
                 FROM pg_roles r WHERE r.rolname = ?
                 """, arguments: [role]) else { throw StorageError.configuration("no role \(role)") }
@@ -637,6 +651,13 @@ public final class PostgresEngine: StorageEngine {
             if row["owner_rights"] as Bool { problems.append("it has the schema owner's rights (it is \(self.location.username) or a member of it)") }
             if row["can_create"] as Bool { problems.append("it may CREATE in schema public (PostgreSQL before 15: run REVOKE CREATE ON SCHEMA public FROM PUBLIC as the schema's owner)") }
             if row["owns_tables"] as Bool { problems.append("it owns tables of schema public") }
+            // A grantor holding USAGE without its grant option only gets a warning.
+            if !(row["can_use"] as Bool) {
+                problems.append("""
+                    it may not use schema public: \(self.location.username) may not grant that (it needs to own the schema, or USAGE on \
+                    it WITH GRANT OPTION: docs/deployment.md, "PostgreSQL set-up")
+                    """)
+            }
             for table in appendOnly {
                 let rewrite = try Bool.fetchOne(db, sql: """
                     SELECT has_table_privilege(?, ?, 'UPDATE') OR has_table_privilege(?, ?, 'DELETE') OR has_table_privilege(?, ?, 'TRUNCATE')
