@@ -357,6 +357,22 @@ struct ProcessTests {
         return (run.status, String(decoding: run.output, as: UTF8.self))
     }
 
+    /// A duration setting out of range is refused at start with its flag named, rather than
+    /// a huge value overflowing into a trap (signal 4) or an admin idle time past the 8-hour
+    /// limit being silently cut.
+    @Test(arguments: [("--session-idle-minutes", "99999999999999999"), ("--lockout-reset-hours", "0"),
+                      ("--admin-session-idle-minutes", "481")])
+    func durationsOutOfRangeAreRefused(_ flag: String, _ value: String) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("durations-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let run = try await spawnAndWait(Self.binary, ["serve", flag, value, "--database", directory.appendingPathComponent("db.sqlite").path,
+                                                       "--secret-key-file", directory.appendingPathComponent("secret.key").path],
+                                         environment: ["PATH": "/usr/bin:/bin"])
+        let errors = String(decoding: run.errors, as: UTF8.self)
+        #expect(run.status != 0 && run.status != 128 + 4 && errors.contains(flag) && errors.contains("must be between"), "\(run.status): \(errors)")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("db.sqlite").path), "refused before anything was created")
+    }
+
     /// `account-server admin …` on the database of a running server: list, show, suspend,
     /// restore, unlock, revoke-sessions, audit export; every change audited as the Unix user.
     @Test func adminCommandsWorkOnTheDatabaseOfARunningServer() async throws {
