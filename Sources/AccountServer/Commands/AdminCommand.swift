@@ -24,9 +24,8 @@ struct AdminCommand: AsyncParsableCommand {
 
         func administration() async throws -> VendorAdministration {
             var sessions = SessionConfiguration()
-            if let minutes = try await Settings.forOperatorTool().int("session.idle.minutes") {
-                sessions.idleTimeout = TimeInterval(60 * minutes)
-            }
+            sessions.idleTimeout = TimeInterval(try ServeCommand.durationSeconds(try await Settings.forOperatorTool(), "session.idle.minutes",
+                                                                                 default: Int(sessions.idleTimeout / 60), unit: 60))
             return VendorAdministration(database: try await open(), sessionConfiguration: sessions)
         }
     }

@@ -381,6 +381,18 @@ struct ServeCommand: AsyncParsableCommand {
         return values.values
     }
 
+    /// A duration setting counted in `unit` seconds (minutes, hours): refused outside 1…a
+    /// year, rather than a huge value overflowing into a trap or 0 meaning "always expired".
+    static func durationSeconds(_ settings: Settings, _ key: String, default value: Int, unit: Int) throws -> Int {
+        let count = try settings.int(key) ?? value
+        let maximum = 366 * 24 * 3600 / unit
+        guard (1...maximum).contains(count) else {
+            let flag = key.replacingOccurrences(of: ".", with: "-")
+            throw ValidationError("--\(flag) (ACCOUNT_SERVER_\(flag.uppercased().replacingOccurrences(of: "-", with: "_"))) must be between 1 and \(maximum), got \(count)")
+        }
+        return count * unit
+    }
+
     func run() async throws {
         // SIGHUP's default action ends the process, and the reload service traps it only once
         // it runs, concurrently with the listeners: a reload asked for during start-up (a
@@ -483,14 +495,8 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.sendmailCommand = try settings.string("sendmail.command").map { $0.split(separator: " ").map(String.init) }
         resolved.mailFrom = try settings.string("mail.from")
         resolved.secretKeyPath = try settings.string("secret.key.file") ?? "./data/secret.key"
-        /// A duration setting counted in minutes or hours: refused outside 1…a year, rather than
-        /// a huge value overflowing into a trap.
         func seconds(_ key: String, default value: Int, unit: Int) throws -> Int {
-            let count = try settings.int(key) ?? value
-            guard (1...(366 * 24 * 3600 / unit)).contains(count) else {
-                throw ValidationError("--\(key.replacingOccurrences(of: ".", with: "-")) must be between 1 and \(366 * 24 * 3600 / unit)")
-            }
-            return count * unit
+            try Self.durationSeconds(settings, key, default: value, unit: unit)
         }
         resolved.lockout = LockoutPolicy(maximumFailures: try settings.int("lockout.failures") ?? 5,
                                     coolingPeriod: .seconds(try seconds("lockout.minutes", default: 15, unit: 60)),

@@ -589,12 +589,15 @@ public final class PostgresEngine: StorageEngine {
         guard schemas == productSchema, seqscan == "off" else {
             let searchPath: String = row["search_path"]
             let database: String = row["database"]
+            var faults: [String] = []
+            if schemas != productSchema { faults.append("its search_path '\(searchPath)' resolves names in '\(schemas)', not in public alone") }
+            if seqscan != "off" { faults.append("enable_seqscan is \(seqscan), not off") }
             throw StorageError.configuration("""
-                the connection's session settings are not the product's (search_path '\(searchPath)' resolving to \
-                '\(schemas)', not public alone; enable_seqscan \(seqscan), not off): the start-up parameters were dropped on \
-                the way (a pooler's ignore_startup_parameters?); set them on the role: ALTER ROLE \(role) IN DATABASE \
-                \(database) SET search_path = public; ALTER ROLE \(role) IN DATABASE \(database) SET enable_seqscan = off \
-                (docs/deployment.md, "Several instances on PostgreSQL", connections)
+                the connection's session settings are not the product's (\(faults.joined(separator: "; "))): the start-up \
+                parameters were dropped on the way (a pooler's ignore_startup_parameters?); set them on the role: ALTER ROLE \
+                \(role) IN DATABASE \(database) SET search_path = public; ALTER ROLE \(role) IN DATABASE \(database) SET \
+                enable_seqscan = off; then have the pooler open new server connections (PgBouncer: RECONNECT, or a restart), \
+                which alone read them (docs/deployment.md, "Several instances on PostgreSQL", connections)
                 """)
         }
         if row["found"] as Bool { return true }
