@@ -381,11 +381,12 @@ struct ServeCommand: AsyncParsableCommand {
         return values.values
     }
 
-    /// A duration setting counted in `unit` seconds (minutes, hours): refused outside 1…a
-    /// year, rather than a huge value overflowing into a trap or 0 meaning "always expired".
-    static func durationSeconds(_ settings: Settings, _ key: String, default value: Int, unit: Int) throws -> Int {
+    /// A duration setting counted in `unit` seconds (minutes, hours): refused outside
+    /// 1…`maximum` (by default a year's worth), rather than a huge value overflowing into a
+    /// trap or 0 meaning "always expired".
+    static func durationSeconds(_ settings: Settings, _ key: String, default value: Int, unit: Int, maximum: Int? = nil) throws -> Int {
         let count = try settings.int(key) ?? value
-        let maximum = 366 * 24 * 3600 / unit
+        let maximum = maximum ?? 366 * 24 * 3600 / unit
         guard (1...maximum).contains(count) else {
             let flag = key.replacingOccurrences(of: ".", with: "-")
             throw ValidationError("--\(flag) (ACCOUNT_SERVER_\(flag.uppercased().replacingOccurrences(of: "-", with: "_"))) must be between 1 and \(maximum), got \(count)")
@@ -475,13 +476,11 @@ struct ServeCommand: AsyncParsableCommand {
                                                 publicURL: try settings.string("public.url"),
                                                 trustedProxies: try settings.list("trusted.proxy"))
         resolved.forwardAuth = ForwardAuthListenerConfiguration(host: forwardHost, port: forwardPort, tls: try settings.flag("forward.auth.tls"))
-        let adminIdleMinutes = try settings.int("admin.session.idle.minutes") ?? 30
-        guard (1...480).contains(adminIdleMinutes) else {
-            throw ValidationError("--admin-session-idle-minutes must be between 1 and 480 (an admin session ends 8 hours after sign-in in any case)")
-        }
+        // At most the admin session's absolute 8 hours.
+        let adminIdle = try Self.durationSeconds(settings, "admin.session.idle.minutes", default: 30, unit: 60, maximum: 480)
         resolved.admin = AdminListenerConfiguration(host: adminHost, port: adminPort, tls: try settings.flag("admin.tls"),
                                                     tokenPath: try settings.string("admin.token.file") ?? "./data/admin.token",
-                                                    sessionIdleTimeout: .seconds(60 * adminIdleMinutes))
+                                                    sessionIdleTimeout: .seconds(adminIdle))
         let origins = try settings.list("sas.origin")
         resolved.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
         resolved.allowedReturnHosts = try settings.list("allowed.return.host")
