@@ -67,7 +67,7 @@ func buildApplication(
     let callerMode = try callerAuthenticationMode(configuration, proxyVerifier: proxyVerifier)
 
     let database = try await AccountDatabase.open(configuration.database, poolSize: configuration.databasePoolSize,
-                                                  keepOpen: configuration.databasePoolMinimum ?? configuration.databasePoolSize, logger: logger)
+                                                  keepOpen: configuration.databasePoolMinimum ?? 0, logger: logger)
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
     let provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), logger: logger)
     metrics.observe(hasher: hasher)
