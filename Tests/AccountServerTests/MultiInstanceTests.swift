@@ -2,6 +2,8 @@
 import Accounts
 import AsyncHTTPClient
 import Foundation
+import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import Storage
@@ -438,6 +440,70 @@ struct MultiInstanceTests {
         #expect(lost.isEmpty, "acknowledged creates lost: \(lost.count)")
         await web.shutdown()
         await cluster.stop()
+    }
+
+    /// The engine keeping every connection open (`--database-pool-min` equal to the pool
+    /// size), PostgreSQL restarted, and bursts of requests while it is down and as it comes
+    /// back: postgres-nio 1.33.2's pool stopped the process here (its minimum precondition,
+    /// docs/deployment.md). Requests fail as unavailable while it is down, and are all served
+    /// again within seconds of its return, by the same engine. On a server of its own.
+    @Test(.timeLimit(.minutes(3)))
+    func aPoolKeepingItsConnectionsOpenSurvivesARestartUnderBursts() async throws {
+        let serverDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("pg-burst-\(UUID().uuidString)")
+        let admin = try PostgresLocation(url: try await Self.script(["start", serverDirectory.path]))
+        do {
+            try await burstsAroundARestart(admin: admin, serverDirectory: serverDirectory)
+        } catch {
+            Issue.record(error)
+        }
+        _ = try? await Self.script(["stop", serverDirectory.path])
+        try? FileManager.default.removeItem(at: serverDirectory)
+    }
+
+    private func burstsAroundARestart(admin: PostgresLocation, serverDirectory: URL) async throws {
+        let engine = try PostgresEngine(location: admin, poolSize: 4, keepOpen: 4, logger: Logger(label: "test"))
+        let clock = ContinuousClock()
+        let stop = NIOLockedValueBox(false)
+        // Each call's end and its error (nil: answered right).
+        let outcomes = NIOLockedValueBox<[(at: ContinuousClock.Instant, error: String?)]>([])
+        func answered(after instant: ContinuousClock.Instant) -> Int {
+            outcomes.withLockedValue { $0.filter { $0.at > instant && $0.error == nil }.count }
+        }
+        // More callers than connections, each calling again at once: requests keep arriving
+        // while every connection is busy, before, during and after the restart.
+        let callers = (0..<12).map { caller in
+            Task {
+                var value = caller
+                while !stop.withLockedValue({ $0 }) {
+                    value += 12
+                    let expected = value
+                    do {
+                        let answer = try await engine.pointRead { db in
+                            try Int.fetchOne(db, sql: "SELECT ?::int FROM pg_sleep(0.002)", arguments: [expected])
+                        }
+                        outcomes.withLockedValue { $0.append((clock.now, answer == expected ? nil : "wrong answer \(String(describing: answer))")) }
+                    } catch {
+                        outcomes.withLockedValue { $0.append((clock.now, "\(error)")) }
+                        try? await Task.sleep(for: .milliseconds(20))
+                    }
+                }
+            }
+        }
+        let start = clock.now
+        while answered(after: start) < 50 && clock.now < start + .seconds(60) { try await Task.sleep(for: .milliseconds(20)) }
+        _ = try await Self.script(["down", serverDirectory.path])
+        try await Task.sleep(for: .seconds(3))
+        _ = try await Self.script(["up", serverDirectory.path])
+        let up = clock.now
+        while answered(after: up + .seconds(1)) < 200 && clock.now < up + .seconds(60) { try await Task.sleep(for: .milliseconds(20)) }
+        stop.withLockedValue { $0 = true }
+        for caller in callers { await caller.value }
+        let all = outcomes.withLockedValue { $0 }
+        let errors = all.compactMap(\.error)
+        #expect(answered(after: up + .seconds(1)) >= 200, "served again after the restart, by the same engine")
+        #expect(!errors.isEmpty, "the calls while it was down failed")
+        #expect(errors.allSatisfy { $0.contains("unavailable") }, "\(errors.filter { !$0.contains("unavailable") }.prefix(3))")
+        await engine.close()
     }
 
     /// Runs scripts/postgres.sh; returns its output. Through ``spawnAndWait(_:_:environment:)``

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PostgresNIO
 @testable import Storage
 import StorageTesting
 import Testing
@@ -803,10 +804,10 @@ struct PostgresEngineTests {
 
     /// A relay (python, `relay` below) from a free loopback port to `location`'s server;
     /// `location` is changed to go through it. Freeze it with SIGSTOP.
-    static func startRelay(to location: inout PostgresLocation) throws -> Process {
+    static func startRelay(to location: inout PostgresLocation, listeningOn listenPort: Int = 0) throws -> Process {
         let relay = Process()
         relay.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        relay.arguments = ["-c", Self.relay, location.host, String(location.port)]
+        relay.arguments = ["-c", Self.relay, location.host, String(location.port), String(listenPort)]
         let output = Pipe()
         relay.standardOutput = output
         // Not the test's own output: a relay left behind must not hold the runner's pipe.
@@ -1121,6 +1122,122 @@ struct PostgresEngineTests {
         static let joinsTheWriteBefore = true
     }
 
+    /// The engine's own pool (PostgresConnectionPool), on the suite's server: requests beyond
+    /// its size wait and are served in turn; a waiting request that is cancelled leaves the
+    /// queue; connections beyond the kept ones close once idle past the timeout, the kept ones
+    /// stay; one the server closes while idle is never lent; after `close()`, waiting and new
+    /// requests fail as unavailable.
+    @Test(.timeLimit(.minutes(2)))
+    func theConnectionPoolLendsInTurnClosesIdleConnectionsAndForgetsClosedOnes() async throws {
+        let configuration = try PostgresEngine.connectionConfiguration(try TestStore.administrator(), sessionSettings: [],
+                                                                        connectTimeout: .seconds(10))
+        let pool = PostgresConnectionPool(configuration: configuration, maximum: 2, keepOpen: 1, idleTimeout: .seconds(1),
+                                          sweepEvery: .milliseconds(200), logger: Self.logger)
+        func pid(_ connection: PostgresConnection) async throws -> Int32 {
+            let rows = try await connection.query("SELECT pg_backend_pid()", logger: Self.logger).get().rows
+            return try rows.first!.decode(Int32.self)
+        }
+        // Two lent at once; a third request waits, then gets the first one given back.
+        let first = try await pool.lease()
+        let second = try await pool.lease()
+        #expect(first !== second)
+        let third = Task { try await pool.lease() }
+        while pool.counts.waiting < 1 { try await Task.sleep(for: .milliseconds(10)) }
+        // A fourth request, cancelled while it waits, leaves the queue and gets nothing.
+        let cancelled = Task { try await pool.lease() }
+        while pool.counts.waiting < 2 { try await Task.sleep(for: .milliseconds(10)) }
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await cancelled.value }
+        #expect(pool.counts.waiting == 1)
+        pool.release(first)
+        let handed = try await third.value
+        #expect(handed === first, "the connection given back went to the request waiting")
+        #expect(pool.counts.leased == 2 && pool.counts.waiting == 0)
+        pool.release(handed)
+        pool.release(second)
+        #expect(pool.counts.idle == 2)
+
+        // Past the idle timeout, the sweep closes what is beyond the one kept.
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(30)
+        while pool.counts.idle > 1 && clock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(pool.counts.idle == 1, "one kept open: \(pool.counts)")
+        try await Task.sleep(for: .seconds(2))
+        #expect(pool.counts.idle == 1, "the kept one stays: \(pool.counts)")
+
+        // The server closes the kept one while it is idle: the next request gets a new,
+        // working connection (and the kept one is opened again).
+        let kept = try await pool.lease()
+        let keptPID = try await pid(kept)
+        pool.release(kept)
+        let admin = try await pool.lease()
+        if admin === kept {
+            // Only one was open: a second connection to terminate the first from.
+            let other = try await pool.lease()
+            _ = try await other.query("SELECT pg_terminate_backend(\(keptPID))", logger: Self.logger).get()
+            pool.release(other)
+            pool.release(admin)
+        } else {
+            _ = try await admin.query("SELECT pg_terminate_backend(\(keptPID))", logger: Self.logger).get()
+            pool.release(admin)
+        }
+        try await kept.closeFuture.get()
+        for _ in 0..<4 {
+            let connection = try await pool.lease()
+            #expect(!connection.isClosed)
+            let connectionPID = try await pid(connection)
+            #expect(connectionPID != keptPID)
+            pool.release(connection)
+        }
+
+        // Closed: a waiting request fails, and so does a new one.
+        let held = [try await pool.lease(), try await pool.lease()]
+        let waiting = Task { try await pool.lease() }
+        while pool.counts.waiting < 1 { try await Task.sleep(for: .milliseconds(10)) }
+        await pool.close()
+        await #expect(throws: StorageError.self) { _ = try await waiting.value }
+        await #expect(throws: StorageError.self) { _ = try await pool.lease() }
+        for connection in held { pool.release(connection) }
+        for connection in held { try? await connection.closeFuture.get() }
+        #expect(held.allSatisfy { $0.isClosed }, "given back after close: closed")
+    }
+
+    /// A server that refuses connections (nothing listens on the port): attempts are retried
+    /// one at a time with a growing back-off while a request waits, not flooded, and the
+    /// request is served by the first attempt that succeeds once the server is there (a
+    /// relay started on the port).
+    @Test(.timeLimit(.minutes(2)))
+    func attemptsAgainstARefusingServerBackOffAndTheFirstThatSucceedsServes() async throws {
+        // A port below the kernel's ephemeral range (none of this machine's outgoing
+        // connections takes it while nothing listens), found free by a relay binding it.
+        var location = try TestStore.administrator()
+        var relay: Process?
+        for _ in 0..<50 where relay == nil {
+            relay = try? Self.startRelay(to: &location, listeningOn: Int.random(in: 10_000..<20_000))
+        }
+        let port = location.port
+        Self.stop(try #require(relay))
+        let configuration = try PostgresEngine.connectionConfiguration(location, sessionSettings: [], connectTimeout: .seconds(10))
+        let pool = PostgresConnectionPool(configuration: configuration, maximum: 4, keepOpen: 0, logger: Self.logger)
+        let waiters = (0..<3).map { _ in Task { try await pool.lease() } }
+        try await Task.sleep(for: .seconds(2))
+        #expect(pool.counts.waiting == 3)
+        #expect(pool.counts.connecting <= 1, "one attempt at a time while they fail: \(pool.counts)")
+        // The server comes back on the same port (a relay to the suite's server).
+        var again = try TestStore.administrator()
+        let second = try Self.startRelay(to: &again, listeningOn: port)
+        defer { Self.stop(second) }
+        for waiter in waiters {
+            let connection = try await waiter.value
+            let rows = try await connection.query("SELECT 1", logger: Self.logger).get().rows
+            #expect(try rows.first!.decode(Int.self) == 1)
+            pool.release(connection)
+        }
+        #expect(PostgresConnectionPool.backoff(after: 1) == .milliseconds(100))
+        #expect(PostgresConnectionPool.backoff(after: 30) == .seconds(2))
+        await pool.close()
+    }
+
     /// An engine with one connection on an empty database of its own (nil, with an issue
     /// recorded, if the run is not on PostgreSQL).
     static func emptyEngine(_ name: String) async throws -> PostgresEngine? {
@@ -1136,7 +1253,7 @@ struct PostgresEngineTests {
         static let sql = "SELECT x FROM late_table"
     }
 
-    /// A TCP relay to HOST PORT on a free loopback port, printed first.
+    /// A TCP relay to HOST PORT on loopback port LISTEN (0: a free one), printed first.
     static let relay = """
         import asyncio, sys
         async def pipe(reader, writer):
@@ -1156,7 +1273,7 @@ struct PostgresEngineTests {
                 return
             await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
         async def main():
-            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[3]))
             print(server.sockets[0].getsockname()[1], flush=True)
             await server.serve_forever()
         asyncio.run(main())

@@ -11,8 +11,7 @@ struct ServerConfiguration: Sendable {
     var database: StorageLocation
     /// Connections to PostgreSQL (and threads running their transactions).
     var databasePoolSize: Int = 10
-    /// Connections kept open when idle (`--database-pool-min`); nil: none (postgres-nio's
-    /// pool with a minimum can stop the process after a PostgreSQL restart).
+    /// Connections kept open when idle (`--database-pool-min`); nil: none.
     var databasePoolMinimum: Int?
     var argon2: Argon2Parameters = .owaspMinimum
     var argon2Threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)

@@ -19,7 +19,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "PostgreSQL connections (each with a thread running its transactions). Env: ACCOUNT_SERVER_DATABASE_POOL_SIZE. Default: 10")
     var databasePoolSize: Int?
 
-    @Option(help: "PostgreSQL connections kept open even when idle (0 … pool size): fewer timers per use, but postgres-nio 1.33.2 can then stop the process after a PostgreSQL restart (docs/deployment.md). Env: ACCOUNT_SERVER_DATABASE_POOL_MIN. Default: 0")
+    @Option(help: "PostgreSQL connections kept open even when idle (0 … pool size); the others close after a minute idle. Env: ACCOUNT_SERVER_DATABASE_POOL_MIN. Default: 0")
     var databasePoolMin: Int?
 
     @Option(help: "FHIR listener (mutual TLS, or plain HTTP to a trusted proxy with --fhir-client-certificate-header), HOST:PORT. Env: ACCOUNT_SERVER_FHIR_ADDRESS. Default: 127.0.0.1:8443")
@@ -464,8 +464,7 @@ struct ServeCommand: AsyncParsableCommand {
         baseConfiguration.argon2QueueLimit = try settings.int("argon2.queue") ?? 64
         guard baseConfiguration.argon2QueueLimit >= 1 else { throw ValidationError("--argon2-queue must be at least 1") }
         guard baseConfiguration.databasePoolSize >= 1 else { throw ValidationError("--database-pool-size must be at least 1") }
-        // 0 by default: with a minimum, postgres-nio 1.33.2 can stop the process after a
-        // PostgreSQL restart (docs/deployment.md, "Known defect").
+        // 0 by default: connections open on demand and close after a minute idle.
         let poolMinimum = try settings.int("database.pool.min") ?? 0
         guard (0...baseConfiguration.databasePoolSize).contains(poolMinimum) else {
             throw ValidationError("--database-pool-min must be between 0 and --database-pool-size (\(baseConfiguration.databasePoolSize))")

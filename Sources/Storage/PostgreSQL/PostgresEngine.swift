@@ -18,7 +18,7 @@ import PostgresNIO
 public final class PostgresEngine: StorageEngine {
     public var kind: StorageKind { .postgres }
     public let location: PostgresLocation
-    private let client: PostgresClient
+    private let pool: PostgresConnectionPool
     private let threads: NIOThreadPool
     private let executors: EventLoopTaskExecutors
     /// How long a statement of the stores may go unanswered before its connection is closed
@@ -32,7 +32,6 @@ public final class PostgresEngine: StorageEngine {
     public static let defaultStatementDeadline: Duration = .seconds(30)
     /// The loop whose timers watch the waits for a connection.
     private let timerLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
-    private let running: Task<Void, Never>
     private let logger: Logger
     /// The last probe's answer and when it was made: requests waiting together share one
     /// probe a second instead of each opening a connection to a server that may be loaded.
@@ -67,11 +66,10 @@ public final class PostgresEngine: StorageEngine {
     /// (readiness), not by a crash.
     ///
     /// `keepOpen` connections stay open when idle. Connections beyond them are closed after a
-    /// minute idle, which postgres-nio watches with a timer task scheduled at every return
-    /// of a connection to the pool: measured on forward-auth, 16 % of the server's CPU went
-    /// to these timers when none was kept open. No keep-alive query either (it too is a timer
-    /// per use): a connection the server closed (restart, failover) is dropped when it
-    /// closes, and one that stops answering is cut by ``statementDeadline``.
+    /// minute idle, by one sweep every few seconds (``PostgresConnectionPool``, not
+    /// postgres-nio's client: see there why). No keep-alive query (a timer per use): a
+    /// connection the server closed (restart, failover) is dropped when it closes, and one
+    /// that stops answering is cut by ``statementDeadline``.
     public convenience init(location: PostgresLocation, poolSize: Int, keepOpen: Int = 0,
                             statementDeadline: Duration = PostgresEngine.defaultStatementDeadline, logger: Logger) throws(StorageError) {
         try self.init(location: location, poolSize: poolSize, keepOpen: keepOpen, statementDeadline: statementDeadline,
@@ -86,24 +84,31 @@ public final class PostgresEngine: StorageEngine {
         self.location = location
         self.statementDeadline = statementDeadline
         self.logger = logger
-        var configuration = PostgresClient.Configuration(host: location.host, port: location.port, username: location.username,
-                                                         password: location.password, database: location.database,
-                                                         tls: try Self.tls(location))
-        configuration.options.maximumConnections = poolSize
-        configuration.options.minimumConnections = keepOpen
-        configuration.options.connectTimeout = .seconds(10)
-        configuration.options.keepAliveBehavior = nil
-        configuration.options.additionalStartupParameters = sessionSettings
-        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        pool = PostgresConnectionPool(configuration: try Self.connectionConfiguration(location, sessionSettings: sessionSettings, connectTimeout: .seconds(10)),
+                                      maximum: poolSize, keepOpen: keepOpen, logger: logger)
         executors = EventLoopTaskExecutors(statementDeadline: statementDeadline)
         threads = NIOThreadPool(numberOfThreads: poolSize)
         threads.start()
-        let client = self.client
-        running = Task { await client.run() }
     }
 
-    static func tls(_ location: PostgresLocation) throws(StorageError) -> PostgresClient.Configuration.TLS {
-        try tlsConfiguration(location).map { .require($0) } ?? .disable
+    /// How the pool's connections (and the probe's) connect: the TLS context is made once.
+    static func connectionConfiguration(_ location: PostgresLocation, sessionSettings: [(String, String)],
+                                        connectTimeout: TimeAmount) throws(StorageError) -> PostgresConnection.Configuration {
+        let tls: PostgresConnection.Configuration.TLS
+        if let configuration = try tlsConfiguration(location) {
+            do {
+                tls = .require(try NIOSSLContext(configuration: configuration))
+            } catch {
+                throw .configuration("cannot use the TLS settings of the database URL: \(error)")
+            }
+        } else {
+            tls = .disable
+        }
+        var configuration = PostgresConnection.Configuration(host: location.host, port: location.port, username: location.username,
+                                                             password: location.password, database: location.database, tls: tls)
+        configuration.options.connectTimeout = connectTimeout
+        configuration.options.additionalStartupParameters = sessionSettings
+        return configuration
     }
 
     /// The client TLS configuration `sslmode` and `sslrootcert` ask for; nil for `disable`.
@@ -354,22 +359,31 @@ public final class PostgresEngine: StorageEngine {
                                              _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let started = NIOLockedValueBox(false)
         let problem = NIOLockedValueBox<String?>(nil)
-        let client = self.client
+        let pool = self.pool
         let location = self.location
         let logger = self.logger
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         let loop = eventLoop ?? timerLoop
         let lease = Task(executorPreference: eventLoop.map { executors.executor(for: $0) }) {
-            try await client.withConnection { connection in
-                // Cancelled while waiting: the lease came too late, give it back unused.
-                let go = started.withLockedValue { started in
-                    if Task.isCancelled { return false }
-                    started = true
-                    return true
-                }
-                guard go else { throw CancellationError() }
-                return try await body(connection)
+            let connection = try await pool.lease(preferring: eventLoop)
+            // Cancelled while waiting: the lease came too late, give it back unused.
+            let go = started.withLockedValue { started in
+                if Task.isCancelled { return false }
+                started = true
+                return true
+            }
+            guard go else {
+                pool.release(connection)
+                throw CancellationError()
+            }
+            do {
+                let result = try await body(connection)
+                pool.release(connection)
+                return result
+            } catch {
+                pool.release(connection)
+                throw error
             }
         }
         // Gives up the wait (never a started transaction), saying why.
@@ -428,29 +442,28 @@ public final class PostgresEngine: StorageEngine {
     /// (TLS, password, no such database).
     static func connectionProblem(_ location: PostgresLocation, logger: Logger) async -> String? {
         do {
-            let tls: PostgresConnection.Configuration.TLS
-            if let configuration = try tlsConfiguration(location) {
-                tls = .require(try NIOSSLContext(configuration: configuration))
-            } else {
-                tls = .disable
-            }
-            var configuration = PostgresConnection.Configuration(host: location.host, port: location.port, username: location.username,
-                                                                 password: location.password, database: location.database, tls: tls)
-            configuration.options.connectTimeout = .seconds(5)
+            let configuration = try connectionConfiguration(location, sessionSettings: [], connectTimeout: .seconds(5))
             let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
             try? await connection.close()
             return nil
-        } catch let error as PSQLError {
+        } catch {
+            if let error = error as? PSQLError, error.code == .server { return connectFailure(error) }
+            if String(reflecting: error).contains("timeout") || String(reflecting: error).contains("Timeout") { return nil }
+            return connectFailure(error)
+        }
+    }
+
+    /// Why a connection attempt failed, in words that name no secret (the server's message,
+    /// or the client's error code).
+    static func connectFailure(_ error: any Error) -> String {
+        if let error = error as? PSQLError {
             if error.code == .server, let message = error.serverInfo?[.message] {
                 return "the database server refused the connection: \(message)"
             }
-            let detail = String(reflecting: error)
-            if detail.contains("timeout") || detail.contains("Timeout") { return nil }
             return "cannot connect to the database server (\(error.code))"
-        } catch {
-            if "\(error)".contains("timeout") || "\(error)".contains("Timeout") { return nil }
-            return "cannot connect to the database server (\(error))"
         }
+        if let error = error as? StorageError { return "\(error)" }
+        return "cannot connect to the database server (\(error))"
     }
 
     public func migrate(_ schema: Schema) async throws {
@@ -676,13 +689,13 @@ public final class PostgresEngine: StorageEngine {
     /// Autovacuum gives dead rows' space back for reuse; nothing to do on demand.
     public func compact() async throws {}
 
-    /// Stops the client (its connections close) and the threads. Waits 5 s at most for the
-    /// client: shutting the process down must not depend on the database's state.
+    /// Stops the pool (its idle connections close; waiting requests fail) and the threads.
+    /// Waits 5 s at most for the connections: shutting the process down must not depend on
+    /// the database's state.
     public func close() async {
-        running.cancel()
-        let running = self.running
+        let pool = self.pool
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { _ = await running.value }
+            group.addTask { await pool.close() }
             group.addTask { try? await Task.sleep(for: .seconds(5)) }
             await group.next()
             group.cancelAll()
