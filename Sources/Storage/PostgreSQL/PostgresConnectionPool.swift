@@ -35,18 +35,28 @@ final class PostgresConnectionPool: Sendable {
 
     private struct State {
         var idle: [Idle] = []
-        var leased = 0
+        /// Lent, by identity: a lent connection that closes frees its place when it closes,
+        /// not when (if ever) its user gives it back (a statement written to a connection
+        /// that closed before the write is never answered, and its user never returns).
+        var leased: [ObjectIdentifier: PostgresConnection] = [:]
         var connecting = 0
+        /// Told to close and not closed yet: still a connection on the server.
+        var closing: Set<ObjectIdentifier> = []
         var waiters: [Waiter] = []
         var nextWaiter: UInt64 = 0
         var nextConnection = 0
+        /// Attempts started, for tests (how often a refusing server is tried).
+        var attempts = 0
+        /// Connections opened so far: an attempt started before the last success that fails
+        /// (a round of several, one of which got through) is not a new outage.
+        var successes = 0
         /// Attempts failed in a row, and when the last one failed: while it is above 0,
         /// one attempt at a time, after a back-off.
         var failures = 0
         var lastFailure = NIODeadline.distantPast
-        var retryScheduled = false
+        var retry: Scheduled<Void>?
         var closed = false
-        var open: Int { idle.count + leased + connecting }
+        var open: Int { idle.count + leased.count + connecting + closing.count }
     }
 
     /// What to do once the lock is released.
@@ -85,8 +95,8 @@ final class PostgresConnectionPool: Sendable {
     }
 
     /// Counts, for tests and diagnostics.
-    var counts: (idle: Int, leased: Int, connecting: Int, waiting: Int) {
-        state.withLockedValue { ($0.idle.count, $0.leased, $0.connecting, $0.waiters.count) }
+    var counts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) {
+        state.withLockedValue { ($0.idle.count, $0.leased.count, $0.connecting, $0.closing.count, $0.waiters.count, $0.attempts) }
     }
 
     /// A connection of this pool, to give back with ``release(_:)``: an idle one (on
@@ -110,7 +120,7 @@ final class PostgresConnectionPool: Sendable {
                     // this waiter, or this sees the cancellation.
                     if Task.isCancelled { return .fail(CancellationError()) }
                     if let connection = Self.takeIdle(&state, preferring: loop) {
-                        state.leased += 1
+                        state.leased[ObjectIdentifier(connection)] = connection
                         return .lend(connection)
                     }
                     state.waiters.append(Waiter(id: id, continuation: continuation, loop: loop))
@@ -132,7 +142,8 @@ final class PostgresConnectionPool: Sendable {
     }
 
     /// Gives a leased connection back: to the first waiting request, or to the idle ones. A
-    /// closed one frees its place (a new one is opened if requests wait).
+    /// closed one frees its place (a new one is opened if requests wait); one whose close
+    /// freed it already is ignored.
     func release(_ connection: PostgresConnection) {
         enum Outcome {
             case lend(Waiter)
@@ -140,13 +151,14 @@ final class PostgresConnectionPool: Sendable {
             case step(Step)
         }
         let outcome = state.withLockedValue { state -> Outcome in
-            state.leased -= 1
-            if state.closed { return .close }
-            if connection.isClosed { return .step(plan(&state)) }
-            if !state.waiters.isEmpty {
-                state.leased += 1
-                return .lend(state.waiters.removeFirst())
+            guard state.leased[ObjectIdentifier(connection)] != nil else { return .step(.none) }
+            if state.closed || connection.isClosed {
+                // Its close (under way, or done and about to be seen) frees the place.
+                if state.closed { state.leased[ObjectIdentifier(connection)] = nil }
+                return state.closed ? .close : .step(.none)
             }
+            if !state.waiters.isEmpty { return .lend(state.waiters.removeFirst()) }
+            state.leased[ObjectIdentifier(connection)] = nil
             state.idle.append(Idle(connection: connection, since: .now()))
             return .step(.none)
         }
@@ -157,36 +169,43 @@ final class PostgresConnectionPool: Sendable {
         }
     }
 
-    /// Stops lending: waiting requests fail, idle connections close (returns once they
-    /// have), leased ones close when given back, and ones being opened once open.
+    /// Stops lending: waiting requests fail, and every connection is told to close, lent ones
+    /// included (their statements fail), as are those still opening once open. Returns once
+    /// the idle and lent ones have closed.
     func close() async {
-        let (waiters, idle) = state.withLockedValue { state in
+        let (waiters, connections) = state.withLockedValue { state -> ([Waiter], [PostgresConnection]) in
             state.closed = true
-            defer {
-                state.waiters = []
-                state.idle = []
-            }
-            return (state.waiters, state.idle)
+            state.retry?.cancel()
+            state.retry = nil
+            let connections = state.idle.map(\.connection) + Array(state.leased.values)
+            let waiters = state.waiters
+            state.waiters = []
+            state.idle = []
+            state.leased = [:]
+            return (waiters, connections)
         }
         sweeper.withLockedValue { $0?.cancel() }
         for waiter in waiters { waiter.continuation.resume(throwing: StorageError.unavailable("the database connections are closed")) }
-        for entry in idle { try? await entry.connection.close() }
+        // All told at once, then waited for together: a TLS close to a vanished server
+        // waits for its peer (5 s), and ten in a row would outlast a stop's grace period.
+        let closes = connections.map { connection in
+            connection.close().flatMapError { _ in connection.closeFuture }
+        }
+        guard let loop = connections.first?.eventLoop else { return }
+        try? await EventLoopFuture.andAllComplete(closes, on: loop).get()
     }
 
     // MARK: - Opening connections
 
     /// The attempts to start for the requests waiting, marked as started. While attempts
-    /// fail, one at a time after a back-off (100 ms, doubling, 2 s at most): a server that
-    /// is restarting is not flooded, and the first attempt that succeeds opens the rest.
+    /// fail, one at a time after a back-off (100 ms, doubling, 2 s at most, ±20 %): a server
+    /// that is restarting is not flooded, and the first attempt that succeeds opens the rest.
     private func plan(_ state: inout State) -> Step {
         guard !state.closed, state.open < maximum else { return .none }
         if state.failures > 0 {
-            guard !state.waiters.isEmpty, state.connecting == 0, !state.retryScheduled else { return .none }
+            guard !state.waiters.isEmpty, state.connecting == 0, state.retry == nil else { return .none }
             let wait = Self.backoff(after: state.failures) - (.now() - state.lastFailure)
-            if wait > .zero {
-                state.retryScheduled = true
-                return .retry(after: wait)
-            }
+            if wait > .zero { return .retry(after: Self.jittered(wait)) }
             state.connecting += 1
             return .connect([state.waiters[0].loop ?? group.next()], retry: true)
         }
@@ -199,7 +218,12 @@ final class PostgresConnectionPool: Sendable {
     }
 
     static func backoff(after failures: Int) -> TimeAmount {
-        .milliseconds(min(2_000, 100 << min(failures - 1, 5)))
+        .milliseconds(min(2_000, 100 << min(max(failures, 1) - 1, 5)))
+    }
+
+    /// ±20 %: instances that saw the same restart do not retry in step.
+    private static func jittered(_ delay: TimeAmount) -> TimeAmount {
+        .nanoseconds(Int64(Double(delay.nanoseconds) * Double.random(in: 0.8...1.2)))
     }
 
     private func perform(_ step: Step) {
@@ -209,35 +233,38 @@ final class PostgresConnectionPool: Sendable {
         case .connect(let loops, let retry):
             for loop in loops { connect(on: loop, retry: retry) }
         case .retry(let delay):
-            group.next().scheduleTask(in: delay) { [self] in
-                let step = state.withLockedValue { state -> Step in
-                    state.retryScheduled = false
-                    // Due now: plan starts the attempt (or nothing, if no one waits any more).
-                    state.lastFailure = .now() - Self.backoff(after: state.failures)
-                    return plan(&state)
+            // Scheduled under the lock: `close()` cancels it, and only one is ever pending.
+            state.withLockedValue { state in
+                guard !state.closed, state.retry == nil else { return }
+                state.retry = group.next().scheduleTask(in: delay) { [weak self] in
+                    guard let self else { return }
+                    let step = self.state.withLockedValue { state -> Step in
+                        state.retry = nil
+                        // Due now: plan starts the attempt (or nothing, if no one waits any more).
+                        state.lastFailure = .now() - Self.backoff(after: state.failures)
+                        return self.plan(&state)
+                    }
+                    self.perform(step)
                 }
-                perform(step)
             }
         }
     }
 
     private func connect(on loop: any EventLoop, retry: Bool) {
-        let id = state.withLockedValue { state in
+        let (id, epoch) = state.withLockedValue { state in
             state.nextConnection += 1
-            return state.nextConnection
+            state.attempts += 1
+            return (state.nextConnection, state.successes)
         }
         PostgresConnection.connect(on: loop, configuration: configuration, id: id, logger: logger).whenComplete { result in
             switch result {
             case .success(let connection): self.opened(connection)
-            case .failure(let error): self.failedToOpen(error, retry: retry)
+            case .failure(let error): self.failedToOpen(error, retry: retry, epoch: epoch)
             }
         }
     }
 
     private func opened(_ connection: PostgresConnection) {
-        // An idle connection the server closes (restart, failover, idle timeout of a proxy)
-        // leaves the idle ones at once.
-        connection.closeFuture.whenComplete { [weak self] _ in self?.forget(connection) }
         enum Outcome {
             case lend(Waiter, Step)
             case close
@@ -247,15 +274,21 @@ final class PostgresConnectionPool: Sendable {
             state.connecting -= 1
             let recovered = state.failures > 0
             state.failures = 0
+            state.successes += 1
             if state.closed { return (.close, recovered) }
+            // Closed already (the server closed it right after authentication): its place
+            // is free again, for another attempt.
+            if connection.isClosed { return (.step(plan(&state)), recovered) }
             if !state.waiters.isEmpty {
-                state.leased += 1
+                state.leased[ObjectIdentifier(connection)] = connection
                 let waiter = state.waiters.removeFirst()
                 return (.lend(waiter, plan(&state)), recovered)
             }
             state.idle.append(Idle(connection: connection, since: .now()))
             return (.step(plan(&state)), recovered)
         }
+        // After it is counted: a close that came first runs this at once, and finds it.
+        connection.closeFuture.whenComplete { [weak self] _ in self?.closed(connection) }
         if recovered { logger.notice("database connections open again") }
         switch outcome {
         case .lend(let waiter, let step):
@@ -269,10 +302,12 @@ final class PostgresConnectionPool: Sendable {
     }
 
     /// `retry`: the attempt was made after failures. The attempts of one round (several
-    /// started together, before any failed) count as one failure for the back-off.
-    private func failedToOpen(_ error: any Error, retry: Bool) {
+    /// started together) count as one failure for the back-off, and an attempt started
+    /// before the last success that fails is no outage (`epoch`: the successes then).
+    private func failedToOpen(_ error: any Error, retry: Bool, epoch: Int) {
         let (step, first) = state.withLockedValue { state -> (Step, Bool) in
             state.connecting -= 1
+            guard epoch == state.successes else { return (plan(&state), false) }
             let first = state.failures == 0
             if first || retry { state.failures += 1 }
             state.lastFailure = .now()
@@ -283,14 +318,22 @@ final class PostgresConnectionPool: Sendable {
         perform(step)
     }
 
-    private func forget(_ connection: PostgresConnection) {
-        state.withLockedValue { state in
+    /// A connection closed (by the server: restart, failover, idle timeout of a proxy; or
+    /// by its user or the sweep): its place is free.
+    private func closed(_ connection: PostgresConnection) {
+        let step = state.withLockedValue { state -> Step in
+            let key = ObjectIdentifier(connection)
             state.idle.removeAll { $0.connection === connection }
+            state.leased[key] = nil
+            state.closing.remove(key)
+            return plan(&state)
         }
+        perform(step)
     }
 
     /// An idle connection, preferably on `loop` (its answers then arrive where the request
-    /// runs), the most recently used first; closed ones found on the way are dropped.
+    /// runs), the most recently used first; closed ones found on the way are dropped (their
+    /// close frees nothing more: they are no longer counted).
     private static func takeIdle(_ state: inout State, preferring loop: (any EventLoop)?) -> PostgresConnection? {
         state.idle.removeAll { $0.connection.isClosed }
         guard !state.idle.isEmpty else { return nil }
@@ -308,14 +351,17 @@ final class PostgresConnectionPool: Sendable {
             state.idle.removeAll { $0.connection.isClosed }
             var expired: [PostgresConnection] = []
             let limit = NIODeadline.now() - idleTimeout
-            // Oldest first: the idle ones are in the order they were given back.
-            while state.open > keepOpen, let oldest = state.idle.first, oldest.since < limit {
-                expired.append(state.idle.removeFirst().connection)
+            // Oldest first: the idle ones are in the order they were given back. Counted
+            // until closed: the server still has them meanwhile.
+            while state.open - state.closing.count > keepOpen, let oldest = state.idle.first, oldest.since < limit {
+                let connection = state.idle.removeFirst().connection
+                state.closing.insert(ObjectIdentifier(connection))
+                expired.append(connection)
             }
             let missing = keepOpen - state.open
             guard missing > 0, state.connecting == 0 else { return (expired, .none) }
             if state.failures > 0 {
-                guard !state.retryScheduled, .now() - state.lastFailure >= Self.backoff(after: state.failures) else { return (expired, .none) }
+                guard state.retry == nil, .now() - state.lastFailure >= Self.backoff(after: state.failures) else { return (expired, .none) }
                 state.connecting += 1
                 return (expired, .connect([group.next()], retry: true))
             }

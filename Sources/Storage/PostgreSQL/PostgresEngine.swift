@@ -19,6 +19,8 @@ public final class PostgresEngine: StorageEngine {
     public var kind: StorageKind { .postgres }
     public let location: PostgresLocation
     private let pool: PostgresConnectionPool
+    /// The pool's connection settings, with a shorter connect timeout: the probe's.
+    private let probeConfiguration: PostgresConnection.Configuration
     private let threads: NIOThreadPool
     private let executors: EventLoopTaskExecutors
     /// How long a statement of the stores may go unanswered before its connection is closed
@@ -84,8 +86,12 @@ public final class PostgresEngine: StorageEngine {
         self.location = location
         self.statementDeadline = statementDeadline
         self.logger = logger
-        pool = PostgresConnectionPool(configuration: try Self.connectionConfiguration(location, sessionSettings: sessionSettings, connectTimeout: .seconds(10)),
-                                      maximum: poolSize, keepOpen: keepOpen, logger: logger)
+        let configuration = try Self.connectionConfiguration(location, sessionSettings: sessionSettings, connectTimeout: .seconds(10))
+        pool = PostgresConnectionPool(configuration: configuration, maximum: poolSize, keepOpen: keepOpen, logger: logger)
+        var probeConfiguration = configuration
+        probeConfiguration.options.connectTimeout = .seconds(5)
+        probeConfiguration.options.additionalStartupParameters = []
+        self.probeConfiguration = probeConfiguration
         executors = EventLoopTaskExecutors(statementDeadline: statementDeadline)
         threads = NIOThreadPool(numberOfThreads: poolSize)
         threads.start()
@@ -360,7 +366,6 @@ public final class PostgresEngine: StorageEngine {
         let started = NIOLockedValueBox(false)
         let problem = NIOLockedValueBox<String?>(nil)
         let pool = self.pool
-        let location = self.location
         let logger = self.logger
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
@@ -407,7 +412,7 @@ public final class PostgresEngine: StorageEngine {
             }
             guard failFast else { return loop.makeSucceededVoidFuture() }
             return loop.makeFutureWithTask {
-                if let reason = await self.probe(location, logger: logger, clock: clock) { giveUp(reason) }
+                if let reason = await self.probe(logger: logger, clock: clock) { giveUp(reason) }
             }
         }
         defer { watchdog.cancel() }
@@ -424,9 +429,9 @@ public final class PostgresEngine: StorageEngine {
     }
 
     /// ``connectionProblem(_:logger:)``, reused for a second by every waiting request.
-    private func probe(_ location: PostgresLocation, logger: Logger, clock: ContinuousClock) async -> String? {
+    private func probe(logger: Logger, clock: ContinuousClock) async -> String? {
         if let recent = lastProbe.withLockedValue({ $0 }), clock.now - recent.at < Self.probeAfter { return recent.problem }
-        let problem = await Self.connectionProblem(location, logger: logger)
+        let problem = await Self.connectionProblem(probeConfiguration, logger: logger)
         // A cancelled probe failed for that reason only ("client closed the connection"): it
         // says nothing about the server and must not fail the other waiting requests. (Probes
         // run in their own task and a lease that arrives no longer cancels them; the guard
@@ -440,9 +445,8 @@ public final class PostgresEngine: StorageEngine {
     /// slow (the server is up, or loaded: the pool is busy, and the request keeps waiting).
     /// Only a definite answer fails the request: refused, reset, or refused by the server
     /// (TLS, password, no such database).
-    static func connectionProblem(_ location: PostgresLocation, logger: Logger) async -> String? {
+    static func connectionProblem(_ configuration: PostgresConnection.Configuration, logger: Logger) async -> String? {
         do {
-            let configuration = try connectionConfiguration(location, sessionSettings: [], connectTimeout: .seconds(5))
             let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
             try? await connection.close()
             return nil
@@ -689,19 +693,28 @@ public final class PostgresEngine: StorageEngine {
     /// Autovacuum gives dead rows' space back for reuse; nothing to do on demand.
     public func compact() async throws {}
 
-    /// Stops the pool (its idle connections close; waiting requests fail) and the threads.
-    /// Waits 5 s at most for the connections: shutting the process down must not depend on
-    /// the database's state.
+    /// Stops the pool (its connections close; waiting requests fail) and the threads. Waits
+    /// 5 s at most for the connections: shutting the process down must not depend on the
+    /// database's state (a task group would wait for the pool whatever the timer said).
     public func close() async {
         let pool = self.pool
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await pool.close() }
-            group.addTask { try? await Task.sleep(for: .seconds(5)) }
-            await group.next()
-            group.cancelAll()
+        let once = NIOLockedValueBox(false)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resume: @Sendable () -> Void = {
+                if once.withLockedValue({ done in defer { done = true }; return !done }) { continuation.resume() }
+            }
+            let timer = timerLoop.scheduleTask(in: .seconds(5)) { resume() }
+            Task {
+                await pool.close()
+                timer.cancel()
+                resume()
+            }
         }
         try? await threads.shutdownGracefully()
     }
+
+    /// The pool's counts, for tests.
+    var poolCounts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) { pool.counts }
 
     /// postgres-nio's errors as the stores' engine-neutral ones.
     static func storageError(_ error: any Error) -> any Error {
