@@ -472,7 +472,7 @@ struct MultiInstanceTests {
             let settled = clock.now + .seconds(20)
             var counts = engine.poolCounts
             while clock.now < settled && (counts.idle != 4 || counts.leased != 0) {
-                try? await Task.sleep(for: .milliseconds(100))
+                do { try await Task.sleep(for: .milliseconds(100)) } catch { break }
                 counts = engine.poolCounts
             }
             #expect(counts.idle == 4 && counts.leased == 0 && counts.waiting == 0, "\(counts)")

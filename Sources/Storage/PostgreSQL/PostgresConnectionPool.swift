@@ -41,7 +41,7 @@ final class PostgresConnectionPool: Sendable {
         var leased: [ObjectIdentifier: PostgresConnection] = [:]
         var connecting = 0
         /// Told to close and not closed yet: still a connection on the server.
-        var closing: Set<ObjectIdentifier> = []
+        var closing: [ObjectIdentifier: PostgresConnection] = [:]
         var waiters: [Waiter] = []
         var nextWaiter: UInt64 = 0
         var nextConnection = 0
@@ -258,13 +258,19 @@ final class PostgresConnectionPool: Sendable {
         }
         PostgresConnection.connect(on: loop, configuration: configuration, id: id, logger: logger).whenComplete { result in
             switch result {
-            case .success(let connection): self.opened(connection)
+            case .success(let connection): self.opened(connection, retry: retry, epoch: epoch)
             case .failure(let error): self.failedToOpen(error, retry: retry, epoch: epoch)
             }
         }
     }
 
-    private func opened(_ connection: PostgresConnection) {
+    private func opened(_ connection: PostgresConnection, retry: Bool, epoch: Int) {
+        // Closed already (the server or a proxy closed it right after authentication): a
+        // failed attempt, not a recovery, or such a server would be reconnected in a loop.
+        if connection.isClosed {
+            failedToOpen(StorageError.unavailable("the server closed the connection as soon as it was open"), retry: retry, epoch: epoch)
+            return
+        }
         enum Outcome {
             case lend(Waiter, Step)
             case close
@@ -275,10 +281,7 @@ final class PostgresConnectionPool: Sendable {
             let recovered = state.failures > 0
             state.failures = 0
             state.successes += 1
-            if state.closed { return (.close, recovered) }
-            // Closed already (the server closed it right after authentication): its place
-            // is free again, for another attempt.
-            if connection.isClosed { return (.step(plan(&state)), recovered) }
+            if state.closed { return (.close, false) }
             if !state.waiters.isEmpty {
                 state.leased[ObjectIdentifier(connection)] = connection
                 let waiter = state.waiters.removeFirst()
@@ -325,7 +328,7 @@ final class PostgresConnectionPool: Sendable {
             let key = ObjectIdentifier(connection)
             state.idle.removeAll { $0.connection === connection }
             state.leased[key] = nil
-            state.closing.remove(key)
+            state.closing[key] = nil
             return plan(&state)
         }
         perform(step)
@@ -355,7 +358,7 @@ final class PostgresConnectionPool: Sendable {
             // until closed: the server still has them meanwhile.
             while state.open - state.closing.count > keepOpen, let oldest = state.idle.first, oldest.since < limit {
                 let connection = state.idle.removeFirst().connection
-                state.closing.insert(ObjectIdentifier(connection))
+                state.closing[ObjectIdentifier(connection)] = connection
                 expired.append(connection)
             }
             let missing = keepOpen - state.open

@@ -694,8 +694,8 @@ public final class PostgresEngine: StorageEngine {
     public func compact() async throws {}
 
     /// Stops the pool (its connections close; waiting requests fail) and the threads. Waits
-    /// 5 s at most for the connections: shutting the process down must not depend on the
-    /// database's state (a task group would wait for the pool whatever the timer said).
+    /// 5 s at most for both: shutting the process down must not depend on the database's
+    /// state (a task group would wait for the pool whatever the timer said).
     public func close() async {
         let pool = self.pool
         let once = NIOLockedValueBox(false)
@@ -706,11 +706,13 @@ public final class PostgresEngine: StorageEngine {
             let timer = timerLoop.scheduleTask(in: .seconds(5)) { resume() }
             Task {
                 await pool.close()
+                // Transactions caught by the close end when their statements fail (or at
+                // their deadline): within the same bound.
+                try? await threads.shutdownGracefully()
                 timer.cancel()
                 resume()
             }
         }
-        try? await threads.shutdownGracefully()
     }
 
     /// The pool's counts, for tests.
@@ -905,6 +907,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             throw StorageError.unavailable("the database connection was closed")
         }
         if !evenAfterFailure, let earlier = failure.withLockedValue({ $0 }) { throw earlier }
+        let sentBefore = sent
         sent = true
         let opening = sendingHeld ? takeOpening() : nil
         let held = sendingHeld ? takeHeld() : []
@@ -917,6 +920,15 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
                 // A close started by a statement of this call (a poisoned statement, a failed
                 // unlock) marks the connection abandoned: the pool has it back once closed.
                 return try await ConnectionClosing.$marker.withValue(abandoned) { try await StatementTimer.$current.withValue(timer) {
+                    // Checked again on the connection's loop, in the same job as the write that
+                    // follows: a statement written to a connection that closed a moment before
+                    // (between the check on the thread and this job) is dropped by postgres-nio
+                    // unanswered, and would wait for the statement deadline.
+                    guard !connection.isClosed else {
+                        abandoned.withLockedValue { $0 = true }
+                        if !sentBefore { throw ConnectionClosedBeforeUse() }
+                        throw StorageError.unavailable("the database connection was closed")
+                    }
                     do {
                         let first = (opening.map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + held
                         try await Self.send(first, on: connection, logger: logger, failure: failure)
