@@ -136,6 +136,9 @@ public protocol StorageEngine: Sendable {
     func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp?
     /// Applies the pending migrations; safe when several instances start at once.
     func migrate(_ schema: Schema) async throws
+    /// The engine's connections now, when it holds a pool of them (PostgreSQL); nil
+    /// otherwise (SQLite). For the metrics.
+    var connectionCounts: DatabaseConnectionCounts? { get }
     /// Names of the applied migrations, in order.
     func appliedMigrations() async throws -> [String]
     /// Gives free space back (SQLite `VACUUM`; PostgreSQL leaves it to autovacuum).
@@ -198,7 +201,29 @@ extension Migration {
     }
 }
 
+/// A connection pool's state at one moment (``StorageEngine/connectionCounts``).
+public struct DatabaseConnectionCounts: Sendable, Equatable {
+    /// Open and unused.
+    public var idle: Int
+    /// In use by a transaction or a statement.
+    public var lent: Int
+    /// Being opened.
+    public var opening: Int
+    /// Told to close, not closed yet.
+    public var closing: Int
+    /// Requests waiting for a connection.
+    public var waiting: Int
+    /// Attempts to open a connection so far (successful or not).
+    public var attempts: Int
+
+    public init(idle: Int, lent: Int, opening: Int, closing: Int, waiting: Int, attempts: Int) {
+        (self.idle, self.lent, self.opening, self.closing, self.waiting, self.attempts) = (idle, lent, opening, closing, waiting, attempts)
+    }
+}
+
 extension StorageEngine {
+    public var connectionCounts: DatabaseConnectionCounts? { nil }
+
     public func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? { nil }
 
     public func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { nil }

@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import StorageTesting
 import Testing
 
 /// The admin listener: token, JSON API, French page, health, readiness, metrics.
@@ -339,6 +340,15 @@ struct AdminTests {
                      #"account_server_http_requests_total{surface="fhir",status="201"} 1"#,
                      "account_server_forward_auth_duration_seconds_count 2", "account_server_argon2_queue_depth 0"] {
             #expect(text.contains(line), "metrics have \(line)")
+        }
+        // The connection pool, on PostgreSQL only: some connection open and none waiting.
+        if TestStore.kind == .postgres {
+            #expect(text.contains("account_server_database_requests_waiting 0"), "\(text)")
+            #expect(text.contains(#"account_server_database_connections{state="idle"}"#))
+            let attempts = text.split(separator: "\n").first { $0.hasPrefix("account_server_database_connection_attempts_total ") }
+            #expect((attempts.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0) >= 1, "\(String(describing: attempts))")
+        } else {
+            #expect(!text.contains("account_server_database_"), "SQLite has no connection pool to report")
         }
         #expect(try await web.get("/healthz").headers.first(name: "X-Request-Id")?.count == 16)
 

@@ -71,6 +71,7 @@ func buildApplication(
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
     let provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), logger: logger)
     metrics.observe(hasher: hasher)
+    metrics.observe(database: database.engine)
 
     let authenticator = CallerAuthenticator(mode: callerMode, verifier: verifier)
     let upstream = try configuration.fhir.upstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }

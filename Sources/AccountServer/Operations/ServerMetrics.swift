@@ -3,6 +3,7 @@ import Habilitation
 import HTTPTypes
 import Hummingbird
 import Prometheus
+import Storage
 import Synchronization
 
 /// The Prometheus metrics of one server instance. Owned by the application (no global
@@ -18,6 +19,9 @@ final class ServerMetrics: Sendable {
     private let providerCallbackOwn: DurationHistogram
     private let providerCallbackProvider: DurationHistogram
     private let hasher: Mutex<PasswordHasher?> = Mutex(nil)
+    /// The database's connection pool (PostgreSQL), read at scrape time, with the attempts
+    /// the last scrape brought (the counter grows by the difference).
+    private let database: Mutex<(engine: any StorageEngine, exportedAttempts: Int)?> = Mutex(nil)
     /// Forward-auth's session lookups, counted by the habilitation service on each loop and
     /// brought here at scrape time (the hot path touches no shared counter), with what the
     /// last scrape brought: the counters grow by the difference.
@@ -81,6 +85,13 @@ final class ServerMetrics: Sendable {
 
     /// The hasher whose queue depth is reported at scrape time.
     func observe(hasher: PasswordHasher) { self.hasher.withLock { $0 = hasher } }
+
+    /// The database whose connections are reported at scrape time, when its engine pools
+    /// them (PostgreSQL; SQLite has nothing to report).
+    func observe(database engine: any StorageEngine) {
+        guard engine.connectionCounts != nil else { return }
+        database.withLock { $0 = (engine, 0) }
+    }
 
     /// The habilitation service whose forward-auth lookups are reported at scrape time.
     func observe(habilitation: HabilitationService) {
@@ -174,6 +185,19 @@ final class ServerMetrics: Sendable {
     /// The exposition text (Prometheus text format 0.0.4).
     func scrape() -> [UInt8] {
         if let hasher = hasher.withLock({ $0 }) { argon2QueueDepth.set(Double(hasher.queueDepth)) }
+        database.withLock { observed in
+            guard let (engine, exported) = observed, let counts = engine.connectionCounts else { return }
+            let help = "Database connections of this instance's pool (PostgreSQL), by state"
+            for (state, value) in [("idle", counts.idle), ("lent", counts.lent), ("opening", counts.opening), ("closing", counts.closing)] {
+                registry.makeGauge(name: "account_server_database_connections", labels: [("state", state)], help: help).set(Double(value))
+            }
+            registry.makeGauge(name: "account_server_database_requests_waiting", help: "Requests waiting for a database connection (PostgreSQL)")
+                .set(Double(counts.waiting))
+            registry.makeCounter(name: "account_server_database_connection_attempts_total",
+                                 help: "Attempts to open a database connection, successful or not (PostgreSQL)")
+                .increment(by: Int64(counts.attempts - exported))
+            observed = (engine, counts.attempts)
+        }
         habilitation.withLock { observed in
             guard let (service, exported) = observed else { return }
             let counts = service.forwardAuthCounts()

@@ -718,6 +718,12 @@ public final class PostgresEngine: StorageEngine {
     /// The pool's counts, for tests.
     var poolCounts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) { pool.counts }
 
+    public var connectionCounts: DatabaseConnectionCounts? {
+        let counts = pool.counts
+        return DatabaseConnectionCounts(idle: counts.idle, lent: counts.leased, opening: counts.connecting, closing: counts.closing,
+                                        waiting: counts.waiting, attempts: counts.attempts)
+    }
+
     /// postgres-nio's errors as the stores' engine-neutral ones.
     static func storageError(_ error: any Error) -> any Error {
         if error is PostgresRetry || error is StorageError { return error }
