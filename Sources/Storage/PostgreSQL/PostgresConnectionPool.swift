@@ -145,28 +145,17 @@ final class PostgresConnectionPool: Sendable {
     /// closed one frees its place (a new one is opened if requests wait); one whose close
     /// freed it already is ignored.
     func release(_ connection: PostgresConnection) {
-        enum Outcome {
-            case lend(Waiter)
-            case close
-            case step(Step)
-        }
-        let outcome = state.withLockedValue { state -> Outcome in
-            guard state.leased[ObjectIdentifier(connection)] != nil else { return .step(.none) }
-            if state.closed || connection.isClosed {
-                // Its close (under way, or done and about to be seen) frees the place.
-                if state.closed { state.leased[ObjectIdentifier(connection)] = nil }
-                return state.closed ? .close : .step(.none)
-            }
-            if !state.waiters.isEmpty { return .lend(state.waiters.removeFirst()) }
+        let waiter = state.withLockedValue { state -> Waiter? in
+            // Not lent any more: its close freed its place already, or `close()` took it.
+            guard state.leased[ObjectIdentifier(connection)] != nil else { return nil }
+            // Closed: its close (under way, or done and about to be seen) frees the place.
+            if connection.isClosed { return nil }
+            if !state.waiters.isEmpty { return state.waiters.removeFirst() }
             state.leased[ObjectIdentifier(connection)] = nil
             state.idle.append(Idle(connection: connection, since: .now()))
-            return .step(.none)
+            return nil
         }
-        switch outcome {
-        case .lend(let waiter): waiter.continuation.resume(returning: connection)
-        case .close: connection.close().whenComplete { _ in }
-        case .step(let step): perform(step)
-        }
+        waiter?.continuation.resume(returning: connection)
     }
 
     /// Stops lending: waiting requests fail, and every connection is told to close, lent ones

@@ -715,9 +715,6 @@ public final class PostgresEngine: StorageEngine {
         }
     }
 
-    /// The pool's counts, for tests.
-    var poolCounts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) { pool.counts }
-
     public var connectionCounts: DatabaseConnectionCounts? {
         let counts = pool.counts
         return DatabaseConnectionCounts(idle: counts.idle, lent: counts.leased, opening: counts.connecting, closing: counts.closing,
