@@ -1227,6 +1227,56 @@ struct PostgresEngineTests {
         for connection in held { pool.release(connection) }
     }
 
+    /// A forward-auth statement (`loopRead`) whose lent connection closed after the pool
+    /// checked it and before the statement was written goes on another connection and is
+    /// answered. Here the connection is on another loop than the request, is handed over by a
+    /// release while the request's loop is busy, and closes meanwhile. Written to the closed
+    /// channel, the statement was never answered by postgres-nio: the request failed at the
+    /// statement deadline (30 s).
+    @Test(.timeLimit(.minutes(1)))
+    func aLoopReadWhoseConnectionClosedBeforeItsWriteGoesOnAnother() async throws {
+        guard let engine = try await Self.emptyEngine("closed-before-write") else { return }
+        let requests = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let requestLoop = requests.next()
+        let busy = DispatchSemaphore(value: 0)
+        let freed = NIOLockedValueBox(false)
+        let free: @Sendable () -> Void = {
+            let first = freed.withLockedValue { freed in
+                defer { freed = true }
+                return !freed
+            }
+            if first { busy.signal() }
+        }
+        do {
+            let held = try await engine.pool.lease(preferring: MultiThreadedEventLoopGroup.singleton.next())
+            try #require(held.eventLoop !== requestLoop)
+            let answer = requestLoop.flatSubmit { engine.loopRead(sql: "SELECT 41 + 1 AS n", arguments: [], on: requestLoop) }
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(20)
+            while engine.pool.counts.waiting < 1 && clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            try #require(engine.pool.counts.waiting == 1, "the statement waits for the only connection")
+            // Queued before the release: the request sees the connection handed over only
+            // once this job ends, after the close.
+            requestLoop.execute { busy.wait() }
+            engine.pool.release(held)
+            try await held.close()
+            #expect(held.isClosed)
+            free()
+            let rows = try await answer.get()
+            try #require(rows.count == 1)
+            let n: Int64 = rows[0]["n"]
+            #expect(n == 42)
+            #expect(engine.pool.counts.leased == 0, "\(engine.pool.counts)")
+        } catch is ExpectationFailedError {
+            free()  // recorded already (a `#require`)
+        } catch {
+            free()
+            Issue.record(error)
+        }
+        await engine.close()
+        try await requests.shutdownGracefully()
+    }
+
     /// A task's value, cancelled with the test (a time limit then ends the test instead of
     /// waiting forever on a pool that never lends).
     static func value<T: Sendable>(_ task: Task<T, any Error>) async throws -> T {

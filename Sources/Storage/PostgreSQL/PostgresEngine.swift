@@ -18,7 +18,8 @@ import PostgresNIO
 public final class PostgresEngine: StorageEngine {
     public var kind: StorageKind { .postgres }
     public let location: PostgresLocation
-    private let pool: PostgresConnectionPool
+    /// Internal for tests (a connection lent apart from the engine's own uses).
+    let pool: PostgresConnectionPool
     /// The pool's connection settings, with a shorter connect timeout: the probe's.
     private let probeConfiguration: PostgresConnection.Configuration
     private let threads: NIOThreadPool
@@ -321,26 +322,57 @@ public final class PostgresEngine: StorageEngine {
         }
         // On the request's loop: the lease, the statement's answer and the reply to the
         // request continue where they are, without visiting the cooperative pool.
+        let executors = self.executors
         promise.completeWith(executors.run(on: eventLoop) { call in
-            do {
-                return try await self.withConnection(on: eventLoop) { connection in
-                    let deadline = call.armDeadline(closing: connection)
-                    defer { deadline.cancel() }
-                    let closing = NIOLockedValueBox(false)
-                    do {
-                        return try await ConnectionClosing.$marker.withValue(closing) { try await run(connection, statement) }
-                    } catch {
-                        // Closed after its statement failed (see ConnectionClosing): the pool has
-                        // it back once closed, or it would lend a connection that is closing.
-                        if closing.withLockedValue({ $0 }) { await Self.closed(connection) }
-                        throw error
+            var attempt = 0
+            while true {
+                attempt += 1
+                do {
+                    return try await self.withConnection(on: eventLoop) { connection in
+                        let deadline = call.armDeadline(closing: connection)
+                        defer { deadline.cancel() }
+                        let closing = NIOLockedValueBox(false)
+                        do {
+                            return try await ConnectionClosing.$marker.withValue(closing) {
+                                try await Self.sendingOnItsLoop(connection, executors: executors) { try await run(connection, statement) }
+                            }
+                        } catch {
+                            // Closed after its statement failed (see ConnectionClosing): the pool has
+                            // it back once closed, or it would lend a connection that is closing.
+                            if closing.withLockedValue({ $0 }) { await Self.closed(connection) }
+                            throw error
+                        }
                     }
+                } catch is ConnectionClosedBeforeUse {
+                    // Lent, then closed before the statement was written (the server ended it,
+                    // or its previous user's close completed): nothing was sent, so the
+                    // statement goes on another connection.
+                    guard attempt < 3 else { throw StorageError.unavailable("the database connections were closed") }
+                } catch {
+                    throw Self.storageError(error)
                 }
-            } catch {
-                throw Self.storageError(error)
             }
         })
         return promise.futureResult
+    }
+
+    /// `send` started in the same job of the connection's event loop as a check that the
+    /// connection is open, or ``ConnectionClosedBeforeUse``. postgres-nio drops a statement
+    /// written to a channel that has already closed without ever answering it; its channel
+    /// closes only on its own loop, so a check and a write in one job of that loop cannot be
+    /// separated by the close. A lent connection may have closed since the pool checked it:
+    /// one handed over by a release waits for its new user's next job, and may be on another
+    /// loop than the request's (hopped to, and back once answered).
+    static func sendingOnItsLoop<T: Sendable>(_ connection: PostgresConnection, executors: EventLoopTaskExecutors,
+                                               _ send: @Sendable () async throws -> T) async throws -> T {
+        if connection.eventLoop.inEventLoop {
+            guard !connection.isClosed else { throw ConnectionClosedBeforeUse() }
+            return try await send()
+        }
+        return try await withTaskExecutorPreference(executors.executor(for: connection.eventLoop)) {
+            guard !connection.isClosed else { throw ConnectionClosedBeforeUse() }
+            return try await send()
+        }
     }
 
     /// How long a request may wait for a connection while the server accepts connections
