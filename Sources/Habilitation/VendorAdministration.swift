@@ -258,7 +258,10 @@ public final class VendorAdministration: Sendable {
         let at = now
         return try await database.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
-            let count = try SessionLedger().revokeAll(of: accountID, reason: "admin", at: at, in: db)
+            // Counted: the sessions still live. Expired ones (idle or absolute) are ended
+            // already; they are marked revoked too, but are no change (as expired reset links).
+            let count = try self.liveSessions(accountID, at: at, in: db)
+            _ = try SessionLedger().revokeAll(of: accountID, reason: "admin", at: at, in: db)
             let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: requestID, identifier: nil, accountID: accountID, changes: [],
@@ -311,6 +314,13 @@ public final class VendorAdministration: Sendable {
         return try await database.read { db in
             try AuditLog().events(accountID: accountID, afterSeq: afterSeq, upToSeq: horizon, limit: limit, in: db)
         }
+    }
+
+    /// The account's sessions, of any origin, neither revoked nor expired.
+    private func liveSessions(_ accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {
+        try Int.fetchOne(db, sql: """
+            SELECT COUNT(*) FROM web_session WHERE account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
+            """, arguments: [accountID, at.epochMilliseconds, at.addingTimeInterval(-sessionConfiguration.idleTimeout).epochMilliseconds]) ?? 0
     }
 
     private func openSASSessions(_ accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {

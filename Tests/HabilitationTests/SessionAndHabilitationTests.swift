@@ -519,5 +519,17 @@ struct SessionAndHabilitationTests {
         // Tokens are stored hashed.
         let stored = try await world.database.read { db in try String.fetchAll(db, sql: "SELECT id_hash FROM web_session") }
         #expect(!stored.contains(first) && stored.contains(SecretToken.hash(first)))
+        // A session past its idle timeout is ended already: marked revoked with the others,
+        // but neither counted nor a change (as expired reset links).
+        let idle = try await world.signIn(origin: nil)
+        world.clock.advance(SessionConfiguration().idleTimeout + 1)
+        let again = try await administration.revokeSessions(accountID: world.accountID, actor: world.actor)
+        #expect(again?.sessions == 0 && again?.changed == false, "\(String(describing: again))")
+        let revokedAt = try await world.database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT revoked_at FROM web_session WHERE id_hash = ?", arguments: [SecretToken.hash(idle)])
+        }
+        #expect(revokedAt == world.clock.now.epochMilliseconds)
+        let event = try #require(try await administration.auditEvents(accountID: world.accountID).last { $0.action == "sessions-revoked" })
+        #expect(event.outcome == "0 revoked", "\(event)")
     }
 }
