@@ -259,7 +259,8 @@ public final class VendorAdministration: Sendable {
         return try await database.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
             // Counted: the sessions still live. Expired ones (idle or absolute) are ended
-            // already; they are marked revoked too, but are no change (as expired reset links).
+            // already, and no change (as expired reset links); they are marked revoked too, so
+            // that a longer idle timeout configured later cannot bring one back.
             let count = try self.liveSessions(accountID, at: at, in: db)
             _ = try SessionLedger().revokeAll(of: accountID, reason: "admin", at: at, in: db)
             let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)

@@ -158,7 +158,8 @@ struct MultiInstanceTests {
             var instances: [Instance] = []
             for name in ["a", "b"] {
                 // One after the other: the second finds the schema the first migrated (the
-                // advisory lock covers instances started together; ProcessTests does that).
+                // advisory lock covers instances started together:
+                // `PostgresEngineTests.instancesStartingTogetherMigrateOnce`).
                 instances.append(try await Instance.launch(name: name, directory: pki.directory, database: argument, pki: pki,
                                                            publicURL: "https://localhost:\(web)", smtpPort: smtp.port))
             }
@@ -236,6 +237,17 @@ struct MultiInstanceTests {
         let response = try await client.execute(request, timeout: .seconds(30))
         _ = try await response.body.collect(upTo: 1 << 16)
         return Int(response.status.code)
+    }
+
+    /// `account_server_http_requests_total` of one surface and status, on an instance's
+    /// admin listener.
+    static func requestCount(_ instance: Instance, surface: String, status: Int, client: HTTPClient) async throws -> Int {
+        let response = try await client.execute(HTTPClientRequest(url: "http://127.0.0.1:\(instance.adminPort)/metrics"), timeout: .seconds(30))
+        let body = String(buffer: try await response.body.collect(upTo: 1 << 22))
+        let line = body.split(separator: "\n").first {
+            $0.hasPrefix("account_server_http_requests_total{") && $0.contains("surface=\"\(surface)\"") && $0.contains("status=\"\(status)\"")
+        }
+        return line.flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }.map { Int($0) } ?? 0
     }
 
     @Test func theSASJourneyHopsBetweenInstances() async throws {
@@ -342,6 +354,13 @@ struct MultiInstanceTests {
         // Refused, or fail-closed (503) when the database did not answer a check in time.
         #expect(after.allSatisfy { $0.1 == 403 || $0.1 == 503 }, "\(Set(after.map(\.1)))")
         #expect(after.filter { $0.1 == 403 }.count >= 100)
+        // Both instances answered the withdrawal (the session was habilitated until then, so
+        // a refusal is an answer after the commit): a withdrawal committed through one is seen
+        // by the other, not only by whichever nginx kept sending to.
+        for instance in cluster.instances {
+            let refused = try await Self.requestCount(instance, surface: "forward-auth", status: 403, client: client)
+            #expect(refused > 0, "instance \(instance.name) refused the withdrawn session")
+        }
         await fhir.shutdown()
         await owned.shutdown()
         await browser.shutdown()
@@ -426,6 +445,24 @@ struct MultiInstanceTests {
         #expect(duringOutage.allSatisfy { $0.took < .seconds(7) }, "fail fast: \(duringOutage.map(\.took).max() ?? .zero)")
         #expect(page.status == 503 && page.body.contains("Service momentanément indisponible"), "\(page.status) \(page.body.prefix(300))")
         #expect(count(after: up + .seconds(1), 201) >= 10, "served again after the restart, without restarting account-server")
+        // Each instance serves again, asked directly: nginx's round robin does not move a
+        // call answered 503 to the other instance, so one instance stuck answering 503 would
+        // hide behind the other in the count above.
+        var direct: [String] = []
+        for instance in cluster.instances where instance.isRunning {
+            let client = try FHIRClient(pki: cluster.pki, certificate: "valid", server: nil, baseURL: "https://localhost:\(instance.fhirPort)")
+            var status = 0
+            let until = clock.now + .seconds(30)
+            repeat {
+                let uuid = UUID().uuidString.lowercased()
+                let reply = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: uuid, email: "\(uuid.prefix(8))@test.fr"),
+                                                  headers: Self.fresh)
+                status = reply.status
+                if status == 201 { direct.append(uuid) } else { try await Task.sleep(for: .milliseconds(200)) }
+            } while status != 201 && clock.now < until
+            await client.shutdown()
+            #expect(status == 201, "instance \(instance.name) serves again after the restart, asked directly")
+        }
         for instance in cluster.instances where !instance.isRunning {
             let log = (try? String(contentsOf: instance.logFile, encoding: .utf8)) ?? ""
             // The lines around a crash (the library's precondition and the backtrace's top).
@@ -439,6 +476,7 @@ struct MultiInstanceTests {
         })
         let lost = all.filter { $0.status == 201 && !stored.contains($0.uuid) }
         #expect(lost.isEmpty, "acknowledged creates lost: \(lost.count)")
+        #expect(direct.allSatisfy(stored.contains))
         await web.shutdown()
         await cluster.stop()
     }

@@ -325,10 +325,13 @@ public final class PostgresEngine: StorageEngine {
         let executors = self.executors
         promise.completeWith(executors.run(on: eventLoop) { call in
             var attempt = 0
+            // One wait for a connection, shared by the attempts.
+            let clock = ContinuousClock()
+            let deadline = clock.now + Self.busyTimeout
             while true {
                 attempt += 1
                 do {
-                    return try await self.withConnection(on: eventLoop) { connection in
+                    return try await self.withConnection(timeout: max(.zero, deadline - clock.now), on: eventLoop) { connection in
                         let deadline = call.armDeadline(closing: connection)
                         defer { deadline.cancel() }
                         let closing = NIOLockedValueBox(false)
