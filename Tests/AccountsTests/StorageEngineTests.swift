@@ -1181,7 +1181,12 @@ struct PostgresEngineTests {
         var deadline = clock.now + .seconds(30)
         while pool.counts.idle > 1 && clock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
         #expect(pool.counts.idle == 1, "one kept open: \(pool.counts)")
-        try await Task.sleep(for: .seconds(2))
+        // Two sweeps more, each after the kept one's idle timeout: conclusive even if the
+        // machine stalled (a fixed sleep might have seen no sweep at all).
+        let sweeps = pool.sweeps
+        deadline = clock.now + .seconds(30)
+        while pool.sweeps < sweeps + 2 && clock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        try #require(pool.sweeps >= sweeps + 2)
         #expect(pool.counts.idle == 1, "the kept one stays: \(pool.counts)")
 
         // The server closes an idle one: it leaves the idle ones, and is never lent again.

@@ -47,6 +47,9 @@ final class PostgresConnectionPool: Sendable {
         var nextConnection = 0
         /// Attempts started, for tests (how often a refusing server is tried).
         var attempts = 0
+        /// Sweeps run, for tests (a check that the sweep left something alone is conclusive
+        /// only once a sweep has run).
+        var sweeps = 0
         /// Connections opened so far: an attempt started before the last success that fails
         /// (a round of several, one of which got through) is not a new outage.
         var successes = 0
@@ -93,6 +96,9 @@ final class PostgresConnectionPool: Sendable {
         }
         sweeper.withLockedValue { $0 = task }
     }
+
+    /// Sweeps run so far, for tests.
+    var sweeps: Int { state.withLockedValue { $0.sweeps } }
 
     /// Counts, for tests and diagnostics.
     var counts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) {
@@ -340,6 +346,7 @@ final class PostgresConnectionPool: Sendable {
     private func sweep() {
         let (expired, step) = state.withLockedValue { state -> ([PostgresConnection], Step) in
             guard !state.closed else { return ([], .none) }
+            state.sweeps += 1
             state.idle.removeAll { $0.connection.isClosed }
             var expired: [PostgresConnection] = []
             let limit = NIODeadline.now() - idleTimeout
