@@ -212,10 +212,14 @@ public final class PostgresEngine: StorageEngine {
         let logger = self.logger
         let executors = self.executors
         var attempt = 0
+        // One wait for a connection, shared by the attempts.
+        let clock = ContinuousClock()
+        let deadline = clock.now + Self.busyTimeout
         while true {
             attempt += 1
             do {
-                return try await transactionOnce(begin: begin, writeLock: writeLock, logger: logger, executors: executors, block)
+                return try await transactionOnce(begin: begin, writeLock: writeLock, timeout: max(.zero, deadline - clock.now), logger: logger,
+                                                 executors: executors, block)
             } catch is ConnectionClosedBeforeUse {
                 // The pool lent a connection that was closing (closed by the previous user a
                 // moment before): nothing was sent, so the transaction starts again on another.
@@ -224,10 +228,11 @@ public final class PostgresEngine: StorageEngine {
         }
     }
 
-    private func transactionOnce<T: Sendable>(begin: String?, writeLock: WriteLock?, logger: Logger, executors: EventLoopTaskExecutors,
+    private func transactionOnce<T: Sendable>(begin: String?, writeLock: WriteLock?, timeout: Duration, logger: Logger,
+                                              executors: EventLoopTaskExecutors,
                                               _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         do {
-            return try await withConnection { connection in
+            return try await withConnection(timeout: timeout) { connection in
                 let abandoned = NIOLockedValueBox(false)
                 do {
                     let result = try await self.run(begin: begin, writeLock: writeLock, on: connection, abandoned: abandoned,
