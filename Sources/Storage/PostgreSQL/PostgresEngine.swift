@@ -211,19 +211,26 @@ public final class PostgresEngine: StorageEngine {
                                           _ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         let logger = self.logger
         let executors = self.executors
-        var attempt = 0
-        // One wait for a connection, shared by the attempts.
+        return try await Self.againIfClosedBeforeUse { timeout in
+            try await self.transactionOnce(begin: begin, writeLock: writeLock, timeout: timeout, logger: logger, executors: executors, block)
+        }
+    }
+
+    /// `attempt` run again, three tries at most, while it throws ``ConnectionClosedBeforeUse``:
+    /// the pool lent a connection that closed before anything was sent on it (the server
+    /// ended it, or its previous user's close completed), so the work goes on another. The
+    /// attempts share one wait for a connection (``busyTimeout``): `attempt` is given what is
+    /// left of it.
+    static func againIfClosedBeforeUse<T: Sendable>(_ attempt: (Duration) async throws -> T) async throws -> T {
         let clock = ContinuousClock()
-        let deadline = clock.now + Self.busyTimeout
+        let deadline = clock.now + busyTimeout
+        var tries = 0
         while true {
-            attempt += 1
+            tries += 1
             do {
-                return try await transactionOnce(begin: begin, writeLock: writeLock, timeout: max(.zero, deadline - clock.now), logger: logger,
-                                                 executors: executors, block)
+                return try await attempt(max(.zero, deadline - clock.now))
             } catch is ConnectionClosedBeforeUse {
-                // The pool lent a connection that was closing (closed by the previous user a
-                // moment before): nothing was sent, so the transaction starts again on another.
-                guard attempt < 3 else { throw StorageError.unavailable("the database connections were closed") }
+                guard tries < 3 else { throw StorageError.unavailable("the database connections were closed") }
             }
         }
     }
@@ -329,14 +336,9 @@ public final class PostgresEngine: StorageEngine {
         // request continue where they are, without visiting the cooperative pool.
         let executors = self.executors
         promise.completeWith(executors.run(on: eventLoop) { call in
-            var attempt = 0
-            // One wait for a connection, shared by the attempts.
-            let clock = ContinuousClock()
-            let deadline = clock.now + Self.busyTimeout
-            while true {
-                attempt += 1
-                do {
-                    return try await self.withConnection(timeout: max(.zero, deadline - clock.now), on: eventLoop) { connection in
+            do {
+                return try await Self.againIfClosedBeforeUse { timeout in
+                    try await self.withConnection(timeout: timeout, on: eventLoop) { connection in
                         let deadline = call.armDeadline(closing: connection)
                         defer { deadline.cancel() }
                         let closing = NIOLockedValueBox(false)
@@ -351,14 +353,9 @@ public final class PostgresEngine: StorageEngine {
                             throw error
                         }
                     }
-                } catch is ConnectionClosedBeforeUse {
-                    // Lent, then closed before the statement was written (the server ended it,
-                    // or its previous user's close completed): nothing was sent, so the
-                    // statement goes on another connection.
-                    guard attempt < 3 else { throw StorageError.unavailable("the database connections were closed") }
-                } catch {
-                    throw Self.storageError(error)
                 }
+            } catch {
+                throw Self.storageError(error)
             }
         })
         return promise.futureResult
