@@ -216,7 +216,7 @@ public final class VendorAdministration: Sendable {
         let reason = reason?.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500).description
         return try await database.write { db in
             guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
-            let open = try self.openSASSessions(accountID, at: at, in: db)
+            let open = try self.liveSessions(accountID, sasOnly: true, at: at, in: db)
             guard !(row["suspended"] as Bool) else {
                 try self.unchanged("suspend", "already suspended", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
                 return AdminActionResult(accountID: accountID, changed: false, sessions: open)
@@ -235,7 +235,7 @@ public final class VendorAdministration: Sendable {
         let at = now
         return try await database.write { db in
             guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
-            let open = try self.openSASSessions(accountID, at: at, in: db)
+            let open = try self.liveSessions(accountID, sasOnly: true, at: at, in: db)
             guard row["suspended"] as Bool else {
                 try self.unchanged("restore", "not suspended", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
                 return AdminActionResult(accountID: accountID, changed: false, sessions: open)
@@ -317,16 +317,12 @@ public final class VendorAdministration: Sendable {
         }
     }
 
-    /// The account's sessions, of any origin, neither revoked nor expired.
-    private func liveSessions(_ accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {
+    /// The account's sessions neither revoked nor expired (idle or absolute); those
+    /// started from the SAS only, with `sasOnly` (the ones a suspension affects).
+    private func liveSessions(_ accountID: String, sasOnly: Bool = false, at: Date, in db: any SQLTransaction) throws -> Int {
         try Int.fetchOne(db, sql: """
-            SELECT COUNT(*) FROM web_session WHERE account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
-            """, arguments: [accountID, at.epochMilliseconds, at.addingTimeInterval(-sessionConfiguration.idleTimeout).epochMilliseconds]) ?? 0
-    }
-
-    private func openSASSessions(_ accountID: String, at: Date, in db: any SQLTransaction) throws -> Int {
-        try Int.fetchOne(db, sql: """
-            SELECT COUNT(*) FROM web_session WHERE account_id = ? AND origin = 'sas' AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
+            SELECT COUNT(*) FROM web_session WHERE account_id = ? \(sasOnly ? "AND origin = 'sas' " : "")AND revoked_at IS NULL \
+            AND absolute_expires_at > ? AND last_seen_at > ?
             """, arguments: [accountID, at.epochMilliseconds, at.addingTimeInterval(-sessionConfiguration.idleTimeout).epochMilliseconds]) ?? 0
     }
 }

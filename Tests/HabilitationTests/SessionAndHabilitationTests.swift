@@ -505,6 +505,22 @@ struct SessionAndHabilitationTests {
         #expect(later == world.clock.now.epochMilliseconds)
     }
 
+    /// A suspension reports the live sessions it affects: those started from the SAS, not a
+    /// direct one (it never held the habilitation), nor one past its idle timeout.
+    @Test func aSuspensionCountsTheLiveSASSessionsOnly() async throws {
+        let world = try await World()
+        let administration = VendorAdministration(database: world.database, clock: { world.clock.now })
+        _ = try await world.signIn(origin: .sas)
+        world.clock.advance(SessionConfiguration().idleTimeout + 1)
+        _ = try await world.signIn(origin: .sas)
+        _ = try await world.signIn(origin: nil)
+        let suspended = try await administration.suspend(accountID: world.accountID, reason: nil, actor: world.actor)
+        #expect(suspended?.changed == true && suspended?.sessions == 1, "\(String(describing: suspended))")
+        let restored = try await administration.restore(accountID: world.accountID, actor: world.actor)
+        #expect(restored?.changed == true && restored?.sessions == 1, "\(String(describing: restored))")
+        #expect(try await administration.revokeSessions(accountID: world.accountID, actor: world.actor)?.sessions == 2)
+    }
+
     @Test func signOutAndRevokeAll() async throws {
         let world = try await World()
         let first = try await world.signIn(origin: .sas)
