@@ -94,8 +94,10 @@ struct FHIREndpointTests {
     @Test func reattributionOverTheWire() async throws {
         try await withServer { client, server in
             let technical = "1ef1c748-01a3-6180-b098-73283ce4e5b1"
-            #expect(try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID)).status == 201)
-            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, active: false)).status == 200)
+            let first = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(first.status == 201)
+            let withdrawn = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, active: false))
+            #expect(withdrawn.status == 200 && withdrawn.headers.first(name: "ETag") == #"W/"2""#)
             let second = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: technical))
             #expect(second.status == 201)
             let moved = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: Bodies.practitioner(national: Self.nationalID))
@@ -103,6 +105,13 @@ struct FHIREndpointTests {
             let search = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)")
             #expect(search["total"] == .number("1"))
             #expect(search.body.contains(second["id"].flatMap { if case .string(let s) = $0 { s } else { nil } } ?? "?"))
+            // The account that lost its identifier is a new version, still valid FHIR: it
+            // shows the identifier it held as no longer valid, not an empty list.
+            let location = try #require(first.headers.first(name: "Location"))
+            let old = try await client.send(.GET, String(location[try #require(location.range(of: "/Practitioner/")).lowerBound...]))
+            #expect(old.status == 200 && old.headers.first(name: "ETag") == #"W/"3""#, "\(old.status) \(old.body)")
+            #expect(old.body.contains(#""use":"old""#) && old.body.contains(Self.nationalID) && !old.body.contains(#""identifier":[]"#), "\(old.body)")
+            #expect(old["active"] == .bool(false))
         }
     }
 

@@ -193,6 +193,66 @@ struct ValidatorTests {
         expectRefusal(body, .unprocessable, at: "Practitioner.name[0].given")
     }
 
+    /// One name: a second one would be dropped without a word, so it is refused (as a second
+    /// telecom is).
+    @Test func refusesASecondName() {
+        var body = Fixtures.practitioner()
+        body["name"] = .array([.object(["family": .string("MARIUS"), "given": .array([.string("Jules")])]),
+                               .object(["family": .string("DURAND"), "given": .array([.string("Paul")])])])
+        expectRefusal(body, .unprocessable, at: "Practitioner.name")
+    }
+
+    /// What changes the meaning of what is read cannot be ignored as unknown elements are
+    /// (FHIR R4, extensibility): a modifier extension anywhere, `implicitRules`, and a managed
+    /// identifier marked `use: old` are refused (422, nothing provisioned), each at its place.
+    @Test func refusesModifiersItDoesNotUnderstand() {
+        let modifier: JSONValue = .array([.object(["url": .string("http://example.org/negated"), "valueBoolean": .bool(true)])])
+        var body = Fixtures.practitioner()
+        body["modifierExtension"] = modifier
+        expectRefusal(body, .unprocessable, at: "Practitioner.modifierExtension")
+        #expect(refusal(body)?.issues.first?.code == .notSupported)
+        for (element, path) in [("identifier", "Practitioner.identifier[0].modifierExtension"), ("name", "Practitioner.name[0].modifierExtension"),
+                                ("telecom", "Practitioner.telecom[0].modifierExtension")] {
+            body = Fixtures.practitioner()
+            guard case .array(var entries)? = body[element], case .object(var first) = entries[0] else { Issue.record("no \(element)"); continue }
+            first["modifierExtension"] = modifier
+            entries[0] = .object(first)
+            body[element] = .array(entries)
+            expectRefusal(body, .unprocessable, at: path)
+        }
+        body = Fixtures.practitioner()
+        body["implicitRules"] = .string("http://example.org/rules")
+        expectRefusal(body, .unprocessable, at: "Practitioner.implicitRules")
+        body = Fixtures.practitioner()
+        guard case .array(var identifiers)? = body["identifier"], case .object(var identifier) = identifiers[0] else { Issue.record("no identifier"); return }
+        identifier["use"] = .string("old")
+        identifiers[0] = .object(identifier)
+        body["identifier"] = .array(identifiers)
+        expectRefusal(body, .unprocessable, at: "Practitioner.identifier[0].use")
+        // Other uses say nothing against the identifier.
+        identifier["use"] = .string("official")
+        identifiers[0] = .object(identifier)
+        body["identifier"] = .array(identifiers)
+        #expect(throws: Never.self) { try validator.validate(.object(body)) }
+    }
+
+    /// A body that is not JSON names the element where the parser stopped when there is one:
+    /// a duplicate member, or a syntax error inside a member's value.
+    @Test func jsonErrorsNameTheirElement() {
+        for (text, expression) in [(#"{"resourceType":"Practitioner","active":true,"active":false}"#, "Practitioner.active"),
+                                   (#"{"resourceType":"Practitioner","name":[{"family":"A"},{"family":tru}]}"#, "Practitioner.name[1].family"),
+                                   (#"{"resourceType":"Practitioner","identifier":[{"value":"1","value":"2"}]}"#, "Practitioner.identifier[0].value")] {
+            do {
+                _ = try validator.validate(body: Array(text.utf8))
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect(error.category == .invalidContent)
+                #expect(error.issues.first?.expression == [expression], "\(error)")
+            }
+        }
+        do { _ = try validator.validate(body: Array("{".utf8)) } catch { #expect(error.issues.first?.expression == [], "\(error)") }
+    }
+
     @Test func trimsNames() throws {
         let record = try Fixtures.record(family: " MARIUS ", given: "Jules ")
         #expect(record.familyName == "MARIUS")

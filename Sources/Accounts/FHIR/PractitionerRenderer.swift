@@ -15,7 +15,10 @@ public enum PractitionerRenderer {
         var resource: JSONObject = ["resourceType": .string("Practitioner")]
         resource["id"] = .string(account.id)
         resource["meta"] = .object(meta)
-        resource["identifier"] = .array(account.identifiers.map(identifier))
+        // `identifier` is 1..* in the profile: an account whose identifiers all went to
+        // other accounts shows those it held last, marked as no longer valid.
+        resource["identifier"] = .array(account.identifiers.isEmpty
+            ? account.lastHeldIdentifiers.map(formerIdentifier) : account.identifiers.map(identifier))
         resource["active"] = .bool(account.active)
         resource["name"] = .array([.object(["family": .string(account.familyName), "given": .array([.string(account.givenName)])])])
         resource["telecom"] = .array([.object(["system": .string("email"), "value": .string(account.email)])])
@@ -27,6 +30,13 @@ public enum PractitionerRenderer {
         var object: JSONObject = ["type": .object(["coding": .array([.object(coding)])])]
         object["system"] = .string(identifier.system)
         object["value"] = .string(identifier.value)
+        return .object(object)
+    }
+
+    static func formerIdentifier(_ held: AccountSnapshot.HeldIdentifier) -> JSONValue {
+        guard case .object(var object) = identifier(held.identifier) else { return identifier(held.identifier) }
+        object["use"] = .string("old")
+        object["period"] = .object(["start": .string(AuditLog.timestamp(held.assignedAt)), "end": .string(AuditLog.timestamp(held.endedAt))])
         return .object(object)
     }
 }

@@ -44,7 +44,8 @@ public struct RegulatorRecord: Sendable, Equatable {
 /// `resourceType`) make the body invalid FHIR: category ``FHIRError/Category/invalidContent``
 /// (400). Profile problems (missing element, bad identifier format, contradicting type code,
 /// non-email telecom...) are ``FHIRError/Category/unprocessable`` (422). Unknown elements are
-/// tolerated.
+/// tolerated, as HAPI FHIR does, but not what would change the meaning of what is read
+/// (`modifierExtension`, `implicitRules`, an identifier whose `use` is `old`): 422.
 public struct PractitionerValidator: Sendable {
     public init() {}
 
@@ -54,7 +55,8 @@ public struct PractitionerValidator: Sendable {
         do {
             json = try JSONParser().parse(body)
         } catch {
-            throw FHIRError(.invalidContent, code: .structure, "The body is not valid JSON: \(error).")
+            throw FHIRError(.invalidContent, code: .structure, "The body is not valid JSON: \(error).",
+                            expression: error.path.isEmpty ? [] : ["Practitioner" + error.path])
         }
         return try validate(json)
     }
@@ -71,6 +73,12 @@ public struct PractitionerValidator: Sendable {
             throw FHIRError(.invalidContent, code: .invalid, "Expected a Practitioner resource, received \(resourceType).", expression: ["resourceType"])
         }
         checkFHIRJSONRules(.object(root), path: "Practitioner", into: &collector)
+        if root["implicitRules"] != nil {
+            // A modifier element (FHIR R4 Resource.implicitRules): the resource is to be read
+            // under rules this server does not know, so it cannot act on it safely.
+            collector.profile(.notSupported, "implicitRules is not supported: this server cannot process a resource under rules it does not know.",
+                              at: "Practitioner.implicitRules")
+        }
 
         if let id = root["id"] {
             if case .string(let text) = id {
@@ -125,6 +133,13 @@ public struct PractitionerValidator: Sendable {
             }
         case .object(let object):
             if object.isEmpty { collector.structural(.structure, "Empty objects are not allowed in FHIR JSON; omit the element instead.", at: path) }
+            if object["modifierExtension"] != nil {
+                // FHIR R4 (extensibility.html#modifierExtension): a modifier extension this
+                // server does not understand changes the meaning of its element, so the
+                // resource must be refused rather than processed as if it were absent.
+                collector.profile(.notSupported, "modifierExtension is not supported: this server understands no modifier extension and cannot process the element as it is meant.",
+                                  at: "\(path).modifierExtension")
+            }
             for member in object.members where member.key != "resourceType" || path != "Practitioner" {
                 checkFHIRJSONRules(member.value, path: "\(path).\(member.key)", into: &collector)
             }
@@ -219,6 +234,12 @@ public struct PractitionerValidator: Sendable {
             }
             seenKinds[kind] = index
             if !checkIdentifierType(identifier["type"], kind: kind, path: path, into: &collector) { failed = true }
+            if identifier["use"] == .string("old") {
+                // Identifier.use is a modifier: "old" says the identifier no longer identifies
+                // anyone, so it cannot be the one an account is created or matched by.
+                collector.profile(.value, "An identifier with use \"old\" is no longer valid: send the regulator's current \(kind.typeCode) identifier.", at: "\(path).use")
+                failed = true
+            }
             switch identifier["value"] {
             case nil:
                 collector.profile(.required, "identifier.value is required.", at: "\(path).value")
@@ -323,6 +344,11 @@ public struct PractitionerValidator: Sendable {
         guard case .array(let names) = value else {
             collector.wrongType(value, expected: "an array", at: "Practitioner.name")
             return nil
+        }
+        if names.count > 1 {
+            // One name is what an account holds: a second one would be dropped, so it is
+            // refused, as a second telecom entry is.
+            collector.profile(.structure, "name must hold exactly one entry (family and given name); \(names.count) were sent.", at: "Practitioner.name")
         }
         guard let first = names.first else { return nil }
         guard case .object(let name) = first else {

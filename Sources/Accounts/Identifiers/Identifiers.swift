@@ -215,8 +215,11 @@ public struct EmailAddress: Sendable, Hashable, CustomStringConvertible {
                 guard ok else { return false }
             }
         }
-        // The top-level label is alphabetic.
-        return labels.last!.allSatisfy { ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) }
+        // The top-level label is alphabetic, or an internationalised one in its ASCII form
+        // (`xn--p1ai` for .рф), whose other labels' rules it already met.
+        let top = labels.last!
+        return top.allSatisfy { ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) }
+            || (top.count > 4 && top.prefix(4).map { $0 | 0x20 } == Array("xn--".utf8))
     }
 
     public var description: String { value }

@@ -3,6 +3,9 @@
 public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertible {
     public var offset: Int
     public var reason: String
+    /// Where in the document, as a FHIRPath-like suffix of the root (`.identifier[0].value`;
+    /// empty at the root): an OperationOutcome names the element, not only a byte offset.
+    public var path: String = ""
 
     public var description: String { "invalid JSON at byte \(offset): \(reason)" }
 }
@@ -42,8 +45,24 @@ public struct JSONParser: Sendable {
             self.maximumDepth = maximumDepth
         }
 
-        func fail(_ reason: String, at offset: Int? = nil) -> JSONParseError {
-            JSONParseError(offset: offset ?? index, reason: reason)
+        /// The members and elements being parsed, outermost first.
+        var path: [PathComponent] = []
+
+        enum PathComponent {
+            case member(String)
+            case element(Int)
+        }
+
+        func fail(_ reason: String, at offset: Int? = nil, member: String? = nil) -> JSONParseError {
+            var text = ""
+            for component in path {
+                switch component {
+                case .member(let key): text += ".\(key)"
+                case .element(let index): text += "[\(index)]"
+                }
+            }
+            if let member { text += ".\(member)" }
+            return JSONParseError(offset: offset ?? index, reason: reason, path: text)
         }
 
         mutating func skipWhitespace() {
@@ -94,13 +113,15 @@ public struct JSONParser: Sendable {
                 let keyOffset = index
                 let key = try parseString()
                 guard seen.insert(key).inserted else {
-                    throw fail("duplicate member name \"\(key)\"", at: keyOffset)
+                    throw fail("duplicate member name \"\(key)\"", at: keyOffset, member: key)
                 }
                 skipWhitespace()
                 guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw fail("expected ':'") }
                 index += 1
                 skipWhitespace()
+                path.append(.member(key))
                 let value = try parseValue(depth: depth)
+                path.removeLast()
                 members.append(JSONMember(key, value))
                 skipWhitespace()
                 guard index < bytes.count else { throw fail("unexpected end of document inside an object") }
@@ -126,7 +147,9 @@ public struct JSONParser: Sendable {
             }
             while true {
                 skipWhitespace()
+                path.append(.element(elements.count))
                 elements.append(try parseValue(depth: depth))
+                path.removeLast()
                 skipWhitespace()
                 guard index < bytes.count else { throw fail("unexpected end of document inside an array") }
                 if bytes[index] == UInt8(ascii: ",") {

@@ -382,6 +382,7 @@ public final class Provisioner: Sendable {
         if let holder = try queries.holder(of: identifier, in: db), holder.id != accountID {
             precondition(!holder.active, "active holders are refused before assignment")
             try writes.endAssignment(of: identifier, at: now, reason: .reattributed, by: accountID, in: db)
+            try writes.newVersion(of: holder.id, at: now, in: db)
             // Its Pro Santé Connect sessions were matched on this national id.
             let ended = identifier.kind == .national
                 ? try sessions.revokeProviderSessions(of: holder.id, reason: "national-id-reattributed", at: now, in: db) : 0

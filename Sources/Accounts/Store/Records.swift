@@ -119,6 +119,17 @@ public struct AccountSnapshot: Sendable, Equatable {
     public var updatedAt: Date
     public var nationalID: NationalID?
     public var sasTechnicalID: SASTechnicalID?
+    /// Only for an account left without a current identifier (each was re-attributed to
+    /// another account after its withdrawal): the identifiers it held last, so that what it
+    /// shows still says who it was (as `use: old`, with their period), national id first.
+    public var lastHeldIdentifiers: [HeldIdentifier] = []
+
+    /// An identifier an account held from `assignedAt` until `endedAt`.
+    public struct HeldIdentifier: Sendable, Equatable {
+        public var identifier: RegulatorIdentifier
+        public var assignedAt: Date
+        public var endedAt: Date
+    }
 
     init(row: AccountRow, identifiers: [IdentifierAssignment]) {
         id = row.id
@@ -173,7 +184,20 @@ public struct AccountQueries: Sendable {
 
     public func snapshot(id: String, in db: any SQLTransaction) throws -> AccountSnapshot? {
         guard let row = try account(id: id, in: db) else { return nil }
-        return AccountSnapshot(row: row, identifiers: try currentIdentifiers(of: id, in: db))
+        let current = try currentIdentifiers(of: id, in: db)
+        var snapshot = AccountSnapshot(row: row, identifiers: current)
+        if current.isEmpty {
+            // Every identifier went to another account: those that ended last.
+            let held = try identifierHistory(of: id, in: db).compactMap { assignment in
+                assignment.identifier.flatMap { identifier in
+                    assignment.endedAt.map { AccountSnapshot.HeldIdentifier(identifier: identifier, assignedAt: assignment.assignedAt, endedAt: $0) }
+                }
+            }
+            let lastEnd = held.map(\.endedAt).max()
+            snapshot.lastHeldIdentifiers = held.filter { $0.endedAt == lastEnd }
+                .sorted { ($0.identifier.kind == .national ? 0 : 1) < ($1.identifier.kind == .national ? 0 : 1) }
+        }
+        return snapshot
     }
 
     public func snapshot(holding identifier: RegulatorIdentifier, in db: any SQLTransaction) throws -> AccountSnapshot? {
@@ -220,6 +244,13 @@ struct AccountWrites {
 
     func endAssignment(of identifier: RegulatorIdentifier, at date: Date, reason: IdentifierAssignment.EndReason, by accountID: String?, in db: any SQLTransaction) throws {
         try db.execute(ProvisioningSQL.EndAssignment.self, arguments: [date.epochMilliseconds, reason, accountID, identifier.kind.rawValue, identifier.value])
+    }
+
+    /// A new version of an account that another write changed (it lost an identifier to a
+    /// re-attribution): what it shows changed, so its version and `lastUpdated` move, and a
+    /// conditional write holding its former ETag is refused.
+    func newVersion(of accountID: String, at date: Date, in db: any SQLTransaction) throws {
+        try db.execute(ProvisioningSQL.NewVersion.self, arguments: [date.epochMilliseconds, accountID])
     }
 }
 
@@ -287,6 +318,10 @@ enum ProvisioningSQL {
                                updated_at = ?, active_changed_at = ?
             WHERE id = ?
             """
+    }
+
+    enum NewVersion: PreparedSQL {
+        static let sql = "UPDATE account SET version = version + 1, updated_at = ? WHERE id = ?"
     }
 
     enum AssignIdentifier: PreparedSQL {
