@@ -29,13 +29,13 @@ struct ProcessTests {
 
     /// Starts `account-server serve` on the development PKI in `directory`; returns the process
     /// and its port (read from its log).
-    static func launch(directory: URL, extraArguments: [String] = []) async throws -> (Process, Int) {
+    static func launch(directory: URL, extraArguments: [String] = [], webAddress: String = "127.0.0.1:0") async throws -> (Process, Int) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["serve", "--database", try await databaseArgument(directory),
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
                              "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
-                             "--web-address", "127.0.0.1:0", "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                             "--web-address", webAddress, "--secret-key-file", directory.appendingPathComponent("secret.key").path,
                              "--admin-address", "127.0.0.1:0", "--admin-token-file", directory.appendingPathComponent("admin.token").path,
                              "--forward-auth-address", "127.0.0.1:0"] + extraArguments
         let output = Pipe()
@@ -348,6 +348,70 @@ struct ProcessTests {
         #expect(practitioner == "201")
     }
 
+    /// `--web-tls-certificate`/`--web-tls-key` give the web listener its own certificate (a
+    /// public one, where the FHIR listener presents an IGC-Santé one), with the same TLS 1.2
+    /// suites as the FHIR listener: forward secrecy and AEAD only.
+    @Test func theWebListenerPresentsItsOwnCertificate() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("web-tls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let ca = try PKIBuilder.makeCA(commonName: "Public web CA")
+        let web = try PKIBuilder.issue(commonName: "localhost", organizationalUnit: nil, usage: .server, dnsNames: ["localhost"],
+                                       ipAddresses: [[127, 0, 0, 1]], issuer: ca)
+        let certificate = directory.appendingPathComponent("web.pem"), key = directory.appendingPathComponent("web-key.pem")
+        try web.certificatePEM.write(to: certificate, atomically: true, encoding: .utf8)
+        try PrivateFile.create(path: key.path, contents: Array(web.privateKeyPEM.utf8))
+        let webPort = freeLoopbackPort()
+        let (process, _) = try await Self.launch(directory: directory, extraArguments: ["--web-tls-certificate", certificate.path, "--web-tls-key", key.path],
+                                                 webAddress: "127.0.0.1:\(webPort)")
+        defer { process.terminate() }
+        func handshake(_ options: String) async throws -> String {
+            let run = try await spawnAndWait("/bin/sh", ["-c", "openssl s_client -connect 127.0.0.1:\(webPort) -servername localhost \(options) </dev/null 2>&1"])
+            return String(decoding: run.output, as: UTF8.self)
+        }
+        let served = try await spawnAndWait("/bin/sh", ["-c", "openssl s_client -connect 127.0.0.1:\(webPort) -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial"])
+        #expect(String(decoding: served.output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).uppercased()
+                == "SERIAL=" + ClientIdentity.hex(web.certificate.serialNumber.bytes), "the web certificate, not the FHIR one")
+        #expect(try await handshake("-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256").contains("ECDHE-ECDSA-AES128-GCM-SHA256"))
+        let cbc = try await handshake("-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA")
+        #expect(!cbc.contains("Cipher is ECDHE-ECDSA-AES128-SHA") && !cbc.contains("BEGIN CERTIFICATE"), "a CBC suite is refused: \(cbc)")
+    }
+
+    /// Half a pair of web TLS flags stops the start: dropped, the web listener would present
+    /// the FHIR certificate without a word.
+    @Test func halfAWebCertificatePairIsRefused() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("web-tls-half-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let run = try await spawnAndWait(Self.binary, ["serve", "--web-tls-certificate", directory.appendingPathComponent("web.pem").path,
+                                                       "--database", directory.appendingPathComponent("db.sqlite").path,
+                                                       "--dev-pki", directory.appendingPathComponent("pki").path],
+                                         environment: ["PATH": "/usr/bin:/bin"])
+        let errors = String(decoding: run.errors, as: UTF8.self)
+        #expect(run.status != 0 && errors.contains("--web-tls-certificate and --web-tls-key go together"), "\(run.status): \(errors)")
+    }
+
+    /// The relay's settings that could not work are refused at start, naming the flag: a
+    /// timeout that is not a finite, bounded number (it would trap converting to
+    /// milliseconds), and an upstream URL carrying credentials (never sent, and logged).
+    @Test(arguments: [(["--fhir-upstream-timeout", "inf"], "--fhir-upstream-timeout must be between"),
+                      (["--fhir-upstream-connect-timeout", "1e20"], "--fhir-upstream-connect-timeout must be between"),
+                      (["--fhir-upstream", "https://user:secret-password@127.0.0.1:9/fhir"], "must not carry a user or password"),
+                      // Refused after the upstream's HTTP client was made: closed, not a trap.
+                      (["--trusted-proxy", "not-an-address"], "--trusted-proxy not-an-address is not an address or CIDR")])
+    func upstreamSettingsThatCannotWorkAreRefused(_ arguments: [String], _ message: String) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("upstream-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let upstream = arguments.contains("--fhir-upstream") ? [] : ["--fhir-upstream", "http://127.0.0.1:9/fhir"]
+        let run = try await spawnAndWait(Self.binary, ["serve"] + upstream + arguments + [
+            "--database", directory.appendingPathComponent("db.sqlite").path, "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+            "--dev-pki", directory.appendingPathComponent("pki").path, "--admin-token-file", directory.appendingPathComponent("admin.token").path,
+            "--fhir-address", "127.0.0.1:0", "--web-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--forward-auth-address", "127.0.0.1:0",
+        ], environment: ["PATH": "/usr/bin:/bin"])
+        let output = String(decoding: run.errors + run.output, as: UTF8.self)
+        #expect(run.status != 0 && output.contains(message), "\(run.status): \(output)")
+        #expect(!output.contains("secret-password"), "the password is not repeated")
+        #expect(!output.contains("Fatal error"))
+    }
+
     /// The serial number of the certificate the FHIR listener presents (openssl s_client).
     static func servedSerial(port: Int, pki: URL) async throws -> String? {
         let run = try await spawnAndWait("/bin/sh", ["-c", "openssl s_client -connect 127.0.0.1:\(port) -servername localhost -cert \(pki.path)/sas-client.pem -key \(pki.path)/sas-client-key.pem </dev/null 2>/dev/null | openssl x509 -noout -serial"])
@@ -366,7 +430,8 @@ struct ProcessTests {
     /// a huge value overflowing into a trap (signal 4) or an admin idle time past the 8-hour
     /// limit being silently cut.
     @Test(arguments: [("--session-idle-minutes", "99999999999999999"), ("--lockout-reset-hours", "0"),
-                      ("--admin-session-idle-minutes", "481")])
+                      ("--admin-session-idle-minutes", "481"), ("--crl-poll-seconds", "0"), ("--request-timeout", "10000000000"),
+                      ("--shutdown-timeout", "0")])
     func durationsOutOfRangeAreRefused(_ flag: String, _ value: String) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("durations-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

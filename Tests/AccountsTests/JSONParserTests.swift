@@ -45,6 +45,17 @@ struct JSONParserTests {
         _ = try parse(fine)
     }
 
+    /// What a terminal or a log viewer would act on leaves as `\u` escapes, though JSON
+    /// allows it raw: DEL, C1 controls (U+009B is an 8-bit CSI), U+2028/9 and the bidi
+    /// controls. The text reads back the same; other characters stay UTF-8.
+    @Test func terminalControlsAreEscaped() throws {
+        let text = "a\u{7F}b\u{9B}31m\u{85}c\u{2028}\u{2029}d\u{202E}e\u{200F}\u{2066}f\u{2069}é€😀\u{A0}\u{2030}"
+        let written = JSONWriter().string(.string(text))
+        #expect(written == #""a\u007fb\u009b31m\u0085c\u2028\u2029d\u202ee\u200f\u2066f\u2069é€😀\#u{A0}‰""#)
+        #expect(!written.unicodeScalars.contains { $0.properties.generalCategory == .control || (0x2028...0x202E).contains($0.value) })
+        #expect(try parse(written) == .string(text))
+    }
+
     @Test func writerRoundTrips() throws {
         let text = #"{"a":"quote\" back\\ nl\n ctl\u0001","b":[1,2.5,{"c":null}]}"#
         let value = try parse(text)

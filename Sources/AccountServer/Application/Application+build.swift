@@ -11,6 +11,7 @@ import Habilitation
 import AsyncHTTPClient
 import OpenIDConnect
 import HTTPTypes
+import Synchronization
 import X509
 
 /// Builds the whole server from a configuration; `serve` and the integration tests both
@@ -68,16 +69,55 @@ func buildApplication(
 
     let database = try await AccountDatabase.open(configuration.database, poolSize: configuration.databasePoolSize,
                                                   keepOpen: configuration.databasePoolMinimum ?? 0, logger: logger)
+    // From here on, what is opened is closed again if a later step refuses to start: an HTTP
+    // client dropped unclosed traps (signal 4) instead of the refusal's message.
+    let opened = OpenedResources()
+    opened.closeOnFailure { await database.close() }
+    do {
+        return try await buildOnDatabase(configuration, database: database, opened: opened, material: material, verifier: verifier,
+                                         proxyVerifier: proxyVerifier, crlStore: crlStore, callerMode: callerMode, metrics: metrics, logger: logger,
+                                         onFHIRListening: onFHIRListening, onWebListening: onWebListening, onAdminListening: onAdminListening,
+                                         onForwardAuthListening: onForwardAuthListening)
+    } catch {
+        await opened.close()
+        throw error
+    }
+}
+
+/// What ``buildApplication(_:logger:onFHIRListening:onWebListening:onAdminListening:onForwardAuthListening:)``
+/// opens before it may still refuse to start: closed, in reverse order, when it does.
+final class OpenedResources: Sendable {
+    private let closers = Mutex<[@Sendable () async -> Void]>([])
+
+    func closeOnFailure(_ closer: @escaping @Sendable () async -> Void) {
+        closers.withLock { $0.append(closer) }
+    }
+
+    func close() async {
+        for closer in closers.withLock({ $0 }).reversed() { await closer() }
+    }
+}
+
+/// The part of the composition root that runs once the database is open.
+private func buildOnDatabase(
+    _ configuration: ServerConfiguration, database: AccountDatabase, opened: OpenedResources, material: TLSMaterial,
+    verifier: ClientCertificateVerifier, proxyVerifier: ClientCertificateVerifier?, crlStore: CRLStore, callerMode: CallerAuthenticationMode,
+    metrics: ServerMetrics, logger: Logger,
+    onFHIRListening: @escaping @Sendable (Int) async -> Void, onWebListening: @escaping @Sendable (Int) async -> Void,
+    onAdminListening: @escaping @Sendable (Int) async -> Void, onForwardAuthListening: @escaping @Sendable (Int) async -> Void
+) async throws -> some ApplicationProtocol {
     let hasher = PasswordHasher(parameters: configuration.argon2, threads: configuration.argon2Threads)
     let provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), logger: logger)
     metrics.observe(hasher: hasher)
     metrics.observe(database: database.engine)
 
     let authenticator = CallerAuthenticator(mode: callerMode, verifier: verifier)
-    let upstream = try configuration.fhir.upstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }
     let relay = try configuration.fhir.upstream.map {
         try UpstreamRelay(configuration: $0, authenticator: authenticator, directory: AccountDirectory(database: database), metrics: metrics, logger: logger)
     }
+    if let relay { opened.closeOnFailure { await relay.shutdown() } }
+    let upstream = try configuration.fhir.upstream.map { try SlotSearchUpstream(configuration: $0, metrics: metrics) }
+    if let upstream { opened.closeOnFailure { try? await upstream.shutdown() } }
     let (router, server) = try makeFHIRSurface(configuration, authenticator: authenticator, verifier: verifier, material: material,
                                                provisioner: provisioner, database: database, upstream: upstream, relay: relay,
                                                metrics: metrics, logger: logger)
@@ -93,8 +133,8 @@ func buildApplication(
                                   metrics: metrics, logger: logger),
                     PasswordHasherService(hasher: hasher), DatabaseService(database: database))
     if let upstream { app.addServices(UpstreamClientService(upstream: upstream, relay: relay)) }
-    let keyBytes = try SecretBox.loadOrCreateKey(path: configuration.secretKeyPath)
-    let web = try await makeWebServices(configuration, database: database, hasher: hasher, keyBytes: keyBytes, material: material,
+    let keyBytes = try await SecretKeyCheck.loadKey(path: configuration.secretKeyPath, database: database)
+    let web = try await makeWebServices(configuration, database: database, opened: opened, hasher: hasher, keyBytes: keyBytes, material: material,
                                   metrics: metrics, logger: logger, onWebListening: onWebListening,
                                   onForwardAuthListening: onForwardAuthListening)
     app.addServices(web.services)

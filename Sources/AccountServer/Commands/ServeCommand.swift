@@ -40,7 +40,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Allowed client certificate CN; repeatable, at least one. Env: ACCOUNT_SERVER_ALLOWED_CLIENT_CN (comma-separated)")
     var allowedClientCn: [String] = []
 
-    @Option(help: "Allowed client certificate OU; repeatable; none means OU is not checked. Env: ACCOUNT_SERVER_ALLOWED_CLIENT_OU (comma-separated)")
+    @Option(help: "Allowed client certificate OU; repeatable, at least one. Env: ACCOUNT_SERVER_ALLOWED_CLIENT_OU (comma-separated)")
     var allowedClientOu: [String] = []
 
     @Option(help: "FHIR base URL used in Location headers, e.g. https://fhir.example.fr/sas. Env: ACCOUNT_SERVER_PUBLIC_BASE_URL. Default: https://<Host header>")
@@ -70,7 +70,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Days ended sessions, dead password reset links and mail outbox rows are kept before they are purged (the audit trail is never purged). Env: ACCOUNT_SERVER_RETENTION_DAYS. Default: 30")
     var retentionDays: Int?
 
-    @Option(help: "Seconds between CRL file change checks. Env: ACCOUNT_SERVER_CRL_POLL_SECONDS. Default: 5")
+    @Option(help: "Seconds between CRL file change checks, 1 to 86400. Env: ACCOUNT_SERVER_CRL_POLL_SECONDS. Default: 5")
     var crlPollSeconds: Int?
 
     @Option(help: "Directory of the development PKI used when no TLS flag is given. Env: ACCOUNT_SERVER_DEV_PKI. Default: ./data/pki")
@@ -190,10 +190,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the upstream's response head, and between two body reads. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_TIMEOUT. Default: 30")
     var fhirUpstreamTimeout: Double?
 
-    @Option(help: "Seconds a request may take to arrive whole, from its first byte, on the FHIR and web listeners; slower senders are disconnected (the handling time does not count). Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
+    @Option(help: "Seconds a request may take to arrive whole, from its first byte, on the FHIR, web and admin listeners, 1 to 86400; slower senders are disconnected (the handling time does not count). Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
     var requestTimeout: Int?
 
-    @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 25")
+    @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits; 1 to 3600. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 25")
     var shutdownTimeout: Int?
 
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
@@ -448,7 +448,8 @@ struct ServeCommand: AsyncParsableCommand {
                                              clientCAPaths: cas, clientCRLPaths: crls,
                                              allowedClientCommonNames: cns, allowedClientOrganizationalUnits: ous)
         fhir.publicBaseURL = try settings.string("public.base.url")
-        fhir.crlPollInterval = .seconds(try settings.int("crl.poll.seconds") ?? 5)
+        // 0 would poll the CRL files in a busy loop.
+        fhir.crlPollInterval = .seconds(try Self.durationSeconds(settings, "crl.poll.seconds", default: 5, unit: 1, maximum: 86400))
         var baseConfiguration = ServerConfiguration(
             database: try StorageLocation.argument(try settings.string("database") ?? "./data/account-server.sqlite"),
             argon2: Argon2Parameters(
@@ -471,9 +472,16 @@ struct ServeCommand: AsyncParsableCommand {
         }
         baseConfiguration.databasePoolMinimum = poolMinimum
         var resolved = baseConfiguration
+        let webCertificate = try settings.string("web.tls.certificate")
+        let webKey = try settings.string("web.tls.key")
+        guard (webCertificate == nil) == (webKey == nil) else {
+            // Half a pair would otherwise be dropped, and the web listener would present the
+            // FHIR certificate without a word.
+            throw ValidationError("--web-tls-certificate and --web-tls-key go together: give both, or neither to use the FHIR certificate")
+        }
         resolved.web = WebListenerConfiguration(host: webHost, port: webPort,
-                                                tlsCertificatePath: try settings.string("resolved.tls.certificate"),
-                                                tlsKeyPath: try settings.string("resolved.tls.key"),
+                                                tlsCertificatePath: webCertificate,
+                                                tlsKeyPath: webKey,
                                                 publicURL: try settings.string("public.url"),
                                                 trustedProxies: try settings.list("trusted.proxy"))
         resolved.forwardAuth = ForwardAuthListenerConfiguration(host: forwardHost, port: forwardPort, tls: try settings.flag("forward.auth.tls"))
@@ -506,11 +514,10 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.sessionAbsoluteTimeout = TimeInterval(try seconds("session.absolute.hours", default: 12, unit: 3600))
         resolved.rateLimitPerMinute = try settings.int("rate.limit.per.minute") ?? 10
         resolved.totpIssuer = try settings.string("totp.issuer") ?? "Espace régulateur"
-        let requestSeconds = try settings.int("request.timeout") ?? 60
-        guard requestSeconds >= 1 else { throw ValidationError("--request-timeout must be at least 1 second") }
+        // Bounded above too: a value past Int64's nanoseconds would trap at the first connection.
+        let requestSeconds = try Self.durationSeconds(settings, "request.timeout", default: 60, unit: 1, maximum: 86400)
         resolved.requestReceiveTimeout = .seconds(requestSeconds)
-        let shutdownSeconds = try settings.int("shutdown.timeout") ?? 25
-        guard shutdownSeconds >= 1 else { throw ValidationError("--shutdown-timeout must be at least 1 second") }
+        let shutdownSeconds = try Self.durationSeconds(settings, "shutdown.timeout", default: 25, unit: 1, maximum: 3600)
         resolved.fhir.clientCertificateHeader = try settings.string("fhir.client.certificate.header")
         resolved.fhir.trustedProxies = try settings.list("fhir.trusted.proxy")
         resolved.fhir.proxyTLS = try settings.flag("fhir.proxy.tls")
@@ -526,12 +533,17 @@ struct ServeCommand: AsyncParsableCommand {
         if let url = try settings.string("fhir.upstream") {
             var upstream = UpstreamConfiguration(url: url)
             upstream.caPath = try settings.string("fhir.upstream.ca")
+            // Finite and at most an hour: `inf` or 1e20 would trap converting to milliseconds.
             if let seconds = try settings.double("fhir.upstream.connect.timeout") {
-                guard seconds > 0 else { throw ValidationError("--fhir-upstream-connect-timeout must be positive") }
+                guard seconds >= 0.001 && seconds <= 3600 else {
+                    throw ValidationError("--fhir-upstream-connect-timeout must be between 0.001 and 3600 seconds, got \(seconds)")
+                }
                 upstream.connectTimeout = .milliseconds(Int64(seconds * 1000))
             }
             if let seconds = try settings.double("fhir.upstream.timeout") {
-                guard seconds > 0 else { throw ValidationError("--fhir-upstream-timeout must be positive") }
+                guard seconds >= 0.001 && seconds <= 3600 else {
+                    throw ValidationError("--fhir-upstream-timeout must be between 0.001 and 3600 seconds, got \(seconds)")
+                }
                 upstream.responseTimeout = .milliseconds(Int64(seconds * 1000))
             }
             resolved.fhir.upstream = upstream

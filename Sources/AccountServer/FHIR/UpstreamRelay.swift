@@ -68,6 +68,14 @@ final class UpstreamRelay: Sendable {
               ["http", "https"].contains(scheme), let host = components.host, !host.isEmpty else {
             throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(configuration.url)")
         }
+        guard components.user == nil && components.password == nil else {
+            // They would never be sent, and the URL is logged at start: refused, without
+            // repeating it.
+            throw ConfigurationError(description: "--fhir-upstream must not carry a user or password (the relay authenticates the SAS, not itself); remove them from the URL")
+        }
+        guard components.query == nil && components.fragment == nil else {
+            throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, without a query or fragment")
+        }
         let port = components.port ?? (scheme == "https" ? 443 : 80)
         let bracketed = host.contains(":") ? "[\(host)]" : host
         var tls: NIOSSLContext?

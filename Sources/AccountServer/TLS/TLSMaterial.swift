@@ -129,10 +129,12 @@ final class TLSMaterial: Sendable {
         return (chain, privateKey)
     }
 
-    /// Server authentication only: TLS 1.2+, HTTP/1.1.
+    /// Server authentication only: TLS 1.2+ with the same suites as the mutual-TLS listener,
+    /// HTTP/1.1.
     static func serverOnly(chain: [NIOSSLCertificate], key: NIOSSLPrivateKey) -> TLSConfiguration {
         var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         tls.minimumTLSVersion = .tlsv12
+        tls.cipherSuiteValues = MutualTLSConfiguration.tls12Suites
         tls.applicationProtocols = ["http/1.1"]
         return tls
     }

@@ -57,24 +57,60 @@ public struct JSONWriter: Sendable {
 
     static let hexDigits = Array("0123456789abcdef".utf8)
 
-    /// Escapes what RFC 8259 requires (quote, backslash, controls) and keeps other
-    /// characters as UTF-8.
+    /// Escapes what RFC 8259 requires (quote, backslash, C0 controls), and also what a
+    /// terminal or a log viewer would act on though JSON allows it raw: DEL, the C1 controls
+    /// (U+009B is an 8-bit CSI to xterm), U+2028/U+2029 and the bidirectional controls. JSON
+    /// logs and the CLI's `--json` output carry client-supplied strings (a user agent, a
+    /// certificate subject). Other characters stay UTF-8.
     static func writeString(_ text: String, into output: inout [UInt8]) {
         output.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
+        if text.utf8.withContiguousStorageIfAvailable({ escape($0, into: &output) }) == nil {
+            escape(Array(text.utf8), into: &output)
+        }
+        output.append(UInt8(ascii: "\""))
+    }
+
+    private static func escape<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes, into output: inout [UInt8]) where Bytes.Index == Int {
+        var index = bytes.startIndex
+        while index < bytes.endIndex {
+            let byte = bytes[index]
             switch byte {
             case UInt8(ascii: "\""): output.append(contentsOf: [0x5C, 0x22])
             case UInt8(ascii: "\\"): output.append(contentsOf: [0x5C, 0x5C])
             case 0x0A: output.append(contentsOf: [0x5C, UInt8(ascii: "n")])
             case 0x0D: output.append(contentsOf: [0x5C, UInt8(ascii: "r")])
             case 0x09: output.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0..<0x20:
-                output.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30])
-                output.append(hexDigits[Int(byte >> 4)])
-                output.append(hexDigits[Int(byte & 0x0F)])
+            case 0..<0x20, 0x7F: unicodeEscape(UInt16(byte), into: &output)
+            case 0xC2 where index + 1 < bytes.endIndex && (0x80...0x9F).contains(bytes[index + 1]):
+                // A C1 control, U+0080–U+009F.
+                unicodeEscape(UInt16(bytes[index + 1]), into: &output)
+                index += 2
+                continue
+            case 0xE2 where index + 2 < bytes.endIndex:
+                // A Swift string is valid UTF-8: two continuation bytes follow.
+                let scalar = UInt16(byte & 0x0F) << 12 | UInt16(bytes[index + 1] & 0x3F) << 6 | UInt16(bytes[index + 2] & 0x3F)
+                if isInvisibleControl(scalar) {
+                    unicodeEscape(scalar, into: &output)
+                    index += 3
+                    continue
+                }
+                output.append(byte)
             default: output.append(byte)
             }
+            index += 1
         }
-        output.append(UInt8(ascii: "\""))
+    }
+
+    /// U+200E/F, U+2028/9 (JavaScript and some viewers break lines there), U+202A–E and
+    /// U+2066–9: the bidirectional controls, which reorder what is displayed around them.
+    private static func isInvisibleControl(_ scalar: UInt16) -> Bool {
+        scalar == 0x200E || scalar == 0x200F || (0x2028...0x202E).contains(scalar) || (0x2066...0x2069).contains(scalar)
+    }
+
+    private static func unicodeEscape(_ scalar: UInt16, into output: inout [UInt8]) {
+        output.append(contentsOf: [0x5C, UInt8(ascii: "u")])
+        for shift in stride(from: 12, through: 0, by: -4) {
+            output.append(hexDigits[Int((scalar >> UInt16(shift)) & 0x0F)])
+        }
     }
 }

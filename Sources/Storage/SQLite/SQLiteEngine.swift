@@ -478,8 +478,22 @@ enum DatabaseFiles {
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         let manager = FileManager.default
         if !manager.fileExists(atPath: directory) {
-            try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            guard chmod(directory, 0o700) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: directory]) }
+            // Every directory created on the way is 0700, not only the last: a parent left
+            // world-writable by the umask would let another user swap the last one.
+            var missing: [String] = []
+            var next = directory
+            while !next.isEmpty && next != "/" && !manager.fileExists(atPath: next) {
+                missing.append(next)
+                next = URL(fileURLWithPath: next).deletingLastPathComponent().path
+            }
+            for created in missing.reversed() {
+                guard mkdir(created, 0o700) == 0 else {
+                    // Created meanwhile (another instance starting): not ours to narrow.
+                    if errno == EEXIST { continue }
+                    throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: created])
+                }
+                guard chmod(created, 0o700) == 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: created]) }
+            }
         }
         // An existing file is narrowed by its path, never opened here: closing any descriptor
         // of a file drops every POSIX lock this process holds on it, SQLite's included (an
