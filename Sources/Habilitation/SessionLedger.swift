@@ -19,6 +19,17 @@ public struct SessionLedger: AccountSessions {
         return sessions
     }
 
+    /// Every account's sessions and sign-ins under way (the server key was lost: what they
+    /// hold sealed cannot be opened any more). Returns the sessions ended.
+    public func revokeEverySession(reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
+        try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE revoked_at IS NULL",
+                       arguments: [at.epochMilliseconds, reason])
+        let sessions = try db.changesCount
+        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE consumed_at IS NULL",
+                       arguments: [at.epochMilliseconds])
+        return sessions
+    }
+
     public func revokeProviderSessions(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
         try db.execute(sql: """
             UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL

@@ -288,6 +288,49 @@ public final class VendorAdministration: Sendable {
         }
     }
 
+    /// Removes the account's second factor (a lost phone, recovery codes used up): its TOTP
+    /// secret and recovery codes are deleted, and its sessions, sign-ins under way and
+    /// password reset links end, in one transaction. The next sign-in with the password
+    /// enrols a new TOTP, as a first sign-in does (Keycloak's "remove OTP credential"): check
+    /// who asks before, out of band, and have the regulator reset the password if it may be
+    /// known to someone else.
+    public func resetSecondFactor(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
+        let at = now
+        return try await database.write { db in
+            guard let removed = try SecondFactorLedger().remove(accountID: accountID, in: db) else { return nil }
+            guard removed.totpSecrets > 0 || removed.unusedRecoveryCodes > 0 else {
+                try self.unchanged("reset-second-factor", "no second factor enrolled", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                return AdminActionResult(accountID: accountID, changed: false, sessions: 0)
+            }
+            let count = try self.liveSessions(accountID, at: at, in: db)
+            _ = try SessionLedger().revokeAll(of: accountID, reason: "second-factor-reset", at: at, in: db)
+            let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
+            try self.audit.append(AuditEvent(at: at, surface: "admin", action: "second-factor-reset",
+                                             outcome: "TOTP removed, \(removed.unusedRecoveryCodes) unused recovery code(s) removed",
+                                             actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
+                                             detail: "\(count) session(s) ended" + (links > 0 ? "; \(links) password reset link(s) voided" : "")), in: db)
+            return AdminActionResult(accountID: accountID, changed: true, sessions: count, resetLinks: links)
+        }
+    }
+
+    /// The server key is lost for good (no backup of the key file): what it sealed cannot be
+    /// opened, and start-up refuses another key for this database. Discards every TOTP secret,
+    /// recovery code and queued mail and the key's fingerprint, and ends every session and
+    /// sign-in under way, in one transaction; the next start creates a new key, and each
+    /// regulator enrols a new TOTP at their next sign-in. Every instance must be stopped first.
+    public func forgetSecretKey(actor: AuditActor) async throws -> (discarded: SecondFactorLedger.Discarded, sessions: Int) {
+        let at = now
+        return try await database.write { db in
+            let discarded = try SecondFactorLedger().discardEverythingSealed(in: db)
+            let sessions = try SessionLedger().revokeEverySession(reason: "secret-key-forgotten", at: at, in: db)
+            try self.audit.append(AuditEvent(at: at, surface: "admin", action: "secret-key-forgotten", outcome: "sealed data discarded",
+                                             actor: actor, requestID: nil, identifier: nil, accountID: nil, changes: [],
+                                             detail: "\(discarded.totpSecrets) TOTP secret(s), \(discarded.recoveryCodes) recovery code(s), "
+                                                 + "\(discarded.queuedMails) mail(s) discarded; \(sessions) session(s) ended"), in: db)
+            return (discarded, sessions)
+        }
+    }
+
     /// An admin action that found nothing to change is recorded too (Keycloak records every
     /// admin call): the trail shows who tried what, and when.
     private func unchanged(_ action: String, _ why: String, accountID: String, actor: AuditActor, requestID: String?, at: Date,

@@ -60,6 +60,10 @@ struct AdminTests {
         let unlocked = try await admin.send(.POST, "/api/accounts/\(WebSignInTests.email)/unlock")
         #expect(unlocked.status == 200 && unlocked.body.contains(#""changed":true"#))
         #expect(try await admin.send(.POST, "/api/accounts/\(id)/unlock").body.contains(#""changed":false"#))
+        // No second factor enrolled yet: nothing to reset, and said so (SecondFactorTests has the rest).
+        let reset = try await admin.send(.POST, "/api/accounts/\(id)/reset-second-factor")
+        #expect(reset.status == 200 && reset.body.contains(#""changed":false"#), "\(reset.body)")
+        #expect(try await admin.send(.POST, "/api/accounts/no-such-account/reset-second-factor").status == 404)
 
         #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: "not json").status == 400)
         #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: #"{"reason":"test"}"#).body.contains(#""changed":true"#))

@@ -158,11 +158,18 @@ final class RunningServer: Sendable {
         )
         var configuration = base
         configuration.web.port = 0
-        configuration.secretKeyPath = pki.directory.appendingPathComponent("secret-\(UUID().uuidString).key").path
+        let keyNotChosen = "secret key chosen by the database"
+        configuration.secretKeyPath = keyNotChosen
         configuration.admin.port = 0
         configuration.forwardAuth.port = 0
         configuration.admin.tokenPath = pki.directory.appendingPathComponent("admin-\(UUID().uuidString).token").path
         configure(&configuration)
+        if configuration.secretKeyPath == keyNotChosen {
+            // One key per database, as in a deployment: a server started again on a database
+            // finds the key it was sealed with (start-up refuses another one).
+            let name = configuration.database.argument.unicodeScalars.reduce(UInt64(14_695_981_039_346_656_037)) { ($0 ^ UInt64($1.value)) &* 1_099_511_628_211 }
+            configuration.secretKeyPath = pki.directory.appendingPathComponent("secret-\(String(name, radix: 16)).key").path
+        }
         let logs = CapturedLogs()
         var logger = Logger(label: "test-server", factory: logs.handler(label:))
         logger.logLevel = .info

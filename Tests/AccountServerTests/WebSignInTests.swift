@@ -337,6 +337,53 @@ struct WebSignInTests {
         smtp.stop()
     }
 
+    /// A live SAS session that owes the terms of a new version has lost the habilitation; the
+    /// SAS link no longer sends it straight back (the agenda would refuse it again, in a
+    /// loop) but leads it through a sign-in to the new terms, after which it is habilitated.
+    @Test func aLiveSessionOwingNewTermsIsLedToThemByTheSASLink() async throws {
+        let installation = try await Installation()
+        let first = try await installation.start { $0.cguVersion = "2026-01" }
+        let fhir = try FHIRClient(pki: installation.pki, certificate: "valid", server: first)
+        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: Self.email)).status == 201)
+        await fhir.shutdown()
+        let browser = try Browser(pki: installation.pki, base: first.webURL)
+        #expect(try await browser.submit("/mot-de-passe-oublie", ["email": Self.email]).status == 200)
+        let token = try #require(try await installation.smtp.resetToken(number: 1))
+        let form = try await browser.get("/reinitialisation?jeton=\(token)")
+        _ = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token, "password": Self.password,
+                                                                         "confirmation": Self.password])
+        #expect(try await browser.get("/connexion?origin=sas").location == "/connexion")
+        let secret = try #require(try await Self.signIn(browser).secret)  // enrols with the current step's code
+        #expect(try await browser.get("/compte").body.contains("data-habilitation=\"oui\""))
+        #expect(try await browser.get("/connexion?origin=sas").location?.hasSuffix("/compte") == true, "a session owing nothing goes straight back")
+
+        // A second server on the same database with new terms: the same session, there.
+        let second = try await installation.start { $0.cguVersion = "2026-02" }
+        let later = try Browser(pki: installation.pki, base: second.webURL)
+        later.cookies = browser.cookies
+        #expect(try await later.get("/compte").body.contains("data-habilitation=\"non\""), "the new terms are owed at once")
+        let refused = try await later.get("/acces-refuse")
+        #expect(refused.body.contains("conditions d’utilisation en vigueur") && refused.body.contains("l’étape restante"), "\(refused.body)")
+        let entry = try await later.get("/connexion?origin=sas")
+        #expect(entry.location == "/connexion", "led to a sign-in, not back to the refusal")
+        let totp = TOTP()
+        let afterPassword = try await later.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(afterPassword.location == "/connexion/second-facteur")
+        let afterCode = try await later.submit("/connexion/second-facteur", ["code": totp.code(secret: secret, step: totp.step(at: Date()) + 1)])
+        #expect(afterCode.location == "/connexion/cgu")
+        let cgu = try await later.get("/connexion/cgu")
+        #expect(cgu.body.contains("version 2026-02"))
+        let accepted = try await later.request(.POST, "/connexion/cgu", form: ["csrf": cgu.csrf ?? "", "accepte": "oui", "version": "2026-02"])
+        #expect(accepted.status == 303)
+        let account = try await later.get("/compte")
+        #expect(account.body.contains("data-habilitation=\"oui\"") && account.body.contains("data-origine=\"sas\""), "\(account.body)")
+        await later.shutdown()
+        await browser.shutdown()
+        await second.stop()
+        await first.stop()
+        installation.smtp.stop()
+    }
+
     /// A recovery code stored by a version of before 2026-12 (plain SHA-256) is rewritten into
     /// its keyed form when the server starts, before any listener opens, and the regulator's
     /// printed code still signs them in, once.

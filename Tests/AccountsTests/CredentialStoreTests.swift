@@ -361,15 +361,17 @@ struct CredentialStoreTests {
         try await h.setPassword(Self.password)
         let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
         let totp = TOTP()
-        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
-        let code = { totp.code(secret: secret, step: totp.step(at: h.clock.now)) }
+        let shown = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
 
         // Enrolment: the flow ends (a reset) between the page and the first code.
         let enrolling = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         try await h.setPassword("Another-good-passphrase")
-        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: code(), actor: h.actor,
-                                                       for: sessions.secondFactorStep(flowToken: enrolling, wrongCodesAllowed: 3)) == .stepEnded)
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: totp.code(secret: shown, step: totp.step(at: h.clock.now)),
+                                                       actor: h.actor, for: sessions.secondFactorStep(flowToken: enrolling, wrongCodesAllowed: 3)) == .stepEnded)
         #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == nil, "the reset discarded the pending enrolment with its flow")
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        let code = { totp.code(secret: secret, step: totp.step(at: h.clock.now)) }
         let live = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         guard case .confirmed(let codes) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: code(), actor: h.actor,
                                                                                  for: sessions.secondFactorStep(flowToken: live, wrongCodesAllowed: 3)) else {

@@ -209,6 +209,23 @@ struct ProvisioningTests {
         #expect(oldHistory[0].endedReason == .reattributed && oldHistory[0].endedByAccountId == second.account.id)
         let events = try await h.auditEvents()
         #expect(events.contains { $0.action == "identifier-reattributed" && $0.accountId == first.account.id })
+        // The account that lost its identifier changed: a new version, and what it shows
+        // still says who it was (the identifier it held, as no longer valid).
+        let old = try #require(try await h.database.read { db in try AccountQueries().snapshot(id: first.account.id, in: db) })
+        #expect(old.version == 3, "created, withdrawn, then its identifier re-attributed")
+        #expect(old.updatedAt == oldHistory[0].endedAt)
+        #expect(old.identifiers.isEmpty)
+        #expect(old.lastHeldIdentifiers.map(\.identifier) == [national])
+        #expect(old.lastHeldIdentifiers.first?.endedAt == oldHistory[0].endedAt)
+        guard case .object(let resource) = PractitionerRenderer.resource(old), case .array(let shown)? = resource["identifier"],
+              case .object(let identifier)? = shown.first else { Issue.record("no identifier rendered"); return }
+        #expect(shown.count == 1)
+        #expect(identifier["use"] == .string("old") && identifier["value"] == .string(national.value))
+        guard case .object(let period)? = identifier["period"] else { Issue.record("no period"); return }
+        #expect(period["end"] == .string(AuditLog.timestamp(try #require(oldHistory[0].endedAt))))
+        // The one that took it shows it as current.
+        let taker = try #require(try await h.database.read { db in try AccountQueries().snapshot(id: second.account.id, in: db) })
+        #expect(taker.identifiers.first == national && taker.lastHeldIdentifiers.isEmpty)
     }
 
     @Test func reattributionByCreateAfterDeactivation() async throws {
@@ -328,6 +345,8 @@ struct ProvisioningTests {
         try await database.write { db in try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'x', 'x')") }
         func mode(_ path: String) throws -> Int { (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int) ?? -1 }
         #expect(try mode(directory.path) == 0o700)
+        // The folder created on the way too: world-writable, it would let anyone swap `data`.
+        #expect(try mode(directory.deletingLastPathComponent().path) == 0o700)
         for suffix in ["", "-wal", "-shm"] {
             let found = try mode(path + suffix)
             #expect(found == 0o600, "db\(suffix): \(String(found, radix: 8))")

@@ -79,6 +79,7 @@ struct AdminController: Sendable {
         api.post("accounts/:ref/restore") { request, context in try await self.act("restore", request, context) }
         api.post("accounts/:ref/revoke-sessions") { request, context in try await self.act("revoke-sessions", request, context) }
         api.post("accounts/:ref/unlock") { request, context in try await self.act("unlock", request, context) }
+        api.post("accounts/:ref/reset-second-factor") { request, context in try await self.act("reset-second-factor", request, context) }
         api.get("audit") { request, _ in try await self.audit(request) }
 
         router.get("/") { request, context in
@@ -145,6 +146,7 @@ struct AdminController: Sendable {
         case "suspend": result = try await administration.suspend(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
         case "restore": result = try await administration.restore(accountID: id, actor: actor, requestID: context.requestID)
         case "revoke-sessions": result = try await administration.revokeSessions(accountID: id, actor: actor, requestID: context.requestID)
+        case "reset-second-factor": result = try await administration.resetSecondFactor(accountID: id, actor: actor, requestID: context.requestID)
         default: result = try await administration.unlock(accountID: id, actor: actor, requestID: context.requestID)
         }
         guard let result else { return Self.problem(.notFound, "no account matches \(reference)") }

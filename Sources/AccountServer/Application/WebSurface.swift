@@ -23,7 +23,7 @@ struct WebServices {
 /// The regulators' HTTPS listener (sign-in, first-sign-in steps, "Mon compte") and the mailer,
 /// as services of the main application so they start and stop with it.
 func makeWebServices(
-    _ configuration: ServerConfiguration, database: AccountDatabase, hasher: PasswordHasher, keyBytes: [UInt8],
+    _ configuration: ServerConfiguration, database: AccountDatabase, opened: OpenedResources, hasher: PasswordHasher, keyBytes: [UInt8],
     material: TLSMaterial, metrics: ServerMetrics, logger: Logger,
     onWebListening: @escaping @Sendable (Int) async -> Void,
     onForwardAuthListening: @escaping @Sendable (Int) async -> Void
@@ -46,7 +46,9 @@ func makeWebServices(
     metrics.observe(habilitation: habilitation)
 
     let publicURL = (configuration.web.publicURL ?? "https://localhost:\(configuration.web.port)").trimmingSuffix("/")
-    guard let publicHost = URLComponents(string: publicURL)?.host else {
+    // https only: reset links are mailed with it, and cookies are `Secure`.
+    guard let components = URLComponents(string: publicURL), components.scheme?.lowercased() == "https",
+          let publicHost = components.host, !publicHost.isEmpty, components.user == nil, components.password == nil else {
         throw ConfigurationError(description: "--public-url must be an absolute https URL, got \(publicURL)")
     }
     let webConfiguration = WebConfiguration(
@@ -65,6 +67,7 @@ func makeWebServices(
     var providerServices: [any Service] = []
     if let sso = configuration.sso {
         let (signIn, service) = try await makeProviderSignIn(sso, publicURL: publicURL, keyBytes: keyBytes, box: box, logger: logger)
+        opened.closeOnFailure { try? await service.client.shutdown() }
         controller.provider = signIn
         providerServices.append(service)
     }
@@ -148,7 +151,7 @@ func makeWebServices(
 /// metadata at start (without holding the start-up back: password sign-in works meanwhile)
 /// and closes its HTTP client at stop.
 func makeProviderSignIn(_ sso: SSOConfiguration, publicURL: String, keyBytes: [UInt8], box: SecretBox, logger: Logger) async throws
-    -> (ProviderSignIn, any Service) {
+    -> (ProviderSignIn, ProviderService) {
     guard let issuer = URLComponents(string: sso.issuer), issuer.scheme == "https" || (issuer.scheme == "http" && isLoopback(issuer.host ?? "")),
           issuer.host?.isEmpty == false else {
         throw ConfigurationError(description: "--oidc-issuer must be an https URL, got \(sso.issuer)")

@@ -10,8 +10,9 @@ import Habilitation
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "admin",
-        abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, export the audit trail.",
-        subcommands: [List.self, Show.self, Suspend.self, Restore.self, RevokeSessions.self, Unlock.self, Audit.self]
+        abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, reset a second factor, export the audit trail.",
+        subcommands: [List.self, Show.self, Suspend.self, Restore.self, RevokeSessions.self, Unlock.self, ResetSecondFactor.self,
+                      ForgetSecretKey.self, Audit.self]
     )
 
     struct DatabaseOptions: ParsableArguments {
@@ -145,6 +146,42 @@ struct AdminCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await AdminCommand.act("unlock", options: options, account: account) { try await $0.unlock(accountID: $1, actor: AdminCommand.actor) }
+        }
+    }
+
+    struct ResetSecondFactor: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "reset-second-factor",
+            abstract: "Remove the account's TOTP and recovery codes (a lost phone) and end its sessions; the next sign-in enrols a new TOTP.")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+
+        func run() async throws {
+            try await AdminCommand.act("reset-second-factor", options: options, account: account) {
+                try await $0.resetSecondFactor(accountID: $1, actor: AdminCommand.actor)
+            }
+        }
+    }
+
+    struct ForgetSecretKey: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "forget-secret-key",
+            abstract: "The secret key file is lost for good: discard what it sealed (every TOTP, recovery code and queued mail) and end every session, so that the next start creates a new key. Stop every instance first.")
+        @OptionGroup var options: DatabaseOptions
+        @Flag(help: "Required: every regulator then enrols a new TOTP at their next sign-in.") var confirm = false
+
+        func run() async throws {
+            guard confirm else {
+                throw AdminFailure(message: "forget-secret-key discards every TOTP secret, recovery code and queued mail: give --confirm if the key file is lost for good")
+            }
+            let result = try await options.administration().forgetSecretKey(actor: AdminCommand.actor)
+            AdminCommand.emit(.object([
+                "action": .string("forget-secret-key"),
+                "totpSecrets": .number(String(result.discarded.totpSecrets)),
+                "recoveryCodes": .number(String(result.discarded.recoveryCodes)),
+                "queuedMails": .number(String(result.discarded.queuedMails)),
+                "sessions": .number(String(result.sessions)),
+            ]))
         }
     }
 

@@ -189,7 +189,10 @@ enum Pages {
             case .directSession: return "Cette session n’a pas été ouverte depuis la plateforme SAS : revenez-y et cliquez sur le créneau."
             case .deactivatedBySAS: return "La plateforme SAS a retiré votre habilitation."
             case .suspendedByVendor: return "L’éditeur a suspendu votre habilitation."
-            case .requiredActionPending: return "Une étape de première connexion reste à terminer."
+            case .requiredActionPending:
+                return check.pendingActions == [.acceptCGU]
+                    ? "Les conditions d’utilisation en vigueur n’ont pas encore été acceptées."
+                    : "Une étape de première connexion reste à terminer."
             }
         }
     }
@@ -226,8 +229,12 @@ enum Pages {
             return layout("Accès autorisé", "<p class=\"ok\" id=\"message\" data-habilitation=\"oui\">Votre session dispose de l’habilitation régulateur. Revenez à l’agenda.</p>")
         }
         let direct = check.session?.origin == .direct
+        let stepOwed = !check.pendingActions.isEmpty
         let advice: HTML = direct
             ? "<p id=\"conseil\">Pour utiliser les fonctions régulateur, déconnectez-vous puis revenez dans l’agenda depuis la plateforme SAS : la connexion ouverte depuis le SAS portera l’habilitation.</p>"
+            : stepOwed
+            // The SAS link leads a session that owes a step through a sign-in to it.
+            ? "<p id=\"conseil\">Revenez dans l’agenda depuis la plateforme SAS : la connexion vous mènera à l’étape restante.</p>"
             : "<p id=\"conseil\">Si vous pensez qu’il s’agit d’une erreur, contactez le support de votre éditeur ou la plateforme SAS.</p>"
         return layout("Accès refusé", """
             <p class="warning" id="message" data-habilitation="non">Cette session ne dispose pas de l’habilitation régulateur.</p>

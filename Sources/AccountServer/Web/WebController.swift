@@ -65,8 +65,12 @@ struct WebController: Sendable {
 
     func addRoutes(to router: Router<WebRequestContext>) {
         router.get("static/style.css") { _, _ in
-            Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8", .cacheControl: "max-age=3600"],
-                     body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
+            // The pages' headers, but cacheable for an hour: the stylesheet holds nothing
+            // personal, and every page loads it.
+            var headers = Self.securityHeaders
+            headers[.cacheControl] = "max-age=3600"
+            headers[.contentType] = "text/css; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
         }
         router.get("connexion") { request, context in try await self.signInPage(request, context) }
         router.post("connexion") { request, context in try await self.signIn(request, context) }
@@ -186,10 +190,14 @@ struct WebController: Sendable {
             let origin: SessionOrigin = originValue != nil ? .sas : .direct
             var cookies: [String] = []
             // An existing session of the right kind goes straight back; a direct session
-            // reached by a SAS redirect signs in again to get a SAS session.
-            if let token = WebCookie.value(.session, in: request.headers), let session = try await sessions.session(token),
-               origin == .direct || session.origin == .sas {
-                return Self.redirect(returnURL)
+            // reached by a SAS redirect signs in again to get a SAS session, and so does one
+            // that owes a step (terms of use of a new version): going back would only meet
+            // the agenda's refusal again, while a sign-in leads through the step.
+            if let token = WebCookie.value(.session, in: request.headers) {
+                let check = try await habilitation.check(sessionToken: token)
+                if let session = check.session, check.pendingActions.isEmpty, origin == .direct || session.origin == .sas {
+                    return Self.redirect(returnURL)
+                }
             }
             // Each entry commits a row before anyone has signed in: bounded per client like
             // the other unauthenticated writes (the purge removes expired ones).

@@ -160,6 +160,11 @@ public final class CredentialStore: Sendable {
                 // The counter is not reset here: a correct password alone is not a sign-in.
                 // Someone holding a phished password must not get a fresh run of second-
                 // factor guesses by re-entering it; only a completed sign-in resets it.
+                // A pending TOTP enrolment belongs to the flow that showed its secret: the
+                // new flow gets a new one, so whoever once saw a pending secret (a flow
+                // opened through a stolen reset link, then left) does not know the one the
+                // regulator enrols.
+                try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
                 return (.accepted(accountID: row.id), try whenAccepted(row.id, db))
             }
             let (next, lockedNow) = lockout.recordingFailure(state, at: at)
@@ -253,6 +258,8 @@ public final class CredentialStore: Sendable {
                 UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
             _ = try self.sessions.revokeAll(of: row.id, reason: "password-changed", at: at, in: db)
+            // The flows just ended: so do their pending enrolments (see settlePasswordCheck).
+            try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
             try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at,
                                              detail: voided > 0 ? "\(voided) other password reset link(s) voided" : nil), in: db)
             return .success(row.id)

@@ -4,7 +4,7 @@ import Storage
 ///
 /// Table owners (the only modules whose SQL names them): Accounts — `account`,
 /// `account_identifier`, `audit_event`, `totp_credential`, `recovery_code`,
-/// `password_reset_token`, `cgu_acceptance`, `mail_outbox`; Habilitation — `login_intent`,
+/// `password_reset_token`, `cgu_acceptance`, `mail_outbox`, `secret_key_check`; Habilitation — `login_intent`,
 /// `sign_in_flow`, `web_session`, `oidc_login`, `vendor_suspension`, `provider_logout`. Habilitation reads
 /// Accounts' tables (its checks join them) but never writes them; Accounts never names
 /// Habilitation's (`scripts/check-boundary.sh`). The schema is one history because the tables
@@ -31,6 +31,7 @@ public enum AccountSchema {
         CopiedTable("mail_outbox", orderBy: ["id"], identity: "id"),
         CopiedTable("oidc_login", orderBy: ["state_hash"]),
         CopiedTable("provider_logout", orderBy: ["jti_hash"]),
+        CopiedTable("secret_key_check", orderBy: ["id"]),
     ]
 
     /// Tables the running server may only read and append to (the audit trail): on
@@ -238,7 +239,20 @@ public enum AccountSchema {
             """),
         Migration("v7-vendor-suspension", vendorSuspension(timestamp: "INTEGER", strict: " STRICT")),
         Migration("v8-provider-logout", providerLogout(timestamp: "INTEGER", strict: " STRICT")),
+        Migration("v9-secret-key-check", secretKeyCheck(timestamp: "INTEGER", strict: " STRICT")),
     ]
+
+    /// The fingerprint of the server key the database's secrets are sealed with (one row,
+    /// ``SecretKeyCheck``): a start with another key, or none, is refused. Owned by Accounts.
+    static func secretKeyCheck(timestamp: String, strict: String) -> String {
+        """
+        CREATE TABLE secret_key_check (
+            id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+            fingerprint TEXT NOT NULL,
+            created_at \(timestamp) NOT NULL
+        )\(strict);
+        """
+    }
 
     /// Back-channel logouts received from the OpenID Connect provider, remembered for a while
     /// in the database rather than in one instance's memory: the SHA-256 of the token's `jti`
@@ -449,5 +463,6 @@ public enum AccountSchema {
             """),
         Migration("pg-v2-vendor-suspension", vendorSuspension(timestamp: "BIGINT", strict: "")),
         Migration("pg-v3-provider-logout", providerLogout(timestamp: "BIGINT", strict: "")),
+        Migration("pg-v4-secret-key-check", secretKeyCheck(timestamp: "BIGINT", strict: "")),
     ]
 }

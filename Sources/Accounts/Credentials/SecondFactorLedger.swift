@@ -1,0 +1,48 @@
+import Foundation
+import Storage
+
+/// Removal of second factors, inside the caller's transaction: the vendor admin's answer to a
+/// lost phone, and the operator's to a server key lost for good. Accounts owns the tables;
+/// ``VendorAdministration`` ends the sessions and records the action in the same transaction.
+public struct SecondFactorLedger: Sendable {
+    public init() {}
+
+    /// What a removal took away.
+    public struct Removed: Sendable, Equatable {
+        /// A TOTP secret, confirmed or pending enrolment.
+        public var totpSecrets: Int
+        /// Recovery codes not yet used.
+        public var unusedRecoveryCodes: Int
+    }
+
+    /// Deletes the account's TOTP secret and recovery codes: its next sign-in with the
+    /// password enrols a new TOTP, as a first sign-in does. Nil when there is no such account.
+    public func remove(accountID: String, in db: any SQLTransaction) throws -> Removed? {
+        guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
+        let unused = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
+        try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
+        try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ?", arguments: [accountID])
+        return Removed(totpSecrets: try db.changesCount, unusedRecoveryCodes: unused)
+    }
+
+    /// What discarding the secrets of a lost server key took away.
+    public struct Discarded: Sendable, Equatable {
+        public var totpSecrets: Int
+        public var recoveryCodes: Int
+        public var queuedMails: Int
+    }
+
+    /// Everything sealed or keyed with the server key, which nothing can open without it:
+    /// every TOTP secret and recovery code, the mail outbox (sealed bodies), and the key's
+    /// fingerprint (``SecretKeyCheck``), so that the next start creates a new key.
+    public func discardEverythingSealed(in db: any SQLTransaction) throws -> Discarded {
+        try db.execute(sql: "DELETE FROM recovery_code")
+        let codes = try db.changesCount
+        try db.execute(sql: "DELETE FROM totp_credential")
+        let totp = try db.changesCount
+        try db.execute(sql: "DELETE FROM mail_outbox")
+        let mails = try db.changesCount
+        try db.execute(sql: "DELETE FROM secret_key_check")
+        return Discarded(totpSecrets: totp, recoveryCodes: codes, queuedMails: mails)
+    }
+}

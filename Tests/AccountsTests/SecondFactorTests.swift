@@ -1,0 +1,137 @@
+@testable import Accounts
+import Foundation
+import Habilitation
+import Storage
+import StorageTesting
+import Testing
+
+/// The server key and the second factors it protects: the key file tied to its database,
+/// pending enrolments tied to their sign-in, and the admin's removal of a second factor.
+@Suite("Second factors and the server key")
+struct SecondFactorTests {
+    static let password = "Vélo-rouge-sur-la-Loire"
+
+    static func code(_ secret: [UInt8], at date: Date) -> String {
+        let totp = TOTP()
+        return totp.code(secret: secret, step: totp.step(at: date))
+    }
+
+    /// A key file is created only for a database with nothing sealed yet, and its fingerprint
+    /// recorded; then only that key starts: another one, or none, is refused with the reason,
+    /// and nothing is created in its place.
+    @Test func startUpRefusesAKeyThatIsNotTheDatabases() async throws {
+        let h = try await Harness()
+        let directory = h.directory.appendingPathComponent("keys")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("secret.key").path
+        let key = try await SecretKeyCheck.loadKey(path: path, database: h.database)
+        #expect(FileManager.default.fileExists(atPath: path))
+        #expect(try await SecretKeyCheck.loadKey(path: path, database: h.database) == key, "the same key starts again")
+
+        // Another key file (a second instance given its own, a restore with the wrong one).
+        let other = directory.appendingPathComponent("other.key").path
+        try PrivateFile.create(path: other, contents: (0..<32).map { _ in UInt8.random(in: 0...255) })
+        let refusal = await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: other, database: h.database) }
+        #expect(refusal?.description.contains("is not the key this database was sealed with") == true, "\(String(describing: refusal))")
+        // No key file at all: refused, and none is created.
+        let missing = directory.appendingPathComponent("missing.key").path
+        let absent = await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: missing, database: h.database) }
+        #expect(absent?.description.contains("is missing") == true && absent?.description.contains("forget-secret-key") == true)
+        #expect(!FileManager.default.fileExists(atPath: missing))
+    }
+
+    /// A database from before the fingerprint: the key must open the TOTP secrets it sealed,
+    /// and a missing key file is refused once anything is sealed.
+    @Test func aDatabaseFromBeforeTheFingerprintIsCheckedAgainstWhatItSealed() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        _ = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        let directory = h.accounts.directory.appendingPathComponent("keys")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let missing = directory.appendingPathComponent("missing.key").path
+        await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: missing, database: h.accounts.database) }
+        #expect(!FileManager.default.fileExists(atPath: missing))
+        // A new key cannot open the secret the harness's key sealed.
+        let wrong = directory.appendingPathComponent("wrong.key").path
+        try PrivateFile.create(path: wrong, contents: Array(repeating: 9, count: 32))
+        await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: wrong, database: h.accounts.database) }
+        // The harness's key (7s) can: accepted, and recorded from then on.
+        let right = directory.appendingPathComponent("right.key").path
+        try PrivateFile.create(path: right, contents: Array(repeating: 7, count: 32))
+        #expect(try await SecretKeyCheck.loadKey(path: right, database: h.accounts.database) == Array(repeating: 7, count: 32))
+        await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: wrong, database: h.accounts.database) }
+    }
+
+    /// A key lost for good: `forget-secret-key` discards what it sealed and the fingerprint,
+    /// ends every session, and records it; the next start creates a new key.
+    @Test func forgettingALostKeyDiscardsWhatItSealed() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(secret, at: h.clock.now),
+                                                       actor: h.actor)?.count == 10)
+        _ = try await h.resetToken()  // a queued mail
+        let directory = h.accounts.directory.appendingPathComponent("keys")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let right = directory.appendingPathComponent("right.key").path
+        try PrivateFile.create(path: right, contents: Array(repeating: 7, count: 32))
+        _ = try await SecretKeyCheck.loadKey(path: right, database: h.accounts.database)
+
+        let administration = VendorAdministration(database: h.accounts.database, sessionConfiguration: SessionConfiguration())
+        let result = try await administration.forgetSecretKey(actor: AuditActor(subject: "cli:operator", address: "local"))
+        #expect(result.discarded == SecondFactorLedger.Discarded(totpSecrets: 1, recoveryCodes: 10, queuedMails: 2))
+        #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
+        let lost = directory.appendingPathComponent("new.key").path
+        let key = try await SecretKeyCheck.loadKey(path: lost, database: h.accounts.database)
+        #expect(key != Array(repeating: 7, count: 32) && FileManager.default.fileExists(atPath: lost))
+        await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: right, database: h.accounts.database) }
+        let events = try await h.accounts.auditEvents()
+        #expect(events.contains { $0.action == "secret-key-forgotten" && $0.detail?.contains("1 TOTP secret(s), 10 recovery code(s), 2 mail(s)") == true })
+    }
+
+    /// A pending enrolment's secret belongs to the sign-in that showed it: whoever opened a
+    /// flow once (through a stolen reset link) and left does not know the secret the
+    /// regulator's own sign-in enrols. A password reset discards it too.
+    @Test func aPendingEnrolmentDiesWithItsSignIn() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let seen = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == seen, "shown again within its sign-in")
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == nil)
+        let enrolled = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        #expect(enrolled != seen)
+        try await h.setPassword("Another-good-passphrase")
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == nil)
+        // A confirmed TOTP is not touched by a sign-in.
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        _ = try #require(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(secret, at: h.clock.now), actor: h.actor))
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "Another-good-passphrase", actor: h.actor) == .accepted(accountID: h.accountID))
+        #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID))
+    }
+
+    /// The admin's answer to a lost phone: TOTP and recovery codes removed, sessions and
+    /// links ended, in one audited transaction; the next sign-in enrols anew. Nothing to
+    /// remove is recorded as such and changes nothing.
+    @Test func resettingASecondFactor() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let administration = VendorAdministration(database: h.accounts.database, sessionConfiguration: SessionConfiguration())
+        let actor = AuditActor(subject: "admin-api", address: "127.0.0.1")
+        let nothing = try #require(try await administration.resetSecondFactor(accountID: h.accountID, actor: actor))
+        #expect(!nothing.changed)
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        let codes = try #require(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(secret, at: h.clock.now), actor: h.actor))
+        _ = try await h.resetToken()
+        let result = try #require(try await administration.resetSecondFactor(accountID: h.accountID, actor: actor))
+        #expect(result.changed && result.resetLinks == 1)
+        #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor) == nil, "recovery codes are gone")
+        let fresh = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID), "the next sign-in enrols")
+        #expect(fresh != secret)
+        #expect(try await administration.resetSecondFactor(accountID: "no-such-account", actor: actor) == nil)
+        let events = try await h.accounts.auditEvents()
+        #expect(events.filter { $0.action == "second-factor-reset" }.count == 1)
+        #expect(events.contains { $0.action == "admin-action" && $0.outcome == "reset-second-factor: unchanged" })
+    }
+}
