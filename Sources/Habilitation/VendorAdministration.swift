@@ -289,11 +289,11 @@ public final class VendorAdministration: Sendable {
     }
 
     /// Removes the account's second factor (a lost phone, recovery codes used up): its TOTP
-    /// secret and recovery codes are deleted, and its sessions, sign-ins under way and
-    /// password reset links end, in one transaction. The next sign-in with the password
-    /// enrols a new TOTP, as a first sign-in does (Keycloak's "remove OTP credential"): check
-    /// who asks before, out of band, and have the regulator reset the password if it may be
-    /// known to someone else.
+    /// secret and recovery codes are deleted, a new password is required, and its sessions,
+    /// sign-ins under way and password reset links end, in one transaction. The regulator
+    /// then chooses a password through a reset link ("mot de passe oublié"), which proves the
+    /// mailbox, and the next sign-in enrols a new TOTP: a phished password and a convincing
+    /// call to support are not enough to enrol a device.
     public func resetSecondFactor(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
         return try await database.write { db in

@@ -8,11 +8,16 @@ public struct CopiedTable: Sendable {
     public let name: String
     public let orderBy: [String]
     public let identity: String?
+    /// Rows a server writes about the installation itself at its first start (the server
+    /// key's fingerprint): a target holding only those still counts as empty, and they are
+    /// replaced by the source's.
+    public let replacedOnCopy: Bool
 
-    public init(_ name: String, orderBy: [String], identity: String? = nil) {
+    public init(_ name: String, orderBy: [String], identity: String? = nil, replacedOnCopy: Bool = false) {
         self.name = name
         self.orderBy = orderBy
         self.identity = identity
+        self.replacedOnCopy = replacedOnCopy
     }
 }
 
@@ -88,10 +93,13 @@ public struct StoreCopy: Sendable {
         // engine then runs this block again, which starts from nothing, on a new snapshot of
         // the source (`StoreCopyTests.aCopyRefusedAtCommitIsRunAgainFromAFreshSnapshot`).
         return try await target.write { db in
-            for table in tables {
+            for table in tables where !table.replacedOnCopy {
                 if let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table.name)"), count > 0 {
                     throw StoreCopyError.targetNotEmpty(table: table.name, rows: count)
                 }
+            }
+            for table in tables where table.replacedOnCopy {
+                try db.execute(sql: "DELETE FROM \(table.name)")
             }
             let sourceDigests = try source.read { sourceDB in
                 try tables.map { table in

@@ -376,6 +376,36 @@ struct ProcessTests {
         #expect(!cbc.contains("Cipher is ECDHE-ECDSA-AES128-SHA") && !cbc.contains("BEGIN CERTIFICATE"), "a CBC suite is refused: \(cbc)")
     }
 
+    /// `serve` with another key than the database's, or none, stops with the reason (exit
+    /// status 1, no trap, even with an upstream whose HTTP client was already made), and
+    /// creates no key in place of the missing one.
+    @Test func serveRefusesAKeyThatIsNotTheDatabases() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("key-check-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let (process, _) = try await Self.launch(directory: directory)
+        process.terminate()
+        process.waitUntilExit()
+        let key = directory.appendingPathComponent("secret.key").path
+        func start(_ keyPath: String) async throws -> (status: Int32, output: String) {
+            let run = try await spawnAndWait(Self.binary, [
+                "serve", "--database", try await Self.databaseArgument(directory), "--dev-pki", directory.appendingPathComponent("pki").path,
+                "--secret-key-file", keyPath, "--admin-token-file", directory.appendingPathComponent("admin.token").path,
+                "--fhir-upstream", "http://127.0.0.1:9/fhir",
+                "--fhir-address", "127.0.0.1:0", "--web-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--forward-auth-address", "127.0.0.1:0",
+            ], environment: ["PATH": "/usr/bin:/bin"])
+            return (run.status, String(decoding: run.errors + run.output, as: UTF8.self))
+        }
+        let other = directory.appendingPathComponent("other.key").path
+        try PrivateFile.create(path: other, contents: (0..<32).map { _ in UInt8.random(in: 0...255) })
+        let wrong = try await start(other)
+        #expect(wrong.status == 1 && wrong.output.contains("is not the key this database was sealed with") && !wrong.output.contains("Fatal error"), "\(wrong.output)")
+        let missing = directory.appendingPathComponent("missing.key").path
+        let none = try await start(missing)
+        #expect(none.status == 1 && none.output.contains("is missing") && !none.output.contains("Fatal error"), "\(none.output)")
+        #expect(!FileManager.default.fileExists(atPath: missing))
+        #expect(FileManager.default.fileExists(atPath: key))
+    }
+
     /// Half a pair of web TLS flags stops the start: dropped, the web listener would present
     /// the FHIR certificate without a word.
     @Test func halfAWebCertificatePairIsRefused() async throws {
@@ -476,15 +506,20 @@ struct ProcessTests {
         #expect(revoked.contains(#""sessions":0"#) && revoked.contains(#""reset_links":0"#), "\(revoked)")
         let missing = try await Self.run(["admin", "suspend", "nobody@nowhere.fr"] + database)
         #expect(missing.status != 0)
+        let reset = try await Self.run(["admin", "reset-second-factor", id] + database)
+        #expect(reset.status == 0 && reset.output.contains(#""action":"reset-second-factor""#) && reset.output.contains(#""changed":false"#), "\(reset.output)")
+        // Discarding what the key sealed needs --confirm: without it, refused, nothing changed.
+        let unconfirmed = try await spawnAndWait(Self.binary, ["admin", "forget-secret-key"] + database, environment: ["USER": "operator", "PATH": "/usr/bin:/bin"])
+        #expect(unconfirmed.status != 0 && String(decoding: unconfirmed.errors, as: UTF8.self).contains("give --confirm"))
 
         let audit = try await Self.run(["admin", "audit", "--account", id] + database)
         let actions = audit.output.split(separator: "\n").compactMap { line -> String? in
             guard case .object(let event)? = try? JSONParser().parse(Array(line.utf8)), case .string(let action)? = event["action"] else { return nil }
             return action
         }
-        #expect(actions == ["create", "habilitation-withdrawn", "habilitation-restored", "admin-action", "sessions-revoked"],
-                "the unlock that changed nothing is recorded too: \(actions)")
-        #expect(audit.output.contains(#""outcome":"unlock: unchanged""#))
+        #expect(actions == ["create", "habilitation-withdrawn", "habilitation-restored", "admin-action", "sessions-revoked", "admin-action"],
+                "the unlock and the reset that changed nothing are recorded too: \(actions)")
+        #expect(audit.output.contains(#""outcome":"unlock: unchanged""#) && audit.output.contains(#""outcome":"reset-second-factor: unchanged""#))
         #expect(audit.output.contains(#""actor_subject":"cli:operator""#))
     }
 
@@ -607,9 +642,18 @@ struct MigrateStoreTests {
                 INSERT INTO provider_logout (jti_hash, subject, session_id, received_at, expires_at) VALUES ('j1', 'psc-sub', NULL, 1, 2)
                 """)
         }
+        // The source's key fingerprint, and another one on the target (a server started on it
+        // once with a key of its own): the source's replaces it, and the key goes along.
+        let keys = directory.appendingPathComponent("keys")
+        try PrivateFile.create(path: keys.appendingPathComponent("source.key").path, contents: Array(repeating: 5, count: 32))
+        _ = try await SecretKeyCheck.loadKey(path: keys.appendingPathComponent("source.key").path, database: source)
         let target = try await TestStore.emptyArgument(in: directory)
+        let started = try await TestStore.open(target, poolSize: 1)
+        _ = try await SecretKeyCheck.loadKey(path: keys.appendingPathComponent("other.key").path, database: started)
+        await started.close()
         let copied = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
         #expect(copied.status == 0, "\(copied.output)")
+        #expect(copied.output.contains(#""table":"secret_key_check","rows":1"#), "\(copied.output)")
         let lines = copied.output.split(separator: "\n")
         #expect(lines.count == AccountSchema.tables.count, "\(copied.output)")
         #expect(lines.allSatisfy { $0.contains(#""verified":true"#) })
@@ -635,6 +679,8 @@ struct MigrateStoreTests {
         }
         let seqs = try await database.read { db in try Int.fetchAll(db, sql: "SELECT seq FROM audit_event ORDER BY seq") }
         #expect(seqs == Array(1...7), "\(seqs)")
+        #expect(try await SecretKeyCheck.loadKey(path: keys.appendingPathComponent("source.key").path, database: database) == Array(repeating: 5, count: 32))
+        await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: keys.appendingPathComponent("other.key").path, database: database) }
         // Into a database that is not empty: refused, nothing added.
         let again = try await ProcessTests.run(["migrate-store", "--from", file, "--to", target])
         #expect(again.status != 0)

@@ -228,6 +228,32 @@ struct ProvisioningTests {
         #expect(taker.identifiers.first == national && taker.lastHeldIdentifiers.isEmpty)
     }
 
+    /// The old holder moves by one version per write that takes its identifiers (not one per
+    /// identifier), and once it has none left it shows the last one it held of each kind,
+    /// whenever each ended.
+    @Test func anAccountLosingBothIdentifiersMovesOneVersionPerWrite() async throws {
+        let h = try await Harness()
+        let both = try await h.create(try Fixtures.record(national: national.value, technical: technical.value))
+        _ = try await h.put(national, try Fixtures.record(national: national.value, technical: technical.value, active: false))
+        let taker = try await h.create(try Fixtures.record(national: national.value, technical: technical.value, email: "autre@test.com"))
+        #expect(taker.account.identifiers == [national, technical])
+        let old = try #require(try await h.database.read { db in try AccountQueries().snapshot(id: both.account.id, in: db) })
+        #expect(old.version == 3, "created, withdrawn, both identifiers taken in one write")
+        #expect(old.lastHeldIdentifiers.map(\.identifier) == [national, technical])
+
+        // Taken one at a time: one version each, and both shown at the end.
+        let second = try await h.create(try Fixtures.record(national: otherNational.value, technical: nil, email: "deux@test.com"))
+        let secondTechnical = RegulatorIdentifier.sasTechnical(SASTechnicalID("1ef1c748-01a3-6180-b098-73283ce4e5b1")!)
+        _ = try await h.put(otherNational, try Fixtures.record(national: otherNational.value, technical: secondTechnical.value, active: false, email: "deux@test.com"))
+        _ = try await h.create(try Fixtures.record(national: otherNational.value, technical: nil, email: "trois@test.com"))
+        var partly = try #require(try await h.database.read { db in try AccountQueries().snapshot(id: second.account.id, in: db) })
+        #expect(partly.version == 3 && partly.identifiers == [secondTechnical] && partly.lastHeldIdentifiers.isEmpty)
+        _ = try await h.create(try Fixtures.record(national: nil, technical: secondTechnical.value, email: "quatre@test.com"))
+        partly = try #require(try await h.database.read { db in try AccountQueries().snapshot(id: second.account.id, in: db) })
+        #expect(partly.version == 4 && partly.identifiers.isEmpty)
+        #expect(partly.lastHeldIdentifiers.map(\.identifier) == [otherNational, secondTechnical])
+    }
+
     @Test func reattributionByCreateAfterDeactivation() async throws {
         let h = try await Harness()
         let first = try await h.create(try Fixtures.record())

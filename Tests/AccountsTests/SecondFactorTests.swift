@@ -40,6 +40,32 @@ struct SecondFactorTests {
         #expect(!FileManager.default.fileExists(atPath: missing))
     }
 
+    /// Instances starting at once on a new database: with one shared key, all start and one
+    /// fingerprint is recorded; with a key each, exactly one of them starts.
+    @Test func instancesStartingAtOnceAgreeOnOneKey() async throws {
+        for shared in [true, false] {
+            let h = try await Harness()
+            let directory = h.directory.appendingPathComponent("keys")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let paths = (0..<4).map { directory.appendingPathComponent(shared ? "secret.key" : "secret-\($0).key").path }
+            if !shared {
+                for path in paths { try PrivateFile.create(path: path, contents: (0..<32).map { _ in UInt8.random(in: 0...255) }) }
+            }
+            let database = h.database
+            let started = await withTaskGroup(of: [UInt8]?.self) { group in
+                for path in paths { group.addTask { try? await SecretKeyCheck.loadKey(path: path, database: database) } }
+                var keys: [[UInt8]?] = []
+                for await key in group { keys.append(key) }
+                return keys
+            }
+            let keys = started.compactMap { $0 }
+            #expect(keys.count == (shared ? 4 : 1), "shared: \(shared)")
+            #expect(Set(keys).count == 1)
+            let rows = try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM secret_key_check") }
+            #expect(rows == 1)
+        }
+    }
+
     /// A database from before the fingerprint: the key must open the TOTP secrets it sealed,
     /// and a missing key file is refused once anything is sealed.
     @Test func aDatabaseFromBeforeTheFingerprintIsCheckedAgainstWhatItSealed() async throws {
@@ -55,6 +81,17 @@ struct SecondFactorTests {
         let wrong = directory.appendingPathComponent("wrong.key").path
         try PrivateFile.create(path: wrong, contents: Array(repeating: 9, count: 32))
         await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: wrong, database: h.accounts.database) }
+        // A secret sealed by another key beside it (the old defect's new key): any key that
+        // opens one of them is the installation's.
+        let box9 = try SecretBox(key: Array(repeating: 9, count: 32))
+        let other = try await h.accounts.create(try Fixtures.record(national: "810002673900", email: "autre@test.com")).account.id
+        let sealed = try box9.seal(TOTP.generateSecret(), context: "totp:\(other)")
+        try await h.accounts.database.write { db in
+            try db.execute(sql: "INSERT INTO totp_credential (account_id, sealed_secret, created_at) VALUES (?, ?, 0)", arguments: [other, Data(sealed)])
+        }
+        let stranger = directory.appendingPathComponent("stranger.key").path
+        try PrivateFile.create(path: stranger, contents: Array(repeating: 3, count: 32))
+        await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: stranger, database: h.accounts.database) }
         // The harness's key (7s) can: accepted, and recorded from then on.
         let right = directory.appendingPathComponent("right.key").path
         try PrivateFile.create(path: right, contents: Array(repeating: 7, count: 32))
@@ -127,6 +164,12 @@ struct SecondFactorTests {
         #expect(result.changed && result.resetLinks == 1)
         #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor) == nil, "recovery codes are gone")
+        // The password alone opens nothing now: a reset link (the mailbox) comes first.
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor)
+                == .refused(reason: .wrongPassword, accountID: h.accountID))
+        try await h.setPassword("Another-good-passphrase")
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "Another-good-passphrase", actor: h.actor)
+                == .accepted(accountID: h.accountID))
         let fresh = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID), "the next sign-in enrols")
         #expect(fresh != secret)
         #expect(try await administration.resetSecondFactor(accountID: "no-such-account", actor: actor) == nil)

@@ -229,6 +229,14 @@ struct ValidatorTests {
         identifiers[0] = .object(identifier)
         body["identifier"] = .array(identifiers)
         expectRefusal(body, .unprocessable, at: "Practitioner.identifier[0].use")
+        for (element, path) in [("name", "Practitioner.name[0].use"), ("telecom", "Practitioner.telecom[0].use")] {
+            var old = Fixtures.practitioner()
+            guard case .array(var entries)? = old[element], case .object(var first) = entries[0] else { Issue.record("no \(element)"); continue }
+            first["use"] = .string("old")
+            entries[0] = .object(first)
+            old[element] = .array(entries)
+            expectRefusal(old, .unprocessable, at: path)
+        }
         // Other uses say nothing against the identifier.
         identifier["use"] = .string("official")
         identifiers[0] = .object(identifier)

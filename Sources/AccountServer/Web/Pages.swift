@@ -229,7 +229,9 @@ enum Pages {
             return layout("Accès autorisé", "<p class=\"ok\" id=\"message\" data-habilitation=\"oui\">Votre session dispose de l’habilitation régulateur. Revenez à l’agenda.</p>")
         }
         let direct = check.session?.origin == .direct
-        let stepOwed = !check.pendingActions.isEmpty
+        // Only when the step is all that is missing: a withdrawal or a suspension is not
+        // lifted by signing in again.
+        let stepOwed: Bool = if case .denied(let reasons) = check.decision { reasons == [.requiredActionPending] } else { false }
         let advice: HTML = direct
             ? "<p id=\"conseil\">Pour utiliser les fonctions régulateur, déconnectez-vous puis revenez dans l’agenda depuis la plateforme SAS : la connexion ouverte depuis le SAS portera l’habilitation.</p>"
             : stepOwed

@@ -15,14 +15,20 @@ public struct SecondFactorLedger: Sendable {
         public var unusedRecoveryCodes: Int
     }
 
-    /// Deletes the account's TOTP secret and recovery codes: its next sign-in with the
-    /// password enrols a new TOTP, as a first sign-in does. Nil when there is no such account.
+    /// Deletes the account's TOTP secret and recovery codes, and requires a new password
+    /// through a reset link: the next sign-in then proves the mailbox, and enrols a new TOTP
+    /// as a first sign-in does (the password alone, perhaps phished, must not be enough to
+    /// enrol a device after a "lost phone" call). Nothing is written when nothing is
+    /// enrolled. Nil when there is no such account.
     public func remove(accountID: String, in db: any SQLTransaction) throws -> Removed? {
         guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
+        let totp = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM totp_credential WHERE account_id = ?", arguments: [accountID]) ?? 0
         let unused = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ? AND used_at IS NULL", arguments: [accountID]) ?? 0
+        guard totp > 0 || unused > 0 else { return Removed(totpSecrets: 0, unusedRecoveryCodes: 0) }
         try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
         try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ?", arguments: [accountID])
-        return Removed(totpSecrets: try db.changesCount, unusedRecoveryCodes: unused)
+        try db.execute(sql: "UPDATE account SET password_reset_required = TRUE WHERE id = ?", arguments: [accountID])
+        return Removed(totpSecrets: totp, unusedRecoveryCodes: unused)
     }
 
     /// What discarding the secrets of a lost server key took away.

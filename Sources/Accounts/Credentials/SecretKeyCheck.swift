@@ -42,10 +42,16 @@ public enum SecretKeyCheck {
         let at = Date().epochMilliseconds
         let recorded: String? = try await database.write { db in
             if let known = try String.fetchOne(db, sql: "SELECT fingerprint FROM secret_key_check WHERE id = 1") { return known }
-            // A database from before the fingerprint: the key must open what it sealed.
-            if let row = try SQLRow.fetchOne(db, sql: "SELECT account_id, sealed_secret FROM totp_credential ORDER BY account_id LIMIT 1") {
-                let accountID: String = row["account_id"]
-                guard (try? box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")) != nil else { return nil }
+            // A database from before the fingerprint: the key must open what it sealed. Any
+            // one secret will do: an installation that met the old defect (a new key created
+            // silently) holds secrets of the lost key beside those of the one in use.
+            let sealed = try SQLRow.fetchAll(db, sql: "SELECT account_id, sealed_secret FROM totp_credential ORDER BY created_at DESC")
+            if !sealed.isEmpty {
+                let opens = sealed.contains { row in
+                    let accountID: String = row["account_id"]
+                    return (try? box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")) != nil
+                }
+                guard opens else { return nil }
             }
             try db.execute(sql: "INSERT INTO secret_key_check (id, fingerprint, created_at) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING",
                            arguments: [fingerprint, at])

@@ -45,7 +45,8 @@ public struct RegulatorRecord: Sendable, Equatable {
 /// (400). Profile problems (missing element, bad identifier format, contradicting type code,
 /// non-email telecom...) are ``FHIRError/Category/unprocessable`` (422). Unknown elements are
 /// tolerated, as HAPI FHIR does, but not what would change the meaning of what is read
-/// (`modifierExtension`, `implicitRules`, an identifier whose `use` is `old`): 422.
+/// (`modifierExtension`, `implicitRules`, an identifier, name or telecom whose `use` is
+/// `old`): 422.
 public struct PractitionerValidator: Sendable {
     public init() {}
 
@@ -355,6 +356,10 @@ public struct PractitionerValidator: Sendable {
             if first != .null { collector.wrongType(first, expected: "an object", at: "Practitioner.name[0]") }
             return nil
         }
+        if name["use"] == .string("old") {
+            // HumanName.use is a modifier: "old" says the name is no longer in use.
+            collector.profile(.value, "A name with use \"old\" is no longer in use: send the regulator's current name.", at: "Practitioner.name[0].use")
+        }
         var family: String?
         switch name["family"] {
         case nil:
@@ -417,6 +422,10 @@ public struct PractitionerValidator: Sendable {
         guard case .object(let telecom) = first else {
             if first != .null { collector.wrongType(first, expected: "an object", at: "Practitioner.telecom[0]") }
             return nil
+        }
+        if telecom["use"] == .string("old") {
+            // ContactPoint.use is a modifier: "old" says the address is no longer in use.
+            collector.profile(.value, "A telecom with use \"old\" is no longer in use: send the regulator's current e-mail address.", at: "Practitioner.telecom[0].use")
         }
         var systemOK = false
         switch telecom["system"] {

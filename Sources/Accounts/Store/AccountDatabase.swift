@@ -103,7 +103,7 @@ public final class AccountDatabase: Sendable {
     public static func holdsData(_ location: StorageLocation, logger: Logger) async throws -> (table: String, rows: Int)? {
         guard case .postgres(let server) = location else { return nil }
         let engine = try PostgresEngine(location: server, poolSize: 1, keepOpen: 0, logger: logger)
-        let tables = AccountSchema.tables.map(\.name)
+        let tables = AccountSchema.tables.filter { !$0.replacedOnCopy }.map(\.name)
         do {
             // One snapshot; closed before returning (a command exits right after).
             let found = try await engine.read { db -> (table: String, rows: Int)? in

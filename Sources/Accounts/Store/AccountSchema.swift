@@ -31,7 +31,8 @@ public enum AccountSchema {
         CopiedTable("mail_outbox", orderBy: ["id"], identity: "id"),
         CopiedTable("oidc_login", orderBy: ["state_hash"]),
         CopiedTable("provider_logout", orderBy: ["jti_hash"]),
-        CopiedTable("secret_key_check", orderBy: ["id"]),
+        // A server started once on the target left its key's fingerprint there: replaced.
+        CopiedTable("secret_key_check", orderBy: ["id"], replacedOnCopy: true),
     ]
 
     /// Tables the running server may only read and append to (the audit trail): on

@@ -187,15 +187,15 @@ public struct AccountQueries: Sendable {
         let current = try currentIdentifiers(of: id, in: db)
         var snapshot = AccountSnapshot(row: row, identifiers: current)
         if current.isEmpty {
-            // Every identifier went to another account: those that ended last.
+            // Every identifier went to other accounts: the last one held of each kind.
             let held = try identifierHistory(of: id, in: db).compactMap { assignment in
                 assignment.identifier.flatMap { identifier in
                     assignment.endedAt.map { AccountSnapshot.HeldIdentifier(identifier: identifier, assignedAt: assignment.assignedAt, endedAt: $0) }
                 }
             }
-            let lastEnd = held.map(\.endedAt).max()
-            snapshot.lastHeldIdentifiers = held.filter { $0.endedAt == lastEnd }
-                .sorted { ($0.identifier.kind == .national ? 0 : 1) < ($1.identifier.kind == .national ? 0 : 1) }
+            snapshot.lastHeldIdentifiers = [RegulatorIdentifier.Kind.national, .sasTechnical].compactMap { kind in
+                held.filter { $0.identifier.kind == kind }.max { $0.endedAt < $1.endedAt }
+            }
         }
         return snapshot
     }
@@ -248,9 +248,11 @@ struct AccountWrites {
 
     /// A new version of an account that another write changed (it lost an identifier to a
     /// re-attribution): what it shows changed, so its version and `lastUpdated` move, and a
-    /// conditional write holding its former ETag is refused.
+    /// conditional write holding its former ETag is refused. Once per transaction: a write
+    /// that takes both of its identifiers moves it by one version (the transaction's `date`
+    /// is already its `updated_at` the second time).
     func newVersion(of accountID: String, at date: Date, in db: any SQLTransaction) throws {
-        try db.execute(ProvisioningSQL.NewVersion.self, arguments: [date.epochMilliseconds, accountID])
+        try db.execute(ProvisioningSQL.NewVersion.self, arguments: [date.epochMilliseconds, accountID, date.epochMilliseconds])
     }
 }
 
@@ -321,7 +323,7 @@ enum ProvisioningSQL {
     }
 
     enum NewVersion: PreparedSQL {
-        static let sql = "UPDATE account SET version = version + 1, updated_at = ? WHERE id = ?"
+        static let sql = "UPDATE account SET version = version + 1, updated_at = ? WHERE id = ? AND updated_at <> ?"
     }
 
     enum AssignIdentifier: PreparedSQL {
