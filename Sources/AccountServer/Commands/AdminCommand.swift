@@ -152,7 +152,7 @@ struct AdminCommand: AsyncParsableCommand {
     struct ResetSecondFactor: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "reset-second-factor",
-            abstract: "Remove the account's TOTP and recovery codes (a lost phone) and end its sessions; the next sign-in enrols a new TOTP.")
+            abstract: "A lost phone: remove the account's TOTP and recovery codes, require a new password through a reset link, end its sessions; the sign-in after the reset enrols a new TOTP.")
         @OptionGroup var options: DatabaseOptions
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
 
