@@ -3,6 +3,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOSSL
 import Testing
+import X509
 
 /// The SAS mTLS matrix against the real server: only a valid, allowed, unrevoked client
 /// certificate over TLS 1.2+ gets a request processed.
@@ -31,7 +32,7 @@ struct MutualTLSTests {
         let events = try await server.auditEvents()
         let subject = pki.clients["valid"]!.certificate.subject.description
         #expect(events.count == 2)
-        #expect(events.allSatisfy { $0.actorSubject == subject && $0.actorSerial == ClientIdentity.hex(pki.clients["valid"]!.certificate.serialNumber.bytes) })
+        #expect(events.allSatisfy { $0.actorSubject == subject && $0.actorSerial == ClientIdentity.serialHex(pki.clients["valid"]!.certificate.serialNumber) })
         await server.stop()
     }
 
@@ -64,7 +65,7 @@ struct MutualTLSTests {
         for name in ["wrong-cn", "revoked"] {
             _ = try await attemptCreate(pki: pki, server: server, certificate: name)
             let certificate = pki.clients[name]!.certificate
-            let serial = ClientIdentity.hex(certificate.serialNumber.bytes)
+            let serial = ClientIdentity.serialHex(certificate.serialNumber)
             let line = server.logs.all.first { $0.contains("client certificate refused") && $0.contains("serial=\(serial)") }
             #expect(line?.contains("subject=\"\(certificate.subject.description)\"") == true, "\(server.logs.all)")
         }
@@ -255,5 +256,63 @@ struct MutualTLSTests {
         let store = try CRLStore(paths: [path], issuers: [pki.ca.certificate], logger: .init(label: "t"))
         #expect(store.status(of: pki.clients["revoked"]!.certificate, now: Date()) == .revoked(source: path))
         #expect(store.status(of: pki.clients["valid"]!.certificate, now: Date()) == .good)
+    }
+
+    func verifier(_ pki: TestPKI) throws -> ClientCertificateVerifier {
+        let crls = try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], allowMissing: true, logger: .init(label: "t"))
+        return ClientCertificateVerifier(trustRoots: [pki.ca.certificate], allowedCommonNames: [TestPKI.allowedCN],
+                                         allowedOrganizationalUnits: [TestPKI.allowedOU], crlStore: crls, logger: .init(label: "t"))
+    }
+
+    /// A presentation longer than any IGC-Santé path is refused before the path search (which
+    /// is exponential in same-named intermediates); one within the bound still validates.
+    @Test func aLongPresentedChainIsRefusedBeforeThePathSearch() async throws {
+        let pki = try TestPKI()
+        let verifier = try verifier(pki)
+        var issuers = [pki.ca]
+        for depth in 1...ClientCertificateVerifier.maximumPresentedCertificates {
+            issuers.append(try PKIBuilder.makeCA(commonName: "Intermediate \(depth)", issuer: issuers.last!))
+        }
+        func presented(intermediates: Int) throws -> [Certificate] {
+            let issuer = issuers[intermediates]
+            let leaf = try PKIBuilder.issue(commonName: TestPKI.allowedCN, organizationalUnit: TestPKI.allowedOU, usage: .client, issuer: issuer)
+            return [leaf.certificate] + issuers[1...intermediates].reversed().map(\.certificate)
+        }
+        let longest = ClientCertificateVerifier.maximumPresentedCertificates - 1
+        guard case .success = await verifier.verify(presented: try presented(intermediates: longest)) else {
+            Issue.record("a path of \(longest) intermediates is within the bound")
+            return
+        }
+        guard case .failure(let refusal) = await verifier.verify(presented: try presented(intermediates: longest + 1)) else {
+            Issue.record("\(longest + 1) intermediates must be refused")
+            return
+        }
+        #expect(refusal.reason.contains("certificates presented"), "\(refusal.reason)")
+    }
+
+    /// A client CA taken out of the bundle (SIGHUP) refuses the next request of a connection
+    /// verified against it, even one whose last check still stood.
+    @Test func aRemovedClientCARefusesConnectionsVerifiedAgainstIt() async throws {
+        let pki = try TestPKI()
+        let verifier = try verifier(pki)
+        guard case .success(let identity) = await verifier.verify(presented: [pki.clients["valid"]!.certificate]) else {
+            Issue.record("the valid client is accepted")
+            return
+        }
+        guard case .success(let standing) = verifier.revalidate(identity, previous: nil) else {
+            Issue.record("and passes its re-check")
+            return
+        }
+        verifier.replaceTrustRoots([pki.ca.certificate, pki.otherCA.certificate])
+        guard case .success(let again) = verifier.revalidate(identity, previous: standing) else {
+            Issue.record("a CA added beside it changes nothing")
+            return
+        }
+        verifier.replaceTrustRoots([pki.otherCA.certificate])
+        guard case .failure(let refusal) = verifier.revalidate(identity, previous: again) else {
+            Issue.record("the CA it was verified against is gone: refused")
+            return
+        }
+        #expect(refusal.reason.contains("no longer trusted"), "\(refusal.reason)")
     }
 }

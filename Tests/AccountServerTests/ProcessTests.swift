@@ -319,7 +319,7 @@ struct ProcessTests {
             after = try await Self.servedSerial(port: port, pki: pki)
             return after != nil && after != before
         }
-        #expect(after == ClientIdentity.hex(renewed.certificate.serialNumber.bytes), "the renewed certificate is served: \(after ?? "-") (was \(before))")
+        #expect(after == ClientIdentity.serialHex(renewed.certificate.serialNumber), "the renewed certificate is served: \(after ?? "-") (was \(before))")
         #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "r2@test.fr") == "201")
     }
 
@@ -370,7 +370,7 @@ struct ProcessTests {
         }
         let served = try await spawnAndWait("/bin/sh", ["-c", "openssl s_client -connect 127.0.0.1:\(webPort) -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial"])
         #expect(String(decoding: served.output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).uppercased()
-                == "SERIAL=" + ClientIdentity.hex(web.certificate.serialNumber.bytes), "the web certificate, not the FHIR one")
+                == "SERIAL=" + ClientIdentity.serialHex(web.certificate.serialNumber), "the web certificate, not the FHIR one")
         #expect(try await handshake("-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256").contains("ECDHE-ECDSA-AES128-GCM-SHA256"))
         let cbc = try await handshake("-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA")
         #expect(!cbc.contains("Cipher is ECDHE-ECDSA-AES128-SHA") && !cbc.contains("BEGIN CERTIFICATE"), "a CBC suite is refused: \(cbc)")

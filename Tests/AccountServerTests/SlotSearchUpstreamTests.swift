@@ -225,7 +225,7 @@ struct SlotSearchUpstreamTests {
         #expect(header("X-SSL-Client-S-DN").count == 1 && header("X-SSL-Client-S-DN")[0].contains("CN=\(TestPKI.allowedCN)"),
                 "the caller's forged identity header is replaced, not appended: \(header("X-SSL-Client-S-DN"))")
         let valid = pki.clients["valid"]!.certificate
-        #expect(header("X-SSL-Client-Serial") == [ClientIdentity.hex(valid.serialNumber.bytes)])
+        #expect(header("X-SSL-Client-Serial") == [ClientIdentity.serialHex(valid.serialNumber)])
         let forwarded = try ForwardedCertificate.parse(try #require(header("X-SSL-Client-Cert").first))
         #expect(forwarded == [valid], "the leaf is relayed as nginx's $ssl_client_escaped_cert would")
         #expect(header("X-Forwarded-For") == ["127.0.0.1"], "the SAS's address, not what it claimed")
@@ -248,6 +248,8 @@ struct SlotSearchUpstreamTests {
         let relayed = try await client.raw("/Hop", headers: [
             ("Connection", "keep-alive, X-Secret-Hop"), ("X-Secret-Hop", "for the relay only"),
             ("X_SSL_Client_S_DN", "CN=forged"), ("X_SSL_Client_Verify", "SUCCESS"), ("X_Forwarded_For", "6.6.6.6"), ("X-Kept", "yes"),
+            ("X-Real-IP", "6.6.6.6"), ("X-Original-URL", "/admin"), ("X-Rewrite-URL", "/admin"), ("X-HTTP-Method-Override", "DELETE"),
+            ("X-Forwarded-Client-Cert", "Hash=forged"), ("X-Forwarded-Port", "1"), ("X-Forwarded-Prefix", "/admin"),
         ])
         #expect(relayed.status == 200)
         let seen = try #require(standIn.requests.last)
@@ -255,6 +257,9 @@ struct SlotSearchUpstreamTests {
         #expect(!names.contains("x-secret-hop"), "a field named by Connection is not forwarded: \(names)")
         #expect(!names.contains { $0.contains("_") }, "no underscore spelling reaches the upstream: \(names)")
         #expect(seen[values: HTTPField.Name("X-Kept")!] == ["yes"])
+        for forged in ["x-real-ip", "x-original-url", "x-rewrite-url", "x-http-method-override", "x-forwarded-client-cert", "x-forwarded-port", "x-forwarded-prefix"] {
+            #expect(!names.contains(forged), "\(forged) is the caller's word, not the relay's: \(names)")
+        }
         #expect(seen[values: HTTPField.Name("X-SSL-Client-S-DN")!].count == 1)
         #expect(relayed.headers["X-Upstream-Secret"].isEmpty, "nor back to the client: \(relayed.headers)")
         #expect(relayed.headers["X_Upstream_Flag"].isEmpty)
@@ -270,6 +275,47 @@ struct SlotSearchUpstreamTests {
         await client.shutdown()
         await server.stop()
         await standIn.stop()
+    }
+
+    /// Framing the upstream could read otherwise than the relay: two `Host` fields (400,
+    /// RFC 9112 §3.2), a transfer coding beside `chunked` (501, as nginx answers); a `Host`
+    /// that is not `host[:port]` is relayed without an `X-Forwarded-Host`.
+    @Test func framingTheUpstreamCouldReadOtherwiseIsRefused() async throws {
+        let pki = try TestPKI()
+        let (standIn, server, client, key) = try await Self.startForRawClients(pki)
+        let script = RawHTTP.preamble + """
+            answers = []
+            for request in [b"GET /Slot HTTP/1.1\\r\\nHost: localhost\\r\\nHost: upstream.internal\\r\\n\\r\\n",
+                            b"POST /Appointment HTTP/1.1\\r\\nHost: localhost\\r\\nTransfer-Encoding: gzip, chunked\\r\\n\\r\\n3\\r\\nabc\\r\\n0\\r\\n\\r\\n",
+                            b"GET /Slot HTTP/1.1\\r\\nHost: evil.example/x?y\\r\\n\\r\\n"]:
+                sock = connect(*sys.argv[2:6])
+                sock.sendall(request)
+                data, _ = read_answers(sock, 1)
+                answers.append(data.split(b"\\r\\n")[0].decode("latin-1"))
+                sock.close()
+            print(json.dumps({"statuses": answers}))
+            """
+        let result = try await Self.rawClient(script, server: server, pki: pki, client: client, key: key)
+        let statuses = try #require(result["statuses"] as? [String], "\(result)")
+        #expect(statuses.count == 3 && statuses[0] == "HTTP/1.1 400 Bad Request", "\(statuses)")
+        #expect(statuses.count == 3 && statuses[1] == "HTTP/1.1 501 Not Implemented", "\(statuses)")
+        #expect(statuses.count == 3 && statuses[2] == "HTTP/1.1 200 OK", "\(statuses)")
+        #expect(standIn.requests.count == 1, "only the third request was relayed")
+        #expect(standIn.requests.last?[values: HTTPField.Name("X-Forwarded-Host")!] == [], "not a host: not repeated")
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// The subject and serial in nginx's spelling: `$ssl_client_serial` has no DER sign byte,
+    /// `$ssl_client_s_dn` writes bytes beyond ASCII as `\XX`.
+    @Test func identityHeadersUseNginxSpelling() throws {
+        #expect(ClientIdentity.serialHex(Certificate.SerialNumber(bytes: [0x00, 0x80, 0xAB])) == "80AB")
+        #expect(ClientIdentity.serialHex(Certificate.SerialNumber(bytes: [0x01, 0x02])) == "0102")
+        #expect(ClientIdentity.serialHex(Certificate.SerialNumber(bytes: [0x00])) == "00")
+        #expect(SlotSearchUpstream.rfc2253Escaped("CN=sas,O=Agence du Numérique en Santé") == #"CN=sas,O=Agence du Num\C3\A9rique en Sant\C3\A9"#)
+        #expect(SlotSearchUpstream.rfc2253Escaped("CN=sas,OU=SAS") == "CN=sas,OU=SAS")
+        #expect(SlotSearchUpstream.isHostField("sas.example:8443") && SlotSearchUpstream.isHostField("[::1]:443"))
+        #expect(!SlotSearchUpstream.isHostField("evil.example/x") && !SlotSearchUpstream.isHostField("a b") && !SlotSearchUpstream.isHostField(""))
     }
 
     /// The INT_R02 PKI matrix, on the relayed surface: nothing reaches the upstream unless

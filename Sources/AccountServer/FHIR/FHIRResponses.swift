@@ -31,6 +31,7 @@ enum FHIRResponses {
         case .forbidden: return .forbidden
         case .badGateway: return .badGateway
         case .gatewayTimeout: return .gatewayTimeout
+        case .notImplemented: return .notImplemented
         case .serviceUnavailable: return .serviceUnavailable
         }
     }

@@ -137,8 +137,43 @@ final class SlotSearchUpstream: Sendable {
     /// for the identity we set. `lowered`: the name in lower case (`HTTPField.Name.canonicalName`).
     static func isStripped(canonical lowered: String) -> Bool {
         lowered.utf8.contains(UInt8(ascii: "_")) || hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
-            || lowered == "x-forwarded-for" || lowered == "x-forwarded-proto" || lowered == "x-forwarded-host" || lowered == "forwarded"
-            || lowered == "x-request-id"
+            || lowered.hasPrefix("x-forwarded-") || overriding.contains(lowered)
+    }
+
+    /// Fields some frameworks believe over the request itself: who the client is
+    /// (`X-Real-IP`, Envoy's `X-Forwarded-Client-Cert` falls under `x-forwarded-`), which path
+    /// or method was asked (`X-Original-URL` reroutes a request past the dot-segment check on
+    /// IIS and Symfony): a caller's copies never reach the upstream.
+    static let overriding: Set<String> = [
+        "forwarded", "x-request-id", "x-real-ip", "x-original-url", "x-rewrite-url", "x-original-uri",
+        "x-http-method-override", "x-http-method", "x-method-override", "x-client-verify", "x-client-dn", "x-client-ip",
+    ]
+
+    /// Whether a `Host` value is a `host[:port]` (RFC 9110 §7.2: a reg-name, an IPv4 address
+    /// or a bracketed IPv6 one): anything else is not repeated to the upstream as
+    /// `X-Forwarded-Host`, where a backend building links from it would take it for ours.
+    static func isHostField(_ value: String) -> Bool {
+        !value.isEmpty && value.utf8.count <= 255 && value.utf8.allSatisfy { byte in
+            (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x30 && byte <= 0x39)
+                || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ":")
+                || byte == UInt8(ascii: "[") || byte == UInt8(ascii: "]")
+        }
+    }
+
+    /// A subject as nginx's `$ssl_client_s_dn` shows it (OpenSSL's RFC 2253 flags): bytes of
+    /// UTF-8 beyond ASCII written `\XX`, so `O=Numérique` becomes `O=Num\C3\A9rique` and the
+    /// header stays ASCII.
+    static func rfc2253Escaped(_ subject: String) -> String {
+        guard subject.utf8.contains(where: { $0 >= 0x80 }) else { return subject }
+        var escaped = ""
+        for byte in subject.utf8 {
+            if byte >= 0x80 {
+                escaped += "\\" + String(byte, radix: 16, uppercase: true)
+            } else {
+                escaped.unicodeScalars.append(Unicode.Scalar(byte))
+            }
+        }
+        return escaped
     }
 
     /// The verified caller, as nginx's `ssl_client_*` variables would describe it. Added, not
@@ -146,11 +181,11 @@ final class SlotSearchUpstream: Sendable {
     static func addIdentity(to headers: inout HTTPHeaders, caller: ClientIdentity?, clientAddress: String, host: String?, requestID: String) {
         headers.add(name: "X-Forwarded-For", value: clientAddress)
         headers.add(name: "X-Forwarded-Proto", value: "https")
-        if let host { headers.add(name: "X-Forwarded-Host", value: host) }
+        if let host, isHostField(host) { headers.add(name: "X-Forwarded-Host", value: host) }
         headers.add(name: "X-Request-Id", value: requestID)
         guard let caller else { return }
         headers.add(name: "X-SSL-Client-Verify", value: "SUCCESS")
-        headers.add(name: "X-SSL-Client-S-DN", value: caller.subject)
+        headers.add(name: "X-SSL-Client-S-DN", value: rfc2253Escaped(caller.subject))
         headers.add(name: "X-SSL-Client-Serial", value: caller.serial)
         if let pem = caller.escapedPEM {
             headers.add(name: "X-SSL-Client-Cert", value: pem)

@@ -956,6 +956,22 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
+    /// What the relay refuses to forward however the caller is: two `Host` fields (RFC 9112
+    /// §3.2: 400; the upstream might read the other one), and a transfer coding other than
+    /// `chunked` alone (the relay re-frames bodies as chunked, so a `gzip, chunked` body would
+    /// reach the upstream as if it were plain; nginx answers 501).
+    static func framingProblem(_ headers: HTTPHeaders) -> FHIRError? {
+        if headers["host"].count > 1 {
+            return FHIRError(.invalidRequest, code: .invalid, "The request carries more than one Host field.")
+        }
+        let codings = headers["transfer-encoding"].flatMap { $0.split(separator: ",") }
+            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        if !codings.isEmpty, codings != ["chunked"] {
+            return FHIRError(.notImplemented, code: .notSupported, "Only the chunked transfer coding is relayed.")
+        }
+        return nil
+    }
+
     /// Routes a request: the router's local-or-relayed decision, the caller first.
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         let target = Self.originForm(head.uri)
@@ -972,11 +988,15 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let requestID = requestIDs.next()
         closeAfterAnswer = !head.isKeepAlive
         version = head.version.major == 1 && head.version.minor == 0 ? .http1_0 : .http1_1
+        let framing = Self.framingProblem(head.headers)
         let decided: (Result<CallerAuthenticator.Caller, FHIRError>) -> Void = { [self] result in
             guard self.context != nil else { return }
             switch result {
             case .failure(let refusal):
                 refuse(refusal, requestID: requestID)
+            case .success where framing != nil:
+                relay.logger.notice("FHIR request refused: framing", metadata: ["request_id": "\(requestID)", "reason": "\(framing!.issues.first?.diagnostics ?? "")"])
+                refuse(framing!, requestID: requestID)
             case .success where ambiguous:
                 relay.logger.notice("FHIR request refused: ambiguous path", metadata: ["path": "\(pathOnly)", "request_id": "\(requestID)"])
                 refuse(FHIRError(.invalidContent, code: .invalid,

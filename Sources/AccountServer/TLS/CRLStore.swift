@@ -143,7 +143,7 @@ final class CRLStore: Sendable {
                 if allowMissing || isAnchor { continue }
                 return "no CRL is loaded for \(certificate.issuer), so revocation cannot be checked (--client-crl, or --allow-missing-crl)"
             case .revoked(let source):
-                return "certificate \(ClientIdentity.hex(certificate.serialNumber.bytes)) is revoked (CRL \(source))"
+                return "certificate \(ClientIdentity.serialHex(certificate.serialNumber)) is revoked (CRL \(source))"
             case .expired(let nextUpdate, let source):
                 return "the CRL of \(certificate.issuer) expired at \(nextUpdate) (\(source)); refusing until a fresh CRL is loaded"
             }

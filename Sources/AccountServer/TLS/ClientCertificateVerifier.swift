@@ -9,7 +9,8 @@ import X509
 struct ClientIdentity: Sendable, Equatable {
     /// RFC 4514 subject, e.g. `CN=sas.example,OU=SAS,O=ANS,C=FR`.
     var subject: String
-    /// Serial number in hexadecimal.
+    /// Serial number in upper-case hexadecimal, as OpenSSL and nginx's `$ssl_client_serial`
+    /// print it (no DER sign byte): the value a backend compared in its nginx days.
     var serial: String
     var commonNames: [String]
     var organizationalUnits: [String]
@@ -25,13 +26,21 @@ struct ClientIdentity: Sendable, Equatable {
     init(certificate: Certificate) {
         self.certificate = certificate
         subject = certificate.subject.description
-        serial = Self.hex(certificate.serialNumber.bytes)
+        serial = Self.serialHex(certificate.serialNumber)
         commonNames = Self.attributes(.RDNAttributeType.commonName, of: certificate)
         organizationalUnits = Self.attributes(.RDNAttributeType.organizationalUnitName, of: certificate)
     }
 
     static func attributes(_ type: ASN1ObjectIdentifier, of certificate: Certificate) -> [String] {
         certificate.subject.flatMap { $0 }.filter { $0.type == type }.map { "\($0.value)" }
+    }
+
+    /// A serial number as OpenSSL prints it: the DER content without its leading zero bytes
+    /// (the sign byte a serial such as 0x80AB carries), at least one byte.
+    static func serialHex(_ serial: Certificate.SerialNumber) -> String {
+        let bytes = Array(serial.bytes)
+        let significant = bytes.drop { $0 == 0 }
+        return hex(significant.isEmpty ? [0] : Array(significant))
     }
 
     static func hex(_ bytes: some Sequence<UInt8>) -> String {
@@ -98,11 +107,18 @@ final class ClientCertificateVerifier: Sendable {
     let allowedCommonNames: Set<String>
     let allowedOrganizationalUnits: Set<String>
     let crlStore: CRLStore
-    private let roots: Mutex<(certificates: [Certificate], store: CertificateStore)>
+    private let roots: Mutex<(certificates: [Certificate], store: CertificateStore, generation: Int)>
     private let logger: Logger
 
+    /// The most certificates a caller may present (leaf included). An IGC-Santé path is a leaf,
+    /// one intermediate and perhaps the root: 3. The path search of swift-certificates is
+    /// depth-first over every presented candidate, so a dozen intermediates sharing one name
+    /// and key would cost it millions of signature checks, before any authentication, on
+    /// threads INT_R02 needs: a long presentation is refused before the search starts.
+    static let maximumPresentedCertificates = 6
+
     init(trustRoots: [Certificate], allowedCommonNames: Set<String>, allowedOrganizationalUnits: Set<String>, crlStore: CRLStore, logger: Logger) {
-        self.roots = Mutex((trustRoots, CertificateStore(trustRoots)))
+        self.roots = Mutex((trustRoots, CertificateStore(trustRoots), 0))
         self.allowedCommonNames = allowedCommonNames
         self.allowedOrganizationalUnits = allowedOrganizationalUnits
         self.crlStore = crlStore
@@ -111,9 +127,11 @@ final class ClientCertificateVerifier: Sendable {
 
     var trustRoots: [Certificate] { roots.withLock { $0.certificates } }
 
-    /// Takes a rotated client CA bundle into use (SIGHUP); handshakes already verified stand.
+    /// Takes a rotated client CA bundle into use (SIGHUP). Connections already verified are
+    /// checked again on their next request (``revalidate(_:now:)``): one whose path ends at a
+    /// CA no longer in the bundle is refused, however busy it keeps its connection.
     func replaceTrustRoots(_ certificates: [Certificate]) {
-        roots.withLock { $0 = (certificates, CertificateStore(certificates)) }
+        roots.withLock { $0 = (certificates, CertificateStore(certificates), $0.generation + 1) }
     }
 
     /// Re-checks, for one more request on an already verified connection, what can change
@@ -127,23 +145,31 @@ final class ClientCertificateVerifier: Sendable {
     /// every request would otherwise hash each certificate's issuer name (3 % of its CPU).
     struct Revalidation: Sendable {
         var generation: Int
+        /// The trust roots' generation it was made under: a CA rotation checks again.
+        var rootsGeneration = 0
         var until: Date
     }
 
     /// ``revalidate(_:now:)``, unless `previous` still stands.
     func revalidate(_ identity: ClientIdentity, previous: Revalidation?, now: Date = Date()) -> Result<Revalidation, ClientCertificateRefusal> {
         let generation = crlStore.generation
-        if let previous, previous.generation == generation, now < previous.until { return .success(previous) }
+        let rootsGeneration = roots.withLock { $0.generation }
+        if let previous, previous.generation == generation, previous.rootsGeneration == rootsGeneration, now < previous.until {
+            return .success(previous)
+        }
         if let refusal = revalidate(identity, now: now) { return .failure(refusal) }
         let path = identity.chain.isEmpty ? [identity.certificate] : identity.chain
         let expiries = path.map(\.notValidAfter) + [crlStore.earliestNextUpdate(path: path)].compactMap { $0 }
-        return .success(Revalidation(generation: generation, until: expiries.min() ?? now))
+        return .success(Revalidation(generation: generation, rootsGeneration: rootsGeneration, until: expiries.min() ?? now))
     }
 
     func revalidate(_ identity: ClientIdentity, now: Date = Date()) -> ClientCertificateRefusal? {
         let path = identity.chain.isEmpty ? [identity.certificate] : identity.chain
+        let anchorTrusted = identity.chain.last.map { anchor in roots.withLock { $0.certificates.contains(anchor) } } ?? true
         let reason: String? = if let expired = path.first(where: { now > $0.notValidAfter }) {
-            "certificate \(ClientIdentity.hex(expired.serialNumber.bytes)) of the path expired during the connection"
+            "certificate \(ClientIdentity.serialHex(expired.serialNumber)) of the path expired during the connection"
+        } else if !anchorTrusted {
+            "the client CA the connection was verified against is no longer trusted"
         } else {
             crlStore.revocationProblem(path: path, now: now)
         }
@@ -159,6 +185,11 @@ final class ClientCertificateVerifier: Sendable {
             return .failure(ClientCertificateRefusal(subject: "-", serial: "-", reason: "no client certificate"))
         }
         let identity = ClientIdentity(certificate: leaf)
+        guard presented.count <= Self.maximumPresentedCertificates else {
+            let reason = "\(presented.count) certificates presented; at most \(Self.maximumPresentedCertificates) are read"
+            logger.warning("client certificate refused", metadata: ["subject": "\(identity.subject)", "serial": "\(identity.serial)", "reason": "\(reason)"])
+            return .failure(ClientCertificateRefusal(subject: identity.subject, serial: identity.serial, reason: reason))
+        }
         let rootStore = roots.withLock { $0.store }
         var verifier = Verifier(rootCertificates: rootStore) {
             RFC5280Policy()

@@ -68,7 +68,7 @@ final class TLSMaterial: Sendable {
             state.withLock { $0 = fresh }
             logger.notice("TLS certificates reloaded", metadata: [
                 "reason": "\(reason)",
-                "certificates": "\(fresh.presented.map { "\($0.name): serial \(ClientIdentity.hex($0.certificate.serialNumber.bytes)) until \($0.certificate.notValidAfter)" }.joined(separator: "; "))",
+                "certificates": "\(fresh.presented.map { "\($0.name): serial \(ClientIdentity.serialHex($0.certificate.serialNumber)) until \($0.certificate.notValidAfter)" }.joined(separator: "; "))",
                 "client_cas": "\(fresh.clientTrustRoots.count)",
             ])
             return fresh

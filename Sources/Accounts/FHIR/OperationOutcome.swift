@@ -65,6 +65,9 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
         case badGateway
         /// The INT_R01 upstream did not answer in time (504).
         case gatewayTimeout
+        /// A request framing this server does not relay, such as a transfer coding other than
+        /// `chunked` (501, as nginx answers).
+        case notImplemented
         /// The database cannot answer now (restarting, failing over); nothing was changed and
         /// the same call may be sent again (503, `Retry-After`).
         case serviceUnavailable
