@@ -212,6 +212,15 @@ public final class HabilitationService: Sendable {
         try await sessions.touchIfDue(hash: facts.hash, lastSeenAt: facts.session.lastSeenAt, at: at ?? now)
     }
 
+    /// ``recordActivity(_:at:)`` without making the answer wait: the time is taken now (the
+    /// check's), the write happens in the background, and a failure only means the next
+    /// check asks again.
+    public func recordActivityInBackground(_ facts: SessionFacts) {
+        guard activityDue(facts) else { return }
+        let at = now
+        Task { try? await self.recordActivity(facts, at: at) }
+    }
+
     /// One indexed query: the session (live: not revoked, within its idle and absolute
     /// timeouts), its account, and every fact the predicate needs.
     func facts(hash: String, at: Date, in db: any SQLTransaction) throws -> SessionFacts? {

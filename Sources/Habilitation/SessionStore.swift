@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
 import Storage
+import Synchronization
 
 /// Timeouts of the web sign-in.
 public struct SessionConfiguration: Sendable {
@@ -110,6 +111,12 @@ public final class SessionStore: Sendable {
     public let configuration: SessionConfiguration
     private let clock: @Sendable () -> Date
     private let audit = AuditLog()
+    /// The sessions whose touch this process is writing now (their id hashes): a page load
+    /// fires dozens of forward-auth checks at once, and every one that sees the touch due
+    /// would otherwise open its own write. On PostgreSQL, those writes collide on the one
+    /// row: each but the first fails its serialization check and is retried holding the
+    /// write lock exclusively, one after the other, every instance's writes waiting behind.
+    private let touchesInFlight = Mutex<Set<String>>([])
 
     public init(database: AccountDatabase, configuration: SessionConfiguration = SessionConfiguration(), clock: @escaping @Sendable () -> Date = Date.init) {
         self.database = database
@@ -439,12 +446,23 @@ public final class SessionStore: Sendable {
     /// it due and asks for it (hundreds at a few thousand checks a second); the statement
     /// itself checks it is still due, so only the first changes the row, and the others commit
     /// nothing (no log written, no fsync).
+    ///
+    /// `at` is when the session was seen live (the request's time, not the touch's): a touch
+    /// that commits late, after the idle timeout, records the activity that happened in time
+    /// and never revives a session that had already expired when it was seen. One touch per
+    /// session at a time in this process (``touchesInFlight``): the others have nothing to add.
     public func touchIfDue(hash: String, lastSeenAt: Date, at: Date) async throws {
         let granularity = configuration.touchGranularity
         guard at.timeIntervalSince(lastSeenAt) >= granularity else { return }
+        guard touchesInFlight.withLock({ $0.insert(hash).inserted }) else { return }
+        defer { touchesInFlight.withLock { _ = $0.remove(hash) } }
+        let idle = configuration.idleTimeout
         try await database.write { db in
-            try db.execute(sql: "UPDATE web_session SET last_seen_at = ? WHERE id_hash = ? AND revoked_at IS NULL AND last_seen_at <= ?",
-                           arguments: [at.epochMilliseconds, hash, at.addingTimeInterval(-granularity).epochMilliseconds])
+            try db.execute(sql: """
+                UPDATE web_session SET last_seen_at = ? WHERE id_hash = ? AND revoked_at IS NULL AND last_seen_at <= ?
+                AND last_seen_at > ? AND absolute_expires_at > ?
+                """, arguments: [at.epochMilliseconds, hash, at.addingTimeInterval(-granularity).epochMilliseconds,
+                                  at.addingTimeInterval(-idle).epochMilliseconds, at.epochMilliseconds])
         }
     }
 

@@ -619,6 +619,42 @@ struct PostgresEngineTests {
         await fixed.close()
     }
 
+    /// What a frozen or vanished instance leaves behind is bounded by the server: a
+    /// transaction idle for 15 s is ended (it holds the write lock every instance's writes
+    /// need), an idle TCP connection is probed after 30 s. A transaction that outlives the
+    /// bound is refused, never committed.
+    @Test func aTransactionLeftOpenIsEndedByTheServer() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("idle-\(UUID().uuidString)")
+        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
+        guard case .postgres(let owner) = location else { return }
+        let engine = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
+        let shown = try await engine.read { db in
+            try ["idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"].map { name in
+                try String.fetchOne(db, sql: "SELECT current_setting('\(name)')") ?? "-"
+            }
+        }
+        #expect(shown == ["15s", "30", "10", "3"] || (owner.host.hasPrefix("/") && shown.first == "15s"), "\(shown)")
+        try await engine.write { db in try db.execute(sql: "CREATE TABLE frozen_write (x integer)") }
+        do {
+            try await engine.write { db in
+                // A read goes out at once (BEGIN and the write lock with it); writes are held
+                // back to COMMIT.
+                _ = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM frozen_write")
+                Thread.sleep(forTimeInterval: 16)   // an instance frozen mid-transaction
+                try db.execute(sql: "INSERT INTO frozen_write VALUES (1)")
+            }
+            Issue.record("a transaction idle for 16 s was committed")
+        } catch {
+            // Refused: the server ended it.
+        }
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM frozen_write") } == 0)
+        let other = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
+        try await other.write { db in try db.execute(sql: "INSERT INTO frozen_write VALUES (2)") }
+        #expect(try await other.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM frozen_write") } == 1, "the write lock is free again")
+        await other.close()
+        await engine.close()
+    }
+
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS
     /// at all (the server wants it): refused within seconds, with the reason.
     @Test(arguments: ["wrong-ca", "wrong-password", "no-tls"])

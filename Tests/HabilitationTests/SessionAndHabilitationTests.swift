@@ -505,6 +505,26 @@ struct SessionAndHabilitationTests {
         #expect(later == world.clock.now.epochMilliseconds)
     }
 
+    /// A touch that commits after the idle timeout (queued behind other writes) records the
+    /// activity seen in time, and never brings back a session that had expired when it was
+    /// seen.
+    @Test func aLateTouchNeverRevivesAnExpiredSession() async throws {
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        let signedIn = try #require(try await world.sessions.session(token)).lastSeenAt
+        world.clock.advance(61)
+        let seen = world.clock.now
+        world.clock.advance(30 * 60 - 60)   // past the idle timeout since the last recorded activity, not since `seen`
+        try await world.sessions.touchIfDue(hash: SecretToken.hash(token), lastSeenAt: signedIn, at: world.clock.now)
+        #expect(try await world.sessions.session(token) == nil, "a touch dated after the expiry does not revive it")
+        try await world.sessions.touchIfDue(hash: SecretToken.hash(token), lastSeenAt: signedIn, at: seen)
+        let stored = try await world.database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT last_seen_at FROM web_session WHERE id_hash = ?", arguments: [SecretToken.hash(token)])
+        }
+        #expect(stored == seen.epochMilliseconds)
+        #expect(try await world.sessions.session(token) != nil, "the activity seen in time, written late, extends it from then")
+    }
+
     /// A suspension reports the live sessions it affects: those started from the SAS, not a
     /// direct one (it never held the habilitation), nor one past its idle timeout.
     @Test func aSuspensionCountsTheLiveSASSessionsOnly() async throws {

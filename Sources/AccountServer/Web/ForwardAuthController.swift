@@ -256,10 +256,7 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func answer(_ result: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?), head: HTTPRequest,
                         started: ContinuousClock.Instant) -> ForwardAuthAnswer {
-        if let facts = result.facts, responder.habilitation.activityDue(facts) {
-            let habilitation = responder.habilitation
-            Task { try? await habilitation.recordActivity(facts) }
-        }
+        if let facts = result.facts { responder.habilitation.recordActivityInBackground(facts) }
         return responder.answer(result.check, header: { name in HTTPField.Name(name).flatMap { head.headerFields[$0] } },
                                 authority: head.authority, withBody: head.method != .head, started: started)
     }

@@ -211,10 +211,7 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
     private func answer(_ result: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?), head: HTTPRequestHead,
                         started: ContinuousClock.Instant) -> ForwardAuthAnswer {
         let responder = shared.responder
-        if let facts = result.facts, responder.habilitation.activityDue(facts) {
-            let habilitation = responder.habilitation
-            Task { try? await habilitation.recordActivity(facts) }
-        }
+        if let facts = result.facts { responder.habilitation.recordActivityInBackground(facts) }
         return responder.answer(result.check, header: { head.headers.first(name: $0) }, authority: head.headers.first(name: "Host"),
                                 withBody: head.method != .HEAD, started: started)
     }

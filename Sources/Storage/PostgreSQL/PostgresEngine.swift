@@ -62,7 +62,21 @@ public final class PostgresEngine: StorageEngine {
     /// grants name it), whatever search path the roles have (PostgreSQL's "$user" pattern
     /// would otherwise have a migration create tables in the role's own schema, or a role
     /// read another tool's tables of the same names).
-    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off"), ("search_path", productSchema)]
+    ///
+    /// And bounds on what a lost instance leaves behind: every write holds the write lock
+    /// (``writeLock``), so a transaction left open by an instance that froze (a paused VM, a
+    /// host cut off mid-write) would hold every instance's writes back until TCP gave up,
+    /// two hours later. The server ends such a transaction after 15 s idle in it (none of the
+    /// product's transactions pauses between statements: argon2 and mail run outside them),
+    /// and probes an idle connection after 30 s, so a vanished host's connection, with the
+    /// session lock a retry holds, is gone within a minute. Not checked at start (unlike the
+    /// two above, nothing goes wrong while everyone is alive): behind a pooler that drops
+    /// them, set them on the role.
+    static let sessionSettings: [(String, String)] = [
+        ("enable_seqscan", "off"), ("search_path", productSchema),
+        ("idle_in_transaction_session_timeout", "15s"),
+        ("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "3"),
+    ]
 
     /// Never fails for the server's state: connections open in the background (the kept ones)
     /// or at first use, so a server that is down at start is reported by the first use
