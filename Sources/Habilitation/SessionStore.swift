@@ -261,7 +261,7 @@ public final class SessionStore: Sendable {
     public func startProviderFlow(match: @escaping @Sendable (any SQLTransaction) throws -> HabilitationService.ProviderAccountMatch,
                                   intentIDHash: String, loginStartedAt: Date, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
                                   completeIf complete: @escaping @Sendable (_ accountID: String, any SQLTransaction) throws -> Bool,
-                                  address: String?, userAgent: String?,
+                                  address: String?, userAgent: String?, replacing previous: String? = nil,
                                   decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision)
         async throws -> ProviderFlowStart {
         let token = SecretToken.generate()
@@ -274,7 +274,8 @@ public final class SessionStore: Sendable {
             }
             try self.insertFlow(token: token, accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor, at: at, in: db)
             guard try complete(accountID, db) else { return .opened(flowToken: token, session: nil) }
-            let session = try self.completeFlow(hash: SecretToken.hash(token), at: at, address: address, userAgent: userAgent, actor: actor, decide: decide, in: db)
+            let session = try self.completeFlow(hash: SecretToken.hash(token), at: at, address: address, userAgent: userAgent, actor: actor,
+                                                replacing: previous, decide: decide, in: db)
             return .opened(flowToken: token, session: session)
         }
     }
@@ -312,6 +313,16 @@ public final class SessionStore: Sendable {
                                  provider == nil ? nil : at.epochMilliseconds,
                                  provider == nil ? SessionAuthentication.password.rawValue : SessionAuthentication.psc.rawValue,
                                  provider?.subject, provider?.sessionID, provider?.sealedIDToken.map { Data($0) }])
+            if let intentHash {
+                // The intent (the SAS origin and the way back) lives as long as the flow it
+                // started: a first sign-in (password, TOTP enrolment, recovery codes, the
+                // terms of use) easily takes longer than the intent's 10 minutes, and its
+                // session would otherwise open without the origin, hence without the
+                // habilitation, silently.
+                let until = at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds
+                try db.execute(sql: "UPDATE login_intent SET expires_at = ? WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ? AND expires_at < ?",
+                               arguments: [until, intentHash, at.epochMilliseconds, until])
+            }
             if let auditDetail, let actor {
                 try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in-psc", outcome: "accepted", actor: actor, requestID: nil,
                                                  identifier: nil, accountID: accountID, changes: [], detail: auditDetail), in: db)
@@ -367,17 +378,23 @@ public final class SessionStore: Sendable {
     /// is spent. Returns the session token and where to send the browser.
     /// `decide` evaluates the habilitation of the new session inside the same transaction, for
     /// the audit trail ("habilitation-granted" or why not).
-    public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor,
+    ///
+    /// `previous`: the session the browser held until now (its cookie), ended in the same
+    /// transaction: the cookie the browser gets replaces it, and a session nobody holds any
+    /// more must not stay live on the server for hours (a shared workstation: the next user's
+    /// sign-in ends the last one's session, whoever copied its id).
+    public func completeFlow(flowToken: String, address: String?, userAgent: String?, actor: AuditActor, replacing previous: String? = nil,
                              decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision = { _, _, _, _ in .denied([]) })
         async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
         let at = now
         return try await database.write { db in
-            try self.completeFlow(hash: SecretToken.hash(flowToken), at: at, address: address, userAgent: userAgent, actor: actor, decide: decide, in: db)
+            try self.completeFlow(hash: SecretToken.hash(flowToken), at: at, address: address, userAgent: userAgent, actor: actor,
+                                  replacing: previous, decide: decide, in: db)
         }
     }
 
     /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` inside the caller's transaction.
-    private func completeFlow(hash flowHash: String, at: Date, address: String?, userAgent: String?, actor: AuditActor,
+    private func completeFlow(hash flowHash: String, at: Date, address: String?, userAgent: String?, actor: AuditActor, replacing previous: String?,
                               decide: @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision,
                               in db: any SQLTransaction) throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
         let token = SecretToken.generate()
@@ -410,6 +427,16 @@ public final class SessionStore: Sendable {
                                  authentication.rawValue, flow["oidc_subject"] as String?, flow["oidc_session_id"] as String?,
                                  flow["oidc_id_token"] as Data?])
             let reference = Self.sessionReference(hash: SecretToken.hash(token))
+            if let previous {
+                let previousHash = SecretToken.hash(previous)
+                if let ended = try String.fetchOne(db, sql: "SELECT account_id FROM web_session WHERE id_hash = ? AND revoked_at IS NULL", arguments: [previousHash]) {
+                    try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'session-replaced', oidc_id_token = NULL WHERE id_hash = ?",
+                                   arguments: [at.epochMilliseconds, previousHash])
+                    try self.audit.append(AuditEvent(at: at, surface: "web", action: "session-replaced", outcome: "session ended", actor: actor,
+                                                     requestID: nil, identifier: nil, accountID: ended, changes: [],
+                                                     detail: "session \(Self.sessionReference(hash: previousHash)) replaced by session \(reference) in the same browser"), in: db)
+                }
+            }
             try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in",
                                              outcome: "session created (origin \(origin.rawValue), \(authentication == .psc ? "Pro Santé Connect" : "password and second factor"))",
                                              actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],

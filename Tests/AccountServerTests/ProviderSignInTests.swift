@@ -173,6 +173,64 @@ struct ProviderSignInTests {
         await world.stop()
     }
 
+    /// The provider's authentication stands for both factors: its flow never reaches the
+    /// TOTP pages (an enrolment there would replace the recovery codes and clear the lockout,
+    /// after a reset of the second factor, without the mailbox).
+    @Test func aProviderFlowNeverReachesTheSecondFactorPages() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let authorize = try await Self.followSASLink(browser, world: world)
+        let answer = try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: "dwho")
+        let back = try await Self.callback(browser, answer, world: world)
+        #expect(back.status == 303 && back.location == "/connexion/cgu", "\(back.status) \(back.location ?? "")")
+        for path in ["/connexion/totp", "/connexion/second-facteur"] {
+            let page = try await browser.get(path)
+            #expect(page.status == 303 && page.location == "/connexion/cgu", "GET \(path): \(page.status) \(page.location ?? "")")
+            let posted = try await browser.submit("/connexion/cgu", to: path, ["code": "123456"])
+            #expect(posted.status == 303 && posted.location == "/connexion/cgu", "POST \(path): \(posted.status) \(posted.location ?? "")")
+        }
+        let secrets = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM totp_credential") }
+        #expect(secrets == 0, "no TOTP secret was made for the account")
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// A sign-in ends the session the browser held (its cookie is replaced: nobody holds it
+    /// any more); and with a live session and no sign-in under way, the provider's start
+    /// opens nothing (another site sending the browser there would have its SAS session
+    /// silently replaced by a direct one).
+    @Test func aNewSignInEndsTheBrowsersPreviousSessionAndAStrayStartOpensNothing() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let start = try await browser.get("/connexion/psc")
+        let authorize = try #require(start.location, "\(start.status)")
+        let answer = try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: "dwho")
+        var back = try await Self.callback(browser, answer, world: world)
+        if back.location == "/connexion/cgu" {
+            let version = try #require(try await browser.get("/connexion/cgu").capture(#"name="version" value="([^"]+)""#))
+            back = try await browser.submit("/connexion/cgu", ["accepte": "oui", "version": version])
+        }
+        #expect(back.status == 303 && back.location == world.publicURL + "/compte", "a direct session: \(back.status) \(back.location ?? "")")
+        let direct = try #require(browser.cookies["__Host-as-session"])
+        #expect(try await world.liveSessions() == 1)
+
+        let stray = try await browser.get("/connexion/psc")
+        #expect(stray.status == 303 && stray.location == "/compte", "nothing started: \(stray.status) \(stray.location ?? "")")
+
+        // The SAS link: a SAS session replaces the direct one, which ends.
+        let sasAuthorize = try await Self.followSASLink(browser, world: world)
+        let silent = try await browser.get(sasAuthorize)
+        let sas = try await Self.callback(browser, silent, world: world)
+        #expect(sas.status == 303 && sas.location == Self.agenda, "\(sas.status) \(sas.location ?? "")")
+        #expect(browser.cookies["__Host-as-session"] != direct)
+        #expect(try await world.liveSessions() == 1, "the direct session ended with the SAS sign-in")
+        let replaced = try await world.server.auditEvents().filter { $0.action == "session-replaced" }
+        #expect(replaced.count == 1 && replaced[0].outcome == "session ended", "\(replaced.map(\.outcome))")
+        #expect(try await Self.forwardAuth(browser, world: world).status == 200)
+        await browser.shutdown()
+        await world.stop()
+    }
+
     // MARK: Refusals through the callback
 
     @Test func refusalsOpenNothing() async throws {
@@ -210,6 +268,8 @@ struct ProviderSignInTests {
         #expect(first.status == 303 && first.location == Self.agenda)
         let usedCode = try #require(code)
         let sessionsBefore = try await world.liveSessions()
+        let live = c.cookies["__Host-as-session"]
+        c.cookies["__Host-as-session"] = nil   // a browser with a live session starts nothing
         let fresh = try await c.get("/connexion/psc")
         let freshState = try #require(URLComponents(string: fresh.location ?? "")?.queryItems?.first { $0.name == "state" }?.value)
         let replay = try await c.get("/connexion/psc/retour?state=\(freshState)&code=\(usedCode)")
@@ -222,6 +282,7 @@ struct ProviderSignInTests {
         let cancelledState = try #require(URLComponents(string: cancelled.location ?? "")?.queryItems?.first { $0.name == "state" }?.value)
         let error = try await c.get("/connexion/psc/retour?state=\(cancelledState)&error=access_denied")
         #expect(error.status == 401 && error.body.contains("id=\"lien-sans-psc\""))
+        c.cookies["__Host-as-session"] = live
 
         // Suspended by a vendor admin: refused, nothing opened; restored, the next sign-in works.
         let admin = AdminClient(server: world.server, token: world.server.adminToken)

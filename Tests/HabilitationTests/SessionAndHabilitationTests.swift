@@ -413,11 +413,12 @@ struct SessionAndHabilitationTests {
         let again = try await world.sessions.startFlow(accountID: world.accountID, intentToken: intent)
         try await world.sessions.markSecondFactorDone(flowToken: again)
         #expect(try await world.sessions.completeFlow(flowToken: again, address: nil, userAgent: nil, actor: world.actor)?.origin == .direct)
-        // An expired intent too.
+        // An intent expired before the password step too (one that was live then lives as
+        // long as its flow: aLongSignInKeepsItsSASOrigin).
         let late = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
+        world.clock.advance(10 * 60 + 1)
         let lateFlow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: late)
         try await world.sessions.markSecondFactorDone(flowToken: lateFlow)
-        world.clock.advance(10 * 60 + 1)
         #expect(try await world.sessions.completeFlow(flowToken: lateFlow, address: nil, userAgent: nil, actor: world.actor)?.origin == .direct)
     }
 
@@ -503,6 +504,27 @@ struct SessionAndHabilitationTests {
             try Int64.fetchOne(db, sql: "SELECT last_seen_at FROM web_session WHERE id_hash = ?", arguments: [SecretToken.hash(token)])
         }
         #expect(later == world.clock.now.epochMilliseconds)
+    }
+
+    /// A sign-in that takes longer than the intent's lifetime (a first one: password, TOTP
+    /// enrolment, terms of use) keeps the SAS origin: the intent lives as long as its flow.
+    @Test func aLongSignInKeepsItsSASOrigin() async throws {
+        let world = try await World()
+        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        world.clock.advance(5 * 60)
+        let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: intent)
+        world.clock.advance(9 * 60)   // 14 minutes after the intent, 9 after the flow
+        try await world.sessions.markSecondFactorDone(flowToken: flow)
+        let session = try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: "test", actor: world.actor))
+        #expect(session.origin == .sas && session.returnURL == "https://agenda.example/p")
+
+        // An intent already expired when the password step came gives nothing more.
+        let late = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        world.clock.advance(11 * 60)
+        let lateFlow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: late)
+        try await world.sessions.markSecondFactorDone(flowToken: lateFlow)
+        let direct = try #require(try await world.sessions.completeFlow(flowToken: lateFlow, address: nil, userAgent: "test", actor: world.actor))
+        #expect(direct.origin == .direct)
     }
 
     /// A touch that commits after the idle timeout (queued behind other writes) records the

@@ -82,6 +82,12 @@ struct ProviderSignInController: Sendable {
         var intentToken = WebCookie.value(.intent, in: request.headers)
         var state: String? = nil
         if let intentToken { state = try await sessions.createProviderLogin(intentToken: intentToken) }
+        if state == nil, let session = WebCookie.value(.session, in: request.headers), try await sessions.session(session) != nil {
+            // No sign-in under way and a live session: nothing to start. A page of another
+            // site sending the browser here would otherwise have the provider sign it in
+            // silently and replace its SAS session with a direct one.
+            return WebController.redirect("/compte")
+        }
         if state == nil {
             let token = try await sessions.createIntent(LoginIntent(origin: .direct, originValue: nil, returnURL: web.configuration.publicURL + "/compte"))
             cookies.append(WebCookie.intent.set(token, maxAge: Int(sessions.configuration.intentLifetime)))
@@ -175,6 +181,7 @@ struct ProviderSignInController: Sendable {
             auditDetail: claimsUsed, actor: actor,
             completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) },
             address: context.clientAddress, userAgent: request.headers[.userAgent],
+            replacing: WebCookie.value(.session, in: request.headers),
             decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
         let response: Response
         switch opened {

@@ -258,8 +258,15 @@ struct WebController: Sendable {
 
     var restart: Response { Self.redirect("/connexion?fin=expiree", cookies: [WebCookie.flow.clear]) }
 
+    /// Where a flow whose second factor is done goes if it asks for a second-factor page: a
+    /// Pro Santé Connect flow (the provider's authentication stands for both factors) never
+    /// sees, nor changes, the account's TOTP: enrolling one there would replace the recovery
+    /// codes and clear the lockout without the mailbox a reset of the second factor requires.
+    var secondFactorAlreadyDone: Response { Self.redirect("/connexion/cgu") }
+
     func secondFactorPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard try await currentFlow(request) != nil else { return restart }
+        guard let flow = try await currentFlow(request) else { return restart }
+        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
         return respond(request) { Pages.secondFactor(csrf: $0, error: false) }
     }
 
@@ -267,6 +274,7 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
+        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
         // The code is checked, and the flow records it (accepted, or one more wrong code), in
         // one transaction that first checks the flow is still open: a password reset on any
         // instance meanwhile spends nothing.
@@ -289,6 +297,7 @@ struct WebController: Sendable {
 
     func enrolPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
         guard let flow = try await currentFlow(request) else { return restart }
+        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
         var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID)
         if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID) }
         guard let secret else { return Self.redirect("/connexion/second-facteur") }  // already enrolled
@@ -304,6 +313,7 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
+        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
         // Confirming the enrolment proves possession of the second factor for this sign-in:
         // the flow records it in the transaction that confirms, which first checks the flow
         // is still open (a password reset meanwhile confirms nothing).
@@ -353,6 +363,7 @@ struct WebController: Sendable {
         }
         guard let session = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
                                                             userAgent: request.headers[.userAgent], actor: actor(context),
+                                                            replacing: WebCookie.value(.session, in: request.headers),
                                                             decide: { [habilitation] in try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
         else { return restart }
         metrics.sessionOpened(origin: session.origin.rawValue)
