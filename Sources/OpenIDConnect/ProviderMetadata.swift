@@ -43,18 +43,26 @@ public struct ProviderMetadata: Sendable, Equatable, Decodable {
         guard issuer == expectedIssuer else {
             throw .discovery("the document names issuer \(issuer.debugDescription), not the configured \(expectedIssuer.debugDescription)")
         }
+        // http only when the issuer itself is a development one on loopback: a real
+        // provider's document naming an http endpoint on this host would have the code, the
+        // client's credentials or the keys go in clear to whatever listens there.
+        let loopbackIssuer = URLComponents(string: issuer).map { $0.scheme?.lowercased() == "http" && Self.isLoopback($0.host) } ?? false
         for (name, url) in [("authorization_endpoint", authorizationEndpoint), ("token_endpoint", tokenEndpoint), ("jwks_uri", jwksURI),
                             ("userinfo_endpoint", userinfoEndpoint ?? "https://x"), ("end_session_endpoint", endSessionEndpoint ?? "https://x")] {
-            guard Self.isAcceptableEndpoint(url) else { throw .discovery("\(name) is not an https URL") }
+            guard Self.isAcceptableEndpoint(url, loopbackIssuer: loopbackIssuer) else { throw .discovery("\(name) is not an https URL") }
         }
     }
 
-    static func isAcceptableEndpoint(_ text: String) -> Bool {
+    static func isAcceptableEndpoint(_ text: String, loopbackIssuer: Bool) -> Bool {
         guard let components = URLComponents(string: text), let host = components.host, !host.isEmpty else { return false }
         switch components.scheme?.lowercased() {
         case "https": return true
-        case "http": return ["localhost", "127.0.0.1", "::1", "[::1]"].contains(host)
+        case "http": return loopbackIssuer && isLoopback(host)
         default: return false
         }
+    }
+
+    static func isLoopback(_ host: String?) -> Bool {
+        ["localhost", "127.0.0.1", "::1", "[::1]"].contains(host ?? "")
     }
 }

@@ -417,7 +417,10 @@ public actor RelyingParty {
         let now = clock().timeIntervalSince1970
         guard let iat = claims["iat"]?.seconds else { throw .claim("iat", "missing") }
         guard iat <= now + configuration.leeway, now - iat <= configuration.maxTokenAge + configuration.leeway else { throw .claim("iat", "out of range") }
-        if let exp = claims["exp"]?.seconds, exp + configuration.leeway <= now { throw .claim("exp", "the token has expired") }
+        // Required by Back-Channel Logout 1.0 (final): a token without an end would stand for
+        // as long as its `jti` is remembered.
+        guard let exp = claims["exp"]?.seconds else { throw .claim("exp", "missing") }
+        guard exp + configuration.leeway > now else { throw .claim("exp", "the token has expired") }
         guard case .object(let events)? = claims["events"], events["http://schemas.openid.net/event/backchannel-logout"] != nil else {
             throw .claim("events", "no back-channel logout event")
         }
@@ -463,12 +466,26 @@ public actor RelyingParty {
         request.headers = headers
         request.headers.replaceOrAdd(name: "User-Agent", value: "account-server")
         if let body { request.body = .bytes(ByteBuffer(string: body)) }
-        let client = httpClient
+        let client = httpClient, prepared = request
         let timeout = TimeAmount.milliseconds(Int64(configuration.requestTimeout * 1000))
+        // One deadline for the whole exchange, body included: AsyncHTTPClient's ends with the
+        // response head, and a provider trickling its keys would otherwise hold every
+        // callback waiting on the shared re-read for as long as it kept sending.
         let perform: () async throws -> (Int, Data, String) = {
-            let response = try await client.execute(request, timeout: timeout)
-            let bytes = try await response.body.collect(upTo: Self.maximumBody)
-            return (Int(response.status.code), Data(bytes.readableBytesView), response.headers.first(name: "Content-Type")?.lowercased() ?? "")
+            try await withThrowingTaskGroup(of: (Int, Data, String)?.self) { group in
+                group.addTask {
+                    let response = try await client.execute(prepared, timeout: timeout)
+                    let bytes = try await response.body.collect(upTo: Self.maximumBody)
+                    return (Int(response.status.code), Data(bytes.readableBytesView), response.headers.first(name: "Content-Type")?.lowercased() ?? "")
+                }
+                group.addTask {
+                    try await Task.sleep(nanoseconds: UInt64(timeout.nanoseconds))
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let answer = first else { throw ProviderDeadline() }
+                return answer
+            }
         }
         do {
             if let timer { return try await timer.measure(perform) }
@@ -484,3 +501,6 @@ public actor RelyingParty {
         return zip(x, y).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }
 }
+
+/// The provider's exchange outlasted ``RelyingPartyConfiguration/requestTimeout``.
+struct ProviderDeadline: Error {}

@@ -488,6 +488,63 @@ struct ProviderSignInTests {
         await world.stop()
     }
 
+    /// Discovery: every endpoint https, except on loopback for a development issuer that is
+    /// itself http on loopback; a real provider's document naming an http endpoint on this
+    /// host is refused.
+    @Test func discoveryAcceptsHTTPOnlyForALoopbackIssuer() throws {
+        func document(issuer: String, token: String) throws -> ProviderMetadata {
+            let json = """
+                {"issuer": "\(issuer)", "authorization_endpoint": "\(issuer)/authorize", "token_endpoint": "\(token)",
+                 "jwks_uri": "\(issuer)/jwks"}
+                """
+            return try JSONDecoder().decode(ProviderMetadata.self, from: Data(json.utf8))
+        }
+        let psc = "https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet"
+        #expect(throws: Never.self) { try document(issuer: psc, token: psc + "/token").validate(expectedIssuer: psc) }
+        #expect(throws: OpenIDConnectError.self) { try document(issuer: psc, token: "http://127.0.0.1:8080/token").validate(expectedIssuer: psc) }
+        #expect(throws: OpenIDConnectError.self) { try document(issuer: psc, token: "http://auth.esw.esante.gouv.fr/token").validate(expectedIssuer: psc) }
+        let development = "http://127.0.0.1:9000"
+        #expect(throws: Never.self) { try document(issuer: development, token: "http://localhost:9000/token").validate(expectedIssuer: development) }
+        #expect(throws: OpenIDConnectError.self) { try document(issuer: development, token: "http://example.org/token").validate(expectedIssuer: development) }
+    }
+
+    /// A provider that sends its answer's head and then trickles the body (a byte a second,
+    /// never done): the exchange is cut at the request timeout, body included, instead of
+    /// holding the discovery (and every callback waiting on it) for as long as it sends.
+    @Test func aTricklingProviderIsCutAtTheRequestTimeout() async throws {
+        let port = freeLoopbackPort()
+        let script = """
+            import socket, sys, time
+            server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", int(sys.argv[1]))); server.listen(1)
+            print("ready", flush=True)
+            connection, _ = server.accept(); connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: 100000\\r\\n\\r\\n")
+            for _ in range(60):
+                connection.sendall(b" "); time.sleep(1)
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", script, "\(port)"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        defer { process.terminate() }
+        _ = output.fileHandleForReading.availableData   // "ready"
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        var configuration = RelyingPartyConfiguration(issuer: "http://127.0.0.1:\(port)", clientID: Self.clientID,
+                                                      clientAuthentication: .clientSecretBasic(secret: Self.clientSecret), redirectURI: "https://as.example/cb")
+        configuration.requestTimeout = 2
+        let party = RelyingParty(configuration: configuration, httpClient: client)
+        do {
+            _ = try await party.providerMetadata()
+            Issue.record("a body that never ends was accepted")
+        } catch {
+            #expect("\(error)".contains("ProviderDeadline"), "cut by our deadline, not by the trickle's end: \(error.label) \(error)")
+        }
+        try await client.shutdown()
+    }
+
     // MARK: Logout tokens
 
     /// Logout tokens signed with the provider's own key (read from its configuration folder)
@@ -509,6 +566,8 @@ struct ProviderSignInTests {
         #expect(try await post(try await token(["sub": nil])) == 400, "neither sub nor sid")
         #expect(try await post(try await token(["iat": .number(now - 3600)])) == 400)
         #expect(try await post(try await token(["jti": nil])) == 400)
+        #expect(try await post(try await token(["exp": nil])) == 400, "exp is required (Back-Channel Logout 1.0)")
+        #expect(try await post(try await token(["exp": .number(now - 120)])) == 400)
         #expect(try await Self.forwardAuth(browser, world: world).status == 200, "nothing ended")
         let valid = try await token([:])
         #expect(try await post(valid) == 200)

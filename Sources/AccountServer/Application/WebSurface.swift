@@ -178,6 +178,7 @@ func makeProviderSignIn(_ sso: SSOConfiguration, publicURL: String, keyBytes: [U
                                                     acr: sso.acr.isEmpty ? nil : sso.acr)
     rpConfiguration.requestTimeout = 10
     var tls = TLSConfiguration.makeClientConfiguration()
+    tls.minimumTLSVersion = .tlsv12
     if let ca = sso.caPath { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
     var clientConfiguration = HTTPClient.Configuration(tlsConfiguration: tls)
     // The token endpoint must answer itself: a redirect would carry the code elsewhere.
@@ -191,6 +192,11 @@ func makeProviderSignIn(_ sso: SSOConfiguration, publicURL: String, keyBytes: [U
         "issuer": "\(sso.issuer)", "client_id": "\(sso.clientID)", "client_authentication": "\(authentication.methodName)",
         "redirect_uri": "\(rpConfiguration.redirectURI)", "acr": "\(sso.acr)",
     ])
+    if sso.acr.isEmpty {
+        // Pro Santé Connect's sign-ins all carry `eidas1`; an empty value checks none, so a
+        // weaker authentication at the provider would open a session here.
+        logger.warning("--oidc-acr is empty: no authentication level is asked of the provider, and the ID token's acr is not checked")
+    }
     return (signIn, ProviderService(relyingParty: relyingParty, client: client, logger: logger))
 }
 
