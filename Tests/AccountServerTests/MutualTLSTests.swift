@@ -234,10 +234,41 @@ struct MutualTLSTests {
         }
     }
 
-    @Test func crlFromAnUnknownIssuerIsRefusedAtStartup() throws {
+    /// A CRL of a CA outside the bundle (one removed after a rotation, still published by the
+    /// PKI job) can revoke nothing accepted here: skipped, and the lists of the CAs in the
+    /// bundle load beside it. Alone, it leaves the CA uncovered, which refuses its callers.
+    @Test func aCRLFromAnUnknownIssuerIsSkippedNotFatal() throws {
         let pki = try TestPKI()
+        let revoked = pki.clients["revoked"]!.certificate
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.otherCA, revoked: []))
+                      + PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.ca, revoked: [revoked.serialNumber])), "crl.pem")
+        let store = try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], logger: .init(label: "t"))
+        #expect(store.snapshot.skipped.count == 1 && store.snapshot.skipped[0].contains("Some other CA"), "\(store.snapshot.skipped)")
+        #expect(store.status(of: revoked, now: Date()) == .revoked(source: pki.crlPath))
+        #expect(store.reload(reason: "test"), "a reload with the stray list still takes the others into use")
+
         try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.otherCA, revoked: [])), "crl.pem")
+        let alone = try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], logger: .init(label: "t"))
+        #expect(alone.status(of: pki.clients["valid"]!.certificate, now: Date()) == .noCRL, "the CA is uncovered: its callers are refused")
+        #expect(alone.uncoveredAuthorities.count == 1)
+    }
+
+    /// A CRL without nextUpdate would never go stale: refused (RFC 5280 requires it). A list
+    /// older than the one in force (a stale mirror) does not un-revoke: the newer one stays.
+    @Test func crlsWithoutAnEndOrOlderThanTheOneInForceAreNotTaken() throws {
+        let pki = try TestPKI()
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.ca, revoked: [], nextUpdate: nil)), "crl.pem")
         #expect(throws: (any Error).self) { try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], logger: .init(label: "t")) }
+
+        let revoked = pki.clients["revoked"]!.certificate
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.ca, revoked: [revoked.serialNumber])), "crl.pem")
+        let store = try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], logger: .init(label: "t"))
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.ca, revoked: [], thisUpdate: Date().addingTimeInterval(-3600))), "crl.pem")
+        store.reload(reason: "test")
+        #expect(store.status(of: revoked, now: Date()) == .revoked(source: pki.crlPath), "the older list did not un-revoke it")
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: pki.ca, revoked: [], thisUpdate: Date().addingTimeInterval(-1))), "crl.pem")
+        store.reload(reason: "test")
+        #expect(store.status(of: revoked, now: Date()) == .good, "a newer list is taken (here: the revocation lifted by the CA)")
     }
 
     @Test func crlWithABadSignatureIsRefused() throws {

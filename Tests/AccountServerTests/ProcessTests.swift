@@ -425,6 +425,9 @@ struct ProcessTests {
     @Test(arguments: [(["--fhir-upstream-timeout", "inf"], "--fhir-upstream-timeout must be between"),
                       (["--fhir-upstream-connect-timeout", "1e20"], "--fhir-upstream-connect-timeout must be between"),
                       (["--fhir-upstream", "https://user:secret-password@127.0.0.1:9/fhir"], "must not carry a user or password"),
+                      (["--fhir-upstream-client-certificate", "/nonexistent/relay.pem"], "--fhir-upstream-client-certificate and --fhir-upstream-client-key go together"),
+                      (["--fhir-upstream-client-certificate", "/nonexistent/relay.pem", "--fhir-upstream-client-key", "/nonexistent/relay-key.pem"],
+                       "--fhir-upstream-client-certificate needs an https --fhir-upstream"),
                       // Refused after the upstream's HTTP client was made: closed, not a trap.
                       (["--trusted-proxy", "not-an-address"], "--trusted-proxy not-an-address is not an address or CIDR")])
     func upstreamSettingsThatCannotWorkAreRefused(_ arguments: [String], _ message: String) async throws {

@@ -903,6 +903,48 @@ struct SlotSearchUpstreamTests {
         await standIn.stop()
     }
 
+    /// An upstream that requires a client certificate (the relay's, as nginx's
+    /// `proxy_ssl_certificate`) gets the relayed requests, `/metadata`'s included, from a
+    /// server configured with one, and refuses a server without.
+    @Test func theRelayPresentsItsCertificateToAnUpstreamThatRequiresOne() async throws {
+        let pki = try TestPKI()
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: [.certificate(try NIOSSLCertificate(file: pki.serverCertificatePath, format: .pem))],
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: pki.serverKeyPath, format: .pem)))
+        tls.certificateVerification = .noHostnameVerification
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try pki.proxyCA.certificatePEM.utf8), format: .pem)])
+        let standIn = try await SlotSearchStandIn.start(tls: tls)
+        let presenting = try await RunningServer.start(pki: pki) { configuration in
+            var upstream = UpstreamConfiguration(url: "https://localhost:\(standIn.port)/fhir")
+            upstream.caPath = pki.caPath
+            upstream.clientCertificatePath = pki.proxyCertificatePath
+            upstream.clientKeyPath = pki.proxyKeyPath
+            configuration.fhir.upstream = upstream
+        }
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: presenting)
+        let relayed = try await client.raw("/Slot?start=ge2026-11-23")
+        #expect(relayed.status == 200 && relayed.body == Array(SlotSearchStandIn.slotBundle.utf8), "\(relayed.status)")
+        let metadata = try await client.send(.GET, "/metadata")
+        #expect(metadata.status == 200 && metadata.body.contains("Agenda Éditeur"), "the upstream's statement merged: \(metadata.status)")
+        await client.shutdown()
+        await presenting.stop()
+        let seen = standIn.requests.count
+
+        let anonymous = try await RunningServer.start(pki: pki) { configuration in
+            var upstream = UpstreamConfiguration(url: "https://localhost:\(standIn.port)/fhir")
+            upstream.caPath = pki.caPath
+            upstream.connectTimeout = .seconds(2)
+            configuration.fhir.upstream = upstream
+        }
+        let other = try FHIRClient(pki: pki, certificate: "valid", server: anonymous)
+        let refused = try await other.send(.GET, "/Slot?start=ge2026-11-23")
+        #expect(refused.status == 502 && refused["resourceType"] == .string("OperationOutcome"), "\(refused.status) \(refused.body)")
+        #expect(standIn.requests.count == seen, "the upstream served nobody without the relay's certificate")
+        await other.shutdown()
+        await anonymous.stop()
+        await standIn.stop()
+    }
+
     @Test func metadataMergesBothCapabilityStatements() async throws {
         let pki = try TestPKI()
         let standIn = try await SlotSearchStandIn.start()

@@ -184,6 +184,12 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "CA bundle (PEM) for an https upstream. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_CA. Default: the system trust store")
     var fhirUpstreamCa: String?
 
+    @Option(help: "Certificate (PEM, with its chain) this product presents to an https upstream, which must require it: the upstream believes the identity headers the relay sets. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_CLIENT_CERTIFICATE")
+    var fhirUpstreamClientCertificate: String?
+
+    @Option(help: "Private key (PEM) of --fhir-upstream-client-certificate. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_CLIENT_KEY")
+    var fhirUpstreamClientKey: String?
+
     @Option(help: "Seconds to connect to the upstream. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_CONNECT_TIMEOUT. Default: 5")
     var fhirUpstreamConnectTimeout: Double?
 
@@ -291,6 +297,8 @@ struct ServeCommand: AsyncParsableCommand {
         "retention.days",
         "fhir.upstream",
         "fhir.upstream.ca",
+        "fhir.upstream.client.certificate",
+        "fhir.upstream.client.key",
         "fhir.upstream.connect.timeout",
         "fhir.upstream.timeout",
         "oidc.issuer",
@@ -367,6 +375,8 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("retention.days", retentionDays)
         values.set("fhir.upstream", fhirUpstream)
         values.set("fhir.upstream.ca", fhirUpstreamCa)
+        values.set("fhir.upstream.client.certificate", fhirUpstreamClientCertificate)
+        values.set("fhir.upstream.client.key", fhirUpstreamClientKey)
         values.set("fhir.upstream.connect.timeout", fhirUpstreamConnectTimeout)
         values.set("fhir.upstream.timeout", fhirUpstreamTimeout)
         values.set("oidc.issuer", oidcIssuer)
@@ -533,6 +543,14 @@ struct ServeCommand: AsyncParsableCommand {
         if let url = try settings.string("fhir.upstream") {
             var upstream = UpstreamConfiguration(url: url)
             upstream.caPath = try settings.string("fhir.upstream.ca")
+            upstream.clientCertificatePath = try settings.string("fhir.upstream.client.certificate")
+            upstream.clientKeyPath = try settings.string("fhir.upstream.client.key")
+            guard (upstream.clientCertificatePath == nil) == (upstream.clientKeyPath == nil) else {
+                throw ValidationError("--fhir-upstream-client-certificate and --fhir-upstream-client-key go together")
+            }
+            if upstream.clientCertificatePath != nil, !url.lowercased().hasPrefix("https://") {
+                throw ValidationError("--fhir-upstream-client-certificate needs an https --fhir-upstream (over http it would never be presented)")
+            }
             // Finite and at most an hour: `inf` or 1e20 would trap converting to milliseconds.
             if let seconds = try settings.double("fhir.upstream.connect.timeout") {
                 guard seconds >= 0.001 && seconds <= 3600 else {

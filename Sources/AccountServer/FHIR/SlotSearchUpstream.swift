@@ -20,6 +20,25 @@ struct UpstreamConfiguration: Sendable {
     var responseTimeout: Duration = .seconds(30)
     /// CA bundle for an `https` upstream; the system trust store otherwise.
     var caPath: String?
+    /// The certificate (PEM, with its chain) and key this product presents to an `https`
+    /// upstream, as nginx's `proxy_ssl_certificate`: the upstream believes the identity
+    /// headers the relay sets, so it must know the relay from anyone else that can reach it.
+    var clientCertificatePath: String?
+    var clientKeyPath: String?
+
+    /// The TLS settings toward an `https` upstream (the relay's and the `/metadata` client's).
+    func tlsConfiguration() throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        if let caPath {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
+        }
+        if let clientCertificatePath, let clientKeyPath {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(clientCertificatePath).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: clientKeyPath, format: .pem))
+        }
+        return tls
+    }
 }
 
 /// The INT_R01 upstream as this product talks to it outside the relay: the CapabilityStatement
@@ -49,12 +68,7 @@ final class SlotSearchUpstream: Sendable {
         }
         self.configuration = configuration
         baseURL = configuration.url.trimmingSuffix("/")
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.minimumTLSVersion = .tlsv12
-        if let caPath = configuration.caPath {
-            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
-        }
-        var clientConfiguration = HTTPClient.Configuration(tlsConfiguration: tls)
+        var clientConfiguration = HTTPClient.Configuration(tlsConfiguration: try configuration.tlsConfiguration())
         clientConfiguration.timeout = .init(connect: .init(configuration.connectTimeout), read: .init(configuration.responseTimeout))
         clientConfiguration.redirectConfiguration = .disallow
         clientConfiguration.decompression = .disabled

@@ -80,12 +80,7 @@ final class UpstreamRelay: Sendable {
         let bracketed = host.contains(":") ? "[\(host)]" : host
         var tls: NIOSSLContext?
         if scheme == "https" {
-            var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
-            tlsConfiguration.minimumTLSVersion = .tlsv12
-            if let caPath = configuration.caPath {
-                tlsConfiguration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
-            }
-            tls = try NIOSSLContext(configuration: tlsConfiguration)
+            tls = try NIOSSLContext(configuration: try configuration.tlsConfiguration())
         }
         let isAddress = CIDR.bytes(host) != nil
         target = Target(host: host, port: port, basePath: components.percentEncodedPath.trimmingSuffix("/"),

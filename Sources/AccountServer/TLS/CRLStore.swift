@@ -12,6 +12,8 @@ final class CRLStore: Sendable {
         var fingerprints: [String: FileFingerprint] = [:]
         var loadedAt: Date?
         var lastError: String?
+        /// CRLs of issuers outside the bundle, skipped at the last load (``CertificateRevocationList/UnknownIssuer``).
+        var skipped: [String] = []
         /// Bumped each time new lists come into force: a check made under an older
         /// generation must be made again.
         var generation = 0
@@ -48,6 +50,9 @@ final class CRLStore: Sendable {
         self.logger = logger
         let snapshot = try Self.loadAll(paths: paths, issuers: issuers)
         state.withLock { $0 = snapshot }
+        for skipped in snapshot.skipped {
+            logger.warning("client CRL skipped: its issuer is not in the client CA bundle", metadata: ["crl": "\(skipped)"])
+        }
     }
 
     var snapshot: Snapshot { state.withLock { $0 } }
@@ -63,7 +68,9 @@ final class CRLStore: Sendable {
         var snapshot = Snapshot()
         for path in paths {
             snapshot.fingerprints[path] = fingerprint(path)
-            for list in try CertificateRevocationList.load(path: path, issuers: issuers) {
+            let loaded = try CertificateRevocationList.load(path: path, issuers: issuers)
+            snapshot.skipped += loaded.skipped
+            for list in loaded.lists {
                 // Two lists from the same issuer: keep the most recent.
                 if let existing = snapshot.lists[list.issuer], existing.thisUpdate > list.thisUpdate { continue }
                 snapshot.lists[list.issuer] = list
@@ -78,9 +85,24 @@ final class CRLStore: Sendable {
     func reload(reason: String) -> Bool {
         do {
             var fresh = try Self.loadAll(paths: paths, issuers: issuers.withLock { $0 })
+            var keptNewer: [String] = []
             state.withLock {
+                // A list older than the one in force for its issuer (a stale mirror, a backup
+                // copied back) would un-revoke what the newer one revoked: the newer one stays.
+                for (issuer, current) in $0.lists {
+                    if let candidate = fresh.lists[issuer], candidate.thisUpdate < current.thisUpdate {
+                        fresh.lists[issuer] = current
+                        keptNewer.append("\(issuer)")
+                    }
+                }
                 fresh.generation = $0.generation + 1
                 $0 = fresh
+            }
+            for issuer in keptNewer {
+                logger.warning("client CRL older than the one in force; the newer one stays", metadata: ["issuer": "\(issuer)"])
+            }
+            for skipped in fresh.skipped {
+                logger.warning("client CRL skipped: its issuer is not in the client CA bundle", metadata: ["crl": "\(skipped)"])
             }
             let revoked = fresh.lists.values.reduce(0) { $0 + $1.revokedSerials.count }
             logger.notice("client CRLs reloaded", metadata: ["reason": "\(reason)", "lists": "\(fresh.lists.count)", "revoked": "\(revoked)"])

@@ -17,6 +17,14 @@ struct CertificateRevocationList: Sendable {
         var description: String
     }
 
+    /// A CRL signed in the name of no CA of the bundle: it can revoke nothing this server
+    /// accepts. Skipped (with a warning), not a failure of the whole set: after a CA leaves
+    /// the bundle, a PKI job still publishing its CRL would otherwise stop every reload, and
+    /// new revocations of the CAs still trusted would silently never take effect.
+    struct UnknownIssuer: Error, CustomStringConvertible {
+        var description: String
+    }
+
     /// Parses DER and checks the signature against the CA among `issuers` whose subject
     /// matches the CRL's issuer. A CRL no configured CA signed is refused.
     init(der: [UInt8], source: String, issuers: [Certificate]) throws {
@@ -34,7 +42,7 @@ struct CertificateRevocationList: Sendable {
         }
         let candidates = issuers.filter { $0.subject == issuer }
         guard !candidates.isEmpty else {
-            throw LoadError(description: "\(source): CRL issuer \(issuer) is none of the configured client CAs")
+            throw UnknownIssuer(description: "\(source): CRL issuer \(issuer) is none of the configured client CAs")
         }
         var signatureOK = false
         for candidate in candidates {
@@ -51,7 +59,10 @@ struct CertificateRevocationList: Sendable {
         var seconds: Int64 = 0
         guard ccrl_this_update(handle, &seconds) == 0 else { throw LoadError(description: "\(source): unreadable thisUpdate") }
         thisUpdate = Date(timeIntervalSince1970: TimeInterval(seconds))
-        nextUpdate = ccrl_next_update(handle, &seconds) == 0 ? Date(timeIntervalSince1970: TimeInterval(seconds)) : nil
+        // RFC 5280 §5.1.2.5: conforming issuers always give one. Without it a list would
+        // never go stale, and a stale copy would keep revoked certificates usable for good.
+        guard ccrl_next_update(handle, &seconds) == 0 else { throw LoadError(description: "\(source): CRL without nextUpdate") }
+        nextUpdate = Date(timeIntervalSince1970: TimeInterval(seconds))
 
         var serials = Set<[UInt8]>()
         let count = ccrl_revoked_count(handle)
@@ -74,15 +85,26 @@ struct CertificateRevocationList: Sendable {
         return bytes
     }
 
-    /// Reads a CRL file: PEM (one or more `X509 CRL` blocks) or DER.
-    static func load(path: String, issuers: [Certificate]) throws -> [CertificateRevocationList] {
+    /// Reads a CRL file: PEM (one or more `X509 CRL` blocks) or DER. Lists of an issuer
+    /// outside the bundle are returned apart (``UnknownIssuer``), as skipped.
+    static func load(path: String, issuers: [Certificate]) throws -> (lists: [CertificateRevocationList], skipped: [String]) {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        var ders: [[UInt8]]
         if let text = String(data: data, encoding: .utf8), text.contains("-----BEGIN") {
             let documents = try PEMDocument.parseMultiple(pemString: text)
-            let crls = documents.filter { $0.discriminator == "X509 CRL" }
-            guard !crls.isEmpty else { throw LoadError(description: "\(path): no X509 CRL block in the PEM file") }
-            return try crls.map { try CertificateRevocationList(der: $0.derBytes, source: path, issuers: issuers) }
+            ders = documents.filter { $0.discriminator == "X509 CRL" }.map(\.derBytes)
+            guard !ders.isEmpty else { throw LoadError(description: "\(path): no X509 CRL block in the PEM file") }
+        } else {
+            ders = [Array(data)]
         }
-        return [try CertificateRevocationList(der: Array(data), source: path, issuers: issuers)]
+        var lists: [CertificateRevocationList] = [], skipped: [String] = []
+        for der in ders {
+            do {
+                lists.append(try CertificateRevocationList(der: der, source: path, issuers: issuers))
+            } catch let unknown as UnknownIssuer {
+                skipped.append(unknown.description)
+            }
+        }
+        return (lists, skipped)
     }
 }

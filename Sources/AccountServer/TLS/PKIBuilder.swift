@@ -72,7 +72,7 @@ enum PKIBuilder {
 
     /// A v2 CRL signed by `issuer` (ecdsa-with-SHA256), DER-encoded.
     static func makeCRL(issuer: IssuedCertificate, revoked: [Certificate.SerialNumber],
-                        thisUpdate: Date = Date().addingTimeInterval(-60), nextUpdate: Date = Date().addingTimeInterval(7 * 86400)) throws -> [UInt8] {
+                        thisUpdate: Date = Date().addingTimeInterval(-60), nextUpdate: Date? = Date().addingTimeInterval(7 * 86400)) throws -> [UInt8] {
         let algorithm: ASN1ObjectIdentifier = [1, 2, 840, 10045, 4, 3, 2]
         var tbs = DER.Serializer()
         try tbs.appendConstructedNode(identifier: .sequence) { coder in
@@ -80,7 +80,7 @@ enum PKIBuilder {
             try coder.appendConstructedNode(identifier: .sequence) { try $0.serialize(algorithm) }
             try coder.serialize(issuer.certificate.subject)
             try coder.serialize(try utcTime(thisUpdate))
-            try coder.serialize(try utcTime(nextUpdate))
+            if let nextUpdate { try coder.serialize(try utcTime(nextUpdate)) }
             if !revoked.isEmpty {
                 try coder.appendConstructedNode(identifier: .sequence) { list in
                     for serial in revoked {

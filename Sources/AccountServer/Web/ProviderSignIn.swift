@@ -115,7 +115,11 @@ struct ProviderSignInController: Sendable {
         let timer = ProviderTimer()
         let query = (try? QueryParameters(query: request.uri.query)) ?? QueryParameters.empty
         let actor = web.actor(context)
-        guard web.limiter.allow("sign-in", client: context.clientAddress) else { return web.tooManyRequests }
+        // A budget of its own, not the password's: a callback is worth nothing without a live
+        // state of this browser (checked next), and a regulation centre behind one address
+        // signing in through the provider at a shift change spent the sign-in budget twice
+        // (password page and callback) for each regulator.
+        guard web.limiter.allow("provider-callback", client: context.clientAddress) else { return web.tooManyRequests }
         guard let state = query.first("state"), !state.isEmpty else {
             try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "callback without state", actor: actor)
             web.metrics.providerSignIn(result: "state")
