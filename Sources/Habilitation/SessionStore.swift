@@ -319,9 +319,14 @@ public final class SessionStore: Sendable {
                 // terms of use) easily takes longer than the intent's 10 minutes, and its
                 // session would otherwise open without the origin, hence without the
                 // habilitation, silently.
+                // Once: an intent created more than its lifetime ago has been extended already
+                // (a client replaying the cookie with the password cannot keep it alive).
                 let until = at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds
-                try db.execute(sql: "UPDATE login_intent SET expires_at = ? WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ? AND expires_at < ?",
-                               arguments: [until, intentHash, at.epochMilliseconds, until])
+                try db.execute(sql: """
+                    UPDATE login_intent SET expires_at = ?
+                    WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ? AND expires_at < ? AND created_at > ?
+                    """, arguments: [until, intentHash, at.epochMilliseconds, until,
+                                     at.addingTimeInterval(-self.configuration.intentLifetime).epochMilliseconds])
             }
             if let auditDetail, let actor {
                 try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in-psc", outcome: "accepted", actor: actor, requestID: nil,
@@ -429,7 +434,9 @@ public final class SessionStore: Sendable {
             let reference = Self.sessionReference(hash: SecretToken.hash(token))
             if let previous {
                 let previousHash = SecretToken.hash(previous)
-                if let ended = try String.fetchOne(db, sql: "SELECT account_id FROM web_session WHERE id_hash = ? AND revoked_at IS NULL", arguments: [previousHash]) {
+                if let ended = try String.fetchOne(db, sql: """
+                    SELECT account_id FROM web_session WHERE id_hash = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
+                    """, arguments: [previousHash, at.epochMilliseconds, at.addingTimeInterval(-self.configuration.idleTimeout).epochMilliseconds]) {
                     try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'session-replaced', oidc_id_token = NULL WHERE id_hash = ?",
                                    arguments: [at.epochMilliseconds, previousHash])
                     try self.audit.append(AuditEvent(at: at, surface: "web", action: "session-replaced", outcome: "session ended", actor: actor,

@@ -417,10 +417,11 @@ public actor RelyingParty {
         let now = clock().timeIntervalSince1970
         guard let iat = claims["iat"]?.seconds else { throw .claim("iat", "missing") }
         guard iat <= now + configuration.leeway, now - iat <= configuration.maxTokenAge + configuration.leeway else { throw .claim("iat", "out of range") }
-        // Required by Back-Channel Logout 1.0 (final): a token without an end would stand for
-        // as long as its `jti` is remembered.
-        guard let exp = claims["exp"]?.seconds else { throw .claim("exp", "missing") }
-        guard exp + configuration.leeway > now else { throw .claim("exp", "the token has expired") }
+        // Back-Channel Logout 1.0 (final, December 2023) requires `exp`, but providers built
+        // before it (Keycloak until 22.0.x/23.0.4, which Pro Santé Connect runs on) leave it
+        // out: requiring it would silently switch back-channel logout off. `iat` bounds the
+        // token's age instead; an `exp` that is there must not be past.
+        if let exp = claims["exp"]?.seconds, exp + configuration.leeway <= now { throw .claim("exp", "the token has expired") }
         guard case .object(let events)? = claims["events"], events["http://schemas.openid.net/event/backchannel-logout"] != nil else {
             throw .claim("events", "no back-channel logout event")
         }

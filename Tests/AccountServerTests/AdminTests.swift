@@ -357,7 +357,8 @@ struct AdminTests {
         #expect(try await web.get("/healthz").headers.first(name: "X-Request-Id")?.count == 16)
 
         // A CRL past its nextUpdate makes the instance not ready (mTLS fails closed with it).
-        let stale = try PKIBuilder.makeCRL(issuer: world.pki.ca, revoked: [], thisUpdate: Date().addingTimeInterval(-7200), nextUpdate: Date().addingTimeInterval(-3600))
+        // (Newer than the list in force, which an older one would not replace.)
+        let stale = try PKIBuilder.makeCRL(issuer: world.pki.ca, revoked: [], thisUpdate: Date().addingTimeInterval(-10), nextUpdate: Date().addingTimeInterval(-5))
         try world.pki.write(PKIBuilder.crlPEM(stale), "crl.pem")
         var notReady = try await admin.send(.GET, "/readyz", authorization: "")
         for _ in 0..<300 where notReady.status == 200 {

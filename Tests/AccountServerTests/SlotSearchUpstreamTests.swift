@@ -314,6 +314,7 @@ struct SlotSearchUpstreamTests {
         #expect(ClientIdentity.serialHex(Certificate.SerialNumber(bytes: [0x00])) == "00")
         #expect(SlotSearchUpstream.rfc2253Escaped("CN=sas,O=Agence du Numérique en Santé") == #"CN=sas,O=Agence du Num\C3\A9rique en Sant\C3\A9"#)
         #expect(SlotSearchUpstream.rfc2253Escaped("CN=sas,OU=SAS") == "CN=sas,OU=SAS")
+        #expect(SlotSearchUpstream.rfc2253Escaped("CN=a\u{1}b\u{7F}") == #"CN=a\01b\7F"#)
         #expect(SlotSearchUpstream.isHostField("sas.example:8443") && SlotSearchUpstream.isHostField("[::1]:443"))
         #expect(!SlotSearchUpstream.isHostField("evil.example/x") && !SlotSearchUpstream.isHostField("a b") && !SlotSearchUpstream.isHostField(""))
     }
@@ -352,6 +353,7 @@ struct SlotSearchUpstreamTests {
         #expect(try await eventually { server.logs.all.filter { $0.contains("client CRLs reloaded") }.count > reloads })
         let refused = try await client.raw("/Slot?start=ge2026-11-23")
         #expect(refused.status == 403 && String(decoding: refused.body, as: UTF8.self).contains("OperationOutcome"), "\(refused.status)")
+        #expect(refused.headers.first(name: "Connection") == "close", "the connection ends with the refusal: \(refused.headers)")
         #expect(standIn.requests.count == 3, "the revoked caller's request never reached the upstream")
         await client.shutdown()
         await server.stop()

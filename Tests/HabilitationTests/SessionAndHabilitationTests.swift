@@ -518,6 +518,18 @@ struct SessionAndHabilitationTests {
         let session = try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: "test", actor: world.actor))
         #expect(session.origin == .sas && session.returnURL == "https://agenda.example/p")
 
+        // Extended once: a later password step (the same intent cookie replayed) does not
+        // push it further; it ends 15 minutes after the first one.
+        let replayed = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        world.clock.advance(9 * 60)
+        _ = try await world.sessions.startFlow(accountID: world.accountID, intentToken: replayed)   // extended to 9 + 15 = 24 min
+        world.clock.advance(14 * 60)   // 23 min: past its own 10 minutes, within the extension
+        let second = try await world.sessions.startFlow(accountID: world.accountID, intentToken: replayed)
+        world.clock.advance(2 * 60)   // 25 min: past the extension; the second step extended nothing
+        try await world.sessions.markSecondFactorDone(flowToken: second)
+        let ended = try #require(try await world.sessions.completeFlow(flowToken: second, address: nil, userAgent: "test", actor: world.actor))
+        #expect(ended.origin == .direct)
+
         // An intent already expired when the password step came gives nothing more.
         let late = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
         world.clock.advance(11 * 60)

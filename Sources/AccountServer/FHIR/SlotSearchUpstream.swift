@@ -175,14 +175,15 @@ final class SlotSearchUpstream: Sendable {
     }
 
     /// A subject as nginx's `$ssl_client_s_dn` shows it (OpenSSL's RFC 2253 flags): bytes of
-    /// UTF-8 beyond ASCII written `\XX`, so `O=Numérique` becomes `O=Num\C3\A9rique` and the
-    /// header stays ASCII.
+    /// UTF-8 beyond ASCII and control bytes written `\XX`, so `O=Numérique` becomes
+    /// `O=Num\C3\A9rique` and the header stays printable ASCII.
     static func rfc2253Escaped(_ subject: String) -> String {
-        guard subject.utf8.contains(where: { $0 >= 0x80 }) else { return subject }
+        func escapes(_ byte: UInt8) -> Bool { byte >= 0x7F || byte < 0x20 }
+        guard subject.utf8.contains(where: escapes) else { return subject }
         var escaped = ""
         for byte in subject.utf8 {
-            if byte >= 0x80 {
-                escaped += "\\" + String(byte, radix: 16, uppercase: true)
+            if escapes(byte) {
+                escaped += "\\" + (byte < 0x10 ? "0" : "") + String(byte, radix: 16, uppercase: true)
             } else {
                 escaped.unicodeScalars.append(Unicode.Scalar(byte))
             }

@@ -988,6 +988,11 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
             guard self.context != nil else { return }
             switch result {
             case .failure(let refusal):
+                // On a verified connection, a refusal means its certificate no longer passes
+                // (revoked, expired, its CA removed): every later request would be refused
+                // too, so the connection ends with this answer, and the client's next one
+                // makes a handshake with what it holds now.
+                if case .mutualTLS = relay.authenticator.mode { closeAfterAnswer = true }
                 refuse(refusal, requestID: requestID)
             case .success where framing != nil:
                 relay.logger.notice("FHIR request refused: framing", metadata: ["request_id": "\(requestID)", "reason": "\(framing!.issues.first?.diagnostics ?? "")"])

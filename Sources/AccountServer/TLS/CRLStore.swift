@@ -87,9 +87,13 @@ final class CRLStore: Sendable {
             var fresh = try Self.loadAll(paths: paths, issuers: issuers.withLock { $0 })
             var keptNewer: [String] = []
             state.withLock {
-                // A list older than the one in force for its issuer (a stale mirror, a backup
-                // copied back) would un-revoke what the newer one revoked: the newer one stays.
-                for (issuer, current) in $0.lists {
+                // A list older than the one in force (a stale mirror, a backup
+                // copied back) would un-revoke what the newer one revoked: the newer one stays,
+                // while it is in force (not past its nextUpdate) and not dated in the future (a
+                // CA whose clock ran ahead, then was corrected, would otherwise block every
+                // later list until a restart).
+                let now = Date()
+                for (issuer, current) in $0.lists where current.thisUpdate <= now.addingTimeInterval(300) && (current.nextUpdate ?? .distantFuture) > now {
                     if let candidate = fresh.lists[issuer], candidate.thisUpdate < current.thisUpdate {
                         fresh.lists[issuer] = current
                         keptNewer.append("\(issuer)")

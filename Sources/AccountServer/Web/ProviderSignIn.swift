@@ -82,10 +82,12 @@ struct ProviderSignInController: Sendable {
         var intentToken = WebCookie.value(.intent, in: request.headers)
         var state: String? = nil
         if let intentToken { state = try await sessions.createProviderLogin(intentToken: intentToken) }
-        if state == nil, let session = WebCookie.value(.session, in: request.headers), try await sessions.session(session) != nil {
-            // No sign-in under way and a live session: nothing to start. A page of another
-            // site sending the browser here would otherwise have the provider sign it in
-            // silently and replace its SAS session with a direct one.
+        if state == nil, request.headers[HTTPField.Name("Sec-Fetch-Site")!] != "same-origin",
+           let session = WebCookie.value(.session, in: request.headers), try await sessions.session(session) != nil {
+            // No sign-in under way, a live session, and not a click on our own page (a
+            // regulator taking over a shared workstation from « Connexion »): nothing to start.
+            // A page of another site sending the browser here would otherwise have the
+            // provider sign it in silently and replace its SAS session with a direct one.
             return WebController.redirect("/compte")
         }
         if state == nil {
@@ -138,6 +140,14 @@ struct ProviderSignInController: Sendable {
             return refused(.badRequest, "Connexion refusée", "Cette réponse ne correspond pas à une connexion commencée dans ce navigateur. Recommencez.")
         case .accepted(let hash, let loginStart):
             (intentHash, loginStartedAt) = (hash, loginStart)
+        }
+        // RFC 9207: a provider that names itself in its answer must be ours (a mix-up attack
+        // has another provider's answer, or a code meant for it, arrive here).
+        if let issuer = query.first("iss"), issuer != provider.relyingParty.configuration.issuer {
+            try await sessions.auditProviderSignIn(outcome: "refused: issuer", accountID: nil,
+                                                   detail: "answer from issuer \(String(issuer.prefix(200)).debugDescription)", actor: actor)
+            web.metrics.providerSignIn(result: "issuer")
+            return refused(.badRequest, "Connexion refusée", "Cette réponse ne vient pas de Pro Santé Connect. Recommencez la connexion.")
         }
         if let error = query.first("error") {
             let code = String(error.prefix(64))

@@ -258,15 +258,18 @@ struct WebController: Sendable {
 
     var restart: Response { Self.redirect("/connexion?fin=expiree", cookies: [WebCookie.flow.clear]) }
 
-    /// Where a flow whose second factor is done goes if it asks for a second-factor page: a
-    /// Pro Santé Connect flow (the provider's authentication stands for both factors) never
-    /// sees, nor changes, the account's TOTP: enrolling one there would replace the recovery
-    /// codes and clear the lockout without the mailbox a reset of the second factor requires.
-    var secondFactorAlreadyDone: Response { Self.redirect("/connexion/cgu") }
+    /// Where a flow whose second factor is done goes if it asks for a second-factor page: on
+    /// to its next step (the terms of use, or the session). A Pro Santé Connect flow (the
+    /// provider's authentication stands for both factors) never sees, nor changes, the
+    /// account's TOTP: enrolling one there would replace the recovery codes and clear the
+    /// lockout without the mailbox a reset of the second factor requires.
+    func secondFactorAlreadyDone(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        try await nextStep(request, context)
+    }
 
     func secondFactorPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard let flow = try await currentFlow(request) else { return restart }
-        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
+        guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         return respond(request) { Pages.secondFactor(csrf: $0, error: false) }
     }
 
@@ -274,7 +277,7 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
-        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
+        guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // The code is checked, and the flow records it (accepted, or one more wrong code), in
         // one transaction that first checks the flow is still open: a password reset on any
         // instance meanwhile spends nothing.
@@ -297,7 +300,7 @@ struct WebController: Sendable {
 
     func enrolPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
         guard let flow = try await currentFlow(request) else { return restart }
-        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
+        guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID)
         if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID) }
         guard let secret else { return Self.redirect("/connexion/second-facteur") }  // already enrolled
@@ -313,7 +316,7 @@ struct WebController: Sendable {
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request) else { return restart }
-        guard !flow.secondFactorDone else { return secondFactorAlreadyDone }
+        guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // Confirming the enrolment proves possession of the second factor for this sign-in:
         // the flow records it in the transaction that confirms, which first checks the flow
         // is still open (a password reset meanwhile confirms nothing).

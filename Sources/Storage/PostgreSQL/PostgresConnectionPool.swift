@@ -75,15 +75,19 @@ final class PostgresConnectionPool: Sendable {
     /// How long a connection beyond `keepOpen` stays open unused.
     let idleTimeout: TimeAmount
     private let configuration: PostgresConnection.Configuration
+    /// A statement every new connection runs before it serves (``PostgresEngine/connectionBounds``);
+    /// a connection that fails it is closed, as one that failed to open.
+    private let setUp: String?
     private let group: any EventLoopGroup
     private let state = NIOLockedValueBox(State())
     private let sweeper: NIOLockedValueBox<RepeatedTask?> = NIOLockedValueBox(nil)
     private let logger: Logger
 
-    init(configuration: PostgresConnection.Configuration, maximum: Int, keepOpen: Int, idleTimeout: TimeAmount = .seconds(60),
+    init(configuration: PostgresConnection.Configuration, setUp: String? = nil, maximum: Int, keepOpen: Int, idleTimeout: TimeAmount = .seconds(60),
          sweepEvery: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         precondition(maximum > 0 && (0...maximum).contains(keepOpen))
         self.configuration = configuration
+        self.setUp = setUp
         self.maximum = maximum
         self.keepOpen = keepOpen
         self.idleTimeout = idleTimeout
@@ -251,7 +255,13 @@ final class PostgresConnectionPool: Sendable {
             state.attempts += 1
             return (state.nextConnection, state.successes)
         }
-        PostgresConnection.connect(on: loop, configuration: configuration, id: id, logger: logger).whenComplete { result in
+        let (setUp, logger) = (self.setUp, self.logger)
+        PostgresConnection.connect(on: loop, configuration: configuration, id: id, logger: logger).flatMap { connection -> EventLoopFuture<PostgresConnection> in
+            guard let setUp else { return loop.makeSucceededFuture(connection) }
+            return connection.query(PostgresQuery(unsafeSQL: setUp), logger: logger).map { _ in connection }.flatMapError { error in
+                connection.close().flatMapThrowing { throw error }
+            }
+        }.whenComplete { result in
             switch result {
             case .success(let connection): self.opened(connection, retry: retry, epoch: epoch)
             case .failure(let error): self.failedToOpen(error, retry: retry, epoch: epoch)

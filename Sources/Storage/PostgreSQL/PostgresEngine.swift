@@ -62,21 +62,24 @@ public final class PostgresEngine: StorageEngine {
     /// grants name it), whatever search path the roles have (PostgreSQL's "$user" pattern
     /// would otherwise have a migration create tables in the role's own schema, or a role
     /// read another tool's tables of the same names).
-    ///
-    /// And bounds on what a lost instance leaves behind: every write holds the write lock
-    /// (``writeLock``), so a transaction left open by an instance that froze (a paused VM, a
-    /// host cut off mid-write) would hold every instance's writes back until TCP gave up,
-    /// two hours later. The server ends such a transaction after 15 s idle in it (none of the
-    /// product's transactions pauses between statements: argon2 and mail run outside them),
-    /// and probes an idle connection after 30 s, so a vanished host's connection, with the
-    /// session lock a retry holds, is gone within a minute. Not checked at start (unlike the
-    /// two above, nothing goes wrong while everyone is alive): behind a pooler that drops
-    /// them, set them on the role.
-    static let sessionSettings: [(String, String)] = [
-        ("enable_seqscan", "off"), ("search_path", productSchema),
-        ("idle_in_transaction_session_timeout", "15s"),
-        ("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "3"),
-    ]
+    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off"), ("search_path", productSchema)]
+
+    /// Bounds on what a lost instance leaves behind, set by every new connection before it
+    /// serves. Every write holds the write lock (``writeLock``), so a transaction left open by
+    /// an instance that froze (a paused VM, a host cut off mid-write) would hold every
+    /// instance's writes back until TCP gave up, two hours later. The server ends a
+    /// transaction idle in it for 60 s (the product's transactions pause between statements
+    /// only to decode rows: argon2 and mail run outside them; a minute leaves room for the
+    /// largest audit export), probes an idle connection after 30 s and gives up on
+    /// unacknowledged data after 60 s, so a vanished host's connection, with the session lock
+    /// a retry holds, goes within about a minute. A statement, not start-up parameters:
+    /// PgBouncer refuses start-up parameters it does not know, and a `SET` lasts the session
+    /// in its session mode.
+    static let connectionBounds = """
+        SELECT set_config('idle_in_transaction_session_timeout', '60s', false), set_config('tcp_keepalives_idle', '30', false),
+               set_config('tcp_keepalives_interval', '10', false), set_config('tcp_keepalives_count', '3', false),
+               set_config('tcp_user_timeout', '60000', false)
+        """
 
     /// Never fails for the server's state: connections open in the background (the kept ones)
     /// or at first use, so a server that is down at start is reported by the first use
@@ -102,7 +105,7 @@ public final class PostgresEngine: StorageEngine {
         self.statementDeadline = statementDeadline
         self.logger = logger
         let configuration = try Self.connectionConfiguration(location, sessionSettings: sessionSettings, connectTimeout: .seconds(10))
-        pool = PostgresConnectionPool(configuration: configuration, maximum: poolSize, keepOpen: keepOpen, logger: logger)
+        pool = PostgresConnectionPool(configuration: configuration, setUp: Self.connectionBounds, maximum: poolSize, keepOpen: keepOpen, logger: logger)
         var probeConfiguration = configuration
         probeConfiguration.options.connectTimeout = .seconds(5)
         probeConfiguration.options.additionalStartupParameters = []
