@@ -896,13 +896,19 @@ struct SlotSearchUpstreamTests {
         let seen = standIn.requests.count
 
         let untrusted = try await Self.start(pki, upstreamURL: "https://localhost:\(standIn.port)/fhir")
-        let other = try FHIRClient(pki: pki, certificate: "valid", server: untrusted)
-        let refused = try await other.send(.GET, "/Slot?start=ge2026-11-23")
-        #expect(refused.status == 502 && refused["resourceType"] == .string("OperationOutcome"), "\(refused.status) \(refused.body)")
-        #expect(standIn.requests.count == seen, "an unverified upstream gets nothing")
-        await other.shutdown()
-        await untrusted.stop()
+        try await Self.expectBadGatewayAndStop(untrusted, pki: pki, standIn: standIn, seen: seen, "an unverified upstream gets nothing")
         await standIn.stop()
+    }
+
+    /// A slot search through `server` answered 502 (OperationOutcome), the upstream having
+    /// served no more than `seen` requests; then `server` stopped.
+    static func expectBadGatewayAndStop(_ server: RunningServer, pki: TestPKI, standIn: SlotSearchStandIn, seen: Int, _ why: Comment) async throws {
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let refused = try await client.send(.GET, "/Slot?start=ge2026-11-23")
+        #expect(refused.status == 502 && refused["resourceType"] == .string("OperationOutcome"), "\(refused.status) \(refused.body)")
+        #expect(standIn.requests.count == seen, why)
+        await client.shutdown()
+        await server.stop()
     }
 
     /// An upstream that requires a client certificate (the relay's, as nginx's
@@ -938,12 +944,7 @@ struct SlotSearchUpstreamTests {
             upstream.connectTimeout = .seconds(2)
             configuration.fhir.upstream = upstream
         }
-        let other = try FHIRClient(pki: pki, certificate: "valid", server: anonymous)
-        let refused = try await other.send(.GET, "/Slot?start=ge2026-11-23")
-        #expect(refused.status == 502 && refused["resourceType"] == .string("OperationOutcome"), "\(refused.status) \(refused.body)")
-        #expect(standIn.requests.count == seen, "the upstream served nobody without the relay's certificate")
-        await other.shutdown()
-        await anonymous.stop()
+        try await Self.expectBadGatewayAndStop(anonymous, pki: pki, standIn: standIn, seen: seen, "the upstream served nobody without the relay's certificate")
         await standIn.stop()
     }
 
