@@ -50,6 +50,11 @@ final class CRLStore: Sendable {
         self.logger = logger
         let snapshot = try Self.loadAll(paths: paths, issuers: issuers)
         state.withLock { $0 = snapshot }
+        logSkipped(snapshot)
+    }
+
+    /// One warning per CRL of an issuer outside the bundle (``CertificateRevocationList/UnknownIssuer``).
+    private func logSkipped(_ snapshot: Snapshot) {
         for skipped in snapshot.skipped {
             logger.warning("client CRL skipped: its issuer is not in the client CA bundle", metadata: ["crl": "\(skipped)"])
         }
@@ -105,9 +110,7 @@ final class CRLStore: Sendable {
             for issuer in keptNewer {
                 logger.warning("client CRL older than the one in force; the newer one stays", metadata: ["issuer": "\(issuer)"])
             }
-            for skipped in fresh.skipped {
-                logger.warning("client CRL skipped: its issuer is not in the client CA bundle", metadata: ["crl": "\(skipped)"])
-            }
+            logSkipped(fresh)
             let revoked = fresh.lists.values.reduce(0) { $0 + $1.revokedSerials.count }
             logger.notice("client CRLs reloaded", metadata: ["reason": "\(reason)", "lists": "\(fresh.lists.count)", "revoked": "\(revoked)"])
             return true
