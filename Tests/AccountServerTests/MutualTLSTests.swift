@@ -137,6 +137,56 @@ struct MutualTLSTests {
         await server.stop()
     }
 
+    /// A kept-alive connection whose certificate stops passing is refused once, and that
+    /// refusal ends it (`Connection: close`, then the server closes it), with the slot-search
+    /// relay in front of the router or without: the client's next request makes a handshake
+    /// with what it holds now, instead of keeping a connection nothing will ever be served on.
+    @Test(arguments: [false, true])
+    func aRefusedConnectionEndsWithItsAnswer(relayed: Bool) async throws {
+        let pki = try TestPKI()
+        let standIn = relayed ? try await SlotSearchStandIn.start() : nil
+        let server = try await RunningServer.start(pki: pki, crlPollInterval: .milliseconds(100)) { configuration in
+            if let standIn { configuration.fhir.upstream = UpstreamConfiguration(url: "http://127.0.0.1:\(standIn.port)/fhir") }
+        }
+        let (certificate, key) = try SlotSearchUpstreamTests.clientFiles(pki, certificate: "valid-later-revoked")
+        let ready = pki.directory.appendingPathComponent("ready-\(UUID().uuidString)").path
+        let go = pki.directory.appendingPathComponent("go-\(UUID().uuidString)").path
+        let script = RawHTTP.preamble + """
+            import os, time
+            sock = connect(*sys.argv[2:6])
+            ask = b"GET /metadata HTTP/1.1\\r\\nHost: localhost\\r\\nAccept: application/fhir+json\\r\\n\\r\\n"
+            def answer(data):
+                head = data.partition(b"\\r\\n\\r\\n")[0].split(b"\\r\\n")
+                return head[0].decode(), [h.decode() for h in head[1:] if h.lower().startswith(b"connection:")]
+            sock.sendall(ask)
+            data, _ = read_answers(sock, 1, settle=None)
+            first = answer(data)
+            open(sys.argv[6], "w").close()
+            deadline = time.time() + 60
+            while not os.path.exists(sys.argv[7]) and time.time() < deadline:
+                time.sleep(0.05)
+            sock.sendall(ask)
+            data, closed = read_answers(sock, 1, closes=True)
+            second = answer(data)
+            print(json.dumps({"first": first[0], "second": second[0], "connection": second[1], "closed": closed}))
+            """
+        async let run = spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath,
+                                                          certificate.path, key.path, ready, go])
+        #expect(try await eventually { FileManager.default.fileExists(atPath: ready) }, "the first request was answered")
+        let reloads = server.logs.all.filter { $0.contains("client CRLs reloaded") }.count
+        try pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
+        #expect(try await eventually { server.logs.all.filter { $0.contains("client CRLs reloaded") }.count > reloads })
+        FileManager.default.createFile(atPath: go, contents: nil)
+        let output = try await run
+        let result = (try? JSONSerialization.jsonObject(with: output.output)) as? [String: Any] ?? [:]
+        #expect(result["first"] as? String == "HTTP/1.1 200 OK", "\(result) \(String(decoding: output.errors, as: UTF8.self).suffix(600))")
+        #expect((result["second"] as? String)?.hasPrefix("HTTP/1.1 403") == true, "\(result)")
+        #expect(result["connection"] as? [String] == ["Connection: close"] || result["connection"] as? [String] == ["connection: close"], "\(result)")
+        #expect(result["closed"] as? Bool == true, "the server ended the connection: \(result)")
+        await server.stop()
+        await standIn?.stop()
+    }
+
     /// Revocation fails closed: a client CA without a CRL stops the start; a certificate
     /// issued by an intermediate nobody publishes a CRL for is refused; the opt-out lets both
     /// through, says so in the log and in /readyz.

@@ -57,22 +57,37 @@ struct CallerAuthenticator: Sendable {
         }
     }
 
+    /// A refusal of ``authenticate(headers:peer:handshakeIdentity:logger:)``: its answer, and
+    /// whether it is about the connection itself (its own certificate, or its peer), so that
+    /// every later request on it would be refused too. Such a connection ends with the answer
+    /// (`Connection: close`), and a client holding a renewed certificate makes a new handshake
+    /// instead of being refused for as long as it keeps the connection alive.
+    struct Refusal: Error {
+        var outcome: FHIRError
+        var endsConnection: Bool
+    }
+
     func authenticate(headers: HTTPFields, peer: String, handshakeIdentity: () async -> ClientIdentity?,
-                      logger: Logger) async throws(FHIRError) -> Caller {
+                      logger: Logger) async throws(Refusal) -> Caller {
         switch mode {
         case .mutualTLS:
-            return try decide(handshake: await handshakeIdentity()).get()
+            switch decide(handshake: await handshakeIdentity()) {
+            case .success(let caller): return caller
+            case .failure(let outcome): throw Refusal(outcome: outcome, endsConnection: true)
+            }
         case .forwardedCertificate(let header, let trustedProxies, let proxyVerifier):
             guard trustedProxies.contains(where: { $0.contains(peer) }) else {
                 logger.warning("FHIR request refused: not from a trusted proxy", metadata: ["peer": "\(peer)"])
-                throw FHIRError(.forbidden, code: .security,
-                                "This endpoint only answers requests relayed by the trusted TLS-terminating proxy.")
+                throw Refusal(outcome: FHIRError(.forbidden, code: .security,
+                                                 "This endpoint only answers requests relayed by the trusted TLS-terminating proxy."),
+                              endsConnection: true)
             }
             if let proxyVerifier {
                 guard let proxy = await handshakeIdentity(), proxyVerifier.revalidate(proxy) == nil else {
                     logger.warning("FHIR request refused: the proxy's own certificate is missing or no longer valid", metadata: ["peer": "\(peer)"])
-                    throw FHIRError(.forbidden, code: .security,
-                                    "This endpoint only answers requests relayed by the trusted TLS-terminating proxy.")
+                    throw Refusal(outcome: FHIRError(.forbidden, code: .security,
+                                                     "This endpoint only answers requests relayed by the trusted TLS-terminating proxy."),
+                                  endsConnection: true)
                 }
             }
             let values = headers[values: header]
@@ -80,22 +95,24 @@ struct CallerAuthenticator: Sendable {
                 logger.warning("FHIR request refused: no forwarded client certificate", metadata: [
                     "peer": "\(peer)", "header": "\(header)", "count": "\(values.count)",
                 ])
-                throw FHIRError(.forbidden, code: .security,
-                                values.isEmpty ? "No client certificate: mutual TLS is required." : "More than one forwarded client certificate.")
+                throw Refusal(outcome: FHIRError(.forbidden, code: .security,
+                                                 values.isEmpty ? "No client certificate: mutual TLS is required." : "More than one forwarded client certificate."),
+                              endsConnection: false)
             }
             let chain: [Certificate]
             do {
                 chain = try ForwardedCertificate.parse(value)
             } catch {
                 logger.warning("FHIR request refused: unreadable forwarded client certificate", metadata: ["peer": "\(peer)"])
-                throw FHIRError(.forbidden, code: .security, "The forwarded client certificate could not be read.")
+                throw Refusal(outcome: FHIRError(.forbidden, code: .security, "The forwarded client certificate could not be read."), endsConnection: false)
             }
             switch await verifier.verify(presented: chain) {
             case .success(let identity):
                 return Caller(identity: identity, forwardedClientAddress: ClientAddressMiddleware<FHIRLimits>.appendedByProxy(headers))
             case .failure:
                 // The verifier logged subject, serial and reason; the caller learns nothing more.
-                throw FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")
+                // The proxy's connection carries other callers' requests: it stays.
+                throw Refusal(outcome: FHIRError(.forbidden, code: .security, "The client certificate is not accepted."), endsConnection: false)
             }
         }
     }
@@ -111,8 +128,17 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
-        let caller = try await authenticator.authenticate(headers: request.headers, peer: context.peerAddress,
+        let caller: CallerAuthenticator.Caller
+        do {
+            caller = try await authenticator.authenticate(headers: request.headers, peer: context.peerAddress,
                                                           handshakeIdentity: { await context.handshakeIdentity() }, logger: context.logger)
+        } catch {
+            guard error.endsConnection else { throw error.outcome }
+            // ``ClosingAnswerHandler`` ends the connection once this answer is written.
+            var response = FHIRResponses.outcome(error.outcome)
+            response.headers[.connection] = "close"
+            return response
+        }
         context.caller = caller.identity
         if let forwarded = caller.forwardedClientAddress { context.forwardedClientAddress = forwarded }
         return try await next(request, context)

@@ -992,6 +992,7 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 // (revoked, expired, its CA removed): every later request would be refused
                 // too, so the connection ends with this answer, and the client's next one
                 // makes a handshake with what it holds now.
+                // (Behind a proxy, ``CallerAuthenticator/Refusal/endsConnection`` said so.)
                 if case .mutualTLS = relay.authenticator.mode { closeAfterAnswer = true }
                 refuse(refusal, requestID: requestID)
             case .success where framing != nil:
@@ -1032,8 +1033,12 @@ final class UpstreamRelayHandler: ChannelDuplexHandler, RemovableChannelHandler 
         promise.futureResult.assumeIsolated().whenComplete { [self] result in
             switch result {
             case .success(let caller): decided(.success(caller))
-            case .failure(let error as FHIRError): decided(.failure(error))
-            case .failure: decided(.failure(FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")))
+            case .failure(let refusal as CallerAuthenticator.Refusal):
+                if refusal.endsConnection { closeAfterAnswer = true }
+                decided(.failure(refusal.outcome))
+            case .failure:
+                closeAfterAnswer = true
+                decided(.failure(FHIRError(.forbidden, code: .security, "The client certificate is not accepted.")))
             }
             processOutsideRead()
         }
