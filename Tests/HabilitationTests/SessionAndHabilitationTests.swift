@@ -9,6 +9,13 @@ import Testing
 
 struct ProviderLoginRefused: Error {}
 
+/// A count several tasks add to.
+final class SharedCount: Sendable {
+    private let count = Atomic<Int>(0)
+    var value: Int { count.load(ordering: .sequentiallyConsistent) }
+    func add() { count.add(1, ordering: .sequentiallyConsistent) }
+}
+
 final class ManualClock: Sendable {
     private let current = Mutex(Date(timeIntervalSince1970: 1_800_000_000))
     var now: Date { current.withLock { $0 } }
@@ -557,6 +564,63 @@ struct SessionAndHabilitationTests {
         }
         #expect(stored == seen.epochMilliseconds)
         #expect(try await world.sessions.session(token) != nil, "the activity seen in time, written late, extends it from then")
+    }
+
+    /// Touches of one session go one at a time in a process: while one waits to commit, the
+    /// others due at the same moment (a page load fires dozens of forward-auth checks) return
+    /// at once instead of queueing writes of their own, which on PostgreSQL each failed
+    /// serialization and were retried holding every instance's writes back.
+    @Test func touchesOfOneSessionGoOneAtATime() async throws {
+        /// Polls `condition` for up to 10 s.
+        func eventually(_ condition: () -> Bool) async throws -> Bool {
+            for _ in 0..<500 where !condition() { try await Task.sleep(for: .milliseconds(20)) }
+            return condition()
+        }
+        let world = try await World()
+        let token = try await world.signIn(origin: .sas)
+        let hash = SecretToken.hash(token)
+        let signedIn = try #require(try await world.sessions.session(token)).lastSeenAt
+        world.clock.advance(61)
+        let at = world.clock.now
+        // Holds the session's row (on SQLite, the writer) until the gate opens.
+        let gate = DispatchSemaphore(value: 0)
+        let holding = SharedCount()
+        let holder = Task {
+            try await world.database.write { db in
+                try db.execute(sql: "UPDATE web_session SET origin = origin WHERE id_hash = ?", arguments: [hash])
+                // (The PostgreSQL engine holds a write back until the next statement: this one sends it.)
+                _ = try Int.fetchOne(db, sql: "SELECT 1")
+                holding.add()
+                gate.wait()
+            }
+        }
+        defer { gate.signal() }   // (a second signal, after the one below, wakes nobody)
+        #expect(try await eventually { holding.value == 1 }, "the row is held")
+        let finished = SharedCount()
+        let sessions = world.sessions
+        let touches = (0..<10).map { _ in
+            Task {
+                try await sessions.touchIfDue(hash: hash, lastSeenAt: signedIn, at: at)
+                finished.add()
+            }
+        }
+        let othersReturned = try await eventually { finished.value == 9 }
+        #expect(othersReturned, "nine of the ten returned while the first waits: \(finished.value)")
+        #expect(finished.value == 9, "the first still waits for the row")
+        gate.signal()
+        try await holder.value
+        for touch in touches { try await touch.value }
+        let stored = try await world.database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT last_seen_at FROM web_session WHERE id_hash = ?", arguments: [hash])
+        }
+        #expect(stored == at.epochMilliseconds, "the one touch that ran recorded the activity")
+        // Once it is done, the next due touch is not held back by the one before.
+        world.clock.advance(61)
+        try await sessions.touchIfDue(hash: hash, lastSeenAt: at, at: world.clock.now)
+        let again = try await world.database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT last_seen_at FROM web_session WHERE id_hash = ?", arguments: [hash])
+        }
+        #expect(again == world.clock.now.epochMilliseconds)
     }
 
     /// A suspension reports the live sessions it affects: those started from the SAS, not a
