@@ -218,7 +218,7 @@ struct FHIREndpointTests {
             // modification_typeid: the one knowing difference (400, nothing changed).
             let typeID = try await send(.PUT, "/Practitioner?identifier=\(national)|\(uuid)",
                                         try Self.kitBody(id: regulator, mail: uuid + mail, system: sas), expect: { $0 == 400 }, "typeid (kit expects 2xx)")
-            #expect(typeID.issueExpressions == ["identifier"], "\(typeID.body)")
+            #expect(typeID.issueLocations == ["http.identifier"] && typeID.issueExpressions.isEmpty, "\(typeID.body)")
             // modification_nom, modification_prenom, modification champs manquants
             let byModif = "/Practitioner?identifier=\(national)|\(regulatorModif)"
             _ = try await send(.PUT, byModif, try Self.kitBody(id: regulatorModif, mail: mailModif, last: "Loridon-modif", system: national), expect: success, "family")
@@ -312,6 +312,119 @@ struct FHIREndpointTests {
         }
     }
 
+    /// RFC 9110's other preconditions on a conditional update, evaluated in §13.2.2's order:
+    /// `If-None-Match: *` creates only (412 when an account matches, nothing changed), an
+    /// `If-None-Match` version list refuses the versions it names, `If-Unmodified-Since`
+    /// refuses a later change (ignored beside `If-Match`, and when not a date). A conditional
+    /// create whose body lacks its own criterion is refused: its retry would be a 409.
+    @Test func preconditionsBeyondIfMatch() async throws {
+        try await withServer { client, server in
+            let created = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(created.status == 201)
+            let createOnly = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "ECRASE"),
+                                                   headers: [("If-None-Match", "*")])
+            #expect(createOnly.status == 412 && createOnly["resourceType"] == .string("OperationOutcome"), "\(createOnly.status) \(createOnly.body)")
+            let unchanged = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)")
+            #expect(!unchanged.body.contains("ECRASE") && unchanged.body.contains("MARIUS"), "\(unchanged.body)")
+            let technical = "0f1e2d3c-4b5a-4697-8877-665544332211"
+            let fresh = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)",
+                                              body: Bodies.practitioner(technical: technical, email: "autre@test.fr"), headers: [("If-None-Match", "*")])
+            #expect(fresh.status == 201, "\(fresh.body)")
+
+            let current = try #require(created.headers.first(name: "ETag"))
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "ECRASE"),
+                                          headers: [("If-None-Match", "W/\"7\", \(current)")]).status == 412)
+            let otherVersion = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "DEUX"),
+                                                     headers: [("If-None-Match", "W/\"7\"")])
+            #expect(otherVersion.status == 200 && otherVersion.body.contains("DEUX"))
+
+            for (date, status, family) in [("Sun, 06 Nov 1994 08:49:37 GMT", 412, "AVANT"), ("Sunday, 06-Nov-94 08:49:37 GMT", 412, "AVANT"),
+                                           ("Sun Nov  6 08:49:37 1994", 412, "AVANT"), ("Fri, 31 Dec 2100 23:59:59 GMT", 200, "APRES"),
+                                           ("hier", 200, "IGNORE")] {
+                let reply = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: family),
+                                                  headers: [("If-Unmodified-Since", date)])
+                #expect(reply.status == status, "\(date): \(reply.status) \(reply.body)")
+            }
+            let withIfMatch = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "ETOILE"),
+                                                    headers: [("If-Match", "*"), ("If-Unmodified-Since", "Sun, 06 Nov 1994 08:49:37 GMT")])
+            #expect(withIfMatch.status == 200, "If-Match decides, If-Unmodified-Since is not evaluated beside it: \(withIfMatch.body)")
+            #expect(try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(technical: UUID().uuidString.lowercased(), email: "x@test.fr"),
+                                          headers: [("If-None-Match", "*")]).status == 400)
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID),
+                                          headers: [("If-None-Match", "tout")]).status == 400)
+
+            // A conditional create whose body does not carry its criterion, twice: refused both
+            // times, nothing created (it was 201, then 409).
+            let elsewhere = "b6e39355-8a61-4556-b340-36f7b95fec6a"
+            for _ in 0..<2 {
+                let refused = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673900", email: "ailleurs@test.fr"),
+                                                    headers: [("If-None-Exist", "identifier=urn:oid:1.2.250.1.213.3.6|\(elsewhere)")])
+                #expect(refused.status == 400 && refused.issueLocations == ["http.If-None-Exist"], "\(refused.status) \(refused.body)")
+            }
+            #expect(try await server.accountCount() == 2)
+        }
+    }
+
+    /// RFC 7240's grammar for `Prefer` (whitespace around `=`, quoted values, parameters), FHIR
+    /// search's rule for modifiers (refused, whatever the handling), the `fhirVersion`
+    /// parameter (R4 only: 406, 415), Accept qualities, errors in the negotiated type, and URL
+    /// problems reported as `location: http.…`, never as an empty expression.
+    @Test func preferencesModifiersAndVersionsFollowTheSpecifications() async throws {
+        try await withServer { client, _ in
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID)).status == 201)
+            for prefer in ["return = minimal", "return=\"minimal\"", "return=minimal; charset=x", "handling=lenient, return=minimal", "RETURN=minimal, return=representation"] {
+                let reply = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID),
+                                                  headers: [("Prefer", prefer)])
+                #expect(reply.status == 200 && reply.body.isEmpty, "\(prefer): \(reply.body.prefix(80))")
+            }
+            for prefer in ["handling = strict", "handling=\"strict\"", "return=minimal, handling=strict"] {
+                let reply = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)&foo=1", headers: [("Prefer", prefer)])
+                #expect(reply.status == 400 && reply.issueLocations == ["http.foo"], "\(prefer): \(reply.status) \(reply.body)")
+            }
+            #expect(try await client.send(.GET, "/Practitioner?identifier=\(Self.national)&foo=1").status == 200, "lenient by default")
+
+            let excluded = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)&identifier:not=\(Self.national)")
+            #expect(excluded.status == 400 && excluded.issueLocations == ["http.identifier:not"], "\(excluded.status) \(excluded.body)")
+
+            let r3 = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)", headers: [("Accept", "application/fhir+json; fhirVersion=3.0")])
+            #expect(r3.status == 406, "\(r3.status)")
+            let r4 = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)", headers: [("Accept", "application/fhir+json; fhirVersion=4.0")])
+            #expect(r4.status == 200)
+            let sentR3 = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID),
+                                               contentType: "application/fhir+json; fhirVersion=3.0")
+            #expect(sentR3.status == 415, "\(sentR3.status)")
+            let ranked = try await client.send(.GET, "/metadata", headers: [("Accept", "application/fhir+json;q=0.000, application/json;q=0.5, application/json+fhir;q=0.9")])
+            #expect(ranked.status == 200 && ranked.headers.first(name: "Content-Type")?.hasPrefix("application/json+fhir") == true,
+                    "\(ranked.headers.first(name: "Content-Type") ?? "-")")
+            let missing = try await client.send(.GET, "/Practitioner/inconnu", headers: [("Accept", "application/json+fhir")])
+            #expect(missing.status == 404 && missing.headers.first(name: "Content-Type")?.hasPrefix("application/json+fhir") == true,
+                    "errors in the negotiated type: \(missing.headers.first(name: "Content-Type") ?? "-")")
+
+            let unnamed = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)&=x", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(unnamed.status == 400 && !unnamed.body.contains("\"\""), "no empty string in a FHIR resource: \(unnamed.body)")
+        }
+    }
+
+    /// Text a client sends is quoted in refusals escaped and bounded: a NUL in a value or a
+    /// decoded parameter name (which PostgreSQL's `text` cannot hold, so the refusal's audit
+    /// row failed on that store only) and a 100,000-character e-mail. Each refusal is audited.
+    @Test func clientTextInRefusalsIsEscapedBoundedAndAudited() async throws {
+        try await withServer { client, server in
+            let nul = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID, email: "a\\u0000@test.fr"))
+            #expect(nul.status == 400, "\(nul.status) \(nul.body)")
+            #expect(nul.issueDiagnostics.contains { $0.contains("a\\u{0}@test.fr") }, "\(nul.issueDiagnostics)")
+            let name = try await client.send(.POST, "/Practitioner?%00%E2%80%AEx=1", body: Bodies.practitioner(national: Self.nationalID))
+            #expect(name.status == 400 && name.issueLocations == ["http.\\u{0}\\u{202E}x"], "\(name.issueLocations) \(name.body)")
+            let long = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID, email: String(repeating: "a", count: 100_000)))
+            #expect((long.status == 400 || long.status == 422) && long.body.count < 4_000, "\(long.status): \(long.body.prefix(300))")
+            #expect(long.issueDiagnostics.contains { $0.contains("more characters") })
+            let events = try await server.auditEvents()
+            #expect(events.count == 3 && events.allSatisfy { $0.outcome.hasSuffix(" refused") }, "\(events.map(\.outcome))")
+            #expect(events.allSatisfy { !($0.detail ?? "").unicodeScalars.contains("\u{0}") })
+            #expect(try await server.accountCount() == 0)
+        }
+    }
+
     /// The kit PUTs with the national-id system and a UUID value (a SAS technical id under
     /// the wrong system). A UUID is no IDNPS, so the URL names no identifier we could match or
     /// create: 400 with the `identifier` parameter as the offending element, nothing written
@@ -323,7 +436,7 @@ struct FHIREndpointTests {
                 let reply = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1\(bar)\(technical)",
                                                   body: Bodies.practitioner(technical: technical))
                 #expect(reply.status == 400 && reply["resourceType"] == .string("OperationOutcome"), "\(reply.status) \(reply.body)")
-                #expect(reply.issueExpressions == ["identifier"] && reply.body.contains("is not a valid IDNPS value"), "\(reply.body)")
+                #expect(reply.issueLocations == ["http.identifier"] && reply.body.contains("is not a valid IDNPS value"), "\(reply.body)")
             }
             #expect(try await server.accountCount() == 0)
             let accepted = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.213.3.6%7C\(technical)", body: Bodies.practitioner(technical: technical))

@@ -223,7 +223,7 @@ struct MutualTLSTests {
         #expect(refusal?.contains(#"x\r\n2026-11-29T00:00:00.000Z critical"#) == true, "\(lines)")
         #expect(!lines.contains { $0.contains("\n") || $0.contains("\r") }, "no raw line break in any log line")
         #expect(LogLineHandler.quoted("CN=x reason=ok") == #""CN=x reason=ok""# && LogLineHandler.quoted("plain") == "plain")
-        #expect(LogLineHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}") == #"a\u{85}b\u{2028}c\\d\u{7}"#)
+        #expect(LogLineHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}\u{61C}") == #"a\u{85}b\u{2028}c\\d\u{7}\u{61c}"#)
         await server.stop()
     }
 

@@ -229,11 +229,25 @@ struct FHIRReply {
     }
 
     /// The `expression`s of an OperationOutcome's issues.
-    var issueExpressions: [String] {
+    var issueExpressions: [String] { issueStrings("expression") }
+
+    /// The `location`s of an OperationOutcome's issues (`http.identifier`).
+    var issueLocations: [String] { issueStrings("location") }
+
+    /// The `diagnostics` of an OperationOutcome's issues.
+    var issueDiagnostics: [String] {
+        guard case .array(let issues)? = self["issue"] else { return [] }
+        return issues.compactMap { issue in
+            guard case .object(let object) = issue, case .string(let text)? = object["diagnostics"] else { return nil }
+            return text
+        }
+    }
+
+    private func issueStrings(_ member: String) -> [String] {
         guard case .array(let issues)? = self["issue"] else { return [] }
         return issues.flatMap { issue -> [String] in
-            guard case .object(let object) = issue, case .array(let expressions)? = object["expression"] else { return [] }
-            return expressions.compactMap { if case .string(let text) = $0 { return text } else { return nil } }
+            guard case .object(let object) = issue, case .array(let values)? = object[member] else { return [] }
+            return values.compactMap { if case .string(let text) = $0 { return text } else { return nil } }
         }
     }
 }

@@ -38,6 +38,18 @@ struct JSONParserTests {
         #expect(throws: JSONParseError.self) { try parser.parse(bytes) }
     }
 
+    /// Invalid UTF-8 in a Practitioner's string is refused with the element it is in, like
+    /// every other parse error.
+    @Test func invalidUTF8NamesItsElement() {
+        let bytes: [UInt8] = Array(#"{"resourceType":"Practitioner","name":[{"family":""#.utf8) + [0xC3, 0x28] + Array(#""}]}"#.utf8)
+        do {
+            _ = try PractitionerValidator().validate(body: bytes)
+            Issue.record("refused")
+        } catch {
+            #expect(error.issues.first?.expression == ["Practitioner.name[0].family"], "\(error)")
+        }
+    }
+
     @Test func limitsNestingDepth() throws {
         let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
         #expect(throws: JSONParseError.self) { try parse(deep) }
@@ -49,9 +61,9 @@ struct JSONParserTests {
     /// allows it raw: DEL, C1 controls (U+009B is an 8-bit CSI), U+2028/9 and the bidi
     /// controls. The text reads back the same; other characters stay UTF-8.
     @Test func terminalControlsAreEscaped() throws {
-        let text = "a\u{7F}b\u{9B}31m\u{85}c\u{2028}\u{2029}d\u{202E}e\u{200F}\u{2066}f\u{2069}é€😀\u{A0}\u{2030}"
+        let text = "a\u{7F}b\u{9B}31m\u{85}c\u{2028}\u{2029}d\u{202E}e\u{200F}\u{2066}f\u{2069}\u{061C}é€😀\u{A0}\u{2030}"
         let written = JSONWriter().string(.string(text))
-        #expect(written == #""a\u007fb\u009b31m\u0085c\u2028\u2029d\u202ee\u200f\u2066f\u2069é€😀\#u{A0}‰""#)
+        #expect(written == #""a\u007fb\u009b31m\u0085c\u2028\u2029d\u202ee\u200f\u2066f\u2069\u061cé€😀\#u{A0}‰""#)
         #expect(!written.unicodeScalars.contains { $0.properties.generalCategory == .control || (0x2028...0x202E).contains($0.value) })
         #expect(try parse(written) == .string(text))
     }

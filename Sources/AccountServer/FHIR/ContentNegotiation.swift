@@ -36,6 +36,22 @@ enum ContentNegotiation {
         if let charset = parameters["charset"], charset.lowercased() != "utf-8", charset.lowercased() != "utf8" {
             throw FHIRError(.unsupportedMediaType, code: .notSupported, "charset \(charset) is not supported: FHIR JSON is UTF-8.")
         }
+        if let version = parameters["fhirversion"], !isR4(version) {
+            throw FHIRError(.unsupportedMediaType, code: .notSupported, "fhirVersion=\(version) is not supported: this server speaks FHIR R4 (fhirVersion=4.0).")
+        }
+    }
+
+    /// FHIR R4's `fhirVersion` media-type parameter (http.html#version-parameter): `4.0`, or
+    /// the full `4.0.1`.
+    static func isR4(_ version: String) -> Bool {
+        version == "4.0" || version == "4.0.1"
+    }
+
+    /// An `Accept` range's quality (RFC 9110 §12.4.2): 1 when absent; nil when unreadable.
+    static func quality(_ parameters: [String: String]) -> Double? {
+        guard let q = parameters["q"] else { return 1 }
+        guard let value = Double(q), value >= 0, value <= 1, q.count <= 5 else { return nil }
+        return value
     }
 
     /// The response media type: `_format` wins over `Accept`; XML or anything non-JSON is 406.
@@ -46,19 +62,32 @@ enum ContentNegotiation {
             case "json": return fhirJSON
             case _ where acceptedJSONTypes.contains(type): return type == "text/json" ? "application/json" : type
             default:
-                throw FHIRError(.notAcceptable, code: .notSupported, "_format=\(format) is not supported: this server speaks FHIR JSON only (_format=json).", expression: ["_format"])
+                throw FHIRError(.notAcceptable, code: .notSupported, "_format=\(format) is not supported: this server speaks FHIR JSON only (_format=json).", location: FHIRIssue.http("_format"))
             }
         }
         guard let accept, !accept.trimmingCharacters(in: .whitespaces).isEmpty else { return fhirJSON }
-        var wildcard = false
+        // The acceptable range of highest quality wins; among equals, a type named outright
+        // before a wildcard, then the first listed. A range of quality 0, or asking for another
+        // FHIR version than R4, is not acceptable.
+        var best: (type: String, quality: Double, wildcard: Bool)?
         for range in accept.split(separator: ",") {
             let (type, parameters) = parseMediaType(range)
-            if parameters["q"] == "0" || parameters["q"] == "0.0" { continue }
-            if acceptedJSONTypes.contains(type) { return type == "text/json" ? "application/json" : type }
-            if type == "*/*" || type == "application/*" { wildcard = true }
+            guard let quality = quality(parameters), quality > 0 else { continue }
+            if let version = parameters["fhirversion"], !isR4(version) { continue }
+            let produced: String
+            let wildcard = type == "*/*" || type == "application/*"
+            if acceptedJSONTypes.contains(type) {
+                produced = type == "text/json" ? "application/json" : type
+            } else if wildcard {
+                produced = fhirJSON
+            } else {
+                continue
+            }
+            if let current = best, quality < current.quality || (quality == current.quality && (wildcard || !current.wildcard)) { continue }
+            best = (produced, quality, wildcard)
         }
-        if wildcard { return fhirJSON }
-        throw FHIRError(.notAcceptable, code: .notSupported, "Accept: \(accept) names no format this server produces: use \(fhirJSON).")
+        if let best { return best.type }
+        throw FHIRError(.notAcceptable, code: .notSupported, "Accept: \(accept) names no format this server produces: use \(fhirJSON) (FHIR R4).")
     }
 
     /// RFC 7240 `Prefer: return=…` as FHIR defines it.
@@ -67,21 +96,62 @@ enum ContentNegotiation {
     }
 
     static func returnPreference(_ fields: HTTPFields) -> ReturnPreference {
-        for value in fields[values: .prefer] {
-            for token in value.split(separator: ",") {
-                switch token.trimmingCharacters(in: .whitespaces).lowercased() {
-                case "return=minimal": return .minimal
-                case "return=operationoutcome": return .operationOutcome
-                case "return=representation": return .representation
-                default: continue
-                }
-            }
+        switch preferences(fields)["return"]?.lowercased() {
+        case "minimal": return .minimal
+        case "operationoutcome": return .operationOutcome
+        default: return .representation
         }
-        return .representation
     }
 
     static func wantsStrictHandling(_ fields: HTTPFields) -> Bool {
-        fields[values: .prefer].contains { $0.lowercased().contains("handling=strict") }
+        preferences(fields)["handling"]?.lowercased() == "strict"
+    }
+
+    /// The preferences of `Prefer` (RFC 7240 §2), in one field or several: `name[=value]`, with
+    /// optional whitespace around `=`, a token or a quoted-string value, then `;` parameters
+    /// (ignored). Names are case-insensitive; a preference given twice counts once, the first
+    /// time (§2). `Prefer: handling = strict` is strict, `return="minimal"` minimal.
+    static func preferences(_ fields: HTTPFields) -> [String: String] {
+        var found: [String: String] = [:]
+        for field in fields[values: .prefer] {
+            for preference in splitOutsideQuotes(Substring(field), on: ",") {
+                guard let main = splitOutsideQuotes(preference, on: ";").first else { continue }
+                let pair = main.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let name = pair[0].trimmingCharacters(in: .whitespaces).lowercased()
+                guard !name.isEmpty, found[name] == nil else { continue }
+                var value = pair.count == 2 ? pair[1].trimmingCharacters(in: .whitespaces) : ""
+                if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") {
+                    value = String(value.dropFirst().dropLast()).replacingOccurrences(of: "\\\"", with: "\"")
+                }
+                found[name] = value
+            }
+        }
+        return found
+    }
+
+    /// `text` split at `separator` where it is not inside a quoted-string.
+    static func splitOutsideQuotes(_ text: Substring, on separator: Character) -> [Substring] {
+        var parts: [Substring] = []
+        var start = text.startIndex
+        var quoted = false
+        var escaped = false
+        var index = text.startIndex
+        while index < text.endIndex {
+            let character = text[index]
+            if escaped {
+                escaped = false
+            } else if quoted && character == "\\" {
+                escaped = true
+            } else if character == "\"" {
+                quoted.toggle()
+            } else if character == separator && !quoted {
+                parts.append(text[start..<index])
+                start = text.index(after: index)
+            }
+            index = text.index(after: index)
+        }
+        parts.append(text[start...])
+        return parts.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
     }
 }
 

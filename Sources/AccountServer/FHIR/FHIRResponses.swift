@@ -36,8 +36,9 @@ enum FHIRResponses {
         }
     }
 
-    static func outcome(_ error: FHIRError, pretty: Bool = false) -> Response {
-        json(OperationOutcome.resource(error.reportedIssues()), status: status(for: error.category), pretty: pretty, headers: outcomeHeaders(error))
+    static func outcome(_ error: FHIRError, contentType: String = ContentNegotiation.fhirJSON, pretty: Bool = false) -> Response {
+        json(OperationOutcome.resource(error.reportedIssues()), status: status(for: error.category), contentType: contentType, pretty: pretty,
+             headers: outcomeHeaders(error))
     }
 
     private static func outcomeHeaders(_ error: FHIRError) -> HTTPFields {
@@ -104,27 +105,42 @@ struct FHIRErrorMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response: Response
+        func outcome(_ error: FHIRError) -> Response {
+            let (type, pretty) = Self.errorFormat(request, error)
+            return FHIRResponses.outcome(error, contentType: type, pretty: pretty)
+        }
         do {
             response = try await next(request, context)
         } catch let error as FHIRError {
-            response = FHIRResponses.outcome(error)
+            response = outcome(error)
         } catch let error as HTTPError {
-            response = FHIRResponses.outcome(Self.translate(error, request: request))
+            response = outcome(Self.translate(error, request: request))
         } catch is NIOTooManyBytesError {
-            response = FHIRResponses.outcome(FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes."))
+            response = outcome(FHIRError(.payloadTooLarge, code: .tooLong, "The body exceeds \(FHIRLimits.maximumBodyBytes) bytes."))
         } catch let error as StorageError where error.isTransient {
             context.logger.error("database unavailable on the FHIR endpoint", metadata: ["error": "\(error)"])
             if case .outcomeUnknown = error {
-                response = FHIRResponses.outcome(.databaseOutcomeUnknown)
+                response = outcome(.databaseOutcomeUnknown)
             } else {
-                response = FHIRResponses.outcome(.databaseUnavailable)
+                response = outcome(.databaseUnavailable)
             }
         } catch {
             context.logger.error("unexpected error on the FHIR endpoint", metadata: ["error": "\(error)"])
-            response = FHIRResponses.outcome(FHIRError(.internalError, code: .exception, "Internal error (request \(context.requestID)); nothing was changed."))
+            response = outcome(FHIRError(.internalError, code: .exception, "Internal error (request \(context.requestID)); nothing was changed."))
         }
         response.headers[.requestID] = context.requestID
         return response
+    }
+
+    /// What an error is written as: the type and layout the request negotiated (`_format`,
+    /// `Accept`, `_pretty`), so a client that asked for `application/json+fhir` reads its
+    /// errors in it too; the default when the request's own negotiation is what failed.
+    static func errorFormat(_ request: Request, _ error: FHIRError) -> (type: String, pretty: Bool) {
+        guard error.category != .notAcceptable, let query = try? QueryParameters(query: request.uri.query),
+              let type = try? ContentNegotiation.responseType(format: query.first("_format"), accept: request.headers[.accept]) else {
+            return (ContentNegotiation.fhirJSON, false)
+        }
+        return (type, query.first("_pretty") == "true")
     }
 
     static func translate(_ error: HTTPError, request: Request) -> FHIRError {
@@ -142,5 +158,27 @@ struct FHIRErrorMiddleware: RouterMiddleware {
         default:
             return FHIRError(.internalError, code: .exception, "HTTP \(error.status.code).")
         }
+    }
+}
+
+/// Reads an HTTP-date (RFC 9110 §5.6.7) in the three forms a recipient must accept: the
+/// IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, the obsolete RFC 850 form
+/// `Sunday, 06-Nov-94 08:49:37 GMT` and asctime's `Sun Nov  6 08:49:37 1994`.
+enum HTTPDate {
+    static func parse(_ text: String) -> Date? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        guard !trimmed.isEmpty, trimmed.count <= 64 else { return nil }
+        // asctime pads a one-digit day with a space.
+        let collapsed = trimmed.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
+        for format in ["EEE, dd MMM yyyy HH:mm:ss 'GMT'", "EEEE, dd-MMM-yy HH:mm:ss 'GMT'", "EEE MMM d HH:mm:ss yyyy"] {
+            // A formatter per call: the field is rare, and DateFormatter is not Sendable.
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = TimeZone(identifier: "GMT")
+            formatter.dateFormat = format
+            formatter.isLenient = false
+            if let date = formatter.date(from: collapsed) { return date }
+        }
+        return nil
     }
 }

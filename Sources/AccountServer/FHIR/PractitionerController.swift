@@ -109,7 +109,7 @@ struct PractitionerController: Sendable {
             if isCreate {
                 target = nil
                 if let unsupported = negotiated.query.names.first(where: { !["_format", "_pretty"].contains($0) }) {
-                    throw FHIRError(.invalidRequest, code: .notSupported, "Parameter \(unsupported) is not supported on create.", expression: [unsupported])
+                    throw FHIRError(.invalidRequest, code: .notSupported, "Parameter \(unsupported) is not supported on create.", location: FHIRIssue.http(unsupported))
                 }
             } else {
                 target = try conditionalTarget(negotiated.query)
@@ -117,19 +117,34 @@ struct PractitionerController: Sendable {
             }
             let ifMatch = try Self.parseIfMatch(request.headers[values: .ifMatch])
             if isCreate, ifMatch != nil {
-                throw FHIRError(.invalidRequest, code: .invalid, "If-Match has no meaning on create.")
+                throw FHIRError(.invalidRequest, code: .invalid, "If-Match has no meaning on create.", location: FHIRIssue.http("If-Match"))
             }
+            let ifNoneMatch = try Self.parseIfMatch(request.headers[values: .ifNoneMatch], header: "If-None-Match")
+            if isCreate, ifNoneMatch != nil {
+                throw FHIRError(.invalidRequest, code: .invalid,
+                                "If-None-Match has no meaning on create: to create only when no account holds an identifier, send If-None-Exist: identifier=system|value.",
+                                location: FHIRIssue.http("If-None-Match"))
+            }
+            let preconditions = UpdatePreconditions(ifNoneMatch: ifNoneMatch,
+                                                    ifUnmodifiedSince: Self.parseIfUnmodifiedSince(request.headers[values: .ifUnmodifiedSince]))
             let ifNoneExist = try Self.parseIfNoneExist(request.headers[values: Self.ifNoneExistField])
             if !isCreate, ifNoneExist != nil {
-                throw FHIRError(.invalidRequest, code: .invalid, "If-None-Exist applies to create (POST) only.")
+                throw FHIRError(.invalidRequest, code: .invalid, "If-None-Exist applies to create (POST) only.", location: FHIRIssue.http("If-None-Exist"))
             }
             try ContentNegotiation.checkRequestContentType(request.headers)
             let body = try await readBody(request, context)
             let record = try validator.validate(body: body.readableBytesView)
             if isCreate { auditIdentifier = record.identifiers.map(\.description).joined(separator: ", ") }
+            if let ifNoneExist, !record.identifiers.contains(ifNoneExist) {
+                // What such a call created, its retry would not find: it would answer 409, not
+                // 200 (HAPI FHIR refuses it the same way, HAPI-0929).
+                throw FHIRError(.invalidRequest, code: .invalid,
+                                "If-None-Exist names \(ifNoneExist), which the body does not carry: a retry of this call would not find what it created. Send the identifier in Practitioner.identifier too.",
+                                expression: ["Practitioner.identifier"], location: FHIRIssue.http("If-None-Exist"))
+            }
 
             let provisioning: ProvisioningRequest = if let target {
-                .conditionalUpdate(target, record, ifMatch: ifMatch)
+                .conditionalUpdate(target, record, ifMatch: ifMatch, also: preconditions)
             } else {
                 .create(record, ifNoneExist: ifNoneExist)
             }
@@ -172,22 +187,23 @@ struct PractitionerController: Sendable {
                             identifiers.isEmpty
                                 ? "PUT /Practitioner needs ?identifier=system|value (conditional update); update by id is not supported."
                                 : "Exactly one identifier parameter is allowed in a conditional update.",
-                            expression: ["identifier"])
+                            location: FHIRIssue.http("identifier"))
         }
         if let unsupported = query.names.first(where: { !["identifier", "_format", "_pretty"].contains($0) }) {
             throw FHIRError(.invalidRequest, code: .notSupported,
-                            "Search parameter \(unsupported) is not supported in a conditional update: only identifier is.", expression: [unsupported])
+                            "Search parameter \(unsupported) is not supported in a conditional update: only identifier is.", location: FHIRIssue.http(unsupported))
         }
         return try IdentifierToken.parse(token)
     }
 
     /// `If-Match: W/"3"` (or `"3"`, or a list of them, in one field or several) → those
-    /// versions; `If-Match: *` → the matched account must exist (RFC 9110 §13.1.1).
-    static func parseIfMatch(_ fields: [String]) throws(FHIRError) -> VersionPrecondition? {
+    /// versions; `If-Match: *` → the matched account must exist (RFC 9110 §13.1.1). The same
+    /// syntax for `If-None-Match` (`header`), whose `*` means that no account may match.
+    static func parseIfMatch(_ fields: [String], header: String = "If-Match") throws(FHIRError) -> VersionPrecondition? {
         let members = fields.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !members.isEmpty else {
             if fields.isEmpty { return nil }
-            throw FHIRError(.invalidRequest, code: .invalid, "If-Match must be * or version ETags such as W/\"3\".")
+            throw FHIRError(.invalidRequest, code: .invalid, "\(header) must be * or version ETags such as W/\"3\".", location: FHIRIssue.http(header))
         }
         if members == ["*"] { return .exists }
         var versions: [Int] = []
@@ -195,7 +211,7 @@ struct PractitionerController: Sendable {
             var text = Substring(member)
             if text.hasPrefix("W/") { text = text.dropFirst(2) }
             guard text.count >= 3, text.first == "\"", text.last == "\"", let version = Int(text.dropFirst().dropLast()), version > 0 else {
-                throw FHIRError(.invalidRequest, code: .invalid, "If-Match must be * or version ETags such as W/\"3\".")
+                throw FHIRError(.invalidRequest, code: .invalid, "\(header) must be * or version ETags such as W/\"3\".", location: FHIRIssue.http(header))
             }
             versions.append(version)
         }
@@ -203,6 +219,13 @@ struct PractitionerController: Sendable {
     }
 
     static let ifNoneExistField = HTTPField.Name("If-None-Exist")!
+
+    /// `If-Unmodified-Since` as an HTTP-date in any of RFC 9110 §5.6.7's three forms; nil
+    /// when absent, and when it is not a valid date, which §13.1.4 says to ignore.
+    static func parseIfUnmodifiedSince(_ fields: [String]) -> Date? {
+        guard fields.count == 1 else { return nil }
+        return HTTPDate.parse(fields[0])
+    }
 
     /// `If-None-Exist: identifier=system|value` (FHIR conditional create) → the identifier.
     /// Only `identifier`, once: a criterion we would ignore could create a duplicate.
@@ -212,9 +235,9 @@ struct PractitionerController: Sendable {
         let identifiers = parameters.values("identifier")
         guard fields.count == 1, identifiers.count == 1, let token = identifiers.first, parameters.names.allSatisfy({ $0 == "identifier" }) else {
             throw FHIRError(.invalidRequest, code: .notSupported,
-                            "If-None-Exist must be exactly one identifier=system|value: no other criterion is supported.", expression: ["identifier"])
+                            "If-None-Exist must be exactly one identifier=system|value: no other criterion is supported.", location: FHIRIssue.http("If-None-Exist"))
         }
-        return try IdentifierToken.parse(token)
+        return try IdentifierToken.parse(token, location: FHIRIssue.http("If-None-Exist"))
     }
 
     private func readBody(_ request: Request, _ context: FHIRRequestContext) async throws(FHIRError) -> ByteBuffer {
@@ -246,12 +269,19 @@ struct PractitionerController: Sendable {
         let negotiated = try negotiate(request)
         let tokens = negotiated.query.values("identifier")
         let unsupported = negotiated.query.names.filter { !["identifier", "_format", "_pretty"].contains($0) }
+        // FHIR search: a parameter with a modifier the server does not support SHALL be
+        // refused, whatever the handling preference (`identifier:not` ignored would answer
+        // the very account it excludes).
+        if let modified = unsupported.first(where: { $0.hasPrefix("identifier:") }) {
+            throw FHIRError(.invalidRequest, code: .notSupported,
+                            "The modifier of \(modified) is not supported: search by identifier=system|value.", location: FHIRIssue.http(modified))
+        }
         if let first = unsupported.first, ContentNegotiation.wantsStrictHandling(request.headers) {
-            throw FHIRError(.invalidRequest, code: .notSupported, "Search parameter \(first) is not supported.", expression: [first])
+            throw FHIRError(.invalidRequest, code: .notSupported, "Search parameter \(first) is not supported.", location: FHIRIssue.http(first))
         }
         guard tokens.count == 1, let token = tokens.first else {
             throw FHIRError(.invalidRequest, code: .required,
-                            "Search Practitioner by exactly one identifier: ?identifier=system|value.", expression: ["identifier"])
+                            "Search Practitioner by exactly one identifier: ?identifier=system|value.", location: FHIRIssue.http("identifier"))
         }
         let candidates: [RegulatorIdentifier]
         if token.contains("|") {

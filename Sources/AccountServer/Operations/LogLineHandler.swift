@@ -113,7 +113,7 @@ struct LogLineHandler: LogHandler {
         // C0 controls, DEL, C1 controls (NEL among them), LINE/PARAGRAPH SEPARATOR, bidi
         // controls (they reorder what a terminal shows around them), backslash.
         scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
-            || scalar.value == 0x200E || scalar.value == 0x200F || (0x202A...0x202E).contains(scalar.value)
+            || scalar.value == 0x061C || scalar.value == 0x200E || scalar.value == 0x200F || (0x202A...0x202E).contains(scalar.value)
             || (0x2066...0x2069).contains(scalar.value) || scalar == "\\"
     }
 }

@@ -80,7 +80,11 @@ public struct AuditEvent: Sendable, Equatable, SQLRecord {
     public static let fieldLimit = 1024
     public static let detailLimit = 4096
 
+    /// Also writes NUL as `\u{0}`: PostgreSQL's `text` cannot hold it, so an event carrying one
+    /// (a certificate subject, a decoded URL parameter) would fail there, and with it the
+    /// refusal's record or the write it belongs to, where SQLite would have stored it.
     static func bounded(_ text: String, _ limit: Int) -> String {
+        let text = text.unicodeScalars.contains("\u{0}") ? text.replacingOccurrences(of: "\u{0}", with: "\\u{0}") : text
         guard text.count > limit else { return text }
         return String(text.prefix(limit)) + "… [\(text.count - limit) more characters]"
     }

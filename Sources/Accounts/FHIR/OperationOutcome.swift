@@ -17,17 +17,59 @@ public struct FHIRIssue: Sendable, Equatable, CustomStringConvertible {
     public var severity: Severity
     public var code: Code
     public var diagnostics: String
+    /// Elements of the resource (FHIRPath).
     public var expression: [String]
+    /// What the issue is about outside the resource: `http.` and a URL parameter's or a header's
+    /// name, as FHIR R4 defines `issue.location` for HTTP errors (its `searchfail` example).
+    public var location: [String]
 
-    public init(severity: Severity = .error, code: Code, diagnostics: String, expression: [String] = []) {
+    public init(severity: Severity = .error, code: Code, diagnostics: String, expression: [String] = [], location: [String] = []) {
         self.severity = severity
         self.code = code
-        self.diagnostics = diagnostics
-        self.expression = expression
+        self.diagnostics = Self.printable(diagnostics, limit: Self.diagnosticsLimit)
+        // FHIR strings are never empty; a parameter name quoted from the URL may be.
+        self.expression = expression.filter { !$0.isEmpty }.map { Self.printable($0, limit: Self.pathLimit) }
+        self.location = location.filter { !$0.isEmpty }.map { Self.printable($0, limit: Self.pathLimit) }
     }
 
     public var description: String {
-        expression.isEmpty ? diagnostics : "\(expression.joined(separator: ", ")): \(diagnostics)"
+        let at = expression + location
+        return at.isEmpty ? diagnostics : "\(at.joined(separator: ", ")): \(diagnostics)"
+    }
+
+    /// `issue.location` for a URL parameter or a header: `http.identifier`, `http.If-Match`.
+    public static func http(_ name: String) -> [String] {
+        name.isEmpty ? [] : ["http.\(name)"]
+    }
+
+    /// Bounds, in characters, of a diagnostic sentence and of an element's path.
+    public static let diagnosticsLimit = 1000
+    public static let pathLimit = 200
+
+    /// Diagnostics quote what the client sent (a value, a parameter's name, percent-decoded),
+    /// which may hold anything. Control characters (C0, DEL, C1, U+2028/9) and the
+    /// bidirectional controls are written as `\u{…}`, and the text is bounded, so that the
+    /// answer, the log line and the audit row all hold it whole: PostgreSQL's `text` refuses
+    /// NUL, which otherwise dropped the refusal from the audit trail on that store only.
+    static func printable(_ text: String, limit: Int) -> String {
+        var escaped = ""
+        var needed = false
+        for scalar in text.unicodeScalars {
+            if Self.isControl(scalar) {
+                needed = true
+                escaped += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            } else {
+                escaped.unicodeScalars.append(scalar)
+            }
+        }
+        let result = needed ? escaped : text
+        guard result.count > limit else { return result }
+        return String(result.prefix(limit)) + "… (\(result.count - limit) more characters)"
+    }
+
+    static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.properties.generalCategory == .control || scalar.value == 0x061C || scalar.value == 0x200E || scalar.value == 0x200F
+            || (0x2028...0x202E).contains(scalar.value) || (0x2066...0x2069).contains(scalar.value)
     }
 }
 
@@ -81,8 +123,8 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
         self.issues = issues
     }
 
-    public init(_ category: Category, code: FHIRIssue.Code, _ diagnostics: String, expression: [String] = []) {
-        self.init(category, issues: [FHIRIssue(code: code, diagnostics: diagnostics, expression: expression)])
+    public init(_ category: Category, code: FHIRIssue.Code, _ diagnostics: String, expression: [String] = [], location: [String] = []) {
+        self.init(category, issues: [FHIRIssue(code: code, diagnostics: diagnostics, expression: expression, location: location)])
     }
 
     public var description: String { issues.map(\.description).joined(separator: "; ") }
@@ -117,6 +159,9 @@ public enum OperationOutcome {
             entry["diagnostics"] = .string(issue.diagnostics)
             if !issue.expression.isEmpty {
                 entry["expression"] = .array(issue.expression.map(JSONValue.string))
+            }
+            if !issue.location.isEmpty {
+                entry["location"] = .array(issue.location.map(JSONValue.string))
             }
             return .object(entry)
         })

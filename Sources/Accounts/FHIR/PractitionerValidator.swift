@@ -486,17 +486,17 @@ struct IssueCollector {
 }
 
 extension String {
-    /// Trims the whitespace FHIR considers insignificant around a string value.
-    /// A character of Unicode category Cc (C0, DEL, C1), or a bidirectional control (U+200E,
-    /// U+200F, U+202A–U+202E, U+2066–U+2069): never part of a name, and what a terminal or a
-    /// log reader would act on (bidi controls reorder what is displayed around them).
+    /// A character of Unicode category Cc (C0, DEL, C1), or a bidirectional control (U+061C,
+    /// U+200E, U+200F, U+202A–U+202E, U+2066–U+2069): never part of a name, and what a terminal
+    /// or a log reader would act on (bidi controls reorder what is displayed around them).
     var hasControlCharacter: Bool {
         unicodeScalars.contains {
-            $0.properties.generalCategory == .control || [0x200E, 0x200F].contains($0.value)
+            $0.properties.generalCategory == .control || [0x061C, 0x200E, 0x200F].contains($0.value)
                 || (0x202A...0x202E).contains($0.value) || (0x2066...0x2069).contains($0.value)
         }
     }
 
+    /// Trims the whitespace FHIR considers insignificant around a string value.
     func trimmingFHIRWhitespace() -> String {
         var scalars = Substring(self)
         while let first = scalars.first, first.isWhitespace { scalars.removeFirst() }

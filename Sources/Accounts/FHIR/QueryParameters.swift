@@ -54,25 +54,27 @@ public struct QueryParameters: Sendable {
 /// `|` raw or percent-encoded; the system must be the national id or SAS technical id system
 /// and the value must have that system's format.
 public enum IdentifierToken {
-    public static func parse(_ token: String) throws(FHIRError) -> RegulatorIdentifier {
+    /// `location`: where the token came from, for the refusal (`http.identifier`, or the
+    /// `If-None-Exist` header's).
+    public static func parse(_ token: String, location: [String] = FHIRIssue.http("identifier")) throws(FHIRError) -> RegulatorIdentifier {
         guard let bar = token.firstIndex(of: "|") else {
             throw FHIRError(.invalidRequest, code: .invalid,
-                            "identifier must be system|value, e.g. \(FHIRSystems.nationalID)|810002673899.", expression: ["identifier"])
+                            "identifier must be system|value, e.g. \(FHIRSystems.nationalID)|810002673899.", location: location)
         }
         let system = String(token[..<bar])
         let value = String(token[token.index(after: bar)...])
         guard let kind = RegulatorIdentifier.Kind(system: system) else {
             throw FHIRError(.invalidRequest, code: .notSupported,
                             "identifier system \"\(system)\" is not supported: use \(FHIRSystems.nationalID) (national id) or \(FHIRSystems.sasPlatform) (SAS technical id).",
-                            expression: ["identifier"])
+                            location: location)
         }
         guard !value.isEmpty else {
-            throw FHIRError(.invalidRequest, code: .invalid, "identifier has no value after the '|'.", expression: ["identifier"])
+            throw FHIRError(.invalidRequest, code: .invalid, "identifier has no value after the '|'.", location: location)
         }
         guard let identifier = RegulatorIdentifier(kind: kind, value: value) else {
             throw FHIRError(.invalidRequest, code: .value,
                             "\"\(value)\" is not a valid \(kind.typeCode) value: expected \(RegulatorIdentifier.formatHint(for: kind)).",
-                            expression: ["identifier"])
+                            location: location)
         }
         return identifier
     }

@@ -200,7 +200,7 @@ public struct JSONParser: Sendable {
             func flushRun(_ end: Int, into scalars: inout String.UnicodeScalarView) throws(JSONParseError) {
                 guard end > runStart else { return }
                 guard let text = String(validating: bytes[runStart..<end], as: UTF8.self) else {
-                    throw JSONParseError(offset: runStart, reason: "invalid UTF-8 in a string")
+                    throw fail("invalid UTF-8 in a string", at: runStart)
                 }
                 scalars.append(contentsOf: text.unicodeScalars)
             }

@@ -86,6 +86,11 @@ public struct JSONWriter: Sendable {
                 unicodeEscape(UInt16(bytes[index + 1]), into: &output)
                 index += 2
                 continue
+            case 0xD8 where index + 1 < bytes.endIndex && bytes[index + 1] == 0x9C:
+                // U+061C ARABIC LETTER MARK, a bidirectional control.
+                unicodeEscape(0x061C, into: &output)
+                index += 2
+                continue
             case 0xE2 where index + 2 < bytes.endIndex:
                 // A Swift string is valid UTF-8: two continuation bytes follow.
                 let scalar = UInt16(byte & 0x0F) << 12 | UInt16(bytes[index + 1] & 0x3F) << 6 | UInt16(bytes[index + 2] & 0x3F)
@@ -101,8 +106,9 @@ public struct JSONWriter: Sendable {
         }
     }
 
-    /// U+200E/F, U+2028/9 (JavaScript and some viewers break lines there), U+202A–E and
-    /// U+2066–9: the bidirectional controls, which reorder what is displayed around them.
+    /// The three-byte ones: U+200E/F, U+2028/9 (JavaScript and some viewers break lines there),
+    /// U+202A–E and U+2066–9: the bidirectional controls, which reorder what is displayed
+    /// around them (U+061C, two bytes, has its own case).
     private static func isInvisibleControl(_ scalar: UInt16) -> Bool {
         scalar == 0x200E || scalar == 0x200F || (0x2028...0x202E).contains(scalar) || (0x2066...0x2069).contains(scalar)
     }

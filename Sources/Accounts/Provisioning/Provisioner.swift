@@ -10,8 +10,9 @@ public enum ProvisioningRequest: Sendable, Equatable {
     /// answered as it is (200) and nothing is created or re-attributed.
     case create(RegulatorRecord, ifNoneExist: RegulatorIdentifier? = nil)
     /// `PUT /Practitioner?identifier=…`: updates the account currently holding the identifier,
-    /// or creates one when none does. `ifMatch` comes from an `If-Match` header.
-    case conditionalUpdate(RegulatorIdentifier, RegulatorRecord, ifMatch: VersionPrecondition?)
+    /// or creates one when none does. `ifMatch` comes from an `If-Match` header, `also` from
+    /// `If-None-Match` and `If-Unmodified-Since`.
+    case conditionalUpdate(RegulatorIdentifier, RegulatorRecord, ifMatch: VersionPrecondition?, also: UpdatePreconditions = .none)
 
     /// The audit trail's name for the interaction.
     public var action: String {
@@ -25,7 +26,7 @@ public enum ProvisioningRequest: Sendable, Equatable {
     public var auditIdentifier: String {
         switch self {
         case .create(let record, _): return record.identifiers.map(\.description).joined(separator: ", ")
-        case .conditionalUpdate(let identifier, _, _): return identifier.description
+        case .conditionalUpdate(let identifier, _, _, _): return identifier.description
         }
     }
 }
@@ -37,6 +38,26 @@ public enum VersionPrecondition: Sendable, Equatable {
     /// `If-Match: W/"3"` (or a list of them): only if the matched account is at one of these
     /// versions.
     case versions([Int])
+}
+
+/// The other preconditions of a conditional update (RFC 9110 §13.1.2 and §13.1.4), evaluated
+/// in §13.2.2's order after `If-Match`. An origin server must evaluate them: ignored, a PUT
+/// sent with `If-None-Match: *` to create only would overwrite the account it meant to avoid.
+public struct UpdatePreconditions: Sendable, Equatable {
+    /// `If-None-Match: *`: only if no account matches (creates, never updates); or versions
+    /// the matched account must not be at (weak comparison, as RFC 9110 asks for this field).
+    public var ifNoneMatch: VersionPrecondition?
+    /// `If-Unmodified-Since`: only if the matched account did not change after this date
+    /// (to the second, as `Last-Modified` says it). Not evaluated when `If-Match` is sent;
+    /// without a matched account there is no modification date, and it is ignored.
+    public var ifUnmodifiedSince: Date?
+
+    public init(ifNoneMatch: VersionPrecondition? = nil, ifUnmodifiedSince: Date? = nil) {
+        self.ifNoneMatch = ifNoneMatch
+        self.ifUnmodifiedSince = ifUnmodifiedSince
+    }
+
+    public static let none = UpdatePreconditions()
 }
 
 /// What a successful provisioning call did.
@@ -178,9 +199,10 @@ public final class Provisioner: Sendable {
                                            now: now, action: request.action, auditIdentifier: request.auditIdentifier,
                                            context: context, db: db))
 
-        case .conditionalUpdate(let target, let record, let ifMatch):
+        case .conditionalUpdate(let target, let record, let ifMatch, let also):
             if let (holder, current) = try queries.holderWithIdentifiers(of: target, in: db) {
-                return .done(try update(holder, current: current, with: record, ifMatch: ifMatch, now: now, target: target, context: context, db: db))
+                try Self.check(ifMatch: ifMatch, also: also, against: holder, target: target)
+                return .done(try update(holder, current: current, with: record, now: now, target: target, context: context, db: db))
             }
             if ifMatch != nil {
                 throw FHIRError(.preconditionFailed, code: .conflict, "If-Match was sent but no account holds \(target); nothing was created.", expression: ["Practitioner.identifier"])
@@ -267,12 +289,32 @@ public final class Provisioner: Sendable {
         return ProvisioningResult(kind: .created, account: snapshot, changes: changes)
     }
 
-    private func update(_ existing: AccountRow, current: [IdentifierAssignment], with record: RegulatorRecord, ifMatch: VersionPrecondition?, now: Date,
-                        target: RegulatorIdentifier, context: CallContext, db: any SQLTransaction) throws -> ProvisioningResult {
+    /// RFC 9110 §13.2.2's order for the account a conditional update matched: `If-Match`,
+    /// else `If-Unmodified-Since`; then `If-None-Match`. Any that fails is a 412, nothing written.
+    static func check(ifMatch: VersionPrecondition?, also: UpdatePreconditions, against existing: AccountRow, target: RegulatorIdentifier) throws(FHIRError) {
         if case .versions(let versions) = ifMatch, !versions.contains(existing.version) {
             throw FHIRError(.preconditionFailed, code: .conflict,
                             "If-Match names version \(versions.map(String.init).joined(separator: ", ")) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.")
         }
+        if ifMatch == nil, let since = also.ifUnmodifiedSince,
+           existing.updatedAt.timeIntervalSince1970.rounded(.down) > since.timeIntervalSince1970 {
+            throw FHIRError(.preconditionFailed, code: .conflict,
+                            "Practitioner/\(existing.id) changed after If-Unmodified-Since (its version \(existing.version) is of a later date); nothing was changed.")
+        }
+        switch also.ifNoneMatch {
+        case .exists?:
+            throw FHIRError(.preconditionFailed, code: .conflict,
+                            "If-None-Match: * asks to create only, and Practitioner/\(existing.id) holds \(target); nothing was changed.")
+        case .versions(let versions)? where versions.contains(existing.version):
+            throw FHIRError(.preconditionFailed, code: .conflict,
+                            "If-None-Match names version \(existing.version), the version Practitioner/\(existing.id) is at; nothing was changed.")
+        default:
+            break
+        }
+    }
+
+    private func update(_ existing: AccountRow, current: [IdentifierAssignment], with record: RegulatorRecord, now: Date,
+                        target: RegulatorIdentifier, context: CallContext, db: any SQLTransaction) throws -> ProvisioningResult {
         var row = existing
         var changes: [FieldChange] = []
         var identifiersChanged = false
