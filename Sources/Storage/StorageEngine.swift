@@ -14,14 +14,20 @@ public enum StorageLocation: Sendable, Equatable, CustomStringConvertible {
     case sqlite(path: String)
     case postgres(PostgresLocation)
 
-    /// A `postgres://` or `postgresql://` URL (any case) is PostgreSQL; any other `scheme://`
-    /// is refused (a mistyped URL must not become a file named after it, password included);
-    /// anything else is a file path.
+    /// A `postgres://` or `postgresql://` URL (any case) is PostgreSQL; any other `scheme://`,
+    /// and `postgres:` or `postgresql:` without `//`, is refused (a mistyped URL must not become
+    /// a file named after it, password included); anything else is a file path.
     public init(_ argument: String) throws(StorageError) {
         let lowered = argument.lowercased()
         if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
             let scheme = argument.prefix { $0 != ":" }
             self = .postgres(try PostgresLocation(url: scheme.lowercased() + argument.dropFirst(scheme.count)))
+        } else if lowered.hasPrefix("postgres:") || lowered.hasPrefix("postgresql:") {
+            // `postgres:/user:password@host/db`, `postgresql:user:…`: a URL missing a slash,
+            // which as a path would become folders named after it, password included, and an
+            // empty SQLite store beside the instances sharing PostgreSQL (the argument is not
+            // repeated: it may hold the password).
+            throw StorageError.configuration("--database starts with \(argument.prefix { $0 != ":" }): but is not a postgres:// URL; write postgres://user@host:port/database")
         } else if let range = argument.range(of: "://"), !argument[..<range.lowerBound].contains("/") {
             throw StorageError.configuration("--database: \(argument[..<range.lowerBound])://… is not a database this server speaks (postgres:// or a file path)")
         } else {

@@ -168,6 +168,28 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// Posts another site makes the admin's browser send to the sign-in form (cross-site, no
+    /// token) are refused without spending the address's budget: on the loopback listener the
+    /// address is everyone's, and they would otherwise lock the admin out of signing in.
+    @Test func crossSitePostsDoNotSpendTheSignInBudget() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server, token: "")
+        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
+        for headers in [[("Content-Type", "application/x-www-form-urlencoded"), ("Sec-Fetch-Site", "cross-site")],
+                        [("Content-Type", "application/x-www-form-urlencoded"), ("Origin", "https://evil.example")],
+                        [("Content-Type", "application/x-www-form-urlencoded")]] {
+            for _ in 0..<6 {
+                let status = try await admin.send(.POST, "/connexion", body: "jeton=x", headers: headers, authorization: "").status
+                #expect(status == 403, "\(headers): \(status)")
+            }
+        }
+        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
+                                            headers: form + [("Cookie", loginCookie)], authorization: "")
+        #expect(signedIn.status == 303, "the admin still signs in after 18 refused posts: \(signedIn.status)")
+        await admin.shutdown()
+        await world.stop()
+    }
+
     @Test func thePageFindsAnAccountAndWithdrawsTheHabilitationInOneClick() async throws {
         let world = try await World()
         let admin = AdminClient(server: world.server, token: "")

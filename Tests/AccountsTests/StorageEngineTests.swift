@@ -18,6 +18,23 @@ struct SharedSQLTests {
         #expect(throws: StorageError.self) { try PostgresTransaction.query("SELECT ?", []) }
     }
 
+    /// `--database`: a PostgreSQL URL in any case is PostgreSQL; another scheme, or a
+    /// PostgreSQL URL missing a slash, is refused without repeating the argument (it may hold
+    /// a password), never taken for a file path; a plain path is SQLite.
+    @Test func databaseArgumentsThatAreNeitherAFileNorAURLAreRefused() throws {
+        if case .postgres = try StorageLocation("PostgreSQL://u@db/x") {} else { Issue.record("a URL in capitals is PostgreSQL") }
+        #expect(try StorageLocation("/var/lib/account-server/db.sqlite") == .sqlite(path: "/var/lib/account-server/db.sqlite"))
+        #expect(try StorageLocation("data/postgres:old.sqlite") == .sqlite(path: "data/postgres:old.sqlite"))
+        for typo in ["postgres:/u:S3cret@db.example/x", "postgresql:u:S3cret@db/x", "Postgres:u:S3cret@db/x", "mysql://u:S3cret@db/x"] {
+            do {
+                _ = try StorageLocation(typo)
+                Issue.record("\(typo) was taken")
+            } catch {
+                #expect(!error.description.contains("S3cret"), "\(error)")
+            }
+        }
+    }
+
     @Test func migrationsSplitAtStatementEnds() {
         let migration = Migration("m", """
             CREATE TABLE a (x TEXT DEFAULT ';'); -- a comment; with a semicolon

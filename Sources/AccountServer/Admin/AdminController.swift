@@ -230,16 +230,19 @@ struct AdminController: Sendable {
     }
 
     func signIn(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let body = try await request.body.collect(upTo: context.maxUploadSize)
+        let fields = FormBody.parse(Array(body.readableBytesView))
+        // The form's own checks first: a post another site makes the admin's browser send (or
+        // any local process) is refused without spending the address's budget, which on the
+        // loopback listener is everyone's, so it cannot lock the admin out of signing in.
+        guard signInCSRF.isValid(fields: request.headers, submitted: fields["csrf"],
+                           boundTo: WebCookie.value(named: AdminSessions.csrfCookie(secure: secure), in: request.headers), origin: ownOrigin(request)) else {
+            return formRefused
+        }
         guard signInLimiter.allow("admin-sign-in", client: context.clientAddress) else {
             context.logger.notice("admin sign-in refused: too many attempts", metadata: ["address": "\(context.clientAddress)"])
             return WebController.page(Pages.error("Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer."),
                                       status: .tooManyRequests)
-        }
-        let body = try await request.body.collect(upTo: context.maxUploadSize)
-        let fields = FormBody.parse(Array(body.readableBytesView))
-        guard signInCSRF.isValid(fields: request.headers, submitted: fields["csrf"],
-                           boundTo: WebCookie.value(named: AdminSessions.csrfCookie(secure: secure), in: request.headers), origin: ownOrigin(request)) else {
-            return formRefused
         }
         guard let presented = fields["jeton"], token.matches(presented.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             context.logger.notice("admin sign-in refused: wrong token", metadata: ["address": "\(context.clientAddress)"])

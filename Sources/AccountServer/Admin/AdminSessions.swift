@@ -69,8 +69,10 @@ final class AdminSessions: Sendable {
         now - entry.lastSeen < idleTimeout && now - entry.created < absoluteTimeout
     }
 
-    /// `Set-Cookie` for the admin listener: `Secure` when it is served over TLS (over plain
-    /// HTTP on loopback a browser would drop a `Secure` cookie).
+    /// `Set-Cookie` for the admin listener: `Secure` when it is served over TLS. Over plain
+    /// HTTP on loopback, not: Chrome and Firefox keep a `Secure` cookie from
+    /// `http://localhost`, Safari drops it, and the page would never sign in there. What the
+    /// flag guards against, the cookie sent in clear over a network, cannot happen on loopback.
     static func setCookie(_ name: String, _ value: String, secure: Bool, clear: Bool = false) -> String {
         "\(name)=\(clear ? "" : value); Path=/; HttpOnly; SameSite=Strict" + (secure ? "; Secure" : "") + (clear ? "; Max-Age=0" : "")
     }
