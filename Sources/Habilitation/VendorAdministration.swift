@@ -353,6 +353,28 @@ public final class VendorAdministration: Sendable {
     /// with `afterSeq` never skips an event committed after its page with a lower `seq`
     /// (PostgreSQL writers draw `seq` before they commit, in another order). Writes wait only
     /// for the horizon's one statement, not for the page.
+    /// The trail from `afterSeq` (at most `limit` events), handed to `body` a page at a time
+    /// in order, for exports of the whole trail: a trail kept for years does not fit in
+    /// memory, and one long read would hold SQLite's checkpoints back for all of it. Every page
+    /// stops at the horizon taken once at the start (``AuditLog/horizon(in:)``), so the export
+    /// is the trail as it was then, none skipped.
+    public func forEachAuditEvent(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil, pageSize: Int = 5_000,
+                                  _ body: (AuditEvent) throws -> Void) async throws {
+        let horizon = try await database.readBetweenWrites { db in try AuditLog().horizon(in: db) }
+        var cursor = afterSeq
+        var remaining = limit ?? Int.max
+        while remaining > 0 {
+            let (size, after) = (min(pageSize, remaining), cursor)
+            let page = try await database.read { db in
+                try AuditLog().events(accountID: accountID, afterSeq: after, upToSeq: horizon, limit: size, in: db)
+            }
+            for event in page { try body(event) }
+            guard page.count == size, let last = page.last?.seq else { return }
+            cursor = last
+            remaining -= page.count
+        }
+    }
+
     public func auditEvents(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil) async throws -> [AuditEvent] {
         let horizon = try await database.readBetweenWrites { db in try AuditLog().horizon(in: db) }
         return try await database.read { db in

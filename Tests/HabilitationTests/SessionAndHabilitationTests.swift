@@ -623,6 +623,31 @@ struct SessionAndHabilitationTests {
         #expect(again == world.clock.now.epochMilliseconds)
     }
 
+    /// The CLI's export reads the trail a page at a time (a trail kept for years does not fit
+    /// in memory): the pages give the same events in the same order as one read, with the
+    /// start, the limit and the account filter applied across page boundaries.
+    @Test func theAuditExportPagesGiveTheWholeTrail() async throws {
+        let world = try await World()
+        let administration = VendorAdministration(database: world.database, clock: { world.clock.now })
+        for _ in 0..<4 {
+            _ = try await administration.suspend(accountID: world.accountID, reason: nil, actor: world.actor)
+            _ = try await administration.restore(accountID: world.accountID, actor: world.actor)
+        }
+        let whole = try await administration.auditEvents()
+        #expect(whole.count >= 9, "\(whole.count)")
+        func paged(accountID: String? = nil, after: Int64 = 0, limit: Int? = nil) async throws -> [Int64] {
+            var seen: [Int64] = []
+            try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit, pageSize: 2) { seen.append($0.seq ?? -1) }
+            return seen
+        }
+        #expect(try await paged() == whole.compactMap(\.seq))
+        let start = whole[2].seq!
+        #expect(try await paged(after: start, limit: 5) == Array(whole.compactMap(\.seq).filter { $0 > start }.prefix(5)))
+        #expect(try await paged(limit: 4) == Array(whole.compactMap(\.seq).prefix(4)))
+        #expect(try await paged(accountID: world.accountID) == whole.filter { $0.accountId == world.accountID }.compactMap(\.seq))
+        #expect(try await paged(after: whole.last!.seq!).isEmpty)
+    }
+
     /// A suspension reports the live sessions it affects: those started from the SAS, not a
     /// direct one (it never held the habilitation), nor one past its idle timeout.
     @Test func aSuspensionCountsTheLiveSASSessionsOnly() async throws {

@@ -196,7 +196,7 @@ struct AdminCommand: AsyncParsableCommand {
             let administration = try await options.administration()
             var accountID: String?
             if let account { accountID = try await AdminCommand.resolve(administration, account) }
-            for event in try await administration.auditEvents(accountID: accountID, afterSeq: after, limit: limit) {
+            try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
                 AdminCommand.emit(event.jsonValue)
             }
         }

@@ -24,7 +24,7 @@ struct AuditCommand: AsyncParsableCommand {
     func run() async throws {
         let administration = VendorAdministration(database: try await StorageLocation.openExisting(
             try await Settings.database(database)))
-        for event in try await administration.auditEvents(accountID: account, afterSeq: after, limit: limit) {
+        try await administration.forEachAuditEvent(accountID: account, afterSeq: after, limit: limit) { event in
             AdminCommand.emit(event.jsonValue)
         }
     }
