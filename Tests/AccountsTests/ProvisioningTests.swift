@@ -354,10 +354,18 @@ struct ProvisioningTests {
                     "INSERT OR IGNORE INTO audit_event (seq, at, surface, action, outcome) VALUES (1, 0, 'forged', 'forged', 'forged')"] {
             #expect(throws: DatabaseError.self, "\(sql)") { try file.write { db in try db.execute(sql: sql) } }
         }
-        // A genuinely new row is still accepted (append-only, not read-only).
+        // Nor dates a new one before the last (exports paging with `after=` would never see it).
+        _ = try await h.put(national, try Fixtures.record(family: "SECOND"))
+        for sql in ["INSERT INTO audit_event (seq, at, surface, action, outcome) VALUES (-1, 0, 'forged', 'forged', 'forged')",
+                    "INSERT INTO audit_event (seq, at, surface, action, outcome) VALUES (0, 0, 'forged', 'forged', 'forged')"] {
+            #expect(throws: DatabaseError.self, "\(sql)") { try file.write { db in try db.execute(sql: sql) } }
+        }
+        // A genuinely new row is still accepted (append-only, not read-only), with a seq of its
+        // own choosing too if it comes after the last.
         try await file.write { db in try db.execute(sql: "INSERT INTO audit_event (at, surface, action, outcome) VALUES (0, 'cli', 'note', 'ok')") }
+        try await file.write { db in try db.execute(sql: "INSERT INTO audit_event (seq, at, surface, action, outcome) VALUES (1000, 0, 'cli', 'later', 'ok')") }
         let events = try await h.auditEvents()
-        #expect(events.count == 2 && events.first == original)
+        #expect(events.count == 4 && events.first == original && events.map(\.action).suffix(2) == ["note", "later"], "\(events.map(\.action))")
     }
 
     /// The database, its WAL and shared-memory files and the directory are private whatever

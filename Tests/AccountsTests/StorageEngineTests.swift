@@ -379,6 +379,17 @@ struct PostgresEngineTests {
                 }
             }
         }
+        // The runtime role appends rows whose seq the database chooses: it may not name one
+        // (which would date a forged event before real ones), nor draw from the sequences.
+        for sql in ["INSERT INTO audit_event (seq, at, surface, action, outcome) OVERRIDING SYSTEM VALUE VALUES (-1, 0, 'forged', 'forged', 'forged')",
+                    "SELECT nextval(pg_get_serial_sequence('audit_event', 'seq'))"] {
+            do {
+                try await runtime.write { db in try db.execute(sql: sql) }
+                Issue.record("runtime role: \(sql) was accepted")
+            } catch let error as StorageError {
+                #expect("\(error)".contains("permission denied"), "\(sql): \(error)")
+            }
+        }
         // Neither may change the schema behind the server's back; the runtime role not at all.
         await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "DROP TRIGGER audit_event_no_update ON audit_event") } }
         await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "CREATE TABLE intruder (x INT)") } }

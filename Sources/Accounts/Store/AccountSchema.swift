@@ -241,6 +241,15 @@ public enum AccountSchema {
         Migration("v7-vendor-suspension", vendorSuspension(timestamp: "INTEGER", strict: " STRICT")),
         Migration("v8-provider-logout", providerLogout(timestamp: "INTEGER", strict: " STRICT")),
         Migration("v9-secret-key-check", secretKeyCheck(timestamp: "INTEGER", strict: " STRICT")),
+        // An insert naming its own seq could still date an event before others (seq -1, or a
+        // value below the last), where exports paging with `after=` never see it. Checked
+        // after the insert, where NEW.seq is the row's real one. (PostgreSQL: the runtime role
+        // has no INSERT on the identity column, so the database always chooses it.)
+        Migration("v10-audit-in-order", """
+                CREATE TRIGGER audit_event_in_order AFTER INSERT ON audit_event
+                    WHEN NEW.seq <= 0 OR EXISTS (SELECT 1 FROM audit_event WHERE seq > NEW.seq)
+                    BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: an event goes after the last one'); END;
+            """),
     ]
 
     /// The fingerprint of the server key the database's secrets are sealed with (one row,

@@ -706,11 +706,26 @@ public final class PostgresEngine: StorageEngine {
             try db.execute(sql: "GRANT USAGE ON SCHEMA public TO \(role)")
             try db.execute(sql: "GRANT SELECT ON schema_migration TO \(role)")
             for table in tables {
+                // (Revoking on the table revokes its columns' privileges too.)
                 try db.execute(sql: "REVOKE ALL ON \(table) FROM \(role)")
-                let privileges = appendOnly.contains(table) ? "SELECT, INSERT" : "SELECT, INSERT, UPDATE, DELETE"
-                try db.execute(sql: "GRANT \(privileges) ON \(table) TO \(role)")
+                guard appendOnly.contains(table) else {
+                    try db.execute(sql: "GRANT SELECT, INSERT, UPDATE, DELETE ON \(table) TO \(role)")
+                    continue
+                }
+                // INSERT on every column but the identity: the role appends rows whose `seq` the
+                // database chooses. With INSERT on the table it could choose one itself
+                // (`OVERRIDING SYSTEM VALUE`), dating a forged event between or before real
+                // ones, where exports paging with `after=` would never see it.
+                let columns = try String.fetchAll(db, sql: """
+                    SELECT quote_ident(column_name) FROM information_schema.columns
+                    WHERE table_schema = 'public' AND table_name = ? AND is_identity = 'NO' ORDER BY ordinal_position
+                    """, arguments: [table])
+                try db.execute(sql: "GRANT SELECT ON \(table) TO \(role)")
+                try db.execute(sql: "GRANT INSERT (\(columns.joined(separator: ", "))) ON \(table) TO \(role)")
             }
-            try db.execute(sql: "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO \(role)")
+            // Identity columns take their values without any privilege on their sequences: the
+            // role gets none (an earlier version granted USAGE on them all).
+            try db.execute(sql: "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM \(role)")
             // What the grants mean depends on who the role is: checked, or nothing is granted.
             guard let row = try SQLRow.fetchOne(db, sql: """
                 SELECT r.rolsuper AS superuser,
@@ -737,6 +752,11 @@ public final class PostgresEngine: StorageEngine {
                     SELECT has_table_privilege(?, ?, 'UPDATE') OR has_table_privilege(?, ?, 'DELETE') OR has_table_privilege(?, ?, 'TRUNCATE')
                     """, arguments: [role, table, role, table, role, table]) ?? true
                 if rewrite { problems.append("it may still UPDATE, DELETE or TRUNCATE \(table) (through PUBLIC or another role)") }
+                let choosesOrder = try Bool.fetchOne(db, sql: """
+                    SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ? AND is_identity = 'YES'
+                                   AND has_column_privilege(?, format('public.%I', table_name), column_name, 'INSERT'))
+                    """, arguments: [table, role]) ?? true
+                if choosesOrder { problems.append("it may still choose the sequence number of the rows it adds to \(table) (INSERT on the whole table, through PUBLIC or another role)") }
             }
             guard problems.isEmpty else {
                 throw StorageError.configuration("\(role) cannot be the runtime role: \(problems.joined(separator: "; ")); nothing was granted")
