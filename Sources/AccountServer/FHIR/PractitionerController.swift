@@ -171,8 +171,10 @@ struct PractitionerController: Sendable {
         } catch let error as FHIRError {
             let status = FHIRResponses.status(for: error.category)
             metrics.intR02(interaction: action, outcome: String(status.code))
+            // A lost COMMIT may have stored the change (and its own audit event): not "refused".
+            let outcome = error == .databaseOutcomeUnknown ? "\(status.code) outcome unknown" : "\(status.code) refused"
             await provisioner.recordRefusal(action: action, identifier: auditIdentifier ?? request.uri.query,
-                                            outcome: "\(status.code) refused", detail: error.summary(), context: callContext)
+                                            outcome: outcome, detail: error.summary(), context: callContext)
             context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.summary())"])
             throw error
         }
