@@ -349,10 +349,6 @@ public final class VendorAdministration: Sendable {
         try await database.write { db in try self.audit.append(event, in: db) }
     }
 
-    /// The audit trail, oldest first, up to a horizon read between writes: a reader paging
-    /// with `afterSeq` never skips an event committed after its page with a lower `seq`
-    /// (PostgreSQL writers draw `seq` before they commit, in another order). Writes wait only
-    /// for the horizon's one statement, not for the page.
     /// The trail from `afterSeq` (at most `limit` events), handed to `body` a page at a time
     /// in order, for exports of the whole trail: a trail kept for years does not fit in
     /// memory, and one long read would hold SQLite's checkpoints back for all of it. Every page
@@ -375,6 +371,10 @@ public final class VendorAdministration: Sendable {
         }
     }
 
+    /// The audit trail, oldest first, up to a horizon read between writes: a reader paging
+    /// with `afterSeq` never skips an event committed after its page with a lower `seq`
+    /// (PostgreSQL writers draw `seq` before they commit, in another order). Writes wait only
+    /// for the horizon's one statement, not for the page.
     public func auditEvents(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil) async throws -> [AuditEvent] {
         let horizon = try await database.readBetweenWrites { db in try AuditLog().horizon(in: db) }
         return try await database.read { db in

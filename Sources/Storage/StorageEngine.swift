@@ -22,12 +22,12 @@ public enum StorageLocation: Sendable, Equatable, CustomStringConvertible {
         if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
             let scheme = argument.prefix { $0 != ":" }
             self = .postgres(try PostgresLocation(url: scheme.lowercased() + argument.dropFirst(scheme.count)))
-        } else if lowered.hasPrefix("postgres:") || lowered.hasPrefix("postgresql:") {
+        } else if ["postgres:", "postgresql:", "postgres//", "postgresql//"].contains(where: { lowered.hasPrefix($0) }) {
             // `postgres:/user:password@host/db`, `postgresql:user:…`: a URL missing a slash,
             // which as a path would become folders named after it, password included, and an
             // empty SQLite store beside the instances sharing PostgreSQL (the argument is not
             // repeated: it may hold the password).
-            throw StorageError.configuration("--database starts with \(argument.prefix { $0 != ":" }): but is not a postgres:// URL; write postgres://user@host:port/database")
+            throw StorageError.configuration("--database starts like a PostgreSQL URL but is not a postgres:// one; write postgres://user@host:port/database")
         } else if let range = argument.range(of: "://"), !argument[..<range.lowerBound].contains("/") {
             throw StorageError.configuration("--database: \(argument[..<range.lowerBound])://… is not a database this server speaks (postgres:// or a file path)")
         } else {

@@ -352,6 +352,12 @@ struct FHIREndpointTests {
                                           headers: [("If-None-Match", "*")]).status == 400)
             #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID),
                                           headers: [("If-None-Match", "tout")]).status == 400)
+            // Well-formed entity-tags that are no version of ours: no match, not a malformed header.
+            let foreignTag = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "ETIQUETTE"),
+                                                   headers: [("If-None-Match", "\"abc\", W/\"0\"")])
+            #expect(foreignTag.status == 200 && foreignTag.body.contains("ETIQUETTE"), "\(foreignTag.status) \(foreignTag.body.prefix(200))")
+            #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "JAMAIS"),
+                                          headers: [("If-Match", "W/\"abc\"")]).status == 412)
 
             // A conditional create whose body does not carry its criterion, twice: refused both
             // times, nothing created (it was 201, then 409).
@@ -385,6 +391,10 @@ struct FHIREndpointTests {
 
             let excluded = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)&identifier:not=\(Self.national)")
             #expect(excluded.status == 400 && excluded.issueLocations == ["http.identifier:not"], "\(excluded.status) \(excluded.body)")
+            #expect(try await client.send(.GET, "/Practitioner?identifier=\(Self.national)&name:exact=MARIUS").status == 400, "any modifier")
+            let notFHIRJSON = try await client.send(.GET, "/metadata", headers: [("Accept", "application/fhir+json;q=0, */*")])
+            #expect(notFHIRJSON.status == 200 && notFHIRJSON.headers.first(name: "Content-Type")?.hasPrefix("application/json;") == true,
+                    "a type refused with q=0 is not produced for the wildcard: \(notFHIRJSON.headers.first(name: "Content-Type") ?? "-")")
 
             let r3 = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)", headers: [("Accept", "application/fhir+json; fhirVersion=3.0")])
             #expect(r3.status == 406, "\(r3.status)")
@@ -418,8 +428,12 @@ struct FHIREndpointTests {
             let long = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID, email: String(repeating: "a", count: 100_000)))
             #expect((long.status == 400 || long.status == 422) && long.body.count < 4_000, "\(long.status): \(long.body.prefix(300))")
             #expect(long.issueDiagnostics.contains { $0.contains("more characters") })
+            // One character of a thousand combining marks is bounded too (counted in scalars).
+            let marks = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: Self.nationalID,
+                                                                                             email: "a" + String(repeating: "\u{301}", count: 20_000) + "@test.fr"))
+            #expect(marks.status >= 400 && marks.body.utf8.count < 8_000, "\(marks.status): \(marks.body.utf8.count) bytes")
             let events = try await server.auditEvents()
-            #expect(events.count == 3 && events.allSatisfy { $0.outcome.hasSuffix(" refused") }, "\(events.map(\.outcome))")
+            #expect(events.count == 4 && events.allSatisfy { $0.outcome.hasSuffix(" refused") }, "\(events.map(\.outcome))")
             #expect(events.allSatisfy { !($0.detail ?? "").unicodeScalars.contains("\u{0}") })
             #expect(try await server.accountCount() == 0)
         }

@@ -165,10 +165,20 @@ struct MutualTLSTests {
             deadline = time.time() + 60
             while not os.path.exists(sys.argv[7]) and time.time() < deadline:
                 time.sleep(0.05)
-            sock.sendall(ask)
-            data, closed = read_answers(sock, 1, closes=True)
-            second = answer(data)
-            print(json.dumps({"first": first[0], "second": second[0], "connection": second[1], "closed": closed}))
+            # A PUT whose body the refusal does not wait for, with a request pipelined behind it:
+            # one answer, the 403, then the end (the pipelined request is not processed, and
+            # the unread body does not reset the connection under the answer).
+            body = b'{"resourceType":"Practitioner"' + b' ' * 100000 + b'}'
+            put = (b"PUT /Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899 HTTP/1.1\\r\\nHost: localhost\\r\\n"
+                   + b"Content-Type: application/fhir+json\\r\\nContent-Length: " + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
+            try:
+                sock.sendall(put + ask)
+            except OSError:
+                pass
+            data = read_until_close(sock)
+            second = answer(data or b"")
+            print(json.dumps({"first": first[0], "second": second[0], "connection": second[1], "closed": data is not None,
+                              "answers": (data or b"").count(b"HTTP/1.1 ")}))
             """
         async let run = spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.port), pki.caPath,
                                                           certificate.path, key.path, ready, go])
@@ -176,6 +186,7 @@ struct MutualTLSTests {
         let reloads = server.logs.all.filter { $0.contains("client CRLs reloaded") }.count
         try pki.writeCRL(revoking: ["revoked", "valid-later-revoked"])
         #expect(try await eventually { server.logs.all.filter { $0.contains("client CRLs reloaded") }.count > reloads })
+        let refusalsBefore = server.logs.all.filter { $0.contains("client certificate refused") }.count
         FileManager.default.createFile(atPath: go, contents: nil)
         let output = try await run
         let result = (try? JSONSerialization.jsonObject(with: output.output)) as? [String: Any] ?? [:]
@@ -183,6 +194,9 @@ struct MutualTLSTests {
         #expect((result["second"] as? String)?.hasPrefix("HTTP/1.1 403") == true, "\(result)")
         #expect(result["connection"] as? [String] == ["Connection: close"] || result["connection"] as? [String] == ["connection: close"], "\(result)")
         #expect(result["closed"] as? Bool == true, "the server ended the connection: \(result)")
+        #expect(result["answers"] as? Int == 1, "the pipelined request was not processed: \(result)")
+        let refusals = server.logs.all.filter { $0.contains("client certificate refused") }.count - refusalsBefore
+        #expect(refusals == 1, "one request decided, the pipelined one never: \(refusals)")
         await server.stop()
         await standIn?.stop()
     }

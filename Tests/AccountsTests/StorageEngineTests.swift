@@ -25,7 +25,7 @@ struct SharedSQLTests {
         if case .postgres = try StorageLocation("PostgreSQL://u@db/x") {} else { Issue.record("a URL in capitals is PostgreSQL") }
         #expect(try StorageLocation("/var/lib/account-server/db.sqlite") == .sqlite(path: "/var/lib/account-server/db.sqlite"))
         #expect(try StorageLocation("data/postgres:old.sqlite") == .sqlite(path: "data/postgres:old.sqlite"))
-        for typo in ["postgres:/u:S3cret@db.example/x", "postgresql:u:S3cret@db/x", "Postgres:u:S3cret@db/x", "mysql://u:S3cret@db/x"] {
+        for typo in ["postgres:/u:S3cret@db.example/x", "postgresql:u:S3cret@db/x", "Postgres:u:S3cret@db/x", "postgres//u:S3cret@db/x", "mysql://u:S3cret@db/x"] {
             do {
                 _ = try StorageLocation(typo)
                 Issue.record("\(typo) was taken")
@@ -390,6 +390,17 @@ struct PostgresEngineTests {
                 #expect("\(error)".contains("permission denied"), "\(sql): \(error)")
             }
         }
+        // A column the runtime role may not fill (one a migration added, say, run without
+        // --grant-to) stops the start with what to run, instead of failing every audited write.
+        try await owner.write { db in try db.execute(sql: "REVOKE INSERT (detail) ON audit_event FROM \(TestStore.runtimeRole)") }
+        do {
+            let opened = try await AccountDatabase.open(try StorageLocation(runtimeArgument), poolSize: 1, logger: Self.logger)
+            await opened.close()
+            Issue.record("opened without INSERT on audit_event.detail")
+        } catch let error as StorageError {
+            #expect("\(error)".contains("no INSERT on detail") && "\(error)".contains("--grant-to \(TestStore.runtimeRole)"), "\(error)")
+        }
+        try await owner.write { db in try db.execute(sql: "GRANT INSERT (detail) ON audit_event TO \(TestStore.runtimeRole)") }
         // Neither may change the schema behind the server's back; the runtime role not at all.
         await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "DROP TRIGGER audit_event_no_update ON audit_event") } }
         await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "CREATE TABLE intruder (x INT)") } }

@@ -232,9 +232,10 @@ struct AdminController: Sendable {
     func signIn(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = FormBody.parse(Array(body.readableBytesView))
-        // The form's own checks first: a post another site makes the admin's browser send (or
-        // any local process) is refused without spending the address's budget, which on the
-        // loopback listener is everyone's, so it cannot lock the admin out of signing in.
+        // The form's own checks first: a post another site makes the admin's browser send is
+        // refused without spending the address's budget, which on the loopback listener is
+        // everyone's, so such a page cannot lock the admin out of signing in. (A local process
+        // can still fetch the form and spend it: local users are trusted that far.)
         guard signInCSRF.isValid(fields: request.headers, submitted: fields["csrf"],
                            boundTo: WebCookie.value(named: AdminSessions.csrfCookie(secure: secure), in: request.headers), origin: ownOrigin(request)) else {
             return formRefused

@@ -135,7 +135,8 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
         } catch {
             guard error.endsConnection else { throw error.outcome }
             // ``ClosingAnswerHandler`` ends the connection once this answer is written.
-            var response = FHIRResponses.outcome(error.outcome)
+            let (type, pretty) = FHIRErrorMiddleware.errorFormat(request, error.outcome)
+            var response = FHIRResponses.outcome(error.outcome, contentType: type, pretty: pretty)
             response.headers[.connection] = "close"
             return response
         }

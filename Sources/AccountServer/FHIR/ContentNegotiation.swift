@@ -70,16 +70,19 @@ enum ContentNegotiation {
         // before a wildcard, then the first listed. A range of quality 0, or asking for another
         // FHIR version than R4, is not acceptable.
         var best: (type: String, quality: Double, wildcard: Bool)?
-        for range in accept.split(separator: ",") {
-            let (type, parameters) = parseMediaType(range)
+        let ranges = accept.split(separator: ",").map { parseMediaType($0) }
+        // A type named with q=0 is refused, even where a wildcard would cover it (the more
+        // specific range decides, RFC 9110 §12.5.1).
+        let refused = Set(ranges.filter { quality($0.parameters) == 0 }.map(\.type))
+        for (type, parameters) in ranges {
             guard let quality = quality(parameters), quality > 0 else { continue }
             if let version = parameters["fhirversion"], !isR4(version) { continue }
             let produced: String
             let wildcard = type == "*/*" || type == "application/*"
             if acceptedJSONTypes.contains(type) {
                 produced = type == "text/json" ? "application/json" : type
-            } else if wildcard {
-                produced = fhirJSON
+            } else if wildcard, let first = acceptedJSONTypes.first(where: { $0 != "text/json" && !refused.contains($0) }) {
+                produced = first
             } else {
                 continue
             }

@@ -212,10 +212,14 @@ struct PractitionerController: Sendable {
         for member in members {
             var text = Substring(member)
             if text.hasPrefix("W/") { text = text.dropFirst(2) }
-            guard text.count >= 3, text.first == "\"", text.last == "\"", let version = Int(text.dropFirst().dropLast()), version > 0 else {
+            // An entity-tag (RFC 9110 §8.8.3): anything else is a malformed header, 400. One
+            // that is not a version of ours is simply no match (If-Match: 412; If-None-Match:
+            // the condition holds).
+            guard text.count >= 2, text.first == "\"", text.last == "\"",
+                  text.dropFirst().dropLast().unicodeScalars.allSatisfy({ $0.value == 0x21 || (0x23...0x7E).contains($0.value) || $0.value >= 0x80 }) else {
                 throw FHIRError(.invalidRequest, code: .invalid, "\(header) must be * or version ETags such as W/\"3\".", location: FHIRIssue.http(header))
             }
-            versions.append(version)
+            if let version = Int(text.dropFirst().dropLast()), version > 0 { versions.append(version) }
         }
         return .versions(versions)
     }
@@ -274,7 +278,7 @@ struct PractitionerController: Sendable {
         // FHIR search: a parameter with a modifier the server does not support SHALL be
         // refused, whatever the handling preference (`identifier:not` ignored would answer
         // the very account it excludes).
-        if let modified = unsupported.first(where: { $0.hasPrefix("identifier:") }) {
+        if let modified = unsupported.first(where: { $0.contains(":") }) {
             throw FHIRError(.invalidRequest, code: .notSupported,
                             "The modifier of \(modified) is not supported: search by identifier=system|value.", location: FHIRIssue.http(modified))
         }

@@ -85,8 +85,12 @@ public struct AuditEvent: Sendable, Equatable, SQLRecord {
     /// refusal's record or the write it belongs to, where SQLite would have stored it.
     static func bounded(_ text: String, _ limit: Int) -> String {
         let text = text.unicodeScalars.contains("\u{0}") ? text.replacingOccurrences(of: "\u{0}", with: "\\u{0}") : text
-        guard text.count > limit else { return text }
-        return String(text.prefix(limit)) + "… [\(text.count - limit) more characters]"
+        // Counted in Unicode scalars: a character may carry any number of combining marks.
+        let count = text.unicodeScalars.count
+        guard count > limit else { return text }
+        var kept = String.UnicodeScalarView()
+        kept.append(contentsOf: text.unicodeScalars.prefix(limit))
+        return String(kept) + "… [\(count - limit) more characters]"
     }
 
     public init(row: SQLRow) throws {

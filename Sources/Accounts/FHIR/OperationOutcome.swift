@@ -62,9 +62,13 @@ public struct FHIRIssue: Sendable, Equatable, CustomStringConvertible {
                 escaped.unicodeScalars.append(scalar)
             }
         }
+        // Counted in Unicode scalars: a character may carry any number of combining marks.
         let result = needed ? escaped : text
-        guard result.count > limit else { return result }
-        return String(result.prefix(limit)) + "… (\(result.count - limit) more characters)"
+        let count = result.unicodeScalars.count
+        guard count > limit else { return result }
+        var kept = String.UnicodeScalarView()
+        kept.append(contentsOf: result.unicodeScalars.prefix(limit))
+        return String(kept) + "… (\(count - limit) more characters)"
     }
 
     static func isControl(_ scalar: Unicode.Scalar) -> Bool {

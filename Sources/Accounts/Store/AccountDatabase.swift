@@ -39,6 +39,7 @@ public final class AccountDatabase: Sendable {
             let engine = try PostgresEngine(location: server, poolSize: poolSize, keepOpen: keepOpen, logger: logger)
             do {
                 try await engine.migrate(AccountSchema.current)
+                try await checkAppendPrivileges(engine, role: server.username)
             } catch {
                 await engine.close()
                 throw error
@@ -82,6 +83,31 @@ public final class AccountDatabase: Sendable {
             throw error
         }
         return AccountDatabase(engine: engine)
+    }
+
+    /// The runtime role appends to the audit trail through column grants (every column but
+    /// the identity, ``PostgresEngine/grantRuntimePrivileges(to:tables:appendOnly:)``), which,
+    /// unlike a table grant, do not cover a column a later migration adds: without this check
+    /// a `migrate` run without `--grant-to` would start a server whose every audited write
+    /// fails. Read from `pg_attribute`, which lists the columns a role has no privilege on
+    /// too (`information_schema` hides them).
+    static func checkAppendPrivileges(_ engine: PostgresEngine, role: String) async throws {
+        for table in AccountSchema.appendOnlyTables.sorted() {
+            let missing = try await engine.read { db in
+                try String.fetchAll(db, sql: """
+                    SELECT a.attname::text FROM pg_attribute a
+                    WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = ''
+                      AND NOT has_column_privilege(a.attrelid, a.attnum, 'INSERT')
+                    ORDER BY a.attnum
+                    """, arguments: ["public.\(table)"])
+            }
+            guard missing.isEmpty else {
+                throw StorageError.configuration("""
+                    the role \(role) may not add rows to \(table) (no INSERT on \(missing.joined(separator: ", "))): run \
+                    `account-server migrate --grant-to \(role)` as the schema owner, as every upgrade asks
+                    """)
+            }
+        }
     }
 
     /// The migrations applied; none when the bookkeeping table does not exist yet. Any other
