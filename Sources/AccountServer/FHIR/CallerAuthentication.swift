@@ -134,7 +134,9 @@ struct CallerAuthenticationMiddleware: RouterMiddleware {
                                                           handshakeIdentity: { await context.handshakeIdentity() }, logger: context.logger)
         } catch {
             guard error.endsConnection else { throw error.outcome }
-            // ``ClosingAnswerHandler`` ends the connection once this answer is written.
+            // ``ClosingAnswerHandler`` ends the connection once this answer is written; what
+            // Hummingbird had already received behind this request finds no caller.
+            await context.forgetHandshakeIdentity()
             let (type, pretty) = FHIRErrorMiddleware.errorFormat(request, error.outcome)
             var response = FHIRResponses.outcome(error.outcome, contentType: type, pretty: pretty)
             response.headers[.connection] = "close"

@@ -12,7 +12,8 @@ import NIOHTTPTypes
 /// Hummingbird's codec and the router.
 ///
 /// As RFC 9112 §9.6 asks of a server that sends `close`: nothing read after that answer's head
-/// reaches the router (a pipelined request is not processed); once the answer is written,
+/// reaches the router (a pipelined request is not processed; one Hummingbird had already
+/// received finds the connection without a caller, ``ClientIdentityHandler/forget()``); once the answer is written,
 /// the sending side closes (TLS `close_notify`, then FIN) and whatever the client still sends
 /// is read and dropped for a moment before the connection closes, so that unread bytes (a body
 /// the refusal did not wait for) do not make the kernel reset the connection under the answer

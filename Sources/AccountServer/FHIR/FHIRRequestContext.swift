@@ -63,4 +63,10 @@ extension ListenerRequestContext where Limits == FHIRLimits {
         guard let handler = try? await channel.pipeline.handler(type: ClientIdentityHandler.self).get() else { return nil }
         return await handler.identity()
     }
+
+    /// Ends the connection's verified caller (``ClientIdentityHandler/forget()``).
+    func forgetHandshakeIdentity() async {
+        guard let handler = try? await channel.pipeline.handler(type: ClientIdentityHandler.self).get() else { return }
+        handler.forget()
+    }
 }

@@ -46,6 +46,13 @@ final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandle
         }
     }
 
+    /// The connection is refused for good (its certificate no longer passes): from now on it
+    /// has no verified caller, so a request already received behind the refusal is refused
+    /// at once, without being decided (or logged) again, while the connection closes.
+    func forget() {
+        state.withLockedValue { $0.identity = nil }
+    }
+
     /// The connection's verified caller, once the handshake (and, for a resumed session, its
     /// re-verification) is over; nil if there is none.
     func identity() async -> ClientIdentity? {
