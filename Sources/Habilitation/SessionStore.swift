@@ -362,7 +362,7 @@ public final class SessionStore: Sendable {
     /// these in the transaction that checks the code.
     public func secondFactorStep(flowToken: String, wrongCodesAllowed: Int) -> SignInStep {
         let hash = SecretToken.hash(flowToken)
-        return SignInStep(isOpen: { db in
+        return SignInStep(id: hash, isOpen: { db in
             try Bool.fetchOne(db, sql: "SELECT 1 FROM sign_in_flow WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?",
                               arguments: [hash, self.now.epochMilliseconds]) ?? false
         }, accept: { db in
@@ -392,13 +392,33 @@ public final class SessionStore: Sendable {
                              decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision = { _, _, _, _ in .denied([]) })
         async throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
         let at = now
-        return try await database.write { db in
-            try self.completeFlow(hash: SecretToken.hash(flowToken), at: at, address: address, userAgent: userAgent, actor: actor,
-                                  replacing: previous, decide: decide, in: db)
+        let hash = SecretToken.hash(flowToken)
+        do {
+            return try await database.write { db in
+                try self.completeFlow(hash: hash, at: at, address: address, userAgent: userAgent, actor: actor,
+                                      replacing: previous, decide: decide, in: db)
+            }
+        } catch let refused as SignInRefused {
+            // Nothing of the refused transaction stays; the flow ends here, with its reason in
+            // the trail (the browser starts again from the password, and meets the same answer
+            // while the account stays as it is).
+            try await database.write { db in
+                try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL", arguments: [at.epochMilliseconds, hash])
+                try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in", outcome: "refused \(refused.reason.rawValue)",
+                                                 actor: actor, requestID: nil, identifier: nil, accountID: refused.accountID, changes: [],
+                                                 detail: "both factors proven; no session opened"), in: db)
+            }
+            throw refused
         }
     }
 
     /// ``completeFlow(flowToken:address:userAgent:actor:decide:)`` inside the caller's transaction.
+    /// Throws ``SignInRefused`` (the caller's transaction then changes nothing) for an account
+    /// the SAS deactivated or the vendor suspended: no session is opened for it, whatever its
+    /// origin, as the Pro Santé Connect match refuses it. A session opened while the
+    /// habilitation is withdrawn would otherwise hold it again the moment the SAS reactivates
+    /// the account, without anyone signing in (Keycloak and Kratos refuse a disabled
+    /// account's sign-in too).
     private func completeFlow(hash flowHash: String, at: Date, address: String?, userAgent: String?, actor: AuditActor, replacing previous: String?,
                               decide: @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision,
                               in db: any SQLTransaction) throws -> (token: String, origin: SessionOrigin, returnURL: String?)? {
@@ -421,6 +441,10 @@ public final class SessionStore: Sendable {
                 origin = SessionOrigin(rawValue: intent["origin"]) ?? .direct
                 returnURL = intent["return_url"]
                 try db.execute(sql: "UPDATE login_intent SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, intentHash])
+            }
+            let decision = try decide(accountID, origin, authentication, db)
+            if case .denied(let reasons) = decision, let refusal = reasons.first(where: SignInRefused.refusing.contains) {
+                throw SignInRefused(accountID: accountID, reason: refusal)
             }
             try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, flowHash])
             try db.execute(sql: """
@@ -448,7 +472,7 @@ public final class SessionStore: Sendable {
                                              outcome: "session created (origin \(origin.rawValue), \(authentication == .psc ? "Pro Santé Connect" : "password and second factor"))",
                                              actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
                                              detail: "session \(reference)"), in: db)
-            switch try decide(accountID, origin, authentication, db) {
+            switch decision {
             case .granted:
                 try self.audit.append(AuditEvent(at: at, surface: "web", action: "habilitation-granted", outcome: "regulateur",
                                                  actor: actor, requestID: nil, identifier: nil, accountID: accountID, changes: [],
@@ -575,4 +599,15 @@ public final class SessionStore: Sendable {
             return rows.count
         }
     }
+}
+
+/// A sign-in that proved both factors for an account that may not hold a session: deactivated
+/// by the SAS, or suspended by the vendor (see ``SessionStore/completeFlow(flowToken:address:userAgent:actor:replacing:decide:)``).
+public struct SignInRefused: Error, Sendable, Equatable {
+    public let accountID: String
+    public let reason: HabilitationDenial
+
+    /// The denials that refuse the session itself; the others (a direct origin, a step owed)
+    /// still open one, without the habilitation.
+    static let refusing: Set<HabilitationDenial> = [.deactivatedBySAS, .suspendedByVendor]
 }

@@ -314,6 +314,22 @@ struct ProviderSignInTests {
         let withdrawn = try await Self.firstSignIn(d, world: world).page
         #expect(withdrawn.status == 403 && withdrawn.body.contains("Habilitation retirée") && d.cookies["__Host-as-session"] == nil)
         #expect(try await world.server.auditEvents().contains { $0.outcome == "refused: deactivated-by-sas" })
+
+        // Images or frames of another site's page carrying the start or a made-up answer:
+        // refused before any budget is spent, any row or audit event written.
+        let eventsBefore = try await world.server.auditEvents().count
+        let rows = { try await world.server.database.read { db in
+            [try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") ?? 0, try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM oidc_login") ?? 0]
+        } }
+        let rowsBefore = try await rows()
+        for path in ["/connexion/psc", "/connexion/psc/retour?state=forged&code=x"] {
+            for (mode, destination) in [("no-cors", "image"), ("navigate", "iframe")] {
+                let page = try await d.request(.GET, path, headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", mode), ("Sec-Fetch-Dest", destination)])
+                #expect(page.status == 403 && page.body.contains("Requête refusée") && page.location == nil, "\(path) \(destination): \(page.status)")
+            }
+        }
+        let eventsAfter = try await world.server.auditEvents().count, rowsAfter = try await rows()
+        #expect(eventsAfter == eventsBefore && rowsAfter == rowsBefore, "\(eventsAfter) \(rowsAfter)")
         for browser in [a, b, c, d] { await browser.shutdown() }
         await world.stop()
     }

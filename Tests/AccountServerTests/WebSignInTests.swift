@@ -457,6 +457,142 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// What another site's page can make a regulator's browser send (a post without our form
+    /// token, an image or a frame on the SAS entry) is refused before the address's budget is
+    /// spent or anything is written: behind a SAMU's one address, such a page must not lock
+    /// the regulators out of signing in. The browser's own navigation from the SAS link, a
+    /// cross-site one, still passes.
+    @Test func crossSiteRequestsSpendNoBudgetAndWriteNothing() async throws {
+        let world = try await World { $0.rateLimitPerMinute = 2 }
+        let browser = try world.browser()
+        _ = try await browser.get("/connexion")
+        let crossSite = [("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
+        for path in ["/connexion", "/connexion/second-facteur", "/connexion/totp", "/mot-de-passe-oublie", "/reinitialisation"] {
+            for _ in 0..<3 {
+                let page = try await browser.request(.POST, path, form: ["csrf": "forged", "email": Self.email, "password": "x", "code": "000000", "jeton": "x"],
+                                                     headers: crossSite)
+                #expect(page.status == 403 && page.body.contains("Formulaire expiré"), "\(path): \(page.status)")
+            }
+        }
+        for (mode, destination) in [("no-cors", "image"), ("navigate", "iframe"), ("cors", "empty"), ("no-cors", "script")] {
+            for _ in 0..<3 {
+                let page = try await browser.request(.GET, "/connexion?origin=sas", headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", mode), ("Sec-Fetch-Dest", destination)])
+                #expect(page.status == 403 && page.body.contains("Requête refusée") && page.location == nil, "\(mode) \(destination): \(page.status)")
+            }
+        }
+        let intentsBefore = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") ?? 0 }
+        #expect(intentsBefore == 0, "a refused entry writes nothing")
+        let failures = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account") ?? -1 }
+        #expect(failures == 0, "nor counts against the account")
+
+        // Every budget is whole: two of each pass (the third is refused, unless 30 s went by).
+        let started = ContinuousClock.now
+        let entries = [try await browser.request(.GET, "/connexion?origin=sas", headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]),
+                       try await browser.get("/connexion?origin=sas")].map(\.status)
+        #expect(entries == [303, 303], "\(entries)")
+        let signIns = [try await browser.submit("/connexion", ["email": Self.email, "password": "x"]),
+                       try await browser.submit("/connexion", ["email": Self.email, "password": "x"]),
+                       try await browser.submit("/connexion", ["email": Self.email, "password": "x"])].map(\.status)
+        let resets = [try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"]),
+                      try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"]),
+                      try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"])].map(\.status)
+        let slow = ContinuousClock.now - started > .seconds(30)
+        #expect(signIns.prefix(2) == [401, 401] && (signIns[2] == 429 || slow), "\(signIns)")
+        #expect(resets.prefix(2) == [200, 200] && (resets[2] == 429 || slow), "\(resets)")
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// A TOTP secret shown to one sign-in is never shown to another: someone holding the
+    /// password who signs in meanwhile gets a secret of their own, and the regulator's page,
+    /// after the code that no longer matches, shows a new secret of the regulator's own, never
+    /// the other's. The secret enrolled is one only the regulator saw.
+    @Test func aTOTPSecretIsShownToOneSignInOnly() async throws {
+        let world = try await World()
+        let regulator = try world.browser()
+        let other = try world.browser()
+        try await Self.choosePassword(regulator, world: world)
+        func secret(of page: Browser.Page) throws -> [UInt8] {
+            let text = try #require(page.capture(#"id="cle-secrete">([A-Z2-7 ]+)<"#))
+            return try #require(Base32.decode(text))
+        }
+        func code(_ secret: [UInt8]) -> String { let totp = TOTP(); return totp.code(secret: secret, step: totp.step(at: Date())) }
+
+        #expect(try await regulator.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/totp")
+        let regulatorPage = try await regulator.get("/connexion/totp")
+        let scanned = try secret(of: regulatorPage)
+        #expect(try await other.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/totp")
+        let otherPage = try await other.get("/connexion/totp")
+        let planted = try secret(of: otherPage)
+        #expect(try secret(of: try await other.get("/connexion/totp")) == planted, "the same flow is shown its own secret again")
+
+        let wrong = try await regulator.request(.POST, "/connexion/totp", form: ["csrf": regulatorPage.csrf ?? "", "code": code(scanned)])
+        #expect(wrong.status == 401, "the scanned secret was replaced by the other sign-in")
+        let fresh = try secret(of: wrong)
+        #expect(fresh != planted && fresh != scanned, "a new secret of the regulator's own, never the other's")
+        let codes = try await regulator.request(.POST, "/connexion/totp", form: ["csrf": wrong.csrf ?? "", "code": code(fresh)])
+        #expect(codes.status == 200 && codes.body.contains("codes-secours"), "\(codes.status)")
+        let late = try await other.request(.POST, "/connexion/totp", form: ["csrf": otherPage.csrf ?? "", "code": code(planted)])
+        #expect(late.status == 303 && late.location == "/connexion/second-facteur", "enrolled meanwhile: the other flow is sent to the code step")
+        #expect(!late.body.contains("cle-secrete"))
+        // The other sign-in's secret opens nothing; the regulator's does.
+        let refused = try await other.submit("/connexion/second-facteur", ["code": code(planted)])
+        #expect(refused.status == 401, "\(refused.status)")
+        await regulator.shutdown()
+        await other.shutdown()
+        await world.stop()
+    }
+
+    /// An account the SAS deactivated opens no session (both factors checked, the same answers
+    /// before them as any account's), as through Pro Santé Connect, and gets no reset link;
+    /// the SAS's reactivation makes both work again. A session opened before the withdrawal
+    /// keeps being refused the habilitation, on every request.
+    @Test func aWithdrawnAccountOpensNoSession() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let (_, secret, recoveryCodes) = try await Self.signIn(browser)
+        try await world.setActive(false)
+        #expect(try await browser.get("/compte").body.contains("data-habilitation=\"non\""))
+
+        let later = try world.browser()
+        _ = try await later.get("/connexion?origin=sas")
+        let sessionsBefore = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session") ?? 0 }
+        let password = try await later.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(password.location == "/connexion/second-facteur", "the password step answers as for any account")
+        let totp = TOTP()
+        let refused = try await later.submit("/connexion/second-facteur", ["code": totp.code(secret: try #require(secret), step: totp.step(at: Date()) + 1)])
+        #expect(refused.status == 403 && refused.body.contains("Habilitation retirée") && refused.body.contains("aucune session"), "\(refused.status)")
+        #expect(later.cookies["__Host-as-session"] == nil && later.cookies["__Host-as-flow"] == nil)
+        let sessionsAfter = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session") ?? 0 }
+        #expect(sessionsAfter == sessionsBefore, "no session opened")
+        let events = try await world.server.database.read { db in
+            try String.fetchAll(db, sql: "SELECT outcome FROM audit_event WHERE action IN ('sign-in', 'password-reset-requested') ORDER BY seq")
+        }
+        #expect(events.last == "refused deactivated-by-sas", "\(events)")
+
+        // No reset link either: the same answer, no mail.
+        let mailsBefore = try world.smtp.messages().count
+        let reset = try await later.submit("/mot-de-passe-oublie", ["email": Self.email])
+        #expect(reset.status == 200 && reset.body.contains("Si un compte correspond"))
+        try await Task.sleep(for: .seconds(1))
+        #expect(try world.smtp.messages().count == mailsBefore, "no mail for a deactivated account")
+        let resetEvent = try await world.server.database.read { db in
+            try String.fetchOne(db, sql: "SELECT outcome FROM audit_event WHERE action = 'password-reset-requested' ORDER BY seq DESC LIMIT 1")
+        }
+        #expect(resetEvent == "not-mailed inactive", "\(resetEvent ?? "-")")
+
+        // Reactivated: the sign-in opens a habilitated SAS session again.
+        try await world.setActive(true)
+        _ = try await later.get("/connexion?origin=sas")
+        let (location, _, _) = try await Self.signIn(later, secret: secret, code: try #require(recoveryCodes.first))
+        #expect(location == "https://localhost/compte", "\(location ?? "-")")
+        #expect(try await later.get("/compte").body.contains("data-habilitation=\"oui\""))
+        await later.shutdown()
+        await browser.shutdown()
+        await world.stop()
+    }
+
     /// A form token seen before sign-in is worth nothing after it: forms are bound to the
     /// session once there is one (and to the csrf cookie again after sign-out).
     @Test func aFormTokenFromBeforeSignInIsRefusedAfterIt() async throws {
@@ -474,6 +610,9 @@ struct WebSignInTests {
         #expect(out.location == "/connexion")
         let afterOut = try await browser.request(.POST, "/deconnexion", form: ["csrf": current])
         #expect(afterOut.status == 403, "the session's token dies with it")
+        _ = try await browser.get("/connexion")
+        let beforeAgain = try await browser.request(.POST, "/connexion", form: ["csrf": before, "email": Self.email, "password": "x"])
+        #expect(beforeAgain.status == 403, "nor is the token of before the sign-in good again after the sign-out")
         await browser.shutdown()
         await world.stop()
     }

@@ -370,9 +370,9 @@ struct CredentialStoreTests {
                                                        actor: h.actor, for: sessions.secondFactorStep(flowToken: enrolling, wrongCodesAllowed: 3)) == .stepEnded)
         #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
         #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == nil, "the reset discarded the pending enrolment with its flow")
-        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
-        let code = { totp.code(secret: secret, step: totp.step(at: h.clock.now)) }
         let live = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: sessions.secondFactorStep(flowToken: live, wrongCodesAllowed: 3)))
+        let code = { totp.code(secret: secret, step: totp.step(at: h.clock.now)) }
         guard case .confirmed(let codes) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: code(), actor: h.actor,
                                                                                  for: sessions.secondFactorStep(flowToken: live, wrongCodesAllowed: 3)) else {
             Issue.record("the enrolment of a live flow is confirmed"); return

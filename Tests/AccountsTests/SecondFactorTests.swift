@@ -147,6 +147,48 @@ struct SecondFactorTests {
         #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID))
     }
 
+    /// A pending enrolment belongs to the flow that began it: another flow of the same account
+    /// (someone else holding the password) is never shown its secret nor may confirm it, and
+    /// its own pending secret is never shown to the first flow, whose page begins a new one
+    /// instead. Otherwise the regulator's page, re-rendered after a wrong code, would show the
+    /// other's secret, and the regulator would enrol a device someone else also holds.
+    @Test func aPendingEnrolmentBelongsToTheFlowThatBeganIt() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
+        let regulator = sessions.secondFactorStep(flowToken: try await sessions.startFlow(accountID: h.accountID, intentToken: nil), wrongCodesAllowed: 3)
+        let other = sessions.secondFactorStep(flowToken: try await sessions.startFlow(accountID: h.accountID, intentToken: nil), wrongCodesAllowed: 3)
+        let shown = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: regulator))
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID, for: regulator) == shown, "shown again within its own flow")
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID, for: other) == nil, "never to another flow")
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == nil, "nor outside any flow")
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(shown, at: h.clock.now), actor: h.actor, for: other) == .refused)
+
+        // The other flow begins its own: the regulator's page never shows it.
+        let planted = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: other))
+        #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID, for: regulator) == nil)
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(shown, at: h.clock.now), actor: h.actor, for: regulator) == .refused,
+                "the secret the regulator scanned was replaced: refused, nothing confirmed")
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: regulator) == .refused,
+                "nor can the regulator's flow confirm the other's secret")
+        let fresh = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: regulator))
+        #expect(fresh != planted && fresh != shown)
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: other) == .refused,
+                "the other's secret is worth nothing once replaced")
+        guard case .confirmed = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(fresh, at: h.clock.now), actor: h.actor, for: regulator) else {
+            Issue.record("the regulator's own secret is confirmed"); return
+        }
+        #expect(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: other) == nil, "no enrolment once one is confirmed")
+        let stored = try await h.accounts.database.read { db in
+            try SQLRow.fetchOne(db, sql: "SELECT pending_step, confirmed_at FROM totp_credential WHERE account_id = ?", arguments: [h.accountID])
+        }
+        #expect(stored?["pending_step"] as String? == nil && stored?["confirmed_at"] as Int64? != nil, "the confirmed factor is bound to no flow")
+        // A flow that has ended begins nothing.
+        let ended = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        try await h.setPassword("Another-good-passphrase")
+        #expect(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: sessions.secondFactorStep(flowToken: ended, wrongCodesAllowed: 3)) == nil)
+    }
+
     /// The admin's answer to a lost phone: TOTP and recovery codes removed, sessions and
     /// links ended, in one audited transaction; the next sign-in enrols anew. Nothing to
     /// remove is recorded as such and changes nothing.

@@ -54,7 +54,8 @@ func makeWebServices(
     let webConfiguration = WebConfiguration(
         publicURL: publicURL,
         acceptedOrigins: Set(configuration.acceptedOrigins),
-        allowedReturnHosts: Set((configuration.allowedReturnHosts.isEmpty ? [publicHost] : configuration.allowedReturnHosts).map { $0.lowercased() }),
+        allowedReturnHosts: Set((configuration.allowedReturnHosts.isEmpty ? [components.port.map { "\(publicHost):\($0)" } ?? publicHost]
+                                                                         : configuration.allowedReturnHosts).map { $0.lowercased() }),
         cguText: configuration.cguText, cguVersion: cguVersion, totpIssuer: configuration.totpIssuer
     )
     let resetRequests = BackgroundWork(capacity: 1_024, concurrency: 4)

@@ -77,6 +77,7 @@ struct ProviderSignInController: Sendable {
     func start(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         // Each start commits a row before anyone has signed in: bounded per client (its own
         // budget, so a SAS link's entry and its start do not share one).
+        guard WebController.isDocumentNavigation(request.headers) else { return web.notANavigation }
         guard web.limiter.allow("provider-start", client: context.clientAddress) else { return web.tooManyRequests }
         var cookies = [WebCookie.method.clear]
         var intentToken = WebCookie.value(.intent, in: request.headers)
@@ -121,6 +122,9 @@ struct ProviderSignInController: Sendable {
         // state of this browser (checked next), and a regulation centre behind one address
         // signing in through the provider at a shift change spent the sign-in budget twice
         // (password page and callback) for each regulator.
+        // Nor may another site's page spend it, or write refusals to the audit trail, with
+        // images or frames carrying a made-up state: the provider's answer is a navigation.
+        guard WebController.isDocumentNavigation(request.headers) else { return web.notANavigation }
         guard web.limiter.allow("provider-callback", client: context.clientAddress) else { return web.tooManyRequests }
         guard let state = query.first("state"), !state.isEmpty else {
             try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "callback without state", actor: actor)

@@ -12,7 +12,9 @@ struct WebConfiguration: Sendable {
     var publicURL: String
     /// `origin` values that mark a SAS redirect (`sas`; add `sas-preprod` in pre-production).
     var acceptedOrigins: Set<String>
-    /// Hosts (optionally host:port) the browser may be sent back to after sign-in.
+    /// Hosts the browser may be sent back to after sign-in: `host` for the https port (443),
+    /// `host:port` for another port (an origin is host and port: another port of the same
+    /// host may be another service, as Keycloak matches redirect URIs port included).
     var allowedReturnHosts: Set<String>
     var cguText: String
     var cguVersion: String
@@ -29,8 +31,8 @@ struct WebConfiguration: Sendable {
         }
         guard let components = URLComponents(string: text), components.scheme?.lowercased() == "https",
               let host = components.host?.lowercased(), !host.isEmpty, components.user == nil, components.password == nil else { return nil }
-        let withPort = components.port.map { "\(host):\($0)" } ?? host
-        guard allowedReturnHosts.contains(withPort) || allowedReturnHosts.contains(host) else { return nil }
+        let port = components.port ?? 443
+        guard allowedReturnHosts.contains("\(host):\(port)") || (port == 443 && allowedReturnHosts.contains(host)) else { return nil }
         return components.string
     }
 
@@ -146,6 +148,24 @@ struct WebController: Sendable {
         errorPage(.forbidden, "Formulaire expiré", "Le formulaire a expiré ou ne provient pas de ce site. Rechargez la page et réessayez.")
     }
 
+    /// Whether the request is the browser loading a page in its own window, as far as it says
+    /// (`Sec-Fetch-Mode`, `Sec-Fetch-Dest`, sent by every current browser; absent from other
+    /// clients, which are let through). The entry points reached from another site (the SAS
+    /// link, the provider's answer) write a row and spend a per-address budget: another site's
+    /// page must not be able to do that with images or frames the regulator never sees.
+    static func isDocumentNavigation(_ headers: HTTPFields) -> Bool {
+        if let mode = headers[secFetchMode], mode != "navigate" { return false }
+        if let destination = headers[secFetchDest], destination != "document" { return false }
+        return true
+    }
+
+    static let secFetchMode = HTTPField.Name("Sec-Fetch-Mode")!
+    static let secFetchDest = HTTPField.Name("Sec-Fetch-Dest")!
+
+    var notANavigation: Response {
+        errorPage(.forbidden, "Requête refusée", "Cette adresse s’ouvre dans la fenêtre du navigateur, depuis un lien. Suivez à nouveau le lien.")
+    }
+
     var tooManyRequests: Response {
         errorPage(.tooManyRequests, "Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer.")
     }
@@ -200,7 +220,10 @@ struct WebController: Sendable {
                 }
             }
             // Each entry commits a row before anyone has signed in: bounded per client like
-            // the other unauthenticated writes (the purge removes expired ones).
+            // the other unauthenticated writes (the purge removes expired ones). Only for the
+            // browser's own navigation: an image or a frame of another site's page spends
+            // nothing and writes nothing.
+            guard Self.isDocumentNavigation(request.headers) else { return notANavigation }
             guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
             let intent = try await sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
             context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
@@ -227,8 +250,10 @@ struct WebController: Sendable {
     }
 
     func signIn(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
+        // The form's own checks first: a post another site makes a regulator's browser send
+        // is refused without spending the address's budget (one SAMU's, behind its NAT).
         guard let fields = try await form(request, context) else { return csrfRefused }
+        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         let fromSAS = try await intentFromCookie(request)?.origin == .sas
         let sessions = self.sessions
         let intentToken = WebCookie.value(.intent, in: request.headers)
@@ -274,8 +299,10 @@ struct WebController: Sendable {
     }
 
     func secondFactor(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
+        // The form's own checks first: a post another site makes a regulator's browser send
+        // is refused without spending the address's budget (one SAMU's, behind its NAT).
         guard let fields = try await form(request, context) else { return csrfRefused }
+        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let flow = try await currentFlow(request) else { return restart }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // The code is checked, and the flow records it (accepted, or one more wrong code), in
@@ -301,9 +328,11 @@ struct WebController: Sendable {
     func enrolPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
         guard let flow = try await currentFlow(request) else { return restart }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
-        var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID)
-        if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID) }
-        guard let secret else { return Self.redirect("/connexion/second-facteur") }  // already enrolled
+        // This flow's own pending secret, or a new one for it: never one another flow began.
+        let step = sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)
+        var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID, for: step)
+        if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID, for: step) }
+        guard let secret else { return try await nextStep(request, context) }  // enrolled meanwhile, or the flow ended
         let email = try await AccountDirectory(database: credentials.database).email(accountID: flow.accountID) ?? ""
         let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
         guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
@@ -313,8 +342,10 @@ struct WebController: Sendable {
     }
 
     func enrol(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
+        // The form's own checks first: a post another site makes a regulator's browser send
+        // is refused without spending the address's budget (one SAMU's, behind its NAT).
         guard let fields = try await form(request, context) else { return csrfRefused }
+        guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let flow = try await currentFlow(request) else { return restart }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // Confirming the enrolment proves possession of the second factor for this sign-in:
@@ -364,11 +395,22 @@ struct WebController: Sendable {
         guard try await credentials.hasAcceptedCGU(accountID: flow.accountID, version: configuration.cguVersion) else {
             return Self.redirect("/connexion/cgu")
         }
-        guard let session = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
-                                                            userAgent: request.headers[.userAgent], actor: actor(context),
-                                                            replacing: WebCookie.value(.session, in: request.headers),
-                                                            decide: { [habilitation] in try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
-        else { return restart }
+        let opened: (token: String, origin: SessionOrigin, returnURL: String?)?
+        do {
+            opened = try await sessions.completeFlow(flowToken: flow.token, address: context.clientAddress,
+                                                     userAgent: request.headers[.userAgent], actor: actor(context),
+                                                     replacing: WebCookie.value(.session, in: request.headers),
+                                                     decide: { [habilitation] in try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+        } catch let refused as SignInRefused {
+            // The same answer as Pro Santé Connect's for such an account: only someone holding
+            // both factors learns it.
+            context.logger.info("sign-in refused", metadata: ["reason": "\(refused.reason.rawValue)"])
+            let (title, message) = refused.reason == .deactivatedBySAS
+                ? ("Habilitation retirée", "La plateforme SAS a retiré votre habilitation régulateur : aucune session n’a été ouverte.")
+                : ("Habilitation suspendue", "L’éditeur a suspendu votre habilitation régulateur : aucune session n’a été ouverte.")
+            return Self.page(Pages.error(title, message), status: .forbidden, cookies: [WebCookie.flow.clear])
+        }
+        guard let session = opened else { return restart }
         metrics.sessionOpened(origin: session.origin.rawValue)
         context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
         return Self.redirect(session.returnURL ?? "/compte", cookies: [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
@@ -377,8 +419,10 @@ struct WebController: Sendable {
     // MARK: Forgotten password
 
     func requestReset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
+        // The form's own checks first: a post another site makes a regulator's browser send
+        // is refused without spending the address's budget (one SAMU's, behind its NAT).
         guard let fields = try await form(request, context) else { return csrfRefused }
+        guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
         let base = configuration.publicURL
         let credentials = self.credentials, email = fields["email"] ?? "", actor = actor(context), logger = context.logger
         let work: @Sendable () async -> Void = {
@@ -415,8 +459,10 @@ struct WebController: Sendable {
     }
 
     func reset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
+        // The form's own checks first: a post another site makes a regulator's browser send
+        // is refused without spending the address's budget (one SAMU's, behind its NAT).
         guard let fields = try await form(request, context) else { return csrfRefused }
+        guard limiter.allow("reset", client: context.clientAddress) else { return tooManyRequests }
         let token = fields["jeton"] ?? ""
         let password = fields["password"] ?? ""
         guard password == fields["confirmation"] else {
@@ -458,8 +504,10 @@ struct WebController: Sendable {
            let url = await provider.relyingParty.endSessionURL(
             idTokenHint: (try? provider.box.open(sealedIDToken, context: ProviderSignIn.sealContext)).map { String(decoding: $0, as: UTF8.self) },
             postLogoutRedirectURI: provider.postLogoutRedirectURI) {
-            return Self.redirect(url, cookies: [WebCookie.session.clear])
+            return Self.redirect(url, cookies: [WebCookie.session.clear, WebCookie.csrf.clear])
         }
-        return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+        // The form secret of before the sign-in goes too: a token seen then (a page, a shared
+        // screen) must not be good again after the sign-out; the next page sets a new one.
+        return Self.redirect("/connexion", cookies: [WebCookie.session.clear, WebCookie.csrf.clear])
     }
 }

@@ -75,7 +75,8 @@ public final class CredentialStore: Sendable {
     private var now: Date { Date(epochMilliseconds: clock().epochMilliseconds) }
 
     /// The account signing in with `email`: the active one if any, else the most recently
-    /// updated (a deactivated account may sign in; it just never holds the habilitation).
+    /// updated. A deactivated account's factors are checked as any other's (the same answers,
+    /// the same lockout), but no session opens for it (`SessionStore.completeFlow`).
     public func account(forEmail email: String, in db: any SQLTransaction) throws -> AccountRow? {
         try AccountRow.fetchOne(db, sql: """
             SELECT * FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC LIMIT 1
@@ -160,10 +161,10 @@ public final class CredentialStore: Sendable {
                 // The counter is not reset here: a correct password alone is not a sign-in.
                 // Someone holding a phished password must not get a fresh run of second-
                 // factor guesses by re-entering it; only a completed sign-in resets it.
-                // A pending TOTP enrolment belongs to the flow that showed its secret: the
-                // new flow gets a new one, so whoever once saw a pending secret (a flow
-                // opened through a stolen reset link, then left) does not know the one the
-                // regulator enrols.
+                // A pending TOTP enrolment belongs to the flow that began it (`pending_step`:
+                // no other flow is shown it or may confirm it). A new flow also discards it,
+                // so whoever once saw a pending secret (a flow opened through a stolen reset
+                // link, then left) does not know the one the regulator enrols.
                 try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
                 return (.accepted(accountID: row.id), try whenAccepted(row.id, db))
             }
@@ -206,6 +207,12 @@ public final class CredentialStore: Sendable {
         try await database.write { db in
             guard let row = try self.account(forEmail: email, in: db) else {
                 try self.audit.append(self.event("password-reset-requested", "unknown-email", nil, actor, at), in: db)
+                return
+            }
+            // A link for an account the SAS deactivated would open nothing (no session opens
+            // for it): no mail, the same answer. The SAS's reactivation makes it mailable again.
+            guard row.active else {
+                try self.audit.append(self.event("password-reset-requested", "not-mailed inactive", row.id, actor, at), in: db)
                 return
             }
             if let latest = try Int64.fetchOne(db, sql: """
@@ -268,30 +275,47 @@ public final class CredentialStore: Sendable {
 
     // MARK: Second factor
 
-    /// Starts (or restarts) TOTP enrolment: a new secret, stored sealed, not yet confirmed.
-    /// Returns the secret for the QR code and text display; refused once a factor is confirmed.
-    public func beginTOTPEnrolment(accountID: String) async throws -> [UInt8]? {
+    /// Starts (or restarts) TOTP enrolment for the sign-in `step`: a new secret, stored sealed,
+    /// not yet confirmed, and bound to that step. Returns the secret for the QR code and text
+    /// display; nil once a factor is confirmed, or when the step has ended meanwhile. Another
+    /// flow's pending enrolment is replaced (its secret is worth nothing from then on).
+    public func beginTOTPEnrolment(accountID: String, for step: SignInStep = .outsideAnyFlow) async throws -> [UInt8]? {
         let secret = TOTP.generateSecret()
         let sealed = try box.seal(secret, context: "totp:\(accountID)")
         let at = now
         let started: Bool = try await database.write { db in
-            if try self.hasConfirmedTOTP(accountID, in: db) { return false }
+            guard try step.isOpen(db), try !self.hasConfirmedTOTP(accountID, in: db) else { return false }
             try db.execute(sql: """
-                INSERT INTO totp_credential (account_id, sealed_secret, created_at) VALUES (?, ?, ?)
+                INSERT INTO totp_credential (account_id, sealed_secret, created_at, pending_step) VALUES (?, ?, ?, ?)
                 ON CONFLICT(account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret, created_at = excluded.created_at,
-                                                      confirmed_at = NULL, last_used_step = NULL
-                """, arguments: [accountID, Data(sealed), at.epochMilliseconds])
+                                                      confirmed_at = NULL, last_used_step = NULL, pending_step = excluded.pending_step
+                """, arguments: [accountID, Data(sealed), at.epochMilliseconds, step.id])
             return true
         }
         return started ? secret : nil
     }
 
-    /// The pending enrolment's secret (to show the QR code again after a wrong code).
-    public func pendingTOTPSecret(accountID: String) async throws -> [UInt8]? {
+    /// The pending enrolment of `step` (what its page shows again after a wrong code), and
+    /// only its own: a pending secret another flow began is never shown here. Otherwise
+    /// someone holding the password could begin one while the regulator's enrolment page is
+    /// open, and the regulator's next wrong or late code would re-render the page with the
+    /// other's secret, which the regulator would then enrol.
+    public func pendingTOTPSecret(accountID: String, for step: SignInStep = .outsideAnyFlow) async throws -> [UInt8]? {
         let sealed = try await database.read { db in
-            try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID])
+            try self.pendingEnrolment(accountID, of: step, in: db)
         }
         return try sealed.map { try box.open(Array($0), context: "totp:\(accountID)") }
+    }
+
+    /// The sealed secret of the enrolment pending for `step` (a flow's own, or, outside any
+    /// flow, one begun outside any).
+    func pendingEnrolment(_ accountID: String, of step: SignInStep, in db: any SQLTransaction) throws -> Data? {
+        if let id = step.id {
+            return try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL AND pending_step = ?",
+                                     arguments: [accountID, id])
+        }
+        return try Data.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL AND pending_step IS NULL",
+                                 arguments: [accountID])
     }
 
     /// Confirms enrolment with a first code, outside any sign-in flow (tooling and tests);
@@ -322,11 +346,12 @@ public final class CredentialStore: Sendable {
         let codes = RecoveryCodes.generate()
         return try await database.write { db in
             guard try step.isOpen(db) else { return .stepEnded }
-            guard let row = try SQLRow.fetchOne(db, sql: "SELECT sealed_secret FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [accountID]) else { return .refused }
-            let secret = try self.box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
+            // Only the enrolment this flow began (see pendingTOTPSecret).
+            guard let sealed = try self.pendingEnrolment(accountID, of: step, in: db) else { return .refused }
+            let secret = try self.box.open(Array(sealed), context: "totp:\(accountID)")
             guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at),
                   let totpStep = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return .refused }
-            try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ? WHERE account_id = ?",
+            try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ?, pending_step = NULL WHERE account_id = ?",
                            arguments: [at.epochMilliseconds, totpStep, accountID])
             // Both factors are proven: the sign-in is complete.
             try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
@@ -510,19 +535,23 @@ public final class CredentialStore: Sendable {
 /// so a change that ends flows (a password reset, "sign out everywhere"), committed on any
 /// instance, is either wholly before the check or wholly after it.
 public struct SignInStep: Sendable {
+    /// The step's identity where a row must be bound to it (a pending TOTP enrolment): the
+    /// flow's id hash, opaque here. nil outside any flow.
+    public let id: String?
     public let isOpen: @Sendable (any SQLTransaction) throws -> Bool
     public let accept: @Sendable (any SQLTransaction) throws -> Void
     /// Records a refused code in the flow (`accountLocked`: the account is locked, now or
     /// already); returns whether the flow stays open.
     public let refuse: @Sendable (any SQLTransaction, _ accountLocked: Bool) throws -> Bool
 
-    public init(isOpen: @escaping @Sendable (any SQLTransaction) throws -> Bool, accept: @escaping @Sendable (any SQLTransaction) throws -> Void,
+    public init(id: String?, isOpen: @escaping @Sendable (any SQLTransaction) throws -> Bool, accept: @escaping @Sendable (any SQLTransaction) throws -> Void,
                 refuse: @escaping @Sendable (any SQLTransaction, _ accountLocked: Bool) throws -> Bool) {
+        self.id = id
         self.isOpen = isOpen
         self.accept = accept
         self.refuse = refuse
     }
 
     /// No flow: always open, nothing recorded (tooling and tests only).
-    public static let outsideAnyFlow = SignInStep(isOpen: { _ in true }, accept: { _ in }, refuse: { _, _ in true })
+    public static let outsideAnyFlow = SignInStep(id: nil, isOpen: { _ in true }, accept: { _ in }, refuse: { _, _ in true })
 }

@@ -250,7 +250,13 @@ public enum AccountSchema {
                     WHEN NEW.seq <= 0 OR EXISTS (SELECT 1 FROM audit_event WHERE seq > NEW.seq)
                     BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: an event goes after the last one'); END;
             """),
+        Migration("v11-totp-pending-step", totpPendingStep),
     ]
+
+    /// A pending TOTP enrolment is bound to the sign-in step that began it (the flow's id
+    /// hash, opaque to Accounts): only that flow is shown its secret again or may confirm it.
+    /// Enrolments pending at the upgrade belong to no flow and are replaced at the next page.
+    static let totpPendingStep = "ALTER TABLE totp_credential ADD COLUMN pending_step TEXT"
 
     /// The fingerprint of the server key the database's secrets are sealed with (one row,
     /// ``SecretKeyCheck``): a start with another key, or none, is refused. Owned by Accounts.
@@ -474,5 +480,6 @@ public enum AccountSchema {
         Migration("pg-v2-vendor-suspension", vendorSuspension(timestamp: "BIGINT", strict: "")),
         Migration("pg-v3-provider-logout", providerLogout(timestamp: "BIGINT", strict: "")),
         Migration("pg-v4-secret-key-check", secretKeyCheck(timestamp: "BIGINT", strict: "")),
+        Migration("pg-v5-totp-pending-step", totpPendingStep),
     ]
 }
