@@ -78,9 +78,10 @@ struct ProviderSignInTests {
 
     /// The SAS link, up to the provider: returns the authorization URL the browser was sent to.
     static func followSASLink(_ browser: Browser, world: World) async throws -> String {
-        let entry = try await browser.get(entryPath)
+        let navigation = [("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
+        let entry = try await browser.request(.GET, entryPath, headers: navigation + [("Sec-Fetch-Site", "cross-site")])
         #expect(entry.status == 303 && entry.location == "/connexion/psc", "a SAS entry goes to the provider: \(entry.status) \(entry.location ?? "")")
-        let start = try await browser.get("/connexion/psc")
+        let start = try await browser.request(.GET, "/connexion/psc", headers: navigation + [("Sec-Fetch-Site", "cross-site")])
         let authorize = try #require(start.location, "the start redirects: \(start.status) \(start.body.prefix(300))")
         #expect(start.status == 303 && authorize.hasPrefix(world.provider.issuer + "/oauth2/authorize?"))
         return authorize
@@ -90,7 +91,8 @@ struct ProviderSignInTests {
     static func callback(_ browser: Browser, _ providerAnswer: Browser.Page, world: World) async throws -> Browser.Page {
         let location = try #require(providerAnswer.location, "the provider redirects back: \(providerAnswer.status) \(providerAnswer.body.prefix(400))")
         #expect(location.hasPrefix(world.publicURL + "/connexion/psc/retour?"))
-        return try await browser.get(location)
+        // As a browser sends it: a navigation, from another site (the provider's redirect).
+        return try await browser.request(.GET, location, headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")])
     }
 
     /// The whole first journey: SAS link, provider login, callback, CGU; returns our last
@@ -330,6 +332,16 @@ struct ProviderSignInTests {
         }
         let eventsAfter = try await world.server.auditEvents().count, rowsAfter = try await rows()
         #expect(eventsAfter == eventsBefore && rowsAfter == rowsBefore, "\(eventsAfter) \(rowsAfter)")
+        // A start in a loop (a window another site navigates again and again): one pending
+        // login for the browser's intent, however many starts.
+        let looping = try world.browser()
+        _ = try await Self.followSASLink(looping, world: world)
+        for _ in 0..<5 { _ = try await looping.get("/connexion/psc") }
+        let pending = try await world.server.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM oidc_login WHERE consumed_at IS NULL") ?? -1
+        }
+        #expect(pending == 1, "\(pending)")
+        await looping.shutdown()
         for browser in [a, b, c, d] { await browser.shutdown() }
         await world.stop()
     }

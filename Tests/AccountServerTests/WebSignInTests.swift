@@ -257,6 +257,7 @@ struct WebSignInTests {
         var statuses: [Int: Int] = [:]
         let started = ContinuousClock.now
         for _ in 0..<300 {
+            browser.cookies["__Host-as-intent"] = nil  // a client that keeps no cookie: a new intent each time
             statuses[try await browser.get("/connexion?origin=sas").status, default: 0] += 1
         }
         let intents = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") ?? 0 }
@@ -487,9 +488,22 @@ struct WebSignInTests {
 
         // Every budget is whole: two of each pass (the third is refused, unless 30 s went by).
         let started = ContinuousClock.now
-        let entries = [try await browser.request(.GET, "/connexion?origin=sas", headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]),
-                       try await browser.get("/connexion?origin=sas")].map(\.status)
-        #expect(entries == [303, 303], "\(entries)")
+        // A window another site opened and navigates to the entry in a loop (a navigation,
+        // cross-site, as the SAS's own link): its first entry spends one of the address's two,
+        // the next ones renew its own intent in place on the intent's budget, and it holds one
+        // row. A prefetch is no navigation.
+        let navigation = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
+        #expect(try await browser.request(.GET, "/connexion?origin=sas", headers: navigation + [("Sec-Purpose", "prefetch;prerender")]).status == 403)
+        var loop: [Int] = []
+        for index in 0..<6 {
+            loop.append(try await browser.request(.GET, index % 2 == 0 ? "/connexion?origin=sas" : "/connexion?retour=%2Fcompte", headers: navigation).status)
+        }
+        let looping = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") ?? 0 }
+        #expect(loop.prefix(3) == [303, 303, 303] && loop.allSatisfy { $0 == 303 || $0 == 429 } && (loop.last == 429 || ContinuousClock.now - started > .seconds(30)), "\(loop)")
+        #expect(looping == 1, "one row for the looping browser: \(looping)")
+        let other = try world.browser()
+        #expect(try await other.request(.GET, "/connexion?origin=sas", headers: navigation).status == 303, "the address has a token left for another regulator")
+        await other.shutdown()
         let signIns = [try await browser.submit("/connexion", ["email": Self.email, "password": "x"]),
                        try await browser.submit("/connexion", ["email": Self.email, "password": "x"]),
                        try await browser.submit("/connexion", ["email": Self.email, "password": "x"])].map(\.status)
@@ -588,6 +602,20 @@ struct WebSignInTests {
         let (location, _, _) = try await Self.signIn(later, secret: secret, code: try #require(recoveryCodes.first))
         #expect(location == "https://localhost/compte", "\(location ?? "-")")
         #expect(try await later.get("/compte").body.contains("data-habilitation=\"oui\""))
+
+        // Suspended by a vendor admin: the same refusal, « suspendue ».
+        let admin = AdminClient(server: world.server, token: world.server.adminToken)
+        #expect(try await admin.send(.POST, "/api/accounts/810002673899/suspend", body: #"{"reason":"test"}"#).status == 200)
+        let third = try world.browser()
+        _ = try await third.submit("/connexion", ["email": Self.email, "password": Self.password])
+        let suspended = try await third.submit("/connexion/second-facteur", ["code": recoveryCodes[1]])
+        #expect(suspended.status == 403 && suspended.body.contains("Habilitation suspendue") && third.cookies["__Host-as-session"] == nil, "\(suspended.status)")
+        let lastEvent = try await world.server.database.read { db in
+            try String.fetchOne(db, sql: "SELECT outcome FROM audit_event WHERE action = 'sign-in' ORDER BY seq DESC LIMIT 1")
+        }
+        #expect(lastEvent == "refused suspended-by-vendor", "\(lastEvent ?? "-")")
+        await admin.shutdown()
+        await third.shutdown()
         await later.shutdown()
         await browser.shutdown()
         await world.stop()
@@ -600,7 +628,9 @@ struct WebSignInTests {
         let browser = try world.browser()
         try await Self.choosePassword(browser, world: world)
         let before = try #require(try await browser.get("/connexion").csrf)
+        let cookieBefore = browser.cookies["__Host-as-csrf"]
         _ = try await Self.signIn(browser)
+        #expect(browser.cookies["__Host-as-csrf"] != nil && browser.cookies["__Host-as-csrf"] != cookieBefore, "a new form secret at sign-in")
         let stale = try await browser.request(.POST, "/deconnexion", form: ["csrf": before])
         #expect(stale.status == 403, "a pre-sign-in token")
         #expect(try await browser.get("/compte").status == 200, "still signed in")

@@ -158,8 +158,14 @@ struct SecondFactorTests {
         let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
         let regulator = sessions.secondFactorStep(flowToken: try await sessions.startFlow(accountID: h.accountID, intentToken: nil), wrongCodesAllowed: 3)
         let other = sessions.secondFactorStep(flowToken: try await sessions.startFlow(accountID: h.accountID, intentToken: nil), wrongCodesAllowed: 3)
-        let shown = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: regulator))
+        // Two loads of the page at once show one secret, the one stored.
+        async let first = h.store.enrolmentSecret(accountID: h.accountID, for: regulator)
+        async let second = h.store.enrolmentSecret(accountID: h.accountID, for: regulator)
+        let (one, other_) = try await (first, second)
+        let shown = try #require(one)
+        #expect(other_ == shown, "concurrent loads of one flow's page show the same secret")
         #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID, for: regulator) == shown, "shown again within its own flow")
+        #expect(try await h.store.enrolmentSecret(accountID: h.accountID, for: regulator) == shown)
         #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID, for: other) == nil, "never to another flow")
         #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == nil, "nor outside any flow")
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(shown, at: h.clock.now), actor: h.actor, for: other) == .refused)
@@ -171,7 +177,8 @@ struct SecondFactorTests {
                 "the secret the regulator scanned was replaced: refused, nothing confirmed")
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: regulator) == .refused,
                 "nor can the regulator's flow confirm the other's secret")
-        let fresh = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: regulator))
+        #expect(try await h.store.enrolmentSecret(accountID: h.accountID, for: other) == planted, "the other flow's page shows its own")
+        let fresh = try #require(try await h.store.enrolmentSecret(accountID: h.accountID, for: regulator))
         #expect(fresh != planted && fresh != shown)
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: other) == .refused,
                 "the other's secret is worth nothing once replaced")

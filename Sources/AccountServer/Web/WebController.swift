@@ -156,8 +156,16 @@ struct WebController: Sendable {
     static func isDocumentNavigation(_ headers: HTTPFields) -> Bool {
         if let mode = headers[secFetchMode], mode != "navigate" { return false }
         if let destination = headers[secFetchDest], destination != "document" { return false }
+        // A prefetch or prerender (speculation rules another site's page can ask for) is a
+        // navigation nobody made yet: the real one follows if the regulator clicks.
+        for name in [secPurpose, purpose] where headers[values: name].contains(where: { $0.lowercased().contains("prefetch") || $0.lowercased().contains("prerender") }) {
+            return false
+        }
         return true
     }
+
+    static let secPurpose = HTTPField.Name("Sec-Purpose")!
+    static let purpose = HTTPField.Name("Purpose")!
 
     static let secFetchMode = HTTPField.Name("Sec-Fetch-Mode")!
     static let secFetchDest = HTTPField.Name("Sec-Fetch-Dest")!
@@ -224,8 +232,20 @@ struct WebController: Sendable {
             // browser's own navigation: an image or a frame of another site's page spends
             // nothing and writes nothing.
             guard Self.isDocumentNavigation(request.headers) else { return notANavigation }
-            guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
-            let intent = try await sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
+            let next = LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL)
+            let intent: String
+            if let held = WebCookie.value(.intent, in: request.headers), try await sessions.intent(held) != nil {
+                // This browser's live intent becomes the new one, in its row: one row per
+                // browser however often it follows the link, and its own budget, not its
+                // address's (another site's page navigating a window it opened, in a loop,
+                // spends this browser's budget only).
+                guard limiter.allow("entry|" + SecretToken.hash(held)) else { return tooManyRequests }
+                guard try await sessions.renewIntent(held, with: next) else { return try await signInPage(request, context) }
+                intent = held
+            } else {
+                guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
+                intent = try await sessions.createIntent(next)
+            }
             context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
             cookies.append(WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime)))
             // With Pro Santé Connect, a SAS entry goes to the provider (silently signed in when
@@ -330,9 +350,7 @@ struct WebController: Sendable {
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // This flow's own pending secret, or a new one for it: never one another flow began.
         let step = sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)
-        var secret = try await credentials.pendingTOTPSecret(accountID: flow.accountID, for: step)
-        if secret == nil { secret = try await credentials.beginTOTPEnrolment(accountID: flow.accountID, for: step) }
-        guard let secret else { return try await nextStep(request, context) }  // enrolled meanwhile, or the flow ended
+        guard let secret = try await credentials.enrolmentSecret(accountID: flow.accountID, for: step) else { return try await nextStep(request, context) }  // enrolled meanwhile, or the flow ended
         let email = try await AccountDirectory(database: credentials.database).email(accountID: flow.accountID) ?? ""
         let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
         guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
@@ -413,7 +431,10 @@ struct WebController: Sendable {
         guard let session = opened else { return restart }
         metrics.sessionOpened(origin: session.origin.rawValue)
         context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
-        return Self.redirect(session.returnURL ?? "/compte", cookies: [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear])
+        // A new form secret for after the session (its expiry, a sign-out elsewhere): the
+        // token of before the sign-in is never good again.
+        return Self.redirect(session.returnURL ?? "/compte", cookies: [WebCookie.session.set(session.token), WebCookie.flow.clear, WebCookie.intent.clear,
+                                                                       WebCookie.csrf.set(SecretToken.generate())])
     }
 
     // MARK: Forgotten password

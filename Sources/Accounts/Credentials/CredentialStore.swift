@@ -285,14 +285,37 @@ public final class CredentialStore: Sendable {
         let at = now
         let started: Bool = try await database.write { db in
             guard try step.isOpen(db), try !self.hasConfirmedTOTP(accountID, in: db) else { return false }
-            try db.execute(sql: """
-                INSERT INTO totp_credential (account_id, sealed_secret, created_at, pending_step) VALUES (?, ?, ?, ?)
-                ON CONFLICT(account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret, created_at = excluded.created_at,
-                                                      confirmed_at = NULL, last_used_step = NULL, pending_step = excluded.pending_step
-                """, arguments: [accountID, Data(sealed), at.epochMilliseconds, step.id])
+            try self.storePendingEnrolment(accountID, sealed: sealed, for: step, at: at, in: db)
             return true
         }
         return started ? secret : nil
+    }
+
+    /// What the enrolment page of `step` shows: the step's own pending secret, else a new one
+    /// bound to it, decided in one transaction, so two loads of the page at once (a reload, a
+    /// second tab) show the same secret, the one stored. nil once a factor is confirmed, or
+    /// when the step has ended.
+    public func enrolmentSecret(accountID: String, for step: SignInStep) async throws -> [UInt8]? {
+        let fresh = TOTP.generateSecret()
+        let sealed = try box.seal(fresh, context: "totp:\(accountID)")
+        let at = now
+        let shown: Data? = try await database.write { db in
+            guard try step.isOpen(db), try !self.hasConfirmedTOTP(accountID, in: db) else { return nil }
+            if let pending = try self.pendingEnrolment(accountID, of: step, in: db) { return pending }
+            try self.storePendingEnrolment(accountID, sealed: sealed, for: step, at: at, in: db)
+            return Data(sealed)
+        }
+        return try shown.map { try box.open(Array($0), context: "totp:\(accountID)") }
+    }
+
+    /// Stores `sealed` as the account's pending enrolment, bound to `step`, replacing any
+    /// other pending one.
+    func storePendingEnrolment(_ accountID: String, sealed: [UInt8], for step: SignInStep, at: Date, in db: any SQLTransaction) throws {
+        try db.execute(sql: """
+            INSERT INTO totp_credential (account_id, sealed_secret, created_at, pending_step) VALUES (?, ?, ?, ?)
+            ON CONFLICT(account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret, created_at = excluded.created_at,
+                                                  confirmed_at = NULL, last_used_step = NULL, pending_step = excluded.pending_step
+            """, arguments: [accountID, Data(sealed), at.epochMilliseconds, step.id])
     }
 
     /// The pending enrolment of `step` (what its page shows again after a wrong code), and
