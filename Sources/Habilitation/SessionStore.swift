@@ -168,26 +168,6 @@ public final class SessionStore: Sendable {
         return token
     }
 
-    /// The browser's live intent `token` takes `intent`'s origin and way back and lives
-    /// `intentLifetime` from now (never less than it had): following the link again is a new
-    /// intent in the same row, under the same cookie. So a browser that follows entries in a
-    /// loop (another site's page navigating a window it opened, again and again) holds one
-    /// row, however often, and spends nothing of its address's budget past its first entry.
-    /// false when `token` is not a live intent (the caller then creates one).
-    public func renewIntent(_ token: String, with intent: LoginIntent) async throws -> Bool {
-        let at = now
-        let expires = at.addingTimeInterval(configuration.intentLifetime).epochMilliseconds
-        return try await database.write { db in
-            try db.execute(sql: """
-                UPDATE login_intent SET origin = ?, origin_value = ?, return_url = ?, created_at = ?,
-                       expires_at = CASE WHEN expires_at > ? THEN expires_at ELSE ? END
-                WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
-                """, arguments: [intent.origin.rawValue, intent.originValue, intent.returnURL, at.epochMilliseconds,
-                                 expires, expires, SecretToken.hash(token), at.epochMilliseconds])
-            return try db.changesCount == 1
-        }
-    }
-
     /// The intent if it is unexpired and unused (it is spent only when a session starts).
     public func intent(_ token: String) async throws -> LoginIntent? {
         let at = now
@@ -206,9 +186,7 @@ public final class SessionStore: Sendable {
 
     /// Records a login at the OpenID Connect provider for a live intent: the `state` handed to
     /// the provider (its SHA-256 stored) is bound to the intent, for the intent's lifetime.
-    /// It replaces the intent's earlier logins still pending (the latest start wins, as one
-    /// browser has one sign-in under way), so an intent holds one row however often its
-    /// browser starts. nil when the intent is not live.
+    /// nil when the intent is not live.
     public func createProviderLogin(intentToken: String) async throws -> String? {
         let state = SecretToken.generate()
         let at = now
@@ -217,7 +195,6 @@ public final class SessionStore: Sendable {
             guard let expires = try Int64.fetchOne(db, sql: """
                 SELECT expires_at FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [intentHash, at.epochMilliseconds]) else { return nil }
-            try db.execute(sql: "DELETE FROM oidc_login WHERE intent_id_hash = ? AND consumed_at IS NULL", arguments: [intentHash])
             try db.execute(sql: "INSERT INTO oidc_login (state_hash, intent_id_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
                            arguments: [SecretToken.hash(state), intentHash, at.epochMilliseconds, expires])
             return state
@@ -438,22 +415,27 @@ public final class SessionStore: Sendable {
                 try self.completeFlow(hash: hash, at: at, address: address, userAgent: userAgent, actor: actor,
                                       replacing: previous, decide: decide, in: db)
             }
-        } catch let refused as SignInRefused {
+        } catch let caught as SignInRefused {
+            var refused = caught
             // Nothing of the refused transaction stays; the flow ends here, with its reason in
             // the trail (the browser starts again from the password, and meets the same answer
             // while the account stays as it is). Recorded once, by whichever request ends the
             // flow (a form sent twice ends it once); the refusal stands even if this record
-            // cannot be written.
-            _ = try? await database.write { db in
+            // cannot be written (the caller logs why).
+            do {
+              try await database.write { db in
                 let authentication = try String.fetchOne(db, sql: "SELECT authentication FROM sign_in_flow WHERE id_hash = ? AND consumed_at IS NULL",
                                                          arguments: [hash])
                 try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL", arguments: [at.epochMilliseconds, hash])
                 guard try db.changesCount == 1 else { return }
                 let viaProvider = authentication == SessionAuthentication.psc.rawValue
                 try self.audit.append(AuditEvent(at: at, surface: "web", action: viaProvider ? "sign-in-psc" : "sign-in",
-                                                 outcome: viaProvider ? "refused: \(refused.reason.rawValue)" : "refused \(refused.reason.rawValue)",
-                                                 actor: actor, requestID: nil, identifier: nil, accountID: refused.accountID, changes: [],
+                                                 outcome: viaProvider ? "refused: \(caught.reason.rawValue)" : "refused \(caught.reason.rawValue)",
+                                                 actor: actor, requestID: nil, identifier: nil, accountID: caught.accountID, changes: [],
                                                  detail: viaProvider ? "no session opened" : "both factors proven; no session opened"), in: db)
+              }
+            } catch {
+                refused.recordFailure = "\(error)"
             }
             throw refused
         }
@@ -653,6 +635,8 @@ public final class SessionStore: Sendable {
 public struct SignInRefused: Error, Sendable, Equatable {
     public let accountID: String
     public let reason: HabilitationDenial
+    /// Why the refusal could not be recorded (the flow's end, its audit row), if it could not.
+    public internal(set) var recordFailure: String? = nil
 
     /// The denials that refuse the session itself; the others (a direct origin, a step owed)
     /// still open one, without the habilitation.

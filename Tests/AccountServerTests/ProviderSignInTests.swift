@@ -175,6 +175,34 @@ struct ProviderSignInTests {
         await world.stop()
     }
 
+    /// A provider flow waiting on the terms of use when the SAS deactivates the account opens
+    /// no session at the terms' acceptance: the provider sign-in's own refusal, audited once as
+    /// such; a form sent again only restarts.
+    @Test func aProviderFlowRefusedAtTheTermsOpensNothing() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        let authorize = try await Self.followSASLink(browser, world: world)
+        let answer = try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: "dwho")
+        let back = try await Self.callback(browser, answer, world: world)
+        #expect(back.status == 303 && back.location == "/connexion/cgu", "\(back.status) \(back.location ?? "-")")
+        let deactivated = try await world.fhir.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C\(Self.nationalID)",
+                                                    body: Bodies.practitioner(national: Self.nationalID, active: false, email: WebSignInTests.email))
+        #expect(deactivated.status == 200)
+        let cgu = try await browser.get("/connexion/cgu")
+        let version = try #require(cgu.capture(#"name="version" value="([^"]+)""#))
+        let form = ["csrf": cgu.csrf ?? "", "accepte": "oui", "version": version]
+        let refused = try await browser.request(.POST, "/connexion/cgu", form: form)
+        #expect(refused.status == 403 && refused.body.contains("Habilitation retirée") && browser.cookies["__Host-as-session"] == nil, "\(refused.status)")
+        let again = try await browser.request(.POST, "/connexion/cgu", form: form)
+        #expect(again.status == 303 && again.location?.hasPrefix("/connexion") == true && browser.cookies["__Host-as-session"] == nil, "\(again.status)")
+        #expect(try await world.liveSessions() == 0)
+        let refusals = try await world.server.auditEvents().filter { $0.outcome.contains("deactivated-by-sas") }
+        #expect(refusals.count == 1 && refusals.first?.action == "sign-in-psc" && refusals.first?.outcome == "refused: deactivated-by-sas",
+                "\(refusals.map { "\($0.action) \($0.outcome)" })")
+        await browser.shutdown()
+        await world.stop()
+    }
+
     /// The provider's authentication stands for both factors: its flow never reaches the
     /// TOTP pages (an enrolment there would replace the recovery codes and clear the lockout,
     /// after a reset of the second factor, without the mailbox).
@@ -325,23 +353,14 @@ struct ProviderSignInTests {
         } }
         let rowsBefore = try await rows()
         for path in ["/connexion/psc", "/connexion/psc/retour?state=forged&code=x"] {
-            for (mode, destination) in [("no-cors", "image"), ("navigate", "iframe")] {
-                let page = try await d.request(.GET, path, headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", mode), ("Sec-Fetch-Dest", destination)])
+            for (mode, destination, purpose) in [("no-cors", "image", ""), ("navigate", "iframe", ""), ("navigate", "document", "prefetch")] {
+                let page = try await d.request(.GET, path, headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", mode), ("Sec-Fetch-Dest", destination)]
+                                                                    + (purpose.isEmpty ? [] : [("Sec-Purpose", purpose)]))
                 #expect(page.status == 403 && page.body.contains("Requête refusée") && page.location == nil, "\(path) \(destination): \(page.status)")
             }
         }
         let eventsAfter = try await world.server.auditEvents().count, rowsAfter = try await rows()
         #expect(eventsAfter == eventsBefore && rowsAfter == rowsBefore, "\(eventsAfter) \(rowsAfter)")
-        // A start in a loop (a window another site navigates again and again): one pending
-        // login for the browser's intent, however many starts.
-        let looping = try world.browser()
-        _ = try await Self.followSASLink(looping, world: world)
-        for _ in 0..<5 { _ = try await looping.get("/connexion/psc") }
-        let pending = try await world.server.database.read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM oidc_login WHERE consumed_at IS NULL") ?? -1
-        }
-        #expect(pending == 1, "\(pending)")
-        await looping.shutdown()
         for browser in [a, b, c, d] { await browser.shutdown() }
         await world.stop()
     }

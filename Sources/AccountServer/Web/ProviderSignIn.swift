@@ -78,16 +78,11 @@ struct ProviderSignInController: Sendable {
         // Each start commits a row before anyone has signed in: bounded per client (its own
         // budget, so a SAS link's entry and its start do not share one).
         guard WebController.isDocumentNavigation(request.headers) else { return web.notANavigation }
+        guard web.limiter.allow("provider-start", client: context.clientAddress) else { return web.tooManyRequests }
         var cookies = [WebCookie.method.clear]
         var intentToken = WebCookie.value(.intent, in: request.headers)
         var state: String? = nil
-        if let intentToken, try await sessions.intent(intentToken) != nil {
-            // A start for this browser's live intent replaces its pending login (one row per
-            // intent) and spends the intent's own budget, not the address's: another site's
-            // page starting in a loop in a window it opened spends this browser's only.
-            guard web.limiter.allow("provider-start|" + SecretToken.hash(intentToken)) else { return web.tooManyRequests }
-            state = try await sessions.createProviderLogin(intentToken: intentToken)
-        }
+        if let intentToken { state = try await sessions.createProviderLogin(intentToken: intentToken) }
         if state == nil, request.headers[HTTPField.Name("Sec-Fetch-Site")!] != "same-origin",
            let session = WebCookie.value(.session, in: request.headers), try await sessions.session(session) != nil {
             // No sign-in under way, a live session, and not a click on our own page (a
@@ -97,7 +92,6 @@ struct ProviderSignInController: Sendable {
             return WebController.redirect("/compte")
         }
         if state == nil {
-            guard web.limiter.allow("provider-start", client: context.clientAddress) else { return web.tooManyRequests }
             let token = try await sessions.createIntent(LoginIntent(origin: .direct, originValue: nil, returnURL: web.configuration.publicURL + "/compte"))
             cookies.append(WebCookie.intent.set(token, maxAge: Int(sessions.configuration.intentLifetime)))
             intentToken = token
@@ -131,16 +125,7 @@ struct ProviderSignInController: Sendable {
         // Nor may another site's page spend it, or write refusals to the audit trail, with
         // images or frames carrying a made-up state: the provider's answer is a navigation.
         guard WebController.isDocumentNavigation(request.headers) else { return web.notANavigation }
-        // A browser holding a live intent (every real callback: its state is bound to it)
-        // spends the intent's budget; only callbacks that cannot succeed spend the address's,
-        // so a page looping made-up answers through a regulator's window never holds back
-        // the other regulators behind the same address.
-        let heldIntent = WebCookie.value(.intent, in: request.headers)
-        if let heldIntent, try await sessions.intent(heldIntent) != nil {
-            guard web.limiter.allow("provider-callback|" + SecretToken.hash(heldIntent)) else { return web.tooManyRequests }
-        } else {
-            guard web.limiter.allow("provider-callback", client: context.clientAddress) else { return web.tooManyRequests }
-        }
+        guard web.limiter.allow("provider-callback", client: context.clientAddress) else { return web.tooManyRequests }
         guard let state = query.first("state"), !state.isEmpty else {
             try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "callback without state", actor: actor)
             web.metrics.providerSignIn(result: "state")

@@ -232,20 +232,8 @@ struct WebController: Sendable {
             // browser's own navigation: an image or a frame of another site's page spends
             // nothing and writes nothing.
             guard Self.isDocumentNavigation(request.headers) else { return notANavigation }
-            let next = LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL)
-            let intent: String
-            if let held = WebCookie.value(.intent, in: request.headers), try await sessions.intent(held) != nil {
-                // This browser's live intent becomes the new one, in its row: one row per
-                // browser however often it follows the link, and its own budget, not its
-                // address's (another site's page navigating a window it opened, in a loop,
-                // spends this browser's budget only).
-                guard limiter.allow("entry|" + SecretToken.hash(held)) else { return tooManyRequests }
-                guard try await sessions.renewIntent(held, with: next) else { return try await signInPage(request, context) }
-                intent = held
-            } else {
-                guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
-                intent = try await sessions.createIntent(next)
-            }
+            guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
+            let intent = try await sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
             context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
             cookies.append(WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime)))
             // With Pro Santé Connect, a SAS entry goes to the provider (silently signed in when
@@ -423,6 +411,9 @@ struct WebController: Sendable {
             // The same answer as Pro Santé Connect's for such an account: only someone holding
             // both factors learns it.
             context.logger.info("sign-in refused", metadata: ["reason": "\(refused.reason.rawValue)"])
+            if let failure = refused.recordFailure {
+                context.logger.error("the sign-in's refusal was not recorded", metadata: ["error": "\(failure)"])
+            }
             let (title, message) = refused.reason == .deactivatedBySAS
                 ? ("Habilitation retirée", "La plateforme SAS a retiré votre habilitation régulateur : aucune session n’a été ouverte.")
                 : ("Habilitation suspendue", "L’éditeur a suspendu votre habilitation régulateur : aucune session n’a été ouverte.")

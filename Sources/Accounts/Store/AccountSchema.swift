@@ -251,12 +251,7 @@ public enum AccountSchema {
                     BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: an event goes after the last one'); END;
             """),
         Migration("v11-totp-pending-step", totpPendingStep),
-        Migration("v12-oidc-login-by-intent", oidcLoginByIntent),
     ]
-
-    /// A provider start replaces its intent's pending logins: found by index (on PostgreSQL,
-    /// SERIALIZABLE would otherwise lock the whole table against every other start).
-    static let oidcLoginByIntent = "CREATE INDEX oidc_login_intent ON oidc_login(intent_id_hash)"
 
     /// A pending TOTP enrolment is bound to the sign-in step that began it (the flow's id
     /// hash, opaque to Accounts): only that flow is shown its secret again or may confirm it.
@@ -486,6 +481,5 @@ public enum AccountSchema {
         Migration("pg-v3-provider-logout", providerLogout(timestamp: "BIGINT", strict: "")),
         Migration("pg-v4-secret-key-check", secretKeyCheck(timestamp: "BIGINT", strict: "")),
         Migration("pg-v5-totp-pending-step", totpPendingStep),
-        Migration("pg-v6-oidc-login-by-intent", oidcLoginByIntent),
     ]
 }
