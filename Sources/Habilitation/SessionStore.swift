@@ -423,17 +423,17 @@ public final class SessionStore: Sendable {
             // flow (a form sent twice ends it once); the refusal stands even if this record
             // cannot be written (the caller logs why).
             do {
-              try await database.write { db in
-                let authentication = try String.fetchOne(db, sql: "SELECT authentication FROM sign_in_flow WHERE id_hash = ? AND consumed_at IS NULL",
-                                                         arguments: [hash])
-                try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL", arguments: [at.epochMilliseconds, hash])
-                guard try db.changesCount == 1 else { return }
-                let viaProvider = authentication == SessionAuthentication.psc.rawValue
-                try self.audit.append(AuditEvent(at: at, surface: "web", action: viaProvider ? "sign-in-psc" : "sign-in",
-                                                 outcome: viaProvider ? "refused: \(caught.reason.rawValue)" : "refused \(caught.reason.rawValue)",
-                                                 actor: actor, requestID: nil, identifier: nil, accountID: caught.accountID, changes: [],
-                                                 detail: viaProvider ? "no session opened" : "both factors proven; no session opened"), in: db)
-              }
+                try await database.write { db in
+                    let authentication = try String.fetchOne(db, sql: "SELECT authentication FROM sign_in_flow WHERE id_hash = ? AND consumed_at IS NULL",
+                                                             arguments: [hash])
+                    try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL", arguments: [at.epochMilliseconds, hash])
+                    guard try db.changesCount == 1 else { return }
+                    let viaProvider = authentication == SessionAuthentication.psc.rawValue
+                    try self.audit.append(AuditEvent(at: at, surface: "web", action: viaProvider ? "sign-in-psc" : "sign-in",
+                                                     outcome: viaProvider ? "refused: \(caught.reason.rawValue)" : "refused \(caught.reason.rawValue)",
+                                                     actor: actor, requestID: nil, identifier: nil, accountID: caught.accountID, changes: [],
+                                                     detail: viaProvider ? "no session opened" : "both factors proven; no session opened"), in: db)
+                }
             } catch {
                 refused.recordFailure = "\(error)"
             }
