@@ -90,7 +90,7 @@ let package = Package(
         ),
         .target(
             name: "Habilitation",
-            dependencies: ["Accounts", "Storage", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["Accounts", "Storage", .product(name: "NIOCore", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         // OpenID Connect relying party (Pro Santé Connect): discovery, JWKS, token checks. It

@@ -323,6 +323,19 @@ public final class HabilitationService: Sendable {
                           arguments: [accountID, cguVersion]) ?? false
     }
 
+    /// Whether a sign-in of this account ends refused, whatever it proves: the SAS deactivated
+    /// it, or the vendor suspended it (``SignInRefused``). The web sign-in then goes to that
+    /// refusal instead of asking for the terms of use, which the account would otherwise
+    /// accept (and the acceptance be recorded) only to be refused after. The session's own
+    /// transaction decides again.
+    public func refusesNewSessions(accountID: String) async throws -> Bool {
+        try await database.read { db in
+            try Bool.fetchOne(db, sql: """
+                SELECT NOT a.active OR EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) FROM account a WHERE a.id = ?
+                """, arguments: [accountID]) ?? false
+        }
+    }
+
     /// The decision for a session being created now (inside its transaction), so the audit
     /// trail can say whether the new session holds the habilitation.
     public func decisionForNewSession(accountID: String, origin: SessionOrigin, authentication: SessionAuthentication = .password,

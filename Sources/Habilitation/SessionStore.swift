@@ -1,4 +1,5 @@
 import Accounts
+import Crypto
 import Foundation
 import Storage
 import Synchronization
@@ -27,7 +28,10 @@ public struct SessionConfiguration: Sendable {
 }
 
 /// A login intent: where the browser came from (the SAS redirect or not) and where to send
-/// it back. Created server-side at the entry; the browser only holds its random id.
+/// it back. Sealed into the browser's cookie at the entry (``LoginSeal``: nothing is written
+/// until a sign-in proves something), copied into the sign-in flow the password or the
+/// provider opens, and from the flow into the session. It asserts nothing a stranger could
+/// not: anyone may follow the SAS link, and the habilitation still needs an account's factors.
 public struct LoginIntent: Sendable, Equatable {
     public var origin: SessionOrigin
     public var originValue: String?
@@ -65,16 +69,29 @@ public struct ProviderIdentity: Sendable, Equatable {
     }
 }
 
-/// What the callback's `state` turned out to be.
+/// What the callback's `state` turned out to be. Decided without the database: the state is
+/// sealed (``LoginSeal``), so a made-up one is refused before anything is spent or written.
 public enum ProviderLoginLookup: Sendable, Equatable {
-    /// No live login has this state (unknown, expired, or already used: single use).
+    /// No state of ours, or one past its intent's lifetime.
     case unknown
-    /// A live login, but started by another browser (its intent is not this browser's).
+    /// A state of ours, but this browser holds no live intent, or not the one it names (a
+    /// callback URL planted in another browser, or an intent that expired at the provider).
     case otherBrowser
-    /// This browser's login, now spent; the intent it serves, and when the login started
-    /// (a back-channel logout of its provider session received since then refuses the
-    /// callback).
-    case accepted(intentIDHash: String, startedAt: Date)
+    /// This browser's login. Not yet spent: ``SessionStore/spendProviderLogin(_:)`` makes it
+    /// single use.
+    case accepted(ProviderLogin)
+}
+
+/// A provider login a callback's `state` names, in the browser that started it.
+public struct ProviderLogin: Sendable, Equatable {
+    /// The SHA-256 of the state: what makes it single use, once spent.
+    public var stateHash: String
+    /// The intent it serves (origin, way back), and the SHA-256 of the intent's id.
+    public var intent: LoginIntent
+    public var intentIDHash: String
+    /// When the login started: a back-channel logout of its provider session received since
+    /// then refuses the callback.
+    public var startedAt: Date
 }
 
 /// A back-channel logout the relying party validated: what the provider ended.
@@ -108,6 +125,7 @@ public enum ProviderFlowStart: Sendable {
 /// copied from the intent that started it, and never changes afterwards.
 public final class SessionStore: Sendable {
     public let database: AccountDatabase
+    private let seal: LoginSeal
     public let configuration: SessionConfiguration
     private let clock: @Sendable () -> Date
     private let audit = AuditLog()
@@ -118,8 +136,12 @@ public final class SessionStore: Sendable {
     /// write lock exclusively, one after the other, every instance's writes waiting behind.
     private let touchesInFlight = Mutex<Set<String>>([])
 
-    public init(database: AccountDatabase, configuration: SessionConfiguration = SessionConfiguration(), clock: @escaping @Sendable () -> Date = Date.init) {
+    /// `serverKey`: the installation's key (every instance's the same), from which the keys
+    /// sealing intents and provider states are derived.
+    public init(database: AccountDatabase, serverKey: [UInt8], configuration: SessionConfiguration = SessionConfiguration(),
+                clock: @escaping @Sendable () -> Date = Date.init) {
         self.database = database
+        self.seal = LoginSeal(serverKey: serverKey)
         self.configuration = configuration
         self.clock = clock
     }
@@ -128,8 +150,9 @@ public final class SessionStore: Sendable {
 
     // MARK: Retention
 
-    /// Deletes what can no longer be used: intents, flows and provider logins once spent or
-    /// expired, back-channel logouts once past ``SessionConfiguration/providerLogoutMemory``, sessions
+    /// Deletes what can no longer be used: flows once spent or expired, spent provider states
+    /// once past their intent's lifetime (the rows of `login_intent`, unused since intents are
+    /// sealed, go as they expire), back-channel logouts once past ``SessionConfiguration/providerLogoutMemory``, sessions
     /// once ended (revoked, idle or past their absolute limit) for longer than `retention`
     /// (kept that long for the admin's view of recent sessions). The audit trail keeps the
     /// story; with `secure_delete` the rows' bytes are zeroed. Returns the rows deleted.
@@ -142,7 +165,8 @@ public final class SessionStore: Sendable {
             var deleted = try db.changesCount
             try db.execute(sql: "DELETE FROM sign_in_flow WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
             deleted += try db.changesCount
-            try db.execute(sql: "DELETE FROM oidc_login WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
+            // A spent state stays as long as it could be presented again.
+            try db.execute(sql: "DELETE FROM oidc_login WHERE expires_at <= ?", arguments: [at.epochMilliseconds])
             deleted += try db.changesCount
             try db.execute(sql: "DELETE FROM provider_logout WHERE expires_at <= ?", arguments: [at.epochMilliseconds])
             deleted += try db.changesCount
@@ -155,66 +179,63 @@ public final class SessionStore: Sendable {
 
     // MARK: Intents
 
-    public func createIntent(_ intent: LoginIntent) async throws -> String {
-        let token = SecretToken.generate()
-        let at = now
-        let expires = at.addingTimeInterval(configuration.intentLifetime)
-        try await database.write { db in
-            try db.execute(sql: """
-                INSERT INTO login_intent (id_hash, origin, origin_value, return_url, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
-                """, arguments: [SecretToken.hash(token), intent.origin.rawValue, intent.originValue, intent.returnURL,
-                                 at.epochMilliseconds, expires.epochMilliseconds])
-        }
-        return token
+    /// The intent sealed for the browser's cookie (``LoginSeal``): nothing is written. It
+    /// lives ``SessionConfiguration/intentLifetime`` from now, until a sign-in copies it into
+    /// its flow.
+    public func createIntent(_ intent: LoginIntent) -> String {
+        var generator = SystemRandomNumberGenerator()
+        let id = (0..<16).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+        return seal.sealIntent(intent, id: id, at: now)
     }
 
-    /// The intent if it is unexpired and unused (it is spent only when a session starts).
-    public func intent(_ token: String) async throws -> LoginIntent? {
-        let at = now
-        return try await database.read { db in try Self.liveIntent(token, at: at, in: db) }
+    /// The intent a cookie holds if it is ours and unexpired.
+    public func intent(_ token: String) -> LoginIntent? { liveIntent(token)?.intent }
+
+    private func liveIntent(_ token: String) -> (intent: LoginIntent, id: [UInt8], at: Date)? {
+        guard let opened = seal.openIntent(token), now < opened.at.addingTimeInterval(configuration.intentLifetime) else { return nil }
+        return opened
     }
 
-    static func liveIntent(_ token: String, at: Date, in db: any SQLTransaction) throws -> LoginIntent? {
-        guard let row = try SQLRow.fetchOne(db, sql: """
-            SELECT origin, origin_value, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
-            """, arguments: [SecretToken.hash(token), at.epochMilliseconds]),
-              let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
-        return LoginIntent(origin: origin, originValue: row["origin_value"], returnURL: row["return_url"])
-    }
+    /// The stored name of an intent: the SHA-256 of its id (hex).
+    static func idHash(_ id: [UInt8]) -> String { SecretToken.hex(Array(SHA256.hash(data: id))) }
 
     // MARK: Provider logins
 
-    /// Records a login at the OpenID Connect provider for a live intent: the `state` handed to
-    /// the provider (its SHA-256 stored) is bound to the intent, for the intent's lifetime.
-    /// nil when the intent is not live.
-    public func createProviderLogin(intentToken: String) async throws -> String? {
-        let state = SecretToken.generate()
-        let at = now
-        let intentHash = SecretToken.hash(intentToken)
-        return try await database.write { db in
-            guard let expires = try Int64.fetchOne(db, sql: """
-                SELECT expires_at FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
-                """, arguments: [intentHash, at.epochMilliseconds]) else { return nil }
-            try db.execute(sql: "INSERT INTO oidc_login (state_hash, intent_id_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                           arguments: [SecretToken.hash(state), intentHash, at.epochMilliseconds, expires])
-            return state
-        }
+    /// The `state` of a login at the OpenID Connect provider for a live intent: sealed, it
+    /// names the intent and the login's start, and nothing is written. It lives as long as
+    /// its intent. nil when the intent is not live.
+    public func createProviderLogin(intentToken: String) -> String? {
+        guard let intent = liveIntent(intentToken) else { return nil }
+        return seal.sealState(intentID: intent.id, at: now)
     }
 
-    /// Spends the login a callback's `state` names (whatever the outcome: a state works once)
-    /// and checks it was started by this browser (whose intent cookie is `intentToken`), so a
-    /// callback URL planted in another browser signs nobody in there.
-    public func consumeProviderLogin(state: String, intentToken: String?) async throws -> ProviderLoginLookup {
+    /// What a callback's `state` is, for the browser whose intent cookie is `intentToken`
+    /// (a callback URL planted in another browser signs nobody in there). Reads nothing and
+    /// writes nothing: a state nobody sealed costs nothing to refuse.
+    public func providerLogin(state: String, intentToken: String?) -> ProviderLoginLookup {
         let at = now
-        let stateHash = SecretToken.hash(state)
+        guard let login = seal.openState(state), at < login.at.addingTimeInterval(configuration.intentLifetime) else { return .unknown }
+        guard let intentToken, let intent = liveIntent(intentToken), SecretToken.constantTimeEquals(intent.id, login.intentID) else {
+            return .otherBrowser
+        }
+        return .accepted(ProviderLogin(stateHash: SecretToken.hash(state), intent: intent.intent, intentIDHash: Self.idHash(intent.id),
+                                       startedAt: login.at))
+    }
+
+    /// Spends a login's state: true the first time, on any instance; false once spent (a
+    /// callback reloaded or replayed). The row lives as long as the state could be presented
+    /// (its intent's lifetime from the login's start), plus a minute for the instances'
+    /// clocks, then the purge removes it. `consumed_at` stays empty: the version before sealed
+    /// states purged consumed rows at once, and an instance of it during a rolling upgrade
+    /// would have made spent states good again.
+    public func spendProviderLogin(_ login: ProviderLogin) async throws -> Bool {
+        let expires = login.startedAt.addingTimeInterval(configuration.intentLifetime + 60)
         return try await database.write { db in
-            guard let login = try SQLRow.fetchOne(db, sql: """
-                SELECT intent_id_hash, created_at FROM oidc_login WHERE state_hash = ? AND consumed_at IS NULL AND expires_at > ?
-                """, arguments: [stateHash, at.epochMilliseconds]) else { return .unknown }
-            let intentHash: String = login["intent_id_hash"]
-            try db.execute(sql: "UPDATE oidc_login SET consumed_at = ? WHERE state_hash = ?", arguments: [at.epochMilliseconds, stateHash])
-            guard let intentToken, SecretToken.constantTimeEquals(Array(SecretToken.hash(intentToken).utf8), Array(intentHash.utf8)) else { return .otherBrowser }
-            return .accepted(intentIDHash: intentHash, startedAt: Date(epochMilliseconds: login["created_at"]))
+            try db.execute(sql: """
+                INSERT INTO oidc_login (state_hash, intent_id_hash, created_at, expires_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT (state_hash) DO NOTHING
+                """, arguments: [login.stateHash, login.intentIDHash, login.startedAt.epochMilliseconds, expires.epochMilliseconds])
+            return try db.changesCount == 1
         }
     }
 
@@ -241,8 +262,8 @@ public final class SessionStore: Sendable {
     /// (a new token each time).
     public func startFlow(accountID: String, intentToken: String?, in db: any SQLTransaction) throws -> String {
         let token = SecretToken.generate()
-        try insertFlow(token: token, accountID: accountID, intentHash: intentToken.map(SecretToken.hash), provider: nil,
-                       auditDetail: nil, actor: nil, at: now, in: db)
+        let intent = intentToken.flatMap(liveIntent).map { (intent: $0.intent, idHash: Self.idHash($0.id)) }
+        try insertFlow(token: token, accountID: accountID, intent: intent, provider: nil, auditDetail: nil, actor: nil, at: now, in: db)
         return token
     }
 
@@ -259,7 +280,7 @@ public final class SessionStore: Sendable {
     /// - when `complete` says no step remains (the CGU in force accepted), the session at
     ///   once, as ``completeFlow(flowToken:address:userAgent:actor:decide:)`` would make it.
     public func startProviderFlow(match: @escaping @Sendable (any SQLTransaction) throws -> HabilitationService.ProviderAccountMatch,
-                                  intentIDHash: String, loginStartedAt: Date, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
+                                  login: ProviderLogin, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
                                   completeIf complete: @escaping @Sendable (_ accountID: String, any SQLTransaction) throws -> Bool,
                                   address: String?, userAgent: String?, replacing previous: String? = nil,
                                   decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision)
@@ -267,8 +288,7 @@ public final class SessionStore: Sendable {
         let token = SecretToken.generate()
         let at = now
         do {
-            return try await startProviderFlow(token: token, at: at, match: match, intentIDHash: intentIDHash, loginStartedAt: loginStartedAt,
-                                               identity: identity, auditDetail: auditDetail, actor: actor, completeIf: complete,
+            return try await startProviderFlow(token: token, at: at, match: match, login: login, identity: identity, auditDetail: auditDetail, actor: actor, completeIf: complete,
                                                address: address, userAgent: userAgent, replacing: previous, decide: decide)
         } catch let refused as SignInRefused {
             // `match` and `decide` read one snapshot, so this cannot happen while they agree;
@@ -278,7 +298,7 @@ public final class SessionStore: Sendable {
     }
 
     private func startProviderFlow(token: String, at: Date, match: @escaping @Sendable (any SQLTransaction) throws -> HabilitationService.ProviderAccountMatch,
-                                   intentIDHash: String, loginStartedAt: Date, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
+                                   login: ProviderLogin, identity: ProviderIdentity, auditDetail: String, actor: AuditActor,
                                    completeIf complete: @escaping @Sendable (_ accountID: String, any SQLTransaction) throws -> Bool,
                                    address: String?, userAgent: String?, replacing previous: String?,
                                    decide: @escaping @Sendable (String, SessionOrigin, SessionAuthentication, any SQLTransaction) throws -> HabilitationDecision)
@@ -286,10 +306,11 @@ public final class SessionStore: Sendable {
         try await database.write { db in
             let found = try match(db)
             guard case .eligible(let accountID) = found else { return .refused(found) }
-            if try Self.loggedOut(identity, since: loginStartedAt.addingTimeInterval(-self.configuration.providerLogoutClockMargin), at: at, in: db) {
+            if try Self.loggedOut(identity, since: login.startedAt.addingTimeInterval(-self.configuration.providerLogoutClockMargin), at: at, in: db) {
                 return .loggedOutAtProvider(accountID: accountID)
             }
-            try self.insertFlow(token: token, accountID: accountID, intentHash: intentIDHash, provider: identity, auditDetail: auditDetail, actor: actor, at: at, in: db)
+            try self.insertFlow(token: token, accountID: accountID, intent: (login.intent, login.intentIDHash), provider: identity,
+                                auditDetail: auditDetail, actor: actor, at: at, in: db)
             guard try complete(accountID, db) else { return .opened(flowToken: token, session: nil) }
             let session = try self.completeFlow(hash: SecretToken.hash(token), at: at, address: address, userAgent: userAgent, actor: actor,
                                                 replacing: previous, decide: decide, in: db)
@@ -318,48 +339,37 @@ public final class SessionStore: Sendable {
             """, arguments: [identity.subject, since.epochMilliseconds, at.epochMilliseconds]) == true
     }
 
-    private func insertFlow(token: String, accountID: String, intentHash: String?, provider: ProviderIdentity?, auditDetail: String?,
-                            actor: AuditActor?, at: Date, in db: any SQLTransaction) throws {
-        do {
-            try db.execute(sql: """
-                INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, created_at, expires_at, second_factor_at,
-                                          authentication, oidc_subject, oidc_session_id, oidc_id_token)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [SecretToken.hash(token), accountID, intentHash, at.epochMilliseconds,
-                                 at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds,
-                                 provider == nil ? nil : at.epochMilliseconds,
-                                 provider == nil ? SessionAuthentication.password.rawValue : SessionAuthentication.psc.rawValue,
-                                 provider?.subject, provider?.sessionID, provider?.sealedIDToken.map { Data($0) }])
-            if let intentHash {
-                // The intent (the SAS origin and the way back) lives as long as the flow it
-                // started: a first sign-in (password, TOTP enrolment, recovery codes, the
-                // terms of use) easily takes longer than the intent's 10 minutes, and its
-                // session would otherwise open without the origin, hence without the
-                // habilitation, silently.
-                // Once: an intent created more than its lifetime ago has been extended already
-                // (a client replaying the cookie with the password cannot keep it alive).
-                let until = at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds
-                try db.execute(sql: """
-                    UPDATE login_intent SET expires_at = ?
-                    WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ? AND expires_at < ? AND created_at > ?
-                    """, arguments: [until, intentHash, at.epochMilliseconds, until,
-                                     at.addingTimeInterval(-self.configuration.intentLifetime).epochMilliseconds])
-            }
-            if let auditDetail, let actor {
-                try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in-psc", outcome: "accepted", actor: actor, requestID: nil,
-                                                 identifier: nil, accountID: accountID, changes: [], detail: auditDetail), in: db)
-            }
+    /// The flow copies its intent (origin, way back): it lives as long as the flow, for a first
+    /// sign-in (password, TOTP enrolment, recovery codes, the terms of use) easily takes
+    /// longer than the intent's 10 minutes, and its session would otherwise open without the
+    /// origin, hence without the habilitation, silently. The SAS link followed again meanwhile
+    /// changes nothing for a flow already open.
+    private func insertFlow(token: String, accountID: String, intent: (intent: LoginIntent, idHash: String)?, provider: ProviderIdentity?,
+                            auditDetail: String?, actor: AuditActor?, at: Date, in db: any SQLTransaction) throws {
+        try db.execute(sql: """
+            INSERT INTO sign_in_flow (id_hash, account_id, intent_id_hash, origin, origin_value, return_url, created_at, expires_at,
+                                      second_factor_at, authentication, oidc_subject, oidc_session_id, oidc_id_token)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [SecretToken.hash(token), accountID, intent?.idHash, intent?.intent.origin.rawValue, intent?.intent.originValue,
+                             intent?.intent.returnURL, at.epochMilliseconds, at.addingTimeInterval(self.configuration.flowLifetime).epochMilliseconds,
+                             provider == nil ? nil : at.epochMilliseconds,
+                             provider == nil ? SessionAuthentication.password.rawValue : SessionAuthentication.psc.rawValue,
+                             provider?.subject, provider?.sessionID, provider?.sealedIDToken.map { Data($0) }])
+        if let auditDetail, let actor {
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in-psc", outcome: "accepted", actor: actor, requestID: nil,
+                                             identifier: nil, accountID: accountID, changes: [], detail: auditDetail), in: db)
         }
     }
 
-    public func flow(_ token: String) async throws -> (accountID: String, intentIDHash: String?, secondFactorDone: Bool)? {
+    public func flow(_ token: String) async throws -> (accountID: String, intentIDHash: String?, secondFactorDone: Bool, authentication: SessionAuthentication)? {
         let at = now
         return try await database.read { db in
             try SQLRow.fetchOne(db, sql: """
-                SELECT account_id, intent_id_hash, second_factor_at FROM sign_in_flow
+                SELECT account_id, intent_id_hash, second_factor_at, authentication FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [SecretToken.hash(token), at.epochMilliseconds]).map {
-                ($0["account_id"], $0["intent_id_hash"], ($0["second_factor_at"] as Int64?) != nil)
+                ($0["account_id"], $0["intent_id_hash"], ($0["second_factor_at"] as Int64?) != nil,
+                 SessionAuthentication(rawValue: $0["authentication"]) ?? .password)
             }
         }
     }
@@ -455,22 +465,15 @@ public final class SessionStore: Sendable {
         let absolute = configuration.absoluteTimeout
         do {
             guard let flow = try SQLRow.fetchOne(db, sql: """
-                SELECT account_id, intent_id_hash, second_factor_at, authentication, oidc_subject, oidc_session_id, oidc_id_token FROM sign_in_flow
+                SELECT account_id, origin, return_url, second_factor_at, authentication, oidc_subject, oidc_session_id, oidc_id_token FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [flowHash, at.epochMilliseconds]),
                   (flow["second_factor_at"] as Int64?) != nil else { return nil }
             let accountID: String = flow["account_id"]
             let authentication = SessionAuthentication(rawValue: flow["authentication"]) ?? .password
-            var origin = SessionOrigin.direct
-            var returnURL: String?
-            if let intentHash: String = flow["intent_id_hash"],
-               let intent = try SQLRow.fetchOne(db, sql: """
-                SELECT origin, return_url FROM login_intent WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
-                """, arguments: [intentHash, at.epochMilliseconds]) {
-                origin = SessionOrigin(rawValue: intent["origin"]) ?? .direct
-                returnURL = intent["return_url"]
-                try db.execute(sql: "UPDATE login_intent SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, intentHash])
-            }
+            // The intent the flow copied when it opened; none (or no live one then): direct.
+            let origin = (flow["origin"] as String?).flatMap(SessionOrigin.init(rawValue:)) ?? .direct
+            let returnURL: String? = flow["return_url"]
             let decision = try decide(accountID, origin, authentication, db)
             if case .denied(let reasons) = decision, let refusal = reasons.first(where: SignInRefused.refusing.contains) {
                 throw SignInRefused(accountID: accountID, reason: refusal)
@@ -591,7 +594,7 @@ public final class SessionStore: Sendable {
     /// or another, is a replay and returns nil, ending nothing), ends at once every live
     /// provider session and provider flow in progress of the provider's session `sid` when
     /// given, else of the subject `sub`, and leaves the mark that refuses a callback of that
-    /// session already under way (``startProviderFlow(match:intentIDHash:loginStartedAt:identity:auditDetail:actor:completeIf:address:userAgent:decide:)``).
+    /// session already under way (``startProviderFlow(match:login:identity:auditDetail:actor:completeIf:address:userAgent:replacing:decide:)``).
     /// Returns the sessions ended. If the transaction fails, nothing is recorded, and the
     /// provider's retry of the same token is acted on (but if its COMMIT went out unanswered
     /// and had been applied, the retry is refused as a replay: the sessions are ended all the

@@ -422,7 +422,10 @@ struct MultiInstanceTests {
         let down = clock.now
         try await Task.sleep(for: .seconds(3))
         let web = try cluster.browser()
-        let page = try await web.get("/connexion?origin=sas")
+        // The SAS entry needs no database (its intent is sealed in the cookie); a page that
+        // reads it (a reset link) gets the French 503 page.
+        let entry = try await web.get("/connexion?origin=sas")
+        let page = try await web.get("/reinitialisation?jeton=x")
         // And one INT_R02 call of our own, timed, while it is down.
         let probe = try cluster.fhir()
         let probeStarted = clock.now
@@ -444,6 +447,7 @@ struct MultiInstanceTests {
                 "\(duringOutage.map { "\($0.status.map(String.init) ?? "no answer")" })")
         #expect(duringOutage.allSatisfy { $0.took < .seconds(7) }, "fail fast: \(duringOutage.map(\.took).max() ?? .zero)")
         #expect(page.status == 503 && page.body.contains("Service momentanément indisponible"), "\(page.status) \(page.body.prefix(300))")
+        #expect(entry.status == 303 && entry.location == "/connexion", "\(entry.status)")
         #expect(count(after: up + .seconds(1), 201) >= 10, "served again after the restart, without restarting account-server")
         // Each instance serves again, asked directly: nginx's round robin does not move a
         // call answered 503 to the other instance, so one instance stuck answering 503 would

@@ -74,6 +74,10 @@ struct ProviderSignInTests {
         }
     }
 
+    /// A click on one of our own pages (« Réessayer avec Pro Santé Connect »…), as a browser
+    /// sends it.
+    static let click = [("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document"), ("Sec-Fetch-User", "?1")]
+
     static var entryPath: String { "/connexion?origin=sas&retour=\(agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)" }
 
     /// The SAS link, up to the provider: returns the authorization URL the browser was sent to.
@@ -176,29 +180,38 @@ struct ProviderSignInTests {
     }
 
     /// A provider flow waiting on the terms of use when the SAS deactivates the account opens
-    /// no session at the terms' acceptance: the provider sign-in's own refusal, audited once as
-    /// such; a form sent again only restarts.
+    /// no session at the terms' acceptance, which is not recorded: the provider sign-in's own
+    /// refusal, audited once as such; a form sent again only restarts. A flow that asks for
+    /// the terms after the withdrawal is refused at once, not shown terms it could accept
+    /// only to be refused.
     @Test func aProviderFlowRefusedAtTheTermsOpensNothing() async throws {
         let world = try await World()
-        let browser = try world.browser()
-        let authorize = try await Self.followSASLink(browser, world: world)
-        let answer = try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: "dwho")
-        let back = try await Self.callback(browser, answer, world: world)
-        #expect(back.status == 303 && back.location == "/connexion/cgu", "\(back.status) \(back.location ?? "-")")
+        let browser = try world.browser(), other = try world.browser()
+        for browser in [browser, other] {
+            let authorize = try await Self.followSASLink(browser, world: world)
+            let answer = try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: "dwho")
+            let back = try await Self.callback(browser, answer, world: world)
+            #expect(back.status == 303 && back.location == "/connexion/cgu", "\(back.status) \(back.location ?? "-")")
+        }
+        let cgu = try await browser.get("/connexion/cgu")
+        let version = try #require(cgu.capture(#"name="version" value="([^"]+)""#))
         let deactivated = try await world.fhir.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C\(Self.nationalID)",
                                                     body: Bodies.practitioner(national: Self.nationalID, active: false, email: WebSignInTests.email))
         #expect(deactivated.status == 200)
-        let cgu = try await browser.get("/connexion/cgu")
-        let version = try #require(cgu.capture(#"name="version" value="([^"]+)""#))
         let form = ["csrf": cgu.csrf ?? "", "accepte": "oui", "version": version]
         let refused = try await browser.request(.POST, "/connexion/cgu", form: form)
         #expect(refused.status == 403 && refused.body.contains("Habilitation retirée") && browser.cookies["__Host-as-session"] == nil, "\(refused.status)")
         let again = try await browser.request(.POST, "/connexion/cgu", form: form)
         #expect(again.status == 303 && again.location?.hasPrefix("/connexion") == true && browser.cookies["__Host-as-session"] == nil, "\(again.status)")
+        let page = try await other.get("/connexion/cgu")
+        #expect(page.status == 403 && page.body.contains("Habilitation retirée") && !page.body.contains("name=\"accepte\""), "\(page.status)")
         #expect(try await world.liveSessions() == 0)
+        let accepted = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM cgu_acceptance") ?? -1 }
+        #expect(accepted == 0, "a refused account accepts nothing")
         let refusals = try await world.server.auditEvents().filter { $0.outcome.contains("deactivated-by-sas") }
-        #expect(refusals.count == 1 && refusals.first?.action == "sign-in-psc" && refusals.first?.outcome == "refused: deactivated-by-sas",
-                "\(refusals.map { "\($0.action) \($0.outcome)" })")
+        #expect(refusals.count == 2 && refusals.allSatisfy { $0.action == "sign-in-psc" && $0.outcome == "refused: deactivated-by-sas" },
+                "one per flow: \(refusals.map { "\($0.action) \($0.outcome)" })")
+        await other.shutdown()
         await browser.shutdown()
         await world.stop()
     }
@@ -275,7 +288,12 @@ struct ProviderSignInTests {
         #expect(stranger.cookies["__Host-as-session"] == nil && stranger.cookies["__Host-as-flow"] == nil)
         #expect(try await world.server.auditEvents().contains { $0.action == "sign-in-psc" && $0.outcome == "refused: unknown-national-id" && $0.detail?.contains("810009999999") == true })
         #expect(try await world.liveSessions() == 0)
-        // « Se connecter sans Pro Santé Connect » keeps the SAS intent and is remembered.
+        // « Se connecter sans Pro Santé Connect » keeps the SAS intent and is remembered: the
+        // regulator's choice (a click, or a bookmark), never another site's navigation.
+        let navigatedThere = try await stranger.request(.GET, "/connexion/sans-psc", headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"),
+                                                                                              ("Sec-Fetch-Dest", "document")])
+        #expect(navigatedThere.status == 303 && !navigatedThere.headers["Set-Cookie"].contains { $0.hasPrefix("__Host-as-methode") })
+        stranger.cookies["__Host-as-methode"] = nil   // (set for an hour by the refusal)
         let without = try await stranger.get("/connexion/sans-psc")
         #expect(without.status == 303 && without.location == "/connexion" && stranger.cookies["__Host-as-methode"] == "mot-de-passe")
         let page = try await stranger.get("/connexion")
@@ -289,10 +307,16 @@ struct ProviderSignInTests {
         let authorize = try await Self.followSASLink(a, world: world)
         let answer = try await a.signInAtProvider(try await a.get(authorize), url: authorize, login: "dwho")
         let callbackURL = try #require(answer.location)
+        let eventsBeforePlanting = try await world.server.auditEvents().count
         let planted = try await b.get(callbackURL)
-        #expect(planted.status == 400 && b.cookies["__Host-as-session"] == nil, "another browser's callback opens nothing")
+        #expect(planted.status == 400 && b.cookies["__Host-as-session"] == nil && b.cookies["__Host-as-flow"] == nil, "another browser's callback opens nothing")
+        #expect(try await world.server.auditEvents().count == eventsBeforePlanting, "nor writes anything: anyone can plant one")
+        // Nor spends the login: the browser that started it still completes it, once.
+        let own = try await a.get(callbackURL)
+        #expect(own.status == 303 && own.location == "/connexion/cgu" && a.cookies["__Host-as-flow"] != nil, "\(own.status) \(own.location ?? "")")
         let late = try await a.get(callbackURL)
         #expect(late.status == 400 && a.cookies["__Host-as-session"] == nil, "a state works once")
+        #expect(try await world.server.auditEvents().contains { $0.outcome == "refused: state" && $0.detail == "state already used" })
         #expect(try await world.liveSessions() == 0)
 
         // Replayed code: a used code, presented with a fresh state of this browser.
@@ -303,7 +327,7 @@ struct ProviderSignInTests {
         let sessionsBefore = try await world.liveSessions()
         let live = c.cookies["__Host-as-session"]
         c.cookies["__Host-as-session"] = nil   // a browser with a live session starts nothing
-        let fresh = try await c.get("/connexion/psc")
+        let fresh = try await c.request(.GET, "/connexion/psc", headers: Self.click)
         let freshState = try #require(URLComponents(string: fresh.location ?? "")?.queryItems?.first { $0.name == "state" }?.value)
         let replay = try await c.get("/connexion/psc/retour?state=\(freshState)&code=\(usedCode)")
         #expect(replay.status == 401 && replay.body.contains("Connexion refusée"))
@@ -311,13 +335,13 @@ struct ProviderSignInTests {
         #expect(try await world.liveSessions() == sessionsBefore)
 
         // The provider's own error (e.g. the regulator cancelled at PSC).
-        let cancelled = try await c.get("/connexion/psc")
+        let cancelled = try await c.request(.GET, "/connexion/psc", headers: Self.click)
         let cancelledState = try #require(URLComponents(string: cancelled.location ?? "")?.queryItems?.first { $0.name == "state" }?.value)
         let error = try await c.get("/connexion/psc/retour?state=\(cancelledState)&error=access_denied")
         #expect(error.status == 401 && error.body.contains("id=\"lien-sans-psc\""))
 
         // RFC 9207: an answer naming another issuer (a mix-up) is refused before the code is used.
-        let mixed = try await c.get("/connexion/psc")
+        let mixed = try await c.request(.GET, "/connexion/psc", headers: Self.click)
         let mixedState = try #require(URLComponents(string: mixed.location ?? "")?.queryItems?.first { $0.name == "state" }?.value)
         let mixUp = try await c.get("/connexion/psc/retour?state=\(mixedState)&code=x&iss=https%3A%2F%2Fevil.example")
         #expect(mixUp.status == 400 && mixUp.body.contains("ne vient pas de Pro Santé Connect"), "\(mixUp.status)")
@@ -362,6 +386,97 @@ struct ProviderSignInTests {
         let eventsAfter = try await world.server.auditEvents().count, rowsAfter = try await rows()
         #expect(eventsAfter == eventsBefore && rowsAfter == rowsBefore, "\(eventsAfter) \(rowsAfter)")
         for browser in [a, b, c, d] { await browser.shutdown() }
+        await world.stop()
+    }
+
+    /// A page of another site can navigate a window, again and again, to the SAS entry, the
+    /// provider start, and our callback with a made-up state or another browser's (its
+    /// author starts logins of his own at will): each looks exactly like the real thing.
+    /// Intents and states are sealed, so none of it writes a row or an audit event, or spends
+    /// the address's budget: the regulators behind it still sign in.
+    @Test func aWindowNavigatedInALoopWritesNothingAndLocksNobodyOut() async throws {
+        let world = try await World()
+        let navigation = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
+        let author = try world.browser(), window = try world.browser()
+        let foreign = try await author.request(.GET, "/connexion/psc", headers: navigation)
+        let foreignState = try #require(URLComponents(string: foreign.location ?? "")?.queryItems?.first { $0.name == "state" }?.value)
+        let rows = { try await world.server.database.read { db in
+            try ["login_intent", "oidc_login", "sign_in_flow", "web_session"].map { try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \($0)") ?? -1 }
+        } }
+        let rowsBefore = try await rows(), eventsBefore = try await world.server.auditEvents().count
+        var statuses: [String: [Int: Int]] = [:]
+        // More than the address's budget (120 a minute) of each.
+        for index in 0..<130 {
+            for (name, path) in [("entry", Self.entryPath), ("start", "/connexion/psc"), ("made-up", "/connexion/psc/retour?state=forged\(index)&code=x"),
+                                 ("foreign", "/connexion/psc/retour?state=\(foreignState)&code=x"), ("no state", "/connexion/psc/retour?code=x")] {
+                statuses[name, default: [:]][try await window.request(.GET, path, headers: navigation).status, default: 0] += 1
+            }
+        }
+        #expect(statuses == ["entry": [303: 130], "start": [303: 130], "made-up": [400: 130], "foreign": [400: 130], "no state": [400: 130]], "\(statuses)")
+        let rowsAfter = try await rows(), eventsAfter = try await world.server.auditEvents().count
+        #expect(rowsAfter == rowsBefore && eventsAfter == eventsBefore, "\(rowsBefore) → \(rowsAfter), \(eventsBefore) → \(eventsAfter) events")
+        // A regulator behind the same address signs in through the provider.
+        let regulator = try world.browser()
+        let (page, _) = try await Self.firstSignIn(regulator, world: world)
+        #expect(page.status == 303 && page.location == Self.agenda, "\(page.status) \(page.location ?? "")")
+        for browser in [author, window, regulator] { await browser.shutdown() }
+        await world.stop()
+    }
+
+    /// The same loop in a browser whose provider session is live: the provider answers at
+    /// once, with a code, every time. When the sign-in here ends in no session (the terms of
+    /// use owed, no account for the national id), each answer would cost a callback (the
+    /// address's budget, a row, audit events, a code redeemed at the provider). After one
+    /// answer, the SAS link leads to the terms, or to the password page (which offers the
+    /// provider: a click on it starts again).
+    @Test func aLoopThroughALiveProviderSessionCostsOneAnswer() async throws {
+        let world = try await World()
+        let navigation = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
+        /// A navigation followed as a browser follows it: the callbacks it reached, its last page.
+        func follow(_ browser: Browser, _ start: String) async throws -> (callbacks: Int, last: Browser.Page) {
+            var url = start, callbacks = 0
+            for _ in 0..<10 {
+                if url.contains("/connexion/psc/retour") { callbacks += 1 }
+                let page = url.hasPrefix(world.provider.issuer) ? try await browser.get(url) : try await browser.request(.GET, url, headers: navigation)
+                guard [302, 303].contains(page.status), let next = page.location else { return (callbacks, page) }
+                url = next
+            }
+            throw FixtureFailure("a redirect loop from \(start)")
+        }
+        let rows = { try await world.server.database.read { db in
+            try ["oidc_login", "sign_in_flow", "web_session"].map { try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \($0)") ?? -1 }
+        } }
+        for (login, expected) in [("dwho", "/connexion/cgu"), ("rtyler", "/connexion")] {
+            let browser = try world.browser()
+            // Signed in at the provider once (its form): its session is live from then on.
+            let authorize = try await Self.followSASLink(browser, world: world)
+            let first = try await Self.callback(browser, try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: login), world: world)
+            #expect(first.status == (login == "dwho" ? 303 : 403), "\(login): \(first.status)")
+            let rowsBefore = try await rows(), eventsBefore = try await world.server.auditEvents().count
+            var callbacks = 0, ends: Set<String> = []
+            // The SAS link, and the start itself (a loop may aim at either).
+            for path in Array(repeating: Self.entryPath, count: 10) + Array(repeating: "/connexion/psc", count: 10) {
+                let (count, last) = try await follow(browser, path)
+                callbacks += count
+                ends.insert("\(last.status) \(last.body.contains("id=\"form-connexion\"") ? "/connexion" : last.body.contains("name=\"accepte\"") ? "/connexion/cgu" : "?")")
+            }
+            #expect(callbacks == 0 && ends == ["200 \(expected)"], "\(login): \(callbacks) callbacks, ends \(ends)")
+            let rowsAfter = try await rows(), eventsAfter = try await world.server.auditEvents().count
+            #expect(rowsAfter == rowsBefore && eventsAfter == eventsBefore, "\(login): \(rowsBefore) → \(rowsAfter), \(eventsBefore) → \(eventsAfter) events")
+            guard login == "rtyler" else { await browser.shutdown(); continue }
+            // The regulator's own click on « Se connecter avec Pro Santé Connect » starts again,
+            // told by `Sec-Fetch-Site`, or by the link's token in a browser that sends no such
+            // header; a made-up token is no click.
+            let page = try await browser.get("/connexion")
+            let link = try #require(page.capture(#"href="(/connexion/psc\?clic=[^"]+)""#), "the page's link carries its token")
+            let forged = try await browser.request(.GET, "/connexion/psc?clic=" + String(repeating: "A", count: 43), headers: navigation)
+            #expect(forged.status == 303 && forged.location == "/connexion", "\(forged.status)")
+            let byToken = try await browser.get(link)
+            browser.cookies["__Host-as-methode"] = "mot-de-passe"   // (the click forgets the choice)
+            let byHeader = try await browser.request(.GET, "/connexion/psc", headers: Self.click)
+            #expect([byToken, byHeader].allSatisfy { $0.status == 303 && $0.location?.hasPrefix(world.provider.issuer) == true }, "\([byToken, byHeader].map(\.status))")
+            await browser.shutdown()
+        }
         await world.stop()
     }
 

@@ -19,4 +19,19 @@ struct ReturnURLTests {
         for url in refused { #expect(Self.configuration.validatedReturnURL(url) == nil, "\(url)") }
         #expect(Self.configuration.validatedReturnURL("/compte") == "https://comptes.example/compte")
     }
+
+    /// The return URL travels sealed in the intent's cookie: bounded (2,048 bytes with the
+    /// public URL), and a local path is a URL too (no quote, space or control character that
+    /// would swell it, or end up in a `Location`).
+    @Test func aReturnURLIsBoundedAndWellFormed() {
+        let limit = WebConfiguration.maximumReturnURLLength - Self.configuration.publicURL.utf8.count
+        #expect(Self.configuration.validatedReturnURL("/" + String(repeating: "a", count: limit - 1)) != nil)
+        #expect(Self.configuration.validatedReturnURL("/" + String(repeating: "a", count: limit)) == nil)
+        #expect(Self.configuration.validatedReturnURL("https://agenda.example/" + String(repeating: "a", count: 2_100)) == nil)
+        #expect(Self.configuration.validatedReturnURL("https://agenda.example/" + String(repeating: "é", count: 300)) != nil)
+        #expect(Self.configuration.validatedReturnURL("https://agenda.example/" + String(repeating: "é", count: 400)) == nil, "bounded once encoded")
+        for path in ["/\"compte", "/a b", "/a\r\nSet-Cookie:x", "/a\u{7F}"] {
+            #expect(Self.configuration.validatedReturnURL(path) == nil, "\(path.debugDescription)")
+        }
+    }
 }

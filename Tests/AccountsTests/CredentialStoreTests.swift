@@ -359,7 +359,7 @@ struct CredentialStoreTests {
     @Test func aSecondFactorForAFlowEndedMeanwhileSpendsNothing() async throws {
         let h = try await CredentialHarness()
         try await h.setPassword(Self.password)
-        let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
+        let sessions = SessionStore(database: h.accounts.database, serverKey: TestKeys.server, clock: { h.clock.now })
         let totp = TOTP()
         let shown = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
 
@@ -410,7 +410,7 @@ struct CredentialStoreTests {
     @Test func wrongCodesEndTheFlowInTheTransactionThatCountsThem() async throws {
         let h = try await CredentialHarness(lockout: LockoutPolicy(maximumFailures: 5, coolingPeriod: .seconds(900)))
         try await h.setPassword(Self.password)
-        let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
+        let sessions = SessionStore(database: h.accounts.database, serverKey: TestKeys.server, clock: { h.clock.now })
         let totp = TOTP()
         let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: totp.code(secret: secret, step: totp.step(at: h.clock.now)), actor: h.actor) != nil)

@@ -155,7 +155,7 @@ struct SecondFactorTests {
     @Test func aPendingEnrolmentBelongsToTheFlowThatBeganIt() async throws {
         let h = try await CredentialHarness()
         try await h.setPassword(Self.password)
-        let sessions = SessionStore(database: h.accounts.database, clock: { h.clock.now })
+        let sessions = SessionStore(database: h.accounts.database, serverKey: TestKeys.server, clock: { h.clock.now })
         let regulator = sessions.secondFactorStep(flowToken: try await sessions.startFlow(accountID: h.accountID, intentToken: nil), wrongCodesAllowed: 3)
         let other = sessions.secondFactorStep(flowToken: try await sessions.startFlow(accountID: h.accountID, intentToken: nil), wrongCodesAllowed: 3)
         // Two loads of the page at once show one secret, the one stored.

@@ -165,10 +165,10 @@ struct FactsMemoTests {
         var configuration = SessionConfiguration()
         configuration.idleTimeout = 600
         configuration.absoluteTimeout = 900
-        let sessions = SessionStore(database: world.database, configuration: configuration, clock: { world.clock.now })
+        let sessions = SessionStore(database: world.database, serverKey: TestKeys.server, configuration: configuration, clock: { world.clock.now })
         let habilitation = HabilitationService(database: world.database, sessions: sessions, cguVersion: "v1", clock: { world.clock.now })
         func signIn() async throws -> String {
-            let intent = try await sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+            let intent = sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
             let flow = try await sessions.startFlow(accountID: world.accountID, intentToken: intent)
             try await sessions.markSecondFactorDone(flowToken: flow)
             return try #require(try await sessions.completeFlow(flowToken: flow, address: nil, userAgent: "test", actor: world.actor)).token

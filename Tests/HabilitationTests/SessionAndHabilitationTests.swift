@@ -1,4 +1,4 @@
-import Accounts
+@testable import Accounts
 import Foundation
 import NIOPosix
 import Storage
@@ -43,7 +43,7 @@ struct World {
         let clock = self.clock
         provisioner = Provisioner(database: database, hasher: hasher, sessions: SessionLedger(), clock: { clock.now })
         credentials = try CredentialStore(database: database, hasher: hasher, box: try SecretBox(key: Self.key), sessions: SessionLedger(), clock: { clock.now })
-        sessions = SessionStore(database: database, clock: { clock.now })
+        sessions = SessionStore(database: database, serverKey: TestKeys.server, clock: { clock.now })
         habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: "v1", clock: { clock.now })
         accountID = try await provisioner.provision(.create(World.record(active: true)), context: CallContext(actor: actor)).account.id
         if complete { try await completeRequiredActions() }
@@ -71,7 +71,7 @@ struct World {
     func signIn(origin: SessionOrigin?) async throws -> String {
         var intentToken: String?
         if let origin {
-            intentToken = try await sessions.createIntent(LoginIntent(origin: origin, originValue: origin.rawValue, returnURL: "https://agenda.example/p"))
+            intentToken = sessions.createIntent(LoginIntent(origin: origin, originValue: origin.rawValue, returnURL: "https://agenda.example/p"))
         }
         let flow = try await sessions.startFlow(accountID: accountID, intentToken: intentToken)
         try await sessions.markSecondFactorDone(flowToken: flow)
@@ -97,7 +97,21 @@ struct SessionAndHabilitationTests {
         func count(_ table: String) async throws -> Int {
             try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
         }
-        _ = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        // Rows the version before sealed intents left (nothing writes the table now).
+        let intentExpiry = world.clock.now.addingTimeInterval(10 * 60).epochMilliseconds
+        try await world.database.write { db in
+            try db.execute(sql: """
+                INSERT INTO login_intent (id_hash, origin, return_url, created_at, expires_at, consumed_at)
+                VALUES ('spent', 'sas', 'https://agenda.example/p', 0, ?, 1), ('live', 'sas', 'https://agenda.example/p', 0, ?, NULL)
+                """, arguments: [intentExpiry, intentExpiry])
+        }
+        // A spent provider state stays while it could be presented again.
+        let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        guard case .accepted(let login) = world.sessions.providerLogin(state: try #require(world.sessions.createProviderLogin(intentToken: intent)), intentToken: intent),
+              try await world.sessions.spendProviderLogin(login) else {
+            Issue.record("a state of this browser")
+            return
+        }
         let ended = try await world.signIn(origin: .sas)
         try await world.sessions.revoke(ended, reason: "sign-out")
         let live = try await world.signIn(origin: .sas)
@@ -105,12 +119,14 @@ struct SessionAndHabilitationTests {
             OutgoingMail(recipient: "x", subject: "x", body: token)
         }, actor: world.actor)
         let audit = try await count("audit_event")
-        #expect(try await count("login_intent") == 3)
+        #expect(try await count("login_intent") == 2)
         #expect(try await count("sign_in_flow") == 2)
 
-        // Spent intents and flows go at once; the unexpired unused intent stays.
+        // Spent intents and flows go at once; the unexpired unused intent stays, and so does
+        // the spent state.
         _ = try await world.sessions.purge(retention: 30 * 86400)
         #expect(try await count("login_intent") == 1)
+        #expect(try await count("oidc_login") == 1)
         #expect(try await count("sign_in_flow") == 0)
         #expect(try await count("web_session") == 2)
 
@@ -118,6 +134,7 @@ struct SessionAndHabilitationTests {
         _ = try await world.habilitation.check(sessionToken: live)  // activity keeps it alive
         _ = try await world.sessions.purge(retention: 30 * 86400)
         #expect(try await count("login_intent") == 0, "expired intent")
+        #expect(try await count("oidc_login") == 0, "a state past its intent's lifetime")
         world.clock.advance(31 * 86400)
         let deleted = try await world.sessions.purge(retention: 30 * 86400) + world.credentials.purge(retention: 30 * 86400)
         #expect(deleted >= 4)
@@ -138,12 +155,48 @@ struct SessionAndHabilitationTests {
     /// back-channel logout ends it by subject, and its sealed ID token does not outlive it.
     @Test func providerSessionsOweOnlyTheCGU() async throws {
         let world = try await World(complete: false)
-        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
-        let state = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
-        #expect(try await world.sessions.consumeProviderLogin(state: state, intentToken: "another-browser") == .otherBrowser)
-        #expect(try await world.sessions.consumeProviderLogin(state: state, intentToken: intent) == .unknown, "a state works once")
-        let second = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
-        guard case .accepted(let intentHash, let started) = try await world.sessions.consumeProviderLogin(state: second, intentToken: intent) else {
+        let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let state = try #require(world.sessions.createProviderLogin(intentToken: intent))
+        // Sealed: decided without the database, and only for the intent the state names.
+        let anotherIntent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        #expect(world.sessions.providerLogin(state: state, intentToken: "another-browser") == .otherBrowser)
+        #expect(world.sessions.providerLogin(state: state, intentToken: anotherIntent) == .otherBrowser, "another intent of the same kind")
+        #expect(world.sessions.providerLogin(state: state, intentToken: nil) == .otherBrowser)
+        #expect(world.sessions.providerLogin(state: "made-up", intentToken: intent) == .unknown)
+        // Altered (the seal's tag fails), or written otherwise: the last character of 52
+        // bytes in base64url carries 4 unused bits, which Foundation ignores; a state spent by
+        // the hash of its text must have one text only.
+        var altered = Array(state.utf8)
+        altered[20] = altered[20] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+        #expect(world.sessions.providerLogin(state: String(decoding: altered, as: UTF8.self), intentToken: intent) == .unknown, "altered")
+        let unusedBits: [Character: Character] = ["A": "B", "Q": "R", "g": "h", "w": "x"]
+        let reencoded = String(state.dropLast()) + String(try #require(unusedBits[state.last!], "the last character of \(state.count)"))
+        #expect(world.sessions.providerLogin(state: reencoded, intentToken: intent) == .unknown, "re-encoded")
+        #expect(world.sessions.providerLogin(state: intent, intentToken: intent) == .unknown, "an intent is no state")
+        #expect(world.sessions.createProviderLogin(intentToken: state) == nil, "nor a state an intent")
+        let otherKey = SessionStore(database: world.database, serverKey: Array(repeating: 9, count: 32), clock: { world.clock.now })
+        #expect(otherKey.providerLogin(state: state, intentToken: intent) == .unknown && otherKey.intent(intent) == nil, "another installation's key")
+        guard case .accepted(let login) = world.sessions.providerLogin(state: state, intentToken: intent) else {
+            Issue.record("this browser's state is accepted")
+            return
+        }
+        #expect(login.intent.origin == .sas && login.intent.returnURL == "https://agenda.example/p")
+        let rows = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM oidc_login") }
+        #expect(rows == 0, "nothing written until the state is spent")
+        #expect(try await world.sessions.spendProviderLogin(login))
+        let otherInstance = SessionStore(database: world.database, serverKey: TestKeys.server, clock: { world.clock.now })
+        #expect(try await !otherInstance.spendProviderLogin(login), "a state works once, on any instance")
+        _ = try await world.sessions.purge(retention: 0)
+        #expect(try await !world.sessions.spendProviderLogin(login), "and stays spent while it could be presented")
+        // A state lives as long as its intent.
+        let late = try #require(world.sessions.createProviderLogin(intentToken: intent))
+        world.clock.advance(world.sessions.configuration.intentLifetime + 1)
+        #expect(world.sessions.providerLogin(state: late, intentToken: intent) == .unknown)
+        #expect(world.sessions.createProviderLogin(intentToken: intent) == nil, "an expired intent starts nothing")
+        let fresh = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let second = try #require(world.sessions.createProviderLogin(intentToken: fresh))
+        guard case .accepted(let secondLogin) = world.sessions.providerLogin(state: second, intentToken: fresh),
+              try await world.sessions.spendProviderLogin(secondLogin) else {
             Issue.record("this browser's state is accepted")
             return
         }
@@ -156,7 +209,7 @@ struct SessionAndHabilitationTests {
         // The CGU are not accepted yet: a flow, no session.
         let opened = try await world.sessions.startProviderFlow(
             match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
-            intentIDHash: intentHash, loginStartedAt: started, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: [1, 2, 3]),
+            login: secondLogin, identity: ProviderIdentity(subject: "psc-sub", sessionID: nil, sealedIDToken: [1, 2, 3]),
             auditDetail: "SubjectNameID=810002673899", actor: world.actor,
             completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil, decide: decide)
         guard case .opened(let flowToken, nil) = opened else { Issue.record("a flow, no session: \(opened)"); return }
@@ -203,15 +256,17 @@ struct SessionAndHabilitationTests {
     /// A provider callback as the web surface makes it: a login started now (or as given),
     /// then the flow for `identity`, the account matched in its transaction.
     func providerCallback(_ world: World, identity: ProviderIdentity, startedAt: Date? = nil) async throws -> ProviderFlowStart {
-        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
-        let state = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
-        guard case .accepted(let intentHash, let started) = try await world.sessions.consumeProviderLogin(state: state, intentToken: intent) else {
+        let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let state = try #require(world.sessions.createProviderLogin(intentToken: intent))
+        guard case .accepted(var login) = world.sessions.providerLogin(state: state, intentToken: intent),
+              try await world.sessions.spendProviderLogin(login) else {
             throw ProviderLoginRefused()
         }
+        if let startedAt { login.startedAt = startedAt }
         let habilitation = world.habilitation
         return try await world.sessions.startProviderFlow(
             match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
-            intentIDHash: intentHash, loginStartedAt: startedAt ?? started, identity: identity, auditDetail: "test", actor: world.actor,
+            login: login, identity: identity, auditDetail: "test", actor: world.actor,
             completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil,
             decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
     }
@@ -224,7 +279,7 @@ struct SessionAndHabilitationTests {
     @Test func aCallbackUnderWayWhenTheProviderLogsOutOpensNothing() async throws {
         let world = try await World()
         let margin = world.sessions.configuration.providerLogoutClockMargin
-        let otherInstance = SessionStore(database: world.database, clock: { world.clock.now })
+        let otherInstance = SessionStore(database: world.database, serverKey: TestKeys.server, clock: { world.clock.now })
         func identity(_ sid: String?) -> ProviderIdentity { ProviderIdentity(subject: "psc-sub", sessionID: sid, sealedIDToken: nil) }
         func refused(_ start: ProviderFlowStart) -> Bool { if case .loggedOutAtProvider(let id) = start { id == world.accountID } else { false } }
         func opened(_ start: ProviderFlowStart) -> Bool { if case .opened(_, _?) = start { true } else { false } }
@@ -286,10 +341,10 @@ struct SessionAndHabilitationTests {
     /// refused, or the flow it opened is ended by the logout.
     @Test func aLogoutCommittedWhileACallbackWritesItsFlowLeavesNothingOpen() async throws {
         let world = try await World()
-        let otherInstance = SessionStore(database: world.database, clock: { world.clock.now })
-        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
-        let state = try #require(try await world.sessions.createProviderLogin(intentToken: intent))
-        guard case .accepted(let intentHash, let started) = try await world.sessions.consumeProviderLogin(state: state, intentToken: intent) else {
+        let otherInstance = SessionStore(database: world.database, serverKey: TestKeys.server, clock: { world.clock.now })
+        let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let state = try #require(world.sessions.createProviderLogin(intentToken: intent))
+        guard case .accepted(let login) = world.sessions.providerLogin(state: state, intentToken: intent) else {
             throw ProviderLoginRefused()
         }
         world.clock.advance(world.sessions.configuration.providerLogoutClockMargin + 1)
@@ -299,7 +354,7 @@ struct SessionAndHabilitationTests {
         let callback = Task {
             try await sessions.startProviderFlow(
                 match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
-                intentIDHash: intentHash, loginStartedAt: started,
+                login: login,
                 identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-r", sealedIDToken: nil), auditDetail: "test", actor: AuditActor(subject: "browser"),
                 completeIf: { _, db in
                     // The flow's INSERT goes out (a held-back write is sent with the next
@@ -339,7 +394,7 @@ struct SessionAndHabilitationTests {
     /// (which a logout acted on would end).
     @Test func aLogoutTokenIsActedOnOnceAcrossInstances() async throws {
         let world = try await World()
-        let instanceB = SessionStore(database: world.database, clock: { world.clock.now })
+        let instanceB = SessionStore(database: world.database, serverKey: TestKeys.server, clock: { world.clock.now })
         let logout = ProviderLogout(jti: "jti-1", subject: "psc-sub", sessionID: nil)
         world.clock.advance(1)
         guard case .opened(_, let first?) = try await providerCallback(world, identity: ProviderIdentity(subject: "psc-sub", sessionID: "sid-1", sealedIDToken: nil)) else {
@@ -407,22 +462,39 @@ struct SessionAndHabilitationTests {
         #expect(try await v2.check(sessionToken: token).pendingActions == [.acceptCGU])
     }
 
-    @Test func intentsExpireAndAreSingleUse() async throws {
+    /// An intent is sealed in its cookie: the entry writes nothing, the flow the password
+    /// opens copies it (origin, way back), and its session takes them from the flow. A cookie
+    /// altered, sealed under another key, or expired before the password step gives a direct
+    /// session.
+    @Test func intentsAreSealedExpireAndAreCopiedIntoTheirFlow() async throws {
         let world = try await World()
-        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
-        #expect(try await world.sessions.intent(intent)?.origin == .sas)
-        // First sign-in spends it.
+        let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
+        #expect(world.sessions.intent(intent) == LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
+        let written = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM login_intent") }
+        #expect(written == 0, "the entry writes nothing")
         let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: intent)
         try await world.sessions.markSecondFactorDone(flowToken: flow)
-        #expect(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor)?.origin == .sas)
-        #expect(try await world.sessions.intent(intent) == nil)
-        // A second flow presenting the same intent gets a direct session.
-        let again = try await world.sessions.startFlow(accountID: world.accountID, intentToken: intent)
-        try await world.sessions.markSecondFactorDone(flowToken: again)
-        #expect(try await world.sessions.completeFlow(flowToken: again, address: nil, userAgent: nil, actor: world.actor)?.origin == .direct)
+        let session = try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor)
+        #expect(session?.origin == .sas && session?.returnURL == "https://agenda.example/")
+        // Altered, or another installation's: no intent.
+        var bytes = Array(intent.utf8)
+        bytes[bytes.count / 2] = bytes[bytes.count / 2] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+        let otherKey = SessionStore(database: world.database, serverKey: Array(repeating: 9, count: 32), clock: { world.clock.now })
+        for forged in [String(decoding: bytes, as: UTF8.self), otherKey.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://evil.example/"))] {
+            #expect(world.sessions.intent(forged) == nil)
+            let forgedFlow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: forged)
+            try await world.sessions.markSecondFactorDone(flowToken: forgedFlow)
+            let opened = try await world.sessions.completeFlow(flowToken: forgedFlow, address: nil, userAgent: nil, actor: world.actor)
+            #expect(opened?.origin == .direct && opened?.returnURL == nil)
+        }
+        // The longest return URL the entry takes, all slashes, still fits a cookie (4 kB).
+        let longest = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas",
+                                                              returnURL: "https://agenda.example/" + String(repeating: "/", count: 2_048 - 23)))
+        #expect(longest.utf8.count < 3_500, "\(longest.utf8.count)")
+        #expect(world.sessions.intent(longest)?.returnURL.utf8.count == 2_048)
         // An intent expired before the password step too (one that was live then lives as
         // long as its flow: aLongSignInKeepsItsSASOrigin).
-        let late = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
+        let late = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/"))
         world.clock.advance(10 * 60 + 1)
         let lateFlow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: late)
         try await world.sessions.markSecondFactorDone(flowToken: lateFlow)
@@ -514,10 +586,10 @@ struct SessionAndHabilitationTests {
     }
 
     /// A sign-in that takes longer than the intent's lifetime (a first one: password, TOTP
-    /// enrolment, terms of use) keeps the SAS origin: the intent lives as long as its flow.
+    /// enrolment, terms of use) keeps the SAS origin: the flow copied its intent.
     @Test func aLongSignInKeepsItsSASOrigin() async throws {
         let world = try await World()
-        let intent = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
         world.clock.advance(5 * 60)
         let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: intent)
         world.clock.advance(9 * 60)   // 14 minutes after the intent, 9 after the flow
@@ -525,25 +597,87 @@ struct SessionAndHabilitationTests {
         let session = try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: "test", actor: world.actor))
         #expect(session.origin == .sas && session.returnURL == "https://agenda.example/p")
 
-        // Extended once: a later password step (the same intent cookie replayed) does not
-        // push it further; it ends 15 minutes after the first one.
-        let replayed = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        // The intent itself is not extended: a later password step (the same intent cookie
+        // replayed) past its own 10 minutes gets nothing from it.
+        let replayed = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
         world.clock.advance(9 * 60)
-        _ = try await world.sessions.startFlow(accountID: world.accountID, intentToken: replayed)   // extended to 9 + 15 = 24 min
-        world.clock.advance(14 * 60)   // 23 min: past its own 10 minutes, within the extension
+        _ = try await world.sessions.startFlow(accountID: world.accountID, intentToken: replayed)
+        world.clock.advance(2 * 60)   // 11 min: past its own 10 minutes
         let second = try await world.sessions.startFlow(accountID: world.accountID, intentToken: replayed)
-        world.clock.advance(2 * 60)   // 25 min: past the extension; the second step extended nothing
         try await world.sessions.markSecondFactorDone(flowToken: second)
         let ended = try #require(try await world.sessions.completeFlow(flowToken: second, address: nil, userAgent: "test", actor: world.actor))
         #expect(ended.origin == .direct)
 
         // An intent already expired when the password step came gives nothing more.
-        let late = try await world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        let late = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
         world.clock.advance(11 * 60)
         let lateFlow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: late)
         try await world.sessions.markSecondFactorDone(flowToken: lateFlow)
         let direct = try #require(try await world.sessions.completeFlow(flowToken: lateFlow, address: nil, userAgent: "test", actor: world.actor))
         #expect(direct.origin == .direct)
+    }
+
+    /// A sign-in of a withdrawn account ended by many requests at once (a form sent twice,
+    /// two tabs, two instances): none opens a session, and the refusal is audited once.
+    @Test func aRefusedSignInIsAuditedOnceWhateverEndsItAtOnce() async throws {
+        let world = try await World()
+        let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
+        try await world.sessions.markSecondFactorDone(flowToken: flow)
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, World.record(active: false), ifMatch: nil),
+                                                  context: CallContext(actor: world.actor))
+        let instanceB = SessionStore(database: world.database, serverKey: TestKeys.server, clock: { world.clock.now })
+        let habilitation = world.habilitation, actor = world.actor, sessions = world.sessions
+        let results = try await withThrowingTaskGroup(of: String.self) { group in
+            for index in 0..<12 {
+                let store = index % 2 == 0 ? sessions : instanceB
+                group.addTask {
+                    do {
+                        let opened = try await store.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: actor,
+                                                                  decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+                        return opened == nil ? "ended" : "opened"
+                    } catch let refused as SignInRefused {
+                        return refused.recordFailure == nil ? "refused \(refused.reason.rawValue)" : "not recorded: \(refused.recordFailure!)"
+                    }
+                }
+            }
+            return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(results.allSatisfy { $0 == "ended" || $0 == "refused deactivated-by-sas" } && results.contains("refused deactivated-by-sas"), "\(results)")
+        let audited = try await world.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event WHERE action = 'sign-in' AND outcome = 'refused deactivated-by-sas'")
+        }
+        #expect(audited == 1, "\(results)")
+        let opened = try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session") }
+        #expect(opened == 0)
+    }
+
+    /// A sign-in under way at the upgrade, its intent a row the previous version wrote in
+    /// `login_intent`, keeps its SAS origin and its way back: the migration copies them into
+    /// the flow (an intent already spent then gives nothing).
+    @Test func aFlowOpenAtTheUpgradeKeepsItsIntent() async throws {
+        let world = try await World()
+        let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
+        let spent = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
+        let late = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
+        let expires = world.clock.now.addingTimeInterval(600).epochMilliseconds
+        try await world.database.write { db in
+            try db.execute(sql: """
+                INSERT INTO login_intent (id_hash, origin, origin_value, return_url, created_at, expires_at, consumed_at)
+                VALUES ('legacy', 'sas', 'sas', 'https://agenda.example/legacy', 0, ?, NULL), ('spent', 'sas', 'sas', 'https://agenda.example/spent', 0, ?, 1),
+                       ('expired', 'sas', 'sas', 'https://agenda.example/expired', 0, ?, NULL)
+                """, arguments: [expires, expires, world.clock.now.epochMilliseconds - 1])
+            for (token, intent) in [(flow, "legacy"), (spent, "spent"), (late, "expired")] {
+                try db.execute(sql: "UPDATE sign_in_flow SET intent_id_hash = ? WHERE id_hash = ?", arguments: [intent, SecretToken.hash(token)])
+            }
+            try db.execute(sql: AccountSchema.signInFlowIntentCopy)
+        }
+        for token in [flow, spent, late] { try await world.sessions.markSecondFactorDone(flowToken: token) }
+        let kept = try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor)
+        #expect(kept?.origin == .sas && kept?.returnURL == "https://agenda.example/legacy")
+        for token in [spent, late] {
+            let direct = try await world.sessions.completeFlow(flowToken: token, address: nil, userAgent: nil, actor: world.actor)
+            #expect(direct?.origin == .direct && direct?.returnURL == nil, "an intent spent, or expired when the flow opened")
+        }
     }
 
     /// A touch that commits after the idle timeout (queued behind other writes) records the

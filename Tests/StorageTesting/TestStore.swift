@@ -164,3 +164,9 @@ extension TestStore {
         return psql.terminationStatus
     }
 }
+
+/// Keys of the tests that build stores directly (servers under test make their own key file).
+public enum TestKeys {
+    /// The server key every "instance" of one test shares, as an installation's do.
+    public static let server: [UInt8] = Array(repeating: 5, count: 32)
+}

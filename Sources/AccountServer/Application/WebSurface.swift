@@ -40,7 +40,7 @@ func makeWebServices(
     var sessionConfiguration = SessionConfiguration()
     sessionConfiguration.idleTimeout = configuration.sessionIdleTimeout
     sessionConfiguration.absoluteTimeout = configuration.sessionAbsoluteTimeout
-    let sessions = SessionStore(database: database, configuration: sessionConfiguration)
+    let sessions = SessionStore(database: database, serverKey: keyBytes, configuration: sessionConfiguration)
     let cguVersion = configuration.cguVersion ?? String(SecretToken.hash(configuration.cguText).prefix(12))
     let habilitation = HabilitationService(database: database, sessions: sessions, cguVersion: cguVersion)
     metrics.observe(habilitation: habilitation)

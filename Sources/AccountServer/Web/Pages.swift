@@ -28,7 +28,8 @@ enum Pages {
         "<input type=\"hidden\" name=\"csrf\" value=\"\(token)\">"
     }
 
-    static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: String? = nil, providerSignIn: Bool = false) -> HTML {
+    /// `providerClick`: the click token of the Pro Santé Connect link (``WebController/providerClick(formToken:)``), nil without the provider.
+    static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: String? = nil, providerClick: String? = nil) -> HTML {
         let banner: HTML = fromSAS
             ? "<p class=\"info\" id=\"origine-sas\">Vous arrivez depuis la plateforme SAS : une fois connecté(e), vous disposerez de l’habilitation régulateur.</p>"
             : ""
@@ -38,10 +39,10 @@ enum Pages {
         let info: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
         // Pro Santé Connect first when it is configured: a link (a GET), so the provider is
         // reached by a plain navigation, never by a form posted elsewhere.
-        let provider: HTML = providerSignIn ? """
-            <p><a class="bouton-psc" href="/connexion/psc" id="lien-psc">Se connecter avec Pro Santé Connect</a></p>
+        let provider: HTML = providerClick.map { click in """
+            <p><a class="bouton-psc" href="/connexion/psc?clic=\(click)" id="lien-psc">Se connecter avec Pro Santé Connect</a></p>
             <p class="hint" id="sans-psc">Se connecter sans Pro Santé Connect (compte sans identifiant national, sans carte CPS ni e-CPS) : avec votre adresse e-mail et votre mot de passe.</p>
-            """ : ""
+            """ } ?? ""
         return layout("Connexion", """
             \(banner)\(info)\(alert)\(provider)
             <form method="post" action="/connexion" id="form-connexion">
@@ -199,11 +200,11 @@ enum Pages {
 
     /// A sign-in through Pro Santé Connect that did not open a session: why, and the two ways
     /// on (try the provider again, or sign in with e-mail, password and code).
-    static func providerRefused(_ title: String, _ message: String, retry: Bool) -> HTML {
+    static func providerRefused(_ title: String, _ message: String, retry: Bool, click: String) -> HTML {
         layout(title, """
             <p id="message" role="alert">\(message)</p>
-            \(retry ? "<p><a href=\"/connexion/psc\" id=\"lien-psc\">Réessayer avec Pro Santé Connect</a></p>" as HTML : "")
-            <p><a href="/connexion/sans-psc" id="lien-sans-psc">Se connecter sans Pro Santé Connect</a></p>
+            \(retry ? "<p><a href=\"/connexion/psc?clic=\(click)\" id=\"lien-psc\">Réessayer avec Pro Santé Connect</a></p>" as HTML : "")
+            <p><a href="/connexion/sans-psc?clic=\(click)" id="lien-sans-psc">Se connecter sans Pro Santé Connect</a></p>
             """)
     }
 

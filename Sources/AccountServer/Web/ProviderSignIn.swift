@@ -68,22 +68,51 @@ struct ProviderSignInController: Sendable {
 
     var sessions: SessionStore { web.sessions }
 
-    func refused(_ status: HTTPResponse.Status, _ title: String, _ message: String, retry: Bool = true) -> Response {
-        WebController.page(Pages.providerRefused(title, message, retry: retry), status: status)
+    /// A refusal page. `pause`: for a refusal after a state of this browser was spent (the
+    /// provider answered with a code): for ``automaticStartPause`` the SAS link goes to the
+    /// password page, which offers Pro Santé Connect, instead of straight to the provider,
+    /// and the start goes there too unless clicked on our own page. A window another site
+    /// navigates to the SAS link in a loop, in a browser whose provider session is live and
+    /// whose sign-in here is refused every time (no account for its national id, a withdrawn
+    /// or suspended one), would otherwise have the provider answer at once each time, and
+    /// each answer spend the address's callback budget and write its audit row.
+    func refused(_ request: Request, _ status: HTTPResponse.Status, _ title: String, _ message: String, retry: Bool = true, pause: Bool = false) -> Response {
+        web.respond(request, status: status, cookies: pause ? [WebCookie.method.set("mot-de-passe", maxAge: Self.automaticStartPause)] : []) {
+            Pages.providerRefused(title, message, retry: retry, click: web.providerClick(formToken: $0))
+        }
     }
+
+    /// Seconds: see ``refused(_:_:_:_:retry:pause:)``.
+    static let automaticStartPause = 3600
 
     /// `GET /connexion/psc`: to the provider, for this browser's intent (a direct one when it
     /// has none). The choice of the password sign-in is forgotten.
+    ///
+    /// The `state` is sealed (it names the intent and the login's start, ``LoginSeal``): the
+    /// start writes nothing and spends no budget, so another site's page navigating a window
+    /// here in a loop fills no table and locks nobody behind the address out. The callback
+    /// spends the state, once it is known to be this browser's.
     func start(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        // Each start commits a row before anyone has signed in: bounded per client (its own
-        // budget, so a SAS link's entry and its start do not share one).
+        // An image or a frame would replace the intent cookie of a sign-in under way.
         guard WebController.isDocumentNavigation(request.headers) else { return web.notANavigation }
-        guard web.limiter.allow("provider-start", client: context.clientAddress) else { return web.tooManyRequests }
+        // Not a click on our own page (the SAS link's redirect, another site's window, a
+        // bookmark): a browser whose sign-in through the provider only owes the terms of use
+        // goes on to them, and one the password page is chosen for (by the regulator, or for
+        // a while after a refusal: ``refused(_:_:_:_:retry:pause:)``) goes there. Either way
+        // the provider, whose session may be live, is not asked again for a sign-in that
+        // would end the same way.
+        let click = web.isClickOnOurPage(request)
+        if !click {
+            if let flowToken = WebCookie.value(.flow, in: request.headers), let flow = try await sessions.flow(flowToken),
+               flow.secondFactorDone, flow.authentication == .psc,
+               try await !web.credentials.hasAcceptedCGU(accountID: flow.accountID, version: web.configuration.cguVersion) {
+                return WebController.redirect("/connexion/cgu")
+            }
+            if WebCookie.value(.method, in: request.headers) == "mot-de-passe" { return WebController.redirect("/connexion") }
+        }
         var cookies = [WebCookie.method.clear]
-        var intentToken = WebCookie.value(.intent, in: request.headers)
-        var state: String? = nil
-        if let intentToken { state = try await sessions.createProviderLogin(intentToken: intentToken) }
-        if state == nil, request.headers[HTTPField.Name("Sec-Fetch-Site")!] != "same-origin",
+        var state = WebCookie.value(.intent, in: request.headers).flatMap(sessions.createProviderLogin(intentToken:))
+        if state == nil, !click,
            let session = WebCookie.value(.session, in: request.headers), try await sessions.session(session) != nil {
             // No sign-in under way, a live session, and not a click on our own page (a
             // regulator taking over a shared workstation from « Connexion »): nothing to start.
@@ -92,10 +121,9 @@ struct ProviderSignInController: Sendable {
             return WebController.redirect("/compte")
         }
         if state == nil {
-            let token = try await sessions.createIntent(LoginIntent(origin: .direct, originValue: nil, returnURL: web.configuration.publicURL + "/compte"))
+            let token = sessions.createIntent(LoginIntent(origin: .direct, originValue: nil, returnURL: web.configuration.publicURL + "/compte"))
             cookies.append(WebCookie.intent.set(token, maxAge: Int(sessions.configuration.intentLifetime)))
-            intentToken = token
-            state = try await sessions.createProviderLogin(intentToken: token)
+            state = sessions.createProviderLogin(intentToken: token)
         }
         guard let state else { return web.errorPage(.internalServerError, "Erreur", "La connexion n’a pas pu commencer. Réessayez.") }
         do {
@@ -106,63 +134,69 @@ struct ProviderSignInController: Sendable {
         } catch {
             context.logger.error("the provider is unavailable", metadata: ["error": "\(error)"])
             web.metrics.providerSignIn(result: error.label)
-            return refused(.serviceUnavailable, "Pro Santé Connect indisponible",
+            return refused(request, .serviceUnavailable, "Pro Santé Connect indisponible",
                            "Pro Santé Connect ne répond pas pour le moment. Réessayez dans un instant, ou connectez-vous sans Pro Santé Connect.")
         }
     }
 
     /// `GET /connexion/psc/retour`: the provider's answer. Every check fails closed with a
-    /// French page and an audit row, and opens nothing.
+    /// French page, and opens nothing. A `state` that is not this browser's own live login
+    /// (absent, made up, expired, another browser's) is refused before anything is spent or
+    /// written, with a log line and a metric: anyone's page can navigate a window here, as
+    /// often as it likes. From there on, the address's budget is spent and every outcome has
+    /// its audit row.
     func callback(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let started = ContinuousClock.now
         let timer = ProviderTimer()
         let query = (try? QueryParameters(query: request.uri.query)) ?? QueryParameters.empty
         let actor = web.actor(context)
-        // A budget of its own, not the password's: a callback is worth nothing without a live
-        // state of this browser (checked next), and a regulation centre behind one address
-        // signing in through the provider at a shift change spent the sign-in budget twice
-        // (password page and callback) for each regulator.
-        // Nor may another site's page spend it, or write refusals to the audit trail, with
-        // images or frames carrying a made-up state: the provider's answer is a navigation.
         guard WebController.isDocumentNavigation(request.headers) else { return web.notANavigation }
-        guard web.limiter.allow("provider-callback", client: context.clientAddress) else { return web.tooManyRequests }
-        guard let state = query.first("state"), !state.isEmpty else {
-            try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "callback without state", actor: actor)
-            web.metrics.providerSignIn(result: "state")
-            return refused(.badRequest, "Connexion refusée", "La réponse de Pro Santé Connect est incomplète. Recommencez la connexion.")
-        }
-        let lookup = try await sessions.consumeProviderLogin(state: state, intentToken: WebCookie.value(.intent, in: request.headers))
-        let intentHash: String, loginStartedAt: Date
-        switch lookup {
+        let login: ProviderLogin
+        switch sessions.providerLogin(state: query.first("state") ?? "", intentToken: WebCookie.value(.intent, in: request.headers)) {
         case .unknown:
-            try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "unknown, expired or already used state", actor: actor)
+            // Debug only: anyone's page can have a browser send these, as often as it likes
+            // (the metric counts them).
+            context.logger.debug("provider callback refused: no state of ours, or an expired one")
             web.metrics.providerSignIn(result: "state")
-            return refused(.badRequest, "Connexion expirée", "Cette connexion a expiré ou a déjà été utilisée. Recommencez.")
+            return refused(request, .badRequest, "Connexion expirée", "Cette connexion a expiré ou n’a pas été commencée ici. Recommencez.")
         case .otherBrowser:
-            try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "state of a login started by another browser", actor: actor)
+            context.logger.debug("provider callback refused: the state is not of this browser's live intent")
             web.metrics.providerSignIn(result: "state")
-            return refused(.badRequest, "Connexion refusée", "Cette réponse ne correspond pas à une connexion commencée dans ce navigateur. Recommencez.")
-        case .accepted(let hash, let loginStart):
-            (intentHash, loginStartedAt) = (hash, loginStart)
+            return refused(request, .badRequest, "Connexion refusée", "Cette réponse ne correspond pas à une connexion en cours dans ce navigateur. Recommencez.")
+        case .accepted(let accepted):
+            login = accepted
         }
+        // A budget of its own, not the password's: a regulation centre behind one address
+        // signing in through the provider at a shift change would spend the sign-in budget
+        // twice (password page and callback) for each regulator. Only this browser's own
+        // login gets here, and each redeems a code at the provider.
+        guard web.limiter.allow("provider-callback", client: context.clientAddress) else { return web.tooManyRequests }
+        guard try await sessions.spendProviderLogin(login) else {
+            try await sessions.auditProviderSignIn(outcome: "refused: state", accountID: nil, detail: "state already used", actor: actor)
+            web.metrics.providerSignIn(result: "state")
+            // No pause: only this browser can present its own state (a reload while the
+            // callback was slow), never another site's loop.
+            return refused(request, .badRequest, "Connexion expirée", "Cette connexion a déjà été utilisée. Recommencez.")
+        }
+        let state = query.first("state") ?? ""
         // RFC 9207: a provider that names itself in its answer must be ours (a mix-up attack
         // has another provider's answer, or a code meant for it, arrive here).
         if let issuer = query.first("iss"), issuer != provider.relyingParty.configuration.issuer {
             try await sessions.auditProviderSignIn(outcome: "refused: issuer", accountID: nil,
                                                    detail: "answer from issuer \(String(issuer.prefix(200)).debugDescription)", actor: actor)
             web.metrics.providerSignIn(result: "issuer")
-            return refused(.badRequest, "Connexion refusée", "Cette réponse ne vient pas de Pro Santé Connect. Recommencez la connexion.")
+            return refused(request, .badRequest, "Connexion refusée", "Cette réponse ne vient pas de Pro Santé Connect. Recommencez la connexion.", pause: true)
         }
         if let error = query.first("error") {
             let code = String(error.prefix(64))
             try await sessions.auditProviderSignIn(outcome: "refused: provider-error", accountID: nil, detail: "provider answered error \(code)", actor: actor)
             web.metrics.providerSignIn(result: "provider-error")
-            return refused(.unauthorized, "Connexion interrompue", "La connexion avec Pro Santé Connect n’a pas abouti. Vous pouvez réessayer, ou vous connecter sans Pro Santé Connect.")
+            return refused(request, .unauthorized, "Connexion interrompue", "La connexion avec Pro Santé Connect n’a pas abouti. Vous pouvez réessayer, ou vous connecter sans Pro Santé Connect.", pause: true)
         }
         guard let code = query.first("code"), !code.isEmpty else {
             try await sessions.auditProviderSignIn(outcome: "refused: no-code", accountID: nil, detail: "callback without code", actor: actor)
             web.metrics.providerSignIn(result: "no-code")
-            return refused(.badRequest, "Connexion refusée", "La réponse de Pro Santé Connect est incomplète. Recommencez la connexion.")
+            return refused(request, .badRequest, "Connexion refusée", "La réponse de Pro Santé Connect est incomplète. Recommencez la connexion.", pause: true)
         }
 
         let identity: (token: IDToken, nationalID: String?, claims: ClaimSet)
@@ -178,13 +212,13 @@ struct ProviderSignInController: Sendable {
             context.logger.notice("provider sign-in refused", metadata: ["reason": "\(error)"])
             try await sessions.auditProviderSignIn(outcome: "refused: \(error.label)", accountID: nil, detail: error.description, actor: actor)
             web.metrics.providerSignIn(result: error.label)
-            return refused(.unauthorized, "Connexion refusée", "La réponse de Pro Santé Connect n’a pas pu être vérifiée. Aucune session n’a été ouverte. Recommencez la connexion.")
+            return refused(request, .unauthorized, "Connexion refusée", "La réponse de Pro Santé Connect n’a pas pu être vérifiée. Aucune session n’a été ouverte. Recommencez la connexion.", pause: true)
         }
         let claimsUsed = "\(provider.nationalIDClaim)=\(identity.nationalID ?? "absent"), sub=\(identity.token.subject), acr=\(identity.token.acr ?? "absent")"
         guard let nationalID = identity.nationalID, !nationalID.isEmpty else {
             try await sessions.auditProviderSignIn(outcome: "refused: no-national-id", accountID: nil, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "no-national-id")
-            return refused(.forbidden, "Compte introuvable", "Pro Santé Connect n’a pas transmis votre identifiant national. Connectez-vous sans Pro Santé Connect.", retry: false)
+            return refused(request, .forbidden, "Compte introuvable", "Pro Santé Connect n’a pas transmis votre identifiant national. Connectez-vous sans Pro Santé Connect.", retry: false, pause: true)
         }
         let sealed = try? provider.box.seal(Array(identity.token.raw.utf8), context: ProviderSignIn.sealContext)
         // One transaction: the account match, the check that the provider has not ended this
@@ -194,7 +228,7 @@ struct ProviderSignInController: Sendable {
         let habilitation = web.habilitation
         let opened = try await sessions.startProviderFlow(
             match: { db in try habilitation.providerAccount(nationalID: nationalID, in: db) },
-            intentIDHash: intentHash, loginStartedAt: loginStartedAt,
+            login: login,
             identity: ProviderIdentity(subject: identity.token.subject, sessionID: identity.token.sessionID, sealedIDToken: sealed),
             auditDetail: claimsUsed, actor: actor,
             completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) },
@@ -206,22 +240,22 @@ struct ProviderSignInController: Sendable {
         case .refused(.unknown), .refused(.eligible):  // (eligible opens: never refused)
             try await sessions.auditProviderSignIn(outcome: "refused: unknown-national-id", accountID: nil, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "unknown-national-id")
-            return refused(.forbidden, "Compte introuvable",
+            return refused(request, .forbidden, "Compte introuvable",
                            "Aucun compte régulateur ne correspond à votre identifiant national. Si votre compte a été créé avec un identifiant technique SAS, connectez-vous sans Pro Santé Connect.",
-                           retry: false)
+                           retry: false, pause: true)
         case .refused(.deactivatedBySAS(let id)):
             try await sessions.auditProviderSignIn(outcome: "refused: deactivated-by-sas", accountID: id, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "deactivated-by-sas")
-            return refused(.forbidden, "Habilitation retirée", "La plateforme SAS a retiré votre habilitation régulateur : aucune session n’a été ouverte.", retry: false)
+            return refused(request, .forbidden, "Habilitation retirée", "La plateforme SAS a retiré votre habilitation régulateur : aucune session n’a été ouverte.", retry: false, pause: true)
         case .refused(.suspendedByVendor(let id)):
             try await sessions.auditProviderSignIn(outcome: "refused: suspended-by-vendor", accountID: id, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "suspended-by-vendor")
-            return refused(.forbidden, "Habilitation suspendue", "L’éditeur a suspendu votre habilitation régulateur : aucune session n’a été ouverte.", retry: false)
+            return refused(request, .forbidden, "Habilitation suspendue", "L’éditeur a suspendu votre habilitation régulateur : aucune session n’a été ouverte.", retry: false, pause: true)
         case .loggedOutAtProvider(let id):
             try await sessions.auditProviderSignIn(outcome: "refused: logged-out-at-provider", accountID: id, detail: claimsUsed, actor: actor)
             web.metrics.providerSignIn(result: "logged-out-at-provider")
-            return refused(.unauthorized, "Session Pro Santé Connect terminée",
-                           "Votre session Pro Santé Connect a pris fin pendant la connexion : aucune session n’a été ouverte. Recommencez la connexion.")
+            return refused(request, .unauthorized, "Session Pro Santé Connect terminée",
+                           "Votre session Pro Santé Connect a pris fin pendant la connexion : aucune session n’a été ouverte. Recommencez la connexion.", pause: true)
         case .opened(_, let session?):
             web.metrics.sessionOpened(origin: session.origin.rawValue)
             context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
@@ -271,9 +305,14 @@ struct ProviderSignInController: Sendable {
     }
 
     /// « Se connecter sans Pro Santé Connect »: remembered for this browser, so the next SAS
-    /// entries show the password sign-in; the intent (origin, return URL) is kept.
+    /// entries show the password sign-in; the intent (origin, return URL) is kept. Not from
+    /// another site's navigation (the choice is the regulator's: a click on our page, or a
+    /// bookmark).
     func withoutProvider(_ request: Request) -> Response {
-        WebController.redirect("/connexion", cookies: [WebCookie.method.set("mot-de-passe", maxAge: 30 * 86400)])
+        if let site = request.headers[WebController.secFetchSite], site == "cross-site" || site == "same-site", !web.isClickOnOurPage(request) {
+            return WebController.redirect("/connexion")
+        }
+        return WebController.redirect("/connexion", cookies: [WebCookie.method.set("mot-de-passe", maxAge: 30 * 86400)])
     }
 }
 

@@ -24,17 +24,27 @@ struct WebConfiguration: Sendable {
     var codeAttemptsPerFlow: Int = 3
 
     /// An absolute https URL on an allowed host, or a local path made absolute; nil otherwise
-    /// (no open redirect, no `//host` or `user@host` tricks).
+    /// (no open redirect, no `//host` or `user@host` tricks), and nil beyond
+    /// ``maximumReturnURLLength`` (the intent, return URL included, travels sealed in a
+    /// cookie, 4 kB at most in browsers; an agenda's own addresses are far shorter).
     func validatedReturnURL(_ text: String) -> String? {
+        guard text.utf8.count + publicURL.utf8.count <= Self.maximumReturnURLLength else { return nil }
         if text.hasPrefix("/") && !text.hasPrefix("//") && !text.hasPrefix("/\\") {
-            return publicURL + text
+            // RFC 3986's characters only (Foundation's parser takes a quote, a space, even a
+            // line break, and encodes them itself).
+            let allowed = text.utf8.allSatisfy { (0x21...0x7E).contains($0) && !Array("\"<>\\^`{|}".utf8).contains($0) }
+            return allowed ? publicURL + text : nil
         }
         guard let components = URLComponents(string: text), components.scheme?.lowercased() == "https",
               let host = components.host?.lowercased(), !host.isEmpty, components.user == nil, components.password == nil else { return nil }
         let port = components.port ?? 443
-        guard allowedReturnHosts.contains("\(host):\(port)") || (port == 443 && allowedReturnHosts.contains(host)) else { return nil }
-        return components.string
+        guard allowedReturnHosts.contains("\(host):\(port)") || (port == 443 && allowedReturnHosts.contains(host)),
+              let url = components.string, url.utf8.count + publicURL.utf8.count <= Self.maximumReturnURLLength else { return nil }
+        // (Bounded as returned: Foundation percent-encodes what it takes, a space in 3 bytes.)
+        return url
     }
+
+    static let maximumReturnURLLength = 2_048
 
     /// The accepted `origin` a URL's query carries, if any.
     func acceptedOrigin(in url: String) -> String? {
@@ -164,6 +174,26 @@ struct WebController: Sendable {
         return true
     }
 
+    /// The token the links of our pages to the provider carry (`clic`), derived from the
+    /// page's form token: only this browser's pages know it. It tells the regulator's click on
+    /// « Se connecter avec Pro Santé Connect » from a navigation another site's page makes, in
+    /// every browser (`Sec-Fetch-Site`, which says so too, is not sent by all of them). Worth
+    /// nothing but that: not a form token.
+    func providerClick(formToken: String) -> String { csrf.token(for: "clic-psc:" + formToken) }
+
+    func providerClickIfConfigured(_ formToken: String) -> String? { provider == nil ? nil : providerClick(formToken: formToken) }
+
+    /// Whether a request to the provider's start (or « sans Pro Santé Connect ») is a click on
+    /// one of our pages: `Sec-Fetch-Site: same-origin` (our pages cannot navigate by
+    /// themselves: no script, no framing), or this browser's click token.
+    func isClickOnOurPage(_ request: Request) -> Bool {
+        if request.headers[Self.secFetchSite] == "same-origin" { return true }
+        guard let click = (try? QueryParameters(query: request.uri.query))?.first("clic"),
+              let secret = CSRFProtection.browserSecret(request.headers) else { return false }
+        return SecretToken.constantTimeEquals(Array(providerClick(formToken: csrf.token(for: secret)).utf8), Array(click.utf8))
+    }
+
+    static let secFetchSite = HTTPField.Name("Sec-Fetch-Site")!
     static let secPurpose = HTTPField.Name("Sec-Purpose")!
     static let purpose = HTTPField.Name("Purpose")!
 
@@ -227,13 +257,12 @@ struct WebController: Sendable {
                     return Self.redirect(returnURL)
                 }
             }
-            // Each entry commits a row before anyone has signed in: bounded per client like
-            // the other unauthenticated writes (the purge removes expired ones). Only for the
-            // browser's own navigation: an image or a frame of another site's page spends
-            // nothing and writes nothing.
+            // The intent is sealed into its cookie: the entry writes nothing and spends no
+            // budget, so another site's page navigating a window here in a loop fills no table
+            // and locks nobody behind the address out. An image or a frame of such a page is
+            // refused all the same: it would replace the cookie of a sign-in under way.
             guard Self.isDocumentNavigation(request.headers) else { return notANavigation }
-            guard limiter.allow("entry", client: context.clientAddress) else { return tooManyRequests }
-            let intent = try await sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
+            let intent = sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
             context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
             cookies.append(WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime)))
             // With Pro Santé Connect, a SAS entry goes to the provider (silently signed in when
@@ -243,18 +272,18 @@ struct WebController: Sendable {
             }
             return Self.redirect("/connexion", cookies: cookies)
         }
-        let fromSAS = try await intentFromCookie(request)?.origin == .sas
+        let fromSAS = intentFromCookie(request)?.origin == .sas
         let notice: String? = switch query.first("fin") {
         case "expiree": "Votre connexion a expiré : recommencez."
         case "codes": "Trop de codes erronés : recommencez votre connexion."
         default: nil
         }
-        return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice, providerSignIn: provider != nil) }
+        return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice, providerClick: providerClickIfConfigured($0)) }
     }
 
-    func intentFromCookie(_ request: Request) async throws -> LoginIntent? {
+    func intentFromCookie(_ request: Request) -> LoginIntent? {
         guard let token = WebCookie.value(.intent, in: request.headers) else { return nil }
-        return try await sessions.intent(token)
+        return sessions.intent(token)
     }
 
     func signIn(_ request: Request, _ context: WebRequestContext) async throws -> Response {
@@ -262,7 +291,7 @@ struct WebController: Sendable {
         // is refused without spending the address's budget (one SAMU's, behind its NAT).
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
-        let fromSAS = try await intentFromCookie(request)?.origin == .sas
+        let fromSAS = intentFromCookie(request)?.origin == .sas
         let sessions = self.sessions
         let intentToken = WebCookie.value(.intent, in: request.headers)
         let (outcome, opened) = try await credentials.checkPassword(email: fields["email"] ?? "", password: fields["password"] ?? "",
@@ -277,7 +306,7 @@ struct WebController: Sendable {
         }
         guard case .accepted(let accountID) = outcome, let flow = opened else {
             if case .refused(let reason, _) = outcome { context.logger.info("sign-in refused", metadata: ["reason": "\(reason.rawValue)"]) }
-            return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true, providerSignIn: provider != nil) }
+            return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true, providerClick: providerClickIfConfigured($0)) }
         }
         let next = try await credentials.hasConfirmedTOTP(accountID: accountID) ? "/connexion/second-facteur" : "/connexion/totp"
         return Self.redirect(next, cookies: [WebCookie.flow.set(flow, maxAge: Int(sessions.configuration.flowLifetime))])
@@ -375,6 +404,8 @@ struct WebController: Sendable {
 
     func cguPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
         guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
+        // A withdrawn or suspended account is refused now, not shown terms to accept first.
+        if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         return respond(request, status: error ? .badRequest : .ok) {
             Pages.cgu(csrf: $0, version: configuration.cguVersion, text: configuration.cguText, error: error)
         }
@@ -383,6 +414,7 @@ struct WebController: Sendable {
     func acceptCGU(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
+        if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         // The version accepted is the one in force now, whatever the form says.
         guard fields["accepte"] == "oui", fields["version"] == configuration.cguVersion else {
             return try await cguPage(request, context, error: true)
@@ -398,7 +430,8 @@ struct WebController: Sendable {
         guard flow.secondFactorDone else {
             return Self.redirect(try await credentials.hasConfirmedTOTP(accountID: flow.accountID) ? "/connexion/second-facteur" : "/connexion/totp")
         }
-        guard try await credentials.hasAcceptedCGU(accountID: flow.accountID, version: configuration.cguVersion) else {
+        if try await !credentials.hasAcceptedCGU(accountID: flow.accountID, version: configuration.cguVersion),
+           try await !habilitation.refusesNewSessions(accountID: flow.accountID) {
             return Self.redirect("/connexion/cgu")
         }
         let opened: (token: String, origin: SessionOrigin, returnURL: String?)?

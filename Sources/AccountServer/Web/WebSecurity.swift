@@ -11,8 +11,9 @@ enum WebCookie: String, CaseIterable {
     case intent = "__Host-as-intent"
     case flow = "__Host-as-flow"
     case csrf = "__Host-as-csrf"
-    /// "mot-de-passe" once the regulator chose « Se connecter sans Pro Santé Connect »: SAS
-    /// entries from this browser then show the password sign-in instead of the provider.
+    /// "mot-de-passe" once the regulator chose « Se connecter sans Pro Santé Connect » (30
+    /// days), or for an hour after a refused provider answer: SAS entries from this browser
+    /// then show the password sign-in instead of the provider.
     case method = "__Host-as-methode"
 
     func set(_ value: String, maxAge: Int? = nil) -> String {

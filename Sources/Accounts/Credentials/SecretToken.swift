@@ -47,6 +47,20 @@ public enum Base64URL {
             .replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
     }
+
+    /// nil for anything but the canonical unpadded base64url of some bytes: no `+`, `/`, `=`,
+    /// spaces or line breaks, and no stray bits in the last character (Foundation ignores
+    /// them, so "…A" and "…B" could decode alike: a token spent by the hash of its text must
+    /// have one text only).
+    public static func decode(_ text: String) -> [UInt8]? {
+        guard text.utf8.allSatisfy({ byte in
+            (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte) || (0x30...0x39).contains(byte) || byte == 0x2D || byte == 0x5F
+        }), text.utf8.count % 4 != 1 else { return nil }
+        let standard = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        guard let data = Data(base64Encoded: standard + String(repeating: "=", count: (4 - standard.utf8.count % 4) % 4)) else { return nil }
+        let bytes = Array(data)
+        return encode(bytes) == text ? bytes : nil
+    }
 }
 
 /// RFC 4648 §6 base32 (the alphabet authenticator apps expect for TOTP secrets).

@@ -251,7 +251,33 @@ public enum AccountSchema {
                     BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: an event goes after the last one'); END;
             """),
         Migration("v11-totp-pending-step", totpPendingStep),
+        Migration("v12-sign-in-flow-intent", signInFlowIntent),
     ]
+
+    /// Login intents are sealed into the browser's cookie (the entries write nothing): a
+    /// sign-in flow keeps a copy of the intent it started from. Flows open at the upgrade
+    /// take theirs from `login_intent`, which nothing writes any more (its rows expire and the
+    /// purge removes them; the table goes in a later version).
+    static let signInFlowIntent = """
+        ALTER TABLE sign_in_flow ADD COLUMN origin TEXT CHECK (origin IN ('sas', 'direct'));
+        ALTER TABLE sign_in_flow ADD COLUMN origin_value TEXT;
+        ALTER TABLE sign_in_flow ADD COLUMN return_url TEXT;
+        """ + signInFlowIntentCopy
+
+    /// The intent a flow of the previous version would have given its session: unspent, and
+    /// live when the flow opened (the previous version extended a live intent to its flow's
+    /// lifetime then, and gave nothing for one already expired).
+    static let liveIntentOfFlow = "i.id_hash = sign_in_flow.intent_id_hash AND i.consumed_at IS NULL AND i.expires_at > sign_in_flow.created_at"
+
+    /// The data step of ``signInFlowIntent`` (a test runs it on rows as the previous version
+    /// left them).
+    static let signInFlowIntentCopy = """
+        UPDATE sign_in_flow SET
+            origin = (SELECT i.origin FROM login_intent i WHERE \(liveIntentOfFlow)),
+            origin_value = (SELECT i.origin_value FROM login_intent i WHERE \(liveIntentOfFlow)),
+            return_url = (SELECT i.return_url FROM login_intent i WHERE \(liveIntentOfFlow))
+        WHERE consumed_at IS NULL AND intent_id_hash IS NOT NULL;
+        """
 
     /// A pending TOTP enrolment is bound to the sign-in step that began it (the flow's id
     /// hash, opaque to Accounts): only that flow is shown its secret again or may confirm it.
@@ -481,5 +507,6 @@ public enum AccountSchema {
         Migration("pg-v3-provider-logout", providerLogout(timestamp: "BIGINT", strict: "")),
         Migration("pg-v4-secret-key-check", secretKeyCheck(timestamp: "BIGINT", strict: "")),
         Migration("pg-v5-totp-pending-step", totpPendingStep),
+        Migration("pg-v6-sign-in-flow-intent", signInFlowIntent),
     ]
 }
