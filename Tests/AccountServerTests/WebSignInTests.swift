@@ -269,7 +269,12 @@ struct WebSignInTests {
         }
         #expect(rows == [0, 0], "\(rows)")
         #expect(try await world.server.auditEvents().count == eventsBefore)
-        // The last intent is the window's: its sign-in is a SAS one.
+        // The last intent is the window's: its sign-in is a SAS one, and direct entries (the
+        // same loop aiming at a sign-in without the habilitation) do not replace it.
+        for _ in 0..<20 {
+            let direct = try await window.request(.GET, "/connexion?retour=%2Fcompte", headers: navigation)
+            #expect(direct.status == 303 && direct.location == "/connexion" && !direct.headers["Set-Cookie"].contains { $0.hasPrefix("__Host-as-intent") })
+        }
         #expect(try await window.get("/connexion").body.contains("id=\"origine-sas\""))
         // Another regulator behind the same address: the whole budget is there.
         let regulator = try world.browser()

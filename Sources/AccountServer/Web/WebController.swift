@@ -262,8 +262,13 @@ struct WebController: Sendable {
             // and locks nobody behind the address out. An image or a frame of such a page is
             // refused all the same: it would replace the cookie of a sign-in under way.
             guard Self.isDocumentNavigation(request.headers) else { return notANavigation }
+            // A direct entry keeps this browser's live SAS intent: its regulator followed the
+            // SAS link minutes ago, and another site's page navigating a window here in a loop
+            // would otherwise turn the sign-in under way into one without the habilitation.
+            if origin == .direct, intentFromCookie(request)?.origin == .sas { return Self.redirect("/connexion") }
             let intent = sessions.createIntent(LoginIntent(origin: origin, originValue: originValue, returnURL: returnURL))
-            context.logger.info("login intent created", metadata: ["origin": "\(origin.rawValue)"])
+            // Debug only: anyone's page can have a browser come here as often as it likes.
+            context.logger.debug("login intent created", metadata: ["origin": "\(origin.rawValue)"])
             cookies.append(WebCookie.intent.set(intent, maxAge: Int(sessions.configuration.intentLifetime)))
             // With Pro Santé Connect, a SAS entry goes to the provider (silently signed in when
             // its session is live), unless this browser chose the password sign-in.
