@@ -330,9 +330,8 @@ public final class HabilitationService: Sendable {
     /// transaction decides again.
     public func refusesNewSessions(accountID: String) async throws -> Bool {
         try await database.read { db in
-            try Bool.fetchOne(db, sql: """
-                SELECT NOT a.active OR EXISTS (SELECT 1 FROM vendor_suspension v WHERE v.account_id = a.id) FROM account a WHERE a.id = ?
-                """, arguments: [accountID]) ?? false
+            guard case .denied(let reasons) = try self.decisionForNewSession(accountID: accountID, origin: .sas, in: db) else { return false }
+            return reasons.contains(where: SignInRefused.refusing.contains)
         }
     }
 

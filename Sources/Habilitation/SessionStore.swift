@@ -361,14 +361,14 @@ public final class SessionStore: Sendable {
         }
     }
 
-    public func flow(_ token: String) async throws -> (accountID: String, intentIDHash: String?, secondFactorDone: Bool, authentication: SessionAuthentication)? {
+    public func flow(_ token: String) async throws -> (accountID: String, secondFactorDone: Bool, authentication: SessionAuthentication)? {
         let at = now
         return try await database.read { db in
             try SQLRow.fetchOne(db, sql: """
-                SELECT account_id, intent_id_hash, second_factor_at, authentication FROM sign_in_flow
+                SELECT account_id, second_factor_at, authentication FROM sign_in_flow
                 WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
                 """, arguments: [SecretToken.hash(token), at.epochMilliseconds]).map {
-                ($0["account_id"], $0["intent_id_hash"], ($0["second_factor_at"] as Int64?) != nil,
+                ($0["account_id"], ($0["second_factor_at"] as Int64?) != nil,
                  SessionAuthentication(rawValue: $0["authentication"]) ?? .password)
             }
         }
