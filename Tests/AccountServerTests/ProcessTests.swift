@@ -150,8 +150,9 @@ struct ProcessTests {
         }
         let raw = (try? String(contentsOf: errors, encoding: .utf8)) ?? ""
         // The other listeners' shutdown logs can land in the middle of the error line (two
-        // writers on one stderr): their lines are taken out before reading it.
-        let text = raw.replacingOccurrences(of: #"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+Z [^\n]*\n\s*"#, with: "", options: .regularExpression)
+        // writers on one stderr): their lines are taken out before reading it, and only they
+        // (the error's own text after the cut, " in use…", keeps its leading space).
+        let text = raw.replacingOccurrences(of: #"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+Z [^\n]*\n"#, with: "", options: .regularExpression)
         #expect(exited, "the server must exit when one of its ports is taken: \(raw.suffix(800))")
         #expect(text.contains("already in use") && text.contains("web 127.0.0.1:\(taken.port)"), "\(raw.suffix(800))")
     }
