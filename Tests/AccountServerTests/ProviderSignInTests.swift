@@ -23,9 +23,13 @@ struct ProviderSignInTests {
         let server: RunningServer
         let fhir: FHIRClient
         let publicURL: String
+        /// With `mail`: the reset mails, for a password sign-in beside the provider's.
+        let smtp: SMTPSink?
 
-        init(acr: String = "eidas1") async throws {
+        init(acr: String = "eidas1", mail: Bool = false) async throws {
             pki = try TestPKI()
+            let smtp = mail ? try await SMTPSink() : nil
+            self.smtp = smtp
             let webPort = freeLoopbackPort()
             let publicURL = "https://localhost:\(webPort)"
             self.publicURL = publicURL
@@ -47,9 +51,14 @@ struct ProviderSignInTests {
                     sso.caPath = caPath
                     sso.acr = acr
                     configuration.sso = sso
+                    if let smtp {
+                        configuration.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
+                        configuration.mailPollInterval = .milliseconds(100)
+                    }
                 }
             } catch {
                 provider.stop()
+                smtp?.stop()
                 throw error
             }
             fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
@@ -66,6 +75,7 @@ struct ProviderSignInTests {
             await fhir.shutdown()
             await server.stop()
             provider.stop()
+            smtp?.stop()
         }
 
         /// Live sessions in the database.
@@ -477,6 +487,49 @@ struct ProviderSignInTests {
             #expect([byToken, byHeader].allSatisfy { $0.status == 303 && $0.location?.hasPrefix(world.provider.issuer) == true }, "\([byToken, byHeader].map(\.status))")
             await browser.shutdown()
         }
+        await world.stop()
+    }
+
+    /// The terms of use a cross-site start leads to are those of a sign-in through the
+    /// provider only. A regulator whose *password* sign-in stopped at the terms, then follows
+    /// the SAS link, goes to the provider with the SAS intent: sent to the password flow's
+    /// terms instead, accepting them would open that flow's session, without the habilitation
+    /// the SAS link asked for.
+    @Test func aPasswordSignInOwingTheTermsIsNotWhereTheSASLinkLeads() async throws {
+        let world = try await World(mail: true)
+        let smtp = try #require(world.smtp)
+        let browser = try world.browser()
+        // A password of the regulator's own (« Mot de passe oublié »), then the password step
+        // and the TOTP enrolment of a first sign-in: the flow stops at the terms of use.
+        let sent = try await browser.submit("/mot-de-passe-oublie", ["email": WebSignInTests.email])
+        #expect(sent.status == 200)
+        let token = try #require(try await smtp.resetToken(number: 1), "the reset mail reached the SMTP server")
+        let form = try await browser.get("/reinitialisation?jeton=\(token)")
+        let chosen = try await browser.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token,
+                                                                                  "password": WebSignInTests.password, "confirmation": WebSignInTests.password])
+        #expect(chosen.status == 200, "\(chosen.status)")
+        let afterPassword = try await browser.submit("/connexion", ["email": WebSignInTests.email, "password": WebSignInTests.password])
+        #expect(afterPassword.status == 303 && afterPassword.location == "/connexion/totp", "\(afterPassword.status) \(afterPassword.location ?? "")")
+        let enrol = try await browser.get("/connexion/totp")
+        let secret = try #require(enrol.capture(#"id="cle-secrete">([A-Z2-7 ]+)<"#).flatMap(Base32.decode))
+        let totp = TOTP()
+        let codes = try await browser.request(.POST, "/connexion/totp", form: ["csrf": enrol.csrf ?? "", "code": totp.code(secret: secret, step: totp.step(at: Date()))])
+        let owing = try await browser.request(.POST, "/connexion/suite", form: ["csrf": codes.csrf ?? ""])
+        #expect(owing.status == 303 && owing.location == "/connexion/cgu", "the password flow owes the terms: \(owing.status) \(owing.location ?? "")")
+        #expect(browser.cookies["__Host-as-flow"] != nil && browser.cookies["__Host-as-session"] == nil)
+
+        // The SAS link, as the browser follows it from the SAS's page: to the provider.
+        let authorize = try await Self.followSASLink(browser, world: world)
+        let back = try await Self.callback(browser, try await browser.signInAtProvider(try await browser.get(authorize), url: authorize, login: "dwho"), world: world)
+        // The provider's flow owes the terms too (nobody accepted them yet): accepting them
+        // opens a SAS session, back on the page the SAS linked to.
+        #expect(back.status == 303 && back.location == "/connexion/cgu", "\(back.status) \(back.location ?? "")")
+        let version = try #require(try await browser.get("/connexion/cgu").capture(#"name="version" value="([^"]+)""#))
+        let accepted = try await browser.submit("/connexion/cgu", ["accepte": "oui", "version": version])
+        #expect(accepted.status == 303 && accepted.location == Self.agenda, "\(accepted.status) \(accepted.location ?? "")")
+        let account = try await browser.get("/compte")
+        #expect(account.body.contains("data-habilitation=\"oui\"") && account.body.contains("data-origine=\"sas\""))
+        await browser.shutdown()
         await world.stop()
     }
 
