@@ -13,6 +13,18 @@ public enum SQLValue: Sendable, Hashable {
     case bool(Bool)
 }
 
+extension SQLValue {
+    /// `text`, or a refusal when it holds U+0000. Both engines refuse it the same way, before
+    /// anything is sent: SQLite's C API would end the text there and store or compare what
+    /// comes before it (a NUL-cut e-mail signing in as another, a suspension reason stored
+    /// shorter than its audit event says), and PostgreSQL refuses such a text outright.
+    /// Surfaces refuse it first as bad input; this is the engines' own guarantee.
+    @inlinable public static func storableText(_ text: String) throws(StorageError) -> String {
+        if text.utf8.contains(0) { throw StorageError.statementFailed("a text argument holds U+0000 (NUL), which no engine stores") }
+        return text
+    }
+}
+
 /// A Swift value that can be bound to a statement parameter.
 public protocol SQLBindable: Sendable {
     var sqlValue: SQLValue { get }

@@ -138,6 +138,41 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// U+0000 anywhere an admin request carries text (path, query, JSON reason, the page's
+    /// form) is a 400, a JSON one on the API and a French page on the page, and nothing
+    /// changes, on both stores. Before, SQLite stored the reason cut at the NUL (the audit
+    /// event said the whole of it) and searched with a cut pattern, PostgreSQL answered 500.
+    @Test func anAdminRequestHoldingNULIsRefusedAndChangesNothing() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        for (method, path, body) in [(HTTPMethod.POST, "/api/accounts/810002673899/suspend", #"{"reason":"motif\u0000cach\u00e9"}"#),
+                                     (.POST, "/api/accounts/810002673899%00/suspend", ""), (.GET, "/api/accounts/810002673899%00", ""),
+                                     (.GET, "/api/accounts?q=810002673899%00x", ""), (.GET, "/api/audit?account=810002673899%00", "")] {
+            let answer = try await admin.send(method, path, body: body.isEmpty ? nil : body)
+            #expect(answer.status == 400 && answer.body.contains("U+0000") && answer.headers.first(name: "Content-Type")?.hasPrefix("application/json") == true,
+                    "\(path): \(answer.status) \(answer.body)")
+        }
+        // The page's form, from a signed-in session.
+        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
+        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)", headers: form + [("Cookie", loginCookie)],
+                                            authorization: "")
+        let session = [("Cookie", String(try #require(signedIn.headers.first(name: "Set-Cookie")).split(separator: ";")[0]))]
+        let pageToken = try #require(signedIn.headers.first(name: "Location")?.firstMatch(of: /csrf=([A-Za-z0-9_-]+)/).map { String($0.1) })
+        let search = try await admin.send(.GET, "/?csrf=\(pageToken)&q=jules", headers: session, authorization: "")
+        let action = try #require(search.body.firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
+        let page = try await admin.send(.POST, action, body: "csrf=\(pageToken)&q=jules&motif=fraude%00cach%C3%A9", headers: form + session, authorization: "")
+        #expect(page.status == 400 && page.body.contains("Requête invalide") && page.body.contains("<html lang=\"fr\""), "\(page.status) \(page.body)")
+        let searchNUL = try await admin.send(.GET, "/?csrf=\(pageToken)&q=jules%00", headers: session, authorization: "")
+        #expect(searchNUL.status == 400 && searchNUL.body.contains("caractère non autorisé"))
+
+        #expect(try await admin.json("/api/accounts?filter=suspended")["accounts"] == .array([]), "nothing was suspended")
+        #expect(try await world.server.auditEvents().allSatisfy { !$0.action.hasPrefix("habilitation-withdrawn") })
+        let done = try await admin.send(.POST, "/api/accounts/810002673899/suspend", body: #"{"reason":"motif cach\u00e9"}"#)
+        #expect(done.status == 200 && done.body.contains(#""changed":true"#), "the same request without the NUL")
+        await admin.shutdown()
+        await world.stop()
+    }
+
     /// The page's sign-in form: the form content type, the pre-session CSRF cookie and the
     /// token bound to it.
     static func signInForm(_ admin: AdminClient) async throws -> (form: [(String, String)], cookie: String, csrf: String) {

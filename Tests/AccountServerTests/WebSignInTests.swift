@@ -658,6 +658,37 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// A form holding U+0000 (`%00`) is bad input: a French 400 page, on both stores, and
+    /// nothing written. Before, SQLite kept what came before the NUL (this e-mail signed in
+    /// as `jules.marius@test.com`) while PostgreSQL answered 500: two answers, neither right.
+    @Test func aFormHoldingNULIsRefusedAndChangesNothing() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let eventsBefore = try await world.server.auditEvents().count
+        let nul = "\u{0}"
+        for (page, fields) in [("/connexion", ["email": Self.email + nul + "x", "password": Self.password]),
+                               ("/connexion", ["email": Self.email, "password": Self.password, "note" + nul: ""]),
+                               ("/mot-de-passe-oublie", ["email": Self.email + nul])] {
+            let answer = try await browser.submit(page, fields)
+            #expect(answer.status == 400 && answer.location == nil, "\(page): \(answer.status) \(answer.location ?? "")")
+            #expect(answer.body.contains("Requête invalide") && answer.body.contains("caractère non autorisé"), "\(answer.body)")
+        }
+        #expect(try await world.server.auditEvents().count == eventsBefore, "nothing audited")
+        let rows = try await world.server.database.read { db in
+            [try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow") ?? -1, try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account") ?? -1]
+        }
+        #expect(rows == [0, 0], "no flow, no failure counted: \(rows)")
+        // The address itself: a NUL in the query is refused the same way.
+        let query = try await browser.get("/connexion?origin=sas&retour=%2Fcompte%00")
+        #expect(query.status == 400 && query.body.contains("caractère non autorisé"))
+        // The regulator's own sign-in is untouched.
+        let afterPassword = try await browser.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(afterPassword.status == 303 && afterPassword.location == "/connexion/totp", "\(afterPassword.status) \(afterPassword.location ?? "")")
+        await browser.shutdown()
+        await world.stop()
+    }
+
     @Test func resetAnswersDoNotRevealAccounts() async throws {
         let world = try await World()
         let browser = try world.browser()

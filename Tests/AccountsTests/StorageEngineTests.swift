@@ -164,6 +164,57 @@ struct LoopReadTests {
         await engine.close()
     }
 
+    /// A text holding U+0000 is refused the same way by both engines, before anything is
+    /// sent. Left to them, SQLite's C API keeps what comes before the NUL (a reason stored
+    /// shorter than its audit event says, an e-mail cut at it matching another account's)
+    /// while PostgreSQL refuses the whole statement: a different answer per store. Refused
+    /// in a write, nothing of its transaction is kept; in a read, on the loop too, no row.
+    @Test func aTextHoldingNULIsRefusedOnBothEnginesAndNothingIsKept() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nul-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let engine: any StorageEngine
+        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
+        case .sqlite(let path): engine = try SQLiteEngine(path: path)
+        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
+        }
+        try await engine.migrate(Schema(sqlite: [Migration("probe", "CREATE TABLE probe (id INTEGER PRIMARY KEY, label TEXT, amount INTEGER, flag BOOLEAN, data BLOB)")],
+                                        postgres: [Migration("probe", "CREATE TABLE probe (id BIGINT PRIMARY KEY, label TEXT, amount BIGINT, flag BOOLEAN, data BYTEA)")]))
+        func refused(_ what: String, _ body: () async throws -> Void) async {
+            do {
+                try await body()
+                Issue.record("\(what): not refused")
+            } catch StorageError.statementFailed(let message) {
+                #expect(message.contains("U+0000"), "\(what): \(message)")
+            } catch {
+                Issue.record("\(what): \(error)")
+            }
+        }
+        await refused("write") {
+            try await engine.write { db in
+                try db.execute(sql: "INSERT INTO probe (id, label) VALUES (?, ?)", arguments: [1, "kept?"])
+                try db.execute(sql: "INSERT INTO probe (id, label) VALUES (?, ?)", arguments: [2, "motif\u{0}caché"])
+            }
+        }
+        #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM probe") } == 0, "nothing of the transaction was kept")
+
+        try await engine.write { db in try db.execute(sql: "INSERT INTO probe (id, label) VALUES (?, ?)", arguments: [1, "motif"]) }
+        await refused("read") {
+            _ = try await engine.read { db in try SQLRow.fetchAll(db, sql: "SELECT id FROM probe WHERE label = ?", arguments: ["motif\u{0}caché"]) }
+        }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        await refused("loop read") {
+            _ = try await loop.flatSubmit { engine.loopRead(sql: "SELECT id FROM probe WHERE label = ?", arguments: [.text("motif\u{0}x")], on: loop) }.get()
+        }
+        await refused("declared loop read") {
+            _ = try await loop.flatSubmit { engine.loopRead(Probe.self, arguments: [.integer(0), .text("\u{0}")], on: loop) }.get()
+        }
+        // The engine still serves, and a NUL inside a byte string is data like any other.
+        try await engine.write { db in try db.execute(sql: "UPDATE probe SET data = ? WHERE id = ?", arguments: [Data([0x6d, 0, 0x78]), 1]) }
+        #expect(try await engine.read { db in try SQLRow.fetchAll(db, sql: "SELECT label, data FROM probe", arguments: []) }.map { [$0["label"] as String, String(decoding: $0["data"] as [UInt8], as: UTF8.self)] }
+                == [["motif", "m\u{0}x"]])
+        await engine.close()
+    }
+
     /// The commit stamp (SQLite's WAL-index header) stays the same while nothing is committed,
     /// reads and writes that change nothing included, and
     /// changes with every commit: ours, a second engine's on the same file, another process's,

@@ -136,6 +136,7 @@ struct AdminController: Sendable {
             }
             if let value = object["reason"] {
                 guard case .string(let text) = value else { return Self.problem(.badRequest, "reason must be a string") }
+                guard UnstorableInput.isStorable(text) else { throw UnstorableInput(part: "body") }
                 reason = text
             }
         }
@@ -231,7 +232,7 @@ struct AdminController: Sendable {
 
     func signIn(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
-        let fields = FormBody.parse(Array(body.readableBytesView))
+        let fields = try FormBody.parse(Array(body.readableBytesView))
         // The form's own checks first: a post another site makes the admin's browser send is
         // refused without spending the address's budget, which on the loopback listener is
         // everyone's, so such a page cannot lock the admin out of signing in. (A local process
@@ -273,7 +274,7 @@ struct AdminController: Sendable {
     /// The form fields of a POST from a live admin session, CSRF-checked; nil: refused.
     func sessionForm(_ request: Request, _ context: AdminRequestContext) async throws -> (id: String, fields: [String: String])? {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
-        let fields = FormBody.parse(Array(body.readableBytesView))
+        let fields = try FormBody.parse(Array(body.readableBytesView))
         let id = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)
         // The token first: a cookie without it does not even extend the session.
         guard let id, csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)),

@@ -20,6 +20,7 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     if !configuration.admin.tls {
         adminRouter.add(middleware: LoopbackHostMiddleware())
     }
+    adminRouter.add(middleware: UnstorableInputMiddleware<AdminRequestContext>())
     adminRouter.get("static/style.css") { _, _ in
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }
@@ -63,6 +64,13 @@ struct AdminErrorMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
+        } catch let error as UnstorableInput {
+            // The API answers JSON; the page, its forms and its sign-in answer a French page.
+            context.logger.notice("admin request refused: U+0000 in its \(error.part)")
+            if request.uri.path.hasPrefix("/api/") {
+                return AdminController.problem(.badRequest, "the request's \(error.part) holds U+0000 (NUL), which no field accepts; nothing was changed")
+            }
+            return WebController.page(Pages.error("Requête invalide", "La requête contient un caractère non autorisé. Corrigez la saisie et réessayez."), status: .badRequest)
         } catch let error as StorageError where error.isTransient {
             context.logger.error("database unavailable on the admin surface", metadata: ["error": "\(error)"])
             let message: String

@@ -81,6 +81,7 @@ func makeWebServices(
     router.add(middleware: RequestAccountingMiddleware<WebLimits>(surface: "web", metrics: metrics))
     router.add(middleware: ClientAddressMiddleware<WebLimits>(trustedProxies: trustedProxies))
     router.add(middleware: WebErrorMiddleware())
+    router.add(middleware: UnstorableInputMiddleware<WebRequestContext>())
     router.get("healthz") { _, _ in AdminController.json(.object(["status": .string("alive")])) }
     controller.addRoutes(to: router)
     let forwardAuth = ForwardAuthResponder(habilitation: habilitation, configuration: webConfiguration, metrics: metrics)

@@ -282,9 +282,8 @@ struct ProviderSignInController: Sendable {
     /// browser is involved); the token's signature is the authentication.
     func backChannelLogout(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let body = try await request.body.collect(upTo: 64 * 1024)
-        let fields = FormBody.parse(Array(body.readableBytesView))
         let headers: HTTPFields = [.cacheControl: "no-store", .contentType: "application/json"]
-        guard let token = fields["logout_token"] else {
+        guard let fields = try? FormBody.parse(Array(body.readableBytesView)), let token = fields["logout_token"] else {
             return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
         }
         let logout: LogoutToken

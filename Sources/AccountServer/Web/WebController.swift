@@ -211,7 +211,7 @@ struct WebController: Sendable {
     /// Reads a form, checking its CSRF token. nil: refused.
     func form(_ request: Request, _ context: WebRequestContext) async throws -> [String: String]? {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
-        let fields = FormBody.parse(Array(body.readableBytesView))
+        let fields = try FormBody.parse(Array(body.readableBytesView))
         guard csrf.isValid(fields: request.headers, submitted: fields["csrf"]) else {
             context.logger.notice("form refused: CSRF check failed")
             return nil

@@ -2,6 +2,7 @@ import Accounts
 import Crypto
 import Foundation
 import HTTPTypes
+import Hummingbird
 import Synchronization
 
 /// Names and attributes of the cookies of the web surface. `__Host-` cookies are bound to
@@ -207,15 +208,51 @@ final class RateLimiter: Sendable {
 
 /// `application/x-www-form-urlencoded` bodies ('+' is a space there, unlike in FHIR queries).
 enum FormBody {
-    static func parse(_ bytes: [UInt8]) -> [String: String] {
+    /// The fields, first value of each name. A form holding U+0000 (`%00`) anywhere is
+    /// refused whole (``UnstorableInput``): no text a regulator or an admin types holds one,
+    /// and neither database stores it (SQLite would keep what comes before it).
+    static func parse(_ bytes: [UInt8]) throws(UnstorableInput) -> [String: String] {
         var fields: [String: String] = [:]
         let text = String(decoding: bytes, as: UTF8.self)
         for pair in text.split(separator: "&") {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = (try? QueryParameters.percentDecode(Substring(parts[0].replacingOccurrences(of: "+", with: " ")))) ?? ""
             let value = parts.count > 1 ? ((try? QueryParameters.percentDecode(Substring(parts[1].replacingOccurrences(of: "+", with: " ")))) ?? "") : ""
+            guard UnstorableInput.isStorable(name), UnstorableInput.isStorable(value) else { throw UnstorableInput(part: "form") }
             if fields[name] == nil { fields[name] = value }
         }
         return fields
+    }
+}
+
+/// A request holding U+0000 (NUL) where text is read: in its form, its path or its query
+/// (percent-encoded as `%00`). Refused as bad input before any store sees it (web: a French
+/// 400 page; admin API: a JSON 400), the same on both databases, and nothing is changed.
+struct UnstorableInput: Error, Sendable, Equatable {
+    /// `form`, `path`, `query` or `body`: said in the answer, never the value itself.
+    let part: String
+
+    static func isStorable(_ text: some StringProtocol) -> Bool { !text.utf8.contains(0) }
+}
+
+/// Refuses a request whose path or query, percent-decoded, holds U+0000 (``UnstorableInput``),
+/// so no handler reads such a text from `:ref`, `q`, `account` and the like. One concern: the
+/// surface's error middleware, placed before it, answers the refusal in its own form.
+struct UnstorableInputMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        // A NUL can only arrive percent-encoded (the HTTP parser refuses a raw one in the
+        // request line), as `%00` in any case: checking for that spelling is enough.
+        if Self.holdsEncodedNUL(request.uri.path) { throw UnstorableInput(part: "path") }
+        if let query = request.uri.query, Self.holdsEncodedNUL(query) { throw UnstorableInput(part: "query") }
+        return try await next(request, context)
+    }
+
+    static func holdsEncodedNUL(_ text: some StringProtocol) -> Bool {
+        let bytes = Array(text.utf8)
+        guard bytes.count >= 3 else { return bytes.contains(0) }
+        for index in 0..<(bytes.count - 2) where bytes[index] == UInt8(ascii: "%") && bytes[index + 1] == UInt8(ascii: "0") && bytes[index + 2] == UInt8(ascii: "0") {
+            return true
+        }
+        return bytes.contains(0)
     }
 }

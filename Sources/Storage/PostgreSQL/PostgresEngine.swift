@@ -1340,7 +1340,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             switch argument?.sqlValue ?? .null {
             case .null: binds.appendNull()
             case .integer(let integer): binds.append(integer)
-            case .text(let string): binds.append(string)
+            case .text(let string): binds.append(try SQLValue.storableText(string))
             case .blob(let bytes): binds.append(ByteBuffer(bytes: bytes))
             case .bool(let bool): binds.append(bool)
             }

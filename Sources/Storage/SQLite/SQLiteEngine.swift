@@ -192,7 +192,7 @@ struct SQLiteTransaction: SQLTransaction {
     var engine: StorageKind { .sqlite }
 
     func execute(sql: String, arguments: SQLArguments) throws {
-        try db.cachedStatement(sql: sql).execute(arguments: Self.arguments(arguments))
+        try db.cachedStatement(sql: sql).execute(arguments: try Self.arguments(arguments))
     }
 
     var changesCount: Int { db.changesCount }
@@ -200,7 +200,7 @@ struct SQLiteTransaction: SQLTransaction {
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow] {
         let statement = try db.cachedStatement(sql: sql)
         let columns = statement.columnNames
-        return try Row.fetchAll(statement, arguments: Self.arguments(arguments)).map { row in
+        return try Row.fetchAll(statement, arguments: try Self.arguments(arguments)).map { row in
             SQLRow(columns: columns, values: row.databaseValues.map(Self.value))
         }
     }
@@ -209,12 +209,12 @@ struct SQLiteTransaction: SQLTransaction {
         try fetchAll(sql: sql, arguments: arguments.map { $0 as (any SQLBindable)? })
     }
 
-    static func arguments(_ arguments: SQLArguments) -> StatementArguments {
-        StatementArguments(arguments.map { argument -> (any DatabaseValueConvertible)? in
+    static func arguments(_ arguments: SQLArguments) throws -> StatementArguments {
+        StatementArguments(try arguments.map { argument throws -> (any DatabaseValueConvertible)? in
             switch argument?.sqlValue ?? .null {
             case .null: nil
             case .integer(let integer): integer
-            case .text(let text): text
+            case .text(let text): try SQLValue.storableText(text)
             case .blob(let bytes): Data(bytes)
             case .bool(let bool): bool
             }
@@ -393,7 +393,7 @@ final class LoopReader: @unchecked Sendable {
             case .null: sqlite3_bind_null(statement, index)
             case .integer(let value): sqlite3_bind_int64(statement, index, value)
             case .bool(let value): sqlite3_bind_int64(statement, index, value ? 1 : 0)
-            case .text(let value): sqlite3_bind_text(statement, index, value, -1, Self.transient)
+            case .text(let value): sqlite3_bind_text(statement, index, try SQLValue.storableText(value), -1, Self.transient)
             case .blob(let bytes): bytes.withUnsafeBytes { sqlite3_bind_blob(statement, index, $0.baseAddress, Int32($0.count), Self.transient) }
             }
             guard bound == SQLITE_OK else { throw failure(bound, db: db) }
