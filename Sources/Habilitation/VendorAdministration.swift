@@ -120,20 +120,21 @@ public final class VendorAdministration: Sendable {
         [at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]
     }
 
-    /// Accounts whose name, e-mail, id or identifier (current or past) contains `text`
-    /// (case-insensitive), most recently updated first.
+    /// Accounts whose name, e-mail, id or identifier (current or past) contains `text`,
+    /// case and accents aside (`fold_text`, the same on both engines: `elodie` finds
+    /// `Élodie`), most recently updated first.
     public func search(_ text: String?, filter: AccountFilter = .all, limit: Int = 50) async throws -> [AccountListing] {
         let at = now
         let idle = sessionConfiguration.idleTimeout
         var conditions: [String] = []
         var conditionArguments: SQLArguments = []
         if let text = text?.trimmingCharacters(in: .whitespaces), !text.isEmpty {
-            let pattern = "%" + text.lowercased().replacingOccurrences(of: "\\", with: "\\\\")
+            let pattern = "%" + TextFolding.fold(text).replacingOccurrences(of: "\\", with: "\\\\")
                 .replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_") + "%"
             conditions.append("""
-                (lower(a.given_name || ' ' || a.family_name) LIKE :pattern ESCAPE '\\' OR lower(a.family_name || ' ' || a.given_name) LIKE :pattern ESCAPE '\\'
-                 OR a.email_key LIKE :pattern ESCAPE '\\' OR a.id LIKE :pattern ESCAPE '\\'
-                 OR EXISTS (SELECT 1 FROM account_identifier i WHERE i.account_id = a.id AND lower(i.value) LIKE :pattern ESCAPE '\\'))
+                (fold_text(a.given_name || ' ' || a.family_name) LIKE :pattern ESCAPE '\\' OR fold_text(a.family_name || ' ' || a.given_name) LIKE :pattern ESCAPE '\\'
+                 OR fold_text(a.email_key) LIKE :pattern ESCAPE '\\' OR a.id LIKE :pattern ESCAPE '\\'
+                 OR EXISTS (SELECT 1 FROM account_identifier i WHERE i.account_id = a.id AND fold_text(i.value) LIKE :pattern ESCAPE '\\'))
                 """.replacingOccurrences(of: ":pattern", with: "?"))
             conditionArguments += Array(repeating: pattern, count: 5)
         }

@@ -138,6 +138,39 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// The search ignores case and accents, the same on both stores whatever PostgreSQL's
+    /// locale: `fold_text`, not SQL's `lower()`, which folded ASCII only on SQLite (`Élodie`
+    /// did not find `Élodie`: the stored name kept its capital É, the text did not) and
+    /// followed the locale on PostgreSQL. A name stored decomposed (`e` + U+0301) is found
+    /// as the composed one, and the other way round.
+    @Test func theSearchIgnoresCaseAndAccentsOnBothStores() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        for (national, family, given, email) in [("810002673880", "LEFÈVRE", "Élodie", "elodie.lefevre@test.com"),
+                                                  ("810002673881", "Cle\u{0301}ment", "Anaïs", "anais.clement@test.com")] {
+            let created = try await world.fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: national, family: family, given: given, email: email))
+            #expect(created.status == 201, "\(created.body)")
+        }
+        func found(_ text: String) async throws -> [String] {
+            let query = text.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+            guard case .array(let accounts)? = try await admin.json("/api/accounts?q=\(query)")["accounts"] else { return ["not a list"] }
+            return accounts.compactMap { if case .object(let o) = $0, case .string(let name)? = o["family_name"] { name } else { nil } }.sorted()
+        }
+        for text in ["lefèvre", "LEFÈVRE", "lefevre", "Lefevre", "Élodie", "élodie", "ELODIE", "e\u{0301}lodie", "élodie lefèvre", "LEFEVRE ÉLODIE", "elodie.lefevre@"] {
+            #expect(try await found(text) == ["LEFÈVRE"], "\(text)")
+        }
+        for text in ["clément", "Clément", "CLEMENT", "cle\u{0301}ment", "anais", "ANAÏS CLÉMENT"] {
+            #expect(try await found(text) == ["Cle\u{0301}ment"], "\(text)")
+        }
+        #expect(try await found("marius") == ["MARIUS"])
+        #expect(try await found("e") == ["Cle\u{0301}ment", "LEFÈVRE", "MARIUS"].sorted())
+        for text in ["lefèvres", "%", "é_o"] {
+            #expect(try await found(text).isEmpty, "no more than the text, wildcards literal: \(text)")
+        }
+        await admin.shutdown()
+        await world.stop()
+    }
+
     /// U+0000 anywhere an admin request carries text (path, query, JSON reason, the page's
     /// form) is a 400, a JSON one on the API and a French page on the page, and nothing
     /// changes, on both stores. Before, SQLite stored the reason cut at the NUL (the audit

@@ -307,7 +307,7 @@ enum Bodies {
     }
 
     static func practitioner(national: String? = nil, technical: String? = nil, active: Bool = true, family: String = "MARIUS",
-                             email: String = "jules.marius@test.com") -> String {
+                             given: String = "Jules", email: String = "jules.marius@test.com") -> String {
         var identifiers: [String] = []
         if let national {
             identifiers.append(#"{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"IDNPS"}]},"system":"urn:oid:1.2.250.1.71.4.2.1","value":"\#(national)"}"#)
@@ -315,7 +315,7 @@ enum Bodies {
         if let technical {
             identifiers.append(#"{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(technical)"}"#)
         }
-        return #"{"resourceType":"Practitioner","id":"example-regulator-1","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[\#(identifiers.joined(separator: ","))],"active":\#(active),"name":[{"family":"\#(family)","given":["Jules"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
+        return #"{"resourceType":"Practitioner","id":"example-regulator-1","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[\#(identifiers.joined(separator: ","))],"active":\#(active),"name":[{"family":"\#(family)","given":["\#(given)"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
     }
 }
 

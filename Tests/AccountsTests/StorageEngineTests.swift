@@ -73,6 +73,32 @@ struct SchemaUpgradeTests {
         await engine.close()
     }
 
+    /// `fold_text`, the searches' folding, gives on the engine of the run exactly what
+    /// `TextFolding.fold` gives: SQLite's connections run that function, PostgreSQL's is the
+    /// `translate` migration `pg-v7-fold-text` created, whatever the database's locale (the
+    /// test cluster's is `C`, under which `lower()` folds ASCII only).
+    @Test func foldTextIsTheSameOnBothEngines() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fold-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let engine: any StorageEngine
+        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
+        case .sqlite(let path): engine = try SQLiteEngine(path: path)
+        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
+        }
+        try await engine.migrate(AccountSchema.current)
+        let samples = [TextFolding.from, TextFolding.to, TextFolding.dropped, "Cle\u{0301}ment LEFÈVRE Œuvre Æsa Ødegård Łódź",
+                       "Ωmega ß ı ﬁ 東京 😀 Ǆ", "", "jules.marius@test.com", "a\u{0301}\u{0308}\u{036F}\u{0370}"]
+        let folded = try await engine.read { db in
+            try samples.map { try String.fetchOne(db, sql: "SELECT fold_text(?)", arguments: [$0]) }
+        }
+        #expect(folded == samples.map(TextFolding.fold))
+        #expect(TextFolding.fold(TextFolding.from) == TextFolding.to && TextFolding.fold(TextFolding.dropped).isEmpty)
+        #expect(TextFolding.fold("Cle\u{0301}ment LEFÈVRE Œuvre Ødegård Łódź") == "clement lefevre œuvre odegard lodz")
+        let none = try await engine.read { db in try SQLRow.fetchOne(db, sql: "SELECT fold_text(?) AS f", arguments: [nil as String?]) }
+        #expect(none?.value("f") == .null)
+        await engine.close()
+    }
+
     /// Vendor suspensions move from three columns of `account` to Habilitation's own table:
     /// a suspension in force before the upgrade is still in force after it, with who and why.
     @Test func vendorSuspensionsMoveToTheirOwnTable() async throws {
@@ -1548,6 +1574,24 @@ struct PostgresEngineTests {
         #expect(PostgresConnectionPool.backoff(after: 30) == .seconds(2))
         for waiter in waiters { waiter.cancel() }
         await pool.close()
+    }
+
+    /// A database whose encoding is not UTF8 is refused at start, with what to do, before
+    /// any migration: SQL_ASCII stores bytes unchecked and `fold_text` would fold them one by
+    /// one, answering searches unlike SQLite.
+    @Test func aDatabaseNotInUTF8IsRefusedAtStart() async throws {
+        let name = "t_ascii_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
+        try await TestStore.execute("CREATE DATABASE \(name) ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0", on: try TestStore.administrator())
+        let engine = try PostgresEngine(location: try TestStore.administrator().with(database: name), poolSize: 1, logger: Self.logger)
+        do {
+            try await engine.migrate(AccountSchema.current)
+            Issue.record("migrated")
+        } catch StorageError.configuration(let message) {
+            #expect(message.contains("SQL_ASCII") && message.contains("ENCODING 'UTF8'"), "\(message)")
+        }
+        let tables = try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") }
+        #expect(tables == 0, "nothing was created")
+        await engine.close()
     }
 
     /// An engine with one connection on an empty database of its own (nil, with an issue

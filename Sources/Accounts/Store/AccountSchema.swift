@@ -508,5 +508,14 @@ public enum AccountSchema {
         Migration("pg-v4-secret-key-check", secretKeyCheck(timestamp: "BIGINT", strict: "")),
         Migration("pg-v5-totp-pending-step", totpPendingStep),
         Migration("pg-v6-sign-in-flow-intent", signInFlowIntent),
+        // The searches' case and accent folding, the same whatever the database's locale:
+        // SQLite's connections register the same function (Storage's TextFolding, frozen).
+        Migration("pg-v7-fold-text", """
+            CREATE FUNCTION fold_text(value text) RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+                AS $$ SELECT translate(value, '\(TextFolding.from + TextFolding.dropped)', '\(TextFolding.to)') $$;
+            -- Said outright: a site whose default privileges withhold EXECUTE would otherwise
+            -- leave the runtime role unable to search. A pure function, nothing to protect.
+            GRANT EXECUTE ON FUNCTION fold_text(text) TO PUBLIC
+            """),
     ]
 }

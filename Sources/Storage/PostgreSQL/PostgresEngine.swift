@@ -535,6 +535,16 @@ public final class PostgresEngine: StorageEngine {
                                                           deadline: .seconds(3600))
                     // A session lock: a second instance starting now waits here until the
                     // first has applied everything, then finds nothing left to do.
+                    // Text is UTF-8 throughout (names, the searches' folding): a database of
+                    // another encoding (SQL_ASCII stores bytes unchecked and folds them one by
+                    // one) would answer differently from SQLite; refused before anything.
+                    let encoding = try String.fetchOne(transaction, sql: "SELECT current_setting('server_encoding')") ?? ""
+                    guard encoding == "UTF8" else {
+                        throw StorageError.configuration("""
+                            the database's encoding is \(encoding); account-server needs UTF8: create it with \
+                            CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0 (docs/deployment.md, "PostgreSQL set-up")
+                            """)
+                    }
                     try transaction.run("SELECT pg_advisory_lock(\(Self.migrationLock))")
                     defer { try? transaction.run("SELECT pg_advisory_unlock(\(Self.migrationLock))") }
                     // Read before any DDL: the runtime role (no CREATE on the schema) opens an

@@ -39,6 +39,10 @@ public final class SQLiteEngine: StorageEngine {
             // Deleted and overwritten content (scrubbed mail bodies, spent tokens' rows,
             // purged sessions) is zeroed, not left in free pages for a file copy to find.
             try db.execute(sql: "PRAGMA secure_delete = ON")
+            // The searches' folding, as PostgreSQL's migration defines it (TextFolding).
+            db.add(function: DatabaseFunction("fold_text", argumentCount: 1, pure: true) { values in
+                String.fromDatabaseValue(values[0]).map(TextFolding.fold)
+            })
         }
         self.path = path
         self.readOnly = readOnly
