@@ -75,6 +75,17 @@ public struct StoreCopy: Sendable {
         self.pageSize = pageSize
     }
 
+    /// The last id each AUTOINCREMENT table of the source issued (`sqlite_sequence`, which
+    /// SQLite keeps when rows are deleted), by table; empty when it has none.
+    static func issuedIdentities(in db: Database) throws -> [String: Int64] {
+        guard try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence')") == true else { return [:] }
+        var issued: [String: Int64] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT name, seq FROM sqlite_sequence") {
+            if let name = row["name"] as String?, let seq = row["seq"] as Int64? { issued[name] = max(issued[name] ?? 0, seq) }
+        }
+        return issued
+    }
+
     /// Copies the SQLite database at `sourcePath` (migrated to the same version as `target`).
     public func copy(fromSQLiteFile sourcePath: String, to target: any StorageEngine) async throws -> [CopiedTableReport] {
         let tables = self.tables
@@ -101,19 +112,26 @@ public struct StoreCopy: Sendable {
             for table in tables where table.replacedOnCopy {
                 try db.execute(sql: "DELETE FROM \(table.name)")
             }
-            let sourceDigests = try source.read { sourceDB in
-                try tables.map { table in
+            let (sourceDigests, issued) = try source.read { sourceDB in
+                let digests = try tables.map { table in
                     let booleanColumns = columns.booleans[table.name] ?? []
                     return try Self.digest(table, pageSize: pageSize, in: SQLiteTransaction(sourceDB)) { page in
                         try Self.insert(page, into: table, booleanColumns: booleanColumns, in: db)
                     }
                 }
+                return (digests, try Self.issuedIdentities(in: sourceDB))
             }
+            // The target's identities continue after the last the source ever issued, not
+            // after the largest still stored: rows the source deleted (purged outbox mails)
+            // had ids that must not be issued again (logs name them), and an empty table
+            // keeps its count too.
             for table in tables {
                 if let identity = table.identity, db.engine == .postgres {
-                    _ = try db.fetchAll(sql: """
-                        SELECT setval(pg_get_serial_sequence('\(table.name)', '\(identity)'), (SELECT MAX(\(identity)) FROM \(table.name)))
-                        """, arguments: [])
+                    let largest = try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(\(identity)), 0) FROM \(table.name)") ?? 0
+                    let last = max(largest, issued[table.name] ?? 0)
+                    if last > 0 {
+                        _ = try db.fetchAll(sql: "SELECT setval(pg_get_serial_sequence('\(table.name)', '\(identity)'), ?)", arguments: [last])
+                    }
                 }
             }
             let reports = try zip(tables, sourceDigests).map { table, sourceDigest in

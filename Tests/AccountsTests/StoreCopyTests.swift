@@ -127,6 +127,43 @@ struct StoreCopyTests {
         await source.close()
     }
 
+    /// The target's identity sequences continue after the last id the source issued, not
+    /// after the largest still stored: ids of deleted rows (purged outbox mails) are not
+    /// issued again, and a table emptied by deletions keeps its count too. Before, the
+    /// sequence restarted at MAX(id), or at 1 for an emptied table.
+    @Test(.enabled(if: TestStore.kind == .postgres))
+    func identitiesContinueAfterTheLastTheSourceIssued() async throws {
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let source = try SQLiteEngine(path: directory.appendingPathComponent("ids.sqlite").path)
+        try await source.migrate(Schema(sqlite: [Migration("ids", """
+            CREATE TABLE kept (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT);
+            CREATE TABLE emptied (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT)
+            """)], postgres: []))
+        try await source.write { db in
+            for n in 1...5 {
+                try db.execute(sql: "INSERT INTO kept (note) VALUES (?)", arguments: ["k\(n)"])
+                try db.execute(sql: "INSERT INTO emptied (note) VALUES (?)", arguments: ["e\(n)"])
+            }
+            try db.execute(sql: "DELETE FROM kept WHERE id > 3")
+            try db.execute(sql: "DELETE FROM emptied")
+        }
+        let (_, target) = try await Self.postgresTarget(alsoCreating: """
+            CREATE TABLE kept (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note TEXT);
+            CREATE TABLE emptied (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note TEXT)
+            """)
+        let tables = [CopiedTable("kept", orderBy: ["id"], identity: "id"), CopiedTable("emptied", orderBy: ["id"], identity: "id")]
+        let reports = try await StoreCopy(tables: tables).copy(fromSQLiteFile: source.path, to: target)
+        #expect(reports.allSatisfy(\.matches) && reports.map(\.targetRows) == [3, 0], "\(reports)")
+        let next = try await target.write { db in
+            [try Int64.fetchOne(db, sql: "INSERT INTO kept (note) VALUES ('new') RETURNING id"),
+             try Int64.fetchOne(db, sql: "INSERT INTO emptied (note) VALUES ('new') RETURNING id")]
+        }
+        #expect(next == [6, 6], "SQLite would have issued 6 in both: \(next)")
+        await target.close()
+        await source.close()
+    }
+
     /// The copy's transaction is serializable, and PostgreSQL may refuse its commit (another
     /// client read and wrote a table it copies, meanwhile): the engine runs it again, and the
     /// run again starts from nothing. Here a real serialization failure: after the first
