@@ -617,6 +617,7 @@ public final class SessionStore: Sendable {
             guard try db.changesCount == 1 else { return nil }
             let rows = try SQLRow.fetchAll(db, sql: """
                 SELECT id_hash, account_id FROM web_session WHERE authentication = 'psc' AND revoked_at IS NULL AND \(match)
+                 ORDER BY created_at, id_hash
                 """, arguments: arguments)
             for row in rows {
                 let hash: String = row["id_hash"]

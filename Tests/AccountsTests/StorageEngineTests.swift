@@ -241,6 +241,62 @@ struct LoopReadTests {
         await engine.close()
     }
 
+    /// A statement that failed fails its write transaction on both engines, even when the
+    /// block catches the error and goes on: nothing of it is kept, and the write throws the
+    /// first error. Before, GRDB committed the block's other statements on SQLite, while
+    /// PostgreSQL (whose server refuses what follows) kept nothing; and a statement refused
+    /// before it was sent (a NUL) did not fail a PostgreSQL transaction either.
+    @Test func aFailedStatementFailsItsWriteEvenWhenTheBlockCaughtIt() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("caught-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let engine: any StorageEngine
+        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
+        case .sqlite(let path): engine = try SQLiteEngine(path: path)
+        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
+        }
+        try await engine.migrate(Schema(sqlite: [Migration("caught", "CREATE TABLE caught (id INTEGER PRIMARY KEY, label TEXT NOT NULL)")],
+                                        postgres: [Migration("caught", "CREATE TABLE caught (id BIGINT PRIMARY KEY, label TEXT NOT NULL)")]))
+        let failing: [(String, @Sendable (any SQLTransaction) throws -> Void)] = [
+            // (PostgreSQL holds a write back until the next statement: the read sends it.)
+            ("a NOT NULL refusal", { db in
+                try db.execute(sql: "INSERT INTO caught (id, label) VALUES (?, ?)", arguments: [2, nil as String?])
+                _ = try db.fetchAll(sql: "SELECT 1", arguments: [])
+            }),
+            ("a NUL", { db in try db.execute(sql: "INSERT INTO caught (id, label) VALUES (?, ?)", arguments: [2, "a\u{0}b"]) }),
+            ("a NUL in a read", { db in _ = try db.fetchAll(sql: "SELECT id FROM caught WHERE label = ?", arguments: ["a\u{0}b"]) }),
+            // BEGIN and the first insert already sent: ROLLBACK goes out, the connection serves on.
+            ("a NUL after a read", { db in
+                #expect(try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM caught") == 1)
+                try db.execute(sql: "INSERT INTO caught (id, label) VALUES (?, ?)", arguments: [2, "a\u{0}b"])
+            }),
+        ]
+        for (what, statement) in failing {
+            let caught = NIOLockedValueBox(false)
+            do {
+                try await engine.write { db in
+                    try db.execute(sql: "INSERT INTO caught (id, label) VALUES (?, ?)", arguments: [1, "first"])
+                    do { try statement(db) } catch { caught.withLockedValue { $0 = true } }
+                    try? db.execute(sql: "INSERT INTO caught (id, label) VALUES (?, ?)", arguments: [5, "after"])
+                }
+                Issue.record("\(what): committed")
+            } catch is StorageError {
+            } catch {
+                Issue.record("\(what): \(error)")
+            }
+            #expect(caught.withLockedValue { $0 }, "\(what): the block saw the error")
+            #expect(try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM caught") } == 0, "\(what): nothing kept")
+        }
+        // The engine (one connection, on PostgreSQL) still writes, in a transaction of its
+        // own: the failed one was ended.
+        try await engine.write { db in try db.execute(sql: "INSERT INTO caught (id, label) VALUES (?, ?)", arguments: [1, "kept"]) }
+        try? await engine.write { db in
+            try db.execute(sql: "INSERT INTO caught (id, label) VALUES (?, ?)", arguments: [7, "rolled back"])
+            throw CancellationError()
+        }
+        #expect(try await engine.read { db in try String.fetchAll(db, sql: "SELECT label FROM caught ORDER BY id") } == ["kept"])
+        await engine.close()
+    }
+
     /// The commit stamp (SQLite's WAL-index header) stays the same while nothing is committed,
     /// reads and writes that change nothing included, and
     /// changes with every commit: ours, a second engine's on the same file, another process's,

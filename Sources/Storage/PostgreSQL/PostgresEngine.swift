@@ -1150,6 +1150,13 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     /// said so (``StorageError/outcomeUnknown(_:)``), never "nothing was kept".
     func commit(unlock lock: PostgresEngine.WriteLock?) throws {
         let failure = self.failure, beginFailed = self.beginFailed
+        // A statement refused before it was sent (``failing``), whose error the block caught:
+        // ended as when the block throws (ROLLBACK if BEGIN went out), on a connection that
+        // still serves. (The server's own refusals are PSQLErrors, handled below.)
+        if let earlier = failure.withLockedValue({ $0 }), earlier is StorageError {
+            rollback(unlock: lock)
+            throw earlier
+        }
         let held = (takeOpening().map { [Self.openStep($0, beginFailed: beginFailed)] } ?? []) + takeHeld()
         // COMMIT went out and no answer came back (not even an error): only then is the outcome
         // unknown. (Should the deadline fire just as the last held statement answers, COMMIT
@@ -1251,14 +1258,26 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
         }
     }
 
+    /// A statement refused before it is sent (a text holding U+0000, placeholders that do not
+    /// match) fails the transaction as a refusal by the server would: nothing of it is kept,
+    /// even if the block catches the error and goes on.
+    private func failing<T>(_ make: () throws -> T) throws -> T {
+        do {
+            return try make()
+        } catch {
+            failure.withLockedValue { $0 = $0 ?? error }
+            throw error
+        }
+    }
+
     /// Held back (see ``pending``).
     func execute(sql: String, arguments: SQLArguments) throws {
-        let query = try Self.query(sql, arguments)
+        let query = try failing { try Self.query(sql, arguments) }
         try hold { connection, logger in try await connection.query(query, logger: logger).get().metadata.rows ?? 0 }
     }
 
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow] {
-        let query = try Self.query(sql, arguments)
+        let query = try failing { try Self.query(sql, arguments) }
         let rows = try onLoop { connection, logger in try await connection.query(query, logger: logger).get().rows }.map(Self.row)
         changes.withLockedValue { $0 = 0 }
         return rows
@@ -1266,7 +1285,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
 
     func fetchAllPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws -> [SQLRow] {
         let form = PreparedForm.of(S.self)
-        let bindings = try Self.bindings(form.placeholders, arguments)
+        let bindings = try failing { try Self.bindings(form.placeholders, arguments) }
         let rows: [PostgresRow]
         if form.locked != nil, pending.isEmpty, let opening, opening.lock == .shared {
             // The transaction's first statement, a declared SELECT: the shared write lock
@@ -1291,12 +1310,12 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             // One statement instead of two: an INSERT that reads nothing does not care that
             // it cannot see the write before it. Its count of rows is the INSERT's, as it
             // would be sent alone after that write.
-            let joined = try before.joined(by: S.self, arguments: arguments)
+            let joined = try failing { try before.joined(by: S.self, arguments: arguments) }
             pending.removeLast()
             try hold(joined)
             return
         }
-        let command = PreparedCommand<S>(bindings: try Self.bindings(form.placeholders, arguments))
+        let command = PreparedCommand<S>(bindings: try failing { try Self.bindings(form.placeholders, arguments) })
         try hold { connection, logger in try await Self.rows(command, on: connection, logger: logger).count }
         if !pending.isEmpty { joinable = HeldWrite<S>(arguments: arguments) }
     }

@@ -83,7 +83,19 @@ public final class SQLiteEngine: StorageEngine {
     /// Writes are serialised by SQLite anyway; the gate makes waiting writers suspend rather
     /// than hold a cooperative thread.
     public func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
-        try await Self.mapping { try await writeGate.withPermit { try await pool.write { db in try block(SQLiteTransaction(db)) } } }
+        try await Self.mapping {
+            try await writeGate.withPermit {
+                try await pool.write { db in
+                    // A statement that failed fails the transaction, even if the block caught
+                    // its error and went on (as on PostgreSQL, where the server refuses what
+                    // follows): GRDB would commit the other statements.
+                    let failure = SQLiteTransaction.Failure()
+                    let value = try block(SQLiteTransaction(db, failure: failure))
+                    if let error = failure.first { throw error }
+                    return value
+                }
+            }
+        }
     }
 
     /// One read-only connection per event loop, used on the loop's thread: a point query in
@@ -188,24 +200,43 @@ public final class SQLiteEngine: StorageEngine {
 /// once per connection and kept (`cachedStatement`): the stores' SQL is a fixed set of texts.
 struct SQLiteTransaction: SQLTransaction {
     let db: Database
+    /// A write transaction's first failed statement (nil for reads, where nothing is kept).
+    let failure: Failure?
 
-    init(_ db: Database) {
+    /// The first error a statement of the transaction threw; only its own thread touches it.
+    final class Failure {
+        var first: (any Error)?
+    }
+
+    init(_ db: Database, failure: Failure? = nil) {
         self.db = db
+        self.failure = failure
     }
 
     var engine: StorageKind { .sqlite }
 
+    private func recording<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch {
+            if let failure, failure.first == nil { failure.first = error }
+            throw error
+        }
+    }
+
     func execute(sql: String, arguments: SQLArguments) throws {
-        try db.cachedStatement(sql: sql).execute(arguments: try Self.arguments(arguments))
+        try recording { try db.cachedStatement(sql: sql).execute(arguments: try Self.arguments(arguments)) }
     }
 
     var changesCount: Int { db.changesCount }
 
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow] {
-        let statement = try db.cachedStatement(sql: sql)
-        let columns = statement.columnNames
-        return try Row.fetchAll(statement, arguments: try Self.arguments(arguments)).map { row in
-            SQLRow(columns: columns, values: row.databaseValues.map(Self.value))
+        try recording {
+            let statement = try db.cachedStatement(sql: sql)
+            let columns = statement.columnNames
+            return try Row.fetchAll(statement, arguments: try Self.arguments(arguments)).map { row in
+                SQLRow(columns: columns, values: row.databaseValues.map(Self.value))
+            }
         }
     }
 
