@@ -1,4 +1,5 @@
 @testable import Accounts
+import Crypto
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -1648,6 +1649,44 @@ struct PostgresEngineTests {
         let tables = try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'") }
         #expect(tables == 0, "nothing was created")
         await engine.close()
+    }
+
+    /// A database whose default `client_encoding` is not UTF8 (`ALTER DATABASE … SET`): every
+    /// connection asks for UTF8 at start-up, so names and the folding function (whose
+    /// migration text holds letters LATIN1 lacks, `Œ`) arrive as written; a connection that
+    /// lost that start-up parameter (a pooler) is refused, saying what to set on the role.
+    @Test func aDefaultClientEncodingOtherThanUTF8IsOverriddenOrRefused() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("latin1-\(UUID().uuidString)")
+        guard case .postgres(let owner) = try StorageLocation(try await TestStore.emptyArgument(in: directory)) else { return }
+        try await TestStore.execute("ALTER DATABASE \(owner.database) SET client_encoding = 'LATIN1'", on: try TestStore.administrator())
+        let pooled = try PostgresEngine(location: owner, poolSize: 1, keepOpen: 0, statementDeadline: PostgresEngine.defaultStatementDeadline,
+                                        sessionSettings: PostgresEngine.sessionSettings.filter { $0.0 != "client_encoding" }, logger: Self.logger)
+        do {
+            try await pooled.migrate(AccountSchema.current)
+            Issue.record("migrated over a LATIN1 connection")
+        } catch let error as StorageError {
+            #expect("\(error)".contains("client_encoding is LATIN1") && "\(error)".contains("SET client_encoding = 'UTF8'"), "\(error)")
+        }
+        await pooled.close()
+        let engine = try PostgresEngine(location: owner, poolSize: 1, logger: Self.logger)
+        try await engine.migrate(AccountSchema.current)
+        let text = "LEFÈVRE Œuvre Łódź"
+        let (folded, echoed) = try await engine.read { db in
+            (try String.fetchOne(db, sql: "SELECT fold_text(?)", arguments: [text]), try String.fetchOne(db, sql: "SELECT ? || ''", arguments: [text]))
+        }
+        #expect(folded == TextFolding.fold(text) && folded == "lefevre œuvre lodz" && echoed == text)
+        await engine.close()
+    }
+
+    /// The searches' folding function as PostgreSQL databases hold it: migration
+    /// `pg-v7-fold-text` is never edited once released (a database migrated before keeps the
+    /// old function while SQLite would follow the Swift code), and it is built from
+    /// `TextFolding`'s strings, so these are pinned here. A change to them is a new
+    /// migration that replaces the function.
+    @Test func theFoldingMigrationIsFrozen() throws {
+        let migration = try #require(AccountSchema.postgres.first { $0.name == "pg-v7-fold-text" })
+        let digest = SHA256.hash(data: Data(migration.sql.utf8)).map { String(format: "%02x", $0) }.joined()
+        #expect(digest == "34799c0ae2d6078394fe64ca51578ff9d6aee1876eb5ddc15b5ebbfbcc012103", "pg-v7-fold-text changed: \(digest)")
     }
 
     /// An engine with one connection on an empty database of its own (nil, with an issue

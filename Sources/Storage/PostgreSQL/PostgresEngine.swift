@@ -62,7 +62,12 @@ public final class PostgresEngine: StorageEngine {
     /// grants name it), whatever search path the roles have (PostgreSQL's "$user" pattern
     /// would otherwise have a migration create tables in the role's own schema, or a role
     /// read another tool's tables of the same names).
-    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off"), ("search_path", productSchema)]
+    ///
+    /// And `client_encoding = UTF8`: postgres-nio reads and writes text as UTF-8, whatever a
+    /// site set as the default (`ALTER DATABASE … SET client_encoding`), under which the
+    /// server would transcode names, and the searches' folding function as its migration
+    /// creates it, from another encoding.
+    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off"), ("search_path", productSchema), ("client_encoding", "UTF8")]
 
     /// Bounds on what a lost instance leaves behind, set by every new connection before it
     /// serves. Every write holds the write lock (``writeLock``), so a transaction left open by
@@ -535,16 +540,6 @@ public final class PostgresEngine: StorageEngine {
                                                           deadline: .seconds(3600))
                     // A session lock: a second instance starting now waits here until the
                     // first has applied everything, then finds nothing left to do.
-                    // Text is UTF-8 throughout (names, the searches' folding): a database of
-                    // another encoding (SQL_ASCII stores bytes unchecked and folds them one by
-                    // one) would answer differently from SQLite; refused before anything.
-                    let encoding = try String.fetchOne(transaction, sql: "SELECT current_setting('server_encoding')") ?? ""
-                    guard encoding == "UTF8" else {
-                        throw StorageError.configuration("""
-                            the database's encoding is \(encoding); account-server needs UTF8: create it with \
-                            CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0 (docs/deployment.md, "PostgreSQL set-up")
-                            """)
-                    }
                     try transaction.run("SELECT pg_advisory_lock(\(Self.migrationLock))")
                     defer { try? transaction.run("SELECT pg_advisory_unlock(\(Self.migrationLock))") }
                     // Read before any DDL: the runtime role (no CREATE on the schema) opens an
@@ -647,6 +642,7 @@ public final class PostgresEngine: StorageEngine {
                    array_to_string(current_schemas(false), ', ') AS schemas,
                    current_setting('search_path') AS search_path,
                    current_setting('enable_seqscan') AS seqscan,
+                   current_setting('server_encoding') AS server_encoding, current_setting('client_encoding') AS client_encoding,
                    EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                             WHERE n.nspname = 'public' AND c.relname = 'schema_migration' AND c.relkind = 'r') AS in_public,
                    (SELECT string_agg(n.nspname::text, ', ' ORDER BY n.nspname) FROM pg_namespace n
@@ -665,19 +661,31 @@ public final class PostgresEngine: StorageEngine {
                 with `account-server migrate --grant-to \(role)`
                 """)
         }
+        // Text is UTF-8 throughout (names, the searches' folding): a database of another
+        // encoding (SQL_ASCII stores bytes unchecked, and `translate` folds them one by one)
+        // would answer unlike SQLite. Refused before anything is read or created.
+        let serverEncoding: String = row["server_encoding"]
+        guard serverEncoding == "UTF8" else {
+            throw StorageError.configuration("""
+                the database's encoding is \(serverEncoding); account-server needs UTF8: create it with CREATE DATABASE … \
+                ENCODING 'UTF8' TEMPLATE template0, then move the data into it (docs/deployment.md, "PostgreSQL set-up")
+                """)
+        }
         let schemas: String = row["schemas"]
         let seqscan: String = row["seqscan"]
-        guard schemas == productSchema, seqscan == "off" else {
+        let clientEncoding: String = row["client_encoding"]
+        guard schemas == productSchema, seqscan == "off", clientEncoding == "UTF8" else {
             let searchPath: String = row["search_path"]
             let database: String = row["database"]
             var faults: [String] = []
             if schemas != productSchema { faults.append("its search_path '\(searchPath)' resolves names in '\(schemas)', not in public alone") }
             if seqscan != "off" { faults.append("enable_seqscan is \(seqscan), not off") }
+            if clientEncoding != "UTF8" { faults.append("client_encoding is \(clientEncoding), not UTF8") }
             throw StorageError.configuration("""
                 the connection's session settings are not the product's (\(faults.joined(separator: "; "))): the start-up \
                 parameters were dropped on the way (a pooler's ignore_startup_parameters?); set them on the role: ALTER ROLE \
                 \(role) IN DATABASE \(database) SET search_path = public; ALTER ROLE \(role) IN DATABASE \(database) SET \
-                enable_seqscan = off; then have the pooler open new server connections (PgBouncer: RECONNECT, or a restart), \
+                enable_seqscan = off; ALTER ROLE \(role) IN DATABASE \(database) SET client_encoding = 'UTF8'; then have the pooler open new server connections (PgBouncer: RECONNECT, or a restart), \
                 which alone read them (docs/deployment.md, "Several instances on PostgreSQL", connections)
                 """)
         }
