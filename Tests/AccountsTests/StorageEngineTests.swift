@@ -10,6 +10,17 @@ import PostgresNIO
 import StorageTesting
 import Testing
 
+/// An engine of the run's kind (SQLite file or PostgreSQL database) on an empty database of
+/// its own, named after `name`.
+func emptyEngineOfTheRun(_ name: String, poolSize: Int = 1) async throws -> any StorageEngine {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
+    case .sqlite(let path): return try SQLiteEngine(path: path)
+    case .postgres(let location): return try PostgresEngine(location: location, poolSize: poolSize, logger: Logger(label: "test"))
+    }
+}
+
 /// The SQL both engines share, as the PostgreSQL engine rewrites it.
 @Suite("Shared SQL")
 struct SharedSQLTests {
@@ -79,13 +90,7 @@ struct SchemaUpgradeTests {
     /// `translate` migration `pg-v7-fold-text` created, whatever the database's locale (the
     /// test cluster's is `C`, under which `lower()` folds ASCII only).
     @Test func foldTextIsTheSameOnBothEngines() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fold-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let engine: any StorageEngine
-        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
-        case .sqlite(let path): engine = try SQLiteEngine(path: path)
-        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
-        }
+        let engine = try await emptyEngineOfTheRun("fold")
         try await engine.migrate(AccountSchema.current)
         let samples = [TextFolding.from, TextFolding.to, TextFolding.dropped, "Cle\u{0301}ment LEFÈVRE Œuvre Æsa Ødegård Łódź",
                        "Ωmega ß ı ﬁ 東京 😀 Ǆ", "", "jules.marius@test.com", "a\u{0301}\u{0308}\u{036F}\u{0370}"]
@@ -103,13 +108,7 @@ struct SchemaUpgradeTests {
     /// Vendor suspensions move from three columns of `account` to Habilitation's own table:
     /// a suspension in force before the upgrade is still in force after it, with who and why.
     @Test func vendorSuspensionsMoveToTheirOwnTable() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let engine: any StorageEngine
-        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
-        case .sqlite(let path): engine = try SQLiteEngine(path: path)
-        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
-        }
+        let engine = try await emptyEngineOfTheRun("upgrade")
         let upgrade = "vendor-suspension"
         // The schema as it was just before the upgrade (later migrations come after it).
         let before = { (history: [Migration]) in Array(history.prefix { !$0.name.hasSuffix(upgrade) }) }
@@ -149,13 +148,7 @@ struct LoopReadTests {
     /// reach forward-auth at once); a statement the engine refuses is an error, not an
     /// empty answer.
     @Test func typesFreshnessAndErrors() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("loopread-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let engine: any StorageEngine
-        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
-        case .sqlite(let path): engine = try SQLiteEngine(path: path)
-        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 2, logger: Logger(label: "test"))
-        }
+        let engine = try await emptyEngineOfTheRun("loopread", poolSize: 2)
         try await engine.migrate(Schema(sqlite: [Migration("probe", "CREATE TABLE probe (id INTEGER PRIMARY KEY, label TEXT, amount INTEGER, flag BOOLEAN, data BLOB)")],
                                         postgres: [Migration("probe", "CREATE TABLE probe (id BIGINT PRIMARY KEY, label TEXT, amount BIGINT, flag BOOLEAN, data BYTEA)")]))
         try await engine.write { db in
@@ -197,13 +190,7 @@ struct LoopReadTests {
     /// while PostgreSQL refuses the whole statement: a different answer per store. Refused
     /// in a write, nothing of its transaction is kept; in a read, on the loop too, no row.
     @Test func aTextHoldingNULIsRefusedOnBothEnginesAndNothingIsKept() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("nul-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let engine: any StorageEngine
-        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
-        case .sqlite(let path): engine = try SQLiteEngine(path: path)
-        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
-        }
+        let engine = try await emptyEngineOfTheRun("nul")
         try await engine.migrate(Schema(sqlite: [Migration("probe", "CREATE TABLE probe (id INTEGER PRIMARY KEY, label TEXT, amount INTEGER, flag BOOLEAN, data BLOB)")],
                                         postgres: [Migration("probe", "CREATE TABLE probe (id BIGINT PRIMARY KEY, label TEXT, amount BIGINT, flag BOOLEAN, data BYTEA)")]))
         func refused(_ what: String, _ body: () async throws -> Void) async {
@@ -248,13 +235,7 @@ struct LoopReadTests {
     /// PostgreSQL (whose server refuses what follows) kept nothing; and a statement refused
     /// before it was sent (a NUL) did not fail a PostgreSQL transaction either.
     @Test func aFailedStatementFailsItsWriteEvenWhenTheBlockCaughtIt() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("caught-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let engine: any StorageEngine
-        switch try StorageLocation(try await TestStore.emptyArgument(in: directory)) {
-        case .sqlite(let path): engine = try SQLiteEngine(path: path)
-        case .postgres(let location): engine = try PostgresEngine(location: location, poolSize: 1, logger: Logger(label: "test"))
-        }
+        let engine = try await emptyEngineOfTheRun("caught")
         try await engine.migrate(Schema(sqlite: [Migration("caught", "CREATE TABLE caught (id INTEGER PRIMARY KEY, label TEXT NOT NULL)")],
                                         postgres: [Migration("caught", "CREATE TABLE caught (id BIGINT PRIMARY KEY, label TEXT NOT NULL)")]))
         let failing: [(String, @Sendable (any SQLTransaction) throws -> Void)] = [
