@@ -70,7 +70,7 @@ struct AdminErrorMiddleware: RouterMiddleware {
             if request.uri.path.hasPrefix("/api/") {
                 return AdminController.problem(.badRequest, "the request's \(error.part) holds U+0000 (NUL), which no field accepts; nothing was changed")
             }
-            return WebController.page(Pages.error("Requête invalide", "La requête contient un caractère non autorisé. Corrigez la saisie et réessayez."), status: .badRequest)
+            return WebController.unstorableInputPage
         } catch let error as StorageError where error.isTransient {
             context.logger.error("database unavailable on the admin surface", metadata: ["error": "\(error)"])
             let message: String

@@ -223,7 +223,7 @@ struct WebErrorMiddleware: RouterMiddleware {
             }
         } catch let error as UnstorableInput {
             context.logger.notice("request refused: U+0000 in its \(error.part)")
-            return WebController.page(Pages.error("Requête invalide", "La requête contient un caractère non autorisé. Corrigez la saisie et réessayez."), status: .badRequest)
+            return WebController.unstorableInputPage
         } catch is NIOTooManyBytesError {
             // A form sent without Content-Length that grew past the limit.
             return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)

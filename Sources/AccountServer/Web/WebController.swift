@@ -204,6 +204,11 @@ struct WebController: Sendable {
         errorPage(.forbidden, "Requête refusée", "Cette adresse s’ouvre dans la fenêtre du navigateur, depuis un lien. Suivez à nouveau le lien.")
     }
 
+    /// The answer to ``UnstorableInput`` on the pages, regulators' and admin's alike.
+    static var unstorableInputPage: Response {
+        page(Pages.error("Requête invalide", "La requête contient un caractère non autorisé. Corrigez la saisie et réessayez."), status: .badRequest)
+    }
+
     var tooManyRequests: Response {
         errorPage(.tooManyRequests, "Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer.")
     }

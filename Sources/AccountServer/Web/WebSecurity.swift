@@ -247,12 +247,7 @@ struct UnstorableInputMiddleware<Context: RequestContext>: RouterMiddleware {
         return try await next(request, context)
     }
 
-    static func holdsEncodedNUL(_ text: some StringProtocol) -> Bool {
-        let bytes = Array(text.utf8)
-        guard bytes.count >= 3 else { return bytes.contains(0) }
-        for index in 0..<(bytes.count - 2) where bytes[index] == UInt8(ascii: "%") && bytes[index + 1] == UInt8(ascii: "0") && bytes[index + 2] == UInt8(ascii: "0") {
-            return true
-        }
-        return bytes.contains(0)
+    static func holdsEncodedNUL(_ text: String) -> Bool {
+        text.utf8.contains(0) || text.contains("%00")
     }
 }
