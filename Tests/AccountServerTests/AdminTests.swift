@@ -185,6 +185,11 @@ struct AdminTests {
             #expect(answer.status == 400 && answer.body.contains("U+0000") && answer.headers.first(name: "Content-Type")?.hasPrefix("application/json") == true,
                     "\(path): \(answer.status) \(answer.body)")
         }
+        // Without the token, the token is what is refused first: a 401, and the refusal in the
+        // trail, whatever the request holds.
+        let unauthenticated = try await admin.send(.GET, "/api/accounts?q=810002673899%00x", authorization: "")
+        #expect(unauthenticated.status == 401, "\(unauthenticated.status) \(unauthenticated.body)")
+        #expect(try await world.server.auditEvents().contains { $0.action == "admin-api-refused" })
         // The page's form, from a signed-in session.
         let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
         let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)", headers: form + [("Cookie", loginCookie)],

@@ -587,6 +587,14 @@ struct ProviderSignInTests {
         let unsigned = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJkd2hvIn0."
         #expect(try await attacker.request(.POST, "/connexion/psc/backchannel-logout", form: ["logout_token": unsigned]).status == 400)
         #expect(try await attacker.request(.POST, "/connexion/psc/backchannel-logout", form: [:]).status == 400)
+        // A NUL, in the form or in the address, gets the endpoint's own JSON refusal (its
+        // client is the provider), not the web surface's French page.
+        for (path, form) in [("/connexion/psc/backchannel-logout?x=%00", ["logout_token": unsigned]),
+                             ("/connexion/psc/backchannel-logout", ["logout_token": unsigned + "\u{0}"])] {
+            let refused = try await attacker.request(.POST, path, form: form)
+            #expect(refused.status == 400 && refused.body == #"{"error":"invalid_request"}"#
+                    && refused.headers.first(name: "Content-Type") == "application/json", "\(path): \(refused.status) \(refused.body)")
+        }
         #expect(try await Self.forwardAuth(browser, world: world).status == 200, "nothing ended")
         await attacker.shutdown()
 

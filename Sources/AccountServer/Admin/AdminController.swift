@@ -73,6 +73,7 @@ struct AdminController: Sendable {
         }
 
         let api = router.group("api").add(middleware: AdminAPIAuthenticationMiddleware(token: token, administration: administration))
+            .add(middleware: UnstorableInputMiddleware<AdminRequestContext>())
         api.get("accounts") { request, _ in try await self.list(request) }
         api.get("accounts/:ref") { _, context in try await self.show(context) }
         api.post("accounts/:ref/suspend") { request, context in try await self.act("suspend", request, context) }

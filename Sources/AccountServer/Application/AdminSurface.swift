@@ -20,7 +20,8 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     if !configuration.admin.tls {
         adminRouter.add(middleware: LoopbackHostMiddleware())
     }
-    adminRouter.add(middleware: UnstorableInputMiddleware<AdminRequestContext>())
+    // The API's own check runs after its token check (`AdminController.addRoutes`).
+    adminRouter.add(middleware: UnstorableInputMiddleware<AdminRequestContext>(exceptUnder: "/api/"))
     adminRouter.get("static/style.css") { _, _ in
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }

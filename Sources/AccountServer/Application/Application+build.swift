@@ -223,6 +223,9 @@ struct WebErrorMiddleware: RouterMiddleware {
             }
         } catch let error as UnstorableInput {
             context.logger.notice("request refused: U+0000 in its \(error.part)")
+            // The provider, not a browser, calls the back-channel logout: it gets the
+            // endpoint's own JSON refusal rather than a page.
+            if request.uri.path == ProviderSignInController.backChannelLogoutPath { return ProviderSignInController.invalidLogoutRequest }
             return WebController.unstorableInputPage
         } catch is NIOTooManyBytesError {
             // A form sent without Content-Length that grew past the limit.

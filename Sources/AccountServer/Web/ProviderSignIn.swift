@@ -277,6 +277,17 @@ struct ProviderSignInController: Sendable {
         return response
     }
 
+    /// The back-channel logout endpoint's path: its refusals are JSON, also those the web
+    /// surface's middleware makes (``WebErrorMiddleware``), since its client is the provider.
+    static let backChannelLogoutPath = "/connexion/psc/backchannel-logout"
+
+    /// The endpoint's one refusal (OpenID Connect Back-Channel Logout 1.0, section 2.8: a 400,
+    /// with an OAuth 2.0 error code); why is logged, never answered.
+    static var invalidLogoutRequest: Response {
+        Response(status: .badRequest, headers: [.cacheControl: "no-store", .contentType: "application/json"],
+                 body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
+    }
+
     /// `POST /connexion/psc/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0): the
     /// provider, not a browser, ends the sessions its logout token names. No CSRF token (no
     /// browser is involved); the token's signature is the authentication.
@@ -284,19 +295,19 @@ struct ProviderSignInController: Sendable {
         let body = try await request.body.collect(upTo: 64 * 1024)
         let headers: HTTPFields = [.cacheControl: "no-store", .contentType: "application/json"]
         guard let fields = try? FormBody.parse(Array(body.readableBytesView)), let token = fields["logout_token"] else {
-            return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
+            return Self.invalidLogoutRequest
         }
         let logout: LogoutToken
         do { logout = try await provider.relyingParty.validateLogoutToken(token) } catch {
             context.logger.notice("back-channel logout refused", metadata: ["reason": "\(error)"])
             web.metrics.providerLogout(result: error.label)
-            return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
+            return Self.invalidLogoutRequest
         }
         guard let ended = try await sessions.recordProviderLogout(ProviderLogout(jti: logout.jti, subject: logout.subject, sessionID: logout.sessionID),
                                                                   actor: AuditActor(subject: "provider", address: context.clientAddress)) else {
             context.logger.notice("back-channel logout refused", metadata: ["reason": "jti: this logout token was already used"])
             web.metrics.providerLogout(result: "claim-jti")
-            return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
+            return Self.invalidLogoutRequest
         }
         context.logger.info("back-channel logout", metadata: ["sessions": "\(ended)"])
         web.metrics.providerLogout(result: "accepted")
