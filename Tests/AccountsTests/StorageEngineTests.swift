@@ -279,6 +279,33 @@ struct LoopReadTests {
         await engine.close()
     }
 
+    /// `changesCount` says the same on both engines after any statement: the rows the last
+    /// `execute` changed, 0 before any, left as it was by a query between them, also by one
+    /// that writes (`INSERT … RETURNING`). Before, a query set it to 0 on PostgreSQL, while
+    /// SQLite kept the last write's count, a query's own included.
+    @Test func theChangesCountIsTheLastExecutesOnBothEngines() async throws {
+        let engine = try await emptyEngineOfTheRun("changes")
+        try await engine.migrate(Schema(sqlite: [Migration("changes", "CREATE TABLE changes (id INTEGER PRIMARY KEY, label TEXT NOT NULL)")],
+                                        postgres: [Migration("changes", "CREATE TABLE changes (id BIGINT PRIMARY KEY, label TEXT NOT NULL)")]))
+        let counts = try await engine.write { db -> [Int] in
+            var counts = [try db.changesCount]
+            try db.execute(sql: "INSERT INTO changes (id, label) VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+            counts.append(try db.changesCount)
+            _ = try db.fetchAll(sql: "SELECT id FROM changes", arguments: [])
+            counts.append(try db.changesCount)
+            _ = try db.fetchAll(sql: "INSERT INTO changes (id, label) VALUES (4, 'd') RETURNING id", arguments: [])
+            counts.append(try db.changesCount)
+            try db.execute(sql: "UPDATE changes SET label = 'z' WHERE id > ?", arguments: [1])
+            counts.append(try db.changesCount)
+            try db.execute(sql: "DELETE FROM changes WHERE id > ?", arguments: [99])
+            counts.append(try db.changesCount)
+            return counts
+        }
+        #expect(counts == [0, 3, 3, 3, 3, 0], "\(engine.kind)")
+        #expect(try await engine.read { db in try db.changesCount } == 0, "a read changes nothing")
+        await engine.close()
+    }
+
     /// The commit stamp (SQLite's WAL-index header) stays the same while nothing is committed,
     /// reads and writes that change nothing included, and
     /// changes with every commit: ours, a second engine's on the same file, another process's,

@@ -927,7 +927,9 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
     let logger: Logger
     let executors: EventLoopTaskExecutors
 
-    /// Rows changed by the last write, once sent: reading it sends what is held back.
+    /// Rows changed by the last ``execute(sql:arguments:)`` (or declared write), once sent:
+    /// reading it sends what is held back. A query (`fetchAll`) leaves it as it was, as on
+    /// SQLite's engine.
     var changesCount: Int {
         get throws {
             try flush()
@@ -1286,9 +1288,7 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
 
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow] {
         let query = try failing { try Self.query(sql, arguments) }
-        let rows = try onLoop { connection, logger in try await connection.query(query, logger: logger).get().rows }.map(Self.row)
-        changes.withLockedValue { $0 = 0 }
-        return rows
+        return try onLoop { connection, logger in try await connection.query(query, logger: logger).get().rows }.map(Self.row)
     }
 
     func fetchAllPrepared<S: PreparedSQL>(_ statement: S.Type, arguments: SQLArguments) throws -> [SQLRow] {
@@ -1307,7 +1307,6 @@ final class PostgresTransaction: SQLTransaction, PreparingTransaction {
             let prepared = PreparedRows<S>(bindings: bindings)
             rows = try onLoop { connection, logger in try await Self.rows(prepared, on: connection, logger: logger) }
         }
-        changes.withLockedValue { $0 = 0 }
         return try rows.map(Self.row)
     }
 

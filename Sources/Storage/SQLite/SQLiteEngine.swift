@@ -89,9 +89,9 @@ public final class SQLiteEngine: StorageEngine {
                     // A statement that failed fails the transaction, even if the block caught
                     // its error and went on (as on PostgreSQL, where the server refuses what
                     // follows): GRDB would commit the other statements.
-                    let failure = SQLiteTransaction.Failure()
-                    let value = try block(SQLiteTransaction(db, failure: failure))
-                    if let error = failure.first { throw error }
+                    let state = SQLiteTransaction.WriteState()
+                    let value = try block(SQLiteTransaction(db, state: state))
+                    if let error = state.firstFailure { throw error }
                     return value
                 }
             }
@@ -200,17 +200,22 @@ public final class SQLiteEngine: StorageEngine {
 /// once per connection and kept (`cachedStatement`): the stores' SQL is a fixed set of texts.
 struct SQLiteTransaction: SQLTransaction {
     let db: Database
-    /// A write transaction's first failed statement (nil for reads, where nothing is kept).
-    let failure: Failure?
+    /// A write transaction's bookkeeping (nil for reads: nothing is kept, nothing written).
+    let state: WriteState?
 
-    /// The first error a statement of the transaction threw; only its own thread touches it.
-    final class Failure {
-        var first: (any Error)?
+    /// Only the transaction's own thread touches it.
+    final class WriteState {
+        /// The first error a statement of the transaction threw.
+        var firstFailure: (any Error)?
+        /// Rows changed by the last ``execute(sql:arguments:)``: SQLite's own count is the
+        /// last *write*'s, also one a `fetchAll` ran (`INSERT … RETURNING`); PostgreSQL's
+        /// engine counts `execute` only, so both say the same after any statement.
+        var changes = 0
     }
 
-    init(_ db: Database, failure: Failure? = nil) {
+    init(_ db: Database, state: WriteState? = nil) {
         self.db = db
-        self.failure = failure
+        self.state = state
     }
 
     var engine: StorageKind { .sqlite }
@@ -219,16 +224,18 @@ struct SQLiteTransaction: SQLTransaction {
         do {
             return try body()
         } catch {
-            if let failure, failure.first == nil { failure.first = error }
+            if let state, state.firstFailure == nil { state.firstFailure = error }
             throw error
         }
     }
 
     func execute(sql: String, arguments: SQLArguments) throws {
         try recording { try db.cachedStatement(sql: sql).execute(arguments: try Self.arguments(arguments)) }
+        state?.changes = db.changesCount
     }
 
-    var changesCount: Int { db.changesCount }
+    /// A read transaction changes nothing: 0.
+    var changesCount: Int { state?.changes ?? 0 }
 
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow] {
         try recording {
