@@ -868,6 +868,26 @@ struct PostgresEngineTests {
         await engine.close()
     }
 
+    /// At start (`migrate`, which waits for a server still coming up) connections that cannot
+    /// be opened end the wait with why, not as a pool "busy" for 30 s: an operator with a
+    /// wrong password or an untrusted certificate reads what to fix.
+    @Test(arguments: ["wrong-ca", "wrong-password"])
+    func aStartThatCannotConnectSaysWhy(_ case: String) async throws {
+        var location = try TestStore.administrator()
+        if `case` == "wrong-ca" { location.rootCertificatePath = "/etc/ssl/certs/ca-certificates.crt" } else { location.password = "not-the-password" }
+        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        do {
+            try await engine.migrate(Schema(sqlite: [], postgres: []))
+            Issue.record("\(`case`): migrated")
+        } catch {
+            let reason = "\(error)"
+            #expect(!reason.contains("busy") && reason.contains("could be opened"), "\(`case`): \(reason)")
+            #expect(reason.contains(`case` == "wrong-ca" ? "CERTIFICATE_VERIFY_FAILED" : "password authentication failed"), "\(`case`): \(reason)")
+            #expect(!reason.contains("not-the-password"), "the password is never part of a message")
+        }
+        await engine.close()
+    }
+
     /// A server that stops answering without closing its connections (a host lost in a
     /// failover, a cut network): the statement fails within the statement deadline, as
     /// "unavailable", instead of holding the request for the minutes TCP takes to give up;

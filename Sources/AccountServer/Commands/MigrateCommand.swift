@@ -15,8 +15,8 @@ struct MigrateCommand: AsyncParsableCommand {
         discussion: """
             `serve` applies pending migrations at start when its role may; with a separate \
             runtime role (recommended on PostgreSQL), run this with the owner's URL before \
-            starting a new version. Idempotent: run it again after every upgrade. Prints the \
-            applied migrations as one JSON line.
+            starting a new version. Idempotent: run it again after every upgrade. Prints every \
+            migration the database records (those applied now included) as one JSON line.
             """
     )
 

@@ -57,6 +57,9 @@ final class PostgresConnectionPool: Sendable {
         /// one attempt at a time, after a back-off.
         var failures = 0
         var lastFailure = NIODeadline.distantPast
+        /// Why the last attempt failed (``PostgresEngine/connectFailure(_:)``: no secret), while
+        /// attempts fail; nil once one succeeds.
+        var failureReason: String?
         var retry: Scheduled<Void>?
         var closed = false
         var open: Int { idle.count + leased.count + connecting + closing.count }
@@ -103,6 +106,10 @@ final class PostgresConnectionPool: Sendable {
 
     /// Sweeps run so far, for tests.
     var sweeps: Int { state.withLockedValue { $0.sweeps } }
+
+    /// Why connections cannot be opened now (the last attempt's failure), or nil when the
+    /// last attempt succeeded: what a wait that gives up says instead of "busy".
+    var failingBecause: String? { state.withLockedValue { $0.failures > 0 ? $0.failureReason : nil } }
 
     /// Counts, for tests and diagnostics.
     var counts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) {
@@ -285,6 +292,7 @@ final class PostgresConnectionPool: Sendable {
             state.connecting -= 1
             let recovered = state.failures > 0
             state.failures = 0
+            state.failureReason = nil
             state.successes += 1
             if state.closed { return (.close, false) }
             if !state.waiters.isEmpty {
@@ -319,6 +327,7 @@ final class PostgresConnectionPool: Sendable {
             let first = state.failures == 0
             if first || retry { state.failures += 1 }
             state.lastFailure = .now()
+            state.failureReason = PostgresEngine.connectFailure(error)
             return (plan(&state), first)
         }
         // Once per outage: the requests that fail meanwhile say why (the engine's probe).

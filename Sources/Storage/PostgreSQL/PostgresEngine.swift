@@ -465,7 +465,13 @@ public final class PostgresEngine: StorageEngine {
                 return loop.makeSucceededVoidFuture()
             }
             if clock.now >= deadline {
-                giveUp("every database connection stayed busy for \(timeout)")
+                // Connections that cannot be opened (a wrong password, a certificate not
+                // trusted) are no busy pool: the operator reads why.
+                if let reason = pool.failingBecause {
+                    giveUp("no database connection could be opened for \(timeout): \(reason)")
+                } else {
+                    giveUp("every database connection stayed busy for \(timeout)")
+                }
                 task.cancel()
                 return loop.makeSucceededVoidFuture()
             }
@@ -523,6 +529,9 @@ public final class PostgresEngine: StorageEngine {
             if error.code == .server, let message = error.serverInfo?[.message] {
                 return "the database server refused the connection: \(message)"
             }
+            // The client's own cause (TLS: a certificate not trusted or naming another host;
+            // DNS; a refused port) says what to fix; it holds no secret.
+            if let underlying = error.underlying { return "cannot connect to the database server (\(error.code): \(underlying))" }
             return "cannot connect to the database server (\(error.code))"
         }
         if let error = error as? StorageError { return "\(error)" }
@@ -654,11 +663,15 @@ public final class PostgresEngine: StorageEngine {
         let role: String = row["role"]
         guard row["usage"] as Bool else {
             throw StorageError.configuration(row["in_public"] as Bool ? """
-                this product's tables are in schema public, which the role \(role) may not use (no USAGE): the schema \
-                owner grants it with `account-server migrate --grant-to \(role)`
+                this product's tables are in schema public, which the role \(role) may not use (no USAGE): the role \
+                that runs `account-server migrate` grants it with `--grant-to \(role)`; if \(role) is that role, the \
+                schema's owner runs GRANT USAGE ON SCHEMA public TO \(role) WITH GRANT OPTION (docs/deployment.md, \
+                "PostgreSQL set-up")
                 """ : """
-                the role \(role) may not use schema public (no USAGE), or it does not exist: the schema owner grants it \
-                with `account-server migrate --grant-to \(role)`
+                the role \(role) may not use schema public (no USAGE), or it does not exist: the role that runs \
+                `account-server migrate` grants it with `--grant-to \(role)`; if \(role) is that role, the schema's \
+                owner runs GRANT USAGE ON SCHEMA public TO \(role) WITH GRANT OPTION (docs/deployment.md, \
+                "PostgreSQL set-up")
                 """)
         }
         // Text is UTF-8 throughout (names, the searches' folding): a database of another
@@ -668,7 +681,8 @@ public final class PostgresEngine: StorageEngine {
         guard serverEncoding == "UTF8" else {
             throw StorageError.configuration("""
                 the database's encoding is \(serverEncoding); account-server needs UTF8: create it with CREATE DATABASE … \
-                ENCODING 'UTF8' TEMPLATE template0, then move the data into it (docs/deployment.md, "PostgreSQL set-up")
+                ENCODING 'UTF8' LOCALE 'C.UTF-8' TEMPLATE template0, restore a dump of this one into it, then run \
+                `account-server migrate` (docs/deployment.md, "PostgreSQL set-up", "The database's encoding")
                 """)
         }
         let schemas: String = row["schemas"]
@@ -839,7 +853,10 @@ public final class PostgresEngine: StorageEngine {
         case "42501":
             // A privilege the role lacks: a deployment error (the runtime role was not granted
             // a new table, or something tried to rewrite the audit trail), never a conflict.
-            return StorageError.statementFailed("SQLSTATE 42501: \(message) (run `account-server migrate --grant-to` after each upgrade)")
+            return StorageError.statementFailed("""
+                a privilege the database role lacks (SQLSTATE 42501: \(message)): the schema owner gives the runtime role its \
+                grants with `account-server migrate --grant-to <runtime role>`, after each upgrade
+                """)
         case _ where state.hasPrefix("08"), _ where state.hasPrefix("53"), _ where state.hasPrefix("57"), "25006":
             return StorageError.unavailable(message)
         case "55P03":
