@@ -14,9 +14,11 @@ public protocol SQLTransaction {
     /// Either way the transaction fails and nothing of it is kept, even if the block catches
     /// that error.
     func execute(sql: String, arguments: SQLArguments) throws
-    /// Rows changed by the last ``execute(sql:arguments:)`` (sends what is held back first);
-    /// a ``fetchAll(sql:arguments:)`` between them leaves it as it was, on both engines, even
-    /// one that writes (`INSERT … RETURNING`: count its rows instead). 0 before any.
+    /// Rows changed by the last ``execute(sql:arguments:)`` of an INSERT, UPDATE or DELETE
+    /// (0 after DDL; sends what is held back first); a ``fetchAll(sql:arguments:)`` between
+    /// them leaves it as it was, on both engines, even one that writes (`INSERT … RETURNING`:
+    /// count its rows instead). 0 before any. (A SELECT run by `execute` is not counted
+    /// alike: use `fetchAll`.)
     var changesCount: Int { get throws }
     /// Runs one query and returns all its rows.
     func fetchAll(sql: String, arguments: SQLArguments) throws -> [SQLRow]

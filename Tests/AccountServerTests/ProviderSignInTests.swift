@@ -590,6 +590,7 @@ struct ProviderSignInTests {
         // A NUL, in the form or in the address, gets the endpoint's own JSON refusal (its
         // client is the provider), not the web surface's French page.
         for (path, form) in [("/connexion/psc/backchannel-logout?x=%00", ["logout_token": unsigned]),
+                             ("//connexion/psc/backchannel-logout/?x=%00", ["logout_token": unsigned]),
                              ("/connexion/psc/backchannel-logout", ["logout_token": unsigned + "\u{0}"])] {
             let refused = try await attacker.request(.POST, path, form: form)
             #expect(refused.status == 400 && refused.body == #"{"error":"invalid_request"}"#

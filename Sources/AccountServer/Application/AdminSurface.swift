@@ -68,7 +68,7 @@ struct AdminErrorMiddleware: RouterMiddleware {
         } catch let error as UnstorableInput {
             // The API answers JSON; the page, its forms and its sign-in answer a French page.
             context.logger.notice("admin request refused: U+0000 in its \(error.part)")
-            if request.uri.path.hasPrefix("/api/") {
+            if context.endpointPath?.hasPrefix("/api/") == true {
                 return AdminController.problem(.badRequest, "the request's \(error.part) holds U+0000 (NUL), which no field accepts; nothing was changed")
             }
             return WebController.unstorableInputPage

@@ -225,7 +225,7 @@ struct WebErrorMiddleware: RouterMiddleware {
             context.logger.notice("request refused: U+0000 in its \(error.part)")
             // The provider, not a browser, calls the back-channel logout: it gets the
             // endpoint's own JSON refusal rather than a page.
-            if request.uri.path == ProviderSignInController.backChannelLogoutPath { return ProviderSignInController.invalidLogoutRequest }
+            if context.endpointPath == ProviderSignInController.backChannelLogoutPath { return ProviderSignInController.invalidLogoutRequest }
             return WebController.unstorableInputPage
         } catch is NIOTooManyBytesError {
             // A form sent without Content-Length that grew past the limit.

@@ -61,7 +61,7 @@ struct ProviderSignInController: Sendable {
     func addRoutes(to router: Router<WebRequestContext>) {
         router.get("connexion/psc") { request, context in try await self.start(request, context) }
         router.get("connexion/psc/retour") { request, context in try await self.callback(request, context) }
-        router.post("connexion/psc/backchannel-logout") { request, context in try await self.backChannelLogout(request, context) }
+        router.post(RouterPath(Self.backChannelLogoutPath)) { request, context in try await self.backChannelLogout(request, context) }
         router.get("connexion/sans-psc") { request, _ in self.withoutProvider(request) }
         router.get("deconnexion/terminee") { request, _ in WebController.page(Pages.signedOut, cookies: []) }
     }
@@ -277,8 +277,10 @@ struct ProviderSignInController: Sendable {
         return response
     }
 
-    /// The back-channel logout endpoint's path: its refusals are JSON, also those the web
-    /// surface's middleware makes (``WebErrorMiddleware``), since its client is the provider.
+    /// The back-channel logout endpoint's route: its refusals are JSON, also those the web
+    /// surface's middleware makes (``WebErrorMiddleware``, which compares the matched route,
+    /// so `//connexion/…` and a trailing `/` are the endpoint too), since its client is the
+    /// provider.
     static let backChannelLogoutPath = "/connexion/psc/backchannel-logout"
 
     /// The endpoint's one refusal (OpenID Connect Back-Channel Logout 1.0, section 2.8: a 400,

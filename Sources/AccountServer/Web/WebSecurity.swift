@@ -239,13 +239,15 @@ struct UnstorableInput: Error, Sendable, Equatable {
 /// so no handler reads such a text from `:ref`, `q`, `account` and the like. One concern: the
 /// surface's error middleware, placed before it, answers the refusal in its own form.
 struct UnstorableInputMiddleware<Context: RequestContext>: RouterMiddleware {
-    /// A path prefix left to a group's own instance of this middleware, placed after the
-    /// group's authentication (the admin API: a request without its token gets its 401 and
-    /// its audit row, whatever it holds).
+    /// Routes (as registered: `/api/accounts/{ref}`) under this prefix are left to a group's
+    /// own instance of this middleware, placed after the group's authentication (the admin
+    /// API: a request without its token gets its 401 and its audit row, whatever it holds).
+    /// The matched route decides, not the address as sent: `//api/accounts` reaches the same
+    /// route as `/api/accounts`.
     var exceptUnder: String?
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if let prefix = exceptUnder, request.uri.path.hasPrefix(prefix) { return try await next(request, context) }
+        if let prefix = exceptUnder, context.endpointPath?.hasPrefix(prefix) == true { return try await next(request, context) }
         // A NUL can only arrive percent-encoded (the HTTP parser refuses a raw one in the
         // request line), as `%00` in any case: checking for that spelling is enough.
         if Self.holdsEncodedNUL(request.uri.path) { throw UnstorableInput(part: "path") }

@@ -468,7 +468,7 @@ public final class PostgresEngine: StorageEngine {
                 // Connections that cannot be opened (a wrong password, a certificate not
                 // trusted) are no busy pool: the operator reads why.
                 if let reason = pool.failingBecause {
-                    giveUp("no database connection could be opened for \(timeout): \(reason)")
+                    giveUp("no database connection could be opened for \(timeout); the last attempt failed: \(reason)")
                 } else {
                     giveUp("every database connection stayed busy for \(timeout)")
                 }
@@ -664,14 +664,14 @@ public final class PostgresEngine: StorageEngine {
         guard row["usage"] as Bool else {
             throw StorageError.configuration(row["in_public"] as Bool ? """
                 this product's tables are in schema public, which the role \(role) may not use (no USAGE): the role \
-                that runs `account-server migrate` grants it with `--grant-to \(role)`; if \(role) is that role, the \
-                schema's owner runs GRANT USAGE ON SCHEMA public TO \(role) WITH GRANT OPTION (docs/deployment.md, \
-                "PostgreSQL set-up")
+                that owns the tables (the one that runs `account-server migrate`) grants it with `--grant-to \(role)`; \
+                if \(role) is that role, the owner of schema public runs GRANT USAGE ON SCHEMA public TO \(role) WITH \
+                GRANT OPTION (docs/deployment.md, "PostgreSQL set-up")
                 """ : """
-                the role \(role) may not use schema public (no USAGE), or it does not exist: the role that runs \
-                `account-server migrate` grants it with `--grant-to \(role)`; if \(role) is that role, the schema's \
-                owner runs GRANT USAGE ON SCHEMA public TO \(role) WITH GRANT OPTION (docs/deployment.md, \
-                "PostgreSQL set-up")
+                the role \(role) may not use schema public (no USAGE), or it does not exist: the role that owns the \
+                tables (the one that runs `account-server migrate`) grants it with `--grant-to \(role)`; if \(role) is \
+                that role, the owner of schema public runs GRANT USAGE ON SCHEMA public TO \(role) WITH GRANT OPTION \
+                (docs/deployment.md, "PostgreSQL set-up")
                 """)
         }
         // Text is UTF-8 throughout (names, the searches' folding): a database of another
@@ -681,7 +681,8 @@ public final class PostgresEngine: StorageEngine {
         guard serverEncoding == "UTF8" else {
             throw StorageError.configuration("""
                 the database's encoding is \(serverEncoding); account-server needs UTF8: create it with CREATE DATABASE … \
-                ENCODING 'UTF8' LOCALE 'C.UTF-8' TEMPLATE template0, restore a dump of this one into it, then run \
+                ENCODING 'UTF8' LOCALE 'C.UTF-8' (or another UTF-8 locale the server has) TEMPLATE template0, restore a \
+                dump of this one into it, then run \
                 `account-server migrate` (docs/deployment.md, "PostgreSQL set-up", "The database's encoding")
                 """)
         }
@@ -854,8 +855,9 @@ public final class PostgresEngine: StorageEngine {
             // A privilege the role lacks: a deployment error (the runtime role was not granted
             // a new table, or something tried to rewrite the audit trail), never a conflict.
             return StorageError.statementFailed("""
-                a privilege the database role lacks (SQLSTATE 42501: \(message)): the schema owner gives the runtime role its \
-                grants with `account-server migrate --grant-to <runtime role>`, after each upgrade
+                a privilege the database role lacks (SQLSTATE 42501: \(message)): the role that owns the tables (the one \
+                that runs `account-server migrate`) gives the runtime role its grants with `account-server migrate \
+                --grant-to <runtime role>`, after each upgrade
                 """)
         case _ where state.hasPrefix("08"), _ where state.hasPrefix("53"), _ where state.hasPrefix("57"), "25006":
             return StorageError.unavailable(message)

@@ -208,8 +208,9 @@ struct SQLiteTransaction: SQLTransaction {
         /// The first error a statement of the transaction threw.
         var firstFailure: (any Error)?
         /// Rows changed by the last ``execute(sql:arguments:)``: SQLite's own count is the
-        /// last *write*'s, also one a `fetchAll` ran (`INSERT … RETURNING`); PostgreSQL's
-        /// engine counts `execute` only, so both say the same after any statement.
+        /// connection's last INSERT, UPDATE or DELETE, also one a `fetchAll` ran (`INSERT …
+        /// RETURNING`) or one of an earlier transaction; PostgreSQL's engine counts
+        /// `execute` only, so both say the same after any INSERT, UPDATE, DELETE or DDL.
         var changes = 0
     }
 
@@ -230,8 +231,11 @@ struct SQLiteTransaction: SQLTransaction {
     }
 
     func execute(sql: String, arguments: SQLArguments) throws {
+        // SQLite's own count is the connection's last INSERT, UPDATE or DELETE, whenever it
+        // ran: what this statement changed is read only if the total moved.
+        let before = db.totalChangesCount
         try recording { try db.cachedStatement(sql: sql).execute(arguments: try Self.arguments(arguments)) }
-        state?.changes = db.changesCount
+        state?.changes = db.totalChangesCount == before ? 0 : db.changesCount
     }
 
     /// A read transaction changes nothing: 0.
