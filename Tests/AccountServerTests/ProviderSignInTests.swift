@@ -596,6 +596,10 @@ struct ProviderSignInTests {
             #expect(refused.status == 400 && refused.body == #"{"error":"invalid_request"}"#
                     && refused.headers.first(name: "Content-Type") == "application/json", "\(path): \(refused.status) \(refused.body)")
         }
+        // A body past the endpoint's 64 KiB: JSON too, with its 413.
+        let large = try await attacker.request(.POST, "/connexion/psc/backchannel-logout", form: ["logout_token": String(repeating: "a", count: 70_000)])
+        #expect(large.status == 413 && large.body == #"{"error":"invalid_request"}"# && large.headers.first(name: "Content-Type") == "application/json",
+                "\(large.status) \(large.body.prefix(200))")
         #expect(try await Self.forwardAuth(browser, world: world).status == 200, "nothing ended")
         await attacker.shutdown()
 

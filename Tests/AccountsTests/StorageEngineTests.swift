@@ -873,11 +873,18 @@ struct PostgresEngineTests {
 
     /// At start (`migrate`, which waits for a server still coming up) connections that cannot
     /// be opened end the wait with why, not as a pool "busy" for 30 s: an operator with a
-    /// wrong password or an untrusted certificate reads what to fix.
-    @Test(arguments: ["wrong-ca", "wrong-password"])
+    /// wrong password, an unknown database or an untrusted certificate reads what to fix, and
+    /// at once (the server's refusal is definite). A port where nothing listens yet is a server
+    /// still coming up: waited for the whole 30 s, then reported with the last attempt's cause.
+    @Test(arguments: ["wrong-ca", "wrong-password", "no-database", "nothing-listening"])
     func aStartThatCannotConnectSaysWhy(_ case: String) async throws {
         var location = try TestStore.administrator()
-        if `case` == "wrong-ca" { location.rootCertificatePath = "/etc/ssl/certs/ca-certificates.crt" } else { location.password = "not-the-password" }
+        switch `case` {
+        case "wrong-ca": location.rootCertificatePath = "/etc/ssl/certs/ca-certificates.crt"
+        case "wrong-password": location.password = "not-the-password"
+        case "no-database": location.database = "no_such_database"
+        default: location.port = try await Self.closedPort()
+        }
         let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
         do {
             try await engine.migrate(Schema(sqlite: [], postgres: []))
@@ -885,10 +892,23 @@ struct PostgresEngineTests {
         } catch {
             let reason = "\(error)"
             #expect(!reason.contains("busy") && reason.contains("could be opened"), "\(`case`): \(reason)")
-            #expect(reason.contains(`case` == "wrong-ca" ? "CERTIFICATE_VERIFY_FAILED" : "password authentication failed"), "\(`case`): \(reason)")
+            let cause = ["wrong-ca": "CERTIFICATE_VERIFY_FAILED", "wrong-password": "password authentication failed",
+                         "no-database": "does not exist", "nothing-listening": "onnection refused"][`case`]!
+            #expect(reason.contains(cause), "\(`case`): \(reason)")
+            // Definite refusals end the wait without waiting it out; a server not up yet does not.
+            #expect(reason.contains("waiting will not fix") == (`case` != "nothing-listening"), "\(`case`): \(reason)")
+            #expect(reason.contains("for 30.0 seconds") == (`case` == "nothing-listening"), "\(`case`): \(reason)")
             #expect(!reason.contains("not-the-password"), "the password is never part of a message")
         }
         await engine.close()
+    }
+
+    /// A local TCP port nothing listens on (bound, read, released).
+    static func closedPort() async throws -> Int {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(channel.localAddress?.port)
+        try await channel.close()
+        return port
     }
 
     /// A server that stops answering without closing its connections (a host lost in a

@@ -205,14 +205,27 @@ extension String {
 }
 
 /// Unknown pages and unexpected errors of the web surface get a readable French page; no
-/// internal detail leaks.
+/// internal detail leaks. The back-channel logout's client is the provider, not a browser:
+/// its refusals stay JSON whatever refuses it (``ProviderSignInController/refusal(for:context:)``).
 struct WebErrorMiddleware: RouterMiddleware {
     typealias Context = WebRequestContext
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
-        } catch let error as HTTPError {
+        } catch {
+            // The matched route, not the address as sent: `//connexion/…` and a trailing `/`
+            // are the endpoint too.
+            if context.endpointPath == ProviderSignInController.backChannelLogoutPath {
+                return ProviderSignInController.refusal(for: error, context: context)
+            }
+            return Self.page(for: error, context: context)
+        }
+    }
+
+    static func page(for error: any Error, context: Context) -> Response {
+        switch error {
+        case let error as HTTPError:
             switch error.status {
             case .notFound, .methodNotAllowed:
                 return WebController.page(Pages.error("Page introuvable", "Cette page n’existe pas."), status: .notFound)
@@ -221,16 +234,13 @@ struct WebErrorMiddleware: RouterMiddleware {
             default:
                 return WebController.page(Pages.error("Requête invalide", "La requête n’a pas pu être traitée."), status: .badRequest)
             }
-        } catch let error as UnstorableInput {
+        case let error as UnstorableInput:
             context.logger.notice("request refused: U+0000 in its \(error.part)")
-            // The provider, not a browser, calls the back-channel logout: it gets the
-            // endpoint's own JSON refusal rather than a page.
-            if context.endpointPath == ProviderSignInController.backChannelLogoutPath { return ProviderSignInController.invalidLogoutRequest }
             return WebController.unstorableInputPage
-        } catch is NIOTooManyBytesError {
+        case is NIOTooManyBytesError:
             // A form sent without Content-Length that grew past the limit.
             return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
-        } catch is PasswordHasher.Busy {
+        case is PasswordHasher.Busy:
             // Beyond --argon2-queue hashes waiting or running: answered now, not queued.
             context.logger.warning("password hashing queue full: request answered 503")
             var response = WebController.page(Pages.error("Service très sollicité",
@@ -238,14 +248,14 @@ struct WebErrorMiddleware: RouterMiddleware {
                                               status: .serviceUnavailable)
             response.headers[.retryAfter] = "5"
             return response
-        } catch let error as StorageError where error.isTransient {
+        case let error as StorageError where error.isTransient:
             context.logger.error("database unavailable on the web surface", metadata: ["error": "\(error)"])
             var response = WebController.page(Pages.error("Service momentanément indisponible",
                                                           "Le service ne peut pas répondre pour l’instant. Réessayez dans quelques secondes."),
                                               status: .serviceUnavailable)
             response.headers[.retryAfter] = "5"
             return response
-        } catch {
+        default:
             context.logger.error("unexpected error on the web surface", metadata: ["error": "\(error)"])
             return WebController.page(Pages.error("Erreur", "Une erreur est survenue (référence \(context.requestID)). Réessayez dans un instant."), status: .internalServerError)
         }

@@ -5,7 +5,9 @@ import HTTPTypes
 import Habilitation
 import Hummingbird
 import Logging
+import NIOCore
 import OpenIDConnect
+import Storage
 
 /// Sign-in through Pro Santé Connect (an OpenID Connect provider): the web surface's second
 /// front door. It ends where the password sign-in ends — a flow, the CGU if due, then a
@@ -283,11 +285,43 @@ struct ProviderSignInController: Sendable {
     /// provider.
     static let backChannelLogoutPath = "/connexion/psc/backchannel-logout"
 
-    /// The endpoint's one refusal (OpenID Connect Back-Channel Logout 1.0, section 2.8: a 400,
-    /// with an OAuth 2.0 error code); why is logged, never answered.
-    static var invalidLogoutRequest: Response {
-        Response(status: .badRequest, headers: [.cacheControl: "no-store", .contentType: "application/json"],
-                 body: .init(byteBuffer: .init(string: #"{"error":"invalid_request"}"#)))
+    /// The endpoint's refusal of a request (OpenID Connect Back-Channel Logout 1.0, section
+    /// 2.8: a 400, with an OAuth 2.0 error code); why is logged, never answered.
+    static var invalidLogoutRequest: Response { logoutAnswer(.badRequest, error: "invalid_request") }
+
+    static func logoutAnswer(_ status: HTTPResponse.Status, error: String) -> Response {
+        Response(status: status, headers: [.cacheControl: "no-store", .contentType: "application/json"],
+                 body: .init(byteBuffer: .init(string: #"{"error":"\#(error)"}"#)))
+    }
+
+    /// What the endpoint answers when something around its handler refuses the request (a NUL
+    /// the router-level check found, a body past 64 KiB, the database down): JSON with an
+    /// OAuth 2.0 error code, as its own refusals, never the web surface's French page. A 503
+    /// carries `Retry-After`, so a provider that retries knows when (a logout token whose
+    /// first delivery did commit is then refused as already used: its sessions are ended).
+    static func refusal(for error: any Error, context: WebRequestContext) -> Response {
+        switch error {
+        case let error as UnstorableInput:
+            context.logger.notice("back-channel logout refused: U+0000 in its \(error.part)")
+            return invalidLogoutRequest
+        case let error as HTTPError where error.status == .contentTooLarge:
+            context.logger.notice("back-channel logout refused: body larger than 64 KiB")
+            return logoutAnswer(.contentTooLarge, error: "invalid_request")
+        case is NIOTooManyBytesError:
+            context.logger.notice("back-channel logout refused: body larger than 64 KiB")
+            return logoutAnswer(.contentTooLarge, error: "invalid_request")
+        case let error as HTTPError:
+            context.logger.notice("back-channel logout refused", metadata: ["status": "\(error.status.code)"])
+            return invalidLogoutRequest
+        case let error as StorageError where error.isTransient:
+            context.logger.error("database unavailable on the back-channel logout", metadata: ["error": "\(error)"])
+            var response = logoutAnswer(.serviceUnavailable, error: "temporarily_unavailable")
+            response.headers[.retryAfter] = "5"
+            return response
+        default:
+            context.logger.error("unexpected error on the back-channel logout", metadata: ["error": "\(error)"])
+            return logoutAnswer(.internalServerError, error: "server_error")
+        }
     }
 
     /// `POST /connexion/psc/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0): the

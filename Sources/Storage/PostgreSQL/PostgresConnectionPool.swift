@@ -60,6 +60,9 @@ final class PostgresConnectionPool: Sendable {
         /// Why the last attempt failed (``PostgresEngine/connectFailure(_:)``: no secret), while
         /// attempts fail; nil once one succeeds.
         var failureReason: String?
+        /// Whether the last failure is one no retry overcomes
+        /// (``PostgresEngine/isConfigurationFailure(_:)``).
+        var failureIsDefinite = false
         var retry: Scheduled<Void>?
         var closed = false
         var open: Int { idle.count + leased.count + connecting + closing.count }
@@ -110,6 +113,14 @@ final class PostgresConnectionPool: Sendable {
     /// Why connections cannot be opened now (the last attempt's failure), or nil when the
     /// last attempt succeeded: what a wait that gives up says instead of "busy".
     var failingBecause: String? { state.withLockedValue { $0.failures > 0 ? $0.failureReason : nil } }
+
+    /// Why connections cannot be opened, when the last three rounds of attempts in a row
+    /// (a few hundred milliseconds apart) were refused for a reason no retry overcomes: a
+    /// password, a role or a database the server does not know, a certificate TLS does not
+    /// trust. At start that is a configuration to fix, not a server still coming up.
+    var failingForGoodBecause: String? {
+        state.withLockedValue { $0.failures >= 3 && $0.failureIsDefinite ? $0.failureReason : nil }
+    }
 
     /// Counts, for tests and diagnostics.
     var counts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) {
@@ -293,6 +304,7 @@ final class PostgresConnectionPool: Sendable {
             let recovered = state.failures > 0
             state.failures = 0
             state.failureReason = nil
+            state.failureIsDefinite = false
             state.successes += 1
             if state.closed { return (.close, false) }
             if !state.waiters.isEmpty {
@@ -328,6 +340,7 @@ final class PostgresConnectionPool: Sendable {
             if first || retry { state.failures += 1 }
             state.lastFailure = .now()
             state.failureReason = PostgresEngine.connectFailure(error)
+            state.failureIsDefinite = PostgresEngine.isConfigurationFailure(error)
             return (plan(&state), first)
         }
         // Once per outage: the requests that fail meanwhile say why (the engine's probe).

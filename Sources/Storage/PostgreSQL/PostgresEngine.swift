@@ -475,7 +475,15 @@ public final class PostgresEngine: StorageEngine {
                 task.cancel()
                 return loop.makeSucceededVoidFuture()
             }
-            guard failFast else { return loop.makeSucceededVoidFuture() }
+            guard failFast else {
+                // At start (no fail-fast: the server may still be coming up), a refusal no
+                // retry overcomes ends the wait at once rather than after `timeout`.
+                if let reason = pool.failingForGoodBecause {
+                    giveUp("no database connection could be opened; the server keeps refusing them for a reason waiting will not fix: \(reason)")
+                    task.cancel()
+                }
+                return loop.makeSucceededVoidFuture()
+            }
             return loop.makeFutureWithTask {
                 if let reason = await self.probe(logger: logger, clock: clock) { giveUp(reason) }
             }
@@ -519,6 +527,33 @@ public final class PostgresEngine: StorageEngine {
             if let error = error as? PSQLError, error.code == .server { return connectFailure(error) }
             if String(reflecting: error).contains("timeout") || String(reflecting: error).contains("Timeout") { return nil }
             return connectFailure(error)
+        }
+    }
+
+    /// Whether a failed connection attempt is a configuration to fix rather than a server
+    /// restarting or loaded: the server refused the credentials, the role or the database
+    /// (SQLSTATE class 28 — pg_hba, password —, 3D000, 42501: no CONNECT privilege), a client
+    /// authentication method the client cannot do, or TLS refused the server's certificate
+    /// (not trusted, another host's) or the server does not do TLS. A server starting up
+    /// (57P03), full (53300) or unreachable is not.
+    static func isConfigurationFailure(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError else { return false }
+        switch error.code {
+        case .server:
+            guard let state = error.serverInfo?[.sqlState] else { return false }
+            return state.hasPrefix("28") || state == "3D000" || state == "42501"
+        case .sslUnsupported, .unsupportedAuthMechanism, .authMechanismRequiresPassword:
+            return true
+        default:
+            switch error.underlying {
+            case let tls as NIOSSLError:
+                if case .handshakeFailed = tls { return true }
+                return false
+            case is NIOSSLExtraError:
+                return true
+            default:
+                return false
+            }
         }
     }
 
