@@ -5,6 +5,7 @@ import Foundation
 import Habilitation
 @testable import OpenIDConnect
 import JWTKit
+import NIOHTTP1
 import Testing
 
 /// Sign-in through Pro Santé Connect against a real OpenID Connect provider (LemonLDAP::NG,
@@ -600,6 +601,13 @@ struct ProviderSignInTests {
         let large = try await attacker.request(.POST, "/connexion/psc/backchannel-logout", form: ["logout_token": String(repeating: "a", count: 70_000)])
         #expect(large.status == 413 && large.body == #"{"error":"invalid_request"}"# && large.headers.first(name: "Content-Type") == "application/json",
                 "\(large.status) \(large.body.prefix(200))")
+        // Another method: JSON 405 naming POST (HEAD: the same, without a body), not the
+        // French "page not found" a browser gets for an unknown page.
+        for method in [HTTPMethod.GET, .HEAD, .PUT, .DELETE, .PATCH] {
+            let other = try await attacker.request(method, "/connexion/psc/backchannel-logout")
+            #expect(other.status == 405 && other.headers.first(name: "Allow") == "POST" && other.headers.first(name: "Content-Type") == "application/json"
+                    && other.body == (method == .HEAD ? "" : #"{"error":"invalid_request"}"#), "\(method): \(other.status) \(other.body.prefix(200))")
+        }
         #expect(try await Self.forwardAuth(browser, world: world).status == 200, "nothing ended")
         await attacker.shutdown()
 

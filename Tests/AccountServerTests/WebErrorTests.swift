@@ -15,7 +15,7 @@ import Testing
 @Suite("Web errors")
 struct WebErrorTests {
     enum Failure: String, CaseIterable {
-        case storage, lost, conflict, large, unexpected, badRequest
+        case storage, lost, conflict, large, unexpected, badRequest, forbidden, notAllowed, overloaded, gateway
     }
 
     static func fail(_ request: Request, _ failure: Failure) async throws -> Response {
@@ -26,8 +26,18 @@ struct WebErrorTests {
         case .large: _ = try await request.body.collect(upTo: 16)
         case .unexpected: throw StorageError.statementFailed("syntax error")
         case .badRequest: throw HTTPError(.badRequest)
+        case .forbidden: throw HTTPError(.forbidden)
+        case .notAllowed: throw HTTPError(.methodNotAllowed)
+        case .overloaded: throw HTTPError(.serviceUnavailable)
+        case .gateway: throw HTTPError(.badGateway)
         }
         return Response(status: .ok)
+    }
+
+    /// A browser's page for a failure: the endpoint's status, but "page not found" for a
+    /// method a page does not take (a browser cannot act on 405).
+    static func pageStatus(_ failure: Failure, endpoint: Int) -> Int {
+        failure == .notAllowed ? 404 : endpoint
     }
 
     @Test func theBackChannelLogoutIsRefusedInJSONAndBrowsersGetAPage() async throws {
@@ -48,19 +58,23 @@ struct WebErrorTests {
         var iterator = ports.makeAsyncIterator()
         let port = try #require(await iterator.next())
 
-        func post(_ path: String, body: String = "logout_token=x") async throws -> (status: Int, body: String, type: String?, retryAfter: String?) {
+        func post(_ path: String, body: String = "logout_token=x") async throws -> (status: Int, body: String, type: String?, retryAfter: String?, allow: String?) {
             var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
             request.body = .bytes(ByteBuffer(string: body))
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
             return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 100_000)),
-                    response.headers.first(name: "Content-Type"), response.headers.first(name: "Retry-After"))
+                    response.headers.first(name: "Content-Type"), response.headers.first(name: "Retry-After"),
+                    response.headers.first(name: "Allow"))
         }
 
         let expected: [Failure: (status: Int, error: String)] = [
             .storage: (503, "temporarily_unavailable"), .lost: (503, "temporarily_unavailable"), .conflict: (503, "temporarily_unavailable"),
             .large: (413, "invalid_request"), .unexpected: (500, "server_error"), .badRequest: (400, "invalid_request"),
+            // An HTTP error thrown around the handler keeps its class: the provider retries 5xx only.
+            .forbidden: (400, "invalid_request"), .notAllowed: (405, "invalid_request"), .overloaded: (503, "temporarily_unavailable"),
+            .gateway: (500, "server_error"),
         ]
         for failure in Failure.allCases {
             let want = try #require(expected[failure])
@@ -70,11 +84,13 @@ struct WebErrorTests {
                 #expect(answer.status == want.status && answer.body == #"{"error":"\#(want.error)"}"# && answer.type == "application/json",
                         "\(path) \(failure): \(answer.status) \(answer.type ?? "-") \(answer.body.prefix(200))")
                 #expect((answer.retryAfter != nil) == (want.status == 503), "\(failure): Retry-After \(answer.retryAfter ?? "none")")
+                #expect((answer.allow == "POST") == (want.status == 405), "\(failure): Allow \(answer.allow ?? "none")")
             }
-            // The same failure on a browser's route: a French page.
+            // The same failure on a browser's route: a French page (its statuses are the page's own).
             let page = try await post("/connexion?fail=\(failure.rawValue)", body: "email=" + String(repeating: "a", count: 100))
-            #expect(page.status == want.status && page.type?.hasPrefix("text/html") == true && page.body.contains("<html"),
+            #expect(page.status == Self.pageStatus(failure, endpoint: want.status) && page.type?.hasPrefix("text/html") == true && page.body.contains("<html"),
                     "/connexion \(failure): \(page.status) \(page.type ?? "-")")
+            #expect((page.retryAfter != nil) == (page.status == 503), "/connexion \(failure): Retry-After \(page.retryAfter ?? "none")")
             #expect(!page.body.contains("syntax error") && !page.body.contains("connection refused"), "no internal detail leaks")
         }
         // A NUL, found by the router-level check before any handler runs.

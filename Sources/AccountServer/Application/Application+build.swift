@@ -231,7 +231,18 @@ struct WebErrorMiddleware: RouterMiddleware {
                 return WebController.page(Pages.error("Page introuvable", "Cette page n’existe pas."), status: .notFound)
             case .contentTooLarge:
                 return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
+            case .serviceUnavailable:
+                var response = WebController.page(Pages.error("Service momentanément indisponible",
+                                                              "Le service ne peut pas répondre pour l’instant. Réessayez dans quelques secondes."),
+                                                  status: .serviceUnavailable)
+                response.headers[.retryAfter] = "5"
+                return response
+            case let status where status.code >= 500:
+                context.logger.error("unexpected error on the web surface", metadata: ["status": "\(status.code)"])
+                return WebController.page(Pages.error("Erreur", "Une erreur est survenue (référence \(context.requestID)). Réessayez dans un instant."),
+                                          status: .internalServerError)
             default:
+                // A refusal of the request, not a failure of the service: the class stays 4xx.
                 return WebController.page(Pages.error("Requête invalide", "La requête n’a pas pu être traitée."), status: .badRequest)
             }
         case let error as UnstorableInput:

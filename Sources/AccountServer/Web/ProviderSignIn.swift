@@ -64,6 +64,14 @@ struct ProviderSignInController: Sendable {
         router.get("connexion/psc") { request, context in try await self.start(request, context) }
         router.get("connexion/psc/retour") { request, context in try await self.callback(request, context) }
         router.post(RouterPath(Self.backChannelLogoutPath)) { request, context in try await self.backChannelLogout(request, context) }
+        // The provider's client reads JSON: another method gets a JSON 405 naming POST, not
+        // the web surface's French "page not found" (HEAD: the same, without a body).
+        for method in [HTTPRequest.Method.get, .head, .put, .delete, .patch] {
+            router.on(RouterPath(Self.backChannelLogoutPath), method: method) { request, context -> Response in
+                let refusal = Self.refusal(for: HTTPError(.methodNotAllowed), context: context)
+                return request.method == .head ? refusal.createHeadResponse() : refusal
+            }
+        }
         router.get("connexion/sans-psc") { request, _ in self.withoutProvider(request) }
         router.get("deconnexion/terminee") { request, _ in WebController.page(Pages.signedOut, cookies: []) }
     }
@@ -310,9 +318,22 @@ struct ProviderSignInController: Sendable {
         case is NIOTooManyBytesError:
             context.logger.notice("back-channel logout refused: body larger than 64 KiB")
             return logoutAnswer(.contentTooLarge, error: "invalid_request")
-        case let error as HTTPError:
+        case let error as HTTPError where error.status == .methodNotAllowed:
+            context.logger.notice("back-channel logout refused: not a POST")
+            var response = logoutAnswer(.methodNotAllowed, error: "invalid_request")
+            response.headers[.allow] = "POST"
+            return response
+        case let error as HTTPError where (400..<500).contains(error.status.code):
             context.logger.notice("back-channel logout refused", metadata: ["status": "\(error.status.code)"])
             return invalidLogoutRequest
+        case let error as HTTPError where error.status == .serviceUnavailable:
+            context.logger.error("back-channel logout: service unavailable")
+            var response = logoutAnswer(.serviceUnavailable, error: "temporarily_unavailable")
+            response.headers[.retryAfter] = "5"
+            return response
+        case let error as HTTPError:
+            context.logger.error("back-channel logout failed", metadata: ["status": "\(error.status.code)"])
+            return logoutAnswer(.internalServerError, error: "server_error")
         case let error as StorageError where error.isTransient:
             context.logger.error("database unavailable on the back-channel logout", metadata: ["error": "\(error)"])
             var response = logoutAnswer(.serviceUnavailable, error: "temporarily_unavailable")

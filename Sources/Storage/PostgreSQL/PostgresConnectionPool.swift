@@ -60,9 +60,11 @@ final class PostgresConnectionPool: Sendable {
         /// Why the last attempt failed (``PostgresEngine/connectFailure(_:)``: no secret), while
         /// attempts fail; nil once one succeeds.
         var failureReason: String?
-        /// Whether the last failure is one no retry overcomes
-        /// (``PostgresEngine/isConfigurationFailure(_:)``).
-        var failureIsDefinite = false
+        /// Counted failures in a row that no retry overcomes
+        /// (``PostgresEngine/isConfigurationFailure(_:)``), and when the first of them
+        /// happened: any other failure (a refused port, a server starting up) starts over.
+        var definiteFailures = 0
+        var definiteSince: NIODeadline?
         var retry: Scheduled<Void>?
         var closed = false
         var open: Int { idle.count + leased.count + connecting + closing.count }
@@ -90,13 +92,15 @@ final class PostgresConnectionPool: Sendable {
     private let logger: Logger
 
     init(configuration: PostgresConnection.Configuration, setUp: String? = nil, maximum: Int, keepOpen: Int, idleTimeout: TimeAmount = .seconds(60),
-         sweepEvery: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+         sweepEvery: TimeAmount = .seconds(5), definiteAfter: TimeAmount = .seconds(5), group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+         logger: Logger) {
         precondition(maximum > 0 && (0...maximum).contains(keepOpen))
         self.configuration = configuration
         self.setUp = setUp
         self.maximum = maximum
         self.keepOpen = keepOpen
         self.idleTimeout = idleTimeout
+        self.definiteAfter = definiteAfter
         self.group = group
         self.logger = logger
         sweep()
@@ -114,13 +118,28 @@ final class PostgresConnectionPool: Sendable {
     /// last attempt succeeded: what a wait that gives up says instead of "busy".
     var failingBecause: String? { state.withLockedValue { $0.failures > 0 ? $0.failureReason : nil } }
 
-    /// Why connections cannot be opened, when the last three rounds of attempts in a row
-    /// (a few hundred milliseconds apart) were refused for a reason no retry overcomes: a
-    /// password, a role or a database the server does not know, a certificate TLS does not
-    /// trust. At start that is a configuration to fix, not a server still coming up.
+    /// Why connections cannot be opened, when every round of attempts for at least
+    /// ``definiteAfter`` (and at least three in a row) was refused for a reason no retry
+    /// overcomes: a password, a role or a database the server does not know, a certificate
+    /// TLS does not trust. At start that is a configuration to fix, not a server still coming
+    /// up. The span leaves room for set-ups that create the role or the database once the
+    /// server listens (an init job, an operator): seconds, not the whole wait.
     var failingForGoodBecause: String? {
-        state.withLockedValue { $0.failures >= 3 && $0.failureIsDefinite ? $0.failureReason : nil }
+        state.withLockedValue { forGood($0) }
     }
+
+    /// Failures in a row and ``failingForGoodBecause``, read together (for tests).
+    var refusals: (failures: Int, forGood: String?) {
+        state.withLockedValue { ($0.failures, forGood($0)) }
+    }
+
+    private func forGood(_ state: State) -> String? {
+        guard state.definiteFailures >= 3, let since = state.definiteSince, .now() - since >= definiteAfter else { return nil }
+        return state.failureReason
+    }
+
+    /// How long definite refusals last before ``failingForGoodBecause`` reports them.
+    let definiteAfter: TimeAmount
 
     /// Counts, for tests and diagnostics.
     var counts: (idle: Int, leased: Int, connecting: Int, closing: Int, waiting: Int, attempts: Int) {
@@ -304,7 +323,8 @@ final class PostgresConnectionPool: Sendable {
             let recovered = state.failures > 0
             state.failures = 0
             state.failureReason = nil
-            state.failureIsDefinite = false
+            state.definiteFailures = 0
+            state.definiteSince = nil
             state.successes += 1
             if state.closed { return (.close, false) }
             if !state.waiters.isEmpty {
@@ -337,10 +357,18 @@ final class PostgresConnectionPool: Sendable {
             state.connecting -= 1
             guard epoch == state.successes else { return (plan(&state), false) }
             let first = state.failures == 0
-            if first || retry { state.failures += 1 }
+            if first || retry {
+                state.failures += 1
+                if PostgresEngine.isConfigurationFailure(error) {
+                    state.definiteFailures += 1
+                    if state.definiteSince == nil { state.definiteSince = .now() }
+                } else {
+                    state.definiteFailures = 0
+                    state.definiteSince = nil
+                }
+            }
             state.lastFailure = .now()
             state.failureReason = PostgresEngine.connectFailure(error)
-            state.failureIsDefinite = PostgresEngine.isConfigurationFailure(error)
             return (plan(&state), first)
         }
         // Once per outage: the requests that fail meanwhile say why (the engine's probe).

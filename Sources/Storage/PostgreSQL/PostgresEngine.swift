@@ -547,8 +547,10 @@ public final class PostgresEngine: StorageEngine {
         default:
             switch error.underlying {
             case let tls as NIOSSLError:
-                if case .handshakeFailed = tls { return true }
-                return false
+                // A refused certificate is definite; a server that closed mid-handshake (a
+                // backend killed during a restart) is not.
+                guard case .handshakeFailed(.sslError(let stack)) = tls, !stack.isEmpty else { return false }
+                return !stack.contains(.eofDuringHandshake) && !stack.contains(.eofDuringAdditionalCertficiateChainValidation)
             case is NIOSSLExtraError:
                 return true
             default:
