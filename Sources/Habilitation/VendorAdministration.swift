@@ -318,7 +318,8 @@ public final class VendorAdministration: Sendable {
     /// opened, and start-up refuses another key for this database. Discards every TOTP secret,
     /// recovery code and queued mail and the key's fingerprint, and ends every session and
     /// sign-in under way, in one transaction; the next start creates a new key, and each
-    /// regulator enrols a new TOTP at their next sign-in. Every instance must be stopped first.
+    /// regulator who had a second factor chooses a new password through a reset link (proving
+    /// the mailbox), then enrols a new TOTP. Every instance must be stopped first.
     public func forgetSecretKey(actor: AuditActor) async throws -> (discarded: SecondFactorLedger.Discarded, sessions: Int) {
         let at = now
         return try await database.write { db in
@@ -327,7 +328,8 @@ public final class VendorAdministration: Sendable {
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "secret-key-forgotten", outcome: "sealed data discarded",
                                              actor: actor, requestID: nil, identifier: nil, accountID: nil, changes: [],
                                              detail: "\(discarded.totpSecrets) TOTP secret(s), \(discarded.recoveryCodes) recovery code(s), "
-                                                 + "\(discarded.queuedMails) mail(s) discarded; \(sessions) session(s) ended"), in: db)
+                                                 + "\(discarded.queuedMails) mail(s) discarded; \(discarded.passwordsToReset) password(s) to reset; "
+                                                 + "\(sessions) session(s) ended"), in: db)
             return (discarded, sessions)
         }
     }

@@ -603,7 +603,7 @@ struct ProviderSignInTests {
                 "\(large.status) \(large.body.prefix(200))")
         // Another method: JSON 405 naming POST (HEAD: the same, without a body), not the
         // French "page not found" a browser gets for an unknown page.
-        for method in [HTTPMethod.GET, .HEAD, .PUT, .DELETE, .PATCH] {
+        for method in [HTTPMethod.GET, .HEAD, .PUT, .DELETE, .PATCH, .OPTIONS, .TRACE] {
             let other = try await attacker.request(method, "/connexion/psc/backchannel-logout")
             #expect(other.status == 405 && other.headers.first(name: "Allow") == "POST" && other.headers.first(name: "Content-Type") == "application/json"
                     && other.body == (method == .HEAD ? "" : #"{"error":"invalid_request"}"#), "\(method): \(other.status) \(other.body.prefix(200))")

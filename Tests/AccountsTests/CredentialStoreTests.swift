@@ -187,6 +187,47 @@ struct CredentialStoreTests {
         #expect(try await h.accounts.auditEvents().contains { $0.action == "password-rehashed" })
     }
 
+    /// A password is the same whichever Unicode form the keyboard produced: set composed
+    /// (« é » one character), accepted decomposed (« e » + U+0301) and full-width, and the
+    /// other way round; a hash stored before normalisation (of the decomposed form) is
+    /// accepted as typed then, rehashed normalised, then accepted in any form. A wrong
+    /// password typed decomposed counts one failure, not two.
+    @Test func passwordsAreNormalised() async throws {
+        let h = try await CredentialHarness()
+        let composed = "Vélo-rouge-sur-la-Loire"
+        let decomposed = "Ve\u{301}lo-rouge-sur-la-Loire"
+        let fullWidth = "Ｖe\u{301}lo-rouge-sur-la-Loire"
+        try #require(Array(composed.utf8) != Array(decomposed.utf8))
+        try await h.setPassword(composed)
+        for typed in [decomposed, fullWidth, composed] {
+            #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: typed, actor: h.actor) == .accepted(accountID: h.accountID),
+                    "\(Array(typed.unicodeScalars))")
+        }
+        try await h.setPassword("Bateau-" + decomposed)
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "Bateau-" + composed, actor: h.actor) == .accepted(accountID: h.accountID))
+
+        // Stored before normalisation: the hash of the decomposed bytes.
+        let legacy = try PasswordHasher.hashNow(Array(decomposed.utf8), parameters: h.accounts.provisioner.hasher.parameters)
+        try await h.accounts.database.write { db in
+            try db.execute(sql: "UPDATE account SET password_hash = ? WHERE id = ?", arguments: [legacy, h.accountID])
+        }
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: decomposed, actor: h.actor) == .accepted(accountID: h.accountID))
+        let rehashed = try await h.accounts.database.read { db in try String.fetchOne(db, sql: "SELECT password_hash FROM account") }
+        let stored = try #require(rehashed)
+        #expect(stored != legacy && PasswordHasher.verifyNow(Array(composed.utf8), encoded: stored))
+        #expect(try await h.accounts.auditEvents().contains { $0.action == "password-rehashed" && $0.outcome == "normalised" })
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: composed, actor: h.actor) == .accepted(accountID: h.accountID))
+
+        // A wrong password that normalising changes: two argon2 checks, one failure counted.
+        func failures() async throws -> Int? {
+            try await h.accounts.database.read { db in try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account") }
+        }
+        let before = try await failures()
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "Ve\u{301}lo-bleu-sur-la-Loire", actor: h.actor)
+                == .refused(reason: .wrongPassword, accountID: h.accountID))
+        #expect(try await failures() == (before ?? 0) + 1)
+    }
+
     /// Anyone who knows an address can ask for links: at most one (and one mail) every two
     /// minutes, and a newer link does not void the older one, so such requests can neither
     /// flood the mailbox nor kill the link the regulator is about to open.

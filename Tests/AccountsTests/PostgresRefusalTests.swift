@@ -51,10 +51,18 @@ struct PostgresRefusalTests {
                 tlsAnswered = true
                 if case .tlsThenClose = answer {
                     context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "S")), promise: nil)
-                    context.close(promise: nil)
                     return
                 }
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "N")), promise: nil)
+            }
+            if case .tlsThenClose = answer {
+                // The ClientHello read whole (a TLS record: 5-byte header, its length at 3)
+                // before closing: unread bytes would make the close a reset, not an EOF.
+                guard let length = buffer.getInteger(at: buffer.readerIndex + 3, as: UInt16.self),
+                      buffer.readableBytes >= 5 + Int(length) else { return }
+                buffer.moveReaderIndex(forwardBy: 5 + Int(length))
+                context.close(promise: nil)
+                return
             }
             // StartupMessage: length (itself included), then its body.
             guard case .error(let state, let message) = answer, let length = buffer.getInteger(at: buffer.readerIndex, as: Int32.self),
@@ -109,6 +117,7 @@ struct PostgresRefusalTests {
             if count > 0 && seen[count] == nil { seen[count] = forGood != nil }
             try await Task.sleep(for: .milliseconds(2))
         }
+        #expect((seen.keys.max() ?? 0) >= failures, "the pool kept trying: \(seen)")
         let reason = pool.failingBecause
         waiter.cancel()
         await pool.close()
@@ -146,6 +155,40 @@ struct PostgresRefusalTests {
         #expect(forGood[forGood.keys.max() ?? 0] == false && !forGood.values.contains(true), "\(`case`): \(forGood)")
         // The refusal the script meant, not another failure that happens to be waited for.
         #expect(reason?.contains(`case` == "starting-up" ? "starting up" : "EOF during handshake") == true, "\(`case`): \(reason ?? "-")")
+    }
+
+    /// The span is measured between refusals seen, not up to now: three refusals, then no
+    /// attempt for longer than the span (no request waits), are no proof the server still
+    /// refuses; refusals seen over the span are.
+    @Test(.timeLimit(.minutes(2)))
+    func theSpanIsMeasuredBetweenRefusals() async throws {
+        let server = try await Self.server([Self.password])
+        let port = try #require(server.localAddress?.port)
+        let configuration = PostgresConnection.Configuration(host: "127.0.0.1", port: port, username: "account", password: "secret",
+                                                             database: "accounts", tls: .prefer(try NIOSSLContext(configuration: .makeClientConfiguration())))
+        let pool = PostgresConnectionPool(configuration: configuration, maximum: 1, keepOpen: 0, definiteAfter: .seconds(2), logger: Self.logger)
+        let clock = ContinuousClock()
+        let limit = clock.now + .seconds(60)
+        // Three refusals (about 0.3 s apart from first to last), then the request gives up.
+        let first = Task { try await pool.lease() }
+        while pool.refusals.failures < 3 && clock.now < limit { try await Task.sleep(for: .milliseconds(2)) }
+        first.cancel()
+        _ = try? await first.value
+        #expect(pool.refusals.failures >= 3)
+        // Longer than the span since the first refusal, with no new attempt (none while no
+        // request waits, and a pool of none kept open has no sweep attempts).
+        try await Task.sleep(for: .seconds(3))
+        let quiet = pool.refusals
+        #expect(quiet.forGood == nil, "no refusal seen over the span yet: \(quiet)")
+        // A request waits again: refusals keep coming, and once they span 2 s, it is for good.
+        let second = Task { try await pool.lease() }
+        while pool.refusals.forGood == nil && clock.now < limit { try await Task.sleep(for: .milliseconds(10)) }
+        let refused = pool.refusals
+        #expect(refused.forGood?.contains("password authentication failed") == true, "\(refused)")
+        second.cancel()
+        await pool.close()
+        _ = try? await second.value
+        try await server.close()
     }
 
     /// Definite refusals are "for good" only once they lasted the span: a role or a database

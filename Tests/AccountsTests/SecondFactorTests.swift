@@ -100,10 +100,15 @@ struct SecondFactorTests {
     }
 
     /// A key lost for good: `forget-secret-key` discards what it sealed and the fingerprint,
-    /// ends every session, and records it; the next start creates a new key.
+    /// ends every session, and records it; the next start creates a new key. A regulator who
+    /// had a second factor must choose a new password through a reset link before enrolling
+    /// another (a phished password alone enrols nothing); one who had none keeps theirs.
     @Test func forgettingALostKeyDiscardsWhatItSealed() async throws {
         let h = try await CredentialHarness()
         try await h.setPassword(Self.password)
+        let withoutFactor = try await h.accounts.create(try Fixtures.record(national: "810002673900", email: "lea.durand@test.com")).account.id
+        let token = try #require(try await h.resetToken(email: "lea.durand@test.com"))
+        #expect(try await h.store.resetPassword(token: token, newPassword: Self.password, actor: h.actor) == .success(withoutFactor))
         let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(secret, at: h.clock.now),
                                                        actor: h.actor)?.count == 10)
@@ -116,14 +121,22 @@ struct SecondFactorTests {
 
         let administration = VendorAdministration(database: h.accounts.database, sessionConfiguration: SessionConfiguration())
         let result = try await administration.forgetSecretKey(actor: AuditActor(subject: "cli:operator", address: "local"))
-        #expect(result.discarded == SecondFactorLedger.Discarded(totpSecrets: 1, recoveryCodes: 10, queuedMails: 2))
+        #expect(result.discarded == SecondFactorLedger.Discarded(totpSecrets: 1, recoveryCodes: 10, queuedMails: 3, passwordsToReset: 1))
         #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID) == false)
         let lost = directory.appendingPathComponent("new.key").path
         let key = try await SecretKeyCheck.loadKey(path: lost, database: h.accounts.database)
         #expect(key != Array(repeating: 7, count: 32) && FileManager.default.fileExists(atPath: lost))
         await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: right, database: h.accounts.database) }
         let events = try await h.accounts.auditEvents()
-        #expect(events.contains { $0.action == "secret-key-forgotten" && $0.detail?.contains("1 TOTP secret(s), 10 recovery code(s), 2 mail(s)") == true })
+        #expect(events.contains { $0.action == "secret-key-forgotten" && $0.detail?.contains("1 TOTP secret(s), 10 recovery code(s), 3 mail(s) discarded; 1 password(s) to reset") == true })
+        // The right password no longer opens a sign-in (counted as a failure) until a reset (the new key is in place).
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor)
+                != .accepted(accountID: h.accountID))
+        #expect(try await h.store.checkPassword(email: "lea.durand@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: withoutFactor))
+        h.clock.advance(121)  // past the two minutes in which a live link is not sent again
+        try await h.setPassword("Another-good-passphrase")
+        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "Another-good-passphrase", actor: h.actor)
+                == .accepted(accountID: h.accountID))
     }
 
     /// A pending enrolment's secret belongs to the sign-in that showed it: whoever opened a
@@ -216,6 +229,7 @@ struct SecondFactorTests {
         // The password alone opens nothing now: a reset link (the mailbox) comes first.
         #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor)
                 == .refused(reason: .wrongPassword, accountID: h.accountID))
+        h.clock.advance(121)  // past the two minutes in which a live link is not sent again
         try await h.setPassword("Another-good-passphrase")
         #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "Another-good-passphrase", actor: h.actor)
                 == .accepted(accountID: h.accountID))

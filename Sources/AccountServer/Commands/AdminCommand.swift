@@ -168,7 +168,7 @@ struct AdminCommand: AsyncParsableCommand {
             commandName: "forget-secret-key",
             abstract: "The secret key file is lost for good: discard what it sealed (every TOTP, recovery code and queued mail) and end every session, so that the next start creates a new key. Stop every instance first.")
         @OptionGroup var options: DatabaseOptions
-        @Flag(help: "Required: every regulator then enrols a new TOTP at their next sign-in.") var confirm = false
+        @Flag(help: "Required: every regulator who had a second factor then chooses a new password through « Mot de passe oublié » and enrols a new TOTP.") var confirm = false
 
         func run() async throws {
             guard confirm else {
@@ -180,6 +180,7 @@ struct AdminCommand: AsyncParsableCommand {
                 "totpSecrets": .number(String(result.discarded.totpSecrets)),
                 "recoveryCodes": .number(String(result.discarded.recoveryCodes)),
                 "queuedMails": .number(String(result.discarded.queuedMails)),
+                "passwordsToReset": .number(String(result.discarded.passwordsToReset)),
                 "sessions": .number(String(result.sessions)),
             ]))
         }

@@ -66,7 +66,7 @@ struct ProviderSignInController: Sendable {
         router.post(RouterPath(Self.backChannelLogoutPath)) { request, context in try await self.backChannelLogout(request, context) }
         // The provider's client reads JSON: another method gets a JSON 405 naming POST, not
         // the web surface's French "page not found" (HEAD: the same, without a body).
-        for method in [HTTPRequest.Method.get, .head, .put, .delete, .patch] {
+        for method in [HTTPRequest.Method.get, .head, .put, .delete, .patch, .options, .trace] {
             router.on(RouterPath(Self.backChannelLogoutPath), method: method) { request, context -> Response in
                 let refusal = Self.refusal(for: HTTPError(.methodNotAllowed), context: context)
                 return request.method == .head ? refusal.createHeadResponse() : refusal
@@ -319,7 +319,8 @@ struct ProviderSignInController: Sendable {
             context.logger.notice("back-channel logout refused: body larger than 64 KiB")
             return logoutAnswer(.contentTooLarge, error: "invalid_request")
         case let error as HTTPError where error.status == .methodNotAllowed:
-            context.logger.notice("back-channel logout refused: not a POST")
+            // Debug: anyone can send these (crawlers probing the address), at no cost.
+            context.logger.debug("back-channel logout refused: not a POST")
             var response = logoutAnswer(.methodNotAllowed, error: "invalid_request")
             response.headers[.allow] = "POST"
             return response

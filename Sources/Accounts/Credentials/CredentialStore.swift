@@ -101,16 +101,35 @@ public final class CredentialStore: Sendable {
                                            whenAccepted: @escaping @Sendable (_ accountID: String, any SQLTransaction) throws -> T)
         async throws -> (outcome: PasswordStepOutcome, opened: T?) {
         let row = try await database.read { db in try self.account(forEmail: email, in: db) }
-        let verified = try await hasher.verify(Array(password.utf8), encoded: row?.passwordHash ?? decoyHash, admittingUpTo: configuration.hashQueueLimit)
+        let encoded = row?.passwordHash ?? decoyHash
+        let normalized = Self.normalized(password)
+        var verified = try await hasher.verify(Array(normalized.utf8), encoded: encoded, admittingUpTo: configuration.hashQueueLimit)
+        // A password set before normalisation, typed as it was then (only when normalising
+        // changed it; the decoy too, so an unknown e-mail costs the same). One check: at most
+        // one failure counted.
+        var legacy = false
+        if !verified && Array(normalized.utf8) != Array(password.utf8) {
+            verified = try await hasher.verify(Array(password.utf8), encoded: encoded, admittingUpTo: configuration.hashQueueLimit)
+            legacy = verified
+        }
         guard let row else {
             try await record(action: "sign-in", outcome: "refused unknown-email", accountID: nil, actor: actor, detail: nil)
             return (.refused(reason: .unknownEmail, accountID: nil), nil)
         }
         let result = try await settlePasswordCheck(row, verified: verified, at: now, actor: actor, whenAccepted: whenAccepted)
-        if case .accepted = result.outcome, let stored = PasswordHasher.parameters(of: row.passwordHash), stored.isWeaker(than: hasher.parameters) {
-            await upgradeHash(of: row, password: password, actor: actor)
+        if case .accepted = result.outcome,
+           legacy || PasswordHasher.parameters(of: row.passwordHash).map({ $0.isWeaker(than: hasher.parameters) }) == true {
+            await upgradeHash(of: row, password: normalized, actor: actor, reason: legacy ? "normalised" : "argon2 parameters upgraded")
         }
         return result
+    }
+
+    /// The password as stored and checked: Unicode NFKC (NIST SP 800-63B 5.1.1.2), so that
+    /// « é » typed as one character on one device and as « e » plus an accent on another (or
+    /// a full-width letter from an Asian keyboard layout) is the same password, instead of a
+    /// failure counted towards the lockout.
+    static func normalized(_ password: String) -> String {
+        password.precomposedStringWithCompatibilityMapping
     }
 
     /// Rehashes a password stored with weaker argon2 parameters than the current ones (only
@@ -121,7 +140,9 @@ public final class CredentialStore: Sendable {
     /// e-mails are checked against a decoy at the new cost: one timed request per address
     /// would tell existing accounts apart. Best effort: if it fails, the next sign-in tries
     /// again; a hash changed meanwhile (a reset) is kept.
-    private func upgradeHash(of row: AccountRow, password: String, actor: AuditActor) async {
+    /// A hash of a password set before normalisation is replaced the same way, by the
+    /// normalised password's.
+    private func upgradeHash(of row: AccountRow, password: String, actor: AuditActor, reason: String) async {
         do {
             let upgraded = try await hasher.hash(Array(password.utf8), admittingUpTo: configuration.hashQueueLimit)
             let at = now
@@ -129,7 +150,7 @@ public final class CredentialStore: Sendable {
                 try db.execute(sql: "UPDATE account SET password_hash = ? WHERE id = ? AND password_hash = ?",
                                arguments: [upgraded, row.id, row.passwordHash])
                 if try db.changesCount == 1 {
-                    try self.audit.append(self.event("password-rehashed", "argon2 parameters upgraded", row.id, actor, at), in: db)
+                    try self.audit.append(self.event("password-rehashed", reason, row.id, actor, at), in: db)
                 }
             }
         } catch {
@@ -252,6 +273,7 @@ public final class CredentialStore: Sendable {
     /// a completed sign-in (or the lockout's end, or an admin `unlock`) clears it.
     public func resetPassword(token: String, newPassword: String, actor: AuditActor) async throws -> Result<String, PasswordResetError> {
         guard let row = try await accountForResetToken(token) else { return .failure(.invalidToken) }
+        let newPassword = Self.normalized(newPassword)
         let violations = policy.violations(of: newPassword, email: row.email)
         guard violations.isEmpty else { return .failure(.policy(violations)) }
         let hash = try await hasher.hash(Array(newPassword.utf8), admittingUpTo: configuration.hashQueueLimit)

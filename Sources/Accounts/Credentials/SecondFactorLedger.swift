@@ -36,12 +36,31 @@ public struct SecondFactorLedger: Sendable {
         public var totpSecrets: Int
         public var recoveryCodes: Int
         public var queuedMails: Int
+        /// Accounts that had a second factor, now required to choose a new password.
+        public var passwordsToReset: Int
+
+        public init(totpSecrets: Int, recoveryCodes: Int, queuedMails: Int, passwordsToReset: Int) {
+            self.totpSecrets = totpSecrets
+            self.recoveryCodes = recoveryCodes
+            self.queuedMails = queuedMails
+            self.passwordsToReset = passwordsToReset
+        }
     }
 
     /// Everything sealed or keyed with the server key, which nothing can open without it:
     /// every TOTP secret and recovery code, the mail outbox (sealed bodies), and the key's
-    /// fingerprint (``SecretKeyCheck``), so that the next start creates a new key.
+    /// fingerprint (``SecretKeyCheck``), so that the next start creates a new key. An account
+    /// that had a second factor must then choose a new password through a reset link, as after
+    /// ``remove(accountID:in:)``: otherwise a password alone (perhaps phished) would enrol a
+    /// device in the regulator's place at the next sign-in.
     public func discardEverythingSealed(in db: any SQLTransaction) throws -> Discarded {
+        try db.execute(sql: """
+            UPDATE account SET password_reset_required = TRUE
+            WHERE password_reset_required = FALSE
+              AND (id IN (SELECT account_id FROM totp_credential WHERE confirmed_at IS NOT NULL)
+                   OR id IN (SELECT account_id FROM recovery_code WHERE used_at IS NULL))
+            """)
+        let passwords = try db.changesCount
         try db.execute(sql: "DELETE FROM recovery_code")
         let codes = try db.changesCount
         try db.execute(sql: "DELETE FROM totp_credential")
@@ -49,6 +68,6 @@ public struct SecondFactorLedger: Sendable {
         try db.execute(sql: "DELETE FROM mail_outbox")
         let mails = try db.changesCount
         try db.execute(sql: "DELETE FROM secret_key_check")
-        return Discarded(totpSecrets: totp, recoveryCodes: codes, queuedMails: mails)
+        return Discarded(totpSecrets: totp, recoveryCodes: codes, queuedMails: mails, passwordsToReset: passwords)
     }
 }

@@ -61,10 +61,12 @@ final class PostgresConnectionPool: Sendable {
         /// attempts fail; nil once one succeeds.
         var failureReason: String?
         /// Counted failures in a row that no retry overcomes
-        /// (``PostgresEngine/isConfigurationFailure(_:)``), and when the first of them
-        /// happened: any other failure (a refused port, a server starting up) starts over.
+        /// (``PostgresEngine/isConfigurationFailure(_:)``), and when the first and the last
+        /// of them happened: any other failure (a refused port, a server starting up) starts
+        /// over.
         var definiteFailures = 0
         var definiteSince: NIODeadline?
+        var definiteLast: NIODeadline?
         var retry: Scheduled<Void>?
         var closed = false
         var open: Int { idle.count + leased.count + connecting + closing.count }
@@ -118,8 +120,8 @@ final class PostgresConnectionPool: Sendable {
     /// last attempt succeeded: what a wait that gives up says instead of "busy".
     var failingBecause: String? { state.withLockedValue { $0.failures > 0 ? $0.failureReason : nil } }
 
-    /// Why connections cannot be opened, when every round of attempts for at least
-    /// ``definiteAfter`` (and at least three in a row) was refused for a reason no retry
+    /// Why connections cannot be opened, when every round of attempts over at least
+    /// ``definiteAfter`` (first to last refusal, three at least) was refused for a reason no retry
     /// overcomes: a password, a role or a database the server does not know, a certificate
     /// TLS does not trust. At start that is a configuration to fix, not a server still coming
     /// up. The span leaves room for set-ups that create the role or the database once the
@@ -133,8 +135,12 @@ final class PostgresConnectionPool: Sendable {
         state.withLockedValue { ($0.failures, forGood($0)) }
     }
 
+    /// Measured between refusals seen, not up to now: a refusal seconds old (attempts back
+    /// off, and stop while no request waits) says nothing about the server now.
     private func forGood(_ state: State) -> String? {
-        guard state.definiteFailures >= 3, let since = state.definiteSince, .now() - since >= definiteAfter else { return nil }
+        guard state.definiteFailures >= 3, let since = state.definiteSince, let last = state.definiteLast, last - since >= definiteAfter else {
+            return nil
+        }
         return state.failureReason
     }
 
@@ -325,6 +331,7 @@ final class PostgresConnectionPool: Sendable {
             state.failureReason = nil
             state.definiteFailures = 0
             state.definiteSince = nil
+            state.definiteLast = nil
             state.successes += 1
             if state.closed { return (.close, false) }
             if !state.waiters.isEmpty {
@@ -362,9 +369,11 @@ final class PostgresConnectionPool: Sendable {
                 if PostgresEngine.isConfigurationFailure(error) {
                     state.definiteFailures += 1
                     if state.definiteSince == nil { state.definiteSince = .now() }
+                    state.definiteLast = .now()
                 } else {
                     state.definiteFailures = 0
                     state.definiteSince = nil
+                    state.definiteLast = nil
                 }
             }
             state.lastFailure = .now()
