@@ -228,6 +228,29 @@ struct CredentialStoreTests {
         #expect(try await failures() == (before ?? 0) + 1)
     }
 
+    /// An unknown e-mail runs a wrong password's statements on an id no account has: every
+    /// account row stays as it was, and the one audit event is the refusal's.
+    @Test func anUnknownEmailChangesNoAccount() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        func rows() async throws -> [String] {
+            try await h.accounts.database.read { db in
+                try SQLRow.fetchAll(db, sql: "SELECT id, version, failed_sign_ins, locked_until, password_hash, password_reset_required FROM account ORDER BY id")
+                    .map { row -> String in
+                        let id: String? = row["id"], version: Int64? = row["version"], failures: Int64? = row["failed_sign_ins"]
+                        let locked: Int64? = row["locked_until"], hash: String? = row["password_hash"], reset: Bool? = row["password_reset_required"]
+                        return "\(id ?? "-") \(version ?? -1) \(failures ?? -1) \(locked ?? -1) \(hash ?? "-") \(reset.map { "\($0)" } ?? "-")"
+                    }
+            }
+        }
+        let before = try await rows()
+        let events = try await h.accounts.auditEvents().count
+        #expect(try await h.store.checkPassword(email: "nobody@test.com", password: Self.password, actor: h.actor) == .refused(reason: .unknownEmail, accountID: nil))
+        #expect(try await rows() == before)
+        let after = try await h.accounts.auditEvents()
+        #expect(after.count == events + 1 && after.last?.outcome == "refused unknown-email" && after.last?.accountId == nil)
+    }
+
     /// Anyone who knows an address can ask for links: at most one (and one mail) every two
     /// minutes, and a newer link does not void the older one, so such requests can neither
     /// flood the mailbox nor kill the link the regulator is about to open.

@@ -129,9 +129,16 @@ struct SecondFactorTests {
         await #expect(throws: SecretBoxError.self) { try await SecretKeyCheck.loadKey(path: right, database: h.accounts.database) }
         let events = try await h.accounts.auditEvents()
         #expect(events.contains { $0.action == "secret-key-forgotten" && $0.detail?.contains("1 TOTP secret(s), 10 recovery code(s), 3 mail(s) discarded; 1 password(s) to reset") == true })
-        // The right password no longer opens a sign-in (counted as a failure) until a reset (the new key is in place).
-        #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor)
-                != .accepted(accountID: h.accountID))
+        // The right password no longer opens a sign-in until a reset (the new key is in
+        // place), and retrying it is not counted: nobody locks themself out.
+        for _ in 0..<4 {
+            #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: Self.password, actor: h.actor)
+                    == .refused(reason: .wrongPassword, accountID: h.accountID))
+        }
+        #expect(try await h.accounts.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account WHERE id = ?", arguments: [h.accountID])
+        } == 0)
+        #expect(try await h.accounts.auditEvents().filter { $0.outcome == "refused password-reset-required" }.count == 4)
         #expect(try await h.store.checkPassword(email: "lea.durand@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: withoutFactor))
         h.clock.advance(121)  // past the two minutes in which a live link is not sent again
         try await h.setPassword("Another-good-passphrase")

@@ -103,17 +103,28 @@ public final class CredentialStore: Sendable {
         let row = try await database.read { db in try self.account(forEmail: email, in: db) }
         let encoded = row?.passwordHash ?? decoyHash
         let normalized = Self.normalized(password)
-        var verified = try await hasher.verify(Array(normalized.utf8), encoded: encoded, admittingUpTo: configuration.hashQueueLimit)
-        // A password set before normalisation, typed as it was then (only when normalising
-        // changed it; the decoy too, so an unknown e-mail costs the same). One check: at most
-        // one failure counted.
-        var legacy = false
-        if !verified && Array(normalized.utf8) != Array(password.utf8) {
-            verified = try await hasher.verify(Array(password.utf8), encoded: encoded, admittingUpTo: configuration.hashQueueLimit)
-            legacy = verified
-        }
+        // Then, only when normalising changed it, as typed: a password set before
+        // normalisation (the decoy too, so an unknown e-mail costs the same). One job, one
+        // check: at most one failure counted. (Two argon2 runs for such input: the rate
+        // limits and the hash queue bound what that costs.)
+        var candidates = [Array(normalized.utf8)]
+        if candidates[0] != Array(password.utf8) { candidates.append(Array(password.utf8)) }
+        let matched = try await hasher.verifyAny(candidates, encoded: encoded, admittingUpTo: configuration.hashQueueLimit)
+        let verified = matched != nil
+        let legacy = matched == 1
         guard let row else {
-            try await record(action: "sign-in", outcome: "refused unknown-email", accountID: nil, actor: actor, detail: nil)
+            let at = now
+            try await database.write { db in
+                // The statements of a wrong password's transaction (settlePasswordCheck), on
+                // an id no account has: an unknown e-mail costs the same round trips as a
+                // known one, so answer times do not tell them apart on a networked database.
+                let decoy = "unknown-" + SecretToken.generate()
+                _ = try SQLRow.fetchOne(db, sql: """
+                    SELECT failed_sign_ins, locked_until, password_hash, password_reset_required FROM account WHERE id = ?
+                    """, arguments: [decoy])
+                try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?", arguments: [1, nil as Int64?, decoy])
+                try self.audit.append(self.event("sign-in", "refused unknown-email", nil, actor, at), in: db)
+            }
             return (.refused(reason: .unknownEmail, accountID: nil), nil)
         }
         let result = try await settlePasswordCheck(row, verified: verified, at: now, actor: actor, whenAccepted: whenAccepted)
@@ -178,7 +189,15 @@ public final class CredentialStore: Sendable {
                 try self.audit.append(self.event("sign-in", "refused password-changed-meanwhile", row.id, actor, at), in: db)
                 return (.refused(reason: .wrongPassword, accountID: row.id), nil)
             }
-            if verified && !(current["password_reset_required"] as Bool? ?? true) {
+            if verified && (current["password_reset_required"] as Bool? ?? true) {
+                // The right password of an account that must choose a new one (its second
+                // factor removed, or never set): refused with the same answer, and not
+                // counted — its owner retrying it after a `forget-secret-key` must not lock
+                // themself out, and an attacker who knows it learns nothing from the page.
+                try self.audit.append(self.event("sign-in", "refused password-reset-required", row.id, actor, at), in: db)
+                return (.refused(reason: .wrongPassword, accountID: row.id), nil)
+            }
+            if verified {
                 // The counter is not reset here: a correct password alone is not a sign-in.
                 // Someone holding a phished password must not get a fresh run of second-
                 // factor guesses by re-entering it; only a completed sign-in resets it.
@@ -566,11 +585,6 @@ public final class CredentialStore: Sendable {
     private func event(_ action: String, _ outcome: String, _ accountID: String?, _ actor: AuditActor, _ at: Date, detail: String? = nil) -> AuditEvent {
         AuditEvent(at: at, surface: "web", action: action, outcome: outcome, actor: actor, requestID: nil,
                    identifier: nil, accountID: accountID, changes: [], detail: detail)
-    }
-
-    private func record(action: String, outcome: String, accountID: String?, actor: AuditActor, detail: String?) async throws {
-        let at = now
-        try await database.write { db in try self.audit.append(self.event(action, outcome, accountID, actor, at, detail: detail), in: db) }
     }
 }
 

@@ -107,6 +107,16 @@ public final class PasswordHasher: Sendable {
         }
     }
 
+    /// Whether any of `candidates` matches, checked in order as one job (one admission: a
+    /// check of two forms of a password is not half admitted), constant time each.
+    public func verifyAny(_ candidates: [[UInt8]], encoded: String, admittingUpTo limit: Int? = nil) async throws -> Int? {
+        try admit(limit)
+        defer { release(limit) }
+        return try await pool.runIfActive {
+            candidates.firstIndex { Self.verifyNow($0, encoded: encoded) }
+        }
+    }
+
     public func shutdown() async throws {
         try await pool.shutdownGracefully()
     }

@@ -36,7 +36,8 @@ public struct SecondFactorLedger: Sendable {
         public var totpSecrets: Int
         public var recoveryCodes: Int
         public var queuedMails: Int
-        /// Accounts that had a second factor, now required to choose a new password.
+        /// Accounts that had a second factor, now required to choose a new password (the
+        /// regulators to tell).
         public var passwordsToReset: Int
 
         public init(totpSecrets: Int, recoveryCodes: Int, queuedMails: Int, passwordsToReset: Int) {
@@ -56,9 +57,8 @@ public struct SecondFactorLedger: Sendable {
     public func discardEverythingSealed(in db: any SQLTransaction) throws -> Discarded {
         try db.execute(sql: """
             UPDATE account SET password_reset_required = TRUE
-            WHERE password_reset_required = FALSE
-              AND (id IN (SELECT account_id FROM totp_credential WHERE confirmed_at IS NOT NULL)
-                   OR id IN (SELECT account_id FROM recovery_code WHERE used_at IS NULL))
+            WHERE id IN (SELECT account_id FROM totp_credential WHERE confirmed_at IS NOT NULL)
+               OR id IN (SELECT account_id FROM recovery_code WHERE used_at IS NULL)
             """)
         let passwords = try db.changesCount
         try db.execute(sql: "DELETE FROM recovery_code")
