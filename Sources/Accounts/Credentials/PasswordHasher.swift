@@ -98,17 +98,9 @@ public final class PasswordHasher: Sendable {
         }
     }
 
-    /// Constant-time verification (libargon2 compares in constant time).
-    public func verify(_ password: [UInt8], encoded: String, admittingUpTo limit: Int? = nil) async throws -> Bool {
-        try admit(limit)
-        defer { release(limit) }
-        return try await pool.runIfActive {
-            Self.verifyNow(password, encoded: encoded)
-        }
-    }
-
-    /// Whether any of `candidates` matches, checked in order as one job (one admission: a
-    /// check of two forms of a password is not half admitted), constant time each.
+    /// Which of `candidates` (the first that does) matches `encoded`, checked in order as one
+    /// job (one admission: a check of two forms of a password is not half admitted), each in
+    /// constant time (libargon2 compares in constant time).
     public func verifyAny(_ candidates: [[UInt8]], encoded: String, admittingUpTo limit: Int? = nil) async throws -> Int? {
         try admit(limit)
         defer { release(limit) }

@@ -67,6 +67,9 @@ final class PostgresConnectionPool: Sendable {
         var definiteFailures = 0
         var definiteSince: NIODeadline?
         var definiteLast: NIODeadline?
+        /// The last counted definite refusal's reason: an uncounted attempt of the same round
+        /// that failed otherwise (a refused port) does not become the reason given up for.
+        var definiteReason: String?
         var retry: Scheduled<Void>?
         var closed = false
         var open: Int { idle.count + leased.count + connecting + closing.count }
@@ -141,7 +144,7 @@ final class PostgresConnectionPool: Sendable {
         guard state.definiteFailures >= 3, let since = state.definiteSince, let last = state.definiteLast, last - since >= definiteAfter else {
             return nil
         }
-        return state.failureReason
+        return state.definiteReason
     }
 
     /// How long definite refusals last before ``failingForGoodBecause`` reports them.
@@ -332,6 +335,7 @@ final class PostgresConnectionPool: Sendable {
             state.definiteFailures = 0
             state.definiteSince = nil
             state.definiteLast = nil
+            state.definiteReason = nil
             state.successes += 1
             if state.closed { return (.close, false) }
             if !state.waiters.isEmpty {
@@ -370,10 +374,12 @@ final class PostgresConnectionPool: Sendable {
                     state.definiteFailures += 1
                     if state.definiteSince == nil { state.definiteSince = .now() }
                     state.definiteLast = .now()
+                    state.definiteReason = PostgresEngine.connectFailure(error)
                 } else {
                     state.definiteFailures = 0
                     state.definiteSince = nil
                     state.definiteLast = nil
+                    state.definiteReason = nil
                 }
             }
             state.lastFailure = .now()
