@@ -85,7 +85,7 @@ struct ProviderKeys: Sendable {
     /// Verifies the signature with the key the header names (or, without a `kid`, each key of
     /// the header's algorithm). `.unknownKey` when no key matches, so the caller may refresh.
     func verify(_ token: String, header: Header, allowed: Set<String>) async throws(OpenIDConnectError) -> Lookup {
-        guard allowed.contains(header.alg) else { throw .signature("algorithm \(header.alg.debugDescription) is not accepted") }
+        guard allowed.contains(header.alg) else { throw .signature("algorithm \(String(header.alg.prefix(64)).debugDescription) is not accepted") }
         let candidates = keys.filter { $0.algorithm == header.alg && (header.kid == nil || $0.kid == header.kid) }
         guard !candidates.isEmpty else {
             if let kid = header.kid, keys.contains(where: { $0.kid == kid }) {

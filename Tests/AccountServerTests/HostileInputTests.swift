@@ -237,6 +237,66 @@ struct HostileInputTests {
         await server.stop()
     }
 
+    /// The dedicated forward-auth listener cuts what the others cut (it had neither timeout):
+    /// a request whose head never ends after `--request-timeout`, a connection that sends
+    /// nothing after the idle timeout, TLS handshake included; a request that arrives whole is
+    /// answered and its connection kept until it idles.
+    @Test func theForwardAuthListenerCutsSlowAndIdleConnections() async throws {
+        let script = #"""
+            import socket, ssl, sys, time
+            port, tls = int(sys.argv[1]), sys.argv[2] == "tls"
+            def connect():
+                sock = socket.create_connection(("127.0.0.1", port))
+                if tls:
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    sock = context.wrap_socket(sock)
+                sock.settimeout(60)
+                return sock
+            def closed(sock):
+                start = time.time()
+                try:
+                    while True:
+                        data = sock.recv(4096)
+                        if not data:
+                            return "closed %.1f" % (time.time() - start)
+                except socket.timeout:
+                    return "open"
+                except (ConnectionResetError, ssl.SSLError):
+                    return "closed %.1f" % (time.time() - start)
+            # A head that never ends (the request timeout, 1 s).
+            sock = connect()
+            sock.sendall(b"GET /forward-auth HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            print("head", closed(sock))
+            # Nothing at all, not even a TLS ClientHello (the idle timeout, 3 s).
+            raw = socket.create_connection(("127.0.0.1", port))
+            raw.settimeout(60)
+            print("silent", closed(raw))
+            # A whole request: answered, then the connection idles out.
+            sock = connect()
+            sock.sendall(b"GET /forward-auth HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Original-URI: /\r\n\r\n")
+            answer = sock.recv(4096)
+            print("answered", answer.split(b"\r\n")[0].decode(), closed(sock))
+            """#
+        for tls in [false, true] {
+            let pki = try TestPKI()
+            let server = try await RunningServer.start(pki: pki) {
+                $0.requestReceiveTimeout = .seconds(1)
+                $0.forwardAuth.idleTimeout = .seconds(3)
+                $0.forwardAuth.tls = tls
+            }
+            let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, "\(server.forwardAuthPort)", tls ? "tls" : "plain"])
+            let lines = String(decoding: run.output, as: UTF8.self).split(separator: "\n").map(String.init)
+            let errors = String(decoding: run.errors, as: UTF8.self)
+            #expect(lines.count == 3, "tls \(tls): \(lines) \(errors)")
+            #expect(lines.first?.hasPrefix("head closed") == true, "tls \(tls): \(lines)")
+            #expect(lines.dropFirst().first?.hasPrefix("silent closed") == true, "tls \(tls): \(lines)")
+            #expect(lines.last?.hasPrefix("answered HTTP/1.1 401 Unauthorized closed") == true, "tls \(tls): \(lines)")
+            await server.stop()
+        }
+    }
+
     /// Slow senders are disconnected after `--request-timeout`, whether the headers or the
     /// body trickle in; a normal request on another connection is served meanwhile.
     @Test func slowSendersAreDisconnected() async throws {

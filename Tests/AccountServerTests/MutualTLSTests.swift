@@ -1,6 +1,7 @@
 @testable import AccountServer
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOSSL
 import Testing
 import X509
@@ -238,6 +239,15 @@ struct MutualTLSTests {
         #expect(!lines.contains { $0.contains("\n") || $0.contains("\r") }, "no raw line break in any log line")
         #expect(LogLineHandler.quoted("CN=x reason=ok") == #""CN=x reason=ok""# && LogLineHandler.quoted("plain") == "plain")
         #expect(LogLineHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}\u{61C}") == #"a\u{85}b\u{2028}c\\d\u{7}\u{61c}"#)
+        // Every message and value is bounded, in both formats.
+        for format in [LogLineHandler.Format.text, .json] {
+            let sink = LogLineSink(capturing: true)
+            var logger = Logger(label: "bounds") { LogLineHandler(label: $0, format: format, sink: sink) }
+            logger.logLevel = .info
+            logger.notice("\(String(repeating: "m", count: 30_000))", metadata: ["subject": "\(String(repeating: "s", count: 30_000))", "short": "kept"])
+            let line = try #require(sink.captured.first)
+            #expect(line.utf8.count < 5_000 && line.contains("…[27952 more characters]") && line.contains("kept"), "\(format): \(line.utf8.count) bytes")
+        }
         await server.stop()
     }
 

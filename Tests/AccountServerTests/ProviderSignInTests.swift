@@ -608,6 +608,13 @@ struct ProviderSignInTests {
             #expect(other.status == 405 && other.headers.first(name: "Allow") == "POST" && other.headers.first(name: "Content-Type") == "application/json"
                     && other.body == (method == .HEAD ? "" : #"{"error":"invalid_request"}"#), "\(method): \(other.status) \(other.body.prefix(200))")
         }
+        // A header whose algorithm is 40,000 characters: refused, and its log line stays short
+        // (the algorithm is cut in the error, every logged value is bounded).
+        let longAlgorithm = Data(#"{"alg":"\#(String(repeating: "X", count: 40_000))"}"#.utf8).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        #expect(try await attacker.request(.POST, "/connexion/psc/backchannel-logout", form: ["logout_token": longAlgorithm + ".eyJzdWIiOiJkd2hvIn0.c2ln"]).status == 400)
+        let longest = world.server.logs.all.map(\.utf8.count).max() ?? 0
+        #expect(longest < 8_192, "a log line of \(longest) bytes")
         #expect(try await Self.forwardAuth(browser, world: world).status == 200, "nothing ended")
         await attacker.shutdown()
 

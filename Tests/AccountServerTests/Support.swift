@@ -145,7 +145,7 @@ final class RunningServer: Sendable {
     var adminURL: String { "http://127.0.0.1:\(adminPort)" }
     var forwardAuthURL: String { "http://127.0.0.1:\(forwardAuthPort)" }
 
-    static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5), configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
+    static func start(pki: TestPKI, crlPollInterval: Duration = .seconds(5), logLevel: Logger.Level = .info, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> RunningServer {
         let base = ServerConfiguration(
             database: try StorageLocation(try await TestStore.argument(in: pki.directory.appendingPathComponent("db-\(UUID().uuidString)"))),
             databasePoolSize: 4, databasePoolMinimum: 0,
@@ -172,7 +172,7 @@ final class RunningServer: Sendable {
         }
         let logs = CapturedLogs()
         var logger = Logger(label: "test-server", factory: logs.handler(label:))
-        logger.logLevel = .info
+        logger.logLevel = logLevel
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let (webPorts, webContinuation) = AsyncStream.makeStream(of: Int.self)
         let (adminPorts, adminContinuation) = AsyncStream.makeStream(of: Int.self)

@@ -1,6 +1,7 @@
 @testable import AccountServer
 import Accounts
 import AsyncHTTPClient
+import Logging
 import Foundation
 import Storage
 import StorageTesting
@@ -21,11 +22,11 @@ struct WebSignInTests {
         let server: RunningServer
         let fhir: FHIRClient
 
-        init(configure: @escaping (inout ServerConfiguration) -> Void = { _ in }) async throws {
+        init(logLevel: Logger.Level = .info, configure: @escaping (inout ServerConfiguration) -> Void = { _ in }) async throws {
             pki = try TestPKI()
             smtp = try await SMTPSink()
             let smtpPort = smtp.port
-            server = try await RunningServer.start(pki: pki) { configuration in
+            server = try await RunningServer.start(pki: pki, logLevel: logLevel) { configuration in
                 configuration.smtpURL = "smtp://127.0.0.1:\(smtpPort)"
                 configuration.mailPollInterval = .milliseconds(100)
                 configuration.web.publicURL = "https://localhost"
@@ -129,6 +130,24 @@ struct WebSignInTests {
         #expect(try await browser.get("/compte").body.contains("data-habilitation=\"non\""))
         try await world.setActive(true)
         #expect(try await browser.get("/compte").body.contains("data-habilitation=\"oui\""))
+        await browser.shutdown()
+        await world.stop()
+    }
+
+    /// `--log-level trace` shows the server's own trace lines but never the database
+    /// driver's: postgres-nio logs every message at trace (bound values such as password and
+    /// token hashes, data rows, the SCRAM exchange). Meaningful on the PostgreSQL run.
+    @Test func aTraceLogHoldsNoDatabaseTraffic() async throws {
+        let world = try await World(logLevel: .trace)
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        try await Self.signIn(browser)
+        let session = try #require(browser.cookies["__Host-as-session"])
+        #expect(try await browser.get("/compte").status == 200)
+        let lines = world.server.logs.all
+        #expect(lines.contains { $0.contains("trace") || $0.contains("debug") }, "the server logged below info: \(lines.count) lines")
+        let leaks = lines.filter { $0.contains("$argon2id$") || $0.contains(session) || $0.contains("Run action") || $0.contains("Backend message") }
+        #expect(leaks.isEmpty, "\(leaks.prefix(3))")
         await browser.shutdown()
         await world.stop()
     }

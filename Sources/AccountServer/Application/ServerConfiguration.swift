@@ -131,6 +131,9 @@ struct ForwardAuthListenerConfiguration: Sendable {
     var port: Int = 8446
     /// Serve it over TLS with the web certificate (required off loopback).
     var tls: Bool = false
+    /// Nothing read or written for this long closes the connection, as the other listeners'
+    /// 120 s (not a flag: tests shorten it).
+    var idleTimeout: Duration = .seconds(120)
 }
 
 /// The admin listener: health, readiness, metrics, admin API and page, behind a token.

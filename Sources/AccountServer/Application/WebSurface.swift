@@ -141,6 +141,7 @@ func makeWebServices(
     let forwardAuthListener = ForwardAuthListener(
         host: configuration.forwardAuth.host, port: configuration.forwardAuth.port,
         responder: forwardAuth, sslContext: forwardAuthContext,
+        idleTimeout: configuration.forwardAuth.idleTimeout, requestTimeout: configuration.requestReceiveTimeout,
         logger: logger, onListening: onForwardAuthListening)
     let retention = RetentionService(sessions: sessions, credentials: credentials, retention: configuration.retention,
                                      interval: configuration.purgeInterval, logger: logger)

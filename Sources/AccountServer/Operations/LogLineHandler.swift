@@ -45,9 +45,9 @@ struct LogLineHandler: LogHandler {
         case .text:
             var line = AuditLog.timestamp(Date()) + " " + event.level.rawValue + " " + Self.escaped(label) + ":"
             for (key, value) in sorted {
-                line += " " + Self.escaped(key) + "=" + Self.quoted(Self.escaped(Self.text(value)))
+                line += " " + Self.escaped(key) + "=" + Self.quoted(Self.escaped(Self.bounded(Self.text(value))))
             }
-            line += " " + Self.escaped(event.message.description)
+            line += " " + Self.escaped(Self.bounded(event.message.description))
             if event.level >= .error { line += " (\(event.file):\(event.line))" }
             sink.write(Array(line.utf8) + [0x0A])
         case .json:
@@ -55,7 +55,7 @@ struct LogLineHandler: LogHandler {
                 "ts": .string(AuditLog.timestamp(Date())),
                 "level": .string(event.level.rawValue),
                 "label": .string(label),
-                "msg": .string(event.message.description),
+                "msg": .string(Self.bounded(event.message.description)),
             ]
             for (key, value) in sorted {
                 let name = object[key] == nil ? key : "meta_" + key
@@ -77,11 +77,25 @@ struct LogLineHandler: LogHandler {
 
     static func json(_ value: Logger.Metadata.Value) -> JSONValue {
         switch value {
-        case .string(let text): return .string(text)
-        case .stringConvertible(let convertible): return .string(convertible.description)
+        case .string(let text): return .string(bounded(text))
+        case .stringConvertible(let convertible): return .string(bounded(convertible.description))
         case .array(let values): return .array(values.map(json))
         case .dictionary(let dictionary): return .object(JSONObject(dictionary.sorted { $0.key < $1.key }.map { JSONMember($0.key, json($0.value)) }))
         }
+    }
+
+    /// Longest message or metadata value written whole, in Unicode scalars.
+    static let valueLimit = 2_048
+
+    /// `text` cut to ``valueLimit`` scalars, with how much was left out: values can come from
+    /// clients (a certificate subject, a refused token's header) and one request must not
+    /// write a 48 KB line (log volume, shippers that split or drop long lines).
+    static func bounded(_ text: String) -> String {
+        let scalars = text.unicodeScalars
+        guard scalars.count > valueLimit else { return text }
+        var out = String(String.UnicodeScalarView(scalars.prefix(valueLimit)))
+        out += "…[\(scalars.count - valueLimit) more characters]"
+        return out
     }
 
     /// A value in double quotes (inner quotes escaped) when it holds a space, `=` or `"`: a

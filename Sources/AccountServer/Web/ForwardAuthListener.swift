@@ -32,15 +32,24 @@ final class ForwardAuthListener: Service, Sendable {
     let responder: ForwardAuthResponder
     /// Looked up per connection (SIGHUP reloads); nil serves plain HTTP on loopback.
     let sslContext: (@Sendable () -> NIOSSLContext)?
+    /// A connection with nothing read or written for this long is closed (TLS handshake
+    /// included), as on the other listeners: a client holding connections open must not take
+    /// the process's file descriptors.
+    let idleTimeout: Duration
+    /// A request begun and not received whole within this is cut (slowloris), as elsewhere.
+    let requestTimeout: Duration
     let logger: Logger
     let onListening: @Sendable (Int) async -> Void
 
-    init(host: String, port: Int, responder: ForwardAuthResponder, sslContext: (@Sendable () -> NIOSSLContext)?, logger: Logger,
+    init(host: String, port: Int, responder: ForwardAuthResponder, sslContext: (@Sendable () -> NIOSSLContext)?,
+         idleTimeout: Duration = .seconds(120), requestTimeout: Duration, logger: Logger,
          onListening: @escaping @Sendable (Int) async -> Void) {
         self.host = host
         self.port = port
         self.responder = responder
         self.sslContext = sslContext
+        self.idleTimeout = idleTimeout
+        self.requestTimeout = requestTimeout
         self.logger = logger
         self.onListening = onListening
     }
@@ -48,19 +57,27 @@ final class ForwardAuthListener: Service, Sendable {
     func run() async throws {
         let handlerContext = ForwardAuthHandler.Shared(responder: responder, logger: logger)
         let sslContext = self.sslContext
+        let (idle, request, logger) = (Self.timeAmount(idleTimeout), Self.timeAmount(requestTimeout), self.logger)
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let operations = channel.pipeline.syncOperations
+                    // Before TLS: a handshake that never comes counts as idle too.
+                    try operations.addHandler(IdleStateHandler(allTimeout: idle))
+                    try operations.addHandler(IdleConnectionCloser(logger: logger))
                     if let sslContext {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext()))
+                        try operations.addHandler(NIOSSLServerHandler(context: sslContext()))
                     }
+                    let timeout = RequestReceiveTimeoutHandler(timeout: request, logger: logger)
+                    try operations.addHandler(timeout)
                     // The decoder alone: answers are written as bytes by the handler, which also
                     // keeps pipelined answers in order and refuses malformed requests.
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try channel.pipeline.syncOperations.addHandler(ForwardAuthHandler(shared: handlerContext))
+                    try operations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+                    try operations.addHandler(RequestReceivedHandler(timeout: timeout))
+                    try operations.addHandler(ForwardAuthHandler(shared: handlerContext))
                 }
             }
             .bind(host: host, port: port).get()
@@ -77,6 +94,34 @@ final class ForwardAuthListener: Service, Sendable {
         } onGracefulShutdown: {
             channel.close(promise: nil)
         }
+    }
+}
+
+extension ForwardAuthListener {
+    static func timeAmount(_ duration: Duration) -> TimeAmount {
+        .nanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+}
+
+/// Closes a connection on ``IdleStateHandler``'s all-idle event: nothing read or written for
+/// the idle timeout. A check under way writes its answer within the store's own deadlines
+/// (30 s), well inside it.
+final class IdleConnectionCloser: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let logger: Logger
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
+            logger.debug("idle connection closed", metadata: ["peer": "\(context.remoteAddress?.description ?? "?")"])
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 

@@ -101,6 +101,17 @@ public final class PostgresEngine: StorageEngine {
                       sessionSettings: Self.sessionSettings, logger: logger)
     }
 
+    /// The logger given to postgres-nio (and used by the engine's own lines, all at info or
+    /// above): never below `info`, whatever `--log-level` says. At `debug`/`trace` the driver
+    /// logs every message it sends and receives: bound values (password hashes, token hashes,
+    /// sealed secrets, e-mails), data rows and the SCRAM exchange (enough to guess the
+    /// database password offline). A trace log must not become a database dump.
+    static func driverLogger(_ logger: Logger) -> Logger {
+        var driver = logger
+        if driver.logLevel < .info { driver.logLevel = .info }
+        return driver
+    }
+
     /// `sessionSettings` other than the product's: for tests that stand for a pooler
     /// dropping the start-up parameters.
     init(location: PostgresLocation, poolSize: Int, keepOpen: Int, statementDeadline: Duration,
@@ -108,9 +119,9 @@ public final class PostgresEngine: StorageEngine {
         precondition(poolSize > 0 && (0...poolSize).contains(keepOpen))
         self.location = location
         self.statementDeadline = statementDeadline
-        self.logger = logger
+        self.logger = Self.driverLogger(logger)
         let configuration = try Self.connectionConfiguration(location, sessionSettings: sessionSettings, connectTimeout: .seconds(10))
-        pool = PostgresConnectionPool(configuration: configuration, setUp: Self.connectionBounds, maximum: poolSize, keepOpen: keepOpen, logger: logger)
+        pool = PostgresConnectionPool(configuration: configuration, setUp: Self.connectionBounds, maximum: poolSize, keepOpen: keepOpen, logger: self.logger)
         var probeConfiguration = configuration
         probeConfiguration.options.connectTimeout = .seconds(5)
         probeConfiguration.options.additionalStartupParameters = []
