@@ -214,31 +214,32 @@ public final class VendorAdministration: Sendable {
     /// does not lift it). Sessions stay open but lose the habilitation from their next request.
     public func suspend(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
-        let reason = reason?.trimmingCharacters(in: .whitespacesAndNewlines).prefix(500).description
+        let reason = Self.recorded(reason)
         return try await database.write { db in
             guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
             let open = try self.liveSessions(accountID, sasOnly: true, at: at, in: db)
             guard !(row["suspended"] as Bool) else {
-                try self.unchanged("suspend", "already suspended", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                try self.unchanged("suspend", Self.detail("already suspended", reason), accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
                 return AdminActionResult(accountID: accountID, changed: false, sessions: open)
             }
             try db.execute(sql: "INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES (?, ?, ?, ?)",
-                           arguments: [accountID, at.epochMilliseconds, actor.subject, reason.flatMap { $0.isEmpty ? nil : $0 }])
+                           arguments: [accountID, at.epochMilliseconds, actor.subject, reason])
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-withdrawn", outcome: "suspended by the vendor",
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: "\(open) open SAS session(s) affected from their next request" + (reason.map { "; reason: \($0)" } ?? "")), in: db)
+                                             detail: Self.detail("\(open) open SAS session(s) affected from their next request", reason)), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: open)
         }
     }
 
     /// Lifts a vendor suspension (the SAS's `active` still applies).
-    public func restore(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
+    public func restore(accountID: String, reason: String? = nil, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
+        let reason = Self.recorded(reason)
         return try await database.write { db in
             guard let row = try SQLRow.fetchOne(db, sql: Self.suspensionStateSQL, arguments: [accountID]) else { return nil }
             let open = try self.liveSessions(accountID, sasOnly: true, at: at, in: db)
             guard row["suspended"] as Bool else {
-                try self.unchanged("restore", "not suspended", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                try self.unchanged("restore", Self.detail("not suspended", reason), accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
                 return AdminActionResult(accountID: accountID, changed: false, sessions: open)
             }
             try db.execute(sql: "DELETE FROM vendor_suspension WHERE account_id = ?", arguments: [accountID])
@@ -246,7 +247,7 @@ public final class VendorAdministration: Sendable {
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-restored",
                                              outcome: active ? "suspension lifted" : "suspension lifted, still deactivated by the SAS",
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: "\(open) open SAS session(s) affected from their next request"), in: db)
+                                             detail: Self.detail("\(open) open SAS session(s) affected from their next request", reason)), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: open)
         }
     }
@@ -255,8 +256,9 @@ public final class VendorAdministration: Sendable {
     /// (a flow waiting at its second factor or at the CGU would otherwise become a session
     /// after the revocation) and its live password reset links (one that leaked would
     /// otherwise let its holder set a password and sign in again).
-    public func revokeSessions(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
+    public func revokeSessions(accountID: String, reason: String? = nil, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
+        let reason = Self.recorded(reason)
         return try await database.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM account WHERE id = ?", arguments: [accountID]) != nil else { return nil }
             // Counted: the sessions still live. Expired ones (idle or absolute) are ended
@@ -267,24 +269,25 @@ public final class VendorAdministration: Sendable {
             let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: links > 0 ? "\(links) password reset link(s) voided" : nil), in: db)
+                                             detail: Self.detail(links > 0 ? "\(links) password reset link(s) voided" : nil, reason)), in: db)
             return AdminActionResult(accountID: accountID, changed: count > 0 || links > 0, sessions: count, resetLinks: links)
         }
     }
 
     /// Clears a sign-in lockout and the failure count.
-    public func unlock(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
+    public func unlock(accountID: String, reason: String? = nil, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
+        let reason = Self.recorded(reason)
         return try await database.write { db in
             guard let cleared = try LockoutLedger().clear(accountID: accountID, at: at, in: db) else { return nil }
             let failures = cleared.failures, locked = cleared.wasLocked
             guard failures > 0 || locked else {
-                try self.unchanged("unlock", "not locked, no failure counted", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                try self.unchanged("unlock", Self.detail("not locked, no failure counted", reason), accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
                 return AdminActionResult(accountID: accountID, changed: false, sessions: 0)
             }
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "unlock", outcome: locked ? "lockout lifted" : "failure count reset",
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: "\(failures) consecutive failure(s) cleared"), in: db)
+                                             detail: Self.detail("\(failures) consecutive failure(s) cleared", reason)), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: 0)
         }
     }
@@ -295,12 +298,13 @@ public final class VendorAdministration: Sendable {
     /// then chooses a password through a reset link ("mot de passe oublié"), which proves the
     /// mailbox, and the next sign-in enrols a new TOTP: a phished password and a convincing
     /// call to support are not enough to enrol a device.
-    public func resetSecondFactor(accountID: String, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
+    public func resetSecondFactor(accountID: String, reason: String? = nil, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
+        let reason = Self.recorded(reason)
         return try await database.write { db in
             guard let removed = try SecondFactorLedger().remove(accountID: accountID, in: db) else { return nil }
             guard removed.totpSecrets > 0 || removed.unusedRecoveryCodes > 0 else {
-                try self.unchanged("reset-second-factor", "no second factor enrolled", accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
+                try self.unchanged("reset-second-factor", Self.detail("no second factor enrolled", reason), accountID: accountID, actor: actor, requestID: requestID, at: at, in: db)
                 return AdminActionResult(accountID: accountID, changed: false, sessions: 0)
             }
             let count = try self.liveSessions(accountID, at: at, in: db)
@@ -309,7 +313,7 @@ public final class VendorAdministration: Sendable {
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "second-factor-reset",
                                              outcome: "TOTP removed, \(removed.unusedRecoveryCodes) unused recovery code(s) removed",
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: "\(count) session(s) ended" + (links > 0 ? "; \(links) password reset link(s) voided" : "")), in: db)
+                                             detail: Self.detail("\(count) session(s) ended" + (links > 0 ? "; \(links) password reset link(s) voided" : ""), reason)), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: count, resetLinks: links)
         }
     }
@@ -336,7 +340,19 @@ public final class VendorAdministration: Sendable {
 
     /// An admin action that found nothing to change is recorded too (Keycloak records every
     /// admin call): the trail shows who tried what, and when.
-    private func unchanged(_ action: String, _ why: String, accountID: String, actor: AuditActor, requestID: String?, at: Date,
+    /// An operator's reason as recorded: trimmed, at most 500 characters, nil when empty.
+    static func recorded(_ reason: String?) -> String? {
+        guard let trimmed = reason?.trimmingCharacters(in: .whitespacesAndNewlines), !trimmed.isEmpty else { return nil }
+        return String(trimmed.prefix(500))
+    }
+
+    /// An audit detail with the operator's reason after it, if any.
+    static func detail(_ detail: String?, _ reason: String?) -> String? {
+        guard let reason else { return detail }
+        return (detail.map { $0 + "; " } ?? "") + "reason: " + reason
+    }
+
+    private func unchanged(_ action: String, _ why: String?, accountID: String, actor: AuditActor, requestID: String?, at: Date,
                            in db: any SQLTransaction) throws {
         try audit.append(AuditEvent(at: at, surface: "admin", action: "admin-action", outcome: "\(action): unchanged",
                                     actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],

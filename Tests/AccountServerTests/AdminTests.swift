@@ -52,6 +52,12 @@ struct AdminTests {
         #expect(accounts.count == 1 && first["national_id"] == .string("810002673899") && first["active"] == .bool(true))
         #expect(try await admin.json("/api/accounts?q=nobody")["accounts"] == .array([]))
         #expect(try await admin.send(.GET, "/api/accounts?filter=bogus").status == 400)
+        // A query string that cannot be read, or a limit out of range, is a 400, never the
+        // unfiltered list.
+        for query in ["filter=suspended&q=%E9", "q=marius&x=%FF", "limit=abc", "limit=0", "limit=-5", "limit=1001"] {
+            let refused = try await admin.send(.GET, "/api/accounts?\(query)")
+            #expect(refused.status == 400 && refused.body.contains("\"error\""), "\(query): \(refused.status) \(refused.body)")
+        }
 
         // Lock the account with wrong passwords, then unlock it.
         let browser = try world.browser()
@@ -66,6 +72,13 @@ struct AdminTests {
         #expect(try await admin.send(.POST, "/api/accounts/no-such-account/reset-second-factor").status == 404)
 
         #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: "not json").status == 400)
+        // A member the API does not read is refused (the page's field name would otherwise
+        // suspend without the reason), as a reason that is not a string; nothing changes.
+        for body in [#"{"motif":"x"}"#, #"{"reason":"x","force":true}"#, #"{"reason":5}"#] {
+            let refused = try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: body)
+            #expect(refused.status == 400 && refused.body.contains("\"error\""), "\(body): \(refused.status) \(refused.body)")
+        }
+        #expect(try await admin.json("/api/accounts?filter=suspended")["accounts"] == .array([]), "nothing suspended by a refused body")
         #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: #"{"reason":"test"}"#).body.contains(#""changed":true"#))
         #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend").body.contains(#""changed":false"#), "idempotent")
         #expect(try await admin.json("/api/accounts?filter=suspended")["accounts"].map { if case .array(let a) = $0 { a.count } else { 0 } } == 1)
@@ -81,7 +94,12 @@ struct AdminTests {
         let serialized = JSONWriter().string(.object(detail))
         #expect(!serialized.contains("argon2") && !serialized.contains("password_hash"), "no secret in the admin view")
 
-        #expect(try await admin.send(.POST, "/api/accounts/\(id)/restore").body.contains(#""changed":true"#))
+        // Every action records its reason; a null reason is no reason.
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/restore", body: #"{"reason":"contrôle terminé"}"#).body.contains(#""changed":true"#))
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/revoke-sessions", body: #"{"reason":null}"#).status == 200)
+        // A filtered export whose query cannot be read is refused, not answered with the
+        // whole trail.
+        #expect(try await admin.send(.GET, "/api/audit?account=\(id)&x=%C3%28").status == 400)
         let trail = try await admin.send(.GET, "/api/audit?account=\(id)")
         #expect(trail.status == 200 && trail.headers.first(name: "Content-Type") == "application/x-ndjson")
         let lines = trail.body.split(separator: "\n")
@@ -89,6 +107,8 @@ struct AdminTests {
         for action in ["lockout", "unlock", "habilitation-withdrawn", "habilitation-restored"] {
             #expect(lines.contains { $0.contains(#""action":"\#(action)""#) }, "audit export has \(action)")
         }
+        #expect(lines.contains { $0.contains(#""action":"habilitation-restored""#) && $0.contains("reason: contrôle terminé") }, "\(trail.body)")
+        #expect(lines.allSatisfy { $0.contains(#""account_id":"\#(id)""#) }, "only this account's events")
         await browser.shutdown()
         await admin.shutdown()
         await world.stop()

@@ -456,9 +456,13 @@ struct ProcessTests {
 
     /// Runs `account-server <arguments>` to completion; its exit status and standard output.
     static func run(_ arguments: [String]) async throws -> (status: Int32, output: String) {
-        let run = try await spawnAndWait(binary, arguments, environment: ["USER": "operator", "PATH": "/usr/bin:/bin"])
+        let run = try await spawnAndWait(binary, arguments, environment: operatorEnvironment)
         return (run.status, String(decoding: run.output, as: UTF8.self))
     }
+
+    /// A `$USER` that lies, and sudo's `SUDO_USER`: the audit trail names the real login.
+    static let operatorEnvironment = ["USER": "forged", "SUDO_USER": "operator", "PATH": "/usr/bin:/bin"]
+    static var operatorSubject: String { "cli:\(AdminCommand.login(of: getuid())) (sudo by operator)" }
 
     /// A duration setting out of range is refused at start with its flag named, rather than
     /// a huge value overflowing into a trap (signal 4) or an admin idle time past the 8-hour
@@ -503,8 +507,8 @@ struct ProcessTests {
         #expect(suspended.status == 0 && suspended.output.contains(#""changed":true"#))
         #expect(try await Self.run(["admin", "list", "--filter", "suspended", "--json"] + database).output.contains(id))
         let shown = try await Self.run(["admin", "show", "cli@test.fr"] + database)
-        #expect(shown.status == 0 && shown.output.contains("\"by\": \"cli:operator\"") && shown.output.contains("identifier_history"))
-        #expect(try await Self.run(["admin", "restore", id] + database).output.contains(#""changed":true"#))
+        #expect(shown.status == 0 && shown.output.contains("\"by\": \"\(Self.operatorSubject)\"") && shown.output.contains("identifier_history"))
+        #expect(try await Self.run(["admin", "restore", id, "--reason", "fin du contrôle"] + database).output.contains(#""changed":true"#))
         #expect(try await Self.run(["admin", "unlock", id] + database).output.contains(#""changed":false"#))
         let revoked = try await Self.run(["admin", "revoke-sessions", id] + database).output
         #expect(revoked.contains(#""sessions":0"#) && revoked.contains(#""reset_links":0"#), "\(revoked)")
@@ -513,7 +517,7 @@ struct ProcessTests {
         let reset = try await Self.run(["admin", "reset-second-factor", id] + database)
         #expect(reset.status == 0 && reset.output.contains(#""action":"reset-second-factor""#) && reset.output.contains(#""changed":false"#), "\(reset.output)")
         // Discarding what the key sealed needs --confirm: without it, refused, nothing changed.
-        let unconfirmed = try await spawnAndWait(Self.binary, ["admin", "forget-secret-key"] + database, environment: ["USER": "operator", "PATH": "/usr/bin:/bin"])
+        let unconfirmed = try await spawnAndWait(Self.binary, ["admin", "forget-secret-key"] + database, environment: Self.operatorEnvironment)
         #expect(unconfirmed.status != 0 && String(decoding: unconfirmed.errors, as: UTF8.self).contains("give --confirm"))
 
         let audit = try await Self.run(["admin", "audit", "--account", id] + database)
@@ -524,7 +528,17 @@ struct ProcessTests {
         #expect(actions == ["create", "habilitation-withdrawn", "habilitation-restored", "admin-action", "sessions-revoked", "admin-action"],
                 "the unlock and the reset that changed nothing are recorded too: \(actions)")
         #expect(audit.output.contains(#""outcome":"unlock: unchanged""#) && audit.output.contains(#""outcome":"reset-second-factor: unchanged""#))
-        #expect(audit.output.contains(#""actor_subject":"cli:operator""#))
+        // Both audit commands resolve any reference; an unknown one or a limit out of range
+        // is an error, not an empty output taken for "no event".
+        let byIdentifier = try await Self.run(["audit", "--account", uuid] + database)
+        #expect(byIdentifier.status == 0 && byIdentifier.output.split(separator: "\n").count == actions.count, "\(byIdentifier.output)")
+        for arguments in [["audit", "--account", "nosuch"], ["admin", "audit", "--limit", "-1"], ["audit", "--limit", "0"],
+                          ["admin", "list", "--limit", "5000"], ["admin", "list", "--limit", "0"]] {
+            let refused = try await Self.run(arguments + database)
+            #expect(refused.status != 0 && refused.output.isEmpty, "\(arguments): \(refused.status) \(refused.output)")
+        }
+        #expect(audit.output.contains(#""actor_subject":"\#(Self.operatorSubject)""#) && !audit.output.contains("forged"), "\(audit.output)")
+        #expect(audit.output.contains("reason: contrôle") && audit.output.contains("reason: fin du contrôle"))
     }
 
     /// A SIGHUP while the server starts (before the reload service traps it) is ignored: its

@@ -108,12 +108,30 @@ struct AdminController: Sendable {
         AuditActor(subject: surface, serial: nil, address: context.clientAddress)
     }
 
+    /// The query string, or nil when it cannot be read (a bad percent-escape, not UTF-8):
+    /// answered 400 rather than read as no query, which would drop every filter and answer
+    /// a filtered export with the whole list or trail.
+    static func query(_ request: Request) -> QueryParameters? {
+        try? QueryParameters(query: request.uri.query)
+    }
+
+    static let unreadableQuery = "the query string cannot be read (a bad percent-escape or text that is not UTF-8)"
+    static let listMaximum = 1_000
+
     func list(_ request: Request) async throws -> Response {
-        let query = (try? QueryParameters(query: request.uri.query)) ?? .empty
+        guard let query = Self.query(request) else { return Self.problem(.badRequest, Self.unreadableQuery) }
         guard let filter = AccountFilter(rawValue: query.first("filter") ?? "all") else {
             return Self.problem(.badRequest, "filter must be one of: \(AccountFilter.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        let limit = query.first("limit").flatMap(Int.init) ?? 50
+        let limit: Int
+        switch query.first("limit") {
+        case nil: limit = 50
+        case let text?:
+            guard let value = Int(text), (1...Self.listMaximum).contains(value) else {
+                return Self.problem(.badRequest, "limit must be an integer from 1 to \(Self.listMaximum)")
+            }
+            limit = value
+        }
         let now = Date()
         let accounts = try await administration.search(query.first("q"), filter: filter, limit: limit)
         return Self.json(.object(["accounts": .array(accounts.map { AdminJSON.listing($0, at: now) })]))
@@ -135,10 +153,17 @@ struct AdminController: Sendable {
             guard case .object(let object)? = try? JSONParser().parse(Array(body.readableBytesView)) else {
                 return Self.problem(.badRequest, "the body must be a JSON object, e.g. {\"reason\": \"…\"}")
             }
-            if let value = object["reason"] {
-                guard case .string(let text) = value else { return Self.problem(.badRequest, "reason must be a string") }
+            // A member we do not read is refused, not ignored: {"motif": "…"} would otherwise
+            // suspend without the reason the operator believes recorded.
+            if let unknown = object.keys.first(where: { $0 != "reason" }) {
+                return Self.problem(.badRequest, "unknown member \(String(unknown.prefix(64)).debugDescription): the body takes only \"reason\"")
+            }
+            switch object["reason"] {
+            case nil, .null?: break
+            case .string(let text)?:
                 guard UnstorableInput.isStorable(text) else { throw UnstorableInput(part: "body") }
                 reason = text
+            default: return Self.problem(.badRequest, "reason must be a string")
             }
         }
         guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
@@ -146,10 +171,10 @@ struct AdminController: Sendable {
         let result: AdminActionResult?
         switch action {
         case "suspend": result = try await administration.suspend(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
-        case "restore": result = try await administration.restore(accountID: id, actor: actor, requestID: context.requestID)
-        case "revoke-sessions": result = try await administration.revokeSessions(accountID: id, actor: actor, requestID: context.requestID)
-        case "reset-second-factor": result = try await administration.resetSecondFactor(accountID: id, actor: actor, requestID: context.requestID)
-        default: result = try await administration.unlock(accountID: id, actor: actor, requestID: context.requestID)
+        case "restore": result = try await administration.restore(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
+        case "revoke-sessions": result = try await administration.revokeSessions(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
+        case "reset-second-factor": result = try await administration.resetSecondFactor(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
+        default: result = try await administration.unlock(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
         }
         guard let result else { return Self.problem(.notFound, "no account matches \(reference)") }
         if result.changed { metrics.adminAction(action) }
@@ -159,7 +184,7 @@ struct AdminController: Sendable {
 
     /// The audit trail as JSON lines (`application/x-ndjson`), oldest first.
     func audit(_ request: Request) async throws -> Response {
-        let query = (try? QueryParameters(query: request.uri.query)) ?? .empty
+        guard let query = Self.query(request) else { return Self.problem(.badRequest, Self.unreadableQuery) }
         var accountID: String?
         if let reference = query.first("account") {
             guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }

@@ -31,10 +31,26 @@ struct AdminCommand: AsyncParsableCommand {
         }
     }
 
-    /// The operator, as the audit trail records them.
-    static var actor: AuditActor {
-        let user = ProcessInfo.processInfo.environment["SUDO_USER"] ?? ProcessInfo.processInfo.environment["USER"] ?? String(getuid())
-        return AuditActor(subject: "cli:\(user)", serial: nil, address: "local")
+    /// The operator, as the audit trail records them: the login of the process's real user
+    /// id, never `$USER` (anyone could write `USER=colleague` before the command). Run
+    /// through sudo (`sudo -u account-server account-server admin …`, the database being the
+    /// service account's), the user sudo names is added: `cli:account-server (sudo by alice)`.
+    /// That part is what the environment says (sudo's own log is the proof of it); the login
+    /// before it is the system's.
+    static var actor: AuditActor { AuditActor(subject: "cli:\(operatorName())", serial: nil, address: "local") }
+
+    static func operatorName(uid: uid_t = getuid(), environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        let name = login(of: uid)
+        guard let sudo = environment["SUDO_USER"], !sudo.isEmpty, sudo != name else { return name }
+        return "\(name) (sudo by \(String(sudo.prefix(64))))"
+    }
+
+    static func login(of uid: uid_t) -> String {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil, let name = entry.pw_name else { return "uid \(uid)" }
+        return String(cString: name)
     }
 
     static func emit(_ value: JSONValue) {
@@ -54,8 +70,12 @@ struct AdminCommand: AsyncParsableCommand {
         @OptionGroup var options: DatabaseOptions
         @Argument(help: "Text to search for; all accounts when absent.") var query: String?
         @Option(help: "all, suspended, inactive or locked.") var filter: String = "all"
-        @Option(help: "At most this many accounts.") var limit: Int = 50
+        @Option(help: "At most this many accounts, 1 to 1000.") var limit: Int = 50
         @Flag(help: "One JSON object per line instead of a table.") var json = false
+
+        func validate() throws {
+            guard (1...AdminController.listMaximum).contains(limit) else { throw ValidationError("--limit must be between 1 and \(AdminController.listMaximum)") }
+        }
 
         func run() async throws {
             guard let filter = AccountFilter(rawValue: filter) else { throw ValidationError("--filter must be all, suspended, inactive or locked") }
@@ -76,6 +96,11 @@ struct AdminCommand: AsyncParsableCommand {
                 print([account.accountID.padding(toLength: 38, withPad: " ", startingAt: 0), name.padding(toLength: 30, withPad: " ", startingAt: 0),
                        (account.nationalID ?? "-").padding(toLength: 16, withPad: " ", startingAt: 0),
                        (account.sasTechnicalID ?? "-").padding(toLength: 38, withPad: " ", startingAt: 0), state.joined(separator: ", ")].joined())
+            }
+            if accounts.count == limit {
+                // On standard error: the table stays what it was for scripts reading it.
+                var errors = FileHandle.standardError
+                print("(\(limit) shown; more may match: refine the search or raise --limit, up to \(AdminController.listMaximum))", to: &errors)
             }
         }
     }
@@ -121,9 +146,12 @@ struct AdminCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "restore", abstract: "Lift a vendor suspension (the SAS's active still applies).")
         @OptionGroup var options: DatabaseOptions
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+        @Option(help: "Why (in the audit trail).") var reason: String?
 
         func run() async throws {
-            try await AdminCommand.act("restore", options: options, account: account) { try await $0.restore(accountID: $1, actor: AdminCommand.actor) }
+            try await AdminCommand.act("restore", options: options, account: account) {
+                try await $0.restore(accountID: $1, reason: reason, actor: AdminCommand.actor)
+            }
         }
     }
 
@@ -131,10 +159,11 @@ struct AdminCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "revoke-sessions", abstract: "End every session, sign-in under way and password reset link of the account.")
         @OptionGroup var options: DatabaseOptions
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+        @Option(help: "Why (in the audit trail).") var reason: String?
 
         func run() async throws {
             try await AdminCommand.act("revoke-sessions", options: options, account: account) {
-                try await $0.revokeSessions(accountID: $1, actor: AdminCommand.actor)
+                try await $0.revokeSessions(accountID: $1, reason: reason, actor: AdminCommand.actor)
             }
         }
     }
@@ -143,9 +172,12 @@ struct AdminCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "unlock", abstract: "Clear a sign-in lockout.")
         @OptionGroup var options: DatabaseOptions
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+        @Option(help: "Why (in the audit trail).") var reason: String?
 
         func run() async throws {
-            try await AdminCommand.act("unlock", options: options, account: account) { try await $0.unlock(accountID: $1, actor: AdminCommand.actor) }
+            try await AdminCommand.act("unlock", options: options, account: account) {
+                try await $0.unlock(accountID: $1, reason: reason, actor: AdminCommand.actor)
+            }
         }
     }
 
@@ -155,10 +187,11 @@ struct AdminCommand: AsyncParsableCommand {
             abstract: "A lost phone: remove the account's TOTP and recovery codes, require a new password through a reset link, end its sessions; the sign-in after the reset enrols a new TOTP.")
         @OptionGroup var options: DatabaseOptions
         @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+        @Option(help: "Why (in the audit trail).") var reason: String?
 
         func run() async throws {
             try await AdminCommand.act("reset-second-factor", options: options, account: account) {
-                try await $0.resetSecondFactor(accountID: $1, actor: AdminCommand.actor)
+                try await $0.resetSecondFactor(accountID: $1, reason: reason, actor: AdminCommand.actor)
             }
         }
     }
@@ -192,6 +225,10 @@ struct AdminCommand: AsyncParsableCommand {
         @Option(help: "Only this account (id, IDNPS, SAS technical id or e-mail).") var account: String?
         @Option(help: "Only events after this sequence number.") var after: Int64 = 0
         @Option(help: "At most this many events.") var limit: Int?
+
+        func validate() throws {
+            try AuditCommand.validate(after: after, limit: limit)
+        }
 
         func run() async throws {
             let administration = try await options.administration()
