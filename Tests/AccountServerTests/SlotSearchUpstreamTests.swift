@@ -250,6 +250,8 @@ struct SlotSearchUpstreamTests {
             ("X_SSL_Client_S_DN", "CN=forged"), ("X_SSL_Client_Verify", "SUCCESS"), ("X_Forwarded_For", "6.6.6.6"), ("X-Kept", "yes"),
             ("X-Real-IP", "6.6.6.6"), ("X-Original-URL", "/admin"), ("X-Rewrite-URL", "/admin"), ("X-HTTP-Method-Override", "DELETE"),
             ("X-Forwarded-Client-Cert", "Hash=forged"), ("X-Forwarded-Port", "1"), ("X-Forwarded-Prefix", "/admin"),
+            ("Client-Cert", ":Zm9yZ2Vk:"), ("Client-Cert-Chain", ":Zm9yZ2Vk:"), ("X-SSL-Cert", "forged"), ("X-ARR-ClientCert", "forged"),
+            ("X-Amzn-Mtls-Clientcert-Leaf", "forged"),
         ])
         #expect(relayed.status == 200)
         let seen = try #require(standIn.requests.last)
@@ -257,7 +259,8 @@ struct SlotSearchUpstreamTests {
         #expect(!names.contains("x-secret-hop"), "a field named by Connection is not forwarded: \(names)")
         #expect(!names.contains { $0.contains("_") }, "no underscore spelling reaches the upstream: \(names)")
         #expect(seen[values: HTTPField.Name("X-Kept")!] == ["yes"])
-        for forged in ["x-real-ip", "x-original-url", "x-rewrite-url", "x-http-method-override", "x-forwarded-client-cert", "x-forwarded-port", "x-forwarded-prefix"] {
+        for forged in ["x-real-ip", "x-original-url", "x-rewrite-url", "x-http-method-override", "x-forwarded-client-cert", "x-forwarded-port", "x-forwarded-prefix",
+                       "client-cert", "client-cert-chain", "x-ssl-cert", "x-arr-clientcert", "x-amzn-mtls-clientcert-leaf"] {
             #expect(!names.contains(forged), "\(forged) is the caller's word, not the relay's: \(names)")
         }
         #expect(seen[values: HTTPField.Name("X-SSL-Client-S-DN")!].count == 1)
@@ -267,7 +270,9 @@ struct SlotSearchUpstreamTests {
 
         let before = standIn.requests.count
         for path in ["/Slot/../admin", "/Slot/%2e%2e/admin", "/Slot/%2E./admin", "/Slot%2F..%2Fadmin", "/./Slot", "/Practitioner/../metadata",
-                     "/Slot/..#x", "/..#", "/Slot/..;/admin", "/Slot/%252e%252e/admin", "/Slot/..%3B/admin"] {
+                     "/Slot/..#x", "/..#", "/Slot/..;/admin", "/Slot/%252e%252e/admin", "/Slot/..%3B/admin",
+                     // The upstream would decode these to a resource the routing never saw.
+                     "/%50ractitioner", "/Practitioner%2F1", "/Sl%6Ft", "/Slot%2ejson", "//evil.example/Slot", "//Slot"] {
             let refused = try await client.raw(path)
             #expect(refused.status == 400 && String(decoding: refused.body, as: UTF8.self).contains("OperationOutcome"), "\(path) → \(refused.status)")
         }

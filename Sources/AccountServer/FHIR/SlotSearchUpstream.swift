@@ -58,7 +58,14 @@ final class SlotSearchUpstream: Sendable {
     ]
 
     /// The identity headers this product sets; a caller's own copies never pass.
-    static let identityPrefixes = ["x-ssl-client-", "x-client-cert", "x-forwarded-tls-client-cert", "ssl-client-"]
+    static let identityPrefixes = ["x-ssl-", "ssl-", "x-client-cert", "x-forwarded-tls-client-cert"]
+
+    /// Any field naming a client certificate, whoever's convention: RFC 9440's `Client-Cert`
+    /// and `Client-Cert-Chain`, IIS's `X-ARR-ClientCert`, AWS's `X-Amzn-Mtls-Clientcert`,
+    /// nginx's `X-SSL-Cert`. An upstream reading one of them must only ever see ours.
+    static func namesAClientCertificate(_ lowered: String) -> Bool {
+        lowered.contains("client-cert") || lowered.contains("clientcert")
+    }
 
     init(configuration: UpstreamConfiguration, metrics: ServerMetrics) throws {
         guard let components = URLComponents(string: configuration.url), let scheme = components.scheme?.lowercased(),
@@ -151,7 +158,7 @@ final class SlotSearchUpstream: Sendable {
     /// for the identity we set. `lowered`: the name in lower case (`HTTPField.Name.canonicalName`).
     static func isStripped(canonical lowered: String) -> Bool {
         lowered.utf8.contains(UInt8(ascii: "_")) || hopByHop.contains(lowered) || identityPrefixes.contains { lowered.hasPrefix($0) }
-            || lowered.hasPrefix("x-forwarded-") || overriding.contains(lowered)
+            || namesAClientCertificate(lowered) || lowered.hasPrefix("x-forwarded-") || overriding.contains(lowered)
     }
 
     /// Fields some frameworks believe over the request itself: who the client is
@@ -240,29 +247,38 @@ enum FHIRRouting {
         }
     }
 
-    /// A path with a dot-segment (`/Slot/../admin`, raw or percent-encoded), an encoded
-    /// slash or a backslash, a `;` (Tomcat and Jetty read `..;` as `..`), a `%25` (decoded
-    /// twice by some backends) or a `#` (a client library drops the fragment, leaving a
-    /// bare `..`) is refused: relayed, the upstream (or a proxy after it) would resolve it to
-    /// a resource the routing never saw. No FHIR path has any of them. Byte by byte: it runs
-    /// for every relayed request.
+    /// A path with a dot-segment (`/Slot/../admin`), an encoded slash or a backslash, a `;`
+    /// (Tomcat and Jetty read `..;` as `..`), a `%25` (decoded twice by some backends), a `#`
+    /// (a client library drops the fragment, leaving a bare `..`), a percent-encoded
+    /// unreserved character (`/%50ractitioner` is `/Practitioner` to the upstream, RFC 3986
+    /// §6.2.2.2, while the routing saw another resource; `%2e` is a dot) or a leading `//`
+    /// (`//evil.example/Slot` is a network-path reference to URL parsers such as Node's) is
+    /// refused: relayed, the upstream (or a proxy after it) would resolve it to a resource the
+    /// routing never saw. No FHIR path has any of them. Byte by byte: it runs for every
+    /// relayed request.
     static func hasAmbiguousSegments(_ path: String) -> Bool {
-        var bytes = Array(path.utf8)
-        func lower(_ byte: UInt8) -> UInt8 { byte >= 65 && byte <= 90 ? byte | 0x20 : byte }
+        let bytes = Array(path.utf8)
+        if bytes.count >= 2, bytes[0] == UInt8(ascii: "/"), bytes[1] == UInt8(ascii: "/") { return true }
+        func hex(_ byte: UInt8) -> UInt8? {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+            default: nil
+            }
+        }
         var index = 0
         while index < bytes.count {
             switch bytes[index] {
             case UInt8(ascii: "\\"), UInt8(ascii: ";"), UInt8(ascii: "#"):
                 return true
             case UInt8(ascii: "%") where index + 2 < bytes.count:
-                let code = (bytes[index + 1], lower(bytes[index + 2]))
-                switch code {
-                case (UInt8(ascii: "2"), UInt8(ascii: "f")), (UInt8(ascii: "5"), UInt8(ascii: "c")), (UInt8(ascii: "2"), UInt8(ascii: "5")),
-                     (UInt8(ascii: "3"), UInt8(ascii: "b")), (UInt8(ascii: "2"), UInt8(ascii: "3")):
+                guard let high = hex(bytes[index + 1]), let low = hex(bytes[index + 2]) else { break }
+                switch high << 4 | low {
+                case UInt8(ascii: "/"), UInt8(ascii: "\\"), UInt8(ascii: "%"), UInt8(ascii: ";"), UInt8(ascii: "#"):
                     return true
-                case (UInt8(ascii: "2"), UInt8(ascii: "e")):
-                    // "%2e" is a dot: written as one, so the segment check below sees it.
-                    bytes.replaceSubrange(index...(index + 2), with: [UInt8(ascii: ".")])
+                case let decoded where isUnreserved(decoded):
+                    return true
                 default:
                     break
                 }
@@ -274,6 +290,13 @@ enum FHIRRouting {
         return bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).contains { segment in
             segment.elementsEqual([UInt8(ascii: ".")]) || segment.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")])
         }
+    }
+
+    /// RFC 3986 §2.3: ALPHA, DIGIT, `-`, `.`, `_`, `~`; their percent-encodings mean the
+    /// same as the characters themselves.
+    static func isUnreserved(_ byte: UInt8) -> Bool {
+        (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39)
+            || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "~")
     }
 }
 
