@@ -176,7 +176,7 @@ struct NginxForwardAuthTests {
         // Served, with the identity headers; headers a browser sends itself are overwritten.
         // The agenda gets its own cookies, never account-server's.
         // Decoys whose values look like our cookies (a page script could set them to use up
-        // nginx's four stripping passes) are left alone, and the real ones still go.
+        // nginx's stripping passes) are left alone, and the real ones still go.
         let sessionID = try #require(browser.cookies["__Host-as-session"])
         let decoys = ["agenda-pref": "vue-semaine", "d1": "__Host-as-x=1", "d2": "__Host-as-x=2", "d3": "__Host-as-x=3", "d4": "__Host-as-x=4"]
         for (name, value) in decoys { browser.cookies[name] = value }
@@ -187,6 +187,11 @@ struct NginxForwardAuthTests {
         #expect(decoys.allSatisfy { served.body.contains("\($0.key)=\($0.value)") }, "\(served.body)")
         #expect(!served.body.contains(sessionID) && !served.body.contains("__Host-as-session") && !served.body.contains("__Host-as-csrf"), "\(served.body)")
         #expect(served.body.contains("X-Auth-Session-Origin: sas"))
+        // Decoys by name: cookies a page script can set (__Host-as-a…e) placed before the real
+        // one cannot use nginx's passes up: each pass removes one exact name.
+        let decoyNames = (["a", "b", "c", "d", "e"].map { "__Host-as-\($0)=1" } + ["__Host-as-session=\(sessionID)", "agenda-pref=v"]).joined(separator: "; ")
+        let byName = try await browser.request(.GET, regulatorPage, headers: [("Cookie", decoyNames)], cookiesOf: "https://no-cookies.invalid")
+        #expect(byName.status == 200 && byName.body.contains("agenda-pref=v") && !byName.body.contains(sessionID), "\(byName.status) \(byName.body)")
         #expect(served.body.contains("X-Auth-National-Id: 810002673899") && served.body.contains("X-Auth-Habilitations: regulateur"))
         #expect(!served.body.contains("forged"))
         let accountID = try #require(served.body.firstMatch(of: /X-Auth-Account-Id: ([0-9a-f-]{36})/).map { String($0.1) })
