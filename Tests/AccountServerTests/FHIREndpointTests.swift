@@ -4,6 +4,8 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Storage
+import StorageTesting
 import Testing
 
 /// The INT_R02 interactions over real mTLS, including the conformance kit's cases.
@@ -25,6 +27,31 @@ struct FHIREndpointTests {
         }
         await client.shutdown()
         await server.stop()
+    }
+
+    /// A write the database refuses by a constraint is a 409 whose text names no table,
+    /// column, constraint or trigger message (those go to the log), and changes nothing.
+    @Test func aConstraintRefusalShowsNoDatabaseText() async throws {
+        try await withServer { client, server in
+            switch TestStore.kind {
+            case .sqlite:
+                try await server.database.write { db in
+                    try db.execute(sql: "CREATE TRIGGER refuse_account BEFORE INSERT ON account BEGIN SELECT RAISE(ABORT, 'internal-xyz'); END")
+                }
+            case .postgres:
+                let database = try PostgresLocation(url: server.databaseArgument).database
+                let owner = try TestStore.administrator().with(database: database)
+                try await TestStore.execute("""
+                    CREATE FUNCTION refuse_account() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN RAISE EXCEPTION 'internal-xyz' USING ERRCODE = 'unique_violation'; END $$
+                    """, on: owner)
+                try await TestStore.execute("CREATE TRIGGER refuse_account BEFORE INSERT ON account FOR EACH ROW EXECUTE FUNCTION refuse_account()", on: owner)
+            }
+            let refused = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899"))
+            #expect(refused.status == 409 && refused.body.contains("OperationOutcome") && !refused.body.contains("internal-xyz"), "\(refused.status) \(refused.body)")
+            #expect(try await server.accountCount() == 0)
+            #expect(server.logs.all.contains { $0.contains("internal-xyz") }, "the database's text is in the log")
+        }
     }
 
     @Test func kitCreatesUpdatesAndReads() async throws {

@@ -145,7 +145,11 @@ public final class Provisioner: Sendable {
                 logger.error("provisioning failed: database unavailable", metadata: ["error": "\(error)"])
                 throw .databaseUnavailable
             } catch StorageError.constraintViolation(let message) {
-                throw FHIRError(.conflict, code: .duplicate, "The change conflicts with another account (\(message)); nothing was changed.")
+                // The database's own words name tables, columns and constraints (a trigger's
+                // message too): for the log, not for the caller.
+                logger.warning("provisioning refused by a database constraint", metadata: ["error": "\(message)"])
+                throw FHIRError(.conflict, code: .duplicate,
+                                "The change conflicts with another account's data (a uniqueness rule, or a change made at the same moment); nothing was changed.")
             } catch {
                 logger.error("provisioning failed", metadata: ["error": "\(error)"])
                 throw FHIRError(.internalError, code: .exception, "The change could not be stored; nothing was changed.")
