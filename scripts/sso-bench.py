@@ -51,7 +51,9 @@ fhir, web, admin, fa, psc = (free_port() for _ in range(5))
 public = f"https://localhost:{web}"
 issuer = f"https://127.0.0.1:{psc}"
 secret = "bench-client-secret"
-open(f"{work}/client-secret", "w").write(secret + "\n")
+# 0600: the server refuses a client secret others could read.
+with os.fdopen(os.open(f"{work}/client-secret", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as secret_file:
+    secret_file.write(secret + "\n")
 log = open(f"{work}/server.log", "w")
 server = subprocess.Popen([binary, "serve", "--database", f"{work}/db.sqlite", "--secret-key-file", f"{work}/secret.key",
                            "--admin-token-file", f"{work}/admin.token", "--dev-pki", f"{work}/pki",

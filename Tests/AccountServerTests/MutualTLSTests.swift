@@ -251,6 +251,40 @@ struct MutualTLSTests {
         await server.stop()
     }
 
+    /// Key files others could read are refused at start, as the server key and admin token
+    /// are: the TLS private key and the OpenID Connect client secret at 0644; a key readable
+    /// by a group of the server's (0640, as mounted secrets often are) is accepted.
+    @Test func keyFilesOthersCanReadAreRefused() async throws {
+        let pki = try TestPKI()
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: pki.serverKeyPath)
+        do {
+            let server = try await RunningServer.start(pki: pki)
+            await server.stop()
+            Issue.record("started with a TLS key readable by others")
+        } catch {
+            #expect("\(error)".contains("the TLS private key must not be writable by its group nor accessible to others"), "\(error)")
+        }
+        try FileManager.default.setAttributes([.posixPermissions: 0o640], ofItemAtPath: pki.serverKeyPath)
+        let server = try await RunningServer.start(pki: pki)
+        await server.stop()
+
+        let secret = pki.directory.appendingPathComponent("oidc-secret").path
+        try Data("a-client-secret\n".utf8).write(to: URL(fileURLWithPath: secret))
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: secret)
+        do {
+            let server = try await RunningServer.start(pki: pki) { configuration in
+                configuration.web.publicURL = "https://localhost"
+                var sso = SSOConfiguration(issuer: "https://127.0.0.1:9", clientID: "account-server")
+                sso.clientSecretPath = secret
+                configuration.sso = sso
+            }
+            await server.stop()
+            Issue.record("started with a client secret readable by others")
+        } catch {
+            #expect("\(error)".contains("the OpenID Connect client secret must not be"), "\(error)")
+        }
+    }
+
     @Test func tlsBelow12IsRefusedAtTheHandshake() async throws {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki)

@@ -305,7 +305,7 @@ struct ProcessTests {
 
         // Half-done rotation: the new certificate with the key of another one.
         try renewed.certificatePEM.write(to: pki.appendingPathComponent("server.pem"), atomically: true, encoding: .utf8)
-        try other.privateKeyPEM.write(to: pki.appendingPathComponent("server-key.pem"), atomically: true, encoding: .utf8)
+        try Self.writeKey(other.privateKeyPEM, to: pki.appendingPathComponent("server-key.pem"))
         kill(process.processIdentifier, SIGHUP)
         try await Task.sleep(for: .milliseconds(500))
         #expect(process.isRunning)
@@ -313,7 +313,7 @@ struct ProcessTests {
         #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "r1@test.fr") == "201")
 
         // Completed rotation.
-        try renewed.privateKeyPEM.write(to: pki.appendingPathComponent("server-key.pem"), atomically: true, encoding: .utf8)
+        try Self.writeKey(renewed.privateKeyPEM, to: pki.appendingPathComponent("server-key.pem"))
         kill(process.processIdentifier, SIGHUP)
         var after: String?
         try await eventually {
@@ -539,6 +539,13 @@ struct ProcessTests {
         }
         #expect(audit.output.contains(#""actor_subject":"\#(Self.operatorSubject)""#) && !audit.output.contains("forged"), "\(audit.output)")
         #expect(audit.output.contains("reason: contrôle") && audit.output.contains("reason: fin du contrôle"))
+    }
+
+    /// A key file as an operator's rotation writes it: a new file (0600) renamed into place.
+    static func writeKey(_ pem: String, to url: URL) throws {
+        let staged = url.deletingLastPathComponent().appendingPathComponent(".staged-\(UUID().uuidString)")
+        try PrivateFile.create(path: staged.path, contents: Array(pem.utf8))
+        guard rename(staged.path, url.path) == 0 else { throw POSIXError(.EIO) }
     }
 
     /// A SIGHUP while the server starts (before the reload service traps it) is ignored: its

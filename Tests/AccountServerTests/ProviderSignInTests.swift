@@ -6,6 +6,7 @@ import Habilitation
 @testable import OpenIDConnect
 import JWTKit
 import NIOHTTP1
+import Storage
 import Testing
 
 /// Sign-in through Pro Santé Connect against a real OpenID Connect provider (LemonLDAP::NG,
@@ -39,7 +40,7 @@ struct ProviderSignInTests {
                       post_logout: publicURL + "/deconnexion/terminee", backchannel: publicURL + "/connexion/psc/backchannel-logout"),
             ])
             let secretPath = pki.directory.appendingPathComponent("oidc-secret").path
-            try Data((ProviderSignInTests.clientSecret + "\n").utf8).write(to: URL(fileURLWithPath: secretPath))
+            try PrivateFile.create(path: secretPath, contents: Array((ProviderSignInTests.clientSecret + "\n").utf8))
             let issuer = provider.issuer, caPath = pki.caPath
             do {
                 server = try await RunningServer.start(pki: pki) { configuration in

@@ -71,8 +71,11 @@ struct TestPKI {
         try writeCRL(revoking: ["revoked"])
     }
 
+    /// Private keys are written 0600, as the server requires of a key file.
     func write(_ text: String, _ name: String) throws {
-        try Data(text.utf8).write(to: directory.appendingPathComponent(name), options: .atomic)
+        let url = directory.appendingPathComponent(name)
+        try Data(text.utf8).write(to: url, options: .atomic)
+        if name.hasSuffix("key.pem") { try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path) }
     }
 
     /// Publishes a new CRL (atomic rename, as a PKI sync job would).

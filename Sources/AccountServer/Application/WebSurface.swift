@@ -164,12 +164,14 @@ func makeProviderSignIn(_ sso: SSOConfiguration, publicURL: String, keyBytes: [U
     }
     let authentication: ClientAuthentication
     if let path = sso.clientSecretPath {
-        let secret = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let secret = String(decoding: try PrivateFile.readSecret(path: path, what: "the OpenID Connect client secret", allowGroupRead: true), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
         guard !secret.isEmpty else { throw ConfigurationError(description: "--oidc-client-secret-file \(path) is empty") }
         authentication = .clientSecretBasic(secret: secret)
     } else if let path = sso.clientKeyPath {
+        let pem = String(decoding: try PrivateFile.readSecret(path: path, what: "the OpenID Connect client key", allowGroupRead: true), as: UTF8.self)
         do {
-            authentication = .privateKeyJWT(try await ClientAssertionKey.load(pem: try String(contentsOfFile: path, encoding: .utf8), kid: sso.clientKeyID))
+            authentication = .privateKeyJWT(try await ClientAssertionKey.load(pem: pem, kid: sso.clientKeyID))
         } catch {
             throw ConfigurationError(description: "--oidc-client-key-file \(path) is not an RSA (2048 bits or more) or EC P-256 private key in PEM")
         }

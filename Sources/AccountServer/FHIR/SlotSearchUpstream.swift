@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import Storage
 import ServiceLifecycle
 
 /// Where the vendor's INT_R01 slot search runs, when this product terminates the SAS's mutual
@@ -35,7 +36,8 @@ struct UpstreamConfiguration: Sendable {
         }
         if let clientCertificatePath, let clientKeyPath {
             tls.certificateChain = try NIOSSLCertificate.fromPEMFile(clientCertificatePath).map { .certificate($0) }
-            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: clientKeyPath, format: .pem))
+            let pem = try PrivateFile.readSecret(path: clientKeyPath, what: "the relay's client key", allowGroupRead: true)
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: pem, format: .pem))
         }
         return tls
     }

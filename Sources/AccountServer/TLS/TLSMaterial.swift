@@ -3,6 +3,7 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import NIOSSL
+import Storage
 import Synchronization
 import X509
 
@@ -120,7 +121,9 @@ final class TLSMaterial: Sendable {
     private static func keyPair(certificate: String, key: String) throws -> ([NIOSSLCertificate], NIOSSLPrivateKey) {
         let chain = try NIOSSLCertificate.fromPEMFile(certificate)
         guard let leaf = chain.first else { throw ConfigurationError(description: "\(certificate): no certificate found") }
-        let keyPEM = try String(contentsOfFile: key, encoding: .utf8)
+        // As the other secrets: refused if others could read it or someone else owns it
+        // (0600, or 0640 for a group of the server's; what libpq and OpenSSH require).
+        let keyPEM = String(decoding: try PrivateFile.readSecret(path: key, what: "the TLS private key", allowGroupRead: true), as: UTF8.self)
         let privateKey = try NIOSSLPrivateKey(bytes: Array(keyPEM.utf8), format: .pem)
         let parsedLeaf = try Certificate(derEncoded: leaf.toDERBytes())
         if let parsedKey = try? Certificate.PrivateKey(pemEncoded: keyPEM), parsedKey.publicKey != parsedLeaf.publicKey {
