@@ -74,6 +74,8 @@ struct AdminTests {
         #expect(try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: "not json").status == 400)
         // A member the API does not read is refused (the page's field name would otherwise
         // suspend without the reason), as a reason that is not a string; nothing changes.
+        let large = try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: #"{"reason":""# + String(repeating: "x", count: 70_000) + #""}"#)
+        #expect(large.status == 413 && large.body.contains("\"error\""), "\(large.status) \(large.body.prefix(200))")
         for body in [#"{"motif":"x"}"#, #"{"reason":"x","force":true}"#, #"{"reason":5}"#] {
             let refused = try await admin.send(.POST, "/api/accounts/\(id)/suspend", body: body)
             #expect(refused.status == 400 && refused.body.contains("\"error\""), "\(body): \(refused.status) \(refused.body)")

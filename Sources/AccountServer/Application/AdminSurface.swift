@@ -83,6 +83,24 @@ struct AdminErrorMiddleware: RouterMiddleware {
             var response = AdminController.problem(.serviceUnavailable, message)
             response.headers[.retryAfter] = "1"
             return response
+        } catch let error as any HTTPResponseError {
+            // Refusals made around the handlers (a body past 64 KiB: NIOTooManyBytesError,
+            // 413) keep their status; the API's are JSON like its own.
+            guard context.endpointPath?.hasPrefix("/api/") == true || request.uri.path.hasPrefix("/api/") else { throw error }
+            context.logger.notice("admin request refused", metadata: ["status": "\(error.status.code)"])
+            if error.status.code >= 500 { return AdminController.problem(.internalServerError, "the request could not be handled") }
+            return AdminController.problem(error.status, error.status.code == 413
+                ? "the body is larger than the API accepts (64 KiB); nothing was changed"
+                : "the request was refused (\(error.status.code)); nothing was changed")
+        } catch {
+            // Anything else (a privilege missing after an upgrade, a statement the database
+            // refused): logged with its cause, answered without it, never an empty 500.
+            context.logger.error("admin request failed", metadata: ["error": "\(error)"])
+            if context.endpointPath?.hasPrefix("/api/") == true || request.uri.path.hasPrefix("/api/") {
+                return AdminController.problem(.internalServerError, "the request could not be handled; the server's log has the cause (request id \(context.requestID))")
+            }
+            return WebController.page(Pages.error("Erreur du serveur", "La requête n’a pas pu être traitée. Le journal du serveur en donne la cause.",
+                                                  link: ("/", "Retour")), status: .internalServerError)
         }
     }
 }
