@@ -368,6 +368,16 @@ public final class VendorAdministration: Sendable {
         try await database.write { db in try self.audit.append(event, in: db) }
     }
 
+    /// A vendor admin's read of personal data through the API or the page (an account shown,
+    /// a search, an audit export): who looked, at what, when. Access to regulators' data is
+    /// traced as changes are (HDS / PGSSI-S traceability); the command-line tools, which read
+    /// the database file itself, are not a boundary this can trace.
+    public func recordRead(_ action: String, outcome: String, accountID: String?, detail: String?, actor: AuditActor, requestID: String?) async throws {
+        let event = AuditEvent(at: now, surface: "admin", action: action, outcome: outcome, actor: actor, requestID: requestID,
+                               identifier: nil, accountID: accountID, changes: [], detail: detail.map { String($0.prefix(500)) })
+        try await database.write { db in try self.audit.append(event, in: db) }
+    }
+
     /// The trail from `afterSeq` (at most `limit` events), handed to `body` a page at a time
     /// in order, for exports of the whole trail: a trail kept for years does not fit in
     /// memory, and one long read would hold SQLite's checkpoints back for all of it. Every page

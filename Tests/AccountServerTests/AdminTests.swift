@@ -111,6 +111,11 @@ struct AdminTests {
         }
         #expect(lines.contains { $0.contains(#""action":"habilitation-restored""#) && $0.contains("reason: contrôle terminé") }, "\(trail.body)")
         #expect(lines.allSatisfy { $0.contains(#""account_id":"\#(id)""#) }, "only this account's events")
+        // Reads of personal data are traced too: the account shown, the searches, the exports.
+        #expect(lines.contains { $0.contains(#""action":"account-viewed""#) && $0.contains(#""actor_subject":"admin-api""#) }, "\(trail.body)")
+        let everything = try await admin.send(.GET, "/api/audit?limit=10000").body.split(separator: "\n")
+        #expect(everything.contains { $0.contains(#""action":"accounts-listed""#) && $0.contains(#"q: \"marius\", filter: all"#) && $0.contains("1 account(s)") })
+        #expect(everything.contains { $0.contains(#""action":"audit-exported""#) && $0.contains(#""account_id":"\#(id)""#) })
         await browser.shutdown()
         await admin.shutdown()
         await world.stop()
@@ -343,13 +348,18 @@ struct AdminTests {
                 "a token bound to another secret")
         #expect(try await admin.send(.POST, action, body: "csrf=\(baitToken)&q=jules", headers: form + session, authorization: "").status == 403,
                 "the sign-in form's token for the session id")
-        #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" || $0.action == "admin-sign-in" },
-                "nothing but the page's sign-in")
+        #expect(try await world.server.auditEvents().allSatisfy { $0.surface != "admin" || $0.action == "admin-sign-in" || $0.action == "accounts-listed" },
+                "nothing but the page's sign-in and its search")
+        #expect(try await world.server.auditEvents().contains { $0.action == "accounts-listed" && $0.actorSubject == "admin-page" && $0.detail?.contains("jules") == true })
 
         // An account that does not exist: a French page, and the way back keeps the search.
         let unknown = try await admin.send(.POST, "/comptes/no-such-account/suspendre", body: "csrf=\(csrf)&q=jules", headers: form + session, authorization: "")
         #expect(unknown.status == 404 && unknown.body.contains("Compte introuvable")
                 && unknown.body.contains("href=\"/?csrf=\(pageToken)&amp;q=jules\""), "\(unknown.body)")
+
+        // The way back percent-encodes a search beyond ASCII (no raw UTF-8 in an address).
+        let accented = try await admin.send(.POST, "/comptes/no-such-account/suspendre", body: "csrf=\(csrf)&q=H%C3%A9l%C3%A8ne", headers: form + session, authorization: "")
+        #expect(accented.status == 404 && accented.body.contains("q=H%C3%A9l%C3%A8ne\""), "\(accented.body)")
 
         let done = try await admin.send(.POST, action, body: "csrf=\(csrf)&q=jules&motif=fraude", headers: form + session + [("Origin", world.server.adminURL)],
                                         authorization: "")

@@ -74,18 +74,18 @@ struct AdminController: Sendable {
 
         let api = router.group("api").add(middleware: AdminAPIAuthenticationMiddleware(token: token, administration: administration))
             .add(middleware: UnstorableInputMiddleware<AdminRequestContext>())
-        api.get("accounts") { request, _ in try await self.list(request) }
+        api.get("accounts") { request, context in try await self.list(request, context) }
         api.get("accounts/:ref") { _, context in try await self.show(context) }
         api.post("accounts/:ref/suspend") { request, context in try await self.act("suspend", request, context) }
         api.post("accounts/:ref/restore") { request, context in try await self.act("restore", request, context) }
         api.post("accounts/:ref/revoke-sessions") { request, context in try await self.act("revoke-sessions", request, context) }
         api.post("accounts/:ref/unlock") { request, context in try await self.act("unlock", request, context) }
         api.post("accounts/:ref/reset-second-factor") { request, context in try await self.act("reset-second-factor", request, context) }
-        api.get("audit") { request, _ in try await self.audit(request) }
+        api.get("audit") { request, context in try await self.audit(request, context) }
 
         router.get("/") { request, context in
             guard let session = self.pageSession(request, context) else { return self.signInPage(request, error: false) }
-            return try await self.searchPage(request, session: session, notice: nil)
+            return try await self.searchPage(request, context, session: session, notice: nil)
         }
         router.post("connexion") { request, context in try await self.signIn(request, context) }
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
@@ -118,7 +118,12 @@ struct AdminController: Sendable {
     static let unreadableQuery = "the query string cannot be read (a bad percent-escape or text that is not UTF-8)"
     static let listMaximum = 1_000
 
-    func list(_ request: Request) async throws -> Response {
+    /// A search as the trail records it: the text (bounded) and the filter.
+    static func searchDetail(_ text: String?, filter: AccountFilter) -> String {
+        "q: \(String((text ?? "").prefix(200)).debugDescription), filter: \(filter.rawValue)"
+    }
+
+    func list(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let query = Self.query(request) else { return Self.problem(.badRequest, Self.unreadableQuery) }
         guard let filter = AccountFilter(rawValue: query.first("filter") ?? "all") else {
             return Self.problem(.badRequest, "filter must be one of: \(AccountFilter.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -134,6 +139,9 @@ struct AdminController: Sendable {
         }
         let now = Date()
         let accounts = try await administration.search(query.first("q"), filter: filter, limit: limit)
+        try await administration.recordRead("accounts-listed", outcome: "\(accounts.count) account(s)", accountID: nil,
+                                            detail: Self.searchDetail(query.first("q"), filter: filter), actor: actor(context, via: "admin-api"),
+                                            requestID: context.requestID)
         return Self.json(.object(["accounts": .array(accounts.map { AdminJSON.listing($0, at: now) })]))
     }
 
@@ -142,6 +150,8 @@ struct AdminController: Sendable {
         guard let id = try await administration.resolve(reference), let detail = try await administration.detail(accountID: id) else {
             return Self.problem(.notFound, "no account matches \(reference)")
         }
+        try await administration.recordRead("account-viewed", outcome: "shown", accountID: id, detail: nil, actor: actor(context, via: "admin-api"),
+                                            requestID: context.requestID)
         return Self.json(AdminJSON.detail(detail))
     }
 
@@ -183,7 +193,7 @@ struct AdminController: Sendable {
     }
 
     /// The audit trail as JSON lines (`application/x-ndjson`), oldest first.
-    func audit(_ request: Request) async throws -> Response {
+    func audit(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let query = Self.query(request) else { return Self.problem(.badRequest, Self.unreadableQuery) }
         var accountID: String?
         if let reference = query.first("account") {
@@ -209,6 +219,8 @@ struct AdminController: Sendable {
             after = value
         }
         let events = try await administration.auditEvents(accountID: accountID, afterSeq: after, limit: limit)
+        try await administration.recordRead("audit-exported", outcome: "\(events.count) event(s)", accountID: accountID,
+                                            detail: "after \(after), limit \(limit)", actor: actor(context, via: "admin-api"), requestID: context.requestID)
         var buffer = ByteBuffer()
         let writer = JSONWriter()
         for event in events {
@@ -336,18 +348,23 @@ struct AdminController: Sendable {
     /// Where the page goes after a sign-in or an action: the search, with the session's page
     /// token (see ``pageSession(_:_:)``), the query kept and a message.
     func pageAddress(session: String, query: String = "", message: String? = nil) -> String {
-        var allowed = CharacterSet.alphanumerics
-        allowed.insert(charactersIn: "-._~")
+        // ASCII only: `alphanumerics` holds é, which would go raw into the Location header.
+        let allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
         var address = "/?csrf=\(csrf.token(for: session))"
         if !query.isEmpty { address += "&q=" + (query.addingPercentEncoding(withAllowedCharacters: allowed) ?? "") }
         if let message { address += "&message=\(message)" }
         return address
     }
 
-    func searchPage(_ request: Request, session: String, notice: String?) async throws -> Response {
+    func searchPage(_ request: Request, _ context: AdminRequestContext, session: String, notice: String?) async throws -> Response {
         let query = (try? QueryParameters(query: request.uri.query)) ?? .empty
         let text = query.first("q") ?? ""
         let accounts = text.isEmpty ? [] : try await administration.search(text, limit: 50)
+        if !text.isEmpty {
+            try await administration.recordRead("accounts-listed", outcome: "\(accounts.count) account(s)", accountID: nil,
+                                                detail: Self.searchDetail(text, filter: .all), actor: actor(context, via: "admin-page"),
+                                                requestID: context.requestID)
+        }
         let message = notice ?? query.first("message").flatMap(AdminPages.message(code:))
         return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrf.token(for: session), notice: message))
     }
