@@ -159,7 +159,11 @@ struct AdminTests {
         #expect(try await admin.send(.POST, path, body: #"{"reason":"x"}"#, headers: [("Content-Type", "text/plain")]).status == 415)
         #expect(try await admin.send(.POST, path, headers: [("Sec-Fetch-Site", "cross-site")]).status == 403)
         #expect(try await admin.send(.POST, path, headers: [("Origin", "https://evil.example")]).status == 403)
+        #expect(try await admin.send(.POST, path, headers: [("Origin", "https://evil.example")]).status == 403, "refused again, audited once")
         #expect(try await world.server.auditEvents().allSatisfy { !$0.action.hasPrefix("habilitation-withdrawn") }, "nothing was suspended")
+        // The cross-site attempts are in the trail (once a minute per address and reason).
+        let refusals = try await world.server.auditEvents().filter { $0.action == "admin-api-refused" }.map(\.outcome)
+        #expect(refusals.sorted() == ["cross-site", "foreign origin", "missing or wrong token"], "\(refusals)")
         #expect(try await admin.send(.POST, path, headers: [("Content-Type", "application/json; charset=utf-8")]).status == 200)
         await admin.shutdown()
         await world.stop()
@@ -450,6 +454,21 @@ struct AdminTests {
         #expect(try await admin.send(.GET, page, headers: session, authorization: "").body.contains("form-connexion"), "the session ended on time")
         #expect(try await world.server.auditEvents().allSatisfy { $0.action != "habilitation-withdrawn" })
         await admin.shutdown()
+        await world.stop()
+    }
+
+    /// Over --admin-tls (a listener that may face a network), /readyz gives its details to
+    /// the token's holder only; anyone else gets the verdict and its status code.
+    @Test func readinessDetailsNeedTheTokenOverTLS() async throws {
+        let world = try await World { $0.admin.tls = true }
+        let client = try Browser(pki: world.pki, base: "https://localhost:\(world.server.adminPort)")
+        let anonymous = try await client.request(.GET, "/readyz")
+        #expect(anonymous.status == 200 && anonymous.body == #"{"status":"ready"}"#, "\(anonymous.status) \(anonymous.body)")
+        let wrong = try await client.request(.GET, "/readyz", headers: [("Authorization", "Bearer " + String(repeating: "x", count: 43))])
+        #expect(wrong.body == #"{"status":"ready"}"#)
+        let detailed = try await client.request(.GET, "/readyz", headers: [("Authorization", "Bearer \(world.server.adminToken)")])
+        #expect(detailed.status == 200 && detailed.body.contains("certificate:fhir") && detailed.body.contains("crl:"), "\(detailed.body)")
+        await client.shutdown()
         await world.stop()
     }
 

@@ -63,9 +63,16 @@ struct AdminController: Sendable {
 
     func addRoutes(to router: Router<AdminRequestContext>) {
         router.get("healthz") { _, _ in Self.json(.object(["status": .string("alive")])) }
-        router.get("readyz") { _, _ in
+        router.get("readyz") { request, _ in
             let checks = await readiness.run()
-            return Self.json(ReadinessProbe.json(checks), status: checks.allSatisfy(\.ok) ? .ok : .serviceUnavailable)
+            let status: HTTPResponse.Status = checks.allSatisfy(\.ok) ? .ok : .serviceUnavailable
+            // Over --admin-tls the listener may face a network: the checks' details (CRL and
+            // provider errors, "revocation NOT checked", certificate expiry) go to the token's
+            // holder only; a probe without it gets the verdict.
+            if secure, !(AdminToken.bearer(request.headers[.authorization]).map(token.matches) ?? false) {
+                return Self.json(.object(["status": .string(status == .ok ? "ready" : "not ready")]), status: status)
+            }
+            return Self.json(ReadinessProbe.json(checks), status: status)
         }
         router.get("metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
@@ -430,19 +437,17 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" {
             context.logger.notice("admin API request refused: cross-site", metadata: ["address": "\(context.clientAddress)"])
+            await auditRefusal("cross-site", context: context)
             return AdminController.problem(.forbidden, "cross-site requests are refused")
         }
         if let origin = request.headers[.origin], origin != "http://\(request.head.authority ?? "")", origin != "https://\(request.head.authority ?? "")" {
             context.logger.notice("admin API request refused: foreign Origin", metadata: ["address": "\(context.clientAddress)"])
+            await auditRefusal("foreign origin", context: context)
             return AdminController.problem(.forbidden, "requests from another origin are refused")
         }
         guard let presented = AdminToken.bearer(request.headers[.authorization]), token.matches(presented) else {
             context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)"])
-            if refusalsAudited.allow("admin-api", client: context.clientAddress) {
-                await administration.recordAccessLogged("admin-api-refused", outcome: "missing or wrong token",
-                                                        actor: AuditActor(subject: "admin-api", serial: nil, address: context.clientAddress),
-                                                        requestID: context.requestID, logger: context.logger)
-            }
+            await auditRefusal("missing or wrong token", context: context)
             var response = AdminController.problem(.unauthorized, "a valid admin token is required (Authorization: Bearer <token>)")
             response.headers[.wwwAuthenticate] = "Bearer realm=\"account-server admin\""
             return response
@@ -454,6 +459,16 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
             }
         }
         return try await next(request, context)
+    }
+
+    /// A refusal in the trail, at most once a minute per address and reason: a hostile page
+    /// driving an admin's browser at the listener (cross-site, foreign Origin) shows there as
+    /// token guessing does, and neither can grow the trail unbounded (each is logged).
+    private func auditRefusal(_ reason: String, context: Context) async {
+        guard refusalsAudited.allow("admin-api \(reason)", client: context.clientAddress) else { return }
+        await administration.recordAccessLogged("admin-api-refused", outcome: reason,
+                                                actor: AuditActor(subject: "admin-api", serial: nil, address: context.clientAddress),
+                                                requestID: context.requestID, logger: context.logger)
     }
 }
 

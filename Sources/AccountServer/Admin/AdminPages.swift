@@ -62,6 +62,7 @@ enum AdminPages {
                   <form method="post" action="/comptes/\(account.accountID)/retablir" class="action">
                   <input type="hidden" name="csrf" value="\(csrf)"><input type="hidden" name="q" value="\(query)">
                   <button type="submit" id="retablir-\(account.accountID)">Rétablir l’habilitation</button>
+                  \(account.liveSessions > 0 ? HTML(raw: "<small class=\"hint\">Les sessions encore ouvertes (\(account.liveSessions)) retrouveront l’habilitation : pour les fermer d’abord, <code>account-server admin revoke-sessions</code>.</small>") : HTML(raw: ""))
                   </form>
                   """
             return """

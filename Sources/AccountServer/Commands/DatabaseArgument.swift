@@ -23,7 +23,7 @@ extension StorageLocation {
             throw ValidationError("no database at \(path)")
         }
         do {
-            return try await AccountDatabase.openCurrent(location, poolSize: 2, logger: Logger(label: "account-server"))
+            return try await AccountDatabase.openCurrent(location, poolSize: 2, logger: LogLineHandler.toolLogger("account-server"))
         } catch let error as StorageError {
             throw ValidationError("\(location): \(error)")
         }

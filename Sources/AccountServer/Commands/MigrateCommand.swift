@@ -33,8 +33,7 @@ struct MigrateCommand: AsyncParsableCommand {
             // Creating the file is fine (a first install), but a typo in a path should be seen.
             FileHandle.standardError.write(Data("creating \(path)\n".utf8))
         }
-        var logger = Logger(label: "account-server.migrate")
-        logger.logLevel = .warning
+        let logger = LogLineHandler.toolLogger("account-server.migrate", level: .warning)
         let applied = try await AccountDatabase.migrate(location, grantingTo: grantTo, logger: logger)
         var fields: JSONObject = ["migrations": .array(applied.map { .string($0) })]
         if let grantTo { fields["granted_to"] = .string(grantTo) }

@@ -34,11 +34,11 @@ struct MigrateStoreCommand: AsyncParsableCommand {
         let targetLocation = try StorageLocation.argument(to)
         // Checked before the target is migrated: a mistyped --to naming a live database is
         // refused with nothing changed in it (StoreCopy checks again, in its transaction).
-        if let (table, rows) = try await AccountDatabase.holdsData(targetLocation, logger: Logger(label: "migrate-store")) {
+        if let (table, rows) = try await AccountDatabase.holdsData(targetLocation, logger: LogLineHandler.toolLogger("migrate-store")) {
             await source.close()
             throw ValidationError("--to is not empty (\(table) holds \(rows) rows): migrate-store copies into an empty database only; nothing was changed")
         }
-        let target = try await AccountDatabase.open(targetLocation, poolSize: 2, logger: Logger(label: "migrate-store"))
+        let target = try await AccountDatabase.open(targetLocation, poolSize: 2, logger: LogLineHandler.toolLogger("migrate-store"))
         defer { Task { await target.close() } }
         guard let sqlite = source.engine as? SQLiteEngine else { throw ValidationError("--from must be a SQLite file") }
         let reports = try await StoreCopy(tables: AccountSchema.tables).copy(fromSQLiteFile: sqlite.path, to: target.engine)

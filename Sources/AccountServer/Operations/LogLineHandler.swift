@@ -18,6 +18,14 @@ import Synchronization
 struct LogLineHandler: LogHandler {
     enum Format: String, Sendable { case text, json }
 
+    /// The command-line tools' logger (`migrate`, `migrate-store`, `admin`, `audit`): the same
+    /// escaping as the server's (a database's error text can hold anything), on standard error.
+    static func toolLogger(_ label: String, level: Logger.Level = .info) -> Logger {
+        var logger = Logger(label: label) { LogLineHandler(label: $0, format: .text) }
+        logger.logLevel = level
+        return logger
+    }
+
     let label: String
     let format: Format
     var metadata: Logger.Metadata = [:]
