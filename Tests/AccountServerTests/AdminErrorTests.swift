@@ -12,12 +12,8 @@ import Testing
 /// outage itself is exercised on the FHIR and web surfaces by the PostgreSQL restart test).
 @Suite("Admin errors")
 struct AdminErrorTests {
-    @Test func storageFailuresAre503WithRetryAfter() async throws {
-        let router = Router(context: AdminRequestContext.self)
-        router.add(middleware: AdminErrorMiddleware())
-        router.get("down") { _, _ -> Response in throw StorageError.unavailable("connection refused") }
-        router.get("lost") { _, _ -> Response in throw StorageError.outcomeUnknown("connection lost after COMMIT") }
-        router.get("busy") { _, _ -> Response in throw StorageError.conflict("kept colliding") }
+    /// The router on an ephemeral loopback port, behind nothing else.
+    static func serve(_ router: Router<AdminRequestContext>) async throws -> (port: Int, group: ServiceGroup, task: Task<Void, any Error>) {
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
                               onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: Logger(label: "admin-errors"))
@@ -25,6 +21,16 @@ struct AdminErrorTests {
         let task = Task { try await group.run() }
         var iterator = ports.makeAsyncIterator()
         let port = try #require(await iterator.next())
+        return (port, group, task)
+    }
+
+    @Test func storageFailuresAre503WithRetryAfter() async throws {
+        let router = Router(context: AdminRequestContext.self)
+        router.add(middleware: AdminErrorMiddleware())
+        router.get("down") { _, _ -> Response in throw StorageError.unavailable("connection refused") }
+        router.get("lost") { _, _ -> Response in throw StorageError.outcomeUnknown("connection lost after COMMIT") }
+        router.get("busy") { _, _ -> Response in throw StorageError.conflict("kept colliding") }
+        let (port, group, task) = try await Self.serve(router)
         for (path, expected) in [("down", "nothing was changed"), ("busy", "nothing was changed"), ("lost", "may or may not have been applied")] {
             let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/\(path)"), timeout: .seconds(10))
             let body = String(buffer: try await response.body.collect(upTo: 10_000))
@@ -45,13 +51,7 @@ struct AdminErrorTests {
         router.post("api/big") { _, _ -> Response in throw HTTPError(.contentTooLarge) }
         router.get("api/broken") { _, _ -> Response in throw Unexpected() }
         router.get("page") { _, _ -> Response in throw Unexpected() }
-        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                              onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: Logger(label: "admin-errors"))
-        let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "admin-errors")))
-        let task = Task { try await group.run() }
-        var iterator = ports.makeAsyncIterator()
-        let port = try #require(await iterator.next())
+        let (port, group, task) = try await Self.serve(router)
         for (method, path, status, fragment) in [(HTTPMethod.POST, "api/big", 413, "larger than the API accepts"),
                                                   (.GET, "api/broken", 500, "request id"), (.GET, "page", 500, "Erreur du serveur")] {
             var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/\(path)")
