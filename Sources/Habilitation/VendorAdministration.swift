@@ -338,8 +338,6 @@ public final class VendorAdministration: Sendable {
         }
     }
 
-    /// An admin action that found nothing to change is recorded too (Keycloak records every
-    /// admin call): the trail shows who tried what, and when.
     /// An operator's reason as recorded: trimmed, at most 500 characters, nil when empty.
     static func recorded(_ reason: String?) -> String? {
         guard let trimmed = reason?.trimmingCharacters(in: .whitespacesAndNewlines), !trimmed.isEmpty else { return nil }
@@ -352,6 +350,8 @@ public final class VendorAdministration: Sendable {
         return (detail.map { $0 + "; " } ?? "") + "reason: " + reason
     }
 
+    /// An admin action that found nothing to change is recorded too (Keycloak records every
+    /// admin call): the trail shows who tried what, and when.
     private func unchanged(_ action: String, _ why: String?, accountID: String, actor: AuditActor, requestID: String?, at: Date,
                            in db: any SQLTransaction) throws {
         try audit.append(AuditEvent(at: at, surface: "admin", action: "admin-action", outcome: "\(action): unchanged",

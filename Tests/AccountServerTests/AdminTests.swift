@@ -333,6 +333,9 @@ struct AdminTests {
         #expect(search.status == 200 && search.body.contains("<html lang=\"fr\"") && search.body.contains("Retirer l’habilitation"))
         #expect(search.headers.first(name: "Content-Security-Policy")?.contains("default-src 'none'") == true)
         #expect(search.headers.first(name: "Referrer-Policy") == "no-referrer", "the token in the address goes nowhere else")
+        // The search form sends a space as '+' (a GET form is form-encoded): first and last name.
+        let twoWords = try await admin.send(.GET, "/?csrf=\(pageToken)&q=jules+marius", headers: session, authorization: "")
+        #expect(twoWords.body.contains("Retirer l’habilitation") && !twoWords.body.contains("id=\"aucun\""), "\(twoWords.body)")
         let action = try #require(search.body.firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
         let csrf = try #require(search.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
         #expect(csrf == pageToken, "the search form carries it on")
@@ -466,6 +469,8 @@ struct AdminTests {
         #expect(anonymous.status == 200 && anonymous.body == #"{"status":"ready"}"#, "\(anonymous.status) \(anonymous.body)")
         let wrong = try await client.request(.GET, "/readyz", headers: [("Authorization", "Bearer " + String(repeating: "x", count: 43))])
         #expect(wrong.body == #"{"status":"ready"}"#)
+        #expect(try await world.server.auditEvents().contains { $0.action == "admin-api-refused" && $0.outcome == "missing or wrong token" },
+                "a wrong token on /readyz is audited as on the API")
         let detailed = try await client.request(.GET, "/readyz", headers: [("Authorization", "Bearer \(world.server.adminToken)")])
         #expect(detailed.status == 200 && detailed.body.contains("certificate:fhir") && detailed.body.contains("crl:"), "\(detailed.body)")
         await client.shutdown()

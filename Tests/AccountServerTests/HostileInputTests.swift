@@ -243,7 +243,7 @@ struct HostileInputTests {
     /// answered and its connection kept until it idles.
     @Test func theForwardAuthListenerCutsSlowAndIdleConnections() async throws {
         let script = #"""
-            import socket, ssl, sys, time
+            import select, socket, ssl, sys, time
             port, tls = int(sys.argv[1]), sys.argv[2] == "tls"
             def connect():
                 sock = socket.create_connection(("127.0.0.1", port))
@@ -265,10 +265,22 @@ struct HostileInputTests {
                     return "open"
                 except (ConnectionResetError, ssl.SSLError):
                     return "closed %.1f" % (time.time() - start)
-            # A head that never ends (the request timeout, 1 s).
+            # A head trickling in, a byte every 0.5 s for 6 s: the idle timeout (3 s) never
+            # fires, so only the request timeout (1 s) can close it meanwhile.
             sock = connect()
-            sock.sendall(b"GET /forward-auth HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            print("head", closed(sock))
+            head = b"GET /forward-auth HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 40
+            result = "head open"
+            for i in range(12):
+                try:
+                    sock.sendall(head[i:i + 1])
+                    ready, _, _ = select.select([sock], [], [], 0.5)
+                    if ready and not sock.recv(4096):
+                        result = "head closed"
+                        break
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+                    result = "head closed"
+                    break
+            print(result)
             # Nothing at all, not even a TLS ClientHello (the idle timeout, 3 s).
             raw = socket.create_connection(("127.0.0.1", port))
             raw.settimeout(60)

@@ -192,6 +192,20 @@ struct NginxForwardAuthTests {
         let decoyNames = (["a", "b", "c", "d", "e"].map { "__Host-as-\($0)=1" } + ["__Host-as-session=\(sessionID)", "agenda-pref=v"]).joined(separator: "; ")
         let byName = try await browser.request(.GET, regulatorPage, headers: [("Cookie", decoyNames)], cookiesOf: "https://no-cookies.invalid")
         #expect(byName.status == 200 && byName.body.contains("agenda-pref=v") && !byName.body.contains(sessionID), "\(byName.status) \(byName.body)")
+        // Forty cookies of the agenda's: our maps read each cookie one way only (possessive
+        // quantifiers), so the maps that find nothing fail at once instead of backtracking into
+        // PCRE's match limit (an alert per map, the worker blocked meanwhile).
+        let crowded = (0..<40).map { "c\($0)=v\($0)" }.joined(separator: "; ") + "; __Host-as-session=\(sessionID)"
+        let many = try await browser.request(.GET, regulatorPage, headers: [("Cookie", crowded)], cookiesOf: "https://no-cookies.invalid")
+        #expect(many.status == 200 && many.body.contains("c39=v39") && !many.body.contains(sessionID), "\(many.status) \(many.body.prefix(300))")
+        // (Decoded leniently: nginx writes bytes of its own that are not UTF-8 into this log.)
+        let errors = String(decoding: try Data(contentsOf: nginx.directory.appendingPathComponent("logs/error.log")), as: UTF8.self)
+        #expect(!errors.contains("pcre"), "\(errors.suffix(500))")
+        // Every cookie of ours has its map (a new cookie would otherwise reach the agenda).
+        let configuration = try String(contentsOf: NginxProxy.docs.appendingPathComponent("agenda-forward-auth.conf"), encoding: .utf8)
+        for cookie in WebCookie.allCases {
+            #expect(configuration.contains(")\(cookie.rawValue)=[^;]*"), "no map strips \(cookie.rawValue)")
+        }
         #expect(served.body.contains("X-Auth-National-Id: 810002673899") && served.body.contains("X-Auth-Habilitations: regulateur"))
         #expect(!served.body.contains("forged"))
         let accountID = try #require(served.body.firstMatch(of: /X-Auth-Account-Id: ([0-9a-f-]{36})/).map { String($0.1) })

@@ -817,7 +817,7 @@ struct BackupCommandTests {
 
         // A leftover -wal at the destination is refused (SQLite would replay it onto a copy).
         let leftover = directory.appendingPathComponent("backups/leftover.sqlite").path
-        FileManager.default.createFile(atPath: leftover + "-wal", contents: Data("not ours".utf8))
+        #expect(FileManager.default.createFile(atPath: leftover + "-wal", contents: Data("not ours".utf8)))
         let refusedLeftover = try await ProcessTests.run(["backup", "--database", file, "--to", leftover])
         #expect(refusedLeftover.status != 0 && !FileManager.default.fileExists(atPath: leftover))
         // Never over an existing file; a missing source creates nothing.

@@ -45,6 +45,10 @@ struct AdminController: Sendable {
     /// Refused page sign-ins are audited at most once a minute per address: someone guessing
     /// shows in the trail, and guessing cannot grow the never-purged trail without bound.
     let refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
+    /// Audit exports read on from a sequence number (`after` > 0: the next pages, a tailer's
+    /// polls) are traced at most once an hour per address and filter: every one traced, a
+    /// tailer's own events would be the next thing it reads, forever.
+    let exportsTraced = RateLimiter(refillPerMinute: 1.0 / 60, burst: 1, maximumKeys: 10_000)
     /// A session's cookie seen without its page token is logged at most once a minute per
     /// address.
     let cookieAloneLogged = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
@@ -63,13 +67,22 @@ struct AdminController: Sendable {
 
     func addRoutes(to router: Router<AdminRequestContext>) {
         router.get("healthz") { _, _ in Self.json(.object(["status": .string("alive")])) }
-        router.get("readyz") { request, _ in
+        router.get("readyz") { request, context in
             let checks = await readiness.run()
             let status: HTTPResponse.Status = checks.allSatisfy(\.ok) ? .ok : .serviceUnavailable
             // Over --admin-tls the listener may face a network: the checks' details (CRL and
             // provider errors, "revocation NOT checked", certificate expiry) go to the token's
-            // holder only; a probe without it gets the verdict.
+            // holder only; a probe without it gets the verdict. A wrong token is a refusal as
+            // on the API (logged, audited once a minute per address).
             if secure, !(AdminToken.bearer(request.headers[.authorization]).map(token.matches) ?? false) {
+                if request.headers[.authorization] != nil {
+                    context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)", "path": "/readyz"])
+                    if refusalsAudited.allow("admin-api missing or wrong token", client: context.clientAddress) {
+                        await administration.recordAccessLogged("admin-api-refused", outcome: "missing or wrong token",
+                                                                actor: AuditActor(subject: "admin-api", serial: nil, address: context.clientAddress),
+                                                                requestID: context.requestID, logger: context.logger)
+                    }
+                }
                 return Self.json(.object(["status": .string(status == .ok ? "ready" : "not ready")]), status: status)
             }
             return Self.json(ReadinessProbe.json(checks), status: status)
@@ -226,8 +239,13 @@ struct AdminController: Sendable {
             after = value
         }
         let events = try await administration.auditEvents(accountID: accountID, afterSeq: after, limit: limit)
-        try await administration.recordRead("audit-exported", outcome: "\(events.count) event(s)", accountID: accountID,
-                                            detail: "after \(after), limit \(limit)", actor: actor(context, via: "admin-api"), requestID: context.requestID)
+        // An export from the start is always traced; its next pages and a tailer's polls at
+        // most once an hour (``exportsTraced``).
+        let traced = exportsTraced.allow("audit-export \(accountID ?? "all")", client: context.clientAddress)
+        if after == 0 || traced {
+            try await administration.recordRead("audit-exported", outcome: "\(events.count) event(s)", accountID: accountID,
+                                                detail: "after \(after), limit \(limit)", actor: actor(context, via: "admin-api"), requestID: context.requestID)
+        }
         var buffer = ByteBuffer()
         let writer = JSONWriter()
         for event in events {
@@ -364,15 +382,17 @@ struct AdminController: Sendable {
     }
 
     func searchPage(_ request: Request, _ context: AdminRequestContext, session: String, notice: String?) async throws -> Response {
-        let query = (try? QueryParameters(query: request.uri.query)) ?? .empty
-        let text = query.first("q") ?? ""
+        // The page's search form is a GET form: its query is form-encoded ('+' is a space:
+        // "Jean+Dupont" is Jean Dupont), unlike the API's.
+        let fields = try FormBody.parse(Array((request.uri.query ?? "").utf8))
+        let text = fields["q"] ?? ""
         let accounts = text.isEmpty ? [] : try await administration.search(text, limit: 50)
         if !text.isEmpty {
             try await administration.recordRead("accounts-listed", outcome: "\(accounts.count) account(s)", accountID: nil,
                                                 detail: Self.searchDetail(text, filter: .all), actor: actor(context, via: "admin-page"),
                                                 requestID: context.requestID)
         }
-        let message = notice ?? query.first("message").flatMap(AdminPages.message(code:))
+        let message = notice ?? fields["message"].flatMap(AdminPages.message(code:))
         return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrf.token(for: session), notice: message))
     }
 
@@ -437,7 +457,7 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" {
             context.logger.notice("admin API request refused: cross-site", metadata: ["address": "\(context.clientAddress)"])
-            await auditRefusal("cross-site", context: context)
+            await auditRefusal(site, context: context)
             return AdminController.problem(.forbidden, "cross-site requests are refused")
         }
         if let origin = request.headers[.origin], origin != "http://\(request.head.authority ?? "")", origin != "https://\(request.head.authority ?? "")" {

@@ -49,8 +49,13 @@ struct AdminCommand: AsyncParsableCommand {
         var entry = passwd()
         var result: UnsafeMutablePointer<passwd>?
         var buffer = [CChar](repeating: 0, count: 4096)
-        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil, let name = entry.pw_name else { return "uid \(uid)" }
-        return String(cString: name)
+        // `pw_name` points into the buffer: read while the buffer is pinned.
+        let name = buffer.withUnsafeMutableBufferPointer { storage -> String? in
+            guard let base = storage.baseAddress, getpwuid_r(uid, &entry, base, storage.count, &result) == 0, result != nil,
+                  let name = entry.pw_name else { return nil }
+            return String(cString: name)
+        }
+        return name ?? "uid \(uid)"
     }
 
     static func emit(_ value: JSONValue) {

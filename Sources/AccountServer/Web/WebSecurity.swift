@@ -123,9 +123,15 @@ final class RateLimiter: Sendable {
     private let now: @Sendable () -> ContinuousClock.Instant
     static let sweepInterval: Duration = .seconds(5)
 
-    init(perMinute: Int, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16,
+    convenience init(perMinute: Int, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16,
+                     now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
+        self.init(refillPerMinute: Double(perMinute), burst: burst, maximumKeys: maximumKeys, networkFactor: networkFactor, now: now)
+    }
+
+    /// A refill below one a minute (`1.0 / 60`: one an hour).
+    init(refillPerMinute: Double, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16,
          now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
-        self.perMinute = Double(perMinute)
+        self.perMinute = refillPerMinute
         self.burst = Double(burst)
         self.maximumKeys = maximumKeys
         self.networkFactor = Double(networkFactor)
