@@ -140,6 +140,13 @@ struct AdminTests {
         let next = try #require(first.headers.first(name: "X-Next-After"))
         let second = try await admin.send(.GET, "/api/audit?limit=1&after=\(next)")
         #expect(second.body.split(separator: "\n").first == lines[1], "the next page starts after the first")
+        // Exports from the start are each traced; reads on from a sequence number (its next
+        // pages, a tailer's polls) once an hour per address, an export from the start
+        // included: here the hour's trace is the first export's.
+        _ = try await admin.send(.GET, "/api/audit?limit=1&after=\(next)")
+        let exports = try await world.server.auditEvents().filter { $0.action == "audit-exported" }
+        #expect(exports.filter { $0.detail?.hasPrefix("after 0") == true }.count == 2, "\(exports.map(\.detail))")
+        #expect(exports.filter { $0.detail?.hasPrefix("after \(next)") == true }.isEmpty, "\(exports.map(\.detail))")
         await admin.shutdown()
         await world.stop()
     }
