@@ -196,6 +196,30 @@ struct ProvisioningTests {
         #expect(history[1].value == otherNational.value && history[1].endedAt == nil)
     }
 
+    /// The SAS retries a change of national id whose answer it lost: the same PUT again (URL
+    /// the old IDNPS, body the new one). The account that replaced it is the one meant:
+    /// unchanged, not a 422 contradiction nor a second account; its old version in If-Match
+    /// fails as any stale precondition does. A PUT naming an identifier replaced on an account
+    /// that no longer holds the body's identifier is still a contradiction.
+    @Test func aRetriedChangeOfNationalIDIsAnsweredAsTheFirstCall() async throws {
+        let h = try await Harness()
+        let created = try await h.create(try Fixtures.record())
+        let changed = try await h.put(national, try Fixtures.record(national: otherNational.value))
+        let retried = try await h.put(national, try Fixtures.record(national: otherNational.value))
+        #expect(retried.kind == .unchanged && retried.account.id == created.account.id && retried.account.version == changed.account.version)
+        #expect(try await h.accountCount() == 1)
+        #expect(await refusal { try await h.put(national, try Fixtures.record(national: otherNational.value), ifMatch: created.account.version) }?.category == .preconditionFailed)
+        let third = RegulatorIdentifier.national(NationalID("810002673901")!)
+        #expect(await refusal { try await h.put(national, try Fixtures.record(national: third.value)) }?.category == .unprocessable)
+        // The same for a SAS technical id replaced by another.
+        let newTechnical = RegulatorIdentifier.sasTechnical(SASTechnicalID("c6e39355-8a61-4556-b340-36f7b95fec6b")!)
+        let other = try await h.create(try Fixtures.record(national: nil, technical: technical.value, email: "autre@test.fr"))
+        _ = try await h.put(technical, try Fixtures.record(national: nil, technical: newTechnical.value, email: "autre@test.fr"))
+        let again = try await h.put(technical, try Fixtures.record(national: nil, technical: newTechnical.value, email: "autre@test.fr"))
+        #expect(again.kind == .unchanged && again.account.id == other.account.id)
+        #expect(try await h.accountCount() == 2)
+    }
+
     @Test func reattributionAfterDeactivation() async throws {
         let h = try await Harness()
         let first = try await h.create(try Fixtures.record())

@@ -208,6 +208,16 @@ public final class Provisioner: Sendable {
                 try Self.check(ifMatch: ifMatch, also: also, against: holder, target: target)
                 return .done(try update(holder, current: current, with: record, now: now, target: target, context: context, db: db))
             }
+            // The retry of a change of identifier (PUT ?identifier=A with B in the body, its
+            // answer lost): A was replaced by B on an account that still holds B. That account
+            // is the one meant, and the retry is answered as the first call was (unchanged),
+            // not as a contradiction (422) or a new account.
+            if let sameKind = record.identifier(of: target.kind), sameKind != target,
+               let latest = try queries.latestAssignment(of: target, in: db), latest.endedReason == .replaced,
+               let (holder, current) = try queries.holderWithIdentifiers(of: sameKind, in: db), holder.id == latest.accountId {
+                try Self.check(ifMatch: ifMatch, also: also, against: holder, target: target)
+                return .done(try update(holder, current: current, with: record, now: now, target: target, context: context, db: db))
+            }
             if ifMatch != nil {
                 throw FHIRError(.preconditionFailed, code: .conflict, "If-Match was sent but no account holds \(target); nothing was created.", expression: ["Practitioner.identifier"])
             }

@@ -178,6 +178,11 @@ public struct AccountQueries: Sendable {
         try IdentifierAssignment.fetchAll(db, ProvisioningSQL.IdentifierHistory.self, arguments: [accountID])
     }
 
+    /// The latest period anyone held `identifier` (current or ended), if any.
+    public func latestAssignment(of identifier: RegulatorIdentifier, in db: any SQLTransaction) throws -> IdentifierAssignment? {
+        try IdentifierAssignment.fetchAll(db, ProvisioningSQL.LatestAssignment.self, arguments: [identifier.kind.rawValue, identifier.value]).first
+    }
+
     public func currentIdentifiers(of accountID: String, in db: any SQLTransaction) throws -> [IdentifierAssignment] {
         try IdentifierAssignment.fetchAll(db, ProvisioningSQL.CurrentIdentifiers.self, arguments: [accountID])
     }
@@ -269,6 +274,14 @@ enum ProvisioningSQL {
 
     enum AccountByID: PreparedSQL {
         static let sql = "SELECT \(AccountRow.columns) FROM account WHERE id = ?"
+    }
+
+    /// The latest assignment of an identifier, whoever held it (a rare path: a PUT that
+    /// matches nothing and names another identifier of the same kind).
+    enum LatestAssignment: PreparedSQL {
+        static let sql = """
+            SELECT \(IdentifierAssignment.columns) FROM account_identifier WHERE kind = ? AND value = ? ORDER BY assigned_at DESC, id DESC LIMIT 1
+            """
     }
 
     enum IdentifierHistory: PreparedSQL {
