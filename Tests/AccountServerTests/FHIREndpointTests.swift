@@ -322,7 +322,7 @@ struct FHIREndpointTests {
             let absent = "urn:oid:1.2.250.1.213.3.6%7C0f1e2d3c-4b5a-4697-8877-665544332211"
             let nothing = try await client.send(.PUT, "/Practitioner?identifier=\(absent)", body: Bodies.practitioner(technical: "0f1e2d3c-4b5a-4697-8877-665544332211"),
                                                 headers: [("If-Match", "*")])
-            #expect(nothing.status == 412 && nothing["resourceType"] == .string("OperationOutcome"))
+            #expect(nothing.status == 412 && nothing["resourceType"] == .string("OperationOutcome") && nothing.issueLocations == ["http.If-Match"], "\(nothing.body)")
             #expect(try await server.accountCount() == 2)
             let star = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "ETOILE", email: "etoile@test.fr"),
                                              headers: [("If-Match", "*")])
@@ -333,7 +333,11 @@ struct FHIREndpointTests {
             #expect(list.status == 200 && list.body.contains("LISTE"))
             let stale = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "VIEUX", email: "etoile@test.fr"),
                                               headers: [("If-Match", "W/\"1\", W/\"2\"")])
-            #expect(stale.status == 412)
+            #expect(stale.status == 412 && stale.issueLocations == ["http.If-Match"], "\(stale.body)")
+            // The refusal is in the account's own trail (it was about that account).
+            let accountID = try #require(star.headers.first(name: "Location")?.split(separator: "/").last.map(String.init))
+            let refusals = try await server.auditEvents().filter { $0.outcome == "412 refused" }
+            #expect(refusals.contains { $0.accountId == accountID }, "\(refusals.map { ($0.accountId ?? "-", $0.detail ?? "") })")
             #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID),
                                           headers: [("If-Match", "latest")]).status == 400)
         }
@@ -350,7 +354,8 @@ struct FHIREndpointTests {
             #expect(created.status == 201)
             let createOnly = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: Bodies.practitioner(national: Self.nationalID, family: "ECRASE"),
                                                    headers: [("If-None-Match", "*")])
-            #expect(createOnly.status == 412 && createOnly["resourceType"] == .string("OperationOutcome"), "\(createOnly.status) \(createOnly.body)")
+            #expect(createOnly.status == 412 && createOnly["resourceType"] == .string("OperationOutcome") && createOnly.issueLocations == ["http.If-None-Match"],
+                    "\(createOnly.status) \(createOnly.body)")
             let unchanged = try await client.send(.GET, "/Practitioner?identifier=\(Self.national)")
             #expect(!unchanged.body.contains("ECRASE") && unchanged.body.contains("MARIUS"), "\(unchanged.body)")
             let technical = "0f1e2d3c-4b5a-4697-8877-665544332211"

@@ -94,7 +94,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "origin value that marks a SAS redirect; repeatable. Env: ACCOUNT_SERVER_SAS_ORIGIN. Default: sas")
     var sasOrigin: [String] = []
 
-    @Option(help: "Host (or host:port) the browser may return to after sign-in; repeatable. Env: ACCOUNT_SERVER_ALLOWED_RETURN_HOST. Default: the public URL's host")
+    @Option(help: "Host (or host:port) the browser may return to after sign-in; repeatable. Env: ACCOUNT_SERVER_ALLOWED_RETURN_HOST. Default: the public URL's host (host:port when it has a port)")
     var allowedReturnHost: [String] = []
 
     @Option(help: "Terms of use (CGU) text file, UTF-8. Env: ACCOUNT_SERVER_CGU_FILE. Default: a development text")
@@ -151,7 +151,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Admin API bearer token file (created 0600 with a random token if absent). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE. Default: ./data/admin.token")
     var adminTokenFile: String?
 
-    @Option(help: "Minutes without a request after which an admin page session ends (it ends 8 hours after sign-in in any case). Env: ACCOUNT_SERVER_ADMIN_SESSION_IDLE_MINUTES. Default: 30")
+    @Option(help: "Minutes without a request after which an admin page session ends, 1 to 480 (it ends 8 hours after sign-in in any case). Env: ACCOUNT_SERVER_ADMIN_SESSION_IDLE_MINUTES. Default: 30")
     var adminSessionIdleMinutes: Int?
 
     @Flag(inversion: .prefixedNo, help: "Serve the admin listener over TLS with the web certificate (required when it is not on loopback). Env: ACCOUNT_SERVER_ADMIN_TLS=1 (--no-… turns it off over the environment and the file)")
@@ -196,7 +196,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the upstream's response head, and between two body reads. Env: ACCOUNT_SERVER_FHIR_UPSTREAM_TIMEOUT. Default: 30")
     var fhirUpstreamTimeout: Double?
 
-    @Option(help: "Seconds a request may take to arrive whole, from its first byte, on the FHIR, web and admin listeners, 1 to 86400; slower senders are disconnected (the handling time does not count). Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
+    @Option(help: "Seconds a request may take to arrive whole, from its first byte, on the FHIR, web, admin and forward-auth listeners, 1 to 86400; slower senders are disconnected (the handling time does not count). Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
     var requestTimeout: Int?
 
     @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits; 1 to 3600. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 25")

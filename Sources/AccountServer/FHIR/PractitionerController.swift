@@ -103,6 +103,7 @@ struct PractitionerController: Sendable {
             requestID: context.requestID
         )
         var auditIdentifier: String?
+        var auditTarget: RegulatorIdentifier?
         do {
             let negotiated = try negotiate(request)
             let target: RegulatorIdentifier?
@@ -114,6 +115,7 @@ struct PractitionerController: Sendable {
             } else {
                 target = try conditionalTarget(negotiated.query)
                 auditIdentifier = target?.description
+                auditTarget = target
             }
             let ifMatch = try Self.parseIfMatch(request.headers[values: .ifMatch])
             if isCreate, ifMatch != nil {
@@ -173,8 +175,8 @@ struct PractitionerController: Sendable {
             metrics.intR02(interaction: action, outcome: String(status.code))
             // A lost COMMIT may have stored the change (and its own audit event): not "refused".
             let outcome = error == .databaseOutcomeUnknown ? "\(status.code) outcome unknown" : "\(status.code) refused"
-            await provisioner.recordRefusal(action: action, identifier: auditIdentifier ?? request.uri.query,
-                                            outcome: outcome, detail: error.summary(), context: callContext)
+            await provisioner.recordRefusal(action: action, identifier: auditIdentifier ?? request.uri.query, outcome: outcome,
+                                            detail: error.summary(), accountID: error.accountID, target: auditTarget, context: callContext)
             context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.summary())"])
             throw error
         }

@@ -121,6 +121,10 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var category: Category
     public var issues: [FHIRIssue]
+    /// The account the refusal is about (a version that does not match, an identifier or an
+    /// e-mail another account holds): its audit event names it, so that the account's trail
+    /// shows the attempts against it. Never part of the answer.
+    public var accountID: String?
 
     public init(_ category: Category, issues: [FHIRIssue]) {
         self.category = category
@@ -132,6 +136,13 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { issues.map(\.description).joined(separator: "; ") }
+
+    /// This refusal, about `accountID` (``accountID``).
+    public func concerning(_ accountID: String) -> FHIRError {
+        var error = self
+        error.accountID = accountID
+        return error
+    }
 
     /// The issues an OperationOutcome lists: the first `limit`, then one informational issue
     /// counting the rest, so a hostile body cannot make the answer itself megabytes long.

@@ -172,11 +172,20 @@ public final class Provisioner: Sendable {
     }
 
     /// Records a refused call (validation, conflict, precondition...) in the audit trail.
-    public func recordRefusal(action: String, identifier: String?, outcome: String, detail: String, context: CallContext) async {
-        let event = AuditEvent(at: clock(), surface: "int_r02", action: action, outcome: outcome, actor: context.actor,
-                               requestID: context.requestID, identifier: identifier, accountID: nil, changes: [], detail: detail)
+    /// The event names the account the refusal is about (``FHIRError/accountID``), else the
+    /// account holding the call's target identifier, if any: the account's own trail then
+    /// shows the attempts against it (a stale version, its identifier asked for by a create).
+    public func recordRefusal(action: String, identifier: String?, outcome: String, detail: String, accountID: String? = nil,
+                              target: RegulatorIdentifier? = nil, context: CallContext) async {
+        let at = clock()
         do {
-            try await database.write { db in try self.audit.append(event, in: db) }
+            try await database.write { db in
+                var concerned = accountID
+                if concerned == nil, let target { concerned = try self.queries.holder(of: target, in: db)?.id }
+                let event = AuditEvent(at: at, surface: "int_r02", action: action, outcome: outcome, actor: context.actor,
+                                       requestID: context.requestID, identifier: identifier, accountID: concerned, changes: [], detail: detail)
+                try self.audit.append(event, in: db)
+            }
         } catch {
             logger.error("could not record refused call in audit trail", metadata: ["error": "\(error)"])
         }
@@ -219,7 +228,7 @@ public final class Provisioner: Sendable {
                 return .done(try update(holder, current: current, with: record, now: now, target: target, context: context, db: db))
             }
             if ifMatch != nil {
-                throw FHIRError(.preconditionFailed, code: .conflict, "If-Match was sent but no account holds \(target); nothing was created.", expression: ["Practitioner.identifier"])
+                throw FHIRError(.preconditionFailed, code: .conflict, "If-Match was sent but no account holds \(target); nothing was created.", location: ["http.If-Match"])
             }
             // No match: the PUT creates (upsert). The URL's identifier joins the body's; if the
             // body names another identifier of the same kind, the request contradicts itself.
@@ -248,7 +257,7 @@ public final class Provisioner: Sendable {
             if holder.active {
                 throw FHIRError(.conflict, code: .duplicate,
                                 "A regulator account with \(identifier) already exists (Practitioner/\(holder.id)); use PUT ?identifier=\(identifier) to update it.",
-                                expression: [expression(for: identifier)])
+                                expression: [expression(for: identifier)]).concerning(holder.id)
             }
             // A withdrawn account gives its identifier up to an account that will be active
             // (re-attribution). Creating a withdrawn account would only move the identifier
@@ -257,7 +266,7 @@ public final class Provisioner: Sendable {
             if byPOST && !record.active {
                 throw FHIRError(.conflict, code: .duplicate,
                                 "A withdrawn regulator account with \(identifier) already exists (Practitioner/\(holder.id)); use PUT ?identifier=\(identifier) to update it.",
-                                expression: [expression(for: identifier)])
+                                expression: [expression(for: identifier)]).concerning(holder.id)
             }
         }
         if record.active, let other = try queries.activeAccount(withEmailKey: record.email.key, excluding: nil, in: db) {
@@ -268,7 +277,7 @@ public final class Provisioner: Sendable {
     private func emailConflict(_ email: EmailAddress, other: AccountRow) -> FHIRError {
         FHIRError(.conflict, code: .duplicate,
                   "The e-mail address \(email) is already used by another active account (Practitioner/\(other.id)).",
-                  expression: ["Practitioner.telecom[0].value"])
+                  expression: ["Practitioner.telecom[0].value"]).concerning(other.id)
     }
 
     /// Names a body identifier by its system (FHIRPath), as its index is not known here.
@@ -307,24 +316,33 @@ public final class Provisioner: Sendable {
     /// else `If-Unmodified-Since`; then `If-None-Match`. Any that fails is a 412, nothing written.
     static func check(ifMatch: VersionPrecondition?, also: UpdatePreconditions, against existing: AccountRow, target: RegulatorIdentifier) throws(FHIRError) {
         if case .versions(let versions) = ifMatch, !versions.contains(existing.version) {
-            throw FHIRError(.preconditionFailed, code: .conflict,
-                            "If-Match names version \(versions.map(String.init).joined(separator: ", ")) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.")
+            throw Self.preconditionFailed(existing.id, code: .conflict,
+                            "If-Match names version \(versions.map(String.init).joined(separator: ", ")) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.",
+                            location: ["http.If-Match"])
         }
         if ifMatch == nil, let since = also.ifUnmodifiedSince,
            existing.updatedAt.timeIntervalSince1970.rounded(.down) > since.timeIntervalSince1970 {
-            throw FHIRError(.preconditionFailed, code: .conflict,
-                            "Practitioner/\(existing.id) changed after If-Unmodified-Since (its version \(existing.version) is of a later date); nothing was changed.")
+            throw Self.preconditionFailed(existing.id, code: .conflict,
+                            "Practitioner/\(existing.id) changed after If-Unmodified-Since (its version \(existing.version) is of a later date); nothing was changed.",
+                            location: ["http.If-Unmodified-Since"])
         }
         switch also.ifNoneMatch {
         case .exists?:
-            throw FHIRError(.preconditionFailed, code: .conflict,
-                            "If-None-Match: * asks to create only, and Practitioner/\(existing.id) holds \(target); nothing was changed.")
+            throw Self.preconditionFailed(existing.id, code: .conflict,
+                            "If-None-Match: * asks to create only, and Practitioner/\(existing.id) holds \(target); nothing was changed.",
+                            location: ["http.If-None-Match"])
         case .versions(let versions)? where versions.contains(existing.version):
-            throw FHIRError(.preconditionFailed, code: .conflict,
-                            "If-None-Match names version \(existing.version), the version Practitioner/\(existing.id) is at; nothing was changed.")
+            throw Self.preconditionFailed(existing.id, code: .conflict,
+                            "If-None-Match names version \(existing.version), the version Practitioner/\(existing.id) is at; nothing was changed.",
+                            location: ["http.If-None-Match"])
         default:
             break
         }
+    }
+
+    /// A 412 about `accountID`.
+    static func preconditionFailed(_ accountID: String, code: FHIRIssue.Code, _ diagnostics: String, location: [String]) -> FHIRError {
+        FHIRError(.preconditionFailed, code: code, diagnostics, location: location).concerning(accountID)
     }
 
     private func update(_ existing: AccountRow, current: [IdentifierAssignment], with record: RegulatorRecord, now: Date,
@@ -341,7 +359,7 @@ public final class Provisioner: Sendable {
             if let holder = try queries.holder(of: identifier, in: db), holder.id != existing.id, holder.active {
                 throw FHIRError(.conflict, code: .duplicate,
                                 "\(identifier) belongs to another active account (Practitioner/\(holder.id)); it can move only once that account is deactivated. Nothing was changed.",
-                                expression: [expression(for: identifier)])
+                                expression: [expression(for: identifier)]).concerning(holder.id)
             }
             if let held, let heldIdentifier = held.identifier {
                 try writes.endAssignment(of: heldIdentifier, at: now, reason: .replaced, by: nil, in: db)
