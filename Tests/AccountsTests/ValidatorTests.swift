@@ -105,6 +105,16 @@ struct ValidatorTests {
         #expect(throws: Never.self) { try PractitionerValidator().validate(.object(Fixtures.practitioner(family: "Saint-Exupéry d’Agay", given: "Zoé"))) }
     }
 
+    /// Names are bounded (255 characters, as Keycloak's): a longer one would be stored, shown
+    /// on every page, and its changes hidden past the audit row's bound.
+    @Test func refusesNamesLongerThanTheLimit() {
+        let long = String(repeating: "A", count: PractitionerValidator.nameLimit + 1)
+        expectRefusal(Fixtures.practitioner(family: long), .unprocessable, at: "Practitioner.name[0].family")
+        expectRefusal(Fixtures.practitioner(given: long), .unprocessable, at: "Practitioner.name[0].given[0]")
+        let longest = String(repeating: "É", count: PractitionerValidator.nameLimit)
+        #expect(throws: Never.self) { try PractitionerValidator().validate(.object(Fixtures.practitioner(family: longest, given: longest))) }
+    }
+
     @Test func refusesWrongTypes() {
         var body = Fixtures.practitioner()
         body["active"] = .string("true")

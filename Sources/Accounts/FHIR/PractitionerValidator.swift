@@ -48,6 +48,11 @@ public struct RegulatorRecord: Sendable, Equatable {
 /// (`modifierExtension`, `implicitRules`, an identifier, name or telecom whose `use` is
 /// `old`): 422.
 public struct PractitionerValidator: Sendable {
+    /// Longest family or given name kept, in characters (Keycloak's limit is 255): a name is
+    /// shown on pages and in the admin's table, and an audit row's `changes` are bounded, so a
+    /// megabyte name would hide its own changes there.
+    public static let nameLimit = 255
+
     public init() {}
 
     /// Parses and validates raw bytes.
@@ -370,6 +375,8 @@ public struct PractitionerValidator: Sendable {
                 if !text.isEmpty { collector.profile(.value, "name.family must not be blank.", at: "Practitioner.name[0].family") }
             } else if trimmed.hasControlCharacter {
                 collector.profile(.value, "name.family must be one line without control characters (tab, CR, LF, DEL, C1).", at: "Practitioner.name[0].family")
+            } else if trimmed.count > Self.nameLimit {
+                collector.profile(.value, "name.family is longer than \(Self.nameLimit) characters.", at: "Practitioner.name[0].family")
             } else {
                 family = trimmed
             }
@@ -391,6 +398,8 @@ public struct PractitionerValidator: Sendable {
                     if !text.isEmpty { collector.profile(.value, "name.given must not be blank.", at: "Practitioner.name[0].given[0]") }
                 } else if trimmed.hasControlCharacter {
                     collector.profile(.value, "name.given must be one line without control characters (tab, CR, LF, DEL, C1).", at: "Practitioner.name[0].given[0]")
+                } else if trimmed.count > Self.nameLimit {
+                    collector.profile(.value, "name.given is longer than \(Self.nameLimit) characters.", at: "Practitioner.name[0].given[0]")
                 } else if entries.count == 1 {
                     given = trimmed
                 }
