@@ -317,24 +317,24 @@ public final class Provisioner: Sendable {
     static func check(ifMatch: VersionPrecondition?, also: UpdatePreconditions, against existing: AccountRow, target: RegulatorIdentifier) throws(FHIRError) {
         if case .versions(let versions) = ifMatch, !versions.contains(existing.version) {
             throw Self.preconditionFailed(existing.id, code: .conflict,
-                            "If-Match names version \(versions.map(String.init).joined(separator: ", ")) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.",
-                            location: ["http.If-Match"])
+                                          "If-Match names version \(versions.map(String.init).joined(separator: ", ")) but Practitioner/\(existing.id) is at version \(existing.version); nothing was changed.",
+                                          location: ["http.If-Match"])
         }
         if ifMatch == nil, let since = also.ifUnmodifiedSince,
            existing.updatedAt.timeIntervalSince1970.rounded(.down) > since.timeIntervalSince1970 {
             throw Self.preconditionFailed(existing.id, code: .conflict,
-                            "Practitioner/\(existing.id) changed after If-Unmodified-Since (its version \(existing.version) is of a later date); nothing was changed.",
-                            location: ["http.If-Unmodified-Since"])
+                                          "Practitioner/\(existing.id) changed after If-Unmodified-Since (its version \(existing.version) is of a later date); nothing was changed.",
+                                          location: ["http.If-Unmodified-Since"])
         }
         switch also.ifNoneMatch {
         case .exists?:
             throw Self.preconditionFailed(existing.id, code: .conflict,
-                            "If-None-Match: * asks to create only, and Practitioner/\(existing.id) holds \(target); nothing was changed.",
-                            location: ["http.If-None-Match"])
+                                          "If-None-Match: * asks to create only, and Practitioner/\(existing.id) holds \(target); nothing was changed.",
+                                          location: ["http.If-None-Match"])
         case .versions(let versions)? where versions.contains(existing.version):
             throw Self.preconditionFailed(existing.id, code: .conflict,
-                            "If-None-Match names version \(existing.version), the version Practitioner/\(existing.id) is at; nothing was changed.",
-                            location: ["http.If-None-Match"])
+                                          "If-None-Match names version \(existing.version), the version Practitioner/\(existing.id) is at; nothing was changed.",
+                                          location: ["http.If-None-Match"])
         default:
             break
         }
