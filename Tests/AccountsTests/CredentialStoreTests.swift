@@ -74,6 +74,36 @@ struct CredentialStoreTests {
         #expect(failures == 0)
     }
 
+    /// Two typos in March and one in June are not three guesses in a row: each failure below
+    /// the threshold is forgotten after the quiet time (`--lockout-reset-hours`), on the
+    /// store as in the policy; failures within it still lock.
+    @Test func typosMonthsApartDoNotAddUpToALock() async throws {
+        let h = try await CredentialHarness(lockout: LockoutPolicy(maximumFailures: 3, coolingPeriod: .seconds(900), failureResetTime: .seconds(12 * 3600)))
+        try await h.setPassword(Self.password)
+        func wrong() async throws -> PasswordStepOutcome {
+            try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor)
+        }
+        #expect(try await wrong() == .refused(reason: .wrongPassword, accountID: h.accountID))
+        #expect(try await wrong() == .refused(reason: .wrongPassword, accountID: h.accountID))
+        h.clock.advance(90 * 86_400)
+        #expect(try await wrong() == .refused(reason: .wrongPassword, accountID: h.accountID), "the March typos are forgotten")
+        let stored = try await h.accounts.database.read { [id = h.accountID] db in
+            try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, last_failed_sign_in FROM account WHERE id = ?", arguments: [id])
+        }
+        #expect(stored?["failed_sign_ins"] as Int64? == 1)
+        #expect(stored?["last_failed_sign_in"] as Int64? == h.clock.now.epochMilliseconds)
+        h.clock.advance(11 * 3600)
+        #expect(try await wrong() == .refused(reason: .wrongPassword, accountID: h.accountID))
+        #expect(try await wrong() == .refused(reason: .lockedNow, accountID: h.accountID), "three within the quiet time still lock")
+        // An admin unlock clears the time with the count.
+        let unlocked = try await h.accounts.database.write { [id = h.accountID, at = h.clock.now] db in try LockoutLedger().clear(accountID: id, at: at, in: db) }
+        #expect(unlocked?.failures == 3 && unlocked?.wasLocked == true)
+        let cleared = try await h.accounts.database.read { [id = h.accountID] db in
+            try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, last_failed_sign_in FROM account WHERE id = ?", arguments: [id])
+        }
+        #expect(cleared?["failed_sign_ins"] as Int64? == 0 && cleared?["last_failed_sign_in"] as Int64? == nil)
+    }
+
     @Test func generatedPasswordNeverSignsInAndUnknownEmailGetsTheSameAnswer() async throws {
         let h = try await CredentialHarness()
         let unknown = try await h.store.checkPassword(email: "nobody@test.com", password: "whatever-password", actor: h.actor)

@@ -202,11 +202,32 @@ struct CredentialTests {
         }
         #expect(defaultGuesses == 11, "was 5 per 15 minutes, 480 a day")
         // Quiet for the reset time after the last lock ran out: the count starts again.
-        let quiet = lockout.recordingFailure(state, at: state.lockedUntil!.addingTimeInterval(12 * 3600))
-        #expect(!quiet.locked && quiet.state == LockoutPolicy.State(consecutiveFailures: 1, lockedUntil: nil))
+        let quietAt = state.lockedUntil!.addingTimeInterval(12 * 3600)
+        let quiet = lockout.recordingFailure(state, at: quietAt)
+        #expect(!quiet.locked && quiet.state == LockoutPolicy.State(consecutiveFailures: 1, lockedUntil: nil, lastFailureAt: quietAt))
         // One second short of it: locked again, for the longest wait.
         let early = lockout.recordingFailure(state, at: state.lockedUntil!.addingTimeInterval(12 * 3600 - 1))
         #expect(early.locked && early.state.consecutiveFailures == state.consecutiveFailures + 1)
         #expect(lockout.wait(afterFailures: 4) == nil && lockout.wait(afterFailures: 1_000) == 4 * 3600)
+    }
+
+    /// Below the threshold, the quiet time counts from the last failure (Keycloak's "failure
+    /// reset time"): a regulator's typos months apart never add up into a lock, while
+    /// failures closer together than the quiet time still do.
+    @Test func failuresBelowTheThresholdExpireAfterTheQuietTime() {
+        let lockout = LockoutPolicy(maximumFailures: 3, coolingPeriod: .seconds(900), failureResetTime: .seconds(12 * 3600))
+        let start = Date(timeIntervalSince1970: 1_800_000_000)
+        var state = LockoutPolicy.State()
+        state = lockout.recordingFailure(state, at: start).state
+        state = lockout.recordingFailure(state, at: start.addingTimeInterval(3600)).state
+        #expect(state == LockoutPolicy.State(consecutiveFailures: 2, lockedUntil: nil, lastFailureAt: start.addingTimeInterval(3600)))
+        // The quiet time runs from the second failure, not the first.
+        let close = lockout.recordingFailure(state, at: start.addingTimeInterval(3600 + 12 * 3600 - 1))
+        #expect(close.locked && close.state.consecutiveFailures == 3, "eleven hours after the first failure but not twelve after the last")
+        let later = lockout.recordingFailure(state, at: start.addingTimeInterval(3600 + 12 * 3600))
+        #expect(!later.locked && later.state.consecutiveFailures == 1)
+        // A count left by a version that recorded no time is kept until a failure dates it.
+        let undated = LockoutPolicy.State(consecutiveFailures: 2)
+        #expect(lockout.recordingFailure(undated, at: start.addingTimeInterval(365 * 86_400)).locked)
     }
 }

@@ -124,7 +124,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Longest lockout an escalation reaches, in minutes. Env: ACCOUNT_SERVER_LOCKOUT_MAXIMUM_MINUTES. Default: 1440")
     var lockoutMaximumMinutes: Int?
 
-    @Option(help: "Hours without a failure after the last lockout ran out before the failure count starts again. Env: ACCOUNT_SERVER_LOCKOUT_RESET_HOURS. Default: 12")
+    @Option(help: "Hours without a failure (counted from the last failure, or from the end of the last lockout) before the failure count starts again. Env: ACCOUNT_SERVER_LOCKOUT_RESET_HOURS. Default: 12")
     var lockoutResetHours: Int?
 
     @Option(help: "Session idle timeout in minutes. Env: ACCOUNT_SERVER_SESSION_IDLE_MINUTES. Default: 30")

@@ -120,9 +120,10 @@ public final class CredentialStore: Sendable {
                 // known one, so answer times do not tell them apart on a networked database.
                 let decoy = "unknown-" + SecretToken.generate()
                 _ = try SQLRow.fetchOne(db, sql: """
-                    SELECT failed_sign_ins, locked_until, password_hash, password_reset_required FROM account WHERE id = ?
+                    SELECT failed_sign_ins, locked_until, last_failed_sign_in, password_hash, password_reset_required FROM account WHERE id = ?
                     """, arguments: [decoy])
-                try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?", arguments: [1, nil as Int64?, decoy])
+                try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
+                               arguments: [1, nil as Int64?, at.epochMilliseconds, decoy])
                 try self.audit.append(self.event("sign-in", "refused unknown-email", nil, actor, at), in: db)
             }
             return (.refused(reason: .unknownEmail, accountID: nil), nil)
@@ -176,7 +177,7 @@ public final class CredentialStore: Sendable {
         let lockout = configuration.lockout
         return try await database.write { db in
             let current = try SQLRow.fetchOne(db, sql: """
-                SELECT failed_sign_ins, locked_until, password_hash, password_reset_required FROM account WHERE id = ?
+                SELECT failed_sign_ins, locked_until, last_failed_sign_in, password_hash, password_reset_required FROM account WHERE id = ?
                 """, arguments: [row.id])
             let state = Self.lockoutState(of: current)
             if lockout.isLocked(state, at: at) {
@@ -209,8 +210,8 @@ public final class CredentialStore: Sendable {
                 return (.accepted(accountID: row.id), try whenAccepted(row.id, db))
             }
             let (next, lockedNow) = lockout.recordingFailure(state, at: at)
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?",
-                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, row.id])
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
+                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, row.id])
             try self.audit.append(self.event("sign-in", lockedNow ? "refused locked-now" : "refused wrong-password", row.id, actor, at,
                                              detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
             if lockedNow {
@@ -221,13 +222,14 @@ public final class CredentialStore: Sendable {
     }
 
     func lockoutState(_ accountID: String, in db: any SQLTransaction) throws -> LockoutPolicy.State {
-        Self.lockoutState(of: try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until FROM account WHERE id = ?", arguments: [accountID]))
+        Self.lockoutState(of: try SQLRow.fetchOne(db, sql: "SELECT failed_sign_ins, locked_until, last_failed_sign_in FROM account WHERE id = ?", arguments: [accountID]))
     }
 
     /// The lockout columns of an account row (no row: never failed, not locked).
     static func lockoutState(of row: SQLRow?) -> LockoutPolicy.State {
         LockoutPolicy.State(consecutiveFailures: row?["failed_sign_ins"] ?? 0,
-                            lockedUntil: (row?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)))
+                            lockedUntil: (row?["locked_until"] as Int64?).map(Date.init(epochMilliseconds:)),
+                            lastFailureAt: (row?["last_failed_sign_in"] as Int64?).map(Date.init(epochMilliseconds:)))
     }
 
     // MARK: Forgotten password
@@ -418,7 +420,7 @@ public final class CredentialStore: Sendable {
             try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ?, pending_step = NULL WHERE account_id = ?",
                            arguments: [at.epochMilliseconds, totpStep, accountID])
             // Both factors are proven: the sign-in is complete.
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL, last_failed_sign_in = NULL WHERE id = ?", arguments: [accountID])
             try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
             for code in codes {
                 try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
@@ -490,13 +492,13 @@ public final class CredentialStore: Sendable {
                 return .refused(flowOpen: try step.refuse(db, true))
             }
             if let factor = try self.checkSecondFactor(accountID: accountID, code: code, totp: totp, at: at, actor: actor, in: db) {
-                try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
+                try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL, last_failed_sign_in = NULL WHERE id = ?", arguments: [accountID])
                 try step.accept(db)
                 return .accepted(factor)
             }
             let (next, lockedNow) = lockout.recordingFailure(state, at: at)
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ? WHERE id = ?",
-                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, accountID])
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
+                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, accountID])
             try self.audit.append(self.event("second-factor", lockedNow ? "refused locked-now" : "refused",
                                              accountID, actor, at, detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
             if lockedNow {

@@ -15,7 +15,7 @@ public struct LockoutLedger: Sendable {
         let failures: Int = row["failed_sign_ins"]
         let wasLocked = (row["locked_until"] as Int64?).map { $0 > at.epochMilliseconds } ?? false
         if failures > 0 || wasLocked {
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL WHERE id = ?", arguments: [accountID])
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL, last_failed_sign_in = NULL WHERE id = ?", arguments: [accountID])
         }
         return (failures, wasLocked)
     }

@@ -9,10 +9,9 @@ import Foundation
 /// second-factor guesses every cooling period, 480 a day at the defaults; with it, about
 /// 11 in the first day and about one a day after. The count starts again only after a
 /// completed sign-in (both factors), an admin unlock, or `failureResetTime` without any
-/// failure after the last lock ran out.
-///
-/// No column beyond the two counters is needed: while the count is at or past the threshold,
-/// the last failure is the one that set `lockedUntil`.
+/// failure: counted from the last failure below the threshold (Keycloak's "failure reset
+/// time"), from the end of the last lock past it. Without the former, two typos in March and
+/// three in June locked the regulator out as five guesses in a row would.
 public struct LockoutPolicy: Sendable, Equatable {
     public var maximumFailures: Int
     public var coolingPeriod: Duration
@@ -33,10 +32,26 @@ public struct LockoutPolicy: Sendable, Equatable {
     public struct State: Sendable, Equatable {
         public var consecutiveFailures: Int
         public var lockedUntil: Date?
+        /// When the last counted failure happened (nil: none since the count was last
+        /// cleared, or counted by a version that did not record it).
+        public var lastFailureAt: Date?
 
-        public init(consecutiveFailures: Int = 0, lockedUntil: Date? = nil) {
+        public init(consecutiveFailures: Int = 0, lockedUntil: Date? = nil, lastFailureAt: Date? = nil) {
             self.consecutiveFailures = consecutiveFailures
             self.lockedUntil = lockedUntil
+            self.lastFailureAt = lastFailureAt
+        }
+
+        /// Where the quiet time that restarts the count is measured from: the later of the
+        /// last failure and the end of the last lock (past the threshold, the lock ends after
+        /// the failure that set it).
+        var quietSince: Date? {
+            switch (lockedUntil, lastFailureAt) {
+            case let (lock?, failure?): max(lock, failure)
+            case let (lock?, nil): lock
+            case let (nil, failure?): failure
+            case (nil, nil): nil
+            }
         }
     }
 
@@ -58,14 +73,14 @@ public struct LockoutPolicy: Sendable, Equatable {
     public func recordingFailure(_ state: State, at now: Date) -> (state: State, locked: Bool) {
         if isLocked(state, at: now) { return (state, false) }
         var previous = state.consecutiveFailures
-        if let lockedUntil = state.lockedUntil, now >= lockedUntil.addingTimeInterval(Self.seconds(failureResetTime)) {
-            previous = 0  // quiet long enough since the last lock ran out
+        if let quietSince = state.quietSince, now >= quietSince.addingTimeInterval(Self.seconds(failureResetTime)) {
+            previous = 0  // quiet long enough since the last failure or lock
         }
         let failures = previous + 1
         if let wait = wait(afterFailures: failures) {
-            return (State(consecutiveFailures: failures, lockedUntil: now.addingTimeInterval(wait)), true)
+            return (State(consecutiveFailures: failures, lockedUntil: now.addingTimeInterval(wait), lastFailureAt: now), true)
         }
-        return (State(consecutiveFailures: failures, lockedUntil: nil), false)
+        return (State(consecutiveFailures: failures, lockedUntil: nil, lastFailureAt: now), false)
     }
 
     public func recordingSuccess() -> State { State() }

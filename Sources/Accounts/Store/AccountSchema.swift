@@ -252,7 +252,15 @@ public enum AccountSchema {
             """),
         Migration("v11-totp-pending-step", totpPendingStep),
         Migration("v12-sign-in-flow-intent", signInFlowIntent),
+        Migration("v13-last-failed-sign-in", lastFailedSignIn(timestamp: "INTEGER")),
     ]
+
+    /// When the last counted sign-in failure happened, so that failures below the lockout
+    /// threshold expire after the policy's quiet time (``LockoutPolicy``). Counts left by the
+    /// previous version have no time: they stay until the next failure or sign-in.
+    static func lastFailedSignIn(timestamp: String) -> String {
+        "ALTER TABLE account ADD COLUMN last_failed_sign_in \(timestamp)"
+    }
 
     /// Login intents are sealed into the browser's cookie (the entries write nothing): a
     /// sign-in flow keeps a copy of the intent it started from. Flows open at the upgrade
@@ -517,5 +525,6 @@ public enum AccountSchema {
             -- leave the runtime role unable to search. A pure function, nothing to protect.
             GRANT EXECUTE ON FUNCTION fold_text(text) TO PUBLIC
             """),
+        Migration("pg-v8-last-failed-sign-in", lastFailedSignIn(timestamp: "BIGINT")),
     ]
 }
