@@ -49,6 +49,7 @@ struct AdminErrorTests {
         let router = Router(context: AdminRequestContext.self)
         router.add(middleware: AdminErrorMiddleware())
         router.post("api/big") { _, _ -> Response in throw HTTPError(.contentTooLarge) }
+        router.get("api/later") { _, _ -> Response in throw HTTPError(.tooManyRequests, headers: [.retryAfter: "7", .contentType: "text/plain"]) }
         router.get("api/broken") { _, _ -> Response in throw Unexpected() }
         router.get("page") { _, _ -> Response in throw Unexpected() }
         let (port, group, task) = try await Self.serve(router)
@@ -60,6 +61,12 @@ struct AdminErrorTests {
             let body = String(buffer: try await response.body.collect(upTo: 100_000))
             #expect(Int(response.status.code) == status && body.contains(fragment) && !body.contains("statement text"), "\(path): \(response.status) \(body.prefix(300))")
         }
+        // A refusal's headers are kept (what the client acts on), not its body's type.
+        let later = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/api/later"), timeout: .seconds(10))
+        _ = try await later.body.collect(upTo: 10_000)
+        #expect(later.status.code == 429 && later.headers.first(name: "Retry-After") == "7")
+        #expect(later.headers[canonicalForm: "Content-Type"].count == 1 && later.headers.first(name: "Content-Type")?.hasPrefix("application/json") == true,
+                "\(later.headers)")
         await group.triggerGracefulShutdown()
         try await task.value
     }

@@ -2,6 +2,7 @@ import Accounts
 import Habilitation
 import Hummingbird
 import HummingbirdCore
+import HTTPTypes
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -85,13 +86,21 @@ struct AdminErrorMiddleware: RouterMiddleware {
             return response
         } catch let error as any HTTPResponseError {
             // Refusals made around the handlers (a body past 64 KiB: NIOTooManyBytesError,
-            // 413) keep their status; the API's are JSON like its own.
+            // 413) keep their status and their headers (`Allow`, `Retry-After`,
+            // `WWW-Authenticate`: what a client acts on); the API's are JSON like its own.
             guard context.endpointPath?.hasPrefix("/api/") == true || request.uri.path.hasPrefix("/api/") else { throw error }
             context.logger.notice("admin request refused", metadata: ["status": "\(error.status.code)"])
             if error.status.code >= 500 { return AdminController.problem(.internalServerError, "the request could not be handled") }
-            return AdminController.problem(error.status, error.status.code == 413
+            var problem = AdminController.problem(error.status, error.status.code == 413
                 ? "the body is larger than the API accepts (64 KiB); nothing was changed"
                 : "the request was refused (\(error.status.code)); nothing was changed")
+            let ownBody: Set<HTTPField.Name> = [.contentType, .contentLength, .contentEncoding, .transferEncoding]
+            if let original = try? error.response(from: request, context: context) {
+                for field in original.headers where !ownBody.contains(field.name) && problem.headers[field.name] == nil {
+                    problem.headers.append(field)
+                }
+            }
+            return problem
         } catch {
             // Anything else (a privilege missing after an upgrade, a statement the database
             // refused): logged with its cause, answered without it, never an empty 500.
