@@ -285,6 +285,16 @@ struct ForwardAuthTests {
         #expect(sasLink.status == 401 && sasLink.headers.first(name: "X-Auth-Denial") == "direct-session")
         #expect(sasLink.location == "https://localhost/connexion?retour=" + "https://agenda.example\(Self.agendaPath)".addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~")))!,
                 "\(sasLink.location ?? "-")")
+        // A header sent twice (a client's copy the proxy failed to drop, beside its own) is
+        // used by neither endpoint: the sign-in entry carries no return URL.
+        let doubled = [("X-Original-URI", Self.agendaPath), ("X-Original-URI", "/rdv/1?origin=sas"),
+                       ("X-Forwarded-Host", "agenda.example"), ("X-Forwarded-Proto", "https")]
+        let twice = try await Self.ask(browser, server: world.server, headers: doubled)
+        #expect(twice.status == 403 && twice.location == "https://localhost/acces-refuse", "\(twice.location ?? "-")")
+        let anonymous = try world.browser()
+        let signIn = try await Self.ask(anonymous, server: world.server, headers: doubled)
+        #expect(signIn.status == 401 && signIn.location == "https://localhost/connexion", "\(signIn.location ?? "-")")
+        await anonymous.shutdown()
         // An origin this deployment does not accept is no SAS link.
         let otherOrigin = [("X-Original-URI", "/rdv/42?origin=elsewhere"), ("X-Forwarded-Host", "agenda.example"), ("X-Forwarded-Proto", "https")]
         #expect(try await Self.ask(browser, server: world.server, headers: otherOrigin).status == 403)

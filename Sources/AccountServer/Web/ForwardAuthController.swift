@@ -86,6 +86,14 @@ struct ForwardAuthResponder: Sendable {
         return ForwardAuthAnswer(status: status, headers: headers, body: page.description)
     }
 
+    /// A header's value when the proxy sent it once; nil when it sent it twice or more, which
+    /// no proxy does (a client-supplied copy the proxy failed to drop, beside its own): which
+    /// one is the proxy's cannot be told, so neither is used to build a return URL. Both
+    /// listeners read headers through this (one joined the copies, the other took the first).
+    static func sole(_ values: [String]) -> String? {
+        values.count == 1 ? values[0] : nil
+    }
+
     /// The URL the browser asked the proxy for: `X-Original-URL` (absolute), or
     /// `X-Forwarded-Proto` + `X-Forwarded-Host` + `X-Original-URI`/`X-Forwarded-Uri`.
     func originalURL(header: (String) -> String?, authority: String?) -> String? {
@@ -257,7 +265,7 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func answer(_ result: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?), head: HTTPRequest,
                         started: ContinuousClock.Instant) -> ForwardAuthAnswer {
         if let facts = result.facts { responder.habilitation.recordActivityInBackground(facts) }
-        return responder.answer(result.check, header: { name in HTTPField.Name(name).flatMap { head.headerFields[$0] } },
+        return responder.answer(result.check, header: { name in HTTPField.Name(name).flatMap { ForwardAuthResponder.sole(head.headerFields[values: $0]) } },
                                 authority: head.authority, withBody: head.method != .head, started: started)
     }
 

@@ -257,7 +257,7 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
                         started: ContinuousClock.Instant) -> ForwardAuthAnswer {
         let responder = shared.responder
         if let facts = result.facts { responder.habilitation.recordActivityInBackground(facts) }
-        return responder.answer(result.check, header: { head.headers.first(name: $0) }, authority: head.headers.first(name: "Host"),
+        return responder.answer(result.check, header: { ForwardAuthResponder.sole(head.headers[$0]) }, authority: ForwardAuthResponder.sole(head.headers["Host"]),
                                 withBody: head.method != .HEAD, started: started)
     }
 
