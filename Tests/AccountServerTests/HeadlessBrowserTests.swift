@@ -81,4 +81,40 @@ struct HeadlessBrowserTests {
         await server.stop()
         smtp.stop()
     }
+
+    /// The agenda on another origin (`--allowed-return-host`, another host or port): the
+    /// sign-in's last form answers a redirect there, and browsers apply the page's CSP
+    /// `form-action` to a form's redirects too, so the page must name that origin, or the
+    /// regulator gets Chromium's "blocked" page instead of the agenda right after a correct
+    /// code. Here the other origin is the same listener reached as 127.0.0.1.
+    @Test func chromiumReturnsToAnAgendaOnAnotherOrigin() async throws {
+        let pki = try TestPKI()
+        let smtp = try await SMTPSink()
+        let webPort = freeLoopbackPort()
+        let server = try await RunningServer.start(pki: pki) {
+            $0.web.port = webPort
+            $0.web.publicURL = "https://localhost:\(webPort)"
+            $0.allowedReturnHosts = ["localhost:\(webPort)", "127.0.0.1:\(webPort)"]
+            $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
+            $0.mailPollInterval = .milliseconds(100)
+        }
+        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email)).status == 201)
+        await fhir.shutdown()
+        let client = try Browser(pki: pki, base: server.webURL)
+        _ = try await client.submit("/mot-de-passe-oublie", ["email": WebSignInTests.email])
+        let token = try #require(try await smtp.resetToken(number: 1))
+        let form = try await client.get("/reinitialisation?jeton=\(token)")
+        _ = try await client.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token,
+                                                                           "password": WebSignInTests.password, "confirmation": WebSignInTests.password])
+        await client.shutdown()
+
+        let agenda = "https://127.0.0.1:\(webPort)/connexion?origin=sas"
+        let entry = "https://localhost:\(webPort)/connexion?origin=sas&retour=" + agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let run = try await Self.runScript(Self.script, [entry, WebSignInTests.email, WebSignInTests.password, "/connexion", "#form-connexion"])
+        #expect(run.status == 0, "\(run.errors)")
+        #expect(run.result["origin"] as? String == "https://127.0.0.1:\(webPort)", "\(run.result) \(run.errors.suffix(400))")
+        await server.stop()
+        smtp.stop()
+    }
 }

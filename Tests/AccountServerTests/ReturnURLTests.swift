@@ -20,6 +20,15 @@ struct ReturnURLTests {
         #expect(Self.configuration.validatedReturnURL("/compte") == "https://comptes.example/compte")
     }
 
+    /// The pages' CSP `form-action` names every allowed return origin but this one (the
+    /// sign-in's last form is redirected there); the headless browser test sees it work.
+    @Test func theAllowedReturnOriginsAreFormTargets() {
+        #expect(Self.configuration.returnOrigins == ["https://agenda.example", "https://rdv.example:8443"])
+        var own = Self.configuration
+        own.allowedReturnHosts = ["comptes.example", "comptes.example:443", "agenda.example:443", "agenda.example"]
+        #expect(own.returnOrigins == ["https://agenda.example"])
+    }
+
     /// The return URL travels sealed in the intent's cookie: bounded (2,048 bytes with the
     /// public URL), and a local path is a URL too (no quote, space or control character that
     /// would swell it, or end up in a `Location`).

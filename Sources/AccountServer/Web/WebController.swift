@@ -53,6 +53,18 @@ struct WebConfiguration: Sendable {
         return value
     }
 
+    /// The origins of the allowed return hosts other than this one's, for the pages' CSP
+    /// `form-action`: the sign-in's last form (code, CGU, « Continuer ») is answered with a
+    /// redirect to the return URL, and browsers apply `form-action` to a form's redirects,
+    /// so an agenda on another host or port was blocked right after a correct code.
+    var returnOrigins: [String] {
+        Set(allowedReturnHosts.map { host -> String in
+            host.hasSuffix(":443") ? "https://" + host.dropLast(4) : "https://" + host
+        })
+        .filter { $0 != publicOrigin }
+        .sorted()
+    }
+
     var publicOrigin: String {
         guard let components = URLComponents(string: publicURL), let scheme = components.scheme, let host = components.host else { return publicURL }
         return "\(scheme)://\(host)\(components.port.map { ":\($0)" } ?? "")"
@@ -117,12 +129,13 @@ struct WebController: Sendable {
             cookies.append(WebCookie.csrf.set(csrfCookie))
         }
         let secret = WebCookie.value(.session, in: request.headers) ?? csrfCookie
-        return Self.page(render(csrf.token(for: secret)), status: status, cookies: cookies, formTargets: provider?.formTargets ?? [])
+        return Self.page(render(csrf.token(for: secret)), status: status, cookies: cookies,
+                         formTargets: configuration.returnOrigins + (provider?.formTargets ?? []))
     }
 
-    /// `formTargets`: origins a form of the page may end at besides this one (the sign-out
-    /// form of a Pro Santé Connect session is redirected to the provider, and browsers apply
-    /// `form-action` to a form's redirects too).
+    /// `formTargets`: origins a form of the page may end at besides this one (the sign-in's
+    /// last form is redirected to the agenda, the sign-out form of a Pro Santé Connect
+    /// session to the provider, and browsers apply `form-action` to a form's redirects too).
     static func page(_ html: HTML, status: HTTPResponse.Status = .ok, cookies: [String] = [], formTargets: [String] = []) -> Response {
         var headers = securityHeaders
         if !formTargets.isEmpty {

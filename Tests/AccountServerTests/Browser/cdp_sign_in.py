@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Drives headless Chromium through the regulator sign-in over the DevTools protocol.
 
-Usage: cdp_sign_in.py ENTRY_URL EMAIL PASSWORD
+Usage: cdp_sign_in.py ENTRY_URL EMAIL PASSWORD [FINAL_PATH FINAL_SELECTOR]
 Starts at ENTRY_URL (the SAS redirect), signs in, enrols TOTP (secret read from the page),
-continues past the recovery codes, accepts the CGU, and prints one JSON object describing the
+continues past the recovery codes, accepts the CGU, waits for FINAL_PATH showing
+FINAL_SELECTOR (default: /compte, #habilitation), and prints one JSON object describing the
 final page's DOM. Exit code 0 when the script ran to the end, whatever it found.
 """
 import base64, hashlib, hmac, json, os, struct, sys, time
@@ -12,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cdp import Chromium
 
 entry, email, password = sys.argv[1:4]
+final_path, final_selector = (sys.argv[4:6] if len(sys.argv) >= 6 else ["/compte", "#habilitation"])
 browser = Chromium()
 call, evaluate, wait_for = browser.call, browser.evaluate, browser.wait_for
 try:
@@ -40,15 +42,18 @@ try:
     evaluate("document.querySelector('#form-suite button').click(); true")
     wait_for("/connexion/cgu", "#accepte")
     evaluate("document.querySelector('#accepte').checked = true; document.querySelector('#form-cgu button').click(); true")
-    wait_for("/compte", "#habilitation")
+    wait_for(final_path, final_selector)
+    def data(selector, attribute):
+        return evaluate(f"(document.querySelector({json.dumps(selector)}) || {{dataset: {{}}}}).dataset.{attribute} || null")
     print(json.dumps({
+        "origin": evaluate("location.origin"),
         "sas_banner": sas_banner,
         "qr_code": qr,
         "recovery_codes": recovery_codes,
         "path": evaluate("location.pathname"),
-        "habilitation": evaluate("document.querySelector('#habilitation').dataset.habilitation"),
-        "origine": evaluate("document.querySelector('#origine').dataset.origine"),
-        "nom": evaluate("document.querySelector('#nom').textContent"),
+        "habilitation": data("#habilitation", "habilitation"),
+        "origine": data("#origine", "origine"),
+        "nom": evaluate("(document.querySelector('#nom') || {}).textContent || null"),
         "lang": evaluate("document.documentElement.lang"),
         "session_cookie_visible_to_script": evaluate("document.cookie.includes('as-session')"),
     }))
