@@ -361,6 +361,25 @@ public final class SessionStore: Sendable {
         }
     }
 
+    /// Ends the flow `token` before it completes: « Ce n’est pas vous ? » on a sign-in step, or
+    /// a sign-out in the browser that holds it. A flow left open outlives its page (a shared
+    /// workstation: the next person to follow a SAS link would reach the first one's terms of
+    /// use and open a session in their name). Returns whether a live flow was ended.
+    @discardableResult
+    public func abandonFlow(_ token: String, reason: String, actor: AuditActor) async throws -> Bool {
+        let at = now
+        let hash = SecretToken.hash(token)
+        return try await database.write { db in
+            guard let accountID = try String.fetchOne(db, sql: """
+                SELECT account_id FROM sign_in_flow WHERE id_hash = ? AND consumed_at IS NULL AND expires_at > ?
+                """, arguments: [hash, at.epochMilliseconds]) else { return false }
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL", arguments: [at.epochMilliseconds, hash])
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in-abandoned", outcome: reason, actor: actor, requestID: nil,
+                                             identifier: nil, accountID: accountID, changes: [], detail: nil), in: db)
+            return true
+        }
+    }
+
     public func flow(_ token: String) async throws -> (accountID: String, secondFactorDone: Bool, authentication: SessionAuthentication)? {
         let at = now
         return try await database.read { db in

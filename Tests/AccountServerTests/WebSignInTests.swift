@@ -371,7 +371,12 @@ struct WebSignInTests {
         let afterCode = try await later.submit("/connexion/second-facteur", ["code": totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
         #expect(afterCode.location == "/connexion/cgu", "a new CGU version must be accepted again")
         let cgu = try await later.get("/connexion/cgu")
-        #expect(cgu.body.contains("version 2026-02"))
+        #expect(cgu.body.contains("version 2026-02") && cgu.body.contains("id=\"qui-nom\">Jules MARIUS<"))
+        // A form of the previous version (the page shown before the change) is told so.
+        let stale = try await later.request(.POST, "/connexion/cgu", form: ["csrf": cgu.csrf ?? "", "accepte": "oui", "version": "2026-01"])
+        #expect(stale.status == 400 && stale.body.contains("Les conditions ont changé") && stale.body.contains("version 2026-02"))
+        let unchecked = try await later.request(.POST, "/connexion/cgu", form: ["csrf": cgu.csrf ?? "", "version": "2026-02"])
+        #expect(unchecked.status == 400 && unchecked.body.contains("Cochez la case"))
         await later.shutdown()
         await second.stop()
         smtp.stop()
@@ -745,6 +750,52 @@ struct WebSignInTests {
         #expect(try await other.get("/compte").location == "/connexion", "resetting the password revokes every session")
         await browser.shutdown()
         await other.shutdown()
+        await world.stop()
+    }
+
+    /// A sign-in step names whose sign-in it is, with « Ce n’est pas vous ? », which ends the
+    /// flow for good; a sign-out ends the browser's flow under way too (a shared workstation:
+    /// the next person must not finish the last one's sign-in), and clears its cookies.
+    @Test func aSignInUnderWayEndsWithItsWayOutAndWithTheSignOut() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let (_, secret, _) = try await Self.signIn(browser)
+        #expect(try await browser.get("/compte").status == 200)
+
+        // A new sign-in stopped at its code, then a sign-out from the account page.
+        let afterPassword = try await browser.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(afterPassword.location == "/connexion/second-facteur")
+        let flow = try #require(browser.cookies["__Host-as-flow"])
+        let step = try await browser.get("/connexion/second-facteur")
+        #expect(step.capture(#"id="qui-nom">([^<]+)<"#) == "Jules MARIUS" && step.body.contains("Ce n’est pas vous ?"), "\(step.body)")
+        let out = try await browser.submit("/compte", to: "/deconnexion", [:])
+        #expect(out.location == "/connexion")
+        for name in ["__Host-as-session", "__Host-as-flow", "__Host-as-intent"] {
+            #expect(out.headers[canonicalForm: "Set-Cookie"].contains { $0.hasPrefix("\(name)=;") && $0.contains("Max-Age=0") }, "\(name) cleared")
+        }
+        let next = try world.browser()
+        next.cookies["__Host-as-flow"] = flow
+        let totp = TOTP()
+        let formToken = try #require(try await next.get("/connexion").csrf)
+        let resumed = try await next.request(.POST, "/connexion/second-facteur",
+                                             form: ["csrf": formToken, "code": totp.code(secret: try #require(secret), step: totp.step(at: Date()) + 1)])
+        #expect(resumed.location == "/connexion?fin=expiree", "the signed-out browser's flow cannot be finished: \(resumed.status) \(resumed.location ?? "-")")
+
+        // « Ce n’est pas vous ? » on the code step: the flow ends, back to the sign-in page.
+        #expect(try await next.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+        let other = try #require(next.cookies["__Host-as-flow"])
+        let restarted = try await next.submit("/connexion/second-facteur", to: "/connexion/abandon", [:])
+        #expect(restarted.status == 303 && restarted.location == "/connexion")
+        let third = try world.browser()
+        third.cookies = ["__Host-as-flow": other]
+        #expect(try await third.get("/connexion/second-facteur").location == "/connexion?fin=expiree")
+        let events = try await world.server.auditEvents().filter { $0.action == "sign-in-abandoned" }
+        #expect(events.map(\.outcome) == ["sign-out", "restarted"], "\(events.map(\.outcome))")
+        // A code the failed attempt to resume did not count.
+        let failures = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account") ?? -1 }
+        #expect(failures == 0)
+        for client in [browser, next, third] { await client.shutdown() }
         await world.stop()
     }
 

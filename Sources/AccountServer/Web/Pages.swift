@@ -58,19 +58,36 @@ enum Pages {
             """)
     }
 
-    static func secondFactor(csrf: String, error: Bool) -> HTML {
+    /// Whose sign-in a step belongs to, with the way out: a step left open on a shared
+    /// workstation must not be finished by the next person (Keycloak shows the username on
+    /// every step, with « Restart login »).
+    static func signingIn(csrf: String, name: String?) -> HTML {
+        guard let name else { return "" }
+        return """
+            <p class="hint" id="qui">Connexion de <strong id="qui-nom">\(name)</strong>.</p>
+            <form method="post" action="/connexion/abandon" id="form-abandon">
+            \(csrfField(csrf))
+            <button type="submit">Ce n’est pas vous ? Recommencer la connexion</button>
+            </form>
+            """
+    }
+
+    /// The code field takes a TOTP code (digits) or a recovery code (letters and digits): a
+    /// text keyboard, or phones hide the letters.
+    static func secondFactor(csrf: String, error: Bool, name: String? = nil) -> HTML {
         layout("Code de vérification", """
             \(error ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Code incorrect ou déjà utilisé.</p>" : "" as HTML)
             <form method="post" action="/connexion/second-facteur" id="form-code">
             \(csrfField(csrf))
-            <label for="code">Code à 6 chiffres de votre application d’authentification, ou un code de secours</label>
-            <input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required>
+            <label for="code">Code à 6 chiffres de votre application d’authentification, ou un code de secours (XXXXX-XXXXX)</label>
+            <input id="code" name="code" inputmode="text" autocapitalize="characters" spellcheck="false" autocomplete="one-time-code" required>
             <button type="submit">Valider</button>
             </form>
+            \(signingIn(csrf: csrf, name: name))
             """)
     }
 
-    static func enrolTOTP(csrf: String, qrSVG: String, secret: String, uri: String, error: Bool) -> HTML {
+    static func enrolTOTP(csrf: String, qrSVG: String, secret: String, uri: String, error: Bool, name: String? = nil) -> HTML {
         let grouped = stride(from: 0, to: secret.count, by: 4).map { offset -> String in
             let start = secret.index(secret.startIndex, offsetBy: offset)
             return String(secret[start..<(secret.index(start, offsetBy: 4, limitedBy: secret.endIndex) ?? secret.endIndex)])
@@ -87,6 +104,7 @@ enum Pages {
             <input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required>
             <button type="submit">Activer</button>
             </form>
+            \(signingIn(csrf: csrf, name: name))
             """)
     }
 
@@ -101,17 +119,25 @@ enum Pages {
             """)
     }
 
-    static func cgu(csrf: String, version: String, text: String, error: Bool) -> HTML {
+    enum CGUError { case notChecked, versionChanged }
+
+    static func cgu(csrf: String, version: String, text: String, error: CGUError?, name: String? = nil) -> HTML {
         let paragraphs = text.components(separatedBy: "\n\n").map { "<p>\($0)</p>" as HTML }
+        let alert: HTML = switch error {
+        case .notChecked?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Cochez la case pour accepter les conditions.</p>"
+        case .versionChanged?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Les conditions ont changé depuis l’affichage de la page : lisez cette nouvelle version, puis acceptez-la.</p>"
+        case nil: ""
+        }
         return layout("Conditions générales d’utilisation", """
             <div class="cgu" id="texte-cgu">\(paragraphs)</div>
-            \(error ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Cochez la case pour accepter les conditions.</p>" : "" as HTML)
+            \(alert)
             <form method="post" action="/connexion/cgu" id="form-cgu">
             \(csrfField(csrf))
             <input type="hidden" name="version" value="\(version)">
             <label><input type="checkbox" name="accepte" value="oui" id="accepte" required> J’accepte les conditions générales d’utilisation (version \(version)).</label>
             <button type="submit">Continuer</button>
             </form>
+            \(signingIn(csrf: csrf, name: name))
             """)
     }
 

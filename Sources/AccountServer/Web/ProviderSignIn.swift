@@ -275,7 +275,7 @@ struct ProviderSignInController: Sendable {
             ])
         case .opened(let flowToken, nil):
             response = WebController.redirect("/connexion/cgu", cookies: [
-                WebCookie.flow.set(flowToken, maxAge: Int(sessions.configuration.flowLifetime)), WebCookie.method.clear,
+                WebCookie.flow.set(flowToken), WebCookie.method.clear,
             ])
         }
         let own = ContinuousClock.now - started - timer.elapsed

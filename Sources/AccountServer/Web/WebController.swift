@@ -103,7 +103,8 @@ struct WebController: Sendable {
         router.get("connexion/totp") { request, context in try await self.enrolPage(request, context, error: false) }
         router.post("connexion/totp") { request, context in try await self.enrol(request, context) }
         router.post("connexion/suite") { request, context in try await self.continueFlow(request, context) }
-        router.get("connexion/cgu") { request, context in try await self.cguPage(request, context, error: false) }
+        router.get("connexion/cgu") { request, context in try await self.cguPage(request, context, error: nil) }
+        router.post("connexion/abandon") { request, context in try await self.abandonFlow(request, context) }
         router.post("connexion/cgu") { request, context in try await self.acceptCGU(request, context) }
         router.get("mot-de-passe-oublie") { request, _ in self.respond(request) { Pages.forgotPassword(csrf: $0) } }
         router.post("mot-de-passe-oublie") { request, context in try await self.requestReset(request, context) }
@@ -332,7 +333,9 @@ struct WebController: Sendable {
             return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true, providerClick: providerClickIfConfigured($0)) }
         }
         let next = try await credentials.hasConfirmedTOTP(accountID: accountID) ? "/connexion/second-facteur" : "/connexion/totp"
-        return Self.redirect(next, cookies: [WebCookie.flow.set(flow, maxAge: Int(sessions.configuration.flowLifetime))])
+        // No Max-Age: the flow dies with the browser session, as the session cookie does (its
+        // row expires after `flowLifetime` anyway).
+        return Self.redirect(next, cookies: [WebCookie.flow.set(flow)])
     }
 
     /// The flow of this browser, or a redirect to start again.
@@ -342,6 +345,21 @@ struct WebController: Sendable {
     }
 
     var restart: Response { Self.redirect("/connexion?fin=expiree", cookies: [WebCookie.flow.clear]) }
+
+    /// The name a sign-in step shows (« Connexion de Jules MARIUS »).
+    func displayName(accountID: String) async throws -> String? {
+        try await AccountDirectory(database: credentials.database).snapshot(id: accountID).map { "\($0.givenName) \($0.familyName)" }
+    }
+
+    /// « Ce n’est pas vous ? Recommencer la connexion »: the flow ends (it cannot be resumed
+    /// by anyone), the SAS intent stays (a SAS sign-in stays one), back to the sign-in page.
+    func abandonFlow(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard try await form(request, context) != nil else { return csrfRefused }
+        if let token = WebCookie.value(.flow, in: request.headers) {
+            try await sessions.abandonFlow(token, reason: "restarted", actor: actor(context))
+        }
+        return Self.redirect("/connexion", cookies: [WebCookie.flow.clear])
+    }
 
     /// Where a flow whose second factor is done goes if it asks for a second-factor page: on
     /// to its next step (the terms of use, or the session). A Pro Santé Connect flow (the
@@ -355,7 +373,8 @@ struct WebController: Sendable {
     func secondFactorPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard let flow = try await currentFlow(request) else { return restart }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
-        return respond(request) { Pages.secondFactor(csrf: $0, error: false) }
+        let name = try await displayName(accountID: flow.accountID)
+        return respond(request) { Pages.secondFactor(csrf: $0, error: false, name: name) }
     }
 
     func secondFactor(_ request: Request, _ context: WebRequestContext) async throws -> Response {
@@ -381,7 +400,8 @@ struct WebController: Sendable {
                 context.logger.info("sign-in flow ended after wrong second-factor codes")
                 return Self.redirect("/connexion?fin=codes", cookies: [WebCookie.flow.clear])
             }
-            return respond(request, status: .unauthorized) { Pages.secondFactor(csrf: $0, error: true) }
+            let name = try await displayName(accountID: flow.accountID)
+            return respond(request, status: .unauthorized) { Pages.secondFactor(csrf: $0, error: true, name: name) }
         }
     }
 
@@ -394,8 +414,9 @@ struct WebController: Sendable {
         let email = try await AccountDirectory(database: credentials.database).email(accountID: flow.accountID) ?? ""
         let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
         guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
+        let name = try await displayName(accountID: flow.accountID)
         return respond(request, status: error ? .unauthorized : .ok) {
-            Pages.enrolTOTP(csrf: $0, qrSVG: svg, secret: Base32.encode(secret), uri: uri, error: error)
+            Pages.enrolTOTP(csrf: $0, qrSVG: svg, secret: Base32.encode(secret), uri: uri, error: error, name: name)
         }
     }
 
@@ -425,12 +446,13 @@ struct WebController: Sendable {
         return try await nextStep(request, context)
     }
 
-    func cguPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
+    func cguPage(_ request: Request, _ context: WebRequestContext, error: Pages.CGUError?) async throws -> Response {
         guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
         // A withdrawn or suspended account is refused now, not shown terms to accept first.
         if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
-        return respond(request, status: error ? .badRequest : .ok) {
-            Pages.cgu(csrf: $0, version: configuration.cguVersion, text: configuration.cguText, error: error)
+        let name = try await displayName(accountID: flow.accountID)
+        return respond(request, status: error != nil ? .badRequest : .ok) {
+            Pages.cgu(csrf: $0, version: configuration.cguVersion, text: configuration.cguText, error: error, name: name)
         }
     }
 
@@ -439,9 +461,11 @@ struct WebController: Sendable {
         guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
         if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         // The version accepted is the one in force now, whatever the form says.
-        guard fields["accepte"] == "oui", fields["version"] == configuration.cguVersion else {
-            return try await cguPage(request, context, error: true)
+        guard fields["version"] == configuration.cguVersion else {
+            // The page was shown before the version changed (or the field was altered).
+            return try await cguPage(request, context, error: .versionChanged)
         }
+        guard fields["accepte"] == "oui" else { return try await cguPage(request, context, error: .notChecked) }
         try await credentials.acceptCGU(accountID: flow.accountID, version: configuration.cguVersion, address: context.clientAddress, actor: actor(context))
         return try await nextStep(request, context)
     }
@@ -538,6 +562,15 @@ struct WebController: Sendable {
         }
         switch try await credentials.resetPassword(token: token, newPassword: password, actor: actor(context)) {
         case .success:
+            // The reset ended the account's own sessions and flows. The browser's, if another
+            // account's (a shared workstation), end too: its cookies are cleared here, and a
+            // session or flow nobody holds any more must not stay live on the server.
+            if let session = WebCookie.value(.session, in: request.headers) {
+                try await sessions.revoke(session, reason: "sign-out", actor: actor(context))
+            }
+            if let flow = WebCookie.value(.flow, in: request.headers) {
+                try await sessions.abandonFlow(flow, reason: "password-reset", actor: actor(context))
+            }
             return Self.page(Pages.resetDone, cookies: [WebCookie.session.clear, WebCookie.flow.clear])
         case .failure(.invalidToken):
             return Self.page(Pages.resetInvalid, status: .gone)
@@ -566,16 +599,23 @@ struct WebController: Sendable {
         guard try await form(request, context) != nil else { return csrfRefused }
         var sealedIDToken: [UInt8]?
         if let token = WebCookie.value(.session, in: request.headers) { sealedIDToken = try await sessions.revoke(token, reason: "sign-out", actor: actor(context)) }
+        // A sign-in under way in this browser ends too (a step left open, the terms of use
+        // of a new version for instance, would otherwise be there for the next person to
+        // finish), and the SAS intent goes with it: signing out forgets this browser's all.
+        if let flow = WebCookie.value(.flow, in: request.headers) {
+            try await sessions.abandonFlow(flow, reason: "sign-out", actor: actor(context))
+        }
+        let cleared = [WebCookie.session.clear, WebCookie.csrf.clear, WebCookie.flow.clear, WebCookie.intent.clear]
         // A Pro Santé Connect session also ends at the provider (RP-initiated logout), which
         // then sends the browser to "Vous êtes déconnecté(e)".
         if let provider, let sealedIDToken,
            let url = await provider.relyingParty.endSessionURL(
             idTokenHint: (try? provider.box.open(sealedIDToken, context: ProviderSignIn.sealContext)).map { String(decoding: $0, as: UTF8.self) },
             postLogoutRedirectURI: provider.postLogoutRedirectURI) {
-            return Self.redirect(url, cookies: [WebCookie.session.clear, WebCookie.csrf.clear])
+            return Self.redirect(url, cookies: cleared)
         }
         // The form secret of before the sign-in goes too: a token seen then (a page, a shared
         // screen) must not be good again after the sign-out; the next page sets a new one.
-        return Self.redirect("/connexion", cookies: [WebCookie.session.clear, WebCookie.csrf.clear])
+        return Self.redirect("/connexion", cookies: cleared)
     }
 }
