@@ -419,6 +419,8 @@ public final class SessionStore: Sendable {
             try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ? AND consumed_at IS NULL AND failed_codes >= ?",
                            arguments: [self.now.epochMilliseconds, hash, accountLocked ? 0 : Int64(clamping: wrongCodesAllowed)])
             return try db.changesCount == 0
+        }, isDone: { db in
+            try Bool.fetchOne(db, sql: "SELECT 1 FROM sign_in_flow WHERE id_hash = ? AND second_factor_at IS NOT NULL", arguments: [hash]) ?? false
         })
     }
 

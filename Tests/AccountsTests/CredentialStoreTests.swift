@@ -495,7 +495,39 @@ struct CredentialStoreTests {
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor,
                                                      for: sessions.secondFactorStep(flowToken: second, wrongCodesAllowed: 3)) == .accepted(.recoveryCode))
         #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor,
-                                                     for: sessions.secondFactorStep(flowToken: second, wrongCodesAllowed: 3)) == .refused(flowOpen: true))
+                                                     for: sessions.secondFactorStep(flowToken: second, wrongCodesAllowed: 3)) == .alreadyDone)
+        let third = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: codes[0], actor: h.actor,
+                                                     for: sessions.secondFactorStep(flowToken: third, wrongCodesAllowed: 3)) == .refused(flowOpen: true),
+                "the recovery code was spent")
+    }
+
+    /// A double click on « Valider » (or a second tab): the request that lost the race finds
+    /// the flow's factor already proven and neither checks the code (a replay by then) nor
+    /// counts it toward the lockout.
+    @Test func theSameCodeSentTwiceForOneFlowIsNotCountedAsAFailure() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let sessions = SessionStore(database: h.accounts.database, serverKey: TestKeys.server, clock: { h.clock.now })
+        let totp = TOTP()
+        let secret = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID))
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: totp.code(secret: secret, step: totp.step(at: h.clock.now)), actor: h.actor) != nil)
+        h.clock.advance(30)
+        let flow = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        let code = totp.code(secret: secret, step: totp.step(at: h.clock.now))
+        let step = sessions.secondFactorStep(flowToken: flow, wrongCodesAllowed: 3)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: code, actor: h.actor, for: step) == .accepted(.totp))
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: code, actor: h.actor, for: step) == .alreadyDone)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: "000000", actor: h.actor, for: step) == .alreadyDone)
+        let failures = try await h.accounts.database.read { [id = h.accountID] db in
+            try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account WHERE id = ?", arguments: [id])
+        }
+        #expect(failures == 0)
+        #expect(try await h.accounts.auditEvents().filter { $0.action == "second-factor" }.isEmpty)
+        // Another flow of the account still checks its code: the same one is a replay there.
+        let other = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
+        #expect(try await h.store.verifySecondFactor(accountID: h.accountID, code: code, actor: h.actor,
+                                                     for: sessions.secondFactorStep(flowToken: other, wrongCodesAllowed: 3)) == .refused(flowOpen: true))
     }
 
     /// A wrong code is counted in the flow by the transaction that checks it: the flow ends

@@ -389,7 +389,7 @@ struct WebController: Sendable {
         // instance meanwhile spends nothing.
         let step = sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)
         switch try await credentials.verifySecondFactor(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context), for: step) {
-        case .accepted:
+        case .accepted, .alreadyDone:
             return try await nextStep(request, context)
         case .stepEnded:
             return restart

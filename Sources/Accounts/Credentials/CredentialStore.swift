@@ -460,6 +460,10 @@ public final class CredentialStore: Sendable {
         /// The sign-in flow ended before the code was looked at (a password reset, "sign out
         /// everywhere", on any instance): nothing was checked, spent or counted.
         case stepEnded
+        /// The flow's second factor was already proven (a double click, or a second tab,
+        /// whose first request won): the code is not looked at, so the same code sent twice
+        /// is neither a replay refused nor a failure counted toward the lockout.
+        case alreadyDone
     }
 
     /// ``verifySecondFactor(accountID:code:actor:for:)`` outside any sign-in flow (tooling
@@ -486,6 +490,7 @@ public final class CredentialStore: Sendable {
         let lockout = configuration.lockout
         return try await database.write { db in
             guard try step.isOpen(db) else { return .stepEnded }
+            if try step.isDone(db) { return .alreadyDone }
             let state = try self.lockoutState(accountID, in: db)
             if lockout.isLocked(state, at: at) {
                 try self.audit.append(self.event("second-factor", "refused locked", accountID, actor, at), in: db)
@@ -604,13 +609,17 @@ public struct SignInStep: Sendable {
     /// Records a refused code in the flow (`accountLocked`: the account is locked, now or
     /// already); returns whether the flow stays open.
     public let refuse: @Sendable (any SQLTransaction, _ accountLocked: Bool) throws -> Bool
+    /// Whether the step's factor was already accepted (read in the checking transaction).
+    public let isDone: @Sendable (any SQLTransaction) throws -> Bool
 
     public init(id: String?, isOpen: @escaping @Sendable (any SQLTransaction) throws -> Bool, accept: @escaping @Sendable (any SQLTransaction) throws -> Void,
-                refuse: @escaping @Sendable (any SQLTransaction, _ accountLocked: Bool) throws -> Bool) {
+                refuse: @escaping @Sendable (any SQLTransaction, _ accountLocked: Bool) throws -> Bool,
+                isDone: @escaping @Sendable (any SQLTransaction) throws -> Bool = { _ in false }) {
         self.id = id
         self.isOpen = isOpen
         self.accept = accept
         self.refuse = refuse
+        self.isDone = isDone
     }
 
     /// No flow: always open, nothing recorded (tooling and tests only).
