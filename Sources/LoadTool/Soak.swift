@@ -89,7 +89,17 @@ struct SoakRun {
         let settled = samples.dropFirst(max(1, samples.count / 10)).first ?? samples.first ?? 0
         print(String(format: "SOAK_RSS samples=%d start_kib=%d settled_kib=%d peak_kib=%d end_kib=%d growth_after_settling_kib=%d",
                      samples.count, samples.first ?? 0, settled, samples.max() ?? 0, samples.last ?? 0, (samples.last ?? 0) - settled))
+        // The soak is a check, not only a figure: CI fails on an error or on memory that keeps
+        // growing (runs measured 1–2 MiB of growth after settling; the bound is far above
+        // that noise and far below a leak of a few hundred bytes per request).
+        let errors = counts.values.reduce(0) { $0 + $1.errors }
+        let growth = (samples.last ?? 0) - settled
+        if errors > 0 { throw ValidationFailure("the soak saw \(errors) failed requests") }
+        if growth > Self.maximumGrowthKiB { throw ValidationFailure("resident memory grew by \(growth) KiB after settling (bound \(Self.maximumGrowthKiB) KiB)") }
+        if counts.values.contains(where: { $0.requests == 0 }) || counts.count < 4 { throw ValidationFailure("a kind of request never ran: \(counts.keys.sorted())") }
     }
+
+    static let maximumGrowthKiB = 32 * 1024
 
     static func residentKiB(pid: Int32) -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),

@@ -61,7 +61,7 @@ struct FHIREndpointTests {
             #expect(created.status == 201)
             let location = try #require(created.headers.first(name: "Location"))
             #expect(location.hasPrefix("\(server.baseURL)/Practitioner/"))
-            let id = String(location.split(separator: "/").last!)
+            let id = String(try #require(location.split(separator: "/").last))
             #expect(created["id"] == .string(id), "the body's id is ignored: ours is used")
             #expect(created.headers.first(name: "Content-Type")?.hasPrefix("application/json+fhir") == true)
             #expect(created.headers.first(name: "ETag") == "W/\"1\"")

@@ -19,7 +19,7 @@ struct MailTransportTests {
         let message = try String(contentsOfFile: directory.appendingPathComponent("message").path, encoding: .utf8)
         #expect(message.contains("To: jules.marius@test.com") && message.contains("Subject: =?UTF-8?B?"))
         let body = message.components(separatedBy: "\r\n\r\n")[1].replacingOccurrences(of: "\r\n", with: "")
-        #expect(String(data: Data(base64Encoded: body)!, encoding: .utf8) == mail.body)
+        #expect(String(data: try #require(Data(base64Encoded: body)), encoding: .utf8) == mail.body)
         let arguments = try String(contentsOfFile: directory.appendingPathComponent("arguments").path, encoding: .utf8)
         #expect(arguments.trimmingCharacters(in: .newlines) == "-i -f no-reply@example.fr -- jules.marius@test.com")
     }

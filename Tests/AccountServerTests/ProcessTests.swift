@@ -78,7 +78,8 @@ struct ProcessTests {
                 }
                 return done
             }
-            try await eventually(timeout: .seconds(60), every: .milliseconds(20)) { progress.load(ordering: .relaxed) >= 6 }
+            #expect(try await eventually(timeout: .seconds(60), every: .milliseconds(20)) { progress.load(ordering: .relaxed) >= 6 },
+                    "writes were acknowledged before the kill")
             kill(process.processIdentifier, SIGKILL)
             // Asked of the kernel, and bounded: Foundation's wait was seen not to return when
             // the test process also spawns other children (see `Instance.isRunning`).
@@ -279,7 +280,7 @@ struct ProcessTests {
                 "without SIGHUP (and with polling off) the old CRL is still in force")
         kill(process.processIdentifier, SIGHUP)
         var refused: String? = "201"
-        try await eventually {
+        _ = try await eventually {  // the #expect below says what was found
             refused = try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "h3-\(UUID().uuidString.prefix(6))@test.fr")
             return refused == nil || refused!.hasPrefix("4")
         }
@@ -316,7 +317,7 @@ struct ProcessTests {
         try Self.writeKey(renewed.privateKeyPEM, to: pki.appendingPathComponent("server-key.pem"))
         kill(process.processIdentifier, SIGHUP)
         var after: String?
-        try await eventually {
+        _ = try await eventually {  // the #expect below says what was found
             after = try await Self.servedSerial(port: port, pki: pki)
             return after != nil && after != before
         }

@@ -623,7 +623,8 @@ struct ProviderSignInTests {
 
         let logout = try await browser.get(world.provider.issuer + "/?logout=1")
         #expect(logout.status < 500, "the provider signs out: \(logout.status)")
-        try await eventually(timeout: .seconds(10)) { try await Self.forwardAuth(browser, world: world).status == 401 }
+        #expect(try await eventually(timeout: .seconds(10)) { try await Self.forwardAuth(browser, world: world).status == 401 },
+                "the provider's back-channel logout ended the session")
         let ended = try #require(try await world.server.auditEvents().last { $0.action == "provider-logout" })
         #expect(ended.outcome == "session ended" && ended.actorSubject == "provider")
         await browser.shutdown()
@@ -636,7 +637,8 @@ struct ProviderSignInTests {
     /// refused with the claim or signature it breaks.
     @Test func realTokensAreCheckedClaimByClaim() async throws {
         let world = try await World()
-        let client = try HTTPClient.testClient(pki: world.pki)
+        let owned = try HTTPClient.testClient(pki: world.pki)
+        let client = owned.client
         func party(clientID: String = Self.clientID, clock: @escaping @Sendable () -> Date = Date.init) -> RelyingParty {
             RelyingParty(configuration: RelyingPartyConfiguration(issuer: world.provider.issuer, clientID: clientID,
                                                                   clientAuthentication: .clientSecretBasic(secret: Self.clientSecret),
@@ -717,7 +719,7 @@ struct ProviderSignInTests {
         let reads = await rp.loads - loadsBefore
         #expect(reads <= 1, "one shared re-read at most: \(reads)")
         await browser.shutdown()
-        try await client.shutdown()
+        await owned.shutdown()
         await world.stop()
     }
 
@@ -787,7 +789,8 @@ struct ProviderSignInTests {
         try process.run()
         defer { process.terminate() }
         _ = output.fileHandleForReading.availableData   // "ready"
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let owned = OwnedHTTPClient()
+        let client = owned.client
         var configuration = RelyingPartyConfiguration(issuer: "http://127.0.0.1:\(port)", clientID: Self.clientID,
                                                       clientAuthentication: .clientSecretBasic(secret: Self.clientSecret), redirectURI: "https://as.example/cb")
         configuration.requestTimeout = 2
@@ -802,7 +805,7 @@ struct ProviderSignInTests {
         // Not a timing assertion: the trickle lasts 60 s, and a request that ignored the
         // cancellation would hold the call until then.
         #expect(ContinuousClock.now - started < .seconds(30), "the request itself was cancelled at the deadline")
-        try await client.shutdown()
+        await owned.shutdown()
     }
 
     // MARK: Logout tokens
@@ -922,7 +925,8 @@ struct ProviderSignInTests {
         openssl.waitUntilExit()
         let key = try await ClientAssertionKey.load(pem: try String(contentsOfFile: keyPath, encoding: .utf8), kid: "as-1")
         #expect(key.algorithm == (kind == "EC" ? "ES256" : "RS256") && key.publicJWK["kid"] == "as-1" && key.publicJWK["d"] == nil)
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let owned = OwnedHTTPClient()
+        let client = owned.client
         let rp = RelyingParty(configuration: RelyingPartyConfiguration(issuer: "https://psc.example", clientID: "as-client",
                                                                        clientAuthentication: .privateKeyJWT(key), redirectURI: "https://as.example/cb"),
                               httpClient: client)
@@ -935,6 +939,6 @@ struct ProviderSignInTests {
         let lifetime = (claims["exp"]?.seconds ?? 0) - (claims["iat"]?.seconds ?? 0)
         #expect(lifetime > 0 && lifetime <= 60)
         #expect(claims.string("jti") != (try await verifier.verify(second, as: ClaimSet.self)).string("jti"))
-        try await client.shutdown()
+        await owned.shutdown()
     }
 }

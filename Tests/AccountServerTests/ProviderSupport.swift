@@ -78,7 +78,8 @@ final class OIDCTestProvider: Sendable {
     }
 
     static func answers(port: Int, pki: TestPKI, process: Process) async -> Bool {
-        guard let client = try? HTTPClient.testClient(pki: pki) else { return false }
+        guard let owned = try? HTTPClient.testClient(pki: pki) else { return false }
+        let client = owned.client
         var answered = false
         // Up to about a minute: python, an RSA key and starman's Perl workers loading
         // LemonLDAP::NG take long on a loaded machine.
@@ -90,7 +91,7 @@ final class OIDCTestProvider: Sendable {
             }
             try? await Task.sleep(for: .milliseconds(100))
         }
-        try? await client.shutdown()
+        await owned.shutdown()
         return answered
     }
 
@@ -112,10 +113,12 @@ final class OIDCTestProvider: Sendable {
 
 extension HTTPClient {
     /// A client trusting the test CA only.
-    static func testClient(pki: TestPKI) throws -> HTTPClient {
+    /// Owned: shut down however the test ends (an HTTPClient dropped unshut traps, taking
+    /// the whole test process down instead of failing one test).
+    static func testClient(pki: TestPKI) throws -> OwnedHTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try pki.ca.certificatePEM.utf8), format: .pem)])
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls, redirectConfiguration: .disallow))
+        return OwnedHTTPClient(.init(tlsConfiguration: tls, redirectConfiguration: .disallow))
     }
 }
 

@@ -855,7 +855,7 @@ struct SlotSearchUpstreamTests {
         #expect(updated.status == 200 || updated.status == 201, "\(updated.body)")
         #expect(standIn.requests.isEmpty, "INT_R02 writes are never relayed")
         let location = try #require(created.headers.first(name: "Location"))
-        let id = String(location.split(separator: "/").last!)
+        let id = String(try #require(location.split(separator: "/").last))
         let read = try await client.send(.GET, "/Practitioner/\(id)")
         #expect(read.status == 200 && read.body.contains("Practitioner"))
         #expect(standIn.requests.isEmpty, "a Practitioner this product holds is read here")

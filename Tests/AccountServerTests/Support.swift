@@ -80,7 +80,10 @@ struct TestPKI {
 
     /// Publishes a new CRL (atomic rename, as a PKI sync job would).
     func writeCRL(revoking names: [String]) throws {
-        let serials = names.map { clients[$0]!.certificate.serialNumber }
+        let serials = try names.map { name in
+            guard let client = clients[name] else { throw FixtureFailure("no client certificate named \(name)") }
+            return client.certificate.serialNumber
+        }
         try write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: ca, revoked: serials)), "crl.pem")
     }
 
@@ -90,7 +93,10 @@ struct TestPKI {
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try ca.certificatePEM.utf8), format: .pem)])
         tls.minimumTLSVersion = minimumVersion
         tls.maximumTLSVersion = maximumVersion
-        if let name, let client = clients[name] {
+        if let name {
+            // A misspelt name must not quietly become "no certificate", which a refusal test
+            // would then pass for the wrong reason.
+            guard let client = clients[name] else { throw FixtureFailure("no client certificate named \(name)") }
             tls.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(try client.certificatePEM.utf8), format: .pem))]
             if client.certificate.issuer == intermediate.certificate.subject {
                 tls.certificateChain.append(.certificate(try NIOSSLCertificate(bytes: Array(try intermediate.certificatePEM.utf8), format: .pem)))
@@ -367,7 +373,6 @@ struct FixtureFailure: Error, CustomStringConvertible {
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held. Tests wait
 /// for an observable effect this way instead of sleeping a fixed time and hoping.
-@discardableResult
 func eventually(timeout: Duration = .seconds(10), every interval: Duration = .milliseconds(50),
                 _ condition: () async throws -> Bool) async throws -> Bool {
     let deadline = ContinuousClock.now + timeout

@@ -88,7 +88,7 @@ struct WebSignInTests {
             let text = try #require(enrol.capture(#"id="cle-secrete">([A-Z2-7 ]+)<"#))
             secret = try #require(Base32.decode(text))
             let totp = TOTP()
-            let codes = try await browser.request(.POST, "/connexion/totp", form: ["csrf": enrol.csrf ?? "", "code": totp.code(secret: secret!, step: totp.step(at: Date()))])
+            let codes = try await browser.request(.POST, "/connexion/totp", form: ["csrf": enrol.csrf ?? "", "code": totp.code(secret: try #require(secret), step: totp.step(at: Date()))])
             #expect(codes.status == 200 && codes.body.contains("codes-secours"))
             recoveryCodes = codes.body.matches(of: /<li><code>([^<]+)<\/code><\/li>/).map { String($0.1) }
             page = try await browser.request(.POST, "/connexion/suite", form: ["csrf": codes.csrf ?? ""])
@@ -96,7 +96,7 @@ struct WebSignInTests {
             #expect(afterPassword.location == "/connexion/second-facteur")
             let totp = TOTP()
             // The current step was used at enrolment; the next one is within the ±1 window.
-            page = try await browser.submit("/connexion/second-facteur", ["code": code ?? totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
+            page = try await browser.submit("/connexion/second-facteur", ["code": try code ?? totp.code(secret: #require(secret), step: totp.step(at: Date()) + 1)])
         }
         if page.location == "/connexion/cgu" {
             let cgu = try await browser.get("/connexion/cgu")
@@ -368,7 +368,7 @@ struct WebSignInTests {
         let afterPassword = try await later.submit("/connexion", ["email": Self.email, "password": Self.password])
         #expect(afterPassword.location == "/connexion/second-facteur")
         let totp = TOTP()
-        let afterCode = try await later.submit("/connexion/second-facteur", ["code": totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
+        let afterCode = try await later.submit("/connexion/second-facteur", ["code": totp.code(secret: try #require(secret), step: totp.step(at: Date()) + 1)])
         #expect(afterCode.location == "/connexion/cgu", "a new CGU version must be accepted again")
         let cgu = try await later.get("/connexion/cgu")
         #expect(cgu.body.contains("version 2026-02") && cgu.body.contains("id=\"qui-nom\">Jules MARIUS<"))
@@ -743,7 +743,7 @@ struct WebSignInTests {
         let afterPassword = try await other.submit("/connexion", ["email": Self.email, "password": Self.password])
         #expect(afterPassword.location == "/connexion/second-facteur")
         let totp = TOTP()
-        let afterCode = try await other.submit("/connexion/second-facteur", ["code": totp.code(secret: secret!, step: totp.step(at: Date()) + 1)])
+        let afterCode = try await other.submit("/connexion/second-facteur", ["code": totp.code(secret: try #require(secret), step: totp.step(at: Date()) + 1)])
         #expect(afterCode.status == 303)
         #expect(try await other.get("/compte").status == 200)
         try await Self.choosePassword(browser, world: world, mailNumber: 2)

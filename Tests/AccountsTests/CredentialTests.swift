@@ -170,7 +170,7 @@ struct CredentialTests {
         #expect(lockout.recordingSuccess() == LockoutPolicy.State())
     }
 
-    @Test func eachFailureAfterALockLocksAgainForLongerUntilAQuietPeriod() {
+    @Test func eachFailureAfterALockLocksAgainForLongerUntilAQuietPeriod() throws {
         let lockout = LockoutPolicy(maximumFailures: 5, coolingPeriod: .seconds(900),
                                     maximumWait: .seconds(4 * 3600), failureResetTime: .seconds(12 * 3600))
         var now = Date(timeIntervalSince1970: 1_800_000_000)
@@ -202,11 +202,12 @@ struct CredentialTests {
         }
         #expect(defaultGuesses == 11, "was 5 per 15 minutes, 480 a day")
         // Quiet for the reset time after the last lock ran out: the count starts again.
-        let quietAt = state.lockedUntil!.addingTimeInterval(12 * 3600)
+        let lastLockEnds = try #require(state.lockedUntil)
+        let quietAt = lastLockEnds.addingTimeInterval(12 * 3600)
         let quiet = lockout.recordingFailure(state, at: quietAt)
         #expect(!quiet.locked && quiet.state == LockoutPolicy.State(consecutiveFailures: 1, lockedUntil: nil, lastFailureAt: quietAt))
         // One second short of it: locked again, for the longest wait.
-        let early = lockout.recordingFailure(state, at: state.lockedUntil!.addingTimeInterval(12 * 3600 - 1))
+        let early = lockout.recordingFailure(state, at: lastLockEnds.addingTimeInterval(12 * 3600 - 1))
         #expect(early.locked && early.state.consecutiveFailures == state.consecutiveFailures + 1)
         #expect(lockout.wait(afterFailures: 4) == nil && lockout.wait(afterFailures: 1_000) == 4 * 3600)
     }

@@ -1429,7 +1429,7 @@ struct PostgresEngineTests {
         let clock = ContinuousClock()
         func pid(_ connection: PostgresConnection) async throws -> Int32 {
             let rows = try await connection.query("SELECT pg_backend_pid()", logger: Self.logger).get().rows
-            return try rows.first!.decode(Int32.self)
+            return try #require(rows.first).decode(Int32.self)
         }
         /// Terminates `victim`'s backend (its pid read while it was still lent) from `other`.
         func terminate(_ victim: PostgresConnection, pid victimPID: Int32, from other: PostgresConnection) async throws {
@@ -1692,7 +1692,7 @@ struct PostgresEngineTests {
             for waiter in waiters {
                 let connection = try await Self.value(waiter)
                 let rows = try await connection.query("SELECT 1", logger: Self.logger).get().rows
-                #expect(try rows.first!.decode(Int.self) == 1)
+                #expect(try #require(rows.first).decode(Int.self) == 1)
                 pool.release(connection)
             }
         } catch {

@@ -12,8 +12,14 @@ import Storage
 ///   `ACCOUNT_SERVER_TEST_POSTGRES_URL` (an administrator URL, as `scripts/postgres.sh start`
 ///   prints; `scripts/test.sh` starts such a server).
 public enum TestStore {
+    /// Any other value stops the run: a misspelt `postgresql` must not quietly run the
+    /// SQLite suite (and skip the PostgreSQL-only tests) under a green result.
     public static var kind: StorageKind {
-        ProcessInfo.processInfo.environment["ACCOUNT_SERVER_TEST_STORE"] == "postgres" ? .postgres : .sqlite
+        switch ProcessInfo.processInfo.environment["ACCOUNT_SERVER_TEST_STORE"] {
+        case nil, "", "sqlite": .sqlite
+        case "postgres": .postgres
+        case let other?: fatalError("ACCOUNT_SERVER_TEST_STORE=\(other): expected sqlite or postgres")
+        }
     }
 
     /// The role servers under test connect as on PostgreSQL: not the schema owner, no DDL,
