@@ -47,6 +47,10 @@ struct ProcessTests {
         for _ in 0..<200 {
             text += String(decoding: try await onDedicatedThread { reader.availableData }, as: UTF8.self)
             if let match = text.firstMatch(of: /address=127\.0\.0\.1:(\d+)[^\n]*FHIR endpoint listening/), let port = Int(match.1) {
+                // The log keeps coming (a line per request): drained until the process ends,
+                // or a full pipe (64 KiB) would block the server's logging, and with it the
+                // requests the test waits for.
+                Thread.detachNewThread { while !reader.availableData.isEmpty {} }
                 return (process, port)
             }
             try await Task.sleep(for: .milliseconds(50))
