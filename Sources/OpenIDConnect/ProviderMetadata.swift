@@ -16,6 +16,8 @@ public struct ProviderMetadata: Sendable, Equatable, Decodable {
     public var backchannelLogoutSupported: Bool?
     public var backchannelLogoutSessionSupported: Bool?
     public var acrValuesSupported: [String]?
+    /// RFC 9207 §3: the provider names itself (`iss`) in every authorization answer.
+    public var authorizationResponseIssParameterSupported: Bool?
 
     enum CodingKeys: String, CodingKey {
         case issuer
@@ -30,6 +32,7 @@ public struct ProviderMetadata: Sendable, Equatable, Decodable {
         case backchannelLogoutSupported = "backchannel_logout_supported"
         case backchannelLogoutSessionSupported = "backchannel_logout_session_supported"
         case acrValuesSupported = "acr_values_supported"
+        case authorizationResponseIssParameterSupported = "authorization_response_iss_parameter_supported"
     }
 
     /// The discovery URL of an issuer (§4: the issuer, then `/.well-known/openid-configuration`).

@@ -341,9 +341,10 @@ public actor RelyingParty {
         if let advertised = metadata?.idTokenSigningAlgValuesSupported { allowed.formIntersection(advertised) }
         if case .verified(let claims) = try await keys!.verify(token, header: header, allowed: allowed) { return (claims, header) }
         // An unknown key: the provider may have rotated. Re-read the set (at most so often).
-        do { try await refresh(timer: timer) } catch {
-            throw .signature("no key \(header.kid.map { String($0.prefix(64)).debugDescription } ?? "for \(header.alg)") in the provider's key set")
-        }
+        // A re-read refused as too soon may be the one that just loaded this key (two
+        // callbacks with the new key arriving together, or a forged `kid` just before the
+        // rotation): the keys held now are checked either way.
+        try? await refresh(timer: timer)
         if case .verified(let claims) = try await keys!.verify(token, header: header, allowed: allowed) { return (claims, header) }
         throw .signature("no key \(header.kid.map { String($0.prefix(64)).debugDescription } ?? "for \(header.alg)") in the provider's key set")
     }

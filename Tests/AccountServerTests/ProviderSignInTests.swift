@@ -635,6 +635,21 @@ struct ProviderSignInTests {
 
     /// The relying party's checks, on tokens the real provider issued: each alteration is
     /// refused with the claim or signature it breaks.
+    /// RFC 9207 §2.4: an answer naming another issuer is refused; one naming none is refused
+    /// from a provider whose discovery says it always names itself (Keycloak does; the test
+    /// provider, LemonLDAP::NG 2.16, does not say so, so the live path is the unit here).
+    @Test func anAnswerWithoutIssIsRefusedFromAProviderThatAdvertisesIt() throws {
+        let issuer = "https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet"
+        #expect(ProviderSignIn.issuerAnswers(issuer, configured: issuer, advertised: true))
+        #expect(ProviderSignIn.issuerAnswers(issuer, configured: issuer, advertised: false))
+        #expect(ProviderSignIn.issuerAnswers(nil, configured: issuer, advertised: false))
+        #expect(!ProviderSignIn.issuerAnswers(nil, configured: issuer, advertised: true))
+        #expect(!ProviderSignIn.issuerAnswers("https://evil.example", configured: issuer, advertised: false))
+        let document = #"{"issuer":"\#(issuer)","authorization_endpoint":"\#(issuer)/a","token_endpoint":"\#(issuer)/t","jwks_uri":"\#(issuer)/k","authorization_response_iss_parameter_supported":true}"#
+        let metadata = try JSONDecoder().decode(ProviderMetadata.self, from: Data(document.utf8))
+        #expect(metadata.authorizationResponseIssParameterSupported == true)
+    }
+
     @Test func realTokensAreCheckedClaimByClaim() async throws {
         let world = try await World()
         let owned = try HTTPClient.testClient(pki: world.pki)

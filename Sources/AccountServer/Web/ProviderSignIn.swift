@@ -44,6 +44,13 @@ struct ProviderSignIn: Sendable {
         self.providerOrigin = "\(issuer?.scheme ?? "https")://\(issuer?.host ?? "")\(issuer?.port.map { ":\($0)" } ?? "")"
     }
 
+    /// RFC 9207 §2.4: an `iss` in the answer must be the configured issuer; without one, the
+    /// answer is accepted only from a provider that does not advertise sending it.
+    static func issuerAnswers(_ issuer: String?, configured: String, advertised: Bool) -> Bool {
+        guard let issuer else { return !advertised }
+        return issuer == configured
+    }
+
     func derived(_ purpose: String, state: String) -> String {
         Base64URL.encode(Array(HMAC<SHA256>.authenticationCode(for: Array("\(purpose):\(state)".utf8), using: derivationKey)))
     }
@@ -190,10 +197,14 @@ struct ProviderSignInController: Sendable {
         }
         let state = query.first("state") ?? ""
         // RFC 9207: a provider that names itself in its answer must be ours (a mix-up attack
-        // has another provider's answer, or a code meant for it, arrive here).
-        if let issuer = query.first("iss"), issuer != provider.relyingParty.configuration.issuer {
+        // has another provider's answer, or a code meant for it, arrive here), and one that
+        // says it always does (Keycloak, which PSC runs) must have done so.
+        let issuer = query.first("iss")
+        let advertised = (try? await provider.relyingParty.providerMetadata())?.authorizationResponseIssParameterSupported == true
+        if !ProviderSignIn.issuerAnswers(issuer, configured: provider.relyingParty.configuration.issuer, advertised: advertised) {
             try await sessions.auditProviderSignIn(outcome: "refused: issuer", accountID: nil,
-                                                   detail: "answer from issuer \(String(issuer.prefix(200)).debugDescription)", actor: actor)
+                                                   detail: issuer.map { "answer from issuer \(String($0.prefix(200)).debugDescription)" }
+                                                       ?? "answer without iss from a provider that advertises it", actor: actor)
             web.metrics.providerSignIn(result: "issuer")
             return refused(request, .badRequest, "Connexion refusée", "Cette réponse ne vient pas de Pro Santé Connect. Recommencez la connexion.", pause: true)
         }
