@@ -799,6 +799,31 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// A sign-in page shown from a SAS link whose intent runs out before the form is sent
+    /// (the cookie's Max-Age is the intent's lifetime: the browser drops it) does not quietly
+    /// open a session without the habilitation: it says the SAS link expired, before the
+    /// password is looked at.
+    @Test func aSASSignInWhoseLinkExpiredSaysSoInsteadOfSigningInWithout() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        #expect(try await browser.get("/connexion?origin=sas").location == "/connexion")
+        let page = try await browser.get("/connexion")
+        #expect(page.body.contains("name=\"sas\" value=\"1\"") && page.body.contains("id=\"origine-sas\""))
+        browser.cookies["__Host-as-intent"] = nil
+        let late = try await browser.request(.POST, "/connexion", form: ["csrf": page.csrf ?? "", "sas": "1", "email": Self.email, "password": Self.password])
+        #expect(late.status == 400 && late.body.contains("Le lien de la plateforme SAS a expiré"), "\(late.status)")
+        #expect(!late.body.contains("name=\"sas\""), "the page shown now is a direct sign-in")
+        #expect(browser.cookies["__Host-as-flow"] == nil)
+        let events = try await world.server.auditEvents()
+        #expect(!events.contains { $0.action == "sign-in" }, "the password was not looked at")
+        // The same form without the SAS promise signs in (directly).
+        let direct = try await browser.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(direct.status == 303 && direct.location == "/connexion/totp")
+        await browser.shutdown()
+        await world.stop()
+    }
+
     @Test func signInAndResetAreRateLimitedPerClient() async throws {
         let world = try await World { $0.rateLimitPerMinute = 3 }
         let browser = try world.browser()

@@ -47,6 +47,7 @@ enum Pages {
             \(banner)\(info)\(alert)\(provider)
             <form method="post" action="/connexion" id="form-connexion">
             \(csrfField(csrf))
+            \(fromSAS ? "<input type=\"hidden\" name=\"sas\" value=\"1\">" : "" as HTML)
             <label for="email">Adresse e-mail</label>
             <input id="email" name="email" type="email" autocomplete="username" required>
             <label for="password">Mot de passe</label>

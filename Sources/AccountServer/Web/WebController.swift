@@ -316,6 +316,17 @@ struct WebController: Sendable {
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         let fromSAS = intentFromCookie(request)?.origin == .sas
+        if fields["sas"] == "1" && !fromSAS {
+            // The page promised a SAS sign-in, but its intent ran out meanwhile (a call taken
+            // on the sign-in page): signing in now would open a session without the
+            // habilitation, and the regulator would find out at the agenda. Said instead,
+            // before the password is looked at (nothing counted).
+            return respond(request, status: .badRequest) {
+                Pages.signIn(csrf: $0, fromSAS: false, error: false,
+                             notice: "Le lien de la plateforme SAS a expiré. Pour disposer de l’habilitation régulateur, retournez sur la plateforme SAS et suivez à nouveau le lien ; sinon, connectez-vous ici sans l’habilitation.",
+                             providerClick: providerClickIfConfigured($0))
+            }
+        }
         let sessions = self.sessions
         let intentToken = WebCookie.value(.intent, in: request.headers)
         let (outcome, opened) = try await credentials.checkPassword(email: fields["email"] ?? "", password: fields["password"] ?? "",
