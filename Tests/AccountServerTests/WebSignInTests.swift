@@ -576,7 +576,7 @@ struct WebSignInTests {
         #expect(try secret(of: try await other.get("/connexion/totp")) == planted, "the same flow is shown its own secret again")
 
         let wrong = try await regulator.request(.POST, "/connexion/totp", form: ["csrf": regulatorPage.csrf ?? "", "code": code(scanned)])
-        #expect(wrong.status == 401, "the scanned secret was replaced by the other sign-in")
+        #expect(wrong.status == 401 && wrong.body.contains("a remplacé la clé affichée"), "the scanned secret was replaced by the other sign-in")
         let fresh = try secret(of: wrong)
         #expect(fresh != planted && fresh != scanned, "a new secret of the regulator's own, never the other's")
         let codes = try await regulator.request(.POST, "/connexion/totp", form: ["csrf": wrong.csrf ?? "", "code": code(fresh)])

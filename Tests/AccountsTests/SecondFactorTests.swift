@@ -167,6 +167,25 @@ struct SecondFactorTests {
         #expect(try await h.store.hasConfirmedTOTP(accountID: h.accountID))
     }
 
+    /// A locked account's enrolment code is not looked at, and says so (the web ends the flow,
+    /// as at the code step), instead of « Code incorrect » in a loop.
+    @Test func aLockedAccountsEnrolmentCodeIsNotChecked() async throws {
+        let h = try await CredentialHarness()
+        try await h.setPassword(Self.password)
+        let sessions = SessionStore(database: h.accounts.database, serverKey: TestKeys.server, clock: { h.clock.now })
+        let step = sessions.secondFactorStep(flowToken: try await sessions.startFlow(accountID: h.accountID, intentToken: nil), wrongCodesAllowed: 3)
+        let secret = try #require(try await h.store.enrolmentSecret(accountID: h.accountID, for: step))
+        try await h.accounts.database.write { [id = h.accountID, until = h.clock.now.addingTimeInterval(60)] db in
+            try db.execute(sql: "UPDATE account SET failed_sign_ins = 5, locked_until = ? WHERE id = ?", arguments: [until.epochMilliseconds, id])
+        }
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(secret, at: h.clock.now), actor: h.actor, for: step) == .locked)
+        #expect(try await !h.store.hasConfirmedTOTP(accountID: h.accountID))
+        h.clock.advance(61)
+        guard case .confirmed = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(secret, at: h.clock.now), actor: h.actor, for: step) else {
+            Issue.record("once the lock ran out, the same flow's enrolment is confirmed"); return
+        }
+    }
+
     /// A pending enrolment belongs to the flow that began it: another flow of the same account
     /// (someone else holding the password) is never shown its secret nor may confirm it, and
     /// its own pending secret is never shown to the first flow, whose page begins a new one
@@ -188,19 +207,19 @@ struct SecondFactorTests {
         #expect(try await h.store.enrolmentSecret(accountID: h.accountID, for: regulator) == shown)
         #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID, for: other) == nil, "never to another flow")
         #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID) == nil, "nor outside any flow")
-        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(shown, at: h.clock.now), actor: h.actor, for: other) == .refused)
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(shown, at: h.clock.now), actor: h.actor, for: other) == .notPending)
 
         // The other flow begins its own: the regulator's page never shows it.
         let planted = try #require(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: other))
         #expect(try await h.store.pendingTOTPSecret(accountID: h.accountID, for: regulator) == nil)
-        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(shown, at: h.clock.now), actor: h.actor, for: regulator) == .refused,
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(shown, at: h.clock.now), actor: h.actor, for: regulator) == .notPending,
                 "the secret the regulator scanned was replaced: refused, nothing confirmed")
-        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: regulator) == .refused,
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: regulator) == .notPending,
                 "nor can the regulator's flow confirm the other's secret")
         #expect(try await h.store.enrolmentSecret(accountID: h.accountID, for: other) == planted, "the other flow's page shows its own")
         let fresh = try #require(try await h.store.enrolmentSecret(accountID: h.accountID, for: regulator))
         #expect(fresh != planted && fresh != shown)
-        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: other) == .refused,
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: other) == .notPending,
                 "the other's secret is worth nothing once replaced")
         guard case .confirmed = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(fresh, at: h.clock.now), actor: h.actor, for: regulator) else {
             Issue.record("the regulator's own secret is confirmed"); return

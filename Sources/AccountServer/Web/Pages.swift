@@ -88,7 +88,14 @@ enum Pages {
             """)
     }
 
-    static func enrolTOTP(csrf: String, qrSVG: String, secret: String, uri: String, error: Bool, name: String? = nil) -> HTML {
+    enum EnrolmentError { case wrongCode, replaced }
+
+    static func enrolTOTP(csrf: String, qrSVG: String, secret: String, uri: String, error: EnrolmentError?, name: String? = nil) -> HTML {
+        let alert: HTML = switch error {
+        case .wrongCode?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Code incorrect : vérifiez l’heure de votre téléphone et réessayez.</p>"
+        case .replaced?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Une autre connexion à votre compte a remplacé la clé affichée : supprimez de votre application l’entrée que vous venez d’ajouter, puis scannez ce nouveau QR code.</p>"
+        case nil: ""
+        }
         let grouped = stride(from: 0, to: secret.count, by: 4).map { offset -> String in
             let start = secret.index(secret.startIndex, offsetBy: offset)
             return String(secret[start..<(secret.index(start, offsetBy: 4, limitedBy: secret.endIndex) ?? secret.endIndex)])
@@ -98,7 +105,7 @@ enum Pages {
             <div class="qr" id="qr-code">\(HTML(raw: qrSVG))</div>
             <p>Si vous ne pouvez pas scanner, saisissez cette clé dans l’application : <code id="cle-secrete">\(grouped)</code></p>
             <p><a href="\(uri)" id="lien-otpauth">Ouvrir dans l’application d’authentification</a></p>
-            \(error ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Code incorrect : vérifiez l’heure de votre téléphone et réessayez.</p>" : "" as HTML)
+            \(alert)
             <form method="post" action="/connexion/totp" id="form-totp">
             \(csrfField(csrf))
             <label for="code">Code à 6 chiffres</label>

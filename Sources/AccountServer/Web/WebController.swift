@@ -100,7 +100,7 @@ struct WebController: Sendable {
         router.post("connexion") { request, context in try await self.signIn(request, context) }
         router.get("connexion/second-facteur") { request, context in try await self.secondFactorPage(request, context) }
         router.post("connexion/second-facteur") { request, context in try await self.secondFactor(request, context) }
-        router.get("connexion/totp") { request, context in try await self.enrolPage(request, context, error: false) }
+        router.get("connexion/totp") { request, context in try await self.enrolPage(request, context, error: nil) }
         router.post("connexion/totp") { request, context in try await self.enrol(request, context) }
         router.post("connexion/suite") { request, context in try await self.continueFlow(request, context) }
         router.get("connexion/cgu") { request, context in try await self.cguPage(request, context, error: nil) }
@@ -416,7 +416,7 @@ struct WebController: Sendable {
         }
     }
 
-    func enrolPage(_ request: Request, _ context: WebRequestContext, error: Bool) async throws -> Response {
+    func enrolPage(_ request: Request, _ context: WebRequestContext, error: Pages.EnrolmentError?) async throws -> Response {
         guard let flow = try await currentFlow(request) else { return restart }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // This flow's own pending secret, or a new one for it: never one another flow began.
@@ -426,7 +426,7 @@ struct WebController: Sendable {
         let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
         guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
         let name = try await displayName(accountID: flow.accountID)
-        return respond(request, status: error ? .unauthorized : .ok) {
+        return respond(request, status: error != nil ? .unauthorized : .ok) {
             Pages.enrolTOTP(csrf: $0, qrSVG: svg, secret: Base32.encode(secret), uri: uri, error: error, name: name)
         }
     }
@@ -448,7 +448,15 @@ struct WebController: Sendable {
         case .stepEnded:
             return restart
         case .refused:
-            return try await enrolPage(request, context, error: true)
+            return try await enrolPage(request, context, error: .wrongCode)
+        case .notPending:
+            // Another sign-in replaced this flow's secret: the entry the regulator added is
+            // dead; this flow gets a new one, and the page says to replace the entry.
+            return try await enrolPage(request, context, error: .replaced)
+        case .locked:
+            // As at the code step: a locked account's flow ends, back to the password step.
+            try await sessions.abandonFlow(flow.token, reason: "locked", actor: actor(context))
+            return Self.redirect("/connexion?fin=codes", cookies: [WebCookie.flow.clear])
         }
     }
 

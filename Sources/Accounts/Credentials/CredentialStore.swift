@@ -396,8 +396,14 @@ public final class CredentialStore: Sendable {
     public enum EnrolmentOutcome: Sendable, Equatable {
         /// Confirmed: the recovery codes to show once (their hashes replace any earlier set).
         case confirmed([String])
-        /// Wrong code, locked account, or no pending enrolment.
+        /// A wrong code (not counted: whoever sends it was just shown the secret).
         case refused
+        /// No enrolment of this flow is pending: another sign-in of the account (a second
+        /// tab, someone else holding the password) replaced it, or the account enrolled.
+        case notPending
+        /// The account is locked: nothing is checked; the flow should end, as a locked
+        /// account's code ends its flow at the code step.
+        case locked
         /// The sign-in flow ended before the code was looked at (a password reset, "sign out
         /// everywhere"): nothing was confirmed.
         case stepEnded
@@ -413,10 +419,10 @@ public final class CredentialStore: Sendable {
         return try await database.write { db in
             guard try step.isOpen(db) else { return .stepEnded }
             // Only the enrolment this flow began (see pendingTOTPSecret).
-            guard let sealed = try self.pendingEnrolment(accountID, of: step, in: db) else { return .refused }
+            guard let sealed = try self.pendingEnrolment(accountID, of: step, in: db) else { return .notPending }
             let secret = try self.box.open(Array(sealed), context: "totp:\(accountID)")
-            guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at),
-                  let totpStep = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return .refused }
+            guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at) else { return .locked }
+            guard let totpStep = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return .refused }
             try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ?, pending_step = NULL WHERE account_id = ?",
                            arguments: [at.epochMilliseconds, totpStep, accountID])
             // Both factors are proven: the sign-in is complete.
