@@ -404,8 +404,7 @@ extension LoopReadTests {
     /// A database in rollback-journal mode has no wal-index: its loop reader gives no commit
     /// stamp (so forward-auth keeps nothing and reads every time), and asking for one does not
     /// make SQLite create a `-shm` file beside it.
-    @Test func aDatabaseNotInWALModeGivesNoCommitStamp() throws {
-        guard TestStore.kind == .sqlite else { return }
+    @Test(.enabled(if: TestStore.kind == .sqlite, "SQLite only")) func aDatabaseNotInWALModeGivesNoCommitStamp() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("journal-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }

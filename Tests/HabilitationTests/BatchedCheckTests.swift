@@ -197,8 +197,7 @@ struct BatchedCheckTests {
     /// check that arrives later is sent beside it once it has been out for
     /// ``FactsBatcher/stallAfter`` (its backend is stopped with SIGSTOP while it waits for the
     /// lock, so it cannot answer until it is resumed).
-    @Test func aStalledStatementHoldsBackOnlyItsOwnChecks() async throws {
-        guard TestStore.kind == .postgres else { return }
+    @Test(.enabled(if: TestStore.kind == .postgres, "PostgreSQL only")) func aStalledStatementHoldsBackOnlyItsOwnChecks() async throws {
         let world = try await World()
         let token = try await world.signIn(origin: .sas)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -225,8 +224,7 @@ struct BatchedCheckTests {
     /// ``FactsBatcher/maximumOut`` statements are out, a check waits at most
     /// ``FactsBatcher/queueTimeout`` to be sent, and when a statement fails, the checks then
     /// waiting fail with it (503) instead of being sent one batch after another.
-    @Test func checksWaitingForAnUnansweringDatabaseFailInsteadOfPilingUp() async throws {
-        guard TestStore.kind == .postgres else { return }
+    @Test(.enabled(if: TestStore.kind == .postgres, "PostgreSQL only")) func checksWaitingForAnUnansweringDatabaseFailInsteadOfPilingUp() async throws {
         let held = try await LoopWithStatementsHeld()
         let (world, blocker, out) = (held.world, held.blocker, held.out)
         func check() async throws -> Check { try await held.check() }
@@ -265,8 +263,7 @@ struct BatchedCheckTests {
     /// At most 4,096 checks wait while the statements are out: the next one fails at
     /// once (503) instead of adding to a queue an outage would let grow without bound. Once the
     /// statements answer, the waiting checks are answered and new checks are taken again.
-    @Test func checksBeyondTheCapFailAtOnce() async throws {
-        guard TestStore.kind == .postgres else { return }
+    @Test(.enabled(if: TestStore.kind == .postgres, "PostgreSQL only")) func checksBeyondTheCapFailAtOnce() async throws {
         let held = try await LoopWithStatementsHeld()
         let (token, loop, blocker, out, habilitation) = (held.token, held.loop, held.blocker, held.out, held.world.habilitation)
         let cap = 4096
@@ -329,8 +326,7 @@ struct BatchedCheckTests {
 
     /// Checks made on another loop wait for the statement out like those of its own loop, go
     /// in the next statement with them, and are answered on the loop they were made on.
-    @Test func checksFromEveryLoopShareTheStatementOut() async throws {
-        guard TestStore.kind == .postgres else { return }
+    @Test(.enabled(if: TestStore.kind == .postgres, "PostgreSQL only")) func checksFromEveryLoopShareTheStatementOut() async throws {
         let world = try await World()
         let habilitation = Self.patientService(world)
         let tokens = [try await world.signIn(origin: .sas), try await world.signIn(origin: nil), "not-a-session"]
@@ -364,8 +360,7 @@ struct BatchedCheckTests {
 
     /// With a statement out, a full statement's worth of distinct sessions waiting goes out
     /// beside it at once; fewer wait for it.
-    @Test func aFullBatchOfSessionsGoesBesideTheStatementOut() async throws {
-        guard TestStore.kind == .postgres else { return }
+    @Test(.enabled(if: TestStore.kind == .postgres, "PostgreSQL only")) func aFullBatchOfSessionsGoesBesideTheStatementOut() async throws {
         let world = try await World()
         let habilitation = Self.patientService(world)
         let size = HabilitationService.FactsBatchQuery.size

@@ -51,15 +51,19 @@ struct FactsMemoTests {
         return previous
     }
 
+    /// The tests that use it run on SQLite only (their trait); another engine is a failure.
     static func sqliteWorld() async throws -> World? {
         let world = try await World()
-        guard world.database.engine.kind == .sqlite else { return nil }
+        guard world.database.engine.kind == .sqlite else {
+            Issue.record("the memo's tests need a SQLite world")
+            return nil
+        }
         return world
     }
 
     /// A repeated check is answered from the memo; any commit, even one about something else,
     /// sends the next check to the database, and the one after is answered from memory again.
-    @Test func aRepeatedCheckIsAnsweredFromMemoryUntilAnythingIsCommitted() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func aRepeatedCheckIsAnsweredFromMemoryUntilAnythingIsCommitted() async throws {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let token = try await world.signIn(origin: .sas)
@@ -87,7 +91,7 @@ struct FactsMemoTests {
     }
 
     /// Each way a habilitation ends applies on the very next check of a session the memo holds.
-    @Test(arguments: ["sas-deactivation", "vendor-suspension", "session-revocation"])
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores"), arguments: ["sas-deactivation", "vendor-suspension", "session-revocation"])
     func aWithdrawalAppliesOnTheNextCheck(_ withdrawal: String) async throws {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -115,7 +119,7 @@ struct FactsMemoTests {
 
     /// A commit by another process (an operator's tool on the same file) is seen as surely as
     /// one of ours: the stamp lives in the shared `-shm` file, not in this process.
-    @Test func aCommitByAnotherProcessAppliesOnTheNextCheck() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func aCommitByAnotherProcessAppliesOnTheNextCheck() async throws {
         guard let world = try await Self.sqliteWorld(), let engine = world.database.engine as? SQLiteEngine else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let token = try await world.signIn(origin: .sas)
@@ -135,7 +139,7 @@ struct FactsMemoTests {
     /// between the read and the moment its answer is kept must make the next check read again.
     /// (Kept under a stamp read after the read, the answer from before the commit would be used
     /// again, and a suspension committed before the next request would not apply to it.)
-    @Test func anAnswerIsKeptUnderTheStampReadBeforeItsRead() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func anAnswerIsKeptUnderTheStampReadBeforeItsRead() async throws {
         guard let world = try await Self.sqliteWorld(), let sqlite = world.database.engine as? SQLiteEngine else { return }
         let engine = CommitAfterReadEngine(sqlite, commit: """
             INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES ('\(world.accountID)', 1, 'test', 'between')
@@ -159,7 +163,7 @@ struct FactsMemoTests {
 
     /// Time ends a session without any commit: the idle timeout and the absolute one apply to
     /// a session the memo holds exactly when a read would apply them, to the millisecond.
-    @Test func timeEndsAHeldSessionWithoutACommit() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func timeEndsAHeldSessionWithoutACommit() async throws {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         var configuration = SessionConfiguration()
@@ -205,7 +209,7 @@ struct FactsMemoTests {
 
     /// A refusal kept in memory is not used once the clock has gone back before it was read
     /// (a session may be live at that earlier moment).
-    @Test func aClockGoingBackReadsAgain() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func aClockGoingBackReadsAgain() async throws {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let held = try await Self.held(world.habilitation, "no-such-session", on: loop)
@@ -216,7 +220,7 @@ struct FactsMemoTests {
     }
 
     /// Made-up cookies cannot grow it without bound.
-    @Test func theMemoIsBounded() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func theMemoIsBounded() async throws {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let habilitation = world.habilitation
@@ -233,9 +237,9 @@ struct FactsMemoTests {
     }
 
     /// PostgreSQL has no commit stamp: nothing is kept, every check is a read.
-    @Test func postgreSQLKeepsNothing() async throws {
+    @Test(.enabled(if: TestStore.kind == .postgres, "PostgreSQL only")) func postgreSQLKeepsNothing() async throws {
         let world = try await World()
-        guard world.database.engine.kind == .postgres else { return }
+        try #require(world.database.engine.kind == .postgres)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let token = try await world.signIn(origin: .sas)
         let engine = world.database.engine
@@ -246,7 +250,7 @@ struct FactsMemoTests {
 
     /// A SQLite database that gives no stamp (not in WAL mode, or its index not mapped) keeps
     /// nothing either: every check reads, and is counted as a read.
-    @Test func withoutAStampEveryCheckReads() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func withoutAStampEveryCheckReads() async throws {
         guard let world = try await Self.sqliteWorld(), case let sqlite as SQLiteEngine = world.database.engine else { return }
         let engine = CommitAfterReadEngine(sqlite, commit: "", stamps: false)
         let habilitation = HabilitationService(database: AccountDatabase(engine: engine), sessions: world.sessions, cguVersion: "v1",
@@ -264,7 +268,7 @@ struct FactsMemoTests {
     }
 
     /// The counts say what answered each check: the memo, or a read (one statement each on SQLite).
-    @Test func everyCheckIsCountedOnceByWhatAnsweredIt() async throws {
+    @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func everyCheckIsCountedOnceByWhatAnsweredIt() async throws {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let token = try await world.signIn(origin: .sas)
