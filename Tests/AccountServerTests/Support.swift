@@ -191,13 +191,19 @@ final class RunningServer: Sendable {
                                              onAdminListening: { port in adminContinuation.yield(port) },
                                              onForwardAuthListening: { port in forwardContinuation.yield(port) })
         let group = ServiceGroup(configuration: .init(services: [.init(service: app)], logger: logger))
-        let task = Task { try await group.run() }
+        let task = Task {
+            // A run that ends (fails to bind, a service throws) ends the port streams too, so
+            // the start below fails with the server's error instead of waiting forever.
+            defer { for finish in [continuation.finish, webContinuation.finish, adminContinuation.finish, forwardContinuation.finish] { finish() } }
+            try await group.run()
+        }
         var iterator = ports.makeAsyncIterator()
         var webIterator = webPorts.makeAsyncIterator()
         var adminIterator = adminPorts.makeAsyncIterator()
         var forwardIterator = forwardPorts.makeAsyncIterator()
         guard let port = await iterator.next(), let webPort = await webIterator.next(), let adminPort = await adminIterator.next(),
               let forwardAuthPort = await forwardIterator.next() else {
+            do { try await task.value } catch { throw ConfigurationError(description: "server did not start: \(error)") }
             throw ConfigurationError(description: "server did not start")
         }
         let token = try String(contentsOfFile: configuration.admin.tokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -206,9 +212,13 @@ final class RunningServer: Sendable {
                              logs: logs, group: group, task: task)
     }
 
+    /// Stops the server; a server that had failed on its own (a service thrown out of the
+    /// group mid-test) fails the test here rather than going unnoticed.
     func stop() async {
         await group.triggerGracefulShutdown()
-        _ = try? await task.value
+        do { try await task.value } catch is CancellationError {} catch {
+            Issue.record("the server under test ended with an error: \(error)")
+        }
         await database.close()
     }
 
@@ -222,6 +232,7 @@ final class RunningServer: Sendable {
 }
 
 import Storage
+import Testing
 import StorageTesting
 
 /// A FHIR answer as the tests look at it.
