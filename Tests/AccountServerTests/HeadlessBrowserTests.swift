@@ -43,28 +43,7 @@ struct HeadlessBrowserTests {
 
     @Test func chromiumSignsInFromTheSASRedirect() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "scripts/install-deps.sh installs chromium")
-        let pki = try TestPKI()
-        let smtp = try await SMTPSink()
-        // The browser follows absolute links, so the public URL must carry the real port.
-        let webPort = freeLoopbackPort()
-        let server = try await RunningServer.start(pki: pki) {
-            $0.web.port = webPort
-            $0.web.publicURL = "https://localhost:\(webPort)"
-            $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
-            $0.mailPollInterval = .milliseconds(100)
-        }
-        let fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
-        #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email)).status == 201)
-        await fhir.shutdown()
-        // The password is chosen through the mailed link (cookie client); the browser does the rest.
-        let client = try Browser(pki: pki, base: server.webURL)
-        _ = try await client.submit("/mot-de-passe-oublie", ["email": WebSignInTests.email])
-        let token = try #require(try await smtp.resetToken(number: 1))
-        let form = try await client.get("/reinitialisation?jeton=\(token)")
-        _ = try await client.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token,
-                                                                           "password": WebSignInTests.password, "confirmation": WebSignInTests.password])
-        await client.shutdown()
-
+        let (server, smtp) = try await Self.regulatorWithPassword()
         let entry = "\(server.webURL)/connexion?origin=sas&retour=%2Fcompte%3Forigin%3Dsas"
         let run = try await Self.runScript(Self.script, [entry, WebSignInTests.email, WebSignInTests.password])
         #expect(run.status == 0, "\(run.errors)")
@@ -88,15 +67,32 @@ struct HeadlessBrowserTests {
     /// regulator gets Chromium's "blocked" page instead of the agenda right after a correct
     /// code. Here the other origin is the same listener reached as 127.0.0.1.
     @Test func chromiumReturnsToAnAgendaOnAnotherOrigin() async throws {
+        let webPort = freeLoopbackPort()
+        let (server, smtp) = try await Self.regulatorWithPassword(webPort: webPort) {
+            $0.allowedReturnHosts = ["localhost:\(webPort)", "127.0.0.1:\(webPort)"]
+        }
+        let agenda = "https://127.0.0.1:\(webPort)/connexion?origin=sas"
+        let entry = "https://localhost:\(webPort)/connexion?origin=sas&retour=" + agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let run = try await Self.runScript(Self.script, [entry, WebSignInTests.email, WebSignInTests.password, "/connexion", "#form-connexion"])
+        #expect(run.status == 0, "\(run.errors)")
+        #expect(run.result["origin"] as? String == "https://127.0.0.1:\(webPort)", "\(run.result) \(run.errors.suffix(400))")
+        await server.stop()
+        smtp.stop()
+    }
+
+    /// A server whose public URL carries its real port (the browser follows absolute links),
+    /// holding one regulator who chose a password through the mailed link (cookie client):
+    /// the browser does the rest.
+    static func regulatorWithPassword(webPort: Int = freeLoopbackPort(), _ configure: (inout ServerConfiguration) -> Void = { _ in })
+        async throws -> (RunningServer, SMTPSink) {
         let pki = try TestPKI()
         let smtp = try await SMTPSink()
-        let webPort = freeLoopbackPort()
         let server = try await RunningServer.start(pki: pki) {
             $0.web.port = webPort
             $0.web.publicURL = "https://localhost:\(webPort)"
-            $0.allowedReturnHosts = ["localhost:\(webPort)", "127.0.0.1:\(webPort)"]
             $0.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
             $0.mailPollInterval = .milliseconds(100)
+            configure(&$0)
         }
         let fhir = try FHIRClient(pki: pki, certificate: "valid", server: server)
         #expect(try await fhir.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email)).status == 201)
@@ -108,13 +104,6 @@ struct HeadlessBrowserTests {
         _ = try await client.request(.POST, "/reinitialisation", form: ["csrf": form.csrf ?? "", "jeton": token,
                                                                            "password": WebSignInTests.password, "confirmation": WebSignInTests.password])
         await client.shutdown()
-
-        let agenda = "https://127.0.0.1:\(webPort)/connexion?origin=sas"
-        let entry = "https://localhost:\(webPort)/connexion?origin=sas&retour=" + agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
-        let run = try await Self.runScript(Self.script, [entry, WebSignInTests.email, WebSignInTests.password, "/connexion", "#form-connexion"])
-        #expect(run.status == 0, "\(run.errors)")
-        #expect(run.result["origin"] as? String == "https://127.0.0.1:\(webPort)", "\(run.result) \(run.errors.suffix(400))")
-        await server.stop()
-        smtp.stop()
+        return (server, smtp)
     }
 }
