@@ -165,7 +165,7 @@ public final class VendorAdministration: Sendable {
             if let id = try String.fetchOne(db, sql: "SELECT id FROM account WHERE id = ?", arguments: [text]) { return id }
             if let id = try String.fetchOne(db, sql: "SELECT account_id FROM account_identifier WHERE value = ? AND ended_at IS NULL LIMIT 1",
                                             arguments: [value]) { return id }
-            return try String.fetchOne(db, sql: "SELECT id FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC LIMIT 1",
+            return try String.fetchOne(db, sql: "SELECT id FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC, id LIMIT 1",
                                        arguments: [text.lowercased()])
         }
     }

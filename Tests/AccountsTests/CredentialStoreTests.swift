@@ -116,6 +116,9 @@ struct CredentialStoreTests {
         let h = try await CredentialHarness()
         try await h.setPassword(Self.password)
         #expect(try await h.store.checkPassword(email: "JULES.MARIUS@test.com", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
+        // Spaces around the address (pasted from a mail, a client that does not trim as
+        // browsers do for type=email) are not part of it.
+        #expect(try await h.store.checkPassword(email: " jules.marius@test.com\t\n", password: Self.password, actor: h.actor) == .accepted(accountID: h.accountID))
         for _ in 0..<2 {
             #expect(try await h.store.checkPassword(email: "jules.marius@test.com", password: "wrong", actor: h.actor) == .refused(reason: .wrongPassword, accountID: h.accountID))
         }

@@ -105,6 +105,30 @@ struct SchemaUpgradeTests {
         await engine.close()
     }
 
+    /// The writes that end an account's sign-ins under way (a withdrawal, in the PUT's
+    /// transaction) and a back-channel logout naming only its `sid` find their rows through
+    /// an index, on the engine of the run, instead of scanning every live row under the write
+    /// lock (migrations `v14`/`pg-v9-live-flow-indexes`).
+    @Test func theWritesThatEndLiveRowsUseTheirIndexes() async throws {
+        let engine = try await emptyEngineOfTheRun("plans")
+        try await engine.migrate(AccountSchema.current)
+        let statements = [
+            ("sign_in_flow_account", "UPDATE sign_in_flow SET consumed_at = 1, oidc_id_token = NULL WHERE account_id = 'a' AND consumed_at IS NULL"),
+            ("web_session_oidc_session", """
+                SELECT id_hash, account_id FROM web_session WHERE authentication = 'psc' AND revoked_at IS NULL AND oidc_session_id = 's'
+                """),
+        ]
+        for (index, statement) in statements {
+            let plan = try await engine.read { db in
+                engine is SQLiteEngine
+                    ? try SQLRow.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + statement).map { $0["detail"] as String }.joined(separator: "; ")
+                    : try String.fetchAll(db, sql: "EXPLAIN " + statement).joined(separator: "; ")
+            }
+            #expect(plan.contains(index), "\(statement): \(plan)")
+        }
+        await engine.close()
+    }
+
     /// Vendor suspensions move from three columns of `account` to Habilitation's own table:
     /// a suspension in force before the upgrade is still in force after it, with who and why.
     @Test func vendorSuspensionsMoveToTheirOwnTable() async throws {
@@ -545,6 +569,14 @@ struct PostgresEngineTests {
             #expect("\(error)".contains("no INSERT on detail") && "\(error)".contains("--grant-to \(TestStore.runtimeRole)"), "\(error)")
         }
         try await owner.write { db in try db.execute(sql: "GRANT INSERT (detail) ON audit_event TO \(TestStore.runtimeRole)") }
+        // A start as a role that could rewrite the trail is warned about: the owner (whose
+        // triggers are all that stands), or a runtime role given UPDATE on one column.
+        let runtimeEngine = try #require(runtime.engine as? PostgresEngine)
+        #expect(try await !AccountDatabase.mayRewriteTheAuditTrail(runtimeEngine))
+        #expect(try await AccountDatabase.mayRewriteTheAuditTrail(try #require(owner.engine as? PostgresEngine)))
+        try await owner.write { db in try db.execute(sql: "GRANT UPDATE (detail) ON audit_event TO PUBLIC") }
+        #expect(try await AccountDatabase.mayRewriteTheAuditTrail(runtimeEngine))
+        try await owner.write { db in try db.execute(sql: "REVOKE UPDATE (detail) ON audit_event FROM PUBLIC") }
         // Neither may change the schema behind the server's back; the runtime role not at all.
         await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "DROP TRIGGER audit_event_no_update ON audit_event") } }
         await #expect(throws: StorageError.self) { try await runtime.write { db in try db.execute(sql: "CREATE TABLE intruder (x INT)") } }
@@ -841,11 +873,15 @@ struct PostgresEngineTests {
 
     /// A server certificate that does not chain to `sslrootcert`, a wrong password, or no TLS
     /// at all (the server wants it): refused within seconds, with the reason.
-    @Test(arguments: ["wrong-ca", "wrong-password", "no-tls"])
+    /// `sslmode=require` naming a CA file checks the chain, as libpq does (`wrong-ca-require`).
+    @Test(arguments: ["wrong-ca", "wrong-ca-require", "wrong-password", "no-tls"])
     func misconfigurationsAreReportedQuickly(_ case: String) async throws {
         var location = try TestStore.administrator()
         switch `case` {
         case "wrong-ca": location.rootCertificatePath = "/etc/ssl/certs/ca-certificates.crt"
+        case "wrong-ca-require":
+            location.tls = .require
+            location.rootCertificatePath = "/etc/ssl/certs/ca-certificates.crt"
         case "wrong-password": location.password = "not-the-password"
         default: location.tls = .disable
         }
@@ -867,6 +903,19 @@ struct PostgresEngineTests {
             #expect(!reason.contains("not-the-password"), "the password is never part of a message")
             if `case` == "wrong-password" { #expect(reason.contains("password"), "\(reason)") }
         }
+        await engine.close()
+    }
+
+    /// The weaker modes still connect where they should: `require` without a CA file (encrypts,
+    /// checks nothing), `require` and `verify-ca` with the right CA (the chain, not the name).
+    @Test(arguments: ["require", "require-with-ca", "verify-ca"])
+    func weakerTLSModesConnectWhereLibpqWould(_ mode: String) async throws {
+        var location = try TestStore.administrator()
+        #expect(location.rootCertificatePath != nil, "the test server's URL names its CA")
+        location.tls = mode == "verify-ca" ? .verifyCA : .require
+        if mode == "require" { location.rootCertificatePath = nil }
+        let engine = try PostgresEngine(location: location, poolSize: 1, logger: Self.logger)
+        #expect(try await engine.pointRead { db in try Int.fetchOne(db, sql: "SELECT 1") } == 1, "\(mode)")
         await engine.close()
     }
 

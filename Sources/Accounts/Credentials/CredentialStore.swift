@@ -76,11 +76,12 @@ public final class CredentialStore: Sendable {
 
     /// The account signing in with `email`: the active one if any, else the most recently
     /// updated. A deactivated account's factors are checked as any other's (the same answers,
-    /// the same lockout), but no session opens for it (`SessionStore.completeFlow`).
+    /// the same lockout), but no session opens for it (`SessionStore.completeFlow`). Spaces
+    /// around `email` are not part of it (no stored address has any: the SAS's are checked).
     public func account(forEmail email: String, in db: any SQLTransaction) throws -> AccountRow? {
         try AccountRow.fetchOne(db, sql: """
-            SELECT * FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC LIMIT 1
-            """, arguments: [email.lowercased()])
+            SELECT * FROM account WHERE email_key = ? ORDER BY active DESC, updated_at DESC, id LIMIT 1
+            """, arguments: [email.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()])
     }
 
     // MARK: Password step

@@ -40,6 +40,13 @@ public final class AccountDatabase: Sendable {
             do {
                 try await engine.migrate(AccountSchema.current)
                 try await checkAppendPrivileges(engine, role: server.username)
+                if try await mayRewriteTheAuditTrail(engine) {
+                    logger.warning("""
+                        the database role \(server.username) may rewrite the audit trail (it owns audit_event, or holds UPDATE, DELETE, \
+                        TRUNCATE or TRIGGER on it): its triggers refuse changes, but this role may drop them; run `serve` as a runtime \
+                        role granted with `account-server migrate --grant-to` (docs/deployment.md, "PostgreSQL set-up")
+                        """)
+                }
             } catch {
                 await engine.close()
                 throw error
@@ -107,6 +114,19 @@ public final class AccountDatabase: Sendable {
                     `account-server migrate --grant-to \(role)` as the schema owner, as every upgrade asks
                     """)
             }
+        }
+    }
+
+    /// Whether the role connected may change the audit trail other than by appending to it:
+    /// its owner (a single-role installation) can disable or drop the triggers that refuse
+    /// changes, which the append-only promise then rests on.
+    static func mayRewriteTheAuditTrail(_ engine: PostgresEngine) async throws -> Bool {
+        try await engine.read { db in
+            try Bool.fetchOne(db, sql: """
+                SELECT pg_has_role(current_user, c.relowner, 'USAGE') OR has_any_column_privilege(c.oid, 'UPDATE')
+                    OR has_table_privilege(c.oid, 'DELETE') OR has_table_privilege(c.oid, 'TRUNCATE') OR has_table_privilege(c.oid, 'TRIGGER')
+                FROM pg_class c WHERE c.oid = to_regclass('public.audit_event')
+                """) ?? false
         }
     }
 

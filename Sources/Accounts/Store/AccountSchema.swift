@@ -253,7 +253,17 @@ public enum AccountSchema {
         Migration("v11-totp-pending-step", totpPendingStep),
         Migration("v12-sign-in-flow-intent", signInFlowIntent),
         Migration("v13-last-failed-sign-in", lastFailedSignIn(timestamp: "INTEGER")),
+        Migration("v14-live-flow-indexes", liveFlowIndexes),
     ]
+
+    /// A withdrawal ends the account's sign-ins under way, and a Pro Santé Connect back-channel
+    /// logout naming only its `sid` ends that session's: both inside a write transaction (a
+    /// PUT's, a logout's), which without these indexes scans every live flow or session while
+    /// every other write waits. Partial, as the rows they find are.
+    static let liveFlowIndexes = """
+        CREATE INDEX sign_in_flow_account ON sign_in_flow(account_id) WHERE consumed_at IS NULL;
+        CREATE INDEX web_session_oidc_session ON web_session(oidc_session_id) WHERE revoked_at IS NULL AND oidc_session_id IS NOT NULL;
+        """
 
     /// When the last counted sign-in failure happened, so that failures below the lockout
     /// threshold expire after the policy's quiet time (``LockoutPolicy``). Counts left by the
@@ -526,5 +536,6 @@ public enum AccountSchema {
             GRANT EXECUTE ON FUNCTION fold_text(text) TO PUBLIC
             """),
         Migration("pg-v8-last-failed-sign-in", lastFailedSignIn(timestamp: "BIGINT")),
+        Migration("pg-v9-live-flow-indexes", liveFlowIndexes),
     ]
 }

@@ -225,7 +225,7 @@ public struct AccountQueries: Sendable {
 
     /// The active account using this e-mail (case-insensitive), other than `excluding`.
     public func activeAccount(withEmailKey key: String, excluding accountID: String?, in db: any SQLTransaction) throws -> AccountRow? {
-        try AccountRow.fetchOne(db, ProvisioningSQL.ActiveAccountByEmail.self, arguments: [key, accountID])
+        try AccountRow.fetchOne(db, ProvisioningSQL.ActiveAccountByEmail.self, arguments: [key, accountID, accountID])
     }
 }
 
@@ -315,7 +315,7 @@ enum ProvisioningSQL {
 
     enum ActiveAccountByEmail: PreparedSQL {
         static let sql = """
-            SELECT \(AccountRow.columns) FROM account WHERE email_key = ? AND active AND id IS DISTINCT FROM ?
+            SELECT \(AccountRow.columns) FROM account WHERE email_key = ? AND active AND (CAST(? AS TEXT) IS NULL OR id <> ?)
             """
     }
 

@@ -67,7 +67,12 @@ public final class PostgresEngine: StorageEngine {
     /// site set as the default (`ALTER DATABASE … SET client_encoding`), under which the
     /// server would transcode names, and the searches' folding function as its migration
     /// creates it, from another encoding.
-    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off"), ("search_path", productSchema), ("client_encoding", "UTF8")]
+    ///
+    /// And `standard_conforming_strings = on` (PostgreSQL's default, and SQLite's only way): a
+    /// site that turned it off for the database would have `'\'` (the searches' `ESCAPE`)
+    /// read as an unterminated string, and the admin search fail on PostgreSQL only.
+    static let sessionSettings: [(String, String)] = [("enable_seqscan", "off"), ("search_path", productSchema), ("client_encoding", "UTF8"),
+                                                      ("standard_conforming_strings", "on")]
 
     /// Bounds on what a lost instance leaves behind, set by every new connection before it
     /// serves. Every write holds the write lock (``writeLock``), so a transaction left open by
@@ -160,7 +165,9 @@ public final class PostgresEngine: StorageEngine {
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.minimumTLSVersion = .tlsv12
             switch location.tls {
-            case .require: configuration.certificateVerification = .none
+            // libpq: `require` with a root certificate file behaves as `verify-ca` (a URL
+            // naming a CA is an operator expecting it to be checked).
+            case .require: configuration.certificateVerification = location.rootCertificatePath == nil ? .none : .noHostnameVerification
             case .verifyCA: configuration.certificateVerification = .noHostnameVerification
             default: configuration.certificateVerification = .fullVerification
             }
@@ -830,9 +837,12 @@ public final class PostgresEngine: StorageEngine {
             }
             for table in appendOnly {
                 let rewrite = try Bool.fetchOne(db, sql: """
-                    SELECT has_table_privilege(?, ?, 'UPDATE') OR has_table_privilege(?, ?, 'DELETE') OR has_table_privilege(?, ?, 'TRUNCATE')
-                    """, arguments: [role, table, role, table, role, table]) ?? true
-                if rewrite { problems.append("it may still UPDATE, DELETE or TRUNCATE \(table) (through PUBLIC or another role)") }
+                    SELECT has_any_column_privilege(?, ?, 'UPDATE') OR has_table_privilege(?, ?, 'DELETE') OR has_table_privilege(?, ?, 'TRUNCATE')
+                        OR has_table_privilege(?, ?, 'TRIGGER')
+                    """, arguments: [role, table, role, table, role, table, role, table]) ?? true
+                // UPDATE on one column is enough to rewrite it; TRIGGER, to add a trigger that
+                // drops the rows it is given.
+                if rewrite { problems.append("it may still UPDATE (any column of), DELETE, TRUNCATE or add triggers to \(table) (through PUBLIC or another role)") }
                 let choosesOrder = try Bool.fetchOne(db, sql: """
                     SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ? AND is_identity = 'YES'
                                    AND has_column_privilege(?, format('public.%I', table_name), column_name, 'INSERT'))

@@ -3,7 +3,8 @@ import Foundation
 /// A PostgreSQL server and database, from a libpq-style URL:
 /// `postgres://user[:password]@host[:port]/database[?sslmode=…&sslrootcert=…]`.
 ///
-/// `sslmode` follows libpq: `disable`, `require` (encrypted, server not verified),
+/// `sslmode` follows libpq: `disable`, `require` (encrypted, server not verified; with
+/// `sslrootcert`, verified as `verify-ca`, as libpq does),
 /// `verify-ca` / `verify-full` (the server's certificate must chain to `sslrootcert`, or to
 /// the system roots without it; `verify-full` also checks the host name). The default is
 /// `verify-full`, stricter than libpq's `prefer`: a database holding password hashes and the
