@@ -592,6 +592,46 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// « Activer » clicked twice: the browser shows the second answer, never the first, which
+    /// held the only copy of the recovery codes. The second answer carries a new set (the
+    /// first is void) and says so; once « J’ai noté mes codes » is sent, the same post only
+    /// moves the sign-in on. The codes shown work; the voided ones do not.
+    @Test func anEnrolmentSentTwiceStillShowsUsableRecoveryCodes() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        #expect(try await browser.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/totp")
+        let enrol = try await browser.get("/connexion/totp")
+        let text = try #require(enrol.capture(#"id="cle-secrete">([A-Z2-7 ]+)<"#))
+        let secret = try #require(Base32.decode(text))
+        let totp = TOTP()
+        let form = ["csrf": enrol.csrf ?? "", "code": totp.code(secret: secret, step: totp.step(at: Date()))]
+        func codes(of page: Browser.Page) -> [String] { page.body.matches(of: /<li><code>([^<]+)<\/code><\/li>/).map { String($0.1) } }
+        let first = try await browser.request(.POST, "/connexion/totp", form: form)
+        let second = try await browser.request(.POST, "/connexion/totp", form: form)
+        #expect(first.status == 200 && !first.body.contains("codes-remplaces"))
+        #expect(second.status == 200 && second.body.contains("id=\"codes-remplaces\""), "\(second.status) \(second.location ?? "")")
+        let shown = codes(of: second)
+        #expect(shown.count == 10 && Set(shown).isDisjoint(with: codes(of: first)))
+        let next = try await browser.request(.POST, "/connexion/suite", form: ["csrf": second.csrf ?? ""])
+        #expect(next.status == 303 && next.location == "/connexion/cgu", "\(next.status) \(next.location ?? "")")
+        let late = try await browser.request(.POST, "/connexion/totp", form: form)
+        #expect(late.status == 303 && late.location == "/connexion/cgu" && !late.body.contains("codes-secours"), "acknowledged: no codes again")
+        let reissued = try await world.server.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event WHERE action = 'recovery-codes-reissued'")
+        }
+        #expect(reissued == 1)
+        // A voided code opens nothing; one shown does.
+        let fresh = try world.browser()
+        #expect(try await fresh.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+        #expect(try await fresh.submit("/connexion/second-facteur", ["code": try #require(codes(of: first).first)]).status == 401)
+        let (location, _, _) = try await Self.signIn(fresh, secret: secret, code: try #require(shown.first))
+        #expect(location != nil)
+        await browser.shutdown()
+        await fresh.shutdown()
+        await world.stop()
+    }
+
     /// An account the SAS deactivated opens no session (both factors checked, the same answers
     /// before them as any account's), as through Pro Santé Connect, and gets no reset link;
     /// the SAS's reactivation makes both work again. A session opened before the withdrawal

@@ -221,14 +221,28 @@ struct SecondFactorTests {
         #expect(fresh != planted && fresh != shown)
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: other) == .notPending,
                 "the other's secret is worth nothing once replaced")
-        guard case .confirmed = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(fresh, at: h.clock.now), actor: h.actor, for: regulator) else {
+        guard case .confirmed(let firstCodes) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(fresh, at: h.clock.now), actor: h.actor, for: regulator) else {
             Issue.record("the regulator's own secret is confirmed"); return
         }
         #expect(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: other) == nil, "no enrolment once one is confirmed")
+        // Until the regulator acknowledges the codes, the flow that enrolled (and it alone) may
+        // have them issued again, voiding the first set; not after.
+        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: other, actor: h.actor) == nil)
+        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: .outsideAnyFlow, actor: h.actor) == nil)
+        let again = try #require(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: regulator, actor: h.actor))
+        #expect(again.count == firstCodes.count && Set(again).isDisjoint(with: firstCodes))
+        let storedCodes = try await h.accounts.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ?", arguments: [h.accountID])
+        }
+        #expect(storedCodes == again.count, "the first set is replaced, not added to")
+        try await h.store.acknowledgeRecoveryCodes(accountID: h.accountID, for: other)
+        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: regulator, actor: h.actor) != nil, "another step's acknowledgement is not the regulator's")
+        try await h.store.acknowledgeRecoveryCodes(accountID: h.accountID, for: regulator)
+        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: regulator, actor: h.actor) == nil, "acknowledged: never again")
         let stored = try await h.accounts.database.read { db in
             try SQLRow.fetchOne(db, sql: "SELECT pending_step, confirmed_at FROM totp_credential WHERE account_id = ?", arguments: [h.accountID])
         }
-        #expect(stored?["pending_step"] as String? == nil && stored?["confirmed_at"] as Int64? != nil, "the confirmed factor is bound to no flow")
+        #expect(stored?["pending_step"] as String? == nil && stored?["confirmed_at"] as Int64? != nil, "the acknowledged factor is bound to no flow")
         // A flow that has ended begins nothing.
         let ended = try await sessions.startFlow(accountID: h.accountID, intentToken: nil)
         try await h.setPassword("Another-good-passphrase")

@@ -116,8 +116,14 @@ enum Pages {
             """)
     }
 
-    static func recoveryCodes(csrf: String, codes: [String]) -> HTML {
-        layout("Codes de secours", """
+    /// `reissued`: the enrolment's answer was sent again (a double click) and these codes
+    /// replace the first set, which the regulator may or may not have seen.
+    static func recoveryCodes(csrf: String, codes: [String], reissued: Bool = false) -> HTML {
+        let notice: HTML = reissued
+            ? "<p class=\"info\" role=\"status\" id=\"codes-remplaces\">Ces codes remplacent ceux d’un affichage précédent de cette page, qui ne sont plus valables.</p>"
+            : ""
+        return layout("Codes de secours", """
+            \(notice)
             <p>Conservez ces 10 codes en lieu sûr : chacun permet une connexion si vous n’avez plus votre téléphone. Ils ne seront plus jamais affichés.</p>
             <ul id="codes-secours">\(codes.map { "<li><code>\($0)</code></li>" as HTML })</ul>
             <form method="post" action="/connexion/suite" id="form-suite">

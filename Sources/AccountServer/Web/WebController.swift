@@ -437,12 +437,21 @@ struct WebController: Sendable {
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
         guard let flow = try await currentFlow(request) else { return restart }
-        guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
+        let step = sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)
+        guard !flow.secondFactorDone else {
+            // The code sent again by the flow that enrolled with it (a double click, a reload
+            // of the codes page) before the codes were acknowledged: the browser shows this
+            // answer, not the first, so this one carries the codes (a new set: the first is
+            // stored hashed).
+            if let codes = try await credentials.reissueRecoveryCodes(accountID: flow.accountID, for: step, actor: actor(context)) {
+                return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes, reissued: true) }
+            }
+            return try await secondFactorAlreadyDone(request, context)
+        }
         // Confirming the enrolment proves possession of the second factor for this sign-in:
         // the flow records it in the transaction that confirms, which first checks the flow
         // is still open (a password reset meanwhile confirms nothing).
-        switch try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context),
-                                                          for: sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)) {
+        switch try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context), for: step) {
         case .confirmed(let codes):
             return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes) }
         case .stepEnded:
@@ -460,8 +469,13 @@ struct WebController: Sendable {
         }
     }
 
+    /// « J’ai noté mes codes, continuer »: the codes are not issued again for this flow.
     func continueFlow(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard try await form(request, context) != nil else { return csrfRefused }
+        if let flow = try await currentFlow(request) {
+            try await credentials.acknowledgeRecoveryCodes(
+                accountID: flow.accountID, for: sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow))
+        }
         return try await nextStep(request, context)
     }
 

@@ -424,8 +424,11 @@ public final class CredentialStore: Sendable {
             let secret = try self.box.open(Array(sealed), context: "totp:\(accountID)")
             guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at) else { return .locked }
             guard let totpStep = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return .refused }
-            try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ?, pending_step = NULL WHERE account_id = ?",
-                           arguments: [at.epochMilliseconds, totpStep, accountID])
+            // `pending_step` keeps naming the step on the confirmed row until the regulator
+            // says the codes are noted (``acknowledgeRecoveryCodes``): until then that step,
+            // and only it, may have them issued again (``reissueRecoveryCodes``).
+            try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ?, pending_step = ? WHERE account_id = ?",
+                           arguments: [at.epochMilliseconds, totpStep, step.id, accountID])
             // Both factors are proven: the sign-in is complete.
             try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL, last_failed_sign_in = NULL WHERE id = ?", arguments: [accountID])
             try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
@@ -436,6 +439,40 @@ public final class CredentialStore: Sendable {
             try self.audit.append(self.event("second-factor-enrolled", "totp confirmed, \(codes.count) recovery codes issued", accountID, actor, at), in: db)
             try step.accept(db)
             return .confirmed(codes)
+        }
+    }
+
+    /// New recovery codes for the sign-in `step` that confirmed the account's enrolment, when
+    /// its regulator has not yet said the first ones were noted: the page that showed them
+    /// may never have been seen. A double click on « Activer » sends the code twice, and the
+    /// browser shows the second answer, not the first, which held the only copy of the codes.
+    /// The new set replaces the old (stored hashed, it cannot be shown again). nil for any
+    /// other step, once the codes are acknowledged, or when the step has ended.
+    public func reissueRecoveryCodes(accountID: String, for step: SignInStep, actor: AuditActor) async throws -> [String]? {
+        guard let stepID = step.id else { return nil }
+        let at = now
+        let codes = RecoveryCodes.generate()
+        return try await database.write { db in
+            guard try step.isOpen(db), try Bool.fetchOne(db, sql: """
+                SELECT 1 FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL AND pending_step = ?
+                """, arguments: [accountID, stepID]) ?? false else { return nil }
+            try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
+            for code in codes {
+                try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
+                               arguments: [accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: self.box), at.epochMilliseconds])
+            }
+            try self.audit.append(self.event("recovery-codes-reissued", "\(codes.count) recovery codes issued again, the earlier set voided", accountID, actor, at,
+                                             detail: "the enrolment's answer was sent again before its codes were acknowledged"), in: db)
+            return codes
+        }
+    }
+
+    /// The regulator of `step` says the recovery codes are noted: they are not issued again.
+    public func acknowledgeRecoveryCodes(accountID: String, for step: SignInStep) async throws {
+        guard let stepID = step.id else { return }
+        try await database.write { db in
+            try db.execute(sql: "UPDATE totp_credential SET pending_step = NULL WHERE account_id = ? AND confirmed_at IS NOT NULL AND pending_step = ?",
+                           arguments: [accountID, stepID])
         }
     }
 
