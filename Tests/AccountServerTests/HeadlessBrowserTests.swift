@@ -51,6 +51,8 @@ struct HeadlessBrowserTests {
         #expect(result["sas_banner"] as? Bool == true)
         #expect(result["qr_code"] as? Bool == true)
         #expect(result["recovery_codes"] as? Int == 10)
+        #expect(result["second_submit_blocked"] as? Bool == true, "the pages' script loads under their CSP and sends a form once")
+        #expect(try await server.auditEvents().filter { $0.action == "recovery-codes-reissued" }.isEmpty)
         #expect(result["path"] as? String == "/compte")
         #expect(result["habilitation"] as? String == "oui", "\(result)")
         #expect(result["origine"] as? String == "sas")

@@ -13,6 +13,7 @@ enum Pages {
         <meta name="viewport" content="width=device-width, initial-scale=1">
         <title>\(title) — Espace régulateur</title>
         <link rel="stylesheet" href="/static/style.css">
+        <script src="/static/formulaires.js" defer></script>
         </head>
         <body>
         <main>
@@ -290,6 +291,31 @@ enum Pages {
             <p><a href="/compte" id="lien-compte">Mon compte</a></p>
             """)
     }
+
+    /// The pages' only script (`script-src 'self'`, no inline script): a form is sent once.
+    /// A double click on a button sends its form twice, the browser abandons the first
+    /// answer and shows the second, in which the sign-in has already moved on (« connexion
+    /// expirée » after a code or the CGU; the recovery codes of an enrolment lost). Keycloak's
+    /// sign-in pages do the same. The guard lifts after 15 s (a lost answer can be sent again)
+    /// and when the page is shown again from the back-forward cache. Without the script the
+    /// pages work as before; the server copes with a second post (see `reissueRecoveryCodes`).
+    static let formScript = """
+        "use strict";
+        document.addEventListener("submit", function (event) {
+          var form = event.target;
+          if (form.dataset.envoye === "oui") { event.preventDefault(); return; }
+          form.dataset.envoye = "oui";
+          form.setAttribute("aria-busy", "true");
+          setTimeout(function () { delete form.dataset.envoye; form.removeAttribute("aria-busy"); }, 15000);
+        });
+        window.addEventListener("pageshow", function () {
+          document.querySelectorAll("form[data-envoye]").forEach(function (form) {
+            delete form.dataset.envoye;
+            form.removeAttribute("aria-busy");
+          });
+        });
+
+        """
 
     static let stylesheet = """
         body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f5fe;color:#161616}

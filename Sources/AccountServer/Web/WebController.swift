@@ -96,6 +96,7 @@ struct WebController: Sendable {
             headers[.contentType] = "text/css; charset=utf-8"
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
         }
+        router.get("static/formulaires.js") { _, _ in Self.formScriptResponse }
         router.get("connexion") { request, context in try await self.signInPage(request, context) }
         router.post("connexion") { request, context in try await self.signIn(request, context) }
         router.get("connexion/second-facteur") { request, context in try await self.secondFactorPage(request, context) }
@@ -155,8 +156,17 @@ struct WebController: Sendable {
         return Response(status: .seeOther, headers: headers)
     }
 
+    /// ``Pages/formScript``, with the pages' headers but cacheable for an hour (nothing
+    /// personal in it); served by the web and admin listeners alike.
+    static var formScriptResponse: Response {
+        var headers = securityHeaders
+        headers[.cacheControl] = "max-age=3600"
+        headers[.contentType] = "text/javascript; charset=utf-8"
+        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.formScript)))
+    }
+
     static let securityHeaders: HTTPFields = [
-        .contentSecurityPolicy: "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        .contentSecurityPolicy: "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         .cacheControl: "no-store",
         HTTPField.Name("Referrer-Policy")!: "no-referrer",
         HTTPField.Name("X-Content-Type-Options")!: "nosniff",

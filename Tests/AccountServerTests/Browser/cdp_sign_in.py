@@ -35,8 +35,13 @@ try:
     wait_for("/connexion/totp", "#cle-secrete")
     qr = evaluate("!!document.querySelector('#qr-code svg')")
     secret = evaluate("document.querySelector('#cle-secrete').textContent")
-    evaluate(f"document.querySelector('#code').value = {json.dumps(totp(secret))};"
-             "document.querySelector('#form-totp button').click(); true")
+    # « Activer », then what a second click would do while the first answer is on its way:
+    # another submit event, which the pages' script (loaded under their CSP) cancels.
+    second_submit_blocked = evaluate(
+        f"document.querySelector('#code').value = {json.dumps(totp(secret))};"
+        "(() => { const form = document.querySelector('#form-totp'); form.querySelector('button').click();"
+        " const again = new SubmitEvent('submit', {bubbles: true, cancelable: true}); form.dispatchEvent(again);"
+        " return again.defaultPrevented; })()")
     wait_for("/connexion/totp", "#codes-secours")
     recovery_codes = evaluate("document.querySelectorAll('#codes-secours li').length")
     evaluate("document.querySelector('#form-suite button').click(); true")
@@ -50,6 +55,7 @@ try:
         "sas_banner": sas_banner,
         "qr_code": qr,
         "recovery_codes": recovery_codes,
+        "second_submit_blocked": second_submit_blocked,
         "path": evaluate("location.pathname"),
         "habilitation": data("#habilitation", "habilitation"),
         "origine": data("#origine", "origine"),
