@@ -53,6 +53,13 @@ public struct WebSession: Sendable, Equatable {
     public var authentication: SessionAuthentication = .password
 }
 
+/// A session opened moments ago (``SessionStore/justOpened(_:within:)``): where its sign-in
+/// sent the browser (nil: the account page).
+public struct RecentSignIn: Sendable, Equatable {
+    public var returnURL: String?
+    public init(returnURL: String?) { self.returnURL = returnURL }
+}
+
 /// Who the OpenID Connect provider says signed in, kept with the flow and then the session.
 public struct ProviderIdentity: Sendable, Equatable {
     /// The ID token's `sub` (back-channel logout names sessions by it).
@@ -502,12 +509,12 @@ public final class SessionStore: Sendable {
             try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ? WHERE id_hash = ?", arguments: [at.epochMilliseconds, flowHash])
             try db.execute(sql: """
                 INSERT INTO web_session (id_hash, account_id, origin, created_at, last_seen_at, absolute_expires_at, address, user_agent,
-                                         authentication, oidc_subject, oidc_session_id, oidc_id_token)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                         authentication, oidc_subject, oidc_session_id, oidc_id_token, return_url)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [SecretToken.hash(token), accountID, origin.rawValue, at.epochMilliseconds, at.epochMilliseconds,
                                  at.addingTimeInterval(absolute).epochMilliseconds, address, userAgent.map { String($0.prefix(300)) },
                                  authentication.rawValue, flow["oidc_subject"] as String?, flow["oidc_session_id"] as String?,
-                                 flow["oidc_id_token"] as Data?])
+                                 flow["oidc_id_token"] as Data?, returnURL])
             let reference = Self.sessionReference(hash: SecretToken.hash(token))
             if let previous {
                 let previousHash = SecretToken.hash(previous)
@@ -549,6 +556,22 @@ public final class SessionStore: Sendable {
         guard let session = try await database.read({ db in try Self.liveSession(hash: hash, at: at, idle: idle, in: db) }) else { return nil }
         try await touchIfDue(hash: hash, lastSeenAt: session.lastSeenAt, at: at)
         return session
+    }
+
+    /// Where the browser holding `token` was sent when its sign-in ended, if that session is
+    /// live and was opened less than `within` ago: a form of that sign-in sent again (a double
+    /// click whose first answer the browser dropped) goes there too, instead of « connexion
+    /// expirée » to a browser that is signed in. nil for an older session: its browser is
+    /// starting another sign-in, whose expiry is real.
+    public func justOpened(_ token: String, within: TimeInterval) async throws -> RecentSignIn? {
+        let at = now
+        let hash = SecretToken.hash(token)
+        let idle = configuration.idleTimeout
+        return try await database.read { db in
+            guard let session = try Self.liveSession(hash: hash, at: at, idle: idle, in: db),
+                  at.timeIntervalSince(session.createdAt) < within else { return nil }
+            return RecentSignIn(returnURL: try String.fetchOne(db, sql: "SELECT return_url FROM web_session WHERE id_hash = ?", arguments: [hash]))
+        }
     }
 
     /// Records activity (extending the idle timeout) at most every `touchGranularity`.

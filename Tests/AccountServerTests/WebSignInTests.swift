@@ -632,6 +632,35 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// The code step's form sent twice (a double click the pages' script did not stop: the
+    /// browser dropped the first answer, which opened the session, then sent the form again
+    /// with its cookie): the second post goes where the first sent the browser, not to
+    /// « connexion expirée ».
+    @Test func aCodeSentAgainByASignedInBrowserGoesWhereTheSignInWent() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let (_, secret, _) = try await Self.signIn(browser)
+        let agenda = Self.agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        #expect(try await browser.get("/connexion?origin=sas&retour=\(agenda)").location == "/connexion", "a direct session signs in again for a SAS one")
+        #expect(try await browser.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+        let page = try await browser.get("/connexion/second-facteur")
+        let totp = TOTP()
+        let form = ["csrf": page.csrf ?? "", "code": totp.code(secret: try #require(secret), step: totp.step(at: Date()) + 1)]
+        let first = try await browser.request(.POST, "/connexion/second-facteur", form: form)
+        #expect(first.status == 303 && first.location == Self.agenda, "\(first.status) \(first.location ?? "")")
+        let again = try await browser.request(.POST, "/connexion/second-facteur", form: form)
+        #expect(again.status == 303 && again.location == Self.agenda, "\(again.status) \(again.location ?? "")")
+        #expect(try await browser.get("/compte").body.contains("data-habilitation=\"oui\""), "the session the first post opened is the one kept")
+        // A browser without that session is told the sign-in is over.
+        let other = try world.browser()
+        let stale = try await other.request(.POST, "/connexion/second-facteur", form: form)
+        #expect(stale.location == "/connexion?fin=expiree" || stale.status == 403, "\(stale.status) \(stale.location ?? "")")
+        await browser.shutdown()
+        await other.shutdown()
+        await world.stop()
+    }
+
     /// An account the SAS deactivated opens no session (both factors checked, the same answers
     /// before them as any account's), as through Pro Santé Connect, and gets no reset link;
     /// the SAS's reactivation makes both work again. A session opened before the withdrawal

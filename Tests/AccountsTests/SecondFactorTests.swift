@@ -221,24 +221,35 @@ struct SecondFactorTests {
         #expect(fresh != planted && fresh != shown)
         #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(planted, at: h.clock.now), actor: h.actor, for: other) == .notPending,
                 "the other's secret is worth nothing once replaced")
-        guard case .confirmed(let firstCodes) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(fresh, at: h.clock.now), actor: h.actor, for: regulator) else {
+        let confirming = Self.code(fresh, at: h.clock.now)
+        guard case .confirmed(let firstCodes) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: confirming, actor: h.actor, for: regulator) else {
             Issue.record("the regulator's own secret is confirmed"); return
         }
         #expect(try await h.store.beginTOTPEnrolment(accountID: h.accountID, for: other) == nil, "no enrolment once one is confirmed")
-        // Until the regulator acknowledges the codes, the flow that enrolled (and it alone) may
-        // have them issued again, voiding the first set; not after.
-        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: other, actor: h.actor) == nil)
-        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: .outsideAnyFlow, actor: h.actor) == nil)
-        let again = try #require(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: regulator, actor: h.actor))
+        // Until the regulator acknowledges the codes, the confirming code sent again by the
+        // flow that enrolled (and it alone) has them issued again, voiding the first set.
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: confirming, actor: h.actor, for: other) == .notPending)
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: confirming, actor: h.actor, for: .outsideAnyFlow) == .notPending)
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: confirming == "000000" ? "000001" : "000000", actor: h.actor,
+                                                       for: regulator) == .notPending, "a flow cookie alone voids nothing")
+        guard case .reissued(let again) = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: confirming, actor: h.actor, for: regulator) else {
+            Issue.record("the confirming code sent again gets the codes again"); return
+        }
         #expect(again.count == firstCodes.count && Set(again).isDisjoint(with: firstCodes))
         let storedCodes = try await h.accounts.database.read { db in
             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE account_id = ?", arguments: [h.accountID])
         }
         #expect(storedCodes == again.count, "the first set is replaced, not added to")
         try await h.store.acknowledgeRecoveryCodes(accountID: h.accountID, for: other)
-        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: regulator, actor: h.actor) != nil, "another step's acknowledgement is not the regulator's")
+        guard case .reissued = try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: confirming, actor: h.actor, for: regulator) else {
+            Issue.record("another step's acknowledgement is not the regulator's"); return
+        }
+        // A later code (the next TOTP step) is not the confirming one.
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: Self.code(fresh, at: h.clock.now.addingTimeInterval(30)), actor: h.actor,
+                                                       for: regulator) == .notPending)
         try await h.store.acknowledgeRecoveryCodes(accountID: h.accountID, for: regulator)
-        #expect(try await h.store.reissueRecoveryCodes(accountID: h.accountID, for: regulator, actor: h.actor) == nil, "acknowledged: never again")
+        #expect(try await h.store.confirmTOTPEnrolment(accountID: h.accountID, code: confirming, actor: h.actor, for: regulator) == .notPending,
+                "acknowledged: never again")
         let stored = try await h.accounts.database.read { db in
             try SQLRow.fetchOne(db, sql: "SELECT pending_step, confirmed_at FROM totp_credential WHERE account_id = ?", arguments: [h.accountID])
         }

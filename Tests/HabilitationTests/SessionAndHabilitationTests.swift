@@ -89,6 +89,23 @@ struct SessionAndHabilitationTests {
         #expect(check.session?.origin == .sas)
     }
 
+    /// A session opened moments ago tells where its sign-in sent the browser (a form of that
+    /// sign-in sent again goes there too); after a minute, once ended, or for a session with
+    /// no return URL, it says so.
+    @Test func aJustOpenedSessionKnowsWhereItsSignInWent() async throws {
+        let world = try await World()
+        let sas = try await world.signIn(origin: .sas)
+        let direct = try await world.signIn(origin: nil)
+        #expect(try await world.sessions.justOpened(sas, within: 60) == RecentSignIn(returnURL: "https://agenda.example/p"))
+        #expect(try await world.sessions.justOpened(direct, within: 60) == RecentSignIn(returnURL: nil))
+        #expect(try await world.sessions.justOpened("not-a-session", within: 60) == nil)
+        world.clock.advance(61)
+        #expect(try await world.sessions.justOpened(sas, within: 60) == nil, "a minute later it is another sign-in")
+        let ended = try await world.signIn(origin: .sas)
+        try await world.sessions.revoke(ended, reason: "sign-out")
+        #expect(try await world.sessions.justOpened(ended, within: 60) == nil)
+    }
+
     /// The purge deletes spent and expired intents and flows at once, ended sessions, dead
     /// reset links and outbox rows after the retention, and never the audit trail; a live
     /// session survives it.

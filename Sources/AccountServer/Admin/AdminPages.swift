@@ -2,7 +2,7 @@ import Foundation
 import Habilitation
 
 /// The vendor admin's page, in French: find an account, withdraw or restore its regulator
-/// habilitation in one click. No script (the same strict CSP as the regulators' pages).
+/// habilitation in one click. No script but the regulators' pages' one (the same strict CSP).
 enum AdminPages {
     static func message(code: String) -> String? {
         switch code {

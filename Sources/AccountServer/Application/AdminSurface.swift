@@ -26,7 +26,6 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     adminRouter.get("static/style.css") { _, _ in
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }
-    adminRouter.get("static/formulaires.js") { _, _ in WebController.formScriptResponse }
     AdminController(administration: VendorAdministration(database: database, sessionConfiguration: sessionConfiguration),
                     readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.admin.tls,
                     sessions: AdminSessions(idleTimeout: configuration.admin.sessionIdleTimeout))

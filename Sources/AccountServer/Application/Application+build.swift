@@ -68,7 +68,7 @@ func buildApplication(
     let callerMode = try callerAuthenticationMode(configuration, proxyVerifier: proxyVerifier)
 
     let database = try await AccountDatabase.open(configuration.database, poolSize: configuration.databasePoolSize,
-                                                  keepOpen: configuration.databasePoolMinimum ?? 0, logger: logger)
+                                                  keepOpen: configuration.databasePoolMinimum ?? 0, serving: true, logger: logger)
     // From here on, what is opened is closed again if a later step refuses to start: an HTTP
     // client dropped unclosed traps (signal 4) instead of the refusal's message.
     let opened = OpenedResources()

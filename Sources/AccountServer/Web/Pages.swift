@@ -13,7 +13,7 @@ enum Pages {
         <meta name="viewport" content="width=device-width, initial-scale=1">
         <title>\(title) — Espace régulateur</title>
         <link rel="stylesheet" href="/static/style.css">
-        <script src="/static/formulaires.js" defer></script>
+        <script>\(HTML(raw: formScript))</script>
         </head>
         <body>
         <main>
@@ -292,13 +292,15 @@ enum Pages {
             """)
     }
 
-    /// The pages' only script (`script-src 'self'`, no inline script): a form is sent once.
+    /// The pages' only script, inline and allowed by its hash alone (`script-src 'sha256-…'`,
+    /// ``WebController/securityHeaders``; not `'self'`, which would allow any script the
+    /// agenda serves on a shared origin): a form is sent once.
     /// A double click on a button sends its form twice, the browser abandons the first
     /// answer and shows the second, in which the sign-in has already moved on (« connexion
     /// expirée » after a code or the CGU; the recovery codes of an enrolment lost). Keycloak's
     /// sign-in pages do the same. The guard lifts after 15 s (a lost answer can be sent again)
     /// and when the page is shown again from the back-forward cache. Without the script the
-    /// pages work as before; the server copes with a second post (see `reissueRecoveryCodes`).
+    /// pages work as before; the server copes with a second post (`EnrolmentOutcome.reissued`).
     static let formScript = """
         "use strict";
         document.addEventListener("submit", function (event) {

@@ -1,4 +1,5 @@
 import Accounts
+import Crypto
 import Foundation
 import HTTPTypes
 import Habilitation
@@ -96,7 +97,6 @@ struct WebController: Sendable {
             headers[.contentType] = "text/css; charset=utf-8"
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
         }
-        router.get("static/formulaires.js") { _, _ in Self.formScriptResponse }
         router.get("connexion") { request, context in try await self.signInPage(request, context) }
         router.post("connexion") { request, context in try await self.signIn(request, context) }
         router.get("connexion/second-facteur") { request, context in try await self.secondFactorPage(request, context) }
@@ -156,17 +156,11 @@ struct WebController: Sendable {
         return Response(status: .seeOther, headers: headers)
     }
 
-    /// ``Pages/formScript``, with the pages' headers but cacheable for an hour (nothing
-    /// personal in it); served by the web and admin listeners alike.
-    static var formScriptResponse: Response {
-        var headers = securityHeaders
-        headers[.cacheControl] = "max-age=3600"
-        headers[.contentType] = "text/javascript; charset=utf-8"
-        return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.formScript)))
-    }
+    /// The CSP source that allows ``Pages/formScript`` and nothing else.
+    static let formScriptSource = "'sha256-\(Data(SHA256.hash(data: Data(Pages.formScript.utf8))).base64EncodedString())'"
 
     static let securityHeaders: HTTPFields = [
-        .contentSecurityPolicy: "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        .contentSecurityPolicy: "default-src 'none'; script-src \(formScriptSource); style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         .cacheControl: "no-store",
         HTTPField.Name("Referrer-Policy")!: "no-referrer",
         HTTPField.Name("X-Content-Type-Options")!: "nosniff",
@@ -209,7 +203,8 @@ struct WebController: Sendable {
 
     /// Whether a request to the provider's start (or « sans Pro Santé Connect ») is a click on
     /// one of our pages: `Sec-Fetch-Site: same-origin` (our pages cannot navigate by
-    /// themselves: no script, no framing), or this browser's click token.
+    /// themselves: their one script only stops a second submit; no framing), or this browser's
+    /// click token.
     func isClickOnOurPage(_ request: Request) -> Bool {
         if request.headers[Self.secFetchSite] == "same-origin" { return true }
         guard let click = (try? QueryParameters(query: request.uri.query))?.first("clic"),
@@ -367,6 +362,29 @@ struct WebController: Sendable {
 
     var restart: Response { Self.redirect("/connexion?fin=expiree", cookies: [WebCookie.flow.clear]) }
 
+    /// A step of a sign-in that is over: « connexion expirée », unless the browser holds a
+    /// session opened within the last minute. That is the same sign-in's form sent again (a
+    /// double click the pages' script did not stop, the browser having dropped the first
+    /// answer, which opened the session): sent where that answer sent it.
+    func restartOrResume(_ request: Request) async throws -> Response {
+        try await resume(request) ?? restart
+    }
+
+    /// A sign-in step's form refused by its CSRF check: the token of the page is the previous
+    /// one when the sign-in it belongs to has just ended (a new session gets a new token), so
+    /// a double click on a sign-in's last button gets the same answer as its first, instead of
+    /// « Formulaire expiré ». Only a redirect to where the session's own sign-in went: a post
+    /// from another site gains nothing by it.
+    func csrfRefusedOrResume(_ request: Request) async throws -> Response {
+        try await resume(request) ?? csrfRefused
+    }
+
+    /// Where the browser's session opened within the last minute sent it, if it holds one.
+    private func resume(_ request: Request) async throws -> Response? {
+        guard let token = WebCookie.value(.session, in: request.headers), let recent = try await sessions.justOpened(token, within: 60) else { return nil }
+        return Self.redirect(recent.returnURL ?? "/compte", cookies: [WebCookie.flow.clear])
+    }
+
     /// The name a sign-in step shows (« Connexion de Jules MARIUS »).
     func displayName(accountID: String) async throws -> String? {
         try await AccountDirectory(database: credentials.database).snapshot(id: accountID).map { "\($0.givenName) \($0.familyName)" }
@@ -392,7 +410,7 @@ struct WebController: Sendable {
     }
 
     func secondFactorPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard let flow = try await currentFlow(request) else { return restart }
+        guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         let name = try await displayName(accountID: flow.accountID)
         return respond(request) { Pages.secondFactor(csrf: $0, error: false, name: name) }
@@ -401,9 +419,9 @@ struct WebController: Sendable {
     func secondFactor(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         // The form's own checks first: a post another site makes a regulator's browser send
         // is refused without spending the address's budget (one SAMU's, behind its NAT).
-        guard let fields = try await form(request, context) else { return csrfRefused }
+        guard let fields = try await form(request, context) else { return try await csrfRefusedOrResume(request) }
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
-        guard let flow = try await currentFlow(request) else { return restart }
+        guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // The code is checked, and the flow records it (accepted, or one more wrong code), in
         // one transaction that first checks the flow is still open: a password reset on any
@@ -413,7 +431,7 @@ struct WebController: Sendable {
         case .accepted, .alreadyDone:
             return try await nextStep(request, context)
         case .stepEnded:
-            return restart
+            return try await restartOrResume(request)
         case .refused(let flowOpen):
             // The account's counter has counted it; the flow itself ends after a few wrong
             // codes or at once when the account is locked, back to the password step.
@@ -427,7 +445,7 @@ struct WebController: Sendable {
     }
 
     func enrolPage(_ request: Request, _ context: WebRequestContext, error: Pages.EnrolmentError?) async throws -> Response {
-        guard let flow = try await currentFlow(request) else { return restart }
+        guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         // This flow's own pending secret, or a new one for it: never one another flow began.
         let step = sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)
@@ -444,33 +462,29 @@ struct WebController: Sendable {
     func enrol(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         // The form's own checks first: a post another site makes a regulator's browser send
         // is refused without spending the address's budget (one SAMU's, behind its NAT).
-        guard let fields = try await form(request, context) else { return csrfRefused }
+        guard let fields = try await form(request, context) else { return try await csrfRefusedOrResume(request) }
         guard limiter.allow("sign-in", client: context.clientAddress) else { return tooManyRequests }
-        guard let flow = try await currentFlow(request) else { return restart }
+        guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
         let step = sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow)
-        guard !flow.secondFactorDone else {
-            // The code sent again by the flow that enrolled with it (a double click, a reload
-            // of the codes page) before the codes were acknowledged: the browser shows this
-            // answer, not the first, so this one carries the codes (a new set: the first is
-            // stored hashed).
-            if let codes = try await credentials.reissueRecoveryCodes(accountID: flow.accountID, for: step, actor: actor(context)) {
-                return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes, reissued: true) }
-            }
-            return try await secondFactorAlreadyDone(request, context)
-        }
         // Confirming the enrolment proves possession of the second factor for this sign-in:
         // the flow records it in the transaction that confirms, which first checks the flow
-        // is still open (a password reset meanwhile confirms nothing).
+        // is still open (a password reset meanwhile confirms nothing). A flow whose factor is
+        // already proven goes through it too: the same code sent again (a double click on
+        // « Activer », a reload of the codes page) is decided there, in order with the first.
         switch try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context), for: step) {
         case .confirmed(let codes):
             return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes) }
+        case .reissued(let codes):
+            // The browser shows this answer, not the first: it carries the codes.
+            return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes, reissued: true) }
         case .stepEnded:
-            return restart
+            return try await restartOrResume(request)
         case .refused:
             return try await enrolPage(request, context, error: .wrongCode)
         case .notPending:
             // Another sign-in replaced this flow's secret: the entry the regulator added is
-            // dead; this flow gets a new one, and the page says to replace the entry.
+            // dead; this flow gets a new one, and the page says to replace the entry. (A flow
+            // whose factor is proven is sent on by the page instead.)
             return try await enrolPage(request, context, error: .replaced)
         case .locked:
             // As at the code step: a locked account's flow ends, back to the password step.
@@ -481,7 +495,7 @@ struct WebController: Sendable {
 
     /// « J’ai noté mes codes, continuer »: the codes are not issued again for this flow.
     func continueFlow(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard try await form(request, context) != nil else { return csrfRefused }
+        guard try await form(request, context) != nil else { return try await csrfRefusedOrResume(request) }
         if let flow = try await currentFlow(request) {
             try await credentials.acknowledgeRecoveryCodes(
                 accountID: flow.accountID, for: sessions.secondFactorStep(flowToken: flow.token, wrongCodesAllowed: configuration.codeAttemptsPerFlow))
@@ -490,7 +504,7 @@ struct WebController: Sendable {
     }
 
     func cguPage(_ request: Request, _ context: WebRequestContext, error: Pages.CGUError?) async throws -> Response {
-        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
+        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return try await restartOrResume(request) }
         // A withdrawn or suspended account is refused now, not shown terms to accept first.
         if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         let name = try await displayName(accountID: flow.accountID)
@@ -500,8 +514,8 @@ struct WebController: Sendable {
     }
 
     func acceptCGU(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard let fields = try await form(request, context) else { return csrfRefused }
-        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return restart }
+        guard let fields = try await form(request, context) else { return try await csrfRefusedOrResume(request) }
+        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return try await restartOrResume(request) }
         if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         // The version accepted is the one in force now, whatever the form says.
         guard fields["version"] == configuration.cguVersion else {
@@ -516,7 +530,7 @@ struct WebController: Sendable {
     /// After the second factor: the CGU if the current version is not accepted, then the
     /// session (a new id), then back where the browser came from.
     func nextStep(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        guard let flow = try await currentFlow(request) else { return restart }
+        guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
         guard flow.secondFactorDone else {
             return Self.redirect(try await credentials.hasConfirmedTOTP(accountID: flow.accountID) ? "/connexion/second-facteur" : "/connexion/totp")
         }
@@ -542,7 +556,7 @@ struct WebController: Sendable {
                 : ("Habilitation suspendue", "L’éditeur a suspendu votre habilitation régulateur : aucune session n’a été ouverte.")
             return Self.page(Pages.error(title, message), status: .forbidden, cookies: [WebCookie.flow.clear])
         }
-        guard let session = opened else { return restart }
+        guard let session = opened else { return try await restartOrResume(request) }
         metrics.sessionOpened(origin: session.origin.rawValue)
         context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
         // A new form secret for after the session (its expiry, a sign-out elsewhere): the

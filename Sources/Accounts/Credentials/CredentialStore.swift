@@ -397,6 +397,12 @@ public final class CredentialStore: Sendable {
     public enum EnrolmentOutcome: Sendable, Equatable {
         /// Confirmed: the recovery codes to show once (their hashes replace any earlier set).
         case confirmed([String])
+        /// The confirming code sent again by the step that confirmed with it, before its
+        /// regulator acknowledged the codes (``acknowledgeRecoveryCodes(accountID:for:)``): a
+        /// double click on « Activer », whose first answer (the only copy of the codes) the
+        /// browser drops, or a reload of the codes page. A new set, replacing the first (stored
+        /// hashed, it cannot be shown again).
+        case reissued([String])
         /// A wrong code (not counted: whoever sends it was just shown the secret).
         case refused
         /// No enrolment of this flow is pending: another sign-in of the account (a second
@@ -420,13 +426,15 @@ public final class CredentialStore: Sendable {
         return try await database.write { db in
             guard try step.isOpen(db) else { return .stepEnded }
             // Only the enrolment this flow began (see pendingTOTPSecret).
-            guard let sealed = try self.pendingEnrolment(accountID, of: step, in: db) else { return .notPending }
+            guard let sealed = try self.pendingEnrolment(accountID, of: step, in: db) else {
+                return try self.reissueForConfirmingCode(accountID: accountID, code: code, step: step, codes: codes, actor: actor, at: at, in: db) ?? .notPending
+            }
             let secret = try self.box.open(Array(sealed), context: "totp:\(accountID)")
             guard !self.configuration.lockout.isLocked(try self.lockoutState(accountID, in: db), at: at) else { return .locked }
             guard let totpStep = totp.verify(code, secret: secret, at: at, lastUsedStep: nil) else { return .refused }
             // `pending_step` keeps naming the step on the confirmed row until the regulator
             // says the codes are noted (``acknowledgeRecoveryCodes``): until then that step,
-            // and only it, may have them issued again (``reissueRecoveryCodes``).
+            // and only it, may have them issued again, with the same code (`.reissued`).
             try db.execute(sql: "UPDATE totp_credential SET confirmed_at = ?, last_used_step = ?, pending_step = ? WHERE account_id = ?",
                            arguments: [at.epochMilliseconds, totpStep, step.id, accountID])
             // Both factors are proven: the sign-in is complete.
@@ -442,29 +450,26 @@ public final class CredentialStore: Sendable {
         }
     }
 
-    /// New recovery codes for the sign-in `step` that confirmed the account's enrolment, when
-    /// its regulator has not yet said the first ones were noted: the page that showed them
-    /// may never have been seen. A double click on « Activer » sends the code twice, and the
-    /// browser shows the second answer, not the first, which held the only copy of the codes.
-    /// The new set replaces the old (stored hashed, it cannot be shown again). nil for any
-    /// other step, once the codes are acknowledged, or when the step has ended.
-    public func reissueRecoveryCodes(accountID: String, for step: SignInStep, actor: AuditActor) async throws -> [String]? {
-        guard let stepID = step.id else { return nil }
-        let at = now
-        let codes = RecoveryCodes.generate()
-        return try await database.write { db in
-            guard try step.isOpen(db), try Bool.fetchOne(db, sql: """
-                SELECT 1 FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL AND pending_step = ?
-                """, arguments: [accountID, stepID]) ?? false else { return nil }
-            try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
-            for code in codes {
-                try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
-                               arguments: [accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: self.box), at.epochMilliseconds])
-            }
-            try self.audit.append(self.event("recovery-codes-reissued", "\(codes.count) recovery codes issued again, the earlier set voided", accountID, actor, at,
-                                             detail: "the enrolment's answer was sent again before its codes were acknowledged"), in: db)
-            return codes
+    /// ``EnrolmentOutcome/reissued(_:)``, decided in the transaction that would have confirmed:
+    /// the account's factor was confirmed by `step` (`pending_step` still names it) and
+    /// `code` is the very code that confirmed it (its TOTP step is the one recorded, so it
+    /// matches for a minute or so at most). Anything else, nil: a stolen flow cookie alone
+    /// does not void the regulator's codes, nor does a later sign-in's code.
+    private func reissueForConfirmingCode(accountID: String, code: String, step: SignInStep, codes: [String], actor: AuditActor, at: Date,
+                                          in db: any SQLTransaction) throws -> EnrolmentOutcome? {
+        guard let stepID = step.id, let row = try SQLRow.fetchOne(db, sql: """
+            SELECT sealed_secret, last_used_step FROM totp_credential WHERE account_id = ? AND confirmed_at IS NOT NULL AND pending_step = ?
+            """, arguments: [accountID, stepID]), let confirmingStep = row["last_used_step"] as Int64? else { return nil }
+        let secret = try box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
+        guard configuration.totp.verify(code, secret: secret, at: at, lastUsedStep: nil) == confirmingStep else { return nil }
+        try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
+        for code in codes {
+            try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
+                           arguments: [accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: box), at.epochMilliseconds])
         }
+        try audit.append(event("recovery-codes-reissued", "\(codes.count) recovery codes issued again, the earlier set voided", accountID, actor, at,
+                               detail: "the confirming code was sent again before the codes were acknowledged"), in: db)
+        return .reissued(codes)
     }
 
     /// The regulator of `step` says the recovery codes are noted: they are not issued again.

@@ -30,8 +30,10 @@ public final class AccountDatabase: Sendable {
     /// Opens the database `location` names and applies pending migrations (on PostgreSQL
     /// under an advisory lock, so instances starting together migrate once). `keepOpen`:
     /// PostgreSQL connections kept open when idle (the tools that open a database for one
-    /// command keep none).
-    public static func open(_ location: StorageLocation, poolSize: Int = 10, keepOpen: Int = 0, logger: Logger) async throws -> AccountDatabase {
+    /// command keep none). `serving`: the server's own start, which warns when its role could
+    /// rewrite the audit trail (the tools run as the owner on purpose).
+    public static func open(_ location: StorageLocation, poolSize: Int = 10, keepOpen: Int = 0, serving: Bool = false,
+                            logger: Logger) async throws -> AccountDatabase {
         switch location {
         case .sqlite(let path):
             return try AccountDatabase(path: path)
@@ -40,7 +42,7 @@ public final class AccountDatabase: Sendable {
             do {
                 try await engine.migrate(AccountSchema.current)
                 try await checkAppendPrivileges(engine, role: server.username)
-                if try await mayRewriteTheAuditTrail(engine) {
+                if serving, try await mayRewriteTheAuditTrail(engine) {
                     logger.warning("""
                         the database role \(server.username) may rewrite the audit trail (it owns audit_event, or holds UPDATE, DELETE, \
                         TRUNCATE or TRIGGER on it): its triggers refuse changes, but this role may drop them; run `serve` as a runtime \

@@ -254,7 +254,13 @@ public enum AccountSchema {
         Migration("v12-sign-in-flow-intent", signInFlowIntent),
         Migration("v13-last-failed-sign-in", lastFailedSignIn(timestamp: "INTEGER")),
         Migration("v14-live-flow-indexes", liveFlowIndexes),
+        Migration("v15-web-session-return-url", webSessionReturnURL),
     ]
+
+    /// Where the sign-in that opened a session sent the browser: a form of that sign-in sent
+    /// again moments later (a double click whose first answer the browser dropped, without
+    /// the pages' script) is sent there again instead of being told the sign-in expired.
+    static let webSessionReturnURL = "ALTER TABLE web_session ADD COLUMN return_url TEXT"
 
     /// A withdrawal ends the account's sign-ins under way, and a Pro Santé Connect back-channel
     /// logout naming only its `sid` ends that session's: both inside a write transaction (a
@@ -537,5 +543,6 @@ public enum AccountSchema {
             """),
         Migration("pg-v8-last-failed-sign-in", lastFailedSignIn(timestamp: "BIGINT")),
         Migration("pg-v9-live-flow-indexes", liveFlowIndexes),
+        Migration("pg-v10-web-session-return-url", webSessionReturnURL),
     ]
 }
