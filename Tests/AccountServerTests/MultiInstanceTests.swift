@@ -426,6 +426,14 @@ struct MultiInstanceTests {
         // reads it (a reset link) gets the French 503 page.
         let entry = try await web.get("/connexion?origin=sas")
         let page = try await web.get("/reinitialisation?jeton=x")
+        // Each instance's readiness says the database is what fails (a load balancer's probe
+        // takes it out; `/healthz`, the liveness, does not ask for a restart).
+        var readiness: [(Int, Int, String)] = []
+        for instance in cluster.instances where instance.isRunning {
+            let ready = try await web.request(.GET, "http://127.0.0.1:\(instance.adminPort)/readyz")
+            let alive = try await web.request(.GET, "http://127.0.0.1:\(instance.adminPort)/healthz")
+            readiness.append((ready.status, alive.status, ready.body))
+        }
         // And one INT_R02 call of our own, timed, while it is down.
         let probe = try cluster.fhir()
         let probeStarted = clock.now
@@ -447,6 +455,7 @@ struct MultiInstanceTests {
                 "\(duringOutage.map { "\($0.status.map(String.init) ?? "no answer")" })")
         #expect(duringOutage.allSatisfy { $0.took < .seconds(7) }, "fail fast: \(duringOutage.map(\.took).max() ?? .zero)")
         #expect(page.status == 503 && page.body.contains("Service momentanément indisponible"), "\(page.status) \(page.body.prefix(300))")
+        #expect(!readiness.isEmpty && readiness.allSatisfy { $0.0 == 503 && $0.1 == 200 && $0.2.contains("query failed") }, "\(readiness)")
         #expect(entry.status == 303 && entry.location == "/connexion", "\(entry.status)")
         #expect(count(after: up + .seconds(1), 201) >= 10, "served again after the restart, without restarting account-server")
         // Each instance serves again, asked directly: nginx's round robin does not move a
@@ -466,6 +475,8 @@ struct MultiInstanceTests {
             } while status != 201 && clock.now < until
             await client.shutdown()
             #expect(status == 201, "instance \(instance.name) serves again after the restart, asked directly")
+            let ready = try await web.request(.GET, "http://127.0.0.1:\(instance.adminPort)/readyz")
+            #expect(ready.status == 200, "instance \(instance.name) is ready again: \(ready.body)")
         }
         for instance in cluster.instances where !instance.isRunning {
             let log = (try? String(contentsOf: instance.logFile, encoding: .utf8)) ?? ""

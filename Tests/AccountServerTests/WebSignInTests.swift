@@ -268,6 +268,45 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// Behind a trusted proxy (`--trusted-proxy`), a regulator is the address the proxy
+    /// appended to `X-Forwarded-For` (the right-most entry of the last header): what the audit
+    /// trail records and what the rate limit counts, so one SAMU exhausting its budget leaves
+    /// another's whole. What a client wrote before it is not believed, nor a last entry that
+    /// is not an address, nor the header at all from a peer that is not trusted.
+    @Test(arguments: [true, false])
+    func theClientIsTheAddressATrustedProxyAppended(_ trusted: Bool) async throws {
+        let world = try await World {
+            $0.rateLimitPerMinute = 2
+            $0.web.trustedProxies = trusted ? ["127.0.0.1"] : []
+        }
+        let browser = try world.browser()
+        func attempt(_ forwarded: [String]) async throws -> (status: Int, address: String?) {
+            let page = try await browser.get("/connexion")
+            let answer = try await browser.request(.POST, "/connexion", form: ["csrf": page.csrf ?? "", "email": Self.email, "password": "not-it"],
+                                                   headers: forwarded.map { ("X-Forwarded-For", $0) })
+            let event = try await world.server.auditEvents().last { $0.action == "sign-in" }
+            return (answer.status, event?.actorAddress)
+        }
+        let first = try await attempt(["198.51.100.7, 203.0.113.9"])
+        #expect(first.status == 401 && first.address == (trusted ? "203.0.113.9" : "127.0.0.1"), "\(first)")
+        let second = try await attempt(["203.0.113.9", "192.0.2.1,203.0.113.10"])
+        #expect(second.status == 401 && second.address == (trusted ? "203.0.113.10" : "127.0.0.1"), "\(second)")
+        let notAnAddress = try await attempt(["203.0.113.9, unknown"])
+        if trusted {
+            #expect(notAnAddress.status == 401 && notAnAddress.address == "127.0.0.1", "\(notAnAddress)")
+            // 203.0.113.9 has one attempt left of its two; 203.0.113.10 one; the proxy's own
+            // address one. The first two run out, the third address is untouched.
+            #expect(try await attempt(["203.0.113.9"]).status == 401)
+            #expect(try await attempt(["203.0.113.9"]).status == 429)
+            #expect(try await attempt(["198.51.100.20"]).status == 401, "another address behind the proxy keeps its budget")
+        } else {
+            // Every attempt is the proxy's (the peer's) address: its budget of two is spent.
+            #expect(notAnAddress.status == 429, "\(notAnAddress)")
+        }
+        await browser.shutdown()
+        await world.stop()
+    }
+
     /// A page of another site can navigate a window to the SAS entry again and again (one
     /// click gives it a window): each navigation looks exactly like the SAS link. The intent
     /// is sealed into its cookie, so the entry writes nothing and spends no budget: the loop
