@@ -439,11 +439,7 @@ public final class CredentialStore: Sendable {
                            arguments: [at.epochMilliseconds, totpStep, step.id, accountID])
             // Both factors are proven: the sign-in is complete.
             try db.execute(sql: "UPDATE account SET failed_sign_ins = 0, locked_until = NULL, last_failed_sign_in = NULL WHERE id = ?", arguments: [accountID])
-            try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
-            for code in codes {
-                try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
-                               arguments: [accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: self.box), at.epochMilliseconds])
-            }
+            try self.replaceRecoveryCodes(of: accountID, with: codes, at: at, in: db)
             try self.audit.append(self.event("second-factor-enrolled", "totp confirmed, \(codes.count) recovery codes issued", accountID, actor, at), in: db)
             try step.accept(db)
             return .confirmed(codes)
@@ -462,14 +458,20 @@ public final class CredentialStore: Sendable {
             """, arguments: [accountID, stepID]), let confirmingStep = row["last_used_step"] as Int64? else { return nil }
         let secret = try box.open(Array(row["sealed_secret"] as Data), context: "totp:\(accountID)")
         guard configuration.totp.verify(code, secret: secret, at: at, lastUsedStep: nil) == confirmingStep else { return nil }
+        try replaceRecoveryCodes(of: accountID, with: codes, at: at, in: db)
+        try audit.append(event("recovery-codes-reissued", "\(codes.count) recovery codes issued again, the earlier set voided", accountID, actor, at,
+                               detail: "the confirming code was sent again before the codes were acknowledged"), in: db)
+        return .reissued(codes)
+    }
+
+    /// The account's recovery codes become `codes` (stored keyed, ``RecoveryCodes/storedForm``);
+    /// any earlier set, used or not, is gone.
+    private func replaceRecoveryCodes(of accountID: String, with codes: [String], at: Date, in db: any SQLTransaction) throws {
         try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
         for code in codes {
             try db.execute(sql: "INSERT INTO recovery_code (account_id, code_hash, created_at) VALUES (?, ?, ?)",
                            arguments: [accountID, RecoveryCodes.storedForm(code, accountID: accountID, box: box), at.epochMilliseconds])
         }
-        try audit.append(event("recovery-codes-reissued", "\(codes.count) recovery codes issued again, the earlier set voided", accountID, actor, at,
-                               detail: "the confirming code was sent again before the codes were acknowledged"), in: db)
-        return .reissued(codes)
     }
 
     /// The regulator of `step` says the recovery codes are noted: they are not issued again.
