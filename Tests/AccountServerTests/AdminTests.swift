@@ -3,6 +3,7 @@ import Accounts
 import AsyncHTTPClient
 import Foundation
 import Logging
+import Synchronization
 import NIOCore
 import NIOHTTP1
 import StorageTesting
@@ -422,8 +423,9 @@ struct AdminTests {
     /// plain HTTP on localhost) or on a form without its token, neither extends nor ends it, so
     /// a session left alone ends on time however often such requests come.
     @Test func requestsWithoutTheTokenDoNotKeepTheSessionAlive() async throws {
-        let idle = Duration.seconds(5)
-        let world = try await World { $0.admin.sessionIdleTimeout = idle }
+        let idle = Duration.seconds(300)
+        let clock = ManualClock()
+        let world = try await World { $0.admin.sessionIdleTimeout = idle; $0.admin.sessionClock = clock.adminClock }
         let admin = AdminClient(server: world.server, token: "")
         let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
         let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
@@ -431,39 +433,59 @@ struct AdminTests {
         let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
         let page = try #require(signedIn.headers.first(name: "Location"))
         let search = "/?q=jules&" + page.dropFirst(2)
-        let clock = ContinuousClock()
-        // Taken before the request that carries the token: the server's last sight of it is later.
-        var lastWithToken = clock.now
         let action = try #require(try await admin.send(.GET, search, headers: session, authorization: "").body
             .firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
-        /// Requests without the token, for `span` after `from`.
-        func withoutTheToken(from: ContinuousClock.Instant, for span: Duration) async throws {
-            while clock.now - from < span {
+        /// Requests without the token, one every 30 s for `span`: the page with the cookie
+        /// alone, and a form with the cookie but not the token.
+        func withoutTheToken(for span: Duration) async throws {
+            var waited = Duration.zero
+            while waited < span {
+                clock.advance(by: .seconds(30))
+                waited += .seconds(30)
                 #expect(try await admin.send(.GET, "/?q=jules", headers: session, authorization: "").body.contains("form-connexion"))
                 #expect(try await admin.send(.POST, action, body: "q=jules", headers: form + session, authorization: "").status == 403)
-                try await Task.sleep(for: .milliseconds(200))
             }
         }
-        // They do not end it: a request with the token, before the idle time from the last
-        // one that carried it, still finds it (unless the machine stalled that long).
-        try await withoutTheToken(from: lastWithToken, for: .seconds(3))
-        let alive = try await admin.send(.GET, search, headers: session, authorization: "").body.contains("form-recherche")
-        guard clock.now - lastWithToken < idle else {
-            // The machine stalled about as long as the idle time: nothing to conclude either way.
-            await admin.shutdown()
-            await world.stop()
-            return
-        }
-        #expect(alive, "requests without the token ended the session")
-        lastWithToken = clock.now
+        // They do not end it: a request with the token, 1 s short of the idle time since the
+        // last one that carried it, still finds it.
+        try await withoutTheToken(for: .seconds(270))
+        clock.advance(by: .seconds(29))
+        #expect(try await admin.send(.GET, search, headers: session, authorization: "").body.contains("form-recherche"),
+                "requests without the token ended the session")
         // Nor do they extend it: the session ends the idle time after the last request that
-        // carried the token.
-        // (Under a stall of the machine the last of them may come after the session ended,
-        // and test nothing: never a false failure, since no request here may keep it alive.)
-        try await withoutTheToken(from: lastWithToken, for: .seconds(3))
-        try await Task.sleep(until: lastWithToken + idle + .milliseconds(700))
-        #expect(try await admin.send(.GET, page, headers: session, authorization: "").body.contains("form-connexion"), "the session ended on time")
+        // carried the token, however many came without it in between.
+        try await withoutTheToken(for: .seconds(270))
+        clock.advance(by: .seconds(29))
+        #expect(try await admin.send(.GET, search, headers: session, authorization: "").body.contains("form-recherche"),
+                "1 s before the idle time, the session is still there")
+        try await withoutTheToken(for: .seconds(300))
+        #expect(try await admin.send(.GET, search, headers: session, authorization: "").body.contains("form-connexion"), "the session ended on time")
+        #expect(try await admin.send(.GET, page, headers: session, authorization: "").body.contains("form-connexion"))
         #expect(try await world.server.auditEvents().allSatisfy { $0.action != "habilitation-withdrawn" })
+        await admin.shutdown()
+        await world.stop()
+    }
+
+    /// However active, an admin page session ends 8 hours after its sign-in (the token is
+    /// typed again), as Keycloak's SSO Session Max does.
+    @Test func anActiveSessionEndsAtItsAbsoluteTimeout() async throws {
+        let clock = ManualClock()
+        let world = try await World { $0.admin.sessionClock = clock.adminClock }
+        let admin = AdminClient(server: world.server, token: "")
+        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
+        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
+                                            headers: form + [("Cookie", loginCookie)], authorization: "")
+        let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
+        let page = try #require(signedIn.headers.first(name: "Location"))
+        // A request with the token every 20 minutes (under the 30-minute idle time) for 8 hours.
+        for _ in 0..<23 {
+            clock.advance(by: .seconds(20 * 60))
+            #expect(try await admin.send(.GET, page, headers: session, authorization: "").body.contains("form-recherche"))
+        }
+        clock.advance(by: .seconds(20 * 60) - .seconds(1))
+        #expect(try await admin.send(.GET, page, headers: session, authorization: "").body.contains("form-recherche"), "7 h 59 min 59 s")
+        clock.advance(by: .seconds(1))
+        #expect(try await admin.send(.GET, page, headers: session, authorization: "").body.contains("form-connexion"), "8 h")
         await admin.shutdown()
         await world.stop()
     }
@@ -573,5 +595,17 @@ struct AdminTests {
         guard case .object(let object) = try JSONParser().parse(Array(line.utf8)) else { Issue.record("not an object"); return }
         #expect(object["msg"] == .string("session opened") && object["level"] == .string("info") && object["request_id"] == .string("0123456789abcdef"))
         #expect(object["origin"] == .string("sas") && object["meta_msg"] == .string("collides") && object["ts"] != nil)
+    }
+}
+
+/// A clock the test moves by hand, for the admin page sessions' timeouts.
+final class ManualClock: Sendable {
+    private let start = ContinuousClock.now
+    private let offset = Mutex<Duration>(.zero)
+
+    func advance(by duration: Duration) { offset.withLock { $0 += duration } }
+
+    var adminClock: AdminSessions.Clock {
+        AdminSessions.Clock { [self] in start + offset.withLock { $0 } }
     }
 }

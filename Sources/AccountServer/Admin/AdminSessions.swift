@@ -12,25 +12,35 @@ import Synchronization
 ///
 /// Kept in memory: an admin signs in again after a restart. Only SHA-256 of ids is kept.
 final class AdminSessions: Sendable {
+    /// Where the sessions read the time: the monotonic clock when serving; tests move a
+    /// manual one, so the idle and absolute timeouts are checked exactly rather than raced
+    /// against a sleeping test on a loaded machine.
+    struct Clock: Sendable {
+        var now: @Sendable () -> ContinuousClock.Instant
+        static let continuous = Clock { ContinuousClock.now }
+    }
+
     private struct Entry { var created: ContinuousClock.Instant; var lastSeen: ContinuousClock.Instant }
     private let entries = Mutex<[String: Entry]>([:])
     let idleTimeout: Duration
     let absoluteTimeout: Duration
+    private let clock: Clock
 
     /// Cookie names: `__Host-` (bound to this exact host and port-less path `/`) when the
     /// listener is served over TLS, where browsers accept that prefix.
     static func cookie(secure: Bool) -> String { secure ? "__Host-as-admin-session" : "as-admin-session" }
     static func csrfCookie(secure: Bool) -> String { secure ? "__Host-as-admin-csrf" : "as-admin-csrf" }
 
-    init(idleTimeout: Duration = .seconds(30 * 60), absoluteTimeout: Duration = .seconds(8 * 3600)) {
+    init(idleTimeout: Duration = .seconds(30 * 60), absoluteTimeout: Duration = .seconds(8 * 3600), clock: Clock = .continuous) {
         self.idleTimeout = idleTimeout
         self.absoluteTimeout = absoluteTimeout
+        self.clock = clock
     }
 
     /// A new session; returns its id (for the cookie).
     func open() -> String {
         let token = SecretToken.generate()
-        let now = ContinuousClock.now
+        let now = clock.now()
         entries.withLock { entries in
             entries = entries.filter { isLive($0.value, at: now) }
             entries[SecretToken.hash(token)] = Entry(created: now, lastSeen: now)
@@ -41,7 +51,7 @@ final class AdminSessions: Sendable {
     /// Whether `token` names a live session; activity extends the idle timeout.
     func validate(_ token: String?) -> Bool {
         guard let token else { return false }
-        let now = ContinuousClock.now
+        let now = clock.now()
         let hash = SecretToken.hash(token)
         return entries.withLock { entries in
             guard var entry = entries[hash], isLive(entry, at: now) else {
@@ -56,7 +66,7 @@ final class AdminSessions: Sendable {
 
     /// Whether `token` names a live session, without extending it (for the logs).
     func isLive(_ token: String) -> Bool {
-        let now = ContinuousClock.now
+        let now = clock.now()
         return entries.withLock { entries in entries[SecretToken.hash(token)].map { isLive($0, at: now) } ?? false }
     }
 

@@ -28,7 +28,9 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     }
     AdminController(administration: VendorAdministration(database: database, sessionConfiguration: sessionConfiguration),
                     readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.admin.tls,
-                    sessions: AdminSessions(idleTimeout: configuration.admin.sessionIdleTimeout))
+                    sessions: AdminSessions(idleTimeout: configuration.admin.sessionIdleTimeout,
+                                            absoluteTimeout: configuration.admin.sessionAbsoluteTimeout,
+                                            clock: configuration.admin.sessionClock))
         .addRoutes(to: adminRouter)
     // The same receive and idle timeouts as the other listeners: a slow sender holds no
     // admin connection either.

@@ -145,6 +145,10 @@ struct AdminListenerConfiguration: Sendable {
     var tokenPath: String = "./data/admin.token"
     /// An admin page session ends after this long without a request (`AdminSessions`).
     var sessionIdleTimeout: Duration = .seconds(30 * 60)
+    /// An admin page session ends this long after its sign-in, however active.
+    var sessionAbsoluteTimeout: Duration = .seconds(8 * 3600)
+    /// The clock of those timeouts (not a flag: tests move it).
+    var sessionClock: AdminSessions.Clock = .continuous
 }
 
 /// A configuration problem found before anything starts; printed and the process exits.
