@@ -85,6 +85,27 @@ struct SchemaUpgradeTests {
         await engine.close()
     }
 
+    /// Instances started together on an empty database (two services started at once, or
+    /// `migrate` beside a starting `serve`) all start, and the migrations ran once each: on
+    /// PostgreSQL the advisory lock makes one migrate and the others find it done; on SQLite
+    /// each migration checks, under the write lock, that another connection has not applied
+    /// it since the migrator read the list (GRDB reads it outside any transaction).
+    @Test func instancesStartingTogetherMigrateOnce() async throws {
+        for round in 0..<10 {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("together-\(round)-\(UUID().uuidString)")
+            let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
+            let opened = try await withThrowingTaskGroup(of: AccountDatabase.self) { group in
+                for _ in 0..<4 { group.addTask { try await AccountDatabase.open(location, poolSize: 1, logger: Logger(label: "test")) } }
+                return try await group.reduce(into: [AccountDatabase]()) { $0.append($1) }
+            }
+            let expected = TestStore.kind == .postgres ? AccountSchema.current.postgres.map(\.name) : AccountSchema.current.sqlite.map(\.name)
+            for database in opened {
+                #expect(try await database.engine.appliedMigrations() == expected, "round \(round)")
+            }
+            for database in opened { await database.close() }
+        }
+    }
+
     /// `fold_text`, the searches' folding, gives on the engine of the run exactly what
     /// `TextFolding.fold` gives: SQLite's connections run that function, PostgreSQL's is the
     /// `translate` migration `pg-v7-fold-text` created, whatever the database's locale (the
@@ -509,18 +530,6 @@ extension LoopReadTests {
 @Suite("PostgreSQL engine", .enabled(if: TestStore.kind == .postgres))
 struct PostgresEngineTests {
     static let logger = Logger(label: "test")
-
-    /// Instances started together: the advisory lock makes one migrate, the other find it done.
-    @Test func instancesStartingTogetherMigrateOnce() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("together-\(UUID().uuidString)")
-        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
-        let opened = try await withThrowingTaskGroup(of: AccountDatabase.self) { group in
-            for _ in 0..<3 { group.addTask { try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger) } }
-            return try await group.reduce(into: [AccountDatabase]()) { $0.append($1) }
-        }
-        #expect(try await opened[0].engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
-        for database in opened { await database.close() }
-    }
 
     /// The audit trail is append-only in the database itself, twice over: the runtime role
     /// has no UPDATE, DELETE or TRUNCATE privilege on it, and triggers refuse all three even
@@ -1849,3 +1858,4 @@ struct PostgresEngineTests {
         asyncio.run(main())
         """
 }
+

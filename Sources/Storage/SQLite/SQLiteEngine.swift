@@ -47,7 +47,10 @@ public final class SQLiteEngine: StorageEngine {
         self.path = path
         self.readOnly = readOnly
         do {
-            self.pool = try DatabasePool(path: path, configuration: configuration)
+            // A new file's switch to WAL mode fails at once with "database is locked" (SQLite
+            // calls no busy handler there) when another process opens it at the same moment.
+            self.pool = try readOnly ? DatabasePool(path: path, configuration: configuration)
+                : StartupLock.holding(forFileAt: path) { try DatabasePool(path: path, configuration: configuration) }
         } catch {
             throw Self.storageError(error)
         }
@@ -146,7 +149,7 @@ public final class SQLiteEngine: StorageEngine {
         for migration in schema.sqlite {
             migrator.registerMigration(migration.name) { db in try db.execute(sql: migration.sql) }
         }
-        try await Self.mapping { try await writeGate.withPermit { try migrator.migrate(pool) } }
+        try await Self.mapping { try await writeGate.withPermit { try StartupLock.holding(forFileAt: path) { try migrator.migrate(pool) } } }
     }
 
     public func appliedMigrations() async throws -> [String] {
@@ -507,10 +510,50 @@ extension SQLiteEngine {
             migrator.registerMigration(migration.name) { db in try db.execute(sql: migration.sql) }
         }
         do {
-            try migrator.migrate(pool)
+            try StartupLock.holding(forFileAt: path) { try migrator.migrate(pool) }
         } catch {
             throw Self.storageError(error)
         }
+    }
+}
+
+/// Serialises, between processes (and engines of one process), the two steps of opening a
+/// SQLite file that SQLite and GRDB leave to a race: a new file's switch to WAL mode, which
+/// fails at once with "database is locked" instead of waiting, and the migrations, whose list
+/// GRDB reads outside any transaction, so two instances starting together on an empty file
+/// both ran the first migration and one of them failed on "table account already exists".
+/// PostgreSQL's equivalent is the advisory lock around its migrations.
+///
+/// The lock is `flock` on the file's directory (0700, ours): no extra file, and no
+/// descriptor of the database file itself, whose closing would drop SQLite's POSIX locks.
+/// It is only held while opening, so a serving instance never holds it.
+enum StartupLock {
+    /// How long a start waits for another one (a long migration) before giving up.
+    static let patience: Duration = .seconds(120)
+
+    static func holding<T>(forFileAt path: String, _ body: () throws -> T) throws -> T {
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        let descriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        // A directory that cannot be opened for reading (or a file system without flock) is
+        // opened unlocked, as before: the lock guards a start-up race, not the data.
+        guard descriptor >= 0 else { return try body() }
+        defer { close(descriptor) }
+        let deadline = ContinuousClock.now + patience
+        while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+            switch errno {
+            case EINTR:
+                continue
+            case EWOULDBLOCK:
+                guard ContinuousClock.now < deadline else {
+                    throw StorageError.unavailable("another process has been opening or migrating \(path) for over \(patience): try again once it has started")
+                }
+                usleep(20_000)
+            default:
+                return try body()
+            }
+        }
+        defer { flock(descriptor, LOCK_UN) }
+        return try body()
     }
 }
 
