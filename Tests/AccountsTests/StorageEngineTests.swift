@@ -531,6 +531,21 @@ extension LoopReadTests {
 struct PostgresEngineTests {
     static let logger = Logger(label: "test")
 
+    /// The migrations are listed in the order they were applied, also when an earlier
+    /// version recorded several within one millisecond (text order would put "pg-v10" before
+    /// "pg-v9"); each one applied now is recorded strictly after the one before.
+    @Test func appliedMigrationsKeepTheirOrderWithinOneMillisecond() async throws {
+        let engine = try #require(try await emptyEngineOfTheRun("migration-order") as? PostgresEngine)
+        try await engine.migrate(AccountSchema.current)
+        let names = AccountSchema.current.postgres.map(\.name)
+        let stamps = try await engine.read { db in try Int64.fetchAll(db, sql: "SELECT applied_at FROM schema_migration ORDER BY applied_at") }
+        #expect(Set(stamps).count == names.count, "strictly increasing")
+        #expect(try await engine.appliedMigrations() == names)
+        try await engine.write { db in try db.execute(sql: "UPDATE schema_migration SET applied_at = 1700000000000") }
+        #expect(try await engine.appliedMigrations() == names, "ties are ordered by number")
+        await engine.close()
+    }
+
     /// The audit trail is append-only in the database itself, twice over: the runtime role
     /// has no UPDATE, DELETE or TRUNCATE privilege on it, and triggers refuse all three even
     /// to the schema owner.

@@ -633,8 +633,12 @@ public final class PostgresEngine: StorageEngine {
                                 for statement in migration.statements {
                                     try transaction.run(statement)
                                 }
-                                try transaction.execute(sql: "INSERT INTO schema_migration (name, applied_at) VALUES (?, ?)",
-                                                        arguments: [migration.name, Int64(Date().timeIntervalSince1970 * 1000)])
+                                // Strictly after the one before, even within one millisecond: the
+                                // order of application is read back from this column.
+                                try transaction.execute(sql: """
+                                    INSERT INTO schema_migration (name, applied_at)
+                                    SELECT ?, GREATEST(?, COALESCE(MAX(applied_at), 0) + 1) FROM schema_migration
+                                    """, arguments: [migration.name, Int64(Date().timeIntervalSince1970 * 1000)])
                                 try transaction.run("COMMIT")
                             } catch {
                                 try? transaction.run("ROLLBACK")
@@ -771,7 +775,14 @@ public final class PostgresEngine: StorageEngine {
     }
 
     public func appliedMigrations() async throws -> [String] {
-        try await read { db in try String.fetchAll(db, sql: "SELECT name FROM schema_migration ORDER BY applied_at, name") }
+        // Migrations applied within one millisecond by an earlier version share `applied_at`:
+        // those are ordered by their number ("pg-v9" before "pg-v10"), not as text.
+        try await read { db in
+            try String.fetchAll(db, sql: """
+                SELECT name FROM schema_migration
+                ORDER BY applied_at, substring(name FROM '^(?:pg-)?v([0-9]+)-')::INTEGER NULLS LAST, name
+                """)
+        }
     }
 
     /// Gives `role` what the running server needs and no more: read and write every table
