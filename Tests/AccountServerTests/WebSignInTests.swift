@@ -728,11 +728,15 @@ struct WebSignInTests {
         }
         #expect(events.last == "refused deactivated-by-sas", "\(events)")
 
-        // No reset link either: the same answer, no mail.
+        // No reset link either: the same answer, no mail. The request is handled after the
+        // answer; its audit event and any mail's outbox row commit together, so once the event
+        // is there, no mail can follow.
         let mailsBefore = try world.smtp.messages().count
+        let (outboxBefore, resetsBefore) = try await Self.outboxAndResetRequests(world)
         let reset = try await later.submit("/mot-de-passe-oublie", ["email": Self.email])
         #expect(reset.status == 200 && reset.body.contains("Si un compte correspond"))
-        try await Task.sleep(for: .seconds(1))
+        #expect(try await eventually { try await Self.outboxAndResetRequests(world).resets > resetsBefore }, "the request was handled")
+        #expect(try await Self.outboxAndResetRequests(world).outbox == outboxBefore, "no mail queued for a deactivated account")
         #expect(try world.smtp.messages().count == mailsBefore, "no mail for a deactivated account")
         let resetEvent = try await world.server.database.read { db in
             try String.fetchOne(db, sql: "SELECT outcome FROM audit_event WHERE action = 'password-reset-requested' ORDER BY seq DESC LIMIT 1")
@@ -821,6 +825,14 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// Rows of the mail outbox (sent or not) and `password-reset-requested` audit events.
+    static func outboxAndResetRequests(_ world: World) async throws -> (outbox: Int, resets: Int) {
+        try await world.server.database.read { db in
+            (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM mail_outbox") ?? -1,
+             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event WHERE action = 'password-reset-requested'") ?? -1)
+        }
+    }
+
     @Test func resetAnswersDoNotRevealAccounts() async throws {
         let world = try await World()
         let browser = try world.browser()
@@ -828,7 +840,10 @@ struct WebSignInTests {
         let unknown = try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"])
         #expect(known.status == unknown.status && known.body == unknown.body)
         _ = try #require(await world.smtp.resetToken(number: 1), "the known address's mail arrives")
-        try await Task.sleep(for: .milliseconds(500))
+        // Both requests handled (each one's audit event commits with its outbox row, if any):
+        // one mail queued, and the sink received it.
+        #expect(try await eventually { try await Self.outboxAndResetRequests(world).resets == 2 })
+        #expect(try await Self.outboxAndResetRequests(world).outbox == 1, "no mail queued for an unknown address")
         let messages = try world.smtp.messages()
         #expect(messages.count == 1, "no mail for an unknown address")
         #expect(messages.first?.contains("To: \(Self.email)") == true)
