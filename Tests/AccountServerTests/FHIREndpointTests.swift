@@ -563,11 +563,20 @@ struct FHIREndpointTests {
             #expect(deleted.headers.first(name: "Allow") == "GET")
             #expect(try await client.send(.PATCH, "/Practitioner", body: body).status == 405)
             #expect(try await client.send(.GET, "/Patient").status == 404)
-            #expect(try await client.send(.POST, "/Practitioner", body: body, contentType: "text/plain").status == 415)
-            #expect(try await client.send(.POST, "/Practitioner", body: body, contentType: "application/fhir+xml").status == 415)
-            #expect(try await client.send(.POST, "/Practitioner", body: body, contentType: nil).status == 415)
+            // Refusals about a header name it in `location` (FHIR: http.<header>).
+            for contentType in ["text/plain", "application/fhir+xml", nil, "application/fhir+json; charset=latin1", "application/fhir+json; fhirVersion=3.0"] {
+                let refused = try await client.send(.POST, "/Practitioner", body: body, contentType: contentType)
+                #expect(refused.status == 415 && refused.issueLocations == ["http.Content-Type"], "\(contentType ?? "none"): \(refused.status) \(refused.body)")
+            }
+            // A compressed body: an unsupported coding (415), not broken JSON (400).
+            for coding in ["gzip", "identity, br"] {
+                let compressed = try await client.send(.POST, "/Practitioner", body: body, headers: [("Content-Encoding", coding)])
+                #expect(compressed.status == 415 && compressed.issueLocations == ["http.Content-Encoding"], "\(coding): \(compressed.status) \(compressed.body)")
+            }
+            #expect(try await server.accountCount() == 0)
             #expect(try await client.send(.GET, "/metadata?_format=xml").status == 406)
-            #expect(try await client.send(.GET, "/metadata", headers: [("Accept", "application/fhir+xml")]).status == 406)
+            let notAcceptable = try await client.send(.GET, "/metadata", headers: [("Accept", "application/fhir+xml")])
+            #expect(notAcceptable.status == 406 && notAcceptable.issueLocations == ["http.Accept"], "\(notAcceptable.body)")
             #expect(try await client.send(.GET, "/metadata?_format=json").status == 200)
             let huge = String(repeating: " ", count: (1 << 20) + 10) + body
             #expect(try await client.send(.POST, "/Practitioner", body: huge).status == 413)
@@ -577,7 +586,7 @@ struct FHIREndpointTests {
             #expect(try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)&identifier=\(Self.national)", body: body).status == 400)
             #expect(try await server.accountCount() == 0)
 
-            let minimal = try await client.send(.POST, "/Practitioner", body: body, headers: [("Prefer", "return=minimal")])
+            let minimal = try await client.send(.POST, "/Practitioner", body: body, headers: [("Prefer", "return=minimal"), ("Content-Encoding", "identity")])
             #expect(minimal.status == 201 && minimal.body.isEmpty && minimal.headers.first(name: "Location") != nil)
             let stale = try await client.send(.PUT, "/Practitioner?identifier=\(Self.national)", body: body, headers: [("If-Match", "W/\"9\"")])
             #expect(stale.status == 412)

@@ -21,10 +21,21 @@ struct NegotiationTests {
         }
     }
 
+    /// Refused naming the parameter whose value is broken (`http.identifier`); a broken
+    /// name cannot be named.
     @Test func refusesBrokenEscapesAndInvalidUTF8() {
-        #expect(throws: FHIRError.self) { try QueryParameters(query: "identifier=%7") }
-        #expect(throws: FHIRError.self) { try QueryParameters(query: "identifier=%GG") }
-        #expect(throws: FHIRError.self) { try QueryParameters(query: "identifier=%C3%28") }
+        func locations(_ query: String) -> [[String]]? {
+            do {
+                _ = try QueryParameters(query: query)
+                return nil
+            } catch {
+                return error.issues.map(\.location)
+            }
+        }
+        for query in ["identifier=%7", "identifier=%GG", "identifier=%C3%28", "_format=json&identifier=x%ZZ"] {
+            #expect(locations(query) == [["http.identifier"]], "\(query)")
+        }
+        #expect(locations("ident%GGifier=1") == [[]])
     }
 
     @Test func identifierTokens() throws {

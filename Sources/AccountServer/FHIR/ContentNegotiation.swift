@@ -24,20 +24,33 @@ enum ContentNegotiation {
         return (type, parameters)
     }
 
-    /// Checks a request body's `Content-Type`: a JSON FHIR type, UTF-8 if a charset is given.
+    /// Checks a request body's `Content-Type` (a JSON FHIR type, UTF-8 if a charset is given)
+    /// and `Content-Encoding` (none, or `identity`): a compressed body is refused as an
+    /// unsupported coding (415, RFC 9110 §15.5.16) rather than read as broken JSON. Each
+    /// refusal names its header in `location` (`http.Content-Type`).
     static func checkRequestContentType(_ fields: HTTPFields) throws(FHIRError) {
+        let contentType = FHIRIssue.http("Content-Type")
         guard let header = fields[.contentType] else {
-            throw FHIRError(.unsupportedMediaType, code: .notSupported, "Content-Type is required: send \(fhirJSON) (application/json is accepted too).")
+            throw FHIRError(.unsupportedMediaType, code: .notSupported, "Content-Type is required: send \(fhirJSON) (application/json is accepted too).",
+                            location: contentType)
         }
         let (type, parameters) = parseMediaType(Substring(header))
         guard acceptedJSONTypes.contains(type) else {
-            throw FHIRError(.unsupportedMediaType, code: .notSupported, "Content-Type \(type) is not supported: this server reads FHIR JSON (\(fhirJSON) or application/json).")
+            throw FHIRError(.unsupportedMediaType, code: .notSupported, "Content-Type \(type) is not supported: this server reads FHIR JSON (\(fhirJSON) or application/json).",
+                            location: contentType)
         }
         if let charset = parameters["charset"], charset.lowercased() != "utf-8", charset.lowercased() != "utf8" {
-            throw FHIRError(.unsupportedMediaType, code: .notSupported, "charset \(charset) is not supported: FHIR JSON is UTF-8.")
+            throw FHIRError(.unsupportedMediaType, code: .notSupported, "charset \(charset) is not supported: FHIR JSON is UTF-8.", location: contentType)
         }
         if let version = parameters["fhirversion"], !isR4(version) {
-            throw FHIRError(.unsupportedMediaType, code: .notSupported, "fhirVersion=\(version) is not supported: this server speaks FHIR R4 (fhirVersion=4.0).")
+            throw FHIRError(.unsupportedMediaType, code: .notSupported, "fhirVersion=\(version) is not supported: this server speaks FHIR R4 (fhirVersion=4.0).",
+                            location: contentType)
+        }
+        let codings = fields[values: .contentEncoding].flatMap { $0.split(separator: ",") }
+            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty && $0 != "identity" }
+        if let coding = codings.first {
+            throw FHIRError(.unsupportedMediaType, code: .notSupported,
+                            "Content-Encoding \(coding) is not supported: send the body uncompressed.", location: FHIRIssue.http("Content-Encoding"))
         }
     }
 
@@ -90,7 +103,8 @@ enum ContentNegotiation {
             best = (produced, quality, wildcard)
         }
         if let best { return best.type }
-        throw FHIRError(.notAcceptable, code: .notSupported, "Accept: \(accept) names no format this server produces: use \(fhirJSON) (FHIR R4).")
+        throw FHIRError(.notAcceptable, code: .notSupported, "Accept: \(accept) names no format this server produces: use \(fhirJSON) (FHIR R4).",
+                        location: FHIRIssue.http("Accept"))
     }
 
     /// RFC 7240 `Prefer: return=…` as FHIR defines it.

@@ -14,7 +14,8 @@ public struct QueryParameters: Sendable {
         for component in query.split(separator: "&", omittingEmptySubsequences: true) {
             let parts = component.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = try Self.percentDecode(parts[0])
-            let value = parts.count > 1 ? try Self.percentDecode(parts[1]) : ""
+            // A broken value is refused naming its parameter, as the other query refusals do.
+            let value = parts.count > 1 ? try Self.percentDecode(parts[1], location: FHIRIssue.http(name)) : ""
             pairs.append((name, value))
         }
     }
@@ -23,19 +24,19 @@ public struct QueryParameters: Sendable {
     public func first(_ name: String) -> String? { values(name).first }
     public var names: [String] { pairs.map(\.name) }
 
-    public static func percentDecode(_ text: Substring) throws(FHIRError) -> String {
+    public static func percentDecode(_ text: Substring, location: [String] = []) throws(FHIRError) -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(text.utf8.count)
         var iterator = Array(text.utf8).makeIterator()
         while let byte = iterator.next() {
             guard byte == UInt8(ascii: "%") else { bytes.append(byte); continue }
             guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
-                throw FHIRError(.invalidRequest, code: .invalid, "The query string has an invalid percent-escape in \"\(text)\".")
+                throw FHIRError(.invalidRequest, code: .invalid, "The query string has an invalid percent-escape in \"\(text)\".", location: location)
             }
             bytes.append(high << 4 | low)
         }
         guard let decoded = String(validating: bytes, as: UTF8.self) else {
-            throw FHIRError(.invalidRequest, code: .invalid, "The query string is not valid UTF-8 once decoded.")
+            throw FHIRError(.invalidRequest, code: .invalid, "The query string is not valid UTF-8 once decoded.", location: location)
         }
         return decoded
     }
