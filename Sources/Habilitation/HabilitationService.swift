@@ -78,7 +78,7 @@ public final class HabilitationService: Sendable {
     }
 
     public func check(sessionToken: String?) async throws -> HabilitationCheck {
-        guard let sessionToken else { return Self.noSession }
+        guard let sessionToken, SecretToken.isWellFormed(sessionToken) else { return Self.noSession }
         let at = now
         let hash = SecretToken.hash(sessionToken)
         guard let facts = try await database.pointRead({ [self] db in try self.facts(hash: hash, at: at, in: db) }) else { return Self.noSession }
@@ -99,7 +99,7 @@ public final class HabilitationService: Sendable {
     /// read: its statement is sent after the request arrived. The answer comes back on
     /// `eventLoop`.
     public func check(sessionToken: String?, on eventLoop: any EventLoop) -> EventLoopFuture<(check: HabilitationCheck, facts: SessionFacts?)> {
-        guard let sessionToken else { return eventLoop.makeSucceededFuture((Self.noSession, nil)) }
+        guard let sessionToken, SecretToken.isWellFormed(sessionToken) else { return eventLoop.makeSucceededFuture((Self.noSession, nil)) }
         let hash = SecretToken.hash(sessionToken)
         let batcher = batcher(for: eventLoop)
         let facts = batcher.eventLoop.inEventLoop ? batcher.facts(hash: hash) : batcher.eventLoop.flatSubmit { batcher.facts(hash: hash) }
@@ -154,7 +154,7 @@ public final class HabilitationService: Sendable {
     /// commit (by this process or another, such as the `admin` tool) sends the next check to
     /// the database.
     public func checkNow(sessionToken: String?, on eventLoop: any EventLoop) throws -> (check: HabilitationCheck, facts: SessionFacts?)? {
-        guard let sessionToken else { return (Self.noSession, nil) }
+        guard let sessionToken, SecretToken.isWellFormed(sessionToken) else { return (Self.noSession, nil) }
         let at = now
         let hash = SecretToken.hash(sessionToken)
         let stamp = database.engine.loopCommitStamp(on: eventLoop)

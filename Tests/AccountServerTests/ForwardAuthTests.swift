@@ -98,6 +98,18 @@ struct ForwardAuthTests {
         #expect(parse(["__Host-as-session-other=abc"]) == nil && parse(["x__Host-as-session=abc"]) == nil)
         #expect(parse(["__Host-as-session="]) == nil && parse([""]) == nil && parse([]) == nil)
         #expect(parse(["__Host-as-session=first; __Host-as-session=second"]) == "first")
+        // Forward-auth's reading: exactly one copy, across all the Cookie headers.
+        func sole(_ headers: [String]) -> String? { WebCookie.soleValue(named: WebCookie.session.rawValue, inHeaders: headers) }
+        #expect(sole(["a=1; __Host-as-session=abc ; b=2"]) == "abc" && sole(["a=1", "__Host-as-session=abc"]) == "abc")
+        #expect(sole(["__Host-as-session=first; __Host-as-session=second"]) == nil)
+        #expect(sole(["__Host-as-session=same", "__Host-as-session=same"]) == nil)
+        #expect(sole(["__Host-as-session="]) == nil && sole([]) == nil && sole(["__Host-as-session-other=abc"]) == nil)
+        // The shape of a session id: 43 base64url characters (256 bits).
+        #expect(SecretToken.isWellFormed(SecretToken.generate()))
+        for malformed in ["", "abc", String(repeating: "A", count: 42), String(repeating: "A", count: 44), String(repeating: "A", count: 42) + "=",
+                          String(repeating: "A", count: 42) + "/", String(repeating: "é", count: 43), String(repeating: "A", count: 10_000)] {
+            #expect(!SecretToken.isWellFormed(malformed), "\(malformed.prefix(50))")
+        }
     }
 
     /// The dedicated listener over a raw socket: pipelined requests answered in order on one
@@ -106,7 +118,10 @@ struct ForwardAuthTests {
     /// before the router, keeps its place among pipelined requests for the router.
     @Test func theListenerKeepsHTTPSemanticsOnARawSocket() async throws {
         let pki = try TestPKI()
-        let server = try await RunningServer.start(pki: pki)
+        let server = try await RunningServer.start(pki: pki) { configuration in
+            configuration.web.publicURL = "https://localhost"
+            configuration.allowedReturnHosts = ["localhost", "agenda.example"]
+        }
         let script = RawHTTP.preamble + """
             port, web, ca = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
             def exchange(data, expected, tls=False, closes=False):
@@ -121,13 +136,17 @@ struct ForwardAuthTests {
                 exchange(ask("/rdv/4?origin=sas", "Connection: close\\r\\n") + ask("/rdv/5?origin=sas"), 1, closes=True),
                 exchange(b"GET /forward-auth HTTP/1.1\\r\\nHost fa\\r\\n\\r\\n", 1, closes=True),
                 exchange(ask("/rdv/6?origin=sas") + b"GET /healthz HTTP/1.1\\r\\nHost: fa\\r\\n\\r\\n" + ask("/rdv/7?origin=sas", method="HEAD"), 3, tls=True),
+                # Without X-Forwarded-Host, the return URL's host is Host's: once on both
+                # listeners; sent twice, on neither (the web listener used to take the first).
+                *[exchange(("GET /forward-auth HTTP/1.1\\r\\n" + hosts + "X-Original-URI: /rdv/8?origin=sas\\r\\nConnection: close\\r\\n\\r\\n").encode(), 1, tls=tls, closes=True)
+                  for tls in (False, True) for hosts in ("Host: agenda.example\\r\\n", "Host: agenda.example\\r\\nHost: other.example\\r\\n")],
             ]))
             """
         let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.forwardAuthPort), String(server.webPort), pki.caPath]).output
         let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
         let texts = results.map { $0["text"] as? String ?? "" }
         let closed = results.map { $0["closed"] as? Bool ?? false }
-        #expect(texts.count == 5)
+        #expect(texts.count == 9)
         let pipelined = texts[0].components(separatedBy: "HTTP/1.1 401 Unauthorized").count - 1
         #expect(pipelined == 3, "three answers on one connection: \(texts[0].prefix(300))")
         // GET, HEAD, GET: only the middle answer has no body.
@@ -142,6 +161,13 @@ struct ForwardAuthTests {
         let statuses = texts[4].components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
         #expect(statuses == ["401", "200", "401"], "in order: \(texts[4].prefix(800))")
         #expect(texts[4].contains("\"alive\"") && !closed[4], "\(texts[4]) closed: \(closed[4])")
+        func location(_ text: String) -> String? {
+            text.split(separator: "\r\n").first { $0.lowercased().hasPrefix("location: ") }.map { String($0.dropFirst("location: ".count)) }
+        }
+        let withReturn = "https://localhost/connexion?retour=https%3A%2F%2Fagenda.example%2Frdv%2F8%3Forigin%3Dsas"
+        #expect(location(texts[5]) == withReturn && location(texts[7]) == withReturn, "one Host: \(texts[5].prefix(300)) \(texts[7].prefix(300))")
+        #expect(location(texts[6]) == "https://localhost/connexion" && location(texts[8]) == "https://localhost/connexion",
+                "two Host: \(texts[6].prefix(300)) \(texts[8].prefix(300))")
         await server.stop()
     }
 
@@ -185,6 +211,11 @@ struct ForwardAuthTests {
         // Any method: Traefik forwards the original one.
         #expect(try await Self.ask(browser, server: world.server, method: .POST).status == 200)
         #expect(try await Self.ask(browser, server: world.server, method: .HEAD).status == 200)
+        // The session cookie twice (a copy added by hand beside the browser's, which the
+        // proxy's cookie filter would pass on to the agenda): no session on either endpoint.
+        let doubled = try await Self.ask(browser, server: world.server, headers: Self.forwardedHeaders + [("Cookie", "__Host-as-session=\(SecretToken.generate())")])
+        #expect(doubled.status == 401 && doubled.headers.first(name: "X-Auth-Account-Id") == nil)
+        #expect(try await Self.ask(browser, server: world.server).status == 200, "the browser's own cookie alone still works")
 
         // The SAS withdraws (active:false over mTLS): refused on the very next request.
         try await world.setActive(false)
@@ -264,6 +295,23 @@ struct ForwardAuthTests {
         // A second scrape with nothing asked in between changes nothing.
         let again = try await counts()
         #expect(again.memo == now.memo && again.database == now.database && again.statements == now.statements)
+        // A cookie that does not have a session id's shape costs no lookup at all (a flood of
+        // junk cookies sends no statement); one that has it is looked up.
+        let stranger = try world.browser()
+        for junk in ["x", String(repeating: "A", count: 42), String(repeating: "A", count: 44), String(repeating: "A", count: 42) + "+",
+                     String(repeating: "é", count: 43)] {
+            let refused = try await Self.ask(stranger, server: world.server, headers: Self.forwardedHeaders + [("Cookie", "__Host-as-session=\(junk)")])
+            #expect(refused.status == 401, "\(junk)")
+        }
+        let afterJunk = try await counts()
+        #expect(afterJunk.memo == again.memo && afterJunk.database == again.database && afterJunk.statements == again.statements,
+                "\(again) → \(afterJunk)")
+        let unknown = try await Self.ask(stranger, server: world.server, headers: Self.forwardedHeaders + [("Cookie", "__Host-as-session=\(SecretToken.generate())")])
+        #expect(unknown.status == 401)
+        let afterUnknown = try await counts()
+        #expect(afterUnknown.memo + afterUnknown.database - afterJunk.memo - afterJunk.database == 2, "\(afterJunk) → \(afterUnknown)")
+        #expect(afterUnknown.database > afterJunk.database && afterUnknown.statements > afterJunk.statements, "\(afterJunk) → \(afterUnknown)")
+        await stranger.shutdown()
         await admin.shutdown()
         await browser.shutdown()
         await world.stop()

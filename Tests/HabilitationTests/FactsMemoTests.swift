@@ -22,6 +22,14 @@ struct FactsMemoTests {
         var hits: Int
     }
 
+    /// A made-up session id with a real one's shape (43 base64url characters): one of any
+    /// other shape is refused before the memo and the database are asked.
+    static func shaped(_ label: String) -> String {
+        String((label + String(repeating: "A", count: 43)).prefix(43))
+    }
+
+    static let unknownSession = shaped("no-such-session")
+
     /// ``HabilitationService/checkNow(sessionToken:on:)`` on a loop, as the listener calls it.
     static func check(_ habilitation: HabilitationService, _ token: String, on loop: any EventLoop) async throws -> Answer {
         for _ in 0..<50 {
@@ -84,9 +92,9 @@ struct FactsMemoTests {
         #expect(again.hits == afterCommit.hits + 1)
 
         // A token no session has: refused from memory too, the same way.
-        let unknown = try await Self.check(world.habilitation, "no-such-session", on: loop)
+        let unknown = try await Self.check(world.habilitation, Self.unknownSession, on: loop)
         #expect(unknown.decision == .denied([.noLiveSession]))
-        let unknownAgain = try await Self.held(world.habilitation, "no-such-session", on: loop)
+        let unknownAgain = try await Self.held(world.habilitation, Self.unknownSession, on: loop)
         #expect(unknownAgain.decision == .denied([.noLiveSession]))
     }
 
@@ -212,9 +220,9 @@ struct FactsMemoTests {
     @Test(.enabled(if: TestStore.kind == .sqlite, "the memo serves SQLite stores")) func aClockGoingBackReadsAgain() async throws {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let held = try await Self.held(world.habilitation, "no-such-session", on: loop)
+        let held = try await Self.held(world.habilitation, Self.unknownSession, on: loop)
         world.clock.advance(-1)
-        let back = try await Self.check(world.habilitation, "no-such-session", on: loop)
+        let back = try await Self.check(world.habilitation, Self.unknownSession, on: loop)
         #expect(back.decision == .denied([.noLiveSession]))
         #expect(back.hits == held.hits)
     }
@@ -224,11 +232,11 @@ struct FactsMemoTests {
         guard let world = try await Self.sqliteWorld() else { return }
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let habilitation = world.habilitation
-        _ = try await Self.check(habilitation, "first", on: loop)
+        _ = try await Self.check(habilitation, Self.shaped("first"), on: loop)
         let largest = try await loop.submit {
             var largest = 0
             for index in 0..<(FactsMemo.capacity + 100) {
-                _ = try habilitation.checkNow(sessionToken: "made-up-\(index)", on: loop)
+                _ = try habilitation.checkNow(sessionToken: Self.shaped("made-up-\(index)"), on: loop)
                 largest = max(largest, habilitation.factsMemo(for: loop).count)
             }
             return largest

@@ -116,8 +116,9 @@ struct ForwardAuthResponder: Sendable {
     func signInURL(originalURL: String?) -> String {
         let entry = configuration.publicURL + "/connexion"
         guard let originalURL, configuration.validatedReturnURL(originalURL) != nil else { return entry }
-        var allowed = CharacterSet.alphanumerics
-        allowed.insert(charactersIn: "-._~")
+        // RFC 3986's unreserved characters, ASCII only (`CharacterSet.alphanumerics` holds
+        // every Unicode letter and digit, which would stay raw in the address).
+        let allowed = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
         return entry + "?retour=" + (originalURL.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")
     }
 }
@@ -241,7 +242,7 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func answer(_ head: HTTPRequest, started: ContinuousClock.Instant, context: ChannelHandlerContext) {
         answering = true
         closeAfterAnswer = Self.asksToClose(head)
-        let token = WebCookie.value(.session, in: head.headerFields)
+        let token = WebCookie.soleValue(named: WebCookie.session.rawValue, inHeaders: head.headerFields[values: .cookie])
         do {
             if let result = try responder.habilitation.checkNow(sessionToken: token, on: context.eventLoop) {
                 write(answer(result, head: head, started: started))
@@ -265,8 +266,12 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func answer(_ result: (check: HabilitationCheck, facts: HabilitationService.SessionFacts?), head: HTTPRequest,
                         started: ContinuousClock.Instant) -> ForwardAuthAnswer {
         if let facts = result.facts { responder.habilitation.recordActivityInBackground(facts) }
+        // The authority as the dedicated listener reads `Host`: NIO's conversion moves the
+        // first `Host` into `authority` and leaves any other among the fields, so a second
+        // one makes it unusable here too, instead of the first one winning.
+        let authority = ForwardAuthResponder.sole(head.headerFields[values: HTTPField.Name("Host")!] + (head.authority.map { [$0] } ?? []))
         return responder.answer(result.check, header: { name in HTTPField.Name(name).flatMap { ForwardAuthResponder.sole(head.headerFields[values: $0]) } },
-                                authority: head.authority, withBody: head.method != .head, started: started)
+                                authority: authority, withBody: head.method != .head, started: started)
     }
 
     /// As on the dedicated listener: 503, so the proxy refuses the request.

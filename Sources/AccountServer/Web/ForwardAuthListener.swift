@@ -336,11 +336,9 @@ final class ForwardAuthHandler: ChannelInboundHandler, ChannelOutboundHandler, R
         return buffer
     }
 
-    /// The session cookie in the request's `Cookie` headers.
+    /// The session cookie in the request's `Cookie` headers, when it is there once
+    /// (``WebCookie/soleValue(named:inHeaders:)``).
     static func sessionCookie(_ headers: HTTPHeaders) -> String? {
-        for value in headers["Cookie"] {
-            if let found = WebCookie.value(.session, inHeader: value) { return found.isEmpty ? nil : found }
-        }
-        return nil
+        WebCookie.soleValue(named: WebCookie.session.rawValue, inHeaders: headers["Cookie"])
     }
 }

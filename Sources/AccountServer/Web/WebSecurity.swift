@@ -44,10 +44,34 @@ enum WebCookie: String, CaseIterable {
     /// The cookie's value in one `Cookie` header ("" when present but empty). Parsed on
     /// UTF-8 bytes: this runs on every forward-auth request.
     static func value(named cookieName: String, inHeader header: String) -> String? {
+        values(named: cookieName, inHeader: header, upTo: 1).first
+    }
+
+    /// The cookie's value when the request carries it exactly once, across all its `Cookie`
+    /// headers; nil when absent, empty or repeated. Forward-auth reads the session this way:
+    /// a browser never sends two `__Host-` cookies of one name for one origin, so a second
+    /// copy was added by hand, and the proxy's cookie filter (which removes the first copy
+    /// before the agenda) would let it through; with two, no session is read and nothing
+    /// reaches the agenda.
+    static func soleValue(named cookieName: String, inHeaders headers: some Sequence<String>) -> String? {
+        var found: String?
+        for header in headers {
+            for value in values(named: cookieName, inHeader: header, upTo: 2) {
+                if found != nil { return nil }
+                found = value
+            }
+        }
+        guard let found, !found.isEmpty else { return nil }
+        return found
+    }
+
+    /// The first `limit` values of the cookie in one `Cookie` header.
+    private static func values(named cookieName: String, inHeader header: String, upTo limit: Int) -> [String] {
         let name = Array(cookieName.utf8)
         let bytes = Array(header.utf8)
+        var found: [String] = []
         var index = 0
-        while index < bytes.count {
+        while index < bytes.count, found.count < limit {
             while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
             let start = index
             while index < bytes.count, bytes[index] != 0x3B { index += 1 }
@@ -56,9 +80,9 @@ enum WebCookie: String, CaseIterable {
             index += 1
             guard end - start > name.count, bytes[start + name.count] == 0x3D,
                   bytes[start..<(start + name.count)].elementsEqual(name) else { continue }
-            return String(decoding: bytes[(start + name.count + 1)..<end], as: UTF8.self)
+            found.append(String(decoding: bytes[(start + name.count + 1)..<end], as: UTF8.self))
         }
-        return nil
+        return found
     }
 }
 

@@ -13,6 +13,25 @@ public enum SecretToken {
         return Base64URL.encode(bytes)
     }
 
+    /// Whether `token` has the shape ``generate(byteCount:)`` gives (the unpadded base64url
+    /// length of `byteCount` bytes, base64url characters only). A cookie of any other shape
+    /// names no session: refused before the hash and the database read, so a flood of junk
+    /// cookies (forward-auth sees every agenda request) costs no statement. Random well-shaped
+    /// values still cost one: the proxy's rate limit bounds those.
+    public static func isWellFormed(_ token: String, byteCount: Int = 32) -> Bool {
+        let length = (byteCount * 4 + 2) / 3
+        var count = 0
+        for byte in token.utf8 {
+            count += 1
+            guard count <= length else { return false }
+            switch byte {
+            case 0x41...0x5A, 0x61...0x7A, 0x30...0x39, 0x2D, 0x5F: continue
+            default: return false
+            }
+        }
+        return count == length
+    }
+
     /// The stored form: lower-case hex SHA-256 of the token's UTF-8 bytes.
     public static func hash(_ token: String) -> String {
         hex(Array(SHA256.hash(data: Array(token.utf8))))
