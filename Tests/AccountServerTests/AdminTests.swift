@@ -418,6 +418,35 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// Refusals made around the page's handlers (an unknown address, a body too large) are
+    /// French pages with the pages' headers, not the framework's bare answers. The API's stay
+    /// JSON.
+    @Test func pageRefusalsAreFrenchPagesWithThePagesHeaders() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server, token: "")
+        func checkHeaders(_ reply: (status: Int, headers: HTTPHeaders, body: String), _ label: String) {
+            #expect(reply.headers.first(name: "Content-Security-Policy")?.contains("frame-ancestors 'none'") == true, "\(label): \(reply.headers)")
+            #expect(reply.headers.first(name: "Cache-Control") == "no-store" && reply.headers.first(name: "X-Frame-Options") == "DENY", "\(label)")
+            #expect(reply.headers.first(name: "Content-Type") == "text/html; charset=utf-8", "\(label)")
+        }
+        let missing = try await admin.send(.GET, "/nulle-part", authorization: "")
+        #expect(missing.status == 404 && missing.body.contains("Page introuvable"), "\(missing.status) \(missing.body)")
+        checkHeaders(missing, "404")
+        // (A method a path does not take is a 404 too: Hummingbird's router answers so.)
+        let wrongMethod = try await admin.send(.PUT, "/connexion", authorization: "")
+        #expect(wrongMethod.status == 404 && wrongMethod.body.contains("Page introuvable"), "\(wrongMethod.status) \(wrongMethod.body)")
+        checkHeaders(wrongMethod, "PUT")
+        let (form, cookie, csrf) = try await Self.signInForm(admin)
+        let large = try await admin.send(.POST, "/connexion", body: "csrf=\(csrf)&jeton=" + String(repeating: "x", count: 70_000),
+                                         headers: form + [("Cookie", cookie)], authorization: "")
+        #expect(large.status == 413 && large.body.contains("Requête trop volumineuse"), "\(large.status) \(large.body.prefix(300))")
+        checkHeaders(large, "413")
+        let api = try await admin.send(.GET, "/api/nulle-part", authorization: "Bearer \(world.server.adminToken)")
+        #expect(api.status == 404 && api.headers.first(name: "Content-Type")?.contains("json") == true, "\(api.status) \(api.headers)")
+        await admin.shutdown()
+        await world.stop()
+    }
+
     /// Only a request that carries the session's token keeps an admin page session alive: the
     /// cookie alone, on the page (as every other local service of the browser receives it over
     /// plain HTTP on localhost) or on a form without its token, neither extends nor ends it, so

@@ -49,7 +49,7 @@ struct BatchedCheckTests {
             let flow = try await world.sessions.startFlow(accountID: other, intentToken: nil)
             try await world.sessions.markSecondFactorDone(flowToken: flow)
             tokens.append(try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: "test", actor: world.actor)).token)
-            tokens.append("not-a-session-\(index)")
+            tokens.append(FactsMemoTests.shaped("not-a-session-\(index)"))
             world.clock.advance(1)
         }
         let signedOut = try await world.signIn(origin: .sas)
@@ -329,7 +329,7 @@ struct BatchedCheckTests {
     @Test(.enabled(if: TestStore.kind == .postgres, "PostgreSQL only")) func checksFromEveryLoopShareTheStatementOut() async throws {
         let world = try await World()
         let habilitation = Self.patientService(world)
-        let tokens = [try await world.signIn(origin: .sas), try await world.signIn(origin: nil), "not-a-session"]
+        let tokens = [try await world.signIn(origin: .sas), try await world.signIn(origin: nil), FactsMemoTests.shaped("not-a-session")]
         var expected: [String: Answer] = [:]
         for token in tokens { expected[token] = Answer(try await habilitation.check(sessionToken: token)) }
         let (group, first, second) = Self.twoLoops()
