@@ -262,6 +262,16 @@ struct AdminTests {
         return ([("Content-Type", "application/x-www-form-urlencoded")], cookie, csrf)
     }
 
+    /// A page session opened with the admin token: the form headers, the session cookie as
+    /// a header, and the page address the sign-in led to (it carries the session's token).
+    static func pageSession(_ admin: AdminClient, world: World) async throws -> (form: [(String, String)], session: [(String, String)], page: String) {
+        let (form, loginCookie, loginCSRF) = try await signInForm(admin)
+        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
+                                            headers: form + [("Cookie", loginCookie)], authorization: "")
+        let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
+        return (form, session, try #require(signedIn.headers.first(name: "Location")))
+    }
+
     /// Token guesses on the page: 10 a minute per address, then 429; the trail gets one
     /// refusal event a minute per address, however many guesses.
     @Test func pageTokenGuessesAreLimited() async throws {
@@ -456,11 +466,7 @@ struct AdminTests {
         let clock = ManualClock()
         let world = try await World { $0.admin.sessionIdleTimeout = idle; $0.admin.sessionClock = clock.adminClock }
         let admin = AdminClient(server: world.server, token: "")
-        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
-        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
-                                            headers: form + [("Cookie", loginCookie)], authorization: "")
-        let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
-        let page = try #require(signedIn.headers.first(name: "Location"))
+        let (form, session, page) = try await Self.pageSession(admin, world: world)
         let search = "/?q=jules&" + page.dropFirst(2)
         let action = try #require(try await admin.send(.GET, search, headers: session, authorization: "").body
             .firstMatch(of: /action="(\/comptes\/[^"]+\/suspendre)"/).map { String($0.1) })
@@ -501,11 +507,7 @@ struct AdminTests {
         let clock = ManualClock()
         let world = try await World { $0.admin.sessionClock = clock.adminClock }
         let admin = AdminClient(server: world.server, token: "")
-        let (form, loginCookie, loginCSRF) = try await Self.signInForm(admin)
-        let signedIn = try await admin.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(world.server.adminToken)",
-                                            headers: form + [("Cookie", loginCookie)], authorization: "")
-        let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
-        let page = try #require(signedIn.headers.first(name: "Location"))
+        let (_, session, page) = try await Self.pageSession(admin, world: world)
         // A request with the token every 20 minutes (under the 30-minute idle time) for 8 hours.
         for _ in 0..<23 {
             clock.advance(by: .seconds(20 * 60))
