@@ -27,6 +27,18 @@ struct ProviderSignInTests {
         let publicURL: String
         /// With `mail`: the reset mails, for a password sign-in beside the provider's.
         let smtp: SMTPSink?
+        /// The server's configuration, for ``startAgain()``.
+        let configure: @Sendable (inout ServerConfiguration) -> Void
+
+        /// Another server with the same configuration on the same database, key and web port
+        /// (a restart): call after stopping ``server``; the caller stops what it returns.
+        func startAgain() async throws -> RunningServer {
+            let (configure, database) = (self.configure, server.databaseArgument)
+            return try await RunningServer.start(pki: pki) { configuration in
+                configure(&configuration)
+                configuration.database = try! StorageLocation(database)
+            }
+        }
 
         init(acr: String = "eidas1", mail: Bool = false) async throws {
             pki = try TestPKI()
@@ -42,22 +54,24 @@ struct ProviderSignInTests {
             let secretPath = pki.directory.appendingPathComponent("oidc-secret").path
             try PrivateFile.create(path: secretPath, contents: Array((ProviderSignInTests.clientSecret + "\n").utf8))
             let issuer = provider.issuer, caPath = pki.caPath
-            do {
-                server = try await RunningServer.start(pki: pki) { configuration in
-                    configuration.web.port = webPort
-                    configuration.web.publicURL = publicURL
-                    configuration.allowedReturnHosts = ["localhost", "agenda.example"]
-                    configuration.rateLimitPerMinute = 120
-                    var sso = SSOConfiguration(issuer: issuer, clientID: ProviderSignInTests.clientID)
-                    sso.clientSecretPath = secretPath
-                    sso.caPath = caPath
-                    sso.acr = acr
-                    configuration.sso = sso
-                    if let smtp {
-                        configuration.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
-                        configuration.mailPollInterval = .milliseconds(100)
-                    }
+            let configure: @Sendable (inout ServerConfiguration) -> Void = { configuration in
+                configuration.web.port = webPort
+                configuration.web.publicURL = publicURL
+                configuration.allowedReturnHosts = ["localhost", "agenda.example"]
+                configuration.rateLimitPerMinute = 120
+                var sso = SSOConfiguration(issuer: issuer, clientID: ProviderSignInTests.clientID)
+                sso.clientSecretPath = secretPath
+                sso.caPath = caPath
+                sso.acr = acr
+                configuration.sso = sso
+                if let smtp {
+                    configuration.smtpURL = "smtp://127.0.0.1:\(smtp.port)"
+                    configuration.mailPollInterval = .milliseconds(100)
                 }
+            }
+            self.configure = configure
+            do {
+                server = try await RunningServer.start(pki: pki, configure: configure)
             } catch {
                 provider.stop()
                 smtp?.stop()
@@ -577,6 +591,32 @@ struct ProviderSignInTests {
         #expect(try await browser.get(authorize).body.contains("id=\"lform\""))
         await browser.shutdown()
         await world.stop()
+    }
+
+    /// A sign-out whose provider session cannot be ended from here (the provider unreachable
+    /// since this server started, so no metadata and no logout endpoint) ends ours and says
+    /// the provider's may stay open: on a shared workstation, the next SAS link would sign the
+    /// next person in as this regulator without asking.
+    @Test func aSignOutThatCannotEndTheProviderSessionSaysSo() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        #expect(try await Self.firstSignIn(browser, world: world).page.location == Self.agenda)
+        let account = try await browser.get("/compte")
+        world.provider.stop()
+        await world.server.stop()
+        let again = try await world.startAgain()
+        let out = try await browser.request(.POST, "/deconnexion", form: ["csrf": account.csrf ?? ""])
+        #expect(out.status == 303 && out.location == "/deconnexion/psc-ouverte", "\(out.status) \(out.location ?? "-") \(out.body.prefix(300))")
+        #expect(browser.cookies["__Host-as-session"] == nil)
+        let live = try await again.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM web_session WHERE revoked_at IS NULL") ?? -1 }
+        #expect(live == 0, "our session ended")
+        let page = try await browser.get("/deconnexion/psc-ouverte")
+        #expect(page.status == 200 && page.body.contains("id=\"psc-ouverte\"") && page.body.contains("Pro Santé Connect n’a pas pu être fermée"))
+        #expect(again.logs.all.contains { $0.contains("the Pro Santé Connect session could not be ended") })
+        await browser.shutdown()
+        await again.stop()
+        await world.fhir.shutdown()
+        world.smtp?.stop()
     }
 
     /// Signing out at the provider (another application, or PSC itself) ends our session at

@@ -254,6 +254,16 @@ enum Pages {
         <p><a href="/connexion" id="lien">Se reconnecter</a></p>
         """)
 
+    /// After a sign-out whose Pro Santé Connect session could not be ended from here (the
+    /// provider unreachable since this server started, or offering no logout endpoint): on a
+    /// shared workstation the next person following a SAS link would otherwise be signed in
+    /// silently as this regulator, so say so, and what to do.
+    static let signedOutProviderStillOpen: HTML = layout("Déconnexion", """
+        <p id="message" role="status">Vous êtes déconnecté(e) de l’espace régulateur.</p>
+        <p id="psc-ouverte" role="alert">Votre session Pro Santé Connect n’a pas pu être fermée : elle peut rester ouverte dans ce navigateur. Sur un poste partagé, fermez toutes les fenêtres du navigateur avant de le laisser à quelqu’un d’autre.</p>
+        <p><a href="/connexion" id="lien">Se reconnecter</a></p>
+        """)
+
     static func error(_ title: String, _ message: String, link: (href: String, text: String) = ("/connexion", "Retour à la connexion")) -> HTML {
         layout(title, "<p id=\"message\">\(message)</p><p><a href=\"\(link.href)\" id=\"lien\">\(link.text)</a></p>")
     }

@@ -81,6 +81,7 @@ struct ProviderSignInController: Sendable {
         }
         router.get("connexion/sans-psc") { request, _ in self.withoutProvider(request) }
         router.get("deconnexion/terminee") { request, _ in WebController.page(Pages.signedOut, cookies: []) }
+        router.get("deconnexion/psc-ouverte") { request, _ in WebController.page(Pages.signedOutProviderStillOpen, cookies: []) }
     }
 
     var sessions: SessionStore { web.sessions }

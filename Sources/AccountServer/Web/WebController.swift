@@ -665,11 +665,15 @@ struct WebController: Sendable {
         let cleared = [WebCookie.session.clear, WebCookie.csrf.clear, WebCookie.flow.clear, WebCookie.intent.clear]
         // A Pro Santé Connect session also ends at the provider (RP-initiated logout), which
         // then sends the browser to "Vous êtes déconnecté(e)".
-        if let provider, let sealedIDToken,
-           let url = await provider.relyingParty.endSessionURL(
-            idTokenHint: (try? provider.box.open(sealedIDToken, context: ProviderSignIn.sealContext)).map { String(decoding: $0, as: UTF8.self) },
-            postLogoutRedirectURI: provider.postLogoutRedirectURI) {
-            return Self.redirect(url, cookies: cleared)
+        if let provider, let sealedIDToken {
+            if let url = await provider.relyingParty.endSessionURL(
+                idTokenHint: (try? provider.box.open(sealedIDToken, context: ProviderSignIn.sealContext)).map { String(decoding: $0, as: UTF8.self) },
+                postLogoutRedirectURI: provider.postLogoutRedirectURI) {
+                return Self.redirect(url, cookies: cleared)
+            }
+            // The provider's session stays: say so rather than show the usual sign-in page.
+            context.logger.warning("sign-out: the Pro Santé Connect session could not be ended (no provider metadata or no end_session_endpoint)")
+            return Self.redirect("/deconnexion/psc-ouverte", cookies: cleared)
         }
         // The form secret of before the sign-in goes too: a token seen then (a page, a shared
         // screen) must not be good again after the sign-out; the next page sets a new one.
