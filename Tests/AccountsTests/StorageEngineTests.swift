@@ -85,29 +85,6 @@ struct SchemaUpgradeTests {
         await engine.close()
     }
 
-    /// Instances started together on an empty database (two services started at once, or
-    /// `migrate` beside a starting `serve`) all start, and the migrations ran once each: on
-    /// PostgreSQL the advisory lock makes one migrate and the others find it done; on SQLite
-    /// each migration checks, under the write lock, that another connection has not applied
-    /// it since the migrator read the list (GRDB reads it outside any transaction).
-    @Test func instancesStartingTogetherMigrateOnce() async throws {
-        // SQLite's race showed in 1 round of 6 or so; PostgreSQL's lock is older and each of
-        // its rounds creates a database (seconds under the suite's load): fewer rounds there.
-        for round in 0..<(TestStore.kind == .postgres ? 3 : 10) {
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("together-\(round)-\(UUID().uuidString)")
-            let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
-            let opened = try await withThrowingTaskGroup(of: AccountDatabase.self) { group in
-                for _ in 0..<4 { group.addTask { try await AccountDatabase.open(location, poolSize: 1, logger: Logger(label: "test")) } }
-                return try await group.reduce(into: [AccountDatabase]()) { $0.append($1) }
-            }
-            let expected = TestStore.kind == .postgres ? AccountSchema.current.postgres.map(\.name) : AccountSchema.current.sqlite.map(\.name)
-            for database in opened {
-                #expect(try await database.engine.appliedMigrations() == expected, "round \(round)")
-            }
-            for database in opened { await database.close() }
-        }
-    }
-
     /// `fold_text`, the searches' folding, gives on the engine of the run exactly what
     /// `TextFolding.fold` gives: SQLite's connections run that function, PostgreSQL's is the
     /// `translate` migration `pg-v7-fold-text` created, whatever the database's locale (the
@@ -470,6 +447,31 @@ extension LoopReadTests {
     }
 }
 
+extension LoopReadTests {
+    /// Processes opening one new SQLite file at once (two services started together, or
+    /// `migrate` beside a starting `serve`) all start, and each migration ran once: the
+    /// directory's `flock` serialises the switch to WAL (which fails at once with "database
+    /// is locked" instead of waiting) and the migrations (whose list GRDB reads outside any
+    /// transaction). Without it, 3 runs out of 3 failed. Each open runs on a thread of its
+    /// own, as each process would: opening SQLite blocks its thread.
+    @Test(.enabled(if: TestStore.kind == .sqlite, "SQLite only")) func processesOpeningANewFileTogetherAllStart() async throws {
+        for round in 0..<10 {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("together-\(round)-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let path = directory.appendingPathComponent("account-server.sqlite").path
+            let opened = try await withThrowingTaskGroup(of: AccountDatabase.self) { group in
+                for _ in 0..<4 { group.addTask { try await offTheCooperativePool { try AccountDatabase(path: path) } } }
+                return try await group.reduce(into: [AccountDatabase]()) { $0.append($1) }
+            }
+            for database in opened {
+                #expect(try await database.engine.appliedMigrations() == AccountSchema.current.sqlite.map(\.name), "round \(round)")
+            }
+            for database in opened { await database.close() }
+        }
+    }
+}
+
 /// Blocking process I/O, on a thread of its own rather than the cooperative pool.
 private func offTheCooperativePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
@@ -532,6 +534,18 @@ extension LoopReadTests {
 @Suite("PostgreSQL engine", .enabled(if: TestStore.kind == .postgres))
 struct PostgresEngineTests {
     static let logger = Logger(label: "test")
+
+    /// Instances started together: the advisory lock makes one migrate, the others find it done.
+    @Test func instancesStartingTogetherMigrateOnce() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("together-\(UUID().uuidString)")
+        let location = try StorageLocation(try await TestStore.emptyArgument(in: directory))
+        let opened = try await withThrowingTaskGroup(of: AccountDatabase.self) { group in
+            for _ in 0..<3 { group.addTask { try await AccountDatabase.open(location, poolSize: 1, logger: Self.logger) } }
+            return try await group.reduce(into: [AccountDatabase]()) { $0.append($1) }
+        }
+        #expect(try await opened[0].engine.appliedMigrations() == AccountSchema.current.postgres.map(\.name))
+        for database in opened { await database.close() }
+    }
 
     /// The migrations are listed in the order they were applied, also when an earlier
     /// version recorded several within one millisecond (text order would put "pg-v10" before
