@@ -91,7 +91,7 @@ struct AdminErrorMiddleware: RouterMiddleware {
             // 413) keep their status and their headers (`Allow`, `Retry-After`,
             // `WWW-Authenticate`: what a client acts on); the API's are JSON like its own.
             guard context.endpointPath?.hasPrefix("/api/") == true || request.uri.path.hasPrefix("/api/") else {
-                return Self.page(for: error, request: request, context: context)
+                return Self.page(for: error)
             }
             context.logger.notice("admin request refused", metadata: ["status": "\(error.status.code)"])
             if error.status.code >= 500 { return AdminController.problem(.internalServerError, "the request could not be handled") }
@@ -118,24 +118,17 @@ struct AdminErrorMiddleware: RouterMiddleware {
     }
 
     /// A refusal made around the page's handlers (an unknown address, or a method the path
-    /// does not take: 404; a body past 64 KiB: 413) as a short French page with the pages'
-    /// headers (CSP, `frame-ancestors 'none'`, `no-store`), not Hummingbird's bare answer
-    /// without them; `Allow` and `Retry-After` are kept.
-    static func page(for error: any HTTPResponseError, request: Request, context: Context) -> Response {
+    /// does not take: Hummingbird's router answers 404; a body past 64 KiB: 413) as a short
+    /// French page with the pages' headers (CSP, `frame-ancestors 'none'`, `no-store`), not
+    /// Hummingbird's bare answer without them.
+    static func page(for error: any HTTPResponseError) -> Response {
         let (title, text): (String, String) = switch error.status.code {
         case 404: ("Page introuvable", "Cette adresse n’existe pas sur la page d’administration.")
-        case 405: ("Action non permise", "Cette adresse n’accepte pas cette méthode.")
         case 413: ("Requête trop volumineuse", "La requête dépasse la taille acceptée (64 Kio). Rien n’a été modifié.")
         case 500...: ("Erreur du serveur", "La requête n’a pas pu être traitée. Le journal du serveur en donne la cause.")
         default: ("Requête refusée", "La requête n’a pas été acceptée. Rien n’a été modifié.")
         }
-        var response = WebController.page(Pages.error(title, text, link: ("/", "Retour")),
-                                          status: error.status.code >= 500 ? .internalServerError : error.status)
-        if let original = try? error.response(from: request, context: context) {
-            for name in [HTTPField.Name.allow, .retryAfter] where response.headers[name] == nil {
-                if let value = original.headers[name] { response.headers[name] = value }
-            }
-        }
-        return response
+        return WebController.page(Pages.error(title, text, link: ("/", "Retour")),
+                                   status: error.status.code >= 500 ? .internalServerError : error.status)
     }
 }

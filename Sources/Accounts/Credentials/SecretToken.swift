@@ -23,11 +23,7 @@ public enum SecretToken {
         var count = 0
         for byte in token.utf8 {
             count += 1
-            guard count <= length else { return false }
-            switch byte {
-            case 0x41...0x5A, 0x61...0x7A, 0x30...0x39, 0x2D, 0x5F: continue
-            default: return false
-            }
+            guard count <= length, Base64URL.isAlphabet(byte) else { return false }
         }
         return count == length
     }
@@ -71,10 +67,16 @@ public enum Base64URL {
     /// spaces or line breaks, and no stray bits in the last character (Foundation ignores
     /// them, so "…A" and "…B" could decode alike: a token spent by the hash of its text must
     /// have one text only).
+    /// `A–Z a–z 0–9 - _`.
+    public static func isAlphabet(_ byte: UInt8) -> Bool {
+        switch byte {
+        case 0x41...0x5A, 0x61...0x7A, 0x30...0x39, 0x2D, 0x5F: true
+        default: false
+        }
+    }
+
     public static func decode(_ text: String) -> [UInt8]? {
-        guard text.utf8.allSatisfy({ byte in
-            (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte) || (0x30...0x39).contains(byte) || byte == 0x2D || byte == 0x5F
-        }), text.utf8.count % 4 != 1 else { return nil }
+        guard text.utf8.allSatisfy(isAlphabet), text.utf8.count % 4 != 1 else { return nil }
         let standard = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         guard let data = Data(base64Encoded: standard + String(repeating: "=", count: (4 - standard.utf8.count % 4) % 4)) else { return nil }
         let bytes = Array(data)
