@@ -275,8 +275,10 @@ struct WebSignInTests {
     /// is not an address, nor the header at all from a peer that is not trusted.
     @Test(arguments: [true, false])
     func theClientIsTheAddressATrustedProxyAppended(_ trusted: Bool) async throws {
+        let clock = ManualClock()  // stands still: no budget comes back during the test
         let world = try await World {
             $0.rateLimitPerMinute = 2
+            $0.rateLimitClock = clock.monotonic
             $0.web.trustedProxies = trusted ? ["127.0.0.1"] : []
         }
         let browser = try world.browser()
@@ -312,7 +314,8 @@ struct WebSignInTests {
     /// is sealed into its cookie, so the entry writes nothing and spends no budget: the loop
     /// fills no table, and the regulators behind the same address still sign in.
     @Test func aWindowNavigatedToTheEntryInALoopWritesNothingAndLocksNobodyOut() async throws {
-        let world = try await World { $0.rateLimitPerMinute = 2 }
+        let clock = ManualClock()  // stands still: no budget comes back during the test
+        let world = try await World { $0.rateLimitPerMinute = 2; $0.rateLimitClock = clock.monotonic }
         let window = try world.browser()
         let eventsBefore = try await world.server.auditEvents().count
         let navigation = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
@@ -337,11 +340,10 @@ struct WebSignInTests {
         // Another regulator behind the same address: the whole budget is there.
         let regulator = try world.browser()
         _ = try await regulator.get("/connexion?origin=sas")
-        let started = ContinuousClock.now
         let signIns = [try await regulator.submit("/connexion", ["email": Self.email, "password": "x"]),
                        try await regulator.submit("/connexion", ["email": Self.email, "password": "x"]),
                        try await regulator.submit("/connexion", ["email": Self.email, "password": "x"])].map(\.status)
-        #expect(signIns.prefix(2) == [401, 401] && (signIns[2] == 429 || ContinuousClock.now - started > .seconds(30)), "\(signIns)")
+        #expect(signIns == [401, 401, 429], "\(signIns)")
         await regulator.shutdown()
         await window.shutdown()
         await world.stop()
@@ -547,7 +549,8 @@ struct WebSignInTests {
     /// the regulators out of signing in. The browser's own navigation from the SAS link, a
     /// cross-site one, still passes.
     @Test func crossSiteRequestsSpendNoBudgetAndWriteNothing() async throws {
-        let world = try await World { $0.rateLimitPerMinute = 2 }
+        let clock = ManualClock()  // stands still: no budget comes back during the test
+        let world = try await World { $0.rateLimitPerMinute = 2; $0.rateLimitClock = clock.monotonic }
         let browser = try world.browser()
         _ = try await browser.get("/connexion")
         let crossSite = [("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
@@ -568,8 +571,7 @@ struct WebSignInTests {
         let failures = try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account") ?? -1 }
         #expect(failures == 0, "nor counts against the account")
 
-        // Every budget is whole: two of each pass (the third is refused, unless 30 s went by).
-        let started = ContinuousClock.now
+        // Every budget is whole: two of each pass, the third is refused.
         // A prefetch or prerender is no navigation either; the browser's own navigation from
         // another site (the SAS link) passes (it spends no budget: it writes nothing).
         let navigation = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
@@ -584,9 +586,8 @@ struct WebSignInTests {
         let resets = [try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"]),
                       try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"]),
                       try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"])].map(\.status)
-        let slow = ContinuousClock.now - started > .seconds(30)
-        #expect(signIns.prefix(2) == [401, 401] && (signIns[2] == 429 || slow), "\(signIns)")
-        #expect(resets.prefix(2) == [200, 200] && (resets[2] == 429 || slow), "\(resets)")
+        #expect(signIns == [401, 401, 429], "\(signIns)")
+        #expect(resets == [200, 200, 429], "\(resets)")
         await browser.shutdown()
         await world.stop()
     }
@@ -948,27 +949,31 @@ struct WebSignInTests {
     }
 
     @Test func signInAndResetAreRateLimitedPerClient() async throws {
-        let world = try await World { $0.rateLimitPerMinute = 3 }
+        let clock = ManualClock()
+        let world = try await World { $0.rateLimitPerMinute = 3; $0.rateLimitClock = clock.monotonic }
         let browser = try world.browser()
-        // 3 at once, then one more every 20 s: on a machine slow enough for the requests to
-        // take that long, a token comes back meanwhile, and one more request may pass.
-        func granted(during elapsed: Duration) -> ClosedRange<Int> { 3...(3 + Int(elapsed / .seconds(20))) }
-        var started = ContinuousClock.now
+        // 3 at once, then none while the clock stands still.
         var pages: [Browser.Page] = []
         for _ in 0..<6 {
             pages.append(try await browser.submit("/connexion", ["email": "nobody@test.com", "password": "x"]))
         }
-        let statuses = pages.map(\.status)
-        #expect(statuses.prefix(3) == [401, 401, 401] && statuses.allSatisfy { $0 == 401 || $0 == 429 }, "\(statuses)")
-        #expect(granted(during: ContinuousClock.now - started).contains(statuses.filter { $0 == 401 }.count), "\(statuses)")
-        #expect(statuses.last == 429 || ContinuousClock.now - started > .seconds(20), "\(statuses)")
+        #expect(pages.map(\.status) == [401, 401, 401, 429, 429, 429], "\(pages.map(\.status))")
         #expect(pages.filter { $0.status == 429 }.allSatisfy { $0.body.contains("Trop de tentatives") })
-        started = ContinuousClock.now
+        // Then one every 20 s (3 a minute): not 1 s before, once at 20 s, not twice.
+        clock.advance(by: .seconds(19))
+        #expect(try await browser.submit("/connexion", ["email": "nobody@test.com", "password": "x"]).status == 429, "19 s")
+        clock.advance(by: .seconds(1))
+        let refilled = [try await browser.submit("/connexion", ["email": "nobody@test.com", "password": "x"]).status,
+                        try await browser.submit("/connexion", ["email": "nobody@test.com", "password": "x"]).status]
+        #expect(refilled == [401, 429], "20 s: \(refilled)")
+        // Reset requests have a budget of their own, the same size.
         var resets: [Int] = []
         for _ in 0..<4 { resets.append(try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"]).status) }
-        #expect(resets.prefix(3) == [200, 200, 200] && resets.allSatisfy { $0 == 200 || $0 == 429 }, "\(resets)")
-        #expect(granted(during: ContinuousClock.now - started).contains(resets.filter { $0 == 200 }.count), "\(resets)")
-        #expect(resets.last == 429 || ContinuousClock.now - started > .seconds(20), "\(resets)")
+        #expect(resets == [200, 200, 200, 429], "\(resets)")
+        clock.advance(by: .seconds(60))
+        resets = []
+        for _ in 0..<4 { resets.append(try await browser.submit("/mot-de-passe-oublie", ["email": "nobody@test.com"]).status) }
+        #expect(resets == [200, 200, 200, 429], "a minute later, whole again (and no fuller): \(resets)")
         await browser.shutdown()
         await world.stop()
     }

@@ -41,20 +41,28 @@ struct AdminController: Sendable {
     let secure: Bool
     /// Token guesses on the page, per address (the API's are bounded by the token's 256 bits
     /// alone; a page is what a person or a script hammers).
-    let signInLimiter = RateLimiter(perMinute: 10, burst: 10, maximumKeys: 10_000)
+    let signInLimiter: RateLimiter
     /// Refused page sign-ins are audited at most once a minute per address: someone guessing
     /// shows in the trail, and guessing cannot grow the never-purged trail without bound.
-    let refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
+    let refusalsAudited: RateLimiter
     /// Audit exports read on from a sequence number (`after` > 0: the next pages, a tailer's
     /// polls) are traced at most once an hour per address and filter: every one traced, a
     /// tailer's own events would be the next thing it reads, forever.
-    let exportsTraced = RateLimiter(refillPerMinute: 1.0 / 60, burst: 1, maximumKeys: 10_000)
+    let exportsTraced: RateLimiter
     /// A session's cookie seen without its page token is logged at most once a minute per
     /// address.
-    let cookieAloneLogged = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
+    let cookieAloneLogged: RateLimiter
+    /// The API's gate, built once: its refusal budget lasts as long as the listener.
+    let apiGate: AdminAPIAuthenticationMiddleware
 
     init(administration: VendorAdministration, readiness: ReadinessProbe, metrics: ServerMetrics, token: AdminToken, secretKey: [UInt8],
-         secure: Bool, sessions: AdminSessions = AdminSessions()) {
+         secure: Bool, sessions: AdminSessions = AdminSessions(), limiterClock: MonotonicClock = .continuous) {
+        self.signInLimiter = RateLimiter(perMinute: 10, burst: 10, maximumKeys: 10_000, clock: limiterClock)
+        self.refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock)
+        self.exportsTraced = RateLimiter(refillPerMinute: 1.0 / 60, burst: 1, maximumKeys: 10_000, clock: limiterClock)
+        self.cookieAloneLogged = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock)
+        self.apiGate = AdminAPIAuthenticationMiddleware(token: token, administration: administration,
+                                                        refusalsAudited: RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock))
         self.administration = administration
         self.readiness = readiness
         self.metrics = metrics
@@ -92,7 +100,7 @@ struct AdminController: Sendable {
                      body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.scrape())))
         }
 
-        let api = router.group("api").add(middleware: AdminAPIAuthenticationMiddleware(token: token, administration: administration))
+        let api = router.group("api").add(middleware: apiGate)
             .add(middleware: UnstorableInputMiddleware<AdminRequestContext>())
         api.get("accounts") { request, context in try await self.list(request, context) }
         api.get("accounts/:ref") { _, context in try await self.show(context) }
@@ -452,7 +460,7 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
     /// address (``refusalsAudited``): someone guessing the token shows in the trail, and
     /// guessing cannot grow it unbounded.
     let administration: VendorAdministration
-    let refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000)
+    let refusalsAudited: RateLimiter
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" {

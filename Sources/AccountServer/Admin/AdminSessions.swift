@@ -12,13 +12,7 @@ import Synchronization
 ///
 /// Kept in memory: an admin signs in again after a restart. Only SHA-256 of ids is kept.
 final class AdminSessions: Sendable {
-    /// Where the sessions read the time: the monotonic clock when serving; tests move a
-    /// manual one, so the idle and absolute timeouts are checked exactly rather than raced
-    /// against a sleeping test on a loaded machine.
-    struct Clock: Sendable {
-        var now: @Sendable () -> ContinuousClock.Instant
-        static let continuous = Clock { ContinuousClock.now }
-    }
+    typealias Clock = MonotonicClock
 
     private struct Entry { var created: ContinuousClock.Instant; var lastSeen: ContinuousClock.Instant }
     private let entries = Mutex<[String: Entry]>([:])

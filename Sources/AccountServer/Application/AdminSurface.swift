@@ -30,7 +30,8 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
                     readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.admin.tls,
                     sessions: AdminSessions(idleTimeout: configuration.admin.sessionIdleTimeout,
                                             absoluteTimeout: configuration.admin.sessionAbsoluteTimeout,
-                                            clock: configuration.admin.sessionClock))
+                                            clock: configuration.admin.sessionClock),
+                    limiterClock: configuration.rateLimitClock)
         .addRoutes(to: adminRouter)
     // The same receive and idle timeouts as the other listeners: a slow sender holds no
     // admin connection either.

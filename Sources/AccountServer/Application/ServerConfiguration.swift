@@ -50,6 +50,8 @@ struct ServerConfiguration: Sendable {
     var sessionAbsoluteTimeout: TimeInterval = 12 * 3600
     var totpIssuer: String = "Espace régulateur"
     var rateLimitPerMinute: Int = 10
+    /// The clock of every rate limiter, regulators' and admin's (not a flag: tests move it).
+    var rateLimitClock: MonotonicClock = .continuous
     /// How long ended sessions, dead reset links and outbox rows are kept before the purge
     /// deletes them (spent or expired intents and flows go at the next purge). The audit
     /// trail is never purged.

@@ -62,7 +62,8 @@ func makeWebServices(
     var controller = WebController(
         configuration: webConfiguration, credentials: credentials, sessions: sessions, habilitation: habilitation,
         csrf: CSRFProtection(key: keyBytes, publicOrigin: webConfiguration.publicOrigin),
-        limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute),
+        limiter: RateLimiter(perMinute: configuration.rateLimitPerMinute, burst: configuration.rateLimitPerMinute,
+                             clock: configuration.rateLimitClock),
         metrics: metrics, resetRequests: resetRequests
     )
     var providerServices: [any Service] = []

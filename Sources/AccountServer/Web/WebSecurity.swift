@@ -124,6 +124,14 @@ struct CSRFProtection: Sendable {
     }
 }
 
+/// Where a time-keeping part (rate limiters, admin page sessions) reads the time: the
+/// monotonic clock when serving; tests move a manual one, so budgets, refills and timeouts
+/// are checked exactly rather than raced against a test's own speed on a loaded machine.
+struct MonotonicClock: Sendable {
+    var now: @Sendable () -> ContinuousClock.Instant
+    static let continuous = MonotonicClock { ContinuousClock.now }
+}
+
 /// A per-client token bucket for the endpoints that verify secrets (sign-in, second factor,
 /// reset requests and resets): `burst` requests at once, refilled at `perMinute`.
 final class RateLimiter: Sendable {
@@ -144,22 +152,20 @@ final class RateLimiter: Sendable {
     /// bucket `networkFactor` times the size of a client's, so a client cannot multiply its
     /// budget by its /64s.
     let networkFactor: Double
-    private let now: @Sendable () -> ContinuousClock.Instant
+    private let clock: MonotonicClock
     static let sweepInterval: Duration = .seconds(5)
 
-    convenience init(perMinute: Int, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16,
-                     now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
-        self.init(refillPerMinute: Double(perMinute), burst: burst, maximumKeys: maximumKeys, networkFactor: networkFactor, now: now)
+    convenience init(perMinute: Int, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16, clock: MonotonicClock = .continuous) {
+        self.init(refillPerMinute: Double(perMinute), burst: burst, maximumKeys: maximumKeys, networkFactor: networkFactor, clock: clock)
     }
 
     /// A refill below one a minute (`1.0 / 60`: one an hour).
-    init(refillPerMinute: Double, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16,
-         now: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
+    init(refillPerMinute: Double, burst: Int, maximumKeys: Int = 100_000, networkFactor: Int = 16, clock: MonotonicClock = .continuous) {
         self.perMinute = refillPerMinute
         self.burst = Double(burst)
         self.maximumKeys = maximumKeys
         self.networkFactor = Double(networkFactor)
-        self.now = now
+        self.clock = clock
     }
 
     /// One bucket per scope and client; IPv6 clients are counted per /64, the smallest
@@ -195,7 +201,7 @@ final class RateLimiter: Sendable {
     /// empty, say) stores nothing, and a flood of refused requests from new addresses cannot
     /// fill the table. Callers name the widest bucket first.
     private func allow(_ keys: [(key: String, factor: Double)]) -> Bool {
-        let now = self.now()
+        let now = clock.now()
         return state.withLock { state in
             sweepIfDue(&state, now: now)
             var spent: [(String, Bucket)] = []
