@@ -24,10 +24,45 @@ struct MailTransportTests {
         #expect(arguments.trimmingCharacters(in: .newlines) == "-i -f no-reply@example.fr -- jules.marius@test.com")
     }
 
+    /// The command sees the path, locale and home folder, never the server's secrets
+    /// (`PGPASSWORD`, a database URL with its password).
+    @Test func theCommandInheritsNoSecretFromTheServersEnvironment() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sendmail-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let script = directory.appendingPathComponent("sendmail").path
+        try "cat > /dev/null\nenv > \"\(directory.path)/environment\"\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let parent = ["PATH": "/usr/bin:/bin", "HOME": "/var/lib/account-server", "LANG": "fr_FR.UTF-8", "LC_TIME": "fr_FR.UTF-8",
+                      "MAIL_CONFIG": "/etc/postfix-out", "PGPASSWORD": "db-secret", "PGPASSFILE": "/etc/account-server/pgpass",
+                      "ACCOUNT_SERVER_DATABASE": "postgres://account:db-secret@db/account_server", "AWS_SECRET_ACCESS_KEY": "other-secret"]
+        try await SendmailTransport(command: ["/bin/sh", script], parentEnvironment: parent).send([], from: "a@b.fr", to: "c@d.fr")
+        let lines = try String(contentsOfFile: directory.appendingPathComponent("environment").path, encoding: .utf8)
+            .split(separator: "\n").map(String.init).filter { !$0.hasPrefix("PWD=") && !$0.hasPrefix("SHLVL=") && !$0.hasPrefix("_=") }
+        #expect(Set(lines) == ["PATH=/usr/bin:/bin", "HOME=/var/lib/account-server", "LANG=fr_FR.UTF-8", "LC_TIME=fr_FR.UTF-8",
+                               "MAIL_CONFIG=/etc/postfix-out"], "\(lines)")
+        #expect(!lines.joined().contains("secret"))
+    }
+
     @Test func failingCommandIsAnError() async throws {
         await #expect(throws: MailError.self) {
             try await SendmailTransport(command: ["/bin/false"]).send([], from: "a@b.fr", to: "c@d.fr")
         }
+    }
+
+    /// A URL's user, password, query and fragment are never repeated in an error; an SMTP
+    /// URL with credentials is refused (there is no AUTH to use them), not quietly stripped.
+    @Test func urlsInErrorsShowNoCredentials() throws {
+        #expect(shownURL("smtps://mailer:hunter2@relay.example:465/x?token=t#f") == "smtps://relay.example:465/x (its user, query, fragment not shown)")
+        #expect(shownURL("http://[2001:db8::1]:8080/fhir") == "http://[2001:db8::1]:8080/fhir")
+        #expect(shownURL("no scheme here") == "a value that is not a URL")
+        for url in ["smtps://mailer:hunter2@relay.example", "smtp://mailer:hunter2@127.0.0.1", "smtps://relay.example/?pass=hunter2"] {
+            #expect("\(url)") { try SMTPTransport(url: url, heloName: "x") } throws: { error in
+                "\(error)".contains("takes no user, password") && !"\(error)".contains("hunter2")
+            }
+        }
+        #expect { try SMTPTransport(url: "ftp://mailer:hunter2@relay.example", heloName: "x") } throws: { !"\($0)".contains("hunter2") }
+        #expect { try SlotSearchUpstream(configuration: UpstreamConfiguration(url: "https://agenda.example/fhir?api_key=hunter2"), metrics: ServerMetrics()) }
+            throws: { "\($0)".contains("https://agenda.example/fhir (its query not shown)") && !"\($0)".contains("hunter2") }
     }
 
     @Test func smtpURLParsing() throws {

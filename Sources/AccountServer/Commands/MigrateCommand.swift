@@ -20,7 +20,7 @@ struct MigrateCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: "The database: a SQLite file path or a postgres:// URL of the schema owner (the password may come from PGPASSWORD).")
+    @Option(help: "The database: a SQLite file path or a postgres:// URL of the schema owner (the password may come from PGPASSWORD or ~/.pgpass).")
     var database: String
 
     @Option(name: .customLong("grant-to"),

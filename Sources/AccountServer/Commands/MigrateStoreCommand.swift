@@ -24,7 +24,7 @@ struct MigrateStoreCommand: AsyncParsableCommand {
     @Option(help: "The SQLite database file to copy.")
     var from: String
 
-    @Option(help: "The PostgreSQL database to copy into (postgres:// URL; the password may come from PGPASSWORD).")
+    @Option(help: "The PostgreSQL database to copy into (postgres:// URL; the password may come from PGPASSWORD or ~/.pgpass).")
     var to: String
 
     func run() async throws {

@@ -180,3 +180,16 @@ struct CommandLineValues {
         values[AbsoluteConfigKey(ConfigKey(key))] = ConfigValue(.double(value), isSecret: false)
     }
 }
+
+/// A URL from the configuration, as an error message may repeat it: scheme, host, port and
+/// path only. A user, password, query or fragment may hold a credential the operator typed
+/// (`smtps://user:pass@…`, `…?token=…`), and the message goes to the terminal and the journal.
+func shownURL(_ text: String) -> String {
+    guard let components = URLComponents(string: text), let scheme = components.scheme else { return "a value that is not a URL" }
+    var shown = scheme + "://" + (components.host.map { $0.contains(":") && !$0.hasPrefix("[") ? "[\($0)]" : $0 } ?? "")
+    if let port = components.port { shown += ":\(port)" }
+    shown += components.path
+    let hidden = [components.user != nil || components.password != nil ? "user" : nil, components.query != nil ? "query" : nil,
+                  components.fragment != nil ? "fragment" : nil].compactMap { $0 }
+    return hidden.isEmpty ? shown : shown + " (its \(hidden.joined(separator: ", ")) not shown)"
+}

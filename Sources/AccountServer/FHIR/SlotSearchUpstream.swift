@@ -73,7 +73,7 @@ final class SlotSearchUpstream: Sendable {
         guard let components = URLComponents(string: configuration.url), let scheme = components.scheme?.lowercased(),
               ["http", "https"].contains(scheme), let host = components.host, !host.isEmpty,
               components.query == nil, components.fragment == nil else {
-            throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(configuration.url)")
+            throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(shownURL(configuration.url))")
         }
         self.configuration = configuration
         baseURL = configuration.url.trimmingSuffix("/")

@@ -66,7 +66,7 @@ final class UpstreamRelay: Sendable {
          metrics: ServerMetrics, logger: Logger) throws {
         guard let components = URLComponents(string: configuration.url), let scheme = components.scheme?.lowercased(),
               ["http", "https"].contains(scheme), let host = components.host, !host.isEmpty else {
-            throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(configuration.url)")
+            throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(shownURL(configuration.url))")
         }
         guard components.user == nil && components.password == nil else {
             // They would never be sent, and the URL is logged at start: refused, without

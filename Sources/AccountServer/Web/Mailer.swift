@@ -51,7 +51,12 @@ struct SMTPTransport: MailTransport {
     init(url: String, heloName: String, allowCleartext: Bool = false) throws {
         guard let components = URLComponents(string: url), let scheme = components.scheme, let bracketed = components.host,
               scheme == "smtp" || scheme == "smtps" else {
-            throw MailError(description: "--smtp-url must be smtp://host[:port] or smtps://host[:port], got \(url)")
+            throw MailError(description: "--smtp-url must be smtp://host[:port] or smtps://host[:port], got \(shownURL(url))")
+        }
+        guard components.user == nil && components.password == nil, components.query == nil, components.fragment == nil,
+              components.path.isEmpty || components.path == "/" else {
+            // There is no AUTH to send them with: taken silently, they would be ignored.
+            throw MailError(description: "--smtp-url takes no user, password, path or parameters (no SMTP AUTH: point it at the vendor's relay), got \(shownURL(url))")
         }
         let host = bracketed.hasPrefix("[") && bracketed.hasSuffix("]") ? String(bracketed.dropFirst().dropLast()) : bracketed
         if scheme == "smtp", !allowCleartext, !isLoopback(host) {
@@ -124,15 +129,30 @@ struct SMTPTransport: MailTransport {
 /// A sendmail-compatible command (`/usr/sbin/sendmail -t -i` style): the message on stdin.
 struct SendmailTransport: MailTransport {
     let command: [String]
+    /// What the command's environment is made of: the server's, reduced to
+    /// ``inheritedVariables``.
+    var parentEnvironment: [String: String] = ProcessInfo.processInfo.environment
+
+    /// The variables the command inherits, as Postfix's `export_environment` (plus what MTAs
+    /// and their wrappers read: the path, the home folder for `~/.msmtprc`, the locale). The
+    /// server's own environment holds `PGPASSWORD` and may hold the database URL: it is not a
+    /// mail command's to read or log.
+    static let inheritedVariables: Set<String> = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "MAIL_CONFIG"]
+
+    static func childEnvironment(_ parent: [String: String]) -> [String: String] {
+        parent.filter { inheritedVariables.contains($0.key) || $0.key.hasPrefix("LC_") }
+    }
 
     func send(_ message: [UInt8], from: String, to: String) async throws {
         let command = self.command
+        let environment = Self.childEnvironment(parentEnvironment)
         // Writing to the pipe and waiting for the process block: a thread of its own, never a
         // cooperative one.
         let status: Int32 = try await onDedicatedThread {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: command[0])
             process.arguments = Array(command.dropFirst()) + ["-f", from, "--", to]
+            process.environment = environment
             let input = Pipe()
             process.standardInput = input
             try process.run()

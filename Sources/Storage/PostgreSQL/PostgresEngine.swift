@@ -584,6 +584,9 @@ public final class PostgresEngine: StorageEngine {
             if error.code == .server, let message = error.serverInfo?[.message] {
                 return "the database server refused the connection: \(message)"
             }
+            if error.code == .authMechanismRequiresPassword {
+                return "the database server asks for a password and none was given (the URL, PGPASSWORD and the password file PGPASSFILE or ~/.pgpass have none for this server, database and user)"
+            }
             // The client's own cause (TLS: a certificate not trusted or naming another host;
             // DNS; a refused port) says what to fix; it holds no secret.
             if let underlying = error.underlying { return "cannot connect to the database server (\(error.code): \(underlying))" }

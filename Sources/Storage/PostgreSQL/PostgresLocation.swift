@@ -8,8 +8,9 @@ import Foundation
 /// `verify-ca` / `verify-full` (the server's certificate must chain to `sslrootcert`, or to
 /// the system roots without it; `verify-full` also checks the host name). The default is
 /// `verify-full`, stricter than libpq's `prefer`: a database holding password hashes and the
-/// audit trail is not reached in clear or unverified unless the URL says so. The password may
-/// come from the URL or from `PGPASSWORD`; it is never part of ``description``.
+/// audit trail is not reached in clear or unverified unless the URL says so. The password
+/// comes from the URL, else `PGPASSWORD`, else libpq's password file
+/// (``PostgresPasswordFile``: `PGPASSFILE` or `~/.pgpass`); it is never part of ``description``.
 public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     public enum TLSMode: String, Sendable, Equatable {
         case disable
@@ -61,8 +62,13 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
                 throw .configuration("unknown PostgreSQL URL parameter \(item.name)")
             }
         }
-        self.init(host: host, port: components.port ?? 5432, username: user,
-                  password: components.password ?? environment["PGPASSWORD"], database: database, tls: tls, rootCertificatePath: root)
+        let port = components.port ?? 5432
+        // An empty password is none, as for libpq: the next source is asked.
+        var password = [components.password, environment["PGPASSWORD"]].compactMap { $0 }.first { !$0.isEmpty }
+        if password == nil {
+            password = try PostgresPasswordFile.password(host: host, port: port, database: database, username: user, environment: environment)
+        }
+        self.init(host: host, port: port, username: user, password: password, database: database, tls: tls, rootCertificatePath: root)
     }
 
     /// The URL without its password, for logs and `--help` echoes.
