@@ -16,6 +16,7 @@ import X509
 struct ProcessTests {
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static let binary = repository.appendingPathComponent(".build/debug/account-server").path
+    static let resources = repository.appendingPathComponent(".build/debug/\(PasswordPolicy.resourceFolder)").path
 
     /// The `--database` of the server(s) run in `directory`: created on first use (a file, or
     /// a PostgreSQL database), the same afterwards (a restart finds its data).
@@ -29,10 +30,20 @@ struct ProcessTests {
 
     /// Starts `account-server serve` on the development PKI in `directory`; returns the process
     /// and its port (read from its log).
-    static func launch(directory: URL, extraArguments: [String] = [], webAddress: String = "127.0.0.1:0") async throws -> (Process, Int) {
+    /// What a launched server logged, kept when a test asks for it (the log is drained either way).
+    final class LogCapture: Sendable {
+        private let text = Mutex("")
+        func append(_ more: String) { text.withLock { $0 += more } }
+        var contents: String { text.withLock { $0 } }
+    }
+
+    /// - Parameter wrapper: a command the server runs under (`setpriv` to another user), with
+    ///   `executable` the server's binary.
+    static func launch(directory: URL, extraArguments: [String] = [], webAddress: String = "127.0.0.1:0",
+                       capture: LogCapture? = nil, wrapper: [String] = [], executable: String = binary) async throws -> (Process, Int) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["serve", "--database", try await databaseArgument(directory),
+        process.executableURL = URL(fileURLWithPath: wrapper.first ?? executable)
+        process.arguments = Array(wrapper.dropFirst()) + (wrapper.isEmpty ? [] : [executable]) + ["serve", "--database", try await databaseArgument(directory),
                              "--fhir-address", "127.0.0.1:0", "--dev-pki", directory.appendingPathComponent("pki").path,
                              "--argon2-memory-kib", "1024", "--argon2-iterations", "1",
                              "--web-address", webAddress, "--secret-key-file", directory.appendingPathComponent("secret.key").path,
@@ -50,7 +61,14 @@ struct ProcessTests {
                 // The log keeps coming (a line per request): drained until the process ends,
                 // or a full pipe (64 KiB) would block the server's logging, and with it the
                 // requests the test waits for.
-                Thread.detachNewThread { while !reader.availableData.isEmpty {} }
+                capture?.append(text)
+                Thread.detachNewThread {
+                    while true {
+                        let more = reader.availableData
+                        if more.isEmpty { break }
+                        capture?.append(String(decoding: more, as: UTF8.self))
+                    }
+                }
                 return (process, port)
             }
             try await Task.sleep(for: .milliseconds(50))
@@ -106,15 +124,104 @@ struct ProcessTests {
         }
     }
 
+    /// SIGTERM: the server exits 0, says it closed the database, and (SQLite) leaves every
+    /// commit in the database file itself, no `-wal` beside it, so a copy of that one file
+    /// taken after a clean stop is whole. Its debug lines name services, never dump them.
     @Test func sigtermShutsDownGracefully() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sigterm-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let (process, port) = try await Self.launch(directory: directory)
+        let log = LogCapture()
+        let (process, port) = try await Self.launch(directory: directory, extraArguments: ["--log-level", "debug"], capture: log)
         #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: UUID().uuidString.lowercased(), email: "t@test.fr") == "201")
         kill(process.processIdentifier, SIGTERM)
         for _ in 0..<100 where process.isRunning { try await Task.sleep(for: .milliseconds(100)) }
         #expect(!process.isRunning, "the server must exit within 10 s of SIGTERM")
         if process.isRunning { process.terminate() } else { #expect(process.terminationStatus == 0) }
+        try await Task.sleep(for: .milliseconds(200))  // the drain thread's last read
+        let text = log.contents
+        #expect(text.contains("database closed"))
+        let services = text.matches(of: /sl-service=("[^"]*"|\S+)/).map { String($0.1) }
+        #expect(!services.isEmpty && services.allSatisfy { !$0.contains("(") }, "\(Set(services))")
+        guard TestStore.kind == .sqlite else { return }
+        let file = try await Self.databaseArgument(directory)
+        #expect(!FileManager.default.fileExists(atPath: file + "-wal"), "the WAL was checkpointed into the file and removed")
+        let copy = directory.appendingPathComponent("copy.sqlite").path
+        try FileManager.default.copyItem(atPath: file, toPath: copy)
+        var readOnly = GRDB.Configuration()
+        readOnly.readonly = true
+        let queue = try DatabaseQueue(path: copy, configuration: readOnly)
+        let count = try await queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") }
+        #expect(count == 1, "the copy of the file alone holds the account created before the stop")
+    }
+
+    /// The documented service runs as its own user, without root's capabilities: every
+    /// listener must work so. (Forward-auth and the relay once set TCP_NODELAY at the socket
+    /// level, where its number is SO_DEBUG: root's setsockopt succeeded, and set the wrong
+    /// option; anyone else's failed, and forward-auth dropped every connection, the relay
+    /// answered 502.) Run as root, the server is started as `nobody` with `setpriv`, from a
+    /// copy of the binary and its resources in a folder of that user's.
+    @Test func aServerRunAsAnUnprivilegedUserServesEveryListener() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("unprivileged-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var wrapper: [String] = []
+        var executable = Self.binary
+        if geteuid() == 0 {
+            let nobody = try #require(getpwnam("nobody"))
+            let (uid, gid) = (nobody.pointee.pw_uid, nobody.pointee.pw_gid)
+            executable = directory.appendingPathComponent("bin/account-server").path
+            try FileManager.default.createDirectory(at: directory.appendingPathComponent("bin"), withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: Self.binary, toPath: executable)
+            try FileManager.default.copyItem(atPath: Self.resources, toPath: directory.appendingPathComponent("bin").appendingPathComponent(PasswordPolicy.resourceFolder).path)
+            #expect(chown(directory.path, uid, gid) == 0)
+            wrapper = ["/usr/bin/setpriv", "--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"]
+        }
+        let upstream = try await SlotSearchStandIn.start()
+        let log = LogCapture()
+        let (process, port) = try await Self.launch(directory: directory, extraArguments: ["--fhir-upstream", "http://127.0.0.1:\(upstream.port)/fhir"],
+                                                    capture: log, wrapper: wrapper, executable: executable)
+        defer { process.terminate() }
+        if geteuid() == 0 {
+            let owner = try FileManager.default.attributesOfItem(atPath: directory.appendingPathComponent("secret.key").path)[.ownerAccountName] as? String
+            #expect(owner == "nobody", "the server ran as nobody")
+        }
+        var forwardAuthPort: Int?
+        for _ in 0..<100 where forwardAuthPort == nil {
+            forwardAuthPort = log.contents.firstMatch(of: /address=127\.0\.0\.1:(\d+)[^\n]*forward-auth listening/).flatMap { Int($0.1) }
+            if forwardAuthPort == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let forwardAuth = try await spawnAndWait("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30",
+                                                                   "http://127.0.0.1:\(try #require(forwardAuthPort))/forward-auth"])
+        #expect(String(decoding: forwardAuth.output, as: UTF8.self) == "401", "forward-auth answers (no session: 401)")
+        let pki = directory.appendingPathComponent("pki")
+        let search = try await spawnAndWait("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30",
+                                                              "--cacert", pki.appendingPathComponent("ca.pem").path,
+                                                              "--cert", pki.appendingPathComponent("sas-client.pem").path,
+                                                              "--key", pki.appendingPathComponent("sas-client-key.pem").path,
+                                                              "https://localhost:\(port)/Slot?start=ge2026-11-23"])
+        #expect(String(decoding: search.output, as: UTF8.self) == "200", "the slot search is relayed")
+        #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "u@test.fr") == "201")
+        #expect(!log.contents.contains("Permission denied"), "\(log.contents)")
+        await upstream.stop()
+    }
+
+    /// The binary copied without its resource folder: refused with the folder's name and
+    /// exit status 1 (it trapped, exit 132, when `Bundle.module` looked for it).
+    @Test func aBinaryWithoutItsResourcesIsRefusedNotCrashed() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("no-resources-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let alone = directory.appendingPathComponent("account-server").path
+        try FileManager.default.copyItem(atPath: Self.binary, toPath: alone)
+        let run = try await spawnAndWait(alone, ["serve", "--database", directory.appendingPathComponent("db.sqlite").path,
+                                                 "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                                                 "--dev-pki", directory.appendingPathComponent("pki").path,
+                                                 "--admin-token-file", directory.appendingPathComponent("admin.token").path,
+                                                 "--fhir-address", "127.0.0.1:0", "--web-address", "127.0.0.1:0",
+                                                 "--admin-address", "127.0.0.1:0", "--forward-auth-address", "127.0.0.1:0"],
+                                         environment: ["PATH": "/usr/bin:/bin"])
+        let output = String(decoding: run.errors + run.output, as: UTF8.self)
+        #expect(run.status == 1 && output.contains("account-server_Accounts.resources") && !output.contains("Fatal error"), "\(run.status): \(output)")
     }
 
     /// A listening address another process holds: the server names the addresses it wanted
@@ -460,9 +567,9 @@ struct ProcessTests {
     }
 
     /// Runs `account-server <arguments>` to completion; its exit status and standard output.
-    static func run(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+    static func run(_ arguments: [String]) async throws -> (status: Int32, output: String, errors: String) {
         let run = try await spawnAndWait(binary, arguments, environment: operatorEnvironment)
-        return (run.status, String(decoding: run.output, as: UTF8.self))
+        return (run.status, String(decoding: run.output, as: UTF8.self), String(decoding: run.errors, as: UTF8.self))
     }
 
     /// A `$USER` that lies, and sudo's `SUDO_USER`: the audit trail names the real login.
@@ -825,14 +932,23 @@ struct BackupCommandTests {
         #expect(FileManager.default.createFile(atPath: leftover + "-wal", contents: Data("not ours".utf8)))
         let refusedLeftover = try await ProcessTests.run(["backup", "--database", file, "--to", leftover])
         #expect(refusedLeftover.status != 0 && !FileManager.default.fileExists(atPath: leftover))
+        // A dangling symlink is a leftover too, named as such (and left in place).
+        let dangling = directory.appendingPathComponent("backups/dangling.sqlite").path
+        #expect(symlink(directory.appendingPathComponent("nowhere").path, dangling + "-journal") == 0)
+        let refusedDangling = try await ProcessTests.run(["backup", "--database", file, "--to", dangling])
+        #expect(refusedDangling.status == 1 && refusedDangling.errors.contains("dangling.sqlite-journal exists"), "\(refusedDangling)")
+        #expect(lstat(dangling + "-journal", &status) == 0 && !FileManager.default.fileExists(atPath: dangling))
         // Never over an existing file; a missing source creates nothing.
         let again = try await ProcessTests.run(["backup", "--database", file, "--to", copy])
-        #expect(again.status != 0, "refused: the message goes to standard error")
+        // A failure exits 1 with its message alone; a malformed command line 64 with the usage.
+        #expect(again.status == 1 && again.errors.contains("a backup never replaces a file") && !again.errors.contains("Usage:"), "\(again)")
+        let malformed = try await ProcessTests.run(["backup", "--database", file])
+        #expect(malformed.status == 64 && malformed.errors.contains("Usage:"), "\(malformed)")
         #expect(lstat(copy, &status) == 0 && status.st_size > 0)
         let missing = directory.appendingPathComponent("state/mistyped.sqlite").path
         let other = directory.appendingPathComponent("backups/other.sqlite").path
         let typo = try await ProcessTests.run(["backup", "--database", missing, "--to", other])
-        #expect(typo.status != 0)
+        #expect(typo.status == 1 && typo.errors.contains("no database at") && !typo.errors.contains("Usage:"), "\(typo)")
         #expect(!FileManager.default.fileExists(atPath: missing) && !FileManager.default.fileExists(atPath: other))
         await source.close()
     }

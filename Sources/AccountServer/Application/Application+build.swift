@@ -131,7 +131,7 @@ private func buildOnDatabase(
     app.addServices(ReloadService(material: material, verifier: verifier, crlStore: crlStore, proxyVerifier: proxyVerifier,
                                   pollInterval: configuration.fhir.crlPollInterval,
                                   metrics: metrics, logger: logger),
-                    PasswordHasherService(hasher: hasher), DatabaseService(database: database))
+                    PasswordHasherService(hasher: hasher), DatabaseService(database: database, logger: logger))
     if let upstream { app.addServices(UpstreamClientService(upstream: upstream, relay: relay)) }
     let keyBytes = try await SecretKeyCheck.loadKey(path: configuration.secretKeyPath, database: database)
     let web = try await makeWebServices(configuration, database: database, opened: opened, hasher: hasher, keyBytes: keyBytes, material: material,

@@ -103,9 +103,22 @@ struct PasswordHasherService: Service {
 /// drained: it is registered before them, and services stop in reverse order.
 struct DatabaseService: Service {
     let database: AccountDatabase
+    let logger: Logger
 
     func run() async throws {
         try? await gracefulShutdown()
         await database.close()
+        logger.notice("database closed")
     }
 }
+
+// swift-service-lifecycle names a service by `"\(service)"` in its debug lines: a struct's
+// default description lists its stored properties, and a key, token or secret ever held by
+// one would be written to the log byte for byte. Each service is named instead.
+extension ReloadService: CustomStringConvertible { var description: String { "ReloadService" } }
+extension RetentionService: CustomStringConvertible { var description: String { "RetentionService" } }
+extension PasswordHasherService: CustomStringConvertible { var description: String { "PasswordHasherService" } }
+extension DatabaseService: CustomStringConvertible { var description: String { "DatabaseService" } }
+extension MailerService: CustomStringConvertible { var description: String { "MailerService" } }
+extension ProviderService: CustomStringConvertible { var description: String { "ProviderService" } }
+extension UpstreamClientService: CustomStringConvertible { var description: String { "UpstreamClientService" } }

@@ -33,7 +33,7 @@ struct BackupCommand: AsyncParsableCommand {
         do {
             reports = try SQLiteBackup.copy(from: path, to: to, tables: AccountSchema.tables)
         } catch {
-            throw ValidationError("backup failed: \(error)")
+            throw CommandFailure("backup failed: \(error)")
         }
         for report in reports {
             AdminCommand.emit(.object([

@@ -4,6 +4,15 @@ import Foundation
 import Logging
 import Storage
 
+/// A command whose command line was right but whose work failed (no database at that path,
+/// a target that is not empty, a backup that could not be made): exit status 1 and the
+/// message, without the usage text that `ValidationError` (exit 64) prints for a malformed
+/// command line.
+struct CommandFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
 extension StorageLocation {
     /// `--database` as the commands take it: a file path or a `postgres://` URL.
     static func argument(_ text: String) throws -> StorageLocation {
@@ -20,12 +29,12 @@ extension StorageLocation {
     static func openExisting(_ text: String) async throws -> AccountDatabase {
         let location = try argument(text)
         if case .sqlite(let path) = location, !FileManager.default.fileExists(atPath: path) {
-            throw ValidationError("no database at \(path)")
+            throw CommandFailure("no database at \(path)")
         }
         do {
             return try await AccountDatabase.openCurrent(location, poolSize: 2, logger: LogLineHandler.toolLogger("account-server"))
         } catch let error as StorageError {
-            throw ValidationError("\(location): \(error)")
+            throw CommandFailure("\(location): \(error)")
         }
     }
 }

@@ -36,7 +36,7 @@ struct MigrateStoreCommand: AsyncParsableCommand {
         // refused with nothing changed in it (StoreCopy checks again, in its transaction).
         if let (table, rows) = try await AccountDatabase.holdsData(targetLocation, logger: LogLineHandler.toolLogger("migrate-store")) {
             await source.close()
-            throw ValidationError("--to is not empty (\(table) holds \(rows) rows): migrate-store copies into an empty database only; nothing was changed")
+            throw CommandFailure("--to is not empty (\(table) holds \(rows) rows): migrate-store copies into an empty database only; nothing was changed")
         }
         let target = try await AccountDatabase.open(targetLocation, poolSize: 2, logger: LogLineHandler.toolLogger("migrate-store"))
         defer { Task { await target.close() } }

@@ -179,7 +179,7 @@ final class UpstreamPool: @unchecked Sendable {
         let target = relay.target
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(relay.connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls = target.tls {

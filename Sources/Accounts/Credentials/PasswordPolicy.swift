@@ -30,12 +30,33 @@ public struct PasswordPolicy: Sendable {
 
     /// Loads the bundled list of common passwords (zxcvbn's 30,000 plus French ones).
     public init() {
-        if let url = Bundle.module.url(forResource: "common-passwords", withExtension: "txt"),
-           let text = try? String(contentsOf: url, encoding: .utf8) {
+        if let url = Self.listURL(), let text = try? String(contentsOf: url, encoding: .utf8) {
             common = Set(text.split(separator: "\n").map(String.init))
         } else {
             common = []
         }
+    }
+
+    /// The resource folder SwiftPM builds beside the executable.
+    public static let resourceFolder = "account-server_Accounts.resources"
+
+    /// The list's file, looked for beside the executable (through a symlink to it, as
+    /// `/usr/local/bin/account-server → /opt/account-server/account-server`). Not through
+    /// `Bundle.module`: it also looks in the build folder by absolute path, so a binary copied
+    /// without its resources still found them on the build machine, and elsewhere it stops the
+    /// process with a trap (a crash loop under systemd) instead of the refusal that names the
+    /// missing folder.
+    static func listURL() -> URL? {
+        var folders = [Bundle.main.bundleURL]
+        if let executable = Bundle.main.executableURL {
+            folders.append(executable.deletingLastPathComponent())
+            folders.append(executable.resolvingSymlinksInPath().deletingLastPathComponent())
+        }
+        for folder in folders {
+            let file = folder.appendingPathComponent(resourceFolder).appendingPathComponent("common-passwords.txt")
+            if FileManager.default.isReadableFile(atPath: file.path) { return file }
+        }
+        return nil
     }
 
     /// Whether the bundled list is loaded (the service refuses to start without it).

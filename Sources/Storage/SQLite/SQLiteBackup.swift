@@ -26,7 +26,10 @@ public enum SQLiteBackup {
         guard FileManager.default.fileExists(atPath: path) else { throw Failure(description: "no database at \(path)") }
         // A -wal or -journal left at the destination by a crashed run would be replayed onto
         // the copy by SQLite (nothing ties it to the file): refused, like an existing copy.
-        for suffix in ["-wal", "-shm", "-journal"] where FileManager.default.fileExists(atPath: destination + suffix) {
+        // lstat, not fileExists: a dangling symlink there is a leftover too (fileExists follows
+        // it and says no, and SQLite then failed with a message naming nothing).
+        var status = stat()
+        for suffix in ["-wal", "-shm", "-journal"] where lstat(destination + suffix, &status) == 0 {
             throw Failure(description: "\(destination + suffix) exists: remove it (a leftover of an earlier run) or choose another name")
         }
         let created: Bool

@@ -166,10 +166,18 @@ public final class SQLiteEngine: StorageEngine {
     /// never on one of the few threads of Swift's cooperative pool (which the last accesses
     /// may need to finish).
     public func close() async {
-        let pool = self.pool, loopReaders = self.loopReaders
+        let pool = self.pool, loopReaders = self.loopReaders, readOnly = self.readOnly
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             Thread.detachNewThread {
                 loopReaders.closeAll()
+                // GRDB closes the writer before the readers, and the last connection to close
+                // (then a read-only reader) cannot checkpoint: every commit since the last
+                // automatic checkpoint (up to 4 MB of WAL) stayed in `-wal`, and a copy of the
+                // database file alone, taken by an operator after a clean stop, missed them.
+                // Everything is copied into the file first; then the readers close, so the
+                // writer is the last connection and removes the WAL.
+                if !readOnly { try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) } }
+                pool.releaseMemory()
                 try? pool.close()
                 continuation.resume()
             }
