@@ -77,6 +77,11 @@ public enum PrivateFile {
                 ? "\(path): \(what) must not be writable by its group nor accessible to others (chmod 600, or 640 for a group of the server's)"
                 : "\(path): \(what) must not be readable by group or others (chmod 600)")
         }
+        // Readable by its group: only a group of the server's own (`root:account-server`),
+        // or every member of whatever group it happens to have (`adm`, `users`) reads it.
+        if status.st_mode & 0o040 != 0, !isOwnGroup(status.st_gid) {
+            throw Failure(description: "\(path): \(what) is readable by group \(status.st_gid), which the server does not belong to: chmod 600, or chgrp it to the server's group")
+        }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4_096)
         while true {
@@ -88,6 +93,16 @@ public enum PrivateFile {
             guard bytes.count <= 65_536 else { throw Failure(description: "\(path): \(what) is too large to be a key or token") }
         }
         return bytes
+    }
+
+    /// The process's effective group or one of its supplementary groups.
+    public static func isOwnGroup(_ group: gid_t) -> Bool {
+        if group == getegid() { return true }
+        let count = getgroups(0, nil)
+        guard count > 0 else { return false }
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        let filled = getgroups(count, &groups)
+        return filled > 0 && groups.prefix(Int(filled)).contains(group)
     }
 
     private static func failure(_ path: String, _ what: String) -> Failure {

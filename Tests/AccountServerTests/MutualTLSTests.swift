@@ -239,6 +239,7 @@ struct MutualTLSTests {
         #expect(!lines.contains { $0.contains("\n") || $0.contains("\r") }, "no raw line break in any log line")
         #expect(LogLineHandler.quoted("CN=x reason=ok") == #""CN=x reason=ok""# && LogLineHandler.quoted("plain") == "plain")
         #expect(LogLineHandler.escaped("a\u{85}b\u{2028}c\\d\u{7}\u{61C}") == #"a\u{85}b\u{2028}c\\d\u{7}\u{61c}"#)
+        #expect(LogLineHandler.escaped("a\u{200B}b\u{FEFF}c\u{E0041}d\u{2010}") == #"a\u{200b}b\u{feff}c\u{e0041}d\#u{2010}"#)
         // Every message and value is bounded, in both formats.
         for format in [LogLineHandler.Format.text, .json] {
             let sink = LogLineSink(capturing: true)

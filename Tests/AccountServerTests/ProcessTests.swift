@@ -442,11 +442,14 @@ struct ProcessTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("topology-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let closedPort = freeLoopbackPort()
+        let log = LogCapture()
         let (process, port) = try await Self.launch(directory: directory, extraArguments: [
             "--fhir-client-certificate-header", "X-SSL-Client-Cert", "--fhir-trusted-proxy", "127.0.0.1",
             "--fhir-upstream", "http://127.0.0.1:\(closedPort)/fhir", "--fhir-upstream-timeout", "2",
-        ])
+        ], capture: log)
         defer { process.terminate() }
+        // Without the proxy's own certificate, every start says what that leaves open.
+        #expect(log.contents.contains("recognised by its address alone") && log.contents.contains("--fhir-proxy-client-ca"))
         let client = try Certificate(pemEncoded: try String(contentsOf: directory.appendingPathComponent("pki/sas-client.pem"), encoding: .utf8))
         let header = "X-SSL-Client-Cert: " + (ForwardedCertificate.escapedPEM(client) ?? "")
         let (missing, _) = try await onDedicatedThread { NginxMutualTLSProxyTests.curl(["http://127.0.0.1:\(port)/metadata"]) }

@@ -66,6 +66,12 @@ struct JSONParserTests {
         #expect(written == #""a\u007fb\u009b31m\u0085c\u2028\u2029d\u202ee\u200f\u2066f\u2069\u061cé€😀\#u{A0}‰""#)
         #expect(!written.unicodeScalars.contains { $0.properties.generalCategory == .control || (0x2028...0x202E).contains($0.value) })
         #expect(try parse(written) == .string(text))
+        // Invisible characters too: zero-width ones, word joiner, U+FEFF, tag characters
+        // (outside the BMP: a surrogate pair); a visible neighbour (U+2010, U+FEFE) stays.
+        let hidden = "x\u{200B}\u{200D}\u{2060}\u{2064}\u{FEFF}\u{E0041}\u{E007F}\u{2010}\u{FEFE}\u{E0100}"
+        let hiddenWritten = JSONWriter().string(.string(hidden))
+        #expect(hiddenWritten == #""x\u200b\u200d\u2060\u2064\ufeff\udb40\udc41\udb40\udc7f‐\#u{FEFE}\#u{E0100}""#, "\(hiddenWritten)")
+        #expect(try parse(hiddenWritten) == .string(hidden))
     }
 
     @Test func writerRoundTrips() throws {

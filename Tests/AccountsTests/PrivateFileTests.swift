@@ -69,6 +69,17 @@ struct PrivateFileTests {
         #expect(throws: SecretBoxError.self, "writable by its group") { try SecretBox.loadOrCreateKey(path: path) }
         chmod(path, 0o640)
         #expect(try SecretBox.loadOrCreateKey(path: path) == key, "readable by a group of the server's: a mounted secret")
+        // Readable by a group the server is not in: every member of it would read the key.
+        // (Changing a file's group to one of no membership needs root: the suite runs as root.)
+        if geteuid() == 0 {
+            let foreign: gid_t = 65534
+            #expect(!PrivateFile.isOwnGroup(foreign))
+            #expect(chown(path, 0, foreign) == 0)
+            #expect(throws: SecretBoxError.self, "readable by a foreign group") { try SecretBox.loadOrCreateKey(path: path) }
+            chmod(path, 0o600)
+            #expect(try SecretBox.loadOrCreateKey(path: path) == key, "the group does not matter when it cannot read")
+            #expect(chown(path, 0, getegid()) == 0)
+        }
         chmod(path, 0o600)
         #expect(try SecretBox.loadOrCreateKey(path: path) == key)
         // Through a symlink (how Kubernetes mounts secrets): the file it names is checked.

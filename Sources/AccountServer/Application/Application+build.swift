@@ -155,6 +155,13 @@ func proxyVerifier(_ configuration: ServerConfiguration, roots: [Certificate], l
         guard configuration.fhir.proxyClientNames.isEmpty, configuration.fhir.proxyClientCRLPaths.isEmpty else {
             throw ConfigurationError(description: "--fhir-proxy-client-cn and --fhir-proxy-client-crl need --fhir-proxy-client-ca")
         }
+        if configuration.fhir.clientCertificateHeader != nil {
+            // Allowed (a proxy that cannot present a certificate), but not the documented
+            // set-up: said at every start, so it is a choice and not an omission.
+            logger.warning("""
+                the proxy that forwards the SAS's certificate is recognised by its address alone (--fhir-trusted-proxy): any                 process that can connect from that address can send a SAS certificate in the header and act as the SAS;                 add --fhir-proxy-client-ca and --fhir-proxy-client-cn (docs/deployment.md, topology 1)
+                """)
+        }
         return nil
     }
     guard configuration.fhir.clientCertificateHeader != nil else {

@@ -133,10 +133,12 @@ struct LogLineHandler: LogHandler {
 
     private static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
         // C0 controls, DEL, C1 controls (NEL among them), LINE/PARAGRAPH SEPARATOR, bidi
-        // controls (they reorder what a terminal shows around them), backslash.
+        // controls (they reorder what a terminal shows around them), invisible characters
+        // (zero-width ones, word joiner, U+FEFF, tags: they hide text on screen), backslash.
         scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
-            || scalar.value == 0x061C || scalar.value == 0x200E || scalar.value == 0x200F || (0x202A...0x202E).contains(scalar.value)
-            || (0x2066...0x2069).contains(scalar.value) || scalar == "\\"
+            || scalar.value == 0x061C || (0x200B...0x200F).contains(scalar.value) || (0x202A...0x202E).contains(scalar.value)
+            || (0x2060...0x2064).contains(scalar.value) || (0x2066...0x2069).contains(scalar.value) || scalar.value == 0xFEFF
+            || (0xE0000...0xE007F).contains(scalar.value) || scalar == "\\"
     }
 }
 
@@ -161,10 +163,19 @@ final class LogLineSink: Sendable {
         lock.withLock { _ in
             bytes.withUnsafeBufferPointer { buffer in
                 var offset = 0
+                // A signal (EINTR) or a full non-blocking pipe (EAGAIN: a slow log reader) is
+                // retried: giving up there left half a line, and the next ran onto it. A
+                // reader stuck for a second loses the line (the thread is a request's).
+                var attempts = 0
                 while offset < buffer.count {
                     let written = Foundation.write(2, buffer.baseAddress! + offset, buffer.count - offset)
-                    if written <= 0 { break }
-                    offset += written
+                    if written > 0 { offset += written; continue }
+                    guard written < 0, errno == EINTR || errno == EAGAIN, attempts < 100 else { break }
+                    attempts += 1
+                    if errno == EAGAIN {
+                        var ready = pollfd(fd: 2, events: Int16(POLLOUT), revents: 0)
+                        _ = poll(&ready, 1, 10)
+                    }
                 }
             }
         }

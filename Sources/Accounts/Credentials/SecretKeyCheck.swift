@@ -25,7 +25,8 @@ public enum SecretKeyCheck {
         }
         if !FileManager.default.fileExists(atPath: path) && (state.fingerprint != nil || state.sealedData) {
             throw SecretBoxError(description: """
-                the secret key file \(path) is missing, but the database holds data sealed with a key: restore the key file \
+                the secret key file \(path) is missing, but the database was used with a key (its fingerprint is recorded at \
+                the first start, and TOTP secrets, recovery codes, queued mails and open forms depend on it): restore the key file \
                 from the backup that goes with this database (a new key would lock every enrolled regulator out of their \
                 second factor), or, if it is lost for good, run `account-server admin forget-secret-key --confirm` \
                 (docs/operations.md, "The secret key file")

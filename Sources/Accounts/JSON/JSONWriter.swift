@@ -59,7 +59,8 @@ public struct JSONWriter: Sendable {
 
     /// Escapes what RFC 8259 requires (quote, backslash, C0 controls), and also what a
     /// terminal or a log viewer would act on though JSON allows it raw: DEL, the C1 controls
-    /// (U+009B is an 8-bit CSI to xterm), U+2028/U+2029 and the bidirectional controls. JSON
+    /// (U+009B is an 8-bit CSI to xterm), U+2028/U+2029, the bidirectional controls and the
+    /// invisible characters (zero-width ones, U+FEFF, the tag characters). JSON
     /// logs and the CLI's `--json` output carry client-supplied strings (a user agent, a
     /// certificate subject). Other characters stay UTF-8.
     static func writeString(_ text: String, into output: inout [UInt8]) {
@@ -91,6 +92,19 @@ public struct JSONWriter: Sendable {
                 unicodeEscape(0x061C, into: &output)
                 index += 2
                 continue
+            case 0xEF where index + 2 < bytes.endIndex && bytes[index + 1] == 0xBB && bytes[index + 2] == 0xBF:
+                // U+FEFF ZERO WIDTH NO-BREAK SPACE (a byte order mark), invisible.
+                unicodeEscape(0xFEFF, into: &output)
+                index += 3
+                continue
+            case 0xF3 where index + 3 < bytes.endIndex && bytes[index + 1] == 0xA0 && (bytes[index + 2] == 0x80 || bytes[index + 2] == 0x81):
+                // U+E0000–U+E007F, the tag characters: invisible, they can carry hidden text.
+                // Outside the BMP: a surrogate pair, as RFC 8259 writes it.
+                let scalar = 0xE0000 + (UInt32(bytes[index + 2] & 0x3F) << 6 | UInt32(bytes[index + 3] & 0x3F))
+                unicodeEscape(UInt16(0xD800 + ((scalar - 0x10000) >> 10)), into: &output)
+                unicodeEscape(UInt16(0xDC00 + ((scalar - 0x10000) & 0x3FF)), into: &output)
+                index += 4
+                continue
             case 0xE2 where index + 2 < bytes.endIndex:
                 // A Swift string is valid UTF-8: two continuation bytes follow.
                 let scalar = UInt16(byte & 0x0F) << 12 | UInt16(bytes[index + 1] & 0x3F) << 6 | UInt16(bytes[index + 2] & 0x3F)
@@ -106,11 +120,14 @@ public struct JSONWriter: Sendable {
         }
     }
 
-    /// The three-byte ones: U+200E/F, U+2028/9 (JavaScript and some viewers break lines there),
-    /// U+202A–E and U+2066–9: the bidirectional controls, which reorder what is displayed
-    /// around them (U+061C, two bytes, has its own case).
+    /// The three-byte ones starting E2: U+200E/F, U+2028/9 (JavaScript and some viewers break
+    /// lines there), U+202A–E and U+2066–9: the bidirectional controls, which reorder what is
+    /// displayed around them (U+061C, two bytes, has its own case); and the invisible ones,
+    /// which hide text on screen: U+200B–D (zero-width space, non-joiner, joiner) and
+    /// U+2060–4 (word joiner, invisible operators).
     private static func isInvisibleControl(_ scalar: UInt16) -> Bool {
-        scalar == 0x200E || scalar == 0x200F || (0x2028...0x202E).contains(scalar) || (0x2066...0x2069).contains(scalar)
+        (0x200B...0x200F).contains(scalar) || (0x2028...0x202E).contains(scalar) || (0x2060...0x2064).contains(scalar)
+            || (0x2066...0x2069).contains(scalar)
     }
 
     private static func unicodeEscape(_ scalar: UInt16, into output: inout [UInt8]) {
