@@ -17,11 +17,11 @@ public enum StorageLocation: Sendable, Equatable, CustomStringConvertible {
     /// A `postgres://` or `postgresql://` URL (any case) is PostgreSQL; any other `scheme://`,
     /// and `postgres:` or `postgresql:` without `//`, is refused (a mistyped URL must not become
     /// a file named after it, password included); anything else is a file path.
-    public init(_ argument: String) throws(StorageError) {
+    public init(_ argument: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(StorageError) {
         let lowered = argument.lowercased()
         if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
             let scheme = argument.prefix { $0 != ":" }
-            self = .postgres(try PostgresLocation(url: scheme.lowercased() + argument.dropFirst(scheme.count)))
+            self = .postgres(try PostgresLocation(url: scheme.lowercased() + argument.dropFirst(scheme.count), environment: environment))
         } else if ["postgres:", "postgresql:", "postgres//", "postgresql//"].contains(where: { lowered.hasPrefix($0) }) {
             // `postgres:/user:password@host/db`, `postgresql:user:…`: a URL missing a slash,
             // which as a path would become folders named after it, password included, and an

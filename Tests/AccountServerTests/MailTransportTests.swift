@@ -54,7 +54,13 @@ struct MailTransportTests {
     @Test func urlsInErrorsShowNoCredentials() throws {
         #expect(shownURL("smtps://mailer:hunter2@relay.example:465/x?token=t#f") == "smtps://relay.example:465/x (its user, query, fragment not shown)")
         #expect(shownURL("http://[2001:db8::1]:8080/fhir") == "http://[2001:db8::1]:8080/fhir")
-        #expect(shownURL("no scheme here") == "a value that is not a URL")
+        #expect(shownURL("no scheme here") == "a value that is not an absolute URL (not repeated)")
+        #expect(shownURL("user:hunter2@mail.example:587") == "a value that is not an absolute URL (not repeated)", "no //: the rest is a path")
+        #expect(shownURL("smtps:user:hunter2@relay") == "a value that is not an absolute URL (not repeated)")
+        #expect(shownURL("https://agenda.example/x@hunter2") == "https://agenda.example/…")
+        for url in ["user:hunter2@mail.example:587", "smtps:user:hunter2@relay"] {
+            #expect { try SMTPTransport(url: url, heloName: "x") } throws: { !"\($0)".contains("hunter2") }
+        }
         for url in ["smtps://mailer:hunter2@relay.example", "smtp://mailer:hunter2@127.0.0.1", "smtps://relay.example/?pass=hunter2"] {
             #expect("\(url)") { try SMTPTransport(url: url, heloName: "x") } throws: { error in
                 "\(error)".contains("takes no user, password") && !"\(error)".contains("hunter2")

@@ -44,7 +44,16 @@ struct PostgresPasswordFileTests {
         // are part of it; CRLF line ends are accepted.
         #expect(PostgresPasswordFile.match("\\*:*:*:*:star\r\n", host: "db", port: 5432, database: "d", username: "u") == nil)
         #expect(PostgresPasswordFile.match("\\*:*:*:*:star\r\n", host: "*", port: 5432, database: "d", username: "u") == "star")
-        #expect(PostgresPasswordFile.match("*:*:*:*:a:b:c\r\n", host: "db", port: 5432, database: "d", username: "u") == "a:b:c")
+        #expect(PostgresPasswordFile.match("*:*:*:*:a:b:c\r\n", host: "db", port: 5432, database: "d", username: "u") == "a",
+                "the password ends at the first unescaped colon, as libpq reads it")
+        #expect(PostgresPasswordFile.match("db:5432:d:u:\n*:*:*:*:later\n", host: "db", port: 5432, database: "d", username: "u") == nil,
+                "an empty password is none (and the first matching line still wins)")
+        // Lines end at \n only, and fields compare byte for byte: a form feed or U+2028 is
+        // part of a field, and a precomposed é does not match a decomposed one.
+        #expect(PostgresPasswordFile.match("*:*:*:*:a\u{0C}b\n", host: "db", port: 5432, database: "d", username: "u") == "a\u{0C}b")
+        #expect(PostgresPasswordFile.match("*:*:*:*:a\u{2028}b\n", host: "db", port: 5432, database: "d", username: "u") == "a\u{2028}b")
+        #expect(PostgresPasswordFile.match("*:*:caf\u{E9}:*:p\n", host: "db", port: 5432, database: "cafe\u{301}", username: "u") == nil)
+        #expect(PostgresPasswordFile.match("*:*:caf\u{E9}:*:p\n", host: "db", port: 5432, database: "caf\u{E9}", username: "u") == "p")
         #expect(PostgresPasswordFile.match("db:5432:d:u\n", host: "db", port: 5432, database: "d", username: "u") == nil, "four fields: no password")
     }
 
@@ -90,10 +99,21 @@ struct PostgresPasswordFileTests {
         }
         // Not read at all when the password comes from elsewhere.
         #expect(try PostgresLocation(url: "postgres://account@db.example/account_server", environment: ["PGPASSFILE": file, "PGPASSWORD": "p"]).password == "p")
-        // A directory in its place is refused too.
+        // A directory, or a FIFO (opening it would wait for a writer forever), is refused
+        // before it is opened.
         #expect(throws: StorageError.self) {
             _ = try PostgresLocation(url: "postgres://account@db.example/account_server", environment: ["PGPASSFILE": directory])
         }
+        let fifo = directory + "/fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        #expect {
+            _ = try PostgresLocation(url: "postgres://account@db.example/account_server", environment: ["PGPASSFILE": fifo])
+        } throws: { "\($0)".contains("must be a regular file") }
+        // An IPv6 literal's host is matched without its brackets, as libpq writes it.
+        let v6 = directory + "/v6"
+        try write("\\:\\:1:5432:*:account:six\n", to: v6, mode: 0o600)
+        let location = try PostgresLocation(url: "postgres://account@[::1]:5432/account_server", environment: ["PGPASSFILE": v6])
+        #expect(location.host == "::1" && location.password == "six" && "\(location)".hasPrefix("postgres://account@[::1]:5432/"))
     }
 
     /// On the test server (scram-sha-256 for every connection): a URL without a password

@@ -102,7 +102,7 @@ public enum TestStore {
     public static func url(_ location: PostgresLocation) -> String {
         var text = "postgres://\(location.username)"
         if let password = location.password { text += ":\(password)" }
-        text += "@\(location.host):\(location.port)/\(location.database)?sslmode=\(location.tls.rawValue)"
+        text += "@\(location.host.contains(":") ? "[\(location.host)]" : location.host):\(location.port)/\(location.database)?sslmode=\(location.tls.rawValue)"
         if let root = location.rootCertificatePath { text += "&sslrootcert=\(root)" }
         return text
     }

@@ -158,9 +158,7 @@ func proxyVerifier(_ configuration: ServerConfiguration, roots: [Certificate], l
         if configuration.fhir.clientCertificateHeader != nil {
             // Allowed (a proxy that cannot present a certificate), but not the documented
             // set-up: said at every start, so it is a choice and not an omission.
-            logger.warning("""
-                the proxy that forwards the SAS's certificate is recognised by its address alone (--fhir-trusted-proxy): any                 process that can connect from that address can send a SAS certificate in the header and act as the SAS;                 add --fhir-proxy-client-ca and --fhir-proxy-client-cn (docs/deployment.md, topology 1)
-                """)
+            logger.warning("the proxy that forwards the SAS's certificate is recognised by its address alone (--fhir-trusted-proxy): any process that can connect from that address can send a SAS certificate in the header and act as the SAS; add --fhir-proxy-client-ca and --fhir-proxy-client-cn (docs/deployment.md, topology 1)")
         }
         return nil
     }

@@ -49,7 +49,7 @@ func makeWebServices(
     // https only: reset links are mailed with it, and cookies are `Secure`.
     guard let components = URLComponents(string: publicURL), components.scheme?.lowercased() == "https",
           let publicHost = components.host, !publicHost.isEmpty, components.user == nil, components.password == nil else {
-        throw ConfigurationError(description: "--public-url must be an absolute https URL, got \(publicURL)")
+        throw ConfigurationError(description: "--public-url must be an absolute https URL without a user or password, got \(shownURL(publicURL))")
     }
     let webConfiguration = WebConfiguration(
         publicURL: publicURL,
@@ -158,7 +158,7 @@ func makeProviderSignIn(_ sso: SSOConfiguration, publicURL: String, keyBytes: [U
     -> (ProviderSignIn, ProviderService) {
     guard let issuer = URLComponents(string: sso.issuer), issuer.scheme == "https" || (issuer.scheme == "http" && isLoopback(issuer.host ?? "")),
           issuer.host?.isEmpty == false else {
-        throw ConfigurationError(description: "--oidc-issuer must be an https URL, got \(sso.issuer)")
+        throw ConfigurationError(description: "--oidc-issuer must be an https URL, got \(shownURL(sso.issuer))")
     }
     guard publicURL.hasPrefix("https://") else {
         throw ConfigurationError(description: "--oidc-issuer needs an https --public-url (the redirect URI is derived from it)")

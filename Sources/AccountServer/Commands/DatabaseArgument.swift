@@ -19,6 +19,11 @@ extension StorageLocation {
         do {
             return try StorageLocation(text)
         } catch {
+            // A malformed argument is a usage error (64, with the usage); a sound URL whose
+            // password file is refused (its mode, its owner) is a failure of the setting (1).
+            if (try? StorageLocation(text, environment: ["PGPASSWORD": "unused"])) != nil {
+                throw CommandFailure("--database: \(error)")
+            }
             throw ValidationError("--database: \(error)")
         }
     }

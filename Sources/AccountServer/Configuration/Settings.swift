@@ -185,10 +185,15 @@ struct CommandLineValues {
 /// path only. A user, password, query or fragment may hold a credential the operator typed
 /// (`smtps://user:pass@…`, `…?token=…`), and the message goes to the terminal and the journal.
 func shownURL(_ text: String) -> String {
-    guard let components = URLComponents(string: text), let scheme = components.scheme else { return "a value that is not a URL" }
-    var shown = scheme + "://" + (components.host.map { $0.contains(":") && !$0.hasPrefix("[") ? "[\($0)]" : $0 } ?? "")
+    // Without a `//host`, what follows the scheme is parsed as a path, and it may be
+    // `user:password@host` (`smtp:user:pw@relay`): nothing of it is shown.
+    guard let components = URLComponents(string: text), let scheme = components.scheme, let host = components.host, !host.isEmpty else {
+        return "a value that is not an absolute URL (not repeated)"
+    }
+    var shown = scheme + "://" + (host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host)
     if let port = components.port { shown += ":\(port)" }
-    shown += components.path
+    // A path holding `@` could be a credential written in the wrong place.
+    shown += components.path.contains("@") ? "/…" : components.path
     let hidden = [components.user != nil || components.password != nil ? "user" : nil, components.query != nil ? "query" : nil,
                   components.fragment != nil ? "fragment" : nil].compactMap { $0 }
     return hidden.isEmpty ? shown : shown + " (its \(hidden.joined(separator: ", ")) not shown)"

@@ -65,7 +65,7 @@ final class UpstreamRelay: Sendable {
     init(configuration: UpstreamConfiguration, authenticator: CallerAuthenticator, directory: AccountDirectory,
          metrics: ServerMetrics, logger: Logger) throws {
         guard let components = URLComponents(string: configuration.url), let scheme = components.scheme?.lowercased(),
-              ["http", "https"].contains(scheme), let host = components.host, !host.isEmpty else {
+              ["http", "https"].contains(scheme), let rawHost = components.host, !rawHost.isEmpty else {
             throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, got \(shownURL(configuration.url))")
         }
         guard components.user == nil && components.password == nil else {
@@ -77,6 +77,9 @@ final class UpstreamRelay: Sendable {
             throw ConfigurationError(description: "--fhir-upstream must be an http(s)://host[:port][/base] URL, without a query or fragment")
         }
         let port = components.port ?? (scheme == "https" ? 443 : 80)
+        // Foundation on Linux keeps an IPv6 literal's brackets in `host` (`[::1]`): taken off
+        // to connect, put back once for the Host header.
+        let host = rawHost.hasPrefix("[") && rawHost.hasSuffix("]") ? String(rawHost.dropFirst().dropLast()) : rawHost
         let bracketed = host.contains(":") ? "[\(host)]" : host
         var tls: NIOSSLContext?
         if scheme == "https" {

@@ -165,12 +165,17 @@ final class LogLineSink: Sendable {
                 var offset = 0
                 // A signal (EINTR) or a full non-blocking pipe (EAGAIN: a slow log reader) is
                 // retried: giving up there left half a line, and the next ran onto it. A
-                // reader stuck for a second loses the line (the thread is a request's).
+                // reader stuck for 200 ms loses the rest of the line (the thread may be an
+                // event loop's, and the lock every logger's), which is then ended, so the
+                // next line starts on a line of its own.
                 var attempts = 0
                 while offset < buffer.count {
                     let written = Foundation.write(2, buffer.baseAddress! + offset, buffer.count - offset)
                     if written > 0 { offset += written; continue }
-                    guard written < 0, errno == EINTR || errno == EAGAIN, attempts < 100 else { break }
+                    guard written < 0, errno == EINTR || errno == EAGAIN, attempts < 20 else {
+                        if offset > 0 { var newline = UInt8(ascii: "\n"); _ = Foundation.write(2, &newline, 1) }
+                        break
+                    }
                     attempts += 1
                     if errno == EAGAIN {
                         var ready = pollfd(fd: 2, events: Int16(POLLOUT), revents: 0)

@@ -47,6 +47,10 @@ public struct PasswordPolicy: Sendable {
     /// process with a trap (a crash loop under systemd) instead of the refusal that names the
     /// missing folder.
     static func listURL() -> URL? {
+        #if canImport(Darwin)
+        // macOS builds a `.bundle`, found by Bundle.module (a development platform only).
+        return Bundle.module.url(forResource: "common-passwords", withExtension: "txt")
+        #else
         var folders = [Bundle.main.bundleURL]
         if let executable = Bundle.main.executableURL {
             folders.append(executable.deletingLastPathComponent())
@@ -57,6 +61,7 @@ public struct PasswordPolicy: Sendable {
             if FileManager.default.isReadableFile(atPath: file.path) { return file }
         }
         return nil
+        #endif
     }
 
     /// Whether the bundled list is loaded (the service refuses to start without it).

@@ -43,7 +43,10 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         guard let components = URLComponents(string: url), components.scheme == "postgres" || components.scheme == "postgresql" else {
             throw .configuration("not a postgres:// URL")
         }
-        guard let host = components.host, !host.isEmpty else { throw .configuration("the PostgreSQL URL names no host") }
+        guard let bracketed = components.host, !bracketed.isEmpty else { throw .configuration("the PostgreSQL URL names no host") }
+        // Foundation on Linux keeps an IPv6 literal's brackets (`[::1]`); libpq, the resolver
+        // and the password file's host field have none.
+        let host = bracketed.hasPrefix("[") && bracketed.hasSuffix("]") ? String(bracketed.dropFirst().dropLast()) : bracketed
         guard let user = components.user, !user.isEmpty else { throw .configuration("the PostgreSQL URL names no user") }
         let database = String(components.path.drop(while: { $0 == "/" }))
         guard !database.isEmpty, !database.contains("/") else { throw .configuration("the PostgreSQL URL names no database") }
@@ -73,7 +76,7 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
 
     /// The URL without its password, for logs and `--help` echoes.
     public var description: String {
-        var text = "postgres://\(username)@\(host):\(port)/\(database)?sslmode=\(tls.rawValue)"
+        var text = "postgres://\(username)@\(host.contains(":") ? "[\(host)]" : host):\(port)/\(database)?sslmode=\(tls.rawValue)"
         if let rootCertificatePath { text += "&sslrootcert=\(rootCertificatePath)" }
         return text
     }

@@ -8,11 +8,15 @@ import Foundation
 /// entry in the password database). Each line is `host:port:database:user:password`; a field
 /// that is exactly `*` matches anything, `\` escapes the next character (`\:`, `\\`), lines
 /// starting with `#` are comments, and the first matching line wins. It is read only when
-/// neither the URL nor `PGPASSWORD` gives a password, as libpq does.
+/// neither the URL nor `PGPASSWORD` gives a password, as libpq does, and once, when the
+/// database argument is read: a password changed in it is taken at the next start.
 ///
-/// Where libpq ignores a file its group or others can access (with a warning), the server
-/// refuses to start and says why: the password in it is no longer a secret, and an
-/// authentication failure later would not point at the file.
+/// As libpq: lines end at `\n` (a `\r` before it is dropped), fields compare byte for byte,
+/// the password ends at the first unescaped `:`, an empty one is none, and a file that cannot
+/// be reached (absent, or in a home folder this user may not enter) is no file. Where libpq
+/// ignores a file its group or others can access, or one that is not a regular file (with a
+/// warning), the server refuses to start and says why: the password in it is no longer a
+/// secret, and an authentication failure later would not point at the file.
 public enum PostgresPasswordFile {
     /// The file to read, or nil when no home directory is known.
     public static func path(environment: [String: String]) -> String? {
@@ -30,8 +34,13 @@ public enum PostgresPasswordFile {
         guard let path = path(environment: environment) else { return nil }
         var status = stat()
         guard stat(path, &status) == 0 else {
-            if errno == ENOENT || errno == ENOTDIR { return nil }
+            // No file, or a home folder this user may not enter (`HOME=/root` kept by `runuser`).
+            if errno == ENOENT || errno == ENOTDIR || errno == EACCES { return nil }
             throw .configuration("\(path): cannot read the PostgreSQL password file (\(String(cString: strerror(errno))))")
+        }
+        // Checked before opening: opening a FIFO would wait for a writer forever.
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            throw .configuration("\(path): the PostgreSQL password file must be a regular file")
         }
         let bytes: [UInt8]
         do {
@@ -39,50 +48,60 @@ public enum PostgresPasswordFile {
         } catch {
             throw .configuration(error.description)
         }
-        return match(String(decoding: bytes, as: UTF8.self), host: host, port: port, database: database, username: username)
+        return match(bytes, host: host, port: port, database: database, username: username)
     }
 
-    /// The first line of `contents` that matches, libpq's rules.
-    static func match(_ contents: String, host: String, port: Int, database: String, username: String) -> String? {
-        let wanted = [host, String(port), database, username]
-        // `\r\n` is one Character in Swift: splitting on newlines takes both line ends.
-        for line in contents.split(whereSeparator: \.isNewline) {
-            if line.hasPrefix("#") { continue }
+    /// The password of the first line of `contents` that matches, libpq's rules; nil when
+    /// none matches or the matching line's password is empty.
+    static func match(_ contents: [UInt8], host: String, port: Int, database: String, username: String) -> String? {
+        let wanted = [host, String(port), database, username].map { Array($0.utf8) }
+        for rawLine in contents.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+            var line = rawLine[...]
+            if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
+            if line.first == UInt8(ascii: "#") { continue }
             let fields = fields(line)
             guard fields.count >= 5 else { continue }
-            let matches = zip(fields.prefix(4), wanted).allSatisfy { field, value in field.isWildcard || field.text == value }
-            if matches {
-                // libpq takes the rest of the line as the password, colons (escaped or not) included.
-                return fields.dropFirst(4).map(\.text).joined(separator: ":")
+            if zip(fields.prefix(4), wanted).allSatisfy({ field, value in field.isWildcard || field.bytes == value }) {
+                // libpq reads the password up to the first unescaped `:`.
+                let password = fields[4].bytes
+                return password.isEmpty ? nil : String(decoding: password, as: UTF8.self)
             }
         }
         return nil
     }
 
-    private struct Field { var text: String; var isWildcard: Bool }
+    /// The same rules on text (tests).
+    static func match(_ contents: String, host: String, port: Int, database: String, username: String) -> String? {
+        match(Array(contents.utf8), host: host, port: port, database: database, username: username)
+    }
+
+    private struct Field { var bytes: [UInt8]; var isWildcard: Bool }
 
     /// Splits on unescaped `:`, removing the escapes. A field is a wildcard only when it is
     /// an unescaped `*` alone.
-    private static func fields(_ line: Substring) -> [Field] {
+    private static func fields(_ line: ArraySlice<UInt8>) -> [Field] {
         var fields: [Field] = []
-        var text = ""
+        var bytes: [UInt8] = []
         var escapedSomething = false
-        var iterator = line.makeIterator()
-        while let character = iterator.next() {
-            switch character {
-            case "\\":
-                guard let next = iterator.next() else { text.append("\\"); continue }
-                text.append(next)
+        var index = line.startIndex
+        while index < line.endIndex {
+            let byte = line[index]
+            if byte == UInt8(ascii: "\\"), index + 1 < line.endIndex {
+                bytes.append(line[index + 1])
                 escapedSomething = true
-            case ":":
-                fields.append(Field(text: text, isWildcard: text == "*" && !escapedSomething))
-                text = ""
-                escapedSomething = false
-            default:
-                text.append(character)
+                index += 2
+                continue
             }
+            if byte == UInt8(ascii: ":") {
+                fields.append(Field(bytes: bytes, isWildcard: bytes == [UInt8(ascii: "*")] && !escapedSomething))
+                bytes = []
+                escapedSomething = false
+            } else {
+                bytes.append(byte)
+            }
+            index += 1
         }
-        fields.append(Field(text: text, isWildcard: text == "*" && !escapedSomething))
+        fields.append(Field(bytes: bytes, isWildcard: bytes == [UInt8(ascii: "*")] && !escapedSomething))
         return fields
     }
 }

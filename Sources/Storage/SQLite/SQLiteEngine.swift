@@ -166,7 +166,7 @@ public final class SQLiteEngine: StorageEngine {
     /// never on one of the few threads of Swift's cooperative pool (which the last accesses
     /// may need to finish).
     public func close() async {
-        let pool = self.pool, loopReaders = self.loopReaders, readOnly = self.readOnly
+        let pool = self.pool, loopReaders = self.loopReaders
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             Thread.detachNewThread {
                 loopReaders.closeAll()
@@ -174,9 +174,11 @@ public final class SQLiteEngine: StorageEngine {
                 // (then a read-only reader) cannot checkpoint: every commit since the last
                 // automatic checkpoint (up to 4 MB of WAL) stayed in `-wal`, and a copy of the
                 // database file alone, taken by an operator after a clean stop, missed them.
-                // Everything is copied into the file first; then the readers close, so the
-                // writer is the last connection and removes the WAL.
-                if !readOnly { try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) } }
+                // The readers are closed first, so the writer is the last connection of this
+                // process: when no other process has the file open, SQLite's own close then
+                // copies the WAL into the file and removes it. When another has (a tool run
+                // beside the server), nothing is forced: that one's close does it later, and
+                // no checkpoint here holds the other's writers back.
                 pool.releaseMemory()
                 try? pool.close()
                 continuation.resume()
