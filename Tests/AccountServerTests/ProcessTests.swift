@@ -175,6 +175,18 @@ struct ProcessTests {
             try FileManager.default.copyItem(atPath: Self.resources, toPath: directory.appendingPathComponent("bin").appendingPathComponent(PasswordPolicy.resourceFolder).path)
             #expect(chown(directory.path, uid, gid) == 0)
             wrapper = ["/usr/bin/setpriv", "--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--"]
+            // PostgreSQL's CA (sslrootcert) sits in the test server's private folder: a copy
+            // the server's user can read, named in the argument the launch will use.
+            if TestStore.kind == .postgres {
+                var location = try PostgresLocation(url: try await TestStore.argument(in: directory))
+                if let root = location.rootCertificatePath {
+                    let copy = directory.appendingPathComponent("db-ca.pem").path
+                    try FileManager.default.copyItem(atPath: root, toPath: copy)
+                    #expect(chmod(copy, 0o644) == 0)
+                    location.rootCertificatePath = copy
+                }
+                try TestStore.url(location).write(to: directory.appendingPathComponent("database-argument"), atomically: true, encoding: .utf8)
+            }
         }
         let upstream = try await SlotSearchStandIn.start()
         let log = LogCapture()
