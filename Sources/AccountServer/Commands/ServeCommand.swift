@@ -636,9 +636,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port) else {
             throw ValidationError("\(flag) must be HOST:PORT, got \(address)")
         }
-        var host = String(address[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return (host, port)
+        return (String(address[..<colon]).withoutIPv6Brackets, port)
     }
 
     /// A curl that creates a regulator through the development PKI, with a fresh technical id.

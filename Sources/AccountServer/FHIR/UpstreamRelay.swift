@@ -8,6 +8,7 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOPosix
 import NIOSSL
+import Storage
 import Synchronization
 
 /// The INT_R01 slot-search relay (`--fhir-upstream`), on the FHIR connection's own event loop.
@@ -79,7 +80,7 @@ final class UpstreamRelay: Sendable {
         let port = components.port ?? (scheme == "https" ? 443 : 80)
         // Foundation on Linux keeps an IPv6 literal's brackets in `host` (`[::1]`): taken off
         // to connect, put back once for the Host header.
-        let host = rawHost.hasPrefix("[") && rawHost.hasSuffix("]") ? String(rawHost.dropFirst().dropLast()) : rawHost
+        let host = rawHost.withoutIPv6Brackets
         let bracketed = host.contains(":") ? "[\(host)]" : host
         var tls: NIOSSLContext?
         if scheme == "https" {

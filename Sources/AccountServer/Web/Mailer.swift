@@ -6,6 +6,7 @@ import NIOExtras
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
+import Storage
 
 /// Where mail goes: an SMTP relay or a sendmail-compatible command.
 protocol MailTransport: Sendable {
@@ -58,7 +59,7 @@ struct SMTPTransport: MailTransport {
             // There is no AUTH to send them with: taken silently, they would be ignored.
             throw MailError(description: "--smtp-url takes no user, password, path or parameters (no SMTP AUTH: point it at the vendor's relay), got \(shownURL(url))")
         }
-        let host = bracketed.hasPrefix("[") && bracketed.hasSuffix("]") ? String(bracketed.dropFirst().dropLast()) : bracketed
+        let host = bracketed.withoutIPv6Brackets
         if scheme == "smtp", !allowCleartext, !isLoopback(host) {
             throw MailError(description: """
                 --smtp-url smtp://\(host) would send reset links to another machine without TLS: use smtps://, \

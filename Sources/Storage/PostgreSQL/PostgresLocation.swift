@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// A PostgreSQL server and database, from a libpq-style URL:
 /// `postgres://user[:password]@host[:port]/database[?sslmode=…&sslrootcert=…]`.
@@ -46,7 +47,7 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         guard let bracketed = components.host, !bracketed.isEmpty else { throw .configuration("the PostgreSQL URL names no host") }
         // Foundation on Linux keeps an IPv6 literal's brackets (`[::1]`); libpq, the resolver
         // and the password file's host field have none.
-        let host = bracketed.hasPrefix("[") && bracketed.hasSuffix("]") ? String(bracketed.dropFirst().dropLast()) : bracketed
+        let host = bracketed.withoutIPv6Brackets
         guard let user = components.user, !user.isEmpty else { throw .configuration("the PostgreSQL URL names no user") }
         let database = String(components.path.drop(while: { $0 == "/" }))
         guard !database.isEmpty, !database.contains("/") else { throw .configuration("the PostgreSQL URL names no database") }
