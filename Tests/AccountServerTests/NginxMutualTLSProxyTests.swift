@@ -70,6 +70,10 @@ struct NginxMutualTLSProxyTests {
         let refusals = rig.server.logs.all.filter { $0.contains("client certificate refused") }
         #expect(refusals.contains { $0.contains("CN=intruder.invalid") }, "account-server checked the CN itself")
         #expect(refusals.contains { $0.contains("OU=OTHER") }, "and the OU")
+        // The documented set-up (the proxy's own certificate checked) does not get the warning
+        // meant for address-only trust.
+        #expect(!rig.server.logs.all.contains { $0.contains("recognised by its address alone") })
+        #expect(rig.server.logs.all.contains { $0.contains("checked against --fhir-proxy-client-ca without a CRL") }, "the same start-up step was logged")
 
         // Revoked at account-server only (nginx still has the old CRL): refused all the same.
         let reloads = rig.server.logs.all.filter { $0.contains("client CRLs reloaded") }.count

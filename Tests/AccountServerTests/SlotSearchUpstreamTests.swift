@@ -43,6 +43,8 @@ final class SlotSearchStandIn: Sendable {
         """
 
     var requests: [HTTPFields] { log.all }
+    /// Where ``requests`` keep the `Host` each request came with.
+    static let receivedHost = HTTPField.Name("X-Test-Received-Host")!
 
     static func bigPiece(_ index: Int) -> [UInt8] {
         (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) }
@@ -57,7 +59,7 @@ final class SlotSearchStandIn: Sendable {
 
     /// - Parameter prefix: the base path the slot search is mounted on ("fhir" or none).
     /// - Parameter tls: serve HTTPS with this configuration (an `https` upstream).
-    static func start(prefix: String = "fhir", tls: TLSConfiguration? = nil) async throws -> SlotSearchStandIn {
+    static func start(prefix: String = "fhir", tls: TLSConfiguration? = nil, host: String = "127.0.0.1") async throws -> SlotSearchStandIn {
         let log = HeaderLog()
         let router = Router()
         router.middlewares.add(RecordingMiddleware(log: log))
@@ -102,7 +104,7 @@ final class SlotSearchStandIn: Sendable {
         }
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let server: HTTPServerBuilder = if let tls { try .tls(.http1(), tlsConfiguration: tls) } else { .http1() }
-        let app = Application(router: router, server: server, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        let app = Application(router: router, server: server, configuration: .init(address: .hostname(host, port: 0)),
                               onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) }, logger: Logger(label: "int-r01"))
         let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "int-r01")))
         let task = Task { try await group.run() }
@@ -135,7 +137,10 @@ private struct RecordingMiddleware: RouterMiddleware {
     let log: HeaderLog
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        log.record(request.headers)
+        // HTTPTypes moves `Host` into the request's authority: recorded under a name of its own.
+        var fields = request.headers
+        if let authority = request.head.authority { fields[SlotSearchStandIn.receivedHost] = authority }
+        log.record(fields)
         return try await next(request, context)
     }
 }
@@ -231,6 +236,24 @@ struct SlotSearchUpstreamTests {
         #expect(header("X-Forwarded-For") == ["127.0.0.1"], "the SAS's address, not what it claimed")
         #expect(header("X-Forwarded-Proto") == ["https"])
         #expect(header("X-Request-Id") == [raw.headers.first(name: "X-Request-Id") ?? "?"], "the request id of the last relayed request")
+        await client.shutdown()
+        await server.stop()
+        await standIn.stop()
+    }
+
+    /// An upstream given as an IPv6 literal (`http://[::1]:port/fhir`): the relay connects to
+    /// the address without its brackets and names it with them, once, in `Host`; the merged
+    /// `/metadata` (another HTTP client) reaches it too.
+    @Test func anIPv6LiteralUpstreamIsReached() async throws {
+        let pki = try TestPKI()
+        let standIn = try await SlotSearchStandIn.start(host: "::1")
+        let server = try await Self.start(pki, upstreamURL: "http://[::1]:\(standIn.port)/fhir")
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        let slot = try await client.raw("/Slot?start=ge2026-11-23")
+        #expect(slot.status == 200 && slot.body == Array(SlotSearchStandIn.slotBundle.utf8), "\(slot.status) \(String(decoding: slot.body, as: UTF8.self).prefix(300))")
+        #expect(standIn.requests.last?[values: SlotSearchStandIn.receivedHost] == ["[::1]:\(standIn.port)"], "\(standIn.requests.last?[values: SlotSearchStandIn.receivedHost] ?? [])")
+        let metadata = try await client.send(.GET, "/metadata")
+        #expect(metadata.status == 200 && metadata.body.contains("\"Schedule\""), "the upstream's resources merged: \(metadata.status) \(metadata.body.prefix(300))")
         await client.shutdown()
         await server.stop()
         await standIn.stop()

@@ -142,17 +142,21 @@ struct LogLineHandler: LogHandler {
     }
 }
 
-/// Where log lines go: standard error, or (in tests) memory. One line is one `write` under a
-/// lock, so lines from concurrent requests never interleave.
+/// Where log lines go: standard error (or, in tests, memory or another descriptor). One line
+/// is one `write` under a lock, so lines from concurrent requests never interleave.
 final class LogLineSink: Sendable {
     private let capturing: Bool
+    private let descriptor: Int32
     private let lines = Mutex<[String]>([])
-    private let lock = Mutex(())
+    /// Held while a line is written. `true` when the last line was cut short and its end could
+    /// not be written either: the next line then starts with that end.
+    private let unterminated = Mutex(false)
 
     static let standardError = LogLineSink(capturing: false)
 
-    init(capturing: Bool) {
+    init(capturing: Bool, descriptor: Int32 = 2) {
         self.capturing = capturing
+        self.descriptor = descriptor
     }
 
     func write(_ bytes: [UInt8]) {
@@ -160,29 +164,43 @@ final class LogLineSink: Sendable {
             lines.withLock { $0.append(String(decoding: bytes.dropLast(), as: UTF8.self)) }
             return
         }
-        lock.withLock { _ in
-            bytes.withUnsafeBufferPointer { buffer in
-                var offset = 0
-                // A signal (EINTR) or a full non-blocking pipe (EAGAIN: a slow log reader) is
-                // retried: giving up there left half a line, and the next ran onto it. A
-                // reader stuck for 200 ms loses the rest of the line (the thread may be an
-                // event loop's, and the lock every logger's), which is then ended, so the
-                // next line starts on a line of its own.
-                var attempts = 0
-                while offset < buffer.count {
-                    let written = Foundation.write(2, buffer.baseAddress! + offset, buffer.count - offset)
-                    if written > 0 { offset += written; continue }
-                    guard written < 0, errno == EINTR || errno == EAGAIN, attempts < 20 else {
-                        if offset > 0 { var newline = UInt8(ascii: "\n"); _ = Foundation.write(2, &newline, 1) }
-                        break
-                    }
-                    attempts += 1
-                    if errno == EAGAIN {
-                        var ready = pollfd(fd: 2, events: Int16(POLLOUT), revents: 0)
-                        _ = poll(&ready, 1, 10)
-                    }
+        unterminated.withLock { unterminated in
+            let newline = UInt8(ascii: "\n")
+            let line = unterminated ? [newline] + bytes : bytes
+            let written = writeAll(line)
+            let ended = unterminated ? 1 : 0
+            if written == line.count || written == ended {
+                // Whole, or (a reader stuck since) nothing of it: either way no half line.
+                unterminated = false
+            } else if written > ended {
+                unterminated = writeAll([newline]) == 0
+            }
+        }
+    }
+
+    /// Writes `bytes`, retrying a signal (EINTR) or a full non-blocking pipe (EAGAIN: a slow
+    /// log reader): giving up there left half a line, and the next ran onto it. A reader
+    /// that takes nothing for 200 ms loses the rest (the thread may be an event loop's, and
+    /// the lock every logger's). Returns how many bytes went out.
+    private func writeAll(_ bytes: [UInt8]) -> Int {
+        bytes.withUnsafeBufferPointer { buffer in
+            var offset = 0
+            var attempts = 0
+            while offset < buffer.count {
+                let written = Foundation.write(descriptor, buffer.baseAddress! + offset, buffer.count - offset)
+                if written > 0 {
+                    offset += written
+                    attempts = 0
+                    continue
+                }
+                guard written < 0, errno == EINTR || errno == EAGAIN, attempts < 20 else { break }
+                attempts += 1
+                if errno == EAGAIN {
+                    var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&ready, 1, 10)
                 }
             }
+            return offset
         }
     }
 
