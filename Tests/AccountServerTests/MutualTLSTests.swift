@@ -380,6 +380,58 @@ struct MutualTLSTests {
         #expect(store.status(of: revoked, now: Date()) == .good, "a newer list is taken (here: the revocation lifted by the CA)")
     }
 
+    /// A CA renewed under the same name with a new key, both in the bundle during the
+    /// changeover: each has its own list. Looked up by name alone, the newer list (of the new
+    /// CA) stood for both, and what the old CA revoked passed.
+    @Test func twoCAsOfOneNameEachHaveTheirOwnCRL() async throws {
+        let pki = try TestPKI()
+        let old = try PKIBuilder.makeCA(commonName: "IGC-Santé renewed")
+        let renewed = try PKIBuilder.makeCA(commonName: "IGC-Santé renewed")
+        #expect(old.certificate.subject == renewed.certificate.subject)
+        let revoked = try PKIBuilder.issue(commonName: TestPKI.allowedCN, organizationalUnit: TestPKI.allowedOU, usage: .client, issuer: old)
+        let fromRenewed = try PKIBuilder.issue(commonName: TestPKI.allowedCN, organizationalUnit: TestPKI.allowedOU, usage: .client, issuer: renewed)
+        let oldList = PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: old, revoked: [revoked.certificate.serialNumber], thisUpdate: Date().addingTimeInterval(-600)))
+        let renewedList = PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: renewed, revoked: [], thisUpdate: Date().addingTimeInterval(-60)))
+        try pki.write(oldList + renewedList, "crl.pem")
+        let bundle = [old.certificate, renewed.certificate]
+        let store = try CRLStore(paths: [pki.crlPath], issuers: bundle, logger: .init(label: "t"))
+        #expect(store.snapshot.lists.count == 2, "one list per CA, not per name")
+        #expect(store.status(of: revoked.certificate, now: Date()) == .revoked(source: pki.crlPath))
+        #expect(store.status(of: fromRenewed.certificate, now: Date()) == .good)
+        #expect(store.uncoveredAuthorities.isEmpty)
+
+        // /readyz tells the two lists apart by their key.
+        let bundlePath = pki.directory.appendingPathComponent("renewal-bundle.pem").path
+        try (old.certificatePEM + renewed.certificatePEM).write(toFile: bundlePath, atomically: true, encoding: .utf8)
+        let server = try await RunningServer.start(pki: pki) { $0.fhir.clientCAPaths = [bundlePath] }
+        let admin = AdminClient(server: server, token: "")
+        let ready = try await admin.send(.GET, "/readyz", authorization: "")
+        await admin.shutdown()
+        let keyIDs = [old, renewed].map { CRLStore.Authority($0.certificate).keyID }
+        #expect(ready.status == 200 && keyIDs.allSatisfy { ready.body.contains("(key \($0))") }, "\(ready.body)")
+        await server.stop()
+
+        // Through the verifier, as at the handshake: the old CA's revocation holds.
+        let verifier = ClientCertificateVerifier(trustRoots: bundle, allowedCommonNames: [TestPKI.allowedCN],
+                                                 allowedOrganizationalUnits: [TestPKI.allowedOU], crlStore: store, logger: .init(label: "t"))
+        guard case .failure(let refusal) = await verifier.verify(presented: [revoked.certificate]) else {
+            Issue.record("a certificate the old CA revoked was accepted")
+            return
+        }
+        #expect("\(refusal)".contains("revoked"), "\(refusal)")
+        guard case .success = await verifier.verify(presented: [fromRenewed.certificate]) else {
+            Issue.record("the renewed CA's certificate was refused")
+            return
+        }
+
+        // Only the renewed CA's list: the old CA is uncovered (its callers refused), not
+        // vouched for by the other's list.
+        try pki.write(renewedList, "crl.pem")
+        let partial = try CRLStore(paths: [pki.crlPath], issuers: bundle, logger: .init(label: "t"))
+        #expect(partial.status(of: revoked.certificate, now: Date()) == .noCRL)
+        #expect(partial.uncoveredAuthorities.map(\.publicKey) == [old.certificate.publicKey])
+    }
+
     @Test func crlWithABadSignatureIsRefused() throws {
         let pki = try TestPKI()
         // Same issuer name, signed by another key.
@@ -402,6 +454,31 @@ struct MutualTLSTests {
         let crls = try CRLStore(paths: [pki.crlPath], issuers: [pki.ca.certificate], allowMissing: true, logger: .init(label: "t"))
         return ClientCertificateVerifier(trustRoots: [pki.ca.certificate], allowedCommonNames: [TestPKI.allowedCN],
                                          allowedOrganizationalUnits: [TestPKI.allowedOU], crlStore: crls, logger: .init(label: "t"))
+    }
+
+    /// A subject with two CNs is refused even when one is listed (which one names the caller
+    /// would be each reader's guess); several OUs pass when one is listed, as documented.
+    @Test func aCertificateWithTwoCNsIsRefused() async throws {
+        let pki = try TestPKI()
+        let verifier = try verifier(pki)
+        let twoNames = try PKIBuilder.issue(commonName: TestPKI.allowedCN, organizationalUnit: TestPKI.allowedOU, usage: .client,
+                                            extraCommonNames: ["evil.example"], issuer: pki.ca)
+        guard case .failure(let refusal) = await verifier.verify(presented: [twoNames.certificate]) else {
+            Issue.record("a certificate with two CNs, one of them listed, was accepted")
+            return
+        }
+        #expect("\(refusal)".contains("2 CNs"), "\(refusal)")
+        let listedTwice = try PKIBuilder.issue(commonName: TestPKI.allowedCN, organizationalUnit: TestPKI.allowedOU, usage: .client,
+                                               extraCommonNames: [TestPKI.allowedCN], issuer: pki.ca)
+        guard case .failure = await verifier.verify(presented: [listedTwice.certificate]) else {
+            Issue.record("a certificate with its CN twice was accepted")
+            return
+        }
+        let oneName = try PKIBuilder.issue(commonName: TestPKI.allowedCN, organizationalUnit: TestPKI.allowedOU, usage: .client, issuer: pki.ca)
+        guard case .success = await verifier.verify(presented: [oneName.certificate]) else {
+            Issue.record("the control certificate was refused")
+            return
+        }
     }
 
     /// A presentation longer than any IGC-Santé path is refused before the path search (which

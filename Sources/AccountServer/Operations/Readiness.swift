@@ -46,7 +46,13 @@ struct ReadinessProbe: Sendable {
             checks.append(Check(name: "certificate:\(name)", ok: ok, detail: "valid until \(AuditLog.timestamp(certificate.notValidAfter))"))
         }
         let snapshot = crlStore.snapshot
-        let uncovered = crlStore.uncoveredAuthorities.map(\.subject.description)
+        // Two CAs of one name (a renewal with a new key) are told apart by their key.
+        let authorities = crlStore.uncoveredAuthorities.map(CRLStore.Authority.init) + snapshot.lists.keys
+        let sharedNames = Set(Dictionary(grouping: authorities, by: \.name).filter { Set($0.value).count > 1 }.keys)
+        func shown(_ authority: CRLStore.Authority) -> String {
+            sharedNames.contains(authority.name) ? "\(authority.name) (key \(authority.keyID))" : "\(authority.name)"
+        }
+        let uncovered = crlStore.uncoveredAuthorities.map { shown(CRLStore.Authority($0)) }
         if !uncovered.isEmpty {
             // Without the opt-out this means a CA rotation brought in a CA without its CRL:
             // its callers are refused (fail closed), so the instance is not ready.
@@ -58,7 +64,7 @@ struct ReadinessProbe: Sendable {
             if snapshot.lists.isEmpty {
                 checks.append(Check(name: "crl", ok: false, detail: snapshot.lastError ?? "no CRL loaded"))
             }
-            for (issuer, list) in snapshot.lists.sorted(by: { $0.key.description < $1.key.description }) {
+            for (issuer, list) in snapshot.lists.map({ (shown($0.key), $0.value) }).sorted(by: { $0.0 < $1.0 }) {
                 let fresh = list.nextUpdate.map { now < $0 } ?? true
                 checks.append(Check(name: "crl:\(issuer)", ok: fresh,
                                     detail: list.nextUpdate.map { (fresh ? "next update " : "expired at ") + AuditLog.timestamp($0) } ?? "no nextUpdate"))

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import Synchronization
@@ -7,8 +8,33 @@ import X509
 /// previous lists (and says so in the log): a broken file must not open the door, and must
 /// not close it on every valid caller either.
 final class CRLStore: Sendable {
+    /// A CA as a CRL's signer: its name and its key. Two CAs of one name (a renewal with a
+    /// new key, both trusted during the changeover) each have their own list; looked up by
+    /// name alone, one list would stand for both and the other's revocations be ignored.
+    struct Authority: Hashable, Sendable, CustomStringConvertible {
+        var name: DistinguishedName
+        var key: Certificate.PublicKey
+
+        init(_ certificate: Certificate) {
+            name = certificate.subject
+            key = certificate.publicKey
+        }
+
+        init(_ list: CertificateRevocationList) {
+            name = list.issuer
+            key = list.signer
+        }
+
+        var description: String { "\(name)" }
+
+        /// The start of the key's SHA-256, to tell apart CAs of the same name.
+        var keyID: String {
+            SHA256.hash(data: Array(key.subjectPublicKeyInfoBytes)).prefix(8).map { String(format: "%02x", $0) }.joined()
+        }
+    }
+
     struct Snapshot: Sendable {
-        var lists: [DistinguishedName: CertificateRevocationList] = [:]
+        var lists: [Authority: CertificateRevocationList] = [:]
         var fingerprints: [String: FileFingerprint] = [:]
         var loadedAt: Date?
         var lastError: String?
@@ -76,9 +102,10 @@ final class CRLStore: Sendable {
             let loaded = try CertificateRevocationList.load(path: path, issuers: issuers)
             snapshot.skipped += loaded.skipped
             for list in loaded.lists {
-                // Two lists from the same issuer: keep the most recent.
-                if let existing = snapshot.lists[list.issuer], existing.thisUpdate > list.thisUpdate { continue }
-                snapshot.lists[list.issuer] = list
+                // Two lists from the same CA: keep the most recent.
+                let authority = Authority(list)
+                if let existing = snapshot.lists[authority], existing.thisUpdate > list.thisUpdate { continue }
+                snapshot.lists[authority] = list
             }
         }
         snapshot.loadedAt = Date()
@@ -151,7 +178,26 @@ final class CRLStore: Sendable {
             case .notCertificateAuthority?: false
             default: true
             }
-            return isCA && lists[authority.subject] == nil
+            return isCA && lists[Authority(authority)] == nil
+        }
+    }
+
+    /// The CAs of the bundle that issued `certificate`: its issuer's name, and a key its
+    /// signature verifies with. For the last certificate of a path, whose issuer the path does
+    /// not hold (an intermediate placed in the bundle).
+    func issuingAuthorities(of certificate: Certificate) -> [Authority] {
+        issuers.withLock { $0 }
+            .filter { $0.subject == certificate.issuer && $0.publicKey.isValidSignature(certificate.signature, for: certificate) }
+            .map(Authority.init)
+    }
+
+    /// The CAs that issued each certificate of a validated path: the next certificate of the
+    /// path (the path's validation checked its signature), else the bundle's.
+    private func authorities(along path: [Certificate]) -> [[Authority]] {
+        path.indices.map { index in
+            if index + 1 < path.count { return [Authority(path[index + 1])] }
+            // A self-issued anchor is not checked (its own list vouches for what it issued).
+            return path[index].issuer == path[index].subject && path.count > 1 ? [] : issuingAuthorities(of: path[index])
         }
     }
 
@@ -160,10 +206,11 @@ final class CRLStore: Sendable {
     /// unless ``allowMissing``); an anchor that is not self-issued (an intermediate placed in
     /// the CA bundle) is checked too when its issuer's CRL is loaded.
     func revocationProblem(path: [Certificate], now: Date) -> String? {
+        let issuedBy = authorities(along: path)
         for (index, certificate) in path.enumerated() {
             let isAnchor = index == path.count - 1 && path.count > 1
             if isAnchor && certificate.issuer == certificate.subject { break }
-            switch status(of: certificate, now: now) {
+            switch status(of: certificate, issuedBy: issuedBy[index], now: now) {
             case .good:
                 continue
             case .noCRL:
@@ -186,18 +233,31 @@ final class CRLStore: Sendable {
     /// The earliest `nextUpdate` of the lists that vouch for this path: a check that passed
     /// stands at most until then.
     func earliestNextUpdate(path: [Certificate]) -> Date? {
-        state.withLock { state in
-            path.compactMap { state.lists[$0.issuer]?.nextUpdate }.min()
+        let issuedBy = authorities(along: path)
+        return state.withLock { state in
+            issuedBy.flatMap { $0.compactMap { state.lists[$0]?.nextUpdate } }.min()
         }
     }
 
+    /// The status of a certificate whose issuing CA the bundle tells (``issuingAuthorities(of:)``).
     func status(of certificate: Certificate, now: Date) -> Status {
-        guard let list = state.withLock({ $0.lists[certificate.issuer] }) else { return .noCRL }
-        if let nextUpdate = list.nextUpdate, nextUpdate < now {
-            return .expired(nextUpdate: nextUpdate, source: list.source)
-        }
-        if list.revokedSerials.contains(CertificateRevocationList.normalizedSerial(certificate.serialNumber)) {
-            return .revoked(source: list.source)
+        status(of: certificate, issuedBy: issuingAuthorities(of: certificate), now: now)
+    }
+
+    /// The status of `certificate` by the lists of the CAs that may have issued it: revoked
+    /// or expired by any of them (two same-name CAs with the same key are one CA), good by one
+    /// that is in force, no CRL when none is loaded.
+    func status(of certificate: Certificate, issuedBy authorities: [Authority], now: Date) -> Status {
+        let lists = state.withLock { state in authorities.compactMap { state.lists[$0] } }
+        guard !lists.isEmpty else { return .noCRL }
+        let serial = CertificateRevocationList.normalizedSerial(certificate.serialNumber)
+        for list in lists {
+            if let nextUpdate = list.nextUpdate, nextUpdate < now {
+                return .expired(nextUpdate: nextUpdate, source: list.source)
+            }
+            if list.revokedSerials.contains(serial) {
+                return .revoked(source: list.source)
+            }
         }
         return .good
     }

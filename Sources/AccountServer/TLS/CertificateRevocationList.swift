@@ -6,6 +6,9 @@ import X509
 /// A parsed, signature-checked CRL: its issuer, validity window and revoked serial numbers.
 struct CertificateRevocationList: Sendable {
     let issuer: DistinguishedName
+    /// The key its signature verified with: of two CAs of the same name (a renewal with a
+    /// new key, both in the bundle during the changeover), the one whose list this is.
+    let signer: Certificate.PublicKey
     let thisUpdate: Date
     let nextUpdate: Date?
     /// Serial numbers as big-endian magnitude bytes without leading zeros.
@@ -44,17 +47,18 @@ struct CertificateRevocationList: Sendable {
         guard !candidates.isEmpty else {
             throw UnknownIssuer(description: "\(source): CRL issuer \(issuer) is none of the configured client CAs")
         }
-        var signatureOK = false
+        var verifiedBy: Certificate?
         for candidate in candidates {
             var serializer = DER.Serializer()
             try serializer.serialize(candidate)
             let candidateDER = serializer.serializedBytes
             if candidateDER.withUnsafeBufferPointer({ ccrl_verify_signature(handle, $0.baseAddress, $0.count) }) == 1 {
-                signatureOK = true
+                verifiedBy = candidate
                 break
             }
         }
-        guard signatureOK else { throw LoadError(description: "\(source): CRL signature does not verify with the key of \(issuer)") }
+        guard let verifiedBy else { throw LoadError(description: "\(source): CRL signature does not verify with the key of \(issuer)") }
+        signer = verifiedBy.publicKey
 
         var seconds: Int64 = 0
         guard ccrl_this_update(handle, &seconds) == 0 else { throw LoadError(description: "\(source): unreadable thisUpdate") }

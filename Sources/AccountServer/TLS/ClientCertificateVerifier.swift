@@ -68,8 +68,16 @@ struct ClientSubjectPolicy: VerifierPolicy {
     func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) async -> PolicyEvaluationResult {
         let leaf = chain.leaf
         let identity = ClientIdentity(certificate: leaf)
-        if !allowedCommonNames.isEmpty && !identity.commonNames.contains(where: allowedCommonNames.contains) {
-            return .failsToMeetPolicy(reason: "CN \(identity.commonNames) is not in the allowed client CN list")
+        if !allowedCommonNames.isEmpty {
+            // One CN, and listed: with several, a listed one beside another would leave which
+            // of them names the caller to each reader of the subject (the upstream's
+            // `X-SSL-Client-S-DN` among them). OUs, which qualify the caller, may be several.
+            guard identity.commonNames.count <= 1 else {
+                return .failsToMeetPolicy(reason: "the certificate has \(identity.commonNames.count) CNs \(identity.commonNames); one is expected")
+            }
+            guard identity.commonNames.contains(where: allowedCommonNames.contains) else {
+                return .failsToMeetPolicy(reason: "CN \(identity.commonNames) is not in the allowed client CN list")
+            }
         }
         if !allowedOrganizationalUnits.isEmpty && !identity.organizationalUnits.contains(where: allowedOrganizationalUnits.contains) {
             return .failsToMeetPolicy(reason: "OU \(identity.organizationalUnits) is not in the allowed client OU list")

@@ -45,12 +45,13 @@ enum PKIBuilder {
     static func issue(commonName: String, organizationalUnit: String?, organization: String = "account-server development PKI",
                       usage: Usage, dnsNames: [String] = [], ipAddresses: [[UInt8]] = [],
                       notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(825 * 86400),
-                      issuer: IssuedCertificate) throws -> IssuedCertificate {
+                      extraCommonNames: [String] = [], issuer: IssuedCertificate) throws -> IssuedCertificate {
         let key = P256.Signing.PrivateKey()
         let subject = try DistinguishedName {
             CountryName("FR")
             OrganizationName(organization)
             if let organizationalUnit { OrganizationalUnitName(organizationalUnit) }
+            for extra in extraCommonNames { CommonName(extra) }
             CommonName(commonName)
         }
         let names = dnsNames.map { GeneralName.dnsName($0) } + ipAddresses.map { GeneralName.ipAddress(ASN1OctetString(contentBytes: ArraySlice($0))) }
