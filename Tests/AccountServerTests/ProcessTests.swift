@@ -611,6 +611,24 @@ struct ProcessTests {
         #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("db.sqlite").path), "refused before anything was created")
     }
 
+    /// Without TLS flags the development PKI stands in, on a loopback FHIR address only: its
+    /// CA key lies beside it. A server told to face a network (its environment file missing,
+    /// say) refuses to start, exit 1, before creating anything.
+    @Test(arguments: ["0.0.0.0:0", "[::]:0", "10.1.2.3:8443"])
+    func theDevelopmentPKIServesLoopbackOnly(_ address: String) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dev-pki-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let run = try await spawnAndWait(Self.binary, ["serve", "--fhir-address", address, "--database", directory.appendingPathComponent("db.sqlite").path,
+                                                       "--secret-key-file", directory.appendingPathComponent("secret.key").path,
+                                                       "--dev-pki", directory.appendingPathComponent("pki").path,
+                                                       "--admin-token-file", directory.appendingPathComponent("admin.token").path],
+                                         environment: ["PATH": "/usr/bin:/bin"])
+        let errors = String(decoding: run.errors, as: UTF8.self)
+        #expect(run.status == 1 && errors.contains("development PKI serves a loopback --fhir-address only"), "\(run.status): \(errors)")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("pki").path), "no development CA was generated")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("db.sqlite").path))
+    }
+
     /// `account-server admin …` on the database of a running server: list, show, suspend,
     /// restore, unlock, revoke-sessions, audit export; every change audited as the Unix user.
     @Test func adminCommandsWorkOnTheDatabaseOfARunningServer() async throws {

@@ -438,6 +438,12 @@ struct ServeCommand: AsyncParsableCommand {
 
         var developmentPKI: DevelopmentPKI?
         if certificate == nil && key == nil && cas.isEmpty {
+            // Its CA key lies beside it, so anyone who can read the folder can mint a "SAS":
+            // a server that faces a network (an environment file that did not load, say) does
+            // not fall back on it.
+            guard isLoopback(host) else {
+                throw CommandFailure("no TLS flag is given, and the development PKI serves a loopback --fhir-address only (got \(host)): give --tls-certificate, --tls-key, --client-ca, --client-crl, --allowed-client-cn and --allowed-client-ou (did the environment file load?)")
+            }
             let pki = DevelopmentPKI(directory: try settings.string("dev.pki") ?? "./data/pki")
             if try pki.ensure() { logger.notice("development PKI generated", metadata: ["directory": "\(pki.directory)"]) }
             logger.warning("no TLS flag given: using the DEVELOPMENT PKI (not for production)", metadata: ["directory": "\(pki.directory)"])
