@@ -890,6 +890,13 @@ struct SlotSearchUpstreamTests {
         let delete = try await client.send(.DELETE, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C3456780581%2F11242343")
         #expect(delete.status == 405, "writes on Practitioner are this product's, and it has no delete")
         #expect(standIn.requests.count == 2)
+        // A case variant of this product's types is no FHIR type: answered here, never
+        // relayed (an upstream that ignores case would take it for an INT_R02 write).
+        for (method, path) in [(HTTPMethod.POST, "/practitioner"), (.PUT, "/PRACTITIONER?identifier=a%7Cb"), (.GET, "/Metadata")] {
+            let variant = try await client.send(method, path, body: try Bodies.example("regulator-1-national-id.json"))
+            #expect(variant.status == 404 && variant.body.contains("OperationOutcome"), "\(method) \(path): \(variant.status) \(variant.body)")
+        }
+        #expect(standIn.requests.count == 2, "none of them reached the upstream")
 
         // A request body streams through (larger than the INT_R02 limit, which does not apply).
         var big = ByteBuffer()
@@ -1087,7 +1094,17 @@ struct UpstreamRulesTests {
         #expect(R.route(method: .get, path: "/Practitioner/abc/_history/2") == .practitionerRead(id: "abc"))
         #expect(R.route(method: .get, path: "/Slot") == .upstream)
         #expect(R.route(method: .get, path: "/") == .upstream)
-        #expect(R.route(method: .get, path: "/practitioner") == .upstream, "FHIR types are case-sensitive")
+        #expect(R.route(method: .get, path: "/practitioner") == .local, "a case variant of a type of this product's: answered 404 here")
+        #expect(R.route(method: .post, path: "/PRACTITIONER") == .local)
+        #expect(R.route(method: .get, path: "/Metadata") == .local)
+        #expect(R.route(method: .get, path: "/PractitionerRole") == .upstream)
+    }
+
+    /// What a request target may not hold raw is encoded before the upstream sees it: `#`
+    /// (where would the query end?), brackets (strict backends refuse them), the SAS's raw
+    /// `|`; what is already encoded stays.
+    @Test func theUpstreamTargetHoldsNoRawDelimiters() {
+        #expect(UpstreamRelay.encodingInvalidCharacters("/Slot?a=1#/../x&b=[1]&c=x|y&d=%7C") == "/Slot?a=1%23/../x&b=%5B1%5D&c=x%7Cy&d=%7C")
     }
 
     @Test func forwardedCertificateFormats() throws {

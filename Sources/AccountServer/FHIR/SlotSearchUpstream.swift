@@ -244,6 +244,11 @@ enum FHIRRouting {
             if !isRead { return .local }
             if segments.count == 1 { return .upstream }
             return .practitionerRead(id: String(segments[1]))
+        case let first? where first.lowercased() == "practitioner" || first.lowercased() == "metadata":
+            // `/practitioner`, `/METADATA`: FHIR's names are case-sensitive, so these are no
+            // resource of this server's, and answered here (404), not relayed: an upstream
+            // that ignores case would take them for the INT_R02 writes this product owns.
+            return .local
         default:
             return .upstream
         }

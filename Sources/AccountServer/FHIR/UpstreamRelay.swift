@@ -129,7 +129,10 @@ final class UpstreamRelay: Sendable {
 
     private static let keptInTarget: [Bool] = {
         var table = [Bool](repeating: false, count: 256)
-        for byte in "-._~:/?#[]@!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
+        // Not `#`, `[` or `]`: a request target holds none of them raw (RFC 9112 §3.2, RFC 3986
+        // §3.4), and backends disagree on where a query with a raw `#` ends; strict ones
+        // (Tomcat) refuse raw brackets.
+        for byte in "-._~:/?@!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
         for byte in UInt8(ascii: "A")...UInt8(ascii: "Z") { table[Int(byte)] = true }
         for byte in UInt8(ascii: "a")...UInt8(ascii: "z") { table[Int(byte)] = true }
         for byte in UInt8(ascii: "0")...UInt8(ascii: "9") { table[Int(byte)] = true }
