@@ -566,7 +566,8 @@ struct AdminTests {
                      #"account_server_int_r02_total{interaction="create",outcome="created"} 1"#,
                      #"account_server_int_r02_total{interaction="create",outcome="400"} 1"#,
                      #"account_server_http_requests_total{surface="fhir",status="201"} 1"#,
-                     "account_server_forward_auth_duration_seconds_count 2", "account_server_argon2_queue_depth 0"] {
+                     "account_server_forward_auth_duration_seconds_count 2", "account_server_argon2_queue_depth 0",
+                     "account_server_log_lines_dropped_total 0"] {
             #expect(text.contains(line), "metrics have \(line)")
         }
         // The connection pool, on PostgreSQL only: some connection open and none waiting.

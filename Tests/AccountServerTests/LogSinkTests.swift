@@ -29,8 +29,8 @@ struct LogSinkTests {
     }
 
     /// A line four times the pipe's capacity, and a reader that takes it in small bites: the
-    /// writer meets a full pipe (EAGAIN) again and again, far more often than it would wait
-    /// for a reader that takes nothing, and the line arrives whole, the next one after it.
+    /// writer meets a full pipe (EAGAIN) again and again, and the line arrives whole, the next
+    /// one after it.
     @Test func aSlowReaderGetsTheWholeLine() async throws {
         let (readEnd, writeEnd) = try Self.nonBlockingPipe()
         defer { close(readEnd) }
@@ -46,31 +46,61 @@ struct LogSinkTests {
             }
         }
         let sink = LogLineSink(capturing: false, descriptor: writeEnd)
-        try await onDedicatedThread { sink.write(line) }
-        try await onDedicatedThread { sink.write(Array("next\n".utf8)) }
+        sink.write(line)
+        sink.write(Array("next\n".utf8))
+        try await onDedicatedThread { sink.flush(timeout: .seconds(60)) }
         close(writeEnd)
         let bytes = try await received
         let expected = line + Array("next\n".utf8)
         let firstDifference = zip(bytes, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset
         #expect(bytes.count == expected.count && firstDifference == nil,
                 "\(bytes.count) bytes of \(expected.count), first difference at \(firstDifference.map(String.init) ?? "-")")
+        #expect(sink.droppedTotal == 0)
     }
 
-    /// A reader that takes nothing for longer than the sink waits: the line is cut where the
-    /// pipe was full, and as even its end could not be written then, the next line brings it,
-    /// so that line still starts on a line of its own.
-    @Test func aStuckReaderCutsALineAndTheNextStartsOnItsOwn() async throws {
-        let (readEnd, writeEnd) = try Self.nonBlockingPipe()
+    /// A reader that stops reading (a stalled `journald`, on a blocking descriptor as under
+    /// systemd) never blocks the threads that log: past the sink's queue, lines are dropped
+    /// whole and counted, and once the reader is back it reads every line that waited, in
+    /// order, then how many were dropped, then what came after.
+    @Test func aStuckReaderNeverBlocksTheThreadsThatLog() async throws {
+        var descriptors: [Int32] = [0, 0]
+        #expect(pipe(&descriptors) == 0)
+        let (readEnd, writeEnd) = (descriptors[0], descriptors[1])
         defer { close(readEnd) }
-        let sink = LogLineSink(capturing: false, descriptor: writeEnd)
-        let long = Array(String(repeating: "x", count: 1 << 20).utf8) + [UInt8(ascii: "\n")]  // more than any pipe holds
-        try await onDedicatedThread { sink.write(long) }  // gives up after its 200 ms
-        let stuck = try await onDedicatedThread { Self.drain(readEnd) }
-        #expect(stuck > 0 && stuck < long.count - 1, "the pipe took part of the line: \(stuck) bytes")
-        try await onDedicatedThread { sink.write(Array("after the stuck reader\n".utf8)) }
+        let sink = LogLineSink(capturing: false, descriptor: writeEnd, pendingLimit: 64 << 10)
+        let total = 2_000
+        let filler = String(repeating: "x", count: 1_000)
+        // Nobody reads yet: the pipe (64 KiB) and the queue (64 KiB) fill up.
+        let logged = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            for index in 0..<total { sink.write(Array("line \(index) \(filler)\n".utf8)) }
+            logged.signal()
+        }
+        let returned = try await onDedicatedThread { logged.wait(timeout: .now() + 60) == .success }  // liveness only
+        #expect(returned, "the logging thread was blocked by the reader")
+        async let received = onDedicatedThread { Self.readAll(readEnd) }
+        sink.write(Array("after the reader came back\n".utf8))
+        try await onDedicatedThread { sink.flush(timeout: .seconds(60)) }
         close(writeEnd)
-        let rest = try await onDedicatedThread { Self.readAll(readEnd) }
-        #expect(String(decoding: rest, as: UTF8.self) == "\nafter the stuck reader\n", "\(rest.count) bytes: \(String(decoding: rest.prefix(80), as: UTF8.self))")
+        let lines = String(decoding: try await received, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.last == "", "the output ends with a whole line")
+        let body = lines.dropLast()
+        #expect(body.last == "after the reader came back", "\(body.last ?? "-")")
+        // Each count stands where its lines would have been: the next line delivered is the
+        // one after them.
+        var next = 0, dropped = 0, notices = 0
+        for line in body.dropLast() {
+            if let match = line.firstMatch(of: /warning account-server: dropped=(\d+) log lines dropped: the log reader did not keep up$/) {
+                next += Int(match.1)!
+                dropped += Int(match.1)!
+                notices += 1
+            } else {
+                #expect(line == "line \(next) \(filler)", "line \(next) expected, whole: \(line.prefix(40))")
+                next += 1
+            }
+        }
+        #expect(next == total && dropped > 0 && notices >= 1, "\(next) lines accounted for, \(dropped) dropped, in \(notices) notices")
+        #expect(sink.droppedTotal == dropped)
     }
 
     /// Reads what the pipe holds now (its writing end still open): the count.

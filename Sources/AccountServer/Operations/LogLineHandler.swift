@@ -48,29 +48,36 @@ struct LogLineHandler: LogHandler {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }
-        let sorted = merged.sorted(by: { $0.key < $1.key })
+        let source = event.level >= .error ? "\(event.file):\(event.line)" : nil
+        sink.write(Self.render(level: event.level, label: label, message: event.message.description, metadata: merged, source: source, format: format),
+                   format: format)
+    }
+
+    /// One line, `\n` included, in `format`.
+    static func render(level: Logger.Level, label: String, message: String, metadata: Logger.Metadata, source: String?, format: Format) -> [UInt8] {
+        let sorted = metadata.sorted(by: { $0.key < $1.key })
         switch format {
         case .text:
-            var line = AuditLog.timestamp(Date()) + " " + event.level.rawValue + " " + Self.escaped(label) + ":"
+            var line = AuditLog.timestamp(Date()) + " " + level.rawValue + " " + Self.escaped(label) + ":"
             for (key, value) in sorted {
                 line += " " + Self.escaped(key) + "=" + Self.quoted(Self.escaped(Self.bounded(Self.text(value))))
             }
-            line += " " + Self.escaped(Self.bounded(event.message.description))
-            if event.level >= .error { line += " (\(event.file):\(event.line))" }
-            sink.write(Array(line.utf8) + [0x0A])
+            line += " " + Self.escaped(Self.bounded(message))
+            if let source { line += " (\(source))" }
+            return Array(line.utf8) + [0x0A]
         case .json:
             var object: JSONObject = [
                 "ts": .string(AuditLog.timestamp(Date())),
-                "level": .string(event.level.rawValue),
+                "level": .string(level.rawValue),
                 "label": .string(label),
-                "msg": .string(Self.bounded(event.message.description)),
+                "msg": .string(Self.bounded(message)),
             ]
             for (key, value) in sorted {
                 let name = object[key] == nil ? key : "meta_" + key
                 object[name] = Self.json(value)
             }
-            if event.level >= .error { object["source"] = .string("\(event.file):\(event.line)") }
-            sink.write(JSONWriter().encode(.object(object)) + [0x0A])
+            if let source { object["source"] = .string(source) }
+            return JSONWriter().encode(.object(object)) + [0x0A]
         }
     }
 
@@ -142,62 +149,138 @@ struct LogLineHandler: LogHandler {
     }
 }
 
-/// Where log lines go: standard error (or, in tests, memory or another descriptor). One line
-/// is one `write` under a lock, so lines from concurrent requests never interleave.
+/// Where log lines go: standard error (or, in tests, memory or another descriptor).
+///
+/// Lines are handed to a writer thread of the sink's own, through a bounded queue: the
+/// threads that log are event loops among others, and a log reader that stops reading
+/// (`journald` stalled, a full pipe) must not stop them. Past ``pendingLimit`` bytes waiting,
+/// lines are dropped and counted, and the writer says how many once it can write again. One
+/// line is never split or interleaved with another.
 final class LogLineSink: Sendable {
     private let capturing: Bool
     private let descriptor: Int32
+    /// Bytes that may wait for the writer; past them, lines are dropped.
+    let pendingLimit: Int
     private let lines = Mutex<[String]>([])
-    /// Held while a line is written. `true` when the last line was cut short and its end could
-    /// not be written either: the next line then starts with that end.
-    private let unterminated = Mutex(false)
+    private let queue = Mutex(Queue())
+    private let wakeUp = DispatchSemaphore(value: 0)
 
-    static let standardError = LogLineSink(capturing: false)
+    private struct Queue {
+        var lines: [[UInt8]] = []
+        var bytes = 0
+        /// Lines dropped since the writer last said so, and the format to say it in.
+        var dropped = 0
+        var droppedFormat = LogLineHandler.Format.text
+        var droppedTotal = 0
+        var writerStarted = false
+        /// The writer holds lines it took and has not written yet.
+        var writing = false
 
-    init(capturing: Bool, descriptor: Int32 = 2) {
-        self.capturing = capturing
-        self.descriptor = descriptor
+        /// The line that says how many lines were dropped since the last such line, if any.
+        mutating func takeDropNotice() -> [UInt8]? {
+            guard dropped > 0 else { return nil }
+            defer { dropped = 0 }
+            return LogLineHandler.render(level: .warning, label: "account-server", message: "log lines dropped: the log reader did not keep up",
+                                         metadata: ["dropped": "\(dropped)"], source: nil, format: droppedFormat)
+        }
     }
 
-    func write(_ bytes: [UInt8]) {
+    /// Standard error, flushed when the process exits (the last lines of a failed start,
+    /// `database closed` after a stop).
+    static let standardError: LogLineSink = {
+        let sink = LogLineSink(capturing: false)
+        atexit { LogLineSink.standardError.flush(timeout: .seconds(2)) }
+        return sink
+    }()
+
+    init(capturing: Bool, descriptor: Int32 = 2, pendingLimit: Int = 8 << 20) {
+        self.capturing = capturing
+        self.descriptor = descriptor
+        self.pendingLimit = pendingLimit
+    }
+
+    func write(_ bytes: [UInt8], format: LogLineHandler.Format = .text) {
         if capturing {
             lines.withLock { $0.append(String(decoding: bytes.dropLast(), as: UTF8.self)) }
             return
         }
-        unterminated.withLock { unterminated in
-            let newline = UInt8(ascii: "\n")
-            let line = unterminated ? [newline] + bytes : bytes
-            let written = writeAll(line)
-            let ended = unterminated ? 1 : 0
-            if written == line.count || written == ended {
-                // Whole, or (a reader stuck since) nothing of it: either way no half line.
-                unterminated = false
-            } else if written > ended {
-                unterminated = writeAll([newline]) == 0
+        let start = queue.withLock { queue -> Bool in
+            guard queue.bytes + bytes.count <= pendingLimit else {
+                queue.dropped += 1
+                queue.droppedTotal += 1
+                queue.droppedFormat = format
+                return false
             }
+            // The count of the lines dropped before this one, in their place.
+            if let notice = queue.takeDropNotice() { queue.lines.append(notice) }
+            queue.lines.append(bytes)
+            queue.bytes += bytes.count
+            defer { queue.writerStarted = true }
+            return !queue.writerStarted
+        }
+        if start {
+            let thread = Thread { [self] in drain() }
+            thread.name = "log writer"
+            thread.start()
+        }
+        wakeUp.signal()
+    }
+
+    /// Lines dropped since the start because the reader did not keep up.
+    var droppedTotal: Int { queue.withLock { $0.droppedTotal } }
+
+    /// Waits until every line handed over so far is written, at most `timeout`.
+    func flush(timeout: Duration) {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if queue.withLock({ $0.lines.isEmpty && !$0.writing && $0.dropped == 0 }) { return }
+            usleep(1_000)
         }
     }
 
-    /// Writes `bytes`, retrying a signal (EINTR) or a full non-blocking pipe (EAGAIN: a slow
-    /// log reader): giving up there left half a line, and the next ran onto it. A reader
-    /// that takes nothing for 200 ms loses the rest (the thread may be an event loop's, and
-    /// the lock every logger's). Returns how many bytes went out.
+    /// The writer thread: takes everything waiting, writes it in one go, and says what was
+    /// dropped meanwhile.
+    private func drain() {
+        var unterminated = false
+        while true {
+            wakeUp.wait()
+            let batch = queue.withLock { queue -> [[UInt8]] in
+                var taken = queue.lines
+                // Lines dropped after the last one waiting: said after it.
+                if let notice = queue.takeDropNotice() { taken.append(notice) }
+                queue.lines = []
+                queue.bytes = 0
+                queue.writing = !taken.isEmpty
+                return taken
+            }
+            guard !batch.isEmpty else { continue }
+            var bytes = unterminated ? [UInt8(ascii: "\n")] : []
+            bytes.reserveCapacity(batch.reduce(bytes.count) { $0 + $1.count })
+            for line in batch { bytes += line }
+            let written = writeAll(bytes)
+            // A write that failed for good (the reader gone) may have cut a line: the next
+            // batch starts by ending it.
+            unterminated = written > 0 && written < bytes.count && bytes[written - 1] != UInt8(ascii: "\n")
+            queue.withLock { $0.writing = false }
+        }
+    }
+
+    /// Writes `bytes`, waiting for a reader that is slow (EAGAIN on a non-blocking descriptor)
+    /// or a signal (EINTR) as a blocking write would: this is the writer's own thread. Stops
+    /// at any other error. Returns how many bytes went out.
     private func writeAll(_ bytes: [UInt8]) -> Int {
         bytes.withUnsafeBufferPointer { buffer in
             var offset = 0
-            var attempts = 0
             while offset < buffer.count {
                 let written = Foundation.write(descriptor, buffer.baseAddress! + offset, buffer.count - offset)
                 if written > 0 {
                     offset += written
-                    attempts = 0
                     continue
                 }
-                guard written < 0, errno == EINTR || errno == EAGAIN, attempts < 20 else { break }
-                attempts += 1
+                guard written < 0, errno == EINTR || errno == EAGAIN else { break }
                 if errno == EAGAIN {
                     var ready = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
-                    _ = poll(&ready, 1, 10)
+                    _ = poll(&ready, 1, -1)
                 }
             }
             return offset

@@ -27,6 +27,10 @@ final class ServerMetrics: Sendable {
     /// last scrape brought: the counters grow by the difference.
     private let habilitation: Mutex<(service: HabilitationService, exported: ForwardAuthCounts)?> = Mutex(nil)
     private let lookupsFromMemo: Counter
+    /// Log lines standard error's reader did not take in time (``LogLineSink``), read at
+    /// scrape time, with what the last scrape brought.
+    private let logLinesDropped: Counter
+    private let exportedLogDrops = Mutex(0)
     private let lookupsFromDatabase: Counter
     private let lookupStatements: Counter
     /// Forward-auth runs at thousands of requests per second: its counters are made once.
@@ -75,6 +79,8 @@ final class ServerMetrics: Sendable {
         let lookupsHelp = "Forward-auth session lookups by what answered them: memo (SQLite, nothing committed since the last read) or database"
         lookupsFromMemo = registry.makeCounter(name: "account_server_forward_auth_session_lookups_total", labels: [("answered_by", "memo")], help: lookupsHelp)
         lookupsFromDatabase = registry.makeCounter(name: "account_server_forward_auth_session_lookups_total", labels: [("answered_by", "database")], help: lookupsHelp)
+        logLinesDropped = registry.makeCounter(name: "account_server_log_lines_dropped_total",
+                                               help: "Log lines dropped because standard error's reader did not keep up (8 MiB were waiting)")
         lookupStatements = registry.makeCounter(name: "account_server_forward_auth_database_statements_total",
                                                 help: "Statements forward-auth's database lookups took (PostgreSQL batches several lookups in one)")
         // Exposed at 0 from the start, so an alert on its rate needs no special case.
@@ -205,6 +211,11 @@ final class ServerMetrics: Sendable {
             lookupsFromDatabase.increment(by: Int64(counts.database - exported.database))
             lookupStatements.increment(by: Int64(counts.statements - exported.statements))
             observed = (service, counts)
+        }
+        exportedLogDrops.withLock { exported in
+            let total = LogLineSink.standardError.droppedTotal
+            logLinesDropped.increment(by: Int64(total - exported))
+            exported = total
         }
         return registry.emitToBuffer()
     }
