@@ -296,6 +296,13 @@ struct WebSignInTests {
         let notAnAddress = try await attempt(["203.0.113.9, unknown"])
         if trusted {
             #expect(notAnAddress.status == 401 && notAnAddress.address == "127.0.0.1", "\(notAnAddress)")
+            let warnings = world.server.logs.all.filter { $0.contains("X-Forwarded-For entry is not an address") }
+            #expect(warnings.count == 1 && warnings[0].contains("entry=unknown"), "said, with the entry: \(warnings)")
+            // With the client's port, as some load balancers append it: the address.
+            let withPort = try await attempt(["192.0.2.50:4711"])
+            #expect(withPort.status == 401 && withPort.address == "192.0.2.50", "\(withPort)")
+            let v6WithPort = try await attempt(["[2001:db8::7]:443"])
+            #expect(v6WithPort.status == 401 && v6WithPort.address == "2001:db8::7", "\(v6WithPort)")
             // 203.0.113.9 has one attempt left of its two; 203.0.113.10 one; the proxy's own
             // address one. The first two run out, the third address is untouched.
             #expect(try await attempt(["203.0.113.9"]).status == 401)
@@ -307,6 +314,20 @@ struct WebSignInTests {
         }
         await browser.shutdown()
         await world.stop()
+    }
+
+    /// What counts as the address in a trusted proxy's entry.
+    @Test func forwardedEntriesWithAPortGiveTheirAddress() {
+        typealias M = ClientAddressMiddleware<WebLimits>
+        #expect(M.address("192.0.2.7") == "192.0.2.7")
+        #expect(M.address("192.0.2.7:51234") == "192.0.2.7")
+        #expect(M.address("2001:db8::7") == "2001:db8::7")
+        #expect(M.address("[2001:db8::7]") == "2001:db8::7")
+        #expect(M.address("[2001:db8::7]:51234") == "2001:db8::7")
+        for refused in ["unknown", "198.51.100.001", "192.0.2.7:", "192.0.2.7:123456", "192.0.2.7:80:80", "[192.0.2.7]:80", "[2001:db8::7]x",
+                        "[2001:db8::7]:", "_hidden", "", "2001:db8::7:80x"] {
+            #expect(M.address(refused) == nil, "\(refused)")
+        }
     }
 
     /// A page of another site can navigate a window to the SAS entry again and again (one
@@ -589,6 +610,40 @@ struct WebSignInTests {
         #expect(signIns == [401, 401, 429], "\(signIns)")
         #expect(resets == [200, 200, 429], "\(resets)")
         await browser.shutdown()
+        await world.stop()
+    }
+
+    /// The terms-of-use page asked for before the second factor (another site opening it in
+    /// the regulator's browser, a bookmark) sends the sign-in on to its step instead of ending
+    /// it: at enrolment, then at the code step.
+    @Test func aStepPageOpenedEarlyLeadsToTheFlowsStepWithoutEndingIt() async throws {
+        let world = try await World()
+        let browser = try world.browser()
+        try await Self.choosePassword(browser, world: world)
+        let crossSite = [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
+        let afterPassword = try await browser.submit("/connexion", ["email": Self.email, "password": Self.password])
+        #expect(afterPassword.location == "/connexion/totp")
+        let early = try await browser.request(.GET, "/connexion/cgu", headers: crossSite)
+        #expect(early.status == 303 && early.location == "/connexion/totp", "\(early.status) \(early.location ?? "-")")
+        #expect(browser.cookies["__Host-as-flow"] != nil, "the flow's cookie stays")
+        let enrol = try await browser.get("/connexion/totp")
+        #expect(enrol.status == 200 && enrol.body.contains("<svg"), "the sign-in goes on: \(enrol.status)")
+        let shown = try #require(enrol.capture(#"id="cle-secrete">([A-Z2-7 ]+)<"#))
+        let secret = try #require(Base32.decode(shown))
+        let totp = TOTP()
+        let codes = try await browser.request(.POST, "/connexion/totp", form: ["csrf": enrol.csrf ?? "", "code": totp.code(secret: secret, step: totp.step(at: Date()))])
+        #expect(codes.status == 200 && codes.body.contains("codes-secours"))
+        let cgu = try await browser.request(.POST, "/connexion/suite", form: ["csrf": codes.csrf ?? ""])
+        #expect(cgu.location == "/connexion/cgu")
+
+        let second = try world.browser()
+        #expect(try await second.submit("/connexion", ["email": Self.email, "password": Self.password]).location == "/connexion/second-facteur")
+        let earlyAgain = try await second.request(.GET, "/connexion/cgu", headers: crossSite)
+        #expect(earlyAgain.status == 303 && earlyAgain.location == "/connexion/second-facteur", "\(earlyAgain.status) \(earlyAgain.location ?? "-")")
+        let page = try await second.submit("/connexion/second-facteur", ["code": totp.code(secret: secret, step: totp.step(at: Date()) + 1)])
+        #expect(page.status == 303 && page.location == "/connexion/cgu", "the code step still takes the code: \(page.status) \(page.location ?? "-")")
+        await browser.shutdown()
+        await second.shutdown()
         await world.stop()
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Synchronization
 
 /// An IPv4 or IPv6 network (`10.0.0.0/8`, `::1/128`, or a bare address).
 struct CIDR: Sendable, Equatable, CustomStringConvertible {
@@ -56,12 +57,25 @@ struct CIDR: Sendable, Equatable, CustomStringConvertible {
 struct ClientAddressMiddleware<Limits: ListenerLimits>: RouterMiddleware {
     typealias Context = ListenerRequestContext<Limits>
     let trustedProxies: [CIDR]
+    /// A trusted proxy's entry that is no address is said at most once a minute.
+    private let unreadable = OncePerInterval(.seconds(60))
+
+    init(trustedProxies: [CIDR]) {
+        self.trustedProxies = trustedProxies
+    }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         if !trustedProxies.isEmpty, trustedProxies.contains(where: { $0.contains(context.peerAddress) }),
-           let address = Self.appendedByProxy(request.headers) {
-            context.forwardedClientAddress = address
+           let entry = Self.lastEntry(request.headers) {
+            if let address = Self.address(entry) {
+                context.forwardedClientAddress = address
+            } else if unreadable.due() {
+                // The request counts as the proxy's own: every client behind a proxy that
+                // writes such entries shares one rate-limit budget and one audit address.
+                context.logger.warning("a trusted proxy's X-Forwarded-For entry is not an address: the request counts as the proxy's (said once a minute)",
+                                       metadata: ["entry": "\(entry)", "proxy": "\(context.peerAddress)"])
+            }
         }
         return try await next(request, context)
     }
@@ -69,9 +83,48 @@ struct ClientAddressMiddleware<Limits: ListenerLimits>: RouterMiddleware {
     /// The address the nearest proxy appended to `X-Forwarded-For` (the right-most entry of
     /// the last header), when it is an IP address. Believe it only from a trusted peer.
     static func appendedByProxy(_ headers: HTTPFields) -> String? {
-        guard let header = headers[values: .xForwardedFor].last,
-              let last = header.split(separator: ",").last?.trimmingCharacters(in: .whitespaces), CIDR.bytes(last) != nil else { return nil }
-        return last
+        lastEntry(headers).flatMap(address)
+    }
+
+    static func lastEntry(_ headers: HTTPFields) -> String? {
+        guard let header = headers[values: .xForwardedFor].last, let last = header.split(separator: ",", omittingEmptySubsequences: false).last else { return nil }
+        return last.trimmingCharacters(in: .whitespaces)
+    }
+
+    /// The address of an entry: an IPv4 or IPv6 address, or one with the client's port as
+    /// some load balancers append it (`192.0.2.7:51234`, Azure Application Gateway;
+    /// `[2001:db8::7]:51234`; `[2001:db8::7]`).
+    static func address(_ entry: String) -> String? {
+        if CIDR.bytes(entry) != nil { return entry }
+        func isPort(_ text: Substring) -> Bool { (1...5).contains(text.count) && text.allSatisfy { $0.isASCII && $0.isNumber } }
+        if entry.hasPrefix("["), let end = entry.firstIndex(of: "]") {
+            let inner = String(entry[entry.index(after: entry.startIndex)..<end])
+            let rest = entry[entry.index(after: end)...]
+            guard CIDR.bytes(inner)?.count == 16, rest.isEmpty || (rest.first == ":" && isPort(rest.dropFirst())) else { return nil }
+            return inner
+        }
+        let parts = entry.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, CIDR.bytes(String(parts[0]))?.count == 4, isPort(parts[1]) else { return nil }
+        return String(parts[0])
+    }
+}
+
+/// Says whether something is due again: at most once per interval (a warning that every
+/// request could trigger).
+final class OncePerInterval: Sendable {
+    private let interval: Duration
+    private let last = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(_ interval: Duration) {
+        self.interval = interval
+    }
+
+    func due(now: ContinuousClock.Instant = .now) -> Bool {
+        last.withLock { last in
+            if let previous = last, now - previous < interval { return false }
+            last = now
+            return true
+        }
     }
 }
 

@@ -504,7 +504,11 @@ struct WebController: Sendable {
     }
 
     func cguPage(_ request: Request, _ context: WebRequestContext, error: Pages.CGUError?) async throws -> Response {
-        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return try await restartOrResume(request) }
+        guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
+        // Asked for before the second factor (a link another site opens, a bookmark): sent to
+        // the step the flow is at, which goes on. Ending the flow here let any site that can
+        // open a page in the regulator's browser end a sign-in under way.
+        guard flow.secondFactorDone else { return try await nextStep(request, context) }
         // A withdrawn or suspended account is refused now, not shown terms to accept first.
         if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         let name = try await displayName(accountID: flow.accountID)
@@ -515,7 +519,8 @@ struct WebController: Sendable {
 
     func acceptCGU(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard let fields = try await form(request, context) else { return try await csrfRefusedOrResume(request) }
-        guard let flow = try await currentFlow(request), flow.secondFactorDone else { return try await restartOrResume(request) }
+        guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
+        guard flow.secondFactorDone else { return try await nextStep(request, context) }
         if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         // The version accepted is the one in force now, whatever the form says.
         guard fields["version"] == configuration.cguVersion else {
