@@ -92,7 +92,8 @@ struct CredentialTests {
         #expect(policy.isLoaded)
     }
 
-    @Test(arguments: ["Vélo-rouge-sur-la-Loire", "correct horse battery staple", "Tq9#mZ2$wL8!vR"])
+    @Test(arguments: ["Vélo-rouge-sur-la-Loire", "correct horse battery staple", "Tq9#mZ2$wL8!vR", "Lune-bleue-sur-Brest-29", "Kf7#pQ2!xN4&",
+                      "abc-Guérande-1987", "qwerty est un clavier"])
     func acceptsGoodPasswords(_ password: String) {
         #expect(policy.violations(of: password, email: "jules.marius@test.com").isEmpty)
     }
@@ -111,6 +112,17 @@ struct CredentialTests {
         ("abcdefghijklmn", .repetitive),
         ("123456789012", .repetitive),
         (String(repeating: "x1", count: 200), .tooLong),
+        // Keyboard columns with Shift on every other one (QWERTY), rows put together,
+        // AZERTY's unshifted digits, one character nearly throughout, short blocks repeated.
+        ("!QAZ2wsx#EDC", .repetitive),
+        ("zaq1xsw2cde3", .repetitive),
+        ("zxcvbnmasdfg", .repetitive),
+        ("qsdfghjklmwxcv", .repetitive),
+        ("&é\"'(-è_çà&é", .repetitive),
+        ("AAAAAAAAAAAb", .repetitive),
+        ("abcdefxyz123", .repetitive),
+        ("soleilsoleil", .repetitive),
+        ("Ab3$Ab3$Ab3$", .repetitive),
     ])
     func refusesWeakPasswords(_ password: String, _ violation: PasswordPolicyViolation) {
         #expect(policy.violations(of: password, email: "jules.marius@test.com").contains(violation))

@@ -78,8 +78,12 @@ public struct PasswordPolicy: Sendable {
         if folded == emailFolded || folded == localPart || (localPart.count >= 4 && folded.contains(localPart)) {
             violations.append(.sameAsEmail)
         }
-        if isCommon(folded) { violations.append(.common) }
-        if isRepetitive(folded) { violations.append(.repetitive) }
+        // Read as typed without Shift too: `!QAZ2wsx#EDC` is `1qaz2wsx3edc` typed on a QWERTY
+        // keyboard with Shift on every other column; `&é"'(-` is `123456` on an AZERTY one.
+        // Beyond the length limit nothing more is looked at (the work grows with it).
+        let readings = length > Self.maximumLength ? [folded] : [folded] + Self.unshifted.map { table in String(folded.map { table[$0] ?? $0 }) }
+        if readings.contains(where: isCommon) { violations.append(.common) }
+        if readings.contains(where: { Self.isRepetitive($0) }) { violations.append(.repetitive) }
         return violations
     }
 
@@ -90,24 +94,67 @@ public struct PasswordPolicy: Sendable {
         return stem.count >= 4 && common.contains(stem)
     }
 
-    /// Runs people type without thinking: the alphabet, digits (wrapping), keyboard rows in
-    /// AZERTY and QWERTY order, each forwards and backwards.
-    private static let sequences: [String] = {
+    /// What a shifted or AZERTY-unshifted character is on the digit row and around: QWERTY's
+    /// Shift row (`!@#…`), QWERTY's shifted punctuation, AZERTY's unshifted digit row
+    /// (`&é"'(-è_çà`). Two tables, as `&` and `(` mean different digits in each.
+    private static let unshifted: [[Character: Character]] = [
+        Dictionary(uniqueKeysWithValues: zip("!@#$%^&*()_+{}|:\"<>?~", "1234567890-=[]\\;',./`")),
+        Dictionary(uniqueKeysWithValues: zip("&é\"'(-è_çà", "1234567890")),
+    ]
+
+    /// Runs people type without thinking: the alphabet, digits (wrapping), keyboard rows and
+    /// columns (`1qaz2wsx…`) in AZERTY and QWERTY order, each forwards and backwards.
+    private static let sequences: [[Character]] = {
         let forwards = [
             "abcdefghijklmnopqrstuvwxyz",
             String(repeating: "1234567890", count: 4),
             "azertyuiopqsdfghjklmwxcvbn",
             "qwertyuiopasdfghjklzxcvbnm",
             "azertyuiop^$qsdfghjklmù*wxcvbn,;:!",
+            "1qaz2wsx3edc4rfv5tgb6yhn7ujm8ik,9ol.0p;/",
+            "1aqw2zsx3edc4rfv5tgb6yhn7uj,8ik;9ol:0pm!",
         ]
-        return forwards + forwards.map { String($0.reversed()) }
+        return (forwards + forwards.map { String($0.reversed()) }).map(Array.init)
     }()
 
-    /// One character repeated, or a piece of a well-known sequence ("abcdefghijkl",
-    /// "123456789012", "azertyuiopqsdf").
-    private func isRepetitive(_ folded: String) -> Bool {
-        guard let first = folded.first else { return false }
-        if folded.allSatisfy({ $0 == first }) { return true }
-        return folded.count >= 6 && Self.sequences.contains { $0.contains(folded) }
+    /// At most this many pieces (``pieces(of:)``) is a password made of runs.
+    static let fewestPieces = 4
+
+    /// A password that is mostly runs: one character repeated, pieces of well-known sequences
+    /// put together ("zxcvbnmasdfg", "azertyazerty", "AAAAAAAAAAAb"), or a short block
+    /// repeated ("soleilsoleil").
+    static func isRepetitive(_ folded: String) -> Bool {
+        let characters = Array(folded)
+        guard !characters.isEmpty else { return false }
+        if pieces(of: characters) <= fewestPieces { return true }
+        for blockLength in 1...min(6, characters.count / 2) where characters.count % blockLength == 0 {
+            let block = characters[0..<blockLength]
+            if stride(from: blockLength, to: characters.count, by: blockLength).allSatisfy({ characters[$0..<$0 + blockLength] == block }) { return true }
+        }
+        return false
+    }
+
+    /// The fewest pieces `characters` splits into, a piece being three or more characters in
+    /// a row of a known sequence, a character repeated, or any one character. A password of
+    /// random characters has as many pieces as characters.
+    static func pieces(of characters: [Character]) -> Int {
+        let count = characters.count
+        var fewest = [Int](repeating: Int.max, count: count + 1)
+        fewest[0] = 0
+        for start in 0..<count where fewest[start] != Int.max {
+            let next = fewest[start] + 1
+            fewest[start + 1] = min(fewest[start + 1], next)
+            var end = start + 1
+            while end < count && characters[end] == characters[start] { end += 1 }
+            if end - start >= 2 { for stop in (start + 2)...end { fewest[stop] = min(fewest[stop], next) } }
+            for sequence in sequences {
+                for offset in sequence.indices where sequence[offset] == characters[start] {
+                    var length = 1
+                    while start + length < count, offset + length < sequence.count, sequence[offset + length] == characters[start + length] { length += 1 }
+                    if length >= 3 { for stop in (start + 3)...(start + length) { fewest[stop] = min(fewest[stop], next) } }
+                }
+            }
+        }
+        return fewest[count]
     }
 }
