@@ -316,6 +316,26 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// A form whose declared size is past the limit is answered at once (413, French page),
+    /// not after waiting for a body that may never come, and the connection closes: the body
+    /// is not read.
+    @Test func aFormDeclaredTooLargeIsAnsweredAtOnceAndTheConnectionCloses() async throws {
+        let world = try await World()
+        let script = RawHTTP.preamble + """
+            web, ca = int(sys.argv[2]), sys.argv[3]
+            sock = connect(web, ca, timeout=20)
+            sock.sendall(b"POST /connexion HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/x-www-form-urlencoded\\r\\nContent-Length: 100000000000\\r\\n\\r\\nemail=a")
+            received, closed = read_answers(sock, 1, closes=True)
+            print(json.dumps({"text": received.decode("utf-8", "replace"), "closed": closed}))
+            """
+        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(world.server.webPort), world.pki.caPath])
+        let result = try #require(try JSONSerialization.jsonObject(with: run.output) as? [String: Any], "\(String(decoding: run.errors, as: UTF8.self))")
+        let text = result["text"] as? String ?? ""
+        #expect(text.hasPrefix("HTTP/1.1 413") && text.contains("Formulaire trop volumineux"), "\(text.prefix(300))")
+        #expect(result["closed"] as? Bool == true, "the connection closes after the answer")
+        await world.stop()
+    }
+
     /// What counts as the address in a trusted proxy's entry.
     @Test func forwardedEntriesWithAPortGiveTheirAddress() {
         typealias M = ClientAddressMiddleware<WebLimits>

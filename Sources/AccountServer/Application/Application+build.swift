@@ -254,8 +254,11 @@ struct WebErrorMiddleware: RouterMiddleware {
             context.logger.notice("request refused: U+0000 in its \(error.part)")
             return WebController.unstorableInputPage
         case is NIOTooManyBytesError:
-            // A form sent without Content-Length that grew past the limit.
-            return WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
+            // A form declared, or grown, past the limit. The rest of its body is not read:
+            // the connection closes after the answer.
+            var response = WebController.page(Pages.error("Formulaire trop volumineux", "Le formulaire envoyé est trop volumineux."), status: .contentTooLarge)
+            response.headers[.connection] = "close"
+            return response
         case is PasswordHasher.Busy:
             // Beyond --argon2-queue hashes waiting or running: answered now, not queued.
             context.logger.warning("password hashing queue full: request answered 503")

@@ -92,7 +92,9 @@ func makeWebServices(
         server: HTTPServerBuilder { responder in
             // Idle keep-alive connections close after 120 s, as on the FHIR listener.
             // `/forward-auth` is answered on the connection's event loop, before the router.
-            ReloadableTLSChannel(base: RequestTimeoutChannel(base: ForwardAuthRouteChannel(base: HTTP1Channel(responder: responder, configuration: .init(idleTimeout: .seconds(120))),
+            // An answer that says `Connection: close` (a form declared too large, whose body
+            // is not read) ends the connection, as on the FHIR listener.
+            ReloadableTLSChannel(base: RequestTimeoutChannel(base: ForwardAuthRouteChannel(base: HTTP1Channel(responder: responder, configuration: .init(additionalChannelHandlers: [ClosingAnswerHandler()], idleTimeout: .seconds(120))),
                                                                                            forwardAuth: forwardAuth, logger: logger),
                                                              timeout: configuration.requestReceiveTimeout, logger: logger),
                                  context: { material.current.web })

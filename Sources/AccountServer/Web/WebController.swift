@@ -234,6 +234,11 @@ struct WebController: Sendable {
 
     /// Reads a form, checking its CSRF token. nil: refused.
     func form(_ request: Request, _ context: WebRequestContext) async throws -> [String: String]? {
+        // A size declared beyond the limit is answered now, not after waiting for a body that
+        // may never come (the request timeout).
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > context.maxUploadSize {
+            throw NIOTooManyBytesError(maxBytes: context.maxUploadSize)
+        }
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = try FormBody.parse(Array(body.readableBytesView))
         guard csrf.isValid(fields: request.headers, submitted: fields["csrf"]) else {
