@@ -103,3 +103,16 @@ int ccrl_verify_signature(const ccrl_crl *crl, const uint8_t *issuer_der, size_t
     X509_free(issuer);
     return result;
 }
+
+long ccrl_authority_key_id(const ccrl_crl *crl, uint8_t *out, size_t capacity) {
+    int critical = 0;
+    AUTHORITY_KEYID *identifier = X509_CRL_get_ext_d2i(crl->crl, NID_authority_key_identifier, &critical, NULL);
+    if (identifier == NULL) return -1;
+    long length = -1;
+    if (identifier->keyid != NULL) {
+        length = ASN1_STRING_length(identifier->keyid);
+        if (out != NULL && (size_t)length <= capacity) memcpy(out, ASN1_STRING_get0_data(identifier->keyid), (size_t)length);
+    }
+    AUTHORITY_KEYID_free(identifier);
+    return length;
+}

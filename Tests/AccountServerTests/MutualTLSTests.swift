@@ -424,12 +424,46 @@ struct MutualTLSTests {
             return
         }
 
+        // The renewal over, the old CA leaves the bundle while the PKI job still publishes its
+        // list: skipped (its authority key id names no CA of the bundle), the renewed CA's
+        // list still loads.
+        store.replaceIssuers([renewed.certificate])
+        #expect(store.reload(reason: "renewal over"), "\(store.snapshot.lastError ?? "")")
+        #expect(store.snapshot.lists.count == 1 && store.snapshot.skipped.count == 1, "\(store.snapshot.skipped)")
+        #expect(store.status(of: fromRenewed.certificate, now: Date()) == .good)
+
         // Only the renewed CA's list: the old CA is uncovered (its callers refused), not
         // vouched for by the other's list.
         try pki.write(renewedList, "crl.pem")
         let partial = try CRLStore(paths: [pki.crlPath], issuers: bundle, logger: .init(label: "t"))
         #expect(partial.status(of: revoked.certificate, now: Date()) == .noCRL)
         #expect(partial.uncoveredAuthorities.map(\.publicKey) == [old.certificate.publicKey])
+    }
+
+    /// An intermediate placed in the bundle as the path's anchor is checked against the list
+    /// of the CA that signed it, found by its signature among same-name CAs, on every
+    /// revalidation (the answer is remembered, and forgotten when the bundle changes).
+    @Test func anIntermediateAnchorIsCheckedAgainstItsOwnIssuersList() throws {
+        let pki = try TestPKI()
+        let root = try PKIBuilder.makeCA(commonName: "IGC-Santé racine")
+        let otherRoot = try PKIBuilder.makeCA(commonName: "IGC-Santé racine")
+        let intermediate = try PKIBuilder.makeCA(commonName: "IGC-Santé organisations", issuer: root)
+        let leaf = try PKIBuilder.issue(commonName: TestPKI.allowedCN, organizationalUnit: TestPKI.allowedOU, usage: .client, issuer: intermediate)
+        try pki.write(PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: root, revoked: [intermediate.certificate.serialNumber]))
+                      + PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: otherRoot, revoked: []))
+                      + PKIBuilder.crlPEM(try PKIBuilder.makeCRL(issuer: intermediate, revoked: [])), "crl.pem")
+        let store = try CRLStore(paths: [pki.crlPath], issuers: [otherRoot.certificate, root.certificate, intermediate.certificate], logger: .init(label: "t"))
+        let path = [leaf.certificate, intermediate.certificate]
+        for _ in 0..<2 {
+            #expect(store.revocationProblem(path: path, now: Date())?.contains("is revoked") == true, "the intermediate, revoked by its own root")
+        }
+        // The root gone from the bundle: its list is skipped at the next load (another CA of
+        // the same name is there, whose key did not sign it), nothing vouches for the
+        // intermediate, which as an anchor passes (only a loaded list is applied to it).
+        store.replaceIssuers([otherRoot.certificate, intermediate.certificate])
+        #expect(store.reload(reason: "test"), "\(store.snapshot.lastError ?? "")")
+        #expect(store.snapshot.skipped.count == 1, "\(store.snapshot.skipped)")
+        #expect(store.revocationProblem(path: path, now: Date()) == nil)
     }
 
     @Test func crlWithABadSignatureIsRefused() throws {

@@ -64,7 +64,11 @@ final class CRLStore: Sendable {
     /// The documented opt-out (`--allow-missing-crl`): certificates whose issuer has no CRL
     /// are accepted unchecked instead of refused. Logged at start and shown by `/readyz`.
     let allowMissing: Bool
-    private let issuers: Mutex<[Certificate]>
+    /// The CAs whose CRLs are read, and a count of their replacements.
+    private let issuers: Mutex<(certificates: [Certificate], generation: Int)>
+    /// ``issuingAuthorities(of:)``'s answers, and the issuers' generation they were found
+    /// under (an answer found among replaced issuers is not kept).
+    private let issuedBy = Mutex<(generation: Int, answers: [Certificate: [Authority]])>((0, [:]))
     private let state = Mutex(Snapshot())
     private let logger: Logger
 
@@ -72,7 +76,7 @@ final class CRLStore: Sendable {
     init(paths: [String], issuers: [Certificate], allowMissing: Bool = false, logger: Logger) throws {
         self.paths = paths
         self.allowMissing = allowMissing
-        self.issuers = Mutex(issuers)
+        self.issuers = Mutex((issuers, 0))
         self.logger = logger
         let snapshot = try Self.loadAll(paths: paths, issuers: issuers)
         state.withLock { $0 = snapshot }
@@ -116,7 +120,7 @@ final class CRLStore: Sendable {
     @discardableResult
     func reload(reason: String) -> Bool {
         do {
-            var fresh = try Self.loadAll(paths: paths, issuers: issuers.withLock { $0 })
+            var fresh = try Self.loadAll(paths: paths, issuers: issuers.withLock { $0.certificates })
             var keptNewer: [String] = []
             state.withLock {
                 // A list older than the one in force (a stale mirror, a backup
@@ -157,7 +161,7 @@ final class CRLStore: Sendable {
     /// The CAs whose signatures CRLs must bear, after a client CA rotation (the caller
     /// reloads next).
     func replaceIssuers(_ certificates: [Certificate]) {
-        issuers.withLock { $0 = certificates }
+        issuers.withLock { $0 = (certificates, $0.generation + 1) }
     }
 
     /// Reloads when a file's size, mtime or inode changed (edit in place or atomic rename).
@@ -170,7 +174,7 @@ final class CRLStore: Sendable {
     /// The client CAs (certificates of the bundle that may issue certificates) no loaded CRL
     /// covers: a certificate they issued could be revoked without our knowing.
     var uncoveredAuthorities: [Certificate] {
-        let (authorities, lists) = (issuers.withLock { $0 }, state.withLock { $0.lists })
+        let (authorities, lists) = (issuers.withLock { $0.certificates }, state.withLock { $0.lists })
         return authorities.filter { authority in
             // A certificate without basic constraints (an X.509 v1 root), or with unreadable
             // ones, counts as a CA: demanding a CRL is the safe side.
@@ -186,9 +190,19 @@ final class CRLStore: Sendable {
     /// signature verifies with. For the last certificate of a path, whose issuer the path does
     /// not hold (an intermediate placed in the bundle).
     func issuingAuthorities(of certificate: Certificate) -> [Authority] {
-        issuers.withLock { $0 }
+        let (among, generation) = issuers.withLock { $0 }
+        if let known = issuedBy.withLock({ $0.generation == generation ? $0.answers[certificate] : nil }) { return known }
+        let found = among
             .filter { $0.subject == certificate.issuer && $0.publicKey.isValidSignature(certificate.signature, for: certificate) }
             .map(Authority.init)
+        // Remembered: an anchor of the bundle that is not self-issued (an intermediate) is
+        // looked up on every INT_R02 request, and a signature check costs more than the rest
+        // of the revalidation. The certificates asked about are the bundle's, so few.
+        issuedBy.withLock { cache in
+            if cache.generation != generation || cache.answers.count >= 64 { cache = (generation, [:]) }
+            cache.answers[certificate] = found
+        }
+        return found
     }
 
     /// The CAs that issued each certificate of a validated path: the next certificate of the

@@ -57,7 +57,25 @@ struct CertificateRevocationList: Sendable {
                 break
             }
         }
-        guard let verifiedBy else { throw LoadError(description: "\(source): CRL signature does not verify with the key of \(issuer)") }
+        guard let verifiedBy else {
+            // Signed by another key than any CA of that name here: another CA of the same name
+            // (the predecessor of a renewed one, gone from the bundle, whose list the PKI job
+            // still publishes) when its authority key identifier names none of theirs, and then
+            // it revokes nothing accepted here; otherwise a list that claims to be ours and is
+            // not, refused.
+            let authorityKeyID: [UInt8]? = {
+                let length = ccrl_authority_key_id(handle, nil, 0)
+                guard length > 0 else { return nil }
+                var bytes = [UInt8](repeating: 0, count: length)
+                _ = bytes.withUnsafeMutableBufferPointer { ccrl_authority_key_id(handle, $0.baseAddress, $0.count) }
+                return bytes
+            }()
+            let keyIDs = candidates.map { (try? $0.extensions.subjectKeyIdentifier).flatMap { $0 }.map { Array($0.keyIdentifier) } }
+            if let authorityKeyID, keyIDs.allSatisfy({ $0 != nil }), !keyIDs.contains(authorityKeyID) {
+                throw UnknownIssuer(description: "\(source): CRL of \(issuer) signed by a key none of the client CAs of that name holds (authority key id \(authorityKeyID.map { String(format: "%02x", $0) }.joined())): a CA of that name no longer, or not yet, in the bundle")
+            }
+            throw LoadError(description: "\(source): CRL signature does not verify with the key of \(issuer)")
+        }
         signer = verifiedBy.publicKey
 
         var seconds: Int64 = 0

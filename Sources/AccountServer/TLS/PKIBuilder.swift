@@ -92,6 +92,13 @@ enum PKIBuilder {
                     }
                 }
             }
+            // crlExtensions [0]: the authority key identifier, which RFC 5280 §5.2.1 requires.
+            if let keyID = try issuer.certificate.extensions.subjectKeyIdentifier?.keyIdentifier {
+                let identifier = try Certificate.Extension(AuthorityKeyIdentifier(keyIdentifier: keyID), critical: false)
+                try coder.appendConstructedNode(identifier: ASN1Identifier(tagWithNumber: 0, tagClass: .contextSpecific)) { explicit in
+                    try explicit.appendConstructedNode(identifier: .sequence) { try $0.serialize(identifier) }
+                }
+            }
         }
         let tbsBytes = tbs.serializedBytes
         let signature = try issuer.privateKey.signature(for: tbsBytes).derRepresentation

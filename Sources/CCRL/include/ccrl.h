@@ -34,4 +34,8 @@ int ccrl_has_unhandled_critical_extension(const ccrl_crl *crl);
    1: valid; 0: invalid; -1: the certificate could not be read. */
 int ccrl_verify_signature(const ccrl_crl *crl, const uint8_t *issuer_der, size_t length);
 
+/* The key identifier of the CRL's authority key identifier extension (RFC 5280 §5.2.1).
+   Returns its length (writes it when it fits in `capacity`), or -1 when absent. */
+long ccrl_authority_key_id(const ccrl_crl *crl, uint8_t *out, size_t capacity);
+
 #endif
