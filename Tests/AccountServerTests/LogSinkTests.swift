@@ -103,17 +103,19 @@ struct LogSinkTests {
         #expect(sink.droppedTotal == dropped)
     }
 
-    /// Reads what the pipe holds now (its writing end still open): the count.
-    static func drain(_ descriptor: Int32) -> Int {
-        _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
-        defer { _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) & ~O_NONBLOCK) }
-        var total = 0
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = read(descriptor, &chunk, chunk.count)
-            if count > 0 { total += count; continue }
-            if count < 0 && errno == EINTR { continue }
-            return total
-        }
+    /// Lines a descriptor refuses for good (here EBADF: a descriptor open for reading only)
+    /// are counted as dropped, the count line itself not; and the writer then waits, instead
+    /// of trying to say so again and again.
+    @Test func linesLostToAWriteErrorAreCounted() async throws {
+        let descriptor = open("/dev/null", O_RDONLY)
+        #expect(descriptor >= 0)
+        defer { close(descriptor) }
+        let sink = LogLineSink(capturing: false, descriptor: descriptor)
+        for index in 0..<3 { sink.write(Array("line \(index)\n".utf8)) }
+        try await onDedicatedThread { sink.flush(timeout: .seconds(30)) }
+        #expect(sink.droppedTotal == 3)
+        sink.write(Array("one more\n".utf8))
+        try await onDedicatedThread { sink.flush(timeout: .seconds(30)) }
+        #expect(sink.droppedTotal == 4, "each line once; the counts that could not be written count nothing")
     }
 }

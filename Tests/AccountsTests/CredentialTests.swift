@@ -112,6 +112,7 @@ struct CredentialTests {
         ("abcdefghijklmn", .repetitive),
         ("123456789012", .repetitive),
         (String(repeating: "x1", count: 200), .tooLong),
+        (String(repeating: "a", count: 8_000), .tooLong),
         // Keyboard columns with Shift on every other one (QWERTY), rows put together,
         // AZERTY's unshifted digits, one character nearly throughout, short blocks repeated.
         ("!QAZ2wsx#EDC", .repetitive),

@@ -244,10 +244,14 @@ enum FHIRRouting {
             if !isRead { return .local }
             if segments.count == 1 { return .upstream }
             return .practitionerRead(id: String(segments[1]))
-        case let first? where first.lowercased() == "practitioner" || first.lowercased() == "metadata":
+        case let first? where first.lowercased() == "practitioner" || first.lowercased() == "metadata"
+            || first.utf8.contains { $0 == UInt8(ascii: "%") || $0 >= 0x80 }:
             // `/practitioner`, `/METADATA`: FHIR's names are case-sensitive, so these are no
             // resource of this server's, and answered here (404), not relayed: an upstream
-            // that ignores case would take them for the INT_R02 writes this product owns.
+            // that ignores case would take them for the INT_R02 writes this product owns. So
+            // is a first segment with an encoded or non-ASCII character, which no FHIR name
+            // has: `/pract%C4%B1tioner` (a dotless ı) is `Practitioner` to Java's
+            // `equalsIgnoreCase`.
             return .local
         default:
             return .upstream

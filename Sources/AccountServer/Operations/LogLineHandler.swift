@@ -49,8 +49,8 @@ struct LogLineHandler: LogHandler {
         if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }
         let source = event.level >= .error ? "\(event.file):\(event.line)" : nil
-        sink.write(Self.render(level: event.level, label: label, message: event.message.description, metadata: merged, source: source, format: format),
-                   format: format)
+        let line = Self.render(level: event.level, label: label, message: event.message.description, metadata: merged, source: source, format: format)
+        if event.level == .critical { sink.writeAndWait(line, format: format) } else { sink.write(line, format: format) }
     }
 
     /// One line, `\n` included, in `format`.
@@ -165,8 +165,14 @@ final class LogLineSink: Sendable {
     private let queue = Mutex(Queue())
     private let wakeUp = DispatchSemaphore(value: 0)
 
+    /// A line waiting, or a count of dropped lines (said in their place, not itself counted).
+    private struct Line {
+        var bytes: [UInt8]
+        var isNotice = false
+    }
+
     private struct Queue {
-        var lines: [[UInt8]] = []
+        var lines: [Line] = []
         var bytes = 0
         /// Lines dropped since the writer last said so, and the format to say it in.
         var dropped = 0
@@ -175,13 +181,17 @@ final class LogLineSink: Sendable {
         var writerStarted = false
         /// The writer holds lines it took and has not written yet.
         var writing = false
+        /// The writer waits for a signal: the next line queued wakes it (one signal per
+        /// wait, not one per line).
+        var writerWaiting = false
 
         /// The line that says how many lines were dropped since the last such line, if any.
-        mutating func takeDropNotice() -> [UInt8]? {
+        mutating func takeDropNotice() -> Line? {
             guard dropped > 0 else { return nil }
             defer { dropped = 0 }
-            return LogLineHandler.render(level: .warning, label: "account-server", message: "log lines dropped: the log reader did not keep up",
-                                         metadata: ["dropped": "\(dropped)"], source: nil, format: droppedFormat)
+            return Line(bytes: LogLineHandler.render(level: .warning, label: "account-server", message: "log lines dropped: the log reader did not keep up",
+                                                     metadata: ["dropped": "\(dropped)"], source: nil, format: droppedFormat),
+                        isNotice: true)
         }
     }
 
@@ -204,26 +214,33 @@ final class LogLineSink: Sendable {
             lines.withLock { $0.append(String(decoding: bytes.dropLast(), as: UTF8.self)) }
             return
         }
-        let start = queue.withLock { queue -> Bool in
+        let (start, wake) = queue.withLock { queue -> (Bool, Bool) in
             guard queue.bytes + bytes.count <= pendingLimit else {
                 queue.dropped += 1
                 queue.droppedTotal += 1
                 queue.droppedFormat = format
-                return false
+                return (false, false)
             }
             // The count of the lines dropped before this one, in their place.
             if let notice = queue.takeDropNotice() { queue.lines.append(notice) }
-            queue.lines.append(bytes)
+            queue.lines.append(Line(bytes: bytes))
             queue.bytes += bytes.count
-            defer { queue.writerStarted = true }
-            return !queue.writerStarted
+            defer { queue.writerStarted = true; queue.writerWaiting = false }
+            return (!queue.writerStarted, queue.writerWaiting)
         }
         if start {
             let thread = Thread { [self] in drain() }
             thread.name = "log writer"
             thread.start()
         }
-        wakeUp.signal()
+        if wake { wakeUp.signal() }
+    }
+
+    /// ``write(_:format:)``, then a short wait for the line to be written: a `critical` line
+    /// often comes just before the process ends by a trap, which runs no exit handler.
+    func writeAndWait(_ bytes: [UInt8], format: LogLineHandler.Format) {
+        write(bytes, format: format)
+        if !capturing { flush(timeout: .milliseconds(100)) }
     }
 
     /// Lines dropped since the start because the reader did not keep up.
@@ -239,29 +256,48 @@ final class LogLineSink: Sendable {
     }
 
     /// The writer thread: takes everything waiting, writes it in one go, and says what was
-    /// dropped meanwhile.
+    /// dropped meanwhile; waits for a signal only when nothing is left.
     private func drain() {
         var unterminated = false
         while true {
-            wakeUp.wait()
-            let batch = queue.withLock { queue -> [[UInt8]] in
+            let batch = queue.withLock { queue -> [Line]? in
                 var taken = queue.lines
                 // Lines dropped after the last one waiting: said after it.
                 if let notice = queue.takeDropNotice() { taken.append(notice) }
+                guard !taken.isEmpty else {
+                    queue.writing = false
+                    queue.writerWaiting = true
+                    return nil
+                }
                 queue.lines = []
                 queue.bytes = 0
-                queue.writing = !taken.isEmpty
+                queue.writing = true
                 return taken
             }
-            guard !batch.isEmpty else { continue }
+            guard let batch else {
+                wakeUp.wait()
+                continue
+            }
             var bytes = unterminated ? [UInt8(ascii: "\n")] : []
-            bytes.reserveCapacity(batch.reduce(bytes.count) { $0 + $1.count })
-            for line in batch { bytes += line }
+            bytes.reserveCapacity(batch.reduce(bytes.count) { $0 + $1.bytes.count })
+            for line in batch { bytes += line.bytes }
             let written = writeAll(bytes)
-            // A write that failed for good (the reader gone) may have cut a line: the next
-            // batch starts by ending it.
-            unterminated = written > 0 && written < bytes.count && bytes[written - 1] != UInt8(ascii: "\n")
-            queue.withLock { $0.writing = false }
+            guard written < bytes.count else {
+                unterminated = false
+                continue
+            }
+            // A write that failed for good (the reader gone, an I/O error): the lines not
+            // wholly written count as dropped, and a cut line is ended first thing next time.
+            var end = unterminated ? 1 : 0, lost = 0
+            for line in batch {
+                end += line.bytes.count
+                if end > written && !line.isNotice { lost += 1 }
+            }
+            if written > 0 { unterminated = bytes[written - 1] != UInt8(ascii: "\n") }
+            queue.withLock { queue in
+                queue.dropped += lost
+                queue.droppedTotal += lost
+            }
         }
     }
 

@@ -71,7 +71,9 @@ public struct PasswordPolicy: Sendable {
         var violations: [PasswordPolicyViolation] = []
         let length = password.count
         if length < Self.minimumLength { violations.append(.tooShort) }
-        if length > Self.maximumLength { violations.append(.tooLong) }
+        // Refused for its length alone: the other checks' work grows with it (the run
+        // analysis with its square), and a form may carry thousands of characters.
+        if length > Self.maximumLength { return [.tooLong] }
         let folded = password.lowercased()
         let emailFolded = email.lowercased()
         let localPart = emailFolded.split(separator: "@").first.map(String.init) ?? emailFolded
@@ -80,8 +82,7 @@ public struct PasswordPolicy: Sendable {
         }
         // Read as typed without Shift too: `!QAZ2wsx#EDC` is `1qaz2wsx3edc` typed on a QWERTY
         // keyboard with Shift on every other column; `&é"'(-` is `123456` on an AZERTY one.
-        // Beyond the length limit nothing more is looked at (the work grows with it).
-        let readings = length > Self.maximumLength ? [folded] : [folded] + Self.unshifted.map { table in String(folded.map { table[$0] ?? $0 }) }
+        let readings = [folded] + Self.unshifted.map { table in String(folded.map { table[$0] ?? $0 }) }
         if readings.contains(where: isCommon) { violations.append(.common) }
         if readings.contains(where: { Self.isRepetitive($0) }) { violations.append(.repetitive) }
         return violations
