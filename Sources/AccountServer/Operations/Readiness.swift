@@ -47,12 +47,12 @@ struct ReadinessProbe: Sendable {
         }
         let snapshot = crlStore.snapshot
         // Two CAs of one name (a renewal with a new key) are told apart by their key.
-        let authorities = crlStore.uncoveredAuthorities.map(CRLStore.Authority.init) + snapshot.lists.keys
-        let sharedNames = Set(Dictionary(grouping: authorities, by: \.name).filter { Set($0.value).count > 1 }.keys)
+        let uncoveredAuthorities = crlStore.uncoveredAuthorities.map(CRLStore.Authority.init)
+        let sharedNames = Set(Dictionary(grouping: uncoveredAuthorities + snapshot.lists.keys, by: \.name).filter { Set($0.value).count > 1 }.keys)
         func shown(_ authority: CRLStore.Authority) -> String {
             sharedNames.contains(authority.name) ? "\(authority.name) (key \(authority.keyID))" : "\(authority.name)"
         }
-        let uncovered = crlStore.uncoveredAuthorities.map { shown(CRLStore.Authority($0)) }
+        let uncovered = uncoveredAuthorities.map(shown)
         if !uncovered.isEmpty {
             // Without the opt-out this means a CA rotation brought in a CA without its CRL:
             // its callers are refused (fail closed), so the instance is not ready.

@@ -1,5 +1,4 @@
 import Foundation
-import Storage
 
 /// A PostgreSQL server and database, from a libpq-style URL:
 /// `postgres://user[:password]@host[:port]/database[?sslmode=…&sslrootcert=…]`.
