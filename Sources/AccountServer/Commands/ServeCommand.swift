@@ -410,6 +410,11 @@ struct ServeCommand: AsyncParsableCommand {
         // certificate renewal hook, `systemctl reload` just after start) is ignored instead of
         // killing the server. The reload service then takes the signal over.
         signal(SIGHUP, SIG_IGN)
+        // A log reader that goes away (a pipe to a shipper that died) makes `write` fail with
+        // EPIPE, and the lines lost are counted (`account_server_log_lines_dropped_total`);
+        // SIGPIPE's default action would instead end the server. SwiftNIO ignores it too, but
+        // only once it opens its first socket, after the migrations have logged.
+        signal(SIGPIPE, SIG_IGN)
         let settings = try await Settings(commandLine: commandLineValues, environment: ProcessInfo.processInfo.environment,
                                           file: configFile ?? ProcessInfo.processInfo.environment["ACCOUNT_SERVER_CONFIG_FILE"].flatMap { $0.isEmpty ? nil : $0 },
                                           knownKeys: Self.knownKeys)

@@ -156,11 +156,19 @@ struct LogLineHandler: LogHandler {
 /// (`journald` stalled, a full pipe) must not stop them. Past ``pendingLimit`` bytes waiting,
 /// lines are dropped and counted, and the writer says how many once it can write again. One
 /// line is never split or interleaved with another.
+///
+/// Woken by a line after a quiet spell, the writer waits ``batchWindow`` before it takes what
+/// is queued: at a few thousand requests a second, waking it for every line (a futex call on
+/// the logging thread, a context switch on a 2-core host) cost more than the write itself.
+/// With the window, the writer wakes at most once per window and writes every line queued
+/// meanwhile in one `write`.
 final class LogLineSink: Sendable {
     private let capturing: Bool
     private let descriptor: Int32
     /// Bytes that may wait for the writer; past them, lines are dropped.
     let pendingLimit: Int
+    /// How long the writer, once woken, lets lines gather before it writes them.
+    let batchWindow: Duration
     private let lines = Mutex<[String]>([])
     private let queue = Mutex(Queue())
     private let wakeUp = DispatchSemaphore(value: 0)
@@ -178,6 +186,8 @@ final class LogLineSink: Sendable {
         var dropped = 0
         var droppedFormat = LogLineHandler.Format.text
         var droppedTotal = 0
+        /// Batches the writer took, each written by one `write` unless the reader is slow.
+        var batches = 0
         var writerStarted = false
         /// The writer holds lines it took and has not written yet.
         var writing = false
@@ -203,10 +213,11 @@ final class LogLineSink: Sendable {
         return sink
     }()
 
-    init(capturing: Bool, descriptor: Int32 = 2, pendingLimit: Int = 8 << 20) {
+    init(capturing: Bool, descriptor: Int32 = 2, pendingLimit: Int = 8 << 20, batchWindow: Duration = .milliseconds(2)) {
         self.capturing = capturing
         self.descriptor = descriptor
         self.pendingLimit = pendingLimit
+        self.batchWindow = batchWindow
     }
 
     func write(_ bytes: [UInt8], format: LogLineHandler.Format = .text) {
@@ -246,6 +257,9 @@ final class LogLineSink: Sendable {
     /// Lines dropped since the start because the reader did not keep up.
     var droppedTotal: Int { queue.withLock { $0.droppedTotal } }
 
+    /// Batches written since the start.
+    var batches: Int { queue.withLock { $0.batches } }
+
     /// Waits until every line handed over so far is written, at most `timeout`.
     func flush(timeout: Duration) {
         let deadline = ContinuousClock.now + timeout
@@ -272,10 +286,14 @@ final class LogLineSink: Sendable {
                 queue.lines = []
                 queue.bytes = 0
                 queue.writing = true
+                queue.batches += 1
                 return taken
             }
             guard let batch else {
                 wakeUp.wait()
+                // Let the lines of the next few milliseconds join this one.
+                let microseconds = batchWindow.components.seconds * 1_000_000 + batchWindow.components.attoseconds / 1_000_000_000_000
+                if microseconds > 0 { usleep(UInt32(clamping: microseconds)) }
                 continue
             }
             var bytes = unterminated ? [UInt8(ascii: "\n")] : []
