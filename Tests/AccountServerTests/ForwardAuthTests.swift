@@ -140,13 +140,17 @@ struct ForwardAuthTests {
                 # listeners; sent twice, on neither (the web listener used to take the first).
                 *[exchange(("GET /forward-auth HTTP/1.1\\r\\n" + hosts + "X-Original-URI: /rdv/8?origin=sas\\r\\nConnection: close\\r\\n\\r\\n").encode(), 1, tls=tls, closes=True)
                   for tls in (False, True) for hosts in ("Host: agenda.example\\r\\n", "Host: agenda.example\\r\\nHost: other.example\\r\\n")],
+                # A form past the web listener's limit, whole, then /forward-auth pipelined:
+                # the router's 413 says Connection: close, so nothing after it is answered.
+                exchange(b"POST /connexion HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/x-www-form-urlencoded\\r\\nContent-Length: 20000\\r\\n\\r\\n"
+                         + b"e" * 20000 + ask("/rdv/9?origin=sas"), 2, tls=True, closes=True),
             ]))
             """
         let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.forwardAuthPort), String(server.webPort), pki.caPath]).output
         let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
         let texts = results.map { $0["text"] as? String ?? "" }
         let closed = results.map { $0["closed"] as? Bool ?? false }
-        #expect(texts.count == 9)
+        #expect(texts.count == 10)
         let pipelined = texts[0].components(separatedBy: "HTTP/1.1 401 Unauthorized").count - 1
         #expect(pipelined == 3, "three answers on one connection: \(texts[0].prefix(300))")
         // GET, HEAD, GET: only the middle answer has no body.
@@ -168,6 +172,13 @@ struct ForwardAuthTests {
         #expect(location(texts[5]) == withReturn && location(texts[7]) == withReturn, "one Host: \(texts[5].prefix(300)) \(texts[7].prefix(300))")
         #expect(location(texts[6]) == "https://localhost/connexion" && location(texts[8]) == "https://localhost/connexion",
                 "two Host: \(texts[6].prefix(300)) \(texts[8].prefix(300))")
+        #expect(texts[9].hasPrefix("HTTP/1.1 413") && texts[9].components(separatedBy: "HTTP/1.1 ").count - 1 == 1 && closed[9],
+                "one answer, then the end: \(texts[9].prefix(600)) closed: \(closed[9])")
+        // Nor was it decided: the web listener's forward-auth answers are the four above.
+        let metrics = try await AdminClient(server: server, token: "").send(.GET, "/metrics", authorization: "").body
+        let series = #"account_server_http_requests_total{surface="web",status="401"} "#
+        let line = metrics.split(separator: "\n").first { $0.hasPrefix(series) }.map { String($0.dropFirst(series.count)) }
+        #expect(line.flatMap(Double.init) == 4, "web 401 answers: \(line ?? "none")")
         await server.stop()
     }
 

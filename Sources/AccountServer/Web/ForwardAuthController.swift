@@ -157,6 +157,11 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var reading: (head: HTTPRequest, started: ContinuousClock.Instant)?
     private var answering = false
     private var closeAfterAnswer = false
+    /// An answer said `Connection: close` (the router's, or one here to a request that asked
+    /// for it): nothing read after it is a request (RFC 9112 §9.6), forward-auth included.
+    private var discarding = false
+    /// The router's answer being written says `Connection: close`.
+    private var routerAnswerCloses = false
     private var processing = false
     private var readPending = false
     private var firedSinceReadComplete = false
@@ -178,6 +183,7 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if discarding { return }
         queue.append(unwrapInboundIn(data))
         process()
     }
@@ -298,17 +304,31 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in loopBound.value.close(promise: nil) }
             queue.removeAll()
+            discarding = true
             answering = true
             return
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
-    // The router's answers pass through; the end of one lets the next request in.
+    // The router's answers pass through; the end of one lets the next request in, unless it
+    // said `Connection: close` (``ClosingAnswerHandler`` then ends the connection: a request
+    // pipelined behind it, forward-auth or not, is not answered).
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let part = unwrapOutboundIn(data)
+        if case .head(let head) = part, routerBusy, head.status.kind != .informational {
+            routerAnswerCloses = ClosingAnswerHandler.saysClose(head.headerFields)
+        }
         context.write(data, promise: promise)
-        guard case .end = unwrapOutboundIn(data), routerBusy else { return }
+        guard case .end = part, routerBusy else { return }
         routerBusy = false
+        if routerAnswerCloses {
+            discarding = true
+            queue.removeAll()
+            routerRequestOpen = false
+            reading = nil
+            return
+        }
         context.eventLoop.assumeIsolated().execute { [self] in processOutsideRead() }
     }
 
