@@ -70,7 +70,8 @@ public struct AdminActionResult: Sendable, Equatable {
     public var changed: Bool
     /// Sessions affected (revoked, or whose habilitation changes from their next request).
     public var sessions: Int
-    /// Live password reset links voided ("sign out everywhere").
+    /// Live password reset links voided ("sign out everywhere", a suspension, a second
+    /// factor reset).
     public var resetLinks: Int = 0
 }
 
@@ -212,6 +213,8 @@ public final class VendorAdministration: Sendable {
 
     /// Withdraws the habilitation, independently of the SAS's `active` (a later `active:true`
     /// does not lift it). Sessions stay open but lose the habilitation from their next request.
+    /// The account's live password reset links are voided, as on the SAS's deactivation, and
+    /// no new one is mailed while the suspension lasts (``CredentialStore``).
     public func suspend(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> AdminActionResult? {
         let at = now
         let reason = Self.recorded(reason)
@@ -224,10 +227,12 @@ public final class VendorAdministration: Sendable {
             }
             try db.execute(sql: "INSERT INTO vendor_suspension (account_id, suspended_at, suspended_by, reason) VALUES (?, ?, ?, ?)",
                            arguments: [accountID, at.epochMilliseconds, actor.subject, reason])
+            let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-withdrawn", outcome: "suspended by the vendor",
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: Self.detail("\(open) open SAS session(s) affected from their next request", reason)), in: db)
-            return AdminActionResult(accountID: accountID, changed: true, sessions: open)
+                                             detail: Self.detail("\(open) open SAS session(s) affected from their next request"
+                                                                 + (links > 0 ? "; \(links) password reset link(s) voided" : ""), reason)), in: db)
+            return AdminActionResult(accountID: accountID, changed: true, sessions: open, resetLinks: links)
         }
     }
 

@@ -826,9 +826,28 @@ struct WebSignInTests {
         #expect(location == "https://localhost/compte", "\(location ?? "-")")
         #expect(try await later.get("/compte").body.contains("data-habilitation=\"oui\""))
 
-        // Suspended by a vendor admin: the same refusal, « suspendue ».
+        // A reset link mailed now, then the account suspended by a vendor admin: the
+        // suspension voids the link.
+        let mailsBeforeLink = try world.smtp.messages().count
+        _ = try await later.submit("/mot-de-passe-oublie", ["email": Self.email])
+        let liveToken = try #require(try await world.smtp.resetToken(number: mailsBeforeLink + 1), "a reset link for the active account")
+        #expect(try await later.get("/reinitialisation?jeton=\(liveToken)").status == 200, "the link works before the suspension")
         let admin = AdminClient(server: world.server, token: world.server.adminToken)
-        #expect(try await admin.send(.POST, "/api/accounts/810002673899/suspend", body: #"{"reason":"test"}"#).status == 200)
+        let suspension = try await admin.send(.POST, "/api/accounts/810002673899/suspend", body: #"{"reason":"test"}"#)
+        #expect(suspension.status == 200 && suspension.body.contains(#""reset_links":1"#), "\(suspension.body)")
+        #expect(try await later.get("/reinitialisation?jeton=\(liveToken)").status == 410, "the suspension voided the link")
+        // And no new link while it lasts: the same answer, no mail, audited.
+        let (outboxSuspended, resetsSuspended) = try await Self.outboxAndResetRequests(world)
+        let whileSuspended = try await later.submit("/mot-de-passe-oublie", ["email": Self.email])
+        #expect(whileSuspended.status == 200 && whileSuspended.body.contains("Si un compte correspond"))
+        #expect(try await eventually { try await Self.outboxAndResetRequests(world).resets > resetsSuspended }, "the request was handled")
+        #expect(try await Self.outboxAndResetRequests(world).outbox == outboxSuspended, "no mail queued for a suspended account")
+        let suspendedResetEvent = try await world.server.database.read { db in
+            try String.fetchOne(db, sql: "SELECT outcome FROM audit_event WHERE action = 'password-reset-requested' ORDER BY seq DESC LIMIT 1")
+        }
+        #expect(suspendedResetEvent == "not-mailed suspended", "\(suspendedResetEvent ?? "-")")
+
+        // Suspended: the same sign-in refusal, « suspendue ».
         let third = try world.browser()
         _ = try await third.submit("/connexion", ["email": Self.email, "password": Self.password])
         let suspended = try await third.submit("/connexion/second-facteur", ["code": recoveryCodes[1]])

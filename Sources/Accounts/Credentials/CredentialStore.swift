@@ -258,6 +258,12 @@ public final class CredentialStore: Sendable {
                 try self.audit.append(self.event("password-reset-requested", "not-mailed inactive", row.id, actor, at), in: db)
                 return
             }
+            // Nor for one a vendor admin suspended (as a disabled account in Keycloak): the
+            // suspension voided its live links, and its `restore` makes it mailable again.
+            guard try !self.sessions.isSuspendedByVendor(row.id, in: db) else {
+                try self.audit.append(self.event("password-reset-requested", "not-mailed suspended", row.id, actor, at), in: db)
+                return
+            }
             if let latest = try Int64.fetchOne(db, sql: """
                 SELECT MAX(created_at) FROM password_reset_token
                 WHERE account_id = ? AND used_at IS NULL AND voided_at IS NULL AND expires_at > ?

@@ -5,8 +5,9 @@ import Storage
 /// Several may be live at once (a newer link does not void the older ones, so that someone
 /// else's request cannot kill the link the regulator is about to open); all die together
 /// when they must: a password set through any of them, the address they were mailed to
-/// changed or the account deactivated by the SAS, or an admin's "sign out everywhere" (the
-/// answer to an account thought compromised, a link that leaked included).
+/// changed, the account deactivated by the SAS or suspended by a vendor admin, or an admin's
+/// "sign out everywhere" (the answer to an account thought compromised, a link that leaked
+/// included).
 public struct ResetLinkLedger: Sendable {
     public init() {}
 
