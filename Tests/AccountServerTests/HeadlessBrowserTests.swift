@@ -59,6 +59,7 @@ struct HeadlessBrowserTests {
         #expect(result["nom"] as? String == "Jules MARIUS")
         #expect(result["lang"] as? String == "fr")
         #expect(result["session_cookie_visible_to_script"] as? Bool == false, "the session cookie is HttpOnly")
+        #expect((result["too_wide_at_320"] as? [Any])?.isEmpty == true, "every page reflows at 320 px: \(result["too_wide_at_320"] ?? "-")")
         await server.stop()
         smtp.stop()
     }

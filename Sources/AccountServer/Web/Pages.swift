@@ -4,14 +4,31 @@ import Habilitation
 /// The regulator-facing pages, in French. Every page is complete HTML5 with stable ids that
 /// tests and assistive technologies can rely on.
 enum Pages {
-    static func layout(_ title: String, _ content: HTML) -> HTML {
-        """
+    /// The time limits a regulator meets, said on the pages where they apply (RGAA 13.1:
+    /// a limit the user cannot extend is announced beforehand), in the deployment's values.
+    struct Limits: Sendable, Equatable {
+        /// From the SAS link to the password step.
+        var intentMinutes = 10
+        /// From the password to the last step of the sign-in.
+        var flowMinutes = 15
+        var idleMinutes = 30
+        var absoluteHours = 12
+        /// Failures that lock the sign-in, and the first lock's length.
+        var lockoutFailures = 5
+        var lockoutMinutes = 15
+    }
+
+    /// `error`: the page answers a form it refuses; its title says so first (the title is
+    /// what a screen reader announces on the new page, where an alert already present is
+    /// often not read).
+    static func layout(_ title: String, _ content: HTML, error: Bool = false) -> HTML {
+        let page: HTML = """
         <!doctype html>
         <html lang="fr">
         <head>
         <meta charset="utf-8">
         <meta name="viewport" content="width=device-width, initial-scale=1">
-        <title>\(title) — Espace régulateur</title>
+        <title>\(error ? "Erreur : " : "")\(title) — Espace régulateur</title>
         <link rel="stylesheet" href="/static/style.css">
         <script>\(HTML(raw: formScript))</script>
         </head>
@@ -23,41 +40,63 @@ enum Pages {
         </body>
         </html>
         """
+        return HTML(raw: FrenchTypography.apply(toHTML: page.text))
+    }
+
+    /// The attributes of a field the page's error is about: marked invalid, described by the
+    /// error, and focused, so that the regulator lands on it with the reason read out.
+    static func invalid(_ isInvalid: Bool, describedBy: String = "erreur") -> HTML {
+        isInvalid ? " aria-invalid=\"true\" aria-describedby=\"\(describedBy)\" autofocus" : ""
     }
 
     static func csrfField(_ token: String) -> HTML {
         "<input type=\"hidden\" name=\"csrf\" value=\"\(token)\">"
     }
 
+    /// A message above the sign-in form: information, or a refusal of what was just sent.
+    enum Notice: Equatable {
+        case info(String)
+        case refusal(String)
+    }
+
     /// `providerClick`: the click token of the Pro Santé Connect link (``WebController/providerClick(formToken:)``), nil without the provider.
-    static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: String? = nil, providerClick: String? = nil) -> HTML {
+    /// `email`: what the refused form held, given back so that only the password is typed again.
+    static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: Notice? = nil, providerClick: String? = nil,
+                       limits: Limits = Limits(), email: String = "") -> HTML {
         let banner: HTML = fromSAS
-            ? "<p class=\"info\" id=\"origine-sas\">Vous arrivez depuis la plateforme SAS : une fois connecté(e), vous disposerez de l’habilitation régulateur.</p>"
+            ? "<p class=\"info\" id=\"origine-sas\">Vous arrivez depuis la plateforme SAS : une fois la connexion établie, vous disposerez de l’habilitation régulateur. Ce lien reste valable \(limits.intentMinutes) minutes.</p>"
             : ""
+        // The same words whatever went wrong (no enumeration), with what a lock means: the
+        // right password is refused until it ends, and a new password does not lift it.
         let alert: HTML = error
-            ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Adresse e-mail ou mot de passe incorrect, ou compte temporairement bloqué après plusieurs échecs. Réessayez plus tard ou utilisez « Mot de passe oublié ».</p>"
+            ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Adresse électronique ou mot de passe incorrect. Après \(limits.lockoutFailures) échecs, la connexion au compte est bloquée au moins \(limits.lockoutMinutes) minutes, même avec le bon mot de passe, et choisir un nouveau mot de passe ne lève pas ce blocage.</p>"
             : ""
-        let info: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
+        let info: HTML = switch notice {
+        case .info(let text)?: "<p class=\"info\" role=\"status\" id=\"message\">\(text)</p>"
+        case .refusal(let text)?: "<p class=\"error\" role=\"alert\" id=\"message\">\(text)</p>"
+        case nil: ""
+        }
         // Pro Santé Connect first when it is configured: a link (a GET), so the provider is
         // reached by a plain navigation, never by a form posted elsewhere.
         let provider: HTML = providerClick.map { click in """
             <p><a class="bouton-psc" href="/connexion/psc?clic=\(click)" id="lien-psc">Se connecter avec Pro Santé Connect</a></p>
-            <p class="hint" id="sans-psc">Se connecter sans Pro Santé Connect (compte sans identifiant national, sans carte CPS ni e-CPS) : avec votre adresse e-mail et votre mot de passe.</p>
+            <p class="hint" id="sans-psc">Se connecter sans Pro Santé Connect (compte sans identifiant national, sans carte CPS ni e-CPS) : avec votre adresse électronique et votre mot de passe.</p>
             """ } ?? ""
+        let refused: Bool = if case .refusal? = notice { true } else { false }
         return layout("Connexion", """
             \(banner)\(info)\(alert)\(provider)
+            <p id="premiere-connexion">Première connexion ? La plateforme SAS a créé votre compte sans vous communiquer de mot de passe : choisissez-en un avec « Mot de passe oublié ».</p>
             <form method="post" action="/connexion" id="form-connexion">
             \(csrfField(csrf))
             \(fromSAS ? "<input type=\"hidden\" name=\"sas\" value=\"1\">" : "" as HTML)
-            <label for="email">Adresse e-mail</label>
-            <input id="email" name="email" type="email" autocomplete="username" required>
+            <label for="email">Adresse électronique</label>
+            <input id="email" name="email" type="email" autocomplete="username" value="\(email)" required\(invalid(error && email.isEmpty))>
             <label for="password">Mot de passe</label>
-            <input id="password" name="password" type="password" autocomplete="current-password" required>
+            <input id="password" name="password" type="password" autocomplete="current-password" required\(invalid(error && !email.isEmpty))>
             <button type="submit">Se connecter</button>
             </form>
             <p><a href="/mot-de-passe-oublie" id="lien-oubli">Mot de passe oublié ?</a></p>
-            <p class="hint" id="premiere-connexion">Première connexion ? Votre compte a été créé par la plateforme SAS sans mot de passe connu de vous : choisissez le vôtre avec « Mot de passe oublié ».</p>
-            """)
+            """, error: error || refused)
     }
 
     /// Whose sign-in a step belongs to, with the way out: a step left open on a shared
@@ -69,32 +108,40 @@ enum Pages {
             <p class="hint" id="qui">Connexion de <strong id="qui-nom">\(name)</strong>.</p>
             <form method="post" action="/connexion/abandon" id="form-abandon">
             \(csrfField(csrf))
-            <button type="submit">Ce n’est pas vous ? Recommencer la connexion</button>
+            <button type="submit" class="secondaire">Ce n’est pas vous ? Recommencer la connexion</button>
             </form>
             """
     }
 
+    /// The sign-in's own limit, on each of its steps after the password.
+    static func flowLimit(_ limits: Limits) -> HTML {
+        "<p class=\"hint\" id=\"delai\">Vous disposez de \(limits.flowMinutes) minutes après la saisie du mot de passe pour terminer la connexion.</p>"
+    }
+
     /// The code field takes a TOTP code (digits) or a recovery code (letters and digits): a
     /// text keyboard, or phones hide the letters.
-    static func secondFactor(csrf: String, error: Bool, name: String? = nil) -> HTML {
+    static func secondFactor(csrf: String, error: Bool, name: String? = nil, limits: Limits = Limits()) -> HTML {
         layout("Code de vérification", """
             \(error ? "<p class=\"error\" role=\"alert\" id=\"erreur\">Code incorrect ou déjà utilisé.</p>" : "" as HTML)
             <form method="post" action="/connexion/second-facteur" id="form-code">
             \(csrfField(csrf))
             <label for="code">Code à 6 chiffres de votre application d’authentification, ou un code de secours (XXXXX-XXXXX)</label>
-            <input id="code" name="code" inputmode="text" autocapitalize="characters" spellcheck="false" autocomplete="one-time-code" required>
+            <input id="code" name="code" inputmode="text" autocapitalize="characters" spellcheck="false" autocomplete="one-time-code" required\(invalid(error))>
             <button type="submit">Valider</button>
             </form>
+            \(flowLimit(limits))
+            <p class="hint" id="telephone-perdu">Téléphone perdu et plus aucun code de secours ? Contactez le support de votre éditeur : il peut réinitialiser votre second facteur.</p>
             \(signingIn(csrf: csrf, name: name))
-            """)
+            """, error: error)
     }
 
     enum EnrolmentError { case wrongCode, replaced }
 
-    static func enrolTOTP(csrf: String, qrSVG: String, secret: String, uri: String, error: EnrolmentError?, name: String? = nil) -> HTML {
+    static func enrolTOTP(csrf: String, qrSVG: String, secret: String, uri: String, error: EnrolmentError?, name: String? = nil,
+                          limits: Limits = Limits()) -> HTML {
         let alert: HTML = switch error {
         case .wrongCode?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Code incorrect : vérifiez l’heure de votre téléphone et réessayez.</p>"
-        case .replaced?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Une autre connexion à votre compte a remplacé la clé affichée : supprimez de votre application l’entrée que vous venez d’ajouter, puis scannez ce nouveau QR code.</p>"
+        case .replaced?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Une autre connexion à votre compte a remplacé la clé affichée : supprimez de votre application l’entrée que vous venez d’ajouter, puis scannez ce nouveau code QR.</p>"
         case nil: ""
         }
         let grouped = stride(from: 0, to: secret.count, by: 4).map { offset -> String in
@@ -102,7 +149,7 @@ enum Pages {
             return String(secret[start..<(secret.index(start, offsetBy: 4, limitedBy: secret.endIndex) ?? secret.endIndex)])
         }.joined(separator: " ")
         return layout("Double authentification", """
-            <p>La connexion demande un second facteur. Scannez ce QR code avec une application d’authentification (FreeOTP, Google Authenticator, Microsoft Authenticator…), puis saisissez le code affiché.</p>
+            <p>Pour protéger votre compte, la connexion demande un code à usage unique. Installez une application d’authentification sur votre téléphone (FreeOTP, Google Authenticator, Microsoft Authenticator…), scannez ce code QR, puis saisissez le code à 6 chiffres qu’elle affiche.</p>
             <div class="qr" id="qr-code">\(HTML(raw: qrSVG))</div>
             <p>Si vous ne pouvez pas scanner, saisissez cette clé dans l’application : <code id="cle-secrete">\(grouped)</code></p>
             <p><a href="\(uri)" id="lien-otpauth">Ouvrir dans l’application d’authentification</a></p>
@@ -110,16 +157,17 @@ enum Pages {
             <form method="post" action="/connexion/totp" id="form-totp">
             \(csrfField(csrf))
             <label for="code">Code à 6 chiffres</label>
-            <input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required>
+            <input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required\(invalid(error != nil))>
             <button type="submit">Activer</button>
             </form>
+            \(flowLimit(limits))
             \(signingIn(csrf: csrf, name: name))
-            """)
+            """, error: error != nil)
     }
 
     /// `reissued`: the enrolment's answer was sent again (a double click) and these codes
     /// replace the first set, which the regulator may or may not have seen.
-    static func recoveryCodes(csrf: String, codes: [String], reissued: Bool = false) -> HTML {
+    static func recoveryCodes(csrf: String, codes: [String], reissued: Bool = false, limits: Limits = Limits()) -> HTML {
         let notice: HTML = reissued
             ? "<p class=\"info\" role=\"status\" id=\"codes-remplaces\">Ces codes remplacent ceux d’un affichage précédent de cette page, qui ne sont plus valables.</p>"
             : ""
@@ -131,37 +179,52 @@ enum Pages {
             \(csrfField(csrf))
             <button type="submit">J’ai noté mes codes, continuer</button>
             </form>
+            \(flowLimit(limits))
             """)
     }
 
     enum CGUError { case notChecked, versionChanged }
 
-    static func cgu(csrf: String, version: String, text: String, error: CGUError?, name: String? = nil) -> HTML {
-        let paragraphs = text.components(separatedBy: "\n\n").map { "<p>\($0)</p>" as HTML }
+    /// The terms' text: paragraphs separated by blank lines; a paragraph whose first line
+    /// starts with `# ` is a heading (an article's title), one whose lines all start with
+    /// `- ` a list, so that a real CGU keeps its structure for assistive technologies.
+    static func cgu(csrf: String, version: String, text: String, error: CGUError?, name: String? = nil, limits: Limits = Limits()) -> HTML {
+        let paragraphs = text.components(separatedBy: "\n\n").map { block -> HTML in
+            let lines = block.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+            if lines.count == 1, let first = lines.first, first.hasPrefix("# ") {
+                return "<h2>\(String(first.dropFirst(2)))</h2>"
+            }
+            if !lines.isEmpty, lines.allSatisfy({ $0.hasPrefix("- ") }) {
+                return "<ul>\(lines.map { "<li>\(String($0.dropFirst(2)))</li>" as HTML })</ul>"
+            }
+            return "<p>\(block)</p>"
+        }
         let alert: HTML = switch error {
         case .notChecked?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Cochez la case pour accepter les conditions.</p>"
         case .versionChanged?: "<p class=\"error\" role=\"alert\" id=\"erreur\">Les conditions ont changé depuis l’affichage de la page : lisez cette nouvelle version, puis acceptez-la.</p>"
         case nil: ""
         }
         return layout("Conditions générales d’utilisation", """
-            <div class="cgu" id="texte-cgu">\(paragraphs)</div>
+            <div class="cgu" id="texte-cgu" tabindex="0" role="region" aria-label="Texte des conditions générales d’utilisation">\(paragraphs)</div>
+            <p class="hint" id="version-cgu">Version \(version) des conditions.</p>
             \(alert)
             <form method="post" action="/connexion/cgu" id="form-cgu">
             \(csrfField(csrf))
             <input type="hidden" name="version" value="\(version)">
-            <label><input type="checkbox" name="accepte" value="oui" id="accepte" required> J’accepte les conditions générales d’utilisation (version \(version)).</label>
+            <label><input type="checkbox" name="accepte" value="oui" id="accepte" required\(invalid(error != nil))> J’accepte les conditions générales d’utilisation.</label>
             <button type="submit">Continuer</button>
             </form>
+            \(flowLimit(limits))
             \(signingIn(csrf: csrf, name: name))
-            """)
+            """, error: error != nil)
     }
 
     static func forgotPassword(csrf: String) -> HTML {
         layout("Mot de passe oublié", """
-            <p>Indiquez l’adresse e-mail de votre compte : vous recevrez un lien pour choisir un nouveau mot de passe.</p>
+            <p>Indiquez l’adresse électronique de votre compte : vous recevrez un lien pour choisir un nouveau mot de passe.</p>
             <form method="post" action="/mot-de-passe-oublie" id="form-oubli">
             \(csrfField(csrf))
-            <label for="email">Adresse e-mail</label>
+            <label for="email">Adresse électronique</label>
             <input id="email" name="email" type="email" autocomplete="username" required>
             <button type="submit">Recevoir le lien</button>
             </form>
@@ -169,24 +232,28 @@ enum Pages {
     }
 
     static let forgotPasswordSent: HTML = layout("Vérifiez votre messagerie", """
-        <p id="message">Si un compte correspond à cette adresse, un e-mail contenant un lien de réinitialisation vient d’être envoyé. Le lien est valable 30 minutes et ne sert qu’une fois.</p>
+        <p id="message">Si un compte correspond à cette adresse, un courriel contenant un lien de réinitialisation vient d’être envoyé. Le lien est valable 30 minutes et ne sert qu’une fois.</p>
         <p><a href="/connexion">Retour à la connexion</a></p>
         """)
 
-    static func resetPassword(csrf: String, token: String, errors: [String]) -> HTML {
-        layout("Choisir un mot de passe", """
-            \(errors.isEmpty ? "" as HTML : "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML)
-            <p>Au moins \(PasswordPolicy.minimumLength) caractères ; évitez les mots de passe courants et votre adresse e-mail. Une phrase de plusieurs mots convient très bien.</p>
+    /// `email`: the account's, in a hidden `username` field, so that a password manager files
+    /// the new password under the right account.
+    static func resetPassword(csrf: String, token: String, errors: [String], email: String = "") -> HTML {
+        let invalid = !errors.isEmpty
+        return layout("Choisir un mot de passe", """
+            \(invalid ? "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML : "" as HTML)
+            <p id="regles-mdp">Au moins \(PasswordPolicy.minimumLength) caractères. Évitez les mots de passe courants, votre adresse électronique, les suites de touches ou de caractères (« azertyuiop », « aaaa… »). Une phrase de plusieurs mots convient très bien.</p>
             <form method="post" action="/reinitialisation" id="form-reinitialisation">
             \(csrfField(csrf))
             <input type="hidden" name="jeton" value="\(token)">
+            \(email.isEmpty ? "" as HTML : "<input type=\"text\" autocomplete=\"username\" value=\"\(email)\" hidden>" as HTML)
             <label for="password">Nouveau mot de passe</label>
-            <input id="password" name="password" type="password" autocomplete="new-password" minlength="\(PasswordPolicy.minimumLength)" required>
-            <label for="confirmation">Confirmez le mot de passe</label>
+            <input id="password" name="password" type="password" autocomplete="new-password" minlength="\(PasswordPolicy.minimumLength)" required aria-describedby="\(invalid ? "erreur regles-mdp" : "regles-mdp")"\(invalid ? " aria-invalid=\"true\" autofocus" as HTML : "")>
+            <label for="confirmation">Confirmation du mot de passe</label>
             <input id="confirmation" name="confirmation" type="password" autocomplete="new-password" required>
             <button type="submit">Enregistrer</button>
             </form>
-            """)
+            """, error: invalid)
     }
 
     static let resetDone: HTML = layout("Mot de passe enregistré", """
@@ -197,11 +264,11 @@ enum Pages {
 
     static let resetInvalid: HTML = layout("Lien invalide", """
         <p id="message">Ce lien de réinitialisation est invalide, expiré ou déjà utilisé. Demandez-en un nouveau.</p>
-        <p><a href="/mot-de-passe-oublie">Mot de passe oublié</a></p>
+        <p><a href="/mot-de-passe-oublie">Demander un nouveau lien</a></p>
         """)
 
-    static func account(csrf: String, name: String, email: String, check: HabilitationCheck) -> HTML {
-        let origin = check.session?.origin == .sas ? "Plateforme SAS (origin=sas)" : "Connexion directe"
+    static func account(csrf: String, name: String, email: String, check: HabilitationCheck, limits: Limits = Limits()) -> HTML {
+        let origin = check.session?.origin == .sas ? "Plateforme SAS" : "Connexion directe"
         let habilitation: HTML
         if check.decision.isGranted {
             habilitation = "<p class=\"ok\" id=\"habilitation\" data-habilitation=\"oui\">Habilitation régulateur : <strong>active</strong> pour cette session.</p>"
@@ -212,10 +279,11 @@ enum Pages {
         return layout("Mon compte", """
             <dl>
             <dt>Nom</dt><dd id="nom">\(name)</dd>
-            <dt>Adresse e-mail</dt><dd id="email">\(email)</dd>
+            <dt>Adresse électronique</dt><dd id="email">\(email)</dd>
             <dt>Origine de la session</dt><dd id="origine" data-origine="\(check.session?.origin.rawValue ?? "")">\(origin)</dd>
             </dl>
             \(habilitation)
+            <p class="hint" id="duree-session">Votre session se ferme après \(limits.idleMinutes) minutes d’inactivité, et au plus tard \(limits.absoluteHours) heures après la connexion.</p>
             <form method="post" action="/deconnexion" id="form-deconnexion">
             \(csrfField(csrf))
             <button type="submit">Se déconnecter</button>
@@ -285,7 +353,7 @@ enum Pages {
         // lifted by signing in again.
         let stepOwed: Bool = if case .denied(let reasons) = check.decision { reasons == [.requiredActionPending] } else { false }
         let advice: HTML = direct
-            ? "<p id=\"conseil\">Pour utiliser les fonctions régulateur, déconnectez-vous puis revenez dans l’agenda depuis la plateforme SAS : la connexion ouverte depuis le SAS portera l’habilitation.</p>"
+            ? "<p id=\"conseil\">Pour utiliser les fonctions régulateur, déconnectez-vous puis revenez dans l’agenda depuis la plateforme SAS : la session ouverte depuis la plateforme SAS disposera de l’habilitation.</p>"
             : stepOwed
             // The SAS link leads a session that owes a step through a sign-in to it.
             ? "<p id=\"conseil\">Revenez dans l’agenda depuis la plateforme SAS : la connexion vous mènera à l’étape restante.</p>"
@@ -335,7 +403,11 @@ enum Pages {
         h1{font-size:1.5rem;color:#000091}
         label{display:block;margin-top:1rem;font-weight:600}
         input[type=email],input[type=password],input[inputmode]{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;border:1px solid #929292;border-radius:4px}
-        button{margin-top:1.2rem;padding:.7rem 1.2rem;font-size:1rem;background:#000091;color:#fff;border:0;border-radius:4px;cursor:pointer}
+        button{margin-top:1.2rem;padding:.7rem 1.2rem;font-size:1rem;background:#000091;color:#fff;border:2px solid transparent;border-radius:4px;cursor:pointer}
+        button.secondaire{background:#fff;color:#000091;border-color:#000091}
+        :focus-visible{outline:3px solid #000091;outline-offset:2px}
+        dd,code,.error,.info,.hint{overflow-wrap:anywhere}
+        @media (max-width:30rem){main{margin:0;padding:1rem;border-radius:0;box-shadow:none}}
         .error{color:#ce0500}.info{color:#0063cb}.ok{color:#18753c}.warning{color:#b34000}.hint{color:#666;font-size:.9rem}
         .qr svg{max-width:100%;height:auto}.cgu{max-height:20rem;overflow:auto;border:1px solid #ddd;padding:0 1rem}
         code{font-size:1.1rem;letter-spacing:.05em}
@@ -343,6 +415,6 @@ enum Pages {
         th,td{border-bottom:1px solid #ddd;padding:.5rem;text-align:left;vertical-align:top}
         .danger{background:#ce0500}.action input{padding:.4rem;width:12rem}.action button{margin-top:.4rem}
         .sr{position:absolute;left:-9999px}
-        .bouton-psc{display:inline-block;margin-top:1rem;padding:.7rem 1.2rem;background:#000091;color:#fff;border-radius:4px;text-decoration:none;font-weight:600}
+        .bouton-psc{display:inline-block;margin-top:1rem;padding:.7rem 1.2rem;background:#000091;color:#fff;border:2px solid transparent;border-radius:4px;text-decoration:none;font-weight:600}
         """
 }

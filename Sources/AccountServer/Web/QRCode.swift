@@ -16,7 +16,7 @@ enum QRCode {
             }
         }
         return """
-        <svg xmlns="http://www.w3.org/2000/svg" width="\(size)" height="\(size)" viewBox="0 0 \(size) \(size)" role="img" aria-label="QR code à scanner avec votre application d'authentification"><rect width="100%" height="100%" fill="#fff"/><path d="\(path)" fill="#000"/></svg>
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(size)" height="\(size)" viewBox="0 0 \(size) \(size)" role="img" aria-label="Code QR à scanner avec votre application d’authentification"><rect width="100%" height="100%" fill="#fff"/><path d="\(path)" fill="#000"/></svg>
         """
     }
 }

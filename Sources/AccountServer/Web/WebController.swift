@@ -168,12 +168,21 @@ struct WebController: Sendable {
         .strictTransportSecurity: "max-age=31536000",
     ]
 
+    /// The time limits the pages announce, in this deployment's values.
+    var pageLimits: Pages.Limits {
+        let session = sessions.configuration, lockout = credentials.configuration.lockout
+        func minutes(_ interval: Double) -> Int { max(1, Int((interval / 60).rounded())) }
+        return Pages.Limits(intentMinutes: minutes(session.intentLifetime), flowMinutes: minutes(session.flowLifetime),
+                            idleMinutes: minutes(session.idleTimeout), absoluteHours: max(1, Int((session.absoluteTimeout / 3600).rounded())),
+                            lockoutFailures: lockout.maximumFailures, lockoutMinutes: minutes(Double(lockout.coolingPeriod.components.seconds)))
+    }
+
     func errorPage(_ status: HTTPResponse.Status, _ title: String, _ message: String) -> Response {
         Self.page(Pages.error(title, message), status: status)
     }
 
     var csrfRefused: Response {
-        errorPage(.forbidden, "Formulaire expiré", "Le formulaire a expiré ou ne provient pas de ce site. Rechargez la page et réessayez.")
+        errorPage(.forbidden, "Formulaire expiré", "Le formulaire a expiré ou ne provient pas de ce site. Revenez à la page précédente, puis recommencez la saisie.")
     }
 
     /// Whether the request is the browser loading a page in its own window, as far as it says
@@ -229,7 +238,7 @@ struct WebController: Sendable {
     }
 
     var tooManyRequests: Response {
-        errorPage(.tooManyRequests, "Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer.")
+        errorPage(.tooManyRequests, "Trop de tentatives", "Trop de tentatives depuis votre réseau. Patientez une minute avant de réessayer.")
     }
 
     /// Reads a form, checking its CSRF token. nil: refused.
@@ -307,12 +316,12 @@ struct WebController: Sendable {
             return Self.redirect("/connexion", cookies: cookies)
         }
         let fromSAS = intentFromCookie(request)?.origin == .sas
-        let notice: String? = switch query.first("fin") {
-        case "expiree": "Votre connexion a expiré : recommencez."
-        case "codes": "Trop de codes erronés : recommencez votre connexion."
+        let notice: Pages.Notice? = switch query.first("fin") {
+        case "expiree": .refusal("Votre connexion a expiré (\(pageLimits.flowMinutes) minutes au plus entre le mot de passe et la dernière étape) : reconnectez-vous.")
+        case "codes": .refusal("Trop de codes erronés : recommencez votre connexion.")
         default: nil
         }
-        return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice, providerClick: providerClickIfConfigured($0)) }
+        return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice, providerClick: providerClickIfConfigured($0), limits: pageLimits) }
     }
 
     func intentFromCookie(_ request: Request) -> LoginIntent? {
@@ -333,8 +342,8 @@ struct WebController: Sendable {
             // before the password is looked at (nothing counted).
             return respond(request, status: .badRequest) {
                 Pages.signIn(csrf: $0, fromSAS: false, error: false,
-                             notice: "Le lien de la plateforme SAS a expiré. Pour disposer de l’habilitation régulateur, retournez sur la plateforme SAS et suivez à nouveau le lien ; sinon, connectez-vous ici sans l’habilitation.",
-                             providerClick: providerClickIfConfigured($0))
+                             notice: .refusal("Le lien de la plateforme SAS a expiré. Pour disposer de l’habilitation régulateur, retournez sur la plateforme SAS et suivez à nouveau le lien ; sinon, connectez-vous ici sans l’habilitation."),
+                             providerClick: providerClickIfConfigured($0), limits: pageLimits)
             }
         }
         let sessions = self.sessions
@@ -351,7 +360,10 @@ struct WebController: Sendable {
         }
         guard case .accepted(let accountID) = outcome, let flow = opened else {
             if case .refused(let reason, _) = outcome { context.logger.info("sign-in refused", metadata: ["reason": "\(reason.rawValue)"]) }
-            return respond(request, status: .unauthorized) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true, providerClick: providerClickIfConfigured($0)) }
+            return respond(request, status: .unauthorized) {
+                Pages.signIn(csrf: $0, fromSAS: fromSAS, error: true, providerClick: providerClickIfConfigured($0), limits: pageLimits,
+                             email: fields["email"] ?? "")
+            }
         }
         let next = try await credentials.hasConfirmedTOTP(accountID: accountID) ? "/connexion/second-facteur" : "/connexion/totp"
         // No Max-Age: the flow dies with the browser session, as the session cookie does (its
@@ -418,7 +430,7 @@ struct WebController: Sendable {
         guard let flow = try await currentFlow(request) else { return try await restartOrResume(request) }
         guard !flow.secondFactorDone else { return try await secondFactorAlreadyDone(request, context) }
         let name = try await displayName(accountID: flow.accountID)
-        return respond(request) { Pages.secondFactor(csrf: $0, error: false, name: name) }
+        return respond(request) { Pages.secondFactor(csrf: $0, error: false, name: name, limits: pageLimits) }
     }
 
     func secondFactor(_ request: Request, _ context: WebRequestContext) async throws -> Response {
@@ -445,7 +457,7 @@ struct WebController: Sendable {
                 return Self.redirect("/connexion?fin=codes", cookies: [WebCookie.flow.clear])
             }
             let name = try await displayName(accountID: flow.accountID)
-            return respond(request, status: .unauthorized) { Pages.secondFactor(csrf: $0, error: true, name: name) }
+            return respond(request, status: .unauthorized) { Pages.secondFactor(csrf: $0, error: true, name: name, limits: pageLimits) }
         }
     }
 
@@ -457,10 +469,10 @@ struct WebController: Sendable {
         guard let secret = try await credentials.enrolmentSecret(accountID: flow.accountID, for: step) else { return try await nextStep(request, context) }  // enrolled meanwhile, or the flow ended
         let email = try await AccountDirectory(database: credentials.database).email(accountID: flow.accountID) ?? ""
         let uri = totp.provisioningURI(secret: secret, account: email, issuer: configuration.totpIssuer)
-        guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le QR code n’a pas pu être produit.") }
+        guard let svg = QRCode.svg(uri) else { return errorPage(.internalServerError, "Erreur", "Le code QR n’a pas pu être généré. Réessayez.") }
         let name = try await displayName(accountID: flow.accountID)
         return respond(request, status: error != nil ? .unauthorized : .ok) {
-            Pages.enrolTOTP(csrf: $0, qrSVG: svg, secret: Base32.encode(secret), uri: uri, error: error, name: name)
+            Pages.enrolTOTP(csrf: $0, qrSVG: svg, secret: Base32.encode(secret), uri: uri, error: error, name: name, limits: pageLimits)
         }
     }
 
@@ -478,10 +490,10 @@ struct WebController: Sendable {
         // « Activer », a reload of the codes page) is decided there, in order with the first.
         switch try await credentials.confirmTOTPEnrolment(accountID: flow.accountID, code: fields["code"] ?? "", actor: actor(context), for: step) {
         case .confirmed(let codes):
-            return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes) }
+            return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes, limits: pageLimits) }
         case .reissued(let codes):
             // The browser shows this answer, not the first: it carries the codes.
-            return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes, reissued: true) }
+            return respond(request) { Pages.recoveryCodes(csrf: $0, codes: codes, reissued: true, limits: pageLimits) }
         case .stepEnded:
             return try await restartOrResume(request)
         case .refused:
@@ -518,7 +530,7 @@ struct WebController: Sendable {
         if try await habilitation.refusesNewSessions(accountID: flow.accountID) { return try await nextStep(request, context) }
         let name = try await displayName(accountID: flow.accountID)
         return respond(request, status: error != nil ? .badRequest : .ok) {
-            Pages.cgu(csrf: $0, version: configuration.cguVersion, text: configuration.cguText, error: error, name: name)
+            Pages.cgu(csrf: $0, version: configuration.cguVersion, text: configuration.cguText, error: error, name: name, limits: pageLimits)
         }
     }
 
@@ -587,7 +599,7 @@ struct WebController: Sendable {
         let work: @Sendable () async -> Void = {
             do {
                 try await credentials.requestPasswordReset(email: email, makeMail: { token, account in
-            OutgoingMail(recipient: account.email, subject: "Choisir votre mot de passe", body: """
+            OutgoingMail(recipient: account.email, subject: "Espace régulateur SAS : choisissez votre mot de passe", body: FrenchTypography.apply(toText: """
                 Bonjour \(account.givenName) \(account.familyName),
 
                 Pour choisir votre mot de passe, ouvrez ce lien (valable 30 minutes, utilisable une seule fois) :
@@ -595,7 +607,7 @@ struct WebController: Sendable {
                 \(base)/reinitialisation?jeton=\(token)
 
                 Si vous n’êtes pas à l’origine de cette demande, ignorez ce message : votre mot de passe ne change pas.
-                """)
+                """))
                 }, actor: actor)
             } catch {
                 logger.error("password reset request failed", metadata: ["error": "\(error)"])
@@ -613,8 +625,8 @@ struct WebController: Sendable {
 
     func resetPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let token = (try? QueryParameters(query: request.uri.query))?.first("jeton") ?? ""
-        guard try await credentials.accountForResetToken(token) != nil else { return Self.page(Pages.resetInvalid, status: .gone) }
-        return respond(request) { Pages.resetPassword(csrf: $0, token: token, errors: []) }
+        guard let account = try await credentials.accountForResetToken(token) else { return Self.page(Pages.resetInvalid, status: .gone) }
+        return respond(request) { Pages.resetPassword(csrf: $0, token: token, errors: [], email: account.email) }
     }
 
     func reset(_ request: Request, _ context: WebRequestContext) async throws -> Response {
@@ -652,7 +664,7 @@ struct WebController: Sendable {
         let token = WebCookie.value(.session, in: request.headers)
         let check = try await habilitation.check(sessionToken: token)
         guard let account = check.account else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
-        return respond(request) { Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check) }
+        return respond(request) { Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check, limits: pageLimits) }
     }
 
     /// The page a proxy shows after a 403 from forward-auth (403 itself unless the session is

@@ -25,14 +25,23 @@ try:
         value = (struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1_000_000
         return f"{value:06d}"
 
+    # A phone's width (WCAG 1.4.10: content reflows at 320 CSS pixels, no horizontal scroll).
+    call("Emulation.setDeviceMetricsOverride", {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": False})
+    too_wide = []
+    def check_width():
+        width = evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        if width[0] > width[1]:
+            too_wide.append([evaluate("location.pathname"), width[0]])
     call("Page.enable")
     call("Page.navigate", {"url": entry})
     wait_for("/connexion", "#form-connexion")
+    check_width()
     sas_banner = evaluate("!!document.querySelector('#origine-sas')")
     evaluate(f"document.querySelector('#email').value = {json.dumps(email)};"
              f"document.querySelector('#password').value = {json.dumps(password)};"
              "document.querySelector('#form-connexion button').click(); true")
     wait_for("/connexion/totp", "#cle-secrete")
+    check_width()
     qr = evaluate("!!document.querySelector('#qr-code svg')")
     secret = evaluate("document.querySelector('#cle-secrete').textContent")
     # « Activer », then what a second click would do while the first answer is on its way:
@@ -43,11 +52,18 @@ try:
         " const again = new SubmitEvent('submit', {bubbles: true, cancelable: true}); form.dispatchEvent(again);"
         " return again.defaultPrevented; })()")
     wait_for("/connexion/totp", "#codes-secours")
+    check_width()
     recovery_codes = evaluate("document.querySelectorAll('#codes-secours li').length")
     evaluate("document.querySelector('#form-suite button').click(); true")
     wait_for("/connexion/cgu", "#accepte")
+    check_width()
     evaluate("document.querySelector('#accepte').checked = true; document.querySelector('#form-cgu button').click(); true")
     wait_for(final_path, final_selector)
+    check_width()
+    # A hospital's long address, as the account page shows it, still wraps.
+    if evaluate("!!document.querySelector('#email')"):
+        evaluate("document.querySelector('#email').textContent = 'jean-baptiste.delacroixdemontmorency@chuexemplemetropolesud.fr'; true")
+        check_width()
     def data(selector, attribute):
         return evaluate(f"(document.querySelector({json.dumps(selector)}) || {{dataset: {{}}}}).dataset.{attribute} || null")
     print(json.dumps({
@@ -62,6 +78,7 @@ try:
         "nom": evaluate("(document.querySelector('#nom') || {}).textContent || null"),
         "lang": evaluate("document.documentElement.lang"),
         "session_cookie_visible_to_script": evaluate("document.cookie.includes('as-session')"),
+        "too_wide_at_320": too_wide,
     }))
 finally:
     browser.close()
