@@ -879,7 +879,8 @@ struct WebSignInTests {
         let current = try #require(try await browser.get("/compte").csrf)
         #expect(current != before)
         let out = try await browser.request(.POST, "/deconnexion", form: ["csrf": current])
-        #expect(out.location == "/connexion")
+        #expect(out.location == "/connexion?fin=deconnexion")
+        #expect(try await browser.get("/connexion?fin=deconnexion").body.contains("Vous êtes déconnecté(e) de l’espace régulateur."), "the sign-out is said")
         let afterOut = try await browser.request(.POST, "/deconnexion", form: ["csrf": current])
         #expect(afterOut.status == 403, "the session's token dies with it")
         _ = try await browser.get("/connexion")
@@ -953,7 +954,7 @@ struct WebSignInTests {
         let (_, secret, _) = try await Self.signIn(browser)
         #expect(try await browser.get("/compte").status == 200)
         let out = try await browser.submit("/compte", to: "/deconnexion", [:])
-        #expect(out.location == "/connexion")
+        #expect(out.location == "/connexion?fin=deconnexion")
         #expect(try await browser.get("/compte").location == "/connexion")
 
         // A live session in another browser ends when the password is reset.
@@ -988,7 +989,7 @@ struct WebSignInTests {
         let step = try await browser.get("/connexion/second-facteur")
         #expect(step.capture(#"id="qui-nom">([^<]+)<"#) == "Jules MARIUS" && step.body.contains("Ce n’est pas vous\u{202F}?"), "\(step.body)")
         let out = try await browser.submit("/compte", to: "/deconnexion", [:])
-        #expect(out.location == "/connexion")
+        #expect(out.location == "/connexion?fin=deconnexion")
         for name in ["__Host-as-session", "__Host-as-flow", "__Host-as-intent"] {
             #expect(out.headers[canonicalForm: "Set-Cookie"].contains { $0.hasPrefix("\(name)=;") && $0.contains("Max-Age=0") }, "\(name) cleared")
         }

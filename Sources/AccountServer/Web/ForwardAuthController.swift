@@ -82,7 +82,7 @@ struct ForwardAuthResponder: Sendable {
         let location = headers.first { $0.0 == "Location" }?.1 ?? "/connexion"
         let page = status == 401
             ? Pages.error("Connexion requise", "Connectez-vous pour accéder à cette page.", link: (location, "Se connecter"))
-            : Pages.error("Accès refusé", "Vous n’avez pas l’habilitation régulateur pour cette session.", link: (location, "Pourquoi ?"))
+            : Pages.error("Accès refusé", "Vous n’avez pas l’habilitation régulateur pour cette session.", link: (location, "Voir pourquoi l’accès est refusé"))
         return ForwardAuthAnswer(status: status, headers: headers, body: page.description)
     }
 

@@ -319,6 +319,7 @@ struct WebController: Sendable {
         let notice: Pages.Notice? = switch query.first("fin") {
         case "expiree": .refusal("Votre connexion a expiré (\(pageLimits.flowMinutes) minutes au plus entre le mot de passe et la dernière étape) : reconnectez-vous.")
         case "codes": .refusal("Trop de codes erronés : recommencez votre connexion.")
+        case "deconnexion": .info("Vous êtes déconnecté(e) de l’espace régulateur.")
         default: nil
         }
         return respond(request) { Pages.signIn(csrf: $0, fromSAS: fromSAS, error: false, notice: notice, providerClick: providerClickIfConfigured($0), limits: pageLimits) }
@@ -699,6 +700,7 @@ struct WebController: Sendable {
         }
         // The form secret of before the sign-in goes too: a token seen then (a page, a shared
         // screen) must not be good again after the sign-out; the next page sets a new one.
-        return Self.redirect("/connexion", cookies: cleared)
+        // The sign-in page then says the sign-out happened (rather than just appearing).
+        return Self.redirect("/connexion?fin=deconnexion", cookies: cleared)
     }
 }
