@@ -129,6 +129,20 @@ struct ForwardAuthTests {
                 sock.sendall(data)
                 received, closed = read_answers(sock, expected, closes=closes)
                 return {"text": received.decode("utf-8", "replace"), "closed": closed}
+            def drains():
+                # The same, then 16 MB more (past what the kernels' buffers hold): what the
+                # client still sends after the close answer is read and dropped, not left
+                # unread with the client blocked.
+                sock = connect(web, ca, timeout=20)
+                sock.sendall(b"POST /connexion HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/x-www-form-urlencoded\\r\\nContent-Length: 20000\\r\\n\\r\\n"
+                             + b"e" * 20000 + ask("/rdv/10?origin=sas"))
+                try:
+                    sock.sendall(b"POST /connexion HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Length: 16777216\\r\\n\\r\\n" + b"x" * (16 << 20))
+                    sent = True
+                except Exception as error:
+                    sent = repr(error)
+                received, closed = read_answers(sock, 2, closes=True)
+                return {"text": received.decode("utf-8", "replace"), "closed": closed, "sent": sent}
             ask = lambda uri, extra="", method="GET": (method + " /forward-auth HTTP/1.1\\r\\nHost: fa\\r\\nX-Original-URI: " + uri + "\\r\\nX-Forwarded-Host: agenda.example\\r\\n" + extra + "\\r\\n").encode()
             print(json.dumps([
                 exchange(ask("/rdv/1?origin=sas") + ask("/rdv/2?origin=sas", method="HEAD") + ask("/rdv/3?origin=sas"), 3),
@@ -144,13 +158,14 @@ struct ForwardAuthTests {
                 # the router's 413 says Connection: close, so nothing after it is answered.
                 exchange(b"POST /connexion HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/x-www-form-urlencoded\\r\\nContent-Length: 20000\\r\\n\\r\\n"
                          + b"e" * 20000 + ask("/rdv/9?origin=sas"), 2, tls=True, closes=True),
+                drains(),
             ]))
             """
         let output = try await spawnAndWait("/usr/bin/python3", ["-c", script, RawHTTP.folder, String(server.forwardAuthPort), String(server.webPort), pki.caPath]).output
         let results = try #require(try JSONSerialization.jsonObject(with: output) as? [[String: Any]], "\(String(decoding: output, as: UTF8.self))")
         let texts = results.map { $0["text"] as? String ?? "" }
         let closed = results.map { $0["closed"] as? Bool ?? false }
-        #expect(texts.count == 10)
+        #expect(texts.count == 11)
         let pipelined = texts[0].components(separatedBy: "HTTP/1.1 401 Unauthorized").count - 1
         #expect(pipelined == 3, "three answers on one connection: \(texts[0].prefix(300))")
         // GET, HEAD, GET: only the middle answer has no body.
@@ -174,6 +189,8 @@ struct ForwardAuthTests {
                 "two Host: \(texts[6].prefix(300)) \(texts[8].prefix(300))")
         #expect(texts[9].hasPrefix("HTTP/1.1 413") && texts[9].components(separatedBy: "HTTP/1.1 ").count - 1 == 1 && closed[9],
                 "one answer, then the end: \(texts[9].prefix(600)) closed: \(closed[9])")
+        #expect(results[10]["sent"] as? Bool == true, "what follows the close answer is read: \(results[10]["sent"] ?? "-")")
+        #expect(texts[10].hasPrefix("HTTP/1.1 413") && texts[10].components(separatedBy: "HTTP/1.1 ").count - 1 == 1, "\(texts[10].prefix(300))")
         // Nor was it decided: the web listener's forward-auth answers are the four above.
         let metrics = try await AdminClient(server: server, token: "").send(.GET, "/metrics", authorization: "").body
         let series = #"account_server_http_requests_total{surface="web",status="401"} "#

@@ -128,7 +128,7 @@ struct LogSinkTests {
         let (readEnd, writeEnd) = (descriptors[0], descriptors[1])
         defer { close(readEnd) }
         async let received = onDedicatedThread { Self.readAll(readEnd) }
-        let sink = LogLineSink(capturing: false, descriptor: writeEnd, batchWindow: .milliseconds(200))
+        let sink = LogLineSink(capturing: false, descriptor: writeEnd, batchWindow: .seconds(1))
         sink.write(Array("first\n".utf8))
         try await onDedicatedThread { sink.flush(timeout: .seconds(30)) }
         let before = sink.batches

@@ -24,6 +24,23 @@ struct MailTransportTests {
         #expect(arguments.trimmingCharacters(in: .newlines) == "-i -f no-reply@example.fr -- jules.marius@test.com")
     }
 
+    /// A subject longer than one RFC 2047 word (75 characters) is several words, folded, each
+    /// within the limit, cut between characters, and reads back whole.
+    @Test func aLongSubjectIsSeveralEncodedWordsWithinTheLimit() throws {
+        let subject = "Espace régulateur SAS\u{00A0}: choisissez votre mot de passe — « é\u{301} » 🩺 ok"
+        let message = String(decoding: MailMessage.render(OutgoingMail(recipient: "a@b.fr", subject: subject, body: "x"), from: "c@d.fr"), as: UTF8.self)
+        let header = try #require(message.components(separatedBy: "\r\n\r\n").first)
+        let start = try #require(header.range(of: "Subject: "))
+        let folded = header[start.upperBound...].components(separatedBy: "\r\nDate:")[0]
+        let words = folded.components(separatedBy: "\r\n ")
+        #expect(words.count >= 2 && words.allSatisfy { $0.count <= 75 && $0.hasPrefix("=?UTF-8?B?") && $0.hasSuffix("?=") }, "\(words)")
+        let decoded = try words.map { word -> String in
+            let data = try #require(Data(base64Encoded: String(word.dropFirst(10).dropLast(2))))
+            return try #require(String(data: data, encoding: .utf8), "each word is whole UTF-8")
+        }.joined()
+        #expect(decoded == subject)
+    }
+
     /// The command sees the path, locale and home folder, never the server's secrets
     /// (`PGPASSWORD`, a database URL with its password).
     @Test func theCommandInheritsNoSecretFromTheServersEnvironment() async throws {

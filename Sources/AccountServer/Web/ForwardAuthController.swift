@@ -327,13 +327,21 @@ final class ForwardAuthRouteHandler: ChannelDuplexHandler, RemovableChannelHandl
             queue.removeAll()
             routerRequestOpen = false
             reading = nil
+            // A read held back for the queue is let go: ``ClosingAnswerHandler`` reads and
+            // drops what the client still sends until the connection closes (a client still
+            // uploading must not be left blocked, nor the unread bytes turn the close into a
+            // reset under the answer).
+            if readPending {
+                readPending = false
+                context.read()
+            }
             return
         }
         context.eventLoop.assumeIsolated().execute { [self] in processOutsideRead() }
     }
 
     func read(context: ChannelHandlerContext) {
-        if queue.isEmpty { context.read() } else { readPending = true }
+        if discarding || queue.isEmpty { context.read() } else { readPending = true }
     }
 }
 

@@ -21,7 +21,7 @@ struct MailError: Error, CustomStringConvertible {
 /// subject.
 enum MailMessage {
     static func render(_ mail: OutgoingMail, from: String, date: Date = Date()) -> [UInt8] {
-        let subject = "=?UTF-8?B?\(Data(mail.subject.utf8).base64EncodedString())?="
+        let subject = encodedWords(mail.subject).joined(separator: "\r\n ")
         let body = Data(mail.body.utf8).base64EncodedString(options: [.lineLength76Characters, .endLineWithCarriageReturn, .endLineWithLineFeed])
         let host = from.split(separator: "@").last.map(String.init) ?? "localhost"
         let headers = [
@@ -35,6 +35,26 @@ enum MailMessage {
             "Content-Transfer-Encoding: base64",
         ]
         return Array((headers.joined(separator: "\r\n") + "\r\n\r\n" + body + "\r\n").utf8)
+    }
+
+    /// `text` as RFC 2047 encoded words of at most 75 characters each (the RFC's limit, which
+    /// strict clients and spam filters hold to): at most 45 bytes of UTF-8 per word, cut
+    /// between characters, never inside one. The header folds between words; a reader joins
+    /// adjacent encoded words without the space.
+    static func encodedWords(_ text: String) -> [String] {
+        var words: [String] = [], chunk: [UInt8] = []
+        func flush() {
+            guard !chunk.isEmpty else { return }
+            words.append("=?UTF-8?B?" + Data(chunk).base64EncodedString() + "?=")
+            chunk = []
+        }
+        for character in text {
+            let bytes = Array(String(character).utf8)
+            if chunk.count + bytes.count > 45 { flush() }
+            chunk += bytes
+        }
+        flush()
+        return words.isEmpty ? ["=?UTF-8?B??="] : words
     }
 }
 

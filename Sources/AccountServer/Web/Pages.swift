@@ -64,7 +64,7 @@ enum Pages {
     static func signIn(csrf: String, fromSAS: Bool, error: Bool, notice: Notice? = nil, providerClick: String? = nil,
                        limits: Limits = Limits(), email: String = "") -> HTML {
         let banner: HTML = fromSAS
-            ? "<p class=\"info\" id=\"origine-sas\">Vous arrivez depuis la plateforme SAS : une fois la connexion établie, vous disposerez de l’habilitation régulateur. Ce lien reste valable \(limits.intentMinutes) minutes.</p>"
+            ? "<p class=\"info\" id=\"origine-sas\">Vous arrivez depuis la plateforme SAS : une fois la connexion établie, vous disposerez de l’habilitation régulateur. Saisissez votre mot de passe dans les \(limits.intentMinutes) minutes qui suivent votre arrivée depuis la plateforme SAS.</p>"
             : ""
         // The same words whatever went wrong (no enumeration), with what a lock means: the
         // right password is refused until it ends, and a new password does not lift it.
@@ -189,7 +189,9 @@ enum Pages {
     /// starts with `# ` is a heading (an article's title), one whose lines all start with
     /// `- ` a list, so that a real CGU keeps its structure for assistive technologies.
     static func cgu(csrf: String, version: String, text: String, error: CGUError?, name: String? = nil, limits: Limits = Limits()) -> HTML {
-        let paragraphs = text.components(separatedBy: "\n\n").map { block -> HTML in
+        // A file written on Windows has CRLF line ends (its version, the text's hash, stays
+        // that of the file as it is).
+        let paragraphs = text.replacingOccurrences(of: "\r\n", with: "\n").components(separatedBy: "\n\n").map { block -> HTML in
             let lines = block.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
             if lines.count == 1, let first = lines.first, first.hasPrefix("# ") {
                 return "<h2>\(String(first.dropFirst(2)))</h2>"
@@ -236,9 +238,11 @@ enum Pages {
         <p><a href="/connexion">Retour à la connexion</a></p>
         """)
 
-    /// `email`: the account's, in a hidden `username` field, so that a password manager files
-    /// the new password under the right account.
-    static func resetPassword(csrf: String, token: String, errors: [String], email: String = "") -> HTML {
+    /// The account's address is not shown, not even in a hidden `username` field for password
+    /// managers (as Keycloak does): a link that leaked (a proxy's log of the URL, a forwarded
+    /// mail) would then give the sign-in address with it, and for an account without a second
+    /// factor yet, address and new password are the whole sign-in.
+    static func resetPassword(csrf: String, token: String, errors: [String]) -> HTML {
         let invalid = !errors.isEmpty
         return layout("Choisir un mot de passe", """
             \(invalid ? "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML : "" as HTML)
@@ -246,7 +250,6 @@ enum Pages {
             <form method="post" action="/reinitialisation" id="form-reinitialisation">
             \(csrfField(csrf))
             <input type="hidden" name="jeton" value="\(token)">
-            \(email.isEmpty ? "" as HTML : "<input type=\"text\" autocomplete=\"username\" value=\"\(email)\" hidden>" as HTML)
             <label for="password">Nouveau mot de passe</label>
             <input id="password" name="password" type="password" autocomplete="new-password" minlength="\(PasswordPolicy.minimumLength)" required aria-describedby="\(invalid ? "erreur regles-mdp" : "regles-mdp")"\(invalid ? " aria-invalid=\"true\" autofocus" as HTML : "")>
             <label for="confirmation">Confirmation du mot de passe</label>

@@ -317,7 +317,7 @@ struct WebController: Sendable {
         }
         let fromSAS = intentFromCookie(request)?.origin == .sas
         let notice: Pages.Notice? = switch query.first("fin") {
-        case "expiree": .refusal("Votre connexion a expiré (\(pageLimits.flowMinutes) minutes au plus entre le mot de passe et la dernière étape) : reconnectez-vous.")
+        case "expiree": .refusal("Votre connexion a expiré ou a été interrompue : reconnectez-vous. Une connexion se termine dans les \(pageLimits.flowMinutes) minutes qui suivent la saisie du mot de passe.")
         case "codes": .refusal("Trop de codes erronés : recommencez votre connexion.")
         case "deconnexion": .info("Vous êtes déconnecté(e) de l’espace régulateur.")
         default: nil
@@ -626,8 +626,8 @@ struct WebController: Sendable {
 
     func resetPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let token = (try? QueryParameters(query: request.uri.query))?.first("jeton") ?? ""
-        guard let account = try await credentials.accountForResetToken(token) else { return Self.page(Pages.resetInvalid, status: .gone) }
-        return respond(request) { Pages.resetPassword(csrf: $0, token: token, errors: [], email: account.email) }
+        guard try await credentials.accountForResetToken(token) != nil else { return Self.page(Pages.resetInvalid, status: .gone) }
+        return respond(request) { Pages.resetPassword(csrf: $0, token: token, errors: []) }
     }
 
     func reset(_ request: Request, _ context: WebRequestContext) async throws -> Response {

@@ -29,7 +29,7 @@ try:
     call("Emulation.setDeviceMetricsOverride", {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": False})
     too_wide = []
     def check_width():
-        width = evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        width = evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         if width[0] > width[1]:
             too_wide.append([evaluate("location.pathname"), width[0]])
     call("Page.enable")
