@@ -54,6 +54,23 @@ struct FHIREndpointTests {
         }
     }
 
+    /// A refusal's log line names the issues' codes and elements, not their sentences, which
+    /// quote what the SAS sent (an e-mail address, an IDNPS): personal data stays in the answer
+    /// and the audit trail, out of logs.
+    @Test func refusalsAreLoggedWithoutThePersonalDataTheyQuote() async throws {
+        try await withServer { client, server in
+            #expect(try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: "camille.dupont@chu.example")).status == 201)
+            let duplicate = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673900", email: "camille.dupont@chu.example"))
+            #expect(duplicate.status == 409 && duplicate.body.contains("camille.dupont@chu.example"), "the SAS is told which address: \(duplicate.body)")
+            let again = try await client.send(.POST, "/Practitioner", body: Bodies.practitioner(national: "810002673899", email: "other@chu.example"))
+            #expect(again.status == 409 && again.body.contains("810002673899"), "\(again.body)")
+            let lines = server.logs.all.filter { $0.contains("INT_R02 create refused") }
+            #expect(lines.count == 2, "\(lines)")
+            #expect(lines.allSatisfy { !$0.contains("camille.dupont") && !$0.contains("other@chu") && !$0.contains("810002673899") && !$0.contains("810002673900") }, "\(lines)")
+            #expect(lines.contains { $0.contains("telecom") }, "the element is named: \(lines)")
+        }
+    }
+
     @Test func kitCreatesUpdatesAndReads() async throws {
         try await withServer { client, server in
             let created = try await client.send(.POST, "/Practitioner", body: try Bodies.example("regulator-2-national-id-rpps.json"), contentType: "application/json",

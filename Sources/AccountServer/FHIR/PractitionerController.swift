@@ -177,7 +177,8 @@ struct PractitionerController: Sendable {
             let outcome = error == .databaseOutcomeUnknown ? "\(status.code) outcome unknown" : "\(status.code) refused"
             await provisioner.recordRefusal(action: action, identifier: auditIdentifier ?? request.uri.query, outcome: outcome,
                                             detail: error.summary(), accountID: error.accountID, target: auditTarget, context: callContext)
-            context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.summary())"])
+            // Codes and elements only: a sentence may quote an e-mail address or an IDNPS.
+            context.logger.notice("INT_R02 \(action) refused", metadata: ["status": "\(status.code)", "issues": "\(error.codesSummary())"])
             throw error
         }
     }

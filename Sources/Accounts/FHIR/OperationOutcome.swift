@@ -152,9 +152,21 @@ public struct FHIRError: Error, Sendable, Equatable, CustomStringConvertible {
                                                         diagnostics: "\(issues.count - limit) more issue(s) of the same request not listed")]
     }
 
-    /// The first `limit` issues and how many more there were: what the audit trail and the
-    /// logs record, so a hostile body (a 1 MiB array of nulls is thousands of issues) cannot
-    /// turn one refusal into megabytes of audit rows or log lines.
+    /// The issues without their sentences: each one's code and the elements it is about
+    /// (`duplicate at Practitioner.telecom[0].value`). For logs, which outlive the audit's
+    /// controls and go to other hands (a log shipper): a sentence may quote what the SAS sent,
+    /// an e-mail address or an IDNPS; the full text stays in the answer and the audit trail.
+    public func codesSummary(limit: Int = 10) -> String {
+        let shown = issues.prefix(limit).map { issue -> String in
+            let at = issue.expression + issue.location
+            return at.isEmpty ? issue.code.rawValue : "\(issue.code.rawValue) at \(at.joined(separator: ", "))"
+        }.joined(separator: "; ")
+        return issues.count > limit ? shown + "; and \(issues.count - limit) more issue(s)" : shown
+    }
+
+    /// The first `limit` issues and how many more there were: what the audit trail
+    /// records, so a hostile body (a 1 MiB array of nulls is thousands of issues) cannot
+    /// turn one refusal into megabytes of audit rows.
     public func summary(limit: Int = 10) -> String {
         let shown = issues.prefix(limit).map(\.description).joined(separator: "; ")
         return issues.count > limit ? shown + "; and \(issues.count - limit) more issue(s)" : shown
