@@ -171,6 +171,17 @@ public final class VendorAdministration: Sendable {
         }
     }
 
+    /// The account an audit export means: as ``resolve(_:)``, or the id of an account that is
+    /// no more (erased) whose events the trail still holds: its trail must stay exportable
+    /// (a person's access request, an investigation) after the account is gone.
+    public func resolveInTrail(_ reference: String) async throws -> String? {
+        if let id = try await resolve(reference) { return id }
+        let text = reference.trimmingCharacters(in: .whitespaces)
+        return try await database.read { db in
+            try String.fetchOne(db, sql: "SELECT account_id FROM audit_event WHERE account_id = ? LIMIT 1", arguments: [text])
+        }
+    }
+
     public func detail(accountID: String, auditLimit: Int = 200) async throws -> AccountDetail? {
         let at = now
         let idle = sessionConfiguration.idleTimeout
@@ -320,6 +331,50 @@ public final class VendorAdministration: Sendable {
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
                                              detail: Self.detail("\(count) session(s) ended" + (links > 0 ? "; \(links) password reset link(s) voided" : ""), reason)), in: db)
             return AdminActionResult(accountID: accountID, changed: true, sessions: count, resetLinks: links)
+        }
+    }
+
+    /// What ``erase(accountID:reason:actor:requestID:)`` did, or why it did nothing.
+    public enum ErasureOutcome: Sendable, Equatable {
+        /// The account and everything it had are gone; `sessions` were still live.
+        case erased(AccountErasure.Erased, sessions: Int)
+        /// The SAS still has the account active: refused, nothing changed.
+        case stillActive
+    }
+
+    /// Erases an account's personal data (GDPR article 17: a regulator's request, the end of
+    /// the retention the deployment set for deactivated accounts): the account, its
+    /// identifiers and their history, credentials, CGU acceptances, sessions, sign-ins under
+    /// way, suspension and queued mails, in one transaction with an `account-erased` audit
+    /// event that carries only the account id and counts. The audit trail itself is kept
+    /// (append-only; ``AccountErasure``).
+    ///
+    /// Only an account the SAS has deactivated (INT_R02 `active:false`): the SAS manages the
+    /// account's life, and would send its next update (an upsert) for an active one, creating a
+    /// new account without its history, CGU acceptance or second factor. A vendor suspension
+    /// is not enough. A later INT_R02 create or upsert for the same identifier makes a new
+    /// account, as for a regulator never seen. Nil when there is no such account.
+    public func erase(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> ErasureOutcome? {
+        let at = now
+        let reason = Self.recorded(reason)
+        let idle = sessionConfiguration.idleTimeout
+        return try await database.write { db in
+            let accounts = AccountErasure()
+            guard let active = try accounts.isActive(accountID, in: db) else { return nil }
+            guard !active else {
+                try self.unchanged("erase", Self.detail("refused: the SAS has the account active", reason), accountID: accountID, actor: actor,
+                                   requestID: requestID, at: at, in: db)
+                return .stillActive
+            }
+            let sessions = try SessionLedger().eraseAll(of: accountID, at: at, idleTimeout: idle, in: db)
+            guard let erased = try accounts.erase(accountID: accountID, in: db) else { return nil }
+            try self.audit.append(AuditEvent(at: at, surface: "admin", action: "account-erased", outcome: "erased", actor: actor,
+                                             requestID: requestID, identifier: nil, accountID: accountID, changes: [],
+                                             detail: Self.detail("\(erased.identifiers) identifier row(s), \(sessions) live session(s), "
+                                                                 + "\(erased.totpSecrets) TOTP secret(s), \(erased.recoveryCodes) recovery code(s), "
+                                                                 + "\(erased.resetLinks) reset link(s), \(erased.cguAcceptances) CGU acceptance(s), "
+                                                                 + "\(erased.mails) queued mail(s) removed", reason)), in: db)
+            return .erased(erased, sessions: sessions)
         }
     }
 

@@ -122,6 +122,59 @@ struct AdminTests {
         await world.stop()
     }
 
+    /// `POST /api/accounts/{account}/erase`: only with `{"confirm": true}`, only for an
+    /// account the SAS deactivated; the account's session dies with it, the FHIR endpoint no
+    /// longer finds it, its trail stays, and the SAS sending the regulator again creates a new
+    /// account.
+    @Test func anErasureNeedsConfirmationAndADeactivatedAccount() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server)
+        let browser = try world.browser()
+        try await WebSignInTests.choosePassword(browser, world: world)
+        try await WebSignInTests.signIn(browser)
+        #expect(try await browser.get("/compte").status == 200)
+        let id = try #require(try await admin.json("/api/accounts/\(WebSignInTests.email)")["id"].flatMap { if case .string(let s) = $0 { s } else { nil } })
+
+        for body in ["", #"{"confirm":false}"#, #"{"reason":"x"}"#, #"{"confirm":"yes"}"#, #"{"confirm":true,"force":true}"#] {
+            let refused = try await admin.send(.POST, "/api/accounts/\(id)/erase", body: body)
+            #expect(refused.status == 400 && refused.body.contains("\"error\""), "\(body): \(refused.status) \(refused.body)")
+        }
+        let active = try await admin.send(.POST, "/api/accounts/\(id)/erase", body: #"{"confirm":true}"#)
+        #expect(active.status == 409 && active.body.contains("INT_R02 active:false"), "\(active.status) \(active.body)")
+        let shownStill = try await admin.send(.GET, "/api/accounts/\(id)").status, pageStill = try await browser.get("/compte").status
+        #expect(shownStill == 200 && pageStill == 200, "nothing changed")
+        #expect(try await admin.send(.POST, "/api/accounts/no-such-account/erase", body: #"{"confirm":true}"#).status == 404)
+
+        try await world.setActive(false)
+        let erased = try await admin.send(.POST, "/api/accounts/\(id)/erase", body: #"{"confirm":true,"reason":"demande RGPD"}"#)
+        #expect(erased.status == 200, "\(erased.body)")
+        let answer = try JSONParser().parse(Array(erased.body.utf8))
+        guard case .object(let result) = answer else { Issue.record("\(erased.body)"); return }
+        #expect(result["action"] == .string("erase") && result["changed"] == .bool(true) && result["sessions"] == .number("1")
+                && result["identifiers"] == .number("1") && result["cgu_acceptances"] == .number("1") && result["totp_secrets"] == .number("1"),
+                "\(erased.body)")
+        #expect(!erased.body.contains("marius") && !erased.body.contains("810002673899"), "counts only: \(erased.body)")
+
+        let after = try await browser.get("/compte")
+        #expect(after.status == 303 || after.status == 401 || after.location?.hasPrefix("/connexion") == true, "the session died with the account: \(after.status)")
+        #expect(try await admin.send(.GET, "/api/accounts/\(id)").status == 404)
+        #expect(try await admin.send(.POST, "/api/accounts/\(id)/erase", body: #"{"confirm":true}"#).status == 404)
+        let search = try await world.fhir.send(.GET, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899")
+        #expect(search.status == 200 && search.body.contains(#""total":0"#), "\(search.body)")
+        #expect(try await world.fhir.send(.GET, "/Practitioner/\(id)").status == 404)
+        let trail = try await admin.send(.GET, "/api/audit?account=\(id)")
+        #expect(trail.status == 200 && trail.body.contains(#""action":"create""#) && trail.body.contains(#""action":"account-erased""#)
+                && trail.body.contains("reason: demande RGPD"), "\(trail.body)")
+
+        let recreated = try await world.fhir.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899",
+                                                  body: Bodies.practitioner(national: "810002673899", email: WebSignInTests.email))
+        #expect(recreated.status == 201, "\(recreated.status) \(recreated.body)")
+        #expect(!recreated.body.contains(id))
+        await browser.shutdown()
+        await admin.shutdown()
+        await world.stop()
+    }
+
     /// The audit export is paged: `limit` 1–10,000 (1,000 when absent), `after` a sequence
     /// number; anything else is a 400 instead of "everything" (SQLite) or a 500 (PostgreSQL);
     /// a full page says where the next one starts.

@@ -684,6 +684,31 @@ struct ProcessTests {
         }
         #expect(audit.output.contains(#""actor_subject":"\#(Self.operatorSubject)""#) && !audit.output.contains("forged"), "\(audit.output)")
         #expect(audit.output.contains("reason: contrôle") && audit.output.contains("reason: fin du contrôle"))
+
+        // erase: --confirm required; an account the SAS has active is refused; a deactivated
+        // one goes, the trail keeps its events.
+        let unconfirmedErase = try await Self.run(["admin", "erase", id] + database)
+        #expect(unconfirmedErase.status == 1 && unconfirmedErase.errors.contains("give --confirm"), "\(unconfirmedErase)")
+        let activeErase = try await Self.run(["admin", "erase", id, "--confirm"] + database)
+        #expect(activeErase.status == 1 && activeErase.errors.contains("INT_R02 active:false") && activeErase.output.isEmpty, "\(activeErase)")
+        let gone = UUID().uuidString.lowercased()
+        #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: gone, email: "gone@test.fr", active: false) == "201")
+        let erased = try await Self.run(["admin", "erase", gone, "--confirm", "--reason", "fin de conservation"] + database)
+        #expect(erased.status == 0 && erased.output.contains(#""action":"erase""#) && erased.output.contains(#""identifiers":1"#), "\(erased)")
+        #expect(try await Self.run(["admin", "show", gone] + database).status == 1)
+        #expect(try await Self.run(["admin", "list", "gone@"] + database).output.contains(gone) == false)
+        // Its trail is still exported by its id (the erasure's answer names it), by both audit
+        // commands; its identifiers no longer name anything.
+        guard case .object(let answer)? = try? JSONParser().parse(Array(erased.output.utf8)), case .string(let goneID)? = answer["id"] else {
+            Issue.record("erase: \(erased.output)")
+            return
+        }
+        #expect(try await Self.run(["audit", "--account", gone] + database).status == 1)
+        for command in [["audit"], ["admin", "audit"]] {
+            let trail = try await Self.run(command + ["--account", goneID] + database)
+            #expect(trail.status == 0 && trail.output.contains(#""action":"create""#) && trail.output.contains(#""action":"account-erased""#)
+                    && trail.output.contains("reason: fin de conservation"), "\(command): \(trail)")
+        }
     }
 
     /// A key file as an operator's rotation writes it: a new file (0600) renamed into place.
@@ -762,12 +787,12 @@ struct ProcessTests {
 
     /// One create with curl (a real, separate client process); the HTTP status, or nil when
     /// the server is gone.
-    static func curlCreate(port: Int, pki: URL, uuid: String, email: String) async throws -> String? {
-        try await onDedicatedThread { curlCreateBlocking(port: port, pki: pki, uuid: uuid, email: email) }
+    static func curlCreate(port: Int, pki: URL, uuid: String, email: String, active: Bool = true) async throws -> String? {
+        try await onDedicatedThread { curlCreateBlocking(port: port, pki: pki, uuid: uuid, email: email, active: active) }
     }
 
-    static func curlCreateBlocking(port: Int, pki: URL, uuid: String, email: String) -> String? {
-        let body = #"{"resourceType":"Practitioner","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(uuid)"}],"active":true,"name":[{"family":"K","given":["N"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
+    static func curlCreateBlocking(port: Int, pki: URL, uuid: String, email: String, active: Bool = true) -> String? {
+        let body = #"{"resourceType":"Practitioner","meta":{"source":"urn:oid:1.2.250.1.213.3.6"},"identifier":[{"type":{"coding":[{"system":"http://interopsante.org/fhir/CodeSystem/fr-v2-0203","code":"INTRN"}]},"system":"urn:oid:1.2.250.1.213.3.6","value":"\#(uuid)"}],"active":\#(active),"name":[{"family":"K","given":["N"]}],"telecom":[{"system":"email","value":"\#(email)"}]}"#
         // spawnAndWaitHere: output in a file, no pipe another test's child could hold open.
         let run = spawnAndWaitHere("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60",
                                                      "--cacert", pki.appendingPathComponent("ca.pem").path,

@@ -816,6 +816,78 @@ struct SessionAndHabilitationTests {
         #expect(try await administration.revokeSessions(accountID: world.accountID, actor: world.actor)?.sessions == 2)
     }
 
+    /// Erasure (GDPR article 17) removes the account and everything that names it, in one
+    /// transaction, only once the SAS has deactivated it; the audit trail keeps its events and
+    /// records the erasure with counts only. An identifier the erased account had taken from
+    /// another stays in that one's history, without the erased account's id.
+    @Test func erasureRemovesADeactivatedAccountAndKeepsTheTrail() async throws {
+        let world = try await World()
+        let administration = VendorAdministration(database: world.database, clock: { world.clock.now })
+        let session = try await world.signIn(origin: .sas)
+        try await world.credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, account in
+            OutgoingMail(recipient: account.email, subject: "lien", body: token)
+        }, actor: world.actor)
+        _ = try await administration.suspend(accountID: world.accountID, reason: nil, actor: world.actor)
+        func count(_ table: String, _ value: String, column: String = "account_id") async throws -> Int {
+            try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table) WHERE \(column) = ?", arguments: [value]) ?? 0 }
+        }
+
+        // Active at the SAS (a vendor suspension is not enough): refused, nothing removed.
+        #expect(try await administration.erase(accountID: world.accountID, reason: nil, actor: world.actor) == .stillActive)
+        let accountRows = try await count("account", world.accountID, column: "id"), sessionRows = try await count("web_session", world.accountID)
+        #expect(accountRows == 1 && sessionRows == 1)
+        #expect(try await administration.erase(accountID: "no-such-account", reason: nil, actor: world.actor) == nil)
+
+        // The SAS deactivates A; B takes its IDNPS (a reattribution), then is deactivated too.
+        let context = CallContext(actor: world.actor)
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, try World.record(active: false), ifMatch: nil), context: context)
+        let other = RegulatorRecord(nationalID: NationalID("810002673899"), active: true, familyName: "MARIUS", givenName: "Jeanne",
+                                    email: EmailAddress("jeanne.marius@test.com")!)
+        let b = try await world.provisioner.provision(.create(other), context: context).account.id
+        var deactivated = other
+        deactivated.active = false
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, deactivated, ifMatch: nil), context: context)
+        let historyBefore = try #require(try await administration.detail(accountID: world.accountID)).identifierHistory
+        #expect(historyBefore.contains { $0.endedReason == .reattributed && $0.endedByAccountId == b }, "\(historyBefore)")
+
+        // Erasing B leaves A's history saying the IDNPS was reattributed, no longer to whom.
+        guard case .erased(let erasedB, _)? = try await administration.erase(accountID: b, reason: "fin de conservation", actor: world.actor) else {
+            Issue.record("B was not erased"); return
+        }
+        #expect(erasedB.identifiers == 1)
+        let historyAfter = try #require(try await administration.detail(accountID: world.accountID)).identifierHistory
+        #expect(historyAfter.count == historyBefore.count && historyAfter.contains { $0.endedReason == .reattributed && $0.endedByAccountId == nil },
+                "\(historyAfter)")
+
+        // Erasing A removes every row that names it, its queued mail included.
+        let outcome = try await administration.erase(accountID: world.accountID, reason: "demande de la personne", actor: world.actor)
+        guard case .erased(let erased, let sessions)? = outcome else { Issue.record("A was not erased: \(String(describing: outcome))"); return }
+        #expect(erased.totpSecrets == 1 && erased.recoveryCodes == 10 && erased.cguAcceptances == 1 && erased.identifiers == 1
+                && erased.resetLinks == 2 && erased.mails == 1 && sessions == 1, "\(erased) \(sessions)")
+        for table in ["account_identifier", "totp_credential", "recovery_code", "password_reset_token", "cgu_acceptance",
+                      "web_session", "sign_in_flow", "vendor_suspension"] {
+            #expect(try await count(table, world.accountID) == 0, "\(table)")
+        }
+        #expect(try await count("account", world.accountID, column: "id") == 0)
+        #expect(try await count("mail_outbox", "jules.marius@test.com", column: "recipient") == 0)
+        #expect(try await world.sessions.session(session) == nil, "its session is gone with it")
+        #expect(try await administration.detail(accountID: world.accountID) == nil)
+        #expect(try await administration.erase(accountID: world.accountID, reason: nil, actor: world.actor) == nil, "a second erasure finds nothing")
+
+        // The trail keeps the account's events and says what happened, without personal data.
+        let trail = try await administration.auditEvents(accountID: world.accountID)
+        #expect(trail.contains { $0.action == "create" } && trail.last?.action == "account-erased", "\(trail.map(\.action))")
+        let event = try #require(trail.last)
+        #expect(event.identifier == nil && event.changes == nil, "\(event)")
+        #expect(event.detail?.contains("reason: demande de la personne") == true && event.detail?.contains("jules") == false
+                && event.detail?.contains("810002673899") == false, "\(String(describing: event.detail))")
+        #expect(trail.contains { $0.outcome == "erase: unchanged" && $0.detail?.contains("the SAS has the account active") == true })
+
+        // The SAS sending the regulator again makes a new account, as for one never seen.
+        let again = try await world.provisioner.provision(.conditionalUpdate(World.national, try World.record(active: true), ifMatch: nil), context: context)
+        #expect(again.account.id != world.accountID && again.account.id != b)
+    }
+
     @Test func signOutAndRevokeAll() async throws {
         let world = try await World()
         let first = try await world.signIn(origin: .sas)

@@ -109,6 +109,7 @@ struct AdminController: Sendable {
         api.post("accounts/:ref/revoke-sessions") { request, context in try await self.act("revoke-sessions", request, context) }
         api.post("accounts/:ref/unlock") { request, context in try await self.act("unlock", request, context) }
         api.post("accounts/:ref/reset-second-factor") { request, context in try await self.act("reset-second-factor", request, context) }
+        api.post("accounts/:ref/erase") { request, context in try await self.act("erase", request, context) }
         api.get("audit") { request, context in try await self.audit(request, context) }
 
         router.get("/") { request, context in
@@ -186,6 +187,7 @@ struct AdminController: Sendable {
     func act(_ action: String, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
         let reference = Self.reference(context)
         var reason: String?
+        var confirmed = false
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         if body.readableBytes > 0 {
             guard case .object(let object)? = try? JSONParser().parse(Array(body.readableBytesView)) else {
@@ -193,8 +195,17 @@ struct AdminController: Sendable {
             }
             // A member we do not read is refused, not ignored: {"motif": "…"} would otherwise
             // suspend without the reason the operator believes recorded.
-            if let unknown = object.keys.first(where: { $0 != "reason" }) {
-                return Self.problem(.badRequest, "unknown member \(String(unknown.prefix(64)).debugDescription): the body takes only \"reason\"")
+            let members: Set<String> = action == "erase" ? ["reason", "confirm"] : ["reason"]
+            if let unknown = object.keys.first(where: { !members.contains($0) }) {
+                return Self.problem(.badRequest, "unknown member \(String(unknown.prefix(64)).debugDescription): the body takes only "
+                                    + members.sorted().map { "\"\($0)\"" }.joined(separator: " and "))
+            }
+            if action == "erase" {
+                switch object["confirm"] {
+                case .bool(true)?: confirmed = true
+                case nil, .bool(false)?: break
+                default: return Self.problem(.badRequest, "confirm must be true or false")
+                }
             }
             switch object["reason"] {
             case nil, .null?: break
@@ -204,8 +215,24 @@ struct AdminController: Sendable {
             default: return Self.problem(.badRequest, "reason must be a string")
             }
         }
+        // Checked before the account is looked up: an unconfirmed erasure says why whatever
+        // the reference, and changes nothing.
+        if action == "erase" && !confirmed {
+            return Self.problem(.badRequest, "erase deletes the account and what it holds for good: send {\"confirm\": true}")
+        }
         guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
         let actor = actor(context, via: "admin-api")
+        if action == "erase" {
+            switch try await administration.erase(accountID: id, reason: reason, actor: actor, requestID: context.requestID) {
+            case nil: return Self.problem(.notFound, "no account matches \(reference)")
+            case .stillActive?:
+                return Self.problem(.conflict, "the SAS has this account active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
+            case .erased(let erased, let sessions)?:
+                metrics.adminAction(action)
+                context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "changed": "true"])
+                return Self.json(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
+            }
+        }
         let result: AdminActionResult?
         switch action {
         case "suspend": result = try await administration.suspend(accountID: id, reason: reason, actor: actor, requestID: context.requestID)
@@ -225,7 +252,7 @@ struct AdminController: Sendable {
         guard let query = Self.query(request) else { return Self.problem(.badRequest, Self.unreadableQuery) }
         var accountID: String?
         if let reference = query.first("account") {
-            guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
+            guard let id = try await administration.resolveInTrail(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
             accountID = id
         }
         // Bounded pages: the trail is never purged, and a whole trail held in memory at once

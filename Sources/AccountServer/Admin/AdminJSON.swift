@@ -57,6 +57,13 @@ enum AdminJSON {
         return .object(object)
     }
 
+    /// An erasure's answer: what went, in counts (nothing of what was erased).
+    static func erasure(accountID: String, _ erased: AccountErasure.Erased, sessions: Int) -> JSONValue {
+        .object(["id": .string(accountID), "action": .string("erase"), "changed": .bool(true), "sessions": int(sessions),
+                 "identifiers": int(erased.identifiers), "totp_secrets": int(erased.totpSecrets), "recovery_codes": int(erased.recoveryCodes),
+                 "reset_links": int(erased.resetLinks), "cgu_acceptances": int(erased.cguAcceptances), "queued_mails": int(erased.mails)])
+    }
+
     static func action(_ name: String, _ result: AdminActionResult) -> JSONValue {
         .object(["id": .string(result.accountID), "action": .string(name), "changed": .bool(result.changed), "sessions": int(result.sessions),
                  "reset_links": int(result.resetLinks)])

@@ -10,9 +10,9 @@ import Habilitation
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "admin",
-        abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, reset a second factor, export the audit trail.",
+        abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, reset a second factor, erase a deactivated account, export the audit trail.",
         subcommands: [List.self, Show.self, Suspend.self, Restore.self, RevokeSessions.self, Unlock.self, ResetSecondFactor.self,
-                      ForgetSecretKey.self, Audit.self]
+                      Erase.self, ForgetSecretKey.self, Audit.self]
     )
 
     struct DatabaseOptions: ParsableArguments {
@@ -66,6 +66,14 @@ struct AdminCommand: AsyncParsableCommand {
     static func resolve(_ administration: VendorAdministration, _ reference: String) async throws -> String {
         guard let id = try await administration.resolve(reference) else {
             throw AdminFailure(message: "no account matches \(reference) (give its id, IDNPS, SAS technical id or e-mail)")
+        }
+        return id
+    }
+
+    /// For audit exports: an erased account's id too, as long as the trail names it.
+    static func resolveInTrail(_ administration: VendorAdministration, _ reference: String) async throws -> String {
+        guard let id = try await administration.resolveInTrail(reference) else {
+            throw AdminFailure(message: "no account matches \(reference) (give its id, IDNPS, SAS technical id or e-mail; an erased account by its id)")
         }
         return id
     }
@@ -201,6 +209,31 @@ struct AdminCommand: AsyncParsableCommand {
         }
     }
 
+    struct Erase: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "erase",
+            abstract: "Erase an account the SAS has deactivated (GDPR right to erasure, end of retention): the account, its identifiers and their history, credentials, CGU acceptances, sessions and queued mails; the audit trail keeps its events.")
+        @OptionGroup var options: DatabaseOptions
+        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+        @Option(help: "Why (in the audit trail; no health data).") var reason: String?
+        @Flag(help: "Required: the erasure cannot be undone (restoring a backup would bring the account back).") var confirm = false
+
+        func run() async throws {
+            guard confirm else {
+                throw AdminFailure(message: "erase deletes the account and what it holds for good: give --confirm")
+            }
+            let administration = try await options.administration()
+            let id = try await AdminCommand.resolve(administration, account)
+            switch try await administration.erase(accountID: id, reason: reason, actor: AdminCommand.actor) {
+            case nil: throw AdminFailure(message: "no account \(id)")
+            case .stillActive?:
+                throw AdminFailure(message: "the SAS has account \(id) active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
+            case .erased(let erased, let sessions)?:
+                AdminCommand.emit(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
+            }
+        }
+    }
+
     struct ForgetSecretKey: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "forget-secret-key",
@@ -238,7 +271,7 @@ struct AdminCommand: AsyncParsableCommand {
         func run() async throws {
             let administration = try await options.administration()
             var accountID: String?
-            if let account { accountID = try await AdminCommand.resolve(administration, account) }
+            if let account { accountID = try await AdminCommand.resolveInTrail(administration, account) }
             try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
                 AdminCommand.emit(event.jsonValue)
             }

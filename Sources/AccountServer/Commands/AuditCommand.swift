@@ -35,7 +35,7 @@ struct AuditCommand: AsyncParsableCommand {
         let administration = VendorAdministration(database: try await StorageLocation.openExisting(
             try await Settings.database(database)))
         var accountID: String?
-        if let account { accountID = try await AdminCommand.resolve(administration, account) }
+        if let account { accountID = try await AdminCommand.resolveInTrail(administration, account) }
         try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
             AdminCommand.emit(event.jsonValue)
         }
