@@ -378,6 +378,35 @@ public final class VendorAdministration: Sendable {
         }
     }
 
+    /// Erases every account the SAS deactivated before `cutoff` (by when its `active` last
+    /// changed), oldest first, each in its own transaction as ``erase(accountID:reason:actor:requestID:)``
+    /// (which checks again that it is still deactivated: one the SAS reactivates meanwhile is
+    /// kept). The retention of deactivated accounts, run by the operator (`docs/personal-data.md`).
+    /// `each` is told of every erasure as it is made. Returns how many were erased.
+    @discardableResult
+    public func eraseDeactivated(before cutoff: Date, reason: String?, actor: AuditActor,
+                                 each: (String, AccountErasure.Erased, Int) throws -> Void = { _, _, _ in }) async throws -> Int {
+        var erased = 0
+        var skipped: Set<String> = []
+        while true {
+            let ids = try await database.read { db in
+                try String.fetchAll(db, sql: """
+                    SELECT id FROM account WHERE NOT active AND active_changed_at < ? ORDER BY active_changed_at, id LIMIT 500
+                    """, arguments: [cutoff.epochMilliseconds])
+            }.filter { !skipped.contains($0) }
+            guard !ids.isEmpty else { return erased }
+            for id in ids {
+                switch try await erase(accountID: id, reason: reason, actor: actor) {
+                case .erased(let what, let sessions)?:
+                    erased += 1
+                    try each(id, what, sessions)
+                case .stillActive?, nil:
+                    skipped.insert(id)
+                }
+            }
+        }
+    }
+
     /// The server key is lost for good (no backup of the key file): what it sealed cannot be
     /// opened, and start-up refuses another key for this database. Discards every TOTP secret,
     /// recovery code and queued mail and the key's fingerprint, and ends every session and

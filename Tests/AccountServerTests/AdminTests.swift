@@ -146,6 +146,12 @@ struct AdminTests {
         #expect(try await admin.send(.POST, "/api/accounts/no-such-account/erase", body: #"{"confirm":true}"#).status == 404)
 
         try await world.setActive(false)
+        // By its id only: an e-mail or identifier several deactivated accounts may share is
+        // not an irreversible action's name.
+        for other in [WebSignInTests.email, "810002673899", "urn:oid:1.2.250.1.71.4.2.1%7C810002673899"] {
+            let refused = try await admin.send(.POST, "/api/accounts/\(other)/erase", body: #"{"confirm":true}"#)
+            #expect(refused.status == 404 && refused.body.contains("account id"), "\(other): \(refused.status) \(refused.body)")
+        }
         let erased = try await admin.send(.POST, "/api/accounts/\(id)/erase", body: #"{"confirm":true,"reason":"demande RGPD"}"#)
         #expect(erased.status == 200, "\(erased.body)")
         let answer = try JSONParser().parse(Array(erased.body.utf8))

@@ -693,22 +693,91 @@ struct ProcessTests {
         #expect(activeErase.status == 1 && activeErase.errors.contains("INT_R02 active:false") && activeErase.output.isEmpty, "\(activeErase)")
         let gone = UUID().uuidString.lowercased()
         #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: gone, email: "gone@test.fr", active: false) == "201")
-        let erased = try await Self.run(["admin", "erase", gone, "--confirm", "--reason", "fin de conservation"] + database)
-        #expect(erased.status == 0 && erased.output.contains(#""action":"erase""#) && erased.output.contains(#""identifiers":1"#), "\(erased)")
-        #expect(try await Self.run(["admin", "show", gone] + database).status == 1)
-        #expect(try await Self.run(["admin", "list", "gone@"] + database).output.contains(gone) == false)
-        // Its trail is still exported by its id (the erasure's answer names it), by both audit
-        // commands; its identifiers no longer name anything.
-        guard case .object(let answer)? = try? JSONParser().parse(Array(erased.output.utf8)), case .string(let goneID)? = answer["id"] else {
-            Issue.record("erase: \(erased.output)")
+        // By its id only (admin list gives it), never by an identifier or e-mail.
+        let byTechnicalID = try await Self.run(["admin", "erase", gone, "--confirm"] + database)
+        #expect(byTechnicalID.status == 1 && byTechnicalID.errors.contains("account id"), "\(byTechnicalID)")
+        let goneLine = try await Self.run(["admin", "list", "gone@", "--json"] + database).output
+        guard case .object(let goneAccount)? = try? JSONParser().parse(Array(goneLine.utf8)), case .string(let goneID)? = goneAccount["id"] else {
+            Issue.record("list: \(goneLine)")
             return
         }
+        let erased = try await Self.run(["admin", "erase", goneID, "--confirm", "--reason", "fin de conservation"] + database)
+        #expect(erased.status == 0 && erased.output.contains(#""action":"erase""#) && erased.output.contains(#""identifiers":1"#), "\(erased)")
+        #expect(try await Self.run(["admin", "show", goneID] + database).status == 1)
+        #expect(try await Self.run(["admin", "list", "gone@"] + database).output.contains(gone) == false)
+        // Its trail is still exported by its id, by both audit commands; its identifiers no
+        // longer name anything.
         #expect(try await Self.run(["audit", "--account", gone] + database).status == 1)
         for command in [["audit"], ["admin", "audit"]] {
             let trail = try await Self.run(command + ["--account", goneID] + database)
             #expect(trail.status == 0 && trail.output.contains(#""action":"create""#) && trail.output.contains(#""action":"account-erased""#)
                     && trail.output.contains("reason: fin de conservation"), "\(command): \(trail)")
         }
+        // erase-deactivated: every account deactivated before the date, one JSON line each;
+        // the active one stays.
+        let later = UUID().uuidString.lowercased()
+        #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: later, email: "later@test.fr", active: false) == "201")
+        #expect(try await Self.run(["admin", "erase-deactivated", "--before", "2999-01-01", "--confirm"] + database).status == 64)
+        let swept = try await Self.run(["admin", "erase-deactivated", "--before", AuditLog.timestamp(Date()), "--confirm", "--reason", "fin de conservation"] + database)
+        #expect(swept.status == 0 && swept.output.split(separator: "\n").count == 1 && swept.output.contains(#""action":"erase""#), "\(swept)")
+        #expect(try await Self.run(["admin", "list", "later@"] + database).output.contains(later) == false)
+        #expect(try await Self.run(["admin", "show", id] + database).status == 0, "the active account stays")
+    }
+
+    /// `admin archive-audit`: the trail's older events moved to a file (0600, read back and
+    /// checked) and removed, with a record naming the file's SHA-256, on the database of a
+    /// running server that keeps appending; on PostgreSQL only as the schema owner.
+    @Test func theAuditTrailIsArchivedToAFileAndRemoved() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("archive-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let (process, port) = try await Self.launch(directory: directory)
+        defer { process.terminate() }
+        let pki = directory.appendingPathComponent("pki")
+        #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "old@test.fr") == "201")
+        try await Task.sleep(for: .milliseconds(20))
+        let cutoff = AuditLog.timestamp(Date())
+        let runtime = try await Self.databaseArgument(directory)
+        let owner = ["--database", try TestStore.ownerArgument(of: runtime)]
+        let file = directory.appendingPathComponent("audit-2026.jsonl").path
+
+        if TestStore.kind == .postgres {
+            let refused = try await Self.run(["admin", "archive-audit", "--before", cutoff, "--to", file, "--confirm", "--database", runtime])
+            #expect(refused.status == 1 && refused.errors.contains("schema owner"), "\(refused)")
+            #expect(!FileManager.default.fileExists(atPath: file), "nothing written for a role that may not remove")
+        }
+        let unconfirmed = try await Self.run(["admin", "archive-audit", "--before", cutoff, "--to", file] + owner)
+        #expect(unconfirmed.status == 1 && unconfirmed.errors.contains("give --confirm"), "\(unconfirmed)")
+        for before in ["2999-01-01", "yesterday"] {
+            #expect(try await Self.run(["admin", "archive-audit", "--before", before, "--to", file, "--confirm"] + owner).status == 64, "\(before)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: file))
+
+        let archived = try await Self.run(["admin", "archive-audit", "--before", cutoff, "--to", file, "--confirm"] + owner)
+        #expect(archived.status == 0, "\(archived)")
+        guard case .object(let answer)? = try? JSONParser().parse(Array(archived.output.utf8)), case .number(let count)? = answer["archived"],
+              case .string(let digest)? = answer["sha256"] else {
+            Issue.record("archive-audit: \(archived.output)")
+            return
+        }
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        let lines = bytes.split(separator: 0x0A)
+        #expect(Int(count) == lines.count && lines.count >= 1 && lines.allSatisfy { (try? JSONParser().parse(Array($0))) != nil })
+        #expect(lines.contains { String(decoding: $0, as: UTF8.self).contains(#""action":"create""#) })
+        #expect(SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined() == digest)
+        let attributes = try FileManager.default.attributesOfItem(atPath: file)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+
+        // An existing file is never replaced: refused, nothing removed.
+        let again = try await Self.run(["admin", "archive-audit", "--before", AuditLog.timestamp(Date()), "--to", file, "--confirm"] + owner)
+        #expect(again.status == 1 && again.errors.contains("cannot create"), "\(again)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: file)) == bytes)
+
+        // The server goes on appending; the trail starts with the record of the archive.
+        #expect(try await Self.curlCreate(port: port, pki: pki, uuid: UUID().uuidString.lowercased(), email: "new@test.fr") == "201")
+        let trail = try await Self.run(["audit", "--database", runtime])
+        let events = trail.output.split(separator: "\n").map(String.init)
+        #expect(events.count == 2 && events.first?.contains(#""action":"audit-archived""#) == true && events.first?.contains(digest) == true
+                && events.last?.contains(#""action":"create""#) == true, "\(events)")
     }
 
     /// A key file as an operator's rotation writes it: a new file (0600) renamed into place.

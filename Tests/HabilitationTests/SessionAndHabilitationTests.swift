@@ -888,6 +888,32 @@ struct SessionAndHabilitationTests {
         #expect(again.account.id != world.accountID && again.account.id != b)
     }
 
+    /// The retention of deactivated accounts: those the SAS deactivated before the cut-off
+    /// go, oldest first; one deactivated later, and an active one, stay.
+    @Test func deactivatedAccountsAreErasedPastTheirRetention() async throws {
+        let world = try await World(complete: false)
+        let administration = VendorAdministration(database: world.database, clock: { world.clock.now })
+        let context = CallContext(actor: world.actor)
+        func record(_ national: String, active: Bool) -> RegulatorRecord {
+            RegulatorRecord(nationalID: NationalID(national), active: active, familyName: "X", givenName: "Y",
+                            email: EmailAddress("r\(national)@test.com")!)
+        }
+        let old = try await world.provisioner.provision(.create(record("810002673900", active: false)), context: context).account.id
+        world.clock.advance(3600)
+        let active = try await world.provisioner.provision(.create(record("810002673901", active: true)), context: context).account.id
+        let cutoff = world.clock.now
+        world.clock.advance(3600)
+        // Deactivated after the cut-off, though created before it: kept.
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, try World.record(active: false), ifMatch: nil), context: context)
+        var seen: [String] = []
+        let count = try await administration.eraseDeactivated(before: cutoff, reason: "fin de conservation", actor: world.actor) { id, _, _ in seen.append(id) }
+        #expect(count == 1 && seen == [old], "\(seen)")
+        #expect(try await administration.detail(accountID: old) == nil)
+        let keptActive = try await administration.detail(accountID: active), keptLater = try await administration.detail(accountID: world.accountID)
+        #expect(keptActive != nil && keptLater != nil)
+        #expect(try await administration.eraseDeactivated(before: cutoff, reason: nil, actor: world.actor) == 0, "nothing left to erase")
+    }
+
     @Test func signOutAndRevokeAll() async throws {
         let world = try await World()
         let first = try await world.signIn(origin: .sas)

@@ -90,6 +90,16 @@ public enum TestStore {
         return logger
     }
 
+    /// The schema owner's `--database` argument for a database `argument(in:)` named with the
+    /// runtime role (the administrator owns the test databases; SQLite: the same file).
+    public static func ownerArgument(of runtimeArgument: String) throws -> String {
+        guard case .postgres(var location) = try StorageLocation(runtimeArgument) else { return runtimeArgument }
+        let admin = try administrator()
+        location.username = admin.username
+        location.password = admin.password
+        return url(location)
+    }
+
     /// The administrator location of the test server.
     public static func administrator() throws -> PostgresLocation {
         guard let url = ProcessInfo.processInfo.environment["ACCOUNT_SERVER_TEST_POSTGRES_URL"] else {

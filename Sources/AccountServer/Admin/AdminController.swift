@@ -220,11 +220,13 @@ struct AdminController: Sendable {
         if action == "erase" && !confirmed {
             return Self.problem(.badRequest, "erase deletes the account and what it holds for good: send {\"confirm\": true}")
         }
-        guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
         let actor = actor(context, via: "admin-api")
         if action == "erase" {
+            // The account id only: an irreversible action names its account exactly, never by
+            // an e-mail or identifier value that several (deactivated) accounts may share.
+            let id = reference
             switch try await administration.erase(accountID: id, reason: reason, actor: actor, requestID: context.requestID) {
-            case nil: return Self.problem(.notFound, "no account matches \(reference)")
+            case nil: return Self.problem(.notFound, "no account with the id \(reference) (erase takes the account id, nothing else)")
             case .stillActive?:
                 return Self.problem(.conflict, "the SAS has this account active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
             case .erased(let erased, let sessions)?:
@@ -233,6 +235,7 @@ struct AdminController: Sendable {
                 return Self.json(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
             }
         }
+        guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
         let result: AdminActionResult?
         switch action {
         case "suspend": result = try await administration.suspend(accountID: id, reason: reason, actor: actor, requestID: context.requestID)

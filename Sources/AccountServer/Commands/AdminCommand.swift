@@ -1,5 +1,6 @@
 import Accounts
 import ArgumentParser
+import Crypto
 import Foundation
 import Storage
 import Habilitation
@@ -10,9 +11,9 @@ import Habilitation
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "admin",
-        abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, reset a second factor, erase a deactivated account, export the audit trail.",
+        abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, reset a second factor, erase a deactivated account, export or archive the audit trail.",
         subcommands: [List.self, Show.self, Suspend.self, Restore.self, RevokeSessions.self, Unlock.self, ResetSecondFactor.self,
-                      Erase.self, ForgetSecretKey.self, Audit.self]
+                      Erase.self, EraseDeactivated.self, ForgetSecretKey.self, Audit.self, ArchiveAudit.self]
     )
 
     struct DatabaseOptions: ParsableArguments {
@@ -214,7 +215,7 @@ struct AdminCommand: AsyncParsableCommand {
             commandName: "erase",
             abstract: "Erase an account the SAS has deactivated (GDPR right to erasure, end of retention): the account, its identifiers and their history, credentials, CGU acceptances, sessions and queued mails; the audit trail keeps its events.")
         @OptionGroup var options: DatabaseOptions
-        @Argument(help: "Account id, IDNPS, SAS technical id or e-mail.") var account: String
+        @Argument(help: "The account id (as admin list and show give it): an irreversible action names its account exactly, never by an e-mail or identifier another account may share.") var account: String
         @Option(help: "Why (in the audit trail; no health data).") var reason: String?
         @Flag(help: "Required: the erasure cannot be undone (restoring a backup would bring the account back).") var confirm = false
 
@@ -223,12 +224,36 @@ struct AdminCommand: AsyncParsableCommand {
                 throw AdminFailure(message: "erase deletes the account and what it holds for good: give --confirm")
             }
             let administration = try await options.administration()
-            let id = try await AdminCommand.resolve(administration, account)
+            let id = account.trimmingCharacters(in: .whitespaces)
             switch try await administration.erase(accountID: id, reason: reason, actor: AdminCommand.actor) {
-            case nil: throw AdminFailure(message: "no account \(id)")
+            case nil: throw AdminFailure(message: "no account with the id \(id) (erase takes the account id that admin list and show give, nothing else)")
             case .stillActive?:
                 throw AdminFailure(message: "the SAS has account \(id) active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
             case .erased(let erased, let sessions)?:
+                AdminCommand.emit(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
+            }
+        }
+    }
+
+    struct EraseDeactivated: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "erase-deactivated",
+            abstract: "Erase every account the SAS deactivated before a date (the retention of deactivated accounts), oldest first; prints each erasure as a JSON line.")
+        @OptionGroup var options: DatabaseOptions
+        @Option(help: "Accounts whose deactivation is older than this day (YYYY-MM-DD, midnight UTC) or instant (RFC 3339).") var before: String
+        @Option(help: "Why (in each audit event; no health data).") var reason: String?
+        @Flag(help: "Required: the erasures cannot be undone.") var confirm = false
+
+        func validate() throws {
+            guard let cutoff = ArchiveAudit.cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant") }
+            guard cutoff <= Date() else { throw ValidationError("--before is in the future") }
+        }
+
+        func run() async throws {
+            guard confirm else {
+                throw AdminFailure(message: "erase-deactivated deletes every account the SAS deactivated before \(before), for good: give --confirm")
+            }
+            try await options.administration().eraseDeactivated(before: ArchiveAudit.cutoff(before)!, reason: reason, actor: AdminCommand.actor) { id, erased, sessions in
                 AdminCommand.emit(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
             }
         }
@@ -275,6 +300,135 @@ struct AdminCommand: AsyncParsableCommand {
             try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
                 AdminCommand.emit(event.jsonValue)
             }
+        }
+    }
+}
+
+extension AdminCommand {
+    /// `admin archive-audit --before DATE --to FILE --confirm`: the trail's events older than
+    /// DATE moved to a JSON-lines file (created 0600, never over an existing one, synced and
+    /// read back to check its count and SHA-256 before anything is removed), then removed
+    /// from the database with an `audit-archived` event naming the file and its SHA-256
+    /// (``AuditArchive``). On PostgreSQL, with the schema owner's URL.
+    struct ArchiveAudit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "archive-audit",
+            abstract: "Move the audit events older than a date to a file, then remove them from the database (the trail's retention; PostgreSQL: as the schema owner).")
+        @OptionGroup var options: DatabaseOptions
+        @Option(help: "Archive the events dated before this day (YYYY-MM-DD, midnight UTC) or instant (RFC 3339).") var before: String
+        @Option(help: "The archive to create (JSON lines, 0600); an existing file is refused.") var to: String
+        @Flag(help: "Required: the events leave the database for the file (keep it as your policy says).") var confirm = false
+
+        static func cutoff(_ text: String) -> Date? {
+            if let day = try? Date(text + "T00:00:00Z", strategy: .iso8601) { return day }
+            if let instant = try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) { return instant }
+            return try? Date(text, strategy: .iso8601)
+        }
+
+        func validate() throws {
+            guard let cutoff = Self.cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant") }
+            guard cutoff <= Date() else { throw ValidationError("--before is in the future") }
+        }
+
+        func run() async throws {
+            guard confirm else {
+                throw AdminFailure(message: "archive-audit removes the archived events from the database: give --confirm")
+            }
+            let cutoff = Self.cutoff(before)!
+            let archive = AuditArchive(database: try await options.open())
+            guard try await archive.mayRemove() else {
+                throw AdminFailure(message: "this role may not remove audit events: give --database the schema owner's URL (the one `account-server migrate` uses); nothing was written")
+            }
+            guard let range = try await archive.range(before: cutoff) else {
+                AdminCommand.emit(.object(["action": .string("archive-audit"), "archived": .number("0")]))
+                return
+            }
+            let file = try ArchiveFile(path: to)
+            var written = 0
+            do {
+                try await archive.forEachEvent(in: range) { event in
+                    try file.append(Array(JSONWriter().string(event.jsonValue).utf8) + [0x0A])
+                    written += 1
+                }
+                try file.finish()
+            } catch {
+                file.discard()
+                throw error
+            }
+            let digest = file.digest
+            // Read back from the disk: what is removed next must be in the file, whole.
+            let check = try ArchiveFile.verify(path: to)
+            guard written == range.count, check.lines == written, check.digest == digest else {
+                throw AdminFailure(message: "the archive \(to) does not read back as written (\(check.lines) of \(range.count) event(s)): nothing was removed")
+            }
+            let name = URL(fileURLWithPath: to).lastPathComponent
+            let record = AuditEvent(at: Date(), surface: "admin", action: "audit-archived", outcome: "\(written) event(s) removed", actor: AdminCommand.actor,
+                                    requestID: nil, identifier: nil, accountID: nil, changes: [],
+                                    detail: "seq \(range.firstSeq)–\(range.lastSeq), dated before \(AuditLog.timestamp(cutoff)); archive \(name), SHA-256 \(digest)")
+            do {
+                try await archive.remove(range, record: record)
+            } catch let refusal as AuditArchive.Refusal {
+                throw AdminFailure(message: "\(refusal) (the file \(to) holds the export)")
+            }
+            AdminCommand.emit(.object(["action": .string("archive-audit"), "archived": .number(String(written)),
+                                       "first_seq": .number(String(range.firstSeq)), "last_seq": .number(String(range.lastSeq)),
+                                       "file": .string(to), "sha256": .string(digest)]))
+        }
+    }
+
+    /// The archive being written: created exclusively at 0600, hashed as it is written,
+    /// synced (file and folder) before it counts as written.
+    final class ArchiveFile {
+        let path: String
+        private let descriptor: Int32
+        private var hash = SHA256()
+        private(set) var digest = ""
+
+        init(path: String) throws {
+            self.path = path
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard fd >= 0 else {
+                throw AdminFailure(message: "cannot create \(path): \(String(cString: strerror(errno))) (an existing file is never replaced)")
+            }
+            descriptor = fd
+        }
+
+        func append(_ bytes: [UInt8]) throws {
+            hash.update(data: bytes)
+            var offset = 0
+            while offset < bytes.count {
+                let count = bytes[offset...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { throw AdminFailure(message: "writing \(path): \(String(cString: strerror(errno)))") }
+                offset += count
+            }
+        }
+
+        func finish() throws {
+            guard fsync(descriptor) == 0 else { throw AdminFailure(message: "syncing \(path): \(String(cString: strerror(errno)))") }
+            close(descriptor)
+            let folder = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if folder >= 0 { _ = fsync(folder); close(folder) }
+            digest = hash.finalize().map { String(format: "%02x", $0) }.joined()
+        }
+
+        /// A failed export leaves no partial file behind to be taken for an archive.
+        func discard() {
+            close(descriptor)
+            unlink(path)
+        }
+
+        /// The file's lines and SHA-256, read from the disk.
+        static func verify(path: String) throws -> (lines: Int, digest: String) {
+            guard let handle = FileHandle(forReadingAtPath: path) else { throw AdminFailure(message: "cannot read back \(path)") }
+            defer { try? handle.close() }
+            var hash = SHA256()
+            var lines = 0
+            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+                hash.update(data: chunk)
+                lines += chunk.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }
+            }
+            return (lines, hash.finalize().map { String(format: "%02x", $0) }.joined())
         }
     }
 }

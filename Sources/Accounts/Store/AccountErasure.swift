@@ -9,8 +9,10 @@ import Storage
 /// What goes: the account row (names, e-mail address, password hash, lockout state), its
 /// identifiers and their history (the IDNPS and SAS technical id it held), its TOTP secret
 /// and recovery codes, its password reset links, its CGU acceptances (with the address they
-/// came from), and the mails still in the outbox for its address when no other account has
-/// that address. What stays: the audit trail, which is append-only by design (the database
+/// came from), and the mails still in the outbox for its current address (in any case) when
+/// no other account has that address (mails to an address the SAS replaced earlier go at the
+/// retention purge; a mail the mailer already took is still sent, with a link that opens
+/// nothing). What stays: the audit trail, which is append-only by design (the database
 /// refuses to delete from it); its events of the account keep the account id and what each
 /// change carried. Its retention is the deployment's traceability policy, not this action's
 /// (`docs/personal-data.md`).
@@ -51,7 +53,7 @@ public struct AccountErasure: Sendable {
         // (They are purged after --retention-days anyway; bodies are sealed, then scrubbed.)
         var mails = 0
         if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM account WHERE email_key = ? AND id <> ?)", arguments: [emailKey, accountID]) == false {
-            try db.execute(sql: "DELETE FROM mail_outbox WHERE recipient = ?", arguments: [email])
+            try db.execute(sql: "DELETE FROM mail_outbox WHERE lower(recipient) = ?", arguments: [email.lowercased()])
             mails = try db.changesCount
         }
         try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])

@@ -40,6 +40,13 @@ public enum AccountSchema {
     /// both (and TRUNCATE) to the owner too.
     public static let appendOnlyTables: Set<String> = ["audit_event"]
 
+    /// v1's guard against deleting audit events on SQLite, as v1 created it: what
+    /// ``AuditArchive/remove(_:record:)`` puts back in the transaction that set it aside.
+    static let sqliteAuditNoDelete = """
+        CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event
+            BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END;
+        """
+
     static let sqlite: [Migration] = [
         // Timestamps are INTEGER milliseconds since the Unix epoch (UTC): exact round trips.
         Migration("v1-accounts-identifiers-audit", """
@@ -255,7 +262,20 @@ public enum AccountSchema {
         Migration("v13-last-failed-sign-in", lastFailedSignIn(timestamp: "INTEGER")),
         Migration("v14-live-flow-indexes", liveFlowIndexes),
         Migration("v15-web-session-return-url", webSessionReturnURL),
+        Migration("v16-erasure-indexes", erasureIndexes),
     ]
+
+    /// An account's erasure finds every row that names it by index: the live-only indexes of
+    /// v14 do not cover ended sessions and flows, and an identifier's `ended_by_account_id`
+    /// had none. Without them each erasure (and, on PostgreSQL, the foreign-key checks of
+    /// its `DELETE FROM account`) scans those tables, and on PostgreSQL a scan under
+    /// SERIALIZABLE conflicts with every concurrent write to them (retried, but a monthly batch
+    /// of erasures would make sign-ins retry). The partial one on identifiers: few rows have it.
+    static let erasureIndexes = """
+        CREATE INDEX web_session_account_all ON web_session(account_id);
+        CREATE INDEX sign_in_flow_account_all ON sign_in_flow(account_id);
+        CREATE INDEX identifier_ended_by ON account_identifier(ended_by_account_id) WHERE ended_by_account_id IS NOT NULL;
+        """
 
     /// Where the sign-in that opened a session sent the browser: a form of that sign-in sent
     /// again moments later (a double click whose first answer the browser dropped, without
@@ -544,5 +564,6 @@ public enum AccountSchema {
         Migration("pg-v8-last-failed-sign-in", lastFailedSignIn(timestamp: "BIGINT")),
         Migration("pg-v9-live-flow-indexes", liveFlowIndexes),
         Migration("pg-v10-web-session-return-url", webSessionReturnURL),
+        Migration("pg-v11-erasure-indexes", erasureIndexes),
     ]
 }

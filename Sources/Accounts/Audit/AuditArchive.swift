@@ -1,0 +1,111 @@
+import Foundation
+import Storage
+
+/// The retention of the audit trail: its oldest events moved out to a file the operator keeps
+/// (`account-server admin archive-audit`), for a deployment whose policy bounds how long the
+/// trail stays in the database (names, addresses and identifiers of people long gone).
+///
+/// The trail stays append-only for the running server: SQLite's triggers and PostgreSQL's
+/// trigger and grants (no `DELETE` for the runtime role) are untouched for every other
+/// writer. Only this operation, in one transaction, sets the deletion guard aside for the
+/// events being archived and puts it back, which on PostgreSQL takes the schema owner (the
+/// one role allowed to alter the table). The range removed is a prefix of the trail (every
+/// event up to a `seq`), so an export paging with `after=` never misses one, and the removal
+/// is itself an event (`audit-archived`, with the archive's SHA-256), which stays.
+public struct AuditArchive: Sendable {
+    public let database: AccountDatabase
+
+    public init(database: AccountDatabase) {
+        self.database = database
+    }
+
+    /// A prefix of the trail: events `firstSeq…lastSeq`, `count` of them (seq has gaps where
+    /// transactions rolled back).
+    public struct Range: Sendable, Equatable {
+        public var firstSeq: Int64
+        public var lastSeq: Int64
+        public var count: Int
+    }
+
+    /// Why an archived range was not removed.
+    public enum Refusal: Error, Equatable, CustomStringConvertible {
+        /// The events up to `lastSeq` are not those archived (another archive ran meanwhile, or
+        /// an event drawn before the export committed after it).
+        case rangeChanged(expected: Int, found: Int)
+
+        public var description: String {
+            switch self {
+            case .rangeChanged(let expected, let found):
+                "the trail changed since the export (\(expected) event(s) archived, \(found) now in that range): nothing was removed; archive again to a new file"
+            }
+        }
+    }
+
+    /// The events to archive: every event up to the last one dated before `cutoff`, or nil
+    /// when none is. (On PostgreSQL, `seq` is drawn before commit, so an event a few
+    /// milliseconds younger than the cutoff may sit below that last one: it goes with it.)
+    public func range(before cutoff: Date) async throws -> Range? {
+        try await database.read { db in
+            guard let last = try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM audit_event WHERE at < ?", arguments: [cutoff.epochMilliseconds]) else { return nil }
+            let row = try SQLRow.fetchOne(db, sql: "SELECT MIN(seq) AS first, COUNT(*) AS n FROM audit_event WHERE seq <= ?", arguments: [last])
+            guard let row, let first = row["first"] as Int64? else { return nil }
+            return Range(firstSeq: first, lastSeq: last, count: row["n"])
+        }
+    }
+
+    /// The range's events in order, a page at a time (a trail of years does not fit in memory).
+    public func forEachEvent(in range: Range, pageSize: Int = 5_000, _ body: (AuditEvent) throws -> Void) async throws {
+        var cursor = range.firstSeq - 1
+        while true {
+            let after = cursor
+            let page = try await database.read { db in
+                try AuditLog().events(afterSeq: after, upToSeq: range.lastSeq, limit: pageSize, in: db)
+            }
+            for event in page { try body(event) }
+            guard page.count == pageSize, let last = page.last?.seq else { return }
+            cursor = last
+        }
+    }
+
+    /// Whether this connection's role may remove archived events: on PostgreSQL, only the
+    /// table's owner (or a member of its role) may set the trigger aside; asked before an
+    /// export, so that the runtime role is told at once instead of after writing the file.
+    public func mayRemove() async throws -> Bool {
+        try await database.read { db in
+            switch db.engine {
+            case .sqlite: return true
+            case .postgres:
+                return try Bool.fetchOne(db, sql: """
+                    SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = 'audit_event'::regclass
+                    """) ?? false
+            }
+        }
+    }
+
+    /// Deletes the archived range and appends `record` (the `audit-archived` event), in one
+    /// transaction, after checking under the table's lock that the range still holds exactly
+    /// the events archived. Throws ``Refusal`` otherwise, and the storage error of a role that
+    /// may not alter the table (PostgreSQL: not the schema owner), with nothing removed.
+    public func remove(_ range: Range, record: AuditEvent) async throws {
+        try await database.write { db in
+            switch db.engine {
+            case .sqlite:
+                // Dropped and created again in this transaction: every other connection sees
+                // the trigger before and after, never without it.
+                try db.execute(sql: "DROP TRIGGER audit_event_no_delete")
+            case .postgres:
+                // Takes the table's ACCESS EXCLUSIVE lock until the commit: no event is written
+                // meanwhile, so the count below is the one deleted.
+                try db.execute(sql: "ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_update")
+            }
+            let found = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event WHERE seq <= ?", arguments: [range.lastSeq]) ?? 0
+            guard found == range.count else { throw Refusal.rangeChanged(expected: range.count, found: found) }
+            try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [range.lastSeq])
+            switch db.engine {
+            case .sqlite: try db.execute(sql: AccountSchema.sqliteAuditNoDelete)
+            case .postgres: try db.execute(sql: "ALTER TABLE audit_event ENABLE TRIGGER audit_event_no_update")
+            }
+            try AuditLog().append(record, in: db)
+        }
+    }
+}
