@@ -81,9 +81,12 @@ final class NginxProxy: Sendable {
         self.port = port
         directory = pki.directory.appendingPathComponent("nginx-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("logs"), withIntermediateDirectories: true)
+        let accessLog = directory.appendingPathComponent("logs/access.log").path
         func filled(_ template: String) throws -> String {
             var site = try String(contentsOf: Self.docs.appendingPathComponent(template), encoding: .utf8)
-            for (name, value) in values { site = site.replacingOccurrences(of: "${\(name)}", with: value) }
+            for (name, value) in values.merging(["ACCESS_LOG": accessLog], uniquingKeysWith: { given, _ in given }) {
+                site = site.replacingOccurrences(of: "${\(name)}", with: value)
+            }
             #expect(!site.split(separator: "\n").contains { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && $0.contains("${") },
                     "every placeholder of the documented configuration is filled")
             return site

@@ -106,6 +106,14 @@ struct NginxMutualTLSProxyTests {
         #expect(seen.count == 3)
         // What the backend got through account-server carries the identity account-server verified.
         #expect(seen.last?[values: .init("X-SSL-Client-Verify")!] == ["SUCCESS"])
+        // INT_R02 requests are in nginx's access log without their query (an IDNPS names a
+        // regulator); the slot search's keep theirs.
+        let put = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1%7C810002673899",
+                                        body: Bodies.practitioner(national: "810002673899", email: "nginx-log@test.fr"))
+        #expect(put.status == 201, "\(put.body)")
+        let log = try String(contentsOf: rig.nginx.directory.appendingPathComponent("logs/access.log"), encoding: .utf8)
+        #expect(log.contains("\"PUT /Practitioner HTTP/1.1\" 201") && !log.contains("810002673899"), "\(log)")
+        #expect(log.contains("/Slot?start=ge2026-11-23"), "\(log)")
         await client.shutdown()
         await rig.stop()
     }
