@@ -43,7 +43,10 @@ struct HeadlessBrowserTests {
 
     @Test func chromiumSignsInFromTheSASRedirect() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "scripts/install-deps.sh installs chromium")
-        let (server, smtp) = try await Self.regulatorWithPassword()
+        // With every notice linked: the footer reflows at 320 px too.
+        let footer = try PageFooter(privacyNotice: "https://agenda.example/donnees-personnelles", legalNotice: "https://agenda.example/mentions-legales",
+                                    accessibilityStatement: "https://agenda.example/declaration-accessibilite", accessibilityCompliance: "partial")
+        let (server, smtp) = try await Self.regulatorWithPassword { $0.footer = footer }
         let entry = "\(server.webURL)/connexion?origin=sas&retour=%2Fcompte%3Forigin%3Dsas"
         let run = try await Self.runScript(Self.script, [entry, WebSignInTests.email, WebSignInTests.password])
         #expect(run.status == 0, "\(run.errors)")

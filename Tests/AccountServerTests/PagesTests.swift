@@ -84,4 +84,26 @@ struct PagesTests {
         #expect(page.contains(#"tabindex="0" role="region" aria-label="Texte des conditions générales d’utilisation""#))
         #expect(!page.contains("J’accepte les conditions générales d’utilisation (version"), "no hash read out in the label")
     }
+
+    /// The deployment's notices at the foot of the pages: only the links configured, their
+    /// addresses escaped, the accessibility status said in the link (RGAA), French typography;
+    /// a link that is not absolute https, or a status without its statement, refused at start.
+    @Test func theFooterLinksTheDeploymentsNotices() throws {
+        let footer = try PageFooter(privacyNotice: "https://agenda.example/confidentialite?x=1&y=\"2\"", legalNotice: nil,
+                                    accessibilityStatement: "https://agenda.example/accessibilite", accessibilityCompliance: "partial")
+        let page = PageFooter.$current.withValue(footer) { Pages.layout("Connexion", "<p>x</p>").text }
+        #expect(page.contains(#"<a href="https://agenda.example/confidentialite?x=1&amp;y=&quot;2&quot;" id="lien-donnees-personnelles">Données personnelles</a>"#), "\(page)")
+        #expect(page.contains("Accessibilité\(Self.nbsp): partiellement conforme</a>") && !page.contains("lien-mentions-legales"), "\(page)")
+        #expect(page.range(of: "</main>")!.lowerBound < page.range(of: "<footer>")!.lowerBound, "after the main content, outside it")
+        #expect(!Pages.layout("Connexion", "<p>x</p>").text.contains("<footer"), "no footer without a configured link")
+        let accessibility = try PageFooter(privacyNotice: nil, legalNotice: nil, accessibilityStatement: "https://a.example/a", accessibilityCompliance: nil)
+        #expect(accessibility.html.text.contains(">Accessibilité</a>"))
+        for (privacy, statement, compliance) in [("http://agenda.example/p", nil, nil), ("javascript:alert(1)", nil, nil), ("/confidentialite", nil, nil),
+                                                 ("https://", nil, nil), (nil, nil, "partial"), (nil, "https://a.example/a", "partielle")] as [(String?, String?, String?)] {
+            #expect(throws: ConfigurationError.self, "\(String(describing: privacy)) \(String(describing: statement)) \(String(describing: compliance))") {
+                try PageFooter(privacyNotice: privacy, legalNotice: nil, accessibilityStatement: statement, accessibilityCompliance: compliance)
+            }
+        }
+    }
 }
+

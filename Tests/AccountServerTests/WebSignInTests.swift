@@ -134,6 +134,25 @@ struct WebSignInTests {
         await world.stop()
     }
 
+    /// `--privacy-notice-url` and the other notices are linked from every regulator page,
+    /// error pages included, and from none of the admin listener's.
+    @Test func everyRegulatorPageLinksTheDeploymentsNotices() async throws {
+        let footer = try PageFooter(privacyNotice: "https://agenda.example/donnees-personnelles", legalNotice: "https://agenda.example/mentions",
+                                    accessibilityStatement: "https://agenda.example/accessibilite", accessibilityCompliance: "none")
+        let world = try await World { $0.footer = footer }
+        let browser = try world.browser()
+        for path in ["/connexion", "/mot-de-passe-oublie", "/page-inconnue", "/reinitialisation?jeton=faux"] {
+            let page = try await browser.get(path)
+            #expect(page.body.contains(#"href="https://agenda.example/donnees-personnelles" id="lien-donnees-personnelles""#)
+                    && page.body.contains("id=\"lien-mentions-legales\"") && page.body.contains("non conforme</a>"), "\(path): \(page.status) \(page.body)")
+        }
+        let admin = AdminClient(server: world.server)
+        #expect(try await !admin.send(.GET, "/", authorization: "").body.contains("lien-donnees-personnelles"))
+        await admin.shutdown()
+        await browser.shutdown()
+        await world.stop()
+    }
+
     /// `--log-level trace` shows the server's own trace lines but never the database
     /// driver's: postgres-nio logs every message at trace (bound values such as password and
     /// token hashes, data rows, the SCRAM exchange). Meaningful on the PostgreSQL run.

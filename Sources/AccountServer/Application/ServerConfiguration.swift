@@ -49,6 +49,8 @@ struct ServerConfiguration: Sendable {
     var sessionIdleTimeout: TimeInterval = 30 * 60
     var sessionAbsoluteTimeout: TimeInterval = 12 * 3600
     var totpIssuer: String = "Espace régulateur"
+    /// The deployment's notices, linked at the foot of every regulator page.
+    var footer = PageFooter()
     var rateLimitPerMinute: Int = 10
     /// The clock of every rate limiter, regulators' and admin's (not a flag: tests move it).
     var rateLimitClock: MonotonicClock = .continuous

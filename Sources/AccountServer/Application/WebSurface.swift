@@ -81,6 +81,7 @@ func makeWebServices(
     let router = Router(context: WebRequestContext.self)
     router.add(middleware: RequestAccountingMiddleware<WebLimits>(surface: "web", metrics: metrics))
     router.add(middleware: ClientAddressMiddleware<WebLimits>(trustedProxies: trustedProxies))
+    router.add(middleware: PageFooterMiddleware<WebRequestContext>(footer: configuration.footer))
     router.add(middleware: WebErrorMiddleware())
     router.add(middleware: UnstorableInputMiddleware<WebRequestContext>())
     router.get("healthz") { _, _ in AdminController.json(.object(["status": .string("alive")])) }

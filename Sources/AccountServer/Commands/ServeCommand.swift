@@ -205,6 +205,18 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Issuer name shown in authenticator apps. Env: ACCOUNT_SERVER_TOTP_ISSUER. Default: Espace régulateur")
     var totpIssuer: String?
 
+    @Option(help: "https URL of the deployment's privacy notice, linked from every regulator page as « Données personnelles ». Env: ACCOUNT_SERVER_PRIVACY_NOTICE_URL")
+    var privacyNoticeUrl: String?
+
+    @Option(help: "https URL of the legal notice (mentions légales), linked from every regulator page. Env: ACCOUNT_SERVER_LEGAL_NOTICE_URL")
+    var legalNoticeUrl: String?
+
+    @Option(help: "https URL of the accessibility statement (déclaration d’accessibilité, RGAA), linked from every regulator page. Env: ACCOUNT_SERVER_ACCESSIBILITY_STATEMENT_URL")
+    var accessibilityStatementUrl: String?
+
+    @Option(help: "The statement's compliance status, said in the link: full, partial or none (« Accessibilité : totalement / partiellement / non conforme »). Env: ACCOUNT_SERVER_ACCESSIBILITY_COMPLIANCE")
+    var accessibilityCompliance: String?
+
     @Option(help: "Pro Santé Connect (OpenID Connect provider) issuer URL; enables sign-in through it (docs/sso.md). Env: ACCOUNT_SERVER_OIDC_ISSUER")
     var oidcIssuer: String?
 
@@ -279,6 +291,10 @@ struct ServeCommand: AsyncParsableCommand {
         "session.absolute.hours",
         "rate.limit.per.minute",
         "totp.issuer",
+        "privacy.notice.url",
+        "legal.notice.url",
+        "accessibility.statement.url",
+        "accessibility.compliance",
         "trusted.proxy",
         "forward.auth.tls",
         "admin.tls",
@@ -357,6 +373,10 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("session.absolute.hours", sessionAbsoluteHours)
         values.set("rate.limit.per.minute", rateLimitPerMinute)
         values.set("totp.issuer", totpIssuer)
+        values.set("privacy.notice.url", privacyNoticeUrl)
+        values.set("legal.notice.url", legalNoticeUrl)
+        values.set("accessibility.statement.url", accessibilityStatementUrl)
+        values.set("accessibility.compliance", accessibilityCompliance)
         values.set("trusted.proxy", trustedProxy)
         values.set("forward.auth.tls", forwardAuthTls)
         values.set("admin.tls", adminTls)
@@ -535,6 +555,10 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.sessionAbsoluteTimeout = TimeInterval(try seconds("session.absolute.hours", default: 12, unit: 3600))
         resolved.rateLimitPerMinute = try settings.int("rate.limit.per.minute") ?? 10
         resolved.totpIssuer = try settings.string("totp.issuer") ?? "Espace régulateur"
+        resolved.footer = try PageFooter(privacyNotice: try settings.string("privacy.notice.url"),
+                                         legalNotice: try settings.string("legal.notice.url"),
+                                         accessibilityStatement: try settings.string("accessibility.statement.url"),
+                                         accessibilityCompliance: try settings.string("accessibility.compliance"))
         // Bounded above too: a value past Int64's nanoseconds would trap at the first connection.
         let requestSeconds = try Self.durationSeconds(settings, "request.timeout", default: 60, unit: 1, maximum: 86400)
         resolved.requestReceiveTimeout = .seconds(requestSeconds)

@@ -37,6 +37,7 @@ enum Pages {
         <h1>\(title)</h1>
         \(content)
         </main>
+        \(PageFooter.current.html)
         </body>
         </html>
         """
@@ -418,6 +419,8 @@ enum Pages {
         th,td{border-bottom:1px solid #ddd;padding:.5rem;text-align:left;vertical-align:top}
         .danger{background:#ce0500}.action input{padding:.4rem;width:12rem}.action button{margin-top:.4rem}
         .sr{position:absolute;left:-9999px}
+        footer{max-width:34rem;margin:0 auto 2rem;padding:0 2rem}.pied{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.5rem 1.5rem;font-size:.9rem}
+        .pied a{color:#3a3a3a}@media (max-width:30rem){footer{padding:0 1rem}}
         .bouton-psc{display:inline-block;margin-top:1rem;padding:.7rem 1.2rem;background:#000091;color:#fff;border:2px solid transparent;border-radius:4px;text-decoration:none;font-weight:600}
         """
 }
