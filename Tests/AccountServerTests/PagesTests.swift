@@ -96,6 +96,12 @@ struct PagesTests {
         #expect(page.contains("Accessibilité\(Self.nbsp): partiellement conforme</a>") && !page.contains("lien-mentions-legales"), "\(page)")
         #expect(page.range(of: "</main>")!.lowerBound < page.range(of: "<footer>")!.lowerBound, "after the main content, outside it")
         #expect(!Pages.layout("Connexion", "<p>x</p>").text.contains("<footer"), "no footer without a configured link")
+        // Fixed pages are built per request, not once: one first built without a footer (by
+        // another server, in a test) is not served without it.
+        for build in [{ Pages.resetInvalid }, { Pages.resetDone }, { Pages.forgotPasswordSent }, { Pages.signedOut }, { Pages.signedOutProviderStillOpen }] as [() -> HTML] {
+            #expect(!build().text.contains("<footer"))
+            #expect(PageFooter.$current.withValue(footer) { build().text }.contains("lien-donnees-personnelles"))
+        }
         let accessibility = try PageFooter(privacyNotice: nil, legalNotice: nil, accessibilityStatement: "https://a.example/a", accessibilityCompliance: nil)
         #expect(accessibility.html.text.contains(">Accessibilité</a>"))
         for (privacy, statement, compliance) in [("http://agenda.example/p", nil, nil), ("javascript:alert(1)", nil, nil), ("/confidentialite", nil, nil),

@@ -234,10 +234,10 @@ enum Pages {
             """)
     }
 
-    static let forgotPasswordSent: HTML = layout("Vérifiez votre messagerie", """
+    static var forgotPasswordSent: HTML { layout("Vérifiez votre messagerie", """
         <p id="message">Si un compte correspond à cette adresse, un courriel contenant un lien de réinitialisation vient d’être envoyé. Le lien est valable 30 minutes et ne sert qu’une fois.</p>
         <p><a href="/connexion">Retour à la connexion</a></p>
-        """)
+        """) }
 
     /// The account's address is not shown, not even in a hidden `username` field for password
     /// managers (as Keycloak does): a link that leaked (a proxy's log of the URL, a forwarded
@@ -260,16 +260,16 @@ enum Pages {
             """, error: invalid)
     }
 
-    static let resetDone: HTML = layout("Mot de passe enregistré", """
+    static var resetDone: HTML { layout("Mot de passe enregistré", """
         <p id="message">Votre mot de passe est enregistré. Par sécurité, toutes vos sessions ont été fermées : connectez-vous à nouveau.</p>
         <p>Si vous venez de la plateforme SAS, revenez-y et cliquez à nouveau sur le créneau pour ouvrir une session avec l’habilitation régulateur.</p>
         <p><a href="/connexion" id="lien-connexion">Se connecter</a></p>
-        """)
+        """) }
 
-    static let resetInvalid: HTML = layout("Lien invalide", """
+    static var resetInvalid: HTML { layout("Lien invalide", """
         <p id="message">Ce lien de réinitialisation est invalide, expiré ou déjà utilisé. Demandez-en un nouveau.</p>
         <p><a href="/mot-de-passe-oublie">Demander un nouveau lien</a></p>
-        """)
+        """) }
 
     static func account(csrf: String, name: String, email: String, check: HabilitationCheck, limits: Limits = Limits()) -> HTML {
         let origin = check.session?.origin == .sas ? "Plateforme SAS" : "Connexion directe"
@@ -321,20 +321,20 @@ enum Pages {
             """)
     }
 
-    static let signedOut: HTML = layout("Déconnexion", """
+    static var signedOut: HTML { layout("Déconnexion", """
         <p id="message" role="status">Vous êtes déconnecté(e) de l’espace régulateur et de Pro Santé Connect.</p>
         <p><a href="/connexion" id="lien">Se reconnecter</a></p>
-        """)
+        """) }
 
     /// After a sign-out whose Pro Santé Connect session could not be ended from here (the
     /// provider unreachable since this server started, or offering no logout endpoint): on a
     /// shared workstation the next person following a SAS link would otherwise be signed in
     /// silently as this regulator, so say so, and what to do.
-    static let signedOutProviderStillOpen: HTML = layout("Déconnexion", """
+    static var signedOutProviderStillOpen: HTML { layout("Déconnexion", """
         <p id="message" role="status">Vous êtes déconnecté(e) de l’espace régulateur.</p>
         <p id="psc-ouverte" role="alert">Votre session Pro Santé Connect n’a pas pu être fermée : elle peut rester ouverte dans ce navigateur. Sur un poste partagé, fermez toutes les fenêtres du navigateur avant de le laisser à quelqu’un d’autre.</p>
         <p><a href="/connexion" id="lien">Se reconnecter</a></p>
-        """)
+        """) }
 
     static func error(_ title: String, _ message: String, link: (href: String, text: String) = ("/connexion", "Retour à la connexion")) -> HTML {
         layout(title, "<p id=\"message\">\(message)</p><p><a href=\"\(link.href)\" id=\"lien\">\(link.text)</a></p>")
