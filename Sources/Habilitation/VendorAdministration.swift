@@ -378,6 +378,15 @@ public final class VendorAdministration: Sendable {
         }
     }
 
+    /// The accounts ``eraseDeactivated(before:reason:actor:each:)`` would erase now: their ids
+    /// and when the SAS deactivated them, oldest first (a dry run before an irreversible batch).
+    public func deactivated(before cutoff: Date) async throws -> [(id: String, at: Date)] {
+        try await database.read { db in
+            try SQLRow.fetchAll(db, sql: "SELECT id, active_changed_at FROM account WHERE NOT active AND active_changed_at < ? ORDER BY active_changed_at, id",
+                                arguments: [cutoff.epochMilliseconds]).map { (id: $0["id"] as String, at: Date(epochMilliseconds: $0["active_changed_at"])) }
+        }
+    }
+
     /// Erases every account the SAS deactivated before `cutoff` (by when its `active` last
     /// changed), oldest first, each in its own transaction as ``erase(accountID:reason:actor:requestID:)``
     /// (which checks again that it is still deactivated: one the SAS reactivates meanwhile is

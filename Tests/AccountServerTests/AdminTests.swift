@@ -678,6 +678,21 @@ struct AdminTests {
         #expect(throws: ConfigurationError.self) { try AdminToken.load(path: path) }
     }
 
+    /// The date of `archive-audit` and `erase-deactivated`, read strictly: irreversible
+    /// commands never move an impossible date to a neighbouring one.
+    @Test func cutOffDatesAreReadStrictly() throws {
+        let day = try #require(AdminCommand.ArchiveAudit.cutoff("2025-01-31"))
+        #expect(day == Date(timeIntervalSince1970: 1_738_281_600))
+        #expect(AdminCommand.ArchiveAudit.cutoff("2025-01-31T08:00:00Z") == day.addingTimeInterval(8 * 3600))
+        #expect(AdminCommand.ArchiveAudit.cutoff("2025-01-31t09:00:00.250+01:00") == day.addingTimeInterval(8 * 3600 + 0.25))
+        #expect(AdminCommand.ArchiveAudit.cutoff("2025-01-31T07:30:00-00:30") == day.addingTimeInterval(8 * 3600))
+        for refused in ["2024-02-30", "2023-02-29", "2024-13-01", "2024-06-01T24:00:00Z", "2024-06-01T10:60:00Z", "2024-06-01T10:00:60Z",
+                        "2024-6-1", "2024-06-01T10:00:00", "2024-06-01T10:00:00+25:00", "2024-06-01 10:00:00Z", "yesterday", ""] {
+            #expect(AdminCommand.ArchiveAudit.cutoff(refused) == nil, "\(refused)")
+        }
+        #expect(AdminCommand.ArchiveAudit.cutoff("2024-02-29") != nil)
+    }
+
     @Test func trustedProxyAddressesAndCIDRs() throws {
         let network = try #require(CIDR("10.0.0.0/8"))
         #expect(network.contains("10.200.3.4") && !network.contains("11.0.0.1") && network.contains("::ffff:10.1.1.1"))

@@ -718,8 +718,15 @@ struct ProcessTests {
         let later = UUID().uuidString.lowercased()
         #expect(try await Self.curlCreate(port: port, pki: directory.appendingPathComponent("pki"), uuid: later, email: "later@test.fr", active: false) == "201")
         #expect(try await Self.run(["admin", "erase-deactivated", "--before", "2999-01-01", "--confirm"] + database).status == 64)
-        let swept = try await Self.run(["admin", "erase-deactivated", "--before", AuditLog.timestamp(Date()), "--confirm", "--reason", "fin de conservation"] + database)
-        #expect(swept.status == 0 && swept.output.split(separator: "\n").count == 1 && swept.output.contains(#""action":"erase""#), "\(swept)")
+        let now = AuditLog.timestamp(Date())
+        let dry = try await Self.run(["admin", "erase-deactivated", "--before", now, "--dry-run"] + database)
+        #expect(dry.status == 0 && dry.output.split(separator: "\n").count == 2 && dry.output.contains(#""dry_run":true,"accounts":1"#)
+                && dry.output.contains(#""deactivated_at""#), "\(dry)")
+        #expect(try await Self.run(["admin", "list", "later@"] + database).output.contains(later), "a dry run erases nothing")
+        let swept = try await Self.run(["admin", "erase-deactivated", "--before", now, "--confirm", "--reason", "fin de conservation"] + database)
+        let sweptLines = swept.output.split(separator: "\n")
+        #expect(swept.status == 0 && sweptLines.count == 2 && sweptLines.first?.contains(#""action":"erase""#) == true
+                && sweptLines.last?.contains(#""erased":1"#) == true, "\(swept)")
         #expect(try await Self.run(["admin", "list", "later@"] + database).output.contains(later) == false)
         #expect(try await Self.run(["admin", "show", id] + database).status == 0, "the active account stays")
     }

@@ -68,6 +68,21 @@ struct AuditArchiveTests {
         await runtime.close()
     }
 
+    /// Never an event dated after the cut-off: the prefix stops before the first younger
+    /// event, and an old-dated event after it (a wrong clock) stays with everything after it.
+    @Test func theRangeStopsAtTheFirstYoungerEvent() async throws {
+        let (owner, runtime) = try await Self.databases()
+        try await runtime.write { db in for index in [0, 1, 5, 2, 6] { try AuditLog().append(Self.event(index), in: db) } }
+        let archive = AuditArchive(database: owner)
+        let range = try #require(try await archive.range(before: Self.origin.addingTimeInterval(3 * Self.day)))
+        #expect(range.count == 2 && range.newest == Self.origin.addingTimeInterval(Self.day), "\(range)")
+        try await archive.remove(range, record: Self.event(9))
+        #expect(try await runtime.read { db in try AuditLog().events(in: db) }.map(\.action) == ["test-5", "test-2", "test-6", "test-9"])
+        #expect(try await archive.range(before: Self.origin) == nil)
+        await owner.close()
+        await runtime.close()
+    }
+
     /// On PostgreSQL the runtime role may not remove archived events: said before any export,
     /// and refused by the database if tried anyway, nothing removed.
     @Test(.enabled(if: TestStore.kind == .postgres)) func theRuntimeRoleMayNotRemove() async throws {

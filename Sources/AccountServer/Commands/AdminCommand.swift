@@ -242,7 +242,8 @@ struct AdminCommand: AsyncParsableCommand {
         @OptionGroup var options: DatabaseOptions
         @Option(help: "Accounts whose deactivation is older than this day (YYYY-MM-DD, midnight UTC) or instant (RFC 3339).") var before: String
         @Option(help: "Why (in each audit event; no health data).") var reason: String?
-        @Flag(help: "Required: the erasures cannot be undone.") var confirm = false
+        @Flag(help: "List the accounts that would be erased (id, deactivation time), erase nothing.") var dryRun = false
+        @Flag(help: "Required (without --dry-run): the erasures cannot be undone.") var confirm = false
 
         func validate() throws {
             guard let cutoff = ArchiveAudit.cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant") }
@@ -250,12 +251,23 @@ struct AdminCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            guard confirm else {
-                throw AdminFailure(message: "erase-deactivated deletes every account the SAS deactivated before \(before), for good: give --confirm")
+            let cutoff = ArchiveAudit.cutoff(before)!
+            if dryRun {
+                let accounts = try await options.administration().deactivated(before: cutoff)
+                for account in accounts {
+                    AdminCommand.emit(.object(["id": .string(account.id), "deactivated_at": .string(AuditLog.timestamp(account.at))]))
+                }
+                AdminCommand.emit(.object(["action": .string("erase-deactivated"), "dry_run": .bool(true), "accounts": .number(String(accounts.count))]))
+                return
             }
-            try await options.administration().eraseDeactivated(before: ArchiveAudit.cutoff(before)!, reason: reason, actor: AdminCommand.actor) { id, erased, sessions in
+            guard confirm else {
+                throw AdminFailure(message: "erase-deactivated deletes every account the SAS deactivated before \(before), for good: give --confirm (or --dry-run to list them)")
+            }
+            let count = try await options.administration().eraseDeactivated(before: cutoff, reason: reason, actor: AdminCommand.actor) { id, erased, sessions in
                 AdminCommand.emit(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
             }
+            // Last, a line that says how many: also when none (a timer's log shows it ran).
+            AdminCommand.emit(.object(["action": .string("erase-deactivated"), "erased": .number(String(count))]))
         }
     }
 
@@ -306,10 +318,11 @@ struct AdminCommand: AsyncParsableCommand {
 
 extension AdminCommand {
     /// `admin archive-audit --before DATE --to FILE --confirm`: the trail's events older than
-    /// DATE moved to a JSON-lines file (created 0600, never over an existing one, synced and
-    /// read back to check its count and SHA-256 before anything is removed), then removed
-    /// from the database with an `audit-archived` event naming the file and its SHA-256
-    /// (``AuditArchive``). On PostgreSQL, with the schema owner's URL.
+    /// DATE moved to a JSON-lines file (written under a temporary name, 0600, synced, read
+    /// back through the same descriptor and checked by line count and SHA-256, then linked to
+    /// FILE, which must not exist), then removed from the database with an `audit-archived`
+    /// event naming the file and its SHA-256 (``AuditArchive``). On PostgreSQL, with the
+    /// schema owner's URL.
     struct ArchiveAudit: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "archive-audit",
@@ -319,14 +332,35 @@ extension AdminCommand {
         @Option(help: "The archive to create (JSON lines, 0600); an existing file is refused.") var to: String
         @Flag(help: "Required: the events leave the database for the file (keep it as your policy says).") var confirm = false
 
+        /// A day (`2025-01-31`, midnight UTC) or an RFC 3339 instant (`2025-01-31T08:00:00Z`,
+        /// `…T08:00:00.250+01:00`, `t`/`z` in either case), read strictly: a date that does not
+        /// exist (`2024-02-30`, `24:00`, `:60`) or a loose form (`2024-6-1`) is refused, never
+        /// moved to a neighbouring one, since the commands that take it cannot be undone.
         static func cutoff(_ text: String) -> Date? {
-            if let day = try? Date(text + "T00:00:00Z", strategy: .iso8601) { return day }
-            if let instant = try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) { return instant }
-            return try? Date(text, strategy: .iso8601)
+            let pattern = #/^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|([+-])(\d{2}):(\d{2})))?$/#
+            guard let match = text.uppercased().wholeMatch(of: pattern) else { return nil }
+            var components = DateComponents(year: Int(match.1), month: Int(match.2), day: Int(match.3),
+                                            hour: match.4.flatMap { Int($0) } ?? 0, minute: match.5.flatMap { Int($0) } ?? 0,
+                                            second: match.6.flatMap { Int($0) } ?? 0)
+            var offset = 0
+            if match.4 != nil {
+                guard match.8 != nil else { return nil }
+                if let sign = match.9, let hours = match.10.flatMap({ Int($0) }), let minutes = match.11.flatMap({ Int($0) }) {
+                    guard hours <= 23, minutes <= 59 else { return nil }
+                    offset = (sign == "-" ? -1 : 1) * (hours * 3600 + minutes * 60)
+                }
+            }
+            var calendar = Calendar(identifier: .gregorian)
+            calendar.timeZone = TimeZone(secondsFromGMT: offset)!
+            components.calendar = calendar
+            components.timeZone = calendar.timeZone
+            guard components.isValidDate(in: calendar), let date = calendar.date(from: components) else { return nil }
+            let fraction = match.7.flatMap { Double("0" + $0) } ?? 0
+            return date.addingTimeInterval(fraction)
         }
 
         func validate() throws {
-            guard let cutoff = Self.cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant") }
+            guard let cutoff = Self.cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant (2025-01-31T08:00:00Z)") }
             guard cutoff <= Date() else { throw ValidationError("--before is in the future") }
         }
 
@@ -345,50 +379,65 @@ extension AdminCommand {
             }
             let file = try ArchiveFile(path: to)
             var written = 0
+            var seqSum: Int64 = 0
+            let check: (lines: Int, digest: String)
             do {
                 try await archive.forEachEvent(in: range) { event in
                     try file.append(Array(JSONWriter().string(event.jsonValue).utf8) + [0x0A])
                     written += 1
+                    seqSum &+= event.seq ?? 0
                 }
-                try file.finish()
+                guard written == range.count, seqSum == range.seqSum else {
+                    throw AdminFailure(message: "the trail changed during the export (\(written) event(s) read, \(range.count) expected): nothing was removed; archive again")
+                }
+                check = try file.finish()
             } catch {
                 file.discard()
                 throw error
             }
-            let digest = file.digest
-            // Read back from the disk: what is removed next must be in the file, whole.
-            let check = try ArchiveFile.verify(path: to)
-            guard written == range.count, check.lines == written, check.digest == digest else {
-                throw AdminFailure(message: "the archive \(to) does not read back as written (\(check.lines) of \(range.count) event(s)): nothing was removed")
+            guard check.lines == written, check.digest == file.digest else {
+                throw AdminFailure(message: "the archive \(to) does not read back as written (\(check.lines) of \(written) line(s)): nothing was removed")
             }
             let name = URL(fileURLWithPath: to).lastPathComponent
             let record = AuditEvent(at: Date(), surface: "admin", action: "audit-archived", outcome: "\(written) event(s) removed", actor: AdminCommand.actor,
                                     requestID: nil, identifier: nil, accountID: nil, changes: [],
-                                    detail: "seq \(range.firstSeq)–\(range.lastSeq), dated before \(AuditLog.timestamp(cutoff)); archive \(name), SHA-256 \(digest)")
+                                    detail: "\(written) event(s) from seq \(range.firstSeq) to \(range.lastSeq), the newest dated \(AuditLog.timestamp(range.newest)), "
+                                        + "before the cut-off \(AuditLog.timestamp(cutoff)); archive \(name), SHA-256 \(file.digest)")
             do {
                 try await archive.remove(range, record: record)
-            } catch let refusal as AuditArchive.Refusal {
-                throw AdminFailure(message: "\(refusal) (the file \(to) holds the export)")
+            } catch {
+                throw AdminFailure(message: "\(error) (the file \(to) holds the export; unless the error says the commit's outcome is unknown, the events are still in the database too)")
             }
             AdminCommand.emit(.object(["action": .string("archive-audit"), "archived": .number(String(written)),
                                        "first_seq": .number(String(range.firstSeq)), "last_seq": .number(String(range.lastSeq)),
-                                       "file": .string(to), "sha256": .string(digest)]))
+                                       "newest": .string(AuditLog.timestamp(range.newest)), "file": .string(to), "sha256": .string(file.digest)]))
         }
     }
 
-    /// The archive being written: created exclusively at 0600, hashed as it is written,
-    /// synced (file and folder) before it counts as written.
+    /// The archive being written: under a temporary name beside the target, created
+    /// exclusively at 0600 and hashed as it is written; ``finish()`` syncs it, reads it back
+    /// through the same descriptor, and links it to the target name (which must not exist),
+    /// then syncs the folder. A run killed meanwhile leaves a `.partial` file, never a file
+    /// under the target name that could be taken for a whole archive.
     final class ArchiveFile {
         let path: String
+        let staging: String
         private let descriptor: Int32
         private var hash = SHA256()
+        private var closed = false
         private(set) var digest = ""
 
         init(path: String) throws {
             self.path = path
-            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            let target = URL(fileURLWithPath: path)
+            staging = target.deletingLastPathComponent().appendingPathComponent(".\(target.lastPathComponent).partial-\(getpid())").path
+            var status = stat()
+            guard lstat(path, &status) != 0 && errno == ENOENT else {
+                throw AdminFailure(message: "cannot create \(path): it exists (an existing file is never replaced)")
+            }
+            let fd = open(staging, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             guard fd >= 0 else {
-                throw AdminFailure(message: "cannot create \(path): \(String(cString: strerror(errno))) (an existing file is never replaced)")
+                throw AdminFailure(message: "cannot create \(staging): \(String(cString: strerror(errno)))")
             }
             descriptor = fd
         }
@@ -399,36 +448,49 @@ extension AdminCommand {
             while offset < bytes.count {
                 let count = bytes[offset...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
                 if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { throw AdminFailure(message: "writing \(path): \(String(cString: strerror(errno)))") }
+                guard count > 0 else { throw AdminFailure(message: "writing \(staging): \(String(cString: strerror(errno)))") }
                 offset += count
             }
         }
 
-        func finish() throws {
-            guard fsync(descriptor) == 0 else { throw AdminFailure(message: "syncing \(path): \(String(cString: strerror(errno)))") }
-            close(descriptor)
-            let folder = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if folder >= 0 { _ = fsync(folder); close(folder) }
+        /// Syncs, reads back, links into place; returns what was read back.
+        func finish() throws -> (lines: Int, digest: String) {
             digest = hash.finalize().map { String(format: "%02x", $0) }.joined()
-        }
-
-        /// A failed export leaves no partial file behind to be taken for an archive.
-        func discard() {
-            close(descriptor)
-            unlink(path)
-        }
-
-        /// The file's lines and SHA-256, read from the disk.
-        static func verify(path: String) throws -> (lines: Int, digest: String) {
-            guard let handle = FileHandle(forReadingAtPath: path) else { throw AdminFailure(message: "cannot read back \(path)") }
-            defer { try? handle.close() }
-            var hash = SHA256()
+            guard fsync(descriptor) == 0 else { throw AdminFailure(message: "syncing \(staging): \(String(cString: strerror(errno)))") }
+            var reread = SHA256()
             var lines = 0
-            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
-                hash.update(data: chunk)
-                lines += chunk.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            var offset: off_t = 0
+            while true {
+                let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, offset) }
+                if count < 0 && errno == EINTR { continue }
+                guard count >= 0 else { throw AdminFailure(message: "reading back \(staging): \(String(cString: strerror(errno)))") }
+                if count == 0 { break }
+                reread.update(data: buffer[0..<count])
+                lines += buffer[0..<count].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }
+                offset += off_t(count)
             }
-            return (lines, hash.finalize().map { String(format: "%02x", $0) }.joined())
+            closed = true
+            guard close(descriptor) == 0 else { throw AdminFailure(message: "closing \(staging): \(String(cString: strerror(errno)))") }
+            guard link(staging, path) == 0 else {
+                throw AdminFailure(message: "cannot create \(path): \(String(cString: strerror(errno))) (an existing file is never replaced)")
+            }
+            unlink(staging)
+            let folder = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard folder >= 0, fsync(folder) == 0 else {
+                throw AdminFailure(message: "syncing the folder of \(path): \(String(cString: strerror(errno)))")
+            }
+            close(folder)
+            return (lines, reread.finalize().map { String(format: "%02x", $0) }.joined())
+        }
+
+        /// A failed export leaves nothing behind to be taken for an archive.
+        func discard() {
+            if !closed { close(descriptor) }
+            closed = true
+            unlink(staging)
+            // (If the link was made before a later step failed, the target holds the whole,
+            // checked export: it stays, and nothing was removed from the database.)
         }
     }
 }

@@ -20,11 +20,15 @@ public struct AuditArchive: Sendable {
     }
 
     /// A prefix of the trail: events `firstSeq…lastSeq`, `count` of them (seq has gaps where
-    /// transactions rolled back).
+    /// transactions rolled back), whose seqs add up to `seqSum`: with the count, what the
+    /// removal checks the events still are.
     public struct Range: Sendable, Equatable {
         public var firstSeq: Int64
         public var lastSeq: Int64
         public var count: Int
+        public var seqSum: Int64
+        /// The newest event of the range (before the cut-off, by construction).
+        public var newest: Date
     }
 
     /// Why an archived range was not removed.
@@ -32,25 +36,44 @@ public struct AuditArchive: Sendable {
         /// The events up to `lastSeq` are not those archived (another archive ran meanwhile, or
         /// an event drawn before the export committed after it).
         case rangeChanged(expected: Int, found: Int)
+        /// PostgreSQL: the table stayed locked by other transactions past the wait allowed.
+        case busy
 
         public var description: String {
             switch self {
             case .rangeChanged(let expected, let found):
-                "the trail changed since the export (\(expected) event(s) archived, \(found) now in that range): nothing was removed; archive again to a new file"
+                "the trail changed since the export (\(expected) event(s) archived, \(found) now in that range, or other ones): nothing was removed; archive again to a new file"
+            case .busy:
+                "the audit table stayed busy for 5 s (a long transaction holds it): nothing was removed; archive again to a new file"
             }
         }
     }
 
-    /// The events to archive: every event up to the last one dated before `cutoff`, or nil
-    /// when none is. (On PostgreSQL, `seq` is drawn before commit, so an event a few
-    /// milliseconds younger than the cutoff may sit below that last one: it goes with it.)
+    /// The events to archive: the longest prefix of the trail (in `seq` order) whose every
+    /// event is dated before `cutoff`, or nil when there is none. An event dated before the
+    /// cut-off that comes after a younger one (on PostgreSQL, `seq` is drawn before commit; an
+    /// instance with a wrong clock) stays, with everything after it: never is an event dated
+    /// after the cut-off archived, whatever the dates of the others. Read between writes, so
+    /// that no event below the prefix's end is still to commit.
     public func range(before cutoff: Date) async throws -> Range? {
-        try await database.read { db in
-            guard let last = try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM audit_event WHERE at < ?", arguments: [cutoff.epochMilliseconds]) else { return nil }
-            let row = try SQLRow.fetchOne(db, sql: "SELECT MIN(seq) AS first, COUNT(*) AS n FROM audit_event WHERE seq <= ?", arguments: [last])
-            guard let row, let first = row["first"] as Int64? else { return nil }
-            return Range(firstSeq: first, lastSeq: last, count: row["n"])
+        try await database.readBetweenWrites { db in
+            let end: Int64
+            if let young = try Int64.fetchOne(db, sql: "SELECT MIN(seq) FROM audit_event WHERE at >= ?", arguments: [cutoff.epochMilliseconds]) {
+                end = young - 1
+            } else {
+                guard let last = try Int64.fetchOne(db, sql: "SELECT MAX(seq) FROM audit_event") else { return nil }
+                end = last
+            }
+            return try Self.describe(upTo: end, in: db)
         }
+    }
+
+    /// The events up to `end` as a range, nil when there are none.
+    static func describe(upTo end: Int64, in db: any SQLTransaction) throws -> Range? {
+        guard let row = try SQLRow.fetchOne(db, sql: """
+            SELECT MIN(seq) AS first, MAX(seq) AS last, COUNT(*) AS n, CAST(SUM(seq) AS BIGINT) AS total, MAX(at) AS newest FROM audit_event WHERE seq <= ?
+            """, arguments: [end]), let first = row["first"] as Int64?, let last = row["last"] as Int64? else { return nil }
+        return Range(firstSeq: first, lastSeq: last, count: row["n"], seqSum: row["total"], newest: Date(epochMilliseconds: row["newest"]))
     }
 
     /// The range's events in order, a page at a time (a trail of years does not fit in memory).
@@ -94,12 +117,22 @@ public struct AuditArchive: Sendable {
                 // the trigger before and after, never without it.
                 try db.execute(sql: "DROP TRIGGER audit_event_no_delete")
             case .postgres:
-                // Takes the table's ACCESS EXCLUSIVE lock until the commit: no event is written
-                // meanwhile, so the count below is the one deleted.
-                try db.execute(sql: "ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_update")
+                // SHARE ROW EXCLUSIVE until the commit: audit inserts (ROW EXCLUSIVE) wait for
+                // it, readers do not. Waited for at most 5 s, so that a long transaction
+                // holding the table does not queue every audited write behind this one.
+                try db.execute(sql: "SET LOCAL lock_timeout = '5s'")
+                do {
+                    try db.execute(sql: "ALTER TABLE audit_event DISABLE TRIGGER audit_event_no_update")
+                } catch let error as StorageError where "\(error)".contains("55P03") || "\(error)".contains("lock timeout") {
+                    throw Refusal.busy
+                }
             }
-            let found = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit_event WHERE seq <= ?", arguments: [range.lastSeq]) ?? 0
-            guard found == range.count else { throw Refusal.rangeChanged(expected: range.count, found: found) }
+            // The same events as exported: count and seqs (this transaction's view; an event
+            // still to commit below the range's end is neither exported nor deleted).
+            let found = try Self.describe(upTo: range.lastSeq, in: db)
+            guard let found, found.count == range.count, found.seqSum == range.seqSum, found.firstSeq == range.firstSeq else {
+                throw Refusal.rangeChanged(expected: range.count, found: found?.count ?? 0)
+            }
             try db.execute(sql: "DELETE FROM audit_event WHERE seq <= ?", arguments: [range.lastSeq])
             switch db.engine {
             case .sqlite: try db.execute(sql: AccountSchema.sqliteAuditNoDelete)

@@ -53,7 +53,8 @@ public struct AccountErasure: Sendable {
         // (They are purged after --retention-days anyway; bodies are sealed, then scrubbed.)
         var mails = 0
         if try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM account WHERE email_key = ? AND id <> ?)", arguments: [emailKey, accountID]) == false {
-            try db.execute(sql: "DELETE FROM mail_outbox WHERE lower(recipient) = ?", arguments: [email.lowercased()])
+            // Folded by the same function on both sides (SQLite's lower() folds ASCII only).
+            try db.execute(sql: "DELETE FROM mail_outbox WHERE lower(recipient) = lower(?)", arguments: [email])
             mails = try db.changesCount
         }
         try db.execute(sql: "DELETE FROM recovery_code WHERE account_id = ?", arguments: [accountID])
