@@ -246,8 +246,7 @@ struct AdminCommand: AsyncParsableCommand {
         @Flag(help: "Required (without --dry-run): the erasures cannot be undone.") var confirm = false
 
         func validate() throws {
-            guard let cutoff = ArchiveAudit.cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant") }
-            guard cutoff <= Date() else { throw ValidationError("--before is in the future") }
+            _ = try ArchiveAudit.checkedCutoff(before)
         }
 
         func run() async throws {
@@ -359,9 +358,15 @@ extension AdminCommand {
             return date.addingTimeInterval(fraction)
         }
 
-        func validate() throws {
-            guard let cutoff = Self.cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant (2025-01-31T08:00:00Z)") }
+        /// `--before` as both date-taking commands check it: a strict date, not in the future.
+        static func checkedCutoff(_ before: String) throws -> Date {
+            guard let cutoff = cutoff(before) else { throw ValidationError("--before must be a day (2025-01-31) or an RFC 3339 instant (2025-01-31T08:00:00Z)") }
             guard cutoff <= Date() else { throw ValidationError("--before is in the future") }
+            return cutoff
+        }
+
+        func validate() throws {
+            _ = try Self.checkedCutoff(before)
         }
 
         func run() async throws {
