@@ -559,6 +559,12 @@ struct ServeCommand: AsyncParsableCommand {
                                          legalNotice: try settings.string("legal.notice.url"),
                                          accessibilityStatement: try settings.string("accessibility.statement.url"),
                                          accessibilityCompliance: try settings.string("accessibility.compliance"))
+        if resolved.footer.privacyNotice == nil {
+            // Said, not refused (decision for the vendor): the pages collect personal data
+            // (GDPR article 13 wants the notice reachable there), but a development server
+            // needs none.
+            logger.warning("no --privacy-notice-url: the regulator pages link no privacy notice (docs/personal-data.md)")
+        }
         // Bounded above too: a value past Int64's nanoseconds would trap at the first connection.
         let requestSeconds = try Self.durationSeconds(settings, "request.timeout", default: 60, unit: 1, maximum: 86400)
         resolved.requestReceiveTimeout = .seconds(requestSeconds)
