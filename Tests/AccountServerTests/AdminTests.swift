@@ -331,6 +331,42 @@ struct AdminTests {
         return (form, session, try #require(signedIn.headers.first(name: "Location")))
     }
 
+    /// The page erases an account the SAS deactivated, once EFFACER is typed; an active
+    /// account has no such form, and a forged post for one erases nothing.
+    @Test func thePageErasesADeactivatedAccountOnceConfirmed() async throws {
+        let world = try await World()
+        let admin = AdminClient(server: world.server, token: "")
+        let (form, session, page) = try await Self.pageSession(admin, world: world)
+        let token = try #require(page.firstMatch(of: /csrf=([A-Za-z0-9_-]+)/).map { String($0.1) })
+        let active = try await admin.send(.GET, "\(page)&q=marius", headers: session, authorization: "")
+        #expect(active.status == 200 && active.body.contains("Retirer l’habilitation") && !active.body.contains("/effacer\""), "no erase form for an active account")
+        let id = try #require(active.body.firstMatch(of: /action="\/comptes\/([^"\/]+)\/suspendre"/).map { String($0.1) })
+        let forged = try await admin.send(.POST, "/comptes/\(id)/effacer", body: "csrf=\(token)&q=marius&confirmation=EFFACER", headers: form + session, authorization: "")
+        #expect(forged.status == 303 && forged.headers.first(name: "Location")?.hasSuffix("message=effacement-refuse") == true, "\(forged.status)")
+
+        try await world.setActive(false)
+        let listed = try await admin.send(.GET, "\(page)&q=marius", headers: session, authorization: "")
+        #expect(listed.body.contains("action=\"/comptes/\(id)/effacer\"") && listed.body.contains("tapez EFFACER"), "\(listed.body)")
+        for confirmation in ["", "oui", "EFFACE"] {
+            let refused = try await admin.send(.POST, "/comptes/\(id)/effacer", body: "csrf=\(token)&q=marius&confirmation=\(confirmation)",
+                                               headers: form + session, authorization: "")
+            #expect(refused.headers.first(name: "Location")?.hasSuffix("message=effacement-non-confirme") == true, "\(confirmation)")
+        }
+        #expect(try await admin.send(.POST, "/comptes/\(id)/effacer", body: "q=marius&confirmation=EFFACER", headers: form + session, authorization: "").status == 403,
+                "no CSRF token, no erasure")
+        #expect(try await world.server.accountCount() == 1, "nothing erased yet")
+        let done = try await admin.send(.POST, "/comptes/\(id)/effacer", body: "csrf=\(token)&q=marius&confirmation=effacer&motif=demande+RGPD",
+                                        headers: form + session, authorization: "")
+        #expect(done.status == 303 && done.headers.first(name: "Location") == "/?csrf=\(token)&q=marius&message=efface", "\(done.status)")
+        let after = try await admin.send(.GET, "/?csrf=\(token)&q=marius&message=efface", headers: session, authorization: "")
+        #expect(after.body.contains("Compte effacé") && after.body.contains("id=\"aucun\""), "\(after.body)")
+        #expect(try await world.server.accountCount() == 0)
+        let event = try #require(try await world.server.auditEvents().last { $0.action == "account-erased" })
+        #expect(event.actorSubject == "admin-page" && event.accountId == id && event.detail?.contains("reason: demande RGPD") == true, "\(event)")
+        await admin.shutdown()
+        await world.stop()
+    }
+
     /// Token guesses on the page: 10 a minute per address, then 429; the trail gets one
     /// refusal event a minute per address, however many guesses.
     @Test func pageTokenGuessesAreLimited() async throws {

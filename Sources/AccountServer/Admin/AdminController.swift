@@ -120,6 +120,7 @@ struct AdminController: Sendable {
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
         router.post("comptes/:id/suspendre") { request, context in try await self.pageAction(suspend: true, request, context) }
         router.post("comptes/:id/retablir") { request, context in try await self.pageAction(suspend: false, request, context) }
+        router.post("comptes/:id/effacer") { request, context in try await self.pageErase(request, context) }
     }
 
     // MARK: API
@@ -448,6 +449,29 @@ struct AdminController: Sendable {
         context.logger.notice("admin action", metadata: ["action": "\(suspend ? "suspend" : "restore")", "account_id": "\(id)", "via": "page"])
         let code = suspend ? (result.changed ? "suspendu" : "deja-suspendu") : (result.changed ? "retabli" : "deja-retabli")
         return WebController.redirect(pageAddress(session: session, query: fields["q"] ?? "", message: code))
+    }
+}
+
+extension AdminController {
+    /// The page's erasure of an account the SAS deactivated: the word EFFACER typed in the
+    /// form (any case) confirms it; anything else erases nothing and says so.
+    func pageErase(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        guard let (session, fields) = try await sessionForm(request, context) else { return formRefused }
+        let id = context.parameters.get("id") ?? ""
+        let query = fields["q"] ?? ""
+        guard (fields["confirmation"] ?? "").trimmingCharacters(in: .whitespaces).uppercased() == "EFFACER" else {
+            return WebController.redirect(pageAddress(session: session, query: query, message: "effacement-non-confirme"))
+        }
+        switch try await administration.erase(accountID: id, reason: fields["motif"], actor: actor(context, via: "admin-page"), requestID: context.requestID) {
+        case nil:
+            return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: (pageAddress(session: session, query: query), "Retour")), status: .notFound)
+        case .stillActive?:
+            return WebController.redirect(pageAddress(session: session, query: query, message: "effacement-refuse"))
+        case .erased?:
+            metrics.adminAction("erase")
+            context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "via": "page"])
+            return WebController.redirect(pageAddress(session: session, query: query, message: "efface"))
+        }
     }
 }
 

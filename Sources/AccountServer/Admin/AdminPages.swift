@@ -10,6 +10,9 @@ enum AdminPages {
         case "deja-suspendu": return "L’habilitation de ce compte était déjà retirée."
         case "retabli": return "Habilitation rétablie (si la plateforme SAS n’a pas désactivé le compte)."
         case "deja-retabli": return "Ce compte n’était pas suspendu."
+        case "efface": return "Compte effacé : le compte et ses données ont été supprimés ; le journal d’audit garde ses événements."
+        case "effacement-non-confirme": return "Effacement non confirmé : tapez EFFACER dans le champ prévu pour effacer le compte. Rien n’a été supprimé."
+        case "effacement-refuse": return "Effacement refusé : la plateforme SAS a réactivé ce compte entre-temps. Rien n’a été supprimé."
         default: return nil
         }
     }
@@ -65,13 +68,26 @@ enum AdminPages {
                   \(account.liveSessions > 0 ? HTML(raw: "<small class=\"hint\">Les sessions encore ouvertes (\(account.liveSessions)) retrouveront l’habilitation : pour les fermer d’abord, <code>account-server admin revoke-sessions</code>.</small>") : HTML(raw: ""))
                   </form>
                   """
+            // Erasure only for an account the SAS deactivated (``VendorAdministration/erase``),
+            // confirmed by typing a word: no script on the page for a dialog, and one click
+            // must not delete a person's account.
+            let erase: HTML = account.active ? "" : """
+                <form method="post" action="/comptes/\(account.accountID)/effacer" class="action effacement">
+                <input type="hidden" name="csrf" value="\(csrf)"><input type="hidden" name="q" value="\(query)">
+                <label for="confirmation-\(account.accountID)">Effacer définitivement ce compte et ses données (désactivé par le SAS) : tapez EFFACER</label>
+                <input id="confirmation-\(account.accountID)" name="confirmation" autocomplete="off" required>
+                <label class="sr" for="motif-effacement-\(account.accountID)">Motif de l’effacement</label>
+                <input id="motif-effacement-\(account.accountID)" name="motif" placeholder="Motif (facultatif, sans donnée de santé)" maxlength="500">
+                <button type="submit" class="danger" id="effacer-\(account.accountID)">Effacer le compte</button>
+                </form>
+                """
             return """
                 <tr id="compte-\(account.accountID)">
                 <td>\(account.givenName) \(account.familyName)<br><small>\(account.email)</small></td>
                 <td><small>\(identifiers)</small></td>
                 <td>\(status(account))</td>
                 <td>\(account.liveSessions)</td>
-                <td>\(action)</td>
+                <td>\(action)\(erase)</td>
                 </tr>
                 """
         }

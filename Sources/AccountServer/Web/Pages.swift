@@ -418,6 +418,7 @@ enum Pages {
         main:has(table){max-width:72rem}table{border-collapse:collapse;width:100%;margin-top:1.5rem}
         th,td{border-bottom:1px solid #ddd;padding:.5rem;text-align:left;vertical-align:top}
         .danger{background:#ce0500}.action input{padding:.4rem;width:12rem}.action button{margin-top:.4rem}
+        .effacement{margin-top:1rem;border-top:1px solid #ddd;padding-top:.5rem}.effacement label{font-weight:400;font-size:.9rem}
         .sr{position:absolute;left:-9999px}
         footer{max-width:34rem;margin:0 auto 2rem;padding:0 2rem}.pied{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.5rem 1.5rem;font-size:.9rem}
         .pied a{color:#3a3a3a}@media (max-width:30rem){footer{padding:0 1rem}}
