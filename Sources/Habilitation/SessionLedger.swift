@@ -55,14 +55,9 @@ public struct SessionLedger: AccountSessions {
     /// What Habilitation holds of an account being erased (``VendorAdministration/erase``):
     /// its sessions and sign-in flows, ended or not (their addresses, user agents, sealed
     /// ID tokens and Pro Santé Connect subjects go with them), and its vendor suspension.
-    /// Returns the sessions that were still live, which the erasure ends.
-    func eraseAll(of accountID: String, at: Date, idleTimeout: TimeInterval, in db: any SQLTransaction) throws -> Int {
-        let live = try Int.fetchOne(db, sql: """
-            SELECT COUNT(*) FROM web_session WHERE account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
-            """, arguments: [accountID, at.epochMilliseconds, at.addingTimeInterval(-idleTimeout).epochMilliseconds]) ?? 0
+    func eraseAll(of accountID: String, in db: any SQLTransaction) throws {
         try db.execute(sql: "DELETE FROM web_session WHERE account_id = ?", arguments: [accountID])
         try db.execute(sql: "DELETE FROM sign_in_flow WHERE account_id = ?", arguments: [accountID])
         try db.execute(sql: "DELETE FROM vendor_suspension WHERE account_id = ?", arguments: [accountID])
-        return live
     }
 }

@@ -357,7 +357,6 @@ public final class VendorAdministration: Sendable {
     public func erase(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> ErasureOutcome? {
         let at = now
         let reason = Self.recorded(reason)
-        let idle = sessionConfiguration.idleTimeout
         return try await database.write { db in
             let accounts = AccountErasure()
             guard let active = try accounts.isActive(accountID, in: db) else { return nil }
@@ -366,7 +365,8 @@ public final class VendorAdministration: Sendable {
                                    requestID: requestID, at: at, in: db)
                 return .stillActive
             }
-            let sessions = try SessionLedger().eraseAll(of: accountID, at: at, idleTimeout: idle, in: db)
+            let sessions = try self.liveSessions(accountID, at: at, in: db)
+            try SessionLedger().eraseAll(of: accountID, in: db)
             guard let erased = try accounts.erase(accountID: accountID, in: db) else { return nil }
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "account-erased", outcome: "erased", actor: actor,
                                              requestID: requestID, identifier: nil, accountID: accountID, changes: [],
@@ -388,32 +388,20 @@ public final class VendorAdministration: Sendable {
     }
 
     /// Erases every account the SAS deactivated before `cutoff` (by when its `active` last
-    /// changed), oldest first, each in its own transaction as ``erase(accountID:reason:actor:requestID:)``
-    /// (which checks again that it is still deactivated: one the SAS reactivates meanwhile is
-    /// kept). The retention of deactivated accounts, run by the operator (`docs/personal-data.md`).
+    /// changed), as listed by ``deactivated(before:)``, oldest first, each in its own
+    /// transaction as ``erase(accountID:reason:actor:requestID:)`` (which checks again that it
+    /// is still deactivated: one the SAS reactivates meanwhile is kept). The retention of deactivated accounts, run by the operator (`docs/personal-data.md`).
     /// `each` is told of every erasure as it is made. Returns how many were erased.
     @discardableResult
     public func eraseDeactivated(before cutoff: Date, reason: String?, actor: AuditActor,
                                  each: (String, AccountErasure.Erased, Int) throws -> Void = { _, _, _ in }) async throws -> Int {
         var erased = 0
-        var skipped: Set<String> = []
-        while true {
-            let ids = try await database.read { db in
-                try String.fetchAll(db, sql: """
-                    SELECT id FROM account WHERE NOT active AND active_changed_at < ? ORDER BY active_changed_at, id LIMIT 500
-                    """, arguments: [cutoff.epochMilliseconds])
-            }.filter { !skipped.contains($0) }
-            guard !ids.isEmpty else { return erased }
-            for id in ids {
-                switch try await erase(accountID: id, reason: reason, actor: actor) {
-                case .erased(let what, let sessions)?:
-                    erased += 1
-                    try each(id, what, sessions)
-                case .stillActive?, nil:
-                    skipped.insert(id)
-                }
-            }
+        for account in try await deactivated(before: cutoff) {
+            guard case .erased(let what, let sessions)? = try await erase(accountID: account.id, reason: reason, actor: actor) else { continue }
+            erased += 1
+            try each(account.id, what, sessions)
         }
+        return erased
     }
 
     /// The server key is lost for good (no backup of the key file): what it sealed cannot be

@@ -109,7 +109,7 @@ struct AdminController: Sendable {
         api.post("accounts/:ref/revoke-sessions") { request, context in try await self.act("revoke-sessions", request, context) }
         api.post("accounts/:ref/unlock") { request, context in try await self.act("unlock", request, context) }
         api.post("accounts/:ref/reset-second-factor") { request, context in try await self.act("reset-second-factor", request, context) }
-        api.post("accounts/:ref/erase") { request, context in try await self.act("erase", request, context) }
+        api.post("accounts/:ref/erase") { request, context in try await self.apiErase(request, context) }
         api.get("audit") { request, context in try await self.audit(request, context) }
 
         router.get("/") { request, context in
@@ -185,57 +185,76 @@ struct AdminController: Sendable {
         return Self.json(AdminJSON.detail(detail))
     }
 
-    func act(_ action: String, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        let reference = Self.reference(context)
+    /// An account action's optional JSON body: `reason`, and `confirm` where the action takes
+    /// it. A member the action does not read is refused, not ignored: {"motif": "…"} would
+    /// otherwise act without the reason the operator believes recorded. Either the members
+    /// read, or the `400` to answer.
+    func actionBody(_ request: Request, _ context: AdminRequestContext, takesConfirm: Bool = false) async throws
+        -> Result<(reason: String?, confirmed: Bool), ActionBodyRefusal> {
         var reason: String?
         var confirmed = false
         let body = try await request.body.collect(upTo: context.maxUploadSize)
-        if body.readableBytes > 0 {
-            guard case .object(let object)? = try? JSONParser().parse(Array(body.readableBytesView)) else {
-                return Self.problem(.badRequest, "the body must be a JSON object, e.g. {\"reason\": \"…\"}")
-            }
-            // A member we do not read is refused, not ignored: {"motif": "…"} would otherwise
-            // suspend without the reason the operator believes recorded.
-            let members: Set<String> = action == "erase" ? ["reason", "confirm"] : ["reason"]
-            if let unknown = object.keys.first(where: { !members.contains($0) }) {
-                return Self.problem(.badRequest, "unknown member \(String(unknown.prefix(64)).debugDescription): the body takes only "
-                                    + members.sorted().map { "\"\($0)\"" }.joined(separator: " and "))
-            }
-            if action == "erase" {
-                switch object["confirm"] {
-                case .bool(true)?: confirmed = true
-                case nil, .bool(false)?: break
-                default: return Self.problem(.badRequest, "confirm must be true or false")
-                }
-            }
-            switch object["reason"] {
-            case nil, .null?: break
-            case .string(let text)?:
-                guard UnstorableInput.isStorable(text) else { throw UnstorableInput(part: "body") }
-                reason = text
-            default: return Self.problem(.badRequest, "reason must be a string")
-            }
+        guard body.readableBytes > 0 else { return .success((nil, false)) }
+        guard case .object(let object)? = try? JSONParser().parse(Array(body.readableBytesView)) else {
+            return .failure(ActionBodyRefusal(response: Self.problem(.badRequest, "the body must be a JSON object, e.g. {\"reason\": \"…\"}")))
         }
-        // Checked before the account is looked up: an unconfirmed erasure says why whatever
-        // the reference, and changes nothing.
-        if action == "erase" && !confirmed {
+        let members: Set<String> = takesConfirm ? ["reason", "confirm"] : ["reason"]
+        if let unknown = object.keys.first(where: { !members.contains($0) }) {
+            return .failure(ActionBodyRefusal(response: Self.problem(.badRequest, "unknown member \(String(unknown.prefix(64)).debugDescription): the body takes only "
+                                                                     + members.sorted().map { "\"\($0)\"" }.joined(separator: " and "))))
+        }
+        switch object["confirm"] {
+        case .bool(true)?: confirmed = true
+        case nil, .bool(false)?: break
+        default: return .failure(ActionBodyRefusal(response: Self.problem(.badRequest, "confirm must be true or false")))
+        }
+        switch object["reason"] {
+        case nil, .null?: break
+        case .string(let text)?:
+            guard UnstorableInput.isStorable(text) else { throw UnstorableInput(part: "body") }
+            reason = text
+        default: return .failure(ActionBodyRefusal(response: Self.problem(.badRequest, "reason must be a string")))
+        }
+        return .success((reason, confirmed))
+    }
+
+    /// A refused action body: the `400` to send.
+    struct ActionBodyRefusal: Error {
+        let response: Response
+    }
+
+    /// `POST /api/accounts/{id}/erase`: the account id only, never an e-mail or identifier
+    /// value that several (deactivated) accounts may share, and only with `{"confirm": true}`,
+    /// checked before the account is looked up.
+    func apiErase(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let id = Self.reference(context)
+        let body: (reason: String?, confirmed: Bool)
+        switch try await actionBody(request, context, takesConfirm: true) {
+        case .failure(let refusal): return refusal.response
+        case .success(let read): body = read
+        }
+        guard body.confirmed else {
             return Self.problem(.badRequest, "erase deletes the account and what it holds for good: send {\"confirm\": true}")
         }
-        let actor = actor(context, via: "admin-api")
-        if action == "erase" {
-            // The account id only: an irreversible action names its account exactly, never by
-            // an e-mail or identifier value that several (deactivated) accounts may share.
-            let id = reference
-            switch try await administration.erase(accountID: id, reason: reason, actor: actor, requestID: context.requestID) {
-            case nil: return Self.problem(.notFound, "no account with the id \(reference) (erase takes the account id, nothing else)")
-            case .stillActive?:
-                return Self.problem(.conflict, "the SAS has this account active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
-            case .erased(let erased, let sessions)?:
-                metrics.adminAction(action)
-                context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "changed": "true"])
-                return Self.json(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
-            }
+        switch try await administration.erase(accountID: id, reason: body.reason, actor: actor(context, via: "admin-api"), requestID: context.requestID) {
+        case nil: return Self.problem(.notFound, "no account with the id \(id) (erase takes the account id, nothing else)")
+        case .stillActive?:
+            return Self.problem(.conflict, "the SAS has this account active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
+        case .erased(let erased, let sessions)?:
+            metrics.adminAction("erase")
+            context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "changed": "true"])
+            return Self.json(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
         }
+    }
+
+    func act(_ action: String, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
+        let reference = Self.reference(context)
+        let reason: String?
+        switch try await actionBody(request, context) {
+        case .failure(let refusal): return refusal.response
+        case .success(let read): reason = read.reason
+        }
+        let actor = actor(context, via: "admin-api")
         guard let id = try await administration.resolve(reference) else { return Self.problem(.notFound, "no account matches \(reference)") }
         let result: AdminActionResult?
         switch action {
