@@ -336,8 +336,10 @@ public final class VendorAdministration: Sendable {
 
     /// What ``erase(accountID:reason:actor:requestID:)`` did, or why it did nothing.
     public enum ErasureOutcome: Sendable, Equatable {
-        /// The account and everything it had are gone; `sessions` were still live.
-        case erased(AccountErasure.Erased, sessions: Int)
+        /// The account and everything it had are gone; `sessions` were still live. `log` says
+        /// whether the database's own log still holds older copies of what was erased
+        /// (``StorageEngine/scrubLog()``).
+        case erased(AccountErasure.Erased, sessions: Int, log: LogScrub)
         /// The SAS still has the account active: refused, nothing changed.
         case stillActive
     }
@@ -354,7 +356,16 @@ public final class VendorAdministration: Sendable {
     /// new account without its history, CGU acceptance or second factor. A vendor suspension
     /// is not enough. A later INT_R02 create or upsert for the same identifier makes a new
     /// account, as for a regulator never seen. Nil when there is no such account.
+    ///
+    /// Once committed, the database's log is scrubbed (``StorageEngine/scrubLog()``): on
+    /// SQLite the `-wal` file kept the pages as they were before the delete.
     public func erase(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> ErasureOutcome? {
+        guard let outcome = try await eraseWithoutScrub(accountID: accountID, reason: reason, actor: actor, requestID: requestID) else { return nil }
+        guard case .erased(let erased, let sessions, _) = outcome else { return outcome }
+        return .erased(erased, sessions: sessions, log: try await database.scrubLog())
+    }
+
+    private func eraseWithoutScrub(accountID: String, reason: String?, actor: AuditActor, requestID: String?) async throws -> ErasureOutcome? {
         let at = now
         let reason = Self.recorded(reason)
         return try await database.write { db in
@@ -374,7 +385,7 @@ public final class VendorAdministration: Sendable {
                                                                  + "\(erased.totpSecrets) TOTP secret(s), \(erased.recoveryCodes) recovery code(s), "
                                                                  + "\(erased.resetLinks) reset link(s), \(erased.cguAcceptances) CGU acceptance(s), "
                                                                  + "\(erased.mails) queued mail(s) removed", reason)), in: db)
-            return .erased(erased, sessions: sessions)
+            return .erased(erased, sessions: sessions, log: .notApplicable)
         }
     }
 
@@ -391,17 +402,28 @@ public final class VendorAdministration: Sendable {
     /// changed), as listed by ``deactivated(before:)``, oldest first, each in its own
     /// transaction as ``erase(accountID:reason:actor:requestID:)`` (which checks again that it
     /// is still deactivated: one the SAS reactivates meanwhile is kept). The retention of deactivated accounts, run by the operator (`docs/personal-data.md`).
-    /// `each` is told of every erasure as it is made. Returns how many were erased.
+    /// `each` is told of every erasure as it is made. Returns how many were erased and what
+    /// the scrub of the database's log made, once after the last erasure; the log is scrubbed
+    /// even when there was nothing to erase, so that a run on a timer also clears the older
+    /// copies an erasure before it could not (``ErasureOutcome/erased(_:sessions:log:)``).
     @discardableResult
     public func eraseDeactivated(before cutoff: Date, reason: String?, actor: AuditActor,
-                                 each: (String, AccountErasure.Erased, Int) throws -> Void = { _, _, _ in }) async throws -> Int {
+                                 each: (String, AccountErasure.Erased, Int) throws -> Void = { _, _, _ in }) async throws -> (erased: Int, log: LogScrub) {
         var erased = 0
-        for account in try await deactivated(before: cutoff) {
-            guard case .erased(let what, let sessions)? = try await erase(accountID: account.id, reason: reason, actor: actor) else { continue }
-            erased += 1
-            try each(account.id, what, sessions)
+        do {
+            for account in try await deactivated(before: cutoff) {
+                guard case .erased(let what, let sessions, _)? = try await eraseWithoutScrub(accountID: account.id, reason: reason, actor: actor, requestID: nil)
+                else { continue }
+                erased += 1
+                try each(account.id, what, sessions)
+            }
+        } catch {
+            // A batch that stops half-way (the database gone, the operator's output closed):
+            // what it erased until then is scrubbed all the same, if it can be.
+            if erased > 0 { _ = try? await database.scrubLog() }
+            throw error
         }
-        return erased
+        return (erased, try await database.scrubLog())
     }
 
     /// The server key is lost for good (no backup of the key file): what it sealed cannot be

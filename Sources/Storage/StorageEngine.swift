@@ -109,6 +109,17 @@ public struct Schema: Sendable {
     }
 }
 
+/// What ``StorageEngine/scrubLog()`` did.
+public enum LogScrub: String, Sendable, Equatable {
+    /// The log holds no older copy of any page: it was copied into the file and truncated.
+    case truncated
+    /// A reader of an older snapshot (a backup, a long export) held the log past the busy
+    /// timeout: older copies stay in it until SQLite writes over them or truncates it later.
+    case heldBack = "held-back"
+    /// The engine keeps no such log of its own (PostgreSQL: the server's WAL).
+    case notApplicable = "not-applicable"
+}
+
 /// A database engine behind the stores: transactions, migrations, maintenance. Stores are
 /// the only callers; surfaces, middleware and listeners receive stores.
 public protocol StorageEngine: Sendable {
@@ -149,6 +160,16 @@ public protocol StorageEngine: Sendable {
     func appliedMigrations() async throws -> [String]
     /// Gives free space back (SQLite `VACUUM`; PostgreSQL leaves it to autovacuum).
     func compact() async throws
+    /// After a delete that must leave no trace in the database's files (an erasure): removes
+    /// the engine's own older copies of the deleted rows where it can. SQLite zeroes a
+    /// deleted row in its page (`secure_delete`), but the page as it was before stays in the
+    /// `-wal` file, even after a checkpoint and later writes, until SQLite happens to write
+    /// over it; a copy of the folder (a file-level backup, a stolen disk image) found it.
+    /// SQLite copies the log into the file and truncates it to nothing
+    /// (`wal_checkpoint(TRUNCATE)`), waiting as long as its busy timeout for readers of older
+    /// snapshots. PostgreSQL's WAL and dead row versions are the server's and its
+    /// autovacuum's (`docs/personal-data.md`).
+    func scrubLog() async throws -> LogScrub
     /// Closes every connection; further calls fail.
     func close() async
 }

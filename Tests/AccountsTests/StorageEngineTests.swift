@@ -161,6 +161,83 @@ struct SchemaUpgradeTests {
 }
 
 /// The event-loop read forward-auth runs before every agenda request, on the engine of the run.
+/// What an erasure leaves in the database's files (`StorageEngine.scrubLog`).
+@Suite("Deleted rows in the database's log")
+struct LogScrubTests {
+    /// SQLite zeroes a deleted row in its page (`secure_delete`), but the page as it was
+    /// stays in the `-wal` file, through checkpoints and later writes, until SQLite writes over
+    /// it: a copy of the folder found what was erased. The scrub copies the log into the file
+    /// and truncates it; a reader of an older snapshot (another process: a backup, an export)
+    /// holds it back, said so, and the next scrub once the reader is done completes it.
+    /// PostgreSQL's WAL is the server's: nothing to do.
+    @Test func aScrubLeavesNoCopyOfADeletedRowInTheFiles() async throws {
+        let engine = try await emptyEngineOfTheRun("scrub")
+        guard let sqlite = engine as? SQLiteEngine else {
+            #expect(try await engine.scrubLog() == .notApplicable)
+            await engine.close()
+            return
+        }
+        try await engine.migrate(Schema(sqlite: [Migration("probe", "CREATE TABLE probe (id INTEGER PRIMARY KEY, label TEXT)")], postgres: []))
+        let secret = "effacement-\(UUID().uuidString)@exemple.fr"
+        let files = [sqlite.path, sqlite.path + "-wal"]
+        func copies(_ text: String) throws -> Int {
+            try files.reduce(0) { total, file in
+                guard let data = FileManager.default.contents(atPath: file) else { return total }
+                return total + data.ranges(of: Data(text.utf8)).count
+            }
+        }
+        func deleteSecret(_ text: String) async throws {
+            try await engine.write { db in
+                for n in 1...50 { try db.execute(sql: "INSERT INTO probe (label) VALUES (?)", arguments: ["padding \(n) \(text.count)"]) }
+                try db.execute(sql: "INSERT INTO probe (label) VALUES (?)", arguments: [text])
+            }
+            try await engine.write { db in try db.execute(sql: "DELETE FROM probe WHERE label = ?", arguments: [text]) }
+            let left = try await engine.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM probe WHERE label = ?", arguments: [text]) }
+            #expect(left == 0)
+        }
+
+        try await deleteSecret(secret)
+        #expect(try copies(secret) > 0, "the control: deleted, and still in the -wal file")
+        #expect(try await engine.scrubLog() == .truncated)
+        #expect(try copies(secret) == 0)
+        let walSize = (try FileManager.default.attributesOfItem(atPath: sqlite.path + "-wal")[.size] as? Int) ?? 0
+        #expect(walSize == 0, "the log is truncated to nothing")
+
+        // Another process reads an older snapshot (a backup running beside): held back.
+        let reader = Process()
+        reader.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        reader.arguments = ["python3", "-c", """
+            import sqlite3, sys
+            connection = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
+            connection.execute("BEGIN")
+            connection.execute("SELECT COUNT(*) FROM probe").fetchall()
+            print("reading", flush=True)
+            sys.stdin.read()
+            connection.execute("COMMIT")
+            connection.close()
+            """, sqlite.path]
+        let input = Pipe(), output = Pipe()
+        reader.standardInput = input
+        reader.standardOutput = output
+        try reader.run()
+        defer { if reader.isRunning { reader.terminate() } }
+        let said = try output.fileHandleForReading.read(upToCount: 8).map { String(decoding: $0, as: UTF8.self) }
+        try #require(said == "reading\n")
+        let later = "effacement-\(UUID().uuidString)@exemple.fr"
+        try await deleteSecret(later)
+        #expect(try await engine.scrubLog() == .heldBack, "the reader's snapshot still needs the log")
+        #expect(try copies(later) > 0)
+        let timeout = try await engine.write { db in try Int.fetchOne(db, sql: "PRAGMA busy_timeout") }
+        #expect(timeout == 10_000, "the writer's usual wait is back after the scrub's shorter one")
+        try input.fileHandleForWriting.close()
+        reader.waitUntilExit()
+        #expect(reader.terminationStatus == 0)
+        #expect(try await engine.scrubLog() == .truncated)
+        #expect(try copies(later) == 0 && copies(secret) == 0)
+        await engine.close()
+    }
+}
+
 @Suite("Reads on an event loop")
 struct LoopReadTests {
     enum Probe: PreparedSQL {

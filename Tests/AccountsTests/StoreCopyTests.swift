@@ -250,5 +250,6 @@ final class InterleavedEngine: StorageEngine {
     func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
     func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
     func compact() async throws { try await inner.compact() }
+    func scrubLog() async throws -> LogScrub { try await inner.scrubLog() }
     func close() async { await inner.close() }
 }

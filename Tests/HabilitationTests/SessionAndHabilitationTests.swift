@@ -32,12 +32,15 @@ struct World {
     let sessions: SessionStore
     let habilitation: HabilitationService
     let accountID: String
+    /// Where the database lives (the SQLite file `db.sqlite` in it).
+    let directory: URL
     let actor = AuditActor(subject: "browser")
     static let national = RegulatorIdentifier.national(NationalID("810002673899")!)
     static let key: [UInt8] = Array(repeating: 3, count: 32)
 
     init(complete: Bool = true, poolSize: Int = 4) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("habilitation-\(UUID().uuidString)")
+        self.directory = directory
         database = try await TestStore.database(in: directory, poolSize: poolSize)
         let hasher = PasswordHasher(parameters: Argon2Parameters(memoryKiB: 64, iterations: 1, parallelism: 1), threads: 2)
         let clock = self.clock
@@ -851,7 +854,7 @@ struct SessionAndHabilitationTests {
         #expect(historyBefore.contains { $0.endedReason == .reattributed && $0.endedByAccountId == b }, "\(historyBefore)")
 
         // Erasing B leaves A's history saying the IDNPS was reattributed, no longer to whom.
-        guard case .erased(let erasedB, _)? = try await administration.erase(accountID: b, reason: "fin de conservation", actor: world.actor) else {
+        guard case .erased(let erasedB, _, _)? = try await administration.erase(accountID: b, reason: "fin de conservation", actor: world.actor) else {
             Issue.record("B was not erased"); return
         }
         #expect(erasedB.identifiers == 1)
@@ -860,10 +863,21 @@ struct SessionAndHabilitationTests {
                 "\(historyAfter)")
 
         // Erasing A removes every row that names it, its queued mail included.
+        let hash = try #require(try await world.database.read { db in
+            try String.fetchOne(db, sql: "SELECT password_hash FROM account WHERE id = ?", arguments: [world.accountID])
+        })
+        let files = [world.directory.appendingPathComponent("db.sqlite").path, world.directory.appendingPathComponent("db.sqlite-wal").path]
+        func copiesOfTheHash() -> Int {
+            files.reduce(0) { total, file in total + (FileManager.default.contents(atPath: file).map { $0.ranges(of: Data(hash.utf8)).count } ?? 0) }
+        }
         let outcome = try await administration.erase(accountID: world.accountID, reason: "demande de la personne", actor: world.actor)
-        guard case .erased(let erased, let sessions)? = outcome else { Issue.record("A was not erased: \(String(describing: outcome))"); return }
+        guard case .erased(let erased, let sessions, let log)? = outcome else { Issue.record("A was not erased: \(String(describing: outcome))"); return }
         #expect(erased.totpSecrets == 1 && erased.recoveryCodes == 10 && erased.cguAcceptances == 1 && erased.identifiers == 1
                 && erased.resetLinks == 2 && erased.mails == 1 && sessions == 1, "\(erased) \(sessions)")
+        // Nothing of the account stays in SQLite's files, its log included: its password hash
+        // (in no other table) was in the -wal file's pages from before the delete.
+        #expect(log == (TestStore.kind == .sqlite ? .truncated : .notApplicable))
+        if TestStore.kind == .sqlite { #expect(copiesOfTheHash() == 0, "the erased account's password hash is still in the files") }
         for table in ["account_identifier", "totp_credential", "recovery_code", "password_reset_token", "cgu_acceptance",
                       "web_session", "sign_in_flow", "vendor_suspension"] {
             #expect(try await count(table, world.accountID) == 0, "\(table)")
@@ -906,12 +920,13 @@ struct SessionAndHabilitationTests {
         // Deactivated after the cut-off, though created before it: kept.
         _ = try await world.provisioner.provision(.conditionalUpdate(World.national, try World.record(active: false), ifMatch: nil), context: context)
         var seen: [String] = []
-        let count = try await administration.eraseDeactivated(before: cutoff, reason: "fin de conservation", actor: world.actor) { id, _, _ in seen.append(id) }
-        #expect(count == 1 && seen == [old], "\(seen)")
+        let result = try await administration.eraseDeactivated(before: cutoff, reason: "fin de conservation", actor: world.actor) { id, _, _ in seen.append(id) }
+        #expect(result.erased == 1 && seen == [old], "\(seen)")
+        #expect(result.log == (TestStore.kind == .sqlite ? .truncated : .notApplicable))
         #expect(try await administration.detail(accountID: old) == nil)
         let keptActive = try await administration.detail(accountID: active), keptLater = try await administration.detail(accountID: world.accountID)
         #expect(keptActive != nil && keptLater != nil)
-        #expect(try await administration.eraseDeactivated(before: cutoff, reason: nil, actor: world.actor) == 0, "nothing left to erase")
+        #expect(try await administration.eraseDeactivated(before: cutoff, reason: nil, actor: world.actor).erased == 0, "nothing left to erase")
     }
 
     @Test func signOutAndRevokeAll() async throws {

@@ -240,10 +240,10 @@ struct AdminController: Sendable {
         case nil: return Self.problem(.notFound, "no account with the id \(id) (erase takes the account id, nothing else)")
         case .stillActive?:
             return Self.problem(.conflict, "the SAS has this account active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
-        case .erased(let erased, let sessions)?:
+        case .erased(let erased, let sessions, let log)?:
             metrics.adminAction("erase")
-            context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "changed": "true"])
-            return Self.json(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
+            context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "changed": "true", "database_log": "\(log.rawValue)"])
+            return Self.json(AdminJSON.erasure(accountID: id, erased, sessions: sessions, log: log))
         }
     }
 
@@ -486,9 +486,9 @@ extension AdminController {
             return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: (pageAddress(session: session, query: query), "Retour")), status: .notFound)
         case .stillActive?:
             return WebController.redirect(pageAddress(session: session, query: query, message: "effacement-refuse"))
-        case .erased?:
+        case .erased(_, _, let log)?:
             metrics.adminAction("erase")
-            context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "via": "page"])
+            context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "via": "page", "database_log": "\(log.rawValue)"])
             return WebController.redirect(pageAddress(session: session, query: query, message: "efface"))
         }
     }

@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
 import Habilitation
+import Storage
 
 /// The JSON shapes of the admin surfaces, shared by the CLI (`--json`) and the admin API so
 /// both say the same thing the same way. Never contains a secret: no password hash, no TOTP
@@ -58,10 +59,16 @@ enum AdminJSON {
     }
 
     /// An erasure's answer: what went, in counts (nothing of what was erased).
-    static func erasure(accountID: String, _ erased: AccountErasure.Erased, sessions: Int) -> JSONValue {
-        .object(["id": .string(accountID), "action": .string("erase"), "changed": .bool(true), "sessions": int(sessions),
-                 "identifiers": int(erased.identifiers), "totp_secrets": int(erased.totpSecrets), "recovery_codes": int(erased.recoveryCodes),
-                 "reset_links": int(erased.resetLinks), "cgu_acceptances": int(erased.cguAcceptances), "queued_mails": int(erased.mails)])
+    /// `log`: what became of the database's own older copies (``LogScrub``), when the erasure
+    /// scrubbed it itself; `erase-deactivated` scrubs once, after its last erasure, and says so
+    /// on its count line.
+    static func erasure(accountID: String, _ erased: AccountErasure.Erased, sessions: Int, log: LogScrub? = nil) -> JSONValue {
+        var object: JSONObject = [
+            "id": .string(accountID), "action": .string("erase"), "changed": .bool(true), "sessions": int(sessions),
+            "identifiers": int(erased.identifiers), "totp_secrets": int(erased.totpSecrets), "recovery_codes": int(erased.recoveryCodes),
+            "reset_links": int(erased.resetLinks), "cgu_acceptances": int(erased.cguAcceptances), "queued_mails": int(erased.mails)]
+        if let log { object["database_log"] = .string(log.rawValue) }
+        return .object(object)
     }
 
     static func action(_ name: String, _ result: AdminActionResult) -> JSONValue {

@@ -64,6 +64,16 @@ struct AdminCommand: AsyncParsableCommand {
         print(JSONWriter().string(value), to: &output)
     }
 
+    /// On standard error (the JSON on standard output stays what scripts read): the erasure is
+    /// done, but SQLite's `-wal` file may still hold the pages from before it.
+    static func warnIfHeldBack(_ log: LogScrub) {
+        guard log == .heldBack else { return }
+        var errors = FileHandle.standardError
+        print("warning: erased, but a reader of an older snapshot (a backup or an export running beside) held the database's log back: "
+              + "older copies of the erased rows stay in the -wal file until SQLite writes over them, the server stops cleanly, "
+              + "or erase-deactivated runs again (it scrubs the log even when it has nothing to erase)", to: &errors)
+    }
+
     static func resolve(_ administration: VendorAdministration, _ reference: String) async throws -> String {
         guard let id = try await administration.resolve(reference) else {
             throw AdminFailure(message: "no account matches \(reference) (give its id, IDNPS, SAS technical id or e-mail)")
@@ -229,8 +239,9 @@ struct AdminCommand: AsyncParsableCommand {
             case nil: throw AdminFailure(message: "no account with the id \(id) (erase takes the account id that admin list and show give, nothing else)")
             case .stillActive?:
                 throw AdminFailure(message: "the SAS has account \(id) active: only an account it deactivated (INT_R02 active:false) can be erased; nothing changed")
-            case .erased(let erased, let sessions)?:
-                AdminCommand.emit(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
+            case .erased(let erased, let sessions, let log)?:
+                AdminCommand.emit(AdminJSON.erasure(accountID: id, erased, sessions: sessions, log: log))
+                AdminCommand.warnIfHeldBack(log)
             }
         }
     }
@@ -262,11 +273,13 @@ struct AdminCommand: AsyncParsableCommand {
             guard confirm else {
                 throw AdminFailure(message: "erase-deactivated deletes every account the SAS deactivated before \(before), for good: give --confirm (or --dry-run to list them)")
             }
-            let count = try await options.administration().eraseDeactivated(before: cutoff, reason: reason, actor: AdminCommand.actor) { id, erased, sessions in
+            let result = try await options.administration().eraseDeactivated(before: cutoff, reason: reason, actor: AdminCommand.actor) { id, erased, sessions in
                 AdminCommand.emit(AdminJSON.erasure(accountID: id, erased, sessions: sessions))
             }
             // Last, a line that says how many: also when none (a timer's log shows it ran).
-            AdminCommand.emit(.object(["action": .string("erase-deactivated"), "erased": .number(String(count))]))
+            AdminCommand.emit(.object(["action": .string("erase-deactivated"), "erased": .number(String(result.erased)),
+                                       "database_log": .string(result.log.rawValue)]))
+            AdminCommand.warnIfHeldBack(result.log)
         }
     }
 

@@ -235,6 +235,12 @@ public final class AccountDatabase: Sendable {
         try await engine.compact()
     }
 
+    /// After an erasure: the engine's own older copies of what was deleted go where it can
+    /// (``StorageEngine/scrubLog()``).
+    public func scrubLog() async throws -> LogScrub {
+        try await engine.scrubLog()
+    }
+
     public func close() async {
         await engine.close()
     }

@@ -872,6 +872,10 @@ public final class PostgresEngine: StorageEngine {
     /// Autovacuum gives dead rows' space back for reuse; nothing to do on demand.
     public func compact() async throws {}
 
+    /// The WAL and the dead row versions are the server's: autovacuum, `VACUUM FULL` by the
+    /// owner, the WAL's recycling and the archive's retention (`docs/personal-data.md`).
+    public func scrubLog() async throws -> LogScrub { .notApplicable }
+
     /// Stops the pool (its connections close; waiting requests fail) and the threads. Waits
     /// 5 s at most for both: shutting the process down must not depend on the database's
     /// state (a task group would wait for the pool whatever the timer said).

@@ -162,6 +162,31 @@ public final class SQLiteEngine: StorageEngine {
         try await Self.mapping { try await writeGate.withPermit { try await pool.writeWithoutTransaction { db in try db.execute(sql: "VACUUM") } } }
     }
 
+    /// On the writer connection, behind the write gate: no write of this process is in the
+    /// middle of the log while it is copied. The checkpoint takes the write lock, then waits
+    /// for the readers of older snapshots, and every writer waits while it does (SQLite's
+    /// rule for a truncating checkpoint): it waits ``scrubWait`` at most, not the connection's
+    /// 10 s, then SQLite answers busy (`1` in the first column) with the log partly copied,
+    /// intact, and the writes go on.
+    public func scrubLog() async throws -> LogScrub {
+        let wait = Int(Self.scrubWait.components.seconds * 1000 + Self.scrubWait.components.attoseconds / 1_000_000_000_000_000)
+        return try await Self.mapping {
+            try await writeGate.withPermit {
+                try await pool.writeWithoutTransaction { db in
+                    let usual = try Int.fetchOne(db, sql: "PRAGMA busy_timeout") ?? 10_000
+                    try db.execute(sql: "PRAGMA busy_timeout = \(wait)")
+                    defer { try? db.execute(sql: "PRAGMA busy_timeout = \(usual)") }
+                    let row = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+                    return (row?[0] as Int?) == 0 ? .truncated : .heldBack
+                }
+            }
+        }
+    }
+
+    /// How long a scrub waits for readers of older snapshots, holding every writer back
+    /// meanwhile: an erasure beside a backup must not stall the SAS's writes for long.
+    static let scrubWait: Duration = .seconds(1)
+
     /// GRDB's `close()` blocks until every connection is idle: it runs on a thread of its own,
     /// never on one of the few threads of Swift's cooperative pool (which the last accesses
     /// may need to finish).
