@@ -309,6 +309,77 @@ struct HostileInputTests {
         }
     }
 
+    /// `--max-connections-per-client`: a client holding as many connections as allowed has a
+    /// further one closed at once, before TLS, on the web and FHIR listeners; the ones it
+    /// holds are kept; a place given back (a connection closed) is taken by the next; a
+    /// refusal is counted and logged once; a trusted proxy is not counted.
+    @Test func aClientHoldsAtMostItsConnections() async throws {
+        let script = #"""
+            import socket, ssl, sys, time
+            port, limit, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+            def state(sock, wait):
+                sock.settimeout(wait)
+                try:
+                    return "closed" if sock.recv(1) == b"" else "data"
+                except socket.timeout:
+                    return "open"
+                except (ConnectionResetError, OSError):
+                    return "closed"
+            held = [socket.create_connection(("127.0.0.1", port)) for _ in range(limit)]
+            extra = socket.create_connection(("127.0.0.1", port))
+            # Generous where a close is expected: the test process's event loops may lag on a
+            # loaded machine.
+            print("extra", state(extra, 2 if mode == "proxy" else 30))
+            print("held", " ".join(state(sock, 0.5) for sock in held))
+            if mode == "web":
+                # A place given back is the next connection's: a whole HTTPS request on it
+                # (retried while the server has not seen the close yet).
+                held.pop().close()
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                answer = "none"
+                for attempt in range(40):
+                    try:
+                        sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30))
+                        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                        answer = sock.recv(4096).split(b"\r\n")[0].decode()
+                        break
+                    except (ConnectionResetError, ssl.SSLError, OSError):
+                        time.sleep(0.25)
+                print("freed", answer)
+            """#
+        let pki = try TestPKI()
+        let server = try await RunningServer.start(pki: pki) { $0.maxConnectionsPerClient = 3 }
+        for (listener, port) in [("web", server.webPort), ("fhir", server.port)] {
+            let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, "\(port)", "3", listener])
+            let lines = String(decoding: run.output, as: UTF8.self).split(separator: "\n").map(String.init)
+            let errors = String(decoding: run.errors, as: UTF8.self)
+            #expect(lines.first == "extra closed", "\(listener): \(lines) \(errors)")
+            #expect(lines.dropFirst().first == "held open open open", "\(listener): \(lines) \(errors)")
+            if listener == "web" { #expect(lines.last == "freed HTTP/1.1 200 OK", "\(lines) \(errors)") }
+        }
+        // The script's connections are all closed: every place is back, and the SAS is served.
+        let client = try FHIRClient(pki: pki, certificate: "valid", server: server)
+        #expect(try await client.send(.GET, "/metadata").status == 200)
+        await client.shutdown()
+        let metrics = try await AdminClient(server: server, token: "").send(.GET, "/metrics", authorization: "").body
+        #expect(metrics.contains(#"account_server_connections_refused_total{listener="web"} 1"#)
+                && metrics.contains(#"account_server_connections_refused_total{listener="fhir"} 1"#), "\(metrics.split(separator: "\n").filter { $0.contains("refused") })")
+        #expect(server.logs.all.filter { $0.contains("connection refused: the client holds as many as allowed") }.count == 2, "one line per listener")
+        await server.stop()
+
+        // Behind a trusted proxy every browser arrives through the proxy's connections.
+        let proxied = try await RunningServer.start(pki: pki) {
+            $0.maxConnectionsPerClient = 3
+            $0.web.trustedProxies = ["127.0.0.1"]
+        }
+        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, "\(proxied.webPort)", "5", "proxy"])
+        let lines = String(decoding: run.output, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines == ["extra open", "held open open open open open"], "\(lines) \(String(decoding: run.errors, as: UTF8.self))")
+        await proxied.stop()
+    }
+
     /// Slow senders are disconnected after `--request-timeout`, whether the headers or the
     /// body trickle in; a normal request on another connection is served meanwhile.
     @Test func slowSendersAreDisconnected() async throws {

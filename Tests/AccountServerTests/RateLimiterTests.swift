@@ -1,4 +1,6 @@
 @testable import AccountServer
+import Logging
+import NIOCore
 import Synchronization
 import Testing
 
@@ -55,5 +57,38 @@ struct RateLimiterTests {
         clock.withLock { $0 = $0.advanced(by: .seconds(61)) }
         #expect(limiter.allow("newcomer"), "refilled buckets are dropped at the next sweep")
         #expect(limiter.counts.buckets == 1 && limiter.counts.sweeps == 2)
+    }
+}
+
+@Suite("Connections per client")
+struct ConnectionLimiterTests {
+    /// Counted as the rate limits count: per IPv4 address (an IPv4-mapped peer is its IPv4
+    /// address), per IPv6 /64, and per /48 with `networkFactor` times the room; a place given
+    /// back is free again and an emptied count is dropped; a trusted proxy and a peer without
+    /// an IP address are not counted; 0 is no limit.
+    @Test func clientsAndNetworksAreCountedAndReleased() throws {
+        let limiter = ConnectionLimiter(listener: "web", perClient: 2, exempt: [CIDR("192.0.2.0/24")!], networkFactor: 2, metrics: nil, logger: .init(label: "test"))
+        func from(_ ip: String) throws -> [String]? { limiter.acquire(try SocketAddress(ipAddress: ip, port: 40000)) }
+
+        let first = try #require(try from("198.51.100.7")), second = try #require(try from("::ffff:198.51.100.7"))
+        #expect(try from("198.51.100.7") == nil, "the mapped address is the same client")
+        #expect(try from("198.51.100.8") != nil, "another address has its own count")
+        limiter.release(first)
+        let again = try #require(try from("198.51.100.7"), "a place given back is free")
+        limiter.release(again)
+        limiter.release(second)
+        #expect(limiter.counts["198.51.100.7"] == nil, "an emptied count is dropped")
+
+        // Two places per /64, four per /48.
+        #expect(try from("2001:db8:0:1::1") != nil && from("2001:db8:0:1::2") != nil)
+        #expect(try from("2001:db8:0:1:ffff::9") == nil, "a third address of the same /64")
+        #expect(try from("2001:db8:0:2::1") != nil && from("2001:db8:0:3::1") != nil)
+        #expect(try from("2001:db8:0:4::1") == nil, "the /48 is full")
+        #expect(try from("2001:db8:1:4::1") != nil, "another /48")
+
+        for _ in 0..<10 { #expect(try from("192.0.2.10") == [], "a trusted proxy is not counted") }
+        let unlimited = ConnectionLimiter(listener: "fhir", perClient: 0, exempt: [], metrics: nil, logger: .init(label: "test"))
+        for _ in 0..<10 { #expect(unlimited.acquire(try SocketAddress(ipAddress: "203.0.113.1", port: 1)) == []) }
+        #expect(limiter.acquire(nil) == [], "no address, not counted")
     }
 }

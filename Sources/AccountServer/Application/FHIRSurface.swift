@@ -35,27 +35,34 @@ func makeFHIRSurface(_ configuration: ServerConfiguration, authenticator: Caller
                                                          idleTimeout: idleTimeout),
                               timeout: requestTimeout, logger: logger)
     }
+    // Counted before TLS (a handshake costs the server more than the client); the proxy of
+    // topology 1 carries every call of the SAS and is not counted.
+    let exempt: [CIDR]
+    if case .forwardedCertificate(_, let proxies, _) = callerMode { exempt = proxies } else { exempt = [] }
+    let connections = ConnectionLimiter(listener: "fhir", perClient: configuration.maxConnectionsPerClient, exempt: exempt, metrics: metrics, logger: logger)
     let server: HTTPServerBuilder
     switch callerMode {
     case .mutualTLS:
         let chains = PresentedChainCache()
         server = HTTPServerBuilder { responder in
-            MutualTLSChannel(base: http(responder), sslContext: { material.current.fhirMutual }, verifier: verifier, chains: chains, logger: logger)
+            ConnectionLimitChannel(base: MutualTLSChannel(base: http(responder), sslContext: { material.current.fhirMutual }, verifier: verifier, chains: chains, logger: logger),
+                                   limiter: connections)
         }
     case .forwardedCertificate(_, _, let proxy?):
         let chains = PresentedChainCache()
         server = HTTPServerBuilder { responder in
-            MutualTLSChannel(base: http(responder), sslContext: { material.current.fhirProxyMutual! }, verifier: proxy, chains: chains, logger: logger)
+            ConnectionLimitChannel(base: MutualTLSChannel(base: http(responder), sslContext: { material.current.fhirProxyMutual! }, verifier: proxy, chains: chains, logger: logger),
+                                   limiter: connections)
         }
     case .forwardedCertificate where configuration.fhir.proxyTLS:
         server = HTTPServerBuilder { responder in
-            ReloadableTLSChannel(base: http(responder), context: { material.current.fhirServerOnly })
+            ConnectionLimitChannel(base: ReloadableTLSChannel(base: http(responder), context: { material.current.fhirServerOnly }), limiter: connections)
         }
     case .forwardedCertificate:
         guard isLoopback(configuration.fhir.host) else {
             throw ConfigurationError(description: "--fhir-address \(configuration.fhir.host) is not a loopback address: add --fhir-proxy-tls so the proxy reaches this listener over TLS")
         }
-        server = HTTPServerBuilder { responder in http(responder) }
+        server = HTTPServerBuilder { responder in ConnectionLimitChannel(base: http(responder), limiter: connections) }
     }
     return (router, server)
 }

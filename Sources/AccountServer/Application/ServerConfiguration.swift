@@ -22,6 +22,9 @@ struct ServerConfiguration: Sendable {
     /// From a request's first byte until it has arrived whole, on the FHIR, web and admin
     /// listeners; a slower sender is disconnected (handling time does not count).
     var requestReceiveTimeout: Duration = .seconds(60)
+    /// Connections one client may hold at once on the web and FHIR listeners
+    /// (``ConnectionLimiter``); 0: no limit.
+    var maxConnectionsPerClient: Int = 256
 
     /// The SAS's listener: INT_R02, and the INT_R01 relay in topology 2.
     var fhir: FHIRListenerConfiguration

@@ -88,6 +88,9 @@ func makeWebServices(
     controller.addRoutes(to: router)
     let forwardAuth = ForwardAuthResponder(habilitation: habilitation, configuration: webConfiguration, metrics: metrics)
 
+    // Browsers behind a trusted proxy arrive through its connections: it is not counted.
+    let connections = ConnectionLimiter(listener: "web", perClient: configuration.maxConnectionsPerClient, exempt: trustedProxies,
+                                        metrics: metrics, logger: logger)
     let webApp = Application(
         router: router,
         server: HTTPServerBuilder { responder in
@@ -95,10 +98,12 @@ func makeWebServices(
             // `/forward-auth` is answered on the connection's event loop, before the router.
             // An answer that says `Connection: close` (a form declared too large, whose body
             // is not read) ends the connection, as on the FHIR listener.
-            ReloadableTLSChannel(base: RequestTimeoutChannel(base: ForwardAuthRouteChannel(base: HTTP1Channel(responder: responder, configuration: .init(additionalChannelHandlers: [ClosingAnswerHandler()], idleTimeout: .seconds(120))),
-                                                                                           forwardAuth: forwardAuth, logger: logger),
-                                                             timeout: configuration.requestReceiveTimeout, logger: logger),
-                                 context: { material.current.web })
+            ConnectionLimitChannel(
+                base: ReloadableTLSChannel(base: RequestTimeoutChannel(base: ForwardAuthRouteChannel(base: HTTP1Channel(responder: responder, configuration: .init(additionalChannelHandlers: [ClosingAnswerHandler()], idleTimeout: .seconds(120))),
+                                                                                                     forwardAuth: forwardAuth, logger: logger),
+                                                                       timeout: configuration.requestReceiveTimeout, logger: logger),
+                                           context: { material.current.web }),
+                limiter: connections)
         },
         configuration: .init(address: .hostname(configuration.web.host, port: configuration.web.port), serverName: nil),
         onServerRunning: { channel in await onWebListening(channel.localAddress?.port ?? 0) },

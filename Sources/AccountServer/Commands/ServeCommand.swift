@@ -199,6 +199,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds a request may take to arrive whole, from its first byte, on the FHIR, web, admin and forward-auth listeners, 1 to 86400; slower senders are disconnected (the handling time does not count). Env: ACCOUNT_SERVER_REQUEST_TIMEOUT. Default: 60")
     var requestTimeout: Int?
 
+    @Option(help: "Connections one client (an IPv4 address, an IPv6 /64; a /48 gets 16 times as many) may hold open at once on the web and FHIR listeners, 0 to 1000000 (0: no limit); a further one is closed at once. Trusted proxies are not counted. Env: ACCOUNT_SERVER_MAX_CONNECTIONS_PER_CLIENT. Default: 256")
+    var maxConnectionsPerClient: Int?
+
     @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits; 1 to 3600. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 25")
     var shutdownTimeout: Int?
 
@@ -301,6 +304,7 @@ struct ServeCommand: AsyncParsableCommand {
         "admin.token.file",
         "admin.session.idle.minutes",
         "request.timeout",
+        "max.connections.per.client",
         "shutdown.timeout",
         "fhir.client.certificate.header",
         "fhir.trusted.proxy",
@@ -383,6 +387,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("admin.token.file", adminTokenFile)
         values.set("admin.session.idle.minutes", adminSessionIdleMinutes)
         values.set("request.timeout", requestTimeout)
+        values.set("max.connections.per.client", maxConnectionsPerClient)
         values.set("shutdown.timeout", shutdownTimeout)
         values.set("fhir.client.certificate.header", fhirClientCertificateHeader)
         values.set("fhir.trusted.proxy", fhirTrustedProxy)
@@ -568,6 +573,11 @@ struct ServeCommand: AsyncParsableCommand {
         // Bounded above too: a value past Int64's nanoseconds would trap at the first connection.
         let requestSeconds = try Self.durationSeconds(settings, "request.timeout", default: 60, unit: 1, maximum: 86400)
         resolved.requestReceiveTimeout = .seconds(requestSeconds)
+        let perClient = try settings.int("max.connections.per.client") ?? 256
+        guard (0...1_000_000).contains(perClient) else {
+            throw ValidationError("--max-connections-per-client must be 0 (no limit) to 1000000, got \(perClient)")
+        }
+        resolved.maxConnectionsPerClient = perClient
         let shutdownSeconds = try Self.durationSeconds(settings, "shutdown.timeout", default: 25, unit: 1, maximum: 3600)
         resolved.fhir.clientCertificateHeader = try settings.string("fhir.client.certificate.header")
         resolved.fhir.trustedProxies = try settings.list("fhir.trusted.proxy")

@@ -184,6 +184,11 @@ final class ServerMetrics: Sendable {
         counter("account_server_reloads_total", [("what", what), ("result", ok ? "ok" : "failed")], help: "SIGHUP reloads by material and result").increment()
     }
 
+    func connectionRefused(listener: String) {
+        counter("account_server_connections_refused_total", [("listener", listener)],
+                help: "Connections closed at once because their client held --max-connections-per-client already").increment()
+    }
+
     func adminAction(_ action: String) {
         counter("account_server_admin_actions_total", [("action", action)], help: "Vendor admin actions that changed something").increment()
     }
