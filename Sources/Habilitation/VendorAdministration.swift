@@ -362,7 +362,14 @@ public final class VendorAdministration: Sendable {
     public func erase(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> ErasureOutcome? {
         guard let outcome = try await eraseWithoutScrub(accountID: accountID, reason: reason, actor: actor, requestID: requestID) else { return nil }
         guard case .erased(let erased, let sessions, _) = outcome else { return outcome }
-        return .erased(erased, sessions: sessions, log: try await database.scrubLog())
+        return .erased(erased, sessions: sessions, log: await scrubLog())
+    }
+
+    /// The erasure is committed whatever becomes of the scrub: its failure is said in the
+    /// answer (`failed`), never thrown, which would report a done erasure as not done (and its
+    /// retry finds no account).
+    private func scrubLog() async -> LogScrub {
+        (try? await database.scrubLog()) ?? .failed
     }
 
     private func eraseWithoutScrub(accountID: String, reason: String?, actor: AuditActor, requestID: String?) async throws -> ErasureOutcome? {
@@ -420,10 +427,10 @@ public final class VendorAdministration: Sendable {
         } catch {
             // A batch that stops half-way (the database gone, the operator's output closed):
             // what it erased until then is scrubbed all the same, if it can be.
-            if erased > 0 { _ = try? await database.scrubLog() }
+            if erased > 0 { _ = await scrubLog() }
             throw error
         }
-        return (erased, try await database.scrubLog())
+        return (erased, await scrubLog())
     }
 
     /// The server key is lost for good (no backup of the key file): what it sealed cannot be

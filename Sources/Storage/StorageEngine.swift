@@ -113,9 +113,13 @@ public struct Schema: Sendable {
 public enum LogScrub: String, Sendable, Equatable {
     /// The log holds no older copy of any page: it was copied into the file and truncated.
     case truncated
-    /// A reader of an older snapshot (a backup, a long export) held the log past the busy
-    /// timeout: older copies stay in it until SQLite writes over them or truncates it later.
+    /// Another connection held the log past the wait (a reader of an older snapshot: a
+    /// backup, a long export; a writer; another checkpoint): older copies stay in it until
+    /// SQLite writes over them or truncates it later.
     case heldBack = "held-back"
+    /// The scrub itself failed (an I/O error, a full disk, the engine closing): older copies
+    /// stay as for ``heldBack``. What was deleted before it stays deleted.
+    case failed
     /// The engine keeps no such log of its own (PostgreSQL: the server's WAL).
     case notApplicable = "not-applicable"
 }
@@ -164,7 +168,9 @@ public protocol StorageEngine: Sendable {
     /// the engine's own older copies of the deleted rows where it can. SQLite zeroes a
     /// deleted row in its page (`secure_delete`), but the page as it was before stays in the
     /// `-wal` file, even after a checkpoint and later writes, until SQLite happens to write
-    /// over it; a copy of the folder (a file-level backup, a stolen disk image) found it.
+    /// over it; a copy of the folder's files (a file-level backup) found it. (Truncating a
+    /// file does not overwrite the disk's blocks: an image of the disk is the disk
+    /// encryption's business, as for everything the server ever deleted.)
     /// SQLite copies the log into the file and truncates it to nothing
     /// (`wal_checkpoint(TRUNCATE)`), waiting as long as its busy timeout for readers of older
     /// snapshots. PostgreSQL's WAL and dead row versions are the server's and its

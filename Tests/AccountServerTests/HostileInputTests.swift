@@ -377,17 +377,29 @@ struct HostileInputTests {
         #expect(metrics.contains(#"account_server_connections_refused_total{listener="web"} \#(1 + retried)"#)
                 && metrics.contains(#"account_server_connections_refused_total{listener="fhir"} 1"#), "\(metrics.split(separator: "\n").filter { $0.contains("refused") })")
         #expect(server.logs.all.filter { $0.contains("connection refused: the client holds as many as allowed") }.count == 2, "one line per listener and minute")
+        // A refused connection never began TLS: no handshake failure is logged for it (the
+        // mutual-TLS listener logs those as warnings about the client's certificate). The
+        // three held FHIR connections, closed by the script without a handshake, are.
+        let handshakes = server.logs.all.filter { $0.contains("TLS handshake refused") }
+        #expect(handshakes.count == 3, "\(handshakes)")
         await server.stop()
 
-        // Behind a trusted proxy every browser arrives through the proxy's connections.
-        let proxied = try await RunningServer.start(pki: pki) {
-            $0.maxConnectionsPerClient = 3
-            $0.web.trustedProxies = ["127.0.0.1"]
+        // Behind a trusted proxy every browser arrives through the proxy's connections; a load
+        // balancer that hides its clients is exempted on both listeners.
+        for (label, setting) in [("--trusted-proxy", { (configuration: inout ServerConfiguration) in configuration.web.trustedProxies = ["127.0.0.1"] }),
+                                 ("--connection-limit-exempt", { (configuration: inout ServerConfiguration) in configuration.connectionLimitExempt = ["127.0.0.0/8"] })] {
+            let proxied = try await RunningServer.start(pki: pki) {
+                $0.maxConnectionsPerClient = 3
+                setting(&$0)
+            }
+            let ports = label == "--trusted-proxy" ? [proxied.webPort] : [proxied.webPort, proxied.port]
+            for port in ports {
+                let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, "\(port)", "5", "proxy"])
+                let lines = String(decoding: run.output, as: UTF8.self).split(separator: "\n").map(String.init)
+                #expect(lines == ["closed 0 open 6"], "\(label), port \(port): \(lines) \(String(decoding: run.errors, as: UTF8.self))")
+            }
+            await proxied.stop()
         }
-        let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, "\(proxied.webPort)", "5", "proxy"])
-        let lines = String(decoding: run.output, as: UTF8.self).split(separator: "\n").map(String.init)
-        #expect(lines == ["closed 0 open 6"], "\(lines) \(String(decoding: run.errors, as: UTF8.self))")
-        await proxied.stop()
     }
 
     /// Slow senders are disconnected after `--request-timeout`, whether the headers or the

@@ -703,10 +703,11 @@ struct ProcessTests {
         }
         let erased = try await Self.run(["admin", "erase", goneID, "--confirm", "--reason", "fin de conservation"] + database)
         #expect(erased.status == 0 && erased.output.contains(#""action":"erase""#) && erased.output.contains(#""identifiers":1"#), "\(erased)")
-        // Beside the running server, the log is scrubbed all the same (nothing of it reads an
-        // older snapshot); PostgreSQL's WAL is the server's.
-        let scrubbed = TestStore.kind == .sqlite ? #""database_log":"truncated""# : #""database_log":"not-applicable""#
-        #expect(erased.output.contains(scrubbed), "\(erased)")
+        // Beside the running server the log is scrubbed too (truncated, unless one of the
+        // server's own connections held it for the scrub's second: the in-process tests check
+        // the truncation itself); PostgreSQL's WAL is the server's.
+        let scrubbed = TestStore.kind == .sqlite ? [#""database_log":"truncated""#, #""database_log":"held-back""#] : [#""database_log":"not-applicable""#]
+        #expect(scrubbed.contains { erased.output.contains($0) }, "\(erased)")
         #expect(try await Self.run(["admin", "show", goneID] + database).status == 1)
         #expect(try await Self.run(["admin", "list", "gone@"] + database).output.contains(gone) == false)
         // Its trail is still exported by its id, by both audit commands; its identifiers no
@@ -730,7 +731,7 @@ struct ProcessTests {
         let swept = try await Self.run(["admin", "erase-deactivated", "--before", now, "--confirm", "--reason", "fin de conservation"] + database)
         let sweptLines = swept.output.split(separator: "\n")
         #expect(swept.status == 0 && sweptLines.count == 2 && sweptLines.first?.contains(#""action":"erase""#) == true
-                && sweptLines.last?.contains(#""erased":1"#) == true && sweptLines.last?.contains(scrubbed) == true, "\(swept)")
+                && sweptLines.last?.contains(#""erased":1"#) == true && scrubbed.contains { sweptLines.last?.contains($0) == true }, "\(swept)")
         #expect(try await Self.run(["admin", "list", "later@"] + database).output.contains(later) == false)
         #expect(try await Self.run(["admin", "show", id] + database).status == 0, "the active account stays")
     }

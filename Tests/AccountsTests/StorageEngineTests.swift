@@ -160,7 +160,6 @@ struct SchemaUpgradeTests {
     }
 }
 
-/// The event-loop read forward-auth runs before every agenda request, on the engine of the run.
 /// What an erasure leaves in the database's files (`StorageEngine.scrubLog`).
 @Suite("Deleted rows in the database's log")
 struct LogScrubTests {
@@ -238,6 +237,7 @@ struct LogScrubTests {
     }
 }
 
+/// The event-loop read forward-auth runs before every agenda request, on the engine of the run.
 @Suite("Reads on an event loop")
 struct LoopReadTests {
     enum Probe: PreparedSQL {

@@ -1,5 +1,6 @@
 @testable import Accounts
 import Foundation
+import NIOCore
 import NIOPosix
 import Storage
 import StorageTesting
@@ -902,6 +903,23 @@ struct SessionAndHabilitationTests {
         #expect(again.account.id != world.accountID && again.account.id != b)
     }
 
+    /// A scrub that fails after the erasure committed is said (`failed`), not thrown: the
+    /// erasure is done, and an error would report it as not done (its retry finding no
+    /// account). The batch goes on and says so on its count.
+    @Test func aFailedScrubStillReportsTheErasure() async throws {
+        let world = try await World()
+        let context = CallContext(actor: world.actor)
+        _ = try await world.provisioner.provision(.conditionalUpdate(World.national, try World.record(active: false), ifMatch: nil), context: context)
+        let administration = VendorAdministration(database: AccountDatabase(engine: ScrubFailingEngine(inner: world.database.engine)),
+                                                  clock: { world.clock.now })
+        let outcome = try await administration.erase(accountID: world.accountID, reason: nil, actor: world.actor)
+        guard case .erased(_, _, let log)? = outcome else { Issue.record("not erased: \(String(describing: outcome))"); return }
+        #expect(log == .failed)
+        #expect(try await administration.detail(accountID: world.accountID) == nil, "erased all the same")
+        let batch = try await administration.eraseDeactivated(before: world.clock.now, reason: nil, actor: world.actor)
+        #expect(batch.erased == 0 && batch.log == .failed)
+    }
+
     /// The retention of deactivated accounts: those the SAS deactivated before the cut-off
     /// go, oldest first; one deactivated later, and an active one, stay.
     @Test func deactivatedAccountsAreErasedPastTheirRetention() async throws {
@@ -956,4 +974,32 @@ struct SessionAndHabilitationTests {
         let event = try #require(try await administration.auditEvents(accountID: world.accountID).last { $0.action == "sessions-revoked" })
         #expect(event.outcome == "0 revoked", "\(event)")
     }
+}
+
+/// An engine whose log scrub fails (a full disk, an I/O error); everything else is the run's.
+final class ScrubFailingEngine: StorageEngine, Sendable {
+    let inner: any StorageEngine
+    init(inner: any StorageEngine) { self.inner = inner }
+    struct ScrubFailure: Error {}
+
+    var kind: StorageKind { inner.kind }
+    func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.read(block) }
+    func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
+        try await inner.readBetweenWrites(block)
+    }
+    func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.pointRead(block) }
+    func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.write(block) }
+    func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
+        inner.loopRead(sql: sql, arguments: arguments, on: eventLoop)
+    }
+    func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
+        try inner.loopReadNow(sql: sql, arguments: arguments, on: eventLoop)
+    }
+    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { inner.loopCommitStamp(on: eventLoop) }
+    func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
+    var connectionCounts: DatabaseConnectionCounts? { inner.connectionCounts }
+    func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
+    func compact() async throws { try await inner.compact() }
+    func scrubLog() async throws -> LogScrub { throw ScrubFailure() }
+    func close() async { await inner.close() }
 }

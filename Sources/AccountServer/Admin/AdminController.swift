@@ -489,7 +489,8 @@ extension AdminController {
         case .erased(_, _, let log)?:
             metrics.adminAction("erase")
             context.logger.notice("admin action", metadata: ["action": "erase", "account_id": "\(id)", "via": "page", "database_log": "\(log.rawValue)"])
-            return WebController.redirect(pageAddress(session: session, query: query, message: "efface"))
+            let scrubbed = log == .truncated || log == .notApplicable
+            return WebController.redirect(pageAddress(session: session, query: query, message: scrubbed ? "efface" : "efface-journal"))
         }
     }
 }

@@ -11,6 +11,10 @@ enum AdminPages {
         case "retabli": return "Habilitation rétablie (si la plateforme SAS n’a pas désactivé le compte)."
         case "deja-retabli": return "Ce compte n’était pas suspendu."
         case "efface": return "Compte effacé : le compte et ses données ont été supprimés ; le journal d’audit garde ses événements."
+        case "efface-journal":
+            return "Compte effacé : le compte et ses données ont été supprimés ; le journal d’audit garde ses événements. "
+                + "Des copies antérieures restent dans le fichier -wal de la base (une sauvegarde ou une lecture en cours l’a retenu) : "
+                + "lancez admin erase-deactivated plus tard, ou elles disparaîtront à l’arrêt propre du serveur."
         case "effacement-non-confirme": return "Effacement non confirmé : tapez EFFACER dans le champ prévu pour effacer le compte. Rien n’a été supprimé."
         case "effacement-refuse": return "Effacement refusé : la plateforme SAS a réactivé ce compte entre-temps. Rien n’a été supprimé."
         default: return nil

@@ -25,6 +25,9 @@ struct ServerConfiguration: Sendable {
     /// Connections one client may hold at once on the web and FHIR listeners
     /// (``ConnectionLimiter``); 0: no limit.
     var maxConnectionsPerClient: Int = 256
+    /// Addresses (CIDRs) not counted by that limit on either listener, beside each listener's
+    /// trusted proxies: a load balancer or NAT that hides its clients' addresses.
+    var connectionLimitExempt: [String] = []
 
     /// The SAS's listener: INT_R02, and the INT_R01 relay in topology 2.
     var fhir: FHIRListenerConfiguration

@@ -89,7 +89,8 @@ func makeWebServices(
     let forwardAuth = ForwardAuthResponder(habilitation: habilitation, configuration: webConfiguration, metrics: metrics)
 
     // Browsers behind a trusted proxy arrive through its connections: it is not counted.
-    let connections = ConnectionLimiter(listener: "web", perClient: configuration.maxConnectionsPerClient, exempt: trustedProxies,
+    let connections = ConnectionLimiter(listener: "web", perClient: configuration.maxConnectionsPerClient,
+                                        exempt: trustedProxies + configuration.connectionLimitExempt.compactMap(CIDR.init),
                                         metrics: metrics, logger: logger)
     let webApp = Application(
         router: router,

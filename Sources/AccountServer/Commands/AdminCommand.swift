@@ -67,11 +67,15 @@ struct AdminCommand: AsyncParsableCommand {
     /// On standard error (the JSON on standard output stays what scripts read): the erasure is
     /// done, but SQLite's `-wal` file may still hold the pages from before it.
     static func warnIfHeldBack(_ log: LogScrub) {
-        guard log == .heldBack else { return }
+        let why: String
+        switch log {
+        case .heldBack: why = "another connection (a reader of an older snapshot: a backup or an export running beside; a writer; a checkpoint) held the database's log back"
+        case .failed: why = "scrubbing the database's log failed (see the server's log and the disk)"
+        case .truncated, .notApplicable: return
+        }
         var errors = FileHandle.standardError
-        print("warning: erased, but a reader of an older snapshot (a backup or an export running beside) held the database's log back: "
-              + "older copies of the erased rows stay in the -wal file until SQLite writes over them, the server stops cleanly, "
-              + "or erase-deactivated runs again (it scrubs the log even when it has nothing to erase)", to: &errors)
+        print("warning: erased, but \(why): older copies of the erased rows stay in the -wal file until SQLite writes over them, "
+              + "the server stops cleanly, or erase-deactivated runs again (it scrubs the log even when it has nothing to erase)", to: &errors)
     }
 
     static func resolve(_ administration: VendorAdministration, _ reference: String) async throws -> String {

@@ -202,6 +202,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Connections one client (an IPv4 address, an IPv6 /64; a /48 gets 16 times as many) may hold open at once on the web and FHIR listeners, 0 to 1000000 (0: no limit); a further one is closed at once. Trusted proxies are not counted. Env: ACCOUNT_SERVER_MAX_CONNECTIONS_PER_CLIENT. Default: 256")
     var maxConnectionsPerClient: Int?
 
+    @Option(help: "An address or CIDR whose connections --max-connections-per-client does not count, on the web and FHIR listeners; repeatable. For a load balancer or NAT in front that hides its clients' addresses (TLS passthrough, SNAT). Env: ACCOUNT_SERVER_CONNECTION_LIMIT_EXEMPT (comma-separated)")
+    var connectionLimitExempt: [String] = []
+
     @Option(help: "Seconds SIGTERM waits for requests in progress to finish; then the remaining connections are cut and the process exits; 1 to 3600. Env: ACCOUNT_SERVER_SHUTDOWN_TIMEOUT. Default: 25")
     var shutdownTimeout: Int?
 
@@ -305,6 +308,7 @@ struct ServeCommand: AsyncParsableCommand {
         "admin.session.idle.minutes",
         "request.timeout",
         "max.connections.per.client",
+        "connection.limit.exempt",
         "shutdown.timeout",
         "fhir.client.certificate.header",
         "fhir.trusted.proxy",
@@ -388,6 +392,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("admin.session.idle.minutes", adminSessionIdleMinutes)
         values.set("request.timeout", requestTimeout)
         values.set("max.connections.per.client", maxConnectionsPerClient)
+        values.set("connection.limit.exempt", connectionLimitExempt)
         values.set("shutdown.timeout", shutdownTimeout)
         values.set("fhir.client.certificate.header", fhirClientCertificateHeader)
         values.set("fhir.trusted.proxy", fhirTrustedProxy)
@@ -578,6 +583,10 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--max-connections-per-client must be 0 (no limit) to 1000000, got \(perClient)")
         }
         resolved.maxConnectionsPerClient = perClient
+        resolved.connectionLimitExempt = try settings.list("connection.limit.exempt")
+        for text in resolved.connectionLimitExempt where CIDR(text) == nil {
+            throw ValidationError("--connection-limit-exempt \(text) is not an address or CIDR")
+        }
         let shutdownSeconds = try Self.durationSeconds(settings, "shutdown.timeout", default: 25, unit: 1, maximum: 3600)
         resolved.fhir.clientCertificateHeader = try settings.string("fhir.client.certificate.header")
         resolved.fhir.trustedProxies = try settings.list("fhir.trusted.proxy")

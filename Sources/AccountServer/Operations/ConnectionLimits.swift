@@ -11,8 +11,9 @@ import Synchronization
 ///
 /// Counted per IPv4 address, per IPv6 /64 (what one subscriber is given) and per IPv6 /48
 /// with ``networkFactor`` times the room (a site: free from tunnel brokers, with 65,536 /64s
-/// in it), as the sign-in rate limits count. The listener's trusted proxies are not counted:
-/// every browser behind them arrives through their connections.
+/// in it), as the sign-in rate limits count. The listener's trusted proxies and the
+/// addresses of `--connection-limit-exempt` (a load balancer that hides its clients'
+/// addresses) are not counted: every client behind them arrives through their connections.
 final class ConnectionLimiter: Sendable {
     /// Connections one client may hold at once; 0 turns the limit off.
     let perClient: Int
@@ -50,7 +51,7 @@ final class ConnectionLimiter: Sendable {
         guard taken else {
             metrics?.connectionRefused(listener: listener)
             if refusalLog.allow(keys.client) {
-                logger.notice("connection refused: the client holds as many as allowed (--max-connections-per-client; further refusals from it are not logged for a minute)",
+                logger.warning("connection refused: the client holds as many as allowed (--max-connections-per-client; a load balancer or NAT hiding its clients goes in --connection-limit-exempt; further refusals from it are not logged for a minute)",
                               metadata: ["listener": "\(listener)", "peer": "\(keys.client)", "limit": "\(perClient)"])
             }
             return nil
@@ -75,9 +76,11 @@ final class ConnectionLimiter: Sendable {
 /// The first step of a listener's connections: takes the connection's place in the
 /// ``ConnectionLimiter`` (given back when it closes, however it closes), or refuses it.
 ///
-/// A refused connection is closed as soon as it is active, before TLS reads anything; its
-/// set-up still succeeds, because a failed child channel set-up ends the listener's accept
-/// loop (NIO fires the error into the server channel, and its async stream finishes).
+/// A refused connection is closed as soon as it is active, before TLS reads anything. Its
+/// set-up still succeeds: Hummingbird sets a connection up inside NIO's async accept stream,
+/// which drops a failed set-up without registering or closing the connection (the socket
+/// stays open, its close never comes). For the same reason, a set-up of the layers below
+/// that fails closes the connection here, which gives its place back.
 struct ConnectionLimitChannel<Base: ServerChildChannel & HTTPChannelHandler>: ServerChildChannel, HTTPChannelHandler {
     typealias Value = Base.Value
 
@@ -96,6 +99,9 @@ struct ConnectionLimitChannel<Base: ServerChildChannel & HTTPChannelHandler>: Se
             }
         }.flatMap {
             self.base.setup(channel: channel, logger: logger)
+        }.flatMapErrorThrowing { error in
+            channel.close(promise: nil)
+            throw error
         }
     }
 
@@ -104,13 +110,14 @@ struct ConnectionLimitChannel<Base: ServerChildChannel & HTTPChannelHandler>: Se
     }
 }
 
-/// First in a refused connection's pipeline: closes it as soon as it is active and passes no
-/// byte on (no TLS handshake, no request).
+/// First in a refused connection's pipeline: closes it as soon as it is active and passes
+/// nothing on. Not even the activity: TLS would begin its handshake, and the close would
+/// then be logged as a handshake refused (a warning per connection, blaming the client's
+/// certificate, where the refusal is logged once a minute).
 final class RefusedConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
     func channelActive(context: ChannelHandlerContext) {
-        context.fireChannelActive()
         context.close(promise: nil)
     }
 
