@@ -211,7 +211,7 @@ struct StoreCopyTests {
 
 /// A PostgreSQL engine whose write blocks, at the end of their first attempt only, run
 /// `interleave` (another client's work) before the transaction commits, and count attempts.
-final class InterleavedEngine: StorageEngine {
+final class InterleavedEngine: ForwardingStorageEngine {
     let inner: PostgresEngine
     let interleave: @Sendable () throws -> Void
     private let count = NIOLockedValueBox(0)
@@ -221,9 +221,9 @@ final class InterleavedEngine: StorageEngine {
         self.interleave = interleave
     }
 
+    var forwardedTo: any StorageEngine { inner }
     var attempts: Int { count.withLockedValue { $0 } }
 
-    var kind: StorageKind { inner.kind }
     func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
         try await inner.write { [count, interleave] db in
             let result = try block(db)
@@ -235,21 +235,4 @@ final class InterleavedEngine: StorageEngine {
             return result
         }
     }
-    func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.read(block) }
-    func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
-        try await inner.readBetweenWrites(block)
-    }
-    func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.pointRead(block) }
-    func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
-        inner.loopRead(sql: sql, arguments: arguments, on: eventLoop)
-    }
-    func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
-        try inner.loopReadNow(sql: sql, arguments: arguments, on: eventLoop)
-    }
-    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { inner.loopCommitStamp(on: eventLoop) }
-    func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
-    func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
-    func compact() async throws { try await inner.compact() }
-    func scrubLog() async throws -> LogScrub { try await inner.scrubLog() }
-    func close() async { await inner.close() }
 }

@@ -298,7 +298,7 @@ struct FactsMemoTests {
 /// The SQLite engine, except that once armed, its next loop read is followed by a commit made
 /// by another process before the read's answer is returned: a commit racing a check. Without
 /// `stamps`, it gives no commit stamp.
-final class CommitAfterReadEngine: StorageEngine, Sendable {
+final class CommitAfterReadEngine: ForwardingStorageEngine, Sendable {
     let inner: SQLiteEngine
     let commit: String
     /// false: the engine gives no commit stamp, as a database not in WAL mode would not.
@@ -311,19 +311,10 @@ final class CommitAfterReadEngine: StorageEngine, Sendable {
         self.stamps = stamps
     }
 
+    var forwardedTo: any StorageEngine { inner }
     func arm() { state.withLock { $0.armed = true } }
     var committed: Bool { state.withLock { $0.committed } }
 
-    var kind: StorageKind { inner.kind }
-    func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.read(block) }
-    func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
-        try await inner.readBetweenWrites(block)
-    }
-    func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.pointRead(block) }
-    func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.write(block) }
-    func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
-        inner.loopRead(sql: sql, arguments: arguments, on: eventLoop)
-    }
     func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
         let rows = try inner.loopReadNow(sql: sql, arguments: arguments, on: eventLoop)
         guard state.withLock({ state in defer { state.armed = false }; return state.armed }) else { return rows }
@@ -333,9 +324,4 @@ final class CommitAfterReadEngine: StorageEngine, Sendable {
         return rows
     }
     func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { stamps ? inner.loopCommitStamp(on: eventLoop) : nil }
-    func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
-    func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
-    func compact() async throws { try await inner.compact() }
-    func scrubLog() async throws -> LogScrub { try await inner.scrubLog() }
-    func close() async { await inner.close() }
 }

@@ -977,29 +977,9 @@ struct SessionAndHabilitationTests {
 }
 
 /// An engine whose log scrub fails (a full disk, an I/O error); everything else is the run's.
-final class ScrubFailingEngine: StorageEngine, Sendable {
-    let inner: any StorageEngine
-    init(inner: any StorageEngine) { self.inner = inner }
+final class ScrubFailingEngine: ForwardingStorageEngine, Sendable {
+    let forwardedTo: any StorageEngine
+    init(inner: any StorageEngine) { self.forwardedTo = inner }
     struct ScrubFailure: Error {}
-
-    var kind: StorageKind { inner.kind }
-    func read<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.read(block) }
-    func readBetweenWrites<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T {
-        try await inner.readBetweenWrites(block)
-    }
-    func pointRead<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.pointRead(block) }
-    func write<T: Sendable>(_ block: @escaping @Sendable (any SQLTransaction) throws -> T) async throws -> T { try await inner.write(block) }
-    func loopRead(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) -> EventLoopFuture<[SQLRow]> {
-        inner.loopRead(sql: sql, arguments: arguments, on: eventLoop)
-    }
-    func loopReadNow(sql: String, arguments: [SQLValue], on eventLoop: any EventLoop) throws -> [SQLRow]? {
-        try inner.loopReadNow(sql: sql, arguments: arguments, on: eventLoop)
-    }
-    func loopCommitStamp(on eventLoop: any EventLoop) -> CommitStamp? { inner.loopCommitStamp(on: eventLoop) }
-    func migrate(_ schema: Schema) async throws { try await inner.migrate(schema) }
-    var connectionCounts: DatabaseConnectionCounts? { inner.connectionCounts }
-    func appliedMigrations() async throws -> [String] { try await inner.appliedMigrations() }
-    func compact() async throws { try await inner.compact() }
     func scrubLog() async throws -> LogScrub { throw ScrubFailure() }
-    func close() async { await inner.close() }
 }
