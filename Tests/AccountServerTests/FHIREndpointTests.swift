@@ -2,8 +2,11 @@
 import Accounts
 import AsyncHTTPClient
 import Foundation
+import HTTPTypes
 import NIOCore
+import NIOEmbedded
 import NIOHTTP1
+import NIOHTTPTypes
 import Storage
 import StorageTesting
 import Testing
@@ -69,6 +72,51 @@ struct FHIREndpointTests {
             #expect(lines.allSatisfy { !$0.contains("camille.dupont") && !$0.contains("other@chu") && !$0.contains("810002673899") && !$0.contains("810002673900") }, "\(lines)")
             #expect(lines.contains { $0.contains("telecom") }, "the element is named: \(lines)")
         }
+    }
+
+    /// RFC 9110 §8.8.2.1: `Last-Modified` is never later than the answer's `Date`. Hummingbird
+    /// formats its `Date` once a second, so a resource written just now was answered a second
+    /// "in the future" (seen right after start and on 1 PUT in 30).
+    @Test func lastModifiedIsNeverAfterTheAnswersDate() async throws {
+        try await withServer { client, _ in
+            let parser = DateFormatter()
+            parser.locale = Locale(identifier: "en_US_POSIX")
+            parser.timeZone = TimeZone(identifier: "GMT")
+            parser.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+            var checked = 0
+            for round in 0..<40 {
+                let body = Bodies.practitioner(national: "810002673899", given: "Tour \(round)")
+                let reply = try await client.send(.PUT, "/Practitioner?identifier=urn:oid:1.2.250.1.71.4.2.1|810002673899", body: body)
+                #expect(reply.status == 200 || reply.status == 201, "\(reply.status) \(reply.body)")
+                guard let modified = reply.headers.first(name: "Last-Modified").flatMap(parser.date(from:)),
+                      let date = reply.headers.first(name: "Date").flatMap(parser.date(from:)) else {
+                    Issue.record("round \(round): \(reply.headers)")
+                    continue
+                }
+                #expect(modified <= date, "round \(round): Last-Modified \(modified) after Date \(date)")
+                checked += 1
+            }
+            #expect(checked == 40)
+        }
+    }
+
+    /// The handler gives an answer with `Last-Modified` the `Date` of its writing, and leaves
+    /// the others' (and the relay's, which never pass it) alone.
+    @Test func theDateOfAnAnswerWithLastModifiedIsItsWritingTime() throws {
+        let channel = EmbeddedChannel(handler: LastModifiedDateHandler())
+        let stale = "Thu, 01 Jan 1970 00:00:00 GMT"
+        var modified = HTTPResponse(status: .ok)
+        modified.headerFields[.date] = stale
+        modified.headerFields[.lastModified] = FHIRResponses.httpDate(Date())
+        try channel.writeOutbound(HTTPResponsePart.head(modified))
+        guard case .head(let written)? = try channel.readOutbound(as: HTTPResponsePart.self) else { Issue.record("no head"); return }
+        #expect(written.headerFields[.date] != stale, "\(written.headerFields)")
+        var plain = HTTPResponse(status: .ok)
+        plain.headerFields[.date] = stale
+        try channel.writeOutbound(HTTPResponsePart.head(plain))
+        guard case .head(let untouched)? = try channel.readOutbound(as: HTTPResponsePart.self) else { Issue.record("no head"); return }
+        #expect(untouched.headerFields[.date] == stale)
+        _ = try channel.finish()
     }
 
     @Test func kitCreatesUpdatesAndReads() async throws {

@@ -26,7 +26,7 @@ func makeFHIRSurface(_ configuration: ServerConfiguration, authenticator: Caller
     // only the router's requests).
     let idleTimeout = TimeAmount.nanoseconds(configuration.fhir.idleTimeout.components.seconds * 1_000_000_000
         + configuration.fhir.idleTimeout.components.attoseconds / 1_000_000_000)
-    let idle = HTTP1Channel.Configuration(additionalChannelHandlers: [ClosingAnswerHandler()],
+    let idle = HTTP1Channel.Configuration(additionalChannelHandlers: [ClosingAnswerHandler(), LastModifiedDateHandler()],
                                           idleTimeout: relay == nil ? idleTimeout : nil)
     let requestTimeout = configuration.requestReceiveTimeout
     /// HTTP/1 with the receive timeout, and the relay when there is an upstream.

@@ -80,7 +80,9 @@ struct PractitionerController: Sendable {
         var headers: HTTPFields = [:]
         headers[.location] = "\(base)/Practitioner/\(account.id)"
         headers[.eTag] = "W/\"\(account.version)\""
-        headers[.lastModified] = FHIRResponses.httpDate(account.updatedAt)
+        // A time ahead of this instance's clock (another instance's, PostgreSQL) is replaced
+        // by now, as RFC 9110 §8.8.2.1 asks: never later than the answer's `Date`.
+        headers[.lastModified] = FHIRResponses.httpDate(min(account.updatedAt, Date()))
         return headers
     }
 
