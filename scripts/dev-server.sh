@@ -16,7 +16,7 @@ if [[ " $* " != *" --smtp-url"* && " $* " != *" --sendmail-command"* \
         echo "dev-server: the repository's path has a space; reset mails stay in the outbox (give --smtp-url)" >&2
     else
         mail=(--sendmail-command "$PWD/scripts/dev-mailbox.sh")
-        echo "dev-server: reset mails are written to $PWD/data/mail/ (one .eml file each; the link is in the text)" >&2
+        echo "dev-server: reset mails are written to $PWD/data/mail/ (.eml as sent, .txt with the link)" >&2
     fi
 fi
 exec .build/release/account-server serve "${mail[@]}" "$@"
