@@ -360,9 +360,17 @@ public final class VendorAdministration: Sendable {
     /// Once committed, the database's log is scrubbed (``StorageEngine/scrubLog()``): on
     /// SQLite the `-wal` file kept the pages as they were before the delete.
     public func erase(accountID: String, reason: String?, actor: AuditActor, requestID: String? = nil) async throws -> ErasureOutcome? {
-        guard let outcome = try await eraseWithoutScrub(accountID: accountID, reason: reason, actor: actor, requestID: requestID) else { return nil }
-        guard case .erased(let erased, let sessions, _) = outcome else { return outcome }
-        return .erased(erased, sessions: sessions, log: await scrubLog())
+        switch try await eraseWithoutScrub(accountID: accountID, reason: reason, actor: actor, requestID: requestID) {
+        case nil: return nil
+        case .stillActive?: return .stillActive
+        case .erased(let erased, let sessions)?: return .erased(erased, sessions: sessions, log: await scrubLog())
+        }
+    }
+
+    /// What one erasure's transaction did, before the log is scrubbed.
+    private enum Committed: Sendable {
+        case erased(AccountErasure.Erased, sessions: Int)
+        case stillActive
     }
 
     /// The erasure is committed whatever becomes of the scrub: its failure is said in the
@@ -372,7 +380,7 @@ public final class VendorAdministration: Sendable {
         (try? await database.scrubLog()) ?? .failed
     }
 
-    private func eraseWithoutScrub(accountID: String, reason: String?, actor: AuditActor, requestID: String?) async throws -> ErasureOutcome? {
+    private func eraseWithoutScrub(accountID: String, reason: String?, actor: AuditActor, requestID: String?) async throws -> Committed? {
         let at = now
         let reason = Self.recorded(reason)
         return try await database.write { db in
@@ -392,7 +400,7 @@ public final class VendorAdministration: Sendable {
                                                                  + "\(erased.totpSecrets) TOTP secret(s), \(erased.recoveryCodes) recovery code(s), "
                                                                  + "\(erased.resetLinks) reset link(s), \(erased.cguAcceptances) CGU acceptance(s), "
                                                                  + "\(erased.mails) queued mail(s) removed", reason)), in: db)
-            return .erased(erased, sessions: sessions, log: .notApplicable)
+            return .erased(erased, sessions: sessions)
         }
     }
 
@@ -419,7 +427,7 @@ public final class VendorAdministration: Sendable {
         var erased = 0
         do {
             for account in try await deactivated(before: cutoff) {
-                guard case .erased(let what, let sessions, _)? = try await eraseWithoutScrub(accountID: account.id, reason: reason, actor: actor, requestID: nil)
+                guard case .erased(let what, let sessions)? = try await eraseWithoutScrub(accountID: account.id, reason: reason, actor: actor, requestID: nil)
                 else { continue }
                 erased += 1
                 try each(account.id, what, sessions)

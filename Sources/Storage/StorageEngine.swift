@@ -172,9 +172,9 @@ public protocol StorageEngine: Sendable {
     /// file does not overwrite the disk's blocks: an image of the disk is the disk
     /// encryption's business, as for everything the server ever deleted.)
     /// SQLite copies the log into the file and truncates it to nothing
-    /// (`wal_checkpoint(TRUNCATE)`), waiting as long as its busy timeout for readers of older
-    /// snapshots. PostgreSQL's WAL and dead row versions are the server's and its
-    /// autovacuum's (`docs/personal-data.md`).
+    /// (`wal_checkpoint(TRUNCATE)`), waiting a second at most for other connections.
+    /// PostgreSQL's WAL and dead row versions are the server's and its autovacuum's
+    /// (`docs/personal-data.md`).
     func scrubLog() async throws -> LogScrub
     /// Closes every connection; further calls fail.
     func close() async

@@ -557,7 +557,9 @@ struct ProcessTests {
                       (["--fhir-upstream-client-certificate", "/nonexistent/relay.pem", "--fhir-upstream-client-key", "/nonexistent/relay-key.pem"],
                        "--fhir-upstream-client-certificate needs an https --fhir-upstream"),
                       // Refused after the upstream's HTTP client was made: closed, not a trap.
-                      (["--trusted-proxy", "not-an-address"], "--trusted-proxy not-an-address is not an address or CIDR")])
+                      (["--trusted-proxy", "not-an-address"], "--trusted-proxy not-an-address is not an address or CIDR"),
+                      (["--connection-limit-exempt", "10.0.0.0/33"], "--connection-limit-exempt 10.0.0.0/33 is not an address or CIDR"),
+                      (["--max-connections-per-client", "1000001"], "--max-connections-per-client must be 0 (no limit) to 1000000")])
     func upstreamSettingsThatCannotWorkAreRefused(_ arguments: [String], _ message: String) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("upstream-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

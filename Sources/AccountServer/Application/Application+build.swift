@@ -190,12 +190,8 @@ func callerAuthenticationMode(_ configuration: ServerConfiguration, proxyVerifie
     guard !configuration.fhir.trustedProxies.isEmpty else {
         throw ConfigurationError(description: "--fhir-client-certificate-header needs at least one --fhir-trusted-proxy: a certificate header is only believed from the proxy that verified it")
     }
-    var proxies: [CIDR] = []
-    for text in configuration.fhir.trustedProxies {
-        guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--fhir-trusted-proxy \(text) is not an address or CIDR") }
-        proxies.append(cidr)
-    }
-    return .forwardedCertificate(header: header, trustedProxies: proxies, proxy: proxyVerifier)
+    return .forwardedCertificate(header: header, trustedProxies: try CIDR.list(configuration.fhir.trustedProxies, flag: "--fhir-trusted-proxy"),
+                                 proxy: proxyVerifier)
 }
 
 /// Whether a listener address only accepts connections from this machine.

@@ -37,7 +37,7 @@ func makeFHIRSurface(_ configuration: ServerConfiguration, authenticator: Caller
     }
     // Counted before TLS (a handshake costs the server more than the client); the proxy of
     // topology 1 carries every call of the SAS and is not counted.
-    var exempt = configuration.connectionLimitExempt.compactMap(CIDR.init)
+    var exempt = try CIDR.list(configuration.connectionLimitExempt, flag: "--connection-limit-exempt")
     if case .forwardedCertificate(_, let proxies, _) = callerMode { exempt += proxies }
     let connections = ConnectionLimiter(listener: "fhir", perClient: configuration.maxConnectionsPerClient, exempt: exempt, metrics: metrics, logger: logger)
     let server: HTTPServerBuilder

@@ -73,11 +73,7 @@ func makeWebServices(
         controller.provider = signIn
         providerServices.append(service)
     }
-    var trustedProxies: [CIDR] = []
-    for text in configuration.web.trustedProxies {
-        guard let cidr = CIDR(text) else { throw ConfigurationError(description: "--trusted-proxy \(text) is not an address or CIDR") }
-        trustedProxies.append(cidr)
-    }
+    let trustedProxies = try CIDR.list(configuration.web.trustedProxies, flag: "--trusted-proxy")
     let router = Router(context: WebRequestContext.self)
     router.add(middleware: RequestAccountingMiddleware<WebLimits>(surface: "web", metrics: metrics))
     router.add(middleware: ClientAddressMiddleware<WebLimits>(trustedProxies: trustedProxies))
@@ -90,7 +86,7 @@ func makeWebServices(
 
     // Browsers behind a trusted proxy arrive through its connections: it is not counted.
     let connections = ConnectionLimiter(listener: "web", perClient: configuration.maxConnectionsPerClient,
-                                        exempt: trustedProxies + configuration.connectionLimitExempt.compactMap(CIDR.init),
+                                        exempt: try trustedProxies + CIDR.list(configuration.connectionLimitExempt, flag: "--connection-limit-exempt"),
                                         metrics: metrics, logger: logger)
     let webApp = Application(
         router: router,

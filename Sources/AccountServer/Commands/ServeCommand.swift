@@ -584,9 +584,6 @@ struct ServeCommand: AsyncParsableCommand {
         }
         resolved.maxConnectionsPerClient = perClient
         resolved.connectionLimitExempt = try settings.list("connection.limit.exempt")
-        for text in resolved.connectionLimitExempt where CIDR(text) == nil {
-            throw ValidationError("--connection-limit-exempt \(text) is not an address or CIDR")
-        }
         let shutdownSeconds = try Self.durationSeconds(settings, "shutdown.timeout", default: 25, unit: 1, maximum: 3600)
         resolved.fhir.clientCertificateHeader = try settings.string("fhir.client.certificate.header")
         resolved.fhir.trustedProxies = try settings.list("fhir.trusted.proxy")

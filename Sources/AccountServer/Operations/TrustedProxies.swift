@@ -24,6 +24,15 @@ struct CIDR: Sendable, Equatable, CustomStringConvertible {
         description = text
     }
 
+    /// A repeatable flag's networks, each parsed, or the start refused naming the flag and
+    /// the value that is none.
+    static func list(_ texts: [String], flag: String) throws -> [CIDR] {
+        try texts.map { text in
+            guard let cidr = CIDR(text) else { throw ConfigurationError(description: "\(flag) \(text) is not an address or CIDR") }
+            return cidr
+        }
+    }
+
     func contains(_ address: String) -> Bool {
         guard var bytes = Self.bytes(address) else { return false }
         // An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) matches IPv4 networks.

@@ -165,11 +165,11 @@ public final class SQLiteEngine: StorageEngine {
     /// On the writer connection, behind the write gate: no write of this process is in the
     /// middle of the log while it is copied. The checkpoint takes the write lock, then waits
     /// for the readers of older snapshots, and every writer waits while it does (SQLite's
-    /// rule for a truncating checkpoint): it waits ``scrubWait`` at most, not the connection's
-    /// 10 s, then SQLite answers busy (`1` in the first column) with the log partly copied,
-    /// intact, and the writes go on.
+    /// rule for a truncating checkpoint): it waits ``scrubWaitMilliseconds`` at most, not the
+    /// connection's 10 s, then SQLite answers busy (`1` in the first column) with the log
+    /// partly copied, intact, and the writes go on.
     public func scrubLog() async throws -> LogScrub {
-        let wait = Int(Self.scrubWait.components.seconds * 1000 + Self.scrubWait.components.attoseconds / 1_000_000_000_000_000)
+        let wait = Self.scrubWaitMilliseconds
         return try await Self.mapping {
             try await writeGate.withPermit {
                 try await pool.writeWithoutTransaction { db in
@@ -185,7 +185,7 @@ public final class SQLiteEngine: StorageEngine {
 
     /// How long a scrub waits for readers of older snapshots, holding every writer back
     /// meanwhile: an erasure beside a backup must not stall the SAS's writes for long.
-    static let scrubWait: Duration = .seconds(1)
+    static let scrubWaitMilliseconds = 1_000
 
     /// GRDB's `close()` blocks until every connection is idle: it runs on a thread of its own,
     /// never on one of the few threads of Swift's cooperative pool (which the last accesses
