@@ -241,9 +241,9 @@ public final class VendorAdministration: Sendable {
             let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "habilitation-withdrawn", outcome: "suspended by the vendor",
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: Self.detail("\(open) open SAS session(s) affected from their next request"
-                                                                 + (links > 0 ? "; \(links) password reset link(s) voided" : ""), reason)), in: db)
-            return AdminActionResult(accountID: accountID, changed: true, sessions: open, resetLinks: links)
+                                             detail: Self.detail(["\(open) open SAS session(s) affected from their next request", links.summary]
+                                                                 .compactMap { $0 }.joined(separator: "; "), reason)), in: db)
+            return AdminActionResult(accountID: accountID, changed: true, sessions: open, resetLinks: links.links)
         }
     }
 
@@ -285,8 +285,8 @@ public final class VendorAdministration: Sendable {
             let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: Self.detail(links > 0 ? "\(links) password reset link(s) voided" : nil, reason)), in: db)
-            return AdminActionResult(accountID: accountID, changed: count > 0 || links > 0, sessions: count, resetLinks: links)
+                                             detail: Self.detail(links.summary, reason)), in: db)
+            return AdminActionResult(accountID: accountID, changed: count > 0 || links.links > 0, sessions: count, resetLinks: links.links)
         }
     }
 
@@ -329,8 +329,8 @@ public final class VendorAdministration: Sendable {
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "second-factor-reset",
                                              outcome: "TOTP removed, \(removed.unusedRecoveryCodes) unused recovery code(s) removed",
                                              actor: actor, requestID: requestID, identifier: nil, accountID: accountID, changes: [],
-                                             detail: Self.detail("\(count) session(s) ended" + (links > 0 ? "; \(links) password reset link(s) voided" : ""), reason)), in: db)
-            return AdminActionResult(accountID: accountID, changed: true, sessions: count, resetLinks: links)
+                                             detail: Self.detail(["\(count) session(s) ended", links.summary].compactMap { $0 }.joined(separator: "; "), reason)), in: db)
+            return AdminActionResult(accountID: accountID, changed: true, sessions: count, resetLinks: links.links)
         }
     }
 

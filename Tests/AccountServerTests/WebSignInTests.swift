@@ -454,6 +454,32 @@ struct WebSignInTests {
         }
     }
 
+    /// A reset mail the relay has not taken yet dies with its link: asked for through the
+    /// page, refused once by a relay that is down (retried in 30 s), then the SAS deactivates
+    /// the account, which voids the link: the mail leaves the outbox, so nothing is left to
+    /// deliver when the relay comes back, and the update's audit event says so.
+    @Test func aResetMailWaitingForTheRelayDiesWithItsLink() async throws {
+        let closed = freeLoopbackPort()
+        let world = try await World { $0.smtpURL = "smtp://127.0.0.1:\(closed)" }
+        let browser = try world.browser()
+        let database = world.server.database
+        #expect(try await browser.submit("/mot-de-passe-oublie", ["email": Self.email]).status == 200)
+        var attempts = 0
+        for _ in 0..<100 where attempts == 0 {
+            try await Task.sleep(for: .milliseconds(100))
+            attempts = try await database.read { db in try Int.fetchOne(db, sql: "SELECT MAX(attempts) FROM mail_outbox WHERE sent_at IS NULL") } ?? 0
+        }
+        #expect(attempts == 1, "the relay refused the mail once")
+        #expect(world.server.logs.all.contains { $0.contains("mail delivery failed") })
+        try await world.setActive(false)
+        let left = try await database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM mail_outbox") }
+        #expect(left == 0, "the mail went with its link")
+        let update = try await database.read { db in try AuditLog().events(in: db) }.last { $0.action == "conditional-update" }
+        #expect(update?.detail == "1 password reset link(s) voided, 1 reset mail(s) still queued withdrawn", "\(String(describing: update))")
+        await browser.shutdown()
+        await world.stop()
+    }
+
     @Test func cguMustBeAcceptedAgainAfterAVersionChange() async throws {
         let installation = try await Installation()
         let (pki, smtp) = (installation.pki, installation.smtp)

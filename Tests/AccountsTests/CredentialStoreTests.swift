@@ -187,7 +187,9 @@ struct CredentialStoreTests {
         #expect(try await h.store.resetPassword(token: first, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken),
                 "the older link died with the password it was sent for")
         let completed = try await h.accounts.auditEvents().last { $0.action == "password-reset-completed" }
-        #expect(completed?.detail == "1 other password reset link(s) voided", "\(String(describing: completed))")
+        // Both mails are still queued here (nothing delivers in this harness): the spent link's
+        // and the voided one's are withdrawn with it.
+        #expect(completed?.detail == "1 other password reset link(s) voided, 2 reset mail(s) still queued withdrawn", "\(String(describing: completed))")
         let third = try #require(try await h.resetToken())
         h.clock.advance(30 * 60 + 1)
         #expect(try await h.store.resetPassword(token: third, newPassword: "Another-good-passphrase", actor: h.actor) == .failure(.invalidToken))
@@ -335,6 +337,77 @@ struct CredentialStoreTests {
         for link in [olderBeforeDeactivation, beforeDeactivation] {
             #expect(try await h.store.resetPassword(token: link, newPassword: Self.password, actor: h.actor) == .failure(.invalidToken))
         }
+    }
+
+    /// Unsent rows of the outbox: id, and whether it names a link.
+    static func queued(_ h: CredentialHarness) async throws -> [(id: Int64, link: String?)] {
+        try await h.accounts.database.read { db in
+            try SQLRow.fetchAll(db, sql: "SELECT id, reset_token_hash FROM mail_outbox WHERE sent_at IS NULL ORDER BY id").map { ($0["id"], $0["reset_token_hash"]) }
+        }
+    }
+
+    /// A reset mail still waiting in the outbox (the relay down) when its link is voided is
+    /// withdrawn in the same transaction: it would only lead to « Lien invalide », and its
+    /// sealed link leaves the database. A mail without a link (queued by an earlier version)
+    /// is left to be delivered; a mail whose link lives on is untouched.
+    @Test func aQueuedMailDiesWithItsLink() async throws {
+        let h = try await CredentialHarness()
+        try await h.accounts.database.write { [outbox = h.outbox, clock = h.clock] db in
+            try outbox.enqueue(OutgoingMail(recipient: "jules.marius@test.com", subject: "Ancien", body: "queued by an earlier version"), at: clock.now, in: db)
+        }
+        let first = try #require(try await h.resetToken())
+        h.clock.advance(2 * 60 + 1)
+        _ = try #require(try await h.resetToken())
+        let queued = try await Self.queued(h)
+        #expect(queued.count == 3 && queued[0].link == nil && queued[1].link == SecretToken.hash(first), "\(queued)")
+        // A name change voids nothing and withdraws nothing.
+        _ = try await h.accounts.put(national, try Fixtures.record(family: "MARIUS-DURAND"))
+        #expect(try await Self.queued(h).count == 3)
+        // The address changes: both links die, and their mails with them.
+        _ = try await h.accounts.put(national, try Fixtures.record(family: "MARIUS-DURAND", email: "jules.new@test.com"))
+        #expect(try await Self.queued(h).map(\.id) == [queued[0].id], "only the mail without a link is left")
+        let audit = try await h.accounts.auditEvents().last { $0.action == "conditional-update" }
+        #expect(audit?.detail == "2 password reset link(s) voided, 2 reset mail(s) still queued withdrawn", "\(String(describing: audit))")
+        // The same through a vendor admin's suspension (Habilitation's caller of the ledger).
+        h.clock.advance(2 * 60 + 1)
+        _ = try #require(try await h.resetToken(email: "jules.new@test.com"))
+        #expect(try await Self.queued(h).count == 2)
+        let administration = VendorAdministration(database: h.accounts.database, clock: { [clock = h.clock] in clock.now })
+        let suspended = try #require(try await administration.suspend(accountID: h.accountID, reason: "test", actor: .commandLine))
+        #expect(suspended.resetLinks == 1)
+        #expect(try await Self.queued(h).map(\.id) == [queued[0].id])
+        let event = try await h.accounts.auditEvents().last { $0.action == "habilitation-withdrawn" }
+        #expect(event?.detail?.contains("1 password reset link(s) voided, 1 reset mail(s) still queued withdrawn") == true, "\(String(describing: event))")
+    }
+
+    /// A mail whose link expired while it waited (a relay down for longer than a link lives)
+    /// is withdrawn when the mailer next claims it, and recorded; the others are claimed as
+    /// usual, a mail without a link included.
+    @Test func aMailWhoseLinkExpiredBeforeDeliveryIsWithdrawnNotSent() async throws {
+        let h = try await CredentialHarness()
+        let queue = MailQueue(database: h.accounts.database, outbox: h.outbox)
+        _ = try #require(try await h.resetToken())
+        let first = try await queue.claimDue(at: h.clock.now)
+        #expect(first.due.count == 1 && first.withdrawn.isEmpty)
+        // The relay refused it: retried in 30 s, then 1 min, 2 min... past the link's 30 min.
+        try await queue.markFailed(id: first.due[0].id, attempts: 0, error: "connection refused", at: h.clock.now)
+        h.clock.advance(30 * 60 + 1)
+        try await h.accounts.database.write { [outbox = h.outbox, clock = h.clock] db in
+            try outbox.enqueue(OutgoingMail(recipient: "jules.marius@test.com", subject: "Ancien", body: "no link recorded"), at: clock.now, in: db)
+        }
+        let live = try #require(try await h.resetToken())
+        let claim = try await queue.claimDue(at: h.clock.now)
+        #expect(claim.withdrawn == [MailOutbox.Withdrawn(id: first.due[0].id, accountID: h.accountID, why: .expired)], "\(claim.withdrawn)")
+        #expect(claim.due.compactMap { $0.mail?.body } == ["no link recorded", "https://web.example/reinitialiser?jeton=\(live)"])
+        #expect(try await Self.queued(h).count == 2, "the expired link's mail is gone, not kept as failed")
+        let event = try #require(try await h.accounts.auditEvents().last { $0.action == "password-reset-mail-withdrawn" })
+        #expect(event.outcome == "link expired before delivery" && event.accountId == h.accountID && event.actorSubject == "mailer", "\(event)")
+        // A link voided behind the ledger's back (a row an operator edited) is caught too.
+        try await h.accounts.database.write { [clock = h.clock] db in
+            try db.execute(sql: "UPDATE password_reset_token SET voided_at = ? WHERE token_hash = ?", arguments: [clock.now.epochMilliseconds, SecretToken.hash(live)])
+        }
+        let late = try await queue.claimDue(at: h.clock.now.addingTimeInterval(301))
+        #expect(late.withdrawn.map(\.why) == [.dead] && late.due.compactMap { $0.mail?.body } == ["no link recorded"], "\(late)")
     }
 
     @Test func unknownEmailQueuesNoMail() async throws {

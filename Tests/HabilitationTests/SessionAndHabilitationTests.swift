@@ -548,7 +548,7 @@ struct SessionAndHabilitationTests {
         #expect(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor) == nil)
         for link in links { #expect(try await world.credentials.accountForResetToken(link) == nil, "no reset link outlives it") }
         let event = try #require(try await administration.auditEvents(accountID: world.accountID).last { $0.action == "sessions-revoked" })
-        #expect(event.detail == "2 password reset link(s) voided", "\(event)")
+        #expect(event.detail == "2 password reset link(s) voided, 2 reset mail(s) still queued withdrawn", "\(event)")
         // An expired link is dead already: not voided again, not counted, nothing changed.
         try await world.credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, account in
             OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: token)
@@ -832,6 +832,12 @@ struct SessionAndHabilitationTests {
             OutgoingMail(recipient: account.email, subject: "lien", body: token)
         }, actor: world.actor)
         _ = try await administration.suspend(accountID: world.accountID, reason: nil, actor: world.actor)
+        // The suspension withdrew the reset mail with its link; a mail an earlier version
+        // queued names no link and stays, until the erasure (by address).
+        try await world.database.write { db in
+            try MailOutbox(box: try SecretBox(key: World.key)).enqueue(OutgoingMail(recipient: "jules.marius@test.com", subject: "lien", body: "earlier"),
+                                                                      at: world.clock.now, in: db)
+        }
         func count(_ table: String, _ value: String, column: String = "account_id") async throws -> Int {
             try await world.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table) WHERE \(column) = ?", arguments: [value]) ?? 0 }
         }

@@ -218,8 +218,11 @@ struct MailerService: Service {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
-                    let due = try await queue.claimDue()
-                    for item in due {
+                    let claim = try await queue.claimDue()
+                    for mail in claim.withdrawn {
+                        logger.notice("reset mail withdrawn, not sent: \(mail.why.rawValue)", metadata: ["outbox_id": "\(mail.id)"])
+                    }
+                    for item in claim.due {
                         do {
                             guard let mail = item.mail else { throw MailOutboxError.unreadable }
                             try await transport.send(MailMessage.render(mail, from: from), from: from, to: mail.recipient)

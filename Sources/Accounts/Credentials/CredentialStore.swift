@@ -275,7 +275,7 @@ public final class CredentialStore: Sendable {
             let token = SecretToken.generate()
             try db.execute(sql: "INSERT INTO password_reset_token (token_hash, account_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
                            arguments: [SecretToken.hash(token), row.id, at.epochMilliseconds, at.addingTimeInterval(lifetime).epochMilliseconds])
-            try self.outbox.enqueue(makeMail(token, row), at: at, in: db)
+            try self.outbox.enqueue(makeMail(token, row), resetLink: SecretToken.hash(token), at: at, in: db)
             try self.audit.append(self.event("password-reset-requested", "mailed", row.id, actor, at), in: db)
         }
     }
@@ -318,7 +318,7 @@ public final class CredentialStore: Sendable {
             // The flows just ended: so do their pending enrolments (see settlePasswordCheck).
             try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
             try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at,
-                                             detail: voided > 0 ? "\(voided) other password reset link(s) voided" : nil), in: db)
+                                             detail: voided.summary(which: "other ")), in: db)
             return .success(row.id)
         }
     }

@@ -29,12 +29,49 @@ public struct MailOutbox: Sendable {
         self.box = box
     }
 
-    public func enqueue(_ mail: OutgoingMail, at now: Date, in db: any SQLTransaction) throws {
+    /// Queues `mail`. `resetLink` is the SHA-256 of the reset link it carries, if any: a mail
+    /// whose link dies before delivery (voided, expired) is withdrawn instead of sent
+    /// (``ResetLinkLedger``, ``withdrawDeadLinks(at:in:)``).
+    public func enqueue(_ mail: OutgoingMail, resetLink: String? = nil, at now: Date, in db: any SQLTransaction) throws {
         let sealed = try box.seal(Array(mail.body.utf8), context: Self.context(mail.recipient))
         try db.execute(sql: """
-            INSERT INTO mail_outbox (recipient, subject, body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)
+            INSERT INTO mail_outbox (recipient, subject, body, created_at, next_attempt_at, reset_token_hash) VALUES (?, ?, ?, ?, ?, ?)
             """, arguments: [mail.recipient, mail.subject, Self.sealedPrefix + Data(sealed).base64EncodedString(),
-                                     now.epochMilliseconds, now.epochMilliseconds])
+                                     now.epochMilliseconds, now.epochMilliseconds, resetLink])
+    }
+
+    /// A queued mail withdrawn because its reset link died before it was delivered.
+    public struct Withdrawn: Sendable, Equatable {
+        public enum Why: String, Sendable {
+            /// The link's lifetime passed while the mail waited (a relay down for that long).
+            case expired = "link expired before delivery"
+            /// Voided or spent meanwhile (normally withdrawn at that moment already), or gone
+            /// (purged).
+            case dead = "link no longer valid"
+        }
+        public var id: Int64
+        public var accountID: String?
+        public var why: Why
+    }
+
+    /// Withdraws the due mails whose reset link no longer opens anything, and says which:
+    /// the mailer runs it before each claim, so a mail that outlived its link (a relay down
+    /// for longer than a link lives) is never sent. Mails queued by a version before links
+    /// were recorded (no `reset_token_hash`) are delivered as they were.
+    public func withdrawDeadLinks(at now: Date, in db: any SQLTransaction) throws -> [Withdrawn] {
+        let rows = try SQLRow.fetchAll(db, sql: """
+            SELECT o.id, t.account_id, t.used_at, t.voided_at, t.expires_at FROM mail_outbox o
+            LEFT JOIN password_reset_token t ON t.token_hash = o.reset_token_hash
+            WHERE o.sent_at IS NULL AND o.reset_token_hash IS NOT NULL AND o.next_attempt_at <= ?
+              AND (t.token_hash IS NULL OR t.used_at IS NOT NULL OR t.voided_at IS NOT NULL OR t.expires_at <= ?)
+            ORDER BY o.id
+            """, arguments: [now.epochMilliseconds, now.epochMilliseconds])
+        return try rows.map { row in
+            let id: Int64 = row["id"]
+            try db.execute(sql: "DELETE FROM mail_outbox WHERE id = ?", arguments: [id])
+            let live = (row["used_at"] as Int64?) == nil && (row["voided_at"] as Int64?) == nil && (row["account_id"] as String?) != nil
+            return Withdrawn(id: id, accountID: row["account_id"], why: live ? .expired : .dead)
+        }
     }
 
     /// Seals bodies an earlier version queued in clear (run once at start, before delivery);
@@ -114,15 +151,28 @@ public struct MailQueue: Sendable {
         self.outbox = outbox
     }
 
-    /// Claims the mails due now, oldest first.
-    public func claimDue(at now: Date = Date(), limit: Int = 20) async throws -> [MailOutbox.Due] {
+    /// What a claim found: the mails to send now, and those withdrawn (their link died).
+    public struct Claim: Sendable {
+        public var due: [MailOutbox.Due]
+        public var withdrawn: [MailOutbox.Withdrawn]
+    }
+
+    /// Withdraws the due mails whose reset link died (each recorded in the audit trail),
+    /// then claims the mails due now, oldest first; one transaction.
+    public func claimDue(at now: Date = Date(), limit: Int = 20) async throws -> Claim {
         let leaseEnd = now.addingTimeInterval(lease).epochMilliseconds
         return try await database.write { db in
+            let withdrawn = try outbox.withdrawDeadLinks(at: now, in: db)
+            for mail in withdrawn {
+                try AuditLog().append(AuditEvent(at: now, surface: "web", action: "password-reset-mail-withdrawn", outcome: mail.why.rawValue,
+                                                 actor: AuditActor(subject: "mailer"), requestID: nil, identifier: nil,
+                                                 accountID: mail.accountID, changes: [], detail: "outbox id \(mail.id)"), in: db)
+            }
             let due = try outbox.due(at: now, limit: limit, in: db)
             for item in due {
                 try db.execute(sql: "UPDATE mail_outbox SET next_attempt_at = ? WHERE id = ?", arguments: [leaseEnd, item.id])
             }
-            return due
+            return Claim(due: due, withdrawn: withdrawn)
         }
     }
 

@@ -397,7 +397,7 @@ public final class Provisioner: Sendable {
         // A reset link was mailed to the address the account had when it was asked for: once
         // the SAS changes that address, or deactivates the account, a link still travelling
         // (or sitting in an old mailbox) must no longer set the password.
-        var voidedLinks = 0
+        var voidedLinks: VoidedLinks?
         if emailChanged || (existing.active && !row.active) {
             voidedLinks = try ResetLinkLedger().voidAll(of: row.id, at: now, in: db)
         }
@@ -414,7 +414,7 @@ public final class Provisioner: Sendable {
         try audit.append(AuditEvent(at: now, surface: "int_r02", action: "conditional-update", outcome: "200 \(kind.rawValue)",
                                     actor: context.actor, requestID: context.requestID, identifier: target.description,
                                     accountID: row.id, changes: changes,
-                                    detail: [ignoredDetail(record), voidedLinks > 0 ? "\(voidedLinks) password reset link(s) voided" : nil]
+                                    detail: [ignoredDetail(record), voidedLinks?.summary]
                                         .compactMap { $0 }.joined(separator: "; ").nilIfEmpty), in: db)
         if existing.active != row.active {
             try recordHabilitationChange(accountID: row.id, nowActive: row.active, now: now, target: target, context: context, db: db)

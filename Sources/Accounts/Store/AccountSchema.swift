@@ -263,7 +263,19 @@ public enum AccountSchema {
         Migration("v14-live-flow-indexes", liveFlowIndexes),
         Migration("v15-web-session-return-url", webSessionReturnURL),
         Migration("v16-erasure-indexes", erasureIndexes),
+        Migration("v17-outbox-reset-link", outboxResetLink),
     ]
+
+    /// A reset mail names its link (SHA-256, as `password_reset_token` keys it): when the link
+    /// dies before the mail is delivered (voided by a suspension, an address change, a
+    /// password set through another link; or expired while the relay was down), the mail is
+    /// withdrawn instead of sending the regulator to « Lien invalide ». Mails queued before
+    /// the upgrade have none and are delivered as before. Partial index: only queued mails
+    /// with a link are looked up by it.
+    static let outboxResetLink = """
+        ALTER TABLE mail_outbox ADD COLUMN reset_token_hash TEXT;
+        CREATE INDEX mail_outbox_reset_link ON mail_outbox(reset_token_hash) WHERE sent_at IS NULL AND reset_token_hash IS NOT NULL;
+        """
 
     /// An account's erasure finds every row that names it by index: the live-only indexes of
     /// v14 do not cover ended sessions and flows, and an identifier's `ended_by_account_id`
@@ -565,5 +577,6 @@ public enum AccountSchema {
         Migration("pg-v9-live-flow-indexes", liveFlowIndexes),
         Migration("pg-v10-web-session-return-url", webSessionReturnURL),
         Migration("pg-v11-erasure-indexes", erasureIndexes),
+        Migration("pg-v12-outbox-reset-link", outboxResetLink),
     ]
 }
