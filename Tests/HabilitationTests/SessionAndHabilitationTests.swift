@@ -171,6 +171,39 @@ struct SessionAndHabilitationTests {
         #expect(try await count("web_session") == 1)
     }
 
+    /// The retention pass scrubs the database's log once it has deleted something: an ended
+    /// session's browser string (personal data the retention period promises to delete) is
+    /// then nowhere in SQLite's files. A purge alone leaves it in the `-wal` file's earlier
+    /// page images, which the first half shows.
+    @Test func theRetentionPassLeavesNoCopyOfWhatItPurged() async throws {
+        let world = try await World()
+        let purge = Retention(database: world.database, sessions: world.sessions, credentials: world.credentials)
+        func endedSession(_ userAgent: String) async throws {
+            let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
+            try await world.sessions.markSecondFactorDone(flowToken: flow)
+            let token = try #require(try await world.sessions.completeFlow(flowToken: flow, address: "192.0.2.1", userAgent: userAgent, actor: world.actor)).token
+            try await world.sessions.revoke(token, reason: "sign-out")
+        }
+        let files = ["db.sqlite", "db.sqlite-wal"].map { world.directory.appendingPathComponent($0).path }
+        func copies(_ text: String) -> Int {
+            files.reduce(0) { $0 + (FileManager.default.contents(atPath: $1).map { $0.ranges(of: Data(text.utf8)).count } ?? 0) }
+        }
+        let first = "Navigateur-\(UUID().uuidString)", second = "Navigateur-\(UUID().uuidString)"
+        try await endedSession(first)
+        world.clock.advance(31 * 86400)
+        #expect(try await world.sessions.purge(retention: 30 * 86400) > 0)
+        if TestStore.kind == .sqlite { #expect(copies(first) > 0, "a purge alone leaves earlier copies in the log") }
+        try await endedSession(second)
+        world.clock.advance(31 * 86400)
+        let pass = try await purge.purge(retention: 30 * 86400)
+        #expect(pass.deleted > 0 && pass.log == (TestStore.kind == .sqlite ? .truncated : .notApplicable), "\(pass)")
+        if TestStore.kind == .sqlite {
+            #expect(copies(first) == 0 && copies(second) == 0, "the purged sessions' browser strings are still in the files")
+        }
+        // Nothing to delete: no scrub (a pass every 10 minutes waits on no reader for nothing).
+        #expect(try await purge.purge(retention: 30 * 86400) == Retention.Pass(deleted: 0, log: nil))
+    }
+
     /// A Pro Santé Connect sign-in: no password of ours and no TOTP owed (the provider stands
     /// for both factors), the CGU still; its state works once and only for its own browser;
     /// back-channel logout ends it by subject, and its sealed ID token does not outlive it.

@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
 import Habilitation
+import Storage
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -61,10 +62,10 @@ struct ReloadService: Service {
 
 /// Deletes, every `interval`, what sign-in leaves behind once it is of no use (spent or
 /// expired intents and flows, ended sessions, dead reset links, old outbox rows), so
-/// unauthenticated traffic cannot grow the database without bound. The audit trail is never
-/// purged. Also keys legacy recovery codes an older instance stored meanwhile.
+/// unauthenticated traffic cannot grow the database without bound, then scrubs the database's
+/// log (``Retention``). The audit trail is never purged. Also keys legacy recovery codes an older instance stored meanwhile.
 struct RetentionService: Service {
-    let sessions: SessionStore
+    let purge: Retention
     let credentials: CredentialStore
     let retention: TimeInterval
     let interval: Duration
@@ -74,8 +75,14 @@ struct RetentionService: Service {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
-                    let deleted = try await sessions.purge(retention: retention) + credentials.purge(retention: retention)
-                    if deleted > 0 { logger.info("purged expired sign-in rows", metadata: ["rows": "\(deleted)"]) }
+                    let pass = try await purge.purge(retention: retention)
+                    if let log = pass.log {
+                        logger.info("purged expired sign-in rows", metadata: ["rows": "\(pass.deleted)", "database_log": "\(log.rawValue)"])
+                        if log == .heldBack || log == .failed {
+                            logger.notice("the database's log was not truncated after the purge: earlier copies of the purged rows stay in its -wal file until the next pass",
+                                          metadata: ["database_log": "\(log.rawValue)"])
+                        }
+                    }
                     // Codes an instance of a version of before 2026-12 stored as plain SHA-256
                     // after this one started (a rolling upgrade): keyed within an interval.
                     let rekeyed = try await credentials.rekeyLegacyRecoveryCodes()

@@ -149,7 +149,8 @@ func makeWebServices(
         responder: forwardAuth, sslContext: forwardAuthContext,
         idleTimeout: configuration.forwardAuth.idleTimeout, requestTimeout: configuration.requestReceiveTimeout,
         logger: logger, onListening: onForwardAuthListening)
-    let retention = RetentionService(sessions: sessions, credentials: credentials, retention: configuration.retention,
+    let retention = RetentionService(purge: Retention(database: database, sessions: sessions, credentials: credentials),
+                                     credentials: credentials, retention: configuration.retention,
                                      interval: configuration.purgeInterval, logger: logger)
     // The reset queue before the listener: it stops after it (reverse order), and drains.
     return WebServices(services: [resetRequests, webApp, mailer, forwardAuthListener, retention] + providerServices, sessionConfiguration: sessionConfiguration,
