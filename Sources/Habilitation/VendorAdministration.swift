@@ -286,7 +286,8 @@ public final class VendorAdministration: Sendable {
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: requestID, identifier: nil, accountID: accountID, changes: [],
                                              detail: Self.detail(links.summary, reason)), in: db)
-            return AdminActionResult(accountID: accountID, changed: count > 0 || links.links > 0, sessions: count, resetLinks: links.links)
+            return AdminActionResult(accountID: accountID, changed: count > 0 || links.links > 0 || links.withdrawnMails > 0, sessions: count,
+                                      resetLinks: links.links)
         }
     }
 

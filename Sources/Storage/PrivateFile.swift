@@ -33,12 +33,32 @@ public enum PrivateFile {
             }
             guard chmod(directory, 0o700) == 0 else { throw failure(directory, "cannot narrow the folder to 0700") }
         }
+        let temporary = try writeTemporary(besides: path, contents: contents, mode: mode)
+        defer { unlink(temporary) }
+        if link(temporary, path) == 0 { return true }
+        if errno == EEXIST { return false }  // created meanwhile by another process: theirs is read
+        throw failure(path, "cannot put in place")
+    }
+
+    /// Replaces `path` (or creates it) with `contents`, atomically: a reader opens the old
+    /// file or the new one, whole, never a part; the new one is `mode` from its first byte.
+    /// The folder must exist.
+    public static func replace(path: String, contents: [UInt8], mode: mode_t = 0o600) throws(Failure) {
+        let temporary = try writeTemporary(besides: path, contents: contents, mode: mode)
+        guard rename(temporary, path) == 0 else {
+            let failure = failure(path, "cannot put in place")
+            unlink(temporary)
+            throw failure
+        }
+    }
+
+    /// `contents`, written and synced into a new file beside `path`; returns its name.
+    private static func writeTemporary(besides path: String, contents: [UInt8], mode: mode_t) throws(Failure) -> String {
         var random = SystemRandomNumberGenerator()
         let temporary = "\(path).new-\(String(random.next(), radix: 36))"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         guard descriptor >= 0 else { throw failure(temporary, "cannot create") }
-        defer { unlink(temporary) }
-        do {
+        do throws(Failure) {
             defer { close(descriptor) }
             guard fchmod(descriptor, mode) == 0 else { throw failure(temporary, "cannot set its mode") }
             var written = 0
@@ -49,10 +69,11 @@ public enum PrivateFile {
                 written += count
             }
             guard fsync(descriptor) == 0 else { throw failure(temporary, "cannot sync") }
+        } catch {
+            unlink(temporary)
+            throw error
         }
-        if link(temporary, path) == 0 { return true }
-        if errno == EEXIST { return false }  // created meanwhile by another process: theirs is read
-        throw failure(path, "cannot put in place")
+        return temporary
     }
 
     /// Reads a secret file, refusing one others could read or change: not a regular file

@@ -410,6 +410,29 @@ struct CredentialStoreTests {
         #expect(late.withdrawn.map(\.why) == [.dead] && late.due.compactMap { $0.mail?.body } == ["no link recorded"], "\(late)")
     }
 
+    /// A mail claimed for a batch is checked again just before it is sent: voided meanwhile
+    /// (gone with its link), expired meanwhile (withdrawn then, and recorded), or still good.
+    /// Marking sent a mail withdrawn while the relay had it says so.
+    @Test func aClaimedMailIsCheckedAgainJustBeforeItIsSent() async throws {
+        let h = try await CredentialHarness()
+        let queue = MailQueue(database: h.accounts.database, outbox: h.outbox)
+        _ = try #require(try await h.resetToken())
+        let claimed = try #require(try await queue.claimDue(at: h.clock.now).due.first)
+        #expect(try await queue.recheck(id: claimed.id, at: h.clock.now) == .deliver)
+        _ = try await h.accounts.put(national, try Fixtures.record(email: "jules.new@test.com"))
+        #expect(try await queue.recheck(id: claimed.id, at: h.clock.now) == .gone, "voided with its link while claimed")
+        #expect(try await queue.markSent(id: claimed.id, at: h.clock.now) == false)
+
+        h.clock.advance(2 * 60 + 1)
+        _ = try #require(try await h.resetToken(email: "jules.new@test.com"))
+        let second = try #require(try await queue.claimDue(at: h.clock.now).due.first)
+        h.clock.advance(30 * 60 + 1)
+        #expect(try await queue.recheck(id: second.id, at: h.clock.now)
+                == .withdrawn(MailOutbox.Withdrawn(id: second.id, accountID: h.accountID, why: .expired)), "expired while claimed")
+        #expect(try await h.accounts.auditEvents().last?.action == "password-reset-mail-withdrawn")
+        #expect(try await Self.queued(h).isEmpty)
+    }
+
     @Test func unknownEmailQueuesNoMail() async throws {
         let h = try await CredentialHarness()
         #expect(try await h.resetToken(email: "nobody@test.com") == nil)

@@ -204,6 +204,21 @@ struct SessionAndHabilitationTests {
         #expect(try await purge.purge(retention: 30 * 86400) == Retention.Pass(deleted: 0, log: nil))
     }
 
+    /// A scrub that did not complete is owed: the next pass scrubs even with nothing to
+    /// delete, and once it completes no pass scrubs for nothing.
+    @Test func aScrubThatFailedIsTriedAgainAtTheNextPass() async throws {
+        let world = try await World()
+        let purge = Retention(database: AccountDatabase(engine: ScrubFailingOnceEngine(inner: world.database.engine)),
+                              sessions: world.sessions, credentials: world.credentials)
+        try await world.sessions.revoke(try await world.signIn(origin: .sas), reason: "sign-out")
+        world.clock.advance(31 * 86400)
+        let first = try await purge.purge(retention: 30 * 86400)
+        #expect(first.deleted > 0 && first.log == .failed && first.failure != nil, "\(first)")
+        let second = try await purge.purge(retention: 30 * 86400)
+        #expect(second == Retention.Pass(deleted: 0, log: TestStore.kind == .sqlite ? .truncated : .notApplicable), "\(second)")
+        #expect(try await purge.purge(retention: 30 * 86400) == Retention.Pass(deleted: 0, log: nil))
+    }
+
     /// A Pro Santé Connect sign-in: no password of ours and no TOTP owed (the provider stands
     /// for both factors), the CGU still; its state works once and only for its own browser;
     /// back-channel logout ends it by subject, and its sealed ID token does not outlive it.
@@ -582,13 +597,18 @@ struct SessionAndHabilitationTests {
         for link in links { #expect(try await world.credentials.accountForResetToken(link) == nil, "no reset link outlives it") }
         let event = try #require(try await administration.auditEvents(accountID: world.accountID).last { $0.action == "sessions-revoked" })
         #expect(event.detail == "2 password reset link(s) voided, 2 reset mail(s) still queued withdrawn", "\(event)")
-        // An expired link is dead already: not voided again, not counted, nothing changed.
+        // An expired link is dead already: not voided again, not counted; its mail, still
+        // queued, is withdrawn (a change, said in the trail). Then nothing is left to change.
         try await world.credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, account in
             OutgoingMail(recipient: account.email, subject: "Réinitialisation", body: token)
         }, actor: world.actor)
         world.clock.advance(30 * 60 + 1)
         let again = try await administration.revokeSessions(accountID: world.accountID, actor: AuditActor.commandLine)
-        #expect(again?.changed == false && again?.resetLinks == 0, "\(String(describing: again))")
+        #expect(again?.changed == true && again?.resetLinks == 0, "\(String(describing: again))")
+        let withdrawn = try #require(try await administration.auditEvents(accountID: world.accountID).last { $0.action == "sessions-revoked" })
+        #expect(withdrawn.detail == "1 reset mail(s) still queued withdrawn", "\(withdrawn)")
+        let nothing = try await administration.revokeSessions(accountID: world.accountID, actor: AuditActor.commandLine)
+        #expect(nothing?.changed == false && nothing?.resetLinks == 0, "\(String(describing: nothing))")
     }
 
     @Test func aFlowNeedsTheSecondFactor() async throws {
@@ -1021,4 +1041,15 @@ final class ScrubFailingEngine: ForwardingStorageEngine, Sendable {
     init(inner: any StorageEngine) { self.forwardedTo = inner }
     struct ScrubFailure: Error {}
     func scrubLog() async throws -> LogScrub { throw ScrubFailure() }
+}
+
+/// An engine whose first log scrub fails; the later ones are the run's.
+final class ScrubFailingOnceEngine: ForwardingStorageEngine, Sendable {
+    let forwardedTo: any StorageEngine
+    private let failed = Mutex(false)
+    init(inner: any StorageEngine) { self.forwardedTo = inner }
+    func scrubLog() async throws -> LogScrub {
+        if !failed.withLock({ done in defer { done = true }; return done }) { throw ScrubFailingEngine.ScrubFailure() }
+        return try await forwardedTo.scrubLog()
+    }
 }

@@ -17,7 +17,8 @@ typealias AdminRequestContext = ListenerRequestContext<AdminLimits>
 /// The vendor admin's listener (`--admin-address`, loopback by default):
 ///
 /// - `/healthz`, `/readyz`, `/metrics` without authentication (probes and Prometheus);
-/// - the JSON admin API under `/api/…`: `Authorization: Bearer <token of --admin-token-file>`
+/// - the JSON admin API under `/api/…`: `Authorization: Bearer <token>` (the shared token of
+///   `--admin-token-file`, or an admin's own from `--admin-tokens-file`: ``AdminKeyring``)
 ///   only, `Content-Type: application/json` on every state change, cross-site requests
 ///   (`Origin`, `Sec-Fetch-Site`) refused: nothing a browser sends by itself reaches it;
 /// - the French admin page under `/`: the token typed once into a sign-in form opens an
@@ -28,7 +29,7 @@ struct AdminController: Sendable {
     let administration: VendorAdministration
     let readiness: ReadinessProbe
     let metrics: ServerMetrics
-    let token: AdminToken
+    let keyring: AdminKeyring
     let sessions: AdminSessions
     /// The regulator pages' CSRF mechanism, with its own key: the tokens of a session (its
     /// forms, and its page's address: ``pageSession(_:_:)``).
@@ -55,18 +56,18 @@ struct AdminController: Sendable {
     /// The API's gate, built once: its refusal budget lasts as long as the listener.
     let apiGate: AdminAPIAuthenticationMiddleware
 
-    init(administration: VendorAdministration, readiness: ReadinessProbe, metrics: ServerMetrics, token: AdminToken, secretKey: [UInt8],
+    init(administration: VendorAdministration, readiness: ReadinessProbe, metrics: ServerMetrics, keyring: AdminKeyring, secretKey: [UInt8],
          secure: Bool, sessions: AdminSessions = AdminSessions(), limiterClock: MonotonicClock = .continuous) {
         self.signInLimiter = RateLimiter(perMinute: 10, burst: 10, maximumKeys: 10_000, clock: limiterClock)
         self.refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock)
         self.exportsTraced = RateLimiter(refillPerMinute: 1.0 / 60, burst: 1, maximumKeys: 10_000, clock: limiterClock)
         self.cookieAloneLogged = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock)
-        self.apiGate = AdminAPIAuthenticationMiddleware(token: token, administration: administration,
+        self.apiGate = AdminAPIAuthenticationMiddleware(keyring: keyring, administration: administration,
                                                         refusalsAudited: RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock))
         self.administration = administration
         self.readiness = readiness
         self.metrics = metrics
-        self.token = token
+        self.keyring = keyring
         self.sessions = sessions
         self.secure = secure
         self.csrf = CSRFProtection(key: secretKey, publicOrigin: "", purpose: "admin-session")
@@ -82,7 +83,7 @@ struct AdminController: Sendable {
             // provider errors, "revocation NOT checked", certificate expiry) go to the token's
             // holder only; a probe without it gets the verdict. A wrong token is a refusal as
             // on the API (logged, audited once a minute per address).
-            if secure, !(AdminToken.bearer(request.headers[.authorization]).map(token.matches) ?? false) {
+            if secure, AdminToken.bearer(request.headers[.authorization]).flatMap(keyring.identify) == nil {
                 if request.headers[.authorization] != nil {
                     context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)", "path": "/readyz"])
                     if refusalsAudited.allow("admin-api missing or wrong token", client: context.clientAddress) {
@@ -114,7 +115,7 @@ struct AdminController: Sendable {
 
         router.get("/") { request, context in
             guard let session = self.pageSession(request, context) else { return self.signInPage(request, error: false) }
-            return try await self.searchPage(request, context, session: session, notice: nil)
+            return try await self.searchPage(request, context, session: session.id, identity: session.identity, notice: nil)
         }
         router.post("connexion") { request, context in try await self.signIn(request, context) }
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
@@ -134,8 +135,10 @@ struct AdminController: Sendable {
         json(.object(["error": .string(message)]), status: status)
     }
 
-    func actor(_ context: AdminRequestContext, via surface: String) -> AuditActor {
-        AuditActor(subject: surface, serial: nil, address: context.clientAddress)
+    /// Who acts, for the audit trail: `surface` (`admin-api`, `admin-page`), with the admin's
+    /// name when their own token was used (`identity`, or the API gate's in the context).
+    func actor(_ context: AdminRequestContext, via surface: String, as identity: AdminIdentity? = nil) -> AuditActor {
+        AuditActor(subject: (identity ?? context.admin)?.subject(via: surface) ?? surface, serial: nil, address: context.clientAddress)
     }
 
     /// The query string, or nil when it cannot be read (a bad percent-escape, not UTF-8):
@@ -367,7 +370,7 @@ struct AdminController: Sendable {
             return WebController.page(Pages.error("Trop de tentatives", "Trop de tentatives depuis votre poste. Patientez une minute avant de réessayer."),
                                       status: .tooManyRequests)
         }
-        guard let presented = fields["jeton"], token.matches(presented.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+        guard let presented = fields["jeton"], let identity = keyring.identify(presented.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             context.logger.notice("admin sign-in refused: wrong token", metadata: ["address": "\(context.clientAddress)"])
             if refusalsAudited.allow("admin-sign-in", client: context.clientAddress) {
                 await administration.recordAccessLogged("admin-sign-in", outcome: "refused wrong-token", actor: actor(context, via: "admin-page"),
@@ -377,9 +380,9 @@ struct AdminController: Sendable {
         }
         // Signing in again replaces the browser's session: the one its cookie named ends.
         sessions.close(WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers))
-        let session = sessions.open()
-        context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)"])
-        await administration.recordAccessLogged("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page"),
+        let session = sessions.open(identity)
+        context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)", "admin": "\(identity.name ?? "shared token")"])
+        await administration.recordAccessLogged("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page", as: identity),
                                                 requestID: context.requestID, logger: context.logger)
         return WebController.redirect(pageAddress(session: session), cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), session, secure: secure)])
     }
@@ -387,23 +390,23 @@ struct AdminController: Sendable {
     func signOut(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let session = try await sessionForm(request, context) else { return formRefused }
         sessions.close(session.id)
-        await administration.recordAccessLogged("admin-sign-out", outcome: "ok", actor: actor(context, via: "admin-page"),
+        await administration.recordAccessLogged("admin-sign-out", outcome: "ok", actor: actor(context, via: "admin-page", as: session.identity),
                                                 requestID: context.requestID, logger: context.logger)
         return WebController.redirect("/", cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), "", secure: secure, clear: true)])
     }
 
     /// The form fields of a POST from a live admin session, CSRF-checked; nil: refused.
-    func sessionForm(_ request: Request, _ context: AdminRequestContext) async throws -> (id: String, fields: [String: String])? {
+    func sessionForm(_ request: Request, _ context: AdminRequestContext) async throws -> (id: String, fields: [String: String], identity: AdminIdentity)? {
         let body = try await request.body.collect(upTo: context.maxUploadSize)
         let fields = try FormBody.parse(Array(body.readableBytesView))
         let id = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)
         // The token first: a cookie without it does not even extend the session.
         guard let id, csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)),
-              sessions.validate(id) else {
+              let identity = sessions.validate(id, stillValid: keyring.isCurrent) else {
             context.logger.notice("admin form refused: no session or CSRF check failed", metadata: ["address": "\(context.clientAddress)"])
             return nil
         }
-        return (id, fields)
+        return (id, fields, identity)
     }
 
     /// The session a page request (a GET) belongs to: a live session cookie **and** that
@@ -413,7 +416,7 @@ struct AdminController: Sendable {
     /// token required, whoever reads it there holds nothing usable: the page and its forms'
     /// tokens come only with the token, which only this page's own origin ever sees (no
     /// cookie, no Referer: `Referrer-Policy: no-referrer`). Nil: show the sign-in form.
-    func pageSession(_ request: Request, _ context: AdminRequestContext) -> String? {
+    func pageSession(_ request: Request, _ context: AdminRequestContext) -> (id: String, identity: AdminIdentity)? {
         guard let cookie = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers) else { return nil }
         let submitted = (try? QueryParameters(query: request.uri.query))?.first("csrf") ?? ""
         // Checked before the session is looked up: a cookie without its token does not even
@@ -425,7 +428,7 @@ struct AdminController: Sendable {
             }
             return nil
         }
-        return sessions.validate(cookie) ? cookie : nil
+        return sessions.validate(cookie, stillValid: keyring.isCurrent).map { (cookie, $0) }
     }
 
     /// Where the page goes after a sign-in or an action: the search, with the session's page
@@ -439,7 +442,7 @@ struct AdminController: Sendable {
         return address
     }
 
-    func searchPage(_ request: Request, _ context: AdminRequestContext, session: String, notice: String?) async throws -> Response {
+    func searchPage(_ request: Request, _ context: AdminRequestContext, session: String, identity: AdminIdentity, notice: String?) async throws -> Response {
         // The page's search form is a GET form: its query is form-encoded ('+' is a space:
         // "Jean+Dupont" is Jean Dupont), unlike the API's.
         let fields = try FormBody.parse(Array((request.uri.query ?? "").utf8))
@@ -447,7 +450,7 @@ struct AdminController: Sendable {
         let accounts = text.isEmpty ? [] : try await administration.search(text, limit: 50)
         if !text.isEmpty {
             try await administration.recordRead("accounts-listed", outcome: "\(accounts.count) account(s)", accountID: nil,
-                                                detail: Self.searchDetail(text, filter: .all), actor: actor(context, via: "admin-page"),
+                                                detail: Self.searchDetail(text, filter: .all), actor: actor(context, via: "admin-page", as: identity),
                                                 requestID: context.requestID)
         }
         let message = notice ?? fields["message"].flatMap(AdminPages.message(code:))
@@ -455,9 +458,9 @@ struct AdminController: Sendable {
     }
 
     func pageAction(suspend: Bool, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        guard let (session, fields) = try await sessionForm(request, context) else { return formRefused }
+        guard let (session, fields, identity) = try await sessionForm(request, context) else { return formRefused }
         let id = context.parameters.get("id") ?? ""
-        let actor = actor(context, via: "admin-page")
+        let actor = actor(context, via: "admin-page", as: identity)
         let result = suspend
             ? try await administration.suspend(accountID: id, reason: fields["motif"], actor: actor, requestID: context.requestID)
             : try await administration.restore(accountID: id, actor: actor, requestID: context.requestID)
@@ -475,13 +478,13 @@ extension AdminController {
     /// The page's erasure of an account the SAS deactivated: the word EFFACER typed in the
     /// form (any case) confirms it; anything else erases nothing and says so.
     func pageErase(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
-        guard let (session, fields) = try await sessionForm(request, context) else { return formRefused }
+        guard let (session, fields, identity) = try await sessionForm(request, context) else { return formRefused }
         let id = context.parameters.get("id") ?? ""
         let query = fields["q"] ?? ""
         guard (fields["confirmation"] ?? "").trimmingCharacters(in: .whitespaces).uppercased() == "EFFACER" else {
             return WebController.redirect(pageAddress(session: session, query: query, message: "effacement-non-confirme"))
         }
-        switch try await administration.erase(accountID: id, reason: fields["motif"], actor: actor(context, via: "admin-page"), requestID: context.requestID) {
+        switch try await administration.erase(accountID: id, reason: fields["motif"], actor: actor(context, via: "admin-page", as: identity), requestID: context.requestID) {
         case nil:
             return WebController.page(Pages.error("Compte introuvable", "Ce compte n’existe pas.", link: (pageAddress(session: session, query: query), "Retour")), status: .notFound)
         case .stillActive?:
@@ -529,7 +532,7 @@ struct LoopbackHostMiddleware: RouterMiddleware {
 /// form can send), and nothing a browser marks as coming from another site.
 struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
     typealias Context = AdminRequestContext
-    let token: AdminToken
+    let keyring: AdminKeyring
     /// Where refusals for a missing or wrong token are audited, at most once a minute per
     /// address (``refusalsAudited``): someone guessing the token shows in the trail, and
     /// guessing cannot grow it unbounded.
@@ -547,7 +550,8 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
             await auditRefusal("foreign origin", context: context)
             return AdminController.problem(.forbidden, "requests from another origin are refused")
         }
-        guard let presented = AdminToken.bearer(request.headers[.authorization]), token.matches(presented) else {
+        var context = context
+        guard let presented = AdminToken.bearer(request.headers[.authorization]), let identity = keyring.identify(presented) else {
             context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)"])
             await auditRefusal("missing or wrong token", context: context)
             var response = AdminController.problem(.unauthorized, "a valid admin token is required (Authorization: Bearer <token>)")
@@ -560,6 +564,7 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
                 return AdminController.problem(.unsupportedMediaType, "state changes must be sent as Content-Type: application/json")
             }
         }
+        context.admin = identity
         return try await next(request, context)
     }
 

@@ -14,7 +14,7 @@ import Synchronization
 final class AdminSessions: Sendable {
     typealias Clock = MonotonicClock
 
-    private struct Entry { var created: ContinuousClock.Instant; var lastSeen: ContinuousClock.Instant }
+    private struct Entry { var created: ContinuousClock.Instant; var lastSeen: ContinuousClock.Instant; var identity: AdminIdentity }
     private let entries = Mutex<[String: Entry]>([:])
     let idleTimeout: Duration
     let absoluteTimeout: Duration
@@ -31,30 +31,33 @@ final class AdminSessions: Sendable {
         self.clock = clock
     }
 
-    /// A new session; returns its id (for the cookie).
-    func open() -> String {
+    /// A new session of `identity` (who signed in, with which token); returns its id (for
+    /// the cookie).
+    func open(_ identity: AdminIdentity) -> String {
         let token = SecretToken.generate()
         let now = clock.now()
         entries.withLock { entries in
             entries = entries.filter { isLive($0.value, at: now) }
-            entries[SecretToken.hash(token)] = Entry(created: now, lastSeen: now)
+            entries[SecretToken.hash(token)] = Entry(created: now, lastSeen: now, identity: identity)
         }
         return token
     }
 
-    /// Whether `token` names a live session; activity extends the idle timeout.
-    func validate(_ token: String?) -> Bool {
-        guard let token else { return false }
+    /// Who the live session `token` names belongs to, if it is live and `stillValid` accepts
+    /// its identity (the token it was opened with not revoked meanwhile: the session ends
+    /// then); activity extends the idle timeout.
+    func validate(_ token: String?, stillValid: (AdminIdentity) -> Bool = { _ in true }) -> AdminIdentity? {
+        guard let token else { return nil }
         let now = clock.now()
         let hash = SecretToken.hash(token)
         return entries.withLock { entries in
-            guard var entry = entries[hash], isLive(entry, at: now) else {
+            guard var entry = entries[hash], isLive(entry, at: now), stillValid(entry.identity) else {
                 entries[hash] = nil
-                return false
+                return nil
             }
             entry.lastSeen = now
             entries[hash] = entry
-            return true
+            return entry.identity
         }
     }
 

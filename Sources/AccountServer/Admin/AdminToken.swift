@@ -7,7 +7,7 @@ import Storage
 /// mode 0600) when the file does not exist; refused when the file is readable by others.
 /// Only its SHA-256 is kept in memory, and presented tokens are compared in constant time.
 struct AdminToken: Sendable {
-    private let digest: [UInt8]
+    let digest: [UInt8]
 
     init(token: String) {
         digest = Array(SHA256.hash(data: Array(token.utf8)))

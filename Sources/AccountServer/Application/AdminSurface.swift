@@ -15,6 +15,7 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
                       onAdminListening: @escaping @Sendable (Int) async -> Void) throws -> some Service {
     let (adminToken, created) = try AdminToken.load(path: configuration.admin.tokenPath)
     if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.admin.tokenPath)"]) }
+    let keyring = try AdminKeyring(shared: adminToken, namedPath: configuration.admin.namedTokensPath, logger: logger)
     let adminRouter = Router(context: AdminRequestContext.self)
     adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
     adminRouter.add(middleware: AdminErrorMiddleware())
@@ -27,7 +28,7 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
         Response(status: .ok, headers: [.contentType: "text/css; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: Pages.stylesheet)))
     }
     AdminController(administration: VendorAdministration(database: database, sessionConfiguration: sessionConfiguration),
-                    readiness: readiness, metrics: metrics, token: adminToken, secretKey: keyBytes, secure: configuration.admin.tls,
+                    readiness: readiness, metrics: metrics, keyring: keyring, secretKey: keyBytes, secure: configuration.admin.tls,
                     sessions: AdminSessions(idleTimeout: configuration.admin.sessionIdleTimeout,
                                             absoluteTimeout: configuration.admin.sessionAbsoluteTimeout,
                                             clock: configuration.admin.sessionClock),

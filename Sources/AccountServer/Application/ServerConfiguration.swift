@@ -153,6 +153,9 @@ struct AdminListenerConfiguration: Sendable {
     /// Serve it over TLS with the web certificate (required off loopback).
     var tls: Bool = false
     var tokenPath: String = "./data/admin.token"
+    /// The vendor admins' own tokens (``AdminKeyring``): nil, none. `serve` defaults it to
+    /// `admin-tokens` beside the shared token's file.
+    var namedTokensPath: String?
     /// An admin page session ends after this long without a request (`AdminSessions`).
     var sessionIdleTimeout: Duration = .seconds(30 * 60)
     /// An admin page session ends this long after its sign-in, however active.

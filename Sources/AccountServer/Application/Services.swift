@@ -77,10 +77,12 @@ struct RetentionService: Service {
                 do {
                     let pass = try await purge.purge(retention: retention)
                     if let log = pass.log {
-                        logger.info("purged expired sign-in rows", metadata: ["rows": "\(pass.deleted)", "database_log": "\(log.rawValue)"])
+                        logger.info(pass.deleted > 0 ? "purged expired sign-in rows" : "database log scrubbed (owed by the last pass)", metadata: ["rows": "\(pass.deleted)", "database_log": "\(log.rawValue)"])
                         if log == .heldBack || log == .failed {
-                            logger.notice("the database's log was not truncated after the purge: earlier copies of the purged rows stay in its -wal file until the next pass",
-                                          metadata: ["database_log": "\(log.rawValue)"])
+                            var metadata: Logger.Metadata = ["database_log": "\(log.rawValue)"]
+                            if let failure = pass.failure { metadata["error"] = "\(failure)" }
+                            logger.notice("the database's log was not truncated after the purge: earlier copies of the purged rows stay in its -wal file; the next pass tries again",
+                                          metadata: metadata)
                         }
                     }
                     // Codes an instance of a version of before 2026-12 stored as plain SHA-256

@@ -13,7 +13,7 @@ struct AdminCommand: AsyncParsableCommand {
         commandName: "admin",
         abstract: "Vendor admin: find accounts, suspend or restore the habilitation, revoke sessions, unlock, reset a second factor, erase a deactivated account, export or archive the audit trail.",
         subcommands: [List.self, Show.self, Suspend.self, Restore.self, RevokeSessions.self, Unlock.self, ResetSecondFactor.self,
-                      Erase.self, EraseDeactivated.self, ForgetSecretKey.self, Audit.self, ArchiveAudit.self]
+                      Erase.self, EraseDeactivated.self, ForgetSecretKey.self, Audit.self, ArchiveAudit.self, Token.self]
     )
 
     struct DatabaseOptions: ParsableArguments {

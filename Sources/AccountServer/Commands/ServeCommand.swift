@@ -151,6 +151,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Admin API bearer token file (created 0600 with a random token if absent). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE. Default: ./data/admin.token")
     var adminTokenFile: String?
 
+    @Option(help: "The vendor admins' own tokens, by name (lines NAME sha256:HEX, written by `account-server admin token add`; absent: none); read again when it changes. Env: ACCOUNT_SERVER_ADMIN_TOKENS_FILE. Default: admin-tokens beside --admin-token-file")
+    var adminTokensFile: String?
+
     @Option(help: "Minutes without a request after which an admin page session ends, 1 to 480 (it ends 8 hours after sign-in in any case). Env: ACCOUNT_SERVER_ADMIN_SESSION_IDLE_MINUTES. Default: 30")
     var adminSessionIdleMinutes: Int?
 
@@ -305,6 +308,7 @@ struct ServeCommand: AsyncParsableCommand {
         "forward.auth.tls",
         "admin.tls",
         "admin.token.file",
+        "admin.tokens.file",
         "admin.session.idle.minutes",
         "request.timeout",
         "max.connections.per.client",
@@ -389,6 +393,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("forward.auth.tls", forwardAuthTls)
         values.set("admin.tls", adminTls)
         values.set("admin.token.file", adminTokenFile)
+        values.set("admin.tokens.file", adminTokensFile)
         values.set("admin.session.idle.minutes", adminSessionIdleMinutes)
         values.set("request.timeout", requestTimeout)
         values.set("max.connections.per.client", maxConnectionsPerClient)
@@ -538,8 +543,10 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.forwardAuth = ForwardAuthListenerConfiguration(host: forwardHost, port: forwardPort, tls: try settings.flag("forward.auth.tls"))
         // At most the admin session's absolute 8 hours.
         let adminIdle = try Self.durationSeconds(settings, "admin.session.idle.minutes", default: 30, unit: 60, maximum: 480)
+        let adminTokenPath = try settings.string("admin.token.file") ?? "./data/admin.token"
         resolved.admin = AdminListenerConfiguration(host: adminHost, port: adminPort, tls: try settings.flag("admin.tls"),
-                                                    tokenPath: try settings.string("admin.token.file") ?? "./data/admin.token",
+                                                    tokenPath: adminTokenPath,
+                                                    namedTokensPath: try settings.string("admin.tokens.file") ?? AdminTokenFile.defaultPath(besides: adminTokenPath),
                                                     sessionIdleTimeout: .seconds(adminIdle))
         let origins = try settings.list("sas.origin")
         resolved.acceptedOrigins = origins.isEmpty ? ["sas"] : origins

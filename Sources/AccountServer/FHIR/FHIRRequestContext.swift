@@ -19,6 +19,9 @@ struct ListenerRequestContext<Limits: ListenerLimits>: RequestContext {
     /// The FHIR caller, verified from the mTLS handshake or from the certificate a trusted
     /// proxy forwarded; set by ``CallerAuthenticationMiddleware`` before any handler runs.
     var caller: ClientIdentity?
+    /// The vendor admin an admin API request comes from (which token it carried); set by
+    /// ``AdminAPIAuthenticationMiddleware``. Unused on the other listeners.
+    var admin: AdminIdentity?
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

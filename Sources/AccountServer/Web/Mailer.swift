@@ -225,9 +225,22 @@ struct MailerService: Service {
                     for item in claim.due {
                         do {
                             guard let mail = item.mail else { throw MailOutboxError.unreadable }
+                            switch try await queue.recheck(id: item.id) {
+                            case .deliver: break
+                            case .withdrawn(let withdrawn):
+                                logger.notice("reset mail withdrawn, not sent: \(withdrawn.why.rawValue)", metadata: ["outbox_id": "\(item.id)"])
+                                continue
+                            case .gone:
+                                logger.info("mail withdrawn from the outbox before it was sent (its link voided, or its account erased)", metadata: ["outbox_id": "\(item.id)"])
+                                continue
+                            }
                             try await transport.send(MailMessage.render(mail, from: from), from: from, to: mail.recipient)
-                            try await queue.markSent(id: item.id)
-                            logger.info("mail delivered", metadata: ["outbox_id": "\(item.id)"])
+                            if try await queue.markSent(id: item.id) {
+                                logger.info("mail delivered", metadata: ["outbox_id": "\(item.id)"])
+                            } else {
+                                // Withdrawn in the moment the relay had it: the link it carries is dead.
+                                logger.notice("mail delivered, though withdrawn from the outbox while the relay took it (its link is dead)", metadata: ["outbox_id": "\(item.id)"])
+                            }
                         } catch {
                             try await queue.markFailed(id: item.id, attempts: item.attempts, error: "\(error)")
                             logger.warning("mail delivery failed; will retry", metadata: ["outbox_id": "\(item.id)", "error": "\(error)"])

@@ -58,14 +58,17 @@ public struct MailOutbox: Sendable {
     /// the mailer runs it before each claim, so a mail that outlived its link (a relay down
     /// for longer than a link lives) is never sent. Mails queued by a version before links
     /// were recorded (no `reset_token_hash`) are delivered as they were.
-    public func withdrawDeadLinks(at now: Date, in db: any SQLTransaction) throws -> [Withdrawn] {
+    /// `only`: that mail alone, due or not (the mailer's check just before it sends one it
+    /// claimed).
+    public func withdrawDeadLinks(at now: Date, only id: Int64? = nil, in db: any SQLTransaction) throws -> [Withdrawn] {
+        let which = id == nil ? "o.next_attempt_at <= ?" : "o.id = ?"
         let rows = try SQLRow.fetchAll(db, sql: """
             SELECT o.id, t.account_id, t.used_at, t.voided_at, t.expires_at FROM mail_outbox o
             LEFT JOIN password_reset_token t ON t.token_hash = o.reset_token_hash
-            WHERE o.sent_at IS NULL AND o.reset_token_hash IS NOT NULL AND o.next_attempt_at <= ?
+            WHERE o.sent_at IS NULL AND o.reset_token_hash IS NOT NULL AND \(which)
               AND (t.token_hash IS NULL OR t.used_at IS NOT NULL OR t.voided_at IS NOT NULL OR t.expires_at <= ?)
             ORDER BY o.id
-            """, arguments: [now.epochMilliseconds, now.epochMilliseconds])
+            """, arguments: [id ?? now.epochMilliseconds, now.epochMilliseconds])
         return try rows.map { row in
             let id: Int64 = row["id"]
             try db.execute(sql: "DELETE FROM mail_outbox WHERE id = ?", arguments: [id])
@@ -122,10 +125,13 @@ public struct MailOutbox: Sendable {
     }
 
     /// Marks a mail delivered and scrubs its body: it may carry a reset link, a bearer secret
-    /// that must not outlive its delivery in the database.
-    public func markSent(id: Int64, at now: Date, in db: any SQLTransaction) throws {
+    /// that must not outlive its delivery in the database. False when the row was gone
+    /// (withdrawn with its link while the relay had it).
+    @discardableResult
+    public func markSent(id: Int64, at now: Date, in db: any SQLTransaction) throws -> Bool {
         try db.execute(sql: "UPDATE mail_outbox SET sent_at = ?, body = '', attempts = attempts + 1, last_error = NULL WHERE id = ?",
                        arguments: [now.epochMilliseconds, id])
+        return try db.changesCount > 0
     }
 
     /// Records a failed attempt; retries back off exponentially (30 s, 1 min, 2 min... at most 1 h).
@@ -163,11 +169,7 @@ public struct MailQueue: Sendable {
         let leaseEnd = now.addingTimeInterval(lease).epochMilliseconds
         return try await database.write { db in
             let withdrawn = try outbox.withdrawDeadLinks(at: now, in: db)
-            for mail in withdrawn {
-                try AuditLog().append(AuditEvent(at: now, surface: "web", action: "password-reset-mail-withdrawn", outcome: mail.why.rawValue,
-                                                 actor: AuditActor(subject: "mailer"), requestID: nil, identifier: nil,
-                                                 accountID: mail.accountID, changes: [], detail: "outbox id \(mail.id)"), in: db)
-            }
+            try Self.record(withdrawn, at: now, in: db)
             let due = try outbox.due(at: now, limit: limit, in: db)
             for item in due {
                 try db.execute(sql: "UPDATE mail_outbox SET next_attempt_at = ? WHERE id = ?", arguments: [leaseEnd, item.id])
@@ -176,7 +178,40 @@ public struct MailQueue: Sendable {
         }
     }
 
-    public func markSent(id: Int64, at now: Date = Date()) async throws {
+    /// What the check just before a claimed mail is sent found.
+    public enum Recheck: Sendable, Equatable {
+        /// Still queued, its link (if any) live: send it.
+        case deliver
+        /// Its link died since the claim (expired, or voided behind the ledger): withdrawn now.
+        case withdrawn(MailOutbox.Withdrawn)
+        /// Gone from the outbox since the claim (withdrawn with its link, erased).
+        case gone
+    }
+
+    /// Checks a claimed mail just before it is sent: a batch takes up to the relay's timeout
+    /// per mail, and a link may die meanwhile (a suspension voids it and takes its mail out of
+    /// the outbox; it expires). One short write transaction per mail.
+    public func recheck(id: Int64, at now: Date = Date()) async throws -> Recheck {
+        try await database.write { db in
+            let withdrawn = try outbox.withdrawDeadLinks(at: now, only: id, in: db)
+            try Self.record(withdrawn, at: now, in: db)
+            if let mail = withdrawn.first { return .withdrawn(mail) }
+            return try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM mail_outbox WHERE id = ? AND sent_at IS NULL", arguments: [id]) == 1 ? .deliver : .gone
+        }
+    }
+
+    /// Each withdrawn mail in the audit trail.
+    private static func record(_ withdrawn: [MailOutbox.Withdrawn], at now: Date, in db: any SQLTransaction) throws {
+        for mail in withdrawn {
+            try AuditLog().append(AuditEvent(at: now, surface: "web", action: "password-reset-mail-withdrawn", outcome: mail.why.rawValue,
+                                             actor: AuditActor(subject: "mailer"), requestID: nil, identifier: nil,
+                                             accountID: mail.accountID, changes: [], detail: "outbox id \(mail.id)"), in: db)
+        }
+    }
+
+    /// False when the row was gone meanwhile (see ``MailOutbox/markSent(id:at:in:)``).
+    @discardableResult
+    public func markSent(id: Int64, at now: Date = Date()) async throws -> Bool {
         try await database.write { db in try outbox.markSent(id: id, at: now, in: db) }
     }
 

@@ -35,7 +35,7 @@ public struct VoidedLinks: Sendable, Equatable {
     /// Live links voided.
     public var links: Int
     /// Mails of the account's dead links (those just voided, or dead before) that were
-    /// still in the outbox, withdrawn: never delivered.
+    /// still in the outbox (not yet handed to the relay), withdrawn: not delivered.
     public var withdrawnMails: Int
 
     public init(links: Int, withdrawnMails: Int) {

@@ -1,0 +1,180 @@
+import Accounts
+import Crypto
+import Foundation
+import Logging
+import Storage
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who an admin request is: the holder of the shared token (`--admin-token-file`), or a
+/// vendor admin by name, through a token of their own (`--admin-tokens-file`, managed with
+/// `account-server admin token`). The audit trail records the name
+/// (`admin-api:alice`, `admin-page:alice`): with one shared token it could only say that
+/// *an* admin acted.
+struct AdminIdentity: Sendable, Equatable {
+    /// nil: the shared token.
+    let name: String?
+    /// The SHA-256 of the token presented: a page session stays bound to the very token it
+    /// was opened with, so a token removed and issued again under the same name does not
+    /// keep the old one's sessions alive.
+    fileprivate let digest: [UInt8]
+
+    /// The audit actor's subject on `surface` (`admin-api`, `admin-page`).
+    func subject(via surface: String) -> String {
+        name.map { "\(surface):\($0)" } ?? surface
+    }
+}
+
+/// One line of the named tokens file: `NAME sha256:HEX`.
+struct NamedAdminToken: Sendable, Equatable {
+    var name: String
+    var digest: [UInt8]
+
+    /// Names as an audit trail and a log show them safely: letters, digits, `.`, `_`, `@`,
+    /// `-`; at most 64 characters, starting with a letter or digit.
+    static func isValidName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, name.unicodeScalars.count <= 64,
+              ("0"..."9").contains(first) || ("a"..."z").contains(first) || ("A"..."Z").contains(first) else { return false }
+        return name.unicodeScalars.allSatisfy { scalar in
+            scalar.isASCII && (("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) || ("0"..."9").contains(scalar) || "._@-".unicodeScalars.contains(scalar))
+        }
+    }
+
+    var line: String { "\(name) sha256:\(digest.map { String(format: "%02x", $0) }.joined())" }
+
+    /// The file's entries; throws on any line that is not blank, a `#` comment or an entry,
+    /// and on a name given twice: a file half understood would grant or revoke at random.
+    static func parse(_ text: String, path: String) throws -> [NamedAdminToken] {
+        var entries: [NamedAdminToken] = []
+        // `\r\n` is one Character in Swift: split on every kind of line end.
+        for (index, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard parts.count == 2, isValidName(String(parts[0])), parts[1].hasPrefix("sha256:"),
+                  let digest = hexBytes(parts[1].dropFirst("sha256:".count)), digest.count == 32 else {
+                throw ConfigurationError(description: "\(path):\(index + 1): not an admin token entry (NAME sha256:HEX, as `account-server admin token add` writes)")
+            }
+            guard !entries.contains(where: { $0.name == String(parts[0]) }) else {
+                throw ConfigurationError(description: "\(path):\(index + 1): the name \(parts[0]) is given twice")
+            }
+            entries.append(NamedAdminToken(name: String(parts[0]), digest: digest))
+        }
+        return entries
+    }
+
+    private static func hexBytes(_ text: Substring) -> [UInt8]? {
+        let scalars = Array(text.utf8)
+        guard scalars.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: scalars.count, by: 2) {
+            guard let byte = UInt8(String(decoding: scalars[index..<index + 2], as: UTF8.self), radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        return bytes
+    }
+}
+
+/// The admin tokens the listener accepts: the shared one, read once at start, and the named
+/// ones, whose file is looked at (`stat`) on every admin request and read again when it
+/// changed, so that `account-server admin token remove alice` takes effect on alice's next
+/// request, her page sessions included, without a restart or a signal. Only SHA-256 digests
+/// are held; a presented token is compared with every one in constant time.
+///
+/// A named tokens file that cannot be read or understood at start refuses the start; one
+/// that breaks later (a bad edit) refuses every named token until it is fixed, with an error
+/// logged once per change: fail closed, as a revocation cannot be told from a typo. The
+/// shared token keeps working throughout.
+final class AdminKeyring: Sendable {
+    private let shared: [UInt8]
+    let namedPath: String?
+    private let logger: Logger
+    private let named: Mutex<Loaded>
+
+    private struct Loaded {
+        var stamp: FileStamp?
+        var entries: [NamedAdminToken]
+    }
+
+    /// What tells a changed file: the inode (a `rename` over it), size and change time.
+    private struct FileStamp: Equatable {
+        var device: UInt64, inode: UInt64, size: Int64, changed: Int, changedNanoseconds: Int, modified: Int, modifiedNanoseconds: Int
+    }
+
+    init(shared: AdminToken, namedPath: String?, logger: Logger) throws {
+        self.shared = shared.digest
+        self.namedPath = namedPath
+        self.logger = logger
+        var loaded = Loaded(stamp: nil, entries: [])
+        if let namedPath, let stamp = Self.stamp(namedPath) {
+            loaded = Loaded(stamp: stamp, entries: try Self.read(namedPath))
+        }
+        named = Mutex(loaded)
+    }
+
+    /// The identity `presented` proves, if any.
+    func identify(_ presented: String) -> AdminIdentity? {
+        let digest = Array(SHA256.hash(data: Array(presented.utf8)))
+        if SecretToken.constantTimeEquals(shared, digest) { return AdminIdentity(name: nil, digest: digest) }
+        var found: String?
+        // Every entry compared, none skipped: the time taken says nothing of which matched.
+        for entry in current() where SecretToken.constantTimeEquals(entry.digest, digest) {
+            found = found ?? entry.name
+        }
+        return found.map { AdminIdentity(name: $0, digest: digest) }
+    }
+
+    /// Whether `identity` still holds: the shared token always does; a named one while the
+    /// file lists that name with that token.
+    func isCurrent(_ identity: AdminIdentity) -> Bool {
+        guard let name = identity.name else { return true }
+        return current().contains { $0.name == name && SecretToken.constantTimeEquals($0.digest, identity.digest) }
+    }
+
+    /// The named entries, read again if the file changed since last time.
+    private func current() -> [NamedAdminToken] {
+        guard let namedPath else { return [] }
+        let stamp = Self.stamp(namedPath)
+        return named.withLock { loaded in
+            guard stamp != loaded.stamp else { return loaded.entries }
+            loaded.stamp = stamp
+            guard stamp != nil else {
+                loaded.entries = []
+                logger.notice("admin tokens file removed: no named admin token is accepted", metadata: ["file": "\(namedPath)"])
+                return []
+            }
+            do {
+                loaded.entries = try Self.read(namedPath)
+                logger.notice("admin tokens file read again", metadata: ["file": "\(namedPath)", "names": "\(loaded.entries.count)"])
+            } catch {
+                loaded.entries = []
+                logger.error("admin tokens file refused: no named admin token is accepted until it is fixed",
+                             metadata: ["file": "\(namedPath)", "error": "\(error)"])
+            }
+            return loaded.entries
+        }
+    }
+
+    private static func read(_ path: String) throws -> [NamedAdminToken] {
+        let bytes: [UInt8]
+        // Not a secret (digests of 256-bit tokens), but whoever can write it is an admin:
+        // the same ownership and mode checks as the key files, group read allowed.
+        do { bytes = try PrivateFile.readSecret(path: path, what: "the admin tokens file", allowGroupRead: true) } catch {
+            throw ConfigurationError(description: error.description)
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigurationError(description: "\(path): the admin tokens file is not UTF-8 text")
+        }
+        return try NamedAdminToken.parse(text, path: path)
+    }
+
+    private static func stamp(_ path: String) -> FileStamp? {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return nil }
+        return FileStamp(device: UInt64(status.st_dev), inode: UInt64(status.st_ino), size: Int64(status.st_size),
+                         changed: status.st_ctim.tv_sec, changedNanoseconds: status.st_ctim.tv_nsec,
+                         modified: status.st_mtim.tv_sec, modifiedNanoseconds: status.st_mtim.tv_nsec)
+    }
+}

@@ -1,0 +1,155 @@
+@testable import AccountServer
+import Accounts
+import Crypto
+import Foundation
+import Logging
+import Storage
+import Testing
+
+/// The vendor admins' own tokens (`--admin-tokens-file`, `account-server admin token`): the
+/// trail names who acted, a removed token is refused from its next request (its page sessions
+/// ended), and a file that cannot be trusted grants nothing.
+@Suite("Named admin tokens")
+struct AdminTokensTests {
+    typealias World = WebSignInTests.World
+
+    static func folder() throws -> URL {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("admin-tokens-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        return directory
+    }
+
+    static func entry(_ name: String, _ token: String) -> NamedAdminToken {
+        NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8))))
+    }
+
+    @Test func theFileIsReadStrictly() throws {
+        let digest = String(repeating: "ab", count: 32)
+        let entries = try NamedAdminToken.parse("# comment\n\nalice.martin sha256:\(digest)\r\nbob@vendor.fr  sha256:\(digest.uppercased())\n", path: "f")
+        #expect(entries.map(\.name) == ["alice.martin", "bob@vendor.fr"] && entries.allSatisfy { $0.digest == Array(repeating: 0xab, count: 32) })
+        for bad in ["alice", "alice sha256:\(digest) extra", "alice sha1:\(digest)", "alice sha256:\(digest.dropLast(2))", "alice sha256:zz\(digest.dropFirst(2))",
+                    "-alice sha256:\(digest)", "al ice sha256:\(digest)", "alicé sha256:\(digest)", "alice\u{1b}[31m sha256:\(digest)",
+                    "alice sha256:\(digest)\nalice sha256:\(digest)"] {
+            #expect(throws: ConfigurationError.self, "\(bad.debugDescription)") { try NamedAdminToken.parse(bad, path: "f") }
+        }
+        #expect(NamedAdminToken.isValidName(String(repeating: "a", count: 64)) && !NamedAdminToken.isValidName(String(repeating: "a", count: 65)))
+        #expect(!NamedAdminToken.isValidName("") && !NamedAdminToken.isValidName("a:b") && NamedAdminToken.isValidName("7-ops_team.1"))
+    }
+
+    /// The keyring tells the shared token from a named one, sees the file change on the next
+    /// look (a rename over it, as the CLI writes), and fails closed on a broken or exposed file
+    /// while the shared token keeps working.
+    @Test func theKeyringFollowsTheFile() throws {
+        let directory = try Self.folder()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("admin-tokens").path
+        let shared = SecretToken.generate(), alice = SecretToken.generate(), bob = SecretToken.generate()
+        let keyring = try AdminKeyring(shared: AdminToken(token: shared), namedPath: path, logger: Logger(label: "test"))
+        #expect(keyring.identify(shared)?.name == nil && keyring.identify(shared) != nil)
+        #expect(keyring.identify(alice) == nil, "no file: no named token")
+        try AdminTokenFile.write([Self.entry("alice", alice)], to: path)
+        let aliceIdentity = try #require(keyring.identify(alice))
+        #expect(aliceIdentity.name == "alice" && aliceIdentity.subject(via: "admin-api") == "admin-api:alice")
+        #expect(keyring.identify(bob) == nil && keyring.identify(alice + "x") == nil)
+        try AdminTokenFile.write([Self.entry("alice", alice), Self.entry("bob", bob)], to: path)
+        #expect(keyring.identify(bob)?.name == "bob" && keyring.isCurrent(aliceIdentity))
+        // alice's token removed, then a new one issued under her name: the old one's
+        // identity (a page session opened with it) no longer holds.
+        try AdminTokenFile.write([Self.entry("bob", bob), Self.entry("alice", SecretToken.generate())], to: path)
+        #expect(keyring.identify(alice) == nil && !keyring.isCurrent(aliceIdentity))
+        // A broken edit: every named token refused, the shared one still accepted.
+        try "bob sha256:not-hex\n".write(toFile: path, atomically: false, encoding: .utf8)
+        #expect(keyring.identify(bob) == nil && keyring.identify(shared) != nil)
+        try AdminTokenFile.write([Self.entry("bob", bob)], to: path)
+        #expect(keyring.identify(bob)?.name == "bob", "fixed: read again")
+        // Whoever may write the file is an admin: one writable by others grants nothing.
+        #expect(chmod(path, 0o666) == 0)
+        #expect(keyring.identify(bob) == nil)
+        #expect(throws: ConfigurationError.self) { try AdminKeyring(shared: AdminToken(token: shared), namedPath: path, logger: Logger(label: "test")) }
+        #expect(chmod(path, 0o600) == 0)
+        #expect(keyring.identify(bob)?.name == "bob")
+        try FileManager.default.removeItem(atPath: path)
+        #expect(keyring.identify(bob) == nil, "the file removed: no named token")
+    }
+
+    /// `account-server admin token`: the token on standard output once, only its digest in a
+    /// 0600 file; a name twice or a bad name refused; `remove` and `list`; the default file is
+    /// beside `--admin-token-file`.
+    @Test func theCommandLineMakesListsAndRemovesTokens() async throws {
+        let directory = try Self.folder()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let sharedPath = directory.appendingPathComponent("admin.token").path
+        let path = directory.appendingPathComponent("admin-tokens").path
+        let added = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--admin-token-file", sharedPath])
+        let token = added.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(added.status == 0 && token.count >= 40 && added.errors.contains("alice.martin") && !added.errors.contains(token), "\(added)")
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(!text.contains(token) && text.contains("alice.martin sha256:\(Self.entry("alice.martin", token).line.split(separator: ":").last!)"), "\(text)")
+        #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
+        let again = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--tokens-file", path])
+        #expect(again.status != 0 && again.errors.contains("already has a token") && again.output.isEmpty, "\(again)")
+        let badName = try await ProcessTests.run(["admin", "token", "add", "alice martin\u{1b}", "--tokens-file", path])
+        #expect(badName.status != 0 && badName.output.isEmpty)
+        #expect(try await ProcessTests.run(["admin", "token", "add", "bob", "--tokens-file", path]).status == 0)
+        #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "alice.martin\nbob\n")
+        let keyring = try AdminKeyring(shared: AdminToken(token: SecretToken.generate()), namedPath: path, logger: Logger(label: "test"))
+        #expect(keyring.identify(token)?.name == "alice.martin")
+        #expect(try await ProcessTests.run(["admin", "token", "remove", "alice.martin", "--tokens-file", path]).status == 0)
+        #expect(keyring.identify(token) == nil)
+        #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "bob\n")
+        let missing = try await ProcessTests.run(["admin", "token", "remove", "carol", "--tokens-file", path])
+        #expect(missing.status != 0 && missing.errors.contains("no token for"))
+    }
+
+    /// On a running server: alice's token works on the API and the page, the trail says
+    /// `admin-api:alice` and `admin-page:alice`; once removed, her next API call is a 401 and
+    /// her page session shows the sign-in form again; the shared token is unaffected.
+    @Test func theTrailNamesTheAdminAndARemovedTokenIsRefusedAtOnce() async throws {
+        let directory = try Self.folder()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("admin-tokens").path
+        let alice = SecretToken.generate()
+        try AdminTokenFile.write([Self.entry("alice", alice)], to: path)
+        let world = try await World { $0.admin.namedTokensPath = path }
+        let api = AdminClient(server: world.server, token: alice)
+        #expect(try await api.send(.GET, "/api/accounts?q=marius").status == 200)
+        #expect(try await api.send(.POST, "/api/accounts/810002673899/suspend", body: "{\"reason\":\"test\"}",
+                                   headers: [("Content-Type", "application/json")]).status == 200)
+        var events = try await world.server.auditEvents().filter { $0.surface == "admin" }
+        #expect(events.contains { $0.action == "accounts-listed" && $0.actorSubject == "admin-api:alice" }, "\(events)")
+        #expect(events.contains { $0.action == "habilitation-withdrawn" && $0.actorSubject == "admin-api:alice" }, "\(events)")
+
+        // The page, signed in with her token.
+        let page = AdminClient(server: world.server, token: "")
+        let (form, loginCookie, loginCSRF) = try await AdminTests.signInForm(page)
+        let signedIn = try await page.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(alice)", headers: form + [("Cookie", loginCookie)], authorization: "")
+        #expect(signedIn.status == 303)
+        let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
+        let landing = try #require(signedIn.headers.first(name: "Location"))
+        let search = try await page.send(.GET, landing + "&q=jules", headers: session, authorization: "")
+        #expect(search.status == 200 && search.body.contains("Rétablir"), "suspended above: the page offers to restore")
+        let action = try #require(search.body.firstMatch(of: /action="(\/comptes\/[^"]+\/retablir)"/).map { String($0.1) })
+        let csrf = try #require(search.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        #expect(try await page.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + session, authorization: "").status == 303)
+        events = try await world.server.auditEvents().filter { $0.surface == "admin" }
+        for action in ["admin-sign-in", "accounts-listed", "habilitation-restored"] {
+            #expect(events.contains { $0.action == action && $0.actorSubject == "admin-page:alice" }, "\(action): \(events)")
+        }
+
+        // Removed: refused from the next request on, on the API and the page.
+        try AdminTokenFile.write([], to: path)
+        #expect(try await api.send(.GET, "/api/accounts?q=marius").status == 401)
+        let after = try await page.send(.GET, landing + "&q=jules", headers: session, authorization: "")
+        #expect(after.body.contains("form-connexion") && !after.body.contains("Rétablir"), "the session ended with its token")
+        #expect(try await page.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + session, authorization: "").status == 403)
+        // The shared token is another matter.
+        let shared = AdminClient(server: world.server)
+        #expect(try await shared.send(.GET, "/api/accounts?q=marius").status == 200)
+        events = try await world.server.auditEvents().filter { $0.surface == "admin" }
+        #expect(events.last { $0.action == "accounts-listed" }?.actorSubject == "admin-api", "the shared token is recorded as before")
+        await api.shutdown()
+        await page.shutdown()
+        await shared.shutdown()
+        await world.stop()
+    }
+}
