@@ -41,25 +41,34 @@ public enum PrivateFile {
     }
 
     /// Replaces `path` (or creates it) with `contents`, atomically: a reader opens the old
-    /// file or the new one, whole, never a part; the new one is `mode` from its first byte.
-    /// The folder must exist.
-    public static func replace(path: String, contents: [UInt8], mode: mode_t = 0o600) throws(Failure) {
-        let temporary = try writeTemporary(besides: path, contents: contents, mode: mode)
+    /// file or the new one, whole, never a part; the new one is `mode` from its first byte,
+    /// and belongs to `owner` (user, group) when given (root writing a service's file). The
+    /// folder must exist; it is synced after the rename, so the change survives a power loss.
+    public static func replace(path: String, contents: [UInt8], mode: mode_t = 0o600, owner: (uid_t, gid_t)? = nil) throws(Failure) {
+        let temporary = try writeTemporary(besides: path, contents: contents, mode: mode, owner: owner)
         guard rename(temporary, path) == 0 else {
             let failure = failure(path, "cannot put in place")
             unlink(temporary)
             throw failure
         }
+        let folder = open(URL(fileURLWithPath: path).deletingLastPathComponent().path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if folder >= 0 {
+            _ = fsync(folder)
+            close(folder)
+        }
     }
 
     /// `contents`, written and synced into a new file beside `path`; returns its name.
-    private static func writeTemporary(besides path: String, contents: [UInt8], mode: mode_t) throws(Failure) -> String {
+    private static func writeTemporary(besides path: String, contents: [UInt8], mode: mode_t, owner: (uid_t, gid_t)? = nil) throws(Failure) -> String {
         var random = SystemRandomNumberGenerator()
         let temporary = "\(path).new-\(String(random.next(), radix: 36))"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         guard descriptor >= 0 else { throw failure(temporary, "cannot create") }
         do throws(Failure) {
             defer { close(descriptor) }
+            if let (user, group) = owner, user != geteuid() || group != getegid() {
+                guard fchown(descriptor, user, group) == 0 else { throw failure(temporary, "cannot give it to uid \(user), gid \(group)") }
+            }
             guard fchmod(descriptor, mode) == 0 else { throw failure(temporary, "cannot set its mode") }
             var written = 0
             while written < contents.count {
@@ -82,14 +91,19 @@ public enum PrivateFile {
     /// know), writable by its group or accessible to others, or readable by its group unless
     /// `allowGroupRead` (`0640 root:service-group`, the pattern of mounted secrets and of the
     /// TLS keys). The checks are made on the descriptor the bytes are read from.
-    public static func readSecret(path: String, what: String, allowGroupRead: Bool) throws(Failure) -> [UInt8] {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    ///
+    /// `owner`: a user and group the file may also belong to, its group then allowed to read
+    /// it (a command-line tool run as root reading the service's file: the server, which
+    /// reads it as itself, makes its own checks). Opened non-blocking, so that a FIFO put in
+    /// its place is refused (not a regular file) instead of hanging the reader.
+    public static func readSecret(path: String, what: String, allowGroupRead: Bool, owner: (uid_t, gid_t)? = nil) throws(Failure) -> [UInt8] {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else { throw failure(path, "cannot open \(what)") }
         defer { close(descriptor) }
         var status = stat()
         guard fstat(descriptor, &status) == 0 else { throw failure(path, "cannot read the mode of \(what)") }
         guard status.st_mode & S_IFMT == S_IFREG else { throw Failure(description: "\(path): \(what) must be a regular file") }
-        guard status.st_uid == geteuid() || status.st_uid == 0 else {
+        guard status.st_uid == geteuid() || status.st_uid == 0 || status.st_uid == owner?.0 else {
             throw Failure(description: "\(path): \(what) must belong to the user the server runs as (or root), not uid \(status.st_uid)")
         }
         let refused: mode_t = allowGroupRead ? 0o027 : 0o077
@@ -100,7 +114,7 @@ public enum PrivateFile {
         }
         // Readable by its group: only a group of the server's own (`root:account-server`),
         // or every member of whatever group it happens to have (`adm`, `users`) reads it.
-        if status.st_mode & 0o040 != 0, !isOwnGroup(status.st_gid) {
+        if status.st_mode & 0o040 != 0, !isOwnGroup(status.st_gid), status.st_gid != owner?.1 {
             throw Failure(description: "\(path): \(what) is readable by group \(status.st_gid), which the server does not belong to: chmod 600, or chgrp it to the server's group")
         }
         var bytes: [UInt8] = []

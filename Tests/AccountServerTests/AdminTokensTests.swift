@@ -44,7 +44,7 @@ struct AdminTokensTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("admin-tokens").path
         let shared = SecretToken.generate(), alice = SecretToken.generate(), bob = SecretToken.generate()
-        let keyring = try AdminKeyring(shared: AdminToken(token: shared), namedPath: path, logger: Logger(label: "test"))
+        let keyring = AdminKeyring(shared: AdminToken(token: shared), namedPath: path, logger: Logger(label: "test"))
         #expect(keyring.identify(shared)?.name == nil && keyring.identify(shared) != nil)
         #expect(keyring.identify(alice) == nil, "no file: no named token")
         try AdminTokenFile.write([Self.entry("alice", alice)], to: path)
@@ -65,9 +65,20 @@ struct AdminTokensTests {
         // Whoever may write the file is an admin: one writable by others grants nothing.
         #expect(chmod(path, 0o666) == 0)
         #expect(keyring.identify(bob) == nil)
-        #expect(throws: ConfigurationError.self) { try AdminKeyring(shared: AdminToken(token: shared), namedPath: path, logger: Logger(label: "test")) }
+        // Found so at start: the server starts (its FHIR and web listeners do not depend on
+        // this file), the named tokens refused, the shared one accepted.
+        let atStart = AdminKeyring(shared: AdminToken(token: shared), namedPath: path, logger: Logger(label: "test"))
+        #expect(atStart.identify(bob) == nil && atStart.identify(shared) != nil)
         #expect(chmod(path, 0o600) == 0)
         #expect(keyring.identify(bob)?.name == "bob")
+        // A line not understood at start: the same.
+        try "bob sha256:\(String(repeating: "ab", count: 32))\nbob\n".write(toFile: path, atomically: false, encoding: .utf8)
+        let brokenAtStart = AdminKeyring(shared: AdminToken(token: shared), namedPath: path, logger: Logger(label: "test"))
+        #expect(brokenAtStart.identify(bob) == nil && brokenAtStart.identify(shared) != nil)
+        // A digest of a short text written by hand (here the empty one) makes no short
+        // bearer an admin.
+        try AdminTokenFile.write([Self.entry("bob", bob), Self.entry("empty", "")], to: path)
+        #expect(keyring.identify(bob)?.name == "bob" && keyring.identify("") == nil)
         try FileManager.default.removeItem(atPath: path)
         #expect(keyring.identify(bob) == nil, "the file removed: no named token")
     }
@@ -92,13 +103,35 @@ struct AdminTokensTests {
         #expect(badName.status != 0 && badName.output.isEmpty)
         #expect(try await ProcessTests.run(["admin", "token", "add", "bob", "--tokens-file", path]).status == 0)
         #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "alice.martin\nbob\n")
-        let keyring = try AdminKeyring(shared: AdminToken(token: SecretToken.generate()), namedPath: path, logger: Logger(label: "test"))
+        let keyring = AdminKeyring(shared: AdminToken(token: SecretToken.generate()), namedPath: path, logger: Logger(label: "test"))
         #expect(keyring.identify(token)?.name == "alice.martin")
         #expect(try await ProcessTests.run(["admin", "token", "remove", "alice.martin", "--tokens-file", path]).status == 0)
         #expect(keyring.identify(token) == nil)
         #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "bob\n")
         let missing = try await ProcessTests.run(["admin", "token", "remove", "carol", "--tokens-file", path])
         #expect(missing.status != 0 && missing.errors.contains("no token for"))
+    }
+
+    /// Commands run at once all apply (a lock around each rewrite): none undoes another's
+    /// change. Run as root on the service's file, a command keeps its owner and mode.
+    @Test func commandsRunAtOnceAllApplyAndKeepTheFilesOwner() async throws {
+        let directory = try Self.folder()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("admin-tokens").path
+        let names = (1...6).map { "admin\($0)" }
+        let runs = try await withThrowingTaskGroup(of: Int32.self) { group in
+            for name in names { group.addTask { try await ProcessTests.run(["admin", "token", "add", name, "--tokens-file", path]).status } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(runs.allSatisfy { $0 == 0 })
+        let listed = try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output
+        #expect(Set(listed.split(separator: "\n").map(String.init)) == Set(names), "every add applied: \(listed)")
+        guard geteuid() == 0 else { return }  // the ownership part needs root
+        #expect(chown(path, 65534, 65534) == 0 && chmod(path, 0o640) == 0)
+        #expect(try await ProcessTests.run(["admin", "token", "remove", "admin1", "--tokens-file", path]).status == 0)
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        #expect(attributes[.ownerAccountID] as? Int == 65534 && attributes[.groupOwnerAccountID] as? Int == 65534
+                && attributes[.posixPermissions] as? Int == 0o640, "\(attributes)")
     }
 
     /// On a running server: alice's token works on the API and the page, the trail says
@@ -136,12 +169,21 @@ struct AdminTokensTests {
             #expect(events.contains { $0.action == action && $0.actorSubject == "admin-page:alice" }, "\(action): \(events)")
         }
 
-        // Removed: refused from the next request on, on the API and the page.
+        // Removed: refused from the next request on, on the API and the page: a form posted
+        // first (before any page load could end the session), then the page, in a second
+        // session opened before the removal.
+        let (secondForm, secondCookie, secondCSRF) = try await AdminTests.signInForm(page)
+        let second = try await page.send(.POST, "/connexion", body: "csrf=\(secondCSRF)&jeton=\(alice)", headers: secondForm + [("Cookie", secondCookie)], authorization: "")
+        let secondSession = [("Cookie", try #require(second.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
+        let secondLanding = try #require(second.headers.first(name: "Location"))
+        let byAliceBefore = try await world.server.auditEvents().filter { $0.actorSubject?.hasSuffix(":alice") == true }.count
         try AdminTokenFile.write([], to: path)
         #expect(try await api.send(.GET, "/api/accounts?q=marius").status == 401)
-        let after = try await page.send(.GET, landing + "&q=jules", headers: session, authorization: "")
-        #expect(after.body.contains("form-connexion") && !after.body.contains("Rétablir"), "the session ended with its token")
         #expect(try await page.send(.POST, action, body: "csrf=\(csrf)&q=jules", headers: form + session, authorization: "").status == 403)
+        let after = try await page.send(.GET, secondLanding + "&q=jules", headers: secondSession, authorization: "")
+        #expect(after.body.contains("form-connexion") && !after.body.contains("Rétablir"), "the session ended with its token")
+        let byAliceAfter = try await world.server.auditEvents().filter { $0.actorSubject?.hasSuffix(":alice") == true }.count
+        #expect(byAliceAfter == byAliceBefore, "nothing done, nothing read in alice's name after the removal")
         // The shared token is another matter.
         let shared = AdminClient(server: world.server)
         #expect(try await shared.send(.GET, "/api/accounts?q=marius").status == 200)

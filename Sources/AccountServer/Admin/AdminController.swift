@@ -402,7 +402,7 @@ struct AdminController: Sendable {
         let id = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)
         // The token first: a cookie without it does not even extend the session.
         guard let id, csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)),
-              let identity = sessions.validate(id, stillValid: keyring.isCurrent) else {
+              let identity = liveIdentity(of: id) else {
             context.logger.notice("admin form refused: no session or CSRF check failed", metadata: ["address": "\(context.clientAddress)"])
             return nil
         }
@@ -428,7 +428,18 @@ struct AdminController: Sendable {
             }
             return nil
         }
-        return sessions.validate(cookie, stillValid: keyring.isCurrent).map { (cookie, $0) }
+        return liveIdentity(of: cookie).map { (cookie, $0) }
+    }
+
+    /// Who the live page session `id` belongs to, while the token it was opened with holds:
+    /// a session opened with a token removed since ends at its next request.
+    func liveIdentity(of id: String) -> AdminIdentity? {
+        guard let identity = sessions.validate(id) else { return nil }
+        guard keyring.isCurrent(identity) else {
+            sessions.close(id)
+            return nil
+        }
+        return identity
     }
 
     /// Where the page goes after a sign-in or an action: the search, with the session's page

@@ -67,7 +67,8 @@ struct NamedAdminToken: Sendable, Equatable {
 
     private static func hexBytes(_ text: Substring) -> [UInt8]? {
         let scalars = Array(text.utf8)
-        guard scalars.count % 2 == 0 else { return nil }
+        // Hex digits only: `UInt8(_:radix:)` alone would take "+f" or "-0".
+        guard scalars.count % 2 == 0, scalars.allSatisfy({ (48...57).contains($0) || (65...70).contains($0) || (97...102).contains($0) }) else { return nil }
         var bytes: [UInt8] = []
         for index in stride(from: 0, to: scalars.count, by: 2) {
             guard let byte = UInt8(String(decoding: scalars[index..<index + 2], as: UTF8.self), radix: 16) else { return nil }
@@ -83,39 +84,46 @@ struct NamedAdminToken: Sendable, Equatable {
 /// request, her page sessions included, without a restart or a signal. Only SHA-256 digests
 /// are held; a presented token is compared with every one in constant time.
 ///
-/// A named tokens file that cannot be read or understood at start refuses the start; one
-/// that breaks later (a bad edit) refuses every named token until it is fixed, with an error
-/// logged once per change: fail closed, as a revocation cannot be told from a typo. The
-/// shared token keeps working throughout.
+/// A named tokens file that cannot be read or understood (a bad edit, a wrong owner or mode)
+/// refuses every named token until it is fixed, with an `error` logged (at most once a
+/// minute): fail closed, as a revocation cannot be told from a typo. The shared token keeps
+/// working throughout, and the server starts anyway: the FHIR and web listeners do not depend
+/// on the admins' file. The file is read outside the lock; only the result is swapped in.
 final class AdminKeyring: Sendable {
     private let shared: [UInt8]
     let namedPath: String?
     private let logger: Logger
-    private let named: Mutex<Loaded>
+    private let named = Mutex(Loaded())
 
     private struct Loaded {
+        /// The file as last read successfully (nil: not read, or the read failed: read again).
         var stamp: FileStamp?
-        var entries: [NamedAdminToken]
+        var entries: [NamedAdminToken] = []
+        /// When a refusal of the file was last logged (its error once a minute at most).
+        var lastComplaint: ContinuousClock.Instant?
     }
 
-    /// What tells a changed file: the inode (a `rename` over it), size and change time.
+    /// What tells a changed file: the inode (a `rename` over it), size, change and
+    /// modification times.
     private struct FileStamp: Equatable {
         var device: UInt64, inode: UInt64, size: Int64, changed: Int, changedNanoseconds: Int, modified: Int, modifiedNanoseconds: Int
     }
 
-    init(shared: AdminToken, namedPath: String?, logger: Logger) throws {
+    /// The shortest token looked up: the shared one has at least 32 characters and the
+    /// named ones 256 random bits; a shorter one is no token (a digest of "" written by hand
+    /// must not make an empty bearer an admin).
+    static let minimumLength = 32
+
+    init(shared: AdminToken, namedPath: String?, logger: Logger) {
         self.shared = shared.digest
         self.namedPath = namedPath
         self.logger = logger
-        var loaded = Loaded(stamp: nil, entries: [])
-        if let namedPath, let stamp = Self.stamp(namedPath) {
-            loaded = Loaded(stamp: stamp, entries: try Self.read(namedPath))
-        }
-        named = Mutex(loaded)
+        _ = current()
     }
 
     /// The identity `presented` proves, if any.
     func identify(_ presented: String) -> AdminIdentity? {
+        guard presented.utf8.count >= Self.minimumLength else { return nil }
         let digest = Array(SHA256.hash(data: Array(presented.utf8)))
         if SecretToken.constantTimeEquals(shared, digest) { return AdminIdentity(name: nil, digest: digest) }
         var found: String?
@@ -133,25 +141,51 @@ final class AdminKeyring: Sendable {
         return current().contains { $0.name == name && SecretToken.constantTimeEquals($0.digest, identity.digest) }
     }
 
-    /// The named entries, read again if the file changed since last time.
+    /// The named entries, read again if the file changed since it was last read.
     private func current() -> [NamedAdminToken] {
         guard let namedPath else { return [] }
         let stamp = Self.stamp(namedPath)
-        return named.withLock { loaded in
-            guard stamp != loaded.stamp else { return loaded.entries }
-            loaded.stamp = stamp
-            guard stamp != nil else {
+        let cached: [NamedAdminToken]? = named.withLock { loaded in
+            guard let stamp else {
+                // No file (or none that can be looked at): no named token.
+                if loaded.stamp != nil || !loaded.entries.isEmpty {
+                    logger.notice("admin tokens file gone: no named admin token is accepted", metadata: ["file": "\(namedPath)"])
+                }
+                loaded.stamp = nil
                 loaded.entries = []
-                logger.notice("admin tokens file removed: no named admin token is accepted", metadata: ["file": "\(namedPath)"])
                 return []
             }
-            do {
-                loaded.entries = try Self.read(namedPath)
-                logger.notice("admin tokens file read again", metadata: ["file": "\(namedPath)", "names": "\(loaded.entries.count)"])
-            } catch {
+            return stamp == loaded.stamp ? loaded.entries : nil
+        }
+        if let cached { return cached }
+        // Read outside the lock: a slow file system holds up this request only.
+        let result = Result { try Self.read(namedPath) }
+        return named.withLock { loaded in
+            switch result {
+            case .success(let entries):
+                let before = Set(loaded.entries.map(\.name)), after = Set(entries.map(\.name))
+                if loaded.stamp != nil || !entries.isEmpty || loaded.lastComplaint != nil {
+                    logger.notice("admin tokens file read", metadata: [
+                        "file": "\(namedPath)", "names": "\(entries.count)",
+                        "added": "\(after.subtracting(before).sorted().joined(separator: ","))",
+                        "removed": "\(before.subtracting(after).sorted().joined(separator: ","))",
+                    ])
+                }
+                loaded.stamp = stamp
+                loaded.entries = entries
+                loaded.lastComplaint = nil
+            case .failure(let error):
+                // Not remembered as read: tried again at the next request (a transient
+                // failure, EMFILE or EIO, does not outlast itself), its error logged once a
+                // minute.
+                loaded.stamp = nil
                 loaded.entries = []
-                logger.error("admin tokens file refused: no named admin token is accepted until it is fixed",
-                             metadata: ["file": "\(namedPath)", "error": "\(error)"])
+                let now = ContinuousClock.now
+                if loaded.lastComplaint.map({ now - $0 >= .seconds(60) }) ?? true {
+                    loaded.lastComplaint = now
+                    logger.error("admin tokens file refused: no named admin token is accepted until it is fixed",
+                                 metadata: ["file": "\(namedPath)", "error": "\(error)"])
+                }
             }
             return loaded.entries
         }

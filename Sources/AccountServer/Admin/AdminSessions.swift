@@ -43,15 +43,15 @@ final class AdminSessions: Sendable {
         return token
     }
 
-    /// Who the live session `token` names belongs to, if it is live and `stillValid` accepts
-    /// its identity (the token it was opened with not revoked meanwhile: the session ends
-    /// then); activity extends the idle timeout.
-    func validate(_ token: String?, stillValid: (AdminIdentity) -> Bool = { _ in true }) -> AdminIdentity? {
+    /// Who the live session `token` names belongs to, if it is live; activity extends the
+    /// idle timeout. The caller checks that identity still holds (``AdminKeyring/isCurrent(_:)``,
+    /// outside this lock: it may read a file) and closes the session when it does not.
+    func validate(_ token: String?) -> AdminIdentity? {
         guard let token else { return nil }
         let now = clock.now()
         let hash = SecretToken.hash(token)
         return entries.withLock { entries in
-            guard var entry = entries[hash], isLive(entry, at: now), stillValid(entry.identity) else {
+            guard var entry = entries[hash], isLive(entry, at: now) else {
                 entries[hash] = nil
                 return nil
             }

@@ -15,7 +15,7 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
                       onAdminListening: @escaping @Sendable (Int) async -> Void) throws -> some Service {
     let (adminToken, created) = try AdminToken.load(path: configuration.admin.tokenPath)
     if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.admin.tokenPath)"]) }
-    let keyring = try AdminKeyring(shared: adminToken, namedPath: configuration.admin.namedTokensPath, logger: logger)
+    let keyring = AdminKeyring(shared: adminToken, namedPath: configuration.admin.namedTokensPath, logger: logger)
     let adminRouter = Router(context: AdminRequestContext.self)
     adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
     adminRouter.add(middleware: AdminErrorMiddleware())

@@ -13,11 +13,26 @@ enum AdminTokenFile {
         URL(fileURLWithPath: sharedTokenPath).deletingLastPathComponent().appendingPathComponent("admin-tokens").path
     }
 
+    /// Who the file must belong to, and its mode: those of the file in place (root editing
+    /// the service's file keeps it the service's), else of its folder's owner, `0600`. A file
+    /// written as root and left root's would be unreadable to the server.
+    static func ownership(of path: String) -> (owner: (uid_t, gid_t), mode: mode_t) {
+        var status = stat()
+        if stat(path, &status) == 0 {
+            return ((status.st_uid, status.st_gid), status.st_mode & 0o640 | 0o600)
+        }
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        if stat(folder, &status) == 0 { return ((status.st_uid, status.st_gid), 0o600) }
+        return ((geteuid(), getegid()), 0o600)
+    }
+
     /// The entries of `path`; none when it does not exist.
     static func read(_ path: String) throws -> [NamedAdminToken] {
         guard FileManager.default.fileExists(atPath: path) else { return [] }
         let bytes: [UInt8]
-        do { bytes = try PrivateFile.readSecret(path: path, what: "the admin tokens file", allowGroupRead: true) } catch {
+        do {
+            bytes = try PrivateFile.readSecret(path: path, what: "the admin tokens file", allowGroupRead: true, owner: ownership(of: path).owner)
+        } catch {
             throw AdminFailure(message: error.description)
         }
         do { return try NamedAdminToken.parse(String(decoding: bytes, as: UTF8.self), path: path) } catch {
@@ -27,16 +42,40 @@ enum AdminTokenFile {
 
     static func write(_ entries: [NamedAdminToken], to path: String) throws {
         let header = "# Vendor admins' own tokens (account-server admin token add|remove|list): NAME sha256:HEX.\n"
+            + "# Rewritten whole by those commands: comments other than this one are not kept.\n"
         let text = header + entries.map { $0.line + "\n" }.joined()
         do {
             let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
             if !FileManager.default.fileExists(atPath: folder) {
                 try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             }
-            try PrivateFile.replace(path: path, contents: Array(text.utf8))
+            let (owner, mode) = ownership(of: path)
+            try PrivateFile.replace(path: path, contents: Array(text.utf8), mode: mode, owner: owner)
         } catch let failure as PrivateFile.Failure {
             throw AdminFailure(message: failure.description)
         }
+    }
+
+    /// Runs `change` on the entries under an exclusive lock (`flock` on `PATH.lock`), so that
+    /// two commands run at once do not lose each other's change (a revocation undone).
+    static func update(_ path: String, _ change: (inout [NamedAdminToken]) throws -> Void) throws {
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        if !FileManager.default.fileExists(atPath: folder) {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
+        let lock = open(path + ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard lock >= 0 else { throw AdminFailure(message: "\(path).lock: cannot open the lock file (\(String(cString: strerror(errno))))") }
+        defer { close(lock) }
+        guard flock(lock, LOCK_EX) == 0 else { throw AdminFailure(message: "\(path).lock: cannot lock (\(String(cString: strerror(errno))))") }
+        var entries = try read(path)
+        try change(&entries)
+        try write(entries, to: path)
+    }
+
+    /// The path as the operator should read it: absolute (a relative default depends on the
+    /// folder the command was run from, which need not be the service's).
+    static func shown(_ path: String) -> String {
+        URL(fileURLWithPath: path).standardizedFileURL.path
     }
 }
 
@@ -79,15 +118,16 @@ extension AdminCommand {
                     throw AdminFailure(message: "\(name.debugDescription) is not a usable name: letters, digits, '.', '_', '@', '-', at most 64 characters, starting with a letter or digit")
                 }
                 let path = try await file.path()
-                var entries = try AdminTokenFile.read(path)
-                guard !entries.contains(where: { $0.name == name }) else {
-                    throw AdminFailure(message: "\(path) already has a token for \(name): remove it first (account-server admin token remove \(name))")
-                }
                 let token = SecretToken.generate()
-                entries.append(NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8)))))
-                try AdminTokenFile.write(entries, to: path)
+                try AdminTokenFile.update(path) { entries in
+                    guard !entries.contains(where: { $0.name == name }) else {
+                        throw AdminFailure(message: "\(AdminTokenFile.shown(path)) already has a token for \(name): remove it first (account-server admin token remove \(name))")
+                    }
+                    entries.append(NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8)))))
+                }
                 var errors = FileHandle.standardError
-                print("token for \(name) added to \(path); it is shown once, below, and kept nowhere in clear: give it to \(name) only", to: &errors)
+                print("token for \(name) added to \(AdminTokenFile.shown(path)) (the servers must read that file: --admin-tokens-file); "
+                      + "it is shown once, below, and kept nowhere in clear: give it to \(name) only", to: &errors)
                 print(token)
             }
         }
@@ -101,14 +141,14 @@ extension AdminCommand {
 
             func run() async throws {
                 let path = try await file.path()
-                var entries = try AdminTokenFile.read(path)
-                guard entries.contains(where: { $0.name == name }) else {
-                    throw AdminFailure(message: "\(path) has no token for \(name.debugDescription)")
+                try AdminTokenFile.update(path) { entries in
+                    guard entries.contains(where: { $0.name == name }) else {
+                        throw AdminFailure(message: "\(AdminTokenFile.shown(path)) has no token for \(name.debugDescription)")
+                    }
+                    entries.removeAll { $0.name == name }
                 }
-                entries.removeAll { $0.name == name }
-                try AdminTokenFile.write(entries, to: path)
                 var errors = FileHandle.standardError
-                print("token for \(name) removed from \(path)", to: &errors)
+                print("token for \(name) removed from \(AdminTokenFile.shown(path))", to: &errors)
             }
         }
 

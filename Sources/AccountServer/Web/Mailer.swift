@@ -231,7 +231,7 @@ struct MailerService: Service {
                                 logger.notice("reset mail withdrawn, not sent: \(withdrawn.why.rawValue)", metadata: ["outbox_id": "\(item.id)"])
                                 continue
                             case .gone:
-                                logger.info("mail withdrawn from the outbox before it was sent (its link voided, or its account erased)", metadata: ["outbox_id": "\(item.id)"])
+                                logger.info("mail no longer queued when its turn came (withdrawn with its link, its account erased, or sent by another instance): not sent", metadata: ["outbox_id": "\(item.id)"])
                                 continue
                             }
                             try await transport.send(MailMessage.render(mail, from: from), from: from, to: mail.recipient)
