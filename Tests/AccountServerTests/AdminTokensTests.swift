@@ -110,6 +110,11 @@ struct AdminTokensTests {
         #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "bob\n")
         let missing = try await ProcessTests.run(["admin", "token", "remove", "carol", "--tokens-file", path])
         #expect(missing.status != 0 && missing.errors.contains("no token for"))
+        // A folder that does not exist is another path than the servers': refused, nothing made.
+        let elsewhere = directory.appendingPathComponent("typo/admin-tokens").path
+        let typo = try await ProcessTests.run(["admin", "token", "add", "dave", "--tokens-file", elsewhere])
+        #expect(typo.status != 0 && typo.errors.contains("no such folder") && typo.output.isEmpty, "\(typo)")
+        #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("typo").path))
     }
 
     /// Commands run at once all apply (a lock around each rewrite): none undoes another's
@@ -132,6 +137,8 @@ struct AdminTokensTests {
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         #expect(attributes[.ownerAccountID] as? Int == 65534 && attributes[.groupOwnerAccountID] as? Int == 65534
                 && attributes[.posixPermissions] as? Int == 0o640, "\(attributes)")
+        let lock = try FileManager.default.attributesOfItem(atPath: path + ".lock")
+        #expect(lock[.ownerAccountID] as? Int == 65534, "the service's user can still take the lock: \(lock)")
     }
 
     /// On a running server: alice's token works on the API and the page, the trail says

@@ -402,7 +402,7 @@ struct AdminController: Sendable {
         let id = WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers)
         // The token first: a cookie without it does not even extend the session.
         guard let id, csrf.isValid(fields: request.headers, submitted: fields["csrf"], boundTo: id, origin: ownOrigin(request)),
-              let identity = liveIdentity(of: id) else {
+              let identity = liveIdentity(of: id, context) else {
             context.logger.notice("admin form refused: no session or CSRF check failed", metadata: ["address": "\(context.clientAddress)"])
             return nil
         }
@@ -428,15 +428,17 @@ struct AdminController: Sendable {
             }
             return nil
         }
-        return liveIdentity(of: cookie).map { (cookie, $0) }
+        return liveIdentity(of: cookie, context).map { (cookie, $0) }
     }
 
     /// Who the live page session `id` belongs to, while the token it was opened with holds:
     /// a session opened with a token removed since ends at its next request.
-    func liveIdentity(of id: String) -> AdminIdentity? {
+    func liveIdentity(of id: String, _ context: AdminRequestContext) -> AdminIdentity? {
         guard let identity = sessions.validate(id) else { return nil }
         guard keyring.isCurrent(identity) else {
             sessions.close(id)
+            context.logger.notice("admin page session ended: the token it was opened with was removed",
+                                  metadata: ["admin": "\(identity.name ?? "-")", "address": "\(context.clientAddress)"])
             return nil
         }
         return identity

@@ -118,7 +118,13 @@ final class AdminKeyring: Sendable {
         self.shared = shared.digest
         self.namedPath = namedPath
         self.logger = logger
-        _ = current()
+        let names = current().count
+        if let namedPath {
+            // Said at start: a server pointed at another file than the commands write would
+            // otherwise refuse the tokens added there without a word.
+            logger.notice("admin tokens file", metadata: ["file": "\(namedPath)",
+                                                          "names": "\(Self.stamp(namedPath) == nil ? "absent: no named token" : String(names))"])
+        }
     }
 
     /// The identity `presented` proves, if any.
@@ -163,12 +169,16 @@ final class AdminKeyring: Sendable {
         return named.withLock { loaded in
             switch result {
             case .success(let entries):
-                let before = Set(loaded.entries.map(\.name)), after = Set(entries.map(\.name))
-                if loaded.stamp != nil || !entries.isEmpty || loaded.lastComplaint != nil {
+                let before = Dictionary(loaded.entries.map { ($0.name, $0.digest) }, uniquingKeysWith: { first, _ in first })
+                let after = Dictionary(entries.map { ($0.name, $0.digest) }, uniquingKeysWith: { first, _ in first })
+                let added = after.keys.filter { before[$0] == nil }.sorted(), removed = before.keys.filter { after[$0] == nil }.sorted()
+                let replaced = after.keys.filter { before[$0] != nil && before[$0] != after[$0] }.sorted()
+                if loaded.lastComplaint != nil {
+                    logger.notice("admin tokens file accepted again", metadata: ["file": "\(namedPath)", "names": "\(entries.count)"])
+                } else if !(added.isEmpty && removed.isEmpty && replaced.isEmpty) {
                     logger.notice("admin tokens file read", metadata: [
-                        "file": "\(namedPath)", "names": "\(entries.count)",
-                        "added": "\(after.subtracting(before).sorted().joined(separator: ","))",
-                        "removed": "\(before.subtracting(after).sorted().joined(separator: ","))",
+                        "file": "\(namedPath)", "names": "\(entries.count)", "added": "\(added.joined(separator: ","))",
+                        "removed": "\(removed.joined(separator: ","))", "replaced": "\(replaced.joined(separator: ","))",
                     ])
                 }
                 loaded.stamp = stamp

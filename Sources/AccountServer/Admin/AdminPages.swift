@@ -46,7 +46,7 @@ enum AdminPages {
             \(message)
             <form method="post" action="/connexion" id="form-connexion">
             <input type="hidden" name="csrf" value="\(csrf)">
-            <label for="jeton">Jeton d’administration (fichier --admin-token-file)</label>
+            <label for="jeton">Votre jeton d’administration (ou celui du fichier --admin-token-file)</label>
             <input id="jeton" name="jeton" type="password" autocomplete="off" required autofocus>
             <button type="submit">Se connecter</button>
             </form>

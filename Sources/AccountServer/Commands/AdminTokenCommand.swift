@@ -44,28 +44,31 @@ enum AdminTokenFile {
         let header = "# Vendor admins' own tokens (account-server admin token add|remove|list): NAME sha256:HEX.\n"
             + "# Rewritten whole by those commands: comments other than this one are not kept.\n"
         let text = header + entries.map { $0.line + "\n" }.joined()
-        do {
-            let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
-            if !FileManager.default.fileExists(atPath: folder) {
-                try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            }
-            let (owner, mode) = ownership(of: path)
+        let (owner, mode) = ownership(of: path)
+        do throws(PrivateFile.Failure) {
             try PrivateFile.replace(path: path, contents: Array(text.utf8), mode: mode, owner: owner)
-        } catch let failure as PrivateFile.Failure {
-            throw AdminFailure(message: failure.description)
+        } catch {
+            throw AdminFailure(message: error.description)
         }
     }
 
     /// Runs `change` on the entries under an exclusive lock (`flock` on `PATH.lock`), so that
     /// two commands run at once do not lose each other's change (a revocation undone).
+    /// The folder must exist: a missing one means a path other than the servers' (a command
+    /// run from another folder), where a token would be made that no server reads.
     static func update(_ path: String, _ change: (inout [NamedAdminToken]) throws -> Void) throws {
         let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        if !FileManager.default.fileExists(atPath: folder) {
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
+            throw AdminFailure(message: "\(shown(folder)): no such folder; give --tokens-file with the path the servers read (their --admin-tokens-file)")
         }
         let lock = open(path + ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard lock >= 0 else { throw AdminFailure(message: "\(path).lock: cannot open the lock file (\(String(cString: strerror(errno))))") }
         defer { close(lock) }
+        // The lock file belongs to whoever owns the tokens file (root creating it for the
+        // service must not lock the service's own user out of the commands).
+        let (user, group) = ownership(of: path).owner
+        if geteuid() == 0, user != 0 || group != 0 { _ = fchown(lock, user, group) }
         guard flock(lock, LOCK_EX) == 0 else { throw AdminFailure(message: "\(path).lock: cannot lock (\(String(cString: strerror(errno))))") }
         var entries = try read(path)
         try change(&entries)
@@ -92,7 +95,7 @@ extension AdminCommand {
         struct FileOptions: ParsableArguments {
             @Option(help: "The named tokens file. Env: ACCOUNT_SERVER_ADMIN_TOKENS_FILE. Default: admin-tokens beside --admin-token-file (./data/admin.token)")
             var tokensFile: String?
-            @Option(help: "Where the servers' shared token file is (only to find the default tokens file). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE.")
+            @Option(help: "Where the servers' shared token file is (only to find the default tokens file). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE. Default: ./data/admin.token")
             var adminTokenFile: String?
 
             func path() async throws -> String {
@@ -110,7 +113,7 @@ extension AdminCommand {
                 commandName: "add",
                 abstract: "Make a token for the admin NAME: printed once on standard output, only its SHA-256 kept in the file.")
             @OptionGroup var file: FileOptions
-            @Argument(help: "The admin's name as the audit trail shows it: letters, digits, . _ @ -, at most 64 (e.g. alice.martin).")
+            @Argument(help: "The admin's name as the audit trail shows it: ASCII letters, digits, . _ @ -, at most 64, starting with a letter or digit (e.g. alice.martin). To replace a token: remove, then add.")
             var name: String
 
             func run() async throws {
@@ -127,7 +130,7 @@ extension AdminCommand {
                 }
                 var errors = FileHandle.standardError
                 print("token for \(name) added to \(AdminTokenFile.shown(path)) (the servers must read that file: --admin-tokens-file); "
-                      + "it is shown once, below, and kept nowhere in clear: give it to \(name) only", to: &errors)
+                      + "it is printed once, on standard output, and kept nowhere in clear: give it to \(name) only", to: &errors)
                 print(token)
             }
         }
@@ -157,7 +160,10 @@ extension AdminCommand {
             @OptionGroup var file: FileOptions
 
             func run() async throws {
-                for entry in try AdminTokenFile.read(try await file.path()) { print(entry.name) }
+                let path = try await file.path()
+                var errors = FileHandle.standardError
+                print("\(AdminTokenFile.shown(path))\(FileManager.default.fileExists(atPath: path) ? "" : " (absent: no named token)")", to: &errors)
+                for entry in try AdminTokenFile.read(path) { print(entry.name) }
             }
         }
     }
