@@ -44,9 +44,24 @@ struct NamedAdminToken: Sendable, Equatable {
 
     var line: String { "\(name) sha256:\(digest.map { String(format: "%02x", $0) }.joined())" }
 
+    /// The entries of the file at `path`, read with the key files' checks (not a secret:
+    /// digests of 256-bit tokens; but whoever can write it is an admin), group read allowed.
+    /// `owner`: see ``PrivateFile/readSecret(path:what:allowGroupRead:owner:)``. The server and
+    /// the commands read it through this one function.
+    static func load(_ path: String, owner: (uid_t, gid_t)? = nil) throws(ConfigurationError) -> [NamedAdminToken] {
+        let bytes: [UInt8]
+        do { bytes = try PrivateFile.readSecret(path: path, what: "the admin tokens file", allowGroupRead: true, owner: owner) } catch {
+            throw ConfigurationError(description: error.description)
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigurationError(description: "\(path): the admin tokens file is not UTF-8 text")
+        }
+        return try parse(text, path: path)
+    }
+
     /// The file's entries; throws on any line that is not blank, a `#` comment or an entry,
     /// and on a name given twice: a file half understood would grant or revoke at random.
-    static func parse(_ text: String, path: String) throws -> [NamedAdminToken] {
+    static func parse(_ text: String, path: String) throws(ConfigurationError) -> [NamedAdminToken] {
         var entries: [NamedAdminToken] = []
         // `\r\n` is one Character in Swift: split on every kind of line end.
         for (index, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
@@ -165,7 +180,7 @@ final class AdminKeyring: Sendable {
         }
         if let cached { return cached }
         // Read outside the lock: a slow file system holds up this request only.
-        let result = Result { try Self.read(namedPath) }
+        let result = Result { () throws(ConfigurationError) in try NamedAdminToken.load(namedPath) }
         return named.withLock { loaded in
             switch result {
             case .success(let entries):
@@ -199,19 +214,6 @@ final class AdminKeyring: Sendable {
             }
             return loaded.entries
         }
-    }
-
-    private static func read(_ path: String) throws -> [NamedAdminToken] {
-        let bytes: [UInt8]
-        // Not a secret (digests of 256-bit tokens), but whoever can write it is an admin:
-        // the same ownership and mode checks as the key files, group read allowed.
-        do { bytes = try PrivateFile.readSecret(path: path, what: "the admin tokens file", allowGroupRead: true) } catch {
-            throw ConfigurationError(description: error.description)
-        }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw ConfigurationError(description: "\(path): the admin tokens file is not UTF-8 text")
-        }
-        return try NamedAdminToken.parse(text, path: path)
     }
 
     private static func stamp(_ path: String) -> FileStamp? {

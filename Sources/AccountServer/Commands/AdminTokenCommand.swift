@@ -29,14 +29,8 @@ enum AdminTokenFile {
     /// The entries of `path`; none when it does not exist.
     static func read(_ path: String) throws -> [NamedAdminToken] {
         guard FileManager.default.fileExists(atPath: path) else { return [] }
-        let bytes: [UInt8]
-        do {
-            bytes = try PrivateFile.readSecret(path: path, what: "the admin tokens file", allowGroupRead: true, owner: ownership(of: path).owner)
-        } catch {
+        do { return try NamedAdminToken.load(path, owner: ownership(of: path).owner) } catch {
             throw AdminFailure(message: error.description)
-        }
-        do { return try NamedAdminToken.parse(String(decoding: bytes, as: UTF8.self), path: path) } catch {
-            throw AdminFailure(message: "\(error)")
         }
     }
 
