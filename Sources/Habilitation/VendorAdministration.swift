@@ -486,9 +486,9 @@ public final class VendorAdministration: Sendable {
     /// The admin surface's own access: page sign-in (accepted or refused), sign-out, and API
     /// calls refused for a missing or wrong token. Written by the surface (the API's refusals
     /// at most once a minute per address, so that guessing cannot grow the trail unbounded).
-    public func recordAccess(_ action: String, outcome: String, actor: AuditActor, requestID: String?) async throws {
+    public func recordAccess(_ action: String, outcome: String, actor: AuditActor, requestID: String?, detail: String? = nil) async throws {
         let event = AuditEvent(at: now, surface: "admin", action: action, outcome: outcome, actor: actor, requestID: requestID,
-                               identifier: nil, accountID: nil, changes: [], detail: nil)
+                               identifier: nil, accountID: nil, changes: [], detail: detail.map { String($0.prefix(500)) })
         try await database.write { db in try self.audit.append(event, in: db) }
     }
 

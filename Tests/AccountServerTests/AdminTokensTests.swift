@@ -19,15 +19,20 @@ struct AdminTokensTests {
         return directory
     }
 
-    static func entry(_ name: String, _ token: String) -> NamedAdminToken {
-        NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8))))
+    static func entry(_ name: String, _ token: String, role: AdminRole = .manage) -> NamedAdminToken {
+        NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8))), role: role)
     }
 
     @Test func theFileIsReadStrictly() throws {
         let digest = String(repeating: "ab", count: 32)
         let entries = try NamedAdminToken.parse("# comment\n\nalice.martin sha256:\(digest)\r\nbob@vendor.fr  sha256:\(digest.uppercased())\n", path: "f")
         #expect(entries.map(\.name) == ["alice.martin", "bob@vendor.fr"] && entries.allSatisfy { $0.digest == Array(repeating: 0xab, count: 32) })
-        for bad in ["alice", "alice sha256:\(digest) extra", "alice sha1:\(digest)", "alice sha256:\(digest.dropLast(2))", "alice sha256:zz\(digest.dropFirst(2))",
+        #expect(entries.allSatisfy { $0.role == .manage }, "a line without a role may manage, as before roles existed")
+        let roles = try NamedAdminToken.parse("carol sha256:\(digest) view\ndave sha256:\(digest)  manage\n", path: "f")
+        #expect(roles.map(\.role) == [.view, .manage])
+        #expect(roles.map(\.line) == ["carol sha256:\(digest) view", "dave sha256:\(digest)"], "manage written without its role (earlier servers read it)")
+        for bad in ["alice", "alice sha256:\(digest) extra", "alice sha256:\(digest) View", "alice sha256:\(digest) read",
+                    "alice sha256:\(digest) view manage", "alice sha256:\(digest) view,", "alice sha1:\(digest)", "alice sha256:\(digest.dropLast(2))", "alice sha256:zz\(digest.dropFirst(2))",
                     "-alice sha256:\(digest)", "al ice sha256:\(digest)", "alicé sha256:\(digest)", "alice\u{1b}[31m sha256:\(digest)",
                     "alice sha256:\(digest)\nalice sha256:\(digest)"] {
             #expect(throws: ConfigurationError.self, "\(bad.debugDescription)") { try NamedAdminToken.parse(bad, path: "f") }
@@ -52,11 +57,17 @@ struct AdminTokensTests {
         #expect(aliceIdentity.name == "alice" && aliceIdentity.subject(via: "admin-api") == "admin-api:alice")
         #expect(keyring.identify(bob) == nil && keyring.identify(alice + "x") == nil)
         try AdminTokenFile.write([Self.entry("alice", alice), Self.entry("bob", bob)], to: path)
-        #expect(keyring.identify(bob)?.name == "bob" && keyring.isCurrent(aliceIdentity))
+        #expect(keyring.identify(bob)?.name == "bob" && keyring.current(aliceIdentity) == aliceIdentity)
+        #expect(aliceIdentity.role == .manage && keyring.identify(shared)?.role == .manage)
+        // A role changed in the file: the identity held (a page session's) reads it now.
+        try AdminTokenFile.write([Self.entry("alice", alice, role: .view), Self.entry("bob", bob)], to: path)
+        #expect(keyring.current(aliceIdentity)?.role == .view && keyring.identify(alice)?.role == .view)
+        try AdminTokenFile.write([Self.entry("alice", alice), Self.entry("bob", bob)], to: path)
+        #expect(keyring.current(aliceIdentity)?.role == .manage)
         // alice's token removed, then a new one issued under her name: the old one's
         // identity (a page session opened with it) no longer holds.
         try AdminTokenFile.write([Self.entry("bob", bob), Self.entry("alice", SecretToken.generate())], to: path)
-        #expect(keyring.identify(alice) == nil && !keyring.isCurrent(aliceIdentity))
+        #expect(keyring.identify(alice) == nil && keyring.current(aliceIdentity) == nil)
         // A broken edit: every named token refused, the shared one still accepted.
         try "bob sha256:not-hex\n".write(toFile: path, atomically: false, encoding: .utf8)
         #expect(keyring.identify(bob) == nil && keyring.identify(shared) != nil)
@@ -91,28 +102,43 @@ struct AdminTokensTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let sharedPath = directory.appendingPathComponent("admin.token").path
         let path = directory.appendingPathComponent("admin-tokens").path
-        let added = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--admin-token-file", sharedPath])
+        let noRole = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--admin-token-file", sharedPath])
+        #expect(noRole.status != 0 && noRole.errors.contains("--role") && noRole.output.isEmpty, "the role is the operator's choice: \(noRole)")
+        #expect(!FileManager.default.fileExists(atPath: path))
+        let added = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--role", "manage", "--admin-token-file", sharedPath])
         let token = added.output.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(added.status == 0 && token.count >= 40 && added.errors.contains("alice.martin") && !added.errors.contains(token), "\(added)")
         let text = try String(contentsOfFile: path, encoding: .utf8)
         #expect(!text.contains(token) && text.contains("alice.martin sha256:\(Self.entry("alice.martin", token).line.split(separator: ":").last!)"), "\(text)")
         #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
-        let again = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--tokens-file", path])
+        let again = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--role", "view", "--tokens-file", path])
         #expect(again.status != 0 && again.errors.contains("already has a token") && again.output.isEmpty, "\(again)")
-        let badName = try await ProcessTests.run(["admin", "token", "add", "alice martin\u{1b}", "--tokens-file", path])
+        let badName = try await ProcessTests.run(["admin", "token", "add", "alice martin\u{1b}", "--role", "view", "--tokens-file", path])
         #expect(badName.status != 0 && badName.output.isEmpty)
-        #expect(try await ProcessTests.run(["admin", "token", "add", "bob", "--tokens-file", path]).status == 0)
-        #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "alice.martin\nbob\n")
+        let badRole = try await ProcessTests.run(["admin", "token", "add", "bob", "--role", "admin", "--tokens-file", path])
+        #expect(badRole.status != 0 && badRole.output.isEmpty, "\(badRole)")
+        let bobAdded = try await ProcessTests.run(["admin", "token", "add", "bob", "--role", "view", "--tokens-file", path])
+        #expect(bobAdded.status == 0 && bobAdded.errors.contains("role view"))
+        #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "alice.martin manage\nbob view\n")
         let keyring = AdminKeyring(shared: AdminToken(token: SecretToken.generate()), namedPath: path, logger: Logger(label: "test"))
-        #expect(keyring.identify(token)?.name == "alice.martin")
+        #expect(keyring.identify(token)?.name == "alice.martin" && keyring.identify(token)?.role == .manage)
+        // A role changed in place: the same token, now read-only; then back.
+        let demoted = try await ProcessTests.run(["admin", "token", "role", "alice.martin", "view", "--tokens-file", path])
+        #expect(demoted.status == 0 && demoted.errors.contains("now has the role view (was manage)"), "\(demoted)")
+        #expect(keyring.identify(token)?.role == .view)
+        let same = try await ProcessTests.run(["admin", "token", "role", "alice.martin", "view", "--tokens-file", path])
+        #expect(same.status == 0 && same.errors.contains("nothing changed"), "\(same)")
+        #expect(try await ProcessTests.run(["admin", "token", "role", "carol", "view", "--tokens-file", path]).status != 0)
+        #expect(try await ProcessTests.run(["admin", "token", "role", "alice.martin", "manage", "--tokens-file", path]).status == 0)
+        #expect(keyring.identify(token)?.role == .manage)
         #expect(try await ProcessTests.run(["admin", "token", "remove", "alice.martin", "--tokens-file", path]).status == 0)
         #expect(keyring.identify(token) == nil)
-        #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "bob\n")
+        #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "bob view\n")
         let missing = try await ProcessTests.run(["admin", "token", "remove", "carol", "--tokens-file", path])
         #expect(missing.status != 0 && missing.errors.contains("no token for"))
         // A folder that does not exist is another path than the servers': refused, nothing made.
         let elsewhere = directory.appendingPathComponent("typo/admin-tokens").path
-        let typo = try await ProcessTests.run(["admin", "token", "add", "dave", "--tokens-file", elsewhere])
+        let typo = try await ProcessTests.run(["admin", "token", "add", "dave", "--role", "manage", "--tokens-file", elsewhere])
         #expect(typo.status != 0 && typo.errors.contains("no such folder") && typo.output.isEmpty, "\(typo)")
         #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("typo").path))
     }
@@ -125,12 +151,12 @@ struct AdminTokensTests {
         let path = directory.appendingPathComponent("admin-tokens").path
         let names = (1...6).map { "admin\($0)" }
         let runs = try await withThrowingTaskGroup(of: Int32.self) { group in
-            for name in names { group.addTask { try await ProcessTests.run(["admin", "token", "add", name, "--tokens-file", path]).status } }
+            for name in names { group.addTask { try await ProcessTests.run(["admin", "token", "add", name, "--role", "manage", "--tokens-file", path]).status } }
             return try await group.reduce(into: []) { $0.append($1) }
         }
         #expect(runs.allSatisfy { $0 == 0 })
         let listed = try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output
-        #expect(Set(listed.split(separator: "\n").map(String.init)) == Set(names), "every add applied: \(listed)")
+        #expect(Set(listed.split(separator: "\n").map(String.init)) == Set(names.map { "\($0) manage" }), "every add applied: \(listed)")
         guard geteuid() == 0 else { return }  // the ownership part needs root
         #expect(chown(path, 65534, 65534) == 0 && chmod(path, 0o640) == 0)
         #expect(try await ProcessTests.run(["admin", "token", "remove", "admin1", "--tokens-file", path]).status == 0)
@@ -200,5 +226,118 @@ struct AdminTokensTests {
         await page.shutdown()
         await shared.shutdown()
         await world.stop()
+    }
+
+    /// A `view` token reads (accounts, the trail) and changes nothing: every API action is a
+    /// 403 naming the role, the page shows no form and refuses a forged post with a French
+    /// page, each refusal is audited under the admin's name; the role changed in the file
+    /// applies to the open page session at its next request, both ways.
+    @Test func aViewTokenReadsAndChangesNothingAndARoleChangeAppliesAtTheNextRequest() async throws {
+        let directory = try Self.folder()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("admin-tokens").path
+        let carol = SecretToken.generate()
+        try AdminTokenFile.write([Self.entry("carol", carol, role: .view)], to: path)
+        let world = try await World { $0.admin.namedTokensPath = path }
+        let api = AdminClient(server: world.server, token: carol)
+        let shared = AdminClient(server: world.server)
+        let listed = try await api.send(.GET, "/api/accounts?q=marius")
+        #expect(listed.status == 200)
+        let id = try #require(listed.body.firstMatch(of: /"id":"([^"]+)"/).map { String($0.1) }, "\(listed.body)")
+        #expect(try await api.send(.GET, "/api/accounts/\(id)").status == 200)
+        #expect(try await api.send(.GET, "/api/audit").status == 200)
+        for action in ["suspend", "restore", "revoke-sessions", "unlock", "reset-second-factor"] {
+            let refused = try await api.send(.POST, "/api/accounts/\(id)/\(action)", body: #"{"reason":"test"}"#)
+            #expect(refused.status == 403 && refused.body.contains("role view"), "\(action): \(refused.status) \(refused.body)")
+        }
+        let erase = try await api.send(.POST, "/api/accounts/\(id)/erase", body: #"{"confirm":true}"#)
+        #expect(erase.status == 403, "\(erase.body)")
+        #expect(try await shared.json("/api/accounts?filter=suspended")["accounts"] == .array([]), "nothing suspended")
+        var events = try await world.server.auditEvents().filter { $0.surface == "admin" }
+        let apiRefusals = events.filter { $0.action == "admin-action-refused" && $0.actorSubject == "admin-api:carol" }
+        #expect(apiRefusals.count == 6 && apiRefusals.allSatisfy { $0.outcome == "role view" }
+                && apiRefusals.contains { $0.detail == "POST /api/accounts/\(id)/suspend" }, "\(apiRefusals)")
+        #expect(events.contains { $0.action == "accounts-listed" && $0.actorSubject == "admin-api:carol" })
+        #expect(!events.contains { $0.actorSubject == "admin-api:carol" && $0.action.hasPrefix("habilitation") })
+
+        // The page: the same search, no action form, a read-only notice.
+        let page = AdminClient(server: world.server, token: "")
+        let (form, loginCookie, loginCSRF) = try await AdminTests.signInForm(page)
+        let signedIn = try await page.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(carol)", headers: form + [("Cookie", loginCookie)], authorization: "")
+        #expect(signedIn.status == 303)
+        let session = [("Cookie", try #require(signedIn.headers.first(name: "Set-Cookie")?.split(separator: ";").first.map(String.init)))]
+        let landing = try #require(signedIn.headers.first(name: "Location"))
+        let search = try await page.send(.GET, landing + "&q=jules", headers: session, authorization: "")
+        #expect(search.status == 200 && search.body.contains("compte-\(id)") && search.body.contains("lecture-seule"), "\(search.body)")
+        #expect(!search.body.contains("/comptes/"), "no action form for a view token")
+        let csrf = try #require(search.body.firstMatch(of: /name="csrf" value="([^"]+)"/).map { String($0.1) })
+        // A post made by hand (the form is not shown, the server refuses it anyway).
+        let forged = try await page.send(.POST, "/comptes/\(id)/suspendre", body: "csrf=\(csrf)&q=jules&motif=x", headers: form + session, authorization: "")
+        #expect(forged.status == 403 && forged.body.contains("Action non autorisée") && forged.body.contains("Rien n’a été changé"), "\(forged.body)")
+        let forgedErase = try await page.send(.POST, "/comptes/\(id)/effacer", body: "csrf=\(csrf)&q=jules&confirmation=EFFACER", headers: form + session, authorization: "")
+        #expect(forgedErase.status == 403)
+        #expect(try await shared.json("/api/accounts?filter=suspended")["accounts"] == .array([]), "nothing suspended")
+        events = try await world.server.auditEvents().filter { $0.surface == "admin" }
+        #expect(events.contains { $0.action == "admin-sign-in" && $0.outcome == "accepted role view" && $0.actorSubject == "admin-page:carol" })
+        #expect(events.contains { $0.action == "admin-action-refused" && $0.actorSubject == "admin-page:carol" && $0.detail == "suspend \(id)" }, "\(events)")
+        #expect(events.contains { $0.action == "admin-action-refused" && $0.actorSubject == "admin-page:carol" && $0.detail == "erase \(id)" })
+
+        // Promoted in the file: the same session may act at its next request.
+        try AdminTokenFile.write([Self.entry("carol", carol, role: .manage)], to: path)
+        let promoted = try await page.send(.GET, landing + "&q=jules", headers: session, authorization: "")
+        #expect(promoted.body.contains("/comptes/\(id)/suspendre") && !promoted.body.contains("lecture-seule"))
+        let suspended = try await page.send(.POST, "/comptes/\(id)/suspendre", body: "csrf=\(csrf)&q=jules&motif=x", headers: form + session, authorization: "")
+        #expect(suspended.status == 303)
+        #expect(try await api.send(.POST, "/api/accounts/\(id)/revoke-sessions").status == 200, "the API too")
+        events = try await world.server.auditEvents().filter { $0.surface == "admin" }
+        #expect(events.contains { $0.action == "habilitation-withdrawn" && $0.actorSubject == "admin-page:carol" })
+        // Demoted again: refused at once, the account left suspended.
+        try AdminTokenFile.write([Self.entry("carol", carol, role: .view)], to: path)
+        #expect(try await page.send(.POST, "/comptes/\(id)/retablir", body: "csrf=\(csrf)&q=jules", headers: form + session, authorization: "").status == 403)
+        #expect(try await api.send(.POST, "/api/accounts/\(id)/restore").status == 403)
+        let detail = try await shared.json("/api/accounts/\(id)")
+        #expect(detail["suspension"] != nil && detail["suspension"] != .null, "still suspended: \(detail)")
+        await api.shutdown()
+        await page.shutdown()
+        await shared.shutdown()
+        await world.stop()
+    }
+
+    /// `--no-shared-admin-token`: the shared file's token opens nothing (API and page), the
+    /// file is not created when absent, and the named tokens work as before.
+    @Test func withoutTheSharedTokenOnlyNamedTokensOpenTheListener() async throws {
+        let directory = try Self.folder()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("admin-tokens").path
+        let sharedPath = directory.appendingPathComponent("admin.token").path
+        let absentPath = directory.appendingPathComponent("absent.token").path
+        let sharedToken = SecretToken.generate(), alice = SecretToken.generate()
+        try AdminTokenFile.write([Self.entry("alice", alice)], to: path)
+        #expect(FileManager.default.createFile(atPath: sharedPath, contents: Data((sharedToken + "\n").utf8), attributes: [.posixPermissions: 0o600]))
+        let world = try await World {
+            $0.admin.namedTokensPath = path
+            $0.admin.tokenPath = sharedPath
+            $0.admin.sharedToken = false
+        }
+        let shared = AdminClient(server: world.server, token: sharedToken)
+        #expect(try await shared.send(.GET, "/api/accounts?q=marius").status == 401)
+        let page = AdminClient(server: world.server, token: "")
+        let (form, loginCookie, loginCSRF) = try await AdminTests.signInForm(page)
+        let refused = try await page.send(.POST, "/connexion", body: "csrf=\(loginCSRF)&jeton=\(sharedToken)", headers: form + [("Cookie", loginCookie)], authorization: "")
+        #expect(refused.status == 401 && refused.body.contains("Jeton incorrect") && !refused.body.contains("--admin-token-file"))
+        let named = AdminClient(server: world.server, token: alice)
+        #expect(try await named.send(.GET, "/api/accounts?q=marius").status == 200)
+        #expect(try await eventually { world.server.logs.all.contains { $0.contains("shared admin token off") } })
+        await shared.shutdown()
+        await page.shutdown()
+        await named.shutdown()
+        await world.stop()
+        let second = try await World {
+            $0.admin.namedTokensPath = path
+            $0.admin.tokenPath = absentPath
+            $0.admin.sharedToken = false
+        }
+        #expect(!FileManager.default.fileExists(atPath: absentPath), "no shared token file made")
+        await second.stop()
     }
 }

@@ -206,7 +206,9 @@ final class RunningServer: Sendable {
             do { try await task.value } catch { throw ConfigurationError(description: "server did not start: \(error)") }
             throw ConfigurationError(description: "server did not start")
         }
-        let token = try String(contentsOfFile: configuration.admin.tokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        // No shared token (`--no-shared-admin-token`): the tests give a named one.
+        let token = configuration.admin.sharedToken
+            ? try String(contentsOfFile: configuration.admin.tokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) : ""
         return RunningServer(port: port, webPort: webPort, adminPort: adminPort, forwardAuthPort: forwardAuthPort, adminToken: token,
                              databaseArgument: configuration.database.argument, database: try await TestStore.open(configuration.database.argument, poolSize: 2),
                              logs: logs, group: group, task: task)

@@ -351,7 +351,7 @@ struct AdminController: Sendable {
             secret = SecretToken.generate()
             cookies.append(AdminSessions.setCookie(AdminSessions.csrfCookie(secure: secure), secret, secure: secure))
         }
-        return WebController.page(AdminPages.signIn(csrf: signInCSRF.token(for: secret), error: error), status: error ? .unauthorized : .ok, cookies: cookies)
+        return WebController.page(AdminPages.signIn(csrf: signInCSRF.token(for: secret), error: error, sharedToken: keyring.acceptsSharedToken), status: error ? .unauthorized : .ok, cookies: cookies)
     }
 
     func signIn(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
@@ -381,8 +381,10 @@ struct AdminController: Sendable {
         // Signing in again replaces the browser's session: the one its cookie named ends.
         sessions.close(WebCookie.value(named: AdminSessions.cookie(secure: secure), in: request.headers))
         let session = sessions.open(identity)
-        context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)", "admin": "\(identity.name ?? "shared token")"])
-        await administration.recordAccessLogged("admin-sign-in", outcome: "accepted", actor: actor(context, via: "admin-page", as: identity),
+        context.logger.notice("admin page session opened", metadata: ["address": "\(context.clientAddress)", "admin": "\(identity.name ?? "shared token")",
+                                                                 "role": "\(identity.role.rawValue)"])
+        await administration.recordAccessLogged("admin-sign-in", outcome: identity.role == .manage ? "accepted" : "accepted role \(identity.role.rawValue)",
+                                                actor: actor(context, via: "admin-page", as: identity),
                                                 requestID: context.requestID, logger: context.logger)
         return WebController.redirect(pageAddress(session: session), cookies: [AdminSessions.setCookie(AdminSessions.cookie(secure: secure), session, secure: secure)])
     }
@@ -432,16 +434,17 @@ struct AdminController: Sendable {
     }
 
     /// Who the live page session `id` belongs to, while the token it was opened with holds:
-    /// a session opened with a token removed since ends at its next request.
+    /// a session opened with a token removed since ends at its next request. The role is the
+    /// one the file gives the token now.
     func liveIdentity(of id: String, _ context: AdminRequestContext) -> AdminIdentity? {
         guard let identity = sessions.validate(id) else { return nil }
-        guard keyring.isCurrent(identity) else {
+        guard let current = keyring.current(identity) else {
             sessions.close(id)
             context.logger.notice("admin page session ended: the token it was opened with was removed",
                                   metadata: ["admin": "\(identity.name ?? "-")", "address": "\(context.clientAddress)"])
             return nil
         }
-        return identity
+        return current
     }
 
     /// Where the page goes after a sign-in or an action: the search, with the session's page
@@ -467,11 +470,31 @@ struct AdminController: Sendable {
                                                 requestID: context.requestID)
         }
         let message = notice ?? fields["message"].flatMap(AdminPages.message(code:))
-        return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrf.token(for: session), notice: message))
+        return WebController.page(AdminPages.search(query: text, accounts: accounts, csrf: csrf.token(for: session), notice: message,
+                                                    mayManage: identity.role == .manage))
+    }
+
+    /// A page action by a session whose token may only read: a French page, the attempt
+    /// logged and audited (once a minute per admin, action and address).
+    func readOnlyRefusal(_ action: String, identity: AdminIdentity, session: String, query: String, _ context: AdminRequestContext) async -> Response {
+        let id = String((context.parameters.get("id") ?? "").prefix(100))
+        context.logger.notice("admin action refused: the token may only read", metadata: ["admin": "\(identity.name ?? "-")", "action": "\(action)", "via": "page"])
+        if refusalsAudited.allow("admin-page role \(identity.name ?? "") \(action) \(id)", client: context.clientAddress) {
+            await administration.recordAccessLogged("admin-action-refused", outcome: "role \(identity.role.rawValue)",
+                                                    actor: actor(context, via: "admin-page", as: identity), requestID: context.requestID,
+                                                    detail: "\(action) \(id)", logger: context.logger)
+        }
+        return WebController.page(Pages.error("Action non autorisée",
+                                              "Votre jeton d’administration permet de consulter les comptes, pas de les modifier. Rien n’a été changé. "
+                                              + "Demandez à l’administrateur du serveur un jeton qui le permet.",
+                                              link: (pageAddress(session: session, query: query), "Retour")), status: .forbidden)
     }
 
     func pageAction(suspend: Bool, _ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let (session, fields, identity) = try await sessionForm(request, context) else { return formRefused }
+        guard identity.role == .manage else {
+            return await readOnlyRefusal(suspend ? "suspend" : "restore", identity: identity, session: session, query: fields["q"] ?? "", context)
+        }
         let id = context.parameters.get("id") ?? ""
         let actor = actor(context, via: "admin-page", as: identity)
         let result = suspend
@@ -492,6 +515,7 @@ extension AdminController {
     /// form (any case) confirms it; anything else erases nothing and says so.
     func pageErase(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         guard let (session, fields, identity) = try await sessionForm(request, context) else { return formRefused }
+        guard identity.role == .manage else { return await readOnlyRefusal("erase", identity: identity, session: session, query: fields["q"] ?? "", context) }
         let id = context.parameters.get("id") ?? ""
         let query = fields["q"] ?? ""
         guard (fields["confirmation"] ?? "").trimmingCharacters(in: .whitespaces).uppercased() == "EFFACER" else {
@@ -576,6 +600,17 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
             guard mediaType == "application/json" else {
                 return AdminController.problem(.unsupportedMediaType, "state changes must be sent as Content-Type: application/json")
             }
+            // Every state change of the API is an action on an account: a `view` token reads.
+            guard identity.role == .manage else {
+                let path = String(request.uri.path.prefix(200))
+                context.logger.notice("admin action refused: the token may only read", metadata: ["admin": "\(identity.name ?? "-")", "path": "\(path)"])
+                if refusalsAudited.allow("admin-api role \(identity.name ?? "") \(path)", client: context.clientAddress) {
+                    await administration.recordAccessLogged("admin-action-refused", outcome: "role \(identity.role.rawValue)",
+                                                            actor: AuditActor(subject: identity.subject(via: "admin-api"), serial: nil, address: context.clientAddress),
+                                                            requestID: context.requestID, detail: "\(request.method) \(path)", logger: context.logger)
+                }
+                return AdminController.problem(.forbidden, "this admin token may only read (role view): ask for a token that may manage (account-server admin token role \(identity.name ?? "NAME") manage)")
+            }
         }
         context.admin = identity
         return try await next(request, context)
@@ -596,9 +631,9 @@ extension VendorAdministration {
     /// ``recordAccess(_:outcome:actor:requestID:)`` whose failure is logged, never answered:
     /// a refused token stays a 401 and a sign-in stays a sign-in when the trail cannot be
     /// written (the database down), and the log keeps the line.
-    func recordAccessLogged(_ action: String, outcome: String, actor: AuditActor, requestID: String?, logger: Logger) async {
+    func recordAccessLogged(_ action: String, outcome: String, actor: AuditActor, requestID: String?, detail: String? = nil, logger: Logger) async {
         do {
-            try await recordAccess(action, outcome: outcome, actor: actor, requestID: requestID)
+            try await recordAccess(action, outcome: outcome, actor: actor, requestID: requestID, detail: detail)
         } catch {
             logger.error("admin access not audited", metadata: ["action": "\(action)", "outcome": "\(outcome)", "error": "\(error)"])
         }

@@ -16,6 +16,8 @@ import Glibc
 struct AdminIdentity: Sendable, Equatable {
     /// nil: the shared token.
     let name: String?
+    /// What the token may do, as the file says at this request (the shared token: manage).
+    let role: AdminRole
     /// The SHA-256 of the token presented: a page session stays bound to the very token it
     /// was opened with, so a token removed and issued again under the same name does not
     /// keep the old one's sessions alive.
@@ -27,10 +29,26 @@ struct AdminIdentity: Sendable, Equatable {
     }
 }
 
-/// One line of the named tokens file: `NAME sha256:HEX`.
+/// What an admin token may do, Keycloak's `view-users` / `manage-users` split: an auditor, a
+/// support desk or a monitoring script reads accounts and the audit trail without being able
+/// to withdraw a habilitation or erase an account.
+enum AdminRole: String, Sendable, CaseIterable {
+    /// Search and show accounts, export the audit trail (every read audited, as for any admin).
+    case view
+    /// Everything `view` may, and every action: suspend, restore, revoke sessions, unlock,
+    /// reset the second factor, erase.
+    case manage
+}
+
+/// One line of the named tokens file: `NAME sha256:HEX` (may manage, as every line written
+/// before roles existed) or `NAME sha256:HEX view` (may only read). A `manage` line is written
+/// without its role so that a server of an earlier version, during a rolling upgrade, still
+/// reads the file; one with `view` makes such a server refuse the whole file (every named
+/// token, fail closed) rather than take a reader for a manager.
 struct NamedAdminToken: Sendable, Equatable {
     var name: String
     var digest: [UInt8]
+    var role: AdminRole = .manage
 
     /// Names as an audit trail and a log show them safely: letters, digits, `.`, `_`, `@`,
     /// `-`; at most 64 characters, starting with a letter or digit.
@@ -42,7 +60,9 @@ struct NamedAdminToken: Sendable, Equatable {
         }
     }
 
-    var line: String { "\(name) sha256:\(digest.map { String(format: "%02x", $0) }.joined())" }
+    var line: String {
+        "\(name) sha256:\(digest.map { String(format: "%02x", $0) }.joined())" + (role == .manage ? "" : " \(role.rawValue)")
+    }
 
     /// The entries of the file at `path`, read with the key files' checks (not a secret:
     /// digests of 256-bit tokens; but whoever can write it is an admin), group read allowed.
@@ -68,14 +88,23 @@ struct NamedAdminToken: Sendable, Equatable {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
             let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard parts.count == 2, isValidName(String(parts[0])), parts[1].hasPrefix("sha256:"),
+            guard parts.count == 2 || parts.count == 3, isValidName(String(parts[0])), parts[1].hasPrefix("sha256:"),
                   let digest = hexBytes(parts[1].dropFirst("sha256:".count)), digest.count == 32 else {
-                throw ConfigurationError(description: "\(path):\(index + 1): not an admin token entry (NAME sha256:HEX, as `account-server admin token add` writes)")
+                throw ConfigurationError(description: "\(path):\(index + 1): not an admin token entry (NAME sha256:HEX [view], as `account-server admin token add` writes)")
+            }
+            // The role spelled exactly: "View" or "read" taken for manage would grant what
+            // the operator meant to withhold.
+            var role = AdminRole.manage
+            if parts.count == 3 {
+                guard let named = AdminRole(rawValue: String(parts[2])) else {
+                    throw ConfigurationError(description: "\(path):\(index + 1): \(String(parts[2].prefix(32)).debugDescription) is not a role (view or manage)")
+                }
+                role = named
             }
             guard !entries.contains(where: { $0.name == String(parts[0]) }) else {
                 throw ConfigurationError(description: "\(path):\(index + 1): the name \(parts[0]) is given twice")
             }
-            entries.append(NamedAdminToken(name: String(parts[0]), digest: digest))
+            entries.append(NamedAdminToken(name: String(parts[0]), digest: digest, role: role))
         }
         return entries
     }
@@ -105,7 +134,8 @@ struct NamedAdminToken: Sendable, Equatable {
 /// working throughout, and the server starts anyway: the FHIR and web listeners do not depend
 /// on the admins' file. The file is read outside the lock; only the result is swapped in.
 final class AdminKeyring: Sendable {
-    private let shared: [UInt8]
+    /// nil: `--no-shared-admin-token`, only named tokens open the listener.
+    private let shared: [UInt8]?
     let namedPath: String?
     private let logger: Logger
     private let named = Mutex(Loaded())
@@ -129,8 +159,8 @@ final class AdminKeyring: Sendable {
     /// must not make an empty bearer an admin).
     static let minimumLength = 32
 
-    init(shared: AdminToken, namedPath: String?, logger: Logger) {
-        self.shared = shared.digest
+    init(shared: AdminToken?, namedPath: String?, logger: Logger) {
+        self.shared = shared?.digest
         self.namedPath = namedPath
         self.logger = logger
         let names = current().count
@@ -142,24 +172,31 @@ final class AdminKeyring: Sendable {
         }
     }
 
+    /// Whether the shared token (`--admin-token-file`) opens the listener (not under
+    /// `--no-shared-admin-token`).
+    var acceptsSharedToken: Bool { shared != nil }
+
     /// The identity `presented` proves, if any.
     func identify(_ presented: String) -> AdminIdentity? {
         guard presented.utf8.count >= Self.minimumLength else { return nil }
         let digest = Array(SHA256.hash(data: Array(presented.utf8)))
-        if SecretToken.constantTimeEquals(shared, digest) { return AdminIdentity(name: nil, digest: digest) }
-        var found: String?
+        if let shared, SecretToken.constantTimeEquals(shared, digest) { return AdminIdentity(name: nil, role: .manage, digest: digest) }
+        var found: NamedAdminToken?
         // Every entry compared, none skipped: the time taken says nothing of which matched.
         for entry in current() where SecretToken.constantTimeEquals(entry.digest, digest) {
-            found = found ?? entry.name
+            found = found ?? entry
         }
-        return found.map { AdminIdentity(name: $0, digest: digest) }
+        return found.map { AdminIdentity(name: $0.name, role: $0.role, digest: digest) }
     }
 
-    /// Whether `identity` still holds: the shared token always does; a named one while the
-    /// file lists that name with that token.
-    func isCurrent(_ identity: AdminIdentity) -> Bool {
-        guard let name = identity.name else { return true }
-        return current().contains { $0.name == name && SecretToken.constantTimeEquals($0.digest, identity.digest) }
+    /// `identity` as it holds now, or nil when it no longer does: the shared token always
+    /// holds; a named one while the file lists that name with that token, with the role the
+    /// file gives it now (`admin token role alice view` takes effect on her live page
+    /// sessions' next request).
+    func current(_ identity: AdminIdentity) -> AdminIdentity? {
+        guard let name = identity.name else { return identity }
+        return current().first { $0.name == name && SecretToken.constantTimeEquals($0.digest, identity.digest) }
+            .map { AdminIdentity(name: name, role: $0.role, digest: identity.digest) }
     }
 
     /// The named entries, read again if the file changed since it was last read.
@@ -188,12 +225,16 @@ final class AdminKeyring: Sendable {
                 let after = Dictionary(entries.map { ($0.name, $0.digest) }, uniquingKeysWith: { first, _ in first })
                 let added = after.keys.filter { before[$0] == nil }.sorted(), removed = before.keys.filter { after[$0] == nil }.sorted()
                 let replaced = after.keys.filter { before[$0] != nil && before[$0] != after[$0] }.sorted()
+                let rolesBefore = Dictionary(loaded.entries.map { ($0.name, $0.role) }, uniquingKeysWith: { first, _ in first })
+                let roleChanged = entries.filter { entry in rolesBefore[entry.name].map { $0 != entry.role } ?? false }
+                    .map { "\($0.name)=\($0.role.rawValue)" }.sorted()
                 if loaded.lastComplaint != nil {
                     logger.notice("admin tokens file accepted again", metadata: ["file": "\(namedPath)", "names": "\(entries.count)"])
-                } else if !(added.isEmpty && removed.isEmpty && replaced.isEmpty) {
+                } else if !(added.isEmpty && removed.isEmpty && replaced.isEmpty && roleChanged.isEmpty) {
                     logger.notice("admin tokens file read", metadata: [
                         "file": "\(namedPath)", "names": "\(entries.count)", "added": "\(added.joined(separator: ","))",
                         "removed": "\(removed.joined(separator: ","))", "replaced": "\(replaced.joined(separator: ","))",
+                        "roles": "\(roleChanged.joined(separator: ","))",
                     ])
                 }
                 loaded.stamp = stamp

@@ -40,20 +40,23 @@ enum AdminPages {
     }
 
     /// The admin page's sign-in: the admin token, typed once (then a session cookie).
-    static func signIn(csrf: String, error: Bool) -> HTML {
+    static func signIn(csrf: String, error: Bool, sharedToken: Bool) -> HTML {
+        let label: HTML = sharedToken ? "Votre jeton d’administration (ou celui du fichier --admin-token-file)" : "Votre jeton d’administration"
         let message: HTML = error ? "<p class=\"error\" id=\"erreur\" role=\"alert\">Jeton incorrect.</p>" : ""
         return Pages.layout("Administration des comptes régulateurs", """
             \(message)
             <form method="post" action="/connexion" id="form-connexion">
             <input type="hidden" name="csrf" value="\(csrf)">
-            <label for="jeton">Votre jeton d’administration (ou celui du fichier --admin-token-file)</label>
+            <label for="jeton">\(label)</label>
             <input id="jeton" name="jeton" type="password" autocomplete="off" required autofocus>
             <button type="submit">Se connecter</button>
             </form>
             """)
     }
 
-    static func search(query: String, accounts: [AccountListing], csrf: String, notice: String?) -> HTML {
+    /// `mayManage`: the session's token may act (role `manage`); a `view` token's page lists
+    /// the same accounts without a form (the server refuses the posts anyway).
+    static func search(query: String, accounts: [AccountListing], csrf: String, notice: String?, mayManage: Bool = true) -> HTML {
         let rows: [HTML] = accounts.map { account in
             let identifiers = [account.nationalID.map { "IDNPS \($0)" }, account.sasTechnicalID.map { "id. SAS \($0)" }].compactMap { $0 }.joined(separator: ", ")
             let action: HTML = account.suspension == nil
@@ -85,13 +88,14 @@ enum AdminPages {
                 <button type="submit" class="danger" id="effacer-\(account.accountID)">Effacer le compte</button>
                 </form>
                 """
+            let actions: HTML = mayManage ? "<td>\(action)\(erase)</td>" : ""
             return """
                 <tr id="compte-\(account.accountID)">
                 <td>\(account.givenName) \(account.familyName)<br><small>\(account.email)</small></td>
                 <td><small>\(identifiers)</small></td>
                 <td>\(status(account))</td>
                 <td>\(account.liveSessions)</td>
-                <td>\(action)\(erase)</td>
+                \(actions)
                 </tr>
                 """
         }
@@ -103,14 +107,16 @@ enum AdminPages {
         } else {
             results = """
                 <table id="resultats">
-                <thead><tr><th>Régulateur</th><th>Identifiants</th><th>État</th><th>Sessions ouvertes</th><th>Action</th></tr></thead>
+                <thead><tr><th>Régulateur</th><th>Identifiants</th><th>État</th><th>Sessions ouvertes</th>\(mayManage ? HTML(raw: "<th>Action</th>") : HTML(raw: ""))</tr></thead>
                 <tbody>\(rows)</tbody>
                 </table>
                 """
         }
         let banner: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
+        let readOnly: HTML = mayManage ? "" : "<p class=\"warning\" id=\"lecture-seule\">Accès en lecture seule : votre jeton permet de consulter les comptes, pas de les modifier.</p>"
         return Pages.layout("Administration des comptes régulateurs", """
             \(banner)
+            \(readOnly)
             <form method="get" action="/" id="form-recherche">
             <input type="hidden" name="csrf" value="\(csrf)">
             <label for="q">Rechercher un compte</label>

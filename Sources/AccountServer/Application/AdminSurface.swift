@@ -13,8 +13,14 @@ import Storage
 func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDatabase, readiness: ReadinessProbe, material: TLSMaterial,
                       sessionConfiguration: SessionConfiguration, secretKey keyBytes: [UInt8], metrics: ServerMetrics, logger: Logger,
                       onAdminListening: @escaping @Sendable (Int) async -> Void) throws -> some Service {
-    let (adminToken, created) = try AdminToken.load(path: configuration.admin.tokenPath)
-    if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.admin.tokenPath)"]) }
+    var adminToken: AdminToken?
+    if configuration.admin.sharedToken {
+        let (token, created) = try AdminToken.load(path: configuration.admin.tokenPath)
+        if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.admin.tokenPath)"]) }
+        adminToken = token
+    } else {
+        logger.notice("shared admin token off (--no-shared-admin-token): only the admins' own tokens open the admin API and page")
+    }
     let keyring = AdminKeyring(shared: adminToken, namedPath: configuration.admin.namedTokensPath, logger: logger)
     let adminRouter = Router(context: AdminRequestContext.self)
     adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))

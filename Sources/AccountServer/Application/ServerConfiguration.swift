@@ -156,6 +156,9 @@ struct AdminListenerConfiguration: Sendable {
     /// The vendor admins' own tokens (``AdminKeyring``): nil, none. `serve` defaults it to
     /// `admin-tokens` beside the shared token's file.
     var namedTokensPath: String?
+    /// Whether the shared token of `tokenPath` opens the listener (`--no-shared-admin-token`:
+    /// only the named ones; the shared file is then neither read nor created).
+    var sharedToken: Bool = true
     /// An admin page session ends after this long without a request (`AdminSessions`).
     var sessionIdleTimeout: Duration = .seconds(30 * 60)
     /// An admin page session ends this long after its sign-in, however active.

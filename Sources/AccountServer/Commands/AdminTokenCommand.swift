@@ -35,8 +35,9 @@ enum AdminTokenFile {
     }
 
     static func write(_ entries: [NamedAdminToken], to path: String) throws {
-        let header = "# Vendor admins' own tokens (account-server admin token add|remove|list): NAME sha256:HEX.\n"
-            + "# Rewritten whole by those commands: comments other than this one are not kept.\n"
+        let header = "# Vendor admins' own tokens (account-server admin token add|role|remove|list): NAME sha256:HEX [view].\n"
+            + "# A line without a role may manage (every action); one ending in view may only read.\n"
+            + "# Rewritten whole by those commands: comments other than these are not kept.\n"
         let text = header + entries.map { $0.line + "\n" }.joined()
         let (owner, mode) = ownership(of: path)
         do throws(PrivateFile.Failure) {
@@ -84,7 +85,7 @@ extension AdminCommand {
         static let configuration = CommandConfiguration(
             commandName: "token",
             abstract: "Manage the vendor admins' own tokens (the audit trail names their holder); the servers see a change on their next admin request.",
-            subcommands: [Add.self, Remove.self, List.self])
+            subcommands: [Add.self, Role.self, Remove.self, List.self])
 
         struct FileOptions: ParsableArguments {
             @Option(help: "The named tokens file. Env: ACCOUNT_SERVER_ADMIN_TOKENS_FILE. Default: admin-tokens beside --admin-token-file (./data/admin.token)")
@@ -109,6 +110,8 @@ extension AdminCommand {
             @OptionGroup var file: FileOptions
             @Argument(help: "The admin's name as the audit trail shows it: ASCII letters, digits, . _ @ -, at most 64, starting with a letter or digit (e.g. alice.martin). To replace a token: remove, then add.")
             var name: String
+            @Option(help: "What the token may do: view (search and show accounts, export the audit trail) or manage (that, and every action: suspend, restore, revoke sessions, unlock, reset the second factor, erase). Required: the choice is the operator's.")
+            var role: AdminRole
 
             func run() async throws {
                 guard NamedAdminToken.isValidName(name) else {
@@ -120,12 +123,36 @@ extension AdminCommand {
                     guard !entries.contains(where: { $0.name == name }) else {
                         throw AdminFailure(message: "\(AdminTokenFile.shown(path)) already has a token for \(name): remove it first (account-server admin token remove \(name))")
                     }
-                    entries.append(NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8)))))
+                    entries.append(NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8))), role: role))
                 }
                 var errors = FileHandle.standardError
-                print("token for \(name) added to \(AdminTokenFile.shown(path)) (the servers must read that file: --admin-tokens-file); "
+                print("token for \(name) (role \(role.rawValue)) added to \(AdminTokenFile.shown(path)) (the servers must read that file: --admin-tokens-file); "
                       + "it is printed once, on standard output, and kept nowhere in clear: give it to \(name) only", to: &errors)
                 print(token)
+            }
+        }
+
+        struct Role: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                commandName: "role",
+                abstract: "Change what the token of the admin NAME may do (view or manage), keeping the token: from their next request on, their open page sessions included.")
+            @OptionGroup var file: FileOptions
+            @Argument(help: "The admin's name.") var name: String
+            @Argument(help: "view or manage.") var role: AdminRole
+
+            func run() async throws {
+                let path = try await file.path()
+                var before: AdminRole?
+                try AdminTokenFile.update(path) { entries in
+                    guard let index = entries.firstIndex(where: { $0.name == name }) else {
+                        throw AdminFailure(message: "\(AdminTokenFile.shown(path)) has no token for \(name.debugDescription)")
+                    }
+                    before = entries[index].role
+                    entries[index].role = role
+                }
+                var errors = FileHandle.standardError
+                print(before == role ? "\(name) already had the role \(role.rawValue) in \(AdminTokenFile.shown(path)): nothing changed"
+                                     : "\(name) now has the role \(role.rawValue) (was \(before?.rawValue ?? "-")) in \(AdminTokenFile.shown(path))", to: &errors)
             }
         }
 
@@ -150,15 +177,17 @@ extension AdminCommand {
         }
 
         struct List: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(commandName: "list", abstract: "The names that hold a token, one per line.")
+            static let configuration = CommandConfiguration(commandName: "list", abstract: "The names that hold a token and their role, one per line (NAME ROLE).")
             @OptionGroup var file: FileOptions
 
             func run() async throws {
                 let path = try await file.path()
                 var errors = FileHandle.standardError
                 print("\(AdminTokenFile.shown(path))\(FileManager.default.fileExists(atPath: path) ? "" : " (absent: no named token)")", to: &errors)
-                for entry in try AdminTokenFile.read(path) { print(entry.name) }
+                for entry in try AdminTokenFile.read(path) { print("\(entry.name) \(entry.role.rawValue)") }
             }
         }
     }
 }
+
+extension AdminRole: ExpressibleByArgument {}

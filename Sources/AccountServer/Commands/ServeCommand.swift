@@ -151,8 +151,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Admin API bearer token file (created 0600 with a random token if absent). Env: ACCOUNT_SERVER_ADMIN_TOKEN_FILE. Default: ./data/admin.token")
     var adminTokenFile: String?
 
-    @Option(help: "The vendor admins' own tokens, by name (lines NAME sha256:HEX, written by `account-server admin token add`; absent: none); read again when it changes. Env: ACCOUNT_SERVER_ADMIN_TOKENS_FILE. Default: admin-tokens beside --admin-token-file")
+    @Option(help: "The vendor admins' own tokens, by name and role (lines NAME sha256:HEX [view], written by `account-server admin token add`; absent: none); read again when it changes. Env: ACCOUNT_SERVER_ADMIN_TOKENS_FILE. Default: admin-tokens beside --admin-token-file")
     var adminTokensFile: String?
+
+    @Flag(inversion: .prefixedNo, help: "Accept the shared token of --admin-token-file (on by default). --no-shared-admin-token: only the admins' own tokens (--admin-tokens-file) open the admin API and page, and the shared token's file is neither read nor created. Env: ACCOUNT_SERVER_SHARED_ADMIN_TOKEN=0")
+    var sharedAdminToken: Bool?
 
     @Option(help: "Minutes without a request after which an admin page session ends, 1 to 480 (it ends 8 hours after sign-in in any case). Env: ACCOUNT_SERVER_ADMIN_SESSION_IDLE_MINUTES. Default: 30")
     var adminSessionIdleMinutes: Int?
@@ -309,6 +312,7 @@ struct ServeCommand: AsyncParsableCommand {
         "admin.tls",
         "admin.token.file",
         "admin.tokens.file",
+        "shared.admin.token",
         "admin.session.idle.minutes",
         "request.timeout",
         "max.connections.per.client",
@@ -394,6 +398,7 @@ struct ServeCommand: AsyncParsableCommand {
         values.set("admin.tls", adminTls)
         values.set("admin.token.file", adminTokenFile)
         values.set("admin.tokens.file", adminTokensFile)
+        values.set("shared.admin.token", sharedAdminToken)
         values.set("admin.session.idle.minutes", adminSessionIdleMinutes)
         values.set("request.timeout", requestTimeout)
         values.set("max.connections.per.client", maxConnectionsPerClient)
@@ -547,6 +552,7 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.admin = AdminListenerConfiguration(host: adminHost, port: adminPort, tls: try settings.flag("admin.tls"),
                                                     tokenPath: adminTokenPath,
                                                     namedTokensPath: try settings.string("admin.tokens.file") ?? AdminTokenFile.defaultPath(besides: adminTokenPath),
+                                                    sharedToken: try settings.flag("shared.admin.token", default: true),
                                                     sessionIdleTimeout: .seconds(adminIdle))
         let origins = try settings.list("sas.origin")
         resolved.acceptedOrigins = origins.isEmpty ? ["sas"] : origins

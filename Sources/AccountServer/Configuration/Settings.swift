@@ -109,9 +109,10 @@ struct Settings: Sendable {
     }
 
     /// A switch: a flag given, or `1`, `true`, `yes` (`0`, `false`, `no` turn it off).
-    func flag(_ key: String) throws -> Bool {
+    /// `defaultValue`: when given nowhere (a switch on unless turned off: `--no-…`).
+    func flag(_ key: String, default defaultValue: Bool = false) throws -> Bool {
         if let value = reader.bool(forKey: ConfigKey(key)) { return value }
-        guard let text = try string(key) else { return false }
+        guard let text = try string(key) else { return defaultValue }
         switch text.lowercased() {
         case "1", "true", "yes": return true
         case "0", "false", "no": return false
