@@ -492,6 +492,24 @@ public final class VendorAdministration: Sendable {
         try await database.write { db in try self.audit.append(event, in: db) }
     }
 
+    /// A change to the vendor admins' own tokens (`account-server admin token add|role|remove`):
+    /// who granted, changed or revoked an admin's access, in the trail as HDS traceability asks
+    /// of access rights. The tokens live in a file, not the database, so the two cannot share a
+    /// transaction; `apply` (the file's rewrite) runs inside the trail's write transaction,
+    /// after the event is appended: an event that cannot be written leaves the file untouched,
+    /// and a rewrite that fails rolls the event back. Only a commit failing after the rewrite
+    /// leaves the file changed without its event, which the caller then undoes. `apply` must
+    /// be idempotent: a transaction retried (PostgreSQL) runs it again.
+    public func recordAdminTokenChange(_ action: String, outcome: String, detail: String, actor: AuditActor,
+                                       apply: @escaping @Sendable () throws -> Void) async throws {
+        let event = AuditEvent(at: now, surface: "admin", action: action, outcome: outcome, actor: actor, requestID: nil,
+                               identifier: nil, accountID: nil, changes: [], detail: String(detail.prefix(500)))
+        try await database.write { db in
+            try self.audit.append(event, in: db)
+            try apply()
+        }
+    }
+
     /// A vendor admin's read of personal data through the API or the page (an account shown,
     /// a search, an audit export): who looked, at what, when. Access to regulators' data is
     /// traced as changes are (HDS / PGSSI-S traceability); the command-line tools, which read

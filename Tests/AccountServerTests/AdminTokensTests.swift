@@ -1,9 +1,12 @@
 @testable import AccountServer
 import Accounts
+import AsyncHTTPClient
 import Crypto
 import Foundation
 import Logging
+import NIOCore
 import Storage
+import StorageTesting
 import Testing
 
 /// The vendor admins' own tokens (`--admin-tokens-file`, `account-server admin token`): the
@@ -19,22 +22,32 @@ struct AdminTokensTests {
         return directory
     }
 
+    /// A migrated database for the commands to record their changes in: their `--database`
+    /// arguments, and the database to read the trail from.
+    static func database(in directory: URL) async throws -> (arguments: [String], database: AccountDatabase) {
+        let argument = try await TestStore.argument(in: directory)
+        let database = try await TestStore.open(argument, poolSize: 1)
+        return (["--database", argument], database)
+    }
+
     static func entry(_ name: String, _ token: String, role: AdminRole = .manage) -> NamedAdminToken {
         NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8))), role: role)
     }
 
     @Test func theFileIsReadStrictly() throws {
         let digest = String(repeating: "ab", count: 32)
-        let entries = try NamedAdminToken.parse("# comment\n\nalice.martin sha256:\(digest)\r\nbob@vendor.fr  sha256:\(digest.uppercased())\n", path: "f")
-        #expect(entries.map(\.name) == ["alice.martin", "bob@vendor.fr"] && entries.allSatisfy { $0.digest == Array(repeating: 0xab, count: 32) })
+        let other = String(repeating: "cD", count: 32)
+        let entries = try NamedAdminToken.parse("# comment\n\nalice.martin sha256:\(digest)\r\nbob@vendor.fr  sha256:\(other)\n", path: "f")
+        #expect(entries.map(\.name) == ["alice.martin", "bob@vendor.fr"])
+        #expect(entries.map(\.digest) == [Array(repeating: 0xab, count: 32), Array(repeating: 0xcd, count: 32)])
         #expect(entries.allSatisfy { $0.role == .manage }, "a line without a role may manage, as before roles existed")
-        let roles = try NamedAdminToken.parse("carol sha256:\(digest) view\ndave sha256:\(digest)  manage\n", path: "f")
+        let roles = try NamedAdminToken.parse("carol sha256:\(digest) view\ndave sha256:\(other)  manage\n", path: "f")
         #expect(roles.map(\.role) == [.view, .manage])
-        #expect(roles.map(\.line) == ["carol sha256:\(digest) view", "dave sha256:\(digest)"], "manage written without its role (earlier servers read it)")
+        #expect(roles.map(\.line) == ["carol sha256:\(digest) view", "dave sha256:\(other.lowercased())"], "manage written without its role (earlier servers read it)")
         for bad in ["alice", "alice sha256:\(digest) extra", "alice sha256:\(digest) View", "alice sha256:\(digest) read",
                     "alice sha256:\(digest) view manage", "alice sha256:\(digest) view,", "alice sha1:\(digest)", "alice sha256:\(digest.dropLast(2))", "alice sha256:zz\(digest.dropFirst(2))",
                     "-alice sha256:\(digest)", "al ice sha256:\(digest)", "alicé sha256:\(digest)", "alice\u{1b}[31m sha256:\(digest)",
-                    "alice sha256:\(digest)\nalice sha256:\(digest)"] {
+                    "alice sha256:\(digest)\nalice sha256:\(digest)", "alice sha256:\(digest)\nalice.ro sha256:\(digest.uppercased()) view"] {
             #expect(throws: ConfigurationError.self, "\(bad.debugDescription)") { try NamedAdminToken.parse(bad, path: "f") }
         }
         #expect(NamedAdminToken.isValidName(String(repeating: "a", count: 64)) && !NamedAdminToken.isValidName(String(repeating: "a", count: 65)))
@@ -102,45 +115,65 @@ struct AdminTokensTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let sharedPath = directory.appendingPathComponent("admin.token").path
         let path = directory.appendingPathComponent("admin-tokens").path
-        let noRole = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--admin-token-file", sharedPath])
+        let (store, database) = try await Self.database(in: directory)
+        let noRole = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--admin-token-file", sharedPath] + store)
         #expect(noRole.status != 0 && noRole.errors.contains("--role") && noRole.output.isEmpty, "the role is the operator's choice: \(noRole)")
         #expect(!FileManager.default.fileExists(atPath: path))
-        let added = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--role", "manage", "--admin-token-file", sharedPath])
+        let added = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--role", "manage", "--admin-token-file", sharedPath] + store)
         let token = added.output.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(added.status == 0 && token.count >= 40 && added.errors.contains("alice.martin") && !added.errors.contains(token), "\(added)")
         let text = try String(contentsOfFile: path, encoding: .utf8)
         #expect(!text.contains(token) && text.contains("alice.martin sha256:\(Self.entry("alice.martin", token).line.split(separator: ":").last!)"), "\(text)")
         #expect(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int == 0o600)
-        let again = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--role", "view", "--tokens-file", path])
+        let again = try await ProcessTests.run(["admin", "token", "add", "alice.martin", "--role", "view", "--tokens-file", path] + store)
         #expect(again.status != 0 && again.errors.contains("already has a token") && again.output.isEmpty, "\(again)")
-        let badName = try await ProcessTests.run(["admin", "token", "add", "alice martin\u{1b}", "--role", "view", "--tokens-file", path])
+        let badName = try await ProcessTests.run(["admin", "token", "add", "alice martin\u{1b}", "--role", "view", "--tokens-file", path] + store)
         #expect(badName.status != 0 && badName.output.isEmpty)
-        let badRole = try await ProcessTests.run(["admin", "token", "add", "bob", "--role", "admin", "--tokens-file", path])
+        let badRole = try await ProcessTests.run(["admin", "token", "add", "bob", "--role", "admin", "--tokens-file", path] + store)
         #expect(badRole.status != 0 && badRole.output.isEmpty, "\(badRole)")
-        let bobAdded = try await ProcessTests.run(["admin", "token", "add", "bob", "--role", "view", "--tokens-file", path])
+        let bobAdded = try await ProcessTests.run(["admin", "token", "add", "bob", "--role", "view", "--tokens-file", path] + store)
         #expect(bobAdded.status == 0 && bobAdded.errors.contains("role view"))
         #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "alice.martin manage\nbob view\n")
         let keyring = AdminKeyring(shared: AdminToken(token: SecretToken.generate()), namedPath: path, logger: Logger(label: "test"))
         #expect(keyring.identify(token)?.name == "alice.martin" && keyring.identify(token)?.role == .manage)
         // A role changed in place: the same token, now read-only; then back.
-        let demoted = try await ProcessTests.run(["admin", "token", "role", "alice.martin", "view", "--tokens-file", path])
+        let demoted = try await ProcessTests.run(["admin", "token", "role", "alice.martin", "view", "--tokens-file", path] + store)
         #expect(demoted.status == 0 && demoted.errors.contains("now has the role view (was manage)"), "\(demoted)")
         #expect(keyring.identify(token)?.role == .view)
-        let same = try await ProcessTests.run(["admin", "token", "role", "alice.martin", "view", "--tokens-file", path])
+        let same = try await ProcessTests.run(["admin", "token", "role", "alice.martin", "view", "--tokens-file", path] + store)
         #expect(same.status == 0 && same.errors.contains("nothing changed"), "\(same)")
-        #expect(try await ProcessTests.run(["admin", "token", "role", "carol", "view", "--tokens-file", path]).status != 0)
-        #expect(try await ProcessTests.run(["admin", "token", "role", "alice.martin", "manage", "--tokens-file", path]).status == 0)
+        #expect(try await ProcessTests.run(["admin", "token", "role", "carol", "view", "--tokens-file", path] + store).status != 0)
+        #expect(try await ProcessTests.run(["admin", "token", "role", "alice.martin", "manage", "--tokens-file", path] + store).status == 0)
         #expect(keyring.identify(token)?.role == .manage)
-        #expect(try await ProcessTests.run(["admin", "token", "remove", "alice.martin", "--tokens-file", path]).status == 0)
+        #expect(try await ProcessTests.run(["admin", "token", "remove", "alice.martin", "--tokens-file", path] + store).status == 0)
         #expect(keyring.identify(token) == nil)
         #expect(try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output == "bob view\n")
-        let missing = try await ProcessTests.run(["admin", "token", "remove", "carol", "--tokens-file", path])
+        let missing = try await ProcessTests.run(["admin", "token", "remove", "carol", "--tokens-file", path] + store)
         #expect(missing.status != 0 && missing.errors.contains("no token for"))
         // A folder that does not exist is another path than the servers': refused, nothing made.
         let elsewhere = directory.appendingPathComponent("typo/admin-tokens").path
-        let typo = try await ProcessTests.run(["admin", "token", "add", "dave", "--role", "manage", "--tokens-file", elsewhere])
+        let typo = try await ProcessTests.run(["admin", "token", "add", "dave", "--role", "manage", "--tokens-file", elsewhere] + store)
         #expect(typo.status != 0 && typo.errors.contains("no such folder") && typo.output.isEmpty, "\(typo)")
         #expect(!FileManager.default.fileExists(atPath: directory.appendingPathComponent("typo").path))
+        // A database out of reach: refused before a token is made or the file touched.
+        let fileBefore = try String(contentsOfFile: path, encoding: .utf8)
+        let unreachable = try await ProcessTests.run(["admin", "token", "add", "erin", "--role", "view", "--tokens-file", path,
+                                                      "--database", directory.appendingPathComponent("no-such.sqlite").path])
+        #expect(unreachable.status != 0 && unreachable.errors.contains("audit trail") && unreachable.errors.contains("nothing changed")
+                && unreachable.output.isEmpty, "\(unreachable)")
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == fileBefore)
+
+        // Every change is in the trail, as the operator who made it; no refused command is.
+        let events = try await database.read { db in try AuditLog().events(in: db) }.filter { $0.action.hasPrefix("admin-token-") }
+        let shownPath = AdminTokenFile.shown(path)
+        let expected: [(String, String, String)] = [
+            ("admin-token-added", "role manage", "alice.martin"), ("admin-token-added", "role view", "bob"),
+            ("admin-token-role-changed", "role view (was manage)", "alice.martin"), ("admin-token-role-changed", "role manage (was view)", "alice.martin"),
+            ("admin-token-removed", "role manage", "alice.martin"),
+        ]
+        #expect(events.map { "\($0.action) \($0.outcome) \($0.detail ?? "")" } == expected.map { "\($0.0) \($0.1) \($0.2) in \(shownPath)" }, "\(events)")
+        #expect(events.allSatisfy { $0.actorSubject == ProcessTests.operatorSubject && $0.actorAddress == "local" && $0.surface == "admin" })
+        #expect(!events.contains { $0.detail?.contains(token) == true }, "no token in the trail")
     }
 
     /// Commands run at once all apply (a lock around each rewrite): none undoes another's
@@ -149,17 +182,21 @@ struct AdminTokensTests {
         let directory = try Self.folder()
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("admin-tokens").path
+        let (store, database) = try await Self.database(in: directory)
         let names = (1...6).map { "admin\($0)" }
         let runs = try await withThrowingTaskGroup(of: Int32.self) { group in
-            for name in names { group.addTask { try await ProcessTests.run(["admin", "token", "add", name, "--role", "manage", "--tokens-file", path]).status } }
+            for name in names { group.addTask { try await ProcessTests.run(["admin", "token", "add", name, "--role", "manage", "--tokens-file", path] + store).status } }
             return try await group.reduce(into: []) { $0.append($1) }
         }
         #expect(runs.allSatisfy { $0 == 0 })
         let listed = try await ProcessTests.run(["admin", "token", "list", "--tokens-file", path]).output
         #expect(Set(listed.split(separator: "\n").map(String.init)) == Set(names.map { "\($0) manage" }), "every add applied: \(listed)")
+        let added = try await database.read { db in try AuditLog().events(in: db) }.filter { $0.action == "admin-token-added" }
+        #expect(Set(added.compactMap { $0.detail?.split(separator: " ").first.map(String.init) }) == Set(names), "each recorded once: \(added)")
+        #expect(added.count == names.count)
         guard geteuid() == 0 else { return }  // the ownership part needs root
         #expect(chown(path, 65534, 65534) == 0 && chmod(path, 0o640) == 0)
-        #expect(try await ProcessTests.run(["admin", "token", "remove", "admin1", "--tokens-file", path]).status == 0)
+        #expect(try await ProcessTests.run(["admin", "token", "remove", "admin1", "--tokens-file", path] + store).status == 0)
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         #expect(attributes[.ownerAccountID] as? Int == 65534 && attributes[.groupOwnerAccountID] as? Int == 65534
                 && attributes[.posixPermissions] as? Int == 0o640, "\(attributes)")
@@ -252,6 +289,13 @@ struct AdminTokensTests {
         }
         let erase = try await api.send(.POST, "/api/accounts/\(id)/erase", body: #"{"confirm":true}"#)
         #expect(erase.status == 403, "\(erase.body)")
+        // Whatever the post carries (another type, another account): the role decides first,
+        // and a script trying every account id gets one audit event a minute per route.
+        let typed = try await api.send(.POST, "/api/accounts/\(id)/suspend", body: "x", headers: [("Content-Type", "text/plain")])
+        #expect(typed.status == 403 && typed.body.contains("role view"), "\(typed.status) \(typed.body)")
+        for other in ["no-such-account", "810002673899", "other"] {
+            #expect(try await api.send(.POST, "/api/accounts/\(other)/suspend").status == 403)
+        }
         #expect(try await shared.json("/api/accounts?filter=suspended")["accounts"] == .array([]), "nothing suspended")
         var events = try await world.server.auditEvents().filter { $0.surface == "admin" }
         let apiRefusals = events.filter { $0.action == "admin-action-refused" && $0.actorSubject == "admin-api:carol" }
@@ -276,11 +320,13 @@ struct AdminTokensTests {
         #expect(forged.status == 403 && forged.body.contains("Action non autorisée") && forged.body.contains("Rien n’a été changé"), "\(forged.body)")
         let forgedErase = try await page.send(.POST, "/comptes/\(id)/effacer", body: "csrf=\(csrf)&q=jules&confirmation=EFFACER", headers: form + session, authorization: "")
         #expect(forgedErase.status == 403)
+        #expect(try await page.send(.POST, "/comptes/other-id/suspendre", body: "csrf=\(csrf)&q=jules", headers: form + session, authorization: "").status == 403)
         #expect(try await shared.json("/api/accounts?filter=suspended")["accounts"] == .array([]), "nothing suspended")
         events = try await world.server.auditEvents().filter { $0.surface == "admin" }
         #expect(events.contains { $0.action == "admin-sign-in" && $0.outcome == "accepted role view" && $0.actorSubject == "admin-page:carol" })
         #expect(events.contains { $0.action == "admin-action-refused" && $0.actorSubject == "admin-page:carol" && $0.detail == "suspend \(id)" }, "\(events)")
         #expect(events.contains { $0.action == "admin-action-refused" && $0.actorSubject == "admin-page:carol" && $0.detail == "erase \(id)" })
+        #expect(events.filter { $0.action == "admin-action-refused" && $0.actorSubject == "admin-page:carol" }.count == 2, "one a minute per action, whatever the account")
 
         // Promoted in the file: the same session may act at its next request.
         try AdminTokenFile.write([Self.entry("carol", carol, role: .manage)], to: path)
@@ -289,6 +335,26 @@ struct AdminTokensTests {
         let suspended = try await page.send(.POST, "/comptes/\(id)/suspendre", body: "csrf=\(csrf)&q=jules&motif=x", headers: form + session, authorization: "")
         #expect(suspended.status == 303)
         #expect(try await api.send(.POST, "/api/accounts/\(id)/revoke-sessions").status == 200, "the API too")
+        // A body trickled in across a demotion: the token is looked at again once it has come.
+        let (parts, more) = AsyncStream.makeStream(of: ByteBuffer.self)
+        let body = #"{"reason":"late"}"#
+        var trickled = HTTPClientRequest(url: world.server.adminURL + "/api/accounts/\(id)/restore")
+        trickled.method = .POST
+        trickled.headers.add(name: "Authorization", value: "Bearer \(carol)")
+        trickled.headers.add(name: "Content-Type", value: "application/json")
+        trickled.body = .stream(parts, length: .known(Int64(body.utf8.count)))
+        let client = OwnedHTTPClient(.init(redirectConfiguration: .disallow))
+        async let answer = client.client.execute(trickled, timeout: .seconds(20))
+        more.yield(ByteBuffer(string: String(body.prefix(5))))
+        try await Task.sleep(for: .milliseconds(300))  // the headers past the gate's first look
+        try AdminTokenFile.write([Self.entry("carol", carol, role: .view)], to: path)
+        more.yield(ByteBuffer(string: String(body.dropFirst(5))))
+        more.finish()
+        let late = try await answer
+        #expect(late.status.code == 403, "demoted while its body came: refused")
+        _ = try await late.body.collect(upTo: 1 << 16)
+        await client.shutdown()
+        try AdminTokenFile.write([Self.entry("carol", carol, role: .manage)], to: path)
         events = try await world.server.auditEvents().filter { $0.surface == "admin" }
         #expect(events.contains { $0.action == "habilitation-withdrawn" && $0.actorSubject == "admin-page:carol" })
         // Demoted again: refused at once, the account left suspended.
@@ -332,12 +398,16 @@ struct AdminTokensTests {
         await page.shutdown()
         await named.shutdown()
         await world.stop()
+        #expect(!world.server.logs.all.contains { $0.contains("no admin token may act") }, "alice may manage")
+        // Only a reader left: said at start, as nobody could act through the listener.
+        try AdminTokenFile.write([Self.entry("alice", alice, role: .view)], to: path)
         let second = try await World {
             $0.admin.namedTokensPath = path
             $0.admin.tokenPath = absentPath
             $0.admin.sharedToken = false
         }
         #expect(!FileManager.default.fileExists(atPath: absentPath), "no shared token file made")
+        #expect(try await eventually { second.server.logs.all.contains { $0.contains("no admin token may act") } })
         await second.stop()
     }
 }

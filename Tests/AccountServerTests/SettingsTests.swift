@@ -32,4 +32,24 @@ struct SettingsTests {
         // The last of a flag and its negation wins, as with any repeated switch.
         #expect(try await Self.resolve(["--admin-tls", "--no-admin-tls"], environment: [:], file: file)[0] == false)
     }
+
+    /// `--no-shared-admin-token`: on unless turned off, from any source; the flag wins.
+    @Test func theSharedAdminTokenIsOnUnlessTurnedOff() async throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("shared-token-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try "{}".write(to: file, atomically: true, encoding: .utf8)
+        func resolve(_ arguments: [String], _ environment: [String: String] = [:]) async throws -> Bool {
+            let settings = try await Settings(commandLine: try ServeCommand.parse(arguments).commandLineValues, environment: environment,
+                                              file: file.path, knownKeys: ServeCommand.knownKeys)
+            return try ServeCommand.sharedAdminToken(settings)
+        }
+        #expect(try await resolve([]) == true)
+        #expect(try await resolve(["--no-shared-admin-token"]) == false)
+        #expect(try await resolve([], ["ACCOUNT_SERVER_SHARED_ADMIN_TOKEN": "0"]) == false)
+        #expect(try await resolve(["--shared-admin-token"], ["ACCOUNT_SERVER_SHARED_ADMIN_TOKEN": "0"]) == true)
+        try #"{"shared": {"admin": {"token": false}}}"#.write(to: file, atomically: true, encoding: .utf8)
+        #expect(try await resolve([]) == false)
+        #expect(try await resolve(["--shared-admin-token"]) == true)
+        await #expect(throws: (any Error).self) { _ = try await resolve([], ["ACCOUNT_SERVER_SHARED_ADMIN_TOKEN": "maybe"]) }
+    }
 }

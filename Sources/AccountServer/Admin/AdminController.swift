@@ -53,6 +53,9 @@ struct AdminController: Sendable {
     /// A session's cookie seen without its page token is logged at most once a minute per
     /// address.
     let cookieAloneLogged: RateLimiter
+    /// A `view` token's refused actions (API and page) are audited at most once a minute per
+    /// admin, action and address.
+    let roleRefusalsAudited: RateLimiter
     /// The API's gate, built once: its refusal budget lasts as long as the listener.
     let apiGate: AdminAPIAuthenticationMiddleware
 
@@ -62,8 +65,12 @@ struct AdminController: Sendable {
         self.refusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock)
         self.exportsTraced = RateLimiter(refillPerMinute: 1.0 / 60, burst: 1, maximumKeys: 10_000, clock: limiterClock)
         self.cookieAloneLogged = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock)
+        // A `view` token's refused actions have a budget of their own, shared by the API and
+        // the page: they cannot crowd the audit of token guessing out of the other one.
+        self.roleRefusalsAudited = RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock)
         self.apiGate = AdminAPIAuthenticationMiddleware(keyring: keyring, administration: administration,
-                                                        refusalsAudited: RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock))
+                                                        refusalsAudited: RateLimiter(perMinute: 1, burst: 1, maximumKeys: 10_000, clock: limiterClock),
+                                                        roleRefusalsAudited: roleRefusalsAudited)
         self.administration = administration
         self.readiness = readiness
         self.metrics = metrics
@@ -475,11 +482,13 @@ struct AdminController: Sendable {
     }
 
     /// A page action by a session whose token may only read: a French page, the attempt
-    /// logged and audited (once a minute per admin, action and address).
+    /// logged and audited (once a minute per admin, action and address). The role is the one
+    /// read after the form's body arrived (``sessionForm(_:_:)``).
     func readOnlyRefusal(_ action: String, identity: AdminIdentity, session: String, query: String, _ context: AdminRequestContext) async -> Response {
         let id = String((context.parameters.get("id") ?? "").prefix(100))
         context.logger.notice("admin action refused: the token may only read", metadata: ["admin": "\(identity.name ?? "-")", "action": "\(action)", "via": "page"])
-        if refusalsAudited.allow("admin-page role \(identity.name ?? "") \(action) \(id)", client: context.clientAddress) {
+        // Keyed by the action, not the account: one event a minute however many ids are tried.
+        if roleRefusalsAudited.allow("admin-page \(identity.name ?? "") \(action)", client: context.clientAddress) {
             await administration.recordAccessLogged("admin-action-refused", outcome: "role \(identity.role.rawValue)",
                                                     actor: actor(context, via: "admin-page", as: identity), requestID: context.requestID,
                                                     detail: "\(action) \(id)", logger: context.logger)
@@ -575,6 +584,8 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
     /// guessing cannot grow it unbounded.
     let administration: VendorAdministration
     let refusalsAudited: RateLimiter
+    /// A `view` token's refused actions, audited once a minute per admin, route and address.
+    let roleRefusalsAudited: RateLimiter
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" {
@@ -588,32 +599,51 @@ struct AdminAPIAuthenticationMiddleware: RouterMiddleware {
             return AdminController.problem(.forbidden, "requests from another origin are refused")
         }
         var context = context
-        guard let presented = AdminToken.bearer(request.headers[.authorization]), let identity = keyring.identify(presented) else {
+        guard let presented = AdminToken.bearer(request.headers[.authorization]), var identity = keyring.identify(presented) else {
             context.logger.notice("admin request refused: missing or wrong token", metadata: ["address": "\(context.clientAddress)"])
             await auditRefusal("missing or wrong token", context: context)
             var response = AdminController.problem(.unauthorized, "a valid admin token is required (Authorization: Bearer <token>)")
             response.headers[.wwwAuthenticate] = "Bearer realm=\"account-server admin\""
             return response
         }
+        var request = request
         if request.method != .get && request.method != .head {
+            // Every state change of the API is an action on an account, and a `view` token
+            // reads: refused whatever the request carries (its type, its body).
+            guard identity.role == .manage else { return await refuseReader(identity, request, context: context) }
             let mediaType = request.headers[.contentType]?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
             guard mediaType == "application/json" else {
                 return AdminController.problem(.unsupportedMediaType, "state changes must be sent as Content-Type: application/json")
             }
-            // Every state change of the API is an action on an account: a `view` token reads.
-            guard identity.role == .manage else {
-                let path = String(request.uri.path.prefix(200))
-                context.logger.notice("admin action refused: the token may only read", metadata: ["admin": "\(identity.name ?? "-")", "path": "\(path)"])
-                if refusalsAudited.allow("admin-api role \(identity.name ?? "") \(path)", client: context.clientAddress) {
-                    await administration.recordAccessLogged("admin-action-refused", outcome: "role \(identity.role.rawValue)",
-                                                            actor: AuditActor(subject: identity.subject(via: "admin-api"), serial: nil, address: context.clientAddress),
-                                                            requestID: context.requestID, detail: "\(request.method) \(path)", logger: context.logger)
-                }
-                return AdminController.problem(.forbidden, "this admin token may only read (role view): ask for a token that may manage (account-server admin token role \(identity.name ?? "NAME") manage)")
+            // The body before the action, and the token looked at again once it has come: a
+            // body trickled in until after `admin token role NAME view` or `remove` does not
+            // act under the rights of the request's start.
+            _ = try await request.collectBody(upTo: context.maxUploadSize)
+            guard let now = keyring.current(identity) else {
+                context.logger.notice("admin request refused: the token was removed while its body was received", metadata: ["admin": "\(identity.name ?? "-")"])
+                return AdminController.problem(.unauthorized, "a valid admin token is required (Authorization: Bearer <token>)")
             }
+            guard now.role == .manage else { return await refuseReader(now, request, context: context) }
+            identity = now
         }
         context.admin = identity
         return try await next(request, context)
+    }
+
+    /// A `view` token's state change: `403`, logged, and audited under the admin's name at
+    /// most once a minute per admin, route and address (``roleRefusalsAudited``, keyed by the
+    /// route's template, not the path: a script trying every account id gets one event a
+    /// minute, and its refusals have their own budget, so they cannot crowd out the audit of
+    /// token guessing).
+    private func refuseReader(_ identity: AdminIdentity, _ request: Request, context: Context) async -> Response {
+        let route = context.endpointPath ?? "-"
+        context.logger.notice("admin action refused: the token may only read", metadata: ["admin": "\(identity.name ?? "-")", "route": "\(route)"])
+        if roleRefusalsAudited.allow("admin-api \(identity.name ?? "") \(route)", client: context.clientAddress) {
+            await administration.recordAccessLogged("admin-action-refused", outcome: "role \(identity.role.rawValue)",
+                                                    actor: AuditActor(subject: identity.subject(via: "admin-api"), serial: nil, address: context.clientAddress),
+                                                    requestID: context.requestID, detail: "\(request.method) \(String(request.uri.path.prefix(200)))", logger: context.logger)
+        }
+        return AdminController.problem(.forbidden, "this admin token may only read (role view): ask for a token that may manage (account-server admin token role \(identity.name ?? "NAME") manage)")
     }
 
     /// A refusal in the trail, at most once a minute per address and reason: a hostile page

@@ -104,6 +104,11 @@ struct NamedAdminToken: Sendable, Equatable {
             guard !entries.contains(where: { $0.name == String(parts[0]) }) else {
                 throw ConfigurationError(description: "\(path):\(index + 1): the name \(parts[0]) is given twice")
             }
+            // One token, one admin: a digest copied under a second name (meant as a read-only
+            // copy, say) would act as whichever line came first.
+            if let other = entries.first(where: { $0.digest == digest }) {
+                throw ConfigurationError(description: "\(path):\(index + 1): the token of \(parts[0]) is \(other.name)'s too (each admin has a token of their own)")
+            }
             entries.append(NamedAdminToken(name: String(parts[0]), digest: digest, role: role))
         }
         return entries
@@ -175,6 +180,11 @@ final class AdminKeyring: Sendable {
     /// Whether the shared token (`--admin-token-file`) opens the listener (not under
     /// `--no-shared-admin-token`).
     var acceptsSharedToken: Bool { shared != nil }
+
+    /// Whether some token may act: the shared one, or a named `manage` one in the file now.
+    /// (Said at start: with the shared token off and no such line, no admin can act through
+    /// the API or the page until someone with a shell adds one.)
+    var someTokenMayManage: Bool { shared != nil || current().contains { $0.role == .manage } }
 
     /// The identity `presented` proves, if any.
     func identify(_ presented: String) -> AdminIdentity? {

@@ -113,6 +113,7 @@ enum AdminPages {
                 """
         }
         let banner: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
+        let hint: HTML = "<p class=\"hint\">Retirer l’habilitation prend effet à la requête suivante de chaque session ouverte. Elle reste retirée même si la plateforme SAS réactive le compte, jusqu’à ce qu’un administrateur la rétablisse.</p>"
         let readOnly: HTML = mayManage ? "" : "<p class=\"warning\" id=\"lecture-seule\">Accès en lecture seule : votre jeton permet de consulter les comptes, pas de les modifier.</p>"
         return Pages.layout("Administration des comptes régulateurs", """
             \(banner)
@@ -125,7 +126,7 @@ enum AdminPages {
             </form>
             \(results)
             <form method="post" action="/deconnexion" id="form-deconnexion"><input type="hidden" name="csrf" value="\(csrf)"><button type="submit">Se déconnecter</button></form>
-            <p class="hint">Retirer l’habilitation prend effet à la requête suivante de chaque session ouverte. Elle reste retirée même si la plateforme SAS réactive le compte, jusqu’à ce qu’un administrateur la rétablisse.</p>
+            \(mayManage ? hint : HTML(raw: ""))
             """)
     }
 }

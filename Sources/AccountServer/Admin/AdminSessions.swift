@@ -44,7 +44,7 @@ final class AdminSessions: Sendable {
     }
 
     /// Who the live session `token` names belongs to, if it is live; activity extends the
-    /// idle timeout. The caller checks that identity still holds (``AdminKeyring/isCurrent(_:)``,
+    /// idle timeout. The caller checks that identity still holds (``AdminKeyring/current(_:)``,
     /// outside this lock: it may read a file) and closes the session when it does not.
     func validate(_ token: String?) -> AdminIdentity? {
         guard let token else { return nil }

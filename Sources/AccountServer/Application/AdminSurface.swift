@@ -18,10 +18,16 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
         let (token, created) = try AdminToken.load(path: configuration.admin.tokenPath)
         if created { logger.notice("admin token generated (read it from the file; it is never logged)", metadata: ["file": "\(configuration.admin.tokenPath)"]) }
         adminToken = token
+        // Said both ways: a lost --no-shared-admin-token (a drop-in, a misspelt variable)
+        // would otherwise bring the shared token back without a word.
+        logger.notice("shared admin token accepted (--no-shared-admin-token turns it off)", metadata: ["file": "\(configuration.admin.tokenPath)"])
     } else {
         logger.notice("shared admin token off (--no-shared-admin-token): only the admins' own tokens open the admin API and page")
     }
     let keyring = AdminKeyring(shared: adminToken, namedPath: configuration.admin.namedTokensPath, logger: logger)
+    if !keyring.someTokenMayManage {
+        logger.warning("no admin token may act: the shared token is off and the admin tokens file holds no manage token (account-server admin token add NAME --role manage)", metadata: ["file": "\(configuration.admin.namedTokensPath ?? "-")"])
+    }
     let adminRouter = Router(context: AdminRequestContext.self)
     adminRouter.add(middleware: RequestAccountingMiddleware<AdminLimits>(surface: "admin", metrics: metrics))
     adminRouter.add(middleware: AdminErrorMiddleware())

@@ -2,6 +2,7 @@ import Accounts
 import ArgumentParser
 import Crypto
 import Foundation
+import Habilitation
 import Storage
 
 /// The file of the vendor admins' own tokens (``AdminKeyring``): one line per admin,
@@ -47,11 +48,24 @@ enum AdminTokenFile {
         }
     }
 
+    /// What a command changed, as the audit trail records it.
+    struct Change {
+        var action: String
+        var outcome: String
+        var detail: String
+    }
+
     /// Runs `change` on the entries under an exclusive lock (`flock` on `PATH.lock`), so that
-    /// two commands run at once do not lose each other's change (a revocation undone).
+    /// two commands run at once do not lose each other's change (a revocation undone), and
+    /// rewrites the file inside the transaction that appends the change's audit event
+    /// (``VendorAdministration/recordAdminTokenChange(_:outcome:detail:actor:apply:)``): no
+    /// change without its event. `change` returns nil when it changes nothing (nothing
+    /// written, nothing recorded). On a failure the file is put back as it was.
     /// The folder must exist: a missing one means a path other than the servers' (a command
     /// run from another folder), where a token would be made that no server reads.
-    static func update(_ path: String, _ change: (inout [NamedAdminToken]) throws -> Void) throws {
+    @discardableResult
+    static func update(_ path: String, recordingIn administration: VendorAdministration,
+                       _ change: (inout [NamedAdminToken]) throws -> Change?) async throws -> Change? {
         let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
@@ -65,9 +79,20 @@ enum AdminTokenFile {
         let (user, group) = ownership(of: path).owner
         if geteuid() == 0, user != 0 || group != 0 { _ = fchown(lock, user, group) }
         guard flock(lock, LOCK_EX) == 0 else { throw AdminFailure(message: "\(path).lock: cannot lock (\(String(cString: strerror(errno))))") }
-        var entries = try read(path)
-        try change(&entries)
-        try write(entries, to: path)
+        let before = try read(path)
+        var after = before
+        guard let record = try change(&after) else { return nil }
+        let existed = FileManager.default.fileExists(atPath: path)
+        let entries = after
+        do {
+            try await administration.recordAdminTokenChange(record.action, outcome: record.outcome, detail: record.detail + " in \(shown(path))",
+                                                            actor: AdminCommand.actor) { try write(entries, to: path) }
+        } catch {
+            // The event not written, or the commit failed after the rewrite: the file as it was.
+            if existed { try? write(before, to: path) } else { try? FileManager.default.removeItem(atPath: path) }
+            throw AdminFailure(message: "nothing changed in \(shown(path)): the change could not be recorded in the audit trail (\(error))")
+        }
+        return record
     }
 
     /// The path as the operator should read it: absolute (a relative default depends on the
@@ -108,6 +133,7 @@ extension AdminCommand {
                 commandName: "add",
                 abstract: "Make a token for the admin NAME: printed once on standard output, only its SHA-256 kept in the file.")
             @OptionGroup var file: FileOptions
+            @OptionGroup var database: AdminCommand.DatabaseOptions
             @Argument(help: "The admin's name as the audit trail shows it: ASCII letters, digits, . _ @ -, at most 64, starting with a letter or digit (e.g. alice.martin). To replace a token: remove, then add.")
             var name: String
             @Option(help: "What the token may do: view (search and show accounts, export the audit trail) or manage (that, and every action: suspend, restore, revoke sessions, unlock, reset the second factor, erase). Required: the choice is the operator's.")
@@ -118,12 +144,14 @@ extension AdminCommand {
                     throw AdminFailure(message: "\(name.debugDescription) is not a usable name: letters, digits, '.', '_', '@', '-', at most 64 characters, starting with a letter or digit")
                 }
                 let path = try await file.path()
+                let administration = try await database.auditTrail()
                 let token = SecretToken.generate()
-                try AdminTokenFile.update(path) { entries in
+                try await AdminTokenFile.update(path, recordingIn: administration) { entries in
                     guard !entries.contains(where: { $0.name == name }) else {
                         throw AdminFailure(message: "\(AdminTokenFile.shown(path)) already has a token for \(name): remove it first (account-server admin token remove \(name))")
                     }
                     entries.append(NamedAdminToken(name: name, digest: Array(SHA256.hash(data: Array(token.utf8))), role: role))
+                    return .init(action: "admin-token-added", outcome: "role \(role.rawValue)", detail: name)
                 }
                 var errors = FileHandle.standardError
                 print("token for \(name) (role \(role.rawValue)) added to \(AdminTokenFile.shown(path)) (the servers must read that file: --admin-tokens-file); "
@@ -137,18 +165,23 @@ extension AdminCommand {
                 commandName: "role",
                 abstract: "Change what the token of the admin NAME may do (view or manage), keeping the token: from their next request on, their open page sessions included.")
             @OptionGroup var file: FileOptions
+            @OptionGroup var database: AdminCommand.DatabaseOptions
             @Argument(help: "The admin's name.") var name: String
             @Argument(help: "view or manage.") var role: AdminRole
 
             func run() async throws {
                 let path = try await file.path()
+                let administration = try await database.auditTrail()
                 var before: AdminRole?
-                try AdminTokenFile.update(path) { entries in
+                try await AdminTokenFile.update(path, recordingIn: administration) { entries in
                     guard let index = entries.firstIndex(where: { $0.name == name }) else {
                         throw AdminFailure(message: "\(AdminTokenFile.shown(path)) has no token for \(name.debugDescription)")
                     }
-                    before = entries[index].role
+                    let previous = entries[index].role
+                    before = previous
+                    guard previous != role else { return nil }
                     entries[index].role = role
+                    return .init(action: "admin-token-role-changed", outcome: "role \(role.rawValue) (was \(previous.rawValue))", detail: name)
                 }
                 var errors = FileHandle.standardError
                 print(before == role ? "\(name) already had the role \(role.rawValue) in \(AdminTokenFile.shown(path)): nothing changed"
@@ -161,15 +194,18 @@ extension AdminCommand {
                 commandName: "remove",
                 abstract: "Revoke the token of the admin NAME: refused from their next request on, their admin page sessions ended.")
             @OptionGroup var file: FileOptions
+            @OptionGroup var database: AdminCommand.DatabaseOptions
             @Argument(help: "The admin's name.") var name: String
 
             func run() async throws {
                 let path = try await file.path()
-                try AdminTokenFile.update(path) { entries in
-                    guard entries.contains(where: { $0.name == name }) else {
+                let administration = try await database.auditTrail()
+                try await AdminTokenFile.update(path, recordingIn: administration) { entries in
+                    guard let entry = entries.first(where: { $0.name == name }) else {
                         throw AdminFailure(message: "\(AdminTokenFile.shown(path)) has no token for \(name.debugDescription)")
                     }
                     entries.removeAll { $0.name == name }
+                    return .init(action: "admin-token-removed", outcome: "role \(entry.role.rawValue)", detail: name)
                 }
                 var errors = FileHandle.standardError
                 print("token for \(name) removed from \(AdminTokenFile.shown(path))", to: &errors)
@@ -191,3 +227,14 @@ extension AdminCommand {
 }
 
 extension AdminRole: ExpressibleByArgument {}
+
+extension AdminCommand.DatabaseOptions {
+    /// The audit trail's side of `admin token add|role|remove` (the servers' `--database`):
+    /// opened before anything is made or changed, so that a database out of reach refuses the
+    /// command with nothing done.
+    func auditTrail() async throws -> VendorAdministration {
+        do { return try await administration() } catch {
+            throw AdminFailure(message: "the database, where the change is recorded in the audit trail, cannot be opened (\(error)): give --database as the servers have it; nothing changed")
+        }
+    }
+}

@@ -260,6 +260,11 @@ struct ServeCommand: AsyncParsableCommand {
     var configFile: String?
 
     /// Every key `serve` reads: a file key outside this set is a mistake, refused at start.
+    /// `--no-shared-admin-token`: the shared token is accepted unless turned off somewhere.
+    static func sharedAdminToken(_ settings: Settings) throws -> Bool {
+        try settings.flag("shared.admin.token", default: true)
+    }
+
     static let knownKeys: Set<String> = [
         "log.level",
         "log.format",
@@ -552,7 +557,7 @@ struct ServeCommand: AsyncParsableCommand {
         resolved.admin = AdminListenerConfiguration(host: adminHost, port: adminPort, tls: try settings.flag("admin.tls"),
                                                     tokenPath: adminTokenPath,
                                                     namedTokensPath: try settings.string("admin.tokens.file") ?? AdminTokenFile.defaultPath(besides: adminTokenPath),
-                                                    sharedToken: try settings.flag("shared.admin.token", default: true),
+                                                    sharedToken: try Self.sharedAdminToken(settings),
                                                     sessionIdleTimeout: .seconds(adminIdle))
         let origins = try settings.list("sas.origin")
         resolved.acceptedOrigins = origins.isEmpty ? ["sas"] : origins
