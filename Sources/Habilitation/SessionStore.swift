@@ -53,6 +53,21 @@ public struct WebSession: Sendable, Equatable {
     public var authentication: SessionAuthentication = .password
 }
 
+/// One of an account's live sessions as its holder sees them on « Mon compte »
+/// (``SessionStore/openSessions(of:)``): enough to recognise a browser of theirs, or one that
+/// is not. Never the session's id or its hash: `reference` is the audit trail's name for it.
+public struct OpenSession: Sendable, Equatable {
+    public var reference: String
+    public var origin: SessionOrigin
+    public var authentication: SessionAuthentication
+    public var createdAt: Date
+    public var lastSeenAt: Date
+    public var address: String?
+    public var userAgent: String?
+    /// The session the request came with.
+    public var isCurrent: Bool
+}
+
 /// A session opened moments ago (``SessionStore/justOpened(_:within:)``): where its sign-in
 /// sent the browser (nil: the account page).
 public struct RecentSignIn: Sendable, Equatable {
@@ -609,6 +624,68 @@ public final class SessionStore: Sendable {
         return WebSession(accountID: row["account_id"], origin: origin, createdAt: Date(epochMilliseconds: row["created_at"]),
                           lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]),
                           authentication: SessionAuthentication(rawValue: row["authentication"]) ?? .password)
+    }
+
+    /// The live sessions of the account whose live session `token` names, that one first, then
+    /// the others by last activity (at most ``openSessionsShown``); nil when `token` names no
+    /// live session.
+    public func openSessions(of token: String) async throws -> [OpenSession]? {
+        let at = now
+        let idle = configuration.idleTimeout
+        let hash = SecretToken.hash(token)
+        return try await database.read { db in
+            guard let current = try Self.liveSession(hash: hash, at: at, idle: idle, in: db) else { return nil }
+            let columns = "id_hash, origin, authentication, created_at, last_seen_at, address, user_agent"
+            let mine = try SQLRow.fetchAll(db, sql: "SELECT \(columns) FROM web_session WHERE id_hash = ?", arguments: [hash])
+            let others = try SQLRow.fetchAll(db, sql: """
+                SELECT \(columns) FROM web_session
+                WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
+                ORDER BY last_seen_at DESC, id_hash LIMIT ?
+                """, arguments: [current.accountID, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds, Self.openSessionsShown - 1])
+            return (mine + others).compactMap { row in
+                let rowHash: String = row["id_hash"]
+                guard let origin = SessionOrigin(rawValue: row["origin"]) else { return nil }
+                return OpenSession(reference: Self.sessionReference(hash: rowHash), origin: origin,
+                                   authentication: SessionAuthentication(rawValue: row["authentication"]) ?? .password,
+                                   createdAt: Date(epochMilliseconds: row["created_at"]), lastSeenAt: Date(epochMilliseconds: row["last_seen_at"]),
+                                   address: row["address"], userAgent: row["user_agent"], isCurrent: rowHash == hash)
+            }
+        }
+    }
+
+    /// How many sessions « Mon compte » lists (the current one always among them).
+    public static let openSessionsShown = 20
+
+    /// « Fermer mes autres sessions »: every other live session of the account whose live
+    /// session `token` names ends, and every sign-in of the account under way (a browser past
+    /// the password, before its second factor, must not become a session afterwards), in one
+    /// transaction with its audit event. The habilitation they carried goes with them at their
+    /// next request (forward-auth reads the ledger). Returns how many live sessions ended; nil
+    /// when `token` names no live session (nothing changed).
+    public func revokeOtherSessions(keeping token: String, actor: AuditActor) async throws -> Int? {
+        let at = now
+        let idle = configuration.idleTimeout
+        let hash = SecretToken.hash(token)
+        return try await database.write { db in
+            guard let current = try Self.liveSession(hash: hash, at: at, idle: idle, in: db) else { return nil }
+            // Counted: the live ones. Expired ones are marked revoked too (a longer idle
+            // timeout configured later cannot bring one back), as the admin's revoke-sessions.
+            let live = try Int.fetchOne(db, sql: """
+                SELECT COUNT(*) FROM web_session WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
+                AND absolute_expires_at > ? AND last_seen_at > ?
+                """, arguments: [current.accountID, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]) ?? 0
+            try db.execute(sql: """
+                UPDATE web_session SET revoked_at = ?, revoked_reason = 'signed-out-elsewhere', oidc_id_token = NULL
+                WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
+                """, arguments: [at.epochMilliseconds, current.accountID, hash])
+            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
+                           arguments: [at.epochMilliseconds, current.accountID])
+            let flows = try db.changesCount
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "other-sessions-revoked", outcome: "\(live) revoked", actor: actor,
+                                             requestID: nil, identifier: nil, accountID: current.accountID, changes: [],
+                                             detail: "kept session \(Self.sessionReference(hash: hash))" + (flows > 0 ? ", \(flows) sign-in(s) under way ended" : "")), in: db)
+            return live
+        }
     }
 
     /// A session's name in the audit trail and admin views: the first 12 hex digits of the

@@ -62,6 +62,8 @@ struct HeadlessBrowserTests {
         #expect(result["nom"] as? String == "Jules MARIUS")
         #expect(result["lang"] as? String == "fr")
         #expect(result["session_cookie_visible_to_script"] as? Bool == false, "the session cookie is HttpOnly")
+        #expect(result["sessions"] as? Int == 1 && result["current_session"] as? String == "oui", "« Mon compte » lists this session: \(result)")
+        #expect((result["session_text"] as? String)?.contains("Chrome sous Linux") == true, "\(result["session_text"] ?? "-")")
         #expect((result["too_wide_at_320"] as? [Any])?.isEmpty == true, "every page reflows at 320 px: \(result["too_wide_at_320"] ?? "-")")
         await server.stop()
         smtp.stop()

@@ -226,6 +226,8 @@ final class Browser: @unchecked Sendable {
     /// Send `Connection: close`: each request on a new connection (behind a TCP load
     /// balancer, consecutive requests then reach different instances).
     var closeConnections = false
+    /// Sent with every request (a `User-Agent`, as a real browser sends one).
+    var defaultHeaders: [(String, String)] = []
     /// The cookies of the server under test (`base`).
     var cookies: [String: String] {
         get { jars[base] ?? [:] }
@@ -276,7 +278,7 @@ final class Browser: @unchecked Sendable {
         request.method = method
         let jar = jars[cookiesOf ?? origin] ?? [:]
         if !jar.isEmpty { request.headers.add(name: "Cookie", value: jar.map { "\($0.key)=\($0.value)" }.joined(separator: "; ")) }
-        for (name, value) in extra { request.headers.add(name: name, value: value) }
+        for (name, value) in defaultHeaders + extra { request.headers.add(name: name, value: value) }
         if closeConnections { request.headers.add(name: "Connection", value: "close") }
         if let form {
             let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-._~"))

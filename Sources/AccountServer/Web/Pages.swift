@@ -271,7 +271,38 @@ enum Pages {
         <p><a href="/mot-de-passe-oublie">Demander un nouveau lien</a></p>
         """) }
 
-    static func account(csrf: String, name: String, email: String, check: HabilitationCheck, limits: Limits = Limits()) -> HTML {
+    /// The open sessions on « Mon compte »: this one first, marked, then the others, each with
+    /// where it came from, how it was opened, its browser and address, and when; the button
+    /// that ends the others when there are some.
+    static func openSessions(_ sessions: [OpenSession], csrf: String) -> HTML {
+        guard !sessions.isEmpty else { return "" }
+        let items: [HTML] = sessions.map { session in
+            let label: HTML = session.isCurrent ? "<strong>Cette session</strong>" : "Autre session"
+            let origin = session.origin == .sas ? "ouverte depuis la plateforme SAS" : "connexion directe"
+            let means = session.authentication == .psc ? "Pro Santé Connect" : "mot de passe et code"
+            let address = session.address.map { ", adresse \($0)" } ?? ""
+            return """
+                <li id="session-\(session.reference)" data-courante="\(session.isCurrent ? "oui" : "non")">\(label) · \(origin) · \(means)<br>\(BrowserDescription.french(session.userAgent))\(address)<br><small>Ouverte le \(AdminPages.french(session.createdAt)), dernière activité le \(AdminPages.french(session.lastSeenAt))</small></li>
+                """
+        }
+        let others = sessions.contains { !$0.isCurrent }
+        let close: HTML = others ? """
+            <form method="post" action="/compte/sessions/fermer-autres" id="form-fermer-autres">
+            \(csrfField(csrf))
+            <button type="submit">Fermer mes autres sessions</button>
+            </form>
+            <p class="hint">Une session que vous ne reconnaissez pas ? Fermez vos autres sessions, puis changez votre mot de passe (« Mot de passe oublié » sur la page de connexion).</p>
+            """ : ""
+        return """
+            <h2>Sessions ouvertes</h2>
+            <ul id="sessions" class="sessions">\(items)</ul>
+            \(close)
+            """
+    }
+
+    static func account(csrf: String, name: String, email: String, check: HabilitationCheck, limits: Limits = Limits(),
+                        sessions: [OpenSession] = [], notice: String? = nil) -> HTML {
+        let banner: HTML = notice.map { "<p class=\"info\" role=\"status\" id=\"message\">\($0)</p>" } ?? ""
         let origin = check.session?.origin == .sas ? "Plateforme SAS" : "Connexion directe"
         let habilitation: HTML
         if check.decision.isGranted {
@@ -281,6 +312,7 @@ enum Pages {
             habilitation = "<p class=\"warning\" id=\"habilitation\" data-habilitation=\"non\">Habilitation régulateur : <strong>non active</strong> pour cette session.</p><ul id=\"raisons\">\(reasons.map { "<li>\($0)</li>" as HTML })</ul>"
         }
         return layout("Mon compte", """
+            \(banner)
             <dl>
             <dt>Nom</dt><dd id="nom">\(name)</dd>
             <dt>Adresse électronique</dt><dd id="email">\(email)</dd>
@@ -288,6 +320,7 @@ enum Pages {
             </dl>
             \(habilitation)
             <p class="hint" id="duree-session">Votre session se ferme après \(limits.idleMinutes) minutes d’inactivité, et au plus tard \(limits.absoluteHours) heures après la connexion.</p>
+            \(openSessions(sessions, csrf: csrf))
             <form method="post" action="/deconnexion" id="form-deconnexion">
             \(csrfField(csrf))
             <button type="submit">Se déconnecter</button>

@@ -112,6 +112,7 @@ struct WebController: Sendable {
         router.get("reinitialisation") { request, context in try await self.resetPage(request, context) }
         router.post("reinitialisation") { request, context in try await self.reset(request, context) }
         router.get("compte") { request, context in try await self.accountPage(request, context) }
+        router.post("compte/sessions/fermer-autres") { request, context in try await self.closeOtherSessions(request, context) }
         router.get("acces-refuse") { request, context in try await self.accessRefusedPage(request, context) }
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
         if let provider { ProviderSignInController(web: self, provider: provider).addRoutes(to: router) }
@@ -664,8 +665,27 @@ struct WebController: Sendable {
     func accountPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         let token = WebCookie.value(.session, in: request.headers)
         let check = try await habilitation.check(sessionToken: token)
-        guard let account = check.account else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
-        return respond(request) { Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check, limits: pageLimits) }
+        guard let account = check.account, let token else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
+        let open = try await sessions.openSessions(of: token) ?? []
+        let notice = (try? QueryParameters(query: request.uri.query))?.first("message") == "autres-sessions-fermees"
+            ? "Vos autres sessions sont fermées : leurs navigateurs devront se reconnecter, et l’habilitation qu’elles portaient est retirée dès leur prochaine requête." : nil
+        return respond(request) {
+            Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check, limits: pageLimits,
+                          sessions: open, notice: notice)
+        }
+    }
+
+    /// « Fermer mes autres sessions » on « Mon compte »: the regulator ends every other session
+    /// of theirs (a browser left open at the regulation centre, one they do not recognise) and
+    /// every sign-in of theirs under way, keeping this one (``SessionStore/revokeOtherSessions(keeping:actor:)``).
+    func closeOtherSessions(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard try await form(request, context) != nil else { return csrfRefused }
+        guard let token = WebCookie.value(.session, in: request.headers),
+              let ended = try await sessions.revokeOtherSessions(keeping: token, actor: actor(context)) else {
+            return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+        }
+        context.logger.notice("other sessions ended by their holder", metadata: ["sessions": "\(ended)"])
+        return Self.redirect("/compte?message=autres-sessions-fermees")
     }
 
     /// The page a proxy shows after a 403 from forward-auth (403 itself unless the session is

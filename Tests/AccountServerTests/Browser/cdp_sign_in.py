@@ -78,6 +78,9 @@ try:
         "nom": evaluate("(document.querySelector('#nom') || {}).textContent || null"),
         "lang": evaluate("document.documentElement.lang"),
         "session_cookie_visible_to_script": evaluate("document.cookie.includes('as-session')"),
+        "sessions": evaluate("document.querySelectorAll('#sessions li').length"),
+        "current_session": data("#sessions li", "courante"),
+        "session_text": evaluate("(document.querySelector('#sessions li') || {}).textContent || null"),
         "too_wide_at_320": too_wide,
     }))
 finally:
