@@ -6,7 +6,13 @@ import Storage
 /// `vendor_suspension` that account changes (password reset, INT_R02 deactivation) need, run
 /// inside Accounts' transaction.
 public struct SessionLedger: AccountSessions {
-    public init() {}
+    /// The sessions' idle timeout (`--session-idle-minutes`): which sessions ``revokeOthers(of:keeping:reason:at:in:)``
+    /// counts as live.
+    public var idleTimeout: TimeInterval
+
+    public init(idleTimeout: TimeInterval = SessionConfiguration().idleTimeout) {
+        self.idleTimeout = idleTimeout
+    }
 
     /// Also ends the account's sign-in flows still in progress: a flow that passed the old
     /// password must not become a session after a reset.
@@ -17,6 +23,31 @@ public struct SessionLedger: AccountSessions {
         try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
                        arguments: [at.epochMilliseconds, accountID])
         return sessions
+    }
+
+    /// "Sign out everywhere else" (« Fermer mes autres sessions », a password change): the
+    /// live session `kept` (checked not revoked and within its absolute lifetime; its idle
+    /// time was checked by the request that brought it) stays. Counted: the live ones. Expired
+    /// ones are marked revoked too (a longer idle timeout configured later cannot bring one
+    /// back), as the admin's revoke-sessions does.
+    public func revokeOthers(of accountID: String, keeping kept: String, reason: String, at: Date, in db: any SQLTransaction) throws -> EndedSessions? {
+        guard try Bool.fetchOne(db, sql: """
+            SELECT EXISTS (SELECT 1 FROM web_session WHERE id_hash = ? AND account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ?)
+            """, arguments: [kept, accountID, at.epochMilliseconds]) == true else { return nil }
+        let live = try String.fetchAll(db, sql: """
+            SELECT id_hash FROM web_session WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL AND absolute_expires_at > ?
+            AND last_seen_at > ? ORDER BY last_seen_at DESC, id_hash
+            """, arguments: [accountID, kept, at.epochMilliseconds, at.addingTimeInterval(-idleTimeout).epochMilliseconds])
+        try db.execute(sql: """
+            UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
+            """, arguments: [at.epochMilliseconds, reason, accountID, kept])
+        // Counted: the flows still under way; expired ones waiting for the purge are closed
+        // too, and not counted.
+        let flows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE account_id = ? AND consumed_at IS NULL AND expires_at > ?",
+                                     arguments: [accountID, at.epochMilliseconds]) ?? 0
+        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
+                       arguments: [at.epochMilliseconds, accountID])
+        return EndedSessions(references: live.map(SessionStore.sessionReference(hash:)), flows: flows)
     }
 
     /// Every account's sessions and sign-ins under way (the server key was lost: what they

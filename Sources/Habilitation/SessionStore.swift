@@ -667,24 +667,13 @@ public final class SessionStore: Sendable {
         let idle = configuration.idleTimeout
         let hash = SecretToken.hash(token)
         return try await database.write { db in
-            guard let current = try Self.liveSession(hash: hash, at: at, idle: idle, in: db) else { return nil }
-            // Counted: the live ones. Expired ones are marked revoked too (a longer idle
-            // timeout configured later cannot bring one back), as the admin's revoke-sessions.
-            let live = try Int.fetchOne(db, sql: """
-                SELECT COUNT(*) FROM web_session WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
-                AND absolute_expires_at > ? AND last_seen_at > ?
-                """, arguments: [current.accountID, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds]) ?? 0
-            try db.execute(sql: """
-                UPDATE web_session SET revoked_at = ?, revoked_reason = 'signed-out-elsewhere', oidc_id_token = NULL
-                WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
-                """, arguments: [at.epochMilliseconds, current.accountID, hash])
-            try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
-                           arguments: [at.epochMilliseconds, current.accountID])
-            let flows = try db.changesCount
-            try self.audit.append(AuditEvent(at: at, surface: "web", action: "other-sessions-revoked", outcome: "\(live) revoked", actor: actor,
+            guard let current = try Self.liveSession(hash: hash, at: at, idle: idle, in: db),
+                  let ended = try SessionLedger(idleTimeout: idle).revokeOthers(of: current.accountID, keeping: hash, reason: "signed-out-elsewhere",
+                                                                                at: at, in: db) else { return nil }
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "other-sessions-revoked", outcome: "\(ended.sessions) revoked", actor: actor,
                                              requestID: nil, identifier: nil, accountID: current.accountID, changes: [],
-                                             detail: "kept session \(Self.sessionReference(hash: hash))" + (flows > 0 ? ", \(flows) sign-in(s) under way ended" : "")), in: db)
-            return live
+                                             detail: (["kept session \(Self.sessionReference(hash: hash))", ended.summary].filter { !$0.isEmpty }).joined(separator: ", ")), in: db)
+            return ended.sessions
         }
     }
 

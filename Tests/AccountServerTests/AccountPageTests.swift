@@ -1,6 +1,7 @@
 @testable import AccountServer
 import Accounts
 import Foundation
+import Storage
 import Testing
 
 /// « Mon compte »: the regulator sees their open sessions (this one marked, the others with
@@ -17,7 +18,7 @@ struct AccountPageTests {
         #expect(BrowserDescription.french("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15") == "Safari sous macOS")
         #expect(BrowserDescription.french("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0") == "Edge sous Windows")
         #expect(BrowserDescription.french("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36") == "Chrome sous Android")
-        #expect(BrowserDescription.french("Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1") == "Safari sous iPhone")
+        #expect(BrowserDescription.french("Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1") == "Safari sur iPhone")
         #expect(BrowserDescription.french("curl/8.5.0") == "Navigateur non reconnu")
         #expect(BrowserDescription.french(nil) == "Navigateur non identifié" && BrowserDescription.french("") == "Navigateur non identifié")
     }
@@ -39,41 +40,135 @@ struct AccountPageTests {
         let halfWay = try world.browser()
         #expect(try await halfWay.submit("/connexion", ["email": WebSignInTests.email, "password": WebSignInTests.password]).location == "/connexion/second-facteur")
 
+        // Its second-factor page is open, as an attacker past the password would have it.
+        let codePage = try await halfWay.get("/connexion/second-facteur")
+        let codeCSRF = try #require(codePage.csrf)
+
         let page = try await office.get("/compte")
         #expect(page.status == 200)
         let items = page.body.matches(of: /<li id="session-([0-9a-f]{12})" data-courante="(oui|non)">/).map { (String($0.1), String($0.2)) }
         #expect(items.count == 2 && items.first?.1 == "oui" && items.last?.1 == "non", "this one first, marked: \(items)")
         #expect(page.body.contains("<strong>Cette session</strong>") && page.body.contains("Firefox sous Windows"), "\(page.body)")
         #expect(!page.body.contains("<script>alert") && !page.body.contains("Gecko/20100101"), "the User-Agent itself is never shown")
-        #expect(page.body.contains("adresse 127.0.0.1") && page.body.contains("form-fermer-autres"))
+        #expect(page.body.contains("adresse de connexion 127.0.0.1") && page.body.contains("Fermer mon autre session"))
+        #expect(!page.body.contains("avertissement-psc"), "no Pro Santé Connect session here")
         let otherReference = try #require(items.last?.0)
 
         // A post without the form's token closes nothing.
         let forged = try await office.request(.POST, "/compte/sessions/fermer-autres", form: ["csrf": "forged"])
         #expect(forged.status == 403)
-        #expect(try await other.get("/compte").status == 200)
+        // Asked just before: the habilitation is granted (on SQLite, from the memo).
+        #expect(try await ForwardAuthTests.ask(other, server: world.server).status == 200)
 
         let closed = try await office.submit("/compte", to: "/compte/sessions/fermer-autres", [:])
-        #expect(closed.status == 303 && closed.location == "/compte?message=autres-sessions-fermees", "\(closed.status) \(closed.location ?? "-")")
-        let after = try await office.get(try #require(closed.location))
-        #expect(after.status == 200 && after.body.contains("Vos autres sessions sont fermées"))
-        #expect(after.body.matches(of: /<li id="session-/).count == 1 && !after.body.contains("form-fermer-autres"))
-        // The other browser is signed out, and forward-auth refuses it at once.
-        let otherPage = try await other.get("/compte")
-        #expect(otherPage.status == 303 && otherPage.location == "/connexion")
+        #expect(closed.status == 200 && closed.body.contains("Votre autre session est fermée"), "\(closed.status) \(closed.body)")
+        #expect(closed.body.matches(of: /<li id="session-/).count == 1 && !closed.body.contains("form-fermer-autres"))
+        // The notice answers the action only: an address cannot make the page claim it.
+        #expect(try await office.get("/compte?message=autres-sessions-fermees").body.contains("sont fermées") == false)
+        // The other browser's very next request, with its cookie: refused by forward-auth.
         let gate = try await ForwardAuthTests.ask(other, server: world.server)
-        #expect(gate.status == 401 || gate.status == 403, "\(gate.status)")
+        #expect(gate.status == 401 && gate.headers.first(name: "X-Auth-Account-Id") == nil, "\(gate.status) \(gate.headers)")
+        #expect(try await other.get("/compte").location == "/connexion")
         #expect(try await ForwardAuthTests.ask(office, server: world.server).status == 200, "this session keeps its habilitation")
-        // The sign-in left half-way cannot be finished, even with a good code.
-        _ = try await halfWay.submit("/connexion/second-facteur", ["code": try #require(recoveryCodes.first)])
+        // The sign-in left half-way cannot be finished, even with a good code, from the page
+        // it had open; and that code is not spent by the try.
+        let attempt = try await halfWay.request(.POST, "/connexion/second-facteur", form: ["csrf": codeCSRF, "code": try #require(recoveryCodes.first)])
+        #expect(attempt.status != 303 || attempt.location != WebSignInTests.agenda, "\(attempt.status) \(attempt.location ?? "-")")
         #expect(try await halfWay.get("/compte").location == "/connexion", "no session came of it")
+        let spent = try await world.server.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM recovery_code WHERE used_at IS NOT NULL") ?? -1
+        }
+        #expect(spent == 0, "the recovery code was not looked at")
 
         let event = try #require(try await world.server.auditEvents().last { $0.action == "other-sessions-revoked" })
-        #expect(event.outcome == "1 revoked" && event.surface == "web" && event.detail?.contains("1 sign-in(s) under way ended") == true, "\(event)")
-        #expect(event.detail?.contains(otherReference) == false && event.detail?.hasPrefix("kept session ") == true)
+        #expect(event.outcome == "1 revoked" && event.surface == "web", "\(event)")
+        #expect(event.detail?.hasPrefix("kept session ") == true && event.detail?.contains("ended: \(otherReference)") == true
+                && event.detail?.contains("1 sign-in(s) under way ended") == true, "\(event.detail ?? "-")")
         await office.shutdown()
         await other.shutdown()
         await halfWay.shutdown()
+        await world.stop()
+    }
+
+    static let newPassword = "Chemin-des-cerisiers-en-fleurs"
+
+    static func failedSignIns(_ world: World) async throws -> Int {
+        try await world.server.database.read { db in try Int.fetchOne(db, sql: "SELECT failed_sign_ins FROM account") ?? -1 }
+    }
+
+    /// « Changer mon mot de passe »: the current password required, the new one under the
+    /// reset's rules; on success this session stays, the others end, the reset links die, a
+    /// mail says so, and the old password no longer signs in.
+    @Test func theRegulatorChangesTheirPasswordWithTheCurrentOne() async throws {
+        let world = try await World()
+        let office = try world.browser()
+        try await WebSignInTests.choosePassword(office, world: world)
+        let (_, secret, _) = try await WebSignInTests.signIn(office)
+        let other = try world.browser()
+        try await WebSignInTests.signIn(other, secret: secret)
+        // A reset link asked meanwhile: the change voids it.
+        #expect(try await other.submit("/mot-de-passe-oublie", ["email": WebSignInTests.email]).status == 200)
+        let link = try #require(try await world.smtp.resetToken(number: 2))
+
+        let anonymous = try world.browser()
+        #expect(try await anonymous.get("/compte/mot-de-passe").location == "/connexion")
+        let account = try await office.get("/compte")
+        #expect(account.body.contains("href=\"/compte/mot-de-passe\""))
+        let form = try await office.get("/compte/mot-de-passe")
+        #expect(form.status == 200 && form.body.contains("form-mot-de-passe") && form.body.contains("autocomplete=\"current-password\""))
+
+        // Refused before the current password is looked at: not counted.
+        let mismatch = try await office.submit("/compte/mot-de-passe", ["actuel": WebSignInTests.password, "password": Self.newPassword, "confirmation": Self.newPassword + "!"])
+        #expect(mismatch.status == 400 && mismatch.body.contains("ne sont pas identiques"))
+        let weak = try await office.submit("/compte/mot-de-passe", ["actuel": WebSignInTests.password, "password": "azertyuiopqsdf", "confirmation": "azertyuiopqsdf"])
+        #expect(weak.status == 400 && weak.body.contains("id=\"erreur\""), "\(weak.body)")
+        #expect(try await Self.failedSignIns(world) == 0)
+        let forged = try await office.request(.POST, "/compte/mot-de-passe", form: ["csrf": "forged", "actuel": WebSignInTests.password,
+                                                                                    "password": Self.newPassword, "confirmation": Self.newPassword])
+        #expect(forged.status == 403)
+        // A wrong current password counts, as at the sign-in.
+        let wrong = try await office.submit("/compte/mot-de-passe", ["actuel": "pas le bon mot de passe", "password": Self.newPassword, "confirmation": Self.newPassword])
+        #expect(wrong.status == 401 && wrong.body.contains("Le mot de passe actuel est incorrect"))
+        #expect(try await Self.failedSignIns(world) == 1)
+
+        let changed = try await office.submit("/compte/mot-de-passe", ["actuel": WebSignInTests.password, "password": Self.newPassword, "confirmation": Self.newPassword])
+        #expect(changed.status == 200 && changed.body.contains("Votre mot de passe est changé et votre autre session est fermée"), "\(changed.status) \(changed.body)")
+        #expect(try await office.get("/compte").status == 200, "this session stays")
+        #expect(try await other.get("/compte").location == "/connexion", "the other one ends")
+        #expect(try await office.get("/reinitialisation?jeton=\(link)").status == 410, "the reset link asked before is void")
+        // The owner is told, at the account's address.
+        #expect(try await eventually { try world.smtp.messages().count == 3 })
+        let mail = try #require(try world.smtp.messages().last)
+        #expect(mail.contains("a été changé le") && mail.contains("Mot de passe oublié") && !mail.contains(Self.newPassword), "\(mail)")
+        // The old password no longer signs in; the new one does.
+        let fresh = try world.browser()
+        #expect(try await fresh.submit("/connexion", ["email": WebSignInTests.email, "password": WebSignInTests.password]).status == 401)
+        #expect(try await fresh.submit("/connexion", ["email": WebSignInTests.email, "password": Self.newPassword]).location == "/connexion/second-facteur")
+        let event = try #require(try await world.server.auditEvents().last { $0.action == "password-changed" })
+        #expect(event.outcome == "1 other session(s) revoked" && event.detail?.contains("1 password reset link(s) voided") == true
+                && event.detail?.contains("notification queued") == true && event.detail?.contains("ended: ") == true, "\(event)")
+        for browser in [office, other, anonymous, fresh] { await browser.shutdown() }
+        await world.stop()
+    }
+
+    /// Wrong current passwords lock the account as wrong sign-ins do; locked, even the right
+    /// one changes nothing.
+    @Test func wrongCurrentPasswordsLockTheAccount() async throws {
+        let world = try await World()
+        let office = try world.browser()
+        try await WebSignInTests.choosePassword(office, world: world)
+        try await WebSignInTests.signIn(office)
+        var last: Browser.Page?
+        for _ in 0..<5 {
+            last = try await office.submit("/compte/mot-de-passe", ["actuel": "pas le bon mot de passe", "password": Self.newPassword, "confirmation": Self.newPassword])
+        }
+        #expect(last?.status == 403 && last?.body.contains("votre compte est bloqué") == true, "\(last?.status ?? 0)")
+        let right = try await office.submit("/compte/mot-de-passe", ["actuel": WebSignInTests.password, "password": Self.newPassword, "confirmation": Self.newPassword])
+        #expect(right.status == 403, "locked: the right password changes nothing")
+        let events = try await world.server.auditEvents()
+        #expect(events.contains { $0.action == "lockout" } && !events.contains { $0.action == "password-changed" })
+        #expect(events.filter { $0.action == "password-change" }.map(\.outcome).suffix(2) == ["refused locked-now", "refused locked"], "\(events.filter { $0.action == "password-change" })")
+        await office.shutdown()
         await world.stop()
     }
 }

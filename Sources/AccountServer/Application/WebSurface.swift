@@ -36,7 +36,8 @@ func makeWebServices(
     var credentialConfiguration = CredentialConfiguration()
     credentialConfiguration.lockout = configuration.lockout
     credentialConfiguration.hashQueueLimit = configuration.argon2QueueLimit
-    let credentials = try CredentialStore(database: database, hasher: hasher, box: box, sessions: SessionLedger(), policy: policy, configuration: credentialConfiguration)
+    let credentials = try CredentialStore(database: database, hasher: hasher, box: box, sessions: SessionLedger(idleTimeout: configuration.sessionIdleTimeout),
+                                          policy: policy, configuration: credentialConfiguration)
     var sessionConfiguration = SessionConfiguration()
     sessionConfiguration.idleTimeout = configuration.sessionIdleTimeout
     sessionConfiguration.absoluteTimeout = configuration.sessionAbsoluteTimeout

@@ -26,8 +26,11 @@ enum BrowserDescription {
         else if agent.contains("Linux") { system = "Linux" }
         else { system = nil }
         switch (browser, system) {
+        // « sur » a device, « sous » a system.
+        case let (browser?, system?) where system == "iPhone" || system == "iPad": return "\(browser) sur \(system)"
         case let (browser?, system?): return "\(browser) sous \(system)"
         case let (browser?, nil): return browser
+        case let (nil, system?) where system == "iPhone" || system == "iPad": return "Navigateur non reconnu sur \(system)"
         case let (nil, system?): return "Navigateur non reconnu sous \(system)"
         case (nil, nil): return "Navigateur non reconnu"
         }

@@ -1,3 +1,4 @@
+import Foundation
 import Accounts
 import Habilitation
 
@@ -260,6 +261,29 @@ enum Pages {
             """, error: invalid)
     }
 
+    /// « Changer mon mot de passe », from « Mon compte »: the current password, then the new
+    /// one twice, under the same rules as a reset.
+    static func changePassword(csrf: String, errors: [String]) -> HTML {
+        let invalid = !errors.isEmpty
+        return layout("Changer mon mot de passe", """
+            \(invalid ? "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML : "" as HTML)
+            <p id="regles-mdp">Au moins \(PasswordPolicy.minimumLength) caractères. Évitez les mots de passe courants, votre adresse électronique, les suites de touches ou de caractères (« azertyuiop », « aaaa… »). Une phrase de plusieurs mots convient très bien.</p>
+            <form method="post" action="/compte/mot-de-passe" id="form-mot-de-passe">
+            \(csrfField(csrf))
+            <label for="actuel">Mot de passe actuel</label>
+            <input id="actuel" name="actuel" type="password" autocomplete="current-password" required\(invalid ? " aria-invalid=\"true\" aria-describedby=\"erreur\" autofocus" as HTML : "")>
+            <label for="password">Nouveau mot de passe</label>
+            <input id="password" name="password" type="password" autocomplete="new-password" minlength="\(PasswordPolicy.minimumLength)" required aria-describedby="regles-mdp">
+            <label for="confirmation">Confirmation du nouveau mot de passe</label>
+            <input id="confirmation" name="confirmation" type="password" autocomplete="new-password" required>
+            <button type="submit">Changer le mot de passe</button>
+            </form>
+            <p class="hint">Vos autres sessions seront fermées ; celle-ci reste ouverte. Un courriel vous confirmera le changement.</p>
+            <p class="hint">Mot de passe actuel oublié ? <a href="/mot-de-passe-oublie">Mot de passe oublié</a> : un lien vous est envoyé, et le mot de passe choisi par ce lien ferme toutes vos sessions, celle-ci comprise.</p>
+            <p><a href="/compte" id="lien-compte">Retour à « Mon compte »</a></p>
+            """, error: invalid)
+    }
+
     static var resetDone: HTML { layout("Mot de passe enregistré", """
         <p id="message">Votre mot de passe est enregistré. Par sécurité, toutes vos sessions ont été fermées : connectez-vous à nouveau.</p>
         <p>Si vous venez de la plateforme SAS, revenez-y et cliquez à nouveau sur le créneau pour ouvrir une session avec l’habilitation régulateur.</p>
@@ -278,26 +302,45 @@ enum Pages {
         guard !sessions.isEmpty else { return "" }
         let items: [HTML] = sessions.map { session in
             let label: HTML = session.isCurrent ? "<strong>Cette session</strong>" : "Autre session"
-            let origin = session.origin == .sas ? "ouverte depuis la plateforme SAS" : "connexion directe"
-            let means = session.authentication == .psc ? "Pro Santé Connect" : "mot de passe et code"
-            let address = session.address.map { ", adresse \($0)" } ?? ""
+            let origin = session.origin == .sas ? "ouverte depuis la plateforme SAS" : "ouverte directement, hors plateforme SAS"
+            let means = session.authentication == .psc ? "avec Pro Santé Connect" : "avec mot de passe et code"
+            let address = session.address.map { ", adresse de connexion \($0)" } ?? ""
             return """
-                <li id="session-\(session.reference)" data-courante="\(session.isCurrent ? "oui" : "non")">\(label) · \(origin) · \(means)<br>\(BrowserDescription.french(session.userAgent))\(address)<br><small>Ouverte le \(AdminPages.french(session.createdAt)), dernière activité le \(AdminPages.french(session.lastSeenAt))</small></li>
+                <li id="session-\(session.reference)" data-courante="\(session.isCurrent ? "oui" : "non")">\(label), \(origin), \(means).<br>\(BrowserDescription.french(session.userAgent))\(address).<br><small>Ouverte le \(dateAndTime(session.createdAt)), dernière activité le \(dateAndTime(session.lastSeenAt)).</small></li>
                 """
         }
-        let others = sessions.contains { !$0.isCurrent }
-        let close: HTML = others ? """
-            <form method="post" action="/compte/sessions/fermer-autres" id="form-fermer-autres">
-            \(csrfField(csrf))
-            <button type="submit">Fermer mes autres sessions</button>
-            </form>
-            <p class="hint">Une session que vous ne reconnaissez pas ? Fermez vos autres sessions, puis changez votre mot de passe (« Mot de passe oublié » sur la page de connexion).</p>
-            """ : ""
+        let others = sessions.filter { !$0.isCurrent }
+        let close: HTML
+        if others.isEmpty {
+            close = ""
+        } else {
+            let label = others.count == 1 ? "Fermer mon autre session" : "Fermer mes \(others.count) autres sessions"
+            // A session of Pro Santé Connect's can open again in its browser while the
+            // provider's own session lasts there: said where it applies.
+            let provider: HTML = others.contains { $0.authentication == .psc }
+                ? "<p class=\"hint\" id=\"avertissement-psc\">Une session ouverte avec Pro Santé Connect peut se rouvrir dans son navigateur sans nouvelle saisie tant que la session Pro Santé Connect y reste ouverte : déconnectez-vous aussi de Pro Santé Connect sur ce poste, ou demandez-le à son utilisateur.</p>"
+                : ""
+            close = """
+                <form method="post" action="/compte/sessions/fermer-autres" id="form-fermer-autres">
+                \(csrfField(csrf))
+                <button type="submit" class="secondaire">\(label)</button>
+                </form>
+                \(provider)
+                <p class="hint">Une session que vous ne reconnaissez pas ? Fermez vos autres sessions, puis <a href="/compte/mot-de-passe">changez votre mot de passe</a>.</p>
+                """
+        }
         return """
             <h2>Sessions ouvertes</h2>
             <ul id="sessions" class="sessions">\(items)</ul>
+            <p class="hint">Heures de Paris.</p>
             \(close)
             """
+    }
+
+    /// « 07/12/2026 à 22:04 », Paris time.
+    static func dateAndTime(_ date: Date) -> String {
+        date.formatted(Date.VerbatimFormatStyle(format: "\(day: .twoDigits)/\(month: .twoDigits)/\(year: .defaultDigits) à \(hour: .twoDigits(clock: .twentyFourHour, hourCycle: .zeroBased)):\(minute: .twoDigits)",
+                                                 timeZone: TimeZone(identifier: "Europe/Paris") ?? .gmt, calendar: Calendar(identifier: .gregorian)))
     }
 
     static func account(csrf: String, name: String, email: String, check: HabilitationCheck, limits: Limits = Limits(),
@@ -321,6 +364,7 @@ enum Pages {
             \(habilitation)
             <p class="hint" id="duree-session">Votre session se ferme après \(limits.idleMinutes) minutes d’inactivité, et au plus tard \(limits.absoluteHours) heures après la connexion.</p>
             \(openSessions(sessions, csrf: csrf))
+            <p><a href="/compte/mot-de-passe" id="lien-mot-de-passe">Changer mon mot de passe</a></p>
             <form method="post" action="/deconnexion" id="form-deconnexion">
             \(csrfField(csrf))
             <button type="submit">Se déconnecter</button>
@@ -443,7 +487,7 @@ enum Pages {
         button{margin-top:1.2rem;padding:.7rem 1.2rem;font-size:1rem;background:#000091;color:#fff;border:2px solid transparent;border-radius:4px;cursor:pointer}
         button.secondaire{background:#fff;color:#000091;border-color:#000091}
         :focus-visible{outline:3px solid #000091;outline-offset:2px}
-        dd,code,.error,.info,.hint{overflow-wrap:anywhere}
+        dd,code,.error,.info,.hint,.sessions li{overflow-wrap:anywhere}.sessions{padding-left:1.2rem}.sessions li{margin-bottom:.6rem}
         @media (max-width:30rem){main{margin:0;padding:1rem;border-radius:0;box-shadow:none}}
         .error{color:#ce0500}.info{color:#0063cb}.ok{color:#18753c}.warning{color:#b34000}.hint{color:#666;font-size:.9rem}
         .qr svg{max-width:100%;height:auto}.cgu{max-height:20rem;overflow:auto;border:1px solid #ddd;padding:0 1rem}

@@ -113,6 +113,8 @@ struct WebController: Sendable {
         router.post("reinitialisation") { request, context in try await self.reset(request, context) }
         router.get("compte") { request, context in try await self.accountPage(request, context) }
         router.post("compte/sessions/fermer-autres") { request, context in try await self.closeOtherSessions(request, context) }
+        router.get("compte/mot-de-passe") { request, context in try await self.changePasswordPage(request, context) }
+        router.post("compte/mot-de-passe") { request, context in try await self.changePassword(request, context) }
         router.get("acces-refuse") { request, context in try await self.accessRefusedPage(request, context) }
         router.post("deconnexion") { request, context in try await self.signOut(request, context) }
         if let provider { ProviderSignInController(web: self, provider: provider).addRoutes(to: router) }
@@ -663,15 +665,71 @@ struct WebController: Sendable {
     // MARK: Account and sign-out
 
     func accountPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        try await accountPage(request, notice: nil)
+    }
+
+    /// « Mon compte », with `notice` when it answers an action of the page itself (closing the
+    /// other sessions, a password change): shown in that answer, never taken from the address,
+    /// so that no link can make the page claim an action that did not happen.
+    func accountPage(_ request: Request, notice: String?) async throws -> Response {
         let token = WebCookie.value(.session, in: request.headers)
         let check = try await habilitation.check(sessionToken: token)
         guard let account = check.account, let token else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
         let open = try await sessions.openSessions(of: token) ?? []
-        let notice = (try? QueryParameters(query: request.uri.query))?.first("message") == "autres-sessions-fermees"
-            ? "Vos autres sessions sont fermées : leurs navigateurs devront se reconnecter, et l’habilitation qu’elles portaient est retirée dès leur prochaine requête." : nil
         return respond(request) {
             Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check, limits: pageLimits,
                           sessions: open, notice: notice)
+        }
+    }
+
+    /// « Changer mon mot de passe »: the form, to a live session only.
+    func changePasswordPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard let token = WebCookie.value(.session, in: request.headers), try await sessions.session(token) != nil else {
+            return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+        }
+        return respond(request) { Pages.changePassword(csrf: $0, errors: []) }
+    }
+
+    /// « Changer mon mot de passe »: the current password, then the new one twice
+    /// (``CredentialStore/changePassword(accountID:keepingSession:currentPassword:newPassword:actor:notification:)``).
+    func changePassword(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        guard let token = WebCookie.value(.session, in: request.headers), let session = try await sessions.session(token) else {
+            return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+        }
+        // The address's budget, as the sign-in's: each try runs argon2.
+        guard limiter.allow("password-change", client: context.clientAddress) else { return tooManyRequests }
+        let newPassword = fields["password"] ?? ""
+        func again(_ status: HTTPResponse.Status, _ errors: [String]) -> Response {
+            respond(request, status: status) { Pages.changePassword(csrf: $0, errors: errors) }
+        }
+        guard newPassword == fields["confirmation"] else { return again(.badRequest, ["Les deux nouveaux mots de passe ne sont pas identiques."]) }
+        let base = configuration.publicURL
+        let outcome = try await credentials.changePassword(
+            accountID: session.accountID, keepingSession: SecretToken.hash(token), currentPassword: fields["actuel"] ?? "", newPassword: newPassword,
+            actor: actor(context), notification: { account, at in
+                OutgoingMail(recipient: account.email, subject: "Espace régulateur SAS : votre mot de passe a été changé", body: FrenchTypography.apply(toText: """
+                    Bonjour \(account.givenName) \(account.familyName),
+
+                    Le mot de passe de votre compte de l’espace régulateur a été changé le \(AdminPages.french(at)) (heure de Paris), depuis « Mon compte ». Vos autres sessions ont été fermées.
+
+                    Si vous n’êtes pas à l’origine de ce changement, choisissez sans attendre un nouveau mot de passe avec « Mot de passe oublié » (\(base)/mot-de-passe-oublie) et prévenez l’éditeur de votre agenda.
+                    """))
+            })
+        switch outcome {
+        case .changed(let others):
+            context.logger.notice("password changed by its holder", metadata: ["other_sessions": "\(others)"])
+            return try await accountPage(request, notice: "Votre mot de passe est changé"
+                                         + (others == 0 ? "" : others == 1 ? " et votre autre session est fermée" : " et vos \(others) autres sessions sont fermées")
+                                         + ". Un courriel vous le confirme.")
+        case .wrongCurrentPassword:
+            return again(.unauthorized, ["Le mot de passe actuel est incorrect. Chaque erreur compte, comme à la connexion : après plusieurs erreurs, le compte est bloqué pour un temps."])
+        case .locked:
+            return again(.forbidden, ["Trop d’erreurs : votre compte est bloqué pour un temps, et votre mot de passe n’a pas changé. Réessayez plus tard, ou choisissez un nouveau mot de passe avec « Mot de passe oublié »."])
+        case .policy(let violations):
+            return again(.badRequest, violations.map(\.frenchMessage))
+        case .sessionEnded:
+            return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
         }
     }
 
@@ -685,7 +743,8 @@ struct WebController: Sendable {
             return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
         }
         context.logger.notice("other sessions ended by their holder", metadata: ["sessions": "\(ended)"])
-        return Self.redirect("/compte?message=autres-sessions-fermees")
+        let count = ended == 1 ? "Votre autre session est fermée" : ended == 0 ? "Aucune autre session n’était ouverte" : "Vos \(ended) autres sessions sont fermées"
+        return try await accountPage(request, notice: ended == 0 ? "\(count)." : "\(count) : leurs navigateurs devront se reconnecter pour retrouver l’habilitation.")
     }
 
     /// The page a proxy shows after a 403 from forward-auth (403 itself unless the session is

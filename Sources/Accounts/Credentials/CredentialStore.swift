@@ -18,6 +18,21 @@ public enum PasswordStepOutcome: Sendable, Equatable {
 }
 
 /// Why a password reset was refused.
+/// What « Changer mon mot de passe » came to (``CredentialStore/changePassword(accountID:keepingSession:currentPassword:newPassword:actor:notification:)``).
+public enum PasswordChangeOutcome: Sendable, Equatable {
+    /// Changed; the account's other live sessions ended (how many).
+    case changed(otherSessions: Int)
+    /// The current password was wrong (a failure counted towards the lockout), or the
+    /// password changed elsewhere while it was checked (not counted).
+    case wrongCurrentPassword
+    /// The account is locked (now, or by this failure): nothing checked, nothing changed.
+    case locked
+    /// The new password breaks the policy: nothing checked, nothing counted.
+    case policy([PasswordPolicyViolation])
+    /// The session the change came from ended meanwhile: nothing changed.
+    case sessionEnded
+}
+
 public enum PasswordResetError: Error, Sendable, Equatable {
     /// Unknown, expired, already used, or voided (a password set through another link, the
     /// e-mail changed, the account deactivated): the same answer for all.
@@ -320,6 +335,74 @@ public final class CredentialStore: Sendable {
             try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at,
                                              detail: voided.summary(which: "other ")), in: db)
             return .success(row.id)
+        }
+    }
+
+    // MARK: Password change
+
+    /// « Changer mon mot de passe », from a live session (`keepingSession`, its id's hash):
+    /// the current password is required (a session taken over, a workstation left signed in,
+    /// must not be enough to lock its owner out), and a wrong one counts towards the lockout
+    /// as at the sign-in (every failed factor counts). The policy is checked first (nothing
+    /// counted). Then, in one transaction: the hash, the account's reset links voided (with
+    /// their mails still queued), every other session and every sign-in under way ended (this
+    /// session stays: its holder just proved the password), pending TOTP enrolments dropped,
+    /// a notification mail queued to the account's address (`notification`: whoever changed it
+    /// without the owner's knowledge is found out), and the audit event. The failure count is
+    /// left as it is: only a completed sign-in resets it.
+    public func changePassword(accountID: String, keepingSession sessionHash: String, currentPassword: String, newPassword: String,
+                               actor: AuditActor, notification: @escaping @Sendable (AccountRow, Date) -> OutgoingMail) async throws -> PasswordChangeOutcome {
+        guard let row = try await database.read({ db in try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [accountID]) }) else {
+            return .sessionEnded
+        }
+        let newPassword = Self.normalized(newPassword)
+        let violations = policy.violations(of: newPassword, email: row.email)
+        guard violations.isEmpty else { return .policy(violations) }
+        let normalized = Self.normalized(currentPassword)
+        var candidates = [Array(normalized.utf8)]
+        if candidates[0] != Array(currentPassword.utf8) { candidates.append(Array(currentPassword.utf8)) }
+        let verified = try await hasher.verifyAny(candidates, encoded: row.passwordHash, admittingUpTo: configuration.hashQueueLimit) != nil
+        let hash = verified ? try await hasher.hash(Array(newPassword.utf8), admittingUpTo: configuration.hashQueueLimit) : nil
+        let lockout = configuration.lockout
+        let at = now
+        return try await database.write { db in
+            let current = try SQLRow.fetchOne(db, sql: """
+                SELECT failed_sign_ins, locked_until, last_failed_sign_in, password_hash FROM account WHERE id = ?
+                """, arguments: [row.id])
+            let state = Self.lockoutState(of: current)
+            if lockout.isLocked(state, at: at) {
+                try self.audit.append(self.event("password-change", "refused locked", row.id, actor, at), in: db)
+                return .locked
+            }
+            guard let current, current["password_hash"] as String? == row.passwordHash else {
+                // Changed elsewhere while argon2 ran: this check says nothing of the new one.
+                try self.audit.append(self.event("password-change", "refused password-changed-meanwhile", row.id, actor, at), in: db)
+                return .wrongCurrentPassword
+            }
+            guard let hash else {
+                let (next, lockedNow) = lockout.recordingFailure(state, at: at)
+                try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
+                               arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, row.id])
+                try self.audit.append(self.event("password-change", lockedNow ? "refused locked-now" : "refused wrong-password", row.id, actor, at,
+                                                 detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
+                if lockedNow {
+                    try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", row.id, actor, at), in: db)
+                }
+                return lockedNow ? .locked : .wrongCurrentPassword
+            }
+            guard let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db) else {
+                try self.audit.append(self.event("password-change", "refused session-ended", row.id, actor, at), in: db)
+                return .sessionEnded
+            }
+            let voided = try ResetLinkLedger().voidAll(of: row.id, at: at, in: db)
+            try db.execute(sql: "UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?",
+                           arguments: [hash, at.epochMilliseconds, row.id])
+            try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
+            try self.outbox.enqueue(notification(row, at), at: at, in: db)
+            try self.audit.append(self.event("password-changed", "\(ended.sessions) other session(s) revoked", row.id, actor, at,
+                                             detail: ["kept session \(String(sessionHash.prefix(12)))", ended.summary.isEmpty ? nil : ended.summary, voided.summary,
+                                                      "notification queued"].compactMap { $0 }.joined(separator: ", ")), in: db)
+            return .changed(otherSessions: ended.sessions)
         }
     }
 
