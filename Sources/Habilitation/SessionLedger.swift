@@ -50,6 +50,12 @@ public struct SessionLedger: AccountSessions {
         return EndedSessions(references: live.map(SessionStore.sessionReference(hash:)), flows: flows)
     }
 
+    public func renew(_ kept: String, as renewed: String, of accountID: String, in db: any SQLTransaction) throws -> Bool {
+        try db.execute(sql: "UPDATE web_session SET id_hash = ? WHERE id_hash = ? AND account_id = ? AND revoked_at IS NULL",
+                       arguments: [renewed, kept, accountID])
+        return try db.changesCount == 1
+    }
+
     /// Every account's sessions and sign-ins under way (the server key was lost: what they
     /// hold sealed cannot be opened any more). Returns the sessions ended.
     public func revokeEverySession(reason: String, at: Date, in db: any SQLTransaction) throws -> Int {

@@ -510,10 +510,11 @@ public final class VendorAdministration: Sendable {
         }
     }
 
-    /// A vendor admin's read of personal data through the API or the page (an account shown,
-    /// a search, an audit export): who looked, at what, when. Access to regulators' data is
-    /// traced as changes are (HDS / PGSSI-S traceability); the command-line tools, which read
-    /// the database file itself, are not a boundary this can trace.
+    /// A vendor admin's read of personal data through the API, the page or the command-line
+    /// tools (an account shown, a search, an audit export): who looked, at what, when. Access
+    /// to regulators' data is traced as changes are (HDS / PGSSI-S traceability). The tools
+    /// read the database itself, which no trail can stop: theirs records the operators who go
+    /// through them.
     public func recordRead(_ action: String, outcome: String, accountID: String?, detail: String?, actor: AuditActor, requestID: String?) async throws {
         let event = AuditEvent(at: now, surface: "admin", action: action, outcome: outcome, actor: actor, requestID: requestID,
                                identifier: nil, accountID: accountID, changes: [], detail: detail.map { String($0.prefix(500)) })

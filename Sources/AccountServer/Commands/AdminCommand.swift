@@ -107,7 +107,10 @@ struct AdminCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard let filter = AccountFilter(rawValue: filter) else { throw ValidationError("--filter must be all, suspended, inactive or locked") }
-            let accounts = try await options.administration().search(query, filter: filter, limit: limit)
+            let administration = try await options.administration()
+            let accounts = try await administration.search(query, filter: filter, limit: limit)
+            await AdminCommand.traceRead(administration, "accounts-listed", outcome: "\(accounts.count) account(s)", accountID: nil,
+                                         detail: AdminController.searchDetail(query, filter: filter))
             if json {
                 accounts.forEach { AdminCommand.emit(AdminJSON.listing($0)) }
                 return
@@ -142,6 +145,7 @@ struct AdminCommand: AsyncParsableCommand {
             let administration = try await options.administration()
             let id = try await AdminCommand.resolve(administration, account)
             guard let detail = try await administration.detail(accountID: id) else { throw AdminFailure(message: "no account \(id)") }
+            await AdminCommand.traceRead(administration, "account-viewed", outcome: "shown", accountID: id, detail: nil)
             var output = FileHandle.standardOutput
             print(JSONWriter(pretty: true).string(AdminJSON.detail(detail)), to: &output)
         }
@@ -325,9 +329,38 @@ struct AdminCommand: AsyncParsableCommand {
             let administration = try await options.administration()
             var accountID: String?
             if let account { accountID = try await AdminCommand.resolveInTrail(administration, account) }
-            try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
-                AdminCommand.emit(event.jsonValue)
-            }
+            try await AdminCommand.exportTrail(administration, accountID: accountID, after: after, limit: limit)
+        }
+    }
+}
+
+extension AdminCommand {
+    /// A read of personal data through the command line, in the trail as the API's and the
+    /// page's are (actor `cli:<login>`, address `local`): who looked, at what, when. A trail
+    /// that cannot be written (a read-only copy of the database, a standby) is said on standard
+    /// error and does not stop the read: whoever runs these reads the database itself, which
+    /// no trail can stop; the trail records the reads of those who go through the tools.
+    static func traceRead(_ administration: VendorAdministration, _ action: String, outcome: String, accountID: String?, detail: String?) async {
+        do {
+            try await administration.recordRead(action, outcome: outcome, accountID: accountID, detail: detail, actor: actor, requestID: nil)
+        } catch {
+            var errors = FileHandle.standardError
+            print("warning: this read is not recorded in the audit trail (\(error))", to: &errors)
+        }
+    }
+
+    /// `admin audit` and `audit`: the trail as JSON lines; an export from the start is traced
+    /// (`audit-exported`, once it is done, with its count), an export from `--after N` is not:
+    /// a tailer polling for new events would otherwise read its own event at every poll.
+    static func exportTrail(_ administration: VendorAdministration, accountID: String?, after: Int64, limit: Int?) async throws {
+        var count = 0
+        try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
+            AdminCommand.emit(event.jsonValue)
+            count += 1
+        }
+        if after == 0 {
+            await traceRead(administration, "audit-exported", outcome: "\(count) event(s)", accountID: accountID,
+                            detail: "after 0, limit \(limit.map(String.init) ?? "none"), command line")
         }
     }
 }

@@ -36,9 +36,7 @@ struct AuditCommand: AsyncParsableCommand {
             try await Settings.database(database)))
         var accountID: String?
         if let account { accountID = try await AdminCommand.resolveInTrail(administration, account) }
-        try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
-            AdminCommand.emit(event.jsonValue)
-        }
+        try await AdminCommand.exportTrail(administration, accountID: accountID, after: after, limit: limit)
     }
 }
 

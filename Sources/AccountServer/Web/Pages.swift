@@ -314,7 +314,9 @@ enum Pages {
         if others.isEmpty {
             close = ""
         } else {
-            let label = others.count == 1 ? "Fermer mon autre session" : "Fermer mes \(others.count) autres sessions"
+            // The list stops at ``SessionStore/openSessionsShown``; the button closes them all.
+            let label = others.count >= SessionStore.openSessionsShown - 1 ? "Fermer toutes mes autres sessions"
+                : others.count == 1 ? "Fermer mon autre session" : "Fermer mes \(others.count) autres sessions"
             // A session of Pro Santé Connect's can open again in its browser while the
             // provider's own session lasts there: said where it applies.
             let provider: HTML = others.contains { $0.authentication == .psc }

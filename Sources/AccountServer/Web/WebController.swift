@@ -665,20 +665,42 @@ struct WebController: Sendable {
     // MARK: Account and sign-out
 
     func accountPage(_ request: Request, _ context: WebRequestContext) async throws -> Response {
-        try await accountPage(request, notice: nil)
-    }
-
-    /// « Mon compte », with `notice` when it answers an action of the page itself (closing the
-    /// other sessions, a password change): shown in that answer, never taken from the address,
-    /// so that no link can make the page claim an action that did not happen.
-    func accountPage(_ request: Request, notice: String?) async throws -> Response {
         let token = WebCookie.value(.session, in: request.headers)
         let check = try await habilitation.check(sessionToken: token)
         guard let account = check.account, let token else { return Self.redirect("/connexion", cookies: [WebCookie.session.clear]) }
         let open = try await sessions.openSessions(of: token) ?? []
+        let notice = (try? QueryParameters(query: request.uri.query))?.first("avis").flatMap { self.notice($0, session: token) }
         return respond(request) {
             Pages.account(csrf: $0, name: "\(account.givenName) \(account.familyName)", email: account.email, check: check, limits: pageLimits,
                           sessions: open, notice: notice)
+        }
+    }
+
+    /// Where an action of « Mon compte » leads (post, then redirect: a reload does not send
+    /// the form again, whose current password is no longer current after a change): the page,
+    /// with the action's notice as `avis=CODE.MAC`, the MAC bound to the session, so that no
+    /// link made elsewhere can make the page claim an action that did not happen.
+    func accountAddress(notice code: String, session: String) -> String {
+        "/compte?avis=\(code).\(csrf.token(for: "avis \(code) \(session)"))"
+    }
+
+    /// The notice `avis` names, if its MAC holds for this session.
+    func notice(_ avis: String, session: String) -> String? {
+        guard let dot = avis.firstIndex(of: ".") else { return nil }
+        let code = String(avis[..<dot]), mac = String(avis[avis.index(after: dot)...])
+        guard SecretToken.constantTimeEquals(Array(csrf.token(for: "avis \(code) \(session)").utf8), Array(mac.utf8)) else { return nil }
+        let parts = code.split(separator: "-", maxSplits: 1)
+        guard parts.count == 2, let count = Int(parts[1]), count >= 0 else { return nil }
+        switch parts[0] {
+        case "autres":
+            return count == 0 ? "Aucune autre session n’était ouverte."
+                : (count == 1 ? "Votre autre session est fermée" : "Vos \(count) autres sessions sont fermées")
+                    + " : leurs navigateurs devront se reconnecter pour retrouver l’habilitation."
+        case "mdp":
+            return "Votre mot de passe est changé"
+                + (count == 0 ? "" : count == 1 ? " et votre autre session est fermée" : " et vos \(count) autres sessions sont fermées")
+                + ". Un courriel vous le confirme."
+        default: return nil
         }
     }
 
@@ -705,13 +727,15 @@ struct WebController: Sendable {
         }
         guard newPassword == fields["confirmation"] else { return again(.badRequest, ["Les deux nouveaux mots de passe ne sont pas identiques."]) }
         let base = configuration.publicURL
+        let renewed = SecretToken.generate()
         let outcome = try await credentials.changePassword(
-            accountID: session.accountID, keepingSession: SecretToken.hash(token), currentPassword: fields["actuel"] ?? "", newPassword: newPassword,
+            accountID: session.accountID, keepingSession: SecretToken.hash(token), renewingSessionAs: SecretToken.hash(renewed),
+            currentPassword: fields["actuel"] ?? "", newPassword: newPassword,
             actor: actor(context), notification: { account, at in
                 OutgoingMail(recipient: account.email, subject: "Espace régulateur SAS : votre mot de passe a été changé", body: FrenchTypography.apply(toText: """
                     Bonjour \(account.givenName) \(account.familyName),
 
-                    Le mot de passe de votre compte de l’espace régulateur a été changé le \(AdminPages.french(at)) (heure de Paris), depuis « Mon compte ». Vos autres sessions ont été fermées.
+                    Le mot de passe de votre compte de l’espace régulateur a été changé le \(Pages.dateAndTime(at)) (heure de Paris), depuis « Mon compte ». Vos autres sessions ont été fermées.
 
                     Si vous n’êtes pas à l’origine de ce changement, choisissez sans attendre un nouveau mot de passe avec « Mot de passe oublié » (\(base)/mot-de-passe-oublie) et prévenez l’éditeur de votre agenda.
                     """))
@@ -719,13 +743,21 @@ struct WebController: Sendable {
         switch outcome {
         case .changed(let others):
             context.logger.notice("password changed by its holder", metadata: ["other_sessions": "\(others)"])
-            return try await accountPage(request, notice: "Votre mot de passe est changé"
-                                         + (others == 0 ? "" : others == 1 ? " et votre autre session est fermée" : " et vos \(others) autres sessions sont fermées")
-                                         + ". Un courriel vous le confirme.")
+            // The session goes on under a new id: a cookie of it that leaked holds nothing now.
+            return Self.redirect(accountAddress(notice: "mdp-\(others)", session: renewed), cookies: [WebCookie.session.set(renewed)])
         case .wrongCurrentPassword:
+            context.logger.info("password change refused: wrong current password", metadata: ["account_id": "\(session.accountID)"])
             return again(.unauthorized, ["Le mot de passe actuel est incorrect. Chaque erreur compte, comme à la connexion : après plusieurs erreurs, le compte est bloqué pour un temps."])
-        case .locked:
+        case .changedMeanwhile:
+            return again(.conflict, ["Votre mot de passe vient d’être changé ailleurs (un autre onglet ?) pendant la vérification : rien n’a été compté ni changé ici. Rouvrez « Mon compte »."])
+        case .locked(let now):
+            if now { metrics.lockout() }
+            context.logger.info("password change refused: account locked", metadata: ["account_id": "\(session.accountID)", "locked_now": "\(now)"])
             return again(.forbidden, ["Trop d’erreurs : votre compte est bloqué pour un temps, et votre mot de passe n’a pas changé. Réessayez plus tard, ou choisissez un nouveau mot de passe avec « Mot de passe oublié »."])
+        case .resetRequired:
+            return again(.forbidden, ["Le mot de passe de ce compte doit être choisi par un lien envoyé par courriel : utilisez « Mot de passe oublié ». Rien n’a été compté."])
+        case .deactivated:
+            return again(.forbidden, ["La plateforme SAS a désactivé ce compte : son mot de passe ne peut pas être changé."])
         case .policy(let violations):
             return again(.badRequest, violations.map(\.frenchMessage))
         case .sessionEnded:
@@ -743,8 +775,7 @@ struct WebController: Sendable {
             return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
         }
         context.logger.notice("other sessions ended by their holder", metadata: ["sessions": "\(ended)"])
-        let count = ended == 1 ? "Votre autre session est fermée" : ended == 0 ? "Aucune autre session n’était ouverte" : "Vos \(ended) autres sessions sont fermées"
-        return try await accountPage(request, notice: ended == 0 ? "\(count)." : "\(count) : leurs navigateurs devront se reconnecter pour retrouver l’habilitation.")
+        return Self.redirect(accountAddress(notice: "autres-\(ended)", session: token))
     }
 
     /// The page a proxy shows after a 403 from forward-auth (403 itself unless the session is

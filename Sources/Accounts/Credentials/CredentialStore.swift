@@ -17,22 +17,29 @@ public enum PasswordStepOutcome: Sendable, Equatable {
     }
 }
 
-/// Why a password reset was refused.
-/// What « Changer mon mot de passe » came to (``CredentialStore/changePassword(accountID:keepingSession:currentPassword:newPassword:actor:notification:)``).
+/// What « Changer mon mot de passe » came to (``CredentialStore/changePassword(accountID:keepingSession:renewingSessionAs:currentPassword:newPassword:actor:notification:)``).
 public enum PasswordChangeOutcome: Sendable, Equatable {
     /// Changed; the account's other live sessions ended (how many).
     case changed(otherSessions: Int)
-    /// The current password was wrong (a failure counted towards the lockout), or the
-    /// password changed elsewhere while it was checked (not counted).
+    /// The current password was wrong (a failure counted towards the lockout).
     case wrongCurrentPassword
-    /// The account is locked (now, or by this failure): nothing checked, nothing changed.
-    case locked
+    /// The password changed elsewhere (another tab) while this one was checked: nothing
+    /// counted, nothing changed.
+    case changedMeanwhile
+    /// The account is locked (`now`: by this failure): nothing changed.
+    case locked(now: Bool)
+    /// The account must choose its password through a reset link (« Mot de passe oublié »):
+    /// nothing checked, nothing counted.
+    case resetRequired
+    /// The SAS deactivated the account: nothing checked, nothing counted.
+    case deactivated
     /// The new password breaks the policy: nothing checked, nothing counted.
     case policy([PasswordPolicyViolation])
     /// The session the change came from ended meanwhile: nothing changed.
     case sessionEnded
 }
 
+/// Why a password reset was refused.
 public enum PasswordResetError: Error, Sendable, Equatable {
     /// Unknown, expired, already used, or voided (a password set through another link, the
     /// e-mail changed, the account deactivated): the same answer for all.
@@ -342,19 +349,28 @@ public final class CredentialStore: Sendable {
 
     /// « Changer mon mot de passe », from a live session (`keepingSession`, its id's hash):
     /// the current password is required (a session taken over, a workstation left signed in,
-    /// must not be enough to lock its owner out), and a wrong one counts towards the lockout
-    /// as at the sign-in (every failed factor counts). The policy is checked first (nothing
-    /// counted). Then, in one transaction: the hash, the account's reset links voided (with
-    /// their mails still queued), every other session and every sign-in under way ended (this
-    /// session stays: its holder just proved the password), pending TOTP enrolments dropped,
-    /// a notification mail queued to the account's address (`notification`: whoever changed it
-    /// without the owner's knowledge is found out), and the audit event. The failure count is
-    /// left as it is: only a completed sign-in resets it.
-    public func changePassword(accountID: String, keepingSession sessionHash: String, currentPassword: String, newPassword: String,
-                               actor: AuditActor, notification: @escaping @Sendable (AccountRow, Date) -> OutgoingMail) async throws -> PasswordChangeOutcome {
-        guard let row = try await database.read({ db in try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [accountID]) }) else {
-            return .sessionEnded
+    /// must not be enough to change it), and a wrong one counts towards the lockout as at the
+    /// sign-in (every failed factor counts). The policy is checked first (nothing counted).
+    ///
+    /// Two transactions, as the sign-in's check and its flow: the first settles the current
+    /// password (locked: refused; wrong: counted), and only a right one, on an account not
+    /// locked, gets the new password hashed: a locked account answers in the time of one
+    /// argon2 run whether the password tried was right or not (hashing the new one first would
+    /// tell the two apart, and make guesses during a lock free). The second commits, after
+    /// checking again that the password, the lock and the session are as they were: the
+    /// hash, the session renewed under `renewingSessionAs` (a cookie that leaked before the
+    /// change does not outlive it), every other session and every sign-in under way ended,
+    /// the reset links voided (their queued mails withdrawn), pending TOTP enrolments dropped,
+    /// a notification mail queued to the account's address as it is at that moment, and the
+    /// audit event. The failure count is left as it is: only a completed sign-in resets it.
+    public func changePassword(accountID: String, keepingSession sessionHash: String, renewingSessionAs renewedHash: String,
+                               currentPassword: String, newPassword: String, actor: AuditActor,
+                               notification: @escaping @Sendable (AccountRow, Date) -> OutgoingMail) async throws -> PasswordChangeOutcome {
+        let read = { @Sendable (db: any SQLTransaction) throws -> AccountRow? in
+            try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [accountID])
         }
+        guard let row = try await database.read(read) else { return .sessionEnded }
+        if let refusal = Self.changeRefusal(row) { return refusal }
         let newPassword = Self.normalized(newPassword)
         let violations = policy.violations(of: newPassword, email: row.email)
         guard violations.isEmpty else { return .policy(violations) }
@@ -362,24 +378,23 @@ public final class CredentialStore: Sendable {
         var candidates = [Array(normalized.utf8)]
         if candidates[0] != Array(currentPassword.utf8) { candidates.append(Array(currentPassword.utf8)) }
         let verified = try await hasher.verifyAny(candidates, encoded: row.passwordHash, admittingUpTo: configuration.hashQueueLimit) != nil
-        let hash = verified ? try await hasher.hash(Array(newPassword.utf8), admittingUpTo: configuration.hashQueueLimit) : nil
         let lockout = configuration.lockout
-        let at = now
-        return try await database.write { db in
+        let settled: PasswordChangeOutcome? = try await database.write { db in
+            let at = self.now
             let current = try SQLRow.fetchOne(db, sql: """
                 SELECT failed_sign_ins, locked_until, last_failed_sign_in, password_hash FROM account WHERE id = ?
                 """, arguments: [row.id])
             let state = Self.lockoutState(of: current)
             if lockout.isLocked(state, at: at) {
                 try self.audit.append(self.event("password-change", "refused locked", row.id, actor, at), in: db)
-                return .locked
+                return .locked(now: false)
             }
             guard let current, current["password_hash"] as String? == row.passwordHash else {
                 // Changed elsewhere while argon2 ran: this check says nothing of the new one.
                 try self.audit.append(self.event("password-change", "refused password-changed-meanwhile", row.id, actor, at), in: db)
-                return .wrongCurrentPassword
+                return .changedMeanwhile
             }
-            guard let hash else {
+            guard verified else {
                 let (next, lockedNow) = lockout.recordingFailure(state, at: at)
                 try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
                                arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, row.id])
@@ -388,22 +403,53 @@ public final class CredentialStore: Sendable {
                 if lockedNow {
                     try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", row.id, actor, at), in: db)
                 }
-                return lockedNow ? .locked : .wrongCurrentPassword
+                return lockedNow ? .locked(now: true) : .wrongCurrentPassword
             }
-            guard let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db) else {
+            return nil
+        }
+        if let settled { return settled }
+        let hash = try await hasher.hash(Array(newPassword.utf8), admittingUpTo: configuration.hashQueueLimit)
+        return try await database.write { db in
+            let at = self.now
+            guard let account = try read(db) else { return .sessionEnded }
+            if lockout.isLocked(Self.lockoutState(of: try SQLRow.fetchOne(db, sql: """
+                SELECT failed_sign_ins, locked_until, last_failed_sign_in FROM account WHERE id = ?
+                """, arguments: [row.id])), at: at) {
+                try self.audit.append(self.event("password-change", "refused locked", row.id, actor, at), in: db)
+                return .locked(now: false)
+            }
+            guard account.passwordHash == row.passwordHash else {
+                try self.audit.append(self.event("password-change", "refused password-changed-meanwhile", row.id, actor, at), in: db)
+                return .changedMeanwhile
+            }
+            if let refusal = Self.changeRefusal(account) { return refusal }
+            guard let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db),
+                  try self.sessions.renew(sessionHash, as: renewedHash, of: row.id, in: db) else {
                 try self.audit.append(self.event("password-change", "refused session-ended", row.id, actor, at), in: db)
                 return .sessionEnded
             }
             let voided = try ResetLinkLedger().voidAll(of: row.id, at: at, in: db)
-            try db.execute(sql: "UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?",
+            try db.execute(sql: "UPDATE account SET password_hash = ?, password_changed_at = ? WHERE id = ?",
                            arguments: [hash, at.epochMilliseconds, row.id])
             try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
-            try self.outbox.enqueue(notification(row, at), at: at, in: db)
+            try self.outbox.enqueue(notification(account, at), at: at, in: db)
             try self.audit.append(self.event("password-changed", "\(ended.sessions) other session(s) revoked", row.id, actor, at,
-                                             detail: ["kept session \(String(sessionHash.prefix(12)))", ended.summary.isEmpty ? nil : ended.summary, voided.summary,
+                                             detail: ["session \(String(sessionHash.prefix(12))) kept, renewed as \(String(renewedHash.prefix(12)))",
+                                                      ended.summary.isEmpty ? nil : ended.summary, voided.summary,
                                                       "notification queued"].compactMap { $0 }.joined(separator: ", ")), in: db)
             return .changed(otherSessions: ended.sessions)
         }
+    }
+
+    /// Accounts whose password cannot be changed from a session: one that must choose a new
+    /// password through a reset link (its second factor was reset, or its password was never
+    /// chosen: a session opened through Pro Santé Connect must not skip the mailbox's proof
+    /// with an old, possibly phished, password, nor spend lockout tries on an unknown one),
+    /// and one the SAS deactivated (no reset link is issued for it either).
+    static func changeRefusal(_ row: AccountRow) -> PasswordChangeOutcome? {
+        if !row.active { return .deactivated }
+        if row.passwordResetRequired { return .resetRequired }
+        return nil
     }
 
     // MARK: Second factor

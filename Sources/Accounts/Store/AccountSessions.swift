@@ -1,11 +1,6 @@
 import Foundation
 import Storage
 
-/// What Accounts needs from the module that owns sign-in sessions and vendor suspensions
-/// (Habilitation): Accounts never names their tables. The calls run inside the caller's write transaction, so an
-/// account change and its effect on sessions commit together or not at all (a password reset
-/// that revoked no session cannot be acknowledged). The composition root passes
-/// Habilitation's implementation (`SessionLedger`) to ``Provisioner`` and ``CredentialStore``.
 /// What ``AccountSessions/revokeOthers(of:keeping:reason:at:in:)`` ended.
 public struct EndedSessions: Sendable, Equatable {
     /// The live sessions ended, by their audit reference (not secrets: the first 12 hex digits
@@ -31,6 +26,11 @@ public struct EndedSessions: Sendable, Equatable {
     }
 }
 
+/// What Accounts needs from the module that owns sign-in sessions and vendor suspensions
+/// (Habilitation): Accounts never names their tables. The calls run inside the caller's write transaction, so an
+/// account change and its effect on sessions commit together or not at all (a password reset
+/// that revoked no session cannot be acknowledged). The composition root passes
+/// Habilitation's implementation (`SessionLedger`) to ``Provisioner`` and ``CredentialStore``.
 public protocol AccountSessions: Sendable {
     /// Ends every live session of the account (`reason` recorded with each); returns how many.
     func revokeAll(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int
@@ -40,6 +40,10 @@ public protocol AccountSessions: Sendable {
     /// and the flows under way ended; nil, changing nothing, when `kept` is not a live session
     /// of the account (revoked or expired meanwhile).
     func revokeOthers(of accountID: String, keeping kept: String, reason: String, at: Date, in db: any SQLTransaction) throws -> EndedSessions?
+    /// Gives the live session `kept` of the account the id hash `renewed` (a new cookie):
+    /// whoever held the old id (a cookie that leaked) holds nothing after a password change.
+    /// False, changing nothing, when `kept` is not a live session of the account.
+    func renew(_ kept: String, as renewed: String, of accountID: String, in db: any SQLTransaction) throws -> Bool
     /// Ends the account's live sessions and sign-in flows opened through Pro Santé Connect
     /// (matched on the national id); returns how many sessions.
     func revokeProviderSessions(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int
