@@ -84,6 +84,13 @@ struct AccountPageTests {
         }
         #expect(spent == 0, "the recovery code was not looked at")
 
+        // The notice's MAC is bound to the session: another session of the account, given the
+        // same address, sees no notice.
+        _ = try await other.get(entry)
+        try await WebSignInTests.signIn(other, secret: secret, code: recoveryCodes[1])
+        let elsewhere = try await other.get(try #require(closing.location))
+        #expect(elsewhere.status == 200 && !elsewhere.body.contains("est fermée"), "\(elsewhere.status)")
+
         let event = try #require(try await world.server.auditEvents().last { $0.action == "other-sessions-revoked" })
         #expect(event.outcome == "1 revoked" && event.surface == "web", "\(event)")
         #expect(event.detail?.hasPrefix("kept session ") == true && event.detail?.contains("ended: \(otherReference)") == true
@@ -145,6 +152,7 @@ struct AccountPageTests {
         let stale = try world.browser()
         stale.cookies = [WebCookie.session.rawValue: oldCookie]
         #expect(try await stale.get("/compte").location == "/connexion", "the id before the change holds nothing")
+        #expect(try await ForwardAuthTests.ask(stale, server: world.server).status == 401, "nor for forward-auth")
         #expect(try await other.get("/compte").location == "/connexion", "the other one ends")
         #expect(try await office.get("/reinitialisation?jeton=\(link)").status == 410, "the reset link asked before is void")
         // The owner is told, at the account's address.
@@ -179,6 +187,24 @@ struct AccountPageTests {
         let events = try await world.server.auditEvents()
         #expect(events.contains { $0.action == "lockout" } && !events.contains { $0.action == "password-changed" })
         #expect(events.filter { $0.action == "password-change" }.map(\.outcome).suffix(2) == ["refused locked-now", "refused locked"], "\(events.filter { $0.action == "password-change" })")
+        await office.shutdown()
+        await world.stop()
+    }
+
+    /// A suspended account's password is not changed from a session (its habilitation is
+    /// withdrawn, its sessions live): refused before anything is looked at or counted.
+    @Test func aSuspendedAccountsPasswordIsNotChangedHere() async throws {
+        let world = try await World()
+        let office = try world.browser()
+        try await WebSignInTests.choosePassword(office, world: world)
+        try await WebSignInTests.signIn(office)
+        let admin = AdminClient(server: world.server)
+        #expect(try await admin.send(.POST, "/api/accounts/\(WebSignInTests.email)/suspend").status == 200)
+        let refused = try await office.submit("/compte/mot-de-passe", ["actuel": "pas le bon mot de passe", "password": Self.newPassword, "confirmation": Self.newPassword])
+        #expect(refused.status == 403 && refused.body.contains("suspendu"), "\(refused.status) \(refused.body)")
+        #expect(try await Self.failedSignIns(world) == 0, "nothing counted")
+        #expect(try await world.server.auditEvents().contains { $0.action == "password-change" && $0.outcome == "refused suspended" })
+        await admin.shutdown()
         await office.shutdown()
         await world.stop()
     }

@@ -248,7 +248,7 @@ enum Pages {
         let invalid = !errors.isEmpty
         return layout("Choisir un mot de passe", """
             \(invalid ? "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML : "" as HTML)
-            <p id="regles-mdp">Au moins \(PasswordPolicy.minimumLength) caractères. Évitez les mots de passe courants, votre adresse électronique, les suites de touches ou de caractères (« azertyuiop », « aaaa… »). Une phrase de plusieurs mots convient très bien.</p>
+            \(passwordRules)
             <form method="post" action="/reinitialisation" id="form-reinitialisation">
             \(csrfField(csrf))
             <input type="hidden" name="jeton" value="\(token)">
@@ -267,7 +267,7 @@ enum Pages {
         let invalid = !errors.isEmpty
         return layout("Changer mon mot de passe", """
             \(invalid ? "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML : "" as HTML)
-            <p id="regles-mdp">Au moins \(PasswordPolicy.minimumLength) caractères. Évitez les mots de passe courants, votre adresse électronique, les suites de touches ou de caractères (« azertyuiop », « aaaa… »). Une phrase de plusieurs mots convient très bien.</p>
+            \(passwordRules)
             <form method="post" action="/compte/mot-de-passe" id="form-mot-de-passe">
             \(csrfField(csrf))
             <label for="actuel">Mot de passe actuel</label>
@@ -282,6 +282,11 @@ enum Pages {
             <p class="hint">Mot de passe actuel oublié ? <a href="/mot-de-passe-oublie">Mot de passe oublié</a> : un lien vous est envoyé, et le mot de passe choisi par ce lien ferme toutes vos sessions, celle-ci comprise.</p>
             <p><a href="/compte" id="lien-compte">Retour à « Mon compte »</a></p>
             """, error: invalid)
+    }
+
+    /// The rules of a new password, as the reset and the change show them.
+    static var passwordRules: HTML {
+        "<p id=\"regles-mdp\">Au moins \(PasswordPolicy.minimumLength) caractères. Évitez les mots de passe courants, votre adresse électronique, les suites de touches ou de caractères (« azertyuiop », « aaaa… »). Une phrase de plusieurs mots convient très bien.</p>"
     }
 
     static var resetDone: HTML { layout("Mot de passe enregistré", """

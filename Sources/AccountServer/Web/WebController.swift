@@ -681,14 +681,14 @@ struct WebController: Sendable {
     /// with the action's notice as `avis=CODE.MAC`, the MAC bound to the session, so that no
     /// link made elsewhere can make the page claim an action that did not happen.
     func accountAddress(notice code: String, session: String) -> String {
-        "/compte?avis=\(code).\(csrf.token(for: "avis \(code) \(session)"))"
+        "/compte?avis=\(code).\(csrf.mac("\(code) \(session)", purpose: "avis"))"
     }
 
     /// The notice `avis` names, if its MAC holds for this session.
     func notice(_ avis: String, session: String) -> String? {
         guard let dot = avis.firstIndex(of: ".") else { return nil }
         let code = String(avis[..<dot]), mac = String(avis[avis.index(after: dot)...])
-        guard SecretToken.constantTimeEquals(Array(csrf.token(for: "avis \(code) \(session)").utf8), Array(mac.utf8)) else { return nil }
+        guard SecretToken.constantTimeEquals(Array(csrf.mac("\(code) \(session)", purpose: "avis").utf8), Array(mac.utf8)) else { return nil }
         let parts = code.split(separator: "-", maxSplits: 1)
         guard parts.count == 2, let count = Int(parts[1]), count >= 0 else { return nil }
         switch parts[0] {
@@ -754,6 +754,8 @@ struct WebController: Sendable {
             if now { metrics.lockout() }
             context.logger.info("password change refused: account locked", metadata: ["account_id": "\(session.accountID)", "locked_now": "\(now)"])
             return again(.forbidden, ["Trop d’erreurs : votre compte est bloqué pour un temps, et votre mot de passe n’a pas changé. Réessayez plus tard, ou choisissez un nouveau mot de passe avec « Mot de passe oublié »."])
+        case .suspended:
+            return again(.forbidden, ["L’éditeur a suspendu l’habilitation de ce compte : son mot de passe ne peut pas être changé. Contactez l’éditeur de votre agenda."])
         case .resetRequired:
             return again(.forbidden, ["Le mot de passe de ce compte doit être choisi par un lien envoyé par courriel : utilisez « Mot de passe oublié ». Rien n’a été compté."])
         case .deactivated:

@@ -100,6 +100,14 @@ struct CSRFProtection: Sendable {
         self.publicOrigin = publicOrigin
     }
 
+    /// A MAC of `message` for another use than forms, under a key of its own derived for
+    /// `purpose`: no form token is ever a valid MAC of it, nor the reverse, whatever a client
+    /// puts in its CSRF cookie.
+    func mac(_ message: String, purpose: String) -> String {
+        let derived = key.withUnsafeBytes { SymmetricKey(data: SHA256.hash(data: Array($0) + Array("mac:\(purpose)".utf8))) }
+        return Base64URL.encode(Array(HMAC<SHA256>.authenticationCode(for: Array(message.utf8), using: derived)))
+    }
+
     /// Checks a form bound to `secret` (a cookie value) and posted from `origin`.
     func isValid(fields: HTTPFields, submitted: String?, boundTo secret: String?, origin expected: String) -> Bool {
         if let origin = fields[.origin], origin != "null", origin != expected { return false }

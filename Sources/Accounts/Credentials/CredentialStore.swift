@@ -33,6 +33,8 @@ public enum PasswordChangeOutcome: Sendable, Equatable {
     case resetRequired
     /// The SAS deactivated the account: nothing checked, nothing counted.
     case deactivated
+    /// A vendor admin suspended the account's habilitation: nothing checked, nothing counted.
+    case suspended
     /// The new password breaks the policy: nothing checked, nothing counted.
     case policy([PasswordPolicyViolation])
     /// The session the change came from ended meanwhile: nothing changed.
@@ -232,16 +234,26 @@ public final class CredentialStore: Sendable {
                 try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
                 return (.accepted(accountID: row.id), try whenAccepted(row.id, db))
             }
-            let (next, lockedNow) = lockout.recordingFailure(state, at: at)
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
-                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, row.id])
-            try self.audit.append(self.event("sign-in", lockedNow ? "refused locked-now" : "refused wrong-password", row.id, actor, at,
-                                             detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
-            if lockedNow {
-                try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", row.id, actor, at), in: db)
-            }
+            let lockedNow = try self.countFailure(row.id, state, action: "sign-in", refusal: "refused wrong-password", actor: actor, at: at, in: db)
             return (.refused(reason: lockedNow ? .lockedNow : .wrongPassword, accountID: row.id), nil)
         }
+    }
+
+    /// A failed factor (a password at the sign-in or on « Changer mon mot de passe », a code),
+    /// counted towards the lockout in the caller's transaction, with its audit event
+    /// (`refusal`, or `refused locked-now` when it starts a lock, and then the `lockout` event).
+    /// Returns whether it started a lock.
+    func countFailure(_ accountID: String, _ state: LockoutPolicy.State, action: String, refusal: String, actor: AuditActor, at: Date,
+                      in db: any SQLTransaction) throws -> Bool {
+        let (next, lockedNow) = configuration.lockout.recordingFailure(state, at: at)
+        try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
+                       arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, accountID])
+        try audit.append(event(action, lockedNow ? "refused locked-now" : refusal, accountID, actor, at,
+                               detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
+        if lockedNow {
+            try audit.append(event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", accountID, actor, at), in: db)
+        }
+        return lockedNow
     }
 
     func lockoutState(_ accountID: String, in db: any SQLTransaction) throws -> LockoutPolicy.State {
@@ -369,8 +381,22 @@ public final class CredentialStore: Sendable {
         let read = { @Sendable (db: any SQLTransaction) throws -> AccountRow? in
             try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [accountID])
         }
-        guard let row = try await database.read(read) else { return .sessionEnded }
-        if let refusal = Self.changeRefusal(row) { return refusal }
+        let lockout = configuration.lockout
+        let start = now
+        // Refusals that need no password looked at: the session holder learns nothing from
+        // them they did not know (the account exists, and is locked, or suspended).
+        let checked: (row: AccountRow, refusal: PasswordChangeOutcome?)? = try await database.write { db in
+            guard let row = try read(db) else { return nil }
+            let refusal: PasswordChangeOutcome? = lockout.isLocked(try self.lockoutState(row.id, in: db), at: start)
+                ? .locked(now: false) : try self.changeRefusal(row, in: db)
+            if let refusal {
+                try self.audit.append(self.event("password-change", "refused \(Self.auditName(refusal))", row.id, actor, start), in: db)
+            }
+            return (row, refusal)
+        }
+        guard let checked else { return .sessionEnded }
+        if let early = checked.refusal { return early }
+        let row = checked.row
         let newPassword = Self.normalized(newPassword)
         let violations = policy.violations(of: newPassword, email: row.email)
         guard violations.isEmpty else { return .policy(violations) }
@@ -378,7 +404,6 @@ public final class CredentialStore: Sendable {
         var candidates = [Array(normalized.utf8)]
         if candidates[0] != Array(currentPassword.utf8) { candidates.append(Array(currentPassword.utf8)) }
         let verified = try await hasher.verifyAny(candidates, encoded: row.passwordHash, admittingUpTo: configuration.hashQueueLimit) != nil
-        let lockout = configuration.lockout
         let settled: PasswordChangeOutcome? = try await database.write { db in
             let at = self.now
             let current = try SQLRow.fetchOne(db, sql: """
@@ -389,27 +414,27 @@ public final class CredentialStore: Sendable {
                 try self.audit.append(self.event("password-change", "refused locked", row.id, actor, at), in: db)
                 return .locked(now: false)
             }
+            // Deactivated, suspended or owing a reset meanwhile: refused, not counted.
+            if let account = try read(db), let refusal = try self.changeRefusal(account, in: db) {
+                try self.audit.append(self.event("password-change", "refused \(Self.auditName(refusal))", row.id, actor, at), in: db)
+                return refusal
+            }
             guard let current, current["password_hash"] as String? == row.passwordHash else {
                 // Changed elsewhere while argon2 ran: this check says nothing of the new one.
                 try self.audit.append(self.event("password-change", "refused password-changed-meanwhile", row.id, actor, at), in: db)
                 return .changedMeanwhile
             }
             guard verified else {
-                let (next, lockedNow) = lockout.recordingFailure(state, at: at)
-                try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
-                               arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, row.id])
-                try self.audit.append(self.event("password-change", lockedNow ? "refused locked-now" : "refused wrong-password", row.id, actor, at,
-                                                 detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
-                if lockedNow {
-                    try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", row.id, actor, at), in: db)
-                }
+                let lockedNow = try self.countFailure(row.id, state, action: "password-change", refusal: "refused wrong-password", actor: actor, at: at, in: db)
                 return lockedNow ? .locked(now: true) : .wrongCurrentPassword
             }
             return nil
         }
         if let settled { return settled }
-        let hash = try await hasher.hash(Array(newPassword.utf8), admittingUpTo: configuration.hashQueueLimit)
-        return try await database.write { db in
+        // Admitted already (the check above): a queue filled meanwhile must not turn a right
+        // password into a silent 503.
+        let hash = try await hasher.hash(Array(newPassword.utf8))
+        do { return try await database.write { db in
             let at = self.now
             guard let account = try read(db) else { return .sessionEnded }
             if lockout.isLocked(Self.lockoutState(of: try SQLRow.fetchOne(db, sql: """
@@ -422,12 +447,16 @@ public final class CredentialStore: Sendable {
                 try self.audit.append(self.event("password-change", "refused password-changed-meanwhile", row.id, actor, at), in: db)
                 return .changedMeanwhile
             }
-            if let refusal = Self.changeRefusal(account) { return refusal }
-            guard let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db),
-                  try self.sessions.renew(sessionHash, as: renewedHash, of: row.id, in: db) else {
+            if let refusal = try self.changeRefusal(account, in: db) {
+                try self.audit.append(self.event("password-change", "refused \(Self.auditName(refusal))", row.id, actor, at), in: db)
+                return refusal
+            }
+            guard let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db) else {
                 try self.audit.append(self.event("password-change", "refused session-ended", row.id, actor, at), in: db)
                 return .sessionEnded
             }
+            // Thrown, not returned: the other sessions' ends above must not commit alone.
+            guard try self.sessions.renew(sessionHash, as: renewedHash, of: row.id, in: db) else { throw SessionGone() }
             let voided = try ResetLinkLedger().voidAll(of: row.id, at: at, in: db)
             try db.execute(sql: "UPDATE account SET password_hash = ?, password_changed_at = ? WHERE id = ?",
                            arguments: [hash, at.epochMilliseconds, row.id])
@@ -438,17 +467,34 @@ public final class CredentialStore: Sendable {
                                                       ended.summary.isEmpty ? nil : ended.summary, voided.summary,
                                                       "notification queued"].compactMap { $0 }.joined(separator: ", ")), in: db)
             return .changed(otherSessions: ended.sessions)
+        } } catch is SessionGone {
+            return .sessionEnded
         }
     }
 
-    /// Accounts whose password cannot be changed from a session: one that must choose a new
+    private struct SessionGone: Error {}
+
+    /// Accounts whose password cannot be changed from a session: one a vendor admin suspended
+    /// (its habilitation withdrawn, its sessions live), one that must choose a new
     /// password through a reset link (its second factor was reset, or its password was never
     /// chosen: a session opened through Pro Santé Connect must not skip the mailbox's proof
     /// with an old, possibly phished, password, nor spend lockout tries on an unknown one),
     /// and one the SAS deactivated (no reset link is issued for it either).
-    static func changeRefusal(_ row: AccountRow) -> PasswordChangeOutcome? {
+    /// A refusal's name in the audit trail (`refused locked`, `refused suspended` …).
+    static func auditName(_ outcome: PasswordChangeOutcome) -> String {
+        switch outcome {
+        case .locked: return "locked"
+        case .deactivated: return "deactivated"
+        case .suspended: return "suspended"
+        case .resetRequired: return "reset-required"
+        default: return "\(outcome)"
+        }
+    }
+
+    func changeRefusal(_ row: AccountRow, in db: any SQLTransaction) throws -> PasswordChangeOutcome? {
         if !row.active { return .deactivated }
         if row.passwordResetRequired { return .resetRequired }
+        if try sessions.isSuspendedByVendor(row.id, in: db) { return .suspended }
         return nil
     }
 
@@ -687,14 +733,7 @@ public final class CredentialStore: Sendable {
                 try step.accept(db)
                 return .accepted(factor)
             }
-            let (next, lockedNow) = lockout.recordingFailure(state, at: at)
-            try db.execute(sql: "UPDATE account SET failed_sign_ins = ?, locked_until = ?, last_failed_sign_in = ? WHERE id = ?",
-                           arguments: [next.consecutiveFailures, next.lockedUntil?.epochMilliseconds, next.lastFailureAt?.epochMilliseconds, accountID])
-            try self.audit.append(self.event("second-factor", lockedNow ? "refused locked-now" : "refused",
-                                             accountID, actor, at, detail: "consecutive failures: \(next.consecutiveFailures)"), in: db)
-            if lockedNow {
-                try self.audit.append(self.event("lockout", "locked until \(AuditLog.timestamp(next.lockedUntil!))", accountID, actor, at), in: db)
-            }
+            let lockedNow = try self.countFailure(accountID, state, action: "second-factor", refusal: "refused", actor: actor, at: at, in: db)
             return .refused(flowOpen: try step.refuse(db, lockedNow))
         }
     }

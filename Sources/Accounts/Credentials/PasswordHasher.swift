@@ -105,7 +105,11 @@ public final class PasswordHasher: Sendable {
         try admit(limit)
         defer { release(limit) }
         return try await pool.runIfActive {
-            candidates.firstIndex { Self.verifyNow($0, encoded: encoded) }
+            // Every candidate checked, even past a match: the time taken depends on what was
+            // typed, never on which form of it is right (stopping at the first match would
+            // tell a right normalised form from a wrong one, even on a locked account, where
+            // the answer itself says nothing).
+            candidates.map { Self.verifyNow($0, encoded: encoded) }.firstIndex(of: true)
         }
     }
 
