@@ -247,7 +247,7 @@ enum Pages {
     static func resetPassword(csrf: String, token: String, errors: [String]) -> HTML {
         let invalid = !errors.isEmpty
         return layout("Choisir un mot de passe", """
-            \(invalid ? "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML : "" as HTML)
+            \(errorList(errors))
             \(passwordRules)
             <form method="post" action="/reinitialisation" id="form-reinitialisation">
             \(csrfField(csrf))
@@ -266,7 +266,7 @@ enum Pages {
     static func changePassword(csrf: String, errors: [String]) -> HTML {
         let invalid = !errors.isEmpty
         return layout("Changer mon mot de passe", """
-            \(invalid ? "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>" as HTML : "" as HTML)
+            \(errorList(errors))
             \(passwordRules)
             <form method="post" action="/compte/mot-de-passe" id="form-mot-de-passe">
             \(csrfField(csrf))
@@ -282,6 +282,12 @@ enum Pages {
             <p class="hint">Mot de passe actuel oublié ? <a href="/mot-de-passe-oublie">Mot de passe oublié</a> : un lien vous est envoyé, et le mot de passe choisi par ce lien ferme toutes vos sessions, celle-ci comprise.</p>
             <p><a href="/compte" id="lien-compte">Retour à « Mon compte »</a></p>
             """, error: invalid)
+    }
+
+    /// A form's errors as the pages announce them (`#erreur`, read out at once); nothing when
+    /// there are none.
+    static func errorList(_ errors: [String]) -> HTML {
+        errors.isEmpty ? "" : "<ul class=\"error\" role=\"alert\" id=\"erreur\">\(errors.map { "<li>\($0)</li>" as HTML })</ul>"
     }
 
     /// The rules of a new password, as the reset and the change show them.

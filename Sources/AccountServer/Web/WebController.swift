@@ -713,7 +713,7 @@ struct WebController: Sendable {
     }
 
     /// « Changer mon mot de passe »: the current password, then the new one twice
-    /// (``CredentialStore/changePassword(accountID:keepingSession:currentPassword:newPassword:actor:notification:)``).
+    /// (``CredentialStore/changePassword(accountID:keepingSession:renewingSessionAs:currentPassword:newPassword:actor:notification:)``).
     func changePassword(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard let fields = try await form(request, context) else { return csrfRefused }
         guard let token = WebCookie.value(.session, in: request.headers), let session = try await sessions.session(token) else {

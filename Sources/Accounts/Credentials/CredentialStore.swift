@@ -378,25 +378,31 @@ public final class CredentialStore: Sendable {
     public func changePassword(accountID: String, keepingSession sessionHash: String, renewingSessionAs renewedHash: String,
                                currentPassword: String, newPassword: String, actor: AuditActor,
                                notification: @escaping @Sendable (AccountRow, Date) -> OutgoingMail) async throws -> PasswordChangeOutcome {
-        let read = { @Sendable (db: any SQLTransaction) throws -> AccountRow? in
-            try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [accountID])
-        }
         let lockout = configuration.lockout
-        let start = now
-        // Refusals that need no password looked at: the session holder learns nothing from
-        // them they did not know (the account exists, and is locked, or suspended).
-        let checked: (row: AccountRow, refusal: PasswordChangeOutcome?)? = try await database.write { db in
-            guard let row = try read(db) else { return nil }
-            let refusal: PasswordChangeOutcome? = lockout.isLocked(try self.lockoutState(row.id, in: db), at: start)
-                ? .locked(now: false) : try self.changeRefusal(row, in: db)
-            if let refusal {
-                try self.audit.append(self.event("password-change", "refused \(Self.auditName(refusal))", row.id, actor, start), in: db)
+        // What refuses a change without looking at any password (the session holder learns
+        // nothing they did not know: the account exists, and is locked, suspended …), audited,
+        // nothing counted; looked at before argon2 and again in each transaction, against the
+        // hash the check is made with (`expected`: changed meanwhile, refused).
+        let recheck = { @Sendable (db: any SQLTransaction, at: Date, expected: String?) throws -> (account: AccountRow?, refusal: PasswordChangeOutcome?) in
+            guard let account = try AccountRow.fetchOne(db, sql: "SELECT * FROM account WHERE id = ?", arguments: [accountID]) else {
+                return (nil, .sessionEnded)
             }
-            return (row, refusal)
+            let refusal: PasswordChangeOutcome?
+            if lockout.isLocked(try self.lockoutState(account.id, in: db), at: at) {
+                refusal = .locked(now: false)
+            } else if let expected, account.passwordHash != expected {
+                refusal = .changedMeanwhile
+            } else {
+                refusal = try self.changeRefusal(account, in: db)
+            }
+            if let refusal {
+                try self.audit.append(self.event("password-change", "refused \(Self.auditName(refusal))", account.id, actor, at), in: db)
+            }
+            return (account, refusal)
         }
-        guard let checked else { return .sessionEnded }
-        if let early = checked.refusal { return early }
-        let row = checked.row
+        let checked = try await database.write { db in try recheck(db, self.now, nil) }
+        if let refusal = checked.refusal { return refusal }
+        guard let row = checked.account else { return .sessionEnded }
         let newPassword = Self.normalized(newPassword)
         let violations = policy.violations(of: newPassword, email: row.email)
         guard violations.isEmpty else { return .policy(violations) }
@@ -406,26 +412,10 @@ public final class CredentialStore: Sendable {
         let verified = try await hasher.verifyAny(candidates, encoded: row.passwordHash, admittingUpTo: configuration.hashQueueLimit) != nil
         let settled: PasswordChangeOutcome? = try await database.write { db in
             let at = self.now
-            let current = try SQLRow.fetchOne(db, sql: """
-                SELECT failed_sign_ins, locked_until, last_failed_sign_in, password_hash FROM account WHERE id = ?
-                """, arguments: [row.id])
-            let state = Self.lockoutState(of: current)
-            if lockout.isLocked(state, at: at) {
-                try self.audit.append(self.event("password-change", "refused locked", row.id, actor, at), in: db)
-                return .locked(now: false)
-            }
-            // Deactivated, suspended or owing a reset meanwhile: refused, not counted.
-            if let account = try read(db), let refusal = try self.changeRefusal(account, in: db) {
-                try self.audit.append(self.event("password-change", "refused \(Self.auditName(refusal))", row.id, actor, at), in: db)
-                return refusal
-            }
-            guard let current, current["password_hash"] as String? == row.passwordHash else {
-                // Changed elsewhere while argon2 ran: this check says nothing of the new one.
-                try self.audit.append(self.event("password-change", "refused password-changed-meanwhile", row.id, actor, at), in: db)
-                return .changedMeanwhile
-            }
+            if let refusal = try recheck(db, at, row.passwordHash).refusal { return refusal }
             guard verified else {
-                let lockedNow = try self.countFailure(row.id, state, action: "password-change", refusal: "refused wrong-password", actor: actor, at: at, in: db)
+                let lockedNow = try self.countFailure(row.id, try self.lockoutState(row.id, in: db), action: "password-change",
+                                                      refusal: "refused wrong-password", actor: actor, at: at, in: db)
                 return lockedNow ? .locked(now: true) : .wrongCurrentPassword
             }
             return nil
@@ -436,22 +426,10 @@ public final class CredentialStore: Sendable {
         let hash = try await hasher.hash(Array(newPassword.utf8))
         do { return try await database.write { db in
             let at = self.now
-            guard let account = try read(db) else { return .sessionEnded }
-            if lockout.isLocked(Self.lockoutState(of: try SQLRow.fetchOne(db, sql: """
-                SELECT failed_sign_ins, locked_until, last_failed_sign_in FROM account WHERE id = ?
-                """, arguments: [row.id])), at: at) {
-                try self.audit.append(self.event("password-change", "refused locked", row.id, actor, at), in: db)
-                return .locked(now: false)
-            }
-            guard account.passwordHash == row.passwordHash else {
-                try self.audit.append(self.event("password-change", "refused password-changed-meanwhile", row.id, actor, at), in: db)
-                return .changedMeanwhile
-            }
-            if let refusal = try self.changeRefusal(account, in: db) {
-                try self.audit.append(self.event("password-change", "refused \(Self.auditName(refusal))", row.id, actor, at), in: db)
-                return refusal
-            }
-            guard let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db) else {
+            let checked = try recheck(db, at, row.passwordHash)
+            if let refusal = checked.refusal { return refusal }
+            guard let account = checked.account,
+                  let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db) else {
                 try self.audit.append(self.event("password-change", "refused session-ended", row.id, actor, at), in: db)
                 return .sessionEnded
             }
@@ -474,16 +452,11 @@ public final class CredentialStore: Sendable {
 
     private struct SessionGone: Error {}
 
-    /// Accounts whose password cannot be changed from a session: one a vendor admin suspended
-    /// (its habilitation withdrawn, its sessions live), one that must choose a new
-    /// password through a reset link (its second factor was reset, or its password was never
-    /// chosen: a session opened through Pro Santé Connect must not skip the mailbox's proof
-    /// with an old, possibly phished, password, nor spend lockout tries on an unknown one),
-    /// and one the SAS deactivated (no reset link is issued for it either).
     /// A refusal's name in the audit trail (`refused locked`, `refused suspended` …).
     static func auditName(_ outcome: PasswordChangeOutcome) -> String {
         switch outcome {
         case .locked: return "locked"
+        case .changedMeanwhile: return "password-changed-meanwhile"
         case .deactivated: return "deactivated"
         case .suspended: return "suspended"
         case .resetRequired: return "reset-required"
@@ -491,6 +464,12 @@ public final class CredentialStore: Sendable {
         }
     }
 
+    /// Accounts whose password cannot be changed from a session: one a vendor admin suspended
+    /// (its habilitation withdrawn, its sessions live), one that must choose a new
+    /// password through a reset link (its second factor was reset, or its password was never
+    /// chosen: a session opened through Pro Santé Connect must not skip the mailbox's proof
+    /// with an old, possibly phished, password, nor spend lockout tries on an unknown one),
+    /// and one the SAS deactivated (no reset link is issued for it either).
     func changeRefusal(_ row: AccountRow, in db: any SQLTransaction) throws -> PasswordChangeOutcome? {
         if !row.active { return .deactivated }
         if row.passwordResetRequired { return .resetRequired }
