@@ -62,17 +62,34 @@ struct LoginSeal: Sendable {
     }
 
     /// A provider login's `state`: the intent's id and the login's start, 24 bytes sealed (70
-    /// characters), unique per login by the seal's random nonce.
-    func sealState(intentID: [UInt8], at: Date) -> String {
+    /// characters), unique per login by the seal's random nonce. A login that asked the
+    /// provider to authenticate the user again (``SessionStore/createProviderLogin(intentToken:reauthentication:)``)
+    /// carries one more byte, so that its callback, if the provider did not, is refused
+    /// rather than sent back to the provider in a loop. (A server before that byte opens
+    /// such a state as another browser's: refused, never mistaken.)
+    func sealState(intentID: [UInt8], at: Date, reauthentication: Bool = false) -> String {
         var plaintext = intentID
         withUnsafeBytes(of: at.epochMilliseconds.bigEndian) { plaintext.append(contentsOf: $0) }
+        if reauthentication { plaintext.append(Self.reauthenticationMark) }
         return Self.seal(plaintext, key: stateKey, context: Self.stateContext)
     }
 
-    func openState(_ state: String) -> (intentID: [UInt8], at: Date)? {
-        guard let plaintext = Self.open(state, key: stateKey, context: Self.stateContext), plaintext.count > 8 else { return nil }
+    /// Intents' ids are 16 bytes (``SessionStore/createIntent(_:)``): a state is 24 bytes, or
+    /// 25 with the mark.
+    static let intentIDLength = 16
+    static let reauthenticationMark: UInt8 = 1
+
+    func openState(_ state: String) -> (intentID: [UInt8], at: Date, reauthentication: Bool)? {
+        guard var plaintext = Self.open(state, key: stateKey, context: Self.stateContext) else { return nil }
+        var reauthentication = false
+        if plaintext.count == Self.intentIDLength + 9 {
+            guard plaintext.last == Self.reauthenticationMark else { return nil }
+            reauthentication = true
+            plaintext.removeLast()
+        }
+        guard plaintext.count > 8 else { return nil }
         let milliseconds = plaintext.suffix(8).reduce(Int64(0)) { $0 << 8 | Int64($1) }
-        return (Array(plaintext.dropLast(8)), Date(epochMilliseconds: milliseconds))
+        return (Array(plaintext.dropLast(8)), Date(epochMilliseconds: milliseconds), reauthentication)
     }
 
     private static func seal(_ plaintext: [UInt8], key: SymmetricKey, context: [UInt8]) -> String {

@@ -14,14 +14,25 @@ public struct SessionLedger: AccountSessions {
         self.idleTimeout = idleTimeout
     }
 
+    /// The reasons a session is ended here by someone else than its browser, meaning to end
+    /// it for good: « Fermer mes autres sessions », a password change or reset, an admin's
+    /// revoke-sessions or second-factor reset. A session of these opened through Pro Santé
+    /// Connect does not open again from the provider's session it came from until the
+    /// provider has authenticated the user anew (``SessionStore/endedRemotely(_:accountID:in:)``).
+    /// Not among them: the browser's own sign-out (it goes on to the provider's sign-out),
+    /// the provider's back-channel logout (its session is over), a session replaced by the
+    /// browser's next sign-in, a national id replaced (the provider's identity no longer
+    /// leads to the account) and the server key forgotten (nobody meant to end anyone).
+    public static let remoteEndReasons: Set<String> = ["signed-out-elsewhere", "password-changed", "admin", "second-factor-reset"]
+
     /// Also ends the account's sign-in flows still in progress: a flow that passed the old
     /// password must not become a session after a reset.
     public func revokeAll(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
         try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
                        arguments: [at.epochMilliseconds, reason, accountID])
         let sessions = try db.changesCount
-        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
-                       arguments: [at.epochMilliseconds, accountID])
+        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
+                       arguments: [at.epochMilliseconds, reason, accountID])
         return sessions
     }
 
@@ -45,8 +56,8 @@ public struct SessionLedger: AccountSessions {
         // too, and not counted.
         let flows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE account_id = ? AND consumed_at IS NULL AND expires_at > ?",
                                      arguments: [accountID, at.epochMilliseconds]) ?? 0
-        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
-                       arguments: [at.epochMilliseconds, accountID])
+        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
+                       arguments: [at.epochMilliseconds, reason, accountID])
         return EndedSessions(references: live.map(SessionStore.sessionReference(hash:)), flows: flows)
     }
 
@@ -62,8 +73,8 @@ public struct SessionLedger: AccountSessions {
         try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE revoked_at IS NULL",
                        arguments: [at.epochMilliseconds, reason])
         let sessions = try db.changesCount
-        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE consumed_at IS NULL",
-                       arguments: [at.epochMilliseconds])
+        try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE consumed_at IS NULL",
+                       arguments: [at.epochMilliseconds, reason])
         return sessions
     }
 
@@ -74,8 +85,8 @@ public struct SessionLedger: AccountSessions {
             """, arguments: [at.epochMilliseconds, reason, accountID])
         let sessions = try db.changesCount
         try db.execute(sql: """
-            UPDATE sign_in_flow SET consumed_at = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL AND authentication = 'psc'
-            """, arguments: [at.epochMilliseconds, accountID])
+            UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL AND authentication = 'psc'
+            """, arguments: [at.epochMilliseconds, reason, accountID])
         return sessions
     }
 

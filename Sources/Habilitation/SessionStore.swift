@@ -83,11 +83,14 @@ public struct ProviderIdentity: Sendable, Equatable {
     public var sessionID: String?
     /// The ID token sealed with the server key (for `id_token_hint` at sign-out).
     public var sealedIDToken: [UInt8]?
+    /// When the provider authenticated the user (the ID token's `auth_time`), when it says.
+    public var authenticatedAt: Date?
 
-    public init(subject: String, sessionID: String?, sealedIDToken: [UInt8]?) {
+    public init(subject: String, sessionID: String?, sealedIDToken: [UInt8]?, authenticatedAt: Date? = nil) {
         self.subject = subject
         self.sessionID = sessionID
         self.sealedIDToken = sealedIDToken
+        self.authenticatedAt = authenticatedAt
     }
 }
 
@@ -114,6 +117,10 @@ public struct ProviderLogin: Sendable, Equatable {
     /// When the login started: a back-channel logout of its provider session received since
     /// then refuses the callback.
     public var startedAt: Date
+    /// Whether this login asked the provider to authenticate the user again (a session of
+    /// its provider session had been ended here remotely): if the answer still predates that
+    /// end, it is refused, not asked again.
+    public var reauthenticationAsked: Bool = false
 }
 
 /// A back-channel logout the relying party validated: what the provider ended.
@@ -138,6 +145,13 @@ public enum ProviderFlowStart: Sendable {
     /// The provider ended this sign-in's session (back-channel logout) before the flow was
     /// written: nothing opened for the account matched.
     case loggedOutAtProvider(accountID: String)
+    /// A session of the account opened through this provider session was ended here, by
+    /// someone else than its browser (« Fermer mes autres sessions », a password change or
+    /// reset, an admin), at `endedAt`, and the provider has not authenticated the user since
+    /// (``SessionLedger/remoteEndReasons``): nothing opened. The provider must be asked to
+    /// authenticate the user again, or the ended session's browser would open a new one
+    /// without anyone typing anything.
+    case reauthenticationRequired(accountID: String, endedAt: Date)
     /// The flow, and the session when no step remained.
     case opened(flowToken: String, session: (token: String, origin: SessionOrigin, returnURL: String?)?)
 }
@@ -185,7 +199,12 @@ public final class SessionStore: Sendable {
         return try await database.write { db in
             try db.execute(sql: "DELETE FROM login_intent WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
             var deleted = try db.changesCount
-            try db.execute(sql: "DELETE FROM sign_in_flow WHERE consumed_at IS NOT NULL OR expires_at <= ?", arguments: [at.epochMilliseconds])
+            // A Pro Santé Connect flow ended remotely stays as an ended session does
+            // (``endedRemotely(_:accountID:in:)`` reads it).
+            try db.execute(sql: """
+                DELETE FROM sign_in_flow WHERE (consumed_at IS NOT NULL OR expires_at <= ?)
+                AND (ended_reason IS NULL OR authentication <> 'psc' OR consumed_at <= ?)
+                """, arguments: [at.epochMilliseconds, cutoff])
             deleted += try db.changesCount
             // A spent state stays as long as it could be presented again.
             try db.execute(sql: "DELETE FROM oidc_login WHERE expires_at <= ?", arguments: [at.epochMilliseconds])
@@ -226,9 +245,13 @@ public final class SessionStore: Sendable {
     /// The `state` of a login at the OpenID Connect provider for a live intent: sealed, it
     /// names the intent and the login's start, and nothing is written. It lives as long as
     /// its intent. nil when the intent is not live.
-    public func createProviderLogin(intentToken: String) -> String? {
+    ///
+    /// `reauthentication`: the login asks the provider to authenticate the user again
+    /// (``ProviderFlowStart/reauthenticationRequired(accountID:endedAt:)``); its callback is
+    /// refused, not sent back, if the provider did not.
+    public func createProviderLogin(intentToken: String, reauthentication: Bool = false) -> String? {
         guard let intent = liveIntent(intentToken) else { return nil }
-        return seal.sealState(intentID: intent.id, at: now)
+        return seal.sealState(intentID: intent.id, at: now, reauthentication: reauthentication)
     }
 
     /// What a callback's `state` is, for the browser whose intent cookie is `intentToken`
@@ -241,7 +264,7 @@ public final class SessionStore: Sendable {
             return .otherBrowser
         }
         return .accepted(ProviderLogin(stateHash: SecretToken.hash(state), intent: intent.intent, intentIDHash: Self.idHash(intent.id),
-                                       startedAt: login.at))
+                                       startedAt: login.at, reauthenticationAsked: login.reauthentication))
     }
 
     /// Spends a login's state: true the first time, on any instance; false once spent (a
@@ -331,6 +354,10 @@ public final class SessionStore: Sendable {
             if try Self.loggedOut(identity, since: login.startedAt.addingTimeInterval(-self.configuration.providerLogoutClockMargin), at: at, in: db) {
                 return .loggedOutAtProvider(accountID: accountID)
             }
+            if let ended = try Self.endedRemotely(identity, accountID: accountID, in: db),
+               identity.authenticatedAt.map({ $0.epochMilliseconds <= ended.epochMilliseconds }) ?? true {
+                return .reauthenticationRequired(accountID: accountID, endedAt: ended)
+            }
             try self.insertFlow(token: token, accountID: accountID, intent: (login.intent, login.intentIDHash), provider: identity,
                                 auditDetail: auditDetail, actor: actor, at: at, in: db)
             guard try complete(accountID, db) else { return .opened(flowToken: token, session: nil) }
@@ -359,6 +386,37 @@ public final class SessionStore: Sendable {
         return try Bool.fetchOne(db, sql: """
             SELECT 1 FROM provider_logout WHERE subject = ? AND received_at >= ? AND expires_at > ?\(identity.sessionID == nil ? "" : " AND session_id IS NULL")
             """, arguments: [identity.subject, since.epochMilliseconds, at.epochMilliseconds]) == true
+    }
+
+    /// When a session of `accountID` opened through this provider identity was last ended
+    /// here by someone else than its browser (``SessionLedger/remoteEndReasons``), if one was
+    /// within the retention period (ended sessions are kept that long, at least a day).
+    ///
+    /// Which sessions: those of the same subject and the same provider session (`sid`). When
+    /// either `sid` is unknown (a provider that does not send it), every session of the
+    /// subject: one browser's silent return must not be missed for want of a `sid`, at the
+    /// cost of a regulator typing again at the provider in another browser.
+    ///
+    /// Why not end the provider's session instead: it lives in the ended session's browser,
+    /// and only that browser can be sent to the provider's sign-out; OpenID Connect has no
+    /// call from relying party to provider that ends one.
+    static func endedRemotely(_ identity: ProviderIdentity, accountID: String, in db: any SQLTransaction) throws -> Date? {
+        let reasons = SessionLedger.remoteEndReasons.sorted()
+        let sid = identity.sessionID == nil ? "" : " AND (oidc_session_id IS NULL OR oidc_session_id = ?)"
+        var arguments: SQLArguments = [accountID, identity.subject] + reasons.map { $0 as (any SQLBindable)? }
+        if let session = identity.sessionID { arguments.append(session) }
+        // The sessions, and the sign-ins that had not become one yet (a flow waiting on the
+        // terms of use: its browser would otherwise come back through the provider and
+        // accept them in the regulator's name).
+        let matching = "account_id = ? AND authentication = 'psc' AND oidc_subject = ?"
+        let ended = "IN (\(reasons.map { _ in "?" }.joined(separator: ", ")))"
+        return try Int64.fetchOne(db, sql: """
+            SELECT MAX(ended_at) FROM (
+                SELECT revoked_at AS ended_at FROM web_session WHERE \(matching) AND revoked_reason \(ended)\(sid)
+                UNION ALL
+                SELECT consumed_at AS ended_at FROM sign_in_flow WHERE \(matching) AND ended_reason \(ended)\(sid)
+            ) AS remote_ends
+            """, arguments: arguments + arguments).map(Date.init(epochMilliseconds:))
     }
 
     /// The flow copies its intent (origin, way back): it lives as long as the flow, for a first

@@ -107,6 +107,9 @@ public struct IDToken: Sendable {
     /// The provider's session id (`sid`), for back-channel logout.
     public var sessionID: String?
     public var acr: String?
+    /// When the provider last authenticated the user (`auth_time`), when it says: a session
+    /// ended here remotely is opened again only by an authentication after its end.
+    public var authenticatedAt: Date?
     public var expiresAt: Date
     public var claims: ClaimSet
     /// The compact token itself (for `id_token_hint` at sign-out only).
@@ -248,7 +251,14 @@ public actor RelyingParty {
 
     /// The URL that sends the browser to the provider. `state`, `nonce` and the PKCE verifier
     /// are the caller's (it binds them to the browser); the challenge is derived here.
-    public func authorizationURL(state: String, nonce: String, codeVerifier: String, timer: ProviderTimer? = nil) async throws(OpenIDConnectError) -> String {
+    ///
+    /// `maximumAuthenticationAge` (seconds): the user must have authenticated at the provider
+    /// within that long, or type again (OpenID Connect Core §3.1.2.1: `prompt=login` and
+    /// `max_age`, which also makes `auth_time` required in the ID token). Both are sent:
+    /// Keycloak (which Pro Santé Connect runs) re-authenticates on either, and LemonLDAP::NG
+    /// ignores `prompt=login` within a few seconds of its session's start but not `max_age`.
+    public func authorizationURL(state: String, nonce: String, codeVerifier: String, maximumAuthenticationAge: Int? = nil,
+                                 timer: ProviderTimer? = nil) async throws(OpenIDConnectError) -> String {
         let metadata = try await providerMetadata(timer: timer)
         var items = [
             URLQueryItem(name: "response_type", value: "code"),
@@ -261,6 +271,10 @@ public actor RelyingParty {
             URLQueryItem(name: "code_challenge_method", value: "S256"),
         ]
         if let acr = configuration.acr { items.append(URLQueryItem(name: "acr_values", value: acr)) }
+        if let maximumAuthenticationAge {
+            items.append(URLQueryItem(name: "prompt", value: "login"))
+            items.append(URLQueryItem(name: "max_age", value: String(max(0, maximumAuthenticationAge))))
+        }
         return Self.appendingQuery(items, to: metadata.authorizationEndpoint)
     }
 
@@ -368,7 +382,14 @@ public actor RelyingParty {
         if let expected = configuration.acr, acr != expected {
             throw .claim("acr", "\(acr.map(\.debugDescription) ?? "none") where \(expected.debugDescription) is required")
         }
-        return IDToken(subject: subject, sessionID: claims.string("sid"), acr: acr, expiresAt: Date(timeIntervalSince1970: exp), claims: claims, raw: token)
+        var authenticatedAt: Date?
+        if let value = claims["auth_time"] {
+            guard let seconds = value.seconds else { throw .claim("auth_time", "not a number") }
+            guard seconds <= now + configuration.leeway else { throw .claim("auth_time", "in the future") }
+            authenticatedAt = Date(timeIntervalSince1970: seconds)
+        }
+        return IDToken(subject: subject, sessionID: claims.string("sid"), acr: acr, authenticatedAt: authenticatedAt,
+                       expiresAt: Date(timeIntervalSince1970: exp), claims: claims, raw: token)
     }
 
     func checkIssuerAndAudience(_ claims: ClaimSet) throws(OpenIDConnectError) {

@@ -303,6 +303,95 @@ struct ProviderSignInTests {
         await world.stop()
     }
 
+    /// « Fermer mes autres sessions » in one browser ends the other's Pro Santé Connect
+    /// session here, but the provider's own session lives on in that browser: the SAS link
+    /// there comes back from the provider without anyone typing. The callback sends it back
+    /// to the provider to authenticate the user again (`prompt=login`, `max_age`), and a
+    /// session opens only after that. A provider that does not ask again gets a refusal, not
+    /// a loop. The browser that closed the others is not asked again.
+    @Test func aSessionClosedRemotelyOpensAgainOnlyAfterTypingAtTheProvider() async throws {
+        let world = try await World()
+        let workstation = try world.browser(), laptop = try world.browser()
+        let first = try await Self.firstSignIn(workstation, world: world).page
+        #expect(first.status == 303 && first.location == Self.agenda, "\(first.status) \(first.location ?? "-")")
+        // Another second: the test provider derives its `sid` from the authentication's time.
+        try await Task.sleep(for: .milliseconds(1100))
+        let second = try await Self.firstSignIn(laptop, world: world).page
+        #expect(second.status == 303 && second.location == Self.agenda, "\(second.status) \(second.location ?? "-")")
+        let closing = try await laptop.submit("/compte", to: "/compte/sessions/fermer-autres", [:])
+        #expect(closing.status == 303 && closing.location?.hasPrefix("/compte?avis=autres-1.") == true, "\(closing.status) \(closing.location ?? "-")")
+        #expect(try await Self.forwardAuth(workstation, world: world).status == 401)
+        let closedCookie = workstation.cookies["__Host-as-session"]
+        // `max_age` counts whole seconds since the close.
+        try await Task.sleep(for: .milliseconds(1100))
+
+        // The SAS link at the workstation: the provider answers at once, from its session...
+        func sentBack(_ answer: Browser.Page) throws -> String {
+            let location = try #require(answer.location, "\(answer.status) \(answer.body.prefix(300))")
+            let query = URLComponents(string: location)?.queryItems ?? []
+            #expect(answer.status == 303 && location.hasPrefix(world.provider.issuer + "/oauth2/authorize?"), "\(answer.status) \(location)")
+            #expect(query.first { $0.name == "prompt" }?.value == "login", "\(location)")
+            #expect((query.first { $0.name == "max_age" }?.value).flatMap(Int.init).map { $0 >= 1 } == true, "\(location)")
+            return location
+        }
+        let authorize = try await Self.followSASLink(workstation, world: world)
+        #expect(!authorize.contains("prompt="), "an ordinary sign-in does not ask for one")
+        let silent = try await workstation.get(authorize)
+        #expect(silent.status == 302, "no login form: the provider's session lives (\(silent.status))")
+        // ...and is sent back there to authenticate the user again; nothing opens.
+        let again = try sentBack(try await Self.callback(workstation, silent, world: world))
+        #expect(workstation.cookies["__Host-as-session"] == closedCookie, "no new session")
+        #expect(try await world.liveSessions() == 1)
+
+        // A provider that ignores the request (here: the request without it) answers from
+        // the same old authentication: refused, not sent back again.
+        var ignored = try #require(URLComponents(string: again))
+        ignored.queryItems = ignored.queryItems?.filter { $0.name != "prompt" && $0.name != "max_age" }
+        let unasked = try await workstation.get(try #require(ignored.string))
+        #expect(unasked.status == 302, "\(unasked.status)")
+        let refused = try await Self.callback(workstation, unasked, world: world)
+        #expect(refused.status == 401 && refused.body.contains("Nouvelle identification requise") && refused.location == nil,
+                "\(refused.status) \(refused.location ?? "") \(refused.body.prefix(300))")
+        #expect(try await world.liveSessions() == 1)
+
+        // Tried again from our page: back at the provider, which now asks for the password.
+        let retry = try await workstation.request(.GET, "/connexion/psc", headers: Self.click)
+        let retryAuthorize = try #require(retry.location, "\(retry.status)")
+        let retrySilent = try await workstation.get(retryAuthorize)
+        let retryAgain = try sentBack(try await Self.callback(workstation, retrySilent, world: world))
+        // LemonLDAP::NG asks to confirm the renewal of its session, then for the password.
+        let renewal = try await workstation.get(retryAgain)
+        #expect(renewal.status == 200 && renewal.body.contains("id=\"upgrd\""), "the provider asks again: \(renewal.status) \(renewal.body.prefix(300))")
+        var fields: [String: String] = [:]
+        for name in ["confirm", "forceUpgrade", "url"] {
+            fields[name] = renewal.capture(#"name="\#(name)"[^>]*value="([^"]*)""#)
+        }
+        let renew = world.provider.issuer + "/renewsession"
+        let form = try await workstation.request(.POST, renew, form: fields)
+        let typed = try await workstation.signInAtProvider(form, url: renew, login: "dwho")
+        // Back to its authorization endpoint, which answers the request it kept.
+        let resumed = try #require(typed.location, "\(typed.status) \(typed.body.prefix(300))")
+        #expect(resumed.hasPrefix(world.provider.issuer), "\(resumed)")
+        let opened = try await Self.callback(workstation, try await workstation.get(resumed), world: world)
+        #expect(opened.status == 303 && opened.location == Self.agenda, "\(opened.status) \(opened.location ?? "-") \(opened.body.prefix(300))")
+        #expect(try await Self.forwardAuth(workstation, world: world).status == 200)
+
+        // The laptop, whose session closed the others, is not asked again.
+        laptop.cookies = [:]
+        let laptopAuthorize = try await Self.followSASLink(laptop, world: world)
+        let laptopSilent = try await laptop.get(laptopAuthorize)
+        let laptopBack = try await Self.callback(laptop, laptopSilent, world: world)
+        #expect(laptopBack.status == 303 && laptopBack.location == Self.agenda, "\(laptopBack.status) \(laptopBack.location ?? "-")")
+
+        let events = try await world.server.auditEvents().filter { $0.action == "sign-in-psc" }
+        #expect(events.filter { $0.outcome == "reauthentication-asked" }.count == 2, "\(events.map(\.outcome))")
+        #expect(events.filter { $0.outcome == "refused: not-reauthenticated" }.count == 1, "\(events.map(\.outcome))")
+        #expect(events.contains { $0.outcome == "reauthentication-asked" && ($0.detail ?? "").contains("ended here remotely") })
+        await laptop.shutdown()
+        await workstation.shutdown()
+        await world.stop()
+    }
+
     // MARK: Refusals through the callback
 
     @Test func refusalsOpenNothing() async throws {

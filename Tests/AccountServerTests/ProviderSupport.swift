@@ -128,7 +128,7 @@ extension Browser {
     func signInAtProvider(_ page: Browser.Page, url: String, login: String) async throws -> Browser.Page {
         guard page.body.contains("id=\"lform\"") else { throw FixtureFailure("not the provider's login form: \(page.status) \(page.body.prefix(300))") }
         var fields = ["user": login, "password": login]
-        for name in ["url", "skin", "token"] {
+        for name in ["url", "skin", "token", "upgrading"] {
             if let value = page.capture(#"name="\#(name)" value="([^"]*)""#) { fields[name] = value }
         }
         return try await request(.POST, url, form: fields)

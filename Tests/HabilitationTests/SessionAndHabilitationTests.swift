@@ -324,7 +324,7 @@ struct SessionAndHabilitationTests {
 
     /// A provider callback as the web surface makes it: a login started now (or as given),
     /// then the flow for `identity`, the account matched in its transaction.
-    func providerCallback(_ world: World, identity: ProviderIdentity, startedAt: Date? = nil) async throws -> ProviderFlowStart {
+    func providerCallback(_ world: World, identity: ProviderIdentity, startedAt: Date? = nil, termsDue: Bool = false) async throws -> ProviderFlowStart {
         let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
         let state = try #require(world.sessions.createProviderLogin(intentToken: intent))
         guard case .accepted(var login) = world.sessions.providerLogin(state: state, intentToken: intent),
@@ -336,8 +336,98 @@ struct SessionAndHabilitationTests {
         return try await world.sessions.startProviderFlow(
             match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
             login: login, identity: identity, auditDetail: "test", actor: world.actor,
-            completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil,
+            completeIf: { accountID, db in try !termsDue && habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil,
             decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+    }
+
+    /// A session opened through the provider and ended here by someone else than its browser
+    /// (« Fermer mes autres sessions », an admin, a password change or reset) does not open
+    /// again from the provider session it came from (its `sid`, or any when a `sid` is
+    /// missing) until the provider has authenticated the user after the end; ended by its
+    /// own browser's sign-out, by the provider, or replaced, it does. The login that asked
+    /// the provider again carries the mark, so that its callback can be refused, not sent
+    /// back in a loop.
+    @Test func aSessionEndedRemotelyOpensAgainOnlyAfterANewAuthentication() async throws {
+        let world = try await World()
+        let administration = VendorAdministration(database: world.database, clock: { world.clock.now })
+        let signedIn = world.clock.now
+        func identity(_ sid: String?, at: Date? = signedIn) -> ProviderIdentity {
+            ProviderIdentity(subject: "psc-sub", sessionID: sid, sealedIDToken: nil, authenticatedAt: at)
+        }
+        func opened(_ start: ProviderFlowStart) -> String? { if case .opened(_, let session?) = start { session.token } else { nil } }
+        func endedAt(_ start: ProviderFlowStart) -> Date? {
+            if case .reauthenticationRequired(let id, let at) = start, id == world.accountID { at } else { nil }
+        }
+        let kept = try await world.signIn(origin: .sas)
+        #expect(opened(try await providerCallback(world, identity: identity("sid-a"))) != nil)
+        #expect(opened(try await providerCallback(world, identity: identity("sid-b"))) != nil)
+        world.clock.advance(5)
+        let closedAt = world.clock.now
+        #expect(try await world.sessions.revokeOtherSessions(keeping: kept, actor: world.actor) == 2)
+        world.clock.advance(5)
+        // The provider session of a session closed remotely: not without a new authentication.
+        #expect(endedAt(try await providerCallback(world, identity: identity("sid-a"))) == closedAt)
+        #expect(endedAt(try await providerCallback(world, identity: identity("sid-a", at: closedAt))) == closedAt, "authenticated at the end's millisecond")
+        #expect(endedAt(try await providerCallback(world, identity: identity("sid-a", at: nil))) == closedAt, "no auth_time: not known to be after")
+        #expect(endedAt(try await providerCallback(world, identity: identity(nil))) == closedAt, "no sid: any of the subject's")
+        #expect(opened(try await providerCallback(world, identity: identity("sid-c"))) != nil, "another provider session opens")
+        #expect(opened(try await providerCallback(world, identity: identity("sid-a", at: closedAt.addingTimeInterval(1)))) != nil,
+                "authenticated again after the end")
+        let refusedFlows = try await world.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE authentication = 'psc' AND (oidc_session_id = 'sid-a' OR oidc_session_id IS NULL)")
+        }
+        #expect(refusedFlows == 2, "the first and the one authenticated again; nothing for the refused callbacks: \(refusedFlows ?? -1)")
+
+        // A sign-in through the provider waiting on the terms of use, ended remotely: the same.
+        guard case .opened(_, nil) = try await providerCallback(world, identity: identity("sid-f"), termsDue: true) else {
+            Issue.record("a flow waiting on the terms")
+            return
+        }
+        world.clock.advance(5)
+        let flowClosedAt = world.clock.now
+        #expect(try await world.sessions.revokeOtherSessions(keeping: kept, actor: world.actor) != nil)
+        world.clock.advance(5)
+        _ = try await world.sessions.purge(retention: 3600)
+        #expect(endedAt(try await providerCallback(world, identity: identity("sid-f"))) == flowClosedAt, "kept by the purge within the retention")
+
+        // Ended by its own browser's sign-out: opens again from the same provider session.
+        let ownSignIn = world.clock.now
+        let own = try #require(opened(try await providerCallback(world, identity: identity("sid-e", at: ownSignIn))))
+        world.clock.advance(5)
+        _ = try await world.sessions.revoke(own, reason: "sign-out", actor: world.actor)
+        #expect(opened(try await providerCallback(world, identity: identity("sid-e", at: ownSignIn))) != nil)
+
+        // An admin's revoke-sessions: every session of the account, each provider session.
+        world.clock.advance(5)
+        let revokedAt = world.clock.now
+        _ = try #require(try await administration.revokeSessions(accountID: world.accountID, actor: AuditActor(subject: "cli:test")))
+        world.clock.advance(5)
+        #expect(endedAt(try await providerCallback(world, identity: identity("sid-e", at: revokedAt.addingTimeInterval(-1)))) == revokedAt)
+
+        // A back-channel logout ends the provider's session: its next one opens.
+        world.clock.advance(5)
+        let fresh = world.clock.now
+        #expect(opened(try await providerCallback(world, identity: identity("sid-d", at: fresh))) != nil)
+        world.clock.advance(world.sessions.configuration.providerLogoutClockMargin + 1)
+        #expect(try await world.sessions.recordProviderLogout(ProviderLogout(jti: "bcl", subject: "psc-sub", sessionID: "sid-d"), actor: world.actor) == 1)
+        world.clock.advance(world.sessions.configuration.providerLogoutClockMargin + 1)
+        #expect(opened(try await providerCallback(world, identity: identity("sid-d", at: fresh))) != nil, "not a remote end")
+
+        // Remembered as long as the ended session is kept (the retention period).
+        world.clock.advance(86400)
+        _ = try await world.sessions.purge(retention: 3600)
+        #expect(opened(try await providerCallback(world, identity: identity("sid-a", at: signedIn))) != nil, "purged: forgotten")
+
+        // The login that asks the provider again is marked as such, sealed in its state.
+        let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
+        for mark in [false, true] {
+            let state = try #require(world.sessions.createProviderLogin(intentToken: intent, reauthentication: mark))
+            guard case .accepted(let login) = world.sessions.providerLogin(state: state, intentToken: intent) else {
+                Issue.record("the state opens")
+                continue
+            }
+            #expect(login.reauthenticationAsked == mark)
+        }
     }
 
     /// A back-channel logout that comes while a callback is under way (its login started,

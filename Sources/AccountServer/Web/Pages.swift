@@ -328,10 +328,11 @@ enum Pages {
             // The list stops at ``SessionStore/openSessionsShown``; the button closes them all.
             let label = others.count >= SessionStore.openSessionsShown - 1 ? "Fermer toutes mes autres sessions"
                 : others.count == 1 ? "Fermer mon autre session" : "Fermer mes \(others.count) autres sessions"
-            // A session of Pro Santé Connect's can open again in its browser while the
-            // provider's own session lasts there: said where it applies.
+            // The provider's own session outlives ours in that browser: what it can and
+            // cannot do there once ours is closed, said where it applies
+            // (``SessionStore/endedRemotely(_:accountID:in:)``).
             let provider: HTML = others.contains { $0.authentication == .psc }
-                ? "<p class=\"hint\" id=\"avertissement-psc\">Une session ouverte avec Pro Santé Connect peut se rouvrir dans son navigateur sans nouvelle saisie tant que la session Pro Santé Connect y reste ouverte : déconnectez-vous aussi de Pro Santé Connect sur ce poste, ou demandez-le à son utilisateur.</p>"
+                ? "<p class=\"hint\" id=\"avertissement-psc\">Une session ouverte avec Pro Santé Connect et fermée ici ne pourra se rouvrir dans son navigateur qu’après une nouvelle identification à Pro Santé Connect.</p>"
                 : ""
             close = """
                 <form method="post" action="/compte/sessions/fermer-autres" id="form-fermer-autres">

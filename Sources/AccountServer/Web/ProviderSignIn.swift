@@ -129,7 +129,7 @@ struct ProviderSignInController: Sendable {
             if WebCookie.value(.method, in: request.headers) == "mot-de-passe" { return WebController.redirect("/connexion") }
         }
         var cookies = [WebCookie.method.clear]
-        var state = WebCookie.value(.intent, in: request.headers).flatMap(sessions.createProviderLogin(intentToken:))
+        var state = WebCookie.value(.intent, in: request.headers).flatMap { sessions.createProviderLogin(intentToken: $0) }
         if state == nil, !click,
            let session = WebCookie.value(.session, in: request.headers), try await sessions.session(session) != nil {
             // No sign-in under way, a live session, and not a click on our own page (a
@@ -251,7 +251,8 @@ struct ProviderSignInController: Sendable {
         let opened = try await sessions.startProviderFlow(
             match: { db in try habilitation.providerAccount(nationalID: nationalID, in: db) },
             login: login,
-            identity: ProviderIdentity(subject: identity.token.subject, sessionID: identity.token.sessionID, sealedIDToken: sealed),
+            identity: ProviderIdentity(subject: identity.token.subject, sessionID: identity.token.sessionID, sealedIDToken: sealed,
+                                       authenticatedAt: identity.token.authenticatedAt),
             auditDetail: claimsUsed, actor: actor,
             completeIf: { accountID, db in try habilitation.hasAcceptedCGU(accountID: accountID, in: db) },
             address: context.clientAddress, userAgent: request.headers[.userAgent],
@@ -278,6 +279,9 @@ struct ProviderSignInController: Sendable {
             web.metrics.providerSignIn(result: "logged-out-at-provider")
             return refused(request, .unauthorized, "Session Pro Santé Connect terminée",
                            "Votre session Pro Santé Connect a pris fin pendant la connexion : aucune session n’a été ouverte. Recommencez la connexion.", pause: true)
+        case .reauthenticationRequired(let id, let endedAt):
+            return try await reauthenticate(request, context, accountID: id, endedAt: endedAt, login: login,
+                                            authenticatedAt: identity.token.authenticatedAt, claimsUsed: claimsUsed, actor: actor)
         case .opened(_, let session?):
             web.metrics.sessionOpened(origin: session.origin.rawValue)
             context.logger.info("session opened", metadata: ["origin": "\(session.origin.rawValue)"])
@@ -297,6 +301,49 @@ struct ProviderSignInController: Sendable {
             "own_ms": "\(Self.milliseconds(own))", "provider_ms": "\(Self.milliseconds(timer.elapsed))",
         ])
         return response
+    }
+
+    /// A session opened through this provider session was ended here remotely since the
+    /// provider last authenticated the user (``ProviderFlowStart/reauthenticationRequired(accountID:endedAt:)``):
+    /// the browser goes back to the provider, asked to authenticate the user again
+    /// (`prompt=login`, and `max_age` so that an answer from before the end cannot come
+    /// back), under a new state of the same intent. A browser already sent back for this
+    /// gets a refusal instead: a provider that ignores the request would otherwise bounce
+    /// it between us and the provider until the address's budget ran out.
+    func reauthenticate(_ request: Request, _ context: WebRequestContext, accountID: String, endedAt: Date, login: ProviderLogin,
+                        authenticatedAt: Date?, claimsUsed: String, actor: AuditActor) async throws -> Response {
+        let ended = AuditLog.timestamp(endedAt), authenticated = authenticatedAt.map(AuditLog.timestamp) ?? "absent"
+        let detail = "\(claimsUsed), auth_time=\(authenticated); a session of this provider session was ended here remotely at \(ended)"
+        if login.reauthenticationAsked {
+            try await sessions.auditProviderSignIn(outcome: "refused: not-reauthenticated", accountID: accountID,
+                                                   detail: detail + "; the provider did not authenticate the user again", actor: actor)
+            web.metrics.providerSignIn(result: "not-reauthenticated")
+            return refused(request, .unauthorized, "Nouvelle identification requise",
+                           "Une session ouverte avec Pro Santé Connect dans ce navigateur a été fermée à distance, et Pro Santé Connect ne vous a pas demandé de vous identifier à nouveau : aucune session n’a été ouverte. Recommencez la connexion, ou connectez-vous sans Pro Santé Connect.",
+                           pause: true)
+        }
+        guard let intentToken = WebCookie.value(.intent, in: request.headers),
+              let state = sessions.createProviderLogin(intentToken: intentToken, reauthentication: true) else {
+            return refused(request, .badRequest, "Connexion expirée", "Cette connexion a expiré. Recommencez.")
+        }
+        let url: String
+        do {
+            // Whole seconds since the end, rounded down: an authentication at the end's
+            // second or before is too old (the provider's clock decides, as for any max_age).
+            let age = Int(max(0, Date().timeIntervalSince(endedAt)).rounded(.down))
+            url = try await provider.relyingParty.authorizationURL(state: state, nonce: provider.nonce(for: state), codeVerifier: provider.codeVerifier(for: state),
+                                                                   maximumAuthenticationAge: age)
+        } catch {
+            context.logger.error("the provider is unavailable", metadata: ["error": "\(error)"])
+            web.metrics.providerSignIn(result: error.label)
+            return refused(request, .serviceUnavailable, "Pro Santé Connect indisponible",
+                           "Pro Santé Connect ne répond pas pour le moment. Réessayez dans un instant, ou connectez-vous sans Pro Santé Connect.")
+        }
+        try await sessions.auditProviderSignIn(outcome: "reauthentication-asked", accountID: accountID,
+                                               detail: detail + "; the provider is asked to authenticate the user again", actor: actor)
+        web.metrics.providerSignIn(result: "reauthentication-asked")
+        context.logger.info("sign-in sent back to the provider to authenticate the user again")
+        return WebController.redirect(url)
     }
 
     /// The back-channel logout endpoint's route: its refusals are JSON, also those the web

@@ -264,6 +264,7 @@ public enum AccountSchema {
         Migration("v15-web-session-return-url", webSessionReturnURL),
         Migration("v16-erasure-indexes", erasureIndexes),
         Migration("v17-outbox-reset-link", outboxResetLink),
+        Migration("v18-sign-in-flow-ended-reason", signInFlowEndedReason),
     ]
 
     /// A reset mail names its link (SHA-256, as `password_reset_token` keys it): when the link
@@ -276,6 +277,13 @@ public enum AccountSchema {
         ALTER TABLE mail_outbox ADD COLUMN reset_token_hash TEXT;
         CREATE INDEX mail_outbox_reset_link ON mail_outbox(reset_token_hash) WHERE sent_at IS NULL AND reset_token_hash IS NOT NULL;
         """
+
+    /// Why a sign-in flow was ended before it completed, when something else than its own
+    /// browser ended it (a session ledger's reason: « Fermer mes autres sessions », a password
+    /// change, an admin). A Pro Santé Connect flow ended so is kept for the retention period,
+    /// as an ended session is, so that its provider session cannot open a new one silently.
+    /// Flows ended before the upgrade have none.
+    static let signInFlowEndedReason = "ALTER TABLE sign_in_flow ADD COLUMN ended_reason TEXT"
 
     /// An account's erasure finds every row that names it by index: the live-only indexes of
     /// v14 do not cover ended sessions and flows, and an identifier's `ended_by_account_id`
@@ -578,5 +586,6 @@ public enum AccountSchema {
         Migration("pg-v10-web-session-return-url", webSessionReturnURL),
         Migration("pg-v11-erasure-indexes", erasureIndexes),
         Migration("pg-v12-outbox-reset-link", outboxResetLink),
+        Migration("pg-v13-sign-in-flow-ended-reason", signInFlowEndedReason),
     ]
 }
