@@ -312,7 +312,8 @@ struct HostileInputTests {
     /// `--max-connections-per-client`: a client holding as many connections as allowed has a
     /// further one closed at once, before TLS, on the web and FHIR listeners; the ones it
     /// holds are kept; a place given back (a connection closed) is taken by the next; a
-    /// refusal is counted and logged once; a trusted proxy is not counted.
+    /// refusal is counted and logged once; a trusted proxy is not counted. The admin
+    /// listener is capped the same way.
     @Test func aClientHoldsAtMostItsConnections() async throws {
         // Which of the connections is refused depends on the order the event loops set them
         // up in, not the order they were opened: exactly one is, whichever it is.
@@ -358,7 +359,7 @@ struct HostileInputTests {
         let pki = try TestPKI()
         let server = try await RunningServer.start(pki: pki) { $0.maxConnectionsPerClient = 3 }
         var retried = 0
-        for (listener, port) in [("web", server.webPort), ("fhir", server.port)] {
+        for (listener, port) in [("web", server.webPort), ("fhir", server.port), ("admin", server.adminPort)] {
             let run = try await spawnAndWait("/usr/bin/python3", ["-c", script, "\(port)", "3", listener])
             let lines = String(decoding: run.output, as: UTF8.self).split(separator: "\n").map(String.init)
             let errors = String(decoding: run.errors, as: UTF8.self)
@@ -375,8 +376,9 @@ struct HostileInputTests {
         let metrics = try await AdminClient(server: server, token: "").send(.GET, "/metrics", authorization: "").body
         // A retry the server refused before it saw the freed place close counts too.
         #expect(metrics.contains(#"account_server_connections_refused_total{listener="web"} \#(1 + retried)"#)
-                && metrics.contains(#"account_server_connections_refused_total{listener="fhir"} 1"#), "\(metrics.split(separator: "\n").filter { $0.contains("refused") })")
-        #expect(server.logs.all.filter { $0.contains("connection refused: the client holds as many as allowed") }.count == 2, "one line per listener and minute")
+                && metrics.contains(#"account_server_connections_refused_total{listener="fhir"} 1"#)
+                && metrics.contains(#"account_server_connections_refused_total{listener="admin"} 1"#), "\(metrics.split(separator: "\n").filter { $0.contains("refused") })")
+        #expect(server.logs.all.filter { $0.contains("connection refused: the client holds as many as allowed") }.count == 3, "one line per listener and minute")
         // A refused connection never began TLS: no handshake failure is logged for it (the
         // mutual-TLS listener logs those as warnings about the client's certificate). The
         // three held FHIR connections, closed by the script without a handshake, are.

@@ -50,18 +50,27 @@ func makeAdminSurface(_ configuration: ServerConfiguration, database: AccountDat
     // admin connection either.
     let idle = HTTP1Channel.Configuration(idleTimeout: .seconds(120))
     let requestTimeout = configuration.requestReceiveTimeout
+    // The same cap per client as the web and FHIR listeners: an admin listener reachable
+    // over the network (`--admin-tls`) is as easy to fill with idle connections, and the
+    // admins' access (and /metrics) would go with it.
+    let connections = ConnectionLimiter(listener: "admin", perClient: configuration.maxConnectionsPerClient,
+                                        exempt: try CIDR.list(configuration.connectionLimitExempt, flag: "--connection-limit-exempt"),
+                                        metrics: metrics, logger: logger)
     let adminServer: HTTPServerBuilder
     if configuration.admin.tls {
         adminServer = HTTPServerBuilder { responder in
-            ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
-                                 context: { material.current.web })
+            ConnectionLimitChannel(
+                base: ReloadableTLSChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
+                                           context: { material.current.web }),
+                limiter: connections)
         }
     } else {
         guard isLoopback(configuration.admin.host) else {
             throw ConfigurationError(description: "--admin-address \(configuration.admin.host) is not a loopback address: add --admin-tls (the admin token must not cross a network in clear)")
         }
         adminServer = HTTPServerBuilder { responder in
-            RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger)
+            ConnectionLimitChannel(base: RequestTimeoutChannel(base: HTTP1Channel(responder: responder, configuration: idle), timeout: requestTimeout, logger: logger),
+                                   limiter: connections)
         }
     }
     return Application(
