@@ -87,7 +87,7 @@ struct LoginSeal: Sendable {
             reauthentication = true
             plaintext.removeLast()
         }
-        guard plaintext.count > 8 else { return nil }
+        guard plaintext.count == Self.intentIDLength + 8 else { return nil }
         let milliseconds = plaintext.suffix(8).reduce(Int64(0)) { $0 << 8 | Int64($1) }
         return (Array(plaintext.dropLast(8)), Date(epochMilliseconds: milliseconds), reauthentication)
     }

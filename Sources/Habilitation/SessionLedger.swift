@@ -14,25 +14,20 @@ public struct SessionLedger: AccountSessions {
         self.idleTimeout = idleTimeout
     }
 
-    /// The reasons a session is ended here by someone else than its browser, meaning to end
-    /// it for good: « Fermer mes autres sessions », a password change or reset, an admin's
-    /// revoke-sessions or second-factor reset. A session of these opened through Pro Santé
-    /// Connect does not open again from the provider's session it came from until the
-    /// provider has authenticated the user anew (``SessionStore/endedRemotely(_:accountID:in:)``).
-    /// Not among them: the browser's own sign-out (it goes on to the provider's sign-out),
-    /// the provider's back-channel logout (its session is over), a session replaced by the
-    /// browser's next sign-in, a national id replaced (the provider's identity no longer
-    /// leads to the account) and the server key forgotten (nobody meant to end anyone).
-    public static let remoteEndReasons: Set<String> = ["signed-out-elsewhere", "password-changed", "admin", "second-factor-reset"]
+    /// The recorded reasons (``SessionEndReason/requiresNewProviderAuthentication``) after
+    /// which a Pro Santé Connect session does not open again from the provider's session it
+    /// came from until the provider has authenticated the user anew
+    /// (``SessionStore/endedRemotely(_:accountID:in:)``).
+    public static let remoteEndReasons: Set<String> = Set(SessionEndReason.allCases.filter(\.requiresNewProviderAuthentication).map(\.rawValue))
 
     /// Also ends the account's sign-in flows still in progress: a flow that passed the old
     /// password must not become a session after a reset.
-    public func revokeAll(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
+    public func revokeAll(of accountID: String, reason: SessionEndReason, at: Date, in db: any SQLTransaction) throws -> Int {
         try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND revoked_at IS NULL",
-                       arguments: [at.epochMilliseconds, reason, accountID])
+                       arguments: [at.epochMilliseconds, reason.rawValue, accountID])
         let sessions = try db.changesCount
         try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
-                       arguments: [at.epochMilliseconds, reason, accountID])
+                       arguments: [at.epochMilliseconds, reason.rawValue, accountID])
         return sessions
     }
 
@@ -41,23 +36,39 @@ public struct SessionLedger: AccountSessions {
     /// time was checked by the request that brought it) stays. Counted: the live ones. Expired
     /// ones are marked revoked too (a longer idle timeout configured later cannot bring one
     /// back), as the admin's revoke-sessions does.
-    public func revokeOthers(of accountID: String, keeping kept: String, reason: String, at: Date, in db: any SQLTransaction) throws -> EndedSessions? {
-        guard try Bool.fetchOne(db, sql: """
-            SELECT EXISTS (SELECT 1 FROM web_session WHERE id_hash = ? AND account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ?)
-            """, arguments: [kept, accountID, at.epochMilliseconds]) == true else { return nil }
+    ///
+    /// The expired ones of the kept session's own Pro Santé Connect session (its browser's
+    /// earlier sessions, ended by the idle timeout) are recorded as
+    /// ``SessionEndReason/closedFromItsProviderSession``: the browser that closes the others
+    /// is not shut out of the provider sign-in by its own act. Live ones are not, even with
+    /// the same `sid`: a provider that gave several browsers one `sid` must not have them
+    /// spared.
+    public func revokeOthers(of accountID: String, keeping kept: String, reason: SessionEndReason, at: Date, in db: any SQLTransaction) throws -> EndedSessions? {
+        guard let keptRow = try SQLRow.fetchOne(db, sql: """
+            SELECT oidc_subject, oidc_session_id FROM web_session WHERE id_hash = ? AND account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ?
+            """, arguments: [kept, accountID, at.epochMilliseconds]) else { return nil }
+        // NULL when the kept session has no provider session id: then no row is its own
+        // (`x = NULL` is never true).
+        let keptSubject: String? = keptRow["oidc_subject"], keptSessionID: String? = keptRow["oidc_session_id"]
+        let recorded = """
+            CASE WHEN oidc_session_id = ? AND oidc_subject = ? AND (absolute_expires_at <= ? OR last_seen_at <= ?)
+            THEN '\(SessionEndReason.closedFromItsProviderSession.rawValue)' ELSE ? END
+            """
+        let idleSince = at.addingTimeInterval(-idleTimeout).epochMilliseconds
         let live = try String.fetchAll(db, sql: """
             SELECT id_hash FROM web_session WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL AND absolute_expires_at > ?
             AND last_seen_at > ? ORDER BY last_seen_at DESC, id_hash
-            """, arguments: [accountID, kept, at.epochMilliseconds, at.addingTimeInterval(-idleTimeout).epochMilliseconds])
+            """, arguments: [accountID, kept, at.epochMilliseconds, idleSince])
         try db.execute(sql: """
-            UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
-            """, arguments: [at.epochMilliseconds, reason, accountID, kept])
+            UPDATE web_session SET revoked_at = ?, revoked_reason = \(recorded), oidc_id_token = NULL
+            WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
+            """, arguments: [at.epochMilliseconds, keptSessionID, keptSubject, at.epochMilliseconds, idleSince, reason.rawValue, accountID, kept])
         // Counted: the flows still under way; expired ones waiting for the purge are closed
         // too, and not counted.
         let flows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE account_id = ? AND consumed_at IS NULL AND expires_at > ?",
                                      arguments: [accountID, at.epochMilliseconds]) ?? 0
         try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL",
-                       arguments: [at.epochMilliseconds, reason, accountID])
+                       arguments: [at.epochMilliseconds, reason.rawValue, accountID])
         return EndedSessions(references: live.map(SessionStore.sessionReference(hash:)), flows: flows)
     }
 
@@ -69,24 +80,24 @@ public struct SessionLedger: AccountSessions {
 
     /// Every account's sessions and sign-ins under way (the server key was lost: what they
     /// hold sealed cannot be opened any more). Returns the sessions ended.
-    public func revokeEverySession(reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
+    public func revokeEverySession(reason: SessionEndReason, at: Date, in db: any SQLTransaction) throws -> Int {
         try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE revoked_at IS NULL",
-                       arguments: [at.epochMilliseconds, reason])
+                       arguments: [at.epochMilliseconds, reason.rawValue])
         let sessions = try db.changesCount
         try db.execute(sql: "UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE consumed_at IS NULL",
-                       arguments: [at.epochMilliseconds, reason])
+                       arguments: [at.epochMilliseconds, reason.rawValue])
         return sessions
     }
 
-    public func revokeProviderSessions(of accountID: String, reason: String, at: Date, in db: any SQLTransaction) throws -> Int {
+    public func revokeProviderSessions(of accountID: String, reason: SessionEndReason, at: Date, in db: any SQLTransaction) throws -> Int {
         try db.execute(sql: """
             UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL
             WHERE account_id = ? AND revoked_at IS NULL AND authentication = 'psc'
-            """, arguments: [at.epochMilliseconds, reason, accountID])
+            """, arguments: [at.epochMilliseconds, reason.rawValue, accountID])
         let sessions = try db.changesCount
         try db.execute(sql: """
             UPDATE sign_in_flow SET consumed_at = ?, ended_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND consumed_at IS NULL AND authentication = 'psc'
-            """, arguments: [at.epochMilliseconds, reason, accountID])
+            """, arguments: [at.epochMilliseconds, reason.rawValue, accountID])
         return sessions
     }
 

@@ -201,10 +201,11 @@ public final class SessionStore: Sendable {
             var deleted = try db.changesCount
             // A Pro Santé Connect flow ended remotely stays as an ended session does
             // (``endedRemotely(_:accountID:in:)`` reads it).
+            let remote = SessionLedger.remoteEndReasons.sorted()
             try db.execute(sql: """
                 DELETE FROM sign_in_flow WHERE (consumed_at IS NOT NULL OR expires_at <= ?)
-                AND (ended_reason IS NULL OR authentication <> 'psc' OR consumed_at <= ?)
-                """, arguments: [at.epochMilliseconds, cutoff])
+                AND (authentication <> 'psc' OR ended_reason IS NULL OR ended_reason NOT IN (\(remote.map { _ in "?" }.joined(separator: ", "))) OR consumed_at <= ?)
+                """, arguments: [at.epochMilliseconds] + remote.map { $0 as (any SQLBindable)? } + [cutoff])
             deleted += try db.changesCount
             // A spent state stays as long as it could be presented again.
             try db.execute(sql: "DELETE FROM oidc_login WHERE expires_at <= ?", arguments: [at.epochMilliseconds])
@@ -594,8 +595,8 @@ public final class SessionStore: Sendable {
                 if let ended = try String.fetchOne(db, sql: """
                     SELECT account_id FROM web_session WHERE id_hash = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
                     """, arguments: [previousHash, at.epochMilliseconds, at.addingTimeInterval(-self.configuration.idleTimeout).epochMilliseconds]) {
-                    try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'session-replaced', oidc_id_token = NULL WHERE id_hash = ?",
-                                   arguments: [at.epochMilliseconds, previousHash])
+                    try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE id_hash = ?",
+                                   arguments: [at.epochMilliseconds, SessionEndReason.sessionReplaced.rawValue, previousHash])
                     try self.audit.append(AuditEvent(at: at, surface: "web", action: "session-replaced", outcome: "session ended", actor: actor,
                                                      requestID: nil, identifier: nil, accountID: ended, changes: [],
                                                      detail: "session \(Self.sessionReference(hash: previousHash)) replaced by session \(reference) in the same browser"), in: db)
@@ -726,7 +727,7 @@ public final class SessionStore: Sendable {
         let hash = SecretToken.hash(token)
         return try await database.write { db in
             guard let current = try Self.liveSession(hash: hash, at: at, idle: idle, in: db),
-                  let ended = try SessionLedger(idleTimeout: idle).revokeOthers(of: current.accountID, keeping: hash, reason: "signed-out-elsewhere",
+                  let ended = try SessionLedger(idleTimeout: idle).revokeOthers(of: current.accountID, keeping: hash, reason: .signedOutElsewhere,
                                                                                 at: at, in: db) else { return nil }
             try self.audit.append(AuditEvent(at: at, surface: "web", action: "other-sessions-revoked", outcome: "\(ended.sessions) revoked", actor: actor,
                                              requestID: nil, identifier: nil, accountID: current.accountID, changes: [],
@@ -742,7 +743,7 @@ public final class SessionStore: Sendable {
     /// Sign-out: the session ends, and with it any habilitation it carried. Returns the sealed
     /// ID token of a provider session (for the provider's sign-out), nil otherwise.
     @discardableResult
-    public func revoke(_ token: String, reason: String, actor: AuditActor = AuditActor(subject: "web")) async throws -> [UInt8]? {
+    public func revoke(_ token: String, reason: SessionEndReason, actor: AuditActor = AuditActor(subject: "web")) async throws -> [UInt8]? {
         let at = now
         let hash = SecretToken.hash(token)
         return try await database.write { db in
@@ -750,8 +751,8 @@ public final class SessionStore: Sendable {
                                              arguments: [hash]) else { return nil }
             let accountID: String = row["account_id"]
             try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE id_hash = ? AND revoked_at IS NULL",
-                           arguments: [at.epochMilliseconds, reason, hash])
-            try self.audit.append(AuditEvent(at: at, surface: "web", action: reason, outcome: "session ended", actor: actor, requestID: nil,
+                           arguments: [at.epochMilliseconds, reason.rawValue, hash])
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: reason.rawValue, outcome: "session ended", actor: actor, requestID: nil,
                                              identifier: nil, accountID: accountID, changes: [], detail: "session \(Self.sessionReference(hash: hash))"), in: db)
             return (row["oidc_id_token"] as Data?).map { [UInt8]($0) }
         }
@@ -789,8 +790,8 @@ public final class SessionStore: Sendable {
                 """, arguments: arguments)
             for row in rows {
                 let hash: String = row["id_hash"]
-                try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = 'provider-logout', oidc_id_token = NULL WHERE id_hash = ?",
-                               arguments: [at.epochMilliseconds, hash])
+                try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE id_hash = ?",
+                               arguments: [at.epochMilliseconds, SessionEndReason.providerLogout.rawValue, hash])
                 try self.audit.append(AuditEvent(at: at, surface: "web", action: "provider-logout", outcome: "session ended", actor: actor,
                                                  requestID: nil, identifier: nil, accountID: row["account_id"], changes: [],
                                                  detail: "session \(Self.sessionReference(hash: hash)) (back-channel logout)"), in: db)

@@ -281,7 +281,7 @@ public final class VendorAdministration: Sendable {
             // already, and no change (as expired reset links); they are marked revoked too, so
             // that a longer idle timeout configured later cannot bring one back.
             let count = try self.liveSessions(accountID, at: at, in: db)
-            _ = try SessionLedger().revokeAll(of: accountID, reason: "admin", at: at, in: db)
+            _ = try SessionLedger().revokeAll(of: accountID, reason: .admin, at: at, in: db)
             let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "sessions-revoked", outcome: "\(count) revoked", actor: actor,
                                              requestID: requestID, identifier: nil, accountID: accountID, changes: [],
@@ -325,7 +325,7 @@ public final class VendorAdministration: Sendable {
                 return AdminActionResult(accountID: accountID, changed: false, sessions: 0)
             }
             let count = try self.liveSessions(accountID, at: at, in: db)
-            _ = try SessionLedger().revokeAll(of: accountID, reason: "second-factor-reset", at: at, in: db)
+            _ = try SessionLedger().revokeAll(of: accountID, reason: .secondFactorReset, at: at, in: db)
             let links = try ResetLinkLedger().voidAll(of: accountID, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "second-factor-reset",
                                              outcome: "TOTP removed, \(removed.unusedRecoveryCodes) unused recovery code(s) removed",
@@ -452,7 +452,7 @@ public final class VendorAdministration: Sendable {
         let at = now
         return try await database.write { db in
             let discarded = try SecondFactorLedger().discardEverythingSealed(in: db)
-            let sessions = try SessionLedger().revokeEverySession(reason: "secret-key-forgotten", at: at, in: db)
+            let sessions = try SessionLedger().revokeEverySession(reason: .secretKeyForgotten, at: at, in: db)
             try self.audit.append(AuditEvent(at: at, surface: "admin", action: "secret-key-forgotten", outcome: "sealed data discarded",
                                              actor: actor, requestID: nil, identifier: nil, accountID: nil, changes: [],
                                              detail: "\(discarded.totpSecrets) TOTP secret(s), \(discarded.recoveryCodes) recovery code(s), "

@@ -384,7 +384,8 @@ public actor RelyingParty {
         }
         var authenticatedAt: Date?
         if let value = claims["auth_time"] {
-            guard let seconds = value.seconds else { throw .claim("auth_time", "not a number") }
+            guard let seconds = value.seconds, seconds.isFinite else { throw .claim("auth_time", "not a number") }
+            guard seconds >= 0 else { throw .claim("auth_time", "before 1970") }
             guard seconds <= now + configuration.leeway else { throw .claim("auth_time", "in the future") }
             authenticatedAt = Date(timeIntervalSince1970: seconds)
         }

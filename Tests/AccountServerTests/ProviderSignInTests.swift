@@ -40,7 +40,7 @@ struct ProviderSignInTests {
             }
         }
 
-        init(acr: String = "eidas1", mail: Bool = false) async throws {
+        init(acr: String = "eidas1", mail: Bool = false, sessionIDPerSubject: Bool = false) async throws {
             pki = try TestPKI()
             let smtp = mail ? try await SMTPSink() : nil
             self.smtp = smtp
@@ -50,7 +50,7 @@ struct ProviderSignInTests {
             provider = try await OIDCTestProvider(pki: pki, clients: [
                 .init(id: ProviderSignInTests.clientID, secret: ProviderSignInTests.clientSecret, redirect: publicURL + "/connexion/psc/retour",
                       post_logout: publicURL + "/deconnexion/terminee", backchannel: publicURL + "/connexion/psc/backchannel-logout"),
-            ])
+            ], sessionIDPerSubject: sessionIDPerSubject)
             let secretPath = pki.directory.appendingPathComponent("oidc-secret").path
             try PrivateFile.create(path: secretPath, contents: Array((ProviderSignInTests.clientSecret + "\n").utf8))
             let issuer = provider.issuer, caPath = pki.caPath
@@ -309,8 +309,14 @@ struct ProviderSignInTests {
     /// to the provider to authenticate the user again (`prompt=login`, `max_age`), and a
     /// session opens only after that. A provider that does not ask again gets a refusal, not
     /// a loop. The browser that closed the others is not asked again.
-    @Test func aSessionClosedRemotelyOpensAgainOnlyAfterTypingAtTheProvider() async throws {
-        let world = try await World()
+    ///
+    /// Run twice: with the test provider's `sid`, which a new authentication changes, and
+    /// with one `sid` per subject, kept across a new authentication (as Keycloak, which PSC
+    /// runs, keeps its session's on `prompt=login`): then only the ID token's `auth_time`
+    /// tells the new authentication from the old one, and the laptop, whose `sid` is the
+    /// workstation's, is asked again too.
+    @Test(arguments: [false, true]) func aSessionClosedRemotelyOpensAgainOnlyAfterTypingAtTheProvider(sharedSID: Bool) async throws {
+        let world = try await World(sessionIDPerSubject: sharedSID)
         let workstation = try world.browser(), laptop = try world.browser()
         let first = try await Self.firstSignIn(workstation, world: world).page
         #expect(first.status == 303 && first.location == Self.agenda, "\(first.status) \(first.location ?? "-")")
@@ -341,6 +347,10 @@ struct ProviderSignInTests {
         // ...and is sent back there to authenticate the user again; nothing opens.
         let again = try sentBack(try await Self.callback(workstation, silent, world: world))
         #expect(workstation.cookies["__Host-as-session"] == closedCookie, "no new session")
+        // Another site looping the browser through the SAS link is paused at the password page.
+        #expect(workstation.cookies["__Host-as-methode"] == "mot-de-passe")
+        let looped = try await workstation.request(.GET, "/connexion/psc", headers: [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")])
+        #expect(looped.status == 303 && looped.location == "/connexion", "\(looped.status) \(looped.location ?? "-")")
         #expect(try await world.liveSessions() == 1)
 
         // A provider that ignores the request (here: the request without it) answers from
@@ -376,15 +386,25 @@ struct ProviderSignInTests {
         #expect(opened.status == 303 && opened.location == Self.agenda, "\(opened.status) \(opened.location ?? "-") \(opened.body.prefix(300))")
         #expect(try await Self.forwardAuth(workstation, world: world).status == 200)
 
-        // The laptop, whose session closed the others, is not asked again.
+        let sids = try await world.server.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(DISTINCT oidc_session_id) FROM web_session")
+        }
+        #expect(sids == (sharedSID ? 1 : 3), "the provider's sids: \(sids ?? -1)")
+
+        // The laptop, whose session closed the others, is not asked again, unless its `sid`
+        // is the workstation's.
         laptop.cookies = [:]
         let laptopAuthorize = try await Self.followSASLink(laptop, world: world)
         let laptopSilent = try await laptop.get(laptopAuthorize)
         let laptopBack = try await Self.callback(laptop, laptopSilent, world: world)
-        #expect(laptopBack.status == 303 && laptopBack.location == Self.agenda, "\(laptopBack.status) \(laptopBack.location ?? "-")")
+        if sharedSID {
+            _ = try sentBack(laptopBack)
+        } else {
+            #expect(laptopBack.status == 303 && laptopBack.location == Self.agenda, "\(laptopBack.status) \(laptopBack.location ?? "-")")
+        }
 
         let events = try await world.server.auditEvents().filter { $0.action == "sign-in-psc" }
-        #expect(events.filter { $0.outcome == "reauthentication-asked" }.count == 2, "\(events.map(\.outcome))")
+        #expect(events.filter { $0.outcome == "reauthentication-asked" }.count == (sharedSID ? 3 : 2), "\(events.map(\.outcome))")
         #expect(events.filter { $0.outcome == "refused: not-reauthenticated" }.count == 1, "\(events.map(\.outcome))")
         #expect(events.contains { $0.outcome == "reauthentication-asked" && ($0.detail ?? "").contains("ended here remotely") })
         await laptop.shutdown()
@@ -779,6 +799,36 @@ struct ProviderSignInTests {
         #expect(metadata.authorizationResponseIssParameterSupported == true)
     }
 
+/// `auth_time` (OpenID Connect Core §2): read when the ID token carries it (the test
+    /// provider's always do), refused when it is not a number, before 1970 or in the future
+    /// (a value past the `Date` range would otherwise trap), absent when the provider
+    /// leaves it out. Tokens signed with the provider's own key.
+    @Test func theAuthenticationTimeIsReadAndChecked() async throws {
+        let world = try await World()
+        let owned = try HTTPClient.testClient(pki: world.pki)
+        let rp = RelyingParty(configuration: RelyingPartyConfiguration(issuer: world.provider.issuer, clientID: Self.clientID,
+                                                                       clientAuthentication: .clientSecretBasic(secret: Self.clientSecret),
+                                                                       redirectURI: world.publicURL + "/connexion/psc/retour"),
+                              httpClient: owned.client)
+        let sign = try await Self.logoutTokenSigner(world)
+        let now = Date().timeIntervalSince1970.rounded(.down), nonce = SecretToken.generate()
+        func idToken(_ authTime: ClaimValue?) async throws -> String {
+            try await sign(now, ["events": nil, "jti": nil, "nonce": .string(nonce), "acr": .string("eidas1"), "auth_time": authTime])
+        }
+        func refusal(_ authTime: ClaimValue?) async -> OpenIDConnectError? {
+            do { _ = try await rp.validateIDToken(try await idToken(authTime), nonce: nonce); return nil } catch let error as OpenIDConnectError { return error } catch { return .provider("\(error)") }
+        }
+        let read = try await rp.validateIDToken(try await idToken(.number(now - 30)), nonce: nonce)
+        #expect(read.authenticatedAt == Date(timeIntervalSince1970: now - 30))
+        #expect(try await rp.validateIDToken(try await idToken(nil), nonce: nonce).authenticatedAt == nil)
+        #expect(await refusal(.string("hier")) == .claim("auth_time", "not a number"))
+        #expect(await refusal(.number(-1e300)) == .claim("auth_time", "before 1970"))
+        #expect(await refusal(.number(now + 3600)) == .claim("auth_time", "in the future"))
+        #expect(await refusal(.number(1e300)) == .claim("auth_time", "in the future"))
+        await owned.shutdown()
+        await world.stop()
+    }
+
     @Test func realTokensAreCheckedClaimByClaim() async throws {
         let world = try await World()
         let owned = try HTTPClient.testClient(pki: world.pki)
@@ -807,6 +857,7 @@ struct ProviderSignInTests {
         let tokens = try await rp.redeem(code: first, codeVerifier: verifier)
         let idToken = try await rp.validateIDToken(tokens.idToken, nonce: nonce)
         #expect(idToken.subject == "dwho" && idToken.acr == "eidas1")
+        #expect(idToken.authenticatedAt.map { abs($0.timeIntervalSinceNow) < 120 } == true, "the provider says when it authenticated the user")
         let info = try await rp.userinfo(accessToken: try #require(tokens.accessToken), subject: idToken.subject)
         #expect(info.string("SubjectNameID") == Self.nationalID && info.string("given_name") == "Jules" && info.string("family_name") == "Marius")
         #expect(!"\(tokens)".contains(tokens.idToken), "tokens never print")

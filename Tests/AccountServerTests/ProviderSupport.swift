@@ -34,7 +34,9 @@ final class OIDCTestProvider: Sendable {
     var issuer: String { "https://127.0.0.1:\(port)" }
 
     /// Starts the provider with `clients` registered; waits until its discovery document answers.
-    init(pki: TestPKI, clients: [Client]) async throws {
+    /// `sessionIDPerSubject`: every token of a subject carries the same `sid`, kept across a
+    /// new authentication (see Provider/perl/AccountServerTests/BackChannelLogout.pm).
+    init(pki: TestPKI, clients: [Client], sessionIDPerSubject: Bool = false) async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/starman") else {
             throw FixtureFailure("starman and LemonLDAP::NG are missing: run scripts/install-deps.sh")
         }
@@ -60,6 +62,7 @@ final class OIDCTestProvider: Sendable {
             // The provider's back-channel calls reach our server, whose certificate the test CA issued.
             environment["PERL_LWP_SSL_CA_FILE"] = pki.caPath
             environment["HTTPS_CA_FILE"] = pki.caPath
+            environment["ACCOUNT_SERVER_TEST_SID_PER_SUBJECT"] = sessionIDPerSubject ? "1" : nil
             process.environment = environment
             let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
             log.seekToEndOfFile()

@@ -53,7 +53,7 @@ struct BatchedCheckTests {
             world.clock.advance(1)
         }
         let signedOut = try await world.signIn(origin: .sas)
-        _ = try await world.sessions.revoke(signedOut, reason: "sign-out")
+        _ = try await world.sessions.revoke(signedOut, reason: .signOut)
         tokens.append(signedOut)
 
         var expected: [String: Answer] = [:]

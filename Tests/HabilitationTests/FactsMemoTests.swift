@@ -117,7 +117,7 @@ struct FactsMemoTests {
                 .suspend(accountID: world.accountID, reason: "test", actor: AuditActor(subject: "admin"))
             expected = .denied([.suspendedByVendor])
         default:
-            _ = try await world.sessions.revoke(token, reason: "sign-out")
+            _ = try await world.sessions.revoke(token, reason: .signOut)
             expected = .denied([.noLiveSession])
         }
         let after = try await Self.check(world.habilitation, token, on: loop)
@@ -159,7 +159,7 @@ struct FactsMemoTests {
         let held = try await Self.held(habilitation, token, on: loop)
         #expect(held.decision == .granted)
         // A commit, so that the next check reads; the suspension lands right after that read.
-        try await world.sessions.revoke(try await world.signIn(origin: .sas), reason: "sign-out")
+        try await world.sessions.revoke(try await world.signIn(origin: .sas), reason: .signOut)
         engine.arm()
         let raced = try await Self.check(habilitation, token, on: loop)
         #expect(raced.decision == .granted, "read before the suspension committed")
@@ -271,7 +271,7 @@ struct FactsMemoTests {
         }
         #expect(habilitation.forwardAuthCounts() == ForwardAuthCounts(memo: 0, database: 4, statements: 4))
         #expect(try await loop.submit { habilitation.factsMemo(for: loop).count }.get() == 0, "nothing kept")
-        try await world.sessions.revoke(token, reason: "sign-out")
+        try await world.sessions.revoke(token, reason: .signOut)
         #expect(try await Self.check(habilitation, token, on: loop).decision == .denied([.noLiveSession]))
     }
 

@@ -106,7 +106,7 @@ struct SessionAndHabilitationTests {
         world.clock.advance(61)
         #expect(try await world.sessions.justOpened(sas, within: 60) == nil, "a minute later it is another sign-in")
         let ended = try await world.signIn(origin: .sas)
-        try await world.sessions.revoke(ended, reason: "sign-out")
+        try await world.sessions.revoke(ended, reason: .signOut)
         #expect(try await world.sessions.justOpened(ended, within: 60) == nil)
     }
 
@@ -134,7 +134,7 @@ struct SessionAndHabilitationTests {
             return
         }
         let ended = try await world.signIn(origin: .sas)
-        try await world.sessions.revoke(ended, reason: "sign-out")
+        try await world.sessions.revoke(ended, reason: .signOut)
         let live = try await world.signIn(origin: .sas)
         try await world.credentials.requestPasswordReset(email: "jules.marius@test.com", makeMail: { token, _ in
             OutgoingMail(recipient: "x", subject: "x", body: token)
@@ -166,7 +166,7 @@ struct SessionAndHabilitationTests {
 
         // Within the retention, an ended session is kept for the admin's view.
         let recent = try await world.signIn(origin: .sas)
-        try await world.sessions.revoke(recent, reason: "sign-out")
+        try await world.sessions.revoke(recent, reason: .signOut)
         _ = try await world.sessions.purge(retention: 30 * 86400)
         #expect(try await count("web_session") == 1)
     }
@@ -182,7 +182,7 @@ struct SessionAndHabilitationTests {
             let flow = try await world.sessions.startFlow(accountID: world.accountID, intentToken: nil)
             try await world.sessions.markSecondFactorDone(flowToken: flow)
             let token = try #require(try await world.sessions.completeFlow(flowToken: flow, address: "192.0.2.1", userAgent: userAgent, actor: world.actor)).token
-            try await world.sessions.revoke(token, reason: "sign-out")
+            try await world.sessions.revoke(token, reason: .signOut)
         }
         let files = ["db.sqlite", "db.sqlite-wal"].map { world.directory.appendingPathComponent($0).path }
         func copies(_ text: String) -> Int {
@@ -210,7 +210,7 @@ struct SessionAndHabilitationTests {
         let world = try await World()
         let purge = Retention(database: AccountDatabase(engine: ScrubFailingOnceEngine(inner: world.database.engine)),
                               sessions: world.sessions, credentials: world.credentials)
-        try await world.sessions.revoke(try await world.signIn(origin: .sas), reason: "sign-out")
+        try await world.sessions.revoke(try await world.signIn(origin: .sas), reason: .signOut)
         world.clock.advance(31 * 86400)
         let first = try await purge.purge(retention: 30 * 86400)
         #expect(first.deleted > 0 && first.log == .failed && first.failure != nil, "\(first)")
@@ -394,7 +394,7 @@ struct SessionAndHabilitationTests {
         let ownSignIn = world.clock.now
         let own = try #require(opened(try await providerCallback(world, identity: identity("sid-e", at: ownSignIn))))
         world.clock.advance(5)
-        _ = try await world.sessions.revoke(own, reason: "sign-out", actor: world.actor)
+        _ = try await world.sessions.revoke(own, reason: .signOut, actor: world.actor)
         #expect(opened(try await providerCallback(world, identity: identity("sid-e", at: ownSignIn))) != nil)
 
         // An admin's revoke-sessions: every session of the account, each provider session.
@@ -428,6 +428,43 @@ struct SessionAndHabilitationTests {
             }
             #expect(login.reauthenticationAsked == mark)
         }
+    }
+
+    /// « Fermer mes autres sessions » from a Pro Santé Connect session spares its own
+    /// provider session: the browser's earlier session with the same `sid`, ended by the idle
+    /// timeout, is recorded as closed from its provider session, and the browser's next
+    /// provider sign-in opens without asking again. A live session with the same `sid` (a
+    /// provider sharing one between browsers) is not spared.
+    @Test func closingTheOthersSparesTheClosersOwnProviderSession() async throws {
+        let world = try await World()
+        let signedIn = world.clock.now
+        func identity(_ sid: String) -> ProviderIdentity {
+            ProviderIdentity(subject: "psc-sub", sessionID: sid, sealedIDToken: nil, authenticatedAt: signedIn)
+        }
+        func opened(_ start: ProviderFlowStart) -> String? { if case .opened(_, let session?) = start { session.token } else { nil } }
+        func reasons() async throws -> [String: String] {
+            try await world.database.read { db in
+                try SQLRow.fetchAll(db, sql: "SELECT id_hash, revoked_reason FROM web_session WHERE revoked_reason IS NOT NULL")
+                    .reduce(into: [:]) { $0[$1["id_hash"] as String] = $1["revoked_reason"] as String }
+            }
+        }
+        let earlier = try #require(opened(try await providerCallback(world, identity: identity("sid-k"))))
+        world.clock.advance(world.sessions.configuration.idleTimeout + 1)
+        let kept = try #require(opened(try await providerCallback(world, identity: identity("sid-k"))))
+        let elsewhere = try #require(opened(try await providerCallback(world, identity: identity("sid-x"))))
+        #expect(try await world.sessions.revokeOtherSessions(keeping: kept, actor: world.actor) == 1)
+        var recorded = try await reasons()
+        #expect(recorded[SecretToken.hash(earlier)] == SessionEndReason.closedFromItsProviderSession.rawValue, "\(recorded)")
+        #expect(recorded[SecretToken.hash(elsewhere)] == SessionEndReason.signedOutElsewhere.rawValue, "\(recorded)")
+        world.clock.advance(5)
+        let again = try #require(opened(try await providerCallback(world, identity: identity("sid-k"))), "the closer's browser is not asked again")
+        if case .reauthenticationRequired = try await providerCallback(world, identity: identity("sid-x")) {} else {
+            Issue.record("the other browser is asked again")
+        }
+        // Live with the closer's `sid`: ended as any other.
+        #expect(try await world.sessions.revokeOtherSessions(keeping: kept, actor: world.actor) == 1)
+        recorded = try await reasons()
+        #expect(recorded[SecretToken.hash(again)] == SessionEndReason.signedOutElsewhere.rawValue, "\(recorded)")
     }
 
     /// A back-channel logout that comes while a callback is under way (its login started,
@@ -1101,7 +1138,7 @@ struct SessionAndHabilitationTests {
         let first = try await world.signIn(origin: .sas)
         let second = try await world.signIn(origin: nil)
         #expect(first != second)
-        try await world.sessions.revoke(first, reason: "sign-out")
+        try await world.sessions.revoke(first, reason: .signOut)
         #expect(try await world.sessions.session(first) == nil)
         #expect(try await world.sessions.session(second) != nil)
         let administration = VendorAdministration(database: world.database, clock: { world.clock.now })

@@ -343,7 +343,12 @@ struct ProviderSignInController: Sendable {
                                                detail: detail + "; the provider is asked to authenticate the user again", actor: actor)
         web.metrics.providerSignIn(result: "reauthentication-asked")
         context.logger.info("sign-in sent back to the provider to authenticate the user again")
-        return WebController.redirect(url)
+        // The pause of a refusal (``refused(_:_:_:_:retry:pause:)``): another site navigating
+        // this browser to the SAS link in a loop would otherwise have each round come back
+        // here from the provider, spending the address's callback budget and an audit row,
+        // where before the first round opened a session and stopped it. A session opened
+        // after the new authentication clears it.
+        return WebController.redirect(url, cookies: [WebCookie.method.set("mot-de-passe", maxAge: Self.automaticStartPause)])
     }
 
     /// The back-channel logout endpoint's route: its refusals are JSON, also those the web

@@ -649,7 +649,7 @@ struct WebController: Sendable {
             // account's (a shared workstation), end too: its cookies are cleared here, and a
             // session or flow nobody holds any more must not stay live on the server.
             if let session = WebCookie.value(.session, in: request.headers) {
-                try await sessions.revoke(session, reason: "sign-out", actor: actor(context))
+                try await sessions.revoke(session, reason: .signOut, actor: actor(context))
             }
             if let flow = WebCookie.value(.flow, in: request.headers) {
                 try await sessions.abandonFlow(flow, reason: "password-reset", actor: actor(context))
@@ -790,7 +790,7 @@ struct WebController: Sendable {
     func signOut(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard try await form(request, context) != nil else { return csrfRefused }
         var sealedIDToken: [UInt8]?
-        if let token = WebCookie.value(.session, in: request.headers) { sealedIDToken = try await sessions.revoke(token, reason: "sign-out", actor: actor(context)) }
+        if let token = WebCookie.value(.session, in: request.headers) { sealedIDToken = try await sessions.revoke(token, reason: .signOut, actor: actor(context)) }
         // A sign-in under way in this browser ends too (a step left open, the terms of use
         // of a new version for instance, would otherwise be there for the next person to
         // finish), and the SAS intent goes with it: signing out forgets this browser's all.

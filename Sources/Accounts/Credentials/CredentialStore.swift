@@ -348,7 +348,7 @@ public final class CredentialStore: Sendable {
             try db.execute(sql: """
                 UPDATE account SET password_hash = ?, password_reset_required = FALSE, password_changed_at = ? WHERE id = ?
                 """, arguments: [hash, at.epochMilliseconds, row.id])
-            _ = try self.sessions.revokeAll(of: row.id, reason: "password-changed", at: at, in: db)
+            _ = try self.sessions.revokeAll(of: row.id, reason: .passwordChanged, at: at, in: db)
             // The flows just ended: so do their pending enrolments (see settlePasswordCheck).
             try db.execute(sql: "DELETE FROM totp_credential WHERE account_id = ? AND confirmed_at IS NULL", arguments: [row.id])
             try self.audit.append(self.event("password-reset-completed", "password set, sessions revoked", row.id, actor, at,
@@ -429,7 +429,7 @@ public final class CredentialStore: Sendable {
             let checked = try recheck(db, at, row.passwordHash)
             if let refusal = checked.refusal { return refusal }
             guard let account = checked.account,
-                  let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: "password-changed", at: at, in: db) else {
+                  let ended = try self.sessions.revokeOthers(of: row.id, keeping: sessionHash, reason: .passwordChanged, at: at, in: db) else {
                 try self.audit.append(self.event("password-change", "refused session-ended", row.id, actor, at), in: db)
                 return .sessionEnded
             }

@@ -423,7 +423,7 @@ public final class Provisioner: Sendable {
             // A Pro Santé Connect session was matched on the national id the SAS just
             // replaced (a correction: it was someone else's): it ends now, with its sign-ins
             // under way. Password sessions are the account's own and stay.
-            let ended = try sessions.revokeProviderSessions(of: row.id, reason: "national-id-replaced", at: now, in: db)
+            let ended = try sessions.revokeProviderSessions(of: row.id, reason: .nationalIDReplaced, at: now, in: db)
             if ended > 0 {
                 try audit.append(AuditEvent(at: now, surface: "int_r02", action: "sessions-revoked", outcome: "national id replaced",
                                             actor: context.actor, requestID: context.requestID, identifier: target.description,
@@ -459,7 +459,7 @@ public final class Provisioner: Sendable {
             try writes.newVersion(of: holder.id, at: now, in: db)
             // Its Pro Santé Connect sessions were matched on this national id.
             let ended = identifier.kind == .national
-                ? try sessions.revokeProviderSessions(of: holder.id, reason: "national-id-reattributed", at: now, in: db) : 0
+                ? try sessions.revokeProviderSessions(of: holder.id, reason: .nationalIDReattributed, at: now, in: db) : 0
             try audit.append(AuditEvent(at: now, surface: "int_r02", action: "identifier-reattributed", outcome: "moved",
                                         actor: context.actor, requestID: context.requestID, identifier: identifier.description,
                                         accountID: holder.id,

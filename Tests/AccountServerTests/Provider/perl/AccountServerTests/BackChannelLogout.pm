@@ -4,7 +4,10 @@
 # to its logout URL. Loaded through `customPlugins` by the test suite's provider (llng.py).
 # Like Pro Santé Connect, the provider also names its session in ID tokens and logout tokens
 # (`sid`, which LemonLDAP::NG 2.16 does not send): a digest of the subject and the session's
-# authentication time, the same for every token of one provider session.
+# authentication time, the same for every token of one provider session. With
+# ACCOUNT_SERVER_TEST_SID_PER_SUBJECT=1 in its environment, a digest of the subject alone:
+# one `sid` that a new authentication does not change (as Keycloak keeps its session's on
+# `prompt=login`), shared by every browser of the subject.
 package AccountServerTests::BackChannelLogout;
 
 use strict;
@@ -22,6 +25,7 @@ sub init { 1 }
 
 sub sessionID {
     my ( $sub, $authTime ) = @_;
+    return sha256_hex( ( $sub // '' ) . '|' ) if $ENV{ACCOUNT_SERVER_TEST_SID_PER_SUBJECT};
     return sha256_hex( ( $sub // '' ) . '|' . ( $authTime // '' ) );
 }
 
