@@ -526,9 +526,18 @@ public final class VendorAdministration: Sendable {
     /// memory, and one long read would hold SQLite's checkpoints back for all of it. Every page
     /// stops at the horizon taken once at the start (``AuditLog/horizon(in:)``), so the export
     /// is the trail as it was then, none skipped.
+    ///
+    /// `starting`: called once before the first event, with how many will follow (the
+    /// horizon read, the limit applied), so that a trace of the export is written before any
+    /// of it is printed (an export cut short is recorded all the same).
     public func forEachAuditEvent(accountID: String? = nil, afterSeq: Int64 = 0, limit: Int? = nil, pageSize: Int = 5_000,
+                                  starting: ((Int) async throws -> Void)? = nil,
                                   _ body: (AuditEvent) throws -> Void) async throws {
         let horizon = try await database.readBetweenWrites { db in try AuditLog().horizon(in: db) }
+        if let starting {
+            let count = try await database.read { db in try AuditLog().count(accountID: accountID, afterSeq: afterSeq, upToSeq: horizon, in: db) }
+            try await starting(min(count, limit ?? Int.max))
+        }
         var cursor = afterSeq
         var remaining = limit ?? Int.max
         while remaining > 0 {

@@ -350,17 +350,17 @@ extension AdminCommand {
     }
 
     /// `admin audit` and `audit`: the trail as JSON lines; an export from the start is traced
-    /// (`audit-exported`, once it is done, with its count), an export from `--after N` is not:
-    /// a tailer polling for new events would otherwise read its own event at every poll.
+    /// (`audit-exported`, with the count it is about to print) before its first line, so an
+    /// export cut short (`| head`, Ctrl-C) is recorded too; an export from `--after N` is not:
+    /// a tailer polling for new events would otherwise read its own event at every poll. The
+    /// trace comes after the export's horizon: it is not among the events printed.
     static func exportTrail(_ administration: VendorAdministration, accountID: String?, after: Int64, limit: Int?) async throws {
-        var count = 0
-        try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit) { event in
-            AdminCommand.emit(event.jsonValue)
-            count += 1
-        }
-        if after == 0 {
+        let trace: ((Int) async throws -> Void)? = after != 0 ? nil : { count in
             await traceRead(administration, "audit-exported", outcome: "\(count) event(s)", accountID: accountID,
                             detail: "after 0, limit \(limit.map(String.init) ?? "none"), command line")
+        }
+        try await administration.forEachAuditEvent(accountID: accountID, afterSeq: after, limit: limit, starting: trace) { event in
+            AdminCommand.emit(event.jsonValue)
         }
     }
 }

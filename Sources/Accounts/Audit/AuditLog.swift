@@ -183,6 +183,18 @@ public struct AuditLog: Sendable {
         return try AuditEvent.fetchAll(db, sql: sql, arguments: arguments)
     }
 
+    /// How many events ``events(accountID:afterSeq:upToSeq:limit:in:)`` would return (without
+    /// a limit).
+    public func count(accountID: String? = nil, afterSeq: Int64 = 0, upToSeq: Int64, in db: any SQLTransaction) throws -> Int {
+        var sql = "SELECT COUNT(*) FROM audit_event WHERE seq > ? AND seq <= ?"
+        var arguments: SQLArguments = [afterSeq, upToSeq]
+        if let accountID {
+            sql += " AND account_id = ?"
+            arguments += [accountID]
+        }
+        return try Int.fetchOne(db, sql: sql, arguments: arguments) ?? 0
+    }
+
     /// The largest `seq` so far (0 for an empty trail): read between writes, every event up to
     /// it is committed (or was rolled back), so a page that stops there never skips one.
     public func horizon(in db: any SQLTransaction) throws -> Int64 {
