@@ -37,32 +37,24 @@ public struct SessionLedger: AccountSessions {
     /// ones are marked revoked too (a longer idle timeout configured later cannot bring one
     /// back), as the admin's revoke-sessions does.
     ///
-    /// The expired ones of the kept session's own Pro Santé Connect session (its browser's
-    /// earlier sessions, ended by the idle timeout) are recorded as
-    /// ``SessionEndReason/closedFromItsProviderSession``: the browser that closes the others
-    /// is not shut out of the provider sign-in by its own act. Live ones are not, even with
-    /// the same `sid`: a provider that gave several browsers one `sid` must not have them
-    /// spared.
+    /// The browser that closes the others is not shut out of the provider sign-in by its own
+    /// act: its own earlier session, expired, was ended as replaced when it signed in again
+    /// (``SessionStore/completeFlow(flowToken:address:userAgent:actor:replacing:decide:)``,
+    /// from its cookie), so it is not among those ended here. Told apart by the browser's
+    /// cookie, not by the provider's `sid`: a provider giving several browsers one `sid`
+    /// must not have them spared.
     public func revokeOthers(of accountID: String, keeping kept: String, reason: SessionEndReason, at: Date, in db: any SQLTransaction) throws -> EndedSessions? {
-        guard let keptRow = try SQLRow.fetchOne(db, sql: """
-            SELECT oidc_subject, oidc_session_id FROM web_session WHERE id_hash = ? AND account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ?
-            """, arguments: [kept, accountID, at.epochMilliseconds]) else { return nil }
-        // NULL when the kept session has no provider session id: then no row is its own
-        // (`x = NULL` is never true).
-        let keptSubject: String? = keptRow["oidc_subject"], keptSessionID: String? = keptRow["oidc_session_id"]
-        let recorded = """
-            CASE WHEN oidc_session_id = ? AND oidc_subject = ? AND (absolute_expires_at <= ? OR last_seen_at <= ?)
-            THEN '\(SessionEndReason.closedFromItsProviderSession.rawValue)' ELSE ? END
-            """
+        guard try Bool.fetchOne(db, sql: """
+            SELECT EXISTS (SELECT 1 FROM web_session WHERE id_hash = ? AND account_id = ? AND revoked_at IS NULL AND absolute_expires_at > ?)
+            """, arguments: [kept, accountID, at.epochMilliseconds]) == true else { return nil }
         let idleSince = at.addingTimeInterval(-idleTimeout).epochMilliseconds
         let live = try String.fetchAll(db, sql: """
             SELECT id_hash FROM web_session WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL AND absolute_expires_at > ?
             AND last_seen_at > ? ORDER BY last_seen_at DESC, id_hash
             """, arguments: [accountID, kept, at.epochMilliseconds, idleSince])
         try db.execute(sql: """
-            UPDATE web_session SET revoked_at = ?, revoked_reason = \(recorded), oidc_id_token = NULL
-            WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
-            """, arguments: [at.epochMilliseconds, keptSessionID, keptSubject, at.epochMilliseconds, idleSince, reason.rawValue, accountID, kept])
+            UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL
+            """, arguments: [at.epochMilliseconds, reason.rawValue, accountID, kept])
         // Counted: the flows still under way; expired ones waiting for the purge are closed
         // too, and not counted.
         let flows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sign_in_flow WHERE account_id = ? AND consumed_at IS NULL AND expires_at > ?",

@@ -590,16 +590,28 @@ public final class SessionStore: Sendable {
                                  authentication.rawValue, flow["oidc_subject"] as String?, flow["oidc_session_id"] as String?,
                                  flow["oidc_id_token"] as Data?, returnURL])
             let reference = Self.sessionReference(hash: SecretToken.hash(token))
+            // The browser's previous session, live or expired (its cookie outlives the idle
+            // timeout): ended as replaced. Another account's is recorded as such, so that its
+            // holder's provider session, if left open on this workstation, does not reopen it
+            // without a new authentication (``SessionEndReason/replacedByAnotherAccount``); the
+            // same account's is not, so that a regulator who closes their other sessions later
+            // is not asked again in this browser for its earlier session. Only a live one is
+            // audited (an expired one had ended already).
             if let previous {
                 let previousHash = SecretToken.hash(previous)
-                if let ended = try String.fetchOne(db, sql: """
-                    SELECT account_id FROM web_session WHERE id_hash = ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ?
-                    """, arguments: [previousHash, at.epochMilliseconds, at.addingTimeInterval(-self.configuration.idleTimeout).epochMilliseconds]) {
+                if let replaced = try SQLRow.fetchOne(db, sql: """
+                    SELECT account_id, absolute_expires_at > ? AND last_seen_at > ? AS live FROM web_session WHERE id_hash = ? AND revoked_at IS NULL
+                    """, arguments: [at.epochMilliseconds, at.addingTimeInterval(-self.configuration.idleTimeout).epochMilliseconds, previousHash]) {
+                    let owner: String = replaced["account_id"]
+                    let reason: SessionEndReason = owner == accountID ? .sessionReplaced : .replacedByAnotherAccount
                     try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE id_hash = ?",
-                                   arguments: [at.epochMilliseconds, SessionEndReason.sessionReplaced.rawValue, previousHash])
-                    try self.audit.append(AuditEvent(at: at, surface: "web", action: "session-replaced", outcome: "session ended", actor: actor,
-                                                     requestID: nil, identifier: nil, accountID: ended, changes: [],
-                                                     detail: "session \(Self.sessionReference(hash: previousHash)) replaced by session \(reference) in the same browser"), in: db)
+                                   arguments: [at.epochMilliseconds, reason.rawValue, previousHash])
+                    if replaced["live"] as Bool {
+                        try self.audit.append(AuditEvent(at: at, surface: "web", action: "session-replaced", outcome: "session ended", actor: actor,
+                                                         requestID: nil, identifier: nil, accountID: owner, changes: [],
+                                                         detail: "session \(Self.sessionReference(hash: previousHash)) replaced by session \(reference) in the same browser"
+                                                             + (owner == accountID ? "" : ", signed in to another account")), in: db)
+                    }
                 }
             }
             try self.audit.append(AuditEvent(at: at, surface: "web", action: "sign-in",

@@ -694,6 +694,11 @@ struct ProcessTests {
         #expect(try await Self.run(["admin", "audit", "--after", String(lastSeq)] + database).status == 0)
         let tail = try await Self.run(["admin", "audit", "--after", String(lastSeq)] + database).output
         #expect(tail.split(separator: "\n").count == 1 && tail.contains(#""action":"audit-exported""#), "only the full export above, not the tails: \(tail)")
+        // A limited export records what it printed, not the whole trail.
+        let limited = try await Self.run(["admin", "audit", "--limit", "2"] + database)
+        #expect(limited.status == 0 && limited.output.split(separator: "\n").count == 2)
+        let traces = try await Self.run(["admin", "audit", "--after", String(lastSeq)] + database).output.split(separator: "\n")
+        #expect(traces.count == 2 && traces.last?.contains(#""outcome":"2 event(s)""#) == true && traces.last?.contains("limit 2") == true, "\(traces)")
         for arguments in [["audit", "--account", "nosuch"], ["admin", "audit", "--limit", "-1"], ["audit", "--limit", "0"],
                           ["admin", "list", "--limit", "5000"], ["admin", "list", "--limit", "0"]] {
             let refused = try await Self.run(arguments + database)

@@ -385,6 +385,7 @@ struct ProviderSignInTests {
         let opened = try await Self.callback(workstation, try await workstation.get(resumed), world: world)
         #expect(opened.status == 303 && opened.location == Self.agenda, "\(opened.status) \(opened.location ?? "-") \(opened.body.prefix(300))")
         #expect(try await Self.forwardAuth(workstation, world: world).status == 200)
+        #expect(workstation.cookies["__Host-as-methode"] == nil, "the pause set by the send-back ends with the session opened")
 
         let sids = try await world.server.database.read { db in
             try Int.fetchOne(db, sql: "SELECT COUNT(DISTINCT oidc_session_id) FROM web_session")

@@ -324,7 +324,8 @@ struct SessionAndHabilitationTests {
 
     /// A provider callback as the web surface makes it: a login started now (or as given),
     /// then the flow for `identity`, the account matched in its transaction.
-    func providerCallback(_ world: World, identity: ProviderIdentity, startedAt: Date? = nil, termsDue: Bool = false) async throws -> ProviderFlowStart {
+    func providerCallback(_ world: World, identity: ProviderIdentity, startedAt: Date? = nil, termsDue: Bool = false,
+                          replacing previous: String? = nil) async throws -> ProviderFlowStart {
         let intent = world.sessions.createIntent(LoginIntent(origin: .sas, originValue: "sas", returnURL: "https://agenda.example/p"))
         let state = try #require(world.sessions.createProviderLogin(intentToken: intent))
         guard case .accepted(var login) = world.sessions.providerLogin(state: state, intentToken: intent),
@@ -337,7 +338,7 @@ struct SessionAndHabilitationTests {
             match: { db in try habilitation.providerAccount(nationalID: "810002673899", in: db) },
             login: login, identity: identity, auditDetail: "test", actor: world.actor,
             completeIf: { accountID, db in try !termsDue && habilitation.hasAcceptedCGU(accountID: accountID, in: db) }, address: nil, userAgent: nil,
-            decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+            replacing: previous, decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
     }
 
     /// A session opened through the provider and ended here by someone else than its browser
@@ -430,18 +431,20 @@ struct SessionAndHabilitationTests {
         }
     }
 
-    /// « Fermer mes autres sessions » from a Pro Santé Connect session spares its own
-    /// provider session: the browser's earlier session with the same `sid`, ended by the idle
-    /// timeout, is recorded as closed from its provider session, and the browser's next
-    /// provider sign-in opens without asking again. A live session with the same `sid` (a
-    /// provider sharing one between browsers) is not spared.
-    @Test func closingTheOthersSparesTheClosersOwnProviderSession() async throws {
+    /// The browser that closes the others is not shut out by its own act: its earlier
+    /// session, expired, was ended as replaced when it signed in again (told by its cookie),
+    /// and its next provider sign-in opens without asking again. Told by the cookie, not the
+    /// `sid`: another browser's expired session with the same `sid` (a provider sharing one)
+    /// is ended as any other. A session replaced by another account's sign-in in its browser
+    /// (a shared workstation) is recorded as such, and its provider session asked again.
+    @Test func closingTheOthersSparesTheClosersOwnBrowser() async throws {
         let world = try await World()
         let signedIn = world.clock.now
         func identity(_ sid: String) -> ProviderIdentity {
             ProviderIdentity(subject: "psc-sub", sessionID: sid, sealedIDToken: nil, authenticatedAt: signedIn)
         }
         func opened(_ start: ProviderFlowStart) -> String? { if case .opened(_, let session?) = start { session.token } else { nil } }
+        func askedAgain(_ start: ProviderFlowStart) -> Bool { if case .reauthenticationRequired = start { true } else { false } }
         func reasons() async throws -> [String: String] {
             try await world.database.read { db in
                 try SQLRow.fetchAll(db, sql: "SELECT id_hash, revoked_reason FROM web_session WHERE revoked_reason IS NOT NULL")
@@ -449,22 +452,46 @@ struct SessionAndHabilitationTests {
             }
         }
         let earlier = try #require(opened(try await providerCallback(world, identity: identity("sid-k"))))
-        world.clock.advance(world.sessions.configuration.idleTimeout + 1)
-        let kept = try #require(opened(try await providerCallback(world, identity: identity("sid-k"))))
         let elsewhere = try #require(opened(try await providerCallback(world, identity: identity("sid-x"))))
-        #expect(try await world.sessions.revokeOtherSessions(keeping: kept, actor: world.actor) == 1)
+        world.clock.advance(world.sessions.configuration.idleTimeout + 1)
+        let kept = try #require(opened(try await providerCallback(world, identity: identity("sid-k"), replacing: earlier)))
+        #expect(try await world.sessions.revokeOtherSessions(keeping: kept, actor: world.actor) == 0, "the others had expired")
         var recorded = try await reasons()
-        #expect(recorded[SecretToken.hash(earlier)] == SessionEndReason.closedFromItsProviderSession.rawValue, "\(recorded)")
+        #expect(recorded[SecretToken.hash(earlier)] == SessionEndReason.sessionReplaced.rawValue, "\(recorded)")
         #expect(recorded[SecretToken.hash(elsewhere)] == SessionEndReason.signedOutElsewhere.rawValue, "\(recorded)")
         world.clock.advance(5)
-        let again = try #require(opened(try await providerCallback(world, identity: identity("sid-k"))), "the closer's browser is not asked again")
-        if case .reauthenticationRequired = try await providerCallback(world, identity: identity("sid-x")) {} else {
-            Issue.record("the other browser is asked again")
-        }
-        // Live with the closer's `sid`: ended as any other.
-        #expect(try await world.sessions.revokeOtherSessions(keeping: kept, actor: world.actor) == 1)
+        #expect(opened(try await providerCallback(world, identity: identity("sid-k"))) != nil, "the closer's browser is not asked again")
+        #expect(askedAgain(try await providerCallback(world, identity: identity("sid-x"))), "the other browser is")
+
+        // Another browser with the closer's `sid`, expired: ended as any other.
+        let shared = try #require(opened(try await providerCallback(world, identity: identity("sid-k"))))
+        world.clock.advance(world.sessions.configuration.idleTimeout + 1)
+        let keptAgain = try #require(opened(try await providerCallback(world, identity: identity("sid-y"))))
+        _ = try await world.sessions.revokeOtherSessions(keeping: keptAgain, actor: world.actor)
         recorded = try await reasons()
-        #expect(recorded[SecretToken.hash(again)] == SessionEndReason.signedOutElsewhere.rawValue, "\(recorded)")
+        #expect(recorded[SecretToken.hash(shared)] == SessionEndReason.signedOutElsewhere.rawValue, "\(recorded)")
+        world.clock.advance(5)
+        #expect(askedAgain(try await providerCallback(world, identity: identity("sid-k"))))
+
+        // Replaced by another account's sign-in in its browser (a password one here).
+        world.clock.advance(5)
+        let workstation = try #require(opened(try await providerCallback(world, identity: identity("sid-w"), startedAt: nil)))
+        let otherAccount = try await world.provisioner.provision(.create(RegulatorRecord(
+            sasTechnicalID: SASTechnicalID(UUID().uuidString.lowercased()), active: true, familyName: "AUTRE", givenName: "Alice",
+            email: EmailAddress("alice.autre@test.com")!)), context: CallContext(actor: world.actor)).account.id
+        let flow = try await world.sessions.startFlow(accountID: otherAccount, intentToken: nil)
+        try await world.sessions.markSecondFactorDone(flowToken: flow)
+        let habilitation = world.habilitation
+        _ = try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor, replacing: workstation,
+                                                  decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) })
+        recorded = try await reasons()
+        #expect(recorded[SecretToken.hash(workstation)] == SessionEndReason.replacedByAnotherAccount.rawValue, "\(recorded)")
+        let replacedEvent = try await world.database.read { db in
+            try String.fetchOne(db, sql: "SELECT detail FROM audit_event WHERE action = 'session-replaced' ORDER BY seq DESC LIMIT 1")
+        }
+        #expect(replacedEvent?.contains("another account") == true, "\(replacedEvent ?? "-")")
+        world.clock.advance(5)
+        #expect(askedAgain(try await providerCallback(world, identity: identity("sid-w"))), "its holder's provider session is asked again")
     }
 
     /// A back-channel logout that comes while a callback is under way (its login started,

@@ -46,28 +46,28 @@ public enum SessionEndReason: String, Sendable, CaseIterable {
     case nationalIDReattributed = "national-id-reattributed"
     /// The server key was declared lost (`admin forget-secret-key`).
     case secretKeyForgotten = "secret-key-forgotten"
-    /// The browser signed in again: its previous session ends.
+    /// The browser signed in again to the same account: its previous session (live, or
+    /// expired and still in its cookie) ends.
     case sessionReplaced = "session-replaced"
+    /// Someone signed in to another account in the browser: its previous session ends. Who
+    /// held it may have left the workstation with their provider session open there.
+    case replacedByAnotherAccount = "replaced-by-another-account"
     /// The provider's back-channel logout.
     case providerLogout = "provider-logout"
-    /// Ended with the others by a session of the same Pro Santé Connect session (the same
-    /// browser: its own earlier session, expired), from « Fermer mes autres sessions » or a
-    /// password change.
-    case closedFromItsProviderSession = "closed-from-its-provider-session"
 
     /// Whether a Pro Santé Connect session ended so may open again from the provider's session
     /// it came from only once the provider has authenticated the user anew: ended by someone
-    /// else than its browser, meaning to shut that browser out (Habilitation's
+    /// else than its browser, meaning to shut that browser out, or by another account's
+    /// sign-in in that browser (a shared workstation) (Habilitation's
     /// `SessionStore.endedRemotely`). Not: the browser's own sign-out (it goes on to the
     /// provider's sign-out), the provider's logout (its session is over), a session replaced
-    /// by its browser's next sign-in or closed from its own provider session (the same
-    /// browser), a national id replaced or re-attributed (the provider's identity no longer
-    /// leads to the account), the server key forgotten (nobody meant to end anyone).
+    /// by its browser's next sign-in to the same account, a national id replaced or
+    /// re-attributed (the provider's identity no longer leads to the account), the server
+    /// key forgotten (nobody meant to end anyone).
     public var requiresNewProviderAuthentication: Bool {
         switch self {
-        case .signedOutElsewhere, .passwordChanged, .admin, .secondFactorReset: true
-        case .signOut, .nationalIDReplaced, .nationalIDReattributed, .secretKeyForgotten, .sessionReplaced, .providerLogout,
-             .closedFromItsProviderSession: false
+        case .signedOutElsewhere, .passwordChanged, .admin, .secondFactorReset, .replacedByAnotherAccount: true
+        case .signOut, .nationalIDReplaced, .nationalIDReattributed, .secretKeyForgotten, .sessionReplaced, .providerLogout: false
         }
     }
 }
