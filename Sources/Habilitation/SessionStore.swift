@@ -727,6 +727,40 @@ public final class SessionStore: Sendable {
     /// How many sessions « Mon compte » lists (the current one always among them).
     public static let openSessionsShown = 20
 
+    /// « Fermer cette session » on « Mon compte »: the live session of the same account that
+    /// `reference` names (as the page lists it: ``sessionReference(hash:)``) ends, with its
+    /// audit event, as « Fermer mes autres sessions » ends each (reason
+    /// ``SessionEndReason/signedOutElsewhere``: a Pro Santé Connect one does not reopen
+    /// without a new authentication). Only a session the page could have listed: live, of
+    /// the account, not this one. nil when the session `token` names is not live; false
+    /// when no such session was there to end (ended meanwhile, or a reference of another
+    /// account's, which is not told apart).
+    public func revokeOtherSession(reference: String, keeping token: String, actor: AuditActor) async throws -> Bool? {
+        let at = now
+        let idle = configuration.idleTimeout
+        let hash = SecretToken.hash(token)
+        // A reference is 12 lowercase hexadecimal digits; anything else names nothing.
+        let wellFormed = reference.utf8.count == 12 && reference.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+        return try await database.write { db in
+            guard let current = try Self.liveSession(hash: hash, at: at, idle: idle, in: db) else { return nil }
+            guard wellFormed else { return false }
+            let ended = try String.fetchAll(db, sql: """
+                SELECT id_hash FROM web_session
+                WHERE account_id = ? AND id_hash <> ? AND revoked_at IS NULL AND absolute_expires_at > ? AND last_seen_at > ? AND substr(id_hash, 1, 12) = ?
+                """, arguments: [current.accountID, hash, at.epochMilliseconds, at.addingTimeInterval(-idle).epochMilliseconds, reference])
+            guard !ended.isEmpty else { return false }
+            for endedHash in ended {
+                try db.execute(sql: "UPDATE web_session SET revoked_at = ?, revoked_reason = ?, oidc_id_token = NULL WHERE id_hash = ? AND revoked_at IS NULL",
+                               arguments: [at.epochMilliseconds, SessionEndReason.signedOutElsewhere.rawValue, endedHash])
+            }
+            try self.audit.append(AuditEvent(at: at, surface: "web", action: "other-sessions-revoked", outcome: "\(ended.count) revoked", actor: actor,
+                                             requestID: nil, identifier: nil, accountID: current.accountID, changes: [],
+                                             detail: "kept session \(Self.sessionReference(hash: hash)), ended: "
+                                                 + ended.map(Self.sessionReference(hash:)).joined(separator: " ") + " (chosen on the page)"), in: db)
+            return true
+        }
+    }
+
     /// « Fermer mes autres sessions »: every other live session of the account whose live
     /// session `token` names ends, and every sign-in of the account under way (a browser past
     /// the password, before its second factor, must not become a session afterwards), in one

@@ -101,6 +101,56 @@ struct AccountPageTests {
         await world.stop()
     }
 
+    /// « Fermer cette session »: one other session ends, named by the reference the page
+    /// lists; the others stay. A reference that names no live session of the account (ended
+    /// already, made up, malformed, this session's own) ends nothing and says so.
+    @Test func theRegulatorClosesOneOtherSession() async throws {
+        let world = try await World()
+        let entry = "/connexion?origin=sas&retour=\(WebSignInTests.agenda.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)"
+        let office = try world.browser(), laptop = try world.browser(), phone = try world.browser()
+        try await WebSignInTests.choosePassword(office, world: world)
+        _ = try await office.get(entry)
+        let (_, secret, recoveryCodes) = try await WebSignInTests.signIn(office)
+        _ = try await laptop.get(entry)
+        try await WebSignInTests.signIn(laptop, secret: secret)
+        _ = try await phone.get(entry)
+        try await WebSignInTests.signIn(phone, secret: secret, code: recoveryCodes[0])
+        func ownReference(_ browser: Browser) async throws -> String {
+            let page = try await browser.get("/compte")
+            return try #require(page.body.firstMatch(of: /<li id="session-([0-9a-f]{12})" data-courante="oui">/).map { String($0.1) })
+        }
+        let laptopReference = try await ownReference(laptop), officeReference = try await ownReference(office)
+        let page = try await office.get("/compte")
+        #expect(page.body.matches(of: /action="\/compte\/sessions\/fermer"/).count == 2, "a form for each other session, none for this one")
+
+        let forged = try await office.request(.POST, "/compte/sessions/fermer", form: ["csrf": "forged", "session": laptopReference])
+        #expect(forged.status == 403)
+        #expect(try await ForwardAuthTests.ask(laptop, server: world.server).status == 200)
+
+        let closing = try await office.submit("/compte", to: "/compte/sessions/fermer", ["session": laptopReference])
+        #expect(closing.status == 303 && closing.location?.hasPrefix("/compte?avis=une-1.") == true, "\(closing.status) \(closing.location ?? "-")")
+        #expect(try await office.get(try #require(closing.location)).body.contains("La session est fermée"))
+        #expect(try await ForwardAuthTests.ask(laptop, server: world.server).status == 401, "the session closed")
+        #expect(try await ForwardAuthTests.ask(phone, server: world.server).status == 200, "the others stay")
+        #expect(try await ForwardAuthTests.ask(office, server: world.server).status == 200)
+
+        for reference in [laptopReference, "0123456789ab", "<script>x", officeReference, ""] {
+            let none = try await office.submit("/compte", to: "/compte/sessions/fermer", ["session": reference])
+            #expect(none.status == 303 && none.location?.hasPrefix("/compte?avis=une-0.") == true, "\(reference): \(none.location ?? "-")")
+        }
+        #expect(try await office.get("/compte?avis=une-0.x").body.contains("n’était plus ouverte") == false, "the notice needs its MAC")
+        #expect(try await ForwardAuthTests.ask(phone, server: world.server).status == 200)
+        #expect(try await ForwardAuthTests.ask(office, server: world.server).status == 200, "its own reference does not close this session")
+
+        let events = try await world.server.auditEvents().filter { $0.action == "other-sessions-revoked" }
+        #expect(events.count == 1 && events[0].outcome == "1 revoked" && events[0].detail?.contains("ended: \(laptopReference) (chosen on the page)") == true,
+                "\(events.map { "\($0.outcome) \($0.detail ?? "")" })")
+        await office.shutdown()
+        await laptop.shutdown()
+        await phone.shutdown()
+        await world.stop()
+    }
+
     static let newPassword = "Chemin-des-cerisiers-en-fleurs"
 
     static func failedSignIns(_ world: World) async throws -> Int {

@@ -494,6 +494,29 @@ struct SessionAndHabilitationTests {
         #expect(askedAgain(try await providerCallback(world, identity: identity("sid-w"))), "its holder's provider session is asked again")
     }
 
+    /// « Fermer cette session » ends only a live session of the account asking: another
+    /// account's, named by its reference, stays.
+    @Test func closingOneSessionStaysWithinTheAccount() async throws {
+        let world = try await World()
+        let mine = try await world.signIn(origin: .sas), other = try await world.signIn(origin: .sas)
+        let otherAccount = try await world.provisioner.provision(.create(RegulatorRecord(
+            sasTechnicalID: SASTechnicalID("3f0c2a1e-9b7d-4c55-8e21-6a4b3c2d1e0f"), active: true, familyName: "AUTRE", givenName: "Alice",
+            email: EmailAddress("alice.autre@test.com")!)), context: CallContext(actor: world.actor)).account.id
+        let flow = try await world.sessions.startFlow(accountID: otherAccount, intentToken: nil)
+        try await world.sessions.markSecondFactorDone(flowToken: flow)
+        let habilitation = world.habilitation
+        let foreign = try #require(try await world.sessions.completeFlow(flowToken: flow, address: nil, userAgent: nil, actor: world.actor,
+                                                                        decide: { try habilitation.decisionForNewSession(accountID: $0, origin: $1, authentication: $2, in: $3) }))
+        let foreignReference = SessionStore.sessionReference(hash: SecretToken.hash(foreign.token))
+        #expect(try await world.sessions.revokeOtherSession(reference: foreignReference, keeping: mine, actor: world.actor) == false)
+        #expect(try await world.sessions.session(foreign.token) != nil, "another account's session stays")
+        #expect(try await world.sessions.revokeOtherSession(reference: SessionStore.sessionReference(hash: SecretToken.hash(other)), keeping: mine,
+                                                           actor: world.actor) == true)
+        #expect(try await world.sessions.session(other) == nil)
+        #expect(try await world.sessions.session(mine) != nil)
+        #expect(try await world.sessions.revokeOtherSession(reference: foreignReference, keeping: "not-a-session", actor: world.actor) == nil)
+    }
+
     /// A back-channel logout that comes while a callback is under way (its login started,
     /// its flow not yet written; on any instance) makes that callback open nothing, if the
     /// logout would have ended the session the callback opens. A login started after the

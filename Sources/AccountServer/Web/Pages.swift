@@ -316,8 +316,13 @@ enum Pages {
             let origin = session.origin == .sas ? "ouverte depuis la plateforme SAS" : "ouverte directement, hors plateforme SAS"
             let means = session.authentication == .psc ? "avec Pro Santé Connect" : "avec mot de passe et code"
             let address = session.address.map { ", adresse de connexion \($0)" } ?? ""
+            // Each other session can be closed on its own (Keycloak's account console and
+            // ORY Kratos offer it): the form names it by its reference.
+            let closeThis: HTML = session.isCurrent ? "" : """
+                <form method="post" action="/compte/sessions/fermer" class="fermer-une">\(csrfField(csrf))<input type="hidden" name="session" value="\(session.reference)"><button type="submit" class="secondaire">Fermer cette session</button></form>
+                """
             return """
-                <li id="session-\(session.reference)" data-courante="\(session.isCurrent ? "oui" : "non")">\(label), \(origin), \(means).<br>\(BrowserDescription.french(session.userAgent))\(address).<br><small>Ouverte le \(dateAndTime(session.createdAt)), dernière activité le \(dateAndTime(session.lastSeenAt)).</small></li>
+                <li id="session-\(session.reference)" data-courante="\(session.isCurrent ? "oui" : "non")">\(label), \(origin), \(means).<br>\(BrowserDescription.french(session.userAgent))\(address).<br><small>Ouverte le \(dateAndTime(session.createdAt)), dernière activité le \(dateAndTime(session.lastSeenAt)).</small>\(closeThis)</li>
                 """
         }
         let others = sessions.filter { !$0.isCurrent }

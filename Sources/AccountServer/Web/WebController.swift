@@ -113,6 +113,7 @@ struct WebController: Sendable {
         router.post("reinitialisation") { request, context in try await self.reset(request, context) }
         router.get("compte") { request, context in try await self.accountPage(request, context) }
         router.post("compte/sessions/fermer-autres") { request, context in try await self.closeOtherSessions(request, context) }
+        router.post("compte/sessions/fermer") { request, context in try await self.closeOneSession(request, context) }
         router.get("compte/mot-de-passe") { request, context in try await self.changePasswordPage(request, context) }
         router.post("compte/mot-de-passe") { request, context in try await self.changePassword(request, context) }
         router.get("acces-refuse") { request, context in try await self.accessRefusedPage(request, context) }
@@ -696,6 +697,9 @@ struct WebController: Sendable {
             return count == 0 ? "Aucune autre session n’était ouverte."
                 : (count == 1 ? "Votre autre session est fermée" : "Vos \(count) autres sessions sont fermées")
                     + " : leurs navigateurs devront se reconnecter pour retrouver l’habilitation."
+        case "une":
+            return count == 0 ? "Cette session n’était plus ouverte."
+                : "La session est fermée : son navigateur devra se reconnecter pour retrouver l’habilitation."
         case "mdp":
             return "Votre mot de passe est changé"
                 + (count == 0 ? "" : count == 1 ? " et votre autre session est fermée" : " et vos \(count) autres sessions sont fermées")
@@ -778,6 +782,18 @@ struct WebController: Sendable {
         }
         context.logger.notice("other sessions ended by their holder", metadata: ["sessions": "\(ended)"])
         return Self.redirect(accountAddress(notice: "autres-\(ended)", session: token))
+    }
+
+    /// « Fermer cette session » on « Mon compte »: one other session of the regulator's, named
+    /// by the reference the page lists (``SessionStore/revokeOtherSession(reference:keeping:actor:)``).
+    func closeOneSession(_ request: Request, _ context: WebRequestContext) async throws -> Response {
+        guard let fields = try await form(request, context) else { return csrfRefused }
+        guard let token = WebCookie.value(.session, in: request.headers),
+              let ended = try await sessions.revokeOtherSession(reference: fields["session"] ?? "", keeping: token, actor: actor(context)) else {
+            return Self.redirect("/connexion", cookies: [WebCookie.session.clear])
+        }
+        if ended { context.logger.notice("a session ended by its holder from another") }
+        return Self.redirect(accountAddress(notice: "une-\(ended ? 1 : 0)", session: token))
     }
 
     /// The page a proxy shows after a 403 from forward-auth (403 itself unless the session is
