@@ -727,14 +727,16 @@ public final class SessionStore: Sendable {
     /// How many sessions « Mon compte » lists (the current one always among them).
     public static let openSessionsShown = 20
 
-    /// « Fermer cette session » on « Mon compte »: the live session of the same account that
+    /// « Fermer cette autre session » on « Mon compte »: the live session of the same account that
     /// `reference` names (as the page lists it: ``sessionReference(hash:)``) ends, with its
     /// audit event, as « Fermer mes autres sessions » ends each (reason
     /// ``SessionEndReason/signedOutElsewhere``: a Pro Santé Connect one does not reopen
     /// without a new authentication). Only a session the page could have listed: live, of
     /// the account, not this one. nil when the session `token` names is not live; false
     /// when no such session was there to end (ended meanwhile, or a reference of another
-    /// account's, which is not told apart).
+    /// account's, which is not told apart). Sign-ins under way are left alone (none is
+    /// listed, and ending them all would end the regulator's own elsewhere): « Fermer mes
+    /// autres sessions » ends them.
     public func revokeOtherSession(reference: String, keeping token: String, actor: AuditActor) async throws -> Bool? {
         let at = now
         let idle = configuration.idleTimeout
@@ -755,8 +757,8 @@ public final class SessionStore: Sendable {
             }
             try self.audit.append(AuditEvent(at: at, surface: "web", action: "other-sessions-revoked", outcome: "\(ended.count) revoked", actor: actor,
                                              requestID: nil, identifier: nil, accountID: current.accountID, changes: [],
-                                             detail: "kept session \(Self.sessionReference(hash: hash)), ended: "
-                                                 + ended.map(Self.sessionReference(hash:)).joined(separator: " ") + " (chosen on the page)"), in: db)
+                                             detail: "chosen on the page; kept session \(Self.sessionReference(hash: hash)), ended: "
+                                                 + ended.map(Self.sessionReference(hash:)).joined(separator: " ")), in: db)
             return true
         }
     }

@@ -101,7 +101,7 @@ struct AccountPageTests {
         await world.stop()
     }
 
-    /// « Fermer cette session »: one other session ends, named by the reference the page
+    /// « Fermer cette autre session »: one other session ends, named by the reference the page
     /// lists; the others stay. A reference that names no live session of the account (ended
     /// already, made up, malformed, this session's own) ends nothing and says so.
     @Test func theRegulatorClosesOneOtherSession() async throws {
@@ -123,27 +123,35 @@ struct AccountPageTests {
         let page = try await office.get("/compte")
         #expect(page.body.matches(of: /action="\/compte\/sessions\/fermer"/).count == 2, "a form for each other session, none for this one")
 
+        let laptopCSRF = try #require(try await laptop.get("/compte").csrf)
         let forged = try await office.request(.POST, "/compte/sessions/fermer", form: ["csrf": "forged", "session": laptopReference])
         #expect(forged.status == 403)
         #expect(try await ForwardAuthTests.ask(laptop, server: world.server).status == 200)
 
         let closing = try await office.submit("/compte", to: "/compte/sessions/fermer", ["session": laptopReference])
         #expect(closing.status == 303 && closing.location?.hasPrefix("/compte?avis=une-1.") == true, "\(closing.status) \(closing.location ?? "-")")
-        #expect(try await office.get(try #require(closing.location)).body.contains("La session est fermée"))
+        #expect(try await office.get(try #require(closing.location)).body.contains("La session choisie est fermée"))
         #expect(try await ForwardAuthTests.ask(laptop, server: world.server).status == 401, "the session closed")
         #expect(try await ForwardAuthTests.ask(phone, server: world.server).status == 200, "the others stay")
         #expect(try await ForwardAuthTests.ask(office, server: world.server).status == 200)
 
-        for reference in [laptopReference, "0123456789ab", "<script>x", officeReference, ""] {
+        // The closed browser, with the form it had open: sent to the sign-in, its cookie cleared.
+        let dead = try await laptop.request(.POST, "/compte/sessions/fermer", form: ["csrf": laptopCSRF, "session": officeReference])
+        #expect(dead.status == 303 && dead.location == "/connexion" && laptop.cookies["__Host-as-session"] == nil, "\(dead.status) \(dead.location ?? "-")")
+        #expect(try await ForwardAuthTests.ask(office, server: world.server).status == 200)
+        for reference in [laptopReference, "0123456789ab", officeReference.uppercased(), "<script>x", officeReference, ""] {
             let none = try await office.submit("/compte", to: "/compte/sessions/fermer", ["session": reference])
             #expect(none.status == 303 && none.location?.hasPrefix("/compte?avis=une-0.") == true, "\(reference): \(none.location ?? "-")")
         }
         #expect(try await office.get("/compte?avis=une-0.x").body.contains("n’était plus ouverte") == false, "the notice needs its MAC")
+        let none = try await office.submit("/compte", to: "/compte/sessions/fermer", ["session": "0123456789ab"])
+        #expect(try await office.get(try #require(none.location)).body.contains("La session choisie n’était plus ouverte"))
         #expect(try await ForwardAuthTests.ask(phone, server: world.server).status == 200)
         #expect(try await ForwardAuthTests.ask(office, server: world.server).status == 200, "its own reference does not close this session")
 
         let events = try await world.server.auditEvents().filter { $0.action == "other-sessions-revoked" }
-        #expect(events.count == 1 && events[0].outcome == "1 revoked" && events[0].detail?.contains("ended: \(laptopReference) (chosen on the page)") == true,
+        #expect(events.count == 1 && events[0].outcome == "1 revoked" && events[0].detail?.hasPrefix("chosen on the page; kept session ") == true
+                && events[0].detail?.hasSuffix("ended: \(laptopReference)") == true,
                 "\(events.map { "\($0.outcome) \($0.detail ?? "")" })")
         await office.shutdown()
         await laptop.shutdown()

@@ -494,7 +494,7 @@ struct SessionAndHabilitationTests {
         #expect(askedAgain(try await providerCallback(world, identity: identity("sid-w"))), "its holder's provider session is asked again")
     }
 
-    /// « Fermer cette session » ends only a live session of the account asking: another
+    /// « Fermer cette autre session » ends only a live session of the account asking: another
     /// account's, named by its reference, stays.
     @Test func closingOneSessionStaysWithinTheAccount() async throws {
         let world = try await World()
@@ -515,6 +515,20 @@ struct SessionAndHabilitationTests {
         #expect(try await world.sessions.session(other) == nil)
         #expect(try await world.sessions.session(mine) != nil)
         #expect(try await world.sessions.revokeOtherSession(reference: foreignReference, keeping: "not-a-session", actor: world.actor) == nil)
+        // A Pro Santé Connect session closed so reopens only after a new authentication.
+        let signedIn = world.clock.now
+        let identity = ProviderIdentity(subject: "psc-sub", sessionID: "sid-one", sealedIDToken: nil, authenticatedAt: signedIn)
+        guard case .opened(_, let provider?) = try await providerCallback(world, identity: identity) else {
+            Issue.record("a provider session opens")
+            return
+        }
+        world.clock.advance(5)
+        #expect(try await world.sessions.revokeOtherSession(reference: SessionStore.sessionReference(hash: SecretToken.hash(provider.token)), keeping: mine,
+                                                           actor: world.actor) == true)
+        world.clock.advance(5)
+        if case .reauthenticationRequired = try await providerCallback(world, identity: identity) {} else {
+            Issue.record("its provider session is asked again")
+        }
     }
 
     /// A back-channel logout that comes while a callback is under way (its login started,

@@ -319,7 +319,7 @@ enum Pages {
             // Each other session can be closed on its own (Keycloak's account console and
             // ORY Kratos offer it): the form names it by its reference.
             let closeThis: HTML = session.isCurrent ? "" : """
-                <form method="post" action="/compte/sessions/fermer" class="fermer-une">\(csrfField(csrf))<input type="hidden" name="session" value="\(session.reference)"><button type="submit" class="secondaire">Fermer cette session</button></form>
+                <form method="post" action="/compte/sessions/fermer" class="fermer-une">\(csrfField(csrf))<input type="hidden" name="session" value="\(session.reference)"><button type="submit" class="secondaire" aria-describedby="session-\(session.reference)">Fermer cette autre session</button></form>
                 """
             return """
                 <li id="session-\(session.reference)" data-courante="\(session.isCurrent ? "oui" : "non")">\(label), \(origin), \(means).<br>\(BrowserDescription.french(session.userAgent))\(address).<br><small>Ouverte le \(dateAndTime(session.createdAt)), dernière activité le \(dateAndTime(session.lastSeenAt)).</small>\(closeThis)</li>

@@ -698,8 +698,8 @@ struct WebController: Sendable {
                 : (count == 1 ? "Votre autre session est fermée" : "Vos \(count) autres sessions sont fermées")
                     + " : leurs navigateurs devront se reconnecter pour retrouver l’habilitation."
         case "une":
-            return count == 0 ? "Cette session n’était plus ouverte."
-                : "La session est fermée : son navigateur devra se reconnecter pour retrouver l’habilitation."
+            return count == 0 ? "La session choisie n’était plus ouverte : rien n’a été fermé."
+                : "La session choisie est fermée : son navigateur devra se reconnecter pour retrouver l’habilitation."
         case "mdp":
             return "Votre mot de passe est changé"
                 + (count == 0 ? "" : count == 1 ? " et votre autre session est fermée" : " et vos \(count) autres sessions sont fermées")
@@ -784,7 +784,7 @@ struct WebController: Sendable {
         return Self.redirect(accountAddress(notice: "autres-\(ended)", session: token))
     }
 
-    /// « Fermer cette session » on « Mon compte »: one other session of the regulator's, named
+    /// « Fermer cette autre session » on « Mon compte »: one other session of the regulator's, named
     /// by the reference the page lists (``SessionStore/revokeOtherSession(reference:keeping:actor:)``).
     func closeOneSession(_ request: Request, _ context: WebRequestContext) async throws -> Response {
         guard let fields = try await form(request, context) else { return csrfRefused }
