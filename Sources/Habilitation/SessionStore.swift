@@ -145,11 +145,12 @@ public enum ProviderFlowStart: Sendable {
     /// The provider ended this sign-in's session (back-channel logout) before the flow was
     /// written: nothing opened for the account matched.
     case loggedOutAtProvider(accountID: String)
-    /// A session of the account opened through this provider session was ended here, by
-    /// someone else than its browser (« Fermer mes autres sessions », a password change or
-    /// reset, an admin), at `endedAt`, and the provider has not authenticated the user since
-    /// (``SessionLedger/remoteEndReasons``): nothing opened. The provider must be asked to
-    /// authenticate the user again, or the ended session's browser would open a new one
+    /// A session of the account opened through this provider session was ended here in a way
+    /// that shuts its browser out (``SessionEndReason/requiresNewProviderAuthentication``:
+    /// « Fermer mes autres sessions » or « Fermer cette autre session », a password change or
+    /// reset, an admin, another account's sign-in in that browser) at `endedAt`, and the
+    /// provider has not authenticated the user since: nothing opened. The provider must be
+    /// asked to authenticate the user again, or that browser would open a new session
     /// without anyone typing anything.
     case reauthenticationRequired(accountID: String, endedAt: Date)
     /// The flow, and the session when no step remained.
@@ -390,7 +391,7 @@ public final class SessionStore: Sendable {
     }
 
     /// When a session of `accountID` opened through this provider identity was last ended
-    /// here by someone else than its browser (``SessionLedger/remoteEndReasons``), if one was
+    /// here in a way that shuts its browser out (``SessionLedger/remoteEndReasons``), if one was
     /// within the retention period (ended sessions are kept that long, at least a day).
     ///
     /// Which sessions: those of the same subject and the same provider session (`sid`). When
